@@ -1,0 +1,228 @@
+"""Job lifecycle operations: create, claim, progress, finish, cancel, list, requeue.
+
+Every transition is a single conditional UPDATE, so two processes can never both move
+the same job. Writes from a worker carry the attempt number it claimed with; a write
+whose attempt no longer matches the row (a stale, superseded attempt) changes nothing
+and raises :class:`StaleAttempt`. Functions flush; callers commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.errors import JobCancelled, JobNotCancellable, NotFound, StaleAttempt
+from models.jobs import TERMINAL_STATUSES, Job, JobStatus
+from models.pagination import Cursor, decode_cursor, encode_cursor
+
+_TERMINAL = [s.value for s in TERMINAL_STATUSES]
+
+
+@dataclass(frozen=True)
+class JobClaim:
+    """What a worker needs to run one attempt of a job."""
+
+    job_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class JobPage:
+    items: list[Job]
+    next_page_token: str | None
+
+
+@dataclass(frozen=True)
+class QueuedJobRef:
+    job_id: uuid.UUID
+    kind: str
+    queue: str
+
+
+def create_job(session: Session, *, kind: str, params: dict[str, Any], queue: str = "default") -> Job:
+    """Insert a queued job. The caller publishes its message only after committing."""
+    job = Job(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value, enqueued_at=func.now())
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound(f"no job with id {job_id}", id=str(job_id))
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    page_size: int = 50,
+    page_token: str | None = None,
+) -> JobPage:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if page_token:
+        after = decode_cursor(page_token)
+        query = query.where(_before(after))
+    rows = list(session.scalars(query))
+    if len(rows) <= page_size:
+        return JobPage(rows, None)
+    last = rows[page_size - 1]
+    return JobPage(rows[:page_size], encode_cursor(Cursor(last.created_at, last.id)))
+
+
+def _before(cursor: Cursor) -> ColumnElement[bool]:
+    return or_(
+        Job.created_at < cursor.created_at,
+        and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
+    )
+
+
+def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int) -> JobClaim | None:
+    """Move a queued job (or a running one whose lease expired) to running.
+
+    Returns ``None`` when the job is terminal, missing, or held by a live lease: a
+    redelivered message then does nothing. Increments ``attempts``.
+    """
+    now = func.now()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
+    )
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            started_at=func.coalesce(Job.started_at, now),
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(Job.id, Job.kind, Job.params, Job.attempts)
+    ).one_or_none()
+    if row is None:
+        return None
+    return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts)
+
+
+def report_progress(
+    session: Session,
+    *,
+    claim: JobClaim,
+    done: int,
+    total: int | None,
+    message: str | None,
+    lease_seconds: int,
+) -> bool:
+    """Record progress and renew the lease. Returns True when a cancel was requested."""
+    cancel_requested_at = session.execute(
+        _owned_by(claim)
+        .values(
+            progress_done=done,
+            progress_total=total,
+            progress_message=message,
+            lease_expires_at=func.now() + dt.timedelta(seconds=lease_seconds),
+            updated_at=func.now(),
+        )
+        .returning(Job.cancel_requested_at)
+    ).one_or_none()
+    if cancel_requested_at is None:
+        raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
+    return cancel_requested_at[0] is not None
+
+
+def finish_job(
+    session: Session,
+    *,
+    claim: JobClaim,
+    status: JobStatus,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Write a terminal outcome for the attempt that owns the job."""
+    assert status in TERMINAL_STATUSES
+    values: dict[str, Any] = {
+        "status": status.value,
+        "result": result,
+        "error": error,
+        "finished_at": func.now(),
+        "lease_expires_at": None,
+        "updated_at": func.now(),
+    }
+    if status is JobStatus.SUCCEEDED:
+        values["progress_done"] = func.coalesce(Job.progress_total, Job.progress_done)
+    if session.execute(_owned_by(claim).values(**values).returning(Job.id)).one_or_none() is None:
+        raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
+
+
+def _owned_by(claim: JobClaim):  # noqa: ANN202 - an UPDATE construct
+    return update(Job).where(
+        Job.id == claim.job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.attempts == claim.attempt,
+    )
+
+
+def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next checkpoint.
+
+    Cancelling twice is harmless. A finished job raises :class:`JobNotCancellable`.
+    """
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"no job with id {job_id}", id=str(job_id))
+    if job.status == JobStatus.QUEUED.value:
+        job.status = JobStatus.CANCELLED.value
+        job.finished_at = job.cancel_requested_at = session.scalar(select(func.now()))
+        job.error = JobCancelled("cancelled before it started").problem()
+    elif job.status == JobStatus.RUNNING.value:
+        if job.cancel_requested_at is None:
+            job.cancel_requested_at = session.scalar(select(func.now()))
+    elif job.status != JobStatus.CANCELLED.value:
+        raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), status=job.status)
+    session.flush()
+    return job
+
+
+def claim_stale_queued(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
+    """Pick queued jobs whose last publish is older than ``older_than`` and stamp them.
+
+    Used by beat's requeue task: the caller republishes each returned job after commit.
+    ``SKIP LOCKED`` lets two schedulers overlap without double work.
+    """
+    cutoff = func.now() - older_than
+    stale = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(stale.scalar_subquery()))
+        .values(enqueued_at=func.now())
+        .returning(Job.id, Job.kind, Job.queue)
+    ).all()
+    return [QueuedJobRef(r.id, r.kind, r.queue) for r in rows]
+
+
+def mark_enqueued(session: Session, *, job_id: uuid.UUID) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=func.now()))

@@ -1,0 +1,72 @@
+"""The ``jobs`` table: one row per unit of background work and its whole lifecycle.
+
+Status moves ``queued -> running -> succeeded | failed | cancelled``. The row holds the
+parameters (the Celery message carries only the id), progress, the outcome, the worker
+that holds it and its lease, and ``attempts``, which doubles as a fencing token.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, Integer, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt, Timestamp, UpdatedAt, UUIDPk
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+_STATUS_SQL = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_SQL})", name="status_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        CheckConstraint("progress_done >= 0", name="progress_done_non_negative"),
+        Index(None, "created_at", "id"),
+        Index(None, "status", "created_at", "id"),
+        Index(None, "kind", "created_at", "id"),
+        # The requeue scan only ever looks at queued rows.
+        Index("ix_jobs_queued_enqueued_at", "enqueued_at", postgresql_where=text("status = 'queued'")),
+    )
+
+    id: Mapped[UUIDPk]
+    kind: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(32), server_default="default")
+    status: Mapped[str] = mapped_column(String(16), server_default=JobStatus.QUEUED.value)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    progress_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[Timestamp | None]
+    cancel_requested_at: Mapped[Timestamp | None]
+    enqueued_at: Mapped[CreatedAt]  # last publish; beat republishes when it is old
+    created_at: Mapped[CreatedAt]
+    started_at: Mapped[Timestamp | None]
+    finished_at: Mapped[Timestamp | None]
+    updated_at: Mapped[UpdatedAt]
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+

@@ -1,0 +1,9 @@
+"""The full table metadata: importing this module registers every mapped table.
+
+Alembic's ``env.py`` and the drift check read :data:`metadata` from here.
+"""
+
+from models import jobs  # noqa: F401  (registers the table)
+from models.base import Base
+
+metadata = Base.metadata

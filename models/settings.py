@@ -1,0 +1,73 @@
+"""The one place that reads the process environment.
+
+``load_settings()`` builds a typed, validated :class:`Settings` from ``DATABASE_URL``,
+``REDIS_URL`` and ``PLANT_*`` variables. Everything else receives a ``Settings`` object
+and never looks at ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Return ``url`` with the psycopg 3 driver named, as SQLAlchemy needs it.
+
+    Plain ``postgres://`` / ``postgresql://`` URLs (what most hosts and tools hand out)
+    are accepted and rewritten; an explicit driver is left alone.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by the API, the workers, beat and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANT_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/plant",
+        validation_alias=AliasChoices("DATABASE_URL", "PLANT_DATABASE_URL"),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "PLANT_REDIS_URL"),
+    )
+    data_dir: Path = Path(".plant")
+    port: int = Field(default=8000, ge=1, le=65535)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+
+    # Database pool and timeouts.
+    db_pool_size: int = Field(default=5, ge=1)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # Jobs.
+    job_soft_time_limit: int = Field(default=3600, ge=1, description="seconds")
+    job_hard_time_limit: int = Field(default=3700, ge=1, description="seconds")
+    job_lease_seconds: int = Field(default=300, ge=1)
+    requeue_after_seconds: float = Field(
+        default=60.0, gt=0, description="a queued job older than this is republished by beat"
+    )
+    requeue_interval_seconds: float = Field(default=30.0, gt=0)
+    retry_after_seconds: int = Field(default=1, ge=0, description="Retry-After sent with 202")
+    max_long_poll_seconds: float = Field(default=30.0, ge=0)
+
+    # Health.
+    health_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str) -> str:
+        return sqlalchemy_url(value)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides, which win) into a ``Settings``."""
+    return Settings(**overrides)  # type: ignore[arg-type]

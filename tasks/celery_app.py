@@ -1,0 +1,51 @@
+"""Builds the Celery app from ``Settings``: JSON only, two queues, limits, events.
+
+The worker entry point (``worker.app``) and the API (which only publishes) each call
+:func:`create_celery`, so both speak the same configuration.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from models.settings import Settings
+
+DEFAULT_QUEUE = "default"
+AUDIT_QUEUE = "audit"
+TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance"]
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("plant", broker=settings.redis_url, include=TASK_MODULES)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,  # outcomes live in the jobs table, not a result backend
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(AUDIT_QUEUE)),
+        # Every task is idempotent (it claims its job row first), so late acks only
+        # ever turn a crash into a harmless redelivery.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_hard_time_limit,
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.job_hard_time_limit + 300},
+        # Publishing must not hang an API request when Redis is away; beat republishes.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        broker_connection_timeout=2,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,21 @@
+"""Task for the ``diagnostics.sleep`` job kind."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from celery import shared_task
+
+from models.diagnostics import sleep_in_steps
+from models.progress import ProgressSink
+from tasks.runner import run_job
+
+
+def _sleep(params: dict[str, Any], progress: ProgressSink) -> dict[str, Any]:
+    return asdict(sleep_in_steps(seconds=float(params["seconds"]), steps=int(params["steps"]), progress=progress))
+
+
+@shared_task(name="plant.diagnostics.sleep")
+def diagnostics_sleep(job_id: str) -> dict[str, Any]:
+    return run_job(job_id, _sleep)

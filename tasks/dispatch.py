@@ -1,0 +1,47 @@
+"""Which Celery task runs which job kind, on which queue, and how a job is published.
+
+A message carries only the job id; the row carries the params. Callers publish only
+after the transaction that created the row has committed, so a worker never looks
+for a row that is not there yet. A failed publish is logged, not raised: the job row
+is the source of truth, and beat's requeue task republishes jobs that sit queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from celery import Celery
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from tasks.celery_app import DEFAULT_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRoute:
+    task_name: str
+    queue: str
+
+
+JOB_ROUTES: dict[str, JobRoute] = {
+    "diagnostics.sleep": JobRoute("plant.diagnostics.sleep", DEFAULT_QUEUE),
+}
+
+
+def route_for(kind: str) -> JobRoute:
+    return JOB_ROUTES[kind]
+
+
+def publish_job(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
+    """Send the job's message. Returns False (and logs) when the broker is unreachable."""
+    route = route_for(kind)
+    try:
+        app.send_task(route.task_name, args=[str(job_id)], queue=route.queue, retry=True)
+    except (KombuError, RedisError, OSError) as exc:
+        log.warning("publish of job %s failed, beat will republish it: %s", job_id, exc)
+        return False
+    return True

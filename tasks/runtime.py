@@ -1,0 +1,31 @@
+"""Per-process resources for tasks: settings and a session factory, built on first use.
+
+A forked worker child must not reuse its parent's connections, so the worker calls
+:func:`reset_after_fork` from ``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, make_session_factory
+from models.settings import Settings, load_settings
+
+
+@cache
+def settings() -> Settings:
+    return load_settings()
+
+
+@cache
+def session_factory() -> sessionmaker[Session]:
+    return make_session_factory(make_engine(settings(), pool_size=2))
+
+
+def reset_after_fork() -> None:
+    if session_factory.cache_info().currsize:
+        engine = session_factory().kw["bind"]
+        engine.dispose(close=False)
+    session_factory.cache_clear()

@@ -1,0 +1,210 @@
+"""Shared fixtures: real PostgreSQL+pgvector, real Redis, real Celery worker processes.
+
+PostgreSQL and Redis are embedded servers started once per test session in a temp
+directory, unless ``TEST_DATABASE_URL`` (a server's admin URL) or ``TEST_REDIS_URL``
+points at existing ones. The schema is built by running the Alembic migrations.
+
+Domain tests use ``db_session``: a session joined to an outer transaction that is
+rolled back. API and end-to-end tests commit for real (a worker in another process
+must see the rows), so they use ``clean_db``, which truncates the tables afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from models.db import make_engine
+from models.migrate import upgrade_head
+from models.settings import Settings, load_settings, sqlalchemy_url
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE = "plant_test"
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database, with pgvector available."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield sqlalchemy_url(os.environ["TEST_DATABASE_URL"])
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port())
+    with server:
+        yield server.url
+
+
+def _admin_exec(admin_url: str, *statements: str) -> None:
+    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def url_with_database(admin_url: str, name: str) -> str:
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def make_database(pg_admin_url: str) -> Callable[[str], str]:
+    """Create an empty database (dropping any leftover) and return its URL."""
+
+    def make(name: str) -> str:
+        _admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+        return url_with_database(pg_admin_url, name)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[[str], str]) -> str:
+    url = make_database(TEST_DATABASE)
+    upgrade_head(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "data", free_port())
+    with server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=tmp_path_factory.mktemp("plant"),
+        health_timeout_seconds=0.5,
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_session(engine: Engine) -> Iterator[Session]:
+    """A session whose every commit is a savepoint inside one rolled-back transaction."""
+    with engine.connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            outer.rollback()
+
+
+@pytest.fixture
+def clean_db(engine: Engine) -> Iterator[None]:
+    """For tests that commit: empty every table afterwards (the schema stays)."""
+    yield
+    with engine.begin() as connection:
+        tables = connection.scalars(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+        ).all()
+        if tables:
+            connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Any:
+    from web import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Any, clean_db: None) -> Any:
+    return app.test_client()
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        PLANT_DATA_DIR=str(settings.data_dir),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+    """A real ``celery worker`` process consuming both queues."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit",
+             "-c", "2", "-n", f"test-{os.getpid()}@%h", "-E", "--without-mingle", "--without-gossip",
+             "--loglevel=INFO"],
+            cwd=REPO_ROOT, env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    from tasks.celery_app import create_celery
+
+    probe = create_celery(settings)
+    try:
+        wait_for(
+            lambda: process.poll() is not None or probe.control.ping(timeout=0.5),
+            timeout=60, what="the worker to answer a ping",
+        )
+        if process.poll() is not None:
+            pytest.fail(f"worker exited early:\n{log_path.read_text()[-3000:]}")
+        yield process
+    finally:
+        stop_process_group(process)
+        if os.environ.get("PLANT_TEST_SHOW_WORKER_LOG"):
+            sys.stderr.write(log_path.read_text())
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

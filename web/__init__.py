@@ -1,0 +1,38 @@
+"""The Flask application factory: ``gunicorn 'web:create_app()'``.
+
+It wires settings, the per-process services, the blueprints, the OpenAPI document
+(``/openapi.json``, interactive docs at ``/docs``) and the problem+json error mapping.
+"""
+
+from __future__ import annotations
+
+from flask import redirect
+from flask_openapi3 import Info, OpenAPI
+
+from models.settings import Settings, load_settings
+from web.api.diagnostics import diagnostics_api
+from web.api.jobs import jobs_api
+from web.health import health_api
+from web.problems import register_error_handlers, validation_problem
+from web.services import init_services
+
+API_VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    settings = settings or load_settings()
+    app = OpenAPI(
+        __name__,
+        info=Info(title="Plant", version=API_VERSION, description="Governed agent-manufacturing platform API"),
+        doc_prefix="",
+        doc_url="/openapi.json",
+        validation_error_status=422,
+        validation_error_callback=validation_problem,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    init_services(app, settings)
+    register_error_handlers(app)
+    for blueprint in (health_api, jobs_api, diagnostics_api):
+        app.register_api(blueprint)
+    app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
+    return app

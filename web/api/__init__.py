@@ -1,0 +1,1 @@
+"""Blueprints of the versioned JSON API under ``/api/v1``."""

@@ -1,0 +1,60 @@
+"""Job resources: show (with ETag and long-poll), list (cursor-paginated), cancel."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
+from models.job_lifecycle import get_job, list_jobs, request_cancel
+from models.jobs import Job, JobStatus
+from web.jobs_http import job_response
+from web.schemas import JobGetQuery, JobList, JobListQuery, JobOut, JobPath, Problem
+from web.services import db_session
+
+POLL_INTERVAL_SECONDS = 0.1
+
+jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="jobs")])
+
+
+@jobs_api.get("/jobs/<job_id>", responses={200: JobOut, 304: None, 404: Problem, 422: Problem})
+def show_job(path: JobPath, query: JobGetQuery) -> Response:
+    """Show a job. With ``wait=N`` the call returns once the job is terminal, or after N s."""
+    return job_response(_wait_until_terminal(path.job_id, query.wait))
+
+
+def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> Job:
+    session = db_session()
+    deadline = time.monotonic() + seconds
+    job = get_job(session, job_id)
+    while not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
+        session.rollback()  # end the snapshot so the next read sees the worker's commits
+        time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
+        job = get_job(session, job_id)
+    return job
+
+
+@jobs_api.get("/jobs", responses={200: JobList, 422: Problem})
+def list_all_jobs(query: JobListQuery) -> dict:
+    """List jobs newest first; follow ``next_page_token`` until it is null."""
+    page = list_jobs(
+        db_session(),
+        status=query.status.value if query.status else None,
+        kind=query.kind,
+        page_size=query.page_size,
+        page_token=query.page_token,
+    )
+    return JobList(items=[JobOut.of(j) for j in page.items], next_page_token=page.next_page_token).model_dump(
+        mode="json"
+    )
+
+
+@jobs_api.post("/jobs/<job_id>/cancel", responses={200: JobOut, 404: Problem, 409: Problem})
+def cancel_job(path: JobPath) -> Response:
+    """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
+    session = db_session()
+    job = request_cancel(session, job_id=path.job_id)
+    session.commit()
+    return job_response(job)

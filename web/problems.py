@@ -1,0 +1,100 @@
+"""RFC 9457 problem+json responses and the one mapping from errors to HTTP.
+
+Domain exceptions, request validation errors, unknown routes, an unreachable database
+and anything unexpected all leave the API as ``application/problem+json``. No handler
+ever shows a stack trace to a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from models.errors import Conflict, InvalidInput, NotFound, PlantError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+STATUS_BY_ERROR: list[tuple[type[PlantError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidInput, 422),
+]
+
+
+def problem_response(
+    status: int, title: str, detail: str = "", *, type_: str = "about:blank", **extensions: Any
+) -> Response:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, **extensions}
+    if detail:
+        body["detail"] = detail
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+
+
+def status_for(error: PlantError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+def _plant_error(error: PlantError) -> Response:
+    status = status_for(error)
+    return Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
+
+
+def _http_error(error: HTTPException) -> Response:
+    response = problem_response(error.code or 500, error.name, error.description or "")
+    if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return response
+
+
+def _database_unavailable(error: DBAPIError) -> Response:
+    log.warning("database unavailable: %s", error.orig)
+    response = problem_response(
+        503,
+        "Service Unavailable",
+        "the database is unreachable; retry shortly",
+        type_="/problems/database-unavailable",
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
+def _unexpected(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return _http_error(error)
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return _database_unavailable(error)
+    log.exception("unhandled error", exc_info=error)
+    return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+
+
+def validation_problem(error: ValidationError) -> Response:
+    """flask-openapi3's validation callback: one entry per bad field, status 422."""
+    errors = [
+        {"field": ".".join(str(part) for part in item["loc"]) or "body", "message": item["msg"]}
+        for item in error.errors(include_url=False, include_context=False)
+    ]
+    return problem_response(
+        422,
+        "Unprocessable Content",
+        "the request has invalid fields",
+        type_="/problems/invalid-input",
+        errors=errors,
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(PlantError, _plant_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(Exception, _unexpected)

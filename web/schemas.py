@@ -1,0 +1,108 @@
+"""Pydantic v2 request and response models for the job API (they also generate OpenAPI)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from models.diagnostics import MAX_SECONDS
+from models.jobs import Job, JobStatus
+
+
+def rfc3339_utc(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class Progress(BaseModel):
+    done: int
+    total: int | None
+    message: str | None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "about:blank"
+    title: str
+    status: int | None = None
+    detail: str | None = None
+
+
+class JobOut(BaseModel):
+    """The job resource, exactly these fields."""
+
+    id: uuid.UUID
+    kind: str
+    status: JobStatus
+    params: dict[str, Any]
+    progress: Progress
+    attempts: int
+    result: dict[str, Any] | None
+    error: Problem | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @field_serializer("created_at", "started_at", "finished_at")
+    def _utc(self, value: dt.datetime | None) -> str | None:
+        return rfc3339_utc(value)
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=JobStatus(job.status),
+            params=job.params,
+            progress=Progress(done=job.progress_done, total=job.progress_total, message=job.progress_message),
+            attempts=job.attempts,
+            result=job.result,
+            error=Problem.model_validate(job.error) if job.error else None,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_page_token: str | None
+
+
+class JobPath(BaseModel):
+    job_id: uuid.UUID
+
+
+class JobGetQuery(BaseModel):
+    wait: float = Field(
+        default=0, ge=0, le=30, description="long-poll: return when the job is terminal or after this many seconds"
+    )
+
+
+class JobListQuery(BaseModel):
+    status: JobStatus | None = None
+    kind: str | None = Field(default=None, max_length=64)
+    page_size: int = Field(default=50, ge=1, le=500)
+    page_token: str | None = Field(default=None, max_length=512)
+
+
+class SleepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    steps: int = Field(default=1, ge=1, le=100_000)
+
+
+class CheckOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Literal["up", "down", "skipped"]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: dict[str, CheckOut]

@@ -1,0 +1,1 @@
+"""The Celery process entry point: ``celery -A worker.app worker|beat|flower``."""
