@@ -1,0 +1,159 @@
+"""The job HTTP API against the real database and broker (no worker running here)."""
+
+import time
+import uuid
+
+import pytest
+
+JOB_FIELDS = {"id", "kind", "status", "params", "progress", "attempts", "result", "error",
+              "created_at", "started_at", "finished_at"}
+
+
+def _start(client, seconds: float = 0, steps: int = 1):
+    return client.post("/api/v1/diagnostics/sleep", json={"seconds": seconds, "steps": steps})
+
+
+def test_starting_work_answers_202_with_location_retry_after_and_the_job(client) -> None:
+    response = _start(client, 1.5, 3)
+    assert response.status_code == 202
+    job = response.get_json()
+    assert set(job) == JOB_FIELDS
+    assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert int(response.headers["Retry-After"]) >= 0
+    assert job["kind"] == "diagnostics.sleep"
+    assert job["status"] == "queued"
+    assert job["params"] == {"seconds": 1.5, "steps": 3}
+    assert job["progress"] == {"done": 0, "total": None, "message": None}
+    assert job["created_at"].endswith("Z") and job["started_at"] is None
+
+
+def test_get_returns_the_same_resource(client) -> None:
+    job = _start(client).get_json()
+    response = client.get(f"/api/v1/jobs/{job['id']}")
+    assert response.status_code == 200
+    assert response.get_json() == job
+
+
+def test_unknown_job_is_404_problem(client) -> None:
+    response = client.get(f"/api/v1/jobs/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["status"] == 404
+
+
+def test_malformed_job_id_is_422_naming_the_field(client) -> None:
+    response = client.get("/api/v1/jobs/not-a-uuid")
+    assert response.status_code == 422
+    assert [e["field"] for e in response.get_json()["errors"]] == ["job_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"seconds": -1}, {"seconds"}),
+        ({"seconds": 3601}, {"seconds"}),
+        ({"seconds": 1, "steps": 0}, {"steps"}),
+        ({"steps": 2}, {"seconds"}),
+        ({"seconds": "soon", "steps": "many", "extra": 1}, {"seconds", "steps", "extra"}),
+    ],
+)
+def test_bad_sleep_input_is_422_with_one_entry_per_field(client, body, fields) -> None:
+    response = client.post("/api/v1/diagnostics/sleep", json=body)
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert {e["field"] for e in response.get_json()["errors"]} == fields
+
+
+def test_non_json_body_is_a_problem_not_a_crash(client) -> None:
+    response = client.post("/api/v1/diagnostics/sleep", data="{", content_type="application/json")
+    assert response.status_code in (400, 422)
+    assert response.mimetype == "application/problem+json"
+
+
+def test_etag_and_if_none_match(client) -> None:
+    job = _start(client).get_json()
+    first = client.get(f"/api/v1/jobs/{job['id']}")
+    etag = first.headers["ETag"]
+    again = client.get(f"/api/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    changed = client.get(f"/api/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+
+
+def test_list_paginates_with_an_opaque_cursor_and_filters(client) -> None:
+    ids = {_start(client).get_json()["id"] for _ in range(5)}
+    seen, token = [], None
+    while True:
+        query = {"page_size": 2, "kind": "diagnostics.sleep", **({"page_token": token} if token else {})}
+        page = client.get("/api/v1/jobs", query_string=query).get_json()
+        assert len(page["items"]) <= 2
+        seen += [j["id"] for j in page["items"]]
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert sorted(seen) == sorted(ids)
+    assert client.get("/api/v1/jobs", query_string={"status": "running"}).get_json()["items"] == []
+    queued = client.get("/api/v1/jobs", query_string={"status": "queued", "page_size": 10}).get_json()
+    assert {j["id"] for j in queued["items"]} == ids and queued["next_page_token"] is None
+
+
+@pytest.mark.parametrize(
+    "query", [{"status": "sleeping"}, {"page_size": 0}, {"page_size": 501}, {"page_token": "%%%"}]
+)
+def test_list_rejects_bad_queries(client, query) -> None:
+    response = client.get("/api/v1/jobs", query_string=query)
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+
+
+def test_cancel_a_queued_job_at_once_and_twice_is_harmless(client) -> None:
+    job = _start(client).get_json()
+    first = client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert first.status_code == 200
+    assert first.get_json()["status"] == "cancelled"
+    assert first.get_json()["finished_at"] is not None
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()["status"] == "cancelled"
+
+
+def test_cancel_unknown_job_is_404(client) -> None:
+    assert client.post(f"/api/v1/jobs/{uuid.uuid4()}/cancel").status_code == 404
+
+
+def test_long_poll_waits_the_full_time_for_a_job_that_stays_queued(client) -> None:
+    job = _start(client).get_json()
+    started = time.monotonic()
+    response = client.get(f"/api/v1/jobs/{job['id']}", query_string={"wait": 0.5})
+    assert time.monotonic() - started >= 0.5
+    assert response.get_json()["status"] == "queued"
+
+
+def test_long_poll_returns_at_once_for_a_terminal_job(client) -> None:
+    job = _start(client).get_json()
+    client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    started = time.monotonic()
+    response = client.get(f"/api/v1/jobs/{job['id']}", query_string={"wait": 10})
+    assert time.monotonic() - started < 2
+    assert response.get_json()["status"] == "cancelled"
+
+
+def test_long_poll_is_capped_at_30_seconds(client) -> None:
+    job = _start(client).get_json()
+    assert client.get(f"/api/v1/jobs/{job['id']}", query_string={"wait": 31}).status_code == 422
+
+
+def test_openapi_document_and_docs(client) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel",
+                 "/api/v1/diagnostics/sleep", "/health"):
+        assert path in spec["paths"], path
+    docs = client.get("/docs", follow_redirects=True)
+    assert docs.status_code == 200 and b"swagger" in docs.data.lower()
+
+
+def test_unknown_route_and_wrong_method_are_problems(client) -> None:
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    wrong = client.delete("/api/v1/jobs")
+    assert wrong.status_code == 405 and wrong.mimetype == "application/problem+json"
