@@ -1,0 +1,37 @@
+"""Layering rules that keep the codebase the shape STYLE.md describes."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_READ = re.compile(r"os\.environ|os\.getenv|getenv\(")
+
+
+def test_import_contracts_hold() -> None:
+    result = subprocess.run(
+        [Path(sys.executable).parent / "lint-imports"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_settings_loader_reads_the_environment() -> None:
+    offenders = [
+        str(path.relative_to(REPO))
+        for package in ("models", "tasks", "worker", "web")
+        for path in (REPO / package).rglob("*.py")
+        if path != REPO / "models" / "settings.py" and ENV_READ.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_importing_the_entry_points_does_nothing() -> None:
+    """No connection, no app, no settings at import time (Celery/gunicorn import these)."""
+    code = (
+        "import os; os.environ['DATABASE_URL']='postgresql://nobody@127.0.0.1:1/none';"
+        "os.environ['PLANT_PORT']='not-a-port';"  # a settings read at import would raise
+        "import web, worker.app, tasks.diagnostics, tasks.maintenance, models.schema"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
