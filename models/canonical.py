@@ -1,0 +1,166 @@
+"""Canonical bytes for everything the hash chain signs: RFC 8785 (JCS) plus NFC.
+
+Two parties must turn the same logical record into the same bytes, or a signature made by
+one cannot be checked by the other. :func:`canonical_bytes` first walks the value into a
+plain JSON tree, normalising and checking as it goes, and then serialises it with JCS
+(sorted keys by UTF-16 code units, no whitespace, ECMAScript number formatting):
+
+* Strings, object keys included, are NFC-normalised, so "é" typed precomposed or as
+  "e" + combining accent hashes the same. Note that NFC also rewrites composition
+  exclusions (U+FB33 becomes U+05D3 U+05BC); two keys that become equal are rejected.
+  Strings holding lone surrogates are not Unicode text and are rejected.
+* Integers must lie within ±(2**53 − 1), the range every JSON reader holds exactly.
+  ``bool`` is kept as ``true``/``false``, never treated as the integer it subclasses.
+* Float rule: only finite floats (NaN and ±Infinity are rejected). A float is emitted the
+  way JCS emits the IEEE double, so a float with an integral value is written as that
+  integer (``1.0`` → ``1``, ``-0.0`` → ``0``) and every other float uses the ECMAScript
+  shortest round-trip form (``4.50`` → ``4.5``, ``1E30`` → ``1e+30``). Hence ``1.0`` and
+  ``1`` canonicalise identically. One more refusal keeps canonical output re-readable:
+  ECMAScript writes integral doubles below 1e21 as plain digits, which JSON readers parse
+  back as integers, so integral floats with magnitude in (2**53 − 1, 1e21) are rejected
+  like the integers they would become; 1e21 and above are written ``1e+21`` and accepted.
+* ``None`` → ``null``; tuples → arrays; object keys must be ``str``.
+* Model values are converted to strings: ``uuid.UUID`` → canonical lowercase form;
+  timezone-aware ``datetime`` → RFC 3339 in UTC, always with microseconds and ``Z``
+  (``2024-05-01T12:00:00.000000Z``), naive ones are rejected; ``date`` → ``YYYY-MM-DD``;
+  ``enum.Enum`` → its value (converted in turn). ``Decimal``, ``bytes``, sets and any
+  other type are rejected rather than guessed at.
+
+Every rejection is a :class:`CanonicalizationError` naming the JSON path of the
+offending value (``$.skills[2].level``) in its message and its ``field`` extension.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import math
+import re
+import unicodedata
+import uuid
+from typing import Any
+
+import rfc8785
+
+from models.errors import InvalidInput
+
+MAX_SAFE_INTEGER = 2**53 - 1
+ECMASCRIPT_EXPONENT_FROM = 1e21  # from here on ECMAScript writes numbers as "1e+21"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+class CanonicalizationError(InvalidInput):
+    """A value that has no single canonical JSON form."""
+
+    code = "not-canonicalizable"
+    title = "Value cannot be canonicalized"
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The RFC 8785 bytes of ``value`` after the normalisation rules in the module docstring.
+
+    Pure: the input is not modified. Raises :class:`CanonicalizationError`.
+    """
+    tree = to_json_tree(value)
+    try:
+        return rfc8785.dumps(tree)
+    except rfc8785.CanonicalizationError as exc:  # pragma: no cover - the walk rejects these first
+        raise CanonicalizationError(str(exc), field="$") from exc
+
+
+def to_json_tree(value: Any, path: str = "$") -> JSONValue:
+    """``value`` as plain, NFC-normalised JSON types, checked against the canonical rules."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, enum.Enum):
+        # Before int/str: IntEnum and str-mixin enums are instances of those too.
+        return to_json_tree(value.value, path)
+    if isinstance(value, int):
+        return _checked_int(value, path)
+    if isinstance(value, float):
+        return _checked_float(value, path)
+    if isinstance(value, str):
+        return _checked_text(value, path)
+    if isinstance(value, dict):
+        return _object_tree(value, path)
+    if isinstance(value, (list, tuple)):
+        return [to_json_tree(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    return _model_value_text(value, path)
+
+
+def normalize_text(s: str) -> str:
+    """``s`` in Unicode Normalization Form C, as stored and hashed."""
+    return unicodedata.normalize("NFC", s)
+
+
+def sha256(data: bytes) -> bytes:
+    """The SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
+def _checked_int(value: int, path: str) -> int:
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise _error(path, f"integer {value} is outside ±(2**53 - 1)")
+    return int(value)
+
+
+def _checked_float(value: float, path: str) -> float:
+    if not math.isfinite(value):
+        raise _error(path, f"{value} is not a finite number")
+    if value.is_integer() and MAX_SAFE_INTEGER < abs(value) < ECMASCRIPT_EXPONENT_FROM:
+        raise _error(path, f"{value!r} would be written as an integer outside ±(2**53 - 1)")
+    return float(value)
+
+
+def _checked_text(value: str, path: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _error(path, "string contains a lone surrogate") from None
+    return normalize_text(value)
+
+
+def _object_tree(value: dict[Any, Any], path: str) -> dict[str, JSONValue]:
+    tree: dict[str, JSONValue] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _error(path, f"object key {key!r} is a {type(key).__name__}, not a string")
+        child = _member_path(path, key)
+        normalized = _checked_text(key, child)
+        if normalized in tree:
+            raise _error(child, "two keys are equal after NFC normalization")
+        tree[normalized] = to_json_tree(item, child)
+    return tree
+
+
+def _model_value_text(value: Any, path: str) -> str:
+    """Strings for the non-JSON types model code passes in; anything else is refused."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return _rfc3339_utc(value, path)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise _error(path, f"{type(value).__name__} has no canonical JSON form")
+
+
+def _rfc3339_utc(value: dt.datetime, path: str) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _error(path, "datetime must be timezone-aware")
+    utc = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    # A fixed six-digit fraction: the same instant must never have two spellings.
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _member_path(path: str, key: str) -> str:
+    if _IDENTIFIER.match(key):
+        return f"{path}.{key}"
+    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{path}['{escaped}']"
+
+
+def _error(path: str, reason: str) -> CanonicalizationError:
+    return CanonicalizationError(f"{path}: {reason}", field=path)

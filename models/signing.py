@@ -1,0 +1,279 @@
+"""Signing keys for the hash chain: Ed25519 by default, RSA-4096 with PSS accepted.
+
+A key is named by its RFC 7638 JWK thumbprint (``kid``), so anyone holding the published
+JWK can recompute the name and check a signature without trusting our key store. A
+:class:`KeyRing` signs with one active key and still verifies signatures made by keys it
+has rotated out; its :meth:`KeyRing.jwks` is what gets published. Ed25519 signs with
+``alg`` "EdDSA" (RFC 8037); RSA signs with "PS256": RSASSA-PSS, SHA-256, MGF1-SHA-256 and a
+32-byte salt, verified with exactly that salt length. Only the ``cryptography`` library
+touches key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from models.canonical import sha256
+from models.errors import PlantError
+
+MIN_RSA_BITS = 4096
+EDDSA = "EdDSA"
+PS256 = "PS256"
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+class SigningKeyError(PlantError):
+    """Key material that is malformed, encrypted, or of a type or size we do not accept."""
+
+    code = "signing-key-invalid"
+    title = "Signing key invalid"
+
+
+@dataclass(frozen=True)
+class VerifyingKey:
+    """A public key that checks chain signatures; all an outside auditor needs."""
+
+    kid: str
+    algorithm: str
+    public_key: PublicKey = field(repr=False, compare=False)
+
+    @classmethod
+    def from_public_key(cls, public_key: Any) -> VerifyingKey:
+        algorithm = _algorithm_of(public_key)  # first: only accepted key types have a thumbprint
+        return cls(public_key_thumbprint(public_key), algorithm, public_key)
+
+    @classmethod
+    def from_jwk(cls, jwk: dict[str, Any]) -> VerifyingKey:
+        """Build from a published JWK; a ``kid`` or ``alg`` it carries must match the key."""
+        key = cls.from_public_key(_public_key_from_jwk(jwk))
+        if "kid" in jwk and jwk["kid"] != key.kid:
+            raise SigningKeyError(f"JWK kid {jwk['kid']!r} is not its thumbprint {key.kid!r}")
+        if "alg" in jwk and jwk["alg"] != key.algorithm:
+            raise SigningKeyError(f"JWK alg {jwk['alg']!r} does not fit a {key.algorithm} key")
+        return key
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` is this key's signature over ``data``; never raises on a bad one."""
+        try:
+            if isinstance(self.public_key, rsa.RSAPublicKey):
+                self.public_key.verify(signature, data, _PSS, hashes.SHA256())
+            else:
+                self.public_key.verify(signature, data)
+        except (InvalidSignature, ValueError, TypeError):
+            return False
+        return True
+
+    def public_jwk(self) -> dict[str, str]:
+        return {**_required_members(self.public_key), "kid": self.kid, "alg": self.algorithm, "use": "sig"}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key that signs chain entries. Its ``repr`` never shows key material."""
+
+    kid: str
+    algorithm: str
+    private_key: PrivateKey = field(repr=False, compare=False)
+
+    @classmethod
+    def from_private_key(cls, private_key: Any) -> SigningKey:
+        if not isinstance(private_key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
+            raise _unsupported(private_key)
+        verifier = VerifyingKey.from_public_key(private_key.public_key())
+        return cls(verifier.kid, verifier.algorithm, private_key)
+
+    def sign(self, data: bytes) -> bytes:
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
+            return self.private_key.sign(data, _PSS, hashes.SHA256())
+        return self.private_key.sign(data)
+
+    def verifier(self) -> VerifyingKey:
+        return VerifyingKey(self.kid, self.algorithm, self.private_key.public_key())
+
+    def public_jwk(self) -> dict[str, str]:
+        return self.verifier().public_jwk()
+
+    def private_pem(self) -> bytes:
+        """PKCS#8, unencrypted: protect the file, not the bytes."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The active signing key plus retired keys that still verify what they signed."""
+
+    active: SigningKey
+    retired: tuple[SigningKey | VerifyingKey, ...] = ()
+    _verifiers: dict[str, VerifyingKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        verifiers: dict[str, VerifyingKey] = {}
+        for key in (self.active, *self.retired):
+            verifiers.setdefault(key.kid, key.verifier() if isinstance(key, SigningKey) else key)
+        object.__setattr__(self, "_verifiers", verifiers)
+
+    def sign(self, data: bytes) -> tuple[str, bytes]:
+        """``(kid, signature)`` by the active key."""
+        return self.active.kid, self.active.sign(data)
+
+    def verifier(self, kid: str) -> VerifyingKey | None:
+        return self._verifiers.get(kid)
+
+    def verify(self, kid: str, signature: bytes, data: bytes) -> bool:
+        """Whether key ``kid`` of this ring signed ``data``; an unknown kid is simply False."""
+        key = self._verifiers.get(kid)
+        return key is not None and key.verify(signature, data)
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The JWK Set to publish: every key of the ring, the active one first."""
+        return {"keys": [key.public_jwk() for key in self._verifiers.values()]}
+
+    def rotate(self, new: SigningKey) -> KeyRing:
+        """A ring that signs with ``new``; the current active key moves to the retired keys."""
+        retired = tuple(key for key in (self.active, *self.retired) if key.kid != new.kid)
+        return KeyRing(new, retired)
+
+
+def jwk_thumbprint(required_members: dict[str, str]) -> str:
+    """RFC 7638: base64url SHA-256 of the required members as sorted, compact JSON."""
+    return _b64url_encode(sha256(rfc8785.dumps(required_members)))
+
+
+def public_key_thumbprint(public_key: PublicKey) -> str:
+    """The ``kid`` of a public key (computed for any RSA size; acceptance is checked elsewhere)."""
+    return jwk_thumbprint(_required_members(public_key))
+
+
+def generate_ed25519() -> SigningKey:
+    return SigningKey.from_private_key(ed25519.Ed25519PrivateKey.generate())
+
+
+def generate_rsa4096() -> SigningKey:
+    return SigningKey.from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS))
+
+
+def load_signing_key_pem(pem: bytes) -> SigningKey:
+    """An unencrypted PEM private key (PKCS#8 or traditional) as a :class:`SigningKey`."""
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError as exc:
+        raise SigningKeyError("encrypted private keys are not supported") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SigningKeyError(f"not a readable PEM private key: {exc}") from exc
+    return SigningKey.from_private_key(private_key)
+
+
+def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
+    """A PEM public key, or the public half of a PEM private key."""
+    if b"PRIVATE KEY" in pem:
+        return load_signing_key_pem(pem).verifier()
+    try:
+        public_key = serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SigningKeyError(f"not a readable PEM public key: {exc}") from exc
+    return VerifyingKey.from_public_key(public_key)
+
+
+def load_keyring(pem_texts: list[bytes]) -> KeyRing:
+    """The first PEM is the active private key; later ones (private or public) are retired."""
+    if not pem_texts:
+        raise SigningKeyError("a key ring needs at least its active private key")
+    active, *retired = pem_texts
+    return KeyRing(load_signing_key_pem(active), tuple(load_verifying_key_pem(pem) for pem in retired))
+
+
+def ensure_key_file(path: Path) -> bytes:
+    """The PEM at ``path``, first generating an Ed25519 key there (mode 0600) if it is missing.
+
+    Safe when several processes race: the file appears complete or not at all, and every
+    caller gets the one key that won.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _publish_private_file(path, generate_ed25519().private_pem())
+    return path.read_bytes()
+
+
+def _publish_private_file(path: Path, content: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # the umask must not change the mode we promise
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)  # unlike rename, never replaces a key another process wrote
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _algorithm_of(public_key: Any) -> str:
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return EDDSA
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise SigningKeyError(f"RSA keys need at least {MIN_RSA_BITS} bits, got {public_key.key_size}")
+        return PS256
+    raise _unsupported(public_key)
+
+
+def _unsupported(key: Any) -> SigningKeyError:
+    return SigningKeyError(f"only Ed25519 and RSA keys are accepted, got {type(key).__name__}")
+
+
+def _required_members(public_key: PublicKey) -> dict[str, str]:
+    """The RFC 7638 required JWK members of ``public_key``."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        numbers = public_key.public_numbers()
+        return {"e": _b64url_uint(numbers.e), "kty": "RSA", "n": _b64url_uint(numbers.n)}
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"crv": "Ed25519", "kty": "OKP", "x": _b64url_encode(raw)}
+
+
+def _public_key_from_jwk(jwk: dict[str, Any]) -> Any:
+    try:
+        if jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519":
+            return ed25519.Ed25519PublicKey.from_public_bytes(_b64url_decode(jwk["x"]))
+        if jwk["kty"] == "RSA":
+            e, n = (int.from_bytes(_b64url_decode(jwk[name]), "big") for name in ("e", "n"))
+            return rsa.RSAPublicNumbers(e, n).public_key()
+    except KeyError as exc:
+        raise SigningKeyError(f"JWK lacks member {exc.args[0]!r}") from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise SigningKeyError(f"JWK is not a valid public key: {exc}") from exc
+    raise SigningKeyError(f"unsupported JWK kty={jwk.get('kty')!r} crv={jwk.get('crv')!r}")
+
+
+def _b64url_uint(value: int) -> str:
+    """Big-endian with no leading zero octets, as RFC 7518 requires (the thumbprint depends on it)."""
+    return _b64url_encode(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big"))
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    # The standard decoder silently skips foreign characters; a JWK member must not.
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
+        raise ValueError("not unpadded base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # binascii.Error is a ValueError
