@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import JobCancelled, JobNotCancellable, NotFound, StaleAttempt
 from models.jobs import TERMINAL_STATUSES, Job, JobStatus
-from models.pagination import Cursor, decode_cursor, encode_cursor
+from models.pagination import Page, keyset_page
 
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
 
@@ -31,12 +31,6 @@ class JobClaim:
     kind: str
     params: dict[str, Any]
     attempt: int
-
-
-@dataclass(frozen=True)
-class JobPage:
-    items: list[Job]
-    next_page_token: str | None
 
 
 @dataclass(frozen=True)
@@ -69,28 +63,14 @@ def list_jobs(
     kind: str | None = None,
     page_size: int = 50,
     page_token: str | None = None,
-) -> JobPage:
+) -> Page[Job]:
     """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
+    query = select(Job)
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:
         query = query.where(Job.kind == kind)
-    if page_token:
-        after = decode_cursor(page_token)
-        query = query.where(_before(after))
-    rows = list(session.scalars(query))
-    if len(rows) <= page_size:
-        return JobPage(rows, None)
-    last = rows[page_size - 1]
-    return JobPage(rows[:page_size], encode_cursor(Cursor(last.created_at, last.id)))
-
-
-def _before(cursor: Cursor) -> ColumnElement[bool]:
-    return or_(
-        Job.created_at < cursor.created_at,
-        and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
-    )
+    return keyset_page(session, query, Job, page_size=page_size, page_token=page_token)
 
 
 def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int) -> JobClaim | None:

@@ -13,8 +13,14 @@ import datetime as dt
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
 
 from models.errors import InvalidInput
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,3 +45,31 @@ def decode_cursor(token: str) -> Cursor:
     if cursor.created_at.tzinfo is None:
         raise InvalidInput("page_token is not a token this API issued", field="page_token")
     return cursor
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str | None
+
+
+def keyset_page(session: Session, query: Select, model: Any, *, page_size: int, page_token: str | None) -> Page:
+    """Run ``query`` (a ``select(model)``) newest first, one page after ``page_token``.
+
+    ``model`` must have ``created_at`` and ``id`` columns; an index on them (or on a
+    filter column followed by them) serves the query.
+    """
+    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
+    if page_token:
+        after = decode_cursor(page_token)
+        query = query.where(
+            or_(
+                model.created_at < after.created_at,
+                and_(model.created_at == after.created_at, model.id < after.id),
+            )
+        )
+    rows = list(session.scalars(query))
+    if len(rows) <= page_size:
+        return Page(rows, None)
+    last = rows[page_size - 1]
+    return Page(rows[:page_size], encode_cursor(Cursor(last.created_at, last.id)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=1, ge=0, description="Retry-After sent with 202")
     max_long_poll_seconds: float = Field(default=30.0, ge=0)
 
+    # Signing keys for the entity chain: the active key as PEM text (PLANT_SIGNING_KEY,
+    # e.g. from a secret manager) or a file; retired keys (still trusted for what they
+    # signed) as *.pem files in a directory. Defaults live under data_dir/keys.
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    retired_signing_keys_dir: Path | None = None
+
+    # Embeddings: "hashing" (built in, no download) or "sentence-transformers".
+    embedder: str = "hashing"
+
     # Health.
     health_timeout_seconds: float = Field(default=1.0, gt=0)
 
@@ -66,6 +76,15 @@ class Settings(BaseSettings):
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:
         return sqlalchemy_url(value)
+
+
+    @property
+    def active_signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "keys" / "active.pem"
+
+    @property
+    def retired_signing_keys_path(self) -> Path:
+        return self.retired_signing_keys_dir or self.data_dir / "keys" / "retired"
 
 
 def load_settings(**overrides: object) -> Settings:

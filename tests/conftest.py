@@ -28,8 +28,10 @@ from sqlalchemy.orm import Session
 
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
 from models.db import make_engine
+from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
 from models.settings import Settings, load_settings, sqlalchemy_url
+from models.signing import KeyRing, ensure_key_file
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,12 +101,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data_dir = tmp_path_factory.mktemp("plant")
+    ensure_key_file(data_dir / "keys" / "active.pem")
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
-        data_dir=tmp_path_factory.mktemp("plant"),
+        data_dir=data_dir,
         health_timeout_seconds=0.5,
     )
+
+
+@pytest.fixture(scope="session")
+def keyring(settings: Settings) -> KeyRing:
+    return keyring_from_settings(settings)
 
 
 @pytest.fixture(scope="session")
@@ -135,8 +144,10 @@ def clean_db(engine: Engine) -> Iterator[None]:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
         ).all()
-        if tables:
-            connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+        # The append-only guard refuses TRUNCATE; a test database may lift it for a moment.
+        connection.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER entity_versions_no_truncate"))
+        connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+        connection.execute(text("ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER entity_versions_no_truncate"))
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def empty_database(make_database: Callable[[str], str]) -> str:
 
 def test_upgrade_downgrade_upgrade_on_empty_database(empty_database: str) -> None:
     upgrade_head(empty_database)
-    assert {"jobs", "alembic_version"} <= _tables(empty_database)
+    assert {"jobs", "alembic_version", "entity_versions", "skills", "agents"} <= _tables(empty_database)
     assert "vector" in _extensions(empty_database)
     downgrade_base(empty_database)
     assert _tables(empty_database) == {"alembic_version"}

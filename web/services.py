@@ -16,7 +16,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
+from models.embeddings import Embedder, make_embedder
+from models.keys import keyring_from_settings
 from models.settings import Settings
+from models.signing import KeyRing
 from tasks.celery_app import create_celery
 
 EXTENSION_KEY = "plant"
@@ -29,6 +32,8 @@ class Services:
     sessions: sessionmaker[Session]
     celery: Celery
     redis: redis.Redis
+    keyring: KeyRing
+    embedder: Embedder
 
 
 def build_services(settings: Settings) -> Services:
@@ -43,6 +48,8 @@ def build_services(settings: Settings) -> Services:
             socket_timeout=settings.health_timeout_seconds,
             socket_connect_timeout=settings.health_timeout_seconds,
         ),
+        keyring=keyring_from_settings(settings),
+        embedder=make_embedder(settings.embedder),
     )
 
 

@@ -1,0 +1,146 @@
+"""The constitution: the rule catalogue every governed entity is checked against.
+
+Rules are data (id, level, entity type, description, severity) plus a small check over
+a :class:`RuleSubject`. L0 rules apply to every entity; L1 rules to one entity type.
+Rules of severity ``error`` gate writes: a create or update that would break one is
+refused, listing every violated rule id. ``warning`` rules (TEAM-01, which would make
+every new team non-compliant) are reported by evaluations and audits but never block.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models.entities import EntityType, Seniority, SkillCategory
+from models.errors import InvalidInput
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class RuleSubject:
+    """What a rule may look at: the governed content plus chain and database facts."""
+
+    entity_type: EntityType
+    content: dict[str, Any]
+    versions: int
+    head_link_hash: bytes | None
+    genesis_linked: bool
+    append_only_enforced: bool
+    members: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    level: str
+    entity_type: EntityType | None
+    description: str
+    severity: Severity
+    check: Callable[[RuleSubject], bool]
+
+    def applies_to(self, entity_type: EntityType) -> bool:
+        return self.entity_type is None or self.entity_type is entity_type
+
+
+def _filled(key: str) -> Callable[[RuleSubject], bool]:
+    return lambda s: isinstance(s.content.get(key), str) and bool(s.content[key].strip())
+
+
+def _set(key: str) -> Callable[[RuleSubject], bool]:
+    return lambda s: s.content.get(key) not in (None, "", [])
+
+
+def _one_of(key: str, allowed: type[enum.Enum]) -> Callable[[RuleSubject], bool]:
+    return lambda s: s.content.get(key) in {a.value for a in allowed}
+
+
+L0, L1 = "L0", "L1"
+E, W = Severity.ERROR, Severity.WARNING
+T = EntityType
+
+RULES: tuple[Rule, ...] = (
+    Rule("L0-01", L0, None, "A governance agent is set", E, _set("governance_agent_id")),
+    Rule("L0-02", L0, None, "History is tracked: the entity has at least one chain version", E, lambda s: s.versions >= 1),
+    Rule("L0-03", L0, None, "Append-only is enforced on the version history", E, lambda s: s.append_only_enforced),
+    Rule("L0-04", L0, None, "The chain is initialized from the genesis link", E, lambda s: s.genesis_linked),
+    Rule("L0-05", L0, None, "A version hash is set on the entity head", E, lambda s: s.head_link_hash is not None and len(s.head_link_hash) == 32),
+    Rule("SKILL-01", L1, T.SKILL, "Skill name is not blank", E, _filled("name")),
+    Rule("SKILL-02", L1, T.SKILL, "Skill description is not blank", E, _filled("description")),
+    Rule("SKILL-03", L1, T.SKILL, "Skill category is an allowed value", E, _one_of("category", SkillCategory)),
+    Rule("JOBROLE-01", L1, T.JOB_ROLE, "Job role requires at least one skill", E, _set("required_skill_ids")),
+    Rule("JOBROLE-02", L1, T.JOB_ROLE, "Job role seniority is an allowed value", E, _one_of("seniority", Seniority)),
+    Rule("JOBROLE-03", L1, T.JOB_ROLE, "Job role name is not blank", E, _filled("name")),
+    Rule("TEAM-01", L1, T.TEAM, "Team has at least one agent (audit warning only)", W, lambda s: (s.members or 0) >= 1),
+    Rule("TEAM-02", L1, T.TEAM, "Team has a job role", E, _set("job_role_id")),
+    Rule("AGENT-01", L1, T.AGENT, "Agent has at least one skill", E, _set("skill_ids")),
+    Rule("AGENT-02", L1, T.AGENT, "Agent has a job role", E, _set("job_role_id")),
+    Rule("AGENT-03", L1, T.AGENT, "Agent has an industry", E, _set("industry_id")),
+    Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),
+)
+RULES_BY_ID = {rule.id: rule for rule in RULES}
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    level: str
+    violations: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def as_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "violations": list(self.violations), "warnings": list(self.warnings)}
+
+
+def evaluate(subject: RuleSubject, level: str) -> LevelResult:
+    """Run every rule of ``level`` that applies to the subject's type."""
+    violations, warnings = [], []
+    for rule in RULES:
+        if rule.level != level or not rule.applies_to(subject.entity_type) or rule.check(subject):
+            continue
+        (violations if rule.severity is Severity.ERROR else warnings).append(rule.id)
+    return LevelResult(level, tuple(violations), tuple(warnings))
+
+
+class ConstitutionViolation(InvalidInput):
+    code = "constitution-violation"
+    title = "The write would break the constitution"
+
+
+def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
+    """Evaluate L0 and L1; raise ``ConstitutionViolation`` listing every violated rule."""
+    l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
+    violated = [*l0.violations, *l1.violations]
+    if violated:
+        raise ConstitutionViolation(
+            "violated rules: " + ", ".join(violated),
+            violations=[{"rule": rid, "description": RULES_BY_ID[rid].description} for rid in violated],
+        )
+    return l0, l1
+
+
+APPEND_ONLY_TRIGGERS = ("entity_versions_no_update_delete", "entity_versions_no_truncate")
+
+
+def append_only_enforced(session: Session) -> bool:
+    """True when both append-only triggers exist and are enabled ALWAYS on entity_versions."""
+    enabled = session.scalar(
+        text(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'entity_versions'::regclass "
+            "AND tgname = ANY(:names) AND tgenabled = 'A'"
+        ),
+        {"names": list(APPEND_ONLY_TRIGGERS)},
+    )
+    return enabled == len(APPEND_ONLY_TRIGGERS)

@@ -1,0 +1,293 @@
+"""The governed registry's tables: industries, skills, job roles, teams and agents.
+
+Every entity carries the seven governance sections of the original BaseEntity
+(identity, lifecycle, versioning, constitutional alignment, audit trail, metadata,
+relationships) through :class:`GovernedEntity`; the audit trail itself is the
+``entity_versions`` chain (``models.chain``). The fields listed in ``GOVERNED_FIELDS``
+are exactly what each chain version's canonical content holds, so an entity row can
+always be compared with its head version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import ARRAY, CheckConstraint, Column, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+
+from models.base import Base, CreatedAt, Timestamp, UpdatedAt, UUIDPk
+from models.embeddings import EMBEDDING_DIM
+
+
+class EntityType(str, enum.Enum):
+    INDUSTRY = "industry"
+    SKILL = "skill"
+    JOB_ROLE = "job_role"
+    TEAM = "team"
+    AGENT = "agent"
+
+
+class SkillCategory(str, enum.Enum):
+    TECHNICAL = "technical"
+    SOFT_SKILL = "soft_skill"
+    DOMAIN_EXPERTISE = "domain_expertise"
+    CERTIFICATION = "certification"
+
+
+class SkillStatus(str, enum.Enum):
+    DRAFT = "draft"
+    PENDING_CERTIFICATION = "pending_certification"
+    CERTIFIED = "certified"
+    REJECTED = "rejected"
+    RETIRED = "retired"
+
+
+class Seniority(str, enum.Enum):
+    JUNIOR = "junior"
+    MID = "mid"
+    SENIOR = "senior"
+
+
+class AgentStatus(str, enum.Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+class LifecycleStatus(str, enum.Enum):
+    """Status of industries, job roles and teams."""
+
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+def sql_in(column: str, values: type[enum.Enum]) -> str:
+    return f"{column} IN (" + ", ".join(f"'{v.value}'" for v in values) + ")"
+
+
+class GovernedEntity(Base):
+    """Columns shared by every governed entity."""
+
+    __abstract__ = True
+    entity_type_value: EntityType
+    status_enum: type[enum.Enum] = LifecycleStatus
+
+    # identity
+    id: Mapped[UUIDPk]
+    external_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # lifecycle (status is declared per table: its allowed values differ)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+    deleted_at: Mapped[Timestamp | None]
+    # versioning
+    version: Mapped[int] = mapped_column(Integer, server_default="0")
+    head_link_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # constitutional alignment (last evaluation)
+    constitution_l0: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    constitution_l1: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # metadata
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    governance_notes: Mapped[str | None] = mapped_column(Text)
+    # relationships
+    @declared_attr
+    def governance_agent_id(cls) -> Mapped[uuid.UUID | None]:  # noqa: N805
+        return mapped_column(
+            UUID(as_uuid=True),
+            ForeignKey("agents.id", use_alter=True, deferrable=True, initially="DEFERRED"),
+        )
+
+    @declared_attr
+    def parent_id(cls) -> Mapped[uuid.UUID | None]:  # noqa: N805
+        return mapped_column(UUID(as_uuid=True), ForeignKey(f"{cls.__tablename__}.id"))
+
+    @declared_attr
+    def entity_type(cls) -> Mapped[str]:  # noqa: N805
+        return mapped_column(String(16), server_default=cls.entity_type_value.value)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:  # noqa: N805
+        return (
+            CheckConstraint(f"entity_type = '{cls.entity_type_value.value}'", name="entity_type_fixed"),
+            CheckConstraint(sql_in("status", cls.status_enum), name="status_valid"),
+            CheckConstraint("version >= 0", name="version_non_negative"),
+            *cls.extra_table_args(),
+        )
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return ()
+
+
+def _hnsw(table: str) -> Index:
+    return Index(
+        f"ix_{table}_embedding_hnsw",
+        "embedding",
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
+
+
+job_role_skills = Table(
+    "job_role_skills",
+    Base.metadata,
+    Column("job_role_id", ForeignKey("job_roles.id", ondelete="CASCADE"), primary_key=True),
+    Column("skill_id", ForeignKey("skills.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+agent_skills = Table(
+    "agent_skills",
+    Base.metadata,
+    Column("agent_id", ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("skill_id", ForeignKey("skills.id", ondelete="RESTRICT"), primary_key=True, index=True),
+)
+
+
+class Industry(GovernedEntity):
+    __tablename__ = "industries"
+    entity_type_value = EntityType.INDUSTRY
+
+    status: Mapped[str] = mapped_column(String(32), server_default=LifecycleStatus.ACTIVE.value)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    code: Mapped[str] = mapped_column(String(8), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return (CheckConstraint("code ~ '^[A-Z][A-Z0-9]{1,7}$'", name="code_format"), _hnsw("industries"))
+
+
+class Skill(GovernedEntity):
+    __tablename__ = "skills"
+    entity_type_value = EntityType.SKILL
+    status_enum = SkillStatus
+
+    status: Mapped[str] = mapped_column(String(32), server_default=SkillStatus.DRAFT.value)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    skill_key: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    category: Mapped[str] = mapped_column(String(32))
+    industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
+    certificate: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return (
+            CheckConstraint("skill_key ~ '^[a-z0-9]+(-[a-z0-9]+)*$'", name="skill_key_slug"),
+            # Category is also an L1 rule (SKILL-03); the database keeps it even if code forgets.
+            CheckConstraint(sql_in("category", SkillCategory), name="category_valid"),
+            Index("ix_skills_category_status", "category", "status"),
+            _hnsw("skills"),
+        )
+
+
+class JobRole(GovernedEntity):
+    __tablename__ = "job_roles"
+    entity_type_value = EntityType.JOB_ROLE
+
+    status: Mapped[str] = mapped_column(String(32), server_default=LifecycleStatus.ACTIVE.value)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    seniority: Mapped[str] = mapped_column(String(16))
+    industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    required_skills: Mapped[list[Skill]] = relationship(secondary=job_role_skills, order_by=Skill.id)
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return (CheckConstraint(sql_in("seniority", Seniority), name="seniority_valid"), _hnsw("job_roles"))
+
+
+class Team(GovernedEntity):
+    __tablename__ = "teams"
+    entity_type_value = EntityType.TEAM
+
+    status: Mapped[str] = mapped_column(String(32), server_default=LifecycleStatus.ACTIVE.value)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    job_role_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job_roles.id"), index=True)
+    industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
+    capacity: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return (CheckConstraint("capacity >= 1", name="capacity_positive"), _hnsw("teams"))
+
+
+class Agent(GovernedEntity):
+    __tablename__ = "agents"
+    entity_type_value = EntityType.AGENT
+    status_enum = AgentStatus
+
+    status: Mapped[str] = mapped_column(String(32), server_default=AgentStatus.ACTIVE.value)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    job_role_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job_roles.id"), index=True)
+    industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), index=True)
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    skills: Mapped[list[Skill]] = relationship(secondary=agent_skills, order_by=Skill.id)
+
+    @classmethod
+    def extra_table_args(cls) -> tuple:
+        return (_hnsw("agents"),)
+
+
+ENTITY_MODELS: dict[EntityType, type[GovernedEntity]] = {
+    EntityType.INDUSTRY: Industry,
+    EntityType.SKILL: Skill,
+    EntityType.JOB_ROLE: JobRole,
+    EntityType.TEAM: Team,
+    EntityType.AGENT: Agent,
+}
+
+_COMMON_GOVERNED = (
+    "id", "entity_type", "external_key", "status", "deleted_at",
+    "tags", "attributes", "governance_notes", "governance_agent_id", "parent_id",
+)
+
+# What each chain version's content holds. Derived data (embedding, constitution
+# results) and bookkeeping (timestamps, version, head hash) are not governed content:
+# the version row records version and time itself.
+GOVERNED_FIELDS: dict[EntityType, tuple[str, ...]] = {
+    EntityType.INDUSTRY: _COMMON_GOVERNED + ("name", "code", "description"),
+    EntityType.SKILL: _COMMON_GOVERNED + ("name", "skill_key", "description", "category", "industry_id", "certificate"),
+    EntityType.JOB_ROLE: _COMMON_GOVERNED + ("name", "description", "seniority", "industry_id", "required_skill_ids"),
+    EntityType.TEAM: _COMMON_GOVERNED + ("name", "description", "job_role_id", "industry_id", "capacity"),
+    EntityType.AGENT: _COMMON_GOVERNED + ("name", "description", "job_role_id", "industry_id", "team_id", "skill_ids"),
+}
+
+
+def governed_content(entity: GovernedEntity) -> dict[str, Any]:
+    """The entity's governed fields as plain JSON-able values (ids as strings, sorted lists)."""
+    entity_type = EntityType(entity.entity_type_value)
+    content: dict[str, Any] = {}
+    for field in GOVERNED_FIELDS[entity_type]:
+        if field == "required_skill_ids":
+            value: Any = sorted(str(s.id) for s in entity.required_skills)  # type: ignore[attr-defined]
+        elif field == "skill_ids":
+            value = sorted(str(s.id) for s in entity.skills)  # type: ignore[attr-defined]
+        elif field == "entity_type":
+            value = entity_type.value
+        else:
+            value = getattr(entity, field)
+        content[field] = _plain(value)
+    return content
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, list):
+        return sorted(value) if all(isinstance(v, str) for v in value) else value
+    return value

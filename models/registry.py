@@ -1,0 +1,253 @@
+"""Registry services: create, update, read, list and search governed entities.
+
+Every write goes through here (the API, the seed and later jobs alike): input strings
+are NFC-normalized, references are checked (an unknown id is an ``InvalidInput`` naming
+the field), the embedding is recomputed when its text changes, one chain version is
+appended, and the constitution gates the result. Updates lock the entity row first, so
+appends to one entity are serialized. Functions flush; the caller commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.canonical import normalize_text
+from models.chain import append_version
+from models.constitution import RuleSubject, append_only_enforced, enforce
+from models.embeddings import Embedder
+from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, Team, governed_content
+from models.errors import Conflict, InvalidInput, NotFound
+from models.pagination import Page, keyset_page
+from models.signing import KeyRing
+
+# Reference fields and the entity type each must point at.
+REFERENCES: dict[str, EntityType] = {
+    "industry_id": EntityType.INDUSTRY,
+    "job_role_id": EntityType.JOB_ROLE,
+    "team_id": EntityType.TEAM,
+    "governance_agent_id": EntityType.AGENT,
+}
+# Many-to-many inputs: field in the API/content -> relationship attribute.
+SKILL_LISTS = {"required_skill_ids": "required_skills", "skill_ids": "skills"}
+EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
+    EntityType.INDUSTRY: ("name", "code", "description"),
+    EntityType.SKILL: ("name", "category", "description"),
+    EntityType.JOB_ROLE: ("name", "seniority", "description"),
+    EntityType.TEAM: ("name", "description"),
+    EntityType.AGENT: ("name", "description"),
+}
+DEFAULTS: dict[str, Any] = {"tags": [], "attributes": {}, "description": "", "governance_notes": None}
+
+
+class PreconditionFailed(Conflict):
+    code = "precondition-failed"
+    title = "The entity changed since the client read it"
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Who writes, and the keys and embedder the write uses."""
+
+    actor: str
+    keyring: KeyRing
+    embedder: Embedder
+    # Ids that may be referenced before they exist (the seed's self-governing steward);
+    # the deferred foreign key still checks them at commit.
+    pending_ids: frozenset[uuid.UUID] = frozenset()
+
+
+def create_entity(
+    session: Session,
+    *,
+    entity_type: EntityType,
+    data: dict[str, Any],
+    ctx: WriteContext,
+    entity_id: uuid.UUID | None = None,
+) -> GovernedEntity:
+    model = ENTITY_MODELS[entity_type]
+    data = _normalized({**DEFAULTS, **data})
+    data.setdefault("status", next(iter(model.status_enum)).value)
+    entity = model(id=entity_id or uuid.uuid4())
+    _apply(session, entity, data, pending=ctx.pending_ids)
+    return _record(session, entity, ctx, text_changed=True)
+
+
+def update_entity(
+    session: Session,
+    *,
+    entity_type: EntityType,
+    entity_id: uuid.UUID,
+    changes: dict[str, Any],
+    ctx: WriteContext,
+    expected_version: int | None = None,
+) -> GovernedEntity:
+    """Apply ``changes`` under the entity's row lock; a no-op change appends nothing."""
+    entity = _locked(session, entity_type, entity_id)
+    if expected_version is not None and entity.version != expected_version:
+        raise PreconditionFailed(
+            f"expected version {expected_version}, entity is at version {entity.version}",
+            current_version=entity.version,
+        )
+    before = _snapshot(entity)
+    _apply(session, entity, _normalized(changes), pending=ctx.pending_ids)
+    if _snapshot(entity) == before:
+        return entity
+    text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
+    return _record(session, entity, ctx, text_changed=text_changed)
+
+
+def _record(session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool) -> GovernedEntity:
+    entity_type = entity.entity_type_value
+    if text_changed:
+        entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
+    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring)
+    l0, l1 = enforce(rule_subject(session, entity))
+    entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+    with _integrity_as_domain_errors(session, entity_type):
+        session.add(entity)
+        session.flush()
+    return entity
+
+
+def rule_subject(session: Session, entity: GovernedEntity) -> RuleSubject:
+    members = None
+    if isinstance(entity, Team):
+        members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == entity.id))
+    return RuleSubject(
+        entity_type=entity.entity_type_value,
+        content=governed_content(entity),
+        versions=entity.version,
+        head_link_hash=entity.head_link_hash,
+        genesis_linked=entity.version >= 1,
+        append_only_enforced=append_only_enforced(session),
+        members=members,
+    )
+
+
+def embedding_text(entity: GovernedEntity) -> str:
+    parts = [str(getattr(entity, f) or "") for f in EMBEDDED_TEXT[entity.entity_type_value]]
+    return " ".join(p for p in parts if p)
+
+
+def _snapshot(entity: GovernedEntity) -> dict[str, Any]:
+    content = governed_content(entity)
+    return {**content, **{f: getattr(entity, f) for f in EMBEDDED_TEXT[entity.entity_type_value]}}
+
+
+def _apply(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID]) -> None:
+    """Set fields after checking every reference; all bad fields are reported at once."""
+    errors: list[dict[str, str]] = []
+    for field, value in data.items():
+        if field in REFERENCES and value is not None and value not in pending and session.get(ENTITY_MODELS[REFERENCES[field]], value) is None:
+            errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
+        elif field == "parent_id" and value is not None and not _parent_ok(session, entity, value):
+            errors.append({"field": field, "message": f"no {entity.entity_type_value.value} with id {value}"})
+    skills = {f: _skills(session, data[f], f, errors) for f in SKILL_LISTS if f in data}
+    if errors:
+        raise InvalidInput("unknown ids in reference fields", errors=errors)
+    for field, value in data.items():
+        if field in SKILL_LISTS:
+            setattr(entity, SKILL_LISTS[field], skills[field])
+        else:
+            setattr(entity, field, value)
+
+
+def _parent_ok(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> bool:
+    return parent_id != entity.id and session.get(type(entity), parent_id) is not None
+
+
+def _skills(session: Session, ids: list[uuid.UUID], field: str, errors: list[dict[str, str]]) -> list[Skill]:
+    unique = list(dict.fromkeys(ids))
+    found = {s.id: s for s in session.scalars(select(Skill).where(Skill.id.in_(unique)))}
+    errors.extend({"field": field, "message": f"no skill with id {i}"} for i in unique if i not in found)
+    return [found[i] for i in unique if i in found]
+
+
+def _normalized(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, str):
+            value = normalize_text(value)
+        elif key == "tags" and value is not None:
+            value = sorted({normalize_text(t) for t in value})
+        out[key] = value
+    return out
+
+
+@contextmanager
+def _integrity_as_domain_errors(session: Session, entity_type: EntityType) -> Iterator[None]:
+    """Turn unique and foreign-key violations into 409 / 422 naming the field."""
+    savepoint = session.begin_nested()
+    try:
+        yield
+        savepoint.commit()
+    except IntegrityError as exc:
+        savepoint.rollback()
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "") or ""
+        table = ENTITY_MODELS[entity_type].__tablename__
+        if constraint.startswith(f"uq_{table}_"):
+            field = constraint.removeprefix(f"uq_{table}_")
+            raise Conflict(f"a {entity_type.value} with this {field} already exists", field=field) from exc
+        raise InvalidInput(f"the write violates {constraint or 'a database constraint'}") from exc
+
+
+def _locked(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+    model = ENTITY_MODELS[entity_type]
+    entity = session.execute(
+        select(model).where(model.id == entity_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if entity is None:
+        raise NotFound(f"no {entity_type.value} with id {entity_id}", id=str(entity_id))
+    return entity
+
+
+def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+    entity = session.get(ENTITY_MODELS[entity_type], entity_id)
+    if entity is None:
+        raise NotFound(f"no {entity_type.value} with id {entity_id}", id=str(entity_id))
+    return entity
+
+
+def list_entities(
+    session: Session,
+    *,
+    entity_type: EntityType,
+    filters: dict[str, Any],
+    page_size: int,
+    page_token: str | None,
+) -> Page[GovernedEntity]:
+    model = ENTITY_MODELS[entity_type]
+    query = select(model).where(model.deleted_at.is_(None))
+    for field, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(model, field) == value)
+    return keyset_page(session, query, model, page_size=page_size, page_token=page_token)
+
+
+@dataclass(frozen=True)
+class ScoredSkill:
+    skill: Skill
+    score: float
+
+
+def search_skills(session: Session, *, query: str, k: int, embedder: Embedder) -> list[ScoredSkill]:
+    """Skills ranked by cosine similarity of their embedding to the query's."""
+    vector = embedder.embed([normalize_text(query)])[0]
+    distance = Skill.embedding.cosine_distance(vector)
+    rows = session.execute(
+        select(Skill, distance).where(Skill.embedding.is_not(None), Skill.deleted_at.is_(None)).order_by(distance).limit(k)
+    ).all()
+    return [ScoredSkill(skill, round(1.0 - float(d), 6)) for skill, d in rows]
+
+
+def team_members(session: Session, *, team_id: uuid.UUID) -> list[uuid.UUID]:
+    return list(session.scalars(select(Agent.id).where(Agent.team_id == team_id).order_by(Agent.name)))
+

@@ -1,0 +1,236 @@
+"""The governed registry's HTTP API: industries, skills, job roles, teams, agents.
+
+Each entity type gets the same five routes (list, create, show, patch, history), built
+from one table of :class:`EntityRoute` specs so every type behaves identically. Writes
+go through ``models.registry``; responses carry ``ETag: "<version>"`` and PATCH honours
+``If-Match`` (a stale version answers 409 ``precondition-failed``, safe to retry after
+re-reading).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, json, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
+
+from models.chain import EntityVersion, history
+from models.constitution import RULES, Severity
+from models.entities import EntityType, GovernedEntity, Team, governed_content
+from models.registry import WriteContext, create_entity, get_entity, list_entities, search_skills, team_members, update_entity
+from web.registry_schemas import (
+    AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
+    IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
+    SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
+)
+from web.schemas import Problem, rfc3339_utc
+from web.services import db_session, services
+
+API_ACTOR = "api"
+registry_api = APIBlueprint("registry", __name__, url_prefix="/api/v1")
+
+
+@dataclass(frozen=True)
+class EntityRoute:
+    entity_type: EntityType
+    path: str
+    create: type[BaseModel]
+    patch: type[BaseModel]
+    list_query: type[BaseModel]
+
+    @property
+    def name(self) -> str:
+        return self.entity_type.value
+
+
+ROUTES = (
+    EntityRoute(EntityType.INDUSTRY, "/genesis/industries", IndustryIn, IndustryPatch, IndustryListQuery),
+    EntityRoute(EntityType.SKILL, "/genesis/skills", SkillIn, SkillPatch, SkillListQuery),
+    EntityRoute(EntityType.JOB_ROLE, "/genesis/job-roles", JobRoleIn, JobRolePatch, JobRoleListQuery),
+    EntityRoute(EntityType.TEAM, "/teams", TeamIn, TeamPatch, TeamListQuery),
+    EntityRoute(EntityType.AGENT, "/agents", AgentIn, AgentPatch, AgentListQuery),
+)
+
+
+def hex_or_none(value: bytes | None) -> str | None:
+    return bytes(value).hex() if value is not None else None
+
+
+def entity_resource(entity: GovernedEntity) -> dict[str, Any]:
+    """The JSON resource: governance sections, type fields, and relationship views."""
+    body = governed_content(entity)
+    body.update(
+        created_at=rfc3339_utc(entity.created_at),
+        updated_at=rfc3339_utc(entity.updated_at),
+        version=entity.version,
+        head_link_hash=hex_or_none(entity.head_link_hash),
+        constitution={"l0": entity.constitution_l0, "l1": entity.constitution_l1},
+    )
+    if isinstance(entity, Team):
+        members = team_members(db_session(), team_id=entity.id)
+        body.update(members=[str(m) for m in members], free_seats=entity.capacity - len(members))
+    return body
+
+
+def entity_response(entity: GovernedEntity, status: int = 200) -> Response:
+    response = Response(json.dumps(entity_resource(entity)), status=status, mimetype="application/json")
+    response.set_etag(str(entity.version))
+    if status == 201:
+        response.headers["Location"] = request.path.rstrip("/") + f"/{entity.id}"
+    return response
+
+
+def write_context() -> WriteContext:
+    svc = services()
+    return WriteContext(actor=API_ACTOR, keyring=svc.keyring, embedder=svc.embedder)
+
+
+def expected_version() -> int | None:
+    """The version named by ``If-Match`` (our ETags are the version number)."""
+    if not request.if_match or request.if_match.star_tag:
+        return None
+    tags = list(request.if_match.as_set())
+    if len(tags) != 1 or not tags[0].isdigit():
+        return -1  # matches no version: a precondition the client cannot have meant
+    return int(tags[0])
+
+
+def slugify(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "skill"
+
+
+def _create_view(route: EntityRoute) -> Callable[..., Response]:
+    def view(body: BaseModel) -> Response:
+        data = body.model_dump(mode="python")
+        if route.entity_type is EntityType.SKILL and not data.get("skill_key"):
+            data["skill_key"] = slugify(data["name"])
+        session = db_session()
+        entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
+        session.commit()
+        return entity_response(entity, status=201)
+
+    return _named(view, f"create_{route.name}", f"Create a {route.name}; answers 201.", body=route.create)
+
+
+def _patch_view(route: EntityRoute) -> Callable[..., Response]:
+    def view(path: EntityPath, body: BaseModel) -> Response:
+        changes = _enum_values({k: getattr(body, k) for k in body.model_fields_set})
+        session = db_session()
+        entity = update_entity(
+            session, entity_type=route.entity_type, entity_id=path.entity_id, changes=changes,
+            ctx=write_context(), expected_version=expected_version(),
+        )
+        session.commit()
+        return entity_response(entity)
+
+    return _named(view, f"update_{route.name}", f"Change a {route.name}; appends one chain version.",
+                  path=EntityPath, body=route.patch)
+
+
+def _show_view(route: EntityRoute) -> Callable[..., Response]:
+    def view(path: EntityPath) -> Response:
+        return entity_response(get_entity(db_session(), entity_type=route.entity_type, entity_id=path.entity_id))
+
+    return _named(view, f"show_{route.name}", f"Show a {route.name}.", path=EntityPath)
+
+
+def _list_view(route: EntityRoute) -> Callable[..., Response]:
+    def view(query: BaseModel) -> dict[str, Any]:
+        filters = _enum_values(query.model_dump(exclude={"page_size", "page_token"}))
+        page = list_entities(db_session(), entity_type=route.entity_type, filters=filters,
+                             page_size=query.page_size, page_token=query.page_token)  # type: ignore[attr-defined]
+        return {"items": [entity_resource(e) for e in page.items], "next_page_token": page.next_page_token}
+
+    return _named(view, f"list_{route.name}s", f"List {route.name}s, newest first, cursor-paginated.",
+                  query=route.list_query)
+
+
+def _history_view(route: EntityRoute) -> Callable[..., dict[str, Any]]:
+    def view(path: EntityPath) -> dict[str, Any]:
+        session = db_session()
+        get_entity(session, entity_type=route.entity_type, entity_id=path.entity_id)
+        return {
+            "entity_type": route.name,
+            "entity_id": str(path.entity_id),
+            "items": [version_resource(v) for v in history(session, entity_id=path.entity_id)],
+        }
+
+    return _named(view, f"{route.name}_history", f"Every chain version of a {route.name}.", path=EntityPath)
+
+
+def version_resource(row: EntityVersion) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "content": bytes(row.content).decode("utf-8"),
+        "content_hash": bytes(row.content_hash).hex(),
+        "prev_link": bytes(row.prev_link).hex(),
+        "link_hash": bytes(row.link_hash).hex(),
+        "kid": row.kid,
+        "signature": base64.urlsafe_b64encode(bytes(row.signature)).decode().rstrip("="),
+        "actor": row.actor,
+        "created_at": rfc3339_utc(row.created_at),
+    }
+
+
+def _named(view: Callable[..., Any], name: str, doc: str, **annotations: type) -> Callable[..., Any]:
+    view.__name__ = view.__qualname__ = name
+    view.__doc__ = doc
+    view.__annotations__ = {**annotations, "return": Response}
+    return view
+
+
+def _enum_values(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: getattr(v, "value", v) for k, v in data.items()}
+
+
+ERRORS = {404: Problem, 409: Problem, 422: Problem}
+
+
+def register_entity_routes(bp: APIBlueprint) -> None:
+    for route in ROUTES:
+        tags = [Tag(name=route.name)]
+        item = route.path + "/<entity_id>"
+        bp.get(route.path, tags=tags, responses={200: EntityList, 422: Problem})(_list_view(route))
+        bp.post(route.path, tags=tags, responses={201: EntityOut, **ERRORS})(_create_view(route))
+        bp.get(item, tags=tags, responses={200: EntityOut, 404: Problem})(_show_view(route))
+        bp.patch(item, tags=tags, responses={200: EntityOut, **ERRORS})(_patch_view(route))
+        bp.get(item + "/history", tags=tags, responses={200: HistoryOut, 404: Problem})(_history_view(route))
+
+
+@registry_api.get("/genesis/skills/search", tags=[Tag(name="skill")], responses={200: SkillSearchOut, 422: Problem})
+def search_skills_view(query: SkillSearchQuery) -> dict[str, Any]:
+    """Semantic search: skills ranked by cosine similarity to ``q``, with scores."""
+    hits = search_skills(db_session(), query=query.q, k=query.k, embedder=services().embedder)
+    return {"query": query.q, "items": [{"score": h.score, "skill": entity_resource(h.skill)} for h in hits]}
+
+
+register_entity_routes(registry_api)
+
+
+@registry_api.get("/rules", tags=[Tag(name="constitution")], responses={200: RuleList})
+def list_rules() -> dict[str, Any]:
+    """The constitution's rule catalogue."""
+    return {
+        "items": [
+            {
+                "id": r.id, "level": r.level, "entity_type": r.entity_type.value if r.entity_type else None,
+                "description": r.description, "severity": r.severity.value,
+                "gates_writes": r.severity is Severity.ERROR,
+            }
+            for r in RULES
+        ]
+    }
+
+
+@registry_api.get("/signing-keys", tags=[Tag(name="constitution")])
+def signing_keys() -> dict[str, Any]:
+    """Public keys (JWK Set) that verify every chain signature, active key first."""
+    return services().keyring.jwks()
+

@@ -1,0 +1,229 @@
+"""Request and response models of the governed registry API.
+
+Create models describe every writable field; each PATCH model is derived from its
+create model (every field optional, explicit null refused where the column cannot be
+null). Blank names and descriptions are left to the constitution, so a write that
+breaks an L1 rule is refused with the rule ids rather than a generic length error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal, Optional, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer, model_validator
+
+from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCategory
+from web.schemas import rfc3339_utc
+
+Name = Field(max_length=200)
+Text = Field(default="", max_length=20_000)
+
+
+class GovernanceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_key: str | None = Field(default=None, max_length=128)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    governance_notes: str | None = Field(default=None, max_length=20_000)
+    governance_agent_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+
+
+class IndustryIn(GovernanceIn):
+    name: str = Name
+    code: str = Field(pattern=r"^[A-Z][A-Z0-9]{1,7}$", description="short upper-case code, e.g. MKT")
+    description: str = Text
+    status: LifecycleStatus = LifecycleStatus.ACTIVE
+
+
+class SkillIn(GovernanceIn):
+    name: str = Name
+    skill_key: str | None = Field(
+        default=None, max_length=200, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", description="slug; derived from name if omitted"
+    )
+    description: str = Text
+    category: SkillCategory
+    industry_id: uuid.UUID | None = None
+    status: Literal["draft", "pending_certification", "retired"] = "draft"
+
+
+class JobRoleIn(GovernanceIn):
+    name: str = Name
+    description: str = Text
+    required_skill_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
+    seniority: Seniority
+    industry_id: uuid.UUID | None = None
+    status: LifecycleStatus = LifecycleStatus.ACTIVE
+
+
+class TeamIn(GovernanceIn):
+    name: str = Name
+    description: str = Text
+    job_role_id: uuid.UUID
+    industry_id: uuid.UUID | None = None
+    capacity: int = Field(ge=1, le=100_000)
+    status: LifecycleStatus = LifecycleStatus.ACTIVE
+
+
+class AgentIn(GovernanceIn):
+    name: str = Name
+    description: str = Text
+    skill_ids: list[uuid.UUID] = Field(default_factory=list, max_length=500)
+    job_role_id: uuid.UUID | None = None
+    industry_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
+    status: AgentStatus = AgentStatus.ACTIVE
+
+
+def patch_model(create: type[BaseModel]) -> type[BaseModel]:
+    """Every field optional; a field that cannot be null may be omitted but not nulled."""
+    not_nullable = {name for name, f in create.model_fields.items() if type(None) not in get_args(f.annotation)}
+
+    def refuse_nulls(self: BaseModel) -> BaseModel:
+        nulled = sorted(n for n in self.model_fields_set & not_nullable if getattr(self, n) is None)
+        if nulled:
+            raise ValueError(f"these fields cannot be null: {', '.join(nulled)}")
+        return self
+
+    fields = {name: (Optional[f.annotation], Field(default=None, **_constraints(f))) for name, f in create.model_fields.items()}  # noqa: UP045
+    return create_model(
+        create.__name__.replace("In", "Patch"),
+        __config__=ConfigDict(extra="forbid"),
+        __validators__={"refuse_nulls": model_validator(mode="after")(refuse_nulls)},
+        **fields,
+    )
+
+
+def _constraints(field: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for meta in field.metadata:
+        for key in ("max_length", "ge", "le", "pattern"):
+            if getattr(meta, key, None) is not None:
+                out[key] = getattr(meta, key)
+    return out
+
+
+IndustryPatch = patch_model(IndustryIn)
+SkillPatch = patch_model(SkillIn)
+JobRolePatch = patch_model(JobRoleIn)
+TeamPatch = patch_model(TeamIn)
+AgentPatch = patch_model(AgentIn)
+
+
+class ConstitutionOut(BaseModel):
+    l0: dict[str, Any] | None
+    l1: dict[str, Any] | None
+
+
+class EntityOut(BaseModel):
+    """Governance sections shared by every entity resource."""
+
+    model_config = ConfigDict(extra="allow")
+    id: uuid.UUID
+    entity_type: str
+    external_key: str | None
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None
+    version: int
+    head_link_hash: str | None
+    constitution: ConstitutionOut
+    tags: list[str]
+    attributes: dict[str, Any]
+    governance_notes: str | None
+    governance_agent_id: uuid.UUID | None
+    parent_id: uuid.UUID | None
+
+    @field_serializer("created_at", "updated_at", "deleted_at")
+    def _utc(self, value: dt.datetime | None) -> str | None:
+        return rfc3339_utc(value)
+
+
+class EntityList(BaseModel):
+    items: list[EntityOut]
+    next_page_token: str | None
+
+
+class VersionOut(BaseModel):
+    version: int
+    content: str = Field(description="the stored canonical RFC 8785 JSON, exactly as hashed")
+    content_hash: str
+    prev_link: str
+    link_hash: str
+    kid: str
+    signature: str = Field(description="base64url, no padding")
+    actor: str
+    created_at: str
+
+
+class HistoryOut(BaseModel):
+    entity_type: str
+    entity_id: uuid.UUID
+    items: list[VersionOut]
+
+
+class EntityPath(BaseModel):
+    entity_id: uuid.UUID
+
+
+class PageQuery(BaseModel):
+    page_size: int = Field(default=50, ge=1, le=500)
+    page_token: str | None = Field(default=None, max_length=512)
+
+
+class SkillListQuery(PageQuery):
+    category: SkillCategory | None = None
+    status: Literal["draft", "pending_certification", "certified", "rejected", "retired"] | None = None
+    industry_id: uuid.UUID | None = None
+
+
+class JobRoleListQuery(PageQuery):
+    seniority: Seniority | None = None
+    industry_id: uuid.UUID | None = None
+
+
+class IndustryListQuery(PageQuery):
+    status: LifecycleStatus | None = None
+
+
+class TeamListQuery(PageQuery):
+    job_role_id: uuid.UUID | None = None
+    industry_id: uuid.UUID | None = None
+
+
+class AgentListQuery(PageQuery):
+    status: AgentStatus | None = None
+    job_role_id: uuid.UUID | None = None
+    industry_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
+
+
+class SkillSearchQuery(BaseModel):
+    q: str = Field(min_length=1, max_length=1000)
+    k: int = Field(default=10, ge=1, le=100)
+
+
+class ScoredSkillOut(BaseModel):
+    score: float
+    skill: EntityOut
+
+
+class SkillSearchOut(BaseModel):
+    query: str
+    items: list[ScoredSkillOut]
+
+
+class RuleOut(BaseModel):
+    id: str
+    level: str
+    entity_type: str | None
+    description: str
+    severity: str
+    gates_writes: bool
+
+
+class RuleList(BaseModel):
+    items: list[RuleOut]
