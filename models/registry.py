@@ -75,7 +75,7 @@ def create_entity(
     model = ENTITY_MODELS[entity_type]
     data = _normalized({**DEFAULTS, **data})
     data.setdefault("status", next(iter(model.status_enum)).value)
-    entity = model(id=entity_id or uuid.uuid4())
+    entity = model(id=entity_id or uuid.uuid4(), version=0)
     _apply(session, entity, data, pending=ctx.pending_ids)
     return _record(session, entity, ctx, text_changed=True)
 

@@ -219,3 +219,28 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def write_ctx(keyring: KeyRing) -> Any:
+    from models.embeddings import HashingEmbedder
+    from models.registry import WriteContext
+
+    return WriteContext(actor="test", keyring=keyring, embedder=HashingEmbedder())
+
+
+@pytest.fixture
+def steward(db_session: Session, write_ctx: Any) -> Any:
+    """The self-governing steward, inside the rolled-back test transaction."""
+    from models.seed import bootstrap_steward
+
+    return bootstrap_steward(db_session, write_ctx)
+
+
+@pytest.fixture
+def committed_steward(engine: Engine, write_ctx: Any, clean_db: None) -> Any:
+    """The steward committed for real, for API and end-to-end tests (cleaned afterwards)."""
+    from models.seed import bootstrap_steward
+
+    with Session(engine) as session, session.begin():
+        return bootstrap_steward(session, write_ctx)

@@ -1,0 +1,111 @@
+"""Demo and bootstrap data, written through the same registry services as the API.
+
+``seed_registry`` is idempotent: every seeded entity has an ``external_key`` and is
+skipped when it already exists. It first bootstraps a self-governing steward agent
+(with the industry, skill and job role it needs) in one transaction, relying on the
+deferred governance foreign key; everything else is governed by that steward.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.entities import ENTITY_MODELS, EntityType
+from models.registry import WriteContext, create_entity
+from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, TEAMS
+
+T = EntityType
+STEWARD_KEY = "steward"
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    created: dict[str, int]
+    steward_id: uuid.UUID
+
+
+def _find(session: Session, entity_type: EntityType, external_key: str) -> uuid.UUID | None:
+    model = ENTITY_MODELS[entity_type]
+    return session.scalar(select(model.id).where(model.external_key == external_key))
+
+
+class _Seeder:
+    def __init__(self, session: Session, ctx: WriteContext) -> None:
+        self.session, self.ctx = session, ctx
+
+    def ensure(self, entity_type: EntityType, key: str, data: dict[str, Any], entity_id: uuid.UUID | None = None) -> uuid.UUID:
+        existing = _find(self.session, entity_type, key)
+        if existing is not None:
+            return existing
+        entity = create_entity(
+            self.session, entity_type=entity_type, data={**data, "external_key": key}, ctx=self.ctx, entity_id=entity_id
+        )
+        return entity.id
+
+
+def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
+    """Create (once) the steward agent that governs itself and the seeded registry."""
+    existing = _find(session, T.AGENT, STEWARD_KEY)
+    if existing is not None:
+        return existing
+    steward = uuid.uuid4()
+    seeder = _Seeder(session, WriteContext(ctx.actor, ctx.keyring, ctx.embedder, pending_ids=frozenset({steward})))
+    gov = {"governance_agent_id": steward}
+    industry = seeder.ensure(T.INDUSTRY, "industry-gov", {**gov, "name": "Governance", "code": "GOV",
+                                                          "description": "Registry governance and compliance"})
+    skill = seeder.ensure(T.SKILL, "skill-registry-stewardship", {
+        **gov, "name": "Registry Stewardship", "skill_key": "registry-stewardship", "category": "certification",
+        "industry_id": industry,
+        "description": "Reviews, approves and audits changes to governed registry entities and their signed history.",
+    })
+    role = seeder.ensure(T.JOB_ROLE, "role-registry-steward", {
+        **gov, "name": "Registry Steward", "seniority": "senior", "industry_id": industry,
+        "required_skill_ids": [skill], "description": "Accountable for the integrity of the governed registry.",
+    })
+    seeder.ensure(T.AGENT, STEWARD_KEY, {
+        **gov, "name": "Genesis Steward", "job_role_id": role, "industry_id": industry, "skill_ids": [skill],
+        "description": "The self-governing agent that governs the seeded registry.",
+    }, entity_id=steward)
+    return steward
+
+
+def seed_registry(session: Session, ctx: WriteContext) -> SeedResult:
+    """Load the demo data set (3+ industries, 18 skills, 10 job roles, 6 teams, 50 agents)."""
+    before = _counts(session)
+    steward = bootstrap_steward(session, ctx)
+    seeder = _Seeder(session, ctx)
+    gov = {"governance_agent_id": steward}
+    industries = {code: seeder.ensure(T.INDUSTRY, f"industry-{code.lower()}", {**gov, "code": code, **data})
+                  for code, data in INDUSTRIES.items()}
+    skills = {key: seeder.ensure(T.SKILL, f"skill-{key}", {
+        **gov, "skill_key": key, "name": name, "category": category, "industry_id": industries[code],
+        "description": description}) for key, (name, category, code, description) in SKILLS.items()}
+    roles = {key: seeder.ensure(T.JOB_ROLE, f"role-{key}", {
+        **gov, "name": name, "seniority": seniority, "industry_id": industries[code],
+        "required_skill_ids": [skills[s] for s in required], "description": description})
+        for key, (name, seniority, code, required, description) in JOB_ROLES.items()}
+    for key, (name, role, code, capacity, description) in TEAMS.items():
+        seeder.ensure(T.TEAM, f"team-{key}", {**gov, "name": name, "job_role_id": roles[role],
+                                               "industry_id": industries[code], "capacity": capacity,
+                                               "description": description})
+    role_keys = list(JOB_ROLES)
+    for number, first_name in enumerate(AGENT_FIRST_NAMES, start=1):
+        role_key = role_keys[(number - 1) % len(role_keys)]
+        name, _, code, required, _ = JOB_ROLES[role_key]
+        seeder.ensure(T.AGENT, f"agent-{number:03d}", {
+            **gov, "name": f"{first_name} ({name} {number:03d})", "job_role_id": roles[role_key],
+            "industry_id": industries[code], "skill_ids": [skills[s] for s in required],
+            "description": f"{name} agent specialised in {', '.join(SKILLS[s][0] for s in required)}.",
+        })
+    after = _counts(session)
+    return SeedResult({t: after[t] - before[t] for t in after}, steward)
+
+
+def _counts(session: Session) -> dict[str, int]:
+    session.flush()
+    return {t.value: session.scalar(select(func.count()).select_from(m)) or 0 for t, m in ENTITY_MODELS.items()}

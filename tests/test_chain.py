@@ -1,0 +1,151 @@
+"""The signed, linked chain: appends, verification, tamper detection, the database guard."""
+
+import dataclasses
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models.chain import GENESIS_LINK, EntityVersion, history, link_hash, verify_entity, verify_versions
+from models.constitution import append_only_enforced
+from models.entities import EntityType, Industry, Skill
+from models.registry import create_entity, update_entity
+from models.signing import KeyRing, generate_ed25519
+
+
+def _skill(session: Session, ctx, steward, name: str = "Chain Skill") -> Skill:
+    return create_entity(session, entity_type=EntityType.SKILL, ctx=ctx, data={
+        "name": name, "skill_key": name.lower().replace(" ", "-"), "category": "technical",
+        "description": "A skill used to exercise the chain", "governance_agent_id": steward,
+    })
+
+
+def test_versions_link_to_each_other_and_verify(db_session, write_ctx, steward, keyring) -> None:
+    skill = _skill(db_session, write_ctx, steward)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"description": "Changed once now"}, ctx=write_ctx)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b", "a"]}, ctx=write_ctx)
+    rows = history(db_session, entity_id=skill.id)
+    assert [r.version for r in rows] == [1, 2, 3]
+    assert bytes(rows[0].prev_link) == GENESIS_LINK
+    assert [bytes(r.prev_link) for r in rows[1:]] == [bytes(r.link_hash) for r in rows[:-1]]
+    assert skill.version == 3 and skill.head_link_hash == bytes(rows[-1].link_hash)
+    result = verify_entity(db_session, entity=skill, keyring=keyring)
+    assert result.ok, result.findings
+    assert result.versions == 3
+
+
+def test_a_no_op_update_appends_nothing(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"name": skill.name}, ctx=write_ctx)
+    assert len(history(db_session, entity_id=skill.id)) == 1
+
+
+def test_a_direct_sql_edit_of_the_entity_row_is_detected(db_session, write_ctx, steward, keyring) -> None:
+    skill = _skill(db_session, write_ctx, steward)
+    db_session.execute(text("UPDATE skills SET name = 'Forged' WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    result = verify_entity(db_session, entity=db_session.get(Skill, skill.id), keyring=keyring)
+    assert [f.code for f in result.findings] == ["row-content-mismatch"]
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE entity_versions SET actor = 'mallory'",
+    "DELETE FROM entity_versions",
+    "TRUNCATE entity_versions",
+])
+@pytest.mark.parametrize("replica", [False, True])
+def test_the_database_refuses_changes_to_history(db_session, write_ctx, steward, statement, replica) -> None:
+    _skill(db_session, write_ctx, steward)
+    db_session.flush()
+    savepoint = db_session.begin_nested()
+    if replica:
+        db_session.execute(text("SET LOCAL session_replication_role = replica"))
+    with pytest.raises(DBAPIError, match="append-only"):
+        db_session.execute(text(statement))
+    savepoint.rollback()
+    assert append_only_enforced(db_session)
+
+
+def test_rotation_keeps_old_signatures_valid(db_session, write_ctx, steward, keyring) -> None:
+    skill = _skill(db_session, write_ctx, steward)
+    rotated = keyring.rotate(generate_ed25519())
+    ctx = dataclasses.replace(write_ctx, keyring=rotated)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"description": "Signed by the new key"}, ctx=ctx)
+    rows = history(db_session, entity_id=skill.id)
+    assert rows[0].kid == keyring.active.kid and rows[1].kid == rotated.active.kid != keyring.active.kid
+    assert verify_entity(db_session, entity=skill, keyring=rotated).ok
+    # A ring that never trusted the new key flags exactly the version it signed.
+    findings = verify_entity(db_session, entity=skill, keyring=keyring).findings
+    assert [(f.code, f.version) for f in findings] == [("bad-signature", 2)]
+
+
+# Property tests on in-memory chains: no database needed for the pure verifier.
+
+def _chain(keyring: KeyRing, contents: list[bytes]) -> list[EntityVersion]:
+    import hashlib
+
+    entity_id, prev, rows = uuid.uuid4(), GENESIS_LINK, []
+    for number, content in enumerate(contents, start=1):
+        digest = hashlib.sha256(content).digest()
+        link = link_hash("skill", entity_id, number, prev, digest)
+        kid, signature = keyring.sign(link)
+        rows.append(EntityVersion(entity_type="skill", entity_id=entity_id, version=number, content=content,
+                                  content_hash=digest, prev_link=prev, link_hash=link, kid=kid, signature=signature,
+                                  actor="t"))
+        prev = link
+    return rows
+
+
+_KEYRING = KeyRing(generate_ed25519())
+contents = st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=6)
+
+
+@given(contents)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_property_append_then_verify_always_holds(chunks: list[bytes]) -> None:
+    count, findings = verify_versions(_chain(_KEYRING, chunks), keyring=_KEYRING)
+    assert count == len(chunks) and findings == []
+
+
+FIELDS = ["content", "content_hash", "prev_link", "link_hash", "signature"]
+
+
+@given(contents, st.data())
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_property_any_single_byte_change_is_caught(chunks: list[bytes], data: st.DataObject) -> None:
+    rows = _chain(_KEYRING, chunks)
+    row = data.draw(st.sampled_from(rows))
+    field = data.draw(st.sampled_from(FIELDS))
+    value = bytearray(getattr(row, field))
+    index = data.draw(st.integers(0, len(value) - 1))
+    value[index] ^= data.draw(st.integers(1, 255))
+    setattr(row, field, bytes(value))
+    _, findings = verify_versions(rows, keyring=_KEYRING)
+    assert findings, f"changing {field}[{index}] of version {row.version} went unnoticed"
+
+
+def test_deleting_or_reordering_a_version_is_caught() -> None:
+    rows = _chain(_KEYRING, [b"a", b"b", b"c"])
+    assert verify_versions([rows[0], rows[2]], keyring=_KEYRING)[1]
+    assert verify_versions([rows[1], rows[0], rows[2]], keyring=_KEYRING)[1]
+    assert verify_versions(rows[1:], keyring=_KEYRING)[1]
+
+
+def test_link_hash_uses_the_fixed_binary_layout() -> None:
+    import hashlib
+    import struct
+
+    entity_id = uuid.UUID(int=1)
+    expected = hashlib.sha256(
+        b"plant.entity-link.v1\x00" + struct.pack(">H", 5) + b"skill" + entity_id.bytes + struct.pack(">Q", 2)
+        + b"\x01" * 32 + b"\x02" * 32
+    ).digest()
+    assert link_hash("skill", entity_id, 2, b"\x01" * 32, b"\x02" * 32) == expected
+
+
+def test_industry_history_starts_at_genesis(db_session, write_ctx, steward) -> None:
+    industry = db_session.query(Industry).filter_by(code="GOV").one()
+    assert bytes(history(db_session, entity_id=industry.id)[0].prev_link) == GENESIS_LINK

@@ -1,0 +1,208 @@
+"""The registry API end to end through Flask, against the real database (committed, cleaned)."""
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from models.chain import verify_entity
+from models.entities import Skill
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def gov(committed_steward) -> dict:
+    return {"governance_agent_id": str(committed_steward)}
+
+
+def _post(client, path, body, status=201):
+    response = client.post(API + path, json=body)
+    assert response.status_code == status, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def world(client, gov) -> dict:
+    industry = _post(client, "/genesis/industries", {**gov, "name": "Logistics", "code": "LOG", "description": "Moving goods"})
+    skills = [
+        _post(client, "/genesis/skills", {**gov, "name": name, "category": "technical", "industry_id": industry["id"],
+                                            "description": f"{name} for warehouses and fleets"})
+        for name in ("Route Planning", "Fleet Telemetry")
+    ]
+    role = _post(client, "/genesis/job-roles", {**gov, "name": "Dispatcher", "seniority": "mid", "industry_id": industry["id"],
+                                                 "required_skill_ids": [s["id"] for s in skills]})
+    team = _post(client, "/teams", {**gov, "name": "Night Shift", "job_role_id": role["id"], "industry_id": industry["id"], "capacity": 3})
+    agent = _post(client, "/agents", {**gov, "name": "Dispatch One", "job_role_id": role["id"], "industry_id": industry["id"],
+                                      "skill_ids": [s["id"] for s in skills], "team_id": team["id"]})
+    return {"industry": industry, "skills": skills, "role": role, "team": team, "agent": agent}
+
+
+def test_create_answers_201_with_location_and_the_governed_resource(client, world) -> None:
+    skill = world["skills"][0]
+    assert skill["skill_key"] == "route-planning"
+    assert skill["status"] == "draft" and skill["entity_type"] == "skill" and skill["version"] == 1
+    assert len(skill["head_link_hash"]) == 64
+    assert skill["constitution"]["l0"]["passed"] and skill["constitution"]["l1"]["passed"]
+    response = client.get(f"{API}/genesis/skills/{skill['id']}")
+    assert response.status_code == 200 and response.get_json() == skill
+    assert response.headers["ETag"] == '"1"'
+
+
+def test_team_resource_lists_members_and_free_seats(client, world) -> None:
+    team = client.get(f"{API}/teams/{world['team']['id']}").get_json()
+    assert team["members"] == [world["agent"]["id"]]
+    assert team["free_seats"] == 2
+
+
+def test_relationship_fields_are_returned(world) -> None:
+    assert sorted(world["role"]["required_skill_ids"]) == sorted(s["id"] for s in world["skills"])
+    assert world["agent"]["team_id"] == world["team"]["id"]
+
+
+def test_patch_appends_a_version_and_history_shows_every_version(client, world, app, keyring) -> None:
+    skill = world["skills"][0]
+    patched = client.patch(f"{API}/genesis/skills/{skill['id']}", json={"description": "Plans optimal delivery routes daily"})
+    assert patched.status_code == 200 and patched.get_json()["version"] == 2
+    items = client.get(f"{API}/genesis/skills/{skill['id']}/history").get_json()["items"]
+    assert [v["version"] for v in items] == [1, 2]
+    assert items[1]["prev_link"] == items[0]["link_hash"] and items[0]["prev_link"] == "00" * 32
+    assert set(items[0]) == {"version", "content", "content_hash", "prev_link", "link_hash", "kid", "signature", "actor", "created_at"}
+    assert '"description":"Plans optimal delivery routes daily"' in items[1]["content"]
+    assert items[1]["kid"] == keyring.active.kid
+    with app.app_context():
+        from web.services import db_session
+        assert verify_entity(db_session(), entity=db_session().get(Skill, uuid.UUID(skill["id"])), keyring=keyring).ok
+
+
+def test_history_can_be_verified_with_only_the_published_jwks(client, world) -> None:
+    import base64
+    import hashlib
+
+    from models.signing import VerifyingKey
+
+    keys = {k["kid"]: VerifyingKey.from_jwk(k) for k in client.get(f"{API}/signing-keys").get_json()["keys"]}
+    for version in client.get(f"{API}/agents/{world['agent']['id']}/history").get_json()["items"]:
+        assert hashlib.sha256(version["content"].encode()).hexdigest() == version["content_hash"]
+        signature = base64.urlsafe_b64decode(version["signature"] + "=" * (-len(version["signature"]) % 4))
+        assert keys[version["kid"]].verify(signature, bytes.fromhex(version["link_hash"]))
+
+
+def test_duplicate_name_is_409_naming_the_field(client, world, gov) -> None:
+    response = client.post(f"{API}/genesis/industries", json={**gov, "name": "Logistics", "code": "LOG2"})
+    assert response.status_code == 409 and response.mimetype == "application/problem+json"
+    assert response.get_json()["field"] == "name"
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/genesis/skills", "industry_id"), ("/teams", "job_role_id"), ("/agents", "team_id"), ("/genesis/job-roles", "required_skill_ids"),
+])
+def test_unknown_reference_is_422_naming_the_field(client, world, gov, path, field) -> None:
+    body = {
+        "/genesis/skills": {"name": "X skill", "category": "technical", "description": "d"},
+        "/teams": {"name": "X team", "capacity": 1},
+        "/agents": {"name": "X agent", "job_role_id": world["role"]["id"], "industry_id": world["industry"]["id"],
+                    "skill_ids": [world["skills"][0]["id"]]},
+        "/genesis/job-roles": {"name": "X role", "seniority": "mid"},
+    }[path]
+    missing = str(uuid.uuid4())
+    response = client.post(API + path, json={**gov, **body, field: [missing] if field.endswith("_ids") else missing})
+    assert response.status_code == 422, response.get_json()
+    assert [e["field"] for e in response.get_json()["errors"]] == [field]
+
+
+def test_malformed_input_is_422_with_one_entry_per_field(client, gov) -> None:
+    response = client.post(f"{API}/genesis/skills", json={**gov, "name": 5, "category": "magic", "skill_key": "Not A Slug"})
+    assert response.status_code == 422
+    assert {e["field"] for e in response.get_json()["errors"]} == {"name", "category", "skill_key"}
+
+
+def test_constitution_violations_are_422_listing_every_rule(client, world) -> None:
+    response = client.post(f"{API}/genesis/skills", json={"name": "  ", "category": "technical", "description": ""})
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["type"] == "/problems/constitution-violation"
+    assert [v["rule"] for v in body["violations"]] == ["L0-01", "SKILL-01", "SKILL-02"]
+    agent = client.post(f"{API}/agents", json={"name": "Loose", "governance_agent_id": world["agent"]["governance_agent_id"]})
+    assert [v["rule"] for v in agent.get_json()["violations"]] == ["AGENT-01", "AGENT-02", "AGENT-03"]
+
+
+def test_a_refused_patch_changes_nothing(client, world) -> None:
+    role = world["role"]
+    response = client.patch(f"{API}/genesis/job-roles/{role['id']}", json={"required_skill_ids": []})
+    assert response.status_code == 422 and response.get_json()["violations"][0]["rule"] == "JOBROLE-01"
+    assert client.get(f"{API}/genesis/job-roles/{role['id']}").get_json() == role
+
+
+def test_team_without_members_is_only_warned(world) -> None:
+    assert world["team"]["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": ["TEAM-01"]}
+
+
+def test_unknown_entity_is_404(client, world) -> None:
+    for path in ("/genesis/skills", "/genesis/industries", "/genesis/job-roles", "/teams", "/agents"):
+        assert client.get(f"{API}{path}/{uuid.uuid4()}").status_code == 404
+        assert client.patch(f"{API}{path}/{uuid.uuid4()}", json={"description": "x"}).status_code == 404
+        assert client.get(f"{API}{path}/{uuid.uuid4()}/history").status_code == 404
+
+
+def test_patch_null_for_a_required_field_is_422(client, world) -> None:
+    response = client.patch(f"{API}/teams/{world['team']['id']}", json={"name": None})
+    assert response.status_code == 422
+
+
+def test_if_match_with_a_stale_version_is_a_retryable_409(client, world) -> None:
+    url = f"{API}/genesis/industries/{world['industry']['id']}"
+    ok = client.patch(url, json={"description": "first"}, headers={"If-Match": '"1"'})
+    assert ok.status_code == 200 and ok.headers["ETag"] == '"2"'
+    stale = client.patch(url, json={"description": "second"}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 409
+    assert stale.get_json()["type"] == "/problems/precondition-failed" and stale.get_json()["current_version"] == 2
+
+
+def test_lists_filter_and_paginate(client, world, gov) -> None:
+    skills = client.get(f"{API}/genesis/skills", query_string={"industry_id": world["industry"]["id"], "page_size": 1}).get_json()
+    assert len(skills["items"]) == 1 and skills["next_page_token"]
+    rest = client.get(f"{API}/genesis/skills", query_string={"industry_id": world["industry"]["id"], "page_token": skills["next_page_token"]}).get_json()
+    assert {s["id"] for s in skills["items"] + rest["items"]} == {s["id"] for s in world["skills"]}
+    assert rest["next_page_token"] is None
+    assert client.get(f"{API}/genesis/skills", query_string={"category": "soft_skill", "industry_id": world["industry"]["id"]}).get_json()["items"] == []
+    assert client.get(f"{API}/agents", query_string={"team_id": world["team"]["id"]}).get_json()["items"][0]["id"] == world["agent"]["id"]
+    assert client.get(f"{API}/genesis/skills", query_string={"status": "bogus"}).status_code == 422
+
+
+def test_semantic_search_ranks_the_closest_skill_first(client, world) -> None:
+    result = client.get(f"{API}/genesis/skills/search", query_string={"q": "fleet telemetry", "k": 2}).get_json()
+    assert result["items"][0]["skill"]["name"] == "Fleet Telemetry"
+    scores = [i["score"] for i in result["items"]]
+    assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
+    assert client.get(f"{API}/genesis/skills/search").status_code == 422
+
+
+def test_changing_text_recomputes_the_embedding(client, world) -> None:
+    skill = world["skills"][0]
+    client.patch(f"{API}/genesis/skills/{skill['id']}", json={"name": "Cold Chain Monitoring", "description": "Keeps refrigerated cargo cold"})
+    top = client.get(f"{API}/genesis/skills/search", query_string={"q": "cold chain monitoring", "k": 1}).get_json()
+    assert top["items"][0]["skill"]["id"] == skill["id"]
+
+
+def test_rules_catalogue(client) -> None:
+    rules = {r["id"]: r for r in client.get(f"{API}/rules").get_json()["items"]}
+    assert {"L0-01", "L0-05", "SKILL-03", "JOBROLE-01", "TEAM-02", "AGENT-03", "INDUSTRY-01"} <= set(rules)
+    assert rules["TEAM-01"]["severity"] == "warning" and not rules["TEAM-01"]["gates_writes"]
+    assert rules["L0-01"]["entity_type"] is None and rules["SKILL-01"]["entity_type"] == "skill"
+
+
+def test_sixteen_concurrent_patches_give_a_linear_chain(app, world, keyring) -> None:
+    url = f"{API}/genesis/industries/{world['industry']['id']}"
+
+    def patch(n: int) -> int:
+        return app.test_client().patch(url, json={"description": f"concurrent edit {n}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(patch, range(16)))
+    assert statuses == [200] * 16
+    client = app.test_client()
+    items = client.get(url + "/history").get_json()["items"]
+    assert [v["version"] for v in items] == list(range(1, 18))
+    assert all(b["prev_link"] == a["link_hash"] for a, b in zip(items, items[1:]))
+    assert client.get(url).get_json()["version"] == 17
