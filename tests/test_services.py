@@ -1,0 +1,170 @@
+"""Tests of the embedded PostgreSQL and Redis servers in ``cli.services``.
+
+They start real servers in ``tmp_path`` and check what the dev runner and the test suite rely
+on: pgvector is available, data survives a restart (and a crash), and ``stop`` leaves no
+process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from cli.services import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    ServiceError,
+    _remove_stale_pid_file,
+    free_port,
+)
+
+
+def _connect(server: EmbeddedPostgres, dbname: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(
+        host=server.host, port=server.port, user="postgres", dbname=dbname, autocommit=True
+    )
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def test_postgres_serves_pgvector(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server, _connect(server) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        (distance,) = conn.execute("SELECT '[1,2,3]'::vector <=> '[1,2,4]'::vector").fetchone()
+
+    assert isinstance(distance, float)
+    assert distance == pytest.approx(1 - 17 / (14**0.5 * 21**0.5))
+
+
+def test_postgres_url_names_the_server() -> None:
+    server = EmbeddedPostgres(Path("/nowhere"), 15432)
+
+    assert server.url == "postgresql+psycopg://postgres@127.0.0.1:15432/postgres"
+    assert server.url_for("plant") == "postgresql+psycopg://postgres@127.0.0.1:15432/plant"
+
+
+def test_postgres_restart_keeps_databases_and_rows(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+        server.create_database("plant")
+        server.create_database("plant")  # idempotent
+        with _connect(server, "plant") as conn:
+            conn.execute("CREATE TABLE kept (value text)")
+            conn.execute("INSERT INTO kept VALUES ('survives')")
+
+    restarted = EmbeddedPostgres(tmp_path / "pg", free_port())
+    with restarted, _connect(restarted, "plant") as conn:
+        assert conn.execute("SELECT value FROM kept").fetchall() == [("survives",)]
+
+
+def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(tmp_path: Path) -> None:
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+        server.create_database("scratch")
+        with _connect(server, "scratch"):
+            server.drop_database("scratch")
+        server.drop_database("scratch")
+        with _connect(server) as conn:
+            names = conn.execute("SELECT datname FROM pg_database").fetchall()
+
+    assert ("scratch",) not in names
+
+
+def test_postgres_starts_after_a_crash(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server.start()
+    with _connect(server) as conn:
+        conn.execute("CREATE TABLE committed (n int)")
+        conn.execute("INSERT INTO committed VALUES (1)")
+    tree = _process_tree(server.pid)
+    os.killpg(server.pid, signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=10)
+    server.stop()  # only reaps the dead child
+    assert (tmp_path / "pg" / "postmaster.pid").exists()
+
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as restarted, _connect(restarted) as conn:
+        assert conn.execute("SELECT n FROM committed").fetchall() == [(1,)]
+
+
+def test_stale_pid_file_is_removed_only_when_no_postgres_owns_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "postmaster.pid"
+    # A live process that is not postgres: what a recycled pid looks like after a crash.
+    with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as other:
+        pid_file.write_text(f"{other.pid}\n/some/data\n")
+        _remove_stale_pid_file(pid_file)
+        other.communicate(b"\n")
+    assert not pid_file.exists()
+
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+        live_pid_file = server.data_dir / "postmaster.pid"
+        _remove_stale_pid_file(live_pid_file)
+        assert live_pid_file.exists()
+
+
+def test_postgres_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server.start()
+    tree = _process_tree(server.pid)
+    assert len(tree) > 1  # postmaster plus its auxiliary processes
+
+    server.stop()
+    server.stop()
+
+    assert server.pid is None
+    assert not any(process.is_running() for process in tree)
+
+
+def test_redis_restart_keeps_keys_from_the_append_only_file(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis", free_port()) as server:
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+            client.set("plant:kept", "survives")
+
+    with EmbeddedRedis(tmp_path / "redis", free_port()) as server:
+        with redis.Redis.from_url(server.url) as client:
+            assert client.get("plant:kept") == b"survives"
+
+
+def test_redis_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.start()
+    process = psutil.Process(server.pid)
+
+    server.stop()
+    server.stop()
+
+    assert server.pid is None
+    assert not process.is_running()
+
+
+def test_redis_start_fails_when_its_port_is_taken(tmp_path: Path) -> None:
+    port = free_port()
+    with EmbeddedRedis(tmp_path / "first", port):
+        second = EmbeddedRedis(tmp_path / "second", port)
+        # The first server answers on that port, but it must not pass for the second.
+        with pytest.raises(ServiceError, match="redis exited"):
+            second.start()
+        assert second.pid is None
+
+
+def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
+    class InterruptedRedis(EmbeddedRedis):
+        def _answers(self) -> bool:
+            self.started_pid = self.pid
+            raise KeyboardInterrupt  # what Ctrl-C during the readiness wait looks like
+
+    server = InterruptedRedis(tmp_path / "redis", free_port())
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+
+    assert server.pid is None
+    assert not psutil.pid_exists(server.started_pid)
