@@ -137,6 +137,9 @@ class KeyRing:
     def verifier(self, kid: str) -> VerifyingKey | None:
         return self._verifiers.get(kid)
 
+    def verifiers(self) -> tuple[VerifyingKey, ...]:
+        return tuple(self._verifiers.values())
+
     def verify(self, kid: str, signature: bytes, data: bytes) -> bool:
         """Whether key ``kid`` of this ring signed ``data``; an unknown kid is simply False."""
         key = self._verifiers.get(kid)

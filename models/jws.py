@@ -1,0 +1,188 @@
+"""Detached JWS signatures over Plant reports, checkable offline from the published JWKS.
+
+A report is signed as an RFC 7515 compact JWS with detached content (RFC 7515 Appendix F):
+``BASE64URL(header) + ".." + BASE64URL(signature)``, where the signing input is
+``BASE64URL(header) "." BASE64URL(payload)`` exactly as for an attached payload, so the
+report travels as its own file and any JOSE library can check it once the payload is put
+back in the middle. The protected header is ``{"alg", "kid", "typ": "plant-report+jws"}``
+serialised with JCS; ``kid`` is the key's RFC 7638 thumbprint. Verification trusts
+nothing in the header but the ``kid`` it looks up: the key must be one the caller supplied
+(verifying keys, a :class:`~models.signing.KeyRing`, or a JWKS document), its algorithm must
+equal the header's ``alg``, and ``alg: none``, RFC 7797 unencoded payloads and any
+``crit`` extension are refused, since this module understands none of them. Every refusal
+is a :class:`JwsError`; the cryptography itself stays in :mod:`models.signing`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+from models.errors import PlantError
+from models.signing import KeyRing, SigningKey, SigningKeyError, VerifyingKey
+
+REPORT_TYPE = "plant-report+jws"
+SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+KeySource = KeyRing | Mapping[str, Any] | Iterable[VerifyingKey | SigningKey]
+"""Where verifiers come from: a key ring, ``{kid: key}``, an iterable of keys, or a JWKS dict."""
+
+
+class JwsError(PlantError):
+    """A JWS that is malformed, names an unknown key, or does not verify."""
+
+    code = "signature-invalid"
+    title = "Signature invalid"
+
+
+@dataclass(frozen=True)
+class VerifiedSignature:
+    """Which key made a signature that checked out, and with which algorithm."""
+
+    kid: str
+    alg: str
+
+
+def sign_detached(payload: bytes, key: SigningKey) -> str:
+    """The compact detached JWS ``header..signature`` by ``key`` over ``payload``."""
+    header = {"alg": key.algorithm, "kid": key.kid, "typ": REPORT_TYPE}
+    encoded_header = b64url_encode(rfc8785.dumps(header))
+    signature = key.sign(_signing_input(encoded_header, payload))
+    return f"{encoded_header}..{b64url_encode(signature)}"
+
+
+def verify_detached(payload: bytes, jws: str, keys: KeySource) -> VerifiedSignature:
+    """Check ``jws`` over ``payload`` with one of ``keys``; raises :class:`JwsError` otherwise."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise JwsError("the payload must be bytes")
+    encoded_header, signature = _split_compact(jws)
+    header = _parse_header(encoded_header)
+    verifier = find_verifier(keys, header["kid"])
+    if verifier is None:
+        raise JwsError(f"no published key has kid {header['kid']!r}", kid=header["kid"])
+    if verifier.algorithm != header["alg"]:
+        raise JwsError(f"key {verifier.kid!r} signs with {verifier.algorithm}, not {header['alg']}")
+    if not verifier.verify(signature, _signing_input(encoded_header, bytes(payload))):
+        raise JwsError("the signature does not match the payload", kid=verifier.kid)
+    return VerifiedSignature(verifier.kid, verifier.algorithm)
+
+
+def find_verifier(keys: KeySource, kid: str) -> VerifyingKey | None:
+    """The verifying key named ``kid`` in ``keys``, or None.
+
+    Keys are matched by their own thumbprint, never by the name a mapping files them
+    under. JWKS entries that are not usable keys (other types, a ``kid`` that is not
+    the thumbprint, malformed members) are skipped: they cannot vouch for anything.
+    """
+    if isinstance(keys, KeyRing):
+        return keys.verifier(kid)
+    for key in _candidate_keys(keys, kid):
+        verifier = key.verifier() if isinstance(key, SigningKey) else key
+        if isinstance(verifier, VerifyingKey) and verifier.kid == kid:
+            return verifier
+    return None
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict unpadded base64url: foreign characters, padding and stray bits are refused."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url_encode(data) != text:  # unused low bits set: a second spelling of the same bytes
+        raise ValueError("not the canonical base64url spelling")
+    return data
+
+
+def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:
+    if isinstance(keys, Mapping) and "keys" in keys:
+        return _keys_of_jwks(keys["keys"], kid)
+    if isinstance(keys, Mapping):
+        return keys.values()
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        raise JwsError(f"cannot look keys up in a {type(keys).__name__}")
+    return keys
+
+
+def _keys_of_jwks(entries: Any, kid: str) -> Iterator[VerifyingKey]:
+    if not isinstance(entries, list):
+        raise JwsError("a JWKS 'keys' member must be a list")
+    for jwk in entries:
+        if not isinstance(jwk, dict) or jwk.get("kid", kid) != kid:
+            continue  # parsing only the keys that could match keeps RSA sets cheap
+        try:
+            yield VerifyingKey.from_jwk(jwk)
+        except SigningKeyError:
+            continue
+
+
+def _split_compact(jws: Any) -> tuple[str, bytes]:
+    """``(encoded header, signature bytes)`` of a detached compact JWS."""
+    if not isinstance(jws, str):
+        raise JwsError("a compact JWS is a string")
+    parts = jws.split(".")
+    if len(parts) != 3:
+        raise JwsError("a compact JWS has exactly three parts")
+    encoded_header, embedded_payload, encoded_signature = parts
+    if embedded_payload:
+        raise JwsError("expected detached content: the middle part must be empty")
+    try:
+        signature = b64url_decode(encoded_signature)
+    except ValueError as exc:
+        raise JwsError(f"signature part: {exc}") from exc
+    return encoded_header, signature
+
+
+def _parse_header(encoded_header: str) -> dict[str, Any]:
+    header = _decode_header_json(encoded_header)
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg == "none" or alg not in SUPPORTED_ALGORITHMS:
+        raise JwsError(f"algorithm {alg!r} is not accepted")
+    if not isinstance(kid, str) or not kid:
+        raise JwsError("the header must name its key with a string 'kid'")
+    if header.get("typ") != REPORT_TYPE:
+        raise JwsError(f"header typ {header.get('typ')!r} is not {REPORT_TYPE!r}")
+    if "crit" in header:
+        raise JwsError(f"critical header parameters {header['crit']!r} are not understood")
+    if header.get("b64", True) is not True:
+        raise JwsError("unencoded payloads (RFC 7797) are not accepted")
+    return header
+
+
+def _decode_header_json(encoded_header: str) -> dict[str, Any]:
+    try:
+        text = b64url_decode(encoded_header).decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise JwsError(f"the protected header is not base64url JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise JwsError("the protected header must be a JSON object")
+    return header
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 §4: a header with duplicate names must be rejected, or parsers disagree.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate header parameter")
+    return members
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _signing_input(encoded_header: str, payload: bytes) -> bytes:
+    return f"{encoded_header}.{b64url_encode(payload)}".encode("ascii")

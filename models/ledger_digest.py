@@ -1,0 +1,151 @@
+"""The signed ledger digest: one small document that pins every entity's chain head at once.
+
+At ``as_of`` each entity's hash chain ends in a head link; the digest commits to all of
+them through ``heads_root``, the RFC 6962 Merkle root over the leaves
+``entity_id.bytes || head link_hash`` in ascending entity-id order (UUID byte order, the
+order PostgreSQL sorts ``uuid`` columns in). The signed object is the JCS canonical form of
+``{"type", "as_of", "entity_count", "heads_root"}``; the digest adds the signer's ``kid``
+and the unpadded base64url ``signature``. An auditor holding the published JWKS can check
+the signature offline and, given the optional ``leaves`` list, recompute the root; a single
+head can later be proven with :func:`models.merkle.inclusion_proof`. Everything here is
+pure: callers read the heads from the database and pass them in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from models.canonical import CanonicalizationError, canonical_bytes, to_json_tree
+from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
+from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
+from models.signing import KeyRing
+
+DIGEST_TYPE = "plant.ledger-digest.v1"
+SIGNED_MEMBERS = frozenset({"type", "as_of", "entity_count", "heads_root"})
+DIGEST_MEMBERS = SIGNED_MEMBERS | {"kid", "signature"}
+LEAF_MEMBERS = frozenset({"entity_id", "head"})
+_HEX_HASH = re.compile(rf"[0-9a-f]{{{2 * HASH_SIZE}}}")
+
+Head = tuple[uuid.UUID, bytes]
+
+
+def build_digest(as_of: dt.datetime, heads: Iterable[Head], keyring: KeyRing) -> dict[str, Any]:
+    """The digest of ``heads`` (``(entity_id, head link_hash)``, ascending by id) at ``as_of``.
+
+    ``heads`` is consumed once in bounded memory. Raises ``ValueError`` if the ids are not
+    strictly ascending, a hash is not 32 bytes or ``as_of`` is naive. Signs with the
+    ring's active key.
+    """
+    accumulator = MerkleAccumulator()
+    accumulator.extend(head_leaf(entity_id, link_hash) for entity_id, link_hash in _in_id_order(heads))
+    signed = {
+        "type": DIGEST_TYPE,
+        "as_of": _rfc3339_utc(as_of),
+        "entity_count": accumulator.size,
+        "heads_root": accumulator.root().hex(),
+    }
+    kid, signature = keyring.sign(canonical_bytes(signed))
+    return {**signed, "kid": kid, "signature": b64url_encode(signature)}
+
+
+def digest_with_leaves(
+    as_of: dt.datetime, heads: Iterable[Head], keyring: KeyRing, versions: Mapping[uuid.UUID, int] | None = None
+) -> dict[str, Any]:
+    """:func:`build_digest` plus ``leaves``: each ``{"entity_id", "head"}``, covered by ``heads_root``.
+
+    With ``versions``, each leaf also names its head's version number. That member is not
+    covered by the root; it only lets a later audit tell a rollback from a rewrite.
+    """
+    ordered = list(_in_id_order(heads))
+    digest = build_digest(as_of, ordered, keyring)
+    digest["leaves"] = [
+        {"entity_id": str(entity_id), "head": link_hash.hex(), **({"version": versions[entity_id]} if versions else {})}
+        for entity_id, link_hash in ordered
+    ]
+    return digest
+
+
+def verify_digest(digest: Any, keys: KeySource) -> bool:
+    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`).
+
+    Any malformed, extended, altered or unsigned digest is False, never an exception;
+    when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
+    """
+    if not _has_digest_shape(digest):
+        return False
+    verifier = find_verifier(keys, digest["kid"])
+    if verifier is None:
+        return False
+    try:
+        signature = b64url_decode(digest["signature"])
+        signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
+    except (ValueError, CanonicalizationError):
+        return False
+    if not verifier.verify(signature, signed):
+        return False
+    return "leaves" not in digest or _leaves_match_root(digest["leaves"], digest)
+
+
+def _in_id_order(heads: Iterable[Head]) -> Iterator[Head]:
+    previous: uuid.UUID | None = None
+    for entity_id, link_hash in heads:
+        if not isinstance(entity_id, uuid.UUID):
+            raise ValueError(f"entity id {entity_id!r} is not a UUID")
+        if previous is not None and entity_id <= previous:
+            raise ValueError(f"heads are not in strictly ascending entity id order at {entity_id}")
+        previous = entity_id
+        yield entity_id, link_hash
+
+
+def _rfc3339_utc(as_of: dt.datetime) -> str:
+    if not isinstance(as_of, dt.datetime) or as_of.utcoffset() is None:
+        raise ValueError("as_of must be a timezone-aware datetime")
+    return str(to_json_tree(as_of))
+
+
+def _has_digest_shape(digest: Any) -> bool:
+    if not isinstance(digest, dict) or set(digest) - {"leaves"} != DIGEST_MEMBERS:
+        return False
+    count = digest["entity_count"]
+    return (
+        digest["type"] == DIGEST_TYPE
+        and isinstance(digest["as_of"], str)
+        and type(count) is int  # noqa: E721 - a bool is not a count
+        and count >= 0
+        and _is_hex_hash(digest["heads_root"])
+        and isinstance(digest["kid"], str)
+        and isinstance(digest["signature"], str)
+    )
+
+
+def _leaves_match_root(leaves: Any, digest: dict[str, Any]) -> bool:
+    if not isinstance(leaves, list) or len(leaves) != digest["entity_count"]:
+        return False
+    try:
+        heads = [_parse_leaf(leaf) for leaf in leaves]
+        root = merkle_root(head_leaf(entity_id, link_hash) for entity_id, link_hash in _in_id_order(heads))
+    except ValueError:
+        return False
+    return root.hex() == digest["heads_root"]
+
+
+def _parse_leaf(leaf: Any) -> Head:
+    """One published leaf, in the exact spelling :func:`digest_with_leaves` writes."""
+    if not isinstance(leaf, dict) or not LEAF_MEMBERS <= set(leaf) <= LEAF_MEMBERS | {"version"}:
+        raise ValueError("a leaf has 'entity_id', 'head' and optionally 'version'")
+    if "version" in leaf and (type(leaf["version"]) is not int or leaf["version"] < 1):  # noqa: E721
+        raise ValueError("a leaf's version is a positive integer")
+    entity_id, head = leaf["entity_id"], leaf["head"]
+    if not isinstance(entity_id, str) or str(uuid.UUID(entity_id)) != entity_id:
+        raise ValueError(f"{entity_id!r} is not a lowercase hyphenated UUID")
+    if not _is_hex_hash(head):
+        raise ValueError(f"{head!r} is not a lowercase hex SHA-256")
+    return uuid.UUID(entity_id), bytes.fromhex(head)
+
+
+def _is_hex_hash(value: Any) -> bool:
+    return isinstance(value, str) and _HEX_HASH.fullmatch(value) is not None

@@ -1,0 +1,193 @@
+"""The signed ledger digest: deterministic, verifiable offline, and every alteration detected."""
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models.ledger_digest import DIGEST_TYPE, build_digest, digest_with_leaves, verify_digest
+from models.signing import KeyRing, SigningKey, generate_ed25519
+
+# RFC 8037 §A.1's Ed25519 private key: Ed25519 signatures are deterministic, so the
+# whole digest is a fixed function of its input.
+RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+AS_OF = dt.datetime(2024, 5, 1, 14, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+HEADS = [
+    (uuid.UUID("00000000-0000-4000-8000-000000000001"), hashlib.sha256(b"head one").digest()),
+    (uuid.UUID("7fffffff-0000-4000-8000-000000000000"), hashlib.sha256(b"head two").digest()),
+    (uuid.UUID("f0000000-0000-4000-8000-000000000000"), hashlib.sha256(b"head three").digest()),
+]
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.fixture(scope="module")
+def fixed_key() -> SigningKey:
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(b64url_decode(RFC8037_D))
+    return SigningKey.from_private_key(private)
+
+
+@pytest.fixture(scope="module")
+def ring(fixed_key: SigningKey) -> KeyRing:
+    return KeyRing(fixed_key)
+
+
+def expected_heads_root(heads: list[tuple[uuid.UUID, bytes]]) -> str:
+    """The root of exactly three leaves, by hand: MTH = node(node(l0, l1), l2)."""
+    leaf = [hashlib.sha256(b"\x00" + entity_id.bytes + link).digest() for entity_id, link in heads]
+    left = hashlib.sha256(b"\x01" + leaf[0] + leaf[1]).digest()
+    return hashlib.sha256(b"\x01" + left + leaf[2]).hexdigest()
+
+
+def test_digest_is_deterministic_and_signs_the_canonical_object(ring: KeyRing, fixed_key: SigningKey) -> None:
+    digest = build_digest(AS_OF, HEADS, ring)
+    assert digest == build_digest(AS_OF, iter(HEADS), ring)
+    heads_root = expected_heads_root(HEADS)
+    assert {name: value for name, value in digest.items() if name != "signature"} == {
+        "type": DIGEST_TYPE,
+        "as_of": "2024-05-01T12:00:00.000000Z",
+        "entity_count": 3,
+        "heads_root": heads_root,
+        "kid": fixed_key.kid,
+    }
+    signed = (
+        '{"as_of":"2024-05-01T12:00:00.000000Z","entity_count":3,'
+        f'"heads_root":"{heads_root}","type":"plant.ledger-digest.v1"}}'
+    ).encode()
+    assert "=" not in digest["signature"]
+    assert fixed_key.verifier().verify(b64url_decode(digest["signature"]), signed)
+
+
+def test_signature_verifies_from_ring_keys_and_published_jwks(ring: KeyRing, fixed_key: SigningKey) -> None:
+    digest = json.loads(json.dumps(build_digest(AS_OF, HEADS, ring)))  # as an auditor receives it
+    assert verify_digest(digest, ring)
+    assert verify_digest(digest, json.loads(json.dumps(ring.jwks())))
+    assert verify_digest(digest, [fixed_key.verifier()])
+    assert not verify_digest(digest, [generate_ed25519().verifier()])
+
+
+def test_a_rotated_out_key_still_verifies_old_digests(ring: KeyRing) -> None:
+    digest = build_digest(AS_OF, HEADS, ring)
+    assert verify_digest(digest, ring.rotate(generate_ed25519()).jwks())
+
+
+ALTERATIONS = {
+    "type": "plant.ledger-digest.v2",
+    "as_of": "2024-05-01T12:00:00.000001Z",
+    "entity_count": 4,
+    "heads_root": hashlib.sha256(b"another root").hexdigest(),
+    "kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4l",
+}
+
+
+@pytest.mark.parametrize("member", sorted(ALTERATIONS))
+def test_any_member_change_fails_verification(ring: KeyRing, member: str) -> None:
+    digest = build_digest(AS_OF, HEADS, ring)
+    assert verify_digest(digest, ring)
+    assert not verify_digest({**digest, member: ALTERATIONS[member]}, ring)
+
+
+def test_a_changed_added_or_missing_member_fails(ring: KeyRing) -> None:
+    digest = build_digest(AS_OF, HEADS, ring)
+    signature = digest["signature"]
+    flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+    assert not verify_digest({**digest, "signature": flipped}, ring)
+    assert not verify_digest({**digest, "signature": signature + "A"}, ring)
+    assert not verify_digest({**digest, "note": "unsigned extra"}, ring)
+    other = generate_ed25519()
+    both = KeyRing(other, (ring.active,))
+    assert verify_digest(digest, both)
+    assert not verify_digest({**digest, "kid": other.kid}, both)
+    for member in digest:
+        assert not verify_digest({name: value for name, value in digest.items() if name != member}, ring)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [None, [], "digest", {"type": DIGEST_TYPE}],
+)
+def test_garbage_is_false_not_an_exception(ring: KeyRing, garbage: Any) -> None:
+    assert verify_digest(garbage, ring) is False
+
+
+def test_ill_typed_members_are_false(ring: KeyRing) -> None:
+    digest = build_digest(AS_OF, HEADS, ring)
+    for member, value in [
+        ("entity_count", True),
+        ("entity_count", -1),
+        ("entity_count", 2**60),
+        ("entity_count", 3.0),
+        ("heads_root", digest["heads_root"].upper()),
+        ("as_of", "\ud800"),
+        ("as_of", 1714564800),
+        ("signature", "not base64url!"),
+        ("kid", None),
+    ]:
+        assert verify_digest({**digest, member: value}, ring) is False, member
+
+
+def test_leaves_are_published_in_order_and_verify(ring: KeyRing) -> None:
+    digest = digest_with_leaves(AS_OF, HEADS, ring)
+    assert digest["leaves"] == [{"entity_id": str(entity_id), "head": link.hex()} for entity_id, link in HEADS]
+    assert {name: value for name, value in digest.items() if name != "leaves"} == build_digest(AS_OF, HEADS, ring)
+    assert verify_digest(json.loads(json.dumps(digest)), ring)
+
+
+def test_leaves_that_do_not_hash_to_the_root_are_detected(ring: KeyRing) -> None:
+    digest = digest_with_leaves(AS_OF, HEADS, ring)
+    leaves = digest["leaves"]
+    other_head = {**leaves[1], "head": hashlib.sha256(b"rewritten history").hexdigest()}
+    other_id = {**leaves[1], "entity_id": "7fffffff-0000-4000-8000-000000000001"}
+    for changed in [
+        [leaves[0], other_head, leaves[2]],
+        [leaves[0], other_id, leaves[2]],
+        [leaves[1], leaves[0], leaves[2]],
+        leaves[:2],
+        [*leaves, leaves[2]],
+        [leaves[0], {**leaves[1], "entity_id": leaves[1]["entity_id"].upper()}, leaves[2]],
+        [leaves[0], {**leaves[1], "extra": 1}, leaves[2]],
+        [leaves[0], "junk", leaves[2]],
+        "not a list",
+    ]:
+        assert verify_digest({**digest, "leaves": changed}, ring) is False, changed
+
+
+def test_unsorted_or_duplicate_heads_are_rejected(ring: KeyRing) -> None:
+    with pytest.raises(ValueError, match="ascending"):
+        build_digest(AS_OF, [HEADS[1], HEADS[0], HEADS[2]], ring)
+    with pytest.raises(ValueError, match="ascending"):
+        build_digest(AS_OF, [HEADS[0], HEADS[0]], ring)
+    with pytest.raises(ValueError, match="ascending"):
+        digest_with_leaves(AS_OF, [HEADS[2], HEADS[1]], ring)
+
+
+def test_bad_inputs_are_rejected(ring: KeyRing) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        build_digest(AS_OF.replace(tzinfo=None), HEADS, ring)
+    with pytest.raises(ValueError):
+        build_digest(AS_OF, [(HEADS[0][0], HEADS[0][1][:16])], ring)
+    with pytest.raises(ValueError, match="not a UUID"):
+        build_digest(AS_OF, [(str(HEADS[0][0]), HEADS[0][1])], ring)  # type: ignore[list-item]
+
+
+def test_an_empty_ledger_has_the_empty_root(ring: KeyRing) -> None:
+    digest = digest_with_leaves(AS_OF, [], ring)
+    assert digest["entity_count"] == 0
+    assert digest["heads_root"] == hashlib.sha256(b"").hexdigest()
+    assert digest["leaves"] == []
+    assert verify_digest(digest, ring)
+
+
+@given(st.lists(st.uuids(), unique=True, max_size=20))
+def test_uuid_order_is_byte_order(ids: list[uuid.UUID]) -> None:
+    """Sorting ids in Python agrees with the byte order the leaves (and PostgreSQL) use."""
+    assert sorted(ids) == sorted(ids, key=lambda entity_id: entity_id.bytes)
