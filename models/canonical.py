@@ -164,3 +164,10 @@ def _member_path(path: str, key: str) -> str:
 
 def _error(path: str, reason: str) -> CanonicalizationError:
     return CanonicalizationError(f"{path}: {reason}", field=path)
+
+
+def rfc3339_utc(value: dt.datetime | None) -> str | None:
+    """An aware datetime as RFC 3339 in UTC with a ``Z`` (None stays None); for API output."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, select
@@ -124,41 +124,98 @@ class ChainVerification:
         return not self.findings
 
 
-def verify_versions(rows: Iterable[EntityVersion], *, keyring: KeyRing) -> tuple[int, list[ChainFinding]]:
-    """Check one entity's versions, given in version order: numbering, links, hashes, signatures."""
+def verify_versions(
+    rows: Sequence[EntityVersion],
+    *,
+    keyring: KeyRing,
+    head_link: bytes | None = None,
+    signatures: str = "all",
+) -> tuple[int, list[ChainFinding]]:
+    """Check one entity's versions, given in version order. Each kind of damage has its code.
+
+    ``head_link`` (the entity row's head) lets a re-hashed version, one whose link no
+    longer matches what its successor or the head points at, be told apart from a
+    plain forged signature. ``signatures`` is ``"all"`` or ``"heads"`` (last version only).
+    """
     findings: list[ChainFinding] = []
-    expected_prev, count = GENESIS_LINK, 0
-    for count, row in enumerate(rows, start=1):
-        if row.version != count:
-            findings.append(ChainFinding("version-gap", row.version, f"expected version {count}"))
-        if bytes(row.prev_link) != expected_prev:
-            findings.append(ChainFinding("broken-link", row.version, "prev_link does not match the previous link"))
-        if hashlib.sha256(bytes(row.content)).digest() != bytes(row.content_hash):
-            findings.append(ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash"))
-        recomputed = link_hash(row.entity_type, row.entity_id, row.version, bytes(row.prev_link), bytes(row.content_hash))
-        if recomputed != bytes(row.link_hash):
-            findings.append(ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs"))
-        if not keyring.verify(row.kid, bytes(row.signature), bytes(row.link_hash)):
-            findings.append(ChainFinding("bad-signature", row.version, f"signature does not verify with kid {row.kid}"))
-        expected_prev = bytes(row.link_hash)
-    return count, findings
+    links = [bytes(r.link_hash) for r in rows]
+    position = {link: i for i, link in enumerate(links)}
+    for i, row in enumerate(rows):
+        findings += _continuity(row, i, links, position)
+        findings += _hashes(row)
+        if signatures == "all" or i == len(rows) - 1:
+            pointer = links[i + 1 :][:1] and bytes(rows[i + 1].prev_link)
+            referenced = (pointer or head_link) == links[i]
+            findings += _signature(row, keyring, referenced=referenced)
+    return len(rows), findings
+
+
+def _continuity(row: EntityVersion, i: int, links: list[bytes], position: dict[bytes, int]) -> list[ChainFinding]:
+    prev = bytes(row.prev_link)
+    if row.version != i + 1:
+        return [ChainFinding("version-gap", row.version, f"expected version {i + 1}")]
+    expected = links[i - 1] if i else GENESIS_LINK
+    if prev == expected:
+        return []
+    if position.get(prev, -1) > i:
+        return [ChainFinding("versions-out-of-order", row.version, "prev_link points at a later version")]
+    return [ChainFinding("broken-link", row.version, "prev_link does not match the previous link")]
+
+
+def _hashes(row: EntityVersion) -> list[ChainFinding]:
+    if hashlib.sha256(bytes(row.content)).digest() != bytes(row.content_hash):
+        return [ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash")]
+    recomputed = link_hash(row.entity_type, row.entity_id, row.version, bytes(row.prev_link), bytes(row.content_hash))
+    if recomputed != bytes(row.link_hash):
+        return [ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs")]
+    return []
+
+
+def _signature(row: EntityVersion, keyring: KeyRing, *, referenced: bool) -> list[ChainFinding]:
+    signature, link = bytes(row.signature), bytes(row.link_hash)
+    if keyring.verifier(row.kid) is None:
+        return [ChainFinding("unknown-signing-key", row.version, f"kid {row.kid} is not a trusted key")]
+    if keyring.verify(row.kid, signature, link):
+        return []
+    if any(key.verify(signature, link) for key in keyring.verifiers() if key.kid != row.kid):
+        return [ChainFinding("signature-key-mismatch", row.version, f"signed by a key other than {row.kid}")]
+    if not referenced:
+        return [ChainFinding("rehashed-version", row.version, "hashes recomputed after an edit; the signature no longer matches")]
+    return [ChainFinding("bad-signature", row.version, f"signature does not verify with kid {row.kid}")]
 
 
 def history(session: Session, *, entity_id: uuid.UUID) -> list[EntityVersion]:
     return list(session.scalars(select(EntityVersion).where(EntityVersion.entity_id == entity_id).order_by(EntityVersion.version)))
 
 
-def verify_entity(session: Session, *, entity: GovernedEntity, keyring: KeyRing) -> ChainVerification:
+def verify_entity(session: Session, *, entity: GovernedEntity, keyring: KeyRing, signatures: str = "all") -> ChainVerification:
     """Verify the entity's chain and that the row still equals its head version."""
     rows = history(session, entity_id=entity.id)
-    count, findings = verify_versions(rows, keyring=keyring)
+    return verify_loaded(entity, rows, keyring=keyring, signatures=signatures)
+
+
+def verify_loaded(
+    entity: GovernedEntity, rows: Sequence[EntityVersion], *, keyring: KeyRing, signatures: str = "all"
+) -> ChainVerification:
+    """``verify_entity`` over already loaded versions (the audit loads them in batches)."""
+    head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
+    count, findings = verify_versions(rows, keyring=keyring, head_link=head_link, signatures=signatures)
     entity_type = EntityType(entity.entity_type_value).value
     if not rows:
         findings.append(ChainFinding("no-history", None, "entity has no versions"))
         return ChainVerification(entity_type, entity.id, 0, findings)
-    head = rows[-1]
-    if entity.version != head.version or entity.head_link_hash != bytes(head.link_hash):
-        findings.append(ChainFinding("head-mismatch", head.version, "entity head does not point at its last version"))
-    if canonical_bytes(governed_content(entity)) != bytes(head.content):
-        findings.append(ChainFinding("row-content-mismatch", head.version, "entity row differs from its head version"))
+    if not any(f.code in ("versions-out-of-order", "version-gap") for f in findings):
+        findings += _head_findings(entity, rows, head_link)  # a reordered chain has no meaningful "last"
     return ChainVerification(entity_type, entity.id, count, findings)
+
+
+def _head_findings(entity: GovernedEntity, rows: Sequence[EntityVersion], head_link: bytes | None) -> list[ChainFinding]:
+    last = rows[-1]
+    if head_link != bytes(last.link_hash) or entity.version != last.version:
+        earlier = [r for r in rows[:-1] if bytes(r.link_hash) == head_link]
+        if earlier:
+            return [ChainFinding("stale-head", earlier[0].version, f"entity head replays version {earlier[0].version} of {last.version}")]
+        return [ChainFinding("head-mismatch", last.version, "entity head does not point at a version of its chain")]
+    if canonical_bytes(governed_content(entity)) != bytes(last.content):
+        return [ChainFinding("row-content-mismatch", last.version, "entity row differs from its head version")]
+    return []

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from models.base import Base, CreatedAt, Timestamp, UpdatedAt, UUIDPk
+from models.canonical import rfc3339_utc
 from models.embeddings import EMBEDDING_DIM
 
 
@@ -287,7 +288,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return rfc3339_utc(value)
     if isinstance(value, list):
         return sorted(value) if all(isinstance(v, str) for v in value) else value
     return value

@@ -112,20 +112,27 @@ def report_progress(
     lease_seconds: int,
 ) -> bool:
     """Record progress and renew the lease. Returns True when a cancel was requested."""
-    cancel_requested_at = session.execute(
+    return _checkpoint(session, claim, lease_seconds, progress_done=done, progress_total=total, progress_message=message)
+
+
+def add_progress(session: Session, *, claim: JobClaim, done: int, total: int | None, message: str | None, lease_seconds: int) -> bool:
+    """Add ``done`` to the progress (parallel parts of one job) and renew the lease.
+
+    Returns True when a cancel was requested; raises ``StaleAttempt`` for a stale claim.
+    """
+    return _checkpoint(session, claim, lease_seconds, progress_done=Job.progress_done + done,
+                       progress_total=func.coalesce(total, Job.progress_total), progress_message=message)
+
+
+def _checkpoint(session: Session, claim: JobClaim, lease_seconds: int, **values: Any) -> bool:
+    row = session.execute(
         _owned_by(claim)
-        .values(
-            progress_done=done,
-            progress_total=total,
-            progress_message=message,
-            lease_expires_at=func.now() + dt.timedelta(seconds=lease_seconds),
-            updated_at=func.now(),
-        )
+        .values(lease_expires_at=func.now() + dt.timedelta(seconds=lease_seconds), updated_at=func.now(), **values)
         .returning(Job.cancel_requested_at)
     ).one_or_none()
-    if cancel_requested_at is None:
+    if row is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
-    return cancel_requested_at[0] is not None
+    return row[0] is not None
 
 
 def finish_job(
@@ -182,15 +189,21 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
 
 
 def claim_stale_queued(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
-    """Pick queued jobs whose last publish is older than ``older_than`` and stamp them.
+    """Pick jobs whose message may be lost and stamp them as republished now.
 
-    Used by beat's requeue task: the caller republishes each returned job after commit.
-    ``SKIP LOCKED`` lets two schedulers overlap without double work.
+    That is a queued job last published longer than ``older_than`` ago, or a running
+    job whose lease expired (its worker died) and that was not republished within
+    ``older_than``. The caller republishes each after commit; the next claim takes
+    over. ``SKIP LOCKED`` lets two schedulers overlap without double work.
     """
     cutoff = func.now() - older_than
+    lost = or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < func.now()),
+    )
     stale = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED.value, Job.enqueued_at < cutoff)
+        .where(lost, Job.enqueued_at < cutoff)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

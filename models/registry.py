@@ -23,7 +23,7 @@ from models.canonical import normalize_text
 from models.chain import append_version
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
-from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, Team, governed_content
+from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
 from models.errors import Conflict, InvalidInput, NotFound
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
@@ -45,6 +45,11 @@ EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.AGENT: ("name", "description"),
 }
 DEFAULTS: dict[str, Any] = {"tags": [], "attributes": {}, "description": "", "governance_notes": None}
+
+
+class ImmutableEntity(Conflict):
+    code = "immutable-entity"
+    title = "The entity can no longer be changed"
 
 
 class PreconditionFailed(Conflict):
@@ -77,7 +82,7 @@ def create_entity(
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     _apply(session, entity, data, pending=ctx.pending_ids)
-    return _record(session, entity, ctx, text_changed=True)
+    return record_version(session, entity, ctx, text_changed=True)
 
 
 def update_entity(
@@ -90,7 +95,9 @@ def update_entity(
     expected_version: int | None = None,
 ) -> GovernedEntity:
     """Apply ``changes`` under the entity's row lock; a no-op change appends nothing."""
-    entity = _locked(session, entity_type, entity_id)
+    entity = lock_entity(session, entity_type, entity_id)
+    if isinstance(entity, Skill) and entity.status == SkillStatus.CERTIFIED.value:
+        raise ImmutableEntity(f"skill {entity_id} is certified and immutable", id=str(entity_id))
     if expected_version is not None and entity.version != expected_version:
         raise PreconditionFailed(
             f"expected version {expected_version}, entity is at version {entity.version}",
@@ -101,10 +108,14 @@ def update_entity(
     if _snapshot(entity) == before:
         return entity
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
-    return _record(session, entity, ctx, text_changed=text_changed)
+    return record_version(session, entity, ctx, text_changed=text_changed)
 
 
-def _record(session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool) -> GovernedEntity:
+def record_version(session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool) -> GovernedEntity:
+    """Append the entity's changed state as a chain version, gate it, and flush.
+
+    Raises ``ConstitutionViolation`` (nothing is written) when an error rule breaks.
+    """
     entity_type = entity.entity_type_value
     if text_changed:
         entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
@@ -199,7 +210,7 @@ def _integrity_as_domain_errors(session: Session, entity_type: EntityType) -> It
         raise InvalidInput(f"the write violates {constraint or 'a database constraint'}") from exc
 
 
-def _locked(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+def lock_entity(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
     model = ENTITY_MODELS[entity_type]
     entity = session.execute(
         select(model).where(model.id == entity_id).with_for_update().execution_options(populate_existing=True)

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     # Embeddings: "hashing" (built in, no download) or "sentence-transformers".
     embedder: str = "hashing"
 
+    # Audits and the ledger digest.
+    audit_batch_size: int = Field(default=500, ge=1, le=10_000)
+    audit_chunk_entities: int = Field(default=50_000, ge=1, description="entities per parallel chunk")
+    audit_interval_seconds: float = Field(default=86_400.0, gt=0, description="scheduled full audit")
+    digest_interval_seconds: float = Field(default=3_600.0, gt=0, description="scheduled ledger digest")
+
+    # Flower basic auth as "user:password"; `plant dev` generates one under data_dir.
+    flower_basic_auth: SecretStr | None = None
+
     # Health.
     health_timeout_seconds: float = Field(default=1.0, gt=0)
 

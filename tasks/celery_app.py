@@ -13,7 +13,7 @@ from models.settings import Settings
 
 DEFAULT_QUEUE = "default"
 AUDIT_QUEUE = "audit"
-TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance"]
+TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance", "tasks.registry_jobs", "tasks.audit"]
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -8,11 +8,13 @@ from typing import Any
 from celery import shared_task
 
 from models.diagnostics import sleep_in_steps
+from models.job_lifecycle import JobClaim
 from models.progress import ProgressSink
 from tasks.runner import run_job
 
 
-def _sleep(params: dict[str, Any], progress: ProgressSink) -> dict[str, Any]:
+def _sleep(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
+    params = claim.params
     return asdict(sleep_in_steps(seconds=float(params["seconds"]), steps=int(params["steps"]), progress=progress))
 
 

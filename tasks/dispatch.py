@@ -16,7 +16,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from tasks.celery_app import DEFAULT_QUEUE
+from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ class JobRoute:
 
 JOB_ROUTES: dict[str, JobRoute] = {
     "diagnostics.sleep": JobRoute("plant.diagnostics.sleep", DEFAULT_QUEUE),
+    "skill.certify": JobRoute("plant.skill.certify", DEFAULT_QUEUE),
+    "agent.assign_team": JobRoute("plant.agent.assign_team", DEFAULT_QUEUE),
+    "agents.assign_teams": JobRoute("plant.agents.assign_teams", DEFAULT_QUEUE),
+    "audit.run": JobRoute("plant.audit.run", AUDIT_QUEUE),
 }
 
 

@@ -23,11 +23,16 @@ from models.errors import InternalJobError, JobCancelled, JobTimedOut, PlantErro
 from models.job_lifecycle import JobClaim, claim_job, finish_job, report_progress
 from models.jobs import JobStatus
 from models.progress import ProgressSink
+from models.registry import WriteContext
 from tasks import runtime
 
 log = logging.getLogger(__name__)
 
-JobHandler = Callable[[dict[str, Any], ProgressSink], dict[str, Any]]
+JobHandler = Callable[[JobClaim, ProgressSink], dict[str, Any] | None]
+
+# A handler returns ``CONTINUES`` when it handed the work to other tasks (an audit's
+# chunks), which finish the job themselves.
+CONTINUES = None
 
 
 def worker_identity() -> str:
@@ -54,6 +59,11 @@ class RowProgress:
             raise JobCancelled("cancelled on request")
 
 
+def write_context(claim: JobClaim) -> WriteContext:
+    """Registry writes made by a job are attributed to it (``job:<id>``) in the chain."""
+    return WriteContext(actor=f"job:{claim.job_id}", keyring=runtime.keyring(), embedder=runtime.embedder())
+
+
 def run_job(job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
     with transaction(runtime.session_factory()) as session:
@@ -66,6 +76,8 @@ def run_job(job_id: str, handler: JobHandler) -> dict[str, Any]:
     if claim is None:
         return {"job_id": job_id, "skipped": "not claimable"}
     status, result, error = _execute(claim, handler)
+    if status is JobStatus.RUNNING:
+        return {"job_id": job_id, "status": "running", "continues": True}
     try:
         with transaction(runtime.session_factory()) as session:
             finish_job(session, claim=claim, status=status, result=result, error=error)
@@ -77,7 +89,8 @@ def run_job(job_id: str, handler: JobHandler) -> dict[str, Any]:
 
 def _execute(claim: JobClaim, handler: JobHandler) -> tuple[JobStatus, dict | None, dict | None]:
     try:
-        return JobStatus.SUCCEEDED, handler(claim.params, RowProgress(claim)), None
+        result = handler(claim, RowProgress(claim))
+        return (JobStatus.RUNNING, None, None) if result is CONTINUES else (JobStatus.SUCCEEDED, result, None)
     except JobCancelled as exc:
         return JobStatus.CANCELLED, None, exc.problem()
     except SoftTimeLimitExceeded:

@@ -11,7 +11,10 @@ from functools import cache
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
+from models.embeddings import Embedder, make_embedder
+from models.keys import keyring_from_settings
 from models.settings import Settings, load_settings
+from models.signing import KeyRing
 
 
 @cache
@@ -22,6 +25,16 @@ def settings() -> Settings:
 @cache
 def session_factory() -> sessionmaker[Session]:
     return make_session_factory(make_engine(settings(), pool_size=2))
+
+
+@cache
+def keyring() -> KeyRing:
+    return keyring_from_settings(settings())
+
+
+@cache
+def embedder() -> Embedder:
+    return make_embedder(settings().embedder)
 
 
 def reset_after_fork() -> None:

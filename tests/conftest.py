@@ -194,7 +194,10 @@ def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit",
              "-c", "2", "-n", f"test-{os.getpid()}@%h", "-E", "--without-mingle", "--without-gossip",
              "--loglevel=INFO"],
-            cwd=REPO_ROOT, env=child_env(settings), stdout=log, stderr=subprocess.STDOUT,
+            # Small audit batches and chunks: audits take long enough to watch and cancel,
+            # and even small scopes fan out into several parallel chunks.
+            cwd=REPO_ROOT, env=child_env(settings, PLANT_AUDIT_BATCH_SIZE="3", PLANT_AUDIT_CHUNK_ENTITIES="150"),
+            stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     from tasks.celery_app import create_celery
@@ -244,3 +247,12 @@ def committed_steward(engine: Engine, write_ctx: Any, clean_db: None) -> Any:
 
     with Session(engine) as session, session.begin():
         return bootstrap_steward(session, write_ctx)
+
+
+@pytest.fixture
+def seeded(engine: Engine, write_ctx: Any, clean_db: None) -> Any:
+    """The demo registry, committed (cleaned afterwards)."""
+    from models.seed import seed_registry
+
+    with Session(engine) as session, session.begin():
+        return seed_registry(session, write_ctx)

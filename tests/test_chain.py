@@ -79,7 +79,7 @@ def test_rotation_keeps_old_signatures_valid(db_session, write_ctx, steward, key
     assert verify_entity(db_session, entity=skill, keyring=rotated).ok
     # A ring that never trusted the new key flags exactly the version it signed.
     findings = verify_entity(db_session, entity=skill, keyring=keyring).findings
-    assert [(f.code, f.version) for f in findings] == [("bad-signature", 2)]
+    assert [(f.code, f.version) for f in findings] == [("unknown-signing-key", 2)]
 
 
 # Property tests on in-memory chains: no database needed for the pure verifier.

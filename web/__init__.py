@@ -10,9 +10,11 @@ from flask import redirect
 from flask_openapi3 import Info, OpenAPI
 
 from models.settings import Settings, load_settings
+from web.api.audit import audit_api
 from web.api.diagnostics import diagnostics_api
 from web.api.jobs import jobs_api
 from web.api.registry import registry_api
+from web.api.work import work_api
 from web.health import health_api
 from web.problems import register_error_handlers, validation_problem
 from web.services import init_services
@@ -33,7 +35,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_services(app, settings)
     register_error_handlers(app)
-    for blueprint in (health_api, jobs_api, diagnostics_api, registry_api):
+    for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api):
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
     return app

@@ -8,14 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
 from models.jobs import Job, JobStatus
-
-
-def rfc3339_utc(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class Progress(BaseModel):

@@ -14,4 +14,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.requeue_interval_seconds,
             "options": {"expires": settings.requeue_interval_seconds},
         },
+        # Jobs started by beat go through plant.schedule.fire, which records the
+        # (schedule, tick slot) pair first: a second beat's tick finds it taken.
+        "full-audit": {
+            "task": "plant.schedule.fire",
+            "schedule": settings.audit_interval_seconds,
+            "args": ("full-audit", "audit.run", {"verify_signatures": "heads"}, settings.audit_interval_seconds),
+        },
+        "ledger-digest": {
+            "task": "plant.ledger.store_digest",
+            "schedule": settings.digest_interval_seconds,
+            "options": {"expires": settings.digest_interval_seconds},
+        },
     }

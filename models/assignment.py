@@ -1,0 +1,149 @@
+"""Team assignment: eligibility rules, concurrency-safe seats, automatic team choice.
+
+An agent may join a team when: the team exists and is active and the agent is active;
+the team's job role is the agent's; their industries match when both are set; the
+agent holds every skill its job role requires; and the team has a free seat. Seats
+are counted under the team row's lock, so concurrent assignments to one team are
+serialized and capacity is never exceeded. Moving an agent frees its old seat (the
+seat is the agent's ``team_id``). Each change appends a version to the agent's chain.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.embeddings import cosine
+from models.entities import Agent, AgentStatus, EntityType, LifecycleStatus, Team, job_role_skills
+from models.errors import Conflict, InvalidInput
+from models.registry import WriteContext, get_entity, lock_entity, record_version
+
+AUTO_CANDIDATES_SHOWN = 5
+
+
+class TeamFull(Conflict):
+    code = "team-full"
+    title = "The team has no free seat"
+
+
+class NotEligible(InvalidInput):
+    code = "not-eligible"
+    title = "The agent is not eligible for the team"
+
+
+class NoEligibleTeam(Conflict):
+    code = "no-eligible-team"
+    title = "No eligible team has a free seat"
+
+
+@dataclass(frozen=True)
+class AssignmentOutcome:
+    agent_id: uuid.UUID
+    team_id: uuid.UUID
+    previous_team_id: uuid.UUID | None
+    version: int
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "agent_id": str(self.agent_id),
+            "team_id": str(self.team_id),
+            "previous_team_id": str(self.previous_team_id) if self.previous_team_id else None,
+            "version": self.version,
+            "candidates": self.candidates,
+            "excluded": self.excluded,
+        }
+
+
+def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
+    if job_role_id is None:
+        return set()
+    return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
+
+
+def ineligibility(agent: Agent, team: Team, required: set[uuid.UUID]) -> list[str]:
+    """Every rule the pair breaks, capacity aside (empty list = eligible)."""
+    reasons = []
+    if agent.status != AgentStatus.ACTIVE.value:
+        reasons.append(f"agent is {agent.status}")
+    if team.status != LifecycleStatus.ACTIVE.value:
+        reasons.append(f"team is {team.status}")
+    if agent.job_role_id != team.job_role_id:
+        reasons.append("team's job role is not the agent's")
+    if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:
+        reasons.append("industries differ")
+    missing = required - {s.id for s in agent.skills}
+    if missing:
+        reasons.append(f"agent lacks {len(missing)} required skill(s)")
+    return reasons
+
+
+def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID | None = None) -> int:
+    query = select(func.count()).select_from(Agent).where(Agent.team_id == team_id)
+    if excluding is not None:
+        query = query.where(Agent.id != excluding)
+    return session.scalar(query) or 0
+
+
+def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | None, ctx: WriteContext) -> AssignmentOutcome:
+    """Put the agent in ``team_id``, or in the best eligible team when ``team_id`` is None."""
+    agent = lock_entity(session, EntityType.AGENT, agent_id)
+    assert isinstance(agent, Agent)
+    if team_id is None:
+        return _assign_automatically(session, agent, ctx)
+    return _assign_to(session, agent, team_id, ctx)
+
+
+def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteContext, **report: Any) -> AssignmentOutcome:
+    get_entity(session, entity_type=EntityType.TEAM, entity_id=team_id)  # 404 before locking
+    team = lock_entity(session, EntityType.TEAM, team_id)
+    assert isinstance(team, Team)
+    reasons = ineligibility(agent, team, required_skills(session, agent.job_role_id))
+    if reasons:
+        raise NotEligible("; ".join(reasons), team_id=str(team_id), reasons=reasons)
+    previous = agent.team_id
+    if previous == team.id:
+        return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
+    if members_count(session, team.id, excluding=agent.id) >= team.capacity:
+        raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", team_id=str(team.id))
+    agent.team_id = team.id
+    record_version(session, agent, ctx, text_changed=False)
+    return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
+
+
+def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Eligible teams with a free seat, best first, and every excluded team with why."""
+    required = required_skills(session, agent.job_role_id)
+    seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
+    eligible, excluded = [], []
+    for team in session.scalars(select(Team).where(Team.deleted_at.is_(None)).order_by(Team.name)):
+        reasons = ineligibility(agent, team, required)
+        taken = seats.get(team.id, 0) - (1 if agent.team_id == team.id else 0)
+        if not reasons and taken >= team.capacity:
+            reasons.append("team is full")
+        if reasons:
+            excluded.append({"team_id": str(team.id), "name": team.name, "reasons": reasons})
+            continue
+        score = cosine(list(agent.embedding), list(team.embedding)) if agent.embedding is not None and team.embedding is not None else 0.0
+        eligible.append({"team_id": str(team.id), "name": team.name, "score": round(score, 6), "free_seats": team.capacity - taken})
+    eligible.sort(key=lambda c: (-c["score"], c["name"]))
+    return eligible, excluded
+
+
+def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> AssignmentOutcome:
+    candidates, excluded = rank_teams(session, agent)
+    shown = candidates[:AUTO_CANDIDATES_SHOWN]
+    for candidate in candidates:
+        try:
+            with session.begin_nested():
+                return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown, excluded=excluded)
+        except TeamFull:
+            continue  # filled up since we ranked; try the next best
+    raise NoEligibleTeam(f"no eligible team has a free seat for agent {agent.name}", excluded=excluded)
+
+

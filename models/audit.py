@@ -1,0 +1,170 @@
+"""Compliance audit of governed entities: chains, signatures, rows and rules.
+
+``audit_batch`` checks a batch of entities of one type against their stored versions
+(loaded in one query) and the constitution, returning finding rows. Each kind of
+tampering has its own code (see ``models.chain``); rule results use ``rule-violation``
+(error) and ``rule-warning`` (warning) with the rule id. ``check_entity`` does the same
+for one entity, plus a comparison with the latest stored ledger digest, for the
+synchronous tampering endpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, verify_loaded
+from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
+from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, JobRole, governed_content
+from models.errors import NotFound
+from models.ledger import compare_heads, latest_digest, stored_leaves
+from models.signing import KeyRing
+
+SEVERITY_BY_CODE = {"rule-violation": "error", "rule-warning": "warning"}
+TAMPER_SEVERITY = "critical"
+FAILING_SEVERITIES = ("critical", "error")
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    entity_type: str | None
+    entity_id: uuid.UUID | None
+    version: int | None
+    code: str
+    detail: str
+    rule_id: str | None = None
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY_BY_CODE.get(self.code, TAMPER_SEVERITY)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "entity_type": self.entity_type, "entity_id": str(self.entity_id) if self.entity_id else None,
+            "version": self.version, "code": self.code, "severity": self.severity, "rule_id": self.rule_id,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class BatchResult:
+    findings: list[FindingRow] = field(default_factory=list)
+    entities: int = 0
+    versions_verified: int = 0
+
+
+def load_entities(session: Session, entity_type: EntityType, ids_query: Any) -> list[GovernedEntity]:
+    model = ENTITY_MODELS[entity_type]
+    # populate_existing: an audit must see the rows as stored, never a cached copy.
+    query = select(model).where(model.id.in_(ids_query)).order_by(model.id).execution_options(populate_existing=True)
+    if model is JobRole:
+        query = query.options(selectinload(JobRole.required_skills))
+    if model is Agent:
+        query = query.options(selectinload(Agent.skills))
+    return list(session.scalars(query))
+
+
+def audit_batch(
+    session: Session, entities: list[GovernedEntity], *, keyring: KeyRing, signatures: str, append_only: bool
+) -> BatchResult:
+    """Verify each entity's chain, head, row and rules; nothing is written."""
+    result = BatchResult()
+    if not entities:
+        return result
+    versions = _versions_by_entity(session, [e.id for e in entities])
+    members = _team_members(session, entities)
+    for entity in entities:
+        rows = versions.get(entity.id, [])
+        verification = verify_loaded(entity, rows, keyring=keyring, signatures=signatures)
+        kind = entity.entity_type_value.value
+        result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in verification.findings]
+        result.findings += _rule_findings(entity, rows, append_only, members.get(entity.id))
+        result.entities += 1
+        result.versions_verified += len(rows)
+    return result
+
+
+def _versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[EntityVersion]]:
+    grouped: dict[uuid.UUID, list[EntityVersion]] = defaultdict(list)
+    query = (
+        select(EntityVersion).where(EntityVersion.entity_id.in_(ids)).order_by(EntityVersion.entity_id, EntityVersion.version)
+        .execution_options(populate_existing=True)
+    )
+    for row in session.scalars(query):
+        grouped[row.entity_id].append(row)
+    return grouped
+
+
+def _team_members(session: Session, entities: list[GovernedEntity]) -> dict[uuid.UUID, int]:
+    if entities[0].entity_type_value is not EntityType.TEAM:
+        return {}
+    ids = [e.id for e in entities]
+    return dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(ids)).group_by(Agent.team_id)).all())
+
+
+def _rule_findings(entity: GovernedEntity, rows: list[EntityVersion], append_only: bool, members: int | None) -> list[FindingRow]:
+    subject = RuleSubject(
+        entity_type=entity.entity_type_value,
+        content=governed_content(entity),
+        versions=len(rows),
+        head_link_hash=bytes(entity.head_link_hash) if entity.head_link_hash is not None else None,
+        genesis_linked=bool(rows) and bytes(rows[0].prev_link) == GENESIS_LINK,
+        append_only_enforced=append_only,
+        members=members or 0 if entity.entity_type_value is EntityType.TEAM else None,
+    )
+    kind, out = entity.entity_type_value.value, []
+    for level in (L0, L1):
+        outcome = evaluate(subject, level)
+        out += [FindingRow(kind, entity.id, None, "rule-violation", f"{rid} violated", rid) for rid in outcome.violations]
+        out += [FindingRow(kind, entity.id, None, "rule-warning", f"{rid} not met", rid) for rid in outcome.warnings]
+    return out
+
+
+@dataclass(frozen=True)
+class TamperCheck:
+    entity_id: uuid.UUID
+    entity_type: str
+    versions: int
+    findings: list[FindingRow]
+
+    @property
+    def tampered(self) -> bool:
+        return any(f.severity == TAMPER_SEVERITY for f in self.findings)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "entity_id": str(self.entity_id), "entity_type": self.entity_type, "tampered": self.tampered,
+            "versions": self.versions, "findings": [f.as_json() for f in self.findings],
+        }
+
+
+def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing) -> TamperCheck:
+    """Synchronous full check of one entity, including the latest stored ledger digest."""
+    for entity_type in EntityType:
+        entities = load_entities(session, entity_type, [entity_id])
+        if entities:
+            result = audit_batch(session, entities, keyring=keyring, signatures="all",
+                                 append_only=append_only_enforced(session))
+            return TamperCheck(entity_id, entity_type.value, result.versions_verified,
+                               result.findings + _digest_findings(session, entity_id))
+    digest_findings = _digest_findings(session, entity_id)
+    if digest_findings:  # deleted since the last digest: still evidence worth returning
+        return TamperCheck(entity_id, digest_findings[0].entity_type or "unknown", 0, digest_findings)
+    raise NotFound(f"no entity with id {entity_id}", id=str(entity_id))
+
+
+def _digest_findings(session: Session, entity_id: uuid.UUID) -> list[FindingRow]:
+    digest = latest_digest(session)
+    if digest is None:
+        return []
+    leaves = stored_leaves(session, digest.id, [entity_id])
+    return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
+
+
+def finding_from_chain(entity_type: str | None, entity_id: uuid.UUID | None, finding: ChainFinding) -> FindingRow:
+    return FindingRow(entity_type, entity_id, finding.version, finding.code, finding.detail)

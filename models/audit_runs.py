@@ -1,0 +1,196 @@
+"""Audit runs: plan chunks, audit them batch by batch with checkpoints, merge the result.
+
+A run's scope is split per entity type into id ranges sized for one worker each. A
+chunk is processed in batches; each batch's findings, the chunk's cursor and counters
+commit in one transaction, so a chunk retried after a crash resumes at its cursor and
+the final result equals a clean run's. Completing a chunk increments the run's
+``chunks_done`` in the same transaction; whoever brings it to ``chunks_total`` merges.
+Run-level digest findings (``against_digest``) are written when the run is planned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
+from models.audit_tables import AuditChunk, AuditFinding, AuditRun
+from models.constitution import append_only_enforced
+from models.entities import ENTITY_MODELS, EntityType
+from models.errors import InvalidInput, NotFound
+from models.ledger import compare_heads, root_as_of
+from models.ledger_digest import verify_digest
+from models.signing import KeyRing
+
+MAX_UUID = (1 << 128) - 1
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    entity_type: str | None = None
+    entity_ids: tuple[str, ...] | None = None
+    signatures: str = "heads"
+    against_digest: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, params: dict[str, Any]) -> AuditParams:
+        scope = params.get("scope") or {}
+        ids = scope.get("entity_ids")
+        return cls(scope.get("entity_type"), tuple(ids) if ids else None,
+                   params.get("verify_signatures") or "heads", params.get("against_digest"))
+
+    def types(self) -> list[EntityType]:
+        return [EntityType(self.entity_type)] if self.entity_type else list(EntityType)
+
+    def ids_filter(self, model: Any, query: Any) -> Any:
+        return query.where(model.id.in_([uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
+
+
+def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], keyring: KeyRing, chunk_entities: int) -> AuditRun:
+    """Create the run, its chunks and its digest findings once; a retry gets the same run."""
+    existing = session.scalar(select(AuditRun).where(AuditRun.job_id == job_id))
+    if existing is not None:
+        return existing
+    scope = AuditParams.from_json(params)
+    run = AuditRun(job_id=job_id, params=params)
+    session.add(run)
+    session.flush()
+    chunk_no = 0
+    for entity_type in scope.types():
+        model = ENTITY_MODELS[entity_type]
+        count = session.scalar(scope.ids_filter(model, select(func.count()).select_from(model))) or 0
+        run.entities_total += count
+        parts = max(1, math.ceil(count / chunk_entities))
+        for low, high in id_ranges(parts):
+            session.add(AuditChunk(run_id=run.id, chunk_no=chunk_no, entity_type=entity_type.value, low_id=low, high_id=high))
+            chunk_no += 1
+    run.chunks_total = chunk_no
+    if scope.against_digest is not None:
+        _insert(session, run.id, digest_findings(session, scope.against_digest, keyring))
+    session.flush()
+    return run
+
+
+def id_ranges(parts: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """``parts`` contiguous inclusive ranges covering the whole UUID space."""
+    step = (MAX_UUID + 1) // parts
+    bounds = [i * step for i in range(parts)] + [MAX_UUID + 1]
+    return [(uuid.UUID(int=bounds[i]), uuid.UUID(int=bounds[i + 1] - 1)) for i in range(parts)]
+
+
+def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) -> list[FindingRow]:
+    """Compare the registry with a digest kept outside Plant (leaves optional)."""
+    if not verify_digest(digest, {"keys": keyring.jwks()["keys"]}):
+        return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
+    if "leaves" in digest:
+        leaves = [(uuid.UUID(l["entity_id"]), l.get("version"), bytes.fromhex(l["head"])) for l in digest["leaves"]]
+        return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
+    as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
+    count, root = root_as_of(session, as_of)
+    if root.hex() == digest["heads_root"] and count == digest["entity_count"]:
+        return []
+    return [FindingRow(None, None, None, "ledger-root-mismatch",
+                       f"heads as of {digest['as_of']} hash to {root.hex()}, the digest says {digest['heads_root']}")]
+
+
+@dataclass(frozen=True)
+class ChunkStep:
+    entities: int
+    done: bool
+    run_complete: bool
+
+
+def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch_size: int) -> ChunkStep:
+    """Audit the next batch of the chunk and checkpoint it, all in the caller's transaction."""
+    chunk = session.execute(select(AuditChunk).where(AuditChunk.id == chunk_id).with_for_update()).scalar_one_or_none()
+    if chunk is None:
+        raise NotFound(f"no audit chunk {chunk_id}")
+    if chunk.done:
+        return ChunkStep(0, True, False)
+    run = session.get(AuditRun, chunk.run_id)
+    scope = AuditParams.from_json(run.params)
+    entity_type = EntityType(chunk.entity_type)
+    model = ENTITY_MODELS[entity_type]
+    ids = select(model.id).where(model.id >= chunk.low_id, model.id <= chunk.high_id)
+    if chunk.cursor is not None:
+        ids = ids.where(model.id > chunk.cursor)
+    ids = scope.ids_filter(model, ids).order_by(model.id).limit(batch_size)
+    entities = load_entities(session, entity_type, ids.scalar_subquery())
+    result = audit_batch(session, entities, keyring=keyring, signatures=scope.signatures,
+                         append_only=append_only_enforced(session))
+    _insert(session, run.id, result.findings)
+    counters = dict(chunk.counters or {})
+    counters["entities"] = counters.get("entities", 0) + result.entities
+    counters["versions_verified"] = counters.get("versions_verified", 0) + result.versions_verified
+    chunk.counters = counters
+    if entities:
+        chunk.cursor = entities[-1].id
+    chunk.updated_at = func.now()
+    finished = len(entities) < batch_size
+    run_complete = False
+    if finished:
+        chunk.done = True
+        done, total = session.execute(
+            update(AuditRun).where(AuditRun.id == run.id).values(chunks_done=AuditRun.chunks_done + 1)
+            .returning(AuditRun.chunks_done, AuditRun.chunks_total)
+        ).one()
+        run_complete = done == total
+    session.flush()
+    return ChunkStep(result.entities, finished, run_complete)
+
+
+def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow]) -> None:
+    if findings:
+        session.execute(insert(AuditFinding), [
+            {"run_id": run_id, "entity_type": f.entity_type, "entity_id": f.entity_id, "version": f.version,
+             "code": f.code, "severity": f.severity, "rule_id": f.rule_id, "detail": f.detail} for f in findings
+        ])
+
+
+def pending_chunks(session: Session, run_id: uuid.UUID) -> list[int]:
+    return list(session.scalars(select(AuditChunk.id).where(AuditChunk.run_id == run_id, AuditChunk.done.is_(False)).order_by(AuditChunk.chunk_no)))
+
+
+def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeeded") -> dict[str, Any]:
+    """Merge chunk counters and findings into the run summary and close the run."""
+    run = session.get(AuditRun, run_id)
+    chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
+    total = sum((c.counters or {}).get("entities", 0) for c in chunks)
+    failing = (
+        select(func.count(func.distinct(AuditFinding.entity_id)))
+        .where(AuditFinding.run_id == run_id, AuditFinding.severity.in_(FAILING_SEVERITIES),
+               AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
+    )
+    non_compliant = session.scalar(failing) or 0
+    by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(AuditFinding.run_id == run_id).group_by(AuditFinding.code)).all())
+    by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(AuditFinding.run_id == run_id, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
+    finished_at = session.scalar(select(func.now()))
+    summary = {
+        "run_id": str(run_id),
+        "total_entities": total,
+        "compliant": total - non_compliant,
+        "non_compliant": non_compliant,
+        "versions_verified": sum((c.counters or {}).get("versions_verified", 0) for c in chunks),
+        "findings": sum(by_code.values()),
+        "by_code": dict(sorted(by_code.items())),
+        "by_rule": dict(sorted(by_rule.items())),
+        "run_level_findings": [c for c in by_code if c in ("digest-invalid", "ledger-root-mismatch")],
+        "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
+        "signatures": AuditParams.from_json(run.params).signatures,
+    }
+    run.summary, run.status, run.finished_at = summary, status, finished_at
+    session.flush()
+    return summary
+
+
+def validate_params(params: dict[str, Any]) -> None:
+    """Cheap checks the API makes before accepting an audit job."""
+    digest = params.get("against_digest")
+    if digest is not None and not isinstance(digest, dict):
+        raise InvalidInput("against_digest must be an object", field="against_digest")

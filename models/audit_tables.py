@@ -1,0 +1,104 @@
+"""Tables of the compliance audit and the ledger digest.
+
+An ``audit_runs`` row belongs to one ``audit.run`` job. Its scope is split into
+``audit_chunks`` (an entity type and an id range each) that workers process in
+parallel; a chunk's ``cursor`` and ``counters`` are its checkpoint, committed together
+with the findings of each batch, so a retried chunk resumes exactly where it stopped.
+``ledger_digests`` keeps signed digests of every entity's head, with their leaves in
+``ledger_digest_heads`` so a later audit can say which entity rolled back or changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt, Timestamp, UUIDPk
+
+
+class AuditRun(Base):
+    __tablename__ = "audit_runs"
+
+    id: Mapped[UUIDPk]
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    entities_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[CreatedAt]
+    finished_at: Mapped[Timestamp | None]
+
+
+class AuditChunk(Base):
+    __tablename__ = "audit_chunks"
+    __table_args__ = (UniqueConstraint("run_id", "chunk_no"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
+    chunk_no: Mapped[int] = mapped_column(Integer)
+    entity_type: Mapped[str] = mapped_column(String(16))
+    low_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    high_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    cursor: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    done: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    counters: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditFinding(Base):
+    __tablename__ = "audit_findings"
+    __table_args__ = (Index(None, "run_id", "id"), Index(None, "run_id", "entity_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
+    entity_type: Mapped[str | None] = mapped_column(String(16))
+    entity_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    version: Mapped[int | None] = mapped_column(Integer)
+    code: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    rule_id: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[CreatedAt]
+
+
+class LedgerDigest(Base):
+    __tablename__ = "ledger_digests"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    as_of: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    entity_count: Mapped[int] = mapped_column(Integer)
+    heads_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    kid: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[str] = mapped_column(Text)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[CreatedAt]
+
+
+class LedgerDigestHead(Base):
+    __tablename__ = "ledger_digest_heads"
+
+    digest_id: Mapped[int] = mapped_column(ForeignKey("ledger_digests.id", ondelete="CASCADE"), primary_key=True)
+    entity_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    link_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class ScheduledFire(Base):
+    """One row per (schedule entry, fire time): two beats cannot both enqueue a tick."""
+
+    __tablename__ = "scheduled_fires"
+
+    schedule: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fire_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[CreatedAt]
+
+

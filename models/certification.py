@@ -1,0 +1,179 @@
+"""Skill certification: state check, gates, a gap-free signed certificate, one chain version.
+
+A skill in draft, pending_certification or rejected is checked against three gates:
+every L0/L1 rule passes, the description has at least eight words, and no certified
+skill's embedding is near-identical (cosine >= 0.95). Passing appends a version with
+status ``certified`` and a certificate; failing appends one with status ``rejected``.
+
+The certificate signs the head link of the version that was certified (the state the
+gates saw); the certified version itself then records the certificate. Numbers are
+``SKILL-{INDUSTRY CODE}-{NNN}`` per industry (``GEN`` without one), allocated from a
+counter row updated in the same transaction: concurrent certifications serialize on
+that row, and a rolled-back certification gives its number back, so there are no gaps
+and no duplicates. A retried job whose certification already committed (the skill's
+head version was written by the same actor) returns the recorded outcome instead of
+issuing a second certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Integer, String, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base
+from models.chain import history
+from models.constitution import L0, L1, evaluate
+from models.entities import EntityType, Industry, Skill, SkillStatus
+from models.errors import Conflict
+from models.registry import WriteContext, lock_entity, record_version, rule_subject
+
+MIN_DESCRIPTION_WORDS = 8
+DUPLICATE_SIMILARITY = 0.95
+CERTIFIABLE = {SkillStatus.DRAFT.value, SkillStatus.PENDING_CERTIFICATION.value, SkillStatus.REJECTED.value}
+NO_INDUSTRY_CODE = "GEN"
+
+
+class CertificateSequence(Base):
+    """Last certificate number issued per industry code."""
+
+    __tablename__ = "certificate_sequences"
+
+    industry_code: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
+class AlreadyCertified(Conflict):
+    code = "already-certified"
+    title = "Skill is already certified"
+
+
+class NotCertifiable(Conflict):
+    code = "not-certifiable"
+    title = "Skill cannot be certified in its current state"
+
+
+@dataclass(frozen=True)
+class CertificationOutcome:
+    skill_id: uuid.UUID
+    status: str
+    version: int
+    certificate: dict[str, Any] | None = None
+    failed_gates: list[dict[str, Any]] = field(default_factory=list)
+    blocking_duplicate: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "skill_id": str(self.skill_id),
+            "status": self.status,
+            "version": self.version,
+            "certificate": self.certificate,
+            "failed_gates": self.failed_gates,
+            "blocking_duplicate": self.blocking_duplicate,
+        }
+
+
+def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, ctx: WriteContext) -> CertificationOutcome:
+    """Certify or reject the skill under its row lock. Flushes; the caller commits."""
+    skill = lock_entity(session, EntityType.SKILL, skill_id)
+    assert isinstance(skill, Skill)
+    if _already_recorded_by(session, skill, ctx.actor):
+        return _recorded_outcome(session, skill)
+    if skill.status == SkillStatus.CERTIFIED.value:
+        raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
+    if skill.status not in CERTIFIABLE:
+        raise NotCertifiable(f"skill {skill_id} is {skill.status}", status=skill.status)
+    failed, duplicate = certification_gates(session, skill)
+    if notes:
+        skill.governance_notes = notes
+    if failed:
+        skill.status = SkillStatus.REJECTED.value
+        record_version(session, skill, ctx, text_changed=False)
+        return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
+    skill.certificate = issue_certificate(session, skill, ctx)
+    skill.status = SkillStatus.CERTIFIED.value
+    record_version(session, skill, ctx, text_changed=False)
+    return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
+
+
+def certification_gates(session: Session, skill: Skill) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every failed gate (not just the first), and the blocking duplicate if any."""
+    failed: list[dict[str, Any]] = []
+    subject = rule_subject(session, skill)
+    broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
+    if broken:
+        failed.append({"gate": "constitution", "detail": "rules not satisfied", "rules": broken})
+    words = len((skill.description or "").split())
+    if words < MIN_DESCRIPTION_WORDS:
+        failed.append({"gate": "description-length", "detail": f"{words} words; at least {MIN_DESCRIPTION_WORDS} required"})
+    duplicate = nearest_certified_duplicate(session, skill)
+    if duplicate is not None:
+        failed.append({"gate": "near-duplicate", "detail": f"too similar to certified skill {duplicate['name']}", "duplicate": duplicate})
+    return failed, duplicate
+
+
+def nearest_certified_duplicate(session: Session, skill: Skill) -> dict[str, Any] | None:
+    if skill.embedding is None:
+        return None
+    distance = Skill.embedding.cosine_distance(skill.embedding)
+    row = session.execute(
+        select(Skill.id, Skill.name, distance)
+        .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
+        .order_by(distance)
+        .limit(1)
+    ).first()
+    if row is None or 1.0 - float(row[2]) < DUPLICATE_SIMILARITY:
+        return None
+    return {"id": str(row[0]), "name": row[1], "similarity": round(1.0 - float(row[2]), 6)}
+
+
+def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict[str, Any]:
+    code = NO_INDUSTRY_CODE
+    if skill.industry_id is not None:
+        code = session.scalar(select(Industry.code).where(Industry.id == skill.industry_id)) or NO_INDUSTRY_CODE
+    number = allocate_certificate_number(session, code)
+    assert skill.head_link_hash is not None
+    kid, signature = ctx.keyring.sign(bytes(skill.head_link_hash))
+    return {
+        "certificate_id": f"SKILL-{code}-{number:03d}",
+        "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "kid": kid,
+        "signature": base64.urlsafe_b64encode(signature).decode().rstrip("="),
+        "certified_version": skill.version,
+        "certified_link_hash": bytes(skill.head_link_hash).hex(),
+    }
+
+
+def allocate_certificate_number(session: Session, industry_code: str) -> int:
+    """Next number for the code; the row lock serializes concurrent allocations."""
+    return session.execute(
+        text(
+            "INSERT INTO certificate_sequences (industry_code, last_number) VALUES (:code, 1) "
+            "ON CONFLICT (industry_code) DO UPDATE SET last_number = certificate_sequences.last_number + 1 "
+            "RETURNING last_number"
+        ),
+        {"code": industry_code},
+    ).scalar_one()
+
+
+def _already_recorded_by(session: Session, skill: Skill, actor: str) -> bool:
+    if skill.status not in (SkillStatus.CERTIFIED.value, SkillStatus.REJECTED.value) or skill.version < 2:
+        return False
+    head = history(session, entity_id=skill.id)[-1]
+    return head.actor == actor
+
+
+def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
+    """The outcome this actor already committed; gates are re-derived for a rejection."""
+    if skill.status == SkillStatus.CERTIFIED.value:
+        return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
+    failed, duplicate = certification_gates(session, skill)
+    return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
+
+
+

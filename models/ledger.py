@@ -1,0 +1,144 @@
+"""The ledger digest over every entity's chain head, stored and compared.
+
+``current_heads`` streams (entity_id, type, version, head link) over all entity tables
+in id order. ``store_digest`` signs a digest of them and keeps its leaves, so a later
+check can name each entity whose head rolled back, vanished or was rewritten since.
+``compare_heads`` does that comparison for any digest's leaves; a digest that brings
+only its root is checked by recomputing the root of the heads as of its time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import desc, func, insert, literal, select, union_all
+from sqlalchemy.orm import Session
+
+from models.audit_tables import LedgerDigest, LedgerDigestHead
+from models.chain import ChainFinding, EntityVersion
+from models.entities import ENTITY_MODELS
+from models.ledger_digest import build_digest, digest_with_leaves
+from models.merkle import MerkleAccumulator, head_leaf
+from models.signing import KeyRing
+
+HEAD_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    entity_id: uuid.UUID
+    entity_type: str
+    version: int
+    link_hash: bytes
+
+
+def current_heads(session: Session, entity_ids: Iterable[uuid.UUID] | None = None) -> Iterator[HeadRecord]:
+    """Every live entity's head, ascending by id, streamed in batches."""
+    parts = []
+    for entity_type, model in ENTITY_MODELS.items():
+        query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
+        query = query.where(model.deleted_at.is_(None), model.head_link_hash.is_not(None))
+        if entity_ids is not None:
+            query = query.where(model.id.in_(list(entity_ids)))
+        parts.append(query)
+    result = session.execute(union_all(*parts).order_by("id").execution_options(yield_per=HEAD_BATCH))
+    for row in result:
+        yield HeadRecord(row[0], row[1], row[2], bytes(row[3]))
+
+
+def digest_now(session: Session, *, keyring: KeyRing, with_leaves: bool = False) -> dict[str, Any]:
+    """A signed digest of the heads as they are in this transaction's snapshot."""
+    as_of = session.scalar(select(func.now()))
+    heads = list(current_heads(session)) if with_leaves else current_heads(session)
+    pairs = ((h.entity_id, h.link_hash) for h in heads)
+    if with_leaves:
+        return digest_with_leaves(as_of, pairs, keyring, versions={h.entity_id: h.version for h in heads})
+    return build_digest(as_of, pairs, keyring)
+
+
+def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
+    """Sign and keep a digest with its leaves (one row per entity head)."""
+    heads = list(current_heads(session))
+    as_of = session.scalar(select(func.now()))
+    document = build_digest(as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
+    digest = LedgerDigest(
+        as_of=as_of, entity_count=document["entity_count"], heads_root=bytes.fromhex(document["heads_root"]),
+        kid=document["kid"], signature=document["signature"], document=document,
+    )
+    session.add(digest)
+    session.flush()
+    for start in range(0, len(heads), HEAD_BATCH):
+        session.execute(insert(LedgerDigestHead), [
+            {"digest_id": digest.id, "entity_id": h.entity_id, "entity_type": h.entity_type, "version": h.version,
+             "link_hash": h.link_hash} for h in heads[start : start + HEAD_BATCH]
+        ])
+    return digest
+
+
+def latest_digest(session: Session) -> LedgerDigest | None:
+    return session.scalars(select(LedgerDigest).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(1)).first()
+
+
+def stored_leaves(session: Session, digest_id: int, entity_ids: list[uuid.UUID] | None = None) -> list[tuple[uuid.UUID, int | None, bytes]]:
+    query = select(LedgerDigestHead.entity_id, LedgerDigestHead.version, LedgerDigestHead.link_hash).where(
+        LedgerDigestHead.digest_id == digest_id
+    )
+    if entity_ids is not None:
+        query = query.where(LedgerDigestHead.entity_id.in_(entity_ids))
+    return [(r[0], r[1], bytes(r[2])) for r in session.execute(query.order_by(LedgerDigestHead.entity_id))]
+
+
+@dataclass(frozen=True)
+class HeadFinding:
+    entity_id: uuid.UUID
+    entity_type: str | None
+    finding: ChainFinding
+
+
+def compare_heads(session: Session, leaves: list[tuple[uuid.UUID, int | None, bytes]]) -> list[HeadFinding]:
+    """Each digest leaf whose head is no longer in its entity's chain, classified."""
+    findings: list[HeadFinding] = []
+    for start in range(0, len(leaves), HEAD_BATCH):
+        batch = leaves[start : start + HEAD_BATCH]
+        ids = [entity_id for entity_id, _, _ in batch]
+        now = {h.entity_id: h for h in current_heads(session, ids)}
+        found = session.execute(
+            select(EntityVersion.entity_id, EntityVersion.link_hash).where(EntityVersion.link_hash.in_([l for _, _, l in batch]))
+        )
+        known = {(entity_id, bytes(link)) for entity_id, link in found}
+        for entity_id, version, link in batch:
+            finding = _classify(entity_id, version, link, now.get(entity_id), known)
+            if finding is not None:
+                findings.append(finding)
+    return findings
+
+
+def _classify(entity_id: uuid.UUID, version: int | None, link: bytes, head: HeadRecord | None, known: set) -> HeadFinding | None:
+    if head is None:
+        return HeadFinding(entity_id, None, ChainFinding("entity-deleted", version, "in the digest, gone from the registry"))
+    if (entity_id, link) in known:
+        return None  # the digest's head is still in the chain (later versions may follow)
+    if version is not None and head.version < version:
+        return HeadFinding(entity_id, head.entity_type, ChainFinding(
+            "head-rolled-back", head.version, f"head is version {head.version}; the digest saw version {version}"))
+    return HeadFinding(entity_id, head.entity_type, ChainFinding(
+        "chain-rewritten", head.version, "the digest's head is no longer in the chain: history was rewritten"))
+
+
+def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
+    """Entity count and Merkle root of each chain's last version created at or before ``as_of``."""
+    heads = (
+        select(EntityVersion.entity_id, EntityVersion.link_hash)
+        .where(EntityVersion.created_at <= as_of)
+        .distinct(EntityVersion.entity_id)
+        .order_by(EntityVersion.entity_id, EntityVersion.version.desc())
+        .execution_options(yield_per=HEAD_BATCH)
+    )
+    accumulator = MerkleAccumulator()
+    for entity_id, link in session.execute(heads):
+        accumulator.add(head_leaf(entity_id, bytes(link)))
+    return accumulator.size, accumulator.root()

@@ -1,0 +1,133 @@
+"""Tasks of the compliance audit, the ledger digest and scheduled work.
+
+``plant.audit.run`` plans the run (idempotently) and fans its chunks out on the audit
+queue; each ``plant.audit.chunk`` works batch by batch, committing findings, its
+checkpoint and the parent job's progress together, and the chunk that completes the
+run merges it and finishes the job. Completion is counted in PostgreSQL, not with a
+Celery chord. A chunk whose job attempt was superseded (the job was rescued after a
+crash) stops at once; the new attempt republishes the unfinished chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_tables import AuditRun, ScheduledFire
+from models.db import transaction
+from models.errors import JobCancelled, StaleAttempt
+from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
+from models.jobs import JobStatus
+from models.ledger import store_digest
+from models.progress import ProgressSink
+from tasks import runtime
+from tasks.celery_app import AUDIT_QUEUE
+from tasks.dispatch import publish_job, route_for
+from tasks.runner import CONTINUES, run_job
+
+CHUNK_TASK = "plant.audit.chunk"
+
+
+def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
+    settings = runtime.settings()
+    with transaction(runtime.session_factory()) as session:
+        run = start_run(session, job_id=claim.job_id, params=claim.params, keyring=runtime.keyring(),
+                        chunk_entities=settings.audit_chunk_entities)
+        add_progress(session, claim=claim, done=0, total=run.entities_total, message="auditing",
+                     lease_seconds=settings.job_lease_seconds)
+        chunks = pending_chunks(session, run.id)
+        run_id = run.id
+    if not chunks:
+        _finish(claim, run_id)
+        return CONTINUES
+    app = audit_run.app
+    for chunk_id in chunks:
+        app.send_task(CHUNK_TASK, args=[str(claim.job_id), claim.attempt, chunk_id], queue=AUDIT_QUEUE)
+    return CONTINUES
+
+
+@shared_task(name="plant.audit.run")
+def audit_run(job_id: str) -> dict[str, Any]:
+    return run_job(job_id, _start_audit)
+
+
+@shared_task(name=CHUNK_TASK)
+def audit_chunk(job_id: str, attempt: int, chunk_id: int) -> dict[str, Any]:
+    claim = JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt)
+    settings = runtime.settings()
+    try:
+        while True:
+            with transaction(runtime.session_factory()) as session:
+                step = audit_chunk_step(session, chunk_id=chunk_id, keyring=runtime.keyring(),
+                                        batch_size=settings.audit_batch_size)
+                cancel = add_progress(session, claim=claim, done=step.entities, total=None, message="auditing",
+                                      lease_seconds=settings.job_lease_seconds)
+            if cancel:
+                _cancel(claim)
+                return {"chunk": chunk_id, "cancelled": True}
+            if step.done:
+                break
+    except StaleAttempt:
+        return {"chunk": chunk_id, "skipped": "superseded attempt"}
+    if step.run_complete:
+        with transaction(runtime.session_factory()) as session:
+            run_id = session.scalar(_run_id_of(claim.job_id))
+        _finish(claim, run_id)
+    return {"chunk": chunk_id, "done": True}
+
+
+def _run_id_of(job_id: uuid.UUID) -> Any:
+    return select(AuditRun.id).where(AuditRun.job_id == job_id)
+
+
+def _finish(claim: JobClaim, run_id: uuid.UUID) -> None:
+    with transaction(runtime.session_factory()) as session:
+        summary = summarize_run(session, run_id=run_id)
+        finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result=summary)
+
+
+def _cancel(claim: JobClaim) -> None:
+    try:
+        with transaction(runtime.session_factory()) as session:
+            run_id = session.scalar(_run_id_of(claim.job_id))
+            summarize_run(session, run_id=run_id, status="cancelled")
+            finish_job(session, claim=claim, status=JobStatus.CANCELLED, error=JobCancelled("cancelled on request").problem())
+    except StaleAttempt:
+        pass  # another chunk recorded the cancellation first
+
+
+@shared_task(name="plant.ledger.store_digest")
+def ledger_store_digest() -> dict[str, Any]:
+    with transaction(runtime.session_factory()) as session:
+        digest = store_digest(session, keyring=runtime.keyring())
+        return {"digest_id": digest.id, "entity_count": digest.entity_count}
+
+
+@shared_task(name="plant.schedule.fire", bind=True)
+def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interval_seconds: float) -> dict[str, Any]:  # noqa: ANN001
+    """Start one job per (schedule, tick slot), however many beats sent this tick."""
+    now = dt.datetime.now(dt.UTC).timestamp()
+    slot = dt.datetime.fromtimestamp(now - now % interval_seconds, dt.UTC)
+    with transaction(runtime.session_factory()) as session:
+        inserted = session.execute(
+            pg_insert(ScheduledFire).values(schedule=schedule, fire_at=slot).on_conflict_do_nothing().returning(ScheduledFire.schedule)
+        ).first()
+        if inserted is None:
+            return {"schedule": schedule, "fire_at": slot.isoformat(), "skipped": "already fired"}
+        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind))
+        session.execute(update(ScheduledFire).where(
+            ScheduledFire.schedule == schedule, ScheduledFire.fire_at == slot).values(job_id=job.id))
+        job_id = job.id
+    publish_job(self.app, job_id=job_id, kind=kind)
+    return {"schedule": schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
+
+
+def _queue_of(kind: str) -> str:
+    return route_for(kind).queue
+

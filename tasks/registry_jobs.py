@@ -1,0 +1,63 @@
+"""Tasks for the registry's jobs: skill certification and team assignment (single, bulk)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import shared_task
+
+from models.assignment import assign_agent
+from models.bulk_assignment import assign_teams_in_bulk
+from models.certification import certify_skill
+from models.db import transaction
+from models.job_lifecycle import JobClaim
+from models.progress import ProgressSink
+from tasks import runtime
+from tasks.runner import run_job, write_context
+
+
+def _certify(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
+    with transaction(runtime.session_factory()) as session:
+        outcome = certify_skill(
+            session, skill_id=uuid.UUID(claim.params["skill_id"]), notes=claim.params.get("notes"), ctx=write_context(claim)
+        )
+    return outcome.as_json()
+
+
+def _assign(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
+    team_id = claim.params.get("team_id")
+    with transaction(runtime.session_factory()) as session:
+        outcome = assign_agent(
+            session,
+            agent_id=uuid.UUID(claim.params["agent_id"]),
+            team_id=uuid.UUID(team_id) if team_id else None,
+            ctx=write_context(claim),
+        )
+    return outcome.as_json()
+
+
+def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
+    agent_ids = [uuid.UUID(a) for a in claim.params.get("agent_ids") or []]
+    return assign_teams_in_bulk(
+        runtime.session_factory(),
+        agent_ids=agent_ids or None,
+        all_unassigned=bool(claim.params.get("all_unassigned")),
+        ctx=write_context(claim),
+        progress=progress,
+    ).as_json()
+
+
+@shared_task(name="plant.skill.certify")
+def skill_certify(job_id: str) -> dict[str, Any]:
+    return run_job(job_id, _certify)
+
+
+@shared_task(name="plant.agent.assign_team")
+def agent_assign_team(job_id: str) -> dict[str, Any]:
+    return run_job(job_id, _assign)
+
+
+@shared_task(name="plant.agents.assign_teams")
+def agents_assign_teams(job_id: str) -> dict[str, Any]:
+    return run_job(job_id, _assign_bulk)

@@ -1,0 +1,166 @@
+"""Team assignment rules, automatic choice, bulk planning and concurrency on real Postgres."""
+
+import threading
+import uuid
+
+import pytest
+
+from models.assignment import NoEligibleTeam, NotEligible, TeamFull, assign_agent, rank_teams
+from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
+from models.chain import history
+from models.db import make_session_factory, transaction
+from models.entities import Agent, EntityType, Team
+from models.registry import create_entity, update_entity
+
+E = EntityType
+
+
+class World:
+    """An industry, two job roles with skills, and helpers to add teams and agents."""
+
+    def __init__(self, session, ctx, steward) -> None:
+        self.session, self.ctx, self.gov = session, ctx, {"governance_agent_id": steward}
+        self.industry = self.make(E.INDUSTRY, name="Assign Industry", code="ASG")
+        self.other_industry = self.make(E.INDUSTRY, name="Other Industry", code="OTH")
+        self.skills = [self.make(E.SKILL, name=f"Assign skill {i}", skill_key=f"assign-skill-{i}", category="technical",
+                                 description=f"Assignment skill number {i}") for i in range(3)]
+        self.role = self.make(E.JOB_ROLE, name="Assigner", seniority="mid", required_skill_ids=[s.id for s in self.skills[:2]])
+        self.other_role = self.make(E.JOB_ROLE, name="Other role", seniority="mid", required_skill_ids=[self.skills[2].id])
+
+    def make(self, entity_type, **data):
+        return create_entity(self.session, entity_type=entity_type, data={**self.gov, **data}, ctx=self.ctx)
+
+    def team(self, name, capacity=3, role=None, industry=None, description=""):
+        return self.make(E.TEAM, name=name, capacity=capacity, job_role_id=(role or self.role).id,
+                         industry_id=(industry or self.industry).id, description=description)
+
+    def agent(self, name, skills=None, role=None, industry=None, description=""):
+        skills = self.skills[:2] if skills is None else skills
+        return self.make(E.AGENT, name=name, job_role_id=(role or self.role).id, industry_id=(industry or self.industry).id,
+                         skill_ids=[s.id for s in skills], description=description)
+
+
+@pytest.fixture
+def world(db_session, write_ctx, steward) -> World:
+    return World(db_session, write_ctx, steward)
+
+
+def test_assign_appends_an_agent_version_and_moving_frees_the_seat(world, db_session, write_ctx) -> None:
+    a, b = world.team("Team A", capacity=1), world.team("Team B", capacity=1)
+    agent = world.agent("Mover")
+    assert assign_agent(db_session, agent_id=agent.id, team_id=a.id, ctx=write_ctx).team_id == a.id
+    moved = assign_agent(db_session, agent_id=agent.id, team_id=b.id, ctx=write_ctx)
+    assert moved.previous_team_id == a.id and agent.team_id == b.id
+    assert [v.version for v in history(db_session, entity_id=agent.id)] == [1, 2, 3]
+    # The seat in A is free again: another agent fits.
+    assert assign_agent(db_session, agent_id=world.agent("Next").id, team_id=a.id, ctx=write_ctx).team_id == a.id
+
+
+@pytest.mark.parametrize("breaks", ["role", "industry", "skills", "suspended"])
+def test_each_eligibility_rule_is_enforced(world, db_session, write_ctx, breaks) -> None:
+    team = world.team("Strict team")
+    agent = {
+        "role": lambda: world.agent("Wrong role", skills=[world.skills[2]], role=world.other_role),
+        "industry": lambda: world.agent("Wrong industry", industry=world.other_industry),
+        "skills": lambda: world.agent("Unskilled", skills=[world.skills[0], world.skills[2]]),
+        "suspended": lambda: world.agent("Sleepy"),
+    }[breaks]()
+    if breaks == "suspended":
+        update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"status": "suspended"}, ctx=write_ctx)
+    with pytest.raises(NotEligible):
+        assign_agent(db_session, agent_id=agent.id, team_id=team.id, ctx=write_ctx)
+    assert db_session.get(Agent, agent.id).team_id is None
+
+
+def test_a_full_team_refuses(world, db_session, write_ctx) -> None:
+    team = world.team("Tiny", capacity=1)
+    assign_agent(db_session, agent_id=world.agent("First").id, team_id=team.id, ctx=write_ctx)
+    with pytest.raises(TeamFull):
+        assign_agent(db_session, agent_id=world.agent("Second").id, team_id=team.id, ctx=write_ctx)
+
+
+def test_auto_picks_the_most_similar_eligible_team_and_explains(world, db_session, write_ctx) -> None:
+    world.team("Ocean Freight Team", description="container shipping ocean freight vessels ports")
+    near = world.team("Data Science Team", description="machine learning models statistics data science")
+    world.team("Wrong Role Team", role=world.other_role)
+    agent = world.agent("Data Scientist", description="machine learning statistics data science models")
+    outcome = assign_agent(db_session, agent_id=agent.id, team_id=None, ctx=write_ctx)
+    assert outcome.team_id == near.id
+    assert outcome.candidates[0]["team_id"] == str(near.id)
+    assert outcome.candidates[0]["score"] >= outcome.candidates[1]["score"]
+    excluded = {e["name"]: e["reasons"] for e in outcome.excluded}
+    assert "team's job role is not the agent's" in excluded["Wrong Role Team"]
+
+
+def test_auto_with_no_eligible_team_fails_clearly(world, db_session, write_ctx) -> None:
+    world.team("Full", capacity=1)
+    assign_agent(db_session, agent_id=world.agent("Occupant").id, team_id=None, ctx=write_ctx)
+    with pytest.raises(NoEligibleTeam):
+        assign_agent(db_session, agent_id=world.agent("Latecomer").id, team_id=None, ctx=write_ctx)
+
+
+def test_rank_lists_full_teams_as_excluded(world, db_session, write_ctx) -> None:
+    full = world.team("Packed", capacity=1)
+    assign_agent(db_session, agent_id=world.agent("Sitter").id, team_id=full.id, ctx=write_ctx)
+    eligible, excluded = rank_teams(db_session, world.agent("Looker"))
+    assert {"team_id": str(full.id), "name": "Packed", "reasons": ["team is full"]} in excluded
+    assert eligible == []
+
+
+def test_bulk_plan_places_everyone_it_can_and_says_why_not(world, db_session, write_ctx) -> None:
+    world.team("Bulk One", capacity=2)
+    world.team("Bulk Two", capacity=1)
+    agents = [world.agent(f"Bulk agent {i}") for i in range(4)]
+    loner = world.agent("No team for me", skills=[world.skills[2]], role=world.other_role)
+    plan = plan_assignment(db_session, agent_ids=[a.id for a in agents] + [loner.id], all_unassigned=False)
+    assert len(plan.placements) == 3
+    reasons = {plan.agents[i].name: r for i, r in plan.unplaced.items()}
+    assert reasons["No team for me"] == "no-eligible-team"
+    assert list(reasons.values()).count("eligible-teams-full") == 1
+
+
+def test_twenty_parallel_assignments_to_five_seats(engine, write_ctx, committed_steward) -> None:
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        team_id = world.team("Five seats", capacity=5).id
+        agent_ids = [world.agent(f"Racer {i:02d}").id for i in range(20)]
+    barrier, outcomes = threading.Barrier(20), []
+
+    def assign(agent_id: uuid.UUID) -> None:
+        barrier.wait()
+        try:
+            with transaction(sessions) as session:
+                assign_agent(session, agent_id=agent_id, team_id=team_id, ctx=write_ctx)
+            outcomes.append("ok")
+        except TeamFull:
+            outcomes.append("team-full")
+
+    threads = [threading.Thread(target=assign, args=(a,)) for a in agent_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] * 5 + ["team-full"] * 15
+    with sessions() as session:
+        assert session.query(Agent).filter(Agent.team_id == team_id).count() == 5
+        assert session.get(Team, team_id).capacity == 5
+
+
+def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, committed_steward) -> None:
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        for i in range(3):
+            world.team(f"Bulk team {i}", capacity=2)
+        for i in range(7):
+            world.agent(f"Bulk member {i}")
+    reports = []
+    outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                                   progress=lambda d, t, m=None: reports.append((d, t)))
+    # The steward (another role, no team of its role) is unassigned too.
+    assert outcome.placed == 6
+    assert {u["reason"] for u in outcome.unplaced} == {"eligible-teams-full", "no-eligible-team"}
+    assert reports[-1] == (6, 6)
+    with sessions() as session:
+        assert session.query(Agent).filter(Agent.team_id.is_not(None)).count() == 6

@@ -1,0 +1,215 @@
+"""The compliance audit and the tampering check: the tamper battery on real Postgres.
+
+Each kind of tampering is injected with SQL as a superuser (lifting the append-only
+triggers inside the test's rolled-back transaction) and must be reported under its
+own code by both the batch audit and the single-entity tampering check.
+"""
+
+import hashlib
+import os
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models.audit import check_entity
+from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_tables import AuditFinding
+from models.canonical import canonical_bytes
+from models.chain import EntityVersion, history, link_hash
+from models.entities import EntityType, Skill, governed_content
+from models.job_lifecycle import create_job
+from models.ledger import digest_now, store_digest
+from models.registry import create_entity, update_entity
+from models.signing import KeyRing, generate_ed25519
+
+E = EntityType
+
+
+@pytest.fixture
+def skill(db_session: Session, write_ctx, steward) -> Skill:
+    """A skill with three versions (v1 create, v2 and v3 edits)."""
+    skill = create_entity(db_session, entity_type=E.SKILL, ctx=write_ctx, data={
+        "name": "Audited Skill", "skill_key": "audited-skill", "category": "technical",
+        "description": "version one", "governance_agent_id": steward})
+    for text_ in ("version two", "version three"):
+        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": text_}, ctx=write_ctx)
+    db_session.flush()
+    return skill
+
+
+def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, batch_size: int = 2) -> tuple[dict, list]:
+    job = create_job(session, kind="audit.run", params=params or {"verify_signatures": "all"}, queue="audit")
+    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)
+    for chunk_id in pending_chunks(session, run.id):
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch_size).done:
+            pass
+    summary = summarize_run(session, run_id=run.id)
+    findings = session.query(AuditFinding).filter_by(run_id=run.id).all()
+    return summary, findings
+
+
+def lift_guard(session: Session, sql: str, **params) -> None:
+    session.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER USER"))
+    for statement in sql.split(";"):
+        session.execute(text(statement), params)
+    for trigger in ("entity_versions_no_update_delete", "entity_versions_no_truncate"):
+        session.execute(text(f"ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER {trigger}"))
+    session.expire_all()
+
+
+def version_row(session: Session, entity_id: uuid.UUID, version: int) -> EntityVersion:
+    return next(v for v in history(session, entity_id=entity_id) if v.version == version)
+
+
+def reset_row_to(session: Session, skill: Skill, version: int) -> None:
+    """Point the entity row at an older version, fields and head, as an attacker would."""
+    old = version_row(session, skill.id, version)
+    import json
+    session.execute(text("UPDATE skills SET description = :d, version = :v, head_link_hash = :h WHERE id = :id"),
+                    {"d": json.loads(old.content)["description"], "v": version, "h": bytes(old.link_hash), "id": skill.id})
+    session.expire_all()
+
+
+def tamper_content(s, skill, keyring):
+    row = version_row(s, skill.id, 2)
+    lift_guard(s, "UPDATE entity_versions SET content = :c WHERE id = :id", c=bytes(row.content).replace(b"two", b"TWO"), id=row.id)
+
+
+def tamper_rehash(s, skill, keyring):
+    row = version_row(s, skill.id, 2)
+    content = bytes(row.content).replace(b"two", b"2wo")
+    digest = hashlib.sha256(content).digest()
+    link = link_hash("skill", skill.id, 2, bytes(row.prev_link), digest)
+    lift_guard(s, "UPDATE entity_versions SET content = :c, content_hash = :h, link_hash = :l WHERE id = :id",
+               c=content, h=digest, l=link, id=row.id)
+
+
+def tamper_delete_middle(s, skill, keyring):
+    lift_guard(s, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 2", e=skill.id)
+
+
+def tamper_delete_newest(s, skill, keyring):
+    lift_guard(s, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    reset_row_to(s, skill, 2)
+
+
+def tamper_swap(s, skill, keyring):
+    lift_guard(s, "UPDATE entity_versions SET version = 99 WHERE entity_id = :e AND version = 2;"
+                  "UPDATE entity_versions SET version = 2 WHERE entity_id = :e AND version = 3;"
+                  "UPDATE entity_versions SET version = 3 WHERE entity_id = :e AND version = 99", e=skill.id)
+
+
+def tamper_forge_signature(s, skill, keyring):
+    lift_guard(s, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 2", g=os.urandom(64), e=skill.id)
+
+
+def tamper_other_key(s, skill, keyring):
+    row, intruder = version_row(s, skill.id, 2), generate_ed25519()
+    lift_guard(s, "UPDATE entity_versions SET kid = :k, signature = :g WHERE id = :id",
+               k=intruder.kid, g=intruder.sign(bytes(row.link_hash)), id=row.id)
+
+
+def tamper_row(s, skill, keyring):
+    s.execute(text("UPDATE skills SET description = 'forged in place' WHERE id = :id"), {"id": skill.id})
+    s.expire_all()
+
+
+def tamper_rewrite_chain(s, skill, keyring):
+    """An insider with the signing key rewrites the whole chain consistently."""
+    s.execute(text("UPDATE skills SET description = 'rewritten history' WHERE id = :id"), {"id": skill.id})
+    s.expire_all()
+    entity = s.get(Skill, skill.id)
+    lift_guard(s, "DELETE FROM entity_versions WHERE entity_id = :e", e=skill.id)
+    prev = bytes(32)
+    content = canonical_bytes(governed_content(entity))
+    for version in (1, 2, 3):
+        digest = hashlib.sha256(content).digest()
+        link = link_hash("skill", skill.id, version, prev, digest)
+        kid, signature = keyring.sign(link)
+        s.add(EntityVersion(entity_type="skill", entity_id=skill.id, version=version, content=content, content_hash=digest,
+                            prev_link=prev, link_hash=link, kid=kid, signature=signature, actor="insider"))
+        prev = link
+    s.flush()
+    s.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": prev, "id": skill.id})
+    s.expire_all()
+
+
+def tamper_replay_old_head(s, skill, keyring):
+    reset_row_to(s, skill, 1)
+
+
+BATTERY = {
+    "content-hash-mismatch": tamper_content,
+    "rehashed-version": tamper_rehash,
+    "version-gap": tamper_delete_middle,
+    "head-rolled-back": tamper_delete_newest,
+    "versions-out-of-order": tamper_swap,
+    "bad-signature": tamper_forge_signature,
+    "unknown-signing-key": tamper_other_key,
+    "row-content-mismatch": tamper_row,
+    "chain-rewritten": tamper_rewrite_chain,
+    "stale-head": tamper_replay_old_head,
+}
+
+
+def test_a_clean_registry_has_zero_findings(db_session, skill, keyring) -> None:
+    summary, findings = run_audit(db_session, keyring)
+    assert findings == []
+    assert summary["non_compliant"] == 0 and summary["compliant"] == summary["total_entities"] >= 5
+    assert summary["versions_verified"] >= 7
+    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring).findings
+
+
+@pytest.mark.parametrize("code", list(BATTERY))
+def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring, code) -> None:
+    outside_digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    store_digest(db_session, keyring=keyring)
+    BATTERY[code](db_session, skill, keyring)
+
+    summary, findings = run_audit(db_session, keyring, {"verify_signatures": "all", "against_digest": outside_digest})
+    codes = {f.code for f in findings if f.entity_id == skill.id}
+    assert code in codes, codes
+    others = set(BATTERY) - {code}
+    assert not codes & others - {"broken-link"}, f"{code} also reported as {codes & others}"
+    assert summary["non_compliant"] == 1 and summary["by_code"][code] >= 1
+
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    assert check.tampered and code in {f.code for f in check.findings}
+
+
+def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:
+    outside_digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    _, findings = run_audit(db_session, keyring, {"against_digest": outside_digest})
+    assert [(f.entity_id, f.code) for f in findings if f.code == "entity-deleted"] == [(skill.id, "entity-deleted")]
+
+
+def test_a_root_only_digest_still_reveals_a_rewrite(db_session, skill, keyring) -> None:
+    digest = digest_now(db_session, keyring=keyring)
+    db_session.execute(text("SELECT pg_sleep(0.01)"))
+    tamper_rewrite_chain(db_session, skill, keyring)
+    lift_guard(db_session, "UPDATE entity_versions SET created_at = now() - interval '1 day' WHERE entity_id = :e", e=skill.id)
+    _, findings = run_audit(db_session, keyring, {"against_digest": digest})
+    assert "ledger-root-mismatch" in {f.code for f in findings}
+
+
+def test_a_forged_digest_is_refused(db_session, skill, keyring) -> None:
+    digest = {**digest_now(db_session, keyring=keyring), "entity_count": 1}
+    _, findings = run_audit(db_session, keyring, {"against_digest": digest})
+    assert [f.code for f in findings] == ["digest-invalid"]
+
+
+def test_rule_violations_are_counted_by_rule(db_session, skill, keyring) -> None:
+    db_session.execute(text("UPDATE skills SET governance_agent_id = NULL WHERE id = :id"), {"id": skill.id})
+    summary, _ = run_audit(db_session, keyring)
+    assert summary["by_rule"]["L0-01"] == 1
+    assert summary["by_code"]["row-content-mismatch"] == 1
+
+
+def test_heads_mode_verifies_only_head_signatures(db_session, skill, keyring) -> None:
+    tamper_forge_signature(db_session, skill, keyring)
+    summary, findings = run_audit(db_session, keyring, {"verify_signatures": "heads"})
+    assert "bad-signature" not in {f.code for f in findings}
+    assert summary["signatures"] == "heads"

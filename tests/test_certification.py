@@ -1,0 +1,131 @@
+"""Skill certification against the real database: gates, numbering, idempotency."""
+
+import dataclasses
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models.certification import AlreadyCertified, NotCertifiable, certify_skill
+from models.chain import history, verify_entity
+from models.entities import EntityType, Skill
+from models.registry import ImmutableEntity, create_entity, update_entity
+
+GOOD = "Designs, reviews and maintains reliable data pipelines for analytics teams every day"
+
+
+def _industry(session, ctx, steward, code="CRT"):
+    return create_entity(session, entity_type=EntityType.INDUSTRY, ctx=ctx,
+                         data={"name": f"Industry {code}", "code": code, "governance_agent_id": steward})
+
+
+def _skill(session, ctx, steward, name, description=GOOD, industry=None):
+    return create_entity(session, entity_type=EntityType.SKILL, ctx=ctx, data={
+        "name": name, "skill_key": name.lower().replace(" ", "-"), "category": "technical",
+        "description": description, "industry_id": industry.id if industry else None, "governance_agent_id": steward})
+
+
+def test_a_good_skill_is_certified_with_a_signed_certificate(db_session, write_ctx, steward, keyring) -> None:
+    industry = _industry(db_session, write_ctx, steward)
+    skill = _skill(db_session, write_ctx, steward, "Pipeline Engineering", industry=industry)
+    certified_link = bytes(skill.head_link_hash)
+    outcome = certify_skill(db_session, skill_id=skill.id, notes="checked by QA", ctx=write_ctx)
+    assert outcome.status == "certified" and outcome.version == 2
+    cert = outcome.certificate
+    assert cert["certificate_id"] == "SKILL-CRT-001"
+    assert cert["kid"] == keyring.active.kid and cert["certified_link_hash"] == certified_link.hex()
+    import base64
+    signature = base64.urlsafe_b64decode(cert["signature"] + "=" * (-len(cert["signature"]) % 4))
+    assert keyring.verify(cert["kid"], signature, certified_link)
+    assert verify_entity(db_session, entity=skill, keyring=keyring).ok
+    assert skill.governance_notes == "checked by QA"
+
+
+def test_numbers_are_per_industry_and_gen_without_one(db_session, write_ctx, steward) -> None:
+    a, b = _industry(db_session, write_ctx, steward, "AAA"), _industry(db_session, write_ctx, steward, "BBB")
+    ids = []
+    for name, industry in [("Skill One", a), ("Skill Two Data", b), ("Skill Three Ops", a), ("Skill Four Free", None)]:
+        skill = _skill(db_session, write_ctx, steward, name, description=f"{name} " + GOOD.replace("pipelines", name.split()[-1]), industry=industry)
+        ids.append(certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate)
+    assert [c["certificate_id"] if c else None for c in ids][:1] == ["SKILL-AAA-001"]
+    numbers = sorted(c["certificate_id"] for c in ids if c)
+    assert "SKILL-BBB-001" in numbers and "SKILL-AAA-002" in numbers and "SKILL-GEN-001" in numbers
+
+
+def test_failing_gates_reject_and_list_every_failure(db_session, write_ctx, steward) -> None:
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection", description=GOOD)
+    certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx)
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description="Too short")
+    # Make the copy's embedding identical to the certified one: a near-duplicate.
+    copy.embedding = original.embedding
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected" and outcome.certificate is None
+    assert {g["gate"] for g in outcome.failed_gates} == {"description-length", "near-duplicate"}
+    assert outcome.blocking_duplicate["id"] == str(original.id)
+    assert [v.version for v in history(db_session, entity_id=copy.id)] == [1, 2]
+
+
+def test_a_rejected_skill_can_be_fixed_and_certified(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Short Skill", description="short")
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "rejected"
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"description": GOOD + " quickly"}, ctx=write_ctx)
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:2")).status == "certified"
+
+
+def test_certified_is_immutable_and_not_certified_twice(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Immutable Skill")
+    certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+    with pytest.raises(ImmutableEntity):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"name": "x"}, ctx=write_ctx)
+    with pytest.raises(AlreadyCertified):
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:other"))
+
+
+def test_a_retried_job_gets_its_first_outcome_back(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Retried Skill")
+    ctx = dataclasses.replace(write_ctx, actor=f"job:{uuid.uuid4()}")
+    first = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx)
+    again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx)
+    assert again.certificate == first.certificate and again.version == first.version == 2
+    assert len(history(db_session, entity_id=skill.id)) == 2
+
+
+def test_retired_skill_is_not_certifiable(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Old Skill")
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    with pytest.raises(NotCertifiable):
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+
+
+def test_concurrent_certifications_get_gap_free_unique_numbers(engine, write_ctx, committed_steward) -> None:
+    from models.db import make_session_factory, transaction
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        industry = _industry(session, write_ctx, committed_steward, "PAR")
+        skill_ids = [
+            _skill(session, write_ctx, committed_steward, f"Parallel {word}", description=f"{word} " + GOOD, industry=industry).id
+            for word in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+        ]
+    barrier, errors = threading.Barrier(len(skill_ids)), []
+
+    def certify(skill_id):
+        barrier.wait()
+        try:
+            with transaction(sessions) as session:
+                certify_skill(session, skill_id=skill_id, notes=None, ctx=write_ctx)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=certify, args=(s,)) for s in skill_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with sessions() as session:
+        ids = sorted(session.get(Skill, s).certificate["certificate_id"] for s in skill_ids)
+        assert ids == [f"SKILL-PAR-{n:03d}" for n in range(1, 9)]
+        assert session.execute(text("SELECT last_number FROM certificate_sequences WHERE industry_code = 'PAR'")).scalar() == 8

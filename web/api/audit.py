@@ -1,0 +1,137 @@
+"""Audit and ledger endpoints: start audits, read runs and findings, export signed
+reports, check one entity for tampering, and get a signed ledger digest."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any, Literal
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from models.audit import check_entity
+from models.audit_tables import AuditFinding, AuditRun
+from models.entities import EntityType
+from models.errors import InvalidInput
+from models.ledger import digest_now
+from models.pagination import keyset_page
+from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
+from web.jobs_http import accept_job
+from web.registry_schemas import PageQuery
+from web.schemas import JobOut, Problem
+from web.services import db_session, services
+
+audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="audit")])
+
+
+class AuditScope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entity_type: EntityType | None = None
+    entity_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+
+
+class AuditRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: AuditScope = Field(default_factory=AuditScope)
+    verify_signatures: Literal["heads", "all"] = "heads"
+    against_digest: dict[str, Any] | None = Field(default=None, description="a digest from GET /ledger/digest kept outside Plant")
+
+
+class RunPath(BaseModel):
+    run_id: uuid.UUID
+
+
+class EntityIdPath(BaseModel):
+    entity_id: uuid.UUID
+
+
+class FindingsQuery(BaseModel):
+    page_size: int = Field(default=100, ge=1, le=1000)
+    page_token: str | None = Field(default=None, max_length=64)
+    code: str | None = Field(default=None, max_length=64)
+
+
+class ExportQuery(BaseModel):
+    run_id: uuid.UUID
+    format: Literal["json", "csv"] = "json"
+
+
+class DigestQuery(BaseModel):
+    leaves: bool = Field(default=False, description="include every (entity_id, head, version) leaf")
+
+
+@audit_api.post("/audit/run", responses={202: JobOut, 422: Problem})
+def start_audit(body: AuditRunIn) -> Response:
+    """Start a compliance audit (job ``audit.run`` on the audit queue)."""
+    params = body.model_dump(mode="json", exclude_none=True)
+    return accept_job("audit.run", params)
+
+
+@audit_api.get("/audit/runs", responses={200: None, 422: Problem})
+def list_runs(query: PageQuery) -> dict[str, Any]:
+    """Audit runs, newest first."""
+    page = keyset_page(db_session(), select(AuditRun), AuditRun, page_size=query.page_size, page_token=query.page_token)
+    return {"items": [run_resource(r) for r in page.items], "next_page_token": page.next_page_token}
+
+
+@audit_api.get("/audit/runs/<run_id>", responses={200: None, 404: Problem})
+def show_run(path: RunPath) -> dict[str, Any]:
+    """One audit run with its summary once finished."""
+    return run_resource(get_run(db_session(), path.run_id))
+
+
+@audit_api.get("/audit/runs/<run_id>/findings", responses={200: None, 404: Problem, 422: Problem})
+def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
+    """A run's findings in order, paged."""
+    session = db_session()
+    get_run(session, path.run_id)
+    statement = select(AuditFinding).where(AuditFinding.run_id == path.run_id)
+    if query.code:
+        statement = statement.where(AuditFinding.code == query.code)
+    if query.page_token:
+        statement = statement.where(AuditFinding.id > _decode_after(query.page_token))
+    rows = list(session.scalars(statement.order_by(AuditFinding.id).limit(query.page_size + 1)))
+    token = _encode_after(rows[query.page_size - 1].id) if len(rows) > query.page_size else None
+    return {"items": [finding_resource(f) for f in rows[: query.page_size]], "next_page_token": token}
+
+
+def _encode_after(finding_id: int) -> str:
+    return base64.urlsafe_b64encode(f"f:{finding_id}".encode()).decode().rstrip("=")
+
+
+def _decode_after(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if not text.startswith("f:"):
+            raise ValueError(text)
+        return int(text[2:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("page_token is not a token this API issued", field="page_token") from exc
+
+
+@audit_api.get("/audit/tampering/<entity_id>", responses={200: None, 404: Problem})
+def tampering(path: EntityIdPath) -> dict[str, Any]:
+    """Check one entity now: chain, signatures, row, rules, and the latest stored digest."""
+    return check_entity(db_session(), entity_id=path.entity_id, keyring=services().keyring).as_json()
+
+
+@audit_api.get("/audit/export", responses={200: None, 404: Problem, 422: Problem})
+def export(query: ExportQuery) -> Response:
+    """The run's report: signed canonical JSON (``{"report", "signature"}``) or CSV findings."""
+    session = db_session()
+    if query.format == "csv":
+        body, mimetype = findings_csv(session, run_id=query.run_id), "text/csv"
+    else:
+        body, mimetype = signed_report(build_report(session, run_id=query.run_id), services().keyring), "application/json"
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="audit-{query.run_id}.{query.format}"'
+    return response
+
+
+@audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: None})
+def ledger_digest(query: DigestQuery) -> dict[str, Any]:
+    """A signed digest of every entity's head, now: keep it outside Plant."""
+    return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)

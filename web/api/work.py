@@ -1,0 +1,70 @@
+"""Endpoints that start registry work as jobs: certify a skill, assign agents to teams.
+
+Each checks that the named entities exist (404 at once rather than a failed job), then
+goes through ``accept_job``: row committed, message published, 202 with the job.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.entities import EntityType
+from models.registry import get_entity
+from web.jobs_http import accept_job
+from web.registry_schemas import EntityPath
+from web.schemas import JobOut, Problem
+from web.services import db_session
+
+work_api = APIBlueprint("work", __name__, url_prefix="/api/v1")
+ACCEPTED = {202: JobOut, 404: Problem, 422: Problem}
+
+
+class CertifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    notes: str | None = Field(default=None, max_length=5000)
+
+
+class AssignTeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: uuid.UUID | None = Field(default=None, description="omit to choose the best eligible team automatically")
+
+
+class AssignTeamsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=50_000)
+    all_unassigned: bool = False
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> AssignTeamsIn:
+        if bool(self.agent_ids) == self.all_unassigned:
+            raise ValueError("give either a non-empty agent_ids or all_unassigned: true")
+        return self
+
+
+@work_api.post("/genesis/skills/<entity_id>/certify", tags=[Tag(name="skill")], responses=ACCEPTED)
+def certify(path: EntityPath, body: CertifyIn) -> Response:
+    """Certify a skill (job ``skill.certify``): gates, certificate, one chain version."""
+    get_entity(db_session(), entity_type=EntityType.SKILL, entity_id=path.entity_id)
+    return accept_job("skill.certify", {"skill_id": str(path.entity_id), "notes": body.notes})
+
+
+@work_api.post("/agents/<entity_id>/assign-team", tags=[Tag(name="agent")], responses=ACCEPTED)
+def assign_team(path: EntityPath, body: AssignTeamIn) -> Response:
+    """Assign an agent to a team (job ``agent.assign_team``); ``{}`` picks the team."""
+    session = db_session()
+    get_entity(session, entity_type=EntityType.AGENT, entity_id=path.entity_id)
+    if body.team_id is not None:
+        get_entity(session, entity_type=EntityType.TEAM, entity_id=body.team_id)
+    params = {"agent_id": str(path.entity_id), "team_id": str(body.team_id) if body.team_id else None}
+    return accept_job("agent.assign_team", params)
+
+
+@work_api.post("/agents/assign-teams", tags=[Tag(name="agent")], responses=ACCEPTED)
+def assign_teams(body: AssignTeamsIn) -> Response:
+    """Assign many agents at once with an optimal plan (job ``agents.assign_teams``)."""
+    params = {"agent_ids": [str(a) for a in body.agent_ids or []], "all_unassigned": body.all_unassigned}
+    return accept_job("agents.assign_teams", params)
