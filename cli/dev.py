@@ -12,6 +12,7 @@ with different data dirs and ports can run side by side.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ class DevConfig:
     pg_port: int
     redis_port: int
     signing_key_file: Path | None  # generated if missing; None when PLANT_SIGNING_KEY is set
+    flower_basic_auth: str | None  # None: generate credentials into data_dir/flower-auth
 
 
 def dev_config_from_environment() -> DevConfig:
@@ -66,7 +68,19 @@ def dev_config_from_environment() -> DevConfig:
         signing_key_file=(
             None if settings.signing_key is not None else settings.active_signing_key_path.resolve()
         ),
+        flower_basic_auth=settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None,
     )
+
+
+def flower_credentials(config: DevConfig) -> str:
+    """``user:password`` for Flower: from settings, else generated once into the data dir."""
+    if config.flower_basic_auth:
+        return config.flower_basic_auth
+    path = config.data_dir / "flower-auth"
+    if not path.exists():
+        path.write_text(f"plant:{secrets.token_urlsafe(18)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 class ShutdownRequested(BaseException):
@@ -174,6 +188,7 @@ def app_processes(config: DevConfig) -> list[tuple[str, list[str]]]:
                  "web:create_app()", "--bind", f"127.0.0.1:{config.port}"]),
         ("beat", [*celery, "beat", "--loglevel=INFO",
                   "-s", str(config.data_dir / "celerybeat-schedule")]),
+        # Credentials reach Flower as FLOWER_BASIC_AUTH (see child_environment), not argv.
         ("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]),
         # The port in the node name keeps two runners sharing one broker from colliding.
         ("worker", [*celery, "worker", "-Q", "default,audit", "--loglevel=INFO",
@@ -214,8 +229,7 @@ def child_environment(config: DevConfig, database_url: str, redis_url: str) -> d
         "REDIS_URL": redis_url,
         "PLANT_DATA_DIR": str(config.data_dir),
         "PYTHONUNBUFFERED": "1",  # so forwarded log lines arrive as they are written
-        # Flower's JSON API for local use; dev Flower listens on 127.0.0.1 only.
-        "FLOWER_UNAUTHENTICATED_API": "true",
+        "FLOWER_BASIC_AUTH": flower_credentials(config),
     }
 
 
@@ -223,7 +237,8 @@ def print_banner(config: DevConfig, database_url: str, redis_url: str) -> None:
     api = f"http://127.0.0.1:{config.port}"
     print(
         f"\n  API      {api}/api/v1\n  Docs     {api}/docs\n  Health   {api}/health\n"
-        f"  Flower   http://127.0.0.1:{config.flower_port}\n"
+        f"  Flower   http://127.0.0.1:{config.flower_port} (basic auth: {config.data_dir / 'flower-auth'}"
+        f" unless PLANT_FLOWER_BASIC_AUTH is set)\n"
         f"  DATABASE_URL={database_url}\n  REDIS_URL={redis_url}\n"
         "  Ctrl-C stops everything.\n",
         flush=True,

@@ -78,7 +78,9 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
                  what="job running with progress")
         job_id = submitted.json()["id"]
         flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
-        wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower).json().values()),
+        assert requests.get(flower).status_code == 401  # Flower needs basic auth
+        user, password = (runner.data_dir / "flower-auth").read_text().strip().split(":", 1)
+        wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
                  what="Flower to show the task")
         assert requests.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
         services_env = (runner.data_dir / "services.env").read_text()
