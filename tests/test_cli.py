@@ -25,3 +25,17 @@ def test_seed_is_idempotent(run) -> None:
     second = run("seed")
     assert second.exit_code == 0
     assert "0 industry, 0 skill, 0 job_role, 0 team, 0 agent" in second.output
+
+
+def test_report_verify_accepts_a_signed_report_and_refuses_a_changed_one(tmp_path, keyring) -> None:
+    from models.reports import signed_report
+
+    report = tmp_path / "report.json"
+    report.write_bytes(signed_report({"type": "plant.audit-report.v1", "run": {"id": "r"}, "findings": []}, keyring))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(__import__("json").dumps(keyring.jwks()))
+    ok = CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)])
+    assert ok.exit_code == 0 and keyring.active.kid in ok.output
+    report.write_bytes(report.read_bytes().replace(b'"findings":[]', b'"findings":[1]'))
+    bad = CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)])
+    assert bad.exit_code == 1 and "NOT valid" in bad.output
