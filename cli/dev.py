@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from cli.bootstrap import ensure_dev_admin
 from cli.seeding import seed_database
 from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
 from models.migrate import upgrade_head
@@ -289,8 +290,11 @@ def _run_stack(config: DevConfig, stack: ExitStack) -> int:
     if config.signing_key_file is not None:
         ensure_key_file(config.signing_key_file)  # a dev key; production supplies its own
     upgrade_head(database_url)
-    seeded = seed_database(load_settings(database_url=database_url, data_dir=config.data_dir))
+    settings = load_settings(database_url=database_url, data_dir=config.data_dir)
+    seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
+    admin_key, key_file = ensure_dev_admin(settings, config.data_dir)
+    print(f"admin API key: {admin_key}" + (f" (also in {key_file})" if key_file else ""), flush=True)
     supervisor = Supervisor(child_environment(config, database_url, redis_url))
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):

@@ -33,16 +33,9 @@ class JobClaim:
     attempt: int
 
 
-@dataclass(frozen=True)
-class QueuedJobRef:
-    job_id: uuid.UUID
-    kind: str
-    queue: str
-
-
 def create_job(session: Session, *, kind: str, params: dict[str, Any], queue: str = "default") -> Job:
     """Insert a queued job. The caller publishes its message only after committing."""
-    job = Job(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value, enqueued_at=func.now())
+    job = Job(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value)
     session.add(job)
     session.flush()
     session.refresh(job)
@@ -188,34 +181,6 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
     return job
 
 
-def claim_stale_queued(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
-    """Pick jobs whose message may be lost and stamp them as republished now.
-
-    That is a queued job last published longer than ``older_than`` ago, or a running
-    job whose lease expired (its worker died) and that was not republished within
-    ``older_than``. The caller republishes each after commit; the next claim takes
-    over. ``SKIP LOCKED`` lets two schedulers overlap without double work.
-    """
-    cutoff = func.now() - older_than
-    lost = or_(
-        Job.status == JobStatus.QUEUED.value,
-        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < func.now()),
-    )
-    stale = (
-        select(Job.id)
-        .where(lost, Job.enqueued_at < cutoff)
-        .order_by(Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(stale.scalar_subquery()))
-        .values(enqueued_at=func.now())
-        .returning(Job.id, Job.kind, Job.queue)
-    ).all()
-    return [QueuedJobRef(r.id, r.kind, r.queue) for r in rows]
-
-
 def mark_enqueued(session: Session, *, job_id: uuid.UUID) -> None:
+    """Note a successful publish (takes the job out of the outbox)."""
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=func.now()))

@@ -44,6 +44,9 @@ class Job(Base):
         Index(None, "kind", "created_at", "id"),
         # The requeue scan only ever looks at queued rows.
         Index("ix_jobs_queued_enqueued_at", "enqueued_at", postgresql_where=text("status = 'queued'")),
+        # The outbox dispatcher's scan: committed jobs never published.
+        Index("ix_jobs_unpublished", "created_at", postgresql_where=text("status = 'queued' AND enqueued_at IS NULL")),
+        Index("ix_jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
     )
 
     id: Mapped[UUIDPk]
@@ -60,7 +63,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[Timestamp | None]
     cancel_requested_at: Mapped[Timestamp | None]
-    enqueued_at: Mapped[CreatedAt]  # last publish; beat republishes when it is old
+    # Last successful publish. NULL: the outbox still has to publish it.
+    enqueued_at: Mapped[Timestamp | None]
     created_at: Mapped[CreatedAt]
     started_at: Mapped[Timestamp | None]
     finished_at: Mapped[Timestamp | None]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import desc, func, insert, literal, select, union_all
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
@@ -134,7 +135,7 @@ def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
     heads = (
         select(EntityVersion.entity_id, EntityVersion.link_hash)
         .where(EntityVersion.created_at <= as_of)
-        .distinct(EntityVersion.entity_id)
+        .ext(distinct_on(EntityVersion.entity_id))
         .order_by(EntityVersion.entity_id, EntityVersion.version.desc())
         .execution_options(yield_per=HEAD_BATCH)
     )

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(
         default=60.0, gt=0, description="a queued job older than this is republished by beat"
     )
-    requeue_interval_seconds: float = Field(default=30.0, gt=0)
+    requeue_interval_seconds: float = Field(default=5.0, gt=0, description="how often beat runs job recovery")
     retry_after_seconds: int = Field(default=1, ge=0, description="Retry-After sent with 202")
     max_long_poll_seconds: float = Field(default=30.0, ge=0)
 
@@ -77,6 +77,14 @@ class Settings(BaseSettings):
 
     # Flower basic auth as "user:password"; `plant dev` generates one under data_dir.
     flower_basic_auth: SecretStr | None = None
+
+    # Access and input limits.
+    admin_api_key: SecretStr | None = Field(default=None, description="ensured as an admin key at start")
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get 413")
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
+    job_max_attempts: int = Field(default=5, ge=1)
+    retry_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_cap_seconds: float = Field(default=60.0, gt=0)
 
     # Health.
     health_timeout_seconds: float = Field(default=1.0, gt=0)

@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -52,9 +52,9 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
     return CONTINUES
 
 
-@shared_task(name="plant.audit.run")
-def audit_run(job_id: str) -> dict[str, Any]:
-    return run_job(job_id, _start_audit)
+@shared_task(name="plant.audit.run", bind=True)
+def audit_run(self: Task, job_id: str) -> dict[str, Any]:
+    return run_job(self, job_id, _start_audit)
 
 
 @shared_task(name=CHUNK_TASK)

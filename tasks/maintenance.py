@@ -1,4 +1,4 @@
-"""Periodic maintenance tasks scheduled by beat."""
+"""Periodic maintenance scheduled by beat: recover jobs, purge expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -7,16 +7,33 @@ import datetime as dt
 from celery import shared_task
 
 from models.db import transaction
-from models.job_lifecycle import claim_stale_queued
+from models.idempotency import purge_expired_keys
+from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
 from tasks import runtime
 from tasks.dispatch import publish_job
+
+OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publish first
 
 
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
 def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task self
-    """Republish jobs that sat queued past the threshold (their message was lost)."""
-    older_than = dt.timedelta(seconds=runtime.settings().requeue_after_seconds)
+    """Publish the outbox, republish lost messages and rescue jobs of dead workers."""
+    settings = runtime.settings()
+    older_than = dt.timedelta(seconds=settings.requeue_after_seconds)
     with transaction(runtime.session_factory()) as session:
-        stale = claim_stale_queued(session, older_than=older_than)
-    published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in stale)
-    return {"stale": len(stale), "published": published}
+        unpublished = claim_unpublished(session, min_age=OUTBOX_MIN_AGE)
+        lost = claim_lost_messages(session, older_than=older_than)
+        rescued, failed = rescue_expired(
+            session, max_attempts=settings.job_max_attempts, base=settings.retry_backoff_base_seconds,
+            cap=settings.retry_backoff_cap_seconds, older_than=older_than,
+        )
+    refs = unpublished + lost + rescued
+    published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
+    return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescued), "failed": failed,
+            "published": published}
+
+
+@shared_task(name="plant.maintenance.purge_idempotency_keys")
+def purge_idempotency_keys() -> dict[str, int]:
+    with transaction(runtime.session_factory()) as session:
+        return {"purged": purge_expired_keys(session)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
@@ -48,16 +48,16 @@ def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
     ).as_json()
 
 
-@shared_task(name="plant.skill.certify")
-def skill_certify(job_id: str) -> dict[str, Any]:
-    return run_job(job_id, _certify)
+@shared_task(name="plant.skill.certify", bind=True)
+def skill_certify(self: Task, job_id: str) -> dict[str, Any]:
+    return run_job(self, job_id, _certify)
 
 
-@shared_task(name="plant.agent.assign_team")
-def agent_assign_team(job_id: str) -> dict[str, Any]:
-    return run_job(job_id, _assign)
+@shared_task(name="plant.agent.assign_team", bind=True)
+def agent_assign_team(self: Task, job_id: str) -> dict[str, Any]:
+    return run_job(self, job_id, _assign)
 
 
-@shared_task(name="plant.agents.assign_teams")
-def agents_assign_teams(job_id: str) -> dict[str, Any]:
-    return run_job(job_id, _assign_bulk)
+@shared_task(name="plant.agents.assign_teams", bind=True)
+def agents_assign_teams(self: Task, job_id: str) -> dict[str, Any]:
+    return run_job(self, job_id, _assign_bulk)

@@ -5,6 +5,10 @@ before any work, and the outcome is written by the same attempt afterwards. A ro
 is already terminal, or held by another live attempt, makes the task a no-op, so a
 redelivered message is harmless. Progress goes through a sink that commits each
 checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
+
+Transient errors (lost database or Redis connections, timeouts) are retried with
+exponential backoff and full jitter, up to ``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job
+shows each attempt and the last error meanwhile. Domain errors are never retried.
 """
 
 from __future__ import annotations
@@ -16,15 +20,21 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis.exceptions
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from models.db import transaction
 from models.errors import InternalJobError, JobCancelled, JobTimedOut, PlantError, StaleAttempt
 from models.job_lifecycle import JobClaim, claim_job, finish_job, report_progress
+from models.job_recovery import full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
 from models.progress import ProgressSink
 from models.registry import WriteContext
 from tasks import runtime
+from tasks.dispatch import route_for
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +44,30 @@ JobHandler = Callable[[JobClaim, ProgressSink], dict[str, Any] | None]
 # chunks), which finish the job themselves.
 CONTINUES = None
 
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
+)
+
+
+class TransientJobError(PlantError):
+    code = "transient-error"
+    title = "A dependency was unavailable; the job will be retried"
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, TRANSIENT_ERRORS)
+
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def write_context(claim: JobClaim) -> WriteContext:
+    """Registry writes made by a job are attributed to it (``job:<id>``) in the chain."""
+    return WriteContext(actor=f"job:{claim.job_id}", keyring=runtime.keyring(), embedder=runtime.embedder())
 
 
 class RowProgress:
@@ -48,43 +79,60 @@ class RowProgress:
     def __call__(self, done: int, total: int | None, message: str | None = None) -> None:
         with transaction(runtime.session_factory()) as session:
             cancel_requested = report_progress(
-                session,
-                claim=self.claim,
-                done=done,
-                total=total,
-                message=message,
+                session, claim=self.claim, done=done, total=total, message=message,
                 lease_seconds=runtime.settings().job_lease_seconds,
             )
         if cancel_requested:
             raise JobCancelled("cancelled on request")
 
 
-def write_context(claim: JobClaim) -> WriteContext:
-    """Registry writes made by a job are attributed to it (``job:<id>``) in the chain."""
-    return WriteContext(actor=f"job:{claim.job_id}", keyring=runtime.keyring(), embedder=runtime.embedder())
+def backoff_seconds(attempt: int) -> float:
+    settings = runtime.settings()
+    return full_jitter_backoff(attempt, base=settings.retry_backoff_base_seconds, cap=settings.retry_backoff_cap_seconds)
 
 
-def run_job(job_id: str, handler: JobHandler) -> dict[str, Any]:
+def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
-    with transaction(runtime.session_factory()) as session:
-        claim = claim_job(
-            session,
-            job_id=uuid.UUID(job_id),
-            worker=worker_identity(),
-            lease_seconds=runtime.settings().job_lease_seconds,
-        )
+    try:
+        with transaction(runtime.session_factory()) as session:
+            claim = claim_job(session, job_id=uuid.UUID(job_id), worker=worker_identity(),
+                              lease_seconds=runtime.settings().job_lease_seconds)
+    except TRANSIENT_ERRORS as exc:
+        # Nothing was claimed; the same message comes back after a backoff.
+        retries = task.request.retries
+        raise task.retry(exc=exc, countdown=backoff_seconds(retries), max_retries=runtime.settings().job_max_attempts) from exc
     if claim is None:
         return {"job_id": job_id, "skipped": "not claimable"}
     status, result, error = _execute(claim, handler)
     if status is JobStatus.RUNNING:
         return {"job_id": job_id, "status": "running", "continues": True}
+    if status is JobStatus.QUEUED:
+        return _retry_later(task, claim, error)
+    return _record(claim, status, result, error)
+
+
+def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None) -> dict[str, Any]:
     try:
         with transaction(runtime.session_factory()) as session:
             finish_job(session, claim=claim, status=status, result=result, error=error)
     except StaleAttempt:
-        log.warning("job %s attempt %s was superseded; outcome dropped", job_id, claim.attempt)
-        return {"job_id": job_id, "skipped": "superseded"}
-    return {"job_id": job_id, "status": status.value}
+        log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
+        return {"job_id": str(claim.job_id), "skipped": "superseded"}
+    return {"job_id": str(claim.job_id), "status": status.value}
+
+
+def _retry_later(task: Task, claim: JobClaim, error: dict | None) -> dict[str, Any]:
+    """Hand the job back and republish it after a backoff, or fail it when out of attempts."""
+    if claim.attempt >= runtime.settings().job_max_attempts:
+        return _record(claim, JobStatus.FAILED, None, error)
+    try:
+        with transaction(runtime.session_factory()) as session:
+            release_for_retry(session, claim=claim, error=error or {})
+    except StaleAttempt:
+        return {"job_id": str(claim.job_id), "skipped": "superseded"}
+    route = route_for(claim.kind)
+    task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=backoff_seconds(claim.attempt))
+    return {"job_id": str(claim.job_id), "status": "queued", "retry": claim.attempt + 1}
 
 
 def _execute(claim: JobClaim, handler: JobHandler) -> tuple[JobStatus, dict | None, dict | None]:
@@ -98,5 +146,8 @@ def _execute(claim: JobClaim, handler: JobHandler) -> tuple[JobStatus, dict | No
     except PlantError as exc:
         return JobStatus.FAILED, None, exc.problem()
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
+        if is_transient(exc):
+            log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
+            return JobStatus.QUEUED, None, TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()
         log.exception("job %s failed unexpectedly", claim.job_id)
         return JobStatus.FAILED, None, InternalJobError(f"{type(exc).__name__}: {exc}").problem()

@@ -158,8 +158,24 @@ def app(settings: Settings) -> Any:
 
 
 @pytest.fixture
-def client(app: Any, clean_db: None) -> Any:
-    return app.test_client()
+def admin_key(engine: Engine, clean_db: None) -> str:
+    """A committed admin API key (cleaned afterwards with everything else)."""
+    from models.api_keys import create_api_key
+
+    with Session(engine) as session, session.begin():
+        return create_api_key(session, name="test-admin", scopes=["admin"]).plaintext
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+
+@pytest.fixture
+def client(app: Any, admin_key: str) -> Any:
+    """A test client that authenticates as admin on every request."""
+    test_client = app.test_client()
+    test_client.environ_base.update(bearer(admin_key))
+    return test_client
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

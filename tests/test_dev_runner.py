@@ -36,6 +36,12 @@ class DevRunner:
                                         stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, timeout=120, what=f"plant dev to be healthy; log: {self.log_path}")
 
+    def session(self) -> requests.Session:
+        """An HTTP session authenticated with the admin key the runner bootstrapped."""
+        http = requests.Session()
+        http.headers["Authorization"] = "Bearer " + (self.data_dir / "admin-api-key").read_text().strip()
+        return http
+
     def _healthy(self) -> bool:
         if self.process.poll() is not None:
             pytest.fail(f"plant dev exited {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
@@ -68,13 +74,15 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     runner = DevRunner(tmp_path / "plant-data", tmp_path / "dev.log")
     runner.start()
+    http = runner.session()
     try:
         api = runner.api + "/api/v1"
-        assert len(requests.get(api + "/agents", params={"page_size": 100}).json()["items"]) >= 50
-        submitted = requests.post(api + "/diagnostics/sleep", json={"seconds": 1.5, "steps": 3})
+        assert requests.get(api + "/agents").status_code == 401
+        assert len(http.get(api + "/agents", params={"page_size": 100}).json()["items"]) >= 50
+        submitted = http.post(api + "/diagnostics/sleep", json={"seconds": 1.5, "steps": 3})
         assert submitted.status_code == 202
         job_url = runner.api + submitted.headers["Location"]
-        wait_for(lambda: (j := requests.get(job_url).json())["status"] == "running" and j["progress"]["done"] >= 1,
+        wait_for(lambda: (j := http.get(job_url).json())["status"] == "running" and j["progress"]["done"] >= 1,
                  what="job running with progress")
         job_id = submitted.json()["id"]
         flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
@@ -82,7 +90,7 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
         user, password = (runner.data_dir / "flower-auth").read_text().strip().split(":", 1)
         wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
                  what="Flower to show the task")
-        assert requests.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
+        assert http.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
         services_env = (runner.data_dir / "services.env").read_text()
         assert "DATABASE_URL=" in services_env and "REDIS_URL=" in services_env
     finally:
@@ -93,8 +101,8 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     # Data persists across restarts in PLANT_DATA_DIR; the seed adds nothing the second time.
     runner.start()
     try:
-        assert requests.get(job_url).json()["status"] == "succeeded"
-        assert requests.get(f"{runner.api}/api/v1/jobs/{uuid.uuid4()}").status_code == 404
+        assert http.get(job_url).json()["status"] == "succeeded"
+        assert http.get(f"{runner.api}/api/v1/jobs/{uuid.uuid4()}").status_code == 404
     finally:
         assert _alive(runner.stop()) == []
     assert "seed: created 0 entities" in (tmp_path / "dev.log").read_text()

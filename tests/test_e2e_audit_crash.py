@@ -42,13 +42,14 @@ def start_worker(settings, name: str, log_dir) -> subprocess.Popen:
     return process
 
 
-def test_a_killed_audit_resumes_and_matches_a_clean_run(settings, seeded, engine, write_ctx, tmp_path) -> None:
+def test_a_killed_audit_resumes_and_matches_a_clean_run(settings, seeded, engine, write_ctx, tmp_path, admin_key) -> None:
     isolated = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/5"})
     with Session(engine) as session, session.begin():
         for n in range(300):
             create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx,
                           data={"name": f"Crash industry {n}", "code": f"C{n:04d}", "governance_agent_id": seeded.steward_id})
     client = create_app(isolated).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
 
     doomed = start_worker(isolated, "doomed", tmp_path)
     url = client.post("/api/v1/audit/run", json={"verify_signatures": "all"}).headers["Location"]

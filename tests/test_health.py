@@ -44,15 +44,16 @@ def test_redis_down_is_503_naming_it(settings, down_url) -> None:
 
 def test_api_answers_503_problem_when_the_database_is_down(settings, down_url) -> None:
     app = create_app(settings.model_copy(update={"database_url": f"postgresql+psycopg://postgres@{down_url}/x"}))
-    response = app.test_client().get("/api/v1/jobs")
+    response = app.test_client().get("/api/v1/jobs", headers={"Authorization": "Bearer any-key"})
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     assert response.headers["Retry-After"]
 
 
-def test_job_submission_is_accepted_while_redis_is_down(settings, down_url, clean_db) -> None:
+def test_job_submission_is_accepted_while_redis_is_down(settings, down_url, admin_key) -> None:
     app = create_app(settings.model_copy(update={"redis_url": f"redis://{down_url}/0"}))
-    response = app.test_client().post("/api/v1/diagnostics/sleep", json={"seconds": 0})
+    response = app.test_client().post("/api/v1/diagnostics/sleep", json={"seconds": 0},
+                                      headers={"Authorization": f"Bearer {admin_key}"})
     # The row is committed; beat's requeue task publishes it once Redis is back.
     assert response.status_code == 202
     assert response.get_json()["status"] == "queued"

@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 from models.errors import InvalidInput, JobNotCancellable, NotFound, StaleAttempt
 from models.job_lifecycle import (
     claim_job,
-    claim_stale_queued,
     create_job,
     finish_job,
     get_job,
@@ -144,14 +143,3 @@ def test_list_filters_by_status_and_kind(db_session: Session) -> None:
 def test_a_malformed_page_token_is_invalid_input(db_session: Session, token: str) -> None:
     with pytest.raises(InvalidInput):
         list_jobs(db_session, page_token=token)
-
-
-def test_stale_queued_jobs_are_picked_once_per_threshold(db_session: Session) -> None:
-    old, fresh = _new(db_session), _new(db_session)
-    db_session.execute(
-        update(Job).where(Job.id == old.id).values(enqueued_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-    )
-    picked = claim_stale_queued(db_session, older_than=dt.timedelta(minutes=1))
-    assert [r.job_id for r in picked] == [old.id]
-    assert fresh.id not in [r.job_id for r in picked]
-    assert claim_stale_queued(db_session, older_than=dt.timedelta(minutes=1)) == []

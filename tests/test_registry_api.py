@@ -192,16 +192,18 @@ def test_rules_catalogue(client) -> None:
     assert rules["L0-01"]["entity_type"] is None and rules["SKILL-01"]["entity_type"] == "skill"
 
 
-def test_sixteen_concurrent_patches_give_a_linear_chain(app, world, keyring) -> None:
+def test_sixteen_concurrent_patches_give_a_linear_chain(app, world, keyring, admin_key) -> None:
     url = f"{API}/genesis/industries/{world['industry']['id']}"
 
     def patch(n: int) -> int:
-        return app.test_client().patch(url, json={"description": f"concurrent edit {n}"}).status_code
+        return app.test_client().patch(url, json={"description": f"concurrent edit {n}"},
+                                       headers={"Authorization": f"Bearer {admin_key}"}).status_code
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(patch, range(16)))
     assert statuses == [200] * 16
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
     items = client.get(url + "/history").get_json()["items"]
     assert [v["version"] for v in items] == list(range(1, 18))
     assert all(b["prev_link"] == a["link_hash"] for a, b in zip(items, items[1:]))

@@ -10,11 +10,13 @@ from flask import redirect
 from flask_openapi3 import Info, OpenAPI
 
 from models.settings import Settings, load_settings
+from web.api.api_keys import api_keys_api
 from web.api.audit import audit_api
 from web.api.diagnostics import diagnostics_api
 from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
+from web.auth import init_auth
 from web.health import health_api
 from web.problems import register_error_handlers, validation_problem
 from web.services import init_services
@@ -35,7 +37,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_services(app, settings)
     register_error_handlers(app)
-    for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api):
+    init_auth(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
     return app

@@ -1,8 +1,10 @@
 """HTTP helpers shared by every endpoint that starts or shows a job.
 
-``accept_job`` is the one path for starting work: insert the row, commit, then publish,
-then answer 202 with ``Location`` and ``Retry-After``. ``job_response`` adds an ETag
-and honours ``If-None-Match``.
+``accept_job`` is the one path for starting work: honour ``Idempotency-Key``, insert
+the row (with the key) and commit, then publish and note the publish, then answer 202
+with ``Location`` and ``Retry-After``. If publishing fails the job is still accepted:
+it stays in the outbox (``enqueued_at`` NULL) until beat's recovery task publishes it.
+``job_response`` adds an ETag and honours ``If-None-Match``.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import Response, json, request
+from flask import Response, g, json, request
 
-from models.job_lifecycle import create_job
+from models.canonical import canonical_bytes
+from models.idempotency import bind_key, claim_key, validate_key
+from models.job_lifecycle import create_job, get_job, mark_enqueued
 from models.jobs import Job
 from tasks.dispatch import publish_job, route_for
 from web.schemas import JobOut
 from web.services import db_session, services
 
 JOBS_PATH = "/api/v1/jobs"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def job_body(job: Job) -> bytes:
@@ -37,12 +42,31 @@ def job_response(job: Job, status: int = 200) -> Response:
     return response
 
 
-def accept_job(kind: str, params: dict[str, Any]) -> Response:
-    session = db_session()
-    job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue)
-    session.commit()
-    publish_job(services().celery, job_id=job.id, kind=kind)
+def _accepted(job: Job, *, replayed: bool = False) -> Response:
     response = job_response(job, status=202)
     response.headers["Location"] = f"{JOBS_PATH}/{job.id}"
     response.headers["Retry-After"] = str(services().settings.retry_after_seconds)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def accept_job(kind: str, params: dict[str, Any]) -> Response:
+    session, svc = db_session(), services()
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    owner = str(g.api_key.id) if g.get("api_key") is not None else "anonymous"
+    if key is not None:
+        fingerprint = hashlib.sha256(canonical_bytes({"kind": kind, "params": params})).digest()
+        existing = claim_key(session, owner=owner, key=validate_key(key), fingerprint=fingerprint,
+                             ttl_seconds=svc.settings.idempotency_ttl_seconds)
+        if existing is not None:
+            session.commit()
+            return _accepted(get_job(session, existing), replayed=True)
+    job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue)
+    if key is not None:
+        bind_key(session, owner=owner, key=key, job_id=job.id)
+    session.commit()
+    if publish_job(svc.celery, job_id=job.id, kind=kind):
+        mark_enqueued(session, job_id=job.id)
+        session.commit()
+    return _accepted(job)

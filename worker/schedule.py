@@ -21,6 +21,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.audit_interval_seconds,
             "args": ("full-audit", "audit.run", {"verify_signatures": "heads"}, settings.audit_interval_seconds),
         },
+        "purge-idempotency-keys": {
+            "task": "plant.maintenance.purge_idempotency_keys",
+            "schedule": 3600.0,
+            "options": {"expires": 3600.0},
+        },
         "ledger-digest": {
             "task": "plant.ledger.store_digest",
             "schedule": settings.digest_interval_seconds,

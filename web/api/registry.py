@@ -30,9 +30,9 @@ from web.registry_schemas import (
     SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
 )
 from web.schemas import Problem, rfc3339_utc
+from web.auth import current_actor
 from web.services import db_session, services
 
-API_ACTOR = "api"
 registry_api = APIBlueprint("registry", __name__, url_prefix="/api/v1")
 
 
@@ -88,7 +88,7 @@ def entity_response(entity: GovernedEntity, status: int = 200) -> Response:
 
 def write_context() -> WriteContext:
     svc = services()
-    return WriteContext(actor=API_ACTOR, keyring=svc.keyring, embedder=svc.embedder)
+    return WriteContext(actor=current_actor(), keyring=svc.keyring, embedder=svc.embedder)
 
 
 def expected_version() -> int | None:

@@ -1,0 +1,104 @@
+"""API keys: random bearer tokens stored only as SHA-256 hashes, with scopes.
+
+Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute
+force. Scopes nest: ``admin`` includes ``write``, which includes ``read``. A revoked key
+stops working on the next request (every request looks the key up; nothing caches it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, CreatedAt, Timestamp, UUIDPk
+from models.errors import InvalidInput, NotFound
+
+SCOPES = ("read", "write", "admin")
+KEY_PREFIX = "plant_"
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("scopes <@ ARRAY['read', 'write', 'admin']::text[]", name="scopes_known"),)
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str] = mapped_column(String(200))
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[CreatedAt]
+    revoked_at: Mapped[Timestamp | None]
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def grants(self, scope: str) -> bool:
+        """Whether this key may act with ``scope`` (scopes nest: admin > write > read)."""
+        return any(SCOPES.index(held) >= SCOPES.index(scope) for held in self.scopes)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: the plaintext is shown once and never stored."""
+
+    key: ApiKey
+    plaintext: str
+
+
+def hash_key(plaintext: str) -> bytes:
+    return hashlib.sha256(plaintext.encode()).digest()
+
+
+def generate_plaintext() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None) -> IssuedKey:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        raise InvalidInput(f"scopes must be a non-empty subset of {list(SCOPES)}", field="scopes")
+    plaintext = plaintext or generate_plaintext()
+    key = ApiKey(name=name, key_prefix=plaintext[:12], key_hash=hash_key(plaintext), scopes=sorted(set(scopes), key=SCOPES.index))
+    session.add(key)
+    session.flush()
+    return IssuedKey(key, plaintext)
+
+
+def authenticate(session: Session, presented: str) -> ApiKey | None:
+    """The live key matching ``presented``, or None. The lookup is by hash, so timing
+    reveals nothing about stored keys; the final compare is constant-time anyway."""
+    digest = hash_key(presented)
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    if key is None or not hmac.compare_digest(bytes(key.key_hash), digest):
+        return None
+    return key
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"no API key with id {key_id}", id=str(key_id))
+    if key.revoked_at is None:
+        key.revoked_at = session.scalar(select(func.now()))
+    session.flush()
+    return key
+
+
+def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> bool:
+    """Make ``plaintext`` a live admin key; returns True when it had to be created."""
+    existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    if existing is not None:
+        if existing.revoked_at is not None or "admin" not in existing.scopes:
+            raise InvalidInput("the configured admin key exists but is revoked or not admin; configure a new one")
+        return False
+    create_api_key(session, name=name, scopes=["admin"], plaintext=plaintext)
+    return True

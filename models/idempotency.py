@@ -1,0 +1,81 @@
+"""Idempotency keys for job-creating POSTs (IETF draft "The Idempotency-Key HTTP Header").
+
+The key row and the job it names are committed in one transaction. A concurrent
+duplicate's INSERT waits on the first request's uncommitted row, then sees it: so 50
+concurrent duplicates create exactly one job, and each gets the original job back. The
+same key with a different payload is refused. Keys expire after a configurable TTL and
+are scoped to the API key that used them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+
+from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, CreatedAt
+from models.errors import InvalidInput
+
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[CreatedAt]
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> bytes:
+    return hashlib.sha256(method.encode() + b"\0" + path.encode() + b"\0" + body).digest()
+
+
+def validate_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters", field="Idempotency-Key")
+    return key
+
+
+def claim_key(session: Session, *, owner: str, key: str, fingerprint: bytes, ttl_seconds: int) -> uuid.UUID | None:
+    """Reserve the key for a new job (returns None), or return the job it already names.
+
+    Raises ``IdempotencyKeyReused`` when the key was used for a different request.
+    """
+    session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.owner == owner, IdempotencyKey.key == key, IdempotencyKey.expires_at < func.now()))
+    inserted = session.execute(
+        insert(IdempotencyKey)
+        .values(owner=owner, key=key, request_hash=fingerprint,
+                expires_at=func.now() + dt.timedelta(seconds=ttl_seconds))
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    ).first()
+    if inserted is not None:
+        return None
+    row = session.execute(
+        select(IdempotencyKey.request_hash, IdempotencyKey.job_id).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+    ).one()
+    if bytes(row.request_hash) != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request", field="Idempotency-Key")
+    return row.job_id
+
+
+def bind_key(session: Session, *, owner: str, key: str, job_id: uuid.UUID) -> None:
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key).values(job_id=job_id))
+
+
+def purge_expired_keys(session: Session) -> int:
+    return session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < func.now())).rowcount or 0

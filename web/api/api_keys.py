@@ -1,0 +1,76 @@
+"""Admin-only API key management: create (the plaintext is shown once), list, revoke."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from flask import Response, json
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.api_keys import ApiKey, create_api_key, list_api_keys, revoke_api_key
+from models.canonical import rfc3339_utc
+from web.schemas import Problem
+from web.services import db_session
+
+api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="api-keys")])
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, max_length=3)
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    key_prefix: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="the bearer token; shown only in this response")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
+class KeyPath(BaseModel):
+    key_id: uuid.UUID
+
+
+def key_resource(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": str(key.id), "name": key.name, "key_prefix": key.key_prefix, "scopes": list(key.scopes),
+        "created_at": rfc3339_utc(key.created_at), "revoked_at": rfc3339_utc(key.revoked_at),
+    }
+
+
+@api_keys_api.post("/api-keys", responses={201: ApiKeyCreated, 422: Problem})
+def create_key(body: ApiKeyIn) -> Response:
+    """Create a key. Its plaintext is in this response only; Plant keeps a hash."""
+    session = db_session()
+    issued = create_api_key(session, name=body.name, scopes=list(body.scopes))
+    session.commit()
+    body_json = {**key_resource(issued.key), "key": issued.plaintext}
+    return Response(json.dumps(body_json), status=201, mimetype="application/json")
+
+
+@api_keys_api.get("/api-keys", responses={200: ApiKeyList})
+def list_keys() -> dict[str, Any]:
+    """Every key, revoked ones included (never the plaintext)."""
+    return {"items": [key_resource(k) for k in list_api_keys(db_session())]}
+
+
+@api_keys_api.delete("/api-keys/<key_id>", responses={200: ApiKeyOut, 404: Problem})
+def revoke_key(path: KeyPath) -> dict[str, Any]:
+    """Revoke a key; it stops working on the next request."""
+    session = db_session()
+    key = revoke_api_key(session, key_id=path.key_id)
+    session.commit()
+    return key_resource(key)

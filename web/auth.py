@@ -1,0 +1,64 @@
+"""Bearer API-key authentication and scope checks for everything under ``/api/``.
+
+``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
+(POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
+or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403.
+The authenticated key is ``g.api_key``; chain writes are attributed to it.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from models.api_keys import ApiKey, authenticate
+from web.problems import problem_response
+from web.services import db_session
+
+PROTECTED_PREFIX = "/api/"
+ADMIN_PREFIX = "/api/v1/api-keys"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def required_scope(method: str, path: str) -> str:
+    if path.startswith(ADMIN_PREFIX):
+        return "admin"
+    return "read" if method in READ_METHODS else "write"
+
+
+def _unauthorized(detail: str) -> Response:
+    response = problem_response(401, "Unauthorized", detail, type_="/problems/unauthorized")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="plant"'
+    return response
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def check_api_key() -> Response | None:
+    """``before_request`` hook: None lets the request through, a Response ends it."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return None
+    presented = _presented_key()
+    if presented is None:
+        return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    key = authenticate(db_session(), presented)
+    db_session().rollback()  # end the lookup's snapshot; the view starts fresh
+    if key is None:
+        return _unauthorized("the API key is unknown or revoked")
+    scope = required_scope(request.method, request.path)
+    if not key.grants(scope):
+        return problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
+    g.api_key = key
+    return None
+
+
+def current_actor() -> str:
+    key: ApiKey | None = g.get("api_key")
+    return f"api-key:{key.id}" if key is not None else "api"
+
+
+def init_auth(app: Flask) -> None:
+    app.before_request(check_api_key)
