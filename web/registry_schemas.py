@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_serializer, model_validator
 
 from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCategory
 from web.schemas import rfc3339_utc
@@ -23,35 +23,35 @@ Text = Field(default="", max_length=20_000)
 
 class GovernanceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    external_key: str | None = Field(default=None, max_length=128)
-    tags: list[str] = Field(default_factory=list, max_length=64)
+    external_key: StrictStr | None = Field(default=None, max_length=128)
+    tags: list[Annotated[StrictStr, Field(max_length=100)]] = Field(default_factory=list, max_length=64)
     attributes: dict[str, Any] = Field(default_factory=dict)
-    governance_notes: str | None = Field(default=None, max_length=20_000)
+    governance_notes: StrictStr | None = Field(default=None, max_length=20_000)
     governance_agent_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
 
 
 class IndustryIn(GovernanceIn):
-    name: str = Name
-    code: str = Field(pattern=r"^[A-Z][A-Z0-9]{1,7}$", description="short upper-case code, e.g. MKT")
-    description: str = Text
+    name: StrictStr = Name
+    code: StrictStr = Field(pattern=r"^[A-Z][A-Z0-9]{1,7}$", description="short upper-case code, e.g. MKT")
+    description: StrictStr = Text
     status: LifecycleStatus = LifecycleStatus.ACTIVE
 
 
 class SkillIn(GovernanceIn):
-    name: str = Name
-    skill_key: str | None = Field(
+    name: StrictStr = Name
+    skill_key: StrictStr | None = Field(
         default=None, max_length=200, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", description="slug; derived from name if omitted"
     )
-    description: str = Text
+    description: StrictStr = Text
     category: SkillCategory
     industry_id: uuid.UUID | None = None
     status: Literal["draft", "pending_certification", "retired"] = "draft"
 
 
 class JobRoleIn(GovernanceIn):
-    name: str = Name
-    description: str = Text
+    name: StrictStr = Name
+    description: StrictStr = Text
     required_skill_ids: list[uuid.UUID] = Field(default_factory=list, max_length=200)
     seniority: Seniority
     industry_id: uuid.UUID | None = None
@@ -59,17 +59,17 @@ class JobRoleIn(GovernanceIn):
 
 
 class TeamIn(GovernanceIn):
-    name: str = Name
-    description: str = Text
+    name: StrictStr = Name
+    description: StrictStr = Text
     job_role_id: uuid.UUID
     industry_id: uuid.UUID | None = None
-    capacity: int = Field(ge=1, le=100_000)
+    capacity: StrictInt = Field(ge=1, le=100_000)
     status: LifecycleStatus = LifecycleStatus.ACTIVE
 
 
 class AgentIn(GovernanceIn):
-    name: str = Name
-    description: str = Text
+    name: StrictStr = Name
+    description: StrictStr = Text
     skill_ids: list[uuid.UUID] = Field(default_factory=list, max_length=500)
     job_role_id: uuid.UUID | None = None
     industry_id: uuid.UUID | None = None
@@ -202,7 +202,7 @@ class AgentListQuery(PageQuery):
 
 
 class SkillSearchQuery(BaseModel):
-    q: str = Field(min_length=1, max_length=1000)
+    q: str = Field(min_length=1, max_length=1000)  # query strings are text by nature
     k: int = Field(default=10, ge=1, le=100)
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_serializer
 
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
@@ -89,8 +89,8 @@ class JobListQuery(BaseModel):
 
 class SleepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
-    steps: int = Field(default=1, ge=1, le=100_000)
+    seconds: StrictFloat = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    steps: StrictInt = Field(default=1, ge=1, le=100_000)
 
 
 class CheckOut(BaseModel):

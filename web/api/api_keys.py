@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from models.api_keys import ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
@@ -19,7 +19,7 @@ api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_tags
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: StrictStr = Field(min_length=1, max_length=200)
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, max_length=3)
 
 

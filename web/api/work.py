@@ -10,7 +10,7 @@ import uuid
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from models.entities import EntityType
 from models.registry import get_entity
@@ -25,7 +25,7 @@ ACCEPTED = {202: JobOut, 404: Problem, 422: Problem}
 
 class CertifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    notes: str | None = Field(default=None, max_length=5000)
+    notes: StrictStr | None = Field(default=None, max_length=5000)
 
 
 class AssignTeamIn(BaseModel):
@@ -36,7 +36,7 @@ class AssignTeamIn(BaseModel):
 class AssignTeamsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=50_000)
-    all_unassigned: bool = False
+    all_unassigned: StrictBool = False
 
     @model_validator(mode="after")
     def _one_selector(self) -> AssignTeamsIn:

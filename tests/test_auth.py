@@ -1,0 +1,115 @@
+"""API keys: bearer auth, scopes, admin-only management, instant revocation, limits."""
+
+import hashlib
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.api_keys import ApiKey
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def anonymous(app, admin_key):
+    return app.test_client()
+
+
+def _as(app, key):
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return c
+
+
+def _key(client, *scopes) -> str:
+    response = client.post(f"{API}/api-keys", json={"name": f"key {'+'.join(scopes)}", "scopes": list(scopes)})
+    assert response.status_code == 201
+    return response.get_json()["key"]
+
+
+def test_every_api_route_needs_a_key_but_health_and_docs_do_not(anonymous) -> None:
+    for path in ("/jobs", "/agents", "/genesis/skills", "/rules", "/signing-keys", "/audit/runs"):
+        response = anonymous.get(API + path)
+        assert response.status_code == 401, path
+        assert response.mimetype == "application/problem+json"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anonymous.post(f"{API}/diagnostics/sleep", json={"seconds": 0}).status_code == 401
+    for path in ("/health", "/openapi.json", "/docs"):
+        assert anonymous.get(path).status_code in (200, 302, 503), path
+
+
+def test_unknown_or_malformed_keys_are_401(app, admin_key) -> None:
+    assert _as(app, "plant_not-a-real-key").get(f"{API}/jobs").status_code == 401
+    c = app.test_client()
+    assert c.get(f"{API}/jobs", headers={"Authorization": f"Basic {admin_key}"}).status_code == 401
+
+
+def test_read_key_reads_but_cannot_write(app, client) -> None:
+    reader = _as(app, _key(client, "read"))
+    assert reader.get(f"{API}/jobs").status_code == 200
+    for method, path, body in [("post", "/diagnostics/sleep", {"seconds": 0}), ("patch", "/agents/00000000-0000-0000-0000-000000000000", {})]:
+        response = getattr(reader, method)(API + path, json=body)
+        assert response.status_code == 403 and response.mimetype == "application/problem+json"
+    writer = _as(app, _key(client, "write"))
+    assert writer.post(f"{API}/diagnostics/sleep", json={"seconds": 0}).status_code == 202
+    assert writer.get(f"{API}/jobs").status_code == 200
+
+
+def test_key_management_is_admin_only(app, client) -> None:
+    writer = _as(app, _key(client, "write"))
+    assert writer.get(f"{API}/api-keys").status_code == 403
+    assert writer.post(f"{API}/api-keys", json={"name": "x", "scopes": ["admin"]}).status_code == 403
+    listed = client.get(f"{API}/api-keys").get_json()["items"]
+    assert {k["name"] for k in listed} >= {"test-admin", "key write"}
+    assert all("key" not in k for k in listed)
+
+
+def test_keys_are_stored_only_as_hashes(client, engine) -> None:
+    plaintext = _key(client, "read")
+    with Session(engine) as session:
+        stored = session.scalars(select(ApiKey)).all()
+        assert all(plaintext.encode() not in bytes(k.key_hash) for k in stored)
+        assert hashlib.sha256(plaintext.encode()).digest() in {bytes(k.key_hash) for k in stored}
+
+
+def test_a_revoked_key_stops_working_at_once(app, client) -> None:
+    created = client.post(f"{API}/api-keys", json={"name": "temp", "scopes": ["read"]}).get_json()
+    temp = _as(app, created["key"])
+    assert temp.get(f"{API}/jobs").status_code == 200
+    revoked = client.delete(f"{API}/api-keys/{created['id']}")
+    assert revoked.status_code == 200 and revoked.get_json()["revoked_at"]
+    assert temp.get(f"{API}/jobs").status_code == 401
+
+
+def test_bad_key_requests_are_422(client) -> None:
+    assert client.post(f"{API}/api-keys", json={"name": "x", "scopes": ["root"]}).status_code == 422
+    assert client.post(f"{API}/api-keys", json={"name": "", "scopes": ["read"]}).status_code == 422
+    assert client.delete(f"{API}/api-keys/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_writes_are_attributed_to_the_key(app, client, committed_steward) -> None:
+    key = client.post(f"{API}/api-keys", json={"name": "author", "scopes": ["write"]}).get_json()
+    author = _as(app, key["key"])
+    industry = author.post(f"{API}/genesis/industries", json={"name": "Attributed", "code": "ATR",
+                                                             "governance_agent_id": str(committed_steward)}).get_json()
+    history = client.get(f"{API}/genesis/industries/{industry['id']}/history").get_json()["items"]
+    assert history[0]["actor"] == f"api-key:{key['id']}"
+
+
+def test_an_oversized_body_is_413(client, app) -> None:
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    response = client.post(f"{API}/diagnostics/sleep", data=b"{" + b" " * limit + b"}", content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+
+
+def test_cors_is_closed_by_default(client) -> None:
+    response = client.options(f"{API}/jobs", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Allow-Origin" not in client.get(f"{API}/jobs", headers={"Origin": "https://evil.example"}).headers
+
+
+def test_strict_json_types(client) -> None:
+    assert client.post(f"{API}/diagnostics/sleep", json={"seconds": "1"}).status_code == 422
+    assert client.post(f"{API}/diagnostics/sleep", json={"seconds": 1, "steps": "2"}).status_code == 422
+    assert client.post(f"{API}/diagnostics/sleep", json={"seconds": 1, "steps": 2.5}).status_code == 422

@@ -1,0 +1,78 @@
+"""Outbox, lost messages, dead workers and transient-error hand-back (rolled back)."""
+
+import datetime as dt
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from models.job_lifecycle import claim_job, create_job, get_job, mark_enqueued
+from models.job_recovery import claim_lost_messages, claim_unpublished, full_jitter_backoff, release_for_retry, rescue_expired
+from models.jobs import Job
+
+OLD = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+MINUTE = dt.timedelta(minutes=1)
+
+
+def _job(session: Session) -> Job:
+    return create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1})
+
+
+def _age(session: Session, job: Job, **values) -> None:
+    session.execute(update(Job).where(Job.id == job.id).values(**values))
+
+
+def test_the_outbox_holds_unpublished_jobs_until_picked(db_session) -> None:
+    unpublished, published = _job(db_session), _job(db_session)
+    mark_enqueued(db_session, job_id=published.id)
+    _age(db_session, unpublished, created_at=OLD)
+    _age(db_session, published, created_at=OLD)
+    assert [r.job_id for r in claim_unpublished(db_session, min_age=MINUTE)] == [unpublished.id]
+    assert claim_unpublished(db_session, min_age=MINUTE) == []  # stamped as published
+
+
+def test_a_fresh_unpublished_job_is_left_to_the_api(db_session) -> None:
+    _job(db_session)
+    assert claim_unpublished(db_session, min_age=MINUTE) == []
+
+
+def test_lost_messages_are_republished_once_per_threshold(db_session) -> None:
+    lost, fresh = _job(db_session), _job(db_session)
+    _age(db_session, lost, enqueued_at=OLD)
+    mark_enqueued(db_session, job_id=fresh.id)
+    assert [r.job_id for r in claim_lost_messages(db_session, older_than=MINUTE)] == [lost.id]
+    assert claim_lost_messages(db_session, older_than=MINUTE) == []
+
+
+def test_a_dead_workers_job_is_rescued_then_failed_after_max_attempts(db_session) -> None:
+    job = _job(db_session)
+    for attempt in (1, 2):
+        assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60).attempt == attempt
+        _age(db_session, job, lease_expires_at=OLD, enqueued_at=OLD)
+        rescued, failed = rescue_expired(db_session, max_attempts=2, base=0.001, cap=0.001, older_than=MINUTE)
+        if attempt == 1:
+            assert [r.job_id for r in rescued] == [job.id] and failed == 0
+    assert (rescued, failed) == ([], 1)
+    failed_job = get_job(db_session, job.id)
+    assert failed_job.status == "failed" and failed_job.error["type"] == "/problems/worker-lost"
+    assert failed_job.attempts == 2
+
+
+def test_a_live_lease_is_not_rescued(db_session) -> None:
+    job = _job(db_session)
+    claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE) == ([], 0)
+
+
+def test_release_for_retry_hands_the_job_back_with_its_last_error(db_session) -> None:
+    job = _job(db_session)
+    claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    release_for_retry(db_session, claim=claim, error={"type": "/problems/transient-error", "title": "t"})
+    released = get_job(db_session, job.id)
+    assert (released.status, released.attempts, released.error["type"]) == ("queued", 1, "/problems/transient-error")
+    assert claim_job(db_session, job_id=job.id, worker="w2", lease_seconds=60).attempt == 2
+
+
+def test_full_jitter_stays_within_the_capped_exponential() -> None:
+    samples = [full_jitter_backoff(10, base=1.0, cap=30.0) for _ in range(500)]
+    assert 0 <= min(samples) and max(samples) <= 30.0
+    assert max(full_jitter_backoff(1, base=1.0, cap=30.0) for _ in range(200)) <= 2.0
