@@ -129,3 +129,31 @@ def test_concurrent_certifications_get_gap_free_unique_numbers(engine, write_ctx
         ids = sorted(session.get(Skill, s).certificate["certificate_id"] for s in skill_ids)
         assert ids == [f"SKILL-PAR-{n:03d}" for n in range(1, 9)]
         assert session.execute(text("SELECT last_number FROM certificate_sequences WHERE industry_code = 'PAR'")).scalar() == 8
+
+
+def test_racing_certifications_of_one_skill_issue_exactly_one_certificate(engine, write_ctx, committed_steward) -> None:
+    from models.db import make_session_factory, transaction
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        skill_id = _skill(session, write_ctx, committed_steward, "Contested Skill").id
+    barrier, outcomes = threading.Barrier(8), []
+
+    def certify(n: int) -> None:
+        barrier.wait()
+        try:
+            with transaction(sessions) as session:
+                certify_skill(session, skill_id=skill_id, notes=None, ctx=dataclasses.replace(write_ctx, actor=f"job:{n}"))
+            outcomes.append("certified")
+        except AlreadyCertified:
+            outcomes.append("already")
+
+    threads = [threading.Thread(target=certify, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["already"] * 7 + ["certified"]
+    with sessions() as session:
+        assert session.execute(text("SELECT count(*) FROM certificate_sequences")).scalar() == 1
+        assert session.execute(text("SELECT last_number FROM certificate_sequences")).scalar() == 1

@@ -1,0 +1,104 @@
+"""Chaos in the suite: real processes killed and real servers restarted, each bounded.
+
+* SIGKILL a worker during a stream of 200 jobs: all 200 succeed, each exactly once.
+* Stop Redis for 20 s in the middle of a stream of submissions: every accepted job finishes.
+* Restart PostgreSQL while jobs run: they all finish after it returns.
+(The audit variant is in test_e2e_audit_crash.py; racing certifications in test_certification.py.)
+"""
+
+import time
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from models.jobs import Job
+from models.migrate import upgrade_head
+from tests.conftest import wait_for
+from tests.stack import ChaosStack
+
+pytestmark = pytest.mark.e2e
+SLEEP = "/api/v1/diagnostics/sleep"
+
+
+def all_finished(client, urls: list[str]) -> list[dict]:
+    jobs = [client.get(u).get_json() for u in urls]
+    return jobs if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs) else []
+
+
+def test_sigkill_a_worker_during_200_jobs(settings, admin_key, tmp_path) -> None:
+    stack = ChaosStack(settings, tmp_path)
+    try:
+        stack.start_worker("victim")
+        stack.start_worker("survivor")
+        stack.start_beat()
+        client = stack.client(admin_key)
+        urls = [client.post(SLEEP, json={"seconds": 0.05, "steps": 1}).headers["Location"] for _ in range(200)]
+        wait_for(lambda: sum(client.get(u).get_json()["status"] == "succeeded" for u in urls[:60]) >= 20,
+                 what="the stream to be under way")
+        stack.kill("victim")
+        jobs = wait_for(lambda: all_finished(client, urls), timeout=120, interval=0.5, what="all 200 jobs")
+    finally:
+        stack.stop()
+    assert [j["status"] for j in jobs] == ["succeeded"] * 200
+    assert all(j["result"] == {"slept": 0.05} and j["finished_at"] for j in jobs)
+    assert max(j["attempts"] for j in jobs) <= 2  # a job the victim held ran once more, no more
+
+
+def test_redis_down_for_20_seconds_during_submissions(settings, admin_key, tmp_path) -> None:
+    redis_server = EmbeddedRedis(tmp_path / "redis", free_port())
+    redis_server.start()
+    stack = ChaosStack(settings, tmp_path, redis_url=redis_server.url)
+    try:
+        stack.start_worker("worker")
+        stack.start_beat()
+        client = stack.client(admin_key)
+        urls = [client.post(SLEEP, json={"seconds": 0, "steps": 1}).headers["Location"] for _ in range(10)]
+        redis_server.stop()
+        outage_ends = time.monotonic() + 20
+        while time.monotonic() < outage_ends:
+            response = client.post(SLEEP, json={"seconds": 0, "steps": 1})
+            assert response.status_code == 202  # accepted while Redis is down: the outbox has it
+            urls.append(response.headers["Location"])
+            time.sleep(1)  # pacing the stream of submissions, not waiting on state
+        redis_server.start()
+        urls += [client.post(SLEEP, json={"seconds": 0, "steps": 1}).headers["Location"] for _ in range(10)]
+        jobs = wait_for(lambda: all_finished(client, urls), timeout=120, interval=0.5, what="every accepted job")
+    finally:
+        stack.stop()
+        redis_server.stop()
+    assert len(jobs) >= 35 and {j["status"] for j in jobs} == {"succeeded"}
+
+
+def test_postgres_restart_while_jobs_run(settings, tmp_path) -> None:
+    from models.api_keys import create_api_key
+    from models.db import make_engine
+
+    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server.start()
+    server.create_database("chaos")
+    url = server.url_for("chaos")
+    upgrade_head(url)
+    isolated = settings.model_copy(update={"database_url": url})
+    engine = make_engine(isolated)
+    with Session(engine) as session, session.begin():
+        key = create_api_key(session, name="chaos", scopes=["admin"]).plaintext
+    stack = ChaosStack(isolated, tmp_path)
+    try:
+        stack.start_worker("worker", concurrency=4)
+        stack.start_beat()
+        client = stack.client(key)
+        urls = [client.post(SLEEP, json={"seconds": 2, "steps": 4}).headers["Location"] for _ in range(6)]
+        wait_for(lambda: any(client.get(u).get_json()["status"] == "running" for u in urls), what="jobs running")
+        server.stop()
+        time.sleep(3)  # the outage itself: PostgreSQL stays down this long
+        server.start()
+        jobs = wait_for(lambda: all_finished(client, urls), timeout=120, interval=0.5, what="jobs after the restart")
+        assert {j["status"] for j in jobs} == {"succeeded"}
+        with Session(engine) as session:
+            assert set(session.scalars(select(Job.status))) == {"succeeded"}
+    finally:
+        stack.stop()
+        engine.dispose()
+        server.stop()
