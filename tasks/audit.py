@@ -73,6 +73,9 @@ def audit_chunk(job_id: str, attempt: int, chunk_id: int) -> dict[str, Any]:
                 return {"chunk": chunk_id, "cancelled": True}
             if step.done:
                 break
+            if runtime.shutdown_requested.is_set():
+                # Checkpointed: the job's rescue republishes this chunk, which resumes here.
+                return {"chunk": chunk_id, "stopped": "worker shutdown"}
     except StaleAttempt:
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
     if step.run_complete:

@@ -50,6 +50,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class JobHandedBack(PlantError):
+    """Raised at a checkpoint when the worker shuts down: another worker takes the job."""
+
+    code = "job-handed-back"
+    title = "The worker shut down; the job was handed back to the queue"
+
+
 class TransientJobError(PlantError):
     code = "transient-error"
     title = "A dependency was unavailable; the job will be retried"
@@ -84,6 +91,8 @@ class RowProgress:
             )
         if cancel_requested:
             raise JobCancelled("cancelled on request")
+        if runtime.shutdown_requested.is_set():
+            raise JobHandedBack(f"attempt {self.claim.attempt} stopped at {done}/{total} for a worker shutdown")
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -123,7 +132,8 @@ def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict
 
 def _retry_later(task: Task, claim: JobClaim, error: dict | None) -> dict[str, Any]:
     """Hand the job back and republish it after a backoff, or fail it when out of attempts."""
-    if claim.attempt >= runtime.settings().job_max_attempts:
+    handed_back = (error or {}).get("type") == JobHandedBack().problem()["type"]
+    if claim.attempt >= runtime.settings().job_max_attempts and not handed_back:
         return _record(claim, JobStatus.FAILED, None, error)
     try:
         with transaction(runtime.session_factory()) as session:
@@ -131,7 +141,8 @@ def _retry_later(task: Task, claim: JobClaim, error: dict | None) -> dict[str, A
     except StaleAttempt:
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
     route = route_for(claim.kind)
-    task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=backoff_seconds(claim.attempt))
+    delay = 0 if handed_back else backoff_seconds(claim.attempt)
+    task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=delay)
     return {"job_id": str(claim.job_id), "status": "queued", "retry": claim.attempt + 1}
 
 
@@ -141,6 +152,8 @@ def _execute(claim: JobClaim, handler: JobHandler) -> tuple[JobStatus, dict | No
         return (JobStatus.RUNNING, None, None) if result is CONTINUES else (JobStatus.SUCCEEDED, result, None)
     except JobCancelled as exc:
         return JobStatus.CANCELLED, None, exc.problem()
+    except JobHandedBack as exc:
+        return JobStatus.QUEUED, None, exc.problem()
     except SoftTimeLimitExceeded:
         return JobStatus.FAILED, None, JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem()
     except PlantError as exc:

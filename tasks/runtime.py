@@ -6,6 +6,7 @@ A forked worker child must not reuse its parent's connections, so the worker cal
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,11 @@ from models.embeddings import Embedder, make_embedder
 from models.keys import keyring_from_settings
 from models.settings import Settings, load_settings
 from models.signing import KeyRing
+
+
+# Set in a pool process when its worker is shutting down (warm, on SIGTERM): running
+# jobs hand themselves back at their next checkpoint instead of holding shutdown up.
+shutdown_requested = threading.Event()
 
 
 @cache

@@ -102,3 +102,23 @@ def test_postgres_restart_while_jobs_run(settings, tmp_path) -> None:
         stack.stop()
         engine.dispose()
         server.stop()
+
+
+def test_sigterm_hands_a_running_job_back(settings, admin_key, tmp_path) -> None:
+    stack = ChaosStack(settings, tmp_path)
+    try:
+        leaving = stack.start_worker("leaving")
+        client = stack.client(admin_key)
+        url = client.post(SLEEP, json={"seconds": 30, "steps": 30}).headers["Location"]
+        wait_for(lambda: client.get(url).get_json()["progress"]["done"] >= 1, what="the long job to run")
+        leaving.send_signal(__import__("signal").SIGTERM)
+        leaving.wait(timeout=15)  # warm shutdown does not wait out the 30 s job
+        handed = client.get(url).get_json()
+        assert handed["status"] == "queued" and handed["error"]["type"] == "/problems/job-handed-back"
+        stack.start_worker("taker")
+        running = wait_for(lambda: (j := client.get(url).get_json())["status"] == "running" and j, what="a new attempt")
+        assert running["attempts"] == 2
+        client.post(url + "/cancel")
+        assert wait_for(lambda: (j := client.get(url).get_json())["status"] == "cancelled" and j, what="cancel")
+    finally:
+        stack.stop()
