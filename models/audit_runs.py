@@ -89,7 +89,7 @@ def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) 
     if not verify_digest(digest, {"keys": keyring.jwks()["keys"]}):
         return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
     if "leaves" in digest:
-        leaves = [(uuid.UUID(l["entity_id"]), l.get("version"), bytes.fromhex(l["head"])) for l in digest["leaves"]]
+        leaves = [(uuid.UUID(leaf["entity_id"]), leaf.get("version"), bytes.fromhex(leaf["head"])) for leaf in digest["leaves"]]
         return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
     as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
     count, root = root_as_of(session, as_of)

@@ -6,7 +6,11 @@ It wires settings, the per-process services, the blueprints, the OpenAPI documen
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from flask import redirect
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
 from models.settings import Settings, load_settings
@@ -16,7 +20,7 @@ from web.api.diagnostics import diagnostics_api
 from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
-from web.auth import init_auth
+from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.problems import register_error_handlers, validation_problem
 from web.services import init_services
@@ -24,17 +28,31 @@ from web.services import init_services
 API_VERSION = "0.1.0"
 
 
+class StrictJSONProvider(DefaultJSONProvider):
+    """JSON in and out without NaN or Infinity (not JSON, and PostgreSQL refuses them)."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json.loads(s, parse_constant=_refuse_constant, **kwargs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     app = OpenAPI(
         __name__,
         info=Info(title="Plant", version=API_VERSION, description="Governed agent-manufacturing platform API"),
+        security_schemes=SECURITY_SCHEMES,
         doc_prefix="",
         doc_url="/openapi.json",
         validation_error_status=422,
         validation_error_callback=validation_problem,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = StrictJSONProvider(app)
     init_services(app, settings)
     register_error_handlers(app)
     init_auth(app)

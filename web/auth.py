@@ -15,6 +15,8 @@ from web.problems import problem_response
 from web.services import db_session
 
 PROTECTED_PREFIX = "/api/"
+SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key from /api/v1/api-keys"}}
+BEARER = [{"bearer": []}]
 ADMIN_PREFIX = "/api/v1/api-keys"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, json
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from models.errors import Conflict, InvalidInput, NotFound, PlantError
@@ -69,6 +69,13 @@ def _database_unavailable(error: DBAPIError) -> Response:
     return response
 
 
+def _data_error(error: DataError) -> Response:
+    """A value the database refused (out of range, malformed): the client's input."""
+    log.info("database refused a value: %s", error.orig)
+    return problem_response(422, "Unprocessable Content", "a value was refused by the database",
+                            type_="/problems/invalid-input")
+
+
 def _unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return _http_error(error)
@@ -97,4 +104,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(PlantError, _plant_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(DataError, _data_error)
     app.register_error_handler(Exception, _unexpected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from http import HTTPStatus
 import uuid
 from typing import Any, Literal
 
@@ -27,6 +28,23 @@ class Problem(BaseModel):
     title: str
     status: int | None = None
     detail: str | None = None
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problems(*statuses: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI responses for problem+json errors with these statuses."""
+    schema = Problem.model_json_schema()
+    return {
+        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        for status in statuses
+    }
+
+
+# Every /api route can answer these: no key, wrong scope, body too large, bad input,
+# database unreachable.
+API_PROBLEMS = problems(401, 403, 413, 422, 503)
 
 
 class JobOut(BaseModel):

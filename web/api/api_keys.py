@@ -7,14 +7,16 @@ from typing import Any, Literal
 
 from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
+
+from web.auth import BEARER
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from models.api_keys import ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
-from web.schemas import Problem
+from web.schemas import API_PROBLEMS, problems
 from web.services import db_session
 
-api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="api-keys")])
+api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="api-keys")])
 
 
 class ApiKeyIn(BaseModel):
@@ -51,7 +53,7 @@ def key_resource(key: ApiKey) -> dict[str, Any]:
     }
 
 
-@api_keys_api.post("/api-keys", responses={201: ApiKeyCreated, 422: Problem})
+@api_keys_api.post("/api-keys", responses={201: ApiKeyCreated, **problems(422)})
 def create_key(body: ApiKeyIn) -> Response:
     """Create a key. Its plaintext is in this response only; Plant keeps a hash."""
     session = db_session()
@@ -67,7 +69,7 @@ def list_keys() -> dict[str, Any]:
     return {"items": [key_resource(k) for k in list_api_keys(db_session())]}
 
 
-@api_keys_api.delete("/api-keys/<key_id>", responses={200: ApiKeyOut, 404: Problem})
+@api_keys_api.delete("/api-keys/<key_id>", responses={200: ApiKeyOut, **problems(404)})
 def revoke_key(path: KeyPath) -> dict[str, Any]:
     """Revoke a key; it stops working on the next request."""
     session = db_session()

@@ -9,7 +9,9 @@ from typing import Any, Literal
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field
+
+from web.auth import BEARER
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import select
 
 from models.audit import check_entity
@@ -21,10 +23,10 @@ from models.pagination import keyset_page
 from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
-from web.schemas import JobOut, Problem
+from web.schemas import API_PROBLEMS, JobOut, problems
 from web.services import db_session, services
 
-audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="audit")])
+audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
 
 
 class AuditScope(BaseModel):
@@ -33,11 +35,34 @@ class AuditScope(BaseModel):
     entity_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
 
 
+HEX_HASH = r"^[0-9a-f]{64}$"
+
+
+class DigestLeaf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entity_id: uuid.UUID
+    head: str = Field(pattern=HEX_HASH)
+    version: StrictInt | None = Field(default=None, ge=1)
+
+
+class LedgerDigestIn(BaseModel):
+    """A digest from ``GET /ledger/digest``, kept outside Plant and handed back."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["plant.ledger-digest.v1"]
+    as_of: str = Field(max_length=64)
+    entity_count: StrictInt = Field(ge=0)
+    heads_root: str = Field(pattern=HEX_HASH)
+    kid: str = Field(max_length=128)
+    signature: str = Field(max_length=1024)
+    leaves: list[DigestLeaf] | None = Field(default=None, max_length=5_000_000)
+
+
 class AuditRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scope: AuditScope = Field(default_factory=AuditScope)
     verify_signatures: Literal["heads", "all"] = "heads"
-    against_digest: dict[str, Any] | None = Field(default=None, description="a digest from GET /ledger/digest kept outside Plant")
+    against_digest: LedgerDigestIn | None = None
 
 
 class RunPath(BaseModel):
@@ -63,27 +88,27 @@ class DigestQuery(BaseModel):
     leaves: bool = Field(default=False, description="include every (entity_id, head, version) leaf")
 
 
-@audit_api.post("/audit/run", responses={202: JobOut, 422: Problem})
+@audit_api.post("/audit/run", responses={202: JobOut, **problems(422)})
 def start_audit(body: AuditRunIn) -> Response:
     """Start a compliance audit (job ``audit.run`` on the audit queue)."""
     params = body.model_dump(mode="json", exclude_none=True)
     return accept_job("audit.run", params)
 
 
-@audit_api.get("/audit/runs", responses={200: None, 422: Problem})
+@audit_api.get("/audit/runs", responses={200: None, **problems(422)})
 def list_runs(query: PageQuery) -> dict[str, Any]:
     """Audit runs, newest first."""
     page = keyset_page(db_session(), select(AuditRun), AuditRun, page_size=query.page_size, page_token=query.page_token)
     return {"items": [run_resource(r) for r in page.items], "next_page_token": page.next_page_token}
 
 
-@audit_api.get("/audit/runs/<run_id>", responses={200: None, 404: Problem})
+@audit_api.get("/audit/runs/<run_id>", responses={200: None, **problems(404)})
 def show_run(path: RunPath) -> dict[str, Any]:
     """One audit run with its summary once finished."""
     return run_resource(get_run(db_session(), path.run_id))
 
 
-@audit_api.get("/audit/runs/<run_id>/findings", responses={200: None, 404: Problem, 422: Problem})
+@audit_api.get("/audit/runs/<run_id>/findings", responses={200: None, **problems(404), **problems(422)})
 def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
     """A run's findings in order, paged."""
     session = db_session()
@@ -112,13 +137,13 @@ def _decode_after(token: str) -> int:
         raise InvalidInput("page_token is not a token this API issued", field="page_token") from exc
 
 
-@audit_api.get("/audit/tampering/<entity_id>", responses={200: None, 404: Problem})
+@audit_api.get("/audit/tampering/<entity_id>", responses={200: None, **problems(404)})
 def tampering(path: EntityIdPath) -> dict[str, Any]:
     """Check one entity now: chain, signatures, row, rules, and the latest stored digest."""
     return check_entity(db_session(), entity_id=path.entity_id, keyring=services().keyring).as_json()
 
 
-@audit_api.get("/audit/export", responses={200: None, 404: Problem, 422: Problem})
+@audit_api.get("/audit/export", responses={200: None, **problems(404), **problems(422)})
 def export(query: ExportQuery) -> Response:
     """The run's report: signed canonical JSON (``{"report", "signature"}``) or CSV findings."""
     session = db_session()

@@ -8,18 +8,20 @@ import uuid
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
+from web.auth import BEARER
+
 from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import Job, JobStatus
 from web.jobs_http import job_response
-from web.schemas import JobGetQuery, JobList, JobListQuery, JobOut, JobPath, Problem
+from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
 from web.services import db_session
 
 POLL_INTERVAL_SECONDS = 0.1
 
-jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="jobs")])
+jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="jobs")])
 
 
-@jobs_api.get("/jobs/<job_id>", responses={200: JobOut, 304: None, 404: Problem, 422: Problem})
+@jobs_api.get("/jobs/<job_id>", responses={200: JobOut, 304: None, **problems(404), **problems(422)})
 def show_job(path: JobPath, query: JobGetQuery) -> Response:
     """Show a job. With ``wait=N`` the call returns once the job is terminal, or after N s."""
     return job_response(_wait_until_terminal(path.job_id, query.wait))
@@ -36,7 +38,7 @@ def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> Job:
     return job
 
 
-@jobs_api.get("/jobs", responses={200: JobList, 422: Problem})
+@jobs_api.get("/jobs", responses={200: JobList, **problems(422)})
 def list_all_jobs(query: JobListQuery) -> dict:
     """List jobs newest first; follow ``next_page_token`` until it is null."""
     page = list_jobs(
@@ -51,7 +53,7 @@ def list_all_jobs(query: JobListQuery) -> dict:
     )
 
 
-@jobs_api.post("/jobs/<job_id>/cancel", responses={200: JobOut, 404: Problem, 409: Problem})
+@jobs_api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **problems(404), **problems(409)})
 def cancel_job(path: JobPath) -> Response:
     """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
     session = db_session()

@@ -29,11 +29,11 @@ from web.registry_schemas import (
     IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
     SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
 )
-from web.schemas import Problem, rfc3339_utc
-from web.auth import current_actor
+from web.schemas import API_PROBLEMS, problems, rfc3339_utc
+from web.auth import BEARER, current_actor
 from web.services import db_session, services
 
-registry_api = APIBlueprint("registry", __name__, url_prefix="/api/v1")
+registry_api = APIBlueprint("registry", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS)
 
 
 @dataclass(frozen=True)
@@ -190,21 +190,21 @@ def _enum_values(data: dict[str, Any]) -> dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in data.items()}
 
 
-ERRORS = {404: Problem, 409: Problem, 422: Problem}
+ERRORS = problems(404, 409, 422)
 
 
 def register_entity_routes(bp: APIBlueprint) -> None:
     for route in ROUTES:
         tags = [Tag(name=route.name)]
         item = route.path + "/<entity_id>"
-        bp.get(route.path, tags=tags, responses={200: EntityList, 422: Problem})(_list_view(route))
+        bp.get(route.path, tags=tags, responses={200: EntityList, **problems(422)})(_list_view(route))
         bp.post(route.path, tags=tags, responses={201: EntityOut, **ERRORS})(_create_view(route))
-        bp.get(item, tags=tags, responses={200: EntityOut, 404: Problem})(_show_view(route))
+        bp.get(item, tags=tags, responses={200: EntityOut, **problems(404)})(_show_view(route))
         bp.patch(item, tags=tags, responses={200: EntityOut, **ERRORS})(_patch_view(route))
-        bp.get(item + "/history", tags=tags, responses={200: HistoryOut, 404: Problem})(_history_view(route))
+        bp.get(item + "/history", tags=tags, responses={200: HistoryOut, **problems(404)})(_history_view(route))
 
 
-@registry_api.get("/genesis/skills/search", tags=[Tag(name="skill")], responses={200: SkillSearchOut, 422: Problem})
+@registry_api.get("/genesis/skills/search", tags=[Tag(name="skill")], responses={200: SkillSearchOut, **problems(422)})
 def search_skills_view(query: SkillSearchQuery) -> dict[str, Any]:
     """Semantic search: skills ranked by cosine similarity to ``q``, with scores."""
     hits = search_skills(db_session(), query=query.q, k=query.k, embedder=services().embedder)
@@ -229,7 +229,11 @@ def list_rules() -> dict[str, Any]:
     }
 
 
-@registry_api.get("/signing-keys", tags=[Tag(name="constitution")])
+class Jwks(BaseModel):
+    keys: list[dict[str, Any]]
+
+
+@registry_api.get("/signing-keys", tags=[Tag(name="constitution")], responses={200: Jwks})
 def signing_keys() -> dict[str, Any]:
     """Public keys (JWK Set) that verify every chain signature, active key first."""
     return services().keyring.jwks()

@@ -10,17 +10,19 @@ import uuid
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
+
+from web.auth import BEARER
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from models.entities import EntityType
 from models.registry import get_entity
 from web.jobs_http import accept_job
 from web.registry_schemas import EntityPath
-from web.schemas import JobOut, Problem
+from web.schemas import API_PROBLEMS, JobOut, problems
 from web.services import db_session
 
-work_api = APIBlueprint("work", __name__, url_prefix="/api/v1")
-ACCEPTED = {202: JobOut, 404: Problem, 422: Problem}
+work_api = APIBlueprint("work", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS)
+ACCEPTED = {202: JobOut, **problems(404), **problems(422)}
 
 
 class CertifyIn(BaseModel):
