@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint install clean
+.PHONY: dev test lint scan bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Static security scan of terraform/ and the Dockerfile (checkov, in its own virtualenv).
+scan:
+	bash terraform/tools/checkov.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

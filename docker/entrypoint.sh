@@ -1,0 +1,151 @@
+#!/bin/sh
+# Role dispatcher for the Plant image: one image, and the first argument picks what it runs.
+#
+#   api | worker | worker-audit | beat | flower | migrate | seed   start that role
+#   healthcheck                                                   check the role this container runs
+#   anything else                                                 exec'd as given (plant db check, sh, ...)
+#
+# The role is recorded in /tmp/plant-role (PLANT_ROLE_FILE) so that `healthcheck` (the image's
+# HEALTHCHECK, run by the engine as a separate process that never sees our arguments) knows
+# what to probe.
+# Every long-running role is exec'd, so it is PID 1 and receives SIGTERM directly.
+set -eu
+
+ROLE_FILE="${PLANT_ROLE_FILE:-/tmp/plant-role}"
+DATA_DIR="${PLANT_DATA_DIR:-/var/lib/plant}"
+BEAT_SCHEDULE="${DATA_DIR}/celerybeat-schedule"
+# Beat writes its schedule file at most every 3 minutes (celery's sync_every) and only when it
+# sends a task; requeue-stale-jobs runs every PLANT_REQUEUE_INTERVAL_SECONDS (30 s by default).
+# A file untouched for 10 minutes means the scheduler loop is stuck or dead.
+BEAT_STALE_MINUTES="${PLANT_BEAT_STALE_MINUTES:-10}"
+
+record_role() {
+    printf '%s\n' "$1" > "$ROLE_FILE"
+}
+
+api_port() {
+    # gunicorn.conf.py binds PLANT_BIND, else 0.0.0.0:$PORT (Cloud Run), else 127.0.0.1:$PLANT_PORT.
+    if [ -n "${PLANT_BIND:-}" ]; then
+        printf '%s\n' "${PLANT_BIND##*:}"
+    else
+        printf '%s\n' "${PORT:-8000}"
+    fi
+}
+
+http_ok() {
+    # http_ok URL: exit 0 when URL answers 200. No curl in the slim image; Python is there.
+    python - "$1" <<'PY'
+import sys
+import urllib.request
+
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as response:
+        sys.exit(0 if response.status == 200 else 1)
+except Exception as exc:  # an HTTP 503 arrives here as HTTPError
+    print(f"unhealthy: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+healthcheck() {
+    role="$(cat "$ROLE_FILE" 2>/dev/null || echo unknown)"
+    case "$role" in
+        api)
+            # /health answers 200 (ok or degraded) only when PostgreSQL and Redis answer.
+            http_ok "http://127.0.0.1:$(api_port)/health"
+            ;;
+        worker)
+            # A ping through the broker to this very node proves the worker consumes.
+            exec celery -A worker.app inspect ping --timeout 5 -d "default@$(hostname)"
+            ;;
+        worker-audit)
+            exec celery -A worker.app inspect ping --timeout 5 -d "audit@$(hostname)"
+            ;;
+        beat)
+            # Beat answers no ping; its schedule file's mtime is its heartbeat (see above).
+            # dbm may add a suffix (.db, .dat), hence the glob.
+            fresh="$(find "$DATA_DIR" -maxdepth 1 -name 'celerybeat-schedule*' \
+                -mmin "-${BEAT_STALE_MINUTES}" 2>/dev/null | head -n 1)"
+            if [ -z "$fresh" ]; then
+                echo "unhealthy: ${BEAT_SCHEDULE}* not written in ${BEAT_STALE_MINUTES} min" >&2
+                exit 1
+            fi
+            ;;
+        flower)
+            # /healthcheck is the one Flower page that needs no basic auth.
+            http_ok "http://127.0.0.1:${PORT:-5555}/healthcheck"
+            ;;
+        migrate | seed)
+            exit 0 # one-shot: its exit status is the check
+            ;;
+        *)
+            echo "unhealthy: no role recorded in ${ROLE_FILE}" >&2
+            exit 1
+            ;;
+    esac
+}
+
+require() {
+    # require NAME...: refuse to start without these variables (no silent dev defaults).
+    for name in "$@"; do
+        eval "value=\${${name}:-}"
+        if [ -z "$value" ]; then
+            echo "plant-entrypoint: ${name} must be set for role '${ROLE}'" >&2
+            exit 64
+        fi
+    done
+}
+
+ROLE="${1:-api}"
+[ "$#" -gt 0 ] && shift
+
+case "$ROLE" in
+    api)
+        require DATABASE_URL REDIS_URL
+        record_role api
+        export PLANT_BIND="${PLANT_BIND:-0.0.0.0:$(api_port)}"
+        exec gunicorn -c /app/gunicorn.conf.py "$@" 'web:create_app()'
+        ;;
+    worker)
+        require DATABASE_URL REDIS_URL
+        record_role worker
+        exec celery -A worker.app worker -Q default -n 'default@%h' --loglevel=INFO \
+            ${PLANT_WORKER_CONCURRENCY:+--concurrency "$PLANT_WORKER_CONCURRENCY"} "$@"
+        ;;
+    worker-audit)
+        # Audit jobs are long: one at a time, and no prefetched message waits behind one.
+        require DATABASE_URL REDIS_URL
+        record_role worker-audit
+        exec celery -A worker.app worker -Q audit -n 'audit@%h' --loglevel=INFO \
+            --prefetch-multiplier 1 --concurrency 1 "$@"
+        ;;
+    beat)
+        require REDIS_URL
+        record_role beat
+        mkdir -p "$DATA_DIR"
+        exec celery -A worker.app beat --loglevel=INFO -s "$BEAT_SCHEDULE" "$@"
+        ;;
+    flower)
+        # Flower reads FLOWER_BASIC_AUTH from the environment itself; passing it as an
+        # argument would show the password to anyone who can list processes.
+        require REDIS_URL FLOWER_BASIC_AUTH
+        record_role flower
+        exec celery -A worker.app flower --address=0.0.0.0 --port="${PORT:-5555}" "$@"
+        ;;
+    migrate)
+        require DATABASE_URL
+        record_role migrate
+        exec plant db upgrade "$@"
+        ;;
+    seed)
+        require DATABASE_URL
+        record_role seed
+        exec plant seed "$@"
+        ;;
+    healthcheck)
+        healthcheck
+        ;;
+    *)
+        exec "$ROLE" "$@"
+        ;;
+esac

@@ -1,0 +1,150 @@
+# One environment of Plant on Google Cloud. dev.tfvars and prod.tfvars hold the examples;
+# each environment has its own project and its own state (dev.gcs.tfbackend, prod.gcs.tfbackend).
+#
+# Two applies bring an environment up from nothing (terraform/README.md):
+#   1. without image_tag: APIs, network, Cloud SQL, Memorystore, secrets, Artifact Registry;
+#   2. after pushing the image: with image_tag, the Cloud Run services, worker pools and job.
+
+locals {
+  name = "plant-${var.environment}"
+
+  apis = [
+    "artifactregistry.googleapis.com",
+    "cloudresourcemanager.googleapis.com", # project IAM bindings
+    "compute.googleapis.com",
+    "iam.googleapis.com",
+    "redis.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "sqladmin.googleapis.com",
+  ]
+}
+
+resource "google_project_service" "apis" {
+  for_each           = toset(local.apis)
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
+}
+
+module "network" {
+  source = "../modules/network"
+
+  project_id                  = var.project_id
+  region                      = var.region
+  name                        = local.name
+  subnet_cidr                 = var.subnet_cidr
+  private_service_access_cidr = var.private_service_access_cidr
+
+  depends_on = [google_project_service.apis]
+}
+
+module "registry" {
+  source = "../modules/registry"
+
+  project_id = var.project_id
+  region     = var.region
+
+  depends_on = [google_project_service.apis]
+}
+
+module "database" {
+  source = "../modules/database"
+
+  project_id                     = var.project_id
+  region                         = var.region
+  instance_name                  = "${local.name}-pg"
+  database_version               = var.database_version
+  edition                        = var.database_edition
+  tier                           = var.database_tier
+  availability_type              = var.database_availability_type
+  disk_size_gb                   = var.database_disk_size_gb
+  private_network                = module.network.network_id
+  allocated_ip_range             = module.network.private_service_access_range
+  deletion_protection            = var.deletion_protection
+  retained_backups               = var.database_retained_backups
+  transaction_log_retention_days = var.database_log_retention_days
+  database_flags                 = var.database_flags
+}
+
+module "cache" {
+  source = "../modules/cache"
+
+  project_id         = var.project_id
+  region             = var.region
+  name               = "${local.name}-redis"
+  tier               = var.redis_tier
+  memory_size_gb     = var.redis_memory_size_gb
+  authorized_network = module.network.network_id
+  reserved_ip_range  = module.network.private_service_access_range
+}
+
+# Generated here, stored only in Secret Manager (and this state). Letters and digits only,
+# since two of them travel inside URLs and basic-auth headers.
+resource "random_password" "flower" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "bootstrap_admin_key" {
+  length  = 48
+  special = false
+}
+
+# The chain's signing key. Replacing it makes every later version carry a new kid; the old
+# public key must then be kept as a retired key (see README, "Signing keys").
+resource "tls_private_key" "signing" {
+  algorithm = "ED25519"
+}
+
+module "secrets" {
+  source = "../modules/secrets"
+
+  project_id  = var.project_id
+  name_prefix = local.name
+  secret_values = {
+    database_url        = module.database.database_url
+    redis_url           = module.cache.redis_url
+    signing_key         = tls_private_key.signing.private_key_pem_pkcs8
+    flower_basic_auth   = "${var.flower_user}:${random_password.flower.result}"
+    bootstrap_admin_key = "plant_${random_password.bootstrap_admin_key.result}"
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+module "run" {
+  source = "../modules/run"
+  # Nothing to run until an image is pushed: the first apply leaves image_tag unset.
+  count = var.image_tag == null ? 0 : 1
+
+  project_id               = var.project_id
+  region                   = var.region
+  name_prefix              = local.name
+  image                    = "${module.registry.repository_url}/plant:${var.image_tag}"
+  network_id               = module.network.network_id
+  subnet_id                = module.network.subnet_id
+  cloudsql_connection_name = module.database.connection_name
+  secret_ids               = module.secrets.secret_ids
+  secret_versions          = module.secrets.secret_versions
+  deletion_protection      = var.deletion_protection
+
+  api_ingress               = var.api_ingress
+  allow_unauthenticated_api = var.allow_unauthenticated_api
+  api_invokers              = var.api_invokers
+  api_min_instances         = var.api_min_instances
+  api_max_instances         = var.api_max_instances
+  api_cpu                   = var.api_cpu
+  api_memory                = var.api_memory
+  api_web_concurrency       = var.api_web_concurrency
+
+  worker_instances       = var.worker_instances
+  worker_audit_instances = var.worker_audit_instances
+  worker_concurrency     = var.worker_concurrency
+  worker_cpu             = var.worker_cpu
+  worker_memory          = var.worker_memory
+
+  flower_enabled  = var.flower_enabled
+  flower_invokers = var.flower_invokers
+}

@@ -1,0 +1,11 @@
+terraform {
+  required_version = ">= 1.5.0"
+  required_providers {
+    google = {
+      source = "hashicorp/google"
+    }
+    random = {
+      source = "hashicorp/random"
+    }
+  }
+}

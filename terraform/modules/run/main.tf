@@ -1,0 +1,615 @@
+# Plant on Cloud Run, one image for every role (docker/entrypoint.sh picks it from args):
+#
+#   api           Cloud Run service (HTTP)
+#   worker        Cloud Run worker pool, Celery on the default queue
+#   worker-audit  Cloud Run worker pool, Celery on the audit queue, one job at a time
+#   beat          Cloud Run worker pool with exactly one instance: the only scheduler
+#   flower        Cloud Run service, optional, IAM-protected and behind basic auth
+#   migrate       Cloud Run job: `plant db upgrade` (schema, then the bootstrap admin API
+#                 key), run before each rollout
+#
+# Workers and beat serve no HTTP, which is what worker pools are for: no port, no request
+# routing, CPU always allocated. Every role that touches PostgreSQL mounts the Cloud SQL
+# instance the v2 way, a cloud_sql_instance volume at /cloudsql, and DATABASE_URL names the
+# socket (host=/cloudsql/<connection name>). Redis is reached over Direct VPC egress.
+#
+# Each role runs as its own service account, which may read only the secrets it needs and,
+# if it uses the database, connect to Cloud SQL (roles/cloudsql.client).
+
+locals {
+  cloudsql_volume = "cloudsql"
+  cloudsql_mount  = "/cloudsql"
+
+  identities = merge(
+    {
+      api     = "Plant API (Cloud Run service)"
+      worker  = "Plant Celery workers (default and audit queues)"
+      beat    = "Plant Celery beat (the one scheduler)"
+      migrate = "Plant schema migrations (Cloud Run job)"
+    },
+    var.flower_enabled ? { flower = "Plant Flower (Celery monitor)" } : {},
+  )
+
+  # Least privilege: each identity reads only these secrets.
+  secret_access = {
+    api     = ["database_url", "redis_url", "signing_key"]
+    worker  = ["database_url", "redis_url", "signing_key"]
+    beat    = ["redis_url"]
+    migrate = ["database_url", "bootstrap_admin_key"]
+    flower  = ["redis_url", "flower_basic_auth"]
+  }
+
+  secret_grants = merge([
+    for identity, secrets in local.secret_access : {
+      for secret in secrets : "${identity}/${secret}" => { identity = identity, secret = secret }
+    } if contains(keys(local.identities), identity)
+  ]...)
+
+  cloudsql_clients = ["api", "worker", "migrate"]
+}
+
+# --- Identities -------------------------------------------------------------------------
+
+resource "google_service_account" "runtime" {
+  for_each     = local.identities
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-${each.key}"
+  display_name = each.value
+}
+
+resource "google_project_iam_member" "cloudsql_client" {
+  for_each = toset(local.cloudsql_clients)
+  project  = var.project_id
+  role     = "roles/cloudsql.client"
+  member   = "serviceAccount:${google_service_account.runtime[each.key].email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "access" {
+  for_each  = local.secret_grants
+  project   = var.project_id
+  secret_id = var.secret_ids[each.value.secret]
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime[each.value.identity].email}"
+}
+
+# --- API ----------------------------------------------------------------------------------
+
+resource "google_cloud_run_v2_service" "api" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-api"
+  location            = var.region
+  ingress             = var.api_ingress
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  template {
+    service_account                  = google_service_account.runtime["api"].email
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+    max_instance_request_concurrency = var.api_request_concurrency
+    # Long-polls (?wait=N) last at most 30 s.
+    timeout = "60s"
+
+    scaling {
+      min_instance_count = var.api_min_instances
+      max_instance_count = var.api_max_instances
+    }
+
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network_id
+        subnetwork = var.subnet_id
+      }
+    }
+
+    volumes {
+      name = local.cloudsql_volume
+      cloud_sql_instance {
+        instances = [var.cloudsql_connection_name]
+      }
+    }
+
+    containers {
+      image = var.image
+      args  = ["api"]
+
+      ports {
+        container_port = 8080
+      }
+
+      resources {
+        limits = {
+          cpu    = var.api_cpu
+          memory = var.api_memory
+        }
+        cpu_idle          = true
+        startup_cpu_boost = true
+      }
+
+      env {
+        name  = "WEB_CONCURRENCY"
+        value = tostring(var.api_web_concurrency)
+      }
+      env {
+        name = "DATABASE_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["database_url"]
+            version = var.secret_versions["database_url"]
+          }
+        }
+      }
+      env {
+        name = "REDIS_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["redis_url"]
+            version = var.secret_versions["redis_url"]
+          }
+        }
+      }
+      env {
+        name = "PLANT_SIGNING_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["signing_key"]
+            version = var.secret_versions["signing_key"]
+          }
+        }
+      }
+
+      volume_mounts {
+        name       = local.cloudsql_volume
+        mount_path = local.cloudsql_mount
+      }
+
+      # /health answers 200 only once PostgreSQL (through /cloudsql) and Redis (through the
+      # VPC) answer, so a revision that cannot reach either never takes traffic: a broken
+      # wiring fails the rollout instead of serving errors.
+      startup_probe {
+        initial_delay_seconds = 0
+        period_seconds        = 5
+        timeout_seconds       = 3
+        failure_threshold     = 24
+        http_get {
+          path = "/health"
+        }
+      }
+
+      # Liveness asks only whether the process serves HTTP: restarting instances would not
+      # fix a database outage, it would only add load when it ends.
+      liveness_probe {
+        period_seconds    = 30
+        timeout_seconds   = 5
+        failure_threshold = 3
+        http_get {
+          path = "/openapi.json"
+        }
+      }
+    }
+  }
+
+  traffic {
+    type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    percent = 100
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access, google_project_iam_member.cloudsql_client]
+}
+
+# Unauthenticated access only when a variable asks for it.
+resource "google_cloud_run_v2_service_iam_member" "api_public" {
+  count    = var.allow_unauthenticated_api ? 1 : 0
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.api.name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
+  for_each = toset(var.api_invokers)
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.api.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# --- Workers --------------------------------------------------------------------------------
+
+resource "google_cloud_run_v2_worker_pool" "worker" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-worker"
+  location            = var.region
+  launch_stage        = var.worker_pool_launch_stage
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  scaling {
+    scaling_mode          = "MANUAL"
+    manual_instance_count = var.worker_instances
+  }
+
+  template {
+    service_account = google_service_account.runtime["worker"].email
+
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network_id
+        subnetwork = var.subnet_id
+      }
+    }
+
+    volumes {
+      name = local.cloudsql_volume
+      cloud_sql_instance {
+        instances = [var.cloudsql_connection_name]
+      }
+    }
+
+    containers {
+      image = var.image
+      args  = ["worker"]
+
+      resources {
+        limits = {
+          cpu    = var.worker_cpu
+          memory = var.worker_memory
+        }
+      }
+
+      env {
+        name  = "PLANT_WORKER_CONCURRENCY"
+        value = tostring(var.worker_concurrency)
+      }
+      env {
+        name = "DATABASE_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["database_url"]
+            version = var.secret_versions["database_url"]
+          }
+        }
+      }
+      env {
+        name = "REDIS_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["redis_url"]
+            version = var.secret_versions["redis_url"]
+          }
+        }
+      }
+      env {
+        name = "PLANT_SIGNING_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["signing_key"]
+            version = var.secret_versions["signing_key"]
+          }
+        }
+      }
+
+      volume_mounts {
+        name       = local.cloudsql_volume
+        mount_path = local.cloudsql_mount
+      }
+    }
+  }
+
+  # Worker pools may still need launch_stage BETA; the API reports GA back once they are.
+  lifecycle {
+    ignore_changes = [launch_stage]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access, google_project_iam_member.cloudsql_client]
+}
+
+resource "google_cloud_run_v2_worker_pool" "worker_audit" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-worker-audit"
+  location            = var.region
+  launch_stage        = var.worker_pool_launch_stage
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  scaling {
+    scaling_mode          = "MANUAL"
+    manual_instance_count = var.worker_audit_instances
+  }
+
+  template {
+    service_account = google_service_account.runtime["worker"].email
+
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network_id
+        subnetwork = var.subnet_id
+      }
+    }
+
+    volumes {
+      name = local.cloudsql_volume
+      cloud_sql_instance {
+        instances = [var.cloudsql_connection_name]
+      }
+    }
+
+    containers {
+      image = var.image
+      # One audit job at a time, no prefetch (see docker/entrypoint.sh).
+      args = ["worker-audit"]
+
+      resources {
+        limits = {
+          cpu    = var.worker_cpu
+          memory = var.worker_memory
+        }
+      }
+
+      env {
+        name = "DATABASE_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["database_url"]
+            version = var.secret_versions["database_url"]
+          }
+        }
+      }
+      env {
+        name = "REDIS_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["redis_url"]
+            version = var.secret_versions["redis_url"]
+          }
+        }
+      }
+      env {
+        name = "PLANT_SIGNING_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["signing_key"]
+            version = var.secret_versions["signing_key"]
+          }
+        }
+      }
+
+      volume_mounts {
+        name       = local.cloudsql_volume
+        mount_path = local.cloudsql_mount
+      }
+    }
+  }
+
+  lifecycle {
+    ignore_changes = [launch_stage]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access, google_project_iam_member.cloudsql_client]
+}
+
+# --- Beat -----------------------------------------------------------------------------------
+
+# Exactly one beat: a second scheduler would fire every entry twice. The count is a literal,
+# not a variable, on purpose. During a rollout the old and new instance may overlap for a
+# moment, which the schedule tolerates: requeue only republishes job ids that workers claim
+# conditionally, and scheduled jobs record their tick slot first (worker/schedule.py).
+resource "google_cloud_run_v2_worker_pool" "beat" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-beat"
+  location            = var.region
+  launch_stage        = var.worker_pool_launch_stage
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  scaling {
+    scaling_mode          = "MANUAL"
+    manual_instance_count = 1
+  }
+
+  template {
+    service_account = google_service_account.runtime["beat"].email
+
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network_id
+        subnetwork = var.subnet_id
+      }
+    }
+
+    containers {
+      image = var.image
+      args  = ["beat"]
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "512Mi"
+        }
+      }
+
+      env {
+        name = "REDIS_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["redis_url"]
+            version = var.secret_versions["redis_url"]
+          }
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    ignore_changes = [launch_stage]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access]
+}
+
+# --- Flower ---------------------------------------------------------------------------------
+
+resource "google_cloud_run_v2_service" "flower" {
+  count               = var.flower_enabled ? 1 : 0
+  project             = var.project_id
+  name                = "${var.name_prefix}-flower"
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL"
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  template {
+    service_account = google_service_account.runtime["flower"].email
+
+    # Flower keeps task history in memory and follows events continuously: one instance,
+    # always on, CPU allocated between requests.
+    scaling {
+      min_instance_count = 1
+      max_instance_count = 1
+    }
+
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network_id
+        subnetwork = var.subnet_id
+      }
+    }
+
+    containers {
+      image = var.image
+      args  = ["flower"]
+
+      ports {
+        container_port = 5555
+      }
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "512Mi"
+        }
+        cpu_idle = false
+      }
+
+      env {
+        name = "REDIS_URL"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["redis_url"]
+            version = var.secret_versions["redis_url"]
+          }
+        }
+      }
+      env {
+        name = "FLOWER_BASIC_AUTH"
+        value_source {
+          secret_key_ref {
+            secret  = var.secret_ids["flower_basic_auth"]
+            version = var.secret_versions["flower_basic_auth"]
+          }
+        }
+      }
+
+      startup_probe {
+        period_seconds    = 5
+        timeout_seconds   = 3
+        failure_threshold = 24
+        http_get {
+          path = "/healthcheck"
+        }
+      }
+    }
+  }
+
+  traffic {
+    type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    percent = 100
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "flower_invokers" {
+  for_each = var.flower_enabled ? toset(var.flower_invokers) : toset([])
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.flower[0].name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# --- Migrations -----------------------------------------------------------------------------
+
+# Run it before rolling out a new image (docs/deploy.md):
+#   gcloud run jobs update <name> --image <new image> --region <region>
+#   gcloud run jobs execute <name> --region <region> --wait
+resource "google_cloud_run_v2_job" "migrate" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-migrate"
+  location            = var.region
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  template {
+    task_count  = 1
+    parallelism = 1
+
+    template {
+      service_account = google_service_account.runtime["migrate"].email
+      max_retries     = 1
+      timeout         = "900s"
+
+      volumes {
+        name = local.cloudsql_volume
+        cloud_sql_instance {
+          instances = [var.cloudsql_connection_name]
+        }
+      }
+
+      containers {
+        image = var.image
+        args  = ["migrate"]
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+
+        env {
+          name = "DATABASE_URL"
+          value_source {
+            secret_key_ref {
+              secret  = var.secret_ids["database_url"]
+              version = var.secret_versions["database_url"]
+            }
+          }
+        }
+        # `plant db upgrade` makes this key a live admin API key (idempotent).
+        env {
+          name = "PLANT_ADMIN_API_KEY"
+          value_source {
+            secret_key_ref {
+              secret  = var.secret_ids["bootstrap_admin_key"]
+              version = var.secret_versions["bootstrap_admin_key"]
+            }
+          }
+        }
+
+        volume_mounts {
+          name       = local.cloudsql_volume
+          mount_path = local.cloudsql_mount
+        }
+      }
+    }
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access, google_project_iam_member.cloudsql_client]
+}

@@ -1,0 +1,523 @@
+"""Static checks of terraform/: no cloud and no provider download needed.
+
+Every .tf file parses (python-hcl2). Every resource block is checked against the Google
+provider's own schema (tests/data/terraform-provider-schema.json, extracted by
+terraform/tools/provider_schema.py), so an argument the provider does not have, such as
+the `cloud_sql_instances` block the old system kept reaching for, fails here and not at
+`terraform apply`. On top of that: module wiring, the Cloud SQL attachment of every role
+that uses the database, Direct VPC egress to Redis, the secret references and their IAM
+grants, a single beat, and no secrets in the example tfvars.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TF = REPO / "terraform"
+ROOT = TF / "environment"
+MODULES = TF / "modules"
+SCHEMA = json.loads((REPO / "tests" / "data" / "terraform-provider-schema.json").read_text())
+
+EXPECTED_MODULES = {"network", "database", "cache", "secrets", "registry", "run"}
+SECRETS = {"database_url", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"}
+META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
+RUN_KINDS = ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool", "google_cloud_run_v2_job")
+
+
+# --- Parsing -------------------------------------------------------------------------------
+
+
+def tf_files() -> list[Path]:
+    return sorted(p for p in TF.rglob("*.tf") if ".terraform" not in p.parts)
+
+
+@cache
+def parse(path: Path) -> dict[str, Any]:
+    return hcl2.loads(path.read_text())
+
+
+def is_marker(key: Any) -> bool:
+    """python-hcl2's own keys (__is_block__, __comments__, __inline_comments__, ...)."""
+    return isinstance(key, str) and key.startswith("__") and key.endswith("__")
+
+
+def unquote(value: Any) -> Any:
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def clean(node: Any) -> Any:
+    """The parsed tree without hcl2's markers and with string literals unquoted."""
+    if isinstance(node, dict):
+        return {unquote(k): clean(v) for k, v in node.items() if not is_marker(k)}
+    if isinstance(node, list):
+        return [clean(v) for v in node]
+    return unquote(node)
+
+
+@cache
+def module_blocks(directory: Path) -> dict[str, Any]:
+    """All top-level blocks of a module directory, merged across its files (raw form)."""
+    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "output": {},
+                              "module": {}, "locals": {}}
+    for path in sorted(directory.glob("*.tf")):
+        parsed = parse(path)
+        for kind in ("resource", "data"):
+            for block in parsed.get(kind, []):
+                for rtype, named in block.items():
+                    for name, body in named.items():
+                        merged[kind][(unquote(rtype), unquote(name))] = body
+        for kind in ("variable", "output", "module"):
+            for block in parsed.get(kind, []):
+                for name, body in block.items():
+                    merged[kind][unquote(name)] = body
+        for block in parsed.get("locals", []):
+            merged["locals"].update({k: v for k, v in block.items() if not is_marker(k)})
+    return merged
+
+
+def resources(directory: Path, rtype: str) -> dict[str, dict[str, Any]]:
+    return {name: clean(body) for (kind, name), body in module_blocks(directory)["resource"].items()
+            if kind == rtype}
+
+
+def tfvars(name: str) -> dict[str, Any]:
+    return clean({k: v for k, v in hcl2.loads((ROOT / name).read_text()).items()})
+
+
+def strings_in(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in strings_in(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings_in(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def one(blocks: Any) -> dict[str, Any]:
+    assert isinstance(blocks, list) and len(blocks) == 1, blocks
+    return blocks[0]
+
+
+# --- Files, layout and wiring -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", tf_files(), ids=lambda p: str(p.relative_to(TF)))
+def test_every_tf_file_parses(path: Path) -> None:
+    assert isinstance(parse(path), dict)
+
+
+@pytest.mark.parametrize("name", ["dev.tfvars", "prod.tfvars", "dev.gcs.tfbackend", "prod.gcs.tfbackend"])
+def test_environment_files_parse(name: str) -> None:
+    assert hcl2.loads((ROOT / name).read_text())
+
+
+def test_module_layout() -> None:
+    assert {p.name for p in MODULES.iterdir() if p.is_dir()} == EXPECTED_MODULES
+    for module in EXPECTED_MODULES:
+        assert {"main.tf", "variables.tf", "outputs.tf", "versions.tf"} <= {
+            p.name for p in (MODULES / module).glob("*.tf")}, module
+    calls = {name: clean(body) for name, body in module_blocks(ROOT)["module"].items()}
+    assert {call["source"] for call in calls.values()} == {f"../modules/{m}" for m in EXPECTED_MODULES}
+
+
+def test_module_calls_match_module_variables() -> None:
+    for name, body in module_blocks(ROOT)["module"].items():
+        call = clean(body)
+        target = module_blocks((ROOT / call["source"]).resolve())
+        declared = {n: clean(v) for n, v in target["variable"].items()}
+        given = set(call) - {"source"} - META_ARGUMENTS
+        assert given <= set(declared), f"module {name}: unknown inputs {given - set(declared)}"
+        required = {n for n, v in declared.items() if "default" not in v}
+        assert required <= given, f"module {name}: missing inputs {required - given}"
+
+
+def test_module_outputs_used_by_the_root_exist() -> None:
+    text = " ".join(strings_in(clean(module_blocks(ROOT)["module"]))
+                    + strings_in(clean(module_blocks(ROOT)["output"])))
+    calls = {name: clean(body)["source"] for name, body in module_blocks(ROOT)["module"].items()}
+    for module, output in re.findall(r"module\.([a-z_]+)(?:\[[^\]]*\])?\.([a-z_]+)", text):
+        source = (ROOT / calls[module]).resolve()
+        assert output in module_blocks(source)["output"], f"module.{module}.{output}"
+
+
+@pytest.mark.parametrize("name", ["dev.tfvars", "prod.tfvars"])
+def test_tfvars_set_only_declared_variables_and_all_required_ones(name: str) -> None:
+    declared = {n: clean(v) for n, v in module_blocks(ROOT)["variable"].items()}
+    values = tfvars(name)
+    assert set(values) <= set(declared), f"unknown variables {set(values) - set(declared)}"
+    required = {n for n, v in declared.items() if "default" not in v}
+    assert required <= set(values), f"missing {required - set(values)}"
+
+
+@pytest.mark.parametrize("directory", [ROOT, *sorted(MODULES.iterdir())], ids=lambda p: p.name)
+def test_references_resolve(directory: Path) -> None:
+    """var.X, local.X and resource.name.attribute all point at something that exists."""
+    blocks = module_blocks(directory)
+    text = " ".join(strings_in(clean({kind: list(named.values()) if kind in ("resource", "data") else named
+                                      for kind, named in blocks.items()})))
+    declared_vars = set(blocks["variable"])
+    for name in re.findall(r"\bvar\.([a-z0-9_]+)", text):
+        assert name in declared_vars, f"{directory.name}: var.{name} is not declared"
+    for name in re.findall(r"\blocal\.([a-z0-9_]+)", text):
+        assert name in blocks["locals"], f"{directory.name}: local.{name} is not defined"
+    declared = {(t, n) for t, n in blocks["resource"]}
+    pattern = r"\b((?:google|random|tls)_[a-z0-9_]+)\.([a-z0-9_]+)(?:\[[^\]]*\])?(?:\.([a-z0-9_]+))?"
+    for rtype, name, attribute in re.findall(pattern, text):
+        assert (rtype, name) in declared, f"{directory.name}: {rtype}.{name} is not declared"
+        if attribute:
+            assert attribute in SCHEMA["resources"][rtype]["readable"], f"{rtype}.{name}.{attribute}"
+
+
+# --- Every resource block against the provider schema ------------------------------------------
+
+
+def check_block(body: dict[str, Any], schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    dynamic = {unquote(k): v for d in body.get("dynamic", []) for k, v in d.items() if not is_marker(k)}
+    for key, value in body.items():
+        if is_marker(key) or key in META_ARGUMENTS or key == "dynamic":
+            continue
+        if key in schema["blocks"]:
+            if not (isinstance(value, list) and all(isinstance(v, dict) and v.get("__is_block__") for v in value)):
+                problems.append(f"{where}.{key} must be written as a block")
+                continue
+            nested = schema["blocks"][key]
+            if nested["single"] and len(value) > 1:
+                problems.append(f"{where}.{key} takes one block, got {len(value)}")
+            for item in value:
+                problems += check_block(item, nested, f"{where}.{key}")
+        elif key in schema["attributes"]:
+            if isinstance(value, list) and value and isinstance(value[0], dict) and value[0].get("__is_block__"):
+                problems.append(f"{where}.{key} is an argument, not a block")
+        else:
+            problems.append(f"{where}.{key} does not exist in the provider schema")
+    for key, spec in dynamic.items():
+        if key not in schema["blocks"]:
+            problems.append(f"{where}: dynamic {key} is not a block of this resource")
+            continue
+        for content in spec.get("content", []):
+            problems += check_block(content, schema["blocks"][key], f"{where}.{key}")
+    present = set(body) | set(dynamic)
+    for key, spec in {**schema["attributes"], **schema["blocks"]}.items():
+        if spec["required"] and key not in present and key != "id":
+            problems.append(f"{where}.{key} is required")
+    return problems
+
+
+def all_resources() -> list[tuple[str, str, str, dict[str, Any]]]:
+    found = []
+    for path in tf_files():
+        for block in parse(path).get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    found.append((str(path.relative_to(TF)), unquote(rtype), unquote(name), body))
+    return found
+
+
+@pytest.mark.parametrize("where,rtype,name,body", all_resources(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_resource_matches_provider_schema(where: str, rtype: str, name: str, body: dict) -> None:
+    assert rtype in SCHEMA["resources"], f"{rtype} not in the extracted schema: rerun terraform/tools/provider_schema.py"
+    assert check_block(body, SCHEMA["resources"][rtype], f"{rtype}.{name}") == []
+
+
+def test_schema_checker_catches_the_v1_style_attachment() -> None:
+    """The checker itself: the historic mistakes must be reported."""
+    service = SCHEMA["resources"]["google_cloud_run_v2_service"]
+    wrong = {"name": '"x"', "location": '"r"', "template": [{
+        "cloud_sql_instances": ['"p:r:i"'], "__is_block__": True,
+        "containers": [{"image": '"i"', "__is_block__": True}]}]}
+    assert any("cloud_sql_instances" in p for p in check_block(wrong, service, "svc"))
+    annotated = {"name": '"x"', "location": '"r"', "metadata": [{"__is_block__": True}],
+                 "template": [{"__is_block__": True}]}
+    assert any("metadata" in p for p in check_block(annotated, service, "svc"))
+
+
+def test_provider_pins_cover_the_checked_schema() -> None:
+    versions = clean(parse(ROOT / "versions.tf"))["terraform"][0]["required_providers"][0]
+    google = versions["google"]
+    assert google["source"] == "hashicorp/google"
+    checked = SCHEMA["source"]["registry.terraform.io/hashicorp/google"]["version"]
+    lower = re.search(r">=\s*([0-9.]+)", google["version"])[1]
+    assert tuple(map(int, lower.split("."))) <= tuple(map(int, checked.split(".")))
+    assert "<" in google["version"], "pin an upper bound: a new major version may remove arguments"
+
+
+# --- Cloud Run: Cloud SQL, VPC, secrets, roles ------------------------------------------------
+
+
+def run_resources() -> dict[str, tuple[str, dict[str, Any]]]:
+    found = {}
+    for kind in RUN_KINDS:
+        for name, body in resources(MODULES / "run", kind).items():
+            found[name] = (kind, body)
+    return found
+
+
+def pod_template(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    template = one(body["template"])
+    return one(template["template"]) if kind == "google_cloud_run_v2_job" else template
+
+
+def env_secrets(container: dict[str, Any]) -> dict[str, str]:
+    """env name => logical secret name, for every env read from Secret Manager."""
+    found = {}
+    for env in container.get("env", []):
+        if "value_source" in env:
+            ref = one(one(env["value_source"])["secret_key_ref"])
+            match = re.fullmatch(r'\$\{var\.secret_ids\["([a-z_]+)"\]\}', ref["secret"])
+            assert match, f"{env['name']}: secret must come from var.secret_ids, got {ref['secret']}"
+            assert ref["version"] == f'${{var.secret_versions["{match[1]}"]}}'
+            found[env["name"]] = match[1]
+    return found
+
+
+def run_locals() -> dict[str, Any]:
+    return clean(module_blocks(MODULES / "run")["locals"])
+
+
+def test_roles_map_to_the_expected_cloud_run_kinds() -> None:
+    roles = {}
+    for name, (kind, body) in run_resources().items():
+        container = one(pod_template(kind, body)["containers"])
+        roles[tuple(container["args"])] = kind
+    assert roles == {
+        ("api",): "google_cloud_run_v2_service",
+        ("flower",): "google_cloud_run_v2_service",
+        ("worker",): "google_cloud_run_v2_worker_pool",
+        ("worker-audit",): "google_cloud_run_v2_worker_pool",
+        ("beat",): "google_cloud_run_v2_worker_pool",
+        ("migrate",): "google_cloud_run_v2_job",
+    }
+
+
+def test_every_database_user_mounts_cloud_sql_at_cloudsql() -> None:
+    local = run_locals()
+    assert local["cloudsql_mount"] == "/cloudsql"
+    users = []
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        container = one(pod["containers"])
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        sql_volumes = [n for n, v in volumes.items() if "cloud_sql_instance" in v]
+        if "DATABASE_URL" not in env_secrets(container):
+            assert not sql_volumes, f"{name} does not use the database, so it must not mount it"
+            continue
+        users.append(name)
+        assert sql_volumes == ["${local.cloudsql_volume}"], name
+        instances = one(volumes["${local.cloudsql_volume}"]["cloud_sql_instance"])["instances"]
+        assert instances == ["${var.cloudsql_connection_name}"], name
+        mounts = {m["name"]: m["mount_path"] for m in container.get("volume_mounts", [])}
+        assert mounts.get("${local.cloudsql_volume}") == "${local.cloudsql_mount}", name
+    assert set(users) == {"api", "worker", "worker_audit", "migrate"}
+
+
+def test_every_volume_mount_names_a_volume() -> None:
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            for mount in container.get("volume_mounts", []):
+                assert mount["name"] in volumes, f"{name}: mount {mount['name']} has no volume"
+
+
+def test_no_v1_style_cloud_sql_attachment_anywhere() -> None:
+    for path in tf_files():
+        text = path.read_text()
+        assert "cloud_sql_instances" not in text, path
+        assert "cloudsql-instances" not in text, path  # the v1 run.googleapis.com annotation
+        assert "google_cloud_run_service\"" not in text, path  # the v1 resource
+
+
+def test_database_url_names_the_cloudsql_socket() -> None:
+    output = clean(module_blocks(MODULES / "database")["output"]["database_url"])
+    assert output["sensitive"] is True
+    assert re.fullmatch(
+        r"postgresql\+psycopg://\$\{google_sql_user\.app\.name\}:\$\{urlencode\(random_password\.app\.result\)\}"
+        r"@/\$\{google_sql_database\.plant\.name\}\?host=/cloudsql/"
+        r"\$\{google_sql_database_instance\.postgres\.connection_name\}",
+        output["value"],
+    ), output["value"]
+    root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
+    assert root["secrets"]["secret_values"]["database_url"] == "${module.database.database_url}"
+    assert root["run"]["cloudsql_connection_name"] == "${module.database.connection_name}"
+    assert root["run"]["secret_ids"] == "${module.secrets.secret_ids}"
+
+
+def test_services_reaching_redis_use_direct_vpc_egress() -> None:
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        if "REDIS_URL" not in env_secrets(one(pod["containers"])):
+            continue
+        vpc = one(pod["vpc_access"])
+        assert "connector" not in vpc, f"{name}: Direct VPC egress, not a Serverless VPC connector"
+        interface = one(vpc["network_interfaces"])
+        assert interface == {"network": "${var.network_id}", "subnetwork": "${var.subnet_id}"}, name
+        assert vpc["egress"] == "PRIVATE_RANGES_ONLY", name
+
+
+def test_secret_references_are_granted_and_least_privilege() -> None:
+    local = run_locals()
+    access = {identity: set(names) for identity, names in local["secret_access"].items()}
+    assert set().union(*access.values()) == SECRETS
+    referenced: set[str] = set()
+    cloudsql_clients = set(local["cloudsql_clients"])
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        identity = re.fullmatch(r'\$\{google_service_account\.runtime\["([a-z]+)"\]\.email\}',
+                                pod["service_account"])[1]
+        used = set(env_secrets(one(pod["containers"])).values())
+        referenced |= used
+        assert used == access[identity], f"{name} ({identity}) reads {used}, may read {access[identity]}"
+        assert ("DATABASE_URL" in env_secrets(one(pod["containers"]))) == (identity in cloudsql_clients), name
+        # A revision must not be created before its identity may read its secrets.
+        assert "${google_secret_manager_secret_iam_member.access}" in body["depends_on"], name
+    assert referenced == SECRETS
+
+
+def test_secrets_module_holds_exactly_the_five_secrets() -> None:
+    local = clean(module_blocks(MODULES / "secrets")["locals"])
+    assert set(local["secrets"]) == SECRETS
+    root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
+    assert set(root["secrets"]["secret_values"]) == SECRETS
+    versions = resources(MODULES / "secrets", "google_secret_manager_secret_version")
+    assert one(list(versions.values()))["secret_data"] == "${var.secret_values[each.key]}"
+
+
+def test_env_names_match_what_plant_reads() -> None:
+    _, api = run_resources()["api"]
+    container = one(pod_template("google_cloud_run_v2_service", api)["containers"])
+    assert env_secrets(container) == {
+        "DATABASE_URL": "database_url",
+        "REDIS_URL": "redis_url",
+        "PLANT_SIGNING_KEY": "signing_key",
+    }
+    assert one(container["startup_probe"])["http_get"][0]["path"] == "/health"
+    _, job = run_resources()["migrate"]
+    migrate = one(pod_template("google_cloud_run_v2_job", job)["containers"])
+    assert env_secrets(migrate) == {"DATABASE_URL": "database_url", "PLANT_ADMIN_API_KEY": "bootstrap_admin_key"}
+
+
+def test_exactly_one_beat() -> None:
+    beats = [(name, kind, body) for name, (kind, body) in run_resources().items()
+             if one(pod_template(kind, body)["containers"])["args"] == ["beat"]]
+    assert len(beats) == 1
+    name, kind, body = beats[0]
+    assert kind == "google_cloud_run_v2_worker_pool"
+    assert "count" not in body and "for_each" not in body
+    scaling = one(body["scaling"])
+    assert scaling["manual_instance_count"] == 1 and scaling["scaling_mode"] == "MANUAL"
+
+
+def test_queues_per_worker_pool() -> None:
+    entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
+    assert re.search(r"\n    worker\)\n(?:.*\n){0,3}.*worker -Q default ", entrypoint)
+    assert re.search(r"\n    worker-audit\)\n(?:.*\n){0,4}.*worker -Q audit ", entrypoint)
+
+
+def test_no_public_invoker_unless_asked() -> None:
+    for path in tf_files():
+        for block in parse(path).get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    body = clean(body)
+                    if body.get("member") in ("allUsers", "allAuthenticatedUsers"):
+                        assert body.get("count") == "${var.allow_unauthenticated_api ? 1 : 0}", name
+    for directory in (ROOT, MODULES / "run"):
+        variable = clean(module_blocks(directory)["variable"]["allow_unauthenticated_api"])
+        assert variable["default"] is False
+
+
+def test_each_role_has_its_own_service_account() -> None:
+    local = run_locals()
+    assert "api" in local["identities"] and "migrate" in local["identities"]
+    accounts = set()
+    for name, (kind, body) in run_resources().items():
+        accounts.add(pod_template(kind, body)["service_account"])
+    # worker and worker-audit share one identity; every other role has its own.
+    assert len(accounts) == len(run_resources()) - 1
+
+
+# --- Database, cache, secrets content ---------------------------------------------------------
+
+
+def test_cloud_sql_is_private_with_backups_and_pitr() -> None:
+    instance = resources(MODULES / "database", "google_sql_database_instance")["postgres"]
+    settings = one(instance["settings"])
+    ip = one(settings["ip_configuration"])
+    assert ip["ipv4_enabled"] is False
+    assert ip["private_network"] == "${var.private_network}"
+    assert "authorized_networks" not in ip
+    backups = one(settings["backup_configuration"])
+    assert backups["enabled"] is True and backups["point_in_time_recovery_enabled"] is True
+    # The logging baseline is written out (scanners read it), each value overridable...
+    flags = {f["name"]: f["value"] for f in settings["database_flags"]}
+    for name in ("log_connections", "log_disconnections", "log_checkpoints", "log_lock_waits"):
+        assert flags[name] == f'${{lookup(var.database_flags, "{name}", "on")}}', name
+    baseline = set(clean(module_blocks(MODULES / "database")["locals"])["baseline_flags"])
+    assert baseline == set(flags)
+    # ...and every other flag comes from the variable.
+    extra = clean(module_blocks(MODULES / "database")["resource"][
+        ("google_sql_database_instance", "postgres")])["settings"][0]["dynamic"][0]["database_flags"]
+    assert extra["for_each"] == "${local.extra_flags}"
+    version = clean(module_blocks(MODULES / "database")["variable"]["database_version"])
+    assert version["default"] in ("POSTGRES_16", "POSTGRES_17")
+    assert "POSTGRES_16" in version["validation"][0]["condition"]
+    for name in ("dev.tfvars", "prod.tfvars"):
+        assert tfvars(name)["database_version"] in ("POSTGRES_16", "POSTGRES_17")
+
+
+def test_redis_is_private_with_auth_and_keeps_queued_tasks() -> None:
+    redis = resources(MODULES / "cache", "google_redis_instance")["broker"]
+    assert redis["connect_mode"] == "PRIVATE_SERVICE_ACCESS"
+    assert redis["auth_enabled"] is True
+    assert redis["redis_configs"] == {"maxmemory-policy": "noeviction"}
+    assert re.match(r"redis://:\$\{urlencode\(google_redis_instance\.broker\.auth_string\)\}@",
+                    clean(module_blocks(MODULES / "cache")["output"]["redis_url"])["value"])
+
+
+def test_private_service_access_is_wired() -> None:
+    network = MODULES / "network"
+    connection = resources(network, "google_service_networking_connection")["private_service_access"]
+    assert connection["service"] == "servicenetworking.googleapis.com"
+    address = resources(network, "google_compute_global_address")["private_service_access"]
+    assert address["purpose"] == "VPC_PEERING"
+    # Consumers of the network id wait for the peering.
+    output = clean(module_blocks(network)["output"]["network_id"])
+    assert output["depends_on"] == ["${google_service_networking_connection.private_service_access}"]
+
+
+SECRETISH = re.compile(r"password|secret|token|private|signing|credential|auth|_key$|^key", re.I)
+
+
+@pytest.mark.parametrize("name", ["dev.tfvars", "prod.tfvars"])
+def test_no_plaintext_secrets_in_tfvars(name: str) -> None:
+    values = tfvars(name)
+    assert not [k for k in values if SECRETISH.search(k)]
+    for value in strings_in(values):
+        assert "BEGIN" not in value and not re.search(r"://[^/\s]*:[^@/\s]+@", value), value
+        assert not re.fullmatch(r"[A-Za-z0-9+/=_-]{32,}", value), f"looks like a credential: {value}"
+
+
+def test_checkov_skips_are_justified() -> None:
+    for path in tf_files():
+        for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(?::(.*))?", path.read_text()):
+            assert match[2] and len(match[2].strip()) >= 30, f"{path}: {match[1]} needs a reason"
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
+def test_terraform_fmt_is_clean() -> None:
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-list=true", str(TF)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
