@@ -37,7 +37,8 @@ COPY cli ./cli
 COPY migrations ./migrations
 # -P keeps /src off sys.path, so the check imports the installed package, not the source tree.
 RUN pip install --no-deps . \
-    && python -P -c "import models.migrate as m; assert m.heads(), 'migrations missing from the install'"
+    && python -P -c "import models.migrate as m; assert m.heads(), 'migrations missing from the install'" \
+    && python -P -c "import web, pathlib; assert (pathlib.Path(web.__file__).parent / 'templates/audit_report.html').is_file(), 'templates missing'"
 
 
 FROM python:3.11-slim-bookworm AS runtime

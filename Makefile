@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint scan bench install clean
+.PHONY: dev demo test lint scan bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/plant dev
+
+# The guided demo on a stack of its own (.plant-demo, ports 8100/5655): certify, assign,
+# audit, tamper through SQL, audit again, export and verify the signed report.
+DEMO_PAUSE ?= 4
+demo: $(STAMP)
+	$(BIN)/plant demo --pause $(DEMO_PAUSE)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports

@@ -1,4 +1,4 @@
-"""Builds the process's signing ``KeyRing`` from settings.
+"""Builds the process's signing ``KeyRing`` from settings, and rotates the key files.
 
 The active key comes from ``PLANT_SIGNING_KEY`` (PEM text) or a PEM file; every ``*.pem``
 in the retired-keys directory stays trusted for verifying what it signed. Keys never
@@ -7,8 +7,19 @@ come from the database, so someone who can write the database cannot add a key.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
 from models.settings import Settings
-from models.signing import KeyRing, SigningKeyError, load_keyring
+from models.signing import KeyRing, SigningKey, SigningKeyError, load_keyring, load_signing_key_pem
+
+ROTATION_LOCK = ".rotate.lock"
 
 
 def keyring_from_settings(settings: Settings) -> KeyRing:
@@ -24,3 +35,64 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
     retired_dir = settings.retired_signing_keys_path
     retired = sorted(retired_dir.glob("*.pem")) if retired_dir.is_dir() else []
     return load_keyring([active, *(path.read_bytes() for path in retired)])
+
+
+def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, str]:
+    """Make ``new_key`` the active key file; return ``(old kid, new kid)``.
+
+    The old key's public half is written to ``<retired dir>/<old kid>.pem`` first, then the
+    new private key replaces the active file (mode 0600). Both writes are atomic renames,
+    in that order, so a crash at any point leaves the old key trusted and never loses it;
+    the retired copy holds no private key, so nothing can sign as the old key any more.
+    Running processes keep the ring they loaded until they restart. Concurrent rotations
+    of one key directory are serialized by a lock file next to the active key.
+
+    Raises ``SigningKeyError`` when ``PLANT_SIGNING_KEY`` supplies the key (it is managed
+    outside Plant), when there is no active key file, or when ``new_key`` is the active key.
+    """
+    if settings.signing_key is not None:
+        raise SigningKeyError("PLANT_SIGNING_KEY is set: the signing key is managed outside Plant; rotate it there")
+    active_path = settings.active_signing_key_path
+    if not active_path.is_file():
+        raise SigningKeyError(f"no active signing key at {active_path} to rotate (`plant dev` generates one)")
+    with _exclusive(active_path.parent / ROTATION_LOCK):
+        old_key = load_signing_key_pem(active_path.read_bytes())
+        if old_key.kid == new_key.kid:
+            raise SigningKeyError(f"key {new_key.kid} is already the active key")
+        retired_dir = settings.retired_signing_keys_path
+        retired_dir.mkdir(parents=True, exist_ok=True)
+        _replace_file(retired_dir / f"{old_key.kid}.pem", _public_pem(old_key), mode=0o644)
+        _replace_file(active_path, new_key.private_pem(), mode=0o600)
+    return old_key.kid, new_key.kid
+
+
+def _public_pem(key: SigningKey) -> bytes:
+    return key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with open(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)) as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _replace_file(path: Path, content: bytes, *, mode: int) -> None:
+    """Write ``content`` to ``path`` all at once: readers see the old file or the new, never half."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask says
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)

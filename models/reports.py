@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import canonical_bytes, rfc3339_utc
+from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
 from models.signing import KeyRing
@@ -82,3 +82,13 @@ def findings_csv(session: Session, *, run_id: uuid.UUID) -> str:
     for finding in all_findings(session, run_id):
         writer.writerow(finding_resource(finding))
     return out.getvalue()
+
+
+def report_sha256(report: dict[str, Any]) -> str:
+    """Hex SHA-256 of the report's canonical bytes: the JWS payload; stable once the run has finished."""
+    return sha256(canonical_bytes(report)).hex()
+
+
+def report_signature(report: dict[str, Any], keyring: KeyRing) -> str:
+    """The detached JWS that :func:`signed_report` puts next to ``report``."""
+    return sign_detached(canonical_bytes(report), keyring.active)

@@ -38,4 +38,15 @@ def test_report_verify_accepts_a_signed_report_and_refuses_a_changed_one(tmp_pat
     assert ok.exit_code == 0 and keyring.active.kid in ok.output
     report.write_bytes(report.read_bytes().replace(b'"findings":[]', b'"findings":[1]'))
     bad = CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)])
-    assert bad.exit_code == 1 and "NOT valid" in bad.output
+    assert bad.exit_code == 4 and bad.stdout == ""
+    assert bad.stderr.startswith("plant: report signature is NOT valid") and bad.stderr.count("\n") == 1
+    report.write_text("not json at all")
+    assert CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)]).exit_code == 4
+
+
+def test_seed_and_db_check_speak_json(run) -> None:
+    import json
+
+    assert json.loads(run("db", "check", "--json").stdout) == {"drift": False}
+    seeded = json.loads(run("seed", "--json").stdout)
+    assert seeded["created"]["skill"] == 19 and seeded["steward_id"]

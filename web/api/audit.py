@@ -23,6 +23,7 @@ from models.pagination import keyset_page
 from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
+from web.report_html import HTML_RESPONSE, report_page
 from web.schemas import API_PROBLEMS, JobOut, problems
 from web.services import db_session, services
 
@@ -121,6 +122,12 @@ def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
     rows = list(session.scalars(statement.order_by(AuditFinding.id).limit(query.page_size + 1)))
     token = _encode_after(rows[query.page_size - 1].id) if len(rows) > query.page_size else None
     return {"items": [finding_resource(f) for f in rows[: query.page_size]], "next_page_token": token}
+
+
+@audit_api.get("/audit/runs/<run_id>/report.html", responses={200: HTML_RESPONSE, **problems(404)})
+def report_html(path: RunPath) -> Response:
+    """The run's report for auditors: one self-contained HTML page (summary, charts, entities, signature)."""
+    return report_page(db_session(), run_id=path.run_id, keyring=services().keyring)
 
 
 def _encode_after(finding_id: int) -> str:

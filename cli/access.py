@@ -1,0 +1,111 @@
+"""``plant api-keys`` (over the API, admin scope) and ``plant signing-keys``.
+
+API keys live in the database and are managed through the server. The signing key is a
+file on the machine that runs Plant, so ``signing-keys rotate`` works on the key
+directory from settings, not over HTTP; ``signing-keys list`` shows what the server
+publishes.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.errors import PlantCliError
+from cli.jobs import connect
+from cli.output import json_option, print_json, print_table
+from models.keys import rotate_signing_key
+from models.settings import load_settings
+from models.signing import SigningKeyError, generate_ed25519, generate_rsa4096
+
+SCOPES = ("read", "write", "admin")
+
+
+@click.group("api-keys")
+def api_keys() -> None:
+    """Create, list and revoke API keys (needs an admin key)."""
+
+
+@api_keys.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", type=click.Choice(SCOPES), multiple=True, default=("read",), show_default=True,
+              help="Scope to grant (repeatable): read < write < admin.")
+@json_option
+def create_key(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    """Create a key called NAME; its secret is printed once and never again."""
+    key = connect().post("/api-keys", {"name": name, "scopes": list(dict.fromkeys(scopes))})
+    if as_json:
+        print_json(key)
+        return
+    click.echo(f"created API key {key['id']} ({key['name']}, scopes {','.join(key['scopes'])})")
+    click.echo(key["key"])
+    click.echo("the key is shown only this once: store it now", err=True)
+
+
+@api_keys.command("list")
+@json_option
+def list_keys(as_json: bool) -> None:
+    """Every key, revoked ones included (never a secret)."""
+    keys = connect().get("/api-keys")["items"]
+    if as_json:
+        print_json({"items": keys})
+        return
+    print_table(keys, [
+        ("ID", lambda k: k["id"]), ("NAME", lambda k: k["name"]), ("PREFIX", lambda k: k["key_prefix"]),
+        ("SCOPES", lambda k: k["scopes"]), ("CREATED", lambda k: k["created_at"]), ("REVOKED", lambda k: k["revoked_at"]),
+    ])
+
+
+@api_keys.command("revoke")
+@click.argument("key_id")
+@json_option
+def revoke_key(key_id: str, as_json: bool) -> None:
+    """Revoke the key with id KEY_ID; it stops working on the next request."""
+    key = connect().delete(f"/api-keys/{key_id}")
+    if as_json:
+        print_json(key)
+    else:
+        click.echo(f"revoked API key {key['id']} ({key['name']}) at {key['revoked_at']}")
+
+
+@click.group("signing-keys")
+def signing_keys() -> None:
+    """The chain signing key: rotate it locally, list what the server publishes."""
+
+
+@signing_keys.command("rotate")
+@click.option("--rsa", is_flag=True, help="Generate an RSA-4096 (PS256) key instead of Ed25519.")
+@json_option
+def rotate(rsa: bool, as_json: bool) -> None:
+    """Make a new active signing key; the old one is retired but still verifies what it signed.
+
+    Works on the key files under PLANT_DATA_DIR (or PLANT_SIGNING_KEY_FILE and
+    PLANT_RETIRED_SIGNING_KEYS_DIR) on this machine. Refused when PLANT_SIGNING_KEY is set.
+    Running API and worker processes keep the old key until they are restarted.
+    """
+    settings = load_settings()
+    try:
+        old_kid, new_kid = rotate_signing_key(settings, generate_rsa4096() if rsa else generate_ed25519())
+    except SigningKeyError as exc:
+        raise PlantCliError(exc.detail) from exc
+    retired_file = settings.retired_signing_keys_path / f"{old_kid}.pem"
+    if as_json:
+        print_json({"old_kid": old_kid, "new_kid": new_kid, "active_key_file": str(settings.active_signing_key_path),
+                    "retired_key_file": str(retired_file), "restart_required": True})
+    else:
+        click.echo(f"retired {old_kid} (public key kept in {retired_file})")
+        click.echo(f"active  {new_kid} ({settings.active_signing_key_path})")
+    click.echo("restart every running API and worker process (e.g. `make dev`) so they all sign with the new key "
+               "and trust it; until then they keep signing with the old one", err=True)
+
+
+@signing_keys.command("list")
+@json_option
+def list_signing_keys(as_json: bool) -> None:
+    """The JWK Set the server publishes (active key first); --json output is a --jwks file."""
+    jwks = connect().get("/signing-keys")
+    if as_json:
+        print_json(jwks)
+        return
+    keys = jwks["keys"]
+    print_table(keys, [("KID", lambda k: k.get("kid")), ("ALG", lambda k: k.get("alg")),
+                       ("ROLE", lambda k: "active" if k is keys[0] else "retired")])

@@ -1,0 +1,164 @@
+"""The HTTP client the ``plant`` commands use to talk to a running Plant API.
+
+Where the server is and which key to send come from :func:`client_config_from_environment`,
+the CLI's one reader of the environment: ``PLANT_URL`` (default ``http://127.0.0.1:8000``)
+and ``PLANT_API_KEY``, else the admin key ``make dev`` leaves in
+``$PLANT_DATA_DIR/admin-api-key``, so ``plant ...`` works next to ``make dev`` with no setup.
+Every failure, an RFC 9457 problem from the API or a connection that never happened,
+becomes an :class:`ApiError`: one readable line, exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cli.bootstrap import ADMIN_KEY_FILE
+from cli.errors import PlantCliError
+from models.settings import load_settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+API = "/api/v1"
+TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    base_url: str
+    api_key: str | None
+    key_file: Path | None  # where the key came from when PLANT_API_KEY was not set
+
+
+def client_config_from_environment() -> ClientConfig:
+    """``PLANT_URL`` and ``PLANT_API_KEY``, else the dev runner's admin key file."""
+    base_url = (os.environ.get("PLANT_URL") or DEFAULT_URL).rstrip("/")
+    api_key = os.environ.get("PLANT_API_KEY") or None
+    if api_key is not None:
+        return ClientConfig(base_url, api_key, None)
+    key_file = load_settings().data_dir / ADMIN_KEY_FILE
+    api_key = (key_file.read_text().strip() or None) if key_file.is_file() else None
+    return ClientConfig(base_url, api_key, key_file)
+
+
+class ApiError(PlantCliError):
+    """The API answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem or {}
+
+
+def problem_line(problem: dict[str, Any]) -> str:
+    """``Title: detail (field: message; ...)`` from an RFC 9457 problem object."""
+    title = problem.get("title") or "Error"
+    detail = problem.get("detail")
+    line = f"{title}: {detail}" if detail and detail != title else str(title)
+    extras = [f"{e.get('field')}: {e.get('message')}" for e in problem.get("errors") or [] if isinstance(e, dict)]
+    extras += [str(v.get("rule") or v) if isinstance(v, dict) else str(v) for v in problem.get("violations") or []]
+    return f"{line} ({'; '.join(extras)})" if extras else line
+
+
+class PlantClient:
+    """Thin JSON-over-HTTP calls against ``/api/v1``; close it (or use ``with``) when done."""
+
+    def __init__(self, config: ClientConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._http = httpx.Client(
+            base_url=config.base_url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+        )
+
+    def __enter__(self) -> PlantClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.config.base_url}{API}{path}"
+
+    def request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        """Send a request to ``/api/v1{path}``; an error status or no connection raises ApiError."""
+        try:
+            response = self._http.request(method, API + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiError(f"{self.config.base_url} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the Plant API at {self.config.base_url}: {exc} (is it running? set PLANT_URL)") from exc
+        if response.is_error:
+            raise self._error(response)
+        return response
+
+    def get(self, path: str, **params: Any) -> Any:
+        return _json_of(self.request("GET", path, params=_present(params)))
+
+    def post(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return _json_of(self.request("POST", path, json=body, headers=headers))
+
+    def delete(self, path: str) -> Any:
+        return _json_of(self.request("DELETE", path))
+
+    def download(self, path: str, **params: Any) -> bytes:
+        return self.request("GET", path, params=_present(params)).content
+
+    def items(self, path: str, *, limit: int | None = None, page_size: int | None = None,
+              **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list, following ``next_page_token``; at most ``limit``."""
+        page_size = page_size or min(limit or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+        token, seen = None, 0
+        while True:
+            page = self.get(path, page_size=page_size, page_token=token, **params)
+            for item in page["items"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        """The job resource; with ``wait`` the server holds the call until it ends or ``wait`` passes."""
+        response = self.request("GET", f"/jobs/{job_id}", params={"wait": wait} if wait else None,
+                                timeout=TIMEOUT_SECONDS + wait)
+        return _json_of(response)
+
+    def _error(self, response: httpx.Response) -> ApiError:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = None
+        if not isinstance(problem, dict):
+            text = response.text.strip().splitlines()
+            return ApiError(f"{response.status_code} {response.reason_phrase}" + (f": {text[0][:200]}" if text else ""),
+                            status=response.status_code)
+        message = f"{response.status_code} {problem_line(problem)}"
+        if response.status_code == 401 and self.config.api_key is None:
+            where = f" (looked in {self.config.key_file})" if self.config.key_file else ""
+            message += f"; set PLANT_API_KEY or run `make dev`{where}"
+        return ApiError(message, status=response.status_code, problem=problem)
+
+
+def _present(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _json_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except json.JSONDecodeError as exc:
+        raise ApiError(f"{response.request.url} answered {response.status_code} with something that is not JSON") from exc

@@ -1,0 +1,79 @@
+"""What the ``plant`` command exits with, and how it says why: always one line on stderr.
+
+Exit codes: 0 success; 1 an API, connection or local error; 2 a usage error (click's own);
+3 a job that ended ``failed`` or ``cancelled``; 4 a report or digest that failed
+verification. Every failure prints ``plant: <what went wrong>`` and nothing else, so a
+script can rely on the code and a person can read the line.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import click
+from click.exceptions import NoArgsIsHelpError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_JOB_UNSUCCESSFUL = 3
+EXIT_NOT_VERIFIED = 4
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 API, connection or local error; 2 usage error; "
+    "3 the job ended failed or cancelled; 4 a report or digest failed verification."
+)
+
+
+class PlantCliError(click.ClickException):
+    """A failure shown as one ``plant: ...`` line; exit code 1 unless a subclass says otherwise."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"plant: {self.format_message()}", err=file is None, file=file)
+
+
+class JobUnsuccessful(PlantCliError):
+    """The job ran to an end other than ``succeeded``."""
+
+    exit_code = EXIT_JOB_UNSUCCESSFUL
+
+
+class VerificationFailed(PlantCliError):
+    """A signed document did not verify against the keys it was checked with."""
+
+    exit_code = EXIT_NOT_VERIFIED
+
+
+class OneLineUsageError(click.UsageError):
+    """click's usage error, shown as one line with a pointer to ``--help``."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        hint = f" (try '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"plant: {self.format_message()}{hint}", err=file is None, file=file)
+
+
+class PlantGroup(click.Group):
+    """The root group: every usage error below it is shown as one line (exit code 2)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:
+            if _shown_as_click_does(error):
+                raise
+            raise OneLineUsageError(error.format_message(), error.ctx) from error
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            if _shown_as_click_does(error):
+                raise
+            raise OneLineUsageError(error.format_message(), error.ctx) from error
+
+
+def _shown_as_click_does(error: click.UsageError) -> bool:
+    # "plant jobs" alone prints that group's help; a converted error is already one line.
+    return isinstance(error, (NoArgsIsHelpError, OneLineUsageError))

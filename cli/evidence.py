@@ -1,0 +1,153 @@
+"""``plant report`` and ``plant digest``: export signed evidence and check it.
+
+Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully offline) or,
+without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
+which). A document that does not verify exits 4; anything that stops the check from
+running at all (no server, an unreadable key file) exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from cli.errors import PlantCliError, VerificationFailed
+from cli.jobs import connect
+from cli.output import json_option, print_json
+from cli.work import resolve_run
+from models.errors import PlantError
+from models.ledger_digest import verify_digest
+from models.reports import verify_report
+
+REPORT_FORMATS = ("json", "csv", "html")
+jwks_option = click.option(
+    "--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Published public keys saved from GET /api/v1/signing-keys (plant signing-keys list --json); "
+         "without it the server's keys are fetched.",
+)
+
+
+def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
+    """The JWK Set to verify with and a phrase saying where it came from."""
+    if jwks_file is not None:
+        try:
+            jwks = json.loads(jwks_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PlantCliError(f"cannot read {jwks_file} as a JWK Set: {exc}") from exc
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise PlantCliError(f"{jwks_file} is not a JWK Set (an object with a 'keys' list)")
+        return jwks, f"offline, keys from {jwks_file}"
+    client = connect()
+    return client.get("/signing-keys"), f"keys fetched from {client.url('/signing-keys')}"
+
+
+@click.group()
+def report() -> None:
+    """Signed audit reports: export one, verify a saved one."""
+
+
+@report.command("export")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="json", show_default=True,
+              help="json: the signed report; csv: the findings; html: a readable report.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write it (default audit-<run>.<format>; '-' for stdout).")
+@json_option
+def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) -> None:
+    """Export the report of audit RUN (a run id, or 'latest')."""
+    if as_json and str(output) == "-":
+        raise click.UsageError("--json and -o - would both write to stdout")
+    client = connect()
+    run_id = resolve_run(client, run_ref)
+    if fmt == "html":
+        body = client.download(f"/audit/runs/{run_id}/report.html")
+    else:
+        body = client.download("/audit/export", run_id=run_id, format=fmt)
+    if str(output) == "-":
+        click.get_binary_stream("stdout").write(body)
+        return
+    path = output or Path(f"audit-{run_id}.{fmt}")
+    path.write_bytes(body)
+    if as_json:
+        print_json({"run_id": run_id, "format": fmt, "file": str(path), "bytes": len(body)})
+    else:
+        click.echo(f"wrote the {fmt} report of run {run_id} to {path} ({len(body)} bytes)")
+
+
+@report.command("verify")
+@click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@jwks_option
+@json_option
+def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool) -> None:
+    """Check a saved JSON report's signature; exit 4 if it does not verify."""
+    keys, source = verification_keys(jwks_file)
+    document = report_file.read_bytes()
+    try:
+        verified = verify_report(document, keys)
+    except (PlantError, ValueError, KeyError, TypeError) as exc:
+        _refuse(as_json, source, f"report signature is NOT valid: {exc}")
+    report_body = json.loads(document)["report"]
+    run = report_body.get("run") or {}
+    facts = {"valid": True, "kid": verified.kid, "alg": verified.alg, "keys": source,
+             "run_id": run.get("id"), "findings": len(report_body.get("findings") or [])}
+    if as_json:
+        print_json(facts)
+        return
+    click.echo(f"report signature valid: signed by kid {verified.kid} ({verified.alg}); {source}")
+    click.echo(f"run {facts['run_id']}: {facts['findings']} finding(s)")
+
+
+@click.group()
+def digest() -> None:
+    """The signed ledger digest: every entity's chain head under one signature."""
+
+
+@digest.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it here (default: stdout).")
+@click.option("--leaves", is_flag=True, help="Include every entity's head, so an audit can name what changed.")
+@json_option
+def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
+    """Export a signed digest of the ledger now: keep it outside Plant."""
+    document = connect().get("/ledger/digest", leaves="true" if leaves else None)
+    if output is None:
+        print_json(document)
+        return
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    facts = {"file": str(output), "entity_count": document["entity_count"], "as_of": document["as_of"],
+             "heads_root": document["heads_root"], "kid": document["kid"], "leaves": "leaves" in document}
+    if as_json:
+        print_json(facts)
+    else:
+        click.echo(f"wrote the ledger digest of {facts['entity_count']} entities as of {facts['as_of']} to {output} "
+                   f"(root {facts['heads_root'][:16]}…, kid {facts['kid']})")
+
+
+@digest.command("verify")
+@click.argument("digest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@jwks_option
+@json_option
+def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool) -> None:
+    """Check a saved digest's signature (and its leaves, if any); exit 4 if it does not verify."""
+    keys, source = verification_keys(jwks_file)
+    try:
+        document = json.loads(digest_file.read_bytes())
+    except ValueError as exc:
+        _refuse(as_json, source, f"ledger digest is NOT valid: not JSON ({exc})")
+    if not verify_digest(document, keys):
+        _refuse(as_json, source, "ledger digest is NOT valid: its signature, shape or leaves do not check out")
+    facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
+             "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document}
+    if as_json:
+        print_json(facts)
+        return
+    click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {facts['as_of']}, "
+               f"signed by kid {facts['kid']}; {source}")
+
+
+def _refuse(as_json: bool, source: str, message: str) -> NoReturn:
+    if as_json:
+        print_json({"valid": False, "keys": source, "error": message})
+    raise VerificationFailed(message)

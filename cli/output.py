@@ -1,0 +1,120 @@
+"""How ``plant`` commands print: JSON for scripts (``--json``), tables and short lines for people.
+
+A job's outcome gets one line (or a few) per kind, e.g. the certificate id of a
+certification or the counts of an audit; anything unknown is shown as compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, Callable[[dict[str, Any]], Any]]]) -> None:
+    """Left-aligned columns sized to their widest cell; ``-`` for a missing value."""
+    cells = [[_cell(value(row)) for _, value in columns] for row in rows]
+    headers = [header for header, _ in columns]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    for line in (headers, *cells):
+        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    done, total = progress.get("done", 0), progress.get("total")
+    return f"{done}/{total}" if total else str(done)
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """``<id>  <kind>  <status>`` for a job just started."""
+    return f"job {job['id']}  {job['kind']}  {job['status']}"
+
+
+def describe_job(job: dict[str, Any]) -> list[str]:
+    """The lines ``plant jobs show`` prints."""
+    lines = [
+        f"id        {job['id']}", f"kind      {job['kind']}", f"status    {job['status']}",
+        f"progress  {progress_text(job)}" + (f"  {job['progress']['message']}" if job["progress"].get("message") else ""),
+        f"attempts  {job['attempts']}", f"created   {job['created_at']}",
+        f"started   {job.get('started_at') or '-'}", f"finished  {job.get('finished_at') or '-'}",
+        f"params    {compact(job['params'])}",
+    ]
+    if job.get("error"):
+        lines.append(f"error     {compact(job['error'])}")
+    if job.get("result") is not None:
+        lines += ["result", *("  " + line for line in outcome_lines(job))]
+    return lines
+
+
+def outcome_lines(job: dict[str, Any]) -> list[str]:
+    """What a succeeded job achieved, in words."""
+    describe = _OUTCOMES.get(job["kind"])
+    result = job.get("result") or {}
+    return describe(result) if describe else [compact(result)]
+
+
+def _certification(result: dict[str, Any]) -> list[str]:
+    if result.get("status") == "certified":
+        certificate = result["certificate"]
+        return [f"certified: {certificate['certificate_id']} (skill {result['skill_id']}, version {result['version']}, "
+                f"signed by {certificate['kid']})"]
+    gates = [f"{gate['gate']} ({gate.get('detail')})" for gate in result.get("failed_gates") or []]
+    return [f"rejected: skill {result.get('skill_id')} failed {len(gates)} gate(s)", *(f"  - {g}" for g in gates)]
+
+
+def _assignment(result: dict[str, Any]) -> list[str]:
+    previous = result.get("previous_team_id")
+    lines = [f"assigned: agent {result['agent_id']} to team {result['team_id']}"
+             + (f" (was {previous})" if previous else "")]
+    lines += [f"  candidate {c['name']}: score {c['score']}, {c['free_seats']} free seat(s)" for c in result.get("candidates") or []]
+    return lines
+
+
+def _bulk_assignment(result: dict[str, Any]) -> list[str]:
+    lines = [f"placed {result['placed']} of {result['requested']} agent(s); {result['not_placed']} not placed "
+             f"(total similarity {result.get('total_similarity')}, {result.get('method')})"]
+    reasons: dict[str, int] = {}
+    for unplaced in result.get("unplaced") or []:
+        reasons[unplaced["reason"]] = reasons.get(unplaced["reason"], 0) + 1
+    lines += [f"  not placed, {reason}: {count}" for reason, count in sorted(reasons.items())]
+    return lines
+
+
+def _audit(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        f"audit run {summary['run_id']}: {summary['total_entities']} entities, {summary['compliant']} compliant, "
+        f"{summary['non_compliant']} non-compliant; {summary['versions_verified']} versions verified "
+        f"(signatures: {summary.get('signatures')}) in {summary.get('duration_seconds')} s",
+        f"findings: {summary['findings']}",
+    ]
+    lines += [f"  {code}: {count}" for code, count in (summary.get("by_code") or {}).items()]
+    return lines
+
+
+_OUTCOMES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "skill.certify": _certification,
+    "agent.assign_team": _assignment,
+    "agents.assign_teams": _bulk_assignment,
+    "audit.run": _audit,
+}

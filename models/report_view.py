@@ -1,0 +1,147 @@
+"""What the auditor's HTML report shows, prepared from a run and its signed report.
+
+:func:`report_view` builds the same report document as the JSON export, signs it the
+same way, and derives what a reader needs: the summary figures, findings counted by
+rule and by code, one row per entity that has findings (worst first, capped) and the
+digest, signature and public key to check the export offline. A finished (or
+cancelled) run shows its stored summary; a run still in progress has no summary yet,
+so its counts are taken from the findings written so far and marked partial.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.audit_tables import AuditChunk
+from models.reports import build_report, report_sha256, report_signature
+from models.signing import KeyRing
+
+MAX_ENTITY_ROWS = 1_000
+SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1}
+# Findings for an entity that no longer exists: it is not in total_entities (see summarize_run).
+NOT_AUDITED_CODES = frozenset({"entity-deleted"})
+
+
+@dataclass(frozen=True)
+class EntityRow:
+    entity_type: str
+    entity_id: str
+    findings: int
+    codes: tuple[str, ...]
+    worst_severity: str
+
+
+@dataclass(frozen=True)
+class SignatureDetails:
+    """All an outside auditor needs to check the JSON export of the same run."""
+
+    report_sha256: str
+    jws: str
+    kid: str
+    alg: str
+    jwks_json: str  # the signing key's JWK Set, pretty-printed, ready to save as a file
+
+
+@dataclass(frozen=True)
+class ReportView:
+    run: dict[str, Any]
+    final: bool  # the run has a summary: its numbers will not change any more
+    figures: dict[str, Any]  # summary fields; None where a running run has no value yet
+    by_rule: dict[str, int]
+    by_code: dict[str, int]
+    entity_rows: tuple[EntityRow, ...]
+    entities_with_findings: int
+    clean_entities: int | None
+    run_level_findings: int  # findings about the registry as a whole (no entity)
+    entities_audited: int  # so far, from the chunks' checkpoints
+    signature: SignatureDetails
+
+    @property
+    def rows_capped(self) -> bool:
+        return len(self.entity_rows) < self.entities_with_findings
+
+
+def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: int = MAX_ENTITY_ROWS) -> ReportView:
+    """Prepare the page for one run; raises ``NotFound`` for an unknown run. Reads only."""
+    report = build_report(session, run_id=run_id)
+    run, findings = report["run"], report["findings"]
+    summary = run["summary"]
+    rows = entity_rows(findings)
+    with_findings = len(rows)
+    return ReportView(
+        run=run,
+        final=summary is not None,
+        figures=_figures(run, findings, summary),
+        by_rule=summary["by_rule"] if summary else _count(f["rule_id"] for f in findings if f["rule_id"]),
+        by_code=summary["by_code"] if summary else _count(f["code"] for f in findings),
+        entity_rows=tuple(rows[:max_rows]),
+        entities_with_findings=with_findings,
+        clean_entities=_clean(summary, findings),
+        run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
+        entities_audited=_entities_audited(session, run_id),
+        signature=_signature(report, keyring),
+    )
+
+
+def entity_rows(findings: list[dict[str, Any]]) -> list[EntityRow]:
+    """One row per entity with findings: worst severity first, then most findings."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for finding in findings:
+        if finding["entity_id"] is not None:
+            grouped.setdefault((finding["entity_type"] or "", finding["entity_id"]), []).append(finding)
+    rows = [
+        EntityRow(entity_type, entity_id, len(items), tuple(sorted({f["code"] for f in items})),
+                  max((f["severity"] for f in items), key=lambda s: SEVERITY_RANK.get(s, 0)))
+        for (entity_type, entity_id), items in grouped.items()
+    ]
+    rows.sort(key=lambda r: (-SEVERITY_RANK.get(r.worst_severity, 0), -r.findings, r.entity_type, r.entity_id))
+    return rows
+
+
+def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, Any]:
+    if summary is not None:
+        keys = ("total_entities", "compliant", "non_compliant", "versions_verified", "findings",
+                "duration_seconds", "signatures")
+        return {key: summary[key] for key in keys}
+    return {
+        "total_entities": run["entities_total"], "compliant": None, "non_compliant": None,
+        "versions_verified": None, "findings": len(findings), "duration_seconds": None,
+        "signatures": run["params"].get("verify_signatures") or "heads",
+    }
+
+
+def _clean(summary: dict[str, Any] | None, findings: list[dict[str, Any]]) -> int | None:
+    """Audited entities without a single finding (only once the run has its total).
+
+    Floored at 0: a digest given with the audit may name entities outside a narrowed scope.
+    """
+    if summary is None:
+        return None
+    flagged = {f["entity_id"] for f in findings if f["entity_id"] is not None and f["code"] not in NOT_AUDITED_CODES}
+    return max(0, summary["total_entities"] - len(flagged))
+
+
+def _count(values: Any) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
+
+
+def _entities_audited(session: Session, run_id: Any) -> int:
+    counted = func.coalesce(func.sum(AuditChunk.counters["entities"].as_integer()), 0)
+    return session.scalar(select(counted).where(AuditChunk.run_id == run_id)) or 0
+
+
+def _signature(report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:
+    key = keyring.active
+    return SignatureDetails(
+        report_sha256=report_sha256(report),
+        jws=report_signature(report, keyring),
+        kid=key.kid,
+        alg=key.algorithm,
+        jwks_json=json.dumps({"keys": [key.public_jwk()]}, indent=2),
+    )

@@ -1,0 +1,218 @@
+"""The ``plant`` commands that talk to a server, against a real one.
+
+The Flask app serves on a real port in a background thread, a real Celery worker runs
+the jobs, and the commands run through click's CliRunner with PLANT_URL / PLANT_API_KEY
+set as a user would set them. Every wait is the CLI's own ``--wait`` long-poll.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from werkzeug.serving import make_server
+
+from cli.client import ClientConfig, PlantClient
+from cli.errors import EXIT_JOB_UNSUCCESSFUL, EXIT_NOT_VERIFIED
+from cli.main import cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
+Plant = Callable[..., Result]
+
+
+@pytest.fixture(scope="module")
+def api_url(app: Any) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def plant(api_url: str, admin_key: str, monkeypatch: pytest.MonkeyPatch) -> Plant:
+    """Run ``plant ARGS...`` as the admin against the live server."""
+    # The server shares this process: its log lines (root handler, writing to whatever
+    # sys.stdout is) would land in the output CliRunner captures from the command.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "plant_handler", False)])
+    monkeypatch.setenv("PLANT_URL", api_url)
+    monkeypatch.setenv("PLANT_API_KEY", admin_key)
+    return lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def http(api_url: str, admin_key: str) -> Iterator[PlantClient]:
+    with PlantClient(ClientConfig(api_url, admin_key, None)) as client:
+        yield client
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plant: "), result.stderr
+    return lines[0]
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def skill_id(http: PlantClient, key: str) -> str:
+    return next(s["id"] for s in http.items("/genesis/skills") if s["skill_key"] == key)
+
+
+def test_api_keys_create_list_revoke_and_a_revoked_key_stops_working(
+    plant: Plant, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = as_json(plant("api-keys", "create", "ci-bot", "--scope", "read", "--scope", "write", "--json"))
+    assert created["scopes"] == ["read", "write"] and created["key"]
+    listed = as_json(plant("api-keys", "list", "--json"))["items"]
+    assert created["id"] in {k["id"] for k in listed}
+    table = plant("api-keys", "list")
+    assert table.exit_code == 0 and "ci-bot" in table.stdout and created["key"] not in table.stdout
+
+    monkeypatch.setenv("PLANT_API_KEY", created["key"])
+    assert plant("jobs", "list").exit_code == 0
+    forbidden = plant("api-keys", "list")
+    assert forbidden.exit_code == 1 and "403" in one_error_line(forbidden)
+
+    monkeypatch.setenv("PLANT_API_KEY", admin_key)
+    revoked = plant("api-keys", "revoke", created["id"])
+    assert revoked.exit_code == 0 and "revoked" in revoked.stdout
+    monkeypatch.setenv("PLANT_API_KEY", created["key"])
+    refused = plant("jobs", "list")
+    assert refused.exit_code == 1
+    assert one_error_line(refused).startswith("plant: 401 Unauthorized: the API key is unknown or revoked")
+
+
+def test_without_plant_api_key_the_dev_admin_key_file_is_used(plant: Plant, admin_key: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("PLANT_API_KEY")
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    missing = plant("jobs", "list")
+    assert missing.exit_code == 1 and "set PLANT_API_KEY" in one_error_line(missing)
+    (tmp_path / "admin-api-key").write_text(admin_key + "\n")
+    assert plant("api-keys", "list", "--json").exit_code == 0
+
+
+def test_an_unknown_job_is_exit_1_with_one_line(plant: Plant) -> None:
+    job_id = uuid.uuid4()
+    result = plant("jobs", "show", job_id)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert one_error_line(result) == f"plant: 404 Not found: no job with id {job_id}"
+
+
+def test_usage_errors_are_exit_2_with_one_line(plant: Plant) -> None:
+    result = plant("certify")
+    assert result.exit_code == 2 and "Missing argument 'SKILL'" in one_error_line(result)
+    assert plant("assign", "--all-unassigned", str(uuid.uuid4())).exit_code == 2
+
+
+def test_unreachable_server_is_exit_1_with_one_line(plant: Plant, monkeypatch) -> None:
+    from cli.services import free_port
+
+    monkeypatch.setenv("PLANT_URL", f"http://127.0.0.1:{free_port()}")
+    result = plant("jobs", "list")
+    assert result.exit_code == 1 and "cannot reach the Plant API" in one_error_line(result)
+
+
+def test_jobs_list_show_and_watch(plant: Plant, http: PlantClient) -> None:
+    started = [http.post("/diagnostics/sleep", {"seconds": 0.0}) for _ in range(3)]
+    sleeper = http.post("/diagnostics/sleep", {"seconds": 0.6, "steps": 3})
+    watched = plant("jobs", "watch", sleeper["id"])
+    assert watched.exit_code == 0, watched.output
+    lines = watched.stdout.splitlines()
+    assert lines[-2].startswith("succeeded") and "3/3" in lines[-2] and "100%" in lines[-2]
+    assert json.loads(lines[-1])["slept"] >= 0.6  # the result, as compact JSON
+
+    everything = as_json(plant("jobs", "list", "--kind", "diagnostics.sleep", "--limit", "10", "--json"))["items"]
+    assert {j["id"] for j in everything} == {j["id"] for j in [*started, sleeper]}
+    assert len(as_json(plant("jobs", "list", "--limit", "2", "--json"))["items"]) == 2
+    assert [j["id"] for j in http.items("/jobs", page_size=2)] == [j["id"] for j in everything]  # follows tokens
+    table = plant("jobs", "list", "--status", "succeeded")
+    assert table.exit_code == 0 and table.stdout.splitlines()[0].split() == ["ID", "KIND", "STATUS", "PROGRESS", "ATTEMPTS", "CREATED"]
+    shown = plant("jobs", "show", sleeper["id"])
+    assert shown.exit_code == 0 and "status    succeeded" in shown.stdout and "progress  3/3" in shown.stdout
+    assert as_json(plant("jobs", "show", sleeper["id"], "--json"))["status"] == "succeeded"
+
+
+def test_certify_by_key_waits_for_the_certificate_and_a_second_time_exits_3(plant: Plant, seeded) -> None:
+    first = plant("certify", "aml-screening", "--wait")
+    assert first.exit_code == 0, first.output
+    assert "certified: SKILL-FIN-001" in first.stdout
+    again = plant("certify", "aml-screening", "--wait", "--json")
+    assert again.exit_code == EXIT_JOB_UNSUCCESSFUL
+    assert json.loads(again.stdout)["error"]["type"] == "/problems/already-certified"
+    assert "failed: Skill is already certified" in one_error_line(again)
+    unknown = plant("certify", "no-such-skill")
+    assert unknown.exit_code == 1 and "no skill has id or skill_key 'no-such-skill'" in one_error_line(unknown)
+
+
+def test_certify_by_id_without_wait_prints_the_job(plant: Plant, http: PlantClient, seeded) -> None:
+    started = as_json(plant("certify", skill_id(http, "copywriting"), "--json"))
+    assert started["kind"] == "skill.certify" and started["status"] in ("queued", "running", "succeeded")
+    assert plant("jobs", "watch", started["id"]).exit_code == 0
+
+
+def test_assign_to_a_named_team_and_automatically(plant: Plant, http: PlantClient, seeded) -> None:
+    agents = list(http.items("/agents"))
+    teams = {t["name"]: t["id"] for t in http.items("/teams")}
+    seo = next(a for a in agents if "SEO Specialist" in a["name"])
+    explicit = as_json(plant("assign", seo["id"], "--team", "growth squad", "--wait", "--json"))
+    assert explicit["status"] == "succeeded" and explicit["result"]["team_id"] == teams["Growth Squad"]
+
+    coder = next(a for a in agents if "Clinical Coder" in a["name"])
+    auto = plant("assign", coder["id"], "--wait")
+    assert auto.exit_code == 0, auto.output
+    assert f"to team {teams['Clinical Coding Unit']}" in auto.stdout and "candidate Clinical Coding Unit" in auto.stdout
+
+    wrong = plant("assign", coder["id"], "--team", teams["Risk Desk"], "--wait")
+    assert wrong.exit_code == EXIT_JOB_UNSUCCESSFUL and "not eligible" in one_error_line(wrong).lower()
+    nowhere = plant("assign", coder["id"], "--team", "No Such Team")
+    assert nowhere.exit_code == 1 and "no team has id or name 'No Such Team'" in one_error_line(nowhere)
+
+
+def test_audit_report_and_digest_round_trip(plant: Plant, seeded, tmp_path, engine) -> None:
+    digest_file, jwks_file = tmp_path / "digest.json", tmp_path / "jwks.json"
+    exported = as_json(plant("digest", "export", "--leaves", "-o", digest_file, "--json"))
+    assert exported["entity_count"] >= 90 and exported["leaves"]
+    jwks_file.write_text(plant("signing-keys", "list", "--json").stdout)
+    assert as_json(plant("digest", "verify", digest_file, "--jwks", jwks_file, "--json"))["valid"] is True
+    online = plant("digest", "verify", digest_file)
+    assert online.exit_code == 0 and "keys fetched from http://127.0.0.1:" in online.stdout
+    forged = json.loads(digest_file.read_text())
+    forged["entity_count"] -= 1
+    (tmp_path / "forged-digest.json").write_text(json.dumps(forged))
+    refused = plant("digest", "verify", tmp_path / "forged-digest.json", "--jwks", jwks_file)
+    assert refused.exit_code == EXIT_NOT_VERIFIED and "NOT valid" in one_error_line(refused)
+
+    audited = as_json(plant("audit", "run", "--wait", "--all-signatures", "--against", digest_file, "--json"))
+    summary = audited["result"]
+    assert audited["status"] == "succeeded" and summary["total_entities"] == exported["entity_count"]
+    assert summary["non_compliant"] == 0 and summary["signatures"] == "all"
+    skills_only = plant("audit", "run", "--type", "skill", "--wait")
+    assert skills_only.exit_code == 0 and "19 entities, 19 compliant" in skills_only.stdout
+
+    report_file = tmp_path / "report.json"
+    written = as_json(plant("report", "export", summary["run_id"], "--format", "json", "-o", report_file, "--json"))
+    assert written["bytes"] == report_file.stat().st_size
+    offline = as_json(plant("report", "verify", report_file, "--jwks", jwks_file, "--json"))
+    assert offline["valid"] and offline["run_id"] == summary["run_id"] and offline["keys"].startswith("offline")
+    online = plant("report", "verify", report_file)
+    assert online.exit_code == 0 and "keys fetched from" in online.stdout
+    report_file.write_bytes(report_file.read_bytes().replace(b'"compliant":', b'"compliant":1'))
+    tampered = plant("report", "verify", report_file, "--jwks", jwks_file)
+    assert tampered.exit_code == EXIT_NOT_VERIFIED and "report signature is NOT valid" in one_error_line(tampered)
+    csv_file = tmp_path / "findings.csv"
+    assert plant("report", "export", "latest", "--format", "csv", "-o", csv_file).exit_code == 0
+    assert csv_file.read_text().startswith("finding_id,entity_type,entity_id")
+    html_file = tmp_path / "report.html"
+    assert plant("report", "export", summary["run_id"], "--format", "html", "-o", html_file).exit_code == 0
+    assert "<html" in html_file.read_text().lower()

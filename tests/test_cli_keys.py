@@ -1,0 +1,83 @@
+"""``plant signing-keys rotate``: a new active key, the old one retired, old chains still verify."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.orm import Session
+
+from cli.main import cli
+from models.chain import verify_entity
+from models.embeddings import HashingEmbedder
+from models.entities import Agent
+from models.keys import keyring_from_settings, rotate_signing_key
+from models.registry import WriteContext
+from models.seed import bootstrap_steward
+from models.settings import Settings, load_settings
+from models.signing import SigningKeyError, ensure_key_file, generate_ed25519, load_signing_key_pem
+
+
+@pytest.fixture
+def key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A data dir of its own with a generated key, as `plant dev` leaves it."""
+    for name in ("PLANT_SIGNING_KEY", "PLANT_SIGNING_KEY_FILE", "PLANT_RETIRED_SIGNING_KEYS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    ensure_key_file(settings.active_signing_key_path)
+    return settings
+
+
+def rotate(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["signing-keys", "rotate", "--json", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "restart" in result.stderr
+    return json.loads(result.stdout)
+
+
+def test_rotation_retires_the_old_key_and_chains_signed_before_still_verify(key_settings: Settings, db_session: Session) -> None:
+    old_ring = keyring_from_settings(key_settings)
+    steward_id = bootstrap_steward(db_session, WriteContext("test", old_ring, HashingEmbedder()))
+
+    rotated = rotate()
+
+    assert rotated["old_kid"] == old_ring.active.kid and rotated["new_kid"] != rotated["old_kid"]
+    retired = key_settings.retired_signing_keys_path / f"{rotated['old_kid']}.pem"
+    assert Path(rotated["retired_key_file"]) == retired and b"PRIVATE" not in retired.read_bytes()
+    assert stat.S_IMODE(key_settings.active_signing_key_path.stat().st_mode) == 0o600
+    new_ring = keyring_from_settings(key_settings)
+    assert new_ring.active.kid == rotated["new_kid"]
+    steward = db_session.get(Agent, steward_id)
+    assert verify_entity(db_session, entity=steward, keyring=new_ring).ok
+    assert [k["kid"] for k in new_ring.jwks()["keys"]] == [rotated["new_kid"], rotated["old_kid"]]
+
+    again = rotate("--rsa")
+    assert again["old_kid"] == rotated["new_kid"]
+    ring = keyring_from_settings(key_settings)
+    assert ring.active.algorithm == "PS256" and len(ring.verifiers()) == 3
+    assert verify_entity(db_session, entity=steward, keyring=ring).ok
+
+
+def test_rotation_is_refused_when_the_key_comes_from_the_environment(key_settings: Settings, monkeypatch) -> None:
+    monkeypatch.setenv("PLANT_SIGNING_KEY", generate_ed25519().private_pem().decode())
+    before = key_settings.active_signing_key_path.read_bytes()
+    result = CliRunner().invoke(cli, ["signing-keys", "rotate"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "plant: PLANT_SIGNING_KEY is set: the signing key is managed outside Plant; rotate it there"
+    ]
+    assert key_settings.active_signing_key_path.read_bytes() == before
+
+
+def test_rotation_needs_an_active_key_and_a_different_one(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, signing_key=None, signing_key_file=None)
+    with pytest.raises(SigningKeyError, match="no active signing key"):
+        rotate_signing_key(settings, generate_ed25519())
+    current = ensure_key_file(settings.active_signing_key_path)
+    with pytest.raises(SigningKeyError, match="already the active key"):
+        rotate_signing_key(settings, load_signing_key_pem(current))
+    assert not settings.retired_signing_keys_path.exists()
