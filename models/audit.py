@@ -80,22 +80,25 @@ def audit_batch(
     members = _team_members(session, entities)
     for entity in entities:
         rows = versions.get(entity.id, [])
-        verification = verify_loaded(entity, rows, keyring=keyring, signatures=signatures)
+        content = governed_content(entity)
+        verification = verify_loaded(entity, rows, keyring=keyring, signatures=signatures, content=content)
         kind = entity.entity_type_value.value
         result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in verification.findings]
-        result.findings += _rule_findings(entity, rows, append_only, members.get(entity.id))
+        result.findings += _rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)
     return result
 
 
-def _versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[EntityVersion]]:
-    grouped: dict[uuid.UUID, list[EntityVersion]] = defaultdict(list)
-    query = (
-        select(EntityVersion).where(EntityVersion.entity_id.in_(ids)).order_by(EntityVersion.entity_id, EntityVersion.version)
-        .execution_options(populate_existing=True)
-    )
-    for row in session.scalars(query):
+VERSION_COLUMNS = [EntityVersion.__table__.c[name] for name in (
+    "entity_type", "entity_id", "version", "content", "content_hash", "prev_link", "link_hash", "kid", "signature")]
+
+
+def _versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    """Plain rows (not ORM objects: an audit reads millions) grouped by entity, in order."""
+    grouped: dict[uuid.UUID, list[Any]] = defaultdict(list)
+    query = select(*VERSION_COLUMNS).where(EntityVersion.entity_id.in_(ids)).order_by(EntityVersion.entity_id, EntityVersion.version)
+    for row in session.execute(query):
         grouped[row.entity_id].append(row)
     return grouped
 
@@ -107,10 +110,12 @@ def _team_members(session: Session, entities: list[GovernedEntity]) -> dict[uuid
     return dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(ids)).group_by(Agent.team_id)).all())
 
 
-def _rule_findings(entity: GovernedEntity, rows: list[EntityVersion], append_only: bool, members: int | None) -> list[FindingRow]:
+def _rule_findings(
+    entity: GovernedEntity, content: dict[str, Any], rows: list[Any], append_only: bool, members: int | None
+) -> list[FindingRow]:
     subject = RuleSubject(
         entity_type=entity.entity_type_value,
-        content=governed_content(entity),
+        content=content,
         versions=len(rows),
         head_link_hash=bytes(entity.head_link_hash) if entity.head_link_hash is not None else None,
         genesis_linked=bool(rows) and bytes(rows[0].prev_link) == GENESIS_LINK,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import json
 import math
 import re
 import unicodedata
@@ -171,3 +172,31 @@ def rfc3339_utc(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality that keeps ``true`` apart from ``1`` (Python's ``True == 1`` does not)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def matches_canonical(value: Any, stored: bytes) -> bool:
+    """Whether ``value`` canonicalizes to ``stored`` (canonical JSON bytes).
+
+    Parsing the stored bytes (C speed) and comparing trees is the fast path; only when
+    they differ is ``value`` serialized, so a difference that canonicalization erases
+    (an NFD string, ``1.0`` for ``1``) is judged exactly as a byte comparison would.
+    """
+    try:
+        if same_json(json.loads(stored), value):
+            return True
+    except ValueError:
+        return False
+    return canonical_bytes(value) == stored

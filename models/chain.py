@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
-from models.canonical import canonical_bytes
+from models.canonical import canonical_bytes, matches_canonical
 from models.entities import EntityType, GovernedEntity, governed_content
 from models.signing import KeyRing
 
@@ -195,9 +195,17 @@ def verify_entity(session: Session, *, entity: GovernedEntity, keyring: KeyRing,
 
 
 def verify_loaded(
-    entity: GovernedEntity, rows: Sequence[EntityVersion], *, keyring: KeyRing, signatures: str = "all"
+    entity: GovernedEntity,
+    rows: Sequence[EntityVersion],
+    *,
+    keyring: KeyRing,
+    signatures: str = "all",
+    content: dict | None = None,
 ) -> ChainVerification:
-    """``verify_entity`` over already loaded versions (the audit loads them in batches)."""
+    """``verify_entity`` over already loaded versions (the audit loads them in batches).
+
+    ``content`` is the entity's governed content when the caller already built it.
+    """
     head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
     count, findings = verify_versions(rows, keyring=keyring, head_link=head_link, signatures=signatures)
     entity_type = EntityType(entity.entity_type_value).value
@@ -205,17 +213,20 @@ def verify_loaded(
         findings.append(ChainFinding("no-history", None, "entity has no versions"))
         return ChainVerification(entity_type, entity.id, 0, findings)
     if not any(f.code in ("versions-out-of-order", "version-gap") for f in findings):
-        findings += _head_findings(entity, rows, head_link)  # a reordered chain has no meaningful "last"
+        # A reordered chain has no meaningful "last" version to compare the head with.
+        findings += _head_findings(entity, rows, head_link, content or governed_content(entity))
     return ChainVerification(entity_type, entity.id, count, findings)
 
 
-def _head_findings(entity: GovernedEntity, rows: Sequence[EntityVersion], head_link: bytes | None) -> list[ChainFinding]:
+def _head_findings(
+    entity: GovernedEntity, rows: Sequence[EntityVersion], head_link: bytes | None, content: dict
+) -> list[ChainFinding]:
     last = rows[-1]
     if head_link != bytes(last.link_hash) or entity.version != last.version:
         earlier = [r for r in rows[:-1] if bytes(r.link_hash) == head_link]
         if earlier:
             return [ChainFinding("stale-head", earlier[0].version, f"entity head replays version {earlier[0].version} of {last.version}")]
         return [ChainFinding("head-mismatch", last.version, "entity head does not point at a version of its chain")]
-    if canonical_bytes(governed_content(entity)) != bytes(last.content):
+    if not matches_canonical(content, bytes(last.content)):
         return [ChainFinding("row-content-mismatch", last.version, "entity row differs from its head version")]
     return []
