@@ -15,12 +15,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, verify_loaded
+from models.chain import GENESIS_LINK, ChainFinding, verify_loaded
 from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
-from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, JobRole, governed_content
+from models.entities import (
+    ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
+)
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest, stored_leaves
 from models.signing import KeyRing
@@ -58,19 +61,31 @@ class BatchResult:
     versions_verified: int = 0
 
 
-def load_entities(session: Session, entity_type: EntityType, ids_query: Any) -> list[GovernedEntity]:
-    model = ENTITY_MODELS[entity_type]
-    # populate_existing: an audit must see the rows as stored, never a cached copy.
-    query = select(model).where(model.id.in_(ids_query)).order_by(model.id).execution_options(populate_existing=True)
-    if model is JobRole:
-        query = query.options(selectinload(JobRole.required_skills))
-    if model is Agent:
-        query = query.options(selectinload(Agent.skills))
-    return list(session.scalars(query))
+def load_entities(session: Session, entity_type: EntityType, ids_query: Any) -> list[EntitySnapshot]:
+    """The entities as stored, as plain snapshots (an audit reads hundreds of thousands)."""
+    table = ENTITY_MODELS[entity_type].__table__
+    # Only what the checks read: never the embedding or the stored rule results.
+    columns = [table.c[name] for name in (*GOVERNED_FIELDS[entity_type], "version", "head_link_hash") if name in table.c]
+    rows = session.execute(select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id)).mappings().all()
+    link = LINK_TABLES.get(entity_type)
+    if link is None:
+        return [EntitySnapshot(entity_type, row) for row in rows]
+    table_link, owner, field = link
+    skills: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    ids = [row["id"] for row in rows]
+    for owner_id, skill_id in session.execute(select(table_link.c[owner], table_link.c.skill_id).where(table_link.c[owner].in_(ids))):
+        skills[owner_id].append(skill_id)
+    return [EntitySnapshot(entity_type, row, **{field: skills.get(row["id"], [])}) for row in rows]
+
+
+LINK_TABLES = {
+    EntityType.JOB_ROLE: (job_role_skills, "job_role_id", "required_skill_ids"),
+    EntityType.AGENT: (agent_skills, "agent_id", "skill_ids"),
+}
 
 
 def audit_batch(
-    session: Session, entities: list[GovernedEntity], *, keyring: KeyRing, signatures: str, append_only: bool
+    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, signatures: str, append_only: bool
 ) -> BatchResult:
     """Verify each entity's chain, head, row and rules; nothing is written."""
     result = BatchResult()
@@ -90,20 +105,27 @@ def audit_batch(
     return result
 
 
-VERSION_COLUMNS = [EntityVersion.__table__.c[name] for name in (
-    "entity_type", "entity_id", "version", "content", "content_hash", "prev_link", "link_hash", "kid", "signature")]
+VERSIONS_SQL = (
+    "SELECT entity_type, entity_id, version, content, content_hash, prev_link, link_hash, kid, signature "
+    "FROM entity_versions WHERE entity_id = ANY(%s) ORDER BY entity_id, version"
+)
 
 
 def _versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    """Plain rows (not ORM objects: an audit reads millions) grouped by entity, in order."""
+    """Plain rows grouped by entity, in version order.
+
+    The audit's hottest read (every version of every entity): it goes straight to
+    psycopg in binary format, which skips decoding hex for each bytea column.
+    """
     grouped: dict[uuid.UUID, list[Any]] = defaultdict(list)
-    query = select(*VERSION_COLUMNS).where(EntityVersion.entity_id.in_(ids)).order_by(EntityVersion.entity_id, EntityVersion.version)
-    for row in session.execute(query):
-        grouped[row.entity_id].append(row)
+    connection = session.connection().connection.driver_connection
+    with connection.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+        for row in cursor.execute(VERSIONS_SQL, [ids]):
+            grouped[row.entity_id].append(row)
     return grouped
 
 
-def _team_members(session: Session, entities: list[GovernedEntity]) -> dict[uuid.UUID, int]:
+def _team_members(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:
     if entities[0].entity_type_value is not EntityType.TEAM:
         return {}
     ids = [e.id for e in entities]
@@ -111,7 +133,7 @@ def _team_members(session: Session, entities: list[GovernedEntity]) -> dict[uuid
 
 
 def _rule_findings(
-    entity: GovernedEntity, content: dict[str, Any], rows: list[Any], append_only: bool, members: int | None
+    entity: EntitySnapshot, content: dict[str, Any], rows: list[Any], append_only: bool, members: int | None
 ) -> list[FindingRow]:
     subject = RuleSubject(
         entity_type=entity.entity_type_value,

@@ -174,29 +174,22 @@ def rfc3339_utc(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """JSON equality that keeps ``true`` apart from ``1`` (Python's ``True == 1`` does not)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same_json, a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and a == b
-
-
 def matches_canonical(value: Any, stored: bytes) -> bool:
     """Whether ``value`` canonicalizes to ``stored`` (canonical JSON bytes).
 
-    Parsing the stored bytes (C speed) and comparing trees is the fast path; only when
-    they differ is ``value`` serialized, so a difference that canonicalization erases
-    (an NFD string, ``1.0`` for ``1``) is judged exactly as a byte comparison would.
+    The fast path serializes with the C JSON encoder in JCS's layout (sorted keys, no
+    spaces, no ASCII escaping): if that equals ``stored``, ``value`` is exactly what was
+    stored (the encoding is injective) and canonical JSON is idempotent, so the answer
+    is yes. Anything else (an NFD string, ``1.0`` for ``1``, non-BMP keys, float
+    spellings) is decided by real canonicalization, exactly as a byte comparison would.
     """
     try:
-        if same_json(json.loads(stored), value):
+        fast = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if fast.encode() == stored:
             return True
-    except ValueError:
+    except (TypeError, ValueError):
+        pass
+    try:
+        return canonical_bytes(value) == stored
+    except CanonicalizationError:
         return False
-    return canonical_bytes(value) == stored

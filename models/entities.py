@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
@@ -267,21 +268,41 @@ GOVERNED_FIELDS: dict[EntityType, tuple[str, ...]] = {
 }
 
 
-def governed_content(entity: GovernedEntity) -> dict[str, Any]:
-    """The entity's governed fields as plain JSON-able values (ids as strings, sorted lists)."""
+def governed_content(entity: Any) -> dict[str, Any]:
+    """The entity's governed fields as plain JSON-able values (ids as strings, sorted lists).
+
+    ``entity`` is a mapped entity or an :class:`EntitySnapshot` (the audit's plain rows);
+    a snapshot carries its skill-id lists directly instead of relationships.
+    """
     entity_type = EntityType(entity.entity_type_value)
     content: dict[str, Any] = {}
     for field in GOVERNED_FIELDS[entity_type]:
-        if field == "required_skill_ids":
-            value: Any = sorted(str(s.id) for s in entity.required_skills)  # type: ignore[attr-defined]
-        elif field == "skill_ids":
-            value = sorted(str(s.id) for s in entity.skills)  # type: ignore[attr-defined]
+        if field in SKILL_ID_FIELDS:
+            value: Any = sorted(str(i) for i in _skill_ids(entity, field))
         elif field == "entity_type":
             value = entity_type.value
         else:
             value = getattr(entity, field)
         content[field] = _plain(value)
     return content
+
+
+SKILL_ID_FIELDS = {"required_skill_ids": "required_skills", "skill_ids": "skills"}
+
+
+def _skill_ids(entity: Any, field: str) -> list[uuid.UUID]:
+    if isinstance(entity, EntitySnapshot):
+        return getattr(entity, field)
+    return [skill.id for skill in getattr(entity, SKILL_ID_FIELDS[field])]
+
+
+class EntitySnapshot:
+    """A read-only entity built from a plain row (plus skill ids), for bulk reads."""
+
+    def __init__(self, entity_type: EntityType, row: Mapping[str, Any], **extra: Any) -> None:
+        self.entity_type_value = entity_type
+        self.__dict__.update(row)
+        self.__dict__.update(extra)
 
 
 def _plain(value: Any) -> Any:

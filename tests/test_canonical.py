@@ -210,3 +210,36 @@ def test_round_trip_and_idempotence(value: Any) -> None:
     parsed = json.loads(encoded)
     assert parsed == _nfc(value)
     assert canonical_bytes(parsed) == encoded
+
+
+# The audit's fast path must agree with a byte comparison of real canonical JSON.
+from hypothesis import given as _given, strategies as _st  # noqa: E402
+
+from models.canonical import canonical_bytes as _canonical, matches_canonical  # noqa: E402
+
+_json_leaf = _st.one_of(
+    _st.none(), _st.booleans(), _st.integers(-(2**53) + 1, 2**53 - 1),
+    _st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15), _st.text(max_size=8),
+)
+_json = _st.recursive(_json_leaf, lambda kids: _st.one_of(
+    _st.lists(kids, max_size=4), _st.dictionaries(_st.text(max_size=6), kids, max_size=4)), max_leaves=12)
+
+
+@_given(_json, _json)
+def test_matches_canonical_agrees_with_comparing_canonical_bytes(stored_value, other) -> None:
+    try:
+        stored = _canonical(stored_value)
+    except Exception:  # noqa: BLE001 - values canonicalization refuses are out of scope
+        return
+    assert matches_canonical(stored_value, stored)
+    try:
+        expected = _canonical(other) == stored
+    except Exception:  # noqa: BLE001
+        expected = False
+    assert matches_canonical(other, stored) == expected
+
+
+def test_matches_canonical_tells_true_from_one_and_sees_nfd_as_nfc() -> None:
+    assert not matches_canonical({"a": True}, _canonical({"a": 1}))
+    assert matches_canonical({"a": 1.0}, _canonical({"a": 1}))
+    assert matches_canonical({"n": "e\u0301"}, _canonical({"n": "\u00e9"}))
