@@ -24,6 +24,7 @@ from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
+from models.incremental_audit import audit_since_latest_digest
 from models.ledger import compare_heads, root_as_of
 from models.ledger_digest import verify_digest
 from models.signing import KeyRing
@@ -61,6 +62,8 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run = AuditRun(job_id=job_id, params=params)
     session.add(run)
     session.flush()
+    if params.get("since") == "latest-digest":
+        return _incremental(session, run, keyring)
     chunk_no = 0
     for entity_type in scope.types():
         model = ENTITY_MODELS[entity_type]
@@ -73,6 +76,21 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run.chunks_total = chunk_no
     if scope.against_digest is not None:
         _insert(session, run.id, digest_findings(session, scope.against_digest, keyring))
+    session.flush()
+    return run
+
+
+def _incremental(session: Session, run: AuditRun, keyring: KeyRing) -> AuditRun:
+    """Run the incremental audit inline and record it as one finished chunk."""
+    result = audit_since_latest_digest(session, keyring=keyring)
+    _insert(session, run.id, result.findings)
+    session.add(AuditChunk(
+        run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
+        done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,
+                             "since_digest": result.digest_id},
+    ))
+    run.entities_total = result.entities
+    run.chunks_total = run.chunks_done = 1
     session.flush()
     return run
 

@@ -130,18 +130,21 @@ def verify_versions(
     keyring: KeyRing,
     head_link: bytes | None = None,
     signatures: str = "all",
+    after: tuple[int, bytes] = (0, GENESIS_LINK),
 ) -> tuple[int, list[ChainFinding]]:
     """Check one entity's versions, given in version order. Each kind of damage has its code.
 
     ``head_link`` (the entity row's head) lets a re-hashed version, one whose link no
     longer matches what its successor or the head points at, be told apart from a
     plain forged signature. ``signatures`` is ``"all"`` or ``"heads"`` (last version only).
+    ``after`` is the (version, link) the rows continue from: the genesis for a whole
+    chain, or a trusted earlier head for an incremental check.
     """
     findings: list[ChainFinding] = []
     links = [bytes(r.link_hash) for r in rows]
     position = {link: i for i, link in enumerate(links)}
     for i, row in enumerate(rows):
-        findings += _continuity(row, i, links, position)
+        findings += _continuity(row, i, links, position, after)
         findings += _hashes(row)
         if signatures == "all" or i == len(rows) - 1:
             pointer = links[i + 1 :][:1] and bytes(rows[i + 1].prev_link)
@@ -150,11 +153,13 @@ def verify_versions(
     return len(rows), findings
 
 
-def _continuity(row: EntityVersion, i: int, links: list[bytes], position: dict[bytes, int]) -> list[ChainFinding]:
+def _continuity(
+    row: EntityVersion, i: int, links: list[bytes], position: dict[bytes, int], after: tuple[int, bytes]
+) -> list[ChainFinding]:
     prev = bytes(row.prev_link)
-    if row.version != i + 1:
-        return [ChainFinding("version-gap", row.version, f"expected version {i + 1}")]
-    expected = links[i - 1] if i else GENESIS_LINK
+    if row.version != after[0] + i + 1:
+        return [ChainFinding("version-gap", row.version, f"expected version {after[0] + i + 1}")]
+    expected = links[i - 1] if i else after[1]
     if prev == expected:
         return []
     if position.get(prev, -1) > i:

@@ -213,3 +213,46 @@ def test_heads_mode_verifies_only_head_signatures(db_session, skill, keyring) ->
     summary, findings = run_audit(db_session, keyring, {"verify_signatures": "heads"})
     assert "bad-signature" not in {f.code for f in findings}
     assert summary["signatures"] == "heads"
+
+
+def run_incremental(session: Session, keyring: KeyRing) -> tuple[dict, list]:
+    return run_audit(session, keyring, {"since": "latest-digest"})
+
+
+def test_incremental_audit_checks_only_what_changed_since_the_digest(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version four"}, ctx=write_ctx)
+    summary, findings = run_incremental(db_session, keyring)
+    assert findings == []
+    assert summary["total_entities"] == 1 and summary["versions_verified"] == 1
+
+
+def test_incremental_audit_finds_tampering_after_the_digest(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version four"}, ctx=write_ctx)
+    lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 4",
+               g=os.urandom(64), e=skill.id)
+    _, findings = run_incremental(db_session, keyring)
+    assert [f.code for f in findings] == ["bad-signature"]
+
+
+@pytest.mark.parametrize("code", ["head-rolled-back", "chain-rewritten"])
+def test_incremental_audit_sees_history_changed_behind_the_digest(db_session, skill, keyring, code) -> None:
+    store_digest(db_session, keyring=keyring)
+    BATTERY[code](db_session, skill, keyring)
+    _, findings = run_incremental(db_session, keyring)
+    assert code in {f.code for f in findings}
+
+
+def test_incremental_audit_reports_deleted_entities(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    _, findings = run_incremental(db_session, keyring)
+    assert [(f.entity_id, f.code) for f in findings] == [(skill.id, "entity-deleted")]
+
+
+def test_incremental_audit_needs_a_digest(db_session, skill, keyring) -> None:
+    from models.errors import NotFound
+
+    with pytest.raises(NotFound):
+        run_incremental(db_session, keyring)

@@ -64,6 +64,8 @@ class AuditRunIn(BaseModel):
     scope: AuditScope = Field(default_factory=AuditScope)
     verify_signatures: Literal["heads", "all"] = "heads"
     against_digest: LedgerDigestIn | None = None
+    since: Literal["latest-digest"] | None = Field(
+        default=None, description="incremental: verify only what changed since the latest stored digest")
 
 
 class RunPath(BaseModel):
