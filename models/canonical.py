@@ -66,10 +66,37 @@ def canonical_bytes(value: Any) -> bytes:
     Pure: the input is not modified. Raises :class:`CanonicalizationError`.
     """
     tree = to_json_tree(value)
+    if _json_layout_is_jcs(tree):
+        return json.dumps(tree, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     try:
         return rfc8785.dumps(tree)
     except rfc8785.CanonicalizationError as exc:  # pragma: no cover - the walk rejects these first
         raise CanonicalizationError(str(exc), field="$") from exc
+
+
+def _json_layout_is_jcs(tree: JSONValue) -> bool:
+    """Whether the C JSON encoder, in JCS's layout, writes exactly RFC 8785's bytes for ``tree``.
+
+    It does for a normalized tree (no lone surrogates, safe integers) unless a float is
+    present (ECMAScript number spelling differs from Python's) or an object key holds a
+    character beyond U+FFFF (JCS sorts keys by UTF-16 code units, Python by code points;
+    the two orders differ only there). Strings are escaped identically: ``"``, ``\\``
+    and control characters, lowercase ``\\u00xx``. A property test holds this against
+    the rfc8785 library on generated values.
+    """
+    pending = [tree]
+    while pending:
+        value = pending.pop()
+        if type(value) is float:
+            return False
+        if type(value) is dict:
+            for key, item in value.items():
+                if not key.isascii() and max(map(ord, key)) > 0xFFFF:
+                    return False
+                pending.append(item)
+        elif type(value) is list:
+            pending.extend(value)
+    return True
 
 
 def to_json_tree(value: Any, path: str = "$") -> JSONValue:

@@ -75,13 +75,16 @@ def link_hash(entity_type: str, entity_id: uuid.UUID, version: int, prev_link: b
     return hashlib.sha256(layout).digest()
 
 
-def append_version(session: Session, *, entity: GovernedEntity, actor: str, keyring: KeyRing) -> EntityVersion:
+def append_version(
+    session: Session, *, entity: GovernedEntity, actor: str, keyring: KeyRing, content: dict | None = None
+) -> EntityVersion:
     """Append the entity's current governed content as its next version and advance its head.
 
     The caller must hold the entity row lock (``SELECT ... FOR UPDATE``) when the entity
-    already exists; a concurrent append would otherwise hit a fork guard.
+    already exists; a concurrent append would otherwise hit a fork guard. ``content`` is
+    the entity's governed content when the caller already built it.
     """
-    content = canonical_bytes(governed_content(entity))
+    content = canonical_bytes(content if content is not None else governed_content(entity))
     content_hash = hashlib.sha256(content).digest()
     prev = entity.head_link_hash or GENESIS_LINK
     version = entity.version + 1

@@ -119,8 +119,9 @@ def record_version(session: Session, entity: GovernedEntity, ctx: WriteContext, 
     entity_type = entity.entity_type_value
     if text_changed:
         entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
-    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring)
-    l0, l1 = enforce(rule_subject(session, entity))
+    content = governed_content(entity)
+    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content)
+    l0, l1 = enforce(rule_subject(session, entity, content=content))
     entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     with _integrity_as_domain_errors(session, entity_type):
         session.add(entity)
@@ -128,19 +129,27 @@ def record_version(session: Session, entity: GovernedEntity, ctx: WriteContext, 
     return entity
 
 
-def rule_subject(session: Session, entity: GovernedEntity) -> RuleSubject:
+def rule_subject(session: Session, entity: GovernedEntity, *, content: dict[str, Any] | None = None) -> RuleSubject:
     members = None
     if isinstance(entity, Team):
         members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == entity.id))
     return RuleSubject(
         entity_type=entity.entity_type_value,
-        content=governed_content(entity),
+        content=content if content is not None else governed_content(entity),
         versions=entity.version,
         head_link_hash=entity.head_link_hash,
         genesis_linked=entity.version >= 1,
-        append_only_enforced=append_only_enforced(session),
+        append_only_enforced=_append_only(session),
         members=members,
     )
+
+
+def _append_only(session: Session) -> bool:
+    """Whether the history guard is on, asked once per session (a catalog query per write
+    would dominate bulk writes); sessions are per request, task or batch."""
+    if "append_only_enforced" not in session.info:
+        session.info["append_only_enforced"] = append_only_enforced(session)
+    return session.info["append_only_enforced"]
 
 
 def embedding_text(entity: GovernedEntity) -> str:

@@ -243,3 +243,32 @@ def test_matches_canonical_tells_true_from_one_and_sees_nfd_as_nfc() -> None:
     assert not matches_canonical({"a": True}, _canonical({"a": 1}))
     assert matches_canonical({"a": 1.0}, _canonical({"a": 1}))
     assert matches_canonical({"n": "e\u0301"}, _canonical({"n": "\u00e9"}))
+
+
+_any_json = _st.recursive(
+    _st.one_of(_st.none(), _st.booleans(), _st.integers(-(2**53) + 1, 2**53 - 1),
+               _st.floats(allow_nan=False, allow_infinity=False), _st.text()),
+    lambda kids: _st.one_of(_st.lists(kids, max_size=4), _st.dictionaries(_st.text(max_size=4), kids, max_size=5)),
+    max_leaves=15,
+)
+
+
+@_given(_any_json)
+@__import__("hypothesis").settings(max_examples=500)
+def test_the_fast_path_writes_exactly_what_rfc8785_writes(value) -> None:
+    import rfc8785
+
+    from models.canonical import CanonicalizationError, to_json_tree
+
+    try:
+        tree = to_json_tree(value)
+    except CanonicalizationError:
+        return
+    assert _canonical(value) == rfc8785.dumps(tree)
+
+
+def test_fast_path_edge_cases_match_rfc8785() -> None:
+    import rfc8785
+
+    for value in [{"\U0001f600": 1, "\ufb01": 2, "a": 3}, {"c": "\x00\x1f\x7f\u2028\"\\"}, [1.5, 1e21, -0.0]]:
+        assert _canonical(value) == rfc8785.dumps(value)

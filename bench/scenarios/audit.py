@@ -1,0 +1,155 @@
+"""Scenarios 3 and 4: the full compliance audit and the incremental audit.
+
+Data: ``ENTITIES`` industries x 5 versions built with the real chain code
+(:mod:`bench.audit_data`), COPYed in. Baseline: a raw ``COPY entity_versions TO
+STDOUT`` read of the same table in the same run, the streaming floor. The full audit
+(head signatures verified) runs on a real worker (prefork, concurrency 2, one process
+per core) through the real job: the clock runs from the job row's ``created_at`` to its
+``finished_at``. Worker peak RSS is sampled every 50 ms over the worker's process tree.
+Incremental: after storing a digest, 1,000 new versions are written through the
+registry; ``POST /audit/run {"since": "latest-digest"}``'s job is timed the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psutil
+import psycopg
+from sqlalchemy import select, text
+
+from bench.audit_data import generate
+from bench.harness import BenchResult, BenchStack, median_run
+from models.entities import EntityType, Industry
+from models.job_lifecycle import create_job
+from models.ledger import store_digest
+from models.registry import update_entity
+from models.seed import bootstrap_steward
+from models.settings import Settings
+from tasks.celery_app import create_celery
+from tasks.dispatch import publish_job
+
+TITLE = "Audit"
+VERSIONS = 5
+RUNS = 3
+FULL_SECONDS_TARGET = 30.0
+MIN_COPY_RATIO = 1 / 3
+RSS_TARGET_MB = 300.0
+INCREMENTAL_VERSIONS = 1000
+INCREMENTAL_SECONDS_TARGET = 1.0
+
+
+class PeakRss:
+    """Samples the resident memory of every process in a tree; keeps the per-process peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.root, self.peak_mb, self.peak_total_mb = psutil.Process(pid), 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                sizes = [p.memory_info().rss for p in [self.root, *self.root.children(recursive=True)]]
+            except psutil.Error:
+                continue
+            self.peak_mb = max(self.peak_mb, max(sizes) / 2**20)
+            self.peak_total_mb = max(self.peak_total_mb, sum(sizes) / 2**20)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def copy_seconds(settings: Settings) -> float:
+    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn, conn.cursor() as cursor, cursor.copy("COPY entity_versions TO STDOUT") as copy:
+        for _ in copy:
+            pass
+    return time.perf_counter() - started
+
+
+def run_audit_job(stack: BenchStack, settings: Settings, params: dict[str, Any]) -> float:
+    """Submit an audit job the way the API does and wait for it; seconds from row to finish."""
+    celery = create_celery(settings)
+    with stack.session(settings) as session:
+        job = create_job(session, kind="audit.run", params=params, queue="audit")
+    publish_job(celery, job_id=job.id, kind="audit.run")
+    while True:
+        with stack.session(settings) as session:
+            row = session.execute(text("SELECT status, extract(epoch FROM finished_at - created_at), result FROM jobs "
+                                       "WHERE id = :id"), {"id": job.id}).one()
+        if row[0] == "succeeded":
+            if row[2]["findings"]:
+                raise RuntimeError(f"the audit found {row[2]['findings']} findings in clean data: {row[2]['by_code']}")
+            return float(row[1])
+        if row[0] in ("failed", "cancelled"):
+            raise RuntimeError(f"audit job ended {row[0]}")
+        time.sleep(0.05)
+
+
+def _prepare(stack: BenchStack, entities: int) -> tuple[Settings, uuid.UUID]:
+    settings = stack.fresh_database("bench_audit")
+    with stack.session(settings) as session:
+        steward = bootstrap_steward(session, stack.write_context)
+    generate(settings, entities=entities, versions=VERSIONS, steward=steward)
+    with stack.session(settings) as session:
+        session.execute(text("ANALYZE"))
+    return settings, steward
+
+
+def _full(stack: BenchStack, settings: Settings, entities: int) -> list[BenchResult]:
+    versions = entities * VERSIONS
+    copies = [copy_seconds(settings) for _ in range(RUNS)]
+    worker = stack.start_worker(settings, queues="audit", concurrency=2,
+                                env={"PLANT_AUDIT_CHUNK_ENTITIES": str(max(entities // 8, 1000))})
+    walls, peaks, totals = [], [], []
+    for _ in range(RUNS):
+        with PeakRss(worker.pid) as rss:
+            walls.append(run_audit_job(stack, settings, {"verify_signatures": "heads"}))
+        peaks.append(rss.peak_mb)
+        totals.append(rss.peak_total_mb)
+    stack.stop(worker)
+    wall, copy = median_run(walls), median_run(copies)
+    details = {"entities": entities, "versions": versions, "audit_seconds_runs": walls, "copy_seconds_runs": copies}
+    return [
+        BenchResult(f"audit.full_wall[{versions} versions]", wall, "s", copy, wall / copy, f"<= {FULL_SECONDS_TARGET:g} s",
+                    wall <= FULL_SECONDS_TARGET, details),
+        BenchResult.at_least("audit.full_rate", versions / wall, "versions/s", baseline=versions / copy,
+                             min_ratio=round(MIN_COPY_RATIO, 3), details=details),
+        BenchResult("audit.worker_peak_rss", max(peaks), "MB", None, None, f"<= {RSS_TARGET_MB:g} MB",
+                    max(peaks) <= RSS_TARGET_MB, {"per_run_peak_mb": peaks, "tree_total_peak_mb": totals}),
+    ]
+
+
+def _incremental(stack: BenchStack, settings: Settings, full_seconds: float) -> BenchResult:
+    with stack.session(settings) as session:
+        store_digest(session, keyring=stack.write_context.keyring)
+        ids = list(session.scalars(select(Industry.id).limit(INCREMENTAL_VERSIONS)))
+        for n, entity_id in enumerate(ids):
+            update_entity(session, entity_type=EntityType.INDUSTRY, entity_id=entity_id,
+                          changes={"description": f"incremental change {n}"}, ctx=stack.write_context)
+    worker = stack.start_worker(settings, queues="audit", concurrency=2)
+    walls = [run_audit_job(stack, settings, {"since": "latest-digest", "verify_signatures": "all"}) for _ in range(RUNS)]
+    stack.stop(worker)
+    wall = median_run(walls)
+    return BenchResult(f"audit.incremental[{len(ids)} new versions]", wall, "s", full_seconds, wall / full_seconds,
+                       f"<= {INCREMENTAL_SECONDS_TARGET:g} s", wall <= INCREMENTAL_SECONDS_TARGET, {"runs": walls})
+
+
+def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
+    entities = 20_000 if quick else 200_000
+    settings, _ = _prepare(stack, entities)
+    results = _full(stack, settings, entities)
+    results.append(_incremental(stack, settings, results[0].value))
+    for result in results:
+        print(result.line(), flush=True)
+    return results
