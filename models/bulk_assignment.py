@@ -18,14 +18,13 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from models.assignment import assign_agent, ineligibility
+from models.assignment import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, AgentStatus, LifecycleStatus, Team, job_role_skills
-from models.errors import PlantError
 from models.progress import ProgressSink
-from models.registry import WriteContext
+from models.registry import WriteContext, record_version
 
 APPLY_BATCH = 200
 
@@ -55,6 +54,7 @@ class Plan:
     teams: list[Team]
     placements: dict[int, int]
     unplaced: dict[int, str]
+    required: dict[Any, set[uuid.UUID]]
     total_similarity: float
     method: str
 
@@ -73,17 +73,51 @@ def assign_teams_in_bulk(
     moves = sorted(plan.placements.items())
     progress(0, len(moves), "plan computed")
     for start in range(0, len(moves), APPLY_BATCH):
+        batch = [(plan.agents[a].id, plan.teams[t].id) for a, t in moves[start : start + APPLY_BATCH]]
         with transaction(sessions) as session:
-            for agent_index, team_index in moves[start : start + APPLY_BATCH]:
-                agent, team = plan.agents[agent_index], plan.teams[team_index]
-                try:
-                    with session.begin_nested():
-                        assign_agent(session, agent_id=agent.id, team_id=team.id, ctx=ctx)
-                except PlantError as exc:
-                    unplaced.append(_unplaced(agent, exc.code, detail=exc.detail))
+            refused = apply_batch(session, batch, ctx=ctx, required=plan.required)
+        names = {plan.agents[a].id: plan.agents[a] for a, _ in moves[start : start + APPLY_BATCH]}
+        unplaced += [_unplaced(names[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
         progress(min(start + APPLY_BATCH, len(moves)), len(moves), "applying")
     placed = len(plan.agents) - len(unplaced)
     return BulkOutcome(len(plan.agents), placed, unplaced, plan.total_similarity, plan.method)
+
+
+def apply_batch(
+    session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext, required: dict[Any, set[uuid.UUID]]
+) -> list[tuple[uuid.UUID, str, str]]:
+    """Apply (agent, team) moves under the same rules as a single assignment, in one flush.
+
+    Agents and then teams are locked in id order (a single assignment locks one agent,
+    then one team, so the two never wait on each other in a cycle), seats are counted
+    once under those locks, and every move is re-checked: a seat taken since the plan
+    was made is refused here, never over-filled. Returns the refused moves with reasons.
+    """
+    agents = {a.id: a for a in session.scalars(
+        select(Agent).where(Agent.id.in_([a for a, _ in moves])).order_by(Agent.id).with_for_update()
+        .options(selectinload(Agent.skills)).execution_options(populate_existing=True))}
+    team_ids = sorted({t for _, t in moves})
+    teams = {t.id: t for t in session.scalars(
+        select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
+    taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
+    refused = []
+    for agent_id, team_id in moves:
+        agent, team = agents[agent_id], teams[team_id]
+        reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()))
+        if reasons:
+            refused.append((agent_id, "not-eligible", "; ".join(reasons)))
+        elif agent.team_id == team.id:
+            continue
+        elif taken.get(team.id, 0) >= team.capacity:
+            refused.append((agent_id, "team-full", f"team {team.name} is full"))
+        else:
+            if agent.team_id is not None:
+                taken[agent.team_id] = taken.get(agent.team_id, 1) - 1
+            taken[team.id] = taken.get(team.id, 0) + 1
+            agent.team_id = team.id
+            record_version(session, agent, ctx, text_changed=False, flush=False)
+    session.flush()
+    return refused
 
 
 def _unplaced(agent: Agent, reason: str, detail: str | None = None) -> dict[str, Any]:
@@ -114,7 +148,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
         eligible=eligible,
     )
     result = solve_assignment(problem)
-    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), result.total_similarity, result.method)
+    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), required, result.total_similarity, result.method)
 
 
 def _agents(session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> list[Agent]:

@@ -111,10 +111,14 @@ def update_entity(
     return record_version(session, entity, ctx, text_changed=text_changed)
 
 
-def record_version(session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool) -> GovernedEntity:
+def record_version(
+    session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool, flush: bool = True
+) -> GovernedEntity:
     """Append the entity's changed state as a chain version, gate it, and flush.
 
     Raises ``ConstitutionViolation`` (nothing is written) when an error rule breaks.
+    With ``flush=False`` a bulk caller flushes many writes at once (and gives up the
+    per-write mapping of unique violations to 409s: it must not change unique fields).
     """
     entity_type = entity.entity_type_value
     if text_changed:
@@ -123,6 +127,9 @@ def record_version(session: Session, entity: GovernedEntity, ctx: WriteContext, 
     append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content)
     l0, l1 = enforce(rule_subject(session, entity, content=content))
     entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+    if not flush:
+        session.add(entity)
+        return entity
     with _integrity_as_domain_errors(session, entity_type):
         session.add(entity)
         session.flush()

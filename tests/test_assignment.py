@@ -164,3 +164,17 @@ def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, com
     assert reports[-1] == (6, 6)
     with sessions() as session:
         assert session.query(Agent).filter(Agent.team_id.is_not(None)).count() == 6
+
+
+def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session, write_ctx) -> None:
+    from models.bulk_assignment import apply_batch
+
+    team = world.team("Last seat", capacity=1)
+    planned, sneaky = world.agent("Planned"), world.agent("Sneaky")
+    plan = plan_assignment(db_session, agent_ids=[planned.id], all_unassigned=False)
+    assign_agent(db_session, agent_id=sneaky.id, team_id=team.id, ctx=write_ctx)  # after the plan
+    moves = [(plan.agents[a].id, plan.teams[t].id) for a, t in plan.placements.items()]
+    refused = apply_batch(db_session, moves, ctx=write_ctx, required=plan.required)
+    assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(planned.id, "team-full")]
+    assert db_session.get(Agent, planned.id).team_id is None
+    assert [v.version for v in history(db_session, entity_id=planned.id)] == [1]
