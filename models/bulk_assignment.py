@@ -57,6 +57,7 @@ class Plan:
     required: dict[Any, set[uuid.UUID]]
     total_similarity: float
     method: str
+    problem: AssignmentProblem  # kept so a benchmark can compare solvers on the same input
 
 
 def assign_teams_in_bulk(
@@ -148,7 +149,8 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
         eligible=eligible,
     )
     result = solve_assignment(problem)
-    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), required, result.total_similarity, result.method)
+    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), required, result.total_similarity,
+                result.method, problem)
 
 
 def _agents(session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> list[Agent]:

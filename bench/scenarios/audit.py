@@ -150,6 +150,4 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     settings, _ = _prepare(stack, entities)
     results = _full(stack, settings, entities)
     results.append(_incremental(stack, settings, results[0].value))
-    for result in results:
-        print(result.line(), flush=True)
     return results
