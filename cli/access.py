@@ -15,7 +15,8 @@ from cli.jobs import connect
 from cli.output import json_option, print_json, print_table
 from models.keys import rotate_signing_key
 from models.settings import load_settings
-from models.signing import SigningKeyError, generate_ed25519, generate_rsa4096
+from models.signing import generate_ed25519, generate_rsa4096
+from models.errors import SigningKeyError
 
 SCOPES = ("read", "write", "admin")
 

@@ -19,25 +19,10 @@ from sqlalchemy.orm import Session
 
 from models.embeddings import cosine
 from models.entities import Agent, AgentStatus, EntityType, LifecycleStatus, Team, job_role_skills
-from models.errors import Conflict, InvalidInput
+from models.errors import Conflict, InvalidInput, NoEligibleTeam, NotEligible, TeamFull
 from models.registry import WriteContext, get_entity, lock_entity, record_version
 
 AUTO_CANDIDATES_SHOWN = 5
-
-
-class TeamFull(Conflict):
-    code = "team-full"
-    title = "The team has no free seat"
-
-
-class NotEligible(InvalidInput):
-    code = "not-eligible"
-    title = "The agent is not eligible for the team"
-
-
-class NoEligibleTeam(Conflict):
-    code = "no-eligible-team"
-    title = "No eligible team has a free seat"
 
 
 @dataclass(frozen=True)

@@ -44,20 +44,13 @@ from typing import Any
 
 import rfc8785
 
-from models.errors import InvalidInput
+from models.errors import CanonicalizationError, InvalidInput
 
 MAX_SAFE_INTEGER = 2**53 - 1
 ECMASCRIPT_EXPONENT_FROM = 1e21  # from here on ECMAScript writes numbers as "1e+21"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
-
-
-class CanonicalizationError(InvalidInput):
-    """A value that has no single canonical JSON form."""
-
-    code = "not-canonicalizable"
-    title = "Value cannot be canonicalized"
 
 
 def canonical_bytes(value: Any) -> bytes:

@@ -30,7 +30,7 @@ from models.base import Base
 from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
-from models.errors import Conflict
+from models.errors import AlreadyCertified, Conflict, NotCertifiable
 from models.registry import WriteContext, lock_entity, record_version, rule_subject
 
 MIN_DESCRIPTION_WORDS = 8
@@ -46,16 +46,6 @@ class CertificateSequence(Base):
 
     industry_code: Mapped[str] = mapped_column(String(8), primary_key=True)
     last_number: Mapped[int] = mapped_column(Integer)
-
-
-class AlreadyCertified(Conflict):
-    code = "already-certified"
-    title = "Skill is already certified"
-
-
-class NotCertifiable(Conflict):
-    code = "not-certifiable"
-    title = "Skill cannot be certified in its current state"
 
 
 @dataclass(frozen=True)
@@ -174,6 +164,5 @@ def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
         return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
     failed, duplicate = certification_gates(session, skill)
     return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
-
 
 

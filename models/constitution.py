@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.entities import EntityType, Seniority, SkillCategory
-from models.errors import InvalidInput
+from models.errors import ConstitutionViolation, InvalidInput
 
 
 class Severity(str, enum.Enum):
@@ -112,11 +112,6 @@ def evaluate(subject: RuleSubject, level: str) -> LevelResult:
             continue
         (violations if rule.severity is Severity.ERROR else warnings).append(rule.id)
     return LevelResult(level, tuple(violations), tuple(warnings))
-
-
-class ConstitutionViolation(InvalidInput):
-    code = "constitution-violation"
-    title = "The write would break the constitution"
 
 
 def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:

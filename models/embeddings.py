@@ -19,20 +19,13 @@ import re
 from typing import Any, Protocol
 
 from models.canonical import normalize_text
-from models.errors import PlantError
+from models.errors import EmbedderUnavailable, PlantError
 
 EMBEDDING_DIM = 384
 WORD_WEIGHT = 1.0
 NGRAM_WEIGHT = 0.5
 NGRAM_SIZES = (3, 4, 5)
 _WORD = re.compile(r"\w+")
-
-
-class EmbedderUnavailable(PlantError):
-    """The configured embedder cannot be used in this installation."""
-
-    code = "embedder-unavailable"
-    title = "Embedder unavailable"
 
 
 class Embedder(Protocol):

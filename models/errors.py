@@ -78,3 +78,93 @@ class JobTimedOut(PlantError):
 class InternalJobError(PlantError):
     code = "internal-error"
     title = "Internal error"
+
+
+class TeamFull(Conflict):
+    code = "team-full"
+    title = "The team has no free seat"
+
+
+class NotEligible(InvalidInput):
+    code = "not-eligible"
+    title = "The agent is not eligible for the team"
+
+
+class NoEligibleTeam(Conflict):
+    code = "no-eligible-team"
+    title = "No eligible team has a free seat"
+
+
+class CanonicalizationError(InvalidInput):
+    """A value that has no single canonical JSON form."""
+
+    code = "not-canonicalizable"
+    title = "Value cannot be canonicalized"
+
+
+class AlreadyCertified(Conflict):
+    code = "already-certified"
+    title = "Skill is already certified"
+
+
+class NotCertifiable(Conflict):
+    code = "not-certifiable"
+    title = "Skill cannot be certified in its current state"
+
+
+class ConstitutionViolation(InvalidInput):
+    code = "constitution-violation"
+    title = "The write would break the constitution"
+
+
+class EmbedderUnavailable(PlantError):
+    """The configured embedder cannot be used in this installation."""
+
+    code = "embedder-unavailable"
+    title = "Embedder unavailable"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class WorkerLost(PlantError):
+    code = "worker-lost"
+    title = "The job's worker stopped responding"
+
+
+class JwsError(PlantError):
+    """A JWS that is malformed, names an unknown key, or does not verify."""
+
+    code = "signature-invalid"
+    title = "Signature invalid"
+
+
+class ImmutableEntity(Conflict):
+    code = "immutable-entity"
+    title = "The entity can no longer be changed"
+
+
+class PreconditionFailed(Conflict):
+    code = "precondition-failed"
+    title = "The entity changed since the client read it"
+
+
+class SigningKeyError(PlantError):
+    """Key material that is malformed, encrypted, or of a type or size we do not accept."""
+
+    code = "signing-key-invalid"
+    title = "Signing key invalid"
+
+
+class JobHandedBack(PlantError):
+    """Raised at a checkpoint when the worker shuts down: another worker takes the job."""
+
+    code = "job-handed-back"
+    title = "The worker shut down; the job was handed back to the queue"
+
+
+class TransientJobError(PlantError):
+    code = "transient-error"
+    title = "A dependency was unavailable; the job will be retried"

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt
-from models.errors import InvalidInput
+from models.errors import IdempotencyKeyReused, InvalidInput
 
 MAX_KEY_LENGTH = 255
 
@@ -32,11 +32,6 @@ class IdempotencyKey(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[CreatedAt]
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-
-class IdempotencyKeyReused(InvalidInput):
-    code = "idempotency-key-reused"
-    title = "Idempotency key reused with a different request"
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> bytes:

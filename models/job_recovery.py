@@ -24,16 +24,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from models.errors import PlantError, StaleAttempt
+from models.errors import PlantError, StaleAttempt, WorkerLost
 from models.job_lifecycle import JobClaim
 from models.jobs import Job, JobStatus
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
-
-
-class WorkerLost(PlantError):
-    code = "worker-lost"
-    title = "The job's worker stopped responding"
 
 
 @dataclass(frozen=True)

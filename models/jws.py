@@ -25,8 +25,8 @@ from typing import Any
 
 import rfc8785
 
-from models.errors import PlantError
-from models.signing import KeyRing, SigningKey, SigningKeyError, VerifyingKey
+from models.errors import JwsError, PlantError, SigningKeyError
+from models.signing import KeyRing, SigningKey, VerifyingKey
 
 REPORT_TYPE = "plant-report+jws"
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
@@ -34,13 +34,6 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 KeySource = KeyRing | Mapping[str, Any] | Iterable[VerifyingKey | SigningKey]
 """Where verifiers come from: a key ring, ``{kid: key}``, an iterable of keys, or a JWKS dict."""
-
-
-class JwsError(PlantError):
-    """A JWS that is malformed, names an unknown key, or does not verify."""
-
-    code = "signature-invalid"
-    title = "Signature invalid"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from models.settings import Settings
-from models.signing import KeyRing, SigningKey, SigningKeyError, load_keyring, load_signing_key_pem
+from models.signing import KeyRing, SigningKey, load_keyring, load_signing_key_pem
+from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
 

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from models.canonical import CanonicalizationError, canonical_bytes, to_json_tree
+from models.canonical import canonical_bytes, to_json_tree
+from models.errors import CanonicalizationError
 from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
 from models.signing import KeyRing

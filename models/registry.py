@@ -24,7 +24,7 @@ from models.chain import append_version
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
-from models.errors import Conflict, InvalidInput, NotFound
+from models.errors import Conflict, ImmutableEntity, InvalidInput, NotFound, PreconditionFailed
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -45,16 +45,6 @@ EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.AGENT: ("name", "description"),
 }
 DEFAULTS: dict[str, Any] = {"tags": [], "attributes": {}, "description": "", "governance_notes": None}
-
-
-class ImmutableEntity(Conflict):
-    code = "immutable-entity"
-    title = "The entity can no longer be changed"
-
-
-class PreconditionFailed(Conflict):
-    code = "precondition-failed"
-    title = "The entity changed since the client read it"
 
 
 @dataclass(frozen=True)

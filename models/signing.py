@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from models.canonical import sha256
-from models.errors import PlantError
+from models.errors import PlantError, SigningKeyError
 
 MIN_RSA_BITS = 4096
 EDDSA = "EdDSA"
@@ -36,13 +36,6 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-
-
-class SigningKeyError(PlantError):
-    """Key material that is malformed, encrypted, or of a type or size we do not accept."""
-
-    code = "signing-key-invalid"
-    title = "Signing key invalid"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The job wrapper every job task uses: claim, run, record the outcome.
 
 Claiming (queued -> running, attempts + 1) happens in its own committed transaction
-before any work, and the outcome is written by the same attempt afterwards. A row that
+before any work, and the outcome is written by the same attempt afterwards. The claim,
+each checkpoint and the outcome are one conditional UPDATE each, so they run as single
+autocommitted statements (no BEGIN/COMMIT round trips). A row that
 is already terminal, or held by another live attempt, makes the task a no-op, so a
 redelivered message is harmless. Progress goes through a sink that commits each
 checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
@@ -26,8 +28,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
-from models.db import transaction
-from models.errors import InternalJobError, JobCancelled, JobTimedOut, PlantError, StaleAttempt
+from models.db import single_statement, transaction
+from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, StaleAttempt, TransientJobError
 from models.job_lifecycle import JobClaim, claim_job, finish_job, report_progress
 from models.job_recovery import full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
@@ -48,18 +50,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
 )
-
-
-class JobHandedBack(PlantError):
-    """Raised at a checkpoint when the worker shuts down: another worker takes the job."""
-
-    code = "job-handed-back"
-    title = "The worker shut down; the job was handed back to the queue"
-
-
-class TransientJobError(PlantError):
-    code = "transient-error"
-    title = "A dependency was unavailable; the job will be retried"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -84,7 +74,7 @@ class RowProgress:
         self.claim = claim
 
     def __call__(self, done: int, total: int | None, message: str | None = None) -> None:
-        with transaction(runtime.session_factory()) as session:
+        with single_statement(runtime.session_factory()) as session:
             cancel_requested = report_progress(
                 session, claim=self.claim, done=done, total=total, message=message,
                 lease_seconds=runtime.settings().job_lease_seconds,
@@ -103,7 +93,7 @@ def backoff_seconds(attempt: int) -> float:
 def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
     try:
-        with transaction(runtime.session_factory()) as session:
+        with single_statement(runtime.session_factory()) as session:
             claim = claim_job(session, job_id=uuid.UUID(job_id), worker=worker_identity(),
                               lease_seconds=runtime.settings().job_lease_seconds)
     except TRANSIENT_ERRORS as exc:
@@ -122,7 +112,7 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
 
 def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None) -> dict[str, Any]:
     try:
-        with transaction(runtime.session_factory()) as session:
+        with single_statement(runtime.session_factory()) as session:
             finish_job(session, claim=claim, status=status, result=result, error=error)
     except StaleAttempt:
         log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)

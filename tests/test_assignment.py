@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from models.assignment import NoEligibleTeam, NotEligible, TeamFull, assign_agent, rank_teams
+from models.assignment import assign_agent, rank_teams
+from models.errors import NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
 from models.chain import history
 from models.db import make_session_factory, transaction

@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.certification import AlreadyCertified, NotCertifiable, certify_skill
+from models.certification import certify_skill
+from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
 from models.chain import history, verify_entity
 from models.entities import EntityType, Skill
-from models.registry import ImmutableEntity, create_entity, update_entity
+from models.registry import create_entity, update_entity
 
 GOOD = "Designs, reviews and maintains reliable data pipelines for analytics teams every day"
 
