@@ -11,6 +11,12 @@ Run sets it to the container port and routes only to that); ``127.0.0.1:$PLANT_P
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from models.logging_setup import gunicorn_logconfig
+from models.settings import load_settings
 
 
 def _bind_address() -> str:
@@ -33,9 +39,49 @@ max_requests_jitter = 1000
 # The worker heartbeat file lives on tmpfs when there is one: on a container's overlay
 # filesystem a slow fsync can make the arbiter think a healthy worker is stuck.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-accesslog = "-"
+# Logs: the error log and the app's own lines go through models.logging_setup (JSON, or
+# console under `make dev`). The app logs one line per request (route template, status,
+# duration, request id), so gunicorn's access log is off; `--access-logfile -` turns it on,
+# as JSON lines carrying the request id the app echoed in X-Request-ID.
+_log_settings = load_settings()
+logconfig_dict = gunicorn_logconfig(_log_settings.log_format, _log_settings.log_level)
+loglevel = _log_settings.log_level.lower()
+accesslog = None
 errorlog = "-"
 access_log_format = (
     '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "query": "%(q)s", '
-    '"status": %(s)s, "bytes": "%(B)s", "duration_ms": %(M)s, "request_id": "%({x-request-id}i)s"}'
+    '"status": %(s)s, "bytes": "%(B)s", "duration_ms": %(M)s, "request_id": "%({x-request-id}o)s"}'
 )
+
+# Metrics: request counters live in each worker process, so they go through
+# prometheus_client's multiprocess mode and /metrics sums every process's files. The
+# directory is set before any worker starts (a worker picks the mode when it first imports
+# prometheus_client) and emptied at start, because files left by an earlier run would be
+# counted again. An operator's PROMETHEUS_MULTIPROC_DIR is used (and emptied) as given.
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    given = os.environ.get(_METRICS_DIR_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    else:
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        directory = Path(tempfile.mkdtemp(prefix="plant-metrics-", dir=shm))
+        server.plant_owned_metrics_dir = directory
+    os.environ[_METRICS_DIR_ENV] = str(directory)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook, in the master
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    owned = getattr(server, "plant_owned_metrics_dir", None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)

@@ -225,6 +225,7 @@ def write_services_env(data_dir: Path, database_url: str, redis_url: str) -> Non
 
 def child_environment(config: DevConfig, database_url: str, redis_url: str) -> dict[str, str]:
     return {
+        "PLANT_LOG_FORMAT": "console",  # readable lines in a terminal, unless the caller chose
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -8,6 +8,7 @@ and never looks at ``os.environ`` itself.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +89,15 @@ class Settings(BaseSettings):
 
     # Health.
     health_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    # Logs and metrics.
+    log_format: Literal["json", "console"] = Field(default="json", description="`make dev` uses console")
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # Set (by gunicorn.conf.py, or the operator) when several API processes share metrics.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "PLANT_PROMETHEUS_MULTIPROC_DIR"),
+    )
 
     @field_validator("database_url")
     @classmethod

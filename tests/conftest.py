@@ -12,9 +12,11 @@ must see the rows), so they use ``clean_db``, which truncates the tables afterwa
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,15 +52,25 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         time.sleep(interval)
 
 
+def private_dir(name: str) -> Path:
+    """A temp dir of this session's own: pytest's shared basetemp is pruned by other
+    concurrent pytest sessions, which must not pull a live server's data from under it."""
+    return Path(tempfile.mkdtemp(prefix=f"plant-test-{name}-"))
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database, with pgvector available."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield sqlalchemy_url(os.environ["TEST_DATABASE_URL"])
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port())
-    with server:
-        yield server.url
+    root = private_dir("pg")
+    server = EmbeddedPostgres(root / "data", free_port())
+    try:
+        with server:
+            yield server.url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _admin_exec(admin_url: str, *statements: str) -> None:
@@ -94,9 +106,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("TEST_REDIS_URL"):
         yield os.environ["TEST_REDIS_URL"]
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "data", free_port())
-    with server:
-        yield server.url
+    root = private_dir("redis")
+    server = EmbeddedRedis(root / "data", free_port())
+    try:
+        with server:
+            yield server.url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
+from web.metrics import init_observability
 from web.problems import register_error_handlers, validation_problem
 from web.services import init_services
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = StrictJSONProvider(app)
     init_services(app, settings)
     register_error_handlers(app)
+    init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
     init_auth(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):

@@ -11,13 +11,19 @@ import signal
 from functools import cache
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 import psutil
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_init, worker_shutting_down
 
+from models.logging_setup import bind_log_context, configure_logging, reset_log_context
 from tasks import runtime
+from tasks.audit import CHUNK_TASK
 from tasks.celery_app import create_celery
+from tasks.dispatch import JOB_ROUTES
 from worker.schedule import beat_schedule
+
+# Tasks whose first argument is a job id.
+JOB_TASKS = frozenset({route.task_name for route in JOB_ROUTES.values()} | {CHUNK_TASK})
 
 
 @cache
@@ -44,6 +50,35 @@ def _ask_pool_to_hand_back_jobs(**_: Any) -> None:
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
             child.send_signal(HANDBACK_SIGNAL)
+
+
+@celeryd_init.connect  # early, so even the worker's start-up warnings are structured
+@setup_logging.connect
+def _structured_logging(**_: Any) -> None:
+    """Worker and beat log like the API (JSON unless PLANT_LOG_FORMAT=console).
+
+    Connecting ``setup_logging`` stops Celery from installing its own handlers; the level
+    is PLANT_LOG_LEVEL, not ``--loglevel``.
+    """
+    settings = runtime.settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
+# task id -> the log-context token to restore when that task ends (one per pool thread).
+_task_log_tokens: dict[str, Any] = {}
+
+
+@task_prerun.connect
+def _bind_task_log_context(task_id: str, task: Task, args: tuple[Any, ...] = (), **_: Any) -> None:
+    job_id = str(args[0]) if task.name in JOB_TASKS and args else None
+    _task_log_tokens[task_id] = bind_log_context(task_id=task_id, job_id=job_id)
+
+
+@task_postrun.connect
+def _unbind_task_log_context(task_id: str, **_: Any) -> None:
+    token = _task_log_tokens.pop(task_id, None)
+    if token is not None:
+        reset_log_context(token)
 
 
 def __getattr__(name: str) -> Any:

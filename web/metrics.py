@@ -1,0 +1,231 @@
+"""Request instrumentation for the API and ``GET /metrics`` in the Prometheus format.
+
+Every request gets a request id (the client's ``X-Request-ID`` when it is a sane token,
+otherwise a fresh one), echoed in the response and bound to the log context so each log
+line written while serving it carries ``request_id``. When the response is ready the
+request is counted, timed and logged as one line, labelled by the Flask route template
+(``/api/v1/jobs/<job_id>``), never the raw path, so ids cannot blow up the label set.
+``/metrics`` itself is neither counted nor logged.
+
+``/metrics`` is public, like ``/health``: Prometheus scrapes it without a key, and it
+shows only counts, durations and ages by bounded labels (no ids, names or parameters).
+Job, queue and audit numbers are read at scrape time by :class:`PlantStateCollector`
+(a few aggregate queries and a Redis ``LLEN`` per queue), registered only in the
+registry built for one scrape, so no process keeps them and none reports them twice.
+Under gunicorn several processes serve requests: ``gunicorn.conf.py`` sets
+``PROMETHEUS_MULTIPROC_DIR`` and each scrape then sums every process's request metrics
+with ``MultiProcessCollector``; elsewhere (tests, ``flask run``) this process's own
+registry is served. See ``docs/observability.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
+
+from models.logging_setup import bind_log_context, configure_logging, reset_log_context
+from models.metrics import AuditStats, JobCount, QueueBacklog, audit_stats, job_counts, queue_backlog
+from models.jobs import JobStatus
+from models.settings import Settings
+from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
+from tasks.dispatch import JOB_ROUTES
+from web.services import Services, services
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("web.requests")  # one line per request
+
+METRICS_PATH = "/metrics"
+REQUEST_ID_HEADER = "X-Request-ID"
+# Letters, digits and a few separators: safe in a header, a log line and a JSON string.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}", re.ASCII)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "<unmatched>"  # 404s and unknown methods: one label, whatever the path
+QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)
+# Long-polls last up to 30 s, so the buckets reach past it.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SCRAPE_STATEMENT_TIMEOUT_MS = 5000
+
+# Kept out of prometheus_client's global registry: a scrape chooses what it serves.
+REQUEST_REGISTRY = CollectorRegistry(auto_describe=True)
+HTTP_REQUESTS = Counter(
+    "plant_http_requests", "HTTP requests served, by method, route template and status",
+    ["method", "route", "status"], registry=REQUEST_REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "plant_http_request_duration_seconds", "Time to produce a response, by method and route template",
+    ["method", "route"], buckets=LATENCY_BUCKETS, registry=REQUEST_REGISTRY,
+)
+
+
+def incoming_request_id(value: str | None) -> str:
+    """The client's id when it is a sane token, else a new random one."""
+    if value and SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def route_label() -> str:
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+
+
+def _start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
+    g.log_context_token = bind_log_context(request_id=g.request_id)
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id") or incoming_request_id(None)
+    route = route_label()
+    if route == METRICS_PATH:
+        return response
+    seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
+    HTTP_LATENCY.labels(method, route).observe(seconds)
+    api_key = g.get("api_key")
+    request_log.info(
+        "%s %s %s %.1fms", request.method, request.path, response.status_code, seconds * 1000,
+        extra={"method": request.method, "route": route, "path": request.path, "status": response.status_code,
+               "duration_ms": round(seconds * 1000, 1), "remote": request.remote_addr,
+               **({"api_key_id": str(api_key.id)} if api_key is not None else {})},
+    )
+    return response
+
+
+def _end_request(_: BaseException | None = None) -> None:
+    token = g.pop("log_context_token", None)
+    if token is not None:
+        reset_log_context(token)
+
+
+def _family(name: str, doc: str, labels: list[str], values: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for label_values, value in values:
+        family.add_metric(label_values, value)
+    return family
+
+
+def job_families(counts: list[JobCount], kinds: Iterable[str]) -> list[Metric]:
+    """Every known kind with every status (zeros included), plus any other kind in the table."""
+    by_key = {(c.kind, c.status): c.count for c in counts}
+    all_kinds = sorted(set(kinds) | {c.kind for c in counts})
+    values = [([kind, s.value], by_key.get((kind, s.value), 0)) for kind in all_kinds for s in JobStatus]
+    return [_family("plant_jobs", "Jobs in the jobs table, by kind and status", ["kind", "status"], values)]
+
+
+def backlog_families(backlog: list[QueueBacklog], queues: Iterable[str]) -> list[Metric]:
+    by_queue = {b.queue: b for b in backlog}
+    names = sorted(set(queues) | set(by_queue))
+    empty = QueueBacklog("", 0, 0.0)
+    return [
+        _family("plant_jobs_queued", "Jobs waiting in status queued, by queue", ["queue"],
+                [([q], by_queue.get(q, empty).queued) for q in names]),
+        _family("plant_jobs_queued_oldest_age_seconds", "Age of the oldest queued job (0 when none), by queue",
+                ["queue"], [([q], by_queue.get(q, empty).oldest_age_seconds) for q in names]),
+    ]
+
+
+def audit_families(stats: AuditStats) -> list[Metric]:
+    durations = SummaryMetricFamily(
+        "plant_audit_run_duration_seconds", "Duration of every succeeded audit run (created to finished)",
+        count_value=stats.finished_runs, sum_value=stats.finished_duration_sum_seconds,
+    )
+    families: list[Metric] = [
+        _family("plant_audit_runs", "Audit runs, by status", ["status"],
+                [([status], n) for status, n in sorted(stats.runs_by_status.items())]),
+        durations,
+        _family("plant_audit_findings", "Findings of the latest succeeded audit run, by code and severity",
+                ["code", "severity"], [([f.code, f.severity], f.count) for f in stats.last_run_findings]),
+    ]
+    if stats.last_duration_seconds is not None and stats.last_finished_at_epoch is not None:
+        families += [
+            GaugeMetricFamily("plant_audit_last_run_duration_seconds", "Duration of the latest succeeded audit run",
+                              value=stats.last_duration_seconds),
+            GaugeMetricFamily("plant_audit_last_run_finished_timestamp_seconds",
+                              "When the latest succeeded audit run finished (Unix time)",
+                              value=stats.last_finished_at_epoch),
+        ]
+    return families
+
+
+class PlantStateCollector:
+    """Scrape-time metrics from PostgreSQL and the broker; a source that fails reports up=0."""
+
+    def __init__(self, svc: Services, *, queues: Iterable[str] = QUEUES, kinds: Iterable[str] = tuple(JOB_ROUTES)) -> None:
+        self._svc = svc
+        self._queues = tuple(queues)
+        self._kinds = tuple(kinds)
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check up front, and no query at registration
+
+    def collect(self) -> Iterator[Metric]:
+        sources: tuple[tuple[str, Callable[[], list[Metric]]], ...] = (
+            ("database", self._database), ("broker", self._broker),
+        )
+        up = GaugeMetricFamily("plant_metrics_source_up", "1 when the source answered this scrape", labels=["source"])
+        for source, read in sources:
+            try:
+                families, answered = read(), 1
+            except Exception as exc:  # noqa: BLE001 - a scrape reports a dead dependency, it does not fail
+                log.warning("metrics: the %s did not answer: %s: %s", source, type(exc).__name__, str(exc)[:300])
+                families, answered = [], 0
+            up.add_metric([source], answered)
+            yield from families
+        yield up
+
+    def _database(self) -> list[Metric]:
+        with self._svc.sessions() as session, session.begin():
+            session.execute(text(f"SET LOCAL statement_timeout = {SCRAPE_STATEMENT_TIMEOUT_MS}"))
+            jobs, backlog, audits = job_counts(session), queue_backlog(session), audit_stats(session)
+        return [*job_families(jobs, self._kinds), *backlog_families(backlog, self._queues), *audit_families(audits)]
+
+    def _broker(self) -> list[Metric]:
+        pipeline = self._svc.redis.pipeline(transaction=False)
+        for queue in self._queues:
+            pipeline.llen(queue)  # Celery's Redis transport keeps each queue as a list of that name
+        lengths = pipeline.execute()
+        return [_family("plant_broker_queue_length", "Messages waiting in the broker, by queue", ["queue"],
+                        [([q], n) for q, n in zip(self._queues, lengths, strict=True)])]
+
+
+def scrape_registry(svc: Services) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if svc.settings.prometheus_multiproc_dir is not None:
+        MultiProcessCollector(registry, path=str(svc.settings.prometheus_multiproc_dir))
+    else:
+        registry.register(REQUEST_REGISTRY)  # type: ignore[arg-type] - a registry is a collector
+    registry.register(PlantStateCollector(svc))
+    return registry
+
+
+def metrics() -> Response:
+    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = Response(encoder(scrape_registry(services())), content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def init_observability(app: Flask, settings: Settings) -> None:
+    """JSON (or console) logs, request ids, request metrics and ``/metrics``.
+
+    Call before other ``before_request`` hooks: one that answers early (a 401) skips the
+    hooks after it, and such a response must still get an id and be counted.
+    """
+    configure_logging(settings.log_format, settings.log_level)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.teardown_request(_end_request)
+    app.add_url_rule(METRICS_PATH, "metrics", metrics, methods=["GET"])
