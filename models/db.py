@@ -40,3 +40,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error, always close."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def single_statement(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work that is exactly one statement, run in autocommit mode.
+
+    One statement is atomic on its own, so leaving out BEGIN and COMMIT changes nothing
+    but two round trips to the server. Use only where the block issues one statement:
+    a second one would commit separately.
+    """
+    with factory() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+        session.commit()
