@@ -1,6 +1,6 @@
 """One logging setup for every process: JSON lines in production, readable lines in dev.
 
-:func:`configure_logging` puts a single handler on the root logger, writing to stdout
+:func:`configure_logging` puts a single handler on the root logger, writing to stderr
 either one JSON object per line (``json``: ``timestamp``, ``level``, ``logger``,
 ``message``, ``process``, any ``extra=`` fields, ``exc_info``) or a plain line for people
 (``console``). Calling it again replaces that handler instead of adding a second one.
@@ -87,14 +87,18 @@ def make_formatter(fmt: LogFormat) -> logging.Formatter:
     raise ValueError(f"unknown log format {fmt!r}: use 'json' or 'console'")
 
 
-class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stdout`` is at emit time (pytest and gunicorn swap it)."""
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest and gunicorn swap it).
+
+    stderr, not stdout: a command that prints JSON for scripts (``plant seed --json``)
+    must not have log lines mixed into its output. Containers collect both streams.
+    """
 
     plant_handler = True  # marks the handler configure_logging owns
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
-        return sys.stdout
+        return sys.stderr
 
     @stream.setter
     def stream(self, _: Any) -> None:
@@ -102,19 +106,19 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def make_handler(fmt: LogFormat = "json") -> logging.Handler:
-    """The root handler: stdout, the chosen format, the context filter.
+    """The root handler: stderr, the chosen format, the context filter.
 
     Also the factory gunicorn's ``logconfig_dict`` names, so the API's master and workers
     share one handler that ``configure_logging`` later recognises and replaces.
     """
-    handler = StdoutHandler()
+    handler = StderrHandler()
     handler.setFormatter(make_formatter(fmt))
     handler.addFilter(ContextFilter())
     return handler
 
 
 def configure_logging(fmt: LogFormat = "json", level: str | int = "INFO") -> logging.Handler:
-    """Make the root logger write ``fmt`` lines to stdout at ``level``; idempotent.
+    """Make the root logger write ``fmt`` lines to stderr at ``level``; idempotent.
 
     Replaces a handler an earlier call (or gunicorn's logging config) installed, and leaves
     handlers that others added (pytest's capture, for one) alone.

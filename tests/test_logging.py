@@ -51,7 +51,7 @@ def test_a_request_logs_one_json_line_with_the_id_it_echoes(client, capsys) -> N
     response = client.post(SLEEP, json={"seconds": 0, "steps": 1})
     request_id = response.headers["X-Request-ID"]
     assert len(request_id) == 32 and int(request_id, 16) >= 0  # generated: none was sent
-    [line] = request_lines(capsys.readouterr().out, "/api/v1/diagnostics/sleep")
+    [line] = request_lines(capsys.readouterr().err, "/api/v1/diagnostics/sleep")
     assert line["request_id"] == request_id
     assert line["level"] == "INFO" and line["method"] == "POST" and line["status"] == 202
     assert line["path"] == SLEEP and line["duration_ms"] >= 0 and line["api_key_id"]
@@ -70,7 +70,7 @@ def test_a_sane_incoming_request_id_is_kept_and_anything_else_replaced(client, c
     response = client.get("/api/v1/jobs", headers={"X-Request-ID": sent})
     echoed = response.headers["X-Request-ID"]
     assert (echoed == sent) is kept
-    [line] = request_lines(capsys.readouterr().out, "/api/v1/jobs")
+    [line] = request_lines(capsys.readouterr().err, "/api/v1/jobs")
     assert line["request_id"] == echoed
 
 
@@ -90,7 +90,7 @@ def test_console_format_is_a_readable_line(capsys, root_logging) -> None:
     finally:
         reset_log_context(token)
     logging.getLogger("plant.test").info("after the request")
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
     first, second = lines
     with pytest.raises(json.JSONDecodeError):
@@ -107,7 +107,7 @@ def test_json_format_is_one_object_per_line_with_context(capsys, root_logging) -
         logging.getLogger("plant.test").error("failed", exc_info=ZeroDivisionError("boom"), extra={"attempt": 2})
     finally:
         reset_log_context(token)
-    [record] = json_lines(capsys.readouterr().out)
+    [record] = json_lines(capsys.readouterr().err)
     assert record["message"] == "failed" and record["level"] == "ERROR" and record["logger"] == "plant.test"
     assert record["task_id"] == "t-1" and record["attempt"] == 2 and "ZeroDivisionError: boom" in record["exc_info"]
     assert "request_id" not in record

@@ -1,0 +1,32 @@
+# Secret Manager holds every secret Plant's services read, one secret each. The values come
+# from the environment root (generated there or derived from the database and cache), and
+# Cloud Run reads them as environment variables through secret_key_ref. Who may read
+# which secret is granted per service account in the run module.
+
+locals {
+  # logical name => secret id suffix. The set is fixed: services reference these names.
+  secrets = {
+    database_url        = "database-url"
+    redis_url           = "redis-url"
+    signing_key         = "signing-key"
+    flower_basic_auth   = "flower-basic-auth"
+    bootstrap_admin_key = "bootstrap-admin-key"
+  }
+}
+
+resource "google_secret_manager_secret" "this" {
+  for_each  = local.secrets
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-${each.value}"
+  labels    = merge(var.labels, { "plant-secret" = each.value })
+
+  replication {
+    auto {}
+  }
+}
+
+resource "google_secret_manager_secret_version" "this" {
+  for_each    = local.secrets
+  secret      = google_secret_manager_secret.this[each.key].id
+  secret_data = var.secret_values[each.key]
+}
