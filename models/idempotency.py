@@ -10,7 +10,6 @@ are scoped to the API key that used them.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 
 from sqlalchemy import DateTime, ForeignKey, LargeBinary, String, delete, func, select, update
@@ -32,10 +31,6 @@ class IdempotencyKey(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[CreatedAt]
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-
-def request_fingerprint(method: str, path: str, body: bytes) -> bytes:
-    return hashlib.sha256(method.encode() + b"\0" + path.encode() + b"\0" + body).digest()
 
 
 def validate_key(key: str) -> str:
