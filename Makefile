@@ -32,6 +32,15 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks on an embedded stack (bench/README.md): JSON in bench/results/, tables in
+# docs/benchmarks.md. SCENARIOS=pipeline,api runs a subset. wrk (Debian package) is the
+# load generator when installed.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+
 # Static security scan of terraform/ and the Dockerfile (checkov, in its own virtualenv).
 scan:
 	bash terraform/tools/checkov.sh

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import JobCancelled, JobNotCancellable, NotFound, StaleAttempt
@@ -35,11 +35,11 @@ class JobClaim:
 
 def create_job(session: Session, *, kind: str, params: dict[str, Any], queue: str = "default") -> Job:
     """Insert a queued job. The caller publishes its message only after committing."""
-    job = Job(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value)
-    session.add(job)
-    session.flush()
-    session.refresh(job)
-    return job
+    # INSERT ... RETURNING loads the whole row (server defaults, JSONB as stored) in one
+    # round trip, where add + flush + refresh took two.
+    return session.scalars(
+        insert(Job).values(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value).returning(Job)
+    ).one()
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job:

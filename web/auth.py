@@ -46,8 +46,10 @@ def check_api_key() -> Response | None:
     presented = _presented_key()
     if presented is None:
         return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    # The view goes on in the lookup's transaction, on the same connection: one pool
+    # checkout (and pre-ping) per request. Under READ COMMITTED every statement sees the
+    # latest commits, so the lookup leaves nothing stale behind.
     key = authenticate(db_session(), presented)
-    db_session().rollback()  # end the lookup's snapshot; the view starts fresh
     if key is None:
         return _unauthorized("the API key is unknown or revoked")
     scope = required_scope(request.method, request.path)

@@ -67,6 +67,8 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         bind_key(session, owner=owner, key=key, job_id=job.id)
     session.commit()
     if publish_job(svc.celery, job_id=job.id, kind=kind):
+        # One UPDATE: autocommit spares the BEGIN and COMMIT round trips.
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         mark_enqueued(session, job_id=job.id)
         session.commit()
     return _accepted(job)

@@ -1,0 +1,157 @@
+"""Where a pipeline job's time goes: each phase timed alone, with Plant's real functions.
+
+Each phase runs ``n`` times sequentially in this process, against the scenario's
+database, through the same engine settings the API and the worker use, and the
+median is reported in milliseconds. HTTP phases go through real gunicorn processes:
+Plant's ``POST /api/v1/diagnostics/sleep`` and the bare Flask app's ``POST /ping``
+(the floor that gunicorn + Flask + one JSON body cost on this machine). Publishing
+goes to a scratch Redis database that no worker consumes (purged afterwards).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from http.client import HTTPConnection
+
+import redis
+
+from bench.harness import BenchStack
+from models.api_keys import authenticate
+from models.db import make_engine, make_session_factory, single_statement
+from models.job_lifecycle import claim_job, create_job, finish_job, mark_enqueued, report_progress
+from models.jobs import JobStatus
+from models.settings import Settings
+from tasks.celery_app import create_celery
+from tasks.dispatch import publish_job
+
+SCRATCH_REDIS_DB = 14
+KIND = "diagnostics.sleep"
+PARAMS = {"seconds": 0.0, "steps": 1}
+
+# (phase, process, how many times one sleep(0) job does it)
+PHASES = [
+    ("HTTP POST /diagnostics/sleep, whole request", "api", 1),
+    ("  bare Flask POST (gunicorn + Flask floor)", "api", 1),
+    ("  auth: checkout + API-key lookup", "api", 1),
+    ("  create_job + commit", "api", 1),
+    ("  publish_job (Redis)", "api", 1),
+    ("  mark_enqueued (autocommit)", "api", 1),
+    ("claim_job (autocommit)", "worker", 1),
+    ("report_progress (autocommit)", "worker", 2),
+    ("finish_job (autocommit)", "worker", 1),
+]
+
+
+def _median_ms(action: Callable[[], object], n: int) -> float:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def _lap(into: list[float], since: float) -> float:
+    now = time.perf_counter()
+    into.append(now - since)
+    return now
+
+
+def _http_post_ms(port: int, path: str, headers: dict[str, str], n: int) -> float:
+    connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {**headers, "Content-Type": "application/json"}
+
+    def post() -> None:
+        connection.request("POST", path, body=b'{"seconds": 0}', headers=headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status in (200, 202), response.status
+
+    try:
+        post()  # open the keep-alive connection outside the measurement
+        return _median_ms(post, n)
+    finally:
+        connection.close()
+
+
+def measure_phases(stack: BenchStack, settings: Settings, *, api_port: int, bare_port: int, n: int) -> dict[str, float]:
+    """Median milliseconds per call of each phase in :data:`PHASES`."""
+    api_sessions = make_session_factory(make_engine(settings))
+    worker_sessions = make_session_factory(make_engine(settings, pool_size=2))
+    scratch = settings.model_copy(update={"redis_url": stack.redis_url(SCRATCH_REDIS_DB)})
+    celery = create_celery(scratch)
+    results: dict[str, float] = {}
+    names = [name for name, _, _ in PHASES]
+    results[names[0]] = _http_post_ms(api_port, "/api/v1/diagnostics/sleep", stack.headers, n)
+    results[names[1]] = _http_post_ms(bare_port, "/ping", {}, n)
+
+    # The API request's database work, as accept_job does it: the key lookup opens the
+    # request's transaction (pool checkout + pre-ping), the INSERT commits it, and the
+    # publish is noted in one autocommitted UPDATE. Each part is timed on its own.
+    samples: dict[str, list[float]] = {name: [] for name in names[2:6]}
+    jobs: list[uuid.UUID] = []
+    for _ in range(n):
+        clock = time.perf_counter()
+        with api_sessions() as session:
+            authenticate(session, stack.admin_key)
+            clock = _lap(samples[names[2]], clock)
+            jobs.append(create_job(session, kind=KIND, params=PARAMS).id)
+            session.commit()
+            clock = _lap(samples[names[3]], clock)
+            publish_job(celery, job_id=jobs[-1], kind=KIND)
+            clock = _lap(samples[names[4]], clock)
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            mark_enqueued(session, job_id=jobs[-1])
+            session.commit()
+            _lap(samples[names[5]], clock)
+    results.update({name: round(statistics.median(values) * 1000, 3) for name, values in samples.items()})
+
+    claims = []
+    to_claim = iter(jobs)
+
+    def claim() -> None:
+        with single_statement(worker_sessions) as s:
+            claims.append(claim_job(s, job_id=next(to_claim), worker="bench", lease_seconds=300))
+
+    results[names[6]] = _median_ms(claim, n)
+    progressing = iter(claims * 2)
+
+    def progress() -> None:
+        with single_statement(worker_sessions) as s:
+            report_progress(s, claim=next(progressing), done=1, total=1, message="bench", lease_seconds=300)
+
+    results[names[7]] = _median_ms(progress, n)
+    finishing = iter(claims)
+
+    def finish() -> None:
+        with single_statement(worker_sessions) as s:
+            finish_job(s, claim=next(finishing), status=JobStatus.SUCCEEDED, result={"slept": 0.0})
+
+    results[names[8]] = _median_ms(finish, n)
+    celery.close()
+    with redis.Redis.from_url(scratch.redis_url) as scratch_redis:
+        scratch_redis.flushdb()
+    for factory in (api_sessions, worker_sessions):
+        factory.kw["bind"].dispose()
+    return results
+
+
+def phases_markdown(phases: dict[str, float]) -> str:
+    rows = ["| phase | process | calls per job | median ms per call |", "|---|---|---:|---:|"]
+    for name, process, calls in PHASES:
+        if name in phases:
+            label = name.strip()
+            label = f"&nbsp;&nbsp;{label}" if name.startswith("  ") else label
+            rows.append(f"| {label} | {process} | {calls} | {phases[name]:.3f} |")
+    names = [name for name, _, _ in PHASES]
+    if all(name in phases for name in names):
+        remainder = phases[names[0]] - sum(phases[name] for name in names[1:6])
+        statements = sum(phases[name] * calls for name, _, calls in PHASES[6:])
+        label = ("remainder: everything not timed above (gunicorn thread hand-offs, request validation, "
+                 "serialization, logging, metrics)")
+        rows.insert(8, f"| &nbsp;&nbsp;{label} | api | 1 | {remainder:.3f} |")
+        rows.append(f"| worker statements per job (claim + 2 checkpoints + finish) | worker | 1 | {statements:.3f} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Benchmark scenarios: each module here has ``run(stack, quick) -> list[BenchResult]`` (see bench/README.md)."""

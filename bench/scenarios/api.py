@@ -1,0 +1,113 @@
+"""Scenario 2, the API: ``GET /api/v1/jobs/{id}`` and a job-creating POST under 16 clients.
+
+Both Plant's API and the baseline (:mod:`bench.bare_flask`, one JSON route) run under
+the same ``gunicorn.conf.py`` at the same time, and the same load generator
+(:mod:`bench.load`, ``wrk`` by default) drives each with 16 keep-alive connections for
+the same duration; runs alternate Plant, bare, Plant, ... and medians are compared.
+Targets: GET throughput >= 0.5x bare, GET p99 <= 3x bare p99. The POST
+(``/api/v1/diagnostics/sleep``, no worker attached, so it measures the API alone) is
+reported against the bare app's POST with no target.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+from bench.harness import BenchResult, BenchStack, median_run
+from bench.load import LoadResult, run_load
+
+TITLE = "API"
+CONNECTIONS = 16
+RUNS = 3
+GET_RATIO = 0.5
+P99_RATIO = 3.0
+SLEEP_BODY = '{"seconds": 0}'
+
+
+def _create_job(port: int, headers: dict[str, str]) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/diagnostics/sleep", data=SLEEP_BODY.encode(), method="POST",
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        return json.load(response)["id"]
+
+
+def _alternating(runs: int, plant: Any, bare: Any) -> tuple[list[LoadResult], list[LoadResult]]:
+    plant_results, bare_results = [], []
+    for _ in range(runs):
+        plant_results.append(plant())
+        bare_results.append(bare())
+    return plant_results, bare_results
+
+
+def _checked(results: list[LoadResult], what: str) -> None:
+    for result in results:
+        if result.errors or result.bad_status:
+            raise RuntimeError(f"{what}: {result.errors} socket errors, {result.bad_status} bad statuses")
+
+
+def _summary(results: list[LoadResult]) -> dict[str, float]:
+    return {
+        "rps": round(median_run([r.rps for r in results]), 1),
+        "p50_ms": round(median_run([r.p50_ms for r in results]), 3),
+        "p99_ms": round(median_run([r.p99_ms for r in results]), 3),
+        "client_cpu_share": round(median_run([r.client_cpu_seconds / r.seconds for r in results]), 3),
+    }
+
+
+def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
+    seconds = 3 if quick else 10
+    settings = stack.fresh_database("bench_api")
+    plant_port, bare_port = stack.free_port(), stack.free_port()
+    plant_api = stack.start_api(settings, port=plant_port, name="api-plant")
+    bare_api = stack.start_api(settings, port=bare_port, app="bench.bare_flask:create_app()", name="api-bare")
+    job_path = f"/api/v1/jobs/{_create_job(plant_port, stack.headers)}"
+    plant_url, bare_url = f"http://127.0.0.1:{plant_port}", f"http://127.0.0.1:{bare_port}"
+    post_headers = {**stack.headers, "Content-Type": "application/json"}
+
+    def load(url: str, path: str, headers: dict[str, str], duration: float, **kwargs: Any) -> Any:
+        return lambda: run_load(url, paths=[path], seconds=duration, connections=CONNECTIONS, headers=headers, **kwargs)
+
+    load(plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
+    load(bare_url, "/ping", {}, 1)()
+    plant_get, bare_get = _alternating(RUNS, load(plant_url, job_path, stack.headers, seconds),
+                                       load(bare_url, "/ping", {}, seconds))
+    plant_post, bare_post = _alternating(
+        RUNS,
+        load(plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST", body_format=SLEEP_BODY),
+        load(bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST", body_format=SLEEP_BODY),
+    )
+    for process in (plant_api, bare_api):
+        stack.stop(process)
+    _checked(plant_get + bare_get + plant_post + bare_post, "load run")
+    get, bare, post, bare_p = (_summary(r) for r in (plant_get, bare_get, plant_post, bare_post))
+    details = {
+        "client": plant_get[0].client, "connections": CONNECTIONS, "seconds_per_run": seconds, "runs": RUNS,
+        "get": get, "bare_get": bare, "post": post, "bare_post": bare_p,
+        "raw": {name: [r.as_dict() for r in results] for name, results in
+                (("get", plant_get), ("bare_get", bare_get), ("post", plant_post), ("bare_post", bare_post))},
+    }
+    return [
+        BenchResult.at_least("api.get", get["rps"], "req/s", baseline=bare["rps"], min_ratio=GET_RATIO, details=details),
+        BenchResult.at_most("api.get_p99", get["p99_ms"], "ms", baseline=bare["p99_ms"], max_ratio=P99_RATIO,
+                            details={"p50_ms": get["p50_ms"], "bare_p50_ms": bare["p50_ms"]}),
+        BenchResult.report_only("api.post", post["rps"], "req/s", baseline=bare_p["rps"],
+                                details={"p99_ms": post["p99_ms"], "bare_p99_ms": bare_p["p99_ms"]}),
+    ]
+
+
+def markdown(results: list[BenchResult]) -> str:
+    details = next((r.details for r in results if r.scenario == "api.get"), None)
+    if not details:
+        return ""
+    rows = ["| endpoint | req/s | p50 ms | p99 ms | client CPU (cores) |", "|---|---:|---:|---:|---:|"]
+    for label, key in (("Plant GET /api/v1/jobs/{id}", "get"), ("bare Flask GET /ping", "bare_get"),
+                       ("Plant POST /api/v1/diagnostics/sleep", "post"), ("bare Flask POST /ping", "bare_post")):
+        m = details[key]
+        rows.append(f"| {label} | {m['rps']:.1f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['client_cpu_share']:.3f} |")
+    return (f"Load generator: `{details['client']}`, {details['connections']} connections, "
+            f"{details['seconds_per_run']} s per run, {details['runs']} alternating runs per side (medians):\n\n"
+            + "\n".join(rows) + "\n")
