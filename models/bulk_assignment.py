@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker, undefer
 
 from models.assignment import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
-from models.entities import Agent, AgentStatus, LifecycleStatus, Team, job_role_skills
+from models.entities import Agent, AgentStatus, LifecycleStatus, Skill, Team, job_role_skills
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
 
-APPLY_BATCH = 200
+APPLY_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def apply_batch(
     """
     agents = {a.id: a for a in session.scalars(
         select(Agent).where(Agent.id.in_([a for a, _ in moves])).order_by(Agent.id).with_for_update()
-        .options(selectinload(Agent.skills)).execution_options(populate_existing=True))}
+        .options(selectinload(Agent.skills).load_only(Skill.id)).execution_options(populate_existing=True))}
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
@@ -127,7 +127,9 @@ def _unplaced(agent: Agent, reason: str, detail: str | None = None) -> dict[str,
 
 def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
     agents = _agents(session, agent_ids, all_unassigned)
-    teams = list(session.scalars(select(Team).where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)))
+    teams = list(session.scalars(
+        select(Team).options(undefer(Team.embedding))
+        .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)))
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
     for agent in agents:  # an agent being re-planned does not hold on to its current seat
         if agent.team_id is not None:
@@ -135,13 +137,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
     required: dict[uuid.UUID, set[uuid.UUID]] = {}
     for role_id, skill_id in session.execute(select(job_role_skills.c.job_role_id, job_role_skills.c.skill_id)):
         required.setdefault(role_id, set()).add(skill_id)
-    teams_by_role: dict[uuid.UUID | None, list[int]] = {}
-    for index, team in enumerate(teams):
-        teams_by_role.setdefault(team.job_role_id, []).append(index)
-    eligible = [
-        [t for t in teams_by_role.get(a.job_role_id, []) if not ineligibility(a, teams[t], required.get(a.job_role_id, set()))]
-        for a in agents
-    ]
+    eligible = eligible_teams(agents, teams, required)
     problem = AssignmentProblem(
         agent_vectors=_matrix(a.embedding for a in agents),
         team_vectors=_matrix(t.embedding for t in teams),
@@ -153,8 +149,37 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
                 result.method, problem)
 
 
+def eligible_teams(agents: list[Agent], teams: list[Team], required: dict[Any, set[uuid.UUID]]) -> list[list[int]]:
+    """For each agent, the indices of the teams it may join (capacity aside).
+
+    The same rules as :func:`models.assignment.ineligibility`, grouped so that the work is
+    per agent and per team, not per pair: the agent-side rules (active, holds the role's
+    skills) are checked once per agent, the team side (active) once per team, and the
+    pair rules (same job role, industries match when both set) select a precomputed group.
+    """
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for index, team in enumerate(teams):
+        if team.status == LifecycleStatus.ACTIVE.value:
+            groups.setdefault((team.job_role_id, team.industry_id), []).append(index)
+    by_role: dict[Any, list[int]] = {}
+    for (role, _), indices in groups.items():
+        by_role.setdefault(role, []).extend(indices)
+    result = []
+    for agent in agents:
+        needs = required.get(agent.job_role_id, set())
+        if agent.status != AgentStatus.ACTIVE.value or not needs <= {s.id for s in agent.skills}:
+            result.append([])
+        elif agent.industry_id is None:
+            result.append(sorted(by_role.get(agent.job_role_id, [])))
+        else:
+            same = groups.get((agent.job_role_id, agent.industry_id), [])
+            result.append(sorted(same + groups.get((agent.job_role_id, None), [])))
+    return result
+
+
 def _agents(session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> list[Agent]:
-    query = select(Agent).options(selectinload(Agent.skills)).order_by(Agent.id)
+    # Only the skills' ids are needed (eligibility, governed content): not their JSON columns.
+    query = select(Agent).options(selectinload(Agent.skills).load_only(Skill.id), undefer(Agent.embedding)).order_by(Agent.id)
     if agent_ids:
         query = query.where(Agent.id.in_(agent_ids))
     elif all_unassigned:

@@ -73,7 +73,11 @@ def sql_in(column: str, values: type[enum.Enum]) -> str:
 
 
 class GovernedEntity(Base):
-    """Columns shared by every governed entity."""
+    """Columns shared by every governed entity.
+
+    Embeddings are deferred (loaded on first access): most reads never need 384 floats,
+    and parsing them dominated bulk reads.
+    """
 
     __abstract__ = True
     entity_type_value: EntityType
@@ -158,7 +162,7 @@ class Industry(GovernedEntity):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     code: Mapped[str] = mapped_column(String(8), unique=True)
     description: Mapped[str] = mapped_column(Text, server_default="")
-    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
 
     @classmethod
     def extra_table_args(cls) -> tuple:
@@ -177,7 +181,7 @@ class Skill(GovernedEntity):
     category: Mapped[str] = mapped_column(String(32))
     industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
     certificate: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
 
     @classmethod
     def extra_table_args(cls) -> tuple:
@@ -199,7 +203,7 @@ class JobRole(GovernedEntity):
     description: Mapped[str] = mapped_column(Text, server_default="")
     seniority: Mapped[str] = mapped_column(String(16))
     industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
-    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
     required_skills: Mapped[list[Skill]] = relationship(secondary=job_role_skills, order_by=Skill.id)
 
     @classmethod
@@ -217,7 +221,7 @@ class Team(GovernedEntity):
     job_role_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job_roles.id"), index=True)
     industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
     capacity: Mapped[int] = mapped_column(Integer)
-    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
 
     @classmethod
     def extra_table_args(cls) -> tuple:
@@ -235,7 +239,7 @@ class Agent(GovernedEntity):
     job_role_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job_roles.id"), index=True)
     industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
     team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), index=True)
-    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
     skills: Mapped[list[Skill]] = relationship(secondary=agent_skills, order_by=Skill.id)
 
     @classmethod

@@ -179,3 +179,19 @@ def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session
     assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(planned.id, "team-full")]
     assert db_session.get(Agent, planned.id).team_id is None
     assert [v.version for v in history(db_session, entity_id=planned.id)] == [1]
+
+
+def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_ctx) -> None:
+    from models.assignment import ineligibility, required_skills
+    from models.bulk_assignment import eligible_teams
+
+    teams = [world.team("Same industry"), world.team("Other industry", industry=world.other_industry),
+             world.team("Other role", role=world.other_role), world.make(E.TEAM, name="No industry", capacity=2,
+                                                                          job_role_id=world.role.id)]
+    update_entity(db_session, entity_type=E.TEAM, entity_id=teams[1].id, changes={"status": "retired"}, ctx=write_ctx)
+    agents = [world.agent("Fits"), world.agent("No skills", skills=[world.skills[0]]),
+              world.agent("Elsewhere", industry=world.other_industry)]
+    required = {r: required_skills(db_session, r) for r in (world.role.id, world.other_role.id)}
+    expected = [[t for t, team in enumerate(teams) if not ineligibility(a, team, required.get(a.job_role_id, set()))]
+                for a in agents]
+    assert eligible_teams(agents, teams, required) == expected
