@@ -58,19 +58,23 @@ def private_dir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"plant-test-{name}-"))
 
 
+def embedded_server(server_class: type[EmbeddedPostgres] | type[EmbeddedRedis], name: str) -> Iterator[str]:
+    """Run an embedded server in a private temp dir for the session; yield its URL."""
+    root = private_dir(name)
+    try:
+        with server_class(root / "data", free_port()) as server:
+            yield server.url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database, with pgvector available."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield sqlalchemy_url(os.environ["TEST_DATABASE_URL"])
         return
-    root = private_dir("pg")
-    server = EmbeddedPostgres(root / "data", free_port())
-    try:
-        with server:
-            yield server.url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from embedded_server(EmbeddedPostgres, "pg")
 
 
 def _admin_exec(admin_url: str, *statements: str) -> None:
@@ -106,13 +110,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("TEST_REDIS_URL"):
         yield os.environ["TEST_REDIS_URL"]
         return
-    root = private_dir("redis")
-    server = EmbeddedRedis(root / "data", free_port())
-    try:
-        with server:
-            yield server.url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from embedded_server(EmbeddedRedis, "redis")
 
 
 @pytest.fixture(scope="session")
