@@ -91,7 +91,7 @@ def audit_batch(
     result = BatchResult()
     if not entities:
         return result
-    versions = _versions_by_entity(session, [e.id for e in entities])
+    versions = versions_by_entity(session, [e.id for e in entities])
     members = _team_members(session, entities)
     for entity in entities:
         rows = versions.get(entity.id, [])
@@ -99,7 +99,7 @@ def audit_batch(
         verification = verify_loaded(entity, rows, keyring=keyring, signatures=signatures, content=content)
         kind = entity.entity_type_value.value
         result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in verification.findings]
-        result.findings += _rule_findings(entity, content, rows, append_only, members.get(entity.id))
+        result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)
     return result
@@ -111,7 +111,7 @@ VERSIONS_SQL = (
 )
 
 
-def _versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+def versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
     """Plain rows grouped by entity, in version order.
 
     The audit's hottest read (every version of every entity): it goes straight to
@@ -132,7 +132,7 @@ def _team_members(session: Session, entities: list[EntitySnapshot]) -> dict[uuid
     return dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(ids)).group_by(Agent.team_id)).all())
 
 
-def _rule_findings(
+def rule_findings(
     entity: EntitySnapshot, content: dict[str, Any], rows: list[Any], append_only: bool, members: int | None
 ) -> list[FindingRow]:
     subject = RuleSubject(

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from models.audit import FindingRow, _rule_findings, _versions_by_entity, load_entities
+from models.audit import FindingRow, rule_findings, versions_by_entity, load_entities
 from models.audit_tables import LedgerDigestHead
 from models.chain import GENESIS_LINK, ChainFinding, verify_versions
 from models.constitution import append_only_enforced
@@ -69,7 +69,7 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: list, key
                    result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
     entities = load_entities(session, entity_type, [entity_id for entity_id, _, _ in changed])
-    versions = _versions_by_entity(session, list(base))
+    versions = versions_by_entity(session, list(base))
     kind = entity_type.value
     rolled: list[tuple[uuid.UUID, int | None, bytes]] = []
     for entity in entities:
@@ -83,7 +83,7 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: list, key
         _, findings = verify_versions(rows, keyring=keyring, head_link=_bytes(entity.head_link_hash), after=after)
         findings += _head_check(entity, rows, content)
         result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
-        result.findings += _rule_findings(entity, content, all_rows, append_only, None)
+        result.findings += rule_findings(entity, content, all_rows, append_only, None)
         result.entities += 1
         result.versions_verified += len(rows)
     result.findings += [FindingRow(h.entity_type, h.entity_id, h.finding.version, h.finding.code, h.finding.detail)
