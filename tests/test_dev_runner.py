@@ -106,3 +106,27 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     finally:
         assert _alive(runner.stop()) == []
     assert "seed: created 0 entities" in (tmp_path / "dev.log").read_text()
+
+
+def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path) -> None:
+    first = DevRunner(tmp_path / "one", tmp_path / "one.log")
+    second = DevRunner(tmp_path / "two", tmp_path / "two.log")
+    first.start()
+    try:
+        second.start()
+        try:
+            for runner in (first, second):
+                assert requests.get(runner.api + "/health").json()["status"] == "ok"
+            urls = [(r.data_dir / "services.env").read_text() for r in (first, second)]
+            assert urls[0] != urls[1]  # each runner has its own PostgreSQL and Redis
+            keys = [(r.data_dir / "admin-api-key").read_text() for r in (first, second)]
+            assert keys[0] != keys[1]
+            assert second.session().get(second.api + "/api/v1/agents").status_code == 200
+            # One runner's key means nothing to the other: separate databases.
+            foreign = requests.get(first.api + "/api/v1/agents", headers={"Authorization": f"Bearer {keys[1].strip()}"})
+            assert foreign.status_code == 401
+        finally:
+            assert _alive(second.stop()) == []
+        assert requests.get(first.api + "/health").json()["status"] == "ok"  # unaffected by the other's shutdown
+    finally:
+        assert _alive(first.stop()) == []
