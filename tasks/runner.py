@@ -20,6 +20,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
@@ -102,12 +103,12 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
         raise task.retry(exc=exc, countdown=backoff_seconds(retries), max_retries=runtime.settings().job_max_attempts) from exc
     if claim is None:
         return {"job_id": job_id, "skipped": "not claimable"}
-    status, result, error = _execute(claim, handler)
-    if status is JobStatus.RUNNING:
+    attempt = _execute(claim, handler)
+    if attempt.status is JobStatus.RUNNING:
         return {"job_id": job_id, "status": "running", "continues": True}
-    if status is JobStatus.QUEUED:
-        return _retry_later(task, claim, error)
-    return _record(claim, status, result, error)
+    if attempt.retry_after is not None:
+        return _retry_later(task, claim, attempt)
+    return _record(claim, attempt.status, attempt.result, attempt.error)
 
 
 def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None) -> dict[str, Any]:
@@ -120,37 +121,49 @@ def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict
     return {"job_id": str(claim.job_id), "status": status.value}
 
 
-def _retry_later(task: Task, claim: JobClaim, error: dict | None) -> dict[str, Any]:
-    """Hand the job back and republish it after a backoff, or fail it when out of attempts."""
-    handed_back = (error or {}).get("type") == JobHandedBack().problem()["type"]
+def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any]:
+    """Hand the job back and republish it after ``retry_after``; a transient failure on
+    the last allowed attempt fails the job instead (a hand-back never counts against it)."""
+    handed_back = attempt.retry_after == 0
     if claim.attempt >= runtime.settings().job_max_attempts and not handed_back:
-        return _record(claim, JobStatus.FAILED, None, error)
+        return _record(claim, JobStatus.FAILED, None, attempt.error)
     try:
         with transaction(runtime.session_factory()) as session:
-            release_for_retry(session, claim=claim, error=error or {})
+            release_for_retry(session, claim=claim, error=attempt.error or {})
     except StaleAttempt:
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
     route = route_for(claim.kind)
-    delay = 0 if handed_back else backoff_seconds(claim.attempt)
-    task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=delay)
+    task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=attempt.retry_after)
     return {"job_id": str(claim.job_id), "status": "queued", "retry": claim.attempt + 1}
 
 
-def _execute(claim: JobClaim, handler: JobHandler) -> tuple[JobStatus, dict | None, dict | None]:
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt ended. ``retry_after`` (seconds) is set when the job goes back to
+    the queue: 0 for a hand-back at shutdown, a backoff after a transient error."""
+
+    status: JobStatus
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    retry_after: float | None = None
+
+
+def _execute(claim: JobClaim, handler: JobHandler) -> Attempt:
     try:
         result = handler(claim, RowProgress(claim))
-        return (JobStatus.RUNNING, None, None) if result is CONTINUES else (JobStatus.SUCCEEDED, result, None)
+        return Attempt(JobStatus.RUNNING) if result is CONTINUES else Attempt(JobStatus.SUCCEEDED, result)
     except JobCancelled as exc:
-        return JobStatus.CANCELLED, None, exc.problem()
+        return Attempt(JobStatus.CANCELLED, error=exc.problem())
     except JobHandedBack as exc:
-        return JobStatus.QUEUED, None, exc.problem()
+        return Attempt(JobStatus.QUEUED, error=exc.problem(), retry_after=0.0)
     except SoftTimeLimitExceeded:
-        return JobStatus.FAILED, None, JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem()
+        return Attempt(JobStatus.FAILED, error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
     except PlantError as exc:
-        return JobStatus.FAILED, None, exc.problem()
+        return Attempt(JobStatus.FAILED, error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
         if is_transient(exc):
             log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
-            return JobStatus.QUEUED, None, TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()
+            error = TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()
+            return Attempt(JobStatus.QUEUED, error=error, retry_after=backoff_seconds(claim.attempt))
         log.exception("job %s failed unexpectedly", claim.job_id)
-        return JobStatus.FAILED, None, InternalJobError(f"{type(exc).__name__}: {exc}").problem()
+        return Attempt(JobStatus.FAILED, error=InternalJobError(f"{type(exc).__name__}: {exc}").problem())
