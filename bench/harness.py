@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 from celery import Celery
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -355,3 +355,28 @@ def _tail(process: subprocess.Popen, lines: int = 30) -> str:
     if path is None or not path.exists():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_job_to_end(stack: BenchStack, settings: Settings, kind: str, params: dict[str, Any]) -> tuple[float, dict]:
+    """Submit a job the way the API does (row committed, then published) and wait for it.
+
+    Returns the seconds from the job row's ``created_at`` to its ``finished_at`` (the
+    database's clock, so the client's polling does not count) and the job's result.
+    """
+    from models.job_lifecycle import create_job
+    from tasks.celery_app import create_celery
+    from tasks.dispatch import publish_job, route_for
+
+    with stack.session(settings) as session:
+        job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue)
+    publish_job(create_celery(settings), job_id=job.id, kind=kind)
+    while True:
+        with stack.session(settings) as session:
+            status, seconds, result = session.execute(text(
+                "SELECT status, extract(epoch FROM finished_at - created_at), result FROM jobs WHERE id = :id"),
+                {"id": job.id}).one()
+        if status == "succeeded":
+            return float(seconds), result
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"{kind} job ended {status}")
+        time.sleep(0.05)

@@ -22,15 +22,12 @@ import psycopg
 from sqlalchemy import select, text
 
 from bench.audit_data import generate
-from bench.harness import BenchResult, BenchStack, median_run
+from bench.harness import BenchResult, BenchStack, median_run, run_job_to_end
 from models.entities import EntityType, Industry
-from models.job_lifecycle import create_job
 from models.ledger import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
 from models.settings import Settings
-from tasks.celery_app import create_celery
-from tasks.dispatch import publish_job
 
 TITLE = "Audit"
 VERSIONS = 5
@@ -78,22 +75,11 @@ def copy_seconds(settings: Settings) -> float:
 
 
 def run_audit_job(stack: BenchStack, settings: Settings, params: dict[str, Any]) -> float:
-    """Submit an audit job the way the API does and wait for it; seconds from row to finish."""
-    celery = create_celery(settings)
-    with stack.session(settings) as session:
-        job = create_job(session, kind="audit.run", params=params, queue="audit")
-    publish_job(celery, job_id=job.id, kind="audit.run")
-    while True:
-        with stack.session(settings) as session:
-            row = session.execute(text("SELECT status, extract(epoch FROM finished_at - created_at), result FROM jobs "
-                                       "WHERE id = :id"), {"id": job.id}).one()
-        if row[0] == "succeeded":
-            if row[2]["findings"]:
-                raise RuntimeError(f"the audit found {row[2]['findings']} findings in clean data: {row[2]['by_code']}")
-            return float(row[1])
-        if row[0] in ("failed", "cancelled"):
-            raise RuntimeError(f"audit job ended {row[0]}")
-        time.sleep(0.05)
+    """An audit job's seconds from row to finish; clean data must give no findings."""
+    seconds, result = run_job_to_end(stack, settings, "audit.run", params)
+    if result["findings"]:
+        raise RuntimeError(f"the audit found {result['findings']} findings in clean data: {result['by_code']}")
+    return seconds
 
 
 def signature_floor_seconds(settings: Settings, heads: int, *, sample: int = 4000, cores: int = 2) -> float:

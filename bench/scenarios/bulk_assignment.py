@@ -11,21 +11,17 @@ instance (must be within 1%).
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from sqlalchemy import text
 
-from bench.harness import BenchResult, BenchStack, median_run
+from bench.harness import BenchResult, BenchStack, median_run, run_job_to_end
 from models.assignment_solver import AssignmentProblem, exact_assignment_milp, greedy_assignment, solve_assignment
 from models.bulk_assignment import plan_assignment
 from models.entities import EntityType
-from models.job_lifecycle import create_job
 from models.registry import create_entity
 from models.seed import bootstrap_steward
 from models.settings import Settings
-from tasks.celery_app import create_celery
-from tasks.dispatch import publish_job
 
 TITLE = "Bulk team assignment"
 ROLES = 10
@@ -64,22 +60,6 @@ def build(stack: BenchStack, agents_per_role: int, teams_per_role: int) -> Setti
     return settings
 
 
-def run_bulk_job(stack: BenchStack, settings: Settings) -> tuple[float, dict]:
-    with stack.session(settings) as session:
-        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [], "all_unassigned": True})
-    publish_job(create_celery(settings), job_id=job.id, kind="agents.assign_teams")
-    while True:
-        with stack.session(settings) as session:
-            status, seconds, result = session.execute(text(
-                "SELECT status, extract(epoch FROM finished_at - created_at), result FROM jobs WHERE id = :id"),
-                {"id": job.id}).one()
-        if status == "succeeded":
-            return float(seconds), result
-        if status in ("failed", "cancelled"):
-            raise RuntimeError(f"bulk assignment ended {status}")
-        time.sleep(0.05)
-
-
 def _reset(stack: BenchStack, settings: Settings) -> None:
     """Everyone back to no team, for the next run (history keeps growing; that is fine)."""
     with stack.session(settings) as session:
@@ -108,7 +88,7 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     worker = stack.start_worker(settings, queues="default", concurrency=2)
     walls, placed = [], []
     for _ in range(3):
-        wall, result = run_bulk_job(stack, settings)
+        wall, result = run_job_to_end(stack, settings, "agents.assign_teams", {"agent_ids": [], "all_unassigned": True})
         walls.append(wall)
         placed.append(result["placed"])
         with stack.session(settings) as session:
