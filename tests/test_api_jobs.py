@@ -172,3 +172,24 @@ def test_unknown_route_and_wrong_method_are_problems(client) -> None:
     assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
     wrong = client.delete("/api/v1/jobs")
     assert wrong.status_code == 405 and wrong.mimetype == "application/problem+json"
+
+
+def test_a_query_models_schema_is_built_once_and_each_caller_gets_its_own_copy() -> None:
+    # flask-openapi3 asks for a query model's JSON schema on every request.
+    from pydantic import BaseModel
+    from pydantic.json_schema import GenerateJsonSchema
+
+    from web.schemas import JobListQuery
+
+    class Counting(GenerateJsonSchema):
+        runs = 0
+
+        def generate(self, *args, **kwargs):
+            Counting.runs += 1
+            return super().generate(*args, **kwargs)
+
+    first = JobListQuery.model_json_schema(schema_generator=Counting)
+    first["properties"].clear()
+    second = JobListQuery.model_json_schema(schema_generator=Counting)
+    assert Counting.runs == 1
+    assert second == BaseModel.model_json_schema.__func__(JobListQuery) and "page_size" in second["properties"]

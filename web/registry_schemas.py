@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_serializer, model_validator
 
 from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCategory
-from web.schemas import rfc3339_utc
+from web.schemas import QueryModel, rfc3339_utc
 
 Name = Field(max_length=200)
 Text = Field(default="", max_length=20_000)
@@ -169,7 +169,7 @@ class EntityPath(BaseModel):
     entity_id: uuid.UUID
 
 
-class PageQuery(BaseModel):
+class PageQuery(QueryModel):
     page_size: int = Field(default=50, ge=1, le=500)
     page_token: str | None = Field(default=None, max_length=512)
 
@@ -201,7 +201,7 @@ class AgentListQuery(PageQuery):
     team_id: uuid.UUID | None = None
 
 
-class SkillSearchQuery(BaseModel):
+class SkillSearchQuery(QueryModel):
     q: str = Field(min_length=1, max_length=1000)  # query strings are text by nature
     k: int = Field(default=10, ge=1, le=100)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from http import HTTPStatus
 import uuid
@@ -83,6 +84,27 @@ class JobOut(BaseModel):
         )
 
 
+class QueryModel(BaseModel):
+    """Base of every query-string model: its JSON schema is built once per class.
+
+    flask-openapi3 asks a query model for its JSON schema on every request (to tell list
+    parameters apart), and pydantic builds one from scratch each time: about a fifth of
+    the CPU of ``GET /api/v1/jobs/{id}``. The schema depends only on the class and the
+    arguments, so it is kept, and each caller gets its own copy to read or change.
+    """
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        schema = _QUERY_SCHEMAS.get(key)
+        if schema is None:
+            schema = _QUERY_SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
+        return copy.deepcopy(schema)
+
+
+_QUERY_SCHEMAS: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 class JobList(BaseModel):
     items: list[JobOut]
     next_page_token: str | None
@@ -92,13 +114,13 @@ class JobPath(BaseModel):
     job_id: uuid.UUID
 
 
-class JobGetQuery(BaseModel):
+class JobGetQuery(QueryModel):
     wait: float = Field(
         default=0, ge=0, le=30, description="long-poll: return when the job is terminal or after this many seconds"
     )
 
 
-class JobListQuery(BaseModel):
+class JobListQuery(QueryModel):
     status: JobStatus | None = None
     kind: str | None = Field(default=None, max_length=64)
     page_size: int = Field(default=50, ge=1, le=500)

@@ -24,7 +24,7 @@ from models.reports import build_report, finding_resource, findings_csv, get_run
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
-from web.schemas import API_PROBLEMS, JobOut, problems
+from web.schemas import API_PROBLEMS, JobOut, QueryModel, problems
 from web.services import db_session, services
 
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
@@ -76,18 +76,18 @@ class EntityIdPath(BaseModel):
     entity_id: uuid.UUID
 
 
-class FindingsQuery(BaseModel):
+class FindingsQuery(QueryModel):
     page_size: int = Field(default=100, ge=1, le=1000)
     page_token: str | None = Field(default=None, max_length=64)
     code: str | None = Field(default=None, max_length=64)
 
 
-class ExportQuery(BaseModel):
+class ExportQuery(QueryModel):
     run_id: uuid.UUID
     format: Literal["json", "csv"] = "json"
 
 
-class DigestQuery(BaseModel):
+class DigestQuery(QueryModel):
     leaves: bool = Field(default=False, description="include every (entity_id, head, version) leaf")
 
 
