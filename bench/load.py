@@ -128,6 +128,13 @@ def run_wrk(base_url: str, *, paths: list[str], seconds: float, connections: int
 # -- the fallback: a multi-process Python client ------------------------------------
 
 
+def _body(body_format: str | None, counter: int, tid: int) -> bytes | None:
+    """The request body, as wrk's ``string.format`` makes it: a format without ``%d`` is sent as is."""
+    if body_format is None:
+        return None
+    return (body_format % (counter, tid) if "%" in body_format else body_format).encode()
+
+
 def _python_worker(args: tuple) -> tuple[list[float], int, int]:
     host, port, paths, seconds, method, headers, body_format, threads, offset = args
     latencies: list[float] = []
@@ -141,7 +148,7 @@ def _python_worker(args: tuple) -> tuple[list[float], int, int]:
         while time.monotonic() < deadline:
             counter += 1
             path = paths[(counter * threads * 2 + offset + tid) % len(paths)]
-            body = (body_format % (counter, offset + tid)).encode() if body_format else None
+            body = _body(body_format, counter, offset + tid)
             started = time.perf_counter()
             try:
                 connection.request(method, path, body=body, headers=headers)
