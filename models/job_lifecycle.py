@@ -128,6 +128,15 @@ def _checkpoint(session: Session, claim: JobClaim, lease_seconds: int, **values:
     return row[0] is not None
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A progress report: ``done`` of ``total`` (None when unknown), with a message."""
+
+    done: int
+    total: int | None
+    message: str | None
+
+
 def finish_job(
     session: Session,
     *,
@@ -135,8 +144,10 @@ def finish_job(
     status: JobStatus,
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
+    progress: Checkpoint | None = None,
 ) -> None:
-    """Write a terminal outcome for the attempt that owns the job."""
+    """Write a terminal outcome for the attempt that owns the job, with the attempt's
+    last progress report when that was not written yet. A success shows as complete."""
     assert status in TERMINAL_STATUSES
     values: dict[str, Any] = {
         "status": status.value,
@@ -146,8 +157,11 @@ def finish_job(
         "lease_expires_at": None,
         "updated_at": func.now(),
     }
+    if progress is not None:
+        values.update(progress_done=progress.done, progress_total=progress.total, progress_message=progress.message)
     if status is JobStatus.SUCCEEDED:
-        values["progress_done"] = func.coalesce(Job.progress_total, Job.progress_done)
+        total = Job.progress_total if progress is None else progress.total
+        values["progress_done"] = func.coalesce(total, values.get("progress_done", Job.progress_done))
     if session.execute(_owned_by(claim).values(**values).returning(Job.id)).one_or_none() is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
 

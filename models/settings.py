@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     job_soft_time_limit: int = Field(default=3600, ge=1, description="seconds")
     job_hard_time_limit: int = Field(default=3700, ge=1, description="seconds")
     job_lease_seconds: int = Field(default=300, ge=1)
+    progress_min_interval_seconds: float = Field(
+        default=0.5, ge=0, description="a job's checkpoints closer together than this are written with a later one"
+    )
     requeue_after_seconds: float = Field(
         default=60.0, gt=0, description="a queued job older than this is republished by beat"
     )

@@ -2,8 +2,9 @@
 
 Claiming (queued -> running, attempts + 1) happens in its own committed transaction
 before any work, and the outcome is written by the same attempt afterwards. The claim,
-each checkpoint and the outcome are one conditional UPDATE each, so they run as single
-autocommitted statements (no BEGIN/COMMIT round trips). A row that
+each written checkpoint and the outcome are one conditional UPDATE each, so they run as
+single autocommitted statements (no BEGIN/COMMIT round trips); checkpoints closer together
+than ``PLANT_PROGRESS_MIN_INTERVAL_SECONDS`` ride along with a later write. A row that
 is already terminal, or held by another live attempt, makes the task a no-op, so a
 redelivered message is harmless. Progress goes through a sink that commits each
 checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
@@ -18,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +31,11 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import single_statement, transaction
 from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, StaleAttempt, TransientJobError
-from models.job_lifecycle import JobClaim, claim_job, finish_job, report_progress
+from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, report_progress
 from models.job_recovery import full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
 from models.progress import ProgressSink
@@ -69,21 +73,57 @@ def write_context(claim: JobClaim) -> WriteContext:
 
 
 class RowProgress:
-    """A ``ProgressSink`` that writes to the job row in its own short transaction."""
+    """A ``ProgressSink`` that writes checkpoints to the job row, each in its own statement.
 
-    def __init__(self, claim: JobClaim) -> None:
+    A checkpoint less than ``PLANT_PROGRESS_MIN_INTERVAL_SECONDS`` after the last write
+    (the claim counts as one) is kept as ``pending`` instead, and goes to the row with the
+    next checkpoint that is written, or with the outcome: a job that reports thousands of
+    steps a second costs a few writes a second, and a short job none at all beyond its
+    claim and outcome. Every write renews the lease and looks for a requested cancel, so
+    both happen at least once per interval while a job reports; the interval is capped at
+    a quarter of the lease.
+    """
+
+    def __init__(
+        self,
+        claim: JobClaim,
+        *,
+        sessions: sessionmaker[Session],
+        lease_seconds: int,
+        min_interval: float,
+        shutdown: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.claim = claim
+        self.pending: Checkpoint | None = None
+        self._sessions, self._lease_seconds, self._shutdown, self._clock = sessions, lease_seconds, shutdown, clock
+        self._interval = min(min_interval, lease_seconds / 4)
+        self._written_at = clock()
+
+    @classmethod
+    def for_worker(cls, claim: JobClaim) -> RowProgress:
+        settings = runtime.settings()
+        return cls(claim, sessions=runtime.session_factory(), lease_seconds=settings.job_lease_seconds,
+                   min_interval=settings.progress_min_interval_seconds, shutdown=runtime.shutdown_requested)
 
     def __call__(self, done: int, total: int | None, message: str | None = None) -> None:
-        with single_statement(runtime.session_factory()) as session:
-            cancel_requested = report_progress(
-                session, claim=self.claim, done=done, total=total, message=message,
-                lease_seconds=runtime.settings().job_lease_seconds,
-            )
-        if cancel_requested:
+        self.pending = Checkpoint(done, total, message)
+        if self._clock() - self._written_at >= self._interval and self.flush():
             raise JobCancelled("cancelled on request")
-        if runtime.shutdown_requested.is_set():
+        if self._shutdown.is_set():
             raise JobHandedBack(f"attempt {self.claim.attempt} stopped at {done}/{total} for a worker shutdown")
+
+    def flush(self) -> bool:
+        """Write the pending checkpoint, if any; True when a cancel was requested."""
+        if self.pending is None:
+            return False
+        with single_statement(self._sessions) as session:
+            cancel_requested = report_progress(
+                session, claim=self.claim, done=self.pending.done, total=self.pending.total,
+                message=self.pending.message, lease_seconds=self._lease_seconds,
+            )
+        self.pending, self._written_at = None, self._clock()
+        return cancel_requested
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -103,18 +143,21 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
         raise task.retry(exc=exc, countdown=backoff_seconds(retries), max_retries=runtime.settings().job_max_attempts) from exc
     if claim is None:
         return {"job_id": job_id, "skipped": "not claimable"}
-    attempt = _execute(claim, handler)
+    progress = RowProgress.for_worker(claim)
+    attempt = _execute(claim, handler, progress)
     if attempt.status is JobStatus.RUNNING:
+        progress.flush()  # the job goes on in other tasks: its last report must not wait for an outcome
         return {"job_id": job_id, "status": "running", "continues": True}
     if attempt.retry_after is not None:
         return _retry_later(task, claim, attempt)
-    return _record(claim, attempt.status, attempt.result, attempt.error)
+    return _record(claim, attempt.status, attempt.result, attempt.error, progress.pending)
 
 
-def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None) -> dict[str, Any]:
+def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
+            progress: Checkpoint | None = None) -> dict[str, Any]:
     try:
         with single_statement(runtime.session_factory()) as session:
-            finish_job(session, claim=claim, status=status, result=result, error=error)
+            finish_job(session, claim=claim, status=status, result=result, error=error, progress=progress)
     except StaleAttempt:
         log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
@@ -148,9 +191,9 @@ class Attempt:
     retry_after: float | None = None
 
 
-def _execute(claim: JobClaim, handler: JobHandler) -> Attempt:
+def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Attempt:
     try:
-        result = handler(claim, RowProgress(claim))
+        result = handler(claim, progress)
         return Attempt(JobStatus.RUNNING) if result is CONTINUES else Attempt(JobStatus.SUCCEEDED, result)
     except JobCancelled as exc:
         return Attempt(JobStatus.CANCELLED, error=exc.problem())
