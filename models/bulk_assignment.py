@@ -11,18 +11,24 @@ commits per batch, it takes a session factory rather than one session.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker, undefer
+from sqlalchemy import ARRAY, Text, any_, func, insert, literal, select, type_coerce
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.orm import Session, attributes, load_only, sessionmaker, undefer
 
 from models.assignment import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
+from models.chain import EntityVersion
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
-from models.entities import Agent, AgentStatus, LifecycleStatus, Skill, Team, job_role_skills
+from models.entities import (
+    GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, LifecycleStatus, Skill, Team, agent_skills,
+    job_role_skills,
+)
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
 
@@ -48,9 +54,23 @@ class BulkOutcome:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedAgent:
+    """What planning reads of an agent, from a plain row: building 10,000 ORM agents (with
+    skill collections and JSON columns) cost seconds, and the plan needs none of that."""
+
+    id: uuid.UUID
+    name: str
+    status: str
+    job_role_id: uuid.UUID | None
+    industry_id: uuid.UUID | None
+    team_id: uuid.UUID | None
+    skill_ids: frozenset[uuid.UUID]
+
+
 @dataclass(frozen=True)
 class Plan:
-    agents: list[Agent]
+    agents: list[PlannedAgent]
     teams: list[Team]
     placements: dict[int, int]
     unplaced: dict[int, str]
@@ -94,9 +114,7 @@ def apply_batch(
     once under those locks, and every move is re-checked: a seat taken since the plan
     was made is refused here, never over-filled. Returns the refused moves with reasons.
     """
-    agents = {a.id: a for a in session.scalars(
-        select(Agent).where(Agent.id.in_([a for a, _ in moves])).order_by(Agent.id).with_for_update()
-        .options(selectinload(Agent.skills).load_only(Skill.id)).execution_options(populate_existing=True))}
+    agents = _lock_agents(session, [a for a, _ in moves])
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
@@ -117,16 +135,68 @@ def apply_batch(
             taken[team.id] = taken.get(team.id, 0) + 1
             agent.team_id = team.id
             record_version(session, agent, ctx, text_changed=False, flush=False)
+    _insert_versions(session)
     session.flush()
     return refused
 
 
-def _unplaced(agent: Agent, reason: str, detail: str | None = None) -> dict[str, Any]:
+# Columns the re-check and the chain version read: the governed fields and the head.
+# Not the constitution results (rewritten by the version), timestamps or the embedding.
+_LOCKED_AGENT_COLUMNS = [getattr(Agent, f) for f in GOVERNED_FIELDS[EntityType.AGENT] if f not in SKILL_ID_FIELDS] + [
+    Agent.version, Agent.head_link_hash]
+
+
+def _lock_agents(session: Session, agent_ids: list[uuid.UUID]) -> dict[uuid.UUID, Agent]:
+    """Lock the agents in id order and load them fresh, with their skills.
+
+    The skills collection is filled from one plain query on ``agent_skills`` rather than
+    a relationship loader (per-parent loader work was a large share of a bulk run); it is
+    read after the agent rows are locked, and every change to an agent's skills locks
+    the agent row first, so it is current.
+    """
+    agents = {a.id: a for a in session.scalars(
+        select(Agent).where(_one_of(Agent.id, agent_ids)).order_by(Agent.id).with_for_update()
+        .options(load_only(*_LOCKED_AGENT_COLUMNS)).execution_options(populate_existing=True))}
+    held: dict[uuid.UUID, list[uuid.UUID]] = {agent_id: [] for agent_id in agents}
+    for agent_id, skill_id in session.execute(
+            select(agent_skills.c.agent_id, agent_skills.c.skill_id).where(_one_of(agent_skills.c.agent_id, agents))
+            .order_by(agent_skills.c.agent_id, agent_skills.c.skill_id)):
+        held[agent_id].append(skill_id)
+    skills = {s.id: s for s in session.scalars(
+        select(Skill).where(Skill.id.in_({i for ids in held.values() for i in ids})).options(load_only(Skill.id)))}
+    for agent_id, agent in agents.items():
+        attributes.set_committed_value(agent, "skills", [skills[i] for i in held[agent_id]])
+    return agents
+
+
+def _one_of(column: Any, ids: Iterable[uuid.UUID]) -> Any:
+    """``column = ANY(:ids)``: one array parameter; ``IN`` with hundreds of parameters
+    makes a statement too long for the driver's cache, re-parsed on every execution."""
+    return column == any_(literal(list(ids), ARRAY(PG_UUID(as_uuid=True))))
+
+
+def _insert_versions(session: Session) -> None:
+    """Write the batch's pending chain versions in one executemany, not through the flush.
+
+    The unit of work would INSERT ... RETURNING each row's generated id (nobody reads it
+    here) as one statement of thousands of parameters, and parsing that statement in the
+    driver cost more than the inserts. The rows are exactly what ``append_version`` built.
+    """
+    rows = [obj for obj in session.new if isinstance(obj, EntityVersion)]
+    if not rows:
+        return
+    columns = [c.key for c in EntityVersion.__table__.columns if c.key not in ("id", "created_at")]
+    for row in rows:
+        session.expunge(row)
+    session.execute(insert(EntityVersion.__table__), [{c: getattr(row, c) for c in columns} for row in rows])
+
+
+def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> dict[str, Any]:
     return {"agent_id": str(agent.id), "name": agent.name, "reason": reason, **({"detail": detail} if detail else {})}
 
 
 def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
-    agents = _agents(session, agent_ids, all_unassigned)
+    agents, agent_vectors = _agents(session, agent_ids, all_unassigned)
     teams = list(session.scalars(
         select(Team).options(undefer(Team.embedding))
         .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)))
@@ -139,7 +209,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
         required.setdefault(role_id, set()).add(skill_id)
     eligible = eligible_teams(agents, teams, required)
     problem = AssignmentProblem(
-        agent_vectors=_matrix(a.embedding for a in agents),
+        agent_vectors=agent_vectors,
         team_vectors=_matrix(t.embedding for t in teams),
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
         eligible=eligible,
@@ -149,7 +219,9 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
                 result.method, problem)
 
 
-def eligible_teams(agents: list[Agent], teams: list[Team], required: dict[Any, set[uuid.UUID]]) -> list[list[int]]:
+def eligible_teams(
+    agents: list[PlannedAgent] | list[Agent], teams: list[Team], required: dict[Any, set[uuid.UUID]]
+) -> list[list[int]]:
     """For each agent, the indices of the teams it may join (capacity aside).
 
     The same rules as :func:`models.assignment.ineligibility`, grouped so that the work is
@@ -167,7 +239,7 @@ def eligible_teams(agents: list[Agent], teams: list[Team], required: dict[Any, s
     result = []
     for agent in agents:
         needs = required.get(agent.job_role_id, set())
-        if agent.status != AgentStatus.ACTIVE.value or not needs <= {s.id for s in agent.skills}:
+        if agent.status != AgentStatus.ACTIVE.value or not needs <= _held_skills(agent):
             result.append([])
         elif agent.industry_id is None:
             result.append(sorted(by_role.get(agent.job_role_id, [])))
@@ -177,16 +249,44 @@ def eligible_teams(agents: list[Agent], teams: list[Team], required: dict[Any, s
     return result
 
 
-def _agents(session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> list[Agent]:
-    # Only the skills' ids are needed (eligibility, governed content): not their JSON columns.
-    query = select(Agent).options(selectinload(Agent.skills).load_only(Skill.id), undefer(Agent.embedding)).order_by(Agent.id)
+def _held_skills(agent: PlannedAgent | Agent) -> frozenset[uuid.UUID]:
+    return agent.skill_ids if isinstance(agent, PlannedAgent) else frozenset(s.id for s in agent.skills)
+
+
+def _agents(
+    session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool
+) -> tuple[list[PlannedAgent], np.ndarray]:
+    """The agents to plan, by id, as plain rows, and their embeddings as one matrix.
+
+    One statement (skills aggregated per agent), so agents and skills are one snapshot.
+    """
+    held = (select(func.array_agg(agent_skills.c.skill_id)).where(agent_skills.c.agent_id == Agent.id)
+            .scalar_subquery())
+    query = select(Agent.id, Agent.name, Agent.status, Agent.job_role_id, Agent.industry_id, Agent.team_id, held,
+                   type_coerce(Agent.embedding, Text)).order_by(Agent.id)
     if agent_ids:
-        query = query.where(Agent.id.in_(agent_ids))
+        query = query.where(_one_of(Agent.id, agent_ids))
     elif all_unassigned:
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
     else:
-        return []
-    return list(session.scalars(query))
+        return [], _matrix([])
+    rows = session.execute(query).all()
+    agents = [PlannedAgent(*row[:6], frozenset(row[6] or ())) for row in rows]
+    return agents, _parse_vectors([row[7] for row in rows])
+
+
+def _parse_vectors(texts: list[str | None]) -> np.ndarray:
+    """pgvector's text form (``[0.1,0.2,...]``) of many vectors, parsed in one NumPy call.
+
+    The same decimal strings the ORM type parses one float at a time, so the same values;
+    a missing embedding is a zero row, as before.
+    """
+    present = [i for i, t in enumerate(texts) if t is not None]
+    matrix = np.zeros((len(texts), EMBEDDING_DIM))
+    if present:
+        flat = np.fromstring(",".join(texts[i][1:-1] for i in present), dtype=np.float64, sep=",")
+        matrix[present] = flat.reshape(len(present), EMBEDDING_DIM)
+    return matrix
 
 
 def _matrix(vectors: Any) -> np.ndarray:
