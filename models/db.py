@@ -6,10 +6,12 @@ functions take a ``Session`` and only flush; the edge (a request or a task) comm
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
@@ -17,17 +19,46 @@ from models.settings import Settings
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     """Create the process's engine; no connection is opened until first use."""
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": 5,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
         },
     )
+    ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
+    return engine
+
+
+def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:
+    """Ping a pooled connection at checkout when it sat idle longer than ``after_seconds``.
+
+    ``pool_pre_ping`` pings at every checkout: one extra round trip per request and per
+    job step, on a database that is usually fine. A connection back in the pool for less
+    than a second was working a moment ago; one idle longer is pinged, and a dead one is
+    replaced before anyone uses it (the pool retries the checkout). So a database restart
+    stays invisible, because a restart takes longer than the threshold. A connection that
+    dies within it fails its next statement; SQLAlchemy then drops every pooled connection
+    made before the failure, and the API's first statement of a request is retried once
+    on a fresh connection (``web.auth``).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("returned_at")
+        if returned_at is None or time.monotonic() - returned_at <= after_seconds:
+            return  # new, or back in the pool only a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

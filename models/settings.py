@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Database pool and timeouts.
     db_pool_size: int = Field(default=5, ge=1)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_ping_after_idle_seconds: float = Field(
+        default=1.0, ge=0, description="a pooled connection idle longer than this is pinged before use"
+    )
 
     # Jobs.
     job_soft_time_limit: int = Field(default=3600, ge=1, description="seconds")

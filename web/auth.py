@@ -9,10 +9,11 @@ The authenticated key is ``g.api_key``; chain writes are attributed to it.
 from __future__ import annotations
 
 from flask import Flask, Response, g, request
+from sqlalchemy.exc import DBAPIError
 
 from models.api_keys import ApiKey, authenticate
 from web.problems import problem_response
-from web.services import db_session
+from web.services import close_db_session, db_session
 
 PROTECTED_PREFIX = "/api/"
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key from /api/v1/api-keys"}}
@@ -47,9 +48,9 @@ def check_api_key() -> Response | None:
     if presented is None:
         return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
     # The view goes on in the lookup's transaction, on the same connection: one pool
-    # checkout (and pre-ping) per request. Under READ COMMITTED every statement sees the
-    # latest commits, so the lookup leaves nothing stale behind.
-    key = authenticate(db_session(), presented)
+    # checkout per request. Under READ COMMITTED every statement sees the latest commits,
+    # so the lookup leaves nothing stale behind.
+    key = _lookup(presented)
     if key is None:
         return _unauthorized("the API key is unknown or revoked")
     scope = required_scope(request.method, request.path)
@@ -57,6 +58,19 @@ def check_api_key() -> Response | None:
         return problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
     g.api_key = key
     return None
+
+
+def _lookup(presented: str) -> ApiKey | None:
+    """The key lookup, the request's first statement. A pooled connection that died while
+    idle for less than the ping threshold (``models.db.ping_idle_connections``) fails it;
+    SQLAlchemy has then dropped every such connection, so it is retried once, fresh."""
+    try:
+        return authenticate(db_session(), presented)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        close_db_session()
+        return authenticate(db_session(), presented)
 
 
 def current_actor() -> str:

@@ -1,0 +1,82 @@
+"""Dead pooled connections: pinged when idle, retried once by the API when not.
+
+Each test has a database of its own, and kills that database's server processes with
+``pg_terminate_backend`` (what a database restart or a failover does to every
+connection), so no other test's connections are touched.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models.api_keys import create_api_key
+from models.db import make_engine
+from models.migrate import upgrade_head
+from web import create_app
+
+DATABASE = "plant_ping"
+
+
+@pytest.fixture
+def ping_settings(settings, make_database):
+    return settings.model_copy(update={"database_url": make_database(DATABASE)})
+
+
+def _kill_backends(pg_admin_url: str) -> int:
+    with psycopg.connect(pg_admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (DATABASE,),
+        ).fetchone()
+    return killed[0]
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT pg_backend_pid()"))
+
+
+def test_a_connection_idle_past_the_threshold_is_pinged_and_replaced_unseen(ping_settings, pg_admin_url) -> None:
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 0.0}), pool_size=1)
+    try:
+        before = _backend_pid(engine)
+        assert _kill_backends(pg_admin_url) == 1
+        assert _backend_pid(engine) != before  # no error: the ping found it dead, the pool reconnected
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_used_moments_ago_is_not_pinged(ping_settings, pg_admin_url) -> None:
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
+    try:
+        _backend_pid(engine)
+        assert _kill_backends(pg_admin_url) == 1
+        with pytest.raises(DBAPIError) as failed:
+            _backend_pid(engine)
+        assert failed.value.connection_invalidated
+        _backend_pid(engine)  # and the pool has moved on to a fresh connection
+    finally:
+        engine.dispose()
+
+
+def test_the_api_retries_a_requests_first_statement_on_a_fresh_connection(ping_settings, pg_admin_url) -> None:
+    upgrade_head(ping_settings.database_url)
+    quiet = ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0})
+    engine = make_engine(quiet)
+    with Session(engine) as session, session.begin():
+        key = create_api_key(session, name="ping", scopes=["read"]).plaintext
+    engine.dispose()
+    app = create_app(quiet)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    try:
+        assert client.get("/api/v1/jobs").status_code == 200
+        assert _kill_backends(pg_admin_url) >= 1
+        response = client.get("/api/v1/jobs")
+        assert response.status_code == 200, response.get_json()
+    finally:
+        app.extensions["plant"].engine.dispose()
