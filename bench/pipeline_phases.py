@@ -21,7 +21,7 @@ import redis
 from bench.harness import BenchStack
 from models.api_keys import authenticate
 from models.db import make_engine, make_session_factory, single_statement
-from models.job_lifecycle import claim_job, create_job, finish_job, mark_enqueued, report_progress
+from models.job_lifecycle import claim_job, create_job, finish_job, report_progress
 from models.jobs import JobStatus
 from models.settings import Settings
 from tasks.celery_app import create_celery
@@ -38,13 +38,13 @@ PHASES = [
     ("  auth: checkout + API-key lookup", "api", 1),
     ("  create_job + commit", "api", 1),
     ("  publish_job (Redis)", "api", 1),
-    ("  mark_enqueued (autocommit)", "api", 1),
     ("claim_job (autocommit)", "worker", 1),
     # The sleep job reports 0/1 and 1/1 within microseconds of its claim: both ride along
     # with finish_job (PLANT_PROGRESS_MIN_INTERVAL_SECONDS), so neither is a statement.
     ("report_progress (autocommit; a sleep(0) job writes none)", "worker", 0),
     ("finish_job (autocommit)", "worker", 1),
 ]
+API_PHASES = 5  # the first five are the API's
 
 
 def _median_ms(action: Callable[[], object], n: int) -> float:
@@ -91,24 +91,20 @@ def measure_phases(stack: BenchStack, settings: Settings, *, api_port: int, bare
     results[names[1]] = _http_post_ms(bare_port, "/ping", {}, n)
 
     # The API request's database work, as accept_job does it: the key lookup opens the
-    # request's transaction (pool checkout + pre-ping), the INSERT commits it, and the
-    # publish is noted in one autocommitted UPDATE. Each part is timed on its own.
-    samples: dict[str, list[float]] = {name: [] for name in names[2:6]}
+    # request's transaction (pool checkout), the INSERT (stamped as published) commits it,
+    # then the message is published. Each part is timed on its own.
+    samples: dict[str, list[float]] = {name: [] for name in names[2:API_PHASES]}
     jobs: list[uuid.UUID] = []
     for _ in range(n):
         clock = time.perf_counter()
         with api_sessions() as session:
             authenticate(session, stack.admin_key)
             clock = _lap(samples[names[2]], clock)
-            jobs.append(create_job(session, kind=KIND, params=PARAMS).id)
+            jobs.append(create_job(session, kind=KIND, params=PARAMS, to_publish=True).id)
             session.commit()
             clock = _lap(samples[names[3]], clock)
             publish_job(celery, job_id=jobs[-1], kind=KIND)
-            clock = _lap(samples[names[4]], clock)
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            mark_enqueued(session, job_id=jobs[-1])
-            session.commit()
-            _lap(samples[names[5]], clock)
+            _lap(samples[names[4]], clock)
     results.update({name: round(statistics.median(values) * 1000, 3) for name, values in samples.items()})
 
     claims = []
@@ -118,21 +114,21 @@ def measure_phases(stack: BenchStack, settings: Settings, *, api_port: int, bare
         with single_statement(worker_sessions) as s:
             claims.append(claim_job(s, job_id=next(to_claim), worker="bench", lease_seconds=300))
 
-    results[names[6]] = _median_ms(claim, n)
+    results[names[API_PHASES]] = _median_ms(claim, n)
     progressing = iter(claims * 2)
 
     def progress() -> None:
         with single_statement(worker_sessions) as s:
             report_progress(s, claim=next(progressing), done=1, total=1, message="bench", lease_seconds=300)
 
-    results[names[7]] = _median_ms(progress, n)
+    results[names[API_PHASES + 1]] = _median_ms(progress, n)
     finishing = iter(claims)
 
     def finish() -> None:
         with single_statement(worker_sessions) as s:
             finish_job(s, claim=next(finishing), status=JobStatus.SUCCEEDED, result={"slept": 0.0})
 
-    results[names[8]] = _median_ms(finish, n)
+    results[names[API_PHASES + 2]] = _median_ms(finish, n)
     celery.close()
     with redis.Redis.from_url(scratch.redis_url) as scratch_redis:
         scratch_redis.flushdb()
@@ -150,10 +146,10 @@ def phases_markdown(phases: dict[str, float]) -> str:
             rows.append(f"| {label} | {process} | {calls} | {phases[name]:.3f} |")
     names = [name for name, _, _ in PHASES]
     if all(name in phases for name in names):
-        remainder = phases[names[0]] - sum(phases[name] for name in names[1:6])
-        statements = sum(phases[name] * calls for name, _, calls in PHASES[6:])
+        remainder = phases[names[0]] - sum(phases[name] for name in names[1:API_PHASES])
+        statements = sum(phases[name] * calls for name, _, calls in PHASES[API_PHASES:])
         label = ("remainder: everything not timed above (gunicorn thread hand-offs, request validation, "
                  "serialization, logging, metrics)")
-        rows.insert(8, f"| &nbsp;&nbsp;{label} | api | 1 | {remainder:.3f} |")
+        rows.insert(2 + API_PHASES, f"| &nbsp;&nbsp;{label} | api | 1 | {remainder:.3f} |")
         rows.append(f"| worker statements per job (claim + finish) | worker | 1 | {statements:.3f} |")
     return "\n".join(rows)

@@ -33,13 +33,21 @@ class JobClaim:
     attempt: int
 
 
-def create_job(session: Session, *, kind: str, params: dict[str, Any], queue: str = "default") -> Job:
-    """Insert a queued job. The caller publishes its message only after committing."""
+def create_job(
+    session: Session, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
+) -> Job:
+    """Insert a queued job. The caller publishes its message only after committing.
+
+    ``to_publish`` stamps ``enqueued_at`` in the INSERT, for a caller that publishes right
+    after the commit and calls :func:`mark_unpublished` if that fails: a successful submit
+    then costs no second write. Without it the row starts in the outbox.
+    """
     # INSERT ... RETURNING loads the whole row (server defaults, JSONB as stored) in one
     # round trip, where add + flush + refresh took two.
-    return session.scalars(
-        insert(Job).values(kind=kind, params=params, queue=queue, status=JobStatus.QUEUED.value).returning(Job)
-    ).one()
+    values: dict[str, Any] = {"kind": kind, "params": params, "queue": queue, "status": JobStatus.QUEUED.value}
+    if to_publish:
+        values["enqueued_at"] = func.now()
+    return session.scalars(insert(Job).values(**values).returning(Job)).one()
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -195,6 +203,6 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
     return job
 
 
-def mark_enqueued(session: Session, *, job_id: uuid.UUID) -> None:
-    """Note a successful publish (takes the job out of the outbox)."""
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=func.now()))
+def mark_unpublished(session: Session, *, job_id: uuid.UUID) -> None:
+    """Note a failed publish: the job goes (back) to the outbox, for beat to publish."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value).values(enqueued_at=None))

@@ -42,6 +42,21 @@ def test_starting_work_answers_202_with_location_retry_after_and_the_job(client)
     assert job["created_at"].endswith("Z") and job["started_at"] is None
 
 
+def test_a_published_job_is_out_of_the_outbox_and_its_message_is_in_the_queue(client, settings, redis_url) -> None:
+    import redis
+    from sqlalchemy.orm import Session
+
+    from models.db import make_engine
+    from models.jobs import Job
+
+    quiet = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
+    quiet.delete("default")
+    job_id = _start(client).get_json()["id"]
+    with Session(make_engine(settings)) as session:
+        assert session.get(Job, uuid.UUID(job_id)).enqueued_at is not None
+    assert job_id.encode() in b"".join(quiet.lrange("default", 0, -1))
+
+
 def test_get_returns_the_same_resource(client) -> None:
     job = _start(client).get_json()
     response = client.get(f"/api/v1/jobs/{job['id']}")

@@ -1,8 +1,13 @@
 """/health is built from real checks and never answers 500."""
 
+import uuid
+
 import pytest
+from sqlalchemy.orm import Session
 
 from cli.services import free_port
+from models.db import make_engine
+from models.jobs import Job
 from tests.conftest import wait_for
 from web import create_app
 
@@ -57,6 +62,8 @@ def test_job_submission_is_accepted_while_redis_is_down(settings, down_url, admi
     app = create_app(settings.model_copy(update={"redis_url": f"redis://{down_url}/0"}))
     response = app.test_client().post("/api/v1/diagnostics/sleep", json={"seconds": 0},
                                       headers={"Authorization": f"Bearer {admin_key}"})
-    # The row is committed; beat's requeue task publishes it once Redis is back.
+    # The row is committed, in the outbox; beat's requeue task publishes it once Redis is back.
     assert response.status_code == 202
     assert response.get_json()["status"] == "queued"
+    with Session(make_engine(settings)) as session:
+        assert session.get(Job, uuid.UUID(response.get_json()["id"])).enqueued_at is None

@@ -5,7 +5,7 @@ import datetime as dt
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from models.job_lifecycle import claim_job, create_job, get_job, mark_enqueued
+from models.job_lifecycle import claim_job, create_job, get_job, mark_unpublished
 from models.job_recovery import claim_lost_messages, claim_unpublished, full_jitter_backoff, release_for_retry, rescue_expired
 from models.jobs import Job
 
@@ -13,8 +13,8 @@ OLD = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
 
 
-def _job(session: Session) -> Job:
-    return create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1})
+def _job(session: Session, *, to_publish: bool = False) -> Job:
+    return create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=to_publish)
 
 
 def _age(session: Session, job: Job, **values) -> None:
@@ -22,12 +22,26 @@ def _age(session: Session, job: Job, **values) -> None:
 
 
 def test_the_outbox_holds_unpublished_jobs_until_picked(db_session) -> None:
-    unpublished, published = _job(db_session), _job(db_session)
-    mark_enqueued(db_session, job_id=published.id)
+    unpublished, published = _job(db_session), _job(db_session, to_publish=True)
     _age(db_session, unpublished, created_at=OLD)
     _age(db_session, published, created_at=OLD)
     assert [r.job_id for r in claim_unpublished(db_session, min_age=MINUTE)] == [unpublished.id]
     assert claim_unpublished(db_session, min_age=MINUTE) == []  # stamped as published
+
+
+def test_a_failed_publish_puts_the_job_back_in_the_outbox(db_session) -> None:
+    job = _job(db_session, to_publish=True)
+    mark_unpublished(db_session, job_id=job.id)
+    _age(db_session, job, created_at=OLD)
+    assert [r.job_id for r in claim_unpublished(db_session, min_age=MINUTE)] == [job.id]
+
+
+def test_a_job_stamped_but_never_published_is_a_lost_message(db_session) -> None:
+    # The API died between its commit and its publish: the stamp is there, no message is.
+    job = _job(db_session, to_publish=True)
+    assert claim_lost_messages(db_session, older_than=MINUTE) == []
+    _age(db_session, job, enqueued_at=OLD)
+    assert [r.job_id for r in claim_lost_messages(db_session, older_than=MINUTE)] == [job.id]
 
 
 def test_a_fresh_unpublished_job_is_left_to_the_api(db_session) -> None:
@@ -36,9 +50,8 @@ def test_a_fresh_unpublished_job_is_left_to_the_api(db_session) -> None:
 
 
 def test_lost_messages_are_republished_once_per_threshold(db_session) -> None:
-    lost, fresh = _job(db_session), _job(db_session)
+    lost, fresh = _job(db_session), _job(db_session, to_publish=True)
     _age(db_session, lost, enqueued_at=OLD)
-    mark_enqueued(db_session, job_id=fresh.id)
     assert [r.job_id for r in claim_lost_messages(db_session, older_than=MINUTE)] == [lost.id]
     assert claim_lost_messages(db_session, older_than=MINUTE) == []
 

@@ -1,9 +1,11 @@
 """HTTP helpers shared by every endpoint that starts or shows a job.
 
 ``accept_job`` is the one path for starting work: honour ``Idempotency-Key``, insert
-the row (with the key) and commit, then publish and note the publish, then answer 202
+the row (with the key, stamped as published) and commit, then publish, then answer 202
 with ``Location`` and ``Retry-After``. If publishing fails the job is still accepted:
-it stays in the outbox (``enqueued_at`` NULL) until beat's recovery task publishes it.
+its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
+recovery task publishes it. Should the process die between the commit and the publish,
+the stamped row is picked up as a lost message (``PLANT_REQUEUE_AFTER_SECONDS``).
 ``job_response`` adds an ETag and honours ``If-None-Match``.
 """
 
@@ -16,7 +18,7 @@ from flask import Response, g, json, request
 
 from models.canonical import canonical_bytes
 from models.idempotency import bind_key, claim_key, validate_key
-from models.job_lifecycle import create_job, get_job, mark_enqueued
+from models.job_lifecycle import create_job, get_job, mark_unpublished
 from models.jobs import Job
 from tasks.dispatch import publish_job, route_for
 from web.schemas import JobOut
@@ -62,13 +64,13 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         if existing is not None:
             session.commit()
             return _accepted(get_job(session, existing), replayed=True)
-    job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue)
+    job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True)
     if key is not None:
         bind_key(session, owner=owner, key=key, job_id=job.id)
     session.commit()
-    if publish_job(svc.celery, job_id=job.id, kind=kind):
+    if not publish_job(svc.celery, job_id=job.id, kind=kind):
         # One UPDATE: autocommit spares the BEGIN and COMMIT round trips.
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        mark_enqueued(session, job_id=job.id)
+        mark_unpublished(session, job_id=job.id)
         session.commit()
     return _accepted(job)
