@@ -6,7 +6,10 @@ the same ``gunicorn.conf.py`` at the same time, and the same load generator
 the same duration; runs alternate Plant, bare, Plant, ... and medians are compared.
 Targets: GET throughput >= 0.5x bare, GET p99 <= 3x bare p99. The POST
 (``/api/v1/diagnostics/sleep``, no worker attached, so it measures the API alone) is
-reported against the bare app's POST with no target.
+reported against the bare app's POST with no target. A third app,
+:mod:`bench.floor_flask`, does only the two statements any authenticated read of a job
+must make (key lookup, job row) on raw psycopg: its ratio to bare Flask is the most any
+implementation of the route could reach on this machine, and is reported beside Plant's.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ def _create_job(port: int, headers: dict[str, str]) -> str:
         return json.load(response)["id"]
 
 
-def _alternating(runs: int, plant: Any, bare: Any) -> tuple[list[LoadResult], list[LoadResult]]:
-    plant_results, bare_results = [], []
+def _alternating(runs: int, *sides: Any) -> tuple[list[LoadResult], ...]:
+    results: tuple[list[LoadResult], ...] = tuple([] for _ in sides)
     for _ in range(runs):
-        plant_results.append(plant())
-        bare_results.append(bare())
-    return plant_results, bare_results
+        for side, into in zip(sides, results, strict=True):
+            into.append(side())
+    return results
 
 
 def _checked(results: list[LoadResult], what: str) -> None:
@@ -64,8 +67,12 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     plant_port, bare_port = stack.free_port(), stack.free_port()
     plant_api = stack.start_api(settings, port=plant_port, name="api-plant")
     bare_api = stack.start_api(settings, port=bare_port, app="bench.bare_flask:create_app()", name="api-bare")
-    job_path = f"/api/v1/jobs/{_create_job(plant_port, stack.headers)}"
+    floor_port = stack.free_port()
+    floor_api = stack.start_api(settings, port=floor_port, app="bench.floor_flask:create_app()", name="api-floor")
+    job_id = _create_job(plant_port, stack.headers)
+    job_path, floor_path = f"/api/v1/jobs/{job_id}", f"/floor/jobs/{job_id}"
     plant_url, bare_url = f"http://127.0.0.1:{plant_port}", f"http://127.0.0.1:{bare_port}"
+    floor_url = f"http://127.0.0.1:{floor_port}"
     post_headers = {**stack.headers, "Content-Type": "application/json"}
 
     def load(url: str, path: str, headers: dict[str, str], duration: float, **kwargs: Any) -> Any:
@@ -73,27 +80,32 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
 
     load(plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
     load(bare_url, "/ping", {}, 1)()
-    plant_get, bare_get = _alternating(RUNS, load(plant_url, job_path, stack.headers, seconds),
-                                       load(bare_url, "/ping", {}, seconds))
+    load(floor_url, floor_path, stack.headers, 1)()
+    plant_get, bare_get, floor_get = _alternating(RUNS, load(plant_url, job_path, stack.headers, seconds),
+                                                  load(bare_url, "/ping", {}, seconds),
+                                                  load(floor_url, floor_path, stack.headers, seconds))
     plant_post, bare_post = _alternating(
         RUNS,
         load(plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST", body_format=SLEEP_BODY),
         load(bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST", body_format=SLEEP_BODY),
     )
-    for process in (plant_api, bare_api):
+    for process in (plant_api, bare_api, floor_api):
         stack.stop(process)
-    _checked(plant_get + bare_get + plant_post + bare_post, "load run")
-    get, bare, post, bare_p = (_summary(r) for r in (plant_get, bare_get, plant_post, bare_post))
+    _checked(plant_get + bare_get + floor_get + plant_post + bare_post, "load run")
+    get, bare, floor, post, bare_p = (_summary(r) for r in (plant_get, bare_get, floor_get, plant_post, bare_post))
     details = {
         "client": plant_get[0].client, "connections": CONNECTIONS, "seconds_per_run": seconds, "runs": RUNS,
-        "get": get, "bare_get": bare, "post": post, "bare_post": bare_p,
+        "get": get, "bare_get": bare, "floor_get": floor, "post": post, "bare_post": bare_p,
         "raw": {name: [r.as_dict() for r in results] for name, results in
-                (("get", plant_get), ("bare_get", bare_get), ("post", plant_post), ("bare_post", bare_post))},
+                (("get", plant_get), ("bare_get", bare_get), ("floor_get", floor_get), ("post", plant_post),
+                 ("bare_post", bare_post))},
     }
     return [
         BenchResult.at_least("api.get", get["rps"], "req/s", baseline=bare["rps"], min_ratio=GET_RATIO, details=details),
         BenchResult.at_most("api.get_p99", get["p99_ms"], "ms", baseline=bare["p99_ms"], max_ratio=P99_RATIO,
                             details={"p50_ms": get["p50_ms"], "bare_p50_ms": bare["p50_ms"]}),
+        BenchResult.report_only("api.get_floor", floor["rps"], "req/s", baseline=bare["rps"],
+                                details={"p99_ms": floor["p99_ms"], "plant_share_of_floor": round(get["rps"] / floor["rps"], 3)}),
         BenchResult.report_only("api.post", post["rps"], "req/s", baseline=bare_p["rps"],
                                 details={"p99_ms": post["p99_ms"], "bare_p99_ms": bare_p["p99_ms"]}),
     ]
@@ -105,8 +117,11 @@ def markdown(results: list[BenchResult]) -> str:
         return ""
     rows = ["| endpoint | req/s | p50 ms | p99 ms | client CPU (cores) |", "|---|---:|---:|---:|---:|"]
     for label, key in (("Plant GET /api/v1/jobs/{id}", "get"), ("bare Flask GET /ping", "bare_get"),
+                       ("floor: key lookup + job row on raw psycopg (`bench/floor_flask.py`)", "floor_get"),
                        ("Plant POST /api/v1/diagnostics/sleep", "post"), ("bare Flask POST /ping", "bare_post")):
-        m = details[key]
+        m = details.get(key)
+        if m is None:
+            continue
         rows.append(f"| {label} | {m['rps']:.1f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['client_cpu_share']:.3f} |")
     return (f"Load generator: `{details['client']}`, {details['connections']} connections, "
             f"{details['seconds_per_run']} s per run, {details['runs']} alternating runs per side (medians):\n\n"
