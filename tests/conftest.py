@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import redis
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -152,8 +153,22 @@ def db_session(engine: Engine) -> Iterator[Session]:
 
 @pytest.fixture
 def clean_db(engine: Engine) -> Iterator[None]:
-    """For tests that commit: empty every table afterwards (the schema stays)."""
+    """For tests that commit: empty every table afterwards (the schema stays).
+
+    A worker may still be committing the last batch of a job the test saw cancelled; if
+    PostgreSQL picks the TRUNCATE as a deadlock victim, it is tried again.
+    """
     yield
+    for attempt in range(1, 4):
+        try:
+            _truncate_all(engine)
+            return
+        except OperationalError as error:
+            if attempt == 3 or not isinstance(error.orig, psycopg.errors.DeadlockDetected):
+                raise
+
+
+def _truncate_all(engine: Engine) -> None:
     with engine.begin() as connection:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
