@@ -22,6 +22,7 @@ import redis
 from celery import Celery, shared_task
 
 from models.settings import load_settings
+from tasks.celery_app import DELIVERY
 
 TASK_NAME = "bench.noop"
 DONE_KEY = "bench:done"
@@ -33,8 +34,7 @@ def create_bare_celery(broker_url: str, *, plant_delivery: bool = False) -> Cele
     app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
                     broker_connection_retry_on_startup=True)
     if plant_delivery:
-        app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, worker_send_task_events=True,
-                        task_send_sent_event=True)
+        app.conf.update(**DELIVERY)
     return app
 
 

@@ -16,6 +16,22 @@ AUDIT_QUEUE = "audit"
 TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance", "tasks.registry_jobs", "tasks.audit"]
 
 
+# How messages are delivered and observed; the benchmark's bare Celery baseline reuses it.
+DELIVERY: dict[str, bool] = {
+    # Every task is idempotent (it claims its job row first), so late acks only ever
+    # turn a crash into a harmless redelivery.
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    # Workers send task events (received, started, succeeded, ...) for Flower. The API
+    # sends no task-sent event: it would be a second broker write per job, and what it
+    # tells (jobs waiting for a worker) the jobs table already shows, in the API and in
+    # /metrics (plant_jobs_queued, plant_jobs_queued_oldest_age_seconds).
+    "worker_send_task_events": True,
+    "task_send_sent_event": False,
+}
+
+
 def create_celery(settings: Settings) -> Celery:
     app = Celery("plant", broker=settings.redis_url, include=TASK_MODULES)
     app.conf.update(
@@ -26,15 +42,9 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,  # outcomes live in the jobs table, not a result backend
         task_default_queue=DEFAULT_QUEUE,
         task_queues=(Queue(DEFAULT_QUEUE), Queue(AUDIT_QUEUE)),
-        # Every task is idempotent (it claims its job row first), so late acks only
-        # ever turn a crash into a harmless redelivery.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        **DELIVERY,
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_hard_time_limit,
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.job_hard_time_limit + 300},
         # Publishing must not hang an API request when Redis is away; beat republishes.

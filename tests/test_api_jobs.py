@@ -208,3 +208,19 @@ def test_a_query_models_schema_is_built_once_and_each_caller_gets_its_own_copy()
     second = JobListQuery.model_json_schema(schema_generator=Counting)
     assert Counting.runs == 1
     assert second == BaseModel.model_json_schema.__func__(JobListQuery) and "page_size" in second["properties"]
+
+
+def test_submitting_a_job_writes_one_message_and_no_task_sent_event(client, redis_url) -> None:
+    # The jobs table shows what waits for a worker; a task-sent event would be a second
+    # broker write per job (worker events for Flower start at task-received).
+    import redis
+
+    quiet = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
+    events = quiet.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=5)["type"] == "psubscribe"
+    quiet.delete("default")
+    job_id = _start(client).get_json()["id"]
+    assert [job_id.encode() in m for m in quiet.lrange("default", 0, -1)] == [True]
+    assert events.get_message(timeout=0.5) is None
+    events.close()
