@@ -11,6 +11,7 @@ seat is the agent's ``team_id``). Each change appends a version to the agent's c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +52,14 @@ def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid
     return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
 
 
-def ineligibility(agent: Agent, team: Team, required: set[uuid.UUID]) -> list[str]:
-    """Every rule the pair breaks, capacity aside (empty list = eligible)."""
+def ineligibility(
+    agent: Agent, team: Team, required: set[uuid.UUID], *, held: Collection[uuid.UUID] | None = None
+) -> list[str]:
+    """Every rule the pair breaks, capacity aside (empty list = eligible).
+
+    ``held`` is the agent's skill ids when the caller read them itself; by default they
+    come from the agent's ``skills``.
+    """
     reasons = []
     if agent.status != AgentStatus.ACTIVE.value:
         reasons.append(f"agent is {agent.status}")
@@ -62,7 +69,7 @@ def ineligibility(agent: Agent, team: Team, required: set[uuid.UUID]) -> list[st
         reasons.append("team's job role is not the agent's")
     if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:
         reasons.append("industries differ")
-    missing = required - {s.id for s in agent.skills}
+    missing = required - set(held if held is not None else (s.id for s in agent.skills))
     if missing:
         reasons.append(f"agent lacks {len(missing)} required skill(s)")
     return reasons

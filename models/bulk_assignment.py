@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sqlalchemy import ARRAY, Text, any_, func, insert, literal, select, type_coerce
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.orm import Session, attributes, load_only, sessionmaker, undefer
+from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.assignment import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
@@ -26,13 +27,14 @@ from models.chain import EntityVersion
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
-    GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, LifecycleStatus, Skill, Team, agent_skills,
-    job_role_skills,
+    GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
+    governed_content, job_role_skills,
 )
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
 
 APPLY_BATCH = 500
+APPLY_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,21 @@ class PlannedAgent:
     skill_ids: frozenset[uuid.UUID]
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedTeam:
+    """What planning reads of a team (its JSON columns are not needed either)."""
+
+    id: uuid.UUID
+    status: str
+    job_role_id: uuid.UUID
+    industry_id: uuid.UUID | None
+    capacity: int
+
+
 @dataclass(frozen=True)
 class Plan:
     agents: list[PlannedAgent]
-    teams: list[Team]
+    teams: list[PlannedTeam]
     placements: dict[int, int]
     unplaced: dict[int, str]
     required: dict[Any, set[uuid.UUID]]
@@ -88,20 +101,64 @@ def assign_teams_in_bulk(
     ctx: WriteContext,
     progress: ProgressSink,
 ) -> BulkOutcome:
+    """Plan, then apply the moves in committed batches, ``APPLY_IN_FLIGHT`` at a time.
+
+    Batches never share an agent or a team (see :func:`_batches`), so the ones in flight
+    never wait on each other's row locks; running two lets one batch's Python work
+    overlap the other's time in the database (mostly index maintenance on the agent
+    rows). Progress is reported, and cancellation honoured, as batches finish: on
+    cancellation the batches not started are dropped and those in flight complete.
+    """
     with sessions() as session:
         plan = plan_assignment(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
-    moves = sorted(plan.placements.items())
-    progress(0, len(moves), "plan computed")
-    for start in range(0, len(moves), APPLY_BATCH):
-        batch = [(plan.agents[a].id, plan.teams[t].id) for a, t in moves[start : start + APPLY_BATCH]]
-        with transaction(sessions) as session:
-            refused = apply_batch(session, batch, ctx=ctx, required=plan.required)
-        names = {plan.agents[a].id: plan.agents[a] for a, _ in moves[start : start + APPLY_BATCH]}
-        unplaced += [_unplaced(names[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
-        progress(min(start + APPLY_BATCH, len(moves)), len(moves), "applying")
+    batches = _batches(plan.placements)
+    total, done = len(plan.placements), 0
+    refused: list[list[dict[str, Any]]] = [[] for _ in batches]
+    progress(0, total, "plan computed")
+    with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
+        futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx): i for i, batch in enumerate(batches)}
+        try:
+            for future in as_completed(futures):
+                refused[futures[future]] = future.result()
+                done += len(batches[futures[future]])
+                progress(done, total, "applying")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    unplaced += [entry for batch in refused for entry in batch]
     placed = len(plan.agents) - len(unplaced)
     return BulkOutcome(len(plan.agents), placed, unplaced, plan.total_similarity, plan.method)
+
+
+def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
+    """The (agent, team) moves in batches of about ``APPLY_BATCH``, cut between teams.
+
+    Every agent has one move and all moves into a team share a batch, so no two batches
+    lock the same row. (Were they to share one, the second would only wait: every batch
+    locks its agents and then its teams in id order.)
+    """
+    by_team: dict[int, list[tuple[int, int]]] = {}
+    for agent, team in sorted(placements.items()):
+        by_team.setdefault(team, []).append((agent, team))
+    batches: list[list[tuple[int, int]]] = [[]]
+    for team in sorted(by_team):
+        if len(batches[-1]) >= APPLY_BATCH:
+            batches.append([])
+        batches[-1] += by_team[team]
+    return [batch for batch in batches if batch]
+
+
+def _apply_committed(
+    sessions: sessionmaker[Session], plan: Plan, batch: list[tuple[int, int]], ctx: WriteContext
+) -> list[dict[str, Any]]:
+    """One batch in its own transaction; the refused moves as unplaced entries."""
+    agents = {plan.agents[a].id: plan.agents[a] for a, _ in batch}
+    with transaction(sessions) as session:
+        refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx,
+                              required=plan.required)
+    return [_unplaced(agents[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
 
 
 def apply_batch(
@@ -114,7 +171,7 @@ def apply_batch(
     once under those locks, and every move is re-checked: a seat taken since the plan
     was made is refused here, never over-filled. Returns the refused moves with reasons.
     """
-    agents = _lock_agents(session, [a for a, _ in moves])
+    agents, held = _lock_agents(session, [a for a, _ in moves])
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
@@ -122,7 +179,7 @@ def apply_batch(
     refused = []
     for agent_id, team_id in moves:
         agent, team = agents[agent_id], teams[team_id]
-        reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()))
+        reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
         if reasons:
             refused.append((agent_id, "not-eligible", "; ".join(reasons)))
         elif agent.team_id == team.id:
@@ -134,39 +191,44 @@ def apply_batch(
                 taken[agent.team_id] = taken.get(agent.team_id, 1) - 1
             taken[team.id] = taken.get(team.id, 0) + 1
             agent.team_id = team.id
-            record_version(session, agent, ctx, text_changed=False, flush=False)
+            record_version(session, agent, ctx, text_changed=False, flush=False, content=_agent_content(agent, held[agent_id]))
     _insert_versions(session)
     session.flush()
     return refused
 
 
-# Columns the re-check and the chain version read: the governed fields and the head.
-# Not the constitution results (rewritten by the version), timestamps or the embedding.
-_LOCKED_AGENT_COLUMNS = [getattr(Agent, f) for f in GOVERNED_FIELDS[EntityType.AGENT] if f not in SKILL_ID_FIELDS] + [
-    Agent.version, Agent.head_link_hash]
+# The locked agent's columns that are governed content (all of it but the skill ids),
+# plus its chain head. Not the constitution results (the version rewrites them),
+# timestamps or the embedding.
+_AGENT_CONTENT_COLUMNS = [f for f in GOVERNED_FIELDS[EntityType.AGENT] if f not in SKILL_ID_FIELDS]
+_LOCKED_AGENT_COLUMNS = [getattr(Agent, f) for f in _AGENT_CONTENT_COLUMNS] + [Agent.version, Agent.head_link_hash]
 
 
-def _lock_agents(session: Session, agent_ids: list[uuid.UUID]) -> dict[uuid.UUID, Agent]:
-    """Lock the agents in id order and load them fresh, with their skills.
+def _lock_agents(
+    session: Session, agent_ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, Agent], dict[uuid.UUID, list[uuid.UUID]]]:
+    """Lock the agents in id order and load them fresh; also the skill ids each holds.
 
-    The skills collection is filled from one plain query on ``agent_skills`` rather than
-    a relationship loader (per-parent loader work was a large share of a bulk run); it is
-    read after the agent rows are locked, and every change to an agent's skills locks
-    the agent row first, so it is current.
+    The skill ids come from one plain query on ``agent_skills``, not the ``skills``
+    relationship: a loaded collection costs the flush a many-to-many history check per
+    agent, a large share of a bulk run. They are read after the agent rows are locked,
+    and every change to an agent's skills locks the agent row first, so they are current.
     """
     agents = {a.id: a for a in session.scalars(
         select(Agent).where(_one_of(Agent.id, agent_ids)).order_by(Agent.id).with_for_update()
         .options(load_only(*_LOCKED_AGENT_COLUMNS)).execution_options(populate_existing=True))}
     held: dict[uuid.UUID, list[uuid.UUID]] = {agent_id: [] for agent_id in agents}
     for agent_id, skill_id in session.execute(
-            select(agent_skills.c.agent_id, agent_skills.c.skill_id).where(_one_of(agent_skills.c.agent_id, agents))
-            .order_by(agent_skills.c.agent_id, agent_skills.c.skill_id)):
+            select(agent_skills.c.agent_id, agent_skills.c.skill_id).where(_one_of(agent_skills.c.agent_id, agents))):
         held[agent_id].append(skill_id)
-    skills = {s.id: s for s in session.scalars(
-        select(Skill).where(Skill.id.in_({i for ids in held.values() for i in ids})).options(load_only(Skill.id)))}
-    for agent_id, agent in agents.items():
-        attributes.set_committed_value(agent, "skills", [skills[i] for i in held[agent_id]])
-    return agents
+    return agents, held
+
+
+def _agent_content(agent: Agent, skill_ids: list[uuid.UUID]) -> dict[str, Any]:
+    """The agent's governed content, built as ``governed_content(agent)`` would be but
+    with the skill ids read under the lock instead of through the relationship."""
+    row = {f: getattr(agent, f) for f in _AGENT_CONTENT_COLUMNS}
+    return governed_content(EntitySnapshot(EntityType.AGENT, row, skill_ids=skill_ids))
 
 
 def _one_of(column: Any, ids: Iterable[uuid.UUID]) -> Any:
@@ -197,9 +259,10 @@ def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> di
 
 def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
     agents, agent_vectors = _agents(session, agent_ids, all_unassigned)
-    teams = list(session.scalars(
-        select(Team).options(undefer(Team.embedding))
-        .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)))
+    team_rows = session.execute(
+        select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, type_coerce(Team.embedding, Text))
+        .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)).all()
+    teams = [PlannedTeam(*row[:5]) for row in team_rows]
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
     for agent in agents:  # an agent being re-planned does not hold on to its current seat
         if agent.team_id is not None:
@@ -210,7 +273,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
     eligible = eligible_teams(agents, teams, required)
     problem = AssignmentProblem(
         agent_vectors=agent_vectors,
-        team_vectors=_matrix(t.embedding for t in teams),
+        team_vectors=_parse_vectors([row[5] for row in team_rows]),
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
         eligible=eligible,
     )
@@ -220,7 +283,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
 
 
 def eligible_teams(
-    agents: list[PlannedAgent] | list[Agent], teams: list[Team], required: dict[Any, set[uuid.UUID]]
+    agents: list[PlannedAgent] | list[Agent], teams: list[PlannedTeam] | list[Team], required: dict[Any, set[uuid.UUID]]
 ) -> list[list[int]]:
     """For each agent, the indices of the teams it may join (capacity aside).
 
@@ -269,7 +332,7 @@ def _agents(
     elif all_unassigned:
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
     else:
-        return [], _matrix([])
+        return [], _parse_vectors([])
     rows = session.execute(query).all()
     agents = [PlannedAgent(*row[:6], frozenset(row[6] or ())) for row in rows]
     return agents, _parse_vectors([row[7] for row in rows])
@@ -287,8 +350,3 @@ def _parse_vectors(texts: list[str | None]) -> np.ndarray:
         flat = np.fromstring(",".join(texts[i][1:-1] for i in present), dtype=np.float64, sep=",")
         matrix[present] = flat.reshape(len(present), EMBEDDING_DIM)
     return matrix
-
-
-def _matrix(vectors: Any) -> np.ndarray:
-    rows = [np.zeros(EMBEDDING_DIM) if v is None else np.asarray(v, dtype=np.float64) for v in vectors]
-    return np.vstack(rows) if rows else np.zeros((0, EMBEDDING_DIM))

@@ -102,18 +102,26 @@ def update_entity(
 
 
 def record_version(
-    session: Session, entity: GovernedEntity, ctx: WriteContext, *, text_changed: bool, flush: bool = True
+    session: Session,
+    entity: GovernedEntity,
+    ctx: WriteContext,
+    *,
+    text_changed: bool,
+    flush: bool = True,
+    content: dict[str, Any] | None = None,
 ) -> GovernedEntity:
     """Append the entity's changed state as a chain version, gate it, and flush.
 
     Raises ``ConstitutionViolation`` (nothing is written) when an error rule breaks.
     With ``flush=False`` a bulk caller flushes many writes at once (and gives up the
     per-write mapping of unique violations to 409s: it must not change unique fields).
+    ``content`` is the entity's governed content when the caller already built it (a
+    bulk caller that read the skill ids itself rather than loading the relationship).
     """
     entity_type = entity.entity_type_value
     if text_changed:
         entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
-    content = governed_content(entity)
+    content = content if content is not None else governed_content(entity)
     append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content)
     l0, l1 = enforce(rule_subject(session, entity, content=content))
     entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()

@@ -1,14 +1,18 @@
 """Team assignment rules, automatic choice, bulk planning and concurrency on real Postgres."""
 
+import json
 import threading
 import uuid
 
 import pytest
+from sqlalchemy import select
+
+from models import bulk_assignment
 
 from models.assignment import assign_agent, rank_teams
 from models.errors import NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
-from models.chain import history
+from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, Team
 from models.registry import create_entity, update_entity
@@ -148,7 +152,7 @@ def test_twenty_parallel_assignments_to_five_seats(engine, write_ctx, committed_
         assert session.get(Team, team_id).capacity == 5
 
 
-def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, committed_steward) -> None:
+def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, keyring, committed_steward, monkeypatch) -> None:
     sessions = make_session_factory(engine)
     with transaction(sessions) as session:
         world = World(session, write_ctx, committed_steward)
@@ -157,14 +161,31 @@ def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, com
         for i in range(7):
             world.agent(f"Bulk member {i}")
     reports = []
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 2)  # three batches, two in flight at a time
     outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
                                    progress=lambda d, t, m=None: reports.append((d, t)))
     # The steward (another role, no team of its role) is unassigned too.
     assert outcome.placed == 6
     assert {u["reason"] for u in outcome.unplaced} == {"eligible-teams-full", "no-eligible-team"}
-    assert reports[-1] == (6, 6)
+    assert reports[0] == (0, 6) and reports[-1] == (6, 6) and len(reports) == 4
     with sessions() as session:
-        assert session.query(Agent).filter(Agent.team_id.is_not(None)).count() == 6
+        placed = session.scalars(select(Agent).where(Agent.team_id.is_not(None))).all()
+        assert len(placed) == 6
+        for agent in placed:  # each move appended one signed, linked version holding the new team
+            assert verify_entity(session, entity=agent, keyring=keyring).ok
+            head = history(session, entity_id=agent.id)[-1]
+            assert head.version == 2 and json.loads(head.content)["team_id"] == str(agent.team_id)
+            assert json.loads(head.content)["skill_ids"] == sorted(str(s.id) for s in agent.skills)
+
+
+def test_batches_are_cut_between_teams(monkeypatch) -> None:
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 4)
+    placements = {agent: agent % 5 for agent in range(23)}  # teams of 4 or 5 moves
+    batches = bulk_assignment._batches(placements)
+    assert sorted(move for batch in batches for move in batch) == sorted(placements.items())
+    teams = [{team for _, team in batch} for batch in batches]
+    assert all(a.isdisjoint(b) for i, a in enumerate(teams) for b in teams[i + 1:])
+    assert len(batches) == 5 and all(len(batch) <= 4 + 5 for batch in batches)
 
 
 def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session, write_ctx) -> None:
