@@ -63,7 +63,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[Timestamp | None]
     cancel_requested_at: Mapped[Timestamp | None]
-    # Last successful publish. NULL: the outbox still has to publish it.
+    # Stamped when the job was (or, set in the INSERT, is about to be) published.
+    # NULL: the outbox still has to publish it.
     enqueued_at: Mapped[Timestamp | None]
     created_at: Mapped[CreatedAt]
     started_at: Mapped[Timestamp | None]
