@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, Text, any_, func, insert, literal, select, type_coerce
+from sqlalchemy import ARRAY, LargeBinary, any_, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
@@ -260,7 +260,7 @@ def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> di
 def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
     agents, agent_vectors = _agents(session, agent_ids, all_unassigned)
     team_rows = session.execute(
-        select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, type_coerce(Team.embedding, Text))
+        select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, _binary(Team.embedding))
         .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)).all()
     teams = [PlannedTeam(*row[:5]) for row in team_rows]
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
@@ -273,7 +273,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
     eligible = eligible_teams(agents, teams, required)
     problem = AssignmentProblem(
         agent_vectors=agent_vectors,
-        team_vectors=_parse_vectors([row[5] for row in team_rows]),
+        team_vectors=_vectors([row[5] for row in team_rows]),
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
         eligible=eligible,
     )
@@ -326,27 +326,30 @@ def _agents(
     held = (select(func.array_agg(agent_skills.c.skill_id)).where(agent_skills.c.agent_id == Agent.id)
             .scalar_subquery())
     query = select(Agent.id, Agent.name, Agent.status, Agent.job_role_id, Agent.industry_id, Agent.team_id, held,
-                   type_coerce(Agent.embedding, Text)).order_by(Agent.id)
+                   _binary(Agent.embedding)).order_by(Agent.id)
     if agent_ids:
         query = query.where(_one_of(Agent.id, agent_ids))
     elif all_unassigned:
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
     else:
-        return [], _parse_vectors([])
+        return [], _vectors([])
     rows = session.execute(query).all()
     agents = [PlannedAgent(*row[:6], frozenset(row[6] or ())) for row in rows]
-    return agents, _parse_vectors([row[7] for row in rows])
+    return agents, _vectors([row[7] for row in rows])
 
 
-def _parse_vectors(texts: list[str | None]) -> np.ndarray:
-    """pgvector's text form (``[0.1,0.2,...]``) of many vectors, parsed in one NumPy call.
+def _binary(embedding: Any) -> Any:
+    return func.vector_send(embedding, type_=LargeBinary)
 
-    The same decimal strings the ORM type parses one float at a time, so the same values;
-    a missing embedding is a zero row, as before.
-    """
-    present = [i for i, t in enumerate(texts) if t is not None]
-    matrix = np.zeros((len(texts), EMBEDDING_DIM))
+
+def _vectors(blobs: list[bytes | None]) -> np.ndarray:
+    """Embeddings in pgvector's binary form (``vector_send``: u16 dim, u16 unused, then
+    big-endian float4s) as one float64 matrix, read by NumPy in one call rather than
+    parsed from decimal text. The values are the stored float4s exactly. A missing
+    embedding is a zero row, as before."""
+    present = [i for i, blob in enumerate(blobs) if blob is not None]
+    matrix = np.zeros((len(blobs), EMBEDDING_DIM))
     if present:
-        flat = np.fromstring(",".join(texts[i][1:-1] for i in present), dtype=np.float64, sep=",")
-        matrix[present] = flat.reshape(len(present), EMBEDDING_DIM)
+        raw = np.frombuffer(b"".join(blobs[i] for i in present), dtype=">f4")  # type: ignore[misc]
+        matrix[present] = raw.reshape(len(present), 1 + EMBEDDING_DIM)[:, 1:]
     return matrix

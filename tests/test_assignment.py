@@ -1,9 +1,11 @@
 """Team assignment rules, automatic choice, bulk planning and concurrency on real Postgres."""
 
 import json
+import struct
 import threading
 import uuid
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -14,6 +16,7 @@ from models.errors import NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
 from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
+from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, Team
 from models.registry import create_entity, update_entity
 
@@ -122,6 +125,14 @@ def test_bulk_plan_places_everyone_it_can_and_says_why_not(world, db_session, wr
     reasons = {plan.agents[i].name: r for i, r in plan.unplaced.items()}
     assert reasons["No team for me"] == "no-eligible-team"
     assert list(reasons.values()).count("eligible-teams-full") == 1
+    # The plan reads the stored embeddings (binary float4) and the skill ids as plain rows.
+    by_id = {a.id: a for a in [*agents, loner]}
+    assert [a.id for a in plan.agents] == sorted(by_id)
+    for i, planned in enumerate(plan.agents):
+        assert np.allclose(plan.problem.agent_vectors[i], by_id[planned.id].embedding, rtol=0, atol=1e-7)
+        assert planned.skill_ids == {s.id for s in by_id[planned.id].skills}
+    for t, team in enumerate(plan.teams):
+        assert np.allclose(plan.problem.team_vectors[t], db_session.get(Team, team.id).embedding, rtol=0, atol=1e-7)
 
 
 def test_twenty_parallel_assignments_to_five_seats(engine, write_ctx, committed_steward) -> None:
@@ -216,3 +227,10 @@ def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_
     expected = [[t for t, team in enumerate(teams) if not ineligibility(a, team, required.get(a.job_role_id, set()))]
                 for a in agents]
     assert eligible_teams(agents, teams, required) == expected
+
+
+def test_plan_vectors_are_read_from_pgvector_binary_with_zeros_for_missing() -> None:
+    blob = struct.pack(">HH", EMBEDDING_DIM, 0) + np.arange(EMBEDDING_DIM, dtype=">f4").tobytes()
+    vectors = bulk_assignment._vectors([None, blob])
+    assert vectors.shape == (2, EMBEDDING_DIM) and not vectors[0].any()
+    assert vectors[1].tolist() == list(range(EMBEDDING_DIM))
