@@ -12,9 +12,10 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, func, select
+from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
@@ -39,7 +40,22 @@ class ApiKey(Base):
 
     def grants(self, scope: str) -> bool:
         """Whether this key may act with ``scope`` (scopes nest: admin > write > read)."""
-        return any(SCOPES.index(held) >= SCOPES.index(scope) for held in self.scopes)
+        return scopes_grant(self.scopes, scope)
+
+
+def scopes_grant(held: Sequence[str], scope: str) -> bool:
+    return any(SCOPES.index(h) >= SCOPES.index(scope) for h in held)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The live key a request was made with: its id (for attribution) and scopes."""
+
+    id: uuid.UUID
+    scopes: tuple[str, ...]
+
+    def grants(self, scope: str) -> bool:
+        return scopes_grant(self.scopes, scope)
 
 
 @dataclass(frozen=True)
@@ -69,14 +85,19 @@ def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext:
     return IssuedKey(key, plaintext)
 
 
-def authenticate(session: Session, presented: str) -> ApiKey | None:
+_KEYS = ApiKey.__table__.c
+# Every API request runs this: built once, and read as a plain row.
+_LOOKUP = select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None))
+
+
+def authenticate(session: Session, presented: str) -> Caller | None:
     """The live key matching ``presented``, or None. The lookup is by hash, so timing
     reveals nothing about stored keys; the final compare is constant-time anyway."""
     digest = hash_key(presented)
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
-    if key is None or not hmac.compare_digest(bytes(key.key_hash), digest):
+    row = session.execute(_LOOKUP, {"digest": digest}).one_or_none()
+    if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
         return None
-    return key
+    return Caller(row.id, tuple(row.scopes))
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

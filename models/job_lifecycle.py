@@ -12,14 +12,14 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Integer, Interval, Text, Update, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.errors import JobCancelled, JobNotCancellable, NotFound, StaleAttempt
-from models.jobs import TERMINAL_STATUSES, Job, JobStatus
+from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 from models.pagination import Page, keyset_page
 
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
@@ -35,54 +35,15 @@ class JobClaim:
     attempt: int
 
 
-def create_job(
-    session: Session, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
-) -> Job:
-    """Insert a queued job. The caller publishes its message only after committing.
-
-    ``to_publish`` stamps ``enqueued_at`` in the INSERT, for a caller that publishes right
-    after the commit and calls :func:`mark_unpublished` if that fails: a successful submit
-    then costs no second write. Without it the row starts in the outbox.
-    """
-    # INSERT ... RETURNING loads the whole row (server defaults, JSONB as stored) in one
-    # round trip, where add + flush + refresh took two.
-    values: dict[str, Any] = {"kind": kind, "params": params, "queue": queue, "status": JobStatus.QUEUED.value}
-    if to_publish:
-        values["enqueued_at"] = func.now()
-    return session.scalars(insert(Job).values(**values).returning(Job)).one()
-
-
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
-        raise NotFound(f"no job with id {job_id}", id=str(job_id))
-    return job
-
-
-def list_jobs(
-    session: Session,
-    *,
-    status: str | None = None,
-    kind: str | None = None,
-    page_size: int = 50,
-    page_token: str | None = None,
-) -> Page[Job]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(Job)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    return keyset_page(session, query, Job, page_size=page_size, page_token=page_token)
-
-
-# The worker's statements (claim, checkpoints, outcome) run for every job, so they are
-# built once, as Core statements on the table with bound parameters. Built per call as
-# ORM-enabled UPDATEs they cost about four times the CPU (statement construction, cache
-# key, ORM bookkeeping for objects that are never in the session).
+# The statements every job goes through (insert, reads, claim, checkpoints, outcome) are
+# Core statements on the table, built once where they can be, with bound parameters.
+# Built per call as ORM statements they cost two to four times the CPU (statement
+# construction, cache key, ORM bookkeeping for objects nobody changes); reads return
+# plain rows (JobRecord).
 _JOBS = Job.__table__.c
 _NOW = func.now()
 _LEASE_END = _NOW + bindparam("lease", type_=Interval())
+_GET = select(*RECORD_COLUMNS).where(_JOBS.id == bindparam("job_id"))
 _CLAIMABLE = or_(
     _JOBS.status == JobStatus.QUEUED.value,
     and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
@@ -107,6 +68,49 @@ _ADD_PROGRESS = _OWNED.values(
     progress_total=func.coalesce(bindparam("total", type_=Integer()), _JOBS.progress_total),
     progress_message=bindparam("message", type_=Text()),
 ).returning(_JOBS.cancel_requested_at)
+
+
+def create_job(
+    session: Session, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
+) -> JobRecord:
+    """Insert a queued job and return its row. The caller publishes its message only
+    after committing.
+
+    ``to_publish`` stamps ``enqueued_at`` in the INSERT, for a caller that publishes right
+    after the commit and calls :func:`mark_unpublished` if that fails: a successful submit
+    then costs no second write. Without it the row starts in the outbox.
+    """
+    # INSERT ... RETURNING gives the whole row (server defaults, JSONB as stored) in one
+    # round trip.
+    values: dict[str, Any] = {"kind": kind, "params": params, "queue": queue, "status": JobStatus.QUEUED.value}
+    if to_publish:
+        values["enqueued_at"] = func.now()
+    return cast(JobRecord, session.execute(insert(Job.__table__).values(**values).returning(*Job.__table__.c)).one())
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
+    """The job's row as it is now (a plain row: nothing is tracked or cached)."""
+    row = session.execute(_GET, {"job_id": job_id}).one_or_none()
+    if row is None:
+        raise NotFound(f"no job with id {job_id}", id=str(job_id))
+    return cast(JobRecord, row)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    page_size: int = 50,
+    page_token: str | None = None,
+) -> Page[Job]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    return keyset_page(session, query, Job, page_size=page_size, page_token=page_token)
 
 
 def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int) -> JobClaim | None:

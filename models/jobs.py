@@ -7,8 +7,10 @@ that holds it and its lease, and ``attempts``, which doubles as a fencing token.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
 from sqlalchemy import CheckConstraint, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -75,3 +77,23 @@ class Job(Base):
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
 
+
+class JobRecord(Protocol):
+    """A job as clients see it: a :class:`Job`, or a row of these columns (faster to read)."""
+
+    id: uuid.UUID
+    kind: str
+    status: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    progress_done: int
+    progress_total: int | None
+    progress_message: str | None
+    attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+RECORD_COLUMNS = tuple(Job.__table__.c[name] for name in JobRecord.__annotations__)

@@ -32,6 +32,11 @@ def _claim(session: Session, job: Job):
     return claim
 
 
+def _stored(session: Session, job_id: uuid.UUID) -> Job:
+    """The whole row, internals (worker, lease) included, as stored now."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
 def test_create_is_queued_with_params(db_session: Session) -> None:
     job = _new(db_session)
     assert job.status == "queued"
@@ -44,7 +49,7 @@ def test_claim_moves_to_running_and_counts_attempts(db_session: Session) -> None
     job = _new(db_session)
     claim = _claim(db_session, job)
     assert claim.attempt == 1
-    row = get_job(db_session, job.id)
+    row = _stored(db_session, job.id)
     assert (row.status, row.attempts, row.worker) == ("running", 1, "w1")
     assert row.started_at is not None and row.lease_expires_at is not None
 
@@ -81,7 +86,7 @@ def test_progress_and_success(db_session: Session) -> None:
     row = get_job(db_session, job.id)
     assert (row.progress_done, row.progress_total, row.progress_message) == (1, 4, "one")
     finish_job(db_session, claim=claim, status=JobStatus.SUCCEEDED, result={"slept": 0})
-    row = get_job(db_session, job.id)
+    row = _stored(db_session, job.id)
     assert row.status == "succeeded" and row.finished_at is not None and row.lease_expires_at is None
     assert row.progress_done == 4
 

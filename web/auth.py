@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 from sqlalchemy.exc import DBAPIError
 
-from models.api_keys import ApiKey, authenticate
+from models.api_keys import Caller, authenticate
 from web.problems import problem_response
 from web.services import close_db_session, db_session
 
@@ -60,7 +60,7 @@ def check_api_key() -> Response | None:
     return None
 
 
-def _lookup(presented: str) -> ApiKey | None:
+def _lookup(presented: str) -> Caller | None:
     """The key lookup, the request's first statement. A pooled connection that died while
     idle for less than the ping threshold (``models.db.ping_idle_connections``) fails it;
     SQLAlchemy has then dropped every such connection, so it is retried once, fresh."""
@@ -74,7 +74,7 @@ def _lookup(presented: str) -> ApiKey | None:
 
 
 def current_actor() -> str:
-    key: ApiKey | None = g.get("api_key")
+    key: Caller | None = g.get("api_key")
     return f"api-key:{key.id}" if key is not None else "api"
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import Response, g, json, request
+from flask import Response, g, request
 
 from models.canonical import canonical_bytes
 from models.idempotency import bind_key, claim_key, validate_key
 from models.job_lifecycle import create_job, get_job, mark_unpublished
-from models.jobs import Job
+from models.jobs import JobRecord
 from tasks.dispatch import publish_job, route_for
 from web.schemas import JobOut
 from web.services import db_session, services
@@ -28,11 +28,11 @@ JOBS_PATH = "/api/v1/jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def job_body(job: Job) -> bytes:
-    return json.dumps(JobOut.of(job).model_dump(mode="json")).encode()
+def job_body(job: JobRecord) -> bytes:
+    return JobOut.of(job).model_dump_json().encode()
 
 
-def job_response(job: Job, status: int = 200) -> Response:
+def job_response(job: JobRecord, status: int = 200) -> Response:
     body = job_body(job)
     etag = hashlib.sha256(body).hexdigest()[:32]
     if status == 200 and etag in request.if_none_match:
@@ -44,7 +44,7 @@ def job_response(job: Job, status: int = 200) -> Response:
     return response
 
 
-def _accepted(job: Job, *, replayed: bool = False) -> Response:
+def _accepted(job: JobRecord, *, replayed: bool = False) -> Response:
     response = job_response(job, status=202)
     response.headers["Location"] = f"{JOBS_PATH}/{job.id}"
     response.headers["Retry-After"] = str(services().settings.retry_after_seconds)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
-from models.jobs import Job, JobStatus
+from models.jobs import JobRecord, JobStatus
 
 
 class Progress(BaseModel):
@@ -68,7 +68,7 @@ class JobOut(BaseModel):
         return rfc3339_utc(value)
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: JobRecord) -> JobOut:
         return cls(
             id=job.id,
             kind=job.kind,

@@ -11,7 +11,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from web.auth import BEARER
 
 from models.job_lifecycle import get_job, list_jobs, request_cancel
-from models.jobs import Job, JobStatus
+from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
 from web.services import db_session
@@ -27,7 +27,7 @@ def show_job(path: JobPath, query: JobGetQuery) -> Response:
     return job_response(_wait_until_terminal(path.job_id, query.wait))
 
 
-def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> Job:
+def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> JobRecord:
     session = db_session()
     deadline = time.monotonic() + seconds
     job = get_job(session, job_id)
