@@ -2,10 +2,11 @@
 
 The plan maximizes, first, how many agents get a seat and then their total similarity
 (agent embedding · team embedding) under the eligibility rules and the teams' free
-seats (``models.assignment_solver``). It is then applied through the same single-agent
-assignment path, under the same locks, so a seat taken meanwhile by someone else shows
-up as an unplaced agent with its reason instead of an over-full team. Because it
-commits per batch, it takes a session factory rather than one session.
+seats (``models.assignment_solver``). It is then applied under the same rules and
+locks as a single assignment, so a seat taken meanwhile by someone else shows up as an
+unplaced agent with its reason instead of an over-full team. Because it commits per
+batch, and applies two batches at a time, it takes a session factory rather than one
+session.
 """
 
 from __future__ import annotations

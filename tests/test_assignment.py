@@ -12,7 +12,7 @@ from sqlalchemy import select
 from models import bulk_assignment
 
 from models.assignment import assign_agent, rank_teams
-from models.errors import NoEligibleTeam, NotEligible, TeamFull
+from models.errors import JobCancelled, NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
 from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
@@ -187,6 +187,28 @@ def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, key
             head = history(session, entity_id=agent.id)[-1]
             assert head.version == 2 and json.loads(head.content)["team_id"] == str(agent.team_id)
             assert json.loads(head.content)["skill_ids"] == sorted(str(s.id) for s in agent.skills)
+
+
+def test_a_cancelled_bulk_assignment_stops_at_a_batch_boundary(engine, write_ctx, committed_steward, monkeypatch) -> None:
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        teams = [world.team(f"Solo team {i}", capacity=1).id for i in range(8)]
+        for i in range(8):
+            world.agent(f"Solo member {i}")
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 1)  # eight batches
+
+    def cancel_after_the_first_batch(done, total, message=None):
+        if done:
+            raise JobCancelled("cancelled")
+
+    with pytest.raises(JobCancelled):
+        assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                             progress=cancel_after_the_first_batch)
+    with sessions() as session:  # batches in flight completed; those not started did not run
+        seated = session.scalars(select(Agent).where(Agent.team_id.is_not(None))).all()
+        assert 1 <= len(seated) < 8 and {a.team_id for a in seated} <= set(teams)
+        assert len({a.team_id for a in seated}) == len(seated)
 
 
 def test_batches_are_cut_between_teams(monkeypatch) -> None:
