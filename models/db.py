@@ -7,11 +7,12 @@ functions take a ``Session`` and only flush; the edge (a request or a task) comm
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
@@ -42,8 +43,9 @@ def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:
     replaced before anyone uses it (the pool retries the checkout). So a database restart
     stays invisible, because a restart takes longer than the threshold. A connection that
     dies within it fails its next statement; SQLAlchemy then drops every pooled connection
-    made before the failure, and the API's first statement of a request is retried once
-    on a fresh connection (``web.auth``).
+    made before the failure, and the callers that open a unit of work (the API's key
+    lookup, the worker's claim, checkpoint and outcome) run it once more on a fresh
+    connection (:func:`retry_if_disconnected`).
     """
 
     @event.listens_for(engine, "checkin")
@@ -59,6 +61,27 @@ def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as error:
             raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
+
+
+T = TypeVar("T")
+
+
+def retry_if_disconnected(action: Callable[[], T], *, before_retry: Callable[[], None] | None = None) -> T:
+    """Run ``action``; if its pooled connection turned out dead, run it once more.
+
+    Only for an action that is a unit of work of its own (it opens, and ends, its own
+    transaction or autocommitted statement), so nothing half-done is repeated: the dead
+    connection's transaction is gone with it. SQLAlchemy has dropped every pooled
+    connection made before the failure, so the second run gets a fresh one.
+    """
+    try:
+        return action()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        if before_retry is not None:
+            before_retry()
+        return action()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

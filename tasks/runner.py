@@ -33,7 +33,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import single_statement, transaction
+from models.db import retry_if_disconnected, single_statement, transaction
 from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, StaleAttempt, TransientJobError
 from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, report_progress
 from models.job_recovery import full_jitter_backoff, release_for_retry
@@ -117,11 +117,14 @@ class RowProgress:
         """Write the pending checkpoint, if any; True when a cancel was requested."""
         if self.pending is None:
             return False
-        with single_statement(self._sessions) as session:
-            cancel_requested = report_progress(
-                session, claim=self.claim, done=self.pending.done, total=self.pending.total,
-                message=self.pending.message, lease_seconds=self._lease_seconds,
-            )
+        checkpoint = self.pending
+
+        def write() -> bool:
+            with single_statement(self._sessions) as session:
+                return report_progress(session, claim=self.claim, done=checkpoint.done, total=checkpoint.total,
+                                       message=checkpoint.message, lease_seconds=self._lease_seconds)
+
+        cancel_requested = retry_if_disconnected(write)
         self.pending, self._written_at = None, self._clock()
         return cancel_requested
 
@@ -133,10 +136,13 @@ def backoff_seconds(attempt: int) -> float:
 
 def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
-    try:
+    def claim_it() -> JobClaim | None:
         with single_statement(runtime.session_factory()) as session:
-            claim = claim_job(session, job_id=uuid.UUID(job_id), worker=worker_identity(),
-                              lease_seconds=runtime.settings().job_lease_seconds)
+            return claim_job(session, job_id=uuid.UUID(job_id), worker=worker_identity(),
+                             lease_seconds=runtime.settings().job_lease_seconds)
+
+    try:
+        claim = retry_if_disconnected(claim_it)
     except TRANSIENT_ERRORS as exc:
         # Nothing was claimed; the same message comes back after a backoff.
         retries = task.request.retries
@@ -155,9 +161,12 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
 
 def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
             progress: Checkpoint | None = None) -> dict[str, Any]:
-    try:
+    def finish() -> None:
         with single_statement(runtime.session_factory()) as session:
             finish_job(session, claim=claim, status=status, result=result, error=error, progress=progress)
+
+    try:
+        retry_if_disconnected(finish)
     except StaleAttempt:
         log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
         return {"job_id": str(claim.job_id), "skipped": "superseded"}

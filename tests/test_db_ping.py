@@ -1,4 +1,5 @@
-"""Dead pooled connections: pinged when idle, retried once by the API when not.
+"""Dead pooled connections: pinged when idle, and otherwise retried once by the units of
+work that open a request or a job step (the key lookup, claim, checkpoint, outcome).
 
 Each test has a database of its own, and kills that database's server processes with
 ``pg_terminate_backend`` (what a database restart or a failover does to every
@@ -7,15 +8,19 @@ connection), so no other test's connections are touched.
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.api_keys import create_api_key
-from models.db import make_engine
+from models.db import make_engine, single_statement, transaction
+from models.job_lifecycle import claim_job, create_job, get_job
 from models.migrate import upgrade_head
+from tasks.runner import RowProgress
 from web import create_app
 
 DATABASE = "plant_ping"
@@ -80,3 +85,21 @@ def test_the_api_retries_a_requests_first_statement_on_a_fresh_connection(ping_s
         assert response.status_code == 200, response.get_json()
     finally:
         app.extensions["plant"].engine.dispose()
+
+
+def test_a_workers_checkpoint_is_written_on_a_fresh_connection_after_its_own_died(ping_settings, pg_admin_url) -> None:
+    upgrade_head(ping_settings.database_url)
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    try:
+        with transaction(sessions) as session:
+            job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 2}).id
+        with single_statement(sessions) as session:
+            claim = claim_job(session, job_id=job_id, worker="w1", lease_seconds=60)
+        progress = RowProgress(claim, sessions=sessions, lease_seconds=60, min_interval=0.0, shutdown=threading.Event())
+        assert _kill_backends(pg_admin_url) == 1
+        progress(1, 2, "after the failover")
+        with sessions() as session:
+            assert get_job(session, job_id).progress_message == "after the failover"
+    finally:
+        engine.dispose()

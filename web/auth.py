@@ -9,9 +9,9 @@ The authenticated key is ``g.api_key``; chain writes are attributed to it.
 from __future__ import annotations
 
 from flask import Flask, Response, g, request
-from sqlalchemy.exc import DBAPIError
 
 from models.api_keys import Caller, authenticate
+from models.db import retry_if_disconnected
 from web.problems import problem_response
 from web.services import close_db_session, db_session
 
@@ -61,16 +61,9 @@ def check_api_key() -> Response | None:
 
 
 def _lookup(presented: str) -> Caller | None:
-    """The key lookup, the request's first statement. A pooled connection that died while
-    idle for less than the ping threshold (``models.db.ping_idle_connections``) fails it;
-    SQLAlchemy has then dropped every such connection, so it is retried once, fresh."""
-    try:
-        return authenticate(db_session(), presented)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        close_db_session()
-        return authenticate(db_session(), presented)
+    """The key lookup, the request's first statement: on a pooled connection that died
+    a moment ago it is retried once, fresh (``models.db.ping_idle_connections``)."""
+    return retry_if_disconnected(lambda: authenticate(db_session(), presented), before_retry=close_db_session)
 
 
 def current_actor() -> str:
