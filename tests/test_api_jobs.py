@@ -4,8 +4,15 @@ import time
 import uuid
 
 import pytest
+import redis
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+from sqlalchemy.orm import Session
 
+from models.db import make_engine
+from models.jobs import Job
 from web import create_app
+from web.schemas import JobListQuery
 
 
 @pytest.fixture
@@ -43,12 +50,6 @@ def test_starting_work_answers_202_with_location_retry_after_and_the_job(client)
 
 
 def test_a_published_job_is_out_of_the_outbox_and_its_message_is_in_the_queue(client, settings, redis_url) -> None:
-    import redis
-    from sqlalchemy.orm import Session
-
-    from models.db import make_engine
-    from models.jobs import Job
-
     quiet = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
     quiet.delete("default")
     job_id = _start(client).get_json()["id"]
@@ -191,11 +192,6 @@ def test_unknown_route_and_wrong_method_are_problems(client) -> None:
 
 def test_a_query_models_schema_is_built_once_and_each_caller_gets_its_own_copy() -> None:
     # flask-openapi3 asks for a query model's JSON schema on every request.
-    from pydantic import BaseModel
-    from pydantic.json_schema import GenerateJsonSchema
-
-    from web.schemas import JobListQuery
-
     class Counting(GenerateJsonSchema):
         runs = 0
 
@@ -213,8 +209,6 @@ def test_a_query_models_schema_is_built_once_and_each_caller_gets_its_own_copy()
 def test_submitting_a_job_writes_one_message_and_no_task_sent_event(client, redis_url) -> None:
     # The jobs table shows what waits for a worker; a task-sent event would be a second
     # broker write per job (worker events for Flower start at task-received).
-    import redis
-
     quiet = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
     events = quiet.pubsub()
     events.psubscribe("*celeryev*")
