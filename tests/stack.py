@@ -3,6 +3,12 @@
 The suite's shared worker listens on the test Redis database 0; a ``ChaosStack``
 publishes to and consumes from another, so its processes can be killed, and its
 settings (short leases, fast recovery) changed, without touching other tests.
+
+A worker started with ``restart=True`` is restarted when it exits on its own, as the
+deployments do (docker-compose's ``restart: unless-stopped``, Cloud Run): kombu's Redis
+transport can crash a worker that loses the broker while it holds unacknowledged
+messages (``AttributeError: 'NoneType' object has no attribute 'hostname'`` in
+``restore_unacked``), and what the chaos tests check is that no job is lost then.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,8 @@ class ChaosStack:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
         self.celery = create_celery(self.settings)
+        self.restarts: Counter[str] = Counter()
+        self._stopping = threading.Event()
 
     def client(self, admin_key: str) -> Any:
         client = create_app(self.settings).test_client()
@@ -53,13 +63,26 @@ class ChaosStack:
     def node(self, name: str) -> str:
         return f"{name}-{os.getpid()}@{os.uname().nodename}"
 
-    def start_worker(self, name: str, concurrency: int = 2) -> subprocess.Popen:
-        process = self._spawn(name, ["worker", "-Q", "default,audit", "-c", str(concurrency), "-n", self.node(name),
-                                     "--without-mingle", "--without-gossip"])
+    def start_worker(self, name: str, concurrency: int = 2, *, restart: bool = False) -> subprocess.Popen:
+        argv = ["worker", "-Q", "default,audit", "-c", str(concurrency), "-n", self.node(name),
+                "--without-mingle", "--without-gossip"]
+        process = self._spawn(name, argv)
         wait_for(lambda: process.poll() is not None or self.celery.control.ping(timeout=0.5, destination=[self.node(name)]),
                  timeout=60, what=f"worker {name}")
         assert process.poll() is None, (self.log_dir / f"{name}.log").read_text()[-3000:]
+        if restart:
+            threading.Thread(target=self._supervise, args=(name, argv), daemon=True).start()
         return process
+
+    def _supervise(self, name: str, argv: list[str]) -> None:
+        """Restart ``name`` whenever it exits on its own, until :meth:`stop` or :meth:`kill`."""
+        while not self._stopping.wait(0.2):
+            process = self.processes.get(name)
+            if process is None:
+                return  # killed on purpose
+            if process.poll() is not None and not self._stopping.is_set():
+                self.restarts[name] += 1
+                self._spawn(name, argv)
 
     def start_beat(self) -> subprocess.Popen:
         return self._spawn("beat", ["beat", "-s", str(self.log_dir / "beat-schedule"), "--loglevel=INFO"])
@@ -70,6 +93,7 @@ class ChaosStack:
         process.wait()
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        self._stopping.set()
+        for process in list(self.processes.values()):
             stop_process_group(process)
         self.processes.clear()
