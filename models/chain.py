@@ -145,15 +145,46 @@ def verify_versions(
     """
     findings: list[ChainFinding] = []
     links = [bytes(r.link_hash) for r in rows]
-    position = {link: i for i, link in enumerate(links)}
+    position: dict[bytes, int] | None = None  # built only when a link is out of place
+    last = len(rows) - 1
+    every = signatures == "all"
+    expected_version, expected_prev = after
+    prefix_of: tuple[str, uuid.UUID] | None = None
+    prefix = hashlib.sha256()
     for i, row in enumerate(rows):
-        findings += _continuity(row, i, links, position, after)
-        findings += _hashes(row)
-        if signatures == "all" or i == len(rows) - 1:
-            pointer = links[i + 1 :][:1] and bytes(rows[i + 1].prev_link)
-            referenced = (pointer or head_link) == links[i]
+        expected_version += 1
+        prev = bytes(row.prev_link)
+        if row.version != expected_version or prev != expected_prev:
+            if position is None:
+                position = {link: n for n, link in enumerate(links)}
+            findings += _continuity(row, i, links, position, after)
+        expected_prev = link = links[i]
+        content_hash = bytes(row.content_hash)
+        if hashlib.sha256(bytes(row.content)).digest() != content_hash:
+            findings.append(ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash"))
+        else:
+            # The layout's (type, id) prefix is hashed once per entity; each version copies it.
+            if prefix_of != (row.entity_type, row.entity_id):
+                prefix_of = (row.entity_type, row.entity_id)
+                prefix = hashlib.sha256(_link_prefix(row.entity_type, row.entity_id))
+            recomputed = prefix.copy()
+            recomputed.update(_U64.pack(row.version) + prev + content_hash)
+            if recomputed.digest() != link:
+                findings.append(ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs"))
+        if every or i == last:
+            pointer = bytes(rows[i + 1].prev_link) if i < last else b""
+            referenced = (pointer or head_link) == link
             findings += _signature(row, keyring, referenced=referenced)
     return len(rows), findings
+
+
+_U64 = struct.Struct(">Q")
+
+
+def _link_prefix(entity_type: str, entity_id: uuid.UUID) -> bytes:
+    """The part of ``link_hash``'s layout before the version: domain, type and id."""
+    kind = entity_type.encode("ascii")
+    return LINK_DOMAIN + struct.pack(">H", len(kind)) + kind + entity_id.bytes
 
 
 def _continuity(
