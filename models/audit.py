@@ -66,7 +66,10 @@ def load_entities(session: Session, entity_type: EntityType, ids_query: Any) -> 
     table = ENTITY_MODELS[entity_type].__table__
     # Only what the checks read: never the embedding or the stored rule results.
     columns = [table.c[name] for name in (*GOVERNED_FIELDS[entity_type], "version", "head_link_hash") if name in table.c]
-    rows = session.execute(select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id)).mappings().all()
+    result = session.execute(select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id))
+    # Plain dicts from tuples: a RowMapping rebuilds its key view for every row it is copied from.
+    keys = tuple(result.keys())
+    rows = [dict(zip(keys, row)) for row in result.all()]
     link = LINK_TABLES.get(entity_type)
     if link is None:
         return [EntitySnapshot(entity_type, row) for row in rows]
@@ -120,7 +123,8 @@ def versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID
     grouped: dict[uuid.UUID, list[Any]] = defaultdict(list)
     connection = session.connection().connection.driver_connection
     with connection.cursor(binary=True, row_factory=namedtuple_row) as cursor:
-        for row in cursor.execute(VERSIONS_SQL, [ids]):
+        # fetchall builds the rows in one call; iterating the cursor costs a Python step per row.
+        for row in cursor.execute(VERSIONS_SQL, [ids]).fetchall():
             grouped[row.entity_id].append(row)
     return grouped
 
