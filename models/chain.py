@@ -62,17 +62,21 @@ class EntityVersion(Base):
 
 def link_hash(entity_type: str, entity_id: uuid.UUID, version: int, prev_link: bytes, content_hash: bytes) -> bytes:
     """SHA-256 over the fixed binary layout documented in the module docstring."""
+    return hashlib.sha256(_link_prefix(entity_type, entity_id) + _link_rest(version, prev_link, content_hash)).digest()
+
+
+# The layout in two parts, so that verification can hash an entity's prefix once.
+_U64 = struct.Struct(">Q")
+
+
+def _link_prefix(entity_type: str, entity_id: uuid.UUID) -> bytes:
+    """The part of ``link_hash``'s layout before the version: domain, type and id."""
     kind = entity_type.encode("ascii")
-    layout = (
-        LINK_DOMAIN
-        + struct.pack(">H", len(kind))
-        + kind
-        + entity_id.bytes
-        + struct.pack(">Q", version)
-        + prev_link
-        + content_hash
-    )
-    return hashlib.sha256(layout).digest()
+    return LINK_DOMAIN + struct.pack(">H", len(kind)) + kind + entity_id.bytes
+
+
+def _link_rest(version: int, prev_link: bytes, content_hash: bytes) -> bytes:
+    return _U64.pack(version) + prev_link + content_hash
 
 
 def append_version(
@@ -168,7 +172,7 @@ def verify_versions(
                 prefix_of = (row.entity_type, row.entity_id)
                 prefix = hashlib.sha256(_link_prefix(row.entity_type, row.entity_id))
             recomputed = prefix.copy()
-            recomputed.update(_U64.pack(row.version) + prev + content_hash)
+            recomputed.update(_link_rest(row.version, prev, content_hash))
             if recomputed.digest() != link:
                 findings.append(ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs"))
         if every or i == last:
@@ -176,15 +180,6 @@ def verify_versions(
             referenced = (pointer or head_link) == link
             findings += _signature(row, keyring, referenced=referenced)
     return len(rows), findings
-
-
-_U64 = struct.Struct(">Q")
-
-
-def _link_prefix(entity_type: str, entity_id: uuid.UUID) -> bytes:
-    """The part of ``link_hash``'s layout before the version: domain, type and id."""
-    kind = entity_type.encode("ascii")
-    return LINK_DOMAIN + struct.pack(">H", len(kind)) + kind + entity_id.bytes
 
 
 def _continuity(
@@ -199,15 +194,6 @@ def _continuity(
     if position.get(prev, -1) > i:
         return [ChainFinding("versions-out-of-order", row.version, "prev_link points at a later version")]
     return [ChainFinding("broken-link", row.version, "prev_link does not match the previous link")]
-
-
-def _hashes(row: EntityVersion) -> list[ChainFinding]:
-    if hashlib.sha256(bytes(row.content)).digest() != bytes(row.content_hash):
-        return [ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash")]
-    recomputed = link_hash(row.entity_type, row.entity_id, row.version, bytes(row.prev_link), bytes(row.content_hash))
-    if recomputed != bytes(row.link_hash):
-        return [ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs")]
-    return []
 
 
 def _signature(row: EntityVersion, keyring: KeyRing, *, referenced: bool) -> list[ChainFinding]:
