@@ -155,17 +155,28 @@ def db_session(engine: Engine) -> Iterator[Session]:
 def clean_db(engine: Engine) -> Iterator[None]:
     """For tests that commit: empty every table afterwards (the schema stays).
 
-    A worker may still be committing the last batch of a job the test saw cancelled; if
-    PostgreSQL picks the TRUNCATE as a deadlock victim, it is tried again.
+    A worker may still be in the last batch of a job the test saw cancelled, so the
+    TRUNCATE first waits until no other session of this database is inside a statement
+    or a transaction; should it still be picked as a deadlock victim, it is tried again.
     """
     yield
     for attempt in range(1, 4):
+        wait_for(lambda: _busy_sessions(engine) == 0, timeout=60, interval=0.1, what="the database to be quiet")
         try:
             _truncate_all(engine)
             return
         except OperationalError as error:
             if attempt == 3 or not isinstance(error.orig, psycopg.errors.DeadlockDetected):
                 raise
+
+
+def _busy_sessions(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+            " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
+        ))
 
 
 def _truncate_all(engine: Engine) -> None:
