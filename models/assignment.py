@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models.embeddings import cosine
 from models.entities import Agent, AgentStatus, EntityType, LifecycleStatus, Team, job_role_skills
-from models.errors import Conflict, InvalidInput, NoEligibleTeam, NotEligible, TeamFull
+from models.errors import NoEligibleTeam, NotEligible, TeamFull
 from models.registry import WriteContext, get_entity, lock_entity, record_version
 
 AUTO_CANDIDATES_SHOWN = 5

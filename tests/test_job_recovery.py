@@ -50,7 +50,7 @@ def test_a_fresh_unpublished_job_is_left_to_the_api(db_session) -> None:
 
 
 def test_lost_messages_are_republished_once_per_threshold(db_session) -> None:
-    lost, fresh = _job(db_session), _job(db_session, to_publish=True)
+    lost, _fresh = _job(db_session), _job(db_session, to_publish=True)  # fresh: published just now
     _age(db_session, lost, enqueued_at=OLD)
     assert [r.job_id for r in claim_lost_messages(db_session, older_than=MINUTE)] == [lost.id]
     assert claim_lost_messages(db_session, older_than=MINUTE) == []
