@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, exc
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
@@ -76,7 +75,7 @@ def retry_if_disconnected(action: Callable[[], T], *, before_retry: Callable[[],
     """
     try:
         return action()
-    except DBAPIError as error:
+    except exc.DBAPIError as error:
         if not error.connection_invalidated:
             raise
         if before_retry is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Response, g, request
 
 from models.canonical import canonical_bytes
+from models.db import single_statement
 from models.idempotency import bind_key, claim_key, validate_key
 from models.job_lifecycle import create_job, get_job, mark_unpublished
 from models.jobs import JobRecord
@@ -69,8 +70,6 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         bind_key(session, owner=owner, key=key, job_id=job.id)
     session.commit()
     if not publish_job(svc.celery, job_id=job.id, kind=kind):
-        # One UPDATE: autocommit spares the BEGIN and COMMIT round trips.
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        mark_unpublished(session, job_id=job.id)
-        session.commit()
+        with single_statement(svc.sessions) as own:
+            mark_unpublished(own, job_id=job.id)
     return _accepted(job)
