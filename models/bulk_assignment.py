@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, LargeBinary, any_, func, insert, literal, select
+from sqlalchemy import ARRAY, LargeBinary, any_, func, literal, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.assignment import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
-from models.chain import EntityVersion
+from models.chain import EntityVersion, insert_versions
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
@@ -177,7 +177,8 @@ def apply_batch(
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
     taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
-    refused = []
+    refused: list[tuple[uuid.UUID, str, str]] = []
+    versions: list[EntityVersion] = []
     for agent_id, team_id in moves:
         agent, team = agents[agent_id], teams[team_id]
         reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
@@ -192,8 +193,9 @@ def apply_batch(
                 taken[agent.team_id] = taken.get(agent.team_id, 1) - 1
             taken[team.id] = taken.get(team.id, 0) + 1
             agent.team_id = team.id
-            record_version(session, agent, ctx, text_changed=False, flush=False, content=_agent_content(agent, held[agent_id]))
-    _insert_versions(session)
+            record_version(session, agent, ctx, text_changed=False, flush=False,
+                           content=_agent_content(agent, held[agent_id]), pending=versions)
+    insert_versions(session, versions)
     session.flush()
     return refused
 
@@ -236,22 +238,6 @@ def _one_of(column: Any, ids: Iterable[uuid.UUID]) -> Any:
     """``column = ANY(:ids)``: one array parameter; ``IN`` with hundreds of parameters
     makes a statement too long for the driver's cache, re-parsed on every execution."""
     return column == any_(literal(list(ids), ARRAY(PG_UUID(as_uuid=True))))
-
-
-def _insert_versions(session: Session) -> None:
-    """Write the batch's pending chain versions in one executemany, not through the flush.
-
-    The unit of work would INSERT ... RETURNING each row's generated id (nobody reads it
-    here) as one statement of thousands of parameters, and parsing that statement in the
-    driver cost more than the inserts. The rows are exactly what ``append_version`` built.
-    """
-    rows = [obj for obj in session.new if isinstance(obj, EntityVersion)]
-    if not rows:
-        return
-    columns = [c.key for c in EntityVersion.__table__.columns if c.key not in ("id", "created_at")]
-    for row in rows:
-        session.expunge(row)
-    session.execute(insert(EntityVersion.__table__), [{c: getattr(row, c) for c in columns} for row in rows])
 
 
 def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.canonical import normalize_text
-from models.chain import append_version
+from models.chain import EntityVersion, append_version
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
@@ -109,6 +109,7 @@ def record_version(
     text_changed: bool,
     flush: bool = True,
     content: dict[str, Any] | None = None,
+    pending: list[EntityVersion] | None = None,
 ) -> GovernedEntity:
     """Append the entity's changed state as a chain version, gate it, and flush.
 
@@ -116,13 +117,15 @@ def record_version(
     With ``flush=False`` a bulk caller flushes many writes at once (and gives up the
     per-write mapping of unique violations to 409s: it must not change unique fields).
     ``content`` is the entity's governed content when the caller already built it (a
-    bulk caller that read the skill ids itself rather than loading the relationship).
+    bulk caller that read the skill ids itself rather than loading the relationship);
+    ``pending`` collects the version row instead of adding it to the session (see
+    :func:`models.chain.append_version`).
     """
     entity_type = entity.entity_type_value
     if text_changed:
         entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
     content = content if content is not None else governed_content(entity)
-    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content)
+    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
     l0, l1 = enforce(rule_subject(session, entity, content=content))
     entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     if not flush:
