@@ -21,7 +21,6 @@ import itertools
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +38,6 @@ DENSE_CELL_LIMIT = 4_000 * 4_000
 MATCHERS = ("auto", "dense", "sparse")
 SIMILARITY_CHUNK = 2_048  # agents per matrix product when scoring eligible pairs
 BRUTEFORCE_LIMIT = 200_000  # largest search space exact_assignment_bruteforce accepts
-# Components solved at once: SciPy's matchers release the GIL, so two use both cores of a
-# small machine. Each dense component holds at most DENSE_CELL_LIMIT cells at a time.
-COMPONENT_THREADS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,11 +88,10 @@ def solve_assignment(problem: AssignmentProblem, *, matcher: str = "auto") -> As
     pairs = _open_pairs(problem)
     placements: dict[int, int] = {}
     methods: set[str] = set()
-    components = _components(pairs, len(problem.eligible))
-    with ThreadPoolExecutor(max_workers=COMPONENT_THREADS) as pool:
-        for agents, teams, method in pool.map(lambda comp: _solve_component(problem, pairs, *comp, matcher), components):
-            placements.update(zip(agents.tolist(), teams.tolist()))
-            methods.add(method)
+    for comp_agents, comp_pairs in _components(pairs, len(problem.eligible)):
+        agents, teams, method = _solve_component(problem, pairs, comp_agents, comp_pairs, matcher)
+        placements.update(zip(agents.tolist(), teams.tolist()))
+        methods.add(method)
     return _result(problem, placements, "+".join(sorted(methods)) or "no-component")
 
 
