@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from models.embeddings import cosine
 from models.entities import Agent, AgentStatus, EntityType, LifecycleStatus, Team, job_role_skills
@@ -113,7 +113,10 @@ def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], li
     required = required_skills(session, agent.job_role_id)
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
     eligible, excluded = [], []
-    for team in session.scalars(select(Team).where(Team.deleted_at.is_(None)).order_by(Team.name)):
+    # Embeddings are deferred on the models; every eligible team's is needed, so load them
+    # with the teams rather than one lazy SELECT per team.
+    teams = session.scalars(select(Team).options(undefer(Team.embedding)).where(Team.deleted_at.is_(None)).order_by(Team.name))
+    for team in teams:
         reasons = ineligibility(agent, team, required)
         taken = seats.get(team.id, 0) - (1 if agent.team_id == team.id else 0)
         if not reasons and taken >= team.capacity:

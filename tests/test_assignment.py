@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from models import bulk_assignment
 
@@ -256,3 +256,19 @@ def test_plan_vectors_are_read_from_pgvector_binary_with_zeros_for_missing() -> 
     vectors = bulk_assignment._vectors([None, blob])
     assert vectors.shape == (2, EMBEDDING_DIM) and not vectors[0].any()
     assert vectors[1].tolist() == list(range(EMBEDDING_DIM))
+
+
+def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_session) -> None:
+    for n in range(5):
+        world.team(f"Ranked {n}", capacity=3)
+    agent = world.agent("Ranker")
+    agent.embedding  # noqa: B018 - loaded before counting: only the teams' reads are counted
+    statements: list[str] = []
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(db_session.get_bind(), "before_cursor_execute", listen)
+    try:
+        eligible, _ = rank_teams(db_session, agent)
+    finally:
+        event.remove(db_session.get_bind(), "before_cursor_execute", listen)
+    assert len(eligible) >= 5
+    assert len(statements) <= 3, statements  # required skills, seats, teams: not one per team
