@@ -34,8 +34,9 @@ threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 timeout = 60  # a long-poll is capped at 30 s, so 60 s only catches a stuck worker
 graceful_timeout = 20
 keepalive = 5
-max_requests = 10_000
-max_requests_jitter = 1000
+# No max_requests: gthread workers are long-lived on purpose. Recycling them re-imports the
+# app every few thousand requests and leaves each dead worker's metric files behind (the
+# multiprocess collector keeps counters of dead processes, and reads them all per scrape).
 # The worker heartbeat file lives on tmpfs when there is one: on a container's overlay
 # filesystem a slow fsync can make the arbiter think a healthy worker is stuck.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
