@@ -100,10 +100,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(default="json", description="`make dev` uses console")
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     # Set (by gunicorn.conf.py, or the operator) when several API processes share metrics.
-    prometheus_multiproc_dir: Path | None = Field(
-        default=None,
-        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "PLANT_PROMETHEUS_MULTIPROC_DIR"),
-    )
+    # Only prometheus_client's own name: it is what the library itself reads.
+    prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @field_validator("database_url")
     @classmethod
