@@ -51,9 +51,10 @@ BARE_CELERY_REDIS_DB = 15  # the bare-Celery baseline's broker database; Plant's
 START_TIMEOUT = 90.0
 
 
-def _format_number(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
+def format_number(value: float | None, *, missing: str = "nan") -> str:
+    """One decimal from 10 up, three significant digits below; ``missing`` for None or NaN."""
+    if value is None or math.isnan(value):
+        return missing
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
@@ -78,7 +79,7 @@ class BenchResult:
     def line(self) -> str:
         ratio = "n/a" if self.ratio is None else f"{self.ratio:.2f}"
         return (
-            f"{self.scenario}: {_format_number(self.value)} {self.unit} "
+            f"{self.scenario}: {format_number(self.value)} {self.unit} "
             f"(ratio {ratio} vs baseline; target {self.target or 'none'}) {'PASS' if self.passed else 'FAIL'}"
         )
 
@@ -294,7 +295,9 @@ class BenchStack:
         node = f"{name}-{os.getpid()}"
         argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-c", str(concurrency),
                 "-P", pool, "-n", f"{node}@%h", "--without-mingle", "--without-gossip", f"--loglevel={loglevel}"]
-        process = self._spawn(name, argv, self.child_env(settings, env))
+        # Plant's worker configures its own logging (setup_logging), so --loglevel reaches
+        # only the bare baseline; PLANT_LOG_LEVEL gives Plant's worker the same level.
+        process = self._spawn(name, argv, self.child_env(settings, {"PLANT_LOG_LEVEL": loglevel, **(env or {})}))
         probe = Celery(broker=settings.redis_url)
         destination = [f"{node}@{socket.gethostname()}"]
         try:
@@ -357,7 +360,9 @@ def _tail(process: subprocess.Popen, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def run_job_to_end(stack: BenchStack, settings: Settings, kind: str, params: dict[str, Any]) -> tuple[float, dict]:
+def run_job_to_end(
+    stack: BenchStack, settings: Settings, kind: str, params: dict[str, Any], *, timeout: float = 900.0
+) -> tuple[float, dict]:
     """Submit a job the way the API does (row committed, then published) and wait for it.
 
     Returns the seconds from the job row's ``created_at`` to its ``finished_at`` (the
@@ -369,8 +374,10 @@ def run_job_to_end(stack: BenchStack, settings: Settings, kind: str, params: dic
 
     with stack.session(settings) as session:
         job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue)
-    publish_job(create_celery(settings), job_id=job.id, kind=kind)
-    while True:
+    with create_celery(settings) as app:
+        publish_job(app, job_id=job.id, kind=kind)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         with stack.session(settings) as session:
             status, seconds, result = session.execute(text(
                 "SELECT status, extract(epoch FROM finished_at - created_at), result FROM jobs WHERE id = :id"),
@@ -380,3 +387,4 @@ def run_job_to_end(stack: BenchStack, settings: Settings, kind: str, params: dic
         if status in ("failed", "cancelled"):
             raise RuntimeError(f"{kind} job ended {status}")
         time.sleep(0.05)
+    raise RuntimeError(f"{kind} job not finished within {timeout:.0f} s")

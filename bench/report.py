@@ -9,21 +9,18 @@ no section yet gets one (under its module's ``TITLE``) before ``<!-- /bench:resu
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.harness import BenchResult
+from bench.harness import BenchResult, format_number
 
 RESULTS_END = "<!-- /bench:results -->"
 
 
 def _number(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return format_number(value, missing="–")
 
 
 def results_table(results: list[BenchResult]) -> str:

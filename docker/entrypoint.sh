@@ -109,21 +109,21 @@ case "$ROLE" in
     worker)
         require DATABASE_URL REDIS_URL
         record_role worker
-        exec celery -q -A worker.app worker -Q default -n 'default@%h' --loglevel=INFO \
+        exec celery -q -A worker.app worker -Q default -n 'default@%h' \
             ${PLANT_WORKER_CONCURRENCY:+--concurrency "$PLANT_WORKER_CONCURRENCY"} "$@"
         ;;
     worker-audit)
         # Audit jobs are long: one at a time, and no prefetched message waits behind one.
         require DATABASE_URL REDIS_URL
         record_role worker-audit
-        exec celery -q -A worker.app worker -Q audit -n 'audit@%h' --loglevel=INFO \
+        exec celery -q -A worker.app worker -Q audit -n 'audit@%h' \
             --prefetch-multiplier 1 --concurrency 1 "$@"
         ;;
     beat)
         require REDIS_URL
         record_role beat
         mkdir -p "$DATA_DIR"
-        exec celery -q -A worker.app beat --loglevel=INFO -s "$BEAT_SCHEDULE" "$@"
+        exec celery -q -A worker.app beat -s "$BEAT_SCHEDULE" "$@"
         ;;
     flower)
         # Flower reads FLOWER_BASIC_AUTH from the environment itself; passing it as an
