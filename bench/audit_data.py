@@ -20,7 +20,7 @@ import psycopg
 from models.canonical import canonical_bytes
 from models.chain import GENESIS_LINK, link_hash
 from models.keys import keyring_from_settings
-from models.settings import Settings
+from models.settings import Settings, libpq_url
 
 VERSION_COLUMNS = "(entity_type, entity_id, version, content, content_hash, prev_link, link_hash, kid, signature, actor)"
 INDUSTRY_COLUMNS = "(id, entity_type, external_key, status, name, code, description, version, head_link_hash, tags, attributes, governance_agent_id, constitution_l0, constitution_l1)"
@@ -85,7 +85,7 @@ def load_slice(part: Slice) -> int:
         industries.write("\t".join(_copy_text(v) for v in industry) + "\n")
         for row in rows:
             versions.write("\t".join(_copy_text(v) for v in row) + "\n")
-    url = part.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(part.settings.database_url)
     with psycopg.connect(url) as conn, conn.cursor() as cursor:
         with cursor.copy(f"COPY industries {INDUSTRY_COLUMNS} FROM STDIN") as copy:
             copy.write(industries.getvalue())

@@ -15,16 +15,15 @@ import threading
 
 import psycopg
 from flask import Flask, Response, jsonify, request
-from sqlalchemy.engine import make_url
 
-from models.settings import load_settings
+from models.settings import libpq_url, load_settings
 
 KEY_SQL = "SELECT scopes FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
 JOB_SQL = "SELECT row_to_json(j)::text FROM jobs j WHERE id = %s"
 
 
 def create_app() -> Flask:
-    url = make_url(load_settings().database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    url = libpq_url(load_settings().database_url)
     local = threading.local()
     app = Flask(__name__)
 

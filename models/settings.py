@@ -26,6 +26,11 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """Return ``url`` without SQLAlchemy's driver name, as psycopg and libpq take it."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
 class Settings(BaseSettings):
     """Runtime configuration shared by the API, the workers, beat and the CLI."""
 

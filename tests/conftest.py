@@ -33,7 +33,7 @@ from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
 from models.db import make_engine
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
-from models.settings import Settings, load_settings, sqlalchemy_url
+from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
 from models.signing import KeyRing, ensure_key_file
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _admin_exec(admin_url: str, *statements: str) -> None:
-    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         for statement in statements:
             conn.execute(statement)
 

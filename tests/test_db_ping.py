@@ -20,6 +20,7 @@ from models.api_keys import create_api_key
 from models.db import make_engine, single_statement, transaction
 from models.job_lifecycle import claim_job, create_job, get_job
 from models.migrate import upgrade_head
+from models.settings import libpq_url
 from tasks.runner import RowProgress
 from web import create_app
 
@@ -32,7 +33,7 @@ def ping_settings(settings, make_database):
 
 
 def _kill_backends(pg_admin_url: str) -> int:
-    with psycopg.connect(pg_admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:
+    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (DATABASE,),

@@ -27,7 +27,7 @@ from models.entities import EntityType, Industry
 from models.ledger import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
-from models.settings import Settings
+from models.settings import Settings, libpq_url
 
 TITLE = "Audit"
 VERSIONS = 5
@@ -66,7 +66,7 @@ class PeakRss:
 
 
 def copy_seconds(settings: Settings) -> float:
-    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(settings.database_url)
     started = time.perf_counter()
     with psycopg.connect(url) as conn, conn.cursor() as cursor, cursor.copy("COPY entity_versions TO STDOUT") as copy:
         for _ in copy:
@@ -92,7 +92,7 @@ def signature_floor_seconds(settings: Settings, heads: int, *, sample: int = 400
     from models.keys import keyring_from_settings
 
     keyring = keyring_from_settings(settings)
-    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(settings.database_url)
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT v.kid, v.signature, v.link_hash FROM industries i JOIN entity_versions v "
                             "ON v.entity_id = i.id AND v.version = i.version LIMIT %s", [sample]).fetchall()
@@ -104,7 +104,7 @@ def signature_floor_seconds(settings: Settings, heads: int, *, sample: int = 400
 
 def python_read_seconds(settings: Settings, *, cores: int = 2) -> float:
     """Seconds to bring every version into Python as the audit does (binary rows), per core share."""
-    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    url = libpq_url(settings.database_url)
     started = time.perf_counter()
     with psycopg.connect(url) as conn, conn.cursor("read_floor", binary=True) as cursor:
         cursor.itersize = 5000
