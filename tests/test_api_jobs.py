@@ -2,17 +2,20 @@
 
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 import redis
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
 from models.db import make_engine
 from models.jobs import Job
 from web import create_app
 from web.schemas import JobListQuery
+from web.services import EXTENSION_KEY
 
 
 @pytest.fixture
@@ -218,3 +221,63 @@ def test_submitting_a_job_writes_one_message_and_no_task_sent_event(client, redi
     assert [job_id.encode() in m for m in quiet.lrange("default", 0, -1)] == [True]
     assert events.get_message(timeout=0.5) is None
     events.close()
+
+
+@contextmanager
+def _statements(client):
+    """(autocommit?, first word) of every statement the client's app sends, in order."""
+    engine = client.application.extensions[EXTENSION_KEY].engine
+    seen: list[tuple[bool, str]] = []
+
+    def record(conn, _cursor, statement, *_):
+        seen.append((conn.connection.driver_connection.autocommit, statement.split()[0].upper()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_showing_and_listing_jobs_read_in_autocommit_and_leave_the_pool_transactional(client) -> None:
+    job = _start(client).get_json()
+    with _statements(client) as shown:
+        assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
+    with _statements(client) as listed:
+        assert client.get("/api/v1/jobs").status_code == 200
+    with _statements(client) as started:
+        assert _start(client).status_code == 202
+    with _statements(client) as keys:
+        assert client.get("/api/v1/api-keys").status_code == 200
+
+    # key lookup + job row, no BEGIN/ROLLBACK around them
+    assert shown == [(True, "SELECT"), (True, "SELECT")]
+    assert listed == [(True, "SELECT"), (True, "SELECT")]
+    # the same pooled connection serves a write next, back in a transaction
+    assert (False, "INSERT") in started and all(not autocommit for autocommit, _ in started)
+    # an unmarked read keeps its transaction
+    assert keys and all(not autocommit for autocommit, _ in keys)
+
+
+def test_a_long_poll_sees_a_commit_made_while_it_waits(client, engine) -> None:
+    job = _start(client).get_json()
+    app_engine = client.application.extensions[EXTENSION_KEY].engine
+    reads: list[str] = []
+
+    def cancel_after_first_read(_conn, _cursor, statement, *_):
+        if statement.lstrip().upper().startswith("SELECT JOBS.ID"):
+            reads.append(statement)
+            if len(reads) == 1:
+                with Session(engine) as other, other.begin():
+                    other.execute(update(Job).where(Job.id == uuid.UUID(job["id"])).values(status="cancelled"))
+
+    event.listen(app_engine, "after_cursor_execute", cancel_after_first_read)
+    try:
+        started = time.monotonic()
+        response = client.get(f"/api/v1/jobs/{job['id']}", query_string={"wait": 10})
+    finally:
+        event.remove(app_engine, "after_cursor_execute", cancel_after_first_read)
+
+    assert response.get_json()["status"] == "cancelled"
+    assert len(reads) == 2
+    assert time.monotonic() - started < 5

@@ -47,9 +47,10 @@ def check_api_key() -> Response | None:
     presented = _presented_key()
     if presented is None:
         return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    # The view goes on in the lookup's transaction, on the same connection: one pool
-    # checkout per request. Under READ COMMITTED every statement sees the latest commits,
-    # so the lookup leaves nothing stale behind.
+    # The view goes on in the lookup's session, on the same connection: one pool checkout
+    # per request. Under READ COMMITTED (or autocommit, for views marked
+    # statement_at_a_time) every statement sees the latest commits, so the lookup leaves
+    # nothing stale behind.
     key = _lookup(presented)
     if key is None:
         return _unauthorized("the API key is unknown or revoked")

@@ -3,15 +3,23 @@
 ``create_app`` builds one :class:`Services` and stores it on the app. A request gets at
 most one session (opened lazily, always closed in teardown); views commit explicitly,
 and only then publish any Celery message.
+
+A view marked :func:`statement_at_a_time` gets its session in autocommit: each statement
+(the key lookup, then the view's reads) runs and ends on its own, with no BEGIN and no
+ROLLBACK, two round trips of a request's four. Only for views that write nothing and
+whose every read is consistent on its own, because two statements may then see
+different commits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from celery import Celery
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +31,8 @@ from models.signing import KeyRing
 from tasks.celery_app import create_celery
 
 EXTENSION_KEY = "plant"
+AUTOCOMMIT_ATTRIBUTE = "plant_statement_at_a_time"
+V = TypeVar("V", bound=Callable)
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    autocommit_sessions: sessionmaker[Session]  # for views marked statement_at_a_time
     celery: Celery
     redis: redis.Redis
     keyring: KeyRing
@@ -42,6 +53,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
+        autocommit_sessions=make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
         celery=create_celery(settings),
         redis=redis.Redis.from_url(
             settings.redis_url,
@@ -57,9 +69,23 @@ def services() -> Services:
     return current_app.extensions[EXTENSION_KEY]
 
 
+def statement_at_a_time(view: V) -> V:
+    """Mark a read-only view whose reads are each consistent alone (see the module doc).
+
+    Put it below the route decorator: flask-openapi3's wrapper copies the mark."""
+    setattr(view, AUTOCOMMIT_ATTRIBUTE, True)
+    return view
+
+
+def _view_reads_in_autocommit() -> bool:
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    return getattr(view, AUTOCOMMIT_ATTRIBUTE, False)
+
+
 def db_session() -> Session:
     if "db_session" not in g:
-        g.db_session = services().sessions()
+        svc = services()
+        g.db_session = (svc.autocommit_sessions if _view_reads_in_autocommit() else svc.sessions)()
     return g.db_session
 
 

@@ -1,4 +1,7 @@
-"""Job resources: show (with ETag and long-poll), list (cursor-paginated), cancel."""
+"""Job resources: show (with ETag and long-poll), list (cursor-paginated), cancel.
+
+Show and list read in autocommit (``statement_at_a_time``): each is one statement after
+the key lookup, so a long-poll's every read sees the latest commits."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
-from web.services import db_session
+from web.services import db_session, statement_at_a_time
 
 POLL_INTERVAL_SECONDS = 0.1
 
@@ -22,6 +25,7 @@ jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_security=BEA
 
 
 @jobs_api.get("/jobs/<job_id>", responses={200: JobOut, 304: None, **problems(404), **problems(422)})
+@statement_at_a_time
 def show_job(path: JobPath, query: JobGetQuery) -> Response:
     """Show a job. With ``wait=N`` the call returns once the job is terminal, or after N s."""
     return job_response(_wait_until_terminal(path.job_id, query.wait))
@@ -32,13 +36,14 @@ def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> JobRecord:
     deadline = time.monotonic() + seconds
     job = get_job(session, job_id)
     while not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
-        session.rollback()  # end the snapshot so the next read sees the worker's commits
+        session.rollback()  # the connection goes back to the pool while this request sleeps
         time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
         job = get_job(session, job_id)
     return job
 
 
 @jobs_api.get("/jobs", responses={200: JobList, **problems(422)})
+@statement_at_a_time
 def list_all_jobs(query: JobListQuery) -> dict:
     """List jobs newest first; follow ``next_page_token`` until it is null."""
     page = list_jobs(
