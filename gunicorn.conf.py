@@ -31,6 +31,11 @@ bind = _bind_address()
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 worker_class = "gthread"
 threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
+# Each thread holds at most one pooled connection. A pool kept smaller than the thread
+# count opens and closes a connection (a new PostgreSQL backend) for every request beyond
+# it under load, so the pool follows the threads unless PLANT_DB_POOL_SIZE says otherwise.
+# Workers are forked from this process and inherit the variable.
+os.environ.setdefault("PLANT_DB_POOL_SIZE", str(threads))
 timeout = 60  # a long-poll is capped at 30 s, so 60 s only catches a stuck worker
 graceful_timeout = 20
 keepalive = 5

@@ -233,6 +233,22 @@ def test_gunicorn_bind(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], bin
     assert config["timeout"] > 30  # above the longest long-poll
 
 
+@pytest.mark.parametrize("env,pool", [
+    ({}, "8"),
+    ({"PLANT_WEB_THREADS": "12"}, "12"),
+    ({"PLANT_WEB_THREADS": "12", "PLANT_DB_POOL_SIZE": "3"}, "3"),
+])
+def test_gunicorn_sizes_the_database_pool_to_its_threads(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                         pool: str) -> None:
+    for name in ("PLANT_WEB_THREADS", "PLANT_DB_POOL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = runpy.run_path(str(REPO / "gunicorn.conf.py"))
+    assert os.environ["PLANT_DB_POOL_SIZE"] == pool
+    assert config["threads"] == int(env.get("PLANT_WEB_THREADS", "8"))
+
+
 def test_gunicorn_access_log_is_json() -> None:
     config = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     sample = re.sub(r"%\([^)]*\)s", "1", config["access_log_format"])
