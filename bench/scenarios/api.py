@@ -15,7 +15,9 @@ implementation of the route could reach on this machine, and is reported beside 
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import BenchResult, BenchStack, median_run
@@ -38,26 +40,51 @@ def _create_job(port: int, headers: dict[str, str]) -> str:
         return json.load(response)["id"]
 
 
-def _alternating(runs: int, *sides: Any) -> tuple[list[LoadResult], ...]:
-    results: tuple[list[LoadResult], ...] = tuple([] for _ in sides)
+@dataclass(frozen=True)
+class Measured:
+    """One load run and the CPU it cost per request: the API's gunicorn processes, PostgreSQL."""
+
+    load: LoadResult
+    app_cpu_ms: float
+    postgres_cpu_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.load.as_dict(), "app_cpu_ms": self.app_cpu_ms, "postgres_cpu_ms": self.postgres_cpu_ms}
+
+
+def _metered(stack: BenchStack, api: subprocess.Popen, side: Any) -> Any:
+    def run() -> Measured:
+        meter = stack.cpu_meter(app=api).start()
+        load = side()
+        cpu = meter.stop()
+        served = max(load.requests, 1)
+        return Measured(load, round(cpu["app"] / served * 1000, 3), round(cpu["postgres"] / served * 1000, 3))
+    return run
+
+
+def _alternating(runs: int, *sides: Any) -> tuple[list[Measured], ...]:
+    results: tuple[list[Measured], ...] = tuple([] for _ in sides)
     for _ in range(runs):
         for side, into in zip(sides, results, strict=True):
             into.append(side())
     return results
 
 
-def _checked(results: list[LoadResult], what: str) -> None:
-    for result in results:
+def _checked(results: list[Measured], what: str) -> None:
+    for result in (m.load for m in results):
         if result.errors or result.bad_status:
             raise RuntimeError(f"{what}: {result.errors} socket errors, {result.bad_status} bad statuses")
 
 
-def _summary(results: list[LoadResult]) -> dict[str, float]:
+def _summary(measured: list[Measured]) -> dict[str, float]:
+    results = [m.load for m in measured]
     return {
         "rps": round(median_run([r.rps for r in results]), 1),
         "p50_ms": round(median_run([r.p50_ms for r in results]), 3),
         "p99_ms": round(median_run([r.p99_ms for r in results]), 3),
         "client_cpu_share": round(median_run([r.client_cpu_seconds / r.seconds for r in results]), 3),
+        "app_cpu_ms": round(median_run([m.app_cpu_ms for m in measured]), 3),
+        "postgres_cpu_ms": round(median_run([m.postgres_cpu_ms for m in measured]), 3),
     }
 
 
@@ -81,20 +108,23 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     load(plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
     load(bare_url, "/ping", {}, 1)()
     load(floor_url, floor_path, stack.headers, 1)()
-    plant_get, bare_get, floor_get = _alternating(RUNS, load(plant_url, job_path, stack.headers, seconds),
-                                                  load(bare_url, "/ping", {}, seconds),
-                                                  load(floor_url, floor_path, stack.headers, seconds))
+    plant_get, bare_get, floor_get = _alternating(
+        RUNS, _metered(stack, plant_api, load(plant_url, job_path, stack.headers, seconds)),
+        _metered(stack, bare_api, load(bare_url, "/ping", {}, seconds)),
+        _metered(stack, floor_api, load(floor_url, floor_path, stack.headers, seconds)))
     plant_post, bare_post = _alternating(
         RUNS,
-        load(plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST", body_format=SLEEP_BODY),
-        load(bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST", body_format=SLEEP_BODY),
+        _metered(stack, plant_api, load(plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST",
+                                         body_format=SLEEP_BODY)),
+        _metered(stack, bare_api, load(bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST",
+                                       body_format=SLEEP_BODY)),
     )
     for process in (plant_api, bare_api, floor_api):
         stack.stop(process)
     _checked(plant_get + bare_get + floor_get + plant_post + bare_post, "load run")
     get, bare, floor, post, bare_p = (_summary(r) for r in (plant_get, bare_get, floor_get, plant_post, bare_post))
     details = {
-        "client": plant_get[0].client, "connections": CONNECTIONS, "seconds_per_run": seconds, "runs": RUNS,
+        "client": plant_get[0].load.client, "connections": CONNECTIONS, "seconds_per_run": seconds, "runs": RUNS,
         "get": get, "bare_get": bare, "floor_get": floor, "post": post, "bare_post": bare_p,
         "raw": {name: [r.as_dict() for r in results] for name, results in
                 (("get", plant_get), ("bare_get", bare_get), ("floor_get", floor_get), ("post", plant_post),
@@ -115,14 +145,16 @@ def markdown(results: list[BenchResult]) -> str:
     details = next((r.details for r in results if r.scenario == "api.get"), None)
     if not details:
         return ""
-    rows = ["| endpoint | req/s | p50 ms | p99 ms | client CPU (cores) |", "|---|---:|---:|---:|---:|"]
+    rows = ["| endpoint | req/s | p50 ms | p99 ms | API CPU ms/req | PostgreSQL CPU ms/req | client CPU (cores) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for label, key in (("Plant GET /api/v1/jobs/{id}", "get"), ("bare Flask GET /ping", "bare_get"),
                        ("floor: key lookup + job row on raw psycopg (`bench/floor_flask.py`)", "floor_get"),
                        ("Plant POST /api/v1/diagnostics/sleep", "post"), ("bare Flask POST /ping", "bare_post")):
         m = details.get(key)
         if m is None:
             continue
-        rows.append(f"| {label} | {m['rps']:.1f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['client_cpu_share']:.3f} |")
+        rows.append(f"| {label} | {m['rps']:.1f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m.get('app_cpu_ms', 0):.3f} "
+                    f"| {m.get('postgres_cpu_ms', 0):.3f} | {m['client_cpu_share']:.3f} |")
     return (f"Load generator: `{details['client']}`, {details['connections']} connections, "
             f"{details['seconds_per_run']} s per run, {details['runs']} alternating runs per side (medians):\n\n"
             + "\n".join(rows) + "\n")
