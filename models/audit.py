@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +62,17 @@ class BatchResult:
     versions_verified: int = 0
 
 
-def load_entities(session: Session, entity_type: EntityType, ids_query: Any) -> list[EntitySnapshot]:
-    """The entities as stored, as plain snapshots (an audit reads hundreds of thousands)."""
+def load_entities(session: Session, entity_type: EntityType, ids_query: Any, *, for_share: bool = False) -> list[EntitySnapshot]:
+    """The entities as stored, as plain snapshots (an audit reads hundreds of thousands).
+
+    ``for_share`` locks the rows (``FOR SHARE``, in id order) until the transaction ends:
+    a registry write in flight on one of them finishes first, and none can start.
+    """
     table = ENTITY_MODELS[entity_type].__table__
     # Only what the checks read: never the embedding or the stored rule results.
     columns = [table.c[name] for name in (*GOVERNED_FIELDS[entity_type], "version", "head_link_hash") if name in table.c]
-    result = session.execute(select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id))
+    query = select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id)
+    result = session.execute(query.with_for_update(read=True) if for_share else query)
     # Plain dicts from tuples: a RowMapping rebuilds its key view for every row it is copied from.
     keys = tuple(result.keys())
     rows = [dict(zip(keys, row)) for row in result.all()]
@@ -90,7 +96,40 @@ LINK_TABLES = {
 def audit_batch(
     session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, signatures: str, append_only: bool
 ) -> BatchResult:
-    """Verify each entity's chain, head, row and rules; nothing is written."""
+    """Verify each entity's chain, head, row and rules; nothing is written.
+
+    The rows were read before their versions, by another statement: a registry write
+    that commits in between shows a version past the row's head, which looks like
+    tampering. So each entity with a tampering finding is read and checked once more
+    with its row share-locked (:func:`suspects_rechecked`).
+    """
+    first = _check_batch(session, entities, keyring=keyring, signatures=signatures, append_only=append_only)
+    return suspects_rechecked(
+        session, first, entities,
+        lambda again: _check_batch(session, again, keyring=keyring, signatures=signatures, append_only=append_only),
+    )
+
+
+def suspects_rechecked(
+    session: Session, result: BatchResult, entities: list[EntitySnapshot],
+    check: Callable[[list[EntitySnapshot]], BatchResult],
+) -> BatchResult:
+    """``result`` with each suspect's findings replaced by a second ``check`` of it, made
+    with its row locked ``FOR SHARE``: no write can be halfway then, so what is found
+    again is in the data. Only suspects (entities with a tampering finding) are locked,
+    until the transaction ends; a clean batch costs nothing more."""
+    suspects = sorted({f.entity_id for f in result.findings if f.severity == TAMPER_SEVERITY and f.entity_id})
+    if not suspects:
+        return result
+    again = check(load_entities(session, entities[0].entity_type_value, suspects, for_share=True))
+    rechecked = set(suspects)
+    kept = [f for f in result.findings if f.entity_id not in rechecked]
+    return BatchResult(kept + again.findings, result.entities, result.versions_verified)
+
+
+def _check_batch(
+    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, signatures: str, append_only: bool
+) -> BatchResult:
     result = BatchResult()
     if not entities:
         return result

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from models.audit import FindingRow, rule_findings, versions_by_entity, load_entities
+from models.audit import BatchResult, FindingRow, load_entities, rule_findings, suspects_rechecked, versions_by_entity
 from models.audit_tables import LedgerDigestHead
 from models.chain import GENESIS_LINK, ChainFinding, verify_versions
 from models.constitution import append_only_enforced
@@ -68,10 +68,28 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int) ->
 def _audit_changed(session: Session, entity_type: EntityType, changed: list, keyring: KeyRing, append_only: bool,
                    result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
-    entities = load_entities(session, entity_type, [entity_id for entity_id, _, _ in changed])
-    versions = versions_by_entity(session, list(base))
-    kind = entity_type.value
     rolled: list[tuple[uuid.UUID, int | None, bytes]] = []
+
+    def check(entities: list) -> BatchResult:  # suspects had findings, so none of them is in rolled yet
+        return _check_changed(session, entities, base, keyring, append_only, rolled)
+
+    entities = load_entities(session, entity_type, list(base))
+    # Rows and versions are read by two statements: suspects are checked again, locked.
+    batch = suspects_rechecked(session, check(entities), entities, check) if entities else BatchResult()
+    result.findings += batch.findings
+    result.entities += batch.entities
+    result.versions_verified += batch.versions_verified
+    result.findings += [FindingRow(h.entity_type, h.entity_id, h.finding.version, h.finding.code, h.finding.detail)
+                        for h in compare_heads(session, rolled)]
+
+
+def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,
+                   rolled: list) -> BatchResult:
+    """Each entity's versions after its digest head; an entity whose digest head is gone
+    from its chain goes to ``rolled`` instead."""
+    batch = BatchResult()
+    versions = versions_by_entity(session, [entity.id for entity in entities])
+    kind = entities[0].entity_type_value.value if entities else ""
     for entity in entities:
         after = base[entity.id]
         all_rows = versions.get(entity.id, [])
@@ -82,12 +100,11 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: list, key
         content = governed_content(entity)
         _, findings = verify_versions(rows, keyring=keyring, head_link=_bytes(entity.head_link_hash), after=after)
         findings += _head_check(entity, rows, content)
-        result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
-        result.findings += rule_findings(entity, content, all_rows, append_only, None)
-        result.entities += 1
-        result.versions_verified += len(rows)
-    result.findings += [FindingRow(h.entity_type, h.entity_id, h.finding.version, h.finding.code, h.finding.detail)
-                        for h in compare_heads(session, rolled)]
+        batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
+        batch.findings += rule_findings(entity, content, all_rows, append_only, None)
+        batch.entities += 1
+        batch.versions_verified += len(rows)
+    return batch
 
 
 def _head_check(entity: Any, rows: list, content: dict) -> list[ChainFinding]:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.audit import check_entity
+from models.audit import audit_batch, check_entity, load_entities
 from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
@@ -256,3 +256,59 @@ def test_incremental_audit_needs_a_digest(db_session, skill, keyring) -> None:
 
     with pytest.raises(NotFound):
         run_incremental(db_session, keyring)
+
+
+def _committed_skill(engine, write_ctx, steward) -> uuid.UUID:
+    with Session(engine) as session, session.begin():
+        return create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": "Raced Skill", "skill_key": "raced-skill", "category": "technical",
+            "description": "version one", "governance_agent_id": steward}).id
+
+
+def test_a_write_committed_between_reading_rows_and_versions_is_not_tampering(engine, write_ctx, keyring,
+                                                                             committed_steward) -> None:
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    with Session(engine) as auditor, auditor.begin():
+        entities = load_entities(auditor, E.SKILL, [skill_id])  # the row at version 1
+        with Session(engine) as writer, writer.begin():  # version 2 commits before the versions are read
+            update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "two"}, ctx=write_ctx)
+        result = audit_batch(auditor, entities, keyring=keyring, signatures="all", append_only=True)
+    assert result.findings == []
+    assert result.entities == 1
+
+
+def test_tampering_is_still_found_when_the_suspect_is_checked_again(engine, write_ctx, keyring,
+                                                                   committed_steward) -> None:
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    with Session(engine) as session, session.begin():  # a version past the head, the row left behind
+        update_entity(session, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "two"}, ctx=write_ctx)
+        session.execute(text("UPDATE skills SET version = 1 WHERE id = :id"), {"id": skill_id})
+    with Session(engine) as auditor, auditor.begin():
+        result = audit_batch(auditor, load_entities(auditor, E.SKILL, [skill_id]), keyring=keyring,
+                             signatures="all", append_only=True)
+    assert "head-mismatch" in {f.code for f in result.findings}
+
+
+def test_the_incremental_audit_also_checks_a_suspect_again(engine, write_ctx, keyring, committed_steward,
+                                                          monkeypatch) -> None:
+    import models.incremental_audit as incremental
+
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    with Session(engine) as session, session.begin():
+        store_digest(session, keyring=keyring)
+        update_entity(session, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "two"}, ctx=write_ctx)
+    real_read, writes = incremental.versions_by_entity, []
+
+    def write_first_then_read(session, ids):
+        if not writes:  # version 3 commits after the rows were read, before their versions are
+            with Session(engine) as writer, writer.begin():
+                update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "three"},
+                              ctx=write_ctx)
+            writes.append(skill_id)
+        return real_read(session, ids)
+
+    monkeypatch.setattr(incremental, "versions_by_entity", write_first_then_read)
+    with Session(engine) as auditor, auditor.begin():
+        result = incremental.audit_since_latest_digest(auditor, keyring=keyring)
+    assert writes and result.findings == []
+    assert result.versions_verified == 2
