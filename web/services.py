@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import redis
 from celery import Celery
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g, has_request_context, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,8 +78,9 @@ def statement_at_a_time(view: V) -> V:
 
 
 def _view_reads_in_autocommit() -> bool:
-    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    return getattr(view, AUTOCOMMIT_ATTRIBUTE, False)
+    if not has_request_context() or request.endpoint is None:  # an app context alone (CLI, tests)
+        return False
+    return getattr(current_app.view_functions.get(request.endpoint), AUTOCOMMIT_ATTRIBUTE, False)
 
 
 def db_session() -> Session:
