@@ -10,7 +10,7 @@ import os
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from models.audit import audit_batch, check_entity, load_entities
@@ -312,3 +312,26 @@ def test_the_incremental_audit_also_checks_a_suspect_again(engine, write_ctx, ke
         result = incremental.audit_since_latest_digest(auditor, keyring=keyring)
     assert writes and result.findings == []
     assert result.versions_verified == 2
+
+
+@pytest.mark.parametrize("vanish", [False, True])
+def test_the_incremental_audit_names_vanished_leaves_only_when_the_counts_say_some_vanished(
+        db_session, skill, write_ctx, keyring, vanish) -> None:
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "four"}, ctx=write_ctx)
+    if vanish:
+        db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    anti_joins: list[str] = []
+
+    def record(_conn, _cursor, statement, *_):
+        if "NOT (EXISTS" in statement:
+            anti_joins.append(statement)
+
+    bind = db_session.get_bind()
+    event.listen(bind, "before_cursor_execute", record)
+    try:
+        _, findings = run_incremental(db_session, keyring)
+    finally:
+        event.remove(bind, "before_cursor_execute", record)
+    assert [f.code for f in findings] == (["entity-deleted"] if vanish else [])
+    assert bool(anti_joins) == vanish
