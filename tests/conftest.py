@@ -19,13 +19,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -51,6 +52,21 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@contextmanager
+def recorded_statements(bind: Engine | Connection) -> Iterator[list[tuple[bool, str]]]:
+    """``(autocommit?, SQL)`` of every statement sent through ``bind`` inside the block."""
+    seen: list[tuple[bool, str]] = []
+
+    def record(conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append((conn.connection.driver_connection.autocommit, statement))
+
+    event.listen(bind, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(bind, "before_cursor_execute", record)
 
 
 def private_dir(name: str) -> Path:

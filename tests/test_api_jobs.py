@@ -2,7 +2,6 @@
 
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -15,6 +14,7 @@ from models.db import make_engine
 from models.jobs import Job
 from web import create_app
 from web.schemas import JobListQuery
+from tests.conftest import recorded_statements
 from web.services import EXTENSION_KEY
 
 
@@ -223,32 +223,22 @@ def test_submitting_a_job_writes_one_message_and_no_task_sent_event(client, redi
     events.close()
 
 
-@contextmanager
-def _statements(client):
-    """(autocommit?, first word) of every statement the client's app sends, in order."""
-    engine = client.application.extensions[EXTENSION_KEY].engine
-    seen: list[tuple[bool, str]] = []
-
-    def record(conn, _cursor, statement, *_):
-        seen.append((conn.connection.driver_connection.autocommit, statement.split()[0].upper()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+def _first_words(seen: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
+    return [(autocommit, statement.split()[0].upper()) for autocommit, statement in seen]
 
 
 def test_showing_and_listing_jobs_read_in_autocommit_and_leave_the_pool_transactional(client) -> None:
     job = _start(client).get_json()
-    with _statements(client) as shown:
+    engine = client.application.extensions[EXTENSION_KEY].engine
+    with recorded_statements(engine) as shown:
         assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
-    with _statements(client) as listed:
+    with recorded_statements(engine) as listed:
         assert client.get("/api/v1/jobs").status_code == 200
-    with _statements(client) as started:
+    with recorded_statements(engine) as started:
         assert _start(client).status_code == 202
-    with _statements(client) as keys:
+    with recorded_statements(engine) as keys:
         assert client.get("/api/v1/api-keys").status_code == 200
+    shown, listed, started, keys = (_first_words(seen) for seen in (shown, listed, started, keys))
 
     # key lookup + job row, no BEGIN/ROLLBACK around them
     assert shown == [(True, "SELECT"), (True, "SELECT")]

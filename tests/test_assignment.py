@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from models import bulk_assignment
 
@@ -19,6 +19,7 @@ from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, Team
 from models.registry import create_entity, update_entity
+from tests.conftest import recorded_statements
 
 E = EntityType
 
@@ -263,12 +264,7 @@ def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_sessio
         world.team(f"Ranked {n}", capacity=3)
     agent = world.agent("Ranker")
     agent.embedding  # noqa: B018 - loaded before counting: only the teams' reads are counted
-    statements: list[str] = []
-    listen = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(db_session.get_bind(), "before_cursor_execute", listen)
-    try:
+    with recorded_statements(db_session.get_bind()) as statements:
         eligible, _ = rank_teams(db_session, agent)
-    finally:
-        event.remove(db_session.get_bind(), "before_cursor_execute", listen)
     assert len(eligible) >= 5
     assert len(statements) <= 3, statements  # required skills, seats, teams: not one per team

@@ -10,7 +10,7 @@ import os
 import uuid
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.audit import audit_batch, check_entity, load_entities
@@ -23,6 +23,7 @@ from models.job_lifecycle import create_job
 from models.ledger import digest_now, store_digest
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
+from tests.conftest import recorded_statements
 
 E = EntityType
 
@@ -321,17 +322,8 @@ def test_the_incremental_audit_names_vanished_leaves_only_when_the_counts_say_so
     update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "four"}, ctx=write_ctx)
     if vanish:
         db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
-    anti_joins: list[str] = []
-
-    def record(_conn, _cursor, statement, *_):
-        if "NOT (EXISTS" in statement:
-            anti_joins.append(statement)
-
-    bind = db_session.get_bind()
-    event.listen(bind, "before_cursor_execute", record)
-    try:
+    with recorded_statements(db_session.get_bind()) as statements:
         _, findings = run_incremental(db_session, keyring)
-    finally:
-        event.remove(bind, "before_cursor_execute", record)
+    anti_joins = [statement for _, statement in statements if "NOT (EXISTS" in statement]
     assert [f.code for f in findings] == (["entity-deleted"] if vanish else [])
     assert bool(anti_joins) == vanish
