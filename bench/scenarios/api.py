@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +51,6 @@ class Measured:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.load.as_dict(), "app_cpu_ms": self.app_cpu_ms, "postgres_cpu_ms": self.postgres_cpu_ms}
-
-
-def _metered(stack: BenchStack, api: subprocess.Popen, side: Any) -> Any:
-    def run() -> Measured:
-        meter = stack.cpu_meter(app=api).start()
-        load = side()
-        cpu = meter.stop()
-        served = max(load.requests, 1)
-        return Measured(load, round(cpu["app"] / served * 1000, 3), round(cpu["postgres"] / served * 1000, 3))
-    return run
 
 
 def _alternating(runs: int, *sides: Any) -> tuple[list[Measured], ...]:
@@ -102,22 +93,28 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     floor_url = f"http://127.0.0.1:{floor_port}"
     post_headers = {**stack.headers, "Content-Type": "application/json"}
 
-    def load(url: str, path: str, headers: dict[str, str], duration: float, **kwargs: Any) -> Any:
-        return lambda: run_load(url, paths=[path], seconds=duration, connections=CONNECTIONS, headers=headers, **kwargs)
+    def load(api: subprocess.Popen, url: str, path: str, headers: dict[str, str], duration: float,
+             **kwargs: Any) -> Callable[[], Measured]:
+        """One load run on ``api``, with the CPU it cost per request."""
+        def run() -> Measured:
+            meter = stack.cpu_meter(app=api).start()
+            result = run_load(url, paths=[path], seconds=duration, connections=CONNECTIONS, headers=headers, **kwargs)
+            cpu, served = meter.stop(), max(result.requests, 1)
+            return Measured(result, round(cpu["app"] / served * 1000, 3), round(cpu["postgres"] / served * 1000, 3))
+        return run
 
-    load(plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
-    load(bare_url, "/ping", {}, 1)()
-    load(floor_url, floor_path, stack.headers, 1)()
-    plant_get, bare_get, floor_get = _alternating(
-        RUNS, _metered(stack, plant_api, load(plant_url, job_path, stack.headers, seconds)),
-        _metered(stack, bare_api, load(bare_url, "/ping", {}, seconds)),
-        _metered(stack, floor_api, load(floor_url, floor_path, stack.headers, seconds)))
+    load(plant_api, plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
+    load(bare_api, bare_url, "/ping", {}, 1)()
+    load(floor_api, floor_url, floor_path, stack.headers, 1)()
+    plant_get, bare_get, floor_get = _alternating(RUNS, load(plant_api, plant_url, job_path, stack.headers, seconds),
+                                                  load(bare_api, bare_url, "/ping", {}, seconds),
+                                                  load(floor_api, floor_url, floor_path, stack.headers, seconds))
     plant_post, bare_post = _alternating(
         RUNS,
-        _metered(stack, plant_api, load(plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST",
-                                         body_format=SLEEP_BODY)),
-        _metered(stack, bare_api, load(bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST",
-                                       body_format=SLEEP_BODY)),
+        load(plant_api, plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST",
+             body_format=SLEEP_BODY),
+        load(bare_api, bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST",
+             body_format=SLEEP_BODY),
     )
     for process in (plant_api, bare_api, floor_api):
         stack.stop(process)
