@@ -44,6 +44,14 @@ _JOBS = Job.__table__.c
 _NOW = func.now()
 _LEASE_END = _NOW + bindparam("lease", type_=Interval())
 _GET = select(*RECORD_COLUMNS).where(_JOBS.id == bindparam("job_id"))
+# INSERT ... RETURNING gives the whole row (server defaults, JSONB as stored) in one round
+# trip; the published variant stamps enqueued_at in the same statement.
+_INSERT = (
+    insert(Job.__table__)
+    .values(kind=bindparam("kind"), params=bindparam("params"), queue=bindparam("queue"), status=JobStatus.QUEUED.value)
+    .returning(*Job.__table__.c)
+)
+_INSERT_PUBLISHED = _INSERT.values(enqueued_at=_NOW)
 _CLAIMABLE = or_(
     _JOBS.status == JobStatus.QUEUED.value,
     and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
@@ -80,12 +88,8 @@ def create_job(
     after the commit and calls :func:`mark_unpublished` if that fails: a successful submit
     then costs no second write. Without it the row starts in the outbox.
     """
-    # INSERT ... RETURNING gives the whole row (server defaults, JSONB as stored) in one
-    # round trip.
-    values: dict[str, Any] = {"kind": kind, "params": params, "queue": queue, "status": JobStatus.QUEUED.value}
-    if to_publish:
-        values["enqueued_at"] = func.now()
-    return cast(JobRecord, session.execute(insert(Job.__table__).values(**values).returning(*Job.__table__.c)).one())
+    statement = _INSERT_PUBLISHED if to_publish else _INSERT
+    return cast(JobRecord, session.execute(statement, {"kind": kind, "params": params, "queue": queue}).one())
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
