@@ -1,6 +1,6 @@
 """The state the API exposes as metrics, read with a few aggregate queries.
 
-Everything here is counted in PostgreSQL at scrape time, so every API process reports
+Everything here is counted in PostgreSQL when /metrics reads it, so every API process reports
 the same numbers and nothing has to be kept in step with the tables. Only counts, ages
 and durations come out, grouped by bounded labels (job kind and status, queue, finding
 code and severity): never an id or a name.

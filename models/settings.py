@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # Logs and metrics.
     log_format: Literal["json", "console"] = Field(default="json", description="`make dev` uses console")
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # /metrics is public: each API process reads the database and the broker for it at most
+    # once per this many seconds, however often it is scraped (0: on every scrape).
+    metrics_state_max_age_seconds: float = Field(default=5.0, ge=0, le=300)
     # Set (by gunicorn.conf.py, or the operator) when several API processes share metrics.
     # Only prometheus_client's own name: it is what the library itself reads.
     prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")

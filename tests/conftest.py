@@ -139,6 +139,8 @@ def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         redis_url=redis_url,
         data_dir=data_dir,
         health_timeout_seconds=0.5,
+        # The session's app serves every test: a /metrics reading must not outlive a test.
+        metrics_state_max_age_seconds=0,
     )
 
 

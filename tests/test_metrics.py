@@ -1,5 +1,6 @@
 """``GET /metrics``: request metrics by route template, job/queue/audit state read from the
-database at scrape time, the broker's queue lengths, and multiprocess mode under gunicorn.
+database (one reading shared by scrapes until it is max-age old), the broker's queue
+lengths, and multiprocess mode under gunicorn.
 
 Request counters live for the whole test process, so those tests compare two scrapes;
 everything counted from the database is compared with the database itself.
@@ -12,8 +13,10 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ from cli.services import free_port
 from models.audit_tables import AuditFinding, AuditRun
 from models.entities import Skill
 from models.jobs import Job
-from tests.conftest import REPO_ROOT, child_env, stop_process_group, wait_for
+from tests.conftest import REPO_ROOT, child_env, recorded_statements, stop_process_group, wait_for
 from web.metrics import PlantStateCollector
 
 API = "/api/v1"
@@ -229,3 +232,57 @@ def test_gunicorn_workers_share_request_metrics_and_log_json(gunicorn_api) -> No
     requests_logged = [r for r in lines if r.get("route") == route]
     assert len(requests_logged) == sent and all(r["status"] == 401 and r["request_id"] for r in requests_logged)
     assert any(r["logger"].startswith("gunicorn.error") for r in lines), "gunicorn's own log is JSON too"
+
+
+def _state_reading(collector: PlantStateCollector) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value for f in collector.collect() for s in f.samples}
+
+
+def test_a_reading_serves_every_scrape_until_it_is_max_age_old(settings, engine) -> None:
+    from web import create_app
+
+    app = create_app(settings.model_copy(update={"metrics_state_max_age_seconds": 300}))
+    first = scrape(app.test_client())
+    with engine.begin() as connection:
+        connection.execute(insert(Job).values(kind="diagnostics.sleep", queue="default", status="queued", params={}))
+    with recorded_statements(app.extensions["plant"].engine) as sent:
+        second = scrape(app.test_client())
+    assert sent == [], "a scrape within the max age reads nothing"
+    assert series(second, "plant_jobs") == series(first, "plant_jobs")
+    assert value(second, "plant_metrics_source_up", source="database") == 1
+
+    # A process whose reading may be 0 s old sees the new row at once.
+    queued = value(scrape(create_app(settings).test_client()), "plant_jobs", kind="diagnostics.sleep", status="queued")
+    assert queued == value(first, "plant_jobs", kind="diagnostics.sleep", status="queued") + 1
+
+
+def test_a_reading_is_renewed_once_it_is_older_than_max_age(app, engine) -> None:
+    from web.services import services
+
+    with app.app_context():
+        collector = PlantStateCollector(services(), max_age_seconds=0.2)
+    before = value(_state_reading(collector), "plant_jobs_queued", queue="default")
+    with engine.begin() as connection:
+        connection.execute(insert(Job).values(kind="diagnostics.sleep", queue="default", status="queued", params={}))
+    wait_for(lambda: value(_state_reading(collector), "plant_jobs_queued", queue="default") == before + 1,
+             timeout=10, what="the reading to be renewed")
+
+
+def test_concurrent_scrapes_share_one_reading(app) -> None:
+    from web.services import services
+
+    with app.app_context():
+        svc = services()
+    with recorded_statements(svc.engine) as one_reading:
+        _state_reading(PlantStateCollector(svc))
+    collector = PlantStateCollector(svc, max_age_seconds=300)
+    start = threading.Barrier(8)
+
+    def scrape_at_once(_: int) -> Samples:
+        start.wait()
+        return _state_reading(collector)
+
+    with recorded_statements(svc.engine) as sent, ThreadPoolExecutor(8) as pool:
+        readings = list(pool.map(scrape_at_once, range(8)))
+    assert len(sent) == len(one_reading) > 0
+    assert all(r == readings[0] for r in readings)

@@ -9,9 +9,12 @@ request is counted, timed and logged as one line, labelled by the Flask route te
 
 ``/metrics`` is public, like ``/health``: Prometheus scrapes it without a key, and it
 shows only counts, durations and ages by bounded labels (no ids, names or parameters).
-Job, queue and audit numbers are read at scrape time by :class:`PlantStateCollector`
-(a few aggregate queries and a Redis ``LLEN`` per queue), registered only in the
-registry built for one scrape, so no process keeps them and none reports them twice.
+Job, queue and audit numbers are read by :class:`PlantStateCollector` (a few aggregate
+queries and a Redis ``LLEN`` per queue). Because anyone may scrape, one API process reads
+them at most once per ``PLANT_METRICS_STATE_MAX_AGE_SECONDS`` (5 s) and serves that
+reading to every scrape until it is older, so no scrape rate can load the database more.
+The collector is registered only in the registry built for one scrape, so no process
+reports it twice.
 Under gunicorn several processes serve requests: ``gunicorn.conf.py`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` and each scrape then sums every process's request metrics
 with ``MultiProcessCollector``; elsewhere (tests, ``flask run``) this process's own
@@ -22,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -39,6 +43,7 @@ from models.jobs import JobStatus
 from models.settings import Settings
 from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
 from tasks.dispatch import JOB_ROUTES
+from web.services import EXTENSION_KEY as SERVICES_KEY
 from web.services import Services, services
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,7 @@ QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)
 # Long-polls last up to 30 s, so the buckets reach past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
+STATE_COLLECTOR_KEY = "plant_metrics_state"  # the app's PlantStateCollector, in app.extensions
 
 # Kept out of prometheus_client's global registry: a scrape chooses what it serves.
 REQUEST_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -160,30 +166,51 @@ def audit_families(stats: AuditStats) -> list[Metric]:
 
 
 class PlantStateCollector:
-    """Scrape-time metrics from PostgreSQL and the broker; a source that fails reports up=0."""
+    """Metrics from PostgreSQL and the broker; a source that fails reports up=0.
 
-    def __init__(self, svc: Services, *, queues: Iterable[str] = QUEUES, kinds: Iterable[str] = tuple(JOB_ROUTES)) -> None:
+    A reading is reused by every scrape until it is ``max_age_seconds`` old (0: read on
+    each scrape). One scrape reads at a time: others arriving meanwhile wait for it and
+    serve what it read, so a burst of scrapes costs one reading. A failed source is
+    remembered as long, which spares a struggling database the retries.
+    """
+
+    def __init__(self, svc: Services, *, queues: Iterable[str] = QUEUES, kinds: Iterable[str] = tuple(JOB_ROUTES),
+                 max_age_seconds: float = 0.0) -> None:
         self._svc = svc
         self._queues = tuple(queues)
         self._kinds = tuple(kinds)
+        self._max_age = max_age_seconds
+        self._lock = threading.Lock()
+        self._reading: list[Metric] = []
+        self._read_at: float | None = None  # time.monotonic() when the reading finished
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check up front, and no query at registration
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._read_at is None or time.monotonic() - self._read_at >= self._max_age:
+                self._reading = self._read()
+                self._read_at = time.monotonic()
+            reading = self._reading
+        yield from reading
+
+    def _read(self) -> list[Metric]:
         sources: tuple[tuple[str, Callable[[], list[Metric]]], ...] = (
             ("database", self._database), ("broker", self._broker),
         )
-        up = GaugeMetricFamily("plant_metrics_source_up", "1 when the source answered this scrape", labels=["source"])
+        up = GaugeMetricFamily("plant_metrics_source_up", "1 when the source answered its latest reading",
+                               labels=["source"])
+        families: list[Metric] = []
         for source, read in sources:
             try:
-                families, answered = read(), 1
+                families += read()
+                answered = 1
             except Exception as exc:  # noqa: BLE001 - a scrape reports a dead dependency, it does not fail
                 log.warning("metrics: the %s did not answer: %s: %s", source, type(exc).__name__, str(exc)[:300])
-                families, answered = [], 0
+                answered = 0
             up.add_metric([source], answered)
-            yield from families
-        yield up
+        return [*families, up]
 
     def _database(self) -> list[Metric]:
         with self._svc.sessions() as session, session.begin():
@@ -200,20 +227,21 @@ class PlantStateCollector:
                         [([q], n) for q, n in zip(self._queues, lengths, strict=True)])]
 
 
-def scrape_registry(svc: Services) -> CollectorRegistry:
+def scrape_registry(svc: Services, state: PlantStateCollector) -> CollectorRegistry:
     registry = CollectorRegistry()
     if svc.settings.prometheus_multiproc_dir is not None:
         MultiProcessCollector(registry, path=str(svc.settings.prometheus_multiproc_dir))
     else:
         registry.register(REQUEST_REGISTRY)  # type: ignore[arg-type] - a registry is a collector
-    registry.register(PlantStateCollector(svc))
+    registry.register(state)
     return registry
 
 
 def metrics() -> Response:
     """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    response = Response(encoder(scrape_registry(services())), content_type=content_type)
+    registry = scrape_registry(services(), current_app.extensions[STATE_COLLECTOR_KEY])
+    response = Response(encoder(registry), content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -228,4 +256,7 @@ def init_observability(app: Flask, settings: Settings) -> None:
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
+    app.extensions[STATE_COLLECTOR_KEY] = PlantStateCollector(
+        app.extensions[SERVICES_KEY], max_age_seconds=settings.metrics_state_max_age_seconds,
+    )
     app.add_url_rule(METRICS_PATH, "metrics", metrics, methods=["GET"])
