@@ -6,10 +6,13 @@ The worker entry point (``worker.app``) and the API (which only publishes) each 
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from celery import Celery
 from kombu import Queue
 
 from models.settings import Settings
+from tasks.broker import TRANSPORT_PATH
 
 DEFAULT_QUEUE = "default"
 AUDIT_QUEUE = "audit"
@@ -46,6 +49,8 @@ def create_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_hard_time_limit,
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport with one client object per channel (tasks/broker.py).
+        broker_transport=TRANSPORT_PATH if urlparse(settings.redis_url).scheme == "redis" else None,
         broker_transport_options={"visibility_timeout": settings.job_hard_time_limit + 300},
         # Publishing must not hang an API request when Redis is away; beat republishes.
         task_publish_retry_policy={

@@ -1,0 +1,74 @@
+"""The broker transport (``tasks/broker.py``): kombu's Redis transport with one Redis
+client object per channel, on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
+
+from tasks.broker import Channel, Transport
+from tasks.celery_app import create_celery
+from tasks.dispatch import publish_job
+
+
+# A Redis database no test worker consumes, so what is published here stays to be read.
+QUIET_DB = 15
+
+
+@pytest.fixture
+def quiet(settings, redis_url: str) -> Iterator[tuple[object, redis.Redis]]:
+    url = urlparse(redis_url)._replace(path=f"/{QUIET_DB}").geturl()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield settings.model_copy(update={"redis_url": url}), client
+    client.flushdb()
+    client.close()
+
+
+def test_redis_brokers_use_the_shared_client_transport_and_messages_arrive(quiet) -> None:
+    settings, redis_client = quiet
+    app = create_celery(settings)
+    queue = "broker-test"
+    try:
+        with app.connection_for_write() as connection:
+            assert isinstance(connection.transport, Transport)
+            channel = connection.default_channel
+            assert isinstance(channel, Channel)
+            assert channel._create_client() is channel._create_client()
+            assert channel._create_client(asynchronous=True) is not channel._create_client()
+
+            for n in range(3):
+                app.send_task("plant.test.noop", args=[n], queue=queue)
+            assert [json.loads(m)["headers"]["argsrepr"] for m in reversed(redis_client.lrange(queue, 0, -1))] == [
+                "[0]", "[1]", "[2]"]
+
+            # A new pool (kombu makes one after a fork or a disconnect) gets a new client.
+            before = channel._create_client()
+            channel._disconnect_pools()
+            after = channel._create_client()
+            assert after is not before and after.connection_pool is channel.pool
+            assert after.ping()
+    finally:
+        app.close()
+
+
+def test_the_api_publish_path_goes_through_it(quiet) -> None:
+    settings, redis_client = quiet
+    app = create_celery(settings)
+    try:
+        job_id = uuid.uuid4()
+        assert publish_job(app, job_id=job_id, kind="diagnostics.sleep")
+        assert any(json.loads(m)["headers"]["argsrepr"] == repr([str(job_id)])
+                   for m in redis_client.lrange("default", 0, -1))
+    finally:
+        app.close()
+
+
+def test_other_schemes_keep_kombus_transport(settings) -> None:
+    for url in ("rediss://127.0.0.1:6380/0", "sentinel://127.0.0.1:26379/0"):
+        assert create_celery(settings.model_copy(update={"redis_url": url})).conf.broker_transport is None
