@@ -15,7 +15,7 @@ from models.jobs import Job
 from web import create_app
 from web.schemas import JobListQuery
 from tests.conftest import recorded_statements
-from web.services import EXTENSION_KEY
+from web.services import app_services
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def _first_words(seen: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
 
 def test_showing_and_listing_jobs_read_in_autocommit_and_leave_the_pool_transactional(client) -> None:
     job = _start(client).get_json()
-    engine = client.application.extensions[EXTENSION_KEY].engine
+    engine = app_services(client.application).engine
     with recorded_statements(engine) as shown:
         assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
     with recorded_statements(engine) as listed:
@@ -251,7 +251,7 @@ def test_showing_and_listing_jobs_read_in_autocommit_and_leave_the_pool_transact
 
 def test_a_long_poll_sees_a_commit_made_while_it_waits(client, engine) -> None:
     job = _start(client).get_json()
-    app_engine = client.application.extensions[EXTENSION_KEY].engine
+    app_engine = app_services(client.application).engine
     reads: list[str] = []
 
     def cancel_after_first_read(_conn, _cursor, statement, *_):

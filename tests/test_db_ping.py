@@ -23,6 +23,7 @@ from models.migrate import upgrade_head
 from models.settings import libpq_url
 from tasks.runner import RowProgress
 from web import create_app
+from web.services import app_services
 
 DATABASE = "plant_ping"
 
@@ -85,7 +86,7 @@ def test_the_api_retries_a_requests_first_statement_on_a_fresh_connection(ping_s
         response = client.get("/api/v1/jobs")
         assert response.status_code == 200, response.get_json()
     finally:
-        app.extensions["plant"].engine.dispose()
+        app_services(app).engine.dispose()
 
 
 def test_a_workers_checkpoint_is_written_on_a_fresh_connection_after_its_own_died(ping_settings, pg_admin_url) -> None:

@@ -15,12 +15,15 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -31,18 +34,23 @@ from models.entities import Skill
 from models.jobs import Job
 from tests.conftest import REPO_ROOT, child_env, recorded_statements, stop_process_group, wait_for
 from web.metrics import PlantStateCollector
+from web.services import app_services
 
 API = "/api/v1"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def samples_of(families: Iterable[Metric]) -> Samples:
+    return {(sample.name, frozenset(sample.labels.items())): sample.value for family in families for sample in family.samples}
+
+
 def parse(exposition: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
+    return samples_of(text_string_to_metric_families(exposition))
+
+
+def _state_reading(collector: PlantStateCollector) -> Samples:
+    return samples_of(collector.collect())
 
 
 def scrape(client) -> Samples:
@@ -117,14 +125,10 @@ def test_broker_queue_length_is_the_redis_list_length(app, redis_client) -> None
     queue = f"metrics-test-{uuid.uuid4().hex[:8]}"  # a queue no worker consumes
     redis_client.rpush(queue, b"a", b"b", b"c")
     try:
-        with app.app_context():
-            from web.services import services
-
-            families = list(PlantStateCollector(services(), queues=[queue]).collect())
+        reading = _state_reading(PlantStateCollector(app_services(app), queues=[queue]))
     finally:
         redis_client.delete(queue)
-    lengths = {tuple(s.labels.items()): s.value for f in families for s in f.samples if s.name == "plant_broker_queue_length"}
-    assert lengths == {(("queue", queue),): 3}
+    assert series(reading, "plant_broker_queue_length") == {frozenset({("queue", queue)}): 3}
 
 
 @pytest.mark.usefixtures("worker")
@@ -234,33 +238,37 @@ def test_gunicorn_workers_share_request_metrics_and_log_json(gunicorn_api) -> No
     assert any(r["logger"].startswith("gunicorn.error") for r in lines), "gunicorn's own log is JSON too"
 
 
-def _state_reading(collector: PlantStateCollector) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value for f in collector.collect() for s in f.samples}
+@contextmanager
+def own_app(settings) -> Iterator[Any]:
+    """An app of its own (its own engine and /metrics reading), disposed of afterwards."""
+    from web import create_app
+
+    app = create_app(settings)
+    try:
+        yield app
+    finally:
+        app_services(app).engine.dispose()
 
 
 def test_a_reading_serves_every_scrape_until_it_is_max_age_old(settings, engine) -> None:
-    from web import create_app
-
-    app = create_app(settings.model_copy(update={"metrics_state_max_age_seconds": 300}))
-    first = scrape(app.test_client())
-    with engine.begin() as connection:
-        connection.execute(insert(Job).values(kind="diagnostics.sleep", queue="default", status="queued", params={}))
-    with recorded_statements(app.extensions["plant"].engine) as sent:
-        second = scrape(app.test_client())
+    with own_app(settings.model_copy(update={"metrics_state_max_age_seconds": 300})) as app:
+        first = scrape(app.test_client())
+        with engine.begin() as connection:
+            connection.execute(insert(Job).values(kind="diagnostics.sleep", queue="default", status="queued", params={}))
+        with recorded_statements(app_services(app).engine) as sent:
+            second = scrape(app.test_client())
     assert sent == [], "a scrape within the max age reads nothing"
     assert series(second, "plant_jobs") == series(first, "plant_jobs")
     assert value(second, "plant_metrics_source_up", source="database") == 1
 
     # A process whose reading may be 0 s old sees the new row at once.
-    queued = value(scrape(create_app(settings).test_client()), "plant_jobs", kind="diagnostics.sleep", status="queued")
+    with own_app(settings) as fresh:
+        queued = value(scrape(fresh.test_client()), "plant_jobs", kind="diagnostics.sleep", status="queued")
     assert queued == value(first, "plant_jobs", kind="diagnostics.sleep", status="queued") + 1
 
 
 def test_a_reading_is_renewed_once_it_is_older_than_max_age(app, engine) -> None:
-    from web.services import services
-
-    with app.app_context():
-        collector = PlantStateCollector(services(), max_age_seconds=0.2)
+    collector = PlantStateCollector(app_services(app), max_age_seconds=0.2)
     before = value(_state_reading(collector), "plant_jobs_queued", queue="default")
     with engine.begin() as connection:
         connection.execute(insert(Job).values(kind="diagnostics.sleep", queue="default", status="queued", params={}))
@@ -269,10 +277,7 @@ def test_a_reading_is_renewed_once_it_is_older_than_max_age(app, engine) -> None
 
 
 def test_concurrent_scrapes_share_one_reading(app) -> None:
-    from web.services import services
-
-    with app.app_context():
-        svc = services()
+    svc = app_services(app)
     with recorded_statements(svc.engine) as one_reading:
         _state_reading(PlantStateCollector(svc))
     collector = PlantStateCollector(svc, max_age_seconds=300)

@@ -43,8 +43,7 @@ from models.jobs import JobStatus
 from models.settings import Settings
 from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
 from tasks.dispatch import JOB_ROUTES
-from web.services import EXTENSION_KEY as SERVICES_KEY
-from web.services import Services, services
+from web.services import Services, app_services, services
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("web.requests")  # one line per request
@@ -257,6 +256,6 @@ def init_observability(app: Flask, settings: Settings) -> None:
     app.after_request(_finish_request)
     app.teardown_request(_end_request)
     app.extensions[STATE_COLLECTOR_KEY] = PlantStateCollector(
-        app.extensions[SERVICES_KEY], max_age_seconds=settings.metrics_state_max_age_seconds,
+        app_services(app), max_age_seconds=settings.metrics_state_max_age_seconds,
     )
     app.add_url_rule(METRICS_PATH, "metrics", metrics, methods=["GET"])

@@ -65,8 +65,12 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def app_services(app: Flask) -> Services:
+    return app.extensions[EXTENSION_KEY]
+
+
 def services() -> Services:
-    return current_app.extensions[EXTENSION_KEY]
+    return app_services(current_app)
 
 
 def statement_at_a_time(view: V) -> V:
