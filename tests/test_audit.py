@@ -18,6 +18,7 @@ from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summa
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash
+from models.constitution import L0, L1, RuleSubject, evaluate
 from models.entities import EntityType, Skill, governed_content
 from models.job_lifecycle import create_job
 from models.ledger import digest_now, store_digest
@@ -327,3 +328,22 @@ def test_the_incremental_audit_names_vanished_leaves_only_when_the_counts_say_so
     anti_joins = [statement for _, statement in statements if "NOT (EXISTS" in statement]
     assert [f.code for f in findings] == (["entity-deleted"] if vanish else [])
     assert bool(anti_joins) == vanish
+
+
+L1_PREFIX = {EntityType.INDUSTRY: "INDUSTRY-", EntityType.SKILL: "SKILL-", EntityType.JOB_ROLE: "JOBROLE-",
+             EntityType.TEAM: "TEAM-", EntityType.AGENT: "AGENT-"}
+
+
+@pytest.mark.parametrize("entity_type", list(EntityType))
+def test_a_subject_failing_everything_breaks_exactly_its_levels_rules(entity_type: EntityType) -> None:
+    # Every rule fails on this subject, so evaluate() must name each rule of the level and
+    # type, in catalogue order, and no other (the rules are looked up per level and type).
+    nothing = RuleSubject(entity_type=entity_type, content={}, versions=0, head_link_hash=None, genesis_linked=False,
+                          append_only_enforced=False, members=0)
+    l0, l1 = evaluate(nothing, L0), evaluate(nothing, L1)
+    assert l0.violations == ("L0-01", "L0-02", "L0-03", "L0-04", "L0-05") and l0.warnings == ()
+    named = [*l1.violations, *l1.warnings]
+    assert named and all(rule_id.startswith(L1_PREFIX[entity_type]) for rule_id in named)
+    assert len(named) == {EntityType.INDUSTRY: 1, EntityType.SKILL: 3, EntityType.JOB_ROLE: 3, EntityType.TEAM: 2,
+                          EntityType.AGENT: 3}[entity_type]
+    assert l1.warnings == (("TEAM-01",) if entity_type is EntityType.TEAM else ())
