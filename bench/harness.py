@@ -121,8 +121,10 @@ class CpuMeter:
 
     On a 2-core machine the pipeline is CPU-bound, so CPU per job and per process is
     where the time goes. ``trees`` count a process and all its descendants (found again
-    at stop, so forked workers count); ``singles`` count one process only (the
-    benchmark client itself, whose children are the servers under test).
+    at stop, so forked workers count, and with the children each one has reaped, so a
+    PostgreSQL backend whose connection closed in between counts too); ``singles`` count
+    one process only (the benchmark client itself, whose children are the servers under
+    test).
     """
 
     def __init__(self, trees: dict[str, int], singles: dict[str, int] | None = None) -> None:
@@ -139,6 +141,8 @@ class CpuMeter:
                 with suppress(psutil.Error):
                     times = process.cpu_times()
                     total += times.user + times.system
+                    if tree:
+                        total += times.children_user + times.children_system
         return total
 
     def _sample(self) -> dict[str, float]:
