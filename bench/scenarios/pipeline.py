@@ -24,6 +24,7 @@ import redis
 from sqlalchemy import text
 
 from bench.bare_celery import DONE_AT_KEY, DONE_KEY, TASK_NAME, create_bare_celery
+from bench.floor_pipeline import PATH as FLOOR_PATH
 from bench.harness import BARE_CELERY_REDIS_DB, BenchResult, BenchStack, median_run
 from bench.pipeline_phases import measure_phases, phases_markdown
 from models.settings import Settings
@@ -72,8 +73,10 @@ def _in_threads(n: int, send: Callable[[Any, int], None], make_client: Callable[
 
 
 class PlantSide:
-    def __init__(self, stack: BenchStack, settings: Settings, port: int) -> None:
-        self.stack, self.settings, self.port = stack, settings, port
+    """Jobs POSTed to ``path`` on ``port``, done when the ``jobs`` table says they succeeded."""
+
+    def __init__(self, stack: BenchStack, settings: Settings, port: int, path: str = "/api/v1/diagnostics/sleep") -> None:
+        self.stack, self.settings, self.port, self.path = stack, settings, port, path
         self.headers = {**stack.headers, "Content-Type": "application/json"}
 
     def _counts(self) -> tuple[int, int, float | None]:
@@ -82,7 +85,7 @@ class PlantSide:
         return succeeded, failed, float(last) if last is not None else None
 
     def _post(self, connection: HTTPConnection, _: int) -> None:
-        connection.request("POST", "/api/v1/diagnostics/sleep", body=b'{"seconds": 0}', headers=self.headers)
+        connection.request("POST", self.path, body=b'{"seconds": 0}', headers=self.headers)
         response = connection.getresponse()
         response.read()
         if response.status != 202:
@@ -152,17 +155,27 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     api = stack.start_api(plant_settings, port=port, name="pipeline-api")
     worker = stack.start_worker(plant_settings, queues="default", name="pipeline-worker")
     bare_worker = stack.start_worker(bare_settings, app="bench.bare_celery", queues="celery", name="bare-worker")
+    floor_settings = stack.fresh_database("bench_pipeline_floor")
+    floor_port = stack.free_port()
+    floor_api = stack.start_api(floor_settings, port=floor_port, app="bench.floor_pipeline:create_app()",
+                                name="pipeline-floor-api")
+    floor_worker = stack.start_worker(floor_settings, app="bench.floor_pipeline", queues="celery",
+                                      name="pipeline-floor-worker")
     plant, bare = PlantSide(stack, plant_settings, port), BareSide(bare_url)
+    floor = PlantSide(stack, floor_settings, floor_port, path=FLOOR_PATH)
     try:
         plant.run(50)  # warm-up: connections, imports, caches
         bare.run(200)
-        plant_runs, bare_runs = [], []
+        floor.run(200)
+        plant_runs, bare_runs, floor_runs = [], [], []
         for _ in range(RUNS):
             plant_runs.append(_metered(stack, n, plant, api=api, worker=worker))
             bare_runs.append(_metered(stack, n, bare, worker=bare_worker))
+            floor_runs.append(_metered(stack, n, floor, api=floor_api, worker=floor_worker))
     finally:
         bare.close()
-    stack.stop(bare_worker)
+    for process in (bare_worker, floor_worker, floor_api):
+        stack.stop(process)
     delivery = _bare_with_plant_delivery(stack, bare_settings, n)
     bare_api = stack.start_api(stack.settings, port=bare_api_port, app="bench.bare_flask:create_app()",
                                name="pipeline-bare-flask")
@@ -171,17 +184,25 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
         stack.stop(process)
     plant_rate = median_run([r["per_second"] for r in plant_runs])
     bare_rate = median_run([r["per_second"] for r in bare_runs])
+    floor_rate = median_run([r["per_second"] for r in floor_runs])
     details = {
         "jobs": n, "runs": RUNS, "client_threads": CLIENT_THREADS, "worker": "prefork, concurrency 2",
         "plant_runs": plant_runs, "bare_runs": bare_runs,
         "plant_cpu_ms_per_job": _median_cpu(plant_runs), "bare_cpu_ms_per_task": _median_cpu(bare_runs),
+        "floor_runs": floor_runs, "floor_per_second": floor_rate, "floor_cpu_ms_per_job": _median_cpu(floor_runs),
         "phases_ms": phases,
     }
     details["bare_plant_delivery_runs"] = delivery
     details["bare_plant_delivery_per_second"] = median_run([r["per_second"] for r in delivery])
     details["bare_plant_delivery_cpu_ms_per_task"] = _median_cpu(delivery)
-    return [BenchResult.at_least("pipeline", plant_rate, "jobs/s", baseline=bare_rate, min_ratio=TARGET_RATIO,
-                                 details=details)]
+    return [
+        BenchResult.at_least("pipeline", plant_rate, "jobs/s", baseline=bare_rate, min_ratio=TARGET_RATIO,
+                             details=details),
+        # The least any pipeline with a job table does (bench/floor_pipeline.py): below
+        # the target's ratio, the target is out of reach for any such design here.
+        BenchResult.report_only("pipeline.job_table_floor", floor_rate, "jobs/s", baseline=bare_rate,
+                                details={"runs": floor_runs}),
+    ]
 
 
 def _bare_with_plant_delivery(stack: BenchStack, settings: Settings, n: int) -> list[dict[str, Any]]:
@@ -204,15 +225,19 @@ def markdown(results: list[BenchResult]) -> str:
         return ""
     plant, bare = details["plant_cpu_ms_per_job"], details["bare_cpu_ms_per_task"]
     delivery = details.get("bare_plant_delivery_cpu_ms_per_task", {})
-    rows = ["| process | Plant, CPU ms per job | bare Celery, CPU ms per task | bare Celery with Plant's delivery settings |",
-            "|---|---:|---:|---:|"]
+    floor = details.get("floor_cpu_ms_per_job", {})
+    columns = (plant, bare, delivery, floor)
+    rows = ["| process | Plant, CPU ms per job | bare Celery, CPU ms per task | bare Celery with Plant's delivery settings "
+            "| job-table floor, CPU ms per job |",
+            "|---|---:|---:|---:|---:|"]
     for name in ("api", "worker", "postgres", "redis", "client"):
-        rows.append(f"| {name} | {plant.get(name, 0):.2f} | {bare.get(name, 0):.2f} | {delivery.get(name, 0):.2f} |")
-    rows.append(f"| **total** | **{sum(plant.values()):.2f}** | **{sum(bare.values()):.2f}** | "
-                f"**{sum(delivery.values()):.2f}** |")
+        rows.append(f"| {name} | " + " | ".join(f"{column.get(name, 0):.2f}" for column in columns) + " |")
+    rows.append("| **total** | " + " | ".join(f"**{sum(column.values()):.2f}**" for column in columns) + " |")
     rates = (f"Throughput (medians): Plant {results[0].value:.1f} jobs/s, bare Celery {results[0].baseline:.1f} "
              f"tasks/s, bare Celery with Plant's delivery settings (late acks, prefetch 1, task events) "
-             f"{details['bare_plant_delivery_per_second']:.1f} tasks/s.")
+             f"{details['bare_plant_delivery_per_second']:.1f} tasks/s, the job-table floor "
+             f"(`bench/floor_pipeline.py`: key lookup, INSERT and publish in the API; claim and finish UPDATEs in a "
+             f"bare Celery task with Celery's default delivery) {details.get('floor_per_second', 0):.1f} jobs/s.")
     return (
         rates + "\n\nCPU per job, by process (median of the runs; on two shared cores CPU is the budget):\n\n"
         + "\n".join(rows)
