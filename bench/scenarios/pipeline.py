@@ -5,8 +5,10 @@ Plant: ``n`` ``diagnostics.sleep(0)`` jobs are POSTed to a real gunicorn API by
 concurrency 2) runs them; the clock runs from the first POST to the last job's
 ``finished_at``, and completion is watched with one cheap COUNT query every 50 ms.
 Baseline: ``n`` no-op tasks of :mod:`bench.bare_celery`, published by the same number
-of threads, consumed by a worker with the same pool and concurrency. Runs alternate
-(Plant, bare, Plant, ...) so machine noise hits both; the medians are compared.
+of threads, consumed by a worker with the same pool and concurrency. Beside them, the
+job-table floor (:mod:`bench.floor_pipeline`): the same jobs through the least an API and
+worker that record them in PostgreSQL must do. Runs alternate (Plant, bare, floor, Plant,
+...) so machine noise hits all three; the medians are compared.
 Target: Plant >= 0.8x bare. CPU seconds per job and process, and the phase timings of
 :mod:`bench.pipeline_phases`, say where the time goes.
 """
@@ -72,7 +74,7 @@ def _in_threads(n: int, send: Callable[[Any, int], None], make_client: Callable[
         raise errors[0]
 
 
-class PlantSide:
+class HttpJobsSide:
     """Jobs POSTed to ``path`` on ``port``, done when the ``jobs`` table says they succeeded."""
 
     def __init__(self, stack: BenchStack, settings: Settings, port: int, path: str = "/api/v1/diagnostics/sleep") -> None:
@@ -133,7 +135,7 @@ class BareSide:
         self.redis.close()
 
 
-def _metered(stack: BenchStack, n: int, side: PlantSide | BareSide, **processes: Any) -> dict[str, Any]:
+def _metered(stack: BenchStack, n: int, side: HttpJobsSide | BareSide, **processes: Any) -> dict[str, Any]:
     meter = stack.cpu_meter(**processes).start()
     outcome: dict[str, Any] = side.run(n)
     cpu = meter.stop()
@@ -161,8 +163,8 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
                                 name="pipeline-floor-api")
     floor_worker = stack.start_worker(floor_settings, app="bench.floor_pipeline", queues="celery",
                                       name="pipeline-floor-worker")
-    plant, bare = PlantSide(stack, plant_settings, port), BareSide(bare_url)
-    floor = PlantSide(stack, floor_settings, floor_port, path=FLOOR_PATH)
+    plant, bare = HttpJobsSide(stack, plant_settings, port), BareSide(bare_url)
+    floor = HttpJobsSide(stack, floor_settings, floor_port, path=FLOOR_PATH)
     try:
         plant.run(50)  # warm-up: connections, imports, caches
         bare.run(200)
