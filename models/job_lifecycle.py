@@ -52,9 +52,16 @@ _INSERT = (
     .returning(*Job.__table__.c)
 )
 _INSERT_PUBLISHED = _INSERT.values(enqueued_at=_NOW)
-_CLAIMABLE = or_(
-    _JOBS.status == JobStatus.QUEUED.value,
-    and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
+# A job asked to stop never starts another attempt: were its worker to die, the next
+# attempt could run to the end without a checkpoint (a certification has none) and the
+# cancel would be lost. Such a job is ended `cancelled` instead (request_cancel, and
+# models.job_recovery for a worker that died after the request).
+_CLAIMABLE = and_(
+    _JOBS.cancel_requested_at.is_(None),
+    or_(
+        _JOBS.status == JobStatus.QUEUED.value,
+        and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
+    ),
 )
 _CLAIM = (
     update(Job.__table__)
@@ -120,8 +127,8 @@ def list_jobs(
 def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int) -> JobClaim | None:
     """Move a queued job (or a running one whose lease expired) to running.
 
-    Returns ``None`` when the job is terminal, missing, or held by a live lease: a
-    redelivered message then does nothing. Increments ``attempts``.
+    Returns ``None`` when the job is terminal, missing, held by a live lease, or asked
+    to stop: a redelivered message then does nothing. Increments ``attempts``.
     """
     row = session.execute(
         _CLAIM, {"job_id": job_id, "worker": worker, "lease": dt.timedelta(seconds=lease_seconds)}
@@ -215,24 +222,37 @@ def _finish_statement(*, succeeded: bool, with_progress: bool) -> Update:
 def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next checkpoint.
 
-    Cancelling twice is harmless. A finished job raises :class:`JobNotCancellable`.
+    A running job whose lease has expired has no live attempt to reach a checkpoint (its
+    worker died or stalled), so it is cancelled at once too; should that attempt write
+    again, its attempt number no longer owns the row and the write is refused
+    (:class:`StaleAttempt`). Cancelling twice is harmless. A finished job raises
+    :class:`JobNotCancellable`.
     """
     # The locked row, as it is now: not an older copy this session may hold.
     locked = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
     job = session.execute(locked).scalar_one_or_none()
     if job is None:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))
+    now = session.scalar(select(func.now()))
     if job.status == JobStatus.QUEUED.value:
-        job.status = JobStatus.CANCELLED.value
-        job.finished_at = job.cancel_requested_at = session.scalar(select(func.now()))
-        job.error = JobCancelled("cancelled before it started").problem()
+        _cancel_now(job, now, "cancelled before it started")
     elif job.status == JobStatus.RUNNING.value:
-        if job.cancel_requested_at is None:
-            job.cancel_requested_at = session.scalar(select(func.now()))
+        if job.lease_expires_at is not None and job.lease_expires_at < now:
+            _cancel_now(job, now, f"cancelled while attempt {job.attempts} was not reporting (its lease had expired)")
+        elif job.cancel_requested_at is None:
+            job.cancel_requested_at = now
     elif job.status != JobStatus.CANCELLED.value:
         raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), status=job.status)
     session.flush()
     return job
+
+
+def _cancel_now(job: Job, now: dt.datetime | None, detail: str) -> None:
+    job.status = JobStatus.CANCELLED.value
+    job.finished_at = now
+    job.cancel_requested_at = job.cancel_requested_at or now
+    job.lease_expires_at = None
+    job.error = JobCancelled(detail).problem()
 
 
 def mark_unpublished(session: Session, *, job_id: uuid.UUID) -> None:

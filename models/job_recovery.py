@@ -7,10 +7,12 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
 * lost messages: jobs published long ago and still queued (the broker lost them);
 * dead workers: running jobs whose lease expired. They are republished after an
   exponential backoff with full jitter, and fail with the last error once they used
-  ``max_attempts``.
+  ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
+  with a cancel request never starts another attempt (``models.job_lifecycle``).
 
 ``release_for_retry`` hands a job back after a transient error (lost connection,
-timeout) so that a later attempt can take it.
+timeout) so that a later attempt can take it, or ends it ``cancelled`` when a cancel was
+requested meanwhile.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, case, func, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.errors import PlantError, StaleAttempt, WorkerLost
+from models.errors import JobCancelled, PlantError, StaleAttempt, WorkerLost
 from models.job_lifecycle import JobClaim
 from models.jobs import Job, JobStatus
 
-QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+QUEUED, RUNNING, CANCELLED = JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLED.value
+CANCEL_REQUESTED = Job.cancel_requested_at.is_not(None)
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,30 @@ def claim_lost_messages(session: Session, *, older_than: dt.timedelta, limit: in
     return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at < func.now() - older_than), limit)
 
 
+@dataclass(frozen=True)
+class Rescue:
+    """What one sweep over dead workers' jobs did: jobs to republish (already stamped),
+    and how many it failed (out of attempts) or cancelled (a cancel was requested)."""
+
+    republish: list[QueuedJobRef]
+    failed: int
+    cancelled: int
+
+
 def rescue_expired(
     session: Session, *, max_attempts: int, base: float, cap: float, older_than: dt.timedelta, limit: int = 500
-) -> tuple[list[QueuedJobRef], int]:
-    """Republish running jobs whose lease expired (after backoff); fail those out of attempts."""
+) -> Rescue:
+    """Republish running jobs whose lease expired (after backoff); fail those out of
+    attempts; cancel those asked to stop, which no attempt will take again."""
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < func.now())
+    # Queued with a cancel request: only rows left by releases made before cancel
+    # requests ended them (release_for_retry); nothing would ever claim them.
+    cancelled = session.execute(
+        update(Job).where(CANCEL_REQUESTED, or_(expired, Job.status == QUEUED)).values(
+            status=CANCELLED, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
+            error=JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint").problem(),
+        ).returning(Job.id)
+    ).all()
     failed = session.execute(
         update(Job).where(expired, Job.attempts >= max_attempts).values(
             status=JobStatus.FAILED.value, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
@@ -80,15 +103,27 @@ def rescue_expired(
         Job.lease_expires_at + backoff < func.now(),
         or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at, Job.enqueued_at < func.now() - older_than),
     )
-    return _stamp(session, due, limit), len(failed)
+    return Rescue(republish=_stamp(session, due, limit), failed=len(failed), cancelled=len(cancelled))
 
 
-def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any]) -> None:
-    """Hand the job back to the queue after a transient error; the caller republishes it."""
+def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any]) -> JobStatus:
+    """Hand the job back to the queue after a transient error; the caller republishes it
+    when this returns ``queued``. A job whose cancel was requested is ended ``cancelled``
+    instead, in the same statement, so a cancel racing the release is never lost."""
+    cancelling = CANCEL_REQUESTED
+    stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
-        .values(status=QUEUED, lease_expires_at=None, worker=None, error=error, enqueued_at=func.now(), updated_at=func.now())
-        .returning(Job.id)
+        .values(
+            status=case((cancelling, CANCELLED), else_=QUEUED),
+            error=case((cancelling, literal(stopped.problem(), JSONB)), else_=literal(error, JSONB)),
+            finished_at=case((cancelling, func.now()), else_=None),
+            enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()),
+            worker=case((cancelling, Job.worker), else_=None),
+            lease_expires_at=None, updated_at=func.now(),
+        )
+        .returning(Job.status)
     ).first()
     if released is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
+    return JobStatus(released.status)

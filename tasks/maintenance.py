@@ -23,14 +23,14 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
     with transaction(runtime.session_factory()) as session:
         unpublished = claim_unpublished(session, min_age=OUTBOX_MIN_AGE)
         lost = claim_lost_messages(session, older_than=older_than)
-        rescued, failed = rescue_expired(
+        rescue = rescue_expired(
             session, max_attempts=settings.job_max_attempts, base=settings.retry_backoff_base_seconds,
             cap=settings.retry_backoff_cap_seconds, older_than=older_than,
         )
-    refs = unpublished + lost + rescued
+    refs = unpublished + lost + rescue.republish
     published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
-    return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescued), "failed": failed,
-            "published": published}
+    return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
+            "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published}
 
 
 @shared_task(name="plant.maintenance.purge_idempotency_keys")

@@ -181,9 +181,11 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any
         return _record(claim, JobStatus.FAILED, None, attempt.error)
     try:
         with transaction(runtime.session_factory()) as session:
-            release_for_retry(session, claim=claim, error=attempt.error or {})
+            status = release_for_retry(session, claim=claim, error=attempt.error or {})
     except StaleAttempt:
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
+    if status is not JobStatus.QUEUED:  # a cancel was requested: the job ended instead
+        return {"job_id": str(claim.job_id), "status": status.value}
     route = route_for(claim.kind)
     task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=attempt.retry_after)
     return {"job_id": str(claim.job_id), "status": "queued", "retry": claim.attempt + 1}

@@ -2,12 +2,21 @@
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from models.job_lifecycle import claim_job, create_job, get_job, mark_unpublished
-from models.job_recovery import claim_lost_messages, claim_unpublished, full_jitter_backoff, release_for_retry, rescue_expired
-from models.jobs import Job
+from models.errors import StaleAttempt
+from models.job_lifecycle import claim_job, create_job, finish_job, get_job, mark_unpublished, request_cancel
+from models.job_recovery import (
+    Rescue,
+    claim_lost_messages,
+    claim_unpublished,
+    full_jitter_backoff,
+    release_for_retry,
+    rescue_expired,
+)
+from models.jobs import Job, JobStatus
 
 OLD = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
@@ -61,10 +70,10 @@ def test_a_dead_workers_job_is_rescued_then_failed_after_max_attempts(db_session
     for attempt in (1, 2):
         assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60).attempt == attempt
         _age(db_session, job, lease_expires_at=OLD, enqueued_at=OLD)
-        rescued, failed = rescue_expired(db_session, max_attempts=2, base=0.001, cap=0.001, older_than=MINUTE)
+        rescue = rescue_expired(db_session, max_attempts=2, base=0.001, cap=0.001, older_than=MINUTE)
         if attempt == 1:
-            assert [r.job_id for r in rescued] == [job.id] and failed == 0
-    assert (rescued, failed) == ([], 1)
+            assert [r.job_id for r in rescue.republish] == [job.id] and rescue.failed == 0
+    assert rescue == Rescue(republish=[], failed=1, cancelled=0)
     failed_job = get_job(db_session, job.id)
     assert failed_job.status == "failed" and failed_job.error["type"] == "/problems/worker-lost"
     assert failed_job.attempts == 2
@@ -73,14 +82,15 @@ def test_a_dead_workers_job_is_rescued_then_failed_after_max_attempts(db_session
 def test_a_live_lease_is_not_rescued(db_session) -> None:
     job = _job(db_session)
     claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
-    assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE) == ([], 0)
+    assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE) == Rescue([], 0, 0)
 
 
 def test_release_for_retry_hands_the_job_back_with_its_last_error(db_session) -> None:
     job = _job(db_session)
     claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
-    release_for_retry(db_session, claim=claim, error={"type": "/problems/transient-error", "title": "t"})
+    status = release_for_retry(db_session, claim=claim, error={"type": "/problems/transient-error", "title": "t"})
     released = get_job(db_session, job.id)
+    assert status is JobStatus.QUEUED
     assert (released.status, released.attempts, released.error["type"]) == ("queued", 1, "/problems/transient-error")
     assert claim_job(db_session, job_id=job.id, worker="w2", lease_seconds=60).attempt == 2
 
@@ -89,3 +99,52 @@ def test_full_jitter_stays_within_the_capped_exponential() -> None:
     samples = [full_jitter_backoff(10, base=1.0, cap=30.0) for _ in range(500)]
     assert 0 <= min(samples) and max(samples) <= 30.0
     assert max(full_jitter_backoff(1, base=1.0, cap=30.0) for _ in range(200)) <= 2.0
+
+
+# A cancel must survive the death of the worker it was meant for: the next attempt of a
+# job without checkpoints (a certification) would otherwise run to the end.
+
+
+def test_a_job_asked_to_stop_is_cancelled_not_rerun_when_its_worker_dies(db_session) -> None:
+    job = _job(db_session)
+    claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    assert request_cancel(db_session, job_id=job.id).status == "running"  # a live attempt: asked to stop
+    _age(db_session, job, lease_expires_at=OLD, enqueued_at=OLD)  # ... then its worker died
+    assert claim_job(db_session, job_id=job.id, worker="w2", lease_seconds=60) is None
+    # max_attempts=1: out of attempts too, but the user's cancel is what ended it.
+    rescue = rescue_expired(db_session, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE)
+    assert rescue == Rescue(republish=[], failed=0, cancelled=1)
+    ended = get_job(db_session, job.id)
+    assert (ended.status, ended.error["type"], ended.attempts) == ("cancelled", "/problems/job-cancelled", 1)
+    assert ended.finished_at is not None
+
+
+def test_cancelling_a_job_whose_lease_expired_cancels_it_at_once_and_fences_the_attempt(db_session) -> None:
+    job = _job(db_session)
+    claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    _age(db_session, job, lease_expires_at=OLD)  # its worker stopped reporting
+    assert request_cancel(db_session, job_id=job.id).status == "cancelled"
+    with pytest.raises(StaleAttempt):  # the stalled attempt wakes up: its outcome is refused
+        finish_job(db_session, claim=claim, status=JobStatus.SUCCEEDED, result={"late": True})
+    ended = get_job(db_session, job.id)
+    assert (ended.status, ended.result, ended.error["type"]) == ("cancelled", None, "/problems/job-cancelled")
+
+
+def test_a_release_after_a_cancel_request_ends_the_job_cancelled(db_session) -> None:
+    job = _job(db_session)
+    claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    request_cancel(db_session, job_id=job.id)
+    status = release_for_retry(db_session, claim=claim, error={"type": "/problems/transient-error", "title": "t"})
+    ended = get_job(db_session, job.id)
+    assert status is JobStatus.CANCELLED
+    assert (ended.status, ended.error["type"]) == ("cancelled", "/problems/job-cancelled")
+    assert claim_job(db_session, job_id=job.id, worker="w2", lease_seconds=60) is None
+
+
+def test_a_queued_job_left_with_a_cancel_request_is_ended_by_the_sweep(db_session) -> None:
+    # What a release made before this fix left behind: queued, asked to stop, never claimable.
+    job = _job(db_session, to_publish=True)
+    _age(db_session, job, cancel_requested_at=OLD)
+    assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60) is None
+    assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
+    assert get_job(db_session, job.id).status == "cancelled"
