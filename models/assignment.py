@@ -1,4 +1,5 @@
-"""Team assignment: eligibility rules, concurrency-safe seats, automatic team choice.
+"""Team assignment: concurrency-safe seats and automatic team choice, under the
+eligibility rules of ``models.membership``.
 
 An agent may join a team when: the team exists and is active and the agent is active;
 the team's job role is the agent's; their industries match when both are set; the
@@ -11,7 +12,6 @@ seat is the agent's ``team_id``). Each change appends a version to the agent's c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, undefer
 
 from models.embeddings import cosine
-from models.entities import Agent, AgentStatus, EntityType, LifecycleStatus, Team, job_role_skills
+from models.entities import Agent, EntityType, Team
 from models.errors import NoEligibleTeam, NotEligible, TeamFull
+from models.membership import ineligibility, members_count, required_skills
 from models.registry import WriteContext, get_entity, lock_entity, record_version
 
 AUTO_CANDIDATES_SHOWN = 5
@@ -44,42 +45,6 @@ class AssignmentOutcome:
             "candidates": self.candidates,
             "excluded": self.excluded,
         }
-
-
-def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
-    if job_role_id is None:
-        return set()
-    return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
-
-
-def ineligibility(
-    agent: Agent, team: Team, required: set[uuid.UUID], *, held: Collection[uuid.UUID] | None = None
-) -> list[str]:
-    """Every rule the pair breaks, capacity aside (empty list = eligible).
-
-    ``held`` is the agent's skill ids when the caller read them itself; by default they
-    come from the agent's ``skills``.
-    """
-    reasons = []
-    if agent.status != AgentStatus.ACTIVE.value:
-        reasons.append(f"agent is {agent.status}")
-    if team.status != LifecycleStatus.ACTIVE.value:
-        reasons.append(f"team is {team.status}")
-    if agent.job_role_id != team.job_role_id:
-        reasons.append("team's job role is not the agent's")
-    if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:
-        reasons.append("industries differ")
-    missing = required - set(held if held is not None else (s.id for s in agent.skills))
-    if missing:
-        reasons.append(f"agent lacks {len(missing)} required skill(s)")
-    return reasons
-
-
-def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID | None = None) -> int:
-    query = select(func.count()).select_from(Agent).where(Agent.team_id == team_id)
-    if excluding is not None:
-        query = query.where(Agent.id != excluding)
-    return session.scalar(query) or 0
 
 
 def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | None, ctx: WriteContext) -> AssignmentOutcome:

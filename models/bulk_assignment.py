@@ -22,7 +22,7 @@ from sqlalchemy import ARRAY, LargeBinary, any_, func, literal, select
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
-from models.assignment import ineligibility
+from models.membership import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.chain import EntityVersion, insert_versions
 from models.db import transaction

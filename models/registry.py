@@ -5,6 +5,12 @@ are NFC-normalized, references are checked (an unknown id is an ``InvalidInput``
 the field), the embedding is recomputed when its text changes, one chain version is
 appended, and the constitution gates the result. Updates lock the entity row first, so
 appends to one entity are serialized. Functions flush; the caller commits.
+
+Team membership is kept within the assignment rules (``models.membership``) whichever
+write touches it: an agent written with a ``team_id``, or changed while in a team, must
+be eligible for that team (and, when it joins, find a free seat, counted under the team
+row's lock as the assignment jobs do); a team may not shrink below its members, nor
+change its job role, industry or status so that a member no longer qualifies.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from models.chain import EntityVersion, append_version
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
-from models.errors import Conflict, ImmutableEntity, InvalidInput, NotFound, PreconditionFailed
+from models.errors import Conflict, ImmutableEntity, InvalidInput, NotEligible, NotFound, PreconditionFailed, TeamFull
+from models.membership import ineligibility, members_count, members_not_admitted, required_skills
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -45,6 +52,9 @@ EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.AGENT: ("name", "description"),
 }
 DEFAULTS: dict[str, Any] = {"tags": [], "attributes": {}, "description": "", "governance_notes": None}
+# Governed fields whose change can break a membership, on the agent's and the team's side.
+AGENT_MEMBERSHIP_FIELDS = ("team_id", "job_role_id", "industry_id", "skill_ids", "status")
+TEAM_MEMBERSHIP_FIELDS = ("job_role_id", "industry_id", "status")
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ def create_entity(
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     _apply(session, entity, data, pending=ctx.pending_ids)
+    _guard_membership(session, entity, before=None, after=_snapshot(entity))
     return record_version(session, entity, ctx, text_changed=True)
 
 
@@ -95,8 +106,10 @@ def update_entity(
         )
     before = _snapshot(entity)
     _apply(session, entity, _normalized(changes), pending=ctx.pending_ids)
-    if _snapshot(entity) == before:
+    after = _snapshot(entity)
+    if after == before:
         return entity
+    _guard_membership(session, entity, before=before, after=after)
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
     return record_version(session, entity, ctx, text_changed=text_changed)
 
@@ -186,6 +199,52 @@ def _apply(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pe
             setattr(entity, SKILL_LISTS[field], skills[field])
         else:
             setattr(entity, field, value)
+
+
+def _guard_membership(
+    session: Session, entity: GovernedEntity, *, before: dict[str, Any] | None, after: dict[str, Any]
+) -> None:
+    """Refuse a write that would seat an agent against the assignment rules.
+
+    ``before`` and ``after`` are the entity's snapshots around the write (``before`` is
+    None for a new entity). Runs without autoflush: the entity's pending changes must not
+    reach the database outside the write's own flush (where constraint violations become
+    409s and 422s).
+    """
+    changed = {f for f in after if before is None or before.get(f) != after[f]}
+    with session.no_autoflush:
+        if isinstance(entity, Agent) and entity.team_id is not None and changed & set(AGENT_MEMBERSHIP_FIELDS):
+            _guard_agent_seat(session, entity, joining="team_id" in changed)
+        elif isinstance(entity, Team) and before is not None:
+            _guard_team_members(session, entity, changed)
+
+
+def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool) -> None:
+    assert agent.team_id is not None
+    team = lock_entity(session, EntityType.TEAM, agent.team_id)  # serializes seats as assignments do
+    assert isinstance(team, Team)
+    reasons = ineligibility(agent, team, required_skills(session, agent.job_role_id))
+    if reasons:
+        raise NotEligible(
+            f"the agent may not sit in team {team.name}: " + "; ".join(reasons)
+            + (" (send team_id null to take it out of the team)" if not joining else ""),
+            field="team_id", team_id=str(team.id), reasons=reasons,
+        )
+    if joining and members_count(session, team.id, excluding=agent.id) >= team.capacity:
+        raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", field="team_id", team_id=str(team.id))
+
+
+def _guard_team_members(session: Session, team: Team, changed: set[str]) -> None:
+    if "capacity" in changed:
+        members = members_count(session, team.id)
+        if members > team.capacity:
+            raise Conflict(f"team {team.name} has {members} members; its capacity cannot go below that",
+                           field="capacity", member_count=members)
+    if changed & set(TEAM_MEMBERSHIP_FIELDS):
+        refused = members_not_admitted(session, team)
+        if refused:
+            raise Conflict(f"{len(refused)} member(s) of team {team.name} would no longer qualify; move them first",
+                           field=next(f for f in TEAM_MEMBERSHIP_FIELDS if f in changed), members=refused[:20])
 
 
 def _parent_ok(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> bool:

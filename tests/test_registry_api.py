@@ -208,3 +208,80 @@ def test_sixteen_concurrent_patches_give_a_linear_chain(app, world, keyring, adm
     assert [v["version"] for v in items] == list(range(1, 18))
     assert all(b["prev_link"] == a["link_hash"] for a, b in zip(items, items[1:]))
     assert client.get(url).get_json()["version"] == 17
+
+
+# Team membership follows the assignment rules whichever write sets it (models.membership).
+
+
+def _agent(client, world, gov, name, status=201, **fields) -> dict:
+    body = {**gov, "name": name, "job_role_id": world["role"]["id"], "industry_id": world["industry"]["id"],
+            "skill_ids": [s["id"] for s in world["skills"]], "team_id": world["team"]["id"], **fields}
+    return _post(client, "/agents", body, status=status)
+
+
+def test_an_agent_written_into_a_full_team_is_409_team_full(client, world, gov) -> None:
+    _agent(client, world, gov, "Dispatch Two")
+    _agent(client, world, gov, "Dispatch Three")  # the team's 3 seats are taken
+    refused = _agent(client, world, gov, "Dispatch Four", status=409)
+    assert refused["type"].endswith("/team-full") and refused["field"] == "team_id"
+    outsider = _agent(client, world, gov, "Dispatch Five", team_id=None)
+    response = client.patch(f"{API}/agents/{outsider['id']}", json={"team_id": world["team"]["id"]})
+    assert response.status_code == 409 and response.get_json()["type"].endswith("/team-full")
+    team = client.get(f"{API}/teams/{world['team']['id']}").get_json()
+    assert len(team["members"]) == 3 and team["free_seats"] == 0
+
+
+def test_an_agent_written_into_a_team_it_does_not_qualify_for_is_422(client, world, gov) -> None:
+    refused = _agent(client, world, gov, "Unskilled", status=422, skill_ids=[])
+    assert refused["type"].endswith("/not-eligible") and refused["field"] == "team_id"
+    assert refused["reasons"] == ["agent lacks 2 required skill(s)"]
+    other_role = _post(client, "/genesis/job-roles", {**gov, "name": "Loader", "seniority": "junior",
+                                                       "required_skill_ids": [world["skills"][0]["id"]]})
+    assert _agent(client, world, gov, "Loader One", status=422, job_role_id=other_role["id"])["reasons"] == [
+        "team's job role is not the agent's"]
+
+
+def test_an_agent_in_a_team_leaves_it_to_stop_qualifying(client, world) -> None:
+    path = f"{API}/agents/{world['agent']['id']}"
+    for change in ({"status": "retired"}, {"skill_ids": [world["skills"][0]["id"]]}):
+        refused = client.patch(path, json=change)
+        assert refused.status_code == 422 and refused.get_json()["type"].endswith("/not-eligible"), change
+    assert client.get(path).get_json()["version"] == 1  # nothing was written
+    left = client.patch(path, json={"status": "retired", "team_id": None})
+    assert left.status_code == 200 and left.get_json()["team_id"] is None
+    assert client.patch(path, json={"description": "retired after ten years"}).status_code == 200
+
+
+def test_a_team_cannot_shrink_below_or_change_away_from_its_members(client, world, gov) -> None:
+    _agent(client, world, gov, "Dispatch Two")
+    path = f"{API}/teams/{world['team']['id']}"
+    shrink = client.patch(path, json={"capacity": 1})
+    assert shrink.status_code == 409 and shrink.get_json()["field"] == "capacity"
+    assert shrink.get_json()["member_count"] == 2
+    assert client.patch(path, json={"capacity": 2}).status_code == 200
+    retire = client.patch(path, json={"status": "retired"})
+    assert retire.status_code == 409 and retire.get_json()["field"] == "status"
+    assert {m["agent_id"] for m in retire.get_json()["members"]} >= {world["agent"]["id"]}
+    other_role = _post(client, "/genesis/job-roles", {**gov, "name": "Loader", "seniority": "junior",
+                                                       "required_skill_ids": [world["skills"][0]["id"]]})
+    assert client.patch(path, json={"job_role_id": other_role["id"]}).status_code == 409
+    team = client.get(path).get_json()
+    assert (team["capacity"], team["status"], team["job_role_id"]) == (2, "active", world["role"]["id"])
+
+
+def test_parallel_agent_writes_into_one_team_never_exceed_its_capacity(app, admin_key, world, gov) -> None:
+    outsiders = [_agent(app_client(app, admin_key), world, gov, f"Parallel {n}", team_id=None)["id"] for n in range(12)]
+
+    def join(agent_id: str) -> int:
+        return app_client(app, admin_key).patch(f"{API}/agents/{agent_id}", json={"team_id": world["team"]["id"]}).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = sorted(pool.map(join, outsiders))
+    assert statuses == [200] * 2 + [409] * 10  # 3 seats, 1 already taken
+    assert len(app_client(app, admin_key).get(f"{API}/teams/{world['team']['id']}").get_json()["members"]) == 3
+
+
+def app_client(app, admin_key):
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
+    return client

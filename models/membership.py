@@ -1,0 +1,60 @@
+"""Who may sit in which team: the eligibility rules and the seat count.
+
+One set of rules for every way an agent comes to sit in a team: the assignment jobs
+(``models.assignment``, ``models.bulk_assignment``) and any registry write that sets an
+agent's ``team_id`` or changes either side of a membership (``models.registry``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.entities import Agent, AgentStatus, LifecycleStatus, Team, job_role_skills
+
+
+def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
+    if job_role_id is None:
+        return set()
+    return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
+
+
+def ineligibility(
+    agent: Agent, team: Team, required: set[uuid.UUID], *, held: Collection[uuid.UUID] | None = None
+) -> list[str]:
+    """Every rule the pair breaks, capacity aside (empty list = eligible).
+
+    ``held`` is the agent's skill ids when the caller read them itself; by default they
+    come from the agent's ``skills``.
+    """
+    reasons = []
+    if agent.status != AgentStatus.ACTIVE.value:
+        reasons.append(f"agent is {agent.status}")
+    if team.status != LifecycleStatus.ACTIVE.value:
+        reasons.append(f"team is {team.status}")
+    if agent.job_role_id != team.job_role_id:
+        reasons.append("team's job role is not the agent's")
+    if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:
+        reasons.append("industries differ")
+    missing = required - set(held if held is not None else (s.id for s in agent.skills))
+    if missing:
+        reasons.append(f"agent lacks {len(missing)} required skill(s)")
+    return reasons
+
+
+def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID | None = None) -> int:
+    query = select(func.count()).select_from(Agent).where(Agent.team_id == team_id)
+    if excluding is not None:
+        query = query.where(Agent.id != excluding)
+    return session.scalar(query) or 0
+
+
+def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]]:
+    """The team's members that ``team``, as it is in memory now, would not admit."""
+    required = required_skills(session, team.job_role_id)
+    members = session.scalars(select(Agent).where(Agent.team_id == team.id).order_by(Agent.name, Agent.id))
+    breaking = ((agent, ineligibility(agent, team, required)) for agent in members)
+    return [{"agent_id": str(agent.id), "reasons": reasons} for agent, reasons in breaking if reasons]
