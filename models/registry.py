@@ -303,6 +303,15 @@ def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUI
     return entity
 
 
+def require_all(session: Session, *, entity_type: EntityType, entity_ids: list[uuid.UUID]) -> None:
+    """Raise ``NotFound`` naming the unknown ids (the first 20) unless every id exists."""
+    model = ENTITY_MODELS[entity_type]
+    found = set(session.scalars(select(model.id).where(model.id.in_(entity_ids))))
+    missing = [str(i) for i in dict.fromkeys(entity_ids) if i not in found]
+    if missing:
+        raise NotFound(f"{len(missing)} unknown {entity_type.value} id(s)", ids=missing[:20])
+
+
 def list_entities(
     session: Session,
     *,

@@ -5,6 +5,7 @@ Drives the HTTP API; every wait polls the job until it reaches a state, with a d
 
 import csv
 import io
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -45,8 +46,14 @@ def test_certify_through_the_api(client, seeded) -> None:
     assert again["status"] == "failed" and again["error"]["type"] == "/problems/already-certified"
 
 
+def test_bulk_assignment_of_unknown_agents_is_404_naming_them(client, seeded) -> None:
+    known, unknown = str(seeded.steward_id), str(uuid.uuid4())  # the steward is an agent
+    response = client.post(f"{API}/agents/assign-teams", json={"agent_ids": [known, unknown, unknown]})
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+    assert response.get_json()["ids"] == [unknown]
+
+
 def test_certify_unknown_skill_is_404(client, seeded) -> None:
-    import uuid
     assert client.post(f"{API}/genesis/skills/{uuid.uuid4()}/certify", json={}).status_code == 404
 
 

@@ -15,7 +15,7 @@ from web.auth import BEARER
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from models.entities import EntityType
-from models.registry import get_entity
+from models.registry import get_entity, require_all
 from web.jobs_http import accept_job
 from web.registry_schemas import EntityPath
 from web.schemas import API_PROBLEMS, JobOut, problems
@@ -68,5 +68,7 @@ def assign_team(path: EntityPath, body: AssignTeamIn) -> Response:
 @work_api.post("/agents/assign-teams", tags=[Tag(name="agent")], responses=ACCEPTED)
 def assign_teams(body: AssignTeamsIn) -> Response:
     """Assign many agents at once with an optimal plan (job ``agents.assign_teams``)."""
+    if body.agent_ids:
+        require_all(db_session(), entity_type=EntityType.AGENT, entity_ids=body.agent_ids)
     params = {"agent_ids": [str(a) for a in body.agent_ids or []], "all_unassigned": body.all_unassigned}
     return accept_job("agents.assign_teams", params)
