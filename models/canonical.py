@@ -20,6 +20,10 @@ plain JSON tree, normalising and checking as it goes, and then serialises it wit
   back as integers, so integral floats with magnitude in (2**53 − 1, 1e21) are rejected
   like the integers they would become; 1e21 and above are written ``1e+21`` and accepted.
 * ``None`` → ``null``; tuples → arrays; object keys must be ``str``.
+* Arrays and objects nest at most :data:`MAX_NESTING_DEPTH` (64) levels, the outermost
+  counting as one. Real records are a few levels deep; the bound keeps the recursive
+  walk far from Python's recursion limit, so a deeply nested client value (entity
+  ``attributes``) is refused like any other, instead of failing with ``RecursionError``.
 * Model values are converted to strings: ``uuid.UUID`` → canonical lowercase form;
   timezone-aware ``datetime`` → RFC 3339 in UTC, always with microseconds and ``Z``
   (``2024-05-01T12:00:00.000000Z``), naive ones are rejected; ``date`` → ``YYYY-MM-DD``;
@@ -47,6 +51,7 @@ import rfc8785
 from models.errors import CanonicalizationError, InvalidInput
 
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_NESTING_DEPTH = 64  # arrays and objects inside one another, the outermost included
 ECMASCRIPT_EXPONENT_FROM = 1e21  # from here on ECMAScript writes numbers as "1e+21"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -92,23 +97,28 @@ def _json_layout_is_jcs(tree: JSONValue) -> bool:
     return True
 
 
-def to_json_tree(value: Any, path: str = "$") -> JSONValue:
-    """``value`` as plain, NFC-normalised JSON types, checked against the canonical rules."""
+def to_json_tree(value: Any, path: str = "$", *, depth: int = 0) -> JSONValue:
+    """``value`` as plain, NFC-normalised JSON types, checked against the canonical rules.
+
+    ``depth`` is the number of arrays and objects that enclose ``value``.
+    """
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, enum.Enum):
         # Before int/str: IntEnum and str-mixin enums are instances of those too.
-        return to_json_tree(value.value, path)
+        return to_json_tree(value.value, path, depth=depth)
     if isinstance(value, int):
         return _checked_int(value, path)
     if isinstance(value, float):
         return _checked_float(value, path)
     if isinstance(value, str):
         return _checked_text(value, path)
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_NESTING_DEPTH:
+        raise _error(path, f"arrays and objects are nested more than {MAX_NESTING_DEPTH} deep")
     if isinstance(value, dict):
-        return _object_tree(value, path)
+        return _object_tree(value, path, depth + 1)
     if isinstance(value, (list, tuple)):
-        return [to_json_tree(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        return [to_json_tree(item, f"{path}[{index}]", depth=depth + 1) for index, item in enumerate(value)]
     return _model_value_text(value, path)
 
 
@@ -144,7 +154,7 @@ def _checked_text(value: str, path: str) -> str:
     return normalize_text(value)
 
 
-def _object_tree(value: dict[Any, Any], path: str) -> dict[str, JSONValue]:
+def _object_tree(value: dict[Any, Any], path: str, depth: int) -> dict[str, JSONValue]:
     tree: dict[str, JSONValue] = {}
     for key, item in value.items():
         if not isinstance(key, str):
@@ -153,7 +163,7 @@ def _object_tree(value: dict[Any, Any], path: str) -> dict[str, JSONValue]:
         normalized = _checked_text(key, child)
         if normalized in tree:
             raise _error(child, "two keys are equal after NFC normalization")
-        tree[normalized] = to_json_tree(item, child)
+        tree[normalized] = to_json_tree(item, child, depth=depth)
     return tree
 
 
@@ -207,7 +217,7 @@ def matches_canonical(value: Any, stored: bytes) -> bool:
         fast = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         if fast.encode() == stored:
             return True
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: a row nested ~1,000 deep (edited by SQL)
         pass
     try:
         return canonical_bytes(value) == stored

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt
-from models.errors import IdempotencyKeyReused, InvalidInput
+from models.errors import Conflict, IdempotencyKeyReused, InvalidInput
 
 MAX_KEY_LENGTH = 255
 
@@ -43,7 +43,28 @@ def claim_key(session: Session, *, owner: str, key: str, fingerprint: bytes, ttl
     """Reserve the key for a new job (returns None), or return the job it already names.
 
     Raises ``IdempotencyKeyReused`` when the key was used for a different request.
+
+    The row that made the INSERT conflict can be gone by the SELECT that reads it: beat's
+    :func:`purge_expired_keys` may delete it in between, because its ``now()`` is later
+    than this transaction's. The key is then free, so the claim is made once more, and
+    that INSERT succeeds unless another request claimed the key first.
     """
+    for _ in range(2):
+        if _insert_key(session, owner=owner, key=key, fingerprint=fingerprint, ttl_seconds=ttl_seconds):
+            return None
+        row = session.execute(
+            select(IdempotencyKey.request_hash, IdempotencyKey.job_id)
+            .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+        ).one_or_none()
+        if row is not None:
+            if bytes(row.request_hash) != fingerprint:
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different request", field="Idempotency-Key")
+            return row.job_id
+    raise Conflict("the Idempotency-Key changed hands while it was claimed; retry the request", field="Idempotency-Key")
+
+
+def _insert_key(session: Session, *, owner: str, key: str, fingerprint: bytes, ttl_seconds: int) -> bool:
+    """Insert the key row, replacing an expired one; False when a live row holds the key."""
     session.execute(delete(IdempotencyKey).where(
         IdempotencyKey.owner == owner, IdempotencyKey.key == key, IdempotencyKey.expires_at < func.now()))
     inserted = session.execute(
@@ -53,14 +74,7 @@ def claim_key(session: Session, *, owner: str, key: str, fingerprint: bytes, ttl
         .on_conflict_do_nothing()
         .returning(IdempotencyKey.key)
     ).first()
-    if inserted is not None:
-        return None
-    row = session.execute(
-        select(IdempotencyKey.request_hash, IdempotencyKey.job_id).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
-    ).one()
-    if bytes(row.request_hash) != fingerprint:
-        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request", field="Idempotency-Key")
-    return row.job_id
+    return inserted is not None
 
 
 def bind_key(session: Session, *, owner: str, key: str, job_id: uuid.UUID) -> None:

@@ -35,16 +35,32 @@ def encode_cursor(cursor: Cursor) -> str:
 
 
 def decode_cursor(token: str) -> Cursor:
-    """Parse a page token; any malformed token is an ``InvalidInput`` naming the field."""
+    """Parse a page token; any malformed token is an ``InvalidInput`` naming the field.
+
+    The decoded JSON is checked to be the two strings :func:`encode_cursor` writes before
+    either is parsed: a client can send any JSON, and the parsers' errors for other types
+    (``uuid.UUID(123)`` raises ``AttributeError``) are not ones to rely on.
+    """
     try:
         padded = token + "=" * (-len(token) % 4)
-        created_at, ident = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        fields = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not _is_cursor_pair(fields):
+            raise ValueError("a page token holds two strings")
+        created_at, ident = fields
         cursor = Cursor(dt.datetime.fromisoformat(created_at), uuid.UUID(ident))
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InvalidInput("page_token is not a token this API issued", field="page_token") from exc
+        raise _invalid_token() from exc
     if cursor.created_at.tzinfo is None:
-        raise InvalidInput("page_token is not a token this API issued", field="page_token")
+        raise _invalid_token()
     return cursor
+
+
+def _is_cursor_pair(fields: Any) -> bool:
+    return isinstance(fields, list) and len(fields) == 2 and all(isinstance(field, str) for field in fields)
+
+
+def _invalid_token() -> InvalidInput:
+    return InvalidInput("page_token is not a token this API issued", field="page_token")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from models.canonical import (
+    MAX_NESTING_DEPTH,
     MAX_SAFE_INTEGER,
     CanonicalizationError,
     canonical_bytes,
@@ -167,6 +168,26 @@ def test_input_is_not_modified() -> None:
     assert value == {"k": ["cafe\u0301", (1, 2)]}
 
 
+def _nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    depth = MAX_NESTING_DEPTH
+    assert canonical_bytes(_nested_lists(depth)) == b"[" * depth + b"]" * depth
+    assert canonical_bytes({"a": _nested_lists(depth - 1)}) == b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH + 1, 600, 100_000])
+def test_nesting_beyond_the_limit_is_rejected_with_the_path_named(depth: int) -> None:
+    with pytest.raises(CanonicalizationError) as caught:
+        canonical_bytes({"attributes": {"a": _nested_lists(depth)}})
+    assert caught.value.extensions["field"] == "$.attributes.a" + "[0]" * (MAX_NESTING_DEPTH - 2)
+
+
 def test_sha256_helper() -> None:
     assert sha256(b"abc").hex().startswith("ba7816bf8f01cfea")
 
@@ -272,3 +293,11 @@ def test_fast_path_edge_cases_match_rfc8785() -> None:
 
     for value in [{"\U0001f600": 1, "\ufb01": 2, "a": 3}, {"c": "\x00\x1f\x7f\u2028\"\\"}, [1.5, 1e21, -0.0]]:
         assert _canonical(value) == rfc8785.dumps(value)
+
+
+def test_a_value_nested_past_the_recursion_limit_does_not_match_instead_of_crashing() -> None:
+    # Only a row edited through SQL can hold this; the audit must report it, not crash.
+    value: list = []
+    for _ in range(5_000):
+        value = [value]
+    assert matches_canonical(value, b"[]") is False

@@ -35,7 +35,16 @@ class StrictJSONProvider(DefaultJSONProvider):
     sort_keys = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return json.loads(s, parse_constant=_refuse_constant, **kwargs)
+        """Parse ``s``; a document nested too deeply for the parser is malformed JSON too.
+
+        The C decoder recurses once per array or object level, so a small body of a
+        thousand ``[`` raises ``RecursionError``; as a ``ValueError`` it gets the same
+        422 as any other body that is not JSON, instead of a 500.
+        """
+        try:
+            return json.loads(s, parse_constant=_refuse_constant, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("JSON is nested too deeply") from exc
 
 
 def _refuse_constant(name: str) -> Any:

@@ -6,7 +6,7 @@ with ``Location`` and ``Retry-After``. If publishing fails the job is still acce
 its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
 recovery task publishes it. Should the process die between the commit and the publish,
 the stamped row is picked up as a lost message (``PLANT_REQUEUE_AFTER_SECONDS``).
-``job_response`` adds an ETag and honours ``If-None-Match``.
+``job_response`` adds an ETag and, on GET and HEAD, honours ``If-None-Match``.
 """
 
 from __future__ import annotations
@@ -36,13 +36,23 @@ def job_body(job: JobRecord) -> bytes:
 def job_response(job: JobRecord, status: int = 200) -> Response:
     body = job_body(job)
     etag = hashlib.sha256(body).hexdigest()[:32]
-    if status == 200 and etag in request.if_none_match:
+    if status == 200 and _client_has_current(etag):
         response = Response(status=304)
     else:
         response = Response(body, status=status, mimetype="application/json")
     response.set_etag(etag)
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def _client_has_current(etag: str) -> bool:
+    """Whether ``If-None-Match`` says the client already holds this representation.
+
+    Only a GET or HEAD may answer 304 (RFC 9110 §13.1.2): a POST such as a cancel has
+    already acted, so its result is always sent. The comparison is weak, as RFC 9110
+    requires for ``If-None-Match``, so ``W/"<etag>"`` matches too.
+    """
+    return request.method in ("GET", "HEAD") and request.if_none_match.contains_weak(etag)
 
 
 def _accepted(job: JobRecord, *, replayed: bool = False) -> Response:

@@ -92,11 +92,15 @@ def write_context() -> WriteContext:
 
 
 def expected_version() -> int | None:
-    """The version named by ``If-Match`` (our ETags are the version number)."""
+    """The version named by ``If-Match`` (our ETags are the version number).
+
+    Only ASCII digits name a version: ``str.isdigit`` also accepts characters such as
+    "²" that ``int`` cannot read.
+    """
     if not request.if_match or request.if_match.star_tag:
         return None
     tags = list(request.if_match.as_set())
-    if len(tags) != 1 or not tags[0].isdigit():
+    if len(tags) != 1 or not re.fullmatch(r"[0-9]+", tags[0]):
         return -1  # matches no version: a precondition the client cannot have meant
     return int(tags[0])
 

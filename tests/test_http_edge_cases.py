@@ -1,0 +1,115 @@
+"""Hostile but well-formed HTTP requests get the documented 4xx (or 200/304), never a 500.
+
+Each case is a request a client can send on purpose or by mistake: a forged page token,
+a JSON body or entity attributes nested deeper than the parser or the canonical form
+allow, an ``If-Match`` tag of non-ASCII digits, and conditional headers (``If-None-Match``)
+on the job resource, which only GET and HEAD may answer with 304.
+"""
+
+import base64
+import json
+
+import pytest
+
+API = "/api/v1"
+SLEEP = f"{API}/diagnostics/sleep"
+
+
+def _page_token(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _nested_arrays(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _start_job(client) -> dict:
+    response = client.post(SLEEP, json={"seconds": 5.0, "steps": 1})
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+@pytest.mark.parametrize("path", [f"{API}/jobs", f"{API}/agents", f"{API}/audit/runs"])
+@pytest.mark.parametrize("decoded", [
+    ["2024-01-01T00:00:00+00:00", 123],
+    [20240101, "00000000-0000-0000-0000-000000000000"],
+    ["2024-01-01T00:00:00+00:00", None],
+    ["2024-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000", "extra"],
+])
+def test_a_page_token_holding_other_than_two_strings_is_422_naming_the_field(client, path, decoded) -> None:
+    response = client.get(path, query_string={"page_token": _page_token(decoded)})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    problem = response.get_json()
+    assert problem["type"] == "/problems/invalid-input" and problem["field"] == "page_token"
+
+
+@pytest.mark.parametrize("depth", [100_000, 400_000])  # beyond any recursion limit, under 1 MiB
+def test_a_json_body_nested_too_deeply_to_parse_is_malformed_json(client, depth) -> None:
+    malformed = client.post(SLEEP, data="{bad", content_type="application/json")
+    deep = client.post(SLEEP, data='{"seconds": 1.0, "x": ' + _nested_arrays(depth) + "}",
+                       content_type="application/json")
+    assert deep.status_code == malformed.status_code == 422
+    assert deep.mimetype == "application/problem+json"
+    assert deep.get_json() == malformed.get_json()
+
+
+@pytest.mark.parametrize("depth", [100, 600])
+def test_entity_attributes_nested_beyond_the_canonical_limit_are_422(client, committed_steward, depth) -> None:
+    url = f"{API}/agents/{committed_steward}"
+    attributes = {"a": json.loads(_nested_arrays(depth))}
+    response = client.patch(url, data=json.dumps({"attributes": attributes}), content_type="application/json")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    problem = response.get_json()
+    assert problem["type"] == "/problems/not-canonicalizable"
+    assert problem["field"].startswith("$.attributes.a[0]")
+    assert client.get(url).get_json()["attributes"] == {}
+
+
+def test_attributes_nested_within_the_limit_are_stored(client, committed_steward) -> None:
+    url = f"{API}/agents/{committed_steward}"
+    attributes = {"a": json.loads(_nested_arrays(30))}
+    response = client.patch(url, json={"attributes": attributes})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["attributes"] == attributes
+
+
+ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+
+
+@pytest.mark.parametrize("spell", [
+    lambda version: "\u00b2",  # a digit to str.isdigit, not to int()
+    lambda version: version + "\u00b9",
+    lambda version: version.translate(ARABIC_INDIC_DIGITS),  # int() reads it as the current version
+], ids=["superscript-two", "version-then-superscript-one", "arabic-indic-version"])
+def test_an_if_match_of_non_ascii_digits_is_a_failed_precondition(client, committed_steward, spell) -> None:
+    url = f"{API}/agents/{committed_steward}"
+    version = client.get(url).headers["ETag"].strip('"')
+    tag = f'"{spell(version)}"'
+    response = client.patch(url, json={"description": "an edit that must not land"}, headers={"If-Match": tag})
+    assert response.status_code == 409, response.get_data(as_text=True)
+    assert response.get_json()["type"] == "/problems/precondition-failed"
+    assert client.get(url).get_json()["description"] != "an edit that must not land"
+
+
+def test_if_none_match_star_on_cancel_still_cancels_and_answers_with_the_job(client) -> None:
+    job = _start_job(client)
+    response = client.post(f"{API}/jobs/{job['id']}/cancel", headers={"If-None-Match": "*"})
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "cancelled" and response.headers["ETag"]
+
+
+def test_a_cancel_repeated_with_the_current_etag_is_never_304(client) -> None:
+    job = _start_job(client)
+    first = client.post(f"{API}/jobs/{job['id']}/cancel")
+    again = client.post(f"{API}/jobs/{job['id']}/cancel", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 200 and again.get_json()["status"] == "cancelled"
+
+
+def test_if_none_match_compares_weakly_on_get_and_head(client) -> None:
+    job = _start_job(client)
+    url = f"{API}/jobs/{job['id']}"
+    etag = client.get(url).headers["ETag"]
+    for headers in ({"If-None-Match": f"W/{etag}"}, {"If-None-Match": f'"other", W/{etag}'}):
+        assert client.get(url, headers=headers).status_code == 304
+        assert client.head(url, headers=headers).status_code == 304
+    assert client.get(url, headers={"If-None-Match": 'W/"other"'}).status_code == 200
