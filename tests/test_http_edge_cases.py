@@ -113,3 +113,21 @@ def test_if_none_match_compares_weakly_on_get_and_head(client) -> None:
         assert client.get(url, headers=headers).status_code == 304
         assert client.head(url, headers=headers).status_code == 304
     assert client.get(url, headers={"If-None-Match": 'W/"other"'}).status_code == 200
+
+
+@pytest.mark.parametrize("after", ["f:\u0663", "f: 5", "f:1_0", "f:-1", "f:+1", "f:" + "9" * 30, "f:", "x:5"])
+def test_a_findings_page_token_not_issued_by_the_api_is_422(client, engine, keyring, after) -> None:
+    from sqlalchemy.orm import Session
+
+    from models.audit_runs import start_run
+    from models.job_lifecycle import create_job
+
+    with Session(engine) as session, session.begin():
+        job = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
+        run_id = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=100).id
+    token = base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
+    response = client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"page_token": token})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "page_token"
+    issued = base64.urlsafe_b64encode(b"f:0").decode().rstrip("=")
+    assert client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"page_token": issued}).status_code == 200

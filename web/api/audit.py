@@ -4,6 +4,7 @@ reports, check one entity for tampering, and get a signed ledger digest."""
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from typing import Any, Literal
 
@@ -136,12 +137,17 @@ def _encode_after(finding_id: int) -> str:
     return base64.urlsafe_b64encode(f"f:{finding_id}".encode()).decode().rstrip("=")
 
 
+# What _encode_after writes: a finding id (a bigint) in ASCII digits. int() alone would
+# also take "٣", " 5", "1_0" and ids past the bigint range (a database error, 500).
+_AFTER_TOKEN = re.compile(r"f:(0|[1-9][0-9]{0,17})", re.ASCII)
+
+
 def _decode_after(token: str) -> int:
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if not text.startswith("f:"):
-            raise ValueError(text)
-        return int(text[2:])
+        matched = _AFTER_TOKEN.fullmatch(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+        if matched is None:
+            raise ValueError(token)
+        return int(matched.group(1))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("page_token is not a token this API issued", field="page_token") from exc
 
