@@ -23,10 +23,14 @@ def _nested_arrays(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def _start_job(client) -> dict:
-    response = client.post(SLEEP, json={"seconds": 5.0, "steps": 1})
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()
+def _start_job(engine) -> dict:
+    """A queued job with no message: no test worker can pick it up and change it meanwhile."""
+    from sqlalchemy.orm import Session
+
+    from models.job_lifecycle import create_job
+
+    with Session(engine) as session, session.begin():
+        return {"id": str(create_job(session, kind="diagnostics.sleep", params={"seconds": 5.0, "steps": 1}).id)}
 
 
 @pytest.mark.parametrize("path", [f"{API}/jobs", f"{API}/agents", f"{API}/audit/runs"])
@@ -91,22 +95,22 @@ def test_an_if_match_of_non_ascii_digits_is_a_failed_precondition(client, commit
     assert client.get(url).get_json()["description"] != "an edit that must not land"
 
 
-def test_if_none_match_star_on_cancel_still_cancels_and_answers_with_the_job(client) -> None:
-    job = _start_job(client)
+def test_if_none_match_star_on_cancel_still_cancels_and_answers_with_the_job(client, engine) -> None:
+    job = _start_job(engine)
     response = client.post(f"{API}/jobs/{job['id']}/cancel", headers={"If-None-Match": "*"})
     assert response.status_code == 200
     assert response.get_json()["status"] == "cancelled" and response.headers["ETag"]
 
 
-def test_a_cancel_repeated_with_the_current_etag_is_never_304(client) -> None:
-    job = _start_job(client)
+def test_a_cancel_repeated_with_the_current_etag_is_never_304(client, engine) -> None:
+    job = _start_job(engine)
     first = client.post(f"{API}/jobs/{job['id']}/cancel")
     again = client.post(f"{API}/jobs/{job['id']}/cancel", headers={"If-None-Match": first.headers["ETag"]})
     assert again.status_code == 200 and again.get_json()["status"] == "cancelled"
 
 
-def test_if_none_match_compares_weakly_on_get_and_head(client) -> None:
-    job = _start_job(client)
+def test_if_none_match_compares_weakly_on_get_and_head(client, engine) -> None:
+    job = _start_job(engine)
     url = f"{API}/jobs/{job['id']}"
     etag = client.get(url).headers["ETag"]
     for headers in ({"If-None-Match": f"W/{etag}"}, {"If-None-Match": f'"other", W/{etag}'}):
