@@ -22,7 +22,7 @@ from models.embeddings import cosine
 from models.entities import Agent, EntityType, Team
 from models.errors import NoEligibleTeam, NotEligible, TeamFull
 from models.membership import ineligibility, members_count, required_skills
-from models.registry import WriteContext, get_entity, lock_entity, record_version
+from models.registry import WriteContext, get_entity, lock_entity, lock_for_write, record_version
 
 AUTO_CANDIDATES_SHOWN = 5
 
@@ -49,7 +49,7 @@ class AssignmentOutcome:
 
 def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | None, ctx: WriteContext) -> AssignmentOutcome:
     """Put the agent in ``team_id``, or in the best eligible team when ``team_id`` is None."""
-    agent = lock_entity(session, EntityType.AGENT, agent_id)
+    agent = lock_for_write(session, EntityType.AGENT, agent_id)
     assert isinstance(agent, Agent)
     if team_id is None:
         return _assign_automatically(session, agent, ctx)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.membership import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
-from models.chain import EntityVersion, insert_versions
+from models.chain import EntityVersion, head_drift, insert_versions
 from models.db import transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
@@ -173,6 +173,7 @@ def apply_batch(
     was made is refused here, never over-filled. Returns the refused moves with reasons.
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
+    tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()])
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
@@ -182,7 +183,9 @@ def apply_batch(
     for agent_id, team_id in moves:
         agent, team = agents[agent_id], teams[team_id]
         reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
-        if reasons:
+        if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
+            refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
+        elif reasons:
             refused.append((agent_id, "not-eligible", "; ".join(reasons)))
         elif agent.team_id == team.id:
             continue

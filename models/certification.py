@@ -31,7 +31,7 @@ from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, Conflict, NotCertifiable
-from models.registry import WriteContext, lock_entity, record_version, rule_subject
+from models.registry import WriteContext, lock_for_write, record_version, rule_subject
 
 MIN_DESCRIPTION_WORDS = 8
 DUPLICATE_SIMILARITY = 0.95
@@ -70,7 +70,7 @@ class CertificationOutcome:
 
 def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, ctx: WriteContext) -> CertificationOutcome:
     """Certify or reject the skill under its row lock. Flushes; the caller commits."""
-    skill = lock_entity(session, EntityType.SKILL, skill_id)
+    skill = lock_for_write(session, EntityType.SKILL, skill_id)  # the gates judge the signed head, nothing else
     assert isinstance(skill, Skill)
     if _already_recorded_by(session, skill, ctx.actor):
         return _recorded_outcome(session, skill)

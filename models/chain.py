@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, insert, select
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, any_, func, insert, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, distinct_on
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
@@ -264,6 +264,38 @@ def verify_loaded(
         # A reordered chain has no meaningful "last" version to compare the head with.
         findings += _head_findings(entity, rows, head_link, content or governed_content(entity))
     return ChainVerification(entity_type, entity.id, count, findings)
+
+
+def head_drift(session: Session, entities: Sequence[tuple[GovernedEntity, dict]]) -> dict[uuid.UUID, ChainFinding]:
+    """For each (entity, its governed content) about to take a new version: why it must
+    not, if its row is no longer what its head version recorded.
+
+    A new version is signed over the row as it is. Were the row edited outside Plant
+    (SQL), or its head pointer moved, the next write would sign the tampering into a
+    valid version and the evidence would be gone; such an entity gets a finding here
+    (``row-content-mismatch``, ``head-mismatch``, ``no-history``) and no new version.
+    One query for all of them; the caller holds their row locks. New entities (version
+    0, no head) have nothing to drift from.
+    """
+    existing = [(entity, content) for entity, content in entities if entity.version or entity.head_link_hash is not None]
+    if not existing:
+        return {}
+    ids = literal([entity.id for entity, _ in existing], ARRAY(UUID(as_uuid=True)))
+    heads = {row.entity_id: row for row in session.execute(
+        select(EntityVersion.entity_id, EntityVersion.version, EntityVersion.link_hash, EntityVersion.content)
+        .where(EntityVersion.entity_id == any_(ids))
+        .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc()))}
+    drift: dict[uuid.UUID, ChainFinding] = {}
+    for entity, content in existing:
+        head = heads.get(entity.id)
+        if head is None:
+            drift[entity.id] = ChainFinding("no-history", None, "entity has no versions")
+            continue
+        head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
+        findings = _head_findings(entity, [head], head_link, content)
+        if findings:
+            drift[entity.id] = findings[0]
+    return drift
 
 
 def _head_findings(

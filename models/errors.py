@@ -141,6 +141,14 @@ class JwsError(PlantError):
     title = "Signature invalid"
 
 
+class EntityTampered(Conflict):
+    """The entity's row no longer matches its signed head version: no new version is
+    signed on top of it (that would make the tampering look legitimate)."""
+
+    code = "entity-tampered"
+    title = "The entity's row no longer matches its signed history"
+
+
 class ImmutableEntity(Conflict):
     code = "immutable-entity"
     title = "The entity can no longer be changed"

@@ -26,11 +26,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.canonical import normalize_text
-from models.chain import EntityVersion, append_version
+from models.chain import EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
-from models.errors import Conflict, ImmutableEntity, InvalidInput, NotEligible, NotFound, PreconditionFailed, TeamFull
+from models.errors import (
+    Conflict,
+    EntityTampered,
+    ImmutableEntity,
+    InvalidInput,
+    NotEligible,
+    NotFound,
+    PreconditionFailed,
+    TeamFull,
+)
 from models.membership import ineligibility, members_count, members_not_admitted, required_skills
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
@@ -96,7 +105,7 @@ def update_entity(
     expected_version: int | None = None,
 ) -> GovernedEntity:
     """Apply ``changes`` under the entity's row lock; a no-op change appends nothing."""
-    entity = lock_entity(session, entity_type, entity_id)
+    entity = lock_for_write(session, entity_type, entity_id)
     if isinstance(entity, Skill) and entity.status == SkillStatus.CERTIFIED.value:
         raise ImmutableEntity(f"skill {entity_id} is certified and immutable", id=str(entity_id))
     if expected_version is not None and entity.version != expected_version:
@@ -294,6 +303,24 @@ def lock_entity(session: Session, entity_type: EntityType, entity_id: uuid.UUID)
     if entity is None:
         raise NotFound(f"no {entity_type.value} with id {entity_id}", id=str(entity_id))
     return entity
+
+
+def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+    """Lock the entity to append a version, refusing one whose row drifted from its head
+    (``models.chain.head_drift``): ``EntityTampered``, 409, until the row is restored."""
+    entity = lock_entity(session, entity_type, entity_id)
+    refuse_if_tampered(session, entity)
+    return entity
+
+
+def refuse_if_tampered(session: Session, entity: GovernedEntity) -> None:
+    drift = head_drift(session, [(entity, governed_content(entity))]).get(entity.id)
+    if drift is not None:
+        raise EntityTampered(
+            f"{entity.entity_type_value.value} {entity.id}: {drift.detail} ({drift.code}); no version is signed on "
+            "top of it until the row is restored to its head version",
+            id=str(entity.id), finding=drift.code,
+        )
 
 
 def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:

@@ -268,3 +268,22 @@ def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_sessio
         eligible, _ = rank_teams(db_session, agent)
     assert len(eligible) >= 5
     assert len(statements) <= 3, statements  # required skills, seats, teams: not one per team
+
+
+def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_session, write_ctx) -> None:
+    from sqlalchemy import text
+
+    from models.bulk_assignment import apply_batch
+    from models.errors import EntityTampered
+
+    team = world.team("Guarded", capacity=5)
+    single, bulk = world.agent("Tampered One"), world.agent("Tampered Two")
+    db_session.execute(text("UPDATE agents SET description = 'edited by hand' WHERE id IN (:a, :b)"),
+                       {"a": single.id, "b": bulk.id})
+    db_session.expire_all()
+    with pytest.raises(EntityTampered):
+        assign_agent(db_session, agent_id=single.id, team_id=team.id, ctx=write_ctx)
+    refused = apply_batch(db_session, [(bulk.id, team.id)], ctx=write_ctx, required={world.role.id: {s.id for s in world.skills[:2]}})
+    assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(bulk.id, "entity-tampered")]
+    assert [v.version for v in history(db_session, entity_id=bulk.id)] == [1]
+    assert db_session.get(Agent, bulk.id).team_id is None

@@ -158,3 +158,45 @@ def test_racing_certifications_of_one_skill_issue_exactly_one_certificate(engine
     with sessions() as session:
         assert session.execute(text("SELECT count(*) FROM certificate_sequences")).scalar() == 1
         assert session.execute(text("SELECT last_number FROM certificate_sequences")).scalar() == 1
+
+
+# A row edited outside Plant must never be signed into a new version: that would turn the
+# tampering into valid history, and certification would judge content nobody signed.
+
+
+def _edit_through_sql(session, skill, **columns) -> None:
+    assignments = ", ".join(f"{c} = :{c}" for c in columns)
+    session.execute(text(f"UPDATE skills SET {assignments} WHERE id = :id"), {**columns, "id": skill.id})
+    session.expire_all()
+
+
+def test_certification_refuses_a_skill_whose_row_was_edited_through_sql(db_session, write_ctx, steward, keyring) -> None:
+    from models.audit import check_entity
+    from models.errors import EntityTampered
+
+    skill = _skill(db_session, write_ctx, steward, "Short Skill", description="too short")
+    _edit_through_sql(db_session, skill, description=GOOD)  # would pass the length gate
+    with pytest.raises(EntityTampered) as refused:
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+    assert refused.value.extensions["finding"] == "row-content-mismatch"
+    assert [v.version for v in history(db_session, entity_id=skill.id)] == [1]  # nothing signed
+    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring).findings] == ["row-content-mismatch"]
+
+
+@pytest.mark.parametrize("tamper", ["content", "head"])
+def test_a_write_on_top_of_a_tampered_row_is_refused_and_the_evidence_stays(db_session, write_ctx, steward, keyring, tamper) -> None:
+    from models.audit import check_entity
+    from models.errors import EntityTampered
+
+    skill = _skill(db_session, write_ctx, steward, "Some Skill")
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["a"]}, ctx=write_ctx)
+    if tamper == "content":
+        _edit_through_sql(db_session, skill, governance_notes="approved by the board")
+    else:  # the row pointed back at version 1, as if version 2 had never been written
+        v1 = history(db_session, entity_id=skill.id)[0]
+        _edit_through_sql(db_session, skill, version=1, head_link_hash=bytes(v1.link_hash), tags=[])
+    before = check_entity(db_session, entity_id=skill.id, keyring=keyring).findings
+    with pytest.raises(EntityTampered):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)
+    assert [v.version for v in history(db_session, entity_id=skill.id)] == [1, 2]
+    assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == before != []
