@@ -5,8 +5,13 @@ every L0/L1 rule passes, the description has at least eight words, and no certif
 skill's embedding is near-identical (cosine >= 0.95). Passing appends a version with
 status ``certified`` and a certificate; failing appends one with status ``rejected``.
 
-The certificate signs the head link of the version that was certified (the state the
-gates saw); the certified version itself then records the certificate. Numbers are
+The certificate names the version that was certified (the state the gates saw, which
+is the signed head: ``lock_for_write`` refuses a row that drifted from it) and is signed
+over its own canonical statement (:func:`certificate_statement`: a format tag, the skill
+id and every certificate field), never over a bare chain link, whose signature every
+version already carries; the certified version itself then records the certificate.
+Certifications run one at a time (a transaction-scoped advisory lock taken before the
+gates), so two near-identical skills cannot both pass the duplicate gate. Numbers are
 ``SKILL-{INDUSTRY CODE}-{NNN}`` per industry (``GEN`` without one), allocated from a
 counter row updated in the same transaction: concurrent certifications serialize on
 that row, and a rolled-back certification gives its number back, so there are no gaps
@@ -27,16 +32,23 @@ from sqlalchemy import Integer, String, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
+from models.canonical import canonical_bytes
 from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, Conflict, NotCertifiable
 from models.registry import WriteContext, lock_for_write, record_version, rule_subject
+from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8
 DUPLICATE_SIMILARITY = 0.95
 CERTIFIABLE = {SkillStatus.DRAFT.value, SkillStatus.PENDING_CERTIFICATION.value, SkillStatus.REJECTED.value}
 NO_INDUSTRY_CODE = "GEN"
+CERTIFICATE_FORMAT = "plant.skill-certificate.v1"
+# Every member of a certificate but the signature; the statement signs all of them.
+SIGNED_FIELDS = ("format", "certificate_id", "issued_at", "kid", "certified_version", "certified_link_hash")
+# pg_advisory_xact_lock key serializing certifications ("plant-cert" in ASCII).
+CERTIFICATION_LOCK = int.from_bytes(b"plant-cert", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class CertificateSequence(Base):
@@ -78,6 +90,9 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
         raise NotCertifiable(f"skill {skill_id} is {skill.status}", status=skill.status)
+    # One certification at a time: the duplicate gate reads other skills' status, and two
+    # near-identical skills certified side by side would each see the other uncertified.
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
     failed, duplicate = certification_gates(session, skill)
     if notes:
         skill.governance_notes = notes
@@ -128,15 +143,40 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
         code = session.scalar(select(Industry.code).where(Industry.id == skill.industry_id)) or NO_INDUSTRY_CODE
     number = allocate_certificate_number(session, code)
     assert skill.head_link_hash is not None
-    kid, signature = ctx.keyring.sign(bytes(skill.head_link_hash))
-    return {
+    certificate: dict[str, Any] = {
+        "format": CERTIFICATE_FORMAT,
         "certificate_id": f"SKILL-{code}-{number:03d}",
         "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-        "kid": kid,
-        "signature": base64.urlsafe_b64encode(signature).decode().rstrip("="),
+        "kid": ctx.keyring.active.kid,
         "certified_version": skill.version,
         "certified_link_hash": bytes(skill.head_link_hash).hex(),
     }
+    kid, signature = ctx.keyring.sign(certificate_statement(skill.id, certificate))
+    assert kid == certificate["kid"]
+    return {**certificate, "signature": base64.urlsafe_b64encode(signature).decode().rstrip("=")}
+
+
+def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> bytes:
+    """The bytes a certificate's signature covers: RFC 8785 JSON of the skill id and every
+    signed field. Canonical JSON can never be a 32-byte chain link, so no version's
+    signature doubles as a certificate."""
+    return canonical_bytes({"skill_id": str(skill_id), **{name: certificate.get(name) for name in SIGNED_FIELDS}})
+
+
+def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
+    """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads.
+
+    Certificates issued before the format tag existed signed only the certified link;
+    they do not verify here (their proof is the certified version in the chain).
+    """
+    if certificate.get("format") != CERTIFICATE_FORMAT or not isinstance(certificate.get("signature"), str):
+        return False
+    encoded = certificate["signature"]
+    try:
+        signature = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except ValueError:
+        return False
+    return keyring.verify(str(certificate.get("kid")), signature, certificate_statement(skill_id, certificate))
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:
@@ -162,6 +202,9 @@ def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
     """The outcome this actor already committed; gates are re-derived for a rejection."""
     if skill.status == SkillStatus.CERTIFIED.value:
         return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
+    # One certification at a time: the duplicate gate reads other skills' status, and two
+    # near-identical skills certified side by side would each see the other uncertified.
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
     failed, duplicate = certification_gates(session, skill)
     return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.certification import certify_skill
+from models.certification import certify_skill, verify_certificate
 from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
 from models.chain import history, verify_entity
 from models.entities import EntityType, Skill
@@ -37,9 +37,8 @@ def test_a_good_skill_is_certified_with_a_signed_certificate(db_session, write_c
     cert = outcome.certificate
     assert cert["certificate_id"] == "SKILL-CRT-001"
     assert cert["kid"] == keyring.active.kid and cert["certified_link_hash"] == certified_link.hex()
-    import base64
-    signature = base64.urlsafe_b64decode(cert["signature"] + "=" * (-len(cert["signature"]) % 4))
-    assert keyring.verify(cert["kid"], signature, certified_link)
+    assert cert["format"] == "plant.skill-certificate.v1" and cert["certified_version"] == 1
+    assert verify_certificate(cert, skill_id=skill.id, keyring=keyring)
     assert verify_entity(db_session, entity=skill, keyring=keyring).ok
     assert skill.governance_notes == "checked by QA"
 
@@ -200,3 +199,53 @@ def test_a_write_on_top_of_a_tampered_row_is_refused_and_the_evidence_stays(db_s
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)
     assert [v.version for v in history(db_session, entity_id=skill.id)] == [1, 2]
     assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == before != []
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_certificate_verifies_only_as_issued_for_its_skill(db_session, write_ctx, steward, keyring) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Pipeline Engineering")
+    other = _skill(db_session, write_ctx, steward, "Other Skill", description="too short")
+    cert = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate
+    assert verify_certificate(cert, skill_id=skill.id, keyring=keyring)
+    assert not verify_certificate(cert, skill_id=other.id, keyring=keyring)
+    for field, value in [("certificate_id", "SKILL-GEN-999"), ("issued_at", "2020-01-01T00:00:00Z"),
+                         ("certified_version", 2), ("certified_link_hash", "00" * 32), ("format", "other")]:
+        assert not verify_certificate({**cert, field: value}, skill_id=skill.id, keyring=keyring), field
+    # A version's chain signature is no certificate: forging one for a rejected skill fails.
+    assert certify_skill(db_session, skill_id=other.id, notes=None, ctx=write_ctx).status == "rejected"
+    v1 = history(db_session, entity_id=other.id)[0]
+    assert cert["signature"] != _b64(bytes(history(db_session, entity_id=skill.id)[0].signature))
+    forged = {**cert, "kid": v1.kid, "signature": _b64(bytes(v1.signature)), "certified_link_hash": bytes(v1.link_hash).hex()}
+    assert not verify_certificate(forged, skill_id=other.id, keyring=keyring)
+
+
+def test_near_duplicates_certified_side_by_side_cannot_both_pass(engine, write_ctx, committed_steward) -> None:
+    from models.db import make_session_factory, transaction
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        a = _skill(session, write_ctx, committed_steward, "Fraud Detection", industry=_industry(session, write_ctx, committed_steward, "RCA")).id
+        b = _skill(session, write_ctx, committed_steward, "Fraud Detection Copy", industry=_industry(session, write_ctx, committed_steward, "RCB")).id
+        session.flush()  # identical embeddings: each is the other's near-duplicate
+        session.execute(text("UPDATE skills SET embedding = (SELECT embedding FROM skills WHERE id = :a) WHERE id = :b"), {"a": a, "b": b})
+    first, second = sessions(), sessions()
+    outcomes: dict[str, str] = {}
+    try:
+        outcomes["a"] = certify_skill(first, skill_id=a, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:a")).status
+        # b is certified while a's certification is still uncommitted: it must wait for it.
+        worker = threading.Thread(target=lambda: outcomes.__setitem__("b", certify_skill(
+            second, skill_id=b, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:b")).status))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive(), "the second certification ran its gates while the first was uncommitted"
+        first.commit()
+        worker.join(timeout=30)
+        second.commit()
+    finally:
+        first.close(), second.close()
+    assert outcomes == {"a": "certified", "b": "rejected"}
