@@ -18,9 +18,10 @@ from cli.errors import PlantCliError, VerificationFailed
 from cli.jobs import connect
 from cli.output import json_option, print_json
 from cli.work import resolve_run
+from models.canonical import strict_json_loads
 from models.errors import PlantError
 from models.ledger_digest import verify_digest
-from models.reports import verify_report
+from models.reports import verify_report_document
 
 REPORT_FORMATS = ("json", "csv", "html")
 jwks_option = click.option(
@@ -84,15 +85,16 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool) -> None:
     """Check a saved JSON report's signature; exit 4 if it does not verify."""
     keys, source = verification_keys(jwks_file)
-    document = report_file.read_bytes()
     try:
-        verified = verify_report(document, keys)
+        checked = verify_report_document(report_file.read_bytes(), keys)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
-    report_body = json.loads(document)["report"]
-    run = report_body.get("run") or {}
+    verified, report_body = checked.signature, checked.report
+    run = report_body.get("run")
+    run = run if isinstance(run, dict) else {}
+    findings = report_body.get("findings")
     facts = {"valid": True, "kid": verified.kid, "alg": verified.alg, "keys": source,
-             "run_id": run.get("id"), "findings": len(report_body.get("findings") or [])}
+             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0}
     if as_json:
         print_json(facts)
         return
@@ -133,9 +135,11 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     """Check a saved digest's signature (and its leaves, if any); exit 4 if it does not verify."""
     keys, source = verification_keys(jwks_file)
     try:
-        document = json.loads(digest_file.read_bytes())
+        # Whitespace is free (the export is indented), but a repeated member is not: the
+        # signature would be checked over one copy while a person reads the other.
+        document = strict_json_loads(digest_file.read_bytes())
     except ValueError as exc:
-        _refuse(as_json, source, f"ledger digest is NOT valid: not JSON ({exc})")
+        _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
     if not verify_digest(document, keys):
         _refuse(as_json, source, "ledger digest is NOT valid: its signature, shape or leaves do not check out")
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],

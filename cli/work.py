@@ -7,7 +7,6 @@ end (see :mod:`cli.jobs`).
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from cli.client import PlantClient
 from cli.errors import PlantCliError
 from cli.jobs import connect, finish_started_job, idempotency_option, wait_option
 from cli.output import json_option, print_json, print_table
+from models.canonical import strict_json_loads
 from models.entities import EntityType
 
 
@@ -172,6 +172,6 @@ def resolve_run(client: PlantClient, ref: str) -> str:
 
 def _read_json_file(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return strict_json_loads(path.read_bytes())  # a repeated member is refused, not silently resolved
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise PlantCliError(f"cannot read {path} as JSON: {exc}") from exc

@@ -223,3 +223,56 @@ def matches_canonical(value: Any, stored: bytes) -> bool:
         return canonical_bytes(value) == stored
     except CanonicalizationError:
         return False
+
+
+def strict_json_loads(document: bytes | str) -> JSONValue:
+    """Parse ``document`` so that every reader sees the same value: the parse for signed JSON.
+
+    Refused, each as ``ValueError``: a member name repeated in any object (Python's reader
+    keeps the last, others keep the first, so a forged member placed before the real one
+    would be read by a person or another tool while the signature is checked over the
+    other), ``NaN`` and ``±Infinity`` (not JSON), and nesting deep enough to exhaust the
+    parser. Anything else :func:`json.loads` refuses is a ``ValueError`` already.
+    """
+    try:
+        return json.loads(document, object_pairs_hook=_unique_members, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON is nested too deeply") from exc
+
+
+def parse_canonical_json(document: bytes | str) -> JSONValue:
+    """The value of ``document``, which must be exactly its own canonical bytes.
+
+    On top of :func:`strict_json_loads`, the UTF-8 bytes of ``document`` must equal
+    :func:`canonical_bytes` of what they parse to, so a document that a canonical writer
+    would spell differently is refused: whitespace, member order, number spellings
+    (``3.0``, ``3e0``), string escapes, non-NFC text, a byte order mark or a trailing
+    newline. Raises ``ValueError``.
+    """
+    data = document.encode("utf-8") if isinstance(document, str) else bytes(document)
+    value = strict_json_loads(data)
+    try:
+        canonical = canonical_bytes(value)
+    except CanonicalizationError as exc:
+        raise ValueError(f"not canonical JSON: {exc}") from exc
+    if canonical != data:
+        raise ValueError(f"not canonical JSON (RFC 8785): {_first_difference(data, canonical)}")
+    return value
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"duplicate member name {name!r}")
+        members[name] = value
+    return members
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first_difference(data: bytes, canonical: bytes) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(data, canonical)) if a != b), min(len(data), len(canonical)))
+    return f"differs from the canonical form at byte {at}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import rfc8785
 
+from models.canonical import strict_json_loads
 from models.errors import JwsError, PlantError, SigningKeyError
 from models.signing import KeyRing, SigningKey, VerifyingKey
 
@@ -157,24 +157,12 @@ def _parse_header(encoded_header: str) -> dict[str, Any]:
 def _decode_header_json(encoded_header: str) -> dict[str, Any]:
     try:
         text = b64url_decode(encoded_header).decode("utf-8")
-        header = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        header = strict_json_loads(text)  # RFC 7515 §4: duplicate header names must be rejected
+    except ValueError as exc:  # UnicodeDecodeError included
         raise JwsError(f"the protected header is not base64url JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise JwsError("the protected header must be a JSON object")
     return header
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §4: a header with duplicate names must be rejected, or parsers disagree.
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate header parameter")
-    return members
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _signing_input(encoded_header: str, payload: bytes) -> bytes:

@@ -75,6 +75,9 @@ def verify_digest(digest: Any, keys: KeySource) -> bool:
 
     Any malformed, extended, altered or unsigned digest is False, never an exception;
     when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
+    A digest read from a file must be parsed with :func:`models.canonical.strict_json_loads`:
+    the signature is checked over the parsed members, so a repeated member name would let
+    the file show one value while another is verified.
     """
     if not _has_digest_shape(digest):
         return False

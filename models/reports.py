@@ -1,29 +1,35 @@
 """Signed audit reports: the run, its summary and every finding, in RFC 8785 form.
 
-An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``.
-The JWS payload is the canonical (RFC 8785) bytes of ``report``, so anyone holding the
-published JWK Set can check a saved report offline: canonicalize ``report`` again
-(canonical JSON re-serializes to the same bytes) and verify the detached signature.
+An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``,
+itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
+``report``, so anyone holding the published JWK Set can check a saved report offline:
+canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
+the detached signature. Because the signature covers a re-serialization rather than the
+file, verification first insists the file is exactly the canonical document
+:func:`signed_report` writes: no repeated member names (a forged ``report`` placed before
+the real one), no member but ``report`` and ``signature``, and no other spelling of the
+same value (``3.0`` for ``3``, whitespace, reordered members).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import canonical_bytes, rfc3339_utc, sha256
-from models.errors import NotFound
+from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
+from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
+DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail")
 
 
@@ -68,10 +74,44 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
     return canonical_bytes({"report": report, "signature": sign_detached(canonical_bytes(report), keyring.active)})
 
 
+@dataclass(frozen=True)
+class VerifiedReport:
+    """A saved report whose signature checked out, and who signed it."""
+
+    report: dict[str, Any]
+    signature: VerifiedSignature
+
+
 def verify_report(document: bytes | str, keys: KeySource) -> VerifiedSignature:
     """Check a saved report against public keys only; raises ``JwsError`` when it fails."""
-    parsed = json.loads(document)
-    return verify_detached(canonical_bytes(parsed["report"]), parsed["signature"], keys)
+    return verify_report_document(document, keys).signature
+
+
+def verify_report_document(document: bytes | str, keys: KeySource) -> VerifiedReport:
+    """:func:`verify_report`, also returning the report that was verified; raises ``JwsError``."""
+    report, jws = parse_signed_report(document)
+    return VerifiedReport(report, verify_detached(canonical_bytes(report), jws, keys))
+
+
+def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:
+    """``(report, detached JWS)`` of an exported document; it must be exactly what :func:`signed_report` writes.
+
+    Raises ``JwsError`` for anything else: not strict JSON (a repeated member name at any
+    depth), not canonical bytes, or members other than ``report`` (an object) and
+    ``signature`` (a string). Does not check the signature.
+    """
+    try:
+        parsed = parse_canonical_json(document)
+    except ValueError as exc:  # UnicodeError and JSONDecodeError included
+        raise JwsError(f"not a signed report document: {exc}") from exc
+    if not isinstance(parsed, dict) or parsed.keys() != DOCUMENT_MEMBERS:
+        raise JwsError('a signed report document has exactly the members "report" and "signature"')
+    report, jws = parsed["report"], parsed["signature"]
+    if not isinstance(report, dict):
+        raise JwsError('the "report" member must be a JSON object')
+    if not isinstance(jws, str):
+        raise JwsError('the "signature" member must be a compact JWS string')
+    return report, jws
 
 
 def findings_csv(session: Session, *, run_id: uuid.UUID) -> str:

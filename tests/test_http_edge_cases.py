@@ -135,3 +135,9 @@ def test_a_findings_page_token_not_issued_by_the_api_is_422(client, engine, keyr
     assert response.get_json()["field"] == "page_token"
     issued = base64.urlsafe_b64encode(b"f:0").decode().rstrip("=")
     assert client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"page_token": issued}).status_code == 200
+
+
+def test_a_json_body_repeating_a_member_is_malformed_json(client) -> None:
+    # Which "seconds" did the client mean? Parsers disagree (first or last wins): refuse it.
+    response = client.post(SLEEP, data='{"seconds": 0, "seconds": 30}', content_type="application/json")
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"

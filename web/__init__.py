@@ -6,13 +6,13 @@ It wires settings, the per-process services, the blueprints, the OpenAPI documen
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import redirect
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
+from models.canonical import strict_json_loads
 from models.settings import Settings, load_settings
 from web.api.api_keys import api_keys_api
 from web.api.audit import audit_api
@@ -30,25 +30,17 @@ API_VERSION = "0.1.0"
 
 
 class StrictJSONProvider(DefaultJSONProvider):
-    """JSON in and out without NaN or Infinity (not JSON, and PostgreSQL refuses them)."""
+    """JSON in and out without NaN or Infinity (not JSON, and PostgreSQL refuses them).
+
+    Bodies are read with :func:`models.canonical.strict_json_loads`: a repeated member
+    name (which value did the client mean?) and nesting too deep for the parser are
+    malformed JSON too, a 422 like any other body that is not JSON, never a 500.
+    """
 
     sort_keys = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        """Parse ``s``; a document nested too deeply for the parser is malformed JSON too.
-
-        The C decoder recurses once per array or object level, so a small body of a
-        thousand ``[`` raises ``RecursionError``; as a ``ValueError`` it gets the same
-        422 as any other body that is not JSON, instead of a 500.
-        """
-        try:
-            return json.loads(s, parse_constant=_refuse_constant, **kwargs)
-        except RecursionError as exc:
-            raise ValueError("JSON is nested too deeply") from exc
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+        return strict_json_loads(s)
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
