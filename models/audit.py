@@ -5,7 +5,8 @@
 tampering has its own code (see ``models.chain``); rule results use ``rule-violation``
 (error) and ``rule-warning`` (warning) with the rule id. ``check_entity`` does the same
 for one entity, plus a comparison with the latest stored ledger digest, for the
-synchronous tampering endpoint.
+synchronous tampering endpoint; that digest's leaves are trusted only once its signature
+and root check out (``models.ledger.stored_digest_problem``), else ``digest-invalid``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from models.entities import (
     ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
 )
 from models.errors import NotFound
-from models.ledger import compare_heads, latest_digest, stored_leaves
+from models.ledger import compare_heads, latest_digest, stored_digest_problem, stored_leaves
 from models.signing import KeyRing
 
 SEVERITY_BY_CODE = {"rule-violation": "error", "rule-warning": "warning"}
@@ -134,7 +135,7 @@ def _check_batch(
     if not entities:
         return result
     versions = versions_by_entity(session, [e.id for e in entities])
-    members = _team_members(session, entities)
+    members = team_member_counts(session, entities)
     for entity in entities:
         rows = versions.get(entity.id, [])
         content = governed_content(entity)
@@ -168,8 +169,10 @@ def versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID
     return grouped
 
 
-def _team_members(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:
-    if entities[0].entity_type_value is not EntityType.TEAM:
+def team_member_counts(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:
+    """Members of each team among ``entities`` (all of one type), for rule TEAM-01; {} for
+    other types. A team missing from the result has none."""
+    if not entities or entities[0].entity_type_value is not EntityType.TEAM:
         return {}
     ids = [e.id for e in entities]
     return dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(ids)).group_by(Agent.team_id)).all())
@@ -221,19 +224,31 @@ def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing) ->
             result = audit_batch(session, entities, keyring=keyring, signatures="all",
                                  append_only=append_only_enforced(session))
             return TamperCheck(entity_id, entity_type.value, result.versions_verified,
-                               result.findings + _digest_findings(session, entity_id))
-    digest_findings = _digest_findings(session, entity_id)
-    if digest_findings:  # deleted since the last digest: still evidence worth returning
+                               result.findings + _digest_findings(session, entity_id, keyring))
+    digest_findings = _digest_findings(session, entity_id, keyring)
+    if any(f.entity_id == entity_id for f in digest_findings):  # deleted since the last digest: still evidence
         return TamperCheck(entity_id, digest_findings[0].entity_type or "unknown", 0, digest_findings)
     raise NotFound(f"no entity with id {entity_id}", id=str(entity_id))
 
 
-def _digest_findings(session: Session, entity_id: uuid.UUID) -> list[FindingRow]:
+def _digest_findings(session: Session, entity_id: uuid.UUID, keyring: KeyRing) -> list[FindingRow]:
     digest = latest_digest(session)
     if digest is None:
         return []
+    invalid = stored_digest_invalid(session, digest, keyring)
+    if invalid is not None:
+        return [invalid]
     leaves = stored_leaves(session, digest.id, [entity_id])
     return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
+
+
+def stored_digest_invalid(session: Session, digest: Any, keyring: KeyRing) -> FindingRow | None:
+    """The run-level ``digest-invalid`` finding when the stored ``digest`` cannot be trusted."""
+    problem = stored_digest_problem(session, digest, keyring)
+    if problem is None:
+        return None
+    return FindingRow(None, None, None, "digest-invalid",
+                      f"stored ledger digest {digest.id} ({digest.as_of.isoformat()}): {problem}; its leaves are not trusted")
 
 
 def finding_from_chain(entity_type: str | None, entity_id: uuid.UUID | None, finding: ChainFinding) -> FindingRow:

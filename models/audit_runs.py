@@ -5,7 +5,9 @@ chunk is processed in batches; each batch's findings, the chunk's cursor and cou
 commit in one transaction, so a chunk retried after a crash resumes at its cursor and
 the final result equals a clean run's. Completing a chunk increments the run's
 ``chunks_done`` in the same transaction; whoever brings it to ``chunks_total`` merges.
-Run-level digest findings (``against_digest``) are written when the run is planned.
+Run-level digest findings (``against_digest``) are written when the run is planned, only
+for entities in the run's scope. Every summary keeps ``total_entities = compliant +
+non_compliant`` and states its ``coverage``: what was read and what was taken on trust.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
+from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
@@ -52,6 +55,40 @@ class AuditParams:
     def ids_filter(self, model: Any, query: Any) -> Any:
         return query.where(model.id.in_([uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
 
+    def scoped(self, session: Session, findings: list[FindingRow]) -> list[FindingRow]:
+        """``findings`` about entities in scope, and run-level ones (no entity).
+
+        A digest's leaves cover the whole registry; a scoped run must neither report nor
+        count the entities it was not asked about. A deleted entity's type is not in the
+        digest: it is read from its versions, and kept when unknown.
+        """
+        if self.entity_type is None and not self.entity_ids:
+            return findings
+        ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids else None
+        untyped = [f.entity_id for f in findings if f.entity_id is not None and f.entity_type is None]
+        types = dict(session.execute(select(EntityVersion.entity_id, EntityVersion.entity_type).where(
+            EntityVersion.entity_id.in_(untyped)).distinct()).all()) if untyped and self.entity_type else {}
+
+        def in_scope(f: FindingRow) -> bool:
+            if f.entity_id is None:
+                return True
+            if ids is not None and f.entity_id not in ids:
+                return False
+            kind = f.entity_type or types.get(f.entity_id)
+            return self.entity_type is None or kind in (None, self.entity_type)
+
+        return [f for f in findings if in_scope(f)]
+
+    def coverage(self) -> dict[str, Any]:
+        """A full (possibly scoped) run reads every row and every version in its scope."""
+        return {
+            "mode": "full",
+            "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids else None},
+            "rows": "every row in scope compared with its head version",
+            "versions": "every version in scope re-hashed and re-linked",
+            "signatures": "every version's" if self.signatures == "all" else "each head version's",
+        }
+
 
 def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], keyring: KeyRing, chunk_entities: int) -> AuditRun:
     """Create the run, its chunks and its digest findings once; a retry gets the same run."""
@@ -75,7 +112,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
             chunk_no += 1
     run.chunks_total = chunk_no
     if scope.against_digest is not None:
-        _insert(session, run.id, digest_findings(session, scope.against_digest, keyring))
+        _insert(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
     session.flush()
     return run
 
@@ -87,7 +124,7 @@ def _incremental(session: Session, run: AuditRun, keyring: KeyRing) -> AuditRun:
     session.add(AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
         done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,
-                             "since_digest": result.digest_id},
+                             "since_digest": result.digest_id, "coverage": result.coverage()},
     ))
     run.entities_total = result.entities
     run.chunks_total = run.chunks_done = 1
@@ -200,11 +237,22 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
         "by_rule": dict(sorted(by_rule.items())),
         "run_level_findings": [c for c in by_code if c in ("digest-invalid", "ledger-root-mismatch")],
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
-        "signatures": AuditParams.from_json(run.params).signatures,
+        **_what_was_checked(run, chunks),
     }
     run.summary, run.status, run.finished_at = summary, status, finished_at
     session.flush()
     return summary
+
+
+def _what_was_checked(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
+    """The summary's ``signatures`` and ``coverage``: what the run did, not what was asked.
+    An incremental run checks every signature after the digest's heads, whatever
+    ``verify_signatures`` says, and reads only what changed since the digest."""
+    incremental = next((c.counters["coverage"] for c in chunks if "coverage" in (c.counters or {})), None)
+    if incremental is not None:
+        return {"signatures": incremental["signatures"], "coverage": incremental}
+    scope = AuditParams.from_json(run.params)
+    return {"signatures": scope.signatures, "coverage": scope.coverage()}
 
 
 def validate_params(params: dict[str, Any]) -> None:

@@ -1,13 +1,26 @@
 """Incremental audit: verify only what changed since the latest stored ledger digest.
 
-The digest's leaves (kept in ``ledger_digest_heads``) are trusted heads. An entity whose
-head is unchanged needs no work. For each changed or new entity, the versions after its
-digest head are verified to continue from that head (hashes, links, every signature),
-the row against its new head, and the rules on its current state. Leaves whose head is
-no longer in the chain (rolled back, rewritten) or whose entity is gone are reported.
-The verification is proportional to what changed. Finding what changed compares every live
-head with its leaf (one join per entity type); the leaves whose entity is gone are looked
-for only when the live entities with a leaf fall short of the digest's leaves.
+The digest's leaves (kept in ``ledger_digest_heads``) are trusted heads, once the digest's
+signed document and the root of its stored leaves check out (else the run reports
+``digest-invalid`` and verifies nothing). An entity is examined when its row's head is
+not its leaf (``IS DISTINCT FROM``: a NULL head counts) or its chain grew past the leaf
+(a row reset to the digest's head after later versions were appended). An examined
+entity gets the full audit's checks on its whole chain, which was read anyway: every
+version re-hashed and re-linked from genesis through its leaf, every signature after the
+leaf, the row against its head version (``row-content-mismatch``, ``stale-head``...), and
+the rules on its current state. Leaves whose head is no longer in the chain (rolled back,
+rewritten) or whose entity is gone are reported.
+
+What it does not see, by design (a full audit does): rows and versions of entities
+unchanged since the digest are not re-read, so a SQL edit of such a row's governed
+fields without a new version, or of such an entity's old versions, goes unnoticed.
+:func:`IncrementalResult.coverage` says so in every run's summary.
+
+Cost: finding what changed compares every live head with its leaf (one join per entity
+type); a chain grown behind its row is looked for per entity only when the ledger's
+version count disagrees with what the leaves and the examined entities account for; the
+leaves whose entity is gone only when the live entities with a leaf fall short of the
+digest's leaves; checking the digest hashes every leaf once.
 """
 
 from __future__ import annotations
@@ -19,39 +32,76 @@ from typing import Any
 from sqlalchemy import and_, func, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from models.audit import BatchResult, FindingRow, load_entities, rule_findings, suspects_rechecked, versions_by_entity
+from models.audit import (
+    BatchResult, FindingRow, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked, team_member_counts,
+    versions_by_entity,
+)
 from models.audit_tables import LedgerDigestHead
-from models.chain import GENESIS_LINK, ChainFinding, verify_versions
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, verify_loaded, verify_versions
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
-from models.canonical import matches_canonical
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest
 from models.signing import KeyRing
 
 BATCH = 500
+Changed = list[tuple[uuid.UUID, int, bytes]]  # (entity id, leaf version or 0, leaf link or genesis)
 
 
 @dataclass
 class IncrementalResult:
     digest_id: int
+    digest_as_of: str
     findings: list[FindingRow] = field(default_factory=list)
-    entities: int = 0
-    versions_verified: int = 0
+    entities: int = 0  # examined: changed since the digest, rolled back included
+    versions_verified: int = 0  # after the leaf: hashed, linked and signature-checked
+    versions_rehashed: dict[uuid.UUID, int] = field(default_factory=dict)  # up to the leaf: hashed and linked
+    chains: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)  # examined: (versions read, leaf version)
+    digest_trusted: bool = True
+    version_count_balanced: bool = True
+
+    def coverage(self) -> dict[str, Any]:
+        """What this run read and what it took on trust, for the summary: an incremental
+        "clean" is not a full audit's."""
+        verified = "verified" if self.digest_trusted else "NOT trusted: nothing was audited, run a full audit"
+        return {
+            "mode": "incremental",
+            "signatures": "all-after-digest" if self.digest_trusted else "none",
+            "since_digest": self.digest_id,
+            "digest_as_of": self.digest_as_of,
+            "digest": f"signature and stored leaves' heads_root {verified}",
+            "entities_examined": self.entities,
+            "versions_signature_checked": self.versions_verified,
+            "versions_rehashed_only": sum(self.versions_rehashed.values()),
+            "version_count_balanced": self.version_count_balanced,
+            "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
+                          "governed fields without a new version, or of its versions, is not seen (a full audit sees it)",
+            "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
+                       "entities they were re-hashed and re-linked, their signatures not re-checked",
+        }
 
 
 def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> IncrementalResult:
     digest = latest_digest(session)
     if digest is None:
         raise NotFound("no ledger digest is stored yet; an incremental audit needs one")
-    result = IncrementalResult(digest.id)
+    result = IncrementalResult(digest.id, digest.as_of.isoformat())
+    invalid = stored_digest_invalid(session, digest, keyring)
+    if invalid is not None:  # its leaves may have been edited to hide what changed
+        result.findings.append(invalid)
+        result.digest_trusted = False
+        return result
+    ledger_versions, leaf_versions = _version_totals(session, digest.id)
     append_only = append_only_enforced(session)
     live_with_leaf = 0
     for entity_type in EntityType:
         changed, with_leaf = _changed_since(session, entity_type, digest.id)
         live_with_leaf += with_leaf
-        for start in range(0, len(changed), BATCH):
-            _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, append_only, result)
+        _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
+    if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
+        result.version_count_balanced = False
+        for entity_type, changed in _grown_behind_rows(session, digest.id, set(result.chains)).items():
+            _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     # A live entity has at most one leaf, so when every leaf has one, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
     if _leaf_count(session, digest.id) != live_with_leaf:
@@ -59,16 +109,19 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     return result
 
 
-def _changed_since(session: Session, entity_type: EntityType, digest_id: int) -> tuple[list[tuple[uuid.UUID, int, bytes]], int]:
-    """(id, base version, base link) of each live entity whose head differs from the
-    digest's, and how many live entities have a leaf; one statement, so one snapshot."""
+def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
+                   among: list[uuid.UUID] | None = None) -> tuple[Changed, int]:
+    """(id, base version, base link) of each live entity whose head is not the digest's
+    (or of each live one ``among`` these ids), and how many live entities have a leaf;
+    one statement, so one snapshot."""
     model = ENTITY_MODELS[entity_type]
     head = LedgerDigestHead
-    changed = (
-        select(model.id, head.version, head.link_hash, null().label("live"))
-        .outerjoin(head, and_(head.digest_id == digest_id, head.entity_id == model.id))
-        .where(model.deleted_at.is_(None), or_(head.link_hash.is_(None), head.link_hash != model.head_link_hash))
-    )
+    changed = select(model.id, head.version, head.link_hash, null().label("live")).outerjoin(
+        head, and_(head.digest_id == digest_id, head.entity_id == model.id)).where(model.deleted_at.is_(None))
+    if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too
+        changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash)))
+    else:
+        changed = changed.where(model.id.in_(among))
     live = select(null(), null(), null(), func.count()).select_from(model).where(model.deleted_at.is_(None))
     rows = session.execute(union_all(changed, live)).all()
     live_count = next(row[3] for row in rows if row[0] is None)
@@ -77,17 +130,50 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int) ->
     return [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows], live_count - new
 
 
+def _version_totals(session: Session, digest_id: int) -> tuple[int, int]:
+    """Versions in the ledger, and the sum of the digest's leaf versions (one snapshot).
+
+    Version numbers run 1..n without gaps, so an entity whose chain still ends at its leaf
+    holds exactly its leaf's version count: the ledger's total equals the leaves' sum
+    plus what examined entities added, unless some unexamined chain grew (or lost history).
+    """
+    leaves = select(func.coalesce(func.sum(LedgerDigestHead.version), 0)).where(
+        LedgerDigestHead.digest_id == digest_id).scalar_subquery()
+    ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
+    return tuple(session.execute(select(ledger, leaves)).one())  # type: ignore[return-value]
+
+
+def _grown_behind_rows(session: Session, digest_id: int, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
+    """Live entities not yet examined whose chain has a version after their leaf: a row
+    reset to the digest's head hides later versions from the head comparison."""
+    head, version = LedgerDigestHead, EntityVersion
+    grown = session.execute(select(head.entity_type, head.entity_id).join(
+        version, and_(version.entity_id == head.entity_id, version.version == head.version + 1)).where(
+        head.digest_id == digest_id)).all()
+    by_type: dict[EntityType, list[uuid.UUID]] = {}
+    for entity_type, entity_id in grown:
+        if entity_id not in examined:
+            by_type.setdefault(EntityType(entity_type), []).append(entity_id)
+    return {entity_type: _changed_since(session, entity_type, digest_id, ids)[0] for entity_type, ids in by_type.items()}
+
+
 def _leaf_count(session: Session, digest_id: int) -> int:
     return session.scalar(select(func.count()).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest_id))
 
 
-def _audit_changed(session: Session, entity_type: EntityType, changed: list, keyring: KeyRing, append_only: bool,
+def _audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, append_only: bool,
+                      result: IncrementalResult) -> None:
+    for start in range(0, len(changed), BATCH):
+        _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, append_only, result)
+
+
+def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, append_only: bool,
                    result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
     rolled: list[tuple[uuid.UUID, int | None, bytes]] = []
 
     def check(entities: list) -> BatchResult:  # suspects had findings, so none of them is in rolled yet
-        return _check_changed(session, entities, base, keyring, append_only, rolled)
+        return _check_changed(session, entities, base, keyring, append_only, rolled, result)
 
     entities = load_entities(session, entity_type, list(base))
     # Rows and versions are read by two statements: suspects are checked again, locked.
@@ -100,38 +186,51 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: list, key
 
 
 def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,
-                   rolled: list) -> BatchResult:
-    """Each entity's versions after its digest head; an entity whose digest head is gone
-    from its chain goes to ``rolled`` instead."""
+                   rolled: list, result: IncrementalResult) -> BatchResult:
+    """Each entity's whole chain; one whose leaf is gone from its chain goes to ``rolled``
+    (counted as examined: its finding comes from :func:`compare_heads`)."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
+    members = team_member_counts(session, entities)
     kind = entities[0].entity_type_value.value if entities else ""
     for entity in entities:
-        after = base[entity.id]
-        all_rows = versions.get(entity.id, [])
-        rows = [r for r in all_rows if r.version > after[0]]
-        if after[0] and not any(bytes(r.link_hash) == after[1] for r in all_rows):
-            rolled.append((entity.id, after[0], after[1]))  # the trusted head is gone
+        leaf = base[entity.id]
+        rows = versions.get(entity.id, [])
+        result.chains[entity.id] = (len(rows), leaf[0])  # keyed: a suspect's second check overwrites
+        batch.entities += 1
+        split = _after_leaf(rows, leaf)
+        if split is None:
+            rolled.append((entity.id, leaf[0], leaf[1]))  # the trusted head is gone
             continue
         content = governed_content(entity)
-        _, findings = verify_versions(rows, keyring=keyring, head_link=_bytes(entity.head_link_hash), after=after)
-        findings += _head_check(entity, rows, content)
+        findings = _chain_findings(entity, rows, split, leaf, keyring, content)
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
-        batch.findings += rule_findings(entity, content, all_rows, append_only, None)
-        batch.entities += 1
-        batch.versions_verified += len(rows)
+        batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
+        batch.versions_verified += len(rows) - split
+        result.versions_rehashed[entity.id] = split
     return batch
 
 
-def _head_check(entity: Any, rows: list, content: dict) -> list[ChainFinding]:
-    if not rows:
-        return [ChainFinding("head-mismatch", entity.version, "the head changed but no version follows the digest's")]
-    last = rows[-1]
-    if _bytes(entity.head_link_hash) != bytes(last.link_hash) or entity.version != last.version:
-        return [ChainFinding("head-mismatch", last.version, "entity head does not point at its last version")]
-    if not matches_canonical(content, bytes(last.content)):
-        return [ChainFinding("row-content-mismatch", last.version, "entity row differs from its head version")]
-    return []
+def _after_leaf(rows: list, leaf: tuple[int, bytes]) -> int | None:
+    """How many of ``rows`` the leaf covers (0 for an entity new since the digest), or
+    None when no version carries the leaf's link any more."""
+    if not leaf[0]:
+        return 0
+    return next((i + 1 for i, row in enumerate(rows) if bytes(row.link_hash) == leaf[1]), None)
+
+
+def _chain_findings(entity: Any, rows: list, split: int, leaf: tuple[int, bytes], keyring: KeyRing,
+                    content: dict) -> list[ChainFinding]:
+    """The full audit's checks over the whole chain (hashes and links from genesis, the
+    head's signature, head and row against the last version), plus every other signature
+    after the leaf. Versions up to the leaf are vouched for by the signed digest, so their
+    signatures are not re-checked; a link into the leaf that no longer hashes is found."""
+    findings = list(verify_loaded(entity, rows, keyring=keyring, signatures="heads", content=content).findings)
+    newer = rows[split:-1]  # the last version's signature was checked just above
+    if newer:
+        _, more = verify_versions(newer, keyring=keyring, head_link=bytes(rows[-1].prev_link), after=leaf)
+        findings += [f for f in more if f not in findings]
+    return findings
 
 
 def _vanished(session: Session, digest_id: int) -> list[FindingRow]:
@@ -147,7 +246,3 @@ def _vanished(session: Session, digest_id: int) -> list[FindingRow]:
         findings += [FindingRow(entity_type.value, entity_id, version, "entity-deleted", "in the digest, gone from the registry")
                      for entity_id, version in gone]
     return findings
-
-
-def _bytes(value: Any) -> bytes | None:
-    return bytes(value) if value is not None else None

@@ -4,12 +4,16 @@
 in id order. ``store_digest`` signs a digest of them and keeps its leaves, so a later
 check can name each entity whose head rolled back, vanished or was rewritten since.
 ``compare_heads`` does that comparison for any digest's leaves; a digest that brings
-only its root is checked by recomputing the root of the heads as of its time.
+only its root is checked by recomputing the root of the heads as of its time. A stored
+digest sits in tables anyone with SQL access can edit, so before its leaves are trusted
+``stored_digest_problem`` checks its signed document and recomputes ``heads_root`` from
+the stored leaf rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,8 +26,8 @@ from sqlalchemy.orm import Session
 from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.chain import ChainFinding, EntityVersion
 from models.entities import ENTITY_MODELS
-from models.ledger_digest import build_digest, digest_with_leaves
-from models.merkle import MerkleAccumulator, head_leaf
+from models.ledger_digest import build_digest, digest_with_leaves, verify_digest
+from models.merkle import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX, MerkleAccumulator, head_leaf, node_hash
 from models.signing import KeyRing
 
 HEAD_BATCH = 5000
@@ -82,6 +86,55 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
 
 def latest_digest(session: Session) -> LedgerDigest | None:
     return session.scalars(select(LedgerDigest).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(1)).first()
+
+
+# Each stored leaf's RFC 6962 leaf hash, SHA-256(0x00 || entity id's 16 bytes || head link),
+# computed by PostgreSQL and sent as one value in entity-id order: Python is left only the
+# inner nodes, and no row or UUID object is built for each of the digest's leaves.
+LEAF_HASHES_SQL = (
+    "SELECT count(*), string_agg(sha256('\\x00'::bytea || uuid_send(entity_id) || link_hash), ''::bytea "
+    "ORDER BY entity_id) FROM ledger_digest_heads WHERE digest_id = %s"
+)
+
+
+def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
+    """Why the stored ``digest`` must not be trusted, or None when it may be.
+
+    Its leaves are rows anyone with SQL access can edit (say, to match a rolled-back
+    head), so they are trusted only when its stored document verifies with ``keyring``'s
+    keys, agrees with the row's columns, and the leaf rows hash to its signed
+    ``heads_root``. Reads every leaf of the digest: O(leaves), in one statement.
+    """
+    document = digest.document
+    if not verify_digest(document, {"keys": keyring.jwks()["keys"]}):
+        return "its signed document is malformed or not signed by a trusted key"
+    if document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count:
+        return "its row's heads_root or entity_count differs from its signed document"
+    connection = session.connection().connection.driver_connection
+    with connection.cursor(binary=True) as cursor:
+        count, hashes = cursor.execute(LEAF_HASHES_SQL, [digest.id]).fetchone()
+    if count != document["entity_count"] or root_of_leaf_hashes(bytes(hashes or b"")).hex() != document["heads_root"]:
+        return f"its {count} stored leaves do not hash to its signed heads_root"
+    return None
+
+
+def root_of_leaf_hashes(hashes: bytes) -> bytes:
+    """RFC 6962 root over already hashed leaves (32 bytes each, in order): the same
+    binary-counter fold as :class:`models.merkle.MerkleAccumulator`, minus the leaf hashing."""
+    peaks: list[bytes] = []
+    sha256 = hashlib.sha256
+    for size, start in enumerate(range(0, len(hashes), HASH_SIZE)):
+        node = hashes[start : start + HASH_SIZE]
+        while size & 1:
+            node = sha256(NODE_PREFIX + peaks.pop() + node).digest()
+            size >>= 1
+        peaks.append(node)
+    if not peaks:
+        return EMPTY_ROOT
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = node_hash(peak, root)
+    return root
 
 
 def stored_leaves(session: Session, digest_id: int, entity_ids: list[uuid.UUID] | None = None) -> list[tuple[uuid.UUID, int | None, bytes]]:

@@ -1,0 +1,111 @@
+"""An audit run's entity counters add up, whatever kind of run it is.
+
+``total_entities == compliant + non_compliant``, none negative, for full, scoped and
+incremental runs, with a digest naming entities the run did or did not audit; a team's
+members are counted by the incremental audit as by the full one (rule TEAM-01).
+"""
+
+import pytest
+from sqlalchemy import text
+
+from models.entities import EntityType
+from models.ledger import digest_now, store_digest
+from models.registry import create_entity, update_entity
+from tests.test_audit import run_audit, run_incremental, skill, tamper_delete_newest  # noqa: F401 - skill is a fixture
+
+E = EntityType
+
+
+def assert_counts_add_up(summary: dict) -> None:
+    counts = (summary["total_entities"], summary["compliant"], summary["non_compliant"])
+    assert min(counts) >= 0 and counts[0] == counts[1] + counts[2], counts
+
+
+def test_an_incremental_run_counts_a_rolled_back_entity(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    tamper_delete_newest(db_session, skill, keyring)
+    summary, findings = run_incremental(db_session, keyring)
+    assert [f.code for f in findings] == ["head-rolled-back"]
+    assert_counts_add_up(summary)
+    assert (summary["total_entities"], summary["non_compliant"]) == (1, 1)
+
+
+def _team_with_a_member(session, write_ctx, steward):
+    industry = create_entity(session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
+        "name": "Counted Industry", "code": "CNTD", "governance_agent_id": steward})
+    skill_ = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+        "name": "Counted Skill", "skill_key": "counted-skill", "category": "technical", "description": "d",
+        "governance_agent_id": steward})
+    role = create_entity(session, entity_type=E.JOB_ROLE, ctx=write_ctx, data={
+        "name": "Counter", "seniority": "mid", "required_skill_ids": [skill_.id], "governance_agent_id": steward})
+    team = create_entity(session, entity_type=E.TEAM, ctx=write_ctx, data={
+        "name": "Counted Team", "job_role_id": role.id, "capacity": 3, "governance_agent_id": steward})
+    create_entity(session, entity_type=E.AGENT, ctx=write_ctx, data={
+        "name": "Member", "job_role_id": role.id, "industry_id": industry.id, "skill_ids": [skill_.id],
+        "team_id": team.id, "governance_agent_id": steward})
+    session.flush()
+    return team
+
+
+def test_an_incremental_run_counts_a_team_s_members(db_session, write_ctx, steward, keyring) -> None:
+    team = _team_with_a_member(db_session, write_ctx, steward)
+    _, full = run_audit(db_session, keyring)
+    assert not [f for f in full if f.rule_id == "TEAM-01"]
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.TEAM, entity_id=team.id, changes={"description": "changed"}, ctx=write_ctx)
+    summary, findings = run_incremental(db_session, keyring)
+    assert summary["total_entities"] == 1 and findings == []
+
+
+def test_a_memberless_team_still_gets_its_team_01_warning_incrementally(db_session, write_ctx, steward, keyring) -> None:
+    team = _team_with_a_member(db_session, write_ctx, steward)
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE agents SET team_id = NULL WHERE team_id = :t"), {"t": team.id})
+    update_entity(db_session, entity_type=E.TEAM, entity_id=team.id, changes={"description": "changed"}, ctx=write_ctx)
+    _, findings = run_incremental(db_session, keyring)
+    assert [(f.entity_id, f.rule_id) for f in findings] == [(team.id, "TEAM-01")]
+
+
+SCOPES = {
+    "whole registry": ({}, True),
+    "the tampered skill's type": ({"scope": {"entity_type": "skill"}}, True),
+    "another type": ({"scope": {"entity_type": "industry"}}, False),
+    "the tampered skill by id": ({"scope": {"entity_ids": ["SKILL"]}}, True),
+    "another entity by id": ({"scope": {"entity_ids": ["STEWARD"]}}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(SCOPES))
+def test_a_scoped_run_reports_and_counts_only_its_scope(db_session, skill, steward, keyring, name) -> None:
+    params, sees_the_skill = SCOPES[name]
+    if "scope" in params and "entity_ids" in params["scope"]:
+        params = {"scope": {"entity_ids": [str(skill.id) if params["scope"]["entity_ids"] == ["SKILL"] else str(steward)]}}
+    digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    tamper_delete_newest(db_session, skill, keyring)
+    summary, findings = run_audit(db_session, keyring, {**params, "against_digest": digest})
+    assert_counts_add_up(summary)
+    rolled_back = [f.entity_id for f in findings if f.code == "head-rolled-back"]
+    assert rolled_back == ([skill.id] if sees_the_skill else [])
+    assert summary["non_compliant"] == (1 if sees_the_skill else 0)
+    assert summary["coverage"]["mode"] == "full"
+
+
+def test_a_type_scoped_run_leaves_out_a_deleted_entity_of_another_type(db_session, skill, keyring) -> None:
+    digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    _, in_scope = run_audit(db_session, keyring, {"scope": {"entity_type": "skill"}, "against_digest": digest})
+    _, out_of_scope = run_audit(db_session, keyring, {"scope": {"entity_type": "industry"}, "against_digest": digest})
+    assert "entity-deleted" in {f.code for f in in_scope if f.entity_id == skill.id}
+    assert [f.code for f in out_of_scope] == []
+
+
+def test_counts_add_up_after_every_kind_of_run(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version four"},
+                  ctx=write_ctx)
+    db_session.execute(text("UPDATE skills SET governance_agent_id = NULL WHERE id = :id"), {"id": skill.id})
+    for params in ({"since": "latest-digest"}, {"verify_signatures": "all"}, {"scope": {"entity_type": "skill"}},
+                   {"scope": {"entity_ids": [str(skill.id)]}}):
+        summary, _ = run_audit(db_session, keyring, params)
+        assert_counts_add_up(summary)
+        assert summary["non_compliant"] == 1, params

@@ -1,0 +1,142 @@
+"""What the incremental audit examines, what it states it did not, and which digest it trusts.
+
+Each tampering is injected with SQL after a stored digest, as in ``tests/test_audit.py``.
+An entity changed since the digest gets the full audit's checks over its whole chain; an
+unchanged one is not re-read, and the run's summary says so. A stored digest whose
+leaves or document were edited is reported (``digest-invalid``), never trusted.
+"""
+
+import os
+
+import pytest
+from sqlalchemy import text
+
+from models.audit import check_entity
+from models.entities import EntityType
+from models.ledger import root_of_leaf_hashes, store_digest
+from models.merkle import leaf_hash, merkle_root
+from models.registry import update_entity
+from tests.conftest import recorded_statements
+from tests.test_audit import (  # noqa: F401 - skill is a fixture
+    lift_guard, reset_row_to, run_audit, run_incremental, skill, tamper_content, tamper_delete_newest,  # noqa: F401
+    tamper_row,
+)
+
+E = EntityType
+
+
+def _fourth_version(session, skill, write_ctx) -> None:
+    update_entity(session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version four"}, ctx=write_ctx)
+    session.flush()
+
+
+def _codes(findings, entity_id) -> set[str]:
+    return {f.code for f in findings if f.entity_id == entity_id}
+
+
+def test_a_head_set_to_null_is_examined(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_incremental(db_session, keyring)
+    assert "head-mismatch" in _codes(findings, skill.id)
+    assert summary["total_entities"] == 1 and summary["non_compliant"] == 1
+
+
+def test_a_row_reset_to_the_digest_head_after_later_versions_is_a_stale_head(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _fourth_version(db_session, skill, write_ctx)
+    reset_row_to(db_session, skill, 3)  # the row replays the leaf although version 4 exists
+    summary, findings = run_incremental(db_session, keyring)
+    assert "stale-head" in _codes(findings, skill.id)
+    assert summary["coverage"]["version_count_balanced"] is False  # how it was found: the counts disagreed
+
+
+def test_a_chain_that_grew_behind_its_row_is_looked_for_only_when_the_counts_disagree(
+        db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _fourth_version(db_session, skill, write_ctx)
+    with recorded_statements(db_session.get_bind()) as statements:
+        summary, findings = run_incremental(db_session, keyring)
+    per_leaf_joins = [s for _, s in statements if "ledger_digest_heads.version +" in s]
+    assert findings == [] and summary["coverage"]["version_count_balanced"] is True
+    assert per_leaf_joins == []
+
+
+def test_a_version_before_the_digest_head_of_a_changed_entity_is_re_hashed(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _fourth_version(db_session, skill, write_ctx)
+    tamper_content(db_session, skill, keyring)  # version 2's content, behind the leaf at version 3
+    summary, findings = run_incremental(db_session, keyring)
+    assert [(f.code, f.version) for f in findings] == [("content-hash-mismatch", 2)]
+    assert summary["coverage"]["versions_rehashed_only"] == 3 and summary["versions_verified"] == 1
+
+
+def test_the_link_into_the_digest_head_is_checked(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _fourth_version(db_session, skill, write_ctx)
+    lift_guard(db_session, "UPDATE entity_versions SET prev_link = :p WHERE entity_id = :e AND version = 3",
+               p=os.urandom(32), e=skill.id)
+    _, findings = run_incremental(db_session, keyring)
+    assert {"broken-link", "link-hash-mismatch"} <= {(f.code) for f in findings if f.version == 3}
+
+
+def test_a_changed_entity_s_row_is_compared_with_its_head(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _fourth_version(db_session, skill, write_ctx)
+    tamper_row(db_session, skill, keyring)
+    _, findings = run_incremental(db_session, keyring)
+    assert _codes(findings, skill.id) == {"row-content-mismatch"}
+
+
+def test_the_summary_states_what_an_incremental_run_did_not_read(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    tamper_row(db_session, skill, keyring)  # no new version: the row is not re-read, by design
+    summary, findings = run_incremental(db_session, keyring)
+    assert findings == []
+    coverage = summary["coverage"]
+    assert coverage["mode"] == "incremental" and coverage["entities_examined"] == 0
+    assert "unchanged since the digest" in coverage["not_reread"] and "full audit" in coverage["not_reread"]
+    assert "signed heads_root" in coverage["trusted"]
+    assert summary["signatures"] == "all-after-digest"
+    full, full_findings = run_audit(db_session, keyring)
+    assert full["coverage"]["mode"] == "full" and "row-content-mismatch" in _codes(full_findings, skill.id)
+
+
+def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    tamper_delete_newest(db_session, skill, keyring)  # a consistent rollback to version 2...
+    db_session.execute(text("UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
+                            "FROM skills s WHERE s.id = h.entity_id AND s.id = :id"), {"id": skill.id})  # ...hidden
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    assert check.tampered and [f.code for f in check.findings] == ["digest-invalid"]
+    summary, findings = run_incremental(db_session, keyring)
+    assert [f.code for f in findings] == ["digest-invalid"] and "do not hash" in findings[0].detail
+    assert summary["run_level_findings"] == ["digest-invalid"] and summary["total_entities"] == 0
+    assert "NOT trusted" in summary["coverage"]["digest"] and summary["signatures"] == "none"
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE ledger_digests SET document = jsonb_set(document, '{entity_count}', '1') WHERE id = :id",
+    "UPDATE ledger_digests SET document = jsonb_set(document, '{heads_root}', to_jsonb(repeat('0', 64))) WHERE id = :id",
+    "DELETE FROM ledger_digest_heads WHERE digest_id = :id AND entity_id = (SELECT entity_id FROM ledger_digest_heads WHERE digest_id = :id ORDER BY entity_id LIMIT 1)",
+])
+def test_an_edited_stored_digest_is_reported_not_trusted(db_session, skill, keyring, edit) -> None:
+    digest = store_digest(db_session, keyring=keyring)
+    db_session.execute(text(edit), {"id": digest.id})
+    db_session.expire_all()
+    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring).findings] == ["digest-invalid"]
+    assert [f.code for f in run_incremental(db_session, keyring)[1]] == ["digest-invalid"]
+
+
+def test_an_intact_stored_digest_is_trusted(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == []
+    summary, findings = run_incremental(db_session, keyring)
+    assert findings == [] and summary["coverage"]["digest"].endswith("verified")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 1000])
+def test_the_root_of_stored_leaf_hashes_is_the_rfc_6962_root(n: int) -> None:
+    leaves = [os.urandom(48) for _ in range(n)]
+    assert root_of_leaf_hashes(b"".join(leaf_hash(leaf) for leaf in leaves)) == merkle_root(leaves)
