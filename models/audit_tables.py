@@ -78,6 +78,10 @@ class LedgerDigest(Base):
     kid: Mapped[str] = mapped_column(String(128))
     signature: Mapped[str] = mapped_column(Text)
     document: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The transaction id on every leaf row as written, and a signature over it (by the
+    # digest's key): see models.ledger.leaves_statement. NULL for digests stored before.
+    leaves_xmin: Mapped[str | None] = mapped_column(String(20))
+    leaves_attestation: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[CreatedAt]
 
 

@@ -13,24 +13,25 @@ the stored leaf rows.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import desc, func, insert, literal, select, union_all
+from sqlalchemy import desc, func, insert, literal, literal_column, select, union_all
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
+from models.canonical import canonical_bytes
 from models.chain import ChainFinding, EntityVersion
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import build_digest, digest_with_leaves, verify_digest
-from models.merkle import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX, MerkleAccumulator, head_leaf, node_hash
+from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
 HEAD_BATCH = 5000
+LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
             {"digest_id": digest.id, "entity_id": h.entity_id, "entity_type": h.entity_type, "version": h.version,
              "link_hash": h.link_hash} for h in heads[start : start + HEAD_BATCH]
         ])
+    _attest_leaves(session, digest, keyring)
+    session.flush()
     return digest
 
 
@@ -97,19 +100,58 @@ LEAF_HASHES_SQL = (
 )
 
 
+def leaves_statement(digest: LedgerDigest) -> bytes:
+    """What a stored digest's leaf attestation signs: the digest's id, root and count and
+    the transaction id its leaf rows were written with."""
+    return canonical_bytes({
+        "type": LEAVES_ATTESTATION_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
+        "entity_count": digest.entity_count, "leaves_xmin": digest.leaves_xmin,
+    })
+
+
+def _attest_leaves(session: Session, digest: LedgerDigest, keyring: KeyRing) -> None:
+    """Sign the transaction id the leaf rows were just written with (see :func:`_leaves_as_attested`)."""
+    digest.leaves_xmin = session.scalar(
+        select(literal_column("xmin::text")).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id).limit(1))
+    if digest.leaves_xmin is not None:
+        _, digest.leaves_attestation = keyring.sign(leaves_statement(digest))
+
+
+def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing) -> bool:
+    """Whether every leaf row is still the one ``store_digest`` wrote, without hashing them.
+
+    Rows a transaction writes carry its id (``xmin``) for good, freezing included; any
+    UPDATE, DELETE or INSERT since leaves another id or another count. So when the
+    attestation verifies with the digest's key and all ``entity_count`` leaf rows carry
+    the attested id, they are the leaves the signed root was computed from. A dump and
+    restore (new ids) or a digest stored before attestations falls back to re-hashing.
+    """
+    if digest.leaves_xmin is None or digest.leaves_attestation is None:
+        return False
+    if not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest)):
+        return False
+    same = func.count().filter(literal_column("xmin::text") == digest.leaves_xmin)
+    count, attested = session.execute(
+        select(func.count(), same).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id)).one()
+    return count == attested == digest.entity_count
+
+
 def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
     """Why the stored ``digest`` must not be trusted, or None when it may be.
 
     Its leaves are rows anyone with SQL access can edit (say, to match a rolled-back
     head), so they are trusted only when its stored document verifies with ``keyring``'s
     keys, agrees with the row's columns, and the leaf rows hash to its signed
-    ``heads_root``. Reads every leaf of the digest: O(leaves), in one statement.
+    ``heads_root``. Reads every leaf of the digest: O(leaves), in one statement; when its
+    leaf rows are untouched since they were written and attested, without hashing them.
     """
     document = digest.document
     if not verify_digest(document, {"keys": keyring.jwks()["keys"]}):
         return "its signed document is malformed or not signed by a trusted key"
     if document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count:
         return "its row's heads_root or entity_count differs from its signed document"
+    if _leaves_as_attested(session, digest, keyring):
+        return None
     connection = session.connection().connection.driver_connection
     with connection.cursor(binary=True) as cursor:
         count, hashes = cursor.execute(LEAF_HASHES_SQL, [digest.id]).fetchone()
@@ -119,22 +161,10 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
 
 
 def root_of_leaf_hashes(hashes: bytes) -> bytes:
-    """RFC 6962 root over already hashed leaves (32 bytes each, in order): the same
-    binary-counter fold as :class:`models.merkle.MerkleAccumulator`, minus the leaf hashing."""
-    peaks: list[bytes] = []
-    sha256 = hashlib.sha256
-    for size, start in enumerate(range(0, len(hashes), HASH_SIZE)):
-        node = hashes[start : start + HASH_SIZE]
-        while size & 1:
-            node = sha256(NODE_PREFIX + peaks.pop() + node).digest()
-            size >>= 1
-        peaks.append(node)
-    if not peaks:
-        return EMPTY_ROOT
-    root = peaks[-1]
-    for peak in reversed(peaks[:-1]):
-        root = node_hash(peak, root)
-    return root
+    """RFC 6962 root over already hashed leaves (32 bytes each, in order)."""
+    accumulator = MerkleAccumulator()
+    accumulator.extend_hashed(hashes[start : start + HASH_SIZE] for start in range(0, len(hashes), HASH_SIZE))
+    return accumulator.root()
 
 
 def stored_leaves(session: Session, digest_id: int, entity_ids: list[uuid.UUID] | None = None) -> list[tuple[uuid.UUID, int | None, bytes]]:

@@ -49,10 +49,14 @@ class MerkleAccumulator:
         self.extend((leaf,))
 
     def extend(self, leaves: Iterable[bytes]) -> None:
-        """Append ``leaves`` in order (the hot loop of :func:`merkle_root`, kept inline)."""
+        """Append ``leaves`` in order (the hot loop of :func:`merkle_root`)."""
+        sha256 = hashlib.sha256
+        self.extend_hashed(sha256(LEAF_PREFIX + leaf).digest() for leaf in leaves)
+
+    def extend_hashed(self, leaf_hashes: Iterable[bytes]) -> None:
+        """Append leaves given as their leaf hashes (``SHA-256(0x00 || leaf)``), in order."""
         peaks, size, sha256 = self._peaks, self.size, hashlib.sha256
-        for leaf in leaves:
-            node = sha256(LEAF_PREFIX + leaf).digest()
+        for node in leaf_hashes:
             carry = size
             while carry & 1:
                 node = sha256(NODE_PREFIX + peaks.pop() + node).digest()

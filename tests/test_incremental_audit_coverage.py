@@ -106,8 +106,9 @@ def test_the_summary_states_what_an_incremental_run_did_not_read(db_session, ski
 def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> None:
     store_digest(db_session, keyring=keyring)
     tamper_delete_newest(db_session, skill, keyring)  # a consistent rollback to version 2...
-    db_session.execute(text("UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
-                            "FROM skills s WHERE s.id = h.entity_id AND s.id = :id"), {"id": skill.id})  # ...hidden
+    with db_session.begin_nested():  # ...hidden by another transaction (here a subtransaction: its own xid)
+        db_session.execute(text("UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
+                                "FROM skills s WHERE s.id = h.entity_id AND s.id = :id"), {"id": skill.id})
     check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
     assert check.tampered and [f.code for f in check.findings] == ["digest-invalid"]
     summary, findings = run_incremental(db_session, keyring)
@@ -140,3 +141,32 @@ def test_an_intact_stored_digest_is_trusted(db_session, skill, keyring) -> None:
 def test_the_root_of_stored_leaf_hashes_is_the_rfc_6962_root(n: int) -> None:
     leaves = [os.urandom(48) for _ in range(n)]
     assert root_of_leaf_hashes(b"".join(leaf_hash(leaf) for leaf in leaves)) == merkle_root(leaves)
+
+
+def test_untouched_attested_leaves_are_trusted_without_rehashing(db_session, skill, keyring, monkeypatch) -> None:
+    import models.ledger
+
+    digest = store_digest(db_session, keyring=keyring)
+    assert digest.leaves_xmin is not None and digest.leaves_attestation is not None
+
+    def no_rehash(hashes: bytes) -> bytes:
+        raise AssertionError("the leaves were re-hashed although their attestation holds")
+
+    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", no_rehash)
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
+
+
+@pytest.mark.parametrize("forge", ["attestation", "xmin"])
+def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, keyring, forge) -> None:
+    import models.ledger
+
+    digest = store_digest(db_session, keyring=keyring)
+    with db_session.begin_nested():  # rewrite one leaf in another transaction, then vouch for it
+        db_session.execute(text("UPDATE ledger_digest_heads SET link_hash = :link WHERE digest_id = :id AND entity_id = :e"),
+                           {"link": b"\x01" * 32, "id": digest.id, "e": skill.id})
+    if forge == "xmin":  # claim the new transaction id; the old signature no longer covers it
+        digest.leaves_xmin = db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
+    else:
+        digest.leaves_attestation = b"\x00" * 64
+    problem = models.ledger.stored_digest_problem(db_session, digest, keyring)
+    assert problem is not None and "do not hash" in problem
