@@ -2,10 +2,13 @@
 
 ``gunicorn -c gunicorn.conf.py 'bench.chainless_app:create_app()'`` serves the very same
 routes, views, validation, row locks, embeddings, constitution checks and commits as
-``web:create_app()``, except that a registry write does not append a signed version:
-the entity's version number still advances, but nothing is canonicalized, hashed,
-signed or inserted into ``entity_versions``. The swap happens in this process only, when
-the app is built; Plant itself has no switch for it.
+``web:create_app()``, except that a registry write does not touch the chain: it neither
+reads the head version to check the row against it (``head_drift``) nor appends a signed
+version. The entity's version number still advances, but nothing is canonicalized,
+hashed, signed or inserted into ``entity_versions``. Its rows therefore drift from
+their heads, which Plant refuses to write on top of: the scenario gives it entities of
+its own. The swap happens in this process only, when the app is built; Plant itself has
+no switch for it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ def _advance_without_chain(session: object, *, entity: GovernedEntity, **_: obje
     entity.version += 1
 
 
+def _no_head_check(session: object, entities: object) -> dict:
+    return {}
+
+
 def create_app() -> Flask:
     models.registry.append_version = _advance_without_chain  # type: ignore[assignment]
+    models.registry.head_drift = _no_head_check  # type: ignore[assignment]
     return create_plant_app()

@@ -2,7 +2,8 @@
 
 Plant's API (``PATCH /api/v1/genesis/industries/{id}``, a new description each time,
 cycling over distinct industries so writers rarely meet on one row) is compared with
-:mod:`bench.chainless_app`, the same app with the chain append left out, under the
+:mod:`bench.chainless_app`, the same app with the chain left out (on industries of its
+own: its rows drift from their heads, which Plant refuses to write on top of), under the
 same gunicorn config, load generator, connections and duration; runs alternate and
 medians are compared. No numeric target: the ratio is the price of the chain. Then 16
 writers PATCH one industry at once: every answer must be 200 and ``/history`` must show
@@ -77,16 +78,17 @@ def _summary(results: list[LoadResult]) -> dict[str, float]:
 def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     seconds, entities, per_writer = (3, 64, 3) if quick else (10, 256, 8)
     settings = stack.fresh_database("bench_chain")
-    ids = _industries(stack, settings, entities + 1)
-    contended, ids = ids[0], ids[1:]
+    ids = _industries(stack, settings, 2 * entities + 1)
+    contended, chain_ids, plain_ids = ids[0], ids[1 : entities + 1], ids[entities + 1 :]
     chain_port, plain_port = stack.free_port(), stack.free_port()
     chain_api = stack.start_api(settings, port=chain_port, name="chain-api")
     plain_api = stack.start_api(settings, port=plain_port, app="bench.chainless_app:create_app()", name="chainless-api")
-    paths = [f"/api/v1/genesis/industries/{i}" for i in ids]
+    paths = {port: [f"/api/v1/genesis/industries/{i}" for i in side] for port, side in
+             ((chain_port, chain_ids), (plain_port, plain_ids))}
     headers = {**stack.headers, "Content-Type": "application/json"}
 
     def load(port: int, duration: float) -> LoadResult:
-        return run_load(f"http://127.0.0.1:{port}", paths=paths, seconds=duration, connections=CONNECTIONS,
+        return run_load(f"http://127.0.0.1:{port}", paths=paths[port], seconds=duration, connections=CONNECTIONS,
                         method="PATCH", headers=headers, body_format=BODY)
 
     load(chain_port, 1), load(plain_port, 1)  # warm-up
