@@ -49,7 +49,7 @@ class AssignmentOutcome:
 
 def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | None, ctx: WriteContext) -> AssignmentOutcome:
     """Put the agent in ``team_id``, or in the best eligible team when ``team_id`` is None."""
-    agent = lock_for_write(session, EntityType.AGENT, agent_id)
+    agent = lock_for_write(session, EntityType.AGENT, agent_id, ctx.keyring)
     assert isinstance(agent, Agent)
     if team_id is None:
         return _assign_automatically(session, agent, ctx)

@@ -173,7 +173,7 @@ def apply_batch(
     was made is refused here, never over-filled. Returns the refused moves with reasons.
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
-    tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()])
+    tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}

@@ -37,7 +37,7 @@ from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, Conflict, NotCertifiable
-from models.registry import WriteContext, lock_for_write, record_version, rule_subject
+from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
 from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8
@@ -82,7 +82,7 @@ class CertificationOutcome:
 
 def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, ctx: WriteContext) -> CertificationOutcome:
     """Certify or reject the skill under its row lock. Flushes; the caller commits."""
-    skill = lock_for_write(session, EntityType.SKILL, skill_id)  # the gates judge the signed head, nothing else
+    skill = lock_for_write(session, EntityType.SKILL, skill_id, ctx.keyring)  # the gates judge the signed head, nothing else
     assert isinstance(skill, Skill)
     if _already_recorded_by(session, skill, ctx.actor):
         return _recorded_outcome(session, skill)
@@ -93,6 +93,9 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     # One certification at a time: the duplicate gate reads other skills' status, and two
     # near-identical skills certified side by side would each see the other uncertified.
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
+    # The embedding is not signed content: the duplicate gate compares one computed now
+    # from the signed name and description, not whatever the column holds.
+    skill.embedding = ctx.embedder.embed([embedding_text(skill)])[0]
     failed, duplicate = certification_gates(session, skill)
     if notes:
         skill.governance_notes = notes
@@ -151,8 +154,7 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
         "certified_version": skill.version,
         "certified_link_hash": bytes(skill.head_link_hash).hex(),
     }
-    kid, signature = ctx.keyring.sign(certificate_statement(skill.id, certificate))
-    assert kid == certificate["kid"]
+    _, signature = ctx.keyring.sign(certificate_statement(skill.id, certificate))  # by the active key, named above
     return {**certificate, "signature": base64.urlsafe_b64encode(signature).decode().rstrip("=")}
 
 
@@ -170,6 +172,8 @@ def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyr
     they do not verify here (their proof is the certified version in the chain).
     """
     if certificate.get("format") != CERTIFICATE_FORMAT or not isinstance(certificate.get("signature"), str):
+        return False
+    if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
         return False
     encoded = certificate["signature"]
     try:
@@ -202,9 +206,6 @@ def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
     """The outcome this actor already committed; gates are re-derived for a rejection."""
     if skill.status == SkillStatus.CERTIFIED.value:
         return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
-    # One certification at a time: the duplicate gate reads other skills' status, and two
-    # near-identical skills certified side by side would each see the other uncertified.
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
     failed, duplicate = certification_gates(session, skill)
     return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
 

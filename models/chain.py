@@ -266,33 +266,35 @@ def verify_loaded(
     return ChainVerification(entity_type, entity.id, count, findings)
 
 
-def head_drift(session: Session, entities: Sequence[tuple[GovernedEntity, dict]]) -> dict[uuid.UUID, ChainFinding]:
-    """For each (entity, its governed content) about to take a new version: why it must
-    not, if its row is no longer what its head version recorded.
+def head_drift(
+    session: Session, entities: Sequence[tuple[GovernedEntity, dict]], keyring: KeyRing
+) -> dict[uuid.UUID, ChainFinding]:
+    """For each existing (entity, its governed content) about to take a new version: why it
+    must not, if its row is not what its signed head version recorded.
 
     A new version is signed over the row as it is. Were the row edited outside Plant
-    (SQL), or its head pointer moved, the next write would sign the tampering into a
-    valid version and the evidence would be gone; such an entity gets a finding here
-    (``row-content-mismatch``, ``head-mismatch``, ``no-history``) and no new version.
-    One query for all of them; the caller holds their row locks. New entities (version
-    0, no head) have nothing to drift from.
+    (SQL), its head pointer moved, or a forged version inserted and the row pointed at
+    it, the next write would sign the tampering into a valid version and the evidence
+    would be gone. So the newest version must hash, link and verify with a trusted key
+    (the checks of :func:`verify_versions` on it alone: its ``prev_link`` is covered by
+    its signed link) and the row must equal it; otherwise the entity gets that finding
+    and no new version. One query for all of them; the caller holds their row locks.
     """
-    existing = [(entity, content) for entity, content in entities if entity.version or entity.head_link_hash is not None]
-    if not existing:
+    if not entities:
         return {}
-    ids = literal([entity.id for entity, _ in existing], ARRAY(UUID(as_uuid=True)))
-    heads = {row.entity_id: row for row in session.execute(
-        select(EntityVersion.entity_id, EntityVersion.version, EntityVersion.link_hash, EntityVersion.content)
-        .where(EntityVersion.entity_id == any_(ids))
+    ids = literal([entity.id for entity, _ in entities], ARRAY(UUID(as_uuid=True)))
+    heads = {row.entity_id: row for row in session.scalars(
+        select(EntityVersion).where(EntityVersion.entity_id == any_(ids))
         .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc()))}
     drift: dict[uuid.UUID, ChainFinding] = {}
-    for entity, content in existing:
+    for entity, content in entities:
         head = heads.get(entity.id)
         if head is None:
             drift[entity.id] = ChainFinding("no-history", None, "entity has no versions")
             continue
         head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
-        findings = _head_findings(entity, [head], head_link, content)
+        _, findings = verify_versions([head], keyring=keyring, head_link=head_link, after=(head.version - 1, bytes(head.prev_link)))
+        findings = findings or _head_findings(entity, [head], head_link, content)
         if findings:
             drift[entity.id] = findings[0]
     return drift

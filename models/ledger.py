@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import desc, func, insert, literal, literal_column, select, union_all
+from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, union_all
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
@@ -157,6 +157,14 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
         count, hashes = cursor.execute(LEAF_HASHES_SQL, [digest.id]).fetchone()
     if count != document["entity_count"] or root_of_leaf_hashes(bytes(hashes or b"")).hex() != document["heads_root"]:
         return f"its {count} stored leaves do not hash to its signed heads_root"
+    # The root covers each leaf's entity id and link, not the version and type stored beside
+    # them, which the incremental audit reads: they must be those of the version so linked.
+    if session.scalar(select(func.count()).select_from(LedgerDigestHead).join(
+            EntityVersion, EntityVersion.link_hash == LedgerDigestHead.link_hash).where(
+            LedgerDigestHead.digest_id == digest.id,
+            or_(EntityVersion.version != LedgerDigestHead.version, EntityVersion.entity_type != LedgerDigestHead.entity_type,
+                EntityVersion.entity_id != LedgerDigestHead.entity_id))):
+        return "its stored leaves' versions or types differ from the chain versions they name"
     return None
 
 

@@ -105,7 +105,7 @@ def update_entity(
     expected_version: int | None = None,
 ) -> GovernedEntity:
     """Apply ``changes`` under the entity's row lock; a no-op change appends nothing."""
-    entity = lock_for_write(session, entity_type, entity_id)
+    entity = lock_for_write(session, entity_type, entity_id, ctx.keyring)
     if isinstance(entity, Skill) and entity.status == SkillStatus.CERTIFIED.value:
         raise ImmutableEntity(f"skill {entity_id} is certified and immutable", id=str(entity_id))
     if expected_version is not None and entity.version != expected_version:
@@ -305,16 +305,16 @@ def lock_entity(session: Session, entity_type: EntityType, entity_id: uuid.UUID)
     return entity
 
 
-def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing) -> GovernedEntity:
     """Lock the entity to append a version, refusing one whose row drifted from its head
     (``models.chain.head_drift``): ``EntityTampered``, 409, until the row is restored."""
     entity = lock_entity(session, entity_type, entity_id)
-    refuse_if_tampered(session, entity)
+    refuse_if_tampered(session, entity, keyring)
     return entity
 
 
-def refuse_if_tampered(session: Session, entity: GovernedEntity) -> None:
-    drift = head_drift(session, [(entity, governed_content(entity))]).get(entity.id)
+def refuse_if_tampered(session: Session, entity: GovernedEntity, keyring: KeyRing) -> None:
+    drift = head_drift(session, [(entity, governed_content(entity))], keyring).get(entity.id)
     if drift is not None:
         raise EntityTampered(
             f"{entity.entity_type_value.value} {entity.id}: {drift.detail} ({drift.code}); no version is signed on "

@@ -57,14 +57,19 @@ def test_numbers_are_per_industry_and_gen_without_one(db_session, write_ctx, ste
 def test_failing_gates_reject_and_list_every_failure(db_session, write_ctx, steward) -> None:
     original = _skill(db_session, write_ctx, steward, "Fraud Detection", description=GOOD)
     certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx)
-    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description="Too short")
-    # Make the copy's embedding identical to the certified one: a near-duplicate.
-    copy.embedding = original.embedding
+    # The same text under another name: a near-duplicate (cosine 0.98 with the hashing embedder).
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=GOOD)
+    # Its (unsigned) embedding column cleared through SQL, which would dodge the gate: it is recomputed.
+    db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": copy.id})
+    db_session.expire_all()
     outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
     assert outcome.status == "rejected" and outcome.certificate is None
-    assert {g["gate"] for g in outcome.failed_gates} == {"description-length", "near-duplicate"}
+    assert {g["gate"] for g in outcome.failed_gates} == {"near-duplicate"}
     assert outcome.blocking_duplicate["id"] == str(original.id)
     assert [v.version for v in history(db_session, entity_id=copy.id)] == [1, 2]
+    short = _skill(db_session, write_ctx, steward, "Short Skill", description="Too short")
+    failed = certify_skill(db_session, skill_id=short.id, notes=None, ctx=write_ctx).failed_gates
+    assert {g["gate"] for g in failed} == {"description-length"}
 
 
 def test_a_rejected_skill_can_be_fixed_and_certified(db_session, write_ctx, steward) -> None:
@@ -213,6 +218,7 @@ def test_a_certificate_verifies_only_as_issued_for_its_skill(db_session, write_c
     cert = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate
     assert verify_certificate(cert, skill_id=skill.id, keyring=keyring)
     assert not verify_certificate(cert, skill_id=other.id, keyring=keyring)
+    assert not verify_certificate({**cert, "scope": "all skills"}, skill_id=skill.id, keyring=keyring)  # unsigned member
     for field, value in [("certificate_id", "SKILL-GEN-999"), ("issued_at", "2020-01-01T00:00:00Z"),
                          ("certified_version", 2), ("certified_link_hash", "00" * 32), ("format", "other")]:
         assert not verify_certificate({**cert, field: value}, skill_id=skill.id, keyring=keyring), field
@@ -249,3 +255,49 @@ def test_near_duplicates_certified_side_by_side_cannot_both_pass(engine, write_c
     finally:
         first.close(), second.close()
     assert outcomes == {"a": "certified", "b": "rejected"}
+
+
+def _forge_next_version(session, skill, content: dict) -> None:
+    """What an attacker with SQL but no key can do: insert a well-formed next version with a
+    made-up signature (history refuses UPDATE and DELETE, not INSERT) and point the row at it."""
+    import hashlib
+    import json
+
+    from models.canonical import canonical_bytes
+    from models.chain import link_hash
+
+    head = history(session, entity_id=skill.id)[-1]
+    body = canonical_bytes(content)
+    digest = hashlib.sha256(body).digest()
+    link = link_hash("skill", skill.id, head.version + 1, bytes(head.link_hash), digest)
+    session.execute(text("INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, "
+                         "link_hash, kid, signature, actor) VALUES ('skill', :id, :v, :c, :h, :p, :l, :k, :s, 'attacker')"),
+                    {"id": skill.id, "v": head.version + 1, "c": body, "h": digest, "p": bytes(head.link_hash), "l": link,
+                     "k": head.kid, "s": b"\x00" * 64})
+    _edit_through_sql(session, skill, version=head.version + 1, head_link_hash=link,
+                      description=json.loads(body)["description"])
+
+
+def test_a_forged_head_version_is_not_built_on_or_certified(db_session, write_ctx, steward) -> None:
+    import json
+
+    from models.errors import EntityTampered
+
+    skill = _skill(db_session, write_ctx, steward, "Short Skill", description="too short")
+    content = json.loads(history(db_session, entity_id=skill.id)[-1].content)
+    _forge_next_version(db_session, skill, {**content, "description": GOOD})
+    with pytest.raises(EntityTampered) as refused:
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+    assert refused.value.extensions["finding"] == "bad-signature"
+    with pytest.raises(EntityTampered):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)
+    assert [v.actor for v in history(db_session, entity_id=skill.id)] == ["test", "attacker"]
+
+
+def test_a_row_reset_to_version_zero_is_refused_not_a_crash(db_session, write_ctx, steward) -> None:
+    from models.errors import EntityTampered
+
+    skill = _skill(db_session, write_ctx, steward, "Some Skill")
+    _edit_through_sql(db_session, skill, version=0, head_link_hash=None)
+    with pytest.raises(EntityTampered):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)

@@ -141,3 +141,9 @@ def test_a_json_body_repeating_a_member_is_malformed_json(client) -> None:
     # Which "seconds" did the client mean? Parsers disagree (first or last wins): refuse it.
     response = client.post(SLEEP, data='{"seconds": 0, "seconds": 30}', content_type="application/json")
     assert response.status_code == 422 and response.mimetype == "application/problem+json"
+
+
+def test_an_if_match_too_long_to_be_a_version_is_a_failed_precondition(client, committed_steward) -> None:
+    response = client.patch(f"{API}/agents/{committed_steward}", json={"description": "must not land"},
+                            headers={"If-Match": '"' + "9" * 5000 + '"'})
+    assert response.status_code == 409 and response.get_json()["type"] == "/problems/precondition-failed"

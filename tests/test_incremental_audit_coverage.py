@@ -170,3 +170,19 @@ def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, ke
         digest.leaves_attestation = b"\x00" * 64
     problem = models.ledger.stored_digest_problem(db_session, digest, keyring)
     assert problem is not None and "do not hash" in problem
+
+
+def test_an_edited_leaf_version_does_not_hide_a_reset_row(db_session, skill, write_ctx, keyring) -> None:
+    # The root covers ids and links only: a leaf's version, raised to cover the versions
+    # written after the digest, must not make a row reset to the digest head look unchanged.
+    store_digest(db_session, keyring=keyring)
+    head = (skill.version, bytes(skill.head_link_hash))
+    for text_ in ("version four", "version five"):
+        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": text_}, ctx=write_ctx)
+    with db_session.begin_nested():  # another transaction: reset the row, raise the leaf's version
+        db_session.execute(text("UPDATE skills SET version = :v, head_link_hash = :l, description = 'version three' "
+                                "WHERE id = :id"), {"v": head[0], "l": head[1], "id": skill.id})
+        db_session.execute(text("UPDATE ledger_digest_heads SET version = 5 WHERE entity_id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_incremental(db_session, keyring)
+    assert [f.code for f in findings] == ["digest-invalid"] and "versions or types" in findings[0].detail

@@ -100,7 +100,7 @@ def expected_version() -> int | None:
     if not request.if_match or request.if_match.star_tag:
         return None
     tags = list(request.if_match.as_set())
-    if len(tags) != 1 or not re.fullmatch(r"[0-9]+", tags[0]):
+    if len(tags) != 1 or not re.fullmatch(r"[0-9]{1,10}", tags[0]):  # versions are int4; int() caps at 4,300 digits
         return -1  # matches no version: a precondition the client cannot have meant
     return int(tags[0])
 
