@@ -138,6 +138,24 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
     return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts)
 
 
+_HOLD = select(_JOBS.id).where(
+    _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt")
+).with_for_update(read=True)
+
+
+def hold_attempt(session: Session, *, claim: JobClaim) -> None:
+    """Fence a job's own domain transaction (a certification, an assignment) with its attempt.
+
+    Locks the job row FOR SHARE while the attempt still owns it, until the transaction
+    ends: a job cancelled or failed meanwhile (say, while this worker was stalled and its
+    lease ran out) raises :class:`StaleAttempt` here, so its work is rolled back rather
+    than committed under a job that says it never happened; and a cancel or sweep that
+    comes now waits for this transaction.
+    """
+    if session.execute(_HOLD, _owner(claim)).first() is None:
+        raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
+
+
 def report_progress(
     session: Session,
     *,

@@ -11,7 +11,7 @@ from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
 from models.certification import certify_skill
 from models.db import transaction
-from models.job_lifecycle import JobClaim
+from models.job_lifecycle import JobClaim, hold_attempt
 from models.progress import ProgressSink
 from tasks import runtime
 from tasks.runner import run_job, write_context
@@ -19,6 +19,7 @@ from tasks.runner import run_job, write_context
 
 def _certify(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
     with transaction(runtime.session_factory()) as session:
+        hold_attempt(session, claim=claim)
         outcome = certify_skill(
             session, skill_id=uuid.UUID(claim.params["skill_id"]), notes=claim.params.get("notes"), ctx=write_context(claim)
         )
@@ -28,6 +29,7 @@ def _certify(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
 def _assign(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
     team_id = claim.params.get("team_id")
     with transaction(runtime.session_factory()) as session:
+        hold_attempt(session, claim=claim)
         outcome = assign_agent(
             session,
             agent_id=uuid.UUID(claim.params["agent_id"]),

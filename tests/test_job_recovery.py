@@ -7,7 +7,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from models.errors import StaleAttempt
-from models.job_lifecycle import claim_job, create_job, finish_job, get_job, mark_unpublished, request_cancel
+from models.job_lifecycle import claim_job, create_job, finish_job, get_job, hold_attempt, mark_unpublished, request_cancel
 from models.job_recovery import (
     Rescue,
     claim_lost_messages,
@@ -148,3 +148,15 @@ def test_a_queued_job_left_with_a_cancel_request_is_ended_by_the_sweep(db_sessio
     assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60) is None
     assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
     assert get_job(db_session, job.id).status == "cancelled"
+
+
+def test_a_stalled_attempt_cannot_commit_work_for_a_job_cancelled_meanwhile(db_session) -> None:
+    # The lease ran out while the worker was stalled (not dead); the user cancelled; the
+    # worker wakes up: its certification's transaction starts by holding its attempt.
+    job = _job(db_session)
+    claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60)
+    hold_attempt(db_session, claim=claim)  # while it owns the job, the fence holds
+    _age(db_session, job, lease_expires_at=OLD)
+    request_cancel(db_session, job_id=job.id)
+    with pytest.raises(StaleAttempt):
+        hold_attempt(db_session, claim=claim)
