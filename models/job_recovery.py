@@ -84,8 +84,9 @@ def rescue_expired(
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < func.now())
     # Queued with a cancel request: only rows left by releases made before cancel
     # requests ended them (release_for_retry); nothing would ever claim them.
+    asked_to_stop = select(Job.id).where(CANCEL_REQUESTED, or_(expired, Job.status == QUEUED)).limit(limit)
     cancelled = session.execute(
-        update(Job).where(CANCEL_REQUESTED, or_(expired, Job.status == QUEUED)).values(
+        update(Job).where(Job.id.in_(asked_to_stop.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=CANCELLED, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
             error=JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint").problem(),
         ).returning(Job.id)

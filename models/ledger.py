@@ -148,8 +148,9 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     document = digest.document
     if not verify_digest(document, {"keys": keyring.jwks()["keys"]}):
         return "its signed document is malformed or not signed by a trusted key"
-    if document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count:
-        return "its row's heads_root or entity_count differs from its signed document"
+    if (document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count
+            or dt.datetime.fromisoformat(document["as_of"]) != digest.as_of):  # as_of picks "the latest"
+        return "its row's heads_root, entity_count or as_of differs from its signed document"
     if _leaves_as_attested(session, digest, keyring):
         return None
     connection = session.connection().connection.driver_connection

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.entities import Agent, AgentStatus, LifecycleStatus, Team, job_role_skills
+from models.entities import Agent, AgentStatus, LifecycleStatus, Team, agent_skills, job_role_skills
 
 
 def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
@@ -53,8 +53,16 @@ def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID 
 
 
 def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]]:
-    """The team's members that ``team``, as it is in memory now, would not admit."""
+    """The team's members that ``team``, as it is in memory now, would not admit.
+
+    Three queries whatever the team's size: the members, the skills they hold, the
+    skills the team's role requires.
+    """
     required = required_skills(session, team.job_role_id)
-    members = session.scalars(select(Agent).where(Agent.team_id == team.id).order_by(Agent.name, Agent.id))
-    breaking = ((agent, ineligibility(agent, team, required)) for agent in members)
+    members = list(session.scalars(select(Agent).where(Agent.team_id == team.id).order_by(Agent.name, Agent.id)))
+    held: dict[uuid.UUID, list[uuid.UUID]] = {agent.id: [] for agent in members}
+    for agent_id, skill_id in session.execute(select(agent_skills.c.agent_id, agent_skills.c.skill_id).join(
+            Agent, Agent.id == agent_skills.c.agent_id).where(Agent.team_id == team.id)):
+        held.setdefault(agent_id, []).append(skill_id)
+    breaking = ((agent, ineligibility(agent, team, required, held=held[agent.id])) for agent in members)
     return [{"agent_id": str(agent.id), "reasons": reasons} for agent, reasons in breaking if reasons]

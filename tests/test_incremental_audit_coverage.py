@@ -121,6 +121,7 @@ def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> Non
     "UPDATE ledger_digests SET document = jsonb_set(document, '{entity_count}', '1') WHERE id = :id",
     "UPDATE ledger_digests SET document = jsonb_set(document, '{heads_root}', to_jsonb(repeat('0', 64))) WHERE id = :id",
     "DELETE FROM ledger_digest_heads WHERE digest_id = :id AND entity_id = (SELECT entity_id FROM ledger_digest_heads WHERE digest_id = :id ORDER BY entity_id LIMIT 1)",
+    "UPDATE ledger_digests SET as_of = as_of + interval '1 day' WHERE id = :id",  # to be taken for the latest
 ])
 def test_an_edited_stored_digest_is_reported_not_trusted(db_session, skill, keyring, edit) -> None:
     digest = store_digest(db_session, keyring=keyring)
