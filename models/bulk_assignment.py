@@ -12,20 +12,18 @@ session.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, LargeBinary, any_, func, literal, select
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.membership import ineligibility
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.chain import EntityVersion, head_drift, insert_versions
-from models.db import transaction
+from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
@@ -221,11 +219,11 @@ def _lock_agents(
     and every change to an agent's skills locks the agent row first, so they are current.
     """
     agents = {a.id: a for a in session.scalars(
-        select(Agent).where(_one_of(Agent.id, agent_ids)).order_by(Agent.id).with_for_update()
+        select(Agent).where(uuid_in(Agent.id, agent_ids)).order_by(Agent.id).with_for_update()
         .options(load_only(*_LOCKED_AGENT_COLUMNS)).execution_options(populate_existing=True))}
     held: dict[uuid.UUID, list[uuid.UUID]] = {agent_id: [] for agent_id in agents}
     for agent_id, skill_id in session.execute(
-            select(agent_skills.c.agent_id, agent_skills.c.skill_id).where(_one_of(agent_skills.c.agent_id, agents))):
+            select(agent_skills.c.agent_id, agent_skills.c.skill_id).where(uuid_in(agent_skills.c.agent_id, agents))):
         held[agent_id].append(skill_id)
     return agents, held
 
@@ -235,12 +233,6 @@ def _agent_content(agent: Agent, skill_ids: list[uuid.UUID]) -> dict[str, Any]:
     with the skill ids read under the lock instead of through the relationship."""
     row = {f: getattr(agent, f) for f in _AGENT_CONTENT_COLUMNS}
     return governed_content(EntitySnapshot(EntityType.AGENT, row, skill_ids=skill_ids))
-
-
-def _one_of(column: Any, ids: Iterable[uuid.UUID]) -> Any:
-    """``column = ANY(:ids)``: one array parameter; ``IN`` with hundreds of parameters
-    makes a statement too long for the driver's cache, re-parsed on every execution."""
-    return column == any_(literal(list(ids), ARRAY(PG_UUID(as_uuid=True))))
 
 
 def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> dict[str, Any]:
@@ -318,7 +310,7 @@ def _agents(
     query = select(Agent.id, Agent.name, Agent.status, Agent.job_role_id, Agent.industry_id, Agent.team_id, held,
                    _binary(Agent.embedding)).order_by(Agent.id)
     if agent_ids:
-        query = query.where(_one_of(Agent.id, agent_ids))
+        query = query.where(uuid_in(Agent.id, agent_ids))
     elif all_unassigned:
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
     else:

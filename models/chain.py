@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, any_, func, insert, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY, UUID, distinct_on
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, insert, select
+from sqlalchemy.dialects.postgresql import UUID, distinct_on
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
 from models.canonical import canonical_bytes, matches_canonical
+from models.db import uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
 from models.signing import KeyRing
 
@@ -282,9 +283,8 @@ def head_drift(
     """
     if not entities:
         return {}
-    ids = literal([entity.id for entity, _ in entities], ARRAY(UUID(as_uuid=True)))
     heads = {row.entity_id: row for row in session.scalars(
-        select(EntityVersion).where(EntityVersion.entity_id == any_(ids))
+        select(EntityVersion).where(uuid_in(EntityVersion.entity_id, (entity.id for entity, _ in entities)))
         .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc()))}
     drift: dict[uuid.UUID, ChainFinding] = {}
     for entity, content in entities:

@@ -7,11 +7,13 @@ functions take a ``Session`` and only flush; the edge (a request or a task) comm
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import ARRAY, Engine, any_, create_engine, event, exc, literal
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
@@ -81,6 +83,12 @@ def retry_if_disconnected(action: Callable[[], T], *, before_retry: Callable[[],
         if before_retry is not None:
             before_retry()
         return action()
+
+
+def uuid_in(column: Any, ids: Iterable[uuid.UUID]) -> Any:
+    """``column = ANY(:ids)``: one array parameter; ``IN`` with hundreds of parameters
+    makes a statement too long for the driver's cache, re-parsed on every execution."""
+    return column == any_(literal(list(ids), ARRAY(UUID(as_uuid=True))))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
