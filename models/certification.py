@@ -22,7 +22,6 @@ issuing a second certificate.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, Conflict, NotCertifiable
+from models.jws import b64url_decode, b64url_encode
 from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
 from models.signing import KeyRing
 
@@ -155,7 +155,7 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
         "certified_link_hash": bytes(skill.head_link_hash).hex(),
     }
     _, signature = ctx.keyring.sign(certificate_statement(skill.id, certificate))  # by the active key, named above
-    return {**certificate, "signature": base64.urlsafe_b64encode(signature).decode().rstrip("=")}
+    return {**certificate, "signature": b64url_encode(signature)}
 
 
 def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> bytes:
@@ -175,9 +175,8 @@ def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyr
         return False
     if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
         return False
-    encoded = certificate["signature"]
     try:
-        signature = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        signature = b64url_decode(certificate["signature"])
     except ValueError:
         return False
     return keyring.verify(str(certificate.get("kid")), signature, certificate_statement(skill_id, certificate))

@@ -207,9 +207,9 @@ def test_a_write_on_top_of_a_tampered_row_is_refused_and_the_evidence_stays(db_s
 
 
 def _b64(raw: bytes) -> str:
-    import base64
+    from models.jws import b64url_encode
 
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return b64url_encode(raw)
 
 
 def test_a_certificate_verifies_only_as_issued_for_its_skill(db_session, write_ctx, steward, keyring) -> None:
@@ -219,6 +219,7 @@ def test_a_certificate_verifies_only_as_issued_for_its_skill(db_session, write_c
     assert verify_certificate(cert, skill_id=skill.id, keyring=keyring)
     assert not verify_certificate(cert, skill_id=other.id, keyring=keyring)
     assert not verify_certificate({**cert, "scope": "all skills"}, skill_id=skill.id, keyring=keyring)  # unsigned member
+    assert not verify_certificate({**cert, "signature": cert["signature"] + "=="}, skill_id=skill.id, keyring=keyring)
     for field, value in [("certificate_id", "SKILL-GEN-999"), ("issued_at", "2020-01-01T00:00:00Z"),
                          ("certified_version", 2), ("certified_link_hash", "00" * 32), ("format", "other")]:
         assert not verify_certificate({**cert, field: value}, skill_id=skill.id, keyring=keyring), field
