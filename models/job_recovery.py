@@ -91,6 +91,9 @@ def rescue_expired(
             error=JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint").problem(),
         ).returning(Job.id)
     ).all()
+    # One skipped above (its row locked, say by its attempt's own transaction) waits for
+    # the next sweep: it is neither failed nor republished meanwhile.
+    expired = and_(expired, Job.cancel_requested_at.is_(None))
     failed = session.execute(
         update(Job).where(expired, Job.attempts >= max_attempts).values(
             status=JobStatus.FAILED.value, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),

@@ -3,7 +3,7 @@
 import datetime as dt
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.errors import StaleAttempt
@@ -160,3 +160,21 @@ def test_a_stalled_attempt_cannot_commit_work_for_a_job_cancelled_meanwhile(db_s
     request_cancel(db_session, job_id=job.id)
     with pytest.raises(StaleAttempt):
         hold_attempt(db_session, claim=claim)
+
+
+def test_a_job_asked_to_stop_is_never_failed_or_republished_by_the_sweep(engine, clean_db) -> None:
+    # Its row is locked while the sweep runs (the cancel statement skips locked rows):
+    # the failing and republishing statements must leave it to the next sweep too.
+    with Session(engine) as session, session.begin():
+        job = _job(session)
+        claim_job(session, job_id=job.id, worker="w", lease_seconds=60)
+        request_cancel(session, job_id=job.id)
+        _age(session, job, lease_expires_at=OLD, enqueued_at=OLD)
+    with engine.connect() as holder, Session(engine) as sweeper:
+        holder.execute(select(Job.id).where(Job.id == job.id).with_for_update(read=True))
+        assert rescue_expired(sweeper, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE) == Rescue([], 0, 0)
+        sweeper.rollback()
+        holder.rollback()
+    with Session(engine) as session, session.begin():
+        assert rescue_expired(session, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
+        assert get_job(session, job.id).status == "cancelled"
