@@ -12,6 +12,7 @@ session.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
-from models.membership import ineligibility
+from models.membership import ineligibility, required_skills_of
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.chain import EntityVersion, head_drift, insert_versions
 from models.db import transaction, uuid_in
@@ -86,7 +87,6 @@ class Plan:
     teams: list[PlannedTeam]
     placements: dict[int, int]
     unplaced: dict[int, str]
-    required: dict[Any, set[uuid.UUID]]
     total_similarity: float
     method: str
     problem: AssignmentProblem  # kept so a benchmark can compare solvers on the same input
@@ -99,8 +99,13 @@ def assign_teams_in_bulk(
     all_unassigned: bool,
     ctx: WriteContext,
     progress: ProgressSink,
+    fence: Callable[[Session], None] = lambda session: None,
 ) -> BulkOutcome:
     """Plan, then apply the moves in committed batches, ``APPLY_IN_FLIGHT`` at a time.
+
+    ``fence`` runs first in every batch's transaction: the job's attempt holds the job
+    there (:func:`models.job_lifecycle.hold_attempt`), so a worker that stalled while its
+    job was ended or handed to another attempt commits no further batch.
 
     Batches never share an agent or a team (see :func:`_batches`), so the ones in flight
     never wait on each other's row locks; running two lets one batch's Python work
@@ -116,7 +121,7 @@ def assign_teams_in_bulk(
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
     progress(0, total, "plan computed")
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
-        futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx): i for i, batch in enumerate(batches)}
+        futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence): i for i, batch in enumerate(batches)}
         try:
             for future in as_completed(futures):
                 refused[futures[future]] = future.result()
@@ -150,25 +155,25 @@ def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
 
 
 def _apply_committed(
-    sessions: sessionmaker[Session], plan: Plan, batch: list[tuple[int, int]], ctx: WriteContext
+    sessions: sessionmaker[Session], plan: Plan, batch: list[tuple[int, int]], ctx: WriteContext,
+    fence: Callable[[Session], None],
 ) -> list[dict[str, Any]]:
     """One batch in its own transaction; the refused moves as unplaced entries."""
     agents = {plan.agents[a].id: plan.agents[a] for a, _ in batch}
     with transaction(sessions) as session:
-        refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx,
-                              required=plan.required)
+        fence(session)
+        refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx)
     return [_unplaced(agents[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
 
 
-def apply_batch(
-    session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext, required: dict[Any, set[uuid.UUID]]
-) -> list[tuple[uuid.UUID, str, str]]:
+def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext) -> list[tuple[uuid.UUID, str, str]]:
     """Apply (agent, team) moves under the same rules as a single assignment, in one flush.
 
     Agents and then teams are locked in id order (a single assignment locks one agent,
     then one team, so the two never wait on each other in a cycle), seats are counted
-    once under those locks, and every move is re-checked: a seat taken since the plan
-    was made is refused here, never over-filled. Returns the refused moves with reasons.
+    and the roles' required skills read once under those locks, and every move is
+    re-checked: a seat taken, or a skill newly required, since the plan was made is
+    refused here, never over-filled or let through. Returns the refused moves with reasons.
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
     tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
@@ -176,6 +181,7 @@ def apply_batch(
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
     taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
+    required = required_skills_of(session, [agent.job_role_id for agent in agents.values()])
     refused: list[tuple[uuid.UUID, str, str]] = []
     versions: list[EntityVersion] = []
     for agent_id, team_id in moves:
@@ -260,7 +266,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
         eligible=eligible,
     )
     result = solve_assignment(problem)
-    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), required, result.total_similarity,
+    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), result.total_similarity,
                 result.method, problem)
 
 

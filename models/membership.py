@@ -8,18 +8,30 @@ agent's ``team_id`` or changes either side of a membership (``models.registry``)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.entities import Agent, AgentStatus, LifecycleStatus, Team, agent_skills, job_role_skills
+from models.db import uuid_in
+from models.entities import Agent, AgentStatus, JobRole, LifecycleStatus, Team, agent_skills, job_role_skills
 
 
 def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
     if job_role_id is None:
         return set()
     return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
+
+
+def required_skills_of(session: Session, job_role_ids: Collection[uuid.UUID | None]) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """Each role's required skill ids, in one query (a role that requires none maps to an empty set)."""
+    ids = sorted({r for r in job_role_ids if r is not None})
+    required: dict[uuid.UUID, set[uuid.UUID]] = {r: set() for r in ids}
+    if ids:
+        for role_id, skill_id in session.execute(select(job_role_skills.c.job_role_id, job_role_skills.c.skill_id)
+                                                 .where(uuid_in(job_role_skills.c.job_role_id, ids))):
+            required[role_id].add(skill_id)
+    return required
 
 
 def ineligibility(
@@ -58,11 +70,31 @@ def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]
     Three queries whatever the team's size: the members, the skills they hold, the
     skills the team's role requires.
     """
-    required = required_skills(session, team.job_role_id)
-    members = list(session.scalars(select(Agent).where(Agent.team_id == team.id).order_by(Agent.name, Agent.id)))
+    return _refused_members(session, {team.id: team}, {team.job_role_id: required_skills(session, team.job_role_id)})
+
+
+def members_not_admitted_by_role(session: Session, role: JobRole, teams: Sequence[Team]) -> list[dict[str, object]]:
+    """The members of ``teams`` (the role's teams, locked by the caller) that the role, with
+    the required skills it has in memory now, would no longer admit."""
+    return _refused_members(session, {team.id: team for team in teams}, {role.id: {s.id for s in role.required_skills}})
+
+
+def _refused_members(
+    session: Session, teams: dict[uuid.UUID, Team], required: dict[uuid.UUID, set[uuid.UUID]]
+) -> list[dict[str, object]]:
+    """Every member of ``teams`` that breaks a rule, with why; ``required`` is by role."""
+    if not teams:
+        return []
+    in_teams = uuid_in(Agent.team_id, list(teams))
+    members = list(session.scalars(select(Agent).where(in_teams).order_by(Agent.name, Agent.id)))
     held: dict[uuid.UUID, list[uuid.UUID]] = {agent.id: [] for agent in members}
     for agent_id, skill_id in session.execute(select(agent_skills.c.agent_id, agent_skills.c.skill_id).join(
-            Agent, Agent.id == agent_skills.c.agent_id).where(Agent.team_id == team.id)):
+            Agent, Agent.id == agent_skills.c.agent_id).where(in_teams)):
         held.setdefault(agent_id, []).append(skill_id)
-    breaking = ((agent, ineligibility(agent, team, required, held=held[agent.id])) for agent in members)
-    return [{"agent_id": str(agent.id), "reasons": reasons} for agent, reasons in breaking if reasons]
+    refused = []
+    for agent in members:
+        team = teams[agent.team_id]
+        reasons = ineligibility(agent, team, required.get(team.job_role_id, set()), held=held[agent.id])
+        if reasons:
+            refused.append({"agent_id": str(agent.id), "team_id": str(team.id), "reasons": reasons})
+    return refused

@@ -29,7 +29,7 @@ from models.canonical import normalize_text
 from models.chain import EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
-from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, Skill, SkillStatus, Team, governed_content
+from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content
 from models.errors import (
     Conflict,
     EntityTampered,
@@ -40,7 +40,7 @@ from models.errors import (
     PreconditionFailed,
     TeamFull,
 )
-from models.membership import ineligibility, members_count, members_not_admitted, required_skills
+from models.membership import ineligibility, members_count, members_not_admitted, members_not_admitted_by_role, required_skills
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -226,6 +226,8 @@ def _guard_membership(
             _guard_agent_seat(session, entity, joining="team_id" in changed)
         elif isinstance(entity, Team) and before is not None:
             _guard_team_members(session, entity, changed)
+        elif isinstance(entity, JobRole) and before is not None and "required_skill_ids" in changed:
+            _guard_role_members(session, entity)
 
 
 def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool) -> None:
@@ -254,6 +256,21 @@ def _guard_team_members(session: Session, team: Team, changed: set[str]) -> None
         if refused:
             raise Conflict(f"{len(refused)} member(s) of team {team.name} would no longer qualify; move them first",
                            field=next(f for f in TEAM_MEMBERSHIP_FIELDS if f in changed), members=refused[:20])
+
+
+def _guard_role_members(session: Session, role: JobRole) -> None:
+    """Refuse a change of the role's required skills that a seated agent would not meet.
+
+    The role's teams are locked first, in id order, as an assignment locks its team
+    before it reads the role's skills: a seat taken meanwhile is either seen here or
+    made under the new requirement.
+    """
+    teams = list(session.scalars(select(Team).where(Team.job_role_id == role.id).order_by(Team.id)
+                                 .with_for_update().execution_options(populate_existing=True)))
+    refused = members_not_admitted_by_role(session, role, teams)
+    if refused:
+        raise Conflict(f"{len(refused)} agent(s) seated in teams of job role {role.name} would no longer qualify; "
+                       "move them or give them the skills first", field="required_skill_ids", members=refused[:20])
 
 
 def _parent_ok(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> bool:

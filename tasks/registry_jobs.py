@@ -47,6 +47,7 @@ def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
         all_unassigned=bool(claim.params.get("all_unassigned")),
         ctx=write_context(claim),
         progress=progress,
+        fence=lambda session: hold_attempt(session, claim=claim),
     ).as_json()
 
 

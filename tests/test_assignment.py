@@ -7,19 +7,19 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from models import bulk_assignment
 
 from models.assignment import assign_agent, rank_teams
-from models.errors import JobCancelled, NoEligibleTeam, NotEligible, TeamFull
+from models.errors import Conflict, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
 from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
-from models.entities import Agent, EntityType, Team
+from models.entities import Agent, EntityType, JobRole, Team
 from models.registry import create_entity, update_entity
-from tests.conftest import recorded_statements
+from tests.conftest import recorded_statements, wait_for
 
 E = EntityType
 
@@ -230,10 +230,61 @@ def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session
     plan = plan_assignment(db_session, agent_ids=[planned.id], all_unassigned=False)
     assign_agent(db_session, agent_id=sneaky.id, team_id=team.id, ctx=write_ctx)  # after the plan
     moves = [(plan.agents[a].id, plan.teams[t].id) for a, t in plan.placements.items()]
-    refused = apply_batch(db_session, moves, ctx=write_ctx, required=plan.required)
+    refused = apply_batch(db_session, moves, ctx=write_ctx)
     assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(planned.id, "team-full")]
     assert db_session.get(Agent, planned.id).team_id is None
     assert [v.version for v in history(db_session, entity_id=planned.id)] == [1]
+
+
+def test_a_skill_required_after_planning_is_checked_when_the_batch_applies(world, db_session, write_ctx) -> None:
+    from models.bulk_assignment import apply_batch
+
+    world.team("Strict later", capacity=2)
+    agent = world.agent("Planned early")  # holds skills 0 and 1, which the role requires now
+    plan = plan_assignment(db_session, agent_ids=[agent.id], all_unassigned=False)
+    assert len(plan.placements) == 1
+    update_entity(db_session, entity_type=E.JOB_ROLE, entity_id=world.role.id,
+                  changes={"required_skill_ids": [s.id for s in world.skills]}, ctx=write_ctx)
+    moves = [(plan.agents[a].id, plan.teams[t].id) for a, t in plan.placements.items()]
+    refused = apply_batch(db_session, moves, ctx=write_ctx)
+    assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(agent.id, "not-eligible")]
+    assert db_session.get(Agent, agent.id).team_id is None
+
+
+def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, write_ctx, committed_steward) -> None:
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        team_id, agent_id = world.team("Contested", capacity=2).id, world.agent("Joining").id
+        role_id, wanted = world.role.id, [s.id for s in world.skills]  # the agent lacks skill 2
+    seating = sessions()
+    assign_agent(seating, agent_id=agent_id, team_id=team_id, ctx=write_ctx)  # holds the team's lock, not committed
+    outcome: list[object] = []
+
+    def require_more() -> None:
+        try:
+            with transaction(sessions) as session:
+                update_entity(session, entity_type=E.JOB_ROLE, entity_id=role_id,
+                              changes={"required_skill_ids": wanted}, ctx=write_ctx)
+            outcome.append("changed")
+        except Conflict as exc:
+            outcome.append(exc)
+
+    changer = threading.Thread(target=require_more)
+    changer.start()
+    try:
+        with engine.connect() as probe:  # the role change waits on the team's lock, not on anything else
+            wait_for(lambda: probe.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")),
+                what="the role change to wait on the team lock")
+        seating.commit()
+    finally:
+        seating.close()
+        changer.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+    assert outcome[0].extensions["members"][0]["agent_id"] == str(agent_id)
+    with sessions() as session:
+        assert {s.id for s in session.get(JobRole, role_id).required_skills} == set(wanted[:2])
 
 
 def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_ctx) -> None:
@@ -283,7 +334,7 @@ def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_ses
     db_session.expire_all()
     with pytest.raises(EntityTampered):
         assign_agent(db_session, agent_id=single.id, team_id=team.id, ctx=write_ctx)
-    refused = apply_batch(db_session, [(bulk.id, team.id)], ctx=write_ctx, required={world.role.id: {s.id for s in world.skills[:2]}})
+    refused = apply_batch(db_session, [(bulk.id, team.id)], ctx=write_ctx)
     assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(bulk.id, "entity-tampered")]
     assert [v.version for v in history(db_session, entity_id=bulk.id)] == [1]
     assert db_session.get(Agent, bulk.id).team_id is None

@@ -269,6 +269,22 @@ def test_a_team_cannot_shrink_below_or_change_away_from_its_members(client, worl
     assert (team["capacity"], team["status"], team["job_role_id"]) == (2, "active", world["role"]["id"])
 
 
+def test_a_job_role_cannot_require_a_skill_its_seated_agents_lack(client, world, gov) -> None:
+    path = f"{API}/genesis/job-roles/{world['role']['id']}"
+    extra = _post(client, "/genesis/skills", {**gov, "name": "Cold Chain", "category": "technical",
+                                              "description": "Keeping freight cold"})
+    wanted = [*(s["id"] for s in world["skills"]), extra["id"]]
+    refused = client.patch(path, json={"required_skill_ids": wanted})
+    assert refused.status_code == 409 and refused.get_json()["field"] == "required_skill_ids"
+    assert refused.get_json()["members"] == [{"agent_id": world["agent"]["id"], "team_id": world["team"]["id"],
+                                             "reasons": ["agent lacks 1 required skill(s)"]}]
+    assert client.get(path).get_json()["version"] == 1  # nothing was written
+    # Dropping a requirement admits everyone still; once the agent holds the skill, requiring it is fine.
+    assert client.patch(path, json={"required_skill_ids": wanted[:1]}).status_code == 200
+    assert client.patch(f"{API}/agents/{world['agent']['id']}", json={"skill_ids": wanted}).status_code == 200
+    assert client.patch(path, json={"required_skill_ids": wanted}).status_code == 200
+
+
 def test_parallel_agent_writes_into_one_team_never_exceed_its_capacity(app, admin_key, world, gov) -> None:
     outsiders = [_agent(app_client(app, admin_key), world, gov, f"Parallel {n}", team_id=None)["id"] for n in range(12)]
 
