@@ -20,6 +20,7 @@ from cli.errors import EXIT_CODES_HELP, PlantCliError, PlantGroup
 from cli.evidence import digest, report
 from cli.jobs import jobs
 from cli.output import json_option, print_json
+from cli.repair import entity
 from cli.seeding import seed_database
 from cli.work import assign, audit, certify
 from models.migrate import check_schema, upgrade_head
@@ -95,7 +96,7 @@ def check(as_json: bool) -> None:
         click.echo("no schema drift")
 
 
-for command in (api_keys, signing_keys, jobs, certify, assign, audit, report, digest, demo):
+for command in (api_keys, signing_keys, jobs, certify, assign, audit, report, digest, demo, entity):
     cli.add_command(command)
 
 

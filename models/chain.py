@@ -300,6 +300,10 @@ def head_drift(
     return drift
 
 
+# What _head_findings reports: the row differs from an intact chain's newest version.
+HEAD_FINDINGS = frozenset({"stale-head", "head-mismatch", "row-content-mismatch"})
+
+
 def _head_findings(
     entity: GovernedEntity, rows: Sequence[EntityVersion], head_link: bytes | None, content: dict
 ) -> list[ChainFinding]:

@@ -91,7 +91,7 @@ def create_entity(
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     _apply(session, entity, data, pending=ctx.pending_ids)
-    _guard_membership(session, entity, before=None, after=_snapshot(entity))
+    guard_membership(session, entity, before=None, after=snapshot(entity))
     return record_version(session, entity, ctx, text_changed=True)
 
 
@@ -113,12 +113,12 @@ def update_entity(
             f"expected version {expected_version}, entity is at version {entity.version}",
             current_version=entity.version,
         )
-    before = _snapshot(entity)
+    before = snapshot(entity)
     _apply(session, entity, _normalized(changes), pending=ctx.pending_ids)
-    after = _snapshot(entity)
+    after = snapshot(entity)
     if after == before:
         return entity
-    _guard_membership(session, entity, before=before, after=after)
+    guard_membership(session, entity, before=before, after=after)
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
     return record_version(session, entity, ctx, text_changed=text_changed)
 
@@ -153,7 +153,7 @@ def record_version(
     if not flush:
         session.add(entity)
         return entity
-    with _integrity_as_domain_errors(session, entity_type):
+    with integrity_as_domain_errors(session, entity_type):
         session.add(entity)
         session.flush()
     return entity
@@ -187,7 +187,7 @@ def embedding_text(entity: GovernedEntity) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _snapshot(entity: GovernedEntity) -> dict[str, Any]:
+def snapshot(entity: GovernedEntity) -> dict[str, Any]:
     content = governed_content(entity)
     return {**content, **{f: getattr(entity, f) for f in EMBEDDED_TEXT[entity.entity_type_value]}}
 
@@ -210,7 +210,7 @@ def _apply(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pe
             setattr(entity, field, value)
 
 
-def _guard_membership(
+def guard_membership(
     session: Session, entity: GovernedEntity, *, before: dict[str, Any] | None, after: dict[str, Any]
 ) -> None:
     """Refuse a write that would seat an agent against the assignment rules.
@@ -296,7 +296,7 @@ def _normalized(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _integrity_as_domain_errors(session: Session, entity_type: EntityType) -> Iterator[None]:
+def integrity_as_domain_errors(session: Session, entity_type: EntityType) -> Iterator[None]:
     """Turn unique and foreign-key violations into 409 / 422 naming the field."""
     savepoint = session.begin_nested()
     try:

@@ -40,6 +40,7 @@ from models.signing import KeyRing, ensure_key_file
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "plant_test"
+APPEND_ONLY_TABLES = ("entity_versions", "entity_repairs")
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
@@ -202,10 +203,12 @@ def _truncate_all(engine: Engine) -> None:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
         ).all()
-        # The append-only guard refuses TRUNCATE; a test database may lift it for a moment.
-        connection.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER entity_versions_no_truncate"))
+        # The append-only guards refuse TRUNCATE; a test database may lift them for a moment.
+        for table in APPEND_ONLY_TABLES:
+            connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate"))
         connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
-        connection.execute(text("ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER entity_versions_no_truncate"))
+        for table in APPEND_ONLY_TABLES:
+            connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate"))
 
 
 @pytest.fixture(scope="session")

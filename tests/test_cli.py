@@ -50,3 +50,28 @@ def test_seed_and_db_check_speak_json(run) -> None:
     assert json.loads(run("db", "check", "--json").stdout) == {"drift": False}
     seeded = json.loads(run("seed", "--json").stdout)
     assert seeded["created"]["skill"] == 19 and seeded["steward_id"]
+
+
+def test_entity_restore_repairs_an_edited_row_and_lists_the_signed_record(run, engine, committed_steward, write_ctx) -> None:
+    import json
+
+    from sqlalchemy import text
+
+    from models.db import make_session_factory, transaction
+    from models.entities import EntityType
+    from models.registry import create_entity
+
+    with transaction(make_session_factory(engine)) as session:
+        industry = create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
+            "name": "Restored Industry", "code": "RST", "governance_agent_id": committed_steward})
+    untouched = run("entity", "restore", "industry", str(industry.id))
+    assert untouched.exit_code == 0 and "nothing to restore" in untouched.output
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE industries SET name = 'Renamed by hand' WHERE id = :i"), {"i": industry.id})
+    restored = json.loads(run("entity", "restore", "industry", str(industry.id), "--actor", "ops:alice", "--json").stdout)
+    assert restored["restored"] and restored["changed_fields"] == ["name"] and restored["finding"] == "row-content-mismatch"
+    listed = json.loads(run("entity", "repairs", "--json").stdout)
+    assert [(r["entity_id"], r["actor"], r["verified"]) for r in listed] == [(str(industry.id), "ops:alice", True)]
+    assert listed[0]["row_before"]["content"]["name"] == "Renamed by hand"
+    missing = CliRunner().invoke(cli, ["entity", "restore", "agent", "00000000-0000-4000-8000-000000000000"])
+    assert missing.exit_code == 1 and missing.stderr.startswith("plant: no agent with id")

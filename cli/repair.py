@@ -1,0 +1,88 @@
+"""``plant entity``: restore a frozen entity row from its signed head, list the restores.
+
+Local commands: they work on ``DATABASE_URL`` with this machine's signing keys, as
+``plant seed`` does, because a restore is an operator's repair, not an API client's write.
+"""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+
+import click
+
+from cli.errors import PlantCliError, VerificationFailed
+from cli.output import json_option, print_json, print_table
+from models.db import make_engine, make_session_factory, transaction
+from models.embeddings import make_embedder
+from models.entities import EntityType
+from models.errors import PlantError
+from models.keys import keyring_from_settings
+from models.repair import repairs, restore_entity, verify_repair
+from models.settings import load_settings
+
+ENTITY_TYPES = click.Choice([t.value for t in EntityType])
+
+
+@click.group()
+def entity() -> None:
+    """Repair an entity whose row was edited outside Plant (local: DATABASE_URL and key files)."""
+
+
+@entity.command("restore")
+@click.argument("entity_type", type=ENTITY_TYPES)
+@click.argument("entity_id", type=click.UUID)
+@click.option("--actor", default=None, help="Who restores, for the signed repair record (default: operator:<login>).")
+@json_option
+def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: bool) -> None:
+    """Set ENTITY_ID's row back to its newest signed version, if its whole chain verifies.
+
+    Writes a signed, append-only repair record holding what the row held before. A chain
+    that does not verify is refused (exit 1) and nothing is changed.
+    """
+    settings = load_settings()
+    keyring = keyring_from_settings(settings)
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            outcome = restore_entity(session, entity_type=EntityType(entity_type), entity_id=entity_id, keyring=keyring,
+                                     embedder=make_embedder(settings.embedder),
+                                     actor=actor or f"operator:{getpass.getuser()}")
+    except PlantError as exc:
+        raise PlantCliError(exc.detail) from exc
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(outcome.as_json())
+    elif not outcome.restored:
+        click.echo(f"{entity_type} {entity_id} already equals its head version {outcome.version}; nothing to restore")
+    else:
+        click.echo(f"restored {entity_type} {entity_id} to version {outcome.version} ({outcome.finding}; "
+                   f"fields set back: {', '.join(outcome.changed_fields) or 'none, only its head pointer'})")
+        assert outcome.repair is not None
+        click.echo(f"repair record {outcome.repair.id}, signed by {outcome.repair.kid}")
+
+
+@entity.command("repairs")
+@click.option("--entity-id", type=click.UUID, default=None, help="Only this entity's restores.")
+@json_option
+def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
+    """Every restore, oldest first, each with its signature checked (exit 4 if one fails)."""
+    settings = load_settings()
+    keyring = keyring_from_settings(settings)
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = [(record.as_json(), verify_repair(record, keyring)) for record in repairs(session, entity_id=entity_id)]
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json([{**record, "verified": ok} for record, ok in rows])
+    else:
+        print_table([{**record, "verified": ok} for record, ok in rows], [
+            ("REPAIRED AT", lambda r: r["repaired_at"]), ("TYPE", lambda r: r["entity_type"]),
+            ("ENTITY", lambda r: r["entity_id"]), ("VERSION", lambda r: r["version"]), ("FINDING", lambda r: r["finding"]),
+            ("ACTOR", lambda r: r["actor"]), ("SIGNATURE", lambda r: "ok" if r["verified"] else "INVALID")])
+    bad = [record["id"] for record, ok in rows if not ok]
+    if bad:
+        raise VerificationFailed(f"{len(bad)} repair record(s) do not verify: {', '.join(bad[:5])}")

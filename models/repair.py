@@ -1,0 +1,199 @@
+"""Restoring an entity row that was edited outside Plant to its signed head version.
+
+A row that no longer equals its head version (a SQL edit, a moved head pointer, a
+reset) is frozen: every write refuses it with ``entity-tampered`` so that the evidence
+is never signed over. :func:`restore_entity` is the operator's way out. It restores the
+row only when the entity's whole chain verifies (every hash, link and signature), sets
+every governed field back to what the newest version holds, recomputes the derived
+data (embedding, constitution results), and records what it found and undid as a
+signed, append-only :class:`EntityRepair`. A chain that does not verify is never
+"repaired": there is no signed truth to go back to, and the evidence stays as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import DateTime, Integer, LargeBinary, String, select
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, UUIDPk
+from models.canonical import canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads
+from models.chain import HEAD_FINDINGS, history, verify_loaded
+from models.constitution import L0, L1, evaluate
+from models.embeddings import Embedder
+from models.entities import SKILL_ID_FIELDS, EntityType, GovernedEntity, Skill, governed_content
+from models.errors import Conflict, InvalidInput
+from models.jws import b64url_encode
+from models.registry import embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot
+from models.signing import KeyRing
+
+REPAIR_FORMAT = "plant.entity-repair.v1"
+# Governed fields that hold an id or a time; every other one is stored as it reads.
+_UUID_FIELDS = {"governance_agent_id", "parent_id", "industry_id", "job_role_id", "team_id"}
+_TIME_FIELDS = {"deleted_at"}
+_FIXED_FIELDS = {"id", "entity_type"}  # part of the signed link itself: they cannot differ
+
+
+class EntityRepair(Base):
+    """One restore: the entity, the head version it was set back to, and what the row held."""
+
+    __tablename__ = "entity_repairs"
+
+    id: Mapped[UUIDPk]
+    entity_type: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    head_link_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    finding: Mapped[str] = mapped_column(String(64))
+    row_before: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    actor: Mapped[str] = mapped_column(String(255))
+    repaired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    kid: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**_statement(self), "id": str(self.id), "kid": self.kid, "signature": b64url_encode(bytes(self.signature))}
+
+
+class NotRestorable(Conflict):
+    code = "not-restorable"
+    title = "The entity cannot be restored from its chain"
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    entity_type: str
+    entity_id: uuid.UUID
+    version: int
+    restored: bool
+    finding: str | None = None
+    changed_fields: tuple[str, ...] = ()
+    repair: EntityRepair | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "entity_type": self.entity_type,
+            "entity_id": str(self.entity_id),
+            "version": self.version,
+            "restored": self.restored,
+            "finding": self.finding,
+            "changed_fields": list(self.changed_fields),
+            "repair": self.repair.as_json() if self.repair is not None else None,
+        }
+
+
+def restore_entity(
+    session: Session, *, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing, embedder: Embedder, actor: str
+) -> RestoreOutcome:
+    """Set a drifted entity row back to its newest signed version, under the row lock.
+
+    Returns ``restored=False`` (and writes nothing) when the row already equals its head.
+    Raises :class:`NotRestorable` when the chain itself does not verify, and the registry's
+    409/422 errors when the restored row would break a membership or unique rule (free the
+    seat or the name first). Flushes; the caller commits.
+    """
+    entity = lock_entity(session, entity_type, entity_id)
+    rows = history(session, entity_id=entity_id)
+    if not rows:
+        raise NotRestorable(f"{entity_type.value} {entity_id} has no versions to restore from", id=str(entity_id))
+    head = rows[-1]
+    before = governed_content(entity)
+    findings = verify_loaded(entity, rows, keyring=keyring, content=before).findings
+    broken = [f for f in findings if f.code not in HEAD_FINDINGS]
+    if broken:
+        first = broken[0]
+        raise NotRestorable(f"the chain of {entity_type.value} {entity_id} does not verify ({first.code} at version "
+                            f"{first.version}: {first.detail}); nothing was changed", id=str(entity_id),
+                            findings=[{"code": f.code, "version": f.version} for f in broken[:20]])
+    if not findings:
+        return RestoreOutcome(entity_type.value, entity.id, entity.version, restored=False)
+    drift = findings[0]
+    signed = strict_json_loads(bytes(head.content))
+    row_before = {"version": entity.version, "head_link_hash": _hex(entity.head_link_hash), "content": before}
+    snapshot_before = snapshot(entity)
+    with session.no_autoflush:
+        _set_governed(session, entity, signed)
+        entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
+    if not matches_canonical(governed_content(entity), bytes(head.content)):
+        raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
+    guard_membership(session, entity, before=snapshot_before, after=snapshot(entity))
+    entity.embedding = embedder.embed([embedding_text(entity)])[0]
+    subject = rule_subject(session, entity)  # recorded as they come out: the signed content is what it is
+    l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
+    entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+    repair = EntityRepair(
+        id=uuid.uuid4(), entity_type=entity_type.value, entity_id=entity.id, version=head.version,
+        head_link_hash=bytes(head.link_hash), finding=drift.code, row_before=row_before, actor=actor,
+        repaired_at=dt.datetime.now(dt.UTC).replace(microsecond=0), kid=keyring.active.kid,
+    )
+    _, repair.signature = keyring.sign(repair_statement(repair))  # the statement names the active key's kid
+    with integrity_as_domain_errors(session, entity_type):
+        session.add(entity)
+        session.add(repair)
+        session.flush()
+    changed = tuple(sorted(name for name in signed if before.get(name) != signed[name]))
+    return RestoreOutcome(entity_type.value, entity.id, head.version, restored=True, finding=drift.code,
+                          changed_fields=changed, repair=repair)
+
+
+def repairs(session: Session, *, entity_id: uuid.UUID | None = None) -> list[EntityRepair]:
+    query = select(EntityRepair).order_by(EntityRepair.repaired_at, EntityRepair.id)
+    if entity_id is not None:
+        query = query.where(EntityRepair.entity_id == entity_id)
+    return list(session.scalars(query))
+
+
+def repair_statement(repair: EntityRepair) -> bytes:
+    """The bytes a repair record's signature covers: RFC 8785 JSON of every member but
+    the signature itself (never 32 bytes, so no chain link signature doubles as one)."""
+    return canonical_bytes({**_statement(repair), "id": str(repair.id), "kid": repair.kid})
+
+
+def verify_repair(repair: EntityRepair, keyring: KeyRing) -> bool:
+    return keyring.verify(repair.kid, bytes(repair.signature), repair_statement(repair))
+
+
+def _statement(repair: EntityRepair) -> dict[str, Any]:
+    return {
+        "format": REPAIR_FORMAT,
+        "entity_type": repair.entity_type,
+        "entity_id": str(repair.entity_id),
+        "version": repair.version,
+        "head_link_hash": bytes(repair.head_link_hash).hex(),
+        "finding": repair.finding,
+        "row_before": repair.row_before,
+        "actor": repair.actor,
+        "repaired_at": rfc3339_utc(repair.repaired_at),
+    }
+
+
+def _set_governed(session: Session, entity: GovernedEntity, signed: dict[str, Any]) -> None:
+    """Every governed field from the signed content (its inverse of ``governed_content``)."""
+    unknown = []
+    for name, value in signed.items():
+        if name in _FIXED_FIELDS:
+            continue
+        if name in SKILL_ID_FIELDS:
+            skills = [session.get(Skill, uuid.UUID(skill_id)) for skill_id in value]
+            if any(skill is None for skill in skills):
+                unknown.append(name)
+                continue
+            setattr(entity, SKILL_ID_FIELDS[name], skills)
+        elif name in _UUID_FIELDS:
+            setattr(entity, name, uuid.UUID(value) if value is not None else None)
+        elif name in _TIME_FIELDS:
+            setattr(entity, name, dt.datetime.fromisoformat(value) if value is not None else None)
+        else:
+            setattr(entity, name, value)
+    if unknown:
+        raise InvalidInput("the head version names skills that no longer exist", errors=[
+            {"field": name, "message": "a skill it lists is gone"} for name in unknown])
+
+
+def _hex(value: bytes | None) -> str | None:
+    return bytes(value).hex() if value is not None else None

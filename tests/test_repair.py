@@ -1,0 +1,121 @@
+"""Restoring a frozen entity row from its signed head, against the real database."""
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from models.chain import history, verify_entity
+from models.entities import Agent, EntityType, Team
+from models.errors import EntityTampered, TeamFull
+from models.registry import update_entity
+from models.repair import EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
+from tests.test_assignment import World
+from tests.test_audit import lift_guard, reset_row_to
+
+E = EntityType
+
+
+@pytest.fixture
+def world(db_session, write_ctx, steward) -> World:
+    return World(db_session, write_ctx, steward)
+
+
+def _restore(session, ctx, entity_type, entity_id):
+    return restore_entity(session, entity_type=entity_type, entity_id=entity_id, keyring=ctx.keyring,
+                          embedder=ctx.embedder, actor="operator:test")
+
+
+def _sql(session, statement, **params) -> None:
+    session.execute(text(statement), params)
+    session.expire_all()
+
+
+def test_an_edited_row_is_restored_and_the_repair_is_signed(world, db_session, write_ctx, keyring) -> None:
+    team = world.team("Repaired team", capacity=2)
+    agent = world.agent("Edited", description="the signed description")
+    update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"team_id": team.id}, ctx=write_ctx)
+    _sql(db_session, "UPDATE agents SET description = 'edited by hand', tags = '{\"x\"}' WHERE id = :a", a=agent.id)
+    _sql(db_session, "DELETE FROM agent_skills WHERE agent_id = :a AND skill_id = :s", a=agent.id, s=world.skills[0].id)
+    with pytest.raises(EntityTampered):
+        update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"description": "x"}, ctx=write_ctx)
+
+    outcome = _restore(db_session, write_ctx, E.AGENT, agent.id)
+    assert outcome.restored and outcome.finding == "row-content-mismatch" and outcome.version == 2
+    assert outcome.changed_fields == ("description", "skill_ids", "tags")
+    restored = db_session.get(Agent, agent.id)
+    assert restored.description == "the signed description" and restored.tags == []
+    assert {s.id for s in restored.skills} == {s.id for s in world.skills[:2]} and restored.team_id == team.id
+    assert verify_entity(db_session, entity=restored, keyring=keyring).ok
+    assert [v.version for v in history(db_session, entity_id=agent.id)] == [1, 2]  # no version was added
+
+    [record] = repairs(db_session, entity_id=agent.id)
+    assert verify_repair(record, keyring) and record.actor == "operator:test"
+    assert record.row_before["content"]["description"] == "edited by hand"
+    assert record.as_json()["format"] == "plant.entity-repair.v1"
+    record.row_before = {**record.row_before, "content": {}}  # a record that says otherwise does not verify
+    assert not verify_repair(record, keyring)
+    db_session.expire(record)
+    # Writes work again and sign on top of the signed head.
+    update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"description": "after repair"}, ctx=write_ctx)
+    assert verify_entity(db_session, entity=db_session.get(Agent, agent.id), keyring=keyring).ok
+
+
+def test_a_row_reset_to_an_older_version_goes_forward_to_the_newest(world, db_session, write_ctx, keyring) -> None:
+    skill = world.skills[0]
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "second text"}, ctx=write_ctx)
+    reset_row_to(db_session, skill, 1)
+    outcome = _restore(db_session, write_ctx, E.SKILL, skill.id)
+    assert (outcome.finding, outcome.version) == ("stale-head", 2)
+    assert verify_entity(db_session, entity=db_session.get(type(skill), skill.id), keyring=keyring).ok
+
+
+def test_an_intact_row_is_left_alone(world, db_session, write_ctx) -> None:
+    outcome = _restore(db_session, write_ctx, E.INDUSTRY, world.industry.id)
+    assert not outcome.restored and outcome.repair is None
+    assert repairs(db_session) == []
+
+
+def test_a_broken_chain_is_never_repaired(world, db_session, write_ctx) -> None:
+    skill = world.skills[1]
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "second text"}, ctx=write_ctx)
+    lift_guard(db_session, "UPDATE entity_versions SET content = :c WHERE entity_id = :e AND version = 1",
+               c=json.dumps({"forged": True}).encode(), e=skill.id)
+    _sql(db_session, "UPDATE skills SET description = 'edited by hand' WHERE id = :s", s=skill.id)
+    with pytest.raises(NotRestorable) as refused:
+        _restore(db_session, write_ctx, E.SKILL, skill.id)
+    assert refused.value.extensions["findings"][0] == {"code": "content-hash-mismatch", "version": 1}
+    assert db_session.get(type(skill), skill.id).description == "edited by hand"  # the evidence stays
+    assert repairs(db_session) == []
+
+
+def test_a_restore_that_would_overfill_a_team_is_refused(world, db_session, write_ctx) -> None:
+    team = world.team("One seat", capacity=1)
+    seated, taker = world.agent("Seated"), world.agent("Taker")
+    update_entity(db_session, entity_type=E.AGENT, entity_id=seated.id, changes={"team_id": team.id}, ctx=write_ctx)
+    _sql(db_session, "UPDATE agents SET team_id = NULL WHERE id = :a", a=seated.id)  # moved out through SQL
+    update_entity(db_session, entity_type=E.AGENT, entity_id=taker.id, changes={"team_id": team.id}, ctx=write_ctx)
+    with pytest.raises(TeamFull), db_session.begin_nested():  # the caller's transaction rolls back
+        _restore(db_session, write_ctx, E.AGENT, seated.id)
+    assert db_session.get(Team, team.id).capacity == 1
+    assert [a.id for a in db_session.query(Agent).filter(Agent.team_id == team.id)] == [taker.id]
+
+
+def test_repair_records_are_append_only(world, db_session, write_ctx) -> None:
+    agent = world.agent("Guarded record")
+    _sql(db_session, "UPDATE agents SET name = 'renamed by hand' WHERE id = :a", a=agent.id)
+    record_id = _restore(db_session, write_ctx, E.AGENT, agent.id).repair.id
+    for statement in ("UPDATE entity_repairs SET actor = 'someone else' WHERE id = :r",
+                      "DELETE FROM entity_repairs WHERE id = :r"):
+        with pytest.raises(DBAPIError, match="append-only"), db_session.begin_nested():
+            db_session.execute(text(statement), {"r": record_id})
+    assert db_session.get(EntityRepair, record_id).actor == "operator:test"
+
+
+def test_an_unknown_entity_is_404(db_session, write_ctx) -> None:
+    from models.errors import NotFound
+
+    with pytest.raises(NotFound):
+        _restore(db_session, write_ctx, E.AGENT, uuid.uuid4())
