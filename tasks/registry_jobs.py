@@ -14,19 +14,23 @@ from models.db import transaction
 from models.job_lifecycle import JobClaim, hold_attempt
 from models.progress import ProgressSink
 from tasks import runtime
-from tasks.runner import run_job, write_context
+from tasks.runner import Finished, finish_in, run_job, write_context
 
 
-def _certify(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
+# Certification and single assignment are one transaction each: it holds the attempt
+# first and records the job's success last, so the work and the outcome commit together.
+
+
+def _certify(claim: JobClaim, _: ProgressSink) -> Finished:
     with transaction(runtime.session_factory()) as session:
         hold_attempt(session, claim=claim)
         outcome = certify_skill(
             session, skill_id=uuid.UUID(claim.params["skill_id"]), notes=claim.params.get("notes"), ctx=write_context(claim)
         )
-    return outcome.as_json()
+        return finish_in(session, claim, outcome.as_json())
 
 
-def _assign(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
+def _assign(claim: JobClaim, _: ProgressSink) -> Finished:
     team_id = claim.params.get("team_id")
     with transaction(runtime.session_factory()) as session:
         hold_attempt(session, claim=claim)
@@ -36,7 +40,7 @@ def _assign(claim: JobClaim, _: ProgressSink) -> dict[str, Any]:
             team_id=uuid.UUID(team_id) if team_id else None,
             ctx=write_context(claim),
         )
-    return outcome.as_json()
+        return finish_in(session, claim, outcome.as_json())
 
 
 def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:

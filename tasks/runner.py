@@ -45,11 +45,29 @@ from tasks.dispatch import route_for
 
 log = logging.getLogger(__name__)
 
-JobHandler = Callable[[JobClaim, ProgressSink], dict[str, Any] | None]
+JobHandler = Callable[[JobClaim, ProgressSink], "dict[str, Any] | Finished | None"]
 
 # A handler returns ``CONTINUES`` when it handed the work to other tasks (an audit's
 # chunks), which finish the job themselves.
 CONTINUES = None
+
+
+class Finished:
+    """What a handler returns when it recorded the job's success itself (:func:`finish_in`)."""
+
+
+FINISHED = Finished()
+
+
+def finish_in(session: Session, claim: JobClaim, result: dict[str, Any]) -> Finished:
+    """Record the job's success in ``session``'s transaction, the one that did its work.
+
+    The work and the outcome then commit together: a cancel or sweep that waited on the
+    attempt's hold (:func:`models.job_lifecycle.hold_attempt`) finds the job finished,
+    and can never end it ``cancelled`` after its work committed.
+    """
+    finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result=result)
+    return FINISHED
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
@@ -151,6 +169,8 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
         return {"job_id": job_id, "skipped": "not claimable"}
     progress = RowProgress.for_worker(claim)
     attempt = _execute(claim, handler, progress)
+    if attempt.recorded:
+        return {"job_id": job_id, "status": attempt.status.value}
     if attempt.status is JobStatus.RUNNING:
         progress.flush()  # the job goes on in other tasks: its last report must not wait for an outcome
         return {"job_id": job_id, "status": "running", "continues": True}
@@ -200,11 +220,14 @@ class Attempt:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     retry_after: float | None = None
+    recorded: bool = False  # the handler wrote the outcome with its work
 
 
 def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Attempt:
     try:
         result = handler(claim, progress)
+        if isinstance(result, Finished):
+            return Attempt(JobStatus.SUCCEEDED, recorded=True)
         return Attempt(JobStatus.RUNNING) if result is CONTINUES else Attempt(JobStatus.SUCCEEDED, result)
     except JobCancelled as exc:
         return Attempt(JobStatus.CANCELLED, error=exc.problem())

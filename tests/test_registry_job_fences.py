@@ -16,6 +16,7 @@ from models.errors import StaleAttempt
 from models.job_lifecycle import JobClaim, claim_job, create_job
 from models.jobs import Job
 from tasks import registry_jobs, runtime
+from tasks.runner import FINISHED
 from tests.test_assignment import World
 from tests.test_certification import GOOD
 
@@ -83,3 +84,58 @@ def test_the_live_attempt_does_the_work(sessions, world) -> None:
     assert outcome["placed"] == 3
     with sessions() as session:
         assert all(isinstance(session.get(Agent, agent_id).team_id, uuid.UUID) for agent_id in world.agents)
+
+
+def test_a_cancel_that_waits_on_a_certification_finds_it_finished(sessions, world, engine, monkeypatch) -> None:
+    # The attempt stalled past its lease, so a cancel would end the job at once; it comes
+    # while the certification's transaction holds the attempt, and waits. The job's
+    # outcome commits with the certificate: the cancel then finds a finished job.
+    import threading
+
+    from models.errors import JobNotCancellable
+    from models.job_lifecycle import get_job, request_cancel
+    from tests.conftest import wait_for
+
+    with transaction(sessions) as session:
+        job = create_job(session, kind="skill.certify", params={"skill_id": str(world.draft)})
+        claim = claim_job(session, job_id=job.id, worker="stalled", lease_seconds=60)
+        session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=text("now() - interval '1 hour'")))
+    certified, release = threading.Event(), threading.Event()
+    real_certify = registry_jobs.certify_skill
+
+    def certify_then_pause(*args, **kwargs):
+        outcome = real_certify(*args, **kwargs)
+        certified.set()
+        assert release.wait(30)
+        return outcome
+
+    monkeypatch.setattr(registry_jobs, "certify_skill", certify_then_pause)
+    results: dict[str, object] = {}
+
+    def work() -> None:
+        results["work"] = registry_jobs._certify(claim, lambda *_: None)
+
+    def cancel() -> None:
+        try:
+            with transaction(sessions) as session:
+                results["cancel"] = request_cancel(session, job_id=job.id).status
+        except JobNotCancellable as exc:
+            results["cancel"] = exc
+
+    worker, canceller = threading.Thread(target=work), threading.Thread(target=cancel)
+    worker.start()
+    try:
+        assert certified.wait(30)
+        canceller.start()
+        with engine.connect() as probe:
+            wait_for(lambda: probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                               "AND wait_event_type = 'Lock'")), what="the cancel to wait on the job row")
+    finally:
+        release.set()
+        worker.join(30)
+        if canceller.ident is not None:
+            canceller.join(30)
+    with sessions() as session:
+        assert (get_job(session, job.id).status, session.get(Skill, world.draft).status) == ("succeeded", "certified")
+    assert isinstance(results["cancel"], JobNotCancellable), results
+    assert results["work"] is FINISHED  # run_job records nothing more
