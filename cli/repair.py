@@ -73,9 +73,10 @@ def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
     engine = make_engine(settings, pool_size=1)
     try:
         with make_session_factory(engine)() as session:
-            rows = [(record.as_json(), verify_repair(record, keyring)) for record in repairs(session, entity_id=entity_id)]
+            exported = [record.as_json() for record in repairs(session, entity_id=entity_id)]
     finally:
         engine.dispose()
+    rows = [(record, verify_repair(record, keyring)) for record in exported]
     if as_json:
         print_json([{**record, "verified": ok} for record, ok in rows])
     else:

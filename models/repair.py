@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, LargeBinary, String, select
+from sqlalchemy import DateTime, Integer, LargeBinary, String, func, select
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -25,10 +26,11 @@ from models.base import Base, UUIDPk
 from models.canonical import canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads
 from models.chain import HEAD_FINDINGS, history, verify_loaded
 from models.constitution import L0, L1, evaluate
+from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import SKILL_ID_FIELDS, EntityType, GovernedEntity, Skill, governed_content
 from models.errors import Conflict, InvalidInput
-from models.jws import b64url_encode
+from models.jws import b64url_decode, b64url_encode
 from models.registry import embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot
 from models.signing import KeyRing
 
@@ -129,7 +131,7 @@ def restore_entity(
     repair = EntityRepair(
         id=uuid.uuid4(), entity_type=entity_type.value, entity_id=entity.id, version=head.version,
         head_link_hash=bytes(head.link_hash), finding=drift.code, row_before=row_before, actor=actor,
-        repaired_at=dt.datetime.now(dt.UTC).replace(microsecond=0), kid=keyring.active.kid,
+        repaired_at=session.scalar(select(func.now())).replace(microsecond=0), kid=keyring.active.kid,  # the database's clock, as runs use
     )
     _, repair.signature = keyring.sign(repair_statement(repair))  # the statement names the active key's kid
     with integrity_as_domain_errors(session, entity_type):
@@ -141,21 +143,44 @@ def restore_entity(
                           changed_fields=changed, repair=repair)
 
 
-def repairs(session: Session, *, entity_id: uuid.UUID | None = None) -> list[EntityRepair]:
+def repairs(
+    session: Session,
+    *,
+    entity_id: uuid.UUID | None = None,
+    entity_type: str | None = None,
+    entity_ids: Sequence[uuid.UUID] | None = None,
+    until: dt.datetime | None = None,
+) -> list[EntityRepair]:
+    """Repair records, oldest first: of one entity, of a type or id list, up to a time."""
     query = select(EntityRepair).order_by(EntityRepair.repaired_at, EntityRepair.id)
     if entity_id is not None:
         query = query.where(EntityRepair.entity_id == entity_id)
+    if entity_type is not None:
+        query = query.where(EntityRepair.entity_type == entity_type)
+    if entity_ids:
+        query = query.where(uuid_in(EntityRepair.entity_id, entity_ids))
+    if until is not None:
+        query = query.where(EntityRepair.repaired_at <= until)
     return list(session.scalars(query))
 
 
 def repair_statement(repair: EntityRepair) -> bytes:
-    """The bytes a repair record's signature covers: RFC 8785 JSON of every member but
-    the signature itself (never 32 bytes, so no chain link signature doubles as one)."""
+    """The bytes a repair record's signature covers: RFC 8785 JSON of every member of its
+    export but the signature (never 32 bytes, so no chain link signature doubles as one)."""
     return canonical_bytes({**_statement(repair), "id": str(repair.id), "kid": repair.kid})
 
 
-def verify_repair(repair: EntityRepair, keyring: KeyRing) -> bool:
-    return keyring.verify(repair.kid, bytes(repair.signature), repair_statement(repair))
+def verify_repair(record: dict[str, Any], keyring: KeyRing) -> bool:
+    """Whether an exported repair record (:meth:`EntityRepair.as_json`, as in a signed audit
+    report) reads exactly as Plant signed it."""
+    if record.get("format") != REPAIR_FORMAT or not isinstance(record.get("signature"), str):
+        return False
+    try:
+        signature = b64url_decode(record["signature"])
+    except ValueError:
+        return False
+    unsigned = {name: value for name, value in record.items() if name != "signature"}
+    return keyring.verify(str(record.get("kid")), signature, canonical_bytes(unsigned))
 
 
 def _statement(repair: EntityRepair) -> dict[str, Any]:

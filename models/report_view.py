@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditChunk
+from models.repair import verify_repair
 from models.reports import build_report, report_sha256, report_signature
 from models.signing import KeyRing
 
@@ -61,6 +62,7 @@ class ReportView:
     run_level_findings: int  # findings about the registry as a whole (no entity)
     entities_audited: int  # so far, from the chunks' checkpoints
     signature: SignatureDetails
+    repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
 
     @property
     def rows_capped(self) -> bool:
@@ -86,6 +88,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         entities_audited=_entities_audited(session, run_id),
         signature=_signature(report, keyring),
+        repairs=tuple({**record, "verified": verify_repair(record, keyring)} for record in report["repairs"]),
     )
 
 

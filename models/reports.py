@@ -1,7 +1,9 @@
 """Signed audit reports: the run, its summary and every finding, in RFC 8785 form.
 
-An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``,
-itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
+An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``; the
+report holds the run, every finding, and every repair (``plant entity restore``) of an
+entity in scope made before the run finished, each repair with its own signature.
+The document is itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
 ``report``, so anyone holding the published JWK Set can check a saved report offline:
 canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
 the detached signature. Because the signature covers a re-serialization rather than the
@@ -26,6 +28,7 @@ from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
+from models.repair import EntityRepair, repairs
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
@@ -66,7 +69,17 @@ def build_report(session: Session, *, run_id: uuid.UUID) -> dict[str, Any]:
         "type": REPORT_TYPE,
         "run": run_resource(run),
         "findings": [finding_resource(f) for f in all_findings(session, run_id)],
+        "repairs": [record.as_json() for record in run_repairs(session, run)],
     }
+
+
+def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
+    """Every restore of an entity in the run's scope (``plant entity restore``) made before
+    the run finished: each says what a row held when it was set back to its signed head,
+    and carries its own signature."""
+    scope = (run.params or {}).get("scope") or {}
+    ids = [uuid.UUID(i) for i in scope.get("entity_ids") or []]
+    return repairs(session, entity_type=scope.get("entity_type"), entity_ids=ids or None, until=run.finished_at)
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:

@@ -4,7 +4,7 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from models.chain import history, verify_entity
@@ -52,12 +52,13 @@ def test_an_edited_row_is_restored_and_the_repair_is_signed(world, db_session, w
     assert [v.version for v in history(db_session, entity_id=agent.id)] == [1, 2]  # no version was added
 
     [record] = repairs(db_session, entity_id=agent.id)
-    assert verify_repair(record, keyring) and record.actor == "operator:test"
+    exported = record.as_json()
+    assert verify_repair(exported, keyring) and record.actor == "operator:test"
     assert record.row_before["content"]["description"] == "edited by hand"
-    assert record.as_json()["format"] == "plant.entity-repair.v1"
-    record.row_before = {**record.row_before, "content": {}}  # a record that says otherwise does not verify
-    assert not verify_repair(record, keyring)
-    db_session.expire(record)
+    assert exported["format"] == "plant.entity-repair.v1"
+    for forged in ({**exported, "row_before": {**exported["row_before"], "content": {}}}, {**exported, "actor": "someone"},
+                   {**exported, "extra": 1}, {**exported, "signature": exported["signature"] + "="}):
+        assert not verify_repair(forged, keyring)  # a record that says otherwise does not verify
     # Writes work again and sign on top of the signed head.
     update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"description": "after repair"}, ctx=write_ctx)
     assert verify_entity(db_session, entity=db_session.get(Agent, agent.id), keyring=keyring).ok
@@ -119,3 +120,28 @@ def test_an_unknown_entity_is_404(db_session, write_ctx) -> None:
 
     with pytest.raises(NotFound):
         _restore(db_session, write_ctx, E.AGENT, uuid.uuid4())
+
+
+def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(world, db_session, write_ctx, keyring) -> None:
+    from models.audit_tables import AuditRun
+    from models.report_view import report_view
+    from models.reports import build_report
+    from tests.test_audit import run_audit
+
+    agent = world.agent("Reported")
+    _sql(db_session, "UPDATE agents SET name = 'renamed by hand' WHERE id = :a", a=agent.id)
+    repair_id = str(_restore(db_session, write_ctx, E.AGENT, agent.id).repair.id)
+
+    def report_of(params):
+        earlier = set(db_session.scalars(select(AuditRun.id)))
+        run_audit(db_session, keyring, params)
+        [run] = [r for r in db_session.scalars(select(AuditRun)) if r.id not in earlier]
+        return run, build_report(db_session, run_id=run.id)
+
+    run, report = report_of({"verify_signatures": "all"})
+    assert [r["id"] for r in report["repairs"]] == [repair_id]
+    assert verify_repair(report["repairs"][0], keyring) and report["repairs"][0]["row_before"]["content"]["name"] == "renamed by hand"
+    shown = report_view(db_session, run_id=run.id, keyring=keyring).repairs
+    assert [(r["id"], r["verified"]) for r in shown] == [(repair_id, True)]
+    assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not an agent-free run's business
+    assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent.id)]}})[1]["repairs"]] == [repair_id]

@@ -319,6 +319,26 @@ def test_the_page_is_self_contained_and_served_safely(client, audited) -> None:
     assert b"http://" not in response.data and b"https://" not in response.data
 
 
+def test_a_restored_entity_is_listed_with_its_signed_repair(client, audited, engine, write_ctx) -> None:
+    from models.entities import EntityType
+    from models.repair import restore_entity
+
+    page = parse(client.get(f"{API}/audit/runs/{audited['run']['id']}/report.html").get_data(as_text=True))
+    assert [e.attrs.get("data-repairs") for e in page if "data-repairs" in e.attrs] == ["none"]
+    with Session(engine) as session, session.begin():
+        repair_id = str(restore_entity(session, entity_type=EntityType.SKILL, entity_id=uuid.UUID(audited["tampered"]),
+                                       keyring=write_ctx.keyring, embedder=write_ctx.embedder, actor="operator:report").repair.id)
+    job = finished_job(client, client.post(f"{API}/audit/run", json={"verify_signatures": "all"}))
+    run = next(r for r in client.get(f"{API}/audit/runs").get_json()["items"] if r["job_id"] == job["id"])
+    assert run["summary"]["non_compliant"] == 0  # restored: the audit is clean, and the repair is the trail
+    page = parse(client.get(f"{API}/audit/runs/{run['id']}/report.html").get_data(as_text=True))
+    rows = [e for e in page if e.attrs.get("data-repair-id")]
+    assert [e.attrs["data-repair-id"] for e in rows] == [repair_id]
+    assert [e.text for e in page if e.attrs.get("data-repair-col") == "verified"] == ["valid"]
+    exported = json.loads(client.get(f"{API}/audit/export", query_string={"run_id": run["id"], "format": "json"}).data)
+    assert [r["id"] for r in exported["report"]["repairs"]] == [repair_id]
+
+
 def test_unknown_run_is_a_404_problem(client) -> None:
     response = client.get(f"{API}/audit/runs/{uuid.uuid4()}/report.html")
     assert response.status_code == 404 and response.mimetype == "application/problem+json"
