@@ -13,6 +13,8 @@ import click
 from cli.errors import PlantCliError
 from cli.jobs import connect
 from cli.output import json_option, print_json, print_table
+from models.db import make_engine, make_session_factory
+from models.key_seals import seal_retired_keys
 from models.keys import rotate_signing_key
 from models.settings import load_settings
 from models.signing import generate_ed25519, generate_rsa4096
@@ -97,6 +99,36 @@ def rotate(rsa: bool, as_json: bool) -> None:
         click.echo(f"active  {new_kid} ({settings.active_signing_key_path})")
     click.echo("restart every running API and worker process (e.g. `make dev`) so they all sign with the new key "
                "and trust it; until then they keep signing with the old one", err=True)
+
+
+@signing_keys.command("seal")
+@json_option
+def seal(as_json: bool) -> None:
+    """Seal every retired key: from now on it signs nothing valid.
+
+    Run it once every API and worker process has restarted on the active key. It stores a
+    ledger digest signed by the active key (DATABASE_URL) and writes <kid>.seal.json next
+    to each unsealed retired key; a version such a key signs later is `signed-after-seal`.
+    Copy the seal files wherever the retired keys are deployed, then restart again.
+    """
+    settings = load_settings()
+    engine = make_engine(settings, pool_size=1)
+    try:
+        seals = seal_retired_keys(settings, make_session_factory(engine))
+    except SigningKeyError as exc:
+        raise PlantCliError(exc.detail) from exc
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json({"sealed": [{"kid": s.kid, "digest_id": s.digest_id, "heads_root": s.heads_root, "as_of": s.as_of}
+                               for s in seals], "restart_required": bool(seals)})
+        return
+    if not seals:
+        click.echo("every retired key is sealed already")
+        return
+    for sealed in seals:
+        click.echo(f"sealed {sealed.kid} at digest {sealed.digest_id} ({sealed.as_of})")
+    click.echo("restart every running API and worker process so they all load the seals", err=True)
 
 
 @signing_keys.command("list")

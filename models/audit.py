@@ -21,7 +21,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.chain import GENESIS_LINK, ChainFinding, verify_loaded
+from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded
 from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
 from models.entities import (
     ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
@@ -136,12 +136,14 @@ def _check_batch(
         return result
     versions = versions_by_entity(session, [e.id for e in entities])
     members = team_member_counts(session, entities)
+    sealed = seal_findings(session, ((entity, versions.get(entity.id, [])) for entity in entities), keyring)
     for entity in entities:
         rows = versions.get(entity.id, [])
         content = governed_content(entity)
         verification = verify_loaded(entity, rows, keyring=keyring, signatures=signatures, content=content)
         kind = entity.entity_type_value.value
-        result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in verification.findings]
+        found = [*verification.findings, *([sealed[entity.id]] if entity.id in sealed else [])]
+        result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in found]
         result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)

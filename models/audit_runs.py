@@ -28,6 +28,7 @@ from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
+from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.ledger import compare_heads, root_as_of
 from models.ledger_digest import verify_digest
 from models.signing import KeyRing
@@ -99,6 +100,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run = AuditRun(job_id=job_id, params=params)
     session.add(run)
     session.flush()
+    _insert(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
     if params.get("since") == "latest-digest":
         return _incremental(session, run, keyring)
     chunk_no = 0

@@ -23,18 +23,20 @@ import datetime as dt
 import hashlib
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, insert, select
 from sqlalchemy.dialects.postgresql import UUID, distinct_on
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from models.audit_tables import LedgerDigestHead
 from models.base import Base
 from models.canonical import canonical_bytes, matches_canonical
 from models.db import uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
-from models.signing import KeyRing
+from models.signing import KeyRing, KeySeal
 
 GENESIS_LINK = bytes(32)
 LINK_DOMAIN = b"plant.entity-link.v1\x00"
@@ -267,6 +269,46 @@ def verify_loaded(
     return ChainVerification(entity_type, entity.id, count, findings)
 
 
+SEALED_CODE = "signed-after-seal"
+
+
+def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]], keyring: KeyRing) -> dict[uuid.UUID, ChainFinding]:
+    """For each (entity, its version rows) given: the first version signed by a sealed
+    retired key after its seal, if any (see :mod:`models.key_seals`).
+
+    Such a version is valid only if the seal's digest holds the entity at that version or
+    a later one; the digest was signed by the key's successor after every process had
+    switched, so anything the old key signed later was signed by someone holding a key
+    Plant retired. An entity in no digest because it was soft-deleted before the seal is
+    not checked. One query for all of them, and none when no retired key is sealed.
+    """
+    if not keyring.sealed:
+        return {}
+    suspects: dict[uuid.UUID, tuple[Any, list[tuple[Any, KeySeal]]]] = {}
+    for entity, rows in chains:
+        signed = [(row, seal) for row in rows if (seal := keyring.seal(row.kid)) is not None]
+        if signed:
+            suspects[entity.id] = (entity, signed)
+    if not suspects:
+        return {}
+    digests = sorted({seal.digest_id for _, signed in suspects.values() for _, seal in signed})
+    held = {(digest_id, entity_id): version for digest_id, entity_id, version in session.execute(
+        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, LedgerDigestHead.version).where(
+            LedgerDigestHead.digest_id.in_(digests), uuid_in(LedgerDigestHead.entity_id, suspects)))}
+    findings: dict[uuid.UUID, ChainFinding] = {}
+    for entity_id, (entity, signed) in suspects.items():
+        for row, seal in signed:
+            version = held.get((seal.digest_id, entity_id))
+            if version is None and entity.deleted_at is not None:
+                break  # deleted before the seal: in no digest
+            if version is None or row.version > version:
+                holds = "does not hold this entity" if version is None else f"holds version {version}"
+                findings[entity_id] = ChainFinding(SEALED_CODE, row.version, (
+                    f"signed by retired key {row.kid} after its seal (digest {seal.digest_id} of {seal.as_of} {holds})"))
+                break
+    return findings
+
+
 def head_drift(
     session: Session, entities: Sequence[tuple[GovernedEntity, dict]], keyring: KeyRing
 ) -> dict[uuid.UUID, ChainFinding]:
@@ -297,7 +339,9 @@ def head_drift(
         findings = findings or _head_findings(entity, [head], head_link, content)
         if findings:
             drift[entity.id] = findings[0]
-    return drift
+    sealed = seal_findings(session, ((entity, [heads[entity.id]]) for entity, _ in entities
+                                     if entity.id not in drift and entity.id in heads), keyring)
+    return {**drift, **sealed}
 
 
 # What _head_findings reports: the row differs from an intact chain's newest version.

@@ -37,7 +37,7 @@ from models.audit import (
     versions_by_entity,
 )
 from models.audit_tables import LedgerDigestHead
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, verify_loaded, verify_versions
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded, verify_versions
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import NotFound
@@ -192,6 +192,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
     members = team_member_counts(session, entities)
+    sealed = seal_findings(session, ((entity, versions.get(entity.id, [])) for entity in entities), keyring)
     kind = entities[0].entity_type_value.value if entities else ""
     for entity in entities:
         leaf = base[entity.id]
@@ -203,7 +204,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
             rolled.append((entity.id, leaf[0], leaf[1]))  # the trusted head is gone
             continue
         content = governed_content(entity)
-        findings = _chain_findings(entity, rows, split, leaf, keyring, content)
+        findings = _chain_findings(entity, rows, split, leaf, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
         batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         batch.versions_verified += len(rows) - split

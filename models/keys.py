@@ -1,8 +1,9 @@
 """Builds the process's signing ``KeyRing`` from settings, and rotates the key files.
 
 The active key comes from ``PLANT_SIGNING_KEY`` (PEM text) or a PEM file; every ``*.pem``
-in the retired-keys directory stays trusted for verifying what it signed. Keys never
-come from the database, so someone who can write the database cannot add a key.
+in the retired-keys directory stays trusted for verifying what it signed, and a
+``<kid>.seal.json`` beside one seals it (:mod:`models.key_seals`). Keys and seals never
+come from the database, so someone who can write the database cannot add or move one.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from models.settings import Settings
-from models.signing import KeyRing, SigningKey, load_keyring, load_signing_key_pem
+from models.canonical import canonical_bytes, strict_json_loads
+from models.signing import KeyRing, KeySeal, SigningKey, load_keyring, load_signing_key_pem
 from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
+SEAL_SUFFIX = ".seal.json"
 
 
 def keyring_from_settings(settings: Settings) -> KeyRing:
@@ -35,7 +38,31 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
         )
     retired_dir = settings.retired_signing_keys_path
     retired = sorted(retired_dir.glob("*.pem")) if retired_dir.is_dir() else []
-    return load_keyring([active, *(path.read_bytes() for path in retired)])
+    ring = load_keyring([active, *(path.read_bytes() for path in retired)])
+    seals = tuple(load_seal(path) for path in sorted(retired_dir.glob(f"*{SEAL_SUFFIX}"))) if retired_dir.is_dir() else ()
+    return KeyRing(ring.active, ring.retired, seals) if seals else ring
+
+
+def load_seal(path: Path) -> KeySeal:
+    """A retired key's seal file (``<kid>.seal.json``, written by ``plant signing-keys seal``)."""
+    try:
+        document = strict_json_loads(path.read_bytes())
+        seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
+                       as_of=document["as_of"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
+    if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
+            and path.name == f"{seal.kid}{SEAL_SUFFIX}"):
+        raise SigningKeyError(f"malformed key seal {path}")
+    return seal
+
+
+def write_seal(settings: Settings, seal: KeySeal) -> Path:
+    """Write ``seal`` beside its retired key, atomically (mode 0644: it holds no secret)."""
+    path = settings.retired_signing_keys_path / f"{seal.kid}{SEAL_SUFFIX}"
+    document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of}
+    _replace_file(path, canonical_bytes(document), mode=0o644)
+    return path
 
 
 def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, str]:
@@ -56,7 +83,7 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
     active_path = settings.active_signing_key_path
     if not active_path.is_file():
         raise SigningKeyError(f"no active signing key at {active_path} to rotate (`plant dev` generates one)")
-    with _exclusive(active_path.parent / ROTATION_LOCK):
+    with key_files_lock(settings):
         old_key = load_signing_key_pem(active_path.read_bytes())
         if old_key.kid == new_key.kid:
             raise SigningKeyError(f"key {new_key.kid} is already the active key")
@@ -65,6 +92,11 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
         _replace_file(retired_dir / f"{old_key.kid}.pem", _public_pem(old_key), mode=0o644)
         _replace_file(active_path, new_key.private_pem(), mode=0o600)
     return old_key.kid, new_key.kid
+
+
+def key_files_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """Serializes rotations and seals of one key directory (a lock file next to the active key)."""
+    return _exclusive(settings.active_signing_key_path.parent / ROTATION_LOCK)
 
 
 def _public_pem(key: SigningKey) -> bytes:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.canonical import normalize_text
-from models.chain import EntityVersion, append_version, head_drift
+from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content
@@ -333,9 +333,11 @@ def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UU
 def refuse_if_tampered(session: Session, entity: GovernedEntity, keyring: KeyRing) -> None:
     drift = head_drift(session, [(entity, governed_content(entity))], keyring).get(entity.id)
     if drift is not None:
+        until = ("ever: its head was signed by a sealed key, and no restore can vouch for it" if drift.code == SEALED_CODE
+                 else "until the row is restored to its head version")
         raise EntityTampered(
             f"{entity.entity_type_value.value} {entity.id}: {drift.detail} ({drift.code}); no version is signed on "
-            "top of it until the row is restored to its head version",
+            f"top of it {until}",
             id=str(entity.id), finding=drift.code,
         )
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UUIDPk
 from models.canonical import canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads
-from models.chain import HEAD_FINDINGS, history, verify_loaded
+from models.chain import HEAD_FINDINGS, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
@@ -105,7 +105,8 @@ def restore_entity(
         raise NotRestorable(f"{entity_type.value} {entity_id} has no versions to restore from", id=str(entity_id))
     head = rows[-1]
     before = governed_content(entity)
-    findings = verify_loaded(entity, rows, keyring=keyring, content=before).findings
+    findings = [*verify_loaded(entity, rows, keyring=keyring, content=before).findings,
+                *seal_findings(session, [(entity, rows)], keyring).values()]
     broken = [f for f in findings if f.code not in HEAD_FINDINGS]
     if broken:
         first = broken[0]

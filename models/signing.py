@@ -124,18 +124,45 @@ class SigningKey:
 
 
 @dataclass(frozen=True)
+class KeySeal:
+    """A retired key's seal: the stored ledger digest, signed by its successor once every
+    process had switched, that holds every version the retired key may have signed
+    (``plant signing-keys seal``, :mod:`models.key_seals`). Kept in a file beside the
+    retired key, so someone who can write the database cannot move it."""
+
+    kid: str
+    digest_id: int
+    heads_root: str  # hex, as in the digest's signed document
+    as_of: str
+
+
+@dataclass(frozen=True)
 class KeyRing:
-    """The active signing key plus retired keys that still verify what they signed."""
+    """The active signing key plus retired keys that still verify what they signed
+    (a sealed retired key: only what its seal's digest holds)."""
 
     active: SigningKey
     retired: tuple[SigningKey | VerifyingKey, ...] = ()
+    seals: tuple[KeySeal, ...] = ()
     _verifiers: dict[str, VerifyingKey] = field(init=False, repr=False, compare=False)
+    _seals: dict[str, KeySeal] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         verifiers: dict[str, VerifyingKey] = {}
         for key in (self.active, *self.retired):
             verifiers.setdefault(key.kid, key.verifier() if isinstance(key, SigningKey) else key)
         object.__setattr__(self, "_verifiers", verifiers)
+        retired = {key.kid for key in self.retired} - {self.active.kid}
+        object.__setattr__(self, "_seals", {seal.kid: seal for seal in self.seals if seal.kid in retired})
+
+    def seal(self, kid: str) -> KeySeal | None:
+        """The seal of retired key ``kid``, if it has one."""
+        return self._seals.get(kid)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether any retired key is sealed (only then do versions need checking against seals)."""
+        return bool(self._seals)
 
     def sign(self, data: bytes) -> tuple[str, bytes]:
         """``(kid, signature)`` by the active key."""
@@ -159,7 +186,7 @@ class KeyRing:
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""
         retired = tuple(key for key in (self.active, *self.retired) if key.kid != new.kid)
-        return KeyRing(new, retired)
+        return KeyRing(new, retired, self.seals)
 
 
 def jwk_thumbprint(required_members: dict[str, str]) -> str:

@@ -1,0 +1,68 @@
+"""Sealing retired signing keys: after its seal, a retired key signs nothing valid.
+
+A retired key stays trusted to verify the versions it signed. Were its private half ever
+to leak (an old backup, a decommissioned disk), it could sign new versions that verify
+like old ones. A seal closes that. Once every API and worker process has restarted on the
+new key, ``plant signing-keys seal`` stores a ledger digest signed by the active key and
+writes, beside each unsealed retired key, a seal file naming that digest by id and root
+(``models.keys.write_seal``). From then on a version signed by a sealed key is valid only
+when the seal's digest holds its entity at that version or a later one; otherwise it is
+``signed-after-seal`` (:func:`models.chain.seal_findings`): a write on top of it is
+refused (409 ``entity-tampered``), audits report it, and ``plant entity restore`` refuses
+to restore to it. Every audit run first checks each seal's digest (:func:`seal_problems`),
+so a digest deleted or edited to cover a forged version is ``key-seal-invalid``.
+
+The seal files, like the keys, live outside the database: someone who can write the
+database can neither add a seal nor move one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.audit_tables import LedgerDigest
+from models.db import transaction
+from models.keys import key_files_lock, keyring_from_settings, write_seal
+from models.ledger import store_digest, stored_digest_problem
+from models.settings import Settings
+from models.signing import KeyRing, KeySeal
+
+SEAL_INVALID_CODE = "key-seal-invalid"
+
+
+def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> list[KeySeal]:
+    """Seal every unsealed retired key with one new digest signed by the active key.
+
+    Run it only after every process signs with the active key: a version a lagging
+    process signs with the old key after the seal is indistinguishable from a forgery.
+    Returns the seals written (none when every retired key is sealed already).
+    """
+    with key_files_lock(settings):
+        keyring = keyring_from_settings(settings)
+        unsealed = [key.kid for key in keyring.retired if key.kid != keyring.active.kid and keyring.seal(key.kid) is None]
+        if not unsealed:
+            return []
+        with transaction(sessions) as session:
+            digest = store_digest(session, keyring=keyring)
+            digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
+        seals = [KeySeal(kid, digest_id, root, as_of) for kid in unsealed]
+        for seal in seals:
+            write_seal(settings, seal)
+    return seals
+
+
+def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
+    """Why each seal of ``keyring`` cannot be relied on: its digest is gone, is not the one
+    the seal names, or is not trustworthy itself (signature, root over its leaves)."""
+    problems = []
+    for seal in keyring.seals:
+        if keyring.seal(seal.kid) is None:
+            continue  # not a retired key of this ring
+        digest = session.get(LedgerDigest, seal.digest_id)
+        if digest is None:
+            problems.append(f"the seal of key {seal.kid} names digest {seal.digest_id}, which is gone")
+        elif bytes(digest.heads_root).hex() != seal.heads_root:
+            problems.append(f"digest {seal.digest_id} is not the one the seal of key {seal.kid} names (its root differs)")
+        elif (problem := stored_digest_problem(session, digest, keyring)) is not None:
+            problems.append(f"digest {seal.digest_id}, the seal of key {seal.kid}, cannot be trusted: {problem}")
+    return problems

@@ -1,0 +1,150 @@
+"""Sealed retired keys: after its seal a retired key signs nothing valid (writes, audits, restores)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from cli.main import cli
+from models.audit_tables import LedgerDigest
+from models.chain import SEALED_CODE, head_drift, verify_entity
+from models.embeddings import HashingEmbedder
+from models.entities import EntityType, Skill, governed_content
+from models.errors import EntityTampered
+from models.key_seals import SEAL_INVALID_CODE, seal_problems
+from models.keys import keyring_from_settings
+from models.ledger import store_digest
+from models.registry import WriteContext, create_entity, update_entity
+from models.repair import NotRestorable, restore_entity
+from models.seed import bootstrap_steward
+from models.signing import KeyRing, KeySeal, generate_ed25519
+from tests.test_audit import run_audit
+from tests.test_cli_keys import key_settings  # noqa: F401  (fixture)
+
+E = EntityType
+
+
+class Rotated:
+    """A registry written with an old key, then the key rotated and sealed with a digest."""
+
+    def __init__(self, session) -> None:
+        self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
+        self.leaked = KeyRing(self.old)  # what someone holding the old private key can sign with
+        steward = bootstrap_steward(session, self.ctx(self.leaked))
+        self.gov = {"governance_agent_id": steward}
+        self.skill = self.make(E.SKILL, name="Sealed Skill", skill_key="sealed-skill", category="technical",
+                               description="Written before the seal")
+        self.edit(self.skill, self.leaked, description="Edited before the seal")
+        self.rotated = KeyRing(self.new, (self.old.verifier(),))
+        digest = store_digest(session, keyring=self.rotated)
+        self.seal = KeySeal(self.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"])
+        self.sealed = KeyRing(self.new, (self.old.verifier(),), (self.seal,))
+
+    def ctx(self, ring: KeyRing) -> WriteContext:
+        return WriteContext("test", ring, HashingEmbedder())
+
+    def make(self, entity_type, ring=None, **data):
+        return create_entity(self.session, entity_type=entity_type, data={**self.gov, **data}, ctx=self.ctx(ring or self.leaked))
+
+    def edit(self, entity, ring, **changes):
+        return update_entity(self.session, entity_type=entity.entity_type_value, entity_id=entity.id, changes=changes,
+                             ctx=self.ctx(ring))
+
+    def codes_since_digest(self, ring: KeyRing) -> dict[str, list]:
+        return self.codes(ring, {"since": "latest-digest"})
+
+    def codes(self, ring: KeyRing, params: dict | None = None) -> dict[str, list]:
+        _, findings = run_audit(self.session, ring, params)
+        found: dict[str, list] = {}
+        for finding in findings:
+            found.setdefault(finding.code, []).append((finding.entity_id, finding.version))
+        return found
+
+
+@pytest.fixture
+def rotated(db_session) -> Rotated:
+    return Rotated(db_session)
+
+
+def test_what_a_sealed_key_signed_before_its_seal_stays_valid(rotated) -> None:
+    codes = rotated.codes(rotated.sealed)
+    assert SEALED_CODE not in codes and SEAL_INVALID_CODE not in codes, codes
+    assert verify_entity(rotated.session, entity=rotated.skill, keyring=rotated.sealed).ok
+    rotated.edit(rotated.skill, rotated.sealed, description="Edited with the new key")  # writes go on
+    assert head_drift(rotated.session, [(rotated.skill, governed_content(rotated.skill))], rotated.sealed) == {}
+
+
+def test_a_version_a_leaked_retired_key_signs_after_its_seal_is_caught(rotated) -> None:
+    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3, after the seal
+    forged_entity = rotated.make(E.INDUSTRY, name="Forged Industry", code="FRG")  # in no digest at all
+    assert SEALED_CODE not in rotated.codes(rotated.rotated)  # unsealed, the forgery verifies: the gap seals close
+
+    codes = rotated.codes(rotated.sealed)
+    assert sorted(codes[SEALED_CODE], key=str) == sorted([(rotated.skill.id, 3), (forged_entity.id, 1)], key=str)
+    with pytest.raises(EntityTampered) as refused:  # never signed over
+        rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
+    assert refused.value.extensions["finding"] == SEALED_CODE
+    incremental = rotated.codes_since_digest(rotated.sealed)
+    assert sorted(incremental[SEALED_CODE], key=str) == sorted([(rotated.skill.id, 3), (forged_entity.id, 1)], key=str)
+    with pytest.raises(NotRestorable):
+        restore_entity(rotated.session, entity_type=E.SKILL, entity_id=rotated.skill.id, keyring=rotated.sealed,
+                       embedder=HashingEmbedder(), actor="operator:test")
+    assert rotated.session.get(Skill, rotated.skill.id).version == 3  # nothing was changed
+
+
+def test_an_entity_deleted_before_the_seal_is_not_held_against_it(db_session) -> None:
+    world = Rotated.__new__(Rotated)
+    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
+    world.leaked = KeyRing(world.old)
+    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
+    gone = world.make(E.INDUSTRY, name="Gone Industry", code="GON")
+    world.edit(gone, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    rotated = KeyRing(world.new, (world.old.verifier(),))
+    digest = store_digest(db_session, keyring=rotated)
+    sealed = KeyRing(world.new, (world.old.verifier(),),
+                     (KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]),))
+    assert SEALED_CODE not in world.codes(sealed)
+
+
+def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated) -> None:
+    session, seal = rotated.session, rotated.seal
+    assert seal_problems(session, rotated.sealed) == []
+    with session.begin_nested():  # a subtransaction: the edited row gets another xmin, as any later edit does
+        session.execute(text("UPDATE ledger_digest_heads SET version = version + 5 WHERE digest_id = :d AND entity_id = :e"),
+                        {"d": seal.digest_id, "e": rotated.skill.id})  # to cover a forged version
+    [problem] = seal_problems(session, rotated.sealed)
+    assert f"digest {seal.digest_id}" in problem and "cannot be trusted" in problem
+    assert SEAL_INVALID_CODE in rotated.codes(rotated.sealed)
+    rotated.edit(rotated.skill, rotated.rotated, description="Changed since the seal")
+    other = store_digest(session, keyring=rotated.rotated)  # a later digest: another root
+    wrong = KeyRing(rotated.new, (rotated.old.verifier(),), (KeySeal(seal.kid, other.id, seal.heads_root, seal.as_of),))
+    assert "root differs" in seal_problems(session, wrong)[0]
+    session.execute(text("DELETE FROM ledger_digests WHERE id = :d"), {"d": seal.digest_id})
+    assert "is gone" in seal_problems(session, rotated.sealed)[0]
+
+
+def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(cli, ["signing-keys", *args, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    assert invoke("seal") == {"sealed": [], "restart_required": False}  # nothing retired yet
+    old_kid = invoke("rotate")["old_kid"]
+    [sealed] = invoke("seal")["sealed"]
+    assert sealed["kid"] == old_kid
+    seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
+    assert json.loads(seal_file.read_bytes())["digest_id"] == sealed["digest_id"]
+    ring = keyring_from_settings(key_settings)
+    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"])
+    assert invoke("seal")["sealed"] == []  # sealed once
+    seal_file.write_text("{}")
+    with pytest.raises(Exception, match="malformed|unreadable"):
+        keyring_from_settings(key_settings)
