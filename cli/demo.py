@@ -5,14 +5,17 @@ migrates and seeds it, and then walks through the scenario over the HTTP API, pr
 each step and its key numbers: 1. certify every skill; 2. auto-assign the agents with one
 optimal plan; 3. a clean audit; 4. tamper with one skill row through SQL, as someone with
 database access could; 5. audit again and show the finding; 6. export the signed report
-and verify it offline with the published keys. It stops the stack and ends by naming the
-report file. With ``--json`` the narration goes to stderr and a summary to stdout.
+and verify it offline with the published keys; 7. restore the row from its signed chain
+with ``plant entity restore`` and audit once more: clean, with the repair on record. It
+stops the stack and ends by naming the report file (step 6's). With ``--json`` the
+narration goes to stderr and a summary to stdout.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ TAMPER_SQL = "UPDATE skills SET description = 'tampered' WHERE skill_key = %s RE
 EXPECTED_FINDING = "row-content-mismatch"
 # Small audit batches, so the progress bar has something to show on a registry of ~100.
 DEMO_STACK_ENV = {"PLANT_AUDIT_BATCH_SIZE": "10", "WEB_CONCURRENCY": "1"}
+RESTORE_TIMEOUT_SECONDS = 60
 
 
 class Narrator:
@@ -94,7 +98,7 @@ class Tour:
 
     def audit(self, number: int, title: str) -> dict[str, Any]:
         self.narrator.step(number, title)
-        return self.follow(self.client.post("/audit/run", {"verify_signatures": "all"}))["result"]
+        return self.audit_quietly()
 
     def tamper(self) -> dict[str, str]:
         self.narrator.step(4, "Tamper with one row through SQL, behind the API's back")
@@ -137,8 +141,29 @@ class Tour:
         return report_file, jwks_file
 
 
+    def restore(self, tampered: dict[str, str]) -> dict[str, Any]:
+        self.narrator.step(7, "Restore the row from its signed chain, then audit: clean, with the repair on record")
+        command = [sys.executable, "-m", "cli.main", "entity", "restore", "skill", tampered["skill_id"],
+                   "--actor", "operator:demo", "--json"]
+        self.narrator.say("  plant entity restore skill " + tampered["skill_id"])
+        completed = subprocess.run(command, env={**self.stack.environment(), "DATABASE_URL": self.stack.database_url()},
+                                   capture_output=True, text=True, timeout=RESTORE_TIMEOUT_SECONDS)
+        if completed.returncode != 0:
+            raise PlantCliError(f"plant entity restore failed: {completed.stderr.strip()[-500:]}")
+        restored = json.loads(completed.stdout)
+        self.narrator.say(f"  {tampered['name']} back at version {restored['version']}; fields set back: "
+                          f"{', '.join(restored['changed_fields'])}; signed repair record {restored['repair']['id']}")
+        audit = self.audit_quietly()
+        repairs = json.loads(self.client.download("/audit/export", run_id=audit["run_id"], format="json"))["report"]["repairs"]
+        self.narrator.say(f"  audit: {audit['non_compliant']} non-compliant; its signed report lists {len(repairs)} repair(s)")
+        return {"restored": restored, "audit": audit, "repairs": [r["id"] for r in repairs]}
+
+    def audit_quietly(self) -> dict[str, Any]:
+        return self.follow(self.client.post("/audit/run", {"verify_signatures": "all"}))["result"]
+
+
 def run_tour(tour: Tour) -> dict[str, Any]:
-    """The six steps; returns what a script needs to know about them."""
+    """The seven steps; returns what a script needs to know about them."""
     certificates = tour.certify_skills()
     placement = tour.assign_agents()
     clean = tour.audit(3, "Audit the registry: chains, signatures, rows and rules")
@@ -150,10 +175,14 @@ def run_tour(tour: Tour) -> dict[str, Any]:
     if not any(f["entity_id"] == tampered["skill_id"] for f in findings):
         raise PlantCliError(f"the second audit did not report {EXPECTED_FINDING} on the tampered skill")
     report_file, jwks_file = tour.export_and_verify(found["run_id"])
+    repaired = tour.restore(tampered)
+    if repaired["audit"]["non_compliant"] or not repaired["repairs"]:
+        raise PlantCliError(f"the audit after the restore was not clean with its repair: {compact(repaired['audit'])}")
     return {
         "certificates": certificates, "placed": placement["placed"], "not_placed": placement["not_placed"],
         "clean_audit": clean, "tampered": tampered, "audit": found,
         "findings": [f["code"] for f in findings], "report_file": str(report_file), "jwks_file": str(jwks_file),
+        "restored": repaired,
     }
 
 
@@ -172,7 +201,7 @@ def _stop_on_sigterm(signum: int, _frame: object) -> NoReturn:
               help="Seconds to pause between steps, for an audience.")
 @json_option
 def demo(data_dir: Path, port: int, flower_port: int, pause: float, as_json: bool) -> None:
-    """The guided demo: start a stack of its own, certify, assign, audit, tamper, audit, report."""
+    """The guided demo: start a stack of its own, certify, assign, audit, tamper, audit, report, restore."""
     narrator = Narrator(sys.stderr if as_json else sys.stdout, pause)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     prepare_data_dir(data_dir)

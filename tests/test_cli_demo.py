@@ -16,6 +16,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 DEMO_TIMEOUT_SECONDS = 240
+EXPECTED = "row-content-mismatch"
 
 
 def _started_in(directory: Path) -> list[psutil.Process]:
@@ -42,7 +43,7 @@ def test_the_demo_finds_the_tampered_row_and_ends_with_a_verified_report(tmp_pat
     assert len(summary["certificates"]) == 19 and all(c.startswith("SKILL-") for c in summary["certificates"].values())
     assert summary["placed"] > 0
     assert summary["clean_audit"]["non_compliant"] == 0
-    assert summary["audit"]["non_compliant"] == 1 and summary["findings"] == ["row-content-mismatch"]
+    assert summary["audit"]["non_compliant"] == 1 and summary["findings"] == [EXPECTED]
     report_file = Path(summary["report_file"])
     jwks = json.loads(Path(summary["jwks_file"]).read_text())
     report = json.loads(report_file.read_bytes())["report"]
@@ -50,6 +51,9 @@ def test_the_demo_finds_the_tampered_row_and_ends_with_a_verified_report(tmp_pat
     assert report["findings"][0]["entity_id"] == summary["tampered"]["skill_id"]
 
     narration = completed.stderr.splitlines()
-    assert [line.split()[1] for line in narration if line.startswith("── ")] == ["1.", "2.", "3.", "4.", "5.", "6."]
+    assert [line.split()[1] for line in narration if line.startswith("── ")] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
+    restored = summary["restored"]
+    assert restored["restored"]["changed_fields"] == ["description"] and restored["restored"]["finding"] == EXPECTED
+    assert restored["audit"]["non_compliant"] == 0 and restored["repairs"] == [restored["restored"]["repair"]["id"]]
     assert narration[-1] == f"Report: {report_file}" and report_file.is_relative_to(data_dir)
     assert _started_in(data_dir) == []  # the stack and its servers are gone
