@@ -20,7 +20,7 @@ dev: $(STAMP)
 	$(BIN)/plant dev
 
 # The guided demo on a stack of its own (.plant-demo, ports 8100/5655): certify, assign,
-# audit, tamper through SQL, audit again, export and verify the signed report.
+# audit, tamper through SQL, audit again, export and verify the signed report, restore the row.
 DEMO_PAUSE ?= 4
 demo: $(STAMP)
 	$(BIN)/plant demo --pause $(DEMO_PAUSE)
