@@ -272,7 +272,9 @@ def verify_loaded(
 SEALED_CODE = "signed-after-seal"
 
 
-def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]], keyring: KeyRing) -> dict[uuid.UUID, ChainFinding]:
+def seal_findings(
+    session: Session, chains: Iterable[tuple[Any, Sequence[Any]]], keyring: KeyRing, *, deleted_exempt: bool = True
+) -> dict[uuid.UUID, ChainFinding]:
     """For each (entity, its version rows) given: the first version signed by a sealed
     retired key after its seal, if any (see :mod:`models.key_seals`).
 
@@ -280,7 +282,9 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     a later one; the digest was signed by the key's successor after every process had
     switched, so anything the old key signed later was signed by someone holding a key
     Plant retired. An entity in no digest because it was soft-deleted before the seal is
-    not checked. One query for all of them, and none when no retired key is sealed.
+    not checked, unless ``deleted_exempt`` is False (a write: nothing is signed on top of
+    a head the seal cannot vouch for). One query for all of them, and none when no
+    retired key is sealed.
     """
     if not keyring.sealed:
         return {}
@@ -299,7 +303,7 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     for entity_id, (entity, signed) in suspects.items():
         for row, seal in signed:
             version = held.get((seal.digest_id, entity_id))
-            if version is None and entity.deleted_at is not None:
+            if version is None and deleted_exempt and entity.deleted_at is not None:
                 break  # deleted before the seal: in no digest
             if version is None or row.version > version:
                 holds = "does not hold this entity" if version is None else f"holds version {version}"
@@ -340,7 +344,7 @@ def head_drift(
         if findings:
             drift[entity.id] = findings[0]
     sealed = seal_findings(session, ((entity, [heads[entity.id]]) for entity, _ in entities
-                                     if entity.id not in drift and entity.id in heads), keyring)
+                                     if entity.id not in drift and entity.id in heads), keyring, deleted_exempt=False)
     return {**drift, **sealed}
 
 

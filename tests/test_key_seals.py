@@ -109,6 +109,8 @@ def test_an_entity_deleted_before_the_seal_is_not_held_against_it(db_session) ->
     sealed = KeyRing(world.new, (world.old.verifier(),),
                      (KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]),))
     assert SEALED_CODE not in world.codes(sealed)
+    with pytest.raises(EntityTampered):  # but nothing is signed on top of a head the seal cannot vouch for
+        world.edit(gone, sealed, description="Written on the deleted entity")
 
 
 def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated) -> None:
