@@ -13,6 +13,7 @@ signed, append-only :class:`EntityRepair`. A chain that does not verify is never
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import SKILL_ID_FIELDS, EntityType, GovernedEntity, Skill, governed_content
-from models.errors import Conflict, InvalidInput
+from models.errors import CanonicalizationError, Conflict, InvalidInput
 from models.jws import b64url_decode, b64url_encode
 from models.registry import embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot
 from models.signing import KeyRing
 
 REPAIR_FORMAT = "plant.entity-repair.v1"
+MAX_UNSIGNABLE_TEXT = 20_000
 # Governed fields that hold an id or a time; every other one is stored as it reads.
 _UUID_FIELDS = {"governance_agent_id", "parent_id", "industry_id", "job_role_id", "team_id"}
 _TIME_FIELDS = {"deleted_at"}
@@ -117,7 +119,7 @@ def restore_entity(
         return RestoreOutcome(entity_type.value, entity.id, entity.version, restored=False)
     drift = findings[0]
     signed = strict_json_loads(bytes(head.content))
-    row_before = {"version": entity.version, "head_link_hash": _hex(entity.head_link_hash), "content": before}
+    row_before = {"version": entity.version, "head_link_hash": _hex(entity.head_link_hash), "content": _signable(before)}
     snapshot_before = snapshot(entity)
     with session.no_autoflush:
         _set_governed(session, entity, signed)
@@ -219,6 +221,16 @@ def _set_governed(session: Session, entity: GovernedEntity, signed: dict[str, An
     if unknown:
         raise InvalidInput("the head version names skills that no longer exist", errors=[
             {"field": name, "message": "a skill it lists is gone"} for name in unknown])
+
+
+def _signable(content: dict[str, Any]) -> dict[str, Any]:
+    """What the row held, as a repair record can sign it: as it was, or, when it holds
+    something canonical JSON refuses (an integer past 2**53, say), as escaped JSON text."""
+    try:
+        canonical_bytes(content)
+    except CanonicalizationError as exc:
+        return {"unsignable": exc.detail, "json": json.dumps(content, default=str, ensure_ascii=True)[:MAX_UNSIGNABLE_TEXT]}
+    return content
 
 
 def _hex(value: bytes | None) -> str | None:

@@ -145,3 +145,13 @@ def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(worl
     assert [(r["id"], r["verified"]) for r in shown] == [(repair_id, True)]
     assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not an agent-free run's business
     assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent.id)]}})[1]["repairs"]] == [repair_id]
+
+
+def test_a_row_edited_to_hold_what_canonical_json_refuses_is_restored_and_recorded_as_text(world, db_session, write_ctx, keyring) -> None:
+    agent = world.agent("Huge number")
+    _sql(db_session, "UPDATE agents SET attributes = '{\"n\": 9007199254740993}' WHERE id = :a", a=agent.id)
+    outcome = _restore(db_session, write_ctx, E.AGENT, agent.id)
+    assert outcome.restored and db_session.get(Agent, agent.id).attributes == {}
+    content = outcome.repair.row_before["content"]
+    assert "9007199254740993" in content["json"] and "2**53" in content["unsignable"]
+    assert verify_repair(outcome.repair.as_json(), keyring)
