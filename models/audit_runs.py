@@ -237,13 +237,16 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
         "findings": sum(by_code.values()),
         "by_code": dict(sorted(by_code.items())),
         "by_rule": dict(sorted(by_rule.items())),
-        "run_level_findings": [c for c in by_code if c in ("digest-invalid", "ledger-root-mismatch")],
+        "run_level_findings": [c for c in by_code if c in RUN_LEVEL_CODES],
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, chunks),
     }
     run.summary, run.status, run.finished_at = summary, status, finished_at
     session.flush()
     return summary
+
+
+RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE)  # about the registry as a whole
 
 
 def _what_was_checked(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:

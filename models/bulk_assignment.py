@@ -103,9 +103,10 @@ def assign_teams_in_bulk(
 ) -> BulkOutcome:
     """Plan, then apply the moves in committed batches, ``APPLY_IN_FLIGHT`` at a time.
 
-    ``fence`` runs first in every batch's transaction: the job's attempt holds the job
-    there (:func:`models.job_lifecycle.hold_attempt`), so a worker that stalled while its
-    job was ended or handed to another attempt commits no further batch.
+    ``fence`` runs first in every batch's transaction: the task checks there that its
+    attempt still owns the job (:func:`models.job_lifecycle.check_attempt`), so a worker
+    that stalled while its job was ended, re-claimed or asked to stop starts no further
+    batch.
 
     Batches never share an agent or a team (see :func:`_batches`), so the ones in flight
     never wait on each other's row locks; running two lets one batch's Python work
@@ -179,7 +180,8 @@ def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, c
     tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
-        select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update().execution_options(populate_existing=True))}
+        select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update(key_share=True)
+        .execution_options(populate_existing=True))}
     taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
     required = required_skills_of(session, [agent.job_role_id for agent in agents.values()])
     refused: list[tuple[uuid.UUID, str, str]] = []
@@ -225,7 +227,7 @@ def _lock_agents(
     and every change to an agent's skills locks the agent row first, so they are current.
     """
     agents = {a.id: a for a in session.scalars(
-        select(Agent).where(uuid_in(Agent.id, agent_ids)).order_by(Agent.id).with_for_update()
+        select(Agent).where(uuid_in(Agent.id, agent_ids)).order_by(Agent.id).with_for_update(key_share=True)
         .options(load_only(*_LOCKED_AGENT_COLUMNS)).execution_options(populate_existing=True))}
     held: dict[uuid.UUID, list[uuid.UUID]] = {agent_id: [] for agent_id in agents}
     for agent_id, skill_id in session.execute(

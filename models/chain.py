@@ -272,41 +272,39 @@ def verify_loaded(
 SEALED_CODE = "signed-after-seal"
 
 
-def seal_findings(
-    session: Session, chains: Iterable[tuple[Any, Sequence[Any]]], keyring: KeyRing, *, deleted_exempt: bool = True
-) -> dict[uuid.UUID, ChainFinding]:
+def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]], keyring: KeyRing) -> dict[uuid.UUID, ChainFinding]:
     """For each (entity, its version rows) given: the first version signed by a sealed
     retired key after its seal, if any (see :mod:`models.key_seals`).
 
     Such a version is valid only if the seal's digest holds the entity at that version or
     a later one; the digest was signed by the key's successor after every process had
     switched, so anything the old key signed later was signed by someone holding a key
-    Plant retired. An entity in no digest because it was soft-deleted before the seal is
-    not checked, unless ``deleted_exempt`` is False (a write: nothing is signed on top of
-    a head the seal cannot vouch for). One query for all of them, and none when no
-    retired key is sealed.
+    Plant retired. The version a leaf holds is the chain's own version of the leaf's
+    link, never the number stored beside it. An entity in no digest (created after the
+    seal, or soft-deleted before it) is held to nothing, so all it got from a sealed key
+    is reported. One query for all of them, and none when no retired key is sealed.
     """
     if not keyring.sealed:
         return {}
-    suspects: dict[uuid.UUID, tuple[Any, list[tuple[Any, KeySeal]]]] = {}
+    suspects: dict[uuid.UUID, list[tuple[Any, KeySeal]]] = {}
     for entity, rows in chains:
         signed = [(row, seal) for row in rows if (seal := keyring.seal(row.kid)) is not None]
         if signed:
-            suspects[entity.id] = (entity, signed)
+            suspects[entity.id] = signed
     if not suspects:
         return {}
-    digests = sorted({seal.digest_id for _, signed in suspects.values() for _, seal in signed})
+    digests = sorted({seal.digest_id for signed in suspects.values() for _, seal in signed})
     held = {(digest_id, entity_id): version for digest_id, entity_id, version in session.execute(
-        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, LedgerDigestHead.version).where(
+        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, EntityVersion.version).join(
+            EntityVersion, (EntityVersion.entity_id == LedgerDigestHead.entity_id)
+            & (EntityVersion.link_hash == LedgerDigestHead.link_hash)).where(
             LedgerDigestHead.digest_id.in_(digests), uuid_in(LedgerDigestHead.entity_id, suspects)))}
     findings: dict[uuid.UUID, ChainFinding] = {}
-    for entity_id, (entity, signed) in suspects.items():
+    for entity_id, signed in suspects.items():
         for row, seal in signed:
             version = held.get((seal.digest_id, entity_id))
-            if version is None and deleted_exempt and entity.deleted_at is not None:
-                break  # deleted before the seal: in no digest
             if version is None or row.version > version:
-                holds = "does not hold this entity" if version is None else f"holds version {version}"
+                holds = "does not hold this entity's chain" if version is None else f"holds version {version}"
                 findings[entity_id] = ChainFinding(SEALED_CODE, row.version, (
                     f"signed by retired key {row.kid} after its seal (digest {seal.digest_id} of {seal.as_of} {holds})"))
                 break
@@ -344,7 +342,7 @@ def head_drift(
         if findings:
             drift[entity.id] = findings[0]
     sealed = seal_findings(session, ((entity, [heads[entity.id]]) for entity, _ in entities
-                                     if entity.id not in drift and entity.id in heads), keyring, deleted_exempt=False)
+                                     if entity.id not in drift and entity.id in heads), keyring)
     return {**drift, **sealed}
 
 

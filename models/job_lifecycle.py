@@ -138,9 +138,10 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
     return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts)
 
 
-_HOLD = select(_JOBS.id).where(
+_OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(
     _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt")
-).with_for_update(read=True)
+)
+_HOLD = _OWNED_ROW.with_for_update(read=True)
 
 
 def hold_attempt(session: Session, *, claim: JobClaim) -> None:
@@ -150,10 +151,27 @@ def hold_attempt(session: Session, *, claim: JobClaim) -> None:
     ends: a job cancelled or failed meanwhile (say, while this worker was stalled and its
     lease ran out) raises :class:`StaleAttempt` here, so its work is rolled back rather
     than committed under a job that says it never happened; and a cancel or sweep that
-    comes now waits for this transaction.
+    comes now waits for this transaction. A job asked to stop since its claim raises
+    :class:`JobCancelled`: a job with no checkpoint honours its cancel here.
     """
-    if session.execute(_HOLD, _owner(claim)).first() is None:
+    _owned(session, _HOLD, claim)
+
+
+def check_attempt(session: Session, *, claim: JobClaim) -> None:
+    """:func:`hold_attempt` without the lock, for a job that writes in many transactions
+    while it reports progress (a bulk assignment's batches): each starts only while its
+    attempt owns the job and no cancel was asked, and none holds up the job row's own
+    progress writes, cancels or the sweep. A batch already running when the job ends
+    still commits."""
+    _owned(session, _OWNED_ROW, claim)
+
+
+def _owned(session: Session, statement: Any, claim: JobClaim) -> None:
+    row = session.execute(statement, _owner(claim)).first()
+    if row is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
+    if row.cancel_requested_at is not None:
+        raise JobCancelled(f"cancelled on request before attempt {claim.attempt} started its work")
 
 
 def report_progress(
@@ -247,7 +265,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
     :class:`JobNotCancellable`.
     """
     # The locked row, as it is now: not an older copy this session may hold.
-    locked = select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    locked = select(Job).where(Job.id == job_id).with_for_update(key_share=True).execution_options(populate_existing=True)
     job = session.execute(locked).scalar_one_or_none()
     if job is None:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))

@@ -92,10 +92,12 @@ def rescue_expired(
         ).returning(Job.id)
     ).all()
     # One skipped above (its row locked, say by its attempt's own transaction) waits for
-    # the next sweep: it is neither failed nor republished meanwhile.
+    # the next sweep: it is neither failed nor republished meanwhile. Failing skips locked
+    # rows too: a live attempt holding its job is never waited for, nor failed under it.
     expired = and_(expired, Job.cancel_requested_at.is_(None))
+    out_of_attempts = select(Job.id).where(expired, Job.attempts >= max_attempts).limit(limit)
     failed = session.execute(
-        update(Job).where(expired, Job.attempts >= max_attempts).values(
+        update(Job).where(Job.id.in_(out_of_attempts.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=JobStatus.FAILED.value, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
             error=WorkerLost(f"no heartbeat after attempt {max_attempts} of {max_attempts}").problem(),
         ).returning(Job.id)

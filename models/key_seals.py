@@ -18,10 +18,14 @@ database can neither add a seal nor move one.
 
 from __future__ import annotations
 
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_tables import LedgerDigest
+from models.chain import EntityVersion
 from models.db import transaction
+from models.entities import ENTITY_MODELS
+from models.errors import SigningKeyError
 from models.keys import key_files_lock, keyring_from_settings, write_seal
 from models.ledger import store_digest, stored_digest_problem
 from models.settings import Settings
@@ -43,12 +47,31 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
         if not unsealed:
             return []
         with transaction(sessions) as session:
+            astray = rows_off_their_chain_heads(session)
+            if astray:
+                raise SigningKeyError(f"{len(astray)} entity row(s) do not point at the newest version of their chain "
+                                      f"(e.g. {astray[0]}): a seal would vouch for them; audit and restore them first")
             digest = store_digest(session, keyring=keyring)
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
         seals = [KeySeal(kid, digest_id, root, as_of) for kid in unsealed]
         for seal in seals:
             write_seal(settings, seal)
     return seals
+
+
+def rows_off_their_chain_heads(session: Session, *, limit: int = 20) -> list[str]:
+    """Live entities whose row's (version, head link) is not their chain's newest version:
+    a digest of the rows would hold them at a version their chain does not have. One
+    statement per entity type; it reads the head pointers only (audits check the rest)."""
+    astray: list[str] = []
+    for entity_type, model in ENTITY_MODELS.items():
+        newest = (select(EntityVersion.version).where(EntityVersion.entity_id == model.id)
+                  .order_by(EntityVersion.version.desc()).limit(1).scalar_subquery())
+        matches = exists().where(EntityVersion.entity_id == model.id, EntityVersion.link_hash == model.head_link_hash,
+                                 EntityVersion.version == model.version, EntityVersion.version == newest)
+        astray += [f"{entity_type.value} {entity_id}" for entity_id in session.scalars(
+            select(model.id).where(model.deleted_at.is_(None), ~matches).order_by(model.id).limit(limit))]
+    return astray[:limit]
 
 
 def seal_problems(session: Session, keyring: KeyRing) -> list[str]:

@@ -8,7 +8,7 @@ agent's ``team_id`` or changes either side of a membership (``models.registry``)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -70,22 +70,32 @@ def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]
     Three queries whatever the team's size: the members, the skills they hold, the
     skills the team's role requires.
     """
-    return _refused_members(session, {team.id: team}, {team.job_role_id: required_skills(session, team.job_role_id)})
+    required = required_skills(session, team.job_role_id)
+    return _refused_members(session, [team], lambda agent, member_of, held: ineligibility(agent, member_of, required, held=held))
 
 
-def members_not_admitted_by_role(session: Session, role: JobRole, teams: Sequence[Team]) -> list[dict[str, object]]:
-    """The members of ``teams`` (the role's teams, locked by the caller) that the role, with
-    the required skills it has in memory now, would no longer admit."""
-    return _refused_members(session, {team.id: team for team in teams}, {role.id: {s.id for s in role.required_skills}})
+def members_lacking_role_skills(session: Session, role: JobRole, teams: Sequence[Team]) -> list[dict[str, object]]:
+    """The members of ``teams`` (the role's teams, locked by the caller) that lack a skill
+    the role, as it is in memory now, requires. Only that rule: a change of the role's
+    skills is not the place to object to anything else about a seat."""
+    required = {s.id for s in role.required_skills}
+
+    def lacking(agent: Agent, team: Team, held: list[uuid.UUID]) -> list[str]:
+        missing = required - set(held)
+        return [f"agent lacks {len(missing)} required skill(s)"] if missing else []
+
+    return _refused_members(session, teams, lacking)
 
 
 def _refused_members(
-    session: Session, teams: dict[uuid.UUID, Team], required: dict[uuid.UUID, set[uuid.UUID]]
+    session: Session, teams: Sequence[Team], rule: Callable[[Agent, Team, list[uuid.UUID]], list[str]]
 ) -> list[dict[str, object]]:
-    """Every member of ``teams`` that breaks a rule, with why; ``required`` is by role."""
+    """Every member of ``teams`` that ``rule`` (agent, its team, the skill ids it holds)
+    finds reasons against, with them. Two queries: the members, the skills they hold."""
     if not teams:
         return []
-    in_teams = uuid_in(Agent.team_id, list(teams))
+    by_id = {team.id: team for team in teams}
+    in_teams = uuid_in(Agent.team_id, list(by_id))
     members = list(session.scalars(select(Agent).where(in_teams).order_by(Agent.name, Agent.id)))
     held: dict[uuid.UUID, list[uuid.UUID]] = {agent.id: [] for agent in members}
     for agent_id, skill_id in session.execute(select(agent_skills.c.agent_id, agent_skills.c.skill_id).join(
@@ -93,8 +103,7 @@ def _refused_members(
         held.setdefault(agent_id, []).append(skill_id)
     refused = []
     for agent in members:
-        team = teams[agent.team_id]
-        reasons = ineligibility(agent, team, required.get(team.job_role_id, set()), held=held[agent.id])
-        if reasons:
+        team = by_id[agent.team_id]
+        if reasons := rule(agent, team, held[agent.id]):
             refused.append({"agent_id": str(agent.id), "team_id": str(team.id), "reasons": reasons})
     return refused

@@ -37,10 +37,11 @@ from models.errors import (
     InvalidInput,
     NotEligible,
     NotFound,
+    PlantError,
     PreconditionFailed,
     TeamFull,
 )
-from models.membership import ineligibility, members_count, members_not_admitted, members_not_admitted_by_role, required_skills
+from models.membership import ineligibility, members_count, members_not_admitted, members_lacking_role_skills, required_skills
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -144,12 +145,14 @@ def record_version(
     :func:`models.chain.append_version`).
     """
     entity_type = entity.entity_type_value
-    if text_changed:
-        entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
-    content = content if content is not None else governed_content(entity)
-    append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
-    l0, l1 = enforce(rule_subject(session, entity, content=content))
-    entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+    # No autoflush before the flush below, where unique violations become 409s naming the field.
+    with session.no_autoflush:
+        if text_changed:
+            entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
+        content = content if content is not None else governed_content(entity)
+        append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
+        l0, l1 = enforce(rule_subject(session, entity, content=content))
+        entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     if not flush:
         session.add(entity)
         return entity
@@ -266,10 +269,10 @@ def _guard_role_members(session: Session, role: JobRole) -> None:
     made under the new requirement.
     """
     teams = list(session.scalars(select(Team).where(Team.job_role_id == role.id).order_by(Team.id)
-                                 .with_for_update().execution_options(populate_existing=True)))
-    refused = members_not_admitted_by_role(session, role, teams)
+                                 .with_for_update(key_share=True).execution_options(populate_existing=True)))
+    refused = members_lacking_role_skills(session, role, teams)
     if refused:
-        raise Conflict(f"{len(refused)} agent(s) seated in teams of job role {role.name} would no longer qualify; "
+        raise Conflict(f"{len(refused)} agent(s) seated in teams of job role {role.name} lack a skill it would require; "
                        "move them or give them the skills first", field="required_skill_ids", members=refused[:20])
 
 
@@ -297,25 +300,41 @@ def _normalized(data: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def integrity_as_domain_errors(session: Session, entity_type: EntityType) -> Iterator[None]:
-    """Turn unique and foreign-key violations into 409 / 422 naming the field."""
-    savepoint = session.begin_nested()
+    """Turn unique and foreign-key violations into 409 / 422 naming the field.
+
+    Opening the savepoint flushes what is pending first (an updated entity is pending
+    already), so a violation can surface there too; the transaction is then lost, and
+    the caller's rollback ends it as for any error.
+    """
+    try:
+        savepoint = session.begin_nested()
+    except IntegrityError as exc:
+        raise _domain_error(exc, entity_type) from exc
     try:
         yield
         savepoint.commit()
     except IntegrityError as exc:
         savepoint.rollback()
-        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "") or ""
-        table = ENTITY_MODELS[entity_type].__tablename__
-        if constraint.startswith(f"uq_{table}_"):
-            field = constraint.removeprefix(f"uq_{table}_")
-            raise Conflict(f"a {entity_type.value} with this {field} already exists", field=field) from exc
-        raise InvalidInput(f"the write violates {constraint or 'a database constraint'}") from exc
+        raise _domain_error(exc, entity_type) from exc
+
+
+def _domain_error(exc: IntegrityError, entity_type: EntityType) -> PlantError:
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "") or ""
+    table = ENTITY_MODELS[entity_type].__tablename__
+    if constraint.startswith(f"uq_{table}_"):
+        field = constraint.removeprefix(f"uq_{table}_")
+        return Conflict(f"a {entity_type.value} with this {field} already exists", field=field)
+    return InvalidInput(f"the write violates {constraint or 'a database constraint'}")
 
 
 def lock_entity(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
+    """The entity, locked ``FOR NO KEY UPDATE``: writers of it wait, but a row that only
+    references it (a foreign-key check's ``FOR KEY SHARE``) does not, so lock orders that
+    differ only by such a check (a role change locking the role then its teams, an agent
+    written into a team of that role) cannot deadlock."""
     model = ENTITY_MODELS[entity_type]
     entity = session.execute(
-        select(model).where(model.id == entity_id).with_for_update().execution_options(populate_existing=True)
+        select(model).where(model.id == entity_id).with_for_update(key_share=True).execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if entity is None:
         raise NotFound(f"no {entity_type.value} with id {entity_id}", id=str(entity_id))

@@ -32,6 +32,7 @@ from models.embeddings import Embedder
 from models.entities import SKILL_ID_FIELDS, EntityType, GovernedEntity, Skill, governed_content
 from models.errors import CanonicalizationError, Conflict, InvalidInput
 from models.jws import b64url_decode, b64url_encode
+from models.key_seals import seal_problems
 from models.registry import embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot
 from models.signing import KeyRing
 
@@ -107,6 +108,9 @@ def restore_entity(
         raise NotRestorable(f"{entity_type.value} {entity_id} has no versions to restore from", id=str(entity_id))
     head = rows[-1]
     before = governed_content(entity)
+    if keyring.sealed and (problems := seal_problems(session, keyring)):
+        raise NotRestorable(f"a key seal cannot be trusted, so neither can what it vouches for: {problems[0]}; "
+                            "nothing was changed", id=str(entity_id))
     findings = [*verify_loaded(entity, rows, keyring=keyring, content=before).findings,
                 *seal_findings(session, [(entity, rows)], keyring).values()]
     broken = [f for f in findings if f.code not in HEAD_FINDINGS]
@@ -119,22 +123,24 @@ def restore_entity(
         return RestoreOutcome(entity_type.value, entity.id, entity.version, restored=False)
     drift = findings[0]
     signed = strict_json_loads(bytes(head.content))
+    repaired_at = session.scalar(select(func.clock_timestamp()))  # before the row changes: nothing to autoflush yet
     row_before = {"version": entity.version, "head_link_hash": _hex(entity.head_link_hash), "content": _signable(before)}
     snapshot_before = snapshot(entity)
+    # No autoflush until the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
         _set_governed(session, entity, signed)
         entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
-    if not matches_canonical(governed_content(entity), bytes(head.content)):
-        raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
-    guard_membership(session, entity, before=snapshot_before, after=snapshot(entity))
-    entity.embedding = embedder.embed([embedding_text(entity)])[0]
-    subject = rule_subject(session, entity)  # recorded as they come out: the signed content is what it is
-    l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
-    entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+        if not matches_canonical(governed_content(entity), bytes(head.content)):
+            raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
+        guard_membership(session, entity, before=snapshot_before, after=snapshot(entity))
+        entity.embedding = embedder.embed([embedding_text(entity)])[0]
+        subject = rule_subject(session, entity)  # recorded as they come out: the signed content is what it is
+        l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
+        entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     repair = EntityRepair(
         id=uuid.uuid4(), entity_type=entity_type.value, entity_id=entity.id, version=head.version,
         head_link_hash=bytes(head.link_hash), finding=drift.code, row_before=row_before, actor=actor,
-        repaired_at=session.scalar(select(func.now())).replace(microsecond=0), kid=keyring.active.kid,  # the database's clock, as runs use
+        repaired_at=repaired_at, kid=keyring.active.kid,  # the database's clock, as audit runs use
     )
     _, repair.signature = keyring.sign(repair_statement(repair))  # the statement names the active key's kid
     with integrity_as_domain_errors(session, entity_type):
@@ -152,9 +158,9 @@ def repairs(
     entity_id: uuid.UUID | None = None,
     entity_type: str | None = None,
     entity_ids: Sequence[uuid.UUID] | None = None,
-    until: dt.datetime | None = None,
+    before: dt.datetime | None = None,
 ) -> list[EntityRepair]:
-    """Repair records, oldest first: of one entity, of a type or id list, up to a time."""
+    """Repair records, oldest first: of one entity, of a type or id list, made before a time."""
     query = select(EntityRepair).order_by(EntityRepair.repaired_at, EntityRepair.id)
     if entity_id is not None:
         query = query.where(EntityRepair.entity_id == entity_id)
@@ -162,8 +168,8 @@ def repairs(
         query = query.where(EntityRepair.entity_type == entity_type)
     if entity_ids:
         query = query.where(uuid_in(EntityRepair.entity_id, entity_ids))
-    if until is not None:
-        query = query.where(EntityRepair.repaired_at <= until)
+    if before is not None:
+        query = query.where(EntityRepair.repaired_at < before)
     return list(session.scalars(query))
 
 

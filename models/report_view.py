@@ -63,6 +63,7 @@ class ReportView:
     entities_audited: int  # so far, from the chunks' checkpoints
     signature: SignatureDetails
     repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
+    run_level: tuple[dict[str, Any], ...] = ()  # the findings about no one entity (the page lists 100)
 
     @property
     def rows_capped(self) -> bool:
@@ -86,6 +87,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         entities_with_findings=with_findings,
         clean_entities=_clean(summary, findings),
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
+        run_level=tuple(f for f in findings if f["entity_id"] is None),
         entities_audited=_entities_audited(session, run_id),
         signature=_signature(report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, keyring)} for record in report["repairs"]),

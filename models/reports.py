@@ -2,7 +2,7 @@
 
 An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``; the
 report holds the run, every finding, and every repair (``plant entity restore``) of an
-entity in scope made before the run finished, each repair with its own signature.
+entity in scope made before the run started, each repair with its own signature.
 The document is itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
 ``report``, so anyone holding the published JWK Set can check a saved report offline:
 canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
@@ -75,11 +75,12 @@ def build_report(session: Session, *, run_id: uuid.UUID) -> dict[str, Any]:
 
 def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
     """Every restore of an entity in the run's scope (``plant entity restore``) made before
-    the run finished: each says what a row held when it was set back to its signed head,
-    and carries its own signature."""
+    the run started: each says what a row held when it was set back to its signed head,
+    and carries its own signature. Bounded by the run's start, so every export of a
+    finished run lists the same ones."""
     scope = (run.params or {}).get("scope") or {}
     ids = [uuid.UUID(i) for i in scope.get("entity_ids") or []]
-    return repairs(session, entity_type=scope.get("entity_type"), entity_ids=ids or None, until=run.finished_at)
+    return repairs(session, entity_type=scope.get("entity_type"), entity_ids=ids or None, before=run.created_at)
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:

@@ -11,7 +11,7 @@ from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
 from models.certification import certify_skill
 from models.db import transaction
-from models.job_lifecycle import JobClaim, hold_attempt
+from models.job_lifecycle import JobClaim, check_attempt, hold_attempt
 from models.progress import ProgressSink
 from tasks import runtime
 from tasks.runner import Finished, finish_in, run_job, write_context
@@ -51,7 +51,7 @@ def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
         all_unassigned=bool(claim.params.get("all_unassigned")),
         ctx=write_context(claim),
         progress=progress,
-        fence=lambda session: hold_attempt(session, claim=claim),
+        fence=lambda session: check_attempt(session, claim=claim),
     ).as_json()
 
 

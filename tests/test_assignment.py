@@ -338,3 +338,45 @@ def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_ses
     assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(bulk.id, "entity-tampered")]
     assert [v.version for v in history(db_session, entity_id=bulk.id)] == [1]
     assert db_session.get(Agent, bulk.id).team_id is None
+
+
+def test_a_role_change_and_an_agent_written_into_its_team_do_not_deadlock(engine, write_ctx, committed_steward) -> None:
+    # The role change locks the role, then the role's teams; the agent's write locks the
+    # team, then its insert checks the role's key. Row locks that leave keys alone let
+    # the key check pass: the two serialize on the team instead of waiting on each other.
+    from models.registry import create_entity, lock_entity
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        role_id, team_id, industry_id = world.role.id, world.team("Keyed", capacity=3).id, world.industry.id
+        skills = [s.id for s in world.skills]  # all three: the role may come to require the third
+    changer, outcome = sessions(), {}
+
+    def write_agent() -> None:
+        try:
+            with transaction(sessions) as session:
+                create_entity(session, entity_type=E.AGENT, ctx=write_ctx, data={
+                    "name": "Keyed agent", "job_role_id": role_id, "industry_id": industry_id, "skill_ids": skills,
+                    "team_id": team_id, "governance_agent_id": committed_steward})
+            outcome["agent"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcome["agent"] = repr(exc)
+
+    try:
+        lock_entity(changer, E.JOB_ROLE, role_id)  # the role change has begun
+        writer = threading.Thread(target=write_agent)
+        writer.start()
+        with engine.connect() as probe:  # the agent's write either got through or waits on a lock
+            wait_for(lambda: not writer.is_alive() or probe.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")),
+                what="the agent's write to finish or wait")
+        update_entity(changer, entity_type=E.JOB_ROLE, entity_id=role_id, changes={"required_skill_ids": skills}, ctx=write_ctx)
+        changer.commit()
+        outcome["role"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        outcome["role"] = repr(exc)
+    finally:
+        changer.close()
+        writer.join(30)
+    assert outcome == {"agent": "ok", "role": "ok"}

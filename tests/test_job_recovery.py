@@ -3,7 +3,7 @@
 import datetime as dt
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from models.errors import StaleAttempt
@@ -178,3 +178,20 @@ def test_a_job_asked_to_stop_is_never_failed_or_republished_by_the_sweep(engine,
     with Session(engine) as session, session.begin():
         assert rescue_expired(session, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
         assert get_job(session, job.id).status == "cancelled"
+
+
+def test_the_sweep_never_waits_for_nor_fails_a_job_its_live_attempt_holds(engine, clean_db) -> None:
+    # Out of attempts, lease run out, but its attempt's own transaction holds the row: the
+    # sweep must neither block on it (its other work would wait too) nor fail it under it.
+    with Session(engine) as session, session.begin():
+        job = _job(session)
+        claim = claim_job(session, job_id=job.id, worker="w", lease_seconds=60)
+        _age(session, job, lease_expires_at=OLD)
+    with Session(engine) as holder, Session(engine) as sweeper:
+        hold_attempt(holder, claim=claim)
+        sweeper.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait would fail the test, not hang it
+        assert rescue_expired(sweeper, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE).failed == 0
+        sweeper.rollback()
+        holder.rollback()
+    with Session(engine) as session, session.begin():
+        assert rescue_expired(session, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE).failed == 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import run_audit
+from web.report_html import report_page
 from tests.test_cli_keys import key_settings  # noqa: F401  (fixture)
 
 E = EntityType
@@ -97,23 +98,39 @@ def test_a_version_a_leaked_retired_key_signs_after_its_seal_is_caught(rotated) 
     assert rotated.session.get(Skill, rotated.skill.id).version == 3  # nothing was changed
 
 
-def test_an_entity_deleted_before_the_seal_is_not_held_against_it(db_session) -> None:
-    world = Rotated.__new__(Rotated)
-    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
-    world.leaked = KeyRing(world.old)
-    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
-    gone = world.make(E.INDUSTRY, name="Gone Industry", code="GON")
-    world.edit(gone, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    rotated = KeyRing(world.new, (world.old.verifier(),))
-    digest = store_digest(db_session, keyring=rotated)
-    sealed = KeyRing(world.new, (world.old.verifier(),),
-                     (KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]),))
-    assert SEALED_CODE not in world.codes(sealed)
-    with pytest.raises(EntityTampered):  # but nothing is signed on top of a head the seal cannot vouch for
-        world.edit(gone, sealed, description="Written on the deleted entity")
+def test_an_entity_in_no_seal_digest_is_held_to_nothing_whatever_its_row_says(rotated) -> None:
+    # Created after the seal with the leaked key, then marked deleted through SQL: a row
+    # says nothing signed, so it cannot excuse the versions.
+    forged = rotated.make(E.INDUSTRY, name="Forged Then Hidden", code="FTH")
+    rotated.session.execute(text("UPDATE industries SET deleted_at = now() WHERE id = :i"), {"i": forged.id})
+    rotated.session.expire_all()
+    assert (forged.id, 1) in rotated.codes(rotated.sealed)[SEALED_CODE]
+    with pytest.raises(NotRestorable):
+        restore_entity(rotated.session, entity_type=E.INDUSTRY, entity_id=forged.id, keyring=rotated.sealed,
+                       embedder=HashingEmbedder(), actor="operator:test")
 
 
-def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated) -> None:
+def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated) -> None:
+    session, seal = rotated.session, rotated.seal
+    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
+    session.execute(text("UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e"),
+                    {"d": seal.digest_id, "e": rotated.skill.id})
+    session.expire_all()
+    assert (rotated.skill.id, 3) in rotated.codes(rotated.sealed)[SEALED_CODE]
+    with pytest.raises(EntityTampered):
+        rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
+
+
+def test_a_registry_whose_rows_point_off_their_chains_is_not_sealed(rotated) -> None:
+    from models.key_seals import rows_off_their_chain_heads
+
+    assert rows_off_their_chain_heads(rotated.session) == []
+    rotated.session.execute(text("UPDATE skills SET version = 50, head_link_hash = :h WHERE id = :s"),
+                            {"h": bytes(32), "s": rotated.skill.id})
+    assert rows_off_their_chain_heads(rotated.session) == [f"skill {rotated.skill.id}"]
+
+
+def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated, app) -> None:
     session, seal = rotated.session, rotated.seal
     assert seal_problems(session, rotated.sealed) == []
     with session.begin_nested():  # a subtransaction: the edited row gets another xmin, as any later edit does
@@ -121,7 +138,20 @@ def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated) -
                         {"d": seal.digest_id, "e": rotated.skill.id})  # to cover a forged version
     [problem] = seal_problems(session, rotated.sealed)
     assert f"digest {seal.digest_id}" in problem and "cannot be trusted" in problem
-    assert SEAL_INVALID_CODE in rotated.codes(rotated.sealed)
+    codes = rotated.codes(rotated.sealed)
+    assert codes[SEAL_INVALID_CODE] == [(None, None)]
+    summary = run_audit(session, rotated.sealed)[0]
+    assert SEAL_INVALID_CODE in summary["run_level_findings"]
+    with app.test_request_context():  # the auditor's page lists it, with why
+        page = report_page(session, run_id=uuid.UUID(summary["run_id"]), keyring=rotated.sealed).get_data(as_text=True)
+    assert f'data-run-level-code="{SEAL_INVALID_CODE}"' in page and "cannot be trusted" in page
+    session.execute(text("UPDATE skills SET name = 'Renamed by hand' WHERE id = :s"), {"s": rotated.skill.id})
+    session.expire_all()
+    with pytest.raises(NotRestorable, match="key seal cannot be trusted"):  # nothing it vouches for is restored
+        restore_entity(session, entity_type=E.SKILL, entity_id=rotated.skill.id, keyring=rotated.sealed,
+                       embedder=HashingEmbedder(), actor="operator:test")
+    session.execute(text("UPDATE skills SET name = 'Sealed Skill' WHERE id = :s"), {"s": rotated.skill.id})
+    session.expire_all()
     rotated.edit(rotated.skill, rotated.rotated, description="Changed since the seal")
     other = store_digest(session, keyring=rotated.rotated)  # a later digest: another root
     wrong = KeyRing(rotated.new, (rotated.old.verifier(),), (KeySeal(seal.kid, other.id, seal.heads_root, seal.as_of),))
@@ -150,3 +180,14 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
     seal_file.write_text("{}")
     with pytest.raises(Exception, match="malformed|unreadable"):
         keyring_from_settings(key_settings)
+
+
+def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(  # noqa: F811
+        key_settings, settings, committed_steward, engine, monkeypatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    assert CliRunner().invoke(cli, ["signing-keys", "rotate"]).exit_code == 0
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE agents SET version = 99 WHERE id = :a"), {"a": committed_steward})
+    refused = CliRunner().invoke(cli, ["signing-keys", "seal"])
+    assert refused.exit_code == 1 and "do not point at the newest version" in refused.stderr
+    assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []

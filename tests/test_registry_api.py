@@ -94,6 +94,13 @@ def test_duplicate_name_is_409_naming_the_field(client, world, gov) -> None:
     assert response.get_json()["field"] == "name"
 
 
+def test_renaming_onto_a_taken_name_is_409_naming_the_field(client, world, gov) -> None:
+    other = _post(client, "/genesis/industries", {**gov, "name": "Shipping", "code": "SHP"})
+    response = client.patch(f"{API}/genesis/industries/{other['id']}", json={"name": "Logistics"})
+    assert response.status_code == 409 and response.get_json()["field"] == "name"  # was a 500
+    assert client.get(f"{API}/genesis/industries/{other['id']}").get_json()["version"] == 1
+
+
 @pytest.mark.parametrize(("path", "field"), [
     ("/genesis/skills", "industry_id"), ("/teams", "job_role_id"), ("/agents", "team_id"), ("/genesis/job-roles", "required_skill_ids"),
 ])

@@ -139,3 +139,38 @@ def test_a_cancel_that_waits_on_a_certification_finds_it_finished(sessions, worl
         assert (get_job(session, job.id).status, session.get(Skill, world.draft).status) == ("succeeded", "certified")
     assert isinstance(results["cancel"], JobNotCancellable), results
     assert results["work"] is FINISHED  # run_job records nothing more
+
+
+def _claimed(sessions, kind: str, params: dict) -> JobClaim:
+    with transaction(sessions) as session:
+        job = create_job(session, kind=kind, params=params)
+        return claim_job(session, job_id=job.id, worker="live", lease_seconds=60)
+
+
+@pytest.mark.parametrize("kind", ["skill.certify", "agents.assign_teams"])
+def test_a_cancel_asked_before_the_work_starts_is_honoured(sessions, world, kind) -> None:
+    # Neither job has a progress checkpoint before it writes: the fence is where it looks.
+    from models.errors import JobCancelled
+    from models.job_lifecycle import request_cancel
+
+    params = {"skill_id": str(world.draft)} if kind == "skill.certify" else {"agent_ids": [str(a) for a in world.agents]}
+    claim = _claimed(sessions, kind, params)
+    with transaction(sessions) as session:
+        assert request_cancel(session, job_id=claim.job_id).status == "running"  # asked; the attempt is live
+    handler = registry_jobs._certify if kind == "skill.certify" else registry_jobs._assign_bulk
+    with pytest.raises(JobCancelled):
+        handler(claim, lambda *_: None)
+    with sessions() as session:
+        assert session.get(Skill, world.draft).status == "draft"
+        assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
+
+
+def test_a_bulk_batch_checks_its_attempt_without_holding_up_the_job_row(sessions, world) -> None:
+    # Progress writes, cancels and the sweep update the job row while batches run.
+    from models.job_lifecycle import check_attempt, report_progress
+
+    claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+    with transaction(sessions) as batch, transaction(sessions) as progress:
+        check_attempt(batch, claim=claim)  # as a batch's transaction starts
+        progress.execute(text("SET LOCAL lock_timeout = '2s'"))
+        assert report_progress(progress, claim=claim, done=1, total=3, message="applying", lease_seconds=60) is False

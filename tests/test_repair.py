@@ -122,29 +122,49 @@ def test_an_unknown_entity_is_404(db_session, write_ctx) -> None:
         _restore(db_session, write_ctx, E.AGENT, uuid.uuid4())
 
 
-def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(world, db_session, write_ctx, keyring) -> None:
+def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(engine, write_ctx, keyring, committed_steward) -> None:
     from models.audit_tables import AuditRun
+    from models.db import make_session_factory, transaction
     from models.report_view import report_view
     from models.reports import build_report
     from tests.test_audit import run_audit
 
-    agent = world.agent("Reported")
-    _sql(db_session, "UPDATE agents SET name = 'renamed by hand' WHERE id = :a", a=agent.id)
-    repair_id = str(_restore(db_session, write_ctx, E.AGENT, agent.id).repair.id)
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        agent_id = World(session, write_ctx, committed_steward).agent("Reported").id
 
     def report_of(params):
-        earlier = set(db_session.scalars(select(AuditRun.id)))
-        run_audit(db_session, keyring, params)
-        [run] = [r for r in db_session.scalars(select(AuditRun)) if r.id not in earlier]
-        return run, build_report(db_session, run_id=run.id)
+        with transaction(sessions) as session:  # each run in a transaction of its own, as jobs run
+            earlier = set(session.scalars(select(AuditRun.id)))
+            run_audit(session, keyring, params)
+            [run] = [r for r in session.scalars(select(AuditRun)) if r.id not in earlier]
+            return run.id, build_report(session, run_id=run.id)
 
-    run, report = report_of({"verify_signatures": "all"})
+    before_id, before = report_of({"verify_signatures": "all"})
+    with transaction(sessions) as session:
+        _sql(session, "UPDATE agents SET name = 'renamed by hand' WHERE id = :a", a=agent_id)
+        repair_id = str(_restore(session, write_ctx, E.AGENT, agent_id).repair.id)
+    run_id, report = report_of({"verify_signatures": "all"})
     assert [r["id"] for r in report["repairs"]] == [repair_id]
     assert verify_repair(report["repairs"][0], keyring) and report["repairs"][0]["row_before"]["content"]["name"] == "renamed by hand"
-    shown = report_view(db_session, run_id=run.id, keyring=keyring).repairs
-    assert [(r["id"], r["verified"]) for r in shown] == [(repair_id, True)]
-    assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not an agent-free run's business
-    assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent.id)]}})[1]["repairs"]] == [repair_id]
+    with sessions() as session:
+        shown = report_view(session, run_id=run_id, keyring=keyring).repairs
+        assert [(r["id"], r["verified"]) for r in shown] == [(repair_id, True)]
+        assert build_report(session, run_id=before_id) == before  # a run that started before it never lists it
+    assert before["repairs"] == []
+    assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not a skill-only run's business
+    assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent_id)]}})[1]["repairs"]] == [repair_id]
+
+
+def test_a_restore_that_would_take_a_name_back_from_another_entity_is_a_409(world, db_session, write_ctx) -> None:
+    from models.errors import Conflict
+
+    renamed, taker = world.skills[0], world.skills[1]
+    _sql(db_session, "UPDATE skills SET name = 'Renamed by hand' WHERE id = :s", s=renamed.id)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=taker.id, changes={"name": "Assign skill 0"}, ctx=write_ctx)
+    with pytest.raises(Conflict) as refused, db_session.begin_nested():
+        _restore(db_session, write_ctx, E.SKILL, renamed.id)
+    assert refused.value.extensions["field"] == "name"
 
 
 def test_a_row_edited_to_hold_what_canonical_json_refuses_is_restored_and_recorded_as_text(world, db_session, write_ctx, keyring) -> None:
