@@ -280,9 +280,10 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     a later one; the digest was signed by the key's successor after every process had
     switched, so anything the old key signed later was signed by someone holding a key
     Plant retired. The version a leaf holds is the chain's own version of the leaf's
-    link, never the number stored beside it. An entity in no digest (created after the
-    seal, or soft-deleted before it) is held to nothing, so all it got from a sealed key
-    is reported. One query for all of them, and none when no retired key is sealed.
+    link, never the number stored beside it. An entity soft-deleted before the seal is in
+    no digest: the seal file lists its head link instead. An entity in neither (created
+    after the seal) is held to nothing, so all it got from a sealed key is reported. One
+    or two queries for all of them, and none when no retired key is sealed.
     """
     if not keyring.sealed:
         return {}
@@ -293,12 +294,14 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
             suspects[entity.id] = signed
     if not suspects:
         return {}
-    digests = sorted({seal.digest_id for signed in suspects.values() for _, seal in signed})
+    seals = {seal.kid: seal for signed in suspects.values() for _, seal in signed}
     held = {(digest_id, entity_id): version for digest_id, entity_id, version in session.execute(
         select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, EntityVersion.version).join(
             EntityVersion, (EntityVersion.entity_id == LedgerDigestHead.entity_id)
             & (EntityVersion.link_hash == LedgerDigestHead.link_hash)).where(
-            LedgerDigestHead.digest_id.in_(digests), uuid_in(LedgerDigestHead.entity_id, suspects)))}
+            LedgerDigestHead.digest_id.in_(sorted({seal.digest_id for seal in seals.values()})),
+            uuid_in(LedgerDigestHead.entity_id, suspects)))}
+    held |= _deleted_held(session, seals.values(), suspects)
     findings: dict[uuid.UUID, ChainFinding] = {}
     for entity_id, signed in suspects.items():
         for row, seal in signed:
@@ -309,6 +312,22 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
                     f"signed by retired key {row.kid} after its seal (digest {seal.digest_id} of {seal.as_of} {holds})"))
                 break
     return findings
+
+
+def _deleted_held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> dict[tuple[int, uuid.UUID], int]:
+    """(seal digest, entity) -> the chain version of the head link the seal file lists for a
+    soft-deleted entity; one query, and none when no seal lists one of ``entity_ids``."""
+    wanted = {str(entity_id) for entity_id in entity_ids}
+    listed = [(seal.digest_id, uuid.UUID(entity_id), bytes.fromhex(head))
+              for seal in seals for entity_id, head in seal.deleted if entity_id in wanted]
+    if not listed:
+        return {}
+    versions = {(row.entity_id, bytes(row.link_hash)): row.version for row in session.execute(
+        select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.version).where(
+            uuid_in(EntityVersion.entity_id, {entity_id for _, entity_id, _ in listed}),
+            EntityVersion.link_hash.in_([link for _, _, link in listed])))}
+    return {(digest_id, entity_id): versions[entity_id, link]
+            for digest_id, entity_id, link in listed if (entity_id, link) in versions}
 
 
 def head_drift(

@@ -4,8 +4,8 @@ A retired key stays trusted to verify the versions it signed. Were its private h
 to leak (an old backup, a decommissioned disk), it could sign new versions that verify
 like old ones. A seal closes that. Once every API and worker process has restarted on the
 new key, ``plant signing-keys seal`` stores a ledger digest signed by the active key and
-writes, beside each unsealed retired key, a seal file naming that digest by id and root
-(``models.keys.write_seal``). From then on a version signed by a sealed key is valid only
+writes, beside each unsealed retired key, a seal file naming that digest by id and root,
+and listing the soft-deleted entities' heads, which no digest holds (``models.keys.write_seal``). From then on a version signed by a sealed key is valid only
 when the seal's digest holds its entity at that version or a later one; otherwise it is
 ``signed-after-seal`` (:func:`models.chain.seal_findings`): a write on top of it is
 refused (409 ``entity-tampered``), audits report it, and ``plant entity restore`` refuses
@@ -53,16 +53,27 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
                                       f"(e.g. {astray[0]}): a seal would vouch for them; audit and restore them first")
             digest = store_digest(session, keyring=keyring)
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
-        seals = [KeySeal(kid, digest_id, root, as_of) for kid in unsealed]
+            deleted = deleted_heads(session)
+        seals = [KeySeal(kid, digest_id, root, as_of, deleted) for kid in unsealed]
         for seal in seals:
             write_seal(settings, seal)
     return seals
 
 
+def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:
+    """Each soft-deleted entity's (id, head link hex): a digest holds live entities only, so
+    the seal file itself holds these (the file, not the database, is what is trusted)."""
+    rows = []
+    for model in ENTITY_MODELS.values():
+        rows += session.execute(select(model.id, model.head_link_hash).where(
+            model.deleted_at.is_not(None), model.head_link_hash.is_not(None))).all()
+    return tuple(sorted((str(entity_id), bytes(link).hex()) for entity_id, link in rows))
+
+
 def rows_off_their_chain_heads(session: Session, *, limit: int = 20) -> list[str]:
-    """Live entities whose row's (version, head link) is not their chain's newest version:
-    a digest of the rows would hold them at a version their chain does not have. One
-    statement per entity type; it reads the head pointers only (audits check the rest)."""
+    """Entities (live or soft-deleted) whose row's (version, head link) is not their chain's
+    newest version: a seal of the rows would hold them at a version their chain does not
+    have. One statement per entity type; it reads the head pointers only (audits check the rest)."""
     astray: list[str] = []
     for entity_type, model in ENTITY_MODELS.items():
         newest = (select(EntityVersion.version).where(EntityVersion.entity_id == model.id)
@@ -70,7 +81,7 @@ def rows_off_their_chain_heads(session: Session, *, limit: int = 20) -> list[str
         matches = exists().where(EntityVersion.entity_id == model.id, EntityVersion.link_hash == model.head_link_hash,
                                  EntityVersion.version == model.version, EntityVersion.version == newest)
         astray += [f"{entity_type.value} {entity_id}" for entity_id in session.scalars(
-            select(model.id).where(model.deleted_at.is_(None), ~matches).order_by(model.id).limit(limit))]
+            select(model.id).where(~matches).order_by(model.id).limit(limit))]
     return astray[:limit]
 
 

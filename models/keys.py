@@ -48,10 +48,11 @@ def load_seal(path: Path) -> KeySeal:
     try:
         document = strict_json_loads(path.read_bytes())
         seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
-                       as_of=document["as_of"])
+                       as_of=document["as_of"], deleted=tuple((d["entity_id"], d["head"]) for d in document.get("deleted", [])))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
+            and all(isinstance(i, str) and isinstance(h, str) for i, h in seal.deleted)
             and path.name == f"{seal.kid}{SEAL_SUFFIX}"):
         raise SigningKeyError(f"malformed key seal {path}")
     return seal
@@ -60,7 +61,8 @@ def load_seal(path: Path) -> KeySeal:
 def write_seal(settings: Settings, seal: KeySeal) -> Path:
     """Write ``seal`` beside its retired key, atomically (mode 0644: it holds no secret)."""
     path = settings.retired_signing_keys_path / f"{seal.kid}{SEAL_SUFFIX}"
-    document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of}
+    document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of,
+                "deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted]}
     _replace_file(path, canonical_bytes(document), mode=0o644)
     return path
 

@@ -123,7 +123,6 @@ def restore_entity(
         return RestoreOutcome(entity_type.value, entity.id, entity.version, restored=False)
     drift = findings[0]
     signed = strict_json_loads(bytes(head.content))
-    repaired_at = session.scalar(select(func.clock_timestamp()))  # before the row changes: nothing to autoflush yet
     row_before = {"version": entity.version, "head_link_hash": _hex(entity.head_link_hash), "content": _signable(before)}
     snapshot_before = snapshot(entity)
     # No autoflush until the flush below, where unique violations become 409s naming the field.
@@ -137,10 +136,13 @@ def restore_entity(
         subject = rule_subject(session, entity)  # recorded as they come out: the signed content is what it is
         l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+        # The database's clock, as audit runs use, read last: reports list repairs made before
+        # a run started, and a slow embedder must not leave a window before the commit.
+        repaired_at = session.scalar(select(func.clock_timestamp()))
     repair = EntityRepair(
         id=uuid.uuid4(), entity_type=entity_type.value, entity_id=entity.id, version=head.version,
         head_link_hash=bytes(head.link_hash), finding=drift.code, row_before=row_before, actor=actor,
-        repaired_at=repaired_at, kid=keyring.active.kid,  # the database's clock, as audit runs use
+        repaired_at=repaired_at, kid=keyring.active.kid,
     )
     _, repair.signature = keyring.sign(repair_statement(repair))  # the statement names the active key's kid
     with integrity_as_domain_errors(session, entity_type):

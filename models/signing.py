@@ -134,6 +134,8 @@ class KeySeal:
     digest_id: int
     heads_root: str  # hex, as in the digest's signed document
     as_of: str
+    # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
+    deleted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

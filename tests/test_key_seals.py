@@ -110,6 +110,27 @@ def test_an_entity_in_no_seal_digest_is_held_to_nothing_whatever_its_row_says(ro
                        embedder=HashingEmbedder(), actor="operator:test")
 
 
+def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_file(db_session) -> None:
+    import datetime as dt
+
+    from models.key_seals import deleted_heads
+
+    world = Rotated.__new__(Rotated)
+    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
+    world.leaked = KeyRing(world.old)
+    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
+    gone = world.make(E.INDUSTRY, name="Gone Industry", code="GON")
+    world.edit(gone, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))  # honestly, before the seal
+    rotated = KeyRing(world.new, (world.old.verifier(),))
+    digest = store_digest(db_session, keyring=rotated)
+    seal = KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"], deleted_heads(db_session))
+    assert seal.deleted == ((str(gone.id), bytes(gone.head_link_hash).hex()),)
+    sealed = KeyRing(world.new, (world.old.verifier(),), (seal,))
+    assert SEALED_CODE not in world.codes(sealed)
+    world.edit(gone, world.leaked, name="Gone, forged back")  # version 3, with the leaked key
+    assert world.codes(sealed)[SEALED_CODE] == [(gone.id, 3)]
+
+
 def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated) -> None:
     session, seal = rotated.session, rotated.seal
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
