@@ -69,6 +69,7 @@ def finish_in(session: Session, claim: JobClaim, result: dict[str, Any]) -> Fini
     finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result=result)
     return FINISHED
 
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
