@@ -172,4 +172,5 @@ def test_beat_logs_json(settings, tmp_path: Path) -> None:
     finally:
         stop_process_group(process)
     assert records[0]["level"] == "INFO" and "Starting" in records[0]["message"]
-    assert all(line.startswith("{") for line in log_path.read_text().splitlines() if line.strip())
+    stray = [line for line in log_path.read_text().splitlines() if line.strip() and not line.startswith("{")]
+    assert stray == [], stray
