@@ -29,7 +29,9 @@ from models.canonical import normalize_text
 from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.embeddings import Embedder
-from models.entities import ENTITY_MODELS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content
+from models.entities import (
+    ENTITY_MODELS, SKILL_ID_FIELDS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content,
+)
 from models.errors import (
     Conflict,
     EntityTampered,
@@ -53,7 +55,7 @@ REFERENCES: dict[str, EntityType] = {
     "governance_agent_id": EntityType.AGENT,
 }
 # Many-to-many inputs: field in the API/content -> relationship attribute.
-SKILL_LISTS = {"required_skill_ids": "required_skills", "skill_ids": "skills"}
+SKILL_LISTS = SKILL_ID_FIELDS
 EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.INDUSTRY: ("name", "code", "description"),
     EntityType.SKILL: ("name", "category", "description"),
@@ -91,7 +93,7 @@ def create_entity(
     data = _normalized({**DEFAULTS, **data})
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
-    _apply(session, entity, data, pending=ctx.pending_ids)
+    apply_fields(session, entity, data, pending=ctx.pending_ids)
     guard_membership(session, entity, before=None, after=snapshot(entity))
     return record_version(session, entity, ctx, text_changed=True)
 
@@ -115,7 +117,7 @@ def update_entity(
             current_version=entity.version,
         )
     before = snapshot(entity)
-    _apply(session, entity, _normalized(changes), pending=ctx.pending_ids)
+    apply_fields(session, entity, _normalized(changes), pending=ctx.pending_ids)
     after = snapshot(entity)
     if after == before:
         return entity
@@ -195,8 +197,12 @@ def snapshot(entity: GovernedEntity) -> dict[str, Any]:
     return {**content, **{f: getattr(entity, f) for f in EMBEDDED_TEXT[entity.entity_type_value]}}
 
 
-def _apply(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID]) -> None:
-    """Set fields after checking every reference; all bad fields are reported at once."""
+def apply_fields(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID]) -> None:
+    """Set fields after checking every reference; all bad fields are reported at once.
+
+    ``data`` holds typed values (ids as UUIDs, skill lists as lists of UUIDs), as the API
+    parses them and as :func:`models.repair.restore_entity` reads them back from a version.
+    """
     errors: list[dict[str, str]] = []
     for field, value in data.items():
         if field in REFERENCES and value is not None and value not in pending and session.get(ENTITY_MODELS[REFERENCES[field]], value) is None:

@@ -29,19 +29,17 @@ from models.chain import HEAD_FINDINGS, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
-from models.entities import SKILL_ID_FIELDS, EntityType, GovernedEntity, Skill, governed_content
-from models.errors import CanonicalizationError, Conflict, InvalidInput
+from models.entities import SKILL_ID_FIELDS, EntityType, governed_content
+from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_decode, b64url_encode
 from models.key_seals import seal_problems
-from models.registry import embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot
+from models.registry import (
+    REFERENCES, apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
+)
 from models.signing import KeyRing
 
 REPAIR_FORMAT = "plant.entity-repair.v1"
 MAX_UNSIGNABLE_TEXT = 20_000
-# Governed fields that hold an id or a time; every other one is stored as it reads.
-_UUID_FIELDS = {"governance_agent_id", "parent_id", "industry_id", "job_role_id", "team_id"}
-_TIME_FIELDS = {"deleted_at"}
-_FIXED_FIELDS = {"id", "entity_type"}  # part of the signed link itself: they cannot differ
 
 
 class EntityRepair(Base):
@@ -127,7 +125,7 @@ def restore_entity(
     snapshot_before = snapshot(entity)
     # No autoflush until the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
-        _set_governed(session, entity, signed)
+        apply_fields(session, entity, _typed(signed), pending=frozenset())
         entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
         if not matches_canonical(governed_content(entity), bytes(head.content)):
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
@@ -208,27 +206,21 @@ def _statement(repair: EntityRepair) -> dict[str, Any]:
     }
 
 
-def _set_governed(session: Session, entity: GovernedEntity, signed: dict[str, Any]) -> None:
-    """Every governed field from the signed content (its inverse of ``governed_content``)."""
-    unknown = []
+def _typed(signed: dict[str, Any]) -> dict[str, Any]:
+    """The signed content as typed field values (the inverse of ``governed_content``), for
+    :func:`models.registry.apply_fields`; the id and type are the chain's own and are left out."""
+    data: dict[str, Any] = {}
     for name, value in signed.items():
-        if name in _FIXED_FIELDS:
+        if name in ("id", "entity_type"):
             continue
         if name in SKILL_ID_FIELDS:
-            skills = [session.get(Skill, uuid.UUID(skill_id)) for skill_id in value]
-            if any(skill is None for skill in skills):
-                unknown.append(name)
-                continue
-            setattr(entity, SKILL_ID_FIELDS[name], skills)
-        elif name in _UUID_FIELDS:
-            setattr(entity, name, uuid.UUID(value) if value is not None else None)
-        elif name in _TIME_FIELDS:
-            setattr(entity, name, dt.datetime.fromisoformat(value) if value is not None else None)
-        else:
-            setattr(entity, name, value)
-    if unknown:
-        raise InvalidInput("the head version names skills that no longer exist", errors=[
-            {"field": name, "message": "a skill it lists is gone"} for name in unknown])
+            value = [uuid.UUID(skill_id) for skill_id in value]
+        elif name in REFERENCES or name == "parent_id":
+            value = uuid.UUID(value) if value is not None else None
+        elif name == "deleted_at":
+            value = dt.datetime.fromisoformat(value) if value is not None else None
+        data[name] = value
+    return data
 
 
 def _signable(content: dict[str, Any]) -> dict[str, Any]:
