@@ -27,7 +27,7 @@ from models.db import transaction
 from models.entities import ENTITY_MODELS
 from models.errors import SigningKeyError
 from models.keys import key_files_lock, keyring_from_settings, write_seal
-from models.ledger import store_digest, stored_digest_problem
+from models.ledger import current_heads, store_digest, stored_digest_problem
 from models.settings import Settings
 from models.signing import KeyRing, KeySeal
 
@@ -63,11 +63,7 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
 def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:
     """Each soft-deleted entity's (id, head link hex): a digest holds live entities only, so
     the seal file itself holds these (the file, not the database, is what is trusted)."""
-    rows = []
-    for model in ENTITY_MODELS.values():
-        rows += session.execute(select(model.id, model.head_link_hash).where(
-            model.deleted_at.is_not(None), model.head_link_hash.is_not(None))).all()
-    return tuple(sorted((str(entity_id), bytes(link).hex()) for entity_id, link in rows))
+    return tuple((str(head.entity_id), head.link_hash.hex()) for head in current_heads(session, deleted=True))
 
 
 def rows_off_their_chain_heads(session: Session, *, limit: int = 20) -> list[str]:

@@ -42,12 +42,16 @@ class HeadRecord:
     link_hash: bytes
 
 
-def current_heads(session: Session, entity_ids: Iterable[uuid.UUID] | None = None) -> Iterator[HeadRecord]:
-    """Every live entity's head, ascending by id, streamed in batches."""
+def current_heads(
+    session: Session, entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False
+) -> Iterator[HeadRecord]:
+    """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
+    by id, streamed in batches."""
     parts = []
     for entity_type, model in ENTITY_MODELS.items():
         query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
-        query = query.where(model.deleted_at.is_(None), model.head_link_hash.is_not(None))
+        alive = model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None)
+        query = query.where(alive, model.head_link_hash.is_not(None))
         if entity_ids is not None:
             query = query.where(model.id.in_(list(entity_ids)))
         parts.append(query)
