@@ -36,7 +36,7 @@ from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, Conflict, NotCertifiable
-from models.jws import b64url_decode, b64url_encode
+from models.jws import b64url_encode, verify_b64url_signature
 from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
 from models.signing import KeyRing
 
@@ -171,15 +171,12 @@ def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyr
     Certificates issued before the format tag existed signed only the certified link;
     they do not verify here (their proof is the certified version in the chain).
     """
-    if certificate.get("format") != CERTIFICATE_FORMAT or not isinstance(certificate.get("signature"), str):
+    if certificate.get("format") != CERTIFICATE_FORMAT:
         return False
     if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
         return False
-    try:
-        signature = b64url_decode(certificate["signature"])
-    except ValueError:
-        return False
-    return keyring.verify(str(certificate.get("kid")), signature, certificate_statement(skill_id, certificate))
+    return verify_b64url_signature(keyring, certificate.get("kid"), certificate.get("signature"),
+                                   certificate_statement(skill_id, certificate))
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:

@@ -99,6 +99,16 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
+def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: bytes) -> bool:
+    """Whether ``signature`` (strict unpadded base64url text) is key ``kid``'s over ``data``:
+    the check of Plant's own signed records (certificates, repair records)."""
+    try:
+        raw = b64url_decode(signature)
+    except ValueError:
+        return False
+    return keyring.verify(str(kid), raw, data)
+
+
 def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:
     if isinstance(keys, Mapping) and "keys" in keys:
         return _keys_of_jwks(keys["keys"], kid)

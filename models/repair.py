@@ -31,7 +31,7 @@ from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import SKILL_ID_FIELDS, EntityType, governed_content
 from models.errors import CanonicalizationError, Conflict
-from models.jws import b64url_decode, b64url_encode
+from models.jws import b64url_encode, verify_b64url_signature
 from models.key_seals import seal_problems
 from models.registry import (
     REFERENCES, apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
@@ -182,14 +182,10 @@ def repair_statement(repair: EntityRepair) -> bytes:
 def verify_repair(record: dict[str, Any], keyring: KeyRing) -> bool:
     """Whether an exported repair record (:meth:`EntityRepair.as_json`, as in a signed audit
     report) reads exactly as Plant signed it."""
-    if record.get("format") != REPAIR_FORMAT or not isinstance(record.get("signature"), str):
-        return False
-    try:
-        signature = b64url_decode(record["signature"])
-    except ValueError:
+    if record.get("format") != REPAIR_FORMAT:
         return False
     unsigned = {name: value for name, value in record.items() if name != "signature"}
-    return keyring.verify(str(record.get("kid")), signature, canonical_bytes(unsigned))
+    return verify_b64url_signature(keyring, record.get("kid"), record.get("signature"), canonical_bytes(unsigned))
 
 
 def _statement(repair: EntityRepair) -> dict[str, Any]:
