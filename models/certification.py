@@ -90,12 +90,13 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
         raise NotCertifiable(f"skill {skill_id} is {skill.status}", status=skill.status)
+    # The embedding is not signed content: the duplicate gate compares one computed now
+    # from the signed name and description (fixed by the row lock), not whatever the
+    # column holds. Computed before the lock below, which every certification waits on.
+    skill.embedding = ctx.embedder.embed([embedding_text(skill)])[0]
     # One certification at a time: the duplicate gate reads other skills' status, and two
     # near-identical skills certified side by side would each see the other uncertified.
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
-    # The embedding is not signed content: the duplicate gate compares one computed now
-    # from the signed name and description, not whatever the column holds.
-    skill.embedding = ctx.embedder.embed([embedding_text(skill)])[0]
     failed, duplicate = certification_gates(session, skill)
     if notes:
         skill.governance_notes = notes

@@ -164,20 +164,23 @@ def verify_versions(
     head_link: bytes | None = None,
     signatures: str = "all",
     after: tuple[int, bytes] = (0, GENESIS_LINK),
+    signed_from: int | None = None,
 ) -> tuple[int, list[ChainFinding]]:
     """Check one entity's versions, given in version order. Each kind of damage has its code.
 
     ``head_link`` (the entity row's head) lets a re-hashed version, one whose link no
     longer matches what its successor or the head points at, be told apart from a
-    plain forged signature. ``signatures`` is ``"all"`` or ``"heads"`` (last version only).
-    ``after`` is the (version, link) the rows continue from: the genesis for a whole
-    chain, or a trusted earlier head for an incremental check.
+    plain forged signature. ``signatures`` is ``"all"`` or ``"heads"`` (last version only);
+    ``signed_from``, with ``"heads"``, checks every signature from that row index on too
+    (the versions after a digest's leaf). ``after`` is the (version, link) the rows
+    continue from: the genesis for a whole chain, or a trusted earlier head for an
+    incremental check.
     """
     findings: list[ChainFinding] = []
     links = [bytes(r.link_hash) for r in rows]
     position: dict[bytes, int] | None = None  # built only when a link is out of place
     last = len(rows) - 1
-    every = signatures == "all"
+    first_signed = 0 if signatures == "all" else signed_from if signed_from is not None else len(rows) - 1
     expected_version, expected_prev = after
     prefix_of: tuple[str, uuid.UUID] | None = None
     prefix = hashlib.sha256()
@@ -201,7 +204,7 @@ def verify_versions(
             recomputed.update(_link_rest(row.version, prev, content_hash))
             if recomputed.digest() != link:
                 findings.append(ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs"))
-        if every or i == last:
+        if i >= first_signed or i == last:
             pointer = bytes(rows[i + 1].prev_link) if i < last else b""
             referenced = (pointer or head_link) == link
             findings += _signature(row, keyring, referenced=referenced)
@@ -252,13 +255,16 @@ def verify_loaded(
     keyring: KeyRing,
     signatures: str = "all",
     content: dict | None = None,
+    signed_from: int | None = None,
 ) -> ChainVerification:
     """``verify_entity`` over already loaded versions (the audit loads them in batches).
 
-    ``content`` is the entity's governed content when the caller already built it.
+    ``content`` is the entity's governed content when the caller already built it;
+    ``signed_from`` is as for :func:`verify_versions`.
     """
     head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
-    count, findings = verify_versions(rows, keyring=keyring, head_link=head_link, signatures=signatures)
+    count, findings = verify_versions(rows, keyring=keyring, head_link=head_link, signatures=signatures,
+                                      signed_from=signed_from)
     entity_type = EntityType(entity.entity_type_value).value
     if not rows:
         findings.append(ChainFinding("no-history", None, "entity has no versions"))

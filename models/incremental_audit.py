@@ -37,7 +37,7 @@ from models.audit import (
     versions_by_entity,
 )
 from models.audit_tables import LedgerDigestHead
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded, verify_versions
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import NotFound
@@ -204,7 +204,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
             rolled.append((entity.id, leaf[0], leaf[1]))  # the trusted head is gone
             continue
         content = governed_content(entity)
-        findings = _chain_findings(entity, rows, split, leaf, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
+        findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
         batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         batch.versions_verified += len(rows) - split
@@ -220,18 +220,13 @@ def _after_leaf(rows: list, leaf: tuple[int, bytes]) -> int | None:
     return next((i + 1 for i, row in enumerate(rows) if bytes(row.link_hash) == leaf[1]), None)
 
 
-def _chain_findings(entity: Any, rows: list, split: int, leaf: tuple[int, bytes], keyring: KeyRing,
-                    content: dict) -> list[ChainFinding]:
+def _chain_findings(entity: Any, rows: list, split: int, keyring: KeyRing, content: dict) -> list[ChainFinding]:
     """The full audit's checks over the whole chain (hashes and links from genesis, the
     head's signature, head and row against the last version), plus every other signature
     after the leaf. Versions up to the leaf are vouched for by the signed digest, so their
-    signatures are not re-checked; a link into the leaf that no longer hashes is found."""
-    findings = list(verify_loaded(entity, rows, keyring=keyring, signatures="heads", content=content).findings)
-    newer = rows[split:-1]  # the last version's signature was checked just above
-    if newer:
-        _, more = verify_versions(newer, keyring=keyring, head_link=bytes(rows[-1].prev_link), after=leaf)
-        findings += [f for f in more if f not in findings]
-    return findings
+    signatures are not re-checked; a link into the leaf that no longer hashes is found.
+    One pass: hashes and links from genesis, signatures from the first version after the leaf."""
+    return verify_loaded(entity, rows, keyring=keyring, signatures="heads", content=content, signed_from=split).findings
 
 
 def _vanished(session: Session, digest_id: int) -> list[FindingRow]:

@@ -187,3 +187,14 @@ def test_an_edited_leaf_version_does_not_hide_a_reset_row(db_session, skill, wri
     db_session.expire_all()
     summary, findings = run_incremental(db_session, keyring)
     assert [f.code for f in findings] == ["digest-invalid"] and "versions or types" in findings[0].detail
+
+
+def test_every_signature_after_the_leaf_is_checked_not_only_the_heads(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _fourth_version(db_session, skill, write_ctx)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version five"}, ctx=write_ctx)
+    db_session.flush()
+    lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 4",
+               g=os.urandom(64), e=skill.id)  # version 4 is after the leaf and not the head
+    _, findings = run_incremental(db_session, keyring)
+    assert "bad-signature" in _codes(findings, skill.id)
