@@ -28,7 +28,7 @@ from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
-    governed_content, job_role_skills,
+    governed_content,
 )
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
@@ -257,9 +257,7 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
     for agent in agents:  # an agent being re-planned does not hold on to its current seat
         if agent.team_id is not None:
             seats[agent.team_id] -= 1
-    required: dict[uuid.UUID, set[uuid.UUID]] = {}
-    for role_id, skill_id in session.execute(select(job_role_skills.c.job_role_id, job_role_skills.c.skill_id)):
-        required.setdefault(role_id, set()).add(skill_id)
+    required = required_skills_of(session, [agent.job_role_id for agent in agents])
     eligible = eligible_teams(agents, teams, required)
     problem = AssignmentProblem(
         agent_vectors=agent_vectors,

@@ -71,9 +71,8 @@ _CLAIM = (
     .returning(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts)
 )
 # Owned: the row is running under exactly this attempt (the fencing token).
-_OWNED = update(Job.__table__).where(
-    _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt")
-)
+_OWNED_BY = (_JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt"))
+_OWNED = update(Job.__table__).where(*_OWNED_BY)
 _SET_PROGRESS = _OWNED.values(
     lease_expires_at=_LEASE_END, updated_at=_NOW, progress_done=bindparam("done"),
     progress_total=bindparam("total", type_=Integer()), progress_message=bindparam("message", type_=Text()),
@@ -138,9 +137,7 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
     return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts)
 
 
-_OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(
-    _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt")
-)
+_OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)
 _HOLD = _OWNED_ROW.with_for_update(read=True)
 
 

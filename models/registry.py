@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from models.canonical import normalize_text
 from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
+from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import (
     ENTITY_MODELS, SKILL_ID_FIELDS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content,
@@ -377,7 +378,7 @@ def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUI
 def require_all(session: Session, *, entity_type: EntityType, entity_ids: list[uuid.UUID]) -> None:
     """Raise ``NotFound`` naming the unknown ids (the first 20) unless every id exists."""
     model = ENTITY_MODELS[entity_type]
-    found = set(session.scalars(select(model.id).where(model.id.in_(entity_ids))))
+    found = set(session.scalars(select(model.id).where(uuid_in(model.id, entity_ids))))
     missing = [str(i) for i in dict.fromkeys(entity_ids) if i not in found]
     if missing:
         raise NotFound(f"{len(missing)} unknown {entity_type.value} id(s)", ids=missing[:20])

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.audit_runs import AuditParams
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
 from models.errors import JwsError, NotFound
@@ -78,9 +79,9 @@ def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
     the run started: each says what a row held when it was set back to its signed head,
     and carries its own signature. Bounded by the run's start, so every export of a
     finished run lists the same ones."""
-    scope = (run.params or {}).get("scope") or {}
-    ids = [uuid.UUID(i) for i in scope.get("entity_ids") or []]
-    return repairs(session, entity_type=scope.get("entity_type"), entity_ids=ids or None, before=run.created_at)
+    scope = AuditParams.from_json(run.params or {})
+    ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
+    return repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at)
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
