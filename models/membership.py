@@ -51,9 +51,7 @@ def ineligibility(
         reasons.append("team's job role is not the agent's")
     if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:
         reasons.append("industries differ")
-    missing = required - set(held if held is not None else (s.id for s in agent.skills))
-    if missing:
-        reasons.append(f"agent lacks {len(missing)} required skill(s)")
+    reasons += lacks_skills(required, held if held is not None else [s.id for s in agent.skills])
     return reasons
 
 
@@ -79,12 +77,13 @@ def members_lacking_role_skills(session: Session, role: JobRole, teams: Sequence
     the role, as it is in memory now, requires. Only that rule: a change of the role's
     skills is not the place to object to anything else about a seat."""
     required = {s.id for s in role.required_skills}
+    return _refused_members(session, teams, lambda agent, team, held: lacks_skills(required, held))
 
-    def lacking(agent: Agent, team: Team, held: list[uuid.UUID]) -> list[str]:
-        missing = required - set(held)
-        return [f"agent lacks {len(missing)} required skill(s)"] if missing else []
 
-    return _refused_members(session, teams, lacking)
+def lacks_skills(required: set[uuid.UUID], held: Collection[uuid.UUID]) -> list[str]:
+    """The skill rule's reason, if ``held`` misses any of ``required``."""
+    missing = required - set(held)
+    return [f"agent lacks {len(missing)} required skill(s)"] if missing else []
 
 
 def _refused_members(
