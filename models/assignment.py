@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, undefer
 from models.embeddings import cosine
 from models.entities import Agent, EntityType, Team
 from models.errors import NoEligibleTeam, NotEligible, TeamFull
-from models.membership import ineligibility, members_count, required_skills
-from models.registry import WriteContext, get_entity, lock_entity, lock_for_write, record_version
+from models.membership import ineligibility, required_skills, team_is_full
+from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version
 
 AUTO_CANDIDATES_SHOWN = 5
 
@@ -58,15 +58,13 @@ def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | 
 
 def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteContext, **report: Any) -> AssignmentOutcome:
     get_entity(session, entity_type=EntityType.TEAM, entity_id=team_id)  # 404 before locking
-    team = lock_entity(session, EntityType.TEAM, team_id)
-    assert isinstance(team, Team)
-    reasons = ineligibility(agent, team, required_skills(session, agent.job_role_id))
+    team, reasons = lock_seat(session, agent, team_id)
     if reasons:
         raise NotEligible("; ".join(reasons), team_id=str(team_id), reasons=reasons)
     previous = agent.team_id
     if previous == team.id:
         return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
-    if members_count(session, team.id, excluding=agent.id) >= team.capacity:
+    if team_is_full(session, team, agent):
         raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", team_id=str(team.id))
     agent.team_id = team.id
     record_version(session, agent, ctx, text_changed=False)

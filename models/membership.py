@@ -62,6 +62,11 @@ def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID 
     return session.scalar(query) or 0
 
 
+def team_is_full(session: Session, team: Team, agent: Agent) -> bool:
+    """Whether every seat of ``team`` is taken by someone other than ``agent``."""
+    return members_count(session, team.id, excluding=agent.id) >= team.capacity
+
+
 def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]]:
     """The team's members that ``team``, as it is in memory now, would not admit.
 

@@ -44,7 +44,9 @@ from models.errors import (
     PreconditionFailed,
     TeamFull,
 )
-from models.membership import ineligibility, members_count, members_not_admitted, members_lacking_role_skills, required_skills
+from models.membership import (
+    ineligibility, members_count, members_lacking_role_skills, members_not_admitted, required_skills, team_is_full,
+)
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -240,18 +242,24 @@ def guard_membership(
             _guard_role_members(session, entity)
 
 
+def lock_seat(session: Session, agent: Agent, team_id: uuid.UUID) -> tuple[Team, list[str]]:
+    """Lock the team a seat is taken in (every way of seating an agent serializes on it),
+    then say which rules the agent breaks there, capacity aside."""
+    team = lock_entity(session, EntityType.TEAM, team_id)
+    assert isinstance(team, Team)
+    return team, ineligibility(agent, team, required_skills(session, agent.job_role_id))
+
+
 def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool) -> None:
     assert agent.team_id is not None
-    team = lock_entity(session, EntityType.TEAM, agent.team_id)  # serializes seats as assignments do
-    assert isinstance(team, Team)
-    reasons = ineligibility(agent, team, required_skills(session, agent.job_role_id))
+    team, reasons = lock_seat(session, agent, agent.team_id)
     if reasons:
         raise NotEligible(
             f"the agent may not sit in team {team.name}: " + "; ".join(reasons)
             + (" (send team_id null to take it out of the team)" if not joining else ""),
             field="team_id", team_id=str(team.id), reasons=reasons,
         )
-    if joining and members_count(session, team.id, excluding=agent.id) >= team.capacity:
+    if joining and team_is_full(session, team, agent):
         raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", field="team_id", team_id=str(team.id))
 
 
