@@ -42,16 +42,15 @@ def decode_cursor(token: str) -> Cursor:
     (``uuid.UUID(123)`` raises ``AttributeError``) are not ones to rely on.
     """
     try:
-        padded = token + "=" * (-len(token) % 4)
-        fields = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        fields = json.loads(page_token_text(token))
         if not _is_cursor_pair(fields):
             raise ValueError("a page token holds two strings")
         created_at, ident = fields
         cursor = Cursor(dt.datetime.fromisoformat(created_at), uuid.UUID(ident))
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise _invalid_token() from exc
+        raise invalid_page_token() from exc
     if cursor.created_at.tzinfo is None:
-        raise _invalid_token()
+        raise invalid_page_token()
     return cursor
 
 
@@ -59,7 +58,15 @@ def _is_cursor_pair(fields: Any) -> bool:
     return isinstance(fields, list) and len(fields) == 2 and all(isinstance(field, str) for field in fields)
 
 
-def _invalid_token() -> InvalidInput:
+def page_token_text(token: str) -> str:
+    """The text inside an (unpadded base64url) page token; anything else is :func:`invalid_page_token`."""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_page_token() from exc
+
+
+def invalid_page_token() -> InvalidInput:
     return InvalidInput("page_token is not a token this API issued", field="page_token")
 
 

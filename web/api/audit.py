@@ -18,9 +18,8 @@ from sqlalchemy import select
 from models.audit import check_entity
 from models.audit_tables import AuditFinding, AuditRun
 from models.entities import EntityType
-from models.errors import InvalidInput
 from models.ledger import digest_now
-from models.pagination import keyset_page
+from models.pagination import invalid_page_token, keyset_page, page_token_text
 from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
@@ -143,13 +142,10 @@ _AFTER_TOKEN = re.compile(r"f:(0|[1-9][0-9]{0,17})", re.ASCII)
 
 
 def _decode_after(token: str) -> int:
-    try:
-        matched = _AFTER_TOKEN.fullmatch(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
-        if matched is None:
-            raise ValueError(token)
-        return int(matched.group(1))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("page_token is not a token this API issued", field="page_token") from exc
+    matched = _AFTER_TOKEN.fullmatch(page_token_text(token))
+    if matched is None:
+        raise invalid_page_token()
+    return int(matched.group(1))
 
 
 @audit_api.get("/audit/tampering/<entity_id>", responses={200: None, **problems(404)})
