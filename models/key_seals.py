@@ -85,6 +85,7 @@ def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
     """Why each seal of ``keyring`` cannot be relied on: its digest is gone, is not the one
     the seal names, or is not trustworthy itself (signature, root over its leaves)."""
     problems = []
+    checked: dict[int, str | None] = {}  # one sealing seals every retired key with one digest: read its leaves once
     for seal in keyring.seals:
         if keyring.seal(seal.kid) is None:
             continue  # not a retired key of this ring
@@ -93,6 +94,9 @@ def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
             problems.append(f"the seal of key {seal.kid} names digest {seal.digest_id}, which is gone")
         elif bytes(digest.heads_root).hex() != seal.heads_root:
             problems.append(f"digest {seal.digest_id} is not the one the seal of key {seal.kid} names (its root differs)")
-        elif (problem := stored_digest_problem(session, digest, keyring)) is not None:
-            problems.append(f"digest {seal.digest_id}, the seal of key {seal.kid}, cannot be trusted: {problem}")
+        else:
+            if digest.id not in checked:
+                checked[digest.id] = stored_digest_problem(session, digest, keyring)
+            if (problem := checked[digest.id]) is not None:
+                problems.append(f"digest {seal.digest_id}, the seal of key {seal.kid}, cannot be trusted: {problem}")
     return problems
