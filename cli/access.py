@@ -13,7 +13,7 @@ import click
 from cli.errors import PlantCliError
 from cli.jobs import connect
 from cli.output import json_option, print_json, print_table
-from models.db import make_engine, make_session_factory
+from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
 from models.keys import rotate_signing_key
 from models.settings import load_settings
@@ -112,13 +112,11 @@ def seal(as_json: bool) -> None:
     Copy the seal files wherever the retired keys are deployed, then restart again.
     """
     settings = load_settings()
-    engine = make_engine(settings, pool_size=1)
     try:
-        seals = seal_retired_keys(settings, make_session_factory(engine))
+        with one_off_sessions(settings) as sessions:
+            seals = seal_retired_keys(settings, sessions)
     except SigningKeyError as exc:
         raise PlantCliError(exc.detail) from exc
-    finally:
-        engine.dispose()
     if as_json:
         print_json({"sealed": [{"kid": s.kid, "digest_id": s.digest_id, "heads_root": s.heads_root, "as_of": s.as_of}
                                for s in seals], "restart_required": bool(seals)})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.api_keys import ensure_admin_key, generate_plaintext
-from models.db import make_engine, make_session_factory, transaction
+from models.db import one_off_sessions, transaction
 from models.settings import Settings
 
 ADMIN_KEY_FILE = "admin-api-key"
@@ -35,9 +35,5 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
 
 
 def _ensure(settings: Settings, plaintext: str) -> None:
-    engine = make_engine(settings, pool_size=1)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            ensure_admin_key(session, plaintext=plaintext)
-    finally:
-        engine.dispose()
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+        ensure_admin_key(session, plaintext=plaintext)

@@ -13,7 +13,7 @@ import click
 
 from cli.errors import PlantCliError, VerificationFailed
 from cli.output import json_option, print_json, print_table
-from models.db import make_engine, make_session_factory, transaction
+from models.db import one_off_sessions, transaction
 from models.embeddings import make_embedder
 from models.entities import EntityType
 from models.errors import PlantError
@@ -42,16 +42,13 @@ def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: 
     """
     settings = load_settings()
     keyring = keyring_from_settings(settings)
-    engine = make_engine(settings, pool_size=1)
     try:
-        with transaction(make_session_factory(engine)) as session:
+        with one_off_sessions(settings) as sessions, transaction(sessions) as session:
             outcome = restore_entity(session, entity_type=EntityType(entity_type), entity_id=entity_id, keyring=keyring,
                                      embedder=make_embedder(settings.embedder),
                                      actor=actor or f"operator:{getpass.getuser()}")
     except PlantError as exc:
         raise PlantCliError(exc.detail) from exc
-    finally:
-        engine.dispose()
     if as_json:
         print_json(outcome.as_json())
     elif not outcome.restored:
@@ -70,12 +67,8 @@ def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
     """Every restore, oldest first, each with its signature checked (exit 4 if one fails)."""
     settings = load_settings()
     keyring = keyring_from_settings(settings)
-    engine = make_engine(settings, pool_size=1)
-    try:
-        with make_session_factory(engine)() as session:
-            exported = [record.as_json() for record in repairs(session, entity_id=entity_id)]
-    finally:
-        engine.dispose()
+    with one_off_sessions(settings) as sessions, sessions() as session:
+        exported = [record.as_json() for record in repairs(session, entity_id=entity_id)]
     rows = [(record, verify_repair(record, keyring)) for record in exported]
     if as_json:
         print_json([{**record, "verified": ok} for record, ok in rows])

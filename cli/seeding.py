@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.db import make_engine, make_session_factory, transaction
+from models.db import one_off_sessions, transaction
 from models.embeddings import make_embedder
 from models.keys import keyring_from_settings
 from models.registry import WriteContext
@@ -17,9 +17,5 @@ def seed_database(settings: Settings) -> SeedResult:
     ctx = WriteContext(
         actor=SEED_ACTOR, keyring=keyring_from_settings(settings), embedder=make_embedder(settings.embedder)
     )
-    engine = make_engine(settings, pool_size=1)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            return seed_registry(session, ctx)
-    finally:
-        engine.dispose()
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+        return seed_registry(session, ctx)

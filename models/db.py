@@ -97,6 +97,17 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
+def one_off_sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions for a short command (seed, restore, seal): one pooled connection, and the
+    engine disposed of when the block ends."""
+    engine = make_engine(settings, pool_size=1)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error, always close."""
     with factory() as session, session.begin():
