@@ -12,6 +12,7 @@ grants, a single beat, and no secrets in the example tfvars.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ from typing import Any
 import hcl2
 import pytest
 
+from models.settings import load_settings
+
 REPO = Path(__file__).resolve().parent.parent
 TF = REPO / "terraform"
 ROOT = TF / "environment"
@@ -30,6 +33,8 @@ SCHEMA = json.loads((REPO / "tests" / "data" / "terraform-provider-schema.json")
 
 EXPECTED_MODULES = {"network", "database", "cache", "secrets", "registry", "run"}
 SECRETS = {"database_url", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"}
+FILE_SECRETS = {"retired_signing_keys"}  # mounted as files, not read into the environment
+SIGNATURE_VERIFIERS = {"api", "worker", "worker_audit"}
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
 RUN_KINDS = ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool", "google_cloud_run_v2_job")
 
@@ -283,6 +288,23 @@ def env_secrets(container: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def dynamic_block(node: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A ``dynamic "<name>"`` block of ``node`` (cleaned form), or None."""
+    found = [d[name] for d in node.get("dynamic", []) if name in d]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def volume_secrets(pod: dict[str, Any]) -> set[str]:
+    """Logical names of the secrets a pod mounts as files (dynamic secret volumes)."""
+    names = set()
+    volume = dynamic_block(pod, "volumes")
+    if volume is not None:
+        ref = one(one(volume["content"])["secret"])["secret"]
+        names.add(re.fullmatch(r'\$\{var\.secret_ids\["([a-z_]+)"\]\}', ref)[1])
+    return names
+
+
 def run_locals() -> dict[str, Any]:
     return clean(module_blocks(MODULES / "run")["locals"])
 
@@ -370,20 +392,20 @@ def test_services_reaching_redis_use_direct_vpc_egress() -> None:
 def test_secret_references_are_granted_and_least_privilege() -> None:
     local = run_locals()
     access = {identity: set(names) for identity, names in local["secret_access"].items()}
-    assert set().union(*access.values()) == SECRETS
+    assert set().union(*access.values()) == SECRETS | FILE_SECRETS
     referenced: set[str] = set()
     cloudsql_clients = set(local["cloudsql_clients"])
     for name, (kind, body) in run_resources().items():
         pod = pod_template(kind, body)
         identity = re.fullmatch(r'\$\{google_service_account\.runtime\["([a-z]+)"\]\.email\}',
                                 pod["service_account"])[1]
-        used = set(env_secrets(one(pod["containers"])).values())
+        used = set(env_secrets(one(pod["containers"])).values()) | volume_secrets(pod)
         referenced |= used
         assert used == access[identity], f"{name} ({identity}) reads {used}, may read {access[identity]}"
         assert ("DATABASE_URL" in env_secrets(one(pod["containers"]))) == (identity in cloudsql_clients), name
         # A revision must not be created before its identity may read its secrets.
         assert "${google_secret_manager_secret_iam_member.access}" in body["depends_on"], name
-    assert referenced == SECRETS
+    assert referenced == SECRETS | FILE_SECRETS
 
 
 def test_secrets_module_holds_exactly_the_five_secrets() -> None:
@@ -392,7 +414,72 @@ def test_secrets_module_holds_exactly_the_five_secrets() -> None:
     root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
     assert set(root["secrets"]["secret_values"]) == SECRETS
     versions = resources(MODULES / "secrets", "google_secret_manager_secret_version")
-    assert one(list(versions.values()))["secret_data"] == "${var.secret_values[each.key]}"
+    assert versions["this"]["secret_data"] == "${var.secret_values[each.key]}"
+    outputs = clean(module_blocks(MODULES / "secrets")["output"])
+    assert "retired_signing_keys" in outputs["secret_ids"]["value"]
+
+
+def test_retired_signing_keys_are_mounted_where_plant_reads_them(monkeypatch) -> None:
+    """Every role that verifies signatures finds the retired keys and seals in the directory
+    its PLANT_RETIRED_SIGNING_KEYS_DIR names; without them a rotated key's versions would
+    fail verification there."""
+    local = run_locals()
+    mount = local["retired_keys_mount"]
+    assert local["retired_keys_volumes"] == "${length(var.retired_signing_key_files) > 0 ? [local.retired_keys_volume] : []}"
+    verifiers = set()
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        container = one(pod["containers"])
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if "PLANT_SIGNING_KEY" not in env_secrets(container):
+            assert "PLANT_RETIRED_SIGNING_KEYS_DIR" not in env and not volume_secrets(pod), name
+            continue
+        verifiers.add(name)
+        assert env["PLANT_RETIRED_SIGNING_KEYS_DIR"] == "${local.retired_keys_mount}", name
+        volume = dynamic_block(pod, "volumes")
+        assert volume["for_each"] == "${local.retired_keys_volumes}", name
+        content = one(volume["content"])
+        assert content["name"] == "${local.retired_keys_volume}", name
+        items = dynamic_block(one(content["secret"]), "items")
+        assert items["for_each"] == "${var.retired_signing_key_files}", name
+        assert one(items["content"]) == {"path": "${items.key}", "version": "${items.value}"}, name
+        mounts = dynamic_block(container, "volume_mounts")
+        assert mounts["for_each"] == "${local.retired_keys_volumes}", name
+        assert one(mounts["content"]) == {"name": "${local.retired_keys_volume}",
+                                          "mount_path": "${local.retired_keys_mount}"}, name
+    assert verifiers == SIGNATURE_VERIFIERS
+    monkeypatch.setenv("PLANT_RETIRED_SIGNING_KEYS_DIR", mount)
+    assert load_settings().retired_signing_keys_path == Path(mount)
+    # The files come from the secrets module, one version per file, wired through the root.
+    versions = resources(MODULES / "secrets", "google_secret_manager_secret_version")["retired_signing_key"]
+    assert versions["for_each"] == "${var.retired_signing_key_files}"
+    assert versions["secret"] == "${google_secret_manager_secret.retired_signing_keys.id}"
+    root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
+    assert root["secrets"]["retired_signing_key_files"] == "${local.retired_signing_key_files}"
+    assert root["run"]["retired_signing_key_files"] == "${module.secrets.retired_signing_key_files}"
+
+
+def test_signing_key_generations_keep_every_older_key_as_a_retired_public_key() -> None:
+    keys = resources(ROOT, "tls_private_key")["signing"]
+    assert keys["for_each"] == "${toset(local.signing_generations)}"
+    local = clean(module_blocks(ROOT)["locals"])
+    assert local["signing_generations"] == (
+        "${[for generation in range(1, var.signing_key_generation + 1) : tostring(generation)]}")
+    assert local["active_signing_generation"] == "${tostring(var.signing_key_generation)}"
+    retired = local["retired_signing_key_files"]
+    assert "key.public_key_pem" in retired and "private_key_pem" not in retired
+    assert "if generation != local.active_signing_generation" in retired
+    assert '"${kid}.seal.json" => seal' in retired
+    root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
+    assert root["secrets"]["secret_values"]["signing_key"] == (
+        "${tls_private_key.signing[local.active_signing_generation].private_key_pem_pkcs8}")
+    # The key of configurations before generations existed stays (no destroy and re-create).
+    moved = [clean(m) for m in parse(ROOT / "main.tf").get("moved", [])]
+    assert {"from": "${tls_private_key.signing}", "to": '${tls_private_key.signing["1"]}'} in moved
+    generation = clean(module_blocks(ROOT)["variable"]["signing_key_generation"])
+    assert generation["default"] == 1
+    files = clean(module_blocks(MODULES / "secrets")["variable"]["retired_signing_key_files"])
+    assert any("PRIVATE KEY" in v["condition"] for v in files["validation"])
 
 
 def test_env_names_match_what_plant_reads() -> None:
@@ -514,6 +601,69 @@ def test_checkov_skips_are_justified() -> None:
     for path in tf_files():
         for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(?::(.*))?", path.read_text()):
             assert match[2] and len(match[2].strip()) >= 30, f"{path}: {match[1]} needs a reason"
+
+
+def terraform_console(directory: Path, expression: str, variables: dict[str, Any]) -> Any:
+    """Evaluate ``expression`` with ``terraform console`` in ``directory``, a configuration
+    without providers (no init, no network). ``variables`` go in as a JSON var file, so they
+    keep their types; any ``*.tfvars`` there is read too. Raises on an error."""
+    (directory / "given.tfvars.json").write_text(json.dumps(variables))
+    var_files = [f"-var-file={p.name}" for p in sorted(directory.glob("*.tfvars"))]
+    result = subprocess.run(["terraform", "console", "-no-color", *var_files, "-var-file=given.tfvars.json"],
+                            input=f"jsonencode({expression})\n", cwd=directory, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull})
+    if result.returncode != 0 or "Error:" in result.stderr:
+        raise AssertionError(result.stderr)
+    return json.loads(json.loads(result.stdout))
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
+def test_rotation_ships_every_older_key_and_each_seal(tmp_path: Path) -> None:
+    """The root's own variables and expressions, evaluated by Terraform with stand-in keys:
+    generation N signs, generations 1..N-1 become retired public keys, and each seal
+    becomes its <kid>.seal.json."""
+    shutil.copy(ROOT / "variables.tf", tmp_path / "variables.tf")
+    shutil.copy(ROOT / "dev.tfvars", tmp_path / "dev.tfvars")
+    local = clean(module_blocks(ROOT)["locals"])
+    stand_in = "local.stand_in_keys"
+    lines = ["locals {", f'  stand_in_keys = {{ for g in local.signing_generations : g => '
+             f'{{ public_key_pem = "public-${{g}}", private_key_pem_pkcs8 = "private-${{g}}" }} }}']
+    for name in ("signing_generations", "active_signing_generation", "retired_signing_key_files"):
+        expression = local[name].removeprefix("${").removesuffix("}")
+        lines.append(f"  {name} = {expression.replace('tls_private_key.signing', stand_in)}")
+    (tmp_path / "main.tf").write_text("\n".join([*lines, "}"]) + "\n")
+    signing_key = clean(module_blocks(ROOT)["module"]["secrets"])["secret_values"]["signing_key"]
+    active = signing_key.removeprefix("${").removesuffix("}").replace("tls_private_key.signing", stand_in)
+
+    assert terraform_console(tmp_path, "local.retired_signing_key_files", {}) == {}
+    assert terraform_console(tmp_path, active, {}) == "private-1"
+    third = {"signing_key_generation": 3, "signing_key_seals": {"kid-of-1": '{"kid": "kid-of-1"}'}}
+    assert terraform_console(tmp_path, "local.retired_signing_key_files", third) == {
+        "generation-1.pem": "public-1", "generation-2.pem": "public-2", "kid-of-1.seal.json": '{"kid": "kid-of-1"}'}
+    assert terraform_console(tmp_path, active, third) == "private-3"
+    for wrong in ({"signing_key_generation": 0}, {"signing_key_generation": 1.5},
+                  {"signing_key_seals": {"../x": "{}"}}):
+        with pytest.raises(AssertionError, match="Invalid value for variable"):
+            terraform_console(tmp_path, "local.retired_signing_key_files", wrong)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
+@pytest.mark.parametrize("files,accepted", [
+    ({"generation-1.pem": "-----BEGIN PUBLIC KEY-----", "AbC_-9.seal.json": "{}"}, True),
+    ({"generation-1.pem": "-----BEGIN PRIVATE KEY-----"}, False),  # a private key never ships
+    ({"../escape.pem": "x"}, False),
+    ({".hidden.pem": "x"}, False),
+    ({"notes.txt": "x"}, False),
+])
+def test_retired_key_file_names_and_contents_are_validated(tmp_path: Path, files: dict, accepted: bool) -> None:
+    shutil.copy(MODULES / "secrets" / "variables.tf", tmp_path / "variables.tf")
+    given = {"project_id": "p", "name_prefix": "plant-dev", "retired_signing_key_files": files,
+             "secret_values": {name: "x" for name in SECRETS}}
+    if accepted:
+        assert terraform_console(tmp_path, "var.retired_signing_key_files", given) == files
+    else:
+        with pytest.raises(AssertionError, match="Invalid value for variable"):
+            terraform_console(tmp_path, "var.retired_signing_key_files", given)
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")

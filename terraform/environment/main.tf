@@ -92,10 +92,31 @@ resource "random_password" "bootstrap_admin_key" {
   special = false
 }
 
-# The chain's signing key. Replacing it makes every later version carry a new kid; the old
-# public key must then be kept as a retired key (see README, "Signing keys").
+# The chain's signing keys, one per generation. The newest signs; every older one is kept
+# and shipped, as its public half, as a retired key: still trusted for what it signed
+# (README, "Key rotation"). To rotate, raise signing_key_generation by one; never lower it,
+# which would destroy the keys that signed the newest versions. Once every revision runs on
+# the new key, `plant signing-keys seal` writes the old key's seal: put it in
+# signing_key_seals and apply again (terraform/README.md, "Rotating the signing key").
+locals {
+  signing_generations       = [for generation in range(1, var.signing_key_generation + 1) : tostring(generation)]
+  active_signing_generation = tostring(var.signing_key_generation)
+  retired_signing_key_files = merge(
+    { for generation, key in tls_private_key.signing : "generation-${generation}.pem" => key.public_key_pem
+    if generation != local.active_signing_generation },
+    { for kid, seal in var.signing_key_seals : "${kid}.seal.json" => seal },
+  )
+}
+
 resource "tls_private_key" "signing" {
+  for_each  = toset(local.signing_generations)
   algorithm = "ED25519"
+}
+
+# The single key of earlier versions of this configuration is generation 1.
+moved {
+  from = tls_private_key.signing
+  to   = tls_private_key.signing["1"]
 }
 
 module "secrets" {
@@ -106,10 +127,11 @@ module "secrets" {
   secret_values = {
     database_url        = module.database.database_url
     redis_url           = module.cache.redis_url
-    signing_key         = tls_private_key.signing.private_key_pem_pkcs8
+    signing_key         = tls_private_key.signing[local.active_signing_generation].private_key_pem_pkcs8
     flower_basic_auth   = "${var.flower_user}:${random_password.flower.result}"
     bootstrap_admin_key = "plant_${random_password.bootstrap_admin_key.result}"
   }
+  retired_signing_key_files = local.retired_signing_key_files
 
   depends_on = [google_project_service.apis]
 }
@@ -119,16 +141,17 @@ module "run" {
   # Nothing to run until an image is pushed: the first apply leaves image_tag unset.
   count = var.image_tag == null ? 0 : 1
 
-  project_id               = var.project_id
-  region                   = var.region
-  name_prefix              = local.name
-  image                    = "${module.registry.repository_url}/plant:${var.image_tag}"
-  network_id               = module.network.network_id
-  subnet_id                = module.network.subnet_id
-  cloudsql_connection_name = module.database.connection_name
-  secret_ids               = module.secrets.secret_ids
-  secret_versions          = module.secrets.secret_versions
-  deletion_protection      = var.deletion_protection
+  project_id                = var.project_id
+  region                    = var.region
+  name_prefix               = local.name
+  image                     = "${module.registry.repository_url}/plant:${var.image_tag}"
+  network_id                = module.network.network_id
+  subnet_id                 = module.network.subnet_id
+  cloudsql_connection_name  = module.database.connection_name
+  secret_ids                = module.secrets.secret_ids
+  secret_versions           = module.secrets.secret_versions
+  retired_signing_key_files = module.secrets.retired_signing_key_files
+  deletion_protection       = var.deletion_protection
 
   api_ingress               = var.api_ingress
   allow_unauthenticated_api = var.allow_unauthenticated_api

@@ -32,3 +32,8 @@ output "secret_ids" {
   description = "Secret Manager secret per logical name."
   value       = module.secrets.secret_ids
 }
+
+output "retired_signing_keys" {
+  description = "File name => public PEM of each retired signing key: what `plant signing-keys seal` needs in PLANT_RETIRED_SIGNING_KEYS_DIR."
+  value       = { for name, text in local.retired_signing_key_files : name => text if endswith(name, ".pem") }
+}

@@ -32,6 +32,30 @@ variable "deletion_protection" {
   default     = true
 }
 
+# --- Signing keys ---
+
+variable "signing_key_generation" {
+  description = "Generation of the active signing key. Raise it by one to rotate: a new key signs, and every older one is shipped as a retired key. Never lower it."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.signing_key_generation >= 1 && floor(var.signing_key_generation) == var.signing_key_generation
+    error_message = "signing_key_generation is a whole number, 1 or more."
+  }
+}
+
+variable "signing_key_seals" {
+  description = "kid => the <kid>.seal.json that `plant signing-keys seal` wrote for that retired key (its text). Shipped beside the retired keys."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for kid in keys(var.signing_key_seals) : can(regex("^[A-Za-z0-9_-]+$", kid))])
+    error_message = "signing_key_seals: keys are kids (letters, digits, '_', '-')."
+  }
+}
+
 # --- Network ---
 
 variable "subnet_cidr" {

@@ -20,6 +20,14 @@ locals {
   cloudsql_volume = "cloudsql"
   cloudsql_mount  = "/cloudsql"
 
+  # Retired signing keys (public PEMs) and their seals, as files: every role that verifies
+  # signatures (api, worker, worker-audit) reads them from this directory
+  # (PLANT_RETIRED_SIGNING_KEYS_DIR). One Secret Manager secret holds them, one version per
+  # file; the volume exists only once there is a file to put in it.
+  retired_keys_volume  = "retired-signing-keys"
+  retired_keys_mount   = "/secrets/retired-signing-keys"
+  retired_keys_volumes = length(var.retired_signing_key_files) > 0 ? [local.retired_keys_volume] : []
+
   identities = merge(
     {
       api     = "Plant API (Cloud Run service)"
@@ -32,8 +40,8 @@ locals {
 
   # Least privilege: each identity reads only these secrets.
   secret_access = {
-    api     = ["database_url", "redis_url", "signing_key"]
-    worker  = ["database_url", "redis_url", "signing_key"]
+    api     = ["database_url", "redis_url", "signing_key", "retired_signing_keys"]
+    worker  = ["database_url", "redis_url", "signing_key", "retired_signing_keys"]
     beat    = ["redis_url"]
     migrate = ["database_url", "bootstrap_admin_key"]
     flower  = ["redis_url", "flower_basic_auth"]
@@ -108,6 +116,22 @@ resource "google_cloud_run_v2_service" "api" {
         instances = [var.cloudsql_connection_name]
       }
     }
+    dynamic "volumes" {
+      for_each = local.retired_keys_volumes
+      content {
+        name = local.retired_keys_volume
+        secret {
+          secret = var.secret_ids["retired_signing_keys"]
+          dynamic "items" {
+            for_each = var.retired_signing_key_files
+            content {
+              path    = items.key
+              version = items.value
+            }
+          }
+        }
+      }
+    }
 
     containers {
       image = var.image
@@ -158,9 +182,20 @@ resource "google_cloud_run_v2_service" "api" {
         }
       }
 
+      env {
+        name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
+        value = local.retired_keys_mount
+      }
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      dynamic "volume_mounts" {
+        for_each = local.retired_keys_volumes
+        content {
+          name       = local.retired_keys_volume
+          mount_path = local.retired_keys_mount
+        }
       }
 
       # /health answers 200 only once PostgreSQL (through /cloudsql) and Redis (through the
@@ -248,6 +283,22 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         instances = [var.cloudsql_connection_name]
       }
     }
+    dynamic "volumes" {
+      for_each = local.retired_keys_volumes
+      content {
+        name = local.retired_keys_volume
+        secret {
+          secret = var.secret_ids["retired_signing_keys"]
+          dynamic "items" {
+            for_each = var.retired_signing_key_files
+            content {
+              path    = items.key
+              version = items.value
+            }
+          }
+        }
+      }
+    }
 
     containers {
       image = var.image
@@ -292,9 +343,20 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         }
       }
 
+      env {
+        name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
+        value = local.retired_keys_mount
+      }
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      dynamic "volume_mounts" {
+        for_each = local.retired_keys_volumes
+        content {
+          name       = local.retired_keys_volume
+          mount_path = local.retired_keys_mount
+        }
       }
     }
   }
@@ -335,6 +397,22 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
       name = local.cloudsql_volume
       cloud_sql_instance {
         instances = [var.cloudsql_connection_name]
+      }
+    }
+    dynamic "volumes" {
+      for_each = local.retired_keys_volumes
+      content {
+        name = local.retired_keys_volume
+        secret {
+          secret = var.secret_ids["retired_signing_keys"]
+          dynamic "items" {
+            for_each = var.retired_signing_key_files
+            content {
+              path    = items.key
+              version = items.value
+            }
+          }
+        }
       }
     }
 
@@ -378,9 +456,20 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         }
       }
 
+      env {
+        name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
+        value = local.retired_keys_mount
+      }
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      dynamic "volume_mounts" {
+        for_each = local.retired_keys_volumes
+        content {
+          name       = local.retired_keys_volume
+          mount_path = local.retired_keys_mount
+        }
       }
     }
   }

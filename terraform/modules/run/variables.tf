@@ -48,6 +48,12 @@ variable "secret_versions" {
   type        = map(string)
 }
 
+variable "retired_signing_key_files" {
+  description = "File name => version of the retired_signing_keys secret, mounted in the API and the workers (the secrets module's retired_signing_key_files). Empty: no volume."
+  type        = map(string)
+  default     = {}
+}
+
 variable "deletion_protection" {
   description = "Refuse to delete services, worker pools and the job."
   type        = bool

@@ -30,3 +30,22 @@ resource "google_secret_manager_secret_version" "this" {
   secret      = google_secret_manager_secret.this[each.key].id
   secret_data = var.secret_values[each.key]
 }
+
+# Retired signing keys and their seals (models/keys.py): one secret, one version per file,
+# mounted as a directory by the run module. Not secret, but kept where the database's
+# writers cannot reach: whoever could add a key here could vouch for forged versions.
+resource "google_secret_manager_secret" "retired_signing_keys" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-retired-signing-keys"
+  labels    = merge(var.labels, { "plant-secret" = "retired-signing-keys" })
+
+  replication {
+    auto {}
+  }
+}
+
+resource "google_secret_manager_secret_version" "retired_signing_key" {
+  for_each    = var.retired_signing_key_files
+  secret      = google_secret_manager_secret.retired_signing_keys.id
+  secret_data = each.value
+}

@@ -22,6 +22,21 @@ variable "secret_values" {
   }
 }
 
+variable "retired_signing_key_files" {
+  description = "File name => content for the retired-keys directory: <name>.pem (a retired key's public half) and <kid>.seal.json (its seal). Public material: it lands in state and tfvars in the clear."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name in keys(var.retired_signing_key_files) : can(regex("^[A-Za-z0-9_-][A-Za-z0-9._-]*\\.(pem|seal\\.json)$", name))])
+    error_message = "retired_signing_key_files: names are <name>.pem or <kid>.seal.json (letters, digits, '.', '_', '-')."
+  }
+  validation {
+    condition     = alltrue([for name, text in var.retired_signing_key_files : !endswith(name, ".pem") || !strcontains(text, "PRIVATE KEY")])
+    error_message = "retired_signing_key_files: a retired key is shipped as its public half only (no PRIVATE KEY)."
+  }
+}
+
 variable "labels" {
   description = "Labels for every secret."
   type        = map(string)
