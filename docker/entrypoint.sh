@@ -2,6 +2,7 @@
 # Role dispatcher for the Plant image: one image, and the first argument picks what it runs.
 #
 #   api | worker | worker-audit | beat | flower | migrate | seed   start that role
+#   seal-keys                                                     seal the retired signing keys, once
 #   healthcheck                                                   check the role this container runs
 #   anything else                                                 exec'd as given (plant db check, sh, ...)
 #
@@ -75,7 +76,7 @@ healthcheck() {
             # /healthcheck is the one Flower page that needs no basic auth.
             http_ok "http://127.0.0.1:${PORT:-5555}/healthcheck"
             ;;
-        migrate | seed)
+        migrate | seed | seal-keys)
             exit 0 # one-shot: its exit status is the check
             ;;
         *)
@@ -141,6 +142,27 @@ case "$ROLE" in
         require DATABASE_URL
         record_role seed
         exec plant seed "$@"
+        ;;
+    seal-keys)
+        # `plant signing-keys seal` for a deployment whose retired keys arrive on a read-only
+        # volume (terraform/README.md, "Rotating the signing key"): it seals a copy of them,
+        # then prints each new <kid>.seal.json as one line of JSON, to be deployed beside them.
+        require DATABASE_URL PLANT_SIGNING_KEY PLANT_RETIRED_SIGNING_KEYS_DIR
+        record_role seal-keys
+        mounted="$PLANT_RETIRED_SIGNING_KEYS_DIR"
+        work="$(mktemp -d)"
+        mkdir -p "$work/keys/retired"
+        if [ -d "$mounted" ]; then
+            find -L "$mounted" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.seal.json' \) \
+                -exec cp {} "$work/keys/retired/" \;
+        fi
+        PLANT_DATA_DIR="$work" PLANT_RETIRED_SIGNING_KEYS_DIR="$work/keys/retired" plant signing-keys seal "$@"
+        for seal in "$work"/keys/retired/*.seal.json; do
+            [ -e "$seal" ] || continue
+            [ -e "$mounted/${seal##*/}" ] && continue
+            cat "$seal"
+            echo
+        done
         ;;
     healthcheck)
         healthcheck

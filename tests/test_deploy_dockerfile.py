@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
-ROLES = ["api", "worker", "worker-audit", "beat", "flower", "migrate", "seed"]
+ROLES = ["api", "worker", "worker-audit", "beat", "flower", "migrate", "seed", "seal-keys"]
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|python3?-dev|libpq-dev|apt-get install)\b")
 
 
@@ -167,9 +167,12 @@ def test_entrypoint_is_valid_executable_sh_with_every_role() -> None:
     assert subprocess.run(["sh", "-n", str(ENTRYPOINT)], capture_output=True).returncode == 0
     text = ENTRYPOINT.read_text()
     for role in ROLES:
-        assert re.search(rf"\n    {re.escape(role)}\)\n", text), role
-        assert f"record_role {role}" in text, role
-    assert text.count(" exec ") >= len(ROLES)  # every role is exec'd: PID 1 gets SIGTERM
+        block = re.search(rf"\n    {re.escape(role)}\)\n(.*?);;", text, re.S)
+        assert block, role
+        assert f"record_role {role}" in block[1], role
+        # Every long-running role is exec'd, so PID 1 gets SIGTERM; seal-keys is one-shot
+        # and prints the seals after sealing, so it stays the shell's child.
+        assert bool(re.search(r"^ *exec ", block[1], re.M)) == (role != "seal-keys"), role
 
 
 def run_entrypoint(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -199,9 +202,11 @@ def test_unknown_role_is_unhealthy_and_one_shots_are_healthy(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("role,needs", [("flower", "FLOWER_BASIC_AUTH"), ("api", "DATABASE_URL"),
-                                        ("worker", "REDIS_URL"), ("migrate", "DATABASE_URL")])
+                                        ("worker", "REDIS_URL"), ("migrate", "DATABASE_URL"),
+                                        ("seal-keys", "PLANT_SIGNING_KEY"), ("seal-keys", "PLANT_RETIRED_SIGNING_KEYS_DIR")])
 def test_roles_refuse_to_start_without_their_configuration(tmp_path: Path, role: str, needs: str) -> None:
-    env = {"DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://r", "FLOWER_BASIC_AUTH": "a:b"}
+    env = {"DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://r", "FLOWER_BASIC_AUTH": "a:b",
+           "PLANT_SIGNING_KEY": "pem", "PLANT_RETIRED_SIGNING_KEYS_DIR": "/retired"}
     del env[needs]
     result = run_entrypoint(tmp_path, role, **env)
     assert result.returncode == 64 and needs in result.stderr

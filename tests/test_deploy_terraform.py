@@ -34,7 +34,7 @@ SCHEMA = json.loads((REPO / "tests" / "data" / "terraform-provider-schema.json")
 EXPECTED_MODULES = {"network", "database", "cache", "secrets", "registry", "run"}
 SECRETS = {"database_url", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"}
 FILE_SECRETS = {"retired_signing_keys"}  # mounted as files, not read into the environment
-SIGNATURE_VERIFIERS = {"api", "worker", "worker_audit"}
+SIGNATURE_VERIFIERS = {"api", "worker", "worker_audit", "seal_keys"}
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
 RUN_KINDS = ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool", "google_cloud_run_v2_job")
 
@@ -321,6 +321,7 @@ def test_roles_map_to_the_expected_cloud_run_kinds() -> None:
         ("worker-audit",): "google_cloud_run_v2_worker_pool",
         ("beat",): "google_cloud_run_v2_worker_pool",
         ("migrate",): "google_cloud_run_v2_job",
+        ("seal-keys",): "google_cloud_run_v2_job",
     }
 
 
@@ -342,7 +343,7 @@ def test_every_database_user_mounts_cloud_sql_at_cloudsql() -> None:
         assert instances == ["${var.cloudsql_connection_name}"], name
         mounts = {m["name"]: m["mount_path"] for m in container.get("volume_mounts", [])}
         assert mounts.get("${local.cloudsql_volume}") == "${local.cloudsql_mount}", name
-    assert set(users) == {"api", "worker", "worker_audit", "migrate"}
+    assert set(users) == {"api", "worker", "worker_audit", "migrate", "seal_keys"}
 
 
 def test_every_volume_mount_names_a_volume() -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from cli.main import cli
 from models.audit_tables import LedgerDigest
@@ -22,6 +27,7 @@ from models.ledger import store_digest
 from models.registry import WriteContext, create_entity, update_entity
 from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
+from models.settings import load_settings
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import run_audit
 from web.report_html import report_page
@@ -212,3 +218,49 @@ def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_c
     refused = CliRunner().invoke(cli, ["signing-keys", "seal"])
     assert refused.exit_code == 1 and "do not point at the newest version" in refused.stderr
     assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []
+
+
+def public_pem(key) -> bytes:
+    """A key's public half as the Terraform module ships it (tls_private_key.public_key_pem)."""
+    return key.private_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
+        settings, committed_steward, engine, tmp_path) -> None:
+    """`docker/entrypoint.sh seal-keys`, as the Cloud Run job runs it: the retired keys are
+    a read-only volume, so the role seals a copy and prints the new seal, which deployed
+    beside the key seals it."""
+    old = keyring_from_settings(settings).active  # the key the committed registry was signed with
+    new = generate_ed25519()
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / "generation-1.pem").write_bytes(public_pem(old))
+    mounted.chmod(0o555)
+    environment = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+        "DATABASE_URL": settings.database_url, "PLANT_SIGNING_KEY": new.private_pem().decode(),
+        "PLANT_RETIRED_SIGNING_KEYS_DIR": str(mounted), "PLANT_ROLE_FILE": str(tmp_path / "role"),
+        "PLANT_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp_path),
+    }
+    entrypoint = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
+    run = subprocess.run(["sh", str(entrypoint), "seal-keys"], env=environment, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in mounted.iterdir()) == ["generation-1.pem"]  # the mount is left alone
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    seal = json.loads(line)
+    assert seal["kid"] == old.kid
+    # Deployed beside the key (as signing_key_seals does), the seal is loaded and checks out.
+    deployed = tmp_path / "deployed"
+    deployed.mkdir()
+    (deployed / "generation-1.pem").write_bytes(public_pem(old))
+    (deployed / f"{old.kid}.seal.json").write_text(line)
+    ring = keyring_from_settings(load_settings(database_url=settings.database_url, data_dir=tmp_path / "data",
+                                               signing_key=new.private_pem().decode(), retired_signing_keys_dir=deployed))
+    assert ring.seal(old.kid) is not None and ring.seal(old.kid).digest_id == seal["digest_id"]
+    with Session(engine) as session:
+        assert seal_problems(session, ring) == []
+    # Run again with the seal deployed: nothing new to seal, nothing printed.
+    again = subprocess.run(["sh", str(entrypoint), "seal-keys"], capture_output=True, text=True, timeout=120,
+                           env={**environment, "PLANT_RETIRED_SIGNING_KEYS_DIR": str(deployed)})
+    assert again.returncode == 0, again.stderr
+    assert not [line for line in again.stdout.splitlines() if line.startswith("{")]

@@ -18,6 +18,11 @@ output "migrate_job" {
   value       = one(module.run[*].migrate_job)
 }
 
+output "seal_keys_job" {
+  description = "Job that seals retired signing keys after a rotation; its log holds the seals."
+  value       = one(module.run[*].seal_keys_job)
+}
+
 output "database_connection_name" {
   description = "Cloud SQL connection name (PROJECT:REGION:INSTANCE)."
   value       = module.database.connection_name

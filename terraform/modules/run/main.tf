@@ -7,6 +7,7 @@
 #   flower        Cloud Run service, optional, IAM-protected and behind basic auth
 #   migrate       Cloud Run job: `plant db upgrade` (schema, then the bootstrap admin API
 #                 key), run before each rollout
+#   seal-keys     Cloud Run job: `plant signing-keys seal` after a key rotation; prints the seals
 #
 # Workers and beat serve no HTTP, which is what worker pools are for: no port, no request
 # routing, CPU always allocated. Every role that touches PostgreSQL mounts the Cloud SQL
@@ -34,6 +35,7 @@ locals {
       worker  = "Plant Celery workers (default and audit queues)"
       beat    = "Plant Celery beat (the one scheduler)"
       migrate = "Plant schema migrations (Cloud Run job)"
+      seal    = "Plant retired signing key seals (Cloud Run job)"
     },
     var.flower_enabled ? { flower = "Plant Flower (Celery monitor)" } : {},
   )
@@ -44,6 +46,7 @@ locals {
     worker  = ["database_url", "redis_url", "signing_key", "retired_signing_keys"]
     beat    = ["redis_url"]
     migrate = ["database_url", "bootstrap_admin_key"]
+    seal    = ["database_url", "signing_key", "retired_signing_keys"]
     flower  = ["redis_url", "flower_basic_auth"]
   }
 
@@ -53,7 +56,7 @@ locals {
     } if contains(keys(local.identities), identity)
   ]...)
 
-  cloudsql_clients = ["api", "worker", "migrate"]
+  cloudsql_clients = ["api", "worker", "migrate", "seal"]
 }
 
 # --- Identities -------------------------------------------------------------------------
@@ -695,6 +698,104 @@ resource "google_cloud_run_v2_job" "migrate" {
         volume_mounts {
           name       = local.cloudsql_volume
           mount_path = local.cloudsql_mount
+        }
+      }
+    }
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access, google_project_iam_member.cloudsql_client]
+}
+
+# --- Sealing retired signing keys -----------------------------------------------------------
+
+# Run once every revision signs with a new key (terraform/README.md, "Rotating the signing key"):
+#   gcloud run jobs execute <name> --region <region> --wait
+# It stores a ledger digest signed by the active key and prints each retired key's seal
+# (<kid>.seal.json, one line of JSON) to its log, for signing_key_seals. Not retried: a
+# second attempt would seal again with another digest, and the first seal may be the one logged.
+resource "google_cloud_run_v2_job" "seal_keys" {
+  project             = var.project_id
+  name                = "${var.name_prefix}-seal-keys"
+  location            = var.region
+  deletion_protection = var.deletion_protection
+  labels              = var.labels
+
+  template {
+    task_count  = 1
+    parallelism = 1
+
+    template {
+      service_account = google_service_account.runtime["seal"].email
+      max_retries     = 0
+      timeout         = "900s"
+
+      volumes {
+        name = local.cloudsql_volume
+        cloud_sql_instance {
+          instances = [var.cloudsql_connection_name]
+        }
+      }
+      dynamic "volumes" {
+        for_each = local.retired_keys_volumes
+        content {
+          name = local.retired_keys_volume
+          secret {
+            secret = var.secret_ids["retired_signing_keys"]
+            dynamic "items" {
+              for_each = var.retired_signing_key_files
+              content {
+                path    = items.key
+                version = items.value
+              }
+            }
+          }
+        }
+      }
+
+      containers {
+        image = var.image
+        args  = ["seal-keys"]
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+
+        env {
+          name = "DATABASE_URL"
+          value_source {
+            secret_key_ref {
+              secret  = var.secret_ids["database_url"]
+              version = var.secret_versions["database_url"]
+            }
+          }
+        }
+        env {
+          name = "PLANT_SIGNING_KEY"
+          value_source {
+            secret_key_ref {
+              secret  = var.secret_ids["signing_key"]
+              version = var.secret_versions["signing_key"]
+            }
+          }
+        }
+        env {
+          name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
+          value = local.retired_keys_mount
+        }
+
+        volume_mounts {
+          name       = local.cloudsql_volume
+          mount_path = local.cloudsql_mount
+        }
+        dynamic "volume_mounts" {
+          for_each = local.retired_keys_volumes
+          content {
+            name       = local.retired_keys_volume
+            mount_path = local.retired_keys_mount
+          }
         }
       }
     }

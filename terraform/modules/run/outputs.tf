@@ -13,6 +13,11 @@ output "migrate_job" {
   value       = google_cloud_run_v2_job.migrate.name
 }
 
+output "seal_keys_job" {
+  description = "Name of the job that seals retired signing keys."
+  value       = google_cloud_run_v2_job.seal_keys.name
+}
+
 output "service_accounts" {
   description = "Service account email per role."
   value       = { for role, account in google_service_account.runtime : role => account.email }
