@@ -31,6 +31,7 @@ from models.incremental_audit import audit_since_latest_digest
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.ledger import compare_heads, root_as_of
 from models.ledger_digest import verify_digest
+from models.repair import settle_repairs
 from models.signing import KeyRing
 
 MAX_UUID = (1 << 128) - 1
@@ -97,6 +98,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     if existing is not None:
         return existing
     scope = AuditParams.from_json(params)
+    settle_repairs(session)  # so that every export of this run lists the same repairs
     run = AuditRun(job_id=job_id, params=params)
     session.add(run)
     session.flush()

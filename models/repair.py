@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, LargeBinary, String, func, select
+from sqlalchemy import DateTime, Integer, LargeBinary, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -90,6 +90,29 @@ class RestoreOutcome:
         }
 
 
+# pg_advisory_xact_lock key ("repairs" in ASCII) that keeps every export of an audit run
+# listing the same repairs: see :func:`hold_repairs_open` and :func:`settle_repairs`.
+REPAIRS_LOCK = int.from_bytes(b"repairs", "big")
+
+
+def hold_repairs_open(session: Session) -> None:
+    """Taken (shared) by a restore before anything else, until it commits.
+
+    A report lists the repairs made before its run started (``repaired_at`` earlier than
+    the run's ``created_at``). A restore reads its time before it commits, so without
+    this a run could start between the two: exports made before the commit would leave
+    the repair out and later ones list it. Restores share the lock with each other.
+    """
+    session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": REPAIRS_LOCK})
+
+
+def settle_repairs(session: Session) -> None:
+    """Taken (exclusive) by a new audit run, until it commits: a restore that has read its
+    time finishes first, so every export sees it; one that has not waits, and reads a
+    time after the run's start, so no export lists it."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REPAIRS_LOCK})
+
+
 def restore_entity(
     session: Session, *, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing, embedder: Embedder, actor: str
 ) -> RestoreOutcome:
@@ -100,6 +123,7 @@ def restore_entity(
     409/422 errors when the restored row would break a membership or unique rule (free the
     seat or the name first). Flushes; the caller commits.
     """
+    hold_repairs_open(session)  # before the row lock: a run holding the lock may lock rows
     entity = lock_entity(session, entity_type, entity_id)
     rows = history(session, entity_id=entity_id)
     if not rows:

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select, text
@@ -11,7 +12,7 @@ from models.chain import history, verify_entity
 from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
 from models.registry import update_entity
-from models.repair import EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
+from models.repair import REPAIRS_LOCK, EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
 from tests.test_assignment import World
 from tests.test_audit import lift_guard, reset_row_to
 
@@ -154,6 +155,70 @@ def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(engi
     assert before["repairs"] == []
     assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not a skill-only run's business
     assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent_id)]}})[1]["repairs"]] == [repair_id]
+
+
+def _waiting_on_the_repairs_lock(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = :key"), {"key": REPAIRS_LOCK})
+
+
+def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_restore(
+        engine, write_ctx, keyring, committed_steward) -> None:
+    """A restore reads its time before it commits. A run starting in between waits for the
+    commit, so its exports all list the repair; a restore starting during a run's start
+    waits for it, reads a later time, and no export lists it."""
+    from models.audit_tables import AuditRun
+    from models.db import make_session_factory, transaction
+    from models.reports import build_report
+    from tests.conftest import wait_for
+    from tests.test_audit import run_audit
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        first, second = world.agent("First").id, world.agent("Second").id
+        _sql(session, "UPDATE agents SET name = name || ' (renamed by hand)' WHERE id IN (:a, :b)", a=first, b=second)
+
+    def audit() -> uuid.UUID:
+        with transaction(sessions) as session:
+            earlier = set(session.scalars(select(AuditRun.id)))
+            run_audit(session, keyring, {"verify_signatures": "heads"})
+            [run] = [r for r in session.scalars(select(AuditRun)) if r.id not in earlier]
+            return run.id
+
+    def exported(run_id) -> list[str]:
+        with transaction(sessions) as session:
+            return [r["id"] for r in build_report(session, run_id=run_id)["repairs"]]
+
+    restoring, starting = sessions(), sessions()  # closed at the end even when the test fails
+    with ThreadPoolExecutor(1) as pool, restoring, starting:
+        # 1. The restore has its time and is not committed; the run starts meanwhile.
+        restoring.begin()
+        repair_id = str(_restore(restoring, write_ctx, E.AGENT, first).repair.id)
+        run = pool.submit(audit)
+        wait_for(lambda: _waiting_on_the_repairs_lock(engine) == 1, timeout=20, what="the run to wait for the restore")
+        restoring.commit()
+        run_id = run.result(timeout=60)
+        assert exported(run_id) == [repair_id]
+
+        # 2. A run is starting (its transaction open); a restore begins meanwhile.
+        starting.begin()
+        run_audit(starting, keyring, {"verify_signatures": "heads"})
+        [late] = [r for r in starting.scalars(select(AuditRun)) if r.id != run_id]
+
+        def restore_second() -> str:
+            with transaction(sessions) as session:
+                return str(_restore(session, write_ctx, E.AGENT, second).repair.id)
+
+        restore = pool.submit(restore_second)
+        wait_for(lambda: _waiting_on_the_repairs_lock(engine) == 1, timeout=20, what="the restore to wait for the run")
+        late_id = late.id
+        starting.commit()
+        second_repair = restore.result(timeout=60)
+        assert exported(late_id) == [repair_id]  # made after the run started: not the run's business
+        assert second_repair not in exported(late_id)
 
 
 def test_a_restore_that_would_take_a_name_back_from_another_entity_is_a_409(world, db_session, write_ctx) -> None:
