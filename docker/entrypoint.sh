@@ -153,8 +153,9 @@ case "$ROLE" in
         work="$(mktemp -d)"
         mkdir -p "$work/keys/retired"
         if [ -d "$mounted" ]; then
+            # `-exec ... +` fails when cp fails: a key left out would go unsealed.
             find -L "$mounted" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.seal.json' \) \
-                -exec cp {} "$work/keys/retired/" \;
+                -exec cp -t "$work/keys/retired/" {} +
         fi
         PLANT_DATA_DIR="$work" PLANT_RETIRED_SIGNING_KEYS_DIR="$work/keys/retired" plant signing-keys seal "$@"
         for seal in "$work"/keys/retired/*.seal.json; do

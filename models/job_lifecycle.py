@@ -99,7 +99,9 @@ def create_job(
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
-    """The job's row as it is now (a plain row: nothing is tracked or cached)."""
+    """The job's row as it is now (a plain row: nothing is tracked or cached). It runs on the
+    session's connection, so changes pending in the session are not flushed first: callers
+    read a job another transaction wrote, or one their own has flushed or committed."""
     row = session.connection().execute(_GET, {"job_id": job_id}).one_or_none()
     if row is None:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))

@@ -2,7 +2,9 @@
 
 The active key comes from ``PLANT_SIGNING_KEY`` (PEM text) or a PEM file; every ``*.pem``
 in the retired-keys directory stays trusted for verifying what it signed, and a
-``<kid>.seal.json`` beside one seals it (:mod:`models.key_seals`). Keys and seals never
+``<kid>.seal.json`` beside one seals it (:mod:`models.key_seals`). A ``*.next.pem`` there is
+an upcoming key: trusted before it signs, so that a rolling rotation's old processes accept
+what the new key signs, and never sealed. Keys and seals never
 come from the database, so someone who can write the database cannot add or move one.
 """
 
@@ -19,11 +21,13 @@ from cryptography.hazmat.primitives import serialization
 
 from models.settings import Settings
 from models.canonical import canonical_bytes, strict_json_loads
-from models.signing import KeyRing, KeySeal, SigningKey, load_keyring, load_signing_key_pem
+from models.signing import KeyRing, KeySeal, SigningKey, load_keyring, load_signing_key_pem, load_verifying_key_pem
 from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
+# A key published before it signs (a rolling rotation's next key): trusted, never sealed.
+UPCOMING_SUFFIX = ".next.pem"
 
 
 def keyring_from_settings(settings: Settings) -> KeyRing:
@@ -37,10 +41,12 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
             f"(looked for {settings.active_signing_key_path}; `plant dev` generates one)"
         )
     retired_dir = settings.retired_signing_keys_path
-    retired = sorted(retired_dir.glob("*.pem")) if retired_dir.is_dir() else []
+    pems = sorted(retired_dir.glob("*.pem")) if retired_dir.is_dir() else []
+    retired = [path for path in pems if not path.name.endswith(UPCOMING_SUFFIX)]
+    upcoming = tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if path.name.endswith(UPCOMING_SUFFIX))
     ring = load_keyring([active, *(path.read_bytes() for path in retired)])
     seals = tuple(load_seal(path) for path in sorted(retired_dir.glob(f"*{SEAL_SUFFIX}"))) if retired_dir.is_dir() else ()
-    return KeyRing(ring.active, ring.retired, seals) if seals else ring
+    return KeyRing(ring.active, ring.retired, seals, upcoming) if seals or upcoming else ring
 
 
 def load_seal(path: Path) -> KeySeal:

@@ -141,17 +141,20 @@ class KeySeal:
 @dataclass(frozen=True)
 class KeyRing:
     """The active signing key plus retired keys that still verify what they signed
-    (a sealed retired key: only what its seal's digest holds)."""
+    (a sealed retired key: only what its seal's digest holds), and upcoming keys: trusted
+    before they sign, so that processes still on the old key accept what the new one signs
+    during a rolling rotation. An upcoming key is never sealed."""
 
     active: SigningKey
     retired: tuple[SigningKey | VerifyingKey, ...] = ()
     seals: tuple[KeySeal, ...] = ()
+    upcoming: tuple[VerifyingKey, ...] = ()
     _verifiers: dict[str, VerifyingKey] = field(init=False, repr=False, compare=False)
     _seals: dict[str, KeySeal] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         verifiers: dict[str, VerifyingKey] = {}
-        for key in (self.active, *self.retired):
+        for key in (self.active, *self.retired, *self.upcoming):
             verifiers.setdefault(key.kid, key.verifier() if isinstance(key, SigningKey) else key)
         object.__setattr__(self, "_verifiers", verifiers)
         retired = {key.kid for key in self.retired} - {self.active.kid}
@@ -188,7 +191,7 @@ class KeyRing:
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""
         retired = tuple(key for key in (self.active, *self.retired) if key.kid != new.kid)
-        return KeyRing(new, retired, self.seals)
+        return KeyRing(new, retired, self.seals, tuple(key for key in self.upcoming if key.kid != new.kid))
 
 
 def jwk_thumbprint(required_members: dict[str, str]) -> str:

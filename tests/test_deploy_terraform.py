@@ -460,17 +460,13 @@ def test_retired_signing_keys_are_mounted_where_plant_reads_them(monkeypatch) ->
     assert root["run"]["retired_signing_key_files"] == "${module.secrets.retired_signing_key_files}"
 
 
-def test_signing_key_generations_keep_every_older_key_as_a_retired_public_key() -> None:
+def test_signing_key_generations_keep_every_key_and_never_destroy_one() -> None:
     keys = resources(ROOT, "tls_private_key")["signing"]
     assert keys["for_each"] == "${toset(local.signing_generations)}"
+    assert one(keys["lifecycle"])["prevent_destroy"] is True  # a destroyed key unverifies what it signed
     local = clean(module_blocks(ROOT)["locals"])
-    assert local["signing_generations"] == (
-        "${[for generation in range(1, var.signing_key_generation + 1) : tostring(generation)]}")
-    assert local["active_signing_generation"] == "${tostring(var.signing_key_generation)}"
-    retired = local["retired_signing_key_files"]
-    assert "key.public_key_pem" in retired and "private_key_pem" not in retired
-    assert "if generation != local.active_signing_generation" in retired
-    assert '"${kid}.seal.json" => seal' in retired
+    assert "key.public_key_pem" in local["retired_signing_key_files"]
+    assert "private_key_pem" not in local["retired_signing_key_files"]
     root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
     assert root["secrets"]["secret_values"]["signing_key"] == (
         "${tls_private_key.signing[local.active_signing_generation].private_key_pem_pkcs8}")
@@ -479,8 +475,9 @@ def test_signing_key_generations_keep_every_older_key_as_a_retired_public_key() 
     assert {"from": "${tls_private_key.signing}", "to": '${tls_private_key.signing["1"]}'} in moved
     generation = clean(module_blocks(ROOT)["variable"]["signing_key_generation"])
     assert generation["default"] == 1
-    files = clean(module_blocks(MODULES / "secrets")["variable"]["retired_signing_key_files"])
-    assert any("PRIVATE KEY" in v["condition"] for v in files["validation"])
+    # A version Terraform replaces stays readable for the revisions that pinned it.
+    for name, version in resources(MODULES / "secrets", "google_secret_manager_secret_version").items():
+        assert version["deletion_policy"] == "ABANDON", name
 
 
 def test_env_names_match_what_plant_reads() -> None:
@@ -621,8 +618,8 @@ def terraform_console(directory: Path, expression: str, variables: dict[str, Any
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
 def test_rotation_ships_every_older_key_and_each_seal(tmp_path: Path) -> None:
     """The root's own variables and expressions, evaluated by Terraform with stand-in keys:
-    generation N signs, generations 1..N-1 become retired public keys, and each seal
-    becomes its <kid>.seal.json."""
+    generation N signs, generations 1..N-1 become retired public keys, N+1 an upcoming one
+    (trusted before it signs), and each seal becomes its <kid>.seal.json."""
     shutil.copy(ROOT / "variables.tf", tmp_path / "variables.tf")
     shutil.copy(ROOT / "dev.tfvars", tmp_path / "dev.tfvars")
     local = clean(module_blocks(ROOT)["locals"])
@@ -636,22 +633,28 @@ def test_rotation_ships_every_older_key_and_each_seal(tmp_path: Path) -> None:
     signing_key = clean(module_blocks(ROOT)["module"]["secrets"])["secret_values"]["signing_key"]
     active = signing_key.removeprefix("${").removesuffix("}").replace("tls_private_key.signing", stand_in)
 
-    assert terraform_console(tmp_path, "local.retired_signing_key_files", {}) == {}
+    # Generation 1 signs; generation 2 is trusted already, as an upcoming key.
+    assert terraform_console(tmp_path, "local.retired_signing_key_files", {}) == {"generation-2.next.pem": "public-2"}
     assert terraform_console(tmp_path, active, {}) == "private-1"
     third = {"signing_key_generation": 3, "signing_key_seals": {"kid-of-1": '{"kid": "kid-of-1"}'}}
     assert terraform_console(tmp_path, "local.retired_signing_key_files", third) == {
-        "generation-1.pem": "public-1", "generation-2.pem": "public-2", "kid-of-1.seal.json": '{"kid": "kid-of-1"}'}
+        "generation-1.pem": "public-1", "generation-2.pem": "public-2", "generation-4.next.pem": "public-4",
+        "kid-of-1.seal.json": '{"kid": "kid-of-1"}'}
     assert terraform_console(tmp_path, active, third) == "private-3"
     for wrong in ({"signing_key_generation": 0}, {"signing_key_generation": 1.5},
-                  {"signing_key_seals": {"../x": "{}"}}):
+                  {"signing_key_seals": {"../x": "{}"}}, {"signing_key_seals": {"kid-of-1": "not json"}},
+                  {"signing_key_seals": {"kid-of-1": '{"kid": "kid-of-2"}'}}):
         with pytest.raises(AssertionError, match="Invalid value for variable"):
             terraform_console(tmp_path, "local.retired_signing_key_files", wrong)
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
 @pytest.mark.parametrize("files,accepted", [
-    ({"generation-1.pem": "-----BEGIN PUBLIC KEY-----", "AbC_-9.seal.json": "{}"}, True),
+    ({"generation-1.pem": "-----BEGIN PUBLIC KEY-----", "generation-3.next.pem": "-----BEGIN PUBLIC KEY-----",
+      "AbC_-9.seal.json": '{"kid": "AbC_-9", "digest_id": 1}'}, True),
     ({"generation-1.pem": "-----BEGIN PRIVATE KEY-----"}, False),  # a private key never ships
+    ({"AbC_-9.seal.json": '{"kid": "other"}'}, False),  # the services would refuse to start
+    ({"AbC_-9.seal.json": "{not json"}, False),
     ({"../escape.pem": "x"}, False),
     ({".hidden.pem": "x"}, False),
     ({"notes.txt": "x"}, False),

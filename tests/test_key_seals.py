@@ -209,6 +209,38 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
         keyring_from_settings(key_settings)
 
 
+def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(rotated) -> None:
+    """During a rollout, processes still on the old key verify versions the new key signs:
+    the new key was published to them as an upcoming key one rollout earlier."""
+    upcoming = generate_ed25519()
+    rolled_out = KeyRing(upcoming, (rotated.old.verifier(), rotated.new.verifier()))  # the new revisions
+    rotated.edit(rotated.skill, rolled_out, description="Signed by the key just made active")
+    unaware = rotated.rotated  # a process from before the upcoming key was published
+    assert "unknown-signing-key" in {f.code for f in verify_entity(rotated.session, entity=rotated.skill, keyring=unaware).findings}
+    aware = KeyRing(rotated.new, (rotated.old.verifier(),), upcoming=(upcoming.verifier(),))
+    assert verify_entity(rotated.session, entity=rotated.skill, keyring=aware).ok
+    rotated.edit(rotated.skill, aware, description="An old process writes on top of it")  # no entity-tampered
+    assert aware.sign(b"x")[0] == rotated.new.kid and aware.seal(upcoming.kid) is None
+
+
+def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    upcoming = generate_ed25519()
+    retired_dir = Path(key_settings.retired_signing_keys_path)
+    retired_dir.mkdir(parents=True, exist_ok=True)
+    (retired_dir / "generation-2.next.pem").write_bytes(public_pem(upcoming))
+    ring = keyring_from_settings(key_settings)
+    assert ring.verify(upcoming.kid, upcoming.sign(b"y" * 32), b"y" * 32)
+    assert upcoming.kid not in {key.kid for key in ring.retired} and ring.active.kid != upcoming.kid
+    assert upcoming.kid in {key["kid"] for key in ring.jwks()["keys"]}  # published with the others
+    rotate = CliRunner().invoke(cli, ["signing-keys", "rotate", "--json"], catch_exceptions=False)
+    old_kid = json.loads(rotate.stdout)["old_kid"]
+    sealing = CliRunner().invoke(cli, ["signing-keys", "seal", "--json"], catch_exceptions=False)
+    assert [s["kid"] for s in json.loads(sealing.stdout)["sealed"]] == [old_kid]  # the upcoming key is left alone
+    assert not (retired_dir / f"{upcoming.kid}.seal.json").exists()
+    assert keyring_from_settings(key_settings).verify(upcoming.kid, upcoming.sign(b"z" * 32), b"z" * 32)
+
+
 def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(  # noqa: F811
         key_settings, settings, committed_steward, engine, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)

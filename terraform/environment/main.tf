@@ -92,17 +92,20 @@ resource "random_password" "bootstrap_admin_key" {
   special = false
 }
 
-# The chain's signing keys, one per generation. The newest signs; every older one is kept
-# and shipped, as its public half, as a retired key: still trusted for what it signed
-# (README, "Key rotation"). To rotate, raise signing_key_generation by one; never lower it,
-# which would destroy the keys that signed the newest versions. Once every revision runs on
-# the new key, `plant signing-keys seal` writes the old key's seal: put it in
-# signing_key_seals and apply again (terraform/README.md, "Rotating the signing key").
+# The chain's signing keys, one per generation. Generation signing_key_generation signs;
+# every older one is shipped, as its public half, as a retired key (still trusted for what
+# it signed), and the next one is created and shipped already, as an upcoming key
+# (`*.next.pem`): so when a rotation rolls out, the revisions still on the old key already
+# trust what the new one signs (README, "Key rotation"). To rotate, raise
+# signing_key_generation by one; never lower it (the keys are protected from destroy). Once
+# every revision runs on the new key, run the seal-keys job and put the seal it logs in
+# signing_key_seals (terraform/README.md, "Rotating the signing key").
 locals {
-  signing_generations       = [for generation in range(1, var.signing_key_generation + 1) : tostring(generation)]
+  signing_generations       = [for generation in range(1, var.signing_key_generation + 2) : tostring(generation)]
   active_signing_generation = tostring(var.signing_key_generation)
   retired_signing_key_files = merge(
-    { for generation, key in tls_private_key.signing : "generation-${generation}.pem" => key.public_key_pem
+    { for generation, key in tls_private_key.signing :
+      (tonumber(generation) < var.signing_key_generation ? "generation-${generation}.pem" : "generation-${generation}.next.pem") => key.public_key_pem
     if generation != local.active_signing_generation },
     { for kid, seal in var.signing_key_seals : "${kid}.seal.json" => seal },
   )
@@ -111,6 +114,12 @@ locals {
 resource "tls_private_key" "signing" {
   for_each  = toset(local.signing_generations)
   algorithm = "ED25519"
+
+  # Destroying a key leaves what it signed unverifiable. Lowering signing_key_generation,
+  # or destroying the environment, has to lift this deliberately first.
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # The single key of earlier versions of this configuration is generation 1.

@@ -39,6 +39,6 @@ output "secret_ids" {
 }
 
 output "retired_signing_keys" {
-  description = "File name => public PEM of each retired signing key: what `plant signing-keys seal` needs in PLANT_RETIRED_SIGNING_KEYS_DIR."
-  value       = { for name, text in local.retired_signing_key_files : name => text if endswith(name, ".pem") }
+  description = "File name => content of each file of the retired-keys directory (retired and upcoming public keys, seals): what `plant signing-keys seal` run by hand needs in PLANT_RETIRED_SIGNING_KEYS_DIR."
+  value       = local.retired_signing_key_files
 }

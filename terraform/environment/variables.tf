@@ -35,7 +35,7 @@ variable "deletion_protection" {
 # --- Signing keys ---
 
 variable "signing_key_generation" {
-  description = "Generation of the active signing key. Raise it by one to rotate: a new key signs, and every older one is shipped as a retired key. Never lower it."
+  description = "Generation of the active signing key. Raise it by one to rotate: the next key (already trusted everywhere) signs, every older one is shipped as a retired key, and a new next key is made. Never lower it."
   type        = number
   default     = 1
 
@@ -53,6 +53,11 @@ variable "signing_key_seals" {
   validation {
     condition     = alltrue([for kid in keys(var.signing_key_seals) : can(regex("^[A-Za-z0-9_-]+$", kid))])
     error_message = "signing_key_seals: keys are kids (letters, digits, '_', '-')."
+  }
+  # A seal the services cannot load stops every API and worker instance from starting.
+  validation {
+    condition     = alltrue([for kid, text in var.signing_key_seals : try(jsondecode(text).kid == kid, false)])
+    error_message = "signing_key_seals: each value is the JSON of <kid>.seal.json, whose \"kid\" is its key."
   }
 }
 

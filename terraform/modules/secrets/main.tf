@@ -29,6 +29,10 @@ resource "google_secret_manager_secret_version" "this" {
   for_each    = local.secrets
   secret      = google_secret_manager_secret.this[each.key].id
   secret_data = var.secret_values[each.key]
+  # A new value is a new version. The old one is left enabled (Terraform forgets it): the
+  # revisions still running pin it, and their new instances, or a rollback, read it at start.
+  # Disable it in Secret Manager once no revision uses it.
+  deletion_policy = "ABANDON"
 }
 
 # Retired signing keys and their seals (models/keys.py): one secret, one version per file,
@@ -45,7 +49,8 @@ resource "google_secret_manager_secret" "retired_signing_keys" {
 }
 
 resource "google_secret_manager_secret_version" "retired_signing_key" {
-  for_each    = var.retired_signing_key_files
-  secret      = google_secret_manager_secret.retired_signing_keys.id
-  secret_data = each.value
+  for_each        = var.retired_signing_key_files
+  secret          = google_secret_manager_secret.retired_signing_keys.id
+  secret_data     = each.value
+  deletion_policy = "ABANDON" # as above: running revisions mount the versions they pinned
 }

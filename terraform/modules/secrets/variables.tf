@@ -23,7 +23,7 @@ variable "secret_values" {
 }
 
 variable "retired_signing_key_files" {
-  description = "File name => content for the retired-keys directory: <name>.pem (a retired key's public half) and <kid>.seal.json (its seal). Public material: it lands in state and tfvars in the clear."
+  description = "File name => content for the retired-keys directory: <name>.pem (a retired key's public half), <name>.next.pem (an upcoming key's) and <kid>.seal.json (a seal). Public material: it lands in state and tfvars in the clear."
   type        = map(string)
   default     = {}
 
@@ -34,6 +34,10 @@ variable "retired_signing_key_files" {
   validation {
     condition     = alltrue([for name, text in var.retired_signing_key_files : !endswith(name, ".pem") || !strcontains(text, "PRIVATE KEY")])
     error_message = "retired_signing_key_files: a retired key is shipped as its public half only (no PRIVATE KEY)."
+  }
+  validation {
+    condition     = alltrue([for name, text in var.retired_signing_key_files : !endswith(name, ".seal.json") || try(jsondecode(text).kid == trimsuffix(name, ".seal.json"), false)])
+    error_message = "retired_signing_key_files: <kid>.seal.json must hold JSON whose \"kid\" is <kid> (the services refuse to start otherwise)."
   }
 }
 
