@@ -264,10 +264,13 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
     beside the key seals it."""
     old = keyring_from_settings(settings).active  # the key the committed registry was signed with
     new = generate_ed25519()
-    mounted = tmp_path / "mounted"
+    mounted, versions = tmp_path / "mounted", tmp_path / "versions"
     mounted.mkdir()
-    (mounted / "generation-1.pem").write_bytes(public_pem(old))
-    mounted.chmod(0o555)
+    versions.mkdir()
+    # A secret volume may present its files as links into a hidden directory.
+    (versions / "generation-1.pem").write_bytes(public_pem(old))
+    (mounted / "generation-1.pem").symlink_to(versions / "generation-1.pem")
+    mounted.chmod(0o555)  # as a reminder: root (CI) writes anyway, so the listing below is the check
     environment = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
         "DATABASE_URL": settings.database_url, "PLANT_SIGNING_KEY": new.private_pem().decode(),
