@@ -25,6 +25,7 @@ from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_fr
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
+from models.db import uuid_in
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
@@ -69,7 +70,7 @@ class AuditParams:
         ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids else None
         untyped = [f.entity_id for f in findings if f.entity_id is not None and f.entity_type is None]
         types = dict(session.execute(select(EntityVersion.entity_id, EntityVersion.entity_type).where(
-            EntityVersion.entity_id.in_(untyped)).distinct()).all()) if untyped and self.entity_type else {}
+            uuid_in(EntityVersion.entity_id, untyped)).distinct()).all()) if untyped and self.entity_type else {}
 
         def in_scope(f: FindingRow) -> bool:
             if f.entity_id is None:
