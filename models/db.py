@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import ARRAY, Engine, any_, create_engine, event, exc, literal
+from sqlalchemy import ARRAY, Engine, LargeBinary, any_, create_engine, event, exc, literal
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -89,6 +89,11 @@ def uuid_in(column: Any, ids: Iterable[uuid.UUID]) -> Any:
     """``column = ANY(:ids)``: one array parameter; ``IN`` with hundreds of parameters
     makes a statement too long for the driver's cache, re-parsed on every execution."""
     return column == any_(literal(list(ids), ARRAY(UUID(as_uuid=True))))
+
+
+def bytes_in(column: Any, values: Iterable[bytes]) -> Any:
+    """``column = ANY(:values)`` for a ``bytea`` column, one array parameter (see :func:`uuid_in`)."""
+    return column == any_(literal(list(values), ARRAY(LargeBinary())))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

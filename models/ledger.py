@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.canonical import canonical_bytes
 from models.chain import ChainFinding, EntityVersion
+from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import build_digest, digest_with_leaves, verify_digest
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
@@ -48,12 +49,13 @@ def current_heads(
     """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
     by id, streamed in batches."""
     parts = []
+    ids = list(entity_ids) if entity_ids is not None else None
     for entity_type, model in ENTITY_MODELS.items():
         query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
         alive = model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None)
         query = query.where(alive, model.head_link_hash.is_not(None))
-        if entity_ids is not None:
-            query = query.where(model.id.in_(list(entity_ids)))
+        if ids is not None:
+            query = query.where(uuid_in(model.id, ids))
         parts.append(query)
     result = session.execute(union_all(*parts).order_by("id").execution_options(yield_per=HEAD_BATCH))
     for row in result:
@@ -185,7 +187,7 @@ def stored_leaves(session: Session, digest_id: int, entity_ids: list[uuid.UUID] 
         LedgerDigestHead.digest_id == digest_id
     )
     if entity_ids is not None:
-        query = query.where(LedgerDigestHead.entity_id.in_(entity_ids))
+        query = query.where(uuid_in(LedgerDigestHead.entity_id, entity_ids))
     return [(r[0], r[1], bytes(r[2])) for r in session.execute(query.order_by(LedgerDigestHead.entity_id))]
 
 
@@ -204,7 +206,7 @@ def compare_heads(session: Session, leaves: list[tuple[uuid.UUID, int | None, by
         ids = [entity_id for entity_id, _, _ in batch]
         now = {h.entity_id: h for h in current_heads(session, ids)}
         found = session.execute(
-            select(EntityVersion.entity_id, EntityVersion.link_hash).where(EntityVersion.link_hash.in_([l for _, _, l in batch]))
+            select(EntityVersion.entity_id, EntityVersion.link_hash).where(bytes_in(EntityVersion.link_hash, [l for _, _, l in batch]))
         )
         known = {(entity_id, bytes(link)) for entity_id, link in found}
         for entity_id, version, link in batch:
