@@ -132,11 +132,12 @@ def seal(as_json: bool) -> None:
 @signing_keys.command("list")
 @json_option
 def list_signing_keys(as_json: bool) -> None:
-    """The JWK Set the server publishes (active key first); --json output is a --jwks file."""
+    """The JWK Set the server publishes: the active key first, then every key it only verifies
+    with (retired and upcoming keys); --json output is a --jwks file."""
     jwks = connect().get("/signing-keys")
     if as_json:
         print_json(jwks)
         return
     keys = jwks["keys"]
     print_table(keys, [("KID", lambda k: k.get("kid")), ("ALG", lambda k: k.get("alg")),
-                       ("ROLE", lambda k: "active" if k is keys[0] else "retired")])
+                       ("ROLE", lambda k: "active" if k is keys[0] else "verifies")])

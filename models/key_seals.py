@@ -18,7 +18,7 @@ database can neither add a seal nor move one.
 
 from __future__ import annotations
 
-from sqlalchemy import exists, select
+from sqlalchemy import column, exists, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_tables import LedgerDigest
@@ -32,6 +32,8 @@ from models.settings import Settings
 from models.signing import KeyRing, KeySeal
 
 SEAL_INVALID_CODE = "key-seal-invalid"
+# models.repair's table (which imports this module), named here only for its signer column.
+_REPAIR_SIGNERS = table("entity_repairs", column("kid"))
 
 
 def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> list[KeySeal]:
@@ -47,6 +49,11 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
         if not unsealed:
             return []
         with transaction(sessions) as session:
+            early = signed_by_upcoming_keys(session, keyring)
+            if early:
+                raise SigningKeyError(f"upcoming key(s) {', '.join(early)} signed records before becoming active: a process "
+                                      "already signs with one (run this where the active key is the newest), or a "
+                                      "forgery with its private key; nothing was sealed")
             astray = rows_off_their_chain_heads(session)
             if astray:
                 raise SigningKeyError(f"{len(astray)} entity row(s) do not point at the newest version of their chain "
@@ -58,6 +65,19 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
         for seal in seals:
             write_seal(settings, seal)
     return seals
+
+
+def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
+    """The upcoming keys (other than the active one) that signed a version, a digest or a
+    repair record. Once every process runs on the active key, an upcoming key has signed
+    nothing; anything it did sign is a process ahead of this one, or a forgery."""
+    kids = sorted({key.kid for key in keyring.upcoming} - {keyring.active.kid})
+    if not kids:
+        return []
+    signed = set()
+    for signer in (EntityVersion.kid, LedgerDigest.kid, _REPAIR_SIGNERS.c.kid):
+        signed |= set(session.scalars(select(signer).where(signer.in_(kids)).distinct()))
+    return sorted(signed)
 
 
 def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:

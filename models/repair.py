@@ -90,27 +90,33 @@ class RestoreOutcome:
         }
 
 
-# pg_advisory_xact_lock key ("repairs" in ASCII) that keeps every export of an audit run
-# listing the same repairs: see :func:`hold_repairs_open` and :func:`settle_repairs`.
+# Advisory lock key ("repairs" in ASCII) that keeps every export of an audit run listing
+# the same repairs: see :func:`hold_repairs_open` and :func:`settle_repairs`.
 REPAIRS_LOCK = int.from_bytes(b"repairs", "big")
 
 
 def hold_repairs_open(session: Session) -> None:
-    """Taken (shared) by a restore before anything else, until it commits.
+    """Taken (shared, until the transaction ends) by a restore before anything else.
 
     A report lists the repairs made before its run started (``repaired_at`` earlier than
-    the run's ``created_at``). A restore reads its time before it commits, so without
-    this a run could start between the two: exports made before the commit would leave
-    the repair out and later ones list it. Restores share the lock with each other.
+    the run's ``created_at``, its transaction's start). A restore reads its time before it
+    commits, so without this a run could start between the two: exports made before the
+    commit would leave the repair out and later ones list it. Restores share the lock.
     """
     session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": REPAIRS_LOCK})
 
 
+# Lock and unlock in one statement: the inner query runs first, and no session-level lock
+# can outlive the statement on a pooled connection.
+_BARRIER = text("SELECT pg_advisory_unlock(:key) FROM (SELECT pg_advisory_lock(:key)) AS waited")
+
+
 def settle_repairs(session: Session) -> None:
-    """Taken (exclusive) by a new audit run, until it commits: a restore that has read its
-    time finishes first, so every export sees it; one that has not waits, and reads a
-    time after the run's start, so no export lists it."""
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REPAIRS_LOCK})
+    """Called by a new audit run: waits until every restore that holds the lock has
+    committed, then lets go at once. A restore that was in flight is visible to every
+    export of the run; one that starts later reads a time after the run's start, so no
+    export lists it. The run holds nothing while it plans or audits."""
+    session.execute(_BARRIER, {"key": REPAIRS_LOCK})
 
 
 def restore_entity(

@@ -241,6 +241,24 @@ def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings
     assert keyring_from_settings(key_settings).verify(upcoming.kid, upcoming.sign(b"z" * 32), b"z" * 32)
 
 
+def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(  # noqa: F811
+        key_settings, settings, committed_steward, engine, write_ctx, monkeypatch) -> None:
+    """An upcoming key signs nothing until it is made active: a version it signed means a
+    process ahead of the sealer, or a forgery with its private key. Sealing stops there."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    upcoming = generate_ed25519()
+    retired_dir = Path(key_settings.retired_signing_keys_path)
+    retired_dir.mkdir(parents=True, exist_ok=True)
+    (retired_dir / "generation-2.next.pem").write_bytes(public_pem(upcoming))
+    assert CliRunner().invoke(cli, ["signing-keys", "rotate"]).exit_code == 0
+    with Session(engine) as session, session.begin():  # the steward's row, rewritten with the upcoming key
+        update_entity(session, entity_type=E.AGENT, entity_id=committed_steward, changes={"description": "early"},
+                      ctx=WriteContext("test", KeyRing(upcoming, (write_ctx.keyring.active.verifier(),)), HashingEmbedder()))
+    refused = CliRunner().invoke(cli, ["signing-keys", "seal"])
+    assert refused.exit_code == 1 and upcoming.kid in refused.stderr and "nothing was sealed" in refused.stderr
+    assert list(retired_dir.glob("*.seal.json")) == []
+
+
 def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(  # noqa: F811
         key_settings, settings, committed_steward, engine, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)

@@ -167,10 +167,12 @@ def _waiting_on_the_repairs_lock(engine) -> int:
 def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_restore(
         engine, write_ctx, keyring, committed_steward) -> None:
     """A restore reads its time before it commits. A run starting in between waits for the
-    commit, so its exports all list the repair; a restore starting during a run's start
-    waits for it, reads a later time, and no export lists it."""
+    commit, so its exports all list the repair; a restore starting after a run started
+    does not wait for it, reads a later time, and no export lists it."""
+    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
     from models.audit_tables import AuditRun
     from models.db import make_session_factory, transaction
+    from models.job_lifecycle import create_job
     from models.reports import build_report
     from tests.conftest import wait_for
     from tests.test_audit import run_audit
@@ -203,22 +205,25 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
         run_id = run.result(timeout=60)
         assert exported(run_id) == [repair_id]
 
-        # 2. A run is starting (its transaction open); a restore begins meanwhile.
+        # 2. A run has started (its transaction still open); a restore meanwhile neither waits
+        # for it nor shows in its exports, before or after it commits.
         starting.begin()
-        run_audit(starting, keyring, {"verify_signatures": "heads"})
-        [late] = [r for r in starting.scalars(select(AuditRun)) if r.id != run_id]
+        job = create_job(starting, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
+        late = start_run(starting, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3).id
 
         def restore_second() -> str:
             with transaction(sessions) as session:
                 return str(_restore(session, write_ctx, E.AGENT, second).repair.id)
 
-        restore = pool.submit(restore_second)
-        wait_for(lambda: _waiting_on_the_repairs_lock(engine) == 1, timeout=20, what="the restore to wait for the run")
-        late_id = late.id
+        second_repair = pool.submit(restore_second).result(timeout=60)
         starting.commit()
-        second_repair = restore.result(timeout=60)
-        assert exported(late_id) == [repair_id]  # made after the run started: not the run's business
-        assert second_repair not in exported(late_id)
+        with transaction(sessions) as session:  # the run's chunks, as its worker would audit them
+            for chunk_id in pending_chunks(session, late):
+                while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=2).done:
+                    pass
+            summarize_run(session, run_id=late)
+        assert exported(late) == [repair_id]  # the second repair came after the run started
+        assert second_repair != repair_id
 
 
 def test_a_restore_that_would_take_a_name_back_from_another_entity_is_a_409(world, db_session, write_ctx) -> None:
