@@ -106,8 +106,10 @@ def hold_repairs_open(session: Session) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": REPAIRS_LOCK})
 
 
-# Lock and unlock in one statement: the inner query runs first, and no session-level lock
-# can outlive the statement on a pooled connection.
+# Lock and unlock in one statement, so the session-level lock is never left held on a
+# pooled connection between statements. PostgreSQL does not flatten a subquery whose
+# output calls a volatile function, so the lock is taken before the unlock runs (the test's
+# second part, a restore that must not wait, fails if it were the other way round).
 _BARRIER = text("SELECT pg_advisory_unlock(:key) FROM (SELECT pg_advisory_lock(:key)) AS waited")
 
 
