@@ -17,8 +17,6 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
 from models.settings import Settings
 from models.canonical import canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, load_keyring, load_signing_key_pem, load_verifying_key_pem
@@ -46,7 +44,7 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
     upcoming = tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if path.name.endswith(UPCOMING_SUFFIX))
     ring = load_keyring([active, *(path.read_bytes() for path in retired)])
     seals = tuple(load_seal(path) for path in sorted(retired_dir.glob(f"*{SEAL_SUFFIX}"))) if retired_dir.is_dir() else ()
-    return KeyRing(ring.active, ring.retired, seals, upcoming) if seals or upcoming else ring
+    return KeyRing(ring.active, ring.retired, seals, upcoming)
 
 
 def load_seal(path: Path) -> KeySeal:
@@ -97,7 +95,7 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
             raise SigningKeyError(f"key {new_key.kid} is already the active key")
         retired_dir = settings.retired_signing_keys_path
         retired_dir.mkdir(parents=True, exist_ok=True)
-        _replace_file(retired_dir / f"{old_key.kid}.pem", _public_pem(old_key), mode=0o644)
+        _replace_file(retired_dir / f"{old_key.kid}.pem", old_key.verifier().public_pem(), mode=0o644)
         _replace_file(active_path, new_key.private_pem(), mode=0o600)
     return old_key.kid, new_key.kid
 
@@ -105,12 +103,6 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
 def key_files_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Serializes rotations and seals of one key directory (a lock file next to the active key)."""
     return _exclusive(settings.active_signing_key_path.parent / ROTATION_LOCK)
-
-
-def _public_pem(key: SigningKey) -> bytes:
-    return key.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 @contextlib.contextmanager

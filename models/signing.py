@@ -68,6 +68,10 @@ class VerifyingKey:
             raise SigningKeyError(f"JWK alg {jwk['alg']!r} does not fit a {key.algorithm} key")
         return key
 
+    def public_pem(self) -> bytes:
+        """The key as a PEM ``PUBLIC KEY`` (SubjectPublicKeyInfo): a retired or upcoming key file."""
+        return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is this key's signature over ``data``; never raises on a bad one."""
         try:

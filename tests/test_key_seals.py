@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -228,7 +227,7 @@ def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings
     upcoming = generate_ed25519()
     retired_dir = Path(key_settings.retired_signing_keys_path)
     retired_dir.mkdir(parents=True, exist_ok=True)
-    (retired_dir / "generation-2.next.pem").write_bytes(public_pem(upcoming))
+    (retired_dir / "generation-2.next.pem").write_bytes(upcoming.verifier().public_pem())
     ring = keyring_from_settings(key_settings)
     assert ring.verify(upcoming.kid, upcoming.sign(b"y" * 32), b"y" * 32)
     assert upcoming.kid not in {key.kid for key in ring.retired} and ring.active.kid != upcoming.kid
@@ -249,7 +248,7 @@ def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(  # noqa: 
     upcoming = generate_ed25519()
     retired_dir = Path(key_settings.retired_signing_keys_path)
     retired_dir.mkdir(parents=True, exist_ok=True)
-    (retired_dir / "generation-2.next.pem").write_bytes(public_pem(upcoming))
+    (retired_dir / "generation-2.next.pem").write_bytes(upcoming.verifier().public_pem())
     assert CliRunner().invoke(cli, ["signing-keys", "rotate"]).exit_code == 0
     with Session(engine) as session, session.begin():  # the steward's row, rewritten with the upcoming key
         update_entity(session, entity_type=E.AGENT, entity_id=committed_steward, changes={"description": "early"},
@@ -270,11 +269,6 @@ def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_c
     assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []
 
 
-def public_pem(key) -> bytes:
-    """A key's public half as the Terraform module ships it (tls_private_key.public_key_pem)."""
-    return key.private_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
         settings, committed_steward, engine, tmp_path) -> None:
     """`docker/entrypoint.sh seal-keys`, as the Cloud Run job runs it: the retired keys are
@@ -286,7 +280,7 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
     mounted.mkdir()
     versions.mkdir()
     # A secret volume may present its files as links into a hidden directory.
-    (versions / "generation-1.pem").write_bytes(public_pem(old))
+    (versions / "generation-1.pem").write_bytes(old.verifier().public_pem())
     (mounted / "generation-1.pem").symlink_to(versions / "generation-1.pem")
     mounted.chmod(0o555)  # as a reminder: root (CI) writes anyway, so the listing below is the check
     environment = {
@@ -305,7 +299,7 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
     # Deployed beside the key (as signing_key_seals does), the seal is loaded and checks out.
     deployed = tmp_path / "deployed"
     deployed.mkdir()
-    (deployed / "generation-1.pem").write_bytes(public_pem(old))
+    (deployed / "generation-1.pem").write_bytes(old.verifier().public_pem())
     (deployed / f"{old.kid}.seal.json").write_text(line)
     ring = keyring_from_settings(load_settings(database_url=settings.database_url, data_dir=tmp_path / "data",
                                                signing_key=new.private_pem().decode(), retired_signing_keys_dir=deployed))

@@ -247,9 +247,7 @@ def test_rotating_back_to_a_retired_key_lists_it_once() -> None:
 
 def test_load_keyring_accepts_private_and_public_retired_keys(rsa_key: SigningKey) -> None:
     active, retired_private = generate_ed25519(), generate_ed25519()
-    retired_public = rsa_key.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    retired_public = rsa_key.verifier().public_pem()
     ring = load_keyring([active.private_pem(), retired_private.private_pem(), retired_public])
     assert ring.active.kid == active.kid
     assert [key["kid"] for key in ring.jwks()["keys"]] == [active.kid, retired_private.kid, rsa_key.kid]
@@ -260,11 +258,8 @@ def test_load_keyring_accepts_private_and_public_retired_keys(rsa_key: SigningKe
 def test_load_keyring_needs_an_active_private_key() -> None:
     with pytest.raises(SigningKeyError):
         load_keyring([])
-    public_pem = generate_ed25519().private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     with pytest.raises(SigningKeyError):
-        load_keyring([public_pem])
+        load_keyring([generate_ed25519().verifier().public_pem()])
 
 
 def test_ensure_key_file_creates_a_private_file_once(tmp_path: Path) -> None:
