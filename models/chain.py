@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from models.audit_tables import LedgerDigestHead
 from models.base import Base
 from models.canonical import canonical_bytes, matches_canonical
-from models.db import uuid_in
+from models.db import bytes_in, uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
 from models.signing import KeyRing, KeySeal
 
@@ -322,16 +322,16 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
 
 def _deleted_held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> dict[tuple[int, uuid.UUID], int]:
     """(seal digest, entity) -> the chain version of the head link the seal file lists for a
-    soft-deleted entity; one query, and none when no seal lists one of ``entity_ids``."""
-    wanted = {str(entity_id) for entity_id in entity_ids}
-    listed = [(seal.digest_id, uuid.UUID(entity_id), bytes.fromhex(head))
-              for seal in seals for entity_id, head in seal.deleted if entity_id in wanted]
+    soft-deleted entity; one query, and none when no seal lists one of ``entity_ids``. Each
+    seal's list is parsed once per process (``KeySeal.deleted_heads``), not per write."""
+    listed = [(seal.digest_id, entity_id, seal.deleted_heads[entity_id])
+              for seal in seals for entity_id in entity_ids if entity_id in seal.deleted_heads]
     if not listed:
         return {}
     versions = {(row.entity_id, bytes(row.link_hash)): row.version for row in session.execute(
         select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.version).where(
             uuid_in(EntityVersion.entity_id, {entity_id for _, entity_id, _ in listed}),
-            EntityVersion.link_hash.in_([link for _, _, link in listed])))}
+            bytes_in(EntityVersion.link_hash, {link for _, _, link in listed})))}
     return {(digest_id, entity_id): versions[entity_id, link]
             for digest_id, entity_id, link in listed if (entity_id, link) in versions}
 

@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -140,6 +141,11 @@ class KeySeal:
     as_of: str
     # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
     deleted: tuple[tuple[str, str], ...] = ()
+
+    @cached_property
+    def deleted_heads(self) -> dict[uuid.UUID, bytes]:
+        """``deleted`` parsed once: soft-deleted entity id -> its head link at the seal."""
+        return {uuid.UUID(entity_id): bytes.fromhex(head) for entity_id, head in self.deleted}
 
 
 @dataclass(frozen=True)
