@@ -146,7 +146,7 @@ def id_ranges(parts: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) -> list[FindingRow]:
     """Compare the registry with a digest kept outside Plant (leaves optional)."""
-    if not verify_digest(digest, {"keys": keyring.jwks()["keys"]}):
+    if not verify_digest(digest, keyring):
         return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
     if "leaves" in digest:
         leaves = [(uuid.UUID(leaf["entity_id"]), leaf.get("version"), bytes.fromhex(leaf["head"])) for leaf in digest["leaves"]]

@@ -291,6 +291,7 @@ def governed_content(entity: Any) -> dict[str, Any]:
     return content
 
 
+# Many-to-many inputs: field in the API and the content -> relationship attribute.
 SKILL_ID_FIELDS = {"required_skill_ids": "required_skills", "skill_ids": "skills"}
 
 

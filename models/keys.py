@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models.settings import Settings
 from models.canonical import canonical_bytes, strict_json_loads
-from models.signing import KeyRing, KeySeal, SigningKey, load_keyring, load_signing_key_pem, load_verifying_key_pem
+from models.signing import KeyRing, KeySeal, SigningKey, load_signing_key_pem, load_verifying_key_pem
 from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
@@ -39,12 +39,14 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
             f"(looked for {settings.active_signing_key_path}; `plant dev` generates one)"
         )
     retired_dir = settings.retired_signing_keys_path
-    pems = sorted(retired_dir.glob("*.pem")) if retired_dir.is_dir() else []
-    retired = [path for path in pems if not path.name.endswith(UPCOMING_SUFFIX)]
-    upcoming = tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if path.name.endswith(UPCOMING_SUFFIX))
-    ring = load_keyring([active, *(path.read_bytes() for path in retired)])
-    seals = tuple(load_seal(path) for path in sorted(retired_dir.glob(f"*{SEAL_SUFFIX}"))) if retired_dir.is_dir() else ()
-    return KeyRing(ring.active, ring.retired, seals, upcoming)
+    files = sorted(retired_dir.iterdir()) if retired_dir.is_dir() else []
+    pems = [path for path in files if path.name.endswith(".pem")]
+    return KeyRing(
+        load_signing_key_pem(active),
+        retired=tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if not path.name.endswith(UPCOMING_SUFFIX)),
+        seals=tuple(load_seal(path) for path in files if path.name.endswith(SEAL_SUFFIX)),
+        upcoming=tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if path.name.endswith(UPCOMING_SUFFIX)),
+    )
 
 
 def load_seal(path: Path) -> KeySeal:

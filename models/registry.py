@@ -57,8 +57,6 @@ REFERENCES: dict[str, EntityType] = {
     "team_id": EntityType.TEAM,
     "governance_agent_id": EntityType.AGENT,
 }
-# Many-to-many inputs: field in the API/content -> relationship attribute.
-SKILL_LISTS = SKILL_ID_FIELDS
 EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.INDUSTRY: ("name", "code", "description"),
     EntityType.SKILL: ("name", "category", "description"),
@@ -212,12 +210,12 @@ def apply_fields(session: Session, entity: GovernedEntity, data: dict[str, Any],
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
         elif field == "parent_id" and value is not None and not _parent_ok(session, entity, value):
             errors.append({"field": field, "message": f"no {entity.entity_type_value.value} with id {value}"})
-    skills = {f: _skills(session, data[f], f, errors) for f in SKILL_LISTS if f in data}
+    skills = {f: _skills(session, data[f], f, errors) for f in SKILL_ID_FIELDS if f in data}
     if errors:
         raise InvalidInput("unknown ids in reference fields", errors=errors)
     for field, value in data.items():
-        if field in SKILL_LISTS:
-            setattr(entity, SKILL_LISTS[field], skills[field])
+        if field in SKILL_ID_FIELDS:
+            setattr(entity, SKILL_ID_FIELDS[field], skills[field])
         else:
             setattr(entity, field, value)
 
