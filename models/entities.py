@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import ARRAY, CheckConstraint, Column, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, text
+from sqlalchemy import ARRAY, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
@@ -308,6 +308,26 @@ class EntitySnapshot:
         self.entity_type_value = entity_type
         self.__dict__.update(row)
         self.__dict__.update(extra)
+
+
+def typed_content(entity_type: EntityType, content: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`governed_content`: each field as its column holds it (ids as
+    UUIDs, times as datetimes, skill lists as UUID lists), read from the model's own
+    columns. The id and type are the chain's own and are left out."""
+    columns = ENTITY_MODELS[entity_type].__table__.c
+    data: dict[str, Any] = {}
+    for name, value in content.items():
+        if name in ("id", "entity_type"):
+            continue
+        if name in SKILL_ID_FIELDS:
+            value = [uuid.UUID(skill_id) for skill_id in value]
+        elif value is not None and name in columns:
+            if isinstance(columns[name].type, Uuid):
+                value = uuid.UUID(value)
+            elif isinstance(columns[name].type, DateTime):
+                value = dt.datetime.fromisoformat(value)
+        data[name] = value
+    return data
 
 
 def _plain(value: Any) -> Any:

@@ -29,12 +29,12 @@ from models.chain import HEAD_FINDINGS, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
-from models.entities import SKILL_ID_FIELDS, EntityType, governed_content
+from models.entities import EntityType, governed_content, typed_content
 from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_encode, verify_b64url_signature
 from models.key_seals import seal_problems
 from models.registry import (
-    REFERENCES, apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
+    apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
 )
 from models.signing import KeyRing
 
@@ -157,7 +157,7 @@ def restore_entity(
     snapshot_before = snapshot(entity)
     # No autoflush until the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
-        apply_fields(session, entity, _typed(signed), pending=frozenset())
+        apply_fields(session, entity, typed_content(entity_type, signed), pending=frozenset())
         entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
         if not matches_canonical(governed_content(entity), bytes(head.content)):
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
@@ -232,23 +232,6 @@ def _statement(repair: EntityRepair) -> dict[str, Any]:
         "actor": repair.actor,
         "repaired_at": rfc3339_utc(repair.repaired_at),
     }
-
-
-def _typed(signed: dict[str, Any]) -> dict[str, Any]:
-    """The signed content as typed field values (the inverse of ``governed_content``), for
-    :func:`models.registry.apply_fields`; the id and type are the chain's own and are left out."""
-    data: dict[str, Any] = {}
-    for name, value in signed.items():
-        if name in ("id", "entity_type"):
-            continue
-        if name in SKILL_ID_FIELDS:
-            value = [uuid.UUID(skill_id) for skill_id in value]
-        elif name in REFERENCES or name == "parent_id":
-            value = uuid.UUID(value) if value is not None else None
-        elif name == "deleted_at":
-            value = dt.datetime.fromisoformat(value) if value is not None else None
-        data[name] = value
-    return data
 
 
 def _signable(content: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,22 @@ def test_a_row_reset_to_an_older_version_goes_forward_to_the_newest(world, db_se
     assert verify_entity(db_session, entity=db_session.get(type(skill), skill.id), keyring=keyring).ok
 
 
+def test_typed_content_is_the_inverse_of_governed_content_for_every_field(world, db_session) -> None:
+    """Restore sets fields from the signed content through typed_content: every governed
+    field, of every type, must come back as its column holds it."""
+    from models.entities import SKILL_ID_FIELDS, governed_content, typed_content
+
+    team, parent, agent = world.team("Typed Team"), world.agent("Typed parent"), world.agent("Typed")
+    db_session.execute(text("UPDATE agents SET team_id = :t, deleted_at = now(), parent_id = :p WHERE id = :a"),
+                       {"t": team.id, "p": parent.id, "a": agent.id})
+    db_session.expire_all()
+    for entity in (agent, team, world.role, world.skills[0], world.industry):
+        typed = typed_content(entity.entity_type_value, governed_content(entity))
+        for name, value in typed.items():
+            held = getattr(entity, name) if name not in SKILL_ID_FIELDS else sorted(s.id for s in getattr(entity, SKILL_ID_FIELDS[name]))
+            assert (sorted(value) if name in SKILL_ID_FIELDS else value) == held, (entity.entity_type_value, name)
+
+
 def test_an_intact_row_is_left_alone(world, db_session, write_ctx) -> None:
     outcome = _restore(db_session, write_ctx, E.INDUSTRY, world.industry.id)
     assert not outcome.restored and outcome.repair is None
