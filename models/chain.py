@@ -372,7 +372,8 @@ def head_drift(
 
 
 # What _head_findings reports: the row differs from an intact chain's newest version.
-HEAD_FINDINGS = frozenset({"stale-head", "head-mismatch", "row-content-mismatch"})
+STALE_HEAD, HEAD_MISMATCH, ROW_CONTENT_MISMATCH = "stale-head", "head-mismatch", "row-content-mismatch"
+HEAD_FINDINGS = frozenset({STALE_HEAD, HEAD_MISMATCH, ROW_CONTENT_MISMATCH})
 
 
 def _head_findings(
@@ -382,8 +383,8 @@ def _head_findings(
     if head_link != bytes(last.link_hash) or entity.version != last.version:
         earlier = [r for r in rows[:-1] if bytes(r.link_hash) == head_link]
         if earlier:
-            return [ChainFinding("stale-head", earlier[0].version, f"entity head replays version {earlier[0].version} of {last.version}")]
-        return [ChainFinding("head-mismatch", last.version, "entity head does not point at a version of its chain")]
+            return [ChainFinding(STALE_HEAD, earlier[0].version, f"entity head replays version {earlier[0].version} of {last.version}")]
+        return [ChainFinding(HEAD_MISMATCH, last.version, "entity head does not point at a version of its chain")]
     if not matches_canonical(content, bytes(last.content)):
-        return [ChainFinding("row-content-mismatch", last.version, "entity row differs from its head version")]
+        return [ChainFinding(ROW_CONTENT_MISMATCH, last.version, "entity row differs from its head version")]
     return []
