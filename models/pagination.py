@@ -30,8 +30,7 @@ class Cursor:
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    raw = json.dumps([cursor.created_at.isoformat(), str(cursor.id)], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return page_token(json.dumps([cursor.created_at.isoformat(), str(cursor.id)], separators=(",", ":")))
 
 
 def decode_cursor(token: str) -> Cursor:
@@ -56,6 +55,11 @@ def decode_cursor(token: str) -> Cursor:
 
 def _is_cursor_pair(fields: Any) -> bool:
     return isinstance(fields, list) and len(fields) == 2 and all(isinstance(field, str) for field in fields)
+
+
+def page_token(text: str) -> str:
+    """``text`` as a page token: unpadded base64url (the inverse of :func:`page_token_text`)."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def page_token_text(token: str) -> str:

@@ -3,7 +3,6 @@ reports, check one entity for tampering, and get a signed ledger digest."""
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from models.audit import check_entity
 from models.audit_tables import AuditFinding, AuditRun
 from models.entities import EntityType
 from models.ledger import digest_now
-from models.pagination import invalid_page_token, keyset_page, page_token_text
+from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
 from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
@@ -133,7 +132,7 @@ def report_html(path: RunPath) -> Response:
 
 
 def _encode_after(finding_id: int) -> str:
-    return base64.urlsafe_b64encode(f"f:{finding_id}".encode()).decode().rstrip("=")
+    return page_token(f"f:{finding_id}")
 
 
 # What _encode_after writes: a finding id (a bigint) in ASCII digits. int() alone would
