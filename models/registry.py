@@ -313,21 +313,13 @@ def _normalized(data: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def integrity_as_domain_errors(session: Session, entity_type: EntityType) -> Iterator[None]:
-    """Turn unique and foreign-key violations into 409 / 422 naming the field.
-
-    Opening the savepoint flushes what is pending first (an updated entity is pending
-    already), so a violation can surface there too; the transaction is then lost, and
-    the caller's rollback ends it as for any error.
-    """
-    try:
-        savepoint = session.begin_nested()
-    except IntegrityError as exc:
-        raise _domain_error(exc, entity_type) from exc
+    """Turn unique and foreign-key violations, raised by the block or by the flush that
+    ends it, into 409 / 422 naming the field. The transaction is lost then, as for any
+    error: the caller's rollback ends it (no caller goes on after a refused write)."""
     try:
         yield
-        savepoint.commit()
+        session.flush()
     except IntegrityError as exc:
-        savepoint.rollback()
         raise _domain_error(exc, entity_type) from exc
 
 
