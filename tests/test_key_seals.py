@@ -19,7 +19,7 @@ from models.audit_tables import LedgerDigest
 from models.chain import SEALED_CODE, head_drift, verify_entity
 from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
-from models.errors import EntityTampered
+from models.errors import EntityTampered, SigningKeyError
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.keys import keyring_from_settings
 from models.ledger import store_digest
@@ -204,7 +204,7 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
     assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"])
     assert invoke("seal")["sealed"] == []  # sealed once
     seal_file.write_text("{}")
-    with pytest.raises(Exception, match="malformed|unreadable"):
+    with pytest.raises(SigningKeyError, match="malformed|unreadable"):
         keyring_from_settings(key_settings)
 
 
