@@ -167,6 +167,16 @@ class KeyRing:
         for key in (self.active, *self.retired, *self.upcoming):
             verifiers.setdefault(key.kid, key.verifier() if isinstance(key, SigningKey) else key)
         object.__setattr__(self, "_verifiers", verifiers)
+        # A seal says its key signs nothing valid from then on. Were the sealed key active (a
+        # rotation rolled back by hand) or upcoming, the ring would sign with it, and every such
+        # version would turn `signed-after-seal` once the key is retired again.
+        signers = {self.active.kid: "active", **{key.kid: "upcoming" for key in self.upcoming if key.kid != self.active.kid}}
+        for seal in self.seals:
+            if seal.kid in signers:
+                raise SigningKeyError(
+                    f"the {signers[seal.kid]} signing key {seal.kid} is sealed: a sealed key must never sign "
+                    f"again. Sign with a new key, or remove {seal.kid}'s seal file if the seal was a mistake"
+                )
         retired = {key.kid for key in self.retired} - {self.active.kid}
         object.__setattr__(self, "_seals", {seal.kid: seal for seal in self.seals if seal.kid in retired})
 

@@ -208,6 +208,28 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
         keyring_from_settings(key_settings)
 
 
+def test_a_sealed_key_is_refused_as_the_active_or_an_upcoming_key(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+    """A rotation rolled back by hand, or a sealed key published again as the next one, would
+    sign after its seal; the process refuses to start instead of writing such versions."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    active_file = Path(key_settings.active_signing_key_path)
+    old_private = active_file.read_bytes()
+    for step in ("rotate", "seal"):
+        assert CliRunner().invoke(cli, ["signing-keys", step]).exit_code == 0
+    new_private, ring = active_file.read_bytes(), keyring_from_settings(key_settings)
+    [old_kid] = [key.kid for key in ring.retired]
+    assert ring.seal(old_kid) is not None
+
+    active_file.write_bytes(old_private)  # the old key put back by hand
+    with pytest.raises(SigningKeyError, match=f"active signing key {old_kid} is sealed"):
+        keyring_from_settings(key_settings)
+    active_file.write_bytes(new_private)
+    old_public = (Path(key_settings.retired_signing_keys_path) / f"{old_kid}.pem").read_bytes()
+    (Path(key_settings.retired_signing_keys_path) / "generation-3.next.pem").write_bytes(old_public)
+    with pytest.raises(SigningKeyError, match=f"upcoming signing key {old_kid} is sealed"):
+        keyring_from_settings(key_settings)
+
+
 def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(rotated) -> None:
     """During a rollout, processes still on the old key verify versions the new key signs:
     the new key was published to them as an upcoming key one rollout earlier."""
