@@ -60,7 +60,8 @@ class EntityVersion(Base):
     kid: Mapped[str] = mapped_column(String(128))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     actor: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Stamped at INSERT, not at the transaction's start: models.ledger.settle_versions relies on it.
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 
 def link_hash(entity_type: str, entity_id: uuid.UUID, version: int, prev_link: bytes, content_hash: bytes) -> bytes:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, union_all
+from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,8 @@ from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
 HEAD_BATCH = 5000
+# How long a digest waits for version writes in flight before it gives up (503, retry).
+DIGEST_LOCK_TIMEOUT_MS = 5000
 LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
@@ -63,13 +65,35 @@ def current_heads(
 
 
 def digest_now(session: Session, *, keyring: KeyRing, with_leaves: bool = False) -> dict[str, Any]:
-    """A signed digest of the heads as they are in this transaction's snapshot."""
-    as_of = session.scalar(select(func.now()))
+    """A signed digest of the heads as they are now.
+
+    Version writes wait from :func:`settle_versions` until the caller's transaction ends:
+    end it once the digest is built.
+    """
+    as_of = settle_versions(session)
     heads = list(current_heads(session)) if with_leaves else current_heads(session)
     pairs = ((h.entity_id, h.link_hash) for h in heads)
     if with_leaves:
         return digest_with_leaves(as_of, pairs, keyring, versions={h.entity_id: h.version for h in heads})
     return build_digest(as_of, pairs, keyring)
+
+
+def settle_versions(session: Session) -> dt.datetime:
+    """Wait until no transaction is writing versions, hold new writes off until this
+    transaction ends, and return the time to stamp a digest with (``as_of``).
+
+    A root-only digest is checked by recomputing the heads from the versions stamped at or
+    before its ``as_of`` (:func:`root_as_of`). A version is stamped when it is inserted
+    (``created_at`` is ``clock_timestamp()``), which can be before a digest that it only
+    commits after; and a transaction that began before a digest can insert after it. The
+    SHARE lock on ``entity_versions`` conflicts with every INSERT's lock, so the versions
+    this transaction reads from here on are exactly those stamped before ``as_of``, and
+    every later one is stamped after it. Stored digests (with leaves) are compared leaf by
+    leaf and need none of this.
+    """
+    session.execute(text(f"SET LOCAL lock_timeout = {DIGEST_LOCK_TIMEOUT_MS}"))
+    session.execute(text("LOCK TABLE entity_versions IN SHARE MODE"))
+    return session.scalar(select(func.clock_timestamp()))
 
 
 def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:

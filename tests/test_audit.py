@@ -7,6 +7,7 @@ own code by both the batch audit and the single-entity tampering check.
 
 import hashlib
 import os
+import threading
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.audit import audit_batch, check_entity, load_entities
-from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_runs import audit_chunk_step, digest_findings, pending_chunks, start_run, summarize_run
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash
@@ -24,7 +25,7 @@ from models.job_lifecycle import create_job
 from models.ledger import digest_now, store_digest
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
-from tests.conftest import recorded_statements
+from tests.conftest import recorded_statements, wait_for
 
 E = EntityType
 
@@ -195,6 +196,79 @@ def test_a_root_only_digest_still_reveals_a_rewrite(db_session, skill, keyring) 
     lift_guard(db_session, "UPDATE entity_versions SET created_at = now() - interval '1 day' WHERE entity_id = :e", e=skill.id)
     _, findings = run_audit(db_session, keyring, {"against_digest": digest})
     assert "ledger-root-mismatch" in {f.code for f in findings}
+
+
+def _waiting_on_versions(engine) -> int:
+    """Sessions waiting for a lock on the versions table."""
+    with engine.connect() as connection:
+        return connection.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'entity_versions'::regclass"))
+
+
+def _in_thread(engine, work) -> threading.Thread:
+    """Start ``work`` in a thread; return once it is done or waits for the versions table."""
+    thread = threading.Thread(target=work)
+    thread.start()
+    wait_for(lambda: not thread.is_alive() or _waiting_on_versions(engine), what="the thread to finish or wait")
+    return thread
+
+
+def _root_only_findings(engine, digest, keyring) -> list:
+    with Session(engine) as auditor, auditor.begin():
+        return digest_findings(auditor, digest, keyring)
+
+
+def test_a_root_only_digest_taken_while_a_write_is_in_flight_matches_the_ledger(engine, write_ctx, keyring,
+                                                                                committed_steward) -> None:
+    """A version written before the digest but committed after it: the digest waits for it."""
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    digest: dict = {}
+
+    def take_digest() -> None:
+        with Session(engine) as reader, reader.begin():
+            digest.update(digest_now(reader, keyring=keyring))
+
+    with Session(engine) as writer, writer.begin():
+        update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "in flight"}, ctx=write_ctx)
+        writer.flush()
+        taking = _in_thread(engine, take_digest)
+    taking.join()
+    assert _root_only_findings(engine, digest, keyring) == []
+
+
+def test_a_root_only_digest_excludes_a_write_whose_transaction_began_before_it(engine, write_ctx, keyring,
+                                                                              committed_steward) -> None:
+    """A transaction that began before the digest but writes after it: its version is stamped
+    after the digest's as_of, not at the transaction's start."""
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    with Session(engine) as writer:
+        writer.execute(text("SELECT 1"))  # its transaction, and now(), begin before the digest
+
+        def write() -> None:
+            update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "late"}, ctx=write_ctx)
+            writer.commit()
+
+        with Session(engine) as reader, reader.begin():
+            digest = digest_now(reader, keyring=keyring)
+            writing = _in_thread(engine, write)
+        writing.join()
+    assert _root_only_findings(engine, digest, keyring) == []
+
+
+def test_a_digest_that_cannot_wait_for_a_write_is_503_and_blocks_nothing(client, engine, write_ctx,
+                                                                         committed_steward, monkeypatch) -> None:
+    import models.ledger as ledger
+
+    monkeypatch.setattr(ledger, "DIGEST_LOCK_TIMEOUT_MS", 50)
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    with Session(engine) as writer, writer.begin():
+        update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "slow"}, ctx=write_ctx)
+        writer.flush()
+        busy = client.get("/api/v1/ledger/digest")
+        assert busy.status_code == 503 and busy.mimetype == "application/problem+json"
+        assert busy.headers["Retry-After"]
+        assert _waiting_on_versions(engine) == 0
+    assert client.get("/api/v1/ledger/digest").status_code == 200
 
 
 def test_a_forged_digest_is_refused(db_session, skill, keyring) -> None:
