@@ -60,7 +60,7 @@ class EntityVersion(Base):
     kid: Mapped[str] = mapped_column(String(128))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     actor: Mapped[str] = mapped_column(String(255))
-    # Stamped at INSERT, not at the transaction's start: models.ledger.settle_versions relies on it.
+    # Stamped at INSERT, not at the transaction's start: models.ledger.versions_held relies on it.
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 

@@ -159,6 +159,13 @@ class PreconditionFailed(Conflict):
     title = "The entity changed since the client read it"
 
 
+class LedgerBusy(PlantError):
+    """Version writes stayed in flight for longer than a digest looks for a quiet moment."""
+
+    code = "ledger-busy"
+    title = "Ledger busy"
+
+
 class SigningKeyError(PlantError):
     """Key material that is malformed, encrypted, or of a type or size we do not accept."""
 

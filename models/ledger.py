@@ -13,13 +13,17 @@ the stored leaf rows.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
@@ -27,13 +31,15 @@ from models.canonical import canonical_bytes
 from models.chain import ChainFinding, EntityVersion
 from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
+from models.errors import LedgerBusy
 from models.ledger_digest import build_digest, digest_with_leaves, verify_digest
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
 HEAD_BATCH = 5000
-# How long a digest waits for version writes in flight before it gives up (503, retry).
-DIGEST_LOCK_TIMEOUT_MS = 5000
+# How long a digest looks for a moment with no version write in flight, and how often.
+DIGEST_WAIT_SECONDS = 5.0
+DIGEST_RETRY_SECONDS = 0.01
 LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
@@ -49,7 +55,7 @@ def current_heads(
     session: Session, entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False
 ) -> Iterator[HeadRecord]:
     """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
-    by id, streamed in batches."""
+    by id, streamed in batches from one statement."""
     parts = []
     ids = list(entity_ids) if entity_ids is not None else None
     for entity_type, model in ENTITY_MODELS.items():
@@ -59,41 +65,72 @@ def current_heads(
         if ids is not None:
             query = query.where(uuid_in(model.id, ids))
         parts.append(query)
+    # Executed here, on the call, not at the first row: digest_now relies on when its snapshot is taken.
     result = session.execute(union_all(*parts).order_by("id").execution_options(yield_per=HEAD_BATCH))
-    for row in result:
-        yield HeadRecord(row[0], row[1], row[2], bytes(row[3]))
+    return (HeadRecord(row[0], row[1], row[2], bytes(row[3])) for row in result)
 
 
 def digest_now(session: Session, *, keyring: KeyRing, with_leaves: bool = False) -> dict[str, Any]:
-    """A signed digest of the heads as they are now.
+    """A signed digest of every entity's head, now.
 
-    Version writes wait from :func:`settle_versions` until the caller's transaction ends:
-    end it once the digest is built.
+    ``session`` must not have written versions in its open transaction: a digest waits for
+    a moment with none in flight (:func:`versions_held`), and would never find one.
     """
-    as_of = settle_versions(session)
-    heads = list(current_heads(session)) if with_leaves else current_heads(session)
-    pairs = ((h.entity_id, h.link_hash) for h in heads)
+    with versions_held(session) as as_of:
+        heads = current_heads(session)  # its statement's snapshot is taken while writes are held off
+    return signed_digest(heads, as_of, keyring, with_leaves=with_leaves)
+
+
+def signed_digest(heads: Iterable[HeadRecord], as_of: dt.datetime, keyring: KeyRing, *, with_leaves: bool = False) -> dict[str, Any]:
+    """Sign a digest of ``heads`` stamped ``as_of``; with ``with_leaves``, listing each head."""
     if with_leaves:
+        heads = list(heads)
+        pairs = ((h.entity_id, h.link_hash) for h in heads)
         return digest_with_leaves(as_of, pairs, keyring, versions={h.entity_id: h.version for h in heads})
-    return build_digest(as_of, pairs, keyring)
+    return build_digest(as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
 
 
-def settle_versions(session: Session) -> dt.datetime:
-    """Wait until no transaction is writing versions, hold new writes off until this
-    transaction ends, and return the time to stamp a digest with (``as_of``).
+@contextmanager
+def versions_held(session: Session) -> Iterator[dt.datetime]:
+    """Hold version writes off for the body of the ``with``, and give the time to stamp a digest with.
 
-    A root-only digest is checked by recomputing the heads from the versions stamped at or
+    A root-only digest is checked by recomputing the heads of the versions stamped at or
     before its ``as_of`` (:func:`root_as_of`). A version is stamped when it is inserted
     (``created_at`` is ``clock_timestamp()``), which can be before a digest that it only
-    commits after; and a transaction that began before a digest can insert after it. The
-    SHARE lock on ``entity_versions`` conflicts with every INSERT's lock, so the versions
-    this transaction reads from here on are exactly those stamped before ``as_of``, and
-    every later one is stamped after it. Stored digests (with leaves) are compared leaf by
-    leaf and need none of this.
+    commits after; and a transaction that began before a digest can insert after it. So a
+    second connection takes a SHARE lock on ``entity_versions``, which conflicts with every
+    INSERT's lock, at a moment when no version write is in flight; ``as_of`` is read, and a
+    statement of ``session`` that begins inside the ``with`` sees exactly the versions stamped
+    before ``as_of``, while every later one is stamped after it. The lock is released when
+    the ``with`` ends, so writes wait only while that statement starts, not while it is read.
+
+    It never waits in the lock queue (``NOWAIT``, tried again every 10 ms): a waiting SHARE
+    request would make every new write queue behind it, for nothing if it then gave up.
+    After ``DIGEST_WAIT_SECONDS`` with a write always in flight it raises ``LedgerBusy``.
+    Stored digests (with leaves) are compared leaf by leaf and need none of this.
     """
-    session.execute(text(f"SET LOCAL lock_timeout = {DIGEST_LOCK_TIMEOUT_MS}"))
-    session.execute(text("LOCK TABLE entity_versions IN SHARE MODE"))
-    return session.scalar(select(func.clock_timestamp()))
+    deadline = time.monotonic() + DIGEST_WAIT_SECONDS
+    with session.get_bind().engine.connect() as holder:
+        while True:
+            try:
+                holder.execute(text("LOCK TABLE entity_versions IN SHARE MODE NOWAIT"))
+                break
+            except OperationalError as exc:
+                if not isinstance(exc.orig, LockNotAvailable):
+                    raise
+                holder.rollback()
+                if time.monotonic() >= deadline:
+                    raise LedgerBusy(
+                        f"version writes stayed in flight for {DIGEST_WAIT_SECONDS:g} s; retry the digest shortly"
+                    ) from exc
+                wait_for_writes_in_flight()
+        yield holder.scalar(select(func.clock_timestamp()))
+    # Leaving connect() rolls the holder's transaction back, which releases the lock.
+
+
+def wait_for_writes_in_flight() -> None:
+    """The pause before a digest tries its lock again."""
+    time.sleep(DIGEST_RETRY_SECONDS)
 
 
 def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:

@@ -11,7 +11,7 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models.audit import audit_batch, check_entity, load_entities
@@ -22,7 +22,7 @@ from models.chain import EntityVersion, history, link_hash
 from models.constitution import L0, L1, RuleSubject, evaluate
 from models.entities import EntityType, Skill, governed_content
 from models.job_lifecycle import create_job
-from models.ledger import digest_now, store_digest
+from models.ledger import current_heads, digest_now, signed_digest, store_digest
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
 from tests.conftest import recorded_statements, wait_for
@@ -51,6 +51,13 @@ def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, ba
     summary = summarize_run(session, run_id=run.id)
     findings = session.query(AuditFinding).filter_by(run_id=run.id).all()
     return summary, findings
+
+
+def digest_of(session: Session, keyring: KeyRing, *, with_leaves: bool = False) -> dict:
+    """A digest of the heads as this test's own transaction sees them. ``digest_now`` would
+    wait for a moment with no version write in flight, and this transaction's are."""
+    as_of = session.scalar(select(func.clock_timestamp()))
+    return signed_digest(current_heads(session), as_of, keyring, with_leaves=with_leaves)
 
 
 def lift_guard(session: Session, sql: str, **params) -> None:
@@ -167,7 +174,7 @@ def test_a_clean_registry_has_zero_findings(db_session, skill, keyring) -> None:
 
 @pytest.mark.parametrize("code", list(BATTERY))
 def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring, code) -> None:
-    outside_digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    outside_digest = digest_of(db_session, keyring, with_leaves=True)
     store_digest(db_session, keyring=keyring)
     BATTERY[code](db_session, skill, keyring)
 
@@ -183,14 +190,14 @@ def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring,
 
 
 def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:
-    outside_digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    outside_digest = digest_of(db_session, keyring, with_leaves=True)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     _, findings = run_audit(db_session, keyring, {"against_digest": outside_digest})
     assert [(f.entity_id, f.code) for f in findings if f.code == "entity-deleted"] == [(skill.id, "entity-deleted")]
 
 
 def test_a_root_only_digest_still_reveals_a_rewrite(db_session, skill, keyring) -> None:
-    digest = digest_now(db_session, keyring=keyring)
+    digest = digest_of(db_session, keyring)
     db_session.execute(text("SELECT pg_sleep(0.01)"))
     tamper_rewrite_chain(db_session, skill, keyring)
     lift_guard(db_session, "UPDATE entity_versions SET created_at = now() - interval '1 day' WHERE entity_id = :e", e=skill.id)
@@ -205,35 +212,44 @@ def _waiting_on_versions(engine) -> int:
             "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'entity_versions'::regclass"))
 
 
-def _in_thread(engine, work) -> threading.Thread:
-    """Start ``work`` in a thread; return once it is done or waits for the versions table."""
-    thread = threading.Thread(target=work)
-    thread.start()
-    wait_for(lambda: not thread.is_alive() or _waiting_on_versions(engine), what="the thread to finish or wait")
-    return thread
-
-
 def _root_only_findings(engine, digest, keyring) -> list:
     with Session(engine) as auditor, auditor.begin():
         return digest_findings(auditor, digest, keyring)
 
 
-def test_a_root_only_digest_taken_while_a_write_is_in_flight_matches_the_ledger(engine, write_ctx, keyring,
-                                                                                committed_steward) -> None:
-    """A version written before the digest but committed after it: the digest waits for it."""
+def test_a_root_only_digest_waits_for_a_write_in_flight_and_holds_no_other_write_up(
+        engine, write_ctx, keyring, committed_steward, monkeypatch) -> None:
+    """A version written before the digest but committed after it: the digest waits for it,
+    without queueing for the lock, so other writes go on meanwhile."""
+    import models.ledger as ledger
+
     skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    retried, real_wait = threading.Event(), ledger.wait_for_writes_in_flight
+    monkeypatch.setattr(ledger, "wait_for_writes_in_flight", lambda: (retried.set(), real_wait()))
     digest: dict = {}
 
     def take_digest() -> None:
         with Session(engine) as reader, reader.begin():
             digest.update(digest_now(reader, keyring=keyring))
 
+    def another_write() -> None:
+        with Session(engine) as other, other.begin():
+            update_entity(other, entity_type=E.AGENT, entity_id=committed_steward,
+                          changes={"description": "written while the digest waits"}, ctx=write_ctx)
+
     with Session(engine) as writer, writer.begin():
         update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "in flight"}, ctx=write_ctx)
         writer.flush()
-        taking = _in_thread(engine, take_digest)
+        taking = threading.Thread(target=take_digest)
+        taking.start()
+        wait_for(retried.is_set, timeout=10, what="the digest to find a write in flight")
+        writing = threading.Thread(target=another_write)
+        writing.start()
+        wait_for(lambda: not writing.is_alive() or _waiting_on_versions(engine), what="the other write to end or wait")
+        assert not _waiting_on_versions(engine)
+        writing.join()
     taking.join()
-    assert _root_only_findings(engine, digest, keyring) == []
+    assert digest and _root_only_findings(engine, digest, keyring) == []
 
 
 def test_a_root_only_digest_excludes_a_write_whose_transaction_began_before_it(engine, write_ctx, keyring,
@@ -243,36 +259,30 @@ def test_a_root_only_digest_excludes_a_write_whose_transaction_began_before_it(e
     skill_id = _committed_skill(engine, write_ctx, committed_steward)
     with Session(engine) as writer:
         writer.execute(text("SELECT 1"))  # its transaction, and now(), begin before the digest
-
-        def write() -> None:
-            update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "late"}, ctx=write_ctx)
-            writer.commit()
-
         with Session(engine) as reader, reader.begin():
             digest = digest_now(reader, keyring=keyring)
-            writing = _in_thread(engine, write)
-        writing.join()
+        update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "late"}, ctx=write_ctx)
+        writer.commit()
     assert _root_only_findings(engine, digest, keyring) == []
 
 
-def test_a_digest_that_cannot_wait_for_a_write_is_503_and_blocks_nothing(client, engine, write_ctx,
-                                                                         committed_steward, monkeypatch) -> None:
+def test_a_digest_that_finds_no_moment_without_a_write_in_flight_is_503_ledger_busy(
+        client, engine, write_ctx, committed_steward, monkeypatch) -> None:
     import models.ledger as ledger
 
-    monkeypatch.setattr(ledger, "DIGEST_LOCK_TIMEOUT_MS", 50)
+    monkeypatch.setattr(ledger, "DIGEST_WAIT_SECONDS", 0.05)
     skill_id = _committed_skill(engine, write_ctx, committed_steward)
     with Session(engine) as writer, writer.begin():
         update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "slow"}, ctx=write_ctx)
         writer.flush()
         busy = client.get("/api/v1/ledger/digest")
         assert busy.status_code == 503 and busy.mimetype == "application/problem+json"
-        assert busy.headers["Retry-After"]
-        assert _waiting_on_versions(engine) == 0
+        assert busy.get_json()["type"].endswith("/ledger-busy") and int(busy.headers["Retry-After"]) > 0
     assert client.get("/api/v1/ledger/digest").status_code == 200
 
 
 def test_a_forged_digest_is_refused(db_session, skill, keyring) -> None:
-    digest = {**digest_now(db_session, keyring=keyring), "entity_count": 1}
+    digest = {**digest_of(db_session, keyring), "entity_count": 1}
     _, findings = run_audit(db_session, keyring, {"against_digest": digest})
     assert [f.code for f in findings] == ["digest-invalid"]
 

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import text
 
 from models.entities import EntityType
-from models.ledger import digest_now, store_digest
+from models.ledger import store_digest
 from models.registry import create_entity, update_entity
-from tests.test_audit import run_audit, run_incremental, skill, tamper_delete_newest  # noqa: F401 - skill is a fixture
+from tests.test_audit import digest_of, run_audit, run_incremental, skill, tamper_delete_newest  # noqa: F401 - skill is a fixture
 
 E = EntityType
 
@@ -80,7 +80,7 @@ def test_a_scoped_run_reports_and_counts_only_its_scope(db_session, skill, stewa
     params, sees_the_skill = SCOPES[name]
     if "scope" in params and "entity_ids" in params["scope"]:
         params = {"scope": {"entity_ids": [str(skill.id) if params["scope"]["entity_ids"] == ["SKILL"] else str(steward)]}}
-    digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    digest = digest_of(db_session, keyring, with_leaves=True)
     tamper_delete_newest(db_session, skill, keyring)
     summary, findings = run_audit(db_session, keyring, {**params, "against_digest": digest})
     assert_counts_add_up(summary)
@@ -91,7 +91,7 @@ def test_a_scoped_run_reports_and_counts_only_its_scope(db_session, skill, stewa
 
 
 def test_a_type_scoped_run_leaves_out_a_deleted_entity_of_another_type(db_session, skill, keyring) -> None:
-    digest = digest_now(db_session, keyring=keyring, with_leaves=True)
+    digest = digest_of(db_session, keyring, with_leaves=True)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     _, in_scope = run_audit(db_session, keyring, {"scope": {"entity_type": "skill"}, "against_digest": digest})
     _, out_of_scope = run_audit(db_session, keyring, {"scope": {"entity_type": "industry"}, "against_digest": digest})

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from models.errors import Conflict, InvalidInput, NotFound, PlantError
+from models.errors import Conflict, InvalidInput, LedgerBusy, NotFound, PlantError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ STATUS_BY_ERROR: list[tuple[type[PlantError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (InvalidInput, 422),
+    (LedgerBusy, 503),
 ]
 
 
@@ -47,7 +48,10 @@ def status_for(error: PlantError) -> int:
 
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
-    return Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
+    response = Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
+    if status == 503:
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
 
 
 def _http_error(error: HTTPException) -> Response:

@@ -1,7 +1,7 @@
 """Stamp each version when it is inserted (``clock_timestamp()``), not at its transaction's start.
 
 A root-only ledger digest is checked by recomputing the heads of the versions stamped at or
-before its ``as_of``; ``models.ledger.settle_versions`` makes that exact, provided a version
+before its ``as_of``; ``models.ledger.versions_held`` makes that exact, provided a version
 written after a digest is stamped after it, even when its transaction began before.
 
 Revision ID: 0007

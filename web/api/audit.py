@@ -170,9 +170,6 @@ def export(query: ExportQuery) -> Response:
 def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     """A signed digest of every entity's head, now: keep it outside Plant.
 
-    Waits for version writes in flight (503 with Retry-After when that takes over 5 s) and holds
-    new ones off until the digest is built, so its ``as_of`` names exactly the heads it signs."""
-    session = db_session()
-    digest = digest_now(session, keyring=services().keyring, with_leaves=query.leaves)
-    session.rollback()  # version writes wait until this transaction ends (models.ledger.settle_versions)
-    return digest
+    Taken at a moment with no version write in flight (503 ``ledger-busy`` with Retry-After when
+    there is none for 5 s), so that its ``as_of`` names exactly the heads it signs."""
+    return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)
