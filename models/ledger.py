@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, text, union_all
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -290,12 +290,19 @@ def _classify(entity_id: uuid.UUID, version: int | None, link: bytes, head: Head
 
 
 def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
-    """Entity count and Merkle root of each chain's last version created at or before ``as_of``."""
-    heads = (
-        select(EntityVersion.entity_id, EntityVersion.link_hash)
+    """Entity count and Merkle root of each chain's last version created at or before ``as_of``,
+    leaving out the chains whose last version then was a deletion: a digest holds live
+    entities only."""
+    last = (
+        select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.content)
         .where(EntityVersion.created_at <= as_of)
         .ext(distinct_on(EntityVersion.entity_id))
         .order_by(EntityVersion.entity_id, EntityVersion.version.desc())
+        .subquery()
+    )
+    deleted_at = func.convert_from(last.c.content, "UTF8").cast(JSONB)["deleted_at"].astext
+    heads = (
+        select(last.c.entity_id, last.c.link_hash).where(deleted_at.is_(None)).order_by(last.c.entity_id)
         .execution_options(yield_per=HEAD_BATCH)
     )
     accumulator = MerkleAccumulator()

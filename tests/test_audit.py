@@ -5,6 +5,7 @@ triggers inside the test's rolled-back transaction) and must be reported under i
 own code by both the batch audit and the single-entity tampering check.
 """
 
+import datetime as dt
 import hashlib
 import os
 import threading
@@ -203,6 +204,24 @@ def test_a_root_only_digest_still_reveals_a_rewrite(db_session, skill, keyring) 
     lift_guard(db_session, "UPDATE entity_versions SET created_at = now() - interval '1 day' WHERE entity_id = :e", e=skill.id)
     _, findings = run_audit(db_session, keyring, {"against_digest": digest})
     assert "ledger-root-mismatch" in {f.code for f in findings}
+
+
+@pytest.mark.parametrize("deleted", ["before", "after"])
+def test_a_root_only_digest_matches_across_a_signed_deletion(db_session, skill, write_ctx, keyring, deleted) -> None:
+    """A digest holds live entities only; the heads recomputed as of its time leave out exactly
+    the entities whose head then was a deletion, whenever the deletion was signed."""
+    def delete() -> None:
+        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, ctx=write_ctx,
+                      changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+        db_session.flush()
+
+    if deleted == "before":
+        delete()
+    digest = digest_of(db_session, keyring)
+    if deleted == "after":
+        delete()
+    _, findings = run_audit(db_session, keyring, {"against_digest": digest})
+    assert "ledger-root-mismatch" not in {f.code for f in findings}
 
 
 def _waiting_on_versions(engine) -> int:
