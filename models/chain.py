@@ -60,8 +60,9 @@ class EntityVersion(Base):
     kid: Mapped[str] = mapped_column(String(128))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     actor: Mapped[str] = mapped_column(String(255))
-    # Stamped at INSERT, not at the transaction's start: models.ledger.versions_held relies on it.
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+    # Stamped at INSERT, not at the transaction's start, after sharing the ledger's versions lock
+    # (migration 0008): models.ledger.versions_held relies on both.
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.entity_version_stamp())
 
 
 def link_hash(entity_type: str, entity_id: uuid.UUID, version: int, prev_link: bytes, content_hash: bytes) -> bytes:

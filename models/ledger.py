@@ -13,6 +13,7 @@ the stored leaf rows.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,10 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.errors import LockNotAvailable
 from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, text, union_all
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
@@ -40,6 +39,10 @@ HEAD_BATCH = 5000
 # How long a digest looks for a moment with no version write in flight, and how often.
 DIGEST_WAIT_SECONDS = 5.0
 DIGEST_RETRY_SECONDS = 0.01
+# Advisory lock key ("versions" in ASCII): every version INSERT shares it (the created_at
+# default, migration 0008); a digest takes it alone (:func:`versions_held`).
+VERSIONS_LOCK = int.from_bytes(b"versions", "big")
+_TRY_VERSIONS_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
@@ -95,35 +98,31 @@ def versions_held(session: Session) -> Iterator[dt.datetime]:
     """Hold version writes off for the body of the ``with``, and give the time to stamp a digest with.
 
     A root-only digest is checked by recomputing the heads of the versions stamped at or
-    before its ``as_of`` (:func:`root_as_of`). A version is stamped when it is inserted
-    (``created_at`` is ``clock_timestamp()``), which can be before a digest that it only
-    commits after; and a transaction that began before a digest can insert after it. So a
-    second connection takes a SHARE lock on ``entity_versions``, which conflicts with every
-    INSERT's lock, at a moment when no version write is in flight; ``as_of`` is read, and a
-    statement of ``session`` that begins inside the ``with`` sees exactly the versions stamped
-    before ``as_of``, while every later one is stamped after it. The lock is released when
-    the ``with`` ends, so writes wait only while that statement starts, not while it is read.
+    before its ``as_of`` (:func:`root_as_of`). A version is stamped when it is inserted,
+    which can be before a digest that it only commits after; and a transaction that began
+    before a digest can insert after it. So every version INSERT takes ``VERSIONS_LOCK``
+    shared, until its transaction ends, right before it reads the clock for its stamp (the
+    column default ``entity_version_stamp()``, migration 0008). Here a second connection
+    takes that lock exclusively at a moment when no version write holds it, and reads
+    ``as_of``. A statement of ``session`` that begins inside the ``with`` then sees exactly
+    the versions stamped before ``as_of``, and every later one is stamped after it. The lock
+    goes when the ``with`` ends, so writes wait only while that statement starts.
 
-    It never waits in the lock queue (``NOWAIT``, tried again every 10 ms): a waiting SHARE
-    request would make every new write queue behind it, for nothing if it then gave up.
-    After ``DIGEST_WAIT_SECONDS`` with a write always in flight it raises ``LedgerBusy``.
-    Stored digests (with leaves) are compared leaf by leaf and need none of this.
+    The lock is only ever tried (every 10 ms): a digest waiting in the lock queue would make
+    every new write queue behind it. After ``DIGEST_WAIT_SECONDS`` with a write always in
+    flight it raises ``LedgerBusy``. ``session`` must be in READ COMMITTED, where each
+    statement takes a new snapshot. Stored digests (with leaves) are compared leaf by leaf
+    and need none of this.
     """
+    isolation = session.scalar(text("SHOW transaction_isolation"))
+    if isolation != "read committed":
+        raise RuntimeError(f"a digest reads in its own snapshot: the session must be in read committed, not {isolation}")
     deadline = time.monotonic() + DIGEST_WAIT_SECONDS
     with session.get_bind().engine.connect() as holder:
-        while True:
-            try:
-                holder.execute(text("LOCK TABLE entity_versions IN SHARE MODE NOWAIT"))
-                break
-            except OperationalError as exc:
-                if not isinstance(exc.orig, LockNotAvailable):
-                    raise
-                holder.rollback()
-                if time.monotonic() >= deadline:
-                    raise LedgerBusy(
-                        f"version writes stayed in flight for {DIGEST_WAIT_SECONDS:g} s; retry the digest shortly"
-                    ) from exc
-                wait_for_writes_in_flight()
+        while not holder.scalar(_TRY_VERSIONS_LOCK, {"key": VERSIONS_LOCK}):
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(f"version writes stayed in flight for {DIGEST_WAIT_SECONDS:g} s; retry the digest shortly")
+            wait_for_writes_in_flight()
         yield holder.scalar(select(func.clock_timestamp()))
     # Leaving connect() rolls the holder's transaction back, which releases the lock.
 
@@ -292,20 +291,30 @@ def _classify(entity_id: uuid.UUID, version: int | None, link: bytes, head: Head
 def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
     """Entity count and Merkle root of each chain's last version created at or before ``as_of``,
     leaving out the chains whose last version then was a deletion: a digest holds live
-    entities only."""
-    last = (
-        select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.content)
-        .where(EntityVersion.created_at <= as_of)
-        .ext(distinct_on(EntityVersion.entity_id))
-        .order_by(EntityVersion.entity_id, EntityVersion.version.desc())
-        .subquery()
-    )
-    deleted_at = func.convert_from(last.c.content, "UTF8").cast(JSONB)["deleted_at"].astext
-    heads = (
-        select(last.c.entity_id, last.c.link_hash).where(deleted_at.is_(None)).order_by(last.c.entity_id)
-        .execution_options(yield_per=HEAD_BATCH)
-    )
+    entities only. Only contents that mention a ``"deleted_at":"`` string are parsed, in
+    Python, so a tampered content that is not JSON cannot stop the audit (it reports that
+    content under its own code)."""
     accumulator = MerkleAccumulator()
-    for entity_id, link in session.execute(heads):
+    for entity_id, link, maybe_deleted in session.execute(_HEADS_AS_OF.execution_options(yield_per=HEAD_BATCH), {"as_of": as_of}):
+        if maybe_deleted is not None and _records_a_deletion(bytes(maybe_deleted)):
+            continue
         accumulator.add(head_leaf(entity_id, bytes(link)))
     return accumulator.size, accumulator.root()
+
+
+_HEADS_AS_OF = text("""
+    SELECT entity_id, link_hash,
+           CASE WHEN position('"deleted_at":"'::bytea IN content) > 0 THEN content END AS maybe_deleted
+    FROM (SELECT DISTINCT ON (entity_id) entity_id, link_hash, content FROM entity_versions
+          WHERE created_at <= :as_of ORDER BY entity_id, version DESC) AS last
+    ORDER BY entity_id
+""")
+
+
+def _records_a_deletion(content: bytes) -> bool:
+    """Whether a version's content has a top-level ``deleted_at``; unreadable content counts as live."""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("deleted_at") is not None

@@ -225,10 +225,11 @@ def test_a_root_only_digest_matches_across_a_signed_deletion(db_session, skill, 
 
 
 def _waiting_on_versions(engine) -> int:
-    """Sessions waiting for a lock on the versions table."""
+    """Sessions waiting for a lock on the versions table or for an advisory lock."""
     with engine.connect() as connection:
         return connection.scalar(text(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'entity_versions'::regclass"))
+            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            " AND (relation = 'entity_versions'::regclass OR locktype = 'advisory')"))
 
 
 def _root_only_findings(engine, digest, keyring) -> list:
@@ -298,6 +299,29 @@ def test_a_digest_that_finds_no_moment_without_a_write_in_flight_is_503_ledger_b
         assert busy.status_code == 503 and busy.mimetype == "application/problem+json"
         assert busy.get_json()["type"].endswith("/ledger-busy") and int(busy.headers["Retry-After"]) > 0
     assert client.get("/api/v1/ledger/digest").status_code == 200
+
+
+def test_a_digest_is_not_held_up_by_a_vacuum_of_the_versions_table(engine, keyring, committed_steward) -> None:
+    with Session(engine) as vacuum, vacuum.begin():
+        vacuum.execute(text("LOCK TABLE entity_versions IN SHARE UPDATE EXCLUSIVE MODE"))  # what (auto)VACUUM holds
+        with Session(engine) as reader, reader.begin():
+            assert digest_now(reader, keyring=keyring)["entity_count"] >= 1
+
+
+def test_a_digest_refuses_a_session_that_is_not_read_committed(engine, keyring, committed_steward) -> None:
+    with Session(engine) as reader, reader.begin():
+        reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        with pytest.raises(RuntimeError, match="read committed"):
+            digest_now(reader, keyring=keyring)
+
+
+def test_content_that_is_not_json_does_not_stop_a_root_only_audit(db_session, skill, keyring) -> None:
+    digest = digest_of(db_session, keyring)
+    lift_guard(db_session, "UPDATE entity_versions SET content = :c WHERE entity_id = :e AND version = 3",
+               c=b"\xff not json", e=skill.id)
+    summary, findings = run_audit(db_session, keyring, {"against_digest": digest})
+    codes = {f.code for f in findings}
+    assert "content-hash-mismatch" in codes and "ledger-root-mismatch" not in codes
 
 
 def test_a_forged_digest_is_refused(db_session, skill, keyring) -> None:

@@ -147,3 +147,21 @@ def test_an_if_match_too_long_to_be_a_version_is_a_failed_precondition(client, c
     response = client.patch(f"{API}/agents/{committed_steward}", json={"description": "must not land"},
                             headers={"If-Match": '"' + "9" * 5000 + '"'})
     assert response.status_code == 409 and response.get_json()["type"] == "/problems/precondition-failed"
+
+
+def test_a_connection_pool_that_stays_exhausted_is_503_with_retry_after() -> None:
+    from flask import Flask
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from web.problems import register_error_handlers
+
+    app = Flask(__name__)
+    register_error_handlers(app)
+
+    @app.get("/busy")
+    def busy():
+        raise PoolTimeout("QueuePool limit of size 1 overflow 1 reached, connection timed out, timeout 30.00")
+
+    answer = app.test_client().get("/busy")
+    assert answer.status_code == 503 and answer.mimetype == "application/problem+json"
+    assert answer.get_json()["type"] == "/problems/database-busy" and int(answer.headers["Retry-After"]) > 0

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, Response, json
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from models.errors import Conflict, InvalidInput, LedgerBusy, NotFound, PlantError
@@ -73,6 +74,15 @@ def _database_unavailable(error: DBAPIError) -> Response:
     return response
 
 
+def _pool_exhausted(error: PoolTimeout) -> Response:
+    """Every pooled connection stayed busy for the pool's timeout: the server is overloaded."""
+    log.warning("no database connection free: %s", error)
+    response = problem_response(503, "Service Unavailable", "no database connection came free in time; retry shortly",
+                                type_="/problems/database-busy")
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _data_error(error: DataError) -> Response:
     """A value the database refused (out of range, malformed): the client's input."""
     log.info("database refused a value: %s", error.orig)
@@ -108,5 +118,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(PlantError, _plant_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(DataError, _data_error)
     app.register_error_handler(Exception, _unexpected)
