@@ -21,8 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import desc, func, insert, literal, literal_column, or_, select, text, union_all
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import CompoundSelect, desc, func, insert, literal, literal_column, or_, select, text, union_all
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
@@ -43,6 +45,9 @@ DIGEST_RETRY_SECONDS = 0.01
 # default, migration 0008); a digest takes it alone (:func:`versions_held`).
 VERSIONS_LOCK = int.from_bytes(b"versions", "big")
 _TRY_VERSIONS_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+_LOCK_ENTITY_TABLES = text(f"LOCK TABLE {', '.join(m.__tablename__ for m in ENTITY_MODELS.values())} IN ACCESS SHARE MODE")
+_HEADS_CURSOR = "digest_heads"
+DIGEST_DECLARE_LOCK_TIMEOUT = "1s"
 LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
@@ -58,7 +63,12 @@ def current_heads(
     session: Session, entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False
 ) -> Iterator[HeadRecord]:
     """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
-    by id, streamed in batches from one statement."""
+    by id, streamed in batches."""
+    result = session.execute(_heads_query(entity_ids, deleted=deleted).execution_options(yield_per=HEAD_BATCH))
+    return (HeadRecord(row[0], row[1], row[2], bytes(row[3])) for row in result)
+
+
+def _heads_query(entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False) -> CompoundSelect:
     parts = []
     ids = list(entity_ids) if entity_ids is not None else None
     for entity_type, model in ENTITY_MODELS.items():
@@ -68,20 +78,50 @@ def current_heads(
         if ids is not None:
             query = query.where(uuid_in(model.id, ids))
         parts.append(query)
-    # Executed here, on the call, not at the first row: digest_now relies on when its snapshot is taken.
-    result = session.execute(union_all(*parts).order_by("id").execution_options(yield_per=HEAD_BATCH))
-    return (HeadRecord(row[0], row[1], row[2], bytes(row[3])) for row in result)
+    return union_all(*parts).order_by("id")
 
 
 def digest_now(session: Session, *, keyring: KeyRing, with_leaves: bool = False) -> dict[str, Any]:
     """A signed digest of every entity's head, now.
 
-    ``session`` must not have written versions in its open transaction: a digest waits for
-    a moment with none in flight (:func:`versions_held`), and would never find one.
+    ``session`` must be in a READ COMMITTED transaction that has not written versions: a
+    digest waits for a moment with no version write in flight (:func:`versions_held`).
+    Inside that moment it only DECLAREs the cursor over the heads, which fixes what the
+    digest reads; the rows are fetched after writes may go on again. The entity tables are
+    locked (ACCESS SHARE) before the moment, and the DECLARE waits at most
+    ``DIGEST_DECLARE_LOCK_TIMEOUT``: so DDL queued on an entity table behind a write that
+    waits for the moment cannot hold the digest, and the digest the write, until the
+    statement timeout.
     """
+    _require_read_committed(session)
+    session.execute(_LOCK_ENTITY_TABLES)
+    session.execute(text(f"SET LOCAL lock_timeout = '{DIGEST_DECLARE_LOCK_TIMEOUT}'"))
+    declare = text(f"DECLARE {_HEADS_CURSOR} NO SCROLL CURSOR FOR "
+                   + str(_heads_query().compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True})))
     with versions_held(session) as as_of:
-        heads = current_heads(session)  # its statement's snapshot is taken while writes are held off
-    return signed_digest(heads, as_of, keyring, with_leaves=with_leaves)
+        try:
+            session.execute(declare)
+        except OperationalError as exc:
+            if isinstance(exc.orig, LockNotAvailable):
+                raise LedgerBusy(f"the ledger's tables stayed locked for {DIGEST_DECLARE_LOCK_TIMEOUT}; retry shortly") from exc
+            raise
+    return signed_digest(_fetch_declared_heads(session), as_of, keyring, with_leaves=with_leaves)
+
+
+def _require_read_committed(session: Session) -> None:
+    """A digest's statements each take their own snapshot, inside one transaction."""
+    isolation = session.scalar(text("SHOW transaction_isolation"))
+    if isolation != "read committed" or session.connection().connection.driver_connection.autocommit:
+        raise RuntimeError(f"a digest needs a read committed transaction, not {isolation}"
+                           f"{' in autocommit' if isolation == 'read committed' else ''}")
+
+
+def _fetch_declared_heads(session: Session) -> Iterator[HeadRecord]:
+    fetch = text(f"FETCH FORWARD {HEAD_BATCH} FROM {_HEADS_CURSOR}")
+    while rows := session.execute(fetch).all():
+        for row in rows:
+            yield HeadRecord(row[0], row[1], row[2], bytes(row[3]))
+    session.execute(text(f"CLOSE {_HEADS_CURSOR}"))
 
 
 def signed_digest(heads: Iterable[HeadRecord], as_of: dt.datetime, keyring: KeyRing, *, with_leaves: bool = False) -> dict[str, Any]:
@@ -106,17 +146,13 @@ def versions_held(session: Session) -> Iterator[dt.datetime]:
     takes that lock exclusively at a moment when no version write holds it, and reads
     ``as_of``. A statement of ``session`` that begins inside the ``with`` then sees exactly
     the versions stamped before ``as_of``, and every later one is stamped after it. The lock
-    goes when the ``with`` ends, so writes wait only while that statement starts.
+    goes when the ``with`` ends.
 
     The lock is only ever tried (every 10 ms): a digest waiting in the lock queue would make
     every new write queue behind it. After ``DIGEST_WAIT_SECONDS`` with a write always in
-    flight it raises ``LedgerBusy``. ``session`` must be in READ COMMITTED, where each
-    statement takes a new snapshot. Stored digests (with leaves) are compared leaf by leaf
+    flight it raises ``LedgerBusy``. Stored digests (with leaves) are compared leaf by leaf
     and need none of this.
     """
-    isolation = session.scalar(text("SHOW transaction_isolation"))
-    if isolation != "read committed":
-        raise RuntimeError(f"a digest reads in its own snapshot: the session must be in read committed, not {isolation}")
     deadline = time.monotonic() + DIGEST_WAIT_SECONDS
     with session.get_bind().engine.connect() as holder:
         while not holder.scalar(_TRY_VERSIONS_LOCK, {"key": VERSIONS_LOCK}):

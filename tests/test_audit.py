@@ -5,6 +5,7 @@ triggers inside the test's rolled-back transaction) and must be reported under i
 own code by both the batch audit and the single-entity tampering check.
 """
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -313,6 +314,82 @@ def test_a_digest_refuses_a_session_that_is_not_read_committed(engine, keyring, 
         reader.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         with pytest.raises(RuntimeError, match="read committed"):
             digest_now(reader, keyring=keyring)
+
+
+def test_a_digest_refuses_an_autocommit_session(engine, keyring, committed_steward) -> None:
+    with Session(engine.execution_options(isolation_level="AUTOCOMMIT")) as reader:
+        with pytest.raises(RuntimeError, match="autocommit"):
+            digest_now(reader, keyring=keyring)
+
+
+def test_every_version_insert_shares_the_lock_the_digest_takes(engine) -> None:
+    import models.ledger as ledger
+
+    with engine.connect() as connection:
+        definition = connection.scalar(text("SELECT pg_get_functiondef('entity_version_stamp'::regproc)"))
+        default = connection.scalar(text(
+            "SELECT column_default FROM information_schema.columns"
+            " WHERE table_name = 'entity_versions' AND column_name = 'created_at'"))
+    assert f"pg_advisory_xact_lock_shared({ledger.VERSIONS_LOCK})" in definition
+    assert default == "entity_version_stamp()"
+
+
+def test_ddl_queued_behind_a_waiting_write_does_not_hold_a_digest_up(engine, write_ctx, keyring, committed_steward,
+                                                                     monkeypatch) -> None:
+    """A write waits for the digest's moment while it holds a skill row; an ALTER TABLE of skills
+    queues behind that write. The digest, which locked the entity tables before its moment,
+    finishes instead of queueing behind the ALTER (a wait no deadlock check sees)."""
+    import models.ledger as ledger
+
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+    held, go, outcome = threading.Event(), threading.Event(), {}
+    real_hold = ledger.versions_held
+
+    @contextlib.contextmanager
+    def slow_hold(session):
+        with real_hold(session) as as_of:
+            held.set()
+            go.wait(10)
+            yield as_of
+
+    monkeypatch.setattr(ledger, "versions_held", slow_hold)
+
+    def take_digest() -> None:
+        try:
+            with Session(engine) as reader, reader.begin():
+                outcome["digest"] = digest_now(reader, keyring=keyring)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    def write() -> None:
+        with Session(engine) as writer, writer.begin():
+            update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "v2"}, ctx=write_ctx)
+
+    def alter() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("LOCK TABLE skills IN ACCESS EXCLUSIVE MODE"))  # what ALTER TABLE takes
+            connection.rollback()
+
+    threads = [threading.Thread(target=take_digest)]
+    threads[0].start()
+    assert held.wait(10)
+    threads.append(threading.Thread(target=write))
+    threads[1].start()
+    wait_for(lambda: _waiting_on_versions(engine) >= 1, what="the write to wait for the digest's moment")
+    threads.append(threading.Thread(target=alter))
+    threads[2].start()
+    wait_for(lambda: _waiting_locks(engine) >= 2, what="the ALTER to queue")
+    go.set()
+    threads[0].join(timeout=15)
+    assert not threads[0].is_alive() and "error" not in outcome, outcome
+    for thread in threads[1:]:
+        thread.join(timeout=15)
+    assert outcome["digest"]["entity_count"] >= 2
+
+
+def _waiting_locks(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
 
 def test_content_that_is_not_json_does_not_stop_a_root_only_audit(db_session, skill, keyring) -> None:

@@ -230,6 +230,30 @@ def test_a_sealed_key_is_refused_as_the_active_or_an_upcoming_key(key_settings, 
         keyring_from_settings(key_settings)
 
 
+def test_a_worker_whose_signing_key_is_sealed_refuses_to_start(settings, tmp_path) -> None:
+    """Workers load keys lazily; without the start-up check this worker would start and fail
+    every job it took, for good."""
+    from models.keys import write_seal
+    from tests.conftest import REPO_ROOT, child_env, stop_process_group
+
+    key, data_dir = generate_ed25519(), tmp_path / "data"
+    own = load_settings(data_dir=data_dir)
+    own.active_signing_key_path.parent.mkdir(parents=True)
+    own.active_signing_key_path.write_bytes(key.private_pem())
+    own.retired_signing_keys_path.mkdir(parents=True)
+    write_seal(own, KeySeal(key.kid, 1, "00" * 32, "2026-12-04T00:00:00.000000Z"))
+    env = {k: v for k, v in child_env(settings).items() if not k.startswith("PLANT_SIGNING_KEY") and k != "PLANT_RETIRED_SIGNING_KEYS_DIR"}
+    env["PLANT_DATA_DIR"] = str(data_dir)
+    process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "default"],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process_group(process)
+    assert process.returncode not in (0, None)
+    assert b"refuses to start" in output and f"active signing key {key.kid} is sealed".encode() in output
+
+
 def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(rotated) -> None:
     """During a rollout, processes still on the old key verify versions the new key signs:
     the new key was published to them as an upcoming key one rollout earlier."""

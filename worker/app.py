@@ -16,6 +16,7 @@ from celery import Celery, Task
 import psutil
 from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_init, worker_shutting_down
 
+from models.errors import SigningKeyError
 from models.logging_setup import bind_log_context, configure_logging, reset_log_context
 from tasks import runtime
 from tasks.audit import CHUNK_TASK
@@ -68,6 +69,17 @@ def _structured_logging(**_: Any) -> None:
     """
     settings = runtime.settings()
     configure_logging(settings.log_format, settings.log_level)
+
+
+@celeryd_init.connect  # after the logging hook above, so the refusal is logged like the rest
+def _refuse_to_start_without_usable_signing_keys(**_: Any) -> None:
+    """Load the signing keys before consuming anything. Keys that cannot be used (a malformed
+    key or seal, or a seal naming the key that would sign) would otherwise fail every job the
+    worker takes, for good; the API refuses to start on them the same way."""
+    try:
+        runtime.keyring()
+    except SigningKeyError as exc:
+        raise SystemExit(f"plant worker refuses to start: {exc.detail}") from exc
 
 
 # task id -> the log-context token to restore when that task ends (one per pool thread).
