@@ -47,7 +47,7 @@ VERSIONS_LOCK = int.from_bytes(b"versions", "big")
 _TRY_VERSIONS_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 _LOCK_ENTITY_TABLES = text(f"LOCK TABLE {', '.join(m.__tablename__ for m in ENTITY_MODELS.values())} IN ACCESS SHARE MODE")
 _HEADS_CURSOR = "digest_heads"
-DIGEST_DECLARE_LOCK_TIMEOUT = "1s"
+DIGEST_LOCK_TIMEOUT = "1s"
 LEAVES_ATTESTATION_TYPE = "plant.digest-leaves.v1"
 
 
@@ -88,23 +88,23 @@ def digest_now(session: Session, *, keyring: KeyRing, with_leaves: bool = False)
     digest waits for a moment with no version write in flight (:func:`versions_held`).
     Inside that moment it only DECLAREs the cursor over the heads, which fixes what the
     digest reads; the rows are fetched after writes may go on again. The entity tables are
-    locked (ACCESS SHARE) before the moment, and the DECLARE waits at most
-    ``DIGEST_DECLARE_LOCK_TIMEOUT``: so DDL queued on an entity table behind a write that
-    waits for the moment cannot hold the digest, and the digest the write, until the
-    statement timeout.
+    locked (ACCESS SHARE) before the moment, so DDL queued on an entity table behind a write
+    that waits for the moment cannot hold the digest up in turn, and no lock is waited for
+    longer than ``DIGEST_LOCK_TIMEOUT`` (``LedgerBusy``; the setting lasts until the caller's
+    transaction ends).
     """
     _require_read_committed(session)
-    session.execute(_LOCK_ENTITY_TABLES)
-    session.execute(text(f"SET LOCAL lock_timeout = '{DIGEST_DECLARE_LOCK_TIMEOUT}'"))
     declare = text(f"DECLARE {_HEADS_CURSOR} NO SCROLL CURSOR FOR "
                    + str(_heads_query().compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True})))
-    with versions_held(session) as as_of:
-        try:
+    try:
+        session.execute(text(f"SET LOCAL lock_timeout = '{DIGEST_LOCK_TIMEOUT}'"))  # for the rest of the transaction
+        session.execute(_LOCK_ENTITY_TABLES)
+        with versions_held(session) as as_of:
             session.execute(declare)
-        except OperationalError as exc:
-            if isinstance(exc.orig, LockNotAvailable):
-                raise LedgerBusy(f"the ledger's tables stayed locked for {DIGEST_DECLARE_LOCK_TIMEOUT}; retry shortly") from exc
-            raise
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise LedgerBusy(f"the ledger's tables stayed locked for {DIGEST_LOCK_TIMEOUT}; retry shortly") from exc
+        raise
     return signed_digest(_fetch_declared_heads(session), as_of, keyring, with_leaves=with_leaves)
 
 

@@ -273,6 +273,42 @@ def test_a_root_only_digest_waits_for_a_write_in_flight_and_holds_no_other_write
     assert digest and _root_only_findings(engine, digest, keyring) == []
 
 
+@pytest.mark.parametrize("when", ["after the moment", "before the first fetch"])
+def test_a_write_committed_after_the_digest_s_moment_is_not_in_it(engine, write_ctx, keyring, committed_steward,
+                                                                  monkeypatch, when) -> None:
+    """What the digest reads is fixed inside its moment (the DECLARE), not when it lets go of
+    the lock or fetches its first row."""
+    import models.ledger as ledger
+
+    skill_id = _committed_skill(engine, write_ctx, committed_steward)
+
+    def commit_a_write() -> None:
+        with Session(engine) as writer, writer.begin():
+            update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "raced"}, ctx=write_ctx)
+
+    if when == "after the moment":
+        real_hold = ledger.versions_held
+
+        @contextlib.contextmanager
+        def hold_then_write(session):
+            with real_hold(session) as as_of:
+                yield as_of
+            commit_a_write()
+
+        monkeypatch.setattr(ledger, "versions_held", hold_then_write)
+    else:
+        real_fetch = ledger._fetch_declared_heads
+
+        def write_then_fetch(session):
+            commit_a_write()
+            yield from real_fetch(session)
+
+        monkeypatch.setattr(ledger, "_fetch_declared_heads", write_then_fetch)
+    with Session(engine) as reader, reader.begin():
+        digest = digest_now(reader, keyring=keyring)
+    assert _root_only_findings(engine, digest, keyring) == []
+
+
 def test_a_root_only_digest_excludes_a_write_whose_transaction_began_before_it(engine, write_ctx, keyring,
                                                                               committed_steward) -> None:
     """A transaction that began before the digest but writes after it: its version is stamped

@@ -230,7 +230,8 @@ def test_a_sealed_key_is_refused_as_the_active_or_an_upcoming_key(key_settings, 
         keyring_from_settings(key_settings)
 
 
-def test_a_worker_whose_signing_key_is_sealed_refuses_to_start(settings, tmp_path) -> None:
+@pytest.mark.parametrize("trouble", ["sealed", "unreadable"])
+def test_a_worker_whose_signing_keys_cannot_be_used_refuses_to_start(settings, tmp_path, trouble) -> None:
     """Workers load keys lazily; without the start-up check this worker would start and fail
     every job it took, for good."""
     from models.keys import write_seal
@@ -241,7 +242,12 @@ def test_a_worker_whose_signing_key_is_sealed_refuses_to_start(settings, tmp_pat
     own.active_signing_key_path.parent.mkdir(parents=True)
     own.active_signing_key_path.write_bytes(key.private_pem())
     own.retired_signing_keys_path.mkdir(parents=True)
-    write_seal(own, KeySeal(key.kid, 1, "00" * 32, "2026-12-04T00:00:00.000000Z"))
+    if trouble == "sealed":
+        write_seal(own, KeySeal(key.kid, 1, "00" * 32, "2026-12-04T00:00:00.000000Z"))
+        expected = f"active signing key {key.kid} is sealed"
+    else:
+        (own.retired_signing_keys_path / "old.pem").mkdir()  # a retired key that cannot be read
+        expected = "IsADirectoryError"
     env = {k: v for k, v in child_env(settings).items() if not k.startswith("PLANT_SIGNING_KEY") and k != "PLANT_RETIRED_SIGNING_KEYS_DIR"}
     env["PLANT_DATA_DIR"] = str(data_dir)
     process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "default"],
@@ -251,7 +257,7 @@ def test_a_worker_whose_signing_key_is_sealed_refuses_to_start(settings, tmp_pat
     finally:
         stop_process_group(process)
     assert process.returncode not in (0, None)
-    assert b"refuses to start" in output and f"active signing key {key.kid} is sealed".encode() in output
+    assert b"refuses to start" in output and expected.encode() in output
 
 
 def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(rotated) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
 from functools import cache
 from typing import Any
@@ -23,6 +24,8 @@ from tasks.audit import CHUNK_TASK
 from tasks.celery_app import create_celery
 from tasks.dispatch import JOB_ROUTES
 from worker.schedule import beat_schedule
+
+log = logging.getLogger(__name__)
 
 # Tasks whose first argument is a job id.
 JOB_TASKS = frozenset({route.task_name for route in JOB_ROUTES.values()} | {CHUNK_TASK})
@@ -74,12 +77,15 @@ def _structured_logging(**_: Any) -> None:
 @celeryd_init.connect  # after the logging hook above, so the refusal is logged like the rest
 def _refuse_to_start_without_usable_signing_keys(**_: Any) -> None:
     """Load the signing keys before consuming anything. Keys that cannot be used (a malformed
-    key or seal, or a seal naming the key that would sign) would otherwise fail every job the
-    worker takes, for good; the API refuses to start on them the same way."""
+    or unreadable key or seal, or a seal naming the key that would sign) would otherwise fail
+    every job the worker takes, for good; the API refuses to start on them the same way.
+    Celery logs and swallows an exception from a signal handler, so this exits instead."""
     try:
         runtime.keyring()
-    except SigningKeyError as exc:
-        raise SystemExit(f"plant worker refuses to start: {exc.detail}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever stops the keys loading stops the worker
+        detail = exc.detail if isinstance(exc, SigningKeyError) else f"{type(exc).__name__}: {exc}"
+        log.critical("plant worker refuses to start: %s", detail)
+        raise SystemExit(f"plant worker refuses to start: {detail}") from exc
 
 
 # task id -> the log-context token to restore when that task ends (one per pool thread).
