@@ -47,12 +47,16 @@ def status_for(error: PlantError) -> int:
     return 400
 
 
+def _retry_later(response: Response) -> Response:
+    """A 503 that tells the client when to try again."""
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
     response = Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
-    if status == 503:
-        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
-    return response
+    return _retry_later(response) if status == 503 else response
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -64,23 +68,19 @@ def _http_error(error: HTTPException) -> Response:
 
 def _database_unavailable(error: DBAPIError) -> Response:
     log.warning("database unavailable: %s", error.orig)
-    response = problem_response(
+    return _retry_later(problem_response(
         503,
         "Service Unavailable",
         "the database is unreachable; retry shortly",
         type_="/problems/database-unavailable",
-    )
-    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
-    return response
+    ))
 
 
 def _pool_exhausted(error: PoolTimeout) -> Response:
     """Every pooled connection stayed busy for the pool's timeout: the server is overloaded."""
     log.warning("no database connection free: %s", error)
-    response = problem_response(503, "Service Unavailable", "no database connection came free in time; retry shortly",
-                                type_="/problems/database-busy")
-    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
-    return response
+    return _retry_later(problem_response(503, "Service Unavailable", "no database connection came free in time; retry shortly",
+                                         type_="/problems/database-busy"))
 
 
 def _data_error(error: DataError) -> Response:
