@@ -13,7 +13,6 @@ the stored leaf rows.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
-from models.canonical import canonical_bytes
+from models.canonical import canonical_bytes, strict_json_loads
 from models.chain import ChainFinding, EntityVersion
 from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
@@ -65,7 +64,12 @@ def current_heads(
     """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
     by id, streamed in batches."""
     result = session.execute(_heads_query(entity_ids, deleted=deleted).execution_options(yield_per=HEAD_BATCH))
-    return (HeadRecord(row[0], row[1], row[2], bytes(row[3])) for row in result)
+    return (_head_record(row) for row in result)
+
+
+def _head_record(row: Any) -> HeadRecord:
+    """A row of :func:`_heads_query` (id, entity type, version, head link)."""
+    return HeadRecord(row[0], row[1], row[2], bytes(row[3]))
 
 
 def _heads_query(entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False) -> CompoundSelect:
@@ -119,8 +123,7 @@ def _require_read_committed(session: Session) -> None:
 def _fetch_declared_heads(session: Session) -> Iterator[HeadRecord]:
     fetch = text(f"FETCH FORWARD {HEAD_BATCH} FROM {_HEADS_CURSOR}")
     while rows := session.execute(fetch).all():
-        for row in rows:
-            yield HeadRecord(row[0], row[1], row[2], bytes(row[3]))
+        yield from map(_head_record, rows)
     session.execute(text(f"CLOSE {_HEADS_CURSOR}"))
 
 
@@ -350,7 +353,7 @@ _HEADS_AS_OF = text("""
 def _records_a_deletion(content: bytes) -> bool:
     """Whether a version's content has a top-level ``deleted_at``; unreadable content counts as live."""
     try:
-        document = json.loads(content)
+        document = strict_json_loads(content)  # the parse for signed JSON: a repeated member is refused
     except ValueError:
         return False
     return isinstance(document, dict) and document.get("deleted_at") is not None
