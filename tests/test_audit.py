@@ -225,12 +225,15 @@ def test_a_root_only_digest_matches_across_a_signed_deletion(db_session, skill, 
     assert "ledger-root-mismatch" not in {f.code for f in findings}
 
 
-def _waiting_on_versions(engine) -> int:
-    """Sessions waiting for a lock on the versions table or for an advisory lock."""
+def _waiting_locks(engine, *, only_versions: bool = False) -> int:
+    """Lock requests waiting; with ``only_versions``, those on the versions table or an advisory lock."""
+    versions = " AND (relation = 'entity_versions'::regclass OR locktype = 'advisory')" if only_versions else ""
     with engine.connect() as connection:
-        return connection.scalar(text(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted"
-            " AND (relation = 'entity_versions'::regclass OR locktype = 'advisory')"))
+        return connection.scalar(text(f"SELECT count(*) FROM pg_locks WHERE NOT granted{versions}"))
+
+
+def _waiting_on_versions(engine) -> int:
+    return _waiting_locks(engine, only_versions=True)
 
 
 def _root_only_findings(engine, digest, keyring) -> list:
@@ -421,11 +424,6 @@ def test_ddl_queued_behind_a_waiting_write_does_not_hold_a_digest_up(engine, wri
     for thread in threads[1:]:
         thread.join(timeout=15)
     assert outcome["digest"]["entity_count"] >= 2
-
-
-def _waiting_locks(engine) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
 
 def test_content_that_is_not_json_does_not_stop_a_root_only_audit(db_session, skill, keyring) -> None:
