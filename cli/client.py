@@ -6,18 +6,28 @@ and ``PLANT_API_KEY``, else the admin key ``make dev`` leaves in
 ``$PLANT_DATA_DIR/admin-api-key``, so ``plant ...`` works next to ``make dev`` with no setup.
 Every failure, an RFC 9457 problem from the API or a connection that never happened,
 becomes an :class:`ApiError`: one readable line, exit code 1.
+
+A ``503`` or ``429`` answer with ``Retry-After`` (the API's ``ledger-busy``, ``database-busy``
+and ``database-unavailable``) is retried, waiting as long as the server asks (at most
+``MAX_RETRY_WAIT_SECONDS`` each time, ``MAX_ATTEMPTS`` tries in all), but only where a retry
+cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from cli.bootstrap import ADMIN_KEY_FILE
 from cli.errors import PlantCliError
@@ -28,6 +38,10 @@ API = "/api/v1"
 TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_PAGE_SIZE = 500
+RETRY_STATUSES = frozenset({429, 503})
+MAX_ATTEMPTS = 4
+MAX_RETRY_WAIT_SECONDS = 30.0
+DEFAULT_RETRY_WAIT_SECONDS = 1.0  # a retryable answer without a usable Retry-After
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,10 @@ def problem_line(problem: dict[str, Any]) -> str:
 class PlantClient:
     """Thin JSON-over-HTTP calls against ``/api/v1``; close it (or use ``with``) when done."""
 
-    def __init__(self, config: ClientConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, config: ClientConfig, *, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
+        self._sleep = sleep
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._http = httpx.Client(
             base_url=config.base_url, headers=headers, transport=transport,
@@ -91,16 +107,33 @@ class PlantClient:
         return f"{self.config.base_url}{API}{path}"
 
     def request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
-        """Send a request to ``/api/v1{path}``; an error status or no connection raises ApiError."""
+        """Send a request to ``/api/v1{path}``; an error status or no connection raises ApiError.
+
+        A 503 or 429 is retried as the server's ``Retry-After`` asks when repeating the request
+        is safe (see the module docstring); the last answer is the one that counts."""
+        def send() -> httpx.Response:
+            return self._send(method, path, timeout=timeout, **kwargs)
+
+        retry_safe = method == "GET" or "Idempotency-Key" in (kwargs.get("headers") or {})
+        if retry_safe:
+            response = Retrying(
+                retry=retry_if_result(lambda r: r.status_code in RETRY_STATUSES),
+                wait=_server_asked_wait, stop=stop_after_attempt(MAX_ATTEMPTS), sleep=self._sleep,
+                before_sleep=_say_retrying, retry_error_callback=lambda state: state.outcome.result(),
+            )(send)
+        else:
+            response = send()
+        if response.is_error:
+            raise self._error(response)
+        return response
+
+    def _send(self, method: str, path: str, *, timeout: float | None, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, API + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
+            return self._http.request(method, API + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
         except httpx.TimeoutException as exc:
             raise ApiError(f"{self.config.base_url} did not answer in time ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the Plant API at {self.config.base_url}: {exc} (is it running? set PLANT_URL)") from exc
-        if response.is_error:
-            raise self._error(response)
-        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return _json_of(self.request("GET", path, params=_present(params)))
@@ -151,6 +184,36 @@ class PlantClient:
             where = f" (looked in {self.config.key_file})" if self.config.key_file else ""
             message += f"; set PLANT_API_KEY or run `make dev`{where}"
         return ApiError(message, status=response.status_code, problem=problem)
+
+
+def retry_after_seconds(response: httpx.Response, *, now: dt.datetime | None = None) -> float:
+    """The wait a ``Retry-After`` header asks for (delay-seconds or an HTTP-date, RFC 9110
+    section 10.2.3), within 0 and ``MAX_RETRY_WAIT_SECONDS``; ``DEFAULT_RETRY_WAIT_SECONDS``
+    when it is missing or unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value) if value.isdigit() else None
+        if seconds is None:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        seconds = DEFAULT_RETRY_WAIT_SECONDS
+    return min(max(seconds, 0.0), MAX_RETRY_WAIT_SECONDS)
+
+
+def _server_asked_wait(state: RetryCallState) -> float:
+    return retry_after_seconds(state.outcome.result())
+
+
+def _say_retrying(state: RetryCallState) -> None:
+    response: httpx.Response = state.outcome.result()
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    why = problem_line(problem) if isinstance(problem, dict) else response.reason_phrase
+    print(f"plant: {response.status_code} {why}; retrying in {state.upcoming_sleep:g} s "
+          f"(try {state.attempt_number + 1} of {MAX_ATTEMPTS})", file=sys.stderr)
 
 
 def _present(params: dict[str, Any]) -> dict[str, Any]:

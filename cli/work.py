@@ -60,7 +60,7 @@ def resolve_team(client: PlantClient, ref: str) -> dict[str, Any]:
 @wait_option
 @idempotency_option
 @json_option
-def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str | None, as_json: bool) -> None:
+def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str, as_json: bool) -> None:
     """Certify SKILL (its id or skill_key): gates, then a signed certificate or a rejection."""
     client = connect()
     skill_id = resolve_skill(client, skill)["id"]
@@ -77,7 +77,7 @@ def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str | No
 @idempotency_option
 @json_option
 def assign(agents: tuple[str, ...], team_ref: str | None, all_unassigned: bool, wait: bool,
-           idempotency_key: str | None, as_json: bool) -> None:
+           idempotency_key: str, as_json: bool) -> None:
     """Assign AGENT (an id) to a team: --team T, or the most similar eligible team.
 
     Several AGENTs, or --all-unassigned, are placed together by one optimal plan.
@@ -112,7 +112,7 @@ def audit() -> None:
 @idempotency_option
 @json_option
 def run_audit(entity_type: str | None, entity_ids: tuple[str, ...], all_signatures: bool, digest_file: Path | None,
-              wait: bool, idempotency_key: str | None, as_json: bool) -> None:
+              wait: bool, idempotency_key: str, as_json: bool) -> None:
     """Start a compliance audit; with --wait print its summary when it ends."""
     body: dict[str, Any] = {
         "scope": {k: v for k, v in (("entity_type", entity_type), ("entity_ids", list(entity_ids) or None)) if v},

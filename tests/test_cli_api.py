@@ -16,11 +16,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from cli.client import ClientConfig, PlantClient
 from cli.errors import EXIT_JOB_UNSUCCESSFUL, EXIT_NOT_VERIFIED
 from cli.main import cli
+from models import ledger
+from tests.conftest import wait_for
+from web.metrics import REQUEST_REGISTRY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 Plant = Callable[..., Result]
@@ -159,6 +163,45 @@ def test_certify_by_id_without_wait_prints_the_job(plant: Plant, http: PlantClie
     started = as_json(plant("certify", skill_id(http, "copywriting"), "--json"))
     assert started["kind"] == "skill.certify" and started["status"] in ("queued", "running", "succeeded")
     assert plant("jobs", "watch", started["id"]).exit_code == 0
+
+
+def test_job_starting_commands_send_an_idempotency_key_of_their_own(plant: Plant, http: PlantClient, seeded,
+                                                                    engine) -> None:
+    """So that the client's retry of a busy answer (cli/client.py) never starts a second job."""
+    own = as_json(plant("certify", skill_id(http, "copywriting"), "--json"))
+    given = as_json(plant("audit", "run", "--type", "team", "--idempotency-key", "mine-1", "--json"))
+    again = as_json(plant("audit", "run", "--type", "team", "--idempotency-key", "mine-1", "--json"))
+    with engine.connect() as connection:
+        keys = dict(connection.execute(text("SELECT job_id, key FROM idempotency_keys")).all())
+    assert keys[uuid.UUID(own["id"])].startswith("plant-cli-") and keys[uuid.UUID(given["id"])] == "mine-1"
+    assert again["id"] == given["id"]
+
+
+def test_digest_export_waits_out_a_busy_ledger_as_the_server_asks(plant: Plant, seeded, engine, tmp_path,
+                                                                    monkeypatch) -> None:
+    """A version write in flight for longer than the digest's wait is 503 ``ledger-busy`` with
+    Retry-After; the CLI says so, waits, and gets the digest once the write has ended."""
+    monkeypatch.setattr(ledger, "DIGEST_WAIT_SECONDS", 0.2)
+    def busy_answers() -> float:
+        labels = {"method": "GET", "route": "/api/v1/ledger/digest", "status": "503"}
+        return REQUEST_REGISTRY.get_sample_value("plant_http_requests_total", labels) or 0.0
+
+    before = busy_answers()
+    digest_file, outcome = tmp_path / "digest.json", {}
+    export = threading.Thread(target=lambda: outcome.update(result=plant("digest", "export", "-o", digest_file, "--json")))
+    with engine.connect() as writer:
+        writer.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ledger.VERSIONS_LOCK})
+        export.start()
+        wait_for(lambda: busy_answers() > before, what="a ledger-busy answer")
+        writer.rollback()
+    export.join(timeout=60)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "plant: 503 Ledger busy: version writes stayed in flight for 0.2 s; retry the digest shortly; "
+        "retrying in 5 s (try 2 of 4)"]
+    assert busy_answers() == before + 1
+    assert json.loads(digest_file.read_text())["entity_count"] == json.loads(result.stdout)["entity_count"] >= 90
 
 
 def test_assign_to_a_named_team_and_automatically(plant: Plant, http: PlantClient, seeded) -> None:
