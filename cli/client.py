@@ -7,7 +7,7 @@ and ``PLANT_API_KEY``, else the admin key ``make dev`` leaves in
 Every failure, an RFC 9457 problem from the API or a connection that never happened,
 becomes an :class:`ApiError`: one readable line, exit code 1.
 
-A ``503`` or ``429`` answer with ``Retry-After`` (the API's ``ledger-busy``, ``database-busy``
+A ``503`` or ``429`` answer with ``Retry-After`` (the API's ``ledger-busy``, ``digests-busy``, ``database-busy``
 and ``database-unavailable``) is retried, waiting as long as the server asks (at most
 ``MAX_RETRY_WAIT_SECONDS`` each time, ``MAX_ATTEMPTS`` tries in all), but only where a retry
 cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key``.

@@ -166,6 +166,13 @@ class LedgerBusy(PlantError):
     title = "Ledger busy"
 
 
+class DigestsBusy(LedgerBusy):
+    """Every digest this API process may take at once is being taken (``PLANT_DIGESTS_AT_ONCE``)."""
+
+    code = "digests-busy"
+    title = "Digests busy"
+
+
 class SigningKeyError(PlantError):
     """Key material that is malformed, encrypted, or of a type or size we do not accept."""
 

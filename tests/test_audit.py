@@ -10,7 +10,9 @@ import datetime as dt
 import hashlib
 import os
 import threading
+import time
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -338,6 +340,49 @@ def test_a_digest_that_finds_no_moment_without_a_write_in_flight_is_503_ledger_b
         busy = client.get("/api/v1/ledger/digest")
         assert busy.status_code == 503 and busy.mimetype == "application/problem+json"
         assert busy.get_json()["type"].endswith("/ledger-busy") and int(busy.headers["Retry-After"]) > 0
+    assert client.get("/api/v1/ledger/digest").status_code == 200
+
+
+def test_a_digest_asked_for_while_this_process_takes_one_is_503_digests_busy_at_once(
+        client, engine, committed_steward, monkeypatch) -> None:
+    """PLANT_DIGESTS_AT_ONCE (1): a second digest does not queue for a thread and two connections."""
+    import models.ledger as ledger
+
+    monkeypatch.setattr(ledger, "DIGEST_WAIT_SECONDS", 30.0)
+    other_client = client.application.test_client()
+    other_client.environ_base.update(client.environ_base)
+    answers: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: answers.update(first=client.get("/api/v1/ledger/digest")))
+
+    def trying_the_versions_lock() -> bool:
+        with engine.connect() as connection:
+            return bool(connection.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_xact_lock%'")))
+
+    with engine.connect() as writer:  # a version write in flight: the first digest waits for it
+        writer.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ledger.VERSIONS_LOCK})
+        first.start()
+        wait_for(trying_the_versions_lock, what="the first digest waiting for a quiet moment")
+        started = time.monotonic()
+        second = other_client.get("/api/v1/ledger/digest")
+        assert time.monotonic() - started < 5
+        assert second.status_code == 503 and second.mimetype == "application/problem+json"
+        assert second.get_json()["type"].endswith("/digests-busy") and int(second.headers["Retry-After"]) > 0
+        writer.rollback()
+    first.join(timeout=30)
+    assert answers["first"].status_code == 200
+    assert other_client.get("/api/v1/ledger/digest").status_code == 200  # the slot is free again
+
+
+def test_a_digest_that_fails_gives_its_slot_back(client, engine, committed_steward, monkeypatch) -> None:
+    import models.ledger as ledger
+
+    monkeypatch.setattr(ledger, "DIGEST_WAIT_SECONDS", 0.05)
+    with engine.connect() as writer:
+        writer.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ledger.VERSIONS_LOCK})
+        for _ in range(3):
+            assert client.get("/api/v1/ledger/digest").get_json()["type"].endswith("/ledger-busy")
+        writer.rollback()
     assert client.get("/api/v1/ledger/digest").status_code == 200
 
 

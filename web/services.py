@@ -13,7 +13,9 @@ different commits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
 from models.embeddings import Embedder, make_embedder
+from models.errors import DigestsBusy
 from models.keys import keyring_from_settings
 from models.settings import Settings
 from models.signing import KeyRing
@@ -45,6 +48,7 @@ class Services:
     redis: redis.Redis
     keyring: KeyRing
     embedder: Embedder
+    digest_slots: threading.BoundedSemaphore  # see digest_slot
 
 
 def build_services(settings: Settings) -> Services:
@@ -62,6 +66,7 @@ def build_services(settings: Settings) -> Services:
         ),
         keyring=keyring_from_settings(settings),
         embedder=make_embedder(settings.embedder),
+        digest_slots=threading.BoundedSemaphore(settings.digests_at_once),
     )
 
 
@@ -71,6 +76,24 @@ def app_services(app: Flask) -> Services:
 
 def services() -> Services:
     return app_services(current_app)
+
+
+@contextmanager
+def digest_slot() -> Iterator[None]:
+    """One of this process's ``PLANT_DIGESTS_AT_ONCE`` digest slots, or ``DigestsBusy`` (503) now.
+
+    A digest holds a thread and two pooled connections for about a second per 200,000
+    entities; without a bound, any ``read`` key asking for many at once would hold every
+    thread and connection of the process. A request finding no free slot does not wait:
+    waiting would hold its thread just the same."""
+    slots = services().digest_slots
+    if not slots.acquire(blocking=False):
+        raise DigestsBusy(f"this server is already taking {services().settings.digests_at_once} "
+                          "ledger digest(s) at once; retry shortly")
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def statement_at_a_time(view: V) -> V:

@@ -24,7 +24,7 @@ from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
 from web.schemas import API_PROBLEMS, JobOut, QueryModel, problems
-from web.services import db_session, services
+from web.services import db_session, digest_slot, services
 
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
 
@@ -171,5 +171,7 @@ def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     """A signed digest of every entity's head, now: keep it outside Plant.
 
     Taken at a moment with no version write in flight (503 ``ledger-busy`` with Retry-After when
-    there is none for 5 s), so that its ``as_of`` names exactly the heads it signs."""
-    return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)
+    there is none for 5 s), so that its ``as_of`` names exactly the heads it signs. Each API
+    process takes ``PLANT_DIGESTS_AT_ONCE`` (1) at a time; one more is 503 ``digests-busy``."""
+    with digest_slot():
+        return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)
