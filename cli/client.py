@@ -7,10 +7,12 @@ and ``PLANT_API_KEY``, else the admin key ``make dev`` leaves in
 Every failure, an RFC 9457 problem from the API or a connection that never happened,
 becomes an :class:`ApiError`: one readable line, exit code 1.
 
-A ``503`` or ``429`` answer with ``Retry-After`` (the API's ``ledger-busy``, ``digests-busy``, ``database-busy``
-and ``database-unavailable``) is retried, waiting as long as the server asks (at most
+Any ``503`` or ``429`` answer (the API's are ``ledger-busy``, ``digests-busy``, ``database-busy``
+and ``database-unavailable``, each with ``Retry-After``) is retried, waiting as long as the
+server's ``Retry-After`` asks (``DEFAULT_RETRY_WAIT_SECONDS`` without one; at most
 ``MAX_RETRY_WAIT_SECONDS`` each time, ``MAX_ATTEMPTS`` tries in all), but only where a retry
-cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key``.
+cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key``. A
+request that gets no answer at all is not retried.
 """
 
 from __future__ import annotations
@@ -195,6 +197,8 @@ def retry_after_seconds(response: httpx.Response, *, now: dt.datetime | None = N
         seconds = float(value) if value.isdigit() else None
         if seconds is None:
             when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:  # the obsolete asctime form, or "-0000": both mean UTC here
+                when = when.replace(tzinfo=dt.UTC)
             seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
     except (TypeError, ValueError, OverflowError):
         seconds = DEFAULT_RETRY_WAIT_SECONDS

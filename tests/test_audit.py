@@ -357,7 +357,8 @@ def test_a_digest_asked_for_while_this_process_takes_one_is_503_digests_busy_at_
     def trying_the_versions_lock() -> bool:
         with engine.connect() as connection:
             return bool(connection.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_xact_lock%'")))
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state IN ('active', 'idle in transaction') AND query LIKE 'SELECT pg_try_advisory_xact_lock%'")))
 
     with engine.connect() as writer:  # a version write in flight: the first digest waits for it
         writer.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ledger.VERSIONS_LOCK})

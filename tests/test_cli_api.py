@@ -165,16 +165,18 @@ def test_certify_by_id_without_wait_prints_the_job(plant: Plant, http: PlantClie
     assert plant("jobs", "watch", started["id"]).exit_code == 0
 
 
-def test_job_starting_commands_send_an_idempotency_key_of_their_own(plant: Plant, http: PlantClient, seeded,
-                                                                    engine) -> None:
-    """So that the client's retry of a busy answer (cli/client.py) never starts a second job."""
-    own = as_json(plant("certify", skill_id(http, "copywriting"), "--json"))
-    given = as_json(plant("audit", "run", "--type", "team", "--idempotency-key", "mine-1", "--json"))
-    again = as_json(plant("audit", "run", "--type", "team", "--idempotency-key", "mine-1", "--json"))
+def test_job_starting_commands_send_an_idempotency_key_of_their_own(plant: Plant, seeded, engine) -> None:
+    """So that the client's retry of a busy answer (cli/client.py) never starts a second job;
+    a key of each run's own, so that running a command again does start one."""
+    audit_teams = ("audit", "run", "--type", "team", "--wait", "--json")
+    first, second = as_json(plant(*audit_teams)), as_json(plant(*audit_teams))
+    given = as_json(plant(*audit_teams, "--idempotency-key", "mine-1"))
+    again = as_json(plant(*audit_teams, "--idempotency-key", "mine-1"))
     with engine.connect() as connection:
         keys = dict(connection.execute(text("SELECT job_id, key FROM idempotency_keys")).all())
-    assert keys[uuid.UUID(own["id"])].startswith("plant-cli-") and keys[uuid.UUID(given["id"])] == "mine-1"
-    assert again["id"] == given["id"]
+    own = [keys[uuid.UUID(job["id"])] for job in (first, second)]
+    assert first["id"] != second["id"] and own[0] != own[1] and all(k.startswith("plant-cli-") for k in own)
+    assert keys[uuid.UUID(given["id"])] == "mine-1" and again["id"] == given["id"]
 
 
 def test_digest_export_waits_out_a_busy_ledger_as_the_server_asks(plant: Plant, seeded, engine, tmp_path,

@@ -111,6 +111,7 @@ def test_delete_is_not_retried() -> None:
     ("soon", DEFAULT_RETRY_WAIT_SECONDS),
     ("-5", DEFAULT_RETRY_WAIT_SECONDS),      # not delay-seconds (1*DIGIT), not a date
     ("1.5", DEFAULT_RETRY_WAIT_SECONDS),
+    ("1e3", DEFAULT_RETRY_WAIT_SECONDS),
 ])
 def test_retry_after_seconds(header: str | None, expected: float) -> None:
     headers = {"Retry-After": header} if header is not None else {}
@@ -123,3 +124,21 @@ def test_retry_after_as_an_http_date() -> None:
     earlier = email.utils.format_datetime(now - dt.timedelta(seconds=12), usegmt=True)
     assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": later}), now=now) == 12.0
     assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": earlier}), now=now) == 0.0
+    # RFC 9110 asks recipients to accept the obsolete forms too; asctime carries no zone (GMT).
+    assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "Fri Dec  4 12:00:09 2026"}), now=now) == 9.0
+    assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "Friday, 04-Dec-26 12:00:20 GMT"}),
+                               now=now) == 20.0
+
+
+def test_no_answer_at_all_is_not_retried_and_says_so_once() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        refused.append(request)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    refused: list[httpx.Request] = []
+    sleeps: list[float] = []
+    client = PlantClient(ClientConfig("http://plant.test", "key", None), transport=httpx.MockTransport(refuse),
+                         sleep=sleeps.append)
+    with pytest.raises(ApiError, match="cannot reach the Plant API at http://plant.test"):
+        client.get("/jobs")
+    assert len(refused) == 1 and sleeps == []
