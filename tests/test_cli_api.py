@@ -165,17 +165,19 @@ def test_certify_by_id_without_wait_prints_the_job(plant: Plant, http: PlantClie
     assert plant("jobs", "watch", started["id"]).exit_code == 0
 
 
-def test_job_starting_commands_send_an_idempotency_key_of_their_own(plant: Plant, seeded, engine) -> None:
+def test_job_starting_commands_send_an_idempotency_key_of_their_own(plant: Plant, http: PlantClient, seeded,
+                                                                    engine) -> None:
     """So that the client's retry of a busy answer (cli/client.py) never starts a second job;
     a key of each run's own, so that running a command again does start one."""
     audit_teams = ("audit", "run", "--type", "team", "--wait", "--json")
     first, second = as_json(plant(*audit_teams)), as_json(plant(*audit_teams))
+    certified = as_json(plant("certify", skill_id(http, "copywriting"), "--wait", "--json"))
     given = as_json(plant(*audit_teams, "--idempotency-key", "mine-1"))
     again = as_json(plant(*audit_teams, "--idempotency-key", "mine-1"))
     with engine.connect() as connection:
         keys = dict(connection.execute(text("SELECT job_id, key FROM idempotency_keys")).all())
-    own = [keys[uuid.UUID(job["id"])] for job in (first, second)]
-    assert first["id"] != second["id"] and own[0] != own[1] and all(k.startswith("plant-cli-") for k in own)
+    own = [keys[uuid.UUID(job["id"])] for job in (first, second, certified)]
+    assert first["id"] != second["id"] and len(set(own)) == 3 and all(k.startswith("plant-cli-") for k in own)
     assert keys[uuid.UUID(given["id"])] == "mine-1" and again["id"] == given["id"]
 
 

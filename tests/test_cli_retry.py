@@ -128,9 +128,11 @@ def test_retry_after_as_an_http_date() -> None:
     assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "Fri Dec  4 12:00:09 2026"}), now=now) == 9.0
     assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "Friday, 04-Dec-26 12:00:20 GMT"}),
                                now=now) == 20.0
+    assert retry_after_seconds(httpx.Response(503, headers={"Retry-After": "Fri, 04 Dec 2026 12:00:15 -0000"}),
+                               now=now) == 15.0
 
 
-def test_no_answer_at_all_is_not_retried_and_says_so_once() -> None:
+def test_no_answer_at_all_is_not_retried_and_says_so_once(capsys) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         refused.append(request)
         raise httpx.ConnectError("connection refused", request=request)
@@ -142,3 +144,4 @@ def test_no_answer_at_all_is_not_retried_and_says_so_once() -> None:
     with pytest.raises(ApiError, match="cannot reach the Plant API at http://plant.test"):
         client.get("/jobs")
     assert len(refused) == 1 and sleeps == []
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("plant: ")]

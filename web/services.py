@@ -82,9 +82,10 @@ def services() -> Services:
 def digest_slot() -> Iterator[None]:
     """One of this process's ``PLANT_DIGESTS_AT_ONCE`` digest slots, or ``DigestsBusy`` (503) now.
 
-    A digest holds a thread and two pooled connections for about a second per 200,000
-    entities; without a bound, any ``read`` key asking for many at once would hold every
-    thread and connection of the process. A request finding no free slot does not wait:
+    A digest holds a thread and a pooled connection for about a second per 200,000
+    entities, and a second connection while it waits for a quiet moment (up to 5 s); without
+    a bound, any ``read`` key asking for many at once would hold every thread and connection
+    of the process. A request finding no free slot does not wait:
     waiting would hold its thread just the same."""
     slots = services().digest_slots
     if not slots.acquire(blocking=False):
