@@ -20,6 +20,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 wait_option = click.option("--wait", is_flag=True, help="Follow the job to its end; exit 3 unless it succeeds.")
 
+
 def _key_for_this_run(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
     # Without a key of the user's, one of this run's own: a retry after a 503 (cli.client)
     # then returns the job the first try may have started instead of starting a second.

@@ -85,8 +85,8 @@ def digest_slot() -> Iterator[None]:
     A digest holds a thread and a pooled connection for about a second per 200,000
     entities, and a second connection while it waits for a quiet moment (up to 5 s); without
     a bound, any ``read`` key asking for many at once would hold every thread and connection
-    of the process. A request finding no free slot does not wait:
-    waiting would hold its thread just the same."""
+    of the process. A request finding no free slot does not wait: waiting would hold its
+    thread just the same."""
     slots = services().digest_slots
     if not slots.acquire(blocking=False):
         raise DigestsBusy(f"this server is already taking {services().settings.digests_at_once} "
