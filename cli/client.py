@@ -11,8 +11,8 @@ Any ``503`` or ``429`` answer (the API's are ``ledger-busy``, ``digests-busy``, 
 and ``database-unavailable``, each with ``Retry-After``) is retried, waiting as long as the
 server's ``Retry-After`` asks (``DEFAULT_RETRY_WAIT_SECONDS`` without one; at most
 ``MAX_RETRY_WAIT_SECONDS`` each time, ``MAX_ATTEMPTS`` tries in all), but only where a retry
-cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key``. A
-request that gets no answer at all is not retried.
+cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key`` (every
+:meth:`PlantClient.start_job` does). A request that gets no answer at all is not retried.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,12 @@ class PlantClient:
     def post(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return _json_of(self.request("POST", path, json=body, headers=headers))
+
+    def start_job(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
+        """POST that starts a job, always with an ``Idempotency-Key``: the caller's, else a new
+        one, so that a retry of a busy answer returns the job the first try may have started
+        instead of starting a second."""
+        return self.post(path, body, idempotency_key=idempotency_key or f"plant-cli-{uuid.uuid4()}")
 
     def delete(self, path: str) -> Any:
         return _json_of(self.request("DELETE", path))

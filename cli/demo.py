@@ -77,7 +77,8 @@ class Tour:
     def certify_skills(self) -> dict[str, str]:
         self.narrator.step(1, "Certify skills: gates, then a signed certificate per skill")
         skills = list(self.client.items("/genesis/skills"))
-        started = {s["skill_key"]: self.client.post(f"/genesis/skills/{s['id']}/certify", {"notes": "demo"}) for s in skills}
+        started = {s["skill_key"]: self.client.start_job(f"/genesis/skills/{s['id']}/certify", {"notes": "demo"})
+                   for s in skills}
         certificates = {}
         for key, job in started.items():
             result = require_success(follow(self.client, job))["result"]
@@ -90,7 +91,7 @@ class Tour:
 
     def assign_agents(self) -> dict[str, Any]:
         self.narrator.step(2, "Auto-assign agents: one optimal plan over every team's free seats")
-        job = self.follow(self.client.post("/agents/assign-teams", {"all_unassigned": True}))
+        job = self.follow(self.client.start_job("/agents/assign-teams", {"all_unassigned": True}))
         for team in self.client.items("/teams"):
             seats = team.get("members") or []
             self.narrator.say(f"  {team['name']:<24} {len(seats)}/{team['capacity']} seats")
@@ -159,7 +160,7 @@ class Tour:
         return {"restored": restored, "audit": audit, "repairs": [r["id"] for r in repairs]}
 
     def audit_quietly(self) -> dict[str, Any]:
-        return self.follow(self.client.post("/audit/run", {"verify_signatures": "all"}))["result"]
+        return self.follow(self.client.start_job("/audit/run", {"verify_signatures": "all"}))["result"]
 
 
 def run_tour(tour: Tour) -> dict[str, Any]:

@@ -7,7 +7,6 @@ the job did not succeed.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import click
@@ -19,18 +18,10 @@ from cli.watch import ProgressView, follow, require_success
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 wait_option = click.option("--wait", is_flag=True, help="Follow the job to its end; exit 3 unless it succeeds.")
-
-
-def _key_for_this_run(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
-    # Without a key of the user's, one of this run's own: a retry after a 503 (cli.client)
-    # then returns the job the first try may have started instead of starting a second.
-    return value or f"plant-cli-{uuid.uuid4()}"
-
-
 idempotency_option = click.option(
-    "--idempotency-key", metavar="KEY", callback=_key_for_this_run,
+    "--idempotency-key", metavar="KEY",
     help="Send Idempotency-Key: repeating the command with the same key returns the same job. "
-         "Without it each run sends a key of its own, so retrying a busy server never starts a job twice.",
+         "Without it each job is sent with a new key, so retrying a busy server never starts a job twice.",
 )
 
 

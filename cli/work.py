@@ -60,11 +60,11 @@ def resolve_team(client: PlantClient, ref: str) -> dict[str, Any]:
 @wait_option
 @idempotency_option
 @json_option
-def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str, as_json: bool) -> None:
+def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str | None, as_json: bool) -> None:
     """Certify SKILL (its id or skill_key): gates, then a signed certificate or a rejection."""
     client = connect()
     skill_id = resolve_skill(client, skill)["id"]
-    job = client.post(f"/genesis/skills/{skill_id}/certify", {"notes": notes} if notes else {},
+    job = client.start_job(f"/genesis/skills/{skill_id}/certify", {"notes": notes} if notes else {},
                       idempotency_key=idempotency_key)
     finish_started_job(client, job, wait=wait, as_json=as_json)
 
@@ -77,7 +77,7 @@ def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str, as_
 @idempotency_option
 @json_option
 def assign(agents: tuple[str, ...], team_ref: str | None, all_unassigned: bool, wait: bool,
-           idempotency_key: str, as_json: bool) -> None:
+           idempotency_key: str | None, as_json: bool) -> None:
     """Assign AGENT (an id) to a team: --team T, or the most similar eligible team.
 
     Several AGENTs, or --all-unassigned, are placed together by one optimal plan.
@@ -90,10 +90,10 @@ def assign(agents: tuple[str, ...], team_ref: str | None, all_unassigned: bool, 
     if len(agents) == 1:
         team_id = resolve_team(client, team_ref)["id"] if team_ref else None
         body = {"team_id": team_id} if team_id else {}
-        job = client.post(f"/agents/{agents[0]}/assign-team", body, idempotency_key=idempotency_key)
+        job = client.start_job(f"/agents/{agents[0]}/assign-team", body, idempotency_key=idempotency_key)
     else:
         body = {"all_unassigned": True} if all_unassigned else {"agent_ids": list(agents)}
-        job = client.post("/agents/assign-teams", body, idempotency_key=idempotency_key)
+        job = client.start_job("/agents/assign-teams", body, idempotency_key=idempotency_key)
     finish_started_job(client, job, wait=wait, as_json=as_json)
 
 
@@ -112,7 +112,7 @@ def audit() -> None:
 @idempotency_option
 @json_option
 def run_audit(entity_type: str | None, entity_ids: tuple[str, ...], all_signatures: bool, digest_file: Path | None,
-              wait: bool, idempotency_key: str, as_json: bool) -> None:
+              wait: bool, idempotency_key: str | None, as_json: bool) -> None:
     """Start a compliance audit; with --wait print its summary when it ends."""
     body: dict[str, Any] = {
         "scope": {k: v for k, v in (("entity_type", entity_type), ("entity_ids", list(entity_ids) or None)) if v},
@@ -121,7 +121,7 @@ def run_audit(entity_type: str | None, entity_ids: tuple[str, ...], all_signatur
     if digest_file is not None:
         body["against_digest"] = _read_json_file(digest_file)
     client = connect()
-    job = client.post("/audit/run", body, idempotency_key=idempotency_key)
+    job = client.start_job("/audit/run", body, idempotency_key=idempotency_key)
     finish_started_job(client, job, wait=wait, as_json=as_json)
 
 

@@ -87,6 +87,17 @@ def test_a_post_with_idempotency_key_is_repeated_with_the_same_key_and_body() ->
     assert [json.loads(r.content) for r in script.requests] == [{"scope": {}}, {"scope": {}}]
 
 
+def test_start_job_sends_a_new_key_per_job_and_the_same_key_on_each_retry() -> None:
+    script = Script(busy("1"), httpx.Response(202, json={"id": "a"}), httpx.Response(202, json={"id": "b"}),
+                    httpx.Response(202, json={"id": "c"}))
+    client = script.client()
+    assert client.start_job("/audit/run", {}) == {"id": "a"} and client.start_job("/audit/run", {}) == {"id": "b"}
+    assert client.start_job("/audit/run", {}, idempotency_key="given") == {"id": "c"}
+    keys = [r.headers["Idempotency-Key"] for r in script.requests]
+    assert keys[0] == keys[1] and keys[0].startswith("plant-cli-") and keys[2].startswith("plant-cli-")
+    assert keys[2] != keys[0] and keys[3] == "given" and script.sleeps == [1.0]
+
+
 def test_other_errors_are_not_retried() -> None:
     for status in (500, 502, 409, 422):
         script = Script(httpx.Response(status, json={"title": "no", "status": status}))
