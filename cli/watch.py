@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-import click
-
 from cli.client import PlantClient, problem_line
 from cli.errors import JobUnsuccessful
 
