@@ -106,7 +106,8 @@ def assign_teams_in_bulk(
     ``fence`` runs first in every batch's transaction: the task checks there that its
     attempt still owns the job (:func:`models.job_lifecycle.check_attempt`), so a worker
     that stalled while its job was ended, re-claimed or asked to stop starts no further
-    batch.
+    batch, and holds the job row until the batch commits, so the job cannot change hands
+    under a batch in flight.
 
     Batches never share an agent or a team (see :func:`_batches`), so the ones in flight
     never wait on each other's row locks; running two lets one batch's Python work

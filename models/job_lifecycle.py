@@ -63,9 +63,16 @@ _CLAIMABLE = and_(
         and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
     ),
 )
+# A claim takes the row FOR UPDATE before it changes it: a new attempt waits for a bulk
+# batch of the old one still in flight (check_attempt holds the row FOR KEY SHARE, which a
+# plain UPDATE would not wait for), so every batch commits while its attempt owns the job.
+_ROW_FOR_UPDATE = Job.__table__.alias("locked")
+_LOCK_FOR_CLAIM = (
+    select(_ROW_FOR_UPDATE.c.id).where(_ROW_FOR_UPDATE.c.id == bindparam("job_id")).with_for_update().scalar_subquery()
+)
 _CLAIM = (
     update(Job.__table__)
-    .where(_JOBS.id == bindparam("job_id"), _CLAIMABLE)
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.id == _LOCK_FOR_CLAIM, _CLAIMABLE)
     .values(status=JobStatus.RUNNING.value, attempts=_JOBS.attempts + 1, worker=bindparam("worker"),
             started_at=func.coalesce(_JOBS.started_at, _NOW), lease_expires_at=_LEASE_END, updated_at=_NOW)
     .returning(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts)
@@ -141,6 +148,7 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
 
 _OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)
 _HOLD = _OWNED_ROW.with_for_update(read=True)
+_CHECK = _OWNED_ROW.with_for_update(read=True, key_share=True)
 
 
 def hold_attempt(session: Session, *, claim: JobClaim) -> None:
@@ -157,12 +165,16 @@ def hold_attempt(session: Session, *, claim: JobClaim) -> None:
 
 
 def check_attempt(session: Session, *, claim: JobClaim) -> None:
-    """:func:`hold_attempt` without the lock, for a job that writes in many transactions
+    """:func:`hold_attempt` with the weakest lock, for a job that writes in many transactions
     while it reports progress (a bulk assignment's batches): each starts only while its
-    attempt owns the job and no cancel was asked, and none holds up the job row's own
-    progress writes, cancels or the sweep. A batch already running when the job ends
-    still commits."""
-    _owned(session, _OWNED_ROW, claim)
+    attempt owns the job and no cancel was asked.
+
+    The job row is held FOR KEY SHARE until the transaction ends. The job's own progress
+    writes and cancel requests (plain UPDATEs) never wait for it. What takes the job from
+    its attempt does: a new attempt's claim and the cancel of a job whose lease expired lock
+    the row FOR UPDATE first, and the sweep skips the row. So a batch commits only while its
+    attempt owns the job."""
+    _owned(session, _CHECK, claim)
 
 
 def _owned(session: Session, statement: Any, claim: JobClaim) -> None:
@@ -263,12 +275,15 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
     (:class:`StaleAttempt`). Cancelling twice is harmless. A finished job raises
     :class:`JobNotCancellable`.
     """
-    # The locked row, as it is now: not an older copy this session may hold.
-    locked = select(Job).where(Job.id == job_id).with_for_update(key_share=True).execution_options(populate_existing=True)
-    job = session.execute(locked).scalar_one_or_none()
+    job = _locked_job(session, job_id, for_update=False)
     if job is None:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))
     now = session.scalar(select(func.now()))
+    if job.status == JobStatus.RUNNING.value and job.lease_expires_at is not None and job.lease_expires_at < now:
+        # Ending it takes the job from its attempt: first wait for a bulk batch of that
+        # attempt still in flight (check_attempt), then look again.
+        job = _locked_job(session, job_id, for_update=True)
+        assert job is not None  # the row is locked: nothing deleted it
     if job.status == JobStatus.QUEUED.value:
         _cancel_now(job, now, "cancelled before it started")
     elif job.status == JobStatus.RUNNING.value:
@@ -280,6 +295,13 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
         raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), status=job.status)
     session.flush()
     return job
+
+
+def _locked_job(session: Session, job_id: uuid.UUID, *, for_update: bool) -> Job | None:
+    """The job row locked (FOR UPDATE, else FOR NO KEY UPDATE), as it is now: not an older
+    copy this session may hold."""
+    locked = select(Job).where(Job.id == job_id).with_for_update(key_share=not for_update)
+    return session.execute(locked.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
 def _cancel_now(job: Job, now: dt.datetime | None, detail: str) -> None:

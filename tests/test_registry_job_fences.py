@@ -5,6 +5,8 @@ The task functions run in this process against the test database (the process-wi
 session factory, keyring and embedder point at it); the job rows are real.
 """
 
+import datetime as dt
+import threading
 import uuid
 
 import pytest
@@ -18,6 +20,7 @@ from models.jobs import Job
 from tasks import registry_jobs, runtime
 from tasks.runner import FINISHED
 from tests.test_assignment import World
+from tests.conftest import wait_for
 from tests.test_certification import GOOD
 
 
@@ -166,11 +169,58 @@ def test_a_cancel_asked_before_the_work_starts_is_honoured(sessions, world, kind
 
 
 def test_a_bulk_batch_checks_its_attempt_without_holding_up_the_job_row(sessions, world) -> None:
-    # Progress writes, cancels and the sweep update the job row while batches run.
-    from models.job_lifecycle import check_attempt, report_progress
+    # Progress writes and cancel requests update the job row while batches run.
+    from models.job_lifecycle import check_attempt, report_progress, request_cancel
 
     claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
-    with transaction(sessions) as batch, transaction(sessions) as progress:
+    with transaction(sessions) as batch:
         check_attempt(batch, claim=claim)  # as a batch's transaction starts
-        progress.execute(text("SET LOCAL lock_timeout = '2s'"))
-        assert report_progress(progress, claim=claim, done=1, total=3, message="applying", lease_seconds=60) is False
+        with transaction(sessions) as progress:
+            progress.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert report_progress(progress, claim=claim, done=1, total=3, message="applying", lease_seconds=60) is False
+        with transaction(sessions) as cancel:
+            cancel.execute(text("SET LOCAL lock_timeout = '2s'"))
+            asked = request_cancel(cancel, job_id=claim.job_id)
+            assert asked.status == "running" and asked.cancel_requested_at is not None
+
+
+def _waiting_lock_requests(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+
+@pytest.mark.parametrize("takes_it", ["claim", "cancel"])
+def test_a_bulk_job_does_not_change_hands_while_a_batch_of_its_attempt_is_in_flight(
+        sessions, world, engine, takes_it) -> None:
+    """Its lease ran out (the worker stalled mid-batch): a new attempt's claim, or a cancel
+    that ends the job at once, waits for the batch to commit, so no batch ever commits after
+    its attempt lost the job. The sweep skips the row meanwhile."""
+    from models.job_lifecycle import check_attempt, request_cancel
+    from models.job_recovery import rescue_expired
+
+    claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+    taken: dict[str, object] = {}
+
+    def take() -> None:
+        with transaction(sessions) as session:
+            if takes_it == "claim":
+                taken["by"] = claim_job(session, job_id=claim.job_id, worker="rescuer", lease_seconds=60)
+            else:
+                taken["by"] = request_cancel(session, job_id=claim.job_id).status
+
+    with transaction(sessions) as batch:
+        check_attempt(batch, claim=claim)
+        with transaction(sessions) as clock:
+            clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+        with transaction(sessions) as sweep:
+            rescued = rescue_expired(sweep, max_attempts=5, base=0, cap=0, older_than=dt.timedelta(0))
+        assert (rescued.republish, rescued.failed, rescued.cancelled) == ([], 0, 0)
+        taker = threading.Thread(target=take)
+        taker.start()
+        wait_for(lambda: _waiting_lock_requests(engine), what=f"the {takes_it} waiting for the batch")
+        assert "by" not in taken
+    taker.join(timeout=30)
+    if takes_it == "claim":
+        assert taken["by"] is not None and taken["by"].attempt == claim.attempt + 1
+    else:
+        assert taken["by"] == "cancelled"
