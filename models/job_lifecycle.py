@@ -18,7 +18,7 @@ from sqlalchemy import Integer, Interval, Text, Update, and_, bindparam, func, i
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.errors import JobCancelled, JobNotCancellable, NotFound, StaleAttempt
+from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 from models.pagination import Page, keyset_page
 
@@ -56,19 +56,28 @@ _INSERT_PUBLISHED = _INSERT.values(enqueued_at=_NOW)
 # attempt could run to the end without a checkpoint (a certification has none) and the
 # cancel would be lost. Such a job is ended `cancelled` instead (request_cancel, and
 # models.job_recovery for a worker that died after the request).
-_CLAIMABLE = and_(
-    _JOBS.cancel_requested_at.is_(None),
-    or_(
-        _JOBS.status == JobStatus.QUEUED.value,
-        and_(_JOBS.status == JobStatus.RUNNING.value, _JOBS.lease_expires_at < _NOW),
-    ),
-)
-# A claim takes the row FOR UPDATE before it changes it: a new attempt waits for a bulk
-# batch of the old one still in flight (check_attempt holds the row FOR KEY SHARE, which a
-# plain UPDATE would not wait for), so every batch commits while its attempt owns the job.
+def _claimable(jobs: Any) -> Any:
+    return and_(
+        jobs.cancel_requested_at.is_(None),
+        or_(
+            jobs.status == JobStatus.QUEUED.value,
+            and_(jobs.status == JobStatus.RUNNING.value, jobs.lease_expires_at < _NOW),
+        ),
+    )
+
+
+_CLAIMABLE = _claimable(_JOBS)
+# A claim locks a claimable row FOR UPDATE before it changes it: a new attempt waits for a
+# bulk batch of the old one still in flight (check_attempt holds the row FOR KEY SHARE,
+# which a plain UPDATE would not wait for), so every batch commits while its attempt owns
+# the job. The sub-select locks only a claimable row: a redelivered message for a live or
+# finished job waits for nobody. The UPDATE checks again, on the row as it is after any wait.
 _ROW_FOR_UPDATE = Job.__table__.alias("locked")
 _LOCK_FOR_CLAIM = (
-    select(_ROW_FOR_UPDATE.c.id).where(_ROW_FOR_UPDATE.c.id == bindparam("job_id")).with_for_update().scalar_subquery()
+    select(_ROW_FOR_UPDATE.c.id)
+    .where(_ROW_FOR_UPDATE.c.id == bindparam("job_id"), _claimable(_ROW_FOR_UPDATE.c))
+    .with_for_update()
+    .scalar_subquery()
 )
 _CLAIM = (
     update(Job.__table__)
@@ -148,7 +157,11 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
 
 _OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)
 _HOLD = _OWNED_ROW.with_for_update(read=True)
-_CHECK = _OWNED_ROW.with_for_update(read=True, key_share=True)
+_CHECK = (
+    select(_JOBS.id, _JOBS.cancel_requested_at, (_JOBS.lease_expires_at > _NOW).label("leased"))
+    .where(*_OWNED_BY)
+    .with_for_update(read=True, key_share=True)
+)
 
 
 def hold_attempt(session: Session, *, claim: JobClaim) -> None:
@@ -167,22 +180,27 @@ def hold_attempt(session: Session, *, claim: JobClaim) -> None:
 def check_attempt(session: Session, *, claim: JobClaim) -> None:
     """:func:`hold_attempt` with the weakest lock, for a job that writes in many transactions
     while it reports progress (a bulk assignment's batches): each starts only while its
-    attempt owns the job and no cancel was asked.
+    attempt owns the job under a live lease and no cancel was asked.
 
-    The job row is held FOR KEY SHARE until the transaction ends. The job's own progress
-    writes and cancel requests (plain UPDATEs) never wait for it. What takes the job from
-    its attempt does: a new attempt's claim and the cancel of a job whose lease expired lock
-    the row FOR UPDATE first, and the sweep skips the row. So a batch commits only while its
-    attempt owns the job."""
-    _owned(session, _CHECK, claim)
+    The job row is held FOR KEY SHARE until the transaction ends. While the lease is live,
+    the job's own progress writes and cancel requests (plain UPDATEs) never wait for it.
+    What takes the job from its attempt does: a new attempt's claim and the cancel of a job
+    whose lease expired lock the row FOR UPDATE first, and the sweep skips the row. So a
+    batch commits only while its attempt owns the job. Once the lease has expired no new
+    batch starts (:class:`JobHandedBack`: the job goes back to the queue), so a claim or
+    cancel waits only for the batches already in flight."""
+    row = _owned(session, _CHECK, claim)
+    if not row.leased:
+        raise JobHandedBack(f"attempt {claim.attempt}'s lease on job {claim.job_id} expired between its batches")
 
 
-def _owned(session: Session, statement: Any, claim: JobClaim) -> None:
+def _owned(session: Session, statement: Any, claim: JobClaim) -> Any:
     row = session.execute(statement, _owner(claim)).first()
     if row is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
     if row.cancel_requested_at is not None:
         raise JobCancelled(f"cancelled on request before attempt {claim.attempt} started its work")
+    return row
 
 
 def report_progress(

@@ -79,6 +79,21 @@ def test_a_stale_bulk_assignment_attempt_seats_nobody(sessions, world) -> None:
         assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
 
 
+def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_batch(sessions, world) -> None:
+    from models.errors import JobHandedBack
+    from tasks.runner import _execute, RowProgress
+
+    claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+    with transaction(sessions) as clock:
+        clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+    with pytest.raises(JobHandedBack):
+        registry_jobs._assign_bulk(claim, lambda *_: None)
+    attempt = _execute(claim, registry_jobs._assign_bulk, RowProgress.for_worker(claim))
+    assert (attempt.status, attempt.retry_after) == ("queued", 0.0)  # released, not failed
+    with sessions() as session:
+        assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
+
+
 def test_the_live_attempt_does_the_work(sessions, world) -> None:
     with transaction(sessions) as session:
         job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(a) for a in world.agents]})
@@ -184,43 +199,69 @@ def test_a_bulk_batch_checks_its_attempt_without_holding_up_the_job_row(sessions
             assert asked.status == "running" and asked.cancel_requested_at is not None
 
 
-def _waiting_lock_requests(engine) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-
-
 @pytest.mark.parametrize("takes_it", ["claim", "cancel"])
 def test_a_bulk_job_does_not_change_hands_while_a_batch_of_its_attempt_is_in_flight(
         sessions, world, engine, takes_it) -> None:
     """Its lease ran out (the worker stalled mid-batch): a new attempt's claim, or a cancel
     that ends the job at once, waits for the batch to commit, so no batch ever commits after
-    its attempt lost the job. The sweep skips the row meanwhile."""
+    its attempt lost the job. The sweep skips the row meanwhile, and no further batch of the
+    old attempt starts (it would keep the job from changing hands for the rest of its run)."""
+    from models.errors import JobHandedBack
     from models.job_lifecycle import check_attempt, request_cancel
     from models.job_recovery import rescue_expired
 
     claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
-    taken: dict[str, object] = {}
+    outcome: dict[str, object] = {}
 
     def take() -> None:
-        with transaction(sessions) as session:
-            if takes_it == "claim":
-                taken["by"] = claim_job(session, job_id=claim.job_id, worker="rescuer", lease_seconds=60)
-            else:
-                taken["by"] = request_cancel(session, job_id=claim.job_id).status
+        try:
+            with transaction(sessions) as session:
+                outcome["pid"] = session.scalar(text("SELECT pg_backend_pid()"))
+                if takes_it == "claim":
+                    outcome["by"] = claim_job(session, job_id=claim.job_id, worker="rescuer", lease_seconds=60)
+                else:
+                    outcome["by"] = request_cancel(session, job_id=claim.job_id).status
+        except BaseException as exc:  # noqa: BLE001 - shown by the test's thread below
+            outcome["error"] = exc
 
-    with transaction(sessions) as batch:
-        check_attempt(batch, claim=claim)
-        with transaction(sessions) as clock:
-            clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
-        with transaction(sessions) as sweep:
-            rescued = rescue_expired(sweep, max_attempts=5, base=0, cap=0, older_than=dt.timedelta(0))
-        assert (rescued.republish, rescued.failed, rescued.cancelled) == ([], 0, 0)
-        taker = threading.Thread(target=take)
-        taker.start()
-        wait_for(lambda: _waiting_lock_requests(engine), what=f"the {takes_it} waiting for the batch")
-        assert "by" not in taken
-    taker.join(timeout=30)
+    def waiting_for(blocker: int) -> bool:
+        with engine.connect() as connection:
+            pid = outcome.get("pid")
+            return pid is not None and blocker in connection.scalar(text("SELECT pg_blocking_pids(:pid)"), {"pid": pid})
+
+    taker = threading.Thread(target=take)
+    try:
+        with transaction(sessions) as batch:
+            check_attempt(batch, claim=claim)
+            batch_pid = batch.scalar(text("SELECT pg_backend_pid()"))
+            with transaction(sessions) as clock:
+                clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+            with transaction(sessions) as sweep:
+                rescued = rescue_expired(sweep, max_attempts=5, base=0, cap=0, older_than=dt.timedelta(0))
+            assert (rescued.republish, rescued.failed, rescued.cancelled) == ([], 0, 0)
+            taker.start()
+            wait_for(lambda: waiting_for(batch_pid), what=f"the {takes_it} waiting for the batch")
+            with pytest.raises(JobHandedBack), transaction(sessions) as next_batch:
+                check_attempt(next_batch, claim=claim)
+            assert "by" not in outcome and "error" not in outcome
+    finally:
+        if taker.ident is not None:  # started
+            taker.join(timeout=30)
+    assert not taker.is_alive() and "error" not in outcome, outcome.get("error")
     if takes_it == "claim":
-        assert taken["by"] is not None and taken["by"].attempt == claim.attempt + 1
+        assert outcome["by"] is not None and outcome["by"].attempt == claim.attempt + 1
     else:
-        assert taken["by"] == "cancelled"
+        assert outcome["by"] == "cancelled"
+
+
+def test_a_redelivered_message_for_a_live_job_waits_for_no_lock(sessions, world) -> None:
+    """The claim locks only a claimable row: a duplicate message finds a live job held by
+    its attempt (a certification's FOR SHARE, a batch's FOR KEY SHARE) and does nothing, at once."""
+    from models.job_lifecycle import check_attempt, hold_attempt
+
+    for fence in (hold_attempt, check_attempt):
+        claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+        with transaction(sessions) as work, transaction(sessions) as duplicate:
+            fence(work, claim=claim)
+            duplicate.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert claim_job(duplicate, job_id=claim.job_id, worker="duplicate", lease_seconds=60) is None
