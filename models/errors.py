@@ -181,10 +181,11 @@ class SigningKeyError(PlantError):
 
 
 class JobHandedBack(PlantError):
-    """Raised at a checkpoint when the worker shuts down: another worker takes the job."""
+    """The attempt stops and hands its job back to the queue, for another to take: its
+    worker shuts down (at a checkpoint), or its lease expired between a bulk job's batches."""
 
     code = "job-handed-back"
-    title = "The worker shut down; the job was handed back to the queue"
+    title = "The job was handed back to the queue"
 
 
 class TransientJobError(PlantError):

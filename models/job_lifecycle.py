@@ -188,7 +188,10 @@ def check_attempt(session: Session, *, claim: JobClaim) -> None:
     whose lease expired lock the row FOR UPDATE first, and the sweep skips the row. So a
     batch commits only while its attempt owns the job. Once the lease has expired no new
     batch starts (:class:`JobHandedBack`: the job goes back to the queue), so a claim or
-    cancel waits only for the batches already in flight."""
+    cancel waits only for the batches already in flight. (Should the stalled attempt wake
+    and renew its lease by a progress write while a claim waits, its batches go on and the
+    claim, finding the job live once it gets the row, claims nothing: it may wait for the
+    rest of the run, or until its statement timeout, and its message is retried.)"""
     row = _owned(session, _CHECK, claim)
     if not row.leased:
         raise JobHandedBack(f"attempt {claim.attempt}'s lease on job {claim.job_id} expired between its batches")

@@ -79,18 +79,39 @@ def test_a_stale_bulk_assignment_attempt_seats_nobody(sessions, world) -> None:
         assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
 
 
-def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_batch(sessions, world) -> None:
+class _SentTasks:
+    """Stands in for a Celery task's app: records what the runner publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list, str, float]] = []
+        self.app = self
+
+    def send_task(self, name: str, *, args: list, queue: str, countdown: float) -> None:
+        self.sent.append((name, args, queue, countdown))
+
+
+@pytest.mark.parametrize("last_attempt", [False, True])
+def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_batch(
+        sessions, world, settings, monkeypatch, last_attempt) -> None:
+    """Its worker stalled past the lease between batches: no further batch, and the job is
+    released and republished once, even on the last allowed attempt (not failed)."""
     from models.errors import JobHandedBack
-    from tasks.runner import _execute, RowProgress
+    from tasks import runner
 
     claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+    max_attempts = claim.attempt if last_attempt else settings.job_max_attempts
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": max_attempts}))
     with transaction(sessions) as clock:
         clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
     with pytest.raises(JobHandedBack):
         registry_jobs._assign_bulk(claim, lambda *_: None)
-    attempt = _execute(claim, registry_jobs._assign_bulk, RowProgress.for_worker(claim))
-    assert (attempt.status, attempt.retry_after) == ("queued", 0.0)  # released, not failed
+    attempt = runner._execute(claim, registry_jobs._assign_bulk, runner.RowProgress.for_worker(claim))
+    task = _SentTasks()
+    assert runner._retry_later(task, claim, attempt)["status"] == "queued"
+    assert [(queue, countdown) for _, _, queue, countdown in task.sent] == [("default", 0.0)]
     with sessions() as session:
+        job = session.get(Job, claim.job_id)
+        assert (job.status, job.worker, job.error["type"]) == ("queued", None, "/problems/job-handed-back")
         assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
 
 
@@ -225,6 +246,8 @@ def test_a_bulk_job_does_not_change_hands_while_a_batch_of_its_attempt_is_in_fli
             outcome["error"] = exc
 
     def waiting_for(blocker: int) -> bool:
+        if "error" in outcome:
+            raise AssertionError(f"the {takes_it} failed") from outcome["error"]  # type: ignore[misc]
         with engine.connect() as connection:
             pid = outcome.get("pid")
             return pid is not None and blocker in connection.scalar(text("SELECT pg_blocking_pids(:pid)"), {"pid": pid})
