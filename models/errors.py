@@ -171,6 +171,7 @@ class DigestsBusy(LedgerBusy):
 
     code = "digests-busy"
     title = "Digests busy"
+    retry_after_seconds = 2  # a digest takes about a second per 200,000 entities
 
 
 class SigningKeyError(PlantError):

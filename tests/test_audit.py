@@ -368,7 +368,7 @@ def test_a_digest_asked_for_while_this_process_takes_one_is_503_digests_busy_at_
         second = other_client.get("/api/v1/ledger/digest")
         assert time.monotonic() - started < 5
         assert second.status_code == 503 and second.mimetype == "application/problem+json"
-        assert second.get_json()["type"].endswith("/digests-busy") and int(second.headers["Retry-After"]) > 0
+        assert second.get_json()["type"].endswith("/digests-busy") and second.headers["Retry-After"] == "2"
         writer.rollback()
     first.join(timeout=30)
     assert answers["first"].status_code == 200

@@ -47,16 +47,18 @@ def status_for(error: PlantError) -> int:
     return 400
 
 
-def _retry_later(response: Response) -> Response:
+def _retry_later(response: Response, seconds: int = DATABASE_RETRY_AFTER_SECONDS) -> Response:
     """A 503 that tells the client when to try again."""
-    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    response.headers["Retry-After"] = str(seconds)
     return response
 
 
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
     response = Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
-    return _retry_later(response) if status == 503 else response
+    if status != 503:
+        return response
+    return _retry_later(response, getattr(error, "retry_after_seconds", DATABASE_RETRY_AFTER_SECONDS))
 
 
 def _http_error(error: HTTPException) -> Response:
