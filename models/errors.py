@@ -17,6 +17,7 @@ class PlantError(Exception):
 
     code = "plant-error"
     title = "Plant error"
+    retry_after_seconds: int | None = None  # sent as Retry-After: the error passes if the client waits
 
     def __init__(self, detail: str = "", **extensions: Any) -> None:
         super().__init__(detail or self.title)
@@ -164,6 +165,7 @@ class LedgerBusy(PlantError):
 
     code = "ledger-busy"
     title = "Ledger busy"
+    retry_after_seconds = 5
 
 
 class DigestsBusy(LedgerBusy):

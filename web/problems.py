@@ -56,9 +56,7 @@ def _retry_later(response: Response, seconds: int = DATABASE_RETRY_AFTER_SECONDS
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
     response = Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
-    if status != 503:
-        return response
-    return _retry_later(response, getattr(error, "retry_after_seconds", DATABASE_RETRY_AFTER_SECONDS))
+    return response if error.retry_after_seconds is None else _retry_later(response, error.retry_after_seconds)
 
 
 def _http_error(error: HTTPException) -> Response:

@@ -87,14 +87,14 @@ def digest_slot() -> Iterator[None]:
     a bound, any ``read`` key asking for many at once would hold every thread and connection
     of the process. A request finding no free slot does not wait: waiting would hold its
     thread just the same."""
-    slots = services().digest_slots
-    if not slots.acquire(blocking=False):
-        raise DigestsBusy(f"this server is already taking {services().settings.digests_at_once} "
+    svc = services()
+    if not svc.digest_slots.acquire(blocking=False):
+        raise DigestsBusy(f"this server is already taking {svc.settings.digests_at_once} "
                           "ledger digest(s) at once; retry shortly")
     try:
         yield
     finally:
-        slots.release()
+        svc.digest_slots.release()
 
 
 def statement_at_a_time(view: V) -> V:
