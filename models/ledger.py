@@ -22,7 +22,6 @@ from typing import Any
 
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import CompoundSelect, desc, func, insert, literal, literal_column, or_, select, text, union_all
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 

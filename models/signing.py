@@ -254,14 +254,6 @@ def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
     return VerifyingKey.from_public_key(public_key)
 
 
-def load_keyring(pem_texts: list[bytes]) -> KeyRing:
-    """The first PEM is the active private key; later ones (private or public) are retired."""
-    if not pem_texts:
-        raise SigningKeyError("a key ring needs at least its active private key")
-    active, *retired = pem_texts
-    return KeyRing(load_signing_key_pem(active), tuple(load_verifying_key_pem(pem) for pem in retired))
-
-
 def ensure_key_file(path: Path) -> bytes:
     """The PEM at ``path``, first generating an Ed25519 key there (mode 0600) if it is missing.
 

@@ -20,8 +20,8 @@ from models.signing import (
     generate_ed25519,
     generate_rsa4096,
     jwk_thumbprint,
-    load_keyring,
     load_signing_key_pem,
+    load_verifying_key_pem,
     public_key_thumbprint,
 )
 
@@ -200,7 +200,7 @@ def test_ec_public_pem_is_refused_as_a_retired_key() -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     with pytest.raises(SigningKeyError, match="Ed25519 and RSA"):
-        load_keyring([generate_ed25519().private_pem(), ec_public])
+        load_verifying_key_pem(ec_public)  # how models.keys reads a retired key file
 
 
 def test_encrypted_and_garbage_pems_are_refused() -> None:
@@ -245,21 +245,21 @@ def test_rotating_back_to_a_retired_key_lists_it_once() -> None:
     assert [key["kid"] for key in ring.jwks()["keys"]] == [first.kid, second.kid]
 
 
-def test_load_keyring_accepts_private_and_public_retired_keys(rsa_key: SigningKey) -> None:
+def test_retired_keys_are_read_from_private_and_public_pems(rsa_key: SigningKey) -> None:
     active, retired_private = generate_ed25519(), generate_ed25519()
     retired_public = rsa_key.verifier().public_pem()
-    ring = load_keyring([active.private_pem(), retired_private.private_pem(), retired_public])
+    ring = KeyRing(active, tuple(load_verifying_key_pem(pem) for pem in (retired_private.private_pem(), retired_public)))
     assert ring.active.kid == active.kid
     assert [key["kid"] for key in ring.jwks()["keys"]] == [active.kid, retired_private.kid, rsa_key.kid]
     assert ring.verify(rsa_key.kid, rsa_key.sign(DATA), DATA)
     assert ring.sign(DATA)[0] == active.kid
 
 
-def test_load_keyring_needs_an_active_private_key() -> None:
+def test_the_active_key_must_be_a_private_pem() -> None:
     with pytest.raises(SigningKeyError):
-        load_keyring([])
+        load_signing_key_pem(b"")
     with pytest.raises(SigningKeyError):
-        load_keyring([generate_ed25519().verifier().public_pem()])
+        load_signing_key_pem(generate_ed25519().verifier().public_pem())
 
 
 def test_ensure_key_file_creates_a_private_file_once(tmp_path: Path) -> None:
