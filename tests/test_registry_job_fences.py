@@ -33,12 +33,16 @@ def sessions(engine, keyring, write_ctx, clean_db, monkeypatch):
     return factory
 
 
+def _expire_lease(session, job_id: uuid.UUID) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+
+
 def _stale_claim(sessions, kind: str, params: dict) -> JobClaim:
     """Attempt 1's claim, after its lease ran out and attempt 2 claimed the job."""
     with transaction(sessions) as session:
         job = create_job(session, kind=kind, params=params)
         stalled = claim_job(session, job_id=job.id, worker="stalled", lease_seconds=60)
-        session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=text("now() - interval '1 hour'")))
+        _expire_lease(session, job.id)
         assert claim_job(session, job_id=job.id, worker="rescuer", lease_seconds=60).attempt == 2
     return stalled
 
@@ -102,7 +106,7 @@ def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_b
     max_attempts = claim.attempt if last_attempt else settings.job_max_attempts
     monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": max_attempts}))
     with transaction(sessions) as clock:
-        clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+        _expire_lease(clock, claim.job_id)
     with pytest.raises(JobHandedBack):
         registry_jobs._assign_bulk(claim, lambda *_: None)
     attempt = runner._execute(claim, registry_jobs._assign_bulk, runner.RowProgress.for_worker(claim))
@@ -138,7 +142,7 @@ def test_a_cancel_that_waits_on_a_certification_finds_it_finished(sessions, worl
     with transaction(sessions) as session:
         job = create_job(session, kind="skill.certify", params={"skill_id": str(world.draft)})
         claim = claim_job(session, job_id=job.id, worker="stalled", lease_seconds=60)
-        session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=text("now() - interval '1 hour'")))
+        _expire_lease(session, job.id)
     certified, release = threading.Event(), threading.Event()
     real_certify = registry_jobs.certify_skill
 
@@ -258,7 +262,7 @@ def test_a_bulk_job_does_not_change_hands_while_a_batch_of_its_attempt_is_in_fli
             check_attempt(batch, claim=claim)
             batch_pid = batch.scalar(text("SELECT pg_backend_pid()"))
             with transaction(sessions) as clock:
-                clock.execute(update(Job).where(Job.id == claim.job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+                _expire_lease(clock, claim.job_id)
             with transaction(sessions) as sweep:
                 rescued = rescue_expired(sweep, max_attempts=5, base=0, cap=0, older_than=dt.timedelta(0))
             assert (rescued.republish, rescued.failed, rescued.cancelled) == ([], 0, 0)
