@@ -116,7 +116,8 @@ def assign_teams_in_bulk(
     cancellation the batches not started are dropped and those in flight complete.
     """
     with sessions() as session:
-        plan = plan_assignment(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
+        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
+    plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
     batches = _batches(plan.placements)
     total, done = len(plan.placements), 0
@@ -248,7 +249,19 @@ def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> di
     return {"agent_id": str(agent.id), "name": agent.name, "reason": reason, **({"detail": detail} if detail else {})}
 
 
-def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
+@dataclass(frozen=True)
+class PlanInputs:
+    """What planning reads from the database; the solve needs nothing more."""
+
+    agents: list[PlannedAgent]
+    teams: list[PlannedTeam]
+    agent_vectors: np.ndarray
+    team_vectors: np.ndarray
+    free_seats: list[int]
+    required: dict[Any, set[uuid.UUID]]
+
+
+def read_plan_inputs(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> PlanInputs:
     agents, agent_vectors = _agents(session, agent_ids, all_unassigned)
     team_rows = session.execute(
         select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, _binary(Team.embedding))
@@ -258,17 +271,28 @@ def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_
     for agent in agents:  # an agent being re-planned does not hold on to its current seat
         if agent.team_id is not None:
             seats[agent.team_id] -= 1
-    required = required_skills_of(session, [agent.job_role_id for agent in agents])
-    eligible = eligible_teams(agents, teams, required)
-    problem = AssignmentProblem(
-        agent_vectors=agent_vectors,
-        team_vectors=_vectors([row[5] for row in team_rows]),
+    return PlanInputs(
+        agents, teams, agent_vectors, _vectors([row[5] for row in team_rows]),
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
-        eligible=eligible,
+        required=required_skills_of(session, [agent.job_role_id for agent in agents]),
+    )
+
+
+def solve_plan(inputs: PlanInputs) -> Plan:
+    """The plan for ``inputs``: pure computation, run after the read transaction ended."""
+    problem = AssignmentProblem(
+        agent_vectors=inputs.agent_vectors,
+        team_vectors=inputs.team_vectors,
+        free_seats=inputs.free_seats,
+        eligible=eligible_teams(inputs.agents, inputs.teams, inputs.required),
     )
     result = solve_assignment(problem)
-    return Plan(agents, teams, dict(result.placements), dict(result.unplaced), result.total_similarity,
+    return Plan(inputs.agents, inputs.teams, dict(result.placements), dict(result.unplaced), result.total_similarity,
                 result.method, problem)
+
+
+def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:
+    return solve_plan(read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned))
 
 
 def eligible_teams(

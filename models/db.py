@@ -20,7 +20,17 @@ from models.settings import Settings
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
-    """Create the process's engine; no connection is opened until first use."""
+    """Create the process's engine; no connection is opened until first use.
+
+    Every connection carries two server-side limits. ``statement_timeout`` ends a
+    statement that runs too long. ``idle_in_transaction_session_timeout`` ends the
+    session of a process that stopped inside a transaction (frozen, paused, cut off),
+    so the row locks it holds (a job row under a bulk batch, an agent under an
+    assignment) no longer block claims, cancels and the sweep until TCP notices. Plant's
+    own transactions idle between statements for milliseconds (a first sentence-transformers
+    model load, inside a write, for seconds); what takes longer runs after its transaction
+    ended: a bulk plan's solve, a long poll's sleep.
+    """
     engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
@@ -28,7 +38,8 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         pool_recycle=1800,
         connect_args={
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
+                       f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}",
         },
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)

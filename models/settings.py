@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Database pool and timeouts.
     db_pool_size: int = Field(default=5, ge=1)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(
+        default=60_000, ge=0,
+        description="the server ends a session left idle inside a transaction this long, and its locks with it (0: never)",
+    )
     db_ping_after_idle_seconds: float = Field(
         default=1.0, ge=0, description="a pooled connection idle longer than this is pinged before use"
     )

@@ -190,6 +190,34 @@ def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, key
             assert json.loads(head.content)["skill_ids"] == sorted(str(s.id) for s in agent.skills)
 
 
+def _sessions_in_a_transaction(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend' AND xact_start IS NOT NULL"))
+
+
+def test_a_bulk_plan_is_solved_after_its_read_transaction_ended(engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """A solve takes seconds at scale. Inside the read transaction it would hold a snapshot and
+    a pooled connection, and the server would end a session idle that long in a transaction."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        world.team("Solve team", capacity=2)
+        world.agent("Solve member")
+    in_a_transaction_during_the_solve = []
+    solve = bulk_assignment.solve_assignment
+
+    def watched(problem):
+        in_a_transaction_during_the_solve.append(_sessions_in_a_transaction(engine))
+        return solve(problem)
+
+    monkeypatch.setattr(bulk_assignment, "solve_assignment", watched)
+    outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                                   progress=lambda d, t, m=None: None)
+    assert in_a_transaction_during_the_solve == [0] and outcome.placed == 1
+
+
 def test_a_cancelled_bulk_assignment_stops_at_a_batch_boundary(engine, write_ctx, committed_steward, monkeypatch) -> None:
     sessions = make_session_factory(engine)
     with transaction(sessions) as session:

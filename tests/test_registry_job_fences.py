@@ -292,3 +292,35 @@ def test_a_redelivered_message_for_a_live_job_waits_for_no_lock(sessions, world)
             fence(work, claim=claim)
             duplicate.execute(text("SET LOCAL lock_timeout = '2s'"))
             assert claim_job(duplicate, job_id=claim.job_id, worker="duplicate", lease_seconds=60) is None
+
+
+def test_a_worker_frozen_inside_a_batch_holds_up_a_claim_only_until_the_server_ends_its_session(
+        sessions, world, engine, settings) -> None:
+    """A process that stopped inside a batch's transaction keeps the job row locked: the server
+    ends its session after ``PLANT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`` (1 min by default; 0.5 s
+    here), and the claim that waited takes the job."""
+    from sqlalchemy.exc import DBAPIError
+
+    from models.db import make_engine
+    from models.job_lifecycle import check_attempt
+    from tasks.runner import is_transient
+
+    with engine.connect() as connection:
+        assert connection.scalar(text("SHOW idle_in_transaction_session_timeout")) == "1min"
+    claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
+    frozen_engine = make_engine(settings.model_copy(update={"db_idle_in_transaction_timeout_ms": 500}), pool_size=1)
+    frozen = make_session_factory(frozen_engine)()
+    try:
+        check_attempt(frozen, claim=claim)  # a batch began, and its process stopped
+        with transaction(sessions) as clock:
+            _expire_lease(clock, claim.job_id)
+        with transaction(sessions) as rescuer:
+            rescuer.execute(text("SET LOCAL lock_timeout = '10s'"))  # without the timeout: LockNotAvailable
+            taken = claim_job(rescuer, job_id=claim.job_id, worker="rescuer", lease_seconds=60)
+        assert taken is not None and taken.attempt == claim.attempt + 1
+        with pytest.raises(DBAPIError, match="idle-in-transaction timeout") as ended:
+            frozen.execute(text("SELECT 1"))  # the process wakes to find its session gone
+        assert is_transient(ended.value)  # so its attempt ends as a retry, which finds the job taken
+    finally:
+        frozen.close()
+        frozen_engine.dispose()
