@@ -26,9 +26,11 @@ demo: $(STAMP)
 	$(BIN)/plant demo --pause $(DEMO_PAUSE)
 
 lint: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

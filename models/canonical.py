@@ -48,7 +48,7 @@ from typing import Any
 
 import rfc8785
 
-from models.errors import CanonicalizationError, InvalidInput
+from models.errors import CanonicalizationError
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_NESTING_DEPTH = 64  # arrays and objects inside one another, the outermost included

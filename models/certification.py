@@ -35,7 +35,7 @@ from models.canonical import canonical_bytes
 from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
-from models.errors import AlreadyCertified, Conflict, NotCertifiable
+from models.errors import AlreadyCertified, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
 from models.signing import KeyRing

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.entities import EntityType, Seniority, SkillCategory
-from models.errors import ConstitutionViolation, InvalidInput
+from models.errors import ConstitutionViolation
 
 
 class Severity(str, enum.Enum):

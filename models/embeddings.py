@@ -19,7 +19,7 @@ import re
 from typing import Any, Protocol
 
 from models.canonical import normalize_text
-from models.errors import EmbedderUnavailable, PlantError
+from models.errors import EmbedderUnavailable
 
 EMBEDDING_DIM = 384
 WORD_WEIGHT = 1.0

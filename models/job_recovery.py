@@ -27,7 +27,7 @@ from sqlalchemy import and_, case, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.errors import JobCancelled, PlantError, StaleAttempt, WorkerLost
+from models.errors import JobCancelled, StaleAttempt, WorkerLost
 from models.job_lifecycle import JobClaim
 from models.jobs import Job, JobStatus
 

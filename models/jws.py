@@ -16,7 +16,6 @@ is a :class:`JwsError`; the cryptography itself stays in :mod:`models.signing`.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import rfc8785
 
 from models.canonical import strict_json_loads
-from models.errors import JwsError, PlantError, SigningKeyError
+from models.errors import JwsError, SigningKeyError
 from models.signing import KeyRing, SigningKey, VerifyingKey
 
 REPORT_TYPE = "plant-report+jws"

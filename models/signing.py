@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from models.canonical import sha256
-from models.errors import PlantError, SigningKeyError
+from models.errors import SigningKeyError
 
 MIN_RSA_BITS = 4096
 EDDSA = "EdDSA"

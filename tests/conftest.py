@@ -333,3 +333,29 @@ def seeded(engine: Engine, write_ctx: Any, clean_db: None) -> Any:
 
     with Session(engine) as session, session.begin():
         return seed_registry(session, write_ctx)
+
+
+@pytest.fixture
+def skill(db_session: Session, write_ctx: Any, steward: Any) -> Any:
+    """A skill with three versions (v1 create, v2 and v3 edits), inside the rolled-back test transaction."""
+    from models.entities import EntityType
+    from models.registry import create_entity, update_entity
+
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Audited Skill", "skill_key": "audited-skill", "category": "technical",
+        "description": "version one", "governance_agent_id": steward})
+    for text_ in ("version two", "version three"):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"description": text_}, ctx=write_ctx)
+    db_session.flush()
+    return skill
+
+
+@pytest.fixture
+def key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A data dir of its own with a generated key, as `plant dev` leaves it."""
+    for name in ("PLANT_SIGNING_KEY", "PLANT_SIGNING_KEY_FILE", "PLANT_RETIRED_SIGNING_KEYS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    ensure_key_file(settings.active_signing_key_path)
+    return settings

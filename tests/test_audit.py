@@ -34,18 +34,6 @@ from tests.conftest import recorded_statements, wait_for
 E = EntityType
 
 
-@pytest.fixture
-def skill(db_session: Session, write_ctx, steward) -> Skill:
-    """A skill with three versions (v1 create, v2 and v3 edits)."""
-    skill = create_entity(db_session, entity_type=E.SKILL, ctx=write_ctx, data={
-        "name": "Audited Skill", "skill_key": "audited-skill", "category": "technical",
-        "description": "version one", "governance_agent_id": steward})
-    for text_ in ("version two", "version three"):
-        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": text_}, ctx=write_ctx)
-    db_session.flush()
-    return skill
-
-
 def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, batch_size: int = 2) -> tuple[dict, list]:
     job = create_job(session, kind="audit.run", params=params or {"verify_signatures": "all"}, queue="audit")
     run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from models.entities import EntityType
 from models.ledger import store_digest
 from models.registry import create_entity, update_entity
-from tests.test_audit import digest_of, run_audit, run_incremental, skill, tamper_delete_newest  # noqa: F401 - skill is a fixture
+from tests.test_audit import digest_of, run_audit, run_incremental, tamper_delete_newest
 
 E = EntityType
 

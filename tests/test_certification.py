@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from models.certification import certify_skill, verify_certificate
 from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable

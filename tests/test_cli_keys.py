@@ -22,17 +22,6 @@ from models.signing import ensure_key_file, generate_ed25519, load_signing_key_p
 from models.errors import SigningKeyError
 
 
-@pytest.fixture
-def key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """A data dir of its own with a generated key, as `plant dev` leaves it."""
-    for name in ("PLANT_SIGNING_KEY", "PLANT_SIGNING_KEY_FILE", "PLANT_RETIRED_SIGNING_KEYS_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
-    settings = load_settings()
-    ensure_key_file(settings.active_signing_key_path)
-    return settings
-
-
 def rotate(*args: str) -> dict:
     result = CliRunner().invoke(cli, ["signing-keys", "rotate", "--json", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -624,8 +624,8 @@ def test_rotation_ships_every_older_key_and_each_seal(tmp_path: Path) -> None:
     shutil.copy(ROOT / "dev.tfvars", tmp_path / "dev.tfvars")
     local = clean(module_blocks(ROOT)["locals"])
     stand_in = "local.stand_in_keys"
-    lines = ["locals {", f'  stand_in_keys = {{ for g in local.signing_generations : g => '
-             f'{{ public_key_pem = "public-${{g}}", private_key_pem_pkcs8 = "private-${{g}}" }} }}']
+    lines = ["locals {", '  stand_in_keys = { for g in local.signing_generations : g => '
+             '{ public_key_pem = "public-${g}", private_key_pem_pkcs8 = "private-${g}" } }']
     for name in ("signing_generations", "active_signing_generation", "retired_signing_key_files"):
         expression = local[name].removeprefix("${").removesuffix("}")
         lines.append(f"  {name} = {expression.replace('tls_private_key.signing', stand_in)}")

@@ -17,9 +17,8 @@ from models.ledger import root_of_leaf_hashes, store_digest
 from models.merkle import leaf_hash, merkle_root
 from models.registry import update_entity
 from tests.conftest import recorded_statements
-from tests.test_audit import (  # noqa: F401 - skill is a fixture
-    lift_guard, reset_row_to, run_audit, run_incremental, skill, tamper_content, tamper_delete_newest,  # noqa: F401
-    tamper_row,
+from tests.test_audit import (
+    lift_guard, reset_row_to, run_audit, run_incremental, tamper_content, tamper_delete_newest, tamper_row,
 )
 
 E = EntityType

@@ -15,7 +15,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from cli.main import cli
-from models.audit_tables import LedgerDigest
 from models.chain import SEALED_CODE, head_drift, verify_entity
 from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
@@ -30,7 +29,6 @@ from models.settings import load_settings
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import run_audit
 from web.report_html import report_page
-from tests.test_cli_keys import key_settings  # noqa: F401  (fixture)
 
 E = EntityType
 
@@ -186,7 +184,7 @@ def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated, a
     assert "is gone" in seal_problems(session, rotated.sealed)[0]
 
 
-def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_settings, settings, clean_db, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
 
     def invoke(*args: str):
@@ -208,7 +206,7 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
         keyring_from_settings(key_settings)
 
 
-def test_a_sealed_key_is_refused_as_the_active_or_an_upcoming_key(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+def test_a_sealed_key_is_refused_as_the_active_or_an_upcoming_key(key_settings, settings, clean_db, monkeypatch) -> None:
     """A rotation rolled back by hand, or a sealed key published again as the next one, would
     sign after its seal; the process refuses to start instead of writing such versions."""
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
@@ -274,7 +272,7 @@ def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(r
     assert aware.sign(b"x")[0] == rotated.new.kid and aware.seal(upcoming.kid) is None
 
 
-def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings, clean_db, monkeypatch) -> None:  # noqa: F811
+def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings, clean_db, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     upcoming = generate_ed25519()
     retired_dir = Path(key_settings.retired_signing_keys_path)
@@ -292,7 +290,7 @@ def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings
     assert keyring_from_settings(key_settings).verify(upcoming.kid, upcoming.sign(b"z" * 32), b"z" * 32)
 
 
-def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(  # noqa: F811
+def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(
         key_settings, settings, committed_steward, engine, write_ctx, monkeypatch) -> None:
     """An upcoming key signs nothing until it is made active: a version it signed means a
     process ahead of the sealer, or a forgery with its private key. Sealing stops there."""
@@ -310,7 +308,7 @@ def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(  # noqa: 
     assert list(retired_dir.glob("*.seal.json")) == []
 
 
-def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(  # noqa: F811
+def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(
         key_settings, settings, committed_steward, engine, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     assert CliRunner().invoke(cli, ["signing-keys", "rotate"]).exit_code == 0
