@@ -181,6 +181,46 @@ def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring,
     assert check.tampered and code in {f.code for f in check.findings}
 
 
+def _insert_junk_version(s, skill, *, version=4, entity_type="skill", content=None, prev_link=None, link=None,
+                         signature=None, kid=None, as_head=False) -> None:
+    """A version row written straight into the table (INSERT is what the triggers allow)."""
+    head = version_row(s, skill.id, 3)
+    content = bytes(head.content) if content is None else content
+    s.execute(text(
+        "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, link_hash,"
+        " kid, signature, actor) VALUES (:t, :e, :v, :c, :h, :p, :l, :k, :g, 'intruder')"),
+        {"t": entity_type, "e": skill.id, "v": version, "c": content, "h": hashlib.sha256(content).digest(),
+         "p": bytes(head.link_hash) if prev_link is None else prev_link, "l": link or os.urandom(32),
+         "k": head.kid if kid is None else kid, "g": os.urandom(64) if signature is None else signature})
+    if as_head:
+        s.execute(text("UPDATE skills SET version = :v, head_link_hash = (SELECT link_hash FROM entity_versions"
+                       " WHERE entity_id = :e AND version = :v) WHERE id = :e"), {"v": version, "e": skill.id})
+    s.expire_all()
+
+
+JUNK = {
+    "a negative version": dict(version=-1),
+    "version zero": dict(version=0),
+    "a version past the chain": dict(version=2**31 - 1),
+    "a type that is not ASCII": dict(entity_type="skïll"),
+    "a type of another kind": dict(entity_type="agent"),
+    "short hashes": dict(prev_link=b"\x01", link=b"\x02"),
+    "a short signature under an unknown kid": dict(signature=b"\x00", kid="k" * 128),
+    "content that is not JSON, made the head": dict(content=b"\xff\xfe not json", as_head=True),
+    "content that is a JSON list, made the head": dict(content=b"[1,2]", as_head=True),
+}
+
+
+@pytest.mark.parametrize("junk", list(JUNK))
+def test_a_junk_version_row_is_a_finding_never_a_failed_audit(db_session, skill, keyring, junk) -> None:
+    """Whatever an INSERT puts into the ledger, the audit and the tampering check report it and go on."""
+    _insert_junk_version(db_session, skill, **JUNK[junk])
+    summary, findings = run_audit(db_session, keyring)
+    assert {f.entity_id for f in findings} == {skill.id} and summary["non_compliant"] == 1
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    assert check.tampered
+
+
 def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:
     outside_digest = digest_of(db_session, keyring, with_leaves=True)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
