@@ -117,7 +117,8 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
     model = ENTITY_MODELS[entity_type]
     head = LedgerDigestHead
     changed = select(model.id, head.version, head.link_hash, null().label("live")).outerjoin(
-        head, and_(head.digest_id == digest_id, head.entity_id == model.id)).where(model.deleted_at.is_(None))
+        head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
+    ).where(model.deleted_at.is_(None))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash)))
     else:

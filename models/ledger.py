@@ -297,27 +297,37 @@ class HeadFinding:
 
 
 def compare_heads(session: Session, leaves: list[tuple[uuid.UUID, int | None, bytes]]) -> list[HeadFinding]:
-    """Each digest leaf whose head is no longer in its entity's chain, classified."""
+    """Each digest leaf whose head is no longer in its entity's chain, classified.
+
+    A leaf names its entity by id only; the version row holding its head also names the
+    entity's type, and only a live row of that type answers for the leaf (ids are unique
+    per table, so a row of another type given the id and head of a deleted one does not)."""
     findings: list[HeadFinding] = []
     for start in range(0, len(leaves), HEAD_BATCH):
         batch = leaves[start : start + HEAD_BATCH]
         ids = [entity_id for entity_id, _, _ in batch]
-        now = {h.entity_id: h for h in current_heads(session, ids)}
+        now: dict[uuid.UUID, list[HeadRecord]] = {}
+        for head in current_heads(session, ids):
+            now.setdefault(head.entity_id, []).append(head)
         found = session.execute(
-            select(EntityVersion.entity_id, EntityVersion.link_hash).where(bytes_in(EntityVersion.link_hash, [l for _, _, l in batch]))
+            select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.entity_type)
+            .where(bytes_in(EntityVersion.link_hash, [l for _, _, l in batch]))
         )
-        known = {(entity_id, bytes(link)) for entity_id, link in found}
+        kind_of = {(entity_id, bytes(link)): kind for entity_id, link, kind in found}
         for entity_id, version, link in batch:
-            finding = _classify(entity_id, version, link, now.get(entity_id), known)
+            kind = kind_of.get((entity_id, link))
+            heads = [h for h in now.get(entity_id, []) if kind is None or h.entity_type == kind]
+            finding = _classify(entity_id, version, kind, heads[0] if heads else None)
             if finding is not None:
                 findings.append(finding)
     return findings
 
 
-def _classify(entity_id: uuid.UUID, version: int | None, link: bytes, head: HeadRecord | None, known: set) -> HeadFinding | None:
+def _classify(entity_id: uuid.UUID, version: int | None, kind: str | None, head: HeadRecord | None) -> HeadFinding | None:
+    """``kind`` is the type of the chain that still holds the leaf's head, None when none does."""
     if head is None:
-        return HeadFinding(entity_id, None, ChainFinding("entity-deleted", version, "in the digest, gone from the registry"))
-    if (entity_id, link) in known:
+        return HeadFinding(entity_id, kind, ChainFinding("entity-deleted", version, "in the digest, gone from the registry"))
+    if kind is not None:
         return None  # the digest's head is still in the chain (later versions may follow)
     if version is not None and head.version < version:
         return HeadFinding(entity_id, head.entity_type, ChainFinding(

@@ -197,3 +197,23 @@ def test_every_signature_after_the_leaf_is_checked_not_only_the_heads(db_session
                g=os.urandom(64), e=skill.id)  # version 4 is after the leaf and not the head
     _, findings = run_incremental(db_session, keyring)
     assert "bad-signature" in _codes(findings, skill.id)
+
+
+@pytest.mark.parametrize("against", ["the latest stored digest", "an outside digest with leaves"])
+def test_a_deleted_entity_is_seen_through_a_row_of_another_type_given_its_id_and_head(
+        db_session, skill, keyring, against) -> None:
+    """A leaf names an entity by id; what answers for it must be of the type whose chain holds its head."""
+    from tests.test_audit import digest_of
+
+    skill_id, head = skill.id, bytes(skill.head_link_hash)
+    outside = digest_of(db_session, keyring, with_leaves=True)
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text("DELETE FROM skills WHERE id = :id"), {"id": skill_id})
+    db_session.execute(text("INSERT INTO agents (id, name, version, head_link_hash) VALUES (:id, 'decoy', 3, :head)"),
+                       {"id": skill_id, "head": head})
+    db_session.expire_all()
+    if against == "the latest stored digest":
+        _, findings = run_incremental(db_session, keyring)
+    else:
+        _, findings = run_audit(db_session, keyring, {"against_digest": outside})
+    assert ("skill", "entity-deleted") in {(f.entity_type, f.code) for f in findings if f.entity_id == skill_id}
