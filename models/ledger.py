@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
-from sqlalchemy import CompoundSelect, desc, func, insert, literal, literal_column, or_, select, text, union_all
+from sqlalchemy import CompoundSelect, and_, desc, func, insert, literal, literal_column, or_, select, text, union_all
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -58,11 +58,14 @@ class HeadRecord:
 
 
 def current_heads(
-    session: Session, entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False
+    session: Session, entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False, chain_versions: bool = False
 ) -> Iterator[HeadRecord]:
     """Every live entity's head (or, with ``deleted``, every soft-deleted one's), ascending
-    by id, streamed in batches."""
-    result = session.execute(_heads_query(entity_ids, deleted=deleted).execution_options(yield_per=HEAD_BATCH))
+    by id, streamed in batches. Each head's version is the row's ``version`` column, or with
+    ``chain_versions`` that of the chain version its head link names (0 when no version of
+    that entity and type has that link): what a stored digest's leaf must say."""
+    query = _heads_query(entity_ids, deleted=deleted, chain_versions=chain_versions)
+    result = session.execute(query.execution_options(yield_per=HEAD_BATCH))
     return (_head_record(row) for row in result)
 
 
@@ -71,11 +74,19 @@ def _head_record(row: Any) -> HeadRecord:
     return HeadRecord(row[0], row[1], row[2], bytes(row[3]))
 
 
-def _heads_query(entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False) -> CompoundSelect:
+def _heads_query(
+    entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False, chain_versions: bool = False
+) -> CompoundSelect:
     parts = []
     ids = list(entity_ids) if entity_ids is not None else None
     for entity_type, model in ENTITY_MODELS.items():
-        query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
+        if chain_versions:
+            named = and_(EntityVersion.link_hash == model.head_link_hash, EntityVersion.entity_id == model.id,
+                         EntityVersion.entity_type == entity_type.value)
+            query = select(model.id, literal(entity_type.value).label("entity_type"),
+                           func.coalesce(EntityVersion.version, 0), model.head_link_hash).outerjoin(EntityVersion, named)
+        else:
+            query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
         alive = model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None)
         query = query.where(alive, model.head_link_hash.is_not(None))
         if ids is not None:
@@ -171,8 +182,12 @@ def wait_for_writes_in_flight() -> None:
 
 
 def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
-    """Sign and keep a digest with its leaves (one row per entity head)."""
-    heads = list(current_heads(session))
+    """Sign and keep a digest with its leaves (one row per entity head).
+
+    A leaf's version is read from the chain, not from the row's ``version`` column: the
+    incremental audit sums leaf versions to find chains that grew behind their rows, and
+    the leaf attestation keeps that sum from being checked again."""
+    heads = list(current_heads(session, chain_versions=True))
     as_of = session.scalar(select(func.now()))
     document = build_digest(as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
     digest = LedgerDigest(

@@ -217,3 +217,28 @@ def test_a_deleted_entity_is_seen_through_a_row_of_another_type_given_its_id_and
     else:
         _, findings = run_audit(db_session, keyring, {"against_digest": outside})
     assert ("skill", "entity-deleted") in {(f.entity_type, f.code) for f in findings if f.entity_id == skill_id}
+
+
+def test_a_row_version_inflated_while_a_digest_was_stored_does_not_hide_a_later_rollback(
+        db_session, skill, write_ctx, keyring, steward) -> None:
+    """A stored leaf's version comes from the chain. Read from the row's column, an inflated
+    one balanced the version totals and so hid another chain grown behind its reset row."""
+    from models.registry import create_entity
+
+    other = create_entity(db_session, entity_type=E.SKILL, ctx=write_ctx, data={
+        "name": "Other Skill", "skill_key": "other-skill", "category": "technical",
+        "description": "other one", "governance_agent_id": steward})
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET version = version + 2 WHERE id = :id"), {"id": skill.id})
+    digest = store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE skills SET version = version - 2 WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    assert db_session.scalar(text("SELECT version FROM ledger_digest_heads WHERE digest_id = :d AND entity_id = :e"),
+                             {"d": digest.id, "e": skill.id}) == 3
+    for description in ("other two", "other three"):
+        update_entity(db_session, entity_type=E.SKILL, entity_id=other.id, changes={"description": description},
+                      ctx=write_ctx)
+    db_session.flush()
+    reset_row_to(db_session, other, 1)
+    _, findings = run_incremental(db_session, keyring)
+    assert "stale-head" in _codes(findings, other.id)

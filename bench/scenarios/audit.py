@@ -194,7 +194,9 @@ def _full(stack: BenchStack, settings: Settings, entities: int) -> list[BenchRes
 
 def _incremental(stack: BenchStack, settings: Settings, full_seconds: float) -> BenchResult:
     with stack.session(settings) as session:
+        started = time.perf_counter()
         store_digest(session, keyring=stack.write_context.keyring)
+        store_seconds = time.perf_counter() - started  # beat's hourly digest, reported with the incremental result
         ids = list(session.scalars(select(Industry.id).limit(INCREMENTAL_VERSIONS)))
         for n, entity_id in enumerate(ids):
             update_entity(session, entity_type=EntityType.INDUSTRY, entity_id=entity_id,
@@ -204,7 +206,8 @@ def _incremental(stack: BenchStack, settings: Settings, full_seconds: float) -> 
     stack.stop(worker)
     wall = median_run(walls)
     return BenchResult(f"audit.incremental[{len(ids)} new versions]", wall, "s", full_seconds, wall / full_seconds,
-                       f"<= {INCREMENTAL_SECONDS_TARGET:g} s", wall <= INCREMENTAL_SECONDS_TARGET, {"runs": walls})
+                       f"<= {INCREMENTAL_SECONDS_TARGET:g} s", wall <= INCREMENTAL_SECONDS_TARGET,
+                       {"runs": walls, "store_digest_seconds": round(store_seconds, 3)})
 
 
 def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
