@@ -193,4 +193,4 @@ class JobHandedBack(PlantError):
 
 class TransientJobError(PlantError):
     code = "transient-error"
-    title = "A dependency was unavailable; the job will be retried"
+    title = "A dependency was unavailable"  # the job is retried, unless this was its last allowed attempt

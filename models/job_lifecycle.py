@@ -32,7 +32,13 @@ class JobClaim:
     job_id: uuid.UUID
     kind: str
     params: dict[str, Any]
-    attempt: int
+    attempt: int  # the fencing token: every claim raises it
+    handbacks: int = 0  # earlier attempts that handed the job back unfailed
+
+    @property
+    def counted_attempts(self) -> int:
+        """Attempts that count against ``PLANT_JOB_MAX_ATTEMPTS``, this one included."""
+        return self.attempt - self.handbacks
 
 
 # The statements every job goes through (insert, reads, claim, checkpoints, outcome) are
@@ -84,7 +90,7 @@ _CLAIM = (
     .where(_JOBS.id == bindparam("job_id"), _JOBS.id == _LOCK_FOR_CLAIM, _CLAIMABLE)
     .values(status=JobStatus.RUNNING.value, attempts=_JOBS.attempts + 1, worker=bindparam("worker"),
             started_at=func.coalesce(_JOBS.started_at, _NOW), lease_expires_at=_LEASE_END, updated_at=_NOW)
-    .returning(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts)
+    .returning(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts, _JOBS.handbacks)
 )
 # Owned: the row is running under exactly this attempt (the fencing token).
 _OWNED_BY = (_JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt"))
@@ -152,7 +158,7 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds
     ).one_or_none()
     if row is None:
         return None
-    return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts)
+    return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts, handbacks=row.handbacks)
 
 
 _OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)
@@ -313,7 +319,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
         elif job.cancel_requested_at is None:
             job.cancel_requested_at = now
     elif job.status != JobStatus.CANCELLED.value:
-        raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), status=job.status)
+        raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), job_status=job.status)
     session.flush()
     return job
 

@@ -95,37 +95,54 @@ def rescue_expired(
     # the next sweep: it is neither failed nor republished meanwhile. Failing skips locked
     # rows too: a live attempt holding its job is never waited for, nor failed under it.
     expired = and_(expired, Job.cancel_requested_at.is_(None))
-    out_of_attempts = select(Job.id).where(expired, Job.attempts >= max_attempts).limit(limit)
+    counted = Job.attempts - Job.handbacks  # a hand-back is not a failure
+    out_of_attempts = select(Job.id).where(expired, counted >= max_attempts).limit(limit)
     failed = session.execute(
         update(Job).where(Job.id.in_(out_of_attempts.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=JobStatus.FAILED.value, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
-            error=WorkerLost(f"no heartbeat after attempt {max_attempts} of {max_attempts}").problem(),
+            error=WorkerLost(f"no heartbeat from its worker on the last of {max_attempts} allowed attempts").problem(),
         ).returning(Job.id)
     ).all()
-    backoff = text("interval '1 second' * random() * least(:cap, :base * power(2, jobs.attempts))").bindparams(cap=cap, base=base)
+    backoff = text("interval '1 second' * random() * least(:cap, :base * power(2, jobs.attempts - jobs.handbacks))"
+                   ).bindparams(cap=cap, base=base)
     due = and_(
         expired,
-        Job.attempts < max_attempts,
+        counted < max_attempts,
         Job.lease_expires_at + backoff < func.now(),
         or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at, Job.enqueued_at < func.now() - older_than),
     )
     return Rescue(republish=_stamp(session, due, limit), failed=len(failed), cancelled=len(cancelled))
 
 
-def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any]) -> JobStatus:
-    """Hand the job back to the queue after a transient error; the caller republishes it
-    when this returns ``queued``. A job whose cancel was requested is ended ``cancelled``
-    instead, in the same statement, so a cancel racing the release is never lost."""
+def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False) -> JobStatus:
+    """Hand the job back to the queue after a transient error, or unfailed (``handed_back``:
+    its worker shuts down, its lease lapsed between batches; not counted against the
+    attempts allowed); the caller republishes it when this returns ``queued``. A job whose
+    cancel was requested is ended ``cancelled`` instead, in the same statement, so a cancel
+    racing the release is never lost."""
+    return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back)
+
+
+def fail_unless_cancelled(session: Session, *, claim: JobClaim, error: dict[str, Any]) -> JobStatus:
+    """End the job ``failed`` with ``error`` (its last allowed attempt failed), or
+    ``cancelled`` when a cancel was requested meanwhile: a job asked to stop ends cancelled."""
+    return _end_attempt(session, claim, otherwise=JobStatus.FAILED.value, error=error)
+
+
+def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: dict[str, Any],
+                 handed_back: bool = False) -> JobStatus:
     cancelling = CANCEL_REQUESTED
     stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
+    requeued = otherwise == QUEUED
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
         .values(
-            status=case((cancelling, CANCELLED), else_=QUEUED),
+            status=case((cancelling, CANCELLED), else_=otherwise),
             error=case((cancelling, literal(stopped.problem(), JSONB)), else_=literal(error, JSONB)),
-            finished_at=case((cancelling, func.now()), else_=None),
-            enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()),
-            worker=case((cancelling, Job.worker), else_=None),
+            finished_at=case((cancelling, func.now()), else_=None) if requeued else func.now(),
+            enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()) if requeued else Job.enqueued_at,
+            worker=case((cancelling, Job.worker), else_=None) if requeued else Job.worker,
+            handbacks=case((cancelling, Job.handbacks), else_=Job.handbacks + 1) if handed_back else Job.handbacks,
             lease_expires_at=None, updated_at=func.now(),
         )
         .returning(Job.status)

@@ -2,7 +2,10 @@
 
 Status moves ``queued -> running -> succeeded | failed | cancelled``. The row holds the
 parameters (the Celery message carries only the id), progress, the outcome, the worker
-that holds it and its lease, and ``attempts``, which doubles as a fencing token.
+that holds it and its lease, and ``attempts``, which doubles as a fencing token. Of those
+attempts, ``handbacks`` ended by handing the job back unfailed (a worker shutting down, a
+lease lapsing between a bulk job's batches); only the others count against
+``PLANT_JOB_MAX_ATTEMPTS``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_SQL})", name="status_valid"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        CheckConstraint("handbacks >= 0 AND handbacks <= attempts", name="handbacks_within_attempts"),
         CheckConstraint("progress_done >= 0", name="progress_done_non_negative"),
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at", "id"),
@@ -62,6 +66,7 @@ class Job(Base):
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    handbacks: Mapped[int] = mapped_column(Integer, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[Timestamp | None]
     cancel_requested_at: Mapped[Timestamp | None]

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import retry_if_disconnected, single_statement, transaction
 from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, StaleAttempt, TransientJobError
 from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, report_progress
-from models.job_recovery import full_jitter_backoff, release_for_retry
+from models.job_recovery import fail_unless_cancelled, full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
 from models.progress import ProgressSink
 from models.registry import WriteContext
@@ -195,17 +195,18 @@ def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict
 
 
 def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any]:
-    """Hand the job back and republish it after ``retry_after``; a transient failure on
-    the last allowed attempt fails the job instead (a hand-back never counts against it)."""
-    handed_back = attempt.retry_after == 0
-    if claim.attempt >= runtime.settings().job_max_attempts and not handed_back:
-        return _record(claim, JobStatus.FAILED, None, attempt.error)
+    """Hand the job back and republish it after ``retry_after``. A transient failure on the
+    last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
+    was asked meanwhile. A hand-back never counts against the attempts allowed."""
     try:
         with transaction(runtime.session_factory()) as session:
-            status = release_for_retry(session, claim=claim, error=attempt.error or {})
+            if attempt.handed_back or claim.counted_attempts < runtime.settings().job_max_attempts:
+                status = release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=attempt.handed_back)
+            else:
+                status = fail_unless_cancelled(session, claim=claim, error=attempt.error or {})
     except StaleAttempt:
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
-    if status is not JobStatus.QUEUED:  # a cancel was requested: the job ended instead
+    if status is not JobStatus.QUEUED:  # failed on its last attempt, or a cancel was requested
         return {"job_id": str(claim.job_id), "status": status.value}
     route = route_for(claim.kind)
     task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=attempt.retry_after)
@@ -222,6 +223,7 @@ class Attempt:
     error: dict[str, Any] | None = None
     retry_after: float | None = None
     recorded: bool = False  # the handler wrote the outcome with its work
+    handed_back: bool = False  # back to the queue unfailed: not counted against the attempts allowed
 
 
 def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Attempt:
@@ -233,7 +235,7 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
     except JobCancelled as exc:
         return Attempt(JobStatus.CANCELLED, error=exc.problem())
     except JobHandedBack as exc:
-        return Attempt(JobStatus.QUEUED, error=exc.problem(), retry_after=0.0)
+        return Attempt(JobStatus.QUEUED, error=exc.problem(), retry_after=0.0, handed_back=True)
     except SoftTimeLimitExceeded:
         return Attempt(JobStatus.FAILED, error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
     except PlantError as exc:
@@ -242,6 +244,6 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
         if is_transient(exc):
             log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
             error = TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()
-            return Attempt(JobStatus.QUEUED, error=error, retry_after=backoff_seconds(claim.attempt))
+            return Attempt(JobStatus.QUEUED, error=error, retry_after=backoff_seconds(claim.counted_attempts))
         log.exception("job %s failed unexpectedly", claim.job_id)
         return Attempt(JobStatus.FAILED, error=InternalJobError(f"{type(exc).__name__}: {exc}").problem())

@@ -150,6 +150,20 @@ def test_cancel_a_queued_job_at_once_and_twice_is_harmless(client) -> None:
     assert client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()["status"] == "cancelled"
 
 
+def test_cancelling_a_finished_job_is_409_naming_how_it_ended(client, engine) -> None:
+    from models.job_lifecycle import claim_job, finish_job
+    from models.jobs import JobStatus
+
+    job = _start(client).get_json()
+    with Session(engine) as session, session.begin():
+        claim = claim_job(session, job_id=uuid.UUID(job["id"]), worker="w", lease_seconds=60)
+        finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result={})
+    response = client.post(f"/api/v1/jobs/{job['id']}/cancel")
+    problem = response.get_json()
+    assert response.status_code == 409 and response.mimetype == "application/problem+json"
+    assert (problem["status"], problem["job_status"], problem["type"]) == (409, "succeeded", "/problems/job-not-cancellable")
+
+
 def test_cancel_unknown_job_is_404(client) -> None:
     assert client.post(f"/api/v1/jobs/{uuid.uuid4()}/cancel").status_code == 404
 

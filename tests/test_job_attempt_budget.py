@@ -1,0 +1,116 @@
+"""What counts against ``PLANT_JOB_MAX_ATTEMPTS``, and how a last attempt ends.
+
+``attempts`` is the fencing token, raised by every claim; a hand-back (a worker shutting
+down, a bulk job's lease lapsing between batches) is not a failure and is counted apart
+(``handbacks``). The runner's ``_retry_later`` and beat's ``rescue_expired`` run here
+against the real job table; republishing is recorded instead of sent.
+"""
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import text, update
+
+from models.db import make_session_factory, transaction
+from models.errors import JobHandedBack, TransientJobError
+from models.job_lifecycle import claim_job, create_job, get_job, request_cancel
+from models.job_recovery import release_for_retry, rescue_expired
+from models.jobs import Job, JobStatus
+from tasks import runner, runtime
+
+MAX_ATTEMPTS = 3
+
+
+class _Publisher:
+    """Stands in for the Celery task: records what ``_retry_later`` republishes."""
+
+    def __init__(self) -> None:
+        self.app, self.sent = self, []
+
+    def send_task(self, name, *, args, queue, countdown) -> None:
+        self.sent.append((name, args, queue, countdown))
+
+
+@pytest.fixture
+def sessions(engine, clean_db, settings, monkeypatch):
+    factory = make_session_factory(engine)
+    monkeypatch.setattr(runtime, "session_factory", lambda: factory)
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": MAX_ATTEMPTS}))
+    return factory
+
+
+def _new_job(sessions):
+    with transaction(sessions) as session:
+        return create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=True).id
+
+
+def _claim(sessions, job_id):
+    with transaction(sessions) as session:
+        return claim_job(session, job_id=job_id, worker="w", lease_seconds=60)
+
+
+def _job(sessions, job_id):
+    with sessions() as session:
+        return get_job(session, job_id)
+
+
+def _hand_back(sessions, job_id, times: int) -> None:
+    for _ in range(times):
+        claim = _claim(sessions, job_id)
+        attempt = runner.Attempt(JobStatus.QUEUED, error=JobHandedBack("worker shutdown").problem(), retry_after=0.0,
+                                 handed_back=True)
+        publisher = _Publisher()
+        assert runner._retry_later(publisher, claim, attempt)["status"] == "queued" and len(publisher.sent) == 1
+
+
+def _transient(claim) -> runner.Attempt:
+    return runner.Attempt(JobStatus.QUEUED, error=TransientJobError("database blip").problem(), retry_after=1.0)
+
+
+def test_hand_backs_do_not_use_up_the_attempts_allowed(sessions) -> None:
+    job_id = _new_job(sessions)
+    _hand_back(sessions, job_id, MAX_ATTEMPTS)
+    claim = _claim(sessions, job_id)
+    assert (claim.attempt, claim.handbacks, claim.counted_attempts) == (MAX_ATTEMPTS + 1, MAX_ATTEMPTS, 1)
+    assert runner._retry_later(_Publisher(), claim, _transient(claim))["status"] == "queued"
+    job = _job(sessions, job_id)
+    assert (job.status, job.attempts) == ("queued", MAX_ATTEMPTS + 1)
+
+
+def test_a_transient_error_on_the_last_counted_attempt_fails_the_job(sessions) -> None:
+    job_id = _new_job(sessions)
+    _hand_back(sessions, job_id, 1)
+    for _ in range(MAX_ATTEMPTS):
+        claim = _claim(sessions, job_id)
+        publisher = _Publisher()
+        runner._retry_later(publisher, claim, _transient(claim))
+    job = _job(sessions, job_id)
+    assert (job.status, job.attempts, job.error["type"]) == ("failed", MAX_ATTEMPTS + 1, "/problems/transient-error")
+    assert publisher.sent == []
+
+
+def test_a_dead_worker_after_hand_backs_is_rescued_not_failed(sessions) -> None:
+    job_id = _new_job(sessions)
+    _hand_back(sessions, job_id, MAX_ATTEMPTS)
+    _claim(sessions, job_id)  # its worker is then killed: the lease runs out
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=text("now() - interval '1 hour'")))
+    with transaction(sessions) as session:
+        rescued = rescue_expired(session, max_attempts=MAX_ATTEMPTS, base=0, cap=0, older_than=dt.timedelta(0))
+    assert ([ref.job_id for ref in rescued.republish], rescued.failed) == ([job_id], 0)
+
+
+def test_a_cancel_asked_before_a_transient_error_on_the_last_attempt_ends_the_job_cancelled(sessions) -> None:
+    job_id = _new_job(sessions)
+    for _ in range(MAX_ATTEMPTS - 1):
+        claim = _claim(sessions, job_id)
+        with transaction(sessions) as session:
+            release_for_retry(session, claim=claim, error=TransientJobError("x").problem())
+    claim = _claim(sessions, job_id)
+    assert claim.counted_attempts == MAX_ATTEMPTS
+    with transaction(sessions) as session:
+        assert request_cancel(session, job_id=job_id).status == "running"  # asked; the attempt is live
+    outcome = runner._retry_later(_Publisher(), claim, _transient(claim))
+    job = _job(sessions, job_id)
+    assert outcome["status"] == job.status == "cancelled" and job.error["type"] == "/problems/job-cancelled"
+    assert job.finished_at is not None
