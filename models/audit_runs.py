@@ -56,7 +56,8 @@ class AuditParams:
         return [EntityType(self.entity_type)] if self.entity_type else list(EntityType)
 
     def ids_filter(self, model: Any, query: Any) -> Any:
-        return query.where(model.id.in_([uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
+        # One array parameter: IN would send one per id, and PostgreSQL takes at most 65,535.
+        return query.where(uuid_in(model.id, [uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
 
     def scoped(self, session: Session, findings: list[FindingRow]) -> list[FindingRow]:
         """``findings`` about entities in scope, and run-level ones (no entity).

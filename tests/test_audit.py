@@ -221,6 +221,13 @@ def test_a_junk_version_row_is_a_finding_never_a_failed_audit(db_session, skill,
     assert check.tampered
 
 
+def test_a_scope_of_more_ids_than_postgresql_takes_parameters_is_audited(db_session, skill, keyring) -> None:
+    """The API takes up to 100,000 ids; IN would need one parameter each (at most 65,535)."""
+    ids = [str(uuid.uuid4()) for _ in range(70_000)] + [str(skill.id)]
+    summary, findings = run_audit(db_session, keyring, {"scope": {"entity_ids": ids}}, batch_size=500)
+    assert findings == [] and summary["total_entities"] == 1
+
+
 def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:
     outside_digest = digest_of(db_session, keyring, with_leaves=True)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})

@@ -143,6 +143,24 @@ def test_a_json_body_repeating_a_member_is_malformed_json(client) -> None:
     assert response.status_code == 422 and response.mimetype == "application/problem+json"
 
 
+@pytest.mark.parametrize("body", ['"{\\"seconds\\": 0, \\"seconds\\": 0.5}"', '"{\\"seconds\\": 0}"'])
+def test_a_json_body_that_is_a_string_is_422_not_read_as_the_json_inside_it(client, body) -> None:
+    # flask-openapi3 would parse the string's text as the body, past the strict parser.
+    response = client.post(SLEEP, data=body, content_type="application/json")
+    problem = response.get_json()
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert (problem["type"], problem["title"], problem["errors"][0]["field"]) == ("/problems/invalid-input", "Invalid input", "body")
+
+
+def test_an_incremental_audit_with_a_scope_or_a_digest_is_422_not_a_run_that_ignores_them(client) -> None:
+    digest = client.get(f"{API}/ledger/digest").get_json()
+    for extra in ({"against_digest": digest}, {"scope": {"entity_type": "skill"}}):
+        response = client.post(f"{API}/audit/run", json={"since": "latest-digest", **extra})
+        assert response.status_code == 422, extra
+        assert "cannot be combined" in response.get_json()["errors"][0]["message"]
+    assert client.post(f"{API}/audit/run", json={"since": "latest-digest", "scope": {}}).status_code == 202
+
+
 def test_an_if_match_too_long_to_be_a_version_is_a_failed_precondition(client, committed_steward) -> None:
     response = client.patch(f"{API}/agents/{committed_steward}", json={"description": "must not land"},
                             headers={"If-Match": '"' + "9" * 5000 + '"'})

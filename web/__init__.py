@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import redirect
+from flask import Response, redirect, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
@@ -23,7 +23,7 @@ from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.metrics import init_observability
-from web.problems import register_error_handlers, validation_problem
+from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
 
 API_VERSION = "0.1.0"
@@ -43,6 +43,18 @@ class StrictJSONProvider(DefaultJSONProvider):
         return strict_json_loads(s)
 
 
+def refuse_string_bodies() -> Response | None:
+    """``before_request``: a JSON body that is a string is 422.
+
+    flask-openapi3 reads such a body as the JSON text inside the string
+    (``model_validate_json``), past :class:`StrictJSONProvider`, so a repeated member name
+    in it would be taken silently. Every body Plant accepts is a JSON object."""
+    if request.is_json and isinstance(request.get_json(silent=True), str):
+        return invalid_input_response("the request body must be a JSON object, not a string",
+                                      [{"field": "body", "message": "Input should be a JSON object"}])
+    return None
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     app = OpenAPI(
@@ -59,6 +71,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     register_error_handlers(app)
     init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
     init_auth(app)
+    app.before_request(refuse_string_bodies)  # after auth: a request without a key is 401 whatever its body
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)

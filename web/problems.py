@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from models.errors import Conflict, InvalidInput, LedgerBusy, NotFound, PlantError
+from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ def problem_response(
     if detail:
         body["detail"] = detail
     return Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+
+
+def invalid_input_response(detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    """422 ``invalid-input``, the one type (and title) of every input Plant refuses."""
+    extensions = {"errors": errors} if errors is not None else {}
+    return problem_response(422, InvalidInput.title, detail, type_=PROBLEM_TYPE_PREFIX + InvalidInput.code, **extensions)
 
 
 def status_for(error: PlantError) -> int:
@@ -86,8 +92,7 @@ def _pool_exhausted(error: PoolTimeout) -> Response:
 def _data_error(error: DataError) -> Response:
     """A value the database refused (out of range, malformed): the client's input."""
     log.info("database refused a value: %s", error.orig)
-    return problem_response(422, "Unprocessable Content", "a value was refused by the database",
-                            type_="/problems/invalid-input")
+    return invalid_input_response("a value was refused by the database")
 
 
 def _unexpected(error: Exception) -> Response:
@@ -105,13 +110,7 @@ def validation_problem(error: ValidationError) -> Response:
         {"field": ".".join(str(part) for part in item["loc"]) or "body", "message": item["msg"]}
         for item in error.errors(include_url=False, include_context=False)
     ]
-    return problem_response(
-        422,
-        "Unprocessable Content",
-        "the request has invalid fields",
-        type_="/problems/invalid-input",
-        errors=errors,
-    )
+    return invalid_input_response("the request has invalid fields", errors)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -11,7 +11,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import select
 
 from models.audit import check_entity
@@ -64,7 +64,16 @@ class AuditRunIn(BaseModel):
     verify_signatures: Literal["heads", "all"] = "heads"
     against_digest: LedgerDigestIn | None = None
     since: Literal["latest-digest"] | None = Field(
-        default=None, description="incremental: verify only what changed since the latest stored digest")
+        default=None, description="incremental: verify only what changed since the latest stored digest; "
+                                  "it audits the whole registry against that digest, so it takes no scope or against_digest")
+
+    @model_validator(mode="after")
+    def _incremental_takes_no_scope_or_digest(self) -> AuditRunIn:
+        # An incremental run reads neither: accepting them would report a clean run that never looked.
+        if self.since is not None and (self.against_digest is not None or self.scope != AuditScope()):
+            raise ValueError("'since' audits the whole registry against the latest stored digest: "
+                             "it cannot be combined with 'scope' or 'against_digest'")
+        return self
 
 
 class RunPath(BaseModel):
