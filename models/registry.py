@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.canonical import normalize_text
+from models.canonical import normalize_text, to_json_tree
 from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.db import uuid_in
@@ -91,7 +91,7 @@ def create_entity(
     entity_id: uuid.UUID | None = None,
 ) -> GovernedEntity:
     model = ENTITY_MODELS[entity_type]
-    data = _normalized({**DEFAULTS, **data})
+    data = _normalized({**DEFAULTS, **data}, model)
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     apply_fields(session, entity, data, pending=ctx.pending_ids)
@@ -118,7 +118,7 @@ def update_entity(
             current_version=entity.version,
         )
     before = snapshot(entity)
-    apply_fields(session, entity, _normalized(changes), pending=ctx.pending_ids)
+    apply_fields(session, entity, _normalized(changes, type(entity)), pending=ctx.pending_ids)
     after = snapshot(entity)
     if after == before:
         return entity
@@ -300,13 +300,25 @@ def _skills(session: Session, ids: list[uuid.UUID], field: str, errors: list[dic
     return [found[i] for i in unique if i in found]
 
 
-def _normalized(data: dict[str, Any]) -> dict[str, Any]:
+def _normalized(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, Any]:
+    """Input as the row stores it and the chain signs it: strings NFC, tags sorted and
+    unique, and ``attributes`` in its canonical JSON form all the way down (the signed
+    version holds that form; a row holding anything else would not match its head).
+
+    NFC can lengthen a string (U+0958 becomes two code points), so a string checked
+    against its column's length before normalizing is checked again after."""
     out = {}
     for key, value in data.items():
         if isinstance(value, str):
             value = normalize_text(value)
+            limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)
+            if limit is not None and len(value) > limit:
+                raise InvalidInput(f"{key} is {len(value)} characters long once NFC-normalized; at most {limit} fit",
+                                   errors=[{"field": key, "message": f"at most {limit} characters after NFC normalization"}])
         elif key == "tags" and value is not None:
             value = sorted({normalize_text(t) for t in value})
+        elif key == "attributes" and value is not None:
+            value = to_json_tree(value, "$.attributes")
         out[key] = value
     return out
 

@@ -77,6 +77,17 @@ def test_attributes_nested_within_the_limit_are_stored(client, committed_steward
     assert response.get_json()["attributes"] == attributes
 
 
+def test_attribute_strings_are_stored_nfc_as_the_chain_signs_them(client, committed_steward) -> None:
+    """Keys and values at any depth: the row and the resource hold what the signed version holds."""
+    url = f"{API}/agents/{committed_steward}"
+    response = client.patch(url, json={"attributes": {"cafe\u0301": ["e\u0301", {"A\u030a": "\u212b"}]}})
+    assert response.status_code == 200, response.get_json()
+    expected = {"caf\u00e9": ["\u00e9", {"\u00c5": "\u00c5"}]}
+    assert response.get_json()["attributes"] == client.get(url).get_json()["attributes"] == expected
+    head = client.get(f"{url}/history").get_json()["items"][-1]
+    assert json.loads(head["content"])["attributes"] == expected
+
+
 ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
 
 

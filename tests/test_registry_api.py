@@ -157,6 +157,25 @@ def test_patch_null_for_a_required_field_is_422(client, world) -> None:
     assert response.status_code == 422
 
 
+def test_patch_null_for_a_skill_key_is_422_naming_it(client, world) -> None:
+    # A create may leave skill_key out (it is derived from the name); a patch may not null it.
+    response = client.patch(f"{API}/genesis/skills/{world['skills'][0]['id']}", json={"skill_key": None})
+    assert response.status_code == 422 and "skill_key" in response.get_json()["errors"][0]["message"]
+
+
+def test_a_name_whose_derived_skill_key_is_too_long_gets_a_key_that_fits(client, gov) -> None:
+    skill = _post(client, "/genesis/skills", {**gov, "name": "\u3388" * 100, "category": "technical",
+                                            "description": "Calories, counted"})  # "㎈" is "cal"
+    assert skill["skill_key"] == ("cal" * 100)[:200]
+
+
+def test_a_name_too_long_once_nfc_normalized_is_422_naming_it(client, world) -> None:
+    # U+0958 is one code point of input and two once NFC-normalized: 150 fit the schema, 300 not the column.
+    response = client.patch(f"{API}/teams/{world['team']['id']}", json={"name": "\u0958" * 150})
+    problem = response.get_json()
+    assert response.status_code == 422 and problem["errors"][0]["field"] == "name", problem
+
+
 def test_if_match_with_a_stale_version_is_a_retryable_409(client, world) -> None:
     url = f"{API}/genesis/industries/{world['industry']['id']}"
     ok = client.patch(url, json={"description": "first"}, headers={"If-Match": '"1"'})

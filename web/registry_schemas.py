@@ -18,6 +18,7 @@ from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCatego
 from web.schemas import QueryModel, rfc3339_utc
 
 Name = Field(max_length=200)
+SKILL_KEY_LENGTH = 200  # the column's length
 Text = Field(default="", max_length=20_000)
 
 
@@ -41,7 +42,7 @@ class IndustryIn(GovernanceIn):
 class SkillIn(GovernanceIn):
     name: StrictStr = Name
     skill_key: StrictStr | None = Field(
-        default=None, max_length=200, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", description="slug; derived from name if omitted"
+        default=None, max_length=SKILL_KEY_LENGTH, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", description="slug; derived from name if omitted"
     )
     description: StrictStr = Text
     category: SkillCategory
@@ -77,9 +78,13 @@ class AgentIn(GovernanceIn):
     status: AgentStatus = AgentStatus.ACTIVE
 
 
-def patch_model(create: type[BaseModel]) -> type[BaseModel]:
-    """Every field optional; a field that cannot be null may be omitted but not nulled."""
+def patch_model(create: type[BaseModel], *, not_null: tuple[str, ...] = ()) -> type[BaseModel]:
+    """Every field optional; a field that cannot be null may be omitted but not nulled.
+
+    ``not_null`` names fields that a create may leave null (the server fills them in) but a
+    patch may not null."""
     not_nullable = {name for name, f in create.model_fields.items() if type(None) not in get_args(f.annotation)}
+    not_nullable |= set(not_null)
 
     def refuse_nulls(self: BaseModel) -> BaseModel:
         nulled = sorted(n for n in self.model_fields_set & not_nullable if getattr(self, n) is None)
@@ -106,7 +111,7 @@ def _constraints(field: Any) -> dict[str, Any]:
 
 
 IndustryPatch = patch_model(IndustryIn)
-SkillPatch = patch_model(SkillIn)
+SkillPatch = patch_model(SkillIn, not_null=("skill_key",))  # derived from the name only at creation
 JobRolePatch = patch_model(JobRoleIn)
 TeamPatch = patch_model(TeamIn)
 AgentPatch = patch_model(AgentIn)

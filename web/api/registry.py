@@ -25,7 +25,7 @@ from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.registry import WriteContext, create_entity, get_entity, list_entities, search_skills, team_members, update_entity
 from web.registry_schemas import (
-    AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
+    SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
     IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
     SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
 )
@@ -106,8 +106,11 @@ def expected_version() -> int | None:
 
 
 def slugify(name: str) -> str:
+    """The skill key derived from a name: its ASCII letters and digits, hyphenated, at most
+    ``SKILL_KEY_LENGTH`` long (NFKD can spell one character as several: "㎈" is "cal")."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "skill"
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    return slug[:SKILL_KEY_LENGTH].rstrip("-") or "skill"
 
 
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
