@@ -67,3 +67,29 @@ def test_job_submission_is_accepted_while_redis_is_down(settings, down_url, admi
     assert response.get_json()["status"] == "queued"
     with Session(make_engine(settings)) as session:
         assert session.get(Job, uuid.UUID(response.get_json()["id"])).enqueued_at is None
+
+
+def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tmp_path) -> None:
+    """Compose runs the audit queue's workers apart: with them gone, audits would wait for good."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, child_env, stop_process_group
+
+    alone = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/12"})
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default", "-c", "1",
+             "-n", f"default-only-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+            cwd=REPO_ROOT, env=child_env(alone), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        client = create_app(alone).test_client()
+        body = wait_for(lambda: (b := client.get("/health").get_json())["checks"]["workers"].get("count") and b,
+                        timeout=60, interval=0.2, what="the default-only worker to answer")
+        workers = body["checks"]["workers"]
+        assert body["status"] == "degraded" and workers["status"] == "down"
+        assert workers["error"] == "no worker consumes the audit queue"
+        assert workers["queues"]["audit"] == [] and len(workers["queues"]["default"]) == 1
+    finally:
+        stop_process_group(worker)

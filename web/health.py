@@ -1,7 +1,8 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
-Answers 200 when the database and Redis are up (``degraded`` if no worker answered a
-ping), 503 naming the failing check otherwise, and never 500.
+Answers 200 when the database and Redis are up (``degraded`` if no worker answered, or a
+queue jobs are routed to has no worker consuming it), 503 naming the failing check
+otherwise, and never 500.
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
+from tasks.dispatch import JOB_ROUTES
 from web.schemas import HealthOut
 from web.services import Services, services
 
 log = logging.getLogger(__name__)
 
+JOB_QUEUES = sorted({route.queue for route in JOB_ROUTES.values()})
+
 health_api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
 
-def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+class CheckFailed(Exception):
+    """A check's own finding, safe to show: unlike a driver's error text, which can name
+    hosts and users and goes to the log only, since ``/health`` needs no key."""
+
+
+def _timed(name: str, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         outcome = {"status": "up", **check()}
+    except CheckFailed as exc:
+        outcome = {"status": "down", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a failing dependency is a result, not a crash
-        outcome = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        log.warning("health check %s failed: %s: %s", name, type(exc).__name__, exc)
+        outcome = {"status": "down", "error": f"{type(exc).__name__} (details in the API's log)"}
     outcome["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return outcome
 
@@ -45,17 +57,24 @@ def _redis(svc: Services) -> dict[str, Any]:
 
 
 def _workers(svc: Services) -> dict[str, Any]:
-    replies = svc.celery.control.ping(timeout=svc.settings.health_timeout_seconds)
-    names = sorted(name for reply in replies for name in reply)
-    if not names:
-        raise RuntimeError(f"no worker answered within {svc.settings.health_timeout_seconds}s")
-    return {"count": len(names), "workers": names}
+    """Live workers and the queues each consumes: every queue jobs are routed to needs one
+    (compose runs the audit queue's workers apart, and audits would wait for good)."""
+    replies = svc.celery.control.inspect(timeout=svc.settings.health_timeout_seconds).active_queues() or {}
+    if not replies:
+        raise CheckFailed(f"no worker answered within {svc.settings.health_timeout_seconds}s")
+    consumers = {queue: sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+                 for queue in JOB_QUEUES}
+    found = {"count": len(replies), "workers": sorted(replies), "queues": consumers}
+    unserved = [queue for queue, names in consumers.items() if not names]
+    if unserved:
+        return {"status": "down", "error": f"no worker consumes the {', '.join(unserved)} queue", **found}
+    return found
 
 
 def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
-    checks = {"database": _timed(lambda: _database(svc)), "redis": _timed(lambda: _redis(svc))}
+    checks = {"database": _timed("database", lambda: _database(svc)), "redis": _timed("redis", lambda: _redis(svc))}
     if checks["redis"]["status"] == "up":
-        checks["workers"] = _timed(lambda: _workers(svc))
+        checks["workers"] = _timed("workers", lambda: _workers(svc))
     else:
         checks["workers"] = {"status": "skipped", "reason": "redis is down"}
     if any(checks[name]["status"] == "down" for name in ("database", "redis")):
