@@ -106,17 +106,17 @@ def update_entity(
     entity_id: uuid.UUID,
     changes: dict[str, Any],
     ctx: WriteContext,
-    expected_version: int | None = None,
+    expected_versions: frozenset[int] | None = None,
 ) -> GovernedEntity:
-    """Apply ``changes`` under the entity's row lock; a no-op change appends nothing."""
+    """Apply ``changes`` under the entity's row lock; a no-op change appends nothing.
+    With ``expected_versions`` (an ``If-Match``), the entity must be at one of them."""
     entity = lock_for_write(session, entity_type, entity_id, ctx.keyring)
     if isinstance(entity, Skill) and entity.status == SkillStatus.CERTIFIED.value:
         raise ImmutableEntity(f"skill {entity_id} is certified and immutable", id=str(entity_id))
-    if expected_version is not None and entity.version != expected_version:
-        raise PreconditionFailed(
-            f"expected version {expected_version}, entity is at version {entity.version}",
-            current_version=entity.version,
-        )
+    if expected_versions is not None and entity.version not in expected_versions:
+        named = ", ".join(str(v) for v in sorted(expected_versions)) or "no version an entity can have"
+        raise PreconditionFailed(f"If-Match names {named}; the entity is at version {entity.version}",
+                                 current_version=entity.version)
     before = snapshot(entity)
     apply_fields(session, entity, _normalized(changes, type(entity)), pending=ctx.pending_ids)
     after = snapshot(entity)

@@ -185,6 +185,14 @@ def test_if_match_with_a_stale_version_is_a_retryable_409(client, world) -> None
     assert stale.get_json()["type"] == "/problems/precondition-failed" and stale.get_json()["current_version"] == 2
 
 
+def test_if_match_listing_several_versions_matches_any_of_them(client, world) -> None:
+    url = f"{API}/genesis/industries/{world['industry']['id']}"
+    ok = client.patch(url, json={"description": "first"}, headers={"If-Match": '"7", "1", W/"2"'})
+    assert ok.status_code == 200 and ok.headers["ETag"] == '"2"'
+    stale = client.patch(url, json={"description": "second"}, headers={"If-Match": '"1", W/"2", "x"'})  # weak never matches
+    assert stale.status_code == 409 and stale.get_json()["detail"] == "If-Match names 1; the entity is at version 2"
+
+
 def test_lists_filter_and_paginate(client, world, gov) -> None:
     skills = client.get(f"{API}/genesis/skills", query_string={"industry_id": world["industry"]["id"], "page_size": 1}).get_json()
     assert len(skills["items"]) == 1 and skills["next_page_token"]

@@ -91,18 +91,17 @@ def write_context() -> WriteContext:
     return WriteContext(actor=current_actor(), keyring=svc.keyring, embedder=svc.embedder)
 
 
-def expected_version() -> int | None:
-    """The version named by ``If-Match`` (our ETags are the version number).
+def expected_versions() -> frozenset[int] | None:
+    """The versions named by ``If-Match`` (our ETags are the version number); the write
+    goes ahead when the entity is at any of them (RFC 9110, strong comparison).
 
     Only ASCII digits name a version: ``str.isdigit`` also accepts characters such as
-    "²" that ``int`` cannot read.
+    "²" that ``int`` cannot read. A tag that names no version matches nothing.
     """
     if not request.if_match or request.if_match.star_tag:
         return None
-    tags = list(request.if_match.as_set())
-    if len(tags) != 1 or not re.fullmatch(r"[0-9]{1,10}", tags[0]):  # versions are int4; int() caps at 4,300 digits
-        return -1  # matches no version: a precondition the client cannot have meant
-    return int(tags[0])
+    # versions are int4; int() caps at 4,300 digits
+    return frozenset(int(tag) for tag in request.if_match.as_set() if re.fullmatch(r"[0-9]{1,10}", tag))
 
 
 def slugify(name: str) -> str:
@@ -132,7 +131,7 @@ def _patch_view(route: EntityRoute) -> Callable[..., Response]:
         session = db_session()
         entity = update_entity(
             session, entity_type=route.entity_type, entity_id=path.entity_id, changes=changes,
-            ctx=write_context(), expected_version=expected_version(),
+            ctx=write_context(), expected_versions=expected_versions(),
         )
         session.commit()
         return entity_response(entity)
