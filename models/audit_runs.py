@@ -30,7 +30,7 @@ from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
-from models.ledger import compare_heads, root_as_of
+from models.ledger import compare_heads, root_as_of, signed_after_seal
 from models.ledger_digest import verify_digest
 from models.repair import settle_repairs
 from models.signing import KeyRing
@@ -149,10 +149,13 @@ def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) 
     """Compare the registry with a digest kept outside Plant (leaves optional)."""
     if not verify_digest(digest, keyring):
         return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
+    as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
+    after_seal = signed_after_seal(keyring, digest["kid"], as_of)
+    if after_seal is not None:
+        return [FindingRow(None, None, None, "digest-invalid", f"against_digest cannot be trusted: {after_seal}")]
     if "leaves" in digest:
         leaves = [(uuid.UUID(leaf["entity_id"]), leaf.get("version"), bytes.fromhex(leaf["head"])) for leaf in digest["leaves"]]
         return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
-    as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
     count, root = root_as_of(session, as_of)
     if root.hex() == digest["heads_root"] and count == digest["entity_count"]:
         return []

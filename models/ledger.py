@@ -270,6 +270,9 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     if (document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count
             or dt.datetime.fromisoformat(document["as_of"]) != digest.as_of):  # as_of picks "the latest"
         return "its row's heads_root, entity_count or as_of differs from its signed document"
+    after_seal = signed_after_seal(keyring, document["kid"], digest.as_of, digest.id)
+    if after_seal is not None:
+        return after_seal
     if _leaves_as_attested(session, digest, keyring):
         return None
     connection = session.connection().connection.driver_connection
@@ -286,6 +289,22 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
                 EntityVersion.entity_id != LedgerDigestHead.entity_id))):
         return "its stored leaves' versions or types differ from the chain versions they name"
     return None
+
+
+def signed_after_seal(keyring: KeyRing, kid: str, as_of: dt.datetime, digest_id: int | None = None) -> str | None:
+    """Why a digest signed by ``kid`` cannot be trusted, when ``kid`` is a sealed retired key
+    and the digest does not come before the seal's own digest; None otherwise.
+
+    A sealed key signs nothing valid after its seal (:mod:`models.key_seals`); every
+    process signed with its successor by then, so only a leaked copy of it could sign a
+    digest that is stored later (or is, by ``as_of`` and then id, the latest one)."""
+    seal = keyring.seal(kid)
+    if seal is None:
+        return None
+    sealed_as_of = dt.datetime.fromisoformat(seal.as_of.replace("Z", "+00:00"))
+    if as_of < sealed_as_of or (as_of == sealed_as_of and digest_id is not None and digest_id < seal.digest_id):
+        return None
+    return f"it is signed by retired key {kid}, which was sealed as of {seal.as_of}, and is not older than that seal"
 
 
 def root_of_leaf_hashes(hashes: bytes) -> bytes:

@@ -36,7 +36,7 @@ E = EntityType
 class Rotated:
     """A registry written with an old key, then the key rotated and sealed with a digest."""
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, *, digest_before_the_seal: bool = False) -> None:
         self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
         self.leaked = KeyRing(self.old)  # what someone holding the old private key can sign with
         steward = bootstrap_steward(session, self.ctx(self.leaked))
@@ -44,6 +44,8 @@ class Rotated:
         self.skill = self.make(E.SKILL, name="Sealed Skill", skill_key="sealed-skill", category="technical",
                                description="Written before the seal")
         self.edit(self.skill, self.leaked, description="Edited before the seal")
+        if digest_before_the_seal:  # the hourly digest, signed with the old key while it was active
+            self.early_digest = store_digest(session, keyring=self.leaked)
         self.rotated = KeyRing(self.new, (self.old.verifier(),))
         digest = store_digest(session, keyring=self.rotated)
         self.seal = KeySeal(self.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"])
@@ -99,6 +101,29 @@ def test_a_version_a_leaked_retired_key_signs_after_its_seal_is_caught(rotated) 
         restore_entity(rotated.session, entity_type=E.SKILL, entity_id=rotated.skill.id, keyring=rotated.sealed,
                        embedder=HashingEmbedder(), actor="operator:test")
     assert rotated.session.get(Skill, rotated.skill.id).version == 3  # nothing was changed
+
+
+def test_a_digest_a_leaked_retired_key_signs_after_its_seal_is_not_trusted(rotated) -> None:
+    """Stored as the latest digest, it would cover a forged version from the incremental audit."""
+    from models.ledger import latest_digest, stored_digest_problem
+    from tests.test_audit import digest_of
+
+    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3, after the seal
+    forged = store_digest(rotated.session, keyring=rotated.leaked)
+    assert latest_digest(rotated.session).id == forged.id
+    assert stored_digest_problem(rotated.session, forged, rotated.rotated) is None  # unsealed: trusted, the gap
+    assert "sealed" in stored_digest_problem(rotated.session, forged, rotated.sealed)
+    codes = rotated.codes_since_digest(rotated.sealed)
+    assert "digest-invalid" in codes, codes
+    outside = digest_of(rotated.session, rotated.leaked)  # handed in by someone holding the leaked key
+    assert "digest-invalid" in rotated.codes(rotated.sealed, {"against_digest": outside})
+
+
+def test_a_digest_a_sealed_key_signed_before_its_seal_stays_trusted(db_session) -> None:
+    from models.ledger import stored_digest_problem
+
+    rotated = Rotated(db_session, digest_before_the_seal=True)
+    assert stored_digest_problem(db_session, rotated.early_digest, rotated.sealed) is None
 
 
 def test_an_entity_in_no_seal_digest_is_held_to_nothing_whatever_its_row_says(rotated) -> None:
