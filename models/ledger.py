@@ -221,18 +221,35 @@ LEAF_HASHES_SQL = (
 
 def leaves_statement(digest: LedgerDigest) -> bytes:
     """What a stored digest's leaf attestation signs: the digest's id, root and count and
-    the transaction id its leaf rows were written with."""
+    the transaction id its leaf rows were written with (in full, 64 bits: see
+    :func:`_leaves_as_attested`)."""
     return canonical_bytes({
         "type": LEAVES_ATTESTATION_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
         "entity_count": digest.entity_count, "leaves_xmin": digest.leaves_xmin,
     })
 
 
+XID_SPAN = 2**32  # a row's xmin holds the low 32 bits of its writer's 64-bit transaction id
+_NEXT_XID = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")  # the next 64-bit id; assigns none
+
+
+def next_xid(session: Session) -> int:
+    return int(session.scalar(_NEXT_XID))
+
+
+def full_xid(xmin: int, near: int) -> int:
+    """The 64-bit transaction id whose low 32 bits are ``xmin`` and that lies within 2**31 of
+    the 64-bit id ``near`` (a transaction still running, ours included, can be past the
+    snapshot's ``xmax``: that counts completed transactions only)."""
+    return near + (xmin - near + XID_SPAN // 2) % XID_SPAN - XID_SPAN // 2
+
+
 def _attest_leaves(session: Session, digest: LedgerDigest, keyring: KeyRing) -> None:
     """Sign the transaction id the leaf rows were just written with (see :func:`_leaves_as_attested`)."""
-    digest.leaves_xmin = session.scalar(
+    xmin = session.scalar(
         select(literal_column("xmin::text")).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id).limit(1))
-    if digest.leaves_xmin is not None:
+    if xmin is not None:
+        digest.leaves_xmin = str(full_xid(int(xmin), next_xid(session)))
         _, digest.leaves_attestation = keyring.sign(leaves_statement(digest))
 
 
@@ -242,14 +259,21 @@ def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing
     Rows a transaction writes carry its id (``xmin``) for good, freezing included; any
     UPDATE, DELETE or INSERT since leaves another id or another count. So when the
     attestation verifies with the digest's key and all ``entity_count`` leaf rows carry
-    the attested id, they are the leaves the signed root was computed from. A dump and
-    restore (new ids) or a digest stored before attestations falls back to re-hashing.
+    the attested id, they are the leaves the signed root was computed from. A row's xmin
+    is 32 bits, though, and ids wrap: once 2**32 more transactions have run, a later one
+    could carry the same 32 bits (someone burning ids to rewrite leaves under the attested
+    one). So the attestation names the full 64-bit id and is used only while fewer than
+    2**32 transactions have started since. A dump and restore (new ids), a digest that
+    old, or one stored before attestations falls back to re-hashing.
     """
     if digest.leaves_xmin is None or digest.leaves_attestation is None:
         return False
     if not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest)):
         return False
-    same = func.count().filter(literal_column("xmin::text") == digest.leaves_xmin)
+    writer = int(digest.leaves_xmin)
+    if next_xid(session) - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
+        return False
+    same = func.count().filter(literal_column("xmin::text") == str(writer % XID_SPAN))
     count, attested = session.execute(
         select(func.count(), same).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id)).one()
     return count == attested == digest.entity_count

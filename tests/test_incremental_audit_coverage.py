@@ -156,6 +156,40 @@ def test_untouched_attested_leaves_are_trusted_without_rehashing(db_session, ski
     assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
 
 
+def test_a_leaf_attestation_names_the_full_64_bit_transaction_id(db_session, skill, keyring) -> None:
+    import models.ledger
+
+    digest = store_digest(db_session, keyring=keyring)
+    xmin = int(db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE digest_id = :d LIMIT 1"),
+                                 {"d": digest.id}))
+    writer = int(digest.leaves_xmin)
+    assert writer % models.ledger.XID_SPAN == xmin and abs(models.ledger.next_xid(db_session) - writer) < 1000
+
+
+def test_leaves_attested_2_to_the_32_transactions_ago_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
+    """After that many transactions another one can carry the attested 32 bits in its xmin."""
+    import models.ledger
+
+    digest = store_digest(db_session, keyring=keyring)
+    rehashed = []
+    root_of = models.ledger.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    writer = int(digest.leaves_xmin)  # the 64-bit id of the transaction that wrote the leaves
+    monkeypatch.setattr(models.ledger, "next_xid", lambda session: writer + models.ledger.XID_SPAN - 1)
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == []
+    monkeypatch.setattr(models.ledger, "next_xid", lambda session: writer + models.ledger.XID_SPAN)
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1]
+
+
+@pytest.mark.parametrize(("xmin", "near", "full"), [
+    (5, 10, 5), (12, 10, 12), (2**32 - 1, 2**32 + 3, 2**32 - 1), (3, 2**32 - 2, 2**32 + 3), (7, 3 * 2**32 + 9, 3 * 2**32 + 7),
+])
+def test_a_32_bit_xmin_is_placed_in_the_epoch_of_a_nearby_64_bit_id(xmin, near, full) -> None:
+    from models.ledger import full_xid
+
+    assert full_xid(xmin, near) == full
+
+
 @pytest.mark.parametrize("forge", ["attestation", "xmin"])
 def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, keyring, forge) -> None:
     import models.ledger
