@@ -93,3 +93,17 @@ def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tm
         assert workers["queues"]["audit"] == [] and len(workers["queues"]["default"]) == 1
     finally:
         stop_process_group(worker)
+
+
+def test_a_statement_timeout_is_503_saying_so_not_that_the_database_is_unreachable(
+        settings, engine, admin_key, committed_steward) -> None:
+    from sqlalchemy import text
+
+    app = create_app(settings.model_copy(update={"db_statement_timeout_ms": 300}))
+    with engine.connect() as holder, holder.begin():  # a write in flight holds the agent row
+        holder.execute(text("SELECT 1 FROM agents WHERE id = :id FOR UPDATE"), {"id": committed_steward})
+        response = app.test_client().patch(f"/api/v1/agents/{committed_steward}", json={"description": "waits"},
+                                           headers={"Authorization": f"Bearer {admin_key}"})
+    problem = response.get_json()
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert problem["type"] == "/problems/database-timeout" and "statement timeout" in problem["detail"]

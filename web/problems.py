@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, json
 from pydantic import ValidationError
+from psycopg.errors import QueryCanceled
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -73,6 +74,11 @@ def _http_error(error: HTTPException) -> Response:
 
 
 def _database_unavailable(error: DBAPIError) -> Response:
+    if isinstance(error.orig, QueryCanceled):  # the server is up; the request took too long
+        log.warning("statement timed out: %s", error.orig)
+        return _retry_later(problem_response(
+            503, "Service Unavailable", "the database did not finish this request within its statement timeout; "
+            "retry shortly", type_="/problems/database-timeout"))
     log.warning("database unavailable: %s", error.orig)
     return _retry_later(problem_response(
         503,
