@@ -147,18 +147,31 @@ def list_jobs(
     return keyset_page(session, query, Job, page_size=page_size, page_token=page_token)
 
 
-def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int) -> JobClaim | None:
+def claim_job(
+    session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False
+) -> JobClaim | None:
     """Move a queued job (or a running one whose lease expired) to running.
 
     Returns ``None`` when the job is terminal, missing, held by a live lease, or asked
     to stop: a redelivered message then does nothing. Increments ``attempts``.
+
+    ``retrying``: an earlier try with this same ``worker`` token lost its connection, maybe
+    after its claim committed. A token names one run of one message, so a running row
+    holding it is that claim, returned as such: otherwise the job would sit under a live
+    lease with no worker until the lease ran out.
     """
     row = session.execute(
         _CLAIM, {"job_id": job_id, "worker": worker, "lease": dt.timedelta(seconds=lease_seconds)}
     ).one_or_none()
+    if row is None and retrying:
+        row = session.execute(_OWN_CLAIM, {"job_id": job_id, "worker": worker}).one_or_none()
     if row is None:
         return None
     return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts, handbacks=row.handbacks)
+
+
+_OWN_CLAIM = select(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts, _JOBS.handbacks).where(
+    _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.worker == bindparam("worker"))
 
 
 _OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)

@@ -155,13 +155,20 @@ def backoff_seconds(attempt: int) -> float:
 
 def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
+    token = f"{worker_identity()}/{uuid.uuid4().hex[:12]}"  # this run of this message, in the job's worker column
+    retrying = False
+
     def claim_it() -> JobClaim | None:
         with single_statement(runtime.session_factory()) as session:
-            return claim_job(session, job_id=uuid.UUID(job_id), worker=worker_identity(),
-                             lease_seconds=runtime.settings().job_lease_seconds)
+            return claim_job(session, job_id=uuid.UUID(job_id), worker=token,
+                             lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying)
+
+    def before_retry() -> None:
+        nonlocal retrying
+        retrying = True
 
     try:
-        claim = retry_if_disconnected(claim_it)
+        claim = retry_if_disconnected(claim_it, before_retry=before_retry)
     except TRANSIENT_ERRORS as exc:
         # Nothing was claimed; the same message comes back after a backoff.
         retries = task.request.retries

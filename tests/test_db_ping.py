@@ -105,3 +105,38 @@ def test_a_workers_checkpoint_is_written_on_a_fresh_connection_after_its_own_die
             assert get_job(session, job_id).progress_message == "after the failover"
     finally:
         engine.dispose()
+
+
+def test_a_claim_that_committed_before_its_connection_died_is_taken_up_on_the_retry(
+        ping_settings, pg_admin_url, monkeypatch) -> None:
+    """The claim's UPDATE committed and then the connection died before its reply arrived:
+    the retry finds the job running under this run's own token and does the work, instead
+    of leaving it under a live lease with no worker until the lease ran out."""
+    from tasks import runner, runtime
+
+    upgrade_head(ping_settings.database_url)
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
+    monkeypatch.setattr(runtime, "settings", lambda: ping_settings)
+    real_claim, tries = runner.claim_job, []
+
+    def reply_lost_the_first_time(session, **kwargs):
+        tries.append(kwargs["retrying"])
+        claim = real_claim(session, **kwargs)
+        if len(tries) == 1:
+            assert claim is not None and _kill_backends(pg_admin_url) == 1
+            session.execute(text("SELECT 1"))  # what the worker sees: the connection is gone
+        return claim
+
+    monkeypatch.setattr(runner, "claim_job", reply_lost_the_first_time)
+    try:
+        with transaction(sessions) as session:
+            job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+        outcome = runner.run_job(None, str(job_id), lambda claim, progress: {"done": claim.attempt})
+        assert tries == [False, True] and outcome == {"job_id": str(job_id), "status": "succeeded"}
+        with sessions() as session:
+            job = get_job(session, job_id)
+            assert (job.status, job.attempts, job.result) == ("succeeded", 1, {"done": 1})
+    finally:
+        engine.dispose()
