@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
-from sqlalchemy import CompoundSelect, and_, desc, func, insert, literal, literal_column, or_, select, text, union_all
+from sqlalchemy import CompoundSelect, and_, desc, func, insert, literal, literal_column, select, text, union_all
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -219,22 +219,29 @@ LEAF_HASHES_SQL = (
 )
 
 
-def leaves_statement(digest: LedgerDigest) -> bytes:
-    """What a stored digest's leaf attestation signs: the digest's id, root and count and
-    the transaction id its leaf rows were written with (in full, 64 bits: see
-    :func:`_leaves_as_attested`)."""
+def leaves_statement(digest: LedgerDigest, cluster: str) -> bytes:
+    """What a stored digest's leaf attestation signs: the digest's id, root and count, the
+    transaction id its leaf rows were written with (in full, 64 bits), and the database
+    cluster's system identifier (see :func:`_leaves_as_attested`)."""
     return canonical_bytes({
         "type": LEAVES_ATTESTATION_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
-        "entity_count": digest.entity_count, "leaves_xmin": digest.leaves_xmin,
+        "entity_count": digest.entity_count, "leaves_xmin": digest.leaves_xmin, "cluster": cluster,
     })
 
 
 XID_SPAN = 2**32  # a row's xmin holds the low 32 bits of its writer's 64-bit transaction id
-_NEXT_XID = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")  # the next 64-bit id; assigns none
+# The next 64-bit transaction id (assigning none), and the cluster's identifier, which
+# initdb draws at random: a restore into another cluster, whose ids start again, has another.
+_XID_CLOCK = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text, "
+                  "has_function_privilege('pg_control_system()', 'EXECUTE')")
+_CLUSTER = text("SELECT system_identifier::text FROM pg_control_system()")
 
 
-def next_xid(session: Session) -> int:
-    return int(session.scalar(_NEXT_XID))
+def xid_clock(session: Session) -> tuple[int, str | None]:
+    """(the next 64-bit transaction id, the cluster's system identifier, or None where this
+    role may not read it: leaves are then never attested, and always re-hashed)."""
+    next_id, may_read = session.execute(_XID_CLOCK).one()
+    return int(next_id), session.scalar(_CLUSTER) if may_read else None
 
 
 def full_xid(xmin: int, near: int) -> int:
@@ -248,9 +255,10 @@ def _attest_leaves(session: Session, digest: LedgerDigest, keyring: KeyRing) -> 
     """Sign the transaction id the leaf rows were just written with (see :func:`_leaves_as_attested`)."""
     xmin = session.scalar(
         select(literal_column("xmin::text")).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id).limit(1))
-    if xmin is not None:
-        digest.leaves_xmin = str(full_xid(int(xmin), next_xid(session)))
-        _, digest.leaves_attestation = keyring.sign(leaves_statement(digest))
+    next_id, cluster = xid_clock(session)
+    if xmin is not None and cluster is not None:
+        digest.leaves_xmin = str(full_xid(int(xmin), next_id))
+        _, digest.leaves_attestation = keyring.sign(leaves_statement(digest, cluster))
 
 
 def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing) -> bool:
@@ -263,15 +271,18 @@ def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing
     is 32 bits, though, and ids wrap: once 2**32 more transactions have run, a later one
     could carry the same 32 bits (someone burning ids to rewrite leaves under the attested
     one). So the attestation names the full 64-bit id and is used only while fewer than
-    2**32 transactions have started since. A dump and restore (new ids), a digest that
-    old, or one stored before attestations falls back to re-hashing.
+    2**32 transactions have started since, in the same cluster: after a dump and restore
+    into another cluster, ids start again, and the attested one could be reached by
+    burning far fewer. A digest from another cluster, one that old, or one stored before
+    attestations falls back to re-hashing.
     """
     if digest.leaves_xmin is None or digest.leaves_attestation is None:
         return False
-    if not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest)):
+    next_id, cluster = xid_clock(session)
+    if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
         return False
     writer = int(digest.leaves_xmin)
-    if next_xid(session) - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
+    if next_id - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
         return False
     same = func.count().filter(literal_column("xmin::text") == str(writer % XID_SPAN))
     count, attested = session.execute(
@@ -305,12 +316,13 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     if count != document["entity_count"] or root_of_leaf_hashes(bytes(hashes or b"")).hex() != document["heads_root"]:
         return f"its {count} stored leaves do not hash to its signed heads_root"
     # The root covers each leaf's entity id and link, not the version and type stored beside
-    # them, which the incremental audit reads: they must be those of the version so linked.
-    if session.scalar(select(func.count()).select_from(LedgerDigestHead).join(
-            EntityVersion, EntityVersion.link_hash == LedgerDigestHead.link_hash).where(
+    # them, which the incremental audit reads: they must be what store_digest read from the
+    # chain, the version of that entity and type with that link, or 0 when it has none.
+    named = and_(EntityVersion.link_hash == LedgerDigestHead.link_hash, EntityVersion.entity_id == LedgerDigestHead.entity_id,
+                 EntityVersion.entity_type == LedgerDigestHead.entity_type)
+    if session.scalar(select(func.count()).select_from(LedgerDigestHead).outerjoin(EntityVersion, named).where(
             LedgerDigestHead.digest_id == digest.id,
-            or_(EntityVersion.version != LedgerDigestHead.version, EntityVersion.entity_type != LedgerDigestHead.entity_type,
-                EntityVersion.entity_id != LedgerDigestHead.entity_id))):
+            func.coalesce(EntityVersion.version, 0) != LedgerDigestHead.version)):
         return "its stored leaves' versions or types differ from the chain versions they name"
     return None
 

@@ -163,7 +163,7 @@ def test_a_leaf_attestation_names_the_full_64_bit_transaction_id(db_session, ski
     xmin = int(db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE digest_id = :d LIMIT 1"),
                                  {"d": digest.id}))
     writer = int(digest.leaves_xmin)
-    assert writer % models.ledger.XID_SPAN == xmin and abs(models.ledger.next_xid(db_session) - writer) < 1000
+    assert writer % models.ledger.XID_SPAN == xmin and abs(models.ledger.xid_clock(db_session)[0] - writer) < 1000
 
 
 def test_leaves_attested_2_to_the_32_transactions_ago_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
@@ -175,10 +175,35 @@ def test_leaves_attested_2_to_the_32_transactions_ago_are_rehashed_not_trusted(d
     root_of = models.ledger.root_of_leaf_hashes
     monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
     writer = int(digest.leaves_xmin)  # the 64-bit id of the transaction that wrote the leaves
-    monkeypatch.setattr(models.ledger, "next_xid", lambda session: writer + models.ledger.XID_SPAN - 1)
+    cluster = models.ledger.xid_clock(db_session)[1]
+    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN - 1, cluster))
     assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == []
-    monkeypatch.setattr(models.ledger, "next_xid", lambda session: writer + models.ledger.XID_SPAN)
+    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN, cluster))
     assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1]
+
+
+def test_leaves_attested_in_another_cluster_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
+    """After a dump and restore into another cluster, ids start again: the attested one is near."""
+    import models.ledger
+
+    digest = store_digest(db_session, keyring=keyring)
+    rehashed = []
+    root_of = models.ledger.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    next_id, cluster = models.ledger.xid_clock(db_session)
+    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (next_id, str(int(cluster) + 1)))
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1]
+
+
+def test_where_the_cluster_identifier_cannot_be_read_leaves_are_not_attested_and_always_rehashed(
+        db_session, skill, keyring, monkeypatch) -> None:
+    import models.ledger
+
+    next_id, _ = models.ledger.xid_clock(db_session)
+    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (next_id, None))
+    digest = store_digest(db_session, keyring=keyring)
+    assert digest.leaves_xmin is None and digest.leaves_attestation is None
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
 
 
 @pytest.mark.parametrize(("xmin", "near", "full"), [
@@ -220,6 +245,23 @@ def test_an_edited_leaf_version_does_not_hide_a_reset_row(db_session, skill, wri
     db_session.expire_all()
     summary, findings = run_incremental(db_session, keyring)
     assert [f.code for f in findings] == ["digest-invalid"] and "versions or types" in findings[0].detail
+
+
+@pytest.mark.parametrize("leaf_edited", [False, True])
+def test_a_head_naming_no_version_stays_seen_when_its_leaf_version_is_edited(db_session, skill, keyring, leaf_edited) -> None:
+    """Stored as version 0 (no chain version has its link), the leaf unbalances the totals;
+    edited to balance them, it differs from what the chain says and the digest is refused."""
+    with db_session.begin_nested():
+        db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
+    db_session.expire_all()
+    digest = store_digest(db_session, keyring=keyring)
+    leaf = {"d": digest.id, "e": skill.id}
+    assert db_session.scalar(text("SELECT version FROM ledger_digest_heads WHERE digest_id = :d AND entity_id = :e"), leaf) == 0
+    if leaf_edited:
+        with db_session.begin_nested():
+            db_session.execute(text("UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e"), leaf)
+    _, findings = run_incremental(db_session, keyring)
+    assert findings and ("digest-invalid" if leaf_edited else "head-mismatch") in {f.code for f in findings}
 
 
 def test_every_signature_after_the_leaf_is_checked_not_only_the_heads(db_session, skill, write_ctx, keyring) -> None:
