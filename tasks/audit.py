@@ -29,7 +29,7 @@ from models.progress import ProgressSink
 from tasks import runtime
 from tasks.celery_app import AUDIT_QUEUE
 from tasks.dispatch import publish_job, route_for
-from tasks.runner import CONTINUES, run_job
+from tasks.runner import CONTINUES, hand_back, run_job
 
 CHUNK_TASK = "plant.audit.chunk"
 
@@ -74,8 +74,11 @@ def audit_chunk(job_id: str, attempt: int, chunk_id: int) -> dict[str, Any]:
             if step.done:
                 break
             if runtime.shutdown_requested.is_set():
-                # Checkpointed: the job's rescue republishes this chunk, which resumes here.
-                return {"chunk": chunk_id, "stopped": "worker shutdown"}
+                # Checkpointed: the job goes back to the queue (a hand-back, not a failure), and
+                # its next attempt republishes the unfinished chunks, which resume here. The other
+                # chunks of this attempt then find it superseded.
+                handed = hand_back(audit_run, claim, f"attempt {attempt} stopped at a chunk checkpoint for a worker shutdown")
+                return {"chunk": chunk_id, "stopped": "worker shutdown", **handed}
     except StaleAttempt:
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
     if step.run_complete:

@@ -205,12 +205,17 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any
     """Hand the job back and republish it after ``retry_after``. A transient failure on the
     last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
     was asked meanwhile. A hand-back never counts against the attempts allowed."""
-    try:
+    def release_or_end() -> JobStatus:
         with transaction(runtime.session_factory()) as session:
             if attempt.handed_back or claim.counted_attempts < runtime.settings().job_max_attempts:
-                status = release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=attempt.handed_back)
-            else:
-                status = fail_unless_cancelled(session, claim=claim, error=attempt.error or {})
+                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=attempt.handed_back)
+            return fail_unless_cancelled(session, claim=claim, error=attempt.error or {})
+
+    try:
+        # Once more on a fresh connection if this one died. Should the first try have committed
+        # before it died, the second finds the job no longer held (StaleAttempt) and sends no
+        # message: beat's lost-message sweep republishes the queued job.
+        status = retry_if_disconnected(release_or_end)
     except StaleAttempt:
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
     if status is not JobStatus.QUEUED:  # failed on its last attempt, or a cancel was requested
@@ -218,6 +223,13 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any
     route = route_for(claim.kind)
     task.app.send_task(route.task_name, args=[str(claim.job_id)], queue=route.queue, countdown=attempt.retry_after)
     return {"job_id": str(claim.job_id), "status": "queued", "retry": claim.attempt + 1}
+
+
+def hand_back(task: Task, claim: JobClaim, detail: str) -> dict[str, Any]:
+    """Give the job back to the queue unfailed (not counted against its attempts) and
+    republish it through ``task``'s app: its attempt stops for a worker shutdown."""
+    return _retry_later(task, claim, Attempt(JobStatus.QUEUED, error=JobHandedBack(detail).problem(), retry_after=0.0,
+                                             handed_back=True))
 
 
 @dataclass(frozen=True)

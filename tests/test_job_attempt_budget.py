@@ -114,3 +114,37 @@ def test_a_cancel_asked_before_a_transient_error_on_the_last_attempt_ends_the_jo
     job = _job(sessions, job_id)
     assert outcome["status"] == job.status == "cancelled" and job.error["type"] == "/problems/job-cancelled"
     assert job.finished_at is not None
+
+
+def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expire(
+        sessions, settings, keyring, seeded, monkeypatch) -> None:
+    """Its chunks checkpoint; the first to see the shutdown hands the job back (counted as a
+    hand-back, republished at once), and the others find their attempt superseded."""
+    import threading
+
+    from models.audit_runs import pending_chunks
+    from models.audit_tables import AuditRun
+    from tasks import audit
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
+        update={"job_max_attempts": MAX_ATTEMPTS, "audit_batch_size": 1, "audit_chunk_entities": 2}))
+    monkeypatch.setattr(runtime, "keyring", lambda: keyring)
+    sent = []
+    monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, *, args, queue, **kw: sent.append((name, args)))
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
+    claim = _claim(sessions, job_id)
+    audit._start_audit(claim, lambda *_: None)
+    with sessions() as session:
+        chunks = pending_chunks(session, session.query(AuditRun.id).filter(AuditRun.job_id == job_id).scalar())
+    assert len(chunks) >= 2 and [name for name, _ in sent] == [audit.CHUNK_TASK] * len(chunks)
+    stopping = threading.Event()
+    stopping.set()
+    monkeypatch.setattr(runtime, "shutdown_requested", stopping)
+    first = audit.audit_chunk(str(job_id), claim.attempt, chunks[0])
+    assert first["stopped"] == "worker shutdown" and first["status"] == "queued"
+    assert sent[-1] == ("plant.audit.run", [str(job_id)])  # republished at once, not after the lease
+    assert audit.audit_chunk(str(job_id), claim.attempt, chunks[1]) == {"chunk": chunks[1], "skipped": "superseded attempt"}
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.handbacks) == ("queued", 1, 1)

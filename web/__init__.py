@@ -43,13 +43,16 @@ class StrictJSONProvider(DefaultJSONProvider):
         return strict_json_loads(s)
 
 
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # the methods whose bodies routes read
+
+
 def refuse_string_bodies() -> Response | None:
     """``before_request``: a JSON body that is a string is 422.
 
     flask-openapi3 reads such a body as the JSON text inside the string
     (``model_validate_json``), past :class:`StrictJSONProvider`, so a repeated member name
     in it would be taken silently. Every body Plant accepts is a JSON object."""
-    if request.is_json and isinstance(request.get_json(silent=True), str):
+    if request.method in BODY_METHODS and request.is_json and isinstance(request.get_json(silent=True), str):
         return invalid_input_response("the request body must be a JSON object, not a string",
                                       [{"field": "body", "message": "Input should be a JSON object"}])
     return None
