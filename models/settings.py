@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get 413")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     job_max_attempts: int = Field(default=5, ge=1)
+    job_max_handbacks: int = Field(
+        default=100, ge=0, description="hand-backs a job may make without them counting as attempts; later ones count"
+    )
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0)
     retry_backoff_cap_seconds: float = Field(default=60.0, gt=0)
 

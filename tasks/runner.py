@@ -205,10 +205,15 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any
     """Hand the job back and republish it after ``retry_after``. A transient failure on the
     last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
     was asked meanwhile. A hand-back never counts against the attempts allowed."""
+    settings = runtime.settings()
+    # A job that keeps being handed back (its lease always lapsing mid-run, say) would loop
+    # for ever: past PLANT_JOB_MAX_HANDBACKS, its hand-backs count as attempts.
+    free = attempt.handed_back and claim.handbacks < settings.job_max_handbacks
+
     def release_or_end() -> JobStatus:
         with transaction(runtime.session_factory()) as session:
-            if attempt.handed_back or claim.counted_attempts < runtime.settings().job_max_attempts:
-                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=attempt.handed_back)
+            if free or claim.counted_attempts < settings.job_max_attempts:
+                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=free)
             return fail_unless_cancelled(session, claim=claim, error=attempt.error or {})
 
     try:

@@ -148,3 +148,16 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
     with sessions() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.handbacks) == ("queued", 1, 1)
+
+
+def test_hand_backs_past_the_cap_count_as_attempts(sessions, settings, monkeypatch) -> None:
+    """A job handed back again and again (its lease always lapsing mid-run) must not loop for ever."""
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
+        update={"job_max_attempts": MAX_ATTEMPTS, "job_max_handbacks": 2}))
+    job_id = _new_job(sessions)
+    _hand_back(sessions, job_id, 2 + MAX_ATTEMPTS - 1)  # two free, then counted ones, the job still queued
+    claim = _claim(sessions, job_id)
+    assert (claim.handbacks, claim.counted_attempts) == (2, MAX_ATTEMPTS)
+    attempt = runner.Attempt(JobStatus.QUEUED, error=JobHandedBack("lease lapsed").problem(), retry_after=0.0,
+                             handed_back=True)
+    assert runner._retry_later(_Publisher(), claim, attempt)["status"] == "failed"
