@@ -48,7 +48,7 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
         return CONTINUES
     app = audit_run.app
     for chunk_id in chunks:
-        app.send_task(CHUNK_TASK, args=[str(claim.job_id), claim.attempt, chunk_id], queue=AUDIT_QUEUE)
+        app.send_task(CHUNK_TASK, args=[str(claim.job_id), claim.attempt, chunk_id, claim.handbacks], queue=AUDIT_QUEUE)
     return CONTINUES
 
 
@@ -58,8 +58,9 @@ def audit_run(self: Task, job_id: str) -> dict[str, Any]:
 
 
 @shared_task(name=CHUNK_TASK)
-def audit_chunk(job_id: str, attempt: int, chunk_id: int) -> dict[str, Any]:
-    claim = JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt)
+def audit_chunk(job_id: str, attempt: int, chunk_id: int, handbacks: int = 0) -> dict[str, Any]:
+    # handbacks: the job's at its claim (messages sent before it was passed carry none)
+    claim = JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt, handbacks)
     settings = runtime.settings()
     try:
         while True:

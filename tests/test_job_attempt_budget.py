@@ -138,13 +138,15 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
     with sessions() as session:
         chunks = pending_chunks(session, session.query(AuditRun.id).filter(AuditRun.job_id == job_id).scalar())
     assert len(chunks) >= 2 and [name for name, _ in sent] == [audit.CHUNK_TASK] * len(chunks)
+    messages = [args for _, args in sent]  # each chunk's (job, attempt, chunk, the job's hand-backs at its claim)
+    assert [args[2] for args in messages] == chunks and {tuple(args[::3]) for args in messages} == {(str(job_id), 0)}
     stopping = threading.Event()
     stopping.set()
     monkeypatch.setattr(runtime, "shutdown_requested", stopping)
-    first = audit.audit_chunk(str(job_id), claim.attempt, chunks[0])
+    first = audit.audit_chunk(*messages[0])
     assert first["stopped"] == "worker shutdown" and first["status"] == "queued"
     assert sent[-1] == ("plant.audit.run", [str(job_id)])  # republished at once, not after the lease
-    assert audit.audit_chunk(str(job_id), claim.attempt, chunks[1]) == {"chunk": chunks[1], "skipped": "superseded attempt"}
+    assert audit.audit_chunk(*messages[1]) == {"chunk": chunks[1], "skipped": "superseded attempt"}
     with sessions() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.handbacks) == ("queued", 1, 1)
