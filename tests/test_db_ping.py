@@ -140,3 +140,38 @@ def test_a_claim_that_committed_before_its_connection_died_is_taken_up_on_the_re
             assert (job.status, job.attempts, job.result) == ("succeeded", 1, {"done": 1})
     finally:
         engine.dispose()
+
+
+def test_a_release_after_a_transient_error_is_made_on_a_fresh_connection_when_its_own_died(
+        ping_settings, pg_admin_url, monkeypatch) -> None:
+    from models.errors import TransientJobError
+    from models.jobs import JobStatus
+    from tasks import runner, runtime
+
+    upgrade_head(ping_settings.database_url)
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
+    monkeypatch.setattr(runtime, "settings", lambda: ping_settings)
+    sent = []
+
+    class Publisher:
+        app = None
+
+        def send_task(self, name, *, args, queue, countdown) -> None:
+            sent.append(args)
+
+    publisher = Publisher()
+    publisher.app = publisher
+    try:
+        with transaction(sessions) as session:
+            job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+        with single_statement(sessions) as session:
+            claim = claim_job(session, job_id=job_id, worker="w1", lease_seconds=60)
+        assert _kill_backends(pg_admin_url) == 1  # the pooled connection the release would use
+        attempt = runner.Attempt(JobStatus.QUEUED, error=TransientJobError("blip").problem(), retry_after=1.0)
+        assert runner._retry_later(publisher, claim, attempt)["status"] == "queued" and sent == [[str(job_id)]]
+        with sessions() as session:
+            assert get_job(session, job_id).status == "queued"
+    finally:
+        engine.dispose()

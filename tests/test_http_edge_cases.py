@@ -163,6 +163,11 @@ def test_a_json_body_that_is_a_string_is_422_not_read_as_the_json_inside_it(clie
     assert (problem["type"], problem["title"], problem["errors"][0]["field"]) == ("/problems/invalid-input", "Invalid input", "body")
 
 
+def test_a_string_body_on_a_get_is_ignored_as_any_get_body_is(client) -> None:
+    response = client.get(f"{API}/jobs", data='"{}"', content_type="application/json")
+    assert response.status_code == 200
+
+
 def test_an_incremental_audit_with_a_scope_or_a_digest_is_422_not_a_run_that_ignores_them(client) -> None:
     digest = client.get(f"{API}/ledger/digest").get_json()
     for extra in ({"against_digest": digest}, {"scope": {"entity_type": "skill"}}):
