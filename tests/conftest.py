@@ -180,7 +180,7 @@ def clean_db(engine: Engine) -> Iterator[None]:
     """
     yield
     for attempt in range(1, 4):
-        wait_for(lambda: _busy_sessions(engine) == 0, timeout=60, interval=0.1, what="the database to be quiet")
+        wait_for(lambda: busy_sessions(engine) == 0, timeout=60, interval=0.1, what="the database to be quiet")
         try:
             _truncate_all(engine)
             return
@@ -189,7 +189,8 @@ def clean_db(engine: Engine) -> Iterator[None]:
                 raise
 
 
-def _busy_sessions(engine: Engine) -> int:
+def busy_sessions(engine: Engine) -> int:
+    """Other sessions of this database inside a statement or a transaction."""
     with engine.connect() as connection:
         return connection.scalar(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -359,3 +360,28 @@ def key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     settings = load_settings()
     ensure_key_file(settings.active_signing_key_path)
     return settings
+
+
+@pytest.fixture
+def worker_sessions(engine: Engine, keyring: KeyRing, write_ctx: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A session factory that task code in this process uses as a worker's (``tasks.runtime``),
+    with the test keyring and embedder; tables are emptied afterwards."""
+    from models.db import make_session_factory
+    from tasks import runtime
+
+    factory = make_session_factory(engine)
+    monkeypatch.setattr(runtime, "session_factory", lambda: factory)
+    monkeypatch.setattr(runtime, "keyring", lambda: keyring)
+    monkeypatch.setattr(runtime, "embedder", lambda: write_ctx.embedder)
+    return factory
+
+
+class SentTasks:
+    """Stands in for a Celery task (and its app): records what task code publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list, str, float]] = []
+        self.app = self
+
+    def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0) -> None:
+        self.sent.append((name, args, queue, countdown))

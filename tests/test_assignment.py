@@ -19,7 +19,7 @@ from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
 from models.registry import create_entity, update_entity
-from tests.conftest import recorded_statements, wait_for
+from tests.conftest import busy_sessions, recorded_statements, wait_for
 
 E = EntityType
 
@@ -190,13 +190,6 @@ def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, key
             assert json.loads(head.content)["skill_ids"] == sorted(str(s.id) for s in agent.skills)
 
 
-def _sessions_in_a_transaction(engine) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND backend_type = 'client backend' AND xact_start IS NOT NULL"))
-
-
 def test_a_bulk_plan_is_solved_after_its_read_transaction_ended(engine, write_ctx, committed_steward, monkeypatch) -> None:
     """A solve takes seconds at scale. Inside the read transaction it would hold a snapshot and
     a pooled connection, and the server would end a session idle that long in a transaction."""
@@ -209,7 +202,7 @@ def test_a_bulk_plan_is_solved_after_its_read_transaction_ended(engine, write_ct
     solve = bulk_assignment.solve_assignment
 
     def watched(problem):
-        in_a_transaction_during_the_solve.append(_sessions_in_a_transaction(engine))
+        in_a_transaction_during_the_solve.append(busy_sessions(engine))
         return solve(problem)
 
     monkeypatch.setattr(bulk_assignment, "solve_assignment", watched)

@@ -33,6 +33,21 @@ def ping_settings(settings, make_database):
     return settings.model_copy(update={"database_url": make_database(DATABASE)})
 
 
+@pytest.fixture
+def worker_on_one_connection(ping_settings, monkeypatch):
+    """Task code in this process on a pool of one connection that is never pinged, so a
+    killed backend is found by the next statement, as a worker finds it."""
+    from tasks import runtime
+
+    upgrade_head(ping_settings.database_url)
+    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
+    monkeypatch.setattr(runtime, "settings", lambda: ping_settings)
+    yield sessions
+    engine.dispose()
+
+
 def _kill_backends(pg_admin_url: str) -> int:
     with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
         killed = admin.execute(
@@ -108,17 +123,13 @@ def test_a_workers_checkpoint_is_written_on_a_fresh_connection_after_its_own_die
 
 
 def test_a_claim_that_committed_before_its_connection_died_is_taken_up_on_the_retry(
-        ping_settings, pg_admin_url, monkeypatch) -> None:
+        worker_on_one_connection, pg_admin_url, monkeypatch) -> None:
     """The claim's UPDATE committed and then the connection died before its reply arrived:
     the retry finds the job running under this run's own token and does the work, instead
     of leaving it under a live lease with no worker until the lease ran out."""
-    from tasks import runner, runtime
+    from tasks import runner
 
-    upgrade_head(ping_settings.database_url)
-    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
-    sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
-    monkeypatch.setattr(runtime, "settings", lambda: ping_settings)
+    sessions = worker_on_one_connection
     real_claim, tries = runner.claim_job, []
 
     def reply_lost_the_first_time(session, **kwargs):
@@ -130,48 +141,30 @@ def test_a_claim_that_committed_before_its_connection_died_is_taken_up_on_the_re
         return claim
 
     monkeypatch.setattr(runner, "claim_job", reply_lost_the_first_time)
-    try:
-        with transaction(sessions) as session:
-            job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
-        outcome = runner.run_job(None, str(job_id), lambda claim, progress: {"done": claim.attempt})
-        assert tries == [False, True] and outcome == {"job_id": str(job_id), "status": "succeeded"}
-        with sessions() as session:
-            job = get_job(session, job_id)
-            assert (job.status, job.attempts, job.result) == ("succeeded", 1, {"done": 1})
-    finally:
-        engine.dispose()
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+    outcome = runner.run_job(None, str(job_id), lambda claim, progress: {"done": claim.attempt})
+    assert tries == [False, True] and outcome == {"job_id": str(job_id), "status": "succeeded"}
+    with sessions() as session:
+        job = get_job(session, job_id)
+        assert (job.status, job.attempts, job.result) == ("succeeded", 1, {"done": 1})
 
 
 def test_a_release_after_a_transient_error_is_made_on_a_fresh_connection_when_its_own_died(
-        ping_settings, pg_admin_url, monkeypatch) -> None:
+        worker_on_one_connection, pg_admin_url) -> None:
     from models.errors import TransientJobError
     from models.jobs import JobStatus
-    from tasks import runner, runtime
+    from tasks import runner
+    from tests.conftest import SentTasks
 
-    upgrade_head(ping_settings.database_url)
-    engine = make_engine(ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0}), pool_size=1)
-    sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
-    monkeypatch.setattr(runtime, "settings", lambda: ping_settings)
-    sent = []
-
-    class Publisher:
-        app = None
-
-        def send_task(self, name, *, args, queue, countdown) -> None:
-            sent.append(args)
-
-    publisher = Publisher()
-    publisher.app = publisher
-    try:
-        with transaction(sessions) as session:
-            job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
-        with single_statement(sessions) as session:
-            claim = claim_job(session, job_id=job_id, worker="w1", lease_seconds=60)
-        assert _kill_backends(pg_admin_url) == 1  # the pooled connection the release would use
-        attempt = runner.Attempt(JobStatus.QUEUED, error=TransientJobError("blip").problem(), retry_after=1.0)
-        assert runner._retry_later(publisher, claim, attempt)["status"] == "queued" and sent == [[str(job_id)]]
-        with sessions() as session:
-            assert get_job(session, job_id).status == "queued"
-    finally:
-        engine.dispose()
+    sessions, task = worker_on_one_connection, SentTasks()
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+    with single_statement(sessions) as session:
+        claim = claim_job(session, job_id=job_id, worker="w1", lease_seconds=60)
+    assert _kill_backends(pg_admin_url) == 1  # the pooled connection the release would use
+    attempt = runner.Attempt(JobStatus.QUEUED, error=TransientJobError("blip").problem(), retry_after=1.0)
+    assert runner._retry_later(task, claim, attempt)["status"] == "queued"
+    assert [args for _, args, _, _ in task.sent] == [[str(job_id)]]
+    with sessions() as session:
+        assert get_job(session, job_id).status == "queued"

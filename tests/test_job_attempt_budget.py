@@ -11,32 +11,21 @@ import datetime as dt
 import pytest
 from sqlalchemy import text, update
 
-from models.db import make_session_factory, transaction
+from models.db import transaction
 from models.errors import JobHandedBack, TransientJobError
 from models.job_lifecycle import claim_job, create_job, get_job, request_cancel
 from models.job_recovery import release_for_retry, rescue_expired
 from models.jobs import Job, JobStatus
 from tasks import runner, runtime
+from tests.conftest import SentTasks
 
 MAX_ATTEMPTS = 3
 
 
-class _Publisher:
-    """Stands in for the Celery task: records what ``_retry_later`` republishes."""
-
-    def __init__(self) -> None:
-        self.app, self.sent = self, []
-
-    def send_task(self, name, *, args, queue, countdown) -> None:
-        self.sent.append((name, args, queue, countdown))
-
-
 @pytest.fixture
-def sessions(engine, clean_db, settings, monkeypatch):
-    factory = make_session_factory(engine)
-    monkeypatch.setattr(runtime, "session_factory", lambda: factory)
+def sessions(worker_sessions, settings, monkeypatch):
     monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": MAX_ATTEMPTS}))
-    return factory
+    return worker_sessions
 
 
 def _new_job(sessions):
@@ -59,7 +48,7 @@ def _hand_back(sessions, job_id, times: int) -> None:
         claim = _claim(sessions, job_id)
         attempt = runner.Attempt(JobStatus.QUEUED, error=JobHandedBack("worker shutdown").problem(), retry_after=0.0,
                                  handed_back=True)
-        publisher = _Publisher()
+        publisher = SentTasks()
         assert runner._retry_later(publisher, claim, attempt)["status"] == "queued" and len(publisher.sent) == 1
 
 
@@ -72,7 +61,7 @@ def test_hand_backs_do_not_use_up_the_attempts_allowed(sessions) -> None:
     _hand_back(sessions, job_id, MAX_ATTEMPTS)
     claim = _claim(sessions, job_id)
     assert (claim.attempt, claim.handbacks, claim.counted_attempts) == (MAX_ATTEMPTS + 1, MAX_ATTEMPTS, 1)
-    assert runner._retry_later(_Publisher(), claim, _transient(claim))["status"] == "queued"
+    assert runner._retry_later(SentTasks(), claim, _transient(claim))["status"] == "queued"
     job = _job(sessions, job_id)
     assert (job.status, job.attempts) == ("queued", MAX_ATTEMPTS + 1)
 
@@ -82,7 +71,7 @@ def test_a_transient_error_on_the_last_counted_attempt_fails_the_job(sessions) -
     _hand_back(sessions, job_id, 1)
     for _ in range(MAX_ATTEMPTS):
         claim = _claim(sessions, job_id)
-        publisher = _Publisher()
+        publisher = SentTasks()
         runner._retry_later(publisher, claim, _transient(claim))
     job = _job(sessions, job_id)
     assert (job.status, job.attempts, job.error["type"]) == ("failed", MAX_ATTEMPTS + 1, "/problems/transient-error")
@@ -110,14 +99,14 @@ def test_a_cancel_asked_before_a_transient_error_on_the_last_attempt_ends_the_jo
     assert claim.counted_attempts == MAX_ATTEMPTS
     with transaction(sessions) as session:
         assert request_cancel(session, job_id=job_id).status == "running"  # asked; the attempt is live
-    outcome = runner._retry_later(_Publisher(), claim, _transient(claim))
+    outcome = runner._retry_later(SentTasks(), claim, _transient(claim))
     job = _job(sessions, job_id)
     assert outcome["status"] == job.status == "cancelled" and job.error["type"] == "/problems/job-cancelled"
     assert job.finished_at is not None
 
 
 def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expire(
-        sessions, settings, keyring, seeded, monkeypatch) -> None:
+        sessions, settings, seeded, monkeypatch) -> None:
     """Its chunks checkpoint; the first to see the shutdown hands the job back (counted as a
     hand-back, republished at once), and the others find their attempt superseded."""
     import threading
@@ -128,7 +117,6 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
 
     monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
         update={"job_max_attempts": MAX_ATTEMPTS, "audit_batch_size": 1, "audit_chunk_entities": 2}))
-    monkeypatch.setattr(runtime, "keyring", lambda: keyring)
     sent = []
     monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, *, args, queue, **kw: sent.append((name, args)))
     with transaction(sessions) as session:
@@ -162,4 +150,4 @@ def test_hand_backs_past_the_cap_count_as_attempts(sessions, settings, monkeypat
     assert (claim.handbacks, claim.counted_attempts) == (2, MAX_ATTEMPTS)
     attempt = runner.Attempt(JobStatus.QUEUED, error=JobHandedBack("lease lapsed").problem(), retry_after=0.0,
                              handed_back=True)
-    assert runner._retry_later(_Publisher(), claim, attempt)["status"] == "failed"
+    assert runner._retry_later(SentTasks(), claim, attempt)["status"] == "failed"

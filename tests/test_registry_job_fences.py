@@ -20,17 +20,13 @@ from models.jobs import Job
 from tasks import registry_jobs, runtime
 from tasks.runner import FINISHED
 from tests.test_assignment import World
-from tests.conftest import wait_for
+from tests.conftest import SentTasks, wait_for
 from tests.test_certification import GOOD
 
 
 @pytest.fixture
-def sessions(engine, keyring, write_ctx, clean_db, monkeypatch):
-    factory = make_session_factory(engine)
-    monkeypatch.setattr(runtime, "session_factory", lambda: factory)
-    monkeypatch.setattr(runtime, "keyring", lambda: keyring)
-    monkeypatch.setattr(runtime, "embedder", lambda: write_ctx.embedder)
-    return factory
+def sessions(worker_sessions):
+    return worker_sessions
 
 
 def _expire_lease(session, job_id: uuid.UUID) -> None:
@@ -83,17 +79,6 @@ def test_a_stale_bulk_assignment_attempt_seats_nobody(sessions, world) -> None:
         assert all(session.get(Agent, agent_id).team_id is None for agent_id in world.agents)
 
 
-class _SentTasks:
-    """Stands in for a Celery task's app: records what the runner publishes."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list, str, float]] = []
-        self.app = self
-
-    def send_task(self, name: str, *, args: list, queue: str, countdown: float) -> None:
-        self.sent.append((name, args, queue, countdown))
-
-
 @pytest.mark.parametrize("last_attempt", [False, True])
 def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_batch(
         sessions, world, settings, monkeypatch, last_attempt) -> None:
@@ -110,7 +95,7 @@ def test_a_bulk_attempt_whose_lease_expired_hands_the_job_back_before_its_next_b
     with pytest.raises(JobHandedBack):
         registry_jobs._assign_bulk(claim, lambda *_: None)
     attempt = runner._execute(claim, registry_jobs._assign_bulk, runner.RowProgress.for_worker(claim))
-    task = _SentTasks()
+    task = SentTasks()
     assert runner._retry_later(task, claim, attempt)["status"] == "queued"
     assert [(queue, countdown) for _, _, queue, countdown in task.sent] == [("default", 0.0)]
     with sessions() as session:
