@@ -131,21 +131,24 @@ def fail_unless_cancelled(session: Session, *, claim: JobClaim, error: dict[str,
 
 def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: dict[str, Any],
                  handed_back: bool = False) -> JobStatus:
+    """One conditional UPDATE of the row this attempt owns: ``cancelled`` when a cancel was
+    asked, else ``otherwise`` (queued again, or failed)."""
     cancelling = CANCEL_REQUESTED
     stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
-    requeued = otherwise == QUEUED
+    values: dict[str, Any] = {
+        "status": case((cancelling, CANCELLED), else_=otherwise),
+        "error": case((cancelling, literal(stopped.problem(), JSONB)), else_=literal(error, JSONB)),
+        "finished_at": func.now(), "lease_expires_at": None, "updated_at": func.now(),
+    }
+    if otherwise == QUEUED:  # back in the queue, unless cancelled: not finished, published again, no worker
+        values.update(finished_at=case((cancelling, func.now()), else_=None),
+                      enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()),
+                      worker=case((cancelling, Job.worker), else_=None))
+        if handed_back:
+            values["handbacks"] = case((cancelling, Job.handbacks), else_=Job.handbacks + 1)
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
-        .values(
-            status=case((cancelling, CANCELLED), else_=otherwise),
-            error=case((cancelling, literal(stopped.problem(), JSONB)), else_=literal(error, JSONB)),
-            finished_at=case((cancelling, func.now()), else_=None) if requeued else func.now(),
-            enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()) if requeued else Job.enqueued_at,
-            worker=case((cancelling, Job.worker), else_=None) if requeued else Job.worker,
-            handbacks=case((cancelling, Job.handbacks), else_=Job.handbacks + 1) if handed_back else Job.handbacks,
-            lease_expires_at=None, updated_at=func.now(),
-        )
-        .returning(Job.status)
+        .values(**values).returning(Job.status)
     ).first()
     if released is None:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
