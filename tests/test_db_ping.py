@@ -49,9 +49,12 @@ def worker_on_one_connection(ping_settings, monkeypatch):
 
 
 def _kill_backends(pg_admin_url: str) -> int:
+    """Terminate this database's server processes and wait (up to 10 s each) until they are
+    gone: the next statement on a killed connection then finds it dead, every time."""
     with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
         killed = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             (DATABASE,),
         ).fetchone()
     return killed[0]
