@@ -31,7 +31,7 @@ from models.chain import ChainFinding, EntityVersion
 from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
 from models.errors import LedgerBusy
-from models.ledger_digest import build_digest, digest_with_leaves, verify_digest
+from models.ledger_digest import build_digest, digest_with_leaves, sign_root, verify_digest
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
@@ -186,21 +186,25 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
 
     A leaf's version is read from the chain, not from the row's ``version`` column: the
     incremental audit sums leaf versions to find chains that grew behind their rows, and
-    the leaf attestation keeps that sum from being checked again."""
-    heads = list(current_heads(session, chain_versions=True))
+    the leaf attestation keeps that sum from being checked again. The leaf rows are copied
+    by PostgreSQL from the heads in one ``INSERT ... SELECT``, and the root is computed from
+    the leaf hashes PostgreSQL returns for the rows as stored (as a later check re-hashes
+    them): no head passes through Python as a row. Raises ``ValueError`` if a head link is
+    not 32 bytes.
+    """
     as_of = session.scalar(select(func.now()))
-    document = build_digest(as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
-    digest = LedgerDigest(
-        as_of=as_of, entity_count=document["entity_count"], heads_root=bytes.fromhex(document["heads_root"]),
-        kid=document["kid"], signature=document["signature"], document=document,
-    )
+    digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
     session.add(digest)
-    session.flush()
-    for start in range(0, len(heads), HEAD_BATCH):
-        session.execute(insert(LedgerDigestHead), [
-            {"digest_id": digest.id, "entity_id": h.entity_id, "entity_type": h.entity_type, "version": h.version,
-             "link_hash": h.link_hash} for h in heads[start : start + HEAD_BATCH]
-        ])
+    session.flush()  # the id the leaf rows name; the columns are signed and set below
+    heads = _heads_query(chain_versions=True).subquery()
+    session.execute(insert(LedgerDigestHead).from_select(
+        ["digest_id", "entity_id", "entity_type", "version", "link_hash"], select(literal(digest.id), *heads.c)))
+    count, hashes, misshapen = _leaf_hashes(session, digest.id)
+    if misshapen:
+        raise ValueError(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them")
+    document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
+    digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
+    digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
@@ -215,8 +219,18 @@ def latest_digest(session: Session) -> LedgerDigest | None:
 # inner nodes, and no row or UUID object is built for each of the digest's leaves.
 LEAF_HASHES_SQL = (
     "SELECT count(*), string_agg(sha256('\\x00'::bytea || uuid_send(entity_id) || link_hash), ''::bytea "
-    "ORDER BY entity_id) FROM ledger_digest_heads WHERE digest_id = %s"
+    f"ORDER BY entity_id), count(*) FILTER (WHERE octet_length(link_hash) <> {HASH_SIZE}) "
+    "FROM ledger_digest_heads WHERE digest_id = %s"
 )
+
+
+def _leaf_hashes(session: Session, digest_id: int) -> tuple[int, bytes, int]:
+    """(how many leaf rows ``digest_id`` has, their leaf hashes in entity-id order, how many
+    of their links are not 32 bytes long)."""
+    connection = session.connection().connection.driver_connection
+    with connection.cursor(binary=True) as cursor:
+        count, hashes, misshapen = cursor.execute(LEAF_HASHES_SQL, [digest_id]).fetchone()
+    return count, bytes(hashes or b""), misshapen
 
 
 def leaves_statement(digest: LedgerDigest, cluster: str) -> bytes:
@@ -310,10 +324,8 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
         return after_seal
     if _leaves_as_attested(session, digest, keyring):
         return None
-    connection = session.connection().connection.driver_connection
-    with connection.cursor(binary=True) as cursor:
-        count, hashes = cursor.execute(LEAF_HASHES_SQL, [digest.id]).fetchone()
-    if count != document["entity_count"] or root_of_leaf_hashes(bytes(hashes or b"")).hex() != document["heads_root"]:
+    count, hashes, _ = _leaf_hashes(session, digest.id)
+    if count != document["entity_count"] or root_of_leaf_hashes(hashes).hex() != document["heads_root"]:
         return f"its {count} stored leaves do not hash to its signed heads_root"
     # The root covers each leaf's entity id and link, not the version and type stored beside
     # them, which the incremental audit reads: they must be what store_digest read from the

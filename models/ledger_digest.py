@@ -43,11 +43,16 @@ def build_digest(as_of: dt.datetime, heads: Iterable[Head], keyring: KeyRing) ->
     """
     accumulator = MerkleAccumulator()
     accumulator.extend(head_leaf(entity_id, link_hash) for entity_id, link_hash in _in_id_order(heads))
+    return sign_root(as_of, accumulator.size, accumulator.root(), keyring)
+
+
+def sign_root(as_of: dt.datetime, entity_count: int, heads_root: bytes, keyring: KeyRing) -> dict[str, Any]:
+    """The digest of ``entity_count`` heads whose RFC 6962 root, computed by the caller, is ``heads_root``."""
     signed = {
         "type": DIGEST_TYPE,
         "as_of": _rfc3339_utc(as_of),
-        "entity_count": accumulator.size,
-        "heads_root": accumulator.root().hex(),
+        "entity_count": entity_count,
+        "heads_root": heads_root.hex(),
     }
     kid, signature = keyring.sign(canonical_bytes(signed))
     return {**signed, "kid": kid, "signature": b64url_encode(signature)}

@@ -6,6 +6,7 @@ unchanged one is not re-read, and the run's summary says so. A stored digest who
 leaves or document were edited is reported (``digest-invalid``), never trusted.
 """
 
+import datetime as dt
 import os
 
 import pytest
@@ -13,9 +14,11 @@ from sqlalchemy import text
 
 from models.audit import check_entity
 from models.entities import EntityType
-from models.ledger import root_of_leaf_hashes, store_digest
+import models.ledger
+from models.ledger import HeadRecord, current_heads, root_of_leaf_hashes, store_digest
+from models.ledger_digest import build_digest
 from models.merkle import leaf_hash, merkle_root
-from models.registry import update_entity
+from models.registry import create_entity, update_entity
 from tests.conftest import recorded_statements
 from tests.test_audit import (
     lift_guard, reset_row_to, run_audit, run_incremental, tamper_content, tamper_delete_newest, tamper_row,
@@ -135,6 +138,39 @@ def test_an_intact_stored_digest_is_trusted(db_session, skill, keyring) -> None:
     assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == []
     summary, findings = run_incremental(db_session, keyring)
     assert findings == [] and summary["coverage"]["digest"].endswith("verified")
+
+
+def test_a_stored_digest_signs_the_root_of_every_live_head_and_keeps_each_as_a_leaf(
+        db_session, skill, steward, write_ctx, keyring) -> None:
+    """PostgreSQL copies the heads into the leaf rows and hashes them; the signed document
+    must be the one built in Python from the same heads, and the rows must be those heads."""
+    create_entity(db_session, entity_type=E.INDUSTRY, ctx=write_ctx, data={"name": "Digested", "code": "DIG", "governance_agent_id": steward})
+    doomed = create_entity(db_session, entity_type=E.INDUSTRY, ctx=write_ctx, data={"name": "Doomed", "code": "DOOM", "governance_agent_id": steward})
+    update_entity(db_session, entity_type=E.INDUSTRY, entity_id=doomed.id, ctx=write_ctx,
+                  changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    db_session.execute(text("UPDATE skills SET version = 7 WHERE id = :id"), {"id": skill.id})  # leaves take the chain's 3
+    heads = list(current_heads(db_session, chain_versions=True))
+    assert {h.entity_type for h in heads} >= {"skill", "industry", "agent"} and doomed.id not in {h.entity_id for h in heads}
+    digest = store_digest(db_session, keyring=keyring)
+    assert digest.document == build_digest(digest.as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
+    assert (digest.entity_count, digest.heads_root.hex()) == (len(heads), digest.document["heads_root"])
+    assert digest.kid == digest.document["kid"] and digest.signature == digest.document["signature"]
+    rows = db_session.execute(text("SELECT entity_id, entity_type, version, link_hash FROM ledger_digest_heads "
+                                   "WHERE digest_id = :d ORDER BY entity_id"), {"d": digest.id}).all()
+    assert [HeadRecord(r[0], r[1], r[2], bytes(r[3])) for r in rows] == heads
+    assert next(h.version for h in heads if h.entity_id == skill.id) == 3
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
+
+
+def test_an_empty_registry_s_digest_is_the_root_of_no_leaves(db_session, keyring) -> None:
+    digest = store_digest(db_session, keyring=keyring)
+    assert digest.entity_count == 0 and digest.document == build_digest(digest.as_of, [], keyring)
+
+
+def test_a_head_link_of_the_wrong_length_stops_the_digest_rather_than_being_signed(db_session, skill, keyring) -> None:
+    db_session.execute(text("UPDATE skills SET head_link_hash = '\\x00ff'::bytea WHERE id = :id"), {"id": skill.id})
+    with pytest.raises(ValueError, match="1 head links are not 32 bytes"):
+        store_digest(db_session, keyring=keyring)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 1000])
