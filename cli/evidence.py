@@ -2,12 +2,15 @@
 
 Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully offline) or,
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
-which). A document that does not verify exits 4; anything that stops the check from
+which). A document signed by a sealed key (the JWK Set names its seal time) that names a
+later time was signed after the seal and does not verify; one that may predate the seal
+verifies with a note saying so. A document that does not verify exits 4; anything that stops the check from
 running at all (no server, an unreadable key file) exits 1.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,10 +21,11 @@ from cli.errors import PlantCliError, VerificationFailed
 from cli.jobs import connect
 from cli.output import json_option, print_json
 from cli.work import resolve_run
-from models.canonical import strict_json_loads
+from models.canonical import aware_time, strict_json_loads
 from models.errors import PlantError
+from models.jws import sealed_at, signed_after_its_seal
 from models.ledger_digest import verify_digest
-from models.reports import verify_report_document
+from models.reports import latest_time_named, verify_report_document
 
 REPORT_FORMATS = ("json", "csv", "html")
 jwks_option = click.option(
@@ -90,16 +94,18 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
     verified, report_body = checked.signature, checked.report
+    sealed = _seal_caveat(as_json, source, keys, verified.kid, latest_time_named(report_body), "report")
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
     facts = {"valid": True, "kid": verified.kid, "alg": verified.alg, "keys": source,
-             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0}
+             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0, **sealed}
     if as_json:
         print_json(facts)
         return
     click.echo(f"report signature valid: signed by kid {verified.kid} ({verified.alg}); {source}")
     click.echo(f"run {facts['run_id']}: {facts['findings']} finding(s)")
+    _echo_seal_caveat(sealed)
 
 
 @click.group()
@@ -142,13 +148,31 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
         _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
     if not verify_digest(document, keys):
         _refuse(as_json, source, "ledger digest is NOT valid: its signature, shape or leaves do not check out")
+    sealed = _seal_caveat(as_json, source, keys, document["kid"], aware_time(document["as_of"]), "ledger digest")
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
-             "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document}
+             "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **sealed}
     if as_json:
         print_json(facts)
         return
     click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {facts['as_of']}, "
                f"signed by kid {facts['kid']}; {source}")
+    _echo_seal_caveat(sealed)
+
+
+def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str) -> dict[str, str]:
+    """Refuse a document its sealed key signed after the seal (a later time in it proves
+    that); for one that may predate the seal, ``{"sealed_at": ...}`` to show with it."""
+    after = signed_after_its_seal(keys, kid, named)
+    if after is not None:
+        _refuse(as_json, source, f"{what} is NOT valid: {after}")
+    sealed = sealed_at(keys, kid)
+    return {"sealed_at": sealed.isoformat()} if sealed is not None else {}
+
+
+def _echo_seal_caveat(sealed: dict[str, str]) -> None:
+    if sealed:
+        click.echo(f"note: that key was sealed at {sealed['sealed_at']}: whoever holds a copy of its private key can "
+                   "still sign backdated documents, so this one is evidence only if you have held it since before then")
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:

@@ -204,6 +204,15 @@ def rfc3339_utc(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def aware_time(value: Any) -> dt.datetime | None:
+    """``value`` read as an ISO 8601 / RFC 3339 time with an offset; None for anything else."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.utcoffset() is not None else None
+
+
 def matches_canonical(value: Any, stored: bytes) -> bool:
     """Whether ``value`` canonicalizes to ``stored`` (canonical JSON bytes).
 

@@ -16,6 +16,7 @@ is a :class:`JwsError`; the cryptography itself stays in :mod:`models.signing`.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from typing import Any
 
 import rfc8785
 
-from models.canonical import strict_json_loads
+from models.canonical import aware_time, strict_json_loads
 from models.errors import JwsError, SigningKeyError
-from models.signing import KeyRing, SigningKey, VerifyingKey
+from models.signing import SEALED_AT_MEMBER, KeyRing, SigningKey, VerifyingKey
 
 REPORT_TYPE = "plant-report+jws"
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
@@ -81,6 +82,45 @@ def find_verifier(keys: KeySource, kid: str) -> VerifyingKey | None:
         if isinstance(verifier, VerifyingKey) and verifier.kid == kid:
             return verifier
     return None
+
+
+def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
+    """When key ``kid`` was sealed (``plant signing-keys seal``), by ``keys``' account, or None.
+
+    A ring knows its seals; a JWKS names them in a sealed key's entry (``plant_sealed_at``,
+    :meth:`KeyRing.jwks`), read only from an entry that is a usable key with that ``kid``.
+    Anything a sealed key signed that names a later time was signed after the seal, by
+    someone holding a copy of its private key. A seal time that cannot be read counts as
+    a seal at the earliest time, so that nothing the key signed is taken for pre-seal.
+    """
+    if isinstance(keys, KeyRing):
+        seal = keys.seal(kid)
+        return _instant(seal.as_of) if seal is not None else None
+    if not (isinstance(keys, Mapping) and isinstance(keys.get("keys"), list)):
+        return None
+    for jwk in keys["keys"]:
+        if isinstance(jwk, dict) and jwk.get("kid") == kid and SEALED_AT_MEMBER in jwk:
+            try:
+                VerifyingKey.from_jwk(jwk)
+            except SigningKeyError:
+                continue
+            return _instant(jwk[SEALED_AT_MEMBER])
+    return None
+
+
+def signed_after_its_seal(keys: KeySource, kid: str, named: dt.datetime | None) -> str | None:
+    """Why a document key ``kid`` signed, naming no time later than ``named``, must have
+    been signed after that key's seal; None when it may predate the seal (or the key has
+    none). A time before the seal proves nothing: whoever signs can backdate."""
+    sealed = sealed_at(keys, kid)
+    if sealed is None or named is None or named < sealed:
+        return None
+    return (f"key {kid} was sealed at {sealed.isoformat()}, and the document names {named.isoformat()}: "
+            "it was signed after the seal, with a copy of a retired private key")
+
+
+def _instant(text: Any) -> dt.datetime:
+    return aware_time(text) or dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def b64url_encode(data: bytes) -> str:

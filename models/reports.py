@@ -16,6 +16,7 @@ same value (``3.0`` for ``3``, whitespace, reordered members).
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import uuid
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
+from models.canonical import aware_time, canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
 from models.repair import EntityRepair, repairs
@@ -127,6 +128,15 @@ def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:
     if not isinstance(jws, str):
         raise JwsError('the "signature" member must be a compact JWS string')
     return report, jws
+
+
+def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
+    """The latest time a report names (its run's start and end, each repair's): it was
+    signed no earlier. Members that are not RFC 3339 times with an offset are ignored."""
+    run = report.get("run") if isinstance(report.get("run"), dict) else {}
+    repairs = report.get("repairs") if isinstance(report.get("repairs"), list) else []
+    named = [run.get("created_at"), run.get("finished_at"), *(r.get("repaired_at") for r in repairs if isinstance(r, dict))]
+    return max((t for t in map(aware_time, named) if t is not None), default=None)
 
 
 def findings_csv(session: Session, *, run_id: uuid.UUID) -> str:

@@ -128,6 +128,10 @@ class SigningKey:
         )
 
 
+# The JWK member (RFC 7517 section 4 allows more) that names a sealed key's seal time.
+SEALED_AT_MEMBER = "plant_sealed_at"
+
+
 @dataclass(frozen=True)
 class KeySeal:
     """A retired key's seal: the stored ledger digest, signed by its successor once every
@@ -205,8 +209,11 @@ class KeyRing:
         return key is not None and key.verify(signature, data)
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
-        """The JWK Set to publish: every key of the ring, the active one first."""
-        return {"keys": [key.public_jwk() for key in self._verifiers.values()]}
+        """The JWK Set to publish: every key of the ring, the active one first. A sealed
+        retired key's entry also names when it was sealed (``SEALED_AT_MEMBER``), for
+        verifiers who hold nothing but this set (:func:`models.jws.sealed_at`)."""
+        return {"keys": [{**key.public_jwk(), **({SEALED_AT_MEMBER: seal.as_of} if (seal := self.seal(kid)) else {})}
+                         for kid, key in self._verifiers.items()]}
 
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""

@@ -75,3 +75,92 @@ def test_entity_restore_repairs_an_edited_row_and_lists_the_signed_record(run, e
     assert listed[0]["row_before"]["content"]["name"] == "Renamed by hand"
     missing = CliRunner().invoke(cli, ["entity", "restore", "agent", "00000000-0000-4000-8000-000000000000"])
     assert missing.exit_code == 1 and missing.stderr.startswith("plant: no agent with id")
+
+
+SEALED_AT = "2026-06-01T00:00:00.000000Z"
+
+
+@pytest.fixture
+def sealed_ring(keyring):
+    """A ring whose retired key (the ``keyring`` fixture's) was sealed at ``SEALED_AT``."""
+    from models.signing import KeyRing, KeySeal, generate_ed25519
+
+    return KeyRing(generate_ed25519(), (keyring.active,), (KeySeal(keyring.active.kid, 1, "00" * 32, SEALED_AT),))
+
+
+def _verify(tmp_path, ring, kind: str, document: bytes, *args: str):
+    import json
+
+    path, jwks = tmp_path / f"{kind}.json", tmp_path / "jwks.json"
+    path.write_bytes(document)
+    jwks.write_text(json.dumps(ring.jwks()))
+    return CliRunner().invoke(cli, [kind, "verify", str(path), "--jwks", str(jwks), *args])
+
+
+def test_the_jwks_names_when_each_sealed_key_was_sealed(keyring, sealed_ring) -> None:
+    from models.jws import find_verifier, sealed_at
+
+    entries = {jwk["kid"]: jwk for jwk in sealed_ring.jwks()["keys"]}
+    assert entries[keyring.active.kid]["plant_sealed_at"] == SEALED_AT
+    assert "plant_sealed_at" not in entries[sealed_ring.active.kid]
+    assert find_verifier(sealed_ring.jwks(), keyring.active.kid) is not None  # the member does not unseat the key
+    for source in (sealed_ring, sealed_ring.jwks()):
+        assert sealed_at(source, keyring.active.kid).isoformat() == "2026-06-01T00:00:00+00:00"
+        assert sealed_at(source, sealed_ring.active.kid) is None
+
+
+@pytest.mark.parametrize("entry_edit, sealed", [
+    ({"plant_sealed_at": "not a time"}, "0001-01-01T00:00:00+00:00"),  # unreadable: sealed from the start
+    ({"plant_sealed_at": "2026-06-01T00:00:00"}, "0001-01-01T00:00:00+00:00"),  # no offset: likewise
+    ({"plant_sealed_at": SEALED_AT, "x": "AAAA"}, None),  # not the key its kid names: no say
+])
+def test_a_seal_time_is_read_only_from_a_usable_key_and_never_generously(keyring, sealed_ring, entry_edit, sealed) -> None:
+    from models.jws import sealed_at
+
+    jwks = sealed_ring.jwks()
+    for jwk in jwks["keys"]:
+        if jwk["kid"] == keyring.active.kid:
+            jwk.update(entry_edit)
+    moment = sealed_at(jwks, keyring.active.kid)
+    assert (moment.isoformat() if moment else None) == sealed
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_report_signed_by_a_sealed_key_verifies_with_a_note_unless_it_names_a_later_time(
+        tmp_path, keyring, sealed_ring, as_json) -> None:
+    import json
+
+    from models.reports import signed_report
+
+    report = {"type": "plant.audit-report.v1", "findings": [],
+              "run": {"id": "r", "created_at": "2026-05-31T23:00:00Z", "finished_at": "2026-05-31T23:59:59.999999Z"},
+              "repairs": []}
+    flags = ("--json",) if as_json else ()
+    ok = _verify(tmp_path, sealed_ring, "report", signed_report(report, keyring), *flags)
+    assert ok.exit_code == 0
+    if as_json:
+        assert json.loads(ok.stdout)["sealed_at"] == "2026-06-01T00:00:00+00:00"
+    else:
+        assert "note: that key was sealed at 2026-06-01T00:00:00+00:00" in ok.output
+    for late in ({"run": {**report["run"], "finished_at": "2026-06-01T00:00:00Z"}},
+                 {"repairs": [{"repaired_at": "2026-07-01T00:00:00Z"}]}):
+        refused = _verify(tmp_path, sealed_ring, "report", signed_report({**report, **late}, keyring), *flags)
+        assert refused.exit_code == 4 and "signed after the seal" in (refused.stdout if as_json else refused.stderr)
+    unsealed = _verify(tmp_path, keyring, "report", signed_report({**report, **late}, keyring))
+    assert unsealed.exit_code == 0 and "sealed" not in unsealed.output
+
+
+def test_a_digest_signed_by_a_sealed_key_at_or_after_its_seal_is_refused(tmp_path, keyring, sealed_ring) -> None:
+    import datetime as dt
+    import json
+    import uuid
+
+    from models.ledger_digest import build_digest
+
+    heads = [(uuid.UUID(int=1), bytes(32))]
+    seal = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    for as_of, code in ((seal - dt.timedelta(microseconds=1), 0), (seal, 4), (seal + dt.timedelta(days=30), 4)):
+        result = _verify(tmp_path, sealed_ring, "digest", json.dumps(build_digest(as_of, heads, keyring)).encode())
+        assert result.exit_code == code, (as_of, result.output)
+    assert "note: that key was sealed" in _verify(
+        tmp_path, sealed_ring, "digest", json.dumps(build_digest(seal - dt.timedelta(days=1), heads, keyring)).encode()).output
