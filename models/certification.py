@@ -167,7 +167,8 @@ def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> b
 
 
 def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
-    """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads.
+    """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads, and
+    not by a sealed key after its seal.
 
     Certificates issued before the format tag existed signed only the certified link;
     they do not verify here (their proof is the certified version in the chain).
@@ -177,7 +178,7 @@ def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyr
     if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
         return False
     return verify_b64url_signature(keyring, certificate.get("kid"), certificate.get("signature"),
-                                   certificate_statement(skill_id, certificate))
+                                   certificate_statement(skill_id, certificate), named=certificate.get("issued_at"))
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:

@@ -138,14 +138,16 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
-def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: bytes) -> bool:
-    """Whether ``signature`` (strict unpadded base64url text) is key ``kid``'s over ``data``:
-    the check of Plant's own signed records (certificates, repair records)."""
+def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: bytes, *, named: Any) -> bool:
+    """Whether ``signature`` (strict unpadded base64url text) is key ``kid``'s over ``data``,
+    a record that names the time ``named`` (RFC 3339 text): the check of Plant's own signed
+    records (certificates, repair records). A sealed key's record naming a time at or after
+    its seal was signed after it (:func:`signed_after_its_seal`) and does not verify."""
     try:
         raw = b64url_decode(signature)
     except ValueError:
         return False
-    return keyring.verify(str(kid), raw, data)
+    return keyring.verify(str(kid), raw, data) and signed_after_its_seal(keyring, str(kid), aware_time(named)) is None
 
 
 def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:

@@ -213,11 +213,12 @@ def repair_statement(repair: EntityRepair) -> bytes:
 
 def verify_repair(record: dict[str, Any], keyring: KeyRing) -> bool:
     """Whether an exported repair record (:meth:`EntityRepair.as_json`, as in a signed audit
-    report) reads exactly as Plant signed it."""
+    report) reads exactly as Plant signed it, before its key was sealed."""
     if record.get("format") != REPAIR_FORMAT:
         return False
     unsigned = {name: value for name, value in record.items() if name != "signature"}
-    return verify_b64url_signature(keyring, record.get("kid"), record.get("signature"), canonical_bytes(unsigned))
+    return verify_b64url_signature(keyring, record.get("kid"), record.get("signature"), canonical_bytes(unsigned),
+                                   named=record.get("repaired_at"))
 
 
 def _statement(repair: EntityRepair) -> dict[str, Any]:

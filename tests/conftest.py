@@ -351,6 +351,13 @@ def skill(db_session: Session, write_ctx: Any, steward: Any) -> Any:
     return skill
 
 
+def ring_sealing(keyring: KeyRing, as_of: str) -> KeyRing:
+    """A ring in which ``keyring``'s active key is retired and was sealed at ``as_of`` (RFC 3339)."""
+    from models.signing import KeySeal, generate_ed25519
+
+    return KeyRing(generate_ed25519(), (keyring.active,), (KeySeal(keyring.active.kid, 1, "00" * 32, as_of),))
+
+
 @pytest.fixture
 def key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """A data dir of its own with a generated key, as `plant dev` leaves it."""

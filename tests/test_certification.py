@@ -12,6 +12,7 @@ from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
 from models.chain import history, verify_entity
 from models.entities import EntityType, Skill
 from models.registry import create_entity, update_entity
+from tests.conftest import ring_sealing
 
 GOOD = "Designs, reviews and maintains reliable data pipelines for analytics teams every day"
 
@@ -228,6 +229,14 @@ def test_a_certificate_verifies_only_as_issued_for_its_skill(db_session, write_c
     assert cert["signature"] != _b64(bytes(history(db_session, entity_id=skill.id)[0].signature))
     forged = {**cert, "kid": v1.kid, "signature": _b64(bytes(v1.signature)), "certified_link_hash": bytes(v1.link_hash).hex()}
     assert not verify_certificate(forged, skill_id=other.id, keyring=keyring)
+
+
+def test_a_certificate_its_key_signed_after_the_key_was_sealed_does_not_verify(db_session, write_ctx, steward, keyring) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Pipeline Engineering")
+    cert = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate
+    assert verify_certificate(cert, skill_id=skill.id, keyring=ring_sealing(keyring, "2999-01-01T00:00:00Z"))
+    assert not verify_certificate(cert, skill_id=skill.id, keyring=ring_sealing(keyring, cert["issued_at"]))
+    assert not verify_certificate(cert, skill_id=skill.id, keyring=ring_sealing(keyring, "2020-01-01T00:00:00Z"))
 
 
 def test_near_duplicates_certified_side_by_side_cannot_both_pass(engine, write_ctx, committed_steward) -> None:

@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.conftest import ring_sealing
 
 
 @pytest.fixture
@@ -83,9 +84,7 @@ SEALED_AT = "2026-06-01T00:00:00.000000Z"
 @pytest.fixture
 def sealed_ring(keyring):
     """A ring whose retired key (the ``keyring`` fixture's) was sealed at ``SEALED_AT``."""
-    from models.signing import KeyRing, KeySeal, generate_ed25519
-
-    return KeyRing(generate_ed25519(), (keyring.active,), (KeySeal(keyring.active.kid, 1, "00" * 32, SEALED_AT),))
+    return ring_sealing(keyring, SEALED_AT)
 
 
 def _verify(tmp_path, ring, kind: str, document: bytes, *args: str):

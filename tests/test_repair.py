@@ -13,6 +13,7 @@ from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
 from models.registry import update_entity
 from models.repair import REPAIRS_LOCK, EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
+from tests.conftest import ring_sealing
 from tests.test_assignment import World
 from tests.test_audit import lift_guard, reset_row_to
 
@@ -55,6 +56,8 @@ def test_an_edited_row_is_restored_and_the_repair_is_signed(world, db_session, w
     [record] = repairs(db_session, entity_id=agent.id)
     exported = record.as_json()
     assert verify_repair(exported, keyring) and record.actor == "operator:test"
+    assert verify_repair(exported, ring_sealing(keyring, "2999-01-01T00:00:00Z"))
+    assert not verify_repair(exported, ring_sealing(keyring, exported["repaired_at"]))  # signed at or after the seal
     assert record.row_before["content"]["description"] == "edited by hand"
     assert exported["format"] == "plant.entity-repair.v1"
     for forged in ({**exported, "row_before": {**exported["row_before"], "content": {}}}, {**exported, "actor": "someone"},
