@@ -106,3 +106,16 @@ class ScheduledFire(Base):
     created_at: Mapped[CreatedAt]
 
 
+
+
+class SignedExport(Base):
+    """A signature Plant made over a document it handed out and did not keep (an audit
+    report, a ledger digest): the SHA-256 of its bytes and the signing key. Sealing that
+    key lists it (:mod:`models.key_seals`), so the document still verifies afterwards."""
+
+    __tablename__ = "signed_exports"
+
+    signature_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    kid: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[CreatedAt]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import rfc8785
 
 from models.canonical import aware_time, strict_json_loads
 from models.errors import JwsError, SigningKeyError
-from models.signing import SEALED_AT_MEMBER, KeyRing, SigningKey, VerifyingKey
+from models.signing import SEALED_AT_MEMBER, SEALED_SIGNATURES_MEMBER, KeyRing, SigningKey, VerifyingKey
 
 REPORT_TYPE = "plant-report+jws"
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
@@ -65,6 +66,9 @@ def verify_detached(payload: bytes, jws: str, keys: KeySource) -> VerifiedSignat
         raise JwsError(f"key {verifier.kid!r} signs with {verifier.algorithm}, not {header['alg']}")
     if not verifier.verify(signature, _signing_input(encoded_header, bytes(payload))):
         raise JwsError("the signature does not match the payload", kid=verifier.kid)
+    if not listed_by_seal(keys, verifier.kid, signature):
+        raise JwsError(f"key {verifier.kid!r} is sealed, and its seal does not list this signature: it was made after "
+                       "the seal, with a copy of a retired private key", kid=verifier.kid)
     return VerifiedSignature(verifier.kid, verifier.algorithm)
 
 
@@ -84,6 +88,41 @@ def find_verifier(keys: KeySource, kid: str) -> VerifyingKey | None:
     return None
 
 
+def signature_sha256(signature: bytes) -> bytes:
+    """What a seal lists of a signature it vouches for: the SHA-256 of its raw bytes."""
+    return hashlib.sha256(bytes(signature)).digest()
+
+
+def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:
+    """Whether a signature by key ``kid`` outside the chain (a report, a digest, a repair
+    record, a certificate) may have been made before the key's seal: the key is not sealed,
+    its seal lists nothing (a seal written before seals listed signatures), or the seal
+    lists this signature (``plant_sealed_signatures`` in a JWKS entry; :class:`KeySeal`'s
+    ``signed`` in a ring). An unreadable list lists nothing."""
+    listed = _sealed_member(keys, kid, "signed", SEALED_SIGNATURES_MEMBER)
+    if listed is None:
+        return True
+    return isinstance(listed, (list, tuple)) and b64url_encode(signature_sha256(signature)) in listed
+
+
+def _sealed_member(keys: KeySource, kid: str, seal_attribute: str, jwk_member: str) -> Any:
+    """One fact of key ``kid``'s seal, from a ring's seal or from the key's usable JWKS entry;
+    None where there is no seal, or the seal does not state it."""
+    if isinstance(keys, KeyRing):
+        seal = keys.seal(kid)
+        return getattr(seal, seal_attribute) if seal is not None else None
+    if not (isinstance(keys, Mapping) and isinstance(keys.get("keys"), list)):
+        return None
+    for jwk in keys["keys"]:
+        if isinstance(jwk, dict) and jwk.get("kid") == kid and jwk_member in jwk:
+            try:
+                VerifyingKey.from_jwk(jwk)
+            except SigningKeyError:
+                continue
+            return jwk[jwk_member]
+    return None
+
+
 def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     """When key ``kid`` was sealed (``plant signing-keys seal``), by ``keys``' account, or None.
 
@@ -93,19 +132,8 @@ def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     someone holding a copy of its private key. A seal time that cannot be read counts as
     a seal at the earliest time, so that nothing the key signed is taken for pre-seal.
     """
-    if isinstance(keys, KeyRing):
-        seal = keys.seal(kid)
-        return _instant(seal.as_of) if seal is not None else None
-    if not (isinstance(keys, Mapping) and isinstance(keys.get("keys"), list)):
-        return None
-    for jwk in keys["keys"]:
-        if isinstance(jwk, dict) and jwk.get("kid") == kid and SEALED_AT_MEMBER in jwk:
-            try:
-                VerifyingKey.from_jwk(jwk)
-            except SigningKeyError:
-                continue
-            return _instant(jwk[SEALED_AT_MEMBER])
-    return None
+    moment = _sealed_member(keys, kid, "as_of", SEALED_AT_MEMBER)
+    return None if moment is None else _instant(moment)
 
 
 def signed_after_its_seal(keys: KeySource, kid: str, named: dt.datetime | None) -> str | None:
@@ -141,13 +169,15 @@ def b64url_decode(text: str) -> bytes:
 def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: bytes, *, named: Any) -> bool:
     """Whether ``signature`` (strict unpadded base64url text) is key ``kid``'s over ``data``,
     a record that names the time ``named`` (RFC 3339 text): the check of Plant's own signed
-    records (certificates, repair records). A sealed key's record naming a time at or after
-    its seal was signed after it (:func:`signed_after_its_seal`) and does not verify."""
+    records (certificates, repair records). A sealed key's record that its seal does not list
+    (:func:`listed_by_seal`), or that names a time at or after the seal
+    (:func:`signed_after_its_seal`), was signed after it and does not verify."""
     try:
         raw = b64url_decode(signature)
     except ValueError:
         return False
-    return keyring.verify(str(kid), raw, data) and signed_after_its_seal(keyring, str(kid), aware_time(named)) is None
+    return (keyring.verify(str(kid), raw, data) and listed_by_seal(keyring, str(kid), raw)
+            and signed_after_its_seal(keyring, str(kid), aware_time(named)) is None)
 
 
 def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:

@@ -18,22 +18,26 @@ database can neither add a seal nor move one.
 
 from __future__ import annotations
 
-from sqlalchemy import column, exists, select, table
+import json
+from typing import Any
+
+from sqlalchemy import column, exists, func, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.audit_tables import LedgerDigest
+from models.audit_tables import LedgerDigest, SignedExport
 from models.chain import EntityVersion
 from models.db import transaction
-from models.entities import ENTITY_MODELS
+from models.entities import ENTITY_MODELS, EntityType
 from models.errors import SigningKeyError
+from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import key_files_lock, keyring_from_settings, write_seal
 from models.ledger import current_heads, store_digest, stored_digest_problem
 from models.settings import Settings
 from models.signing import KeyRing, KeySeal
 
 SEAL_INVALID_CODE = "key-seal-invalid"
-# models.repair's table (which imports this module), named here only for its signer column.
-_REPAIR_SIGNERS = table("entity_repairs", column("kid"))
+# models.repair's table (which imports this module), named here only for its signer columns.
+_REPAIR_SIGNERS = table("entity_repairs", column("kid"), column("signature"))
 
 
 def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> list[KeySeal]:
@@ -61,23 +65,54 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
             digest = store_digest(session, keyring=keyring)
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
             deleted = deleted_heads(session)
-        seals = [KeySeal(kid, digest_id, root, as_of, deleted) for kid in unsealed]
+            signed = {kid: signed_outside_the_chain(session, kid) for kid in unsealed}
+        seals = [KeySeal(kid, digest_id, root, as_of, deleted, signed[kid]) for kid in unsealed]
         for seal in seals:
             write_seal(settings, seal)
     return seals
 
 
 def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
-    """The upcoming keys (other than the active one) that signed a version, a digest or a
-    repair record. Once every process runs on the active key, an upcoming key has signed
+    """The upcoming keys (other than the active one) that signed a version, a digest, a
+    repair record or an exported document. Once every process runs on the active key, an upcoming key has signed
     nothing; anything it did sign is a process ahead of this one, or a forgery."""
     kids = sorted({key.kid for key in keyring.upcoming} - {keyring.active.kid})
     if not kids:
         return []
     signed = set()
-    for signer in (EntityVersion.kid, LedgerDigest.kid, _REPAIR_SIGNERS.c.kid):
+    for signer in (EntityVersion.kid, LedgerDigest.kid, _REPAIR_SIGNERS.c.kid, SignedExport.kid):
         signed |= set(session.scalars(select(signer).where(signer.in_(kids)).distinct()))
     return sorted(signed)
+
+
+def signed_outside_the_chain(session: Session, kid: str) -> tuple[str, ...]:
+    """Every signature key ``kid`` made outside the chain, as its seal lists them (base64url
+    SHA-256 of the signature's bytes, sorted): stored ledger digests, repair records, the
+    certificates in skill versions, and the reports and digests it signed on their way out
+    (``signed_exports``). Certificates are read from the chain's signed contents, never
+    from a skill row, which anyone with SQL access could have edited."""
+    hashes = {signature_sha256(bytes(raw)) for raw in session.scalars(
+        select(_REPAIR_SIGNERS.c.signature).where(_REPAIR_SIGNERS.c.kid == kid))}
+    hashes |= {signature_sha256(b64url_decode(text_)) for text_ in session.scalars(
+        select(LedgerDigest.signature).where(LedgerDigest.kid == kid))}
+    hashes |= {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
+    mentions = func.position(func.convert_to(kid, "UTF8").op("IN")(EntityVersion.content)) > 0
+    for content in session.scalars(select(EntityVersion.content).where(EntityVersion.entity_type == EntityType.SKILL.value,
+                                                                       mentions)):
+        certificate = _certificate_of(bytes(content))
+        if certificate is not None and certificate.get("kid") == kid:
+            hashes.add(signature_sha256(b64url_decode(certificate["signature"])))
+    return tuple(sorted(b64url_encode(h) for h in hashes))
+
+
+def _certificate_of(content: bytes) -> dict[str, Any] | None:
+    """The certificate member of a skill version's content, if it is readable and has a signature."""
+    try:
+        certificate = json.loads(content).get("certificate")
+        b64url_decode(certificate["signature"])
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+    return certificate
 
 
 def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from models.canonical import canonical_bytes, to_json_tree
 from models.errors import CanonicalizationError
-from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
+from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier, listed_by_seal
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
 from models.signing import KeyRing
 
@@ -76,7 +76,8 @@ def digest_with_leaves(
 
 
 def verify_digest(digest: Any, keys: KeySource) -> bool:
-    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`).
+    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`),
+    by a sealed key only if its seal lists the signature (:func:`models.jws.listed_by_seal`).
 
     Any malformed, extended, altered or unsigned digest is False, never an exception;
     when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
@@ -94,7 +95,7 @@ def verify_digest(digest: Any, keys: KeySource) -> bool:
         signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
     except (ValueError, CanonicalizationError):
         return False
-    if not verifier.verify(signature, signed):
+    if not verifier.verify(signature, signed) or not listed_by_seal(keys, verifier.kid, signature):
         return False
     return "leaves" not in digest or _leaves_match_root(digest["leaves"], digest)
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditChunk
 from models.repair import verify_repair
-from models.reports import build_report, report_sha256, report_signature
+from models.reports import build_report, recorded_report_signature, report_sha256
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
@@ -71,7 +71,8 @@ class ReportView:
 
 
 def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: int = MAX_ENTITY_ROWS) -> ReportView:
-    """Prepare the page for one run; raises ``NotFound`` for an unknown run. Reads only."""
+    """Prepare the page for one run; raises ``NotFound`` for an unknown run. Writes only the
+    record of the page's report signature (the caller commits)."""
     report = build_report(session, run_id=run_id)
     run, findings = report["run"], report["findings"]
     summary = run["summary"]
@@ -89,7 +90,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
         entities_audited=_entities_audited(session, run_id),
-        signature=_signature(report, keyring),
+        signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, keyring)} for record in report["repairs"]),
     )
 
@@ -141,11 +142,11 @@ def _entities_audited(session: Session, run_id: Any) -> int:
     return session.scalar(select(counted).where(AuditChunk.run_id == run_id)) or 0
 
 
-def _signature(report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:
+def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:
     key = keyring.active
     return SignatureDetails(
         report_sha256=report_sha256(report),
-        jws=report_signature(report, keyring),
+        jws=recorded_report_signature(session, report, keyring),
         kid=key.kid,
         alg=key.algorithm,
         jwks_json=json.dumps({"keys": [key.public_jwk()]}, indent=2),

@@ -31,6 +31,7 @@ from models.canonical import aware_time, canonical_bytes, parse_canonical_json, 
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
 from models.repair import EntityRepair, repairs
+from models.signed_exports import record_detached_jws
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
@@ -87,7 +88,24 @@ def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
     """The exported document's bytes (itself canonical JSON)."""
-    return canonical_bytes({"report": report, "signature": sign_detached(canonical_bytes(report), keyring.active)})
+    return _document(report, report_signature(report, keyring))
+
+
+def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
+    """:func:`signed_report` of the run's report, its signature recorded (the caller commits)."""
+    report = build_report(session, run_id=run_id)
+    return _document(report, recorded_report_signature(session, report, keyring))
+
+
+def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
+    """:func:`report_signature`, recorded so that sealing the key lists it (:mod:`models.signed_exports`)."""
+    jws = report_signature(report, keyring)
+    record_detached_jws(session, kind="report", kid=keyring.active.kid, jws=jws)
+    return jws
+
+
+def _document(report: dict[str, Any], jws: str) -> bytes:
+    return canonical_bytes({"report": report, "signature": jws})
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,10 @@ class SigningKey:
         )
 
 
-# The JWK member (RFC 7517 section 4 allows more) that names a sealed key's seal time.
+# JWK members (RFC 7517 section 4 allows more) that name a sealed key's seal time, and the
+# signatures outside the chain its seal lists (base64url SHA-256 of each signature's bytes).
 SEALED_AT_MEMBER = "plant_sealed_at"
+SEALED_SIGNATURES_MEMBER = "plant_sealed_signatures"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class KeySeal:
     as_of: str
     # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
     deleted: tuple[tuple[str, str], ...] = ()
+    # Every signature the key made outside the chain (reports, digests, repair records,
+    # certificates), as base64url SHA-256, sorted; None in a seal written before seals listed them.
+    signed: tuple[str, ...] | None = None
 
     @cached_property
     def deleted_heads(self) -> dict[uuid.UUID, bytes]:
@@ -208,17 +213,23 @@ class KeyRing:
         key = self._verifiers.get(kid)
         return key is not None and key.verify(signature, data)
 
-    def jwks(self) -> dict[str, list[dict[str, str]]]:
+    def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """The JWK Set to publish: every key of the ring, the active one first. A sealed
-        retired key's entry also names when it was sealed (``SEALED_AT_MEMBER``), for
-        verifiers who hold nothing but this set (:func:`models.jws.sealed_at`)."""
-        return {"keys": [{**key.public_jwk(), **({SEALED_AT_MEMBER: seal.as_of} if (seal := self.seal(kid)) else {})}
-                         for kid, key in self._verifiers.items()]}
+        retired key's entry also names when it was sealed and what its seal lists, for
+        verifiers who hold nothing but this set (:func:`models.jws.sealed_at`,
+        :func:`models.jws.listed_by_seal`)."""
+        return {"keys": [{**key.public_jwk(), **_seal_members(self.seal(kid))} for kid, key in self._verifiers.items()]}
 
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""
         retired = tuple(key for key in (self.active, *self.retired) if key.kid != new.kid)
         return KeyRing(new, retired, self.seals, tuple(key for key in self.upcoming if key.kid != new.kid))
+
+
+def _seal_members(seal: KeySeal | None) -> dict[str, Any]:
+    if seal is None:
+        return {}
+    return {SEALED_AT_MEMBER: seal.as_of, **({SEALED_SIGNATURES_MEMBER: list(seal.signed)} if seal.signed is not None else {})}
 
 
 def jwk_thumbprint(required_members: dict[str, str]) -> str:

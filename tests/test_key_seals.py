@@ -20,12 +20,15 @@ from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
+from models.db import one_off_sessions, transaction
+from models.jws import b64url_encode, signature_sha256
 from models.keys import keyring_from_settings
 from models.ledger import store_digest
 from models.registry import WriteContext, create_entity, update_entity
 from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
 from models.settings import load_settings
+from models.signed_exports import record_export
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import run_audit
 from web.report_html import report_page
@@ -219,12 +222,15 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
 
     assert invoke("seal") == {"sealed": [], "restart_required": False}  # nothing retired yet
     old_kid = invoke("rotate")["old_kid"]
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+        record_export(session, kind="report", kid=old_kid, signature=b"an exported report's signature")
     [sealed] = invoke("seal")["sealed"]
-    assert sealed["kid"] == old_kid
+    assert sealed["kid"] == old_kid and sealed["signatures_listed"] == 1
     seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
     assert json.loads(seal_file.read_bytes())["digest_id"] == sealed["digest_id"]
     ring = keyring_from_settings(key_settings)
-    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"])
+    listed = (b64url_encode(signature_sha256(b"an exported report's signature")),)
+    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], signed=listed)
     assert invoke("seal")["sealed"] == []  # sealed once
     seal_file.write_text("{}")
     with pytest.raises(SigningKeyError, match="malformed|unreadable"):
@@ -386,3 +392,83 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
                            env={**environment, "PLANT_RETIRED_SIGNING_KEYS_DIR": str(deployed)})
     assert again.returncode == 0, again.stderr
     assert not [line for line in again.stdout.splitlines() if line.startswith("{")]
+
+
+def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(
+        db_session, write_ctx, steward) -> None:
+    """Reports, digests, repair records and certificates carry no chain position: a leaked
+    sealed key could sign them backdated. The seal lists the ones the key really signed."""
+    from models.canonical import canonical_bytes
+    from models.certification import certificate_statement, certify_skill, verify_certificate
+    from models.errors import JwsError
+    from models.jws import b64url_decode
+    from models.key_seals import signed_outside_the_chain
+    from models.ledger_digest import build_digest, verify_digest
+    from models.repair import repairs, verify_repair
+    from models.reports import recorded_report_signature, signed_report, verify_report
+    from models.signed_exports import record_digest
+    from tests.test_certification import _skill
+
+    old, new = generate_ed25519(), generate_ed25519()
+    leaked = KeyRing(old)
+    ctx = WriteContext("test", leaked, HashingEmbedder())
+    skill = _skill(db_session, ctx, steward, "Pipeline Engineering")
+    certificate = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx).certificate
+    db_session.execute(text("UPDATE skills SET name = 'edited by hand' WHERE id = :id"), {"id": skill.id})
+    restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=leaked, embedder=HashingEmbedder(),
+                   actor="operator:test")
+    [repair] = [record.as_json() for record in repairs(db_session, entity_id=skill.id)]
+    stored = store_digest(db_session, keyring=leaked)  # the hourly digest
+    handed_out = build_digest(stored.as_of, [(skill.id, bytes(32))], leaked)  # GET /ledger/digest
+    record_digest(db_session, handed_out)
+    report = {"type": "plant.audit-report.v1", "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z"}, "findings": []}
+    jws = recorded_report_signature(db_session, report, leaked)  # an export
+    report_document = canonical_bytes({"report": report, "signature": jws})
+    store_digest(db_session, keyring=KeyRing(new, (old.verifier(),)))  # the seal's own digest, by the new key: not listed
+
+    listed = signed_outside_the_chain(db_session, old.kid)
+    expected = [certificate["signature"], repair["signature"], stored.signature, handed_out["signature"], jws.split(".")[2]]
+    assert listed == tuple(sorted(b64url_encode(signature_sha256(b64url_decode(s))) for s in expected))
+    sealed = KeyRing(new, (old.verifier(),), (KeySeal(old.kid, 1, "00" * 32, "2999-01-01T00:00:00Z", (), listed),))
+    published = json.loads(json.dumps(sealed.jwks()))
+    assert {k["kid"]: k.get("plant_sealed_signatures") for k in published["keys"]} == {new.kid: None, old.kid: list(listed)}
+
+    # What the key signed before its seal still verifies, with the ring and with the published JWKS.
+    assert verify_certificate(certificate, skill_id=skill.id, keyring=sealed) and verify_repair(repair, sealed)
+    for keys in (sealed, published):
+        assert verify_report(report_document, keys).kid == old.kid
+        assert verify_digest(handed_out, keys) and verify_digest(stored.document, keys)
+
+    # What the leaked key signs now, dated long before the seal, does not.
+    def resigned(record: dict, statement: bytes) -> dict:
+        return {**record, "signature": b64url_encode(leaked.sign(statement)[1])}
+
+    forged_repair = {**repair, "actor": "someone else", "repaired_at": "2020-01-01T00:00:00Z"}
+    forged_repair = resigned(forged_repair, canonical_bytes({k: v for k, v in forged_repair.items() if k != "signature"}))
+    forged_certificate = {**certificate, "certificate_id": "SKILL-GEN-999", "issued_at": "2020-01-01T00:00:00Z"}
+    forged_certificate = resigned(forged_certificate, certificate_statement(skill.id, forged_certificate))
+    assert verify_repair(forged_repair, leaked) and verify_certificate(forged_certificate, skill_id=skill.id, keyring=leaked)
+    assert not verify_repair(forged_repair, sealed)
+    assert not verify_certificate(forged_certificate, skill_id=skill.id, keyring=sealed)
+    forged_report = signed_report({**report, "findings": [], "run": {"id": "r", "created_at": "2020-01-01T00:00:00Z"}}, leaked)
+    forged_digest = build_digest(stored.as_of.replace(year=2020), [(skill.id, bytes(32))], leaked)
+    for keys in (sealed, published):
+        with pytest.raises(JwsError, match="does not list this signature"):
+            verify_report(forged_report, keys)
+        assert not verify_digest(forged_digest, keys)
+    unlisting = KeyRing(new, (old.verifier(),), (KeySeal(old.kid, 1, "00" * 32, "2999-01-01T00:00:00Z"),))
+    assert verify_report(forged_report, unlisting).kid == old.kid  # a seal from before seals listed signatures
+
+
+def test_a_seal_file_keeps_its_list_and_one_without_a_list_still_loads(key_settings) -> None:
+    from models.keys import load_seal, write_seal
+
+    key_settings.retired_signing_keys_path.mkdir(parents=True, exist_ok=True)
+    listed = KeySeal("kid-a", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (("e", "h"),), ("x", "y"))
+    assert load_seal(write_seal(key_settings, listed)) == listed
+    older = KeySeal("kid-b", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z")
+    assert load_seal(write_seal(key_settings, older)).signed is None
+    path = write_seal(key_settings, KeySeal("kid-c", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (), ("x",)))
+    path.write_text(path.read_text().replace('["x"]', "[1]"))
+    with pytest.raises(SigningKeyError, match="malformed"):
+        load_seal(path)

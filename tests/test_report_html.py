@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -391,6 +391,35 @@ def test_a_running_audit_renders_with_an_in_progress_banner(client, seeded, engi
         "findings": "2", "codes": f"{hostile}, row-content-mismatch", "worst_severity": "critical"}}
     assert hostile not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # escaped, never markup
     assert "script" not in {e.tag for e in elements}
+
+
+def test_every_signature_handed_out_is_recorded_once_for_a_later_seal(client, seeded, engine, keyring) -> None:
+    """A report (JSON export or page) and a digest are signed on the way out and not kept:
+    their signatures' hashes are, so that sealing the key can list them."""
+    from models.jws import b64url_decode, signature_sha256
+
+    with Session(engine) as session, session.begin():
+        job = Job(kind="audit.run", queue="audit", status="running", params={})
+        session.add(job)
+        session.flush()
+        run_id = str(start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=50_000).id)
+
+    def recorded() -> list[tuple[str, str, bytes]]:
+        with engine.connect() as connection:
+            return sorted((r.kind, r.kid, bytes(r.signature_sha256)) for r in connection.execute(
+                text("SELECT kind, kid, signature_sha256 FROM signed_exports")))
+
+    exported = [json.loads(client.get(f"{API}/audit/export", query_string={"run_id": run_id, "format": "json"}).data)
+                for _ in range(2)]
+    jws = exported[0]["signature"]
+    assert exported[1]["signature"] == jws  # Ed25519: the same report, the same signature
+    report_hash = signature_sha256(b64url_decode(jws.split(".")[2]))
+    assert recorded() == [("report", keyring.active.kid, report_hash)]
+    assert client.get(f"{API}/audit/runs/{run_id}/report.html").status_code == 200  # the page's JWS: the same one
+    assert recorded() == [("report", keyring.active.kid, report_hash)]
+    digest = client.get(f"{API}/ledger/digest").get_json()
+    assert recorded() == sorted([("report", keyring.active.kid, report_hash),
+                                 ("digest", keyring.active.kid, signature_sha256(b64url_decode(digest["signature"])))])
 
 
 def test_the_template_ships_in_the_installed_package() -> None:

@@ -81,6 +81,7 @@ def _shorten(label: str) -> str:
 def report_page(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Response:
     """The rendered page; ``NotFound`` for an unknown run propagates to the problem mapping."""
     view = report_view(session, run_id=run_id, keyring=keyring)
+    session.commit()  # the record of the page's report signature
     html = render_template(TEMPLATE, view=view, rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
     response = Response(html, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)

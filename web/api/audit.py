@@ -19,7 +19,8 @@ from models.audit_tables import AuditFinding, AuditRun
 from models.entities import EntityType
 from models.ledger import digest_now
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
-from models.reports import build_report, finding_resource, findings_csv, get_run, run_resource, signed_report
+from models.reports import export_report, finding_resource, findings_csv, get_run, run_resource
+from models.signed_exports import record_digest
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
@@ -169,7 +170,8 @@ def export(query: ExportQuery) -> Response:
     if query.format == "csv":
         body, mimetype = findings_csv(session, run_id=query.run_id), "text/csv"
     else:
-        body, mimetype = signed_report(build_report(session, run_id=query.run_id), services().keyring), "application/json"
+        body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), "application/json"
+        session.commit()  # the record of its signature
     response = Response(body, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="audit-{query.run_id}.{query.format}"'
     return response
@@ -182,5 +184,9 @@ def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     Taken at a moment with no version write in flight (503 ``ledger-busy`` with Retry-After when
     there is none for 5 s), so that its ``as_of`` names exactly the heads it signs. Each API
     process takes ``PLANT_DIGESTS_AT_ONCE`` (1) at a time; one more is 503 ``digests-busy``."""
+    session = db_session()
     with digest_slot():
-        return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)
+        digest = digest_now(session, keyring=services().keyring, with_leaves=query.leaves)
+    record_digest(session, digest)
+    session.commit()
+    return digest
