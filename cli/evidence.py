@@ -23,7 +23,7 @@ from cli.output import json_option, print_json
 from cli.work import resolve_run
 from models.canonical import aware_time, strict_json_loads
 from models.errors import PlantError
-from models.jws import sealed_at, signed_after_its_seal
+from models.jws import seal_lists, sealed_at, signed_after_its_seal
 from models.ledger_digest import verify_digest
 from models.reports import latest_time_named, verify_report_document
 
@@ -159,20 +159,27 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     _echo_seal_caveat(sealed)
 
 
-def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str) -> dict[str, str]:
+def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str) -> dict[str, Any]:
     """Refuse a document its sealed key signed after the seal (a later time in it proves
-    that); for one that may predate the seal, ``{"sealed_at": ...}`` to show with it."""
+    that); for one that may predate the seal, ``{"sealed_at", "seal_lists_it"}`` to show with it
+    (a document its seal does not list never verifies that far)."""
     after = signed_after_its_seal(keys, kid, named)
     if after is not None:
         _refuse(as_json, source, f"{what} is NOT valid: {after}")
     sealed = sealed_at(keys, kid)
-    return {"sealed_at": sealed.isoformat()} if sealed is not None else {}
+    return {"sealed_at": sealed.isoformat(), "seal_lists_it": seal_lists(keys, kid)} if sealed is not None else {}
 
 
-def _echo_seal_caveat(sealed: dict[str, str]) -> None:
-    if sealed:
-        click.echo(f"note: that key was sealed at {sealed['sealed_at']}: whoever holds a copy of its private key can "
-                   "still sign backdated documents, so this one is evidence only if you have held it since before then")
+def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
+    if not sealed:
+        return
+    if sealed["seal_lists_it"]:
+        click.echo(f"note: that key was sealed at {sealed['sealed_at']}, and its seal lists this signature: "
+                   "it was made before the seal")
+        return
+    click.echo(f"note: that key was sealed at {sealed['sealed_at']} by a seal that lists nothing it signed: whoever "
+               "holds a copy of its private key can still sign backdated documents, so this one is evidence only if "
+               "you have held it since before then")
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:

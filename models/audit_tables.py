@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -119,3 +119,24 @@ class SignedExport(Base):
     kid: Mapped[str] = mapped_column(String(128), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[CreatedAt]
+
+
+class SignedExportsBegan(Base):
+    """One row: when ``signed_exports`` began recording (migration 0010). A key that signed
+    anything before then may have handed out documents no seal can list."""
+
+    __tablename__ = "signed_exports_began"
+    __table_args__ = (CheckConstraint("one", name="one_row"),)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    began_at: Mapped[CreatedAt]
+
+
+class KeySealSignature(Base):
+    """One signature (its SHA-256) that a key's seal lists; the seal file commits to the whole
+    list by count and root (:mod:`models.key_seals`), so a row added here later is noticed."""
+
+    __tablename__ = "key_seal_signatures"
+
+    kid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    signature_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)

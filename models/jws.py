@@ -94,32 +94,48 @@ def signature_sha256(signature: bytes) -> bytes:
 
 
 def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:
-    """Whether a signature by key ``kid`` outside the chain (a report, a digest, a repair
-    record, a certificate) may have been made before the key's seal: the key is not sealed,
-    its seal lists nothing (a seal written before seals listed signatures), or the seal
-    lists this signature (``plant_sealed_signatures`` in a JWKS entry; :class:`KeySeal`'s
-    ``signed`` in a ring). An unreadable list lists nothing."""
-    listed = _sealed_member(keys, kid, "signed", SEALED_SIGNATURES_MEMBER)
-    if listed is None:
-        return True
-    return isinstance(listed, (list, tuple)) and b64url_encode(signature_sha256(signature)) in listed
-
-
-def _sealed_member(keys: KeySource, kid: str, seal_attribute: str, jwk_member: str) -> Any:
-    """One fact of key ``kid``'s seal, from a ring's seal or from the key's usable JWKS entry;
-    None where there is no seal, or the seal does not state it."""
+    """Whether a signature by key ``kid`` outside the chain (a report, a digest handed out, a
+    repair record, a certificate) may have been made before the key's seal: the key is not
+    sealed, its seal lists nothing (written before seals listed, or for a key that signed
+    before Plant recorded what it hands out), or the seal lists this signature. From a ring,
+    the list is the one read from the database and checked against the seal
+    (:func:`models.key_seals.with_seal_lists`; a list not read lists nothing it would pass);
+    from a JWKS, a sealed key's ``plant_sealed_signatures``, where anything but a list of
+    strings lists nothing."""
     if isinstance(keys, KeyRing):
         seal = keys.seal(kid)
-        return getattr(seal, seal_attribute) if seal is not None else None
+        if seal is None or not seal.lists:
+            return True
+        listed: Any = seal.signed or frozenset()
+    else:
+        entry = _jwk_entry(keys, kid)
+        if entry is None or SEALED_SIGNATURES_MEMBER not in entry:
+            return True
+        listed = entry[SEALED_SIGNATURES_MEMBER]
+        listed = frozenset(listed) if isinstance(listed, list) and all(isinstance(h, str) for h in listed) else frozenset()
+    return b64url_encode(signature_sha256(signature)) in listed
+
+
+def seal_lists(keys: KeySource, kid: str) -> bool:
+    """Whether key ``kid`` is sealed by a seal that lists what it signed outside the chain."""
+    if isinstance(keys, KeyRing):
+        seal = keys.seal(kid)
+        return seal is not None and seal.lists
+    entry = _jwk_entry(keys, kid)
+    return entry is not None and SEALED_SIGNATURES_MEMBER in entry
+
+
+def _jwk_entry(keys: KeySource, kid: str) -> dict[str, Any] | None:
+    """The JWKS entry of key ``kid`` that is a usable key (so its other members may speak for it)."""
     if not (isinstance(keys, Mapping) and isinstance(keys.get("keys"), list)):
         return None
     for jwk in keys["keys"]:
-        if isinstance(jwk, dict) and jwk.get("kid") == kid and jwk_member in jwk:
+        if isinstance(jwk, dict) and jwk.get("kid") == kid:
             try:
                 VerifyingKey.from_jwk(jwk)
             except SigningKeyError:
                 continue
-            return jwk[jwk_member]
+            return jwk
     return None
 
 
@@ -132,8 +148,11 @@ def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     someone holding a copy of its private key. A seal time that cannot be read counts as
     a seal at the earliest time, so that nothing the key signed is taken for pre-seal.
     """
-    moment = _sealed_member(keys, kid, "as_of", SEALED_AT_MEMBER)
-    return None if moment is None else _instant(moment)
+    if isinstance(keys, KeyRing):
+        seal = keys.seal(kid)
+        return _instant(seal.as_of) if seal is not None else None
+    entry = _jwk_entry(keys, kid)
+    return _instant(entry[SEALED_AT_MEMBER]) if entry is not None and SEALED_AT_MEMBER in entry else None
 
 
 def signed_after_its_seal(keys: KeySource, kid: str, named: dt.datetime | None) -> str | None:

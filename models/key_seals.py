@@ -18,13 +18,14 @@ database can neither add a seal nor move one.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+from dataclasses import replace
 
-from sqlalchemy import column, exists, func, select, table
+from sqlalchemy import column, delete, exists, func, insert, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.audit_tables import LedgerDigest, SignedExport
+from models.audit_tables import KeySealSignature, LedgerDigest, SignedExport, SignedExportsBegan
 from models.chain import EntityVersion
 from models.db import transaction
 from models.entities import ENTITY_MODELS, EntityType
@@ -37,7 +38,7 @@ from models.signing import KeyRing, KeySeal
 
 SEAL_INVALID_CODE = "key-seal-invalid"
 # models.repair's table (which imports this module), named here only for its signer columns.
-_REPAIR_SIGNERS = table("entity_repairs", column("kid"), column("signature"))
+_REPAIR_SIGNERS = table("entity_repairs", column("kid"), column("signature"), column("repaired_at"))
 
 
 def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> list[KeySeal]:
@@ -65,8 +66,8 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
             digest = store_digest(session, keyring=keyring)
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
             deleted = deleted_heads(session)
-            signed = {kid: signed_outside_the_chain(session, kid) for kid in unsealed}
-        seals = [KeySeal(kid, digest_id, root, as_of, deleted, signed[kid]) for kid in unsealed]
+            listed = {kid: record_seal_list(session, kid) or (None, None) for kid in unsealed}
+        seals = [KeySeal(kid, digest_id, root, as_of, deleted, *listed[kid]) for kid in unsealed]
         for seal in seals:
             write_seal(settings, seal)
     return seals
@@ -85,34 +86,91 @@ def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
     return sorted(signed)
 
 
-def signed_outside_the_chain(session: Session, kid: str) -> tuple[str, ...]:
-    """Every signature key ``kid`` made outside the chain, as its seal lists them (base64url
-    SHA-256 of the signature's bytes, sorted): stored ledger digests, repair records, the
-    certificates in skill versions, and the reports and digests it signed on their way out
-    (``signed_exports``). Certificates are read from the chain's signed contents, never
-    from a skill row, which anyone with SQL access could have edited."""
-    hashes = {signature_sha256(bytes(raw)) for raw in session.scalars(
+def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
+    """The SHA-256 of every signature key ``kid`` made outside the chain, sorted: the reports
+    and digests it signed on their way out (``signed_exports``), its repair records, and the
+    certificates in skill versions. Certificates are read from the chain's signed contents,
+    never from a skill row; a content that cannot be read holds none. Stored ledger digests
+    are left out: a seal already trusts one signed by its key only if it is older than the
+    seal's own digest (:func:`models.ledger.signed_after_seal`)."""
+    hashes = {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
+    hashes |= {signature_sha256(bytes(raw)) for raw in session.scalars(
         select(_REPAIR_SIGNERS.c.signature).where(_REPAIR_SIGNERS.c.kid == kid))}
-    hashes |= {signature_sha256(b64url_decode(text_)) for text_ in session.scalars(
-        select(LedgerDigest.signature).where(LedgerDigest.kid == kid))}
-    hashes |= {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
     mentions = func.position(func.convert_to(kid, "UTF8").op("IN")(EntityVersion.content)) > 0
     for content in session.scalars(select(EntityVersion.content).where(EntityVersion.entity_type == EntityType.SKILL.value,
                                                                        mentions)):
-        certificate = _certificate_of(bytes(content))
-        if certificate is not None and certificate.get("kid") == kid:
-            hashes.add(signature_sha256(b64url_decode(certificate["signature"])))
-    return tuple(sorted(b64url_encode(h) for h in hashes))
+        signature = _certificate_signature(bytes(content), kid)
+        if signature is not None:
+            hashes.add(signature_sha256(signature))
+    return sorted(hashes)
 
 
-def _certificate_of(content: bytes) -> dict[str, Any] | None:
-    """The certificate member of a skill version's content, if it is readable and has a signature."""
+def _certificate_signature(content: bytes, kid: str) -> bytes | None:
+    """The signature of the certificate key ``kid`` issued in a skill version's content, if any."""
     try:
         certificate = json.loads(content).get("certificate")
-        b64url_decode(certificate["signature"])
-    except (ValueError, AttributeError, TypeError, KeyError):
+        return b64url_decode(certificate["signature"]) if certificate.get("kid") == kid else None
+    except (ValueError, AttributeError, TypeError, KeyError, RecursionError):
         return None
-    return certificate
+
+
+def seal_list_root(hashes: list[bytes]) -> str:
+    """What a seal file holds of its list: the SHA-256 of the sorted signature hashes, concatenated."""
+    return hashlib.sha256(b"".join(sorted(hashes))).hexdigest()
+
+
+def record_seal_list(session: Session, kid: str) -> tuple[int, str] | None:
+    """Keep the list of what key ``kid`` signed outside the chain for its seal, and return
+    (count, root) for the seal file; None when no list can be complete: the key signed
+    before Plant began recording what it hands out (migration 0010), so documents it
+    handed out then are on no list, and listing would refuse them."""
+    began = session.scalar(select(SignedExportsBegan.began_at))
+    first = min((t for t in (
+        session.scalar(select(func.min(EntityVersion.created_at)).where(EntityVersion.kid == kid)),
+        session.scalar(select(func.min(LedgerDigest.created_at)).where(LedgerDigest.kid == kid)),
+        session.scalar(select(func.min(_REPAIR_SIGNERS.c.repaired_at)).where(_REPAIR_SIGNERS.c.kid == kid)),
+    ) if t is not None), default=None)
+    if began is None or (first is not None and first < began):
+        return None
+    hashes = signed_outside_the_chain(session, kid)
+    session.execute(delete(KeySealSignature).where(KeySealSignature.kid == kid))  # a seal attempt's, not written out
+    if hashes:
+        session.execute(insert(KeySealSignature), [{"kid": kid, "signature_sha256": h} for h in hashes])
+    return len(hashes), seal_list_root(hashes)
+
+
+# Lists read from the database and found to match their seal: (kid, root) -> base64url hashes.
+# A seal file never changes its root, so a list that matched once stays right for good.
+_CHECKED_LISTS: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def with_seal_lists(keyring: KeyRing, session: Session) -> KeyRing:
+    """``keyring`` with each listing seal's list read from the database and checked against
+    the seal's count and root; a list that does not match is empty (every signature of the
+    key outside the chain is then refused, and :func:`seal_problems` says why)."""
+    if not any(seal.lists for seal in keyring.seals):
+        return keyring
+    return replace(keyring, seals=tuple(replace(seal, signed=_checked_list(session, seal) or frozenset()) if seal.lists
+                                        else seal for seal in keyring.seals))
+
+
+def _checked_list(session: Session, seal: KeySeal) -> frozenset[str] | None:
+    """The database's list for ``seal`` if it matches the seal's count and root, else None."""
+    key = (seal.kid, str(seal.signed_root))
+    if key not in _CHECKED_LISTS:
+        hashes = [bytes(h) for h in session.scalars(select(KeySealSignature.signature_sha256).where(KeySealSignature.kid == seal.kid))]
+        if len(hashes) != seal.signed_count or seal_list_root(hashes) != seal.signed_root:
+            return None
+        _CHECKED_LISTS[key] = frozenset(b64url_encode(h) for h in hashes)
+    return _CHECKED_LISTS[key]
+
+
+def seal_list_problem(session: Session, seal: KeySeal) -> str | None:
+    """Why the database's list for ``seal`` cannot be relied on, or None."""
+    if not seal.lists or _checked_list(session, seal) is not None:
+        return None
+    return (f"the database's list of what key {seal.kid} signed outside the chain does not match its seal "
+            f"({seal.signed_count} signatures, root {seal.signed_root}); every such signature of that key is refused")
 
 
 def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:
@@ -138,7 +196,8 @@ def rows_off_their_chain_heads(session: Session, *, limit: int = 20) -> list[str
 
 def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
     """Why each seal of ``keyring`` cannot be relied on: its digest is gone, is not the one
-    the seal names, or is not trustworthy itself (signature, root over its leaves)."""
+    the seal names, or is not trustworthy itself (signature, root over its leaves), or the
+    database's list of what its key signed outside the chain is not the one it commits to."""
     problems = []
     checked: dict[int, str | None] = {}  # one sealing seals every retired key with one digest: read its leaves once
     for seal in keyring.seals:
@@ -154,4 +213,6 @@ def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
                 checked[digest.id] = stored_digest_problem(session, digest, keyring)
             if (problem := checked[digest.id]) is not None:
                 problems.append(f"digest {seal.digest_id}, the seal of key {seal.kid}, cannot be trusted: {problem}")
+        if (listing := seal_list_problem(session, seal)) is not None:
+            problems.append(listing)
     return problems

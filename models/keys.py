@@ -53,15 +53,15 @@ def load_seal(path: Path) -> KeySeal:
     """A retired key's seal file (``<kid>.seal.json``, written by ``plant signing-keys seal``)."""
     try:
         document = strict_json_loads(path.read_bytes())
-        signed = document.get("signed")
         seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
                        as_of=document["as_of"], deleted=tuple((d["entity_id"], d["head"]) for d in document.get("deleted", [])),
-                       signed=tuple(signed) if isinstance(signed, list) else signed)
+                       signed_count=document.get("signed_count"), signed_root=document.get("signed_root"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
             and all(isinstance(i, str) and isinstance(h, str) for i, h in seal.deleted)
-            and (seal.signed is None or (isinstance(seal.signed, tuple) and all(isinstance(h, str) for h in seal.signed)))
+            and ((seal.signed_count, seal.signed_root) == (None, None)
+                 or (type(seal.signed_count) is int and isinstance(seal.signed_root, str)))
             and path.name == f"{seal.kid}{SEAL_SUFFIX}"):
         raise SigningKeyError(f"malformed key seal {path}")
     return seal
@@ -72,7 +72,7 @@ def write_seal(settings: Settings, seal: KeySeal) -> Path:
     path = settings.retired_signing_keys_path / f"{seal.kid}{SEAL_SUFFIX}"
     document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of,
                 "deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted],
-                **({"signed": list(seal.signed)} if seal.signed is not None else {})}
+                **({"signed_count": seal.signed_count, "signed_root": seal.signed_root} if seal.lists else {})}
     _replace_file(path, canonical_bytes(document), mode=0o644)
     return path
 

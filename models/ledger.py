@@ -290,8 +290,8 @@ def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing
     burning far fewer. A digest from another cluster, one that old, or one stored before
     attestations falls back to re-hashing.
     """
-    if digest.leaves_xmin is None or digest.leaves_attestation is None:
-        return False
+    if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
+        return False  # unattested, or attested by a sealed key, whose leaked copy could attest anything
     next_id, cluster = xid_clock(session)
     if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
         return False
@@ -314,7 +314,7 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     leaf rows are untouched since they were written and attested, without hashing them.
     """
     document = digest.document
-    if not verify_digest(document, keyring):
+    if not verify_digest(document, keyring, stored=True):
         return "its signed document is malformed or not signed by a trusted key"
     if (document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count
             or dt.datetime.fromisoformat(document["as_of"]) != digest.as_of):  # as_of picks "the latest"

@@ -75,9 +75,11 @@ def digest_with_leaves(
     return digest
 
 
-def verify_digest(digest: Any, keys: KeySource) -> bool:
-    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`),
-    by a sealed key only if its seal lists the signature (:func:`models.jws.listed_by_seal`).
+def verify_digest(digest: Any, keys: KeySource, *, stored: bool = False) -> bool:
+    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`);
+    by a sealed key, only if its seal lists the signature (:func:`models.jws.listed_by_seal`),
+    unless the digest is one Plant ``stored``: those are held against the seal's own digest
+    instead (:func:`models.ledger.signed_after_seal`).
 
     Any malformed, extended, altered or unsigned digest is False, never an exception;
     when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
@@ -95,7 +97,7 @@ def verify_digest(digest: Any, keys: KeySource) -> bool:
         signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
     except (ValueError, CanonicalizationError):
         return False
-    if not verifier.verify(signature, signed) or not listed_by_seal(keys, verifier.kid, signature):
+    if not verifier.verify(signature, signed) or not (stored or listed_by_seal(keys, verifier.kid, signature)):
         return False
     return "leaves" not in digest or _leaves_match_root(digest["leaves"], digest)
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditChunk
+from models.key_seals import with_seal_lists
 from models.repair import verify_repair
 from models.reports import build_report, recorded_report_signature, report_sha256
 from models.signing import KeyRing
@@ -74,6 +75,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
     """Prepare the page for one run; raises ``NotFound`` for an unknown run. Writes only the
     record of the page's report signature (the caller commits)."""
     report = build_report(session, run_id=run_id)
+    checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
     run, findings = report["run"], report["findings"]
     summary = run["summary"]
     rows = entity_rows(findings)
@@ -91,7 +93,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         run_level=tuple(f for f in findings if f["entity_id"] is None),
         entities_audited=_entities_audited(session, run_id),
         signature=_signature(session, report, keyring),
-        repairs=tuple({**record, "verified": verify_repair(record, keyring)} for record in report["repairs"]),
+        repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
 
 

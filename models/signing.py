@@ -147,9 +147,20 @@ class KeySeal:
     as_of: str
     # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
     deleted: tuple[tuple[str, str], ...] = ()
-    # Every signature the key made outside the chain (reports, digests, repair records,
-    # certificates), as base64url SHA-256, sorted; None in a seal written before seals listed them.
-    signed: tuple[str, ...] | None = None
+    # What the key signed outside the chain (reports and digests it handed out, repair records,
+    # certificates), committed to here by count and root (:func:`models.key_seals.seal_list_root`);
+    # the list itself is kept in the database. None: the seal lists nothing (written before seals
+    # listed, or the key signed before Plant recorded what it handed out).
+    signed_count: int | None = None
+    signed_root: str | None = None
+    # That list (base64url SHA-256s) once read from the database and checked against the root
+    # (:func:`models.key_seals.with_seal_lists`); empty when it does not match. Never in the file.
+    signed: frozenset[str] | None = field(default=None, compare=False)
+
+    @property
+    def lists(self) -> bool:
+        """Whether this seal lists what its key signed outside the chain."""
+        return self.signed_root is not None
 
     @cached_property
     def deleted_heads(self) -> dict[uuid.UUID, bytes]:
@@ -229,7 +240,8 @@ class KeyRing:
 def _seal_members(seal: KeySeal | None) -> dict[str, Any]:
     if seal is None:
         return {}
-    return {SEALED_AT_MEMBER: seal.as_of, **({SEALED_SIGNATURES_MEMBER: list(seal.signed)} if seal.signed is not None else {})}
+    listed = {SEALED_SIGNATURES_MEMBER: sorted(seal.signed or ())} if seal.lists else {}  # unread: none (fail closed)
+    return {SEALED_AT_MEMBER: seal.as_of, **listed}
 
 
 def jwk_thumbprint(required_members: dict[str, str]) -> str:

@@ -199,10 +199,16 @@ def busy_sessions(engine: Engine) -> int:
         ))
 
 
+# Rows the migrations write, which no test makes: the schema's version, and when Plant
+# began recording the signatures it hands out (migration 0010).
+SCHEMA_DATA_TABLES = ("alembic_version", "signed_exports_began")
+
+
 def _truncate_all(engine: Engine) -> None:
     with engine.begin() as connection:
         tables = connection.scalars(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> ALL(:kept)"),
+            {"kept": list(SCHEMA_DATA_TABLES)},
         ).all()
         # The append-only guards refuse TRUNCATE; a test database may lift them for a moment.
         for table in APPEND_ONLY_TABLES:

@@ -19,7 +19,7 @@ from models.chain import SEALED_CODE, head_drift, verify_entity
 from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
-from models.key_seals import SEAL_INVALID_CODE, seal_problems
+from models.key_seals import SEAL_INVALID_CODE, seal_list_root, seal_problems, with_seal_lists
 from models.db import one_off_sessions, transaction
 from models.jws import b64url_encode, signature_sha256
 from models.keys import keyring_from_settings
@@ -229,8 +229,11 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
     seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
     assert json.loads(seal_file.read_bytes())["digest_id"] == sealed["digest_id"]
     ring = keyring_from_settings(key_settings)
-    listed = (b64url_encode(signature_sha256(b"an exported report's signature")),)
-    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], signed=listed)
+    root = seal_list_root([signature_sha256(b"an exported report's signature")])
+    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], (), 1, root)
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+        listed = with_seal_lists(ring, session).seal(old_kid).signed
+    assert listed == {b64url_encode(signature_sha256(b"an exported report's signature"))}
     assert invoke("seal")["sealed"] == []  # sealed once
     seal_file.write_text("{}")
     with pytest.raises(SigningKeyError, match="malformed|unreadable"):
@@ -394,81 +397,167 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
     assert not [line for line in again.stdout.splitlines() if line.startswith("{")]
 
 
-def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(
-        db_session, write_ctx, steward) -> None:
-    """Reports, digests, repair records and certificates carry no chain position: a leaked
-    sealed key could sign them backdated. The seal lists the ones the key really signed."""
+class Handed:
+    """Everything an old key signed outside the chain before its seal, then the seal with its list."""
+
+    def __init__(self, session, steward) -> None:
+        from models.canonical import canonical_bytes
+        from models.certification import certify_skill
+        from models.ledger_digest import build_digest
+        from models.repair import repairs
+        from models.reports import recorded_report_signature
+        from models.signed_exports import record_digest
+        from tests.test_certification import _skill
+
+        self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
+        self.leaked = KeyRing(self.old)
+        ctx = WriteContext("test", self.leaked, HashingEmbedder())
+        self.skill = _skill(session, ctx, steward, "Pipeline Engineering")
+        self.certificate = certify_skill(session, skill_id=self.skill.id, notes=None, ctx=ctx).certificate
+        session.execute(text("UPDATE skills SET name = 'edited by hand' WHERE id = :id"), {"id": self.skill.id})
+        restore_entity(session, entity_type=E.SKILL, entity_id=self.skill.id, keyring=self.leaked, embedder=HashingEmbedder(),
+                       actor="operator:test")
+        [self.repair] = [record.as_json() for record in repairs(session, entity_id=self.skill.id)]
+        self.stored = store_digest(session, keyring=self.leaked)  # the hourly digest: not listed, held against the seal's
+        self.handed_out = build_digest(self.stored.as_of, [(self.skill.id, bytes(32))], self.leaked)  # GET /ledger/digest
+        record_digest(session, self.handed_out)
+        self.report = {"type": "plant.audit-report.v1", "findings": [],
+                       "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z"}}
+        self.jws = recorded_report_signature(session, self.report, self.leaked)  # an export
+        self.report_document = canonical_bytes({"report": self.report, "signature": self.jws})
+        self.seal_digest = store_digest(session, keyring=KeyRing(self.new, (self.old.verifier(),)))
+
+    def sealed(self, listed: tuple | None) -> KeyRing:
+        from models.key_seals import with_seal_lists
+
+        count, root = listed or (None, None)
+        # Sealed later than everything above (in one test transaction the digest's as_of, the
+        # transaction's start, comes before the certificate's issue time).
+        seal = KeySeal(self.old.kid, self.seal_digest.id, bytes(self.seal_digest.heads_root).hex(),
+                       "2999-01-01T00:00:00Z", (), count, root)
+        return with_seal_lists(KeyRing(self.new, (self.old.verifier(),), (seal,)), self.session)
+
+
+def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(db_session, steward) -> None:
+    """Reports, digests handed out, repair records and certificates carry no chain position:
+    a leaked sealed key could sign them backdated. The seal lists the ones the key signed."""
     from models.canonical import canonical_bytes
-    from models.certification import certificate_statement, certify_skill, verify_certificate
+    from models.certification import certificate_statement, verify_certificate
     from models.errors import JwsError
     from models.jws import b64url_decode
-    from models.key_seals import signed_outside_the_chain
+    from models.key_seals import record_seal_list, seal_list_root, seal_problems, signed_outside_the_chain
+    from models.ledger import stored_digest_problem
     from models.ledger_digest import build_digest, verify_digest
-    from models.repair import repairs, verify_repair
-    from models.reports import recorded_report_signature, signed_report, verify_report
-    from models.signed_exports import record_digest
-    from tests.test_certification import _skill
+    from models.repair import verify_repair
+    from models.reports import signed_report, verify_report
 
-    old, new = generate_ed25519(), generate_ed25519()
-    leaked = KeyRing(old)
-    ctx = WriteContext("test", leaked, HashingEmbedder())
-    skill = _skill(db_session, ctx, steward, "Pipeline Engineering")
-    certificate = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx).certificate
-    db_session.execute(text("UPDATE skills SET name = 'edited by hand' WHERE id = :id"), {"id": skill.id})
-    restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=leaked, embedder=HashingEmbedder(),
-                   actor="operator:test")
-    [repair] = [record.as_json() for record in repairs(db_session, entity_id=skill.id)]
-    stored = store_digest(db_session, keyring=leaked)  # the hourly digest
-    handed_out = build_digest(stored.as_of, [(skill.id, bytes(32))], leaked)  # GET /ledger/digest
-    record_digest(db_session, handed_out)
-    report = {"type": "plant.audit-report.v1", "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z"}, "findings": []}
-    jws = recorded_report_signature(db_session, report, leaked)  # an export
-    report_document = canonical_bytes({"report": report, "signature": jws})
-    store_digest(db_session, keyring=KeyRing(new, (old.verifier(),)))  # the seal's own digest, by the new key: not listed
-
-    listed = signed_outside_the_chain(db_session, old.kid)
-    expected = [certificate["signature"], repair["signature"], stored.signature, handed_out["signature"], jws.split(".")[2]]
-    assert listed == tuple(sorted(b64url_encode(signature_sha256(b64url_decode(s))) for s in expected))
-    sealed = KeyRing(new, (old.verifier(),), (KeySeal(old.kid, 1, "00" * 32, "2999-01-01T00:00:00Z", (), listed),))
+    handed = Handed(db_session, steward)
+    expected = sorted(signature_sha256(b64url_decode(s)) for s in (
+        handed.certificate["signature"], handed.repair["signature"], handed.handed_out["signature"], handed.jws.split(".")[2]))
+    assert signed_outside_the_chain(db_session, handed.old.kid) == expected  # the stored digest is not among them
+    listed = record_seal_list(db_session, handed.old.kid)
+    assert listed == (4, seal_list_root(expected))
+    sealed = handed.sealed(listed)
     published = json.loads(json.dumps(sealed.jwks()))
-    assert {k["kid"]: k.get("plant_sealed_signatures") for k in published["keys"]} == {new.kid: None, old.kid: list(listed)}
+    assert {k["kid"]: k.get("plant_sealed_signatures") for k in published["keys"]} == {
+        handed.new.kid: None, handed.old.kid: sorted(b64url_encode(h) for h in expected)}
+    assert seal_problems(db_session, sealed) == []
 
     # What the key signed before its seal still verifies, with the ring and with the published JWKS.
-    assert verify_certificate(certificate, skill_id=skill.id, keyring=sealed) and verify_repair(repair, sealed)
+    assert verify_certificate(handed.certificate, skill_id=handed.skill.id, keyring=sealed)
+    assert verify_repair(handed.repair, sealed) and stored_digest_problem(db_session, handed.stored, sealed) is None
     for keys in (sealed, published):
-        assert verify_report(report_document, keys).kid == old.kid
-        assert verify_digest(handed_out, keys) and verify_digest(stored.document, keys)
+        assert verify_report(handed.report_document, keys).kid == handed.old.kid and verify_digest(handed.handed_out, keys)
 
     # What the leaked key signs now, dated long before the seal, does not.
     def resigned(record: dict, statement: bytes) -> dict:
-        return {**record, "signature": b64url_encode(leaked.sign(statement)[1])}
+        return {**record, "signature": b64url_encode(handed.leaked.sign(statement)[1])}
 
-    forged_repair = {**repair, "actor": "someone else", "repaired_at": "2020-01-01T00:00:00Z"}
+    forged_repair = {**handed.repair, "actor": "someone else", "repaired_at": "2020-01-01T00:00:00Z"}
     forged_repair = resigned(forged_repair, canonical_bytes({k: v for k, v in forged_repair.items() if k != "signature"}))
-    forged_certificate = {**certificate, "certificate_id": "SKILL-GEN-999", "issued_at": "2020-01-01T00:00:00Z"}
-    forged_certificate = resigned(forged_certificate, certificate_statement(skill.id, forged_certificate))
-    assert verify_repair(forged_repair, leaked) and verify_certificate(forged_certificate, skill_id=skill.id, keyring=leaked)
+    forged_certificate = {**handed.certificate, "certificate_id": "SKILL-GEN-999", "issued_at": "2020-01-01T00:00:00Z"}
+    forged_certificate = resigned(forged_certificate, certificate_statement(handed.skill.id, forged_certificate))
+    assert verify_repair(forged_repair, handed.leaked)
+    assert verify_certificate(forged_certificate, skill_id=handed.skill.id, keyring=handed.leaked)
     assert not verify_repair(forged_repair, sealed)
-    assert not verify_certificate(forged_certificate, skill_id=skill.id, keyring=sealed)
-    forged_report = signed_report({**report, "findings": [], "run": {"id": "r", "created_at": "2020-01-01T00:00:00Z"}}, leaked)
-    forged_digest = build_digest(stored.as_of.replace(year=2020), [(skill.id, bytes(32))], leaked)
+    assert not verify_certificate(forged_certificate, skill_id=handed.skill.id, keyring=sealed)
+    backdated = {**handed.report, "run": {"id": "r", "created_at": "2020-01-01T00:00:00Z"}}
+    forged_report = signed_report(backdated, handed.leaked)
+    forged_digest = build_digest(handed.stored.as_of.replace(year=2020), [(handed.skill.id, bytes(32))], handed.leaked)
     for keys in (sealed, published):
         with pytest.raises(JwsError, match="does not list this signature"):
             verify_report(forged_report, keys)
         assert not verify_digest(forged_digest, keys)
-    unlisting = KeyRing(new, (old.verifier(),), (KeySeal(old.kid, 1, "00" * 32, "2999-01-01T00:00:00Z"),))
-    assert verify_report(forged_report, unlisting).kid == old.kid  # a seal from before seals listed signatures
+    unlisting = handed.sealed(None)  # a seal from before seals listed: only the dates are checked
+    assert verify_report(forged_report, unlisting).kid == handed.old.kid and verify_repair(forged_repair, unlisting)
 
 
-def test_a_seal_file_keeps_its_list_and_one_without_a_list_still_loads(key_settings) -> None:
+def test_a_seal_list_edited_in_the_database_refuses_everything_its_key_signed_outside_the_chain(db_session, steward) -> None:
+    from models.errors import JwsError
+    from models.key_seals import record_seal_list, seal_problems
+    from models.repair import verify_repair
+    from models.reports import verify_report
+
+    handed = Handed(db_session, steward)
+    listed = record_seal_list(db_session, handed.old.kid)
+    db_session.execute(text("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES (:k, :h)"),
+                       {"k": handed.old.kid, "h": bytes(32)})  # a forgery's hash, slipped in
+    sealed = handed.sealed(listed)
+    assert not verify_repair(handed.repair, sealed)
+    with pytest.raises(JwsError, match="does not list"):
+        verify_report(handed.report_document, sealed)
+    [problem] = seal_problems(db_session, sealed)
+    assert "does not match its seal" in problem
+
+
+def test_a_key_that_signed_before_exports_were_recorded_gets_a_seal_that_lists_nothing(db_session, steward) -> None:
+    """Its reports from before migration 0010 are on no list; listing would call them forgeries."""
+    from models.key_seals import record_seal_list
+    from models.reports import verify_report
+
+    handed = Handed(db_session, steward)
+    db_session.execute(text("UPDATE signed_exports_began SET began_at = now() + interval '1 day'"))
+    assert record_seal_list(db_session, handed.old.kid) is None
+    assert verify_report(handed.report_document, handed.sealed(None)).kid == handed.old.kid
+    assert db_session.scalar(text("SELECT count(*) FROM key_seal_signatures")) == 0
+
+
+def test_the_published_jwks_of_a_listing_seal_fails_closed_on_a_malformed_list(db_session, steward) -> None:
+    from models.errors import JwsError
+    from models.key_seals import record_seal_list
+    from models.reports import verify_report
+
+    handed = Handed(db_session, steward)
+    published = json.loads(json.dumps(handed.sealed(record_seal_list(db_session, handed.old.kid)).jwks()))
+    entry = next(k for k in published["keys"] if k["kid"] == handed.old.kid)
+    for malformed in (None, "all", {"x": 1}, [1, 2]):
+        entry["plant_sealed_signatures"] = malformed
+        with pytest.raises(JwsError, match="does not list"):
+            verify_report(handed.report_document, published)
+
+
+def test_a_seal_file_keeps_its_list_commitment_and_one_without_still_loads(key_settings) -> None:
     from models.keys import load_seal, write_seal
 
     key_settings.retired_signing_keys_path.mkdir(parents=True, exist_ok=True)
-    listed = KeySeal("kid-a", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (("e", "h"),), ("x", "y"))
-    assert load_seal(write_seal(key_settings, listed)) == listed
+    listed = KeySeal("kid-a", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (("e", "h"),), 2, "cd" * 32)
+    assert load_seal(write_seal(key_settings, listed)) == listed and listed.lists
     older = KeySeal("kid-b", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z")
-    assert load_seal(write_seal(key_settings, older)).signed is None
-    path = write_seal(key_settings, KeySeal("kid-c", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (), ("x",)))
-    path.write_text(path.read_text().replace('["x"]', "[1]"))
-    with pytest.raises(SigningKeyError, match="malformed"):
-        load_seal(path)
+    assert not load_seal(write_seal(key_settings, older)).lists
+    for edit in ('"signed_count":"2"', '"signed_count":null'):
+        path = write_seal(key_settings, KeySeal("kid-c", 7, "ab" * 32, "2026-12-05T00:00:00.000000Z", (), 2, "cd" * 32))
+        path.write_text(path.read_text().replace('"signed_count":2', edit))
+        with pytest.raises(SigningKeyError, match="malformed"):
+            load_seal(path)
+
+
+def test_leaves_a_sealed_key_attested_are_rehashed_not_trusted(db_session, monkeypatch) -> None:
+    """A leaked copy of the key could attest leaf rows rewritten under any transaction id."""
+    import models.ledger
+
+    world = Rotated(db_session, digest_before_the_seal=True)
+    rehashed = []
+    root_of = models.ledger.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.rotated) is None and rehashed == []
+    assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.sealed) is None and rehashed == [1]

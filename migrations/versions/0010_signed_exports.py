@@ -1,8 +1,10 @@
-"""Record the signatures over documents Plant hands out without keeping them.
+"""Record the signatures over documents Plant hands out, and the lists key seals commit to.
 
 An exported audit report and a digest from ``GET /ledger/digest`` are signed on the way
-out. Each signature's SHA-256 is now kept, with the key's ``kid``, so that sealing a
-retired key can list everything that key signed outside the chain (``models.key_seals``).
+out. Each signature's SHA-256 is now kept, with the key's ``kid`` (``signed_exports``), from
+the moment in ``signed_exports_began`` on, so that sealing a retired key can list everything
+that key signed outside the chain. The list a seal commits to (by count and root, in the
+seal file) is kept in ``key_seal_signatures`` (``models.key_seals``).
 
 Revision ID: 0010
 Revises: 0009
@@ -27,8 +29,22 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('signature_sha256', name=op.f('pk_signed_exports'))
     )
     op.create_index(op.f('ix_signed_exports_kid'), 'signed_exports', ['kid'], unique=False)
+    op.create_table('signed_exports_began',
+    sa.Column('one', sa.Boolean(), server_default=sa.text('true'), nullable=False),
+    sa.Column('began_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.CheckConstraint('one', name=op.f('ck_signed_exports_began_one_row')),
+    sa.PrimaryKeyConstraint('one', name=op.f('pk_signed_exports_began'))
+    )
+    op.execute("INSERT INTO signed_exports_began DEFAULT VALUES")
+    op.create_table('key_seal_signatures',
+    sa.Column('kid', sa.String(length=128), nullable=False),
+    sa.Column('signature_sha256', sa.LargeBinary(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('kid', 'signature_sha256', name=op.f('pk_key_seal_signatures'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('key_seal_signatures')
+    op.drop_table('signed_exports_began')
     op.drop_index(op.f('ix_signed_exports_kid'), table_name='signed_exports')
     op.drop_table('signed_exports')

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from models.chain import EntityVersion, history
 from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
+from models.key_seals import with_seal_lists
 from models.registry import WriteContext, create_entity, get_entity, list_entities, search_skills, team_members, update_entity
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
@@ -241,6 +242,8 @@ class Jwks(BaseModel):
 
 @registry_api.get("/signing-keys", tags=[Tag(name="constitution")], responses={200: Jwks})
 def signing_keys() -> dict[str, Any]:
-    """Public keys (JWK Set) that verify every chain signature, active key first."""
-    return services().keyring.jwks()
+    """Public keys (JWK Set) that verify every chain signature, active key first. A sealed key's
+    entry names its seal time and, where its seal lists them, the SHA-256 of every signature it
+    made outside the chain (``plant_sealed_at``, ``plant_sealed_signatures``)."""
+    return with_seal_lists(services().keyring, db_session()).jwks()
 
