@@ -18,6 +18,7 @@ from models.embeddings import make_embedder
 from models.entities import EntityType
 from models.errors import PlantError
 from models.keys import keyring_from_settings
+from models.key_seals import with_seal_lists
 from models.repair import repairs, restore_entity, verify_repair
 from models.settings import load_settings
 
@@ -69,6 +70,7 @@ def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
     keyring = keyring_from_settings(settings)
     with one_off_sessions(settings) as sessions, sessions() as session:
         exported = [record.as_json() for record in repairs(session, entity_id=entity_id)]
+        keyring = with_seal_lists(keyring, session)  # a sealed key's record must be on its seal's list
     rows = [(record, verify_repair(record, keyring)) for record in exported]
     if as_json:
         print_json([{**record, "verified": ok} for record, ok in rows])

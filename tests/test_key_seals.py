@@ -561,3 +561,28 @@ def test_leaves_a_sealed_key_attested_are_rehashed_not_trusted(db_session, monke
     monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
     assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.rotated) is None and rehashed == []
     assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.sealed) is None and rehashed == [1]
+
+
+def test_plant_entity_repairs_checks_a_sealed_key_s_records_against_its_seal_s_list(
+        key_settings, settings, engine, clean_db, monkeypatch) -> None:
+    from models.db import make_session_factory
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    ring = keyring_from_settings(key_settings)
+    with transaction(make_session_factory(engine)) as session:
+        steward = bootstrap_steward(session, WriteContext("test", ring, HashingEmbedder()))
+        industry = create_entity(session, entity_type=E.INDUSTRY, ctx=WriteContext("test", ring, HashingEmbedder()),
+                                 data={"name": "Sealed Repairs", "code": "SRP", "governance_agent_id": steward})
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE industries SET name = 'Renamed by hand' WHERE id = :i"), {"i": industry.id})
+
+    def plant(*args: str):
+        result = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    assert plant("entity", "restore", "industry", str(industry.id))["restored"]  # a repair record by the old key
+    plant("signing-keys", "rotate")
+    [sealed] = plant("signing-keys", "seal")["sealed"]
+    assert sealed["signatures_listed"] == 1
+    assert [(r["kid"], r["verified"]) for r in plant("entity", "repairs")] == [(ring.active.kid, True)]
