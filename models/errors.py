@@ -160,6 +160,13 @@ class PreconditionFailed(Conflict):
     title = "The entity changed since the client read it"
 
 
+class SealListInvalid(PlantError):
+    """The database's list of what a sealed key signed outside the chain is not the one its seal commits to."""
+
+    code = "seal-list-invalid"
+    title = "A key seal's list does not match the seal"
+
+
 class LedgerBusy(PlantError):
     """Version writes stayed in flight for longer than a digest looks for a quiet moment."""
 

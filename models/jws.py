@@ -99,14 +99,14 @@ def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:
     sealed, its seal lists nothing (written before seals listed, or for a key that signed
     before Plant recorded what it hands out), or the seal lists this signature. From a ring,
     the list is the one read from the database and checked against the seal
-    (:func:`models.key_seals.with_seal_lists`; a list not read lists nothing it would pass);
+    (:func:`models.key_seals.with_seal_lists`; a ring whose lists were not read raises);
     from a JWKS, a sealed key's ``plant_sealed_signatures``, where anything but a list of
     strings lists nothing."""
     if isinstance(keys, KeyRing):
         seal = keys.seal(kid)
         if seal is None or not seal.lists:
             return True
-        listed: Any = seal.signed or frozenset()
+        listed: Any = seal.listed()
     else:
         entry = _jwk_entry(keys, kid)
         if entry is None or SEALED_SIGNATURES_MEMBER not in entry:

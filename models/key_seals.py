@@ -125,12 +125,15 @@ def record_seal_list(session: Session, kid: str) -> tuple[int, str] | None:
     before Plant began recording what it hands out (migration 0010), so documents it
     handed out then are on no list, and listing would refuse them."""
     began = session.scalar(select(SignedExportsBegan.began_at))
+    if began is None:
+        raise SigningKeyError("signed_exports_began is empty (migration 0010 writes its one row): without it no "
+                              "seal can tell whether its list is complete; nothing was sealed")
     first = min((t for t in (
         session.scalar(select(func.min(EntityVersion.created_at)).where(EntityVersion.kid == kid)),
         session.scalar(select(func.min(LedgerDigest.created_at)).where(LedgerDigest.kid == kid)),
         session.scalar(select(func.min(_REPAIR_SIGNERS.c.repaired_at)).where(_REPAIR_SIGNERS.c.kid == kid)),
     ) if t is not None), default=None)
-    if began is None or (first is not None and first < began):
+    if first is not None and first < began:
         return None
     hashes = signed_outside_the_chain(session, kid)
     session.execute(delete(KeySealSignature).where(KeySealSignature.kid == kid))  # a seal attempt's, not written out
@@ -155,19 +158,28 @@ def with_seal_lists(keyring: KeyRing, session: Session) -> KeyRing:
 
 
 def _checked_list(session: Session, seal: KeySeal) -> frozenset[str] | None:
-    """The database's list for ``seal`` if it matches the seal's count and root, else None."""
+    """The database's list for ``seal`` if it matches the seal's count and root, else None
+    (a match is kept for the process: it stays right whatever the table holds later)."""
     key = (seal.kid, str(seal.signed_root))
     if key not in _CHECKED_LISTS:
-        hashes = [bytes(h) for h in session.scalars(select(KeySealSignature.signature_sha256).where(KeySealSignature.kid == seal.kid))]
-        if len(hashes) != seal.signed_count or seal_list_root(hashes) != seal.signed_root:
+        listed = _list_as_stored(session, seal)
+        if listed is None:
             return None
-        _CHECKED_LISTS[key] = frozenset(b64url_encode(h) for h in hashes)
+        _CHECKED_LISTS[key] = listed
     return _CHECKED_LISTS[key]
 
 
+def _list_as_stored(session: Session, seal: KeySeal) -> frozenset[str] | None:
+    hashes = [bytes(h) for h in session.scalars(select(KeySealSignature.signature_sha256).where(KeySealSignature.kid == seal.kid))]
+    if len(hashes) != seal.signed_count or seal_list_root(hashes) != seal.signed_root:
+        return None
+    return frozenset(b64url_encode(h) for h in hashes)
+
+
 def seal_list_problem(session: Session, seal: KeySeal) -> str | None:
-    """Why the database's list for ``seal`` cannot be relied on, or None."""
-    if not seal.lists or _checked_list(session, seal) is not None:
+    """Why the database's list for ``seal`` cannot be relied on now, or None (read afresh:
+    an edit made after this process first read the list is reported too)."""
+    if not seal.lists or _list_as_stored(session, seal) is not None:
         return None
     return (f"the database's list of what key {seal.kid} signed outside the chain does not match its seal "
             f"({seal.signed_count} signatures, root {seal.signed_root}); every such signature of that key is refused")

@@ -162,6 +162,14 @@ class KeySeal:
         """Whether this seal lists what its key signed outside the chain."""
         return self.signed_root is not None
 
+    def listed(self) -> frozenset[str]:
+        """The list, as read and checked; raises if it was never read: a check that went ahead
+        without it would refuse everything the key signed, with a forgery's message."""
+        if self.signed is None:
+            raise RuntimeError(f"the seal of key {self.kid} lists signatures, but the list was not read: "
+                               "verify with models.key_seals.with_seal_lists(keyring, session)")
+        return self.signed
+
     @cached_property
     def deleted_heads(self) -> dict[uuid.UUID, bytes]:
         """``deleted`` parsed once: soft-deleted entity id -> its head link at the seal."""
@@ -240,7 +248,7 @@ class KeyRing:
 def _seal_members(seal: KeySeal | None) -> dict[str, Any]:
     if seal is None:
         return {}
-    listed = {SEALED_SIGNATURES_MEMBER: sorted(seal.signed or ())} if seal.lists else {}  # unread: none (fail closed)
+    listed = {SEALED_SIGNATURES_MEMBER: sorted(seal.listed())} if seal.lists else {}
     return {SEALED_AT_MEMBER: seal.as_of, **listed}
 
 

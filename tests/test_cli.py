@@ -163,3 +163,26 @@ def test_a_digest_signed_by_a_sealed_key_at_or_after_its_seal_is_refused(tmp_pat
         assert result.exit_code == code, (as_of, result.output)
     assert "note: that key was sealed" in _verify(
         tmp_path, sealed_ring, "digest", json.dumps(build_digest(seal - dt.timedelta(days=1), heads, keyring)).encode()).output
+
+
+def test_a_report_on_its_sealed_key_s_list_verifies_with_a_note_saying_so(tmp_path, keyring, sealed_ring) -> None:
+    import json
+
+    from models.jws import b64url_decode, b64url_encode, signature_sha256
+    from models.reports import signed_report
+
+    report = {"type": "plant.audit-report.v1", "findings": [], "run": {"id": "r", "created_at": "2026-05-31T23:00:00Z"}}
+    document, other = signed_report(report, keyring), signed_report({**report, "findings": [1]}, keyring)
+    listed = b64url_encode(signature_sha256(b64url_decode(json.loads(document)["signature"].split(".")[2])))
+    jwks = sealed_ring.jwks()
+    next(k for k in jwks["keys"] if k["kid"] == keyring.active.kid)["plant_sealed_signatures"] = [listed]
+    path, jwks_file = tmp_path / "report.json", tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(jwks))
+    path.write_bytes(document)
+    ok = CliRunner().invoke(cli, ["report", "verify", str(path), "--jwks", str(jwks_file)])
+    assert ok.exit_code == 0 and "its seal lists this signature: it was made before the seal" in ok.output
+    facts = json.loads(CliRunner().invoke(cli, ["report", "verify", str(path), "--jwks", str(jwks_file), "--json"]).stdout)
+    assert facts["seal_lists_it"] is True and facts["sealed_at"] == "2026-06-01T00:00:00+00:00"
+    path.write_bytes(other)  # signed by the same key, dated before the seal, on no list
+    refused = CliRunner().invoke(cli, ["report", "verify", str(path), "--jwks", str(jwks_file)])
+    assert refused.exit_code == 4 and "does not list this signature" in refused.stderr

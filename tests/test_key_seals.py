@@ -513,13 +513,14 @@ def test_a_seal_list_edited_in_the_database_refuses_everything_its_key_signed_ou
 def test_a_key_that_signed_before_exports_were_recorded_gets_a_seal_that_lists_nothing(db_session, steward) -> None:
     """Its reports from before migration 0010 are on no list; listing would call them forgeries."""
     from models.key_seals import record_seal_list
-    from models.reports import verify_report
 
     handed = Handed(db_session, steward)
     db_session.execute(text("UPDATE signed_exports_began SET began_at = now() + interval '1 day'"))
     assert record_seal_list(db_session, handed.old.kid) is None
-    assert verify_report(handed.report_document, handed.sealed(None)).kid == handed.old.kid
     assert db_session.scalar(text("SELECT count(*) FROM key_seal_signatures")) == 0
+    db_session.execute(text("DELETE FROM signed_exports_began"))  # and without knowing when recording began:
+    with pytest.raises(SigningKeyError, match="signed_exports_began is empty"):
+        record_seal_list(db_session, handed.old.kid)
 
 
 def test_the_published_jwks_of_a_listing_seal_fails_closed_on_a_malformed_list(db_session, steward) -> None:
@@ -586,3 +587,62 @@ def test_plant_entity_repairs_checks_a_sealed_key_s_records_against_its_seal_s_l
     [sealed] = plant("signing-keys", "seal")["sealed"]
     assert sealed["signatures_listed"] == 1
     assert [(r["kid"], r["verified"]) for r in plant("entity", "repairs")] == [(ring.active.kid, True)]
+
+
+def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_fail_loudly(
+        db_session, steward, app, monkeypatch) -> None:
+    """The report page's repair flags, an audit against a digest handed back, and the JWKS all
+    read the list; a check given a ring whose lists were never read raises instead of calling
+    genuine documents forgeries."""
+    import dataclasses
+
+    from models.audit_runs import digest_findings, start_run
+    from models.jobs import Job
+    from models.key_seals import record_seal_list, seal_problems
+    from models.repair import verify_repair
+    from models.errors import SealListInvalid
+    from models.report_view import report_view
+    from web.api.registry import signing_keys
+    from web.problems import STATUS_BY_ERROR
+    from web.services import EXTENSION_KEY
+
+    handed = Handed(db_session, steward)
+    count, root = record_seal_list(db_session, handed.old.kid)
+    seal = KeySeal(handed.old.kid, handed.seal_digest.id, bytes(handed.seal_digest.heads_root).hex(),
+                   "2999-01-01T00:00:00Z", (), count, root)
+    unread = KeyRing(handed.new, (handed.old.verifier(),), (seal,))  # as a process loads it from its key files
+    with pytest.raises(RuntimeError, match="the list was not read"):
+        verify_repair(handed.repair, unread)
+    with pytest.raises(RuntimeError, match="the list was not read"):
+        unread.jwks()
+
+    job = Job(kind="audit.run", queue="audit", status="running", params={})
+    db_session.add(job)
+    db_session.flush()
+    run = start_run(db_session, job_id=job.id, params={}, keyring=unread, chunk_entities=50_000)
+    db_session.execute(text("UPDATE audit_runs SET created_at = now() + interval '1 hour' WHERE id = :id"), {"id": run.id})
+    db_session.expire_all()
+    view = report_view(db_session, run_id=run.id, keyring=unread)
+    assert [(r["id"], r["verified"]) for r in view.repairs] == [(handed.repair["id"], True)]
+    codes = {f.code for f in digest_findings(db_session, handed.handed_out, unread)}
+    assert "digest-invalid" not in codes  # handed back: its signature is on the list (its heads are made up)
+
+    def published_jwks():
+        with app.test_request_context():
+            monkeypatch.setitem(app.extensions, EXTENSION_KEY, dataclasses.replace(services, keyring=unread))
+            return signing_keys()
+
+    services = app.extensions[EXTENSION_KEY]
+    monkeypatch.setattr("web.api.registry.db_session", lambda: db_session)
+    published = published_jwks()
+    assert {k["kid"]: len(k.get("plant_sealed_signatures", [])) for k in published["keys"]} == {handed.new.kid: 0, handed.old.kid: 4}
+
+    # An edit to the list after this process read it: the cached list stays right, and the
+    # audit and the JWKS say the database's list is wrong.
+    db_session.execute(text("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES (:k, :h)"),
+                       {"k": handed.old.kid, "h": bytes(32)})
+    assert verify_repair(handed.repair, with_seal_lists(unread, db_session))
+    assert any("does not match its seal" in p for p in seal_problems(db_session, unread))
+    with pytest.raises(SealListInvalid):
+        published_jwks()
+    assert dict(STATUS_BY_ERROR)[SealListInvalid] == 503

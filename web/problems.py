@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError
+from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ STATUS_BY_ERROR: list[tuple[type[PlantError], int]] = [
     (Conflict, 409),
     (InvalidInput, 422),
     (LedgerBusy, 503),
+    (SealListInvalid, 503),
 ]
 
 
