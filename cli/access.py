@@ -109,8 +109,8 @@ def seal(as_json: bool) -> None:
     Run it once every API and worker process has restarted on the active key. It stores a
     ledger digest signed by the active key (DATABASE_URL) and writes <kid>.seal.json next
     to each unsealed retired key; a version such a key signs later is `signed-after-seal`.
-    The seal also lists every report, digest, repair record and certificate the key signed
-    (where Plant recorded them all); one it signs later does not verify.
+    The seal also lists every report, repair record and certificate the key signed (where
+    Plant recorded them all); one it signs later does not verify.
     Copy the seal files wherever the retired keys are deployed, then restart again.
     """
     settings = load_settings()
@@ -127,9 +127,9 @@ def seal(as_json: bool) -> None:
         click.echo("every retired key is sealed already")
         return
     for sealed in seals:
-        listed = (f"it lists the {sealed.signed_count} report, digest, repair and certificate signature(s) the key made"
+        listed = (f"it lists the {sealed.signed_count} report, repair record and certificate signature(s) the key made"
                   if sealed.lists else "it lists nothing the key signed outside the chain: the key signed before Plant "
-                  "began recording the reports and digests it hands out, so only their dates are checked")
+                  "began recording the reports it hands out, so only their dates are checked")
         click.echo(f"sealed {sealed.kid} at digest {sealed.digest_id} ({sealed.as_of}); {listed}")
     click.echo("restart every running API and worker process so they all load the seals", err=True)
 

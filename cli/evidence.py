@@ -3,8 +3,8 @@
 Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully offline) or,
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
-later time was signed after the seal and does not verify; one that may predate the seal
-verifies with a note saying so. A document that does not verify exits 4; anything that stops the check from
+later time was signed after the seal and does not verify; a report its seal does not list
+(where the seal lists) does not either; any other verifies with a note saying so. A document that does not verify exits 4; anything that stops the check from
 running at all (no server, an unreadable key file) exits 1.
 """
 
@@ -94,7 +94,7 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
     verified, report_body = checked.signature, checked.report
-    sealed = _seal_caveat(as_json, source, keys, verified.kid, latest_time_named(report_body), "report")
+    sealed = _seal_caveat(as_json, source, keys, verified.kid, latest_time_named(report_body), "report", listable=True)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
@@ -148,7 +148,8 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
         _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
     if not verify_digest(document, keys):
         _refuse(as_json, source, "ledger digest is NOT valid: its signature, shape or leaves do not check out")
-    sealed = _seal_caveat(as_json, source, keys, document["kid"], aware_time(document["as_of"]), "ledger digest")
+    sealed = _seal_caveat(as_json, source, keys, document["kid"], aware_time(document["as_of"]), "ledger digest",
+                          listable=False)
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
              "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **sealed}
     if as_json:
@@ -159,15 +160,19 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     _echo_seal_caveat(sealed)
 
 
-def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str) -> dict[str, Any]:
+def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str, *,
+                 listable: bool) -> dict[str, Any]:
     """Refuse a document its sealed key signed after the seal (a later time in it proves
-    that); for one that may predate the seal, ``{"sealed_at", "seal_lists_it"}`` to show with it
-    (a document its seal does not list never verifies that far)."""
+    that); for one that may predate the seal, ``{"sealed_at", "seal_lists_it"}`` to show with
+    it. A ``listable`` document (a report) that its key's seal does not list never verifies
+    this far; seals list no digest."""
     after = signed_after_its_seal(keys, kid, named)
     if after is not None:
         _refuse(as_json, source, f"{what} is NOT valid: {after}")
     sealed = sealed_at(keys, kid)
-    return {"sealed_at": sealed.isoformat(), "seal_lists_it": seal_lists(keys, kid)} if sealed is not None else {}
+    if sealed is None:
+        return {}
+    return {"sealed_at": sealed.isoformat(), "seal_lists_it": listable and seal_lists(keys, kid)}
 
 
 def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
@@ -177,9 +182,9 @@ def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
         click.echo(f"note: that key was sealed at {sealed['sealed_at']}, and its seal lists this signature: "
                    "it was made before the seal")
         return
-    click.echo(f"note: that key was sealed at {sealed['sealed_at']} by a seal that lists nothing it signed: whoever "
-               "holds a copy of its private key can still sign backdated documents, so this one is evidence only if "
-               "you have held it since before then")
+    click.echo(f"note: that key was sealed at {sealed['sealed_at']}, and its seal does not list this document: "
+               "whoever holds a copy of its private key can still sign backdated ones, so this one is evidence only "
+               "if you have held it since before then")
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:

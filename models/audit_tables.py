@@ -109,9 +109,9 @@ class ScheduledFire(Base):
 
 
 class SignedExport(Base):
-    """A signature Plant made over a document it handed out and did not keep (an audit
-    report, a ledger digest): the SHA-256 of its bytes and the signing key. Sealing that
-    key lists it (:mod:`models.key_seals`), so the document still verifies afterwards."""
+    """A signature Plant made over a finished run's audit report it handed out and did not
+    keep: the SHA-256 of its bytes and the signing key. Sealing that key lists it
+    (:mod:`models.key_seals`), so the report still verifies afterwards."""
 
     __tablename__ = "signed_exports"
 

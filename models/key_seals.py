@@ -12,6 +12,11 @@ refused (409 ``entity-tampered``), audits report it, and ``plant entity restore`
 to restore to it. Every audit run first checks each seal's digest (:func:`seal_problems`),
 so a digest deleted or edited to cover a forged version is ``key-seal-invalid``.
 
+The seal also lists what its key signed outside the chain (reports of finished runs,
+repair records, certificates): :func:`record_seal_list` keeps the list in the database and
+the seal file commits to it by count and root; :func:`with_seal_lists` reads and checks it
+for the checks that need it (:func:`models.jws.listed_by_seal`).
+
 The seal files, like the keys, live outside the database: someone who can write the
 database can neither add a seal nor move one.
 """
@@ -88,11 +93,12 @@ def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
 
 def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
     """The SHA-256 of every signature key ``kid`` made outside the chain, sorted: the reports
-    and digests it signed on their way out (``signed_exports``), its repair records, and the
-    certificates in skill versions. Certificates are read from the chain's signed contents,
-    never from a skill row; a content that cannot be read holds none. Stored ledger digests
-    are left out: a seal already trusts one signed by its key only if it is older than the
-    seal's own digest (:func:`models.ledger.signed_after_seal`)."""
+    of finished runs it signed on their way out (``signed_exports``), its repair records, and
+    the certificates in skill versions. Certificates are read from the chain's signed
+    contents, never from a skill row; a content that cannot be read holds none. Digests are
+    left out (any read key could multiply them): a stored one signed by a sealed key is
+    trusted only if older than the seal's own digest (:func:`models.ledger.signed_after_seal`),
+    and any digest naming a time at or after the seal is refused."""
     hashes = {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
     hashes |= {signature_sha256(bytes(raw)) for raw in session.scalars(
         select(_REPAIR_SIGNERS.c.signature).where(_REPAIR_SIGNERS.c.kid == kid))}

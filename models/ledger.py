@@ -314,7 +314,7 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     leaf rows are untouched since they were written and attested, without hashing them.
     """
     document = digest.document
-    if not verify_digest(document, keyring, stored=True):
+    if not verify_digest(document, keyring):
         return "its signed document is malformed or not signed by a trusted key"
     if (document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count
             or dt.datetime.fromisoformat(document["as_of"]) != digest.as_of):  # as_of picks "the latest"

@@ -21,7 +21,7 @@ from typing import Any
 
 from models.canonical import canonical_bytes, to_json_tree
 from models.errors import CanonicalizationError
-from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier, listed_by_seal
+from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
 from models.signing import KeyRing
 
@@ -75,11 +75,12 @@ def digest_with_leaves(
     return digest
 
 
-def verify_digest(digest: Any, keys: KeySource, *, stored: bool = False) -> bool:
-    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`);
-    by a sealed key, only if its seal lists the signature (:func:`models.jws.listed_by_seal`),
-    unless the digest is one Plant ``stored``: those are held against the seal's own digest
-    instead (:func:`models.ledger.signed_after_seal`).
+def verify_digest(digest: Any, keys: KeySource) -> bool:
+    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`).
+
+    A seal lists no digest (any read key could grow the list, one ``GET /ledger/digest`` at
+    a time): one signed by a sealed key is held to the seal by its ``as_of`` instead
+    (:func:`models.ledger.signed_after_seal`, :func:`models.jws.signed_after_its_seal`).
 
     Any malformed, extended, altered or unsigned digest is False, never an exception;
     when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
@@ -97,7 +98,7 @@ def verify_digest(digest: Any, keys: KeySource, *, stored: bool = False) -> bool
         signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
     except (ValueError, CanonicalizationError):
         return False
-    if not verifier.verify(signature, signed) or not (stored or listed_by_seal(keys, verifier.kid, signature)):
+    if not verifier.verify(signature, signed):
         return False
     return "leaves" not in digest or _leaves_match_root(digest["leaves"], digest)
 

@@ -98,9 +98,11 @@ def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> b
 
 
 def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
-    """:func:`report_signature`, recorded so that sealing the key lists it (:mod:`models.signed_exports`)."""
+    """:func:`report_signature`, recorded so that sealing the key lists it, when the report's
+    run has finished (:mod:`models.signed_exports`)."""
     jws = report_signature(report, keyring)
-    record_detached_jws(session, kind="report", kid=keyring.active.kid, jws=jws)
+    if report["run"].get("finished_at") is not None:
+        record_detached_jws(session, kind="report", kid=keyring.active.kid, jws=jws)
     return jws
 
 

@@ -1,15 +1,15 @@
-"""Signatures over documents Plant hands out without keeping them, recorded on the way out.
+"""Signatures over reports Plant hands out without keeping them, recorded on the way out.
 
-An audit report export (JSON, or the JWS on the HTML page) and a digest from ``GET
-/ledger/digest`` are signed when asked for. Plant keeps no copy, so each signature's
-SHA-256 is kept instead, with its key: sealing that key then lists the signature among
-what the key signed before its seal (:mod:`models.key_seals`), and the document keeps
-verifying after the seal while one signed later with a leaked copy of the key does not.
+An audit report is signed when it is exported (JSON, or the JWS on the HTML page). Plant
+keeps no copy, so the signature's SHA-256 is kept instead, with its key: sealing that key
+then lists the signature among what the key signed before its seal (:mod:`models.key_seals`),
+and the report keeps verifying after the seal while one signed later with a leaked copy of
+the key does not. Only reports of finished runs are recorded: a running audit's report
+changes with every view, and a list that grows with each page view would bloat every seal
+and the published JWKS (such a report stops verifying once its key is sealed).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -29,7 +29,3 @@ def record_detached_jws(session: Session, *, kind: str, kid: str, jws: str) -> N
     """:func:`record_export` for a compact detached JWS (``header..signature``)."""
     record_export(session, kind=kind, kid=kid, signature=b64url_decode(jws.rsplit(".", 1)[1]))
 
-
-def record_digest(session: Session, digest: dict[str, Any]) -> None:
-    """:func:`record_export` for a signed ledger digest handed out (``GET /ledger/digest``)."""
-    record_export(session, kind="digest", kid=digest["kid"], signature=b64url_decode(digest["signature"]))

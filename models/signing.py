@@ -147,7 +147,7 @@ class KeySeal:
     as_of: str
     # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
     deleted: tuple[tuple[str, str], ...] = ()
-    # What the key signed outside the chain (reports and digests it handed out, repair records,
+    # What the key signed outside the chain (reports it handed out, repair records,
     # certificates), committed to here by count and root (:func:`models.key_seals.seal_list_root`);
     # the list itself is kept in the database. None: the seal lists nothing (written before seals
     # listed, or the key signed before Plant recorded what it handed out).

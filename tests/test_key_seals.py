@@ -406,7 +406,6 @@ class Handed:
         from models.ledger_digest import build_digest
         from models.repair import repairs
         from models.reports import recorded_report_signature
-        from models.signed_exports import record_digest
         from tests.test_certification import _skill
 
         self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
@@ -418,11 +417,10 @@ class Handed:
         restore_entity(session, entity_type=E.SKILL, entity_id=self.skill.id, keyring=self.leaked, embedder=HashingEmbedder(),
                        actor="operator:test")
         [self.repair] = [record.as_json() for record in repairs(session, entity_id=self.skill.id)]
-        self.stored = store_digest(session, keyring=self.leaked)  # the hourly digest: not listed, held against the seal's
+        self.stored = store_digest(session, keyring=self.leaked)  # the hourly digest: held against the seal's
         self.handed_out = build_digest(self.stored.as_of, [(self.skill.id, bytes(32))], self.leaked)  # GET /ledger/digest
-        record_digest(session, self.handed_out)
         self.report = {"type": "plant.audit-report.v1", "findings": [],
-                       "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z"}}
+                       "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:10:00Z"}}
         self.jws = recorded_report_signature(session, self.report, self.leaked)  # an export
         self.report_document = canonical_bytes({"report": self.report, "signature": self.jws})
         self.seal_digest = store_digest(session, keyring=KeyRing(self.new, (self.old.verifier(),)))
@@ -439,24 +437,25 @@ class Handed:
 
 
 def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(db_session, steward) -> None:
-    """Reports, digests handed out, repair records and certificates carry no chain position:
-    a leaked sealed key could sign them backdated. The seal lists the ones the key signed."""
+    """Reports, repair records and certificates carry no chain position: a leaked sealed key
+    could sign them backdated. The seal lists the ones the key signed (digests it does not:
+    any read key could grow the list; they are held to the seal by their as_of)."""
     from models.canonical import canonical_bytes
     from models.certification import certificate_statement, verify_certificate
     from models.errors import JwsError
     from models.jws import b64url_decode
     from models.key_seals import record_seal_list, seal_list_root, seal_problems, signed_outside_the_chain
     from models.ledger import stored_digest_problem
-    from models.ledger_digest import build_digest, verify_digest
+    from models.ledger_digest import verify_digest
     from models.repair import verify_repair
     from models.reports import signed_report, verify_report
 
     handed = Handed(db_session, steward)
     expected = sorted(signature_sha256(b64url_decode(s)) for s in (
-        handed.certificate["signature"], handed.repair["signature"], handed.handed_out["signature"], handed.jws.split(".")[2]))
-    assert signed_outside_the_chain(db_session, handed.old.kid) == expected  # the stored digest is not among them
+        handed.certificate["signature"], handed.repair["signature"], handed.jws.split(".")[2]))
+    assert signed_outside_the_chain(db_session, handed.old.kid) == expected  # no digest is among them
     listed = record_seal_list(db_session, handed.old.kid)
-    assert listed == (4, seal_list_root(expected))
+    assert listed == (3, seal_list_root(expected))
     sealed = handed.sealed(listed)
     published = json.loads(json.dumps(sealed.jwks()))
     assert {k["kid"]: k.get("plant_sealed_signatures") for k in published["keys"]} == {
@@ -483,11 +482,9 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     assert not verify_certificate(forged_certificate, skill_id=handed.skill.id, keyring=sealed)
     backdated = {**handed.report, "run": {"id": "r", "created_at": "2020-01-01T00:00:00Z"}}
     forged_report = signed_report(backdated, handed.leaked)
-    forged_digest = build_digest(handed.stored.as_of.replace(year=2020), [(handed.skill.id, bytes(32))], handed.leaked)
     for keys in (sealed, published):
         with pytest.raises(JwsError, match="does not list this signature"):
             verify_report(forged_report, keys)
-        assert not verify_digest(forged_digest, keys)
     unlisting = handed.sealed(None)  # a seal from before seals listed: only the dates are checked
     assert verify_report(forged_report, unlisting).kid == handed.old.kid and verify_repair(forged_repair, unlisting)
 
@@ -625,7 +622,7 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     view = report_view(db_session, run_id=run.id, keyring=unread)
     assert [(r["id"], r["verified"]) for r in view.repairs] == [(handed.repair["id"], True)]
     codes = {f.code for f in digest_findings(db_session, handed.handed_out, unread)}
-    assert "digest-invalid" not in codes  # handed back: its signature is on the list (its heads are made up)
+    assert "digest-invalid" not in codes  # handed back, dated before the seal (its heads are made up)
 
     def published_jwks():
         with app.test_request_context():
@@ -635,7 +632,7 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     services = app.extensions[EXTENSION_KEY]
     monkeypatch.setattr("web.api.registry.db_session", lambda: db_session)
     published = published_jwks()
-    assert {k["kid"]: len(k.get("plant_sealed_signatures", [])) for k in published["keys"]} == {handed.new.kid: 0, handed.old.kid: 4}
+    assert {k["kid"]: len(k.get("plant_sealed_signatures", [])) for k in published["keys"]} == {handed.new.kid: 0, handed.old.kid: 3}
 
     # An edit to the list after this process read it: the cached list stays right, and the
     # audit and the JWKS say the database's list is wrong.

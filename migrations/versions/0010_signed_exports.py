@@ -1,9 +1,9 @@
-"""Record the signatures over documents Plant hands out, and the lists key seals commit to.
+"""Record the signatures over reports Plant hands out, and the lists key seals commit to.
 
-An exported audit report and a digest from ``GET /ledger/digest`` are signed on the way
-out. Each signature's SHA-256 is now kept, with the key's ``kid`` (``signed_exports``), from
-the moment in ``signed_exports_began`` on, so that sealing a retired key can list everything
-that key signed outside the chain. The list a seal commits to (by count and root, in the
+An exported audit report (of a finished run) is signed on the way out. Each signature's
+SHA-256 is now kept, with the key's ``kid`` (``signed_exports``), from the moment in
+``signed_exports_began`` on, so that sealing a retired key can list everything that key
+signed outside the chain. The list a seal commits to (by count and root, in the
 seal file) is kept in ``key_seal_signatures`` (``models.key_seals``).
 
 Revision ID: 0010

@@ -20,7 +20,6 @@ from models.entities import EntityType
 from models.ledger import digest_now
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
 from models.reports import export_report, finding_resource, findings_csv, get_run, run_resource
-from models.signed_exports import record_digest
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
@@ -184,9 +183,5 @@ def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     Taken at a moment with no version write in flight (503 ``ledger-busy`` with Retry-After when
     there is none for 5 s), so that its ``as_of`` names exactly the heads it signs. Each API
     process takes ``PLANT_DIGESTS_AT_ONCE`` (1) at a time; one more is 503 ``digests-busy``."""
-    session = db_session()
     with digest_slot():
-        digest = digest_now(session, keyring=services().keyring, with_leaves=query.leaves)
-    record_digest(session, digest)
-    session.commit()
-    return digest
+        return digest_now(db_session(), keyring=services().keyring, with_leaves=query.leaves)
