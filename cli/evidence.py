@@ -4,8 +4,9 @@ Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully off
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
 later time was signed after the seal and does not verify; a report its seal does not list
-(where the seal lists) does not either; any other verifies with a note saying so. A document that does not verify exits 4; anything that stops the check from
-running at all (no server, an unreadable key file) exits 1.
+(where the seal lists) does not either; any other verifies with a note saying so. A document
+that does not verify exits 4; anything that stops the check from running at all (no server,
+an unreadable key file) exits 1.
 """
 
 from __future__ import annotations

@@ -94,10 +94,10 @@ def signature_sha256(signature: bytes) -> bytes:
 
 
 def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:
-    """Whether a signature by key ``kid`` outside the chain (a report, a digest handed out, a
-    repair record, a certificate) may have been made before the key's seal: the key is not
-    sealed, its seal lists nothing (written before seals listed, or for a key that signed
-    before Plant recorded what it hands out), or the seal lists this signature. From a ring,
+    """Whether a signature by key ``kid`` outside the chain (a report, a repair record, a
+    certificate; seals list no digest) may have been made before the key's seal: the key is
+    not sealed, its seal lists nothing (written before seals listed, or for a key that signed
+    before Plant recorded the reports it hands out), or the seal lists this signature. From a ring,
     the list is the one read from the database and checked against the seal
     (:func:`models.key_seals.with_seal_lists`; a ring whose lists were not read raises);
     from a JWKS, a sealed key's ``plant_sealed_signatures``, where anything but a list of

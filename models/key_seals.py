@@ -79,9 +79,10 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
 
 
 def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
-    """The upcoming keys (other than the active one) that signed a version, a digest, a
-    repair record or an exported document. Once every process runs on the active key, an upcoming key has signed
-    nothing; anything it did sign is a process ahead of this one, or a forgery."""
+    """The upcoming keys (other than the active one) that signed a version, a digest, a repair
+    record or an exported document. Once every process runs on the active key, an
+    upcoming key has signed nothing; anything it did sign is a process ahead of this
+    one, or a forgery."""
     kids = sorted({key.kid for key in keyring.upcoming} - {keyring.active.kid})
     if not kids:
         return []
