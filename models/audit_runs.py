@@ -30,7 +30,6 @@ from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
-from models.key_seals import with_seal_lists
 from models.ledger import compare_heads, root_as_of, signed_after_seal
 from models.ledger_digest import verify_digest
 from models.repair import settle_repairs
@@ -148,7 +147,7 @@ def id_ranges(parts: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) -> list[FindingRow]:
     """Compare the registry with a digest kept outside Plant (leaves optional)."""
-    if not verify_digest(digest, with_seal_lists(keyring, session)):
+    if not verify_digest(digest, keyring):
         return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
     as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
     after_seal = signed_after_seal(keyring, digest["kid"], as_of)

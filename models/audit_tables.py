@@ -109,15 +109,17 @@ class ScheduledFire(Base):
 
 
 class SignedExport(Base):
-    """A signature Plant made over a finished run's audit report it handed out and did not
-    keep: the SHA-256 of its bytes and the signing key. Sealing that key lists it
-    (:mod:`models.key_seals`), so the report still verifies afterwards."""
+    """A finished run's report as Plant signed it on its first export, once per key: its
+    SHA-256, the detached JWS (handed out again on every later export, so a randomised
+    PS256 signature is made once) and the SHA-256 of the signature's bytes, which sealing
+    the key lists (:mod:`models.key_seals`), so the report still verifies afterwards."""
 
     __tablename__ = "signed_exports"
 
-    signature_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    kid: Mapped[str] = mapped_column(String(128), index=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    jws: Mapped[str] = mapped_column(Text)
+    signature_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[CreatedAt]
 
 

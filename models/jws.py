@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import rfc8785
 
-from models.canonical import aware_time, strict_json_loads
+from models.canonical import aware_time, sha256, strict_json_loads
 from models.errors import JwsError, SigningKeyError
 from models.signing import SEALED_AT_MEMBER, SEALED_SIGNATURES_MEMBER, KeyRing, SigningKey, VerifyingKey
 
@@ -90,7 +89,7 @@ def find_verifier(keys: KeySource, kid: str) -> VerifyingKey | None:
 
 def signature_sha256(signature: bytes) -> bytes:
     """What a seal lists of a signature it vouches for: the SHA-256 of its raw bytes."""
-    return hashlib.sha256(bytes(signature)).digest()
+    return sha256(bytes(signature))
 
 
 def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:

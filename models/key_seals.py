@@ -34,7 +34,7 @@ from models.audit_tables import KeySealSignature, LedgerDigest, SignedExport, Si
 from models.chain import EntityVersion
 from models.db import transaction
 from models.entities import ENTITY_MODELS, EntityType
-from models.errors import SigningKeyError
+from models.errors import SealListInvalid, SigningKeyError
 from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import key_files_lock, keyring_from_settings, write_seal
 from models.ledger import current_heads, store_digest, stored_digest_problem
@@ -183,13 +183,32 @@ def _list_as_stored(session: Session, seal: KeySeal) -> frozenset[str] | None:
     return frozenset(b64url_encode(h) for h in hashes)
 
 
+def published_keyring(keyring: KeyRing, session: Session) -> KeyRing:
+    """``keyring`` with each listing seal's list read once, afresh, to publish (the JWKS);
+    ``SealListInvalid`` when one does not match its seal: a published empty list would refuse,
+    offline and for good, everything that key signed."""
+    seals = []
+    for seal in keyring.seals:
+        if seal.lists:
+            listed = _list_as_stored(session, seal)
+            if listed is None:
+                raise SealListInvalid(seal_list_mismatch(seal))
+            seal = replace(seal, signed=listed)
+        seals.append(seal)
+    return replace(keyring, seals=tuple(seals))
+
+
+def seal_list_mismatch(seal: KeySeal) -> str:
+    return (f"the database's list of what key {seal.kid} signed outside the chain does not match its seal "
+            f"({seal.signed_count} signatures, root {seal.signed_root}); every such signature of that key is refused")
+
+
 def seal_list_problem(session: Session, seal: KeySeal) -> str | None:
     """Why the database's list for ``seal`` cannot be relied on now, or None (read afresh:
     an edit made after this process first read the list is reported too)."""
     if not seal.lists or _list_as_stored(session, seal) is not None:
         return None
-    return (f"the database's list of what key {seal.kid} signed outside the chain does not match its seal "
-            f"({seal.signed_count} signatures, root {seal.signed_root}); every such signature of that key is refused")
+    return seal_list_mismatch(seal)
 
 
 def deleted_heads(session: Session) -> tuple[tuple[str, str], ...]:

@@ -29,9 +29,9 @@ from models.audit_runs import AuditParams
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import aware_time, canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
 from models.errors import JwsError, NotFound
-from models.jws import KeySource, VerifiedSignature, sign_detached, verify_detached
+from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, verify_detached
 from models.repair import EntityRepair, repairs
-from models.signed_exports import record_detached_jws
+from models.signed_exports import signed_once
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
@@ -87,7 +87,9 @@ def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
-    """The exported document's bytes (itself canonical JSON)."""
+    """The exported document's bytes (itself canonical JSON), signed now and not recorded:
+    for tools and tests. Plant's own exports go through :func:`export_report`, whose
+    signature a later seal of the key lists."""
     return _document(report, report_signature(report, keyring))
 
 
@@ -98,12 +100,11 @@ def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> b
 
 
 def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
-    """:func:`report_signature`, recorded so that sealing the key lists it, when the report's
-    run has finished (:mod:`models.signed_exports`)."""
-    jws = report_signature(report, keyring)
-    if report["run"].get("finished_at") is not None:
-        record_detached_jws(session, kind="report", kid=keyring.active.kid, jws=jws)
-    return jws
+    """:func:`report_signature`; for a finished run's report, the one signature recorded for
+    it, so that sealing the key lists it (:func:`models.signed_exports.signed_once`)."""
+    if report["run"].get("finished_at") is None:
+        return report_signature(report, keyring)
+    return signed_once(session, document=canonical_bytes(report), keyring=keyring)
 
 
 def _document(report: dict[str, Any], jws: str) -> bytes:
@@ -124,9 +125,14 @@ def verify_report(document: bytes | str, keys: KeySource) -> VerifiedSignature:
 
 
 def verify_report_document(document: bytes | str, keys: KeySource) -> VerifiedReport:
-    """:func:`verify_report`, also returning the report that was verified; raises ``JwsError``."""
+    """:func:`verify_report`, also returning the report that was verified; raises ``JwsError``,
+    also for a report its sealed key signed that names a time at or after the seal."""
     report, jws = parse_signed_report(document)
-    return VerifiedReport(report, verify_detached(canonical_bytes(report), jws, keys))
+    verified = verify_detached(canonical_bytes(report), jws, keys)
+    after = signed_after_its_seal(keys, verified.kid, latest_time_named(report))
+    if after is not None:
+        raise JwsError(f"the report names a time after its key's seal: {after}", kid=verified.kid)
+    return VerifiedReport(report, verified)
 
 
 def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:

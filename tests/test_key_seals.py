@@ -21,14 +21,14 @@ from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
 from models.key_seals import SEAL_INVALID_CODE, seal_list_root, seal_problems, with_seal_lists
 from models.db import one_off_sessions, transaction
-from models.jws import b64url_encode, signature_sha256
+from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import keyring_from_settings
 from models.ledger import store_digest
 from models.registry import WriteContext, create_entity, update_entity
 from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
 from models.settings import load_settings
-from models.signed_exports import record_export
+from models.signed_exports import signed_once
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import run_audit
 from web.report_html import report_page
@@ -221,19 +221,20 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
         return json.loads(result.stdout)
 
     assert invoke("seal") == {"sealed": [], "restart_required": False}  # nothing retired yet
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:  # an export by the key to retire
+        jws = signed_once(session, document=b'{"a":"report"}', keyring=keyring_from_settings(key_settings))
     old_kid = invoke("rotate")["old_kid"]
-    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
-        record_export(session, kind="report", kid=old_kid, signature=b"an exported report's signature")
     [sealed] = invoke("seal")["sealed"]
     assert sealed["kid"] == old_kid and sealed["signatures_listed"] == 1
     seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
     assert json.loads(seal_file.read_bytes())["digest_id"] == sealed["digest_id"]
     ring = keyring_from_settings(key_settings)
-    root = seal_list_root([signature_sha256(b"an exported report's signature")])
+    signature_hash = signature_sha256(b64url_decode(jws.split(".")[2]))
+    root = seal_list_root([signature_hash])
     assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], (), 1, root)
     with one_off_sessions(settings) as sessions, transaction(sessions) as session:
         listed = with_seal_lists(ring, session).seal(old_kid).signed
-    assert listed == {b64url_encode(signature_sha256(b"an exported report's signature"))}
+    assert listed == {b64url_encode(signature_hash)}
     assert invoke("seal")["sealed"] == []  # sealed once
     seal_file.write_text("{}")
     with pytest.raises(SigningKeyError, match="malformed|unreadable"):
@@ -443,7 +444,6 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     from models.canonical import canonical_bytes
     from models.certification import certificate_statement, verify_certificate
     from models.errors import JwsError
-    from models.jws import b64url_decode
     from models.key_seals import record_seal_list, seal_list_root, seal_problems, signed_outside_the_chain
     from models.ledger import stored_digest_problem
     from models.ledger_digest import verify_digest
@@ -643,3 +643,28 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     with pytest.raises(SealListInvalid):
         published_jwks()
     assert dict(STATUS_BY_ERROR)[SealListInvalid] == 503
+
+
+def test_a_finished_run_s_report_is_signed_once_per_key_even_where_signatures_are_randomised(db_session) -> None:
+    """RSA-PSS signs the same report differently each time; every export hands out the first
+    signature, so repeated exports cannot grow a seal's list (or the published JWKS)."""
+    from models.signing import generate_rsa4096
+
+    ring = KeyRing(generate_rsa4096())
+    first = signed_once(db_session, document=b'{"the":"report"}', keyring=ring)
+    assert all(signed_once(db_session, document=b'{"the":"report"}', keyring=ring) == first for _ in range(3))
+    other = signed_once(db_session, document=b'{"another":"report"}', keyring=ring)
+    assert other != first and db_session.scalar(text("SELECT count(*) FROM signed_exports")) == 2
+
+
+def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_too(keyring) -> None:
+    from models.errors import JwsError
+    from models.reports import signed_report, verify_report
+    from tests.conftest import ring_sealing
+
+    sealed = ring_sealing(keyring, "2026-06-01T00:00:00Z")  # a seal that lists nothing: the dates still count
+    early = {"type": "plant.audit-report.v1", "findings": [], "run": {"id": "r", "created_at": "2026-05-01T00:00:00Z"}}
+    assert verify_report(signed_report(early, keyring), sealed).kid == keyring.active.kid
+    late = {**early, "run": {"id": "r", "created_at": "2026-05-01T00:00:00Z", "finished_at": "2026-06-02T00:00:00Z"}}
+    with pytest.raises(JwsError, match="names a time after its key's seal"):
+        verify_report(signed_report(late, keyring), sealed)

@@ -404,10 +404,10 @@ def test_a_finished_run_s_report_signature_is_recorded_once_for_a_later_seal(cli
         session.flush()
         run_id = str(start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=50_000).id)
 
-    def recorded() -> list[tuple[str, str, bytes]]:
+    def recorded() -> list[tuple[str, bytes]]:
         with engine.connect() as connection:
-            return sorted((r.kind, r.kid, bytes(r.signature_sha256)) for r in connection.execute(
-                text("SELECT kind, kid, signature_sha256 FROM signed_exports")))
+            return sorted((r.kid, bytes(r.signature_sha256)) for r in connection.execute(
+                text("SELECT kid, signature_sha256 FROM signed_exports")))
 
     def export() -> dict:
         return json.loads(client.get(f"{API}/audit/export", query_string={"run_id": run_id, "format": "json"}).data)
@@ -420,10 +420,10 @@ def test_a_finished_run_s_report_signature_is_recorded_once_for_a_later_seal(cli
     jws = exported[0]["signature"]
     assert exported[1]["signature"] == jws  # Ed25519: the same report, the same signature
     report_hash = signature_sha256(b64url_decode(jws.split(".")[2]))
-    assert recorded() == [("report", keyring.active.kid, report_hash)]
+    assert recorded() == [(keyring.active.kid, report_hash)]
     assert client.get(f"{API}/audit/runs/{run_id}/report.html").status_code == 200  # the page's JWS: the same one
     assert client.get(f"{API}/ledger/digest").status_code == 200  # digests are not listed (see models/ledger_digest.py)
-    assert recorded() == [("report", keyring.active.kid, report_hash)]
+    assert recorded() == [(keyring.active.kid, report_hash)]
 
 
 def test_the_template_ships_in_the_installed_package() -> None:

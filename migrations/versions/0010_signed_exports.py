@@ -1,9 +1,9 @@
 """Record the signatures over reports Plant hands out, and the lists key seals commit to.
 
-An exported audit report (of a finished run) is signed on the way out. Each signature's
-SHA-256 is now kept, with the key's ``kid`` (``signed_exports``), from the moment in
-``signed_exports_began`` on, so that sealing a retired key can list everything that key
-signed outside the chain. The list a seal commits to (by count and root, in the
+A finished run's audit report is signed once per key, when first exported, and the
+signature is kept (``signed_exports``: the report's SHA-256, the JWS and its signature's
+SHA-256) and handed out again on later exports, from the moment in ``signed_exports_began``
+on, so that sealing a retired key can list everything that key signed outside the chain. The list a seal commits to (by count and root, in the
 seal file) is kept in ``key_seal_signatures`` (``models.key_seals``).
 
 Revision ID: 0010
@@ -22,13 +22,13 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table('signed_exports',
-    sa.Column('signature_sha256', sa.LargeBinary(length=32), nullable=False),
     sa.Column('kid', sa.String(length=128), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('document_sha256', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('jws', sa.Text(), nullable=False),
+    sa.Column('signature_sha256', sa.LargeBinary(length=32), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('signature_sha256', name=op.f('pk_signed_exports'))
+    sa.PrimaryKeyConstraint('kid', 'document_sha256', name=op.f('pk_signed_exports'))
     )
-    op.create_index(op.f('ix_signed_exports_kid'), 'signed_exports', ['kid'], unique=False)
     op.create_table('signed_exports_began',
     sa.Column('one', sa.Boolean(), server_default=sa.text('true'), nullable=False),
     sa.Column('began_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
@@ -46,5 +46,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('key_seal_signatures')
     op.drop_table('signed_exports_began')
-    op.drop_index(op.f('ix_signed_exports_kid'), table_name='signed_exports')
     op.drop_table('signed_exports')

@@ -23,8 +23,7 @@ from pydantic import BaseModel
 from models.chain import EntityVersion, history
 from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
-from models.errors import SealListInvalid
-from models.key_seals import seal_list_problem, with_seal_lists
+from models.key_seals import published_keyring
 from models.registry import WriteContext, create_entity, get_entity, list_entities, search_skills, team_members, update_entity
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
@@ -247,10 +246,5 @@ def signing_keys() -> dict[str, Any]:
     entry names its seal time and, where its seal lists them, the SHA-256 of every signature it
     made outside the chain (``plant_sealed_at``, ``plant_sealed_signatures``); 503
     ``seal-list-invalid`` while the database's list does not match its seal."""
-    session = db_session()
-    keyring = services().keyring
-    problems = [problem for seal in keyring.seals if (problem := seal_list_problem(session, seal)) is not None]
-    if problems:  # a JWKS with an empty list would refuse, offline and for good, all that key signed
-        raise SealListInvalid("; ".join(problems))
-    return with_seal_lists(keyring, session).jwks()
+    return published_keyring(services().keyring, db_session()).jwks()
 
