@@ -73,7 +73,6 @@ class Settings(BaseSettings):
     )
     requeue_interval_seconds: float = Field(default=5.0, gt=0, description="how often beat runs job recovery")
     retry_after_seconds: int = Field(default=1, ge=0, description="Retry-After sent with 202")
-    max_long_poll_seconds: float = Field(default=30.0, ge=0)
     digests_at_once: int = Field(
         default=1, ge=1, description="ledger digests one API process takes at a time; one more is 503 digests-busy"
     )
