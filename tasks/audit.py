@@ -119,8 +119,7 @@ def ledger_store_digest() -> dict[str, Any]:
 @shared_task(name="plant.schedule.fire", bind=True)
 def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interval_seconds: float) -> dict[str, Any]:  # noqa: ANN001
     """Start one job per (schedule, tick slot), however many beats sent this tick."""
-    now = dt.datetime.now(dt.UTC).timestamp()
-    slot = dt.datetime.fromtimestamp(now - now % interval_seconds, dt.UTC)
+    slot = fire_slot(dt.datetime.now(dt.UTC).timestamp(), interval_seconds)
     with transaction(runtime.session_factory()) as session:
         inserted = session.execute(
             pg_insert(ScheduledFire).values(schedule=schedule, fire_at=slot).on_conflict_do_nothing().returning(ScheduledFire.schedule)
@@ -133,6 +132,15 @@ def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interv
         job_id = job.id
     publish_job(self.app, job_id=job_id, kind=kind)
     return {"schedule": schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
+
+
+def fire_slot(moment: float, interval_seconds: float) -> dt.datetime:
+    """The tick a fire handled at ``moment`` (epoch seconds) belongs to: the nearest multiple
+    of the interval. Beat ticks on those multiples (``worker.schedule``), so a fire that waited
+    in the queue for anything under half an interval, or ran on a host whose clock is a little
+    behind beat's, still names its own tick; rounding down would hand a late fire the next
+    tick's slot, and that tick would then be skipped as already fired."""
+    return dt.datetime.fromtimestamp(round(moment / interval_seconds) * interval_seconds, dt.UTC)
 
 
 def _queue_of(kind: str) -> str:

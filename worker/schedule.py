@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+from celery.schedules import schedule
 
 from models.settings import Settings
 
@@ -15,10 +18,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": settings.requeue_interval_seconds},
         },
         # Jobs started by beat go through plant.schedule.fire, which records the
-        # (schedule, tick slot) pair first: a second beat's tick finds it taken.
+        # (schedule, tick slot) pair first: a second beat's tick finds it taken. Ticks fall on
+        # the interval's boundaries (UTC midnight for a day; relative=True), which is what
+        # tasks.audit.fire_slot rounds a late fire back to.
         "full-audit": {
             "task": "plant.schedule.fire",
-            "schedule": settings.audit_interval_seconds,
+            "schedule": schedule(timedelta(seconds=settings.audit_interval_seconds), relative=True),
             "args": ("full-audit", "audit.run", {"verify_signatures": "heads"}, settings.audit_interval_seconds),
         },
         "purge-idempotency-keys": {
