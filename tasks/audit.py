@@ -28,7 +28,7 @@ from models.ledger import store_digest
 from models.progress import ProgressSink
 from tasks import runtime
 from tasks.celery_app import AUDIT_QUEUE
-from tasks.dispatch import publish_job, route_for
+from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from tasks.runner import CONTINUES, hand_back, run_job
 
 CHUNK_TASK = "plant.audit.chunk"
@@ -126,11 +126,11 @@ def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interv
         ).first()
         if inserted is None:
             return {"schedule": schedule, "fire_at": slot.isoformat(), "skipped": "already fired"}
-        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind))
+        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind), to_publish=True)
         session.execute(update(ScheduledFire).where(
             ScheduledFire.schedule == schedule, ScheduledFire.fire_at == slot).values(job_id=job.id))
         job_id = job.id
-    publish_job(self.app, job_id=job_id, kind=kind)
+    publish_or_leave_in_outbox(self.app, runtime.session_factory(), job_id=job_id, kind=kind)
     return {"schedule": schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
 
 

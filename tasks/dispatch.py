@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import single_statement
+from models.job_lifecycle import mark_unpublished
 
 from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
 
@@ -49,3 +53,13 @@ def publish_job(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
         log.warning("publish of job %s failed, beat will republish it: %s", job_id, exc)
         return False
     return True
+
+
+def publish_or_leave_in_outbox(app: Celery, sessions: sessionmaker[Session], *, job_id: uuid.UUID, kind: str) -> bool:
+    """Publish a job created with ``to_publish`` (stamped as sent) right after its commit; if
+    the broker is unreachable, put it back in the outbox, which beat publishes from."""
+    if publish_job(app, job_id=job_id, kind=kind):
+        return True
+    with single_statement(sessions) as session:
+        mark_unpublished(session, job_id=job_id)
+    return False

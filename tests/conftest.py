@@ -392,9 +392,12 @@ def worker_sessions(engine: Engine, keyring: KeyRing, write_ctx: Any, clean_db: 
 class SentTasks:
     """Stands in for a Celery task (and its app): records what task code publishes."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, broker_down: bool = False) -> None:
         self.sent: list[tuple[str, list, str, float]] = []
         self.app = self
+        self.broker_down = broker_down
 
-    def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0) -> None:
+    def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0, retry: bool = False) -> None:
+        if self.broker_down:
+            raise ConnectionRefusedError("the broker is down")
         self.sent.append((name, args, queue, countdown))

@@ -9,6 +9,7 @@ clock lags beat's, and beat ticks on the slot boundaries.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
 
@@ -50,3 +51,20 @@ def test_beat_ticks_the_scheduled_audit_on_its_interval_s_boundaries(interval, s
     tick = now + schedule.remaining_estimate(now - since_last_run)
     assert round(tick.timestamp()) % interval == 0, tick  # midnight UTC, or the top of the hour
     assert fire_slot(tick.timestamp() + 1.5, interval) == dt.datetime.fromtimestamp(round(tick.timestamp()), dt.UTC)
+
+
+@pytest.mark.parametrize("broker_down", [False, True])
+def test_a_scheduled_job_is_published_once_or_left_in_the_outbox(worker_sessions, broker_down) -> None:
+    """Published at once, its row says so, so beat's outbox pass does not send it again; if
+    the broker is down, the row is left for that pass."""
+    from models.jobs import Job
+    from tasks.audit import schedule_fire
+    from tests.conftest import SentTasks
+
+    beat = SentTasks(broker_down=broker_down)
+    fired = type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 3600.0)
+    assert beat.sent == ([] if broker_down else [("plant.diagnostics.sleep", [fired["job_id"]], "default", 0.0)])
+    with worker_sessions() as session:
+        job = session.get(Job, uuid.UUID(fired["job_id"]))
+        assert (job.enqueued_at is None) is broker_down
+    assert type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 3600.0)["skipped"] == "already fired"

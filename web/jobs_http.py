@@ -17,11 +17,10 @@ from typing import Any
 from flask import Response, g, request
 
 from models.canonical import canonical_bytes
-from models.db import single_statement
 from models.idempotency import bind_key, claim_key, validate_key
-from models.job_lifecycle import create_job, get_job, mark_unpublished
+from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
-from tasks.dispatch import publish_job, route_for
+from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from web.schemas import JobOut
 from web.services import db_session, services
 
@@ -79,7 +78,5 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
     if key is not None:
         bind_key(session, owner=owner, key=key, job_id=job.id)
     session.commit()
-    if not publish_job(svc.celery, job_id=job.id, kind=kind):
-        with single_statement(svc.sessions) as own:
-            mark_unpublished(own, job_id=job.id)
+    publish_or_leave_in_outbox(svc.celery, svc.sessions, job_id=job.id, kind=kind)
     return _accepted(job)
