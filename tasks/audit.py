@@ -11,6 +11,7 @@ crash) stops at once; the new attempt republishes the unfinished chunks.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
-from models.errors import JobCancelled, StaleAttempt
+from models.errors import InternalJobError, JobCancelled, PlantError, StaleAttempt
 from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
 from models.jobs import JobStatus
 from models.ledger import store_digest
@@ -29,9 +30,10 @@ from models.progress import ProgressSink
 from tasks import runtime
 from tasks.celery_app import AUDIT_QUEUE
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
-from tasks.runner import CONTINUES, hand_back, run_job
+from tasks.runner import CONTINUES, backoff_seconds, hand_back, is_transient, record_outcome, run_job
 
 CHUNK_TASK = "plant.audit.chunk"
+log = logging.getLogger(__name__)
 
 
 def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
@@ -57,31 +59,46 @@ def audit_run(self: Task, job_id: str) -> dict[str, Any]:
     return run_job(self, job_id, _start_audit)
 
 
-@shared_task(name=CHUNK_TASK)
-def audit_chunk(job_id: str, attempt: int, chunk_id: int, handbacks: int = 0) -> dict[str, Any]:
+@shared_task(name=CHUNK_TASK, bind=True)
+def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks: int = 0) -> dict[str, Any]:
+    """Audit one chunk from its checkpoint to its end; the chunk that completes the run ends
+    the job. A transient error (a database or broker connection lost) sends this message
+    again after a backoff, to resume from the last checkpoint; any other error fails the job
+    with it, rather than leaving the run to wait for the job's lease to lapse."""
     # handbacks: the job's at its claim (messages sent before it was passed carry none)
     claim = JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt, handbacks)
     settings = runtime.settings()
     try:
-        while True:
-            with transaction(runtime.session_factory()) as session:
-                step = audit_chunk_step(session, chunk_id=chunk_id, keyring=runtime.keyring(),
-                                        batch_size=settings.audit_batch_size)
-                cancel = add_progress(session, claim=claim, done=step.entities, total=None, message="auditing",
-                                      lease_seconds=settings.job_lease_seconds)
-            if cancel:
-                _cancel(claim)
-                return {"chunk": chunk_id, "cancelled": True}
-            if step.done:
-                break
-            if runtime.shutdown_requested.is_set():
-                # Checkpointed: the job goes back to the queue (a hand-back, not a failure), and
-                # its next attempt republishes the unfinished chunks, which resume here. The other
-                # chunks of this attempt then find it superseded.
-                handed = hand_back(audit_run, claim, f"attempt {attempt} stopped at a chunk checkpoint for a worker shutdown")
-                return {"chunk": chunk_id, "stopped": "worker shutdown", **handed}
+        return _audit_chunk(claim, chunk_id, settings.audit_batch_size, settings.job_lease_seconds)
     except StaleAttempt:
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the row or come back
+        if is_transient(exc):
+            log.warning("audit chunk %s of job %s hit a transient error: %s", chunk_id, job_id, exc)
+            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries),
+                             max_retries=settings.job_max_attempts) from exc
+        log.exception("audit chunk %s of job %s failed", chunk_id, job_id)
+        error = exc if isinstance(exc, PlantError) else InternalJobError(f"chunk {chunk_id}: {type(exc).__name__}: {exc}")
+        return {"chunk": chunk_id, **record_outcome(claim, JobStatus.FAILED, None, error.problem())}
+
+
+def _audit_chunk(claim: JobClaim, chunk_id: int, batch_size: int, lease_seconds: int) -> dict[str, Any]:
+    while True:
+        with transaction(runtime.session_factory()) as session:
+            step = audit_chunk_step(session, chunk_id=chunk_id, keyring=runtime.keyring(), batch_size=batch_size)
+            cancel = add_progress(session, claim=claim, done=step.entities, total=None, message="auditing",
+                                  lease_seconds=lease_seconds)
+        if cancel:
+            _cancel(claim)
+            return {"chunk": chunk_id, "cancelled": True}
+        if step.done:
+            break
+        if runtime.shutdown_requested.is_set():
+            # Checkpointed: the job goes back to the queue (a hand-back, not a failure), and
+            # its next attempt republishes the unfinished chunks, which resume here. The other
+            # chunks of this attempt then find it superseded.
+            handed = hand_back(audit_run, claim, f"attempt {claim.attempt} stopped at a chunk checkpoint for a worker shutdown")
+            return {"chunk": chunk_id, "stopped": "worker shutdown", **handed}
     if step.run_complete:
         with transaction(runtime.session_factory()) as session:
             run_id = session.scalar(_run_id_of(claim.job_id))

@@ -184,10 +184,10 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
         return {"job_id": job_id, "status": "running", "continues": True}
     if attempt.retry_after is not None:
         return _retry_later(task, claim, attempt)
-    return _record(claim, attempt.status, attempt.result, attempt.error, progress.pending)
+    return record_outcome(claim, attempt.status, attempt.result, attempt.error, progress.pending)
 
 
-def _record(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
+def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
             progress: Checkpoint | None = None) -> dict[str, Any]:
     def finish() -> None:
         with single_statement(runtime.session_factory()) as session:

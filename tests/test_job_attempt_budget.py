@@ -131,10 +131,13 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
     stopping = threading.Event()
     stopping.set()
     monkeypatch.setattr(runtime, "shutdown_requested", stopping)
-    first = audit.audit_chunk(*messages[0])
-    assert first["stopped"] == "worker shutdown" and first["status"] == "queued"
+    # A chunk holding a single entity is done in its one batch (chunk bounds follow the random
+    # ids): the first chunk with a second batch sees the shutdown at its checkpoint.
+    outcomes = iter(audit.audit_chunk(*args) for args in messages)
+    first = next(outcome for outcome in outcomes if not outcome.get("done"))
+    assert first.get("stopped") == "worker shutdown" and first["status"] == "queued", first
     assert sent[-1] == ("plant.audit.run", [str(job_id)])  # republished at once, not after the lease
-    assert audit.audit_chunk(*messages[1]) == {"chunk": chunks[1], "skipped": "superseded attempt"}
+    assert next(outcomes)["skipped"] == "superseded attempt"
     with sessions() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempts, job.handbacks) == ("queued", 1, 1)
@@ -151,3 +154,77 @@ def test_hand_backs_past_the_cap_count_as_attempts(sessions, settings, monkeypat
     attempt = runner.Attempt(JobStatus.QUEUED, error=JobHandedBack("lease lapsed").problem(), retry_after=0.0,
                              handed_back=True)
     assert runner._retry_later(SentTasks(), claim, attempt)["status"] == "failed"
+
+
+def _audit_chunks(sessions, settings, monkeypatch):
+    """An audit job claimed and split into chunks; returns (job id, each chunk's message args)."""
+    from tasks import audit
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
+        update={"job_max_attempts": MAX_ATTEMPTS, "audit_batch_size": 1, "audit_chunk_entities": 2}))
+    sent = []
+    monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, *, args, queue, **kw: sent.append((name, args)))
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
+    audit._start_audit(_claim(sessions, job_id), lambda *_: None)
+    return job_id, [args for name, args in sent if name == audit.CHUNK_TASK]
+
+
+def test_an_audit_chunk_that_loses_its_database_connection_comes_back_and_resumes(
+        sessions, settings, seeded, monkeypatch) -> None:
+    """A transient error asks Celery to send the chunk again after a backoff; nothing is
+    recorded, and the chunk's next delivery resumes from its checkpoint and completes the run.
+    (Before, the error ended the task, its message was acknowledged, and the run waited for the
+    job's lease to lapse.)"""
+    from celery.exceptions import Retry
+    from sqlalchemy.exc import OperationalError
+
+    from tasks import audit
+
+    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    retries = []
+
+    def retry(*, exc, countdown, max_retries):
+        retries.append((type(exc), countdown, max_retries))
+        raise Retry(exc=exc, when=countdown)
+
+    monkeypatch.setattr(audit.audit_chunk._get_current_object(), "retry", retry)
+    real_step, calls, lost = audit.audit_chunk_step, {}, []
+
+    def connection_lost_after_a_chunk_s_first_checkpoint(session, *, chunk_id, **kwargs):
+        calls[chunk_id] = calls.get(chunk_id, 0) + 1
+        if calls[chunk_id] == 2 and not lost:  # the first chunk with a second batch (bounds follow random ids)
+            lost.append(chunk_id)
+            raise OperationalError("SELECT ...", {}, Exception("server closed the connection unexpectedly"))
+        return real_step(session, chunk_id=chunk_id, **kwargs)
+
+    monkeypatch.setattr(audit, "audit_chunk_step", connection_lost_after_a_chunk_s_first_checkpoint)
+    redelivered = []
+    for args in messages:
+        try:
+            audit.audit_chunk(*args)
+        except Retry:
+            assert _job(sessions, job_id).status == "running"  # not failed, not finished: the chunk comes back
+            redelivered.append(args)
+    assert [args[2] for args in redelivered] == lost != []
+    assert [(kind, most) for kind, _, most in retries] == [(OperationalError, MAX_ATTEMPTS)]
+    assert 0 <= retries[0][1] <= settings.retry_backoff_cap_seconds  # a backoff (full jitter)
+    assert _job(sessions, job_id).status == "running"  # the run waits for the lost chunk
+    audit.audit_chunk(*redelivered[0])  # its next delivery resumes from its checkpoint
+    job = _job(sessions, job_id)
+    assert job.status == "succeeded" and job.result["total_entities"] > 0
+
+
+def test_an_audit_chunk_that_fails_fails_its_job_at_once_with_the_error(sessions, settings, seeded, monkeypatch) -> None:
+    """Not left running until its lease lapses (and retried, and at last `worker-lost`)."""
+    from tasks import audit
+
+    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    monkeypatch.setattr(audit, "audit_chunk_step", lambda session, **kwargs: 1 / 0)
+    outcome = audit.audit_chunk(*messages[0])
+    assert outcome["status"] == "failed"
+    job = _job(sessions, job_id)
+    assert job.status == "failed" and job.error["type"] == "/problems/internal-error"
+    assert "ZeroDivisionError" in job.error["detail"]
+    assert audit.audit_chunk(*messages[1])["skipped"] == "superseded"  # the job has ended: its error stays the first
+    assert "ZeroDivisionError" in _job(sessions, job_id).error["detail"]
