@@ -82,6 +82,9 @@ class LedgerDigest(Base):
     # digest's key): see models.ledger.leaves_statement. NULL for digests stored before.
     leaves_xmin: Mapped[str | None] = mapped_column(String(20))
     leaves_attestation: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Leaf rows kept whatever newer digests come (a key seal's digest; every digest stored
+    # before migration 0011); others go once PLANT_DIGEST_LEAVES_KEPT newer ones exist.
+    keep_leaves: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[CreatedAt]
 
 

@@ -69,6 +69,7 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
                 raise SigningKeyError(f"{len(astray)} entity row(s) do not point at the newest version of their chain "
                                       f"(e.g. {astray[0]}): a seal would vouch for them; audit and restore them first")
             digest = store_digest(session, keyring=keyring)
+            digest.keep_leaves = True  # the seal's checks read them for good
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
             deleted = deleted_heads(session)
             listed = {kid: record_seal_list(session, kid) or (None, None) for kid in unsealed}

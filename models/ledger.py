@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
-from sqlalchemy import CompoundSelect, and_, desc, func, insert, literal, literal_column, select, text, union_all
+from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal, literal_column, select, text, union_all
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -208,6 +208,18 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
+
+
+def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
+    """Delete the leaf rows of every stored digest but the newest ``keep_latest`` and those
+    marked ``keep_leaves`` (a key seal's); returns how many rows went. Only the latest
+    digest's leaves and a seal digest's are read (the incremental audit, the tampering
+    check, the seal's checks). A pruned digest keeps its signed row; should it ever become
+    the latest again (the newer ones deleted through SQL), its missing leaves make it
+    ``digest-invalid``, never trusted."""
+    newest = select(LedgerDigest.id).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(keep_latest)
+    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), LedgerDigest.id.not_in(newest))
+    return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
 
 
 def latest_digest(session: Session) -> LedgerDigest | None:

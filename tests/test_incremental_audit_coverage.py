@@ -354,3 +354,45 @@ def test_a_row_version_inflated_while_a_digest_was_stored_does_not_hide_a_later_
     reset_row_to(db_session, other, 1)
     _, findings = run_incremental(db_session, keyring)
     assert "stale-head" in _codes(findings, other.id)
+
+
+def test_beat_s_digest_task_keeps_the_leaves_of_the_newest_digests_and_of_a_seal_s_only(
+        worker_sessions, engine, write_ctx, settings, monkeypatch) -> None:
+    """Hourly digests would otherwise keep one row per entity each, for ever."""
+    from sqlalchemy.orm import Session
+
+    from models.seed import bootstrap_steward
+    from tasks import audit, runtime
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"digest_leaves_kept": 2}))
+    with Session(engine) as session, session.begin():
+        bootstrap_steward(session, write_ctx)
+    sealed = None
+    for n in range(5):
+        digest_id = audit.ledger_store_digest()["digest_id"]
+        if n == 1:  # as plant signing-keys seal marks its digest
+            sealed = digest_id
+            with Session(engine) as session, session.begin():
+                session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :id"), {"id": digest_id})
+    with Session(engine) as session:
+        ids = list(session.scalars(text("SELECT id FROM ledger_digests ORDER BY as_of, id")))
+        with_leaves = set(session.scalars(text("SELECT DISTINCT digest_id FROM ledger_digest_heads")))
+        assert len(ids) == 5 and with_leaves == {sealed, ids[-2], ids[-1]}
+        latest = models.ledger.latest_digest(session)
+        assert models.ledger.stored_digest_problem(session, latest, write_ctx.keyring) is None
+        session.execute(text("DELETE FROM ledger_digests WHERE id IN (:a, :b)"), {"a": ids[-1], "b": ids[-2]})
+        pruned = models.ledger.latest_digest(session)  # an older digest, its leaves gone, made the latest by SQL
+        assert pruned.id == ids[2] and "do not hash" in models.ledger.stored_digest_problem(session, pruned, write_ctx.keyring)
+        session.rollback()
+
+
+def test_a_seal_keeps_its_digest_s_leaves(key_settings, settings, engine, clean_db, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    for step in ("rotate", "seal"):
+        assert CliRunner().invoke(cli, ["signing-keys", step]).exit_code == 0
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT keep_leaves FROM ledger_digests ORDER BY id DESC LIMIT 1")) is True
