@@ -16,7 +16,7 @@ ROLE_FILE="${PLANT_ROLE_FILE:-/tmp/plant-role}"
 DATA_DIR="${PLANT_DATA_DIR:-/var/lib/plant}"
 BEAT_SCHEDULE="${DATA_DIR}/celerybeat-schedule"
 # Beat writes its schedule file at most every 3 minutes (celery's sync_every) and only when it
-# sends a task; requeue-stale-jobs runs every PLANT_REQUEUE_INTERVAL_SECONDS (30 s by default).
+# sends a task; requeue-stale-jobs runs every PLANT_REQUEUE_INTERVAL_SECONDS (5 s by default).
 # A file untouched for 10 minutes means the scheduler loop is stuck or dead.
 BEAT_STALE_MINUTES="${PLANT_BEAT_STALE_MINUTES:-10}"
 

@@ -68,3 +68,11 @@ def test_a_scheduled_job_is_published_once_or_left_in_the_outbox(worker_sessions
         job = session.get(Job, uuid.UUID(fired["job_id"]))
         assert (job.enqueued_at is None) is broker_down
     assert type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 3600.0)["skipped"] == "already fired"
+
+
+def test_recovery_messages_outlive_a_backlog_on_the_queue_they_share_with_jobs() -> None:
+    """Expiring after one 5 s interval, every recovery message was dropped while the default
+    queue ran more than 5 s behind, and dead workers' jobs waited for the backlog to clear."""
+    settings = load_settings(requeue_interval_seconds=5.0, requeue_after_seconds=60.0)
+    entry = beat_schedule(settings)["requeue-stale-jobs"]
+    assert entry["schedule"] == 5.0 and entry["options"]["expires"] == 60.0

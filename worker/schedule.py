@@ -12,10 +12,14 @@ from models.settings import Settings
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
+        # Recovery shares the default queue with the jobs. Its messages outlive a backlog of
+        # up to PLANT_REQUEUE_AFTER_SECONDS (60 s): expiring after one interval (5 s), they were
+        # all dropped whenever the queue ran that far behind, and dead workers' jobs waited
+        # until it caught up. The ones that pile up meanwhile are cheap, idempotent sweeps.
         "requeue-stale-jobs": {
             "task": "plant.maintenance.requeue_stale_jobs",
             "schedule": settings.requeue_interval_seconds,
-            "options": {"expires": settings.requeue_interval_seconds},
+            "options": {"expires": max(settings.requeue_interval_seconds, settings.requeue_after_seconds)},
         },
         # Jobs started by beat go through plant.schedule.fire, which records the
         # (schedule, tick slot) pair first: a second beat's tick finds it taken. Ticks fall on
