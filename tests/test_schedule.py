@@ -76,3 +76,20 @@ def test_recovery_messages_outlive_a_backlog_on_the_queue_they_share_with_jobs()
     settings = load_settings(requeue_interval_seconds=5.0, requeue_after_seconds=60.0)
     entry = beat_schedule(settings)["requeue-stale-jobs"]
     assert entry["schedule"] == 5.0 and entry["options"]["expires"] == 60.0
+
+
+def test_a_job_of_a_kind_this_release_does_not_know_does_not_stop_a_recovery_sweep(worker_sessions) -> None:
+    from models.db import transaction
+    from models.job_lifecycle import create_job
+    from tasks.maintenance import requeue_stale_jobs
+    from tests.conftest import SentTasks
+
+    with transaction(worker_sessions) as session:
+        unknown = create_job(session, kind="report.render", params={})  # a newer release's kind, say
+        known = create_job(session, kind="diagnostics.sleep", params={"seconds": 0})
+        session.execute(__import__("sqlalchemy").text(
+            "UPDATE jobs SET created_at = now() - interval '1 minute' WHERE id IN (:a, :b)"), {"a": unknown.id, "b": known.id})
+    beat = SentTasks()
+    outcome = type(requeue_stale_jobs._get_current_object()).run(beat)
+    assert outcome["unpublished"] == 2 and outcome["published"] == 1
+    assert [args for _, args, _, _ in beat.sent] == [[str(known.id)]]
