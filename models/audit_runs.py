@@ -175,9 +175,9 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     chunk = session.execute(select(AuditChunk).where(AuditChunk.id == chunk_id).with_for_update()).scalar_one_or_none()
     if chunk is None:
         raise NotFound(f"no audit chunk {chunk_id}")
-    if chunk.done:
-        return ChunkStep(0, True, False)
     run = session.get(AuditRun, chunk.run_id)
+    if chunk.done:  # a redelivery: whoever finishes the run may have been cut off before it did
+        return ChunkStep(0, True, run.chunks_done == run.chunks_total)
     scope = AuditParams.from_json(run.params)
     entity_type = EntityType(chunk.entity_type)
     model = ENTITY_MODELS[entity_type]

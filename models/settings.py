@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     audit_interval_seconds: float = Field(default=86_400.0, gt=0, description="scheduled full audit")
     digest_interval_seconds: float = Field(default=3_600.0, gt=0, description="scheduled ledger digest")
     digest_leaves_kept: int = Field(
-        default=24, ge=1, description="stored digests, newest first, whose leaf rows beat's digest task keeps")
+        default=24, ge=2, description="stored digests, newest first, whose leaf rows beat's digest task keeps "
+        "(2 at least: a check of the latest reads its leaves over several statements)")
 
     # Flower basic auth as "user:password"; `plant dev` generates one under data_dir.
     flower_basic_auth: SecretStr | None = None

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -62,9 +64,12 @@ def audit_run(self: Task, job_id: str) -> dict[str, Any]:
 @shared_task(name=CHUNK_TASK, bind=True)
 def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks: int = 0) -> dict[str, Any]:
     """Audit one chunk from its checkpoint to its end; the chunk that completes the run ends
-    the job. A transient error (a database or broker connection lost) sends this message
-    again after a backoff, to resume from the last checkpoint; any other error fails the job
-    with it, rather than leaving the run to wait for the job's lease to lapse."""
+    the job. A transient error (a database or broker connection lost), or the soft time
+    limit, asks Celery to send this message again after a backoff, to resume from the last
+    checkpoint (a redelivered chunk that is done still finishes the run if that was cut off);
+    any other error fails the job with it, rather than leaving the run to wait for the job's
+    lease to lapse. Should the message not come back (the broker down too, or the retries
+    spent), the lease lapses and beat's sweep resumes the job."""
     # handbacks: the job's at its claim (messages sent before it was passed carry none)
     claim = JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt, handbacks)
     settings = runtime.settings()
@@ -73,7 +78,7 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
     except StaleAttempt:
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
     except Exception as exc:  # noqa: BLE001 - every failure must reach the row or come back
-        if is_transient(exc):
+        if is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):  # checkpointed: resume where it stopped
             log.warning("audit chunk %s of job %s hit a transient error: %s", chunk_id, job_id, exc)
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries),
                              max_retries=settings.job_max_attempts) from exc
@@ -155,13 +160,18 @@ def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interv
     return {"schedule": schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
 
 
+# How far behind beat's clock a worker's may run and still name the right tick.
+FIRE_CLOCK_SKEW_SECONDS = 60.0
+
+
 def fire_slot(moment: float, interval_seconds: float) -> dt.datetime:
-    """The tick a fire handled at ``moment`` (epoch seconds) belongs to: the nearest multiple
-    of the interval. Beat ticks on those multiples (``worker.schedule``), so a fire that waited
-    in the queue for anything under half an interval, or ran on a host whose clock is a little
-    behind beat's, still names its own tick; rounding down would hand a late fire the next
-    tick's slot, and that tick would then be skipped as already fired."""
-    return dt.datetime.fromtimestamp(round(moment / interval_seconds) * interval_seconds, dt.UTC)
+    """The tick a fire handled at ``moment`` (epoch seconds) belongs to. Beat ticks on the
+    interval's multiples (``worker.schedule.on_boundaries``), so it is the last multiple at or
+    before ``moment``, give or take a worker clock up to a minute (at most half an interval)
+    behind beat's: a fire that waited behind busy workers, or that beat sent late after a
+    restart, still names its own tick and never the next one, which would then be skipped."""
+    margin = min(FIRE_CLOCK_SKEW_SECONDS, interval_seconds / 2)
+    return dt.datetime.fromtimestamp(math.floor((moment + margin) / interval_seconds) * interval_seconds, dt.UTC)
 
 
 def _queue_of(kind: str) -> str:

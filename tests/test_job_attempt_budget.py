@@ -228,3 +228,35 @@ def test_an_audit_chunk_that_fails_fails_its_job_at_once_with_the_error(sessions
     assert "ZeroDivisionError" in job.error["detail"]
     assert audit.audit_chunk(*messages[1])["skipped"] == "superseded"  # the job has ended: its error stays the first
     assert "ZeroDivisionError" in _job(sessions, job_id).error["detail"]
+
+
+def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(
+        sessions, settings, seeded, monkeypatch) -> None:
+    """The last chunk's step committed the run complete, then finishing the job lost its
+    connection: the chunk's redelivery finds itself done and still finishes the run."""
+    from celery.exceptions import Retry
+    from sqlalchemy.exc import OperationalError
+
+    from tasks import audit
+
+    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    real_finish, cut = audit._finish, []
+
+    def connection_lost_once(claim, run_id):
+        if not cut:
+            cut.append(run_id)
+            raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
+        return real_finish(claim, run_id)
+
+    def retry(*, exc, countdown, max_retries):
+        raise Retry(exc=exc, when=countdown)
+
+    monkeypatch.setattr(audit, "_finish", connection_lost_once)
+    monkeypatch.setattr(audit.audit_chunk._get_current_object(), "retry", retry)
+    for args in messages[:-1]:
+        audit.audit_chunk(*args)
+    with pytest.raises(Retry):
+        audit.audit_chunk(*messages[-1])
+    assert cut and _job(sessions, job_id).status == "running"
+    assert audit.audit_chunk(*messages[-1]) == {"chunk": messages[-1][2], "done": True}
+    assert _job(sessions, job_id).status == "succeeded"

@@ -24,7 +24,8 @@ MIDNIGHT = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 @pytest.mark.parametrize("handled_at", [
     MIDNIGHT,
     MIDNIGHT + dt.timedelta(minutes=45),  # waited 45 minutes behind busy workers
-    MIDNIGHT + dt.timedelta(hours=11, minutes=59),
+    MIDNIGHT + dt.timedelta(hours=13),  # sent late by a beat restarted after missing midnight
+    MIDNIGHT + dt.timedelta(hours=23, minutes=58),
     MIDNIGHT - dt.timedelta(seconds=2),  # a worker whose clock is two seconds behind beat's
 ])
 def test_a_fire_claims_its_own_tick_s_slot_however_late_it_runs(handled_at) -> None:
@@ -32,25 +33,40 @@ def test_a_fire_claims_its_own_tick_s_slot_however_late_it_runs(handled_at) -> N
 
 
 def test_a_late_fire_does_not_take_the_next_tick_s_slot() -> None:
-    """Rounding down gave a fire run at 00:15 for yesterday's 23:30 tick today's slot, and
-    today's tick was then skipped; ticks now fall on midnight and a fire rounds to the nearest."""
-    yesterdays_late = fire_slot((MIDNIGHT + dt.timedelta(minutes=15)).timestamp(), DAY)
-    todays = fire_slot((MIDNIGHT + dt.timedelta(days=1, seconds=1)).timestamp(), DAY)
-    assert yesterdays_late == MIDNIGHT and todays == MIDNIGHT + dt.timedelta(days=1)
+    """Rounding down from a tick at 23:30 gave a fire run at 00:15 the next day's slot, and
+    that day's tick was then skipped; ticks now fall on midnight."""
+    late = fire_slot((MIDNIGHT + dt.timedelta(hours=13)).timestamp(), DAY)
+    next_day = fire_slot((MIDNIGHT + dt.timedelta(days=1, seconds=1)).timestamp(), DAY)
+    assert late == MIDNIGHT and next_day == MIDNIGHT + dt.timedelta(days=1)
 
 
-@pytest.mark.parametrize("interval, since_last_run", [
-    (DAY, dt.timedelta(hours=13, minutes=37, seconds=11)),
-    (3600.0, dt.timedelta(minutes=20, seconds=3)),
-])
-def test_beat_ticks_the_scheduled_audit_on_its_interval_s_boundaries(interval, since_last_run) -> None:
-    entry = beat_schedule(load_settings(audit_interval_seconds=interval))["full-audit"]
-    schedule = entry["schedule"]
-    assert schedule.relative and schedule.run_every == dt.timedelta(seconds=interval)
+@pytest.mark.parametrize("interval", [DAY, 3600.0, 6 * 3600.0, 5400.0, 2 * DAY, 1800.0])
+@pytest.mark.parametrize("since_last_run", [dt.timedelta(0), dt.timedelta(minutes=17, seconds=11)])
+def test_beat_ticks_the_scheduled_audit_on_its_interval_s_multiples(interval, since_last_run) -> None:
+    """Whatever the interval and whenever beat started: celery's relative=True rounds only to
+    the minute, hour or day, so a 6-hour schedule started at 10:17 ticked at 16:00."""
+    schedule = beat_schedule(load_settings(audit_interval_seconds=interval))["full-audit"]["schedule"]
     now = schedule.now()
     tick = now + schedule.remaining_estimate(now - since_last_run)
-    assert round(tick.timestamp()) % interval == 0, tick  # midnight UTC, or the top of the hour
+    assert abs(tick.timestamp() - round(tick.timestamp() / interval) * interval) < 0.01, tick
+    assert now < tick <= now + dt.timedelta(seconds=interval)
     assert fire_slot(tick.timestamp() + 1.5, interval) == dt.datetime.fromtimestamp(round(tick.timestamp()), dt.UTC)
+
+
+def test_a_tick_missed_while_beat_was_down_runs_once_when_it_is_back() -> None:
+    schedule = beat_schedule(load_settings(audit_interval_seconds=3600.0))["full-audit"]["schedule"]
+    now = schedule.now()
+    due, next_check = schedule.is_due(now - dt.timedelta(hours=5))
+    assert due and 0 < next_check <= 3600
+    assert not schedule.is_due(now)[0]
+
+
+def test_the_schedule_survives_beat_s_schedule_file() -> None:
+    import pickle
+
+    schedule = beat_schedule(load_settings(audit_interval_seconds=21_600.0))["full-audit"]["schedule"]
+    again = pickle.loads(pickle.dumps(schedule))
+    assert type(again) is type(schedule) and again.run_every == schedule.run_every
 
 
 @pytest.mark.parametrize("broker_down", [False, True])
@@ -62,12 +78,13 @@ def test_a_scheduled_job_is_published_once_or_left_in_the_outbox(worker_sessions
     from tests.conftest import SentTasks
 
     beat = SentTasks(broker_down=broker_down)
-    fired = type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 3600.0)
+    fired = type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 1e9)
     assert beat.sent == ([] if broker_down else [("plant.diagnostics.sleep", [fired["job_id"]], "default", 0.0)])
     with worker_sessions() as session:
         job = session.get(Job, uuid.UUID(fired["job_id"]))
         assert (job.enqueued_at is None) is broker_down
-    assert type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 3600.0)["skipped"] == "already fired"
+    again = type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 1e9)
+    assert again["skipped"] == "already fired"  # one slot per 31 years: the two calls cannot straddle one
 
 
 def test_recovery_messages_outlive_a_backlog_on_the_queue_they_share_with_jobs() -> None:

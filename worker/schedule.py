@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
-from celery.schedules import schedule
+from celery.schedules import schedstate, schedule
 
 from models.settings import Settings
+
+
+class on_boundaries(schedule):  # noqa: N801 - named like celery's schedule classes
+    """Ticks at every multiple of the interval since the epoch (UTC: midnight for a day, the
+    top of the hour for an hour, 00:00, 06:00, ... for six hours), whenever beat started;
+    celery's ``relative=True`` rounds to the minute, hour or day only. A tick missed while
+    beat was down runs once when it is back."""
+
+    def __init__(self, run_every: timedelta, relative: bool = False, nowfun: Any = None, app: Any = None) -> None:
+        super().__init__(run_every, relative=False, nowfun=nowfun, app=app)
+
+    def next_tick_after(self, moment: float) -> float:
+        step = self.run_every.total_seconds()
+        return (math.floor(moment / step) + 1) * step
+
+    def remaining_estimate(self, last_run_at: Any) -> timedelta:
+        now = self.maybe_make_aware(self.now()).timestamp()
+        return timedelta(seconds=self.next_tick_after(self.maybe_make_aware(last_run_at).timestamp()) - now)
+
+    def is_due(self, last_run_at: Any) -> schedstate:
+        remaining = self.remaining_estimate(last_run_at).total_seconds()
+        if remaining > 0:
+            return schedstate(is_due=False, next=remaining)
+        now = self.maybe_make_aware(self.now()).timestamp()
+        return schedstate(is_due=True, next=self.next_tick_after(now) - now)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -23,11 +49,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         # Jobs started by beat go through plant.schedule.fire, which records the
         # (schedule, tick slot) pair first: a second beat's tick finds it taken. Ticks fall on
-        # the interval's boundaries (UTC midnight for a day; relative=True), which is what
-        # tasks.audit.fire_slot rounds a late fire back to.
+        # the interval's boundaries, the slots tasks.audit.fire_slot maps a fire to.
         "full-audit": {
             "task": "plant.schedule.fire",
-            "schedule": schedule(timedelta(seconds=settings.audit_interval_seconds), relative=True),
+            "schedule": on_boundaries(timedelta(seconds=settings.audit_interval_seconds)),
             "args": ("full-audit", "audit.run", {"verify_signatures": "heads"}, settings.audit_interval_seconds),
         },
         "purge-idempotency-keys": {
