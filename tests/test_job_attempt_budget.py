@@ -115,14 +115,7 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
     from models.audit_tables import AuditRun
     from tasks import audit
 
-    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
-        update={"job_max_attempts": MAX_ATTEMPTS, "audit_batch_size": 1, "audit_chunk_entities": 2}))
-    sent = []
-    monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, *, args, queue, **kw: sent.append((name, args)))
-    with transaction(sessions) as session:
-        job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
-    claim = _claim(sessions, job_id)
-    audit._start_audit(claim, lambda *_: None)
+    job_id, _, sent = _audit_chunks(sessions, settings, monkeypatch)
     with sessions() as session:
         chunks = pending_chunks(session, session.query(AuditRun.id).filter(AuditRun.job_id == job_id).scalar())
     assert len(chunks) >= 2 and [name for name, _ in sent] == [audit.CHUNK_TASK] * len(chunks)
@@ -157,7 +150,8 @@ def test_hand_backs_past_the_cap_count_as_attempts(sessions, settings, monkeypat
 
 
 def _audit_chunks(sessions, settings, monkeypatch):
-    """An audit job claimed and split into chunks; returns (job id, each chunk's message args)."""
+    """An audit job claimed and split into chunks; returns (job id, each chunk's message args,
+    and the list every message task code sends lands in)."""
     from tasks import audit
 
     monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(
@@ -167,7 +161,7 @@ def _audit_chunks(sessions, settings, monkeypatch):
     with transaction(sessions) as session:
         job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
     audit._start_audit(_claim(sessions, job_id), lambda *_: None)
-    return job_id, [args for name, args in sent if name == audit.CHUNK_TASK]
+    return job_id, [args for name, args in sent if name == audit.CHUNK_TASK], sent
 
 
 def test_an_audit_chunk_that_loses_its_database_connection_comes_back_and_resumes(
@@ -181,7 +175,7 @@ def test_an_audit_chunk_that_loses_its_database_connection_comes_back_and_resume
 
     from tasks import audit
 
-    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
     retries = []
 
     def retry(*, exc, countdown, max_retries):
@@ -219,7 +213,7 @@ def test_an_audit_chunk_that_fails_fails_its_job_at_once_with_the_error(sessions
     """Not left running until its lease lapses (and retried, and at last `worker-lost`)."""
     from tasks import audit
 
-    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
     monkeypatch.setattr(audit, "audit_chunk_step", lambda session, **kwargs: 1 / 0)
     outcome = audit.audit_chunk(*messages[0])
     assert outcome["status"] == "failed"
@@ -239,7 +233,7 @@ def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(
 
     from tasks import audit
 
-    job_id, messages = _audit_chunks(sessions, settings, monkeypatch)
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
     real_finish, cut = audit._finish, []
 
     def connection_lost_once(claim, run_id):
