@@ -47,9 +47,10 @@ def test_beat_ticks_the_scheduled_audit_on_its_interval_s_multiples(interval, si
     the minute, hour or day, so a 6-hour schedule started at 10:17 ticked at 16:00."""
     schedule = beat_schedule(load_settings(audit_interval_seconds=interval))["full-audit"]["schedule"]
     now = schedule.now()
-    tick = now + schedule.remaining_estimate(now - since_last_run)
+    last_run = now - since_last_run
+    tick = now + schedule.remaining_estimate(last_run)  # in the past when due already
     assert abs(tick.timestamp() - round(tick.timestamp() / interval) * interval) < 0.01, tick
-    assert now < tick <= now + dt.timedelta(seconds=interval)
+    assert last_run < tick <= last_run + dt.timedelta(seconds=interval)  # the first multiple after the last run
     assert fire_slot(tick.timestamp() + 1.5, interval) == dt.datetime.fromtimestamp(round(tick.timestamp()), dt.UTC)
 
 
