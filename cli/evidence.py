@@ -11,7 +11,6 @@ an unreadable key file) exits 1.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,8 +24,8 @@ from cli.work import resolve_run
 from models.canonical import aware_time, strict_json_loads
 from models.errors import PlantError
 from models.jws import seal_lists, sealed_at, signed_after_its_seal
-from models.ledger_digest import verify_digest
-from models.reports import latest_time_named, verify_report_document
+from models.ledger_digest import digest_problem
+from models.reports import verify_report_document
 
 REPORT_FORMATS = ("json", "csv", "html")
 jwks_option = click.option(
@@ -95,7 +94,7 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
     verified, report_body = checked.signature, checked.report
-    sealed = _seal_caveat(as_json, source, keys, verified.kid, latest_time_named(report_body), "report", listable=True)
+    sealed = _seal_note(keys, verified.kid, listable=True)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
@@ -147,10 +146,10 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
         document = strict_json_loads(digest_file.read_bytes())
     except ValueError as exc:
         _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
-    if not verify_digest(document, keys):
-        _refuse(as_json, source, "ledger digest is NOT valid: its signature, shape or leaves do not check out")
-    sealed = _seal_caveat(as_json, source, keys, document["kid"], aware_time(document["as_of"]), "ledger digest",
-                          listable=False)
+    problem = digest_problem(document, keys) or signed_after_its_seal(keys, document["kid"], aware_time(document["as_of"]))
+    if problem is not None:
+        _refuse(as_json, source, f"ledger digest is NOT valid: {problem}")
+    sealed = _seal_note(keys, document["kid"], listable=False)
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
              "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **sealed}
     if as_json:
@@ -161,15 +160,10 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     _echo_seal_caveat(sealed)
 
 
-def _seal_caveat(as_json: bool, source: str, keys: Any, kid: str, named: dt.datetime | None, what: str, *,
-                 listable: bool) -> dict[str, Any]:
-    """Refuse a document its sealed key signed after the seal (a later time in it proves
-    that); for one that may predate the seal, ``{"sealed_at", "seal_lists_it"}`` to show with
-    it. A ``listable`` document (a report) that its key's seal does not list never verifies
-    this far; seals list no digest."""
-    after = signed_after_its_seal(keys, kid, named)
-    if after is not None:
-        _refuse(as_json, source, f"{what} is NOT valid: {after}")
+def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
+    """For a document that verified though its key is sealed (so it names no time after the
+    seal, and a report is on the seal's list where the seal lists), ``{"sealed_at",
+    "seal_lists_it"}`` to show with it; seals list no digest."""
     sealed = sealed_at(keys, kid)
     if sealed is None:
         return {}

@@ -31,7 +31,7 @@ from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.ledger import compare_heads, root_as_of, signed_after_seal
-from models.ledger_digest import verify_digest
+from models.ledger_digest import digest_problem
 from models.repair import settle_repairs
 from models.signing import KeyRing
 
@@ -147,8 +147,9 @@ def id_ranges(parts: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) -> list[FindingRow]:
     """Compare the registry with a digest kept outside Plant (leaves optional)."""
-    if not verify_digest(digest, keyring):
-        return [FindingRow(None, None, None, "digest-invalid", "against_digest is malformed or not signed by a trusted key")]
+    problem = digest_problem(digest, keyring)
+    if problem is not None:
+        return [FindingRow(None, None, None, "digest-invalid", f"against_digest cannot be trusted: {problem}")]
     as_of = dt.datetime.fromisoformat(digest["as_of"].replace("Z", "+00:00"))
     after_seal = signed_after_seal(keyring, digest["kid"], as_of)
     if after_seal is not None:

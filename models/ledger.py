@@ -31,7 +31,7 @@ from models.chain import ChainFinding, EntityVersion
 from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
 from models.errors import LedgerBusy
-from models.ledger_digest import build_digest, digest_with_leaves, sign_root, verify_digest
+from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
@@ -326,8 +326,9 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     leaf rows are untouched since they were written and attested, without hashing them.
     """
     document = digest.document
-    if not verify_digest(document, keyring):
-        return "its signed document is malformed or not signed by a trusted key"
+    problem = digest_problem(document, keyring)
+    if problem is not None:
+        return f"its signed document cannot be trusted: {problem}"
     if (document["heads_root"] != bytes(digest.heads_root).hex() or document["entity_count"] != digest.entity_count
             or dt.datetime.fromisoformat(document["as_of"]) != digest.as_of):  # as_of picks "the latest"
         return "its row's heads_root, entity_count or as_of differs from its signed document"

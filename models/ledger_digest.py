@@ -76,31 +76,41 @@ def digest_with_leaves(
 
 
 def verify_digest(digest: Any, keys: KeySource) -> bool:
-    """Whether ``digest`` is intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`).
+    """Whether ``digest`` is intact and signed by one of ``keys`` (:func:`digest_problem`)."""
+    return digest_problem(digest, keys) is None
+
+
+def digest_problem(digest: Any, keys: KeySource) -> str | None:
+    """Why ``digest`` is not intact and signed by one of ``keys`` (see :func:`models.jws.find_verifier`),
+    or None when it is.
 
     A seal lists no digest (any read key could grow the list, one ``GET /ledger/digest`` at
-    a time): one signed by a sealed key is held to the seal by its ``as_of`` instead
-    (:func:`models.ledger.signed_after_seal`, :func:`models.jws.signed_after_its_seal`).
+    a time), and this does not hold one signed by a sealed key to its seal: Plant holds
+    stored and handed-in ones to the seal's own digest (:func:`models.ledger.signed_after_seal`),
+    ``plant digest verify`` holds a file's to the seal time the JWKS names
+    (:func:`models.jws.signed_after_its_seal`).
 
-    Any malformed, extended, altered or unsigned digest is False, never an exception;
+    Any malformed, extended, altered or unsigned digest has a problem, never an exception;
     when ``leaves`` are present they must also be ordered, counted and hash to ``heads_root``.
     A digest read from a file must be parsed with :func:`models.canonical.strict_json_loads`:
     the signature is checked over the parsed members, so a repeated member name would let
     the file show one value while another is verified.
     """
     if not _has_digest_shape(digest):
-        return False
+        return "its members are not a ledger digest's"
     verifier = find_verifier(keys, digest["kid"])
     if verifier is None:
-        return False
+        return f"no trusted key has kid {digest['kid']!r}"
     try:
         signature = b64url_decode(digest["signature"])
         signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
     except (ValueError, CanonicalizationError):
-        return False
+        return "its signature or signed members cannot be read"
     if not verifier.verify(signature, signed):
-        return False
-    return "leaves" not in digest or _leaves_match_root(digest["leaves"], digest)
+        return "its signature does not match its members"
+    if "leaves" in digest and not _leaves_match_root(digest["leaves"], digest):
+        return "its leaves do not hash to its heads_root"
+    return None
 
 
 def _in_id_order(heads: Iterable[Head]) -> Iterator[Head]:
