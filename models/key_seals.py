@@ -23,14 +23,15 @@ database can neither add a seal nor move one.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
 from sqlalchemy import column, delete, exists, func, insert, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_tables import KeySealSignature, LedgerDigest, SignedExport, SignedExportsBegan
+from models.canonical import sha256
 from models.chain import EntityVersion
 from models.db import transaction
 from models.entities import ENTITY_MODELS, EntityType
@@ -124,7 +125,7 @@ def _certificate_signature(content: bytes, kid: str) -> bytes | None:
 
 def seal_list_root(hashes: list[bytes]) -> str:
     """What a seal file holds of its list: the SHA-256 of the sorted signature hashes, concatenated."""
-    return hashlib.sha256(b"".join(sorted(hashes))).hexdigest()
+    return sha256(b"".join(sorted(hashes))).hex()
 
 
 def record_seal_list(session: Session, kid: str) -> tuple[int, str] | None:
@@ -159,10 +160,13 @@ def with_seal_lists(keyring: KeyRing, session: Session) -> KeyRing:
     """``keyring`` with each listing seal's list read from the database and checked against
     the seal's count and root; a list that does not match is empty (every signature of the
     key outside the chain is then refused, and :func:`seal_problems` says why)."""
+    return _with_lists(keyring, lambda seal: _checked_list(session, seal) or frozenset())
+
+
+def _with_lists(keyring: KeyRing, read: Callable[[KeySeal], frozenset[str]]) -> KeyRing:
     if not any(seal.lists for seal in keyring.seals):
         return keyring
-    return replace(keyring, seals=tuple(replace(seal, signed=_checked_list(session, seal) or frozenset()) if seal.lists
-                                        else seal for seal in keyring.seals))
+    return replace(keyring, seals=tuple(replace(seal, signed=read(seal)) if seal.lists else seal for seal in keyring.seals))
 
 
 def _checked_list(session: Session, seal: KeySeal) -> frozenset[str] | None:
@@ -188,15 +192,13 @@ def published_keyring(keyring: KeyRing, session: Session) -> KeyRing:
     """``keyring`` with each listing seal's list read once, afresh, to publish (the JWKS);
     ``SealListInvalid`` when one does not match its seal: a published empty list would refuse,
     offline and for good, everything that key signed."""
-    seals = []
-    for seal in keyring.seals:
-        if seal.lists:
-            listed = _list_as_stored(session, seal)
-            if listed is None:
-                raise SealListInvalid(seal_list_mismatch(seal))
-            seal = replace(seal, signed=listed)
-        seals.append(seal)
-    return replace(keyring, seals=tuple(seals))
+    def read_afresh(seal: KeySeal) -> frozenset[str]:
+        listed = _list_as_stored(session, seal)
+        if listed is None:
+            raise SealListInvalid(seal_list_mismatch(seal))
+        return listed
+
+    return _with_lists(keyring, read_afresh)
 
 
 def seal_list_mismatch(seal: KeySeal) -> str:
