@@ -8,6 +8,8 @@ the final result equals a clean run's. Completing a chunk increments the run's
 Run-level digest findings (``against_digest``) are written when the run is planned, only
 for entities in the run's scope. Every summary keeps ``total_entities = compliant +
 non_compliant`` and states its ``coverage``: what was read and what was taken on trust.
+A run whose job ended some other way (failed, or cancelled, with no chunk left to close it)
+is closed by :func:`close_runs_of_ended_jobs` with the job's status.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from models.db import uuid_in
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
+from models.jobs import Job, JobStatus
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.ledger import compare_heads, root_as_of, signed_after_seal
 from models.ledger_digest import digest_problem
@@ -222,8 +225,10 @@ def pending_chunks(session: Session, run_id: uuid.UUID) -> list[int]:
     return list(session.scalars(select(AuditChunk.id).where(AuditChunk.run_id == run_id, AuditChunk.done.is_(False)).order_by(AuditChunk.chunk_no)))
 
 
-def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeeded") -> dict[str, Any]:
-    """Merge chunk counters and findings into the run summary and close the run."""
+def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeeded",
+                  finished_at: dt.datetime | None = None) -> dict[str, Any]:
+    """Merge chunk counters and findings into the run summary and close the run (at
+    ``finished_at``, by default now)."""
     run = session.get(AuditRun, run_id)
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
     total = sum((c.counters or {}).get("entities", 0) for c in chunks)
@@ -235,7 +240,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
     non_compliant = session.scalar(failing) or 0
     by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(AuditFinding.run_id == run_id).group_by(AuditFinding.code)).all())
     by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(AuditFinding.run_id == run_id, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
-    finished_at = session.scalar(select(func.now()))
+    finished_at = finished_at or session.scalar(select(func.now()))
     summary = {
         "run_id": str(run_id),
         "total_entities": total,
@@ -252,6 +257,31 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
     run.summary, run.status, run.finished_at = summary, status, finished_at
     session.flush()
     return summary
+
+
+ENDED_WITHOUT_ITS_RUN = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+
+
+def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 100) -> int:
+    """Close every run still ``running`` whose job has ended failed or cancelled (of one job,
+    with ``job_id``): it takes the job's status and end time, and a summary of what was
+    audited before it stopped. The audit closes its own run when it succeeds or stops for a
+    cancel; this covers every other end: a chunk's error, the sweep failing a job whose
+    worker died on its last attempt, a cancel that found the lease lapsed, a cancel while
+    queued between attempts. A run another transaction holds is left for the next call.
+    Returns how many runs it closed."""
+    ended = (
+        select(AuditRun.id, Job.status, func.coalesce(Job.finished_at, func.now()))
+        .join(Job, Job.id == AuditRun.job_id)
+        .where(AuditRun.status == "running", Job.status.in_(ENDED_WITHOUT_ITS_RUN))
+        .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, skip_locked=True)
+    )
+    if job_id is not None:
+        ended = ended.where(AuditRun.job_id == job_id)
+    rows = session.execute(ended).all()
+    for run_id, status, finished_at in rows:
+        summarize_run(session, run_id=run_id, status=status, finished_at=finished_at)
+    return len(rows)
 
 
 RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE)  # about the registry as a whole

@@ -9,7 +9,7 @@ against the real job table; republishing is recorded instead of sent.
 import datetime as dt
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from models.db import transaction
 from models.errors import JobHandedBack, TransientJobError
@@ -222,6 +222,79 @@ def test_an_audit_chunk_that_fails_fails_its_job_at_once_with_the_error(sessions
     assert "ZeroDivisionError" in job.error["detail"]
     assert audit.audit_chunk(*messages[1])["skipped"] == "superseded"  # the job has ended: its error stays the first
     assert "ZeroDivisionError" in _job(sessions, job_id).error["detail"]
+    run = _run(sessions, job_id)  # ended with its job, not left `running` for ever
+    assert (run.status, run.finished_at) == ("failed", job.finished_at)
+    assert run.summary["total_entities"] == 0 and run.summary["duration_seconds"] >= 0
+
+
+def _run(sessions, job_id):
+    from models.audit_tables import AuditRun
+
+    with sessions() as session:
+        return session.query(AuditRun).filter(AuditRun.job_id == job_id).one()
+
+
+def _lapse(sessions, job_id, **values) -> None:
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            lease_expires_at=text("now() - interval '1 hour'"), **values))
+
+
+def test_an_audit_job_failed_by_the_sweep_closes_its_run_with_what_it_audited(
+        sessions, settings, seeded, monkeypatch) -> None:
+    """Its worker died on the last allowed attempt: beat's recovery pass fails the job and,
+    in the same transaction, closes the run (before, it stayed `running` for ever and the
+    runs-by-status metric counted it so)."""
+    from tasks import audit
+    from tasks.maintenance import requeue_stale_jobs
+
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
+    audited = audit.audit_chunk(*messages[0])
+    assert audited["done"] and _run(sessions, job_id).status == "running"
+    _lapse(sessions, job_id, attempts=MAX_ATTEMPTS)  # then its worker died: the lease runs out
+    beat = SentTasks()
+    outcome = type(requeue_stale_jobs._get_current_object()).run(beat)
+    assert (outcome["failed"], outcome["runs_closed"], beat.sent) == (1, 1, [])
+    job, run = _job(sessions, job_id), _run(sessions, job_id)
+    assert (job.status, run.status, run.finished_at) == ("failed", "failed", job.finished_at)
+    with sessions() as session:
+        from models.audit_tables import AuditChunk
+
+        first = session.get(AuditChunk, messages[0][2])
+        assert run.summary["total_entities"] == first.counters["entities"] > 0  # what it audited, no more
+    assert type(requeue_stale_jobs._get_current_object()).run(SentTasks())["runs_closed"] == 0  # once
+
+
+def test_cancelling_an_audit_whose_lease_lapsed_closes_its_run_at_once(
+        sessions, settings, seeded, monkeypatch, client) -> None:
+    job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)
+    _lapse(sessions, job_id)
+    response = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    run = _run(sessions, job_id)
+    assert (run.status, run.finished_at) == ("cancelled", _job(sessions, job_id).finished_at)
+    assert client.get(f"/api/v1/audit/runs/{run.id}").get_json()["status"] == "cancelled"
+
+
+def test_closing_runs_leaves_live_and_finished_runs_alone_and_waits_for_a_held_one(
+        sessions, settings, seeded, monkeypatch) -> None:
+    from models.audit_runs import close_runs_of_ended_jobs
+    from models.audit_tables import AuditRun
+
+    job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)
+    with transaction(sessions) as session:
+        assert close_runs_of_ended_jobs(session) == 0  # its job is running
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="failed", finished_at=text("now()")))
+    with sessions() as holder, holder.begin():  # say, a chunk finishing the run at this moment
+        holder.execute(select(AuditRun).where(AuditRun.job_id == job_id).with_for_update())
+        with transaction(sessions) as session:
+            assert close_runs_of_ended_jobs(session) == 0  # not waited for: the next pass takes it
+    with transaction(sessions) as session:
+        assert close_runs_of_ended_jobs(session, job_id=job_id) == 1
+    with transaction(sessions) as session:
+        session.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(status="succeeded"))
+        assert close_runs_of_ended_jobs(session) == 0
 
 
 def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(

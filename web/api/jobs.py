@@ -13,6 +13,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
 
+from models.audit_runs import close_runs_of_ended_jobs
 from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
@@ -63,5 +64,7 @@ def cancel_job(path: JobPath) -> Response:
     """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
     session = db_session()
     job = request_cancel(session, job_id=path.job_id)
+    if job.status == JobStatus.CANCELLED.value:  # at once: an audit's run ends with it
+        close_runs_of_ended_jobs(session, job_id=job.id)
     session.commit()
     return job_response(job)
