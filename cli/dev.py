@@ -192,7 +192,7 @@ def app_processes(config: DevConfig) -> list[tuple[str, list[str]]]:
         # Credentials reach Flower as FLOWER_BASIC_AUTH (see child_environment), not argv.
         ("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]),
         # The port in the node name keeps two runners sharing one broker from colliding.
-        ("worker", [*celery, "worker", "-Q", "default,audit", "--loglevel=INFO",
+        ("worker", [*celery, "worker", "-Q", "default,audit,maintenance", "--loglevel=INFO",
                     "-n", f"dev-{config.port}@%h", "--concurrency", "2", "-E"]),
     ]
 

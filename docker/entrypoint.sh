@@ -110,7 +110,7 @@ case "$ROLE" in
     worker)
         require DATABASE_URL REDIS_URL
         record_role worker
-        exec celery -q -A worker.app worker -Q default -n 'default@%h' \
+        exec celery -q -A worker.app worker -Q default,maintenance -n 'default@%h' \
             ${PLANT_WORKER_CONCURRENCY:+--concurrency "$PLANT_WORKER_CONCURRENCY"} "$@"
         ;;
     worker-audit)

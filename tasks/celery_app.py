@@ -1,4 +1,4 @@
-"""Builds the Celery app from ``Settings``: JSON only, two queues, limits, events.
+"""Builds the Celery app from ``Settings``: JSON only, three queues, limits, events.
 
 The worker entry point (``worker.app``) and the API (which only publishes) each call
 :func:`create_celery`, so both speak the same configuration.
@@ -16,6 +16,10 @@ from tasks.broker import TRANSPORT_PATH
 
 DEFAULT_QUEUE = "default"
 AUDIT_QUEUE = "audit"
+# Beat's maintenance (job recovery, purges) on a queue of its own, which the default
+# workers also consume: a backlog of jobs on ``default`` would otherwise hold recovery up
+# behind it, and recovery is what republishes the jobs of dead workers.
+MAINTENANCE_QUEUE = "maintenance"
 TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance", "tasks.registry_jobs", "tasks.audit"]
 
 
@@ -45,7 +49,8 @@ def create_celery(settings: Settings) -> Celery:
         event_serializer="json",
         task_ignore_result=True,  # outcomes live in the jobs table, not a result backend
         task_default_queue=DEFAULT_QUEUE,
-        task_queues=(Queue(DEFAULT_QUEUE), Queue(AUDIT_QUEUE)),
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(AUDIT_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        task_routes={"plant.maintenance.*": {"queue": MAINTENANCE_QUEUE}},
         **DELIVERY,
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_hard_time_limit,

@@ -271,11 +271,11 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
 
 @pytest.fixture(scope="session")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    """A real ``celery worker`` process consuming both queues."""
+    """A real ``celery worker`` process consuming every queue."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit",
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit,maintenance",
              "-c", "2", "-n", f"test-{os.getpid()}@%h", "-E", "--without-mingle", "--without-gossip",
              "--loglevel=INFO"],
             # Small audit batches and chunks: audits take long enough to watch and cancel,

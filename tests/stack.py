@@ -64,7 +64,7 @@ class ChaosStack:
         return f"{name}-{os.getpid()}@{os.uname().nodename}"
 
     def start_worker(self, name: str, concurrency: int = 2, *, restart: bool = False) -> subprocess.Popen:
-        argv = ["worker", "-Q", "default,audit", "-c", str(concurrency), "-n", self.node(name),
+        argv = ["worker", "-Q", "default,audit,maintenance", "-c", str(concurrency), "-n", self.node(name),
                 "--without-mingle", "--without-gossip"]
         process = self._spawn(name, argv)
         wait_for(lambda: process.poll() is not None or self.celery.control.ping(timeout=0.5, destination=[self.node(name)]),

@@ -200,7 +200,7 @@ def test_queues() -> None:
     entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
     worker = re.search(r"\n    worker\)\n(.*?);;", entrypoint, re.S)[1]
     audit = re.search(r"\n    worker-audit\)\n(.*?);;", entrypoint, re.S)[1]
-    assert "-Q default " in worker and "-Q audit" not in worker
+    assert "-Q default,maintenance " in worker and "audit" not in worker
     assert "-Q audit " in audit and "--prefetch-multiplier 1" in audit and "--concurrency 1" in audit
 
 

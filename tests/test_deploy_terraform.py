@@ -507,7 +507,7 @@ def test_exactly_one_beat() -> None:
 
 def test_queues_per_worker_pool() -> None:
     entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
-    assert re.search(r"\n    worker\)\n(?:.*\n){0,3}.*worker -Q default ", entrypoint)
+    assert re.search(r"\n    worker\)\n(?:.*\n){0,3}.*worker -Q default,maintenance ", entrypoint)
     assert re.search(r"\n    worker-audit\)\n(?:.*\n){0,4}.*worker -Q audit ", entrypoint)
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from models.jobs import Job
 from tasks.celery_app import create_celery
@@ -76,9 +76,36 @@ def test_a_job_whose_message_was_lost_is_republished_by_the_requeue_task(client,
         connection.execute(
             update(Job).where(Job.id == job_id).values(enqueued_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
         )
-    create_celery(settings).send_task("plant.maintenance.requeue_stale_jobs", queue="default")
+    create_celery(settings).send_task("plant.maintenance.requeue_stale_jobs")  # routed to the maintenance queue
     done = wait_for(lambda: (j := _job(client, str(job_id)))["status"] == "succeeded" and j, what="requeued job")
     assert done["attempts"] == 1
+
+
+def test_recovery_is_not_held_up_behind_a_backlog_of_jobs(client, settings, engine) -> None:
+    """Beat's recovery goes to the maintenance queue, which the default workers take from
+    beside their jobs: a lost message is republished while a backlog still waits, not after
+    it (on the default queue, it waited behind every job published before it)."""
+    backlog = [_start(client, 1.0, 1)["id"] for _ in range(16)]  # 8 s of work for the 2 worker processes
+    lost_at = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    try:
+        with engine.begin() as connection:
+            lost = connection.scalar(
+                Job.__table__.insert().values(kind="diagnostics.sleep", params={"seconds": 0, "steps": 1},
+                                              queue="default", enqueued_at=lost_at).returning(Job.id))
+        create_celery(settings).send_task("plant.maintenance.requeue_stale_jobs")
+
+        def republished() -> tuple[int] | None:
+            with engine.connect() as connection:
+                enqueued_at = connection.scalar(select(Job.enqueued_at).where(Job.id == lost))
+                waiting = connection.scalar(select(func.count()).where(
+                    Job.id.in_([uuid.UUID(b) for b in backlog]), Job.status == "queued"))
+            return (waiting,) if enqueued_at != lost_at else None  # how many still wait, once it ran
+
+        (waiting,) = wait_for(republished, timeout=60, what="the recovery pass")
+        assert waiting >= len(backlog) // 2, f"recovery ran only once {len(backlog) - waiting} of the backlog had started"
+    finally:
+        for job_id in backlog:
+            client.post(f"/api/v1/jobs/{job_id}/cancel")
 
 
 def test_a_redelivered_message_for_a_finished_job_does_nothing(client, settings) -> None:

@@ -72,8 +72,11 @@ def test_job_submission_is_accepted_while_redis_is_down(settings, down_url, admi
         assert session.get(Job, uuid.UUID(response.get_json()["id"])).enqueued_at is None
 
 
-def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tmp_path) -> None:
-    """Compose runs the audit queue's workers apart: with them gone, audits would wait for good."""
+@pytest.mark.parametrize(("consumed", "unserved"), [("default,maintenance", "audit"), ("default,audit", "maintenance")])
+def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tmp_path, consumed, unserved) -> None:
+    """Compose runs the audit queue's workers apart: with them gone, audits would wait for good.
+    With no consumer of the maintenance queue (workers started with an old command line), no
+    dead worker's job would ever be republished."""
     import os
     import subprocess
     import sys
@@ -83,17 +86,17 @@ def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tm
     alone = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/12"})
     with open(tmp_path / "worker.log", "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default", "-c", "1",
-             "-n", f"default-only-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", consumed, "-c", "1",
+             "-n", f"without-{unserved}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
             cwd=REPO_ROOT, env=child_env(alone), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         client = create_app(alone).test_client()
         body = wait_for(lambda: (b := client.get("/health").get_json())["checks"]["workers"].get("count") and b,
-                        timeout=60, interval=0.2, what="the default-only worker to answer")
+                        timeout=60, interval=0.2, what="the worker to answer")
         workers = body["checks"]["workers"]
         assert body["status"] == "degraded" and workers["status"] == "down"
-        assert workers["error"] == "no worker consumes the audit queue"
-        assert workers["queues"]["audit"] == [] and len(workers["queues"]["default"]) == 1
+        assert workers["error"] == f"no worker consumes the {unserved} queue"
+        assert workers["queues"][unserved] == [] and len(workers["queues"]["default"]) == 1
     finally:
         stop_process_group(worker)
 

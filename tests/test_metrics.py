@@ -118,14 +118,14 @@ def test_job_counts_and_queue_backlog_equal_the_database(client, engine) -> None
     assert 10 <= value(samples, "plant_jobs_queued_oldest_age_seconds", queue="default") < 40
     assert value(samples, "plant_metrics_source_up", source="database") == 1
     assert value(samples, "plant_metrics_source_up", source="broker") == 1
-    assert {dict(labels)["queue"] for labels in series(samples, "plant_broker_queue_length")} == {"default", "audit"}
+    assert {dict(labels)["queue"] for labels in series(samples, "plant_broker_queue_length")} == {"default", "audit", "maintenance"}
 
 
 def test_broker_queue_length_is_the_redis_list_length(app, redis_client) -> None:
     queue = f"metrics-test-{uuid.uuid4().hex[:8]}"  # a queue no worker consumes
     redis_client.rpush(queue, b"a", b"b", b"c")
     try:
-        reading = _state_reading(PlantStateCollector(app_services(app), queues=[queue]))
+        reading = _state_reading(PlantStateCollector(app_services(app), broker_queues=[queue]))
     finally:
         redis_client.delete(queue)
     assert series(reading, "plant_broker_queue_length") == {frozenset({("queue", queue)}): 3}

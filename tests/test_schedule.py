@@ -88,12 +88,20 @@ def test_a_scheduled_job_is_published_once_or_left_in_the_outbox(worker_sessions
     assert again["skipped"] == "already fired"  # one slot per 31 years: the two calls cannot straddle one
 
 
-def test_recovery_messages_outlive_a_backlog_on_the_queue_they_share_with_jobs() -> None:
-    """Expiring after one 5 s interval, every recovery message was dropped while the default
-    queue ran more than 5 s behind, and dead workers' jobs waited for the backlog to clear."""
+def test_recovery_messages_go_to_their_own_queue_and_outlive_a_wait_for_a_free_worker() -> None:
+    """Expiring after one 5 s interval, every recovery message was dropped while the workers
+    were that far behind; and on the default queue, recovery waited behind every job."""
+    from tasks.celery_app import MAINTENANCE_QUEUE, create_celery
+
     settings = load_settings(requeue_interval_seconds=5.0, requeue_after_seconds=60.0)
-    entry = beat_schedule(settings)["requeue-stale-jobs"]
+    schedule = beat_schedule(settings)
+    entry = schedule["requeue-stale-jobs"]
     assert entry["schedule"] == 5.0 and entry["options"]["expires"] == 60.0
+    router = create_celery(settings).amqp.router
+    queues = {name: router.route(dict(entry.get("options", {})), entry["task"])["queue"].name
+              for name, entry in schedule.items()}
+    assert queues == {"requeue-stale-jobs": MAINTENANCE_QUEUE, "purge-idempotency-keys": MAINTENANCE_QUEUE,
+                      "full-audit": "default", "ledger-digest": "default"}
 
 
 def test_a_job_of_a_kind_this_release_does_not_know_does_not_stop_a_recovery_sweep(worker_sessions) -> None:

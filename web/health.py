@@ -1,8 +1,8 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
 Answers 200 when the database and Redis are up (``degraded`` if no worker answered, or a
-queue jobs are routed to has no worker consuming it), 503 naming the failing check
-otherwise, and never 500.
+queue jobs or beat's recovery are routed to has no worker consuming it), 503 naming the
+failing check otherwise, and never 500.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
+from tasks.celery_app import MAINTENANCE_QUEUE
 from tasks.dispatch import JOB_ROUTES
 from web.schemas import HealthOut
 from web.services import Services, services
 
 log = logging.getLogger(__name__)
 
-JOB_QUEUES = sorted({route.queue for route in JOB_ROUTES.values()})
+# Without a consumer of the maintenance queue, nothing republishes a dead worker's job.
+SERVED_QUEUES = sorted({route.queue for route in JOB_ROUTES.values()} | {MAINTENANCE_QUEUE})
 
 health_api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
@@ -57,13 +59,13 @@ def _redis(svc: Services) -> dict[str, Any]:
 
 
 def _workers(svc: Services) -> dict[str, Any]:
-    """Live workers and the queues each consumes: every queue jobs are routed to needs one
-    (compose runs the audit queue's workers apart, and audits would wait for good)."""
+    """Live workers and the queues each consumes: every queue jobs or recovery are routed to
+    needs one (compose runs the audit queue's workers apart, and audits would wait for good)."""
     replies = svc.celery.control.inspect(timeout=svc.settings.health_timeout_seconds).active_queues() or {}
     if not replies:
         raise CheckFailed(f"no worker answered within {svc.settings.health_timeout_seconds}s")
     consumers = {queue: sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
-                 for queue in JOB_QUEUES}
+                 for queue in SERVED_QUEUES}
     found = {"count": len(replies), "workers": sorted(replies), "queues": consumers}
     unserved = [queue for queue, names in consumers.items() if not names]
     if unserved:

@@ -41,7 +41,7 @@ from models.logging_setup import bind_log_context, configure_logging, reset_log_
 from models.metrics import AuditStats, JobCount, QueueBacklog, audit_stats, job_counts, queue_backlog
 from models.jobs import JobStatus
 from models.settings import Settings
-from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE
+from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE, MAINTENANCE_QUEUE
 from tasks.dispatch import JOB_ROUTES
 from web.services import Services, app_services, services
 
@@ -54,7 +54,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}", re.ASCII)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and unknown methods: one label, whatever the path
-QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)
+QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)  # the queues jobs go to
+BROKER_QUEUES = (*QUEUES, MAINTENANCE_QUEUE)  # and beat's recovery
 # Long-polls last up to 30 s, so the buckets reach past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
@@ -173,10 +174,11 @@ class PlantStateCollector:
     remembered as long, which spares a struggling database the retries.
     """
 
-    def __init__(self, svc: Services, *, queues: Iterable[str] = QUEUES, kinds: Iterable[str] = tuple(JOB_ROUTES),
-                 max_age_seconds: float = 0.0) -> None:
+    def __init__(self, svc: Services, *, queues: Iterable[str] = QUEUES, broker_queues: Iterable[str] = BROKER_QUEUES,
+                 kinds: Iterable[str] = tuple(JOB_ROUTES), max_age_seconds: float = 0.0) -> None:
         self._svc = svc
         self._queues = tuple(queues)
+        self._broker_queues = tuple(broker_queues)
         self._kinds = tuple(kinds)
         self._max_age = max_age_seconds
         self._lock = threading.Lock()
@@ -219,11 +221,12 @@ class PlantStateCollector:
 
     def _broker(self) -> list[Metric]:
         pipeline = self._svc.redis.pipeline(transaction=False)
-        for queue in self._queues:
+        queues = self._broker_queues
+        for queue in queues:
             pipeline.llen(queue)  # Celery's Redis transport keeps each queue as a list of that name
         lengths = pipeline.execute()
         return [_family("plant_broker_queue_length", "Messages waiting in the broker, by queue", ["queue"],
-                        [([q], n) for q, n in zip(self._queues, lengths, strict=True)])]
+                        [([q], n) for q, n in zip(queues, lengths, strict=True)])]
 
 
 def scrape_registry(svc: Services, state: PlantStateCollector) -> CollectorRegistry:

@@ -38,10 +38,11 @@ class on_boundaries(schedule):  # noqa: N801 - named like celery's schedule clas
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
-        # Recovery shares the default queue with the jobs. Its messages outlive a backlog of
-        # up to PLANT_REQUEUE_AFTER_SECONDS (60 s): expiring after one interval (5 s), they were
-        # all dropped whenever the queue ran that far behind, and dead workers' jobs waited
-        # until it caught up. The ones that pile up meanwhile are cheap, idempotent sweeps.
+        # Recovery goes to the maintenance queue (tasks.celery_app routes plant.maintenance.*
+        # there), which the default workers consume beside their jobs: a backlog of jobs no
+        # longer holds it up. Its messages still outlive a wait of PLANT_REQUEUE_AFTER_SECONDS
+        # (60 s), every worker slot busy with long jobs, say; the ones that pile up meanwhile
+        # are cheap, idempotent sweeps.
         "requeue-stale-jobs": {
             "task": "plant.maintenance.requeue_stale_jobs",
             "schedule": settings.requeue_interval_seconds,

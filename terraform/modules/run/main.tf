@@ -1,7 +1,7 @@
 # Plant on Cloud Run, one image for every role (docker/entrypoint.sh picks it from args):
 #
 #   api           Cloud Run service (HTTP)
-#   worker        Cloud Run worker pool, Celery on the default queue
+#   worker        Cloud Run worker pool, Celery on the default and maintenance queues
 #   worker-audit  Cloud Run worker pool, Celery on the audit queue, one job at a time
 #   beat          Cloud Run worker pool with exactly one instance: the only scheduler
 #   flower        Cloud Run service, optional, IAM-protected and behind basic auth
@@ -32,7 +32,7 @@ locals {
   identities = merge(
     {
       api     = "Plant API (Cloud Run service)"
-      worker  = "Plant Celery workers (default and audit queues)"
+      worker  = "Plant Celery workers (default, audit and maintenance queues)"
       beat    = "Plant Celery beat (the one scheduler)"
       migrate = "Plant schema migrations (Cloud Run job)"
       seal    = "Plant retired signing key seals (Cloud Run job)"
