@@ -287,7 +287,7 @@ class BenchStack:
         self._processes.append(process)
         return process
 
-    def start_worker(self, settings: Settings, *, queues: str = "default,audit", concurrency: int = 2,
+    def start_worker(self, settings: Settings, *, queues: str = "default,audit,maintenance", concurrency: int = 2,
                      env: dict[str, str] | None = None, app: str = "worker.app", pool: str = "prefork",
                      name: str | None = None, loglevel: str = "INFO") -> subprocess.Popen:
         """``celery -A app worker`` on ``settings``' broker; returns once it answers a ping.

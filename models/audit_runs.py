@@ -15,19 +15,20 @@ is closed by :func:`close_runs_of_ended_jobs` with the job's status.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
-from models.db import uuid_in
+from models.db import transaction, uuid_in
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput, NotFound
 from models.incremental_audit import audit_since_latest_digest
@@ -39,6 +40,7 @@ from models.repair import settle_repairs
 from models.signing import KeyRing
 
 MAX_UUID = (1 << 128) - 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,9 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
         .where(AuditFinding.run_id == run_id, AuditFinding.severity.in_(FAILING_SEVERITIES),
                AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     )
+    stopped_early = any(not c.done for c in chunks)
+    if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
+        failing = failing.where(_audited_by_a_chunk(run_id))
     non_compliant = session.scalar(failing) or 0
     by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(AuditFinding.run_id == run_id).group_by(AuditFinding.code)).all())
     by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(AuditFinding.run_id == run_id, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
@@ -254,15 +259,31 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, chunks),
     }
+    if stopped_early:
+        summary["coverage"] = {**summary["coverage"], "stopped": (
+            f"the run ended {status} after auditing {total} of the {run.entities_total} entities in its scope; "
+            "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
     session.flush()
     return summary
 
 
+def _audited_by_a_chunk(run_id: uuid.UUID) -> Any:
+    """The finding's entity lies in a chunk of the run that is done, or at or before that
+    chunk's checkpoint: what the chunks' ``entities`` counters count."""
+    return (
+        select(AuditChunk.id)
+        .where(AuditChunk.run_id == run_id, AuditChunk.entity_type == AuditFinding.entity_type,
+               AuditFinding.entity_id.between(AuditChunk.low_id, AuditChunk.high_id),
+               or_(AuditChunk.done, AuditFinding.entity_id <= AuditChunk.cursor))
+        .exists()
+    )
+
+
 ENDED_WITHOUT_ITS_RUN = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
-def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 100) -> int:
+def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 20) -> int:
     """Close every run still ``running`` whose job has ended failed or cancelled (of one job,
     with ``job_id``): it takes the job's status and end time, and a summary of what was
     audited before it stopped. The audit closes its own run when it succeeds or stops for a
@@ -282,6 +303,20 @@ def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = Non
     for run_id, status, finished_at in rows:
         summarize_run(session, run_id=run_id, status=status, finished_at=finished_at)
     return len(rows)
+
+
+def close_runs_apart(sessions: sessionmaker[Session], *, job_id: uuid.UUID | None = None) -> int:
+    """:func:`close_runs_of_ended_jobs` in a transaction of its own, once what ended the job
+    has committed: closing a big run takes a while and may fail (a statement timeout, say),
+    and neither may hold up or undo a cancel or a recovery pass. A failure is logged; beat's
+    next recovery pass tries again."""
+    try:
+        with transaction(sessions) as session:
+            return close_runs_of_ended_jobs(session, job_id=job_id)
+    except Exception:  # noqa: BLE001 - the job's end is committed; the next pass closes the run
+        log.warning("could not close the audit runs of ended jobs (job %s); the next recovery pass will",
+                    job_id or "any", exc_info=True)
+        return 0
 
 
 RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE)  # about the registry as a whole

@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from models.audit_runs import audit_chunk_step, close_runs_of_ended_jobs, pending_chunks, start_run, summarize_run
+from models.audit_runs import audit_chunk_step, close_runs_apart, pending_chunks, start_run, summarize_run
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
 from models.errors import InternalJobError, JobCancelled, PlantError, StaleAttempt
@@ -85,7 +85,7 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
         log.exception("audit chunk %s of job %s failed", chunk_id, job_id)
         error = exc if isinstance(exc, PlantError) else InternalJobError(f"chunk {chunk_id}: {type(exc).__name__}: {exc}")
         outcome = record_outcome(claim, JobStatus.FAILED, None, error.problem())
-        _close_run_of_ended_job(claim)
+        close_runs_apart(runtime.session_factory(), job_id=claim.job_id)  # the run ends with its job
         return {"chunk": chunk_id, **outcome}
 
 
@@ -123,22 +123,13 @@ def _finish(claim: JobClaim, run_id: uuid.UUID) -> None:
         finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result=summary)
 
 
-def _close_run_of_ended_job(claim: JobClaim) -> None:
-    """The run of a job this chunk just failed ends with it; if this does not get through,
-    beat's next recovery pass closes it."""
-    try:
-        with transaction(runtime.session_factory()) as session:
-            close_runs_of_ended_jobs(session, job_id=claim.job_id)
-    except Exception:  # noqa: BLE001 - the job's outcome is recorded; the sweep closes the run
-        log.warning("could not close the run of failed audit job %s; beat's recovery pass will", claim.job_id, exc_info=True)
-
-
 def _cancel(claim: JobClaim) -> None:
     try:
         with transaction(runtime.session_factory()) as session:
-            run_id = session.scalar(_run_id_of(claim.job_id))
-            summarize_run(session, run_id=run_id, status="cancelled")
+            # The job first: its row lock waits for a sibling chunk's batch that already passed
+            # its checkpoint, so the summary counts that batch's findings too.
             finish_job(session, claim=claim, status=JobStatus.CANCELLED, error=JobCancelled("cancelled on request").problem())
+            summarize_run(session, run_id=session.scalar(_run_id_of(claim.job_id)), status="cancelled")
     except StaleAttempt:
         pass  # another chunk recorded the cancellation first
 

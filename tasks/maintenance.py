@@ -7,7 +7,7 @@ import datetime as dt
 
 from celery import shared_task
 
-from models.audit_runs import close_runs_of_ended_jobs
+from models.audit_runs import close_runs_apart
 from models.db import transaction
 from models.idempotency import purge_expired_keys
 from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
@@ -19,7 +19,7 @@ OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publi
 
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
 def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task self
-    """Publish the outbox, republish lost messages, rescue jobs of dead workers, and close
+    """Publish the outbox, republish lost messages, rescue jobs of dead workers; then close
     the audit run of every audit job that has ended (this sweep, say) without closing it."""
     settings = runtime.settings()
     older_than = dt.timedelta(seconds=settings.requeue_after_seconds)
@@ -30,9 +30,9 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
             session, max_attempts=settings.job_max_attempts, base=settings.retry_backoff_base_seconds,
             cap=settings.retry_backoff_cap_seconds, older_than=older_than,
         )
-        runs_closed = close_runs_of_ended_jobs(session)
     refs = unpublished + lost + rescue.republish
     published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
+    runs_closed = close_runs_apart(runtime.session_factory())  # after the recovery, never in its way
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
             "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,
             "runs_closed": runs_closed}

@@ -6,7 +6,7 @@ members are counted by the incremental audit as by the full one (rule TEAM-01).
 """
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from models.entities import EntityType
 from models.ledger import store_digest
@@ -109,3 +109,49 @@ def test_counts_add_up_after_every_kind_of_run(db_session, skill, write_ctx, key
         summary, _ = run_audit(db_session, keyring, params)
         assert_counts_add_up(summary)
         assert summary["non_compliant"] == 1, params
+
+
+
+def test_a_run_that_stopped_part_way_counts_only_the_entities_it_audited(db_session, write_ctx, steward, keyring) -> None:
+    """A digest's findings are written for the whole scope when the run is planned; a run
+    that ends failed or cancelled part-way must not count the entities it never reached as
+    non-compliant (compliant went negative) nor claim to have read them."""
+    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_tables import AuditChunk, AuditFinding
+    from models.entities import Skill
+    from models.job_lifecycle import create_job
+
+    skills = []
+    for n in range(12):
+        skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": f"Skill {n}", "skill_key": f"skill-{n}", "category": "technical",
+            "description": "version one", "governance_agent_id": steward})
+        for text_ in ("version two", "version three"):
+            update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"description": text_}, ctx=write_ctx)
+        skills.append(skill)
+    db_session.flush()
+    digest = digest_of(db_session, keyring, with_leaves=True)
+    for skill in skills:
+        tamper_delete_newest(db_session, skill, keyring)  # every skill rolled back since the digest
+    job = create_job(db_session, kind="audit.run", queue="audit",
+                     params={"scope": {"entity_type": "skill"}, "against_digest": digest})
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)
+    rolled_back = {f.entity_id for f in db_session.query(AuditFinding).filter_by(run_id=run.id, code="head-rolled-back")}
+    assert rolled_back == {s.id for s in skills}  # the digest's findings name every one, before any is audited
+    # One chunk audited to its end, another stopped at its first checkpoint (chunk bounds
+    # are fixed slices of the id space; the ids are random, so pick two that hold skills).
+    all_ids = sorted(db_session.scalars(select(Skill.id)))
+    chunks = [db_session.get(AuditChunk, c) for c in pending_chunks(db_session, run.id)]
+    holding = [(c, [i for i in all_ids if c.low_id <= i <= c.high_id]) for c in chunks]
+    (done, done_ids), (stopped, stopped_ids) = [(c, ids) for c, ids in holding if ids][:2]
+    while not audit_chunk_step(db_session, chunk_id=done.id, keyring=keyring, batch_size=2).done:
+        pass
+    assert not audit_chunk_step(db_session, chunk_id=stopped.id, keyring=keyring, batch_size=1).done
+    audited = {*done_ids, stopped_ids[0]}
+    summary = summarize_run(db_session, run_id=run.id, status="failed")
+    assert_counts_add_up(summary)
+    assert summary["total_entities"] == len(audited) < run.entities_total
+    assert summary["non_compliant"] == len(audited & rolled_back)  # not every rolled-back skill: compliant went negative
+    assert summary["compliant"] == len(audited - rolled_back)
+    assert (f"ended failed after auditing {len(audited)} of the {run.entities_total} entities"
+            in summary["coverage"]["stopped"])

@@ -503,6 +503,8 @@ def test_exactly_one_beat() -> None:
     assert "count" not in body and "for_each" not in body
     scaling = one(body["scaling"])
     assert scaling["manual_instance_count"] == 1 and scaling["scaling_mode"] == "MANUAL"
+    # Its recovery goes to a queue only workers of the same release consume: they roll out first.
+    assert "${google_cloud_run_v2_worker_pool.worker}" in body["depends_on"]
 
 
 def test_queues_per_worker_pool() -> None:

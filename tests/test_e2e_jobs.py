@@ -85,7 +85,7 @@ def test_recovery_is_not_held_up_behind_a_backlog_of_jobs(client, settings, engi
     """Beat's recovery goes to the maintenance queue, which the default workers take from
     beside their jobs: a lost message is republished while a backlog still waits, not after
     it (on the default queue, it waited behind every job published before it)."""
-    backlog = [_start(client, 1.0, 1)["id"] for _ in range(16)]  # 8 s of work for the 2 worker processes
+    backlog = [_start(client, 2.0, 1)["id"] for _ in range(16)]  # 16 s of work for the 2 worker processes
     lost_at = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     try:
         with engine.begin() as connection:

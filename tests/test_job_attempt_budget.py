@@ -276,7 +276,7 @@ def test_cancelling_an_audit_whose_lease_lapsed_closes_its_run_at_once(
     assert client.get(f"/api/v1/audit/runs/{run.id}").get_json()["status"] == "cancelled"
 
 
-def test_closing_runs_leaves_live_and_finished_runs_alone_and_waits_for_a_held_one(
+def test_closing_runs_leaves_live_and_finished_runs_alone_and_skips_a_held_one(
         sessions, settings, seeded, monkeypatch) -> None:
     from models.audit_runs import close_runs_of_ended_jobs
     from models.audit_tables import AuditRun

@@ -13,12 +13,12 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
 
-from models.audit_runs import close_runs_of_ended_jobs
+from models.audit_runs import close_runs_apart
 from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
-from web.services import db_session, statement_at_a_time
+from web.services import db_session, services, statement_at_a_time
 
 POLL_INTERVAL_SECONDS = 0.1
 
@@ -64,7 +64,7 @@ def cancel_job(path: JobPath) -> Response:
     """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
     session = db_session()
     job = request_cancel(session, job_id=path.job_id)
-    if job.status == JobStatus.CANCELLED.value:  # at once: an audit's run ends with it
-        close_runs_of_ended_jobs(session, job_id=job.id)
     session.commit()
+    if job.status == JobStatus.CANCELLED.value:  # an audit's run ends with it, once the cancel is in
+        close_runs_apart(services().sessions, job_id=job.id)
     return job_response(job)

@@ -541,7 +541,9 @@ resource "google_cloud_run_v2_worker_pool" "beat" {
     ignore_changes = [launch_stage]
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.access]
+  # Beat's recovery goes to the maintenance queue that the default workers consume: a
+  # rollout moves the workers first, so a new beat never waits on workers that ignore it.
+  depends_on = [google_secret_manager_secret_iam_member.access, google_cloud_run_v2_worker_pool.worker]
 }
 
 # --- Flower ---------------------------------------------------------------------------------
