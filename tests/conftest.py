@@ -189,6 +189,15 @@ def clean_db(engine: Engine) -> Iterator[None]:
                 raise
 
 
+def lock_waiters(engine: Engine) -> int:
+    """Sessions of this database waiting on a lock now. Each call reads in a transaction of
+    its own: PostgreSQL takes one snapshot of pg_stat_activity per transaction, so a probe
+    polling inside one transaction sees the state of its first read for ever."""
+    with engine.connect() as connection:
+        return connection.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+
 def busy_sessions(engine: Engine) -> int:
     """Other sessions of this database inside a statement or a transaction."""
     with engine.connect() as connection:

@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from models import bulk_assignment
 
@@ -19,7 +19,7 @@ from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
 from models.registry import create_entity, update_entity
-from tests.conftest import busy_sessions, recorded_statements, wait_for
+from tests.conftest import busy_sessions, lock_waiters, recorded_statements, wait_for
 
 E = EntityType
 
@@ -294,10 +294,8 @@ def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, wri
     changer = threading.Thread(target=require_more)
     changer.start()
     try:
-        with engine.connect() as probe:  # the role change waits on the team's lock, not on anything else
-            wait_for(lambda: probe.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")),
-                what="the role change to wait on the team lock")
+        # the role change waits on the team's lock, not on anything else
+        wait_for(lambda: lock_waiters(engine), what="the role change to wait on the team lock")
         seating.commit()
     finally:
         seating.close()
@@ -388,10 +386,8 @@ def test_a_role_change_and_an_agent_written_into_its_team_do_not_deadlock(engine
         lock_entity(changer, E.JOB_ROLE, role_id)  # the role change has begun
         writer = threading.Thread(target=write_agent)
         writer.start()
-        with engine.connect() as probe:  # the agent's write either got through or waits on a lock
-            wait_for(lambda: not writer.is_alive() or probe.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")),
-                what="the agent's write to finish or wait")
+        # the agent's write either got through or waits on a lock
+        wait_for(lambda: not writer.is_alive() or lock_waiters(engine), what="the agent's write to finish or wait")
         update_entity(changer, entity_type=E.JOB_ROLE, entity_id=role_id, changes={"required_skill_ids": skills}, ctx=write_ctx)
         changer.commit()
         outcome["role"] = "ok"

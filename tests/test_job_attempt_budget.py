@@ -327,3 +327,48 @@ def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(
     assert cut and _job(sessions, job_id).status == "running"
     assert audit.audit_chunk(*messages[-1]) == {"chunk": messages[-1][2], "done": True}
     assert _job(sessions, job_id).status == "succeeded"
+
+
+def test_a_cancelled_audit_s_summary_counts_a_sibling_chunk_s_batch_still_in_flight(
+        sessions, settings, seeded, monkeypatch, engine) -> None:
+    """The chunk that sees the cancel ends the job, then summarizes: ending the job waits for
+    a sibling chunk whose batch already passed its checkpoint (it holds the job row), so the
+    run's summary counts that batch's findings. Summarizing first missed them, and the
+    report then listed findings its summary did not count."""
+    import threading
+
+    from models.audit_tables import AuditFinding, AuditRun
+    from tasks import audit
+    from tests.conftest import lock_waiters, wait_for
+
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
+    claim = _claim_of(messages[0])
+    with transaction(sessions) as session:
+        request_cancel(session, job_id=job_id)
+    sibling = sessions()
+    sibling.begin()
+    try:  # a sibling chunk's batch: its checkpoint holds the job row, its findings are not committed yet
+        sibling.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
+        run_id = sibling.scalar(select(AuditRun.id).where(AuditRun.job_id == job_id))
+        sibling.add(AuditFinding(run_id=run_id, code="head-rolled-back", severity="critical", detail="in flight"))
+        sibling.flush()
+        cancelling = threading.Thread(target=audit._cancel, args=(claim,))
+        cancelling.start()
+        wait_for(lambda: lock_waiters(engine), what="the cancel to wait on the sibling's checkpoint")
+        sibling.commit()
+    finally:
+        sibling.close()
+    cancelling.join(30)
+    run = _run(sessions, job_id)
+    assert (_job(sessions, job_id).status, run.status) == ("cancelled", "cancelled")
+    assert run.summary["by_code"] == {"head-rolled-back": 1} and run.summary["findings"] == 1
+
+
+def _claim_of(message):
+    """The claim a chunk message carries (job, attempt, chunk, hand-backs)."""
+    import uuid
+
+    from models.job_lifecycle import JobClaim
+
+    job_id, attempt, _, handbacks = message
+    return JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt, handbacks)

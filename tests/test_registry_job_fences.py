@@ -20,7 +20,7 @@ from models.jobs import Job
 from tasks import registry_jobs, runtime
 from tasks.runner import FINISHED
 from tests.test_assignment import World
-from tests.conftest import SentTasks, wait_for
+from tests.conftest import SentTasks, lock_waiters, wait_for
 from tests.test_certification import GOOD
 
 
@@ -155,9 +155,7 @@ def test_a_cancel_that_waits_on_a_certification_finds_it_finished(sessions, worl
     try:
         assert certified.wait(30)
         canceller.start()
-        with engine.connect() as probe:
-            wait_for(lambda: probe.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                               "AND wait_event_type = 'Lock'")), what="the cancel to wait on the job row")
+        wait_for(lambda: lock_waiters(engine), what="the cancel to wait on the job row")
     finally:
         release.set()
         worker.join(30)
