@@ -24,6 +24,7 @@ from cli.work import resolve_run
 from models.canonical import aware_time, strict_json_loads
 from models.errors import PlantError
 from models.jws import seal_lists, sealed_at, signed_after_its_seal
+from models.keys import replace_file
 from models.ledger_digest import digest_problem
 from models.reports import verify_report_document
 
@@ -48,6 +49,16 @@ def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
     client = connect()
     return client.get("/signing-keys"), f"keys fetched from {client.url('/signing-keys')}"
 
+
+
+def _save(path: Path, content: bytes) -> None:
+    """Evidence kept in a file is replaced whole: an export cut short (Ctrl-C, a full disk)
+    leaves the earlier copy, never a half-written one that would then fail to verify. A
+    device or pipe named with -o is written to as it is."""
+    if path.exists() and not path.is_file():
+        path.write_bytes(content)
+    else:
+        replace_file(path, content)
 
 @click.group()
 def report() -> None:
@@ -75,7 +86,7 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
         click.get_binary_stream("stdout").write(body)
         return
     path = output or Path(f"audit-{run_id}.{fmt}")
-    path.write_bytes(body)
+    _save(path, body)
     if as_json:
         print_json({"run_id": run_id, "format": fmt, "file": str(path), "bytes": len(body)})
     else:
@@ -123,7 +134,7 @@ def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
     if output is None:
         print_json(document)
         return
-    output.write_text(json.dumps(document, indent=2) + "\n")
+    _save(output, (json.dumps(document, indent=2) + "\n").encode())
     facts = {"file": str(output), "entity_count": document["entity_count"], "as_of": document["as_of"],
              "heads_root": document["heads_root"], "kid": document["kid"], "leaves": "leaves" in document}
     if as_json:

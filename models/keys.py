@@ -73,8 +73,48 @@ def write_seal(settings: Settings, seal: KeySeal) -> Path:
     document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of,
                 "deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted],
                 **({"signed_count": seal.signed_count, "signed_root": seal.signed_root} if seal.lists else {})}
-    _replace_file(path, canonical_bytes(document), mode=0o644)
+    replace_file(path, canonical_bytes(document), mode=0o644)
     return path
+
+
+def staged_key_path(settings: Settings) -> Path:
+    """Where ``plant signing-keys rotate --stage`` keeps the next key's private half, beside
+    the active key (its public half goes to the retired-keys directory as upcoming)."""
+    return settings.active_signing_key_path.with_name("staged-signing-key.pem")
+
+
+def stage_signing_key(settings: Settings, new_key: SigningKey) -> str:
+    """The first half of a rotation that survives a process restarting early: publish
+    ``new_key`` as an upcoming key (``<kid>.next.pem``, trusted before it signs) and keep its
+    private half beside the active key. Once every process has restarted (and so trusts it),
+    :func:`rotate_signing_key` promotes it. Returns its kid; staging again replaces it."""
+    active_path = _rotatable(settings)
+    with key_files_lock(settings):
+        active = load_signing_key_pem(active_path.read_bytes())
+        if active.kid == new_key.kid:
+            raise SigningKeyError(f"key {new_key.kid} is already the active key")
+        retired_dir = settings.retired_signing_keys_path
+        retired_dir.mkdir(parents=True, exist_ok=True)
+        staged = staged_key_path(settings)
+        if staged.is_file():  # a stage replaced before it was promoted: its upcoming copy goes too
+            (retired_dir / f"{load_signing_key_pem(staged.read_bytes()).kid}{UPCOMING_SUFFIX}").unlink(missing_ok=True)
+        replace_file(retired_dir / f"{new_key.kid}{UPCOMING_SUFFIX}", new_key.verifier().public_pem(), mode=0o644)
+        replace_file(staged, new_key.private_pem(), mode=0o600)
+    return new_key.kid
+
+
+def staged_signing_key(settings: Settings) -> SigningKey | None:
+    staged = staged_key_path(settings)
+    return load_signing_key_pem(staged.read_bytes()) if staged.is_file() else None
+
+
+def _rotatable(settings: Settings) -> Path:
+    if settings.signing_key is not None:
+        raise SigningKeyError("PLANT_SIGNING_KEY is set: the signing key is managed outside Plant; rotate it there")
+    active_path = settings.active_signing_key_path
+    if not active_path.is_file():
+        raise SigningKeyError(f"no active signing key at {active_path} to rotate (`plant dev` generates one)")
+    return active_path
 
 
 def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, str]:
@@ -87,22 +127,29 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
     Running processes keep the ring they loaded until they restart. Concurrent rotations
     of one key directory are serialized by a lock file next to the active key.
 
+    ``new_key`` may be the staged key (:func:`stage_signing_key`): its upcoming copy and its
+    staged file go once it is active (a crash before that leaves them, and promoting again
+    only tidies them up).
+
     Raises ``SigningKeyError`` when ``PLANT_SIGNING_KEY`` supplies the key (it is managed
-    outside Plant), when there is no active key file, or when ``new_key`` is the active key.
+    outside Plant), when there is no active key file, or when ``new_key`` is the active key
+    (unless it is the staged key, promoted already).
     """
-    if settings.signing_key is not None:
-        raise SigningKeyError("PLANT_SIGNING_KEY is set: the signing key is managed outside Plant; rotate it there")
-    active_path = settings.active_signing_key_path
-    if not active_path.is_file():
-        raise SigningKeyError(f"no active signing key at {active_path} to rotate (`plant dev` generates one)")
+    active_path = _rotatable(settings)
     with key_files_lock(settings):
         old_key = load_signing_key_pem(active_path.read_bytes())
-        if old_key.kid == new_key.kid:
-            raise SigningKeyError(f"key {new_key.kid} is already the active key")
         retired_dir = settings.retired_signing_keys_path
+        staged = staged_key_path(settings)
+        promoting = staged.is_file() and load_signing_key_pem(staged.read_bytes()).kid == new_key.kid
+        if old_key.kid == new_key.kid and not promoting:
+            raise SigningKeyError(f"key {new_key.kid} is already the active key")
         retired_dir.mkdir(parents=True, exist_ok=True)
-        _replace_file(retired_dir / f"{old_key.kid}.pem", old_key.verifier().public_pem(), mode=0o644)
-        _replace_file(active_path, new_key.private_pem(), mode=0o600)
+        if old_key.kid != new_key.kid:
+            replace_file(retired_dir / f"{old_key.kid}.pem", old_key.verifier().public_pem(), mode=0o644)
+            replace_file(active_path, new_key.private_pem(), mode=0o600)
+        if promoting:  # active now: no longer upcoming, and no private copy beside it
+            (retired_dir / f"{new_key.kid}{UPCOMING_SUFFIX}").unlink(missing_ok=True)
+            staged.unlink()
     return old_key.kid, new_key.kid
 
 
@@ -118,8 +165,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def _replace_file(path: Path, content: bytes, *, mode: int) -> None:
-    """Write ``content`` to ``path`` all at once: readers see the old file or the new, never half."""
+def replace_file(path: Path, content: bytes, *, mode: int = 0o644) -> None:
+    """Write ``content`` to ``path`` all at once: readers see the old file or the new, never
+    half, and a crash or a full disk leaves the old one whole (keys, seals, evidence files)."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:

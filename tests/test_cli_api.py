@@ -263,3 +263,43 @@ def test_audit_report_and_digest_round_trip(plant: Plant, seeded, tmp_path, engi
     html_file = tmp_path / "report.html"
     assert plant("report", "export", summary["run_id"], "--format", "html", "-o", html_file).exit_code == 0
     assert "<html" in html_file.read_text().lower()
+
+
+def test_an_export_cut_short_leaves_the_earlier_copy_whole(plant: Plant, seeded, tmp_path, monkeypatch) -> None:
+    """A digest kept outside Plant, exported again to the same file when the disk fills up
+    halfway: the earlier copy must survive, not be truncated into a file that then fails
+    to verify and looks tampered with."""
+    import builtins
+    import os
+    import errno
+    import io
+
+    digest_file = tmp_path / "digest.json"
+    assert plant("digest", "export", "--leaves", "-o", digest_file).exit_code == 0
+    kept = digest_file.read_bytes()
+
+    class DiskFull(io.BufferedWriter):
+        def write(self, data) -> int:
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open, real_io_open = builtins.open, io.open
+
+    def in_tmp(file) -> bool:
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else str(file)
+        return name.startswith(str(tmp_path))
+
+    def opener(real):
+        def open_(file, mode="r", *args, **kwargs):
+            if mode == "wb" and in_tmp(file):
+                return DiskFull(io.FileIO(file, "w"))
+            return real(file, mode, *args, **kwargs)
+        return open_
+
+    monkeypatch.setattr(builtins, "open", opener(real_open))
+    monkeypatch.setattr(io, "open", opener(real_io_open))
+    with pytest.raises(OSError, match="No space left"):
+        plant("digest", "export", "--leaves", "-o", digest_file)
+    monkeypatch.undo()
+    assert digest_file.read_bytes() == kept
+    assert [p.name for p in tmp_path.iterdir()] == ["digest.json"]  # no temporary file left behind

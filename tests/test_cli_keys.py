@@ -71,3 +71,44 @@ def test_rotation_needs_an_active_key_and_a_different_one(tmp_path: Path) -> Non
     with pytest.raises(SigningKeyError, match="already the active key"):
         rotate_signing_key(settings, load_signing_key_pem(current))
     assert not settings.retired_signing_keys_path.exists()
+
+
+def test_a_staged_rotation_has_no_window_where_a_restarted_process_is_distrusted(
+        key_settings: Settings, db_session: Session) -> None:
+    """Rotated in one step, a process that restarts before the others signs with a key they
+    do not know, and they take its versions for tampering. Staged, every process restarted
+    after the stage trusts the next key before any process signs with it."""
+    old_kid = keyring_from_settings(key_settings).active.kid
+    staged = rotate("--stage")
+    upcoming = key_settings.retired_signing_keys_path / f"{staged['staged_kid']}.next.pem"
+    assert Path(staged["upcoming_key_file"]) == upcoming and b"PRIVATE" not in upcoming.read_bytes()
+    restarted = keyring_from_settings(key_settings)  # every process, restarted after the stage
+    assert restarted.active.kid == old_kid and [k.kid for k in restarted.upcoming] == [staged["staged_kid"]]
+
+    promoted = rotate()
+    assert (promoted["old_kid"], promoted["new_kid"], promoted["promoted_staged_key"]) == (
+        old_kid, staged["staged_kid"], True)
+    early = keyring_from_settings(key_settings)  # one process restarts at once: it signs with the new key
+    assert early.active.kid == staged["staged_kid"] and early.upcoming == ()
+    steward_id = bootstrap_steward(db_session, WriteContext("test", early, HashingEmbedder()))
+    steward = db_session.get(Agent, steward_id)
+    assert verify_entity(db_session, entity=steward, keyring=restarted).ok  # the others trust what it signed
+    assert not upcoming.exists() and not (key_settings.active_signing_key_path.parent / "staged-signing-key.pem").exists()
+    assert (key_settings.retired_signing_keys_path / f"{old_kid}.pem").is_file()
+
+
+def test_staging_again_replaces_the_staged_key_and_a_cut_short_promotion_is_finished(key_settings: Settings) -> None:
+    from models.keys import staged_key_path
+
+    first = rotate("--stage")["staged_kid"]
+    second = rotate("--stage", "--rsa")["staged_kid"]
+    retired = key_settings.retired_signing_keys_path
+    assert sorted(p.name for p in retired.glob("*.next.pem")) == [f"{second}.next.pem"] and first != second
+    refused = CliRunner().invoke(cli, ["signing-keys", "rotate", "--rsa"])
+    assert refused.exit_code == 1 and f"key {second} is staged" in refused.stderr
+    # The promotion died after the staged key went active, before its leftovers went:
+    key_settings.active_signing_key_path.write_bytes(staged_key_path(key_settings).read_bytes())
+    finished = rotate()
+    assert finished["old_kid"] == finished["new_kid"] == second
+    assert list(retired.glob("*.next.pem")) == [] and not staged_key_path(key_settings).exists()
+    assert keyring_from_settings(key_settings).active.kid == second
