@@ -50,7 +50,6 @@ def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
     return client.get("/signing-keys"), f"keys fetched from {client.url('/signing-keys')}"
 
 
-
 def _save(path: Path, content: bytes) -> None:
     """Evidence kept in a file is replaced whole: an export cut short (Ctrl-C, a full disk)
     leaves the earlier copy, never a half-written one that would then fail to verify. A
@@ -59,6 +58,7 @@ def _save(path: Path, content: bytes) -> None:
         path.write_bytes(content)
     else:
         replace_file(path, content)
+
 
 @click.group()
 def report() -> None:
