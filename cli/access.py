@@ -15,7 +15,7 @@ from cli.jobs import connect
 from cli.output import json_option, print_json, print_table
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
-from models.keys import UPCOMING_SUFFIX, rotate_signing_key, stage_signing_key, staged_signing_key
+from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key, staged_signing_key
 from models.settings import load_settings
 from models.signing import generate_ed25519, generate_rsa4096
 from models.errors import SigningKeyError
@@ -78,30 +78,37 @@ def signing_keys() -> None:
 @signing_keys.command("rotate")
 @click.option("--rsa", is_flag=True, help="Generate an RSA-4096 (PS256) key instead of Ed25519.")
 @click.option("--stage", is_flag=True,
-              help="Only publish a new key as upcoming (trusted, not yet signing); after every process has "
-                   "restarted, run `rotate` again to make it active.")
+              help="Only publish a new key as upcoming (trusted, not yet signing); once every process has "
+                   "restarted, `rotate --promote` makes it active.")
+@click.option("--promote", is_flag=True, help="Make the staged key active.")
 @json_option
-def rotate(rsa: bool, stage: bool, as_json: bool) -> None:
+def rotate(rsa: bool, stage: bool, promote: bool, as_json: bool) -> None:
     """Make a new active signing key; the old one is retired but still verifies what it signed.
 
     Works on the key files under PLANT_DATA_DIR (or PLANT_SIGNING_KEY_FILE and
-    PLANT_RETIRED_SIGNING_KEYS_DIR) on this machine. Refused when PLANT_SIGNING_KEY is set.
-    Running API and worker processes keep the key ring they loaded until they restart, so
-    one that restarts early signs with the new key, which the others do not know yet: they
-    would take its versions for tampering. In two steps there is no such window: `rotate
-    --stage` publishes the next key as upcoming (every process trusts it once restarted),
-    and `rotate` then makes the staged key active.
+    PLANT_RETIRED_SIGNING_KEYS_DIR), for processes that read them from this machine's
+    disk (`make dev`, a host's services). Refused when PLANT_SIGNING_KEY is set. Running
+    processes keep the key ring they loaded until they restart, so after a one-step rotation
+    one that restarts before the others signs with a key they do not know yet, and they take
+    its versions for tampering. In two steps there is no such window: `rotate --stage`
+    publishes the next key as upcoming, every process restarts (and so trusts it), then
+    `rotate --promote` makes it active.
     """
+    if stage and promote:
+        raise click.UsageError("--stage and --promote are two steps: restart every process between them")
+    if promote and rsa:
+        raise click.UsageError("--rsa applies to a new key: `rotate --stage --rsa` stages one")
     settings = load_settings()
     try:
-        staged = staged_signing_key(settings)
         if stage:
             kid = stage_signing_key(settings, generate_rsa4096() if rsa else generate_ed25519())
-        elif staged is not None and rsa:
-            raise PlantCliError(f"key {staged.kid} is staged: `rotate` makes it active; --rsa applies to a new key "
-                                "(stage one with `rotate --stage --rsa`)")
+        elif promote:
+            old_kid, new_kid = promote_staged_key(settings)
+        elif (staged := staged_signing_key(settings)) is not None:
+            raise PlantCliError(f"key {staged.kid} is staged: `rotate --promote` makes it active once every process "
+                                "has restarted (`rotate --stage` again replaces it)")
         else:
-            old_kid, new_kid = rotate_signing_key(settings, staged or (generate_rsa4096() if rsa else generate_ed25519()))
+            old_kid, new_kid = rotate_signing_key(settings, generate_rsa4096() if rsa else generate_ed25519())
     except SigningKeyError as exc:
         raise PlantCliError(exc.detail) from exc
     if stage:
@@ -111,25 +118,26 @@ def rotate(rsa: bool, stage: bool, as_json: bool) -> None:
         else:
             click.echo(f"staged  {kid} (public key published as upcoming in {upcoming})")
         click.echo("restart every running API and worker process so they all trust it, then run "
-                   "`plant signing-keys rotate` to make it the active key", err=True)
+                   "`plant signing-keys rotate --promote` to make it the active key", err=True)
         return
-    if old_kid == new_kid:  # a promotion cut short after the key went active: only its leftovers went now
-        click.echo(f"{new_kid} was the active key already; its staged copies are removed", err=True)
     retired_file = settings.retired_signing_keys_path / f"{old_kid}.pem"
     if as_json:
         print_json({"old_kid": old_kid, "new_kid": new_kid, "active_key_file": str(settings.active_signing_key_path),
-                    "retired_key_file": str(retired_file), "promoted_staged_key": staged is not None,
-                    "restart_required": True})
+                    "retired_key_file": str(retired_file) if old_kid != new_kid else None,
+                    "promoted_staged_key": promote, "restart_required": True})
+    elif old_kid == new_kid:  # a promotion cut short after the key went active: its leftovers went now
+        click.echo(f"active  {new_kid} ({settings.active_signing_key_path}); it was active already, its staged copies "
+                   "are removed")
     else:
         click.echo(f"retired {old_kid} (public key kept in {retired_file})")
         click.echo(f"active  {new_kid} ({settings.active_signing_key_path})")
-    if staged is not None:
-        click.echo("restart every running API and worker process so they all sign with it; they trust it already, "
-                   "so the order does not matter", err=True)
+    if promote:
+        click.echo("restart every running API and worker process so they all sign with it; every process restarted "
+                   "since the stage trusts it already, so their order does not matter", err=True)
     else:
         click.echo("restart every running API and worker process together (e.g. `make dev`): one that restarts "
-                   "before the others signs with the new key, which they do not trust yet (`rotate --stage` first "
-                   "avoids this); until then they keep signing with the old one", err=True)
+                   "before the others signs with the new key, which they do not trust yet (`rotate --stage`, then "
+                   "`rotate --promote`, avoids this); until then they keep signing with the old one", err=True)
 
 
 @signing_keys.command("seal")

@@ -12,6 +12,7 @@ an unreadable key file) exits 1.
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,12 +53,14 @@ def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
 
 def _save(path: Path, content: bytes) -> None:
     """Evidence kept in a file is replaced whole: an export cut short (Ctrl-C, a full disk)
-    leaves the earlier copy, never a half-written one that would then fail to verify. A
-    device or pipe named with -o is written to as it is."""
-    if path.exists() and not path.is_file():
-        path.write_bytes(content)
+    leaves the earlier copy, never a half-written one that would then fail to verify. The
+    file a symlink names is the one replaced, with its mode kept; a device or pipe named
+    with -o is written to as it is."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        target.write_bytes(content)
     else:
-        replace_file(path, content)
+        replace_file(target, content, mode=stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644)
 
 
 @click.group()

@@ -79,33 +79,58 @@ def write_seal(settings: Settings, seal: KeySeal) -> Path:
 
 def staged_key_path(settings: Settings) -> Path:
     """Where ``plant signing-keys rotate --stage`` keeps the next key's private half, beside
-    the active key (its public half goes to the retired-keys directory as upcoming)."""
-    return settings.active_signing_key_path.with_name("staged-signing-key.pem")
+    the active key (its public half goes to the retired-keys directory as upcoming). Not a
+    ``*.pem`` name, so no key ring ever loads it, wherever the retired keys live."""
+    return settings.active_signing_key_path.with_name("staged-signing-key.private")
 
 
 def stage_signing_key(settings: Settings, new_key: SigningKey) -> str:
     """The first half of a rotation that survives a process restarting early: publish
     ``new_key`` as an upcoming key (``<kid>.next.pem``, trusted before it signs) and keep its
     private half beside the active key. Once every process has restarted (and so trusts it),
-    :func:`rotate_signing_key` promotes it. Returns its kid; staging again replaces it."""
+    :func:`promote_staged_key` makes it active. Returns its kid; staging again replaces it.
+    The new upcoming file is written first and the replaced one removed last, so a crash
+    never leaves a staged key without its upcoming copy."""
     active_path = _rotatable(settings)
     with key_files_lock(settings):
         active = load_signing_key_pem(active_path.read_bytes())
-        if active.kid == new_key.kid:
-            raise SigningKeyError(f"key {new_key.kid} is already the active key")
         retired_dir = settings.retired_signing_keys_path
+        if active.kid == new_key.kid or (retired_dir / f"{new_key.kid}.pem").exists():
+            raise SigningKeyError(f"key {new_key.kid} has signed already (it is the active or a retired key)")
         retired_dir.mkdir(parents=True, exist_ok=True)
-        staged = staged_key_path(settings)
-        if staged.is_file():  # a stage replaced before it was promoted: its upcoming copy goes too
-            (retired_dir / f"{load_signing_key_pem(staged.read_bytes()).kid}{UPCOMING_SUFFIX}").unlink(missing_ok=True)
+        replaced = staged_signing_key(settings)
         replace_file(retired_dir / f"{new_key.kid}{UPCOMING_SUFFIX}", new_key.verifier().public_pem(), mode=0o644)
-        replace_file(staged, new_key.private_pem(), mode=0o600)
+        replace_file(staged_key_path(settings), new_key.private_pem(), mode=0o600)
+        if replaced is not None and replaced.kid != new_key.kid:
+            (retired_dir / f"{replaced.kid}{UPCOMING_SUFFIX}").unlink(missing_ok=True)
     return new_key.kid
 
 
 def staged_signing_key(settings: Settings) -> SigningKey | None:
     staged = staged_key_path(settings)
     return load_signing_key_pem(staged.read_bytes()) if staged.is_file() else None
+
+
+def promote_staged_key(settings: Settings) -> tuple[str, str]:
+    """Make the staged key active (:func:`rotate_signing_key`); return ``(old kid, new kid)``,
+    equal when a promotion cut short had made it active already (its leftovers go now).
+    Refused when nothing is staged, or when its upcoming copy is gone: processes restarted
+    since would not trust it."""
+    _rotatable(settings)
+    with key_files_lock(settings):
+        staged = staged_signing_key(settings)
+        if staged is None:
+            raise SigningKeyError("no staged key to promote (`plant signing-keys rotate --stage` stages one)")
+        upcoming = settings.retired_signing_keys_path / f"{staged.kid}{UPCOMING_SUFFIX}"
+        active = load_signing_key_pem(settings.active_signing_key_path.read_bytes())
+        if active.kid != staged.kid and not upcoming.is_file():
+            raise SigningKeyError(f"staged key {staged.kid} has no upcoming copy ({upcoming}), so processes do not "
+                                  "trust it: stage a new key and restart every process before promoting it")
+        if active.kid != staged.kid:
+            _swap_active(settings, active, staged)
+        upcoming.unlink(missing_ok=True)  # active now: no longer upcoming, and no private copy beside it
+        staged_key_path(settings).unlink()
+    return active.kid, staged.kid
 
 
 def _rotatable(settings: Settings) -> Path:
@@ -115,6 +140,14 @@ def _rotatable(settings: Settings) -> Path:
     if not active_path.is_file():
         raise SigningKeyError(f"no active signing key at {active_path} to rotate (`plant dev` generates one)")
     return active_path
+
+
+def _swap_active(settings: Settings, old_key: SigningKey, new_key: SigningKey) -> None:
+    """The old key's public half into the retired keys first, then the new key active."""
+    retired_dir = settings.retired_signing_keys_path
+    retired_dir.mkdir(parents=True, exist_ok=True)
+    replace_file(retired_dir / f"{old_key.kid}.pem", old_key.verifier().public_pem(), mode=0o644)
+    replace_file(settings.active_signing_key_path, new_key.private_pem(), mode=0o600)
 
 
 def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, str]:
@@ -127,29 +160,15 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
     Running processes keep the ring they loaded until they restart. Concurrent rotations
     of one key directory are serialized by a lock file next to the active key.
 
-    ``new_key`` may be the staged key (:func:`stage_signing_key`): its upcoming copy and its
-    staged file go once it is active (a crash before that leaves them, and promoting again
-    only tidies them up).
-
     Raises ``SigningKeyError`` when ``PLANT_SIGNING_KEY`` supplies the key (it is managed
-    outside Plant), when there is no active key file, or when ``new_key`` is the active key
-    (unless it is the staged key, promoted already).
+    outside Plant), when there is no active key file, or when ``new_key`` is the active key.
     """
     active_path = _rotatable(settings)
     with key_files_lock(settings):
         old_key = load_signing_key_pem(active_path.read_bytes())
-        retired_dir = settings.retired_signing_keys_path
-        staged = staged_key_path(settings)
-        promoting = staged.is_file() and load_signing_key_pem(staged.read_bytes()).kid == new_key.kid
-        if old_key.kid == new_key.kid and not promoting:
+        if old_key.kid == new_key.kid:
             raise SigningKeyError(f"key {new_key.kid} is already the active key")
-        retired_dir.mkdir(parents=True, exist_ok=True)
-        if old_key.kid != new_key.kid:
-            replace_file(retired_dir / f"{old_key.kid}.pem", old_key.verifier().public_pem(), mode=0o644)
-            replace_file(active_path, new_key.private_pem(), mode=0o600)
-        if promoting:  # active now: no longer upcoming, and no private copy beside it
-            (retired_dir / f"{new_key.kid}{UPCOMING_SUFFIX}").unlink(missing_ok=True)
-            staged.unlink()
+        _swap_active(settings, old_key, new_key)
     return old_key.kid, new_key.kid
 
 

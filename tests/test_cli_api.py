@@ -303,3 +303,17 @@ def test_an_export_cut_short_leaves_the_earlier_copy_whole(plant: Plant, seeded,
     monkeypatch.undo()
     assert digest_file.read_bytes() == kept
     assert [p.name for p in tmp_path.iterdir()] == ["digest.json"]  # no temporary file left behind
+
+
+def test_an_export_over_an_existing_file_keeps_its_mode_and_a_symlink_s_target(plant: Plant, seeded, tmp_path) -> None:
+    import stat
+
+    kept = tmp_path / "kept" / "digest.json"
+    kept.parent.mkdir()
+    kept.write_text("{}")
+    kept.chmod(0o600)
+    link = tmp_path / "digest-link.json"
+    link.symlink_to(kept)
+    assert plant("digest", "export", "-o", link).exit_code == 0
+    assert link.is_symlink() and json.loads(kept.read_text())["entity_count"] > 0
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
