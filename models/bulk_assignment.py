@@ -11,6 +11,7 @@ session.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import LargeBinary, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.membership import ineligibility, required_skills_of
@@ -30,6 +32,7 @@ from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
     governed_content,
 )
+from models.jobs import BulkAssignmentMove
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
 
@@ -100,6 +103,7 @@ def assign_teams_in_bulk(
     ctx: WriteContext,
     progress: ProgressSink,
     fence: Callable[[Session], None] = lambda session: None,
+    record: Recorder | None = None,
 ) -> BulkOutcome:
     """Plan, then apply the moves in committed batches, ``APPLY_IN_FLIGHT`` at a time.
 
@@ -114,17 +118,27 @@ def assign_teams_in_bulk(
     overlap the other's time in the database (mostly index maintenance on the agent
     rows). Progress is reported, and cancellation honoured, as batches finish: on
     cancellation the batches not started are dropped and those in flight complete.
+
+    With ``record`` (a job's :class:`Recorder`), the agents the plan leaves out and each
+    batch's agents are recorded in the same transactions as the batches, and the outcome
+    is read back from those records: it then covers every attempt of the job, not only
+    this one (a retry plans only the agents left).
     """
     with sessions() as session:
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
+    if record is not None and unplaced:
+        with transaction(sessions) as session:
+            fence(session)
+            record.moves(session, plan, [(i, None) for i in sorted(plan.unplaced)], unplaced)
     batches = _batches(plan.placements)
     total, done = len(plan.placements), 0
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
     progress(0, total, "plan computed")
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
-        futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence): i for i, batch in enumerate(batches)}
+        futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence, record): i
+                   for i, batch in enumerate(batches)}
         try:
             for future in as_completed(futures):
                 refused[futures[future]] = future.result()
@@ -134,6 +148,9 @@ def assign_teams_in_bulk(
             for future in futures:
                 future.cancel()
             raise
+    if record is not None:
+        with sessions() as session:
+            return record.outcome(session, plan.method)
     unplaced += [entry for batch in refused for entry in batch]
     placed = len(plan.agents) - len(unplaced)
     return BulkOutcome(len(plan.agents), placed, unplaced, plan.total_similarity, plan.method)
@@ -159,14 +176,60 @@ def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
 
 def _apply_committed(
     sessions: sessionmaker[Session], plan: Plan, batch: list[tuple[int, int]], ctx: WriteContext,
-    fence: Callable[[Session], None],
+    fence: Callable[[Session], None], record: Recorder | None = None,
 ) -> list[dict[str, Any]]:
-    """One batch in its own transaction; the refused moves as unplaced entries."""
+    """One batch in its own transaction (with its record); the refused moves as unplaced entries."""
     agents = {plan.agents[a].id: plan.agents[a] for a, _ in batch}
     with transaction(sessions) as session:
         fence(session)
         refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx)
-    return [_unplaced(agents[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
+        entries = [_unplaced(agents[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
+        if record is not None:
+            record.moves(session, plan, list(batch), entries)
+    return entries
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Records a bulk job's agents in ``bulk_assignment_moves`` and reads its outcome back."""
+
+    job_id: uuid.UUID
+    attempt: int
+
+    def moves(self, session: Session, plan: Plan, moves: list[tuple[int, int | None]],
+              refused: list[dict[str, Any]]) -> None:
+        """Each (agent index, team index or None) of ``moves``: seated, unless ``refused``
+        (unplaced entries, by agent id) says why not."""
+        why = {entry["agent_id"]: entry for entry in refused}
+        rows = []
+        for a, t in moves:
+            agent, entry = plan.agents[a], why.get(str(plan.agents[a].id))
+            seated = t is not None and entry is None
+            rows.append({
+                "job_id": self.job_id, "agent_id": agent.id, "agent_name": agent.name, "placed": seated,
+                "team_id": plan.teams[t].id if seated else None,
+                "similarity": _similarity(plan.problem, a, t) if seated else None,
+                "reason": None if seated else entry["reason"], "detail": None if seated else entry.get("detail"),
+                "attempt": self.attempt,
+            })
+        statement = pg_insert(BulkAssignmentMove)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["job_id", "agent_id"],
+            set_={c: statement.excluded[c] for c in ("agent_name", "placed", "team_id", "similarity", "reason", "detail", "attempt")},
+        ), rows)
+
+    def outcome(self, session: Session, method: str) -> BulkOutcome:
+        """Every agent the job has recorded, in every attempt: the latest word on each."""
+        rows = list(session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.job_id == self.job_id)
+                                    .order_by(BulkAssignmentMove.agent_id)))
+        unplaced = [_unplaced_entry(r.agent_id, r.agent_name, r.reason, r.detail) for r in rows if not r.placed]
+        seated = [r.similarity or 0.0 for r in rows if r.placed]
+        return BulkOutcome(len(rows), len(seated), unplaced, math.fsum(seated), method)
+
+
+def _similarity(problem: AssignmentProblem, agent: int, team: int) -> float:
+    return float(np.dot(np.asarray(problem.agent_vectors[agent], dtype=np.float64),
+                        np.asarray(problem.team_vectors[team], dtype=np.float64)))
 
 
 def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext) -> list[tuple[uuid.UUID, str, str]]:
@@ -246,7 +309,11 @@ def _agent_content(agent: Agent, skill_ids: list[uuid.UUID]) -> dict[str, Any]:
 
 
 def _unplaced(agent: PlannedAgent, reason: str, detail: str | None = None) -> dict[str, Any]:
-    return {"agent_id": str(agent.id), "name": agent.name, "reason": reason, **({"detail": detail} if detail else {})}
+    return _unplaced_entry(agent.id, agent.name, reason, detail)
+
+
+def _unplaced_entry(agent_id: uuid.UUID, name: str, reason: str | None, detail: str | None) -> dict[str, Any]:
+    return {"agent_id": str(agent_id), "name": name, "reason": reason, **({"detail": detail} if detail else {})}
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import enum
 import uuid
 from typing import Any, Protocol
 
-from sqlalchemy import CheckConstraint, Index, Integer, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Boolean, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UpdatedAt, UUIDPk
@@ -102,3 +102,22 @@ class JobRecord(Protocol):
 
 
 RECORD_COLUMNS = tuple(Job.__table__.c[name] for name in JobRecord.__annotations__)
+
+
+class BulkAssignmentMove(Base):
+    """What a bulk assignment job did with one agent, across all its attempts: each batch
+    records its agents in its own transaction, so a job retried part-way still reports the
+    agents its earlier attempts seated (the next attempt plans only what is left). The
+    latest word on an agent wins; ``similarity`` is that of its seat (placed only)."""
+
+    __tablename__ = "bulk_assignment_moves"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    agent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    agent_name: Mapped[str] = mapped_column(String(255))
+    placed: Mapped[bool] = mapped_column(Boolean)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    similarity: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from models.assignment import assign_agent
-from models.bulk_assignment import assign_teams_in_bulk
+from models.bulk_assignment import Recorder, assign_teams_in_bulk
 from models.certification import certify_skill
 from models.db import transaction
 from models.job_lifecycle import JobClaim, check_attempt, hold_attempt
@@ -52,6 +52,7 @@ def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
         ctx=write_context(claim),
         progress=progress,
         fence=lambda session: check_attempt(session, claim=claim),
+        record=Recorder(claim.job_id, claim.attempt),
     ).as_json()
 
 

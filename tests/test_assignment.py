@@ -233,6 +233,42 @@ def test_a_cancelled_bulk_assignment_stops_at_a_batch_boundary(engine, write_ctx
         assert len({a.team_id for a in seated}) == len(seated)
 
 
+
+def test_a_retried_bulk_job_reports_what_every_attempt_did(engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Batches commit one by one; a retry plans only the agents left. Its result used to cover
+    only them (8 seated, `requested: 4, placed: 4`); the recorded moves cover every attempt."""
+    from models.bulk_assignment import Recorder
+    from models.errors import TransientJobError
+    from models.job_lifecycle import create_job
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        for i in range(8):
+            world.team(f"Retry team {i}", capacity=1)
+            world.agent(f"Retry member {i}")
+        job_id = create_job(session, kind="agents.assign_teams", params={"all_unassigned": True}).id
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 1)  # eight batches, two at a time
+    monkeypatch.setattr(bulk_assignment, "APPLY_IN_FLIGHT", 1)  # one at a time: the cut falls between batches
+    batches = []
+
+    def connection_lost_after_four_batches(session) -> None:
+        batches.append(1)
+        if len(batches) == 5:
+            raise TransientJobError("connection lost")
+
+    with pytest.raises(TransientJobError):
+        assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx, progress=lambda *a: None,
+                             fence=connection_lost_after_four_batches, record=Recorder(job_id, 1))
+    retried = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                                   progress=lambda *a: None, record=Recorder(job_id, 2))
+    with sessions() as session:
+        seated = session.scalars(select(Agent).where(Agent.team_id.is_not(None))).all()
+    assert len(seated) == 8
+    # The steward (another role, no team of its role) is unplaced in both attempts.
+    assert (retried.requested, retried.placed, [u["reason"] for u in retried.unplaced]) == (9, 8, ["no-eligible-team"])
+    assert retried.total_similarity > 0
+
 def test_batches_are_cut_between_teams(monkeypatch) -> None:
     monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 4)
     placements = {agent: agent % 5 for agent in range(23)}  # teams of 4 or 5 moves
