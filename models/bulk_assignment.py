@@ -122,20 +122,23 @@ def assign_teams_in_bulk(
     With ``record`` (a job's :class:`Recorder`), the agents the plan leaves out and each
     batch's agents are recorded in the same transactions as the batches, and the outcome
     is read back from those records: it then covers every attempt of the job, not only
-    this one (a retry plans only the agents left).
+    this one. A retry plans only the agents no earlier attempt seated.
     """
     with sessions() as session:
+        if record is not None and agent_ids:  # (unassigned ones: those seated are not unassigned any more)
+            seated = record.seated(session)
+            agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
-    if record is not None and unplaced:
-        with transaction(sessions) as session:
-            fence(session)
-            record.moves(session, plan, [(i, None) for i in sorted(plan.unplaced)], unplaced)
     batches = _batches(plan.placements)
     total, done = len(plan.placements), 0
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
-    progress(0, total, "plan computed")
+    progress(0, total, "plan computed")  # renews the lease after the solve, before any fence
+    if record is not None:
+        with transaction(sessions) as session:
+            fence(session)
+            record.moves(session, plan, [(i, None) for i in sorted(plan.unplaced)], unplaced)
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
         futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence, record): i
                    for i, batch in enumerate(batches)}
@@ -152,8 +155,9 @@ def assign_teams_in_bulk(
         with sessions() as session:
             return record.outcome(session, plan.method)
     unplaced += [entry for batch in refused for entry in batch]
-    placed = len(plan.agents) - len(unplaced)
-    return BulkOutcome(len(plan.agents), placed, unplaced, plan.total_similarity, plan.method)
+    left_out = {entry["agent_id"] for entry in unplaced}
+    seats = [_similarity(plan.problem, a, t) for a, t in plan.placements.items() if str(plan.agents[a].id) not in left_out]
+    return BulkOutcome(len(plan.agents), len(seats), unplaced, math.fsum(seats), plan.method)
 
 
 def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
@@ -200,6 +204,8 @@ class Recorder:
               refused: list[dict[str, Any]]) -> None:
         """Each (agent index, team index or None) of ``moves``: seated, unless ``refused``
         (unplaced entries, by agent id) says why not."""
+        if not moves:
+            return
         why = {entry["agent_id"]: entry for entry in refused}
         rows = []
         for a, t in moves:
@@ -217,6 +223,11 @@ class Recorder:
             index_elements=["job_id", "agent_id"],
             set_={c: statement.excluded[c] for c in ("agent_name", "placed", "team_id", "similarity", "reason", "detail", "attempt")},
         ), rows)
+
+    def seated(self, session: Session) -> set[uuid.UUID]:
+        """The agents an earlier attempt of the job seated."""
+        return set(session.scalars(select(BulkAssignmentMove.agent_id).where(
+            BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.placed)))
 
     def outcome(self, session: Session, method: str) -> BulkOutcome:
         """Every agent the job has recorded, in every attempt: the latest word on each."""

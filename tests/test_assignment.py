@@ -234,40 +234,85 @@ def test_a_cancelled_bulk_assignment_stops_at_a_batch_boundary(engine, write_ctx
 
 
 
-def test_a_retried_bulk_job_reports_what_every_attempt_did(engine, write_ctx, committed_steward, monkeypatch) -> None:
-    """Batches commit one by one; a retry plans only the agents left. Its result used to cover
-    only them (8 seated, `requested: 4, placed: 4`); the recorded moves cover every attempt."""
-    from models.bulk_assignment import Recorder
+def _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents: int):
+    """``agents`` agents and as many one-seat teams (one more agent than seats, "Late"), a
+    bulk job, batches of one applied one at a time; returns the session factory, the job id,
+    the world and a fence that loses its connection from its ``n``-th call on."""
     from models.errors import TransientJobError
     from models.job_lifecycle import create_job
 
     sessions = make_session_factory(engine)
     with transaction(sessions) as session:
         world = World(session, write_ctx, committed_steward)
-        for i in range(8):
+        for i in range(agents):
             world.team(f"Retry team {i}", capacity=1)
-            world.agent(f"Retry member {i}")
+        world.ids = {name: world.agent(name).id for name in [*(f"Retry member {i}" for i in range(agents)), "Retry member Late"]}
         job_id = create_job(session, kind="agents.assign_teams", params={"all_unassigned": True}).id
-    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 1)  # eight batches, two at a time
-    monkeypatch.setattr(bulk_assignment, "APPLY_IN_FLIGHT", 1)  # one at a time: the cut falls between batches
-    batches = []
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 1)
+    monkeypatch.setattr(bulk_assignment, "APPLY_IN_FLIGHT", 1)  # one batch at a time: the cut falls between two
+    calls = []
 
-    def connection_lost_after_four_batches(session) -> None:
-        batches.append(1)
-        if len(batches) == 5:
-            raise TransientJobError("connection lost")
+    def lost_at(n: int):
+        def fence(session) -> None:
+            calls.append(1)
+            if len(calls) >= n:  # and stays lost: a batch already queued behind the cut fails too
+                raise TransientJobError("connection lost")
+        return fence
 
-    with pytest.raises(TransientJobError):
+    return sessions, job_id, world, lost_at
+
+
+def test_a_retried_bulk_job_reports_what_every_attempt_did(engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Batches commit one by one; a retry plans only the agents left. Its result used to cover
+    only them (9 agents seated in all, the result said `requested: 5, placed: 4`)."""
+    from models.bulk_assignment import Recorder
+    from models.errors import TransientJobError
+    from models.jobs import BulkAssignmentMove
+
+    sessions, job_id, world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=8)
+    with pytest.raises(TransientJobError):  # fence 1 records the plan's left-out agents, 2-4 are batches
         assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx, progress=lambda *a: None,
-                             fence=connection_lost_after_four_batches, record=Recorder(job_id, 1))
+                             fence=lost_at(5), record=Recorder(job_id, 1))
+    with sessions() as session:
+        first = {r.agent_name: r for r in session.scalars(select(BulkAssignmentMove))}
+    assert sum(r.placed for r in first.values()) == 3 and first["Retry member Late"].reason == "eligible-teams-full"
+    with transaction(sessions) as session:  # a seat opens before the retry: Late gets it
+        world.session = session
+        world.team("Retry team late", capacity=1)
     retried = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
                                    progress=lambda *a: None, record=Recorder(job_id, 2))
     with sessions() as session:
         seated = session.scalars(select(Agent).where(Agent.team_id.is_not(None))).all()
-    assert len(seated) == 8
+        rows = list(session.scalars(select(BulkAssignmentMove)))
+    assert len(seated) == 9
     # The steward (another role, no team of its role) is unplaced in both attempts.
-    assert (retried.requested, retried.placed, [u["reason"] for u in retried.unplaced]) == (9, 8, ["no-eligible-team"])
-    assert retried.total_similarity > 0
+    assert (retried.requested, retried.placed, [u["reason"] for u in retried.unplaced]) == (10, 9, ["no-eligible-team"])
+    assert {r.agent_name: r.placed for r in rows}["Retry member Late"] is True  # its refusal overwritten
+    assert {r.attempt for r in rows if r.placed} == {1, 2}
+    assert retried.total_similarity == pytest.approx(sum(r.similarity for r in rows if r.placed))
+
+
+def test_a_retried_bulk_job_over_given_agents_does_not_plan_those_it_seated_again(
+        engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Given by id, an agent an earlier attempt seated would be planned again from scratch (its
+    seat freed for the plan): moved a second time, or reported unplaced while it sits."""
+    from models.bulk_assignment import Recorder
+    from models.errors import TransientJobError
+
+    sessions, job_id, world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=3)
+    given = [world.ids[f"Retry member {i}"] for i in range(3)]
+    with pytest.raises(TransientJobError):
+        assign_teams_in_bulk(sessions, agent_ids=given, all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
+                             fence=lost_at(3), record=Recorder(job_id, 1))  # planning, one batch, then cut
+    planned = []
+    read = bulk_assignment.read_plan_inputs
+    monkeypatch.setattr(bulk_assignment, "read_plan_inputs",
+                        lambda session, **kw: planned.append(sorted(kw["agent_ids"])) or read(session, **kw))
+    retried = assign_teams_in_bulk(sessions, agent_ids=given, all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *a: None, record=Recorder(job_id, 2))
+    assert len(planned[0]) == 2 and set(planned[0]) < set(given)
+    assert (retried.requested, retried.placed, retried.unplaced) == (3, 3, [])
+
 
 def test_batches_are_cut_between_teams(monkeypatch) -> None:
     monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 4)
