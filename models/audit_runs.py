@@ -283,19 +283,22 @@ def _audited_by_a_chunk(run_id: uuid.UUID) -> Any:
 ENDED_WITHOUT_ITS_RUN = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
-def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 20) -> int:
+def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 20,
+                             wait: bool = False) -> int:
     """Close every run still ``running`` whose job has ended failed or cancelled (of one job,
     with ``job_id``): it takes the job's status and end time, and a summary of what was
     audited before it stopped. The audit closes its own run when it succeeds or stops for a
     cancel; this covers every other end: a chunk's error, the sweep failing a job whose
     worker died on its last attempt, a cancel that found the lease lapsed, a cancel while
-    queued between attempts. A run another transaction holds is left for the next call.
-    Returns how many runs it closed."""
+    queued between attempts. A run another transaction holds is left for the next call,
+    unless ``wait`` (only for a caller that holds no job row: the holder may be waiting for
+    one). Its findings being written do not hold it: a chunk whose job has ended commits
+    none. Returns how many runs it closed."""
     ended = (
         select(AuditRun.id, Job.status, func.coalesce(Job.finished_at, func.now()))
         .join(Job, Job.id == AuditRun.job_id)
         .where(AuditRun.status == "running", Job.status.in_(ENDED_WITHOUT_ITS_RUN))
-        .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, skip_locked=True)
+        .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, key_share=True, skip_locked=not wait)
     )
     if job_id is not None:
         ended = ended.where(AuditRun.job_id == job_id)

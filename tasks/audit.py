@@ -21,7 +21,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from models.audit_runs import audit_chunk_step, close_runs_apart, pending_chunks, start_run, summarize_run
+from models.audit_runs import (
+    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, pending_chunks, start_run, summarize_run,
+)
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
 from models.errors import InternalJobError, JobCancelled, PlantError, StaleAttempt
@@ -127,11 +129,16 @@ def _cancel(claim: JobClaim) -> None:
     try:
         with transaction(runtime.session_factory()) as session:
             # The job first: its row lock waits for a sibling chunk's batch that already passed
-            # its checkpoint, so the summary counts that batch's findings too.
+            # its checkpoint, so the summary counts that batch's findings too. Then the run, as
+            # any ended job's is closed: not waiting for one a sibling holds while finishing its
+            # chunk (it waits for the job row: that would deadlock).
             finish_job(session, claim=claim, status=JobStatus.CANCELLED, error=JobCancelled("cancelled on request").problem())
-            summarize_run(session, run_id=session.scalar(_run_id_of(claim.job_id)), status="cancelled")
+            closed = close_runs_of_ended_jobs(session, job_id=claim.job_id)
     except StaleAttempt:
-        pass  # another chunk recorded the cancellation first
+        return  # another chunk recorded the cancellation first
+    if not closed:  # the job row is free now: that sibling finds its job ended, and lets go
+        with transaction(runtime.session_factory()) as session:
+            close_runs_of_ended_jobs(session, job_id=claim.job_id, wait=True)
 
 
 @shared_task(name="plant.ledger.store_digest")

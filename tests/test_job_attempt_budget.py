@@ -242,26 +242,33 @@ def _lapse(sessions, job_id, **values) -> None:
 
 def test_an_audit_job_failed_by_the_sweep_closes_its_run_with_what_it_audited(
         sessions, settings, seeded, monkeypatch) -> None:
-    """Its worker died on the last allowed attempt: beat's recovery pass fails the job and,
-    in the same transaction, closes the run (before, it stayed `running` for ever and the
-    runs-by-status metric counted it so)."""
+    """Its worker died on the last allowed attempt: beat's recovery pass fails the job, then
+    closes the run (before, it stayed `running` for ever and the runs-by-status metric
+    counted it so)."""
+    from models.audit_tables import AuditChunk
     from tasks import audit
     from tasks.maintenance import requeue_stale_jobs
 
     job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
-    audited = audit.audit_chunk(*messages[0])
-    assert audited["done"] and _run(sessions, job_id).status == "running"
+
+    def entities_in(args) -> int:
+        with sessions() as session:
+            return session.get(AuditChunk, args[2]).counters["entities"]
+
+    audited = []  # chunks up to the first that held an entity (chunk bounds follow random ids)
+    for args in messages[:-1]:
+        assert audit.audit_chunk(*args)["done"]
+        audited.append(args)
+        if entities_in(args):
+            break
+    assert _run(sessions, job_id).status == "running"
     _lapse(sessions, job_id, attempts=MAX_ATTEMPTS)  # then its worker died: the lease runs out
     beat = SentTasks()
     outcome = type(requeue_stale_jobs._get_current_object()).run(beat)
     assert (outcome["failed"], outcome["runs_closed"], beat.sent) == (1, 1, [])
     job, run = _job(sessions, job_id), _run(sessions, job_id)
     assert (job.status, run.status, run.finished_at) == ("failed", "failed", job.finished_at)
-    with sessions() as session:
-        from models.audit_tables import AuditChunk
-
-        first = session.get(AuditChunk, messages[0][2])
-        assert run.summary["total_entities"] == first.counters["entities"] > 0  # what it audited, no more
+    assert run.summary["total_entities"] == sum(map(entities_in, audited)) > 0  # what it audited, no more
     assert type(requeue_stale_jobs._get_current_object()).run(SentTasks())["runs_closed"] == 0  # once
 
 
@@ -372,3 +379,42 @@ def _claim_of(message):
 
     job_id, attempt, _, handbacks = message
     return JobClaim(uuid.UUID(job_id), "audit.run", {}, attempt, handbacks)
+
+
+def test_a_cancel_never_deadlocks_with_a_sibling_chunk_finishing_its_own(
+        sessions, settings, seeded, monkeypatch, engine) -> None:
+    """A sibling chunk that completes takes the run row (``chunks_done``), then the job row
+    (its checkpoint). The cancelling chunk takes the job row first; waiting for the run row
+    after it would close a cycle, and PostgreSQL would abort one of the two. It commits the
+    cancel first, then waits for the run, which the sibling lets go once it finds its job ended."""
+    import threading
+
+    from models.audit_tables import AuditRun
+    from tasks import audit
+    from tests.conftest import lock_waiters, wait_for
+
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
+    claim = _claim_of(messages[0])
+    with transaction(sessions) as session:
+        request_cancel(session, job_id=job_id)
+    errors = []
+
+    def cancel() -> None:
+        try:
+            audit._cancel(claim)
+        except Exception as exc:  # noqa: BLE001 - the assertion below names it
+            errors.append(exc)
+
+    sibling = sessions()
+    sibling.begin()
+    try:
+        sibling.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(chunks_done=AuditRun.chunks_done + 1))
+        cancelling = threading.Thread(target=cancel)
+        cancelling.start()
+        wait_for(lambda: not cancelling.is_alive() or lock_waiters(engine), what="the cancel to end or wait")
+        sibling.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})  # its checkpoint
+        sibling.rollback()  # the job is no longer its attempt's: the checkpoint would find it stale
+    finally:
+        sibling.close()
+        cancelling.join(30)
+    assert errors == [] and (_job(sessions, job_id).status, _run(sessions, job_id).status) == ("cancelled", "cancelled")
