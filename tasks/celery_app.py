@@ -20,6 +20,7 @@ AUDIT_QUEUE = "audit"
 # workers also consume: a backlog of jobs on ``default`` would otherwise hold recovery up
 # behind it, and recovery is what republishes the jobs of dead workers.
 MAINTENANCE_QUEUE = "maintenance"
+QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE, MAINTENANCE_QUEUE)  # each needs a worker consuming it
 TASK_MODULES = ["tasks.diagnostics", "tasks.maintenance", "tasks.registry_jobs", "tasks.audit"]
 
 
@@ -49,7 +50,7 @@ def create_celery(settings: Settings) -> Celery:
         event_serializer="json",
         task_ignore_result=True,  # outcomes live in the jobs table, not a result backend
         task_default_queue=DEFAULT_QUEUE,
-        task_queues=(Queue(DEFAULT_QUEUE), Queue(AUDIT_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        task_queues=tuple(Queue(queue) for queue in QUEUES),
         task_routes={"plant.maintenance.*": {"queue": MAINTENANCE_QUEUE}},
         **DELIVERY,
         task_soft_time_limit=settings.job_soft_time_limit,

@@ -113,3 +113,10 @@ def test_a_statement_timeout_is_503_saying_so_not_that_the_database_is_unreachab
     problem = response.get_json()
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert problem["type"] == "/problems/database-timeout" and "statement timeout" in problem["detail"]
+
+
+def test_health_watches_every_queue_a_job_is_routed_to() -> None:
+    from tasks.dispatch import JOB_ROUTES
+    from web.health import SERVED_QUEUES
+
+    assert {route.queue for route in JOB_ROUTES.values()} | {"maintenance"} == set(SERVED_QUEUES)

@@ -16,15 +16,15 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
-from tasks.celery_app import MAINTENANCE_QUEUE
-from tasks.dispatch import JOB_ROUTES
+from tasks.celery_app import QUEUES
 from web.schemas import HealthOut
 from web.services import Services, services
 
 log = logging.getLogger(__name__)
 
-# Without a consumer of the maintenance queue, nothing republishes a dead worker's job.
-SERVED_QUEUES = sorted({route.queue for route in JOB_ROUTES.values()} | {MAINTENANCE_QUEUE})
+# Every queue needs a consumer: without one of the maintenance queue, nothing republishes a
+# dead worker's job.
+SERVED_QUEUES = sorted(QUEUES)
 
 health_api = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 

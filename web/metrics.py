@@ -41,7 +41,7 @@ from models.logging_setup import bind_log_context, configure_logging, reset_log_
 from models.metrics import AuditStats, JobCount, QueueBacklog, audit_stats, job_counts, queue_backlog
 from models.jobs import JobStatus
 from models.settings import Settings
-from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE, QUEUES as BROKER_QUEUES
 from tasks.dispatch import JOB_ROUTES
 from web.services import Services, app_services, services
 
@@ -54,8 +54,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}", re.ASCII)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and unknown methods: one label, whatever the path
-QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)  # the queues jobs go to
-BROKER_QUEUES = (*QUEUES, MAINTENANCE_QUEUE)  # and beat's recovery
+QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)  # the queues jobs go to (the broker's hold beat's recovery too)
 # Long-polls last up to 30 s, so the buckets reach past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
