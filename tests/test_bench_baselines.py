@@ -32,3 +32,26 @@ def test_the_chainless_baseline_writes_without_touching_the_chain(settings, engi
     with Session(engine) as session:
         versions = session.scalar(select(func.count()).select_from(EntityVersion).where(EntityVersion.entity_id == industry["id"]))
     assert versions == 1
+
+
+def test_the_api_floors_read_the_job_and_only_the_observed_one_adds_plant_s_request_instrumentation(
+        settings, client, admin_key, monkeypatch, caplog) -> None:
+    from bench import floor_flask
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    job = client.post(f"{API}/diagnostics/sleep", json={"seconds": 0}).get_json()
+    bearer = {"Authorization": f"Bearer {admin_key}"}
+    for observed in (False, True):
+        app = floor_flask.create_app(observed=observed)
+        try:
+            floor = app.test_client()
+            caplog.clear()
+            response = floor.get(f"/floor/jobs/{job['id']}", headers=bearer)
+            assert response.status_code == 200
+            assert (response.get_json()["id"], response.get_json()["kind"]) == (job["id"], "diagnostics.sleep")
+            assert floor.get(f"/floor/jobs/{job['id']}", headers={"Authorization": "Bearer nope"}).status_code == 401
+            logged = [r for r in caplog.records if r.name == "web.requests"]
+            assert ("X-Request-ID" in response.headers) is observed
+            assert [r.route for r in logged] == (["/floor/jobs/<job_id>"] * 2 if observed else [])
+        finally:
+            floor_flask.close_connections(app)

@@ -247,16 +247,21 @@ def metrics() -> Response:
     return response
 
 
+def observe_requests(app: Flask, settings: Settings) -> None:
+    """Logging, and each request's id, metrics and log line (``bench/floor_flask.py`` uses it alone)."""
+    configure_logging(settings.log_format, settings.log_level)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.teardown_request(_end_request)
+
+
 def init_observability(app: Flask, settings: Settings) -> None:
     """JSON (or console) logs, request ids, request metrics and ``/metrics``.
 
     Call before other ``before_request`` hooks: one that answers early (a 401) skips the
     hooks after it, and such a response must still get an id and be counted.
     """
-    configure_logging(settings.log_format, settings.log_level)
-    app.before_request(_start_request)
-    app.after_request(_finish_request)
-    app.teardown_request(_end_request)
+    observe_requests(app, settings)
     app.extensions[STATE_COLLECTOR_KEY] = PlantStateCollector(
         app_services(app), max_age_seconds=settings.metrics_state_max_age_seconds,
     )

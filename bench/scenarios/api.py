@@ -87,10 +87,13 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     bare_api = stack.start_api(settings, port=bare_port, app="bench.bare_flask:create_app()", name="api-bare")
     floor_port = stack.free_port()
     floor_api = stack.start_api(settings, port=floor_port, app="bench.floor_flask:create_app()", name="api-floor")
+    observed_port = stack.free_port()
+    observed_api = stack.start_api(settings, port=observed_port, app="bench.floor_flask:create_app(observed=True)",
+                                   name="api-floor-observed")
     job_id = _create_job(plant_port, stack.headers)
     job_path, floor_path = f"/api/v1/jobs/{job_id}", f"/floor/jobs/{job_id}"
     plant_url, bare_url = f"http://127.0.0.1:{plant_port}", f"http://127.0.0.1:{bare_port}"
-    floor_url = f"http://127.0.0.1:{floor_port}"
+    floor_url, observed_url = f"http://127.0.0.1:{floor_port}", f"http://127.0.0.1:{observed_port}"
     post_headers = {**stack.headers, "Content-Type": "application/json"}
 
     def load(api: subprocess.Popen, url: str, path: str, headers: dict[str, str], duration: float,
@@ -106,9 +109,12 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     load(plant_api, plant_url, job_path, stack.headers, 1)()  # warm-up: pool connections, imports
     load(bare_api, bare_url, "/ping", {}, 1)()
     load(floor_api, floor_url, floor_path, stack.headers, 1)()
-    plant_get, bare_get, floor_get = _alternating(RUNS, load(plant_api, plant_url, job_path, stack.headers, seconds),
-                                                  load(bare_api, bare_url, "/ping", {}, seconds),
-                                                  load(floor_api, floor_url, floor_path, stack.headers, seconds))
+    load(observed_api, observed_url, floor_path, stack.headers, 1)()
+    plant_get, bare_get, floor_get, observed_get = _alternating(
+        RUNS, load(plant_api, plant_url, job_path, stack.headers, seconds), load(bare_api, bare_url, "/ping", {}, seconds),
+        load(floor_api, floor_url, floor_path, stack.headers, seconds),
+        load(observed_api, observed_url, floor_path, stack.headers, seconds),
+    )
     plant_post, bare_post = _alternating(
         RUNS,
         load(plant_api, plant_url, "/api/v1/diagnostics/sleep", post_headers, seconds, method="POST",
@@ -116,15 +122,16 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
         load(bare_api, bare_url, "/ping", {"Content-Type": "application/json"}, seconds, method="POST",
              body_format=SLEEP_BODY),
     )
-    for process in (plant_api, bare_api, floor_api):
+    for process in (plant_api, bare_api, floor_api, observed_api):
         stack.stop(process)
-    _checked(plant_get + bare_get + floor_get + plant_post + bare_post, "load run")
-    get, bare, floor, post, bare_p = (_summary(r) for r in (plant_get, bare_get, floor_get, plant_post, bare_post))
+    _checked(plant_get + bare_get + floor_get + observed_get + plant_post + bare_post, "load run")
+    get, bare, floor, observed, post, bare_p = (
+        _summary(r) for r in (plant_get, bare_get, floor_get, observed_get, plant_post, bare_post))
     details = {
         "client": plant_get[0].load.client, "connections": CONNECTIONS, "seconds_per_run": seconds, "runs": RUNS,
-        "get": get, "bare_get": bare, "floor_get": floor, "post": post, "bare_post": bare_p,
+        "get": get, "bare_get": bare, "floor_get": floor, "observed_floor_get": observed, "post": post, "bare_post": bare_p,
         "raw": {name: [r.as_dict() for r in results] for name, results in
-                (("get", plant_get), ("bare_get", bare_get), ("floor_get", floor_get), ("post", plant_post),
+                (("get", plant_get), ("bare_get", bare_get), ("floor_get", floor_get), ("observed_floor_get", observed_get), ("post", plant_post),
                  ("bare_post", bare_post))},
     }
     return [
@@ -133,6 +140,9 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
                             details={"p50_ms": get["p50_ms"], "bare_p50_ms": bare["p50_ms"]}),
         BenchResult.report_only("api.get_floor", floor["rps"], "req/s", baseline=bare["rps"],
                                 details={"p99_ms": floor["p99_ms"], "plant_share_of_floor": round(get["rps"] / floor["rps"], 3)}),
+        BenchResult.report_only("api.get_observed_floor", observed["rps"], "req/s", baseline=bare["rps"],
+                                details={"p99_ms": observed["p99_ms"],
+                                         "plant_share_of_floor": round(get["rps"] / observed["rps"], 3)}),
         BenchResult.report_only("api.post", post["rps"], "req/s", baseline=bare_p["rps"],
                                 details={"p99_ms": post["p99_ms"], "bare_p99_ms": bare_p["p99_ms"]}),
     ]
@@ -146,6 +156,7 @@ def markdown(results: list[BenchResult]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|"]
     for label, key in (("Plant GET /api/v1/jobs/{id}", "get"), ("bare Flask GET /ping", "bare_get"),
                        ("floor: key lookup + job row on raw psycopg (`bench/floor_flask.py`)", "floor_get"),
+                       ("observed floor: the floor with Plant's request id, metrics and log line", "observed_floor_get"),
                        ("Plant POST /api/v1/diagnostics/sleep", "post"), ("bare Flask POST /ping", "bare_post")):
         m = details.get(key)
         if m is None:
