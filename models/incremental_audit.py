@@ -145,12 +145,13 @@ def _version_totals(session: Session, digest_id: int) -> tuple[int, int]:
 
 
 def _grown_behind_rows(session: Session, digest_id: int, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
-    """Live entities not yet examined whose chain has a version after their leaf: a row
-    reset to the digest's head hides later versions from the head comparison."""
+    """Live entities not yet examined whose chain has a version numbered after their leaf,
+    or below 1: a row reset to the digest's head hides later versions from the head
+    comparison, and a version INSERTed past a gap (or numbered 0) joins no head at all."""
     head, version = LedgerDigestHead, EntityVersion
-    grown = session.execute(select(head.entity_type, head.entity_id).join(
-        version, and_(version.entity_id == head.entity_id, version.version == head.version + 1)).where(
-        head.digest_id == digest_id)).all()
+    beyond = or_(version.version > head.version, version.version < 1)
+    grown = session.execute(select(head.entity_type, head.entity_id).distinct().join(
+        version, and_(version.entity_id == head.entity_id, beyond)).where(head.digest_id == digest_id)).all()
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for entity_type, entity_id in grown:
         if entity_id not in examined:
@@ -182,14 +183,28 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
     result.findings += batch.findings
     result.entities += batch.entities
     result.versions_verified += batch.versions_verified
-    result.findings += [FindingRow(h.entity_type, h.entity_id, h.finding.version, h.finding.code, h.finding.detail)
-                        for h in compare_heads(session, rolled)]
+    result.findings += _rolled_findings(session, entity_type, rolled, {entity.id for entity in entities})
+
+
+def _rolled_findings(session: Session, entity_type: EntityType, rolled: list, live: set[uuid.UUID]) -> list[FindingRow]:
+    """:func:`compare_heads` on the entities whose leaf left their chain. Each was loaded
+    live, so one whose row names no version of its chain (a NULL or made-up head) was
+    rewritten, not deleted."""
+    findings = []
+    for h in compare_heads(session, rolled):
+        finding = h.finding
+        if finding.code == "entity-deleted" and h.entity_id in live:
+            finding = ChainFinding("chain-rewritten", finding.version, "the digest's head is no longer in the chain, "
+                                   "and the row's head names no version of it")
+        findings.append(FindingRow(entity_type.value, h.entity_id, finding.version, finding.code, finding.detail))
+    return findings
 
 
 def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,
                    rolled: list, result: IncrementalResult) -> BatchResult:
-    """Each entity's whole chain; one whose leaf is gone from its chain goes to ``rolled``
-    (counted as examined: its finding comes from :func:`compare_heads`)."""
+    """Each entity's whole chain; one whose leaf is gone from its chain also goes to
+    ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), and every
+    signature of its chain is checked."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
     members = team_member_counts(session, entities)
@@ -201,9 +216,9 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         result.chains[entity.id] = (len(rows), leaf[0])  # keyed: a suspect's second check overwrites
         batch.entities += 1
         split = _after_leaf(rows, leaf)
-        if split is None:
-            rolled.append((entity.id, leaf[0], leaf[1]))  # the trusted head is gone
-            continue
+        if split is None:  # the trusted head is gone: classified by compare_heads, and
+            rolled.append((entity.id, leaf[0], leaf[1]))
+            split = 0  # nothing of the chain is vouched for, so all of it is checked
         content = governed_content(entity)
         findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]

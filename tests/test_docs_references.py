@@ -2,8 +2,8 @@
 
 ``docs/guarantees.md`` is what an auditor reads to learn which test proves which promise.
 A renamed test or function would leave it citing nothing, and nobody would notice: this
-test reads every ``path.py::name`` (and the ``::name`` shorthand that follows one in the
-same table cell or sentence, meaning the same file) in the README and ``docs/``, and checks
+test reads every ``path.py::name`` (and the ``::name`` shorthand that follows a ``path.py`` in
+the same table cell or line, meaning that file) in the README and ``docs/``, and checks
 that the file defines that name (a module-level function or class, or ``Class.method``).
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# `path.py::name` or the shorthand `::name`, inside backticks
-REFERENCE = re.compile(r"`(?P<path>[\w./-]+\.py)?::(?P<name>[A-Za-z_][\w.]*)`")
+# `path.py::name`, the shorthand `::name`, or a bare `path.py` (which a later shorthand refers to)
+REFERENCE = re.compile(r"`(?P<path>[\w./-]+\.py)?(?:::(?P<name>[A-Za-z_][\w.]*))?`")
 CELL_OR_LINE = re.compile(r"[^|\n]+")
 PATH = re.compile(r"`(?P<path>[\w.-]+(?:/[\w.-]+)*\.(?:py|md|toml|ini|cfg|tf|yml|yaml|sh))(?:::[\w.]+)?`")
 
@@ -32,7 +32,8 @@ def references(text: str) -> list[tuple[str, str]]:
         path = ""
         for match in REFERENCE.finditer(cell):
             path = match["path"] or path
-            found.append((path, match["name"]))
+            if match["name"]:
+                found.append((path, match["name"]))
     return found
 
 
@@ -79,7 +80,7 @@ def test_every_file_the_docs_name_exists(doc: str, path: str) -> None:
 
 def test_a_shorthand_reference_means_the_file_named_last_in_its_cell() -> None:
     text = ("| a | `tests/test_a.py::test_one`, `::test_two`, `models/b.py::f`, `::g` | `::orphan` |\n"
-            "`tests/test_c.py::test_three`")
+            "`tests/test_c.py::test_three`, `tests/test_d.py` (`::test_four`)")
     assert references(text) == [("tests/test_a.py", "test_one"), ("tests/test_a.py", "test_two"),
                                 ("models/b.py", "f"), ("models/b.py", "g"), ("", "orphan"),
-                                ("tests/test_c.py", "test_three")]
+                                ("tests/test_c.py", "test_three"), ("tests/test_d.py", "test_four")]

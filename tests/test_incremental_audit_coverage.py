@@ -21,7 +21,8 @@ from models.merkle import leaf_hash, merkle_root
 from models.registry import create_entity, update_entity
 from tests.conftest import recorded_statements
 from tests.test_audit import (
-    lift_guard, reset_row_to, run_audit, run_incremental, tamper_content, tamper_delete_newest, tamper_row,
+    _insert_junk_version, lift_guard, reset_row_to, run_audit, run_incremental, tamper_content, tamper_delete_newest,
+    tamper_row,
 )
 
 E = EntityType
@@ -396,3 +397,29 @@ def test_a_seal_keeps_its_digest_s_leaves(key_settings, settings, engine, clean_
         assert CliRunner().invoke(cli, ["signing-keys", step]).exit_code == 0
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT keep_leaves FROM ledger_digests ORDER BY id DESC LIMIT 1")) is True
+
+
+@pytest.mark.parametrize("version", [5, 9, 0, -1])
+def test_a_version_forged_past_a_gap_or_below_one_is_examined(db_session, skill, keyring, version) -> None:
+    """A plain INSERT (what the triggers allow) of a version that does not follow the leaf:
+    the counts disagree, and the chain it joined is examined like one grown by one."""
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _insert_junk_version(db_session, skill, version=version)
+    summary, findings = run_incremental(db_session, keyring)
+    assert summary["coverage"]["version_count_balanced"] is False
+    assert summary["total_entities"] == 1 and summary["non_compliant"] == 1
+    assert {"version-gap", "link-hash-mismatch", "rehashed-version"} & _codes(findings, skill.id)
+
+
+def test_a_live_entity_whose_leaf_is_gone_and_head_is_null_is_non_compliant_not_deleted(
+        db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    db_session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_incremental(db_session, keyring)
+    codes = _codes(findings, skill.id)
+    assert "entity-deleted" not in codes
+    assert "chain-rewritten" in codes and "head-mismatch" in codes
+    assert summary["total_entities"] == 1 and summary["non_compliant"] == 1 and summary["compliant"] == 0
+    assert all(f.entity_type == "skill" for f in findings)
