@@ -154,13 +154,29 @@ def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     return _instant(entry[SEALED_AT_MEMBER]) if entry is not None and SEALED_AT_MEMBER in entry else None
 
 
+# What a document names where a time goes but that is not an RFC 3339 time with an offset
+# (a leap second, no offset, "tomorrow"): later than any seal, so a sealed key's document
+# naming one is refused. People read such text as a date; the check must not skip it.
+UNREADABLE_TIME = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def time_named(value: Any) -> dt.datetime | None:
+    """The time a document names in ``value``: None when it names none (the member is
+    absent or null), :data:`UNREADABLE_TIME` when it cannot be read."""
+    return None if value is None else aware_time(value) or UNREADABLE_TIME
+
+
 def signed_after_its_seal(keys: KeySource, kid: str, named: dt.datetime | None) -> str | None:
-    """Why a document key ``kid`` signed, naming no time later than ``named``, must have
-    been signed after that key's seal; None when it may predate the seal (or the key has
-    none). A time before the seal proves nothing: whoever signs can backdate."""
+    """Why a document key ``kid`` signed, naming no time later than ``named`` (see
+    :func:`time_named`), must have been signed after that key's seal; None when it may
+    predate the seal (or the key has none). A time before the seal proves nothing: whoever
+    signs can backdate."""
     sealed = sealed_at(keys, kid)
     if sealed is None or named is None or named < sealed:
         return None
+    if named == UNREADABLE_TIME:
+        return (f"key {kid} was sealed at {sealed.isoformat()}, and the document names a time that cannot be read, "
+                "which counts as after the seal: it may have been signed with a copy of a retired private key")
     return (f"key {kid} was sealed at {sealed.isoformat()}, and the document names {named.isoformat()}: "
             "it was signed after the seal, with a copy of a retired private key")
 
@@ -189,13 +205,14 @@ def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: by
     a record that names the time ``named`` (RFC 3339 text): the check of Plant's own signed
     records (certificates, repair records). A sealed key's record that its seal does not list
     (:func:`listed_by_seal`), or that names a time at or after the seal
-    (:func:`signed_after_its_seal`), was signed after it and does not verify."""
+    (:func:`signed_after_its_seal`), was signed after it and does not verify; such a record
+    must name its time, so one it lacks or that cannot be read counts as after the seal."""
     try:
         raw = b64url_decode(signature)
     except ValueError:
         return False
     return (keyring.verify(str(kid), raw, data) and listed_by_seal(keyring, str(kid), raw)
-            and signed_after_its_seal(keyring, str(kid), aware_time(named)) is None)
+            and signed_after_its_seal(keyring, str(kid), aware_time(named) or UNREADABLE_TIME) is None)
 
 
 def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from models.canonical import canonical_bytes, to_json_tree
+from models.canonical import aware_time, canonical_bytes, to_json_tree
 from models.errors import CanonicalizationError
 from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
@@ -136,7 +136,7 @@ def _has_digest_shape(digest: Any) -> bool:
     count = digest["entity_count"]
     return (
         digest["type"] == DIGEST_TYPE
-        and isinstance(digest["as_of"], str)
+        and aware_time(digest["as_of"]) is not None  # a sealed key's digest is judged by it (plant digest verify)
         and type(count) is int  # noqa: E721 - a bool is not a count
         and count >= 0
         and _is_hex_hash(digest["heads_root"])

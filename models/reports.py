@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import aware_time, canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
+from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
 from models.errors import JwsError, NotFound
-from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, verify_detached
+from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import EntityRepair, repairs
 from models.signed_exports import signed_once
 from models.signing import KeyRing
@@ -158,11 +158,12 @@ def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:
 
 def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
     """The latest time a report names (its run's start and end, each repair's): it was
-    signed no earlier. Members that are not RFC 3339 times with an offset are ignored."""
+    signed no earlier. A member present but not an RFC 3339 time with an offset is
+    :data:`models.jws.UNREADABLE_TIME`, later than any seal (:func:`models.jws.time_named`)."""
     run = report.get("run") if isinstance(report.get("run"), dict) else {}
     repairs = report.get("repairs") if isinstance(report.get("repairs"), list) else []
     named = [run.get("created_at"), run.get("finished_at"), *(r.get("repaired_at") for r in repairs if isinstance(r, dict))]
-    return max((t for t in map(aware_time, named) if t is not None), default=None)
+    return max((t for t in map(time_named, named) if t is not None), default=None)
 
 
 def findings_csv(session: Session, *, run_id: uuid.UUID) -> str:
