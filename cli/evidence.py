@@ -22,7 +22,7 @@ from cli.errors import PlantCliError, VerificationFailed
 from cli.jobs import connect
 from cli.output import json_option, print_json
 from cli.work import resolve_run
-from models.canonical import aware_time, strict_json_loads
+from models.canonical import aware_time, strict_json_loads, visible_text
 from models.errors import PlantError
 from models.jws import seal_lists, sealed_at, signed_after_its_seal
 from models.keys import replace_file
@@ -41,7 +41,7 @@ def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
     """The JWK Set to verify with and a phrase saying where it came from."""
     if jwks_file is not None:
         try:
-            jwks = json.loads(jwks_file.read_text())
+            jwks = strict_json_loads(jwks_file.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise PlantCliError(f"cannot read {jwks_file} as a JWK Set: {exc}") from exc
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
@@ -103,8 +103,9 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool) -> None:
     """Check a saved JSON report's signature; exit 4 if it does not verify."""
     keys, source = verification_keys(jwks_file)
+    document = _read_document(report_file)
     try:
-        checked = verify_report_document(report_file.read_bytes(), keys)
+        checked = verify_report_document(document, keys)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
     verified, report_body = checked.signature, checked.report
@@ -117,8 +118,8 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     if as_json:
         print_json(facts)
         return
-    click.echo(f"report signature valid: signed by kid {verified.kid} ({verified.alg}); {source}")
-    click.echo(f"run {facts['run_id']}: {facts['findings']} finding(s)")
+    click.echo(f"report signature valid: signed by kid {_shown(verified.kid)} ({_shown(verified.alg)}); {source}")
+    click.echo(f"run {_shown(facts['run_id'])}: {facts['findings']} finding(s)")
     _echo_seal_caveat(sealed)
 
 
@@ -154,10 +155,11 @@ def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
 def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool) -> None:
     """Check a saved digest's signature (and its leaves, if any); exit 4 if it does not verify."""
     keys, source = verification_keys(jwks_file)
+    content = _read_document(digest_file)
     try:
         # Whitespace is free (the export is indented), but a repeated member is not: the
         # signature would be checked over one copy while a person reads the other.
-        document = strict_json_loads(digest_file.read_bytes())
+        document = strict_json_loads(content)
     except ValueError as exc:
         _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
     problem = digest_problem(document, keys) or signed_after_its_seal(keys, document["kid"], aware_time(document["as_of"]))
@@ -169,9 +171,24 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     if as_json:
         print_json(facts)
         return
-    click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {facts['as_of']}, "
-               f"signed by kid {facts['kid']}; {source}")
+    click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {_shown(facts['as_of'])}, "
+               f"signed by kid {_shown(facts['kid'])}; {source}")
     _echo_seal_caveat(sealed)
+
+
+def _read_document(path: Path) -> bytes:
+    """The bytes of the document to check; a file that cannot be read (gone, a directory
+    or device by now, no permission) stops the check: one line, exit 1."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PlantCliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _shown(value: Any) -> str:
+    """Text a document supplies, as printed for a person: control codes escaped, so a
+    crafted value cannot rewrite the line or hide what follows (``--json`` keeps the data)."""
+    return visible_text(str(value))
 
 
 def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
@@ -197,6 +214,7 @@ def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:
+    message = visible_text(message)  # it may quote the document
     if as_json:
         print_json({"valid": False, "keys": source, "error": message})
     raise VerificationFailed(message)

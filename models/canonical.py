@@ -187,10 +187,26 @@ def _rfc3339_utc(value: dt.datetime, path: str) -> str:
 
 
 def _member_path(path: str, key: str) -> str:
-    if _IDENTIFIER.match(key):
+    if _IDENTIFIER.fullmatch(key):
         return f"{path}.{key}"
     escaped = key.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{path}['{escaped}']"
+    return f"{path}['{visible_text(escaped)}']"
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every character that is not printable (control codes such as ESC and
+    CR, format characters such as bidi overrides, separators other than the space) written
+    as a ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` escape: for text from a document that is
+    shown on a terminal, where such characters could rewrite or hide what is printed.
+    Printable text is returned unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _error(path: str, reason: str) -> CanonicalizationError:

@@ -43,6 +43,7 @@ from models.settings import Settings
 from models.signing import KeyRing, KeySeal
 
 SEAL_INVALID_CODE = "key-seal-invalid"
+SHA256_SIZE = 32  # each listed hash (models.jws.signature_sha256)
 # models.repair's table (which imports this module), named here only for its signer columns.
 _REPAIR_SIGNERS = table("entity_repairs", column("kid"), column("signature"), column("repaired_at"))
 
@@ -182,7 +183,12 @@ def _checked_list(session: Session, seal: KeySeal) -> frozenset[str] | None:
 
 
 def _list_as_stored(session: Session, seal: KeySeal) -> frozenset[str] | None:
+    """The database's list for ``seal`` if it matches the seal, else None. The root frames
+    nothing (seal files already issued commit to it as it is), so only hashes of exactly
+    32 bytes each pin it down: rows [h1, h2] re-split as [b"", h1 + h2] keep count and root."""
     hashes = [bytes(h) for h in session.scalars(select(KeySealSignature.signature_sha256).where(KeySealSignature.kid == seal.kid))]
+    if any(len(h) != SHA256_SIZE for h in hashes):
+        return None
     if len(hashes) != seal.signed_count or seal_list_root(hashes) != seal.signed_root:
         return None
     return frozenset(b64url_encode(h) for h in hashes)

@@ -301,3 +301,18 @@ def test_a_value_nested_past_the_recursion_limit_does_not_match_instead_of_crash
     for _ in range(5_000):
         value = [value]
     assert matches_canonical(value, b"[]") is False
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("\x1b[2K\rreport signature valid", "$['\\x1b[2K\\x0dreport signature valid']"),
+    ("total\n", "$['total\\x0a']"),  # a name that is an identifier but for its last character
+    ("o'k\\\u202e", "$['o\\'k\\\\\\u202e']"),
+    ("\U000e0001x", "$['\\U000e0001x']"),
+])
+def test_an_error_path_shows_unprintable_characters_in_member_names_escaped(name, shown) -> None:
+    """A rejected file's member names reach a terminal in the error: ESC[2K\\r could erase the
+    line saying it is not valid and print a line of its own."""
+    with pytest.raises(CanonicalizationError) as raised:
+        canonical_bytes({name: 1e20})
+    assert raised.value.args[0] == f"{shown}: 1e+20 would be written as an integer outside ±(2**53 - 1)"
+    assert all(ch.isprintable() for ch in raised.value.args[0])

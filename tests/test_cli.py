@@ -186,3 +186,74 @@ def test_a_report_on_its_sealed_key_s_list_verifies_with_a_note_saying_so(tmp_pa
     path.write_bytes(other)  # signed by the same key, dated before the seal, on no list
     refused = CliRunner().invoke(cli, ["report", "verify", str(path), "--jwks", str(jwks_file)])
     assert refused.exit_code == 4 and "does not list this signature" in refused.stderr
+
+
+def test_a_refused_report_cannot_print_control_codes_over_its_refusal(tmp_path, keyring) -> None:
+    """A rejected file's member names reach the error line: ESC[2K\\r must not erase "NOT valid"."""
+    fake = b'{"report":{"\\u001b[2K\\rplant: report signature valid":1e20},"signature":"x"}'
+    refused = _verify(tmp_path, keyring, "report", fake)
+    assert refused.exit_code == 4 and refused.stdout == "" and refused.stderr.count("\n") == 1
+    assert "\x1b" not in refused.stderr and "\r" not in refused.stderr
+    assert refused.stderr.startswith("plant: report signature is NOT valid: not a signed report document: ")
+    assert "$.report['\\x1b[2K\\x0dplant: report signature valid']" in refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["report", "digest"])
+def test_a_signed_document_cannot_hide_the_seal_note_with_control_codes(tmp_path, keyring, sealed_ring, kind) -> None:
+    """What a document supplies (a run id, a digest's as_of) is shown with control codes
+    escaped, so ESC[8m or CR in signed text cannot hide or overwrite the line or the note."""
+    import json
+
+    from models.canonical import canonical_bytes
+    from models.jws import b64url_encode
+    from models.ledger_digest import DIGEST_TYPE
+    from models.reports import signed_report
+
+    # A digest's as_of must read as a time, and any one character may separate its date and time.
+    hidden = "2026-05-01\r00:00:00+00:00" if kind == "digest" else "r\x1b[8m"
+    if kind == "report":
+        document = signed_report({"type": "plant.audit-report.v1", "findings": [], "run": {"id": hidden}}, keyring)
+    else:
+        signed = {"type": DIGEST_TYPE, "as_of": hidden, "entity_count": 0, "heads_root": "00" * 32}
+        kid, signature = keyring.sign(canonical_bytes(signed))
+        document = json.dumps({**signed, "kid": kid, "signature": b64url_encode(signature)}).encode()
+    ok = _verify(tmp_path, sealed_ring, kind, document)
+    assert ok.exit_code == 0 and "\x1b" not in ok.output and "\r" not in ok.output
+    assert hidden.replace("\x1b", "\\x1b").replace("\r", "\\x0d") in ok.output
+    assert "note: that key was sealed" in ok.output
+    as_json = _verify(tmp_path, sealed_ring, kind, document, "--json")  # data for scripts stays the data
+    assert json.loads(as_json.stdout)["run_id" if kind == "report" else "as_of"] == hidden
+
+
+def test_a_jwks_file_nested_too_deeply_is_a_one_line_error(tmp_path) -> None:
+    deep, document = tmp_path / "deep.json", tmp_path / "report.json"
+    deep.write_text("[" * 100_000)
+    document.write_text("{}")
+    for kind in ("report", "digest"):
+        result = CliRunner().invoke(cli, [kind, "verify", str(document), "--jwks", str(deep)])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr == f"plant: cannot read {deep} as a JWK Set: JSON is nested too deeply\n"
+    deep.write_text('{"keys": [], "keys": [{"kid": "k"}]}')  # which "keys" a reader takes is not for it to guess
+    result = CliRunner().invoke(cli, ["report", "verify", str(document), "--jwks", str(deep)])
+    assert result.exit_code == 1 and "duplicate member name 'keys'" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["report", "digest"])
+def test_a_document_that_cannot_be_read_is_a_one_line_error(tmp_path, keyring, kind) -> None:
+    import json
+    import os
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keyring.jwks()))
+    directory = CliRunner().invoke(cli, [kind, "verify", str(tmp_path), "--jwks", str(jwks)])
+    assert directory.exit_code == 2 and directory.stderr.count("\n") == 1 and "is a directory" in directory.stderr
+    # A regular file as far as a stat can tell, yet reading it fails (EIO): as a file
+    # unreadable by permission, or replaced between the check and the read, would.
+    unreadable = "/proc/self/mem"
+    if not os.path.exists(unreadable):
+        pytest.skip("needs Linux /proc")
+    result = CliRunner().invoke(cli, [kind, "verify", unreadable, "--jwks", str(jwks)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"plant: cannot read {unreadable}: ") and result.stderr.count("\n") == 1

@@ -668,3 +668,32 @@ def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_t
     late = {**early, "run": {"id": "r", "created_at": "2026-05-01T00:00:00Z", "finished_at": "2026-06-02T00:00:00Z"}}
     with pytest.raises(JwsError, match="names a time after its key's seal"):
         verify_report(signed_report(late, keyring), sealed)
+
+
+def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_outside_the_chain(
+        db_session, steward) -> None:
+    """The root hashes the sorted hashes run together, so rows [h1, h2] rewritten as
+    [b"", h1 + h2] keep its count and root: a stored hash that is not 32 bytes makes the list
+    one that does not match its seal, like any other edit."""
+    from models.errors import JwsError, SealListInvalid
+    from models.key_seals import published_keyring, record_seal_list, seal_problems
+    from models.repair import verify_repair
+    from models.reports import verify_report
+
+    handed = Handed(db_session, steward)
+    listed = record_seal_list(db_session, handed.old.kid)
+    h1, h2, h3 = sorted(bytes(h) for h in db_session.scalars(
+        text("SELECT signature_sha256 FROM key_seal_signatures WHERE kid = :k"), {"k": handed.old.kid}))
+    db_session.execute(text("DELETE FROM key_seal_signatures WHERE kid = :k"), {"k": handed.old.kid})
+    re_split = [b"", h1 + h2, h3]
+    db_session.execute(text("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES (:k, :h)"),
+                       [{"k": handed.old.kid, "h": h} for h in re_split])
+    assert (len(re_split), seal_list_root(re_split)) == listed  # the count and the root cannot tell
+    sealed = handed.sealed(listed)
+    assert not verify_repair(handed.repair, sealed)
+    with pytest.raises(JwsError, match="does not list"):
+        verify_report(handed.report_document, sealed)
+    [problem] = seal_problems(db_session, sealed)
+    assert "does not match its seal" in problem
+    with pytest.raises(SealListInvalid):
+        published_keyring(KeyRing(handed.new, (handed.old.verifier(),), sealed.seals), db_session)
