@@ -6,6 +6,8 @@ parallel; a chunk's ``cursor`` and ``counters`` are its checkpoint, committed to
 with the findings of each batch, so a retried chunk resumes exactly where it stopped.
 ``ledger_digests`` keeps signed digests of every entity's head, with their leaves in
 ``ledger_digest_heads`` so a later audit can say which entity rolled back or changed.
+``ledger_digests`` is append-only (triggers, migration 0013): a row changes only in the
+transaction that stores it; its leaf rows may be pruned.
 """
 
 from __future__ import annotations

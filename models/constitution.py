@@ -71,7 +71,8 @@ T = EntityType
 RULES: tuple[Rule, ...] = (
     Rule("L0-01", L0, None, "A governance agent is set", E, _set("governance_agent_id")),
     Rule("L0-02", L0, None, "History is tracked: the entity has at least one chain version", E, lambda s: s.versions >= 1),
-    Rule("L0-03", L0, None, "Append-only is enforced on the version history", E, lambda s: s.append_only_enforced),
+    Rule("L0-03", L0, None, "Append-only is enforced on the version history and the ledger digests", E,
+         lambda s: s.append_only_enforced),
     Rule("L0-04", L0, None, "The chain is initialized from the genesis link", E, lambda s: s.genesis_linked),
     Rule("L0-05", L0, None, "A version hash is set on the entity head", E, lambda s: s.head_link_hash is not None and len(s.head_link_hash) == 32),
     Rule("SKILL-01", L1, T.SKILL, "Skill name is not blank", E, _filled("name")),
@@ -130,16 +131,22 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
     return l0, l1
 
 
-APPEND_ONLY_TRIGGERS = ("entity_versions_no_update_delete", "entity_versions_no_truncate")
+# The tables the database keeps append-only, each with its two triggers (migrations 0002
+# and 0013): the chain, and the signed ledger digests an incremental audit compares against.
+APPEND_ONLY_TRIGGERS = {
+    "entity_versions": ("entity_versions_no_update_delete", "entity_versions_no_truncate"),
+    "ledger_digests": ("ledger_digests_no_update_delete", "ledger_digests_no_truncate"),
+}
 
 
 def append_only_enforced(session: Session) -> bool:
-    """True when both append-only triggers exist and are enabled ALWAYS on entity_versions."""
+    """True when every append-only trigger exists and is enabled ALWAYS on its table."""
+    pairs = [(table, name) for table, names in APPEND_ONLY_TRIGGERS.items() for name in names]
     enabled = session.scalar(
         text(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'entity_versions'::regclass "
-            "AND tgname = ANY(:names) AND tgenabled = 'A'"
+            "SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:names AS text[])) AS guard(tbl, name) "
+            "JOIN pg_trigger t ON t.tgrelid = to_regclass(guard.tbl) AND t.tgname = guard.name WHERE t.tgenabled = 'A'"
         ),
-        {"names": list(APPEND_ONLY_TRIGGERS)},
+        {"tables": [table for table, _ in pairs], "names": [name for _, name in pairs]},
     )
-    return enabled == len(APPEND_ONLY_TRIGGERS)
+    return enabled == len(pairs)

@@ -215,7 +215,8 @@ def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
     marked ``keep_leaves`` (a key seal's); returns how many rows went. Only the latest
     digest's leaves and a seal digest's are read (the incremental audit, the tampering
     check, the seal's checks). A pruned digest keeps its signed row; should it ever become
-    the latest again (the newer ones deleted through SQL), its missing leaves make it
+    the latest again (the newer ones deleted by whoever owns the table, past its triggers:
+    migration 0013), its missing leaves make it
     ``digest-invalid``, never trusted."""
     newest = select(LedgerDigest.id).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(keep_latest)
     doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), LedgerDigest.id.not_in(newest))

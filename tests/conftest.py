@@ -40,7 +40,7 @@ from models.signing import KeyRing, ensure_key_file
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "plant_test"
-APPEND_ONLY_TABLES = ("entity_versions", "entity_repairs")
+APPEND_ONLY_TABLES = ("entity_versions", "entity_repairs", "ledger_digests")
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:

@@ -52,12 +52,14 @@ def digest_of(session: Session, keyring: KeyRing, *, with_leaves: bool = False) 
     return signed_digest(current_heads(session), as_of, keyring, with_leaves=with_leaves)
 
 
-def lift_guard(session: Session, sql: str, **params) -> None:
-    session.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER USER"))
+def lift_guard(session: Session, sql: str, *, table: str = "entity_versions", **params) -> None:
+    """Run ``sql`` with an append-only table's triggers lifted (``entity_versions``, or
+    ``ledger_digests``), as someone who owns the table could; they are enabled ALWAYS again after."""
+    session.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
     for statement in sql.split(";"):
         session.execute(text(statement), params)
-    for trigger in ("entity_versions_no_update_delete", "entity_versions_no_truncate"):
-        session.execute(text(f"ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER {trigger}"))
+    for trigger in (f"{table}_no_update_delete", f"{table}_no_truncate"):
+        session.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}"))
     session.expire_all()
 
 

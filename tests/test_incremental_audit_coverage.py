@@ -128,8 +128,7 @@ def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> Non
 ])
 def test_an_edited_stored_digest_is_reported_not_trusted(db_session, skill, keyring, edit) -> None:
     digest = store_digest(db_session, keyring=keyring)
-    db_session.execute(text(edit), {"id": digest.id})
-    db_session.expire_all()
+    lift_guard(db_session, edit, table="ledger_digests", id=digest.id)  # as the table's owner could
     assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring).findings] == ["digest-invalid"]
     assert [f.code for f in run_incremental(db_session, keyring)[1]] == ["digest-invalid"]
 
@@ -371,17 +370,18 @@ def test_beat_s_digest_task_keeps_the_leaves_of_the_newest_digests_and_of_a_seal
     sealed = None
     for n in range(5):
         digest_id = audit.ledger_store_digest()["digest_id"]
-        if n == 1:  # as plant signing-keys seal marks its digest
+        if n == 1:  # as plant signing-keys seal marks its digest (there, before the digest commits)
             sealed = digest_id
             with Session(engine) as session, session.begin():
-                session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :id"), {"id": digest_id})
+                lift_guard(session, "UPDATE ledger_digests SET keep_leaves = true WHERE id = :id", table="ledger_digests",
+                           id=digest_id)
     with Session(engine) as session:
         ids = list(session.scalars(text("SELECT id FROM ledger_digests ORDER BY as_of, id")))
         with_leaves = set(session.scalars(text("SELECT DISTINCT digest_id FROM ledger_digest_heads")))
         assert len(ids) == 5 and with_leaves == {sealed, ids[-2], ids[-1]}
         latest = models.ledger.latest_digest(session)
         assert models.ledger.stored_digest_problem(session, latest, write_ctx.keyring) is None
-        session.execute(text("DELETE FROM ledger_digests WHERE id IN (:a, :b)"), {"a": ids[-1], "b": ids[-2]})
+        lift_guard(session, "DELETE FROM ledger_digests WHERE id IN (:a, :b)", table="ledger_digests", a=ids[-1], b=ids[-2])
         pruned = models.ledger.latest_digest(session)  # an older digest, its leaves gone, made the latest by SQL
         assert pruned.id == ids[2] and "do not hash" in models.ledger.stored_digest_problem(session, pruned, write_ctx.keyring)
         session.rollback()

@@ -30,7 +30,7 @@ from models.seed import bootstrap_steward
 from models.settings import load_settings
 from models.signed_exports import signed_once
 from models.signing import KeyRing, KeySeal, generate_ed25519
-from tests.test_audit import run_audit
+from tests.test_audit import lift_guard, run_audit
 from web.report_html import report_page
 
 E = EntityType
@@ -208,7 +208,7 @@ def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated, a
     other = store_digest(session, keyring=rotated.rotated)  # a later digest: another root
     wrong = KeyRing(rotated.new, (rotated.old.verifier(),), (KeySeal(seal.kid, other.id, seal.heads_root, seal.as_of),))
     assert "root differs" in seal_problems(session, wrong)[0]
-    session.execute(text("DELETE FROM ledger_digests WHERE id = :d"), {"d": seal.digest_id})
+    lift_guard(session, "DELETE FROM ledger_digests WHERE id = :d", table="ledger_digests", d=seal.digest_id)
     assert "is gone" in seal_problems(session, rotated.sealed)[0]
 
 

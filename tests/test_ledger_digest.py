@@ -1,4 +1,5 @@
-"""The signed ledger digest: deterministic, verifiable offline, and every alteration detected."""
+"""The signed ledger digest: deterministic, verifiable offline, and every alteration detected;
+once stored, append-only in the database itself (migration 0013)."""
 
 import base64
 import datetime as dt
@@ -11,8 +12,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from models.constitution import append_only_enforced
+from models.entities import EntityType
+from models.errors import ConstitutionViolation
+from models.ledger import latest_digest, prune_digest_leaves, store_digest, stored_digest_problem
 from models.ledger_digest import DIGEST_TYPE, build_digest, digest_with_leaves, verify_digest
+from models.registry import create_entity
 from models.signing import KeyRing, SigningKey, generate_ed25519
 
 # RFC 8037 §A.1's Ed25519 private key: Ed25519 signatures are deterministic, so the
@@ -191,3 +200,76 @@ def test_an_empty_ledger_has_the_empty_root(ring: KeyRing) -> None:
 def test_uuid_order_is_byte_order(ids: list[uuid.UUID]) -> None:
     """Sorting ids in Python agrees with the byte order the leaves (and PostgreSQL) use."""
     assert sorted(ids) == sorted(ids, key=lambda entity_id: entity_id.bytes)
+
+
+# A stored digest is what an incremental audit and the tampering check compare against:
+# were the newest one deleted (or its as_of moved back), they would compare against an
+# older one and miss what changed in between. So, like entity_versions, the table refuses
+# UPDATE, DELETE and TRUNCATE, with triggers enabled ALWAYS (migration 0013).
+EDITS_OF_A_STORED_DIGEST = [
+    "DELETE FROM ledger_digests WHERE id = :id",
+    "UPDATE ledger_digests SET as_of = as_of - interval '1 day' WHERE id = :id",
+    "UPDATE ledger_digests SET keep_leaves = true WHERE id = :id",
+    "TRUNCATE ledger_digests CASCADE",
+]
+
+
+@pytest.mark.parametrize("statement", EDITS_OF_A_STORED_DIGEST)
+@pytest.mark.parametrize("replica", [False, True])
+def test_a_stored_digest_refuses_update_delete_and_truncate_through_sql(
+        engine: Engine, committed_steward: Any, keyring: KeyRing, statement: str, replica: bool) -> None:
+    with Session(engine) as session, session.begin():
+        newest = store_digest(session, keyring=keyring).id
+    with Session(engine) as session:
+        if replica:  # what a logical-replication apply worker runs under: ALWAYS triggers fire anyway
+            session.execute(text("SET LOCAL session_replication_role = replica"))
+        with pytest.raises(DBAPIError, match="ledger_digests is append-only") as refused:
+            session.execute(text(statement), {"id": newest})
+        assert refused.value.orig.sqlstate == "42501"  # insufficient_privilege, as entity_versions answers
+        session.rollback()
+    with Session(engine) as session:
+        latest = latest_digest(session)
+        assert latest.id == newest and not latest.keep_leaves
+        assert stored_digest_problem(session, latest, keyring) is None
+
+
+def test_digests_are_still_stored_marked_and_their_leaves_pruned_under_the_guard(
+        engine: Engine, committed_steward: Any, keyring: KeyRing) -> None:
+    """``store_digest`` fills its placeholder row in, and a seal marks it ``keep_leaves``,
+    before their transaction commits: that is the only change the table allows. Pruning
+    deletes leaf rows only, never a digest."""
+    ids = []
+    for n in range(4):
+        with Session(engine) as session, session.begin():
+            digest = store_digest(session, keyring=keyring)
+            if n == 0:
+                digest.keep_leaves = True  # as plant signing-keys seal marks its digest
+            ids.append(digest.id)
+    with Session(engine) as session, session.begin():
+        leaves = session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": ids[1]})
+        assert leaves > 0 and prune_digest_leaves(session, keep_latest=2) == leaves  # the second digest's, only
+    with Session(engine) as session:
+        assert list(session.scalars(text("SELECT id FROM ledger_digests ORDER BY id"))) == ids
+        assert list(session.scalars(text("SELECT keep_leaves FROM ledger_digests ORDER BY id"))) == [True, False, False, False]
+        assert set(session.scalars(text("SELECT DISTINCT digest_id FROM ledger_digest_heads"))) == {ids[0], ids[2], ids[3]}
+        latest = latest_digest(session)
+        assert latest.id == ids[-1] and latest.signature and latest.leaves_attestation is not None
+        assert stored_digest_problem(session, latest, keyring) is None
+
+
+@pytest.mark.parametrize("lifted", [
+    "ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete",
+    "ALTER TABLE ledger_digests ENABLE TRIGGER ledger_digests_no_update_delete",  # not ALWAYS: a replica skips it
+    "DROP TRIGGER ledger_digests_no_truncate ON ledger_digests",
+])
+def test_a_lifted_ledger_digests_guard_is_reported_like_the_chain_s(
+        db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:
+    assert append_only_enforced(db_session)
+    db_session.execute(text(lifted))
+    assert not append_only_enforced(db_session)
+    db_session.info.pop("append_only_enforced", None)  # the registry reads it once per session
+    with pytest.raises(ConstitutionViolation, match="L0-03"):  # every write is refused, as without the chain's guard
+        create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": "Unguarded", "skill_key": "unguarded", "category": "technical",
+            "description": "Written while the digests are unguarded", "governance_agent_id": steward,
+        })

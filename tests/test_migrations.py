@@ -64,3 +64,44 @@ def test_digests_stored_before_0011_keep_their_leaves(empty_database: str) -> No
         conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
                      "VALUES (now(), 0, '\\x00', 'k', 's', '{}')")
         assert conn.execute("SELECT keep_leaves FROM ledger_digests ORDER BY id").fetchall() == [(True,), (False,)]
+
+
+LEDGER_DIGESTS_GUARD = {("ledger_digests_no_update_delete", "A"), ("ledger_digests_no_truncate", "A")}
+
+
+def _ledger_digests_triggers(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    return set(conn.execute("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_digests'::regclass "
+                            "AND NOT tgisinternal").fetchall())
+
+
+def test_0013_makes_stored_digests_append_only_and_downgrades_cleanly(empty_database: str) -> None:
+    """Digests stored before 0013 are guarded too; its downgrade leaves 0012's table as it was."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    command.upgrade(config, "0012")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                     "VALUES (now(), 0, '\\x00', 'k', 's', '{}')")
+    upgrade_head(empty_database)
+    assert heads() == ["0013"]
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert _ledger_digests_triggers(conn) == LEDGER_DIGESTS_GUARD
+        for statement in ("UPDATE ledger_digests SET kid = 'x'", "DELETE FROM ledger_digests", "TRUNCATE ledger_digests CASCADE"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ledger_digests is append-only"):
+                conn.execute(statement)
+        conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                     "VALUES (now(), 0, '\\x00', 'k', 's', '{}')")  # INSERT is what the guard allows
+        assert conn.execute("SELECT count(*) FROM ledger_digests").fetchone() == (2,)
+    command.downgrade(config, "0012")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert _ledger_digests_triggers(conn) == set()
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_digests_refuse_change'").fetchone() == (0,)
+        conn.execute("UPDATE ledger_digests SET kid = 'x'")
+        conn.execute("DELETE FROM ledger_digests")
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq) as conn:
+        assert _ledger_digests_triggers(conn) == LEDGER_DIGESTS_GUARD
+    check_schema(empty_database)
