@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.entities import EntityType, Seniority, SkillCategory
+from models.entities import ENTITY_MODELS, EntityType, Seniority, SkillCategory
 from models.errors import ConstitutionViolation
 
 
@@ -71,7 +71,7 @@ T = EntityType
 RULES: tuple[Rule, ...] = (
     Rule("L0-01", L0, None, "A governance agent is set", E, _set("governance_agent_id")),
     Rule("L0-02", L0, None, "History is tracked: the entity has at least one chain version", E, lambda s: s.versions >= 1),
-    Rule("L0-03", L0, None, "Append-only is enforced on the version history and the ledger digests", E,
+    Rule("L0-03", L0, None, "Append-only is enforced on the version history, the ledger digests and the audit record", E,
          lambda s: s.append_only_enforced),
     Rule("L0-04", L0, None, "The chain is initialized from the genesis link", E, lambda s: s.genesis_linked),
     Rule("L0-05", L0, None, "A version hash is set on the entity head", E, lambda s: s.head_link_hash is not None and len(s.head_link_hash) == 32),
@@ -131,11 +131,16 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
     return l0, l1
 
 
-# The tables the database keeps append-only, each with its two triggers (migrations 0002
-# and 0013): the chain, and the signed ledger digests an incremental audit compares against.
-APPEND_ONLY_TRIGGERS = {
-    "entity_versions": ("entity_versions_no_update_delete", "entity_versions_no_truncate"),
-    "ledger_digests": ("ledger_digests_no_update_delete", "ledger_digests_no_truncate"),
+# The tables the database guards, each with its triggers (migrations 0002, 0006, 0013 and
+# 0014): the chain and its repairs, the signed ledger digests an incremental audit compares
+# against, the audit record a signed report is built from (findings, finished runs, the
+# signatures handed out), and the entity rows, which are never deleted (only signed as
+# deleted).
+ENTITY_TABLES = tuple(model.__tablename__ for model in ENTITY_MODELS.values())
+APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
+    **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
+        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "audit_findings", "signed_exports")},
+    **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
 }
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db import make_engine
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
@@ -40,7 +41,7 @@ from models.signing import KeyRing, ensure_key_file
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "plant_test"
-APPEND_ONLY_TABLES = ("entity_versions", "entity_repairs", "ledger_digests")
+APPEND_ONLY_TABLES = tuple(APPEND_ONLY_TRIGGERS)  # every guard refuses TRUNCATE: lifted to clean up
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:

@@ -23,7 +23,7 @@ from models.audit_runs import audit_chunk_step, digest_findings, pending_chunks,
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash
-from models.constitution import L0, L1, RuleSubject, evaluate
+from models.constitution import APPEND_ONLY_TRIGGERS, L0, L1, RuleSubject, evaluate
 from models.entities import EntityType, Skill, governed_content
 from models.job_lifecycle import create_job
 from models.ledger import current_heads, digest_now, signed_digest, store_digest
@@ -53,13 +53,16 @@ def digest_of(session: Session, keyring: KeyRing, *, with_leaves: bool = False) 
 
 
 def lift_guard(session: Session, sql: str, *, table: str = "entity_versions", **params) -> None:
-    """Run ``sql`` with an append-only table's triggers lifted (``entity_versions``, or
-    ``ledger_digests``), as someone who owns the table could; they are enabled ALWAYS again after."""
-    session.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+    """Run ``sql`` with a guarded table's triggers lifted (``entity_versions``, or any other of
+    ``APPEND_ONLY_TRIGGERS``), as someone who owns the table could; they are enabled ALWAYS again after."""
+    session.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # ALTER TABLE refuses a table with deferred checks pending
+    for trigger in APPEND_ONLY_TRIGGERS[table]:
+        session.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
     for statement in sql.split(";"):
         session.execute(text(statement), params)
-    for trigger in (f"{table}_no_update_delete", f"{table}_no_truncate"):
+    for trigger in APPEND_ONLY_TRIGGERS[table]:
         session.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}"))
+    session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
     session.expire_all()
 
 

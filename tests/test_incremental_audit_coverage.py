@@ -320,7 +320,7 @@ def test_a_deleted_entity_is_seen_through_a_row_of_another_type_given_its_id_and
     skill_id, head = skill.id, bytes(skill.head_link_hash)
     outside = digest_of(db_session, keyring, with_leaves=True)
     store_digest(db_session, keyring=keyring)
-    db_session.execute(text("DELETE FROM skills WHERE id = :id"), {"id": skill_id})
+    lift_guard(db_session, "DELETE FROM skills WHERE id = :id", table="skills", id=skill_id)  # as the owner could
     db_session.execute(text("INSERT INTO agents (id, name, version, head_link_hash) VALUES (:id, 'decoy', 3, :head)"),
                        {"id": skill_id, "head": head})
     db_session.expire_all()
@@ -423,3 +423,4 @@ def test_a_live_entity_whose_leaf_is_gone_and_head_is_null_is_non_compliant_not_
     assert "chain-rewritten" in codes and "head-mismatch" in codes
     assert summary["total_entities"] == 1 and summary["non_compliant"] == 1 and summary["compliant"] == 0
     assert all(f.entity_type == "skill" for f in findings)
+

@@ -86,7 +86,7 @@ def test_0013_makes_stored_digests_append_only_and_downgrades_cleanly(empty_data
         conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
                      "VALUES (now(), 0, '\\x00', 'k', 's', '{}')")
     upgrade_head(empty_database)
-    assert heads() == ["0013"]
+    assert len(heads()) == 1
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert _ledger_digests_triggers(conn) == LEDGER_DIGESTS_GUARD
         for statement in ("UPDATE ledger_digests SET kid = 'x'", "DELETE FROM ledger_digests", "TRUNCATE ledger_digests CASCADE"):
@@ -104,4 +104,41 @@ def test_0013_makes_stored_digests_append_only_and_downgrades_cleanly(empty_data
     upgrade_head(empty_database)
     with psycopg.connect(libpq) as conn:
         assert _ledger_digests_triggers(conn) == LEDGER_DIGESTS_GUARD
+    check_schema(empty_database)
+
+
+GUARDED_BY_0014 = {
+    "audit_findings": {"audit_findings_no_update_delete", "audit_findings_no_truncate"},
+    "signed_exports": {"signed_exports_no_update_delete", "signed_exports_no_truncate"},
+    "audit_runs": {"audit_runs_no_update_delete", "audit_runs_no_truncate"},
+    **{table: {f"{table}_no_delete", f"{table}_no_truncate"} for table in ("industries", "skills", "job_roles", "teams", "agents")},
+}
+
+
+def _always_triggers(conn: psycopg.Connection, table: str) -> set[str]:
+    return {name for name, enabled in conn.execute(
+        "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", (table,)) if enabled == "A"}
+
+
+def test_0014_guards_the_audit_record_and_the_entity_rows_and_downgrades_cleanly(empty_database: str) -> None:
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for table, triggers in GUARDED_BY_0014.items():
+            assert _always_triggers(conn, table) >= triggers, table
+        for table in GUARDED_BY_0014:  # row triggers need rows: tests/test_audit_record_guard.py has them
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"{table} is append-only"):
+                conn.execute(f"TRUNCATE {table} CASCADE")
+    command.downgrade(config, "0013")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for table in GUARDED_BY_0014:
+            assert not _always_triggers(conn, table) & GUARDED_BY_0014[table], table
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname IN "
+                            "('plant_append_only_refuse', 'audit_runs_refuse_change')").fetchone() == (0,)
+        conn.execute("DELETE FROM audit_findings")
+    upgrade_head(empty_database)
     check_schema(empty_database)

@@ -1,0 +1,96 @@
+"""The audit record a signed report is built from, and the entity rows, resist plain SQL.
+
+A report is signed on its first export over what ``audit_runs`` and ``audit_findings``
+hold then: before migration 0014, someone with SQL write access could delete a finished
+run's findings and rewrite its summary, and Plant signed a clean report. An entity row
+deleted through SQL left its chain unread by a full audit with no digest to compare
+against. Triggers enabled ALWAYS now refuse those changes; whoever owns the tables can
+still lift them, and then rule L0-03 fails.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models.constitution import append_only_enforced
+from models.entities import EntityType
+from models.errors import ConstitutionViolation
+from models.registry import create_entity
+from models.reports import export_report, verify_report
+from tests.test_audit import run_audit
+
+EDITS_OF_A_FINISHED_RUN = [
+    "DELETE FROM audit_findings WHERE run_id = :run",
+    "UPDATE audit_findings SET code = 'nothing', severity = 'info' WHERE run_id = :run",
+    "UPDATE audit_runs SET summary = jsonb_set(summary, '{non_compliant}', '0') WHERE id = :run",
+    "UPDATE audit_runs SET finished_at = NULL WHERE id = :run",
+    "DELETE FROM audit_runs WHERE id = :run",
+    "DELETE FROM jobs WHERE id = (SELECT job_id FROM audit_runs WHERE id = :run)",  # cascades to the run
+    "UPDATE signed_exports SET signature_sha256 = '\\x00'",
+    "DELETE FROM signed_exports",
+]
+
+
+def _refused(session: Session, statement: str, **params: Any) -> DBAPIError:
+    with pytest.raises(DBAPIError, match="append-only") as refused, session.begin_nested():
+        session.execute(text(statement), params)
+    assert refused.value.orig.sqlstate == "42501"
+    return refused.value
+
+
+def _tampered_run(session: Session, skill: Any, keyring: Any) -> tuple[Any, bytes]:
+    session.execute(text("UPDATE skills SET description = 'tampered' WHERE id = :id"), {"id": skill.id})
+    session.expire_all()
+    summary, findings = run_audit(session, keyring)
+    assert summary["non_compliant"] == 1 and findings
+    return findings[0].run_id, export_report(session, run_id=findings[0].run_id, keyring=keyring)
+
+
+@pytest.mark.parametrize("statement", EDITS_OF_A_FINISHED_RUN)
+def test_a_finished_run_s_findings_summary_and_signatures_cannot_be_changed_through_sql(
+        db_session: Session, skill: Any, keyring: Any, statement: str) -> None:
+    run_id, exported = _tampered_run(db_session, skill, keyring)
+    _refused(db_session, statement, run=run_id)
+    again = export_report(db_session, run_id=run_id, keyring=keyring)
+    assert again == exported  # the same findings, summary and signature as before the attempt
+    report = json.loads(again)["report"]
+    assert [f["code"] for f in report["findings"]] == ["row-content-mismatch"]
+    assert verify_report(again, keyring).kid == keyring.active.kid
+
+
+def test_a_running_run_still_takes_its_counts_and_its_close(db_session: Session, skill: Any, keyring: Any) -> None:
+    summary, _ = run_audit(db_session, keyring)  # chunk counts, then the close, all through UPDATEs of the run
+    assert summary["total_entities"] >= 1
+
+
+def test_an_entity_row_cannot_be_deleted_through_sql(db_session: Session, skill: Any, steward: Any) -> None:
+    """(TRUNCATE of every entity table is refused too: ``tests/test_migrations.py``.)"""
+    _refused(db_session, "DELETE FROM skills WHERE id = :id", id=skill.id)
+    _refused(db_session, "DELETE FROM agents WHERE id = :id", id=steward)
+    assert db_session.scalar(text("SELECT count(*) FROM skills WHERE id = :id"), {"id": skill.id}) == 1
+
+
+@pytest.mark.parametrize("lifted", [
+    "ALTER TABLE audit_findings DISABLE TRIGGER audit_findings_no_update_delete",
+    "ALTER TABLE audit_runs ENABLE TRIGGER audit_runs_no_update_delete",  # not ALWAYS: a replica skips it
+    "DROP TRIGGER skills_no_delete ON skills",
+    "DROP TRIGGER signed_exports_no_truncate ON signed_exports",
+    "ALTER TABLE entity_repairs DISABLE TRIGGER entity_repairs_no_update_delete",
+])
+def test_a_lifted_guard_of_the_audit_record_fails_l0_03_like_the_chain_s(
+        db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:
+    assert append_only_enforced(db_session)
+    db_session.execute(text(lifted))
+    assert not append_only_enforced(db_session)
+    db_session.info.pop("append_only_enforced", None)  # the registry reads it once per session
+    with pytest.raises(ConstitutionViolation, match="L0-03"):
+        create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": "Unguarded", "skill_key": "unguarded", "category": "technical",
+            "description": "Written while the audit record is unguarded", "governance_agent_id": steward,
+        })
