@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, null, or_, select, union_all
+from sqlalchemy import and_, case, func, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from models.audit import (
@@ -75,7 +75,8 @@ class IncrementalResult:
             "versions_rehashed_only": sum(self.versions_rehashed.values()),
             "version_count_balanced": self.version_count_balanced,
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
-                          "governed fields without a new version, or of its versions, is not seen (a full audit sees it)",
+                          "governed fields without a new version, or of its versions, is not seen (a full audit sees it); "
+                          "nor entities deleted before the digest, or created and deleted since",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked",
         }
@@ -93,32 +94,37 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
         return result
     ledger_versions, leaf_versions = _version_totals(session, digest.id)
     append_only = append_only_enforced(session)
-    live_with_leaf = 0
+    accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
+    deleted: set[tuple[str, uuid.UUID]] = set()
     for entity_type in EntityType:
-        changed, with_leaf = _changed_since(session, entity_type, digest.id)
-        live_with_leaf += with_leaf
+        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest.id)
+        accounted += with_leaf
+        deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
         _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
         for entity_type, changed in _grown_behind_rows(session, digest.id, set(result.chains)).items():
             _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
-    # A live entity has at most one leaf, so when every leaf has one, none vanished: the
+    # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
-    if _leaf_count(session, digest.id) != live_with_leaf:
-        result.findings += _vanished(session, digest.id)
+    if _leaf_count(session, digest.id) != accounted:
+        result.findings += _vanished(session, digest.id, deleted)
     return result
 
 
 def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
-                   among: list[uuid.UUID] | None = None) -> tuple[Changed, int]:
-    """(id, base version, base link) of each live entity whose head is not the digest's
-    (or of each live one ``among`` these ids), and how many live entities have a leaf;
-    one statement, so one snapshot."""
+                   among: list[uuid.UUID] | None = None) -> tuple[Changed, int, list[uuid.UUID]]:
+    """(id, base version, base link) of each entity whose head is not the digest's (or of
+    each one ``among`` these ids): live ones, and deleted ones the digest held (deleted
+    since, by a signed version or not); and how many of the digest's leaves that accounts
+    for: the live entities with a leaf, and the deleted ones returned. One statement, so
+    one snapshot; and the ids of those deleted ones. An entity deleted before the digest is
+    not in it, and not read."""
     model = ENTITY_MODELS[entity_type]
     head = LedgerDigestHead
-    changed = select(model.id, head.version, head.link_hash, null().label("live")).outerjoin(
+    changed = select(model.id, head.version, head.link_hash, case((model.deleted_at.is_not(None), 1), else_=0).label("deleted")).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).where(model.deleted_at.is_(None))
+    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash)))
     else:
@@ -128,20 +134,30 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
     live_count = next(row[3] for row in rows if row[0] is None)
     rows = sorted((row for row in rows if row[0] is not None), key=lambda row: row[0])
     new = sum(1 for row in rows if row[2] is None)
-    return [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows], live_count - new
+    deleted = [row[0] for row in rows if row[3]]
+    changed_rows = [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows]
+    return changed_rows, live_count - new + len(deleted), deleted
 
 
 def _version_totals(session: Session, digest_id: int) -> tuple[int, int]:
-    """Versions in the ledger, and the sum of the digest's leaf versions (one snapshot).
+    """Versions in the ledger but those of entities deleted without a leaf in the digest,
+    and the sum of the digest's leaf versions (one snapshot).
 
     Version numbers run 1..n without gaps, so an entity whose chain still ends at its leaf
     holds exactly its leaf's version count: the ledger's total equals the leaves' sum
     plus what examined entities added, unless some unexamined chain grew (or lost history).
+    An entity deleted before the digest (or created and deleted since) has no leaf and is
+    not examined: its versions are counted apart, from its row, by the entity index.
     """
-    leaves = select(func.coalesce(func.sum(LedgerDigestHead.version), 0)).where(
-        LedgerDigestHead.digest_id == digest_id).scalar_subquery()
+    head = LedgerDigestHead
+    leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
     ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
-    return tuple(session.execute(select(ledger, leaves)).one())  # type: ignore[return-value]
+    apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).where(
+        model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value,
+        ~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists(),
+    ).scalar_subquery() for entity_type, model in ENTITY_MODELS.items()]
+    counted, leaf_sum, *unleafed = session.execute(select(ledger, leaves, *apart)).one()
+    return counted - sum(unleafed), leaf_sum
 
 
 def _grown_behind_rows(session: Session, digest_id: int, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
@@ -245,8 +261,9 @@ def _chain_findings(entity: Any, rows: list, split: int, keyring: KeyRing, conte
     return verify_loaded(entity, rows, keyring=keyring, signatures="heads", content=content, signed_from=split).findings
 
 
-def _vanished(session: Session, digest_id: int) -> list[FindingRow]:
-    """Leaves of the digest whose entity no longer exists (or was soft-deleted): an anti-join."""
+def _vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> list[FindingRow]:
+    """Leaves of the digest whose entity no longer exists, or was marked deleted in its row
+    alone (one deleted with a new head, signed or not, was ``examined``): an anti-join."""
     findings = []
     for entity_type, model in ENTITY_MODELS.items():
         alive = select(model.id).where(model.id == LedgerDigestHead.entity_id, model.deleted_at.is_(None))
@@ -256,5 +273,5 @@ def _vanished(session: Session, digest_id: int) -> list[FindingRow]:
                 ~alive.exists())
         ).all()
         findings += [FindingRow(entity_type.value, entity_id, version, "entity-deleted", "in the digest, gone from the registry")
-                     for entity_id, version in gone]
+                     for entity_id, version in gone if (entity_type.value, entity_id) not in examined]
     return findings

@@ -424,3 +424,39 @@ def test_a_live_entity_whose_leaf_is_gone_and_head_is_null_is_non_compliant_not_
     assert summary["total_entities"] == 1 and summary["non_compliant"] == 1 and summary["compliant"] == 0
     assert all(f.entity_type == "skill" for f in findings)
 
+
+def _delete_signed(session, skill, write_ctx) -> None:
+    update_entity(session, entity_type=E.SKILL, entity_id=skill.id, ctx=write_ctx,
+                  changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    session.flush()
+
+
+def test_an_entity_deleted_by_a_signed_version_since_the_digest_is_examined_not_reported(
+        db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _delete_signed(db_session, skill, write_ctx)
+    summary, findings = run_incremental(db_session, keyring)
+    assert findings == []
+    assert summary["total_entities"] == 1 and summary["versions_verified"] == 1
+    assert summary["coverage"]["version_count_balanced"] is True
+
+
+def test_a_forged_deletion_since_the_digest_is_still_reported(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    _delete_signed(db_session, skill, write_ctx)
+    lift_guard(db_session, "UPDATE entity_versions SET signature = :s WHERE entity_id = :e AND version = 4",
+               s=os.urandom(64), e=skill.id)
+    summary, findings = run_incremental(db_session, keyring)
+    assert "bad-signature" in _codes(findings, skill.id) and summary["non_compliant"] == 1
+
+
+def test_entities_deleted_before_the_digest_leave_the_version_count_balanced(
+        db_session, skill, write_ctx, keyring) -> None:
+    """Their versions are in the ledger and their rows hold no leaf: counted apart, so the
+    per-leaf search for chains grown behind their rows runs only when something did grow."""
+    _delete_signed(db_session, skill, write_ctx)
+    store_digest(db_session, keyring=keyring)
+    with recorded_statements(db_session.get_bind()) as sent:
+        summary, findings = run_incremental(db_session, keyring)
+    assert findings == [] and summary["coverage"]["version_count_balanced"] is True
+    assert not any("version > ledger_digest_heads.version" in statement for _, statement in sent)
