@@ -12,7 +12,7 @@ replica. Leaf pruning deletes ``ledger_digest_heads`` rows only, which stays all
 
 Revision ID: 0013
 Revises: 0012
-Create Date: 2026-12-06
+Create Date: 2026-12-05
 """
 
 from alembic import op
