@@ -77,13 +77,16 @@ def test_an_entity_row_cannot_be_deleted_through_sql(db_session: Session, skill:
 
 
 @pytest.mark.parametrize("lifted", [
+    "ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete",
+    "ALTER TABLE ledger_digests ENABLE TRIGGER ledger_digests_no_update_delete",  # not ALWAYS: a replica skips it
+    "DROP TRIGGER ledger_digests_no_truncate ON ledger_digests",
     "ALTER TABLE audit_findings DISABLE TRIGGER audit_findings_no_update_delete",
     "ALTER TABLE audit_runs ENABLE TRIGGER audit_runs_no_update_delete",  # not ALWAYS: a replica skips it
     "DROP TRIGGER skills_no_delete ON skills",
     "DROP TRIGGER signed_exports_no_truncate ON signed_exports",
     "ALTER TABLE entity_repairs DISABLE TRIGGER entity_repairs_no_update_delete",
 ])
-def test_a_lifted_guard_of_the_audit_record_fails_l0_03_like_the_chain_s(
+def test_a_lifted_guard_of_the_digests_or_the_audit_record_fails_l0_03_like_the_chain_s(
         db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:
     assert append_only_enforced(db_session)
     db_session.execute(text(lifted))
@@ -92,5 +95,5 @@ def test_a_lifted_guard_of_the_audit_record_fails_l0_03_like_the_chain_s(
     with pytest.raises(ConstitutionViolation, match="L0-03"):
         create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
             "name": "Unguarded", "skill_key": "unguarded", "category": "technical",
-            "description": "Written while the audit record is unguarded", "governance_agent_id": steward,
+            "description": "Written while a guard is lifted", "governance_agent_id": steward,
         })

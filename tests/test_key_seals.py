@@ -490,20 +490,27 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
 
 
 def test_a_seal_list_edited_in_the_database_refuses_everything_its_key_signed_outside_the_chain(db_session, steward) -> None:
-    from models.errors import JwsError
-    from models.key_seals import record_seal_list, seal_problems
-    from models.repair import verify_repair
-    from models.reports import verify_report
+    from models.key_seals import record_seal_list
 
     handed = Handed(db_session, steward)
     listed = record_seal_list(db_session, handed.old.kid)
     db_session.execute(text("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES (:k, :h)"),
                        {"k": handed.old.kid, "h": bytes(32)})  # a forgery's hash, slipped in
-    sealed = handed.sealed(listed)
+    _refuses_all_it_lists(db_session, handed, handed.sealed(listed))
+
+
+def _refuses_all_it_lists(session, handed: Handed, sealed: KeyRing) -> None:
+    """What a seal whose stored list does not match it answers: its key's repair record and
+    report are refused, and every audit reports the seal."""
+    from models.errors import JwsError
+    from models.key_seals import seal_problems
+    from models.repair import verify_repair
+    from models.reports import verify_report
+
     assert not verify_repair(handed.repair, sealed)
     with pytest.raises(JwsError, match="does not list"):
         verify_report(handed.report_document, sealed)
-    [problem] = seal_problems(db_session, sealed)
+    [problem] = seal_problems(session, sealed)
     assert "does not match its seal" in problem
 
 
@@ -675,10 +682,8 @@ def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_
     """The root hashes the sorted hashes run together, so rows [h1, h2] rewritten as
     [b"", h1 + h2] keep its count and root: a stored hash that is not 32 bytes makes the list
     one that does not match its seal, like any other edit."""
-    from models.errors import JwsError, SealListInvalid
-    from models.key_seals import published_keyring, record_seal_list, seal_problems
-    from models.repair import verify_repair
-    from models.reports import verify_report
+    from models.errors import SealListInvalid
+    from models.key_seals import published_keyring, record_seal_list
 
     handed = Handed(db_session, steward)
     listed = record_seal_list(db_session, handed.old.kid)
@@ -690,10 +695,6 @@ def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_
                        [{"k": handed.old.kid, "h": h} for h in re_split])
     assert (len(re_split), seal_list_root(re_split)) == listed  # the count and the root cannot tell
     sealed = handed.sealed(listed)
-    assert not verify_repair(handed.repair, sealed)
-    with pytest.raises(JwsError, match="does not list"):
-        verify_report(handed.report_document, sealed)
-    [problem] = seal_problems(db_session, sealed)
-    assert "does not match its seal" in problem
+    _refuses_all_it_lists(db_session, handed, sealed)
     with pytest.raises(SealListInvalid):
         published_keyring(KeyRing(handed.new, (handed.old.verifier(),), sealed.seals), db_session)

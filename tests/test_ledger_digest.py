@@ -16,12 +16,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from models.constitution import append_only_enforced
-from models.entities import EntityType
-from models.errors import ConstitutionViolation
 from models.ledger import latest_digest, prune_digest_leaves, store_digest, stored_digest_problem
 from models.ledger_digest import DIGEST_TYPE, build_digest, digest_with_leaves, verify_digest
-from models.registry import create_entity
 from models.signing import KeyRing, SigningKey, generate_ed25519
 
 # RFC 8037 §A.1's Ed25519 private key: Ed25519 signatures are deterministic, so the
@@ -255,21 +251,3 @@ def test_digests_are_still_stored_marked_and_their_leaves_pruned_under_the_guard
         latest = latest_digest(session)
         assert latest.id == ids[-1] and latest.signature and latest.leaves_attestation is not None
         assert stored_digest_problem(session, latest, keyring) is None
-
-
-@pytest.mark.parametrize("lifted", [
-    "ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete",
-    "ALTER TABLE ledger_digests ENABLE TRIGGER ledger_digests_no_update_delete",  # not ALWAYS: a replica skips it
-    "DROP TRIGGER ledger_digests_no_truncate ON ledger_digests",
-])
-def test_a_lifted_ledger_digests_guard_is_reported_like_the_chain_s(
-        db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:
-    assert append_only_enforced(db_session)
-    db_session.execute(text(lifted))
-    assert not append_only_enforced(db_session)
-    db_session.info.pop("append_only_enforced", None)  # the registry reads it once per session
-    with pytest.raises(ConstitutionViolation, match="L0-03"):  # every write is refused, as without the chain's guard
-        create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
-            "name": "Unguarded", "skill_key": "unguarded", "category": "technical",
-            "description": "Written while the digests are unguarded", "governance_agent_id": steward,
-        })
