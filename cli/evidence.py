@@ -214,7 +214,6 @@ def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:
-    message = visible_text(message)  # it may quote the document
-    if as_json:
+    if as_json:  # JSON escapes control codes itself: the data stays the data
         print_json({"valid": False, "keys": source, "error": message})
-    raise VerificationFailed(message)
+    raise VerificationFailed(visible_text(message))  # for a person: it may quote the document

@@ -199,13 +199,15 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
     result.findings += batch.findings
     result.entities += batch.entities
     result.versions_verified += batch.versions_verified
-    result.findings += _rolled_findings(session, entity_type, rolled, {entity.id for entity in entities})
+    live = {entity.id for entity in entities if entity.deleted_at is None}
+    result.findings += _rolled_findings(session, entity_type, rolled, live)
 
 
 def _rolled_findings(session: Session, entity_type: EntityType, rolled: list, live: set[uuid.UUID]) -> list[FindingRow]:
-    """:func:`compare_heads` on the entities whose leaf left their chain. Each was loaded
-    live, so one whose row names no version of its chain (a NULL or made-up head) was
-    rewritten, not deleted."""
+    """:func:`compare_heads` on the entities whose leaf left their chain. One loaded
+    ``live`` whose row names no version of its chain (a NULL or made-up head) was
+    rewritten, not deleted; one deleted since the digest stays ``entity-deleted``, beside
+    whatever its chain's checks found."""
     findings = []
     for h in compare_heads(session, rolled):
         finding = h.finding

@@ -97,3 +97,21 @@ def test_a_lifted_guard_of_the_digests_or_the_audit_record_fails_l0_03_like_the_
             "name": "Unguarded", "skill_key": "unguarded", "category": "technical",
             "description": "Written while a guard is lifted", "governance_agent_id": steward,
         })
+
+
+def test_a_chunk_finishing_after_its_run_was_closed_is_superseded_not_an_error(
+        db_session: Session, skill: Any, keyring: Any) -> None:
+    """A sibling chunk's last batch racing a cancel: the run it would count itself into is
+    closed, so the step is a stale attempt's (quietly dropped), not a refused UPDATE."""
+    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.errors import StaleAttempt
+    from models.job_lifecycle import create_job
+
+    job = create_job(db_session, kind="audit.run", params={}, queue="audit")
+    run = start_run(db_session, job_id=job.id, params={}, keyring=keyring, chunk_entities=3)
+    closed = summarize_run(db_session, run_id=run.id, status="cancelled")
+    with pytest.raises(StaleAttempt, match="already finished"):
+        for chunk_id in pending_chunks(db_session, run.id):
+            while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=100).done:
+                pass
+    assert summarize_run(db_session, run_id=run.id) == closed  # a run closes once: its summary stands

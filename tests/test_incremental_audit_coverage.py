@@ -259,10 +259,14 @@ def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, ke
     with db_session.begin_nested():  # rewrite one leaf in another transaction, then vouch for it
         db_session.execute(text("UPDATE ledger_digest_heads SET link_hash = :link WHERE digest_id = :id AND entity_id = :e"),
                            {"link": b"\x01" * 32, "id": digest.id, "e": skill.id})
+    # Past the digests' guard, as their owner could (plain SQL may not touch a stored attestation).
     if forge == "xmin":  # claim the new transaction id; the old signature no longer covers it
-        digest.leaves_xmin = db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
+        xmin = db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
+        lift_guard(db_session, "UPDATE ledger_digests SET leaves_xmin = :x WHERE id = :id", table="ledger_digests",
+                   x=xmin, id=digest.id)
     else:
-        digest.leaves_attestation = b"\x00" * 64
+        lift_guard(db_session, "UPDATE ledger_digests SET leaves_attestation = :a WHERE id = :id", table="ledger_digests",
+                   a=b"\x00" * 64, id=digest.id)
     problem = models.ledger.stored_digest_problem(db_session, digest, keyring)
     assert problem is not None and "do not hash" in problem
 
@@ -460,3 +464,14 @@ def test_entities_deleted_before_the_digest_leave_the_version_count_balanced(
         summary, findings = run_incremental(db_session, keyring)
     assert findings == [] and summary["coverage"]["version_count_balanced"] is True
     assert not any("version > ledger_digest_heads.version" in statement for _, statement in sent)
+
+
+def test_a_deleted_entity_whose_leaf_left_its_chain_is_not_called_rewritten_but_its_chain_is_checked(
+        db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _delete_signed(db_session, skill, write_ctx)  # version 4
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    summary, findings = run_incremental(db_session, keyring)
+    codes = _codes(findings, skill.id)
+    assert "chain-rewritten" not in codes and "entity-deleted" in codes
+    assert "version-gap" in codes and summary["non_compliant"] == 1

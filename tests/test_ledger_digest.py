@@ -205,8 +205,14 @@ def test_uuid_order_is_byte_order(ids: list[uuid.UUID]) -> None:
 EDITS_OF_A_STORED_DIGEST = [
     "DELETE FROM ledger_digests WHERE id = :id",
     "UPDATE ledger_digests SET as_of = as_of - interval '1 day' WHERE id = :id",
-    "UPDATE ledger_digests SET keep_leaves = true WHERE id = :id",
+    "UPDATE ledger_digests SET keep_leaves = true, as_of = as_of - interval '1 day' WHERE id = :id",
+    "UPDATE ledger_digests SET signature = '' WHERE id = :id",  # back to a placeholder, to be refilled
+    "UPDATE ledger_digests SET leaves_attestation = '\\x00' WHERE id = :id",  # attested once, when stored
     "TRUNCATE ledger_digests CASCADE",
+    # A temporary table shadowing the digests' name, holding a row this transaction wrote:
+    # the guard reads no table, so it cannot be pointed at one.
+    "CREATE TEMP TABLE ledger_digests (id bigint); INSERT INTO pg_temp.ledger_digests VALUES (:id); "
+    "UPDATE public.ledger_digests SET as_of = as_of - interval '1 year' WHERE id = :id",
 ]
 
 
@@ -220,7 +226,8 @@ def test_a_stored_digest_refuses_update_delete_and_truncate_through_sql(
         if replica:  # what a logical-replication apply worker runs under: ALWAYS triggers fire anyway
             session.execute(text("SET LOCAL session_replication_role = replica"))
         with pytest.raises(DBAPIError, match="ledger_digests is append-only") as refused:
-            session.execute(text(statement), {"id": newest})
+            for part in statement.split("; "):
+                session.execute(text(part), {"id": newest})
         assert refused.value.orig.sqlstate == "42501"  # insufficient_privilege, as entity_versions answers
         session.rollback()
     with Session(engine) as session:
@@ -231,8 +238,8 @@ def test_a_stored_digest_refuses_update_delete_and_truncate_through_sql(
 
 def test_digests_are_still_stored_marked_and_their_leaves_pruned_under_the_guard(
         engine: Engine, committed_steward: Any, keyring: KeyRing) -> None:
-    """``store_digest`` fills its placeholder row in, and a seal marks it ``keep_leaves``,
-    before their transaction commits: that is the only change the table allows. Pruning
+    """``store_digest`` fills its placeholder row in, and a seal marks it ``keep_leaves``:
+    those are the only changes the table allows (a mark alone, never taken back). Pruning
     deletes leaf rows only, never a digest."""
     ids = []
     for n in range(4):
@@ -251,3 +258,17 @@ def test_digests_are_still_stored_marked_and_their_leaves_pruned_under_the_guard
         latest = latest_digest(session)
         assert latest.id == ids[-1] and latest.signature and latest.leaves_attestation is not None
         assert stored_digest_problem(session, latest, keyring) is None
+
+
+def test_a_stored_digest_may_be_marked_to_keep_its_leaves_and_never_unmarked(
+        engine: Engine, committed_steward: Any, keyring: KeyRing) -> None:
+    with Session(engine) as session, session.begin():
+        digest_id = store_digest(session, keyring=keyring).id
+    with Session(engine) as session, session.begin():  # as a seal marks its digest: keeping leaves hides nothing
+        session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :id"), {"id": digest_id})
+    with Session(engine) as session:
+        with pytest.raises(DBAPIError, match="ledger_digests is append-only"):
+            session.execute(text("UPDATE ledger_digests SET keep_leaves = false WHERE id = :id"), {"id": digest_id})
+        session.rollback()
+        latest = latest_digest(session)
+        assert latest.keep_leaves and stored_digest_problem(session, latest, keyring) is None

@@ -3,10 +3,10 @@
 Someone who could DELETE the newest digest through SQL (or UPDATE it, say its ``as_of``)
 made the incremental audit and the tampering check compare against an older one, so a
 rollback or a deletion between the two went unreported. The table now refuses DELETE and
-TRUNCATE, and UPDATE of any row but one the current transaction wrote: ``store_digest``
-inserts a placeholder row (the leaf rows need its id), then fills in its signed columns
-and leaf attestation, and ``plant signing-keys seal`` marks its digest ``keep_leaves``,
-all before they commit. Once a digest's transaction commits, its row never changes.
+TRUNCATE, and any UPDATE but two: ``store_digest`` inserts an unsigned placeholder row
+(the leaf rows need its id) and then fills in its signed columns and its leaf attestation,
+and ``plant signing-keys seal`` marks its digest ``keep_leaves``. Once signed and attested,
+a digest's columns never change but for that mark.
 The triggers are enabled ALWAYS, so they fire even under session_replication_role =
 replica. Leaf pruning deletes ``ledger_digest_heads`` rows only, which stays allowed.
 
@@ -24,34 +24,28 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # A row version whose writer (xmin) is still in progress is visible only to that
-    # writer, so an UPDATE may go ahead only when pg_xact_status calls the row's writer
-    # "in progress": it is this transaction, or one of its subtransactions. xmin holds
-    # the low 32 bits of the writer's id; the full id is the one nearest this
-    # transaction's. An id that cannot be placed (a row frozen 2**31 transactions ago)
-    # is refused like any other.
+    # What an UPDATE may do: fill in the unsigned placeholder row (signature still '') that
+    # store_digest inserts first; then, once, its leaf attestation (a signature over the leaf
+    # rows' transaction id: a forged one is not trusted, the leaves are re-hashed); or set
+    # keep_leaves and change nothing else (a seal marks its digest; keeping leaves longer
+    # hides nothing). Each is what an INSERT could do anyway. The function reads no table and
+    # pins its search_path, so a temporary table or function of the same name cannot answer.
     op.execute(
         """
-        CREATE FUNCTION ledger_digests_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            writer bigint;
-            near bigint;
-            status text;
+        CREATE FUNCTION ledger_digests_refuse_change() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
             IF TG_OP = 'UPDATE' THEN
-                SELECT xmin::text::bigint INTO writer FROM ledger_digests WHERE id = OLD.id;
-                near := pg_current_xact_id()::text::bigint;
-                IF writer IS NOT NULL THEN
-                    writer := near + ((writer - near % 4294967296 + 2147483648) % 4294967296 + 4294967296)
-                        % 4294967296 - 2147483648;
-                    BEGIN
-                        status := pg_xact_status(writer::text::xid8);
-                    EXCEPTION WHEN invalid_parameter_value THEN
-                        status := NULL;
-                    END;
-                    IF status = 'in progress' THEN
-                        RETURN NEW;
-                    END IF;
+                IF OLD.signature = '' THEN
+                    RETURN NEW;
+                END IF;
+                IF NEW.keep_leaves AND to_jsonb(NEW) - 'keep_leaves' = to_jsonb(OLD) - 'keep_leaves' THEN
+                    RETURN NEW;
+                END IF;
+                IF OLD.leaves_attestation IS NULL AND OLD.leaves_xmin IS NULL
+                        AND to_jsonb(NEW) - 'leaves_xmin' - 'leaves_attestation'
+                            = to_jsonb(OLD) - 'leaves_xmin' - 'leaves_attestation' THEN
+                    RETURN NEW;
                 END IF;
             END IF;
             RAISE EXCEPTION 'ledger_digests is append-only: % refused', TG_OP
