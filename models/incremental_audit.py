@@ -25,12 +25,13 @@ digest's leaves; checking the digest hashes every leaf once.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, case, func, null, or_, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from models.audit import (
     BatchResult, FindingRow, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked, team_member_counts,
@@ -76,7 +77,7 @@ class IncrementalResult:
             "version_count_balanced": self.version_count_balanced,
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
                           "governed fields without a new version, or of its versions, is not seen (a full audit sees it); "
-                          "nor entities deleted before the digest, or created and deleted since",
+                          "nor entities deleted before the digest",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked",
         }
@@ -92,18 +93,18 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
         result.findings.append(invalid)
         result.digest_trusted = False
         return result
-    ledger_versions, leaf_versions = _version_totals(session, digest.id)
+    ledger_versions, leaf_versions = _version_totals(session, digest.id, digest.as_of)
     append_only = append_only_enforced(session)
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
     for entity_type in EntityType:
-        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest.id)
+        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest.id, digest.as_of)
         accounted += with_leaf
         deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
         _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
-        for entity_type, changed in _grown_behind_rows(session, digest.id, set(result.chains)).items():
+        for entity_type, changed in _grown_behind_rows(session, digest.id, digest.as_of, set(result.chains)).items():
             _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
@@ -112,19 +113,20 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     return result
 
 
-def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
+def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as_of: dt.datetime,
                    among: list[uuid.UUID] | None = None) -> tuple[Changed, int, list[uuid.UUID]]:
     """(id, base version, base link) of each entity whose head is not the digest's (or of
-    each one ``among`` these ids): live ones, and deleted ones the digest held (deleted
-    since, by a signed version or not); and how many of the digest's leaves that accounts
-    for: the live entities with a leaf, and the deleted ones returned. One statement, so
-    one snapshot; and the ids of those deleted ones. An entity deleted before the digest is
+    each one ``among`` these ids): live ones, deleted ones the digest held (deleted since,
+    by a signed version or not), and deleted ones created since (by their first version's
+    stamp, which the chain's triggers keep); how many of the digest's leaves that accounts
+    for (the live entities with a leaf, and the deleted ones with a leaf); and the ids of
+    the deleted ones. One statement, so one snapshot. An entity deleted before the digest is
     not in it, and not read."""
     model = ENTITY_MODELS[entity_type]
     head = LedgerDigestHead
     changed = select(model.id, head.version, head.link_hash, case((model.deleted_at.is_not(None), 1), else_=0).label("deleted")).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None)))
+    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _created_since(model, as_of)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash)))
     else:
@@ -133,21 +135,28 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int,
     rows = session.execute(union_all(changed, live)).all()
     live_count = next(row[3] for row in rows if row[0] is None)
     rows = sorted((row for row in rows if row[0] is not None), key=lambda row: row[0])
-    new = sum(1 for row in rows if row[2] is None)
+    new = sum(1 for row in rows if row[2] is None and not row[3])
     deleted = [row[0] for row in rows if row[3]]
+    with_leaf = live_count - new + sum(1 for row in rows if row[3] and row[2] is not None)
     changed_rows = [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows]
-    return changed_rows, live_count - new + len(deleted), deleted
+    return changed_rows, with_leaf, deleted
 
 
-def _version_totals(session: Session, digest_id: int) -> tuple[int, int]:
-    """Versions in the ledger but those of entities deleted without a leaf in the digest,
-    and the sum of the digest's leaf versions (one snapshot).
+def _created_since(model: Any, as_of: dt.datetime) -> Any:
+    """The entity's first version was written after ``as_of`` (its stamp, not the row's)."""
+    first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
+    return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > as_of).exists()
+
+
+def _version_totals(session: Session, digest_id: int, as_of: dt.datetime) -> tuple[int, int]:
+    """Versions in the ledger but those of entities deleted before the digest, and the sum
+    of the digest's leaf versions (one snapshot).
 
     Version numbers run 1..n without gaps, so an entity whose chain still ends at its leaf
     holds exactly its leaf's version count: the ledger's total equals the leaves' sum
     plus what examined entities added, unless some unexamined chain grew (or lost history).
-    An entity deleted before the digest (or created and deleted since) has no leaf and is
-    not examined: its versions are counted apart, from its row, by the entity index.
+    An entity deleted before the digest has no leaf and is not examined: its versions are
+    counted apart, from its row (one created since and deleted is examined instead).
     """
     head = LedgerDigestHead
     leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
@@ -155,12 +164,14 @@ def _version_totals(session: Session, digest_id: int) -> tuple[int, int]:
     apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).where(
         model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value,
         ~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists(),
+        ~_created_since(model, as_of),
     ).scalar_subquery() for entity_type, model in ENTITY_MODELS.items()]
     counted, leaf_sum, *unleafed = session.execute(select(ledger, leaves, *apart)).one()
     return counted - sum(unleafed), leaf_sum
 
 
-def _grown_behind_rows(session: Session, digest_id: int, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
+def _grown_behind_rows(session: Session, digest_id: int, as_of: dt.datetime,
+                       examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
     """Live entities not yet examined whose chain has a version numbered after their leaf,
     or below 1: a row reset to the digest's head hides later versions from the head
     comparison, and a version INSERTed past a gap (or numbered 0) joins no head at all."""
@@ -172,7 +183,8 @@ def _grown_behind_rows(session: Session, digest_id: int, examined: set[uuid.UUID
     for entity_type, entity_id in grown:
         if entity_id not in examined:
             by_type.setdefault(EntityType(entity_type), []).append(entity_id)
-    return {entity_type: _changed_since(session, entity_type, digest_id, ids)[0] for entity_type, ids in by_type.items()}
+    return {entity_type: _changed_since(session, entity_type, digest_id, as_of, ids)[0]
+            for entity_type, ids in by_type.items()}
 
 
 def _leaf_count(session: Session, digest_id: int) -> int:

@@ -475,3 +475,22 @@ def test_a_deleted_entity_whose_leaf_left_its_chain_is_not_called_rewritten_but_
     codes = _codes(findings, skill.id)
     assert "chain-rewritten" not in codes and "entity-deleted" in codes
     assert "version-gap" in codes and summary["non_compliant"] == 1
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_an_entity_created_and_deleted_since_the_digest_is_examined(
+        db_session, skill, write_ctx, keyring, steward, signed) -> None:
+    store_digest(db_session, keyring=keyring)
+    late = create_entity(db_session, entity_type=E.SKILL, ctx=write_ctx, data={
+        "name": "Late Skill", "skill_key": "late-skill", "category": "technical", "description": "late",
+        "governance_agent_id": steward})
+    db_session.flush()
+    if signed:
+        _delete_signed(db_session, late, write_ctx)
+    else:  # the row alone says deleted: its chain does not
+        db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": late.id})
+        db_session.expire_all()
+    summary, findings = run_incremental(db_session, keyring)
+    assert summary["coverage"]["version_count_balanced"] is True
+    assert _codes(findings, late.id) == (set() if signed else {"row-content-mismatch"})
+    assert summary["total_entities"] == 1 and summary["non_compliant"] == (0 if signed else 1)
