@@ -30,7 +30,7 @@ from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import transaction, uuid_in
 from models.entities import ENTITY_MODELS, EntityType
-from models.errors import InvalidInput, NotFound, StaleAttempt
+from models.errors import InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
 from models.jobs import Job, JobStatus
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
@@ -210,8 +210,8 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
             update(AuditRun).where(AuditRun.id == run.id, AuditRun.finished_at.is_(None))
             .values(chunks_done=AuditRun.chunks_done + 1).returning(AuditRun.chunks_done, AuditRun.chunks_total)
         ).one_or_none()
-        if counted is None:  # closed meanwhile (a cancel, the job failed): a finished run takes nothing more
-            raise StaleAttempt(f"audit run {run.id} has already finished")
+        if counted is None:  # closed meanwhile: a finished run takes nothing more (the caller tells why)
+            raise RunClosed(f"audit run {run.id} was closed before this chunk finished")
         done, total = counted
         run_complete = done == total
     session.flush()
@@ -233,11 +233,11 @@ def pending_chunks(session: Session, run_id: uuid.UUID) -> list[int]:
 def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeeded",
                   finished_at: dt.datetime | None = None) -> dict[str, Any]:
     """Merge chunk counters and findings into the run summary and close the run (at
-    ``finished_at``, by default now). A run closes once: one already finished keeps its
-    summary (the database refuses to change it), which is returned."""
+    ``finished_at``, by default now). A run closes once: one already finished raises
+    :class:`RunClosed` (the database refuses to change it)."""
     run = session.get(AuditRun, run_id)
     if run.finished_at is not None:
-        return dict(run.summary or {})
+        raise RunClosed(f"audit run {run_id} was already closed")
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
     total = sum((c.counters or {}).get("entities", 0) for c in chunks)
     failing = (
@@ -303,7 +303,7 @@ def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = Non
     ended = (
         select(AuditRun.id, Job.status, func.coalesce(Job.finished_at, func.now()))
         .join(Job, Job.id == AuditRun.job_id)
-        .where(AuditRun.status == "running", Job.status.in_(ENDED_WITHOUT_ITS_RUN))
+        .where(AuditRun.status == "running", AuditRun.finished_at.is_(None), Job.status.in_(ENDED_WITHOUT_ITS_RUN))
         .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, key_share=True, skip_locked=not wait)
     )
     if job_id is not None:

@@ -71,6 +71,13 @@ class StaleAttempt(PlantError):
     title = "Stale job attempt"
 
 
+class RunClosed(PlantError):
+    """An audit run was found finished while its job's attempt still worked on it."""
+
+    code = "audit-run-closed"
+    title = "The audit run was closed outside its job"
+
+
 class JobTimedOut(PlantError):
     code = "job-timed-out"
     title = "Job exceeded its time limit"

@@ -26,7 +26,7 @@ from models.audit_runs import (
 )
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
-from models.errors import InternalJobError, JobCancelled, PlantError, StaleAttempt
+from models.errors import InternalJobError, JobCancelled, PlantError, RunClosed, StaleAttempt
 from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
 from models.jobs import JobStatus
 from models.ledger import prune_digest_leaves, store_digest
@@ -79,6 +79,8 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
         return _audit_chunk(claim, chunk_id, settings.audit_batch_size, settings.job_lease_seconds)
     except StaleAttempt:
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
+    except RunClosed as closed:
+        return _run_closed(claim, chunk_id, closed, settings.job_lease_seconds)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the row or come back
         if is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):  # checkpointed: resume where it stopped
             log.warning("audit chunk %s of job %s hit a transient error: %s", chunk_id, job_id, exc)
@@ -89,6 +91,20 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
         outcome = record_outcome(claim, JobStatus.FAILED, None, error.problem())
         close_runs_apart(runtime.session_factory(), job_id=claim.job_id)  # the run ends with its job
         return {"chunk": chunk_id, **outcome}
+
+
+def _run_closed(claim: JobClaim, chunk_id: int, closed: RunClosed, lease_seconds: int) -> dict[str, Any]:
+    """The chunk found its run finished. When its job ended meanwhile (a cancel, a failure,
+    a sibling's close), the run ended with it: this attempt is stale and lets go quietly.
+    When the job is still this attempt's, someone closed the run outside it: the job fails,
+    saying so, rather than finishing on a summary Plant did not write."""
+    try:
+        with transaction(runtime.session_factory()) as session:
+            add_progress(session, claim=claim, done=0, total=None, message="auditing", lease_seconds=lease_seconds)
+    except StaleAttempt:
+        return {"chunk": chunk_id, "skipped": "superseded attempt"}
+    log.error("audit chunk %s of job %s: %s", chunk_id, claim.job_id, closed)
+    return {"chunk": chunk_id, **record_outcome(claim, JobStatus.FAILED, None, closed.problem())}
 
 
 def _audit_chunk(claim: JobClaim, chunk_id: int, batch_size: int, lease_seconds: int) -> dict[str, Any]:

@@ -99,19 +99,23 @@ def test_a_lifted_guard_of_the_digests_or_the_audit_record_fails_l0_03_like_the_
         })
 
 
-def test_a_chunk_finishing_after_its_run_was_closed_is_superseded_not_an_error(
+def test_a_chunk_finishing_after_its_run_was_closed_says_so_and_a_run_closes_once(
         db_session: Session, skill: Any, keyring: Any) -> None:
-    """A sibling chunk's last batch racing a cancel: the run it would count itself into is
-    closed, so the step is a stale attempt's (quietly dropped), not a refused UPDATE."""
+    """A chunk's last batch after its run was closed: RunClosed, not a refused UPDATE (the
+    task then tells a cancel race, dropped quietly, from a close outside the job, which fails
+    it: ``tests/test_job_attempt_budget.py``)."""
     from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
-    from models.errors import StaleAttempt
+    from models.errors import RunClosed
     from models.job_lifecycle import create_job
 
     job = create_job(db_session, kind="audit.run", params={}, queue="audit")
     run = start_run(db_session, job_id=job.id, params={}, keyring=keyring, chunk_entities=3)
     closed = summarize_run(db_session, run_id=run.id, status="cancelled")
-    with pytest.raises(StaleAttempt, match="already finished"):
+    with pytest.raises(RunClosed, match="closed before this chunk finished"):
         for chunk_id in pending_chunks(db_session, run.id):
             while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=100).done:
                 pass
-    assert summarize_run(db_session, run_id=run.id) == closed  # a run closes once: its summary stands
+    with pytest.raises(RunClosed, match="already closed"):
+        summarize_run(db_session, run_id=run.id)
+    db_session.expire_all()
+    assert db_session.get(type(run), run.id).summary == closed

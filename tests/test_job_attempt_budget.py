@@ -418,3 +418,41 @@ def test_a_cancel_never_deadlocks_with_a_sibling_chunk_finishing_its_own(
         sibling.close()
         cancelling.join(30)
     assert errors == [] and (_job(sessions, job_id).status, _run(sessions, job_id).status) == ("cancelled", "cancelled")
+
+
+@pytest.mark.parametrize("job_ended", [True, False])
+def test_a_chunk_that_finds_its_run_closed_lets_go_if_its_job_ended_and_fails_it_otherwise(
+        sessions, settings, seeded, monkeypatch, job_ended) -> None:
+    """Closed by its job's own end (a cancel's race): the chunk is a stale attempt, quietly.
+    Closed while the job is still this attempt's (someone else's UPDATE of a running run):
+    the job fails, saying so, instead of finishing on a summary Plant did not write."""
+    from models.audit_tables import AuditRun
+    from tasks import audit
+
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
+    with transaction(sessions) as session:
+        if job_ended:
+            session.execute(update(Job).where(Job.id == job_id).values(status="cancelled", finished_at=text("now()")))
+        session.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(
+            status="succeeded", finished_at=text("now()"), summary={"non_compliant": 0}))
+    outcomes = [audit.audit_chunk(*args) for args in messages]
+    job = _job(sessions, job_id)
+    if job_ended:
+        assert job.status == "cancelled" and outcomes[0] == {"chunk": messages[0][2], "skipped": "superseded attempt"}
+    else:
+        assert job.status == "failed" and job.error["type"] == "/problems/audit-run-closed"
+
+
+def test_the_sweep_skips_a_run_marked_finished_whose_status_was_left_running(
+        sessions, settings, seeded, monkeypatch) -> None:
+    """Such a run (an UPDATE of a running run, outside Plant) cannot be closed again; taken
+    by every pass, twenty of them would hold the sweep's general pass up for good."""
+    from models.audit_runs import close_runs_of_ended_jobs
+    from models.audit_tables import AuditRun
+
+    job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)
+    with transaction(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="failed", finished_at=text("now()")))
+        session.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(finished_at=text("now()")))
+    with transaction(sessions) as session:
+        assert close_runs_of_ended_jobs(session) == 0

@@ -208,6 +208,9 @@ EDITS_OF_A_STORED_DIGEST = [
     "UPDATE ledger_digests SET keep_leaves = true, as_of = as_of - interval '1 day' WHERE id = :id",
     "UPDATE ledger_digests SET signature = '' WHERE id = :id",  # back to a placeholder, to be refilled
     "UPDATE ledger_digests SET leaves_attestation = '\\x00' WHERE id = :id",  # attested once, when stored
+    # jsonb calls 5 and 5.0 equal: under cover of the mark, the signed document's count made a float
+    "UPDATE ledger_digests SET keep_leaves = true, document = jsonb_set(document, '{entity_count}', "
+    "to_jsonb(entity_count::numeric + 0.0)) WHERE id = :id",
     "TRUNCATE ledger_digests CASCADE",
     # A temporary table shadowing the digests' name, holding a row this transaction wrote:
     # the guard reads no table, so it cannot be pointed at one.
@@ -272,3 +275,26 @@ def test_a_stored_digest_may_be_marked_to_keep_its_leaves_and_never_unmarked(
         session.rollback()
         latest = latest_digest(session)
         assert latest.keep_leaves and stored_digest_problem(session, latest, keyring) is None
+
+
+@pytest.mark.parametrize("as_of", ["'infinity'", "now() + interval '1 second'", "'9999-12-31'"])
+def test_a_digest_dated_after_now_cannot_be_inserted_to_stay_the_latest_for_good(
+        engine: Engine, committed_steward: Any, keyring: KeyRing, as_of: str) -> None:
+    """Signed or not, a digest dated in the future would be the latest for every later audit,
+    and the guard would keep it there: the database refuses it. (An unsigned one dated now is
+    the latest only until beat's next digest, and every audit meanwhile says digest-invalid.)"""
+    with Session(engine) as session, session.begin():
+        newest = store_digest(session, keyring=keyring).id
+    with Session(engine) as session:
+        with pytest.raises(DBAPIError, match="dated after now") as refused:
+            session.execute(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                                 f"VALUES ({as_of}, 0, '\\x00', 'k', 'junk', '{{}}')"))
+        assert refused.value.orig.sqlstate == "23514"
+        session.rollback()
+        placeholder = session.scalar(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, "
+                                          "document) VALUES (now(), 0, '\\x00', '', '', '{}') RETURNING id"))
+        with pytest.raises(DBAPIError, match="append-only"):  # a placeholder is filled in, never moved
+            session.execute(text("UPDATE ledger_digests SET as_of = 'infinity' WHERE id = :id"), {"id": placeholder})
+        session.rollback()
+    with Session(engine) as session:
+        assert latest_digest(session).id == newest

@@ -28,23 +28,34 @@ def upgrade() -> None:
     # store_digest inserts first; then, once, its leaf attestation (a signature over the leaf
     # rows' transaction id: a forged one is not trusted, the leaves are re-hashed); or set
     # keep_leaves and change nothing else (a seal marks its digest; keeping leaves longer
-    # hides nothing). Each is what an INSERT could do anyway. The function reads no table and
-    # pins its search_path, so a temporary table or function of the same name cannot answer.
+    # hides nothing). Each is what an INSERT could do anyway; the columns are compared as
+    # jsonb text, where 5 and 5.0 differ. The function reads no table and pins its
+    # search_path, so a temporary table or function of the same name cannot answer. An
+    # INSERT may not date a digest after now() (store_digest stamps now() itself): one dated
+    # in the future would stay the latest for good, and no UPDATE can move it back.
     op.execute(
         """
         CREATE FUNCTION ledger_digests_refuse_change() RETURNS trigger LANGUAGE plpgsql
         SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
+            IF TG_OP = 'INSERT' THEN
+                IF NEW.as_of > now() THEN
+                    RAISE EXCEPTION 'ledger_digests: a digest as of % is dated after now: INSERT refused', NEW.as_of
+                        USING ERRCODE = 'check_violation';
+                END IF;
+                RETURN NEW;
+            END IF;
             IF TG_OP = 'UPDATE' THEN
-                IF OLD.signature = '' THEN
+                IF OLD.signature = '' AND NEW.as_of = OLD.as_of THEN
                     RETURN NEW;
                 END IF;
-                IF NEW.keep_leaves AND to_jsonb(NEW) - 'keep_leaves' = to_jsonb(OLD) - 'keep_leaves' THEN
+                IF NEW.keep_leaves
+                        AND (to_jsonb(NEW) - 'keep_leaves')::text = (to_jsonb(OLD) - 'keep_leaves')::text THEN
                     RETURN NEW;
                 END IF;
                 IF OLD.leaves_attestation IS NULL AND OLD.leaves_xmin IS NULL
-                        AND to_jsonb(NEW) - 'leaves_xmin' - 'leaves_attestation'
-                            = to_jsonb(OLD) - 'leaves_xmin' - 'leaves_attestation' THEN
+                        AND (to_jsonb(NEW) - 'leaves_xmin' - 'leaves_attestation')::text
+                            = (to_jsonb(OLD) - 'leaves_xmin' - 'leaves_attestation')::text THEN
                     RETURN NEW;
                 END IF;
             END IF;
@@ -55,7 +66,7 @@ def upgrade() -> None:
         """
     )
     op.execute(
-        "CREATE TRIGGER ledger_digests_no_update_delete BEFORE UPDATE OR DELETE ON ledger_digests "
+        "CREATE TRIGGER ledger_digests_no_update_delete BEFORE INSERT OR UPDATE OR DELETE ON ledger_digests "
         "FOR EACH ROW EXECUTE FUNCTION ledger_digests_refuse_change()"
     )
     op.execute(
