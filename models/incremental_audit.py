@@ -211,23 +211,8 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
     result.findings += batch.findings
     result.entities += batch.entities
     result.versions_verified += batch.versions_verified
-    live = {entity.id for entity in entities if entity.deleted_at is None}
-    result.findings += _rolled_findings(session, entity_type, rolled, live)
-
-
-def _rolled_findings(session: Session, entity_type: EntityType, rolled: list, live: set[uuid.UUID]) -> list[FindingRow]:
-    """:func:`compare_heads` on the entities whose leaf left their chain. One loaded
-    ``live`` whose row names no version of its chain (a NULL or made-up head) was
-    rewritten, not deleted; one deleted since the digest stays ``entity-deleted``, beside
-    whatever its chain's checks found."""
-    findings = []
-    for h in compare_heads(session, rolled):
-        finding = h.finding
-        if finding.code == "entity-deleted" and h.entity_id in live:
-            finding = ChainFinding("chain-rewritten", finding.version, "the digest's head is no longer in the chain, "
-                                   "and the row's head names no version of it")
-        findings.append(FindingRow(entity_type.value, h.entity_id, finding.version, finding.code, finding.detail))
-    return findings
+    result.findings += [FindingRow(h.entity_type or entity_type.value, h.entity_id, h.finding.version, h.finding.code,
+                                   h.finding.detail) for h in compare_heads(session, rolled)]
 
 
 def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,

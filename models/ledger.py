@@ -397,7 +397,9 @@ def compare_heads(session: Session, leaves: list[tuple[uuid.UUID, int | None, by
 
     A leaf names its entity by id only; the version row holding its head also names the
     entity's type, and only a live row of that type answers for the leaf (ids are unique
-    per table, so a row of another type given the id and head of a deleted one does not)."""
+    per table, so a row of another type given the id and head of a deleted one does not).
+    A live row whose head was set to NULL has no head to compare, yet is not deleted: its
+    chain was rewritten."""
     findings: list[HeadFinding] = []
     for start in range(0, len(leaves), HEAD_BATCH):
         batch = leaves[start : start + HEAD_BATCH]
@@ -410,17 +412,37 @@ def compare_heads(session: Session, leaves: list[tuple[uuid.UUID, int | None, by
             .where(bytes_in(EntityVersion.link_hash, [l for _, _, l in batch]))
         )
         kind_of = {(entity_id, bytes(link)): kind for entity_id, link, kind in found}
+        headless = _live_without_head(session, [i for i in ids if i not in now])
         for entity_id, version, link in batch:
             kind = kind_of.get((entity_id, link))
             heads = [h for h in now.get(entity_id, []) if kind is None or h.entity_type == kind]
-            finding = _classify(entity_id, version, kind, heads[0] if heads else None)
+            nulled = [t for t in headless.get(entity_id, ()) if kind is None or t == kind]
+            finding = _classify(entity_id, version, kind, heads[0] if heads else None, nulled[0] if nulled else None)
             if finding is not None:
                 findings.append(finding)
     return findings
 
 
-def _classify(entity_id: uuid.UUID, version: int | None, kind: str | None, head: HeadRecord | None) -> HeadFinding | None:
-    """``kind`` is the type of the chain that still holds the leaf's head, None when none does."""
+def _live_without_head(session: Session, entity_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    """The types of the live rows among ``entity_ids`` whose head is NULL (no statement when none is asked)."""
+    if not entity_ids:
+        return {}
+    parts = [select(model.id, literal(entity_type.value)).where(
+        uuid_in(model.id, entity_ids), model.deleted_at.is_(None), model.head_link_hash.is_(None))
+        for entity_type, model in ENTITY_MODELS.items()]
+    types: dict[uuid.UUID, list[str]] = {}
+    for entity_id, entity_type in session.execute(union_all(*parts)):
+        types.setdefault(entity_id, []).append(entity_type)
+    return types
+
+
+def _classify(entity_id: uuid.UUID, version: int | None, kind: str | None, head: HeadRecord | None,
+              nulled: str | None = None) -> HeadFinding | None:
+    """``kind`` is the type of the chain that still holds the leaf's head, None when none
+    does; ``nulled`` the type of a live row of the entity whose head is NULL."""
+    if head is None and nulled is not None:
+        return HeadFinding(entity_id, nulled, ChainFinding(
+            "chain-rewritten", version, "the digest's head is no longer in the chain, and the row's head is NULL"))
     if head is None:
         return HeadFinding(entity_id, kind, ChainFinding("entity-deleted", version, "in the digest, gone from the registry"))
     if kind is not None:

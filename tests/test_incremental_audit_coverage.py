@@ -415,18 +415,27 @@ def test_a_version_forged_past_a_gap_or_below_one_is_examined(db_session, skill,
     assert {"version-gap", "link-hash-mismatch", "rehashed-version"} & _codes(findings, skill.id)
 
 
+@pytest.mark.parametrize("against", ["the latest stored digest", "an outside digest with leaves"])
 def test_a_live_entity_whose_leaf_is_gone_and_head_is_null_is_non_compliant_not_deleted(
-        db_session, skill, keyring) -> None:
+        db_session, skill, keyring, against) -> None:
+    """Named where digests' leaves are classified (``compare_heads``), for every audit that
+    compares with one."""
+    from tests.test_audit import digest_of
+
+    outside = digest_of(db_session, keyring, with_leaves=True)
     store_digest(db_session, keyring=keyring)  # leaf at version 3
     lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
     db_session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
-    summary, findings = run_incremental(db_session, keyring)
+    if against == "the latest stored digest":
+        summary, findings = run_incremental(db_session, keyring)
+    else:
+        summary, findings = run_audit(db_session, keyring, {"against_digest": outside})
     codes = _codes(findings, skill.id)
     assert "entity-deleted" not in codes
     assert "chain-rewritten" in codes and "head-mismatch" in codes
-    assert summary["total_entities"] == 1 and summary["non_compliant"] == 1 and summary["compliant"] == 0
-    assert all(f.entity_type == "skill" for f in findings)
+    assert summary["non_compliant"] == 1 and summary["compliant"] == summary["total_entities"] - 1
+    assert all(f.entity_type == "skill" for f in findings if f.entity_id == skill.id)
 
 
 def _delete_signed(session, skill, write_ctx) -> None:
