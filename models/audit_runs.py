@@ -25,6 +25,9 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
+from models.audit_record import (
+    RECORD_INVALID_CODE, AuditRecordInvalid, checkpoint_problem, record_problems, sign_checkpoint, sign_close, sign_plan,
+)
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
@@ -112,18 +115,19 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     _insert(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
     if params.get("since") == "latest-digest":
         return _incremental(session, run, keyring)
-    chunk_no = 0
+    chunks: list[AuditChunk] = []
     for entity_type in scope.types():
         model = ENTITY_MODELS[entity_type]
         count = session.scalar(scope.ids_filter(model, select(func.count()).select_from(model))) or 0
         run.entities_total += count
         parts = max(1, math.ceil(count / chunk_entities))
         for low, high in id_ranges(parts):
-            session.add(AuditChunk(run_id=run.id, chunk_no=chunk_no, entity_type=entity_type.value, low_id=low, high_id=high))
-            chunk_no += 1
-    run.chunks_total = chunk_no
+            chunks.append(AuditChunk(run_id=run.id, chunk_no=len(chunks), entity_type=entity_type.value, low_id=low, high_id=high))
+    session.add_all(chunks)
+    run.chunks_total = len(chunks)
     if scope.against_digest is not None:
         _insert(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
+    sign_plan(session, run, chunks, keyring)
     session.flush()
     return run
 
@@ -132,13 +136,15 @@ def _incremental(session: Session, run: AuditRun, keyring: KeyRing) -> AuditRun:
     """Run the incremental audit inline and record it as one finished chunk."""
     result = audit_since_latest_digest(session, keyring=keyring)
     _insert(session, run.id, result.findings)
-    session.add(AuditChunk(
+    chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
         done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,
                              "since_digest": result.digest_id, "coverage": result.coverage()},
-    ))
+    )
+    session.add(chunk)
     run.entities_total = result.entities
     run.chunks_total = run.chunks_done = 1
+    sign_plan(session, run, [chunk], keyring)
     session.flush()
     return run
 
@@ -182,6 +188,9 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     if chunk is None:
         raise NotFound(f"no audit chunk {chunk_id}")
     run = session.get(AuditRun, chunk.run_id)
+    forged = checkpoint_problem(session, run, chunk, keyring)
+    if forged is not None:  # a cursor moved forward, or a chunk marked done, would skip entities: stop
+        raise AuditRecordInvalid(forged)
     if chunk.done:  # a redelivery: whoever finishes the run may have been cut off before it did
         return ChunkStep(0, True, run.chunks_done == run.chunks_total)
     scope = AuditParams.from_json(run.params)
@@ -203,9 +212,10 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
         chunk.cursor = entities[-1].id
     chunk.updated_at = func.now()
     finished = len(entities) < batch_size
+    chunk.done = finished
+    sign_checkpoint(chunk, keyring)
     run_complete = False
     if finished:
-        chunk.done = True
         counted = session.execute(
             update(AuditRun).where(AuditRun.id == run.id, AuditRun.finished_at.is_(None))
             .values(chunks_done=AuditRun.chunks_done + 1).returning(AuditRun.chunks_done, AuditRun.chunks_total)
@@ -230,22 +240,28 @@ def pending_chunks(session: Session, run_id: uuid.UUID) -> list[int]:
     return list(session.scalars(select(AuditChunk.id).where(AuditChunk.run_id == run_id, AuditChunk.done.is_(False)).order_by(AuditChunk.chunk_no)))
 
 
-def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeeded",
+def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, status: str = "succeeded",
                   finished_at: dt.datetime | None = None) -> dict[str, Any]:
     """Merge chunk counters and findings into the run summary and close the run (at
-    ``finished_at``, by default now). A run closes once: one already finished raises
-    :class:`RunClosed` (the database refuses to change it)."""
+    ``finished_at``, by default now), signed (:mod:`models.audit_record`). A run closes
+    once: one already finished raises :class:`RunClosed` (the database refuses to change
+    it). A plan or checkpoint that is not what Plant signed becomes a run-level
+    ``audit-record-invalid`` finding first, so the summary counts it."""
     run = session.get(AuditRun, run_id)
     if run.finished_at is not None:
         raise RunClosed(f"audit run {run_id} was already closed")
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
+    stopped_early = any(not c.done for c in chunks)
+    problems = record_problems(session, run, chunks, keyring)
+    if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
+        problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
+    _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
     total = sum((c.counters or {}).get("entities", 0) for c in chunks)
     failing = (
         select(func.count(func.distinct(AuditFinding.entity_id)))
         .where(AuditFinding.run_id == run_id, AuditFinding.severity.in_(FAILING_SEVERITIES),
                AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     )
-    stopped_early = any(not c.done for c in chunks)
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
         failing = failing.where(_audited_by_a_chunk(run_id))
     non_compliant = session.scalar(failing) or 0
@@ -270,6 +286,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, status: str = "succeed
             f"the run ended {status} after auditing {total} of the {run.entities_total} entities in its scope; "
             "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
+    sign_close(session, run, keyring)
     session.flush()
     return summary
 
@@ -289,7 +306,7 @@ def _audited_by_a_chunk(run_id: uuid.UUID) -> Any:
 ENDED_WITHOUT_ITS_RUN = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
-def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = None, limit: int = 20,
+def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid.UUID | None = None, limit: int = 20,
                              wait: bool = False) -> int:
     """Close every run still ``running`` whose job has ended failed or cancelled (of one job,
     with ``job_id``): it takes the job's status and end time, and a summary of what was
@@ -310,25 +327,25 @@ def close_runs_of_ended_jobs(session: Session, *, job_id: uuid.UUID | None = Non
         ended = ended.where(AuditRun.job_id == job_id)
     rows = session.execute(ended).all()
     for run_id, status, finished_at in rows:
-        summarize_run(session, run_id=run_id, status=status, finished_at=finished_at)
+        summarize_run(session, run_id=run_id, keyring=keyring, status=status, finished_at=finished_at)
     return len(rows)
 
 
-def close_runs_apart(sessions: sessionmaker[Session], *, job_id: uuid.UUID | None = None) -> int:
+def close_runs_apart(sessions: sessionmaker[Session], *, keyring: KeyRing, job_id: uuid.UUID | None = None) -> int:
     """:func:`close_runs_of_ended_jobs` in a transaction of its own, once what ended the job
     has committed: closing a big run takes a while and may fail (a statement timeout, say),
     and neither may hold up or undo a cancel or a recovery pass. A failure is logged; beat's
     next recovery pass tries again."""
     try:
         with transaction(sessions) as session:
-            return close_runs_of_ended_jobs(session, job_id=job_id)
+            return close_runs_of_ended_jobs(session, keyring=keyring, job_id=job_id)
     except Exception:  # noqa: BLE001 - the job's end is committed; the next pass closes the run
         log.warning("could not close the audit runs of ended jobs (job %s); the next recovery pass will",
                     job_id or "any", exc_info=True)
         return 0
 
 
-RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE)  # about the registry as a whole
+RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE, RECORD_INVALID_CODE)  # about the registry as a whole
 
 
 def _what_was_checked(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:

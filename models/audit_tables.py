@@ -36,6 +36,18 @@ class AuditRun(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[CreatedAt]
     finished_at: Mapped[Timestamp | None]
+    # Plant's signatures over the run's plan and its close (models.audit_record), migration 0015.
+    plan_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    close_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+
+
+class AuditRunUnsigned(Base):
+    """The runs that began before Plant signed its audit record (migration 0015), frozen by
+    triggers: their plans and checkpoints carry no signature to check."""
+
+    __tablename__ = "audit_runs_unsigned"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_runs.id"), primary_key=True)
 
 
 class AuditChunk(Base):
@@ -52,6 +64,7 @@ class AuditChunk(Base):
     done: Mapped[bool] = mapped_column(Boolean, server_default="false")
     counters: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    checkpoint_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)  # models.audit_record
 
 
 class AuditFinding(Base):

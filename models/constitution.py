@@ -141,6 +141,7 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
         "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "audit_findings", "signed_exports")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
+    "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
 }
 
 

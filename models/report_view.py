@@ -74,7 +74,7 @@ class ReportView:
 def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: int = MAX_ENTITY_ROWS) -> ReportView:
     """Prepare the page for one run; raises ``NotFound`` for an unknown run. Writes only the
     record of the page's report signature (the caller commits)."""
-    report = build_report(session, run_id=run_id)
+    report = build_report(session, run_id=run_id, keyring=keyring)
     checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
     run, findings = report["run"], report["findings"]
     summary = run["summary"]

@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.audit_record import AuditRecordInvalid, all_findings, close_problem, finding_resource, run_resource
 from models.audit_runs import AuditParams
-from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import canonical_bytes, parse_canonical_json, rfc3339_utc, sha256
+from models.audit_tables import AuditRun
+from models.canonical import canonical_bytes, parse_canonical_json, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import EntityRepair, repairs
@@ -39,22 +39,6 @@ DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail")
 
 
-def run_resource(run: AuditRun) -> dict[str, Any]:
-    return {
-        "id": str(run.id), "job_id": str(run.job_id), "status": run.status, "params": run.params,
-        "entities_total": run.entities_total, "chunks_total": run.chunks_total, "chunks_done": run.chunks_done,
-        "summary": run.summary, "created_at": rfc3339_utc(run.created_at), "finished_at": rfc3339_utc(run.finished_at),
-    }
-
-
-def finding_resource(finding: AuditFinding) -> dict[str, Any]:
-    return {
-        "finding_id": finding.id, "entity_type": finding.entity_type,
-        "entity_id": str(finding.entity_id) if finding.entity_id else None, "version": finding.version,
-        "code": finding.code, "severity": finding.severity, "rule_id": finding.rule_id, "detail": finding.detail,
-    }
-
-
 def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     run = session.get(AuditRun, run_id)
     if run is None:
@@ -62,12 +46,13 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     return run
 
 
-def all_findings(session: Session, run_id: uuid.UUID) -> list[AuditFinding]:
-    return list(session.scalars(select(AuditFinding).where(AuditFinding.run_id == run_id).order_by(AuditFinding.id)))
-
-
-def build_report(session: Session, *, run_id: uuid.UUID) -> dict[str, Any]:
+def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
+    """The run's report. A finished run's close must be the one Plant signed
+    (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
+    and nothing is signed. A running run's report is what its rows say so far."""
     run = get_run(session, run_id)
+    if run.finished_at is not None and (problem := close_problem(session, run, keyring)) is not None:
+        raise AuditRecordInvalid(problem, run_id=str(run_id))
     return {
         "type": REPORT_TYPE,
         "run": run_resource(run),
@@ -95,7 +80,7 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
 
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
     """:func:`signed_report` of the run's report, its signature recorded (the caller commits)."""
-    report = build_report(session, run_id=run_id)
+    report = build_report(session, run_id=run_id, keyring=keyring)
     return _document(report, recorded_report_signature(session, report, keyring))
 
 

@@ -89,7 +89,7 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
         log.exception("audit chunk %s of job %s failed", chunk_id, job_id)
         error = exc if isinstance(exc, PlantError) else InternalJobError(f"chunk {chunk_id}: {type(exc).__name__}: {exc}")
         outcome = record_outcome(claim, JobStatus.FAILED, None, error.problem())
-        close_runs_apart(runtime.session_factory(), job_id=claim.job_id)  # the run ends with its job
+        close_runs_apart(runtime.session_factory(), keyring=runtime.keyring(), job_id=claim.job_id)  # the run ends with its job
         return {"chunk": chunk_id, **outcome}
 
 
@@ -137,7 +137,7 @@ def _run_id_of(job_id: uuid.UUID) -> Any:
 
 def _finish(claim: JobClaim, run_id: uuid.UUID) -> None:
     with transaction(runtime.session_factory()) as session:
-        summary = summarize_run(session, run_id=run_id)
+        summary = summarize_run(session, run_id=run_id, keyring=runtime.keyring())
         finish_job(session, claim=claim, status=JobStatus.SUCCEEDED, result=summary)
 
 
@@ -149,12 +149,12 @@ def _cancel(claim: JobClaim) -> None:
             # any ended job's is closed: not waiting for one a sibling holds while finishing its
             # chunk (it waits for the job row: that would deadlock).
             finish_job(session, claim=claim, status=JobStatus.CANCELLED, error=JobCancelled("cancelled on request").problem())
-            closed = close_runs_of_ended_jobs(session, job_id=claim.job_id)
+            closed = close_runs_of_ended_jobs(session, keyring=runtime.keyring(), job_id=claim.job_id)
     except StaleAttempt:
         return  # another chunk recorded the cancellation first
     if not closed:  # the job row is free now: that sibling finds its job ended, and lets go
         with transaction(runtime.session_factory()) as session:
-            close_runs_of_ended_jobs(session, job_id=claim.job_id, wait=True)
+            close_runs_of_ended_jobs(session, keyring=runtime.keyring(), job_id=claim.job_id, wait=True)
 
 
 @shared_task(name="plant.ledger.store_digest")

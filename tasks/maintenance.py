@@ -32,7 +32,7 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
         )
     refs = unpublished + lost + rescue.republish
     published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
-    runs_closed = close_runs_apart(runtime.session_factory())  # after the recovery, never in its way
+    runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
             "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,
             "runs_closed": runs_closed}

@@ -40,7 +40,7 @@ def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, ba
     for chunk_id in pending_chunks(session, run.id):
         while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch_size).done:
             pass
-    summary = summarize_run(session, run_id=run.id)
+    summary = summarize_run(session, keyring=keyring, run_id=run.id)
     findings = session.query(AuditFinding).filter_by(run_id=run.id).all()
     return summary, findings
 

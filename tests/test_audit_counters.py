@@ -148,7 +148,7 @@ def test_a_run_that_stopped_part_way_counts_only_the_entities_it_audited(db_sess
         pass
     assert not audit_chunk_step(db_session, chunk_id=stopped.id, keyring=keyring, batch_size=1).done
     audited = {*done_ids, stopped_ids[0]}
-    summary = summarize_run(db_session, run_id=run.id, status="failed")
+    summary = summarize_run(db_session, keyring=keyring, run_id=run.id, status="failed")
     assert_counts_add_up(summary)
     assert summary["total_entities"] == len(audited) < run.entities_total
     assert summary["non_compliant"] == len(audited & rolled_back)  # not every rolled-back skill: compliant went negative

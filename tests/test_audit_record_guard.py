@@ -110,12 +110,12 @@ def test_a_chunk_finishing_after_its_run_was_closed_says_so_and_a_run_closes_onc
 
     job = create_job(db_session, kind="audit.run", params={}, queue="audit")
     run = start_run(db_session, job_id=job.id, params={}, keyring=keyring, chunk_entities=3)
-    closed = summarize_run(db_session, run_id=run.id, status="cancelled")
+    closed = summarize_run(db_session, keyring=keyring, run_id=run.id, status="cancelled")
     with pytest.raises(RunClosed, match="closed before this chunk finished"):
         for chunk_id in pending_chunks(db_session, run.id):
             while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=100).done:
                 pass
     with pytest.raises(RunClosed, match="already closed"):
-        summarize_run(db_session, run_id=run.id)
+        summarize_run(db_session, keyring=keyring, run_id=run.id)
     db_session.expire_all()
     assert db_session.get(type(run), run.id).summary == closed

@@ -284,24 +284,24 @@ def test_cancelling_an_audit_whose_lease_lapsed_closes_its_run_at_once(
 
 
 def test_closing_runs_leaves_live_and_finished_runs_alone_and_skips_a_held_one(
-        sessions, settings, seeded, monkeypatch) -> None:
+        sessions, settings, seeded, monkeypatch, keyring) -> None:
     from models.audit_runs import close_runs_of_ended_jobs
     from models.audit_tables import AuditRun
 
     job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)
     with transaction(sessions) as session:
-        assert close_runs_of_ended_jobs(session) == 0  # its job is running
+        assert close_runs_of_ended_jobs(session, keyring=keyring) == 0  # its job is running
     with transaction(sessions) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="failed", finished_at=text("now()")))
     with sessions() as holder, holder.begin():  # say, a chunk finishing the run at this moment
         holder.execute(select(AuditRun).where(AuditRun.job_id == job_id).with_for_update())
         with transaction(sessions) as session:
-            assert close_runs_of_ended_jobs(session) == 0  # not waited for: the next pass takes it
+            assert close_runs_of_ended_jobs(session, keyring=keyring) == 0  # not waited for: the next pass takes it
     with transaction(sessions) as session:
-        assert close_runs_of_ended_jobs(session, job_id=job_id) == 1
+        assert close_runs_of_ended_jobs(session, keyring=keyring, job_id=job_id) == 1
     with transaction(sessions) as session:  # closed now, like a run that succeeded: left alone
         assert session.scalar(select(AuditRun.status).where(AuditRun.job_id == job_id)) == "failed"
-        assert close_runs_of_ended_jobs(session) == 0
+        assert close_runs_of_ended_jobs(session, keyring=keyring) == 0
 
 
 def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(
@@ -444,7 +444,7 @@ def test_a_chunk_that_finds_its_run_closed_lets_go_if_its_job_ended_and_fails_it
 
 
 def test_the_sweep_skips_a_run_marked_finished_whose_status_was_left_running(
-        sessions, settings, seeded, monkeypatch) -> None:
+        sessions, settings, seeded, monkeypatch, keyring) -> None:
     """Such a run (an UPDATE of a running run, outside Plant) cannot be closed again; taken
     by every pass, twenty of them would hold the sweep's general pass up for good."""
     from models.audit_runs import close_runs_of_ended_jobs
@@ -455,4 +455,4 @@ def test_the_sweep_skips_a_run_marked_finished_whose_status_was_left_running(
         session.execute(update(Job).where(Job.id == job_id).values(status="failed", finished_at=text("now()")))
         session.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(finished_at=text("now()")))
     with transaction(sessions) as session:
-        assert close_runs_of_ended_jobs(session) == 0
+        assert close_runs_of_ended_jobs(session, keyring=keyring) == 0

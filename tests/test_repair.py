@@ -158,7 +158,7 @@ def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(engi
             earlier = set(session.scalars(select(AuditRun.id)))
             run_audit(session, keyring, params)
             [run] = [r for r in session.scalars(select(AuditRun)) if r.id not in earlier]
-            return run.id, build_report(session, run_id=run.id)
+            return run.id, build_report(session, keyring=keyring, run_id=run.id)
 
     before_id, before = report_of({"verify_signatures": "all"})
     with transaction(sessions) as session:
@@ -170,7 +170,7 @@ def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(engi
     with sessions() as session:
         shown = report_view(session, run_id=run_id, keyring=keyring).repairs
         assert [(r["id"], r["verified"]) for r in shown] == [(repair_id, True)]
-        assert build_report(session, run_id=before_id) == before  # a run that started before it never lists it
+        assert build_report(session, keyring=keyring, run_id=before_id) == before  # a run that started before it never lists it
     assert before["repairs"] == []
     assert report_of({"scope": {"entity_type": "skill"}})[1]["repairs"] == []  # not a skill-only run's business
     assert [r["id"] for r in report_of({"scope": {"entity_type": "agent", "entity_ids": [str(agent_id)]}})[1]["repairs"]] == [repair_id]
@@ -211,7 +211,7 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
 
     def exported(run_id) -> list[str]:
         with transaction(sessions) as session:
-            return [r["id"] for r in build_report(session, run_id=run_id)["repairs"]]
+            return [r["id"] for r in build_report(session, keyring=keyring, run_id=run_id)["repairs"]]
 
     restoring, starting = sessions(), sessions()  # closed at the end even when the test fails
     with ThreadPoolExecutor(1) as pool, restoring, starting:
@@ -240,7 +240,7 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
             for chunk_id in pending_chunks(session, late):
                 while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=2).done:
                     pass
-            summarize_run(session, run_id=late)
+            summarize_run(session, keyring=keyring, run_id=late)
         assert exported(late) == [repair_id]  # the second repair came after the run started
         assert second_repair != repair_id
 

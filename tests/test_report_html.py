@@ -38,7 +38,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from models.api_keys import create_api_key
-from models.audit_runs import start_run
+from models.audit_runs import start_run, summarize_run
 from models.audit_tables import AuditFinding
 from models.entities import Skill
 from models.jobs import Job
@@ -414,8 +414,8 @@ def test_a_finished_run_s_report_signature_is_recorded_once_for_a_later_seal(cli
 
     assert export()["report"]["run"]["status"] == "running" and recorded() == []  # a running audit's: not kept
     assert client.get(f"{API}/audit/runs/{run_id}/report.html").status_code == 200 and recorded() == []
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_runs SET status = 'succeeded', finished_at = now() WHERE id = :id"), {"id": run_id})
+    with Session(engine) as session, session.begin():
+        summarize_run(session, run_id=uuid.UUID(run_id), keyring=keyring)
     exported = [export() for _ in range(2)]
     jws = exported[0]["signature"]
     assert exported[1]["signature"] == jws  # Ed25519: the same report, the same signature

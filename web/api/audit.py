@@ -134,7 +134,7 @@ def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
     return {"items": [finding_resource(f) for f in rows[: query.page_size]], "next_page_token": token}
 
 
-@audit_api.get("/audit/runs/<run_id>/report.html", responses={200: HTML_RESPONSE, **problems(404)})
+@audit_api.get("/audit/runs/<run_id>/report.html", responses={200: HTML_RESPONSE, **problems(404), **problems(409)})
 def report_html(path: RunPath) -> Response:
     """The run's report for auditors: one self-contained HTML page (summary, charts, entities, signature)."""
     return report_page(db_session(), run_id=path.run_id, keyring=services().keyring)
@@ -162,7 +162,7 @@ def tampering(path: EntityIdPath) -> dict[str, Any]:
     return check_entity(db_session(), entity_id=path.entity_id, keyring=services().keyring).as_json()
 
 
-@audit_api.get("/audit/export", responses={200: None, **problems(404), **problems(422)})
+@audit_api.get("/audit/export", responses={200: None, **problems(404), **problems(409), **problems(422)})
 def export(query: ExportQuery) -> Response:
     """The run's report: signed canonical JSON (``{"report", "signature"}``) or CSV findings."""
     session = db_session()

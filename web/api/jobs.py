@@ -66,5 +66,5 @@ def cancel_job(path: JobPath) -> Response:
     job = request_cancel(session, job_id=path.job_id)
     session.commit()
     if job.status == JobStatus.CANCELLED.value:  # an audit's run ends with it, once the cancel is in
-        close_runs_apart(services().sessions, job_id=job.id)
+        close_runs_apart(services().sessions, keyring=services().keyring, job_id=job.id)
     return job_response(job)

@@ -1,0 +1,58 @@
+"""Plant signs its own audit record: a run's plan, each chunk's checkpoint, and the close.
+
+Migration 0014 keeps a finished run as it was closed, but a running run takes UPDATEs
+(Plant's own checkpoints and close). Someone with plain SQL write access could close a
+running run with a summary of their own, move a chunk's cursor past entities it never
+read, or insert a run that never ran, and Plant would sign the report on its first
+export. Now the worker signs each of those records with the ledger's key as it writes
+them (``models.audit_record``), checks a checkpoint before it resumes from it, checks
+the plan and every checkpoint when it closes the run, and the export checks the close.
+
+- ``audit_runs.plan_signed``, ``audit_runs.close_signed`` and
+  ``audit_chunks.checkpoint_signed``: ``{"kid", "signature"}``, NULL until written.
+- ``audit_runs_unsigned``: the runs that began before this migration (their plans and
+  checkpoints were never signed; those already finished were never closed with a
+  signature), frozen here: triggers enabled ALWAYS refuse INSERT, UPDATE, DELETE and
+  TRUNCATE, so no run can be added to it later to pass as one of them.
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-05
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+revision = '0015'
+down_revision = '0014'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("audit_runs", sa.Column("plan_signed", JSONB(), nullable=True))
+    op.add_column("audit_runs", sa.Column("close_signed", JSONB(), nullable=True))
+    op.add_column("audit_chunks", sa.Column("checkpoint_signed", JSONB(), nullable=True))
+    op.create_table(
+        "audit_runs_unsigned",
+        sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("audit_runs.id"), primary_key=True),
+    )
+    op.execute("INSERT INTO audit_runs_unsigned (run_id) SELECT id FROM audit_runs")
+    op.execute(
+        "CREATE TRIGGER audit_runs_unsigned_frozen BEFORE INSERT OR UPDATE OR DELETE ON audit_runs_unsigned "
+        "FOR EACH ROW EXECUTE FUNCTION plant_append_only_refuse()"
+    )
+    op.execute(
+        "CREATE TRIGGER audit_runs_unsigned_no_truncate BEFORE TRUNCATE ON audit_runs_unsigned "
+        "FOR EACH STATEMENT EXECUTE FUNCTION plant_append_only_refuse()"
+    )
+    for trigger in ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"):
+        op.execute(f"ALTER TABLE audit_runs_unsigned ENABLE ALWAYS TRIGGER {trigger}")
+
+
+def downgrade() -> None:
+    op.drop_table("audit_runs_unsigned")
+    op.drop_column("audit_chunks", "checkpoint_signed")
+    op.drop_column("audit_runs", "close_signed")
+    op.drop_column("audit_runs", "plan_signed")

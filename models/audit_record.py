@@ -1,0 +1,165 @@
+"""Plant's signatures on its own audit record: a run's plan, each chunk's checkpoint, the close.
+
+A running run takes UPDATEs (its chunks' checkpoints, its close), so the database's
+triggers cannot tell Plant's writes from anyone else's. The worker therefore signs what
+it writes, with the ledger's key ring:
+
+- the **plan**, when the run starts: its job, parameters, scope size and every chunk's
+  entity type and id range;
+- each chunk's **checkpoint**, every time it is written: its range, cursor, counters and
+  whether it is done. A chunk checks its checkpoint before it resumes from it, so a
+  cursor moved past entities it never read stops the run (:class:`AuditRecordInvalid`);
+- the **close**: the run as closed (status, times, summary) and the SHA-256 of every
+  finding, in id order.
+
+Closing a run checks the plan and every checkpoint first; whatever does not verify
+becomes a run-level ``audit-record-invalid`` finding in the run itself. An export checks
+the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
+or a fabricated one, is refused. Runs that began before migration 0015 are listed, frozen,
+in ``audit_runs_unsigned``: what they never signed is not asked of them.
+
+Each statement signed is ``RECORD_DOMAIN`` followed by the record's RFC 8785 bytes, so
+no other signature Plant makes (a chain link, a digest, a report) can stand in for one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.audit_tables import AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
+from models.canonical import canonical_bytes, rfc3339_utc, sha256
+from models.errors import Conflict
+from models.jws import b64url_decode, b64url_encode
+from models.signing import KeyRing
+
+RECORD_DOMAIN = b"plant.audit-record.v1\x00"
+PLAN, CHECKPOINT, CLOSE = "plant.audit-plan.v1", "plant.audit-checkpoint.v1", "plant.audit-close.v1"
+RECORD_INVALID_CODE = "audit-record-invalid"
+
+
+class AuditRecordInvalid(Conflict):
+    """An audit run's plan, checkpoint or close is not what Plant signed."""
+
+    code = RECORD_INVALID_CODE
+    title = "The audit run's record is not the one Plant signed"
+
+
+def run_resource(run: AuditRun) -> dict[str, Any]:
+    return {
+        "id": str(run.id), "job_id": str(run.job_id), "status": run.status, "params": run.params,
+        "entities_total": run.entities_total, "chunks_total": run.chunks_total, "chunks_done": run.chunks_done,
+        "summary": run.summary, "created_at": rfc3339_utc(run.created_at), "finished_at": rfc3339_utc(run.finished_at),
+    }
+
+
+def finding_resource(finding: AuditFinding) -> dict[str, Any]:
+    return {
+        "finding_id": finding.id, "entity_type": finding.entity_type,
+        "entity_id": str(finding.entity_id) if finding.entity_id else None, "version": finding.version,
+        "code": finding.code, "severity": finding.severity, "rule_id": finding.rule_id, "detail": finding.detail,
+    }
+
+
+def all_findings(session: Session, run_id: uuid.UUID) -> list[AuditFinding]:
+    return list(session.scalars(select(AuditFinding).where(AuditFinding.run_id == run_id).order_by(AuditFinding.id)))
+
+
+def _statement(kind: str, body: dict[str, Any]) -> bytes:
+    return RECORD_DOMAIN + canonical_bytes({"type": kind, **body})
+
+
+def _signed(keyring: KeyRing, kind: str, body: dict[str, Any]) -> dict[str, str]:
+    kid, signature = keyring.sign(_statement(kind, body))
+    return {"kid": kid, "signature": b64url_encode(signature)}
+
+
+def _verifies(keyring: KeyRing, kind: str, body: dict[str, Any], signed: Any) -> bool:
+    if not isinstance(signed, dict) or not isinstance(signed.get("kid"), str) or not isinstance(signed.get("signature"), str):
+        return False
+    try:
+        signature = b64url_decode(signed["signature"])
+    except ValueError:
+        return False
+    return keyring.verify(signed["kid"], signature, _statement(kind, body))
+
+
+def _plan(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
+    return {
+        "run_id": str(run.id), "job_id": str(run.job_id), "params": run.params, "entities_total": run.entities_total,
+        "chunks_total": run.chunks_total, "created_at": rfc3339_utc(run.created_at),
+        "chunks": [[c.chunk_no, c.entity_type, str(c.low_id), str(c.high_id)] for c in sorted(chunks, key=lambda c: c.chunk_no)],
+    }
+
+
+def _checkpoint(chunk: AuditChunk) -> dict[str, Any]:
+    return {
+        "run_id": str(chunk.run_id), "chunk_no": chunk.chunk_no, "entity_type": chunk.entity_type,
+        "low_id": str(chunk.low_id), "high_id": str(chunk.high_id),
+        "cursor": str(chunk.cursor) if chunk.cursor is not None else None, "done": bool(chunk.done),
+        "counters": chunk.counters or {},
+    }
+
+
+def _close(session: Session, run: AuditRun) -> dict[str, Any]:
+    findings = [finding_resource(f) for f in all_findings(session, run.id)]
+    return {"run": run_resource(run), "findings": {"count": len(findings), "sha256": sha256(canonical_bytes(findings)).hex()}}
+
+
+def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> None:
+    """Sign a new run's plan and each of its chunks' first checkpoint (the caller flushes)."""
+    session.flush()  # the chunks' ids and the run's created_at
+    session.refresh(run, ["created_at"])
+    run.plan_signed = _signed(keyring, PLAN, _plan(run, chunks))
+    for chunk in chunks:
+        sign_checkpoint(chunk, keyring)
+
+
+def sign_checkpoint(chunk: AuditChunk, keyring: KeyRing) -> None:
+    chunk.checkpoint_signed = _signed(keyring, CHECKPOINT, _checkpoint(chunk))
+
+
+def sign_close(session: Session, run: AuditRun, keyring: KeyRing) -> None:
+    """Sign the run as it is being closed: its status, times and summary set (not yet
+    flushed: the close is one UPDATE, the last the database lets a run take), every
+    finding written."""
+    with session.no_autoflush:
+        run.close_signed = _signed(keyring, CLOSE, _close(session, run))
+
+
+def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
+    return session.get(AuditRunUnsigned, run_id) is not None
+
+
+def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
+    """Why ``chunk``'s checkpoint cannot be resumed from, or None."""
+    if _verifies(keyring, CHECKPOINT, _checkpoint(chunk), chunk.checkpoint_signed):
+        return None
+    if run.plan_signed is None and unsigned_before_0015(session, run.id):
+        return None
+    return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
+
+
+def record_problems(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> list[str]:
+    """What of a run's plan and checkpoints does not verify, checked when it closes."""
+    if run.plan_signed is None and unsigned_before_0015(session, run.id):
+        return []
+    problems = [] if _verifies(keyring, PLAN, _plan(run, chunks), run.plan_signed) else [
+        f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"]
+    return problems + [p for c in chunks if (p := checkpoint_problem(session, run, c, keyring)) is not None]
+
+
+def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
+    """Why a finished run's record cannot be reported as Plant's, or None: its close must
+    verify over the run and its findings as stored (a run closed before migration 0015
+    carries no close signature)."""
+    if run.close_signed is None and unsigned_before_0015(session, run.id):
+        return None
+    if _verifies(keyring, CLOSE, _close(session, run), run.close_signed):
+        return None
+    if run.close_signed is None:
+        return f"audit run {run.id} was not closed by Plant: it carries no close signature"
+    return f"audit run {run.id}: its summary or findings are not those Plant signed when it closed the run"

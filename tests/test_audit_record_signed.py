@@ -1,0 +1,193 @@
+"""Plant signs its own audit record, so a running run edited through SQL is caught.
+
+Migration 0014 keeps a finished run as it was closed, but a running run takes UPDATEs.
+Before migration 0015, someone with plain SQL write access could close a running run with
+a summary of their own, move a chunk's cursor past entities it never read, or insert a run
+that never ran, and Plant signed the report on its first export. Now the plan, every
+checkpoint and the close carry Plant's signature (``models.audit_record``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models.audit_record import AuditRecordInvalid
+from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_tables import AuditChunk, AuditFinding, AuditRun
+from models.entities import EntityType
+from models.job_lifecycle import create_job
+from models.registry import create_entity
+from models.reports import export_report, verify_report
+from tests.test_audit import lift_guard, run_audit
+
+LAST_ID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+
+
+@pytest.fixture
+def skills(db_session: Session, write_ctx: Any, steward: Any) -> list[Any]:
+    """Four skills: a chunk of skills then has entities left to skip after its first batch."""
+    return [create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": f"Signed record {n}", "skill_key": f"signed-record-{n}", "category": "technical",
+        "description": "For the audit record's signatures", "governance_agent_id": steward,
+    }) for n in range(4)]
+
+
+def _started(session: Session, keyring: Any, params: dict | None = None) -> AuditRun:
+    job = create_job(session, kind="audit.run", params=params or {"scope": {"entity_type": "skill"}}, queue="audit")
+    return start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+
+
+def _steps(session: Session, run: AuditRun, keyring: Any, *, batch_size: int = 1) -> None:
+    for chunk_id in pending_chunks(session, run.id):
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch_size).done:
+            pass
+
+
+def _skill_count(session: Session) -> int:
+    return session.scalar(text("SELECT count(*) FROM skills"))
+
+
+def _codes(session: Session, run_id: uuid.UUID) -> list[str]:
+    return [f.code for f in session.query(AuditFinding).filter_by(run_id=run_id)]
+
+
+def test_a_run_closed_by_plant_exports_with_a_verifying_report(db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["total_entities"] == _skill_count(db_session) and summary["run_level_findings"] == []
+    exported = export_report(db_session, run_id=run.id, keyring=keyring)
+    assert verify_report(exported, keyring).kid == keyring.active.kid
+
+
+def test_a_run_closed_through_sql_is_refused_at_export(db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    audit_chunk_step(db_session, chunk_id=pending_chunks(db_session, run.id)[0], keyring=keyring, batch_size=1)
+    db_session.execute(text(
+        "UPDATE audit_runs SET status = 'succeeded', finished_at = now(), "
+        "summary = '{\"total_entities\": 4, \"compliant\": 4, \"non_compliant\": 0}' WHERE id = :run"), {"run": run.id})
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match="not closed by Plant"):
+        export_report(db_session, run_id=run.id, keyring=keyring)
+
+
+def test_a_made_up_run_is_refused_at_export(db_session: Session, keyring: Any) -> None:
+    job = create_job(db_session, kind="audit.run", params={}, queue="audit")
+    run_id = db_session.scalar(text(
+        "INSERT INTO audit_runs (job_id, status, summary, finished_at) VALUES "
+        "(:job, 'succeeded', '{\"total_entities\": 0}', now()) RETURNING id"), {"job": job.id})
+    with pytest.raises(AuditRecordInvalid, match="not closed by Plant"):
+        export_report(db_session, run_id=run_id, keyring=keyring)
+
+
+@pytest.mark.parametrize(("edit", "lifted"), [
+    ("UPDATE audit_runs SET summary = jsonb_set(summary, '{non_compliant}', '0') WHERE id = :run", True),
+    ("UPDATE audit_runs SET status = 'failed' WHERE id = :run", True),
+    ("DELETE FROM audit_findings WHERE run_id = :run", True),
+    ("INSERT INTO audit_findings (run_id, code, severity) VALUES (:run, 'rule-warning', 'warning')", False),
+])
+def test_a_finished_run_changed_after_its_close_is_refused_at_export(
+        db_session: Session, skill: Any, keyring: Any, edit: str, lifted: bool) -> None:
+    """Whoever owns the tables can lift migration 0014's guards; an INSERT needs none."""
+    db_session.execute(text("UPDATE skills SET description = 'tampered' WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_audit(db_session, keyring)
+    run_id = findings[0].run_id
+    assert summary["non_compliant"] == 1
+    export_report(db_session, run_id=run_id, keyring=keyring)  # Plant's own close: signed
+    table = "audit_findings" if "audit_findings" in edit else "audit_runs"
+    if lifted:
+        lift_guard(db_session, edit, table=table, run=run_id)
+    else:
+        db_session.execute(text(edit), {"run": run_id})
+        db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match="not those Plant signed"):
+        export_report(db_session, run_id=run_id, keyring=keyring)
+
+
+@pytest.mark.parametrize("edit", [
+    f"UPDATE audit_chunks SET cursor = '{LAST_ID}' WHERE id = :chunk",  # skips what is left
+    "UPDATE audit_chunks SET done = true WHERE id = :chunk",  # skips all of it
+    "UPDATE audit_chunks SET high_id = cursor WHERE id = :chunk",  # narrows its range
+    "UPDATE audit_chunks SET counters = jsonb_set(counters, '{entities}', '40') WHERE id = :chunk",
+])
+def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_close(
+        db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
+    run = _started(db_session, keyring)
+    chunk_id = pending_chunks(db_session, run.id)[0]
+    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1).done
+    db_session.execute(text(edit), {"chunk": chunk_id})
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match="checkpoint is not one Plant signed"), db_session.begin_nested():
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["run_level_findings"] == ["audit-record-invalid"]
+    report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
+    details = [f["detail"] for f in report["findings"] if f["code"] == "audit-record-invalid"]
+    assert f"chunk 0 of audit run {run.id}: its checkpoint is not one Plant signed" in details
+    assert len(details) == (2 if "high_id" in edit else 1)  # a chunk's range is part of the plan too
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE audit_runs SET entities_total = 1 WHERE id = :run",
+    "UPDATE audit_runs SET params = '{\"scope\": {\"entity_type\": \"industry\"}}' WHERE id = :run",
+    "UPDATE audit_runs SET chunks_total = 0 WHERE id = :run",
+    "DELETE FROM audit_chunks WHERE run_id = :run",
+    "INSERT INTO audit_chunks (run_id, chunk_no, entity_type, low_id, high_id) "
+    "VALUES (:run, 7, 'skill', '00000000-0000-0000-0000-000000000000', '00000000-0000-0000-0000-000000000001')",
+])
+def test_a_plan_edited_through_sql_is_reported_at_the_close(db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
+    run = _started(db_session, keyring)
+    db_session.execute(text(edit), {"run": run.id})
+    db_session.expire_all()
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert "audit-record-invalid" in summary["run_level_findings"]
+    assert any("its plan" in f.detail for f in db_session.query(AuditFinding).filter_by(run_id=run.id))
+
+
+def test_a_run_closed_as_succeeded_with_chunks_left_says_so(db_session: Session, skills: Any, keyring: Any) -> None:
+    """A chunk count moved on through SQL lets the last chunk to finish close the run early."""
+    run = _started(db_session, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["by_code"] == {"audit-record-invalid": 1} and "coverage" in summary and "stopped" in summary["coverage"]
+
+
+def test_a_run_begun_before_0015_is_not_asked_for_signatures_it_never_had(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    db_session.execute(text("UPDATE audit_runs SET plan_signed = NULL WHERE id = :run"), {"run": run.id})
+    db_session.execute(text("UPDATE audit_chunks SET checkpoint_signed = NULL WHERE run_id = :run"), {"run": run.id})
+    lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
+    _steps(db_session, run, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["run_level_findings"] == [] and summary["total_entities"] == _skill_count(db_session)
+    lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL WHERE id = :run", table="audit_runs", run=run.id)
+    verify_report(export_report(db_session, run_id=run.id, keyring=keyring), keyring)  # closed before 0015, say
+    assert _codes(db_session, run.id) == []
+
+
+def test_a_run_cannot_be_added_to_those_begun_before_0015(db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    with pytest.raises(DBAPIError, match="audit_runs_unsigned is append-only") as refused, db_session.begin_nested():
+        db_session.execute(text("INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)"), {"run": run.id})
+    assert refused.value.orig.sqlstate == "42501"
+    assert db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0]).checkpoint_signed is not None
+
+
+def test_the_api_refuses_to_sign_a_run_closed_through_sql(client: Any, engine: Any, keyring: Any, clean_db: None) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {}).id
+        session.execute(text("UPDATE audit_runs SET status = 'succeeded', finished_at = now() WHERE id = :run"), {"run": run_id})
+    for path, query in (("/api/v1/audit/export", {"run_id": str(run_id), "format": "json"}),
+                        (f"/api/v1/audit/runs/{run_id}/report.html", {})):
+        response = client.get(path, query_string=query)
+        assert response.status_code == 409 and response.mimetype == "application/problem+json", path
+        assert response.get_json()["type"] == "/problems/audit-record-invalid"
+        assert response.get_json()["run_id"] == str(run_id)
