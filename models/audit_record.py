@@ -13,10 +13,17 @@ it writes, with the ledger's key ring:
   finding, in id order.
 
 Closing a run checks the plan and every checkpoint first; whatever does not verify
-becomes a run-level ``audit-record-invalid`` finding in the run itself. An export checks
+becomes a run-level ``audit-record-invalid`` finding in the run itself, and a chunk whose
+checkpoint does not verify is counted as not done, with nothing audited. An export checks
 the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
-or a fabricated one, is refused. Runs that began before migration 0015 are listed, frozen,
-in ``audit_runs_unsigned``: what they never signed is not asked of them.
+or a fabricated one, is refused; a run not finished is reported as running with no
+summary. Runs already finished when migration 0015 was applied are listed, frozen, in
+``audit_runs_unsigned``: the close they never signed is not asked of them. A run still
+running then has no signed plan or checkpoints: it ends with ``audit-record-invalid``.
+
+Not covered: a checkpoint carries no sequence number, so an older one Plant signed for the
+same chunk can be written back (its chunk then reads entities again, or, in a run that has
+already failed, counts fewer as audited).
 
 Each statement signed is ``RECORD_DOMAIN`` followed by the record's RFC 8785 bytes, so
 no other signature Plant makes (a chain link, a digest, a report) can stand in for one.
@@ -32,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
-from models.errors import Conflict
+from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_decode, b64url_encode
 from models.signing import KeyRing
 
@@ -82,9 +89,10 @@ def _verifies(keyring: KeyRing, kind: str, body: dict[str, Any], signed: Any) ->
         return False
     try:
         signature = b64url_decode(signed["signature"])
-    except ValueError:
+        statement = _statement(kind, body)
+    except (ValueError, TypeError, CanonicalizationError):  # a value no Plant write makes
         return False
-    return keyring.verify(signed["kid"], signature, _statement(kind, body))
+    return keyring.verify(signed["kid"], signature, statement)
 
 
 def _plan(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
@@ -134,28 +142,25 @@ def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
     return session.get(AuditRunUnsigned, run_id) is not None
 
 
-def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
-    """Why ``chunk``'s checkpoint cannot be resumed from, or None."""
+def checkpoint_problem(run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
+    """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None."""
     if _verifies(keyring, CHECKPOINT, _checkpoint(chunk), chunk.checkpoint_signed):
-        return None
-    if run.plan_signed is None and unsigned_before_0015(session, run.id):
         return None
     return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
 
 
-def record_problems(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> list[str]:
-    """What of a run's plan and checkpoints does not verify, checked when it closes."""
-    if run.plan_signed is None and unsigned_before_0015(session, run.id):
-        return []
-    problems = [] if _verifies(keyring, PLAN, _plan(run, chunks), run.plan_signed) else [
-        f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"]
-    return problems + [p for c in chunks if (p := checkpoint_problem(session, run, c, keyring)) is not None]
+def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:
+    """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
+    still running when migration 0015 was applied has none, and is reported so."""
+    if _verifies(keyring, PLAN, _plan(run, chunks), run.plan_signed):
+        return None
+    return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 
 
 def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
     """Why a finished run's record cannot be reported as Plant's, or None: its close must
-    verify over the run and its findings as stored (a run closed before migration 0015
-    carries no close signature)."""
+    verify over the run and its findings as stored (a run already finished when migration
+    0015 was applied carries no close signature)."""
     if run.close_signed is None and unsigned_before_0015(session, run.id):
         return None
     if _verifies(keyring, CLOSE, _close(session, run), run.close_signed):

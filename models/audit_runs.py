@@ -21,12 +21,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import and_, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_record import (
-    RECORD_INVALID_CODE, AuditRecordInvalid, checkpoint_problem, record_problems, sign_checkpoint, sign_close, sign_plan,
+    RECORD_INVALID_CODE, AuditRecordInvalid, checkpoint_problem, plan_problem, sign_checkpoint, sign_close, sign_plan,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
@@ -188,7 +188,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     if chunk is None:
         raise NotFound(f"no audit chunk {chunk_id}")
     run = session.get(AuditRun, chunk.run_id)
-    forged = checkpoint_problem(session, run, chunk, keyring)
+    forged = checkpoint_problem(run, chunk, keyring)
     if forged is not None:  # a cursor moved forward, or a chunk marked done, would skip entities: stop
         raise AuditRecordInvalid(forged)
     if chunk.done:  # a redelivery: whoever finishes the run may have been cut off before it did
@@ -250,20 +250,24 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     run = session.get(AuditRun, run_id)
     if run.finished_at is not None:
         raise RunClosed(f"audit run {run_id} was already closed")
+    # Read once: everything below is counted from these rows as checked, never read again.
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
-    stopped_early = any(not c.done for c in chunks)
-    problems = record_problems(session, run, chunks, keyring)
+    plan = plan_problem(run, chunks, keyring)
+    forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(run, c, keyring)) is not None}
+    counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
+    stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
+    problems = [*([plan] if plan else []), *forged.values()]
     if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
         problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
     _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
-    total = sum((c.counters or {}).get("entities", 0) for c in chunks)
+    total = sum((c.counters or {}).get("entities", 0) for c in counted)
     failing = (
         select(func.count(func.distinct(AuditFinding.entity_id)))
         .where(AuditFinding.run_id == run_id, AuditFinding.severity.in_(FAILING_SEVERITIES),
                AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     )
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
-        failing = failing.where(_audited_by_a_chunk(run_id))
+        failing = failing.where(_audited_by(counted))
     non_compliant = session.scalar(failing) or 0
     by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(AuditFinding.run_id == run_id).group_by(AuditFinding.code)).all())
     by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(AuditFinding.run_id == run_id, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
@@ -273,13 +277,13 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "total_entities": total,
         "compliant": total - non_compliant,
         "non_compliant": non_compliant,
-        "versions_verified": sum((c.counters or {}).get("versions_verified", 0) for c in chunks),
+        "versions_verified": sum((c.counters or {}).get("versions_verified", 0) for c in counted),
         "findings": sum(by_code.values()),
         "by_code": dict(sorted(by_code.items())),
         "by_rule": dict(sorted(by_rule.items())),
         "run_level_findings": [c for c in by_code if c in RUN_LEVEL_CODES],
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
-        **_what_was_checked(run, chunks),
+        **_what_was_checked(run, counted),
     }
     if stopped_early:
         summary["coverage"] = {**summary["coverage"], "stopped": (
@@ -291,16 +295,15 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     return summary
 
 
-def _audited_by_a_chunk(run_id: uuid.UUID) -> Any:
-    """The finding's entity lies in a chunk of the run that is done, or at or before that
-    chunk's checkpoint: what the chunks' ``entities`` counters count."""
-    return (
-        select(AuditChunk.id)
-        .where(AuditChunk.run_id == run_id, AuditChunk.entity_type == AuditFinding.entity_type,
-               AuditFinding.entity_id.between(AuditChunk.low_id, AuditChunk.high_id),
-               or_(AuditChunk.done, AuditFinding.entity_id <= AuditChunk.cursor))
-        .exists()
-    )
+def _audited_by(chunks: list[AuditChunk]) -> Any:
+    """The finding's entity lies in one of ``chunks`` that is done, or at or before that
+    chunk's checkpoint: what their ``entities`` counters count. Built from the rows as
+    checked, so a checkpoint changed after the check cannot change the count."""
+    return or_(false(), *(
+        and_(AuditFinding.entity_type == c.entity_type, AuditFinding.entity_id.between(c.low_id, c.high_id),
+             true() if c.done else AuditFinding.entity_id <= c.cursor if c.cursor is not None else false())
+        for c in chunks
+    ))
 
 
 ENDED_WITHOUT_ITS_RUN = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
@@ -318,7 +321,9 @@ def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid
     one). Its findings being written do not hold it: a chunk whose job has ended commits
     none. Returns how many runs it closed."""
     ended = (
-        select(AuditRun.id, Job.status, func.coalesce(Job.finished_at, func.now()))
+        # The job's end, but never before the run began nor after now: the jobs table takes any UPDATE.
+        select(AuditRun.id, Job.status,
+               func.least(func.greatest(func.coalesce(Job.finished_at, func.now()), AuditRun.created_at), func.now()))
         .join(Job, Job.id == AuditRun.job_id)
         .where(AuditRun.status == "running", AuditRun.finished_at.is_(None), Job.status.in_(ENDED_WITHOUT_ITS_RUN))
         .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, key_share=True, skip_locked=not wait)

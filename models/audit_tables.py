@@ -42,8 +42,8 @@ class AuditRun(Base):
 
 
 class AuditRunUnsigned(Base):
-    """The runs that began before Plant signed its audit record (migration 0015), frozen by
-    triggers: their plans and checkpoints carry no signature to check."""
+    """The runs already finished when Plant began to sign its audit record (migration 0015),
+    frozen by triggers: their closes carry no signature to check."""
 
     __tablename__ = "audit_runs_unsigned"
 

@@ -49,13 +49,17 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
 def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
     """The run's report. A finished run's close must be the one Plant signed
     (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
-    and nothing is signed. A running run's report is what its rows say so far."""
+    and nothing is signed. A run not finished is reported as running, with no summary,
+    whatever its row says: only Plant's signed close makes a status and a summary final."""
     run = get_run(session, run_id)
     if run.finished_at is not None and (problem := close_problem(session, run, keyring)) is not None:
         raise AuditRecordInvalid(problem, run_id=str(run_id))
+    resource = run_resource(run)
+    if run.finished_at is None:
+        resource.update(status="running", summary=None)
     return {
         "type": REPORT_TYPE,
-        "run": run_resource(run),
+        "run": resource,
         "findings": [finding_resource(f) for f in all_findings(session, run_id)],
         "repairs": [record.as_json() for record in run_repairs(session, run)],
     }

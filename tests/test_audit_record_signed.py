@@ -117,6 +117,7 @@ def test_a_finished_run_changed_after_its_close_is_refused_at_export(
     "UPDATE audit_chunks SET done = true WHERE id = :chunk",  # skips all of it
     "UPDATE audit_chunks SET high_id = cursor WHERE id = :chunk",  # narrows its range
     "UPDATE audit_chunks SET counters = jsonb_set(counters, '{entities}', '40') WHERE id = :chunk",
+    "UPDATE audit_chunks SET counters = '{\"entities\": 9007199254740993}' WHERE id = :chunk",  # no Plant write makes it
 ])
 def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_close(
         db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
@@ -133,6 +134,7 @@ def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_
     details = [f["detail"] for f in report["findings"] if f["code"] == "audit-record-invalid"]
     assert f"chunk 0 of audit run {run.id}: its checkpoint is not one Plant signed" in details
     assert len(details) == (2 if "high_id" in edit else 1)  # a chunk's range is part of the plan too
+    assert summary["total_entities"] == 0  # what a forged checkpoint says it audited is not counted
 
 
 @pytest.mark.parametrize("edit", [
@@ -159,21 +161,46 @@ def test_a_run_closed_as_succeeded_with_chunks_left_says_so(db_session: Session,
     assert summary["by_code"] == {"audit-record-invalid": 1} and "coverage" in summary and "stopped" in summary["coverage"]
 
 
-def test_a_run_begun_before_0015_is_not_asked_for_signatures_it_never_had(
+def test_a_run_finished_before_0015_is_not_asked_for_a_close_it_never_signed(
         db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)
+    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL, plan_signed = NULL WHERE id = :run",
+               table="audit_runs", run=run.id)
+    with pytest.raises(AuditRecordInvalid, match="not closed by Plant"):
+        export_report(db_session, run_id=run.id, keyring=keyring)
+    lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
+    verify_report(export_report(db_session, run_id=run.id, keyring=keyring), keyring)
+
+
+def test_a_run_still_running_at_0015_ends_with_audit_record_invalid(db_session: Session, skills: Any, keyring: Any) -> None:
+    """It has no signed plan or checkpoints: nothing it counted can be trusted, so it is run again."""
     run = _started(db_session, keyring)
     db_session.execute(text("UPDATE audit_runs SET plan_signed = NULL WHERE id = :run"), {"run": run.id})
     db_session.execute(text("UPDATE audit_chunks SET checkpoint_signed = NULL WHERE run_id = :run"), {"run": run.id})
-    lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
-    _steps(db_session, run, keyring)
-    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
-    assert summary["run_level_findings"] == [] and summary["total_entities"] == _skill_count(db_session)
-    lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL WHERE id = :run", table="audit_runs", run=run.id)
-    verify_report(export_report(db_session, run_id=run.id, keyring=keyring), keyring)  # closed before 0015, say
-    assert _codes(db_session, run.id) == []
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid), db_session.begin_nested():
+        _steps(db_session, run, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["by_code"] == {"audit-record-invalid": 2} and summary["total_entities"] == 0
 
 
-def test_a_run_cannot_be_added_to_those_begun_before_0015(db_session: Session, skills: Any, keyring: Any) -> None:
+@pytest.mark.parametrize("edit", [
+    "UPDATE audit_runs SET status = 'succeeded', chunks_done = chunks_total, "
+    "summary = '{\"total_entities\": 4, \"non_compliant\": 0}' WHERE id = :run",
+    "UPDATE audit_runs SET plan_signed = NULL WHERE id = :run",
+])
+def test_a_run_not_finished_is_reported_running_with_no_summary_whatever_its_row_says(
+        db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
+    run = _started(db_session, keyring)
+    db_session.execute(text(edit), {"run": run.id})
+    db_session.expire_all()
+    report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
+    assert (report["run"]["status"], report["run"]["summary"], report["run"]["finished_at"]) == ("running", None, None)
+
+
+def test_a_run_cannot_be_added_to_those_finished_before_0015(db_session: Session, skills: Any, keyring: Any) -> None:
     run = _started(db_session, keyring)
     with pytest.raises(DBAPIError, match="audit_runs_unsigned is append-only") as refused, db_session.begin_nested():
         db_session.execute(text("INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)"), {"run": run.id})

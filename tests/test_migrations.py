@@ -144,9 +144,9 @@ def test_0014_guards_the_audit_record_and_the_entity_rows_and_downgrades_cleanly
     check_schema(empty_database)
 
 
-def test_0015_freezes_the_runs_begun_before_it_and_downgrades_cleanly(empty_database: str) -> None:
-    """Runs that began before Plant signed its audit record are listed once, at the upgrade;
-    no run can be added to the list later to pass as one of them."""
+def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_database: str) -> None:
+    """Runs already finished when Plant began to sign its audit record are listed once, at the
+    upgrade; no run can be added to the list later to pass as one of them."""
     from alembic import command
 
     from models.migrate import alembic_config
@@ -156,12 +156,14 @@ def test_0015_freezes_the_runs_begun_before_it_and_downgrades_cleanly(empty_data
     with psycopg.connect(libpq, autocommit=True) as conn:
         jobs = [conn.execute("INSERT INTO jobs (kind, queue) VALUES ('audit.run', 'audit') RETURNING id").fetchone()[0]
                 for _ in range(2)]
-        before = conn.execute("INSERT INTO audit_runs (job_id) VALUES (%s) RETURNING id", (jobs[0],)).fetchone()[0]
+        before = conn.execute("INSERT INTO audit_runs (job_id, status, finished_at) VALUES (%s, 'succeeded', now()) "
+                              "RETURNING id", (jobs[0],)).fetchone()[0]
+        conn.execute("INSERT INTO audit_runs (job_id) VALUES (%s)", (jobs[1],))  # running: not listed
     upgrade_head(empty_database)
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute("SELECT run_id FROM audit_runs_unsigned").fetchall() == [(before,)]
         assert _always_triggers(conn, "audit_runs_unsigned") == {"audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"}
-        after = conn.execute("INSERT INTO audit_runs (job_id) VALUES (%s) RETURNING id", (jobs[1],)).fetchone()[0]
+        after = conn.execute("SELECT id FROM audit_runs WHERE job_id = %s", (jobs[1],)).fetchone()[0]
         for statement, params in (("INSERT INTO audit_runs_unsigned (run_id) VALUES (%s)", (after,)),
                                   ("UPDATE audit_runs_unsigned SET run_id = %s", (after,)),
                                   ("DELETE FROM audit_runs_unsigned", None), ("TRUNCATE audit_runs_unsigned", None)):

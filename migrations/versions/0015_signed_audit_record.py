@@ -10,10 +10,11 @@ the plan and every checkpoint when it closes the run, and the export checks the 
 
 - ``audit_runs.plan_signed``, ``audit_runs.close_signed`` and
   ``audit_chunks.checkpoint_signed``: ``{"kid", "signature"}``, NULL until written.
-- ``audit_runs_unsigned``: the runs that began before this migration (their plans and
-  checkpoints were never signed; those already finished were never closed with a
-  signature), frozen here: triggers enabled ALWAYS refuse INSERT, UPDATE, DELETE and
-  TRUNCATE, so no run can be added to it later to pass as one of them.
+- ``audit_runs_unsigned``: the runs already finished here, never closed with a signature,
+  frozen: triggers enabled ALWAYS refuse INSERT, UPDATE, DELETE and TRUNCATE, so no run can
+  be added to it later to pass as one of them. A run still running here has no signed plan
+  or checkpoints: its next chunk step fails its job with ``audit-record-invalid``, and its
+  close says so; run the audit again.
 
 Revision ID: 0015
 Revises: 0014
@@ -38,7 +39,7 @@ def upgrade() -> None:
         "audit_runs_unsigned",
         sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("audit_runs.id"), primary_key=True),
     )
-    op.execute("INSERT INTO audit_runs_unsigned (run_id) SELECT id FROM audit_runs")
+    op.execute("INSERT INTO audit_runs_unsigned (run_id) SELECT id FROM audit_runs WHERE finished_at IS NOT NULL")
     op.execute(
         "CREATE TRIGGER audit_runs_unsigned_frozen BEFORE INSERT OR UPDATE OR DELETE ON audit_runs_unsigned "
         "FOR EACH ROW EXECUTE FUNCTION plant_append_only_refuse()"
