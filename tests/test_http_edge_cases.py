@@ -199,3 +199,18 @@ def test_a_connection_pool_that_stays_exhausted_is_503_with_retry_after() -> Non
     answer = app.test_client().get("/busy")
     assert answer.status_code == 503 and answer.mimetype == "application/problem+json"
     assert answer.get_json()["type"] == "/problems/database-busy" and int(answer.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize("member", ["entity_count", "version"])
+def test_an_against_digest_with_an_integer_canonical_json_cannot_hold_is_422(client, member: str) -> None:
+    """A run's signed plan holds its parameters as canonical JSON, whose integers stop at 2**53 - 1."""
+    digest = client.get(f"{API}/ledger/digest", query_string={"leaves": "true"}).get_json()
+    if member == "version":
+        digest["leaves"] = [{"entity_id": "7fffffff-0000-4000-8000-000000000001", "head": "0" * 64, "version": 2**53}]
+    else:
+        digest["entity_count"] = 2**53
+    response = client.post(f"{API}/audit/run", json={"against_digest": digest})
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    digest[member if member == "entity_count" else "leaves"] = 2**53 - 1 if member == "entity_count" else [
+        {**digest["leaves"][0], "version": 2**53 - 1}]
+    assert client.post(f"{API}/audit/run", json={"against_digest": digest}).status_code == 202

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from models.audit import check_entity
 from models.audit_tables import AuditFinding, AuditRun
+from models.canonical import MAX_SAFE_INTEGER
 from models.entities import EntityType
 from models.ledger import digest_now
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
@@ -42,7 +43,7 @@ class DigestLeaf(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entity_id: uuid.UUID
     head: str = Field(pattern=HEX_HASH)
-    version: StrictInt | None = Field(default=None, ge=1)
+    version: StrictInt | None = Field(default=None, ge=1, le=MAX_SAFE_INTEGER)
 
 
 class LedgerDigestIn(BaseModel):
@@ -51,7 +52,7 @@ class LedgerDigestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["plant.ledger-digest.v1"]
     as_of: str = Field(max_length=64)
-    entity_count: StrictInt = Field(ge=0)
+    entity_count: StrictInt = Field(ge=0, le=MAX_SAFE_INTEGER)  # the run's signed plan holds it as canonical JSON
     heads_root: str = Field(pattern=HEX_HASH)
     kid: str = Field(max_length=128)
     signature: str = Field(max_length=1024)
