@@ -21,9 +21,9 @@ summary. Runs already finished when migration 0015 was applied are listed, froze
 ``audit_runs_unsigned``: the close they never signed is not asked of them. A run still
 running then has no signed plan or checkpoints: it ends with ``audit-record-invalid``.
 
-Not covered: a checkpoint carries no sequence number, so an older one Plant signed for the
-same chunk can be written back (its chunk then reads entities again, or, in a run that has
-already failed, counts fewer as audited).
+Each checkpoint is signed with its step, and every step is recorded in
+``audit_checkpoints``, which refuses UPDATE, DELETE and TRUNCATE: a checkpoint must be its
+chunk's latest, so an older one Plant signed cannot be written back.
 
 Each statement signed is ``RECORD_DOMAIN`` followed by the record's RFC 8785 bytes, so
 no other signature Plant makes (a chain link, a digest, a report) can stand in for one.
@@ -34,10 +34,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from models.audit_tables import AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
+from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_decode, b64url_encode
@@ -103,13 +103,18 @@ def _plan(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
     }
 
 
-def _checkpoint(chunk: AuditChunk) -> dict[str, Any]:
+def _checkpoint(chunk: AuditChunk, step: int) -> dict[str, Any]:
     return {
-        "run_id": str(chunk.run_id), "chunk_no": chunk.chunk_no, "entity_type": chunk.entity_type,
+        "run_id": str(chunk.run_id), "chunk_no": chunk.chunk_no, "step": step, "entity_type": chunk.entity_type,
         "low_id": str(chunk.low_id), "high_id": str(chunk.high_id),
         "cursor": str(chunk.cursor) if chunk.cursor is not None else None, "done": bool(chunk.done),
         "counters": chunk.counters or {},
     }
+
+
+def _step_of(signed: Any) -> int | None:
+    step = signed.get("step") if isinstance(signed, dict) else None
+    return step if type(step) is int and step >= 1 else None
 
 
 def _close(session: Session, run: AuditRun) -> dict[str, Any]:
@@ -123,11 +128,14 @@ def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring
     session.refresh(run, ["created_at"])
     run.plan_signed = _signed(keyring, PLAN, _plan(run, chunks))
     for chunk in chunks:
-        sign_checkpoint(chunk, keyring)
+        sign_checkpoint(session, chunk, keyring)
 
 
-def sign_checkpoint(chunk: AuditChunk, keyring: KeyRing) -> None:
-    chunk.checkpoint_signed = _signed(keyring, CHECKPOINT, _checkpoint(chunk))
+def sign_checkpoint(session: Session, chunk: AuditChunk, keyring: KeyRing) -> None:
+    """Sign ``chunk``'s checkpoint as its next step, and record the step (append-only)."""
+    step = (_step_of(chunk.checkpoint_signed) or 0) + 1
+    session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
+    chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, _checkpoint(chunk, step)), "step": step}
 
 
 def sign_close(session: Session, run: AuditRun, keyring: KeyRing) -> None:
@@ -142,11 +150,16 @@ def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
     return session.get(AuditRunUnsigned, run_id) is not None
 
 
-def checkpoint_problem(run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
-    """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None."""
-    if _verifies(keyring, CHECKPOINT, _checkpoint(chunk), chunk.checkpoint_signed):
-        return None
-    return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
+def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
+    """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None: it must be one
+    Plant signed, and the latest (``audit_checkpoints``)."""
+    step = _step_of(chunk.checkpoint_signed)
+    if step is None or not _verifies(keyring, CHECKPOINT, _checkpoint(chunk, step), chunk.checkpoint_signed):
+        return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
+    latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
+    if latest != step:
+        return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is step {step}, not the latest Plant signed ({latest})"
+    return None
 
 
 def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:

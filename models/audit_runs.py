@@ -188,7 +188,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     if chunk is None:
         raise NotFound(f"no audit chunk {chunk_id}")
     run = session.get(AuditRun, chunk.run_id)
-    forged = checkpoint_problem(run, chunk, keyring)
+    forged = checkpoint_problem(session, run, chunk, keyring)
     if forged is not None:  # a cursor moved forward, or a chunk marked done, would skip entities: stop
         raise AuditRecordInvalid(forged)
     if chunk.done:  # a redelivery: whoever finishes the run may have been cut off before it did
@@ -213,7 +213,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     chunk.updated_at = func.now()
     finished = len(entities) < batch_size
     chunk.done = finished
-    sign_checkpoint(chunk, keyring)
+    sign_checkpoint(session, chunk, keyring)
     run_complete = False
     if finished:
         counted = session.execute(
@@ -253,7 +253,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     # Read once: everything below is counted from these rows as checked, never read again.
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
     plan = plan_problem(run, chunks, keyring)
-    forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(run, c, keyring)) is not None}
+    forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(session, run, c, keyring)) is not None}
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
     problems = [*([plan] if plan else []), *forged.values()]

@@ -67,6 +67,17 @@ class AuditChunk(Base):
     checkpoint_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)  # models.audit_record
 
 
+class AuditCheckpoint(Base):
+    """Each checkpoint Plant signed for a chunk, by step (migration 0015; triggers refuse
+    UPDATE, DELETE and TRUNCATE): a chunk's checkpoint must be its latest, so an older one
+    Plant signed cannot be written back."""
+
+    __tablename__ = "audit_checkpoints"
+
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("audit_chunks.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
 class AuditFinding(Base):
     __tablename__ = "audit_findings"
     __table_args__ = (Index(None, "run_id", "id"), Index(None, "run_id", "entity_id"))

@@ -131,15 +131,16 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
     return l0, l1
 
 
-# The tables the database guards, each with its triggers (migrations 0002, 0006, 0013 and
-# 0014): the chain and its repairs, the signed ledger digests an incremental audit compares
+# The tables the database guards, each with its triggers (migrations 0002, 0006, 0013, 0014
+# and 0015): the chain and its repairs, the signed ledger digests an incremental audit compares
 # against, the audit record a signed report is built from (findings, finished runs, the
 # signatures handed out), and the entity rows, which are never deleted (only signed as
 # deleted).
 ENTITY_TABLES = tuple(model.__tablename__ for model in ENTITY_MODELS.values())
 APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
-        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "audit_findings", "signed_exports")},
+        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "audit_findings", "signed_exports",
+        "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
 }

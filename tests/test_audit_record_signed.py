@@ -137,11 +137,36 @@ def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_
     assert summary["total_entities"] == 0  # what a forged checkpoint says it audited is not counted
 
 
+def test_an_older_checkpoint_written_back_is_caught_and_the_steps_cannot_be_rewritten(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    """Written back, an older checkpoint would have its chunk read entities again or, once the
+    run has failed, count fewer of them as audited (and leave their findings out of the count)."""
+    run = _started(db_session, keyring)
+    chunk_id = pending_chunks(db_session, run.id)[0]
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    saved = db_session.execute(text("SELECT cursor, counters, done, checkpoint_signed FROM audit_chunks WHERE id = :chunk"),
+                               {"chunk": chunk_id}).one()
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    for statement in ("UPDATE audit_checkpoints SET step = step + 10 WHERE chunk_id = :chunk",
+                      "DELETE FROM audit_checkpoints WHERE chunk_id = :chunk AND step > 2", "TRUNCATE audit_checkpoints CASCADE"):
+        with pytest.raises(DBAPIError, match="audit_checkpoints is append-only"), db_session.begin_nested():
+            db_session.execute(text(statement), {"chunk": chunk_id})
+    db_session.execute(text("UPDATE audit_chunks SET cursor = :cursor, counters = :counters, done = :done, "
+                            "checkpoint_signed = :signed WHERE id = :chunk"),
+                       {"chunk": chunk_id, "cursor": saved.cursor, "counters": json.dumps(saved.counters), "done": saved.done,
+                        "signed": json.dumps(saved.checkpoint_signed)})
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match="is step 2, not the latest Plant signed \\(3\\)"), db_session.begin_nested():
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["run_level_findings"] == ["audit-record-invalid"] and summary["total_entities"] == 0
+
+
 @pytest.mark.parametrize("edit", [
     "UPDATE audit_runs SET entities_total = 1 WHERE id = :run",
     "UPDATE audit_runs SET params = '{\"scope\": {\"entity_type\": \"industry\"}}' WHERE id = :run",
     "UPDATE audit_runs SET chunks_total = 0 WHERE id = :run",
-    "DELETE FROM audit_chunks WHERE run_id = :run",
+    "UPDATE audit_chunks SET chunk_no = chunk_no + 100 WHERE run_id = :run",  # (a chunk with a step recorded cannot go)
     "INSERT INTO audit_chunks (run_id, chunk_no, entity_type, low_id, high_id) "
     "VALUES (:run, 7, 'skill', '00000000-0000-0000-0000-000000000000', '00000000-0000-0000-0000-000000000001')",
 ])

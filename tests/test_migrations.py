@@ -170,9 +170,12 @@ def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_d
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_runs_unsigned is append-only"):
                 conn.execute(statement, params)
         assert conn.execute("SELECT run_id FROM audit_runs_unsigned").fetchall() == [(before,)]
+        assert _always_triggers(conn, "audit_checkpoints") == {"audit_checkpoints_no_update_delete", "audit_checkpoints_no_truncate"}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_checkpoints is append-only"):
+            conn.execute("TRUNCATE audit_checkpoints")
     command.downgrade(config, "0014")
     with psycopg.connect(libpq, autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass('audit_runs_unsigned')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('audit_runs_unsigned'), to_regclass('audit_checkpoints')").fetchone() == (None, None)
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_runs'")}
         assert not columns & {"plan_signed", "close_signed"}
     upgrade_head(empty_database)

@@ -10,6 +10,9 @@ the plan and every checkpoint when it closes the run, and the export checks the 
 
 - ``audit_runs.plan_signed``, ``audit_runs.close_signed`` and
   ``audit_chunks.checkpoint_signed``: ``{"kid", "signature"}``, NULL until written.
+- ``audit_checkpoints``: every checkpoint step Plant signed, per chunk; triggers enabled
+  ALWAYS refuse UPDATE, DELETE and TRUNCATE, so a chunk's checkpoint must be its latest and
+  an older signed one cannot be written back.
 - ``audit_runs_unsigned``: the runs already finished here, never closed with a signature,
   frozen: triggers enabled ALWAYS refuse INSERT, UPDATE, DELETE and TRUNCATE, so no run can
   be added to it later to pass as one of them. A run still running here has no signed plan
@@ -36,6 +39,21 @@ def upgrade() -> None:
     op.add_column("audit_runs", sa.Column("close_signed", JSONB(), nullable=True))
     op.add_column("audit_chunks", sa.Column("checkpoint_signed", JSONB(), nullable=True))
     op.create_table(
+        "audit_checkpoints",
+        sa.Column("chunk_id", sa.BigInteger(), sa.ForeignKey("audit_chunks.id"), primary_key=True),
+        sa.Column("step", sa.Integer(), primary_key=True),
+    )
+    op.execute(
+        "CREATE TRIGGER audit_checkpoints_no_update_delete BEFORE UPDATE OR DELETE ON audit_checkpoints "
+        "FOR EACH ROW EXECUTE FUNCTION plant_append_only_refuse()"
+    )
+    op.execute(
+        "CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints "
+        "FOR EACH STATEMENT EXECUTE FUNCTION plant_append_only_refuse()"
+    )
+    for trigger in ("audit_checkpoints_no_update_delete", "audit_checkpoints_no_truncate"):
+        op.execute(f"ALTER TABLE audit_checkpoints ENABLE ALWAYS TRIGGER {trigger}")
+    op.create_table(
         "audit_runs_unsigned",
         sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("audit_runs.id"), primary_key=True),
     )
@@ -54,6 +72,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_runs_unsigned")
+    op.drop_table("audit_checkpoints")
     op.drop_column("audit_chunks", "checkpoint_signed")
     op.drop_column("audit_runs", "close_signed")
     op.drop_column("audit_runs", "plan_signed")
