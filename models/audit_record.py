@@ -35,6 +35,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
@@ -103,9 +104,15 @@ def _plan(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
     }
 
 
-def _checkpoint(chunk: AuditChunk, step: int) -> dict[str, Any]:
+def _checkpoint(run: AuditRun, chunk: AuditChunk, step: int) -> dict[str, Any]:
+    """A chunk's checkpoint, with what its batches read of the run's parameters (the scope
+    and which signatures to check): edited between batches and set back before the close,
+    they would make the close's plan check pass over a run that skipped entities."""
+    params = run.params if isinstance(run.params, dict) else {}
+    reads = {"scope": params.get("scope"), "verify_signatures": params.get("verify_signatures")}
     return {
-        "run_id": str(chunk.run_id), "chunk_no": chunk.chunk_no, "step": step, "entity_type": chunk.entity_type,
+        "run_id": str(chunk.run_id), "chunk_no": chunk.chunk_no, "step": step,
+        "params_read": sha256(canonical_bytes(reads)).hex(), "entity_type": chunk.entity_type,
         "low_id": str(chunk.low_id), "high_id": str(chunk.high_id),
         "cursor": str(chunk.cursor) if chunk.cursor is not None else None, "done": bool(chunk.done),
         "counters": chunk.counters or {},
@@ -128,14 +135,20 @@ def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring
     session.refresh(run, ["created_at"])
     run.plan_signed = _signed(keyring, PLAN, _plan(run, chunks))
     for chunk in chunks:
-        sign_checkpoint(session, chunk, keyring)
+        sign_checkpoint(session, run, chunk, keyring)
 
 
-def sign_checkpoint(session: Session, chunk: AuditChunk, keyring: KeyRing) -> None:
-    """Sign ``chunk``'s checkpoint as its next step, and record the step (append-only)."""
+def sign_checkpoint(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> None:
+    """Sign ``chunk``'s checkpoint as its next step, and record the step (append-only). A
+    step already recorded (INSERTed ahead through SQL) is :class:`AuditRecordInvalid`."""
     step = (_step_of(chunk.checkpoint_signed) or 0) + 1
-    session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
-    chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, _checkpoint(chunk, step)), "step": step}
+    try:
+        with session.begin_nested():
+            session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
+    except IntegrityError as exc:
+        raise AuditRecordInvalid(f"chunk {chunk.chunk_no} of audit run {run.id}: step {step} was recorded "
+                                 "before Plant wrote it") from exc
+    chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, _checkpoint(run, chunk, step)), "step": step}
 
 
 def sign_close(session: Session, run: AuditRun, keyring: KeyRing) -> None:
@@ -154,7 +167,11 @@ def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyri
     """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None: it must be one
     Plant signed, and the latest (``audit_checkpoints``)."""
     step = _step_of(chunk.checkpoint_signed)
-    if step is None or not _verifies(keyring, CHECKPOINT, _checkpoint(chunk, step), chunk.checkpoint_signed):
+    try:
+        body = _checkpoint(run, chunk, step or 0)
+    except (ValueError, TypeError, CanonicalizationError):  # parameters no Plant write makes
+        body = None
+    if step is None or body is None or not _verifies(keyring, CHECKPOINT, body, chunk.checkpoint_signed):
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
     latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
     if latest != step:
@@ -170,13 +187,26 @@ def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> s
     return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 
 
+def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
+    """Why a run not finished cannot be reported as one Plant started, or None: its plan must
+    verify over the run and its chunks as stored."""
+    return plan_problem(run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
+
+
 def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
     """Why a finished run's record cannot be reported as Plant's, or None: its close must
     verify over the run and its findings as stored (a run already finished when migration
     0015 was applied carries no close signature)."""
     if run.close_signed is None and unsigned_before_0015(session, run.id):
         return None
-    if _verifies(keyring, CLOSE, _close(session, run), run.close_signed):
+    kid = run.close_signed.get("kid") if isinstance(run.close_signed, dict) else None
+    if isinstance(kid, str) and keyring.verifier(kid) is None:
+        return f"audit run {run.id} was closed with key {kid!r}, which this key ring does not hold"
+    try:
+        closed = _close(session, run)
+    except (ValueError, TypeError, CanonicalizationError):
+        return f"audit run {run.id}: its record holds values Plant never writes"
+    if _verifies(keyring, CLOSE, closed, run.close_signed):
         return None
     if run.close_signed is None:
         return f"audit run {run.id} was not closed by Plant: it carries no close signature"

@@ -33,7 +33,8 @@ from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import transaction, uuid_in
 from models.entities import ENTITY_MODELS, EntityType
-from models.errors import InvalidInput, NotFound, RunClosed
+from models.canonical import canonical_bytes
+from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
 from models.jobs import Job, JobStatus
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
@@ -55,6 +56,7 @@ class AuditParams:
 
     @classmethod
     def from_json(cls, params: dict[str, Any]) -> AuditParams:
+        params = params if isinstance(params, dict) else {}  # a run's row edited through SQL: its plan check says so
         scope = params.get("scope") or {}
         ids = scope.get("entity_ids")
         return cls(scope.get("entity_type"), tuple(ids) if ids else None,
@@ -213,7 +215,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     chunk.updated_at = func.now()
     finished = len(entities) < batch_size
     chunk.done = finished
-    sign_checkpoint(session, chunk, keyring)
+    sign_checkpoint(session, run, chunk, keyring)
     run_complete = False
     if finished:
         counted = session.execute(
@@ -257,6 +259,9 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
     problems = [*([plan] if plan else []), *forged.values()]
+    if plan is not None and not _signable(run.params):  # kept, it would stop the close (and every export) for good
+        problems.append(f"audit run {run_id}: its parameters hold values Plant never writes; they were set aside")
+        run.params = {}
     if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
         problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
     _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
@@ -293,6 +298,19 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     sign_close(session, run, keyring)
     session.flush()
     return summary
+
+
+def _signable(params: Any) -> bool:
+    """Whether ``params`` can be reported and signed: an object, canonical JSON, its scope's
+    ids all UUIDs (what Plant's own writes hold)."""
+    try:
+        canonical_bytes(params)
+        scope = AuditParams.from_json(params)
+        [uuid.UUID(i) for i in scope.entity_ids or ()]
+        EntityType(scope.entity_type) if scope.entity_type else None
+    except (ValueError, TypeError, AttributeError, CanonicalizationError):
+        return False
+    return isinstance(params, dict)
 
 
 def _audited_by(chunks: list[AuditChunk]) -> Any:

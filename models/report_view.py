@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from models.audit_tables import AuditChunk
@@ -91,7 +91,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         clean_entities=_clean(summary, findings),
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
-        entities_audited=_entities_audited(session, run_id),
+        entities_audited=summary["total_entities"] if summary else _entities_audited(session, run_id),
         signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
@@ -140,8 +140,11 @@ def _count(values: Any) -> dict[str, int]:
 
 
 def _entities_audited(session: Session, run_id: Any) -> int:
-    counted = func.coalesce(func.sum(AuditChunk.counters["entities"].as_integer()), 0)
-    return session.scalar(select(counted).where(AuditChunk.run_id == run_id)) or 0
+    """So far, for a running run (a finished one's summary counts only checkpoints that
+    verify): what its chunks' counters say, each read only if it is a whole number."""
+    entities = AuditChunk.counters["entities"]
+    counted = func.coalesce(func.sum(case((func.jsonb_typeof(entities) == "number", entities.as_float()), else_=0)), 0)
+    return int(session.scalar(select(counted).where(AuditChunk.run_id == run_id)) or 0)
 
 
 def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:

@@ -24,7 +24,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_record import AuditRecordInvalid, all_findings, close_problem, finding_resource, run_resource
+from models.audit_record import (
+    AuditRecordInvalid, all_findings, close_problem, finding_resource, open_run_problem, run_resource,
+)
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
@@ -49,10 +51,12 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
 def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
     """The run's report. A finished run's close must be the one Plant signed
     (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
-    and nothing is signed. A run not finished is reported as running, with no summary,
-    whatever its row says: only Plant's signed close makes a status and a summary final."""
+    and nothing is signed. A run not finished must have the plan Plant signed (else the
+    same), and is reported as running, with no summary, whatever its row says: only
+    Plant's signed close makes a status and a summary final."""
     run = get_run(session, run_id)
-    if run.finished_at is not None and (problem := close_problem(session, run, keyring)) is not None:
+    check = close_problem if run.finished_at is not None else open_run_problem  # a run Plant never started: refused too
+    if (problem := check(session, run, keyring)) is not None:
         raise AuditRecordInvalid(problem, run_id=str(run_id))
     resource = run_resource(run)
     if run.finished_at is None:

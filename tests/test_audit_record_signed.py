@@ -214,7 +214,7 @@ def test_a_run_still_running_at_0015_ends_with_audit_record_invalid(db_session: 
 @pytest.mark.parametrize("edit", [
     "UPDATE audit_runs SET status = 'succeeded', chunks_done = chunks_total, "
     "summary = '{\"total_entities\": 4, \"non_compliant\": 0}' WHERE id = :run",
-    "UPDATE audit_runs SET plan_signed = NULL WHERE id = :run",
+    "UPDATE audit_runs SET status = 'failed' WHERE id = :run",
 ])
 def test_a_run_not_finished_is_reported_running_with_no_summary_whatever_its_row_says(
         db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
@@ -243,3 +243,71 @@ def test_the_api_refuses_to_sign_a_run_closed_through_sql(client: Any, engine: A
         assert response.status_code == 409 and response.mimetype == "application/problem+json", path
         assert response.get_json()["type"] == "/problems/audit-record-invalid"
         assert response.get_json()["run_id"] == str(run_id)
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE audit_runs SET params = jsonb_set(params, '{scope,entity_ids}', to_jsonb(ARRAY[:kept])) WHERE id = :run",
+    "UPDATE audit_runs SET params = jsonb_set(params, '{verify_signatures}', '\"all\"') WHERE id = :run",
+])
+def test_parameters_edited_between_batches_stop_the_chunk_even_if_set_back_before_the_close(
+        db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
+    """Set back before the close, an edited scope would pass the plan check over a run that
+    skipped entities: each checkpoint also signs what the batches read of the parameters."""
+    run = _started(db_session, keyring)
+    chunk_id = pending_chunks(db_session, run.id)[0]
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    db_session.execute(text(edit), {"run": run.id, "kept": str(skills[0].id)})
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match="checkpoint is not one Plant signed"), db_session.begin_nested():
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+
+
+def test_a_made_up_run_that_is_not_finished_is_refused_at_export(db_session: Session, keyring: Any) -> None:
+    job = create_job(db_session, kind="audit.run", params={}, queue="audit")
+    run_id = db_session.scalar(text("INSERT INTO audit_runs (job_id, entities_total) VALUES (:job, 4) RETURNING id"),
+                               {"job": job.id})
+    with pytest.raises(AuditRecordInvalid, match="its plan"):
+        export_report(db_session, run_id=run_id, keyring=keyring)
+
+
+@pytest.mark.parametrize("params", ['{"x": 9007199254740993}', "[]", '{"scope": {"entity_ids": ["x"]}}'])
+def test_parameters_no_plant_write_makes_are_set_aside_and_the_run_still_closes(
+        db_session: Session, skills: Any, keyring: Any, params: str) -> None:
+    run = _started(db_session, keyring)
+    db_session.execute(text("UPDATE audit_runs SET params = CAST(:params AS jsonb) WHERE id = :run"), {"params": params, "run": run.id})
+    db_session.expire_all()
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["run_level_findings"] == ["audit-record-invalid"]
+    report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
+    assert report["run"]["params"] == {}
+    assert any("were set aside" in f["detail"] for f in report["findings"])
+
+
+def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, skills: Any, keyring: Any) -> None:
+    from models.audit_record import sign_checkpoint
+
+    run = _started(db_session, keyring)
+    chunk = db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0])
+    db_session.execute(text("INSERT INTO audit_checkpoints (chunk_id, step) VALUES (:chunk, 2)"), {"chunk": chunk.id})
+    with pytest.raises(AuditRecordInvalid, match="is step 1, not the latest Plant signed \\(2\\)"), db_session.begin_nested():
+        audit_chunk_step(db_session, chunk_id=chunk.id, keyring=keyring, batch_size=1)
+    with pytest.raises(AuditRecordInvalid, match="step 2 was recorded before Plant wrote it"):
+        sign_checkpoint(db_session, run, chunk, keyring)  # the same, INSERTed between the check and the write
+
+
+def test_a_close_signed_by_a_key_the_ring_no_longer_holds_says_so(db_session: Session, skills: Any, keyring: Any) -> None:
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)
+    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    lift_guard(db_session, "UPDATE audit_runs SET close_signed = jsonb_set(close_signed, '{kid}', '\"gone\"') WHERE id = :run",
+               table="audit_runs", run=run.id)
+    with pytest.raises(AuditRecordInvalid, match="closed with key 'gone', which this key ring does not hold"):
+        export_report(db_session, run_id=run.id, keyring=keyring)
+
+
+def test_the_report_page_counts_a_running_run_s_entities_whatever_a_counter_holds(
+        client: Any, engine: Any, keyring: Any, clean_db: None) -> None:
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {}).id
+        session.execute(text("UPDATE audit_chunks SET counters = '{\"entities\": \"x\"}' WHERE run_id = :run"), {"run": run_id})
+    assert client.get(f"/api/v1/audit/runs/{run_id}/report.html").status_code == 200

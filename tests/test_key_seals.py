@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cli.main import cli
@@ -626,6 +626,11 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     run = start_run(db_session, job_id=job.id, params={}, keyring=unread, chunk_entities=50_000)
     db_session.execute(text("UPDATE audit_runs SET created_at = now() + interval '1 hour' WHERE id = :id"), {"id": run.id})
     db_session.expire_all()
+    from models.audit_record import sign_plan  # a run Plant started an hour later: its plan signed as such
+    from models.audit_runs import AuditChunk
+    run = db_session.get(type(run), run.id)
+    sign_plan(db_session, run, list(db_session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), unread)
+    db_session.flush()
     view = report_view(db_session, run_id=run.id, keyring=unread)
     assert [(r["id"], r["verified"]) for r in view.repairs] == [(handed.repair["id"], True)]
     codes = {f.code for f in digest_findings(db_session, handed.handed_out, unread)}
