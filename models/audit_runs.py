@@ -109,6 +109,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     existing = session.scalar(select(AuditRun).where(AuditRun.job_id == job_id))
     if existing is not None:
         return existing
+    validate_params(params)
     scope = AuditParams.from_json(params)
     settle_repairs(session)  # so that every export of this run lists the same repairs
     run = AuditRun(job_id=job_id, params=params)
@@ -259,7 +260,8 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
     problems = [*([plan] if plan else []), *forged.values()]
-    if plan is not None and not _signable(run.params):  # kept, it would stop the close (and every export) for good
+    set_aside = plan is not None and not _signable(run.params)
+    if set_aside:  # kept, they would stop the close (and every export) for good
         problems.append(f"audit run {run_id}: its parameters hold values Plant never writes; they were set aside")
         run.params = {}
     if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
@@ -290,6 +292,10 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, counted),
     }
+    if set_aside:  # what the run read is known only from parameters that are gone
+        summary["signatures"] = "unknown"
+        summary["coverage"] = {"unknown": "the run's parameters were not those Plant signed, and were set aside: "
+                                          "what it read cannot be told"}
     if stopped_early:
         summary["coverage"] = {**summary["coverage"], "stopped": (
             f"the run ended {status} after auditing {total} of the {run.entities_total} entities in its scope; "
@@ -383,7 +389,16 @@ def _what_was_checked(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]
 
 
 def validate_params(params: dict[str, Any]) -> None:
-    """Cheap checks the API makes before accepting an audit job."""
+    """What :func:`start_run` accepts, whoever wrote the job's row (the API checks the same
+    and more before it accepts a job; ``jobs.params`` takes any UPDATE): an incremental run
+    reads neither a scope nor a digest, so accepting them would sign a report of a run that
+    never looked."""
+    if not isinstance(params, dict):
+        raise InvalidInput("audit parameters must be an object", field="params")
     digest = params.get("against_digest")
     if digest is not None and not isinstance(digest, dict):
         raise InvalidInput("against_digest must be an object", field="against_digest")
+    since = params.get("since")
+    if since is not None and (since != "latest-digest" or digest is not None or params.get("scope")):
+        raise InvalidInput("'since' must be 'latest-digest', and it cannot be combined with 'scope' or 'against_digest'",
+                           field="since")

@@ -143,6 +143,8 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
         "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
+    # No finding for a finished run (migration 0015).
+    "audit_findings": ("audit_findings_no_update_delete", "audit_findings_no_truncate", "audit_findings_no_insert_after_close"),
 }
 
 

@@ -91,11 +91,11 @@ def test_a_made_up_run_is_refused_at_export(db_session: Session, keyring: Any) -
     ("UPDATE audit_runs SET summary = jsonb_set(summary, '{non_compliant}', '0') WHERE id = :run", True),
     ("UPDATE audit_runs SET status = 'failed' WHERE id = :run", True),
     ("DELETE FROM audit_findings WHERE run_id = :run", True),
-    ("INSERT INTO audit_findings (run_id, code, severity) VALUES (:run, 'rule-warning', 'warning')", False),
+    ("INSERT INTO audit_findings (run_id, code, severity) VALUES (:run, 'rule-warning', 'warning')", True),
 ])
 def test_a_finished_run_changed_after_its_close_is_refused_at_export(
         db_session: Session, skill: Any, keyring: Any, edit: str, lifted: bool) -> None:
-    """Whoever owns the tables can lift migration 0014's guards; an INSERT needs none."""
+    """Whoever owns the tables can lift the guards of migrations 0014 and 0015."""
     db_session.execute(text("UPDATE skills SET description = 'tampered' WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
     summary, findings = run_audit(db_session, keyring)
@@ -281,6 +281,7 @@ def test_parameters_no_plant_write_makes_are_set_aside_and_the_run_still_closes(
     report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
     assert report["run"]["params"] == {}
     assert any("were set aside" in f["detail"] for f in report["findings"])
+    assert summary["signatures"] == "unknown" and "cannot be told" in summary["coverage"]["unknown"]  # not "every row"
 
 
 def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, skills: Any, keyring: Any) -> None:
@@ -311,3 +312,35 @@ def test_the_report_page_counts_a_running_run_s_entities_whatever_a_counter_hold
         run_id = _started(session, keyring, {}).id
         session.execute(text("UPDATE audit_chunks SET counters = '{\"entities\": \"x\"}' WHERE run_id = :run"), {"run": run_id})
     assert client.get(f"/api/v1/audit/runs/{run_id}/report.html").status_code == 200
+
+
+def test_a_finding_for_a_finished_run_is_refused_even_for_a_run_closed_before_0015(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    """Added after the close, it would change a signed run (its export then refused for good) or
+    pass unnoticed in the report of a run closed before 0015, which has no close to check."""
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)
+    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL WHERE id = :run", table="audit_runs", run=run.id)
+    lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
+    before = export_report(db_session, run_id=run.id, keyring=keyring)
+    with pytest.raises(DBAPIError, match="a finding for a finished run refused") as refused, db_session.begin_nested():
+        db_session.execute(text("INSERT INTO audit_findings (run_id, code, severity) VALUES (:run, 'rule-warning', 'warning')"),
+                           {"run": run.id})
+    assert refused.value.orig.sqlstate == "42501"
+    assert export_report(db_session, run_id=run.id, keyring=keyring) == before
+
+
+@pytest.mark.parametrize("params", [
+    {"since": "latest-digest", "against_digest": {"type": "plant.ledger-digest.v1"}},
+    {"since": "latest-digest", "scope": {"entity_type": "skill"}},
+    {"since": "yesterday"},
+])
+def test_a_job_row_edited_to_an_incremental_run_that_would_never_look_is_refused_at_start(
+        db_session: Session, keyring: Any, params: dict) -> None:
+    """``jobs.params`` takes any UPDATE: start_run checks what the API checks before it plans."""
+    from models.errors import InvalidInput
+
+    job = create_job(db_session, kind="audit.run", params=params, queue="audit")
+    with pytest.raises(InvalidInput, match="'since'"):
+        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)

@@ -171,11 +171,16 @@ def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_d
                 conn.execute(statement, params)
         assert conn.execute("SELECT run_id FROM audit_runs_unsigned").fetchall() == [(before,)]
         assert _always_triggers(conn, "audit_checkpoints") == {"audit_checkpoints_no_update_delete", "audit_checkpoints_no_truncate"}
+        assert "audit_findings_no_insert_after_close" in _always_triggers(conn, "audit_findings")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="a finding for a finished run refused"):
+            conn.execute("INSERT INTO audit_findings (run_id, code, severity) VALUES (%s, 'x', 'warning')", (before,))
+        conn.execute("INSERT INTO audit_findings (run_id, code, severity) VALUES (%s, 'x', 'warning')", (after,))  # running
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_checkpoints is append-only"):
             conn.execute("TRUNCATE audit_checkpoints")
     command.downgrade(config, "0014")
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('audit_runs_unsigned'), to_regclass('audit_checkpoints')").fetchone() == (None, None)
+        assert "audit_findings_no_insert_after_close" not in _always_triggers(conn, "audit_findings")
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_runs'")}
         assert not columns & {"plan_signed", "close_signed"}
     upgrade_head(empty_database)

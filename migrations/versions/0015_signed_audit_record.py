@@ -13,6 +13,10 @@ the plan and every checkpoint when it closes the run, and the export checks the 
 - ``audit_checkpoints``: every checkpoint step Plant signed, per chunk; triggers enabled
   ALWAYS refuse UPDATE, DELETE and TRUNCATE, so a chunk's checkpoint must be its latest and
   an older signed one cannot be written back.
+- ``audit_findings`` refuses an INSERT for a finished run (a trigger enabled ALWAYS that reads
+  the run by its schema-qualified name, with its search_path pinned, so no temporary table
+  can stand in): a finding added after the close would change a signed run, or pass
+  unnoticed in the report of a run closed before this migration.
 - ``audit_runs_unsigned``: the runs already finished here, never closed with a signature,
   frozen: triggers enabled ALWAYS refuse INSERT, UPDATE, DELETE and TRUNCATE, so no run can
   be added to it later to pass as one of them. A run still running here has no signed plan
@@ -53,6 +57,26 @@ def upgrade() -> None:
     )
     for trigger in ("audit_checkpoints_no_update_delete", "audit_checkpoints_no_truncate"):
         op.execute(f"ALTER TABLE audit_checkpoints ENABLE ALWAYS TRIGGER {trigger}")
+    schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    op.execute(
+        f"""
+        CREATE FUNCTION audit_findings_refuse_after_close() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, {schema}, pg_temp AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM {schema}.audit_runs WHERE id = NEW.run_id AND finished_at IS NOT NULL) THEN
+                RAISE EXCEPTION 'audit_findings is append-only: a finding for a finished run refused'
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER audit_findings_no_insert_after_close BEFORE INSERT ON audit_findings "
+        "FOR EACH ROW EXECUTE FUNCTION audit_findings_refuse_after_close()"
+    )
+    op.execute("ALTER TABLE audit_findings ENABLE ALWAYS TRIGGER audit_findings_no_insert_after_close")
     op.create_table(
         "audit_runs_unsigned",
         sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("audit_runs.id"), primary_key=True),
@@ -71,6 +95,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER audit_findings_no_insert_after_close ON audit_findings")
+    op.execute("DROP FUNCTION audit_findings_refuse_after_close()")
     op.drop_table("audit_runs_unsigned")
     op.drop_table("audit_checkpoints")
     op.drop_column("audit_chunks", "checkpoint_signed")
