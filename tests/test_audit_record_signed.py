@@ -50,6 +50,13 @@ def _steps(session: Session, run: AuditRun, keyring: Any, *, batch_size: int = 1
             pass
 
 
+def _closed_by_plant(session: Session, keyring: Any) -> AuditRun:
+    run = _started(session, keyring)
+    _steps(session, run, keyring)
+    summarize_run(session, run_id=run.id, keyring=keyring)
+    return run
+
+
 def _skill_count(session: Session) -> int:
     return session.scalar(text("SELECT count(*) FROM skills"))
 
@@ -188,9 +195,7 @@ def test_a_run_closed_as_succeeded_with_chunks_left_says_so(db_session: Session,
 
 def test_a_run_finished_before_0015_is_not_asked_for_a_close_it_never_signed(
         db_session: Session, skills: Any, keyring: Any) -> None:
-    run = _started(db_session, keyring)
-    _steps(db_session, run, keyring)
-    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    run = _closed_by_plant(db_session, keyring)
     lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL, plan_signed = NULL WHERE id = :run",
                table="audit_runs", run=run.id)
     with pytest.raises(AuditRecordInvalid, match="not closed by Plant"):
@@ -297,9 +302,7 @@ def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, ski
 
 
 def test_a_close_signed_by_a_key_the_ring_no_longer_holds_says_so(db_session: Session, skills: Any, keyring: Any) -> None:
-    run = _started(db_session, keyring)
-    _steps(db_session, run, keyring)
-    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    run = _closed_by_plant(db_session, keyring)
     lift_guard(db_session, "UPDATE audit_runs SET close_signed = jsonb_set(close_signed, '{kid}', '\"gone\"') WHERE id = :run",
                table="audit_runs", run=run.id)
     with pytest.raises(AuditRecordInvalid, match="closed with key 'gone', which this key ring does not hold"):
@@ -318,9 +321,7 @@ def test_a_finding_for_a_finished_run_is_refused_even_for_a_run_closed_before_00
         db_session: Session, skills: Any, keyring: Any) -> None:
     """Added after the close, it would change a signed run (its export then refused for good) or
     pass unnoticed in the report of a run closed before 0015, which has no close to check."""
-    run = _started(db_session, keyring)
-    _steps(db_session, run, keyring)
-    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    run = _closed_by_plant(db_session, keyring)
     lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL WHERE id = :run", table="audit_runs", run=run.id)
     lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
     before = export_report(db_session, run_id=run.id, keyring=keyring)
