@@ -16,8 +16,9 @@ Closing a run checks the plan and every checkpoint first; whatever does not veri
 becomes a run-level ``audit-record-invalid`` finding in the run itself, and a chunk whose
 checkpoint does not verify is counted as not done, with nothing audited. An export checks
 the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
-or a fabricated one, is refused; a run not finished is reported as running with no
-summary. Runs already finished when migration 0015 was applied are listed, frozen, in
+or a fabricated one, is refused; a run not finished must have the plan Plant signed
+(:func:`open_run_problem`), and is reported as running with no summary. ``audit_findings``
+refuses an INSERT for a finished run (migration 0015). Runs already finished when migration 0015 was applied are listed, frozen, in
 ``audit_runs_unsigned``: the close they never signed is not asked of them. A run still
 running then has no signed plan or checkpoints: it ends with ``audit-record-invalid``.
 
