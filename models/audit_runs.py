@@ -29,11 +29,11 @@ from models.audit_record import (
     RECORD_INVALID_CODE, AuditRecordInvalid, checkpoint_problem, plan_problem, sign_checkpoint, sign_close, sign_plan,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
+from models.canonical import canonical_bytes
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import transaction, uuid_in
 from models.entities import ENTITY_MODELS, EntityType
-from models.canonical import canonical_bytes
 from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
 from models.jobs import Job, JobStatus
