@@ -194,6 +194,14 @@ def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str |
     return plan_problem(run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
 
 
+def progress_so_far(session: Session, run: AuditRun, keyring: KeyRing) -> tuple[int, int]:
+    """(chunks done, entities audited) of a running run, from the checkpoints that verify:
+    what its row's ``chunks_done`` and the chunks' counters say, no signature covers."""
+    chunks = session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))
+    verified = [c for c in chunks if checkpoint_problem(session, run, c, keyring) is None]
+    return sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified)
+
+
 def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
     """Why a finished run's record cannot be reported as Plant's, or None: its close must
     verify over the run and its findings as stored (a run already finished when migration

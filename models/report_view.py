@@ -15,13 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from models.audit_tables import AuditChunk
+from models.audit_record import progress_so_far
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
-from models.reports import build_report, recorded_report_signature, report_sha256
+from models.reports import build_report, get_run, recorded_report_signature, report_sha256
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
@@ -91,7 +90,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         clean_entities=_clean(summary, findings),
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
-        entities_audited=summary["total_entities"] if summary else _entities_audited(session, run_id),
+        entities_audited=summary["total_entities"] if summary else _entities_audited(session, run_id, keyring),
         signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
@@ -139,12 +138,10 @@ def _count(values: Any) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
-def _entities_audited(session: Session, run_id: Any) -> int:
+def _entities_audited(session: Session, run_id: Any, keyring: KeyRing) -> int:
     """So far, for a running run (a finished one's summary counts only checkpoints that
-    verify): what its chunks' counters say, each read only if it is a whole number."""
-    entities = AuditChunk.counters["entities"]
-    counted = func.coalesce(func.sum(case((func.jsonb_typeof(entities) == "number", entities.as_float()), else_=0)), 0)
-    return int(session.scalar(select(counted).where(AuditChunk.run_id == run_id)) or 0)
+    verify): what its chunks' checkpoints that verify say."""
+    return progress_so_far(session, get_run(session, run_id), keyring)[1]
 
 
 def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:

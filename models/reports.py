@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit_record import (
-    AuditRecordInvalid, all_findings, close_problem, finding_resource, open_run_problem, run_resource,
+    AuditRecordInvalid, all_findings, close_problem, finding_resource, open_run_problem, progress_so_far, run_resource,
 )
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditRun
@@ -60,7 +60,7 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
         raise AuditRecordInvalid(problem, run_id=str(run_id))
     resource = run_resource(run)
     if run.finished_at is None:
-        resource.update(status="running", summary=None)
+        resource.update(status="running", summary=None, chunks_done=progress_so_far(session, run, keyring)[0])
     return {
         "type": REPORT_TYPE,
         "run": resource,

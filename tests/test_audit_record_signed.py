@@ -228,6 +228,20 @@ def test_a_run_not_finished_is_reported_running_with_no_summary_whatever_its_row
     db_session.expire_all()
     report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
     assert (report["run"]["status"], report["run"]["summary"], report["run"]["finished_at"]) == ("running", None, None)
+    assert report["run"]["chunks_done"] == 0  # counted from the checkpoints, not the row
+
+
+def test_a_running_run_s_progress_is_counted_from_checkpoints_that_verify(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    from models.report_view import report_view
+
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)  # every chunk done; the run still open
+    db_session.execute(text("UPDATE audit_chunks SET counters = jsonb_set(counters, '{entities}', '1000') "
+                            "WHERE run_id = :run AND chunk_no = 0"), {"run": run.id})
+    db_session.expire_all()
+    view = report_view(db_session, run_id=run.id, keyring=keyring)
+    assert (view.run["chunks_done"], view.run["chunks_total"]) == (0, 1) and view.entities_audited == 0
 
 
 def test_a_run_cannot_be_added_to_those_finished_before_0015(db_session: Session, skills: Any, keyring: Any) -> None:
