@@ -190,7 +190,13 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     chunk = session.execute(select(AuditChunk).where(AuditChunk.id == chunk_id).with_for_update()).scalar_one_or_none()
     if chunk is None:
         raise NotFound(f"no audit chunk {chunk_id}")
-    run = session.get(AuditRun, chunk.run_id)
+    # Key-share: a close (which locks the run FOR UPDATE) waits for this batch to commit, and
+    # this batch waits for a close in flight, then sees the run finished (RunClosed, not a
+    # finding refused by the trigger).
+    run = session.execute(select(AuditRun).where(AuditRun.id == chunk.run_id)
+                          .with_for_update(read=True, key_share=True)).scalar_one()
+    if run.finished_at is not None:
+        raise RunClosed(f"audit run {run.id} was closed before this chunk finished")
     forged = checkpoint_problem(session, run, chunk, keyring)
     if forged is not None:  # a cursor moved forward, or a chunk marked done, would skip entities: stop
         raise AuditRecordInvalid(forged)
@@ -250,7 +256,10 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     once: one already finished raises :class:`RunClosed` (the database refuses to change
     it). A plan or checkpoint that is not what Plant signed becomes a run-level
     ``audit-record-invalid`` finding first, so the summary counts it."""
-    run = session.get(AuditRun, run_id)
+    # FOR UPDATE: a batch or a finding INSERT in flight (each key-shares the run) commits
+    # first and is counted; one that comes later waits, then finds the run closed.
+    run = session.execute(select(AuditRun).where(AuditRun.id == run_id).with_for_update()
+                          .execution_options(populate_existing=True)).scalar_one()
     if run.finished_at is not None:
         raise RunClosed(f"audit run {run_id} was already closed")
     # Read once: everything below is counted from these rows as checked, never read again.
@@ -342,15 +351,17 @@ def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid
     worker died on its last attempt, a cancel that found the lease lapsed, a cancel while
     queued between attempts. A run another transaction holds is left for the next call,
     unless ``wait`` (only for a caller that holds no job row: the holder may be waiting for
-    one). Its findings being written do not hold it: a chunk whose job has ended commits
-    none. Returns how many runs it closed."""
+    one). A chunk's batch in flight holds it (the batch key-shares the run, and a close locks
+    it FOR UPDATE, so that no finding comes in behind the close): it is left for the next
+    call, or with ``wait`` waited for; a chunk whose job has ended commits none. Returns how
+    many runs it closed."""
     ended = (
         # The job's end, but never before the run began nor after now: the jobs table takes any UPDATE.
         select(AuditRun.id, Job.status,
                func.least(func.greatest(func.coalesce(Job.finished_at, func.now()), AuditRun.created_at), func.now()))
         .join(Job, Job.id == AuditRun.job_id)
         .where(AuditRun.status == "running", AuditRun.finished_at.is_(None), Job.status.in_(ENDED_WITHOUT_ITS_RUN))
-        .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, key_share=True, skip_locked=not wait)
+        .order_by(AuditRun.created_at).limit(limit).with_for_update(of=AuditRun, skip_locked=not wait)
     )
     if job_id is not None:
         ended = ended.where(AuditRun.job_id == job_id)

@@ -359,3 +359,47 @@ def test_a_job_row_edited_to_an_incremental_run_that_would_never_look_is_refused
     job = create_job(db_session, kind="audit.run", params=params, queue="audit")
     with pytest.raises(InvalidInput, match="'since'"):
         start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+
+
+INSERT_A_FINDING = "INSERT INTO audit_findings (run_id, code, severity, detail) VALUES (:run, 'chain-broken', 'critical', 'by SQL')"
+
+
+@pytest.mark.parametrize("first", ["the close", "the finding"])
+def test_a_finding_racing_the_close_is_either_counted_and_signed_or_refused(
+        engine: Any, keyring: Any, clean_db: None, first: str) -> None:
+    """Whichever of the two locks the run first, the other waits for it: a finding committed
+    just after a close read the findings would block the run's export for good."""
+    import threading
+
+    from tests.conftest import lock_waiters, wait_for
+
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {}).id
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        try:
+            with Session(engine) as session, session.begin():
+                if first == "the close":
+                    session.execute(text(INSERT_A_FINDING), {"run": run_id})
+                else:
+                    summarize_run(session, run_id=run_id, keyring=keyring, status="failed")
+        except DBAPIError as exc:
+            outcome["refused"] = exc
+
+    with Session(engine) as holder, holder.begin():
+        if first == "the close":
+            summarize_run(holder, run_id=run_id, keyring=keyring, status="failed")
+        else:
+            holder.execute(text(INSERT_A_FINDING), {"run": run_id})
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        wait_for(lambda: lock_waiters(engine), what=f"the other to wait for {first}")
+    waiting.join(timeout=30)
+    with Session(engine) as session, session.begin():
+        report = json.loads(export_report(session, run_id=run_id, keyring=keyring))["report"]
+    by_sql = [f for f in report["findings"] if f["detail"] == "by SQL"]
+    if first == "the close":
+        assert "a finding for a finished run refused" in str(outcome["refused"]) and by_sql == []
+    else:
+        assert "refused" not in outcome and len(by_sql) == 1  # in before the close: counted, signed

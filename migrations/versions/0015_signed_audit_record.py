@@ -62,8 +62,14 @@ def upgrade() -> None:
         f"""
         CREATE FUNCTION audit_findings_refuse_after_close() RETURNS trigger LANGUAGE plpgsql
         SET search_path = pg_catalog, {schema}, pg_temp AS $$
+        DECLARE
+            closed timestamptz;
         BEGIN
-            IF EXISTS (SELECT 1 FROM {schema}.audit_runs WHERE id = NEW.run_id AND finished_at IS NOT NULL) THEN
+            -- Key-share, as the foreign key does, but before the row goes in, and whatever the
+            -- run holds: a close in flight (FOR UPDATE) is waited for and the run read again,
+            -- so no finding slips in behind it.
+            SELECT finished_at INTO closed FROM {schema}.audit_runs WHERE id = NEW.run_id FOR KEY SHARE;
+            IF closed IS NOT NULL THEN
                 RAISE EXCEPTION 'audit_findings is append-only: a finding for a finished run refused'
                     USING ERRCODE = 'insufficient_privilege';
             END IF;
