@@ -143,9 +143,8 @@ def sign_checkpoint(session: Session, run: AuditRun, chunk: AuditChunk, keyring:
     """Sign ``chunk``'s checkpoint as its next step, and record the step (append-only). A
     step already recorded (INSERTed ahead through SQL) is :class:`AuditRecordInvalid`."""
     step = (_step_of(chunk.checkpoint_signed) or 0) + 1
-    try:
-        with session.begin_nested():
-            session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
+    try:  # the caller's transaction is spoilt either way: it rolls back
+        session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
     except IntegrityError as exc:
         raise AuditRecordInvalid(f"chunk {chunk.chunk_no} of audit run {run.id}: step {step} was recorded "
                                  "before Plant wrote it") from exc
@@ -196,7 +195,7 @@ def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str |
 
 def progress_so_far(session: Session, run: AuditRun, keyring: KeyRing) -> tuple[int, int]:
     """(chunks done, entities audited) of a running run, from the checkpoints that verify:
-    what its row's ``chunks_done`` and the chunks' counters say, no signature covers."""
+    no signature covers its row's ``chunks_done``, nor the counters of a forged checkpoint."""
     chunks = session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))
     verified = [c for c in chunks if checkpoint_problem(session, run, c, keyring) is None]
     return sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified)

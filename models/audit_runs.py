@@ -318,14 +318,18 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
 def _signable(params: Any) -> bool:
     """Whether ``params`` can be reported and signed: an object, canonical JSON, its scope's
     ids all UUIDs (what Plant's own writes hold)."""
+    if not isinstance(params, dict):
+        return False
     try:
         canonical_bytes(params)
         scope = AuditParams.from_json(params)
-        [uuid.UUID(i) for i in scope.entity_ids or ()]
-        EntityType(scope.entity_type) if scope.entity_type else None
+        for entity_id in scope.entity_ids or ():
+            uuid.UUID(entity_id)
+        if scope.entity_type is not None:
+            EntityType(scope.entity_type)
     except (ValueError, TypeError, AttributeError, CanonicalizationError):
         return False
-    return isinstance(params, dict)
+    return True
 
 
 def _audited_by(chunks: list[AuditChunk]) -> Any:

@@ -17,10 +17,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_record import progress_so_far
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
-from models.reports import build_report, get_run, recorded_report_signature, report_sha256
+from models.reports import build_report, recorded_report_signature, report_sha256
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
@@ -90,7 +89,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         clean_entities=_clean(summary, findings),
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
-        entities_audited=summary["total_entities"] if summary else _entities_audited(session, run_id, keyring),
+        entities_audited=summary["total_entities"] if summary else run["entities_audited"],
         signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
@@ -136,12 +135,6 @@ def _clean(summary: dict[str, Any] | None, findings: list[dict[str, Any]]) -> in
 
 def _count(values: Any) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
-
-
-def _entities_audited(session: Session, run_id: Any, keyring: KeyRing) -> int:
-    """So far, for a running run (a finished one's summary counts only checkpoints that
-    verify): what its chunks' checkpoints that verify say."""
-    return progress_so_far(session, get_run(session, run_id), keyring)[1]
 
 
 def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:

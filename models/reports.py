@@ -52,15 +52,17 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     """The run's report. A finished run's close must be the one Plant signed
     (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
     and nothing is signed. A run not finished must have the plan Plant signed (else the
-    same), and is reported as running, with no summary, whatever its row says: only
-    Plant's signed close makes a status and a summary final."""
+    same), and is reported as running, with no summary, whatever its row says (only
+    Plant's signed close makes a status and a summary final), and with its progress so far
+    (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify."""
     run = get_run(session, run_id)
     check = close_problem if run.finished_at is not None else open_run_problem  # a run Plant never started: refused too
     if (problem := check(session, run, keyring)) is not None:
         raise AuditRecordInvalid(problem, run_id=str(run_id))
     resource = run_resource(run)
     if run.finished_at is None:
-        resource.update(status="running", summary=None, chunks_done=progress_so_far(session, run, keyring)[0])
+        done, audited = progress_so_far(session, run, keyring)
+        resource.update(status="running", summary=None, chunks_done=done, entities_audited=audited)
     return {
         "type": REPORT_TYPE,
         "run": resource,
