@@ -375,14 +375,15 @@ def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid
     return len(rows)
 
 
-def close_runs_apart(sessions: sessionmaker[Session], *, keyring: KeyRing, job_id: uuid.UUID | None = None) -> int:
+def close_runs_apart(sessions: sessionmaker[Session], *, keyring: KeyRing, job_id: uuid.UUID | None = None,
+                     wait: bool = False) -> int:
     """:func:`close_runs_of_ended_jobs` in a transaction of its own, once what ended the job
     has committed: closing a big run takes a while and may fail (a statement timeout, say),
     and neither may hold up or undo a cancel or a recovery pass. A failure is logged; beat's
     next recovery pass tries again."""
     try:
         with transaction(sessions) as session:
-            return close_runs_of_ended_jobs(session, keyring=keyring, job_id=job_id)
+            return close_runs_of_ended_jobs(session, keyring=keyring, job_id=job_id, wait=wait)
     except Exception:  # noqa: BLE001 - the job's end is committed; the next pass closes the run
         log.warning("could not close the audit runs of ended jobs (job %s); the next recovery pass will",
                     job_id or "any", exc_info=True)

@@ -78,6 +78,9 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
     try:
         return _audit_chunk(claim, chunk_id, settings.audit_batch_size, settings.job_lease_seconds)
     except StaleAttempt:
+        # Its job ended under it (a cancel through the API, say), whose close of the run may
+        # have skipped it while this batch held it: close it now, waiting for any sibling's.
+        close_runs_apart(runtime.session_factory(), keyring=runtime.keyring(), job_id=claim.job_id, wait=True)
         return {"chunk": chunk_id, "skipped": "superseded attempt"}
     except RunClosed as closed:
         return _run_closed(claim, chunk_id, closed, settings.job_lease_seconds)
