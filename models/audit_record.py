@@ -33,6 +33,10 @@ no other signature Plant makes (a chain link, a digest, a report) can stand in f
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -125,30 +129,150 @@ def _step_of(signed: Any) -> int | None:
     return step if type(step) is int and step >= 1 else None
 
 
+FINDINGS_NONE: dict[str, Any] = {"count": 0, "ids": [], "sha256": sha256(b"").hex()}
+
+
+def id_spans(ids: Iterable[int], spans: Iterable[Sequence[int]] = ()) -> list[list[int]]:
+    """``ids`` (and the ``[first, last]`` ``spans`` given) as sorted, disjoint inclusive
+    ``[first, last]`` spans: the findings of a batch have ids in a row, mostly."""
+    merged: list[list[int]] = []
+    for first, last in sorted([*([i, i] for i in ids), *([a, b] for a, b in spans)]):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return merged
+
+
+def in_spans(spans: Sequence[Sequence[int]]) -> Callable[[int], bool]:
+    """Whether an id lies in one of ``spans`` (sorted, disjoint: :func:`id_spans`)."""
+    firsts = [first for first, _ in spans]
+
+    def contains(i: int) -> bool:
+        at = bisect_right(firsts, i) - 1
+        return at >= 0 and i <= spans[at][1]
+    return contains
+
+
+def _findings_of(signed: Any) -> dict[str, Any] | None:
+    """What a plan or checkpoint says Plant had written of the run's findings, if well
+    formed: their count, their ids (spans) and a hash chain of them, step by step."""
+    findings = signed.get("findings") if isinstance(signed, dict) else None
+    if not isinstance(findings, dict) or set(findings) != set(FINDINGS_NONE):
+        return None
+    count, ids, digest = findings["count"], findings["ids"], findings["sha256"]
+    if type(count) is not int or not isinstance(digest, str) or not isinstance(ids, list) or not all(
+            isinstance(s, list) and len(s) == 2 and all(type(i) is int for i in s) for s in ids):
+        return None
+    return findings
+
+
+def _chained(previous: dict[str, Any], findings: Sequence[AuditFinding]) -> dict[str, Any]:
+    """``previous`` extended by one step's ``findings``: their ids, and the hash of the
+    previous link and of their resources in id order. A step that wrote none leaves it as it was."""
+    if not findings:
+        return previous
+    written = sha256(canonical_bytes([finding_resource(f) for f in sorted(findings, key=lambda f: f.id)]))
+    return {"count": previous["count"] + len(findings), "ids": id_spans((f.id for f in findings), previous["ids"]),
+            "sha256": sha256(bytes.fromhex(previous["sha256"]) + written).hex()}
+
+
+@dataclass
+class FindingsCheck:
+    """What :func:`check_findings` found: chunks whose findings are not those their
+    checkpoint was signed with, and every finding no signature of Plant's covers."""
+
+    chunks: dict[int, str] = field(default_factory=dict)
+    left_out: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_findings(run: AuditRun, findings: Sequence[AuditFinding], chunks: Sequence[AuditChunk], *,
+                   plan_verifies: bool) -> FindingsCheck:
+    """Match a run's ``findings`` with those Plant signed it had written: the ids and hash
+    of its start's with the plan (if ``plan_verifies``), each chunk's, step by step, with its
+    checkpoint (``chunks``: those whose checkpoint verifies). A finding no signature names
+    is ``left_out`` of the counts, alone. Findings named but not as signed (only with the
+    table's triggers lifted: they refuse UPDATE and DELETE) leave their whole group out, and
+    such a chunk is reported in ``chunks``, to be counted as nothing audited."""
+    check = FindingsCheck()
+    groups: dict[int | None, list[AuditFinding]] = defaultdict(list)
+    for f in findings:
+        groups[f.chunk_id].append(f)
+    signers: list[tuple[int | None, Any]] = [(None, run.plan_signed if plan_verifies else None),
+                                             *((c.id, c.checkpoint_signed) for c in chunks)]
+    covered: set[int] = set()
+    for group, signed in signers:
+        named = _findings_of(signed)
+        if named is None:
+            continue
+        in_named = in_spans(named["ids"])
+        ours = [f for f in groups.get(group, ()) if in_named(f.id)]
+        if group is None:  # the run's start wrote them in one go
+            chained = _chained(FINDINGS_NONE, ours)
+        else:
+            by_step: dict[int, list[AuditFinding]] = defaultdict(list)
+            for f in ours:
+                by_step[f.step or 0].append(f)  # 0: no step Plant signs
+            chained = FINDINGS_NONE
+            for step in sorted(by_step):
+                chained = _chained(chained, by_step[step])
+        if chained == named:
+            covered.update(f.id for f in ours)
+            continue
+        if group is None:
+            check.problems.append(f"audit run {run.id}: the findings of its start are not those Plant signed with its plan")
+        else:
+            check.chunks[group] = (f"chunk {next(c.chunk_no for c in chunks if c.id == group)} of audit run {run.id}: "
+                                   "its findings are not those Plant signed with its checkpoint")
+    check.left_out = [f.id for f in findings if f.id not in covered]
+    if check.left_out:
+        shown = ", ".join(str(i) for i in check.left_out[:20])
+        check.problems.append(f"audit run {run.id}: {len(check.left_out)} findings are not covered by a plan or "
+                              f"checkpoint Plant signed (ids {shown}{', …' if len(check.left_out) > 20 else ''}); "
+                              "they are left out of the counts")
+    return check
+
+
 def _close(session: Session, run: AuditRun) -> dict[str, Any]:
     findings = [finding_resource(f) for f in all_findings(session, run.id)]
     return {"run": run_resource(run), "findings": {"count": len(findings), "sha256": sha256(canonical_bytes(findings)).hex()}}
 
 
 def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> None:
-    """Sign a new run's plan and each of its chunks' first checkpoint (the caller flushes)."""
+    """Sign a new run's plan, with the findings its start wrote, and each of its chunks'
+    first checkpoint (the caller flushes)."""
     session.flush()  # the chunks' ids and the run's created_at
     session.refresh(run, ["created_at"])
-    run.plan_signed = _signed(keyring, PLAN, _plan(run, chunks))
+    written = _chained(FINDINGS_NONE, all_findings(session, run.id))  # the run's start wrote them all, in this transaction
+    run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), "findings": written}), "findings": written}
     for chunk in chunks:
-        sign_checkpoint(session, run, chunk, keyring)
+        sign_checkpoint(run, chunk, keyring, step=record_step(session, run, chunk))
 
 
-def sign_checkpoint(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> None:
-    """Sign ``chunk``'s checkpoint as its next step, and record the step (append-only). A
-    step already recorded (INSERTed ahead through SQL) is :class:`AuditRecordInvalid`."""
+def record_step(session: Session, run: AuditRun, chunk: AuditChunk) -> int:
+    """Record ``chunk``'s next checkpoint step (append-only) and return it; the batch's
+    findings name it. A step already recorded (INSERTed ahead through SQL) is
+    :class:`AuditRecordInvalid`."""
     step = (_step_of(chunk.checkpoint_signed) or 0) + 1
     try:  # the caller's transaction is spoilt either way: it rolls back
         session.execute(insert(AuditCheckpoint).values(chunk_id=chunk.id, step=step))
     except IntegrityError as exc:
         raise AuditRecordInvalid(f"chunk {chunk.chunk_no} of audit run {run.id}: step {step} was recorded "
                                  "before Plant wrote it") from exc
-    chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, _checkpoint(run, chunk, step)), "step": step}
+    return step
+
+
+def sign_checkpoint(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, *, step: int,
+                    findings: Sequence[AuditFinding] = ()) -> None:
+    """Sign ``chunk``'s checkpoint at ``step`` (:func:`record_step`), its findings' chain
+    extended by ``findings``, the ones this step's batch wrote."""
+    previous = FINDINGS_NONE if step == 1 else _findings_of(chunk.checkpoint_signed)
+    if previous is None:  # checked before the batch began: only a write racing it gets here
+        raise AuditRecordInvalid(f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed")
+    chained = _chained(previous, findings)
+    body = {**_checkpoint(run, chunk, step), "findings": chained}
+    chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, body), "step": step, "findings": chained}
 
 
 def sign_close(session: Session, run: AuditRun, keyring: KeyRing) -> None:
@@ -168,10 +292,10 @@ def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyri
     Plant signed, and the latest (``audit_checkpoints``)."""
     step = _step_of(chunk.checkpoint_signed)
     try:
-        body = _checkpoint(run, chunk, step or 0)
+        body = {**_checkpoint(run, chunk, step or 0), "findings": _findings_of(chunk.checkpoint_signed)}
     except (ValueError, TypeError, CanonicalizationError):  # parameters no Plant write makes
         body = None
-    if step is None or body is None or not _verifies(keyring, CHECKPOINT, body, chunk.checkpoint_signed):
+    if step is None or body is None or body["findings"] is None or not _verifies(keyring, CHECKPOINT, body, chunk.checkpoint_signed):
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
     latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
     if latest != step:
@@ -182,7 +306,8 @@ def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyri
 def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:
     """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
     still running when migration 0015 was applied has none, and is reported so."""
-    if _verifies(keyring, PLAN, _plan(run, chunks), run.plan_signed):
+    written = _findings_of(run.plan_signed)
+    if written is not None and _verifies(keyring, PLAN, {**_plan(run, chunks), "findings": written}, run.plan_signed):
         return None
     return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 

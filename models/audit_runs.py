@@ -21,12 +21,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, insert, or_, select, true, update
+from sqlalchemy import BigInteger, and_, any_, bindparam, false, func, insert, not_, or_, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_record import (
-    RECORD_INVALID_CODE, AuditRecordInvalid, checkpoint_problem, plan_problem, sign_checkpoint, sign_close, sign_plan,
+    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
+    record_step, sign_checkpoint, sign_close, sign_plan,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
@@ -212,7 +214,8 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     entities = load_entities(session, entity_type, ids.scalar_subquery())
     result = audit_batch(session, entities, keyring=keyring, signatures=scope.signatures,
                          append_only=append_only_enforced(session))
-    _insert(session, run.id, result.findings)
+    step = record_step(session, run, chunk)
+    written = _insert(session, run.id, result.findings, chunk_id=chunk.id, step=step)
     counters = dict(chunk.counters or {})
     counters["entities"] = counters.get("entities", 0) + result.entities
     counters["versions_verified"] = counters.get("versions_verified", 0) + result.versions_verified
@@ -222,7 +225,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     chunk.updated_at = func.now()
     finished = len(entities) < batch_size
     chunk.done = finished
-    sign_checkpoint(session, run, chunk, keyring)
+    sign_checkpoint(run, chunk, keyring, step=step, findings=written)
     run_complete = False
     if finished:
         counted = session.execute(
@@ -237,12 +240,17 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
     return ChunkStep(result.entities, finished, run_complete)
 
 
-def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow]) -> None:
-    if findings:
-        session.execute(insert(AuditFinding), [
-            {"run_id": run_id, "entity_type": f.entity_type, "entity_id": f.entity_id, "version": f.version,
-             "code": f.code, "severity": f.severity, "rule_id": f.rule_id, "detail": f.detail} for f in findings
-        ])
+def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,
+            step: int | None = None) -> list[AuditFinding]:
+    """Write ``findings`` (by a chunk's checkpoint ``step``, or by the run's start or close)
+    and return them as stored, for the signature that covers them."""
+    if not findings:
+        return []
+    return list(session.scalars(insert(AuditFinding).returning(AuditFinding, sort_by_parameter_order=True), [
+        {"run_id": run_id, "entity_type": f.entity_type, "entity_id": f.entity_id, "version": f.version, "code": f.code,
+         "severity": f.severity, "rule_id": f.rule_id, "detail": f.detail, "chunk_id": chunk_id, "step": step}
+        for f in findings
+    ]))
 
 
 def pending_chunks(session: Session, run_id: uuid.UUID) -> list[int]:
@@ -266,9 +274,14 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
     plan = plan_problem(run, chunks, keyring)
     forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(session, run, c, keyring)) is not None}
+    # Findings no signature covers (INSERTed through SQL) are left out of the counts; a chunk
+    # whose findings are not those its checkpoint signed counts as nothing audited.
+    written = check_findings(run, all_findings(session, run_id), [c for c in chunks if c.id not in forged],
+                             plan_verifies=plan is None)
+    forged.update(written.chunks)
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
-    problems = [*([plan] if plan else []), *forged.values()]
+    problems = [*([plan] if plan else []), *forged.values(), *written.problems]
     set_aside = plan is not None and not _signable(run.params)
     if set_aside:  # kept, they would stop the close (and every export) for good
         problems.append(f"audit run {run_id}: its parameters hold values Plant never writes; they were set aside")
@@ -277,16 +290,19 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
     _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
     total = sum((c.counters or {}).get("entities", 0) for c in counted)
+    counts = AuditFinding.run_id == run_id
+    if written.left_out:
+        counts = and_(counts, not_(AuditFinding.id == any_(bindparam("left_out", written.left_out, type_=ARRAY(BigInteger)))))
     failing = (
         select(func.count(func.distinct(AuditFinding.entity_id)))
-        .where(AuditFinding.run_id == run_id, AuditFinding.severity.in_(FAILING_SEVERITIES),
+        .where(counts, AuditFinding.severity.in_(FAILING_SEVERITIES),
                AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     )
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
         failing = failing.where(_audited_by(counted))
     non_compliant = session.scalar(failing) or 0
-    by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(AuditFinding.run_id == run_id).group_by(AuditFinding.code)).all())
-    by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(AuditFinding.run_id == run_id, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
+    by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(counts).group_by(AuditFinding.code)).all())
+    by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(counts, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())
     finished_at = finished_at or session.scalar(select(func.now()))
     summary = {
         "run_id": str(run_id),
@@ -301,6 +317,8 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, counted),
     }
+    if written.left_out:  # listed in the report, counted nowhere
+        summary["findings_left_out"] = {"count": len(written.left_out), "ids": id_spans(written.left_out)}
     if set_aside:  # what the run read is known only from parameters that are gone
         summary["signatures"] = "unknown"
         summary["coverage"] = {"unknown": "the run's parameters were not those Plant signed, and were set aside: "

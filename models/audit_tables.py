@@ -16,7 +16,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, ForeignKeyConstraint, Identity, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -80,7 +80,11 @@ class AuditCheckpoint(Base):
 
 class AuditFinding(Base):
     __tablename__ = "audit_findings"
-    __table_args__ = (Index(None, "run_id", "id"), Index(None, "run_id", "entity_id"))
+    __table_args__ = (
+        Index(None, "run_id", "id"), Index(None, "run_id", "entity_id"),
+        ForeignKeyConstraint(["chunk_id", "step"], ["audit_checkpoints.chunk_id", "audit_checkpoints.step"]),
+        CheckConstraint("(chunk_id IS NULL) = (step IS NULL)", name="checkpoint_whole"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
@@ -92,6 +96,9 @@ class AuditFinding(Base):
     rule_id: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, server_default="")
     created_at: Mapped[CreatedAt]
+    # The checkpoint whose batch wrote it (migration 0016); NULL when the run's start or close did.
+    chunk_id: Mapped[int | None] = mapped_column(BigInteger)
+    step: Mapped[int | None] = mapped_column(Integer)
 
 
 class LedgerDigest(Base):

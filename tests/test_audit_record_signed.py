@@ -125,6 +125,8 @@ def test_a_finished_run_changed_after_its_close_is_refused_at_export(
     "UPDATE audit_chunks SET high_id = cursor WHERE id = :chunk",  # narrows its range
     "UPDATE audit_chunks SET counters = jsonb_set(counters, '{entities}', '40') WHERE id = :chunk",
     "UPDATE audit_chunks SET counters = '{\"entities\": 9007199254740993}' WHERE id = :chunk",  # no Plant write makes it
+    "UPDATE audit_chunks SET checkpoint_signed = checkpoint_signed - 'findings' WHERE id = :chunk",  # as before 0016
+    "UPDATE audit_chunks SET checkpoint_signed = jsonb_set(checkpoint_signed, '{findings,count}', '3') WHERE id = :chunk",
 ])
 def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_close(
         db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
@@ -304,7 +306,7 @@ def test_parameters_no_plant_write_makes_are_set_aside_and_the_run_still_closes(
 
 
 def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, skills: Any, keyring: Any) -> None:
-    from models.audit_record import sign_checkpoint
+    from models.audit_record import record_step
 
     run = _started(db_session, keyring)
     chunk = db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0])
@@ -312,7 +314,7 @@ def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, ski
     with pytest.raises(AuditRecordInvalid, match="is step 1, not the latest Plant signed \\(2\\)"), db_session.begin_nested():
         audit_chunk_step(db_session, chunk_id=chunk.id, keyring=keyring, batch_size=1)
     with pytest.raises(AuditRecordInvalid, match="step 2 was recorded before Plant wrote it"):
-        sign_checkpoint(db_session, run, chunk, keyring)  # the same, INSERTed between the check and the write
+        record_step(db_session, run, chunk)  # the same, INSERTed between the check and the write
 
 
 def test_a_close_signed_by_a_key_the_ring_no_longer_holds_says_so(db_session: Session, skills: Any, keyring: Any) -> None:
@@ -365,7 +367,7 @@ INSERT_A_FINDING = "INSERT INTO audit_findings (run_id, code, severity, detail) 
 
 
 @pytest.mark.parametrize("first", ["the close", "the finding"])
-def test_a_finding_racing_the_close_is_either_counted_and_signed_or_refused(
+def test_a_finding_racing_the_close_is_either_listed_and_signed_or_refused(
         engine: Any, keyring: Any, clean_db: None, first: str) -> None:
     """Whichever of the two locks the run first, the other waits for it: a finding committed
     just after a close read the findings would block the run's export for good."""
@@ -402,4 +404,95 @@ def test_a_finding_racing_the_close_is_either_counted_and_signed_or_refused(
     if first == "the close":
         assert "a finding for a finished run refused" in str(outcome["refused"]) and by_sql == []
     else:
-        assert "refused" not in outcome and len(by_sql) == 1  # in before the close: counted, signed
+        # In before the close: listed and signed, but no signature of Plant's covers it, so not counted.
+        assert "refused" not in outcome and len(by_sql) == 1 and report["run"]["summary"]["findings_left_out"]["count"] == 1
+
+
+def _tampered(session: Session, skills: list[Any], count: int) -> set[str]:
+    """``count`` skills whose row no longer matches their head version: the audit finds them."""
+    ids = sorted(str(s.id) for s in skills)[:count]
+    session.execute(text("UPDATE skills SET description = 'changed behind the chain' WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": ids})
+    session.expire_all()
+    return set(ids)
+
+
+def test_findings_plant_writes_batch_by_batch_are_counted_with_no_record_problem(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    tampered = _tampered(db_session, skills, 2)
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)  # a batch per skill: two steps write findings, the others none
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["run_level_findings"] == [] and "findings_left_out" not in summary
+    assert summary["non_compliant"] == 2 and summary["total_entities"] == _skill_count(db_session)
+    written = db_session.query(AuditFinding).filter_by(run_id=run.id).all()
+    assert {str(f.entity_id) for f in written} == tampered and all(f.chunk_id and f.step for f in written)
+    assert len({f.step for f in written}) == 2
+
+
+@pytest.mark.parametrize("by", ["no checkpoint", "a checkpoint Plant recorded"])
+def test_a_finding_inserted_into_a_running_run_is_left_out_of_the_counts_and_reported(
+        db_session: Session, skills: Any, keyring: Any, by: str) -> None:
+    """Before migration 0016 a finding INSERTed through SQL into a running run was counted and
+    signed with the close: a healthy skill reported non-compliant in a report Plant signed."""
+    tampered = _tampered(db_session, skills, 1)  # a finding Plant writes, in the same chunk: still counted
+    run = _started(db_session, keyring)
+    chunk_id = pending_chunks(db_session, run.id)[0]
+    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1).done
+    healthy = max(str(s.id) for s in skills)
+    forged = db_session.scalar(text(
+        "INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail, chunk_id, step) "
+        "VALUES (:run, 'skill', :entity, 'chain-broken', 'critical', 'by SQL', :chunk, :step) RETURNING id"
+    ), {"run": run.id, "entity": healthy, "chunk": chunk_id if by != "no checkpoint" else None,
+        "step": 2 if by != "no checkpoint" else None})
+    db_session.expire_all()
+    _steps(db_session, run, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["non_compliant"] == 1 and summary["by_code"] == {"audit-record-invalid": 1, "row-content-mismatch": 1}
+    assert summary["findings_left_out"] == {"count": 1, "ids": [[forged, forged]]}
+    assert summary["run_level_findings"] == ["audit-record-invalid"]
+    assert summary["total_entities"] == _skill_count(db_session)  # left out alone: every chunk still counts
+    report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
+    details = [f["detail"] for f in report["findings"] if f["code"] == "audit-record-invalid"]
+    assert details == [f"audit run {run.id}: 1 findings are not covered by a plan or checkpoint Plant signed (ids {forged}); "
+                       "they are left out of the counts"]
+    assert [f["detail"] for f in report["findings"] if f["code"] == "chain-broken"] == ["by SQL"]  # listed, not counted
+    assert {f["entity_id"] for f in report["findings"] if f["code"] == "row-content-mismatch"} == tampered
+
+
+def test_a_finding_plant_wrote_changed_behind_the_triggers_makes_its_chunk_count_as_nothing_audited(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    _tampered(db_session, skills, 1)
+    run = _started(db_session, keyring)
+    _steps(db_session, run, keyring)
+    lift_guard(db_session, "UPDATE audit_findings SET severity = 'warning' WHERE run_id = :run", table="audit_findings",
+               run=run.id)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["total_entities"] == 0 and summary["non_compliant"] == 0 and "stopped" in summary["coverage"]
+    assert summary["findings_left_out"]["count"] == 1
+    report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
+    details = [f["detail"] for f in report["findings"] if f["code"] == "audit-record-invalid"]
+    assert f"chunk 0 of audit run {run.id}: its findings are not those Plant signed with its checkpoint" in details
+
+
+def test_the_report_page_leaves_out_of_its_figures_and_tables_a_finding_plant_did_not_write(
+        client: Any, engine: Any, keyring: Any, seeded: Any) -> None:
+    from tests.test_report_html import metrics, number, parse
+
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        healthy = session.scalar(text("SELECT id FROM industries LIMIT 1"))
+        session.execute(text("INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail) "
+                             "VALUES (:run, 'industry', :entity, 'chain-broken', 'critical', 'by SQL')"),
+                        {"run": run.id, "entity": healthy})
+        _steps(session, run, keyring, batch_size=500)
+        summarize_run(session, run_id=run.id, keyring=keyring)
+        run_id = run.id
+    response = client.get(f"/api/v1/audit/runs/{run_id}/report.html")
+    assert response.status_code == 200
+    elements = parse(response.get_data(as_text=True))
+    assert [e.attrs["data-banner"] for e in elements if e.attrs.get("data-banner") == "left-out"] == ["left-out"]
+    shown = metrics(elements)
+    assert number(shown["findings_left_out"]) == 1 and number(shown["non_compliant"]) == 0
+    assert str(healthy) not in {e.attrs["data-entity-id"] for e in elements if "data-entity-id" in e.attrs}
+    assert number(shown["clean_entities"]) == number(shown["total_entities"]) > 0

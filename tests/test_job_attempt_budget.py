@@ -337,14 +337,17 @@ def test_a_chunk_cut_off_while_finishing_the_run_finishes_it_when_it_comes_back(
 
 
 def test_a_cancelled_audit_s_summary_counts_a_sibling_chunk_s_batch_still_in_flight(
-        sessions, settings, seeded, monkeypatch, engine) -> None:
+        sessions, settings, seeded, monkeypatch, engine, keyring) -> None:
     """The chunk that sees the cancel ends the job, then summarizes: ending the job waits for
     a sibling chunk whose batch already passed its checkpoint (it holds the job row), so the
     run's summary counts that batch's findings. Summarizing first missed them, and the
     report then listed findings its summary did not count."""
     import threading
 
-    from models.audit_tables import AuditFinding, AuditRun
+    from models.audit import FindingRow
+    from models.audit_record import record_step, sign_checkpoint
+    from models.audit_runs import _insert
+    from models.audit_tables import AuditChunk, AuditRun
     from tasks import audit
     from tests.conftest import lock_waiters, wait_for
 
@@ -357,7 +360,11 @@ def test_a_cancelled_audit_s_summary_counts_a_sibling_chunk_s_batch_still_in_fli
     try:  # a sibling chunk's batch: its checkpoint holds the job row, its findings are not committed yet
         sibling.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
         run_id = sibling.scalar(select(AuditRun.id).where(AuditRun.job_id == job_id))
-        sibling.add(AuditFinding(run_id=run_id, code="head-rolled-back", severity="critical", detail="in flight"))
+        run, chunk = sibling.get(AuditRun, run_id), sibling.get(AuditChunk, messages[1][2])
+        step = record_step(sibling, run, chunk)  # as Plant's batch writes a finding: by its checkpoint, signed
+        written = _insert(sibling, run_id, [FindingRow(None, None, None, "head-rolled-back", "in flight")],
+                          chunk_id=chunk.id, step=step)
+        sign_checkpoint(run, chunk, keyring, step=step, findings=written)
         sibling.flush()
         cancelling = threading.Thread(target=audit._cancel, args=(claim,))
         cancelling.start()

@@ -159,7 +159,7 @@ def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_d
         before = conn.execute("INSERT INTO audit_runs (job_id, status, finished_at) VALUES (%s, 'succeeded', now()) "
                               "RETURNING id", (jobs[0],)).fetchone()[0]
         conn.execute("INSERT INTO audit_runs (job_id) VALUES (%s)", (jobs[1],))  # running: not listed
-    upgrade_head(empty_database)
+    command.upgrade(config, "0015")  # 0016's foreign key would refuse the TRUNCATE below before the trigger
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute("SELECT run_id FROM audit_runs_unsigned").fetchall() == [(before,)]
         assert _always_triggers(conn, "audit_runs_unsigned") == {"audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"}
@@ -183,5 +183,39 @@ def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_d
         assert "audit_findings_no_insert_after_close" not in _always_triggers(conn, "audit_findings")
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_runs'")}
         assert not columns & {"plan_signed", "close_signed"}
+    upgrade_head(empty_database)
+    check_schema(empty_database)
+
+
+def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_database: str) -> None:
+    """A finding names the checkpoint step that wrote it: one naming a step Plant never
+    recorded, or half a reference, is refused; the findings from before it name none."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    command.upgrade(config, "0015")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        job = conn.execute("INSERT INTO jobs (kind, queue) VALUES ('audit.run', 'audit') RETURNING id").fetchone()[0]
+        run = conn.execute("INSERT INTO audit_runs (job_id) VALUES (%s) RETURNING id", (job,)).fetchone()[0]
+        chunk = conn.execute("INSERT INTO audit_chunks (run_id, chunk_no, entity_type, low_id, high_id) VALUES "
+                             "(%s, 0, 'skill', gen_random_uuid(), gen_random_uuid()) RETURNING id", (run,)).fetchone()[0]
+        conn.execute("INSERT INTO audit_checkpoints (chunk_id, step) VALUES (%s, 1)", (chunk,))
+        conn.execute("INSERT INTO audit_findings (run_id, code, severity) VALUES (%s, 'x', 'warning')", (run,))
+    command.upgrade(config, "0016")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute("SELECT chunk_id, step FROM audit_findings").fetchall() == [(None, None)]
+        insert = "INSERT INTO audit_findings (run_id, code, severity, chunk_id, step) VALUES (%s, 'x', 'warning', %s, %s)"
+        conn.execute(insert, (run, chunk, 1))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(insert, (run, chunk, 2))  # a step Plant never recorded
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(insert, (run, chunk, None))
+    command.downgrade(config, "0015")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_findings'")}
+        assert not columns & {"chunk_id", "step"}
+        assert conn.execute("SELECT count(*) FROM audit_findings").fetchone()[0] == 2
     upgrade_head(empty_database)
     check_schema(empty_database)
