@@ -154,6 +154,13 @@ def in_spans(spans: Sequence[Sequence[int]]) -> Callable[[int], bool]:
     return contains
 
 
+def left_out_spans(summary: Any) -> list[list[int]]:
+    """The ids (spans) of the findings a run's close left out of its counts (its summary's
+    ``findings_left_out``; none in a run closed before migration 0016)."""
+    left_out = summary.get("findings_left_out") if isinstance(summary, dict) else None
+    return left_out.get("ids", []) if isinstance(left_out, dict) else []
+
+
 def _findings_of(signed: Any) -> dict[str, Any] | None:
     """What a plan or checkpoint says Plant had written of the run's findings, if well
     formed: their count, their ids (spans) and a hash chain of them, step by step."""

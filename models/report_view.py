@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_record import in_spans
+from models.audit_record import in_spans, left_out_spans
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
 from models.reports import build_report, recorded_report_signature, report_sha256
@@ -77,7 +76,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
     report = build_report(session, run_id=run_id, keyring=keyring)
     checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
     run, summary = report["run"], report["run"]["summary"]
-    left_out = _left_out(summary)
+    left_out = in_spans(left_out_spans(summary))
     findings = [f for f in report["findings"] if not left_out(f["finding_id"])]  # counted nowhere, shown nowhere here
     rows = entity_rows(findings)
     with_findings = len(rows)
@@ -96,11 +95,6 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
-
-
-def _left_out(summary: dict[str, Any] | None) -> Callable[[int], bool]:
-    """Whether the close left a finding (by id) out of the counts: no signature of Plant's covers it."""
-    return in_spans((summary or {}).get("findings_left_out", {}).get("ids", []))
 
 
 def entity_rows(findings: list[dict[str, Any]]) -> list[EntityRow]:

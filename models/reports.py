@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit_record import (
-    AuditRecordInvalid, all_findings, close_problem, finding_resource, open_run_problem, progress_so_far, run_resource,
+    AuditRecordInvalid, all_findings, close_problem, finding_resource, in_spans, left_out_spans, open_run_problem,
+    progress_so_far, run_resource,
 )
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditRun
@@ -38,13 +39,26 @@ from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
 DOCUMENT_MEMBERS = frozenset({"report", "signature"})
-CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail")
+# "counted": "no" for a finding the close left out of every count (no signature of Plant's
+# covers it: ``summary.findings_left_out``), "yes" otherwise, empty while the run is running.
+CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail", "counted")
 
 
 def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     run = session.get(AuditRun, run_id)
     if run is None:
         raise NotFound(f"no audit run with id {run_id}", id=str(run_id))
+    return run
+
+
+def checked_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> AuditRun:
+    """The run, if its record is the one Plant signed, else :class:`AuditRecordInvalid`: a
+    finished run's close must verify (:func:`models.audit_record.close_problem`), and a run
+    not finished must have the plan Plant signed (a run Plant never started is refused too)."""
+    run = get_run(session, run_id)
+    check = close_problem if run.finished_at is not None else open_run_problem
+    if (problem := check(session, run, keyring)) is not None:
+        raise AuditRecordInvalid(problem, run_id=str(run_id))
     return run
 
 
@@ -55,10 +69,7 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     same), and is reported as running, with no summary, whatever its row says (only
     Plant's signed close makes a status and a summary final), and with its progress so far
     (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify."""
-    run = get_run(session, run_id)
-    check = close_problem if run.finished_at is not None else open_run_problem  # a run Plant never started: refused too
-    if (problem := check(session, run, keyring)) is not None:
-        raise AuditRecordInvalid(problem, run_id=str(run_id))
+    run = checked_run(session, run_id=run_id, keyring=keyring)
     resource = run_resource(run)
     if run.finished_at is None:
         done, audited = progress_so_far(session, run, keyring)
@@ -161,13 +172,16 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
     return max((t for t in map(time_named, named) if t is not None), default=None)
 
 
-def findings_csv(session: Session, *, run_id: uuid.UUID) -> str:
-    get_run(session, run_id)
+def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
+    """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
+    run = checked_run(session, run_id=run_id, keyring=keyring)
+    left_out = in_spans(left_out_spans(run.summary)) if run.finished_at is not None else None
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for finding in all_findings(session, run_id):
-        writer.writerow(finding_resource(finding))
+        counted = "" if left_out is None else "no" if left_out(finding.id) else "yes"
+        writer.writerow({**finding_resource(finding), "counted": counted})
     return out.getvalue()
 
 

@@ -9,6 +9,8 @@ checkpoint and the close carry Plant's signature (``models.audit_record``).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from typing import Any
@@ -259,6 +261,7 @@ def test_the_api_refuses_to_sign_a_run_closed_through_sql(client: Any, engine: A
         run_id = _started(session, keyring, {}).id
         session.execute(text("UPDATE audit_runs SET status = 'succeeded', finished_at = now() WHERE id = :run"), {"run": run_id})
     for path, query in (("/api/v1/audit/export", {"run_id": str(run_id), "format": "json"}),
+                        ("/api/v1/audit/export", {"run_id": str(run_id), "format": "csv"}),
                         (f"/api/v1/audit/runs/{run_id}/report.html", {})):
         response = client.get(path, query_string=query)
         assert response.status_code == 409 and response.mimetype == "application/problem+json", path
@@ -475,7 +478,7 @@ def test_a_finding_plant_wrote_changed_behind_the_triggers_makes_its_chunk_count
     assert f"chunk 0 of audit run {run.id}: its findings are not those Plant signed with its checkpoint" in details
 
 
-def test_the_report_page_leaves_out_of_its_figures_and_tables_a_finding_plant_did_not_write(
+def test_the_report_page_and_the_csv_leave_out_a_finding_plant_did_not_write(
         client: Any, engine: Any, keyring: Any, seeded: Any) -> None:
     from tests.test_report_html import metrics, number, parse
 
@@ -488,6 +491,9 @@ def test_the_report_page_leaves_out_of_its_figures_and_tables_a_finding_plant_di
         _steps(session, run, keyring, batch_size=500)
         summarize_run(session, run_id=run.id, keyring=keyring)
         run_id = run.id
+    csv_rows = client.get("/api/v1/audit/export", query_string={"run_id": str(run_id), "format": "csv"})
+    counted = {row["detail"]: row["counted"] for row in csv.DictReader(io.StringIO(csv_rows.get_data(as_text=True)))}
+    assert counted.pop("by SQL") == "no" and set(counted.values()) == {"yes"}
     response = client.get(f"/api/v1/audit/runs/{run_id}/report.html")
     assert response.status_code == 200
     elements = parse(response.get_data(as_text=True))

@@ -168,7 +168,7 @@ def export(query: ExportQuery) -> Response:
     """The run's report: signed canonical JSON (``{"report", "signature"}``) or CSV findings."""
     session = db_session()
     if query.format == "csv":
-        body, mimetype = findings_csv(session, run_id=query.run_id), "text/csv"
+        body, mimetype = findings_csv(session, run_id=query.run_id, keyring=services().keyring), "text/csv"
     else:
         body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), "application/json"
         session.commit()  # the record of its signature
