@@ -39,21 +39,33 @@ FETCH_ROWS = 5_000
 
 def _verify_range(settings: Settings, low: Any, high: Any, ready: Any, results: Any) -> None:
     keyring = keyring_from_settings(settings)
-    checked = 0
     with psycopg.connect(libpq_url(settings.database_url)) as conn:
-        cursor = conn.cursor("chain_floor", binary=True, row_factory=namedtuple_row)
         ready.wait()
         started = time.time()
-        cursor.execute(RANGE_SQL, [low, high])
-        rows: list[Any] = []
-        while batch := cursor.fetchmany(FETCH_ROWS):
-            for row in batch:
-                if rows and row.entity_id != rows[0].entity_id:
-                    checked += _verified(rows, keyring)
-                    rows = []
-                rows.append(row)
-        checked += _verified(rows, keyring) if rows else 0
+        checked = _checked(conn, keyring, low, high)
     results.put((started, time.time(), checked))
+
+
+def verify_range_here(settings: Settings, low: Any = None, high: Any = None) -> int:
+    """The floor's loop in this process, over the whole id space by default (for
+    ``bench/audit_steps.py``): how many versions it checked."""
+    whole = id_ranges(1)[0]
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
+        return _checked(conn, keyring_from_settings(settings), low or whole[0], high or whole[1])
+
+
+def _checked(conn: psycopg.Connection, keyring: Any, low: Any, high: Any) -> int:
+    checked = 0
+    cursor = conn.cursor("chain_floor", binary=True, row_factory=namedtuple_row)
+    cursor.execute(RANGE_SQL, [low, high])
+    rows: list[Any] = []
+    while batch := cursor.fetchmany(FETCH_ROWS):
+        for row in batch:
+            if rows and row.entity_id != rows[0].entity_id:
+                checked += _verified(rows, keyring)
+                rows = []
+            rows.append(row)
+    return checked + (_verified(rows, keyring) if rows else 0)
 
 
 def _verified(rows: list[Any], keyring: Any) -> int:
