@@ -325,12 +325,30 @@ def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str |
     return plan_problem(run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
 
 
-def progress_so_far(session: Session, run: AuditRun, keyring: KeyRing) -> tuple[int, int]:
-    """(chunks done, entities audited) of a running run, from the checkpoints that verify:
-    no signature covers its row's ``chunks_done``, nor the counters of a forged checkpoint."""
-    chunks = session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))
+@dataclass(frozen=True)
+class Progress:
+    """A running run's progress, from the checkpoints that verify: no signature covers its
+    row's ``chunks_done``, nor the counters of a forged checkpoint."""
+
+    chunks_done: int
+    entities_audited: int
+    left_out: list[int]  # ids of the findings no verified plan or checkpoint names (so far)
+
+
+def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing) -> Progress:
+    """A running run's :class:`Progress`. ``findings`` must be read before this reads the
+    chunks: a finding Plant wrote commits with its checkpoint, whose ids only grow, so each
+    is named by the checkpoint read after it; a finding that is not was written outside
+    Plant. (The close checks their hashes too: :func:`check_findings`.) The run's plan is
+    taken as verified (:func:`open_run_problem`)."""
+    # populate_existing: the chunks as they are now, not as an earlier read in this session left them
+    chunks = session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id).execution_options(populate_existing=True))
     verified = [c for c in chunks if checkpoint_problem(session, run, c, keyring) is None]
-    return sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified)
+    named = {c.id: in_spans(_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
+    named[None] = in_spans((_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
+    left_out = [f.id for f in findings if f.chunk_id not in named or not named[f.chunk_id](f.id)]
+    return Progress(sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified),
+                    left_out)
 
 
 def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:

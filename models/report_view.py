@@ -76,7 +76,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
     report = build_report(session, run_id=run_id, keyring=keyring)
     checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
     run, summary = report["run"], report["run"]["summary"]
-    left_out = in_spans(left_out_spans(summary))
+    left_out = in_spans(left_out_spans(summary or run))  # a running run's: those no checkpoint names so far
     findings = [f for f in report["findings"] if not left_out(f["finding_id"])]  # counted nowhere, shown nowhere here
     rows = entity_rows(findings)
     with_findings = len(rows)

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit_record import (
-    AuditRecordInvalid, all_findings, close_problem, finding_resource, in_spans, left_out_spans, open_run_problem,
+    AuditRecordInvalid, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans, open_run_problem,
     progress_so_far, run_resource,
 )
 from models.audit_runs import AuditParams
@@ -67,17 +67,23 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
     and nothing is signed. A run not finished must have the plan Plant signed (else the
     same), and is reported as running, with no summary, whatever its row says (only
-    Plant's signed close makes a status and a summary final), and with its progress so far
-    (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify."""
+    Plant's signed close makes a status and a summary final), with its progress so far
+    (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify, and
+    with ``findings_left_out`` (count and id spans) if some findings are named by no plan or
+    checkpoint that verifies: written outside Plant, the close will leave them out."""
     run = checked_run(session, run_id=run_id, keyring=keyring)
     resource = run_resource(run)
+    findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
     if run.finished_at is None:
-        done, audited = progress_so_far(session, run, keyring)
-        resource.update(status="running", summary=None, chunks_done=done, entities_audited=audited)
+        progress = progress_so_far(session, run, findings, keyring)
+        resource.update(status="running", summary=None, chunks_done=progress.chunks_done,
+                        entities_audited=progress.entities_audited)
+        if progress.left_out:
+            resource["findings_left_out"] = {"count": len(progress.left_out), "ids": id_spans(progress.left_out)}
     return {
         "type": REPORT_TYPE,
         "run": resource,
-        "findings": [finding_resource(f) for f in all_findings(session, run_id)],
+        "findings": [finding_resource(f) for f in findings],
         "repairs": [record.as_json() for record in run_repairs(session, run)],
     }
 

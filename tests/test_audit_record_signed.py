@@ -59,6 +59,17 @@ def _closed_by_plant(session: Session, keyring: Any) -> AuditRun:
     return run
 
 
+def written_by_plant(session: Session, run: AuditRun, chunk: AuditChunk, keyring: Any, findings: list[Any]) -> None:
+    """``findings`` (``FindingRow``) written as a batch of ``chunk`` writes them: by its next
+    checkpoint step, which names them and is signed."""
+    from models.audit_record import record_step, sign_checkpoint
+    from models.audit_runs import _insert
+
+    step = record_step(session, run, chunk)
+    sign_checkpoint(run, chunk, keyring, step=step, findings=_insert(session, run.id, findings, chunk_id=chunk.id, step=step))
+    session.flush()
+
+
 def _skill_count(session: Session) -> int:
     return session.scalar(text("SELECT count(*) FROM skills"))
 
@@ -502,3 +513,28 @@ def test_the_report_page_and_the_csv_leave_out_a_finding_plant_did_not_write(
     assert number(shown["findings_left_out"]) == 1 and number(shown["non_compliant"]) == 0
     assert str(healthy) not in {e.attrs["data-entity-id"] for e in elements if "data-entity-id" in e.attrs}
     assert number(shown["clean_entities"]) == number(shown["total_entities"]) > 0
+
+
+def test_a_running_run_s_report_names_the_findings_no_checkpoint_covers_so_far(
+        client: Any, engine: Any, keyring: Any, seeded: Any) -> None:
+    from tests.test_report_html import metrics, number, parse
+
+    with Session(engine) as session, session.begin():
+        first = session.scalar(text("SELECT id FROM industries ORDER BY id LIMIT 1"))
+        session.execute(text("UPDATE industries SET description = 'changed behind the chain' WHERE id = :id"), {"id": first})
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        chunk_id = pending_chunks(session, run.id)[0]
+        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=1)  # finds the changed row
+        forged = session.scalar(text(
+            "INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail, chunk_id, step) "
+            "VALUES (:run, 'industry', :entity, 'chain-broken', 'critical', 'by SQL', :chunk, 2) RETURNING id"),
+            {"run": run.id, "entity": first, "chunk": chunk_id})
+        run_id = run.id
+    with Session(engine) as session, session.begin():
+        report = json.loads(export_report(session, run_id=run_id, keyring=keyring))["report"]
+    assert report["run"]["status"] == "running" and report["run"]["findings_left_out"] == {"count": 1, "ids": [[forged, forged]]}
+    assert {f["code"] for f in report["findings"]} == {"row-content-mismatch", "chain-broken"}
+    elements = parse(client.get(f"/api/v1/audit/runs/{run_id}/report.html").get_data(as_text=True))
+    shown = metrics(elements)
+    assert number(shown["findings_left_out"]) == 1 and number(shown["findings"]) == 1
+    assert [e.attrs["data-banner"] for e in elements if e.attrs.get("data-banner") == "left-out"] == ["left-out"]

@@ -345,11 +345,10 @@ def test_a_cancelled_audit_s_summary_counts_a_sibling_chunk_s_batch_still_in_fli
     import threading
 
     from models.audit import FindingRow
-    from models.audit_record import record_step, sign_checkpoint
-    from models.audit_runs import _insert
     from models.audit_tables import AuditChunk, AuditRun
     from tasks import audit
     from tests.conftest import lock_waiters, wait_for
+    from tests.test_audit_record_signed import written_by_plant
 
     job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
     claim = _claim_of(messages[0])
@@ -360,12 +359,8 @@ def test_a_cancelled_audit_s_summary_counts_a_sibling_chunk_s_batch_still_in_fli
     try:  # a sibling chunk's batch: its checkpoint holds the job row, its findings are not committed yet
         sibling.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR NO KEY UPDATE"), {"id": job_id})
         run_id = sibling.scalar(select(AuditRun.id).where(AuditRun.job_id == job_id))
-        run, chunk = sibling.get(AuditRun, run_id), sibling.get(AuditChunk, messages[1][2])
-        step = record_step(sibling, run, chunk)  # as Plant's batch writes a finding: by its checkpoint, signed
-        written = _insert(sibling, run_id, [FindingRow(None, None, None, "head-rolled-back", "in flight")],
-                          chunk_id=chunk.id, step=step)
-        sign_checkpoint(run, chunk, keyring, step=step, findings=written)
-        sibling.flush()
+        written_by_plant(sibling, sibling.get(AuditRun, run_id), sibling.get(AuditChunk, messages[1][2]), keyring,
+                         [FindingRow(None, None, None, "head-rolled-back", "in flight")])
         cancelling = threading.Thread(target=audit._cancel, args=(claim,))
         cancelling.start()
         wait_for(lambda: lock_waiters(engine), what="the cancel to wait on the sibling's checkpoint")

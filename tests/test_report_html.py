@@ -39,11 +39,13 @@ from werkzeug.wrappers import Request, Response
 
 from models.api_keys import create_api_key
 from models.audit_runs import start_run, summarize_run
-from models.audit_tables import AuditFinding
+from models.audit import FindingRow
+from models.audit_tables import AuditChunk
 from models.entities import Skill
 from models.jobs import Job
 from models.jws import verify_detached
 from tests.conftest import REPO_ROOT, bearer, wait_for
+from tests.test_audit_record_signed import written_by_plant
 
 API = "/api/v1"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -368,9 +370,10 @@ def test_a_running_audit_renders_with_an_in_progress_banner(client, seeded, engi
         session.flush()
         run = start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=50_000)
         entity_id = session.scalar(select(Skill.id).limit(1))
-        session.add_all([
-            AuditFinding(run_id=run.id, entity_type="skill", entity_id=entity_id, code="row-content-mismatch", severity="critical"),
-            AuditFinding(run_id=run.id, entity_type="skill", entity_id=entity_id, code=hostile, severity="warning", rule_id="R&D"),
+        chunk = session.scalar(select(AuditChunk).where(AuditChunk.run_id == run.id, AuditChunk.entity_type == "skill"))
+        written_by_plant(session, run, chunk, keyring, [  # a hostile code and rule id, as if Plant wrote them
+            FindingRow("skill", entity_id, None, "row-content-mismatch", ""),
+            FindingRow("skill", entity_id, None, hostile, "", rule_id="R&D"),
         ])
         run_id, entities_total = str(run.id), run.entities_total
 
