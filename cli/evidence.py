@@ -113,13 +113,19 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
+    summary = run.get("summary") if isinstance(run.get("summary"), dict) else run
+    left_out = summary.get("findings_left_out")
     facts = {"valid": True, "kid": verified.kid, "alg": verified.alg, "keys": source,
-             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0, **sealed}
+             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0,
+             "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0, **sealed}
     if as_json:
         print_json(facts)
         return
     click.echo(f"report signature valid: signed by kid {_shown(verified.kid)} ({_shown(verified.alg)}); {source}")
     click.echo(f"run {_shown(facts['run_id'])}: {facts['findings']} finding(s)")
+    if facts["findings_left_out"]:
+        click.echo(f"  {facts['findings_left_out']} of them left out of the run's counts: no signature of Plant's over "
+                   "the run's record covers them (its audit-record-invalid findings say which)")
     _echo_seal_caveat(sealed)
 
 

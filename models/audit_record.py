@@ -39,9 +39,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import BigInteger, any_, bindparam, func, insert, not_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
@@ -159,6 +161,11 @@ def left_out_spans(summary: Any) -> list[list[int]]:
     ``findings_left_out``; none in a run closed before migration 0016)."""
     left_out = summary.get("findings_left_out") if isinstance(summary, dict) else None
     return left_out.get("ids", []) if isinstance(left_out, dict) else []
+
+
+def not_among(ids: list[int]) -> ColumnElement[bool]:
+    """SQL: the finding is not one of ``ids`` (one array parameter, however many)."""
+    return not_(AuditFinding.id == any_(bindparam("not_among", ids, type_=ARRAY(BigInteger))))
 
 
 def _findings_of(signed: Any) -> dict[str, Any] | None:

@@ -21,13 +21,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, any_, bindparam, false, func, insert, not_, or_, select, true, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import and_, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_record import (
-    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
+    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, not_among, plan_problem,
     record_step, sign_checkpoint, sign_close, sign_plan,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
@@ -292,7 +291,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     total = sum((c.counters or {}).get("entities", 0) for c in counted)
     counts = AuditFinding.run_id == run_id
     if written.left_out:
-        counts = and_(counts, not_(AuditFinding.id == any_(bindparam("left_out", written.left_out, type_=ARRAY(BigInteger)))))
+        counts = and_(counts, not_among(written.left_out))
     failing = (
         select(func.count(func.distinct(AuditFinding.entity_id)))
         .where(counts, AuditFinding.severity.in_(FAILING_SEVERITIES),
@@ -375,8 +374,9 @@ def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid
     unless ``wait`` (only for a caller that holds no job row: the holder may be waiting for
     one). A chunk's batch in flight holds it (the batch key-shares the run, and a close locks
     it FOR UPDATE, so that no finding comes in behind the close): it is left for the next
-    call, or with ``wait`` waited for; a chunk whose job has ended commits none. Returns how
-    many runs it closed."""
+    call, or with ``wait`` waited for; a chunk whose job has ended commits none. A run that
+    cannot be closed (its close raises) is logged and left, each close in a savepoint of its
+    own. Returns how many runs it closed."""
     ended = (
         # The job's end, but never before the run began nor after now: the jobs table takes any UPDATE.
         select(AuditRun.id, Job.status,
@@ -387,10 +387,16 @@ def close_runs_of_ended_jobs(session: Session, *, keyring: KeyRing, job_id: uuid
     )
     if job_id is not None:
         ended = ended.where(AuditRun.job_id == job_id)
-    rows = session.execute(ended).all()
-    for run_id, status, finished_at in rows:
-        summarize_run(session, run_id=run_id, keyring=keyring, status=status, finished_at=finished_at)
-    return len(rows)
+    closed = 0
+    for run_id, status, finished_at in session.execute(ended).all():
+        try:  # one run that cannot be closed must not hold up the others, nor what ended its job
+            with session.begin_nested():
+                summarize_run(session, run_id=run_id, keyring=keyring, status=status, finished_at=finished_at)
+            closed += 1
+        except Exception:  # noqa: BLE001 - logged; the next recovery pass tries it again
+            log.warning("could not close audit run %s of an ended job; the next recovery pass will try again", run_id,
+                        exc_info=True)
+    return closed
 
 
 def close_runs_apart(sessions: sessionmaker[Session], *, keyring: KeyRing, job_id: uuid.UUID | None = None,

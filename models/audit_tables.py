@@ -84,6 +84,7 @@ class AuditFinding(Base):
         Index(None, "run_id", "id"), Index(None, "run_id", "entity_id"),
         ForeignKeyConstraint(["chunk_id", "step"], ["audit_checkpoints.chunk_id", "audit_checkpoints.step"]),
         CheckConstraint("(chunk_id IS NULL) = (step IS NULL)", name="checkpoint_whole"),
+        CheckConstraint("id BETWEEN 1 AND 9007199254740991", name="id_signable"),  # canonical JSON's integers
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -40,7 +40,8 @@ from models.signing import KeyRing
 REPORT_TYPE = "plant.audit-report.v1"
 DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 # "counted": "no" for a finding the close left out of every count (no signature of Plant's
-# covers it: ``summary.findings_left_out``), "yes" otherwise, empty while the run is running.
+# covers it: ``summary.findings_left_out``), "yes" otherwise; while the run is running, "no"
+# for one no checkpoint covers so far, empty otherwise.
 CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail", "counted")
 
 
@@ -181,13 +182,16 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
 def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
     """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
     run = checked_run(session, run_id=run_id, keyring=keyring)
-    left_out = in_spans(left_out_spans(run.summary)) if run.finished_at is not None else None
+    findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
+    if run.finished_at is not None:
+        left_out, kept = in_spans(left_out_spans(run.summary)), "yes"
+    else:  # the close decides; those no checkpoint covers so far it will leave out
+        left_out, kept = in_spans(id_spans(progress_so_far(session, run, findings, keyring).left_out)), ""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for finding in all_findings(session, run_id):
-        counted = "" if left_out is None else "no" if left_out(finding.id) else "yes"
-        writer.writerow({**finding_resource(finding), "counted": counted})
+    for finding in findings:
+        writer.writerow({**finding_resource(finding), "counted": "no" if left_out(finding.id) else kept})
     return out.getvalue()
 
 

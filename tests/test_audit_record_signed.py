@@ -538,3 +538,47 @@ def test_a_running_run_s_report_names_the_findings_no_checkpoint_covers_so_far(
     shown = metrics(elements)
     assert number(shown["findings_left_out"]) == 1 and number(shown["findings"]) == 1
     assert [e.attrs["data-banner"] for e in elements if e.attrs.get("data-banner") == "left-out"] == ["left-out"]
+
+
+def test_a_finding_whose_id_canonical_json_cannot_hold_is_refused(db_session: Session, skills: Any, keyring: Any) -> None:
+    """The id column takes explicit values: one past 2**53 - 1 made the close raise (its
+    signed hash holds every finding's id), so the run never closed, nor any swept with it."""
+    run = _started(db_session, keyring)
+    with pytest.raises(DBAPIError, match="ck_audit_findings_id_signable"), db_session.begin_nested():
+        db_session.execute(text("INSERT INTO audit_findings (id, run_id, code, severity) "
+                                "VALUES (9007199254740993, :run, 'x', 'critical')"), {"run": run.id})
+    _steps(db_session, run, keyring)
+    assert summarize_run(db_session, run_id=run.id, keyring=keyring)["run_level_findings"] == []
+
+
+def test_a_run_that_cannot_be_closed_does_not_hold_up_the_sweep(
+        db_session: Session, skills: Any, keyring: Any, monkeypatch: Any) -> None:
+    from models import audit_runs
+
+    runs = [_started(db_session, keyring) for _ in range(2)]
+    db_session.execute(text("UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = ANY(:jobs)"),
+                       {"jobs": [r.job_id for r in runs]})
+    closes = audit_runs.summarize_run
+
+    def first_fails(session: Session, *, run_id: uuid.UUID, **kwargs: Any) -> dict:
+        if run_id == runs[0].id:
+            raise RuntimeError("this run cannot be closed")
+        return closes(session, run_id=run_id, **kwargs)
+
+    monkeypatch.setattr(audit_runs, "summarize_run", first_fails)
+    assert audit_runs.close_runs_of_ended_jobs(db_session, keyring=keyring) == 1
+    db_session.expire_all()
+    assert [db_session.get(AuditRun, r.id).status for r in runs] == ["running", "failed"]
+
+
+def test_the_latest_run_s_findings_metric_leaves_out_what_its_close_left_out(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    from models.metrics import audit_stats
+
+    run = _started(db_session, keyring)
+    db_session.execute(text("INSERT INTO audit_findings (run_id, code, severity, detail) "
+                            "VALUES (:run, 'chain-broken', 'critical', 'by SQL')"), {"run": run.id})
+    _steps(db_session, run, keyring)
+    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    shown = {(f.code, f.severity): f.count for f in audit_stats(db_session).last_run_findings}
+    assert shown == {("audit-record-invalid", "critical"): 1}  # the one that names what it left out

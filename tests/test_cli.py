@@ -45,6 +45,25 @@ def test_report_verify_accepts_a_signed_report_and_refuses_a_changed_one(tmp_pat
     assert CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)]).exit_code == 4
 
 
+@pytest.mark.parametrize("where", ["summary", "running run"])
+def test_report_verify_says_how_many_findings_the_run_left_out_of_its_counts(tmp_path, keyring, where) -> None:
+    import json
+
+    from models.reports import signed_report
+
+    left_out = {"count": 2, "ids": [[7, 8]]}
+    run_resource = {"id": "r", "summary": {"findings_left_out": left_out}} if where == "summary" else \
+        {"id": "r", "summary": None, "findings_left_out": left_out}
+    report = tmp_path / "report.json"
+    report.write_bytes(signed_report({"type": "plant.audit-report.v1", "run": run_resource, "findings": [{}] * 3}, keyring))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keyring.jwks()))
+    shown = CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks)])
+    assert shown.exit_code == 0 and "3 finding(s)" in shown.output and "2 of them left out of the run's counts" in shown.output
+    facts = json.loads(CliRunner().invoke(cli, ["report", "verify", str(report), "--jwks", str(jwks), "--json"]).stdout)
+    assert facts["findings"] == 3 and facts["findings_left_out"] == 2
+
+
 def test_seed_and_db_check_speak_json(run) -> None:
     import json
 
