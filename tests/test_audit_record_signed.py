@@ -582,3 +582,26 @@ def test_the_latest_run_s_findings_metric_leaves_out_what_its_close_left_out(
     summarize_run(db_session, run_id=run.id, keyring=keyring)
     shown = {(f.code, f.severity): f.count for f in audit_stats(db_session).last_run_findings}
     assert shown == {("audit-record-invalid", "critical"): 1}  # the one that names what it left out
+
+
+def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a_forgery(
+        engine: Any, keyring: Any, seeded: Any) -> None:
+    """The report reads the findings, then the checkpoints again as they are now: a batch that
+    commits in between, after this session has read its chunk, names every finding it wrote."""
+    from sqlalchemy import select
+
+    from models.audit_record import all_findings, open_run_problem, progress_so_far
+
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        run_id, chunk_id = run.id, pending_chunks(session, run.id)[0]
+    with Session(engine) as reader, reader.begin():
+        run = reader.get(AuditRun, run_id)
+        held = list(reader.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))  # read before the batch, kept
+        assert open_run_problem(reader, run, keyring) is None and held
+        with Session(engine) as worker, worker.begin():
+            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, batch_size=500)
+        findings = all_findings(reader, run_id)
+        progress = progress_so_far(reader, run, findings, keyring)
+    assert findings and progress.left_out == [] and progress.entities_audited > 0
