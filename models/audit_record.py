@@ -39,11 +39,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, any_, bindparam, func, insert, not_, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
@@ -161,11 +159,6 @@ def left_out_spans(summary: Any) -> list[list[int]]:
     ``findings_left_out``; none in a run closed before migration 0016)."""
     left_out = summary.get("findings_left_out") if isinstance(summary, dict) else None
     return left_out.get("ids", []) if isinstance(left_out, dict) else []
-
-
-def not_among(ids: list[int]) -> ColumnElement[bool]:
-    """SQL: the finding is not one of ``ids`` (one array parameter, however many)."""
-    return not_(AuditFinding.id == any_(bindparam("not_among", ids, type_=ARRAY(BigInteger))))
 
 
 def _findings_of(signed: Any) -> dict[str, Any] | None:
@@ -304,6 +297,12 @@ def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
 def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing) -> str | None:
     """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None: it must be one
     Plant signed, and the latest (``audit_checkpoints``)."""
+    latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
+    return _checkpoint_problem(run, chunk, keyring, latest)
+
+
+def _checkpoint_problem(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, latest: int | None) -> str | None:
+    """:func:`checkpoint_problem`, with the chunk's ``latest`` recorded step already read."""
     step = _step_of(chunk.checkpoint_signed)
     try:
         body = {**_checkpoint(run, chunk, step or 0), "findings": _findings_of(chunk.checkpoint_signed)}
@@ -311,7 +310,6 @@ def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyri
         body = None
     if step is None or body is None or body["findings"] is None or not _verifies(keyring, CHECKPOINT, body, chunk.checkpoint_signed):
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
-    latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
     if latest != step:
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is step {step}, not the latest Plant signed ({latest})"
     return None
@@ -348,9 +346,13 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
     is named by the checkpoint read after it; a finding that is not was written outside
     Plant. (The close checks their hashes too: :func:`check_findings`.) The run's plan is
     taken as verified (:func:`open_run_problem`)."""
-    # populate_existing: the chunks as they are now, not as an earlier read in this session left them
-    chunks = session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id).execution_options(populate_existing=True))
-    verified = [c for c in chunks if checkpoint_problem(session, run, c, keyring) is None]
+    # One statement, one snapshot: a chunk's row and its latest recorded step, as they are now
+    # (populate_existing: not as an earlier read in this session left them). Read apart, a
+    # batch committed between the two made its chunk's checkpoint look outdated.
+    latest = select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == AuditChunk.id).scalar_subquery()
+    rows = session.execute(select(AuditChunk, latest).where(AuditChunk.run_id == run.id)
+                           .execution_options(populate_existing=True)).all()
+    verified = [c for c, last in rows if _checkpoint_problem(run, c, keyring, last) is None]
     named = {c.id: in_spans(_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
     named[None] = in_spans((_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
     left_out = [f.id for f in findings if f.chunk_id not in named or not named[f.chunk_id](f.id)]

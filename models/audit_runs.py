@@ -21,19 +21,19 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, insert, or_, select, true, update
+from sqlalchemy import and_, false, func, insert, not_, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_record import (
-    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, not_among, plan_problem,
+    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
     record_step, sign_checkpoint, sign_close, sign_plan,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
-from models.db import transaction, uuid_in
+from models.db import bigint_in, transaction, uuid_in
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
@@ -291,7 +291,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     total = sum((c.counters or {}).get("entities", 0) for c in counted)
     counts = AuditFinding.run_id == run_id
     if written.left_out:
-        counts = and_(counts, not_among(written.left_out))
+        counts = and_(counts, not_(bigint_in(AuditFinding.id, written.left_out)))
     failing = (
         select(func.count(func.distinct(AuditFinding.entity_id)))
         .where(counts, AuditFinding.severity.in_(FAILING_SEVERITIES),

@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, extract, func, select
+from sqlalchemy import extract, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from models.audit_record import left_out_spans, not_among
 from models.audit_tables import AuditFinding, AuditRun
 from models.jobs import Job, JobStatus
 
@@ -86,18 +85,14 @@ def audit_stats(session: Session) -> AuditStats:
         select(func.count(), func.coalesce(func.sum(_duration()), 0)).where(finished)
     ).one()
     last = session.execute(
-        select(AuditRun.id, _duration(), extract("epoch", AuditRun.finished_at), AuditRun.summary)
+        select(AuditRun.id, _duration(), extract("epoch", AuditRun.finished_at))
         .where(finished).order_by(AuditRun.finished_at.desc()).limit(1)
     ).first()
     findings: tuple[FindingCount, ...] = ()
     if last is not None:
-        counted = AuditFinding.run_id == last[0]
-        left_out = [i for first, final in left_out_spans(last[3]) for i in range(first, final + 1)]
-        if left_out:  # as the run's summary counts them: not those its close left out
-            counted = and_(counted, not_among(left_out))
         rows = session.execute(
             select(AuditFinding.code, AuditFinding.severity, func.count())
-            .where(counted).group_by(AuditFinding.code, AuditFinding.severity)
+            .where(AuditFinding.run_id == last[0]).group_by(AuditFinding.code, AuditFinding.severity)
         )
         findings = tuple(FindingCount(code, severity, n) for code, severity, n in rows)
     return AuditStats(

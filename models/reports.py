@@ -76,6 +76,9 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     resource = run_resource(run)
     findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
     if run.finished_at is None:
+        session.refresh(run)
+        if run.finished_at is not None:  # closed since it was read: the close's own findings are among these
+            return build_report(session, run_id=run_id, keyring=keyring)
         progress = progress_so_far(session, run, findings, keyring)
         resource.update(status="running", summary=None, chunks_done=progress.chunks_done,
                         entities_audited=progress.entities_audited)

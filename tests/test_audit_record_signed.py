@@ -571,19 +571,6 @@ def test_a_run_that_cannot_be_closed_does_not_hold_up_the_sweep(
     assert [db_session.get(AuditRun, r.id).status for r in runs] == ["running", "failed"]
 
 
-def test_the_latest_run_s_findings_metric_leaves_out_what_its_close_left_out(
-        db_session: Session, skills: Any, keyring: Any) -> None:
-    from models.metrics import audit_stats
-
-    run = _started(db_session, keyring)
-    db_session.execute(text("INSERT INTO audit_findings (run_id, code, severity, detail) "
-                            "VALUES (:run, 'chain-broken', 'critical', 'by SQL')"), {"run": run.id})
-    _steps(db_session, run, keyring)
-    summarize_run(db_session, run_id=run.id, keyring=keyring)
-    shown = {(f.code, f.severity): f.count for f in audit_stats(db_session).last_run_findings}
-    assert shown == {("audit-record-invalid", "critical"): 1}  # the one that names what it left out
-
-
 def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a_forgery(
         engine: Any, keyring: Any, seeded: Any) -> None:
     """The report reads the findings, then the checkpoints again as they are now: a batch that
@@ -605,3 +592,93 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
         findings = all_findings(reader, run_id)
         progress = progress_so_far(reader, run, findings, keyring)
     assert findings and progress.left_out == [] and progress.entities_audited > 0
+
+
+@pytest.mark.parametrize("edit", [
+    "INSERT INTO audit_findings (run_id, code, severity, created_at) VALUES (:run, 'x', 'warning', 'infinity')",
+    "UPDATE audit_chunks SET updated_at = '10000-01-01' WHERE run_id = :run",
+    "UPDATE audit_runs SET created_at = '-infinity' WHERE id = :run",
+    "UPDATE audit_runs SET finished_at = 'infinity', status = 'succeeded' WHERE id = :run",
+])
+def test_a_time_python_cannot_load_is_refused_in_a_running_run(db_session: Session, skills: Any, keyring: Any,
+                                                               edit: str) -> None:
+    """psycopg cannot load 'infinity' or a year past 9999: such a time stopped the run's close
+    and made every export of it a 500."""
+    run = _started(db_session, keyring)
+    with pytest.raises(DBAPIError, match="_loadable"), db_session.begin_nested():
+        db_session.execute(text(edit), {"run": run.id})
+
+
+def test_a_json_value_nested_too_deep_for_python_does_not_stop_the_close_or_the_export(
+        db_session: Session, skills: Any, keyring: Any) -> None:
+    """PostgreSQL takes JSON nested far deeper than Python reads: a read of the row raised
+    RecursionError, so the run never closed and its exports failed. It now reads as a value
+    no Plant write makes, and fails the checks."""
+    from models.db import UNREADABLE_JSON
+
+    run = _started(db_session, keyring)
+    deep = "[" * 3000 + "]" * 3000
+    db_session.execute(text("UPDATE audit_chunks SET counters = jsonb_build_object('x', CAST(:deep AS jsonb)) "
+                            "WHERE run_id = :run"), {"deep": deep, "run": run.id})
+    db_session.expire_all()
+    assert db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0]).counters == UNREADABLE_JSON
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
+    assert summary["run_level_findings"] == ["audit-record-invalid"] and summary["total_entities"] == 0
+    assert verify_report(export_report(db_session, run_id=run.id, keyring=keyring), keyring).kid == keyring.active.kid
+
+
+def _after_statement(session: Session, marker: str, action: Any) -> None:
+    """Run ``action`` once, right after ``session`` executes its first statement reading ``marker``."""
+    from sqlalchemy import event
+
+    done: list[bool] = []
+
+    def once(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if marker in statement and not done:
+            done.append(True)
+            action()
+    event.listen(session.connection(), "after_cursor_execute", once)
+
+
+def test_a_batch_committed_between_reading_a_chunk_and_its_steps_does_not_make_its_findings_forgeries(
+        engine: Any, keyring: Any, seeded: Any) -> None:
+    """Read apart, a chunk's checkpoint and its latest recorded step could straddle a batch's
+    commit: the checkpoint then looked outdated, and the report called Plant's own findings
+    left out. They are read in one statement."""
+    from models.audit_record import all_findings, progress_so_far
+
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        run_id, chunk_id = run.id, pending_chunks(session, run.id)[0]
+        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+
+    def next_batch() -> None:
+        with Session(engine) as worker, worker.begin():
+            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+
+    with Session(engine) as reader, reader.begin():
+        run = reader.get(AuditRun, run_id)
+        findings = all_findings(reader, run_id)
+        _after_statement(reader, "FROM audit_chunks", next_batch)
+        progress = progress_so_far(reader, run, findings, keyring)
+    assert len(findings) == 1 and progress.left_out == [] and progress.entities_audited >= 1
+
+
+def test_a_run_closed_while_its_report_is_built_is_reported_closed(engine: Any, keyring: Any, seeded: Any) -> None:
+    """The close commits after the report read the run as running and before it read the
+    findings: the close's own findings were then reported as left out of a running run."""
+    from models.reports import build_report
+
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {"scope": {"entity_type": "industry"}}).id
+
+    def close() -> None:
+        with Session(engine) as closer, closer.begin():
+            summarize_run(closer, run_id=run_id, keyring=keyring)  # "succeeded" with chunks not done: a finding
+
+    with Session(engine) as reader, reader.begin():
+        _after_statement(reader, "FROM audit_runs", close)
+        report = build_report(reader, run_id=run_id, keyring=keyring)
+    assert report["run"]["status"] == "succeeded" and "findings_left_out" not in report["run"]
+    assert report["run"]["summary"]["run_level_findings"] == ["audit-record-invalid"]
