@@ -544,7 +544,7 @@ def test_a_finding_whose_id_canonical_json_cannot_hold_is_refused(db_session: Se
     """The id column takes explicit values: one past 2**53 - 1 made the close raise (its
     signed hash holds every finding's id), so the run never closed, nor any swept with it."""
     run = _started(db_session, keyring)
-    with pytest.raises(DBAPIError, match="ck_audit_findings_id_signable"), db_session.begin_nested():
+    with pytest.raises(DBAPIError, match="is ahead of it"), db_session.begin_nested():  # and past the CHECK
         db_session.execute(text("INSERT INTO audit_findings (id, run_id, code, severity) "
                                 "VALUES (9007199254740993, :run, 'x', 'critical')"), {"run": run.id})
     _steps(db_session, run, keyring)
@@ -682,3 +682,21 @@ def test_a_run_closed_while_its_report_is_built_is_reported_closed(engine: Any, 
         report = build_report(reader, run_id=run_id, keyring=keyring)
     assert report["run"]["status"] == "succeeded" and "findings_left_out" not in report["run"]
     assert report["run"]["summary"]["run_level_findings"] == ["audit-record-invalid"]
+
+
+def test_a_finding_id_chosen_ahead_of_its_sequence_is_refused(db_session: Session, skills: Any, keyring: Any) -> None:
+    """Chosen through SQL, an id ahead of the sequence made Plant's own INSERT collide with it
+    when the sequence got there: batch after batch failed. An id the sequence has passed
+    (a gap) cannot collide with Plant's, and is left out of the counts like any other."""
+    tampered = _tampered(db_session, skills, 1)
+    run = _started(db_session, keyring)
+    ahead = db_session.scalar(text("SELECT last_value + 1 FROM audit_findings_id_seq"))
+    with pytest.raises(DBAPIError, match=f"{ahead} is ahead of it"), db_session.begin_nested():
+        db_session.execute(text("INSERT INTO audit_findings (id, run_id, code, severity) VALUES (:id, :run, 'x', 'critical')"),
+                           {"id": ahead, "run": run.id})
+    gap = db_session.scalar(text("SELECT nextval('audit_findings_id_seq')"))  # issued, never used
+    db_session.execute(text("INSERT INTO audit_findings (id, run_id, code, severity) VALUES (:id, :run, 'x', 'critical')"),
+                       {"id": gap, "run": run.id})
+    _steps(db_session, run, keyring)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
+    assert summary["non_compliant"] == len(tampered) and summary["findings_left_out"] == {"count": 1, "ids": [[gap, gap]]}

@@ -19,6 +19,8 @@ in a report Plant signed. Now:
   load (``audit_findings.created_at``, ``audit_chunks.updated_at``, ``audit_runs.created_at``
   and ``finished_at``) must lie between the years 1 and 9999: Python cannot load
   ``infinity`` or a later year.
+- ``audit_findings`` refuses an id ahead of its sequence (a trigger enabled ALWAYS): chosen
+  through SQL, such an id made Plant's own INSERT collide with it, batch after batch.
 
 A run still running here has checkpoints and a plan signed without those hashes: its next
 chunk step fails its job with ``audit-record-invalid``, and its close says so; run the audit
@@ -58,9 +60,38 @@ def upgrade() -> None:
     # one makes this upgrade fail, naming the constraint: that run could never close anyway.
     for table, column in LOADED_TIMES:
         op.create_check_constraint(op.f(f"ck_{table}_{column}_loadable"), table, f"{column} BETWEEN {EARLIEST} AND {LATEST}")
+    # An id chosen ahead of the sequence made Plant's own INSERT collide with it when the
+    # sequence got there, failing batch after batch. Plant's ids come from the sequence, whose
+    # last value is then at least theirs; an id past it, or any before the first, is refused.
+    bind = op.get_bind()
+    schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    sequence = bind.execute(sa.text("SELECT pg_get_serial_sequence('audit_findings', 'id')")).scalar_one()
+    op.execute(
+        f"""
+        CREATE FUNCTION audit_findings_refuse_id_ahead() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, {schema}, pg_temp AS $$
+        DECLARE
+            issued bigint;
+            called boolean;
+        BEGIN
+            SELECT last_value, is_called INTO issued, called FROM {sequence};
+            IF NOT called OR NEW.id > issued THEN
+                RAISE EXCEPTION 'audit_findings: a finding''s id comes from its sequence; % is ahead of it', NEW.id
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END
+        $$
+        """
+    )
+    op.execute("CREATE TRIGGER audit_findings_no_id_ahead BEFORE INSERT ON audit_findings "
+               "FOR EACH ROW EXECUTE FUNCTION audit_findings_refuse_id_ahead()")
+    op.execute("ALTER TABLE audit_findings ENABLE ALWAYS TRIGGER audit_findings_no_id_ahead")
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER audit_findings_no_id_ahead ON audit_findings")
+    op.execute("DROP FUNCTION audit_findings_refuse_id_ahead()")
     for table, column in LOADED_TIMES:
         op.drop_constraint(op.f(f"ck_{table}_{column}_loadable"), table, type_="check")
     op.drop_constraint(op.f("ck_audit_findings_id_signable"), "audit_findings", type_="check")
