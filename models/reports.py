@@ -63,6 +63,16 @@ def checked_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Aud
     return run
 
 
+def _closed_meanwhile(session: Session, run: AuditRun) -> bool:
+    """Whether a run read as running (its record checked as such) was closed since: the
+    findings read after the check then hold the close's own, which no checkpoint names.
+    The caller starts again, to check and report the run as closed."""
+    if run.finished_at is not None:
+        return False
+    session.refresh(run)
+    return run.finished_at is not None
+
+
 def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
     """The run's report. A finished run's close must be the one Plant signed
     (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
@@ -75,10 +85,9 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     run = checked_run(session, run_id=run_id, keyring=keyring)
     resource = run_resource(run)
     findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
+    if _closed_meanwhile(session, run):
+        return build_report(session, run_id=run_id, keyring=keyring)
     if run.finished_at is None:
-        session.refresh(run)
-        if run.finished_at is not None:  # closed since it was read: the close's own findings are among these
-            return build_report(session, run_id=run_id, keyring=keyring)
         progress = progress_so_far(session, run, findings, keyring)
         resource.update(status="running", summary=None, chunks_done=progress.chunks_done,
                         entities_audited=progress.entities_audited)
@@ -186,6 +195,8 @@ def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> st
     """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
     run = checked_run(session, run_id=run_id, keyring=keyring)
     findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
+    if _closed_meanwhile(session, run):
+        return findings_csv(session, run_id=run_id, keyring=keyring)
     if run.finished_at is not None:
         left_out, kept = in_spans(left_out_spans(run.summary)), "yes"
     else:  # the close decides; those no checkpoint covers so far it will leave out

@@ -684,6 +684,22 @@ def test_a_run_closed_while_its_report_is_built_is_reported_closed(engine: Any, 
     assert report["run"]["summary"]["run_level_findings"] == ["audit-record-invalid"]
 
 
+def test_a_run_closed_while_its_csv_is_written_is_written_closed(engine: Any, keyring: Any, seeded: Any) -> None:
+    from models.reports import findings_csv
+
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {"scope": {"entity_type": "industry"}}).id
+
+    def close() -> None:
+        with Session(engine) as closer, closer.begin():
+            summarize_run(closer, run_id=run_id, keyring=keyring)  # "succeeded" with chunks not done: a finding
+
+    with Session(engine) as reader, reader.begin():
+        _after_statement(reader, "FROM audit_runs", close)
+        rows = list(csv.DictReader(io.StringIO(findings_csv(reader, run_id=run_id, keyring=keyring))))
+    assert [(r["code"], r["counted"]) for r in rows] == [("audit-record-invalid", "yes")]
+
+
 def test_a_finding_id_chosen_ahead_of_its_sequence_is_refused(db_session: Session, skills: Any, keyring: Any) -> None:
     """Chosen through SQL, an id ahead of the sequence made Plant's own INSERT collide with it
     when the sequence got there: batch after batch failed. An id the sequence has passed
