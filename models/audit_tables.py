@@ -23,16 +23,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
 
 
-def loadable_time(column: str) -> CheckConstraint:
-    """A time Python can load (not ``infinity``, no year past 9999): one it cannot stopped a
-    run's close and every export of it (migration 0016)."""
-    return CheckConstraint(f"{column} BETWEEN '0001-01-02 00:00:00+00'::timestamptz AND '9999-12-30 00:00:00+00'::timestamptz",
-                           name=f"{column}_loadable")
-
-
 class AuditRun(Base):
     __tablename__ = "audit_runs"
-    __table_args__ = (loadable_time("created_at"), loadable_time("finished_at"))
 
     id: Mapped[UUIDPk]
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
@@ -60,7 +52,7 @@ class AuditRunUnsigned(Base):
 
 class AuditChunk(Base):
     __tablename__ = "audit_chunks"
-    __table_args__ = (UniqueConstraint("run_id", "chunk_no"), loadable_time("updated_at"))
+    __table_args__ = (UniqueConstraint("run_id", "chunk_no"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
@@ -93,7 +85,6 @@ class AuditFinding(Base):
         ForeignKeyConstraint(["chunk_id", "step"], ["audit_checkpoints.chunk_id", "audit_checkpoints.step"]),
         CheckConstraint("(chunk_id IS NULL) = (step IS NULL)", name="checkpoint_whole"),
         CheckConstraint("id BETWEEN 1 AND 9007199254740991", name="id_signable"),  # canonical JSON's integers
-        loadable_time("created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

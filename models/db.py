@@ -20,17 +20,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.settings import Settings
 
 
-# What a json or jsonb value nested deeper than Python's recursion limit reads as (PostgreSQL
-# takes far deeper ones). No Plant write makes it, so every check of it fails, instead of
-# every read of its row: one such value in a running audit run stopped its close and exports.
-UNREADABLE_JSON = {"plant.unreadable": "a JSON value nested too deeply for Python to read"}
+# What a json or jsonb value Python cannot read stands for: nested deeper than its recursion
+# limit, or a number of more than 4,300 digits (PostgreSQL takes both). It holds a NUL, which
+# no jsonb value can, so it never equals anything stored (a signed head version's content,
+# say) and every check of it fails, instead of every read of its row: one such value in a
+# running audit run stopped its close and its exports for good.
+UNREADABLE_JSON = {"plant.unreadable": "\u0000a JSON value Python cannot read (nested too deeply, or a number too long)"}
 
 
 def load_json(data: str | bytes) -> Any:
     """``json.loads`` for the database's json and jsonb values (see :data:`UNREADABLE_JSON`)."""
     try:
         return json.loads(data)
-    except RecursionError:
+    except (RecursionError, ValueError):
         return dict(UNREADABLE_JSON)
 
 

@@ -69,8 +69,11 @@ def _closed_meanwhile(session: Session, run: AuditRun) -> bool:
     The caller starts again, to check and report the run as closed."""
     if run.finished_at is not None:
         return False
-    session.refresh(run)
-    return run.finished_at is not None
+    session.refresh(run, ["finished_at"])  # only: the rest stays as it was checked
+    if run.finished_at is None:
+        return False
+    session.expire(run)  # read again, whole, by the check that starts again
+    return True
 
 
 def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:

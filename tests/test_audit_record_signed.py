@@ -599,6 +599,8 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
     "UPDATE audit_chunks SET updated_at = '10000-01-01' WHERE run_id = :run",
     "UPDATE audit_runs SET created_at = '-infinity' WHERE id = :run",
     "UPDATE audit_runs SET finished_at = 'infinity', status = 'succeeded' WHERE id = :run",
+    "UPDATE skills SET deleted_at = 'infinity'",  # a governed field the audit reads
+    "UPDATE jobs SET finished_at = '10000-01-01' WHERE id = (SELECT job_id FROM audit_runs WHERE id = :run)",
 ])
 def test_a_time_python_cannot_load_is_refused_in_a_running_run(db_session: Session, skills: Any, keyring: Any,
                                                                edit: str) -> None:
@@ -609,17 +611,25 @@ def test_a_time_python_cannot_load_is_refused_in_a_running_run(db_session: Sessi
         db_session.execute(text(edit), {"run": run.id})
 
 
-def test_a_json_value_nested_too_deep_for_python_does_not_stop_the_close_or_the_export(
-        db_session: Session, skills: Any, keyring: Any) -> None:
-    """PostgreSQL takes JSON nested far deeper than Python reads: a read of the row raised
-    RecursionError, so the run never closed and its exports failed. It now reads as a value
-    no Plant write makes, and fails the checks."""
+def test_every_time_plant_stores_must_be_one_python_can_load(db_session: Session) -> None:
+    columns = db_session.execute(text(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND data_type = 'timestamp with time zone'")).all()
+    checks = set(db_session.scalars(text("SELECT conname FROM pg_constraint WHERE conname LIKE 'ck\\_%\\_loadable'")))
+    assert len(columns) > 20 and {f"ck_{table}_{column}_loadable" for table, column in columns} == checks
+
+
+@pytest.mark.parametrize("unreadable", ["[" * 3000 + "]" * 3000, "1e5000"])
+def test_a_json_value_python_cannot_read_does_not_stop_the_close_or_the_export(
+        db_session: Session, skills: Any, keyring: Any, unreadable: str) -> None:
+    """PostgreSQL takes JSON nested far deeper than Python reads, and numbers of more digits
+    than Python 3.11 turns into an int: a read of the row raised, so the run never closed and
+    its exports failed. It now reads as a value no Plant write makes, and fails the checks."""
     from models.db import UNREADABLE_JSON
 
     run = _started(db_session, keyring)
-    deep = "[" * 3000 + "]" * 3000
     db_session.execute(text("UPDATE audit_chunks SET counters = jsonb_build_object('x', CAST(:deep AS jsonb)) "
-                            "WHERE run_id = :run"), {"deep": deep, "run": run.id})
+                            "WHERE run_id = :run"), {"deep": unreadable, "run": run.id})
     db_session.expire_all()
     assert db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0]).counters == UNREADABLE_JSON
     summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
@@ -716,3 +726,33 @@ def test_a_finding_id_chosen_ahead_of_its_sequence_is_refused(db_session: Sessio
     _steps(db_session, run, keyring)
     summary = summarize_run(db_session, run_id=run.id, keyring=keyring)
     assert summary["non_compliant"] == len(tampered) and summary["findings_left_out"] == {"count": 1, "ids": [[gap, gap]]}
+
+
+def test_what_an_unreadable_json_value_reads_as_can_never_be_stored(db_session: Session, skills: Any) -> None:
+    """So it never equals a value stored and signed (an entity's head version, say)."""
+    from models.db import UNREADABLE_JSON
+
+    with pytest.raises(DBAPIError, match="unsupported Unicode escape sequence"), db_session.begin_nested():
+        db_session.execute(text("UPDATE skills SET attributes = CAST(:marker AS jsonb)"), {"marker": json.dumps(UNREADABLE_JSON)})
+
+
+def test_a_running_run_s_plan_changed_while_its_report_is_built_is_not_used_unchecked(
+        engine: Any, keyring: Any, seeded: Any) -> None:
+    """The report checks the plan, then reads the findings, then the checkpoints: a plan whose
+    ids were widened in between made a forged finding look covered."""
+    from models.reports import build_report
+
+    with Session(engine) as session, session.begin():
+        run_id = _started(session, keyring, {"scope": {"entity_type": "industry"}}).id
+        forged = session.scalar(text("INSERT INTO audit_findings (run_id, code, severity, detail) "
+                                     "VALUES (:run, 'chain-broken', 'critical', 'by SQL') RETURNING id"), {"run": run_id})
+
+    def widen() -> None:
+        with Session(engine) as writer, writer.begin():
+            writer.execute(text("UPDATE audit_runs SET plan_signed = jsonb_set(plan_signed, '{findings,ids}', "
+                                "'[[1, 9007199254740991]]') WHERE id = :run"), {"run": run_id})
+
+    with Session(engine) as reader, reader.begin():
+        _after_statement(reader, "FROM audit_findings", widen)
+        report = build_report(reader, run_id=run_id, keyring=keyring)
+    assert report["run"]["findings_left_out"] == {"count": 1, "ids": [[forged, forged]]}
