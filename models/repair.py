@@ -237,11 +237,15 @@ def _statement(repair: EntityRepair) -> dict[str, Any]:
 
 def _signable(content: dict[str, Any]) -> dict[str, Any]:
     """What the row held, as a repair record can sign it: as it was, or, when it holds
-    something canonical JSON refuses (an integer past 2**53, say), as escaped JSON text."""
+    something canonical JSON refuses (an integer past 2**53, say) or jsonb cannot store (a
+    NUL: what JSON Python cannot read is read as), as escaped JSON text."""
+    text = json.dumps(content, default=str, ensure_ascii=True)
     try:
         canonical_bytes(content)
     except CanonicalizationError as exc:
-        return {"unsignable": exc.detail, "json": json.dumps(content, default=str, ensure_ascii=True)[:MAX_UNSIGNABLE_TEXT]}
+        return {"unsignable": exc.detail, "json": text[:MAX_UNSIGNABLE_TEXT]}
+    if "\\u0000" in text:  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)
+        return {"unsignable": "it holds a NUL, which no jsonb value can", "json": text[:MAX_UNSIGNABLE_TEXT]}
     return content
 
 

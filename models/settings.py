@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # Access and input limits.
     admin_api_key: SecretStr | None = Field(default=None, description="ensured as an admin key at start")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies get 413")
-    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=1, le=10 * 365 * 86_400)  # an expiry the database can store
     job_max_attempts: int = Field(default=5, ge=1)
     job_max_handbacks: int = Field(
         default=100, ge=0, description="hand-backs a job may make without them counting as attempts; later ones count"

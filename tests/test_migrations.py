@@ -203,6 +203,7 @@ def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_datab
                              "(%s, 0, 'skill', gen_random_uuid(), gen_random_uuid()) RETURNING id", (run,)).fetchone()[0]
         conn.execute("INSERT INTO audit_checkpoints (chunk_id, step) VALUES (%s, 1)", (chunk,))
         conn.execute("INSERT INTO audit_findings (run_id, code, severity) VALUES (%s, 'x', 'warning')", (run,))
+        conn.execute("CREATE VIEW job_times AS SELECT id, created_at FROM jobs")  # an operator's: no constraint for it
     command.upgrade(config, "0016")
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute("SELECT chunk_id, step FROM audit_findings").fetchall() == [(None, None)]
@@ -217,5 +218,7 @@ def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_datab
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_findings'")}
         assert not columns & {"chunk_id", "step"}
         assert conn.execute("SELECT count(*) FROM audit_findings").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE '%\\_loadable'").fetchone()[0] == 0
+        conn.execute("DROP VIEW job_times")
     upgrade_head(empty_database)
     check_schema(empty_database)

@@ -264,3 +264,18 @@ def test_a_row_edited_to_hold_what_canonical_json_refuses_is_restored_and_record
     content = outcome.repair.row_before["content"]
     assert "9007199254740993" in content["json"] and "2**53" in content["unsignable"]
     assert verify_repair(outcome.repair.as_json(), keyring)
+
+
+@pytest.mark.parametrize("unreadable", ["1e5000", "[" * 3000 + "]" * 3000])
+def test_a_row_edited_to_hold_json_python_cannot_read_is_restored_and_recorded_as_text(
+        world, db_session, write_ctx, keyring, unreadable) -> None:
+    """It reads as a marker holding a NUL (models.db.load_json), which no jsonb column takes:
+    recorded as is, it made the restore fail for good."""
+    agent = world.agent("Unreadable")
+    _sql(db_session, "UPDATE agents SET attributes = jsonb_build_object('n', CAST(:v AS jsonb)) WHERE id = :a",
+         v=unreadable, a=agent.id)
+    outcome = _restore(db_session, write_ctx, E.AGENT, agent.id)
+    assert outcome.restored and db_session.get(Agent, agent.id).attributes == {}
+    content = outcome.repair.row_before["content"]
+    assert "plant.unreadable" in content["json"] and "NUL" in content["unsignable"]
+    assert verify_repair(outcome.repair.as_json(), keyring)
