@@ -5,16 +5,21 @@ triggers cannot tell Plant's writes from anyone else's. The worker therefore sig
 it writes, with the ledger's key ring:
 
 - the **plan**, when the run starts: its job, parameters, scope size and every chunk's
-  entity type and id range;
-- each chunk's **checkpoint**, every time it is written: its range, cursor, counters and
-  whether it is done. A chunk checks its checkpoint before it resumes from it, so a
-  cursor moved past entities it never read stops the run (:class:`AuditRecordInvalid`);
+  entity type and id range, and the findings its start wrote (count, ids, hash);
+- each chunk's **checkpoint**, every time it is written: its range, cursor, counters,
+  whether it is done, and the findings its batches wrote so far (count, ids, and a hash
+  chain step by step; each finding names its step, migration 0016). A chunk checks its
+  checkpoint before it resumes from it, so a cursor moved past entities it never read
+  stops the run (:class:`AuditRecordInvalid`);
 - the **close**: the run as closed (status, times, summary) and the SHA-256 of every
   finding, in id order.
 
 Closing a run checks the plan and every checkpoint first; whatever does not verify
 becomes a run-level ``audit-record-invalid`` finding in the run itself, and a chunk whose
-checkpoint does not verify is counted as not done, with nothing audited. An export checks
+checkpoint does not verify is counted as not done, with nothing audited. A finding no
+verified plan or checkpoint names (INSERTed through SQL) is left out of every count
+(:func:`check_findings`; the summary's ``findings_left_out``), and a running run's report
+names such findings so far (:func:`progress_so_far`). An export checks
 the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
 or a fabricated one, is refused; a run not finished must have the plan Plant signed
 (:func:`open_run_problem`), and is reported as running with no summary. ``audit_findings``

@@ -9,10 +9,10 @@ in a report Plant signed. Now:
   step (``audit_checkpoints``, foreign key) whose batch wrote the finding; both NULL for a
   finding written when the run started (seal problems, a digest's findings, an incremental
   run's) or by its close.
-- Each signed checkpoint carries the count and a hash chain of its chunk's findings, step by
-  step; the signed plan carries the count and hash of those written at the start
+- Each signed checkpoint carries the count, the ids and a hash chain of its chunk's findings,
+  step by step; the signed plan carries the same of those written at the start
   (``models.audit_record``). The close checks both before it counts anything: a finding no
-  signature covers is left out of the counts and reported as ``audit-record-invalid``.
+  signature names is left out of the counts and reported as ``audit-record-invalid``.
 - ``audit_findings.id`` must lie between 1 and 2**53 - 1, as every id Plant signs in
   canonical JSON: the column takes explicit values, and a finding INSERTed with a larger id
   made the close fail, so the run never closed. Likewise every ``timestamptz`` column of
