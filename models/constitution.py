@@ -139,11 +139,10 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
 ENTITY_TABLES = tuple(model.__tablename__ for model in ENTITY_MODELS.values())
 APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
-        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "audit_findings", "signed_exports",
-        "audit_checkpoints")},
+        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
-    # No finding for a finished run (migration 0015), nor with an id ahead of its sequence (0016).
+    # And no finding for a finished run (migration 0015), nor with an id ahead of its sequence (0016).
     "audit_findings": ("audit_findings_no_update_delete", "audit_findings_no_truncate", "audit_findings_no_insert_after_close",
                        "audit_findings_no_id_ahead"),
 }
