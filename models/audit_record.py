@@ -246,9 +246,10 @@ def check_findings(run: AuditRun, findings: Sequence[AuditFinding], chunks: Sequ
     return check
 
 
-def _close(session: Session, run: AuditRun) -> dict[str, Any]:
-    findings = [finding_resource(f) for f in all_findings(session, run.id)]
-    return {"run": run_resource(run), "findings": {"count": len(findings), "sha256": sha256(canonical_bytes(findings)).hex()}}
+def _close(run: AuditRun, findings: Sequence[AuditFinding]) -> dict[str, Any]:
+    """What a close signs: the run as closed, and the count and hash of all its findings (in id order)."""
+    resources = [finding_resource(f) for f in findings]
+    return {"run": run_resource(run), "findings": {"count": len(resources), "sha256": sha256(canonical_bytes(resources)).hex()}}
 
 
 def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> None:
@@ -287,12 +288,11 @@ def sign_checkpoint(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, *, step:
     chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, body), "step": step, "findings": chained}
 
 
-def sign_close(session: Session, run: AuditRun, keyring: KeyRing) -> None:
+def sign_close(run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing) -> None:
     """Sign the run as it is being closed: its status, times and summary set (not yet
-    flushed: the close is one UPDATE, the last the database lets a run take), every
-    finding written."""
-    with session.no_autoflush:
-        run.close_signed = _signed(keyring, CLOSE, _close(session, run))
+    flushed: the close is one UPDATE, the last the database lets a run take), with
+    ``findings``, every one it has (the close holds the run FOR UPDATE: no other comes in)."""
+    run.close_signed = _signed(keyring, CLOSE, _close(run, sorted(findings, key=lambda f: f.id)))
 
 
 def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
@@ -375,7 +375,7 @@ def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | No
     if isinstance(kid, str) and keyring.verifier(kid) is None:
         return f"audit run {run.id} was closed with key {kid!r}, which this key ring does not hold"
     try:
-        closed = _close(session, run)
+        closed = _close(run, all_findings(session, run.id))
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):

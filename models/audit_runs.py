@@ -275,8 +275,8 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(session, run, c, keyring)) is not None}
     # Findings no signature covers (INSERTed through SQL) are left out of the counts; a chunk
     # whose findings are not those its checkpoint signed counts as nothing audited.
-    written = check_findings(run, all_findings(session, run_id), [c for c in chunks if c.id not in forged],
-                             plan_verifies=plan is None)
+    findings = all_findings(session, run_id)  # all of them: the run is held FOR UPDATE, and no finding comes in
+    written = check_findings(run, findings, [c for c in chunks if c.id not in forged], plan_verifies=plan is None)
     forged.update(written.chunks)
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
@@ -287,7 +287,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         run.params = {}
     if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
         problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
-    _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
+    findings += _insert(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
     total = sum((c.counters or {}).get("entities", 0) for c in counted)
     counts = AuditFinding.run_id == run_id
     if written.left_out:
@@ -327,7 +327,8 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
             f"the run ended {status} after auditing {total} of the {run.entities_total} entities in its scope; "
             "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
-    sign_close(session, run, keyring)
+    with session.no_autoflush:  # the close is one UPDATE, signature included (0014 refuses a second)
+        sign_close(run, findings, keyring)
     session.flush()
     return summary
 
