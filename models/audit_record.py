@@ -365,17 +365,17 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
                     left_out)
 
 
-def close_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
+def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: Sequence[AuditFinding] | None = None) -> str | None:
     """Why a finished run's record cannot be reported as Plant's, or None: its close must
-    verify over the run and its findings as stored (a run already finished when migration
-    0015 was applied carries no close signature)."""
+    verify over the run and its ``findings`` as stored (read here if not given; a run
+    already finished when migration 0015 was applied carries no close signature)."""
     if run.close_signed is None and unsigned_before_0015(session, run.id):
         return None
     kid = run.close_signed.get("kid") if isinstance(run.close_signed, dict) else None
     if isinstance(kid, str) and keyring.verifier(kid) is None:
         return f"audit run {run.id} was closed with key {kid!r}, which this key ring does not hold"
     try:
-        closed = _close(run, all_findings(session, run.id))
+        closed = _close(run, all_findings(session, run.id) if findings is None else findings)
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):

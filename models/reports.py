@@ -29,7 +29,7 @@ from models.audit_record import (
     progress_so_far, run_resource,
 )
 from models.audit_runs import AuditParams
-from models.audit_tables import AuditRun
+from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
@@ -52,15 +52,21 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     return run
 
 
-def checked_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> AuditRun:
-    """The run, if its record is the one Plant signed, else :class:`AuditRecordInvalid`: a
-    finished run's close must verify (:func:`models.audit_record.close_problem`), and a run
-    not finished must have the plan Plant signed (a run Plant never started is refused too)."""
+def checked_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> tuple[AuditRun, list[AuditFinding]]:
+    """The run and its findings (read after the run, before its checkpoints: see
+    :func:`models.audit_record.progress_so_far`), if its record is the one Plant signed,
+    else :class:`AuditRecordInvalid`: a finished run's close must verify over those findings
+    (:func:`models.audit_record.close_problem`), and a run not finished must have the plan
+    Plant signed (a run Plant never started is refused too)."""
     run = get_run(session, run_id)
-    check = close_problem if run.finished_at is not None else open_run_problem
-    if (problem := check(session, run, keyring)) is not None:
+    findings = all_findings(session, run_id)
+    if run.finished_at is not None:
+        problem = close_problem(session, run, keyring, findings)
+    else:
+        problem = open_run_problem(session, run, keyring)
+    if problem is not None:
         raise AuditRecordInvalid(problem, run_id=str(run_id))
-    return run
+    return run, findings
 
 
 def _closed_meanwhile(session: Session, run: AuditRun) -> bool:
@@ -85,9 +91,8 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify, and
     with ``findings_left_out`` (count and id spans) if some findings are named by no plan or
     checkpoint that verifies: written outside Plant, the close will leave them out."""
-    run = checked_run(session, run_id=run_id, keyring=keyring)
+    run, findings = checked_run(session, run_id=run_id, keyring=keyring)
     resource = run_resource(run)
-    findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
     if _closed_meanwhile(session, run):
         return build_report(session, run_id=run_id, keyring=keyring)
     if run.finished_at is None:
@@ -196,8 +201,7 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
 
 def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
     """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
-    run = checked_run(session, run_id=run_id, keyring=keyring)
-    findings = all_findings(session, run_id)  # before the checkpoints (progress_so_far)
+    run, findings = checked_run(session, run_id=run_id, keyring=keyring)
     if _closed_meanwhile(session, run):
         return findings_csv(session, run_id=run_id, keyring=keyring)
     if run.finished_at is not None:
