@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gunicorn.glogging import Logger
+
 from models.logging_setup import gunicorn_logconfig
 from models.settings import load_settings
 
@@ -55,6 +57,22 @@ logconfig_dict = gunicorn_logconfig(_log_settings.log_format, _log_settings.log_
 loglevel = _log_settings.log_level.lower()
 accesslog = None
 errorlog = "-"
+
+
+class AccessLogOnlyWhenAsked(Logger):
+    """gunicorn's logger, minus building an access line nobody asked for.
+
+    With any logging config given (``logconfig_dict`` is), gunicorn formats every request's
+    access-log fields and hands the line to ``gunicorn.access``, which drops it when no
+    access log is configured: about a tenth of a GET's CPU in the API. This builds the line
+    only when ``accesslog`` is set (``--access-logfile``)."""
+
+    def access(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201 - gunicorn's signature
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = AccessLogOnlyWhenAsked
 access_log_format = (
     '{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "query": "%(q)s", '
     '"status": %(s)s, "bytes": "%(B)s", "duration_ms": %(M)s, "request_id": "%({x-request-id}o)s"}'

@@ -259,3 +259,38 @@ def test_gunicorn_access_log_is_json() -> None:
     sample = re.sub(r"%\([^)]*\)s", "1", config["access_log_format"])
     record = json.loads(sample)
     assert {"method", "path", "status", "duration_ms"} <= set(record)
+
+
+_ACCESS_LOG_SCRIPT = """
+import datetime, runpy, sys, types
+from gunicorn.config import Config
+
+config = runpy.run_path("gunicorn.conf.py")
+cfg = Config()
+for name in ("logconfig_dict", "access_log_format", "logger_class"):
+    cfg.set(name, config[name])
+cfg.set("accesslog", sys.argv[1] or None)
+logger = cfg.logger_class(cfg)
+built = []
+atoms = logger.atoms
+logger.atoms = lambda *args: built.append(1) or atoms(*args)
+response = types.SimpleNamespace(status="200 OK", headers=[("X-Request-ID", "r-1")], sent=2)
+environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/health", "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/health",
+           "QUERY_STRING": ""}
+logger.access(response, types.SimpleNamespace(headers=[]), environ, datetime.timedelta(milliseconds=3))
+print("built", len(built), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("accesslog", ["", "-"])
+def test_gunicorn_builds_an_access_line_only_when_an_access_log_is_asked_for(accesslog: str) -> None:
+    """gunicorn's own logger formats every request's access fields whenever a logging config
+    is given, and drops the line when there is no access log: CPU for nothing on every request."""
+    done = subprocess.run([sys.executable, "-c", _ACCESS_LOG_SCRIPT, accesslog], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert f"built {1 if accesslog else 0}" in done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if accesslog:
+        assert [(line["path"], line["status"], line["request_id"]) for line in lines] == [("/health", 200, "r-1")]
+    else:
+        assert lines == []
