@@ -7,6 +7,7 @@ functions take a ``Session`` and only flush; the edge (a request or a task) comm
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -21,17 +22,26 @@ from models.settings import Settings
 
 
 # What a json or jsonb value Python cannot read stands for: nested deeper than its recursion
-# limit, or a number of more than 4,300 digits (PostgreSQL takes both). It holds a NUL, which
-# no jsonb value can, so it never equals anything stored (a signed head version's content,
-# say) and every check of it fails, instead of every read of its row: one such value in a
-# running audit run stopped its close and its exports for good.
-UNREADABLE_JSON = {"plant.unreadable": "\u0000a JSON value Python cannot read (nested too deeply, or a number too long)"}
+# limit, a number of more than 4,300 digits, or a fraction too large for a float, which Python
+# reads as infinity and writes back as ``Infinity``, which is not JSON (PostgreSQL takes all
+# three). It holds a NUL, which no jsonb value can, so it never equals anything stored (a
+# signed head version's content, say) and every check of it fails, instead of every read of
+# its row: one such value in a running audit run stopped its close and its exports for good.
+UNREADABLE_JSON = {"plant.unreadable": "\u0000a JSON value Python cannot read (nested too deeply, or a number too long "
+                                       "or too large)"}
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]}... is too large for a float")
+    return value
 
 
 def load_json(data: str | bytes) -> Any:
     """``json.loads`` for the database's json and jsonb values (see :data:`UNREADABLE_JSON`)."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_float=_finite_float)
     except (RecursionError, ValueError):
         return dict(UNREADABLE_JSON)
 

@@ -620,12 +620,13 @@ def test_every_time_plant_stores_must_be_one_python_can_load(db_session: Session
     assert len(columns) > 20 and {f"ck_{table}_{column}_loadable" for table, column in columns} == checks
 
 
-@pytest.mark.parametrize("unreadable", ["[" * 3000 + "]" * 3000, "1e5000"])
+@pytest.mark.parametrize("unreadable", ["[" * 3000 + "]" * 3000, "1e5000", "1" + "0" * 400 + ".5"])
 def test_a_json_value_python_cannot_read_does_not_stop_the_close_or_the_export(
         db_session: Session, skills: Any, keyring: Any, unreadable: str) -> None:
-    """PostgreSQL takes JSON nested far deeper than Python reads, and numbers of more digits
-    than Python 3.11 turns into an int: a read of the row raised, so the run never closed and
-    its exports failed. It now reads as a value no Plant write makes, and fails the checks."""
+    """PostgreSQL takes JSON nested far deeper than Python reads, numbers of more digits than
+    Python 3.11 turns into an int, and fractions too large for a float: a read of the row
+    raised (or, for the last, read as infinity), so the run never closed and its exports
+    failed. It now reads as a value no Plant write makes, and fails the checks."""
     from models.db import UNREADABLE_JSON
 
     run = _started(db_session, keyring)

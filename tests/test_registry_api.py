@@ -1,11 +1,14 @@
 """The registry API end to end through Flask, against the real database (committed, cleaned)."""
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
 
 from models.chain import verify_entity
+from models.db import UNREADABLE_JSON
 from models.entities import Skill
 
 API = "/api/v1"
@@ -335,3 +338,23 @@ def app_client(app, admin_key):
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
     return client
+
+
+def test_an_entity_edited_in_sql_to_hold_a_number_too_large_for_a_float_is_still_served_as_json(client, gov, engine) -> None:
+    """jsonb keeps ``1e400 + 0.5`` exactly; Python reads such a fraction as infinity and wrote it
+    back as ``Infinity``, which is not JSON: a strict client could read neither the entity nor
+    any page listing it. It reads as the marker for JSON Python cannot read (models.db.load_json)."""
+    industry = _post(client, "/genesis/industries", {**gov, "name": "Huge", "code": "HUG"})
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE industries SET attributes = jsonb_build_object('x', 1e400::numeric + 0.5) "
+                                "WHERE id = :id"), {"id": industry["id"]})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    for path in (f"/genesis/industries/{industry['id']}", "/genesis/industries"):
+        response = client.get(API + path)
+        assert response.status_code == 200
+        body = json.loads(response.get_data(as_text=True), parse_constant=refuse)
+        shown = body if "id" in body else next(item for item in body["items"] if item["id"] == industry["id"])
+        assert shown["attributes"] == UNREADABLE_JSON
