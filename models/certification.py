@@ -89,7 +89,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     if skill.status == SkillStatus.CERTIFIED.value:
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
-        raise NotCertifiable(f"skill {skill_id} is {skill.status}", status=skill.status)
+        raise NotCertifiable(f"skill {skill_id} is {skill.status}", skill_status=skill.status)
     # The embedding is not signed content: the duplicate gate compares one computed now
     # from the signed name and description (fixed by the row lock), not whatever the
     # column holds. Computed before the lock below, which every certification waits on.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 PROBLEM_TYPE_PREFIX = "/problems/"
+PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})  # RFC 9457 §3.1
 
 
 class PlantError(Exception):
@@ -20,6 +21,9 @@ class PlantError(Exception):
     retry_after_seconds: int | None = None  # sent as Retry-After: the error passes if the client waits
 
     def __init__(self, detail: str = "", **extensions: Any) -> None:
+        reserved = PROBLEM_MEMBERS.intersection(extensions)
+        if reserved:  # an extension would overwrite a member RFC 9457 defines (a string "status", say)
+            raise TypeError(f"problem extensions may not be named {sorted(reserved)}")
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.extensions = extensions

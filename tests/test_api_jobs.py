@@ -289,3 +289,46 @@ def test_a_long_poll_sees_a_commit_made_while_it_waits(client, engine) -> None:
     assert response.get_json()["status"] == "cancelled"
     assert len(reads) == 2
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("stored", [
+    {"type": "/problems/not-certifiable", "title": "Not certifiable", "detail": "skill is retired", "status": "retired"},
+    {"type": 7, "title": ["x"], "detail": {"a": 1}, "status": True, "code": "kept"},
+    ["not", "an", "object"],
+])
+def test_a_job_whose_stored_error_is_no_problem_document_is_still_shown_and_listed(client, engine, stored) -> None:
+    """A certification refused for a retired skill stored ``"status": "retired"`` in its job's
+    error, and pydantic refused it: the job, and every page of the list holding it, was a 500.
+    Members of the wrong type are left out; a value that is not an object becomes the detail."""
+    job = _start(client).get_json()
+    with Session(engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id == uuid.UUID(job["id"])).values(status="failed", error=stored))
+    shown, listed = client.get(f"/api/v1/jobs/{job['id']}"), client.get("/api/v1/jobs")
+    assert (shown.status_code, listed.status_code) == (200, 200)
+    error = shown.get_json()["error"]
+    assert next(j for j in listed.get_json()["items"] if j["id"] == job["id"])["error"] == error
+    assert isinstance(error["title"], str) and isinstance(error["type"], str) and "status" not in error
+    if isinstance(stored, dict) and isinstance(stored["detail"], str):
+        assert (error["type"], error["title"], error["detail"]) == (stored["type"], stored["title"], stored["detail"])
+    elif isinstance(stored, dict):
+        assert error == {"type": "about:blank", "title": "Job error", "code": "kept"}
+    else:
+        assert error["detail"] == '["not", "an", "object"]'
+
+
+def test_a_job_error_leaves_out_the_members_it_does_not_know(client, engine) -> None:
+    """RFC 9457 has ``status`` a number and ``detail`` a string: a stored job error has no
+    status, and was served with ``"status": null``."""
+    job = _start(client).get_json()
+    cancelled = client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()
+    assert cancelled["status"] == "cancelled" and "status" not in cancelled["error"]
+    assert cancelled["error"]["type"] == "/problems/job-cancelled" and cancelled["error"]["detail"]
+
+
+def test_a_problem_extension_may_not_take_a_member_rfc_9457_defines() -> None:
+    from models.errors import Conflict
+
+    for name in ("type", "title", "status", "detail", "instance"):
+        with pytest.raises(TypeError, match=name):
+            Conflict("refused", **{name: "x"})
+    assert Conflict("refused", job_status="succeeded").problem(409)["status"] == 409

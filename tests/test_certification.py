@@ -100,8 +100,12 @@ def test_a_retried_job_gets_its_first_outcome_back(db_session, write_ctx, stewar
 def test_retired_skill_is_not_certifiable(db_session, write_ctx, steward) -> None:
     skill = _skill(db_session, write_ctx, steward, "Old Skill")
     update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
-    with pytest.raises(NotCertifiable):
+    with pytest.raises(NotCertifiable) as refused:
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+    # Stored as the job's error: a "status" member there must be the HTTP status, a number
+    # (a string one made the job, and every page listing it, a 500).
+    problem = refused.value.problem()
+    assert problem["skill_status"] == "retired" and "status" not in problem
 
 
 def test_concurrent_certifications_get_gap_free_unique_numbers(engine, write_ctx, committed_steward) -> None:

@@ -21,14 +21,41 @@ class Progress(BaseModel):
     message: str | None
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Problem(BaseModel):
-    """An RFC 9457 problem document."""
+    """An RFC 9457 problem document. ``status`` and ``detail`` are left out when unknown:
+    RFC 9457 has them a number and a string, never null (a job's stored error has no status)."""
 
     model_config = ConfigDict(extra="allow")
     type: str = "about:blank"
     title: str
-    status: int | None = None
-    detail: str | None = None
+    status: int | None = Field(default=None, exclude_if=_absent)
+    detail: str | None = Field(default=None, exclude_if=_absent)
+
+    @classmethod
+    def stored(cls, error: object) -> Problem | None:
+        """A job's stored ``error`` as a problem document, whatever the row holds. One stored
+        before Plant refused extensions named like RFC 9457's members (a certification refused
+        for a retired skill stored ``"status": "retired"``), or edited through SQL, made the
+        job, and every page listing it, a 500: a standard member of the wrong type is left
+        out, and a value that is not an object is served as the detail of an unnamed error."""
+        if not error:
+            return None
+        if not isinstance(error, dict):
+            return cls(title=UNREADABLE_ERROR, detail=json.dumps(error)[:1000])
+        members = dict(error)
+        for name, kind in (("type", str), ("title", str), ("status", int), ("detail", str)):
+            value = members.get(name)
+            if value is not None and type(value) is not kind:
+                del members[name]
+        members.setdefault("title", UNREADABLE_ERROR)
+        return cls.model_validate(members)
+
+
+UNREADABLE_ERROR = "Job error"
 
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -77,7 +104,7 @@ class JobOut(BaseModel):
             progress=Progress(done=job.progress_done, total=job.progress_total, message=job.progress_message),
             attempts=job.attempts,
             result=job.result,
-            error=Problem.model_validate(job.error) if job.error else None,
+            error=Problem.stored(job.error),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
