@@ -122,6 +122,27 @@ def to_json_tree(value: Any, path: str = "$", *, depth: int = 0) -> JSONValue:
     return _model_value_text(value, path)
 
 
+def as_jsonb_keeps_it(tree: JSONValue, path: str = "$") -> JSONValue:
+    """``tree`` (from :func:`to_json_tree`), if PostgreSQL's jsonb gives it back as it is.
+
+    jsonb keeps a number as a ``numeric`` and writes it back without an exponent: ``1e+21``
+    comes back as ``1000000000000000000000``, which every reader takes for an integer
+    outside ±(2**53 − 1). A row holding such a float could never match the version that
+    signed it, so it is refused (``CanonicalizationError``): integral floats of magnitude 1e21
+    and up, since :func:`to_json_tree` refuses those between 2**53 and 1e21 already.
+    """
+    pending: list[tuple[JSONValue, str]] = [(tree, path)]
+    while pending:
+        value, where = pending.pop()
+        if type(value) is float and abs(value) >= ECMASCRIPT_EXPONENT_FROM:
+            raise _error(where, f"{value!r} would come back from the database as an integer outside ±(2**53 - 1)")
+        if isinstance(value, dict):
+            pending.extend((item, _member_path(where, key)) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+    return tree
+
+
 def normalize_text(s: str) -> str:
     """``s`` in Unicode Normalization Form C, as stored and hashed."""
     return unicodedata.normalize("NFC", s)

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.canonical import normalize_text, to_json_tree
+from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
 from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.db import uuid_in
@@ -318,7 +318,7 @@ def _normalized(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, 
         elif key == "tags" and value is not None:
             value = sorted({normalize_text(t) for t in value})
         elif key == "attributes" and value is not None:
-            value = to_json_tree(value, "$.attributes")
+            value = as_jsonb_keeps_it(to_json_tree(value, "$.attributes"), "$.attributes")
         out[key] = value
     return out
 

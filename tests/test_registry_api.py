@@ -358,3 +358,26 @@ def test_an_entity_edited_in_sql_to_hold_a_number_too_large_for_a_float_is_still
         body = json.loads(response.get_data(as_text=True), parse_constant=refuse)
         shown = body if "id" in body else next(item for item in body["items"] if item["id"] == industry["id"])
         assert shown["attributes"] == UNREADABLE_JSON
+
+
+@pytest.mark.parametrize("raw,field", [
+    ('{"x": 1e300}', "$.attributes.x"),
+    ('{"x": [1, {"y": -1.5e21}]}', "$.attributes.x[1].y"),
+    ('{"x": 1e21}', "$.attributes.x"),
+])
+def test_a_float_jsonb_would_give_back_as_an_integer_is_refused(client, gov, raw, field) -> None:
+    """jsonb writes ``1e+21`` back as ``1000000000000000000000``, an integer beyond 2**53: the
+    row could never match the version that signed it, and the entity was reported tampered
+    from its creation on, every later write refused (helper-65)."""
+    body = json.dumps({**gov, "name": "Big Numbers", "code": "BIG"})[:-1] + f', "attributes": {raw}}}'
+    response = client.post(f"{API}/genesis/industries", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.get_json()["field"] == field
+
+
+def test_floats_jsonb_gives_back_as_they_are_are_kept_and_the_entity_stays_untampered(client, gov) -> None:
+    attributes = {"small": 1e-300, "fraction": 2.5, "large": 9.007199254740991e15, "negative": -123.456, "tiny_negative": -5e-324}
+    created = _post(client, "/genesis/industries", {**gov, "name": "Floats", "code": "FLT", "attributes": attributes})
+    assert client.get(f"{API}/genesis/industries/{created['id']}").get_json()["attributes"] == attributes
+    patched = client.patch(f"{API}/genesis/industries/{created['id']}", json={"description": "a later edit"})
+    assert patched.status_code == 200, patched.get_json()
+    assert client.get(f"{API}/audit/tampering/{created['id']}").get_json()["tampered"] is False
