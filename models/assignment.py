@@ -100,8 +100,9 @@ def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> 
         try:
             with session.begin_nested():
                 return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown, excluded=excluded)
-        except TeamFull:
-            continue  # filled up since we ranked; try the next best
+        except (TeamFull, NotEligible) as refused:  # filled up, or changed, since we ranked: try the next best
+            excluded.append({"team_id": candidate["team_id"], "name": candidate["name"], "reasons": [refused.detail]})
+            continue
     raise NoEligibleTeam(f"no eligible team has a free seat for agent {agent.name}", excluded=excluded)
 
 

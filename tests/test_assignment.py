@@ -101,6 +101,31 @@ def test_auto_picks_the_most_similar_eligible_team_and_explains(world, db_sessio
     assert "team's job role is not the agent's" in excluded["Wrong Role Team"]
 
 
+def test_auto_passes_over_a_team_that_became_ineligible_after_it_was_ranked(world, db_session, write_ctx,
+                                                                             monkeypatch) -> None:
+    """The best team retired between the ranking and its lock: the next best takes the agent
+    (the assignment failed, although another eligible team had free seats; helper-65)."""
+    from models import assignment
+
+    world.team("Ocean Freight Team", description="container shipping ocean freight vessels ports")
+    world.team("Data Science Team", description="machine learning models statistics data science")
+    agent = world.agent("Data Scientist", description="machine learning statistics data science models")
+    ranked = assignment.rank_teams
+    retired: list[str] = []
+
+    def ranked_then_best_retired(session, agent):  # noqa: ANN001, ANN202 - rank_teams' signature
+        eligible, excluded = ranked(session, agent)
+        retired.append(eligible[0]["team_id"])
+        update_entity(session, entity_type=E.TEAM, entity_id=uuid.UUID(retired[0]), changes={"status": "retired"},
+                      ctx=write_ctx)
+        return eligible, excluded
+
+    monkeypatch.setattr(assignment, "rank_teams", ranked_then_best_retired)
+    outcome = assign_agent(db_session, agent_id=agent.id, team_id=None, ctx=write_ctx)
+    assert outcome.team_id is not None and str(outcome.team_id) != retired[0]
+    assert any(e["team_id"] == retired[0] and "retired" in e["reasons"][0] for e in outcome.excluded)
+
+
 def test_auto_with_no_eligible_team_fails_clearly(world, db_session, write_ctx) -> None:
     world.team("Full", capacity=1)
     assign_agent(db_session, agent_id=world.agent("Occupant").id, team_id=None, ctx=write_ctx)
