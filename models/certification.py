@@ -31,7 +31,7 @@ from sqlalchemy import Integer, String, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
-from models.canonical import canonical_bytes
+from models.canonical import canonical_bytes, normalize_text
 from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.entities import EntityType, Industry, Skill, SkillStatus
@@ -99,7 +99,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
     failed, duplicate = certification_gates(session, skill)
     if notes:
-        skill.governance_notes = notes
+        skill.governance_notes = normalize_text(notes)  # as every governed string is stored and signed: NFC
     if failed:
         skill.status = SkillStatus.REJECTED.value
         record_version(session, skill, ctx, text_changed=False)

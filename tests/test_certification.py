@@ -1,6 +1,7 @@
 """Skill certification against the real database: gates, numbering, idempotency."""
 
 import dataclasses
+import json
 import threading
 import uuid
 
@@ -95,6 +96,16 @@ def test_a_retried_job_gets_its_first_outcome_back(db_session, write_ctx, stewar
     again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx)
     assert again.certificate == first.certificate and again.version == first.version == 2
     assert len(history(db_session, entity_id=skill.id)) == 2
+
+
+def test_certification_notes_are_stored_as_they_are_signed_in_nfc(db_session, write_ctx, steward) -> None:
+    """The row held the notes as sent (NFD) while the signed head held them NFC: the API served
+    a value differing from the history byte for byte (helper-65)."""
+    skill = _skill(db_session, write_ctx, steward, "Notes Skill")
+    certify_skill(db_session, skill_id=skill.id, notes="Cafe\u0301 review", ctx=write_ctx)
+    head = json.loads(history(db_session, entity_id=skill.id)[-1].content)
+    stored = db_session.scalar(text("SELECT governance_notes FROM skills WHERE id = :id"), {"id": skill.id})
+    assert stored == head["governance_notes"] == "Caf\u00e9 review"
 
 
 def test_retired_skill_is_not_certifiable(db_session, write_ctx, steward) -> None:
