@@ -95,8 +95,9 @@ ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u066
     lambda version: "\u00b2",  # a digit to str.isdigit, not to int()
     lambda version: version + "\u00b9",
     lambda version: version.translate(ARABIC_INDIC_DIGITS),  # int() reads it as the current version
-], ids=["superscript-two", "version-then-superscript-one", "arabic-indic-version"])
-def test_an_if_match_of_non_ascii_digits_is_a_failed_precondition(client, committed_steward, spell) -> None:
+    lambda version: "0" + version,  # not the ETag: strong comparison is character for character
+], ids=["superscript-two", "version-then-superscript-one", "arabic-indic-version", "leading-zero"])
+def test_an_if_match_spelled_other_than_the_etag_is_a_failed_precondition(client, committed_steward, spell) -> None:
     url = f"{API}/agents/{committed_steward}"
     version = client.get(url).headers["ETag"].strip('"')
     tag = f'"{spell(version)}"'

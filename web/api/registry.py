@@ -96,13 +96,14 @@ def expected_versions() -> frozenset[int] | None:
     """The versions named by ``If-Match`` (our ETags are the version number); the write
     goes ahead when the entity is at any of them (RFC 9110, strong comparison).
 
-    Only ASCII digits name a version: ``str.isdigit`` also accepts characters such as
-    "²" that ``int`` cannot read. A tag that names no version matches nothing.
+    Only a version's own spelling names it, as the ETag writes it: ASCII digits with no
+    leading zero (``str.isdigit`` also accepts characters such as "²" that ``int`` cannot
+    read, and ``int`` reads "01" as 1). A tag that names no version matches nothing.
     """
     if not request.if_match or request.if_match.star_tag:
         return None
     # versions are int4; int() caps at 4,300 digits
-    return frozenset(int(tag) for tag in request.if_match.as_set() if re.fullmatch(r"[0-9]{1,10}", tag))
+    return frozenset(int(tag) for tag in request.if_match.as_set() if re.fullmatch(r"[1-9][0-9]{0,9}", tag))
 
 
 def slugify(name: str) -> str:
