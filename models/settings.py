@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     # Set (by gunicorn.conf.py, or the operator) when several API processes share metrics.
     # Only prometheus_client's own name: it is what the library itself reads.
     prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
+    @model_validator(mode="after")
+    def _hard_limit_after_soft(self) -> Settings:
+        # The soft limit lets a job record its failure; a hard limit at or below it kills the
+        # process first, and the job waits for the lease sweep instead.
+        if self.job_hard_time_limit <= self.job_soft_time_limit:
+            raise ValueError(f"PLANT_JOB_HARD_TIME_LIMIT ({self.job_hard_time_limit}) must be above "
+                             f"PLANT_JOB_SOFT_TIME_LIMIT ({self.job_soft_time_limit})")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -86,6 +86,8 @@ def test_malformed_job_id_is_422_naming_the_field(client) -> None:
     [
         ({"seconds": -1}, {"seconds"}),
         ({"seconds": 3601}, {"seconds"}),
+        ({"seconds": 3600}, {"seconds"}),  # the soft time limit would end it: it could only time out
+        ({"seconds": 3599.5}, {"seconds"}),
         ({"seconds": 1, "steps": 0}, {"steps"}),
         ({"steps": 2}, {"seconds"}),
         ({"seconds": "soon", "steps": "many", "extra": 1}, {"seconds", "steps", "extra"}),
@@ -332,3 +334,7 @@ def test_a_problem_extension_may_not_take_a_member_rfc_9457_defines() -> None:
         with pytest.raises(TypeError, match=name):
             Conflict("refused", **{name: "x"})
     assert Conflict("refused", job_status="succeeded").problem(409)["status"] == 409
+
+
+def test_the_longest_sleep_accepted_ends_a_second_before_the_soft_time_limit(client) -> None:
+    assert client.post("/api/v1/diagnostics/sleep", json={"seconds": 3599}).status_code == 202

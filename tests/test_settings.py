@@ -29,6 +29,15 @@ def test_invalid_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(("soft", "hard"), [("60", "60"), ("60", "30")])
+def test_a_hard_time_limit_not_above_the_soft_one_is_refused(monkeypatch: pytest.MonkeyPatch, soft: str, hard: str) -> None:
+    """The hard limit kills the process; the soft one lets the job record its failure first."""
+    monkeypatch.setenv("PLANT_JOB_SOFT_TIME_LIMIT", soft)
+    monkeypatch.setenv("PLANT_JOB_HARD_TIME_LIMIT", hard)
+    with pytest.raises(ValidationError, match="must be above PLANT_JOB_SOFT_TIME_LIMIT"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
