@@ -345,10 +345,9 @@ def read_plan_inputs(session: Session, *, agent_ids: list[uuid.UUID] | None, all
         select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, _binary(Team.embedding))
         .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)).all()
     teams = [PlannedTeam(*row[:5]) for row in team_rows]
+    # Every seat taken is counted, those of the agents being re-planned too: a plan never
+    # counts on a seat that another of its moves frees (see solve_plan).
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
-    for agent in agents:  # an agent being re-planned does not hold on to its current seat
-        if agent.team_id is not None:
-            seats[agent.team_id] -= 1
     return PlanInputs(
         agents, teams, agent_vectors, _vectors([row[5] for row in team_rows]),
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
@@ -357,16 +356,45 @@ def read_plan_inputs(session: Session, *, agent_ids: list[uuid.UUID] | None, all
 
 
 def solve_plan(inputs: PlanInputs) -> Plan:
-    """The plan for ``inputs``: pure computation, run after the read transaction ended."""
-    problem = AssignmentProblem(
-        agent_vectors=inputs.agent_vectors,
-        team_vectors=inputs.team_vectors,
-        free_seats=inputs.free_seats,
-        eligible=eligible_teams(inputs.agents, inputs.teams, inputs.required),
-    )
+    """The plan for ``inputs``: pure computation, run after the read transaction ended.
+
+    An agent already seated in a team it may stay in keeps a seat there of its own: a team
+    of one seat, for it alone, with its team's embedding (:func:`_with_stays`). So the plan
+    either leaves it where it is or moves it to a seat that is free now, and never seats
+    anyone in a seat only a move of the same plan would free: the batches apply in any
+    order, two at a time, and no planned move waits on another. (Counting on freed seats
+    placed agents the batches then refused as ``team-full``, and gave away the seat of an
+    agent the plan left out, which kept it.)"""
+    eligible = eligible_teams(inputs.agents, inputs.teams, inputs.required)
+    team_vectors, free_seats, stays = _with_stays(inputs, eligible)
+    problem = AssignmentProblem(agent_vectors=inputs.agent_vectors, team_vectors=team_vectors, free_seats=free_seats,
+                                eligible=eligible)
     result = solve_assignment(problem)
-    return Plan(inputs.agents, inputs.teams, dict(result.placements), dict(result.unplaced), result.total_similarity,
-                result.method, problem)
+    placements = {agent: stays.get(team, team) for agent, team in result.placements.items()}
+    return Plan(inputs.agents, inputs.teams, placements, dict(result.unplaced), result.total_similarity, result.method,
+                problem)
+
+
+def _with_stays(inputs: PlanInputs, eligible: list[list[int]]) -> tuple[np.ndarray, list[int], dict[int, int]]:
+    """Give each agent seated in a team it is eligible for a seat of its own there.
+
+    Each such seat is one more team (index past the real ones), with one free seat and the
+    real team's embedding, that only its agent may take, in place of the real team in its
+    eligible list (``eligible`` is changed). Returns the teams' embeddings and free seats
+    with those added, and each added index's real team."""
+    index = {team.id: i for i, team in enumerate(inputs.teams)}
+    stays: dict[int, int] = {}
+    for agent_no, agent in enumerate(inputs.agents):
+        current = index.get(agent.team_id) if agent.team_id is not None else None
+        if current is None or current not in eligible[agent_no]:
+            continue
+        own = len(inputs.teams) + len(stays)
+        stays[own] = current
+        eligible[agent_no] = sorted(own if team == current else team for team in eligible[agent_no])
+    if not stays:
+        return inputs.team_vectors, list(inputs.free_seats), stays
+    return (np.vstack([inputs.team_vectors, inputs.team_vectors[list(stays.values())]]),
+            [*inputs.free_seats, *(1 for _ in stays)], stays)
 
 
 def plan_assignment(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> Plan:

@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from models import bulk_assignment
 
@@ -187,6 +187,44 @@ def test_twenty_parallel_assignments_to_five_seats(engine, write_ctx, committed_
     with sessions() as session:
         assert session.query(Agent).filter(Agent.team_id == team_id).count() == 5
         assert session.get(Team, team_id).capacity == 5
+
+
+def _seated_world(engine, write_ctx, committed_steward, *, second_team: bool):
+    """Team X (no industry, one seat) holding agent A; agent B, who may join only X; with
+    ``second_team``, team Y (A's industry, one seat, empty), after X in id order."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        x = create_entity(session, entity_type=E.TEAM, ctx=write_ctx, entity_id=uuid.UUID(int=1),
+                          data={**world.gov, "name": "X first", "capacity": 1, "job_role_id": world.role.id})
+        y = create_entity(session, entity_type=E.TEAM, ctx=write_ctx, entity_id=uuid.UUID(int=2**128 - 1), data={
+            **world.gov, "name": "Y last", "capacity": 1, "job_role_id": world.role.id,
+            "industry_id": world.other_industry.id}) if second_team else None
+        a, b = world.agent("Seated A", industry=world.other_industry), world.agent("Newcomer B")
+        assign_agent(session, agent_id=a.id, team_id=x.id, ctx=write_ctx)
+        return sessions, x.id, (y.id if y else None), a.id, b.id
+
+
+@pytest.mark.parametrize("second_team", [True, False])
+def test_a_bulk_plan_never_counts_on_a_seat_another_of_its_moves_frees(engine, write_ctx, committed_steward,
+                                                                       second_team) -> None:
+    """Re-planning a seated agent counted its seat as free: the plan moved A from X to Y and
+    gave X to B, and the batch refused B (``team-full``) because it ran first; or the plan left
+    A out, A kept its seat, and B was refused (helper-65). A seated agent now keeps a seat of
+    its own in the plan: every move the plan makes is applied, in whatever order."""
+    sessions, x, y, a, b = _seated_world(engine, write_ctx, committed_steward, second_team=second_team)
+    with transaction(sessions) as session:  # B as like X as can be, A its opposite (embeddings are not signed)
+        vector = session.scalar(select(Team.embedding).where(Team.id == x))
+        session.execute(update(Agent).where(Agent.id == b).values(embedding=list(vector)))
+        session.execute(update(Agent).where(Agent.id == a).values(embedding=[-v for v in vector]))
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[a, b], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *args: None)
+    assert outcome.placed == 1 and [(u["agent_id"], u["reason"]) for u in outcome.unplaced] == [
+        (str(b), "eligible-teams-full")]
+    with sessions() as session:
+        assert session.get(Agent, b).team_id is None and session.get(Agent, a).team_id in {x, y}
+        for team in filter(None, (x, y)):
+            assert session.scalar(select(func.count()).where(Agent.team_id == team)) <= 1
 
 
 def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, keyring, committed_steward, monkeypatch) -> None:
