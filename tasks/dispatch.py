@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import single_statement
@@ -65,6 +66,13 @@ def publish_or_leave_in_outbox(app: Celery, sessions: sessionmaker[Session], *, 
     the broker is unreachable, put it back in the outbox, which beat publishes from."""
     if publish_job(app, job_id=job_id, kind=kind):
         return True
-    with single_statement(sessions) as session:
-        mark_unpublished(session, job_id=job_id)
+    try:
+        with single_statement(sessions) as session:
+            mark_unpublished(session, job_id=job_id)
+    except SQLAlchemyError as exc:
+        # The job is committed, stamped as sent: the lost-message sweep publishes it. Raising
+        # here answered 503 for an accepted job, and a client retrying without an
+        # Idempotency-Key then started a second one.
+        log.warning("job %s could not be put back in the outbox either; the lost-message sweep will publish it: %s",
+                    job_id, exc)
     return False

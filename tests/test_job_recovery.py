@@ -195,3 +195,25 @@ def test_the_sweep_never_waits_for_nor_fails_a_job_its_live_attempt_holds(engine
         holder.rollback()
     with Session(engine) as session, session.begin():
         assert rescue_expired(session, max_attempts=1, base=0.001, cap=0.001, older_than=MINUTE).failed == 1
+
+
+def test_a_job_neither_published_nor_put_back_in_the_outbox_is_still_accepted(settings, caplog) -> None:
+    """Broker down, then the database gone too: raising answered 503 for a job already
+    committed (stamped as sent), and a client retrying without an Idempotency-Key started a
+    second one. The lost-message sweep publishes it (test above); this only says so."""
+    import uuid
+
+    from models.db import make_engine, make_session_factory
+    from tasks.celery_app import create_celery
+    from tasks.dispatch import publish_or_leave_in_outbox
+
+    gone = settings.model_copy(update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                       "redis_url": "redis://127.0.0.1:1/0"})
+    engine = make_engine(gone)
+    try:
+        job_id = uuid.uuid4()
+        assert publish_or_leave_in_outbox(create_celery(gone), make_session_factory(engine), job_id=job_id,
+                                          kind="diagnostics.sleep") is False
+    finally:
+        engine.dispose()
+    assert f"job {job_id} could not be put back in the outbox either" in caplog.text

@@ -4,8 +4,9 @@
 the row (with the key, stamped as published) and commit, then publish, then answer 202
 with ``Location`` and ``Retry-After``. If publishing fails the job is still accepted:
 its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
-recovery task publishes it. Should the process die between the commit and the publish,
-the stamped row is picked up as a lost message (``PLANT_REQUEUE_AFTER_SECONDS``).
+recovery task publishes it. Should the process die between the commit and the publish, or
+the database fail as the stamp is cleared, the stamped row is picked up as a lost message
+(``PLANT_REQUEUE_AFTER_SECONDS``).
 ``job_response`` adds an ETag and, on GET and HEAD, honours ``If-None-Match``.
 """
 
