@@ -48,8 +48,7 @@ class Problem(BaseModel):
             return cls(title=UNREADABLE_ERROR, detail=json.dumps(error)[:1000])
         members = dict(error)
         for name, kind in (("type", str), ("title", str), ("status", int), ("detail", str)):
-            value = members.get(name)
-            if value is not None and type(value) is not kind:
+            if name in members and type(members[name]) is not kind:
                 del members[name]
         members.setdefault("title", UNREADABLE_ERROR)
         return cls.model_validate(members)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from web.auth import BEARER
-
 from models.errors import InvalidInput
+from web.auth import BEARER
 from web.jobs_http import accept_job
 from web.schemas import API_PROBLEMS, JobOut, SleepIn, problems
 from web.services import services
