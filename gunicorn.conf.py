@@ -65,10 +65,14 @@ class AccessLogOnlyWhenAsked(Logger):
     With any logging config given (``logconfig_dict`` is), gunicorn formats every request's
     access-log fields and hands the line to ``gunicorn.access``, which drops it when no
     access log is configured: about a tenth of a GET's CPU in the API. This builds the line
-    only when ``accesslog`` is set (``--access-logfile``)."""
+    only when something reads it: an access log file (``--access-logfile``), or syslog
+    (``--log-syslog``, which gets the access lines unless told otherwise). gunicorn picks its
+    statsd logger only in place of its default class: with ``--statsd-host``, also pass
+    ``--logger-class gunicorn.instrument.statsd.Statsd`` (Plant's metrics are Prometheus')."""
 
     def access(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201 - gunicorn's signature
-        if self.cfg.accesslog:
+        cfg = self.cfg
+        if cfg.accesslog or (cfg.syslog and not cfg.disable_redirect_access_to_syslog):
             super().access(resp, req, environ, request_time)
 
 

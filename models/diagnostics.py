@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from models.progress import ProgressSink
 
-MAX_SECONDS = 3600.0
+MAX_SECONDS = 3599.0  # a second below the default soft time limit (PLANT_JOB_SOFT_TIME_LIMIT, 3600 s)
 CHECK_IN_SECONDS = 1.0
 
 

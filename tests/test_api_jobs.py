@@ -297,6 +297,7 @@ def test_a_long_poll_sees_a_commit_made_while_it_waits(client, engine) -> None:
     {"type": "/problems/not-certifiable", "title": "Not certifiable", "detail": "skill is retired", "status": "retired"},
     {"type": 7, "title": ["x"], "detail": {"a": 1}, "status": True, "code": "kept"},
     {"type": None, "title": None, "detail": None, "status": None, "code": "kept"},
+    {"type": "/problems/x", "title": "Edited", "detail": "d", "status": 500, "instance": {"not": "a uri"}},
     ["not", "an", "object"],
 ])
 def test_a_job_whose_stored_error_is_no_problem_document_is_still_shown_and_listed(client, engine, stored) -> None:
@@ -311,6 +312,7 @@ def test_a_job_whose_stored_error_is_no_problem_document_is_still_shown_and_list
     error = shown.get_json()["error"]
     assert next(j for j in listed.get_json()["items"] if j["id"] == job["id"])["error"] == error
     assert isinstance(error["title"], str) and isinstance(error["type"], str) and "status" not in error
+    assert "instance" not in error
     if isinstance(stored, dict) and isinstance(stored.get("detail"), str):
         assert (error["type"], error["title"], error["detail"]) == (stored["type"], stored["title"], stored["detail"])
     elif isinstance(stored, dict):
@@ -339,3 +341,13 @@ def test_a_problem_extension_may_not_take_a_member_rfc_9457_defines() -> None:
 
 def test_the_longest_sleep_accepted_ends_a_second_before_the_soft_time_limit(client) -> None:
     assert client.post("/api/v1/diagnostics/sleep", json={"seconds": 3599}).status_code == 202
+
+
+def test_a_sleep_longer_than_the_configured_soft_time_limit_allows_is_422(settings, admin_key) -> None:
+    """The schema's bound follows the default limit; a lower PLANT_JOB_SOFT_TIME_LIMIT lowers it."""
+    short = settings.model_copy(update={"job_soft_time_limit": 10, "redis_url": settings.redis_url.rsplit("/", 1)[0] + "/9"})
+    client = create_app(short).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
+    assert client.post("/api/v1/diagnostics/sleep", json={"seconds": 9}).status_code == 202
+    refused = client.post("/api/v1/diagnostics/sleep", json={"seconds": 9.5})
+    assert refused.status_code == 422 and [e["field"] for e in refused.get_json()["errors"]] == ["seconds"]

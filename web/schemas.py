@@ -40,15 +40,16 @@ class Problem(BaseModel):
         """A job's stored ``error`` as a problem document, whatever the row holds. One stored
         before Plant refused extensions named like RFC 9457's members (a certification refused
         for a retired skill stored ``"status": "retired"``), or edited through SQL, made the
-        job, and every page listing it, a 500: a standard member of the wrong type is left
-        out, and a value that is not an object is served as the detail of an unnamed error."""
+        job, and every page listing it, a 500: ``status`` (a job has none) and a standard member
+        of the wrong type are left out, and a value that is not an object is served as the
+        detail of an unnamed error."""
         if not error:
             return None
         if not isinstance(error, dict):
             return cls(title=UNREADABLE_ERROR, detail=json.dumps(error)[:1000])
-        members = dict(error)
-        for name, kind in (("type", str), ("title", str), ("status", int), ("detail", str)):
-            if name in members and type(members[name]) is not kind:
+        members = {name: value for name, value in error.items() if name != "status"}  # a job has no HTTP status
+        for name in ("type", "title", "detail", "instance"):  # RFC 9457 has them strings
+            if name in members and type(members[name]) is not str:
                 del members[name]
         members.setdefault("title", UNREADABLE_ERROR)
         return cls.model_validate(members)
@@ -156,7 +157,9 @@ class JobListQuery(QueryModel):
 
 class SleepIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seconds: StrictFloat = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    seconds: StrictFloat = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=(
+        "at most a second below the job soft time limit (PLANT_JOB_SOFT_TIME_LIMIT, 3600 s by default): "
+        "a longer sleep could only end job-timed-out"))
     steps: StrictInt = Field(default=1, ge=1, le=100_000)
 
 
