@@ -18,6 +18,7 @@ from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
+from models.jobs import BulkAssignmentMove
 from models.registry import create_entity, update_entity
 from tests.conftest import busy_sessions, lock_waiters, recorded_statements, wait_for
 
@@ -225,6 +226,28 @@ def test_a_bulk_plan_never_counts_on_a_seat_another_of_its_moves_frees(engine, w
         assert session.get(Agent, b).team_id is None and session.get(Agent, a).team_id in {x, y}
         for team in filter(None, (x, y)):
             assert session.scalar(select(func.count()).where(Agent.team_id == team)) <= 1
+
+
+def test_a_recorded_bulk_job_counts_an_agent_that_stays_as_seated_and_a_retry_leaves_it(
+        engine, write_ctx, committed_steward) -> None:
+    """A stay is a planned placement with nothing to write: the job's records say the agent
+    is seated (in its team), and a retry of the job does not plan it again."""
+    from models.bulk_assignment import Recorder
+    from models.job_lifecycle import create_job
+
+    sessions, x, _, a, b = _seated_world(engine, write_ctx, committed_steward, second_team=False)
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(a), str(b)]}).id
+    for attempt in (1, 2):
+        outcome = assign_teams_in_bulk(sessions, agent_ids=[a, b], all_unassigned=False, ctx=write_ctx,
+                                       progress=lambda *args: None, record=Recorder(job_id, attempt))
+        assert (outcome.requested, outcome.placed) == (2, 1)
+        assert [(u["agent_id"], u["reason"]) for u in outcome.unplaced] == [(str(b), "eligible-teams-full")]
+    with sessions() as session:
+        moves = {m.agent_id: m for m in session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.job_id == job_id))}
+        assert (moves[a].placed, moves[a].team_id, moves[a].attempt) == (True, x, 1)  # not planned again by attempt 2
+        assert (moves[b].placed, moves[b].attempt) == (False, 2)
+        assert session.get(Agent, a).team_id == x and len(history(session, entity_id=a)) == 2  # created, seated: no more
 
 
 def test_bulk_assignment_applies_in_batches_with_progress(engine, write_ctx, keyring, committed_steward, monkeypatch) -> None:
