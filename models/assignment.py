@@ -95,8 +95,8 @@ def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], li
 
 def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> AssignmentOutcome:
     candidates, excluded = rank_teams(session, agent)
-    shown = candidates[:AUTO_CANDIDATES_SHOWN]
-    for candidate in candidates:
+    for tried, candidate in enumerate(candidates):
+        shown = candidates[tried:tried + AUTO_CANDIDATES_SHOWN]  # not those passed over: they are among the excluded
         try:
             with session.begin_nested():
                 return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown, excluded=excluded)

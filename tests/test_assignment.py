@@ -125,6 +125,8 @@ def test_auto_passes_over_a_team_that_became_ineligible_after_it_was_ranked(worl
     outcome = assign_agent(db_session, agent_id=agent.id, team_id=None, ctx=write_ctx)
     assert outcome.team_id is not None and str(outcome.team_id) != retired[0]
     assert any(e["team_id"] == retired[0] and "retired" in e["reasons"][0] for e in outcome.excluded)
+    assert retired[0] not in [c["team_id"] for c in outcome.candidates]
+    assert outcome.candidates[0]["team_id"] == str(outcome.team_id)
 
 
 def test_auto_with_no_eligible_team_fails_clearly(world, db_session, write_ctx) -> None:
