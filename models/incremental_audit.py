@@ -93,7 +93,6 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
         result.findings.append(invalid)
         result.digest_trusted = False
         return result
-    ledger_versions, leaf_versions = _version_totals(session, digest.id, digest.as_of)
     append_only = append_only_enforced(session)
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
@@ -102,6 +101,12 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
         accounted += with_leaf
         deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
         _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
+    # Counted after the chains were read, not before: each statement sees the commits made
+    # until it starts, so a version committed meanwhile is then either in both counts or in
+    # the ledger's alone, which makes them disagree and the search below run. Counted first,
+    # a write committed between the count and the reads added to the chains' side alone, and
+    # hid as many versions forged behind rows left as they were.
+    ledger_versions, leaf_versions = _version_totals(session, digest.id, digest.as_of)
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
         for entity_type, changed in _grown_behind_rows(session, digest.id, digest.as_of, set(result.chains)).items():

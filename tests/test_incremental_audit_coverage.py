@@ -503,3 +503,49 @@ def test_an_entity_created_and_deleted_since_the_digest_is_examined(
     assert summary["coverage"]["version_count_balanced"] is True
     assert _codes(findings, late.id) == (set() if signed else {"row-content-mismatch"})
     assert summary["total_entities"] == 1 and summary["non_compliant"] == (0 if signed else 1)
+
+
+def test_a_write_committed_while_an_incremental_audit_reads_does_not_hide_a_forged_version(
+        engine, committed_steward, write_ctx, keyring, monkeypatch) -> None:
+    """The ledger's versions were counted before the chains were read: a registry write
+    committed in between (any client's) added a version to the chains' side alone, and hid a
+    version forged behind a row left as it was (helper-68). They are counted after."""
+    import hashlib
+
+    from sqlalchemy.orm import Session
+
+    import models.incremental_audit as incremental
+
+    def new_skill(session, name: str):
+        return create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": name, "skill_key": name.lower().replace(" ", "-"), "category": "technical",
+            "description": "version one", "governance_agent_id": committed_steward}).id
+
+    with Session(engine) as session, session.begin():
+        forged, busy = new_skill(session, "Forged Behind"), new_skill(session, "Busy Elsewhere")
+    with Session(engine) as session, session.begin():
+        store_digest(session, keyring=keyring)
+    with Session(engine) as session, session.begin():  # version 2 behind a row still at version 1
+        head = session.execute(text("SELECT content, link_hash, kid FROM entity_versions WHERE entity_id = :e"),
+                               {"e": forged}).one()
+        session.execute(text(
+            "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, link_hash,"
+            " kid, signature, actor) VALUES ('skill', :e, 2, :c, :h, :p, :l, :k, :g, 'intruder')"),
+            {"e": forged, "c": bytes(head.content), "h": hashlib.sha256(bytes(head.content)).digest(),
+             "p": bytes(head.link_hash), "l": os.urandom(32), "k": head.kid, "g": os.urandom(64)})
+    changed_since, written = incremental._changed_since, []
+
+    def a_write_commits_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not written:
+            written.append(True)
+            with Session(engine) as other, other.begin():
+                update_entity(other, entity_type=E.SKILL, entity_id=busy, changes={"description": "two"}, ctx=write_ctx)
+        return changed_since(*args, **kwargs)
+
+    monkeypatch.setattr(incremental, "_changed_since", a_write_commits_first)
+    with Session(engine) as session, session.begin():
+        summary, findings = run_incremental(session, keyring)
+        codes = {entity: _codes(findings, entity) for entity in (forged, busy)}
+        session.rollback()
+    assert written and codes[forged] and not codes[busy]
+    assert summary["coverage"]["version_count_balanced"] is False
