@@ -60,7 +60,12 @@ class EntityRepair(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)
 
     def as_json(self) -> dict[str, Any]:
-        return {**_statement(self), "id": str(self.id), "kid": self.kid, "signature": b64url_encode(bytes(self.signature))}
+        statement = _statement(self)
+        try:
+            canonical_bytes(statement)
+        except CanonicalizationError:  # a row written outside Plant (Plant stores what it signs): shown as text,
+            statement["row_before"] = _signable(statement["row_before"])  # so a report listing it can still be signed
+        return {**statement, "id": str(self.id), "kid": self.kid, "signature": b64url_encode(bytes(self.signature))}
 
 
 class NotRestorable(Conflict):
@@ -217,7 +222,11 @@ def verify_repair(record: dict[str, Any], keyring: KeyRing) -> bool:
     if record.get("format") != REPAIR_FORMAT:
         return False
     unsigned = {name: value for name, value in record.items() if name != "signature"}
-    return verify_b64url_signature(keyring, record.get("kid"), record.get("signature"), canonical_bytes(unsigned),
+    try:
+        statement = canonical_bytes(unsigned)
+    except (CanonicalizationError, TypeError):  # nothing Plant signed
+        return False
+    return verify_b64url_signature(keyring, record.get("kid"), record.get("signature"), statement,
                                    named=record.get("repaired_at"))
 
 

@@ -279,3 +279,30 @@ def test_a_row_edited_to_hold_json_python_cannot_read_is_restored_and_recorded_a
     content = outcome.repair.row_before["content"]
     assert "plant.unreadable" in content["json"] and "NUL" in content["unsignable"]
     assert verify_repair(outcome.repair.as_json(), keyring)
+
+
+@pytest.mark.parametrize("row_before", [{"content": {"n": 2**53 + 1}}, [-(2**63)]])
+def test_a_repair_record_written_outside_plant_does_not_stop_later_reports(world, db_session, keyring, row_before) -> None:
+    """``entity_repairs`` takes INSERTs and refuses DELETE: one row whose ``row_before`` holds
+    what canonical JSON refuses made every later report covering the entity fail, for good,
+    and ``verify_repair`` raise (helper-68). It is listed as text, and not verified."""
+    import os
+
+    from models.reports import export_report, verify_report
+    from models.report_view import report_view
+    from tests.test_audit import run_audit
+
+    agent = world.agent("Forged Repair")
+    _sql(db_session, "INSERT INTO entity_repairs (id, entity_type, entity_id, version, head_link_hash, finding, row_before,"
+         " actor, repaired_at, kid, signature) VALUES (:i, 'agent', :e, 1, :h, 'row-content-mismatch', CAST(:r AS jsonb),"
+         " 'intruder', now() - interval '1 minute', 'kid', :s)",
+         i=uuid.uuid4(), e=agent.id, h=os.urandom(32), r=json.dumps(row_before), s=os.urandom(64))
+    record = repairs(db_session, entity_id=agent.id)[0].as_json()
+    assert verify_repair(record, keyring) is False
+    run_audit(db_session, keyring)
+    run_id = db_session.scalar(text("SELECT id FROM audit_runs ORDER BY created_at DESC LIMIT 1"))
+    report = export_report(db_session, run_id=run_id, keyring=keyring)
+    assert verify_report(report, keyring)
+    [listed] = json.loads(report)["report"]["repairs"]
+    assert listed["actor"] == "intruder" and verify_repair(listed, keyring) is False
+    assert [r["verified"] for r in report_view(db_session, run_id=run_id, keyring=keyring).repairs] == [False]
