@@ -13,6 +13,7 @@ the stored leaf rows.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from models.canonical import canonical_bytes, strict_json_loads
 from models.chain import ChainFinding, EntityVersion
 from models.db import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
-from models.errors import LedgerBusy
+from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
@@ -137,8 +138,26 @@ def _fetch_declared_heads(session: Session) -> Iterator[HeadRecord]:
     session.execute(text(f"CLOSE {_HEADS_CURSOR}"))
 
 
+class HeadNotAHash(Conflict):
+    """An entity's head link is not 32 bytes: its row was changed outside Plant."""
+
+    code = "ledger-head-invalid"
+    title = "An entity's head link is not a hash"
+
+
+def _hashes_only(heads: Iterable[HeadRecord]) -> Iterator[HeadRecord]:
+    for head in heads:
+        if len(head.link_hash) != HASH_SIZE:
+            raise HeadNotAHash(f"{head.entity_type} {head.entity_id}: its head link is {len(head.link_hash)} bytes, not "
+                               f"{HASH_SIZE}, so no digest can cover it; its row was changed outside Plant (audit it)",
+                               entity_id=str(head.entity_id))
+        yield head
+
+
 def signed_digest(heads: Iterable[HeadRecord], as_of: dt.datetime, keyring: KeyRing, *, with_leaves: bool = False) -> dict[str, Any]:
-    """Sign a digest of ``heads`` stamped ``as_of``; with ``with_leaves``, listing each head."""
+    """Sign a digest of ``heads`` stamped ``as_of``; with ``with_leaves``, listing each head.
+    :class:`HeadNotAHash` if a head link is not a hash (no digest is signed)."""
+    heads = _hashes_only(heads)
     if with_leaves:
         heads = list(heads)
         pairs = ((h.entity_id, h.link_hash) for h in heads)
@@ -464,8 +483,18 @@ def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
     for entity_id, link, maybe_deleted in session.execute(_HEADS_AS_OF.execution_options(yield_per=HEAD_BATCH), {"as_of": as_of}):
         if maybe_deleted is not None and _records_a_deletion(bytes(maybe_deleted)):
             continue
-        accumulator.add(head_leaf(entity_id, bytes(link)))
+        accumulator.add(_leaf_of_any(entity_id, bytes(link)))
     return accumulator.size, accumulator.root()
+
+
+def _leaf_of_any(entity_id: uuid.UUID, link: bytes) -> bytes:
+    """:func:`head_leaf`, or for a link that is not a hash (a row written outside Plant) a leaf
+    no genuine root holds: the id, then the SHA-256 of the link (finding the link that gives
+    a genuine head's hash would take a preimage). The root then differs, as it should, where
+    refusing the link stopped the whole comparison."""
+    if len(link) == HASH_SIZE:
+        return head_leaf(entity_id, link)
+    return entity_id.bytes + hashlib.sha256(b"plant.not-a-link\x00" + link).digest()
 
 
 _HEADS_AS_OF = text("""

@@ -549,3 +549,29 @@ def test_a_write_committed_while_an_incremental_audit_reads_does_not_hide_a_forg
         session.rollback()
     assert written and codes[forged] and not codes[busy]
     assert summary["coverage"]["version_count_balanced"] is False
+
+
+def test_a_version_whose_link_is_not_a_hash_is_a_root_mismatch_against_a_digest_not_a_crash(
+        db_session, skill, keyring) -> None:
+    """A version INSERTed with a 2-byte link made the root-only comparison with a digest raise,
+    so the run failed instead of reporting it (helper-68)."""
+    from tests.test_audit import digest_of
+
+    _insert_junk_version(db_session, skill, link=b"\x00\xff")  # the chain's last version as of the digest
+    digest = digest_of(db_session, keyring)
+    summary, findings = run_audit(db_session, keyring, {"against_digest": digest})
+    assert "ledger-root-mismatch" in {f.code for f in findings}
+    assert _codes(findings, skill.id)
+
+
+def test_a_head_link_that_is_not_a_hash_is_a_409_for_a_digest_not_a_500(client, engine, committed_steward) -> None:
+    created = client.post("/api/v1/genesis/skills", json={
+        "name": "Short Head", "category": "technical", "description": "one", "governance_agent_id": str(committed_steward)})
+    assert created.status_code == 201
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE skills SET head_link_hash = '\\x00ff'::bytea WHERE id = :id"),
+                           {"id": created.get_json()["id"]})
+    response = client.get("/api/v1/ledger/digest")
+    assert response.status_code == 409 and response.mimetype == "application/problem+json"
+    assert response.get_json()["type"] == "/problems/ledger-head-invalid"
+    assert response.get_json()["entity_id"] == created.get_json()["id"]

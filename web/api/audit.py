@@ -177,7 +177,7 @@ def export(query: ExportQuery) -> Response:
     return response
 
 
-@audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: None})
+@audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: None, **problems(409)})
 def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     """A signed digest of every entity's head, now: keep it outside Plant.
 
