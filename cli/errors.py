@@ -72,8 +72,39 @@ class PlantGroup(click.Group):
             if _shown_as_click_does(error):
                 raise
             raise OneLineUsageError(error.format_message(), error.ctx) from error
+        except click.ClickException:
+            raise
+        except Exception as error:  # what a command did not turn into its own line
+            message = one_line(error)
+            if message is None:
+                raise  # a bug: its traceback is what to report
+            raise PlantCliError(message) from error
 
 
 def _shown_as_click_does(error: click.UsageError) -> bool:
     # "plant jobs" alone prints that group's help; a converted error is already one line.
     return isinstance(error, (NoArgsIsHelpError, OneLineUsageError))
+
+
+def one_line(error: Exception) -> str | None:
+    """The line for an error a local command can meet, or None for anything else: the
+    database unreachable, a domain error (a revoked configured admin key, no signing key),
+    a file that cannot be written, a setting or key that is not valid."""
+    from pydantic import ValidationError
+
+    from models.errors import PlantError
+
+    if isinstance(error, PlantError):
+        return error.detail
+    if type(error).__name__ == "OperationalError":  # SQLAlchemy's or psycopg's, by name: neither is imported for this
+        cause = getattr(error, "orig", None) or error
+        return f"cannot reach the database: {str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, UnicodeError):
+        return f"a value holds characters it cannot carry ({error.__class__.__name__}); keys and URLs are ASCII"
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or error.title
+        return f"invalid setting {where}: {first.get('msg', 'not valid')}"
+    return None

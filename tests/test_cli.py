@@ -276,3 +276,61 @@ def test_a_document_that_cannot_be_read_is_a_one_line_error(tmp_path, keyring, k
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith(f"plant: cannot read {unreadable}: ") and result.stderr.count("\n") == 1
+
+
+def _one_line_error(result) -> str:
+    """What every failure must be: exit 1, one ``plant: ...`` line on stderr, no traceback."""
+    assert result.exit_code == 1 and not (result.exception and not isinstance(result.exception, SystemExit)), result.exception
+    [line] = result.stderr.splitlines()
+    assert line.startswith("plant: ")
+    return line
+
+
+@pytest.mark.parametrize("args,said", [
+    (("db", "check"), "cannot reach the database"),
+    (("db", "upgrade"), "cannot reach the database"),
+    (("seed",), "no signing key"),  # looked for first
+])
+def test_a_local_command_with_the_database_unreachable_says_so_in_one_line(monkeypatch, tmp_path, args, said) -> None:
+    """Each printed a traceback (SQLAlchemy's, or the signing key's error) (helper-67)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/plant")
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    assert said in _one_line_error(CliRunner().invoke(cli, list(args)))
+
+
+def test_db_upgrade_with_a_revoked_configured_admin_key_says_so_in_one_line(settings, engine, clean_db, monkeypatch) -> None:
+    from sqlalchemy.orm import Session
+
+    from models.api_keys import create_api_key, revoke_api_key
+
+    with Session(engine) as session, session.begin():
+        created = create_api_key(session, name="boot", scopes=["admin"])
+        revoke_api_key(session, key_id=created.key.id)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", created.plaintext)
+    assert "revoked" in _one_line_error(CliRunner().invoke(cli, ["db", "upgrade"]))
+
+
+def test_an_api_key_that_is_not_ascii_says_so_in_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("PLANT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("PLANT_API_KEY", "clé")
+    assert "ASCII" in _one_line_error(CliRunner().invoke(cli, ["jobs", "list"]))
+
+
+def test_a_file_that_cannot_be_written_and_a_setting_that_is_not_valid_are_one_line_each(monkeypatch) -> None:
+    from cli.errors import one_line
+    from models.settings import load_settings
+
+    assert one_line(FileNotFoundError(2, "No such file or directory", "missing/d.json")) == \
+        "No such file or directory: missing/d.json"
+    monkeypatch.setenv("PLANT_PORT", "not-a-port")
+    with pytest.raises(Exception) as invalid:
+        load_settings()
+    assert one_line(invalid.value).startswith("invalid setting port:")
+    assert one_line(RuntimeError("a bug")) is None  # shown with its traceback
