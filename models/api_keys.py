@@ -74,12 +74,25 @@ def generate_plaintext() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def shown_prefix(plaintext: str) -> str:
+    """What a key listing shows of a key: 12 characters of one Plant made (``plant_`` and 6 of
+    its 43 random ones), at most a quarter of any other (a configured admin key may be short:
+    ``change-me`` was listed whole)."""
+    if plaintext.startswith(KEY_PREFIX) and len(plaintext) == len(generate_plaintext()):
+        return plaintext[:12]
+    return plaintext[: min(12, len(plaintext) // 4)]
+
+
 def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None) -> IssuedKey:
     unknown = sorted(set(scopes) - set(SCOPES))
     if not scopes or unknown:
         raise InvalidInput(f"scopes must be a non-empty subset of {list(SCOPES)}", field="scopes")
-    plaintext = plaintext or generate_plaintext()
-    key = ApiKey(name=name, key_prefix=plaintext[:12], key_hash=hash_key(plaintext), scopes=sorted(set(scopes), key=SCOPES.index))
+    if plaintext is None:
+        plaintext = generate_plaintext()
+    elif not plaintext.strip():
+        raise InvalidInput("an API key cannot be blank", field="plaintext")
+    key = ApiKey(name=name, key_prefix=shown_prefix(plaintext), key_hash=hash_key(plaintext),
+                 scopes=sorted(set(scopes), key=SCOPES.index))
     session.add(key)
     session.flush()
     return IssuedKey(key, plaintext)

@@ -132,6 +132,16 @@ class Settings(BaseSettings):
                              f"PLANT_JOB_SOFT_TIME_LIMIT ({self.job_soft_time_limit})")
         return self
 
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _blank_admin_key_is_none(cls, value: object) -> object:
+        # PLANT_ADMIN_API_KEY= (blank) is not a key: it made each start create an admin key nobody
+        # holds. A key read from a file saved with a newline is the key without it, as clients send it.
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:

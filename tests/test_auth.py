@@ -113,3 +113,25 @@ def test_strict_json_types(client) -> None:
     assert client.post(f"{API}/diagnostics/sleep", json={"seconds": "1"}).status_code == 422
     assert client.post(f"{API}/diagnostics/sleep", json={"seconds": 1, "steps": "2"}).status_code == 422
     assert client.post(f"{API}/diagnostics/sleep", json={"seconds": 1, "steps": 2.5}).status_code == 422
+
+
+def test_a_key_listing_never_shows_a_short_configured_admin_key_whole(client, engine) -> None:
+    """The listing showed 12 characters of every key: all of ``change-me``, the example
+    PLANT_ADMIN_API_KEY (helper-67). A key Plant made still shows ``plant_`` and 6 more."""
+    from models.api_keys import ensure_admin_key
+
+    with Session(engine) as session, session.begin():
+        ensure_admin_key(session, plaintext="change-me")
+    listed = client.get("/api/v1/api-keys")
+    assert listed.status_code == 200 and "change-me" not in listed.get_data(as_text=True)
+    prefixes = {key["name"]: key["key_prefix"] for key in listed.get_json()["items"]}
+    assert prefixes["bootstrap-admin"] == "ch" and any(len(p) == 12 and p.startswith("plant_") for p in prefixes.values())
+
+
+def test_a_blank_api_key_is_refused_not_replaced_by_one_nobody_holds(db_session) -> None:
+    from models.api_keys import create_api_key
+    from models.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        create_api_key(db_session, name="blank", scopes=["admin"], plaintext=" ")
+    assert db_session.scalars(select(ApiKey).where(ApiKey.name == "blank")).all() == []

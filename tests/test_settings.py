@@ -93,3 +93,13 @@ def test_the_readme_lists_every_setting_with_its_default() -> None:
         documented = table[next(n for n in names if n in table)].strip()
         if documented.replace(".", "", 1).isdigit():
             assert float(documented) == field.default, (names[0], documented, field.default)
+
+
+@pytest.mark.parametrize(("given", "read"), [("", None), ("  \n", None), ("a-key\n", "a-key")])
+def test_a_blank_admin_key_is_no_key_and_one_read_from_a_file_loses_its_newline(
+        monkeypatch: pytest.MonkeyPatch, given: str, read: str | None) -> None:
+    """A blank PLANT_ADMIN_API_KEY made every start create an admin key nobody held; one saved
+    with ``echo`` kept a newline no client sends (helper-67)."""
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", given)
+    key = load_settings().admin_api_key
+    assert (key.get_secret_value() if key is not None else None) == read
