@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
+from models.canonical import visible_text
+
 LogFormat = Literal["json", "console"]
 CONTEXT_FIELDS = ("request_id", "job_id", "task_id")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -60,8 +62,10 @@ class ConsoleFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         ids = "  ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if hasattr(record, name))
-        line = super().formatMessage(record)
-        return f"{line}  {ids}" if ids else line
+        # One record, one line: a newline or an escape code in what a client sent (a request
+        # path with %0A) would start a line of its own that looks like another record.
+        line = visible_text(super().formatMessage(record))
+        return f"{line}  {visible_text(ids)}" if ids else line
 
 
 class _TimestampFirstJsonFormatter(JsonFormatter):

@@ -180,3 +180,23 @@ from Celery's code, not reproduced alone)."""
     assert any(r["level"] == "INFO" and r["message"] == "beat: Starting..." for r in records)
     stray = [line for line in log_path.read_text().splitlines() if line.strip() and not line.startswith("{")]
     assert stray == [], stray
+
+
+def test_a_request_path_cannot_forge_a_console_log_line(app: Any) -> None:
+    """``%0A`` in a path started a line of its own in the console format (``make dev``),
+    one that read as another request (helper-67). JSON lines escape it already."""
+    import io
+
+    from models.logging_setup import ConsoleFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ConsoleFormatter())
+    requests = logging.getLogger("web.requests")
+    requests.addHandler(handler)
+    try:
+        app.test_client().get("/x%0A12:00:00.000 INFO    web.requests: POST /api/v1/api-keys 201 1.0ms")
+    finally:
+        requests.removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    assert "/x\\x0a12:00:00.000" in line
