@@ -7,6 +7,7 @@ from pathlib import Path
 
 from models.api_keys import ensure_admin_key, generate_plaintext
 from models.db import one_off_sessions, transaction
+from models.keys import replace_file
 from models.settings import Settings
 
 ADMIN_KEY_FILE = "admin-api-key"
@@ -27,8 +28,8 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
         return settings.admin_api_key.get_secret_value(), None
     path = data_dir / ADMIN_KEY_FILE
     if not path.exists():
-        path.write_text(generate_plaintext() + "\n")
-        path.chmod(0o600)
+        replace_file(path, (generate_plaintext() + "\n").encode(), mode=0o600)  # never readable by others, even for a moment
+    path.chmod(0o600)  # one left by an earlier start
     plaintext = path.read_text().strip()
     _ensure(settings, plaintext)
     return plaintext, path

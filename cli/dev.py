@@ -26,6 +26,7 @@ from typing import NoReturn
 from cli.bootstrap import ensure_dev_admin
 from cli.seeding import seed_database
 from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
+from models.keys import replace_file
 from models.migrate import upgrade_head
 from models.settings import load_settings
 from models.signing import ensure_key_file
@@ -79,8 +80,8 @@ def flower_credentials(config: DevConfig) -> str:
         return config.flower_basic_auth
     path = config.data_dir / "flower-auth"
     if not path.exists():
-        path.write_text(f"plant:{secrets.token_urlsafe(18)}\n")
-        path.chmod(0o600)
+        replace_file(path, f"plant:{secrets.token_urlsafe(18)}\n".encode(), mode=0o600)  # never readable by others
+    path.chmod(0o600)  # one left by an earlier start
     return path.read_text().strip()
 
 
@@ -219,8 +220,9 @@ def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitSta
 
 
 def write_services_env(data_dir: Path, database_url: str, redis_url: str) -> None:
-    """Leave the URLs where other shells (psql, a one-off script) can source them."""
-    (data_dir / "services.env").write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
+    """Leave the URLs where other shells (psql, a one-off script) can source them: for this
+    user only, since a URL given in the environment may hold a password."""
+    replace_file(data_dir / "services.env", f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n".encode(), mode=0o600)
 
 
 def child_environment(config: DevConfig, database_url: str, redis_url: str) -> dict[str, str]:
@@ -295,7 +297,8 @@ def _run_stack(config: DevConfig, stack: ExitStack) -> int:
     seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
     admin_key, key_file = ensure_dev_admin(settings, config.data_dir)
-    print(f"admin API key: {admin_key}" + (f" (also in {key_file})" if key_file else ""), flush=True)
+    print(f"admin API key: {admin_key} (also in {key_file})" if key_file  # a configured one is not echoed
+          else "admin API key: the one PLANT_ADMIN_API_KEY holds", flush=True)
     supervisor = Supervisor(child_environment(config, database_url, redis_url))
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):

@@ -130,3 +130,24 @@ def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_pat
         assert requests.get(first.api + "/health").json()["status"] == "ok"  # unaffected by the other's shutdown
     finally:
         assert _alive(first.stop()) == []
+
+
+def test_the_files_the_dev_runner_writes_secrets_to_are_for_its_user_alone(tmp_path: Path, settings, engine,
+                                                                           clean_db, monkeypatch) -> None:
+    """``services.env`` (URLs that may hold a password) was written under the umask (0644), and
+    the admin key and Flower's credentials were written first and made private after: readable
+    by others for a moment, or for good when interrupted in between (helper-67)."""
+    import stat
+
+    from cli.bootstrap import ensure_dev_admin
+    from cli.dev import DevConfig, flower_credentials, write_services_env
+
+    old_mask = os.umask(0o022)
+    try:
+        write_services_env(tmp_path, "postgresql+psycopg://plant:s3cret@db.internal/plant", "redis://:pw@cache/0")
+        flower_credentials(DevConfig(tmp_path, 1, 2, None, None, 3, 4, None, None))
+        ensure_dev_admin(settings.model_copy(update={"admin_api_key": None}), tmp_path)
+        modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("services.env", "flower-auth", "admin-api-key")}
+    finally:
+        os.umask(old_mask)
+    assert modes == {"services.env": 0o600, "flower-auth": 0o600, "admin-api-key": 0o600}
