@@ -46,7 +46,8 @@ def load_json(data: str | bytes) -> Any:
         return dict(UNREADABLE_JSON)
 
 
-def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None,
+                pool_timeout: float = 30.0) -> Engine:
     """Create the process's engine; no connection is opened until first use.
 
     Every connection carries two server-side limits. ``statement_timeout`` ends a
@@ -62,7 +63,8 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         settings.database_url,
         json_deserializer=load_json,
         pool_size=pool_size or settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        max_overflow=settings.db_pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": 5,

@@ -120,3 +120,39 @@ def test_health_watches_every_queue_a_job_is_routed_to() -> None:
     from web.health import SERVED_QUEUES
 
     assert {route.queue for route in JOB_ROUTES.values()} | {"maintenance"} == set(SERVED_QUEUES)
+
+
+def test_health_answers_on_time_when_the_database_takes_the_connection_and_never_answers(settings) -> None:
+    """It waited for libpq's connect timeout (5 s) whatever PLANT_HEALTH_TIMEOUT_SECONDS said
+    (helper-67); on a pooled connection to a frozen server it could wait until TCP gave up."""
+    import socket
+    import time
+
+    with socket.socket() as listener:  # accepts (the kernel does), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        app = create_app(settings.model_copy(update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"}))
+        started = time.monotonic()
+        response = app.test_client().get("/health")
+        elapsed = time.monotonic() - started
+    database = response.get_json()["checks"]["database"]
+    assert response.status_code == 503 and database["status"] == "down" and "no answer within" in database["error"]
+    assert elapsed < settings.health_timeout_seconds * 2 + 1  # the database's check, then Redis' and the workers'
+
+
+def test_a_pool_the_requests_hold_whole_is_no_database_outage(settings) -> None:
+    """With every pooled connection taken by requests, /health waited for the pool (30 s) and
+    then called the database down, and a load balancer would have pulled a busy, healthy API."""
+    from web.services import app_services
+
+    app = create_app(settings.model_copy(update={"db_pool_size": 1}))
+    engine = app_services(app).engine
+    held = [engine.connect(), engine.connect()]  # the pool and its overflow
+    try:
+        database = app.test_client().get("/health").get_json()["checks"]["database"]
+    finally:
+        for connection in held:
+            connection.close()
+        engine.dispose()
+    assert database["status"] == "up"

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from tasks.celery_app import QUEUES
 from web.schemas import HealthOut
@@ -47,10 +49,26 @@ def _timed(name: str, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return outcome
 
 
+# The database check runs on a thread of its own so that it ends on time whatever the
+# database does: a server that takes the connection and never answers would hold the request
+# for libpq's connect timeout, or, on a pooled connection, until TCP gives up (the server's
+# statement_timeout does not run on a frozen server). A check still waiting keeps its thread;
+# the next ones queue behind it and answer "down" on time, which they then are.
+_DATABASE_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-db")
+
+
 def _database(svc: Services) -> dict[str, Any]:
-    with svc.engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+    timeout = svc.settings.health_timeout_seconds
+    try:
+        _DATABASE_CHECKS.submit(_select_one, svc.health_engine).result(timeout=timeout)
+    except FutureTimeout:
+        raise CheckFailed(f"no answer within {timeout}s") from None
     return {}
+
+
+def _select_one(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def _redis(svc: Services) -> dict[str, Any]:

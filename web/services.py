@@ -42,6 +42,7 @@ V = TypeVar("V", bound=Callable)
 class Services:
     settings: Settings
     engine: Engine
+    health_engine: Engine  # /health's own: a pool the requests have taken every connection of is no outage
     sessions: sessionmaker[Session]
     autocommit_sessions: sessionmaker[Session]  # for views marked statement_at_a_time
     celery: Celery
@@ -56,6 +57,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         engine=engine,
+        health_engine=make_engine(settings, pool_size=1, max_overflow=1, pool_timeout=settings.health_timeout_seconds),
         sessions=make_session_factory(engine),
         autocommit_sessions=make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
         celery=create_celery(settings),
