@@ -24,7 +24,9 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UUIDPk
-from models.canonical import canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads
+from models.canonical import (
+    as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads, to_json_tree,
+)
 from models.chain import HEAD_FINDINGS, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
@@ -63,8 +65,8 @@ class EntityRepair(Base):
         statement = _statement(self)
         try:
             canonical_bytes(statement)
-        except CanonicalizationError:  # a row written outside Plant (Plant stores what it signs): shown as text,
-            statement["row_before"] = _signable(statement["row_before"])  # so a report listing it can still be signed
+        except CanonicalizationError:  # a row written outside Plant (what Plant signs reads back the same): as
+            statement["row_before"] = _signable(statement["row_before"])  # text, so a report listing it can be signed
         return {**statement, "id": str(self.id), "kid": self.kid, "signature": b64url_encode(bytes(self.signature))}
 
 
@@ -246,11 +248,12 @@ def _statement(repair: EntityRepair) -> dict[str, Any]:
 
 def _signable(content: dict[str, Any]) -> dict[str, Any]:
     """What the row held, as a repair record can sign it: as it was, or, when it holds
-    something canonical JSON refuses (an integer past 2**53, say) or jsonb cannot store (a
-    NUL: what JSON Python cannot read is read as), as escaped JSON text."""
+    something canonical JSON refuses (an integer past 2**53, say), something jsonb would give
+    back otherwise (a float of 1e21 or more comes back an integer past 2**53), or something
+    jsonb cannot store (a NUL: what JSON Python cannot read is read as), as escaped JSON text."""
     text = json.dumps(content, default=str, ensure_ascii=True)
     try:
-        canonical_bytes(content)
+        canonical_bytes(as_jsonb_keeps_it(to_json_tree(content)))  # as the record reads once stored
     except CanonicalizationError as exc:
         return {"unsignable": exc.detail, "json": text[:MAX_UNSIGNABLE_TEXT]}
     if "\\u0000" in text:  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)

@@ -306,3 +306,19 @@ def test_a_repair_record_written_outside_plant_does_not_stop_later_reports(world
     [listed] = json.loads(report)["report"]["repairs"]
     assert listed["actor"] == "intruder" and verify_repair(listed, keyring) is False
     assert [r["verified"] for r in report_view(db_session, run_id=run_id, keyring=keyring).repairs] == [False]
+
+
+def test_a_repair_of_a_row_holding_a_float_jsonb_gives_back_otherwise_verifies_once_read_back(
+        world, db_session, write_ctx, keyring) -> None:
+    """``1e21`` passes canonical JSON but jsonb gives it back as an integer past 2**53: the record
+    Plant signed read back as one it could not have signed, and was listed as unverified
+    (helper-69). Such content is recorded as text, as what canonical JSON refuses is."""
+    agent = world.agent("Float Row")
+    _sql(db_session, "UPDATE agents SET attributes = jsonb_build_object('n', 1e21::numeric + 0.5) WHERE id = :a", a=agent.id)
+    outcome = _restore(db_session, write_ctx, E.AGENT, agent.id)
+    assert outcome.restored
+    db_session.flush()
+    db_session.expire_all()
+    [stored] = repairs(db_session, entity_id=agent.id)
+    record = stored.as_json()
+    assert verify_repair(record, keyring) and "unsignable" in record["row_before"]["content"]
