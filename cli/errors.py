@@ -96,9 +96,14 @@ def one_line(error: Exception) -> str | None:
 
     if isinstance(error, PlantError):
         return error.detail
+    if isinstance(error, BrokenPipeError):
+        return None  # output piped into `head`: click ends quietly, as it should
     if type(error).__name__ == "OperationalError":  # SQLAlchemy's or psycopg's, by name: neither is imported for this
         cause = getattr(error, "orig", None) or error
-        return f"cannot reach the database: {str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__}"
+        said = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        # psycopg's own class is a failed connection; its subclasses are a database that
+        # answered (a statement or lock timeout, a deadlock, a serialization failure).
+        return f"cannot reach the database: {said}" if type(cause).__name__ == "OperationalError" else f"database error: {said}"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     if isinstance(error, UnicodeError):

@@ -281,8 +281,8 @@ def test_a_document_that_cannot_be_read_is_a_one_line_error(tmp_path, keyring, k
 def _one_line_error(result) -> str:
     """What every failure must be: exit 1, one ``plant: ...`` line on stderr, no traceback."""
     assert result.exit_code == 1 and not (result.exception and not isinstance(result.exception, SystemExit)), result.exception
-    [line] = result.stderr.splitlines()
-    assert line.startswith("plant: ")
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("plant: ")]  # (log lines aside)
     return line
 
 
@@ -334,3 +334,18 @@ def test_a_file_that_cannot_be_written_and_a_setting_that_is_not_valid_are_one_l
         load_settings()
     assert one_line(invalid.value).startswith("invalid setting port:")
     assert one_line(RuntimeError("a bug")) is None  # shown with its traceback
+
+
+def test_a_database_that_answered_is_not_called_unreachable_and_a_closed_pipe_is_left_to_click() -> None:
+    """A lock or statement timeout was reported as "cannot reach the database"; and a pipe
+    closed by ``head`` printed "plant: Broken pipe" where click ends quietly (helper-69)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from cli.errors import one_line
+
+    timed_out = OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement due to lock timeout"))
+    refused = OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
+    assert one_line(timed_out) == "database error: canceling statement due to lock timeout"
+    assert one_line(refused) == "cannot reach the database: connection refused"
+    assert one_line(BrokenPipeError(32, "Broken pipe")) is None
