@@ -156,3 +156,35 @@ def test_a_pool_the_requests_hold_whole_is_no_database_outage(settings) -> None:
             connection.close()
         engine.dispose()
     assert database["status"] == "up"
+
+
+def test_database_checks_that_timed_out_before_starting_are_dropped_and_each_app_has_its_own(
+        settings, monkeypatch) -> None:
+    """Checks queued behind stuck ones stayed queued and ran later, however many piled up, and
+    one executor served every app in the process, so one app's stuck checks made another's
+    healthy database look down (helper-69)."""
+    import threading
+
+    import web.health
+    from web.services import app_services
+
+    quick = settings.model_copy(update={"health_timeout_seconds": 0.2})
+    stuck, healthy = create_app(quick), create_app(quick)
+    release, ran = threading.Event(), []
+    select_one = web.health._select_one
+
+    def blocked(engine) -> None:  # noqa: ANN001
+        ran.append(engine)
+        release.wait(10)
+
+    monkeypatch.setattr(web.health, "_select_one", blocked)
+    client = stuck.test_client()
+    try:
+        for _ in range(6):
+            assert client.get("/health").get_json()["checks"]["database"]["status"] == "down"
+        monkeypatch.setattr(web.health, "_select_one", select_one)
+        assert healthy.test_client().get("/health").get_json()["checks"]["database"]["status"] == "up"
+    finally:
+        release.set()
+    app_services(stuck).health_checks.shutdown(wait=True)
+    assert len(ran) == 2  # the two that had started; the four queued behind them were dropped

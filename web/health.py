@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -49,19 +48,18 @@ def _timed(name: str, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return outcome
 
 
-# The database check runs on a thread of its own so that it ends on time whatever the
-# database does: a server that takes the connection and never answers would hold the request
-# for libpq's connect timeout, or, on a pooled connection, until TCP gives up (the server's
-# statement_timeout does not run on a frozen server). A check still waiting keeps its thread;
-# the next ones queue behind it and answer "down" on time, which they then are.
-_DATABASE_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-db")
-
-
 def _database(svc: Services) -> dict[str, Any]:
+    """``SELECT 1`` on the API's own health pool, on one of its two threads, for at most the
+    health timeout: a server that takes the connection and never answers would hold the
+    request for libpq's connect timeout, or, on a pooled connection, until TCP gives up (the
+    server's statement_timeout does not run on a frozen server). A check still waiting keeps
+    its thread; one that timed out before it started is dropped."""
     timeout = svc.settings.health_timeout_seconds
+    check = svc.health_checks.submit(_select_one, svc.health_engine)
     try:
-        _DATABASE_CHECKS.submit(_select_one, svc.health_engine).result(timeout=timeout)
+        check.result(timeout=timeout)
     except FutureTimeout:
+        check.cancel()
         raise CheckFailed(f"no answer within {timeout}s") from None
     return {}
 

@@ -14,6 +14,7 @@ different commits.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Services:
     settings: Settings
     engine: Engine
     health_engine: Engine  # /health's own: a pool the requests have taken every connection of is no outage
+    health_checks: ThreadPoolExecutor  # runs /health's database check, which must end on time (web.health)
     sessions: sessionmaker[Session]
     autocommit_sessions: sessionmaker[Session]  # for views marked statement_at_a_time
     celery: Celery
@@ -58,6 +60,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         engine=engine,
         health_engine=make_engine(settings, pool_size=1, max_overflow=1, pool_timeout=settings.health_timeout_seconds),
+        health_checks=ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-db"),
         sessions=make_session_factory(engine),
         autocommit_sessions=make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT")),
         celery=create_celery(settings),
