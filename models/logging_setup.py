@@ -67,6 +67,18 @@ class ConsoleFormatter(logging.Formatter):
         line = visible_text(super().formatMessage(record))
         return f"{line}  {visible_text(ids)}" if ids else line
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    """A traceback's lines, each indented and with its control characters escaped: an exception
+    message quoting a client's input cannot start a line that reads as a record of its own."""
+    return "\n".join("  " + visible_text(line) for line in text.splitlines())
+
 
 class _TimestampFirstJsonFormatter(JsonFormatter):
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:

@@ -200,3 +200,26 @@ def test_a_request_path_cannot_forge_a_console_log_line(app: Any) -> None:
         requests.removeHandler(handler)
     [line] = stream.getvalue().splitlines()
     assert "/x\\x0a12:00:00.000" in line
+
+
+def test_an_exception_quoting_a_client_s_input_cannot_forge_a_console_log_line() -> None:
+    """Only the message was escaped: a traceback's exception text, appended after it, could still
+    start a line that read as another record (helper-69). Its lines are indented and escaped."""
+    import io
+
+    from models.logging_setup import ConsoleFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ConsoleFormatter())
+    log = logging.getLogger("tests.forged")
+    log.addHandler(handler)
+    try:
+        raise ValueError("bad x\n12:00:00.000 INFO    web.requests: POST /api/v1/api-keys 201 1.0ms")
+    except ValueError:
+        log.exception("refused")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) > 2 and all(line.startswith("  ") for line in lines[1:])
+    assert not any(line.startswith("12:00:00.000") for line in lines)
