@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,44 +183,44 @@ from Celery's code, not reproduced alone)."""
     assert stray == [], stray
 
 
-def test_a_request_path_cannot_forge_a_console_log_line(app: Any) -> None:
-    """``%0A`` in a path started a line of its own in the console format (``make dev``),
-    one that read as another request (helper-67). JSON lines escape it already."""
+FORGED = "12:00:00.000 INFO    web.requests: POST /api/v1/api-keys 201 1.0ms"  # what an attacker's line would read
+
+
+@contextmanager
+def console_lines(logger_name: str) -> Iterator[list[str]]:
+    """The lines the console format writes for ``logger_name`` inside the block."""
     import io
 
     from models.logging_setup import ConsoleFormatter
 
-    stream = io.StringIO()
+    stream, lines = io.StringIO(), []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(ConsoleFormatter())
-    requests = logging.getLogger("web.requests")
-    requests.addHandler(handler)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
     try:
-        app.test_client().get("/x%0A12:00:00.000 INFO    web.requests: POST /api/v1/api-keys 201 1.0ms")
+        yield lines
     finally:
-        requests.removeHandler(handler)
-    [line] = stream.getvalue().splitlines()
+        logger.removeHandler(handler)
+        lines += stream.getvalue().splitlines()
+
+
+def test_a_request_path_cannot_forge_a_console_log_line(app: Any) -> None:
+    """``%0A`` in a path started a line of its own in the console format (``make dev``),
+    one that read as another request (helper-67). JSON lines escape it already."""
+    with console_lines("web.requests") as lines:
+        app.test_client().get(f"/x%0A{FORGED}")
+    [line] = lines
     assert "/x\\x0a12:00:00.000" in line
 
 
 def test_an_exception_quoting_a_client_s_input_cannot_forge_a_console_log_line() -> None:
     """Only the message was escaped: a traceback's exception text, appended after it, could still
     start a line that read as another record (helper-69). Its lines are indented and escaped."""
-    import io
-
-    from models.logging_setup import ConsoleFormatter
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(ConsoleFormatter())
-    log = logging.getLogger("tests.forged")
-    log.addHandler(handler)
-    try:
-        raise ValueError("bad x\n12:00:00.000 INFO    web.requests: POST /api/v1/api-keys 201 1.0ms")
-    except ValueError:
-        log.exception("refused")
-    finally:
-        log.removeHandler(handler)
-    lines = stream.getvalue().splitlines()
+    with console_lines("tests.forged") as lines:
+        try:
+            raise ValueError(f"bad x\n{FORGED}")
+        except ValueError:
+            logging.getLogger("tests.forged").exception("refused")
     assert len(lines) > 2 and all(line.startswith("  ") for line in lines[1:])
     assert not any(line.startswith("12:00:00.000") for line in lines)
