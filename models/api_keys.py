@@ -70,15 +70,19 @@ def hash_key(plaintext: str) -> bytes:
     return hashlib.sha256(plaintext.encode()).digest()
 
 
+KEY_BYTES = 32
+PLANT_KEY_LENGTH = len(KEY_PREFIX) + 43  # token_urlsafe(32): 43 base64url characters
+
+
 def generate_plaintext() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
 
 
 def shown_prefix(plaintext: str) -> str:
     """What a key listing shows of a key: 12 characters of one Plant made (``plant_`` and 6 of
     its 43 random ones), at most a quarter of any other (a configured admin key may be short:
     ``change-me`` was listed whole)."""
-    if plaintext.startswith(KEY_PREFIX) and len(plaintext) == len(generate_plaintext()):
+    if plaintext.startswith(KEY_PREFIX) and len(plaintext) == PLANT_KEY_LENGTH:
         return plaintext[:12]
     return plaintext[: min(12, len(plaintext) // 4)]
 
