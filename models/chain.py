@@ -27,13 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, insert, literal_column, select,
-)
+from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, String, UniqueConstraint, func, insert, select
 from sqlalchemy.dialects.postgresql import UUID, distinct_on
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.audit_tables import LedgerDigest, LedgerDigestHead
+from models.audit_tables import LedgerDigestHead
 from models.base import Base
 from models.canonical import canonical_bytes, matches_canonical
 from models.db import bytes_in, uuid_in
@@ -309,15 +307,12 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     if not suspects:
         return {}
     seals = {seal.kid: seal for signed in suspects.values() for _, seal in signed}
-    written = _seal_leaves_written_by(session, {seal.digest_id for seal in seals.values()}, keyring)
-    held = {(digest_id, entity_id): version for digest_id, entity_id, version, xmin in session.execute(
-        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, EntityVersion.version,
-               literal_column("ledger_digest_heads.xmin::text")).join(
+    held = {(digest_id, entity_id): version for digest_id, entity_id, version in session.execute(
+        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, EntityVersion.version).join(
             EntityVersion, (EntityVersion.entity_id == LedgerDigestHead.entity_id)
             & (EntityVersion.link_hash == LedgerDigestHead.link_hash)).where(
             LedgerDigestHead.digest_id.in_(sorted({seal.digest_id for seal in seals.values()})),
-            uuid_in(LedgerDigestHead.entity_id, suspects)))
-        if written.get(digest_id) in (None, xmin)}
+            uuid_in(LedgerDigestHead.entity_id, suspects)))}
     held |= _deleted_held(session, seals.values(), suspects)
     findings: dict[uuid.UUID, ChainFinding] = {}
     for entity_id, signed in suspects.items():
@@ -329,22 +324,6 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
                     f"signed by retired key {row.kid} after its seal (digest {seal.digest_id} of {seal.as_of} {holds})"))
                 break
     return findings
-
-
-def _seal_leaves_written_by(session: Session, digest_ids: Iterable[int], keyring: KeyRing) -> dict[int, str | None]:
-    """For each seal digest, the ``xmin`` its leaf rows were written with, where its leaf
-    attestation tells (:func:`models.ledger.attested_leaf_xmin`): a leaf row carrying another
-    (edited, or inserted, since) holds nothing, so an edited leaf cannot excuse a version
-    forged with the leaked key. None where it cannot be told (no attestation, another cluster,
-    2**32 transactions since): the rows are taken as they are, as audits check the whole
-    seal digest (``key-seal-invalid``)."""
-    from models.ledger import attested_leaf_xmin  # it builds on this module
-
-    written: dict[int, str | None] = {}
-    for digest_id in digest_ids:
-        digest = session.get(LedgerDigest, digest_id)
-        written[digest_id] = attested_leaf_xmin(session, digest, keyring) if digest is not None else None
-    return written
 
 
 def _deleted_held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> dict[tuple[int, uuid.UUID], int]:

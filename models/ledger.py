@@ -322,28 +322,18 @@ def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing
     burning far fewer. A digest from another cluster, one that old, or one stored before
     attestations falls back to re-hashing.
     """
-    xmin = attested_leaf_xmin(session, digest, keyring)
-    if xmin is None:
+    if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
+        return False  # unattested, or attested by a sealed key, whose leaked copy could attest anything
+    next_id, cluster = xid_clock(session)
+    if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
         return False
-    same = func.count().filter(literal_column("xmin::text") == xmin)
+    writer = int(digest.leaves_xmin)
+    if next_id - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
+        return False
+    same = func.count().filter(literal_column("xmin::text") == str(writer % XID_SPAN))
     count, attested = session.execute(
         select(func.count(), same).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id)).one()
     return count == attested == digest.entity_count
-
-
-def attested_leaf_xmin(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
-    """The ``xmin`` (as PostgreSQL shows it: its low 32 bits) that every leaf row of ``digest``
-    carried when stored, if the digest's leaf attestation verifies and that id still names one
-    transaction of this cluster (see :func:`_leaves_as_attested`); None when it cannot be told."""
-    if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
-        return None  # unattested, or attested by a sealed key, whose leaked copy could attest anything
-    next_id, cluster = xid_clock(session)
-    if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
-        return None
-    writer = int(digest.leaves_xmin)
-    if next_id - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
-        return None
-    return str(writer % XID_SPAN)
 
 
 def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:

@@ -173,29 +173,6 @@ def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated)
         rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
 
 
-def test_a_seal_leaf_edited_to_name_a_forged_version_does_not_let_a_write_sign_on_top_of_it(rotated) -> None:
-    """A write read the seal digest's leaf rows as they were: one edited to name the version a
-    leaked retired key forged after the seal excused it, and the write was signed on top of
-    the forgery (helper-68). A leaf row no longer carrying the attested transaction holds nothing."""
-    session, seal = rotated.session, rotated.seal
-    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
-    session.flush()
-    with session.begin_nested():  # another transaction id than the leaves were written with
-        session.execute(text("UPDATE ledger_digest_heads SET version = 3, link_hash = s.head_link_hash FROM skills s "
-                             "WHERE s.id = ledger_digest_heads.entity_id AND digest_id = :d AND entity_id = :e"),
-                        {"d": seal.digest_id, "e": rotated.skill.id})
-    session.expire_all()
-    with pytest.raises(EntityTampered):
-        rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
-    codes = rotated.codes(rotated.sealed)  # the edited leaf holds nothing: its entity is held to nothing
-    assert rotated.skill.id in {entity for entity, _ in codes[SEALED_CODE]} and codes[SEAL_INVALID_CODE]
-
-
-def test_an_untouched_seal_leaf_still_vouches_for_what_the_key_signed_before_its_seal(rotated) -> None:
-    rotated.edit(rotated.skill, rotated.sealed, description="After the seal, with the new key")
-    assert SEALED_CODE not in rotated.codes(rotated.sealed)
-
-
 def test_a_registry_whose_rows_point_off_their_chains_is_not_sealed(rotated) -> None:
     from models.key_seals import rows_off_their_chain_heads
 
