@@ -18,12 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from cli.bootstrap import ensure_dev_admin
+from cli.errors import PlantCliError
 from cli.seeding import seed_database
 from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
 from models.keys import replace_file
@@ -53,6 +55,14 @@ class DevConfig:
     flower_basic_auth: str | None  # None: generate credentials into data_dir/flower-auth
 
 
+def _port(env: Mapping[str, str], name: str) -> int:
+    """The port ``name`` asks for, or a free one when it is unset or 0."""
+    value = env.get(name) or "0"
+    if not (value.isascii() and value.isdigit() and int(value) <= 65535):
+        raise PlantCliError(f"{name} must be a port number (1-65535), not {value!r}")
+    return int(value) or free_port()
+
+
 def dev_config_from_environment() -> DevConfig:
     """Read settings, plus what only the runner cares about: which URLs were set explicitly."""
     settings = load_settings()
@@ -65,8 +75,8 @@ def dev_config_from_environment() -> DevConfig:
         flower_port=settings.flower_port,
         database_url=settings.database_url if database_url_set else None,
         redis_url=settings.redis_url if redis_url_set else None,
-        pg_port=int(env.get("PLANT_PG_PORT") or 0) or free_port(),
-        redis_port=int(env.get("PLANT_REDIS_PORT") or 0) or free_port(),
+        pg_port=_port(env, "PLANT_PG_PORT"),
+        redis_port=_port(env, "PLANT_REDIS_PORT"),
         signing_key_file=(
             None if settings.signing_key is not None else settings.active_signing_key_path.resolve()
         ),

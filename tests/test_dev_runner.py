@@ -151,3 +151,23 @@ def test_the_files_the_dev_runner_writes_secrets_to_are_for_its_user_alone(tmp_p
     finally:
         os.umask(old_mask)
     assert modes == {"services.env": 0o600, "flower-auth": 0o600, "admin-api-key": 0o600}
+
+
+@pytest.mark.parametrize("value", ["abc", "70000", "٣٣"])
+def test_a_port_setting_that_is_not_a_port_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, value: str) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PLANT_PG_PORT", value)
+    result = CliRunner().invoke(cli, ["dev"])
+    assert result.exit_code == 1 and result.stderr.startswith("plant: PLANT_PG_PORT must be a port number")
+
+
+def test_the_demo_never_hands_its_stack_the_developer_s_metrics_directory(tmp_path: Path, monkeypatch) -> None:
+    """The demo's gunicorn empties PROMETHEUS_MULTIPROC_DIR at start (helper-67)."""
+    from cli.demo_stack import DemoStack
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mine"))
+    assert "PROMETHEUS_MULTIPROC_DIR" not in DemoStack(tmp_path, 1, 2).environment()
