@@ -68,8 +68,11 @@ def digest_with_leaves(
     """
     ordered = list(_in_id_order(heads))
     digest = build_digest(as_of, ordered, keyring)
+    # A version below 1 names no version (a row edited outside Plant): the leaf leaves it out,
+    # as a leaf may, rather than carry what the digest's own check refuses.
     digest["leaves"] = [
-        {"entity_id": str(entity_id), "head": link_hash.hex(), **({"version": versions[entity_id]} if versions else {})}
+        {"entity_id": str(entity_id), "head": link_hash.hex(),
+         **({"version": versions[entity_id]} if versions and versions[entity_id] >= 1 else {})}
         for entity_id, link_hash in ordered
     ]
     return digest
@@ -108,8 +111,8 @@ def digest_problem(digest: Any, keys: KeySource) -> str | None:
         return "its signature or signed members cannot be read"
     if not verifier.verify(signature, signed):
         return "its signature does not match its members"
-    if "leaves" in digest and not _leaves_match_root(digest["leaves"], digest):
-        return "its leaves do not hash to its heads_root"
+    if "leaves" in digest:
+        return _leaves_problem(digest["leaves"], digest)
     return None
 
 
@@ -145,15 +148,17 @@ def _has_digest_shape(digest: Any) -> bool:
     )
 
 
-def _leaves_match_root(leaves: Any, digest: dict[str, Any]) -> bool:
+def _leaves_problem(leaves: Any, digest: dict[str, Any]) -> str | None:
+    """Why ``leaves`` are not the digest's, or None: malformed (said as such), or not hashing
+    to its signed ``heads_root``."""
     if not isinstance(leaves, list) or len(leaves) != digest["entity_count"]:
-        return False
+        return "its leaves are not a list of entity_count leaves"
     try:
         heads = [_parse_leaf(leaf) for leaf in leaves]
         root = merkle_root(head_leaf(entity_id, link_hash) for entity_id, link_hash in _in_id_order(heads))
-    except ValueError:
-        return False
-    return root.hex() == digest["heads_root"]
+    except ValueError as exc:
+        return f"its leaves cannot be read: {exc}"
+    return None if root.hex() == digest["heads_root"] else "its leaves do not hash to its heads_root"
 
 
 def _parse_leaf(leaf: Any) -> Head:

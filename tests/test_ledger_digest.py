@@ -298,3 +298,20 @@ def test_a_digest_dated_after_now_cannot_be_inserted_to_stay_the_latest_for_good
         session.rollback()
     with Session(engine) as session:
         assert latest_digest(session).id == newest
+
+
+def test_a_digest_plant_signs_with_leaves_passes_its_own_check_whatever_a_row_s_version_says(
+        db_session: Session, skill: Any, keyring: KeyRing) -> None:
+    """A row edited to version 0 (its CHECK allows it) made ``?leaves=true`` sign a digest whose
+    leaf Plant's own check refused, saying "its leaves do not hash to its heads_root", which was
+    false (helper-68). Such a leaf leaves its version out; a malformed leaf is called that."""
+    from models.ledger_digest import digest_problem
+    from tests.test_audit import digest_of
+
+    db_session.execute(text("UPDATE skills SET version = 0 WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    digest = digest_of(db_session, keyring, with_leaves=True)
+    assert digest_problem(digest, keyring) is None
+    assert [leaf for leaf in digest["leaves"] if leaf["entity_id"] == str(skill.id)][0].keys() == {"entity_id", "head"}
+    digest["leaves"][0]["version"] = 0
+    assert digest_problem(digest, keyring) == "its leaves cannot be read: a leaf's version is a positive integer"
