@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit_record import (
-    AuditRecordInvalid, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans, open_run_problem,
-    progress_so_far, run_resource,
+    AuditRecordInvalid, Progress, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans,
+    open_run_problem, progress_so_far, run_resource,
 )
 from models.audit_runs import AuditParams
 from models.audit_tables import AuditFinding, AuditRun
@@ -52,21 +52,26 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     return run
 
 
-def checked_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> tuple[AuditRun, list[AuditFinding]]:
-    """The run and its findings (read after the run, before its checkpoints: see
-    :func:`models.audit_record.progress_so_far`), if its record is the one Plant signed,
-    else :class:`AuditRecordInvalid`: a finished run's close must verify over those findings
-    (:func:`models.audit_record.close_problem`), and a run not finished must have the plan
-    Plant signed (a run Plant never started is refused too)."""
-    run = get_run(session, run_id)
-    findings = all_findings(session, run_id)
-    if run.finished_at is not None:
-        problem = close_problem(session, run, keyring, findings)
-    else:
-        problem = open_run_problem(session, run, keyring)
-    if problem is not None:
-        raise AuditRecordInvalid(problem, run_id=str(run_id))
-    return run, findings
+def checked_run(
+        session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> tuple[AuditRun, list[AuditFinding], Progress | None]:
+    """The run, its findings (read after the run, before its checkpoints: see
+    :func:`models.audit_record.progress_so_far`) and, while it runs, its progress so far, if
+    its record is the one Plant signed, else :class:`AuditRecordInvalid`: a finished run's
+    close must verify over those findings (:func:`models.audit_record.close_problem`), and a
+    run not finished must have the plan Plant signed (a run Plant never started is refused
+    too). A run closed while it was checked as running is checked again, as closed."""
+    while True:
+        run = get_run(session, run_id)
+        findings = all_findings(session, run_id)
+        if run.finished_at is not None:
+            problem = close_problem(session, run, keyring, findings)
+        else:
+            problem = open_run_problem(session, run, keyring)
+        if problem is not None:
+            raise AuditRecordInvalid(problem, run_id=str(run_id))
+        if not _closed_meanwhile(session, run):
+            break
+    return run, findings, progress_so_far(session, run, findings, keyring) if run.finished_at is None else None
 
 
 def _closed_meanwhile(session: Session, run: AuditRun) -> bool:
@@ -91,12 +96,9 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
     (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify, and
     with ``findings_left_out`` (count and id spans) if some findings are named by no plan or
     checkpoint that verifies: written outside Plant, the close will leave them out."""
-    run, findings = checked_run(session, run_id=run_id, keyring=keyring)
+    run, findings, progress = checked_run(session, run_id=run_id, keyring=keyring)
     resource = run_resource(run)
-    if _closed_meanwhile(session, run):
-        return build_report(session, run_id=run_id, keyring=keyring)
-    if run.finished_at is None:
-        progress = progress_so_far(session, run, findings, keyring)
+    if progress is not None:
         resource.update(status="running", summary=None, chunks_done=progress.chunks_done,
                         entities_audited=progress.entities_audited)
         if progress.left_out:
@@ -201,13 +203,11 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
 
 def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
     """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
-    run, findings = checked_run(session, run_id=run_id, keyring=keyring)
-    if _closed_meanwhile(session, run):
-        return findings_csv(session, run_id=run_id, keyring=keyring)
-    if run.finished_at is not None:
+    run, findings, progress = checked_run(session, run_id=run_id, keyring=keyring)
+    if progress is None:
         left_out, kept = in_spans(left_out_spans(run.summary)), "yes"
     else:  # the close decides; those no checkpoint covers so far it will leave out
-        left_out, kept = in_spans(id_spans(progress_so_far(session, run, findings, keyring).left_out)), ""
+        left_out, kept = set(progress.left_out).__contains__, ""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
