@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
+from models.errors import PROBLEM_MEMBERS
 from models.jobs import JobRecord, JobStatus
 
 
@@ -48,7 +49,7 @@ class Problem(BaseModel):
         if not isinstance(error, dict):
             return cls(title=UNREADABLE_ERROR, detail=json.dumps(error)[:1000])
         members = {name: value for name, value in error.items() if name != "status"}  # a job has no HTTP status
-        for name in ("type", "title", "detail", "instance"):  # RFC 9457 has them strings
+        for name in PROBLEM_MEMBERS - {"status"}:  # the others RFC 9457 has strings
             if name in members and type(members[name]) is not str:
                 del members[name]
         members.setdefault("title", UNREADABLE_ERROR)
