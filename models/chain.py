@@ -19,9 +19,11 @@ the caller holding the entity row's lock.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import struct
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +33,11 @@ from sqlalchemy import BigInteger, DateTime, Identity, Integer, LargeBinary, Str
 from sqlalchemy.dialects.postgresql import UUID, distinct_on
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.audit_tables import LedgerDigestHead
 from models.base import Base
 from models.canonical import canonical_bytes, matches_canonical
-from models.db import bytes_in, uuid_in
+from models.db import binary_row, bytes_in, uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
+from models.merkle import HASH_SIZE, merkle_root
 from models.signing import KeyRing, KeySeal
 
 GENESIS_LINK = bytes(32)
@@ -294,8 +296,10 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     Plant retired. The version a leaf holds is the chain's own version of the leaf's
     link, never the number stored beside it. An entity soft-deleted before the seal is in
     no digest: the seal file lists its head link instead. An entity in neither (created
-    after the seal) is held to nothing, so all it got from a sealed key is reported. One
-    or two queries for all of them, and none when no retired key is sealed.
+    after the seal) is held to nothing, so all it got from a sealed key is reported. The
+    digest's leaves are taken only as checked against the root the seal file names
+    (:func:`sealed_leaves`, once per process); leaves that fail it hold nothing. One query
+    for all of them once the leaves are checked, and none when no retired key is sealed.
     """
     if not keyring.sealed:
         return {}
@@ -307,39 +311,105 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
     if not suspects:
         return {}
     seals = {seal.kid: seal for signed in suspects.values() for _, seal in signed}
-    held = {(digest_id, entity_id): version for digest_id, entity_id, version in session.execute(
-        select(LedgerDigestHead.digest_id, LedgerDigestHead.entity_id, EntityVersion.version).join(
-            EntityVersion, (EntityVersion.entity_id == LedgerDigestHead.entity_id)
-            & (EntityVersion.link_hash == LedgerDigestHead.link_hash)).where(
-            LedgerDigestHead.digest_id.in_(sorted({seal.digest_id for seal in seals.values()})),
-            uuid_in(LedgerDigestHead.entity_id, suspects)))}
-    held |= _deleted_held(session, seals.values(), suspects)
+    held, unchecked = _held(session, seals.values(), suspects)
     findings: dict[uuid.UUID, ChainFinding] = {}
     for entity_id, signed in suspects.items():
         for row, seal in signed:
             version = held.get((seal.digest_id, entity_id))
             if version is None or row.version > version:
-                holds = "does not hold this entity's chain" if version is None else f"holds version {version}"
+                holds = ("does not hold this entity's chain" if version is None else f"holds version {version}") + (
+                    "; its leaves no longer hash to the root the seal names" if seal.digest_id in unchecked else "")
                 findings[entity_id] = ChainFinding(SEALED_CODE, row.version, (
                     f"signed by retired key {row.kid} after its seal (digest {seal.digest_id} of {seal.as_of} {holds})"))
                 break
     return findings
 
 
-def _deleted_held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> dict[tuple[int, uuid.UUID], int]:
-    """(seal digest, entity) -> the chain version of the head link the seal file lists for a
-    soft-deleted entity; one query, and none when no seal lists one of ``entity_ids``. Each
-    seal's list is parsed once per process (``KeySeal.deleted_heads``), not per write."""
-    listed = [(seal.digest_id, entity_id, seal.deleted_heads[entity_id])
-              for seal in seals for entity_id in entity_ids if entity_id in seal.deleted_heads]
+LEAF_SIZE = 16 + HASH_SIZE  # a ledger leaf: the entity id's 16 bytes, then its head link (models.merkle.head_leaf)
+# One seal digest's leaves as one value, in entity-id order (the digest's leaf order); a link
+# of another length, or none, leaves the whole a length no leaf count gives.
+_SEALED_LEAVES_SQL = ("SELECT count(*), string_agg(uuid_send(entity_id) || link_hash, ''::bytea ORDER BY entity_id) "
+                      "FROM ledger_digest_heads WHERE digest_id = %s")
+_SEALED_LEAVES_KEPT = 16  # seal digests whose checked leaves a process keeps (one per sealing)
+_sealed_leaves: dict[tuple[int, str], SealedLeaves] = {}
+_sealed_leaves_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SealedLeaves:
+    """A seal digest's leaves as checked against the root its seal file names."""
+
+    leaves: bytes  # LEAF_SIZE bytes each, in entity-id order
+
+    def __len__(self) -> int:
+        return len(self.leaves) // LEAF_SIZE
+
+    def __getitem__(self, index: int) -> bytes:  # the entity id of leaf ``index``, for bisect
+        return self.leaves[index * LEAF_SIZE : index * LEAF_SIZE + 16]
+
+    def link(self, entity_id: uuid.UUID) -> bytes | None:
+        """The head link the digest held for ``entity_id``, or None when it held none."""
+        key = entity_id.bytes
+        index = bisect.bisect_left(self, key)
+        if index == len(self) or self[index] != key:
+            return None
+        return self.leaves[index * LEAF_SIZE + 16 : (index + 1) * LEAF_SIZE]
+
+
+def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
+    """The leaves of ``seal``'s digest, or None when its leaf rows do not hash to the root
+    the seal file names (a row edited, added or removed through SQL): then they hold nothing.
+
+    The seal file, kept beside the retired key, is the anchor; the leaf rows sit in a table
+    anyone with SQL access can edit, say to name a version a leaked copy of the key signed
+    after the seal. So they are read whole and checked against the seal's root once per
+    process (O(leaves): about 48 bytes each are kept), and never read again: an edit made
+    later cannot reach a process that checked them before it, and a row rewritten unchanged
+    (a no-op UPDATE, pg_repack, a dump and restore) changes nothing. A failed check is not
+    kept: the rows are read again next time, in case they were put back.
+    """
+    key = (seal.digest_id, seal.heads_root)
+    if (kept := _sealed_leaves.get(key)) is not None:
+        return kept
+    count, leaves = binary_row(session, _SEALED_LEAVES_SQL, [seal.digest_id])
+    leaves = bytes(leaves or b"")
+    if len(leaves) != count * LEAF_SIZE or merkle_root(
+            leaves[start : start + LEAF_SIZE] for start in range(0, len(leaves), LEAF_SIZE)).hex() != seal.heads_root:
+        return None
+    checked = SealedLeaves(leaves)
+    with _sealed_leaves_lock:  # API threads share the process's
+        while len(_sealed_leaves) >= _SEALED_LEAVES_KEPT:
+            del _sealed_leaves[next(iter(_sealed_leaves))]
+        _sealed_leaves[key] = checked
+    return checked
+
+
+def _held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> tuple[dict[tuple[int, uuid.UUID], int], set[int]]:
+    """((seal digest, entity) -> the chain version of the head link the seal holds for the
+    entity, the seal digests whose leaves failed their check). A seal holds an entity by its
+    digest's leaf (:func:`sealed_leaves`), or, for one soft-deleted before the seal, which no
+    digest holds, by the head link its file lists (parsed once per process,
+    ``KeySeal.deleted_heads``). The version is the chain's own version of that link, never
+    the number stored beside a leaf. One query, and none when no seal holds one of ``entity_ids``."""
+    entity_ids = list(entity_ids)
+    listed: list[tuple[int, uuid.UUID, bytes]] = []
+    unchecked: set[int] = set()
+    for seal in seals:
+        leaves = sealed_leaves(session, seal)
+        if leaves is None:
+            unchecked.add(seal.digest_id)
+        for entity_id in entity_ids:
+            link = seal.deleted_heads.get(entity_id) or (leaves.link(entity_id) if leaves is not None else None)
+            if link is not None:
+                listed.append((seal.digest_id, entity_id, link))
     if not listed:
-        return {}
+        return {}, unchecked
     versions = {(row.entity_id, bytes(row.link_hash)): row.version for row in session.execute(
         select(EntityVersion.entity_id, EntityVersion.link_hash, EntityVersion.version).where(
             uuid_in(EntityVersion.entity_id, {entity_id for _, entity_id, _ in listed}),
             bytes_in(EntityVersion.link_hash, {link for _, _, link in listed})))}
     return {(digest_id, entity_id): versions[entity_id, link]
-            for digest_id, entity_id, link in listed if (entity_id, link) in versions}
+            for digest_id, entity_id, link in listed if (entity_id, link) in versions}, unchecked
 
 
 def head_drift(

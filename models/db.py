@@ -10,7 +10,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -140,6 +140,13 @@ def bigint_in(column: Any, values: Iterable[int]) -> Any:
 def bytes_in(column: Any, values: Iterable[bytes]) -> Any:
     """``column = ANY(:values)`` for a ``bytea`` column, one array parameter (see :func:`uuid_in`)."""
     return column == any_(literal(list(values), ARRAY(LargeBinary())))
+
+
+def binary_row(session: Session, sql: str, params: Sequence[Any]) -> tuple[Any, ...]:
+    """The one row ``sql`` returns, read straight from psycopg in binary format on the
+    session's connection (no hex decoding of bytea: for aggregates over many rows)."""
+    with session.connection().connection.driver_connection.cursor(binary=True) as cursor:
+        return cursor.execute(sql, params).fetchone()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

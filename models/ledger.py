@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.canonical import canonical_bytes, strict_json_loads
 from models.chain import ChainFinding, EntityVersion
-from models.db import bytes_in, uuid_in
+from models.db import binary_row, bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
@@ -259,9 +259,7 @@ LEAF_HASHES_SQL = (
 def _leaf_hashes(session: Session, digest_id: int) -> tuple[int, bytes, int]:
     """(how many leaf rows ``digest_id`` has, their leaf hashes in entity-id order, how many
     of their links are not 32 bytes long)."""
-    connection = session.connection().connection.driver_connection
-    with connection.cursor(binary=True) as cursor:
-        count, hashes, misshapen = cursor.execute(LEAF_HASHES_SQL, [digest_id]).fetchone()
+    count, hashes, misshapen = binary_row(session, LEAF_HASHES_SQL, [digest_id])
     return count, bytes(hashes or b""), misshapen
 
 

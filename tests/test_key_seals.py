@@ -173,6 +173,57 @@ def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated)
         rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
 
 
+def _point_leaf_at_head(session, seal: KeySeal, entity_id) -> None:
+    """What someone with UPDATE on ledger_digest_heads does to excuse a forged head."""
+    with session.begin_nested():  # a transaction id other than the one that wrote the leaves
+        session.execute(text("UPDATE ledger_digest_heads SET version = e.version, link_hash = e.head_link_hash FROM skills e "
+                             "WHERE e.id = ledger_digest_heads.entity_id AND digest_id = :d AND entity_id = :e"),
+                        {"d": seal.digest_id, "e": entity_id})
+    session.expire_all()
+
+
+def test_a_seal_leaf_edited_to_name_a_forged_version_does_not_let_a_write_sign_on_top_of_it(rotated) -> None:
+    """A write read the seal digest's leaf rows as they were: one edited to name the version a
+    leaked retired key forged after the seal excused it, and the write was signed on top of the
+    forgery (helper-68). The leaves are taken only as they hash to the root the seal file names."""
+    from models.chain import _sealed_leaves
+
+    _sealed_leaves.clear()  # as a process that has not checked this seal's leaves yet
+    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
+    _point_leaf_at_head(rotated.session, rotated.seal, rotated.skill.id)
+    with pytest.raises(EntityTampered) as refused:
+        rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
+    assert "no longer hash to the root the seal names" in refused.value.detail
+    codes = rotated.codes(rotated.sealed)  # leaves that fail hold nothing: all the sealed key signed is suspect
+    assert rotated.skill.id in {entity for entity, _ in codes[SEALED_CODE]} and codes[SEAL_INVALID_CODE]
+    with pytest.raises(NotRestorable):
+        restore_entity(rotated.session, entity_type=E.SKILL, entity_id=rotated.skill.id, keyring=rotated.sealed,
+                       embedder=HashingEmbedder(), actor="operator:test")
+
+
+def test_a_process_that_checked_the_seal_leaves_keeps_them_when_a_row_is_edited_later(rotated) -> None:
+    assert SEALED_CODE not in rotated.codes(rotated.sealed)  # checks and keeps the leaves
+    rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
+    _point_leaf_at_head(rotated.session, rotated.seal, rotated.skill.id)
+    with pytest.raises(EntityTampered):
+        rotated.edit(rotated.skill, rotated.sealed, description="On top of the forgery")
+    assert (rotated.skill.id, 3) in rotated.codes(rotated.sealed)[SEALED_CODE]
+
+
+def test_seal_leaves_rewritten_unchanged_still_hold_what_the_key_signed_before_its_seal(rotated) -> None:
+    """A no-op UPDATE by any SQL writer, pg_repack or a dump and restore rewrites every leaf
+    row unchanged (new transaction ids): that must freeze nothing (the reverted 3ad29bf did)."""
+    from models.chain import _sealed_leaves
+
+    with rotated.session.begin_nested():  # a transaction id other than the one that wrote the leaves
+        rotated.session.execute(text("UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d"),
+                                {"d": rotated.seal.digest_id})
+    _sealed_leaves.clear()  # as a process that has not checked this seal's leaves yet
+    rotated.edit(rotated.skill, rotated.sealed, description="After the rewrite, with the new key")
+    codes = rotated.codes(rotated.sealed)
+    assert SEALED_CODE not in codes and SEAL_INVALID_CODE not in codes, codes
+
+
 def test_a_registry_whose_rows_point_off_their_chains_is_not_sealed(rotated) -> None:
     from models.key_seals import rows_off_their_chain_heads
 
