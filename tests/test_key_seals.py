@@ -720,6 +720,27 @@ def test_a_finished_run_s_report_is_signed_once_per_key_even_where_signatures_ar
     assert other != first and db_session.scalar(text("SELECT count(*) FROM signed_exports")) == 2
 
 
+def test_a_recorded_export_signature_that_is_not_plant_s_is_refused_not_handed_out(db_session) -> None:
+    """A row INSERTed into signed_exports ahead of a report's first export (or with the
+    append-only guard lifted, edited) was handed out as the report's signature on every
+    export, to fail every check. Now the export says the record is not Plant's."""
+    from models.audit_record import AuditRecordInvalid
+
+    ring, other = KeyRing(generate_ed25519()), KeyRing(generate_ed25519())
+    honest, stolen, garbage = b'{"the":"report"}', b'{"a report":"signed elsewhere"}', b'{"a report":"not exported yet"}'
+    jws = signed_once(db_session, document=honest, keyring=ring)
+    forged = {stolen: signed_once(db_session, document=stolen, keyring=other), garbage: "not.a.jws"}
+    for document, bogus in forged.items():
+        db_session.execute(text("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) "
+                                "VALUES (:k, sha256(:d), :j, sha256('x'::bytea))"), {"k": ring.active.kid, "d": document, "j": bogus})
+        with pytest.raises(AuditRecordInvalid, match="not Plant's"):
+            signed_once(db_session, document=document, keyring=ring)
+    lifted = signed_once(db_session, document=b'{"one":"more"}', keyring=ring)  # the same key's, over another report
+    lift_guard(db_session, "UPDATE signed_exports SET jws = :j WHERE jws = :h", table="signed_exports", j=lifted, h=jws)
+    with pytest.raises(AuditRecordInvalid):
+        signed_once(db_session, document=honest, keyring=ring)
+
+
 def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_too(keyring) -> None:
     from models.errors import JwsError
     from models.reports import signed_report, verify_report
