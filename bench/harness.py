@@ -86,9 +86,10 @@ class BenchResult:
     @classmethod
     def at_least(cls, scenario: str, value: float, unit: str, *, baseline: float, min_ratio: float,
                  details: dict[str, Any] | None = None) -> BenchResult:
-        """Higher is better: passes when ``value / baseline >= min_ratio``."""
+        """Higher is better: passes when ``value / baseline >= min_ratio``. A ratio to a baseline
+        of zero or below says nothing (-10 / -5 is 2), so such a baseline never passes."""
         ratio = value / baseline if baseline else math.nan
-        return cls(scenario, value, unit, baseline, ratio, f">= {min_ratio}x", ratio >= min_ratio, details or {})
+        return cls(scenario, value, unit, baseline, ratio, f">= {min_ratio}x", baseline > 0 and ratio >= min_ratio, details or {})
 
     @classmethod
     def at_most(cls, scenario: str, value: float, unit: str, *, baseline: float, max_ratio: float,

@@ -4,12 +4,16 @@ Data, built through the registry services (signed chains, embeddings): 10 job ro
 each with two required skills, 100 teams and 1,000 agents per role. The measured job
 is ``agents.assign_teams {"all_unassigned": true}`` on a real worker, from the job row's
 ``created_at`` to its ``finished_at`` (plan + applying every move with its chain
-version). Quality, on the same input: the optimal plan's total similarity against the
-greedy baseline (must never be below), and against an exact MILP solver on a smaller
-instance (must be within 1%).
+version); every run must seat what the plan seats. Quality, on the same input: the optimal
+plan against the greedy baseline (it must seat no fewer agents and, seating as many, have no
+less total similarity), and against an exact MILP solver on a smaller instance (must be
+within 1%). The roles are ten separate eligibility components of 1,000 agents: one role of
+10,000 agents is the solver's worst case (see docs/benchmarks.md, "Left out").
 """
 
 from __future__ import annotations
+
+import math
 
 
 import numpy as np
@@ -86,11 +90,12 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     greedy = greedy_assignment(plan.problem)
     optimal_small, exact_small = _exact_gap(plan.problem)
     worker = stack.start_worker(settings, queues="default", concurrency=2)
-    walls, placed = [], []
+    walls, placed, totals = [], [], []
     for _ in range(3):
         wall, result = run_job_to_end(stack, settings, "agents.assign_teams", {"agent_ids": [], "all_unassigned": True})
         walls.append(wall)
         placed.append(result["placed"])
+        totals.append(result["total_similarity"])
         with stack.session(settings) as session:
             over = session.execute(text("SELECT count(*) FROM (SELECT team_id FROM agents JOIN teams ON teams.id = agents.team_id "
                                         "GROUP BY team_id, teams.capacity HAVING count(*) > teams.capacity) t")).scalar()
@@ -103,11 +108,20 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     details = {"agents": agents, "teams": ROLES * teams_per_role, "runs_seconds": walls, "placed": placed,
                "method": plan.method, "optimal_total": plan.total_similarity, "greedy_total": greedy.total_similarity,
                "greedy_placed": greedy.placed_count}
+    # Nothing races the job here, so every run must seat what the plan seats: a job that
+    # applied less (or other) than its plan fails the wall target too.
+    applied = all(p == len(plan.placements) and math.isclose(t, plan.total_similarity, rel_tol=1e-9, abs_tol=1e-6)
+                  for p, t in zip(placed, totals, strict=True))
+    details |= {"planned": len(plan.placements), "applied_as_planned": applied, "totals": totals}
+    # The objective seats as many agents as it can first, so against greedy it must seat no
+    # fewer and, seating as many, have no less total similarity (seating one more may cost some).
+    beats_greedy = (len(plan.placements), plan.total_similarity) >= (greedy.placed_count, greedy.total_similarity)
     results = [
-        BenchResult(f"bulk_assign.wall[{agents} agents]", wall, "s", None, None, f"<= {WALL_TARGET_SECONDS:g} s",
-                    wall <= WALL_TARGET_SECONDS, details),
-        BenchResult.at_least("bulk_assign.vs_greedy", plan.total_similarity, "total similarity",
-                             baseline=greedy.total_similarity, min_ratio=1.0, details=details),
+        BenchResult(f"bulk_assign.wall[{agents} agents]", wall, "s", None, None,
+                    f"<= {WALL_TARGET_SECONDS:g} s, every run seating the plan", wall <= WALL_TARGET_SECONDS and applied, details),
+        BenchResult("bulk_assign.vs_greedy", plan.total_similarity, "total similarity", greedy.total_similarity,
+                    plan.total_similarity / greedy.total_similarity if greedy.total_similarity else None,
+                    "no fewer seated; at as many, >= 1.0x", beats_greedy, details),
         BenchResult.at_least(f"bulk_assign.vs_exact[{EXACT_AGENTS} agents]", optimal_small, "total similarity",
                              baseline=exact_small, min_ratio=0.99, details={"optimal": optimal_small, "exact": exact_small}),
     ]

@@ -1,0 +1,45 @@
+"""The benchmark's own judgements: a result that cannot fail proves nothing (helper-71)."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench.harness import BenchResult
+from models.assignment_solver import AssignmentProblem, solve_assignment
+
+
+def test_at_least_never_passes_against_a_baseline_of_zero_or_below() -> None:
+    """-10 / -5 is 2: a worse negative total passed against a better one."""
+    assert not BenchResult.at_least("x", -10.0, "total", baseline=-5.0, min_ratio=1.0).passed
+    assert not BenchResult.at_least("x", 1.0, "total", baseline=0.0, min_ratio=1.0).passed
+    assert BenchResult.at_least("x", 10.0, "total", baseline=5.0, min_ratio=1.0).passed
+
+
+@pytest.mark.parametrize("applied", [{"placed": 0, "total_similarity": 0.0}, None], ids=["seats nobody", "as planned"])
+def test_the_bulk_scenario_fails_when_its_job_applies_less_than_its_plan(monkeypatch, applied) -> None:
+    """The scenario judged a plan it computed itself and never what the job applied."""
+    from bench.scenarios import bulk_assignment as scenario
+
+    rng = np.random.default_rng(0)
+    problem = AssignmentProblem(rng.standard_normal((20, 4)), rng.standard_normal((4, 4)), [5] * 4, [[0, 1, 2, 3]] * 20)
+    solved = solve_assignment(problem)
+    plan = SimpleNamespace(problem=problem, total_similarity=solved.total_similarity, method=solved.method,
+                           placements=solved.placements)
+    outcome = applied or {"placed": len(plan.placements), "total_similarity": solved.total_similarity}
+
+    class NoRows:
+        def execute(self, *a, **k):
+            return SimpleNamespace(scalar=lambda: 0)
+
+    stack = SimpleNamespace(session=lambda settings: contextlib.nullcontext(NoRows()),
+                            start_worker=lambda *a, **k: None, stop=lambda *a, **k: None)
+    monkeypatch.setattr(scenario, "build", lambda *a: "settings")
+    monkeypatch.setattr(scenario, "plan_assignment", lambda *a, **k: plan)
+    monkeypatch.setattr(scenario, "_reset", lambda *a: None)
+    monkeypatch.setattr(scenario, "run_job_to_end", lambda *a, **k: (1.0, {"requested": 20, **outcome}))
+    wall = next(r for r in scenario.run(stack, quick=True) if r.scenario.startswith("bulk_assign.wall"))
+    assert wall.passed == (applied is None)
