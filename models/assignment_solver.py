@@ -190,6 +190,9 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
 
 
+SIMILARITY_LIMIT = 1e12  # embeddings are unit vectors; anything near this is not one
+
+
 def _check_shapes(problem: AssignmentProblem) -> tuple[int, int]:
     agents, teams = problem.agent_vectors, problem.team_vectors
     if agents.ndim != 2 or teams.ndim != 2 or agents.shape[1] != teams.shape[1]:
@@ -198,6 +201,13 @@ def _check_shapes(problem: AssignmentProblem) -> tuple[int, int]:
         raise InvalidInput("need one eligibility list per agent and one seat count per team")
     if not (np.all(np.isfinite(agents)) and np.all(np.isfinite(teams))):
         raise InvalidInput("vectors must be finite")
+    # Every similarity is at most the product of the largest norms (Cauchy-Schwarz): bounding
+    # it keeps the dot products and the placement bonus finite, and similarities well above
+    # the bonus's rounding step.
+    with np.errstate(over="ignore"):  # a norm too large for a float is inf, and refused
+        largest = [float(np.linalg.norm(np.asarray(v, dtype=np.float64), axis=1).max(initial=0.0)) for v in (agents, teams)]
+    if not largest[0] * largest[1] <= SIMILARITY_LIMIT:
+        raise InvalidInput(f"vectors too long: the largest agent and team norms may multiply to at most {SIMILARITY_LIMIT:g}")
     return len(agents), len(teams)
 
 

@@ -221,3 +221,13 @@ def test_rejects_mismatched_dimensions() -> None:
     problem = AssignmentProblem(np.ones((1, DIM)), np.ones((1, DIM + 1)), [1], [[0]])
     with pytest.raises(InvalidInput):
         solve_assignment(problem)
+
+
+@pytest.mark.parametrize("matcher", ["dense", "sparse"])
+@pytest.mark.parametrize("scale", [1e160, 1e7], ids=["overflows", "beyond the limit"])
+def test_rejects_finite_vectors_whose_similarities_overflow_or_drown_the_bonus(matcher: str, scale: float) -> None:
+    """Vectors were checked finite, not their dot products: the dense matcher died of SciPy's
+    ValueError and the sparse one gave a total of inf (helper-71)."""
+    vectors = np.array([[scale, 0.0], [0.0, 1.0]])
+    with pytest.raises(InvalidInput, match="too long"):
+        solve_assignment(AssignmentProblem(vectors, vectors, [1, 1], [[0], [0, 1]]), matcher=matcher)
