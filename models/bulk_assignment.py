@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +186,8 @@ def _apply_committed(
     agents = {plan.agents[a].id: plan.agents[a] for a, _ in batch}
     with transaction(sessions) as session:
         fence(session)
-        refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx)
+        refused = apply_batch(session, [(plan.agents[a].id, plan.teams[t].id) for a, t in batch], ctx=ctx,
+                              seated={plan.agents[a].id: plan.agents[a].team_id for a, _ in batch})
         entries = [_unplaced(agents[agent_id], reason, detail=detail) for agent_id, reason, detail in refused]
         if record is not None:
             record.moves(session, plan, list(batch), entries)
@@ -243,14 +244,20 @@ def _similarity(problem: AssignmentProblem, agent: int, team: int) -> float:
                         np.asarray(problem.team_vectors[team], dtype=np.float64)))
 
 
-def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext) -> list[tuple[uuid.UUID, str, str]]:
+def apply_batch(
+    session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, ctx: WriteContext,
+    seated: Mapping[uuid.UUID, uuid.UUID | None] | None = None,
+) -> list[tuple[uuid.UUID, str, str]]:
     """Apply (agent, team) moves under the same rules as a single assignment, in one flush.
 
     Agents and then teams are locked in id order (a single assignment locks one agent,
     then one team, so the two never wait on each other in a cycle), seats are counted
     and the roles' required skills read once under those locks, and every move is
     re-checked: a seat taken, or a skill newly required, since the plan was made is
-    refused here, never over-filled or let through. Returns the refused moves with reasons.
+    refused here, never over-filled or let through. ``seated`` is where the plan saw each
+    agent (its team, or None): an agent seated, moved or unseated since then by another
+    write (a single assignment, another bulk run) is refused (``seat-changed``), so a plan
+    never undoes a move it did not see. Returns the refused moves with reasons.
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
     tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
@@ -267,6 +274,10 @@ def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, c
         reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
         if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
             refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
+        elif seated is not None and agent.team_id != seated.get(agent_id):
+            refused.append((agent_id, "seat-changed", (
+                f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
+                f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
         elif reasons:
             refused.append((agent_id, "not-eligible", "; ".join(reasons)))
         elif agent.team_id == team.id:
@@ -283,6 +294,10 @@ def apply_batch(session: Session, moves: list[tuple[uuid.UUID, uuid.UUID]], *, c
     insert_versions(session, versions)
     session.flush()
     return refused
+
+
+def _team_name(team_id: uuid.UUID | None) -> str:
+    return "no team" if team_id is None else f"team {team_id}"
 
 
 # The locked agent's columns that are governed content (all of it but the skill ids),

@@ -566,3 +566,50 @@ def test_a_role_change_and_an_agent_written_into_its_team_do_not_deadlock(engine
         changer.close()
         writer.join(30)
     assert outcome == {"agent": "ok", "role": "ok"}
+
+
+def _raced_world(engine, write_ctx, steward):
+    """Two one-seat teams and an agent whose embedding is the second team's: a plan puts it there."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, steward)
+        t1, t2, x = world.team("Race T1", capacity=1).id, world.team("Race T2", capacity=1).id, world.agent("Race X").id
+    with transaction(sessions) as session:
+        session.execute(update(Agent).where(Agent.id == x).values(
+            embedding=list(session.scalar(select(Team.embedding).where(Team.id == t2)))))
+    return sessions, t1, t2, x
+
+
+def _while_solving(monkeypatch, meanwhile) -> None:
+    solve = bulk_assignment.solve_plan
+
+    def solve_after(inputs):
+        meanwhile()
+        return solve(inputs)
+
+    monkeypatch.setattr(bulk_assignment, "solve_plan", solve_after)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["all_unassigned", "a planned stay"])
+def test_a_seat_changed_while_the_bulk_plan_solves_is_left_as_the_other_write_made_it(
+        engine, write_ctx, committed_steward, monkeypatch, listed) -> None:
+    """A batch re-checked eligibility and seats but not where the plan saw the agent: a single
+    assignment committed while the plan was solved was undone, and the bulk job said it placed
+    the agent (helper-71). An unseated agent seated meanwhile, or a seated one the plan meant to
+    keep moved meanwhile, is refused as ``seat-changed`` and left where the other write put it."""
+    sessions, t1, t2, x = _raced_world(engine, write_ctx, committed_steward)
+    if listed:
+        with transaction(sessions) as session:
+            assign_agent(session, agent_id=x, team_id=t2, ctx=write_ctx)  # its best team: the plan keeps it there
+
+    def single_assignment():
+        with transaction(sessions) as session:
+            assert assign_agent(session, agent_id=x, team_id=t1, ctx=write_ctx).team_id == t1
+
+    _while_solving(monkeypatch, single_assignment)
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[x] if listed else None, all_unassigned=not listed, ctx=write_ctx,
+                                   progress=lambda *a: None)
+    with sessions() as session:
+        assert session.get(Agent, x).team_id == t1
+        assert verify_entity(session, entity=session.get(Agent, x), keyring=write_ctx.keyring).ok
+    assert outcome.placed == 0 and {e["agent_id"]: e["reason"] for e in outcome.unplaced}[str(x)] == "seat-changed"
