@@ -13,28 +13,34 @@ from models.settings import Settings
 ADMIN_KEY_FILE = "admin-api-key"
 
 
-def ensure_configured_admin(settings: Settings) -> bool:
-    """Ensure ``PLANT_ADMIN_API_KEY`` as an admin key; False when none is configured."""
+def ensure_configured_admin(settings: Settings) -> str | None:
+    """Ensure ``PLANT_ADMIN_API_KEY`` as an admin key: how it stands (``created``, ``live``,
+    or ``revoked``: left so), or None when none is configured."""
     if settings.admin_api_key is None:
-        return False
-    _ensure(settings, settings.admin_api_key.get_secret_value())
-    return True
+        return None
+    return _ensure(settings, settings.admin_api_key.get_secret_value())
 
 
 def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | None]:
-    """The admin key for `plant dev`: configured, or read from (or generated into) a file."""
+    """The admin key for `plant dev`: configured, or read from (or generated into) a file;
+    a file's key that was revoked is replaced with a new one."""
     if settings.admin_api_key is not None:
         ensure_configured_admin(settings)
         return settings.admin_api_key.get_secret_value(), None
     path = data_dir / ADMIN_KEY_FILE
     if not path.exists():
-        replace_file(path, (generate_plaintext() + "\n").encode(), mode=0o600)  # never readable by others, even for a moment
+        _new_key_file(path)
     path.chmod(0o600)  # one left by an earlier start
-    plaintext = path.read_text().strip()
-    _ensure(settings, plaintext)
-    return plaintext, path
+    if _ensure(settings, path.read_text().strip()) == "revoked":
+        _new_key_file(path)
+        _ensure(settings, path.read_text().strip())
+    return path.read_text().strip(), path
 
 
-def _ensure(settings: Settings, plaintext: str) -> None:
+def _new_key_file(path: Path) -> None:
+    replace_file(path, (generate_plaintext() + "\n").encode(), mode=0o600)  # never readable by others, even for a moment
+
+
+def _ensure(settings: Settings, plaintext: str) -> str:
     with one_off_sessions(settings) as sessions, transaction(sessions) as session:
-        ensure_admin_key(session, plaintext=plaintext)
+        return ensure_admin_key(session, plaintext=plaintext)

@@ -71,12 +71,14 @@ def upgrade(as_json: bool) -> None:
     """Apply every migration up to head, then ensure PLANT_ADMIN_API_KEY if it is set."""
     settings = load_settings()
     upgrade_head(settings.database_url)
-    admin_ensured = ensure_configured_admin(settings)
+    admin_key = ensure_configured_admin(settings)
     if as_json:
-        print_json({"schema": "head", "admin_key_ensured": admin_ensured})
+        print_json({"schema": "head", "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key})
         return
     click.echo("schema is at head")
-    if admin_ensured:
+    if admin_key == "revoked":
+        click.echo("PLANT_ADMIN_API_KEY was revoked: left revoked, it grants nothing (unset it to stop this note)")
+    elif admin_key is not None:
         click.echo("PLANT_ADMIN_API_KEY is a live admin key")
 
 

@@ -14,6 +14,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -132,12 +133,16 @@ def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
-def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> bool:
-    """Make ``plaintext`` a live admin key; returns True when it had to be created."""
+def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> Literal["created", "live", "revoked"]:
+    """Make ``plaintext`` an admin key unless it was revoked: ``created``, ``live`` (it
+    already was one), or ``revoked`` (left revoked: revoking the bootstrap key once narrower
+    keys exist is what an operator should do, and every later deploy still ensures it)."""
     existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
-    if existing is not None:
-        if existing.revoked_at is not None or "admin" not in existing.scopes:
-            raise InvalidInput("the configured admin key exists but is revoked or not admin; configure a new one")
-        return False
-    create_api_key(session, name=name, scopes=["admin"], plaintext=plaintext)
-    return True
+    if existing is None:
+        create_api_key(session, name=name, scopes=["admin"], plaintext=plaintext)
+        return "created"
+    if existing.revoked_at is not None:
+        return "revoked"
+    if "admin" not in existing.scopes:
+        raise InvalidInput("the configured admin key is a live key without the admin scope; configure another one")
+    return "live"

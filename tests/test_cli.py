@@ -303,18 +303,29 @@ def test_a_local_command_with_the_database_unreachable_says_so_in_one_line(monke
     assert said in _one_line_error(CliRunner().invoke(cli, list(args)))
 
 
-def test_db_upgrade_with_a_revoked_configured_admin_key_says_so_in_one_line(settings, engine, clean_db, monkeypatch) -> None:
+def test_db_upgrade_leaves_a_revoked_configured_admin_key_revoked_and_succeeds(settings, engine, clean_db, monkeypatch) -> None:
+    """Every deploy runs `plant db upgrade` with PLANT_ADMIN_API_KEY, and it failed once the
+    operator had revoked that key, as they should once narrower keys exist: compose then
+    started nothing and the Cloud Run rollout stopped (helper-73). A live key without the
+    admin scope is still refused, in one line."""
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from models.api_keys import create_api_key, revoke_api_key
+    from models.api_keys import ApiKey, create_api_key, revoke_api_key
 
     with Session(engine) as session, session.begin():
         created = create_api_key(session, name="boot", scopes=["admin"])
-        revoke_api_key(session, key_id=created.key.id)
+        revoke_api_key(session, key_id=(boot := created.key.id))
+        narrow = create_api_key(session, name="reader", scopes=["read"])
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("PLANT_ADMIN_API_KEY", created.plaintext)
-    assert "revoked" in _one_line_error(CliRunner().invoke(cli, ["db", "upgrade"]))
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0 and "left revoked" in result.output, result.output
+    with Session(engine) as session:
+        assert session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == boot)) is not None
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", narrow.plaintext)
+    assert "without the admin scope" in _one_line_error(CliRunner().invoke(cli, ["db", "upgrade"]))
 
 
 def test_an_api_key_that_is_not_ascii_says_so_in_one_line(monkeypatch) -> None:

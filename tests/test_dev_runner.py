@@ -153,6 +153,24 @@ def test_the_files_the_dev_runner_writes_secrets_to_are_for_its_user_alone(tmp_p
     assert modes == {"services.env": 0o600, "flower-auth": 0o600, "admin-api-key": 0o600}
 
 
+def test_a_revoked_dev_admin_key_file_is_replaced_with_a_live_key(settings, engine, clean_db, tmp_path) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from cli.bootstrap import ensure_dev_admin
+    from models.api_keys import ApiKey, hash_key, revoke_api_key
+
+    unconfigured = settings.model_copy(update={"admin_api_key": None})
+    first, path = ensure_dev_admin(unconfigured, tmp_path)
+    with Session(engine) as session, session.begin():
+        revoke_api_key(session, key_id=session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(first))))
+    second, _ = ensure_dev_admin(unconfigured, tmp_path)
+    assert second != first and path.read_text().strip() == second
+    with Session(engine) as session:
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(second)))
+        assert key.revoked_at is None and "admin" in key.scopes
+
+
 @pytest.mark.parametrize("value", ["abc", "70000", "٣٣"])
 def test_a_port_setting_that_is_not_a_port_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, value: str) -> None:
     from click.testing import CliRunner
