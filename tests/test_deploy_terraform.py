@@ -677,3 +677,28 @@ def test_terraform_fmt_is_clean() -> None:
     result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-list=true", str(TF)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_first_deploy_runs_the_migrations_before_any_service_starts() -> None:
+    """docs/deploy.md's first apply with an image created the API, workers and beat together with
+    the migrate job, and ran the job only after: every service started on an empty database
+    (helper-73). The migrate job is applied alone (-target), run, and only then the rest."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    section = text[text.index("### From nothing to running"):text.index("### Rolling out a new version")]
+    applies = [m for m in re.finditer(r"terraform apply[^\n]*-var image_tag[^\n]*", section)]
+    migrate = section.index("gcloud run jobs execute")
+    assert "-target='module.run[0].google_cloud_run_v2_job.migrate'" in applies[0][0] and applies[0].start() < migrate
+    assert all("-target" not in m[0] for m in applies[1:]) and applies[1].start() > migrate
+    assert "migrate" in resources(MODULES / "run", "google_cloud_run_v2_job")
+
+
+@pytest.mark.parametrize("name", ["dev.tfvars", "prod.tfvars"])
+def test_each_example_environment_fits_its_connection_budget(name: str) -> None:
+    """docs/deploy.md ("Scaling"): API instances x processes x (pool x 2 + 2), plus the workers,
+    under max_connections. prod.tfvars asked 360 + 35 of 200 (helper-73)."""
+    values = tfvars(name)
+    threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO / "gunicorn.conf.py").read_text())[1])  # the pool follows
+    api = values["api_max_instances"] * values["api_web_concurrency"] * (threads * 2 + 2)
+    worker_pool = 2 + load_settings(database_url="postgresql://x/y").db_pool_size  # tasks/runtime.py: pool 2, overflow
+    workers = (values["worker_instances"] * values["worker_concurrency"] + values["worker_audit_instances"]) * worker_pool
+    assert api + workers < int(values["database_flags"]["max_connections"]), (api, workers)

@@ -15,15 +15,17 @@ database_disk_size_gb       = 50
 database_retained_backups   = 30
 database_log_retention_days = 7
 # On top of the database module's logging baseline (modules/database/main.tf).
+# Connections (docs/deploy.md, "Scaling"): API 8 x 2 x (8 x 2 + 2) = 288, workers
+# (2 x 2 + 1) x (2 + 5) = 35; 323 under 400.
 database_flags = {
-  max_connections = "200"
+  max_connections = "400"
 }
 
 redis_tier           = "STANDARD_HA"
 redis_memory_size_gb = 2
 
 api_min_instances      = 1
-api_max_instances      = 10
+api_max_instances      = 8
 api_web_concurrency    = 2
 worker_instances       = 2
 worker_audit_instances = 1
