@@ -219,11 +219,16 @@ def test_every_service_has_a_real_healthcheck() -> None:
             assert check["test"] == ["CMD", "plant-entrypoint", "healthcheck"], name
 
 
-def test_named_volumes_only() -> None:
+RETIRED_KEYS_MOUNT = "${PLANT_RETIRED_SIGNING_KEYS_PATH:-./secrets/retired}:/run/plant-retired-keys:ro"
+
+
+def test_named_volumes_only_but_the_retired_keys_read_only() -> None:
     declared = set(compose()["volumes"])
     used = set()
     for name, service in services().items():
         for volume in service.get("volumes", []):
+            if volume == RETIRED_KEYS_MOUNT:
+                continue
             source = volume.split(":")[0]
             assert not source.startswith((".", "/", "~", "$")), f"{name}: bind mount {volume}"
             used.add(source)
@@ -264,3 +269,19 @@ def test_compose_refuses_to_start_without_each_secret(missing: str) -> None:
     env = {k: v for k, v in env_example().items() if k != missing}
     with pytest.raises(KeyError, match=missing):
         interpolate(compose(), env)
+
+
+def test_every_signer_reads_retired_keys_and_their_seals() -> None:
+    """Compose mounted nothing where Plant reads retired keys: after a key rotation every
+    version the old key signed stopped verifying (helper-73)."""
+    for name in ("api", "worker", "worker-audit", "seed"):
+        service = services()[name]
+        assert service["environment"]["PLANT_RETIRED_SIGNING_KEYS_DIR"] == "/run/plant-retired-keys"
+        assert RETIRED_KEYS_MOUNT in service["volumes"]
+
+
+def test_api_outlasts_gunicorn_s_graceful_shutdown_and_redis_has_a_limit_for_noeviction() -> None:
+    graceful = int(re.search(r"^graceful_timeout\s*=\s*(\d+)", (REPO / "gunicorn.conf.py").read_text(), re.M)[1])
+    assert int(services()["api"]["stop_grace_period"].removesuffix("s")) > graceful
+    command = " ".join(services()["redis"]["command"])
+    assert "--maxmemory-policy noeviction" in command and '--maxmemory "$$REDIS_MAXMEMORY"' in command

@@ -147,7 +147,8 @@ def test_every_copied_path_exists_and_is_not_dockerignored() -> None:
         for source in sources:
             assert (REPO / source).exists(), source
             assert not is_ignored(source), f"{source} is excluded by .dockerignore"
-    for private in (".venv", ".plant", ".env", "secrets", ".git", "terraform.tfstate", "celerybeat-schedule"):
+    for private in (".venv", ".plant", ".env", "secrets", ".git", "terraform.tfstate", "celerybeat-schedule",
+                    ".plant-demo", "some/dir/key.pem", "deploy/secrets", "elsewhere/admin-api-key"):  # helper-73
         assert is_ignored(private), f".dockerignore must exclude {private}"
 
 
