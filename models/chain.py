@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -326,13 +327,17 @@ def seal_findings(session: Session, chains: Iterable[tuple[Any, Sequence[Any]]],
 
 
 LEAF_SIZE = 16 + HASH_SIZE  # a ledger leaf: the entity id's 16 bytes, then its head link (models.merkle.head_leaf)
-# One seal digest's leaves as one value, in entity-id order (the digest's leaf order); a link
-# of another length, or none, leaves the whole a length no leaf count gives.
+# One seal digest's leaves as one value, in entity-id order (the digest's leaf order); a
+# missing link leaves the whole a length no leaf count gives (links of other lengths are
+# caught by the root).
 _SEALED_LEAVES_SQL = ("SELECT count(*), string_agg(uuid_send(entity_id) || link_hash, ''::bytea ORDER BY entity_id) "
                       "FROM ledger_digest_heads WHERE digest_id = %s")
-_SEALED_LEAVES_KEPT = 16  # seal digests whose checked leaves a process keeps (one per sealing)
-_sealed_leaves: dict[tuple[int, str], SealedLeaves] = {}
-_sealed_leaves_lock = threading.Lock()
+SEALED_LEAVES_RECHECK_SECONDS = 60.0  # how long a failed check stands before the rows are read again
+# Per (seal digest, root): its checked leaves, kept for the process's life (one entry per
+# sealing the process has needed: its keyring's seals are fixed at start), or the monotonic
+# time until which a failed check stands.
+_sealed_leaves: dict[tuple[int, str], SealedLeaves | float] = {}
+_sealed_leaves_lock = threading.Lock()  # one reader at a time: API threads share the process's
 
 
 @dataclass(frozen=True)
@@ -361,27 +366,32 @@ def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
     the seal file names (a row edited, added or removed through SQL): then they hold nothing.
 
     The seal file, kept beside the retired key, is the anchor; the leaf rows sit in a table
-    anyone with SQL access can edit, say to name a version a leaked copy of the key signed
-    after the seal. So they are read whole and checked against the seal's root once per
-    process (O(leaves): about 48 bytes each are kept), and never read again: an edit made
-    later cannot reach a process that checked them before it, and a row rewritten unchanged
-    (a no-op UPDATE, pg_repack, a dump and restore) changes nothing. A failed check is not
-    kept: the rows are read again next time, in case they were put back.
+    that refuses UPDATE, and DELETE of a seal's rows (migration 0017), but whose owner could
+    lift that, say to name a version a leaked copy of the key signed after the seal. So they
+    are read whole and checked against the seal's root once per process (O(leaves): 48 bytes
+    a leaf are kept, per sealing the process needs), and never read again: an edit made later
+    cannot reach a process that checked them before it, and a row rewritten unchanged
+    (pg_repack, a dump and restore) changes nothing. Threads needing the same leaves wait for
+    one read. A failed check stands for ``SEALED_LEAVES_RECHECK_SECONDS``, then the rows are
+    read again, in case they were put back from a backup.
     """
     key = (seal.digest_id, seal.heads_root)
-    if (kept := _sealed_leaves.get(key)) is not None:
+    if isinstance(kept := _sealed_leaves.get(key), SealedLeaves):
         return kept
-    count, leaves = binary_row(session, _SEALED_LEAVES_SQL, [seal.digest_id])
-    leaves = bytes(leaves or b"")
-    if len(leaves) != count * LEAF_SIZE or merkle_root(
-            leaves[start : start + LEAF_SIZE] for start in range(0, len(leaves), LEAF_SIZE)).hex() != seal.heads_root:
+    with _sealed_leaves_lock:
+        kept = _sealed_leaves.get(key)
+        if isinstance(kept, SealedLeaves):
+            return kept
+        if kept is not None and time.monotonic() < kept:
+            return None
+        count, leaves = binary_row(session, _SEALED_LEAVES_SQL, [seal.digest_id])
+        leaves = bytes(leaves or b"")
+        if len(leaves) == count * LEAF_SIZE and merkle_root(
+                leaves[start : start + LEAF_SIZE] for start in range(0, len(leaves), LEAF_SIZE)).hex() == seal.heads_root:
+            _sealed_leaves[key] = SealedLeaves(leaves)
+            return _sealed_leaves[key]
+        _sealed_leaves[key] = time.monotonic() + SEALED_LEAVES_RECHECK_SECONDS
         return None
-    checked = SealedLeaves(leaves)
-    with _sealed_leaves_lock:  # API threads share the process's
-        while len(_sealed_leaves) >= _SEALED_LEAVES_KEPT:
-            del _sealed_leaves[next(iter(_sealed_leaves))]
-        _sealed_leaves[key] = checked
-    return checked
 
 
 def _held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> tuple[dict[tuple[int, uuid.UUID], int], set[int]]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import ARRAY, BigInteger, Engine, LargeBinary, any_, create_engine, event, exc, literal
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,9 +145,21 @@ def bytes_in(column: Any, values: Iterable[bytes]) -> Any:
 
 def binary_row(session: Session, sql: str, params: Sequence[Any]) -> tuple[Any, ...]:
     """The one row ``sql`` returns, read straight from psycopg in binary format on the
-    session's connection (no hex decoding of bytea: for aggregates over many rows)."""
-    with session.connection().connection.driver_connection.cursor(binary=True) as cursor:
-        return cursor.execute(sql, params).fetchone()
+    session's connection (no hex decoding of bytea: for aggregates over many rows).
+
+    A database error comes out as SQLAlchemy's, as from ``session.execute`` (a timeout is an
+    ``OperationalError``: 503 in the API, a transient error in a job), and a connection it
+    broke is invalidated, so the pool does not hand it out again."""
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    try:
+        with driver.cursor(binary=True) as cursor:
+            return cursor.execute(sql, params).fetchone()
+    except psycopg.Error as error:
+        broken = driver.broken or driver.closed
+        if broken:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(sql, params, error, psycopg.Error, connection_invalidated=broken) from error
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

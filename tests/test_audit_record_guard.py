@@ -76,6 +76,26 @@ def test_an_entity_row_cannot_be_deleted_through_sql(db_session: Session, skill:
     assert db_session.scalar(text("SELECT count(*) FROM skills WHERE id = :id"), {"id": skill.id}) == 1
 
 
+def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_deleted(
+        db_session: Session, skill: Any, keyring: Any) -> None:
+    """A key seal's digest decides what a retired key signed before its seal: one leaf row
+    edited through SQL, with no key at all, made everything the sealed key signed suspect
+    (helper-74). Leaf rows now refuse UPDATE and TRUNCATE, and a kept digest's refuse DELETE;
+    pruning still deletes the other digests' rows (migration 0017)."""
+    from models.ledger import store_digest
+
+    digest = store_digest(db_session, keyring=keyring)
+    _refused(db_session, "UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d", d=digest.id)
+    _refused(db_session, "TRUNCATE ledger_digest_heads")
+    pruned = db_session.begin_nested()
+    deleted = db_session.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest.id}).rowcount
+    assert deleted == digest.entity_count >= 1
+    pruned.rollback()
+    db_session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :d"), {"d": digest.id})  # a seal's mark
+    _refused(db_session, "DELETE FROM ledger_digest_heads WHERE digest_id = :d", d=digest.id)
+    assert db_session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest.id}) == deleted
+
+
 @pytest.mark.parametrize("lifted", [
     "ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete",
     "ALTER TABLE ledger_digests ENABLE TRIGGER ledger_digests_no_update_delete",  # not ALWAYS: a replica skips it
@@ -85,6 +105,7 @@ def test_an_entity_row_cannot_be_deleted_through_sql(db_session: Session, skill:
     "DROP TRIGGER skills_no_delete ON skills",
     "DROP TRIGGER signed_exports_no_truncate ON signed_exports",
     "ALTER TABLE entity_repairs DISABLE TRIGGER entity_repairs_no_update_delete",
+    "ALTER TABLE ledger_digest_heads DISABLE TRIGGER ledger_digest_heads_no_update_delete",
 ])
 def test_a_lifted_guard_of_the_digests_or_the_audit_record_fails_l0_03_like_the_chain_s(
         db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:

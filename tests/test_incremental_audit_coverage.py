@@ -110,8 +110,8 @@ def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> Non
     store_digest(db_session, keyring=keyring)
     tamper_delete_newest(db_session, skill, keyring)  # a consistent rollback to version 2...
     with db_session.begin_nested():  # ...hidden by another transaction (here a subtransaction: its own xid)
-        db_session.execute(text("UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
-                                "FROM skills s WHERE s.id = h.entity_id AND s.id = :id"), {"id": skill.id})
+        lift_guard(db_session, "UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
+                   "FROM skills s WHERE s.id = h.entity_id AND s.id = :id", table="ledger_digest_heads", id=skill.id)
     check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
     assert check.tampered and [f.code for f in check.findings] == ["digest-invalid"]
     summary, findings = run_incremental(db_session, keyring)
@@ -257,8 +257,8 @@ def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, ke
 
     digest = store_digest(db_session, keyring=keyring)
     with db_session.begin_nested():  # rewrite one leaf in another transaction, then vouch for it
-        db_session.execute(text("UPDATE ledger_digest_heads SET link_hash = :link WHERE digest_id = :id AND entity_id = :e"),
-                           {"link": b"\x01" * 32, "id": digest.id, "e": skill.id})
+        lift_guard(db_session, "UPDATE ledger_digest_heads SET link_hash = :link WHERE digest_id = :id AND entity_id = :e",
+                   table="ledger_digest_heads", link=b"\x01" * 32, id=digest.id, e=skill.id)
     # Past the digests' guard, as their owner could (plain SQL may not touch a stored attestation).
     if forge == "xmin":  # claim the new transaction id; the old signature no longer covers it
         xmin = db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
@@ -281,7 +281,8 @@ def test_an_edited_leaf_version_does_not_hide_a_reset_row(db_session, skill, wri
     with db_session.begin_nested():  # another transaction: reset the row, raise the leaf's version
         db_session.execute(text("UPDATE skills SET version = :v, head_link_hash = :l, description = 'version three' "
                                 "WHERE id = :id"), {"v": head[0], "l": head[1], "id": skill.id})
-        db_session.execute(text("UPDATE ledger_digest_heads SET version = 5 WHERE entity_id = :id"), {"id": skill.id})
+        lift_guard(db_session, "UPDATE ledger_digest_heads SET version = 5 WHERE entity_id = :id", table="ledger_digest_heads",
+                   id=skill.id)
     db_session.expire_all()
     summary, findings = run_incremental(db_session, keyring)
     assert [f.code for f in findings] == ["digest-invalid"] and "versions or types" in findings[0].detail
@@ -299,7 +300,8 @@ def test_a_head_naming_no_version_stays_seen_when_its_leaf_version_is_edited(db_
     assert db_session.scalar(text("SELECT version FROM ledger_digest_heads WHERE digest_id = :d AND entity_id = :e"), leaf) == 0
     if leaf_edited:
         with db_session.begin_nested():
-            db_session.execute(text("UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e"), leaf)
+            lift_guard(db_session, "UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e",
+                       table="ledger_digest_heads", **leaf)
     _, findings = run_incremental(db_session, keyring)
     assert findings and ("digest-invalid" if leaf_edited else "head-mismatch") in {f.code for f in findings}
 

@@ -165,8 +165,8 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_file(db_sess
 def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated) -> None:
     session, seal = rotated.session, rotated.seal
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
-    session.execute(text("UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e"),
-                    {"d": seal.digest_id, "e": rotated.skill.id})
+    lift_guard(session, "UPDATE ledger_digest_heads SET version = 3 WHERE digest_id = :d AND entity_id = :e",
+               table="ledger_digest_heads", d=seal.digest_id, e=rotated.skill.id)  # as the table's owner could
     session.expire_all()
     assert (rotated.skill.id, 3) in rotated.codes(rotated.sealed)[SEALED_CODE]
     with pytest.raises(EntityTampered):
@@ -174,11 +174,12 @@ def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated)
 
 
 def _point_leaf_at_head(session, seal: KeySeal, entity_id) -> None:
-    """What someone with UPDATE on ledger_digest_heads does to excuse a forged head."""
+    """What the owner of ledger_digest_heads could do, past its guard (migration 0017), to
+    excuse a forged head."""
     with session.begin_nested():  # a transaction id other than the one that wrote the leaves
-        session.execute(text("UPDATE ledger_digest_heads SET version = e.version, link_hash = e.head_link_hash FROM skills e "
-                             "WHERE e.id = ledger_digest_heads.entity_id AND digest_id = :d AND entity_id = :e"),
-                        {"d": seal.digest_id, "e": entity_id})
+        lift_guard(session, "UPDATE ledger_digest_heads SET version = e.version, link_hash = e.head_link_hash FROM skills e "
+                   "WHERE e.id = ledger_digest_heads.entity_id AND digest_id = :d AND entity_id = :e",
+                   table="ledger_digest_heads", d=seal.digest_id, e=entity_id)
     session.expire_all()
 
 
@@ -216,8 +217,8 @@ def test_seal_leaves_rewritten_unchanged_still_hold_what_the_key_signed_before_i
     from models.chain import _sealed_leaves
 
     with rotated.session.begin_nested():  # a transaction id other than the one that wrote the leaves
-        rotated.session.execute(text("UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d"),
-                                {"d": rotated.seal.digest_id})
+        lift_guard(rotated.session, "UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d",
+                   table="ledger_digest_heads", d=rotated.seal.digest_id)  # as the owner's pg_repack could
     _sealed_leaves.clear()  # as a process that has not checked this seal's leaves yet
     rotated.edit(rotated.skill, rotated.sealed, description="After the rewrite, with the new key")
     codes = rotated.codes(rotated.sealed)
@@ -237,8 +238,8 @@ def test_a_seal_whose_digest_is_gone_or_edited_makes_every_run_say_so(rotated, a
     session, seal = rotated.session, rotated.seal
     assert seal_problems(session, rotated.sealed) == []
     with session.begin_nested():  # a subtransaction: the edited row gets another xmin, as any later edit does
-        session.execute(text("UPDATE ledger_digest_heads SET version = version + 5 WHERE digest_id = :d AND entity_id = :e"),
-                        {"d": seal.digest_id, "e": rotated.skill.id})  # to cover a forged version
+        lift_guard(session, "UPDATE ledger_digest_heads SET version = version + 5 WHERE digest_id = :d AND entity_id = :e",
+                   table="ledger_digest_heads", d=seal.digest_id, e=rotated.skill.id)  # to cover a forged version
     [problem] = seal_problems(session, rotated.sealed)
     assert f"digest {seal.digest_id}" in problem and "cannot be trusted" in problem
     codes = rotated.codes(rotated.sealed)
@@ -775,3 +776,109 @@ def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_
     _refuses_all_it_lists(db_session, handed, sealed)
     with pytest.raises(SealListInvalid):
         published_keyring(KeyRing(handed.new, (handed.old.verifier(),), sealed.seals), db_session)
+
+
+@pytest.fixture
+def leaf_reads(monkeypatch) -> list[int]:
+    """Every read of a seal digest's leaves, by digest id, in a process that has read none yet."""
+    import models.chain as chain
+
+    reads: list[int] = []
+    real = chain.binary_row
+
+    def counting(session, sql, params):
+        if sql == chain._SEALED_LEAVES_SQL:
+            reads.append(params[0])
+        return real(session, sql, params)
+
+    monkeypatch.setattr(chain, "binary_row", counting)
+    chain._sealed_leaves.clear()
+    return reads
+
+
+def test_each_seal_digest_is_read_once_per_process_however_many_sealings(db_session, leaf_reads) -> None:
+    """A 16-entry FIFO read every digest again on every batch from the 17th sealing on (helper-74)."""
+    from models.chain import history, seal_findings
+
+    keys = [generate_ed25519() for _ in range(19)]
+
+    def ring(i: int, seals=()) -> KeyRing:
+        return KeyRing(keys[i], tuple(k.verifier() for k in keys[:i]), tuple(seals))
+
+    steward = bootstrap_steward(db_session, WriteContext("test", ring(0), HashingEmbedder()))
+    skill = create_entity(db_session, entity_type=E.SKILL, ctx=WriteContext("test", ring(0), HashingEmbedder()), data={
+        "governance_agent_id": steward, "name": "Many Rotations", "skill_key": "many-rotations", "category": "technical",
+        "description": "v1"})
+    seals = []
+    for i in range(18):
+        if i:
+            update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": f"v{i + 1}"},
+                          ctx=WriteContext("test", ring(i), HashingEmbedder()))
+        digest = store_digest(db_session, keyring=ring(i + 1))
+        seals.append(KeySeal(keys[i].kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]))
+    rows = history(db_session, entity_id=skill.id)
+    for _ in range(3):  # three audit batches
+        assert seal_findings(db_session, [(skill, rows)], ring(18, seals)) == {}
+    assert sorted(leaf_reads) == sorted(seal.digest_id for seal in seals)
+
+
+def test_leaves_that_fail_their_check_are_not_read_again_on_every_batch(rotated, leaf_reads, monkeypatch) -> None:
+    import models.chain as chain
+
+    for n in range(4):  # more batches
+        rotated.make(E.INDUSTRY, ring=rotated.sealed, name=f"Industry {n}", code=f"IN{n}")
+    lift_guard(rotated.session, "UPDATE ledger_digest_heads SET link_hash = sha256(link_hash) WHERE digest_id = :d "
+               "AND entity_id = :e", table="ledger_digest_heads", d=rotated.seal.digest_id, e=rotated.gov["governance_agent_id"])
+    leaf_reads.clear()
+    assert rotated.skill.id in {entity for entity, _ in rotated.codes(rotated.sealed)[SEALED_CODE]}
+    assert leaf_reads == [rotated.seal.digest_id]  # the failure stands for a while...
+    monkeypatch.setattr(chain, "SEALED_LEAVES_RECHECK_SECONDS", 0.0)
+    chain._sealed_leaves[(rotated.seal.digest_id, rotated.seal.heads_root)] = 0.0  # ...then the rows are read again
+    rotated.codes(rotated.sealed)
+    assert len(leaf_reads) > 1
+
+
+def test_threads_meeting_unchecked_seal_leaves_read_them_once(monkeypatch) -> None:
+    """Every gunicorn thread whose first write met a sealed key read and hashed the whole digest
+    at once, each holding its entity's row lock (helper-74)."""
+    import threading
+
+    import models.chain as chain
+    from models.merkle import merkle_root
+
+    leaves = b"".join(uuid.UUID(int=i).bytes + bytes([i % 256]) * 32 for i in range(1, 2001))
+    seal = KeySeal("k", 987654, merkle_root(leaves[i:i + 48] for i in range(0, len(leaves), 48)).hex(), "x")
+    arrived, reads, got = threading.Semaphore(0), [], []
+
+    def slow_read(session, sql, params):
+        reads.append(params[0])
+        for _ in range(8):  # every thread has asked before the first read ends
+            assert arrived.acquire(timeout=30)
+        return 2000, leaves
+
+    def ask() -> None:
+        arrived.release()
+        got.append(chain.sealed_leaves(None, seal))
+
+    monkeypatch.setattr(chain, "binary_row", slow_read)
+    chain._sealed_leaves.clear()
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8 and all(leaves is not None for leaves in got) and reads == [987654]
+
+
+def test_a_timeout_reading_seal_leaves_is_sqlalchemy_s_operational_error(rotated) -> None:
+    """binary_row let psycopg's own error out: a 500 in the API, a permanent failure in a job (helper-74)."""
+    import models.chain as chain
+    from sqlalchemy.exc import OperationalError
+
+    from tasks.runner import is_transient
+
+    chain._sealed_leaves.clear()
+    rotated.session.execute(text("SET LOCAL statement_timeout = 1"))
+    with pytest.raises(OperationalError) as raised:
+        chain.binary_row(rotated.session, "SELECT pg_sleep(1)", [])
+    assert is_transient(raised.value)

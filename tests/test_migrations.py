@@ -222,3 +222,26 @@ def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_datab
         conn.execute("DROP VIEW job_times")
     upgrade_head(empty_database)
     check_schema(empty_database)
+
+
+def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str) -> None:
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    guards = ("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_digest_heads'::regclass "
+              "AND NOT tgisinternal ORDER BY tgname")
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute(guards).fetchall() == [("ledger_digest_heads_no_truncate", "A"),
+                                                   ("ledger_digest_heads_no_update_delete", "A")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE ledger_digest_heads")
+    command.downgrade(config, "0016")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute(guards).fetchall() == []
+        conn.execute("TRUNCATE ledger_digest_heads")
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_digest_heads_refuse_change'").fetchone()[0] == 0
+    upgrade_head(empty_database)
+    check_schema(empty_database)
