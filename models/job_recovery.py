@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.errors import JobCancelled, StaleAttempt, WorkerLost
-from models.job_lifecycle import JobClaim
+from models.job_lifecycle import Checkpoint, JobClaim
 from models.jobs import Job, JobStatus
 
 QUEUED, RUNNING, CANCELLED = JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLED.value
@@ -114,25 +114,27 @@ def rescue_expired(
     return Rescue(republish=_stamp(session, due, limit), failed=len(failed), cancelled=len(cancelled))
 
 
-def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False) -> JobStatus:
+def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False,
+                      progress: Checkpoint | None = None) -> JobStatus:
     """Hand the job back to the queue after a transient error, or unfailed (``handed_back``:
     its worker shuts down, its lease lapsed between batches; not counted against the
     attempts allowed); the caller republishes it when this returns ``queued``. A job whose
     cancel was requested is ended ``cancelled`` instead, in the same statement, so a cancel
-    racing the release is never lost."""
-    return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back)
+    racing the release is never lost. ``progress``: the attempt's last report, not written yet."""
+    return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back, progress=progress)
 
 
-def fail_unless_cancelled(session: Session, *, claim: JobClaim, error: dict[str, Any]) -> JobStatus:
+def fail_unless_cancelled(session: Session, *, claim: JobClaim, error: dict[str, Any],
+                          progress: Checkpoint | None = None) -> JobStatus:
     """End the job ``failed`` with ``error`` (its last allowed attempt failed), or
     ``cancelled`` when a cancel was requested meanwhile: a job asked to stop ends cancelled."""
-    return _end_attempt(session, claim, otherwise=JobStatus.FAILED.value, error=error)
+    return _end_attempt(session, claim, otherwise=JobStatus.FAILED.value, error=error, progress=progress)
 
 
 def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: dict[str, Any],
-                 handed_back: bool = False) -> JobStatus:
+                 handed_back: bool = False, progress: Checkpoint | None = None) -> JobStatus:
     """One conditional UPDATE of the row this attempt owns: ``cancelled`` when a cancel was
-    asked, else ``otherwise`` (queued again, or failed)."""
+    asked, else ``otherwise`` (queued again, or failed), with ``progress`` written if given."""
     cancelling = CANCEL_REQUESTED
     stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
     values: dict[str, Any] = {
@@ -146,6 +148,8 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
                       worker=case((cancelling, Job.worker), else_=None))
         if handed_back:
             values["handbacks"] = case((cancelling, Job.handbacks), else_=Job.handbacks + 1)
+    if progress is not None:
+        values.update(progress_done=progress.done, progress_total=progress.total, progress_message=progress.message)
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
         .values(**values).returning(Job.status)

@@ -82,6 +82,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def _raised_during(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` was raised while handling (or from) an exception of ``kind``."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        cause = chain.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, kind):
+            return True
+        seen.add(id(cause))
+        chain += [cause.__cause__, cause.__context__]
+    return False
+
+
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -183,7 +198,7 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
         progress.flush()  # the job goes on in other tasks: its last report must not wait for an outcome
         return {"job_id": job_id, "status": "running", "continues": True}
     if attempt.retry_after is not None:
-        return _retry_later(task, claim, attempt)
+        return _retry_later(task, claim, attempt, progress.pending)
     return record_outcome(claim, attempt.status, attempt.result, attempt.error, progress.pending)
 
 
@@ -201,10 +216,11 @@ def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, erro
     return {"job_id": str(claim.job_id), "status": status.value}
 
 
-def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any]:
+def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkpoint | None = None) -> dict[str, Any]:
     """Hand the job back and republish it after ``retry_after``. A transient failure on the
     last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
-    was asked meanwhile. A hand-back never counts against the attempts allowed."""
+    was asked meanwhile. A hand-back never counts against the attempts allowed. The
+    attempt's last progress report (``progress``), if not written yet, goes with it."""
     settings = runtime.settings()
     # A job that keeps being handed back (its lease always lapsing mid-run, say) would loop
     # for ever: past PLANT_JOB_MAX_HANDBACKS, its hand-backs count as attempts.
@@ -213,8 +229,8 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt) -> dict[str, Any
     def release_or_end() -> JobStatus:
         with transaction(runtime.session_factory()) as session:
             if free or claim.counted_attempts < settings.job_max_attempts:
-                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=free)
-            return fail_unless_cancelled(session, claim=claim, error=attempt.error or {})
+                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=free, progress=progress)
+            return fail_unless_cancelled(session, claim=claim, error=attempt.error or {}, progress=progress)
 
     try:
         # Once more on a fresh connection if this one died. Should the first try have committed
@@ -265,6 +281,11 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
     except PlantError as exc:
         return Attempt(JobStatus.FAILED, error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
+        if _raised_during(exc, SoftTimeLimitExceeded):
+            # The limit fired inside a query: psycopg's rollback of the busy connection failed,
+            # and that error replaced the limit's, which only its context still holds.
+            return Attempt(JobStatus.FAILED, error=JobTimedOut(
+                f"attempt {claim.attempt} hit the soft time limit ({type(exc).__name__} on the way out)").problem())
         if is_transient(exc):
             log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
             error = TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()

@@ -142,3 +142,53 @@ def test_a_supervised_worker_that_dies_is_restarted_and_runs_jobs(settings, admi
                         what="a job on the restarted worker")
     finally:
         stack.stop()
+
+
+def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out(settings, seeded, engine, admin_key,
+                                                                                tmp_path) -> None:
+    """Celery raises the limit inside psycopg's wait; the rollback of the busy connection then
+    failed and its OperationalError replaced the limit's, so the job was retried as transient
+    up to its attempt budget, a soft limit each time (helper-72)."""
+    from sqlalchemy import text
+
+    from models.certification import CERTIFICATION_LOCK
+
+    stack = ChaosStack(settings, tmp_path, PLANT_JOB_SOFT_TIME_LIMIT="3", PLANT_JOB_HARD_TIME_LIMIT="60",
+                       PLANT_JOB_LEASE_SECONDS="300")
+    blocker = engine.connect()
+    blocker_tx = blocker.begin()
+    try:
+        blocker.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})  # every certification waits
+        stack.start_worker("w", concurrency=1)
+        client = stack.client(admin_key)
+        skills = client.get("/api/v1/genesis/skills", query_string={"page_size": 100}).get_json()["items"]
+        skill = next(s for s in skills if s["skill_key"] == "aml-screening")
+        url = client.post(f"/api/v1/genesis/skills/{skill['id']}/certify", json={}).headers["Location"]
+        job = wait_for(lambda: (j := client.get(url).get_json())["error"] is not None and j, timeout=60,
+                       what="the first attempt to end")
+    finally:
+        blocker_tx.rollback()
+        blocker.close()
+        stack.stop()
+    assert (job["status"], job["error"]["type"], job["attempts"]) == ("failed", "/problems/job-timed-out", 1), job
+
+
+def test_a_job_handed_back_at_shutdown_keeps_the_progress_it_reached(settings, admin_key, tmp_path) -> None:
+    """A checkpoint still pending (closer than the minimum interval to the last write) was
+    dropped by the hand-back: the row showed less than the attempt reached (helper-72)."""
+    import re
+
+    stack = ChaosStack(settings, tmp_path, PLANT_JOB_LEASE_SECONDS="300", PLANT_PROGRESS_MIN_INTERVAL_SECONDS="3")
+    try:
+        leaving = stack.start_worker("leaving", concurrency=1)
+        client = stack.client(admin_key)
+        url = client.post("/api/v1/diagnostics/sleep", json={"seconds": 60, "steps": 600}).headers["Location"]
+        wait_for(lambda: client.get(url).get_json()["progress"]["done"] >= 1, what="the first written checkpoint")
+        leaving.send_signal(signal.SIGTERM)
+        leaving.wait(timeout=15)
+        handed = client.get(url).get_json()
+    finally:
+        stack.stop()
+    assert handed["status"] == "queued" and handed["error"]["type"] == "/problems/job-handed-back", handed
+    reached = int(re.search(r"stopped at (\d+)/600", handed["error"]["detail"]).group(1))
+    assert handed["progress"]["done"] == reached, (handed["progress"], handed["error"]["detail"])
