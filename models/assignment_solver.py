@@ -35,6 +35,10 @@ ELIGIBLE_TEAMS_FULL = "eligible-teams-full"
 # Above this many agent x seat cells (128 MiB of float64) a component is solved on the
 # sparse graph of its eligible pairs instead, when that graph stores fewer entries.
 DENSE_CELL_LIMIT = 4_000 * 4_000
+# A component whose dense matrix and sparse graph both exceed this is planned greedily: the exact
+# matchers need about 23 bytes a cell (6,000 agents of one role: 838 MiB) and O(n^3) time.
+EXACT_CELL_LIMIT = 2 * DENSE_CELL_LIMIT
+GREEDY_METHOD = "greedy-large-component"
 MATCHERS = ("auto", "dense", "sparse")
 SIMILARITY_CHUNK = 2_048  # agents per matrix product when scoring eligible pairs
 BRUTEFORCE_LIMIT = 200_000  # largest search space exact_assignment_bruteforce accepts
@@ -81,7 +85,9 @@ def solve_assignment(problem: AssignmentProblem, *, matcher: str = "auto") -> As
     Pure: reads ``problem`` only, deterministic for a given input. ``matcher`` "auto" solves
     a component on its dense agent x seat matrix unless that exceeds ``DENSE_CELL_LIMIT``
     cells and its sparse graph of eligible agent-seat edges is smaller; "dense" and
-    "sparse" force one solver (for tests and benchmarks). Both are exact.
+    "sparse" force one solver (for tests and benchmarks). Both are exact. Under "auto", a
+    component too large for either (``EXACT_CELL_LIMIT``) is planned greedily instead, and
+    the method says so (``GREEDY_METHOD``): not optimal, but it fits in memory and time.
     """
     if matcher not in MATCHERS:
         raise InvalidInput(f"matcher must be one of {MATCHERS}")
@@ -99,14 +105,25 @@ def greedy_assignment(problem: AssignmentProblem) -> AssignmentResult:
     """Baseline: take eligible pairs best-similarity-first while agent and seat are free."""
     pairs = _open_pairs(problem)
     sims = _pair_similarities(problem.agent_vectors, problem.team_vectors, pairs.agents, pairs.teams)
-    order = np.lexsort((pairs.teams, pairs.agents, -sims))
-    seats_left = pairs.seats.copy()
-    placements: dict[int, int] = {}
-    for agent, team in zip(pairs.agents[order].tolist(), pairs.teams[order].tolist()):
-        if agent not in placements and seats_left[team] > 0:
-            placements[agent] = team
-            seats_left[team] -= 1
-    return _result(problem, placements, "greedy")
+    rows, cols = _greedy_matching(pairs.agents, pairs.teams, sims, pairs.seats)
+    return _result(problem, dict(zip(rows.tolist(), cols.tolist())), "greedy")
+
+
+def _greedy_matching(agents: np.ndarray, teams: np.ndarray, sims: np.ndarray, seats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(agents, teams) taken best-similarity-first while agent and seat are free."""
+    order = np.lexsort((teams, agents, -sims))
+    seats_left = np.asarray(seats).tolist()
+    free, wanting = sum(seats_left), len(np.unique(agents))
+    placed: dict[int, int] = {}
+    for start in range(0, len(order), SIMILARITY_CHUNK * 64):  # a slice at a time: no Python int per pair
+        chunk = order[start : start + SIMILARITY_CHUNK * 64]
+        for agent, team in zip(agents[chunk].tolist(), teams[chunk].tolist()):
+            if agent not in placed and seats_left[team] > 0:
+                placed[agent] = team
+                seats_left[team] -= 1
+        if len(placed) == wanting or len(placed) == free:
+            break
+    return np.fromiter(placed.keys(), dtype=np.int64, count=len(placed)), np.fromiter(placed.values(), dtype=np.int64, count=len(placed))
 
 
 def exact_assignment_bruteforce(problem: AssignmentProblem) -> AssignmentResult:
@@ -248,6 +265,9 @@ def _solve_component(
     sims = _pair_similarities(problem.agent_vectors[agents], problem.team_vectors[teams], local_agent, local_team)
     # A team never needs more seat columns than it has eligible agents in the component.
     seats = np.minimum(pairs.seats[teams], np.bincount(local_team, minlength=len(teams)))
+    if matcher == "auto" and min(len(agents) * int(seats.sum()), int(seats[local_team].sum()) + len(agents)) > EXACT_CELL_LIMIT:
+        rows, cols = _greedy_matching(local_agent, local_team, sims, seats)
+        return agents[rows], teams[cols], GREEDY_METHOD
     bonus = _placement_bonus(sims, min(len(agents), int(seats.sum())))
     if _prefers_sparse(matcher, len(agents), seats, local_team):
         rows, cols = _sparse_matching(local_agent, local_team, sims + bonus, len(agents), seats)

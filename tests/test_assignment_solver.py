@@ -231,3 +231,17 @@ def test_rejects_finite_vectors_whose_similarities_overflow_or_drown_the_bonus(m
     vectors = np.array([[scale, 0.0], [0.0, 1.0]])
     with pytest.raises(InvalidInput, match="too long"):
         solve_assignment(AssignmentProblem(vectors, vectors, [1, 1], [[0], [0, 1]]), matcher=matcher)
+
+
+def test_a_component_too_large_for_an_exact_solve_is_planned_greedily_and_says_so(monkeypatch) -> None:
+    """One job role of 10,000 agents made one component of 10,000 x 10,000 seat cells: 19.6 s and
+    gigabytes in the dense matcher (helper-71). Past EXACT_CELL_LIMIT it is planned greedily."""
+    import models.assignment_solver as solver
+
+    rng = np.random.default_rng(7)
+    problem = AssignmentProblem(rng.standard_normal((40, DIM)), rng.standard_normal((6, DIM)), [3] * 6, [list(range(6))] * 40)
+    assert solve_assignment(problem).method == "dense-lsa"
+    monkeypatch.setattr(solver, "EXACT_CELL_LIMIT", 40 * 18 - 1)
+    planned, greedy = solve_assignment(problem), greedy_assignment(problem)
+    assert planned.method == solver.GREEDY_METHOD and planned.placements == greedy.placements
+    assert solve_assignment(problem, matcher="dense").method == "dense-lsa"  # a forced matcher stays exact

@@ -8,7 +8,8 @@ version); every run must seat what the plan seats. Quality, on the same input: t
 plan against the greedy baseline (it must seat no fewer agents and, seating as many, have no
 less total similarity), and against an exact MILP solver on a smaller instance (must be
 within 1%). The roles are ten separate eligibility components of 1,000 agents: one role of
-10,000 agents is the solver's worst case (see docs/benchmarks.md, "Left out").
+10,000 agents would be one component too large for an exact solve, planned greedily (README, "Team
+assignment").
 """
 
 from __future__ import annotations
