@@ -24,7 +24,7 @@ from bench.harness import BenchResult, BenchStack, median_run, run_job_to_end
 from models.assignment_solver import AssignmentProblem, exact_assignment_milp, greedy_assignment, solve_assignment
 from models.bulk_assignment import plan_assignment
 from models.entities import EntityType
-from models.registry import create_entity
+from models.registry import create_entity, update_entity
 from models.seed import bootstrap_steward
 from models.settings import Settings
 
@@ -66,9 +66,14 @@ def build(stack: BenchStack, agents_per_role: int, teams_per_role: int) -> Setti
 
 
 def _reset(stack: BenchStack, settings: Settings) -> None:
-    """Everyone back to no team, for the next run (history keeps growing; that is fine)."""
+    """Everyone back to no team, for the next run, through signed registry writes (history
+    keeps growing; that is fine). An UPDATE through SQL left every row off its signed head,
+    so the next runs refused every agent as entity-tampered, and timed a job that seated
+    nobody (stop 26)."""
     with stack.session(settings) as session:
-        session.execute(text("UPDATE agents SET team_id = NULL WHERE team_id IS NOT NULL"))
+        for agent_id in session.scalars(text("SELECT id FROM agents WHERE team_id IS NOT NULL ORDER BY id")).all():
+            update_entity(session, entity_type=EntityType.AGENT, entity_id=agent_id, changes={"team_id": None},
+                          ctx=stack.write_context)
 
 
 def _exact_gap(problem: AssignmentProblem) -> tuple[float, float]:
