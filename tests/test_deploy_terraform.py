@@ -699,6 +699,9 @@ def test_each_example_environment_fits_its_connection_budget(name: str) -> None:
     values = tfvars(name)
     threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO / "gunicorn.conf.py").read_text())[1])  # the pool follows
     api = values["api_max_instances"] * values["api_web_concurrency"] * (threads * 2 + 2)
-    worker_pool = 2 + load_settings(database_url="postgresql://x/y").db_pool_size  # tasks/runtime.py: pool 2, overflow
+    from models.settings import Settings
+
+    # tasks/runtime.py: a pool of 2, overflowing by PLANT_DB_POOL_SIZE (its default: Terraform sets none)
+    worker_pool = 2 + Settings.model_fields["db_pool_size"].default
     workers = (values["worker_instances"] * values["worker_concurrency"] + values["worker_audit_instances"]) * worker_pool
     assert api + workers < int(values["database_flags"]["max_connections"]), (api, workers)
