@@ -139,10 +139,11 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
 ENTITY_TABLES = tuple(model.__tablename__ for model in ENTITY_MODELS.values())
 APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
-        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints",
-        "ledger_digest_heads")},  # migration 0017: a leaf row UPDATEd or TRUNCATEd, or a kept one DELETEd
+        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
+    # Migration 0017: no leaf row UPDATEd or TRUNCATEd, nor a kept digest's DELETEd.
+    "ledger_digest_heads": ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete", "ledger_digest_heads_no_truncate"),
     # And no finding for a finished run (migration 0015), nor with an id ahead of its sequence (0016).
     "audit_findings": ("audit_findings_no_update_delete", "audit_findings_no_truncate", "audit_findings_no_insert_after_close",
                        "audit_findings_no_id_ahead"),

@@ -93,7 +93,10 @@ def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_de
     pruned.rollback()
     db_session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :d"), {"d": digest.id})  # a seal's mark
     _refused(db_session, "DELETE FROM ledger_digest_heads WHERE digest_id = :d", d=digest.id)
+    later = store_digest(db_session, keyring=keyring)  # one statement taking a kept row among others is refused whole
+    _refused(db_session, "DELETE FROM ledger_digest_heads WHERE digest_id IN (:d, :l)", d=digest.id, l=later.id)
     assert db_session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest.id}) == deleted
+    assert db_session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :l"), {"l": later.id}) == deleted
 
 
 @pytest.mark.parametrize("lifted", [
@@ -105,7 +108,7 @@ def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_de
     "DROP TRIGGER skills_no_delete ON skills",
     "DROP TRIGGER signed_exports_no_truncate ON signed_exports",
     "ALTER TABLE entity_repairs DISABLE TRIGGER entity_repairs_no_update_delete",
-    "ALTER TABLE ledger_digest_heads DISABLE TRIGGER ledger_digest_heads_no_update_delete",
+    "ALTER TABLE ledger_digest_heads DISABLE TRIGGER ledger_digest_heads_kept_no_delete",
 ])
 def test_a_lifted_guard_of_the_digests_or_the_audit_record_fails_l0_03_like_the_chain_s(
         db_session: Session, write_ctx: Any, steward: Any, lifted: str) -> None:

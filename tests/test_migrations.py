@@ -234,14 +234,14 @@ def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str)
               "AND NOT tgisinternal ORDER BY tgname")
     upgrade_head(empty_database)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        assert conn.execute(guards).fetchall() == [("ledger_digest_heads_no_truncate", "A"),
-                                                   ("ledger_digest_heads_no_update_delete", "A")]
+        assert conn.execute(guards).fetchall() == [("ledger_digest_heads_kept_no_delete", "A"), ("ledger_digest_heads_no_truncate", "A"),
+                                                   ("ledger_digest_heads_no_update", "A")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("TRUNCATE ledger_digest_heads")
     command.downgrade(config, "0016")
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute(guards).fetchall() == []
         conn.execute("TRUNCATE ledger_digest_heads")
-        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_digest_heads_refuse_change'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'ledger_digest_heads_refuse%'").fetchone()[0] == 0
     upgrade_head(empty_database)
     check_schema(empty_database)
