@@ -147,6 +147,12 @@ case "$ROLE" in
         # `plant signing-keys seal` for a deployment whose retired keys arrive on a read-only
         # volume (terraform/README.md, "Rotating the signing key"): it seals a copy of them,
         # then prints each new <kid>.seal.json as one line of JSON, to be deployed beside them.
+        # Cloud Run passes the active key as PLANT_SIGNING_KEY, compose as a file in /run/secrets:
+        # read it from there, and keep the lock file the seal takes out of that root-owned directory.
+        if [ -z "${PLANT_SIGNING_KEY:-}" ] && [ -n "${PLANT_SIGNING_KEY_FILE:-}" ] && [ -r "$PLANT_SIGNING_KEY_FILE" ]; then
+            PLANT_SIGNING_KEY="$(cat "$PLANT_SIGNING_KEY_FILE")"
+            export PLANT_SIGNING_KEY
+        fi
         require DATABASE_URL PLANT_SIGNING_KEY PLANT_RETIRED_SIGNING_KEYS_DIR
         record_role seal-keys
         mounted="$PLANT_RETIRED_SIGNING_KEYS_DIR"
@@ -157,7 +163,8 @@ case "$ROLE" in
             find -L "$mounted" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.seal.json' \) \
                 -exec cp -t "$work/keys/retired/" {} +
         fi
-        PLANT_DATA_DIR="$work" PLANT_RETIRED_SIGNING_KEYS_DIR="$work/keys/retired" plant signing-keys seal "$@"
+        PLANT_DATA_DIR="$work" PLANT_SIGNING_KEY_FILE="$work/keys/active.pem" \
+            PLANT_RETIRED_SIGNING_KEYS_DIR="$work/keys/retired" plant signing-keys seal "$@"
         for seal in "$work"/keys/retired/*.seal.json; do
             [ -e "$seal" ] || continue
             [ -e "$mounted/${seal##*/}" ] && continue

@@ -406,11 +406,13 @@ def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_c
     assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []
 
 
+@pytest.mark.parametrize("given", ["env", "file"], ids=["Cloud Run: PLANT_SIGNING_KEY", "compose: a key file"])
 def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
-        settings, committed_steward, engine, tmp_path) -> None:
+        settings, committed_steward, engine, tmp_path, given) -> None:
     """`docker/entrypoint.sh seal-keys`, as the Cloud Run job runs it: the retired keys are
     a read-only volume, so the role seals a copy and prints the new seal, which deployed
-    beside the key seals it."""
+    beside the key seals it. Compose gives the key as a file in root's /run/secrets, where
+    the seal's lock file could not go: the role failed before sealing (helper-75)."""
     old = keyring_from_settings(settings).active  # the key the committed registry was signed with
     new = generate_ed25519()
     mounted, versions = tmp_path / "mounted", tmp_path / "versions"
@@ -426,10 +428,18 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
         "PLANT_RETIRED_SIGNING_KEYS_DIR": str(mounted), "PLANT_ROLE_FILE": str(tmp_path / "role"),
         "PLANT_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp_path),
     }
+    secrets_dir = tmp_path / "run-secrets"
+    if given == "file":
+        secrets_dir.mkdir()
+        (secrets_dir / "plant_signing_key").write_bytes(new.private_pem())
+        environment["PLANT_SIGNING_KEY_FILE"] = str(secrets_dir / "plant_signing_key")
+        del environment["PLANT_SIGNING_KEY"]
     entrypoint = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
     run = subprocess.run(["sh", str(entrypoint), "seal-keys"], env=environment, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in mounted.iterdir()) == ["generation-1.pem"]  # the mount is left alone
+    if given == "file":  # nothing written beside the key (root writes anyway: the listing is the check)
+        assert sorted(p.name for p in secrets_dir.iterdir()) == ["plant_signing_key"]
     [line] = [line for line in run.stdout.splitlines() if line.startswith("{")]
     seal = json.loads(line)
     assert seal["kid"] == old.kid
