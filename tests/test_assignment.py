@@ -613,3 +613,18 @@ def test_a_seat_changed_while_the_bulk_plan_solves_is_left_as_the_other_write_ma
         assert session.get(Agent, x).team_id == t1
         assert verify_entity(session, entity=session.get(Agent, x), keyring=write_ctx.keyring).ok
     assert outcome.placed == 0 and {e["agent_id"]: e["reason"] for e in outcome.unplaced}[str(x)] == "seat-changed"
+
+
+def test_an_agent_seated_meanwhile_where_the_plan_puts_it_counts_as_placed(engine, write_ctx, committed_steward,
+                                                                          monkeypatch) -> None:
+    sessions, _, t2, x = _raced_world(engine, write_ctx, committed_steward)
+
+    def single_assignment():
+        with transaction(sessions) as session:
+            assign_agent(session, agent_id=x, team_id=t2, ctx=write_ctx)  # the team the plan chose
+
+    _while_solving(monkeypatch, single_assignment)
+    outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx, progress=lambda *a: None)
+    with sessions() as session:
+        assert session.get(Agent, x).team_id == t2
+    assert str(x) not in {e["agent_id"] for e in outcome.unplaced} and outcome.placed == 1
