@@ -207,7 +207,10 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
 
 
-SIMILARITY_LIMIT = 1e12  # embeddings are unit vectors; anything near this is not one
+# Embeddings are unit vectors (similarities in [-1, 1]). Bounding the largest similarity keeps
+# the placement bonus (2 x placements x it) near 1e8 at most, whose rounding step (about 1e-8)
+# stays far below any similarity difference that matters; at 1e12 it was 0.25 (helper-75).
+SIMILARITY_LIMIT = 1e3
 
 
 def _check_shapes(problem: AssignmentProblem) -> tuple[int, int]:
@@ -219,8 +222,7 @@ def _check_shapes(problem: AssignmentProblem) -> tuple[int, int]:
     if not (np.all(np.isfinite(agents)) and np.all(np.isfinite(teams))):
         raise InvalidInput("vectors must be finite")
     # Every similarity is at most the product of the largest norms (Cauchy-Schwarz): bounding
-    # it keeps the dot products and the placement bonus finite, and similarities well above
-    # the bonus's rounding step.
+    # it keeps the dot products and the placement bonus finite and fine-grained enough.
     with np.errstate(over="ignore"):  # a norm too large for a float is inf, and refused
         largest = [float(np.linalg.norm(np.asarray(v, dtype=np.float64), axis=1).max(initial=0.0)) for v in (agents, teams)]
     if not largest[0] * largest[1] <= SIMILARITY_LIMIT:

@@ -245,3 +245,22 @@ def test_a_component_too_large_for_an_exact_solve_is_planned_greedily_and_says_s
     planned, greedy = solve_assignment(problem), greedy_assignment(problem)
     assert planned.method == solver.GREEDY_METHOD and planned.placements == greedy.placements
     assert solve_assignment(problem, matcher="dense").method == "dense-lsa"  # a forced matcher stays exact
+
+
+@pytest.mark.parametrize("matcher", ["dense", "sparse"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_problem_just_under_the_similarity_limit_is_still_solved_optimally(matcher: str, swap: bool) -> None:
+    """At a limit of 1e12 the placement bonus rounded in steps of 0.25 and swallowed unit-vector
+    differences: the plan came out below greedy's (helper-75)."""
+    from models.assignment_solver import SIMILARITY_LIMIT
+
+    long, fillers = np.sqrt(SIMILARITY_LIMIT) * 0.99, 1000
+    b, c = [0, 0.8, 0.6, 0], [0, 0.7, np.sqrt(0.51), 0]  # b belongs in team 1 (0.8 against 0.7)
+    if swap:
+        b, c = c, b
+    agents = np.array([[long, 0, 0, 0], b, c] + [[0, 0, 0, 1]] * fillers, dtype=np.float64)
+    teams = np.array([[long, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    problem = AssignmentProblem(agents, teams, [1, 1, fillers + 1], [[0, 2], [1, 2], [1, 2]] + [[2]] * fillers)
+    optimal, greedy = solve_assignment(problem, matcher=matcher), greedy_assignment(problem)
+    assert optimal.placed_count == greedy.placed_count == len(agents)
+    assert optimal.total_similarity >= greedy.total_similarity - 1e-6
