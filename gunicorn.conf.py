@@ -40,7 +40,7 @@ threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 # Workers are forked from this process and inherit the variable.
 os.environ.setdefault("PLANT_DB_POOL_SIZE", str(threads))
 timeout = 60  # a long-poll is capped at 30 s, so 60 s only catches a stuck worker
-graceful_timeout = 20
+graceful_timeout = 35  # a long-poll started just before SIGTERM (30 s at most) still gets its answer
 keepalive = 5
 # No max_requests: gthread workers are long-lived on purpose. Recycling them re-imports the
 # app every few thousand requests and leaves each dead worker's metric files behind (the
