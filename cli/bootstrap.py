@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.api_keys import ensure_admin_key, generate_plaintext
+from models.errors import InvalidInput
 from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.settings import Settings
@@ -25,7 +26,9 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
     """The admin key for `plant dev`: configured, or read from (or generated into) a file;
     a file's key that was revoked is replaced with a new one."""
     if settings.admin_api_key is not None:
-        ensure_configured_admin(settings)
+        if ensure_configured_admin(settings) == "revoked":
+            raise InvalidInput("PLANT_ADMIN_API_KEY was revoked: it grants nothing. Unset it (plant dev then makes "
+                               "a key of its own) or configure another")
         return settings.admin_api_key.get_secret_value(), None
     path = data_dir / ADMIN_KEY_FILE
     if not path.exists():

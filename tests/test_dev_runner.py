@@ -171,6 +171,25 @@ def test_a_revoked_dev_admin_key_file_is_replaced_with_a_live_key(settings, engi
         assert key.revoked_at is None and "admin" in key.scopes
 
 
+def test_plant_dev_refuses_a_revoked_configured_admin_key(settings, engine, clean_db, tmp_path) -> None:
+    """It printed "admin API key: the one PLANT_ADMIN_API_KEY holds" for a key that got 401 (helper-75)."""
+    from pydantic import SecretStr
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from cli.bootstrap import ensure_dev_admin
+    from models.api_keys import ApiKey, hash_key, revoke_api_key
+    from models.errors import InvalidInput
+
+    configured = settings.model_copy(update={"admin_api_key": SecretStr("plant_a_configured_admin_key_0123456789")})
+    ensure_dev_admin(configured, tmp_path)
+    with Session(engine) as session, session.begin():
+        revoke_api_key(session, key_id=session.scalar(select(ApiKey.id).where(
+            ApiKey.key_hash == hash_key("plant_a_configured_admin_key_0123456789"))))
+    with pytest.raises(InvalidInput, match="was revoked"):
+        ensure_dev_admin(configured, tmp_path)
+
+
 @pytest.mark.parametrize("value", ["abc", "70000", "٣٣"])
 def test_a_port_setting_that_is_not_a_port_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, value: str) -> None:
     from click.testing import CliRunner
