@@ -366,7 +366,7 @@ def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
     the seal file names (a row edited, added or removed through SQL): then they hold nothing.
 
     The seal file, kept beside the retired key, is the anchor; the leaf rows sit in a table
-    that refuses UPDATE, and DELETE of a seal's rows (migration 0017), but whose owner could
+    that refuses UPDATE, and INSERT and DELETE of a seal's rows (migration 0017), but whose owner could
     lift that, say to name a version a leaked copy of the key signed after the seal. So they
     are read whole and checked against the seal's root once per process (O(leaves): 48 bytes
     a leaf are kept, per sealing the process needs), and never read again: an edit made later

@@ -142,8 +142,9 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
         "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
-    # Migration 0017: no leaf row UPDATEd or TRUNCATEd, nor a kept digest's DELETEd.
-    "ledger_digest_heads": ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete", "ledger_digest_heads_no_truncate"),
+    # Migration 0017: no leaf row UPDATEd or TRUNCATEd, none added to a signed digest, nor a kept digest's DELETEd.
+    "ledger_digest_heads": ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete",
+                            "ledger_digest_heads_signed_no_insert", "ledger_digest_heads_no_truncate"),
     # And no finding for a finished run (migration 0015), nor with an id ahead of its sequence (0016).
     "audit_findings": ("audit_findings_no_update_delete", "audit_findings_no_truncate", "audit_findings_no_insert_after_close",
                        "audit_findings_no_id_ahead"),

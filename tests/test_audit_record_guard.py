@@ -79,9 +79,10 @@ def test_an_entity_row_cannot_be_deleted_through_sql(db_session: Session, skill:
 def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_deleted(
         db_session: Session, skill: Any, keyring: Any) -> None:
     """A key seal's digest decides what a retired key signed before its seal: one leaf row
-    edited through SQL, with no key at all, made everything the sealed key signed suspect
-    (helper-74). Leaf rows now refuse UPDATE and TRUNCATE, and a kept digest's refuse DELETE;
-    pruning still deletes the other digests' rows (migration 0017)."""
+    edited, or added, through SQL, with no key at all, made everything the sealed key signed
+    suspect (helper-74, helper-76). Leaf rows now refuse UPDATE and TRUNCATE, a signed digest
+    takes no new one, and a kept digest's refuse DELETE; pruning still deletes the other
+    digests' rows (migration 0017)."""
     from models.ledger import store_digest
 
     digest = store_digest(db_session, keyring=keyring)
@@ -93,6 +94,8 @@ def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_de
     pruned.rollback()
     db_session.execute(text("UPDATE ledger_digests SET keep_leaves = true WHERE id = :d"), {"d": digest.id})  # a seal's mark
     _refused(db_session, "DELETE FROM ledger_digest_heads WHERE digest_id = :d", d=digest.id)
+    _refused(db_session, "INSERT INTO ledger_digest_heads (digest_id, entity_id, entity_type, version, link_hash) "
+                         "VALUES (:d, gen_random_uuid(), 'skill', 1, sha256('x'::bytea))", d=digest.id)  # helper-76
     later = store_digest(db_session, keyring=keyring)  # one statement taking a kept row among others is refused whole
     _refused(db_session, "DELETE FROM ledger_digest_heads WHERE digest_id IN (:d, :l)", d=digest.id, l=later.id)
     assert db_session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest.id}) == deleted

@@ -235,7 +235,8 @@ def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str)
     upgrade_head(empty_database)
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute(guards).fetchall() == [("ledger_digest_heads_kept_no_delete", "A"), ("ledger_digest_heads_no_truncate", "A"),
-                                                   ("ledger_digest_heads_no_update", "A")]
+                                                   ("ledger_digest_heads_no_update", "A"),
+                                                   ("ledger_digest_heads_signed_no_insert", "A")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("TRUNCATE ledger_digest_heads")
     command.downgrade(config, "0016")

@@ -2,14 +2,16 @@
 
 A key seal's digest decides what a retired key signed before its seal, in every write, audit
 and restore, and its leaf rows are taken only if they hash to the root the seal file names
-(``models.chain.sealed_leaves``). Someone with plain UPDATE or DELETE on
-``ledger_digest_heads`` could still edit one row and so make every version the sealed key
-signed suspect, with no key at all. Now, with triggers enabled ALWAYS (they fire under
-session_replication_role = replica too), ``ledger_digest_heads`` refuses UPDATE and
-TRUNCATE, and DELETE of a row whose digest keeps its leaves (``keep_leaves``, a seal's mark);
-leaf pruning deletes the other digests' rows as before. The function reads the digest in the
-trigger's own schema and pins its search_path, so a temporary table of the same name cannot
-answer for it.
+(``models.chain.sealed_leaves``). Someone with plain SQL access could still edit, add or
+delete one row and so make every version the sealed key signed suspect, with no key at all.
+Now, with triggers enabled ALWAYS (they fire under session_replication_role = replica too),
+``ledger_digest_heads`` refuses UPDATE and TRUNCATE, an INSERT into a signed digest's leaves
+(store_digest writes them while its row is the unsigned placeholder), and a DELETE that takes
+a row of a digest that keeps its leaves (``keep_leaves``, a seal's mark); leaf pruning deletes
+the other digests' rows as before. INSERT and DELETE are checked once per statement, over its
+rows (a transition table): a check per row cost pruning 3 to 5 times its own time. The checks
+read the digests in the trigger's own schema and pin their search_path, so a temporary table
+of the same name cannot answer for them.
 
 Revision ID: 0017
 Revises: 0016
@@ -23,7 +25,8 @@ down_revision = '0016'
 branch_labels = None
 depends_on = None
 
-TRIGGERS = ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete", "ledger_digest_heads_no_truncate")
+TRIGGERS = ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete", "ledger_digest_heads_signed_no_insert",
+            "ledger_digest_heads_no_truncate")
 
 
 def upgrade() -> None:
@@ -38,9 +41,6 @@ def upgrade() -> None:
         $$
         """
     )
-    # DELETE is checked once per statement, over the rows it deleted (a transition table):
-    # pruning deletes a whole digest's rows at once, and a check per row cost it 3 to 5 times
-    # its own time (review of 0017 before it landed).
     op.execute(
         """
         CREATE FUNCTION ledger_digest_heads_refuse_kept_delete() RETURNS trigger LANGUAGE plpgsql
@@ -58,6 +58,28 @@ def upgrade() -> None:
         END
         $$
         """
+    )
+    op.execute(
+        """
+        CREATE FUNCTION ledger_digest_heads_refuse_signed_insert() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
+        DECLARE
+            signed bigint;
+        BEGIN
+            EXECUTE format('SELECT min(a.digest_id) FROM added a JOIN %I.ledger_digests d ON d.id = a.digest_id '
+                           'WHERE d.signature <> %L', TG_TABLE_SCHEMA, '') INTO signed;
+            IF signed IS NOT NULL THEN
+                RAISE EXCEPTION 'ledger_digest_heads is append-only: INSERT into signed digest %''s leaves refused',
+                    signed USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER ledger_digest_heads_signed_no_insert AFTER INSERT ON ledger_digest_heads "
+        "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_signed_insert()"
     )
     op.execute(
         "CREATE TRIGGER ledger_digest_heads_no_update BEFORE UPDATE ON ledger_digest_heads "
@@ -78,5 +100,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     for trigger in TRIGGERS:
         op.execute(f"DROP TRIGGER {trigger} ON ledger_digest_heads")
+    op.execute("DROP FUNCTION ledger_digest_heads_refuse_signed_insert()")
     op.execute("DROP FUNCTION ledger_digest_heads_refuse_kept_delete()")
     op.execute("DROP FUNCTION ledger_digest_heads_refuse_change()")
