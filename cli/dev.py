@@ -35,7 +35,7 @@ from models.signing import ensure_key_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DATABASE = "plant"
-SHUTDOWN_GRACE_SECONDS = 20.0
+SHUTDOWN_GRACE_SECONDS = 45.0  # above gunicorn's graceful_timeout (35 s), as compose's stop_grace_period
 POLL_SECONDS = 0.1
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -274,14 +274,14 @@ def apply_batch(
         reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
         if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
             refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
+        elif seated is not None and agent.team_id not in (seated.get(agent_id), team.id):
+            refused.append((agent_id, "seat-changed", (
+                f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
+                f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
         elif reasons:
             refused.append((agent_id, "not-eligible", "; ".join(reasons)))
         elif agent.team_id == team.id:  # where the plan puts it (a stay, or another write got there first)
             continue
-        elif seated is not None and agent.team_id != seated.get(agent_id):
-            refused.append((agent_id, "seat-changed", (
-                f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
-                f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
         elif taken.get(team.id, 0) >= team.capacity:
             refused.append((agent_id, "team-full", f"team {team.name} is full"))
         else:

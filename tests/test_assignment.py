@@ -628,3 +628,21 @@ def test_an_agent_seated_meanwhile_where_the_plan_puts_it_counts_as_placed(engin
     with sessions() as session:
         assert session.get(Agent, x).team_id == t2
     assert str(x) not in {e["agent_id"] for e in outcome.unplaced} and outcome.placed == 1
+
+
+def test_an_agent_moved_meanwhile_is_seat_changed_even_when_its_planned_team_became_ineligible(
+        engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """With eligibility checked first, it was reported not-eligible, and the advice to plan it
+    anew was lost (helper-76)."""
+    sessions, t1, t2, x = _raced_world(engine, write_ctx, committed_steward)
+
+    def another_write():
+        with transaction(sessions) as session:
+            assign_agent(session, agent_id=x, team_id=t1, ctx=write_ctx)
+            update_entity(session, entity_type=EntityType.TEAM, entity_id=t2, changes={"status": "retired"}, ctx=write_ctx)
+
+    _while_solving(monkeypatch, another_write)
+    outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx, progress=lambda *a: None)
+    with sessions() as session:
+        assert session.get(Agent, x).team_id == t1
+    assert {e["agent_id"]: e["reason"] for e in outcome.unplaced}[str(x)] == "seat-changed"

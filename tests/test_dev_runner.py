@@ -190,6 +190,17 @@ def test_plant_dev_refuses_a_revoked_configured_admin_key(settings, engine, clea
         ensure_dev_admin(configured, tmp_path)
 
 
+def test_plant_dev_waits_longer_than_gunicorn_s_graceful_shutdown() -> None:
+    """gunicorn's graceful timeout went to 35 s (a long poll lasts up to 30 s); plant dev still
+    killed every child after 20 s (helper-76)."""
+    import re
+
+    from cli.dev import PROJECT_ROOT, SHUTDOWN_GRACE_SECONDS
+
+    graceful = int(re.search(r"^graceful_timeout\s*=\s*(\d+)", (PROJECT_ROOT / "gunicorn.conf.py").read_text(), re.M)[1])
+    assert SHUTDOWN_GRACE_SECONDS > graceful > 30
+
+
 @pytest.mark.parametrize("value", ["abc", "70000", "٣٣"])
 def test_a_port_setting_that_is_not_a_port_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, value: str) -> None:
     from click.testing import CliRunner
