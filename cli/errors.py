@@ -13,6 +13,8 @@ from typing import IO, Any
 import click
 from click.exceptions import NoArgsIsHelpError
 
+from models.canonical import visible_text
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -31,7 +33,8 @@ class PlantCliError(click.ClickException):
     exit_code = EXIT_ERROR
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"plant: {self.format_message()}", err=file is None, file=file)
+        # One line, whatever the message quotes from the server (a job's error, a problem's detail).
+        click.echo(f"plant: {visible_text(self.format_message())}", err=file is None, file=file)
 
 
 class JobUnsuccessful(PlantCliError):

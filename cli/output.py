@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from models.canonical import visible_text
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
 
 
@@ -33,11 +35,13 @@ def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, Cal
 
 
 def _cell(value: Any) -> str:
+    """A table cell; text from the server is shown with control codes escaped (a name could
+    otherwise rewrite the terminal: any write key can set one)."""
     if value is None or value == "":
         return "-"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return visible_text(",".join(str(v) for v in value)) or "-"
+    return visible_text(str(value))
 
 
 def progress_text(job: dict[str, Any]) -> str:
@@ -48,7 +52,7 @@ def progress_text(job: dict[str, Any]) -> str:
 
 def job_line(job: dict[str, Any]) -> str:
     """``<id>  <kind>  <status>`` for a job just started."""
-    return f"job {job['id']}  {job['kind']}  {job['status']}"
+    return visible_text(f"job {job['id']}  {job['kind']}  {job['status']}")
 
 
 def describe_job(job: dict[str, Any]) -> list[str]:
@@ -64,14 +68,14 @@ def describe_job(job: dict[str, Any]) -> list[str]:
         lines.append(f"error     {compact(job['error'])}")
     if job.get("result") is not None:
         lines += ["result", *("  " + line for line in outcome_lines(job))]
-    return lines
+    return [visible_text(line) for line in lines]
 
 
 def outcome_lines(job: dict[str, Any]) -> list[str]:
     """What a succeeded job achieved, in words."""
     describe = _OUTCOMES.get(job["kind"])
     result = job.get("result") or {}
-    return describe(result) if describe else [compact(result)]
+    return [visible_text(line) for line in (describe(result) if describe else [compact(result)])]
 
 
 def _certification(result: dict[str, Any]) -> list[str]:

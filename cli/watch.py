@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from cli.client import PlantClient, problem_line
 from cli.errors import JobUnsuccessful
+from models.canonical import visible_text
 
 POLL_WAIT_SECONDS = 1.0
 BAR_WIDTH = 28
@@ -83,7 +84,7 @@ class ProgressView:
                 parts.append(f"ETA {_duration(max(total - done, 0) / rate)}")
         if message:
             parts.append(message)
-        return "  ".join(parts)
+        return visible_text("  ".join(parts))  # the message is the job's: no control codes reach the terminal
 
     def _rate(self, status: str, done: int) -> float | None:
         """Items per second since progress was first seen, once there is any to measure."""
