@@ -159,9 +159,10 @@ class PlantClient:
 
     def items(self, path: str, *, limit: int | None = None, page_size: int | None = None,
               **params: Any) -> Iterator[dict[str, Any]]:
-        """Every item of a paged list, following ``next_page_token``; at most ``limit``."""
+        """Every item of a paged list, following ``next_page_token``; at most ``limit``. A token
+        handed out twice would page for ever (a server bug, a proxy replaying a page): ApiError."""
         page_size = page_size or min(limit or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
-        token, seen = None, 0
+        token, seen, followed = None, 0, set()
         while True:
             page = self.get(path, page_size=page_size, page_token=token, **params)
             for item in page["items"]:
@@ -172,6 +173,9 @@ class PlantClient:
             token = page.get("next_page_token")
             if not token:
                 return
+            if token in followed:
+                raise ApiError(f"GET {path} handed out the same page token twice: the listing would never end")
+            followed.add(token)
 
     def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         """The job resource; with ``wait`` the server holds the call until it ends or ``wait`` passes."""

@@ -317,3 +317,22 @@ def test_an_export_over_an_existing_file_keeps_its_mode_and_a_symlink_s_target(p
     assert plant("digest", "export", "-o", link).exit_code == 0
     assert link.is_symlink() and json.loads(kept.read_text())["entity_count"] > 0
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def test_a_page_token_handed_out_twice_ends_the_listing_with_an_error() -> None:
+    """A page of nothing with the same token made `plant jobs list` loop for ever (helper-77)."""
+    import httpx
+
+    from cli.client import ApiError, ClientConfig, PlantClient
+
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.params.get("page_token"))
+        assert len(calls) <= 5, "still paging"
+        return httpx.Response(200, json={"items": [], "next_page_token": "same"})
+
+    client = PlantClient(ClientConfig("http://plant.invalid", "k", None), transport=httpx.MockTransport(handler))
+    with pytest.raises(ApiError, match="same page token twice"):
+        list(client.items("/jobs", limit=20))
+    assert calls == [None, "same"]
