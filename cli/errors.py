@@ -99,6 +99,8 @@ def one_line(error: Exception) -> str | None:
 
     if isinstance(error, PlantError):
         return error.detail
+    if type(error).__name__ == "CommandError" and type(error).__module__.startswith("alembic"):  # a revision it cannot reach
+        return f"migrations: {' '.join(str(error).split())}"
     if isinstance(error, BrokenPipeError):
         return None  # output piped into `head`: click ends quietly, as it should
     if type(error).__name__ == "OperationalError":  # SQLAlchemy's or psycopg's, by name: neither is imported for this

@@ -360,3 +360,19 @@ def test_a_database_that_answered_is_not_called_unreachable_and_a_closed_pipe_is
     assert one_line(timed_out) == "database error: canceling statement due to lock timeout"
     assert one_line(refused) == "cannot reach the database: connection refused"
     assert one_line(BrokenPipeError(32, "Broken pipe")) is None
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_db_check_on_a_database_behind_head_fails_in_one_line(make_database, monkeypatch, as_json) -> None:
+    """Alembic's "Target database is not up to date" came out as a traceback, and --json printed
+    nothing: the very mistake the check is for (a deploy that skipped `plant db upgrade`) (helper-77)."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    url = make_database("cli_db_check_behind")
+    command.upgrade(alembic_config(url), "0016")
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = CliRunner().invoke(cli, ["db", "check", *(["--json"] if as_json else [])])
+    assert "not up to date" in _one_line_error(result)
+    assert ('"drift": true' in result.stdout) == as_json
