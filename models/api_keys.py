@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
@@ -137,10 +138,17 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap
     """Make ``plaintext`` an admin key unless it was revoked: ``created``, ``live`` (it
     already was one), or ``revoked`` (left revoked: revoking the bootstrap key once narrower
     keys exist is what an operator should do, and every later deploy still ensures it)."""
-    existing = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
-    if existing is None:
-        create_api_key(session, name=name, scopes=["admin"], plaintext=plaintext)
+    if not plaintext.strip():
+        raise InvalidInput("an API key cannot be blank", field="plaintext")
+    # Several containers may run `plant db upgrade` at once: whoever inserts second finds the
+    # first's row (ON CONFLICT waits for it to commit) instead of a unique violation.
+    created = session.scalar(pg_insert(ApiKey).values(
+        name=name, key_prefix=shown_prefix(plaintext), key_hash=hash_key(plaintext), scopes=["admin"],
+    ).on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
+    if created is not None:
         return "created"
+    existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext))
+                               .execution_options(populate_existing=True)).one()
     if existing.revoked_at is not None:
         return "revoked"
     if "admin" not in existing.scopes:

@@ -376,3 +376,37 @@ def test_db_check_on_a_database_behind_head_fails_in_one_line(make_database, mon
     result = CliRunner().invoke(cli, ["db", "check", *(["--json"] if as_json else [])])
     assert "not up to date" in _one_line_error(result)
     assert ('"drift": true' in result.stdout) == as_json
+
+
+def test_two_db_upgrades_at_once_with_the_same_admin_key_both_succeed(make_database, monkeypatch, tmp_path) -> None:
+    """Containers started together each run `plant db upgrade`: the admin key's bootstrap ran
+    outside the migrations' lock, and the second INSERT died of a unique violation, with a
+    traceback (helper-77). A row inserted meanwhile is now found, not fought over."""
+    import threading
+
+    import psycopg
+
+    from models.api_keys import hash_key, shown_prefix
+    from models.migrate import upgrade_head
+    from tests.conftest import wait_for
+
+    key, url = "plant_two_upgrades_at_once_0123456789abcdef", make_database("cli_two_upgrades")
+    upgrade_head(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", key)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    libpq = url.replace("+psycopg", "")
+    first = psycopg.connect(libpq)  # the other container, between its INSERT and its commit
+    first.execute("INSERT INTO api_keys (name, key_prefix, key_hash, scopes) VALUES ('bootstrap-admin', %s, %s, "
+                  "ARRAY['admin'])", (shown_prefix(key), hash_key(key)))
+    outcome = {}
+    second = threading.Thread(target=lambda: outcome.update(result=CliRunner().invoke(cli, ["db", "upgrade", "--json"])))
+    second.start()
+    with psycopg.connect(libpq, autocommit=True) as watcher:
+        wait_for(lambda: watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0],
+                 what="the second upgrade to wait on the first's key")
+    first.commit()
+    first.close()
+    second.join(60)
+    result = outcome["result"]
+    assert result.exit_code == 0 and '"admin_key": "live"' in result.stdout, (result.output, result.exception)
