@@ -35,42 +35,28 @@ def upgrade() -> None:
         CREATE FUNCTION ledger_digest_heads_refuse_change() RETURNS trigger LANGUAGE plpgsql
         SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
-            RAISE EXCEPTION 'ledger_digest_heads is append-only (a kept digest''s rows too): % refused', TG_OP
+            RAISE EXCEPTION 'ledger_digest_heads is append-only: % refused', TG_OP
                 USING ERRCODE = 'insufficient_privilege';
         END
         $$
         """
     )
+    # Checked once per statement, over its rows (transition tables, both named ``touched``): an
+    # INSERT may not add to a signed digest, a DELETE may not take from a kept one.
     op.execute(
         """
-        CREATE FUNCTION ledger_digest_heads_refuse_kept_delete() RETURNS trigger LANGUAGE plpgsql
+        CREATE FUNCTION ledger_digest_heads_refuse_touching() RETURNS trigger LANGUAGE plpgsql
         SET search_path = pg_catalog, pg_temp AS $$
         DECLARE
-            kept bigint;
+            refused bigint;
         BEGIN
-            EXECUTE format('SELECT min(g.digest_id) FROM gone g JOIN %I.ledger_digests d ON d.id = g.digest_id '
-                           'WHERE d.keep_leaves', TG_TABLE_SCHEMA) INTO kept;
-            IF kept IS NOT NULL THEN
-                RAISE EXCEPTION 'ledger_digest_heads is append-only (a kept digest''s rows too): DELETE of digest %''s refused',
-                    kept USING ERRCODE = 'insufficient_privilege';
-            END IF;
-            RETURN NULL;
-        END
-        $$
-        """
-    )
-    op.execute(
-        """
-        CREATE FUNCTION ledger_digest_heads_refuse_signed_insert() RETURNS trigger LANGUAGE plpgsql
-        SET search_path = pg_catalog, pg_temp AS $$
-        DECLARE
-            signed bigint;
-        BEGIN
-            EXECUTE format('SELECT min(a.digest_id) FROM added a JOIN %I.ledger_digests d ON d.id = a.digest_id '
-                           'WHERE d.signature <> %L', TG_TABLE_SCHEMA, '') INTO signed;
-            IF signed IS NOT NULL THEN
-                RAISE EXCEPTION 'ledger_digest_heads is append-only: INSERT into signed digest %''s leaves refused',
-                    signed USING ERRCODE = 'insufficient_privilege';
+            EXECUTE format('SELECT min(t.digest_id) FROM touched t JOIN %I.ledger_digests d ON d.id = t.digest_id WHERE %s',
+                           TG_TABLE_SCHEMA, CASE TG_OP WHEN 'INSERT' THEN 'd.signature <> ''''' ELSE 'd.keep_leaves' END)
+                INTO refused;
+            IF refused IS NOT NULL THEN
+                RAISE EXCEPTION 'ledger_digest_heads is append-only: % of digest %''s leaves refused (%)', TG_OP, refused,
+                    CASE TG_OP WHEN 'INSERT' THEN 'it is signed' ELSE 'it keeps them' END
+                    USING ERRCODE = 'insufficient_privilege';
             END IF;
             RETURN NULL;
         END
@@ -79,7 +65,7 @@ def upgrade() -> None:
     )
     op.execute(
         "CREATE TRIGGER ledger_digest_heads_signed_no_insert AFTER INSERT ON ledger_digest_heads "
-        "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_signed_insert()"
+        "REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_touching()"
     )
     op.execute(
         "CREATE TRIGGER ledger_digest_heads_no_update BEFORE UPDATE ON ledger_digest_heads "
@@ -87,7 +73,7 @@ def upgrade() -> None:
     )
     op.execute(
         "CREATE TRIGGER ledger_digest_heads_kept_no_delete AFTER DELETE ON ledger_digest_heads "
-        "REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_kept_delete()"
+        "REFERENCING OLD TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_touching()"
     )
     op.execute(
         "CREATE TRIGGER ledger_digest_heads_no_truncate BEFORE TRUNCATE ON ledger_digest_heads "
@@ -100,6 +86,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for trigger in TRIGGERS:
         op.execute(f"DROP TRIGGER {trigger} ON ledger_digest_heads")
-    op.execute("DROP FUNCTION ledger_digest_heads_refuse_signed_insert()")
-    op.execute("DROP FUNCTION ledger_digest_heads_refuse_kept_delete()")
+    op.execute("DROP FUNCTION ledger_digest_heads_refuse_touching()")
     op.execute("DROP FUNCTION ledger_digest_heads_refuse_change()")
