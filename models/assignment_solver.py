@@ -41,6 +41,7 @@ EXACT_CELL_LIMIT = 2 * DENSE_CELL_LIMIT
 GREEDY_METHOD = "greedy-large-component"
 MATCHERS = ("auto", "dense", "sparse")
 SIMILARITY_CHUNK = 2_048  # agents per matrix product when scoring eligible pairs
+GREEDY_SLICE = 131_072  # pairs the greedy matcher turns into Python ints at a time
 BRUTEFORCE_LIMIT = 200_000  # largest search space exact_assignment_bruteforce accepts
 
 
@@ -113,10 +114,10 @@ def _greedy_matching(agents: np.ndarray, teams: np.ndarray, sims: np.ndarray, se
     """(agents, teams) taken best-similarity-first while agent and seat are free."""
     order = np.lexsort((teams, agents, -sims))
     seats_left = np.asarray(seats).tolist()
-    free, wanting = sum(seats_left), len(np.unique(agents))
+    free, wanting = sum(seats_left), len(_sorted_unique(agents))
     placed: dict[int, int] = {}
-    for start in range(0, len(order), SIMILARITY_CHUNK * 64):  # a slice at a time: no Python int per pair
-        chunk = order[start : start + SIMILARITY_CHUNK * 64]
+    for start in range(0, len(order), GREEDY_SLICE):  # a slice at a time: no Python int per pair
+        chunk = order[start : start + GREEDY_SLICE]
         for agent, team in zip(agents[chunk].tolist(), teams[chunk].tolist()):
             if agent not in placed and seats_left[team] > 0:
                 placed[agent] = team
@@ -267,24 +268,18 @@ def _solve_component(
     sims = _pair_similarities(problem.agent_vectors[agents], problem.team_vectors[teams], local_agent, local_team)
     # A team never needs more seat columns than it has eligible agents in the component.
     seats = np.minimum(pairs.seats[teams], np.bincount(local_team, minlength=len(teams)))
-    if matcher == "auto" and min(len(agents) * int(seats.sum()), int(seats[local_team].sum()) + len(agents)) > EXACT_CELL_LIMIT:
+    cells = len(agents) * int(seats.sum())  # of the dense agent x seat matrix
+    edges = int(seats[local_team].sum()) + len(agents)  # of the sparse graph (its "unplaced" column included)
+    if matcher == "auto" and min(cells, edges) > EXACT_CELL_LIMIT:
         rows, cols = _greedy_matching(local_agent, local_team, sims, seats)
         return agents[rows], teams[cols], GREEDY_METHOD
     bonus = _placement_bonus(sims, min(len(agents), int(seats.sum())))
-    if _prefers_sparse(matcher, len(agents), seats, local_team):
+    # Dense is faster: sparse only when the dense matrix is too big and the sparse graph smaller.
+    if matcher == "sparse" or (matcher == "auto" and cells > DENSE_CELL_LIMIT and edges < cells):
         rows, cols = _sparse_matching(local_agent, local_team, sims + bonus, len(agents), seats)
         return agents[rows], teams[cols], "sparse-lsa"
     rows, cols = _dense_matching(local_agent, local_team, sims + bonus, len(agents), seats)
     return agents[rows], teams[cols], "dense-lsa"
-
-
-def _prefers_sparse(matcher: str, n_agents: int, seats: np.ndarray, pair_teams: np.ndarray) -> bool:
-    """Dense is faster; go sparse only when the dense matrix is too big and sparse saves."""
-    if matcher != "auto":
-        return matcher == "sparse"
-    cells = n_agents * int(seats.sum())
-    edges = int(seats[pair_teams].sum()) + n_agents
-    return cells > DENSE_CELL_LIMIT and edges < cells
 
 
 def _placement_bonus(sims: np.ndarray, max_placed: int) -> float:
