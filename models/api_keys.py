@@ -89,16 +89,20 @@ def shown_prefix(plaintext: str) -> str:
     return plaintext[: min(12, len(plaintext) // 4)]
 
 
-def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None) -> IssuedKey:
+def _key_row(*, name: str, scopes: list[str], plaintext: str) -> dict[str, object]:
+    """An ``api_keys`` row's values for ``plaintext``, its scopes and blankness checked."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if not scopes or unknown:
         raise InvalidInput(f"scopes must be a non-empty subset of {list(SCOPES)}", field="scopes")
-    if plaintext is None:
-        plaintext = generate_plaintext()
-    elif not plaintext.strip():
+    if not plaintext.strip():
         raise InvalidInput("an API key cannot be blank", field="plaintext")
-    key = ApiKey(name=name, key_prefix=shown_prefix(plaintext), key_hash=hash_key(plaintext),
-                 scopes=sorted(set(scopes), key=SCOPES.index))
+    return {"name": name, "key_prefix": shown_prefix(plaintext), "key_hash": hash_key(plaintext),
+            "scopes": sorted(set(scopes), key=SCOPES.index)}
+
+
+def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None) -> IssuedKey:
+    plaintext = generate_plaintext() if plaintext is None else plaintext
+    key = ApiKey(**_key_row(name=name, scopes=scopes, plaintext=plaintext))
     session.add(key)
     session.flush()
     return IssuedKey(key, plaintext)
@@ -138,13 +142,10 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap
     """Make ``plaintext`` an admin key unless it was revoked: ``created``, ``live`` (it
     already was one), or ``revoked`` (left revoked: revoking the bootstrap key once narrower
     keys exist is what an operator should do, and every later deploy still ensures it)."""
-    if not plaintext.strip():
-        raise InvalidInput("an API key cannot be blank", field="plaintext")
     # Several containers may run `plant db upgrade` at once: whoever inserts second finds the
     # first's row (ON CONFLICT waits for it to commit) instead of a unique violation.
-    created = session.scalar(pg_insert(ApiKey).values(
-        name=name, key_prefix=shown_prefix(plaintext), key_hash=hash_key(plaintext), scopes=["admin"],
-    ).on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
+    created = session.scalar(pg_insert(ApiKey).values(**_key_row(name=name, scopes=["admin"], plaintext=plaintext))
+                             .on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
     if created is not None:
         return "created"
     existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext))
