@@ -93,13 +93,14 @@ def one_line(error: Exception) -> str | None:
     """The line for an error a local command can meet, or None for anything else: the
     database unreachable, a domain error (a revoked configured admin key, no signing key),
     a file that cannot be written, a setting or key that is not valid."""
+    from alembic.util.exc import CommandError
     from pydantic import ValidationError
 
     from models.errors import PlantError
 
     if isinstance(error, PlantError):
         return error.detail
-    if type(error).__name__ == "CommandError" and type(error).__module__.startswith("alembic"):  # a revision it cannot reach
+    if isinstance(error, CommandError):  # Alembic's: a revision it cannot reach, a database not at head
         return f"migrations: {' '.join(str(error).split())}"
     if isinstance(error, BrokenPipeError):
         return None  # output piped into `head`: click ends quietly, as it should

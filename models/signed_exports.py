@@ -50,7 +50,8 @@ def signed_once(session: Session, *, document: bytes, keyring: KeyRing) -> str:
     if not _ours(document, row.jws, bytes(row.signature_sha256), keyring):
         raise AuditRecordInvalid(
             f"the signature recorded for this report (signed_exports, key {kid}, report SHA-256 {document_sha256.hex()}) "
-            "is not Plant's: it was written through SQL. Plant hands out only its own; remove the row to export again")
+            "is not Plant's: it was written through SQL. Plant hands out only its own; the table's owner must remove "
+            "the row, past its append-only guard, for the report to be exported")
     return row.jws
 
 
