@@ -208,8 +208,8 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     the leaf attestation keeps that sum from being checked again. The leaf rows are copied
     by PostgreSQL from the heads in one ``INSERT ... SELECT``, and the root is computed from
     the leaf hashes PostgreSQL returns for the rows as stored (as a later check re-hashes
-    them): no head passes through Python as a row. Raises ``ValueError`` if a head link is
-    not 32 bytes.
+    them): no head passes through Python as a row. Raises :class:`HeadNotAHash` if a head
+    link is not 32 bytes, as :func:`signed_digest` does.
     """
     as_of = session.scalar(select(func.now()))
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
@@ -220,7 +220,8 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
         ["digest_id", "entity_id", "entity_type", "version", "link_hash"], select(literal(digest.id), *heads.c)))
     count, hashes, misshapen = _leaf_hashes(session, digest.id)
     if misshapen:
-        raise ValueError(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them")
+        raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
+                           "changed outside Plant (audit them)")
     document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document

@@ -169,7 +169,7 @@ def test_an_empty_registry_s_digest_is_the_root_of_no_leaves(db_session, keyring
 
 def test_a_head_link_of_the_wrong_length_stops_the_digest_rather_than_being_signed(db_session, skill, keyring) -> None:
     db_session.execute(text("UPDATE skills SET head_link_hash = '\\x00ff'::bytea WHERE id = :id"), {"id": skill.id})
-    with pytest.raises(ValueError, match="1 head links are not 32 bytes"):
+    with pytest.raises(models.ledger.HeadNotAHash, match="1 head links are not 32 bytes"):  # 409 ledger-head-invalid
         store_digest(db_session, keyring=keyring)
 
 
