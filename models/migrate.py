@@ -3,26 +3,42 @@
 ``upgrade_head`` is safe on a fresh database and on an up-to-date one (Alembic records
 the applied revision, so nothing is created twice). ``check_schema`` fails when the
 models and the migrated database disagree (autogenerate would emit operations).
+
+A downgrade that would drop a table holding rows, or a column holding a value, refuses
+(:func:`refuse_to_discard`, first in each such migration's ``downgrade``): most of
+what Plant stores is signed evidence (chains, digests, audit records, report
+signatures) that nothing can recreate. ``discard_data=True`` (``-x discard-data=yes``
+on Alembic's command line) lets it go. The whole downgrade is one transaction
+(``migrations/env.py``), so a refusal undoes the steps it already took.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
 from models.settings import sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+DISCARD_DATA = "discard-data"
 
 
-def alembic_config(database_url: str) -> Config:
+class DowngradeRefused(RuntimeError):
+    """A downgrade would drop data; nothing was changed."""
+
+
+def alembic_config(database_url: str, *, discard_data: bool = False) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would choke on a literal % in a password.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    if discard_data:  # what `alembic -x discard-data=yes` would give
+        config.cmd_opts = argparse.Namespace(x=[f"{DISCARD_DATA}=yes"])
     return config
 
 
@@ -30,8 +46,33 @@ def upgrade_head(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
-def downgrade_base(database_url: str) -> None:
-    command.downgrade(alembic_config(database_url), "base")
+def downgrade(database_url: str, revision: str, *, discard_data: bool = False) -> None:
+    """Downgrade to ``revision``; :class:`DowngradeRefused`, with nothing changed, if that
+    would drop data and ``discard_data`` is not set."""
+    command.downgrade(alembic_config(database_url, discard_data=discard_data), revision)
+
+
+def downgrade_base(database_url: str, *, discard_data: bool = False) -> None:
+    downgrade(database_url, "base", discard_data=discard_data)
+
+
+def refuse_to_discard(revision: str, *holders: str) -> None:
+    """In a migration's ``downgrade``, before it drops anything: refuse if any of
+    ``holders`` holds a row, unless the run was told to discard data.
+
+    Each holder is a table, or a table with a ``WHERE`` saying which rows hold what the
+    downgrade drops (a column's values other than its default). Rows a migration wrote
+    itself are not data to keep and are left out of the holders.
+    """
+    if context.get_x_argument(as_dictionary=True).get(DISCARD_DATA) == "yes":
+        return
+    bind = op.get_bind()
+    held = [holder for holder in holders if bind.execute(text(f"SELECT EXISTS (SELECT FROM {holder})")).scalar()]
+    if held:
+        raise DowngradeRefused(
+            f"downgrading past migration {revision} would discard what these hold: {'; '.join(held)}. "
+            f"Nothing was changed. To discard it anyway, pass -x {DISCARD_DATA}=yes (alembic) "
+            f"or discard_data=True (models.migrate.downgrade)")
 
 
 def check_schema(database_url: str) -> None:

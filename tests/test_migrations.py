@@ -5,7 +5,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from models.migrate import check_schema, downgrade_base, heads, upgrade_head
+from models.migrate import DowngradeRefused, check_schema, downgrade, downgrade_base, heads, upgrade_head
 
 
 def _tables(url: str) -> set[str]:
@@ -36,6 +36,33 @@ def test_upgrade_downgrade_upgrade_on_empty_database(empty_database: str) -> Non
     assert _tables(empty_database) == {"alembic_version"}
     upgrade_head(empty_database)
     assert "jobs" in _tables(empty_database)
+
+
+def _revision(url: str) -> str:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def test_a_downgrade_that_would_discard_data_is_refused_and_changes_nothing(empty_database: str) -> None:
+    """Most of what Plant stores is signed evidence nothing can recreate: a downgrade that
+    would drop it refuses, as one transaction, until told to discard it."""
+    upgrade_head(empty_database)
+    (head,) = heads()
+    with psycopg.connect(empty_database.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (kind, queue) VALUES ('diagnostics.sleep', 'default')")
+        conn.execute("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) VALUES ('k', '\\x00', 'j', '\\x00')")
+    tables = _tables(empty_database)
+    for target in ("0009", "base"):  # 0017 to 0011 drop nothing held here: undone with the refusal all the same
+        with pytest.raises(DowngradeRefused, match=r"past migration 0010 would discard what these hold: signed_exports\."):
+            downgrade(empty_database, target)
+        assert (_tables(empty_database), _revision(empty_database)) == (tables, head)
+    downgrade(empty_database, "0009", discard_data=True)
+    assert "signed_exports" not in _tables(empty_database) and _revision(empty_database) == "0009"
+    with pytest.raises(DowngradeRefused, match=r"past migration 0004 .*jobs WHERE enqueued_at IS NULL"):
+        downgrade_base(empty_database)
+    assert _revision(empty_database) == "0009"
+    downgrade_base(empty_database, discard_data=True)
+    assert _tables(empty_database) == {"alembic_version"}
 
 
 def test_upgrade_is_safe_on_an_already_migrated_database(empty_database: str) -> None:
@@ -177,7 +204,9 @@ def test_0015_freezes_the_runs_finished_before_it_and_downgrades_cleanly(empty_d
         conn.execute("INSERT INTO audit_findings (run_id, code, severity) VALUES (%s, 'x', 'warning')", (after,))  # running
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_checkpoints is append-only"):
             conn.execute("TRUNCATE audit_checkpoints")
-    command.downgrade(config, "0014")
+    with pytest.raises(DowngradeRefused, match=r"migration 0015 .*audit_runs_unsigned"):
+        command.downgrade(config, "0014")  # the list of runs never signed is not recreated by upgrading again
+    downgrade(empty_database, "0014", discard_data=True)
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('audit_runs_unsigned'), to_regclass('audit_checkpoints')").fetchone() == (None, None)
         assert "audit_findings_no_insert_after_close" not in _always_triggers(conn, "audit_findings")
@@ -213,7 +242,9 @@ def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_datab
             conn.execute(insert, (run, chunk, 2))  # a step Plant never recorded
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(insert, (run, chunk, None))
-    command.downgrade(config, "0015")
+    with pytest.raises(DowngradeRefused, match=r"migration 0016 .*audit_findings WHERE chunk_id IS NOT NULL"):
+        command.downgrade(config, "0015")
+    downgrade(empty_database, "0015", discard_data=True)
     with psycopg.connect(libpq, autocommit=True) as conn:
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_findings'")}
         assert not columns & {"chunk_id", "step"}

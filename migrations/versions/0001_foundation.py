@@ -8,6 +8,7 @@ Create Date: 2026-11-28
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0001'
 down_revision = None
@@ -50,6 +51,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'jobs')
     op.drop_index(op.f('ix_jobs_status_created_at_id'), table_name='jobs')
     op.drop_index('ix_jobs_queued_enqueued_at', table_name='jobs', postgresql_where=sa.text("status = 'queued'"))
     op.drop_index(op.f('ix_jobs_kind_created_at_id'), table_name='jobs')

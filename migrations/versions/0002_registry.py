@@ -9,6 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0002'
 down_revision = '0001'
@@ -264,6 +265,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(
+        revision,
+        'entity_versions',
+        'industries',
+        'skills',
+        'job_roles',
+        'teams',
+        'agents',
+        'agent_skills',
+        'job_role_skills',
+    )
     op.drop_constraint(op.f('fk_industries_governance_agent_id_agents'), 'industries', type_='foreignkey')
     op.drop_constraint(op.f('fk_job_roles_governance_agent_id_agents'), 'job_roles', type_='foreignkey')
     op.drop_constraint(op.f('fk_skills_governance_agent_id_agents'), 'skills', type_='foreignkey')

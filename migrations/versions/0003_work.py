@@ -8,6 +8,7 @@ Create Date: 2026-11-28
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0003'
 down_revision = '0002'
@@ -98,6 +99,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(
+        revision,
+        'audit_runs',
+        'audit_chunks',
+        'audit_findings',
+        'ledger_digests',
+        'ledger_digest_heads',
+        'scheduled_fires',
+        'certificate_sequences',
+    )
     op.drop_index(op.f('ix_audit_findings_run_id_id'), table_name='audit_findings')
     op.drop_index(op.f('ix_audit_findings_run_id_entity_id'), table_name='audit_findings')
     op.drop_table('audit_findings')

@@ -8,6 +8,7 @@ Create Date: 2026-11-28
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0004'
 down_revision = '0003'
@@ -50,6 +51,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'api_keys', 'idempotency_keys', 'jobs WHERE enqueued_at IS NULL')
     op.drop_index('ix_jobs_unpublished', table_name='jobs', postgresql_where=sa.text("status = 'queued' AND enqueued_at IS NULL"))
     op.drop_index('ix_jobs_running_lease', table_name='jobs', postgresql_where=sa.text("status = 'running'"))
     op.execute("UPDATE jobs SET enqueued_at = created_at WHERE enqueued_at IS NULL")

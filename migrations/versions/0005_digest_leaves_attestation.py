@@ -12,6 +12,7 @@ Create Date: 2026-12-04
 
 from alembic import op
 import sqlalchemy as sa
+from models.migrate import refuse_to_discard
 
 revision = '0005'
 down_revision = '0004'
@@ -25,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'ledger_digests WHERE leaves_xmin IS NOT NULL OR leaves_attestation IS NOT NULL')
     op.drop_column('ledger_digests', 'leaves_attestation')
     op.drop_column('ledger_digests', 'leaves_xmin')

@@ -11,6 +11,7 @@ Create Date: 2026-12-04
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0006'
 down_revision = '0005'
@@ -57,6 +58,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'entity_repairs')
     op.drop_index(op.f('ix_entity_repairs_entity_id'), table_name='entity_repairs')
     op.drop_table('entity_repairs')
     op.execute("DROP FUNCTION IF EXISTS entity_repairs_refuse_change()")

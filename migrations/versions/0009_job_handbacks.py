@@ -11,6 +11,7 @@ Create Date: 2026-12-05
 
 from alembic import op
 import sqlalchemy as sa
+from models.migrate import refuse_to_discard
 
 revision = '0009'
 down_revision = '0008'
@@ -24,5 +25,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'jobs WHERE handbacks <> 0')
     op.drop_constraint(op.f('ck_jobs_handbacks_within_attempts'), 'jobs', type_='check')
     op.drop_column('jobs', 'handbacks')

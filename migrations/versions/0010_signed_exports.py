@@ -13,6 +13,7 @@ Create Date: 2026-12-05
 
 from alembic import op
 import sqlalchemy as sa
+from models.migrate import refuse_to_discard
 
 revision = '0010'
 down_revision = '0009'
@@ -44,6 +45,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'signed_exports', 'key_seal_signatures')
     op.drop_table('key_seal_signatures')
     op.drop_table('signed_exports_began')
     op.drop_table('signed_exports')

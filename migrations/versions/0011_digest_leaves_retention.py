@@ -14,6 +14,7 @@ Create Date: 2026-12-05
 
 from alembic import op
 import sqlalchemy as sa
+from models.migrate import refuse_to_discard
 
 revision = '0011'
 down_revision = '0010'
@@ -27,4 +28,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'ledger_digests WHERE keep_leaves')
     op.drop_column('ledger_digests', 'keep_leaves')

@@ -13,6 +13,7 @@ Create Date: 2026-12-05
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from models.migrate import refuse_to_discard
 
 revision = '0012'
 down_revision = '0011'
@@ -37,4 +38,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'bulk_assignment_moves')
     op.drop_table('bulk_assignment_moves')

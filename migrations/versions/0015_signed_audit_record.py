@@ -31,6 +31,7 @@ Create Date: 2026-12-05
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from models.migrate import refuse_to_discard
 
 revision = '0015'
 down_revision = '0014'
@@ -101,6 +102,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(
+        revision,
+        'audit_checkpoints',
+        'audit_runs_unsigned',
+        'audit_runs WHERE plan_signed IS NOT NULL OR close_signed IS NOT NULL',
+        'audit_chunks WHERE checkpoint_signed IS NOT NULL',
+    )
     op.execute("DROP TRIGGER audit_findings_no_insert_after_close ON audit_findings")
     op.execute("DROP FUNCTION audit_findings_refuse_after_close()")
     op.drop_table("audit_runs_unsigned")

@@ -35,6 +35,7 @@ Create Date: 2026-12-05
 
 import sqlalchemy as sa
 from alembic import op
+from models.migrate import refuse_to_discard
 
 EARLIEST, LATEST = "'0001-01-02 00:00:00+00'::timestamptz", "'9999-12-30 00:00:00+00'::timestamptz"
 
@@ -118,6 +119,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_to_discard(revision, 'audit_findings WHERE chunk_id IS NOT NULL')
     op.execute("DROP TRIGGER audit_findings_no_id_ahead ON audit_findings")
     op.execute("DROP FUNCTION audit_findings_refuse_id_ahead()")
     for table, columns in TIMES.items():
