@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.audit_record import (
@@ -50,6 +51,26 @@ def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
     if run is None:
         raise NotFound(f"no audit run with id {run_id}", id=str(run_id))
     return run
+
+
+def findings_page(session: Session, run: AuditRun, *, after: int | None, code: str | None, limit: int) -> list[AuditFinding]:
+    """Up to ``limit`` of the run's findings with ids past ``after``, in id order.
+
+    A running run's chunks write findings in parallel, and an id one batch drew may commit
+    after another batch's later one: a page that had passed it would skip it for good.
+    Each batch holds its run's row ``FOR KEY SHARE`` (``audit_chunk_step``) from before it
+    draws an id until it commits, so this takes the row ``FOR UPDATE`` first: it waits for
+    the batches in flight, and those that start later draw later ids. A finished run takes
+    no more findings (a trigger refuses them), so its pages lock nothing.
+    """
+    if run.finished_at is None:
+        session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
+    statement = select(AuditFinding).where(AuditFinding.run_id == run.id)
+    if code:
+        statement = statement.where(AuditFinding.code == code)
+    if after is not None:
+        statement = statement.where(AuditFinding.id > after)
+    return list(session.scalars(statement.order_by(AuditFinding.id).limit(limit)))
 
 
 def checked_run(

@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import select
 
 from models.audit import check_entity
-from models.audit_tables import AuditFinding, AuditRun
+from models.audit_tables import AuditRun
 from models.canonical import MAX_SAFE_INTEGER
 from models.entities import EntityType
 from models.ledger import digest_now
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
-from models.reports import export_report, finding_resource, findings_csv, get_run, run_resource
+from models.reports import export_report, finding_resource, findings_csv, findings_page, get_run, run_resource
 from web.jobs_http import accept_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
@@ -124,13 +124,8 @@ def show_run(path: RunPath) -> dict[str, Any]:
 def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
     """A run's findings in order, paged."""
     session = db_session()
-    get_run(session, path.run_id)
-    statement = select(AuditFinding).where(AuditFinding.run_id == path.run_id)
-    if query.code:
-        statement = statement.where(AuditFinding.code == query.code)
-    if query.page_token:
-        statement = statement.where(AuditFinding.id > _decode_after(query.page_token))
-    rows = list(session.scalars(statement.order_by(AuditFinding.id).limit(query.page_size + 1)))
+    after = _decode_after(query.page_token) if query.page_token else None
+    rows = findings_page(session, get_run(session, path.run_id), after=after, code=query.code, limit=query.page_size + 1)
     token = _encode_after(rows[query.page_size - 1].id) if len(rows) > query.page_size else None
     return {"items": [finding_resource(f) for f in rows[: query.page_size]], "next_page_token": token}
 
