@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg.rows import namedtuple_row
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded
+from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded, versions_by_entity
 from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
 from models.entities import (
     ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
@@ -148,27 +147,6 @@ def _check_batch(
         result.entities += 1
         result.versions_verified += len(rows)
     return result
-
-
-VERSIONS_SQL = (
-    "SELECT entity_type, entity_id, version, content, content_hash, prev_link, link_hash, kid, signature "
-    "FROM entity_versions WHERE entity_id = ANY(%s) ORDER BY entity_id, version"
-)
-
-
-def versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    """Plain rows grouped by entity, in version order.
-
-    The audit's hottest read (every version of every entity): it goes straight to
-    psycopg in binary format, which skips decoding hex for each bytea column.
-    """
-    grouped: dict[uuid.UUID, list[Any]] = defaultdict(list)
-    connection = session.connection().connection.driver_connection
-    with connection.cursor(binary=True, row_factory=namedtuple_row) as cursor:
-        # fetchall builds the rows in one call; iterating the cursor costs a Python step per row.
-        for row in cursor.execute(VERSIONS_SQL, [ids]).fetchall():
-            grouped[row.entity_id].append(row)
-    return grouped
 
 
 def team_member_counts(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:

@@ -79,9 +79,8 @@ class IncrementalResult:
                           "governed fields without a new version, or of its versions, is not seen (a full audit sees it); "
                           "nor entities deleted before the digest",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
-                       "entities they were re-hashed and re-linked, their signatures not re-checked; a digest takes "
-                       "each head as its row names it, unchecked, so a version forged before the digest is seen "
-                       "by a full audit only",
+                       "entities they were re-hashed and re-linked, their signatures not re-checked; a digest "
+                       "attests only heads verified from the digest before it (or from the genesis)",
         }
 
 

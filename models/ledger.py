@@ -27,9 +27,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
-from models.canonical import canonical_bytes, strict_json_loads
-from models.chain import ChainFinding, EntityVersion
+from models.canonical import canonical_bytes
+from models.chain import ChainFinding, EntityVersion, records_a_deletion
 from models.db import binary_row, bytes_in, uuid_in
+from models.digest_check import unverified_heads
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
@@ -145,6 +146,13 @@ class HeadNotAHash(Conflict):
     title = "An entity's head link is not a hash"
 
 
+class HeadsUnverified(Conflict):
+    """A head a new digest would attest does not verify: the digest is not stored."""
+
+    code = "ledger-heads-unverified"
+    title = "Entity heads do not verify"
+
+
 def _hashes_only(heads: Iterable[HeadRecord]) -> Iterator[HeadRecord]:
     for head in heads:
         if len(head.link_hash) != HASH_SIZE:
@@ -209,8 +217,12 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     by PostgreSQL from the heads in one ``INSERT ... SELECT``, and the root is computed from
     the leaf hashes PostgreSQL returns for the rows as stored (as a later check re-hashes
     them): no head passes through Python as a row. Raises :class:`HeadNotAHash` if a head
-    link is not 32 bytes, as :func:`signed_digest` does.
+    link is not 32 bytes, as :func:`signed_digest` does, and :class:`HeadsUnverified`,
+    storing nothing, if a head it would attest does not verify against the latest stored
+    digest it can trust (:func:`models.digest_check.unverified_heads`).
     """
+    previous = latest_digest(session)
+    trusted = previous.id if previous is not None and stored_digest_problem(session, previous, keyring) is None else None
     as_of = session.scalar(select(func.now()))
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
     session.add(digest)
@@ -222,6 +234,11 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     if misshapen:
         raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
                            "changed outside Plant (audit them)")
+    failed, named = unverified_heads(session, digest_id=digest.id, trusted_id=trusted, keyring=keyring)
+    if failed:
+        base = f"the last trusted digest ({trusted})" if trusted is not None else "the genesis (no stored digest can be trusted)"
+        raise HeadsUnverified(f"{failed} entity heads do not verify from {base}, so no digest is stored: "
+                              f"{'; '.join(named)}{'; …' if failed > len(named) else ''}. Audit and repair them")
     document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
@@ -480,7 +497,7 @@ def root_as_of(session: Session, as_of: dt.datetime) -> tuple[int, bytes]:
     content under its own code)."""
     accumulator = MerkleAccumulator()
     for entity_id, link, maybe_deleted in session.execute(_HEADS_AS_OF.execution_options(yield_per=HEAD_BATCH), {"as_of": as_of}):
-        if maybe_deleted is not None and _records_a_deletion(bytes(maybe_deleted)):
+        if maybe_deleted is not None and records_a_deletion(bytes(maybe_deleted)):
             continue
         accumulator.add(_leaf_of_any(entity_id, bytes(link)))
     return accumulator.size, accumulator.root()
@@ -504,11 +521,3 @@ _HEADS_AS_OF = text("""
     ORDER BY entity_id
 """)
 
-
-def _records_a_deletion(content: bytes) -> bool:
-    """Whether a version's content has a top-level ``deleted_at``; unreadable content counts as live."""
-    try:
-        document = strict_json_loads(content)  # the parse for signed JSON: a repeated member is refused
-    except ValueError:
-        return False
-    return isinstance(document, dict) and document.get("deleted_at") is not None

@@ -463,7 +463,7 @@ def test_the_image_seal_keys_role_seals_a_read_only_mount_and_prints_each_seal(
 class Handed:
     """Everything an old key signed outside the chain before its seal, then the seal with its list."""
 
-    def __init__(self, session, steward) -> None:
+    def __init__(self, session, steward, keyring) -> None:
         from models.canonical import canonical_bytes
         from models.certification import certify_skill
         from models.ledger_digest import build_digest
@@ -480,13 +480,14 @@ class Handed:
         restore_entity(session, entity_type=E.SKILL, entity_id=self.skill.id, keyring=self.leaked, embedder=HashingEmbedder(),
                        actor="operator:test")
         [self.repair] = [record.as_json() for record in repairs(session, entity_id=self.skill.id)]
-        self.stored = store_digest(session, keyring=self.leaked)  # the hourly digest: held against the seal's
+        # The hourly digest, held against the seal's; both verify the steward's chains too (signed by ``keyring``).
+        self.stored = store_digest(session, keyring=KeyRing(self.old, (keyring.active.verifier(),)))
         self.handed_out = build_digest(self.stored.as_of, [(self.skill.id, bytes(32))], self.leaked)  # GET /ledger/digest
         self.report = {"type": "plant.audit-report.v1", "findings": [],
                        "run": {"id": "r", "created_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:10:00Z"}}
         self.jws = recorded_report_signature(session, self.report, self.leaked)  # an export
         self.report_document = canonical_bytes({"report": self.report, "signature": self.jws})
-        self.seal_digest = store_digest(session, keyring=KeyRing(self.new, (self.old.verifier(),)))
+        self.seal_digest = store_digest(session, keyring=KeyRing(self.new, (self.old.verifier(), keyring.active.verifier())))
 
     def sealed(self, listed: tuple | None) -> KeyRing:
         from models.key_seals import with_seal_lists
@@ -499,7 +500,7 @@ class Handed:
         return with_seal_lists(KeyRing(self.new, (self.old.verifier(),), (seal,)), self.session)
 
 
-def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(db_session, steward) -> None:
+def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_since_verifies(db_session, steward, keyring) -> None:
     """Reports, repair records and certificates carry no chain position: a leaked sealed key
     could sign them backdated. The seal lists the ones the key signed (digests it does not:
     any read key could grow the list; they are held to the seal by their as_of)."""
@@ -512,7 +513,7 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     from models.repair import verify_repair
     from models.reports import signed_report, verify_report
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     expected = sorted(signature_sha256(b64url_decode(s)) for s in (
         handed.certificate["signature"], handed.repair["signature"], handed.jws.split(".")[2]))
     assert signed_outside_the_chain(db_session, handed.old.kid) == expected  # no digest is among them
@@ -551,10 +552,10 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     assert verify_report(forged_report, unlisting).kid == handed.old.kid and verify_repair(forged_repair, unlisting)
 
 
-def test_a_seal_list_edited_in_the_database_refuses_everything_its_key_signed_outside_the_chain(db_session, steward) -> None:
+def test_a_seal_list_edited_in_the_database_refuses_everything_its_key_signed_outside_the_chain(db_session, steward, keyring) -> None:
     from models.key_seals import record_seal_list
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     listed = record_seal_list(db_session, handed.old.kid)
     db_session.execute(text("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES (:k, :h)"),
                        {"k": handed.old.kid, "h": bytes(32)})  # a forgery's hash, slipped in
@@ -576,11 +577,11 @@ def _refuses_all_it_lists(session, handed: Handed, sealed: KeyRing) -> None:
     assert "does not match its seal" in problem
 
 
-def test_a_key_that_signed_before_exports_were_recorded_gets_a_seal_that_lists_nothing(db_session, steward) -> None:
+def test_a_key_that_signed_before_exports_were_recorded_gets_a_seal_that_lists_nothing(db_session, steward, keyring) -> None:
     """Its reports from before migration 0010 are on no list; listing would call them forgeries."""
     from models.key_seals import record_seal_list
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     db_session.execute(text("UPDATE signed_exports_began SET began_at = now() + interval '1 day'"))
     assert record_seal_list(db_session, handed.old.kid) is None
     assert db_session.scalar(text("SELECT count(*) FROM key_seal_signatures")) == 0
@@ -589,12 +590,12 @@ def test_a_key_that_signed_before_exports_were_recorded_gets_a_seal_that_lists_n
         record_seal_list(db_session, handed.old.kid)
 
 
-def test_the_published_jwks_of_a_listing_seal_fails_closed_on_a_malformed_list(db_session, steward) -> None:
+def test_the_published_jwks_of_a_listing_seal_fails_closed_on_a_malformed_list(db_session, steward, keyring) -> None:
     from models.errors import JwsError
     from models.key_seals import record_seal_list
     from models.reports import verify_report
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     published = json.loads(json.dumps(handed.sealed(record_seal_list(db_session, handed.old.kid)).jwks()))
     entry = next(k for k in published["keys"] if k["kid"] == handed.old.kid)
     for malformed in (None, "all", {"x": 1}, [1, 2]):
@@ -656,7 +657,7 @@ def test_plant_entity_repairs_checks_a_sealed_key_s_records_against_its_seal_s_l
 
 
 def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_fail_loudly(
-        db_session, steward, app, monkeypatch) -> None:
+        db_session, steward, keyring, app, monkeypatch) -> None:
     """The report page's repair flags, an audit against a digest handed back, and the JWKS all
     read the list; a check given a ring whose lists were never read raises instead of calling
     genuine documents forgeries."""
@@ -672,7 +673,7 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     from web.problems import STATUS_BY_ERROR
     from web.services import EXTENSION_KEY
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     count, root = record_seal_list(db_session, handed.old.kid)
     seal = KeySeal(handed.old.kid, handed.seal_digest.id, bytes(handed.seal_digest.heads_root).hex(),
                    "2999-01-01T00:00:00Z", (), count, root)
@@ -766,14 +767,14 @@ def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_t
 
 
 def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_outside_the_chain(
-        db_session, steward) -> None:
+        db_session, steward, keyring) -> None:
     """The root hashes the sorted hashes run together, so rows [h1, h2] rewritten as
     [b"", h1 + h2] keep its count and root: a stored hash that is not 32 bytes makes the list
     one that does not match its seal, like any other edit."""
     from models.errors import SealListInvalid
     from models.key_seals import published_keyring, record_seal_list
 
-    handed = Handed(db_session, steward)
+    handed = Handed(db_session, steward, keyring)
     listed = record_seal_list(db_session, handed.old.kid)
     h1, h2, h3 = sorted(bytes(h) for h in db_session.scalars(
         text("SELECT signature_sha256 FROM key_seal_signatures WHERE kid = :k"), {"k": handed.old.kid}))
