@@ -7,8 +7,9 @@ models and the migrated database disagree (autogenerate would emit operations).
 A downgrade that would drop a table holding rows, or a column holding a value, refuses
 (:func:`refuse_to_discard`, first in each such migration's ``downgrade``): most of
 what Plant stores is signed evidence (chains, digests, audit records, report
-signatures) that nothing can recreate. ``discard_data=True`` (``-x discard-data=yes``
-on Alembic's command line) lets it go. The whole downgrade is one transaction
+signatures) that nothing can recreate. ``discard_data=True`` (``-x discard-data=yes`` for
+an Alembic command run with :func:`alembic_config`; the repository has no ``alembic.ini``)
+lets it go. The whole downgrade is one transaction
 (``migrations/env.py``), so a refusal undoes the steps it already took.
 """
 
@@ -67,12 +68,16 @@ def refuse_to_discard(revision: str, *holders: str) -> None:
     if context.get_x_argument(as_dictionary=True).get(DISCARD_DATA) == "yes":
         return
     bind = op.get_bind()
+    # SHARE mode first: a row written but not committed yet is waited for, and none can be
+    # written between the check and the drop (the drop's own lock waits for the transaction).
+    for table in dict.fromkeys(holder.split(" WHERE ")[0] for holder in holders):
+        bind.execute(text(f"LOCK TABLE {table} IN SHARE MODE"))
     held = [holder for holder in holders if bind.execute(text(f"SELECT EXISTS (SELECT FROM {holder})")).scalar()]
     if held:
         raise DowngradeRefused(
             f"downgrading past migration {revision} would discard what these hold: {'; '.join(held)}. "
-            f"Nothing was changed. To discard it anyway, pass -x {DISCARD_DATA}=yes (alembic) "
-            f"or discard_data=True (models.migrate.downgrade)")
+            f"Nothing was changed. To discard it anyway, downgrade with discard_data=True (models.migrate.downgrade), "
+            f"or pass -x {DISCARD_DATA}=yes to an alembic command configured by models.migrate.alembic_config")
 
 
 def check_schema(database_url: str) -> None:

@@ -65,6 +65,36 @@ def test_a_downgrade_that_would_discard_data_is_refused_and_changes_nothing(empt
     assert _tables(empty_database) == {"alembic_version"}
 
 
+def test_a_row_committed_while_a_downgrade_looks_is_seen_not_dropped(empty_database: str) -> None:
+    """Each holder's table is locked before it is looked at: a row written but not committed
+    yet is waited for, then counted."""
+    import threading
+
+    from tests.conftest import wait_for
+
+    upgrade_head(empty_database)
+    libpq = empty_database.replace("+psycopg", "")
+    outcome: dict[str, BaseException | None] = {}
+
+    def downgrading() -> None:
+        try:
+            downgrade(empty_database, "0009")
+            outcome["error"] = None
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            outcome["error"] = error
+
+    with psycopg.connect(libpq) as writer, psycopg.connect(libpq, autocommit=True) as watcher:
+        writer.execute("INSERT INTO key_seal_signatures (kid, signature_sha256) VALUES ('k', '\\x00')")
+        thread = threading.Thread(target=downgrading)
+        thread.start()
+        wait_for(lambda: watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND query LIKE 'LOCK TABLE%'").fetchone()[0], what="the downgrade to wait")
+        writer.commit()
+        thread.join(timeout=60)
+    assert isinstance(outcome["error"], DowngradeRefused) and "key_seal_signatures" in str(outcome["error"])
+    assert _revision(empty_database) == heads()[0]
+
+
 def test_upgrade_is_safe_on_an_already_migrated_database(empty_database: str) -> None:
     upgrade_head(empty_database)
     upgrade_head(empty_database)  # no DuplicateTable
