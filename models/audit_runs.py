@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, insert, not_, or_, select, true, update
+from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
@@ -186,6 +186,26 @@ class ChunkStep:
     run_complete: bool
 
 
+# Advisory locks (the two-key space, apart from the one-key locks of migrations and
+# digests): (FINDINGS_LOCK, hashtext(run id)) is held shared by each batch writing a run's
+# findings and taken alone by a page of them. Runs that share a hash only wait for each other.
+FINDINGS_LOCK = int.from_bytes(b"FIND", "big")
+_FINDINGS_LOCK_SQL = "SELECT pg_advisory_xact_lock{mode}(:lock, hashtext(:run))"
+
+
+def writing_findings(session: Session, run_id: uuid.UUID) -> None:
+    """Before a batch draws finding ids: held until it commits, so a page of the run's
+    findings waits for it (:func:`batches_in_flight_done`)."""
+    session.execute(text(_FINDINGS_LOCK_SQL.format(mode="_shared")), {"lock": FINDINGS_LOCK, "run": str(run_id)})
+
+
+def batches_in_flight_done(session: Session, run_id: uuid.UUID) -> None:
+    """Wait for every batch writing the run's findings to commit; until this transaction
+    ends none starts. PostgreSQL queues lock requests in order, so a batch asking after
+    this one waits behind it: batches overlapping without a pause cannot starve it."""
+    session.execute(text(_FINDINGS_LOCK_SQL.format(mode="")), {"lock": FINDINGS_LOCK, "run": str(run_id)})
+
+
 def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch_size: int) -> ChunkStep:
     """Audit the next batch of the chunk and checkpoint it, all in the caller's transaction."""
     chunk = session.execute(select(AuditChunk).where(AuditChunk.id == chunk_id).with_for_update()).scalar_one_or_none()
@@ -198,6 +218,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
                           .with_for_update(read=True, key_share=True)).scalar_one()
     if run.finished_at is not None:
         raise RunClosed(f"audit run {run.id} was closed before this chunk finished")
+    writing_findings(session, run.id)
     forged = checkpoint_problem(session, run, chunk, keyring)
     if forged is not None:  # a cursor moved forward, or a chunk marked done, would skip entities: stop
         raise AuditRecordInvalid(forged)

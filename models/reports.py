@@ -29,7 +29,7 @@ from models.audit_record import (
     AuditRecordInvalid, Progress, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans,
     open_run_problem, progress_so_far, run_resource,
 )
-from models.audit_runs import AuditParams
+from models.audit_runs import AuditParams, batches_in_flight_done
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
 from models.errors import JwsError, NotFound
@@ -57,14 +57,15 @@ def findings_page(session: Session, run: AuditRun, *, after: int | None, code: s
     """Up to ``limit`` of the run's findings with ids past ``after``, in id order.
 
     A running run's chunks write findings in parallel, and an id one batch drew may commit
-    after another batch's later one: a page that had passed it would skip it for good.
-    Each batch holds its run's row ``FOR KEY SHARE`` (``audit_chunk_step``) from before it
-    draws an id until it commits, so this takes the row ``FOR UPDATE`` first: it waits for
-    the batches in flight, and those that start later draw later ids. A finished run takes
-    no more findings (a trigger refuses them), so its pages lock nothing.
+    after another batch's later one: a page that had passed it would skip it for good. So
+    a page of a running run first waits for the batches in flight
+    (:func:`models.audit_runs.batches_in_flight_done`), and those that start later draw
+    later ids. Its start and its close write findings in the transaction that makes the
+    run visible, or while no batch runs, after every id drawn before. A finished run takes
+    no more findings (a trigger refuses them), so its pages wait for nothing.
     """
     if run.finished_at is None:
-        session.execute(select(AuditRun.id).where(AuditRun.id == run.id).with_for_update())
+        batches_in_flight_done(session, run.id)
     statement = select(AuditFinding).where(AuditFinding.run_id == run.id)
     if code:
         statement = statement.where(AuditFinding.code == code)
