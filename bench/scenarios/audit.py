@@ -196,7 +196,7 @@ def _incremental(stack: BenchStack, settings: Settings, full_seconds: float) -> 
     with stack.session(settings) as session:
         started = time.perf_counter()
         store_digest(session, keyring=stack.write_context.keyring)
-        store_seconds = time.perf_counter() - started  # beat's hourly digest, reported with the incremental result
+        store_seconds = time.perf_counter() - started  # beat's first digest (every chain checked), reported with the incremental result
         ids = list(session.scalars(select(Industry.id).limit(INCREMENTAL_VERSIONS)))
         for n, entity_id in enumerate(ids):
             update_entity(session, entity_type=EntityType.INDUSTRY, entity_id=entity_id,
@@ -204,10 +204,15 @@ def _incremental(stack: BenchStack, settings: Settings, full_seconds: float) -> 
     worker = stack.start_worker(settings, queues="audit", concurrency=2)
     walls = [run_audit_job(stack, settings, {"since": "latest-digest", "verify_signatures": "all"}) for _ in range(RUNS)]
     stack.stop(worker)
+    with stack.session(settings) as session:  # the next hour's digest: it checks the heads that moved since the first
+        started = time.perf_counter()
+        store_digest(session, keyring=stack.write_context.keyring)
+        next_seconds = time.perf_counter() - started
     wall = median_run(walls)
     return BenchResult(f"audit.incremental[{len(ids)} new versions]", wall, "s", full_seconds, wall / full_seconds,
                        f"<= {INCREMENTAL_SECONDS_TARGET:g} s", wall <= INCREMENTAL_SECONDS_TARGET,
-                       {"runs": walls, "store_digest_seconds": round(store_seconds, 3)})
+                       {"runs": walls, "store_digest_seconds": round(store_seconds, 3),
+                        "next_digest_seconds": round(next_seconds, 3)})
 
 
 def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
