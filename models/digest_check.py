@@ -5,86 +5,131 @@ of its leaves are not checked again. So a digest must not take a head as its row
 unchecked, or a version forged (or a head rolled back) before the hourly digest would be
 trusted from then on and seen only by the next full audit.
 
-``unverified_heads`` compares the new digest's leaves with those of the latest stored
-digest it can trust (``models.ledger.stored_digest_problem``), in the transaction that
-stores the new one, over the leaf rows as written, so nothing committed meanwhile escapes:
+:func:`check_heads` compares the new digest's leaves with those of the newest stored
+digest that still has its leaves and can be trusted (:func:`trusted_base`), in the
+transaction that stores the new one, over the leaf rows as written, so nothing committed
+meanwhile escapes:
 
 - a leaf that is new or moved: the versions after the trusted leaf (all of them, from the
   genesis, when there is no trusted leaf) re-hash and link on from it up to the new head,
-  whose signature verifies (it signs the whole chain, link by link), and no version was
-  signed by a sealed retired key after its seal;
-- a leaf the trusted digest has and the new one lacks: its entity must have been deleted by
-  a version of its own (the row's head records the deletion), checked the same way up to
-  that head.
+  every one of their signatures verifies, and none was signed by a sealed retired key
+  after its seal;
+- a leaf the trusted digest has and the new one lacks (with no trusted digest: every
+  soft-deleted entity): its entity must have been deleted by a version of its own (the
+  row's head records the deletion), checked the same way up to that head.
 
-Unchanged leaves cost nothing; the rest cost what an incremental audit of them costs. With
-no trusted digest, every chain is checked as a full audit checks it.
+A head that fails is not attested, and the digest is stored all the same (one damaged
+chain must not stop every later digest and key seal): the entity is held at its trusted
+leaf, or, with none, left out if live or held at its row's head if deleted. Either way
+every later incremental audit examines and reports it, until a digest can attest it.
+Unchanged leaves cost a join row each; the rest cost what an incremental audit of them
+costs. With no trusted digest every chain is checked as a full audit checks it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, delete, desc, insert, select
 from sqlalchemy.orm import Session, aliased
 
-from models.audit_tables import LedgerDigestHead
+from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
 from models.entities import ENTITY_MODELS
 from models.signing import KeyRing
 
 BATCH = 500
-NAMED = 10  # problems named in a refusal; the count covers them all
+BASES_TRIED = 30  # stored digests looked at, newest first, for one that can be trusted
 
 
 @dataclass(frozen=True)
 class Target:
-    """What to verify of one entity: from the trusted leaf (``base``) to the head the new
-    digest attests, or for an entity it no longer holds, to the head of its deleted row."""
+    """What to verify of one entity: from the trusted leaf (``base``; version 0 for none)
+    to the head the new digest attests, or for an entity it does not hold, to the head of
+    its deleted row."""
 
     entity_id: uuid.UUID
     entity_type: str
     base: tuple[int, bytes]
     head: tuple[int, bytes] | None  # None: a deleted entity, whose head is read from its row
-    base_type: str | None = None
+    base_type: str | None = None  # the trusted leaf's type, when there is one
 
 
-def unverified_heads(session: Session, *, digest_id: int, trusted_id: int | None, keyring: KeyRing) -> tuple[int, list[str]]:
-    """How many heads of digest ``digest_id`` fail the checks above, and the first few
-    problems, each naming its entity. ``trusted_id`` is the trusted digest, or None."""
-    failed, named = 0, []
+@dataclass(frozen=True)
+class HeldBack:
+    """A head the digest does not attest, why, and the leaf it holds instead (None: none)."""
+
+    entity_id: uuid.UUID
+    entity_type: str
+    problem: str
+    leaf: tuple[str, int, bytes] | None
+
+    def __str__(self) -> str:
+        return f"{self.entity_type} {self.entity_id}: {self.problem}"
+
+
+def trusted_base(session: Session, keyring: KeyRing, problem_of: Any) -> int | None:
+    """The newest stored digest with leaf rows whose ``problem_of(session, digest,
+    keyring)`` is None (:func:`models.ledger.stored_digest_problem`), among the newest
+    :data:`BASES_TRIED` with leaves; None when there is none."""
+    with_leaves = select(LedgerDigestHead.digest_id).where(LedgerDigestHead.digest_id == LedgerDigest.id).exists()
+    for digest in session.scalars(select(LedgerDigest).where(with_leaves)
+                                  .order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(BASES_TRIED)):
+        if problem_of(session, digest, keyring) is None:
+            return digest.id
+    return None
+
+
+def check_heads(session: Session, *, digest_id: int, trusted_id: int | None, keyring: KeyRing) -> list[HeldBack]:
+    """Check the heads digest ``digest_id`` holds (its leaf rows, not signed yet) against
+    the trusted digest ``trusted_id`` (or the genesis), and hold back those that fail:
+    their leaf rows are replaced by :attr:`HeldBack.leaf`. Returns what was held back."""
+    held: list[HeldBack] = []
     for batch in _batches(_moved(session, digest_id, trusted_id), _gone(session, digest_id, trusted_id)):
-        for problem in _batch_problems(session, batch, keyring):
-            failed += 1
-            if len(named) < NAMED:
-                named.append(problem)
-    return failed, named
+        held += _batch_held_back(session, batch, keyring)
+    if held:
+        session.execute(delete(LedgerDigestHead).where(
+            LedgerDigestHead.digest_id == digest_id, LedgerDigestHead.entity_id.in_([h.entity_id for h in held])))
+        leaves = [{"digest_id": digest_id, "entity_id": h.entity_id, "entity_type": h.leaf[0], "version": h.leaf[1],
+                   "link_hash": h.leaf[2]} for h in held if h.leaf is not None]
+        if leaves:
+            session.execute(insert(LedgerDigestHead), leaves)
+    return held
 
 
-def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Any:
+def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
     new, old = LedgerDigestHead, aliased(LedgerDigestHead)
     query = select(new.entity_id, new.entity_type, new.version, new.link_hash, old.version, old.link_hash, old.entity_type).outerjoin(
         old, and_(old.digest_id == trusted_id, old.entity_id == new.entity_id)
     ).where(new.digest_id == digest_id, old.link_hash.is_distinct_from(new.link_hash) | old.entity_type.is_distinct_from(new.entity_type))
     for entity_id, kind, version, link, old_version, old_link, old_kind in session.execute(query.execution_options(yield_per=BATCH)):
-        base = (old_version, bytes(old_link)) if old_link is not None else (0, GENESIS_LINK)
-        yield Target(entity_id, kind, base, (version, bytes(link)), old_kind)
+        # A leaf of version 0 (a digest stored before this check) names no version: the genesis.
+        base = (old_version, bytes(old_link)) if old_link is not None and old_version else (0, GENESIS_LINK)
+        yield Target(entity_id, kind, base, (version, bytes(link)), old_kind if old_version else None)
 
 
-def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Any:
-    if trusted_id is None:
+def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
+    """The trusted digest's leaves the new one lacks; with none, every soft-deleted entity
+    (each would otherwise be read by no incremental audit: none holds it)."""
+    if trusted_id is not None:
+        new, old = aliased(LedgerDigestHead), LedgerDigestHead
+        held = select(new.entity_id).where(new.digest_id == digest_id, new.entity_id == old.entity_id).exists()
+        query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(old.digest_id == trusted_id, ~held)
+        for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
+            base = (version, bytes(link)) if version else (0, GENESIS_LINK)
+            yield Target(entity_id, kind, base, None, kind if version else None)
         return
-    new, old = aliased(LedgerDigestHead), LedgerDigestHead
-    held = select(new.entity_id).where(new.digest_id == digest_id, new.entity_id == old.entity_id).exists()
-    query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(old.digest_id == trusted_id, ~held)
-    for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
-        yield Target(entity_id, kind, (version, bytes(link)), None)
+    for entity_type, model in ENTITY_MODELS.items():
+        query = select(model.id).where(model.deleted_at.is_not(None)).order_by(model.id)
+        for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
+            yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
 
 
-def _batches(*sources: Any) -> Any:
+def _batches(*sources: Iterator[Target]) -> Iterator[list[Target]]:
     batch: list[Target] = []
     for source in sources:
         for target in source:
@@ -108,35 +153,47 @@ def _deleted_heads(session: Session, targets: list[Target]) -> dict[uuid.UUID, b
     return heads
 
 
-def _batch_problems(session: Session, targets: list[Target], keyring: KeyRing) -> list[str]:
+def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing) -> list[HeldBack]:
     versions = versions_by_entity(session, [t.entity_id for t in targets])
     deleted = _deleted_heads(session, [t for t in targets if t.head is None])
-    problems, checked = [], []
+    held, checked = [], []
     for target in targets:
         rows = versions.get(target.entity_id, [])
         problem, chain = _problem(target, rows, deleted, keyring)
         if problem is not None:
-            problems.append(f"{target.entity_type} {target.entity_id}: {problem}")
+            held.append(_held(target, problem, rows, deleted))
         else:
             checked.append((SimpleNamespace(id=target.entity_id), chain))
-    sealed = seal_findings(session, checked, keyring)
-    problems += [f"{_kind(targets, entity_id)} {entity_id}: {finding.code} at version {finding.version}"
-                 for entity_id, finding in sealed.items()]
-    return problems
+    by_id = {t.entity_id: t for t in targets}
+    for entity_id, finding in seal_findings(session, checked, keyring).items():
+        target = by_id[entity_id]
+        held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, []), deleted))
+    return held
 
 
-def _kind(targets: list[Target], entity_id: uuid.UUID) -> str:
-    return next(t.entity_type for t in targets if t.entity_id == entity_id)
+def _held(target: Target, problem: str, rows: list[Any], deleted: dict[uuid.UUID, bytes]) -> HeldBack:
+    """The leaf a head that failed is held at: its trusted leaf; with none, none for a live
+    entity (a live entity with no leaf is examined by every incremental audit) and the
+    head of its row for a deleted one (a deleted entity with a leaf is, too). Its version
+    is the chain's version with that link, or 0 when none has it, as in every leaf."""
+    if target.base_type is not None:
+        kind, link = target.base_type, target.base[1]
+    elif target.head is None and target.entity_id in deleted:
+        kind, link = target.entity_type, deleted[target.entity_id]
+    else:
+        return HeldBack(target.entity_id, target.entity_type, problem, None)
+    version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
+    return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
 
 
 def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], keyring: KeyRing) -> tuple[str | None, list[Any]]:
     """Why the head cannot be attested, or None with the versions it covers."""
     if target.base_type is not None and target.base_type != target.entity_type:
         return f"its type changed from {target.base_type}", []
-    if target.head is None:  # no longer held: it must have been deleted by a version of its own
+    if target.head is None:  # not held: it must have been deleted by a version of its own
         link = deleted.get(target.entity_id)
         if link is None:
-            return "held by the last digest, now neither live nor deleted with a head", []
+            return "neither live nor deleted with a head", []
         version = next((row.version for row in rows if bytes(row.link_hash) == link), 0)
     else:
         version, link = target.head
@@ -149,12 +206,11 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
         return f"its head went back from version {base_version} to {version}", []
     chain = [row for row in rows if row.version <= version]
     if len(chain) < base_version or (base_version and bytes(chain[base_version - 1].link_hash) != base_link):
-        return f"version {base_version}, which the last digest holds, is gone from its chain", []
+        return f"version {base_version}, which the last trusted digest holds, is gone from its chain", []
     tail = chain[base_version:]
     if not tail or bytes(tail[-1].link_hash) != link:
         return f"version {version} is not the one its head names", []
-    _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures="heads",
-                                  after=(base_version, base_link))
+    _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures="all", after=(base_version, base_link))
     if findings:
         return f"{findings[0].code} at version {findings[0].version}", []
     if target.head is None and not records_a_deletion(bytes(tail[-1].content)):

@@ -80,7 +80,8 @@ class IncrementalResult:
                           "nor entities deleted before the digest",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked; a digest "
-                       "attests only heads verified from the digest before it (or from the genesis)",
+                       "attests only heads verified from the newest digest it could trust (or from the genesis); "
+                       "one that failed is held at its trusted leaf, so it is examined here",
         }
 
 

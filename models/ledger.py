@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,13 +31,14 @@ from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.canonical import canonical_bytes
 from models.chain import ChainFinding, EntityVersion, records_a_deletion
 from models.db import binary_row, bytes_in, uuid_in
-from models.digest_check import unverified_heads
+from models.digest_check import check_heads, trusted_base
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
+log = logging.getLogger(__name__)
 HEAD_BATCH = 5000
 # How long a digest looks for a moment with no version write in flight, and how often.
 DIGEST_WAIT_SECONDS = 5.0
@@ -146,13 +148,6 @@ class HeadNotAHash(Conflict):
     title = "An entity's head link is not a hash"
 
 
-class HeadsUnverified(Conflict):
-    """A head a new digest would attest does not verify: the digest is not stored."""
-
-    code = "ledger-heads-unverified"
-    title = "Entity heads do not verify"
-
-
 def _hashes_only(heads: Iterable[HeadRecord]) -> Iterator[HeadRecord]:
     for head in heads:
         if len(head.link_hash) != HASH_SIZE:
@@ -208,7 +203,7 @@ def wait_for_writes_in_flight() -> None:
     time.sleep(DIGEST_RETRY_SECONDS)
 
 
-def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
+def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | None = None) -> LedgerDigest:
     """Sign and keep a digest with its leaves (one row per entity head).
 
     A leaf's version is read from the chain, not from the row's ``version`` column: the
@@ -217,12 +212,11 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     by PostgreSQL from the heads in one ``INSERT ... SELECT``, and the root is computed from
     the leaf hashes PostgreSQL returns for the rows as stored (as a later check re-hashes
     them): no head passes through Python as a row. Raises :class:`HeadNotAHash` if a head
-    link is not 32 bytes, as :func:`signed_digest` does, and :class:`HeadsUnverified`,
-    storing nothing, if a head it would attest does not verify against the latest stored
-    digest it can trust (:func:`models.digest_check.unverified_heads`).
+    link is not 32 bytes, as :func:`signed_digest` does. A head that does not verify from
+    the newest digest it can trust is not attested (:func:`models.digest_check.check_heads`):
+    each one is logged, and appended to ``held_back`` when a list is given.
     """
-    previous = latest_digest(session)
-    trusted = previous.id if previous is not None and stored_digest_problem(session, previous, keyring) is None else None
+    trusted = trusted_base(session, keyring, stored_digest_problem)
     as_of = session.scalar(select(func.now()))
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
     session.add(digest)
@@ -230,15 +224,18 @@ def store_digest(session: Session, *, keyring: KeyRing) -> LedgerDigest:
     heads = _heads_query(chain_versions=True).subquery()
     session.execute(insert(LedgerDigestHead).from_select(
         ["digest_id", "entity_id", "entity_type", "version", "link_hash"], select(literal(digest.id), *heads.c)))
-    count, hashes, misshapen = _leaf_hashes(session, digest.id)
+    _, _, misshapen = _leaf_hashes(session, digest.id)
     if misshapen:
         raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
                            "changed outside Plant (audit them)")
-    failed, named = unverified_heads(session, digest_id=digest.id, trusted_id=trusted, keyring=keyring)
-    if failed:
-        base = f"the last trusted digest ({trusted})" if trusted is not None else "the genesis (no stored digest can be trusted)"
-        raise HeadsUnverified(f"{failed} entity heads do not verify from {base}, so no digest is stored: "
-                              f"{'; '.join(named)}{'; …' if failed > len(named) else ''}. Audit and repair them")
+    held = check_heads(session, digest_id=digest.id, trusted_id=trusted, keyring=keyring)
+    if held:
+        base = f"digest {trusted}" if trusted is not None else "the genesis (no stored digest can be trusted)"
+        log.warning("digest %s holds back %d entity heads that do not verify from %s: %s", digest.id, len(held), base,
+                    "; ".join(map(str, held[:10])) + ("; …" if len(held) > 10 else ""))
+        if held_back is not None:
+            held_back += map(str, held)
+    count, hashes, _ = _leaf_hashes(session, digest.id)
     document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document

@@ -1,71 +1,140 @@
-"""A digest attests only heads that verify from the last trusted digest (or the genesis).
+"""A digest attests only heads that verify from the newest digest it can trust (or the genesis).
 
 Every later incremental audit trusts a stored digest's leaves: the versions up to them are
 not checked again. A digest that took a forged or rolled-back head as its row names it
-would hide it from every incremental audit after it (``models/digest_check.py``).
+would hide it from every incremental audit after it. A head that fails is held back
+instead: the digest keeps the entity's trusted leaf (or none), is stored all the same, and
+every later incremental audit goes on reporting the entity (``models/digest_check.py``).
 """
 
 import datetime as dt
+import os
+import re
 
-import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from models.audit_tables import LedgerDigest
 from models.entities import EntityType
-from models.ledger import HeadsUnverified, store_digest
+from models.ledger import store_digest
 from models.registry import update_entity
-from tests.test_audit import _insert_junk_version, lift_guard, reset_row_to, run_incremental, tamper_content
+from tests.test_audit import (
+    _insert_junk_version, lift_guard, reset_row_to, run_incremental, tamper_content, version_row,
+)
 
 E = EntityType
 
 
-def _digests(session) -> int:
-    return session.scalar(select(func.count()).select_from(LedgerDigest))
+def _leaf(session, digest_id, entity_id) -> tuple[int, bytes] | None:
+    row = session.execute(text("SELECT version, link_hash FROM ledger_digest_heads WHERE digest_id = :d AND entity_id = :e"),
+                          {"d": digest_id, "e": entity_id}).first()
+    return (row[0], bytes(row[1])) if row else None
 
 
-def _refused(session, keyring, match: str) -> None:
-    stored = _digests(session)
-    with pytest.raises(HeadsUnverified, match=match), session.begin_nested():
-        store_digest(session, keyring=keyring)
-    assert _digests(session) == stored
+def _held_back(session, keyring, entity, match: str, *, leaf: tuple[int, bytes] | None):
+    """The next digest is stored, holds ``entity`` at ``leaf`` (None: no leaf), says why,
+    and the incremental audit against it still reports the entity."""
+    held: list[str] = []
+    digest = store_digest(session, keyring=keyring, held_back=held)
+    assert len(held) == 1 and re.search(match, held[0]) and held[0].startswith(f"{entity.entity_type_value.value} {entity.id}"), held
+    assert _leaf(session, digest.id, entity.id) == leaf
+    _, findings = run_incremental(session, keyring)
+    assert entity.id in {f.entity_id for f in findings if f.severity == "critical"}, findings
+    return digest
 
 
-def test_a_forged_head_after_the_last_digest_is_refused_and_the_incremental_audit_keeps_seeing_it(
-        db_session, skill, keyring) -> None:
+def _head(session, entity, version) -> tuple[int, bytes]:
+    return version, bytes(version_row(session, entity.id, version).link_hash)
+
+
+def test_a_forged_head_after_the_last_digest_is_held_at_its_trusted_leaf(db_session, skill, keyring) -> None:
     store_digest(db_session, keyring=keyring)
+    trusted = _head(db_session, skill, 3)
     _insert_junk_version(db_session, skill, as_head=True)  # version 4, a signature nobody made, the row pointed at it
-    _refused(db_session, keyring, rf"1 entity heads do not verify from the last trusted digest \(\d+\).*skill {skill.id}: "
-                                  r"(bad-signature|rehashed-version|link-hash-mismatch) at version 4")
-    _, findings = run_incremental(db_session, keyring)  # still against the digest before the forgery
-    assert {f.entity_id for f in findings if f.severity == "critical"} == {skill.id}
+    _held_back(db_session, keyring, skill, r"(bad-signature|rehashed-version|link-hash-mismatch) at version 4", leaf=trusted)
 
 
-def test_a_head_rolled_back_after_the_last_digest_is_refused(db_session, skill, keyring) -> None:
+def test_a_head_rolled_back_after_the_last_digest_is_held_at_its_trusted_leaf(db_session, skill, keyring) -> None:
     store_digest(db_session, keyring=keyring)  # leaf at version 3
+    trusted = _head(db_session, skill, 3)
     reset_row_to(db_session, skill, 2)
-    _refused(db_session, keyring, f"skill {skill.id}: its head went back from version 3 to 2")
+    _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=trusted)
 
 
-def test_a_version_edited_before_the_first_digest_is_refused_from_the_genesis(db_session, skill, keyring) -> None:
+def test_a_version_edited_before_the_first_digest_leaves_its_entity_out(db_session, skill, keyring) -> None:
     tamper_content(db_session, skill, keyring)  # version 2 of 3
-    _refused(db_session, keyring, rf"from the genesis \(no stored digest can be trusted\).*skill {skill.id}: "
-                                  r"content-hash-mismatch at version 2")
+    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=None)
 
 
-def test_an_entity_marked_deleted_by_sql_alone_is_refused(db_session, skill, keyring) -> None:
+def test_a_signature_after_the_trusted_leaf_is_checked_not_only_the_head_s(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    trusted = _head(db_session, skill, 3)
+    for description in ("version four", "version five"):
+        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": description}, ctx=write_ctx)
+    db_session.flush()
+    lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 4",
+               g=os.urandom(64), e=skill.id)
+    _held_back(db_session, keyring, skill, "bad-signature at version 4", leaf=trusted)
+
+
+def test_an_entity_marked_deleted_by_sql_alone_is_held_at_its_trusted_leaf(db_session, skill, keyring) -> None:
     store_digest(db_session, keyring=keyring)
+    trusted = _head(db_session, skill, 3)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
-    _refused(db_session, keyring, f"skill {skill.id}: its row is marked deleted, and no version records the deletion")
+    _held_back(db_session, keyring, skill, "its row is marked deleted, and no version records the deletion", leaf=trusted)
 
 
-def test_a_leaf_gone_from_its_chain_is_refused(db_session, skill, write_ctx, keyring) -> None:
+def test_a_leaf_gone_from_its_chain_is_held_as_a_leaf_naming_no_version(db_session, skill, write_ctx, keyring) -> None:
     store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _, link = _head(db_session, skill, 3)
     update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "version four"}, ctx=write_ctx)
     db_session.flush()
     lift_guard(db_session, "UPDATE entity_versions SET link_hash = :l WHERE entity_id = :e AND version = 3",
                l=b"\x05" * 32, e=skill.id)
-    _refused(db_session, keyring, f"skill {skill.id}: version 3, which the last digest holds, is gone from its chain")
+    _held_back(db_session, keyring, skill, "version 3, which the last trusted digest holds, is gone from its chain",
+               leaf=(0, link))
+
+
+def test_an_untrusted_latest_digest_is_passed_over_for_the_newest_trusted_one(db_session, skill, keyring) -> None:
+    """Breaking the latest digest (a leaf row deleted by plain SQL) does not make the next
+    one skip the checks against what an older digest held."""
+    store_digest(db_session, keyring=keyring)
+    trusted = _head(db_session, skill, 3)
+    latest = store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    db_session.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d AND entity_id <> :e"),
+                       {"d": latest.id, "e": skill.id})
+    db_session.expire_all()
+    _held_back(db_session, keyring, skill, "no version records the deletion", leaf=trusted)
+
+
+def test_with_no_digest_to_trust_every_deleted_entity_is_checked(db_session, skill, keyring) -> None:
+    latest = store_digest(db_session, keyring=keyring)
+    head = _head(db_session, skill, 3)
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    db_session.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d AND entity_id <> :e"),
+                       {"d": latest.id, "e": skill.id})  # the only digest, now untrusted
+    db_session.expire_all()
+    _held_back(db_session, keyring, skill, "does not record a deletion", leaf=head)
+
+
+def test_a_leaf_naming_no_version_from_before_the_check_is_read_as_the_genesis(db_session, skill, keyring, monkeypatch) -> None:
+    """A digest stored before heads were checked may hold a leaf of version 0; once the
+    entity is restored, the next digest attests it."""
+    import models.ledger
+    from models.embeddings import HashingEmbedder
+    from models.repair import restore_entity
+
+    db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
+    db_session.expire_all()
+    with monkeypatch.context() as patched:
+        patched.setattr(models.ledger, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
+        old = store_digest(db_session, keyring=keyring)
+    assert _leaf(db_session, old.id, skill.id) == (0, b"\x07" * 32)
+    restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
+                   actor="operator:test")
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)
+    assert held == []
 
 
 def test_signed_changes_since_the_last_digest_are_attested(db_session, skill, steward, write_ctx, keyring) -> None:
@@ -74,8 +143,9 @@ def test_signed_changes_since_the_last_digest_are_attested(db_session, skill, st
     update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
                   ctx=write_ctx)  # a soft delete: a version of its own
     db_session.flush()
-    second = store_digest(db_session, keyring=keyring)
-    assert (second.id > first.id, second.entity_count) == (True, first.entity_count - 1)  # the deleted skill left it
+    held: list[str] = []
+    second = store_digest(db_session, keyring=keyring, held_back=held)
+    assert (held, second.entity_count) == ([], first.entity_count - 1)  # the deleted skill left it
     _, findings = run_incremental(db_session, keyring)
     assert [f for f in findings if f.severity == "critical"] == []
 
@@ -83,6 +153,33 @@ def test_signed_changes_since_the_last_digest_are_attested(db_session, skill, st
 def test_a_version_a_sealed_retired_key_signed_after_its_seal_is_not_attested(db_session) -> None:
     from tests.test_key_seals import Rotated
 
-    rotated = Rotated(db_session)  # the latest digest is the seal's
+    rotated = Rotated(db_session)  # the latest digest is the seal's, at version 2
+    trusted = _head(db_session, rotated.skill, 2)
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3, after the seal
-    _refused(db_session, rotated.sealed, f"skill {rotated.skill.id}: signed-after-seal at version 3")
+    _held_back(db_session, rotated.sealed, rotated.skill, "signed-after-seal at version 3", leaf=trusted)
+
+
+def test_a_held_back_digest_is_trusted_as_the_next_one_s_base(db_session, skill, keyring) -> None:
+    """Its leaves are what the chain says (version 0 for a link none has), so the digest
+    after it can start from it."""
+    store_digest(db_session, keyring=keyring)
+    reset_row_to(db_session, skill, 2)
+    held_at = store_digest(db_session, keyring=keyring, held_back=[])
+    from models.ledger import stored_digest_problem
+
+    assert stored_digest_problem(db_session, held_at, keyring) is None  # leaves, root and versions as signed
+
+
+def test_beat_s_digest_task_counts_and_names_what_it_held_back(worker_sessions, engine, write_ctx) -> None:
+    from sqlalchemy.orm import Session
+
+    from models.seed import bootstrap_steward
+    from tasks import audit
+
+    with Session(engine) as session, session.begin():
+        steward = bootstrap_steward(session, write_ctx)
+    assert audit.ledger_store_digest()["heads_held_back"] == 0
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE agents SET deleted_at = now() WHERE id = :id"), {"id": steward})
+    result = audit.ledger_store_digest()
+    assert result["heads_held_back"] == 1 and result["held_back"][0].startswith(f"agent {steward}: "), result
