@@ -12,8 +12,8 @@ meanwhile escapes:
 
 - a leaf that is new or moved: the versions after the trusted leaf (all of them, from the
   genesis, when there is no trusted leaf) re-hash and link on from it up to the new head,
-  every one of their signatures verifies, and none was signed by a sealed retired key
-  after its seal;
+  every one of their signatures verifies (with no trusted digest, the head's, as a full
+  audit checks), and none was signed by a sealed retired key after its seal;
 - a leaf the trusted digest has and the new one lacks (with no trusted digest: every
   soft-deleted entity): its entity must have been deleted by a version of its own (the
   row's head records the deletion), checked the same way up to that head.
@@ -90,7 +90,7 @@ def check_heads(session: Session, *, digest_id: int, trusted_id: int | None, key
     their leaf rows are replaced by :attr:`HeldBack.leaf`. Returns what was held back."""
     held: list[HeldBack] = []
     for batch in _batches(_moved(session, digest_id, trusted_id), _gone(session, digest_id, trusted_id)):
-        held += _batch_held_back(session, batch, keyring)
+        held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
     if held:
         session.execute(delete(LedgerDigestHead).where(
             LedgerDigestHead.digest_id == digest_id, LedgerDigestHead.entity_id.in_([h.entity_id for h in held])))
@@ -153,13 +153,13 @@ def _deleted_heads(session: Session, targets: list[Target]) -> dict[uuid.UUID, b
     return heads
 
 
-def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing) -> list[HeldBack]:
+def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, signatures: str) -> list[HeldBack]:
     versions = versions_by_entity(session, [t.entity_id for t in targets])
     deleted = _deleted_heads(session, [t for t in targets if t.head is None])
     held, checked = [], []
     for target in targets:
         rows = versions.get(target.entity_id, [])
-        problem, chain = _problem(target, rows, deleted, keyring)
+        problem, chain = _problem(target, rows, deleted, keyring, signatures)
         if problem is not None:
             held.append(_held(target, problem, rows, deleted))
         else:
@@ -186,8 +186,12 @@ def _held(target: Target, problem: str, rows: list[Any], deleted: dict[uuid.UUID
     return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
 
 
-def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], keyring: KeyRing) -> tuple[str | None, list[Any]]:
-    """Why the head cannot be attested, or None with the versions it covers."""
+def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], keyring: KeyRing,
+             signatures: str) -> tuple[str | None, list[Any]]:
+    """Why the head cannot be attested, or None with the versions it covers. ``signatures``:
+    every one after the trusted leaf ("all"), as the incremental audit checks them, or with
+    no trusted digest the head's alone ("heads"), which signs the whole chain link by link,
+    as the full audit checks it."""
     if target.base_type is not None and target.base_type != target.entity_type:
         return f"its type changed from {target.base_type}", []
     if target.head is None:  # not held: it must have been deleted by a version of its own
@@ -210,7 +214,8 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
     tail = chain[base_version:]
     if not tail or bytes(tail[-1].link_hash) != link:
         return f"version {version} is not the one its head names", []
-    _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures="all", after=(base_version, base_link))
+    _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures=signatures,
+                                  after=(base_version, base_link))
     if findings:
         return f"{findings[0].code} at version {findings[0].version}", []
     if target.head is None and not records_a_deletion(bytes(tail[-1].content)):
