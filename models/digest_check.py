@@ -14,14 +14,15 @@ meanwhile escapes:
   genesis, when there is no trusted leaf) re-hash and link on from it up to the new head,
   every one of their signatures verifies (with no trusted digest, the head's, as a full
   audit checks), and none was signed by a sealed retired key after its seal;
-- a leaf the trusted digest has and the new one lacks (with no trusted digest: every
-  soft-deleted entity): its entity must have been deleted by a version of its own (the
-  row's head records the deletion), checked the same way up to that head.
+- a leaf the trusted digest has and the new one lacks, and a soft-deleted entity created
+  after the trusted digest (with none: every soft-deleted entity): its entity must have
+  been deleted by a version of its own (the row's head records the deletion), checked the
+  same way up to that head.
 
 A head that fails is not attested, and the digest is stored all the same (one damaged
-chain must not stop every later digest and key seal): the entity is held at its trusted
-leaf, or, with none, left out if live or held at its row's head if deleted. Either way
-every later incremental audit examines and reports it, until a digest can attest it.
+chain must not stop every later digest): the entity is held at its trusted leaf, or, with
+none, at the genesis link if live or its row's head if deleted. Either way every later
+incremental audit examines and reports it, and every later digest checks it again.
 Unchanged leaves cost a join row each; the rest cost what an incremental audit of them
 costs. With no trusted digest every chain is checked as a full audit checks it.
 """
@@ -38,8 +39,10 @@ from sqlalchemy import and_, delete, desc, insert, select
 from sqlalchemy.orm import Session, aliased
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
-from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
+from models.chain import GENESIS_LINK, EntityVersion, records_a_deletion, seal_findings, verify_versions, versions_by_entity
+from models.db import uuid_in
 from models.entities import ENTITY_MODELS
+from models.ledger_digest import digest_problem
 from models.signing import KeyRing
 
 BATCH = 500
@@ -61,43 +64,55 @@ class Target:
 
 @dataclass(frozen=True)
 class HeldBack:
-    """A head the digest does not attest, why, and the leaf it holds instead (None: none)."""
+    """A head the digest does not attest, why, and the leaf it holds instead."""
 
     entity_id: uuid.UUID
     entity_type: str
     problem: str
-    leaf: tuple[str, int, bytes] | None
+    leaf: tuple[str, int, bytes]
 
     def __str__(self) -> str:
         return f"{self.entity_type} {self.entity_id}: {self.problem}"
 
 
-def trusted_base(session: Session, keyring: KeyRing, problem_of: Any) -> int | None:
+def trusted_base(session: Session, keyring: KeyRing, problem_of: Any) -> LedgerDigest | None:
     """The newest stored digest with leaf rows whose ``problem_of(session, digest,
-    keyring)`` is None (:func:`models.ledger.stored_digest_problem`), among the newest
-    :data:`BASES_TRIED` with leaves; None when there is none."""
+    keyring)`` is None (:func:`models.ledger.stored_digest_problem`); None when there is
+    none. Only digests whose signed document verifies count toward the :data:`BASES_TRIED`
+    looked at, so rows made up through SQL cannot push a real one out of reach."""
     with_leaves = select(LedgerDigestHead.digest_id).where(LedgerDigestHead.digest_id == LedgerDigest.id).exists()
-    for digest in session.scalars(select(LedgerDigest).where(with_leaves)
-                                  .order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(BASES_TRIED)):
-        if problem_of(session, digest, keyring) is None:
-            return digest.id
-    return None
+    candidates = session.scalars(select(LedgerDigest).where(with_leaves).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
+                                 .execution_options(yield_per=BATCH))
+    tried = 0
+    try:
+        for digest in candidates:
+            if digest_problem(digest.document, keyring) is not None:
+                continue
+            if problem_of(session, digest, keyring) is None:
+                return digest
+            tried += 1
+            if tried == BASES_TRIED:
+                break
+        return None
+    finally:
+        candidates.close()
 
 
-def check_heads(session: Session, *, digest_id: int, trusted_id: int | None, keyring: KeyRing) -> list[HeldBack]:
+def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | None, keyring: KeyRing) -> list[HeldBack]:
     """Check the heads digest ``digest_id`` holds (its leaf rows, not signed yet) against
-    the trusted digest ``trusted_id`` (or the genesis), and hold back those that fail:
-    their leaf rows are replaced by :attr:`HeldBack.leaf`. Returns what was held back."""
+    the ``trusted`` digest (or the genesis), and hold back those that fail: their leaf
+    rows are replaced by :attr:`HeldBack.leaf`. Returns what was held back."""
     held: list[HeldBack] = []
-    for batch in _batches(_moved(session, digest_id, trusted_id), _gone(session, digest_id, trusted_id)):
+    trusted_id = trusted.id if trusted is not None else None
+    gone = _gone(session, digest_id, trusted_id, trusted.as_of if trusted is not None else None)
+    for batch in _batches(_moved(session, digest_id, trusted_id), gone):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
     if held:
         session.execute(delete(LedgerDigestHead).where(
-            LedgerDigestHead.digest_id == digest_id, LedgerDigestHead.entity_id.in_([h.entity_id for h in held])))
-        leaves = [{"digest_id": digest_id, "entity_id": h.entity_id, "entity_type": h.leaf[0], "version": h.leaf[1],
-                   "link_hash": h.leaf[2]} for h in held if h.leaf is not None]
-        if leaves:
-            session.execute(insert(LedgerDigestHead), leaves)
+            LedgerDigestHead.digest_id == digest_id, uuid_in(LedgerDigestHead.entity_id, (h.entity_id for h in held))))
+        session.execute(insert(LedgerDigestHead), [
+            {"digest_id": digest_id, "entity_id": h.entity_id, "entity_type": h.leaf[0], "version": h.leaf[1], "link_hash": h.leaf[2]}
+            for h in held])
     return held
 
 
@@ -112,9 +127,11 @@ def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Iterator
         yield Target(entity_id, kind, base, (version, bytes(link)), old_kind if old_version else None)
 
 
-def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
-    """The trusted digest's leaves the new one lacks; with none, every soft-deleted entity
-    (each would otherwise be read by no incremental audit: none holds it)."""
+def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_of: Any) -> Iterator[Target]:
+    """The trusted digest's leaves the new one lacks, and the soft-deleted entities the
+    trusted digest does not hold that were created after it; with no trusted digest, every
+    soft-deleted entity. Each would otherwise be read by no incremental audit: none holds
+    it, and none treats it as created since."""
     if trusted_id is not None:
         new, old = aliased(LedgerDigestHead), LedgerDigestHead
         held = select(new.entity_id).where(new.digest_id == digest_id, new.entity_id == old.entity_id).exists()
@@ -122,9 +139,14 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[
         for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
             base = (version, bytes(link)) if version else (0, GENESIS_LINK)
             yield Target(entity_id, kind, base, None, kind if version else None)
-        return
     for entity_type, model in ENTITY_MODELS.items():
         query = select(model.id).where(model.deleted_at.is_not(None)).order_by(model.id)
+        if trusted_id is not None:
+            leaf = aliased(LedgerDigestHead)
+            first = aliased(EntityVersion)
+            query = query.where(
+                ~select(leaf.entity_id).where(leaf.digest_id == trusted_id, leaf.entity_id == model.id).exists(),
+                select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > trusted_as_of).exists())
         for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
             yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
 
@@ -172,16 +194,17 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
 
 
 def _held(target: Target, problem: str, rows: list[Any], deleted: dict[uuid.UUID, bytes]) -> HeldBack:
-    """The leaf a head that failed is held at: its trusted leaf; with none, none for a live
-    entity (a live entity with no leaf is examined by every incremental audit) and the
-    head of its row for a deleted one (a deleted entity with a leaf is, too). Its version
-    is the chain's version with that link, or 0 when none has it, as in every leaf."""
+    """The leaf a head that failed is held at: its trusted leaf; with none, the genesis link
+    for a live entity and the head of its row for a deleted one. Every later incremental
+    audit examines an entity held so (a live one from its genesis), and the next digest
+    checks it again, from the leaf, even once it is deleted. Its version is the chain's
+    version with that link, or 0 when none has it, as in every leaf."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
     elif target.head is None and target.entity_id in deleted:
         kind, link = target.entity_type, deleted[target.entity_id]
     else:
-        return HeldBack(target.entity_id, target.entity_type, problem, None)
+        kind, link = target.entity_type, GENESIS_LINK
     version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
     return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
 

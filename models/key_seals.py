@@ -70,7 +70,11 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
             if astray:
                 raise SigningKeyError(f"{len(astray)} entity row(s) do not point at the newest version of their chain "
                                       f"(e.g. {astray[0]}): a seal would vouch for them; audit and restore them first")
-            digest = store_digest(session, keyring=keyring)
+            held_back: list[str] = []
+            digest = store_digest(session, keyring=keyring, held_back=held_back)
+            if held_back:  # the seal would hold them at older versions for good: whatever the key signed since, forged
+                raise SigningKeyError(f"{len(held_back)} entity head(s) do not verify (e.g. {held_back[0]}): a seal would "
+                                      "vouch for them; audit and restore them first; nothing was sealed")
             digest.keep_leaves = True  # the seal's checks read them for good
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
             deleted = deleted_heads(session)

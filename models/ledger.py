@@ -228,9 +228,9 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     if misshapen:
         raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
                            "changed outside Plant (audit them)")
-    held = check_heads(session, digest_id=digest.id, trusted_id=trusted, keyring=keyring)
+    held = check_heads(session, digest_id=digest.id, trusted=trusted, keyring=keyring)
     if held:
-        base = f"digest {trusted}" if trusted is not None else "the genesis (no stored digest can be trusted)"
+        base = f"digest {trusted.id}" if trusted is not None else "the genesis (no stored digest can be trusted)"
         log.warning("digest %s holds back %d entity heads that do not verify from %s: %s", digest.id, len(held), base,
                     "; ".join(map(str, held[:10])) + ("; …" if len(held) > 10 else ""))
         if held_back is not None:

@@ -13,6 +13,7 @@ import re
 
 from sqlalchemy import text
 
+from models.chain import GENESIS_LINK
 from models.entities import EntityType
 from models.ledger import store_digest
 from models.registry import update_entity
@@ -29,8 +30,8 @@ def _leaf(session, digest_id, entity_id) -> tuple[int, bytes] | None:
     return (row[0], bytes(row[1])) if row else None
 
 
-def _held_back(session, keyring, entity, match: str, *, leaf: tuple[int, bytes] | None):
-    """The next digest is stored, holds ``entity`` at ``leaf`` (None: no leaf), says why,
+def _held_back(session, keyring, entity, match: str, *, leaf: tuple[int, bytes]):
+    """The next digest is stored, holds ``entity`` at ``leaf``, says why,
     and the incremental audit against it still reports the entity."""
     held: list[str] = []
     digest = store_digest(session, keyring=keyring, held_back=held)
@@ -59,9 +60,9 @@ def test_a_head_rolled_back_after_the_last_digest_is_held_at_its_trusted_leaf(db
     _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=trusted)
 
 
-def test_a_version_edited_before_the_first_digest_leaves_its_entity_out(db_session, skill, keyring) -> None:
+def test_a_version_edited_before_the_first_digest_holds_its_entity_at_the_genesis(db_session, skill, keyring) -> None:
     tamper_content(db_session, skill, keyring)  # version 2 of 3
-    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=None)
+    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=(0, GENESIS_LINK))
 
 
 def test_a_signature_after_the_trusted_leaf_is_checked_not_only_the_head_s(db_session, skill, write_ctx, keyring) -> None:
@@ -183,3 +184,44 @@ def test_beat_s_digest_task_counts_and_names_what_it_held_back(worker_sessions, 
         session.execute(text("UPDATE agents SET deleted_at = now() WHERE id = :id"), {"id": steward})
     result = audit.ledger_store_digest()
     assert result["heads_held_back"] == 1 and result["held_back"][0].startswith(f"agent {steward}: "), result
+
+
+def test_a_live_entity_held_at_the_genesis_is_checked_again_once_deleted(db_session, skill, keyring) -> None:
+    tamper_content(db_session, skill, keyring)
+    store_digest(db_session, keyring=keyring, held_back=[])  # holds it at the genesis
+    db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=_head(db_session, skill, 3))
+
+
+def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checked(engine, committed_steward, write_ctx, keyring) -> None:
+    """Committed transactions: the entity's first version is stamped after the digest's time."""
+    from sqlalchemy.orm import Session
+
+    from models.registry import create_entity
+
+    with Session(engine) as session, session.begin():
+        store_digest(session, keyring=keyring)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        skill = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": "Made After", "skill_key": "made-after", "category": "technical", "description": "made after the digest",
+            "governance_agent_id": committed_steward})
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    with Session(engine) as session, session.begin():
+        _held_back(session, keyring, skill, "its row is marked deleted but version 1 does not record a deletion",
+                   leaf=_head(session, skill, 1))
+
+
+def test_digests_made_up_through_sql_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
+    from models.digest_check import BASES_TRIED, trusted_base
+    from models.ledger import stored_digest_problem
+
+    real = store_digest(db_session, keyring=keyring)
+    for _ in range(BASES_TRIED + 1):
+        made_up = db_session.scalar(text(
+            "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+            "VALUES (now(), 1, :root, 'k', '', '{}') RETURNING id"), {"root": bytes(32)})
+        db_session.execute(text("INSERT INTO ledger_digest_heads (digest_id, entity_id, entity_type, version, link_hash) "
+                                "VALUES (:d, gen_random_uuid(), 'skill', 0, :link)"), {"d": made_up, "link": bytes(32)})
+    assert trusted_base(db_session, keyring, stored_digest_problem).id == real.id
