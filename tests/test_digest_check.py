@@ -225,3 +225,33 @@ def test_digests_made_up_through_sql_do_not_push_the_trusted_one_out_of_reach(db
         db_session.execute(text("INSERT INTO ledger_digest_heads (digest_id, entity_id, entity_type, version, link_hash) "
                                 "VALUES (:d, gen_random_uuid(), 'skill', 0, :link)"), {"d": made_up, "link": bytes(32)})
     assert trusted_base(db_session, keyring, stored_digest_problem).id == real.id
+
+
+def test_a_key_seal_refuses_to_hold_a_head_back_for_good(engine, settings, clean_db, tmp_path) -> None:
+    """A seal's digest decides for good what its key signed before the seal: held at an older
+    version, the entity's later versions by that key would all read as forged."""
+    import pytest
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from models.embeddings import HashingEmbedder
+    from models.errors import SigningKeyError
+    from models.key_seals import seal_retired_keys
+    from models.registry import WriteContext
+    from models.seed import bootstrap_steward
+    from models.settings import load_settings
+    from models.signing import KeyRing, generate_ed25519
+
+    old, new = generate_ed25519(), generate_ed25519()
+    own = load_settings(database_url=settings.database_url, data_dir=tmp_path / "data")
+    own.active_signing_key_path.parent.mkdir(parents=True)
+    own.active_signing_key_path.write_bytes(new.private_pem())
+    own.retired_signing_keys_path.mkdir(parents=True)
+    (own.retired_signing_keys_path / "old.pem").write_bytes(old.verifier().public_pem())
+    with Session(engine) as session, session.begin():
+        steward = bootstrap_steward(session, WriteContext("test", KeyRing(old), HashingEmbedder()))
+        lift_guard(session, "UPDATE entity_versions SET content = content || ' '::bytea WHERE entity_id = :e AND version = 1",
+                   e=steward)
+    with pytest.raises(SigningKeyError, match=rf"do not verify \(e\.g\. agent {steward}: content-hash-mismatch.*nothing was sealed"):
+        seal_retired_keys(own, sessionmaker(engine))
+    with Session(engine) as session:
+        assert session.scalar(text("SELECT count(*) FROM ledger_digests")) == 0
