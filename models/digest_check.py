@@ -21,8 +21,9 @@ meanwhile escapes:
 
 A head that fails is not attested, and the digest is stored all the same (one damaged
 chain must not stop every later digest): the entity is held at its trusted leaf, or, with
-none, at the genesis link if live or its row's head if deleted. Either way every later
-incremental audit examines and reports it, and every later digest checks it again.
+none, at a placeholder that names no version (the genesis link, version 0). Either way
+every later incremental audit examines and reports it, and every later digest checks it
+again (a trusted leaf of version 0 is always checked).
 Unchanged leaves cost a join row each; the rest cost what an incremental audit of them
 costs. With no trusted digest every chain is checked as a full audit checks it.
 """
@@ -107,6 +108,7 @@ def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | Non
     gone = _gone(session, digest_id, trusted_id, trusted.as_of if trusted is not None else None)
     for batch in _batches(_moved(session, digest_id, trusted_id), gone):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
+    held = list({h.entity_id: h for h in reversed(held)}.values())  # one per entity: the first found
     if held:
         session.execute(delete(LedgerDigestHead).where(
             LedgerDigestHead.digest_id == digest_id, uuid_in(LedgerDigestHead.entity_id, (h.entity_id for h in held))))
@@ -120,7 +122,8 @@ def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Iterator
     new, old = LedgerDigestHead, aliased(LedgerDigestHead)
     query = select(new.entity_id, new.entity_type, new.version, new.link_hash, old.version, old.link_hash, old.entity_type).outerjoin(
         old, and_(old.digest_id == trusted_id, old.entity_id == new.entity_id)
-    ).where(new.digest_id == digest_id, old.link_hash.is_distinct_from(new.link_hash) | old.entity_type.is_distinct_from(new.entity_type))
+    ).where(new.digest_id == digest_id, old.link_hash.is_distinct_from(new.link_hash) | old.entity_type.is_distinct_from(new.entity_type)
+            | (old.version == 0))  # a leaf naming no version vouches for nothing: checked every time
     for entity_id, kind, version, link, old_version, old_link, old_kind in session.execute(query.execution_options(yield_per=BATCH)):
         # A leaf of version 0 (a digest stored before this check) names no version: the genesis.
         base = (old_version, bytes(old_link)) if old_link is not None and old_version else (0, GENESIS_LINK)
@@ -140,7 +143,9 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_o
             base = (version, bytes(link)) if version else (0, GENESIS_LINK)
             yield Target(entity_id, kind, base, None, kind if version else None)
     for entity_type, model in ENTITY_MODELS.items():
-        query = select(model.id).where(model.deleted_at.is_not(None)).order_by(model.id)
+        now_held = aliased(LedgerDigestHead)  # live when the leaves were written, deleted since: checked there
+        query = select(model.id).where(model.deleted_at.is_not(None), ~select(now_held.entity_id).where(
+            now_held.digest_id == digest_id, now_held.entity_id == model.id).exists()).order_by(model.id)
         if trusted_id is not None:
             leaf = aliased(LedgerDigestHead)
             first = aliased(EntityVersion)
@@ -183,30 +188,27 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
         rows = versions.get(target.entity_id, [])
         problem, chain = _problem(target, rows, deleted, keyring, signatures)
         if problem is not None:
-            held.append(_held(target, problem, rows, deleted))
+            held.append(_held(target, problem, rows))
         else:
             checked.append((SimpleNamespace(id=target.entity_id), chain))
     by_id = {t.entity_id: t for t in targets}
     for entity_id, finding in seal_findings(session, checked, keyring).items():
         target = by_id[entity_id]
-        held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, []), deleted))
+        held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, [])))
     return held
 
 
-def _held(target: Target, problem: str, rows: list[Any], deleted: dict[uuid.UUID, bytes]) -> HeldBack:
-    """The leaf a head that failed is held at: its trusted leaf; with none, the genesis link
-    for a live entity and the head of its row for a deleted one. Every later incremental
-    audit examines an entity held so (a live one from its genesis), and the next digest
-    checks it again, from the leaf, even once it is deleted. Its version is the chain's
-    version with that link, or 0 when none has it, as in every leaf."""
+def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
+    """The leaf a head that failed is held at: its trusted leaf (at the version of the chain
+    that carries its link, or 0 when none does, as in every leaf), or with none a
+    placeholder that names no version (the genesis link, version 0), never the head that
+    failed. Every later incremental audit examines an entity held at a leaf of version 0
+    from its genesis, and every later digest checks it again, live or deleted."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
-    elif target.head is None and target.entity_id in deleted:
-        kind, link = target.entity_type, deleted[target.entity_id]
-    else:
-        kind, link = target.entity_type, GENESIS_LINK
-    version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
-    return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
+        version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
+        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
+    return HeldBack(target.entity_id, target.entity_type, problem, (target.entity_type, 0, GENESIS_LINK))
 
 
 def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], keyring: KeyRing,
@@ -225,7 +227,7 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
     else:
         version, link = target.head
     base_version, base_link = target.base
-    if not version:
+    if not version or link == GENESIS_LINK:  # no real link is the genesis link: a version carrying it is forged
         return "its head names no version of its chain", []
     if target.head is None and (version, link) == target.base:
         return "its row is marked deleted, and no version records the deletion", []

@@ -134,8 +134,9 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as
     changed = select(model.id, head.version, head.link_hash, case((model.deleted_at.is_not(None), 1), else_=0).label("deleted")).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
     ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _created_since(model, as_of)))
-    if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too
-        changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash)))
+    if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
+        changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
+                                    head.version == 0))
     else:
         changed = changed.where(model.id.in_(among))
     live = select(null(), null(), null(), func.count()).select_from(model).where(model.deleted_at.is_(None))

@@ -110,12 +110,11 @@ def test_an_untrusted_latest_digest_is_passed_over_for_the_newest_trusted_one(db
 
 def test_with_no_digest_to_trust_every_deleted_entity_is_checked(db_session, skill, keyring) -> None:
     latest = store_digest(db_session, keyring=keyring)
-    head = _head(db_session, skill, 3)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     db_session.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d AND entity_id <> :e"),
                        {"d": latest.id, "e": skill.id})  # the only digest, now untrusted
     db_session.expire_all()
-    _held_back(db_session, keyring, skill, "does not record a deletion", leaf=head)
+    _held_back(db_session, keyring, skill, "does not record a deletion", leaf=(0, GENESIS_LINK))
 
 
 def test_a_leaf_naming_no_version_from_before_the_check_is_read_as_the_genesis(db_session, skill, keyring, monkeypatch) -> None:
@@ -191,7 +190,7 @@ def test_a_live_entity_held_at_the_genesis_is_checked_again_once_deleted(db_sess
     store_digest(db_session, keyring=keyring, held_back=[])  # holds it at the genesis
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
-    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=_head(db_session, skill, 3))
+    _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=(0, GENESIS_LINK))
 
 
 def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checked(engine, committed_steward, write_ctx, keyring) -> None:
@@ -210,7 +209,7 @@ def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checke
         session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     with Session(engine) as session, session.begin():
         _held_back(session, keyring, skill, "its row is marked deleted but version 1 does not record a deletion",
-                   leaf=_head(session, skill, 1))
+                   leaf=(0, GENESIS_LINK))
 
 
 def test_digests_made_up_through_sql_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
@@ -255,3 +254,27 @@ def test_a_key_seal_refuses_to_hold_a_head_back_for_good(engine, settings, clean
         seal_retired_keys(own, sessionmaker(engine))
     with Session(engine) as session:
         assert session.scalar(text("SELECT count(*) FROM ledger_digests")) == 0
+
+
+def test_a_forged_head_carrying_the_genesis_link_is_never_attested(db_session, skill, keyring) -> None:
+    """A placeholder names no version, whatever version an intruder gives the genesis link."""
+    _insert_junk_version(db_session, skill, link=GENESIS_LINK, as_head=True)  # version 4, the row pointed at it
+    _held_back(db_session, keyring, skill, "its head names no version", leaf=(0, GENESIS_LINK))
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)  # the next hour's: checked again, held again
+    assert [h for h in held if str(skill.id) in h], held
+    _, findings = run_incremental(db_session, keyring)
+    assert skill.id in {f.entity_id for f in findings if f.severity == "critical"}
+
+
+def test_a_placeholder_leaf_is_not_compared_by_the_tampering_check(db_session, skill, keyring) -> None:
+    from models.audit import check_entity
+    from models.embeddings import HashingEmbedder
+    from models.repair import restore_entity
+
+    db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
+    db_session.expire_all()
+    store_digest(db_session, keyring=keyring, held_back=[])  # held at the placeholder
+    restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
+                   actor="operator:test")
+    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring).tampered
