@@ -123,11 +123,10 @@ def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Iterator
     query = select(new.entity_id, new.entity_type, new.version, new.link_hash, old.version, old.link_hash, old.entity_type).outerjoin(
         old, and_(old.digest_id == trusted_id, old.entity_id == new.entity_id)
     ).where(new.digest_id == digest_id, old.link_hash.is_distinct_from(new.link_hash) | old.entity_type.is_distinct_from(new.entity_type)
-            | (old.version == 0))  # a leaf naming no version vouches for nothing: checked every time
+            | (old.version == 0) | (old.link_hash == GENESIS_LINK))  # a leaf naming no version vouches for nothing: checked every time
     for entity_id, kind, version, link, old_version, old_link, old_kind in session.execute(query.execution_options(yield_per=BATCH)):
-        # A leaf of version 0 (a digest stored before this check) names no version: the genesis.
-        base = (old_version, bytes(old_link)) if old_link is not None and old_version else (0, GENESIS_LINK)
-        yield Target(entity_id, kind, base, (version, bytes(link)), old_kind if old_version else None)
+        base, base_type = _base(old_version, old_link, old_kind)
+        yield Target(entity_id, kind, base, (version, bytes(link)), base_type)
 
 
 def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_of: Any) -> Iterator[Target]:
@@ -140,8 +139,8 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_o
         held = select(new.entity_id).where(new.digest_id == digest_id, new.entity_id == old.entity_id).exists()
         query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(old.digest_id == trusted_id, ~held)
         for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
-            base = (version, bytes(link)) if version else (0, GENESIS_LINK)
-            yield Target(entity_id, kind, base, None, kind if version else None)
+            base, base_type = _base(version, link, kind)
+            yield Target(entity_id, kind, base, None, base_type)
     for entity_type, model in ENTITY_MODELS.items():
         now_held = aliased(LedgerDigestHead)  # live when the leaves were written, deleted since: checked there
         query = select(model.id).where(model.deleted_at.is_not(None), ~select(now_held.entity_id).where(
@@ -154,6 +153,16 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_o
                 select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > trusted_as_of).exists())
         for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
             yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
+
+
+def _base(version: int | None, link: bytes | None, kind: str | None) -> tuple[tuple[int, bytes], str | None]:
+    """A trusted leaf as the base to check from, and its type: none, or the placeholder,
+    is the genesis. A leaf of version 0 with another link holds a link its chain lost (a
+    trusted leaf whose version was deleted since): it stays a base the chain must still
+    carry, so the rollback is held again, never read as a new entity."""
+    if link is None or bytes(link) == GENESIS_LINK:
+        return (0, GENESIS_LINK), None
+    return (version or 0, bytes(link)), kind
 
 
 def _batches(*sources: Iterator[Target]) -> Iterator[list[Target]]:
@@ -219,6 +228,8 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
     as the full audit checks it."""
     if target.base_type is not None and target.base_type != target.entity_type:
         return f"its type changed from {target.base_type}", []
+    if target.base_type is not None and not target.base[0]:
+        return "the link its last trusted leaf holds is gone from its chain", []
     if target.head is None:  # not held: it must have been deleted by a version of its own
         link = deleted.get(target.entity_id)
         if link is None:
@@ -245,5 +256,7 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
         return f"{findings[0].code} at version {findings[0].version}", []
     if target.head is None and not records_a_deletion(bytes(tail[-1].content)):
         return f"its row is marked deleted but version {version} does not record a deletion", []
+    if target.head is not None and records_a_deletion(bytes(tail[-1].content)):
+        return f"its row is live but version {version} records its deletion", []
     return None, tail
 

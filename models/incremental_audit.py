@@ -136,7 +136,7 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as
     ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _created_since(model, as_of)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
-                                    head.version == 0))
+                                    head.version == 0, head.link_hash == GENESIS_LINK))
     else:
         changed = changed.where(model.id.in_(among))
     live = select(null(), null(), null(), func.count()).select_from(model).where(model.deleted_at.is_(None))
@@ -252,10 +252,11 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
 
 
 def _after_leaf(rows: list, leaf: tuple[int, bytes]) -> int | None:
-    """How many of ``rows`` the leaf covers (0 for an entity new since the digest), or
-    None when no version carries the leaf's link any more."""
+    """How many of ``rows`` the leaf covers (0 for an entity new since the digest, or held
+    at the placeholder: models.digest_check), or None when no version carries the leaf's
+    link any more (a leaf of version 0 with another link: one its chain lost)."""
     if not leaf[0]:
-        return 0
+        return 0 if leaf[1] == GENESIS_LINK else None
     return next((i + 1 for i, row in enumerate(rows) if bytes(row.link_hash) == leaf[1]), None)
 
 

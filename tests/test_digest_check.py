@@ -18,7 +18,7 @@ from models.entities import EntityType
 from models.ledger import store_digest
 from models.registry import update_entity
 from tests.test_audit import (
-    _insert_junk_version, lift_guard, reset_row_to, run_incremental, tamper_content, version_row,
+    _insert_junk_version, lift_guard, reset_row_to, run_incremental, tamper_content, tamper_delete_newest, version_row,
 )
 
 E = EntityType
@@ -117,9 +117,10 @@ def test_with_no_digest_to_trust_every_deleted_entity_is_checked(db_session, ski
     _held_back(db_session, keyring, skill, "does not record a deletion", leaf=(0, GENESIS_LINK))
 
 
-def test_a_leaf_naming_no_version_from_before_the_check_is_read_as_the_genesis(db_session, skill, keyring, monkeypatch) -> None:
-    """A digest stored before heads were checked may hold a leaf of version 0; once the
-    entity is restored, the next digest attests it."""
+def test_a_leaf_naming_no_version_from_before_the_check_keeps_its_entity_held(db_session, skill, keyring, monkeypatch) -> None:
+    """A digest stored before heads were checked may hold a leaf of version 0 with a link no
+    version carries. Its entity is held and reported from then on, even once restored: such
+    a leaf cannot be told from a trusted leaf whose version was deleted since (a rollback)."""
     import models.ledger
     from models.embeddings import HashingEmbedder
     from models.repair import restore_entity
@@ -132,9 +133,26 @@ def test_a_leaf_naming_no_version_from_before_the_check_is_read_as_the_genesis(d
     assert _leaf(db_session, old.id, skill.id) == (0, b"\x07" * 32)
     restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
                    actor="operator:test")
-    held: list[str] = []
-    store_digest(db_session, keyring=keyring, held_back=held)
-    assert held == []
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, b"\x07" * 32))
+
+
+def test_a_rollback_that_deletes_the_trusted_version_stays_held(db_session, skill, keyring) -> None:
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _, link = _head(db_session, skill, 3)
+    tamper_delete_newest(db_session, skill, keyring)  # version 3 deleted, the row reset to version 2
+    _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=(0, link))
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+
+
+def test_a_live_row_whose_head_records_its_deletion_is_held(db_session, skill, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    trusted = _head(db_session, skill, 3)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+                  ctx=write_ctx)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET deleted_at = NULL WHERE id = :id"), {"id": skill.id})  # undeleted by SQL alone
+    db_session.expire_all()
+    _held_back(db_session, keyring, skill, "its row is live but version 4 records its deletion", leaf=trusted)
 
 
 def test_signed_changes_since_the_last_digest_are_attested(db_session, skill, steward, write_ctx, keyring) -> None:
