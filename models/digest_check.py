@@ -108,7 +108,10 @@ def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | Non
     gone = _gone(session, digest_id, trusted_id, trusted.as_of if trusted is not None else None)
     for batch in _batches(_moved(session, digest_id, trusted_id), gone):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
-    held = list({h.entity_id: h for h in reversed(held)}.values())  # one per entity: the first found
+    first: dict[uuid.UUID, HeldBack] = {}
+    for h in held:  # one per entity: a delete committed during the check can bring one up twice
+        first.setdefault(h.entity_id, h)
+    held = list(first.values())
     if held:
         session.execute(delete(LedgerDigestHead).where(
             LedgerDigestHead.digest_id == digest_id, uuid_in(LedgerDigestHead.entity_id, (h.entity_id for h in held))))
@@ -184,7 +187,7 @@ def _deleted_heads(session: Session, targets: list[Target]) -> dict[uuid.UUID, b
         ids = [t.entity_id for t in targets if t.entity_type == entity_type.value]
         if ids:
             heads.update((entity_id, bytes(link)) for entity_id, link in session.execute(
-                select(model.id, model.head_link_hash).where(model.id.in_(ids), model.deleted_at.is_not(None),
+                select(model.id, model.head_link_hash).where(uuid_in(model.id, ids), model.deleted_at.is_not(None),
                                                              model.head_link_hash.is_not(None))))
     return heads
 

@@ -224,7 +224,7 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     heads = _heads_query(chain_versions=True).subquery()
     session.execute(insert(LedgerDigestHead).from_select(
         ["digest_id", "entity_id", "entity_type", "version", "link_hash"], select(literal(digest.id), *heads.c)))
-    _, _, misshapen = _leaf_hashes(session, digest.id)
+    count, hashes, misshapen = _leaf_hashes(session, digest.id)
     if misshapen:
         raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
                            "changed outside Plant (audit them)")
@@ -235,7 +235,7 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
                     "; ".join(map(str, held[:10])) + ("; …" if len(held) > 10 else ""))
         if held_back is not None:
             held_back += map(str, held)
-    count, hashes, _ = _leaf_hashes(session, digest.id)
+        count, hashes, _ = _leaf_hashes(session, digest.id)  # the held leaves replaced some rows
     document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
