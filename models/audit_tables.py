@@ -119,17 +119,36 @@ class LedgerDigest(Base):
     # Leaf rows kept whatever newer digests come (a key seal's digest; every digest stored
     # before migration 0011); others go once PLANT_DIGEST_LEAVES_KEPT newer ones exist.
     keep_leaves: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # The deleted entities' heads kept beside the leaves (ledger_digest_tombstones): how many,
+    # their RFC 6962 root, and a signature by the digest's key over both (see
+    # models.ledger.tombstones_statement). NULL for digests stored before migration 0018.
+    tombstone_count: Mapped[int | None] = mapped_column(Integer)
+    tombstones_root: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    tombstones_signature: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[CreatedAt]
 
 
-class LedgerDigestHead(Base):
-    __tablename__ = "ledger_digest_heads"
+class _DigestHeadColumns:
+    """One entity's head as a stored digest keeps it."""
 
     digest_id: Mapped[int] = mapped_column(ForeignKey("ledger_digests.id", ondelete="CASCADE"), primary_key=True)
     entity_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     entity_type: Mapped[str] = mapped_column(String(16))
     version: Mapped[int] = mapped_column(Integer)
     link_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LedgerDigestHead(_DigestHeadColumns, Base):
+    """A leaf: a live entity's head, covered by the digest's signed ``heads_root``."""
+
+    __tablename__ = "ledger_digest_heads"
+
+
+class LedgerDigestTombstone(_DigestHeadColumns, Base):
+    """A soft-deleted entity's head (the version recording its deletion), covered by the
+    digest's signed ``tombstones_root`` (migration 0018)."""
+
+    __tablename__ = "ledger_digest_tombstones"
 
 
 class ScheduledFire(Base):

@@ -131,8 +131,8 @@ def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
     return l0, l1
 
 
-# The tables the database guards, each with its triggers (migrations 0002, 0006, 0013, 0014,
-# 0015 and 0016): the chain and its repairs, the signed ledger digests an incremental audit compares
+# The tables the database guards, each with its triggers (migrations 0002, 0006, 0013 to
+# 0018): the chain and its repairs, the signed ledger digests an incremental audit compares
 # against, the audit record a signed report is built from (findings, finished runs, the
 # signatures handed out), and the entity rows, which are never deleted (only signed as
 # deleted).
@@ -143,8 +143,9 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
     # Migration 0017: no leaf row UPDATEd or TRUNCATEd, none added to a signed digest, nor a kept digest's DELETEd.
-    "ledger_digest_heads": ("ledger_digest_heads_no_update", "ledger_digest_heads_kept_no_delete",
-                            "ledger_digest_heads_signed_no_insert", "ledger_digest_heads_no_truncate"),
+    # Migration 0018: likewise for the deleted entities' heads a digest keeps beside its leaves.
+    **{table: (f"{table}_no_update", f"{table}_kept_no_delete", f"{table}_signed_no_insert", f"{table}_no_truncate")
+       for table in ("ledger_digest_heads", "ledger_digest_tombstones")},
     # And no finding for a finished run (migration 0015), nor with an id ahead of its sequence (0016).
     "audit_findings": ("audit_findings_no_update_delete", "audit_findings_no_truncate", "audit_findings_no_insert_after_close",
                        "audit_findings_no_id_ahead"),

@@ -5,27 +5,30 @@ of its leaves are not checked again. So a digest must not take a head as its row
 unchecked, or a version forged (or a head rolled back) before the hourly digest would be
 trusted from then on and seen only by the next full audit.
 
-:func:`check_heads` compares the new digest's leaves with those of the newest stored
-digest that still has its leaves and can be trusted (:func:`trusted_base`), in the
-transaction that stores the new one, over the leaf rows as written, so nothing committed
-meanwhile escapes:
+A digest holds each live entity's head as a leaf and each soft-deleted one's as a tombstone
+(migration 0018). :func:`check_heads` compares both with those of the newest stored digest
+that still has its leaves and can be trusted (:func:`trusted_base`), in the transaction
+that stores the new one, over the rows as written, so nothing committed meanwhile escapes:
 
-- a leaf that is new or moved: the versions after the trusted leaf (all of them, from the
-  genesis, when there is no trusted leaf) re-hash and link on from it up to the new head,
-  every one of their signatures verifies (with no trusted digest, the head's, as a full
-  audit checks), and none was signed by a sealed retired key after its seal;
-- a leaf the trusted digest has and the new one lacks, and a soft-deleted entity created
-  after the trusted digest (with none: every soft-deleted entity): its entity must have
-  been deleted by a version of its own (the row's head records the deletion), checked the
-  same way up to that head.
+- a leaf or tombstone that is new or moved: the versions after the trusted leaf or
+  tombstone (all of them, from the genesis, when there is neither) re-hash and link on from
+  it up to the new head, every one of their signatures verifies (with no trusted digest,
+  the head's, as a full audit checks), and none was signed by a sealed retired key after
+  its seal. A tombstone's head must record the deletion, a leaf's must not; and an entity
+  the trusted digest keeps a tombstone for is never live again (Plant has no undelete: an
+  entity brought back by deleting its deletion version is held back);
+- a trusted leaf or tombstone the new digest has neither of, and a row with no head that
+  the trusted digest does not hold: held back.
 
 A head that fails is not attested, and the digest is stored all the same (one damaged
-chain must not stop every later digest): the entity is held at its trusted leaf, or, with
-none, at a placeholder that names no version (the genesis link, version 0). Either way
-every later incremental audit examines and reports it, and every later digest checks it
-again (a trusted leaf of version 0 is always checked).
-Unchanged leaves cost a join row each; the rest cost what an incremental audit of them
-costs. With no trusted digest every chain is checked as a full audit checks it.
+chain must not stop every later digest): the entity is held at its trusted leaf or
+tombstone, kept as a leaf, or, with none, at a placeholder leaf that names no version (the
+genesis link, version 0). Either way every later incremental audit examines and reports it,
+and every later digest checks it again (a trusted leaf of version 0 is always checked).
+Unchanged heads cost a join row each; the rest cost what an incremental audit of them
+costs. With no trusted digest every chain is checked as a full audit checks it; a trusted
+digest stored before migration 0018 keeps no tombstone, so every deleted entity it does
+not hold is checked once from the genesis.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, delete, desc, insert, select
+from sqlalchemy import and_, delete, desc, insert, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from models.audit_tables import LedgerDigest, LedgerDigestHead
-from models.chain import GENESIS_LINK, EntityVersion, records_a_deletion, seal_findings, verify_versions, versions_by_entity
+from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
+from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import digest_problem
@@ -52,15 +55,16 @@ BASES_TRIED = 30  # stored digests looked at, newest first, for one that can be 
 
 @dataclass(frozen=True)
 class Target:
-    """What to verify of one entity: from the trusted leaf (``base``; version 0 for none)
-    to the head the new digest attests, or for an entity it does not hold, to the head of
-    its deleted row."""
+    """What to verify of one entity: from the trusted leaf or tombstone (``base``; version 0
+    for none) to the head the new digest holds as a leaf or (``deleted``) a tombstone."""
 
     entity_id: uuid.UUID
     entity_type: str
     base: tuple[int, bytes]
-    head: tuple[int, bytes] | None  # None: a deleted entity, whose head is read from its row
-    base_type: str | None = None  # the trusted leaf's type, when there is one
+    head: tuple[int, bytes] | None  # None: the new digest holds no head of it
+    base_type: str | None = None  # the trusted leaf's or tombstone's type, when there is one
+    deleted: bool = False  # the head is the new digest's tombstone: it must record the deletion
+    base_deleted: bool = False  # the base is the trusted digest's tombstone
 
 
 @dataclass(frozen=True)
@@ -71,26 +75,32 @@ class HeldBack:
     entity_type: str
     problem: str
     leaf: tuple[str, int, bytes]
+    tombstone: bool = False  # kept as a tombstone (an entity live again after its trusted deletion), else as a leaf
 
     def __str__(self) -> str:
         return f"{self.entity_type} {self.entity_id}: {self.problem}"
 
 
-def trusted_base(session: Session, keyring: KeyRing, problem_of: Any) -> LedgerDigest | None:
-    """The newest stored digest with leaf rows whose ``problem_of(session, digest,
-    keyring)`` is None (:func:`models.ledger.stored_digest_problem`); None when there is
-    none. Only digests whose signed document verifies count toward the :data:`BASES_TRIED`
-    looked at, so rows made up through SQL cannot push a real one out of reach."""
-    with_leaves = select(LedgerDigestHead.digest_id).where(LedgerDigestHead.digest_id == LedgerDigest.id).exists()
-    candidates = session.scalars(select(LedgerDigest).where(with_leaves).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
+def trusted_base(session: Session, keyring: KeyRing, problem_of: Any, passed_over: list[str] | None = None) -> LedgerDigest | None:
+    """The newest stored digest with leaf or tombstone rows whose ``problem_of(session,
+    digest, keyring)`` is None (:func:`models.ledger.stored_digest_problem`); None when
+    there is none. Only digests whose signed document verifies count toward the
+    :data:`BASES_TRIED` looked at, so rows made up through SQL cannot push a real one out of
+    reach; each of those passed over is appended to ``passed_over``, with why."""
+    with_rows = or_(*(select(table.digest_id).where(table.digest_id == LedgerDigest.id).exists()
+                      for table in (LedgerDigestHead, LedgerDigestTombstone)))
+    candidates = session.scalars(select(LedgerDigest).where(with_rows).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
                                  .execution_options(yield_per=BATCH))
     tried = 0
     try:
         for digest in candidates:
             if digest_problem(digest.document, keyring) is not None:
                 continue
-            if problem_of(session, digest, keyring) is None:
+            problem = problem_of(session, digest, keyring)
+            if problem is None:
                 return digest
+            if passed_over is not None:
+                passed_over.append(f"digest {digest.id} ({digest.as_of.isoformat()}): {problem}")
             tried += 1
             if tried == BASES_TRIED:
                 break
@@ -100,60 +110,70 @@ def trusted_base(session: Session, keyring: KeyRing, problem_of: Any) -> LedgerD
 
 
 def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | None, keyring: KeyRing) -> list[HeldBack]:
-    """Check the heads digest ``digest_id`` holds (its leaf rows, not signed yet) against
-    the ``trusted`` digest (or the genesis), and hold back those that fail: their leaf
-    rows are replaced by :attr:`HeldBack.leaf`. Returns what was held back."""
+    """Check the heads digest ``digest_id`` holds (its leaf and tombstone rows, not signed
+    yet) against the ``trusted`` digest (or the genesis), and hold back those that fail:
+    their rows are replaced by one at :attr:`HeldBack.leaf`. Returns what was held back."""
     held: list[HeldBack] = []
     trusted_id = trusted.id if trusted is not None else None
-    gone = _gone(session, digest_id, trusted_id, trusted.as_of if trusted is not None else None)
-    for batch in _batches(_moved(session, digest_id, trusted_id), gone):
+    targets = (_moved(session, table, digest_id, trusted_id) for table in (LedgerDigestHead, LedgerDigestTombstone))
+    for batch in _batches(*targets, _gone(session, digest_id, trusted_id)):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
     first: dict[uuid.UUID, HeldBack] = {}
-    for h in held:  # one per entity: a delete committed during the check can bring one up twice
+    for h in held:  # one per entity
         first.setdefault(h.entity_id, h)
     held = list(first.values())
     if held:
-        session.execute(delete(LedgerDigestHead).where(
-            LedgerDigestHead.digest_id == digest_id, uuid_in(LedgerDigestHead.entity_id, (h.entity_id for h in held))))
-        session.execute(insert(LedgerDigestHead), [
-            {"digest_id": digest_id, "entity_id": h.entity_id, "entity_type": h.leaf[0], "version": h.leaf[1], "link_hash": h.leaf[2]}
-            for h in held])
+        for table in (LedgerDigestHead, LedgerDigestTombstone):
+            session.execute(delete(table).where(table.digest_id == digest_id, uuid_in(table.entity_id, (h.entity_id for h in held))))
+        for table, tombstones in ((LedgerDigestHead, False), (LedgerDigestTombstone, True)):
+            rows = [{"digest_id": digest_id, "entity_id": h.entity_id, "entity_type": h.leaf[0], "version": h.leaf[1],
+                     "link_hash": h.leaf[2]} for h in held if h.tombstone is tombstones]
+            if rows:
+                session.execute(insert(table), rows)
     return held
 
 
-def _moved(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
-    new, old = LedgerDigestHead, aliased(LedgerDigestHead)
-    query = select(new.entity_id, new.entity_type, new.version, new.link_hash, old.version, old.link_hash, old.entity_type).outerjoin(
-        old, and_(old.digest_id == trusted_id, old.entity_id == new.entity_id)
-    ).where(new.digest_id == digest_id, old.link_hash.is_distinct_from(new.link_hash) | old.entity_type.is_distinct_from(new.entity_type)
-            | (old.version == 0) | (old.link_hash == GENESIS_LINK))  # a leaf naming no version vouches for nothing: checked every time
-    for entity_id, kind, version, link, old_version, old_link, old_kind in session.execute(query.execution_options(yield_per=BATCH)):
+def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombstone], digest_id: int,
+           trusted_id: int | None) -> Iterator[Target]:
+    """The new digest's rows of ``table`` (its leaves, or its tombstones) that the trusted
+    digest does not hold as they are, in the same table; each is checked from the trusted
+    digest's leaf or tombstone of the entity, or from the genesis."""
+    new, leaf, tomb = aliased(table), aliased(LedgerDigestHead), aliased(LedgerDigestTombstone)
+    same = leaf if table is LedgerDigestHead else tomb
+    query = select(new.entity_id, new.entity_type, new.version, new.link_hash, leaf.version, leaf.link_hash, leaf.entity_type,
+                   tomb.version, tomb.link_hash, tomb.entity_type).outerjoin(
+        leaf, and_(leaf.digest_id == trusted_id, leaf.entity_id == new.entity_id)).outerjoin(
+        tomb, and_(tomb.digest_id == trusted_id, tomb.entity_id == new.entity_id)
+    ).where(new.digest_id == digest_id, same.link_hash.is_distinct_from(new.link_hash) | same.entity_type.is_distinct_from(new.entity_type)
+            | (same.version == 0) | (same.link_hash == GENESIS_LINK))  # a leaf naming no version vouches for nothing: checked every time
+    deleted = table is LedgerDigestTombstone
+    for entity_id, kind, version, link, *old in session.execute(query.execution_options(yield_per=BATCH)):
+        base_deleted = old[1] is None and old[4] is not None  # only the trusted digest's tombstone holds it
+        old_version, old_link, old_kind = old[3:] if base_deleted else old[:3]
         base, base_type = _base(old_version, old_link, old_kind)
-        yield Target(entity_id, kind, base, (version, bytes(link)), base_type)
+        yield Target(entity_id, kind, base, (version, bytes(link)), base_type, deleted, base_deleted)
 
 
-def _gone(session: Session, digest_id: int, trusted_id: int | None, trusted_as_of: Any) -> Iterator[Target]:
-    """The trusted digest's leaves the new one lacks, and the soft-deleted entities the
-    trusted digest does not hold that were created after it; with no trusted digest, every
-    soft-deleted entity. Each would otherwise be read by no incremental audit: none holds
-    it, and none treats it as created since."""
-    if trusted_id is not None:
-        new, old = aliased(LedgerDigestHead), LedgerDigestHead
-        held = select(new.entity_id).where(new.digest_id == digest_id, new.entity_id == old.entity_id).exists()
-        query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(old.digest_id == trusted_id, ~held)
+def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
+    """What the new digest holds no head of: the trusted digest's leaves and tombstones whose
+    entity it neither holds nor keeps a tombstone for, and the rows with no head that the
+    trusted digest does not hold either (with none, every such row). No incremental audit
+    would read them otherwise."""
+    def kept_by(table: Any, digest: int | None, entity_id: Any) -> Any:
+        row = aliased(table)
+        return select(row.entity_id).where(row.digest_id == digest, row.entity_id == entity_id).exists()
+
+    for table in (LedgerDigestHead, LedgerDigestTombstone) if trusted_id is not None else ():
+        old = aliased(table)
+        query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(
+            old.digest_id == trusted_id, ~kept_by(LedgerDigestHead, digest_id, old.entity_id),
+            ~kept_by(LedgerDigestTombstone, digest_id, old.entity_id))
         for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
             base, base_type = _base(version, link, kind)
-            yield Target(entity_id, kind, base, None, base_type)
+            yield Target(entity_id, kind, base, None, base_type, base_deleted=table is LedgerDigestTombstone)
     for entity_type, model in ENTITY_MODELS.items():
-        now_held = aliased(LedgerDigestHead)  # live when the leaves were written, deleted since: checked there
-        query = select(model.id).where(model.deleted_at.is_not(None), ~select(now_held.entity_id).where(
-            now_held.digest_id == digest_id, now_held.entity_id == model.id).exists()).order_by(model.id)
-        if trusted_id is not None:
-            leaf = aliased(LedgerDigestHead)
-            first = aliased(EntityVersion)
-            query = query.where(
-                ~select(leaf.entity_id).where(leaf.digest_id == trusted_id, leaf.entity_id == model.id).exists(),
-                select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > trusted_as_of).exists())
+        query = select(model.id).where(model.head_link_hash.is_(None), ~kept_by(LedgerDigestHead, trusted_id, model.id),
+                                       ~kept_by(LedgerDigestTombstone, trusted_id, model.id)).order_by(model.id)
         for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
             yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
 
@@ -180,25 +200,12 @@ def _batches(*sources: Iterator[Target]) -> Iterator[list[Target]]:
         yield batch
 
 
-def _deleted_heads(session: Session, targets: list[Target]) -> dict[uuid.UUID, bytes]:
-    """The head link of each target's row, where the row is marked deleted."""
-    heads: dict[uuid.UUID, bytes] = {}
-    for entity_type, model in ENTITY_MODELS.items():
-        ids = [t.entity_id for t in targets if t.entity_type == entity_type.value]
-        if ids:
-            heads.update((entity_id, bytes(link)) for entity_id, link in session.execute(
-                select(model.id, model.head_link_hash).where(uuid_in(model.id, ids), model.deleted_at.is_not(None),
-                                                             model.head_link_hash.is_not(None))))
-    return heads
-
-
 def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, signatures: str) -> list[HeldBack]:
     versions = versions_by_entity(session, [t.entity_id for t in targets])
-    deleted = _deleted_heads(session, [t for t in targets if t.head is None])
     held, checked = [], []
     for target in targets:
         rows = versions.get(target.entity_id, [])
-        problem, chain = _problem(target, rows, deleted, keyring, signatures)
+        problem, chain = _problem(target, rows, keyring, signatures)
         if problem is not None:
             held.append(_held(target, problem, rows))
         else:
@@ -211,20 +218,23 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
 
 
 def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
-    """The leaf a head that failed is held at: its trusted leaf (at the version of the chain
-    that carries its link, or 0 when none does, as in every leaf), or with none a
-    placeholder that names no version (the genesis link, version 0), never the head that
-    failed. Every later incremental audit examines an entity held at a leaf of version 0
-    from its genesis, and every later digest checks it again, live or deleted."""
+    """The row a head that failed is held at: its trusted leaf or tombstone (at the version
+    of the chain that carries its link, or 0 when none does, as in every leaf), or with none
+    a placeholder leaf that names no version (the genesis link, version 0), never the head
+    that failed. It is kept as a leaf, where every later incremental audit examines it,
+    live or deleted (one of version 0 from its genesis), and every later digest checks it
+    again; but an entity live again after its trusted deletion keeps its tombstone, so
+    that every later digest holds it again and every incremental audit examines it from
+    its deletion (as a leaf, a deletion head that its live row still names would pass)."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
         version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
-        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link))
+        live_again = target.base_deleted and target.head is not None and not target.deleted
+        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=live_again)
     return HeldBack(target.entity_id, target.entity_type, problem, (target.entity_type, 0, GENESIS_LINK))
 
 
-def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], keyring: KeyRing,
-             signatures: str) -> tuple[str | None, list[Any]]:
+def _problem(target: Target, rows: list[Any], keyring: KeyRing, signatures: str) -> tuple[str | None, list[Any]]:
     """Why the head cannot be attested, or None with the versions it covers. ``signatures``:
     every one after the trusted leaf ("all"), as the incremental audit checks them, or with
     no trusted digest the head's alone ("heads"), which signs the whole chain link by link,
@@ -233,33 +243,30 @@ def _problem(target: Target, rows: list[Any], deleted: dict[uuid.UUID, bytes], k
         return f"its type changed from {target.base_type}", []
     if target.base_type is not None and not target.base[0]:
         return "the link its last trusted leaf holds is gone from its chain", []
-    if target.head is None:  # not held: it must have been deleted by a version of its own
-        link = deleted.get(target.entity_id)
-        if link is None:
-            return "neither live nor deleted with a head", []
-        version = next((row.version for row in rows if bytes(row.link_hash) == link), 0)
-    else:
-        version, link = target.head
+    if target.head is None:
+        return "neither live nor deleted with a head", []
     base_version, base_link = target.base
+    if target.base_deleted and not target.deleted:  # Plant never brings a deleted entity back
+        return f"it is live again after its deletion at version {base_version}, which the last trusted digest holds", []
+    version, link = target.head
     if not version or link == GENESIS_LINK:  # no real link is the genesis link: a version carrying it is forged
         return "its head names no version of its chain", []
-    if target.head is None and (version, link) == target.base:
-        return "its row is marked deleted, and no version records the deletion", []
     if version < base_version or (version == base_version and link != base_link):
         return f"its head went back from version {base_version} to {version}", []
     chain = [row for row in rows if row.version <= version]
     if len(chain) < base_version or (base_version and bytes(chain[base_version - 1].link_hash) != base_link):
         return f"version {base_version}, which the last trusted digest holds, is gone from its chain", []
     tail = chain[base_version:]
-    if not tail or bytes(tail[-1].link_hash) != link:
-        return f"version {version} is not the one its head names", []
-    _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures=signatures,
-                                  after=(base_version, base_link))
-    if findings:
-        return f"{findings[0].code} at version {findings[0].version}", []
-    if target.head is None and not records_a_deletion(bytes(tail[-1].content)):
+    if version != base_version:  # else its head is the trusted one (kept as the other kind of row)
+        if not tail or bytes(tail[-1].link_hash) != link:
+            return f"version {version} is not the one its head names", []
+        _, findings = verify_versions(tail, keyring=keyring, head_link=link, signatures=signatures,
+                                      after=(base_version, base_link))
+        if findings:
+            return f"{findings[0].code} at version {findings[0].version}", []
+    deletion = records_a_deletion(bytes(chain[version - 1].content))
+    if target.deleted and not deletion:
         return f"its row is marked deleted but version {version} does not record a deletion", []
-    if target.head is not None and records_a_deletion(bytes(tail[-1].content)):
+    if not target.deleted and deletion:
         return f"its row is live but version {version} records its deletion", []
     return None, tail
-

@@ -37,7 +37,7 @@ from models.audit import (
     BatchResult, FindingRow, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked, team_member_counts,
     versions_by_entity,
 )
-from models.audit_tables import LedgerDigestHead
+from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
@@ -130,22 +130,26 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as
     the deleted ones. One statement, so one snapshot. An entity deleted before the digest is
     not in it, and not read."""
     model = ENTITY_MODELS[entity_type]
-    head = LedgerDigestHead
-    changed = select(model.id, head.version, head.link_hash, case((model.deleted_at.is_not(None), 1), else_=0).label("deleted")).outerjoin(
+    head, tomb = LedgerDigestHead, LedgerDigestTombstone
+    # A live entity the digest keeps a tombstone for was deleted: examined from its deletion,
+    # which it must still carry (Plant brings no deleted entity back).
+    changed = select(model.id, func.coalesce(head.version, tomb.version), func.coalesce(head.link_hash, tomb.link_hash),
+                     case((model.deleted_at.is_not(None), 1), else_=0).label("deleted"), head.link_hash.is_not(None)).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
+    ).outerjoin(tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id, model.deleted_at.is_(None))
     ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _created_since(model, as_of)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
                                     head.version == 0, head.link_hash == GENESIS_LINK))
     else:
         changed = changed.where(model.id.in_(among))
-    live = select(null(), null(), null(), func.count()).select_from(model).where(model.deleted_at.is_(None))
+    live = select(null(), null(), null(), func.count(), null()).select_from(model).where(model.deleted_at.is_(None))
     rows = session.execute(union_all(changed, live)).all()
     live_count = next(row[3] for row in rows if row[0] is None)
     rows = sorted((row for row in rows if row[0] is not None), key=lambda row: row[0])
-    new = sum(1 for row in rows if row[2] is None and not row[3])
+    new = sum(1 for row in rows if not row[4] and not row[3])
     deleted = [row[0] for row in rows if row[3]]
-    with_leaf = live_count - new + sum(1 for row in rows if row[3] and row[2] is not None)
+    with_leaf = live_count - new + sum(1 for row in rows if row[3] and row[4])
     changed_rows = [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows]
     return changed_rows, with_leaf, deleted
 

@@ -2,7 +2,9 @@
 
 ``current_heads`` streams (entity_id, type, version, head link) over all entity tables
 in id order. ``store_digest`` signs a digest of them and keeps its leaves, so a later
-check can name each entity whose head rolled back, vanished or was rewritten since.
+check can name each entity whose head rolled back, vanished or was rewritten since, and
+beside them the soft-deleted entities' heads (tombstones, signed apart: a digest's root
+covers live entities only), so a later one can tell a deleted entity brought back.
 ``compare_heads`` does that comparison for any digest's leaves; a digest that brings
 only its root is checked by recomputing the root of the heads as of its time. A stored
 digest sits in tables anyone with SQL access can edit, so before its leaves are trusted
@@ -27,7 +29,7 @@ from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from models.audit_tables import LedgerDigest, LedgerDigestHead
+from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.canonical import canonical_bytes
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, records_a_deletion
 from models.db import binary_row, bytes_in, uuid_in
@@ -79,8 +81,10 @@ def _head_record(row: Any) -> HeadRecord:
 
 
 def _heads_query(
-    entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool = False, chain_versions: bool = False
+    entity_ids: Iterable[uuid.UUID] | None = None, *, deleted: bool | None = False, chain_versions: bool = False
 ) -> CompoundSelect:
+    """The heads :func:`current_heads` streams; with ``deleted=None``, live and deleted ones
+    alike, each with a fifth column saying whether its row is deleted."""
     parts = []
     ids = list(entity_ids) if entity_ids is not None else None
     for entity_type, model in ENTITY_MODELS.items():
@@ -91,8 +95,11 @@ def _heads_query(
                            func.coalesce(EntityVersion.version, 0), model.head_link_hash).outerjoin(EntityVersion, named)
         else:
             query = select(model.id, literal(entity_type.value).label("entity_type"), model.version, model.head_link_hash)
-        alive = model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None)
-        query = query.where(alive, model.head_link_hash.is_not(None))
+        if deleted is None:
+            query = query.add_columns(model.deleted_at.is_not(None).label("deleted"))
+        else:
+            query = query.where(model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None))
+        query = query.where(model.head_link_hash.is_not(None))
         if ids is not None:
             query = query.where(uuid_in(model.id, ids))
         parts.append(query)
@@ -203,7 +210,8 @@ def wait_for_writes_in_flight() -> None:
     time.sleep(DIGEST_RETRY_SECONDS)
 
 
-def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | None = None) -> LedgerDigest:
+def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | None = None,
+                 passed_over: list[str] | None = None) -> LedgerDigest:
     """Sign and keep a digest with its leaves (one row per entity head).
 
     A leaf's version is read from the chain, not from the row's ``version`` column: the
@@ -214,20 +222,28 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     them): no head passes through Python as a row. Raises :class:`HeadNotAHash` if a head
     link is not 32 bytes, as :func:`signed_digest` does. A head that does not verify from
     the newest digest it can trust is not attested (:func:`models.digest_check.check_heads`):
-    each one is logged, and appended to ``held_back`` when a list is given.
+    each one is logged, and appended to ``held_back`` when a list is given. Each digest
+    signed by Plant's keys that is newer than that one, passed over because its rows changed
+    since, is logged too, and appended to ``passed_over``. Beside the leaves it keeps each
+    soft-deleted entity's head as a tombstone, and signs their count and root
+    (:func:`tombstones_statement`).
     """
-    trusted = trusted_base(session, keyring, stored_digest_problem)
+    skipped: list[str] = []
+    trusted = trusted_base(session, keyring, stored_digest_problem, skipped)
+    if skipped:  # signed by Plant's key, yet its rows changed since: the heads are checked from an older digest
+        log.warning("a digest passes over %d signed digests whose rows cannot be trusted: %s", len(skipped), "; ".join(skipped[:10]))
+        if passed_over is not None:
+            passed_over += skipped
     as_of = session.scalar(select(func.now()))
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
     session.add(digest)
     session.flush()  # the id the leaf rows name; the columns are signed and set below
-    heads = _heads_query(chain_versions=True).subquery()
-    session.execute(insert(LedgerDigestHead).from_select(
-        ["digest_id", "entity_id", "entity_type", "version", "link_hash"], select(literal(digest.id), *heads.c)))
+    _insert_heads(session, digest.id)
     count, hashes, misshapen = _leaf_hashes(session, digest.id)
-    if misshapen:
-        raise HeadNotAHash(f"{misshapen} head links are not {HASH_SIZE} bytes; no digest can cover them: their rows were "
-                           "changed outside Plant (audit them)")
+    tombstones, tombstone_hashes, misshapen_tombstones = _leaf_hashes(session, digest.id, LedgerDigestTombstone)
+    if misshapen or misshapen_tombstones:
+        raise HeadNotAHash(f"{misshapen + misshapen_tombstones} head links are not {HASH_SIZE} bytes; no digest can cover "
+                           "them: their rows were changed outside Plant (audit them)")
     held = check_heads(session, digest_id=digest.id, trusted=trusted, keyring=keyring)
     if held:
         base = f"digest {trusted.id}" if trusted is not None else "the genesis (no stored digest can be trusted)"
@@ -235,18 +251,53 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
                     "; ".join(map(str, held[:10])) + ("; …" if len(held) > 10 else ""))
         if held_back is not None:
             held_back += map(str, held)
-        count, hashes, _ = _leaf_hashes(session, digest.id)  # the held leaves replaced some rows
+        count, hashes, _ = _leaf_hashes(session, digest.id)  # the held rows replaced some
+        tombstones, tombstone_hashes, _ = _leaf_hashes(session, digest.id, LedgerDigestTombstone)
     document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
+    digest.tombstone_count, digest.tombstones_root = tombstones, root_of_leaf_hashes(tombstone_hashes)
+    kid, digest.tombstones_signature = keyring.sign(tombstones_statement(digest))
+    assert kid == digest.kid, "one keyring signs the digest and its tombstones"
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
 
 
+_HEAD_COLUMNS = ["digest_id", "entity_id", "entity_type", "version", "link_hash"]
+
+
+def _insert_heads(session: Session, digest_id: int) -> None:
+    """Copy every live entity's head into ``digest_id``'s leaf rows and every soft-deleted
+    one's into its tombstone rows, in one statement (one snapshot: no entity in both), each
+    at the version of the chain its head link names (0 when none does)."""
+    heads = _heads_query(deleted=None, chain_versions=True).cte("heads")
+    entity_id, entity_type, version, link, deleted = heads.c
+
+    def rows(tombstones: bool) -> Any:
+        return select(literal(digest_id), entity_id, entity_type, version, link).where(deleted.is_(tombstones))
+
+    leaves = insert(LedgerDigestHead).from_select(_HEAD_COLUMNS, rows(False)).cte("leaves")
+    session.execute(insert(LedgerDigestTombstone).from_select(_HEAD_COLUMNS, rows(True)).add_cte(leaves))
+
+
+TOMBSTONES_TYPE = "plant.digest-tombstones.v1"
+
+
+def tombstones_statement(digest: LedgerDigest) -> bytes:
+    """What a stored digest's tombstone signature signs: the digest's id and root (so it
+    answers for no other digest), and how many tombstones it keeps and their RFC 6962 root
+    (the leaf hash of each deleted entity's id and head link, in entity-id order)."""
+    return canonical_bytes({
+        "type": TOMBSTONES_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
+        "tombstone_count": digest.tombstone_count, "tombstones_root": bytes(digest.tombstones_root or b"").hex(),
+    })
+
+
 def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
-    """Delete the leaf rows of every stored digest but the newest ``keep_latest`` and those
-    marked ``keep_leaves`` (a key seal's); returns how many rows went. Only the latest
+    """Delete the leaf rows (and tombstone rows) of every stored digest but the newest
+    ``keep_latest`` and those marked ``keep_leaves`` (a key seal's); returns how many leaf
+    rows went. Only the latest
     digest's leaves and a seal digest's are read (the incremental audit, the tampering
     check, the seal's checks). A pruned digest keeps its signed row; should it ever become
     the latest again (the newer ones deleted by whoever owns the table, past its triggers:
@@ -254,6 +305,7 @@ def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
     ``digest-invalid``, never trusted."""
     newest = select(LedgerDigest.id).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(keep_latest)
     doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), LedgerDigest.id.not_in(newest))
+    session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))
     return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
 
 
@@ -267,21 +319,22 @@ def latest_digest(session: Session) -> LedgerDigest | None:
 LEAF_HASHES_SQL = (
     "SELECT count(*), string_agg(sha256('\\x00'::bytea || uuid_send(entity_id) || link_hash), ''::bytea "
     f"ORDER BY entity_id), count(*) FILTER (WHERE octet_length(link_hash) <> {HASH_SIZE}) "
-    "FROM ledger_digest_heads WHERE digest_id = %s"
+    "FROM {table} WHERE digest_id = %s"
 )
+DigestHeads = type[LedgerDigestHead] | type[LedgerDigestTombstone]
 
 
-def _leaf_hashes(session: Session, digest_id: int) -> tuple[int, bytes, int]:
-    """(how many leaf rows ``digest_id`` has, their leaf hashes in entity-id order, how many
-    of their links are not 32 bytes long)."""
-    count, hashes, misshapen = binary_row(session, LEAF_HASHES_SQL, [digest_id])
+def _leaf_hashes(session: Session, digest_id: int, table: DigestHeads = LedgerDigestHead) -> tuple[int, bytes, int]:
+    """(how many leaf rows, or with ``table`` tombstone rows, ``digest_id`` has, their leaf
+    hashes in entity-id order, how many of their links are not 32 bytes long)."""
+    count, hashes, misshapen = binary_row(session, LEAF_HASHES_SQL.replace("{table}", table.__tablename__), [digest_id])
     return count, bytes(hashes or b""), misshapen
 
 
 def leaves_statement(digest: LedgerDigest, cluster: str) -> bytes:
     """What a stored digest's leaf attestation signs: the digest's id, root and count, the
     transaction id its leaf rows were written with (in full, 64 bits), and the database
-    cluster's system identifier (see :func:`_leaves_as_attested`)."""
+    cluster's system identifier (see :func:`_attested_writer`)."""
     return canonical_bytes({
         "type": LEAVES_ATTESTATION_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
         "entity_count": digest.entity_count, "leaves_xmin": digest.leaves_xmin, "cluster": cluster,
@@ -311,7 +364,7 @@ def full_xid(xmin: int, near: int) -> int:
 
 
 def _attest_leaves(session: Session, digest: LedgerDigest, keyring: KeyRing) -> None:
-    """Sign the transaction id the leaf rows were just written with (see :func:`_leaves_as_attested`)."""
+    """Sign the transaction id the leaf rows were just written with (see :func:`_attested_writer`)."""
     xmin = session.scalar(
         select(literal_column("xmin::text")).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id).limit(1))
     next_id, cluster = xid_clock(session)
@@ -320,14 +373,15 @@ def _attest_leaves(session: Session, digest: LedgerDigest, keyring: KeyRing) -> 
         _, digest.leaves_attestation = keyring.sign(leaves_statement(digest, cluster))
 
 
-def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing) -> bool:
-    """Whether every leaf row is still the one ``store_digest`` wrote, without hashing them.
+def _attested_writer(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
+    """The low 32 bits of the transaction id that wrote the digest's leaf and tombstone rows,
+    as its leaf attestation signs it, while that id can be trusted; None otherwise.
 
     Rows a transaction writes carry its id (``xmin``) for good, freezing included; any
     UPDATE, DELETE or INSERT since leaves another id or another count. So when the
-    attestation verifies with the digest's key and all ``entity_count`` leaf rows carry
-    the attested id, they are the leaves the signed root was computed from. A row's xmin
-    is 32 bits, though, and ids wrap: once 2**32 more transactions have run, a later one
+    attestation verifies with the digest's key and all of a digest's rows carry the
+    attested id, they are the rows ``store_digest`` wrote (:func:`_all_written_by`). A row's
+    xmin is 32 bits, though, and ids wrap: once 2**32 more transactions have run, a later one
     could carry the same 32 bits (someone burning ids to rewrite leaves under the attested
     one). So the attestation names the full 64-bit id and is used only while fewer than
     2**32 transactions have started since, in the same cluster: after a dump and restore
@@ -336,17 +390,21 @@ def _leaves_as_attested(session: Session, digest: LedgerDigest, keyring: KeyRing
     attestations falls back to re-hashing.
     """
     if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
-        return False  # unattested, or attested by a sealed key, whose leaked copy could attest anything
+        return None  # unattested, or attested by a sealed key, whose leaked copy could attest anything
     next_id, cluster = xid_clock(session)
     if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
-        return False
+        return None
     writer = int(digest.leaves_xmin)
     if next_id - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
-        return False
-    same = func.count().filter(literal_column("xmin::text") == str(writer % XID_SPAN))
-    count, attested = session.execute(
-        select(func.count(), same).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id)).one()
-    return count == attested == digest.entity_count
+        return None
+    return str(writer % XID_SPAN)
+
+
+def _all_written_by(session: Session, table: DigestHeads, digest_id: int, writer: str, count: int) -> bool:
+    """Whether ``digest_id`` has exactly ``count`` rows in ``table``, all written by transaction ``writer``."""
+    same = func.count().filter(literal_column("xmin::text") == writer)
+    rows, attested = session.execute(select(func.count(), same).select_from(table).where(table.digest_id == digest_id)).one()
+    return rows == attested == count
 
 
 def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
@@ -355,8 +413,10 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     Its leaves are rows anyone with SQL access can edit (say, to match a rolled-back
     head), so they are trusted only when its stored document verifies with ``keyring``'s
     keys, agrees with the row's columns, and the leaf rows hash to its signed
-    ``heads_root``. Reads every leaf of the digest: O(leaves), in one statement; when its
-    leaf rows are untouched since they were written and attested, without hashing them.
+    ``heads_root``; likewise its tombstone rows (migration 0018) must hash to its signed
+    ``tombstones_root``. Reads every leaf and tombstone of the digest: O(rows), in one
+    statement each; when they are untouched since they were written and attested, without
+    hashing them.
     """
     document = digest.document
     problem = digest_problem(document, keyring)
@@ -368,22 +428,41 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     after_seal = signed_after_seal(keyring, document["kid"], digest.as_of, digest.id)
     if after_seal is not None:
         return after_seal
-    if _leaves_as_attested(session, digest, keyring):
+    writer = _attested_writer(session, digest, keyring)
+    problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
+    if problem is not None:
+        return problem
+    if digest.tombstone_count is None:  # a digest stored before migration 0018 keeps no tombstone; none after it
+        before = select(LedgerDigest.id).where(LedgerDigest.id < digest.id, LedgerDigest.tombstone_count.is_not(None)).exists()
+        return "it keeps no tombstones, though a digest stored before it does" if session.scalar(select(before)) else None
+    if (digest.tombstones_root is None or digest.tombstones_signature is None
+            or not keyring.verify(digest.kid, bytes(digest.tombstones_signature), tombstones_statement(digest))):
+        return "its tombstones' signature does not verify"
+    return _rows_problem(session, digest.id, LedgerDigestTombstone, digest.tombstone_count, bytes(digest.tombstones_root).hex(),
+                         writer)
+
+
+def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: int, root: str, writer: str | None) -> str | None:
+    """Why the digest's rows in ``table`` are not the ``count`` rows whose signed root is
+    ``root`` (hex), as ``store_digest`` read them from the chain; None when they are, which
+    rows all written by the attested ``writer`` are without hashing them."""
+    if writer is not None and _all_written_by(session, table, digest_id, writer, count):
         return None
-    count, hashes, _ = _leaf_hashes(session, digest.id)
-    if count != document["entity_count"] or root_of_leaf_hashes(hashes).hex() != document["heads_root"]:
-        return f"its {count} stored leaves do not hash to its signed heads_root"
-    # The root covers each leaf's entity id and link, not the version and type stored beside
+    what, signed = ("leaves", "heads_root") if table is LedgerDigestHead else ("tombstones", "tombstones_root")
+    got, hashes, _ = _leaf_hashes(session, digest_id, table)
+    if got != count or root_of_leaf_hashes(hashes).hex() != root:
+        return f"its {got} stored {what} do not hash to its signed {signed}"
+    # The root covers each row's entity id and link, not the version and type stored beside
     # them, which the incremental audit reads: they must be what store_digest read from the
     # chain, the version of that entity and type with that link, or 0 when it has none.
-    named = and_(EntityVersion.link_hash == LedgerDigestHead.link_hash, EntityVersion.entity_id == LedgerDigestHead.entity_id,
-                 EntityVersion.entity_type == LedgerDigestHead.entity_type)
-    if session.scalar(select(func.count()).select_from(LedgerDigestHead).outerjoin(EntityVersion, named).where(
-            LedgerDigestHead.digest_id == digest.id,
+    named = and_(EntityVersion.link_hash == table.link_hash, EntityVersion.entity_id == table.entity_id,
+                 EntityVersion.entity_type == table.entity_type)
+    if session.scalar(select(func.count()).select_from(table).outerjoin(EntityVersion, named).where(
+            table.digest_id == digest_id,
             # A placeholder (models.digest_check) names no version, whatever version an intruder gives its link.
-            ~and_(LedgerDigestHead.version == 0, LedgerDigestHead.link_hash == GENESIS_LINK),
-            func.coalesce(EntityVersion.version, 0) != LedgerDigestHead.version)):
-        return "its stored leaves' versions or types differ from the chain versions they name"
+            ~and_(table.version == 0, table.link_hash == GENESIS_LINK),
+            func.coalesce(EntityVersion.version, 0) != table.version)):
+        return f"its stored {what}' versions or types differ from the chain versions they name"
     return None
 
 

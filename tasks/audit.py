@@ -163,12 +163,14 @@ def _cancel(claim: JobClaim) -> None:
 @shared_task(name="plant.ledger.store_digest")
 def ledger_store_digest() -> dict[str, Any]:
     """Beat's hourly digest; then the leaf rows of digests no check reads any more go. Its
-    result counts the heads it held back (they do not verify) and names the first ten."""
+    result counts the heads it held back (they do not verify) and names the first ten, and
+    names the signed digests it passed over for an older base (their rows changed since)."""
     held_back: list[str] = []
+    passed_over: list[str] = []
     with transaction(runtime.session_factory()) as session:
-        digest = store_digest(session, keyring=runtime.keyring(), held_back=held_back)
+        digest = store_digest(session, keyring=runtime.keyring(), held_back=held_back, passed_over=passed_over)
         stored = {"digest_id": digest.id, "entity_count": digest.entity_count, "heads_held_back": len(held_back),
-                  "held_back": held_back[:10]}
+                  "held_back": held_back[:10], "bases_passed_over": passed_over[:10]}
     with transaction(runtime.session_factory()) as session:
         pruned = prune_digest_leaves(session, keep_latest=runtime.settings().digest_leaves_kept)
     return {**stored, "leaf_rows_pruned": pruned}

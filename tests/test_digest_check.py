@@ -30,13 +30,14 @@ def _leaf(session, digest_id, entity_id) -> tuple[int, bytes] | None:
     return (row[0], bytes(row[1])) if row else None
 
 
-def _held_back(session, keyring, entity, match: str, *, leaf: tuple[int, bytes]):
-    """The next digest is stored, holds ``entity`` at ``leaf``, says why,
-    and the incremental audit against it still reports the entity."""
+def _held_back(session, keyring, entity, match: str, *, leaf: tuple[int, bytes], tombstone: bool = False):
+    """The next digest is stored, holds ``entity`` at ``leaf`` (kept as a leaf, or with
+    ``tombstone`` as a tombstone), says why, and the incremental audit against it still
+    reports the entity."""
     held: list[str] = []
     digest = store_digest(session, keyring=keyring, held_back=held)
     assert len(held) == 1 and re.search(match, held[0]) and held[0].startswith(f"{entity.entity_type_value.value} {entity.id}"), held
-    assert _leaf(session, digest.id, entity.id) == leaf
+    assert (_leaf(session, digest.id, entity.id), _tombstone(session, digest.id, entity.id)) == ((None, leaf) if tombstone else (leaf, None))
     _, findings = run_incremental(session, keyring)
     assert entity.id in {f.entity_id for f in findings if f.severity == "critical"}, findings
     return digest
@@ -81,7 +82,7 @@ def test_an_entity_marked_deleted_by_sql_alone_is_held_at_its_trusted_leaf(db_se
     trusted = _head(db_session, skill, 3)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
-    _held_back(db_session, keyring, skill, "its row is marked deleted, and no version records the deletion", leaf=trusted)
+    _held_back(db_session, keyring, skill, "its row is marked deleted but version 3 does not record a deletion", leaf=trusted)
 
 
 def test_a_leaf_gone_from_its_chain_is_held_as_a_leaf_naming_no_version(db_session, skill, write_ctx, keyring) -> None:
@@ -105,7 +106,7 @@ def test_an_untrusted_latest_digest_is_passed_over_for_the_newest_trusted_one(db
     db_session.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d AND entity_id <> :e"),
                        {"d": latest.id, "e": skill.id})
     db_session.expire_all()
-    _held_back(db_session, keyring, skill, "no version records the deletion", leaf=trusted)
+    _held_back(db_session, keyring, skill, "version 3 does not record a deletion", leaf=trusted)
 
 
 def test_with_no_digest_to_trust_every_deleted_entity_is_checked(db_session, skill, keyring) -> None:
@@ -296,3 +297,151 @@ def test_a_placeholder_leaf_is_not_compared_by_the_tampering_check(db_session, s
     restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
                    actor="operator:test")
     assert not check_entity(db_session, entity_id=skill.id, keyring=keyring).tampered
+
+
+def _delete_signed(session, entity, write_ctx) -> None:
+    update_entity(session, entity_type=E.SKILL, entity_id=entity.id, changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+                  ctx=write_ctx)
+    session.flush()
+
+
+def _tombstone(session, digest_id, entity_id) -> tuple[int, bytes] | None:
+    row = session.execute(text("SELECT version, link_hash FROM ledger_digest_tombstones WHERE digest_id = :d AND entity_id = :e"),
+                          {"d": digest_id, "e": entity_id}).first()
+    return (row[0], bytes(row[1])) if row else None
+
+
+def _undelete_at(session, entity, version) -> None:
+    session.execute(text("UPDATE skills SET deleted_at = NULL WHERE id = :id"), {"id": entity.id})
+    reset_row_to(session, entity, version)
+
+
+def test_an_entity_brought_back_by_deleting_its_signed_deletion_is_held(db_session, skill, write_ctx, keyring) -> None:
+    """helper-82's High: the deletion version deleted with the guard lifted, the row live again
+    at its previous head. The digest that checked the deletion keeps its tombstone, so the
+    next one sees the entity come back rather than a new one to check from the genesis."""
+    store_digest(db_session, keyring=keyring)
+    _delete_signed(db_session, skill, write_ctx)  # version 4 records the deletion
+    held: list[str] = []
+    digest = store_digest(db_session, keyring=keyring, held_back=held)
+    deletion = _head(db_session, skill, 4)
+    assert held == [] and _leaf(db_session, digest.id, skill.id) is None and _tombstone(db_session, digest.id, skill.id) == deletion
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 4", e=skill.id)
+    _undelete_at(db_session, skill, 3)
+    _, findings = run_incremental(db_session, keyring)  # before the next digest: examined from the tombstone
+    assert {(f.entity_id, f.code) for f in findings if f.severity == "critical"} >= {(skill.id, "head-rolled-back")}, findings
+    _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=(0, deletion[1]), tombstone=True)
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, deletion[1]),
+               tombstone=True)
+
+
+def test_an_entity_marked_live_again_by_sql_alone_is_held_at_its_deletion(db_session, skill, write_ctx, keyring) -> None:
+    _delete_signed(db_session, skill, write_ctx)
+    store_digest(db_session, keyring=keyring)
+    deletion = _head(db_session, skill, 4)
+    _undelete_at(db_session, skill, 3)  # the deletion version stays in the chain
+    _, findings = run_incremental(db_session, keyring)
+    assert skill.id in {f.entity_id for f in findings if f.severity == "critical"}, findings
+    _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=deletion, tombstone=True)
+    _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=deletion, tombstone=True)
+
+
+def test_an_entity_marked_live_at_its_deletion_head_stays_held_until_restored(db_session, skill, write_ctx, keyring) -> None:
+    """helper-83: held as a leaf at its deletion version, the next digest found the leaf
+    unchanged and attested a live head recording its deletion; a tombstone kept instead
+    holds it at every digest, until it is restored to its signed deletion."""
+    from models.embeddings import HashingEmbedder
+    from models.repair import restore_entity
+
+    _delete_signed(db_session, skill, write_ctx)
+    store_digest(db_session, keyring=keyring)
+    deletion = _head(db_session, skill, 4)
+    db_session.execute(text("UPDATE skills SET deleted_at = NULL WHERE id = :id"), {"id": skill.id})  # no guard lifted
+    db_session.expire_all()
+    for _ in range(2):
+        _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=deletion, tombstone=True)
+    assert restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
+                          actor="operator:test").restored
+    held: list[str] = []
+    digest = store_digest(db_session, keyring=keyring, held_back=held)
+    assert held == [] and _tombstone(db_session, digest.id, skill.id) == deletion
+
+
+def test_a_deleted_entity_s_chain_is_not_checked_again_while_its_tombstone_stands(db_session, skill, write_ctx, keyring) -> None:
+    """A tombstone vouches for its chain up to the deletion, as a leaf does: editing a version
+    before it is the full audit's to find. A digest stored before migration 0018 keeps no
+    tombstone, so the next one checks every deleted entity it does not hold from the genesis."""
+    _delete_signed(db_session, skill, write_ctx)
+    trusted = store_digest(db_session, keyring=keyring)
+    lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 2", g=os.urandom(64),
+               e=skill.id)
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)
+    assert held == []
+    legacy = store_digest(db_session, keyring=keyring)
+    lift_guard(db_session, "UPDATE ledger_digests SET tombstone_count = NULL, tombstones_root = NULL, tombstones_signature = NULL "
+               "WHERE id <= :d; DELETE FROM ledger_digest_tombstones WHERE digest_id <= :d", table="ledger_digests", d=legacy.id)
+    from models.ledger import stored_digest_problem
+
+    assert stored_digest_problem(db_session, legacy, keyring) is None and trusted.id != legacy.id
+    digest = store_digest(db_session, keyring=keyring, held_back=held)
+    assert len(held) == 1 and "bad-signature at version 2" in held[0], held
+    assert _leaf(db_session, digest.id, skill.id) == (0, GENESIS_LINK) and _tombstone(db_session, digest.id, skill.id) is None
+
+
+def test_tombstones_are_trusted_only_as_signed(db_session, skill, write_ctx, keyring) -> None:
+    from models.digest_check import trusted_base
+    from models.ledger import stored_digest_problem
+
+    _delete_signed(db_session, skill, write_ctx)
+    older = store_digest(db_session, keyring=keyring)
+    latest = store_digest(db_session, keyring=keyring)
+    db_session.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": latest.id})  # as pruning may
+    assert stored_digest_problem(db_session, latest, keyring) == "its 0 stored tombstones do not hash to its signed tombstones_root"
+    assert trusted_base(db_session, keyring, stored_digest_problem).id == older.id
+    lift_guard(db_session, "UPDATE ledger_digests SET tombstones_signature = :s WHERE id = :d", table="ledger_digests",
+               s=os.urandom(64), d=older.id)
+    db_session.refresh(older)
+    assert stored_digest_problem(db_session, older, keyring) == "its tombstones' signature does not verify"
+
+
+def test_a_digest_keeping_no_tombstones_after_one_that_did_is_not_trusted(db_session, skill, write_ctx, keyring) -> None:
+    """helper-83: only digests stored before migration 0018 may keep none; columns nulled
+    through SQL made a later one pass as such, and a deletion undone behind it passed."""
+    from models.ledger import stored_digest_problem
+
+    _delete_signed(db_session, skill, write_ctx)
+    older = store_digest(db_session, keyring=keyring)
+    latest = store_digest(db_session, keyring=keyring)
+    lift_guard(db_session, "UPDATE ledger_digests SET tombstone_count = NULL, tombstones_root = NULL, tombstones_signature = NULL "
+               "WHERE id = :d; DELETE FROM ledger_digest_tombstones WHERE digest_id = :d", table="ledger_digests", d=latest.id)
+    db_session.refresh(latest)
+    assert stored_digest_problem(db_session, latest, keyring) == "it keeps no tombstones, though a digest stored before it does"
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 4", e=skill.id)
+    _undelete_at(db_session, skill, 3)
+    passed_over: list[str] = []
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held, passed_over=passed_over)
+    assert passed_over == [f"digest {latest.id} ({latest.as_of.isoformat()}): it keeps no tombstones, though a digest stored "
+                           "before it does"] and older.id < latest.id
+    assert len(held) == 1 and "live again after its deletion at version 4" in held[0], held
+
+
+def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_ctx, keyring) -> None:
+    """helper-83: a digest with tombstones and no leaf (every entity deleted) was never a
+    base, so the digest before the deletions was, and an entity brought back passed."""
+    from models.digest_check import trusted_base
+    from models.ledger import stored_digest_problem
+
+    from models.entities import ENTITY_MODELS
+
+    store_digest(db_session, keyring=keyring)
+    for kind in (E.SKILL, E.AGENT, E.TEAM, E.JOB_ROLE, E.INDUSTRY):  # every entity, by signed deletions
+        for entity_id in db_session.scalars(text(f"SELECT id FROM {ENTITY_MODELS[kind].__tablename__} WHERE deleted_at IS NULL")):
+            update_entity(db_session, entity_type=kind, entity_id=entity_id,
+                          changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}, ctx=write_ctx)
+    db_session.flush()
+    held: list[str] = []
+    only_tombstones = store_digest(db_session, keyring=keyring, held_back=held)
+    assert held == [] and only_tombstones.entity_count == 0 and only_tombstones.tombstone_count > 1
+    assert trusted_base(db_session, keyring, stored_digest_problem).id == only_tombstones.id

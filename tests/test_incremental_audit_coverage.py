@@ -215,7 +215,7 @@ def test_leaves_attested_2_to_the_32_transactions_ago_are_rehashed_not_trusted(d
     monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN - 1, cluster))
     assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == []
     monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN, cluster))
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1]
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
 
 
 def test_leaves_attested_in_another_cluster_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
@@ -228,7 +228,7 @@ def test_leaves_attested_in_another_cluster_are_rehashed_not_trusted(db_session,
     monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
     next_id, cluster = models.ledger.xid_clock(db_session)
     monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (next_id, str(int(cluster) + 1)))
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1]
+    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
 
 
 def test_where_the_cluster_identifier_cannot_be_read_leaves_are_not_attested_and_always_rehashed(

@@ -52,7 +52,7 @@ def test_a_downgrade_that_would_discard_data_is_refused_and_changes_nothing(empt
         conn.execute("INSERT INTO jobs (kind, queue) VALUES ('diagnostics.sleep', 'default')")
         conn.execute("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) VALUES ('k', '\\x00', 'j', '\\x00')")
     tables = _tables(empty_database)
-    for target in ("0009", "base"):  # 0017 to 0011 drop nothing held here: undone with the refusal all the same
+    for target in ("0009", "base"):  # 0018 to 0011 drop nothing held here: undone with the refusal all the same
         with pytest.raises(DowngradeRefused, match=r"past migration 0010 would discard what these hold: signed_exports\."):
             downgrade(empty_database, target)
         assert (_tables(empty_database), _revision(empty_database)) == (tables, head)
@@ -305,5 +305,37 @@ def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str)
         assert conn.execute(guards).fetchall() == []
         conn.execute("TRUNCATE ledger_digest_heads")
         assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'ledger_digest_heads_refuse%'").fetchone()[0] == 0
+    upgrade_head(empty_database)
+    check_schema(empty_database)
+
+
+def test_0018_keeps_digest_tombstones_guarded_and_downgrades_only_without_them(empty_database: str) -> None:
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    guards = ("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_digest_tombstones'::regclass "
+              "AND NOT tgisinternal ORDER BY tgname")
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute(guards).fetchall() == [
+            ("ledger_digest_tombstones_kept_no_delete", "A"), ("ledger_digest_tombstones_no_truncate", "A"),
+            ("ledger_digest_tombstones_no_update", "A"), ("ledger_digest_tombstones_signed_no_insert", "A")]
+        digest = conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                              "VALUES (now(), 0, '\\x00', 'k', 's', '{}') RETURNING id").fetchone()[0]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ledger_digest_tombstones is append-only: INSERT of digest"):
+            conn.execute("INSERT INTO ledger_digest_tombstones VALUES (%s, gen_random_uuid(), 'skill', 1, '\\x01')", [digest])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ledger_digest_heads is append-only: TRUNCATE refused"):
+            conn.execute("TRUNCATE ledger_digest_heads")
+        conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document, tombstone_count) "
+                     "VALUES (now(), 0, '\\x00', 'k', '', '{}', 0)")
+    with pytest.raises(DowngradeRefused, match=r"migration 0018 .*ledger_digests WHERE tombstone_count IS NOT NULL"):
+        downgrade(empty_database, "0017")
+    downgrade(empty_database, "0017", discard_data=True)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert "ledger_digest_tombstones" not in _tables(empty_database)
+        assert conn.execute("SELECT count(*) FROM ledger_digests").fetchone()[0] == 2
+    command.downgrade(config, "0016")  # 0017's functions, as 0018 left them, go with 0017
     upgrade_head(empty_database)
     check_schema(empty_database)
