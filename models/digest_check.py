@@ -144,11 +144,15 @@ def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombston
                    tomb.version, tomb.link_hash, tomb.entity_type).outerjoin(
         leaf, and_(leaf.digest_id == trusted_id, leaf.entity_id == new.entity_id)).outerjoin(
         tomb, and_(tomb.digest_id == trusted_id, tomb.entity_id == new.entity_id)
-    ).where(new.digest_id == digest_id, same.link_hash.is_distinct_from(new.link_hash) | same.entity_type.is_distinct_from(new.entity_type)
-            | (same.version == 0) | (same.link_hash == GENESIS_LINK))  # a leaf naming no version vouches for nothing: checked every time
+    )
     deleted = table is LedgerDigestTombstone
+    differs = [same.link_hash.is_distinct_from(new.link_hash), same.entity_type.is_distinct_from(new.entity_type),
+               same.version == 0, same.link_hash == GENESIS_LINK]  # a leaf naming no version vouches for nothing: checked every time
+    if not deleted:
+        differs.append(tomb.link_hash.is_not(None))  # a deleted entity live again: always
+    query = query.where(new.digest_id == digest_id, or_(*differs))
     for entity_id, kind, version, link, *old in session.execute(query.execution_options(yield_per=BATCH)):
-        base_deleted = old[1] is None and old[4] is not None  # only the trusted digest's tombstone holds it
+        base_deleted = old[4] is not None  # the trusted tombstone, where the trusted digest keeps one
         old_version, old_link, old_kind = old[3:] if base_deleted else old[:3]
         base, base_type = _base(old_version, old_link, old_kind)
         yield Target(entity_id, kind, base, (version, bytes(link)), base_type, deleted, base_deleted)
@@ -223,14 +227,14 @@ def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
     a placeholder leaf that names no version (the genesis link, version 0), never the head
     that failed. It is kept as a leaf, where every later incremental audit examines it,
     live or deleted (one of version 0 from its genesis), and every later digest checks it
-    again; but an entity live again after its trusted deletion keeps its tombstone, so
-    that every later digest holds it again and every incremental audit examines it from
-    its deletion (as a leaf, a deletion head that its live row still names would pass)."""
+    again. A trusted tombstone stays a tombstone: as a leaf, a deletion head would pass for
+    a live one once the row named it live again (an unchanged leaf is not checked); every
+    later digest checks the entity against it again, and every incremental audit examines
+    the entity from it while its row is live or its head is not the tombstone's."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
         version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
-        live_again = target.base_deleted and target.head is not None and not target.deleted
-        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=live_again)
+        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=target.base_deleted)
     return HeldBack(target.entity_id, target.entity_type, problem, (target.entity_type, 0, GENESIS_LINK))
 
 

@@ -25,7 +25,6 @@ digest's leaves; checking the digest hashes every leaf once.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,7 @@ from models.audit import (
     BatchResult, FindingRow, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked, team_member_counts,
     versions_by_entity,
 )
-from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
+from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
@@ -99,7 +98,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
     for entity_type in EntityType:
-        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest.id, digest.as_of)
+        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest)
         accounted += with_leaf
         deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
         _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
@@ -108,10 +107,10 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     # the ledger's alone, which makes them disagree and the search below run. Counted first,
     # a write committed between the count and the reads added to the chains' side alone, and
     # hid as many versions forged behind rows left as they were.
-    ledger_versions, leaf_versions = _version_totals(session, digest.id, digest.as_of)
+    ledger_versions, leaf_versions = _version_totals(session, digest)
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
-        for entity_type, changed in _grown_behind_rows(session, digest.id, digest.as_of, set(result.chains)).items():
+        for entity_type, changed in _grown_behind_rows(session, digest, set(result.chains)).items():
             _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
@@ -120,24 +119,24 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     return result
 
 
-def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as_of: dt.datetime,
+def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDigest,
                    among: list[uuid.UUID] | None = None) -> tuple[Changed, int, list[uuid.UUID]]:
     """(id, base version, base link) of each entity whose head is not the digest's (or of
     each one ``among`` these ids): live ones, deleted ones the digest held (deleted since,
-    by a signed version or not), and deleted ones created since (by their first version's
-    stamp, which the chain's triggers keep); how many of the digest's leaves that accounts
-    for (the live entities with a leaf, and the deleted ones with a leaf); and the ids of
-    the deleted ones. One statement, so one snapshot. An entity deleted before the digest is
-    not in it, and not read."""
+    by a signed version or not), and deleted ones it has no head of (:func:`_unknown_to`);
+    how many of the digest's leaves that accounts for (the live entities with a leaf, and
+    the deleted ones with a leaf); and the ids of the deleted ones. One statement, so one
+    snapshot. An entity deleted before the digest is not in it, and not read."""
+    digest_id = digest.id
     model = ENTITY_MODELS[entity_type]
     head, tomb = LedgerDigestHead, LedgerDigestTombstone
-    # A live entity the digest keeps a tombstone for was deleted: examined from its deletion,
-    # which it must still carry (Plant brings no deleted entity back).
+    # An entity the digest keeps a tombstone for (and no leaf) is examined from its deletion
+    # when its row is live (Plant brings no deleted entity back) or names another head.
     changed = select(model.id, func.coalesce(head.version, tomb.version), func.coalesce(head.link_hash, tomb.link_hash),
                      case((model.deleted_at.is_not(None), 1), else_=0).label("deleted"), head.link_hash.is_not(None)).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).outerjoin(tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id, model.deleted_at.is_(None))
-    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _created_since(model, as_of)))
+    ).outerjoin(tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id, head.link_hash.is_(None))
+    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb), _unknown_to(model, digest)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
                                     head.version == 0, head.link_hash == GENESIS_LINK))
@@ -154,13 +153,26 @@ def _changed_since(session: Session, entity_type: EntityType, digest_id: int, as
     return changed_rows, with_leaf, deleted
 
 
-def _created_since(model: Any, as_of: dt.datetime) -> Any:
-    """The entity's first version was written after ``as_of`` (its stamp, not the row's)."""
-    first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
-    return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > as_of).exists()
+def _tombstone_moved(model: Any, tomb: Any) -> Any:
+    """The entity's row is no longer at the digest's tombstone ``tomb`` (joined to it), or
+    that names no version: its head moved after its deletion, or the tombstone was held."""
+    return and_(tomb.link_hash.is_not(None), or_(tomb.link_hash.is_distinct_from(model.head_link_hash), tomb.version == 0))
 
 
-def _version_totals(session: Session, digest_id: int, as_of: dt.datetime) -> tuple[int, int]:
+def _unknown_to(model: Any, digest: LedgerDigest) -> Any:
+    """A deleted entity the digest holds no leaf of has no tombstone in it either (migration
+    0018): deleted since, or created after the digest's leaves were written, whatever its
+    stamp. Before 0018 a digest kept no tombstone: its first version was stamped after the
+    digest's ``as_of`` (not the row's time; a version stamped before it and committed after
+    the leaves were written is then missed)."""
+    if digest.tombstone_count is None:
+        first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
+        return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > digest.as_of).exists()
+    tomb = aliased(LedgerDigestTombstone)
+    return ~select(tomb.entity_id).where(tomb.digest_id == digest.id, tomb.entity_id == model.id).exists()
+
+
+def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
     """Versions in the ledger but those of entities deleted before the digest, and the sum
     of the digest's leaf versions (one snapshot).
 
@@ -168,34 +180,39 @@ def _version_totals(session: Session, digest_id: int, as_of: dt.datetime) -> tup
     holds exactly its leaf's version count: the ledger's total equals the leaves' sum
     plus what examined entities added, unless some unexamined chain grew (or lost history).
     An entity deleted before the digest has no leaf and is not examined: its versions are
-    counted apart, from its row (one created since and deleted is examined instead).
+    counted apart, from its row (one the digest has no head of is examined instead).
     """
-    head = LedgerDigestHead
+    head, tomb, digest_id = LedgerDigestHead, LedgerDigestTombstone, digest.id
     leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
     ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
-    apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).where(
-        model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value,
-        ~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists(),
-        ~_created_since(model, as_of),
-    ).scalar_subquery() for entity_type, model in ENTITY_MODELS.items()]
-    counted, leaf_sum, *unleafed = session.execute(select(ledger, leaves, *apart)).one()
-    return counted - sum(unleafed), leaf_sum
+    no_leaf = [~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists()
+               for model in ENTITY_MODELS.values()]
+    apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).outerjoin(
+        tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id)).where(
+        model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed, ~_unknown_to(model, digest),
+        ~_tombstone_moved(model, tomb),
+    ).scalar_subquery() for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
+    # The entities examined from a tombstone (see _changed_since) stand on its version as others on their leaf's.
+    from_tombstones = [select(func.coalesce(func.sum(tomb.version), 0)).join(model, model.id == tomb.entity_id).where(
+        tomb.digest_id == digest_id, unleafed, or_(model.deleted_at.is_(None), _tombstone_moved(model, tomb)),
+    ).scalar_subquery() for model, unleafed in zip(ENTITY_MODELS.values(), no_leaf, strict=True)]
+    counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *apart, *from_tombstones)).one()
+    return counted - sum(rest[:len(apart)]), leaf_sum + sum(rest[len(apart):])
 
 
-def _grown_behind_rows(session: Session, digest_id: int, as_of: dt.datetime,
-                       examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
+def _grown_behind_rows(session: Session, digest: LedgerDigest, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
     """Live entities not yet examined whose chain has a version numbered after their leaf,
     or below 1: a row reset to the digest's head hides later versions from the head
     comparison, and a version INSERTed past a gap (or numbered 0) joins no head at all."""
     head, version = LedgerDigestHead, EntityVersion
     beyond = or_(version.version > head.version, version.version < 1)
     grown = session.execute(select(head.entity_type, head.entity_id).distinct().join(
-        version, and_(version.entity_id == head.entity_id, beyond)).where(head.digest_id == digest_id)).all()
+        version, and_(version.entity_id == head.entity_id, beyond)).where(head.digest_id == digest.id)).all()
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for entity_type, entity_id in grown:
         if entity_id not in examined:
             by_type.setdefault(EntityType(entity_type), []).append(entity_id)
-    return {entity_type: _changed_since(session, entity_type, digest_id, as_of, ids)[0]
+    return {entity_type: _changed_since(session, entity_type, digest, ids)[0]
             for entity_type, ids in by_type.items()}
 
 

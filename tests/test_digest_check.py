@@ -11,6 +11,8 @@ import datetime as dt
 import os
 import re
 
+import pytest
+
 from sqlalchemy import text
 
 from models.chain import GENESIS_LINK
@@ -445,3 +447,71 @@ def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_c
     only_tombstones = store_digest(db_session, keyring=keyring, held_back=held)
     assert held == [] and only_tombstones.entity_count == 0 and only_tombstones.tombstone_count > 1
     assert trusted_base(db_session, keyring, stored_digest_problem).id == only_tombstones.id
+
+
+def test_an_entity_committed_after_a_digest_it_was_stamped_before_is_examined_once_deleted(
+        engine, committed_steward, write_ctx, keyring) -> None:
+    """Stops 22-24's as_of gap: a version stamped before a digest's as_of but committed after
+    its leaves were written is in neither the digest nor "created since" it, so a deletion by
+    SQL alone went unread by every incremental audit. The digest keeps no tombstone of it:
+    the incremental audit examines it, and the next digest holds it back."""
+    from sqlalchemy.orm import Session
+
+    from models.registry import create_entity
+
+    with Session(engine, expire_on_commit=False) as early:
+        with early.begin():
+            skill = create_entity(early, entity_type=E.SKILL, ctx=write_ctx, data={
+                "name": "Stamped Early", "skill_key": "stamped-early", "category": "technical",
+                "description": "committed after the digest", "governance_agent_id": committed_steward})
+            early.flush()  # its first version is stamped now
+            with Session(engine) as session, session.begin():
+                digest = store_digest(session, keyring=keyring)
+                assert _leaf(session, digest.id, skill.id) is None
+                as_of = digest.as_of
+    with Session(engine) as session, session.begin():
+        stamped = session.scalar(text("SELECT created_at FROM entity_versions WHERE entity_id = :e"), {"e": skill.id})
+        assert stamped < as_of
+        session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
+    with Session(engine) as session, session.begin():
+        _, findings = run_incremental(session, keyring)
+        assert skill.id in {f.entity_id for f in findings if f.severity == "critical"}, findings
+        _held_back(session, keyring, skill, "its row is marked deleted but version 1 does not record a deletion",
+                   leaf=(0, GENESIS_LINK))
+
+
+MOVES = {  # a deleted entity's head moved off its tombstone, each way: what the digest says
+    "back": "its head went back from version 4 to 3",
+    "null": "neither live nor deleted with a head",
+    "forged": "(bad-signature|link-hash-mismatch) at version 5",
+}
+
+
+@pytest.mark.parametrize("move", MOVES)
+def test_a_deleted_entity_held_at_its_tombstone_is_never_attested_live_at_its_deletion(
+        db_session, skill, write_ctx, keyring, move) -> None:
+    """helper-84: a trusted tombstone held back was kept as a leaf at the deletion version,
+    so once the row was marked live at that version the leaf was unchanged and attested.
+    It stays a tombstone; while the row names another head, the incremental audit examines
+    it from the tombstone, and the version count stays balanced."""
+    _delete_signed(db_session, skill, write_ctx)
+    store_digest(db_session, keyring=keyring)
+    deletion = _head(db_session, skill, 4)
+    if move == "back":
+        reset_row_to(db_session, skill, 3)  # still marked deleted
+    elif move == "null":
+        db_session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
+    else:
+        _insert_junk_version(db_session, skill, version=5, prev_link=deletion[1], as_head=True)
+    db_session.expire_all()
+    if move == "null":  # no head: no row for the audit to examine from the tombstone, the digest holds it
+        held: list[str] = []
+        digest = store_digest(db_session, keyring=keyring, held_back=held)
+        assert len(held) == 1 and MOVES[move] in held[0] and _tombstone(db_session, digest.id, skill.id) == deletion
+    else:
+        _held_back(db_session, keyring, skill, MOVES[move], leaf=deletion, tombstone=True)
+    db_session.execute(text("UPDATE skills SET deleted_at = NULL WHERE id = :id"), {"id": skill.id})
+    reset_row_to(db_session, skill, 4)  # live, at its deletion version
+    _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=deletion, tombstone=True)
+    summary, _ = run_incremental(db_session, keyring)
+    assert summary["coverage"]["version_count_balanced"] is True
