@@ -119,12 +119,6 @@ class LedgerDigest(Base):
     # Leaf rows kept whatever newer digests come (a key seal's digest; every digest stored
     # before migration 0011); others go once PLANT_DIGEST_LEAVES_KEPT newer ones exist.
     keep_leaves: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    # The deleted entities' heads kept beside the leaves (ledger_digest_tombstones): how many,
-    # their RFC 6962 root, and a signature by the digest's key over both (see
-    # models.ledger.tombstones_statement). NULL for digests stored before migration 0018.
-    tombstone_count: Mapped[int | None] = mapped_column(Integer)
-    tombstones_root: Mapped[bytes | None] = mapped_column(LargeBinary(32))
-    tombstones_signature: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[CreatedAt]
 
 
@@ -146,7 +140,7 @@ class LedgerDigestHead(_DigestHeadColumns, Base):
 
 class LedgerDigestTombstone(_DigestHeadColumns, Base):
     """A soft-deleted entity's head (the version recording its deletion), covered by the
-    digest's signed ``tombstones_root`` (migration 0018)."""
+    ``tombstones_root`` a stored digest's document signs (type ``v2``, migration 0018)."""
 
     __tablename__ = "ledger_digest_tombstones"
 

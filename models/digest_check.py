@@ -46,7 +46,7 @@ from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTomb
 from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS
-from models.ledger_digest import digest_problem
+from models.ledger_digest import digest_problem, keeps_tombstones
 from models.signing import KeyRing
 
 BATCH = 500
@@ -115,8 +115,10 @@ def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | Non
     their rows are replaced by one at :attr:`HeldBack.leaf`. Returns what was held back."""
     held: list[HeldBack] = []
     trusted_id = trusted.id if trusted is not None else None
-    targets = (_moved(session, table, digest_id, trusted_id) for table in (LedgerDigestHead, LedgerDigestTombstone))
-    for batch in _batches(*targets, _gone(session, digest_id, trusted_id)):
+    # A digest stored before migration 0018 keeps no tombstone: rows written for it count for nothing.
+    tombstones_id = trusted_id if trusted is not None and keeps_tombstones(trusted.document) else None
+    targets = (_moved(session, table, digest_id, trusted_id, tombstones_id) for table in (LedgerDigestHead, LedgerDigestTombstone))
+    for batch in _batches(*targets, _gone(session, digest_id, trusted_id, tombstones_id)):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
     first: dict[uuid.UUID, HeldBack] = {}
     for h in held:  # one per entity
@@ -134,7 +136,7 @@ def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | Non
 
 
 def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombstone], digest_id: int,
-           trusted_id: int | None) -> Iterator[Target]:
+           trusted_id: int | None, tombstones_id: int | None) -> Iterator[Target]:
     """The new digest's rows of ``table`` (its leaves, or its tombstones) that the trusted
     digest does not hold as they are, in the same table; each is checked from the trusted
     digest's leaf or tombstone of the entity, or from the genesis."""
@@ -143,7 +145,7 @@ def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombston
     query = select(new.entity_id, new.entity_type, new.version, new.link_hash, leaf.version, leaf.link_hash, leaf.entity_type,
                    tomb.version, tomb.link_hash, tomb.entity_type).outerjoin(
         leaf, and_(leaf.digest_id == trusted_id, leaf.entity_id == new.entity_id)).outerjoin(
-        tomb, and_(tomb.digest_id == trusted_id, tomb.entity_id == new.entity_id)
+        tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == new.entity_id)
     )
     deleted = table is LedgerDigestTombstone
     differs = [same.link_hash.is_distinct_from(new.link_hash), same.entity_type.is_distinct_from(new.entity_type),
@@ -158,7 +160,7 @@ def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombston
         yield Target(entity_id, kind, base, (version, bytes(link)), base_type, deleted, base_deleted)
 
 
-def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[Target]:
+def _gone(session: Session, digest_id: int, trusted_id: int | None, tombstones_id: int | None) -> Iterator[Target]:
     """What the new digest holds no head of: the trusted digest's leaves and tombstones whose
     entity it neither holds nor keeps a tombstone for, and the rows with no head that the
     trusted digest does not hold either (with none, every such row). No incremental audit
@@ -167,17 +169,19 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None) -> Iterator[
         row = aliased(table)
         return select(row.entity_id).where(row.digest_id == digest, row.entity_id == entity_id).exists()
 
-    for table in (LedgerDigestHead, LedgerDigestTombstone) if trusted_id is not None else ():
+    for table, trusted_rows in ((LedgerDigestHead, trusted_id), (LedgerDigestTombstone, tombstones_id)):
+        if trusted_rows is None:
+            continue
         old = aliased(table)
         query = select(old.entity_id, old.entity_type, old.version, old.link_hash).where(
-            old.digest_id == trusted_id, ~kept_by(LedgerDigestHead, digest_id, old.entity_id),
+            old.digest_id == trusted_rows, ~kept_by(LedgerDigestHead, digest_id, old.entity_id),
             ~kept_by(LedgerDigestTombstone, digest_id, old.entity_id))
         for entity_id, kind, version, link in session.execute(query.execution_options(yield_per=BATCH)):
             base, base_type = _base(version, link, kind)
             yield Target(entity_id, kind, base, None, base_type, base_deleted=table is LedgerDigestTombstone)
     for entity_type, model in ENTITY_MODELS.items():
         query = select(model.id).where(model.head_link_hash.is_(None), ~kept_by(LedgerDigestHead, trusted_id, model.id),
-                                       ~kept_by(LedgerDigestTombstone, trusted_id, model.id)).order_by(model.id)
+                                       ~kept_by(LedgerDigestTombstone, tombstones_id, model.id)).order_by(model.id)
         for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
             yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
 

@@ -42,6 +42,7 @@ from models.constitution import append_only_enforced
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest
+from models.ledger_digest import keeps_tombstones
 from models.signing import KeyRing
 
 BATCH = 500
@@ -127,7 +128,7 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     how many of the digest's leaves that accounts for (the live entities with a leaf, and
     the deleted ones with a leaf); and the ids of the deleted ones. One statement, so one
     snapshot. An entity deleted before the digest is not in it, and not read."""
-    digest_id = digest.id
+    digest_id, tombstones_id = digest.id, _tombstones_of(digest)
     model = ENTITY_MODELS[entity_type]
     head, tomb = LedgerDigestHead, LedgerDigestTombstone
     # An entity the digest keeps a tombstone for (and no leaf) is examined from its deletion
@@ -135,7 +136,7 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     changed = select(model.id, func.coalesce(head.version, tomb.version), func.coalesce(head.link_hash, tomb.link_hash),
                      case((model.deleted_at.is_not(None), 1), else_=0).label("deleted"), head.link_hash.is_not(None)).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).outerjoin(tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id, head.link_hash.is_(None))
+    ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, head.link_hash.is_(None))
     ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb), _unknown_to(model, digest)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
@@ -153,6 +154,12 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     return changed_rows, with_leaf, deleted
 
 
+def _tombstones_of(digest: LedgerDigest) -> int | None:
+    """The id whose tombstone rows are the digest's: its own, or None for a digest stored
+    before migration 0018, which keeps none (rows written for it count for nothing)."""
+    return digest.id if keeps_tombstones(digest.document) else None
+
+
 def _tombstone_moved(model: Any, tomb: Any) -> Any:
     """The entity's row is no longer at the digest's tombstone ``tomb`` (joined to it), or
     that names no version: its head moved after its deletion, or the tombstone was held."""
@@ -165,7 +172,7 @@ def _unknown_to(model: Any, digest: LedgerDigest) -> Any:
     stamp. Before 0018 a digest kept no tombstone: its first version was stamped after the
     digest's ``as_of`` (not the row's time; a version stamped before it and committed after
     the leaves were written is then missed)."""
-    if digest.tombstone_count is None:
+    if _tombstones_of(digest) is None:
         first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
         return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > digest.as_of).exists()
     tomb = aliased(LedgerDigestTombstone)
@@ -182,19 +189,19 @@ def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
     An entity deleted before the digest has no leaf and is not examined: its versions are
     counted apart, from its row (one the digest has no head of is examined instead).
     """
-    head, tomb, digest_id = LedgerDigestHead, LedgerDigestTombstone, digest.id
+    head, tomb, digest_id, tombstones_id = LedgerDigestHead, LedgerDigestTombstone, digest.id, _tombstones_of(digest)
     leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
     ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
     no_leaf = [~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists()
                for model in ENTITY_MODELS.values()]
     apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).outerjoin(
-        tomb, and_(tomb.digest_id == digest_id, tomb.entity_id == model.id)).where(
+        tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id)).where(
         model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed, ~_unknown_to(model, digest),
         ~_tombstone_moved(model, tomb),
     ).scalar_subquery() for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
     # The entities examined from a tombstone (see _changed_since) stand on its version as others on their leaf's.
     from_tombstones = [select(func.coalesce(func.sum(tomb.version), 0)).join(model, model.id == tomb.entity_id).where(
-        tomb.digest_id == digest_id, unleafed, or_(model.deleted_at.is_(None), _tombstone_moved(model, tomb)),
+        tomb.digest_id == tombstones_id, unleafed, or_(model.deleted_at.is_(None), _tombstone_moved(model, tomb)),
     ).scalar_subquery() for model, unleafed in zip(ENTITY_MODELS.values(), no_leaf, strict=True)]
     counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *apart, *from_tombstones)).one()
     return counted - sum(rest[:len(apart)]), leaf_sum + sum(rest[len(apart):])

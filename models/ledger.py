@@ -36,7 +36,7 @@ from models.db import binary_row, bytes_in, uuid_in
 from models.digest_check import check_heads, trusted_base
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
-from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, sign_root
+from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, keeps_tombstones, sign_root
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf
 from models.signing import KeyRing
 
@@ -225,8 +225,8 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     each one is logged, and appended to ``held_back`` when a list is given. Each digest
     signed by Plant's keys that is newer than that one, passed over because its rows changed
     since, is logged too, and appended to ``passed_over``. Beside the leaves it keeps each
-    soft-deleted entity's head as a tombstone, and signs their count and root
-    (:func:`tombstones_statement`).
+    soft-deleted entity's head as a tombstone, and signs their count and root in the same
+    document (type ``v2``).
     """
     skipped: list[str] = []
     trusted = trusted_base(session, keyring, stored_digest_problem, skipped)
@@ -253,12 +253,10 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
             held_back += map(str, held)
         count, hashes, _ = _leaf_hashes(session, digest.id)  # the held rows replaced some
         tombstones, tombstone_hashes, _ = _leaf_hashes(session, digest.id, LedgerDigestTombstone)
-    document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring)
+    document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring,
+                         tombstones=(tombstones, root_of_leaf_hashes(tombstone_hashes)))
     digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
     digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
-    digest.tombstone_count, digest.tombstones_root = tombstones, root_of_leaf_hashes(tombstone_hashes)
-    kid, digest.tombstones_signature = keyring.sign(tombstones_statement(digest))
-    assert kid == digest.kid, "one keyring signs the digest and its tombstones"
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
@@ -279,19 +277,6 @@ def _insert_heads(session: Session, digest_id: int) -> None:
 
     leaves = insert(LedgerDigestHead).from_select(_HEAD_COLUMNS, rows(False)).cte("leaves")
     session.execute(insert(LedgerDigestTombstone).from_select(_HEAD_COLUMNS, rows(True)).add_cte(leaves))
-
-
-TOMBSTONES_TYPE = "plant.digest-tombstones.v1"
-
-
-def tombstones_statement(digest: LedgerDigest) -> bytes:
-    """What a stored digest's tombstone signature signs: the digest's id and root (so it
-    answers for no other digest), and how many tombstones it keeps and their RFC 6962 root
-    (the leaf hash of each deleted entity's id and head link, in entity-id order)."""
-    return canonical_bytes({
-        "type": TOMBSTONES_TYPE, "digest_id": digest.id, "heads_root": bytes(digest.heads_root).hex(),
-        "tombstone_count": digest.tombstone_count, "tombstones_root": bytes(digest.tombstones_root or b"").hex(),
-    })
 
 
 def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
@@ -413,8 +398,8 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     Its leaves are rows anyone with SQL access can edit (say, to match a rolled-back
     head), so they are trusted only when its stored document verifies with ``keyring``'s
     keys, agrees with the row's columns, and the leaf rows hash to its signed
-    ``heads_root``; likewise its tombstone rows (migration 0018) must hash to its signed
-    ``tombstones_root``. Reads every leaf and tombstone of the digest: O(rows), in one
+    ``heads_root``; likewise its tombstone rows must hash to its signed ``tombstones_root``
+    (a ``v2`` document, migration 0018). Reads every leaf and tombstone of the digest: O(rows), in one
     statement each; when they are untouched since they were written and attested, without
     hashing them.
     """
@@ -430,15 +415,9 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
         return after_seal
     writer = _attested_writer(session, digest, keyring)
     problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
-    if problem is not None:
+    if problem is not None or not keeps_tombstones(document):
         return problem
-    if digest.tombstone_count is None:  # a digest stored before migration 0018 keeps no tombstone; none after it
-        before = select(LedgerDigest.id).where(LedgerDigest.id < digest.id, LedgerDigest.tombstone_count.is_not(None)).exists()
-        return "it keeps no tombstones, though a digest stored before it does" if session.scalar(select(before)) else None
-    if (digest.tombstones_root is None or digest.tombstones_signature is None
-            or not keyring.verify(digest.kid, bytes(digest.tombstones_signature), tombstones_statement(digest))):
-        return "its tombstones' signature does not verify"
-    return _rows_problem(session, digest.id, LedgerDigestTombstone, digest.tombstone_count, bytes(digest.tombstones_root).hex(),
+    return _rows_problem(session, digest.id, LedgerDigestTombstone, document["tombstone_count"], document["tombstones_root"],
                          writer)
 
 

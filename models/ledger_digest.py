@@ -7,8 +7,10 @@ order PostgreSQL sorts ``uuid`` columns in). The signed object is the JCS canoni
 ``{"type", "as_of", "entity_count", "heads_root"}``; the digest adds the signer's ``kid``
 and the unpadded base64url ``signature``. An auditor holding the published JWKS can check
 the signature offline and, given the optional ``leaves`` list, recompute the root; a single
-head can later be proven with :func:`models.merkle.inclusion_proof`. Everything here is
-pure: callers read the heads from the database and pass them in.
+head can later be proven with :func:`models.merkle.inclusion_proof`. A digest Plant stores
+(type ``plant.ledger-digest.v2``, migration 0018) also signs ``tombstone_count`` and
+``tombstones_root``: the soft-deleted entities' heads it keeps, hashed as leaves are.
+Everything here is pure: callers read the heads from the database and pass them in.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from models.signing import KeyRing
 DIGEST_TYPE = "plant.ledger-digest.v1"
 SIGNED_MEMBERS = frozenset({"type", "as_of", "entity_count", "heads_root"})
 DIGEST_MEMBERS = SIGNED_MEMBERS | {"kid", "signature"}
+# A digest Plant stores (migration 0018) also signs how many soft-deleted entities' heads it
+# keeps beside its leaves, and their RFC 6962 root (leaves hashed as the heads'): its tombstones.
+STORED_DIGEST_TYPE = "plant.ledger-digest.v2"
+TOMBSTONE_MEMBERS = frozenset({"tombstone_count", "tombstones_root"})
+_SIGNED_BY_TYPE = {DIGEST_TYPE: SIGNED_MEMBERS, STORED_DIGEST_TYPE: SIGNED_MEMBERS | TOMBSTONE_MEMBERS}
 LEAF_MEMBERS = frozenset({"entity_id", "head"})
 _HEX_HASH = re.compile(rf"[0-9a-f]{{{2 * HASH_SIZE}}}")
 
@@ -46,14 +53,18 @@ def build_digest(as_of: dt.datetime, heads: Iterable[Head], keyring: KeyRing) ->
     return sign_root(as_of, accumulator.size, accumulator.root(), keyring)
 
 
-def sign_root(as_of: dt.datetime, entity_count: int, heads_root: bytes, keyring: KeyRing) -> dict[str, Any]:
-    """The digest of ``entity_count`` heads whose RFC 6962 root, computed by the caller, is ``heads_root``."""
-    signed = {
+def sign_root(as_of: dt.datetime, entity_count: int, heads_root: bytes, keyring: KeyRing,
+              tombstones: tuple[int, bytes] | None = None) -> dict[str, Any]:
+    """The digest of ``entity_count`` heads whose RFC 6962 root, computed by the caller, is
+    ``heads_root``; with ``tombstones`` (their count and root), a stored one's (``v2``)."""
+    signed: dict[str, Any] = {
         "type": DIGEST_TYPE,
         "as_of": _rfc3339_utc(as_of),
         "entity_count": entity_count,
         "heads_root": heads_root.hex(),
     }
+    if tombstones is not None:
+        signed |= {"type": STORED_DIGEST_TYPE, "tombstone_count": tombstones[0], "tombstones_root": tombstones[1].hex()}
     kid, signature = keyring.sign(canonical_bytes(signed))
     return {**signed, "kid": kid, "signature": b64url_encode(signature)}
 
@@ -76,6 +87,13 @@ def digest_with_leaves(
         for entity_id, link_hash in ordered
     ]
     return digest
+
+
+def keeps_tombstones(document: Any) -> bool:
+    """Whether a stored digest's ``document`` signs its tombstones: every one stored since
+    migration 0018 does (type ``v2``); one stored before keeps none, and tombstone rows
+    written for it past their guard are read by nothing."""
+    return isinstance(document, dict) and document.get("type") == STORED_DIGEST_TYPE
 
 
 def verify_digest(digest: Any, keys: KeySource) -> bool:
@@ -106,7 +124,7 @@ def digest_problem(digest: Any, keys: KeySource) -> str | None:
         return f"no trusted key has kid {digest['kid']!r}"
     try:
         signature = b64url_decode(digest["signature"])
-        signed = canonical_bytes({name: digest[name] for name in SIGNED_MEMBERS})
+        signed = canonical_bytes({name: digest[name] for name in _SIGNED_BY_TYPE[digest["type"]]})
     except (ValueError, CanonicalizationError):
         return "its signature or signed members cannot be read"
     if not verifier.verify(signature, signed):
@@ -134,15 +152,15 @@ def _rfc3339_utc(as_of: dt.datetime) -> str:
 
 
 def _has_digest_shape(digest: Any) -> bool:
-    if not isinstance(digest, dict) or set(digest) - {"leaves"} != DIGEST_MEMBERS:
+    if not isinstance(digest, dict) or digest.get("type") not in _SIGNED_BY_TYPE:
         return False
-    count = digest["entity_count"]
+    if set(digest) - {"leaves"} != _SIGNED_BY_TYPE[digest["type"]] | {"kid", "signature"}:
+        return False
+    counts = [digest["entity_count"], digest.get("tombstone_count", 0)]
     return (
-        digest["type"] == DIGEST_TYPE
-        and aware_time(digest["as_of"]) is not None  # a sealed key's digest is judged by it (plant digest verify)
-        and type(count) is int  # noqa: E721 - a bool is not a count
-        and count >= 0
-        and _is_hex_hash(digest["heads_root"])
+        aware_time(digest["as_of"]) is not None  # a sealed key's digest is judged by it (plant digest verify)
+        and all(type(count) is int and count >= 0 for count in counts)  # noqa: E721 - a bool is not a count
+        and all(_is_hex_hash(digest[root]) for root in ("heads_root", "tombstones_root") if root in digest)
         and isinstance(digest["kid"], str)
         and isinstance(digest["signature"], str)
     )

@@ -369,63 +369,76 @@ def test_an_entity_marked_live_at_its_deletion_head_stays_held_until_restored(db
     assert held == [] and _tombstone(db_session, digest.id, skill.id) == deletion
 
 
+def _as_stored_before_0018(session, digest, keyring) -> None:
+    """Give ``digest`` the document a digest stored before migration 0018 has (type v1, no
+    tombstones), signed by ``keyring``, and no tombstone rows, as an upgrade leaves one."""
+    import json
+
+    from models.ledger_digest import sign_root
+
+    document = sign_root(digest.as_of, digest.entity_count, bytes(digest.heads_root), keyring)
+    lift_guard(session, "UPDATE ledger_digests SET document = :doc, signature = :sig WHERE id = :d", table="ledger_digests",
+               doc=json.dumps(document), sig=document["signature"], d=digest.id)
+    session.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": digest.id})
+    session.refresh(digest)
+
+
 def test_a_deleted_entity_s_chain_is_not_checked_again_while_its_tombstone_stands(db_session, skill, write_ctx, keyring) -> None:
     """A tombstone vouches for its chain up to the deletion, as a leaf does: editing a version
     before it is the full audit's to find. A digest stored before migration 0018 keeps no
     tombstone, so the next one checks every deleted entity it does not hold from the genesis."""
+    from models.ledger import stored_digest_problem
+
     _delete_signed(db_session, skill, write_ctx)
-    trusted = store_digest(db_session, keyring=keyring)
+    store_digest(db_session, keyring=keyring)
     lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 2", g=os.urandom(64),
                e=skill.id)
     held: list[str] = []
-    store_digest(db_session, keyring=keyring, held_back=held)
+    legacy = store_digest(db_session, keyring=keyring, held_back=held)
     assert held == []
-    legacy = store_digest(db_session, keyring=keyring)
-    lift_guard(db_session, "UPDATE ledger_digests SET tombstone_count = NULL, tombstones_root = NULL, tombstones_signature = NULL "
-               "WHERE id <= :d; DELETE FROM ledger_digest_tombstones WHERE digest_id <= :d", table="ledger_digests", d=legacy.id)
-    from models.ledger import stored_digest_problem
-
-    assert stored_digest_problem(db_session, legacy, keyring) is None and trusted.id != legacy.id
+    _as_stored_before_0018(db_session, legacy, keyring)
+    assert stored_digest_problem(db_session, legacy, keyring) is None
+    lift_guard(db_session, "INSERT INTO ledger_digest_tombstones SELECT :d, entity_id, entity_type, version, link_hash "
+               "FROM ledger_digest_tombstones WHERE digest_id = :d - 1", table="ledger_digest_tombstones", d=legacy.id)  # read by nothing
     digest = store_digest(db_session, keyring=keyring, held_back=held)
     assert len(held) == 1 and "bad-signature at version 2" in held[0], held
     assert _leaf(db_session, digest.id, skill.id) == (0, GENESIS_LINK) and _tombstone(db_session, digest.id, skill.id) is None
 
 
 def test_tombstones_are_trusted_only_as_signed(db_session, skill, write_ctx, keyring) -> None:
+    """helper-83 and helper-84: the tombstones' count and root are members of the digest's
+    signed document, so no SQL edit, of rows or columns, makes a digest's tombstones other
+    than signed, nor a digest stored since migration 0018 pass as one stored before."""
     from models.digest_check import trusted_base
     from models.ledger import stored_digest_problem
 
     _delete_signed(db_session, skill, write_ctx)
     older = store_digest(db_session, keyring=keyring)
     latest = store_digest(db_session, keyring=keyring)
+    assert latest.document["tombstone_count"] == 1
     db_session.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": latest.id})  # as pruning may
     assert stored_digest_problem(db_session, latest, keyring) == "its 0 stored tombstones do not hash to its signed tombstones_root"
     assert trusted_base(db_session, keyring, stored_digest_problem).id == older.id
-    lift_guard(db_session, "UPDATE ledger_digests SET tombstones_signature = :s WHERE id = :d", table="ledger_digests",
-               s=os.urandom(64), d=older.id)
+    lift_guard(db_session, "UPDATE ledger_digests SET document = document - 'tombstone_count' - 'tombstones_root' "
+               "|| '{\"type\": \"plant.ledger-digest.v1\"}' WHERE id = :d", table="ledger_digests", d=older.id)
     db_session.refresh(older)
-    assert stored_digest_problem(db_session, older, keyring) == "its tombstones' signature does not verify"
+    assert stored_digest_problem(db_session, older, keyring) == ("its signed document cannot be trusted: its signature does not "
+                                                                 "match its members")
 
 
-def test_a_digest_keeping_no_tombstones_after_one_that_did_is_not_trusted(db_session, skill, write_ctx, keyring) -> None:
-    """helper-83: only digests stored before migration 0018 may keep none; columns nulled
-    through SQL made a later one pass as such, and a deletion undone behind it passed."""
-    from models.ledger import stored_digest_problem
-
+def test_a_deletion_undone_behind_a_digest_passed_over_is_held_against_an_older_one(db_session, skill, write_ctx, keyring) -> None:
+    """The base passed over is named; the older one still keeps the tombstone."""
     _delete_signed(db_session, skill, write_ctx)
     older = store_digest(db_session, keyring=keyring)
     latest = store_digest(db_session, keyring=keyring)
-    lift_guard(db_session, "UPDATE ledger_digests SET tombstone_count = NULL, tombstones_root = NULL, tombstones_signature = NULL "
-               "WHERE id = :d; DELETE FROM ledger_digest_tombstones WHERE digest_id = :d", table="ledger_digests", d=latest.id)
-    db_session.refresh(latest)
-    assert stored_digest_problem(db_session, latest, keyring) == "it keeps no tombstones, though a digest stored before it does"
+    db_session.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": latest.id})
     lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 4", e=skill.id)
     _undelete_at(db_session, skill, 3)
     passed_over: list[str] = []
     held: list[str] = []
     store_digest(db_session, keyring=keyring, held_back=held, passed_over=passed_over)
-    assert passed_over == [f"digest {latest.id} ({latest.as_of.isoformat()}): it keeps no tombstones, though a digest stored "
-                           "before it does"] and older.id < latest.id
+    assert passed_over == [f"digest {latest.id} ({latest.as_of.isoformat()}): its 0 stored tombstones do not hash to its "
+                           "signed tombstones_root"] and older.id < latest.id
     assert len(held) == 1 and "live again after its deletion at version 4" in held[0], held
 
 
@@ -445,7 +458,7 @@ def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_c
     db_session.flush()
     held: list[str] = []
     only_tombstones = store_digest(db_session, keyring=keyring, held_back=held)
-    assert held == [] and only_tombstones.entity_count == 0 and only_tombstones.tombstone_count > 1
+    assert held == [] and only_tombstones.entity_count == 0 and only_tombstones.document["tombstone_count"] > 1
     assert trusted_base(db_session, keyring, stored_digest_problem).id == only_tombstones.id
 
 

@@ -152,7 +152,9 @@ def test_a_stored_digest_signs_the_root_of_every_live_head_and_keeps_each_as_a_l
     heads = list(current_heads(db_session, chain_versions=True))
     assert {h.entity_type for h in heads} >= {"skill", "industry", "agent"} and doomed.id not in {h.entity_id for h in heads}
     digest = store_digest(db_session, keyring=keyring)
-    assert digest.document == build_digest(digest.as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
+    tombstones = list(current_heads(db_session, deleted=True))
+    assert [t.entity_id for t in tombstones] == [doomed.id]
+    assert digest.document == _stored_document(digest.as_of, heads, tombstones, keyring)
     assert (digest.entity_count, digest.heads_root.hex()) == (len(heads), digest.document["heads_root"])
     assert digest.kid == digest.document["kid"] and digest.signature == digest.document["signature"]
     rows = db_session.execute(text("SELECT entity_id, entity_type, version, link_hash FROM ledger_digest_heads "
@@ -162,9 +164,19 @@ def test_a_stored_digest_signs_the_root_of_every_live_head_and_keeps_each_as_a_l
     assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
 
 
+def _stored_document(as_of, heads, tombstones, keyring) -> dict:
+    """The v2 document a stored digest of ``heads`` and ``tombstones`` must carry, built in Python."""
+    from models.ledger_digest import sign_root
+    from models.merkle import head_leaf, merkle_root
+
+    published = build_digest(as_of, ((h.entity_id, h.link_hash) for h in heads), keyring)
+    return sign_root(as_of, published["entity_count"], bytes.fromhex(published["heads_root"]), keyring,
+                     tombstones=(len(tombstones), merkle_root(head_leaf(t.entity_id, t.link_hash) for t in tombstones)))
+
+
 def test_an_empty_registry_s_digest_is_the_root_of_no_leaves(db_session, keyring) -> None:
     digest = store_digest(db_session, keyring=keyring)
-    assert digest.entity_count == 0 and digest.document == build_digest(digest.as_of, [], keyring)
+    assert digest.entity_count == 0 and digest.document == _stored_document(digest.as_of, [], [], keyring)
 
 
 def test_a_head_link_of_the_wrong_length_stops_the_digest_rather_than_being_signed(db_session, skill, keyring) -> None:

@@ -315,3 +315,21 @@ def test_a_digest_plant_signs_with_leaves_passes_its_own_check_whatever_a_row_s_
     assert [leaf for leaf in digest["leaves"] if leaf["entity_id"] == str(skill.id)][0].keys() == {"entity_id", "head"}
     digest["leaves"][0]["version"] = 0
     assert digest_problem(digest, keyring) == "its leaves cannot be read: a leaf's version is a positive integer"
+
+
+def test_a_stored_digest_s_document_signs_its_tombstones(keyring) -> None:
+    """Type v2 (migration 0018): the tombstones' count and root are signed members, so none can
+    be changed, dropped or added to a v1 document without the key."""
+    from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, sign_root
+
+    as_of = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    stored = sign_root(as_of, 2, b"\x01" * 32, keyring, tombstones=(1, b"\x02" * 32))
+    assert stored["type"] == STORED_DIGEST_TYPE and digest_problem(stored, keyring) is None
+    assert digest_problem({**stored, "tombstone_count": 0}, keyring) == "its signature does not match its members"
+    assert digest_problem({**stored, "tombstones_root": "03" * 32}, keyring) == "its signature does not match its members"
+    dropped = {k: v for k, v in stored.items() if k not in ("tombstone_count", "tombstones_root")}
+    assert digest_problem(dropped, keyring) == "its members are not a ledger digest's"
+    assert digest_problem({**dropped, "type": DIGEST_TYPE}, keyring) == "its signature does not match its members"
+    assert digest_problem({**sign_root(as_of, 2, b"\x01" * 32, keyring), "tombstone_count": 1}, keyring) == (
+        "its members are not a ledger digest's")
+    assert digest_problem({**stored, "tombstone_count": True}, keyring) == "its members are not a ledger digest's"

@@ -285,19 +285,25 @@ def test_0016_names_each_finding_s_checkpoint_and_downgrades_cleanly(empty_datab
     check_schema(empty_database)
 
 
+def _guard_triggers(table: str) -> str:
+    return f"SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND NOT tgisinternal ORDER BY tgname"
+
+
+def _digest_rows_guards(table: str) -> list[tuple[str, str]]:
+    """The triggers, each enabled ALWAYS, that guard a digest's leaf rows (0017) or tombstone rows (0018)."""
+    return [(f"{table}_{name}", "A") for name in ("kept_no_delete", "no_truncate", "no_update", "signed_no_insert")]
+
+
 def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str) -> None:
     from alembic import command
 
     from models.migrate import alembic_config
 
     config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
-    guards = ("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_digest_heads'::regclass "
-              "AND NOT tgisinternal ORDER BY tgname")
+    guards = _guard_triggers("ledger_digest_heads")
     upgrade_head(empty_database)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        assert conn.execute(guards).fetchall() == [("ledger_digest_heads_kept_no_delete", "A"), ("ledger_digest_heads_no_truncate", "A"),
-                                                   ("ledger_digest_heads_no_update", "A"),
-                                                   ("ledger_digest_heads_signed_no_insert", "A")]
+        assert conn.execute(guards).fetchall() == _digest_rows_guards("ledger_digest_heads")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("TRUNCATE ledger_digest_heads")
     command.downgrade(config, "0016")
@@ -310,32 +316,24 @@ def test_0017_keeps_digest_leaf_rows_and_downgrades_cleanly(empty_database: str)
 
 
 def test_0018_keeps_digest_tombstones_guarded_and_downgrades_only_without_them(empty_database: str) -> None:
-    from alembic import command
-
-    from models.migrate import alembic_config
-
-    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
-    guards = ("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'ledger_digest_tombstones'::regclass "
-              "AND NOT tgisinternal ORDER BY tgname")
+    libpq = empty_database.replace("+psycopg", "")
     upgrade_head(empty_database)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        assert conn.execute(guards).fetchall() == [
-            ("ledger_digest_tombstones_kept_no_delete", "A"), ("ledger_digest_tombstones_no_truncate", "A"),
-            ("ledger_digest_tombstones_no_update", "A"), ("ledger_digest_tombstones_signed_no_insert", "A")]
+        assert conn.execute(_guard_triggers("ledger_digest_tombstones")).fetchall() == _digest_rows_guards("ledger_digest_tombstones")
         digest = conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
                               "VALUES (now(), 0, '\\x00', 'k', 's', '{}') RETURNING id").fetchone()[0]
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ledger_digest_tombstones is append-only: INSERT of digest"):
             conn.execute("INSERT INTO ledger_digest_tombstones VALUES (%s, gen_random_uuid(), 'skill', 1, '\\x01')", [digest])
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ledger_digest_heads is append-only: TRUNCATE refused"):
             conn.execute("TRUNCATE ledger_digest_heads")
-        conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document, tombstone_count) "
-                     "VALUES (now(), 0, '\\x00', 'k', '', '{}', 0)")
-    with pytest.raises(DowngradeRefused, match=r"migration 0018 .*ledger_digests WHERE tombstone_count IS NOT NULL"):
+        conn.execute("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                     "VALUES (now(), 0, '\\x00', 'k', '', '{\"type\": \"plant.ledger-digest.v2\"}')")
+    with pytest.raises(DowngradeRefused, match=r"migration 0018 .*ledger_digests WHERE document ->> 'type' = 'plant.ledger-digest.v2'"):
         downgrade(empty_database, "0017")
     downgrade(empty_database, "0017", discard_data=True)
     with psycopg.connect(libpq, autocommit=True) as conn:
         assert "ledger_digest_tombstones" not in _tables(empty_database)
         assert conn.execute("SELECT count(*) FROM ledger_digests").fetchone()[0] == 2
-    command.downgrade(config, "0016")  # 0017's functions, as 0018 left them, go with 0017
+    downgrade(empty_database, "0016")  # 0017's functions, as 0018 left them, go with 0017
     upgrade_head(empty_database)
     check_schema(empty_database)

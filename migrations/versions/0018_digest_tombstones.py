@@ -6,11 +6,11 @@ the deletion version and marked the row live again at its previous head: the nex
 found an entity it did not hold, checked its chain from the genesis, found it whole and
 attested it. Now ``ledger_digest_tombstones`` keeps, beside each digest's leaves, one row
 per soft-deleted entity (its head: the version that records its deletion), and the digest's
-row signs their count and RFC 6962 root (``tombstone_count``, ``tombstones_root``,
-``tombstones_signature``; see ``models.ledger.tombstones_statement``). A digest checks each
-head against the trusted digest's leaf or tombstone (``models.digest_check``), so an entity
-brought back to life is held back. Digests stored before this have NULL there and count as
-keeping no tombstone; a later one with NULL there is not trusted (``stored_digest_problem``).
+signed document (type ``plant.ledger-digest.v2``) carries their count and RFC 6962 root
+(``tombstone_count``, ``tombstones_root``). A digest checks each head against the trusted
+digest's leaf or tombstone (``models.digest_check``), so an entity brought back to life is
+held back. Digests stored before this (type ``v1``) keep no tombstone; no SQL edit can make
+a later one pass as such without its key.
 
 The table is guarded like ``ledger_digest_heads`` (migration 0017): no UPDATE or TRUNCATE, no
 INSERT into a signed digest's, no DELETE from a kept digest's; the two trigger functions now
@@ -43,9 +43,6 @@ TRIGGERS = {
 
 
 def upgrade() -> None:
-    op.add_column("ledger_digests", sa.Column("tombstone_count", sa.Integer(), nullable=True))
-    op.add_column("ledger_digests", sa.Column("tombstones_root", sa.LargeBinary(length=32), nullable=True))
-    op.add_column("ledger_digests", sa.Column("tombstones_signature", sa.LargeBinary(), nullable=True))
     op.create_table(
         TABLE,
         sa.Column("digest_id", sa.BigInteger(), nullable=False),
@@ -95,8 +92,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    refuse_to_discard(revision, TABLE, "ledger_digests WHERE tombstone_count IS NOT NULL")
+    # A v2 digest is trusted by no code before this migration: every later digest would check from an older one.
+    refuse_to_discard(revision, TABLE, "ledger_digests WHERE document ->> 'type' = 'plant.ledger-digest.v2'")
     op.drop_table(TABLE)  # its triggers go with it; the functions stay migration 0017's to drop
-    op.drop_column("ledger_digests", "tombstones_signature")
-    op.drop_column("ledger_digests", "tombstones_root")
-    op.drop_column("ledger_digests", "tombstone_count")
