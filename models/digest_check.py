@@ -46,7 +46,7 @@ from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTomb
 from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS
-from models.ledger_digest import digest_problem, keeps_tombstones
+from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, keeps_tombstones
 from models.signing import KeyRing
 
 BATCH = 500
@@ -81,16 +81,27 @@ class HeldBack:
         return f"{self.entity_type} {self.entity_id}: {self.problem}"
 
 
+def v2_stored_by(as_of: Any) -> Any:
+    """Whether a digest of type ``v2`` (one Plant stored since migration 0018) is dated at or
+    before ``as_of``: then Plant stores no ``v1`` digest any more, and one dated there is a
+    published digest (``GET /ledger/digest`` signs v1 over the heads as the rows name them,
+    unchecked) planted through SQL, never a base."""
+    v2 = aliased(LedgerDigest)
+    return select(v2.id).where(v2.document["type"].astext == STORED_DIGEST_TYPE, v2.as_of <= as_of).exists()
+
+
 def trusted_base(session: Session, keyring: KeyRing, problem_of: Any, passed_over: list[str] | None = None) -> LedgerDigest | None:
     """The newest stored digest with leaf or tombstone rows whose ``problem_of(session,
     digest, keyring)`` is None (:func:`models.ledger.stored_digest_problem`); None when
     there is none. Only digests whose signed document verifies count toward the
-    :data:`BASES_TRIED` looked at, so rows made up through SQL cannot push a real one out of
+    :data:`BASES_TRIED` looked at, and no published digest planted as a stored one
+    (:func:`v2_stored_by`), so rows made up through SQL cannot push a real one out of
     reach; each of those passed over is appended to ``passed_over``, with why."""
     with_rows = or_(*(select(table.digest_id).where(table.digest_id == LedgerDigest.id).exists()
                       for table in (LedgerDigestHead, LedgerDigestTombstone)))
-    candidates = session.scalars(select(LedgerDigest).where(with_rows).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
-                                 .execution_options(yield_per=BATCH))
+    planted = and_(LedgerDigest.document["type"].astext.is_distinct_from(STORED_DIGEST_TYPE), v2_stored_by(LedgerDigest.as_of))
+    candidates = session.scalars(select(LedgerDigest).where(with_rows, ~planted)
+                                 .order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).execution_options(yield_per=BATCH))
     tried = 0
     try:
         for digest in candidates:
@@ -149,6 +160,7 @@ def _moved(session: Session, table: type[LedgerDigestHead | LedgerDigestTombston
     )
     deleted = table is LedgerDigestTombstone
     differs = [same.link_hash.is_distinct_from(new.link_hash), same.entity_type.is_distinct_from(new.entity_type),
+               same.version.is_distinct_from(new.version),  # a head renumbered (a version slipped in under it)
                same.version == 0, same.link_hash == GENESIS_LINK]  # a leaf naming no version vouches for nothing: checked every time
     if not deleted:
         differs.append(tomb.link_hash.is_not(None))  # a deleted entity live again: always
@@ -180,10 +192,11 @@ def _gone(session: Session, digest_id: int, trusted_id: int | None, tombstones_i
             base, base_type = _base(version, link, kind)
             yield Target(entity_id, kind, base, None, base_type, base_deleted=table is LedgerDigestTombstone)
     for entity_type, model in ENTITY_MODELS.items():
-        query = select(model.id).where(model.head_link_hash.is_(None), ~kept_by(LedgerDigestHead, trusted_id, model.id),
-                                       ~kept_by(LedgerDigestTombstone, tombstones_id, model.id)).order_by(model.id)
-        for (entity_id,) in session.execute(query.execution_options(yield_per=BATCH)):
-            yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None)
+        query = select(model.id, model.deleted_at.is_not(None)).where(
+            model.head_link_hash.is_(None), ~kept_by(LedgerDigestHead, trusted_id, model.id),
+            ~kept_by(LedgerDigestTombstone, tombstones_id, model.id)).order_by(model.id)
+        for entity_id, deleted in session.execute(query.execution_options(yield_per=BATCH)):
+            yield Target(entity_id, entity_type.value, (0, GENESIS_LINK), None, deleted=deleted)
 
 
 def _base(version: int | None, link: bytes | None, kind: str | None) -> tuple[tuple[int, bytes], str | None]:
@@ -228,8 +241,8 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
 def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
     """The row a head that failed is held at: its trusted leaf or tombstone (at the version
     of the chain that carries its link, or 0 when none does, as in every leaf), or with none
-    a placeholder leaf that names no version (the genesis link, version 0), never the head
-    that failed. It is kept as a leaf, where every later incremental audit examines it,
+    (or where its link now stands at another version number) a placeholder that names no
+    version (the genesis link, version 0), never the head that failed. It is kept as a leaf, where every later incremental audit examines it,
     live or deleted (one of version 0 from its genesis), and every later digest checks it
     again. A trusted tombstone stays a tombstone: as a leaf, a deletion head would pass for
     a live one once the row named it live again (an unchanged leaf is not checked); every
@@ -238,8 +251,11 @@ def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
         version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
-        return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=target.base_deleted)
-    return HeldBack(target.entity_id, target.entity_type, problem, (target.entity_type, 0, GENESIS_LINK))
+        if version in (0, target.base[0]):  # else its link was renumbered: held at the placeholder, checked from the genesis
+            return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=target.base_deleted)
+    # A row marked deleted with no head is held as a placeholder tombstone: were it made live later, it is live again.
+    tombstone = target.base_deleted or (target.deleted and target.head is None)
+    return HeldBack(target.entity_id, target.entity_type, problem, (target.entity_type, 0, GENESIS_LINK), tombstone=tombstone)
 
 
 def _problem(target: Target, rows: list[Any], keyring: KeyRing, signatures: str) -> tuple[str | None, list[Any]]:

@@ -99,9 +99,12 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
     for entity_type in EntityType:
-        changed, with_leaf, deleted_ids = _changed_since(session, entity_type, digest)
+        changed, with_leaf, deleted_ids, live_again = _changed_since(session, entity_type, digest)
         accounted += with_leaf
         deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
+        result.findings += [FindingRow(entity_type.value, entity_id, version, "entity-undeleted",
+                                       "live, though the digest keeps its deletion (a tombstone): Plant brings no deleted entity back")
+                            for entity_id, version in live_again]
         _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
     # Counted after the chains were read, not before: each statement sees the commits made
     # until it starts, so a version committed meanwhile is then either in both counts or in
@@ -121,13 +124,14 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
 
 
 def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDigest,
-                   among: list[uuid.UUID] | None = None) -> tuple[Changed, int, list[uuid.UUID]]:
+                   among: list[uuid.UUID] | None = None) -> tuple[Changed, int, list[uuid.UUID], list[tuple[uuid.UUID, int]]]:
     """(id, base version, base link) of each entity whose head is not the digest's (or of
     each one ``among`` these ids): live ones, deleted ones the digest held (deleted since,
     by a signed version or not), and deleted ones it has no head of (:func:`_unknown_to`);
     how many of the digest's leaves that accounts for (the live entities with a leaf, and
-    the deleted ones with a leaf); and the ids of the deleted ones. One statement, so one
-    snapshot. An entity deleted before the digest is not in it, and not read."""
+    the deleted ones with a leaf); the ids of the deleted ones; and (id, tombstone version)
+    of the live ones the digest keeps a tombstone for. One statement, so one snapshot. An
+    entity deleted before the digest is not in it, and not read."""
     digest_id, tombstones_id = digest.id, _tombstones_of(digest)
     model = ENTITY_MODELS[entity_type]
     head, tomb = LedgerDigestHead, LedgerDigestTombstone
@@ -151,7 +155,8 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     deleted = [row[0] for row in rows if row[3]]
     with_leaf = live_count - new + sum(1 for row in rows if row[3] and row[4])
     changed_rows = [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows]
-    return changed_rows, with_leaf, deleted
+    live_again = [(r[0], r[1] or 0) for r in rows if not r[3] and not r[4] and r[2] is not None]
+    return changed_rows, with_leaf, deleted, live_again
 
 
 def _tombstones_of(digest: LedgerDigest) -> int | None:

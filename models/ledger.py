@@ -33,7 +33,7 @@ from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTomb
 from models.canonical import canonical_bytes
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, records_a_deletion
 from models.db import binary_row, bytes_in, uuid_in
-from models.digest_check import check_heads, trusted_base
+from models.digest_check import check_heads, trusted_base, v2_stored_by
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, keeps_tombstones, sign_root
@@ -413,6 +413,8 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     after_seal = signed_after_seal(keyring, document["kid"], digest.as_of, digest.id)
     if after_seal is not None:
         return after_seal
+    if not keeps_tombstones(document) and session.scalar(select(v2_stored_by(digest.as_of))):
+        return "it is a published digest's document (v1), and Plant has stored only v2 digests since one dated before it"
     writer = _attested_writer(session, digest, keyring)
     problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
     if problem is not None or not keeps_tombstones(document):

@@ -152,7 +152,7 @@ def _rfc3339_utc(as_of: dt.datetime) -> str:
 
 
 def _has_digest_shape(digest: Any) -> bool:
-    if not isinstance(digest, dict) or digest.get("type") not in _SIGNED_BY_TYPE:
+    if not isinstance(digest, dict) or not isinstance(digest.get("type"), str) or digest["type"] not in _SIGNED_BY_TYPE:
         return False
     if set(digest) - {"leaves"} != _SIGNED_BY_TYPE[digest["type"]] | {"kid", "signature"}:
         return False

@@ -390,13 +390,14 @@ def test_a_deleted_entity_s_chain_is_not_checked_again_while_its_tombstone_stand
     from models.ledger import stored_digest_problem
 
     _delete_signed(db_session, skill, write_ctx)
-    store_digest(db_session, keyring=keyring)
+    first = store_digest(db_session, keyring=keyring)
     lift_guard(db_session, "UPDATE entity_versions SET signature = :g WHERE entity_id = :e AND version = 2", g=os.urandom(64),
                e=skill.id)
     held: list[str] = []
     legacy = store_digest(db_session, keyring=keyring, held_back=held)
     assert held == []
-    _as_stored_before_0018(db_session, legacy, keyring)
+    for digest in (first, legacy):  # the database's history as an upgrade from 0017 leaves it
+        _as_stored_before_0018(db_session, digest, keyring)
     assert stored_digest_problem(db_session, legacy, keyring) is None
     lift_guard(db_session, "INSERT INTO ledger_digest_tombstones SELECT :d, entity_id, entity_type, version, link_hash "
                "FROM ledger_digest_tombstones WHERE digest_id = :d - 1", table="ledger_digest_tombstones", d=legacy.id)  # read by nothing
@@ -528,3 +529,111 @@ def test_a_deleted_entity_held_at_its_tombstone_is_never_attested_live_at_its_de
     _held_back(db_session, keyring, skill, "it is live again after its deletion at version 4", leaf=deletion, tombstone=True)
     summary, _ = run_incremental(db_session, keyring)
     assert summary["coverage"]["version_count_balanced"] is True
+
+
+def _plant_as_stored(session, document) -> int:
+    """Store ``document`` as a digest through plain SQL, no guard lifted, with leaf rows of the
+    heads as the rows name them: an unsigned row, its leaves, then its signed columns."""
+    import json
+
+    from models.ledger import current_heads
+
+    digest_id = session.scalar(text(
+        "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+        "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": dt.datetime.fromisoformat(document["as_of"]), "r": bytes(32)})
+    for head in current_heads(session, chain_versions=True):
+        session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, :e, :t, :v, :l)"),
+                        {"d": digest_id, "e": head.entity_id, "t": head.entity_type, "v": head.version, "l": head.link_hash})
+    session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, document = :doc "
+                         "WHERE id = :d"), {"c": document["entity_count"], "r": bytes.fromhex(document["heads_root"]),
+                                            "k": document["kid"], "s": document["signature"], "doc": json.dumps(document), "d": digest_id})
+    session.expire_all()
+    return digest_id
+
+
+def test_a_published_digest_planted_as_a_stored_one_is_no_base(db_session, skill, keyring) -> None:
+    """helper-85: GET /ledger/digest signs a v1 digest of the heads as the rows name them,
+    unchecked; stored through SQL it was the newest trusted digest, and laundered a forged
+    head. Plant stores v2 digests only, so a v1 one dated after a v2 one is no base."""
+    from models.ledger import current_heads, signed_digest
+
+    store_digest(db_session, keyring=keyring)
+    trusted = _head(db_session, skill, 3)
+    _insert_junk_version(db_session, skill, as_head=True)  # version 4, a signature nobody made
+    published = signed_digest(current_heads(db_session), db_session.scalar(text("SELECT now()")), keyring)
+    planted = _plant_as_stored(db_session, published)
+    _, findings = run_incremental(db_session, keyring)
+    assert [(f.code, planted) for f in findings] == [("digest-invalid", planted)] and "published digest" in findings[0].detail
+    _held_back(db_session, keyring, skill, "(bad-signature|link-hash-mismatch) at version 4", leaf=trusted)
+
+
+def test_a_digest_whose_type_is_not_a_string_is_refused_not_a_crash(db_session, skill, keyring) -> None:
+    """helper-85: a type that cannot be hashed raised, and one such row stopped every digest."""
+    import json
+
+    from models.ledger_digest import digest_problem
+
+    good = store_digest(db_session, keyring=keyring).document
+    for kind in (["plant.ledger-digest.v2"], {}):
+        assert digest_problem({**good, "type": kind}, keyring) == "its members are not a ledger digest's"
+        bad = db_session.scalar(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                                     "VALUES (now(), 0, :r, '', '', :doc) RETURNING id"),
+                                {"r": bytes(32), "doc": json.dumps({"type": kind})})
+        db_session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, :e, 'skill', 0, :l)"),
+                           {"d": bad, "e": skill.id, "l": bytes(32)})
+        assert store_digest(db_session, keyring=keyring, held_back=[]).id > bad
+
+
+def test_a_version_slipped_in_under_a_renumbered_head_is_not_attested(db_session, skill, keyring) -> None:
+    """helper-85: the head renumbered from 3 to 4 (its link unchanged) and a forged version 3
+    put beneath it; the leaf's link was unchanged, so the new version was never checked."""
+    trusted = store_digest(db_session, keyring=keyring)
+    two = version_row(db_session, skill.id, 2)
+    lift_guard(db_session, "UPDATE entity_versions SET version = 4 WHERE entity_id = :e AND version = 3;"
+               "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, link_hash, kid, "
+               "signature, actor) VALUES ('skill', :e, 3, :c, :h, :p, :l, :k, :g, 'intruder')", e=skill.id,
+               c=bytes(two.content), h=os.urandom(32), p=os.urandom(32), l=os.urandom(32), k=two.kid, g=os.urandom(64))
+    db_session.execute(text("UPDATE skills SET version = 4 WHERE id = :e"), {"e": skill.id})
+    db_session.expire_all()
+    assert _leaf(db_session, trusted.id, skill.id)[0] == 3
+    for _ in range(2):
+        _held_back(db_session, keyring, skill, "(version 3, which the last trusted digest holds, is gone from its chain"
+                   "|(broken-link|link-hash-mismatch) at version 3)", leaf=(0, GENESIS_LINK))
+
+
+def test_a_deleted_row_without_a_head_is_held_as_a_tombstone(engine, committed_steward, write_ctx, keyring) -> None:
+    """helper-85: a deletion between two digests hidden behind a NULL head was held as a
+    placeholder leaf, and once the deletion version was deleted and the row marked live at
+    version 1, checked from the genesis and attested."""
+    from sqlalchemy.orm import Session
+
+    from models.registry import create_entity
+
+    with Session(engine) as session, session.begin():
+        store_digest(session, keyring=keyring)
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        skill = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": "Hidden Deletion", "skill_key": "hidden-deletion", "category": "technical", "description": "one",
+            "governance_agent_id": committed_steward})
+        _delete_signed(session, skill, write_ctx)
+        session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
+    with Session(engine) as session, session.begin():
+        held: list[str] = []
+        digest = store_digest(session, keyring=keyring, held_back=held)
+        assert len(held) == 1 and _tombstone(session, digest.id, skill.id) == (0, GENESIS_LINK)
+        lift_guard(session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 2", e=skill.id)
+        _undelete_at(session, skill, 1)
+        _held_back(session, keyring, skill, "it is live again after its deletion at version 0", leaf=(0, GENESIS_LINK),
+                   tombstone=True)
+
+
+def test_published_digests_planted_as_stored_ones_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
+    from models.digest_check import BASES_TRIED, trusted_base
+    from models.ledger import current_heads, signed_digest, stored_digest_problem
+
+    real = store_digest(db_session, keyring=keyring)
+    published = signed_digest(current_heads(db_session), db_session.scalar(text("SELECT now()")), keyring)
+    for _ in range(BASES_TRIED + 1):
+        _plant_as_stored(db_session, published)
+    passed_over: list[str] = []
+    assert trusted_base(db_session, keyring, stored_digest_problem, passed_over).id == real.id and passed_over == []
