@@ -184,6 +184,17 @@ class SignedExportsBegan(Base):
     began_at: Mapped[CreatedAt]
 
 
+class LedgerDigestsV2Began(Base):
+    """One row: when Plant began storing v2 digests (migration 0018), guarded against change.
+    A v1 digest dated later is a published one planted as stored (``models.digest_check``)."""
+
+    __tablename__ = "ledger_digests_v2_began"
+    __table_args__ = (CheckConstraint("one", name="one_row"),)  # and began_at loadable, as every time (migration 0016)
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    began_at: Mapped[CreatedAt]
+
+
 class KeySealSignature(Base):
     """One signature (its SHA-256) that a key's seal lists; the seal file commits to the whole
     list by count and root (:mod:`models.key_seals`), so a row added here later is noticed."""

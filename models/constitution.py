@@ -142,6 +142,7 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
         "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints")},
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
+    "ledger_digests_v2_began": ("ledger_digests_v2_began_no_update_delete", "ledger_digests_v2_began_no_truncate"),  # 0018
     # Migration 0017: no leaf row UPDATEd or TRUNCATEd, none added to a signed digest, nor a kept digest's DELETEd.
     # Migration 0018: likewise for the deleted entities' heads a digest keeps beside its leaves.
     **{table: (f"{table}_no_update", f"{table}_kept_no_delete", f"{table}_signed_no_insert", f"{table}_no_truncate")

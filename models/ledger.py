@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.canonical import canonical_bytes
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, records_a_deletion
+from models.chain import ChainFinding, EntityVersion, records_a_deletion
 from models.db import binary_row, bytes_in, uuid_in
-from models.digest_check import check_heads, trusted_base, v2_stored_by
+from models.digest_check import check_heads, planted, trusted_base
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_problem, digest_with_leaves, keeps_tombstones, sign_root
@@ -239,6 +239,10 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     session.add(digest)
     session.flush()  # the id the leaf rows name; the columns are signed and set below
     _insert_heads(session, digest.id)
+    # Statistics that know the new digest's id: to PostgreSQL an id newer than its statistics
+    # holds a few rows, and the joins between two digests' rows (the check below, the next
+    # incremental audits) were then planned as nested loops over every pair of leaves.
+    session.execute(text(f"ANALYZE {LedgerDigestHead.__tablename__}, {LedgerDigestTombstone.__tablename__}"))
     count, hashes, misshapen = _leaf_hashes(session, digest.id)
     tombstones, tombstone_hashes, misshapen_tombstones = _leaf_hashes(session, digest.id, LedgerDigestTombstone)
     if misshapen or misshapen_tombstones:
@@ -413,8 +417,8 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     after_seal = signed_after_seal(keyring, document["kid"], digest.as_of, digest.id)
     if after_seal is not None:
         return after_seal
-    if not keeps_tombstones(document) and session.scalar(select(v2_stored_by(digest.as_of))):
-        return "it is a published digest's document (v1), and Plant has stored only v2 digests since one dated before it"
+    if session.scalar(select(planted()).where(LedgerDigest.id == digest.id)):
+        return "it is a published digest's document (v1), dated after Plant began storing v2 digests (migration 0018)"
     writer = _attested_writer(session, digest, keyring)
     problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
     if problem is not None or not keeps_tombstones(document):
@@ -440,8 +444,9 @@ def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: i
                  EntityVersion.entity_type == table.entity_type)
     if session.scalar(select(func.count()).select_from(table).outerjoin(EntityVersion, named).where(
             table.digest_id == digest_id,
-            # A placeholder (models.digest_check) names no version, whatever version an intruder gives its link.
-            ~and_(table.version == 0, table.link_hash == GENESIS_LINK),
+            # A row of version 0 names no version (a placeholder, or a trusted link its chain no longer carries at
+            # its trusted version: models.digest_check): it vouches for nothing, and is checked again every time.
+            table.version != 0,
             func.coalesce(EntityVersion.version, 0) != table.version)):
         return f"its stored {what}' versions or types differ from the chain versions they name"
     return None

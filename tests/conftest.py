@@ -211,7 +211,7 @@ def busy_sessions(engine: Engine) -> int:
 
 # Rows the migrations write, which no test makes: the schema's version, and when Plant
 # began recording the signatures it hands out (migration 0010).
-SCHEMA_DATA_TABLES = ("alembic_version", "signed_exports_began")
+SCHEMA_DATA_TABLES = ("alembic_version", "signed_exports_began", "ledger_digests_v2_began")
 
 
 def _truncate_all(engine: Engine) -> None:

@@ -380,6 +380,8 @@ def _as_stored_before_0018(session, digest, keyring) -> None:
     lift_guard(session, "UPDATE ledger_digests SET document = :doc, signature = :sig WHERE id = :d", table="ledger_digests",
                doc=json.dumps(document), sig=document["signature"], d=digest.id)
     session.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": digest.id})
+    lift_guard(session, "UPDATE ledger_digests_v2_began SET began_at = :t WHERE began_at < :t", table="ledger_digests_v2_began",
+               t=digest.as_of)  # the upgrade came after it
     session.refresh(digest)
 
 
@@ -595,10 +597,11 @@ def test_a_version_slipped_in_under_a_renumbered_head_is_not_attested(db_session
                c=bytes(two.content), h=os.urandom(32), p=os.urandom(32), l=os.urandom(32), k=two.kid, g=os.urandom(64))
     db_session.execute(text("UPDATE skills SET version = 4 WHERE id = :e"), {"e": skill.id})
     db_session.expire_all()
-    assert _leaf(db_session, trusted.id, skill.id)[0] == 3
-    for _ in range(2):
-        _held_back(db_session, keyring, skill, "(version 3, which the last trusted digest holds, is gone from its chain"
-                   "|(broken-link|link-hash-mismatch) at version 3)", leaf=(0, GENESIS_LINK))
+    version, link = _leaf(db_session, trusted.id, skill.id)
+    assert version == 3
+    _held_back(db_session, keyring, skill, "version 3, which the last trusted digest holds, is gone from its chain",
+               leaf=(0, link))
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
 
 
 def test_a_deleted_row_without_a_head_is_held_as_a_tombstone(engine, committed_steward, write_ctx, keyring) -> None:
@@ -637,3 +640,69 @@ def test_published_digests_planted_as_stored_ones_do_not_push_the_trusted_one_ou
         _plant_as_stored(db_session, published)
     passed_over: list[str] = []
     assert trusted_base(db_session, keyring, stored_digest_problem, passed_over).id == real.id and passed_over == []
+
+
+def test_a_published_digest_planted_before_any_stored_one_is_no_base(db_session, skill, keyring) -> None:
+    """helper-86: before the first v2 digest (a new install, or the hour after the upgrade),
+    a planted published digest was the only candidate, and trusted. Plant stores no v1
+    digest after the upgrade time (one guarded row), so it is no base whenever it comes."""
+    from models.ledger import current_heads, signed_digest
+
+    _insert_junk_version(db_session, skill, as_head=True)
+    _plant_as_stored(db_session, signed_digest(current_heads(db_session), db_session.scalar(text("SELECT now()")), keyring))
+    _held_back(db_session, keyring, skill, "(bad-signature|link-hash-mismatch) at version 4", leaf=(0, GENESIS_LINK))
+
+
+def test_a_v1_digest_is_judged_by_the_upgrade_time_alone(db_session, skill, keyring) -> None:
+    """helper-86: a junk row claiming v2, dated long ago, made every v1 digest look planted; now
+    only the guarded upgrade time counts, and with its row gone no v1 digest is trusted."""
+    from models.ledger import stored_digest_problem
+
+    legacy = store_digest(db_session, keyring=keyring)
+    _as_stored_before_0018(db_session, legacy, keyring)
+    db_session.execute(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                            "VALUES ('2000-01-01', 0, :r, '', '', '{\"type\": \"plant.ledger-digest.v2\"}')"), {"r": bytes(32)})
+    assert stored_digest_problem(db_session, legacy, keyring) is None
+    lift_guard(db_session, "DELETE FROM ledger_digests_v2_began", table="ledger_digests_v2_began")
+    assert "published digest" in stored_digest_problem(db_session, legacy, keyring)
+
+
+def test_a_rollback_held_at_a_lost_link_stays_held_when_the_version_comes_and_goes(db_session, skill, keyring) -> None:
+    """helper-86: once held at a trusted link its chain had lost, putting the genuine version
+    back moved the entity to the placeholder, and deleting it again was then attested."""
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _, link = _head(db_session, skill, 3)
+    saved = db_session.execute(text("SELECT * FROM entity_versions WHERE entity_id = :e AND version = 3"), {"e": skill.id}).one()
+    tamper_delete_newest(db_session, skill, keyring)  # version 3 deleted, the row reset to version 2
+    _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=(0, link))
+    columns = ", ".join(saved._fields)
+    db_session.execute(text(f"INSERT INTO entity_versions ({columns}) VALUES ({', '.join(':' + c for c in saved._fields)})"),
+                       saved._asdict())  # the genuine version put back (INSERT is what the guard allows)
+    db_session.expire_all()
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+
+
+def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill, keyring) -> None:
+    """helper-86: thirty copies of the newest document, each with a junk leaf row, pushed the
+    real digest out of the bases looked at."""
+    import json
+
+    from models.digest_check import BASES_TRIED, trusted_base
+    from models.ledger import stored_digest_problem
+
+    real = store_digest(db_session, keyring=keyring)
+    for _ in range(BASES_TRIED + 1):
+        copy = db_session.scalar(text(
+            "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+            "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": real.as_of, "r": bytes(32)})
+        db_session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, gen_random_uuid(), 'skill', 0, :l)"),
+                           {"d": copy, "l": bytes(32)})
+        db_session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, "
+                                "document = :doc WHERE id = :d"),
+                           {"c": real.entity_count, "r": real.heads_root, "k": real.kid, "s": real.signature,
+                            "doc": json.dumps(real.document), "d": copy})
+    passed_over: list[str] = []
+    assert trusted_base(db_session, keyring, stored_digest_problem, passed_over).id == real.id
+    assert len(passed_over) == BASES_TRIED + 1

@@ -16,6 +16,12 @@ The table is guarded like ``ledger_digest_heads`` (migration 0017): no UPDATE or
 INSERT into a signed digest's, no DELETE from a kept digest's; the two trigger functions now
 name the table they refuse for.
 
+``ledger_digests_v2_began`` holds one row, the time of this upgrade, and refuses UPDATE, DELETE
+and TRUNCATE. Plant stores no v1 digest after it, so a v1 document dated later is a published
+one (``GET /ledger/digest`` signs v1 over the heads as the rows name them) planted through SQL,
+never a base (``models.digest_check.planted``). Stop beat and the workers before upgrading: a
+worker still on older code stores v1 digests, which are then not trusted.
+
 Revision ID: 0018
 Revises: 0017
 Create Date: 2026-12-05
@@ -40,6 +46,13 @@ TRIGGERS = {
                                "EXECUTE FUNCTION ledger_digest_heads_refuse_touching()",
     f"{TABLE}_no_truncate": "BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_change()",
 }
+
+BEGAN = "ledger_digests_v2_began"
+BEGAN_TRIGGERS = {
+    f"{BEGAN}_no_update_delete": "BEFORE UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION ledger_digest_heads_refuse_change()",
+    f"{BEGAN}_no_truncate": "BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION ledger_digest_heads_refuse_change()",
+}
+EARLIEST, LATEST = "'0001-01-02 00:00:00+00'::timestamptz", "'9999-12-30 00:00:00+00'::timestamptz"  # as migration 0016's
 
 
 def upgrade() -> None:
@@ -89,9 +102,22 @@ def upgrade() -> None:
     for name, definition in TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {definition.format(table=TABLE)}")
         op.execute(f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {name}")
+    op.create_table(
+        BEGAN,
+        sa.Column("one", sa.Boolean(), server_default=sa.text("true"), nullable=False),
+        sa.Column("began_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.CheckConstraint("one", name=op.f(f"ck_{BEGAN}_one_row")),
+        sa.CheckConstraint(f"began_at BETWEEN {EARLIEST} AND {LATEST}", name=op.f(f"ck_{BEGAN}_began_at_loadable")),
+        sa.PrimaryKeyConstraint("one", name=op.f(f"pk_{BEGAN}")),
+    )
+    op.execute(f"INSERT INTO {BEGAN} DEFAULT VALUES")
+    for name, definition in BEGAN_TRIGGERS.items():
+        op.execute(f"CREATE TRIGGER {name} {definition.format(table=BEGAN)}")
+        op.execute(f"ALTER TABLE {BEGAN} ENABLE ALWAYS TRIGGER {name}")
 
 
 def downgrade() -> None:
     # A v2 digest is trusted by no code before this migration: every later digest would check from an older one.
     refuse_to_discard(revision, TABLE, "ledger_digests WHERE document ->> 'type' = 'plant.ledger-digest.v2'")
     op.drop_table(TABLE)  # its triggers go with it; the functions stay migration 0017's to drop
+    op.drop_table(BEGAN)
