@@ -14,29 +14,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import statistics
 import time
-from collections.abc import Callable
 
 from sqlalchemy import text
 
 from bench.audit_data import generate
-from bench.harness import BenchStack
+from bench.harness import BenchStack, median_seconds
 from models.entities import EntityType
 from models.incremental_audit import audit_since_latest_digest
 from models.keys import keyring_from_settings
 from models.ledger import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
-
-
-def _median_seconds(work: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -66,7 +55,7 @@ def main() -> None:
 
         analyze()
         digest()  # the first: every chain checked from the genesis
-        before = {"digest": _median_seconds(digest, args.runs), "incremental": _median_seconds(incremental, args.runs)}
+        before = {"digest": median_seconds(digest, args.runs), "incremental": median_seconds(incremental, args.runs)}
         with stack.session(settings) as session:
             doomed = session.scalars(text("SELECT id FROM industries ORDER BY id LIMIT :n"), {"n": args.deleted}).all()
             for industry in doomed:
@@ -76,7 +65,7 @@ def main() -> None:
         start = time.perf_counter()
         digest()  # checks each deletion from its trusted leaf
         checking = time.perf_counter() - start
-        after = {"digest": _median_seconds(digest, args.runs), "incremental": _median_seconds(incremental, args.runs)}
+        after = {"digest": median_seconds(digest, args.runs), "incremental": median_seconds(incremental, args.runs)}
     print(f"the digest that checked {args.deleted} new deletions: {checking:.2f} s")
     for name in before:
         print(f"{name}: {before[name]:.3f} s with no deleted entity, {after[name]:.3f} s with {args.deleted} tombstones "

@@ -110,6 +110,16 @@ class BenchResult:
                    details={"error": f"{type(error).__name__}: {error}", "traceback": traceback_text})
 
 
+def median_seconds(action: Callable[[], object], runs: int) -> float:
+    """The median wall time of ``runs`` calls of ``action``, in seconds."""
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return median_run(samples)
+
+
 def median_run(values: list[float]) -> float:
     """The median of a scenario's runs (callers make at least three)."""
     ordered = sorted(values)

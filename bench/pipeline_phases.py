@@ -18,7 +18,7 @@ from http.client import HTTPConnection
 
 import redis
 
-from bench.harness import BenchStack
+from bench.harness import BenchStack, median_seconds
 from models.api_keys import authenticate
 from models.db import make_engine, make_session_factory, single_statement
 from models.job_lifecycle import claim_job, create_job, finish_job, report_progress
@@ -48,12 +48,7 @@ API_PHASES = 5  # the first five are the API's
 
 
 def _median_ms(action: Callable[[], object], n: int) -> float:
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return round(statistics.median(samples) * 1000, 3)
+    return round(median_seconds(action, n) * 1000, 3)
 
 
 def _lap(into: list[float], since: float) -> float:

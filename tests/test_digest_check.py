@@ -214,8 +214,8 @@ def test_a_live_entity_held_at_the_genesis_is_checked_again_once_deleted(db_sess
     _held_back(db_session, keyring, skill, "content-hash-mismatch at version 2", leaf=(0, GENESIS_LINK))
 
 
-def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checked(engine, committed_steward, write_ctx, keyring) -> None:
-    """Committed transactions: the entity's first version is stamped after the digest's time."""
+def _committed_after_a_digest(engine, write_ctx, keyring, steward, key: str):
+    """A digest committed, then a skill (version 1) committed after it."""
     from sqlalchemy.orm import Session
 
     from models.registry import create_entity
@@ -223,9 +223,16 @@ def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checke
     with Session(engine) as session, session.begin():
         store_digest(session, keyring=keyring)
     with Session(engine, expire_on_commit=False) as session, session.begin():
-        skill = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
-            "name": "Made After", "skill_key": "made-after", "category": "technical", "description": "made after the digest",
-            "governance_agent_id": committed_steward})
+        return create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": key.replace("-", " ").title(), "skill_key": key, "category": "technical", "description": "one",
+            "governance_agent_id": steward})
+
+
+def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checked(engine, committed_steward, write_ctx, keyring) -> None:
+    """Committed transactions: the entity's first version is stamped after the digest's time."""
+    from sqlalchemy.orm import Session
+
+    skill = _committed_after_a_digest(engine, write_ctx, keyring, committed_steward, "made-after")
     with Session(engine) as session, session.begin():
         session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
     with Session(engine) as session, session.begin():
@@ -610,14 +617,8 @@ def test_a_deleted_row_without_a_head_is_held_as_a_tombstone(engine, committed_s
     version 1, checked from the genesis and attested."""
     from sqlalchemy.orm import Session
 
-    from models.registry import create_entity
-
+    skill = _committed_after_a_digest(engine, write_ctx, keyring, committed_steward, "hidden-deletion")
     with Session(engine) as session, session.begin():
-        store_digest(session, keyring=keyring)
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        skill = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
-            "name": "Hidden Deletion", "skill_key": "hidden-deletion", "category": "technical", "description": "one",
-            "governance_agent_id": committed_steward})
         _delete_signed(session, skill, write_ctx)
         session.execute(text("UPDATE skills SET head_link_hash = NULL WHERE id = :id"), {"id": skill.id})
     with Session(engine) as session, session.begin():
