@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -206,13 +206,13 @@ def _joined(session: Session, query: Any) -> Any:
     nested loops. PostgreSQL takes a digest id newer than its statistics for one of a few
     rows, and a nested loop over two digests' leaves then compares every leaf of one with
     every leaf of the other: 1 s for 4,500 leaves, hours for 200,000. A server-side cursor
-    is planned when it is declared, so the setting is put back before the rows are read
-    (the versions read between batches keep their index plans)."""
+    is planned when it is declared, so the setting is put back, as it was, before the rows
+    are read (the versions read between batches keep their index plans)."""
+    previous = session.scalar(text("SELECT current_setting('enable_nestloop')"))
     session.execute(text("SET LOCAL enable_nestloop = off"))
-    try:
-        return session.execute(query.execution_options(yield_per=BATCH))
-    finally:
-        session.execute(text("SET LOCAL enable_nestloop TO DEFAULT"))
+    rows = session.execute(query.execution_options(yield_per=BATCH))  # if it fails, the transaction is over anyway
+    session.execute(text("SELECT set_config('enable_nestloop', :previous, true)"), {"previous": previous})
+    return rows
 
 
 def _base(version: int | None, link: bytes | None, kind: str | None) -> tuple[tuple[int, bytes], str | None]:
@@ -242,16 +242,34 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
     held, checked = [], []
     for target in targets:
         rows = versions.get(target.entity_id, [])
+        target = _resolved(target, rows, keyring)
         problem, chain = _problem(target, rows, keyring, signatures)
         if problem is not None:
             held.append(_held(target, problem, rows))
         else:
             checked.append((SimpleNamespace(id=target.entity_id), chain))
-    by_id = {t.entity_id: t for t in targets}
+    by_id = {t.entity_id: _resolved(t, versions.get(t.entity_id, []), keyring) for t in targets}
     for entity_id, finding in seal_findings(session, checked, keyring).items():
         target = by_id[entity_id]
         held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, [])))
     return held
+
+
+def _resolved(target: Target, rows: list[Any], keyring: KeyRing) -> Target:
+    """``target`` with a trusted base of version 0 and a real link (a link its chain had lost
+    at its trusted version) put back at the version that carries that link now, when the
+    versions up to it re-hash and re-link from the genesis to exactly that link: each link
+    binds its version's number, content and predecessor, so only the genuine versions do
+    (a renumbered or slipped-in one does not). A repaired chain is then checked from there,
+    not held for good; anything else stays a base that names no version."""
+    kind, (version, link) = target.base_type, target.base
+    if kind is None or version:
+        return target
+    carrier = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
+    prefix = [row for row in rows if row.version <= carrier]
+    if not carrier or len(prefix) != carrier or verify_versions(prefix, keyring=keyring, head_link=link, signatures="heads")[1]:
+        return target
+    return replace(target, base=(carrier, link))
 
 
 def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:

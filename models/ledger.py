@@ -229,7 +229,7 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     document (type ``v2``).
     """
     skipped: list[str] = []
-    trusted = trusted_base(session, keyring, stored_digest_problem, skipped)
+    trusted = trusted_base(session, keyring, base_problem, skipped)
     if skipped:  # signed by Plant's key, yet its rows changed since: the heads are checked from an older digest
         log.warning("a digest passes over %d signed digests whose rows cannot be trusted: %s", len(skipped), "; ".join(skipped[:10]))
         if passed_over is not None:
@@ -242,7 +242,7 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     # Statistics that know the new digest's id: to PostgreSQL an id newer than its statistics
     # holds a few rows, and the joins between two digests' rows (the check below, the next
     # incremental audits) were then planned as nested loops over every pair of leaves.
-    session.execute(text(f"ANALYZE {LedgerDigestHead.__tablename__}, {LedgerDigestTombstone.__tablename__}"))
+    _analyze_digest_rows(session)
     count, hashes, misshapen = _leaf_hashes(session, digest.id)
     tombstones, tombstone_hashes, misshapen_tombstones = _leaf_hashes(session, digest.id, LedgerDigestTombstone)
     if misshapen or misshapen_tombstones:
@@ -264,6 +264,29 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
+
+
+ANALYZE_LOCK_TIMEOUT = "1s"
+
+
+def _analyze_digest_rows(session: Session) -> None:
+    """ANALYZE the leaf and tombstone tables, in a savepoint that gives up after
+    ``ANALYZE_LOCK_TIMEOUT``: its lock (held until the digest commits) is one another digest
+    or a VACUUM may hold, and the check runs without it (its joins plan no nested loops).
+    Without it, later incremental audits may plan theirs as such until autovacuum analyzes
+    the tables. A role that neither owns the tables nor may maintain them is skipped by
+    PostgreSQL with a warning."""
+    tables = f"{LedgerDigestHead.__tablename__}, {LedgerDigestTombstone.__tablename__}"
+    try:
+        with session.begin_nested():  # a timeout rolls back to here, the setting with it
+            previous = session.scalar(text("SELECT current_setting('lock_timeout')"))
+            session.execute(text(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'"))
+            session.execute(text(f"ANALYZE {tables}"))
+            session.execute(text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous})
+    except OperationalError as exc:
+        if not isinstance(exc.orig, LockNotAvailable):
+            raise
+        log.warning("a digest did not analyze %s: their lock stayed taken for %s", tables, ANALYZE_LOCK_TIMEOUT)
 
 
 _HEAD_COLUMNS = ["digest_id", "entity_id", "entity_type", "version", "link_hash"]
@@ -378,15 +401,37 @@ def _attested_writer(session: Session, digest: LedgerDigest, keyring: KeyRing) -
     burning far fewer. A digest from another cluster, one that old, or one stored before
     attestations falls back to re-hashing.
     """
-    if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
-        return None  # unattested, or attested by a sealed key, whose leaked copy could attest anything
-    next_id, cluster = xid_clock(session)
-    if cluster is None or not keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster)):
+    verifies, next_id = _attestation_verifies(session, digest, keyring)
+    if not verifies:
         return None
     writer = int(digest.leaves_xmin)
     if next_id - writer >= XID_SPAN:  # the 32 bits may since have named another transaction
         return None
     return str(writer % XID_SPAN)
+
+
+def _attestation_verifies(session: Session, digest: LedgerDigest, keyring: KeyRing) -> tuple[bool, int]:
+    """(whether the digest's leaf attestation verifies in this cluster, by a key not sealed:
+    only ``store_digest`` makes one; the next 64-bit transaction id)."""
+    if digest.leaves_xmin is None or digest.leaves_attestation is None or keyring.seal(digest.kid) is not None:
+        return False, 0  # unattested, or attested by a sealed key, whose leaked copy could attest anything
+    next_id, cluster = xid_clock(session)
+    verifies = cluster is not None and keyring.verify(digest.kid, bytes(digest.leaves_attestation), leaves_statement(digest, cluster))
+    return verifies, next_id
+
+
+def base_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
+    """Why the stored ``digest`` must not be the base a new digest is checked from:
+    :func:`stored_digest_problem`, or, for a v1 document (stored before migration 0018), a
+    leaf attestation that does not verify. ``GET /ledger/digest`` signs v1 documents of the
+    heads as the rows name them, unchecked, and one fetched before the upgrade passes as a
+    stored one; only ``store_digest`` attests leaves. A v1 digest stored unattested (before
+    migration 0005, or where this role cannot read the cluster's identifier) is no base
+    either: the next digest checks from an older one, or from the genesis."""
+    problem = stored_digest_problem(session, digest, keyring)
+    if problem is None and not keeps_tombstones(digest.document) and not _attestation_verifies(session, digest, keyring)[0]:
+        return "a v1 digest whose leaf attestation does not verify: nothing shows that Plant stored it"
+    return problem
 
 
 def _all_written_by(session: Session, table: DigestHeads, digest_id: int, writer: str, count: int) -> bool:

@@ -670,19 +670,31 @@ def test_a_v1_digest_is_judged_by_the_upgrade_time_alone(db_session, skill, keyr
 
 def test_a_rollback_held_at_a_lost_link_stays_held_when_the_version_comes_and_goes(db_session, skill, keyring) -> None:
     """helper-86: once held at a trusted link its chain had lost, putting the genuine version
-    back moved the entity to the placeholder, and deleting it again was then attested."""
+    back moved the entity to the placeholder, and deleting it again was then attested.
+    helper-87: held at that link for good, a genuine repair was never attested, and key seals
+    stayed refused. The link is taken back at the version carrying it only when the versions
+    up to it re-hash and re-link to it from the genesis."""
+    from models.embeddings import HashingEmbedder
+    from models.repair import restore_entity
+
     store_digest(db_session, keyring=keyring)  # leaf at version 3
     _, link = _head(db_session, skill, 3)
     saved = db_session.execute(text("SELECT * FROM entity_versions WHERE entity_id = :e AND version = 3"), {"e": skill.id}).one()
     tamper_delete_newest(db_session, skill, keyring)  # version 3 deleted, the row reset to version 2
     _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=(0, link))
-    columns = ", ".join(saved._fields)
-    db_session.execute(text(f"INSERT INTO entity_versions ({columns}) VALUES ({', '.join(':' + c for c in saved._fields)})"),
-                       saved._asdict())  # the genuine version put back (INSERT is what the guard allows)
+    put_back = text(f"INSERT INTO entity_versions ({', '.join(saved._fields)}) VALUES ({', '.join(':' + c for c in saved._fields)})")
+    db_session.execute(put_back, saved._asdict())  # the genuine version (INSERT is what the guard allows)
     db_session.expire_all()
-    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+    _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=(3, link))
     lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
-    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+    _held_back(db_session, keyring, skill, "its head went back from version 3 to 2", leaf=(0, link))
+    db_session.execute(put_back, saved._asdict())
+    db_session.expire_all()
+    assert restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
+                          actor="operator:test").restored
+    held: list[str] = []
+    digest = store_digest(db_session, keyring=keyring, held_back=held)
+    assert held == [] and _leaf(db_session, digest.id, skill.id) == (3, link)
 
 
 def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill, keyring) -> None:
@@ -707,3 +719,35 @@ def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill
     passed_over: list[str] = []
     assert trusted_base(db_session, keyring, stored_digest_problem, passed_over).id == real.id
     assert len(passed_over) == BASES_TRIED + 1
+
+
+def test_a_published_digest_fetched_before_the_upgrade_is_no_base(db_session, skill, keyring) -> None:
+    """helper-87: dated before the upgrade, a planted published digest passed the upgrade-time
+    rule, and once every newer digest's rows were deleted (plain SQL, as pruning does) it was
+    the base, and a forged head it named was attested. A v1 base must carry a leaf
+    attestation that verifies, which only store_digest makes."""
+    from models.ledger import current_heads, signed_digest
+
+    now = db_session.scalar(text("SELECT now()"))
+    lift_guard(db_session, "UPDATE ledger_digests_v2_began SET began_at = :t", table="ledger_digests_v2_began",
+               t=now - dt.timedelta(hours=1))
+    older = store_digest(db_session, keyring=keyring)
+    _insert_junk_version(db_session, skill, as_head=True)  # version 4, a signature nobody made
+    published = signed_digest(current_heads(db_session), now - dt.timedelta(hours=2), keyring)  # fetched before the upgrade
+    newer = store_digest(db_session, keyring=keyring, held_back=[])
+    for table in ("ledger_digest_heads", "ledger_digest_tombstones"):
+        db_session.execute(text(f"DELETE FROM {table} WHERE digest_id IN (:a, :b)"), {"a": older.id, "b": newer.id})
+    _plant_as_stored(db_session, published)
+    _held_back(db_session, keyring, skill, "(bad-signature|link-hash-mismatch) at version 4", leaf=(0, GENESIS_LINK))
+
+
+def test_a_digest_whose_tables_cannot_be_analyzed_now_is_stored_all_the_same(db_session, engine, skill, keyring, caplog) -> None:
+    """helper-87: the ANALYZE's lock, held to the end of the digest's transaction, is one a
+    digest still committing or a VACUUM holds; it gives up after a second, and says so."""
+    with engine.connect() as other:
+        other.execute(text("LOCK TABLE ledger_digest_tombstones IN SHARE UPDATE EXCLUSIVE MODE"))
+        held: list[str] = []
+        digest = store_digest(db_session, keyring=keyring, held_back=held)
+        other.rollback()
+    assert held == [] and digest.signature and "did not analyze" in caplog.text
+    assert db_session.scalar(text("SELECT current_setting('lock_timeout')")) == "0"
