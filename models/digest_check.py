@@ -22,7 +22,7 @@ that stores the new one, over the rows as written, so nothing committed meanwhil
 
 A head that fails is not attested, and the digest is stored all the same (one damaged
 chain must not stop every later digest): the entity is held at its trusted leaf or
-tombstone, kept as a leaf, or, with none, at a placeholder leaf that names no version (the
+tombstone (:func:`_held`), or, with none, at a placeholder that names no version (the
 genesis link, version 0). Either way every later incremental audit examines and reports it,
 and every later digest checks it again (a trusted leaf of version 0 is always checked).
 Unchanged heads cost a join row each; the rest cost what an incremental audit of them
@@ -75,7 +75,7 @@ class HeldBack:
     entity_type: str
     problem: str
     leaf: tuple[str, int, bytes]
-    tombstone: bool = False  # kept as a tombstone (an entity live again after its trusted deletion), else as a leaf
+    tombstone: bool = False  # kept as a tombstone (its base was one, or its row is deleted with no head), else as a leaf
 
     def __str__(self) -> str:
         return f"{self.entity_type} {self.entity_id}: {self.problem}"
@@ -239,16 +239,16 @@ def _batches(*sources: Iterator[Target]) -> Iterator[list[Target]]:
 
 def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, signatures: str) -> list[HeldBack]:
     versions = versions_by_entity(session, [t.entity_id for t in targets])
+    targets = [_resolved(t, versions.get(t.entity_id, []), keyring) for t in targets]
     held, checked = [], []
     for target in targets:
         rows = versions.get(target.entity_id, [])
-        target = _resolved(target, rows, keyring)
         problem, chain = _problem(target, rows, keyring, signatures)
         if problem is not None:
             held.append(_held(target, problem, rows))
         else:
             checked.append((SimpleNamespace(id=target.entity_id), chain))
-    by_id = {t.entity_id: _resolved(t, versions.get(t.entity_id, []), keyring) for t in targets}
+    by_id = {t.entity_id: t for t in targets}
     for entity_id, finding in seal_findings(session, checked, keyring).items():
         target = by_id[entity_id]
         held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, [])))
@@ -276,12 +276,13 @@ def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
     """The row a head that failed is held at: its trusted leaf or tombstone (at its trusted
     version, or at 0 where its chain no longer carries its link at that version: gone, or
     renumbered), or with none a placeholder that names no version (the genesis link,
-    version 0), never the head that failed. It is kept as a leaf, where every later incremental audit examines it,
-    live or deleted (one of version 0 from its genesis), and every later digest checks it
-    again. A trusted tombstone stays a tombstone: as a leaf, a deletion head would pass for
-    a live one once the row named it live again (an unchanged leaf is not checked); every
-    later digest checks the entity against it again, and every incremental audit examines
-    the entity from it while its row is live or its head is not the tombstone's."""
+    version 0), never the head that failed. A leaf is examined by every later incremental
+    audit, live or deleted (one of version 0 from its genesis), and checked again by every
+    later digest. A trusted tombstone stays a tombstone: as a leaf, a deletion head would
+    pass for a live one once the row named it live again (an unchanged leaf is not
+    checked); every later digest checks the entity against it again, and every incremental
+    audit examines the entity from it while its row is live or its head is not the
+    tombstone's. A row marked deleted with no head is held as a placeholder tombstone."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
         version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)

@@ -3,8 +3,9 @@
 ``current_heads`` streams (entity_id, type, version, head link) over all entity tables
 in id order. ``store_digest`` signs a digest of them and keeps its leaves, so a later
 check can name each entity whose head rolled back, vanished or was rewritten since, and
-beside them the soft-deleted entities' heads (tombstones, signed apart: a digest's root
-covers live entities only), so a later one can tell a deleted entity brought back.
+beside them the soft-deleted entities' heads (tombstones, whose own root the same signed
+document carries: ``heads_root`` covers live entities only), so a later one can tell a
+deleted entity brought back.
 ``compare_heads`` does that comparison for any digest's leaves; a digest that brings
 only its root is checked by recomputing the root of the heads as of its time. A stored
 digest sits in tables anyone with SQL access can edit, so before its leaves are trusted
@@ -483,16 +484,23 @@ def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: i
     if got != count or root_of_leaf_hashes(hashes).hex() != root:
         return f"its {got} stored {what} do not hash to its signed {signed}"
     # The root covers each row's entity id and link, not the version and type stored beside
-    # them, which the incremental audit reads: they must be what store_digest read from the
-    # chain, the version of that entity and type with that link, or 0 when it has none.
-    named = and_(EntityVersion.link_hash == table.link_hash, EntityVersion.entity_id == table.entity_id,
-                 EntityVersion.entity_type == table.entity_type)
-    if session.scalar(select(func.count()).select_from(table).outerjoin(EntityVersion, named).where(
-            table.digest_id == digest_id,
-            # A row of version 0 names no version (a placeholder, or a trusted link its chain no longer carries at
-            # its trusted version: models.digest_check): it vouches for nothing, and is checked again every time.
-            table.version != 0,
-            func.coalesce(EntityVersion.version, 0) != table.version)):
+    # them, which the incremental audit reads (a leaf equal to its row's head is not
+    # examined, and leaf versions are summed against the ledger's count): where a version
+    # of the entity still carries the link, they must be its number and type; where none
+    # does, the row must name no version (0), unless its entity's row has moved off that link
+    # since. That is a rollback that deleted the version (examined, and the check's to hold),
+    # not a reason to distrust the whole digest, which would send the next one to an older
+    # base that never saw it. A row of version 0 names no version (a placeholder, or a
+    # trusted link its chain no longer carries at its trusted version: models.digest_check).
+    named = and_(EntityVersion.link_hash == table.link_hash, EntityVersion.entity_id == table.entity_id)
+    carried = select(EntityVersion.id).where(named).exists()
+    misnumbered = select(func.count()).select_from(table).join(EntityVersion, named).where(
+        table.digest_id == digest_id, table.version != 0,
+        (EntityVersion.version != table.version) | (EntityVersion.entity_type != table.entity_type)).scalar_subquery()
+    still_named = [select(func.count()).select_from(table).join(model, model.id == table.entity_id).where(
+        table.digest_id == digest_id, table.version != 0, model.head_link_hash == table.link_hash, ~carried).scalar_subquery()
+        for model in ENTITY_MODELS.values()]
+    if any(session.execute(select(misnumbered, *still_named)).one()):
         return f"its stored {what}' versions or types differ from the chain versions they name"
     return None
 

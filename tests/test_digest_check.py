@@ -751,3 +751,20 @@ def test_a_digest_whose_tables_cannot_be_analyzed_now_is_stored_all_the_same(db_
         other.rollback()
     assert held == [] and digest.signature and "did not analyze" in caplog.text
     assert db_session.scalar(text("SELECT current_setting('lock_timeout')")) == "0"
+
+
+def test_a_rollback_is_held_where_leaves_are_rehashed_not_attested(db_session, skill, keyring, monkeypatch) -> None:
+    """helper-88: where leaves are re-hashed (restored into another cluster, the identifier
+    unreadable, 2**32 transactions on), a leaf whose version was deleted made the whole base
+    untrusted, and the next digest, checked from an older one, attested the rollback."""
+    import models.ledger
+
+    real = models.ledger.xid_clock
+    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (real(session)[0], None))  # no attestation used
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _, link = _head(db_session, skill, 3)
+    tamper_delete_newest(db_session, skill, keyring)  # version 3 deleted, the row reset to version 2
+    passed_over: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=[], passed_over=passed_over)
+    assert passed_over == []
+    _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
