@@ -81,20 +81,26 @@ class HeldBack:
         return f"{self.entity_type} {self.entity_id}: {self.problem}"
 
 
-def planted(digest: Any = LedgerDigest) -> Any:
-    """Whether the stored ``digest`` (a row or the table) is a published digest planted as a
+def planted() -> Any:
+    """Whether a stored digest (a row of ``ledger_digests``) is a published digest planted as a
     stored one: ``GET /ledger/digest`` signs a v1 document over the heads as the rows name
     them, unchecked, and since migration 0018 (``ledger_digests_v2_began``, one guarded row)
     Plant stores v2 digests only, so a v1 one dated after that is never a base. With the row
     gone, no v1 digest is one."""
     began = select(LedgerDigestsV2Began.began_at).scalar_subquery()
-    return and_(digest.document["type"].astext.is_distinct_from(STORED_DIGEST_TYPE),
-                or_(began.is_(None), digest.as_of > began))
+    return and_(LedgerDigest.document["type"].astext.is_distinct_from(STORED_DIGEST_TYPE),
+                or_(began.is_(None), LedgerDigest.as_of > began))
+
+
+def tombstones_of(digest: LedgerDigest) -> int | None:
+    """The digest id whose tombstone rows are ``digest``'s: its own, or None for a digest
+    stored before migration 0018, which keeps none (rows written for it count for nothing)."""
+    return digest.id if keeps_tombstones(digest.document) else None
 
 
 def trusted_base(session: Session, keyring: KeyRing, problem_of: Any, passed_over: list[str] | None = None) -> LedgerDigest | None:
     """The newest stored digest with leaf or tombstone rows whose ``problem_of(session,
-    digest, keyring)`` is None (:func:`models.ledger.stored_digest_problem`); None when
+    digest, keyring)`` is None (:func:`models.ledger.base_problem`); None when
     there is none. Only digests whose signed document verifies count toward the
     :data:`BASES_TRIED` looked at, and no published digest planted as a stored one
     (:func:`planted`), and copies of one document count once, so rows made up through SQL
@@ -128,8 +134,7 @@ def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | Non
     their rows are replaced by one at :attr:`HeldBack.leaf`. Returns what was held back."""
     held: list[HeldBack] = []
     trusted_id = trusted.id if trusted is not None else None
-    # A digest stored before migration 0018 keeps no tombstone: rows written for it count for nothing.
-    tombstones_id = trusted_id if trusted is not None and keeps_tombstones(trusted.document) else None
+    tombstones_id = tombstones_of(trusted) if trusted is not None else None
     targets = (_moved(session, table, digest_id, trusted_id, tombstones_id) for table in (LedgerDigestHead, LedgerDigestTombstone))
     for batch in _batches(*targets, _gone(session, digest_id, trusted_id, tombstones_id)):
         held += _batch_held_back(session, batch, keyring, "heads" if trusted_id is None else "all")
@@ -265,11 +270,16 @@ def _resolved(target: Target, rows: list[Any], keyring: KeyRing) -> Target:
     kind, (version, link) = target.base_type, target.base
     if kind is None or version:
         return target
-    carrier = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
+    carrier = _carrying(rows, kind, link)
     prefix = [row for row in rows if row.version <= carrier]
     if not carrier or len(prefix) != carrier or verify_versions(prefix, keyring=keyring, head_link=link, signatures="heads")[1]:
         return target
     return replace(target, base=(carrier, link))
+
+
+def _carrying(rows: list[Any], kind: str, link: bytes) -> int:
+    """The number of the version of type ``kind`` that carries ``link``; 0 when none does."""
+    return next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
 
 
 def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
@@ -285,7 +295,7 @@ def _held(target: Target, problem: str, rows: list[Any]) -> HeldBack:
     tombstone's. A row marked deleted with no head is held as a placeholder tombstone."""
     if target.base_type is not None:
         kind, link = target.base_type, target.base[1]
-        version = next((row.version for row in rows if bytes(row.link_hash) == link and row.entity_type == kind), 0)
+        version = _carrying(rows, kind, link)
         if version != target.base[0]:  # the link gone, or renumbered (a version slipped in beneath it): it names no version
             version = 0
         return HeldBack(target.entity_id, target.entity_type, problem, (kind, version, link), tombstone=target.base_deleted)

@@ -39,10 +39,10 @@ from models.audit import (
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
+from models.digest_check import tombstones_of
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest
-from models.ledger_digest import keeps_tombstones
 from models.signing import KeyRing
 
 BATCH = 500
@@ -132,7 +132,7 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     the deleted ones with a leaf); the ids of the deleted ones; and (id, tombstone version)
     of the live ones the digest keeps a tombstone for. One statement, so one snapshot. An
     entity deleted before the digest is not in it, and not read."""
-    digest_id, tombstones_id = digest.id, _tombstones_of(digest)
+    digest_id, tombstones_id = digest.id, tombstones_of(digest)
     model = ENTITY_MODELS[entity_type]
     head, tomb = LedgerDigestHead, LedgerDigestTombstone
     # An entity the digest keeps a tombstone for (and no leaf) is examined from its deletion
@@ -159,12 +159,6 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     return changed_rows, with_leaf, deleted, live_again
 
 
-def _tombstones_of(digest: LedgerDigest) -> int | None:
-    """The id whose tombstone rows are the digest's: its own, or None for a digest stored
-    before migration 0018, which keeps none (rows written for it count for nothing)."""
-    return digest.id if keeps_tombstones(digest.document) else None
-
-
 def _tombstone_moved(model: Any, tomb: Any) -> Any:
     """The entity's row is no longer at the digest's tombstone ``tomb`` (joined to it), or
     that names no version: its head moved after its deletion, or the tombstone was held."""
@@ -177,7 +171,7 @@ def _unknown_to(model: Any, digest: LedgerDigest) -> Any:
     stamp. Before 0018 a digest kept no tombstone: its first version was stamped after the
     digest's ``as_of`` (not the row's time; a version stamped before it and committed after
     the leaves were written is then missed)."""
-    if _tombstones_of(digest) is None:
+    if tombstones_of(digest) is None:
         first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
         return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > digest.as_of).exists()
     tomb = aliased(LedgerDigestTombstone)
@@ -194,7 +188,7 @@ def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
     An entity deleted before the digest has no leaf and is not examined: its versions are
     counted apart, from its row (one the digest has no head of is examined instead).
     """
-    head, tomb, digest_id, tombstones_id = LedgerDigestHead, LedgerDigestTombstone, digest.id, _tombstones_of(digest)
+    head, tomb, digest_id, tombstones_id = LedgerDigestHead, LedgerDigestTombstone, digest.id, tombstones_of(digest)
     leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
     ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
     no_leaf = [~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists()

@@ -463,7 +463,7 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     after_seal = signed_after_seal(keyring, document["kid"], digest.as_of, digest.id)
     if after_seal is not None:
         return after_seal
-    if session.scalar(select(planted()).where(LedgerDigest.id == digest.id)):
+    if not keeps_tombstones(document) and session.scalar(select(planted()).where(LedgerDigest.id == digest.id)):
         return "it is a published digest's document (v1), dated after Plant began storing v2 digests (migration 0018)"
     writer = _attested_writer(session, digest, keyring)
     problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
