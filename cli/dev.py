@@ -4,6 +4,9 @@ It starts embedded PostgreSQL and Redis under ``PLANT_DATA_DIR`` (unless ``DATAB
 ``REDIS_URL`` point elsewhere), generates a signing key there if none is configured, migrates
 the schema, loads the demo seed (idempotent), then runs the API (gunicorn), a Celery
 worker, beat and Flower as children with their output prefixed and forwarded to our stdout.
+On embedded PostgreSQL the schema is migrated as ``postgres`` and everything else connects
+as ``plant_runtime``, a role that owns nothing (:func:`models.migrate.grant_runtime_role`), as
+a deployment should; a ``DATABASE_URL`` given is used for both.
 SIGINT, SIGTERM or the death of any child stops everything: each child is a process-group
 leader, so its own children (gunicorn and prefork workers) are swept up with it. Two runners
 with different data dirs and ports can run side by side.
@@ -29,12 +32,13 @@ from cli.errors import PlantCliError
 from cli.seeding import seed_database
 from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
 from models.keys import replace_file
-from models.migrate import upgrade_head
+from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
 from models.signing import ensure_key_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DATABASE = "plant"
+DEV_RUNTIME_ROLE = "plant_runtime"
 SHUTDOWN_GRACE_SECONDS = 45.0  # above gunicorn's graceful_timeout (35 s), as compose's stop_grace_period
 POLL_SECONDS = 0.1
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -208,19 +212,35 @@ def app_processes(config: DevConfig) -> list[tuple[str, list[str]]]:
     ]
 
 
-def start_backing_services(config: DevConfig, stack: ExitStack) -> tuple[str, str]:
-    """Start the embedded servers not overridden by a URL; return (database_url, redis_url)."""
+@dataclass(frozen=True)
+class BackingServices:
+    owner_url: str  # migrates the schema
+    database_url: str  # everything else: the runtime role, or the owner when DATABASE_URL was given
+    redis_url: str
+
+
+def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServices:
+    """Start the embedded servers not overridden by a URL, and say where each connects."""
     database_url, redis_url = config.database_url, config.redis_url
+    owner_url = database_url
     if database_url is None:
         postgres = EmbeddedPostgres(config.data_dir / "postgres", config.pg_port)
         _start_with_cleanup(postgres, stack)
         postgres.create_database(DEV_DATABASE)
-        database_url = postgres.url_for(DEV_DATABASE)
+        postgres.ensure_login_role(DEV_RUNTIME_ROLE)
+        owner_url, database_url = postgres.url_for(DEV_DATABASE), postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE)
     if redis_url is None:
         redis = EmbeddedRedis(config.data_dir / "redis", config.redis_port)
         _start_with_cleanup(redis, stack)
         redis_url = redis.url
-    return database_url, redis_url
+    return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url)
+
+
+def migrate(services: BackingServices) -> None:
+    """Upgrade the schema as its owner; grant the runtime role, if there is one, what it needs."""
+    upgrade_head(services.owner_url)
+    if services.owner_url != services.database_url:
+        grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE)
 
 
 def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitStack) -> None:
@@ -229,31 +249,36 @@ def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitSta
     server.start()
 
 
-def write_services_env(data_dir: Path, database_url: str, redis_url: str) -> None:
+def write_services_env(data_dir: Path, services: BackingServices) -> None:
     """Leave the URLs where other shells (psql, a one-off script) can source them: for this
-    user only, since a URL given in the environment may hold a password."""
-    replace_file(data_dir / "services.env", f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n".encode(), mode=0o600)
+    user only, since a URL given in the environment may hold a password. ``DATABASE_URL`` is
+    the runtime role's; ``OWNER_DATABASE_URL``, for ``plant db upgrade``, the schema owner's."""
+    lines = [f"DATABASE_URL={services.database_url}", f"REDIS_URL={services.redis_url}"]
+    if services.owner_url != services.database_url:
+        lines.append(f"OWNER_DATABASE_URL={services.owner_url}")
+    replace_file(data_dir / "services.env", ("\n".join(lines) + "\n").encode(), mode=0o600)
 
 
-def child_environment(config: DevConfig, database_url: str, redis_url: str) -> dict[str, str]:
+def child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:
     return {
         "PLANT_LOG_FORMAT": "console",  # readable lines in a terminal, unless the caller chose
         **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        "DATABASE_URL": services.database_url,
+        "REDIS_URL": services.redis_url,
         "PLANT_DATA_DIR": str(config.data_dir),
         "PYTHONUNBUFFERED": "1",  # so forwarded log lines arrive as they are written
         "FLOWER_BASIC_AUTH": flower_credentials(config),
     }
 
 
-def print_banner(config: DevConfig, database_url: str, redis_url: str) -> None:
+def print_banner(config: DevConfig, services: BackingServices) -> None:
     api = f"http://127.0.0.1:{config.port}"
+    owner = f"  schema owner (migrations): {services.owner_url}\n" if services.owner_url != services.database_url else ""
     print(
         f"\n  API      {api}/api/v1\n  Docs     {api}/docs\n  Health   {api}/health\n"
         f"  Flower   http://127.0.0.1:{config.flower_port} (basic auth: {config.data_dir / 'flower-auth'}"
         f" unless PLANT_FLOWER_BASIC_AUTH is set)\n"
-        f"  DATABASE_URL={database_url}\n  REDIS_URL={redis_url}\n"
+        f"  DATABASE_URL={services.database_url}\n  REDIS_URL={services.redis_url}\n{owner}"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
@@ -298,22 +323,22 @@ def run_dev(config: DevConfig | None = None) -> int:
 
 def _run_stack(config: DevConfig, stack: ExitStack) -> int:
     """Start everything, registering its cleanup on ``stack``; return 1 when a child dies."""
-    database_url, redis_url = start_backing_services(config, stack)
-    write_services_env(config.data_dir, database_url, redis_url)
+    services = start_backing_services(config, stack)
+    write_services_env(config.data_dir, services)
     if config.signing_key_file is not None:
         ensure_key_file(config.signing_key_file)  # a dev key; production supplies its own
-    upgrade_head(database_url)
-    settings = load_settings(database_url=database_url, data_dir=config.data_dir)
+    migrate(services)
+    settings = load_settings(database_url=services.database_url, data_dir=config.data_dir)
     seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
     admin_key, key_file = ensure_dev_admin(settings, config.data_dir)
     print(f"admin API key: {admin_key} (also in {key_file})" if key_file  # a configured one is not echoed
           else "admin API key: the one PLANT_ADMIN_API_KEY holds", flush=True)
-    supervisor = Supervisor(child_environment(config, database_url, redis_url))
+    supervisor = Supervisor(child_environment(config, services))
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):
         supervisor.spawn(role, argv)
-    print_banner(config, database_url, redis_url)
+    print_banner(config, services)
     dead, status = supervisor.wait_for_first_exit()
     print(f"{dead.role} exited (status {status}): shutting down", file=sys.stderr, flush=True)
     return 1

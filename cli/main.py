@@ -23,7 +23,7 @@ from cli.output import json_option, print_json
 from cli.repair import entity
 from cli.seeding import seed_database
 from cli.work import assign, audit, certify
-from models.migrate import check_schema, upgrade_head
+from models.migrate import RuntimeRoleRefused, check_schema, grant_runtime_role, upgrade_head
 from models.settings import load_settings
 
 
@@ -68,14 +68,30 @@ def db() -> None:
 @db.command()
 @json_option
 def upgrade(as_json: bool) -> None:
-    """Apply every migration up to head, then ensure PLANT_ADMIN_API_KEY if it is set."""
+    """Apply every migration up to head, grant PLANT_RUNTIME_ROLE what the API, workers and
+    beat need if it is set, then ensure PLANT_ADMIN_API_KEY if it is set.
+
+    Run it as the schema's owner; connect everything else as the runtime role, which then
+    cannot lift the append-only guards (README, "The database roles").
+    """
     settings = load_settings()
     upgrade_head(settings.database_url)
+    grant = None
+    if settings.runtime_role is not None:
+        try:
+            grant = grant_runtime_role(settings.database_url, settings.runtime_role)
+        except RuntimeRoleRefused as refused:
+            raise PlantCliError(f"schema is at head, but {refused}") from refused
     admin_key = ensure_configured_admin(settings)
     if as_json:
-        print_json({"schema": "head", "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key})
+        print_json({"schema": "head", "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key,
+                    "runtime_role": None if grant is None else {"role": grant.role, "tables": grant.tables,
+                                                                 "maintain": grant.maintain}})
         return
     click.echo("schema is at head")
+    if grant is not None:
+        click.echo(f"runtime role {grant.role} granted DML on {grant.tables} tables"
+                   + ("" if grant.maintain else " (no MAINTAIN before PostgreSQL 17: digests will not ANALYZE)"))
     if admin_key == "revoked":
         click.echo("PLANT_ADMIN_API_KEY was revoked: left revoked, it grants nothing (unset it to stop this note)")
     elif admin_key is not None:

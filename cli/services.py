@@ -180,9 +180,19 @@ class EmbeddedPostgres(_ChildServer):
         """SQLAlchemy URL of the ``postgres`` maintenance database."""
         return self.url_for("postgres")
 
-    def url_for(self, dbname: str) -> str:
-        """SQLAlchemy URL of database ``dbname`` on this server."""
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{dbname}"
+    def url_for(self, dbname: str, user: str = "postgres") -> str:
+        """SQLAlchemy URL of database ``dbname`` on this server, as ``user`` (trust auth)."""
+        return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{dbname}"
+
+    def ensure_login_role(self, name: str) -> None:
+        """Create role ``name`` (LOGIN and nothing else) unless it exists."""
+        with self._admin_connection() as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                return
+            try:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+            except errors.DuplicateObject:
+                pass  # another process created it between our check and our CREATE
 
     def create_database(self, name: str) -> None:
         """Create database ``name`` unless it exists."""

@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dataclasses import dataclass
+
+import psycopg
 from alembic import command, context, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from psycopg import sql
 from sqlalchemy import text
 
-from models.settings import sqlalchemy_url
+from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 DISCARD_DATA = "discard-data"
@@ -87,3 +91,76 @@ def check_schema(database_url: str) -> None:
 
 def heads() -> list[str]:
     return list(ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_heads())
+
+
+# The runtime role: what the API, the workers and beat connect as, never the schema's owner.
+# An owner (or a superuser, or a member of the owner) can lift every append-only guard with
+# ALTER TABLE ... DISABLE TRIGGER; a role holding only these privileges cannot.
+RUNTIME_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# Alembic's bookkeeping: the runtime may read the schema's revision, never set it.
+RUNTIME_READ_ONLY_TABLES = ("alembic_version",)
+# store_digest ANALYZEs these after writing a digest's rows (models.ledger._analyze_digest_rows):
+# the MAINTAIN privilege, PostgreSQL 17 and later. On 16 the ANALYZE is skipped with a warning.
+RUNTIME_MAINTAINED_TABLES = ("ledger_digest_heads", "ledger_digest_tombstones")
+MAINTAIN_SINCE = 170000
+CREATEROLE_CONFINED_SINCE = 160000
+
+
+class RuntimeRoleRefused(RuntimeError):
+    """The role named as the runtime role could lift the guards itself; nothing was granted."""
+
+
+@dataclass(frozen=True)
+class RuntimeGrant:
+    role: str
+    tables: int
+    maintain: bool  # False on PostgreSQL 16: store_digest's ANALYZE is then skipped
+
+
+def grant_runtime_role(database_url: str, role: str) -> RuntimeGrant:
+    """Give ``role`` exactly what the API, workers and beat need on the migrated schema, as
+    the owner connected by ``database_url``, in one transaction: every earlier privilege it
+    held on the schema's tables and sequences is revoked first, so running this after each
+    upgrade keeps the grants exact and covers the tables later migrations add.
+
+    Refused (:class:`RuntimeRoleRefused`, nothing granted) for a role that is missing, is a
+    superuser, or owns any table of the schema or is a member of a role that does: each of
+    those can disable the append-only triggers.
+    """
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        found = conn.execute(
+            "SELECT r.rolsuper, r.rolname = current_user, r.rolcreaterole,"
+            " EXISTS (SELECT FROM pg_tables t WHERE t.schemaname = 'public'"
+            "         AND pg_has_role(r.oid, t.tableowner, 'MEMBER'))"
+            " FROM pg_roles r WHERE r.rolname = %s", (role,)).fetchone()
+        if found is None:
+            raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute) first")
+        superuser, is_self, createrole, owns = found
+        # Before PostgreSQL 16, CREATEROLE could grant itself membership in any role but a superuser.
+        joins_owner = createrole and conn.info.server_version < CREATEROLE_CONFINED_SINCE
+        if superuser or is_self or owns or joins_owner:
+            why = ("is a superuser" if superuser else "is the role running the migrations" if is_self
+                   else "owns, or is a member of a role that owns, the schema's tables" if owns
+                   else "has CREATEROLE, which before PostgreSQL 16 can make it a member of the owner")
+            raise RuntimeRoleRefused(
+                f"the runtime role {role!r} {why}, so it could lift the append-only guards: "
+                "name a role that owns nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
+        who = sql.Identifier(role)
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+        maintain = conn.info.server_version >= MAINTAIN_SINCE
+        statements = [
+            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(who),
+            sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(who),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, RUNTIME_TABLE_PRIVILEGES)), who),
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, RUNTIME_READ_ONLY_TABLES)), who),
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(who),
+        ]
+        if maintain:
+            statements.append(sql.SQL("GRANT MAINTAIN ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, RUNTIME_MAINTAINED_TABLES)), who))
+        for statement in statements:
+            conn.execute(statement)
+    return RuntimeGrant(role=role, tables=tables, maintain=maintain)

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "PLANT_REDIS_URL"),
     )
+    runtime_role: str | None = Field(
+        default=None, min_length=1,
+        description="`plant db upgrade` grants this role what the API, workers and beat need (models.migrate.grant_runtime_role)",
+    )
     data_dir: Path = Path(".plant")
     port: int = Field(default=8000, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
@@ -132,11 +136,12 @@ class Settings(BaseSettings):
                              f"PLANT_JOB_SOFT_TIME_LIMIT ({self.job_soft_time_limit})")
         return self
 
-    @field_validator("admin_api_key", mode="before")
+    @field_validator("admin_api_key", "runtime_role", mode="before")
     @classmethod
-    def _blank_admin_key_is_none(cls, value: object) -> object:
+    def _blank_is_none(cls, value: object) -> object:
         # PLANT_ADMIN_API_KEY= (blank) is not a key: it made each start create an admin key nobody
         # holds. A key read from a file saved with a newline is the key without it, as clients send it.
+        # PLANT_RUNTIME_ROLE= (blank) names no role, as compose passes an unset variable.
         if isinstance(value, str):
             value = value.strip()
             return value or None

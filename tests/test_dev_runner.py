@@ -12,10 +12,12 @@ import uuid
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 import requests
 
 from cli.services import free_port
+from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -91,8 +93,16 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
         wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
                  what="Flower to show the task")
         assert http.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
-        services_env = (runner.data_dir / "services.env").read_text()
-        assert "DATABASE_URL=" in services_env and "REDIS_URL=" in services_env
+        services_env = dict(line.split("=", 1) for line in (runner.data_dir / "services.env").read_text().splitlines())
+        assert set(services_env) == {"DATABASE_URL", "REDIS_URL", "OWNER_DATABASE_URL"}
+        # The app processes connect as the runtime role, which owns nothing: it cannot lift a guard.
+        with psycopg.connect(libpq_url(services_env["OWNER_DATABASE_URL"]), autocommit=True) as owner:
+            users = {u for (u,) in owner.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")}
+            assert users == {"plant_runtime"}, users
+        with psycopg.connect(libpq_url(services_env["DATABASE_URL"]), autocommit=True) as runtime, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            runtime.execute("ALTER TABLE entity_versions DISABLE TRIGGER ALL")
     finally:
         started = runner.stop()
     assert started, "the runner started no processes?"
@@ -140,11 +150,13 @@ def test_the_files_the_dev_runner_writes_secrets_to_are_for_its_user_alone(tmp_p
     import stat
 
     from cli.bootstrap import ensure_dev_admin
-    from cli.dev import DevConfig, flower_credentials, write_services_env
+    from cli.dev import BackingServices, DevConfig, flower_credentials, write_services_env
 
     old_mask = os.umask(0o022)
     try:
-        write_services_env(tmp_path, "postgresql+psycopg://plant:s3cret@db.internal/plant", "redis://:pw@cache/0")
+        write_services_env(tmp_path, BackingServices(owner_url="postgresql+psycopg://plant:s3cret@db.internal/plant",
+                                                     database_url="postgresql+psycopg://app:s3cret@db.internal/plant",
+                                                     redis_url="redis://:pw@cache/0"))
         flower_credentials(DevConfig(tmp_path, 1, 2, None, None, 3, 4, None, None))
         ensure_dev_admin(settings.model_copy(update={"admin_api_key": None}), tmp_path)
         modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("services.env", "flower-auth", "admin-api-key")}

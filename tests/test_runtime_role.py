@@ -1,0 +1,247 @@
+"""The runtime role: the API, the workers and beat connect as a role that owns nothing.
+
+`plant db upgrade` runs as the schema's owner and, given PLANT_RUNTIME_ROLE, grants that role
+DML on the schema (models.migrate.grant_runtime_role). These tests migrate a database of
+their own as the owner, then run the real API and a real worker process as the runtime
+role through certification, full and incremental audits and the digest beat stores and
+prunes, and check that the runtime role cannot lift the append-only guards the owner could.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import errors, sql
+
+from cli.main import cli
+from models.constitution import APPEND_ONLY_TRIGGERS
+from models.migrate import (
+    RUNTIME_MAINTAINED_TABLES,
+    RUNTIME_READ_ONLY_TABLES,
+    RuntimeRoleRefused,
+    grant_runtime_role,
+    upgrade_head,
+)
+from models.settings import Settings, libpq_url, load_settings
+from models.signing import ensure_key_file
+from tests.conftest import REPO_ROOT, bearer, child_env, stop_process_group, url_with_database, wait_for
+
+RUNTIME = "plant_runtime_test"
+MEMBER = "plant_owner_member_test"
+DATABASE = "plant_runtime_role_test"
+API = "/api/v1"
+
+
+def _exec(url: str, *statements: str | sql.Composable) -> None:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _scalar(url: str, statement: str, params: tuple = ()) -> Any:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        return conn.execute(statement, params).fetchone()[0]
+
+
+def server_version(url: str) -> int:
+    return int(_scalar(url, "SHOW server_version_num"))
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` connecting as ``role`` (the test server trusts local connections)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+
+
+@pytest.fixture(scope="module")
+def owner_url(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated by the owner, with a login role that owns nothing beside it."""
+    _exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"',
+          f"DROP ROLE IF EXISTS {RUNTIME}", f"DROP ROLE IF EXISTS {MEMBER}", f"CREATE ROLE {RUNTIME} LOGIN")
+    url = url_with_database(pg_admin_url, DATABASE)
+    upgrade_head(url)
+    try:
+        yield url
+    finally:
+        _exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
+              f"DROP ROLE IF EXISTS {RUNTIME}", f"DROP ROLE IF EXISTS {MEMBER}")
+
+
+def table_privileges(url: str, role: str) -> dict[str, set[str]]:
+    privileges = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {table: {p for p in privileges
+                        if conn.execute("SELECT has_table_privilege(%s, %s, %s)", (role, f"public.{table}", p)).fetchone()[0]}
+                for table in tables}
+
+
+def test_the_runtime_role_gets_dml_on_every_table_and_nothing_more(owner_url: str) -> None:
+    _exec(owner_url, f"GRANT TRUNCATE, TRIGGER ON entity_versions TO {RUNTIME}")  # an earlier, looser grant
+    grant = grant_runtime_role(owner_url, RUNTIME)
+    held = table_privileges(owner_url, RUNTIME)
+    assert grant.tables == len(held) >= 20
+    for table, privileges in held.items():
+        expected = {"SELECT"} if table in RUNTIME_READ_ONLY_TABLES else {"SELECT", "INSERT", "UPDATE", "DELETE"}
+        assert privileges == expected, table
+    maintain = server_version(owner_url) >= 170000  # GRANT MAINTAIN came with PostgreSQL 17
+    assert grant.maintain is maintain
+    if maintain:
+        for table in RUNTIME_MAINTAINED_TABLES:
+            assert _scalar(owner_url, "SELECT has_table_privilege(%s, %s, 'MAINTAIN')", (RUNTIME, table))
+        assert not _scalar(owner_url, "SELECT has_table_privilege(%s, 'entity_versions', 'MAINTAIN')", (RUNTIME,))
+    assert grant_runtime_role(owner_url, RUNTIME) == grant  # again after the next upgrade: the same grants
+
+
+def test_a_role_that_could_lift_the_guards_is_refused_and_granted_nothing(owner_url: str) -> None:
+    owner = _scalar(owner_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'entity_versions'")
+    _exec(owner_url, f"CREATE ROLE {MEMBER} LOGIN", sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner), sql.Identifier(MEMBER)))
+    for role, why in ((owner, "is a superuser|is the role running the migrations"),
+                      (MEMBER, "is a superuser|owns, or is a member of a role that owns"),
+                      ("no_such_role_" + uuid.uuid4().hex[:8], "does not exist")):
+        with pytest.raises(RuntimeRoleRefused, match=why):
+            grant_runtime_role(owner_url, role)
+    assert _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (MEMBER,))  # through the owner
+    assert not _scalar(owner_url, "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = %s", (MEMBER,))
+
+
+NOT_OWNER = "must be owner|permission denied"
+
+
+@pytest.mark.parametrize("statement, refusal", [
+    ("ALTER TABLE entity_versions DISABLE TRIGGER ALL", NOT_OWNER),
+    ("ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete", NOT_OWNER),
+    ("DROP TRIGGER entity_versions_no_truncate ON entity_versions", NOT_OWNER),
+    ("SET session_replication_role = replica", NOT_OWNER),
+    ("TRUNCATE audit_findings", NOT_OWNER),
+    ("ALTER TABLE entity_versions OWNER TO CURRENT_USER", NOT_OWNER),
+    ("CREATE TRIGGER t BEFORE INSERT ON jobs EXECUTE FUNCTION suppress_redundant_updates_trigger()", NOT_OWNER),
+    ("DELETE FROM ledger_digests_v2_began", "append-only: DELETE refused"),  # the guard itself, which stays on
+])
+def test_the_runtime_role_cannot_lift_the_guards(owner_url: str, statement: str, refusal: str) -> None:
+    grant_runtime_role(owner_url, RUNTIME)
+    with pytest.raises(errors.InsufficientPrivilege, match=refusal):
+        _exec(as_role(owner_url, RUNTIME), statement)
+    assert guards_enabled(owner_url) == sum(map(len, APPEND_ONLY_TRIGGERS.values()))
+    _exec(owner_url, "ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete")  # what the owner can do
+    try:
+        assert guards_enabled(owner_url) == sum(map(len, APPEND_ONLY_TRIGGERS.values())) - 1
+    finally:
+        _exec(owner_url, "ALTER TABLE ledger_digests ENABLE ALWAYS TRIGGER ledger_digests_no_update_delete")
+
+
+def guards_enabled(url: str) -> int:
+    """How many of the append-only triggers exist and are enabled ALWAYS."""
+    pairs = [(table, name) for table, names in APPEND_ONLY_TRIGGERS.items() for name in names]
+    return _scalar(url, "SELECT count(*) FROM unnest(%s::text[], %s::text[]) AS guard(tbl, name)"
+                        " JOIN pg_trigger t ON t.tgrelid = to_regclass(guard.tbl) AND t.tgname = guard.name"
+                        " WHERE t.tgenabled = 'A'", ([t for t, _ in pairs], [n for _, n in pairs]))
+
+
+def test_plant_db_upgrade_grants_the_runtime_role_and_refuses_the_owner(owner_url: str) -> None:
+    runner = CliRunner()
+    done = runner.invoke(cli, ["db", "upgrade", "--json"], env={"DATABASE_URL": owner_url, "PLANT_RUNTIME_ROLE": RUNTIME})
+    assert done.exit_code == 0, done.output
+    assert f'"role": "{RUNTIME}"' in done.output
+    owner = _scalar(owner_url, "SELECT current_user")
+    refused = runner.invoke(cli, ["db", "upgrade"], env={"DATABASE_URL": owner_url, "PLANT_RUNTIME_ROLE": owner})
+    assert refused.exit_code == 1 and "could lift the append-only guards" in refused.output
+
+
+@pytest.fixture(scope="module")
+def runtime_settings(owner_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    grant_runtime_role(owner_url, RUNTIME)
+    data_dir = tmp_path_factory.mktemp("runtime-role")
+    ensure_key_file(data_dir / "keys" / "active.pem")
+    # A Redis database of its own: the session's worker consumes the same queue names.
+    return load_settings(database_url=as_role(owner_url, RUNTIME), redis_url=redis_url.rsplit("/", 1)[0] + "/7",
+                         data_dir=data_dir, digest_leaves_kept=2, health_timeout_seconds=2)
+
+
+@pytest.fixture(scope="module")
+def runtime_worker(runtime_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    log_path = tmp_path_factory.mktemp("runtime-worker") / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit,maintenance",
+             "-c", "2", "-n", f"runtime-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
+             "--loglevel=INFO"],
+            cwd=REPO_ROOT, env=child_env(runtime_settings, PLANT_AUDIT_BATCH_SIZE="7", PLANT_AUDIT_CHUNK_ENTITIES="40",
+                                         PLANT_DIGEST_LEAVES_KEPT="2"),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from tasks.celery_app import create_celery
+
+    probe = create_celery(runtime_settings)
+    try:
+        wait_for(lambda: process.poll() is not None or probe.control.ping(timeout=0.5), timeout=60, what="the worker")
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        yield log_path
+    finally:
+        stop_process_group(process)
+
+
+def finished(client: Any, response: Any) -> dict:
+    assert response.status_code == 202, response.get_json()
+    url = response.headers["Location"]
+    return wait_for(lambda: (j := client.get(url, query_string={"wait": 5}).get_json())["status"]
+                    in ("succeeded", "failed", "cancelled") and j, timeout=90, what=f"job {url}")
+
+
+def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_settings: Settings,
+                                                      runtime_worker: Path) -> None:
+    from cli.seeding import seed_database
+    from models.api_keys import create_api_key
+    from models.db import make_engine
+    from sqlalchemy.orm import Session
+    from tasks.celery_app import create_celery
+    from web import create_app
+
+    runtime_url = runtime_settings.database_url
+    assert _scalar(runtime_url, "SELECT current_user") == RUNTIME
+    seed_database(runtime_settings)  # a registry write as the runtime role: chain, rows, embeddings
+    engine = make_engine(runtime_settings)
+    try:
+        with Session(engine) as session, session.begin():
+            key = create_api_key(session, name="runtime-admin", scopes=["admin"]).plaintext
+    finally:
+        engine.dispose()
+    client = create_app(runtime_settings).test_client()
+    client.environ_base.update(bearer(key))
+    health = client.get("/health").get_json()
+    assert health["status"] == "ok" and health["checks"]["database"]["status"] == "up", health
+
+    skills = client.get(f"{API}/genesis/skills", query_string={"page_size": 100}).get_json()["items"]
+    skill = next(s for s in skills if s["skill_key"] == "aml-screening")
+    certified = finished(client, client.post(f"{API}/genesis/skills/{skill['id']}/certify", json={"notes": "runtime"}))
+    assert certified["status"] == "succeeded" and certified["result"]["status"] == "certified", certified
+
+    full = finished(client, client.post(f"{API}/audit/run", json={"verify_signatures": "all"}))
+    assert full["status"] == "succeeded", full
+    summary = full["result"]
+    assert summary["non_compliant"] == 0 and summary["total_entities"] >= 90, summary
+    assert summary["by_code"] == {"rule-warning": 6}, summary  # TEAM-01: the seeded teams are empty
+
+    # Beat's digest, three times: each checks the heads against the last, ANALYZEs its rows,
+    # and the third prunes the first's leaves (two kept).
+    celery = create_celery(runtime_settings)
+    for stored in range(1, 4):
+        celery.send_task("plant.ledger.store_digest")
+        wait_for(lambda n=stored: _scalar(owner_url, "SELECT count(*) FROM ledger_digests") == n,
+                 timeout=60, what=f"digest {stored}")
+    wait_for(lambda: _scalar(owner_url, "SELECT count(DISTINCT digest_id) FROM ledger_digest_heads") == 2,
+             timeout=30, what="the oldest digest's leaves pruned")
+    log = runtime_worker.read_text()
+    assert "did not analyze" not in log and "permission denied" not in log and "must be owner" not in log
+    if server_version(owner_url) >= 170000:
+        assert _scalar(owner_url, "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'ledger_digest_heads'")
+
+    incremental = finished(client, client.post(f"{API}/audit/run", json={"since": "latest-digest"}))
+    assert incremental["status"] == "succeeded" and incremental["result"]["findings"] == 0, incremental
