@@ -227,7 +227,6 @@ def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServic
         postgres = EmbeddedPostgres(config.data_dir / "postgres", config.pg_port)
         _start_with_cleanup(postgres, stack)
         postgres.create_database(DEV_DATABASE)
-        postgres.ensure_login_role(DEV_RUNTIME_ROLE)
         owner_url, database_url = postgres.url_for(DEV_DATABASE), postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE)
     if redis_url is None:
         redis = EmbeddedRedis(config.data_dir / "redis", config.redis_port)
@@ -240,7 +239,7 @@ def migrate(services: BackingServices) -> None:
     """Upgrade the schema as its owner; grant the runtime role, if there is one, what it needs."""
     upgrade_head(services.owner_url)
     if services.owner_url != services.database_url:
-        grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE)
+        grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True)  # trust auth: no password
 
 
 def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitStack) -> None:

@@ -69,7 +69,8 @@ def db() -> None:
 @json_option
 def upgrade(as_json: bool) -> None:
     """Apply every migration up to head, grant PLANT_RUNTIME_ROLE what the API, workers and
-    beat need if it is set, then ensure PLANT_ADMIN_API_KEY if it is set.
+    beat need if it is set (creating it, or setting its password, with
+    PLANT_RUNTIME_ROLE_PASSWORD), then ensure PLANT_ADMIN_API_KEY if it is set.
 
     Run it as the schema's owner; connect everything else as the runtime role, which then
     cannot lift the append-only guards (README, "The database roles").
@@ -79,7 +80,9 @@ def upgrade(as_json: bool) -> None:
     grant = None
     if settings.runtime_role is not None:
         try:
-            grant = grant_runtime_role(settings.database_url, settings.runtime_role)
+            password = settings.runtime_role_password
+            grant = grant_runtime_role(settings.database_url, settings.runtime_role,
+                                       password=None if password is None else password.get_secret_value())
         except RuntimeRoleRefused as refused:
             raise PlantCliError(f"schema is at head, but {refused}") from refused
     admin_key = ensure_configured_admin(settings)

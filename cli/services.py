@@ -184,16 +184,6 @@ class EmbeddedPostgres(_ChildServer):
         """SQLAlchemy URL of database ``dbname`` on this server, as ``user`` (trust auth)."""
         return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{dbname}"
 
-    def ensure_login_role(self, name: str) -> None:
-        """Create role ``name`` (LOGIN and nothing else) unless it exists."""
-        with self._admin_connection() as conn:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
-                return
-            try:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            except errors.DuplicateObject:
-                pass  # another process created it between our check and our CREATE
-
     def create_database(self, name: str) -> None:
         """Create database ``name`` unless it exists."""
         with self._admin_connection() as conn:

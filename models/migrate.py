@@ -117,24 +117,37 @@ class RuntimeGrant:
     maintain: bool  # False on PostgreSQL 16: store_digest's ANALYZE is then skipped
 
 
-def grant_runtime_role(database_url: str, role: str) -> RuntimeGrant:
+def grant_runtime_role(database_url: str, role: str, *, password: str | None = None,
+                       create: bool = False) -> RuntimeGrant:
     """Give ``role`` exactly what the API, workers and beat need on the migrated schema, as
     the owner connected by ``database_url``, in one transaction: every earlier privilege it
     held on the schema's tables and sequences is revoked first, so running this after each
     upgrade keeps the grants exact and covers the tables later migrations add.
 
-    Refused (:class:`RuntimeRoleRefused`, nothing granted) for a role that is missing, is a
-    superuser, or owns any table of the schema or is a member of a role that does: each of
-    those can disable the append-only triggers.
+    A missing role is created (LOGIN, no other attribute) when ``create`` is set or a
+    ``password`` is given; a given password is set on it, once it has passed the checks below
+    (CREATE and ALTER ROLE take no parameters: it is sent as a quoted literal).
+
+    Refused (:class:`RuntimeRoleRefused`, nothing granted or changed) for a role that is
+    missing, is a superuser, or owns any table of the schema or is a member of a role that
+    does: each of those can disable the append-only triggers.
     """
+    who = sql.Identifier(role)
+    secret = sql.SQL("") if password is None else sql.SQL(" PASSWORD {}").format(sql.Literal(password))
     with psycopg.connect(libpq_url(database_url)) as conn:
+        created = False
+        if (create or password is not None) and conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(who, secret))
+            created = True
         found = conn.execute(
             "SELECT r.rolsuper, r.rolname = current_user, r.rolcreaterole,"
             " EXISTS (SELECT FROM pg_tables t WHERE t.schemaname = 'public'"
             "         AND pg_has_role(r.oid, t.tableowner, 'MEMBER'))"
             " FROM pg_roles r WHERE r.rolname = %s", (role,)).fetchone()
         if found is None:
-            raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute) first")
+            raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute), "
+                                     "or give it a password to have it created")
         superuser, is_self, createrole, owns = found
         # Before PostgreSQL 16, CREATEROLE could grant itself membership in any role but a superuser.
         joins_owner = createrole and conn.info.server_version < CREATEROLE_CONFINED_SINCE
@@ -145,7 +158,8 @@ def grant_runtime_role(database_url: str, role: str) -> RuntimeGrant:
             raise RuntimeRoleRefused(
                 f"the runtime role {role!r} {why}, so it could lift the append-only guards: "
                 "name a role that owns nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
-        who = sql.Identifier(role)
+        if password is not None and not created:
+            conn.execute(sql.SQL("ALTER ROLE {}{}").format(who, secret))
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
         maintain = conn.info.server_version >= MAINTAIN_SINCE
         statements = [

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         default=None, min_length=1,
         description="`plant db upgrade` grants this role what the API, workers and beat need (models.migrate.grant_runtime_role)",
     )
+    runtime_role_password: SecretStr | None = Field(
+        default=None, description="with runtime_role: `plant db upgrade` creates the role with it, or sets it",
+    )
     data_dir: Path = Path(".plant")
     port: int = Field(default=8000, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
@@ -136,12 +139,12 @@ class Settings(BaseSettings):
                              f"PLANT_JOB_SOFT_TIME_LIMIT ({self.job_soft_time_limit})")
         return self
 
-    @field_validator("admin_api_key", "runtime_role", mode="before")
+    @field_validator("admin_api_key", "runtime_role", "runtime_role_password", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         # PLANT_ADMIN_API_KEY= (blank) is not a key: it made each start create an admin key nobody
         # holds. A key read from a file saved with a newline is the key without it, as clients send it.
-        # PLANT_RUNTIME_ROLE= (blank) names no role, as compose passes an unset variable.
+        # PLANT_RUNTIME_ROLE= (blank) names no role, and sets no password, as compose passes an unset variable.
         if isinstance(value, str):
             value = value.strip()
             return value or None

@@ -244,6 +244,16 @@ def test_configuration_each_container_gets() -> None:
     env = {name: services()[name]["environment"] for name in PLANT_SERVICES}
     for name in ("api", "worker", "worker-audit", "seed", "migrate"):
         assert "@postgres:5432/" in env[name]["DATABASE_URL"], name
+    # Only migrate connects as the schema's owner; it grants the runtime role everything else uses.
+    assert env["migrate"]["DATABASE_URL"].startswith("postgresql+psycopg://${POSTGRES_USER:-plant}:${POSTGRES_PASSWORD:?")
+    for name in ("api", "worker", "worker-audit", "seed"):
+        assert env[name]["DATABASE_URL"].startswith(
+            "postgresql+psycopg://${PLANT_RUNTIME_ROLE:-plant_runtime}:${PLANT_RUNTIME_ROLE_PASSWORD:?"), name
+    assert env["migrate"]["PLANT_RUNTIME_ROLE"] == "${PLANT_RUNTIME_ROLE:-plant_runtime}"
+    assert env["migrate"]["PLANT_RUNTIME_ROLE_PASSWORD"].startswith("${PLANT_RUNTIME_ROLE_PASSWORD:?")
+    interpolated = interpolate(compose(), {**env_example(), "PLANT_RUNTIME_ROLE": "app", "POSTGRES_USER": "owner"})
+    assert interpolated["services"]["api"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://app:")
+    assert interpolated["services"]["migrate"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://owner:")
     for name in ("api", "worker", "worker-audit", "beat", "flower"):
         assert "@redis:6379/" in env[name]["REDIS_URL"], name
     assert "DATABASE_URL" not in env["beat"] and "DATABASE_URL" not in env["flower"]
@@ -264,7 +274,8 @@ def test_published_ports_default_to_loopback() -> None:
     assert env_example()["PLANT_PUBLISH_ADDRESS"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "PLANT_ADMIN_API_KEY"])
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "PLANT_RUNTIME_ROLE_PASSWORD", "REDIS_PASSWORD",
+                                     "FLOWER_BASIC_AUTH", "PLANT_ADMIN_API_KEY"])
 def test_compose_refuses_to_start_without_each_secret(missing: str) -> None:
     env = {k: v for k, v in env_example().items() if k != missing}
     with pytest.raises(KeyError, match=missing):

@@ -116,6 +116,31 @@ def test_a_role_that_could_lift_the_guards_is_refused_and_granted_nothing(owner_
 NOT_OWNER = "must be owner|permission denied"
 
 
+def password_of(url: str, role: str) -> str | None:
+    return _scalar(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+
+
+def test_a_password_creates_the_role_or_sets_its_password_but_never_a_refused_one_s(owner_url: str) -> None:
+    created = "plant_runtime_created_test"
+    owner = _scalar(owner_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'entity_versions'")
+    owner_password = password_of(owner_url, owner)
+    try:
+        grant_runtime_role(owner_url, created, password="first-secret")
+        first = password_of(owner_url, created)
+        assert first and first.startswith("SCRAM-SHA-256$")
+        assert _scalar(owner_url, "SELECT rolcanlogin AND NOT rolsuper AND NOT rolcreaterole AND NOT rolcreatedb"
+                                  " FROM pg_roles WHERE rolname = %s", (created,))
+        assert _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (created,))
+        grant_runtime_role(owner_url, created, password="second-secret")  # the .env changed: the role follows
+        assert password_of(owner_url, created) not in (None, first)
+        with pytest.raises(RuntimeRoleRefused):
+            grant_runtime_role(owner_url, owner, password="taken-over")
+        assert password_of(owner_url, owner) == owner_password
+    finally:
+        _exec(owner_url, sql.SQL("DROP OWNED BY {0}").format(sql.Identifier(created)),
+              sql.SQL("DROP ROLE IF EXISTS {0}").format(sql.Identifier(created)))
+
+
 @pytest.mark.parametrize("statement, refusal", [
     ("ALTER TABLE entity_versions DISABLE TRIGGER ALL", NOT_OWNER),
     ("ALTER TABLE ledger_digests DISABLE TRIGGER ledger_digests_no_update_delete", NOT_OWNER),
