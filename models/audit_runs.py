@@ -34,6 +34,7 @@ from models.canonical import canonical_bytes
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import bigint_in, transaction, uuid_in
+from models.db_roles import GUARD_LIFTER_SQL, lifts_guards_because
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
@@ -336,6 +337,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "run_level_findings": [c for c in by_code if c in RUN_LEVEL_CODES],
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, counted),
+        "database_role": database_role(session),
     }
     if written.left_out:  # listed in the report, counted nowhere
         summary["findings_left_out"] = {"count": len(written.left_out), "ids": id_spans(written.left_out)}
@@ -352,6 +354,15 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         sign_close(run, findings, keyring)
     session.flush()
     return summary
+
+
+def database_role(session: Session) -> dict[str, Any]:
+    """The role this session connects as, and whether it could lift the append-only guards
+    (README, "The database roles"): signed into every run's summary, so a report says whether
+    the deployment it came from ran as a role that cannot."""
+    name = session.scalar(text("SELECT current_user"))
+    why = lifts_guards_because(session.connection().exec_driver_sql(GUARD_LIFTER_SQL, {"role": name}).one())
+    return {"name": name, "can_lift_guards": why is not None, **({"why": why} if why else {})}
 
 
 def _signable(params: Any) -> bool:

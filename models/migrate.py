@@ -27,6 +27,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import text
 
+from models.db_roles import GUARD_LIFTER_SQL, lifts_guards_because
 from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -103,7 +104,6 @@ RUNTIME_READ_ONLY_TABLES = ("alembic_version",)
 # the MAINTAIN privilege, PostgreSQL 17 and later. On 16 the ANALYZE is skipped with a warning.
 RUNTIME_MAINTAINED_TABLES = ("ledger_digest_heads", "ledger_digest_tombstones")
 MAINTAIN_SINCE = 170000
-CREATEROLE_CONFINED_SINCE = 160000
 
 
 class RuntimeRoleRefused(RuntimeError):
@@ -140,21 +140,13 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(who, secret))
             created = True
-        found = conn.execute(
-            "SELECT r.rolsuper, r.rolname = current_user, r.rolcreaterole,"
-            " EXISTS (SELECT FROM pg_tables t WHERE t.schemaname = 'public'"
-            "         AND pg_has_role(r.oid, t.tableowner, 'MEMBER'))"
-            " FROM pg_roles r WHERE r.rolname = %s", (role,)).fetchone()
+        found = conn.execute(GUARD_LIFTER_SQL, {"role": role}).fetchone()
         if found is None:
             raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute), "
                                      "or give it a password to have it created")
-        superuser, is_self, createrole, owns = found
-        # Before PostgreSQL 16, CREATEROLE could grant itself membership in any role but a superuser.
-        joins_owner = createrole and conn.info.server_version < CREATEROLE_CONFINED_SINCE
-        if superuser or is_self or owns or joins_owner:
-            why = ("is a superuser" if superuser else "is the role running the migrations" if is_self
-                   else "owns, or is a member of a role that owns, the schema's tables" if owns
-                   else "has CREATEROLE, which before PostgreSQL 16 can make it a member of the owner")
+        is_self = conn.execute("SELECT current_user = %s", (role,)).fetchone()[0]
+        why = "is the role running the migrations" if is_self else lifts_guards_because(found)
+        if why is not None:
             raise RuntimeRoleRefused(
                 f"the runtime role {role!r} {why}, so it could lift the append-only guards: "
                 "name a role that owns nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")

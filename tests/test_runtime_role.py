@@ -23,6 +23,7 @@ from psycopg import errors, sql
 
 from cli.main import cli
 from models.constitution import APPEND_ONLY_TRIGGERS
+from models.db_roles import lifts_guards_because
 from models.migrate import (
     RUNTIME_MAINTAINED_TABLES,
     RUNTIME_READ_ONLY_TABLES,
@@ -253,6 +254,9 @@ def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_se
     summary = full["result"]
     assert summary["non_compliant"] == 0 and summary["total_entities"] >= 90, summary
     assert summary["by_code"] == {"rule-warning": 6}, summary  # TEAM-01: the seeded teams are empty
+    assert summary["database_role"] == {"name": RUNTIME, "can_lift_guards": False}, summary
+    page = client.get(f"{API}/audit/runs/{summary['run_id']}/report.html").get_data(as_text=True)
+    assert "(cannot lift the append-only guards)" in page and 'data-flag="guards-liftable"' not in page
 
     # Beat's digest, three times: each checks the heads against the last, ANALYZEs its rows,
     # and the third prunes the first's leaves (two kept).
@@ -270,3 +274,13 @@ def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_se
 
     incremental = finished(client, client.post(f"{API}/audit/run", json={"since": "latest-digest"}))
     assert incremental["status"] == "succeeded" and incremental["result"]["findings"] == 0, incremental
+
+
+@pytest.mark.parametrize("row, why", [
+    ((False, False, False), None),
+    ((True, False, True), "is a superuser"),
+    ((False, False, True), "owns, or is a member of a role that owns, the schema's tables"),
+    ((False, True, False), "has CREATEROLE, which before PostgreSQL 16 can make it a member of the owner"),
+])
+def test_why_a_role_can_lift_the_guards(row: tuple[bool, bool, bool], why: str | None) -> None:
+    assert lifts_guards_because(row) == why
