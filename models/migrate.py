@@ -125,16 +125,19 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
     upgrade keeps the grants exact and covers the tables later migrations add.
 
     A missing role is created (LOGIN, no other attribute) when ``create`` is set or a
-    ``password`` is given; a given password is set on it, once it has passed the checks below
-    (CREATE and ALTER ROLE take no parameters: it is sent as a quoted literal).
+    ``password`` is given; a given password is set on it, once it has passed the checks below.
+    The password never reaches the server: libpq turns it into a SCRAM-SHA-256 verifier first,
+    which is what the statement carries (servers that log DDL, as Cloud SQL is configured to,
+    would otherwise log it).
 
     Refused (:class:`RuntimeRoleRefused`, nothing granted or changed) for a role that is
     missing, is a superuser, or owns any table of the schema or is a member of a role that
     does: each of those can disable the append-only triggers.
     """
     who = sql.Identifier(role)
-    secret = sql.SQL("") if password is None else sql.SQL(" PASSWORD {}").format(sql.Literal(password))
     with psycopg.connect(libpq_url(database_url)) as conn:
+        secret = sql.SQL("") if password is None else sql.SQL(" PASSWORD {}").format(sql.Literal(
+            conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()))
         created = False
         if (create or password is not None) and conn.execute(
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:

@@ -9,6 +9,9 @@ prunes, and check that the runtime role cannot lift the append-only guards the o
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import subprocess
 import sys
 import uuid
@@ -114,6 +117,24 @@ def test_a_role_that_could_lift_the_guards_is_refused_and_granted_nothing(owner_
     assert not _scalar(owner_url, "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = %s", (MEMBER,))
 
 
+def test_a_role_whose_group_may_admit_it_to_an_owner_is_refused(owner_url: str) -> None:
+    """The shape Cloud SQL could give: a group holding ADMIN OPTION on a table's owner (without
+    its privileges: INHERIT and SET off), and a login role in that group, which can then make
+    itself a member of the owner and lift the guards."""
+    owner, group, member = "plant_table_owner_test", "plant_admins_test", "plant_admitted_test"
+    _exec(owner_url, *(f"DROP ROLE IF EXISTS {r}" for r in (member, group)), "DROP TABLE IF EXISTS scratch_owned",
+          f"DROP ROLE IF EXISTS {owner}", f"CREATE ROLE {owner}", f"CREATE ROLE {group}", f"CREATE ROLE {member} LOGIN",
+          f"GRANT {owner} TO {group} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE", f"GRANT {group} TO {member}",
+          "CREATE TABLE scratch_owned (x int)", f"ALTER TABLE scratch_owned OWNER TO {owner}")
+    try:
+        with pytest.raises(RuntimeRoleRefused, match="owns, or is a member of a role that owns"):
+            grant_runtime_role(owner_url, member)
+        _exec(as_role(owner_url, member), f"GRANT {owner} TO {member}", f"SET ROLE {owner}",
+              "ALTER TABLE scratch_owned DISABLE TRIGGER ALL")  # what it could have done
+    finally:
+        _exec(owner_url, "DROP TABLE IF EXISTS scratch_owned", *(f"DROP ROLE IF EXISTS {r}" for r in (member, group, owner)))
+
+
 NOT_OWNER = "must be owner|permission denied"
 
 
@@ -121,19 +142,41 @@ def password_of(url: str, role: str) -> str | None:
     return _scalar(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
 
 
-def test_a_password_creates_the_role_or_sets_its_password_but_never_a_refused_one_s(owner_url: str) -> None:
+def verifies(verifier: str, password: str) -> bool:
+    """Whether a SCRAM-SHA-256 verifier (RFC 5802/7677, as PostgreSQL stores it) is ``password``'s."""
+    iterations_salt, keys = verifier.removeprefix("SCRAM-SHA-256$").split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key = keys.split(":")[0]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hashlib.sha256(client_key).digest() == base64.b64decode(stored_key)
+
+
+def test_a_password_creates_the_role_or_sets_its_password_but_never_a_refused_one_s(
+        owner_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     created = "plant_runtime_created_test"
     owner = _scalar(owner_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'entity_versions'")
     owner_password = password_of(owner_url, owner)
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def recording(self: psycopg.Connection, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query if isinstance(query, str) else query.as_string(self))
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", recording)
     try:
         grant_runtime_role(owner_url, created, password="first-secret")
         first = password_of(owner_url, created)
-        assert first and first.startswith("SCRAM-SHA-256$")
+        assert first and verifies(first, "first-secret") and not verifies(first, "second-secret")
+        assert any("SCRAM-SHA-256$" in statement for statement in sent)
+        assert not any("secret" in statement for statement in sent), sent  # the server never sees the password
         assert _scalar(owner_url, "SELECT rolcanlogin AND NOT rolsuper AND NOT rolcreaterole AND NOT rolcreatedb"
                                   " FROM pg_roles WHERE rolname = %s", (created,))
         assert _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (created,))
         grant_runtime_role(owner_url, created, password="second-secret")  # the .env changed: the role follows
-        assert password_of(owner_url, created) not in (None, first)
+        assert verifies(password_of(owner_url, created), "second-secret")
+        assert not any("secret" in statement for statement in sent), sent
         with pytest.raises(RuntimeRoleRefused):
             grant_runtime_role(owner_url, owner, password="taken-over")
         assert password_of(owner_url, owner) == owner_password
