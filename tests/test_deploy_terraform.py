@@ -5,8 +5,9 @@ provider's own schema (tests/data/terraform-provider-schema.json, extracted by
 terraform/tools/provider_schema.py), so an argument the provider does not have, such as
 the `cloud_sql_instances` block the old system kept reaching for, fails here and not at
 `terraform apply`. On top of that: module wiring, the Cloud SQL attachment of every role
-that uses the database, Direct VPC egress to Redis, the secret references and their IAM
-grants, a single beat, and no secrets in the example tfvars.
+that uses the database, the two database roles (only migrate connects as the schema owner),
+Direct VPC egress to Redis, the secret references and their IAM grants, a single beat, and
+no secrets in the example tfvars.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MODULES = TF / "modules"
 SCHEMA = json.loads((REPO / "tests" / "data" / "terraform-provider-schema.json").read_text())
 
 EXPECTED_MODULES = {"network", "database", "cache", "secrets", "registry", "run"}
-SECRETS = {"database_url", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"}
+SECRETS = {"database_url", "runtime_database_url", "runtime_role_password", "redis_url", "signing_key",
+           "flower_basic_auth", "bootstrap_admin_key"}
 FILE_SECRETS = {"retired_signing_keys"}  # mounted as files, not read into the environment
 SIGNATURE_VERIFIERS = {"api", "worker", "worker_audit", "seal_keys"}
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
@@ -378,6 +380,139 @@ def test_database_url_names_the_cloudsql_socket() -> None:
     assert root["run"]["secret_ids"] == "${module.secrets.secret_ids}"
 
 
+# The two database roles (README, "The database roles"): the schema owner can lift the
+# append-only guards (ALTER TABLE ... DISABLE TRIGGER), so only the migrate job connects as it.
+RUNTIME_DATABASE_USERS = {"api", "worker", "worker_audit", "seal_keys"}
+
+
+def test_only_migrate_can_read_the_owners_database_url() -> None:
+    local = run_locals()
+    owners = {identity for identity, names in local["secret_access"].items() if "database_url" in names}
+    assert owners == {"migrate"}
+    # The grants are made from secret_access and nothing else; no project-wide accessor.
+    access = resources(MODULES / "run", "google_secret_manager_secret_iam_member")
+    assert list(access) == ["access"] and access["access"]["for_each"] == "${local.secret_grants}"
+    assert "local.secret_access" in local["secret_grants"]
+    for path in tf_files():
+        for block in parse(path).get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    if "secretmanager" in str(clean(body).get("role", "")):
+                        assert (unquote(rtype), unquote(name)) == ("google_secret_manager_secret_iam_member", "access")
+    # Only the migrate job's container reads it: one reference in the whole configuration.
+    readers = [name for name, (kind, body) in run_resources().items()
+               if "database_url" in env_secrets(one(pod_template(kind, body)["containers"])).values()]
+    assert readers == ["migrate"]
+    text = "".join(path.read_text() for path in tf_files())
+    assert text.count('var.secret_ids["database_url"]') == 1
+
+
+def test_everything_else_connects_as_the_runtime_role() -> None:
+    users = set()
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        url = env_secrets(one(pod["containers"])).get("DATABASE_URL")
+        if url is None or name == "migrate":
+            continue
+        users.add(name)
+        assert url == "runtime_database_url", f"{name} must connect as the runtime role, not as {url}"
+        identity = re.fullmatch(r'\$\{google_service_account\.runtime\["([a-z]+)"\]\.email\}', pod["service_account"])[1]
+        assert "runtime_database_url" in run_locals()["secret_access"][identity], name
+    assert users == RUNTIME_DATABASE_USERS
+
+
+def test_migrate_creates_and_grants_the_runtime_role(monkeypatch) -> None:
+    _, job = run_resources()["migrate"]
+    container = one(pod_template("google_cloud_run_v2_job", job)["containers"])
+    secrets = env_secrets(container)
+    assert secrets["DATABASE_URL"] == "database_url"  # the owner, who may create the role and grant it
+    assert secrets["PLANT_RUNTIME_ROLE_PASSWORD"] == "runtime_role_password"
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert plain["PLANT_RUNTIME_ROLE"] == "${var.runtime_role}"
+    assert {"runtime_role_password", "database_url"} <= set(run_locals()["secret_access"]["migrate"])
+    # The root wires the database module's role and password into the job...
+    root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
+    assert root["run"]["runtime_role"] == "${module.database.runtime_user_name}"
+    assert root["secrets"]["secret_values"]["runtime_role_password"] == "${module.database.runtime_password}"
+    assert root["secrets"]["secret_values"]["runtime_database_url"] == "${module.database.runtime_database_url}"
+    # ...under the names `plant db upgrade` reads.
+    monkeypatch.setenv("PLANT_RUNTIME_ROLE", "plant_runtime")
+    monkeypatch.setenv("PLANT_RUNTIME_ROLE_PASSWORD", "pw")
+    settings = load_settings()
+    assert settings.runtime_role == "plant_runtime" and settings.runtime_role_password.get_secret_value() == "pw"
+
+
+def test_the_runtime_role_is_not_a_cloud_sql_user() -> None:
+    """Cloud SQL makes every user it creates a member of cloudsqlsuperuser, with CREATEROLE:
+    the migrate job creates the runtime role in SQL (LOGIN only) instead."""
+    database = MODULES / "database"
+    users = resources(database, "google_sql_user")
+    assert list(users) == ["app"] and users["app"]["name"] == "${var.user_name}"
+    assert users["app"]["password"] == "${random_password.app.result}"
+    for path in tf_files():
+        for block in parse(path).get("resource", []):
+            for rtype, named in block.items():
+                if unquote(rtype) == "google_sql_user":
+                    assert path.parent == database and [unquote(n) for n in named] == ["app"], path
+                    assert "runtime" not in json.dumps(clean(named)), path
+    password = resources(database, "random_password")["runtime"]
+    assert password["length"] == 40 and password["special"] is False  # it travels inside a URL
+    precondition = one(one(password["lifecycle"])["precondition"])
+    assert precondition["condition"] == "${var.runtime_user_name != var.user_name}"
+    variable = clean(module_blocks(database)["variable"]["runtime_user_name"])
+    assert variable["default"] == "plant_runtime" != clean(module_blocks(database)["variable"]["user_name"])["default"]
+
+
+def identifier_pattern(variable: dict[str, Any]) -> re.Pattern[str]:
+    return re.compile(re.search(r'regex\("([^"]+)"', one(variable["validation"])["condition"])[1])
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("plant_runtime", True), ("_r", True), pytest.param("a" * 63, True, id="63-chars"),
+    pytest.param("a" * 64, False, id="64-chars"), ("Plant", False), ("9lives", False), ("plant-runtime", False),
+    ("", False), ('x"; DROP', False),
+])
+def test_runtime_role_names_are_plain_postgresql_identifiers(name: str, valid: bool) -> None:
+    """The role name goes unquoted into DATABASE_URL; the migrate job quotes it in SQL."""
+    for directory, variable in ((MODULES / "database", "runtime_user_name"), (MODULES / "run", "runtime_role")):
+        declared = clean(module_blocks(directory)["variable"][variable])
+        condition = one(declared["validation"])["condition"]
+        assert f'!startswith(var.{variable}, "pg_")' in condition  # reserved by PostgreSQL
+        assert bool(identifier_pattern(declared).fullmatch(name)) == valid, (directory.name, name)
+
+
+def test_runtime_database_url_uses_the_runtime_role() -> None:
+    outputs = clean(module_blocks(MODULES / "database")["output"])
+    owner, runtime = outputs["database_url"], outputs["runtime_database_url"]
+    assert runtime["sensitive"] is True and outputs["runtime_password"]["sensitive"] is True
+    assert re.fullmatch(
+        r"postgresql\+psycopg://\$\{var\.runtime_user_name\}:\$\{urlencode\(random_password\.runtime\.result\)\}"
+        r"@/\$\{google_sql_database\.plant\.name\}\?host=/cloudsql/"
+        r"\$\{google_sql_database_instance\.postgres\.connection_name\}",
+        runtime["value"],
+    ), runtime["value"]
+    # The same socket and database as the owner's URL; only the credentials differ.
+    assert runtime["value"].split("@", 1)[1] == owner["value"].split("@", 1)[1]
+    assert outputs["runtime_password"]["value"] == "${random_password.runtime.result}"
+    assert outputs["runtime_user_name"]["value"] == "${var.runtime_user_name}"
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
+@pytest.mark.parametrize("name,accepted", [
+    ("plant_runtime", True), ("app_9", True), ("pg_runtime", False), ("Plant", False), ("plant-runtime", False),
+    pytest.param("a" * 64, False, id="64-chars"),
+])
+def test_runtime_role_name_is_validated_by_terraform(tmp_path: Path, name: str, accepted: bool) -> None:
+    shutil.copy(MODULES / "database" / "variables.tf", tmp_path / "variables.tf")
+    given = {"project_id": "p", "region": "r", "instance_name": "i", "tier": "t", "private_network": "n",
+             "allocated_ip_range": "a", "runtime_user_name": name}
+    if accepted:
+        assert terraform_console(tmp_path, "var.runtime_user_name", given) == name
+    else:
+        with pytest.raises(AssertionError, match="Invalid value for variable"):
+            terraform_console(tmp_path, "var.runtime_user_name", given)
+
+
 def test_services_reaching_redis_use_direct_vpc_egress() -> None:
     for name, (kind, body) in run_resources().items():
         pod = pod_template(kind, body)
@@ -409,7 +544,7 @@ def test_secret_references_are_granted_and_least_privilege() -> None:
     assert referenced == SECRETS | FILE_SECRETS
 
 
-def test_secrets_module_holds_exactly_the_five_secrets() -> None:
+def test_secrets_module_holds_exactly_the_seven_secrets() -> None:
     local = clean(module_blocks(MODULES / "secrets")["locals"])
     assert set(local["secrets"]) == SECRETS
     root = {n: clean(b) for n, b in module_blocks(ROOT)["module"].items()}
@@ -484,14 +619,15 @@ def test_env_names_match_what_plant_reads() -> None:
     _, api = run_resources()["api"]
     container = one(pod_template("google_cloud_run_v2_service", api)["containers"])
     assert env_secrets(container) == {
-        "DATABASE_URL": "database_url",
+        "DATABASE_URL": "runtime_database_url",
         "REDIS_URL": "redis_url",
         "PLANT_SIGNING_KEY": "signing_key",
     }
     assert one(container["startup_probe"])["http_get"][0]["path"] == "/health"
     _, job = run_resources()["migrate"]
     migrate = one(pod_template("google_cloud_run_v2_job", job)["containers"])
-    assert env_secrets(migrate) == {"DATABASE_URL": "database_url", "PLANT_ADMIN_API_KEY": "bootstrap_admin_key"}
+    assert env_secrets(migrate) == {"DATABASE_URL": "database_url", "PLANT_ADMIN_API_KEY": "bootstrap_admin_key",
+                                    "PLANT_RUNTIME_ROLE_PASSWORD": "runtime_role_password"}
 
 
 def test_exactly_one_beat() -> None:

@@ -134,11 +134,13 @@ module "secrets" {
   project_id  = var.project_id
   name_prefix = local.name
   secret_values = {
-    database_url        = module.database.database_url
-    redis_url           = module.cache.redis_url
-    signing_key         = tls_private_key.signing[local.active_signing_generation].private_key_pem_pkcs8
-    flower_basic_auth   = "${var.flower_user}:${random_password.flower.result}"
-    bootstrap_admin_key = "plant_${random_password.bootstrap_admin_key.result}"
+    database_url          = module.database.database_url # the schema owner: the migrate job only
+    runtime_database_url  = module.database.runtime_database_url
+    runtime_role_password = module.database.runtime_password
+    redis_url             = module.cache.redis_url
+    signing_key           = tls_private_key.signing[local.active_signing_generation].private_key_pem_pkcs8
+    flower_basic_auth     = "${var.flower_user}:${random_password.flower.result}"
+    bootstrap_admin_key   = "plant_${random_password.bootstrap_admin_key.result}"
   }
   retired_signing_key_files = local.retired_signing_key_files
 
@@ -157,6 +159,7 @@ module "run" {
   network_id                = module.network.network_id
   subnet_id                 = module.network.subnet_id
   cloudsql_connection_name  = module.database.connection_name
+  runtime_role              = module.database.runtime_user_name
   secret_ids                = module.secrets.secret_ids
   secret_versions           = module.secrets.secret_versions
   retired_signing_key_files = module.secrets.retired_signing_key_files

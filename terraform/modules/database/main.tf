@@ -3,6 +3,11 @@
 # is made by Plant's migrations: the user below belongs to cloudsqlsuperuser, which may
 # create extensions.
 #
+# Two database roles (README, "The database roles"): user_name owns the schema and is used by
+# the migrate job only; runtime_user_name, which owns nothing, is what the API, the workers
+# and the seal-keys job connect as, so none of them can lift the append-only guards
+# (ALTER TABLE ... DISABLE TRIGGER is the owner's).
+#
 # Plant connects through the Cloud SQL connector that Cloud Run mounts at /cloudsql (a Unix
 # socket per instance), so database_url uses host=/cloudsql/<connection name>: no IP address
 # and no authorized networks; the connector brings its own short-lived client certificate
@@ -137,9 +142,29 @@ resource "random_password" "app" {
   special = false
 }
 
+# The schema owner: the migrate job's login (database_url), and nobody else's.
 resource "google_sql_user" "app" {
   project  = var.project_id
   instance = google_sql_database_instance.postgres.name
   name     = var.user_name
   password = random_password.app.result
+}
+
+# The runtime role's password. The role itself is deliberately not a google_sql_user: Cloud
+# SQL makes every user it creates a member of cloudsqlsuperuser, with CREATEROLE and
+# CREATEDB, which is more than a role that must not lift the guards may hold. The migrate job
+# (`plant db upgrade`, connected as the owner above) creates it in SQL, CREATE ROLE ... LOGIN
+# and nothing else, with this password (PLANT_RUNTIME_ROLE_PASSWORD), or sets this password
+# on it, then grants it DML on the schema (models/migrate.py::grant_runtime_role).
+resource "random_password" "runtime" {
+  length  = 40
+  special = false
+
+  lifecycle {
+    # Cross-variable validation needs Terraform 1.9; this configuration allows 1.5.
+    precondition {
+      condition     = var.runtime_user_name != var.user_name
+      error_message = "runtime_user_name must differ from user_name: the schema owner can lift the append-only guards."
+    }
+  }
 }

@@ -116,9 +116,20 @@ variable "database_name" {
 }
 
 variable "user_name" {
-  description = "Login Plant uses (password generated)."
+  description = "The schema owner, a Cloud SQL user (password generated): the migrate job's login only."
   type        = string
   default     = "plant"
+}
+
+variable "runtime_user_name" {
+  description = "The runtime role the API, the workers and the seal-keys job connect as (password generated). The migrate job creates it (LOGIN only) and grants it DML; it is not a Cloud SQL user. Must differ from user_name."
+  type        = string
+  default     = "plant_runtime"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.runtime_user_name)) && !startswith(var.runtime_user_name, "pg_")
+    error_message = "runtime_user_name must be a lowercase PostgreSQL identifier (a-z, 0-9, _; at most 63 characters, not starting with a digit or pg_)."
+  }
 }
 
 variable "labels" {

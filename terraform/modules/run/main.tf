@@ -5,14 +5,21 @@
 #   worker-audit  Cloud Run worker pool, Celery on the audit queue, one job at a time
 #   beat          Cloud Run worker pool with exactly one instance: the only scheduler
 #   flower        Cloud Run service, optional, IAM-protected and behind basic auth
-#   migrate       Cloud Run job: `plant db upgrade` (schema, then the bootstrap admin API
-#                 key), run before each rollout
+#   migrate       Cloud Run job: `plant db upgrade` as the schema owner (the schema, then the
+#                 runtime role and its grants, then the bootstrap admin API key), run before
+#                 each rollout
 #   seal-keys     Cloud Run job: `plant signing-keys seal` after a key rotation; prints the seals
 #
 # Workers and beat serve no HTTP, which is what worker pools are for: no port, no request
 # routing, CPU always allocated. Every role that touches PostgreSQL mounts the Cloud SQL
 # instance the v2 way, a cloud_sql_instance volume at /cloudsql, and DATABASE_URL names the
 # socket (host=/cloudsql/<connection name>). Redis is reached over Direct VPC egress.
+#
+# Two database roles (README, "The database roles"). Only migrate connects as the schema
+# owner (the database_url secret): the owner can ALTER TABLE ... DISABLE TRIGGER and so lift
+# the append-only guards. It creates the runtime role (var.runtime_role, LOGIN only) from the
+# runtime_role_password secret, or sets that password on it, and grants it DML; api, worker,
+# worker-audit and seal-keys connect as that role (runtime_database_url), which owns nothing.
 #
 # Each role runs as its own service account, which may read only the secrets it needs and,
 # if it uses the database, connect to Cloud SQL (roles/cloudsql.client).
@@ -40,13 +47,15 @@ locals {
     var.flower_enabled ? { flower = "Plant Flower (Celery monitor)" } : {},
   )
 
-  # Least privilege: each identity reads only these secrets.
+  # Least privilege: each identity reads only these secrets. database_url (the schema
+  # owner's) is migrate's alone; everything else that uses the database gets the runtime
+  # role's URL.
   secret_access = {
-    api     = ["database_url", "redis_url", "signing_key", "retired_signing_keys"]
-    worker  = ["database_url", "redis_url", "signing_key", "retired_signing_keys"]
+    api     = ["runtime_database_url", "redis_url", "signing_key", "retired_signing_keys"]
+    worker  = ["runtime_database_url", "redis_url", "signing_key", "retired_signing_keys"]
     beat    = ["redis_url"]
-    migrate = ["database_url", "bootstrap_admin_key"]
-    seal    = ["database_url", "signing_key", "retired_signing_keys"]
+    migrate = ["database_url", "runtime_role_password", "bootstrap_admin_key"]
+    seal    = ["runtime_database_url", "signing_key", "retired_signing_keys"]
     flower  = ["redis_url", "flower_basic_auth"]
   }
 
@@ -158,11 +167,11 @@ resource "google_cloud_run_v2_service" "api" {
         value = tostring(var.api_web_concurrency)
       }
       env {
-        name = "DATABASE_URL"
+        name = "DATABASE_URL" # the runtime role's: it owns nothing
         value_source {
           secret_key_ref {
-            secret  = var.secret_ids["database_url"]
-            version = var.secret_versions["database_url"]
+            secret  = var.secret_ids["runtime_database_url"]
+            version = var.secret_versions["runtime_database_url"]
           }
         }
       }
@@ -319,11 +328,11 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         value = tostring(var.worker_concurrency)
       }
       env {
-        name = "DATABASE_URL"
+        name = "DATABASE_URL" # the runtime role's: it owns nothing
         value_source {
           secret_key_ref {
-            secret  = var.secret_ids["database_url"]
-            version = var.secret_versions["database_url"]
+            secret  = var.secret_ids["runtime_database_url"]
+            version = var.secret_versions["runtime_database_url"]
           }
         }
       }
@@ -432,11 +441,11 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
       }
 
       env {
-        name = "DATABASE_URL"
+        name = "DATABASE_URL" # the runtime role's: it owns nothing
         value_source {
           secret_key_ref {
-            secret  = var.secret_ids["database_url"]
-            version = var.secret_versions["database_url"]
+            secret  = var.secret_ids["runtime_database_url"]
+            version = var.secret_versions["runtime_database_url"]
           }
         }
       }
@@ -677,12 +686,29 @@ resource "google_cloud_run_v2_job" "migrate" {
           }
         }
 
+        # The schema owner's URL: only this job connects as the owner.
         env {
           name = "DATABASE_URL"
           value_source {
             secret_key_ref {
               secret  = var.secret_ids["database_url"]
               version = var.secret_versions["database_url"]
+            }
+          }
+        }
+        # After the upgrade, `plant db upgrade` creates this role (LOGIN only) with this
+        # password, or sets it on the role, and grants it DML on the schema; it refuses a
+        # role that could lift the guards.
+        env {
+          name  = "PLANT_RUNTIME_ROLE"
+          value = var.runtime_role
+        }
+        env {
+          name = "PLANT_RUNTIME_ROLE_PASSWORD"
+          value_source {
+            secret_key_ref {
+              secret  = var.secret_ids["runtime_role_password"]
+              version = var.secret_versions["runtime_role_password"]
             }
           }
         }
@@ -766,11 +792,11 @@ resource "google_cloud_run_v2_job" "seal_keys" {
         }
 
         env {
-          name = "DATABASE_URL"
+          name = "DATABASE_URL" # the runtime role's: sealing stores a digest, plain DML
           value_source {
             secret_key_ref {
-              secret  = var.secret_ids["database_url"]
-              version = var.secret_versions["database_url"]
+              secret  = var.secret_ids["runtime_database_url"]
+              version = var.secret_versions["runtime_database_url"]
             }
           }
         }

@@ -38,6 +38,16 @@ variable "cloudsql_connection_name" {
   type        = string
 }
 
+variable "runtime_role" {
+  description = "The database role api, the workers and seal-keys connect as (the database module's runtime_user_name): the migrate job's PLANT_RUNTIME_ROLE, which it creates and grants."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.runtime_role)) && !startswith(var.runtime_role, "pg_")
+    error_message = "runtime_role must be a lowercase PostgreSQL identifier (a-z, 0-9, _; at most 63 characters, not starting with a digit or pg_)."
+  }
+}
+
 variable "secret_ids" {
   description = "Secret Manager secret id per logical name (the secrets module's secret_ids)."
   type        = map(string)

@@ -5,12 +5,17 @@
 
 locals {
   # logical name => secret id suffix. The set is fixed: services reference these names.
+  # database_url is the schema owner's (the migrate job's only); runtime_database_url the
+  # runtime role's (everything else that uses the database); runtime_role_password is that
+  # role's password, which the migrate job sets on it.
   secrets = {
-    database_url        = "database-url"
-    redis_url           = "redis-url"
-    signing_key         = "signing-key"
-    flower_basic_auth   = "flower-basic-auth"
-    bootstrap_admin_key = "bootstrap-admin-key"
+    database_url          = "database-url"
+    runtime_database_url  = "runtime-database-url"
+    runtime_role_password = "runtime-role-password"
+    redis_url             = "redis-url"
+    signing_key           = "signing-key"
+    flower_basic_auth     = "flower-basic-auth"
+    bootstrap_admin_key   = "bootstrap-admin-key"
   }
 }
 

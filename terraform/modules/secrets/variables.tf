@@ -9,16 +9,16 @@ variable "name_prefix" {
 }
 
 variable "secret_values" {
-  description = "Value of each secret: database_url, redis_url, signing_key, flower_basic_auth, bootstrap_admin_key."
+  description = "Value of each secret: database_url (the schema owner's), runtime_database_url, runtime_role_password, redis_url, signing_key, flower_basic_auth, bootstrap_admin_key."
   type        = map(string)
   sensitive   = true
 
   validation {
     condition = (
-      length(var.secret_values) == 5 &&
-      alltrue([for name in ["database_url", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"] : contains(keys(var.secret_values), name)])
+      length(var.secret_values) == 7 &&
+      alltrue([for name in ["database_url", "runtime_database_url", "runtime_role_password", "redis_url", "signing_key", "flower_basic_auth", "bootstrap_admin_key"] : contains(keys(var.secret_values), name)])
     )
-    error_message = "secret_values must have exactly: database_url, redis_url, signing_key, flower_basic_auth, bootstrap_admin_key."
+    error_message = "secret_values must have exactly: database_url, runtime_database_url, runtime_role_password, redis_url, signing_key, flower_basic_auth, bootstrap_admin_key."
   }
 }
 
