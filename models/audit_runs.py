@@ -357,12 +357,17 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
 
 
 def database_role(session: Session) -> dict[str, Any]:
-    """The role this session connects as, and whether it could lift the append-only guards
-    (README, "The database roles"): signed into every run's summary, so a report says whether
-    the deployment it came from ran as a role that cannot."""
-    name = session.scalar(text("SELECT current_user"))
-    why = lifts_guards_because(session.connection().exec_driver_sql(GUARD_LIFTER_SQL, {"role": name}).one())
-    return {"name": name, "can_lift_guards": why is not None, **({"why": why} if why else {})}
+    """The role the run's close connected as, and whether it could lift or get around the
+    append-only guards (README, "The database roles"; ``models/db_roles.py``): signed into
+    every run's summary, so a report says whether the deployment it came from ran as a role
+    that cannot. The login (``session_user``) is what is judged, and the role it acts as
+    (``current_user``) too where they differ: a login may ``SET ROLE`` back to itself."""
+    login, acting = session.execute(text("SELECT session_user, current_user")).one()
+    why = next(filter(None, (
+        lifts_guards_because(session.connection().exec_driver_sql(GUARD_LIFTER_SQL, {"role": role}).one())
+        for role in dict.fromkeys((login, acting)))), None)
+    return {"name": login, **({"acting_as": acting} if acting != login else {}),
+            "can_lift_guards": why is not None, **({"why": why} if why else {})}
 
 
 def _signable(params: Any) -> bool:

@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import text
 
-from models.db_roles import GUARD_LIFTER_SQL, lifts_guards_because
+from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifts_guards_because
 from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -95,8 +95,8 @@ def heads() -> list[str]:
 
 
 # The runtime role: what the API, the workers and beat connect as, never the schema's owner.
-# An owner (or a superuser, or a member of the owner) can lift every append-only guard with
-# ALTER TABLE ... DISABLE TRIGGER; a role holding only these privileges cannot.
+# An owner (or a superuser, or a member of the owner, ...: models/db_roles.py) can lift every
+# append-only guard with ALTER TABLE ... DISABLE TRIGGER; a role holding only these cannot.
 RUNTIME_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # Alembic's bookkeeping: the runtime may read the schema's revision, never set it.
 RUNTIME_READ_ONLY_TABLES = ("alembic_version",)
@@ -131,8 +131,11 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
     would otherwise log it).
 
     Refused (:class:`RuntimeRoleRefused`, nothing granted or changed) for a role that is
-    missing, is a superuser, or owns any table of the schema or is a member of a role that
-    does: each of those can disable the append-only triggers.
+    missing, is the migrating role, could lift or get around the append-only guards by what
+    it holds apart from this role's grants (``models/db_roles.py``: a superuser or a member of
+    one, an owner of the database, the schema or anything in it or a member of one, a role
+    that may CREATE there or create triggers, ...), or would still hold more than these grants
+    through PUBLIC or another grantor.
     """
     who = sql.Identifier(role)
     with psycopg.connect(libpq_url(database_url)) as conn:
@@ -143,33 +146,68 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(who, secret))
             created = True
-        found = conn.execute(GUARD_LIFTER_SQL, {"role": role}).fetchone()
-        if found is None:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
             raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute), "
                                      "or give it a password to have it created")
-        is_self = conn.execute("SELECT current_user = %s", (role,)).fetchone()[0]
-        why = "is the role running the migrations" if is_self else lifts_guards_because(found)
+        if conn.execute("SELECT current_user = %s", (role,)).fetchone()[0]:
+            _refuse(role, "is the role running the migrations")
+        schema = conn.execute(PLANT_SCHEMA_SQL).fetchone()[0]
+        where = sql.Identifier(schema)
+
+        def each(names: tuple[str, ...]) -> sql.Composable:
+            return sql.SQL(", ").join(sql.Identifier(schema, name) for name in names)
+
+        # What this role granted before goes first; what it holds after that, it holds from
+        # elsewhere (its own attributes, memberships, PUBLIC, other grantors) and is judged.
+        conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(where, who))
+        conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(where, who))
+        why = lifts_guards_because(conn.execute(GUARD_LIFTER_SQL, {"role": role}).fetchone())
         if why is not None:
-            raise RuntimeRoleRefused(
-                f"the runtime role {role!r} {why}, so it could lift the append-only guards: "
-                "name a role that owns nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
+            _refuse(role, why)
         if password is not None and not created:
             conn.execute(sql.SQL("ALTER ROLE {}{}").format(who, secret))
-        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()[0]
         maintain = conn.info.server_version >= MAINTAIN_SINCE
         statements = [
-            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(who),
-            sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(who),
-            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
-            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA public TO {}").format(
-                sql.SQL(", ").join(map(sql.SQL, RUNTIME_TABLE_PRIVILEGES)), who),
-            sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, RUNTIME_READ_ONLY_TABLES)), who),
-            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(who),
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(where, who),
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.SQL(", ").join(map(sql.SQL, RUNTIME_TABLE_PRIVILEGES)), where, who),
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(each(RUNTIME_READ_ONLY_TABLES), who),
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(where, who),
         ]
         if maintain:
-            statements.append(sql.SQL("GRANT MAINTAIN ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, RUNTIME_MAINTAINED_TABLES)), who))
+            statements.append(sql.SQL("GRANT MAINTAIN ON {} TO {}").format(each(RUNTIME_MAINTAINED_TABLES), who))
         for statement in statements:
             conn.execute(statement)
+        # Whatever it still holds beyond those grants (from PUBLIC or another grantor, which
+        # REVOKE leaves alone) refuses the whole call.
+        extra = [privilege for (privilege,) in conn.execute(_EXTRA_PRIVILEGES, {
+            "role": role, "schema": schema, "read_only": list(RUNTIME_READ_ONLY_TABLES)})]
+        if extra:
+            raise RuntimeRoleRefused(
+                f"the runtime role {role!r} would still hold {', '.join(extra[:5])}{' and more' if len(extra) > 5 else ''}"
+                " through PUBLIC or another grantor: revoke those, then upgrade again")
     return RuntimeGrant(role=role, tables=tables, maintain=maintain)
+
+
+def _refuse(role: str, why: str) -> None:
+    raise RuntimeRoleRefused(
+        f"the runtime role {role!r} {why}, so it could lift the append-only guards: name a role that "
+        "owns nothing and may create nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
+
+
+# TRIGGER is not among them: a role holding it is refused before anything is granted.
+_EXTRA_PRIVILEGES = """
+SELECT p.privilege || ' on ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN unnest(ARRAY['TRUNCATE', 'REFERENCES']) AS p(privilege)
+  WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND has_table_privilege(%(role)s, c.oid, p.privilege)
+UNION ALL
+SELECT p.privilege || ' on ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p(privilege)
+  WHERE n.nspname = %(schema)s AND c.relname = ANY(%(read_only)s) AND CASE p.privilege
+    WHEN 'DELETE' THEN has_table_privilege(%(role)s, c.oid, 'DELETE') ELSE has_any_column_privilege(%(role)s, c.oid, p.privilege) END
+UNION ALL
+SELECT 'UPDATE on ' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = %(schema)s AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(%(role)s, c.oid, 'UPDATE') END
+ORDER BY 1
+"""

@@ -23,10 +23,14 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import errors, sql
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from cli.main import cli
 from models.constitution import APPEND_ONLY_TRIGGERS
-from models.db_roles import lifts_guards_because
+from models.db_roles import LIFTER_REASONS
+from models.audit_runs import database_role
+from models.db import make_engine
 from models.migrate import (
     RUNTIME_MAINTAINED_TABLES,
     RUNTIME_READ_ONLY_TABLES,
@@ -102,6 +106,13 @@ def test_the_runtime_role_gets_dml_on_every_table_and_nothing_more(owner_url: st
         for table in RUNTIME_MAINTAINED_TABLES:
             assert _scalar(owner_url, "SELECT has_table_privilege(%s, %s, 'MAINTAIN')", (RUNTIME, table))
         assert not _scalar(owner_url, "SELECT has_table_privilege(%s, 'entity_versions', 'MAINTAIN')", (RUNTIME,))
+    with psycopg.connect(libpq_url(owner_url), autocommit=True) as conn:
+        sequences = conn.execute("SELECT c.oid::regclass::text, has_sequence_privilege(%s, c.oid, 'USAGE'),"
+                                 " has_sequence_privilege(%s, c.oid, 'UPDATE') FROM pg_class c"
+                                 " WHERE c.relkind = 'S' AND c.relnamespace = 'public'::regnamespace", (RUNTIME, RUNTIME)).fetchall()
+        assert sequences and all(usage and not update for _, usage, update in sequences), sequences  # no setval
+        assert conn.execute("SELECT has_schema_privilege(%s, 'public', 'CREATE'),"
+                            " has_database_privilege(%s, current_database(), 'CREATE')", (RUNTIME, RUNTIME)).fetchone() == (False, False)
     assert grant_runtime_role(owner_url, RUNTIME) == grant  # again after the next upgrade: the same grants
 
 
@@ -268,8 +279,6 @@ def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_se
                                                       runtime_worker: Path) -> None:
     from cli.seeding import seed_database
     from models.api_keys import create_api_key
-    from models.db import make_engine
-    from sqlalchemy.orm import Session
     from tasks.celery_app import create_celery
     from web import create_app
 
@@ -319,11 +328,70 @@ def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_se
     assert incremental["status"] == "succeeded" and incremental["result"]["findings"] == 0, incremental
 
 
-@pytest.mark.parametrize("row, why", [
-    ((False, False, False), None),
-    ((True, False, True), "is a superuser"),
-    ((False, False, True), "owns, or is a member of a role that owns, the schema's tables"),
-    ((False, True, False), "has CREATEROLE, which before PostgreSQL 16 can make it a member of the owner"),
+WHY = dict(zip(("superuser", "owner", "create", "trigger", "server", "createrole"), LIFTER_REASONS, strict=True))
+
+
+@pytest.mark.parametrize("setup, undo, why", [
+    # A superuser role it may SET ROLE to, though the tables' owner is none.
+    (["CREATE ROLE plant_su_test SUPERUSER NOLOGIN", "GRANT plant_su_test TO {role}"],
+     ["DROP ROLE plant_su_test"], WHY["superuser"]),
+    # The database's owner: public belongs to pg_database_owner, whose member may drop any table in it.
+    (["ALTER DATABASE {database} OWNER TO {role}"], ["ALTER DATABASE {database} OWNER TO postgres"], WHY["owner"]),
+    # A function of the schema (a guard's, once replaced, guards nothing).
+    (["CREATE FUNCTION public.scratch_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'", "ALTER FUNCTION public.scratch_fn() OWNER TO {role}"],
+     ["DROP FUNCTION public.scratch_fn()"], WHY["owner"]),
+    # CREATE on the database: a schema named like the role comes first in the search path.
+    (["GRANT CREATE ON DATABASE {database} TO {role}"], ["REVOKE CREATE ON DATABASE {database} FROM {role}"], WHY["create"]),
+    (["GRANT CREATE ON SCHEMA public TO PUBLIC"], ["REVOKE CREATE ON SCHEMA public FROM PUBLIC"], WHY["create"]),
+    (["CREATE SCHEMA AUTHORIZATION {role}"], ["DROP SCHEMA {role}"], WHY["create"]),
+    # TRIGGER from PUBLIC, which the grant's REVOKE cannot take back: a BEFORE trigger may drop findings.
+    (["GRANT TRIGGER ON audit_findings TO PUBLIC"], ["REVOKE TRIGGER ON audit_findings FROM PUBLIC"], WHY["trigger"]),
+    (["GRANT pg_execute_server_program TO {role}"], [], WHY["server"]),
 ])
-def test_why_a_role_can_lift_the_guards(row: tuple[bool, bool, bool], why: str | None) -> None:
-    assert lifts_guards_because(row) == why
+def test_each_way_to_lift_the_guards_is_refused_and_signed_as_such(
+        owner_url: str, setup: list[str], undo: list[str], why: str) -> None:
+    role, database = "plant_lifter_test", DATABASE
+    _exec(owner_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
+    _exec(owner_url, *(statement.format(role=role, database=database) for statement in setup))
+    try:
+        with pytest.raises(RuntimeRoleRefused) as refused:
+            grant_runtime_role(owner_url, role)
+        assert why in str(refused.value)
+        assert not _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (role,))  # nothing granted
+        engine = make_engine(load_settings(database_url=as_role(owner_url, role)))
+        try:
+            with Session(engine) as session:  # what an audit run's summary signs for a process connected as it
+                assert database_role(session) == {"name": role, "can_lift_guards": True, "why": why}
+        finally:
+            engine.dispose()
+    finally:
+        _exec(owner_url, *(statement.format(role=role, database=database) for statement in undo),
+              f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_privileges_from_public_beyond_the_grants_refuse_the_grant(owner_url: str) -> None:
+    _exec(owner_url, "GRANT TRUNCATE ON jobs TO PUBLIC", "GRANT INSERT ON alembic_version TO PUBLIC")
+    try:
+        with pytest.raises(RuntimeRoleRefused, match="would still hold INSERT on alembic_version, TRUNCATE on jobs"):
+            grant_runtime_role(owner_url, RUNTIME)
+    finally:
+        _exec(owner_url, "REVOKE TRUNCATE ON jobs FROM PUBLIC", "REVOKE INSERT ON alembic_version FROM PUBLIC")
+    grant_runtime_role(owner_url, RUNTIME)
+
+
+def test_the_summary_judges_the_login_not_only_the_role_it_acts_as(owner_url: str) -> None:
+    grant_runtime_role(owner_url, RUNTIME)
+    engine = make_engine(load_settings(database_url=owner_url))
+    try:
+        with Session(engine) as session:
+            session.execute(text(f"SET ROLE {RUNTIME}"))  # the owner acting as the runtime role may SET ROLE back
+            assert database_role(session) == {"name": "postgres", "acting_as": RUNTIME, "can_lift_guards": True,
+                                              "why": WHY["superuser"]}
+    finally:
+        engine.dispose()
+    engine = make_engine(load_settings(database_url=as_role(owner_url, RUNTIME)))
+    try:
+        with Session(engine) as session:
+            assert database_role(session) == {"name": RUNTIME, "can_lift_guards": False}
+    finally:
+        engine.dispose()
