@@ -34,7 +34,7 @@ from models.canonical import canonical_bytes
 from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import bigint_in, transaction, uuid_in
-from models.db_roles import GUARD_LIFTER_SQL, lifts_guards_because
+from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
@@ -363,8 +363,9 @@ def database_role(session: Session) -> dict[str, Any]:
     that cannot. The login (``session_user``) is what is judged, and the role it acts as
     (``current_user``) too where they differ: a login may ``SET ROLE`` back to itself."""
     login, acting = session.execute(text("SELECT session_user, current_user")).one()
+    schema = session.scalar(text(PLANT_SCHEMA_SQL))
     why = next(filter(None, (
-        lifts_guards_because(session.connection().exec_driver_sql(GUARD_LIFTER_SQL, {"role": role}).one())
+        lifts_guards_because(session.connection().exec_driver_sql(GUARD_LIFTER_SQL, lifter_params(role, schema)).one(), schema)
         for role in dict.fromkeys((login, acting)))), None)
     return {"name": login, **({"acting_as": acting} if acting != login else {}),
             "can_lift_guards": why is not None, **({"why": why} if why else {})}

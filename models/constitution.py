@@ -154,13 +154,55 @@ APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
 
 
 def append_only_enforced(session: Session) -> bool:
-    """True when every append-only trigger exists and is enabled ALWAYS on its table."""
+    """True when every append-only trigger exists and is enabled ALWAYS on its table, and the
+    guards are what the migrations made them (:data:`GUARDS_FINGERPRINT`)."""
     pairs = [(table, name) for table, names in APPEND_ONLY_TRIGGERS.items() for name in names]
-    enabled = session.scalar(
+    enabled, fingerprint = session.execute(
         text(
-            "SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:names AS text[])) AS guard(tbl, name) "
-            "JOIN pg_trigger t ON t.tgrelid = to_regclass(guard.tbl) AND t.tgname = guard.name WHERE t.tgenabled = 'A'"
+            "SELECT (SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:names AS text[])) AS guard(tbl, name) "
+            "JOIN pg_trigger t ON t.tgrelid = to_regclass(guard.tbl) AND t.tgname = guard.name WHERE t.tgenabled = 'A'), "
+            f"({GUARDS_SQL})"
         ),
         {"tables": [table for table, _ in pairs], "names": [name for _, name in pairs]},
-    )
-    return enabled == len(pairs)
+    ).one()
+    return enabled == len(pairs) and fingerprint == GUARDS_FINGERPRINT
+
+
+# What the guards are, as the migrations leave them at head: every trigger on the tables of
+# Plant's schema (table, name, function, timing and events, enabled), every function those
+# triggers call (name, whether it lives in that schema, language, security definer,
+# volatility, settings, body), and whatever else on those tables runs or hides rows (rules
+# other than a view's, row-level security and its policies, tables inheriting from them).
+# Only what migrations write goes in, never a schema's or role's name, so every install of
+# the same head has the same fingerprint. A guard function rewritten in place, an extra
+# trigger, a rule or a policy, or a child table changes it, and L0-03 then fails. A
+# migration that changes a guard changes it too: tests/test_chain.py says the new value.
+GUARDS_FINGERPRINT = "f9c3f89455922c0ed20766fbeb3499bf11c30dd507e15b2d85a6d029eca11d5d"
+GUARDS_SQL = """
+WITH s AS (SELECT c.relnamespace AS nsp FROM pg_class c WHERE c.oid = to_regclass('entity_versions')),
+     tables AS (SELECT c.oid, c.relname, c.relnamespace, c.relrowsecurity, c.relforcerowsecurity
+                FROM pg_class c JOIN s ON c.relnamespace = s.nsp WHERE c.relkind IN ('r', 'p')),
+     triggers AS (SELECT t.*, tables.relname, tables.relnamespace FROM pg_trigger t JOIN tables ON t.tgrelid = tables.oid
+                  WHERE NOT t.tgisinternal)
+SELECT encode(sha256(convert_to(concat_ws(' | ',
+  (SELECT string_agg(concat_ws(' ', 'trigger', tr.relname, tr.tgname, p.proname, tr.tgtype, tr.tgenabled),
+                     ' | ' ORDER BY tr.relname, tr.tgname)
+     FROM triggers tr JOIN pg_proc p ON p.oid = tr.tgfoid),
+  (SELECT string_agg(concat_ws(' ', 'function', p.proname, p.pronamespace = (SELECT nsp FROM s), l.lanname, p.prosecdef,
+                               p.provolatile, array_to_string(p.proconfig, ','), p.prosrc), ' | ' ORDER BY p.proname)
+     FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid IN (SELECT tgfoid FROM triggers)),
+  (SELECT string_agg(concat_ws(' ', 'rule', c.relname, r.rulename), ' | ' ORDER BY c.relname, r.rulename)
+     FROM pg_rewrite r JOIN tables c ON c.oid = r.ev_class WHERE r.rulename <> '_RETURN'),
+  (SELECT string_agg(concat_ws(' ', 'row-level security', c.relname), ' | ' ORDER BY c.relname)
+     FROM tables c WHERE c.relrowsecurity OR c.relforcerowsecurity),
+  (SELECT string_agg(concat_ws(' ', 'policy', c.relname, pol.polname), ' | ' ORDER BY c.relname, pol.polname)
+     FROM pg_policy pol JOIN tables c ON c.oid = pol.polrelid),
+  (SELECT string_agg(concat_ws(' ', 'child', c.relname, i.inhrelid::regclass::text), ' | ' ORDER BY c.relname, i.inhrelid::regclass::text)
+     FROM pg_inherits i JOIN tables c ON c.oid = i.inhparent)
+), 'UTF8')), 'hex')
+"""
+
+
+def guards_fingerprint(session: Session) -> str:
+    """SHA-256 (hex) of the guards as the database holds them now (see :data:`GUARDS_FINGERPRINT`)."""
+    return session.scalar(text(GUARDS_SQL))

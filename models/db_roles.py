@@ -1,70 +1,101 @@
-"""Which database roles can lift or get around Plant's append-only guards.
+"""Whether a database role could lift or get around Plant's append-only guards.
 
-The guards are triggers (``models.constitution.APPEND_ONLY_TRIGGERS``) on tables in the
-schema that holds ``entity_versions``. A role can lift or get around them when it:
+The guards are triggers (``models.constitution.APPEND_ONLY_TRIGGERS``) on the tables of
+Plant's schema. Their owner disables them with ``ALTER TABLE ... DISABLE TRIGGER``, and many
+other holdings lead there or around them: a superuser role, membership of an owner, owning the
+database (since PostgreSQL 15 it owns ``public`` and may drop any table in it), CREATE in a
+schema of the search path (a schema named like the role comes first and shadows Plant's
+tables), the TRIGGER privilege (a BEFORE trigger returning NULL drops findings), privileges on
+server parameters or on functions that write files or reload the configuration, and so on.
+A list of what is dangerous is never complete, so the check is the other way round: the
+runtime role may hold only what ``models.migrate.grant_runtime_role`` gives it. It is refused
+(and an audit run's summary signs ``can_lift_guards: true``) when it
 
-- is a superuser, or a member of one (``SET ROLE``);
-- owns, or is a member of a role that owns, the database, that schema, or any table or
-  function in it: an owner disables triggers, drops and recreates tables, replaces the guard
-  functions (the schema is ``public`` owned by ``pg_database_owner`` since PostgreSQL 15: the
-  database's owner may drop any table in it);
-- may CREATE in the database or in any schema: a schema of its own named like it comes
-  first in the default ``search_path`` (``"$user", public``) and shadows Plant's tables, and
-  a function of its own in a searched schema can shadow one Plant calls;
-- may create triggers on Plant's tables (the TRIGGER privilege, from any grantor or PUBLIC):
-  a BEFORE trigger returning NULL drops findings silently;
-- may run programs or write files on the server (``pg_execute_server_program``,
-  ``pg_write_server_files``): it can connect as anyone or rewrite the server's configuration;
-- has CREATEROLE before PostgreSQL 16, which could make itself a member of any role but a
-  superuser.
-
-``plant db upgrade`` refuses to grant such a role as the runtime role
-(``models.migrate.grant_runtime_role``), and every audit run's summary says whether the role it
-closed under is one (``models.audit_runs.database_role``).
+- is a superuser, or has any other attribute than LOGIN (CREATEROLE, CREATEDB, REPLICATION,
+  BYPASSRLS);
+- owns anything, in any database;
+- is a member of any role (a predefined ``pg_*`` role included);
+- holds a privilege on anything but Plant's schema, its tables and sequences, and the current
+  database (CONNECT, TEMPORARY), or PUBLIC holds default privileges (``ALTER DEFAULT
+  PRIVILEGES``) that a later table would give it;
+- may CREATE in the database or in any schema, or create triggers on Plant's tables, through
+  PUBLIC;
+- may execute a function that reads or writes the server's files or reloads its configuration,
+  through PUBLIC.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-CREATEROLE_CONFINED_SINCE = 160000
+# The schema holding Plant's tables: the first schema of the session's search path (never
+# pg_temp) with an entity_versions table, as the migrations create them in current_schema().
+PLANT_SCHEMA_SQL = (
+    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relname = 'entity_versions' AND c.relkind IN ('r', 'p') AND n.nspname = ANY(current_schemas(false))"
+    " ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1"
+)
 
-# The schema Plant's tables live in (the migrations create them in current_schema()).
-PLANT_SCHEMA_SQL = ("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE c.oid = to_regclass('entity_versions')")
+# Superuser-only by default; PUBLIC or the role holding EXECUTE on one reaches the server's files.
+SERVER_FUNCTIONS = (
+    "lo_import(text)", "lo_import(text,oid)", "lo_export(oid,text)",
+    "pg_read_file(text)", "pg_read_file(text,bigint,bigint)", "pg_read_file(text,bigint,bigint,boolean)",
+    "pg_read_binary_file(text)", "pg_read_binary_file(text,bigint,bigint)",
+    "pg_read_binary_file(text,bigint,bigint,boolean)", "pg_ls_dir(text)", "pg_ls_dir(text,boolean,boolean)",
+    "pg_stat_file(text)", "pg_stat_file(text,boolean)", "pg_reload_conf()", "pg_rotate_logfile()",
+)
 
-# One row for the role named %(role)s (none if it does not exist): one boolean per way
-# listed in the module's docstring, in LIFTER_REASONS' order.
-GUARD_LIFTER_SQL = f"""
-WITH r AS (SELECT oid, rolcreaterole FROM pg_roles WHERE rolname = %(role)s),
-     s AS (SELECT c.relnamespace AS nsp FROM pg_class c WHERE c.oid = to_regclass('entity_versions'))
+# One row for the role named %(role)s (none if it does not exist), Plant's schema being
+# %(schema)s: one boolean per LIFTER_REASONS entry, in its order.
+GUARD_LIFTER_SQL = """
+WITH r AS (SELECT oid, rolsuper, rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls AS attributes
+           FROM pg_roles WHERE rolname = %(role)s),
+     s AS (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s),
+     here AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+     mine AS (SELECT d.* FROM pg_shdepend d, r WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid)
 SELECT
-  EXISTS (SELECT FROM pg_roles su WHERE su.rolsuper AND pg_has_role(r.oid, su.oid, 'MEMBER')),
-  pg_has_role(r.oid, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'MEMBER')
-    OR EXISTS (SELECT FROM pg_namespace n JOIN s ON n.oid = s.nsp WHERE pg_has_role(r.oid, n.nspowner, 'MEMBER'))
-    OR EXISTS (SELECT FROM pg_class c JOIN s ON c.relnamespace = s.nsp WHERE pg_has_role(r.oid, c.relowner, 'MEMBER'))
-    OR EXISTS (SELECT FROM pg_proc p JOIN s ON p.pronamespace = s.nsp WHERE pg_has_role(r.oid, p.proowner, 'MEMBER')),
+  r.rolsuper,
+  EXISTS (SELECT FROM mine WHERE mine.deptype = 'o'),
+  EXISTS (SELECT FROM pg_auth_members m WHERE m.member = r.oid),
+  r.attributes,
+  EXISTS (SELECT FROM mine WHERE mine.deptype = 'a'
+          AND NOT (mine.classid = 'pg_database'::regclass AND mine.objid = (SELECT oid FROM here))
+          AND NOT (mine.dbid = (SELECT oid FROM here) AND mine.classid = 'pg_namespace'::regclass
+                   AND mine.objid = (SELECT oid FROM s))
+          AND NOT (mine.dbid = (SELECT oid FROM here) AND mine.classid = 'pg_class'::regclass
+                   AND EXISTS (SELECT FROM pg_class c WHERE c.oid = mine.objid AND c.relnamespace = (SELECT oid FROM s)
+                               AND c.relkind IN ('r', 'p', 'S'))))
+    OR EXISTS (SELECT FROM pg_default_acl a, aclexplode(a.defaclacl) x WHERE x.grantee IN (0, r.oid)),
   has_database_privilege(r.oid, current_database(), 'CREATE')
     OR EXISTS (SELECT FROM pg_namespace n WHERE left(n.nspname, 3) <> 'pg_' AND n.nspname <> 'information_schema'
                AND has_schema_privilege(r.oid, n.oid, 'CREATE')),
-  EXISTS (SELECT FROM pg_class c JOIN s ON c.relnamespace = s.nsp
-          WHERE c.relkind IN ('r', 'p') AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),
-  EXISTS (SELECT FROM pg_roles p WHERE p.rolname IN ('pg_execute_server_program', 'pg_write_server_files')
-          AND pg_has_role(r.oid, p.oid, 'MEMBER')),
-  r.rolcreaterole AND current_setting('server_version_num')::int < {CREATEROLE_CONFINED_SINCE}
+  EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = (SELECT oid FROM s) AND c.relkind IN ('r', 'p')
+          AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),
+  EXISTS (SELECT FROM unnest(%(server_functions)s::text[]) AS f(signature)
+          WHERE has_function_privilege(r.oid, to_regprocedure(f.signature), 'EXECUTE'))
 FROM r
 """
 
 LIFTER_REASONS = (
-    "is a superuser, or a member of one",
-    "owns, or is a member of a role that owns, the database, Plant's schema or something in it",
+    "is a superuser",
+    "owns something (a database, a schema, a table, a function, ...)",
+    "is a member of another role",
+    "has CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS",
+    "holds privileges beyond Plant's schema, tables and sequences, or PUBLIC holds default privileges",
     "may CREATE in the database or in a schema, where it could shadow Plant's tables or functions",
     "may create triggers on Plant's tables",
-    "may run programs or write files on the server (pg_execute_server_program, pg_write_server_files)",
-    "has CREATEROLE, which before PostgreSQL 16 can make it a member of the owner",
+    "may execute a function that reads or writes the server's files or reloads its configuration",
 )
+NO_SCHEMA = "finds no Plant schema (no entity_versions table) in its search path"
 
 
-def lifts_guards_because(row: Any) -> str | None:
-    """Why the role of a :data:`GUARD_LIFTER_SQL` row can lift or get around the guards, or None."""
+def lifter_params(role: str, schema: str | None) -> dict[str, Any]:
+    return {"role": role, "schema": schema, "server_functions": list(SERVER_FUNCTIONS)}
+
+
+def lifts_guards_because(row: Any, schema: str | None) -> str | None:
+    """Why the role of a :data:`GUARD_LIFTER_SQL` row could lift or get around the guards,
+    or None. Without Plant's schema nothing can be judged: that fails closed."""
+    if schema is None:
+        return NO_SCHEMA
     return next((why for why, found in zip(LIFTER_REASONS, row, strict=True) if found), None)

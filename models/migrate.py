@@ -27,7 +27,8 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import text
 
-from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifts_guards_because
+from models.constitution import GUARDS_FINGERPRINT, GUARDS_SQL
+from models.db_roles import GUARD_LIFTER_SQL, NO_SCHEMA, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -131,11 +132,9 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
     would otherwise log it).
 
     Refused (:class:`RuntimeRoleRefused`, nothing granted or changed) for a role that is
-    missing, is the migrating role, could lift or get around the append-only guards by what
-    it holds apart from this role's grants (``models/db_roles.py``: a superuser or a member of
-    one, an owner of the database, the schema or anything in it or a member of one, a role
-    that may CREATE there or create triggers, ...), or would still hold more than these grants
-    through PUBLIC or another grantor.
+    missing, is the migrating role, holds anything apart from this role's grants (an
+    attribute, a membership, an object, a privilege: ``models/db_roles.py``), or would still
+    hold more than these grants through PUBLIC or another grantor.
     """
     who = sql.Identifier(role)
     with psycopg.connect(libpq_url(database_url)) as conn:
@@ -151,7 +150,10 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
                                      "or give it a password to have it created")
         if conn.execute("SELECT current_user = %s", (role,)).fetchone()[0]:
             _refuse(role, "is the role running the migrations")
-        schema = conn.execute(PLANT_SCHEMA_SQL).fetchone()[0]
+        found = conn.execute(PLANT_SCHEMA_SQL).fetchone()
+        if found is None:
+            _refuse(role, NO_SCHEMA + " (run the migrations first)")
+        schema = found[0]
         where = sql.Identifier(schema)
 
         def each(names: tuple[str, ...]) -> sql.Composable:
@@ -161,9 +163,13 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
         # elsewhere (its own attributes, memberships, PUBLIC, other grantors) and is judged.
         conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(where, who))
         conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(where, who))
-        why = lifts_guards_because(conn.execute(GUARD_LIFTER_SQL, {"role": role}).fetchone())
+        why = lifts_guards_because(conn.execute(GUARD_LIFTER_SQL, lifter_params(role, schema)).fetchone(), schema)
         if why is not None:
             _refuse(role, why)
+        if conn.execute(GUARDS_SQL).fetchone()[0] != GUARDS_FINGERPRINT:  # models/constitution.py, L0-03
+            raise RuntimeRoleRefused(
+                "the append-only guards are not what the migrations made them (a guard function, trigger, rule, "
+                "policy or child table changed): nothing was granted; restore them from the migrations first")
         if password is not None and not created:
             conn.execute(sql.SQL("ALTER ROLE {}{}").format(who, secret))
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()[0]
@@ -192,8 +198,8 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
 
 def _refuse(role: str, why: str) -> None:
     raise RuntimeRoleRefused(
-        f"the runtime role {role!r} {why}, so it could lift the append-only guards: name a role that "
-        "owns nothing and may create nothing (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
+        f"the runtime role {role!r} {why}, so it could lift or get around the append-only guards: name a role "
+        "that holds nothing but LOGIN (CREATE ROLE ... LOGIN) and connect the API, workers and beat as it")
 
 
 # TRIGGER is not among them: a role holding it is refused before anything is granted.

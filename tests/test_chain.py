@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.chain import GENESIS_LINK, EntityVersion, history, link_hash, verify_entity, verify_versions
-from models.constitution import append_only_enforced
+from models.constitution import GUARDS_FINGERPRINT, append_only_enforced, guards_fingerprint
 from models.entities import EntityType, Industry, Skill
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
@@ -66,6 +66,46 @@ def test_the_database_refuses_changes_to_history(db_session, write_ctx, steward,
     with pytest.raises(DBAPIError, match="append-only"):
         db_session.execute(text(statement))
     savepoint.rollback()
+    assert append_only_enforced(db_session)
+
+
+def test_the_guards_fingerprint_is_what_the_migrations_make(db_session) -> None:
+    found = guards_fingerprint(db_session)
+    assert found == GUARDS_FINGERPRINT, (
+        f"the guards changed; if a migration changed them on purpose, GUARDS_FINGERPRINT is now {found}")
+    assert append_only_enforced(db_session)
+
+
+# Each leaves every guard trigger in place and enabled ALWAYS, which L0-03 used to check alone.
+GUARD_TAMPERING = {
+    "a guard function rewritten in place": [
+        "CREATE OR REPLACE FUNCTION entity_versions_refuse_change() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END; END$$"],
+    "an extra trigger dropping findings": [
+        "CREATE FUNCTION pg_temp.drop_it() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
+        "CREATE TRIGGER a_first BEFORE INSERT ON audit_findings FOR EACH ROW EXECUTE FUNCTION pg_temp.drop_it()"],
+    "a rule instead of inserts": ["CREATE RULE swallow AS ON INSERT TO audit_findings DO INSTEAD NOTHING"],
+    "row-level security hiding rows": [
+        "ALTER TABLE audit_findings ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY hide ON audit_findings USING (severity <> 'critical')"],
+    "a child table outside the guards": ["CREATE TABLE pg_temp.sneaky () INHERITS (audit_findings)"],
+    "a guard's trigger added to another table": [
+        "CREATE TRIGGER entity_versions_no_update_delete BEFORE UPDATE ON jobs FOR EACH ROW"
+        " EXECUTE FUNCTION entity_versions_refuse_change()"],
+}
+
+
+@pytest.mark.parametrize("tampering", GUARD_TAMPERING.values(), ids=GUARD_TAMPERING.keys())
+def test_guards_changed_behind_their_names_fail_l0_03(db_session, tampering: list[str]) -> None:
+    assert append_only_enforced(db_session)
+    savepoint = db_session.begin_nested()
+    for statement in tampering:
+        db_session.execute(text(statement))
+    try:
+        assert guards_fingerprint(db_session) != GUARDS_FINGERPRINT
+        assert not append_only_enforced(db_session)
+    finally:
+        savepoint.rollback()
     assert append_only_enforced(db_session)
 
 

@@ -270,7 +270,7 @@ def test_the_report_renders_in_chromium_with_the_runs_numbers(client, audited, b
     assert shown["signatures"] == summary["signatures"] == "all"
     # The suite connects as the embedded server's superuser: the page says it could lift the guards.
     assert summary["database_role"] == {"name": shown["database_role"], "can_lift_guards": True,
-                                         "why": "is a superuser, or a member of one"}
+                                         "why": "is a superuser"}
     assert [e.attrs["data-flag"] for e in elements if "data-flag" in e.attrs] == ["guards-liftable"]
     for key in ("status", "created_at", "finished_at"):
         assert shown[key] == run[key], key
