@@ -159,8 +159,10 @@ def append_only_enforced(session: Session) -> bool:
     pairs = [(table, name) for table, names in APPEND_ONLY_TRIGGERS.items() for name in names]
     enabled, fingerprint = session.execute(
         text(
+            f"WITH {PLANT_SCHEMA_CTE} "
             "SELECT (SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:names AS text[])) AS guard(tbl, name) "
-            "JOIN pg_trigger t ON t.tgrelid = to_regclass(guard.tbl) AND t.tgname = guard.name WHERE t.tgenabled = 'A'), "
+            "JOIN pg_class c ON c.relname = guard.tbl AND c.relnamespace = (SELECT nsp FROM s) "
+            "JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = guard.name WHERE t.tgenabled = 'A'), "
             f"({GUARDS_SQL})"
         ),
         {"tables": [table for table, _ in pairs], "names": [name for _, name in pairs]},
@@ -173,31 +175,51 @@ def append_only_enforced(session: Session) -> bool:
 # triggers call (name, whether it lives in that schema, language, security definer,
 # volatility, settings, body), and whatever else on those tables runs or hides rows (rules
 # other than a view's, row-level security and its policies, tables inheriting from them).
-# Only what migrations write goes in, never a schema's or role's name, so every install of
-# the same head has the same fingerprint. A guard function rewritten in place, an extra
+# Plant's schema is the first in the session's search path holding entity_versions (never
+# pg_temp). Migrations 0015 and 0016 wrote that schema's name into two guard functions; it
+# is read as "@schema" there, and no other schema's or role's name goes in, so every install
+# of the same head has the same fingerprint, whatever its schema (tested on PostgreSQL 16, 17
+# and 18, and under en_US collation: every name sorted is of type name, which sorts as "C"). A guard function rewritten in place, an extra
 # trigger, a rule or a policy, or a child table changes it, and L0-03 then fails. A
 # migration that changes a guard changes it too: tests/test_chain.py says the new value.
-GUARDS_FINGERPRINT = "f9c3f89455922c0ed20766fbeb3499bf11c30dd507e15b2d85a6d029eca11d5d"
-GUARDS_SQL = """
-WITH s AS (SELECT c.relnamespace AS nsp FROM pg_class c WHERE c.oid = to_regclass('entity_versions')),
-     tables AS (SELECT c.oid, c.relname, c.relnamespace, c.relrowsecurity, c.relforcerowsecurity
+GUARDS_FINGERPRINT = "92bc4ba19a24bf0e87ced7418cef912389709cd022d03dcc9e830f717e5d863b"
+# Plant's schema, as the CTE ``s`` (nsp: its oid, name: its quoted name, nspname): the first schema of
+# the session's search path holding entity_versions, never pg_temp (a session's own temporary
+# copies of the guarded tables must not answer for them).
+PLANT_SCHEMA_CTE = """s AS (SELECT n.oid AS nsp, quote_ident(n.nspname) AS name, n.nspname
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relname = 'entity_versions' AND c.relkind IN ('r', 'p') AND n.nspname = ANY(current_schemas(false))
+           ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1)"""
+GUARDS_SQL = f"""
+WITH {PLANT_SCHEMA_CTE},
+     tables AS (SELECT c.oid, c.relname, c.relrowsecurity, c.relforcerowsecurity
                 FROM pg_class c JOIN s ON c.relnamespace = s.nsp WHERE c.relkind IN ('r', 'p')),
-     triggers AS (SELECT t.*, tables.relname, tables.relnamespace FROM pg_trigger t JOIN tables ON t.tgrelid = tables.oid
+     triggers AS (SELECT t.*, tables.relname FROM pg_trigger t JOIN tables ON t.tgrelid = tables.oid
                   WHERE NOT t.tgisinternal)
-SELECT encode(sha256(convert_to(concat_ws(' | ',
-  (SELECT string_agg(concat_ws(' ', 'trigger', tr.relname, tr.tgname, p.proname, tr.tgtype, tr.tgenabled),
+SELECT encode(sha256(convert_to(concat_ws(' | ', (SELECT name IS NULL FROM (SELECT max(name) AS name FROM s) found),
+  (SELECT string_agg(concat_ws(' ', 'trigger', quote_nullable(tr.relname), quote_nullable(tr.tgname), quote_nullable(p.proname),
+                               tr.tgtype, tr.tgenabled, tr.tgnargs, encode(tr.tgargs, 'hex'), tr.tgconstraint <> 0,
+                               tr.tgdeferrable, tr.tginitdeferred, quote_nullable(tr.tgoldtable), quote_nullable(tr.tgnewtable),
+                               CASE WHEN tr.tgattr::text <> '' THEN quote_nullable((
+                                 SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a
+                                 WHERE a.attrelid = tr.tgrelid AND a.attnum = ANY (tr.tgattr))) ELSE '-' END,
+                               CASE WHEN tr.tgqual IS NOT NULL THEN quote_nullable(
+                                 substring(pg_get_triggerdef(tr.oid) FROM ' WHEN \\((.*)\\) EXECUTE ')) ELSE '-' END),
                      ' | ' ORDER BY tr.relname, tr.tgname)
      FROM triggers tr JOIN pg_proc p ON p.oid = tr.tgfoid),
-  (SELECT string_agg(concat_ws(' ', 'function', p.proname, p.pronamespace = (SELECT nsp FROM s), l.lanname, p.prosecdef,
-                               p.provolatile, array_to_string(p.proconfig, ','), p.prosrc), ' | ' ORDER BY p.proname)
-     FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid IN (SELECT tgfoid FROM triggers)),
-  (SELECT string_agg(concat_ws(' ', 'rule', c.relname, r.rulename), ' | ' ORDER BY c.relname, r.rulename)
+  (SELECT string_agg(concat_ws(' ', 'function', quote_nullable(p.proname), p.pronamespace = s.nsp, l.lanname, p.prosecdef,
+                               p.provolatile,
+                               quote_nullable(replace(array_to_string(p.proconfig, ','), ', ' || s.name || ',', ', @schema,')),
+                               quote_nullable(replace(p.prosrc, s.name || '.', '@schema.'))), ' | ' ORDER BY p.proname)
+     FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang, s WHERE p.oid IN (SELECT tgfoid FROM triggers)),
+  (SELECT string_agg(concat_ws(' ', 'rule', quote_nullable(c.relname), quote_nullable(r.rulename)), ' | ' ORDER BY c.relname, r.rulename)
      FROM pg_rewrite r JOIN tables c ON c.oid = r.ev_class WHERE r.rulename <> '_RETURN'),
-  (SELECT string_agg(concat_ws(' ', 'row-level security', c.relname), ' | ' ORDER BY c.relname)
+  (SELECT string_agg(concat_ws(' ', 'row-level security', quote_nullable(c.relname)), ' | ' ORDER BY c.relname)
      FROM tables c WHERE c.relrowsecurity OR c.relforcerowsecurity),
-  (SELECT string_agg(concat_ws(' ', 'policy', c.relname, pol.polname), ' | ' ORDER BY c.relname, pol.polname)
+  (SELECT string_agg(concat_ws(' ', 'policy', quote_nullable(c.relname), quote_nullable(pol.polname)), ' | '
+                     ORDER BY c.relname, pol.polname)
      FROM pg_policy pol JOIN tables c ON c.oid = pol.polrelid),
-  (SELECT string_agg(concat_ws(' ', 'child', c.relname, i.inhrelid::regclass::text), ' | ' ORDER BY c.relname, i.inhrelid::regclass::text)
+  (SELECT string_agg(concat_ws(' ', 'child', quote_nullable(c.relname)), ' | ' ORDER BY c.relname)
      FROM pg_inherits i JOIN tables c ON c.oid = i.inhparent)
 ), 'UTF8')), 'hex')
 """

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# The schema holding Plant's tables: the first schema of the session's search path (never
-# pg_temp) with an entity_versions table, as the migrations create them in current_schema().
-PLANT_SCHEMA_SQL = (
-    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE c.relname = 'entity_versions' AND c.relkind IN ('r', 'p') AND n.nspname = ANY(current_schemas(false))"
-    " ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1"
-)
+from models.constitution import PLANT_SCHEMA_CTE
+
+# The schema holding Plant's tables (models.constitution.PLANT_SCHEMA_CTE): the first schema of
+# the session's search path with an entity_versions table, never pg_temp.
+PLANT_SCHEMA_SQL = f"WITH {PLANT_SCHEMA_CTE} SELECT nspname FROM s"
 
 # Superuser-only by default; PUBLIC or the role holding EXECUTE on one reaches the server's files.
 SERVER_FUNCTIONS = (

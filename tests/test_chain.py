@@ -3,6 +3,7 @@
 import dataclasses
 import uuid
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import text
@@ -10,7 +11,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.chain import GENESIS_LINK, EntityVersion, history, link_hash, verify_entity, verify_versions
-from models.constitution import GUARDS_FINGERPRINT, append_only_enforced, guards_fingerprint
+from models.constitution import (
+    APPEND_ONLY_TRIGGERS,
+    GUARDS_FINGERPRINT,
+    GUARDS_SQL,
+    PLANT_SCHEMA_CTE,
+    append_only_enforced,
+    guards_fingerprint,
+)
+from models.migrate import upgrade_head
+from models.settings import libpq_url
 from models.entities import EntityType, Industry, Skill
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
@@ -89,6 +99,14 @@ GUARD_TAMPERING = {
         "ALTER TABLE audit_findings ENABLE ROW LEVEL SECURITY",
         "CREATE POLICY hide ON audit_findings USING (severity <> 'critical')"],
     "a child table outside the guards": ["CREATE TABLE pg_temp.sneaky () INHERITS (audit_findings)"],
+    "a WHEN clause that never holds": [
+        "CREATE OR REPLACE TRIGGER entity_versions_no_update_delete BEFORE UPDATE OR DELETE ON entity_versions"
+        " FOR EACH ROW WHEN (false) EXECUTE FUNCTION entity_versions_refuse_change()",
+        "ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER entity_versions_no_update_delete"],
+    "an UPDATE guard narrowed to one column": [
+        "CREATE OR REPLACE TRIGGER entity_versions_no_update_delete BEFORE UPDATE OF kid OR DELETE ON entity_versions"
+        " FOR EACH ROW EXECUTE FUNCTION entity_versions_refuse_change()",
+        "ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER entity_versions_no_update_delete"],
     "a guard's trigger added to another table": [
         "CREATE TRIGGER entity_versions_no_update_delete BEFORE UPDATE ON jobs FOR EACH ROW"
         " EXECUTE FUNCTION entity_versions_refuse_change()"],
@@ -107,6 +125,37 @@ def test_guards_changed_behind_their_names_fail_l0_03(db_session, tampering: lis
     finally:
         savepoint.rollback()
     assert append_only_enforced(db_session)
+
+
+def test_a_session_s_temporary_copies_do_not_answer_for_the_guards(db_session) -> None:
+    """The check reads Plant's schema, never pg_temp, which a session's search path puts first."""
+    savepoint = db_session.begin_nested()
+    db_session.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER entity_versions_no_update_delete"))
+    for table, names in APPEND_ONLY_TRIGGERS.items():
+        db_session.execute(text(f"CREATE TEMP TABLE {table} (x int)"))
+        for name in names:
+            db_session.execute(text(f"CREATE TRIGGER {name} BEFORE INSERT ON pg_temp.{table} FOR EACH ROW"
+                                    " EXECUTE FUNCTION public.plant_append_only_refuse()"))
+            db_session.execute(text(f"ALTER TABLE pg_temp.{table} ENABLE ALWAYS TRIGGER {name}"))
+    try:
+        assert db_session.scalar(text(  # what an unqualified name now finds
+            "SELECT relnamespace = pg_my_temp_schema() FROM pg_class WHERE oid = to_regclass('entity_versions')"))
+        assert db_session.scalar(text(f"WITH {PLANT_SCHEMA_CTE} SELECT name FROM s")) == "public"  # what is checked
+        assert not append_only_enforced(db_session)
+    finally:
+        savepoint.rollback()
+    assert append_only_enforced(db_session)
+
+
+def test_the_guards_fingerprint_is_the_same_in_another_schema(make_database) -> None:
+    url = make_database("plant_other_schema")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA plant_app")
+    upgrade_head(url + "?options=-csearch_path%3Dplant_app")
+    with psycopg.connect(libpq_url(url), options="-c search_path=plant_app", autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('entity_versions')::text").fetchone()[0] == "entity_versions"
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'entity_versions' AND schemaname = 'public'").fetchone()[0] == 0
+        assert conn.execute(GUARDS_SQL).fetchone()[0] == GUARDS_FINGERPRINT
 
 
 def test_rotation_keeps_old_signatures_valid(db_session, write_ctx, steward, keyring) -> None:
