@@ -171,16 +171,17 @@ def append_only_enforced(session: Session) -> bool:
 
 
 # What the guards are, as the migrations leave them at head: every trigger on the tables of
-# Plant's schema (table, name, function, timing and events, enabled), every function those
-# triggers call (name, whether it lives in that schema, language, security definer,
-# volatility, settings, body), and whatever else on those tables runs or hides rows (rules
-# other than a view's, row-level security and its policies, tables inheriting from them).
-# Plant's schema is the first in the session's search path holding entity_versions (never
-# pg_temp). Migrations 0015 and 0016 wrote that schema's name into two guard functions; it
-# is read as "@schema" there, and no other schema's or role's name goes in, so every install
-# of the same head has the same fingerprint, whatever its schema (tested on PostgreSQL 16, 17
-# and 18, and under en_US collation: every name sorted is of type name, which sorts as "C"). A guard function rewritten in place, an extra
-# trigger, a rule or a policy, or a child table changes it, and L0-03 then fails. A
+# Plant's schema (table, name, function, timing and events, columns, WHEN clause, arguments,
+# enabled), every function those triggers call (name, whether it lives in that schema,
+# language, security definer, volatility, settings, body), and whatever else on those tables
+# runs or hides rows (rules other than a view's, row-level security and its policies, tables
+# inheriting from them). A guard function rewritten in place, an extra trigger, a narrowed
+# one, a rule, a policy or a child table changes it, and L0-03 then fails. Plant's schema is
+# the first in the session's search path holding entity_versions (never pg_temp).
+# Migrations 0015 and 0016 wrote that schema's name into two guard functions; it is read as
+# "@schema" there, and no other schema's or role's name goes in, so every install of the
+# same head has the same fingerprint, whatever its schema (the same on PostgreSQL 16, 17 and
+# 18, and under en_US collation: every name sorted is of type name, which sorts as "C"). A
 # migration that changes a guard changes it too: tests/test_chain.py says the new value.
 GUARDS_FINGERPRINT = "92bc4ba19a24bf0e87ced7418cef912389709cd022d03dcc9e830f717e5d863b"
 # Plant's schema, as the CTE ``s`` (nsp: its oid, name: its quoted name, nspname): the first schema of

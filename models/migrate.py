@@ -16,9 +16,8 @@ lets it go. The whole downgrade is one transaction
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from alembic import command, context, op
@@ -108,7 +107,8 @@ MAINTAIN_SINCE = 170000
 
 
 class RuntimeRoleRefused(RuntimeError):
-    """The role named as the runtime role could lift the guards itself; nothing was granted."""
+    """The role named as the runtime role could lift or get around the guards, or the guards
+    are not the migrations'; nothing was granted or changed."""
 
 
 @dataclass(frozen=True)
