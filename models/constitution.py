@@ -190,6 +190,7 @@ GUARDS_FINGERPRINT = "92bc4ba19a24bf0e87ced7418cef912389709cd022d03dcc9e830f717e
 PLANT_SCHEMA_CTE = """s AS (SELECT n.oid AS nsp, quote_ident(n.nspname) AS name, n.nspname
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relname = 'entity_versions' AND c.relkind IN ('r', 'p') AND n.nspname = ANY(current_schemas(false))
+             AND n.oid <> pg_my_temp_schema()  -- current_schemas lists pg_temp where the search path names it
            ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1)"""
 GUARDS_SQL = f"""
 WITH {PLANT_SCHEMA_CTE},

@@ -141,6 +141,8 @@ def test_a_session_s_temporary_copies_do_not_answer_for_the_guards(db_session) -
         assert db_session.scalar(text(  # what an unqualified name now finds
             "SELECT relnamespace = pg_my_temp_schema() FROM pg_class WHERE oid = to_regclass('entity_versions')"))
         assert db_session.scalar(text(f"WITH {PLANT_SCHEMA_CTE} SELECT name FROM s")) == "public"  # what is checked
+        db_session.execute(text("SET LOCAL search_path = pg_temp, public"))  # pg_temp named: still not it
+        assert db_session.scalar(text(f"WITH {PLANT_SCHEMA_CTE} SELECT name FROM s")) == "public"
         assert not append_only_enforced(db_session)
     finally:
         savepoint.rollback()
