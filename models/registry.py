@@ -182,10 +182,17 @@ def rule_subject(session: Session, entity: GovernedEntity, *, content: dict[str,
 
 def _append_only(session: Session) -> bool:
     """Whether the history guard is on, asked once per session (a catalog query per write
-    would dominate bulk writes); sessions are per request, task or batch."""
+    would dominate bulk writes); sessions are per request, task or batch. The guards'
+    fingerprint is read at most once a second per process (``WRITE_FINGERPRINT_MAX_AGE``)."""
     if "append_only_enforced" not in session.info:
-        session.info["append_only_enforced"] = append_only_enforced(session)
+        session.info["append_only_enforced"] = append_only_enforced(
+            session, fingerprint_max_age=WRITE_FINGERPRINT_MAX_AGE)
     return session.info["append_only_enforced"]
+
+
+# How long a registry write trusts this process's last reading of the guards' fingerprint:
+# a guard changed behind its name refuses writes within a second; audits read it every time.
+WRITE_FINGERPRINT_MAX_AGE = 1.0
 
 
 def embedding_text(entity: GovernedEntity) -> str:

@@ -127,6 +127,24 @@ def test_guards_changed_behind_their_names_fail_l0_03(db_session, tampering: lis
     assert append_only_enforced(db_session)
 
 
+def test_writes_read_the_guards_fingerprint_at_most_once_a_second(db_session, monkeypatch) -> None:
+    from models import constitution, registry
+
+    monkeypatch.setattr(constitution, "_FINGERPRINT_CHECKED", {})
+    assert registry._append_only(db_session)  # read, and right: remembered for a second
+    savepoint = db_session.begin_nested()
+    db_session.execute(text(GUARD_TAMPERING["a rule instead of inserts"][0]))
+    try:
+        db_session.info.pop("append_only_enforced")
+        assert registry._append_only(db_session)  # within the second: not read again
+        assert not append_only_enforced(db_session)  # audits read it every time
+        monkeypatch.setattr(registry, "WRITE_FINGERPRINT_MAX_AGE", 0.0)
+        db_session.info.pop("append_only_enforced")
+        assert not registry._append_only(db_session)  # once the second is over, writes are refused
+    finally:
+        savepoint.rollback()
+
+
 def test_a_session_s_temporary_copies_do_not_answer_for_the_guards(db_session) -> None:
     """The check reads Plant's schema, never pg_temp, which a session's search path puts first."""
     savepoint = db_session.begin_nested()
