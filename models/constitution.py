@@ -165,8 +165,8 @@ def append_only_enforced(session: Session, *, fingerprint_max_age: float = 0.0) 
     """
     pairs = [(table, name) for table, names in APPEND_ONLY_TRIGGERS.items() for name in names]
     database = session.get_bind().engine.url.render_as_string(hide_password=True)
-    checked = _FINGERPRINT_CHECKED.get(database)
-    fresh = checked is not None and time.monotonic() - checked < fingerprint_max_age
+    checked, asked = _FINGERPRINT_CHECKED.get(database), time.monotonic()  # stamped before the read
+    fresh = checked is not None and asked - checked < fingerprint_max_age
     enabled, fingerprint = session.execute(
         _GUARDS_ENABLED if fresh else _GUARDS_ENABLED_AND_FINGERPRINT,
         {"tables": [table for table, _ in pairs], "names": [name for _, name in pairs]},
@@ -175,7 +175,7 @@ def append_only_enforced(session: Session, *, fingerprint_max_age: float = 0.0) 
         if fingerprint != GUARDS_FINGERPRINT:
             _FINGERPRINT_CHECKED.pop(database, None)
             return False
-        _FINGERPRINT_CHECKED[database] = time.monotonic()
+        _FINGERPRINT_CHECKED[database] = asked
     return enabled == len(pairs)
 
 
@@ -186,15 +186,17 @@ def append_only_enforced(session: Session, *, fingerprint_max_age: float = 0.0) 
 # enabled), every function those triggers call (name, whether it lives in that schema,
 # language, security definer, volatility, settings, body), and whatever else on those tables
 # runs or hides rows (rules other than a view's, row-level security and its policies, tables
-# inheriting from them). A guard function rewritten in place, an extra trigger, a narrowed
-# one, a rule, a policy or a child table changes it, and L0-03 then fails. Plant's schema is
+# inheriting from them), and the kind of every relation of that schema a guard function's
+# body names (a sequence a guard reads, swapped for a view of the same name, would answer
+# for it). A guard function rewritten in place, an extra trigger, a narrowed one, a rule, a
+# policy, a child table or a relation swapped changes it, and L0-03 then fails. Plant's schema is
 # the first in the session's search path holding entity_versions (never pg_temp).
 # Migrations 0015 and 0016 wrote that schema's name into two guard functions; it is read as
 # "@schema" there, and no other schema's or role's name goes in, so every install of the
 # same head has the same fingerprint, whatever its schema (the same on PostgreSQL 16, 17 and
 # 18, and under en_US collation: every name sorted is of type name, which sorts as "C"). A
 # migration that changes a guard changes it too: tests/test_chain.py says the new value.
-GUARDS_FINGERPRINT = "92bc4ba19a24bf0e87ced7418cef912389709cd022d03dcc9e830f717e5d863b"
+GUARDS_FINGERPRINT = "4c42b967b69d44055e31f4dc964f9b16bf08a610d354058d5b93cd3c5f3d0a04"
 # Plant's schema, as the CTE ``s`` (nsp: its oid, name: its quoted name, nspname): the first schema of
 # the session's search path holding entity_versions, never pg_temp (a session's own temporary
 # copies of the guarded tables must not answer for them).
@@ -225,6 +227,9 @@ SELECT encode(sha256(convert_to(concat_ws(' | ', (SELECT name IS NULL FROM (SELE
                                quote_nullable(replace(array_to_string(p.proconfig, ','), ', ' || s.name || ',', ', @schema,')),
                                quote_nullable(replace(p.prosrc, s.name || '.', '@schema.'))), ' | ' ORDER BY p.proname)
      FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang, s WHERE p.oid IN (SELECT tgfoid FROM triggers)),
+  (SELECT string_agg(concat_ws(' ', 'relation', quote_nullable(c.relname), c.relkind), ' | ' ORDER BY c.relname)
+     FROM pg_class c, s WHERE c.relnamespace = s.nsp AND c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
+       AND EXISTS (SELECT FROM pg_proc p JOIN triggers tr ON tr.tgfoid = p.oid WHERE strpos(p.prosrc, c.relname) > 0)),
   (SELECT string_agg(concat_ws(' ', 'rule', quote_nullable(c.relname), quote_nullable(r.rulename)), ' | ' ORDER BY c.relname, r.rulename)
      FROM pg_rewrite r JOIN tables c ON c.oid = r.ev_class WHERE r.rulename <> '_RETURN'),
   (SELECT string_agg(concat_ws(' ', 'row-level security', quote_nullable(c.relname)), ' | ' ORDER BY c.relname)

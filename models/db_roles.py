@@ -63,7 +63,10 @@ SELECT
           AND NOT (mine.dbid = (SELECT oid FROM here) AND mine.classid = 'pg_class'::regclass
                    AND EXISTS (SELECT FROM pg_class c WHERE c.oid = mine.objid AND c.relnamespace = (SELECT oid FROM s)
                                AND c.relkind IN ('r', 'p', 'S'))))
-    OR EXISTS (SELECT FROM pg_default_acl a, aclexplode(a.defaclacl) x WHERE x.grantee IN (0, r.oid)),
+    -- Any ALTER DEFAULT PRIVILEGES on functions or types writes PUBLIC's built-in EXECUTE/USAGE
+    -- out: only PUBLIC's defaults on tables, sequences and schemas are more than PostgreSQL's own.
+    OR EXISTS (SELECT FROM pg_default_acl a, aclexplode(a.defaclacl) x
+               WHERE x.grantee = r.oid OR (x.grantee = 0 AND a.defaclobjtype IN ('r', 'S', 'n'))),
   has_database_privilege(r.oid, current_database(), 'CREATE')
     OR EXISTS (SELECT FROM pg_namespace n WHERE left(n.nspname, 3) <> 'pg_' AND n.nspname <> 'information_schema'
                AND has_schema_privilege(r.oid, n.oid, 'CREATE')),

@@ -190,8 +190,9 @@ def _append_only(session: Session) -> bool:
     return session.info["append_only_enforced"]
 
 
-# How long a registry write trusts this process's last reading of the guards' fingerprint:
-# a guard changed behind its name refuses writes within a second; audits read it every time.
+# How long a registry write trusts this process's last reading of the guards' fingerprint: a
+# guard changed behind its name refuses the writes of every session begun a second later
+# (a session keeps its answer for its life: a long batch's too); audits read it every time.
 WRITE_FINGERPRINT_MAX_AGE = 1.0
 
 

@@ -107,7 +107,10 @@ GUARD_TAMPERING = {
         "CREATE OR REPLACE TRIGGER entity_versions_no_update_delete BEFORE UPDATE OF kid OR DELETE ON entity_versions"
         " FOR EACH ROW EXECUTE FUNCTION entity_versions_refuse_change()",
         "ALTER TABLE entity_versions ENABLE ALWAYS TRIGGER entity_versions_no_update_delete"],
-    "a guard's trigger added to another table": [
+    "the sequence a guard reads swapped for a view": [
+        "ALTER SEQUENCE audit_findings_id_seq RENAME TO audit_findings_id_seq_real",
+        "CREATE VIEW audit_findings_id_seq AS SELECT 9007199254740991::bigint AS last_value, true AS is_called"],
+        "a guard's trigger added to another table": [
         "CREATE TRIGGER entity_versions_no_update_delete BEFORE UPDATE ON jobs FOR EACH ROW"
         " EXECUTE FUNCTION entity_versions_refuse_change()"],
 }
@@ -143,6 +146,42 @@ def test_writes_read_the_guards_fingerprint_at_most_once_a_second(db_session, mo
         assert not registry._append_only(db_session)  # once the second is over, writes are refused
     finally:
         savepoint.rollback()
+
+
+def test_a_wrong_fingerprint_is_never_remembered_as_right(db_session, monkeypatch) -> None:
+    from models import constitution, registry
+
+    monkeypatch.setattr(constitution, "_FINGERPRINT_CHECKED", {})
+    savepoint = db_session.begin_nested()
+    db_session.execute(text(GUARD_TAMPERING["a rule instead of inserts"][0]))
+    try:
+        assert not registry._append_only(db_session)  # read: wrong
+        db_session.info.pop("append_only_enforced")
+        assert not registry._append_only(db_session)  # within the second: read again, still wrong
+    finally:
+        savepoint.rollback()
+
+
+def test_another_database_s_right_fingerprint_does_not_answer_for_this_one(db_session, make_database, monkeypatch) -> None:
+    from sqlalchemy import create_engine
+
+    from models import constitution, registry
+
+    monkeypatch.setattr(constitution, "_FINGERPRINT_CHECKED", {})
+    other = make_database("plant_fingerprint_other")
+    upgrade_head(other)
+    engine = create_engine(other)
+    try:
+        with Session(engine) as session:
+            assert registry._append_only(session)  # the other database: right, remembered
+        savepoint = db_session.begin_nested()
+        db_session.execute(text(GUARD_TAMPERING["a rule instead of inserts"][0]))
+        try:
+            assert not registry._append_only(db_session)  # this one: read, wrong
+        finally:
+            savepoint.rollback()
+    finally:
+        engine.dispose()
 
 
 def test_a_session_s_temporary_copies_do_not_answer_for_the_guards(db_session) -> None:

@@ -427,3 +427,47 @@ def test_no_role_is_granted_while_the_guards_are_not_the_migrations(owner_url: s
     finally:
         _exec(owner_url, "DROP RULE swallow ON audit_findings")
     grant_runtime_role(owner_url, RUNTIME)
+
+
+def test_default_privileges_on_functions_for_another_role_do_not_refuse_the_runtime_role(owner_url: str) -> None:
+    """Any ALTER DEFAULT PRIVILEGES on functions writes PUBLIC's built-in EXECUTE out (helper-94)."""
+    _exec(owner_url, "DROP ROLE IF EXISTS plant_reporting_test", "CREATE ROLE plant_reporting_test",
+          "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO plant_reporting_test")
+    try:
+        grant_runtime_role(owner_url, RUNTIME)
+    finally:
+        _exec(owner_url, "ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM plant_reporting_test",
+              "DROP ROLE plant_reporting_test")
+
+
+def test_the_cloud_sql_shape_passes(pg_admin_url: str) -> None:
+    """As on Cloud SQL: a group with CREATEROLE and CREATEDB (cloudsqlsuperuser) owns the database,
+    a member of it with the same attributes migrates and owns the tables, and creates the runtime
+    role with a password; PostgreSQL 16 and later then grant the creator ADMIN on it, a membership
+    row naming the runtime role as the role, not as the member."""
+    if server_version(pg_admin_url) < 160000:
+        pytest.skip("CREATEROLE is confined from PostgreSQL 16 on")
+    database, group, owner, runtime = ("plant_cloud_sql_shape_test", "plant_cs_group_test", "plant_cs_owner_test",
+                                       "plant_cs_runtime_test")
+    _exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+          *(f"DROP ROLE IF EXISTS {role}" for role in (runtime, owner, group)),
+          f"CREATE ROLE {group} NOLOGIN CREATEROLE CREATEDB", f"CREATE ROLE {owner} LOGIN CREATEROLE CREATEDB IN ROLE {group}",
+          f'CREATE DATABASE "{database}" OWNER {group}')
+    admin_url = url_with_database(pg_admin_url, database)
+    try:
+        _exec(admin_url, "CREATE EXTENSION vector")  # Cloud SQL lets cloudsqlsuperuser do this
+        owner_url = as_role(admin_url, owner)
+        upgrade_head(owner_url)
+        assert _scalar(admin_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'entity_versions'") == owner
+        grant_runtime_role(owner_url, runtime, password="generated-by-terraform")
+        assert _scalar(admin_url, "SELECT count(*) FROM pg_auth_members WHERE roleid = %s::regrole", (runtime,)) == 1
+        engine = make_engine(load_settings(database_url=as_role(admin_url, runtime)))
+        try:
+            with Session(engine) as session:
+                assert database_role(session) == {"name": runtime, "can_lift_guards": False}
+        finally:
+            engine.dispose()
+        grant_runtime_role(owner_url, runtime, password="rotated")  # the next deploy, a new password
+    finally:
+        _exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+              *(f"DROP ROLE IF EXISTS {role}" for role in (runtime, owner, group)))
