@@ -374,12 +374,7 @@ def test_each_way_to_lift_the_guards_is_refused_and_signed_as_such(
             grant_runtime_role(owner_url, role)
         assert why in str(refused.value)
         assert not _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (role,))  # nothing granted
-        engine = make_engine(load_settings(database_url=as_role(owner_url, role)))
-        try:
-            with Session(engine) as session:  # what an audit run's summary signs for a process connected as it
-                assert database_role(session) == {"name": role, "can_lift_guards": True, "why": why}
-        finally:
-            engine.dispose()
+        assert signed_role(as_role(owner_url, role)) == {"name": role, "can_lift_guards": True, "why": why}
     finally:
         _exec(owner_url, *(statement.format(role=role, database=database) for statement in undo),
               f"DROP OWNED BY {role}", f"DROP ROLE {role}")
@@ -403,18 +398,20 @@ def test_privileges_from_public_beyond_the_grants_refuse_the_grant(owner_url: st
 
 def test_the_summary_judges_the_login_not_only_the_role_it_acts_as(owner_url: str) -> None:
     grant_runtime_role(owner_url, RUNTIME)
-    engine = make_engine(load_settings(database_url=owner_url))
+    # The owner acting as the runtime role may SET ROLE back.
+    assert signed_role(owner_url, f"SET ROLE {RUNTIME}") == {
+        "name": "postgres", "acting_as": RUNTIME, "can_lift_guards": True, "why": WHY["superuser"]}
+    assert signed_role(as_role(owner_url, RUNTIME)) == {"name": RUNTIME, "can_lift_guards": False}
+
+
+def signed_role(url: str, *first: str) -> dict[str, Any]:
+    """What an audit run's summary signs as ``database_role`` for a process connected by ``url``."""
+    engine = make_engine(load_settings(database_url=url))
     try:
         with Session(engine) as session:
-            session.execute(text(f"SET ROLE {RUNTIME}"))  # the owner acting as the runtime role may SET ROLE back
-            assert database_role(session) == {"name": "postgres", "acting_as": RUNTIME, "can_lift_guards": True,
-                                              "why": WHY["superuser"]}
-    finally:
-        engine.dispose()
-    engine = make_engine(load_settings(database_url=as_role(owner_url, RUNTIME)))
-    try:
-        with Session(engine) as session:
-            assert database_role(session) == {"name": RUNTIME, "can_lift_guards": False}
+            for statement in first:
+                session.execute(text(statement))
+            return database_role(session)
     finally:
         engine.dispose()
 
@@ -461,12 +458,7 @@ def test_the_cloud_sql_shape_passes(pg_admin_url: str) -> None:
         assert _scalar(admin_url, "SELECT tableowner FROM pg_tables WHERE tablename = 'entity_versions'") == owner
         grant_runtime_role(owner_url, runtime, password="generated-by-terraform")
         assert _scalar(admin_url, "SELECT count(*) FROM pg_auth_members WHERE roleid = %s::regrole", (runtime,)) == 1
-        engine = make_engine(load_settings(database_url=as_role(admin_url, runtime)))
-        try:
-            with Session(engine) as session:
-                assert database_role(session) == {"name": runtime, "can_lift_guards": False}
-        finally:
-            engine.dispose()
+        assert signed_role(as_role(admin_url, runtime)) == {"name": runtime, "can_lift_guards": False}
         grant_runtime_role(owner_url, runtime, password="rotated")  # the next deploy, a new password
     finally:
         _exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
