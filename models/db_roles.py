@@ -100,3 +100,24 @@ def lifts_guards_because(row: Any, schema: str | None) -> str | None:
     if schema is None:
         return NO_SCHEMA
     return next((why for why, found in zip(LIFTER_REASONS, row, strict=True) if found), None)
+
+
+# What the role holds apart from Plant's schema, its relations and the current database, named
+# for the refusal's message (up to five): memberships, owned objects, privileges.
+HOLDINGS_SQL = """
+WITH r AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
+     s AS (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s),
+     here AS (SELECT oid FROM pg_database WHERE datname = current_database())
+SELECT held FROM (
+  SELECT 'member of ' || m.roleid::regrole::text AS held FROM pg_auth_members m, r WHERE m.member = r.oid
+  UNION ALL
+  SELECT CASE d.deptype WHEN 'o' THEN 'owns ' ELSE 'privileges on ' END
+         || coalesce(CASE WHEN d.dbid IN (0, (SELECT oid FROM here)) THEN pg_describe_object(d.classid, d.objid, d.objsubid) END,
+                     'an object in another database')
+    FROM pg_shdepend d, r WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype IN ('o', 'a')
+     AND NOT (d.deptype = 'a' AND d.classid = 'pg_database'::regclass AND d.objid = (SELECT oid FROM here))
+     AND NOT (d.deptype = 'a' AND d.classid = 'pg_namespace'::regclass AND d.objid = (SELECT oid FROM s))
+     AND NOT (d.deptype = 'a' AND d.classid = 'pg_class'::regclass
+              AND EXISTS (SELECT FROM pg_class c WHERE c.oid = d.objid AND c.relnamespace = (SELECT oid FROM s)))
+) holdings ORDER BY held LIMIT 5
+"""

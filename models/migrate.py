@@ -27,7 +27,7 @@ from psycopg import sql
 from sqlalchemy import text
 
 from models.constitution import GUARDS_FINGERPRINT, GUARDS_SQL
-from models.db_roles import GUARD_LIFTER_SQL, NO_SCHEMA, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
+from models.db_roles import GUARD_LIFTER_SQL, HOLDINGS_SQL, NO_SCHEMA, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -165,7 +165,8 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
         conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(where, who))
         why = lifts_guards_because(conn.execute(GUARD_LIFTER_SQL, lifter_params(role, schema)).fetchone(), schema)
         if why is not None:
-            _refuse(role, why)
+            held = [h for (h,) in conn.execute(HOLDINGS_SQL, {"role": role, "schema": schema})]
+            _refuse(role, why + (f" ({'; '.join(held)})" if held else ""))
         if conn.execute(GUARDS_SQL).fetchone()[0] != GUARDS_FINGERPRINT:  # models/constitution.py, L0-03
             raise RuntimeRoleRefused(
                 "the append-only guards are not what the migrations made them (a guard function, trigger, rule, "

@@ -333,39 +333,42 @@ WHY = dict(zip(("superuser", "owns", "member", "attributes", "privileges", "crea
                LIFTER_REASONS, strict=True))
 
 
-@pytest.mark.parametrize("setup, undo, why", [
+@pytest.mark.parametrize("setup, undo, why, named", [
     # A superuser role it may SET ROLE to, though the tables' owner is none.
-    (["CREATE ROLE plant_su_test SUPERUSER NOLOGIN", "GRANT plant_su_test TO {role}"], ["DROP ROLE plant_su_test"], WHY["member"]),
-    (["GRANT pg_execute_server_program TO {role}"], [], WHY["member"]),
-    (["GRANT pg_write_server_files TO {role}"], [], WHY["member"]),
-    (["ALTER ROLE {role} CREATEROLE"], [], WHY["attributes"]),
-    (["ALTER ROLE {role} BYPASSRLS"], [], WHY["attributes"]),
+    (["CREATE ROLE plant_su_test SUPERUSER NOLOGIN", "GRANT plant_su_test TO {role}"], ["DROP ROLE plant_su_test"], WHY["member"], None),
+    (["GRANT pg_execute_server_program TO {role}"], [], WHY["member"], None),
+    (["GRANT pg_write_server_files TO {role}"], [], WHY["member"], "member of pg_write_server_files"),
+    (["ALTER ROLE {role} CREATEROLE"], [], WHY["attributes"], None),
+    (["ALTER ROLE {role} BYPASSRLS"], [], WHY["attributes"], None),
     # The database's owner: public belongs to pg_database_owner, whose member may drop any table in it.
-    (["ALTER DATABASE {database} OWNER TO {role}"], ["ALTER DATABASE {database} OWNER TO postgres"], WHY["owns"]),
-    (["ALTER SCHEMA public OWNER TO {role}"], ["ALTER SCHEMA public OWNER TO pg_database_owner"], WHY["owns"]),
+    (["ALTER DATABASE {database} OWNER TO {role}"], ["ALTER DATABASE {database} OWNER TO postgres"], WHY["owns"],
+     "owns database {database}"),
+    (["ALTER SCHEMA public OWNER TO {role}"], ["ALTER SCHEMA public OWNER TO pg_database_owner"], WHY["owns"], None),
     # A function of the schema (a guard's, once replaced, guards nothing).
     (["CREATE FUNCTION public.scratch_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'", "ALTER FUNCTION public.scratch_fn() OWNER TO {role}"],
-     ["DROP FUNCTION public.scratch_fn()"], WHY["owns"]),
+     ["DROP FUNCTION public.scratch_fn()"], WHY["owns"], "owns function scratch_fn()"),
     # A child of a guarded table in a schema of its own: its rows show through the parent, unguarded.
     (["CREATE SCHEMA plant_other_test", "CREATE TABLE plant_other_test.sneaky () INHERITS (audit_findings)",
-      "ALTER TABLE plant_other_test.sneaky OWNER TO {role}"], ["DROP SCHEMA plant_other_test CASCADE"], WHY["owns"]),
-    (["CREATE SCHEMA AUTHORIZATION {role}"], ["DROP SCHEMA {role}"], WHY["owns"]),
+      "ALTER TABLE plant_other_test.sneaky OWNER TO {role}"], ["DROP SCHEMA plant_other_test CASCADE"], WHY["owns"], None),
+    (["CREATE SCHEMA AUTHORIZATION {role}"], ["DROP SCHEMA {role}"], WHY["owns"], None),
     # Privileges anywhere else: a function writing server files, a parameter, default privileges.
-    (["GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {role}"], [], WHY["privileges"]),
+    (["GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {role}"], [], WHY["privileges"],
+     "privileges on function lo_export(oid,text)"),
     (["GRANT SET ON PARAMETER session_replication_role TO {role}"],
-     ["REVOKE SET ON PARAMETER session_replication_role FROM {role}"], WHY["privileges"]),
+     ["REVOKE SET ON PARAMETER session_replication_role FROM {role}"], WHY["privileges"],
+     "privileges on parameter session_replication_role"),
     (["ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO PUBLIC"],
-     ["ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM PUBLIC"], WHY["privileges"]),
+     ["ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM PUBLIC"], WHY["privileges"], None),
     # CREATE on the database: a schema named like the role comes first in the search path.
-    (["GRANT CREATE ON DATABASE {database} TO {role}"], ["REVOKE CREATE ON DATABASE {database} FROM {role}"], WHY["create"]),
-    (["GRANT CREATE ON SCHEMA public TO PUBLIC"], ["REVOKE CREATE ON SCHEMA public FROM PUBLIC"], WHY["create"]),
+    (["GRANT CREATE ON DATABASE {database} TO {role}"], ["REVOKE CREATE ON DATABASE {database} FROM {role}"], WHY["create"], None),
+    (["GRANT CREATE ON SCHEMA public TO PUBLIC"], ["REVOKE CREATE ON SCHEMA public FROM PUBLIC"], WHY["create"], None),
     # TRIGGER from PUBLIC, which the grant's REVOKE cannot take back: a BEFORE trigger may drop findings.
-    (["GRANT TRIGGER ON audit_findings TO PUBLIC"], ["REVOKE TRIGGER ON audit_findings FROM PUBLIC"], WHY["trigger"]),
+    (["GRANT TRIGGER ON audit_findings TO PUBLIC"], ["REVOKE TRIGGER ON audit_findings FROM PUBLIC"], WHY["trigger"], None),
     (["GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO PUBLIC"],
-     ["REVOKE EXECUTE ON FUNCTION lo_export(oid, text) FROM PUBLIC"], WHY["functions"]),
+     ["REVOKE EXECUTE ON FUNCTION lo_export(oid, text) FROM PUBLIC"], WHY["functions"], None),
 ])
 def test_each_way_to_lift_the_guards_is_refused_and_signed_as_such(
-        owner_url: str, setup: list[str], undo: list[str], why: str) -> None:
+        owner_url: str, setup: list[str], undo: list[str], why: str, named: str | None) -> None:
     role, database = "plant_lifter_test", DATABASE
     _exec(owner_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN")
     _exec(owner_url, *(statement.format(role=role, database=database) for statement in setup))
@@ -373,6 +376,8 @@ def test_each_way_to_lift_the_guards_is_refused_and_signed_as_such(
         with pytest.raises(RuntimeRoleRefused) as refused:
             grant_runtime_role(owner_url, role)
         assert why in str(refused.value)
+        if named:  # the holding itself, for the operator to revoke
+            assert named.format(role=role, database=database) in str(refused.value), str(refused.value)
         assert not _scalar(owner_url, "SELECT has_table_privilege(%s, 'jobs', 'INSERT')", (role,))  # nothing granted
         assert signed_role(as_role(owner_url, role)) == {"name": role, "can_lift_guards": True, "why": why}
     finally:
