@@ -43,26 +43,35 @@ SERVER_FUNCTIONS = (
     "pg_stat_file(text)", "pg_stat_file(text,boolean)", "pg_reload_conf()", "pg_rotate_logfile()",
 )
 
-# One row for the role named %(role)s (none if it does not exist), Plant's schema being
-# %(schema)s: one boolean per LIFTER_REASONS entry, in its order.
-GUARD_LIFTER_SQL = """
+# The role named %(role)s (r), Plant's schema %(schema)s (s), and what the role holds outside
+# what grant_runtime_role gives it (elsewhere): every object it owns ('o'), and every privilege
+# ('a') but those on Plant's schema, its tables and sequences, and the current database.
+# Both statements below read it: the check, and the refusal's list of what to take away.
+_HOLDINGS_CTE = """
 WITH r AS (SELECT oid, rolsuper, rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls AS attributes
            FROM pg_roles WHERE rolname = %(role)s),
      s AS (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s),
      here AS (SELECT oid FROM pg_database WHERE datname = current_database()),
-     mine AS (SELECT d.* FROM pg_shdepend d, r WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid)
+     elsewhere AS (
+       SELECT d.* FROM pg_shdepend d, r
+       WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype IN ('o', 'a')
+         AND NOT (d.deptype = 'a' AND d.classid = 'pg_database'::regclass AND d.objid = (SELECT oid FROM here))
+         AND NOT (d.deptype = 'a' AND d.dbid = (SELECT oid FROM here) AND d.classid = 'pg_namespace'::regclass
+                  AND d.objid = (SELECT oid FROM s))
+         AND NOT (d.deptype = 'a' AND d.dbid = (SELECT oid FROM here) AND d.classid = 'pg_class'::regclass
+                  AND EXISTS (SELECT FROM pg_class c WHERE c.oid = d.objid AND c.relnamespace = (SELECT oid FROM s)
+                              AND c.relkind IN ('r', 'p', 'S'))))
+"""
+
+# One row for the role (none if it does not exist): one boolean per LIFTER_REASONS entry, in
+# its order.
+GUARD_LIFTER_SQL = _HOLDINGS_CTE + """
 SELECT
   r.rolsuper,
-  EXISTS (SELECT FROM mine WHERE mine.deptype = 'o'),
+  EXISTS (SELECT FROM elsewhere WHERE deptype = 'o'),
   EXISTS (SELECT FROM pg_auth_members m WHERE m.member = r.oid),
   r.attributes,
-  EXISTS (SELECT FROM mine WHERE mine.deptype = 'a'
-          AND NOT (mine.classid = 'pg_database'::regclass AND mine.objid = (SELECT oid FROM here))
-          AND NOT (mine.dbid = (SELECT oid FROM here) AND mine.classid = 'pg_namespace'::regclass
-                   AND mine.objid = (SELECT oid FROM s))
-          AND NOT (mine.dbid = (SELECT oid FROM here) AND mine.classid = 'pg_class'::regclass
-                   AND EXISTS (SELECT FROM pg_class c WHERE c.oid = mine.objid AND c.relnamespace = (SELECT oid FROM s)
-                               AND c.relkind IN ('r', 'p', 'S'))))
+  EXISTS (SELECT FROM elsewhere WHERE deptype = 'a')
     -- Any ALTER DEFAULT PRIVILEGES on functions or types writes PUBLIC's built-in EXECUTE/USAGE
     -- out: only PUBLIC's defaults on tables, sequences and schemas are more than PostgreSQL's own.
     OR EXISTS (SELECT FROM pg_default_acl a, aclexplode(a.defaclacl) x
@@ -102,22 +111,15 @@ def lifts_guards_because(row: Any, schema: str | None) -> str | None:
     return next((why for why, found in zip(LIFTER_REASONS, row, strict=True) if found), None)
 
 
-# What the role holds apart from Plant's schema, its relations and the current database, named
-# for the refusal's message (up to five): memberships, owned objects, privileges.
-HOLDINGS_SQL = """
-WITH r AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
-     s AS (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s),
-     here AS (SELECT oid FROM pg_database WHERE datname = current_database())
+# What the role holds elsewhere, named for the refusal's message (up to five): memberships,
+# owned objects, privileges.
+HOLDINGS_SQL = _HOLDINGS_CTE + """
 SELECT held FROM (
   SELECT 'member of ' || m.roleid::regrole::text AS held FROM pg_auth_members m, r WHERE m.member = r.oid
   UNION ALL
-  SELECT CASE d.deptype WHEN 'o' THEN 'owns ' ELSE 'privileges on ' END
-         || coalesce(CASE WHEN d.dbid IN (0, (SELECT oid FROM here)) THEN pg_describe_object(d.classid, d.objid, d.objsubid) END,
+  SELECT CASE deptype WHEN 'o' THEN 'owns ' ELSE 'privileges on ' END
+         || coalesce(CASE WHEN dbid IN (0, (SELECT oid FROM here)) THEN pg_describe_object(classid, objid, objsubid) END,
                      'an object in another database')
-    FROM pg_shdepend d, r WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype IN ('o', 'a')
-     AND NOT (d.deptype = 'a' AND d.classid = 'pg_database'::regclass AND d.objid = (SELECT oid FROM here))
-     AND NOT (d.deptype = 'a' AND d.classid = 'pg_namespace'::regclass AND d.objid = (SELECT oid FROM s))
-     AND NOT (d.deptype = 'a' AND d.classid = 'pg_class'::regclass
-              AND EXISTS (SELECT FROM pg_class c WHERE c.oid = d.objid AND c.relnamespace = (SELECT oid FROM s)))
+    FROM elsewhere
 ) holdings ORDER BY held LIMIT 5
 """

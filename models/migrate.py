@@ -140,14 +140,12 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
     with psycopg.connect(libpq_url(database_url)) as conn:
         secret = sql.SQL("") if password is None else sql.SQL(" PASSWORD {}").format(sql.Literal(
             conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()))
-        created = False
-        if (create or password is not None) and conn.execute(
-                "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(who, secret))
-            created = True
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        created = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+        if created and not (create or password is not None):
             raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute), "
                                      "or give it a password to have it created")
+        if created:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(who, secret))
         if conn.execute("SELECT current_user = %s", (role,)).fetchone()[0]:
             _refuse(role, "is the role running the migrations")
         found = conn.execute(PLANT_SCHEMA_SQL).fetchone()
