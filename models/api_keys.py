@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
+from models.db import driver_rows, driver_sql
 from models.errors import InvalidInput, NotFound
 
 SCOPES = ("read", "write", "admin")
@@ -111,17 +112,19 @@ def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext:
 _KEYS = ApiKey.__table__.c
 # Every API request runs this: built once, read as a plain row, and run on the session's
 # connection directly (a Core statement gains nothing from the ORM's execute path).
-_LOOKUP = select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None))
+_LOOKUP = driver_sql(
+    select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
 
 
 def authenticate(session: Session, presented: str) -> Caller | None:
     """The live key matching ``presented``, or None. The lookup is by hash, so timing
     reveals nothing about stored keys; the final compare is constant-time anyway."""
     digest = hash_key(presented)
-    row = session.connection().execute(_LOOKUP, {"digest": digest}).one_or_none()
-    if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
+    rows = driver_rows(session, _LOOKUP, {"digest": digest})  # every request's: see driver_rows
+    if not rows or not hmac.compare_digest(bytes(rows[0][2]), digest):
         return None
-    return Caller(row.id, tuple(row.scopes))
+    key_id, scopes, _ = rows[0]
+    return Caller(key_id, tuple(scopes))
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Integer, Interval, Text, Update, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from models.db import driver_rows, driver_sql
 from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 from models.pagination import Page, keyset_page
@@ -49,7 +51,7 @@ class JobClaim:
 _JOBS = Job.__table__.c
 _NOW = func.now()
 _LEASE_END = _NOW + bindparam("lease", type_=Interval())
-_GET = select(*RECORD_COLUMNS).where(_JOBS.id == bindparam("job_id"))
+_GET = driver_sql(select(*RECORD_COLUMNS).where(_JOBS.id == bindparam("job_id")))
 # INSERT ... RETURNING gives the whole row (server defaults, JSONB as stored) in one round
 # trip; the published variant stamps enqueued_at in the same statement.
 _INSERT = (
@@ -124,10 +126,10 @@ def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
     """The job's row as it is now (a plain row: nothing is tracked or cached). It runs on the
     session's connection, so changes pending in the session are not flushed first: callers
     read a job another transaction wrote, or one their own has flushed or committed."""
-    row = session.connection().execute(_GET, {"job_id": job_id}).one_or_none()
-    if row is None:
+    rows = driver_rows(session, _GET, {"job_id": job_id}, row_factory=namedtuple_row)  # every GET's: see driver_rows
+    if not rows:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))
-    return cast(JobRecord, row)
+    return cast(JobRecord, rows[0])
 
 
 def list_jobs(

@@ -1,0 +1,81 @@
+"""``models.db.driver_rows``: the hottest statements run by psycopg itself, on the session's
+connection, and must read, fail and show up exactly as SQLAlchemy's execution would."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.orm import Session
+
+from models.api_keys import authenticate, create_api_key, revoke_api_key
+from models.db import UNREADABLE_JSON, driver_rows, driver_sql
+from models.job_lifecycle import create_job, get_job
+from models.jobs import RECORD_COLUMNS, Job
+from tests.conftest import recorded_statements
+
+
+def test_a_job_read_by_the_driver_equals_the_orm_s_row_json_loader_included(engine, clean_db) -> None:
+    with Session(engine) as session, session.begin():
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0.5, "nested": [1, {"a": None}]}, queue="default").id
+        # A fraction too large for a float: the engine's loader reads it as the unreadable marker,
+        # and the driver's read must use that loader, not psycopg's default json.loads (infinity).
+        session.execute(text("UPDATE jobs SET result = CAST(:result AS jsonb) WHERE id = :id"),
+                        {"id": job_id, "result": '{"x": 1' + "0" * 400 + '.5}'})
+    with Session(engine) as session:
+        read = get_job(session, job_id)
+        orm = session.scalars(select(Job).where(Job.id == job_id)).one()
+        for column in RECORD_COLUMNS:
+            assert getattr(read, column.name) == getattr(orm, column.name), column.name
+    assert read.params == {"seconds": 0.5, "nested": [1, {"a": None}]}
+    assert read.result == UNREADABLE_JSON
+
+
+def test_the_key_lookup_by_the_driver_refuses_a_revoked_key_at_once(engine, clean_db) -> None:
+    with Session(engine) as session, session.begin():
+        key = create_api_key(session, name="k", scopes=["read", "write"])
+        key_id = key.key.id
+    with Session(engine) as session:
+        caller = authenticate(session, key.plaintext)
+        assert caller is not None and caller.id == key_id and set(caller.scopes) == {"read", "write"}
+        assert authenticate(session, key.plaintext + "x") is None
+    with Session(engine) as session, session.begin():
+        revoke_api_key(session, key_id=key_id)
+    with Session(engine) as session:
+        assert authenticate(session, key.plaintext) is None
+
+
+def test_a_driver_statement_is_seen_by_the_engine_s_listeners_in_the_session_s_transaction(engine, clean_db) -> None:
+    with Session(engine) as session, session.begin():
+        job_id = create_job(session, kind="diagnostics.sleep", params={}, queue="default").id
+    with recorded_statements(engine) as seen, Session(engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
+        assert get_job(session, job_id).status == "cancelled"  # its own transaction's write
+        session.rollback()
+    assert [statement.split()[0] for _, statement in seen] == ["UPDATE", "SELECT"]
+    assert all(not autocommit for autocommit, _ in seen)
+
+
+def test_a_driver_error_is_sqlalchemy_s_and_leaves_a_live_connection_usable(engine) -> None:
+    with Session(engine) as session:
+        with pytest.raises(DataError) as raised:
+            driver_rows(session, "SELECT 1 / %(zero)s", {"zero": 0})
+        assert not raised.value.connection_invalidated
+        session.rollback()
+        assert driver_rows(session, driver_sql(select(text("2"))), {}) == [(2,)]
+
+
+def test_a_driver_statement_past_its_timeout_is_an_operational_error(engine) -> None:
+    with Session(engine) as session, session.begin():
+        session.execute(text("SET LOCAL statement_timeout = 50"))
+        with pytest.raises(OperationalError):
+            driver_rows(session, "SELECT pg_sleep(1)", {})
+
+
+def test_a_missing_job_is_not_found_through_the_driver(engine) -> None:
+    from models.errors import NotFound
+
+    with Session(engine) as session, pytest.raises(NotFound):
+        get_job(session, uuid.uuid4())
