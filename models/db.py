@@ -12,7 +12,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -161,25 +162,40 @@ def binary_row(session: Session, sql: str, params: Sequence[Any]) -> tuple[Any, 
 _PSYCOPG_DIALECT = psycopg_dialect()
 
 
-def driver_sql(statement: Any) -> str:
-    """A Core statement's SQL for :func:`driver_rows`, compiled once where it is defined
-    (psycopg's ``%(name)s`` parameters), so the statement has one definition."""
-    return str(statement.compile(dialect=_PSYCOPG_DIALECT))
+@dataclass(frozen=True)
+class DriverStatement:
+    """A Core statement compiled once for :func:`driver_rows` (psycopg's ``%(name)s``
+    parameters), so the statement keeps its one definition in Core. ``defaults`` holds the
+    values the statement binds itself (its literals: ``status = 'running'`` is a parameter
+    too); the caller gives the named ones, and one left out fails the statement."""
+
+    sql: str
+    defaults: Mapping[str, Any]
+
+    def parameters(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.defaults, **given}
+
+
+def driver_sql(statement: Any) -> DriverStatement:
+    compiled = statement.compile(dialect=_PSYCOPG_DIALECT)
+    defaults = {name: bind.effective_value for bind, name in compiled.bind_names.items() if not bind.required}
+    return DriverStatement(str(compiled), defaults)
 
 
 def driver_rows(
-    session: Session, sql: str, params: Sequence[Any] | Mapping[str, Any], *, binary: bool = False,
-    row_factory: Any = tuple_row,
+    session: Session, statement: str | DriverStatement, params: Sequence[Any] | Mapping[str, Any], *,
+    binary: bool = False, row_factory: Any = tuple_row,
 ) -> list[Any]:
-    """The rows ``sql`` returns, run by psycopg itself on the session's connection.
+    """The rows ``statement`` returns, run by psycopg itself on the session's connection.
 
-    For the hottest statements (every API request's key lookup, a job's read, an audit's
-    aggregates): SQLAlchemy's execution and result layers cost about 90 µs of CPU a
-    statement over psycopg's own (stop 30: the key lookup and job read of a GET, 470 →
-    285 µs). Parameters go to psycopg as they are, so only for types it adapts alike
-    (uuid, bytes, str, numbers, timestamps); json and jsonb are read with the engine's
-    loader (:func:`load_json`), which it set on every connection. The same transaction
-    and isolation as any other statement of the session; the engine's
+    For the hottest statements (every API request's key lookup, every job's insert, read,
+    claim and outcome, an audit's aggregates): SQLAlchemy's execution and result layers
+    cost about 90 µs of CPU a statement over psycopg's own (stop 30: the key lookup and
+    job read of a GET, 470 → 285 µs). Parameters go to psycopg as they are, so only for
+    types it adapts as SQLAlchemy would (uuid, bytes, str, numbers, timestamps, intervals;
+    ``jsonb`` wrapped in ``psycopg.types.json.Jsonb``); json and jsonb are read with the
+    engine's loader (:func:`load_json`), which it set on every connection. The same
+    transaction and isolation as any other statement of the session; the engine's
     ``before_cursor_execute`` and ``after_cursor_execute`` listeners see it (with no
     execution context).
 
@@ -187,6 +203,10 @@ def driver_rows(
     ``OperationalError``: 503 in the API, a transient error in a job), and a connection it
     broke is invalidated, so the pool does not hand it out again and
     :func:`retry_if_disconnected` retries."""
+    if isinstance(statement, DriverStatement):
+        sql, params = statement.sql, statement.parameters(cast(Mapping[str, Any], params))
+    else:
+        sql = statement
     connection = session.connection()
     driver = connection.connection.driver_connection
     events = connection.dispatch

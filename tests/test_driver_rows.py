@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select, text, update
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from models.api_keys import authenticate, create_api_key, revoke_api_key
@@ -79,3 +79,13 @@ def test_a_missing_job_is_not_found_through_the_driver(engine) -> None:
 
     with Session(engine) as session, pytest.raises(NotFound):
         get_job(session, uuid.uuid4())
+
+
+def test_a_compiled_statement_binds_its_own_literals_and_refuses_a_missing_parameter(engine) -> None:
+    statement = driver_sql(select(Job.id).where(Job.status == "running", Job.id == bindparam("job_id")))
+    assert list(statement.defaults.values()) == ["running"]
+    with Session(engine) as session:
+        assert driver_rows(session, statement, {"job_id": uuid.uuid4()}) == []
+        session.rollback()
+        with pytest.raises(ProgrammingError, match="job_id"):
+            driver_rows(session, statement, {})
