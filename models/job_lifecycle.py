@@ -20,7 +20,7 @@ from sqlalchemy import Integer, Interval, Text, and_, bindparam, func, insert, o
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.db import driver_rows, driver_sql
+from models.db import SessionOrConnection, driver_rows, driver_sql
 from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 from models.pagination import Page, keyset_page
@@ -126,7 +126,7 @@ def create_job(
     return cast(JobRecord, _job_rows(session, statement, {"kind": kind, "params": Jsonb(params), "queue": queue})[0])
 
 
-def _job_rows(session: Session, sql: str, values: dict[str, Any]) -> list[Any]:
+def _job_rows(session: SessionOrConnection, sql: str, values: dict[str, Any]) -> list[Any]:
     """The rows of one of the statements every job goes through, run by psycopg itself
     (:func:`models.db.driver_rows`: a job's insert, claim and outcome each cost SQLAlchemy's
     execution about 90 µs of CPU more). A ``jsonb`` value goes in as ``Jsonb(value)``, as
@@ -162,7 +162,7 @@ def list_jobs(
 
 
 def claim_job(
-    session: Session, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False
+    session: SessionOrConnection, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False
 ) -> JobClaim | None:
     """Move a queued job (or a running one whose lease expired) to running.
 
@@ -239,7 +239,7 @@ def _owned(session: Session, statement: Any, claim: JobClaim) -> Any:
 
 
 def report_progress(
-    session: Session,
+    session: SessionOrConnection,
     *,
     claim: JobClaim,
     done: int,
@@ -251,7 +251,7 @@ def report_progress(
     return _checkpoint(session, _SET_PROGRESS, claim, lease_seconds, done=done, total=total, message=message)
 
 
-def add_progress(session: Session, *, claim: JobClaim, done: int, total: int | None, message: str | None, lease_seconds: int) -> bool:
+def add_progress(session: SessionOrConnection, *, claim: JobClaim, done: int, total: int | None, message: str | None, lease_seconds: int) -> bool:
     """Add ``done`` to the progress (parallel parts of one job) and renew the lease.
 
     Returns True when a cancel was requested; raises ``StaleAttempt`` for a stale claim.
@@ -259,7 +259,7 @@ def add_progress(session: Session, *, claim: JobClaim, done: int, total: int | N
     return _checkpoint(session, _ADD_PROGRESS, claim, lease_seconds, done=done, total=total, message=message)
 
 
-def _checkpoint(session: Session, statement: str, claim: JobClaim, lease_seconds: int, **values: Any) -> bool:
+def _checkpoint(session: SessionOrConnection, statement: str, claim: JobClaim, lease_seconds: int, **values: Any) -> bool:
     rows = _job_rows(session, statement, {**_owner(claim), "lease": dt.timedelta(seconds=lease_seconds), **values})
     if not rows:
         raise StaleAttempt(f"attempt {claim.attempt} no longer owns job {claim.job_id}")
@@ -280,7 +280,7 @@ class Checkpoint:
 
 
 def finish_job(
-    session: Session,
+    session: SessionOrConnection,
     *,
     claim: JobClaim,
     status: JobStatus,
@@ -365,6 +365,6 @@ def _cancel_now(job: Job, now: dt.datetime | None, detail: str) -> None:
     job.error = JobCancelled(detail).problem()
 
 
-def mark_unpublished(session: Session, *, job_id: uuid.UUID) -> None:
+def mark_unpublished(session: SessionOrConnection, *, job_id: uuid.UUID) -> None:
     """Note a failed publish: the job goes (back) to the outbox, for beat to publish."""
     session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value).values(enqueued_at=None))

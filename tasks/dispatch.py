@@ -67,8 +67,8 @@ def publish_or_leave_in_outbox(app: Celery, sessions: sessionmaker[Session], *, 
     if publish_job(app, job_id=job_id, kind=kind):
         return True
     try:
-        with single_statement(sessions) as session:
-            mark_unpublished(session, job_id=job_id)
+        with single_statement(sessions) as connection:
+            mark_unpublished(connection, job_id=job_id)
     except SQLAlchemyError as exc:
         # The job is committed, stamped as sent: the lost-message sweep publishes it. Raising
         # here answered 503 for an accepted job, and a client retrying without an

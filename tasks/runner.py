@@ -154,8 +154,8 @@ class RowProgress:
         checkpoint = self.pending
 
         def write() -> bool:
-            with single_statement(self._sessions) as session:
-                return report_progress(session, claim=self.claim, done=checkpoint.done, total=checkpoint.total,
+            with single_statement(self._sessions) as connection:
+                return report_progress(connection, claim=self.claim, done=checkpoint.done, total=checkpoint.total,
                                        message=checkpoint.message, lease_seconds=self._lease_seconds)
 
         cancel_requested = retry_if_disconnected(write)
@@ -174,8 +174,8 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     retrying = False
 
     def claim_it() -> JobClaim | None:
-        with single_statement(runtime.session_factory()) as session:
-            return claim_job(session, job_id=uuid.UUID(job_id), worker=token,
+        with single_statement(runtime.session_factory()) as connection:
+            return claim_job(connection, job_id=uuid.UUID(job_id), worker=token,
                              lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying)
 
     def before_retry() -> None:
@@ -205,8 +205,8 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
 def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
             progress: Checkpoint | None = None) -> dict[str, Any]:
     def finish() -> None:
-        with single_statement(runtime.session_factory()) as session:
-            finish_job(session, claim=claim, status=status, result=result, error=error, progress=progress)
+        with single_statement(runtime.session_factory()) as connection:
+            finish_job(connection, claim=claim, status=status, result=result, error=error, progress=progress)
 
     try:
         retry_if_disconnected(finish)
