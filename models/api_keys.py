@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
-from models.db import driver_rows, driver_sql
+from models.db import SessionOrConnection, driver_rows, driver_sql
 from models.errors import InvalidInput, NotFound
 
 SCOPES = ("read", "write", "admin")
@@ -116,7 +116,7 @@ _LOOKUP = driver_sql(
     select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
 
 
-def authenticate(session: Session, presented: str) -> Caller | None:
+def authenticate(session: SessionOrConnection, presented: str) -> Caller | None:
     """The live key matching ``presented``, or None. The lookup is by hash, so timing
     reveals nothing about stored keys; the final compare is constant-time anyway."""
     digest = hash_key(presented)

@@ -134,7 +134,7 @@ def _job_rows(session: SessionOrConnection, sql: str, values: dict[str, Any]) ->
     return driver_rows(session, sql, values, row_factory=namedtuple_row)
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> JobRecord:
+def get_job(session: SessionOrConnection, job_id: uuid.UUID) -> JobRecord:
     """The job's row as it is now (a plain row: nothing is tracked or cached). It runs on the
     session's connection, so changes pending in the session are not flushed first: callers
     read a job another transaction wrote, or one their own has flushed or committed."""

@@ -13,7 +13,7 @@ from flask import Flask, Response, g, request
 from models.api_keys import Caller, authenticate
 from models.db import retry_if_disconnected
 from web.problems import problem_response
-from web.services import close_db_session, db_session
+from web.services import close_db_session, db_statements
 
 PROTECTED_PREFIX = "/api/"
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key from /api/v1/api-keys"}}
@@ -64,7 +64,7 @@ def check_api_key() -> Response | None:
 def _lookup(presented: str) -> Caller | None:
     """The key lookup, the request's first statement: on a pooled connection that died
     a moment ago it is retried once, fresh (``models.db.ping_idle_connections``)."""
-    return retry_if_disconnected(lambda: authenticate(db_session(), presented), before_retry=close_db_session)
+    return retry_if_disconnected(lambda: authenticate(db_statements(), presented), before_retry=close_db_session)
 
 
 def current_actor() -> str:

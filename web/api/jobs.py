@@ -18,7 +18,7 @@ from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
-from web.services import db_session, services, statement_at_a_time
+from web.services import close_db_session, db_session, db_statements, services, statement_at_a_time
 
 POLL_INTERVAL_SECONDS = 0.1
 
@@ -33,13 +33,12 @@ def show_job(path: JobPath, query: JobGetQuery) -> Response:
 
 
 def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> JobRecord:
-    session = db_session()
     deadline = time.monotonic() + seconds
-    job = get_job(session, job_id)
+    job = get_job(db_statements(), job_id)
     while not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
-        session.rollback()  # the connection goes back to the pool while this request sleeps
+        close_db_session()  # the connection goes back to the pool while this request sleeps
         time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
-        job = get_job(session, job_id)
+        job = get_job(db_statements(), job_id)
     return job
 
 
