@@ -169,19 +169,45 @@ class DriverStatement:
     """A Core statement compiled once for :func:`driver_rows` (psycopg's ``%(name)s``
     parameters), so the statement keeps its one definition in Core. ``defaults`` holds the
     values the statement binds itself (its literals: ``status = 'running'`` is a parameter
-    too); the caller gives the named ones, and one left out fails the statement."""
+    too), already through their types' bind processing; ``processors`` the bind processing
+    of the named parameters the caller gives (``jsonb``: a ``Jsonb`` wrapper), applied as
+    SQLAlchemy applies it. A named parameter left out fails the statement; a name the
+    statement does not have is refused."""
 
     sql: str
     defaults: Mapping[str, Any]
+    names: frozenset[str]
+    processors: tuple[tuple[str, Callable[[Any], Any]], ...]
 
     def parameters(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        return {**self.defaults, **given}
+        if not self.names.issuperset(given):
+            raise ValueError(f"not parameters of this statement: {sorted(set(given) - self.names)}")
+        values = {**self.defaults, **given}
+        for name, process in self.processors:
+            if name in values:
+                values[name] = process(values[name])
+        return values
 
 
 def driver_sql(statement: Any) -> DriverStatement:
+    """Compile ``statement`` for :func:`driver_rows`. Refused: a statement whose values
+    SQLAlchemy computes or renders at execution (Python-side column defaults, expanding
+    ``IN``, literal-execute parameters), which a string compiled once cannot carry."""
     compiled = statement.compile(dialect=_PSYCOPG_DIALECT)
-    defaults = {name: bind.effective_value for bind, name in compiled.bind_names.items() if not bind.required}
-    return DriverStatement(str(compiled), defaults)
+    if (compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params
+            or compiled.post_compile_params):
+        raise ValueError(f"a statement SQLAlchemy completes at execution cannot run by psycopg alone: {compiled}")
+    defaults: dict[str, Any] = {}
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for bind, name in compiled.bind_names.items():
+        process = bind.type.dialect_impl(_PSYCOPG_DIALECT).bind_processor(_PSYCOPG_DIALECT)
+        if bind.required:
+            if process is not None:
+                processors[name] = process
+        else:
+            defaults[name] = bind.effective_value if process is None else process(bind.effective_value)
+    names = frozenset(name for bind, name in compiled.bind_names.items() if bind.required)
+    return DriverStatement(str(compiled), defaults, names, tuple(processors.items()))
 
 
 def driver_rows(
@@ -194,23 +220,35 @@ def driver_rows(
     For the hottest statements (every API request's key lookup, every job's insert, read,
     claim and outcome, an audit's aggregates): SQLAlchemy's execution and result layers
     cost about 90 µs of CPU a statement over psycopg's own (stop 30: the key lookup and
-    job read of a GET, 470 → 285 µs). Parameters go to psycopg as they are, so only for
-    types it adapts as SQLAlchemy would (uuid, bytes, str, numbers, timestamps, intervals;
-    ``jsonb`` wrapped in ``psycopg.types.json.Jsonb``); json and jsonb are read with the
-    engine's loader (:func:`load_json`), which it set on every connection. The same
-    transaction and isolation as any other statement of the session; the engine's
-    ``before_cursor_execute`` and ``after_cursor_execute`` listeners see it (with no
-    execution context).
+    job read of a GET, 470 → 285 µs). A :class:`DriverStatement`'s parameters get their
+    types' bind processing as under SQLAlchemy; a plain SQL string's go to psycopg as they
+    are. json and jsonb are read with the engine's loader (:func:`load_json`), which it set
+    on every connection; rows are psycopg's (``row_factory``), read by attribute or index.
 
-    A database error comes out as SQLAlchemy's, as from ``session.execute`` (a timeout is an
-    ``OperationalError``: 503 in the API, a transient error in a job), and a connection it
-    broke is invalidated, so the pool does not hand it out again and
-    :func:`retry_if_disconnected` retries."""
+    It runs as a statement of SQLAlchemy's would: a Session autoflushes first and the
+    statement joins its transaction; on a Core connection it begins SQLAlchemy's
+    transaction if none is (so ``commit()`` commits it). The engine's
+    ``before_cursor_execute`` and ``after_cursor_execute`` listeners see it, with no cursor
+    or execution context (a ``retval`` listener cannot change it); SQLAlchemy's own SQL
+    logging (``echo``) does not.
+
+    A database error goes through SQLAlchemy's own handling: it comes out as SQLAlchemy's,
+    as from ``session.execute`` (a timeout is an ``OperationalError``: 503 in the API, a
+    transient error in a job), and on a disconnect the connection is invalidated and the
+    pool drops every connection made before it, so :func:`retry_if_disconnected`'s retry
+    gets a fresh one."""
     if isinstance(statement, DriverStatement):
         sql, params = statement.sql, statement.parameters(cast(Mapping[str, Any], params))
     else:
         sql = statement
-    connection = session.connection() if isinstance(session, Session) else session
+    if isinstance(session, Session):
+        if session.autoflush:
+            session.flush()  # as Session.execute autoflushes before a statement (a no-op when nothing is pending)
+        connection = session.connection()
+    else:
+        connection = session
+        if not connection.in_transaction():
+            connection.begin()  # as Connection.execute autobegins: its commit() then commits this statement
     driver = connection.connection.driver_connection
     events = connection.dispatch
     for listener in events.before_cursor_execute:
@@ -219,10 +257,12 @@ def driver_rows(
         with driver.cursor(binary=binary, row_factory=row_factory) as cursor:
             rows = cursor.execute(sql, params).fetchall()
     except psycopg.Error as error:
-        broken = driver.broken or driver.closed
-        if broken:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance(sql, params, error, psycopg.Error, connection_invalidated=broken) from error
+        # SQLAlchemy's own handling, as for a statement it ran: the error wrapped as its own,
+        # and on a disconnect this connection invalidated and the pool told to drop every
+        # connection made before it (the retry of retry_if_disconnected must not take
+        # another connection the same restart killed), with handle_error listeners.
+        connection._handle_dbapi_exception(error, sql, params, None, None)  # noqa: SLF001 - it always raises
+        raise  # not reached
     for listener in events.after_cursor_execute:
         listener(connection, None, sql, params, None, False)
     return rows

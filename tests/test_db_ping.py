@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.api_keys import create_api_key
 from models.db import make_engine, single_statement, transaction
 from models.job_lifecycle import claim_job, create_job, get_job
+from models.jobs import JobStatus
 from models.migrate import upgrade_head
 from models.settings import libpq_url
 from tasks.runner import RowProgress
@@ -156,7 +157,6 @@ def test_a_claim_that_committed_before_its_connection_died_is_taken_up_on_the_re
 def test_a_release_after_a_transient_error_is_made_on_a_fresh_connection_when_its_own_died(
         worker_on_one_connection, pg_admin_url) -> None:
     from models.errors import TransientJobError
-    from models.jobs import JobStatus
     from tasks import runner
     from tests.conftest import SentTasks
 
@@ -171,3 +171,61 @@ def test_a_release_after_a_transient_error_is_made_on_a_fresh_connection_when_it
     assert [args for _, args, _, _ in task.sent] == [[str(job_id)]]
     with sessions() as session:
         assert get_job(session, job_id).status == "queued"
+
+
+def _two_pooled_connections(engine: Engine) -> None:
+    """Leave two connections in the pool, as any process under load holds several."""
+    first, second = engine.connect(), engine.connect()
+    first.execute(text("SELECT 1")), second.execute(text("SELECT 1"))
+    first.close(), second.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/jobs/00000000-0000-0000-0000-000000000000", "/api/v1/api-keys"])
+def test_a_key_lookup_after_a_restart_that_killed_every_pooled_connection_is_retried_on_a_new_one(
+    ping_settings, pg_admin_url, path
+) -> None:
+    """A statement run by psycopg itself (models.db.driver_rows) must drop the whole pool on a
+    disconnect, as SQLAlchemy does, or the retry takes the next dead connection (helper-95)."""
+    upgrade_head(ping_settings.database_url)
+    quiet = ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0})
+    engine = make_engine(quiet)
+    with Session(engine) as session, session.begin():
+        key = create_api_key(session, name="ping", scopes=["admin"]).plaintext
+    engine.dispose()
+    app = create_app(quiet)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    try:
+        assert client.get(path).status_code in (200, 404)
+        _two_pooled_connections(app_services(app).engine)
+        assert _kill_backends(pg_admin_url) == 2
+        response = client.get(path)
+        assert response.status_code in (200, 404), response.get_json()
+    finally:
+        app_services(app).engine.dispose()
+
+
+def test_a_workers_outcome_is_recorded_after_a_restart_that_killed_every_pooled_connection(
+    ping_settings, pg_admin_url, monkeypatch
+) -> None:
+    from tasks import runtime
+    from tasks.runner import record_outcome
+
+    upgrade_head(ping_settings.database_url)
+    quiet = ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0})
+    engine = make_engine(quiet, pool_size=2)  # as tasks.runtime's pool
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    monkeypatch.setattr(runtime, "session_factory", lambda: sessions)
+    monkeypatch.setattr(runtime, "settings", lambda: quiet)
+    try:
+        with transaction(sessions) as session:
+            job_id = create_job(session, kind="diagnostics.sleep", params={}).id
+        with single_statement(sessions) as connection:
+            claim = claim_job(connection, job_id=job_id, worker="w1", lease_seconds=60)
+        _two_pooled_connections(engine)
+        assert _kill_backends(pg_admin_url) == 2
+        assert record_outcome(claim, JobStatus.SUCCEEDED, {"ok": True}, None)["status"] == "succeeded"
+        with sessions() as session:
+            assert get_job(session, job_id).status == "succeeded"
+    finally:
+        engine.dispose()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, text, update
 from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from models.api_keys import authenticate, create_api_key, revoke_api_key
 from models.db import UNREADABLE_JSON, driver_rows, driver_sql
-from models.job_lifecycle import create_job, get_job
+from models.job_lifecycle import claim_job, create_job, get_job
 from models.jobs import RECORD_COLUMNS, Job
 from tests.conftest import recorded_statements
 
@@ -89,3 +89,37 @@ def test_a_compiled_statement_binds_its_own_literals_and_refuses_a_missing_param
         session.rollback()
         with pytest.raises(ProgrammingError, match="job_id"):
             driver_rows(session, statement, {})
+
+
+def test_a_job_claimed_on_a_core_connection_commits_with_it(engine, clean_db) -> None:
+    """A Core connection's commit-as-you-go must commit what a driver statement wrote on it
+    (helper-95: the statement ran outside SQLAlchemy's transaction, and close rolled it back)."""
+    with Session(engine) as session, session.begin():
+        job_id = create_job(session, kind="diagnostics.sleep", params={}, queue="default").id
+    with engine.connect() as connection:
+        assert claim_job(connection, job_id=job_id, worker="w1", lease_seconds=60) is not None
+        connection.commit()
+    with Session(engine) as session:
+        assert get_job(session, job_id).status == "running"
+
+
+def test_a_compiled_statement_refuses_a_name_it_does_not_have() -> None:
+    statement = driver_sql(select(Job.id).where(Job.id == bindparam("job_id")))
+    with pytest.raises(ValueError, match="status"):
+        statement.parameters({"job_id": uuid.uuid4(), "status": "running"})
+
+
+def test_a_statement_sqlalchemy_completes_at_execution_is_refused_at_its_definition() -> None:
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("n", Integer, default=lambda: 1))
+    with pytest.raises(ValueError, match="completes at execution"):
+        driver_sql(insert(table).values(id=bindparam("id")))  # a Python-side default
+    with pytest.raises(ValueError, match="completes at execution"):
+        driver_sql(select(Job.id).where(Job.status.in_(["queued", "running"])))  # an expanding IN
+
+
+def test_jsonb_parameters_get_sqlalchemy_s_bind_processing(engine, clean_db) -> None:
+    params = {"seconds": 0, "text": "é\u2028", "list": [1, 2.5, None]}
+    with Session(engine) as session, session.begin():
+        job = create_job(session, kind="diagnostics.sleep", params=params, queue="default")
+        stored = session.execute(text("SELECT params, jsonb_typeof(params) FROM jobs WHERE id = :id"), {"id": job.id}).one()
+    assert job.params == params and stored == (params, "object")
