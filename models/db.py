@@ -192,10 +192,11 @@ class DriverStatement:
 def driver_sql(statement: Any) -> DriverStatement:
     """Compile ``statement`` for :func:`driver_rows`. Refused: a statement whose values
     SQLAlchemy computes or renders at execution (Python-side column defaults, expanding
-    ``IN``, literal-execute parameters), which a string compiled once cannot carry."""
+    ``IN``, literal-execute parameters), which a string compiled once cannot carry, and one
+    whose parameter names SQLAlchemy rewrites in the SQL (a ``.`` or brackets in a name)."""
     compiled = statement.compile(dialect=_PSYCOPG_DIALECT)
     if (compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params
-            or compiled.post_compile_params):
+            or compiled.post_compile_params or compiled.escaped_bind_names):
         raise ValueError(f"a statement SQLAlchemy completes at execution cannot run by psycopg alone: {compiled}")
     defaults: dict[str, Any] = {}
     processors: dict[str, Callable[[Any], Any]] = {}
@@ -247,9 +248,9 @@ def driver_rows(
         connection = session.connection()
     else:
         connection = session
-        if not connection.in_transaction():
-            connection.begin()  # as Connection.execute autobegins: its commit() then commits this statement
     driver = connection.connection.driver_connection
+    if connection is session and not driver.autocommit and not connection.in_transaction():
+        connection.begin()  # as Connection.execute autobegins: its commit() then commits this statement
     events = connection.dispatch
     for listener in events.before_cursor_execute:
         listener(connection, None, sql, params, None, False)

@@ -133,9 +133,8 @@ def _job_rows(session: SessionOrConnection, statement: DriverStatement, values: 
 
 
 def get_job(session: SessionOrConnection, job_id: uuid.UUID) -> JobRecord:
-    """The job's row as it is now (a plain row: nothing is tracked or cached). It runs on the
-    session's connection, so changes pending in the session are not flushed first: callers
-    read a job another transaction wrote, or one their own has flushed or committed."""
+    """The job's row as it is now (a plain row: nothing is tracked or cached), read in the
+    caller's transaction (a Session flushes what is pending first) or on its connection."""
     rows = driver_rows(session, _GET, {"job_id": job_id}, row_factory=namedtuple_row)  # every GET's: see driver_rows
     if not rows:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))

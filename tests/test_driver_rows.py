@@ -123,3 +123,8 @@ def test_jsonb_parameters_get_sqlalchemy_s_bind_processing(engine, clean_db) -> 
         job = create_job(session, kind="diagnostics.sleep", params=params, queue="default")
         stored = session.execute(text("SELECT params, jsonb_typeof(params) FROM jobs WHERE id = :id"), {"id": job.id}).one()
     assert job.params == params and stored == (params, "object")
+
+
+def test_a_statement_whose_parameter_names_sqlalchemy_rewrites_is_refused() -> None:
+    with pytest.raises(ValueError, match="completes at execution"):
+        driver_sql(select(Job.id).where(Job.kind == bindparam("kind.name")))

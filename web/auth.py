@@ -47,10 +47,11 @@ def check_api_key() -> Response | None:
     presented = _presented_key()
     if presented is None:
         return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    # The view goes on in the lookup's session, on the same connection: one pool checkout
-    # per request. Under READ COMMITTED (or autocommit, for views marked
-    # statement_at_a_time) every statement sees the latest commits, so the lookup leaves
-    # nothing stale behind.
+    # The view goes on where the lookup ran (web.services.db_statements): the request's
+    # Session, or for views marked statement_at_a_time its autocommit connection; one pool
+    # checkout per request (a long-poll gives it back between reads). Under READ COMMITTED
+    # or autocommit every statement sees the latest commits, so the lookup leaves nothing
+    # stale behind.
     key = _lookup(presented)
     if key is None:
         return _unauthorized("the API key is unknown or revoked")
