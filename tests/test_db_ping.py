@@ -89,16 +89,23 @@ def test_a_connection_used_moments_ago_is_not_pinged(ping_settings, pg_admin_url
         engine.dispose()
 
 
-def test_the_api_retries_a_requests_first_statement_on_a_fresh_connection(ping_settings, pg_admin_url) -> None:
+def _api_never_pinging(ping_settings, scopes: list[str]):  # noqa: ANN202 - a Flask app and its test client
+    """The API on ``ping_settings``' database with a key of ``scopes``, its pool never pinging
+    (a connection killed under it is found by the next statement)."""
     upgrade_head(ping_settings.database_url)
     quiet = ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0})
     engine = make_engine(quiet)
     with Session(engine) as session, session.begin():
-        key = create_api_key(session, name="ping", scopes=["read"]).plaintext
+        key = create_api_key(session, name="ping", scopes=scopes).plaintext
     engine.dispose()
     app = create_app(quiet)
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return app, client
+
+
+def test_the_api_retries_a_requests_first_statement_on_a_fresh_connection(ping_settings, pg_admin_url) -> None:
+    app, client = _api_never_pinging(ping_settings, ["read"])
     try:
         assert client.get("/api/v1/jobs").status_code == 200
         assert _kill_backends(pg_admin_url) >= 1
@@ -186,15 +193,7 @@ def test_a_key_lookup_after_a_restart_that_killed_every_pooled_connection_is_ret
 ) -> None:
     """A statement run by psycopg itself (models.db.driver_rows) must drop the whole pool on a
     disconnect, as SQLAlchemy does, or the retry takes the next dead connection (helper-95)."""
-    upgrade_head(ping_settings.database_url)
-    quiet = ping_settings.model_copy(update={"db_ping_after_idle_seconds": 3600.0})
-    engine = make_engine(quiet)
-    with Session(engine) as session, session.begin():
-        key = create_api_key(session, name="ping", scopes=["admin"]).plaintext
-    engine.dispose()
-    app = create_app(quiet)
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    app, client = _api_never_pinging(ping_settings, ["admin"])
     try:
         assert client.get(path).status_code in (200, 404)
         _two_pooled_connections(app_services(app).engine)
