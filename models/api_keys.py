@@ -110,8 +110,8 @@ def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext:
 
 
 _KEYS = ApiKey.__table__.c
-# Every API request runs this: built once, read as a plain row, and run on the session's
-# connection directly (a Core statement gains nothing from the ORM's execute path).
+# Every API request runs this: compiled once and run by psycopg itself on the request's
+# connection (models.db.driver_rows), read as a plain row.
 _LOOKUP = driver_sql(
     select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
 
