@@ -128,3 +128,13 @@ def test_jsonb_parameters_get_sqlalchemy_s_bind_processing(engine, clean_db) -> 
 def test_a_statement_whose_parameter_names_sqlalchemy_rewrites_is_refused() -> None:
     with pytest.raises(ValueError, match="completes at execution"):
         driver_sql(select(Job.id).where(Job.kind == bindparam("kind.name")))
+
+
+def test_a_driver_statement_in_a_session_flushes_what_is_pending_first(engine, clean_db) -> None:
+    """As Session.execute does (helper-95): a job added to the session and not yet flushed is
+    there for the driver's read of it."""
+    with Session(engine) as session, session.begin():
+        job_id = uuid.uuid4()
+        session.add(Job(id=job_id, kind="diagnostics.sleep", params={}, queue="default", status="queued"))
+        assert get_job(session, job_id).status == "queued"
+        session.rollback()
