@@ -179,8 +179,6 @@ def append_only_enforced(session: Session, *, fingerprint_max_age: float = 0.0) 
     return enabled == len(pairs)
 
 
-
-
 # What the guards are, as the migrations leave them at head: every trigger on the tables of
 # Plant's schema (table, name, function, timing and events, columns, WHEN clause, arguments,
 # enabled), every function those triggers call (name, whether it lives in that schema,

@@ -127,15 +127,15 @@ def create_job(
 
 def _job_rows(session: SessionOrConnection, statement: DriverStatement, values: dict[str, Any]) -> list[Any]:
     """The rows of one of the statements every job goes through, run by psycopg itself
-    (:func:`models.db.driver_rows`: a job's insert, claim and outcome each cost SQLAlchemy's
-    execution about 90 µs of CPU more)."""
+    (:func:`models.db.driver_rows`: a job's insert, read, claim and outcome each cost
+    SQLAlchemy's execution about 90 µs of CPU more), as named rows (``JobRecord``)."""
     return driver_rows(session, statement, values, row_factory=namedtuple_row)
 
 
 def get_job(session: SessionOrConnection, job_id: uuid.UUID) -> JobRecord:
     """The job's row as it is now (a plain row: nothing is tracked or cached), read in the
     caller's transaction (a Session flushes what is pending first) or on its connection."""
-    rows = driver_rows(session, _GET, {"job_id": job_id}, row_factory=namedtuple_row)  # every GET's: see driver_rows
+    rows = _job_rows(session, _GET, {"job_id": job_id})
     if not rows:
         raise NotFound(f"no job with id {job_id}", id=str(job_id))
     return cast(JobRecord, rows[0])
