@@ -31,8 +31,9 @@ DELIVERY: dict[str, bool] = {
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
     "worker_prefetch_multiplier": 1,
-    # Workers send task events (received, started, succeeded, ...) for Flower: about 0.5 ms
-    # of worker CPU and a sixth of the job throughput (docs/benchmarks.md, stop 13). The API
+    # Workers send task events (received, started, succeeded, ...) for Flower, in batches
+    # (worker/consumer.py): sent one tick at a time, as Celery does, they cost about a fifth
+    # of a sleep(0) job's worker CPU (docs/benchmarks.md, stops 13 and 31). The API
     # sends no task-sent event: it would be a second broker write per job, and what it
     # tells (jobs waiting for a worker) the jobs table already shows, in the API and in
     # /metrics (plant_jobs_queued, plant_jobs_queued_oldest_age_seconds).

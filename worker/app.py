@@ -27,6 +27,8 @@ from worker.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
 
+CONSUMER_PATH = "worker.consumer:Consumer"
+
 # Tasks whose first argument is a job id.
 JOB_TASKS = frozenset({route.task_name for route in JOB_ROUTES.values()} | {CHUNK_TASK})
 
@@ -36,6 +38,8 @@ def build_app() -> Celery:
     settings = runtime.settings()
     app = create_celery(settings)
     app.conf.beat_schedule = beat_schedule(settings)
+    # Celery's consumer, publishing task events in batches (worker/consumer.py).
+    app.conf.worker_consumer = CONSUMER_PATH
     return app
 
 
