@@ -112,7 +112,7 @@ _ADD_PROGRESS = driver_sql(_OWNED.values(
 
 
 def create_job(
-    session: Session, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
+    session: SessionOrConnection, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
 ) -> JobRecord:
     """Insert a queued job and return its row. The caller publishes its message only
     after committing.

@@ -247,24 +247,33 @@ def _first_words(seen: list[tuple[bool, str]]) -> list[tuple[bool, str]]:
     return [(autocommit, statement.split()[0].upper()) for autocommit, statement in seen]
 
 
-def test_showing_and_listing_jobs_read_in_autocommit_and_leave_the_pool_transactional(client) -> None:
+def test_showing_listing_and_plain_submissions_run_in_autocommit_and_leave_the_pool_transactional(client, engine) -> None:
     job = _start(client).get_json()
-    engine = app_services(client.application).engine
-    with recorded_statements(engine) as shown:
+    app_engine = app_services(client.application).engine
+    with recorded_statements(app_engine) as shown:
         assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
-    with recorded_statements(engine) as listed:
+    with recorded_statements(app_engine) as listed:
         assert client.get("/api/v1/jobs").status_code == 200
-    with recorded_statements(engine) as started:
-        assert _start(client).status_code == 202
-    with recorded_statements(engine) as keys:
+    with recorded_statements(app_engine) as started:
+        started_job = _start(client).get_json()
+    with recorded_statements(app_engine) as keyed:
+        response = client.post("/api/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1},
+                               headers={"Idempotency-Key": f"autocommit-{uuid.uuid4()}"})
+        assert response.status_code == 202
+    with recorded_statements(app_engine) as keys:
         assert client.get("/api/v1/api-keys").status_code == 200
-    shown, listed, started, keys = (_first_words(seen) for seen in (shown, listed, started, keys))
+    shown, listed, started, keyed, keys = (_first_words(seen) for seen in (shown, listed, started, keyed, keys))
 
     # key lookup + job row, no BEGIN/ROLLBACK around them
     assert shown == [(True, "SELECT"), (True, "SELECT")]
     assert listed == [(True, "SELECT"), (True, "SELECT")]
-    # the same pooled connection serves a write next, back in a transaction
-    assert (False, "INSERT") in started and all(not autocommit for autocommit, _ in started)
+    # a submission without Idempotency-Key: key lookup + INSERT, no BEGIN/COMMIT; committed
+    assert started == [(True, "SELECT"), (True, "INSERT")]
+    with Session(engine) as other:
+        assert other.get(Job, uuid.UUID(started_job["id"])) is not None
+    # with a key, its claim and the INSERT commit together, back in a transaction on the
+    # same pooled connection
+    assert (False, "INSERT") in keyed and all(not autocommit for autocommit, _ in keyed)
     # an unmarked read keeps its transaction
     assert keys and all(not autocommit for autocommit, _ in keys)
 

@@ -2,7 +2,10 @@
 
 ``accept_job`` is the one path for starting work: honour ``Idempotency-Key``, insert
 the row (with the key, stamped as published) and commit, then publish, then answer 202
-with ``Location`` and ``Retry-After``. If publishing fails the job is still accepted:
+with ``Location`` and ``Retry-After``. A view marked :func:`submits_a_job` runs a request
+without ``Idempotency-Key`` in autocommit (web.services): its key lookup, its checks
+(each a read consistent alone) and the INSERT each end on their own, with no BEGIN and no
+COMMIT, two round trips of six; nothing is left to commit after the INSERT. If publishing fails the job is still accepted:
 its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
 recovery task publishes it. Should the process die between the commit and the publish, or
 the database fail as the stamp is cleared, the stamped row is picked up as a lost message
@@ -16,6 +19,7 @@ import hashlib
 from typing import Any
 
 from flask import Response, g, request
+from sqlalchemy.orm import Session
 
 from models.canonical import canonical_bytes
 from models.idempotency import bind_key, claim_key, validate_key
@@ -23,7 +27,7 @@ from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from web.schemas import JobOut
-from web.services import db_session, services
+from web.services import V, autocommit_when, db_statements, services
 
 JOBS_PATH = "/api/v1/jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -64,20 +68,35 @@ def _accepted(job: JobRecord, *, replayed: bool = False) -> Response:
     return response
 
 
+def _without_idempotency_key() -> bool:
+    return IDEMPOTENCY_HEADER not in request.headers
+
+
+def submits_a_job(view: V) -> V:
+    """Mark a view that ends in :func:`accept_job` and writes nothing else: without an
+    ``Idempotency-Key`` (whose claim and the INSERT must commit together) it runs in
+    autocommit. Put it below the route decorator."""
+    return autocommit_when(_without_idempotency_key)(view)
+
+
 def accept_job(kind: str, params: dict[str, Any]) -> Response:
-    session, svc = db_session(), services()
+    svc = services()
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    owner = str(g.api_key.id) if g.get("api_key") is not None else "anonymous"
+    # The request's Session; in a view marked submits_a_job, without a key, its autocommit connection.
+    statements = db_statements()
     if key is not None:
+        assert isinstance(statements, Session)  # a key's claim commits with the INSERT
+        owner = str(g.api_key.id) if g.get("api_key") is not None else "anonymous"
         fingerprint = hashlib.sha256(canonical_bytes({"kind": kind, "params": params})).digest()
-        existing = claim_key(session, owner=owner, key=validate_key(key), fingerprint=fingerprint,
+        existing = claim_key(statements, owner=owner, key=validate_key(key), fingerprint=fingerprint,
                              ttl_seconds=svc.settings.idempotency_ttl_seconds)
         if existing is not None:
-            session.commit()
-            return _accepted(get_job(session, existing), replayed=True)
-    job = create_job(session, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True)
+            statements.commit()
+            return _accepted(get_job(statements, existing), replayed=True)
+    job = create_job(statements, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True)
     if key is not None:
-        bind_key(session, owner=owner, key=key, job_id=job.id)
-    session.commit()
+        bind_key(statements, owner=owner, key=key, job_id=job.id)
+    if isinstance(statements, Session):
+        statements.commit()
     publish_or_leave_in_outbox(svc.celery, svc.sessions, job_id=job.id, kind=kind)
     return _accepted(job)

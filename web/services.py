@@ -11,6 +11,8 @@ read is consistent on its own, because two statements may then see different com
 Such a request's statements run on a pooled Core connection (:func:`db_statements`), with
 no Session around it unless the view asks for one (:func:`db_session`, then bound to that
 connection): a Session's bookkeeping was a tenth of a job GET's CPU (stop 30).
+:func:`autocommit_when` marks a view that qualifies only for some requests (a job
+submission without ``Idempotency-Key``: web.jobs_http.submits_a_job).
 """
 
 from __future__ import annotations
@@ -104,18 +106,31 @@ def digest_slot() -> Iterator[None]:
         svc.digest_slots.release()
 
 
-def statement_at_a_time(view: V) -> V:
-    """Mark a read-only view whose reads are each consistent alone (see the module doc).
+def _always() -> bool:
+    return True
+
+
+def autocommit_when(condition: Callable[[], bool]) -> Callable[[V], V]:
+    """Mark a view whose statements run in autocommit for the requests where ``condition()``
+    holds (it is asked in the request, before the key lookup; see the module doc).
 
     Put it below the route decorator: flask-openapi3's wrapper copies the mark."""
-    setattr(view, AUTOCOMMIT_ATTRIBUTE, True)
-    return view
+    def mark(view: V) -> V:
+        setattr(view, AUTOCOMMIT_ATTRIBUTE, condition)
+        return view
+    return mark
+
+
+def statement_at_a_time(view: V) -> V:
+    """Mark a read-only view whose reads are each consistent alone (see the module doc)."""
+    return autocommit_when(_always)(view)
 
 
 def _view_reads_in_autocommit() -> bool:
     if not has_request_context() or request.endpoint is None:  # an app context alone (CLI, tests)
         return False
-    return getattr(current_app.view_functions.get(request.endpoint), AUTOCOMMIT_ATTRIBUTE, False)
+    condition = getattr(current_app.view_functions.get(request.endpoint), AUTOCOMMIT_ATTRIBUTE, None)
+    return condition is not None and condition()
 
 
 def db_statements() -> SessionOrConnection:

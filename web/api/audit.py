@@ -21,7 +21,7 @@ from models.entities import EntityType
 from models.ledger import digest_now
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
 from models.reports import export_report, finding_resource, findings_csv, findings_page, get_run, run_resource
-from web.jobs_http import accept_job
+from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
 from web.schemas import API_PROBLEMS, JobOut, QueryModel, problems
@@ -101,6 +101,7 @@ class DigestQuery(QueryModel):
 
 
 @audit_api.post("/audit/run", responses={202: JobOut, **problems(422)})
+@submits_a_job
 def start_audit(body: AuditRunIn) -> Response:
     """Start a compliance audit (job ``audit.run`` on the audit queue)."""
     params = body.model_dump(mode="json", exclude_none=True)

@@ -7,7 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from models.errors import InvalidInput
 from web.auth import BEARER
-from web.jobs_http import accept_job
+from web.jobs_http import accept_job, submits_a_job
 from web.schemas import API_PROBLEMS, JobOut, SleepIn, problems
 from web.services import services
 
@@ -15,6 +15,7 @@ diagnostics_api = APIBlueprint("diagnostics", __name__, url_prefix="/api/v1", ab
 
 
 @diagnostics_api.post("/diagnostics/sleep", responses={202: JobOut, **problems(422)})
+@submits_a_job
 def start_sleep(body: SleepIn) -> Response:
     """Start a job that sleeps ``seconds`` in ``steps`` slices, reporting progress.
 

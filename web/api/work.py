@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_
 
 from models.entities import EntityType
 from models.registry import get_entity, require_all
-from web.jobs_http import accept_job
+from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import EntityPath
 from web.schemas import API_PROBLEMS, JobOut, problems
 from web.services import db_session
@@ -48,6 +48,7 @@ class AssignTeamsIn(BaseModel):
 
 
 @work_api.post("/genesis/skills/<entity_id>/certify", tags=[Tag(name="skill")], responses=ACCEPTED)
+@submits_a_job
 def certify(path: EntityPath, body: CertifyIn) -> Response:
     """Certify a skill (job ``skill.certify``): gates, certificate, one chain version."""
     get_entity(db_session(), entity_type=EntityType.SKILL, entity_id=path.entity_id)
@@ -55,6 +56,7 @@ def certify(path: EntityPath, body: CertifyIn) -> Response:
 
 
 @work_api.post("/agents/<entity_id>/assign-team", tags=[Tag(name="agent")], responses=ACCEPTED)
+@submits_a_job
 def assign_team(path: EntityPath, body: AssignTeamIn) -> Response:
     """Assign an agent to a team (job ``agent.assign_team``); ``{}`` picks the team."""
     session = db_session()
@@ -66,6 +68,7 @@ def assign_team(path: EntityPath, body: AssignTeamIn) -> Response:
 
 
 @work_api.post("/agents/assign-teams", tags=[Tag(name="agent")], responses=ACCEPTED)
+@submits_a_job
 def assign_teams(body: AssignTeamsIn) -> Response:
     """Assign many agents at once with an optimal plan (job ``agents.assign_teams``)."""
     if body.agent_ids:
