@@ -4,7 +4,8 @@ Read off the broker by a real event receiver, from real workers: every job's
 received/started/succeeded events arrive, in a few batched messages rather than about one
 per event, and a warm shutdown publishes the events of the job it waited for. Then the
 consumer's scheduling of flushes, on a recording event loop: one flush per batch, a
-dropped timer does not stall the events, and once stopping it flushes as Celery does."""
+cancelled timer does not stall the events, a lost connection publishes the buffer, and
+once stopping it flushes as Celery does."""
 
 from __future__ import annotations
 
@@ -132,7 +133,10 @@ def test_every_job_has_its_three_events_in_few_messages(settings, engine, admin_
 def test_a_warm_shutdown_publishes_the_events_of_the_job_it_waited_for(settings, engine, admin_key, tmp_path) -> None:
     """SIGTERM while a job runs: the worker hands the job back and exits. The attempt's
     end (task-succeeded: the task returned) comes as the pool drains, after the event
-    loop has stopped, so only the flush at shutdown publishes it."""
+    loop has stopped; Celery fires the hub's timers every 0.5 s while it waits for the
+    pool, so here the pending flush usually publishes it, and the consumer's switch back
+    to Celery's scheduling when it stops (tested below, on a recording loop) covers a
+    pool that drains sooner."""
     stack = ChaosStack(settings, tmp_path)
     try:
         with receiving(stack) as events:
@@ -187,6 +191,8 @@ def consumer_on(loop: RecordingLoop) -> Consumer:
     consumer.hub = loop
     consumer.event_dispatcher = RecordingDispatcher()
     consumer.blueprint = StoppingBlueprint()
+    consumer.controller = consumer.timer = consumer.pool = None  # what Celery's on_close cleans up
+    consumer.task_buckets = {}
     consumer._flush_events_promise = promise(consumer._flush_events)
     return consumer
 
@@ -207,13 +213,24 @@ def test_a_flush_whose_timer_never_fired_does_not_hold_events_back(monkeypatch) 
     loop = RecordingLoop()
     consumer = consumer_on(loop)
     consumer.on_send_event_buffered()
-    loop.later.clear()  # dropped (the consumer restarted after a lost connection)
+    loop.later.clear()  # cancelled (Celery cancels a failed connection attempt's timer entries)
     consumer.on_send_event_buffered()
     assert loop.later == []  # within the grace period, still waiting for it
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + EVENT_FLUSH_SECONDS + STALE_FLUSH_SECONDS + 0.01)
     consumer.on_send_event_buffered()
     assert len(loop.later) == 1
+
+
+def test_a_lost_connection_publishes_the_buffer_before_celery_replaces_the_dispatcher() -> None:
+    """Celery's restart after a lost broker connection calls on_close, then builds a new
+    event dispatcher that takes over only what the old one failed to send: a buffer still
+    waiting for its timer would be dropped."""
+    loop = RecordingLoop()
+    consumer = consumer_on(loop)
+    consumer.on_send_event_buffered()
+    consumer.on_close()
+    assert consumer.event_dispatcher.flushes == 1
 
 
 def test_once_stopping_the_consumer_flushes_and_schedules_as_celery_does() -> None:

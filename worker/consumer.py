@@ -6,12 +6,18 @@ Celery buffers them per event-loop tick and publishes each tick's buffer as one
 kombu's message building and a JSON encoding each time, about a fifth of a ``sleep(0)``
 job's worker CPU (docs/benchmarks.md, stop 31). This consumer publishes the buffer at most
 ``EVENT_FLUSH_SECONDS`` after its first event, or as soon as it holds Celery's batch limit
-(24 events), whichever comes first. Flower sees the same events, up to 50 ms later.
+(24 events), whichever comes first. Flower sees the same events, about 50 ms later.
 
-Once the consumer stops (a warm shutdown: before the pool finishes its running tasks), it
-publishes what is buffered and goes back to Celery's own scheduling, which Celery runs once
-more after the pool has drained: the events of the last tasks are not left in a timer that
-no longer fires.
+The buffer is also published where Celery's own scheduling would have published it but
+a timer would not:
+
+- when the connection to the broker is lost (``on_close``, before Celery replaces the
+  event dispatcher: the new one takes over only what the old one failed to send, not its
+  buffer);
+- when the consumer stops (a warm shutdown: before the pool finishes its running tasks).
+  From then on it schedules flushes as Celery does (the hub's ready callbacks, which run
+  once more as the hub closes after the pool has drained), so the last tasks' events are
+  not left in a timer that no longer fires.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from celery.worker import consumer
 
 # Publish buffered task events at most this long after the first of them.
 EVENT_FLUSH_SECONDS = 0.05
-# A flush due this long ago without having run (its timer was dropped when the consumer
-# restarted after a lost connection, say) no longer holds the next one back.
+# A flush due this long ago without having run no longer holds the next one back: Celery
+# cancels every timer entry added while a connection attempt failed before its event loop
+# ran (Consumer._cancel_connection_timer_entries), a pending flush included.
 STALE_FLUSH_SECONDS = 1.0
 
 
@@ -48,6 +55,10 @@ class Consumer(consumer.Consumer):
     def _flush_buffered_events(self) -> None:
         self._event_flush_due = None
         self._flush_events()
+
+    def on_close(self) -> None:
+        self._flush_events()
+        super().on_close()
 
     def stop(self) -> None:
         self._stopping = True
