@@ -54,7 +54,12 @@ def publish_job(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
         log.error("job %s has kind %r, which this release runs no task for; it stays queued", job_id, kind)
         return False
     try:
-        app.send_task(route.task_name, args=[str(job_id)], queue=route.queue, retry=True)
+        # No queue declaration: Celery publishes to a named queue through the default
+        # (anonymous) exchange, which kombu's Redis transport delivers straight to the
+        # queue's list, declared or not. Asking kombu to declare it anyway cost about
+        # 100 µs a publish, even cached: it copies the queue to bind it each time
+        # (docs/benchmarks.md, stop 31). The workers declare their queues when they start.
+        app.send_task(route.task_name, args=[str(job_id)], queue=route.queue, retry=True, declare=[])
     except (KombuError, RedisError, OSError) as exc:
         log.warning("publish of job %s failed, beat will republish it: %s", job_id, exc)
         return False

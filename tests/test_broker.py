@@ -69,6 +69,22 @@ def test_the_api_publish_path_goes_through_it(quiet) -> None:
         app.close()
 
 
+def test_publishing_a_job_declares_nothing_and_the_message_still_arrives(quiet) -> None:
+    """On a broker no worker has declared anything on (a fresh Redis database), the
+    message lands in the queue's list, and no declaration (kombu's binding set) is made."""
+    settings, redis_client = quiet
+    app = create_celery(settings)
+    try:
+        job_id = uuid.uuid4()
+        assert publish_job(app, job_id=job_id, kind="diagnostics.sleep")
+        assert publish_job(app, job_id=job_id, kind="audit.run")
+        assert [json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange("default", 0, -1)] == [repr([str(job_id)])]
+        assert redis_client.llen("audit") == 1
+        assert redis_client.keys("_kombu.binding.*") == []
+    finally:
+        app.close()
+
+
 def test_other_schemes_keep_kombus_transport(settings) -> None:
     for url in ("rediss://127.0.0.1:6380/0", "sentinel://127.0.0.1:26379/0"):
         assert create_celery(settings.model_copy(update={"redis_url": url})).conf.broker_transport is None
