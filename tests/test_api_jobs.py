@@ -278,6 +278,39 @@ def test_showing_listing_and_plain_submissions_run_in_autocommit_and_leave_the_p
     assert keys and all(not autocommit for autocommit, _ in keys)
 
 
+@pytest.mark.parametrize("idempotency_key", [None, "give-back"])
+def test_a_submission_gives_its_connection_back_before_it_publishes(client, monkeypatch, idempotency_key) -> None:
+    """A publish that fails puts the job back in the outbox on a connection of its own: a
+    request still holding one could leave a small pool waiting out its timeout."""
+    import web.jobs_http
+
+    pool = app_services(client.application).engine.pool
+    held: list[int] = []
+    publish = web.jobs_http.publish_or_leave_in_outbox
+
+    def publish_noting_the_pool(*args, **kwargs):
+        held.append(pool.checkedout())
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(web.jobs_http, "publish_or_leave_in_outbox", publish_noting_the_pool)
+    headers = {"Idempotency-Key": f"{idempotency_key}-{uuid.uuid4()}"} if idempotency_key else {}
+    assert client.post("/api/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1}, headers=headers).status_code == 202
+    assert held == [0]
+
+
+def test_every_job_submitting_view_runs_plain_submissions_in_autocommit(app) -> None:
+    """The mark must sit below the route decorator (flask-openapi3 copies it from there)."""
+    from web.jobs_http import submits_a_job
+    from web.services import AUTOCOMMIT_ATTRIBUTE
+
+    condition = getattr(submits_a_job(lambda: None), AUTOCOMMIT_ATTRIBUTE)
+    submitting = {"/api/v1/diagnostics/sleep", "/api/v1/genesis/skills/<entity_id>/certify",
+                  "/api/v1/agents/<entity_id>/assign-team", "/api/v1/agents/assign-teams", "/api/v1/audit/run"}
+    marked = {rule.rule for rule in app.url_map.iter_rules() if "POST" in rule.methods
+              and getattr(app.view_functions[rule.endpoint], AUTOCOMMIT_ATTRIBUTE, None) is condition}
+    assert marked == submitting
+
+
 def test_a_long_poll_sees_a_commit_made_while_it_waits(client, engine) -> None:
     job = _start(client).get_json()
     app_engine = app_services(client.application).engine

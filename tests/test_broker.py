@@ -81,6 +81,10 @@ def test_publishing_a_job_declares_nothing_and_the_message_still_arrives(quiet) 
         assert [json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange("default", 0, -1)] == [repr([str(job_id)])]
         assert redis_client.llen("audit") == 1
         assert redis_client.keys("_kombu.binding.*") == []
+        # What makes that safe: Celery sends a message for a queue whose exchange is direct,
+        # with no exchange or routing key given, through the anonymous exchange straight to
+        # the queue (celery.app.amqp send_task_message), which needs no declaration.
+        assert {q.exchange.type for q in app.amqp.queues.values()} == {"direct"}
     finally:
         app.close()
 

@@ -48,8 +48,9 @@ def check_api_key() -> Response | None:
     if presented is None:
         return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
     # The view goes on where the lookup ran (web.services.db_statements): the request's
-    # Session, or for views marked statement_at_a_time its autocommit connection; one pool
-    # checkout per request (a long-poll gives it back between reads). Under READ COMMITTED
+    # Session, or for views marked statement_at_a_time (or autocommit_when, when it holds)
+    # its autocommit connection; one pool checkout at a time (a long-poll gives it back
+    # between reads, a job submission before it publishes). Under READ COMMITTED
     # or autocommit every statement sees the latest commits, so the lookup leaves nothing
     # stale behind.
     key = _lookup(presented)

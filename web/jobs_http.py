@@ -5,7 +5,10 @@ the row (with the key, stamped as published) and commit, then publish, then answ
 with ``Location`` and ``Retry-After``. A view marked :func:`submits_a_job` runs a request
 without ``Idempotency-Key`` in autocommit (web.services): its key lookup, its checks
 (each a read consistent alone) and the INSERT each end on their own, with no BEGIN and no
-COMMIT, two round trips of six; nothing is left to commit after the INSERT. If publishing fails the job is still accepted:
+COMMIT (two round trips fewer); nothing is left to commit after the INSERT. Either way
+the request gives its connection back before it publishes: a publish that fails puts the
+job back in the outbox on a connection of its own, and must not wait for one the request
+still holds (a pool of one would wait out its timeout). If publishing fails the job is still accepted:
 its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
 recovery task publishes it. Should the process die between the commit and the publish, or
 the database fail as the stamp is cleared, the stamped row is picked up as a lost message
@@ -27,7 +30,7 @@ from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from web.schemas import JobOut
-from web.services import V, autocommit_when, db_statements, services
+from web.services import V, autocommit_when, close_db_session, db_statements, services
 
 JOBS_PATH = "/api/v1/jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -98,5 +101,6 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         bind_key(statements, owner=owner, key=key, job_id=job.id)
     if isinstance(statements, Session):
         statements.commit()
+    close_db_session()  # the request's database work is done: its connection goes back to the pool
     publish_or_leave_in_outbox(svc.celery, svc.sessions, job_id=job.id, kind=kind)
     return _accepted(job)

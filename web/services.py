@@ -50,7 +50,7 @@ class Services:
     health_engine: Engine  # /health's own: a pool the requests have taken every connection of is no outage
     health_checks: ThreadPoolExecutor  # runs /health's database check, which must end on time (web.health)
     sessions: sessionmaker[Session]
-    autocommit_engine: Engine  # for views marked statement_at_a_time: the same pool, in autocommit
+    autocommit_engine: Engine  # for views marked autocommit_when/statement_at_a_time: the same pool, in autocommit
     celery: Celery
     redis: redis.Redis
     keyring: KeyRing
@@ -134,9 +134,10 @@ def _view_reads_in_autocommit() -> bool:
 
 
 def db_statements() -> SessionOrConnection:
-    """Where the request's statements run: for a view marked :func:`statement_at_a_time`, a
-    pooled Core connection in autocommit; for any other, the request's Session. For
-    functions that take either (the key lookup, a job's read)."""
+    """Where the request's statements run: for a view marked :func:`statement_at_a_time`
+    (or :func:`autocommit_when`, when its condition holds), a pooled Core connection in
+    autocommit; for any other, the request's Session. For functions that take either (the
+    key lookup, a job's read and insert)."""
     if not _view_reads_in_autocommit():
         return db_session()
     if "db_connection" not in g:
