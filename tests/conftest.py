@@ -407,7 +407,8 @@ class SentTasks:
         self.app = self
         self.broker_down = broker_down
 
-    def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0, retry: bool = False) -> None:
+    def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0, retry: bool = False,
+                  declare: list | None = None) -> None:
         if self.broker_down:
             raise ConnectionRefusedError("the broker is down")
         self.sent.append((name, args, queue, countdown))
