@@ -6,10 +6,11 @@ with ``Location`` and ``Retry-After``. A view marked :func:`submits_a_job` runs 
 without ``Idempotency-Key`` in autocommit (web.services): its key lookup, its checks
 (each a read consistent alone) and the INSERT each end on their own, with no BEGIN and no
 COMMIT (two round trips fewer); nothing is left to commit after the INSERT. Either way
-the request gives its connection back before it publishes: a publish that fails puts the
-job back in the outbox on a connection of its own, and must not wait for one the request
-still holds (a pool of one would wait out its timeout). If publishing fails the job is still accepted:
-its stamp is cleared, which puts it in the outbox (``enqueued_at`` NULL) until beat's
+the request gives its connection back before it publishes.
+
+If publishing fails the job is still accepted: its stamp is cleared (on a connection of
+its own, which must not wait for one the request still holds: a pool of one would wait
+out its timeout), which puts it in the outbox (``enqueued_at`` NULL) until beat's
 recovery task publishes it. Should the process die between the commit and the publish, or
 the database fail as the stamp is cleared, the stamped row is picked up as a lost message
 (``PLANT_REQUEUE_AFTER_SECONDS``).
