@@ -7,6 +7,7 @@ functions take a ``Session`` and only flush; the edge (a request or a task) comm
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
 
+log = logging.getLogger(__name__)
 
 # What a json or jsonb value Python cannot read stands for: nested deeper than its recursion
 # limit, a number of more than 4,300 digits, or a fraction too large for a float, which Python
@@ -83,7 +85,35 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
         },
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
+    cancel_interrupted_statements(engine)
     return engine
+
+
+# How long a cancel request may take to reach the server (libpq opens a connection for it).
+CANCEL_TIMEOUT_SECONDS = 5.0
+
+
+def cancel_interrupted_statements(engine: Engine) -> None:
+    """Cancel, on the server, a statement whose connection comes back to the pool still inside it.
+
+    An exception raised by a signal handler while psycopg waits for a result (Celery's soft
+    time limit, say, during a lock wait) leaves the statement running on the server. psycopg
+    cancels it only for ``KeyboardInterrupt`` and ``SystemExit``. The pool's rollback then
+    fails ("another command is already in progress") and the connection is closed, but a
+    server process waiting on a lock does not notice its client has gone: it kept its
+    transaction's row locks until ``statement_timeout`` (30 s by default), and the job's
+    outcome, written next, waited that long behind them. Cancelled, the statement fails at
+    once and its transaction's locks go with it; the connection is then dropped as before.
+    """
+
+    @event.listens_for(engine, "reset")
+    def _cancel_if_in_a_statement(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+        if dbapi_connection.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+            return
+        try:
+            dbapi_connection.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+        except psycopg.Error as error:  # the rollback that follows fails, and the pool drops it
+            log.warning("could not cancel the statement of a connection returned inside it: %s", error)
 
 
 def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:

@@ -148,13 +148,15 @@ def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out
                                                                                 tmp_path) -> None:
     """Celery raises the limit inside psycopg's wait; the rollback of the busy connection then
     failed and its OperationalError replaced the limit's, so the job was retried as transient
-    up to its attempt budget, a soft limit each time (helper-72)."""
+    up to its attempt budget, a soft limit each time (helper-72). And the statement went on
+    waiting on the server, holding its transaction's locks, so the outcome waited for the
+    statement timeout (30 s then, 120 s here): the pool now cancels it."""
     from sqlalchemy import text
 
     from models.certification import CERTIFICATION_LOCK
 
     stack = ChaosStack(settings, tmp_path, PLANT_JOB_SOFT_TIME_LIMIT="3", PLANT_JOB_HARD_TIME_LIMIT="60",
-                       PLANT_JOB_LEASE_SECONDS="300")
+                       PLANT_JOB_LEASE_SECONDS="300", PLANT_DB_STATEMENT_TIMEOUT_MS="120000")
     blocker = engine.connect()
     blocker_tx = blocker.begin()
     try:
@@ -164,7 +166,7 @@ def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out
         skills = client.get("/api/v1/genesis/skills", query_string={"page_size": 100}).get_json()["items"]
         skill = next(s for s in skills if s["skill_key"] == "aml-screening")
         url = client.post(f"/api/v1/genesis/skills/{skill['id']}/certify", json={}).headers["Location"]
-        job = wait_for(lambda: (j := client.get(url).get_json())["error"] is not None and j, timeout=60,
+        job = wait_for(lambda: (j := client.get(url).get_json())["error"] is not None and j, timeout=30,
                        what="the first attempt to end")
     finally:
         blocker_tx.rollback()
