@@ -7,7 +7,7 @@ import pytest
 import redis
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from models.db import make_engine
@@ -276,6 +276,32 @@ def test_showing_listing_and_plain_submissions_run_in_autocommit_and_leave_the_p
     assert (False, "INSERT") in keyed and all(not autocommit for autocommit, _ in keyed)
     # an unmarked read keeps its transaction
     assert keys and all(not autocommit for autocommit, _ in keys)
+
+
+def _submissions(engine) -> dict[str, tuple[str, dict]]:
+    from models.entities import Agent, Skill
+
+    with Session(engine) as session:
+        skill_id = session.scalar(select(Skill.id).where(Skill.skill_key == "aml-screening"))
+        agent_id = session.scalar(select(Agent.id).where(Agent.external_key == "agent-001"))
+    return {"certify": (f"/api/v1/genesis/skills/{skill_id}/certify", {}),
+            "assign-team": (f"/api/v1/agents/{agent_id}/assign-team", {}),
+            "assign-teams": ("/api/v1/agents/assign-teams", {"all_unassigned": True}),
+            "audit": ("/api/v1/audit/run", {"verify_signatures": "heads"})}
+
+
+@pytest.mark.parametrize("kind", ["certify", "assign-team", "assign-teams", "audit"])
+def test_each_plain_submission_reads_its_entities_and_inserts_its_job_in_autocommit(client, engine, seeded, kind) -> None:
+    """The views that check their entities first read them through the request's Session,
+    which runs in autocommit too: no BEGIN, no COMMIT, and the job is committed."""
+    url, body = _submissions(engine)[kind]
+    with recorded_statements(app_services(client.application).engine) as seen:
+        response = client.post(url, json=body)
+    assert response.status_code == 202, response.get_json()
+    words = _first_words(seen)
+    assert words[-1] == (True, "INSERT") and all(autocommit for autocommit, _ in words), words
+    with Session(engine) as other:
+        assert other.get(Job, uuid.UUID(response.get_json()["id"])) is not None
 
 
 @pytest.mark.parametrize("idempotency_key", [None, "give-back"])
