@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from bench.audit_data import generate
 from bench.audit_floor import chain_floor_seconds
@@ -134,8 +134,7 @@ def _prepare(stack: BenchStack, entities: int) -> tuple[Settings, uuid.UUID]:
     with stack.session(settings) as session:
         steward = bootstrap_steward(session, stack.write_context)
     generate(settings, entities=entities, versions=VERSIONS, steward=steward)
-    with stack.session(settings) as session:
-        session.execute(text("ANALYZE"))
+    stack.settle(settings)
     return settings, steward
 
 

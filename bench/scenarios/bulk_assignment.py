@@ -91,6 +91,7 @@ def _exact_gap(problem: AssignmentProblem) -> tuple[float, float]:
 def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     agents_per_role, teams_per_role = (100, 10) if quick else (1000, 100)
     settings = build(stack, agents_per_role, teams_per_role)
+    stack.settle(settings)
     with stack.session(settings) as session:
         plan = plan_assignment(session, agent_ids=None, all_unassigned=True)
     greedy = greedy_assignment(plan.problem)
@@ -108,6 +109,7 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
             if over:
                 raise RuntimeError(f"{over} teams over capacity")
         _reset(stack, settings)
+        stack.settle(settings)  # each run starts on the same footing: the reset left 10,000 dead agent rows
     stack.stop(worker)
     agents = ROLES * agents_per_role
     wall = median_run(walls)
