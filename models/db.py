@@ -62,11 +62,15 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
                 pool_timeout: float = 30.0) -> Engine:
     """Create the process's engine; no connection is opened until first use.
 
-    Every connection carries two server-side limits. ``statement_timeout`` ends a
+    Every connection carries three server-side limits. ``statement_timeout`` ends a
     statement that runs too long. ``idle_in_transaction_session_timeout`` ends the
     session of a process that stopped inside a transaction (frozen, paused, cut off),
     so the row locks it holds (a job row under a bulk batch, an agent under an
-    assignment) no longer block claims, cancels and the sweep until TCP notices. Plant's
+    assignment) no longer block claims, cancels and the sweep until TCP notices.
+    ``client_connection_check_interval`` ends, within a second, the statement of a process
+    that died inside it (the hard time limit's SIGKILL, the OOM killer), which the server
+    otherwise ran on, locks held, until ``statement_timeout``: a lock wait does not read
+    from the client (PostgreSQL 14 and later; Linux servers). Plant's
     own transactions idle between statements for milliseconds (a first sentence-transformers
     model load, inside a write, for seconds); what takes longer runs after its transaction
     ended: a bulk plan's solve, a long poll's sleep.
@@ -81,7 +85,8 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
         connect_args={
             "connect_timeout": 5,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
-                       f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}",
+                       f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
+                       f" -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}",
         },
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
@@ -91,29 +96,35 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
 
 # How long a cancel request may take to reach the server (libpq opens a connection for it).
 CANCEL_TIMEOUT_SECONDS = 5.0
+# How often the server checks, while running a statement, that its client is still there.
+CLIENT_CHECK_INTERVAL_MS = 1000
 
 
 def cancel_interrupted_statements(engine: Engine) -> None:
-    """Cancel, on the server, a statement whose connection comes back to the pool still inside it.
+    """Cancel, on the server, the statement of a connection the pool closes while inside it.
 
     An exception raised by a signal handler while psycopg waits for a result (Celery's soft
-    time limit, say, during a lock wait) leaves the statement running on the server. psycopg
-    cancels it only for ``KeyboardInterrupt`` and ``SystemExit``. The pool's rollback then
-    fails ("another command is already in progress") and the connection is closed, but a
-    server process waiting on a lock does not notice its client has gone: it kept its
-    transaction's row locks until ``statement_timeout`` (30 s by default), and the job's
-    outcome, written next, waited that long behind them. Cancelled, the statement fails at
-    once and its transaction's locks go with it; the connection is then dropped as before.
+    time limit, say, during a lock wait) leaves the statement running on the server: psycopg
+    cancels it only for ``KeyboardInterrupt`` and ``SystemExit``. The pool's rollback of that
+    connection then fails ("another command is already in progress", logged by SQLAlchemy as
+    an ERROR with its traceback) and the pool closes it, but a server process waiting on a
+    lock does not notice its client has gone: it kept its transaction's locks until
+    ``statement_timeout`` (30 s by default), and the job's outcome, written next, waited that
+    long behind them. Cancelled as the pool closes the connection, the statement fails at
+    once and its locks go with it. A process that dies in a statement is the server's to
+    notice (``client_connection_check_interval``, :func:`make_engine`).
     """
 
-    @event.listens_for(engine, "reset")
-    def _cancel_if_in_a_statement(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    def cancel_if_in_a_statement(dbapi_connection: Any, *_: Any) -> None:
         if dbapi_connection.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
             return
         try:
             dbapi_connection.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
-        except psycopg.Error as error:  # the rollback that follows fails, and the pool drops it
-            log.warning("could not cancel the statement of a connection returned inside it: %s", error)
+        except psycopg.Error as error:  # the server is unreachable too: nothing holds its locks for long
+            log.warning("could not cancel the statement of a connection closed inside it: %s", error)
+
+    event.listen(engine, "close", cancel_if_in_a_statement)  # a pooled connection the pool drops
+    event.listen(engine, "close_detached", cancel_if_in_a_statement)  # one detached from the pool
 
 
 def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:

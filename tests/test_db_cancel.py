@@ -1,19 +1,32 @@
-"""A statement interrupted in the worker's process (Celery's soft time limit raises from a
-signal handler inside psycopg's wait) is cancelled on the server when its connection goes
-back to the pool, so the locks its transaction holds go at once, not at ``statement_timeout``.
+"""A statement left running on the server by a client that gave up on it stops at once,
+not at ``statement_timeout``, so the locks its transaction holds go with it:
+
+- interrupted in the worker's own process (Celery's soft time limit raises from a signal
+  handler inside psycopg's wait): the pool cancels it as it closes the connection;
+- its process killed (the hard time limit, the OOM killer, a deploy): the server notices
+  the closed connection within ``client_connection_check_interval``.
+
+Every engine here has a 120 s statement timeout, so only those end the wait within the
+tests' 10 s; the interrupted statements' engines check no client, so only the cancel does.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
-from models.db import make_engine
-from tests.conftest import lock_waiters, wait_for
+import models.db
+from models.db import make_engine, transaction
+from tests.conftest import child_env, lock_waiters, wait_for
 
 BLOCKED, HELD = 7_400_001, 7_400_002
+LONG_TIMEOUT_MS = 120_000
 
 
 class Interrupted(Exception):
@@ -24,27 +37,95 @@ def _raise_interrupted(_signum, _frame):
     raise Interrupted
 
 
-def test_a_statement_interrupted_in_a_lock_wait_stops_waiting_and_lets_its_locks_go(settings) -> None:
-    # The server's statement_timeout is 120 s: only a cancel ends the wait within the test's 10 s.
-    engine = make_engine(settings.model_copy(update={"db_statement_timeout_ms": 120_000}), pool_size=2)
+@pytest.fixture
+def blocked(settings):
+    """An engine with the long timeout, and a connection holding the lock BLOCKED."""
+    yield from _blocked_engine(settings)
+
+
+@pytest.fixture
+def blocked_unchecked(settings, monkeypatch):
+    """The same without the server's client checks: only the pool's cancel can end a wait."""
+    monkeypatch.setattr(models.db, "CLIENT_CHECK_INTERVAL_MS", 0)
+    yield from _blocked_engine(settings)
+
+
+def _blocked_engine(settings):
+    engine = make_engine(settings.model_copy(update={"db_statement_timeout_ms": LONG_TIMEOUT_MS}), pool_size=2)
     blocker = engine.connect()
     blocker.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BLOCKED})
-    waiter = engine.raw_connection()  # as a Session's connection, it goes back to the pool on close
-    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
     try:
-        cursor = waiter.cursor()
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (HELD,))
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises(Interrupted):
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    try:
-        waiter.close()
-        wait_for(lambda: lock_waiters(engine) == 0, timeout=10, what="the interrupted statement to stop waiting")
-        with engine.connect() as other:
-            assert other.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": HELD})
+        yield engine
     finally:
         blocker.close()
         engine.dispose()
+
+
+def _held_lock_is_free(engine) -> bool:
+    with engine.connect() as other:
+        return other.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": HELD})
+
+
+def _interrupt_once_waiting(engine) -> threading.Thread:
+    """Interrupt this (the main) thread once a session of the database waits on a lock."""
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        wait_for(lambda: lock_waiters(engine) == 1, timeout=10, what="the statement to wait on the lock")
+        signal.pthread_kill(main, signal.SIGALRM)
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("through", ["a pooled connection", "a Session's transaction"])
+def test_a_statement_interrupted_in_a_lock_wait_stops_waiting_and_lets_its_locks_go(blocked_unchecked, through) -> None:
+    blocked = blocked_unchecked
+    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    try:
+        if through == "a pooled connection":
+            waiter = blocked.raw_connection()
+            cursor = waiter.cursor()
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (HELD,))
+            thread = _interrupt_once_waiting(blocked)
+            with pytest.raises(Interrupted):
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
+            thread.join()
+            assert lock_waiters(blocked) == 1  # still waiting on the server while the client holds it
+            waiter.close()  # back to the pool
+        else:
+            with pytest.raises(Exception) as raised:  # the failed rollback's error, raised from Interrupted
+                with transaction(sessionmaker(bind=blocked)) as session:
+                    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HELD})
+                    thread = _interrupt_once_waiting(blocked)
+                    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BLOCKED})
+            thread.join()
+            chain = [raised.value, raised.value.__context__, getattr(raised.value.__context__, "__context__", None)]
+            assert any(isinstance(error, Interrupted) for error in chain), chain
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    wait_for(lambda: lock_waiters(blocked) == 0, timeout=10, what="the interrupted statement to stop waiting")
+    assert _held_lock_is_free(blocked)
+
+
+CHILD = f"""
+from sqlalchemy import text
+from models.db import make_engine
+from models.settings import load_settings
+connection = make_engine(load_settings()).connect()
+connection.execute(text("SELECT pg_advisory_xact_lock({HELD})"))
+connection.execute(text("SELECT pg_advisory_xact_lock({BLOCKED})"))
+"""
+
+
+def test_the_statement_of_a_killed_process_stops_waiting_and_lets_its_locks_go(settings, blocked) -> None:
+    child = subprocess.Popen([sys.executable, "-c", CHILD],
+                             env=child_env(settings, PLANT_DB_STATEMENT_TIMEOUT_MS=str(LONG_TIMEOUT_MS)))
+    try:
+        wait_for(lambda: lock_waiters(blocked) == 1, what="the child's statement to wait on the lock")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    wait_for(lambda: lock_waiters(blocked) == 0, timeout=10, what="the killed process's statement to stop waiting")
+    assert _held_lock_is_free(blocked)
