@@ -279,18 +279,23 @@ def test_showing_listing_and_plain_submissions_run_in_autocommit_and_leave_the_p
 
 
 def _submissions(engine) -> dict[str, tuple[str, dict]]:
-    from models.entities import Agent, Skill
+    from models.entities import Agent, Skill, Team
 
     with Session(engine) as session:
         skill_id = session.scalar(select(Skill.id).where(Skill.skill_key == "aml-screening"))
-        agent_id = session.scalar(select(Agent.id).where(Agent.external_key == "agent-001"))
+        agent = session.scalars(select(Agent).where(Agent.external_key == "agent-001")).one()
+        team_id = session.scalar(select(Team.id).where(Team.job_role_id == agent.job_role_id).limit(1))
     return {"certify": (f"/api/v1/genesis/skills/{skill_id}/certify", {}),
-            "assign-team": (f"/api/v1/agents/{agent_id}/assign-team", {}),
-            "assign-teams": ("/api/v1/agents/assign-teams", {"all_unassigned": True}),
+            "assign-team": (f"/api/v1/agents/{agent.id}/assign-team", {"team_id": str(team_id)}),
+            "assign-teams": ("/api/v1/agents/assign-teams", {"agent_ids": [str(agent.id)]}),
             "audit": ("/api/v1/audit/run", {"verify_signatures": "heads"})}
 
 
-@pytest.mark.parametrize("kind", ["certify", "assign-team", "assign-teams", "audit"])
+# What each view reads before its INSERT: the key lookup, then its entities (the audit none).
+ENTITY_READS = {"certify": 1, "assign-team": 2, "assign-teams": 1, "audit": 0}
+
+
+@pytest.mark.parametrize("kind", list(ENTITY_READS))
 def test_each_plain_submission_reads_its_entities_and_inserts_its_job_in_autocommit(client, engine, seeded, kind) -> None:
     """The views that check their entities first read them through the request's Session,
     which runs in autocommit too: no BEGIN, no COMMIT, and the job is committed."""
@@ -299,7 +304,7 @@ def test_each_plain_submission_reads_its_entities_and_inserts_its_job_in_autocom
         response = client.post(url, json=body)
     assert response.status_code == 202, response.get_json()
     words = _first_words(seen)
-    assert words[-1] == (True, "INSERT") and all(autocommit for autocommit, _ in words), words
+    assert words == [(True, "SELECT")] * (1 + ENTITY_READS[kind]) + [(True, "INSERT")], words
     with Session(engine) as other:
         assert other.get(Job, uuid.UUID(response.get_json()["id"])) is not None
 
