@@ -41,10 +41,6 @@ def main() -> None:
             steward = bootstrap_steward(session, stack.write_context)
         generate(settings, entities=args.entities, versions=5, steward=steward)
 
-        def analyze() -> None:
-            with stack.session(settings) as session:
-                session.execute(text("ANALYZE"))
-
         def digest() -> None:
             with stack.session(settings) as session:
                 store_digest(session, keyring=keyring)
@@ -53,7 +49,7 @@ def main() -> None:
             with stack.session(settings) as session:
                 audit_since_latest_digest(session, keyring=keyring)
 
-        analyze()
+        stack.settle(settings)
         digest()  # the first: every chain checked from the genesis
         before = {"digest": median_seconds(digest, args.runs), "incremental": median_seconds(incremental, args.runs)}
         with stack.session(settings) as session:
@@ -61,7 +57,7 @@ def main() -> None:
             for industry in doomed:
                 update_entity(session, entity_type=EntityType.INDUSTRY, entity_id=industry, ctx=stack.write_context,
                               changes={"deleted_at": dt.datetime.now(dt.UTC)})
-        analyze()
+        stack.settle(settings)
         start = time.perf_counter()
         digest()  # checks each deletion from its trusted leaf
         checking = time.perf_counter() - start
