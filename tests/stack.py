@@ -37,8 +37,10 @@ FAST_RECOVERY = {
 
 
 class ChaosStack:
-    def __init__(self, settings: Settings, log_dir: Path, *, redis_url: str | None = None, **env: str) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, *, redis_url: str | None = None, app: str = "worker.app",
+                 **env: str) -> None:
         url = redis_url or settings.redis_url.rsplit("/", 1)[0] + "/7"
+        self.app = app  # the Celery app module its processes run
         self.settings = settings.model_copy(update={"redis_url": url})
         self.env = {**FAST_RECOVERY, **env}
         self.log_dir = log_dir
@@ -55,7 +57,7 @@ class ChaosStack:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", *argv], cwd=REPO_ROOT,
+            [sys.executable, "-m", "celery", "-A", self.app, *argv], cwd=REPO_ROOT,
             env=child_env(self.settings, **self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         return process

@@ -2,7 +2,8 @@
 
 Read off the broker by a real event receiver, from real workers: every job's
 received/started/succeeded events arrive, in a few batched messages rather than about one
-per event, and a warm shutdown publishes the events of the job it waited for. Then the
+per event, a warm shutdown publishes the events of the job it waited for, and events
+buffered when the broker went away arrive once it is back. Then the
 consumer's scheduling of flushes, on a recording event loop: one flush per batch, a
 cancelled timer does not stall the events, a lost connection publishes the buffer, and
 once stopping it flushes as Celery does."""
@@ -24,6 +25,7 @@ from vine import promise
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from cli.services import EmbeddedRedis, free_port
 from models.jobs import Job
 from tests.conftest import wait_for
 from tests.stack import ChaosStack
@@ -153,6 +155,36 @@ def test_a_warm_shutdown_publishes_the_events_of_the_job_it_waited_for(settings,
                      what="the handed-back attempt's task events")
     finally:
         stack.stop()
+
+
+@pytest.mark.e2e
+def test_events_buffered_when_the_broker_goes_away_are_published_when_it_is_back(settings, engine, admin_key,
+                                                                                 tmp_path) -> None:
+    """A worker whose events wait an hour for their flush runs a job, then loses Redis: the
+    consumer publishes its buffer as the connection closes, which fails and leaves the
+    events to Celery's outbound buffer, which the next connection's dispatcher sends.
+    Without that flush they stayed in the closed dispatcher's buffer, lost."""
+    redis_server = EmbeddedRedis(tmp_path / "redis", free_port())
+    redis_server.start()
+    stack = ChaosStack(settings, tmp_path, redis_url=redis_server.url, app="tests.held_events_app")
+    log = tmp_path / "held.log"
+    try:
+        stack.start_worker("held", restart=True)
+        [job] = submit(stack, admin_key, 1)
+        wait_for(lambda: succeeded(engine, [job]) == 1, what="the job")
+        redis_server.stop()
+        # Back only after the worker's second failed attempt to reconnect: its next one is 4 s
+        # away, and the receiver below subscribes well within that.
+        wait_for(lambda: "Trying again in 4.00 seconds" in log.read_text(errors="replace"), timeout=30,
+                 what="the worker's second attempt to reconnect")
+        redis_server.start()
+        with receiving(stack) as events:
+            wait_for(lambda: events.kinds_by_job().get(job) == [sorted(TASK_EVENTS)], timeout=30,
+                     what="the job's task events after the outage")
+    finally:
+        stack.stop()
+        redis_server.stop()
+    assert stack.restarts["held"] == 0  # the same worker: its buffer, not a new one's
 
 
 class RecordingLoop:
