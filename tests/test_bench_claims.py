@@ -36,7 +36,7 @@ def test_the_bulk_scenario_fails_when_its_job_applies_less_than_its_plan(monkeyp
             return SimpleNamespace(scalar=lambda: 0)
 
     stack = SimpleNamespace(session=lambda settings: contextlib.nullcontext(NoRows()),
-                            start_worker=lambda *a, **k: None, stop=lambda *a, **k: None)
+                            start_worker=lambda *a, **k: None, stop=lambda *a, **k: None, settle=lambda settings: None)
     monkeypatch.setattr(scenario, "build", lambda *a: "settings")
     monkeypatch.setattr(scenario, "plan_assignment", lambda *a, **k: plan)
     monkeypatch.setattr(scenario, "_reset", lambda *a: None)
