@@ -68,9 +68,12 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
     so the row locks it holds (a job row under a bulk batch, an agent under an
     assignment) no longer block claims, cancels and the sweep until TCP notices.
     ``client_connection_check_interval`` ends, within a second, the statement of a process
-    that died inside it (the hard time limit's SIGKILL, the OOM killer), which the server
-    otherwise ran on, locks held, until ``statement_timeout``: a lock wait does not read
-    from the client (PostgreSQL 14 and later; Linux servers). Plant's
+    that died inside it and whose socket its OS closed (the hard time limit's SIGKILL, the
+    OOM killer), which the server otherwise ran on, locks held, until ``statement_timeout``:
+    a lock wait does not read from the client. A client lost without its socket closing (a
+    host gone, a network cut) is still ``statement_timeout``'s. PostgreSQL 14 and later, on
+    Linux, macOS and the BSDs; on Windows it refuses the setting, which
+    ``PLANT_DB_CLIENT_CHECK_INTERVAL_MS=0`` leaves out. Plant's
     own transactions idle between statements for milliseconds (a first sentence-transformers
     model load, inside a write, for seconds); what takes longer runs after its transaction
     ended: a bulk plan's solve, a long poll's sleep.
@@ -86,7 +89,8 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
             "connect_timeout": 5,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
                        f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
-                       f" -c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}",
+                       + (f" -c client_connection_check_interval={settings.db_client_check_interval_ms}"
+                          if settings.db_client_check_interval_ms else ""),
         },
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
@@ -96,8 +100,6 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
 
 # How long a cancel request may take to reach the server (libpq opens a connection for it).
 CANCEL_TIMEOUT_SECONDS = 5.0
-# How often the server checks, while running a statement, that its client is still there.
-CLIENT_CHECK_INTERVAL_MS = 1000
 
 
 def cancel_interrupted_statements(engine: Engine) -> None:
@@ -113,18 +115,21 @@ def cancel_interrupted_statements(engine: Engine) -> None:
     long behind them. Cancelled as the pool closes the connection, the statement fails at
     once and its locks go with it. A process that dies in a statement is the server's to
     notice (``client_connection_check_interval``, :func:`make_engine`).
+
+    The pool closes such a connection after its failed rollback (``close`` comes before the
+    socket is closed); Plant detaches no connection from the pool. A listener that raises
+    would stop SQLAlchemy closing the connection, so this one never does.
     """
 
-    def cancel_if_in_a_statement(dbapi_connection: Any, *_: Any) -> None:
-        if dbapi_connection.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+    @event.listens_for(engine, "close")
+    def _cancel_if_in_a_statement(dbapi_connection: Any, _record: Any) -> None:
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        if pgconn is None or pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
             return
         try:
             dbapi_connection.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
-        except psycopg.Error as error:  # the server is unreachable too: nothing holds its locks for long
+        except Exception as error:  # noqa: BLE001 - the close must go on; statement_timeout is the backstop
             log.warning("could not cancel the statement of a connection closed inside it: %s", error)
-
-    event.listen(engine, "close", cancel_if_in_a_statement)  # a pooled connection the pool drops
-    event.listen(engine, "close_detached", cancel_if_in_a_statement)  # one detached from the pool
 
 
 def ping_idle_connections(engine: Engine, *, after_seconds: float) -> None:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         default=60_000, ge=0,
         description="the server ends a session left idle inside a transaction this long, and its locks with it (0: never)",
     )
+    db_client_check_interval_ms: int = Field(
+        default=1000, ge=0,
+        description="while a statement runs, the server checks this often that its client is still connected, and "
+                    "ends the statement of one whose socket closed (0: never, and not sent: PostgreSQL on Windows and before "
+                    "14 refuse it)",
+    )
     db_ping_after_idle_seconds: float = Field(
         default=1.0, ge=0, description="a pooled connection idle longer than this is pinged before use"
     )

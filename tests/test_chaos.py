@@ -150,7 +150,8 @@ def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out
     failed and its OperationalError replaced the limit's, so the job was retried as transient
     up to its attempt budget, a soft limit each time (helper-72). And the statement went on
     waiting on the server, holding its transaction's locks, so the outcome waited for the
-    statement timeout (30 s then, 120 s here): the pool now cancels it."""
+    statement timeout (30 s then, 120 s here): the pool now cancels it, and the server's
+    client check would end it too (tests/test_db_cancel.py tests each alone)."""
     from sqlalchemy import text
 
     from models.certification import CERTIFICATION_LOCK

@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-import models.db
 from models.db import make_engine, transaction
 from tests.conftest import child_env, lock_waiters, wait_for
 
@@ -44,10 +43,9 @@ def blocked(settings):
 
 
 @pytest.fixture
-def blocked_unchecked(settings, monkeypatch):
+def blocked_unchecked(settings):
     """The same without the server's client checks: only the pool's cancel can end a wait."""
-    monkeypatch.setattr(models.db, "CLIENT_CHECK_INTERVAL_MS", 0)
-    yield from _blocked_engine(settings)
+    yield from _blocked_engine(settings.model_copy(update={"db_client_check_interval_ms": 0}))
 
 
 def _blocked_engine(settings):
@@ -71,8 +69,10 @@ def _interrupt_once_waiting(engine) -> threading.Thread:
     main = threading.main_thread().ident
 
     def interrupt() -> None:
-        wait_for(lambda: lock_waiters(engine) == 1, timeout=10, what="the statement to wait on the lock")
-        signal.pthread_kill(main, signal.SIGALRM)
+        try:
+            wait_for(lambda: lock_waiters(engine) == 1, timeout=10, what="the statement to wait on the lock")
+        finally:  # even when it never waited: the main thread must not sit out the 120 s
+            signal.pthread_kill(main, signal.SIGALRM)
 
     thread = threading.Thread(target=interrupt, daemon=True)
     thread.start()
