@@ -287,12 +287,15 @@ def _submissions(engine) -> dict[str, tuple[str, dict]]:
         team_id = session.scalar(select(Team.id).where(Team.job_role_id == agent.job_role_id).limit(1))
     return {"certify": (f"/api/v1/genesis/skills/{skill_id}/certify", {}),
             "assign-team": (f"/api/v1/agents/{agent.id}/assign-team", {"team_id": str(team_id)}),
+            "assign-team, auto": (f"/api/v1/agents/{agent.id}/assign-team", {}),
             "assign-teams": ("/api/v1/agents/assign-teams", {"agent_ids": [str(agent.id)]}),
+            "assign-teams, all unassigned": ("/api/v1/agents/assign-teams", {"all_unassigned": True}),
             "audit": ("/api/v1/audit/run", {"verify_signatures": "heads"})}
 
 
 # What each view reads before its INSERT: the key lookup, then its entities (the audit none).
-ENTITY_READS = {"certify": 1, "assign-team": 2, "assign-teams": 1, "audit": 0}
+ENTITY_READS = {"certify": 1, "assign-team": 2, "assign-team, auto": 1, "assign-teams": 1,
+                "assign-teams, all unassigned": 0, "audit": 0}
 
 
 @pytest.mark.parametrize("kind", list(ENTITY_READS))

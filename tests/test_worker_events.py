@@ -32,6 +32,7 @@ from tests.stack import ChaosStack
 from worker.consumer import EVENT_FLUSH_SECONDS, STALE_FLUSH_SECONDS, Consumer
 
 SLEEP = "/api/v1/diagnostics/sleep"
+RECONNECTED = "Connected to tasks.broker:Transport"  # the consumer's log line on each connection
 TASK_EVENTS = ("task-received", "task-started", "task-succeeded")
 
 
@@ -173,12 +174,16 @@ def test_events_buffered_when_the_broker_goes_away_are_published_when_it_is_back
         [job] = submit(stack, admin_key, 1)
         wait_for(lambda: succeeded(engine, [job]) == 1, what="the job")
         redis_server.stop()
-        # Back only after the worker's second failed attempt to reconnect: its next one is 4 s
-        # away, and the receiver below subscribes well within that.
-        wait_for(lambda: "Trying again in 4.00 seconds" in log.read_text(errors="replace"), timeout=30,
-                 what="the worker's second attempt to reconnect")
+        # Back only after the worker's third failed attempt to reconnect (kombu waits 2, 4, 6 s
+        # between them): its next one is 6 s away, and the receiver below subscribes well
+        # within that. The events go out once, when the worker reconnects.
+        wait_for(lambda: "Trying again in 6.00 seconds" in log.read_text(errors="replace"), timeout=60,
+                 what="the worker's third attempt to reconnect")
+        reconnections = log.read_text(errors="replace").count(RECONNECTED)
         redis_server.start()
         with receiving(stack) as events:
+            assert log.read_text(errors="replace").count(RECONNECTED) == reconnections, \
+                "the worker reconnected before the receiver subscribed: this run cannot tell"
             wait_for(lambda: events.kinds_by_job().get(job) == [sorted(TASK_EVENTS)], timeout=30,
                      what="the job's task events after the outage")
     finally:
