@@ -31,6 +31,7 @@ from models.settings import Settings
 TITLE = "Bulk team assignment"
 ROLES = 10
 WALL_TARGET_SECONDS = 10.0
+RUNS = 3
 EXACT_AGENTS, EXACT_TEAMS = 300, 40
 TOPICS = ["payments", "fraud", "clinical", "triage", "search", "content", "risk", "coding", "brand", "logistics",
           "billing", "privacy", "support", "analytics", "scheduling", "claims"]
@@ -98,7 +99,7 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
     optimal_small, exact_small = _exact_gap(plan.problem)
     worker = stack.start_worker(settings, queues="default", concurrency=2)
     walls, placed, totals = [], [], []
-    for run_no in range(3):
+    for run_no in range(RUNS):
         wall, result = run_job_to_end(stack, settings, "agents.assign_teams", {"agent_ids": [], "all_unassigned": True})
         walls.append(wall)
         placed.append(result["placed"])
@@ -108,7 +109,7 @@ def run(stack: BenchStack, quick: bool) -> list[BenchResult]:
                                         "GROUP BY team_id, teams.capacity HAVING count(*) > teams.capacity) t")).scalar()
             if over:
                 raise RuntimeError(f"{over} teams over capacity")
-        if run_no < 2:
+        if run_no < RUNS - 1:
             _reset(stack, settings)
             stack.settle(settings)  # each run starts on the same footing: the reset left 10,000 dead agent rows
     stack.stop(worker)
