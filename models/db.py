@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 from psycopg.rows import tuple_row
 from sqlalchemy import ARRAY, BigInteger, Connection, Engine, LargeBinary, any_, create_engine, event, exc, literal
+from sqlalchemy.engine import make_url
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session, sessionmaker
@@ -73,7 +75,8 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
     a lock wait does not read from the client. A client lost without its socket closing (a
     host gone, a network cut) is still ``statement_timeout``'s. PostgreSQL 14 and later, on
     Linux, macOS and the BSDs; on Windows it refuses the setting, which
-    ``PLANT_DB_CLIENT_CHECK_INTERVAL_MS=0`` leaves out. Plant's
+    ``PLANT_DB_CLIENT_CHECK_INTERVAL_MS=0`` leaves out. The URL's own ``options`` are kept
+    (:func:`server_options`). Plant's
     own transactions idle between statements for milliseconds (a first sentence-transformers
     model load, inside a write, for seconds); what takes longer runs after its transaction
     ended: a bulk plan's solve, a long poll's sleep.
@@ -85,17 +88,26 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
         max_overflow=settings.db_pool_size if max_overflow is None else max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
-        connect_args={
-            "connect_timeout": 5,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
-                       f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
-                       + (f" -c client_connection_check_interval={settings.db_client_check_interval_ms}"
-                          if settings.db_client_check_interval_ms else ""),
-        },
+        connect_args={"connect_timeout": 5, "options": server_options(settings)},
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
     cancel_interrupted_statements(engine)
     return engine
+
+
+def server_options(settings: Settings) -> str:
+    """libpq's ``options`` for every connection of :func:`make_engine`: the ones the URL (or
+    ``PGOPTIONS``) gives, a ``search_path`` say, then Plant's limits, which win a conflict.
+
+    An ``options`` in ``connect_args`` replaces the URL's and ``PGOPTIONS`` outright, so
+    a deployment whose tables live outside ``public`` (``?options=-csearch_path%3Dplant``)
+    lost its search path in the API and the workers while its migrations kept it."""
+    given = make_url(settings.database_url).query.get("options") or os.environ.get("PGOPTIONS", "")
+    plant = (f"-c statement_timeout={settings.db_statement_timeout_ms}"
+             f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}")
+    if settings.db_client_check_interval_ms:
+        plant += f" -c client_connection_check_interval={settings.db_client_check_interval_ms}"
+    return " ".join([*([given] if isinstance(given, str) else given), plant]).strip()
 
 
 # How long a cancel request may take to reach the server (libpq opens a connection for it).

@@ -217,6 +217,27 @@ def test_the_guards_fingerprint_is_the_same_in_another_schema(make_database) -> 
         assert conn.execute(GUARDS_SQL).fetchone()[0] == GUARDS_FINGERPRINT
 
 
+def test_plants_engine_keeps_the_search_path_its_url_gives(make_database, settings) -> None:
+    """``make_engine``'s own ``options`` (its server-side limits) replaced the URL's, so the API
+    and the workers looked for the tables in ``public`` while the migrations put them in
+    ``plant_app`` (helper-94, stop 29)."""
+    from models.db import make_engine
+
+    url = make_database("plant_url_options")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA plant_app")
+    with_path = url + "?options=-csearch_path%3Dplant_app"
+    upgrade_head(with_path)
+    engine = make_engine(settings.model_copy(update={"database_url": with_path}), pool_size=1)
+    try:
+        with engine.connect() as connection:
+            assert connection.scalar(text("SHOW search_path")) == "plant_app"
+            assert connection.scalar(text("SHOW statement_timeout")) == "30s"  # Plant's limits too
+            assert connection.scalar(text("SELECT count(*) FROM entity_versions")) == 0
+    finally:
+        engine.dispose()
+
+
 def test_rotation_keeps_old_signatures_valid(db_session, write_ctx, steward, keyring) -> None:
     skill = _skill(db_session, write_ctx, steward)
     rotated = keyring.rotate(generate_ed25519())
