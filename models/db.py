@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -96,13 +95,14 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
 
 
 def server_options(settings: Settings) -> str:
-    """libpq's ``options`` for every connection of :func:`make_engine`: the ones the URL (or
-    ``PGOPTIONS``) gives, a ``search_path`` say, then Plant's limits, which win a conflict.
+    """libpq's ``options`` for every connection of :func:`make_engine`: the ones the URL
+    gives, a ``search_path`` say, then Plant's limits, which win a conflict.
 
-    An ``options`` in ``connect_args`` replaces the URL's and ``PGOPTIONS`` outright, so
-    a deployment whose tables live outside ``public`` (``?options=-csearch_path%3Dplant``)
-    lost its search path in the API and the workers while its migrations kept it."""
-    given = make_url(settings.database_url).query.get("options") or os.environ.get("PGOPTIONS", "")
+    An ``options`` in ``connect_args`` replaces the URL's outright, so a deployment whose
+    tables live outside ``public`` (``?options=-csearch_path%3Dplant``) lost its search path
+    in the API and the workers while its migrations kept it. (It replaces libpq's
+    ``PGOPTIONS`` too, which only the settings loader could read: put them in the URL.)"""
+    given = make_url(settings.database_url).query.get("options") or ""
     plant = (f"-c statement_timeout={settings.db_statement_timeout_ms}"
              f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}")
     if settings.db_client_check_interval_ms:
