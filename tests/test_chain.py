@@ -206,11 +206,20 @@ def test_a_session_s_temporary_copies_do_not_answer_for_the_guards(db_session) -
     assert append_only_enforced(db_session)
 
 
-def test_the_guards_fingerprint_is_the_same_in_another_schema(make_database) -> None:
-    url = make_database("plant_other_schema")
+IN_PLANT_APP = "?options=-csearch_path%3Dplant_app"  # a URL's query: the search path of schema plant_app
+
+
+def _migrated_into_plant_app(make_database, name: str) -> str:
+    """A database whose tables live in schema ``plant_app``; its URL without the search path."""
+    url = make_database(name)
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("CREATE SCHEMA plant_app")
-    upgrade_head(url + "?options=-csearch_path%3Dplant_app")
+    upgrade_head(url + IN_PLANT_APP)
+    return url
+
+
+def test_the_guards_fingerprint_is_the_same_in_another_schema(make_database) -> None:
+    url = _migrated_into_plant_app(make_database, "plant_other_schema")
     with psycopg.connect(libpq_url(url), options="-c search_path=plant_app", autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('entity_versions')::text").fetchone()[0] == "entity_versions"
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'entity_versions' AND schemaname = 'public'").fetchone()[0] == 0
@@ -223,12 +232,8 @@ def test_plants_engine_keeps_the_search_path_its_url_gives(make_database, settin
     ``plant_app`` (helper-94, stop 29)."""
     from models.db import make_engine
 
-    url = make_database("plant_url_options")
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA plant_app")
-    with_path = url + "?options=-csearch_path%3Dplant_app"
-    upgrade_head(with_path)
-    engine = make_engine(settings.model_copy(update={"database_url": with_path}), pool_size=1)
+    url = _migrated_into_plant_app(make_database, "plant_url_options")
+    engine = make_engine(settings.model_copy(update={"database_url": url + IN_PLANT_APP}), pool_size=1)
     try:
         with engine.connect() as connection:
             assert connection.scalar(text("SHOW search_path")) == "plant_app"
