@@ -75,7 +75,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
     host gone, a network cut) is still ``statement_timeout``'s. PostgreSQL 14 and later, on
     Linux, macOS and the BSDs; on Windows it refuses the setting, which
     ``PLANT_DB_CLIENT_CHECK_INTERVAL_MS=0`` leaves out. The URL's own ``options`` are kept
-    (:func:`server_options`). Plant's
+    (:func:`server_options`). A statement whose wait an exception interrupts is cancelled by
+    its connection (:class:`CancellingConnection`), or by the pool as it closes one still
+    inside a statement (:func:`cancel_interrupted_statements`). Plant's
     own transactions idle between statements for milliseconds (a first sentence-transformers
     model load, inside a write, for seconds); what takes longer runs after its transaction
     ended: a bulk plan's solve, a long poll's sleep.
@@ -90,6 +92,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
         connect_args={"connect_timeout": 5, "options": server_options(settings)},
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
+    event.listen(engine, "do_connect", connect_cancelling)
     cancel_interrupted_statements(engine)
     return engine
 
@@ -114,21 +117,63 @@ def server_options(settings: Settings) -> str:
 CANCEL_TIMEOUT_SECONDS = 5.0
 
 
+class CancellingConnection(psycopg.Connection[Any]):
+    """A psycopg connection that cancels its statement when any exception interrupts the wait
+    for its result, as psycopg does for ``KeyboardInterrupt`` and ``SystemExit`` only.
+
+    Celery's soft time limit raises ``SoftTimeLimitExceeded`` from a signal handler, so a
+    limit that fires in a lock wait left the statement running on the server, holding its
+    transaction's locks, and the connection busy: the rollback that followed failed
+    ("another command is already in progress"), its error replaced the limit's, SQLAlchemy
+    logged it as an ERROR with its traceback, and the pool closed the connection. Cancelled
+    and drained here, the statement fails at once, the exception that interrupted it is the
+    one raised, and the connection rolls back and goes back to the pool like any other.
+    When the cancel does not end the statement within :data:`CANCEL_TIMEOUT_SECONDS`, the
+    connection stays busy and the pool's close cancels it once more
+    (:func:`cancel_interrupted_statements`).
+    """
+
+    __slots__ = ()
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.Error:
+            raise
+        except Exception:
+            if self.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                self._end_statement(gen)
+            raise
+
+    def _end_statement(self, gen: Any) -> None:
+        try:
+            self.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+            super().wait(gen, timeout=CANCEL_TIMEOUT_SECONDS)  # its result: the cancel's error, or what it finished with
+        except psycopg.errors.QueryCanceled:
+            pass
+        except psycopg.Error as error:
+            log.warning("could not end the statement of an interrupted wait: %s", error)
+
+
+def connect_cancelling(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> CancellingConnection:
+    """The engine's ``do_connect`` hook (:func:`make_engine`): every connection is a
+    :class:`CancellingConnection`."""
+    return CancellingConnection.connect(*cargs, **cparams)
+
+
 def cancel_interrupted_statements(engine: Engine) -> None:
     """Cancel, on the server, the statement of a connection the pool closes while inside it.
 
-    An exception raised by a signal handler while psycopg waits for a result (Celery's soft
-    time limit, say, during a lock wait) leaves the statement running on the server: psycopg
-    cancels it only for ``KeyboardInterrupt`` and ``SystemExit``. The pool's rollback of that
-    connection then fails ("another command is already in progress", logged by SQLAlchemy as
-    an ERROR with its traceback) and the pool closes it, but a server process waiting on a
-    lock does not notice its client has gone: it kept its transaction's locks until
-    ``statement_timeout`` (30 s by default), and the job's outcome, written next, waited that
-    long behind them. Cancelled as the pool closes the connection, the statement fails at
-    once and its locks go with it. A process that dies in a statement is the server's to
-    notice (``client_connection_check_interval``, :func:`make_engine`).
+    A connection closed in a statement left it running on the server, and a server process
+    waiting on a lock does not notice its client has gone: it kept its transaction's locks
+    until ``statement_timeout`` (30 s by default), and a job's outcome, written next, waited
+    that long behind them. Cancelled as the pool closes the connection, the statement fails
+    at once and its locks go with it. Connections cancel an interrupted wait themselves
+    (:class:`CancellingConnection`); this is for one whose cancel did not end it, and for a
+    connection closed busy any other way. A process that dies in a statement is the
+    server's to notice (``client_connection_check_interval``, :func:`make_engine`).
 
-    The pool closes such a connection after its failed rollback (``close`` comes before the
+    The pool closes a busy connection after its failed rollback (``close`` comes before the
     socket is closed); Plant detaches no connection from the pool. A listener that raises
     would stop SQLAlchemy closing the connection, so this one never does.
     """

@@ -150,8 +150,9 @@ def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out
     failed and its OperationalError replaced the limit's, so the job was retried as transient
     up to its attempt budget, a soft limit each time (helper-72). And the statement went on
     waiting on the server, holding its transaction's locks, so the outcome waited for the
-    statement timeout (30 s then, 120 s here): the pool now cancels it, and the server's
-    client check would end it too (tests/test_db_cancel.py tests each alone)."""
+    statement timeout (30 s then, 120 s here). The connection now cancels the statement
+    itself and the limit comes out as it is; the pool's cancel and the server's client check
+    would end it too (tests/test_db_cancel.py tests each alone)."""
     from sqlalchemy import text
 
     from models.certification import CERTIFICATION_LOCK
@@ -174,6 +175,7 @@ def test_a_soft_time_limit_that_fires_in_a_database_wait_fails_the_job_timed_out
         blocker.close()
         stack.stop()
     assert (job["status"], job["error"]["type"], job["attempts"]) == ("failed", "/problems/job-timed-out", 1), job
+    assert "on the way out" not in job["error"]["detail"], job  # the limit itself, not a failed rollback's error
 
 
 def test_a_job_handed_back_at_shutdown_keeps_the_progress_it_reached(settings, admin_key, tmp_path) -> None:

@@ -2,30 +2,34 @@
 not at ``statement_timeout``, so the locks its transaction holds go with it:
 
 - interrupted in the worker's own process (Celery's soft time limit raises from a signal
-  handler inside psycopg's wait): the pool cancels it as it closes the connection;
+  handler inside psycopg's wait): the connection cancels it there and then, and the
+  interrupt itself comes out, with the connection back in the pool;
+- on a connection closed inside it all the same: the pool cancels it as it closes it;
 - its process killed (the hard time limit, the OOM killer, a deploy): the server notices
   the closed connection within ``client_connection_check_interval``.
 
 Every engine here has a 120 s statement timeout, so only those end the wait within the
-tests' 10 s; the interrupted statements' engines check no client, so only the cancel does.
+tests' 10 s; the interrupted statements' engines check no client, so only the cancels do.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.orm import sessionmaker
 
-from models.db import make_engine, transaction
+from models.db import connect_cancelling, make_engine, transaction
 from tests.conftest import child_env, lock_waiters, wait_for
 
 BLOCKED, HELD = 7_400_001, 7_400_002
 LONG_TIMEOUT_MS = 120_000
+THROUGH = ["a pooled connection", "a Session's transaction"]
 
 
 class Interrupted(Exception):
@@ -44,7 +48,7 @@ def blocked(settings):
 
 @pytest.fixture
 def blocked_unchecked(settings):
-    """The same without the server's client checks: only the pool's cancel can end a wait."""
+    """The same without the server's client checks: only a cancel can end a wait."""
     yield from _blocked_engine(settings.model_copy(update={"db_client_check_interval_ms": 0}))
 
 
@@ -79,34 +83,58 @@ def _interrupt_once_waiting(engine) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("through", ["a pooled connection", "a Session's transaction"])
-def test_a_statement_interrupted_in_a_lock_wait_stops_waiting_and_lets_its_locks_go(blocked_unchecked, through) -> None:
-    blocked = blocked_unchecked
+def _wait_interrupted(engine, through: str) -> BaseException:
+    """Hold HELD, wait on BLOCKED until interrupted, give the connection back; what came out."""
     previous = signal.signal(signal.SIGALRM, _raise_interrupted)
     try:
-        if through == "a pooled connection":
-            waiter = blocked.raw_connection()
-            cursor = waiter.cursor()
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (HELD,))
-            thread = _interrupt_once_waiting(blocked)
-            with pytest.raises(Interrupted):
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
-            thread.join()
-            assert lock_waiters(blocked) == 1  # still waiting on the server while the client holds it
-            waiter.close()  # back to the pool
-        else:
-            with pytest.raises(Exception) as raised:  # the failed rollback's error, raised from Interrupted
-                with transaction(sessionmaker(bind=blocked)) as session:
+        with pytest.raises(Exception) as raised:
+            if through == "a pooled connection":
+                waiter = engine.raw_connection()
+                try:
+                    cursor = waiter.cursor()
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (HELD,))
+                    thread = _interrupt_once_waiting(engine)
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
+                finally:
+                    waiter.close()  # back to the pool, which rolls it back
+            else:
+                with transaction(sessionmaker(bind=engine)) as session:
                     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HELD})
-                    thread = _interrupt_once_waiting(blocked)
+                    thread = _interrupt_once_waiting(engine)
                     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BLOCKED})
-            thread.join()
-            chain = [raised.value, raised.value.__context__, getattr(raised.value.__context__, "__context__", None)]
-            assert any(isinstance(error, Interrupted) for error in chain), chain
+        thread.join()
     finally:
         signal.signal(signal.SIGALRM, previous)
-    wait_for(lambda: lock_waiters(blocked) == 0, timeout=10, what="the interrupted statement to stop waiting")
-    assert _held_lock_is_free(blocked)
+    return raised.value
+
+
+@pytest.mark.parametrize("through", THROUGH)
+def test_an_interrupted_wait_cancels_its_statement_and_the_connection_goes_back_to_the_pool(
+        blocked_unchecked, through, caplog) -> None:
+    engine = blocked_unchecked
+    closed = []
+    event.listen(engine, "close", lambda *_: closed.append(1))
+    with caplog.at_level(logging.WARNING):
+        raised = _wait_interrupted(engine, through)
+    assert isinstance(raised, Interrupted), repr(raised)  # not the rollback's error, raised from it
+    assert lock_waiters(engine) == 0  # cancelled before the interrupt came out, not after
+    assert _held_lock_is_free(engine)
+    assert closed == [] and engine.pool.checkedin() == 2, engine.pool.status()  # rolled back and pooled, not closed
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # no "Exception during reset"
+
+
+@pytest.mark.parametrize("through", THROUGH)
+def test_the_pool_cancels_the_statement_of_a_connection_it_closes_inside_it(blocked_unchecked, through) -> None:
+    """With psycopg's own connections, which leave such a statement running, the rollback
+    fails and the pool closes the connection: its cancel is what ends the statement."""
+    engine = blocked_unchecked
+    event.remove(engine, "do_connect", connect_cancelling)
+    engine.pool.dispose()  # no connection of the cancelling kind left
+    raised = _wait_interrupted(engine, through)
+    chain = [raised, raised.__context__, getattr(raised.__context__, "__context__", None)]
+    assert any(isinstance(error, Interrupted) for error in chain), chain
+    wait_for(lambda: lock_waiters(engine) == 0, timeout=10, what="the interrupted statement to stop waiting")
+    assert _held_lock_is_free(engine)
 
 
 CHILD = f"""
