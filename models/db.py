@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.rows import tuple_row
 from sqlalchemy import ARRAY, BigInteger, Connection, Engine, LargeBinary, any_, create_engine, event, exc, literal
 from sqlalchemy.engine import make_url
@@ -115,11 +116,14 @@ def server_options(settings: Settings) -> str:
 
 # How long a cancel request may take to reach the server (libpq opens a connection for it).
 CANCEL_TIMEOUT_SECONDS = 5.0
+ACTIVE = psycopg.pq.TransactionStatus.ACTIVE  # a command in flight
+RV = TypeVar("RV")
 
 
 class CancellingConnection(psycopg.Connection[Any]):
-    """A psycopg connection that cancels its statement when any exception interrupts the wait
-    for its result, as psycopg does for ``KeyboardInterrupt`` and ``SystemExit`` only.
+    """A psycopg connection that cancels its statement when an exception other than
+    psycopg's own interrupts the wait for its result, as psycopg does for
+    ``KeyboardInterrupt`` and ``SystemExit`` only.
 
     Celery's soft time limit raises ``SoftTimeLimitExceeded`` from a signal handler, so a
     limit that fires in a lock wait left the statement running on the server, holding its
@@ -128,31 +132,35 @@ class CancellingConnection(psycopg.Connection[Any]):
     logged it as an ERROR with its traceback, and the pool closed the connection. Cancelled
     and drained here, the statement fails at once, the exception that interrupted it is the
     one raised, and the connection rolls back and goes back to the pool like any other.
-    When the cancel does not end the statement within :data:`CANCEL_TIMEOUT_SECONDS`, the
-    connection stays busy and the pool's close cancels it once more
-    (:func:`cancel_interrupted_statements`).
+
+    A connection still busy afterwards is left to the pool, which cancels its statement
+    again as it closes it (:func:`cancel_interrupted_statements`): one whose cancel did not
+    end the statement within twice :data:`CANCEL_TIMEOUT_SECONDS` (the cancel, then the
+    drain), one interrupted a second time meanwhile, and one whose generator the interrupt
+    ended itself (raised in psycopg's Python code between sending the statement and
+    waiting, a window of microseconds).
     """
 
-    __slots__ = ()
-
-    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+    def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
         try:
             return super().wait(gen, *args, **kwargs)
         except psycopg.Error:
             raise
         except Exception:
-            if self.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            if self.pgconn.transaction_status == ACTIVE:
                 self._end_statement(gen)
             raise
 
-    def _end_statement(self, gen: Any) -> None:
+    def _end_statement(self, gen: PQGen[Any]) -> None:
         try:
             self.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
-            super().wait(gen, timeout=CANCEL_TIMEOUT_SECONDS)  # its result: the cancel's error, or what it finished with
-        except psycopg.errors.QueryCanceled:
-            pass
-        except psycopg.Error as error:
-            log.warning("could not end the statement of an interrupted wait: %s", error)
+            super().wait(gen, timeout=CANCEL_TIMEOUT_SECONDS)  # the cancel's error, or what it finished with
+        except psycopg.Error:
+            pass  # QueryCanceled, as expected; or the statement's own error, or a lost cancel (below)
+        except Exception as again:  # noqa: BLE001 - interrupted again: the first interrupt is the one raised
+            log.warning("the cancel of an interrupted statement was interrupted: %r", again)
+        if self.pgconn.transaction_status == ACTIVE:
+            log.warning("an interrupted statement is still running; the pool cancels it again as it closes the connection")
 
 
 def connect_cancelling(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> CancellingConnection:
@@ -181,7 +189,7 @@ def cancel_interrupted_statements(engine: Engine) -> None:
     @event.listens_for(engine, "close")
     def _cancel_if_in_a_statement(dbapi_connection: Any, _record: Any) -> None:
         pgconn = getattr(dbapi_connection, "pgconn", None)
-        if pgconn is None or pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+        if pgconn is None or pgconn.transaction_status != ACTIVE:
             return
         try:
             dbapi_connection.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)

@@ -4,7 +4,8 @@ not at ``statement_timeout``, so the locks its transaction holds go with it:
 - interrupted in the worker's own process (Celery's soft time limit raises from a signal
   handler inside psycopg's wait): the connection cancels it there and then, and the
   interrupt itself comes out, with the connection back in the pool;
-- on a connection closed inside it all the same: the pool cancels it as it closes it;
+- on a connection closed inside it all the same (its cancel interrupted, or psycopg's own
+  connection): the pool cancels it as it closes it;
 - its process killed (the hard time limit, the OOM killer, a deploy): the server notices
   the closed connection within ``client_connection_check_interval``.
 
@@ -19,17 +20,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.orm import sessionmaker
 
-from models.db import connect_cancelling, make_engine, transaction
+from models.db import CANCEL_TIMEOUT_SECONDS, connect_cancelling, make_engine, transaction
 from tests.conftest import child_env, lock_waiters, wait_for
 
 BLOCKED, HELD = 7_400_001, 7_400_002
 LONG_TIMEOUT_MS = 120_000
 THROUGH = ["a pooled connection", "a Session's transaction"]
+PIPELINED = "an executemany on a pooled connection"
 
 
 class Interrupted(Exception):
@@ -83,18 +86,23 @@ def _interrupt_once_waiting(engine) -> threading.Thread:
     return thread
 
 
-def _wait_interrupted(engine, through: str) -> BaseException:
-    """Hold HELD, wait on BLOCKED until interrupted, give the connection back; what came out."""
+def _wait_interrupted(engine, through: str, prepare=lambda _connection: None) -> BaseException:
+    """Hold HELD, wait on BLOCKED until interrupted, give the connection back; what came out.
+    ``prepare`` gets the psycopg connection of the pooled ones first."""
     previous = signal.signal(signal.SIGALRM, _raise_interrupted)
     try:
         with pytest.raises(Exception) as raised:
-            if through == "a pooled connection":
+            if through != "a Session's transaction":
                 waiter = engine.raw_connection()
+                prepare(waiter.driver_connection)
                 try:
                     cursor = waiter.cursor()
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (HELD,))
                     thread = _interrupt_once_waiting(engine)
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
+                    if through == PIPELINED:  # psycopg sends an executemany in pipeline mode
+                        cursor.executemany("SELECT pg_advisory_xact_lock(%s)", [(BLOCKED,)])
+                    else:
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BLOCKED,))
                 finally:
                     waiter.close()  # back to the pool, which rolls it back
             else:
@@ -108,7 +116,7 @@ def _wait_interrupted(engine, through: str) -> BaseException:
     return raised.value
 
 
-@pytest.mark.parametrize("through", THROUGH)
+@pytest.mark.parametrize("through", [*THROUGH, PIPELINED])
 def test_an_interrupted_wait_cancels_its_statement_and_the_connection_goes_back_to_the_pool(
         blocked_unchecked, through, caplog) -> None:
     engine = blocked_unchecked
@@ -121,6 +129,47 @@ def test_an_interrupted_wait_cancels_its_statement_and_the_connection_goes_back_
     assert _held_lock_is_free(engine)
     assert closed == [] and engine.pool.checkedin() == 2, engine.pool.status()  # rolled back and pooled, not closed
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # no "Exception during reset"
+
+
+def test_a_wait_interrupted_on_an_idle_connection_sends_no_cancel_and_waits_for_nothing(blocked_unchecked, caplog) -> None:
+    """Waiting for notifications is a wait with no statement in flight: nothing to cancel,
+    and nothing to drain (which would sit out the drain's timeout)."""
+    waiter = blocked_unchecked.raw_connection()
+    connection = waiter.driver_connection
+    connection.execute("LISTEN plant_test_idle")
+    connection.commit()
+    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    started = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with caplog.at_level(logging.WARNING), pytest.raises(Interrupted):
+            for _ in connection.notifies(timeout=30):
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        waiter.close()
+    assert time.monotonic() - started < CANCEL_TIMEOUT_SECONDS
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_an_interrupt_during_the_cancel_leaves_the_first_one_raised_and_the_statement_to_the_pool(
+        blocked_unchecked, caplog) -> None:
+    def interrupt_the_first_cancel(connection) -> None:
+        cancel_safe = connection.cancel_safe
+
+        def interrupted_once(**kwargs):
+            connection.cancel_safe = cancel_safe  # the pool's cancel, later, goes through
+            raise Interrupted("again")
+
+        connection.cancel_safe = interrupted_once
+
+    with caplog.at_level(logging.WARNING):
+        raised = _wait_interrupted(blocked_unchecked, "a pooled connection", prepare=interrupt_the_first_cancel)
+    assert isinstance(raised, Interrupted) and raised.args == (), repr(raised)  # the first interrupt, not the second
+    assert any("was interrupted" in r.getMessage() for r in caplog.records), caplog.records
+    wait_for(lambda: lock_waiters(blocked_unchecked) == 0, timeout=10, what="the pool's cancel to end the statement")
+    assert _held_lock_is_free(blocked_unchecked)
 
 
 @pytest.mark.parametrize("through", THROUGH)
