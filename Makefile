@@ -29,10 +29,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own embedded
+# PostgreSQL and Redis; auto is one per CPU, or 0 (in this process) when TEST_DATABASE_URL or
+# TEST_REDIS_URL names a shared server (tests/conftest.py).
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Benchmarks on an embedded stack (bench/README.md): JSON in bench/results/, tables in
 # docs/benchmarks.md. SCENARIOS=pipeline,api runs a subset. wrk (Debian package) is the

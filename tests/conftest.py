@@ -44,6 +44,16 @@ TEST_DATABASE = "plant_test"
 APPEND_ONLY_TABLES = tuple(APPEND_ONLY_TRIGGERS)  # every guard refuses TRUNCATE: lifted to clean up
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (``make test``): one worker process per CPU, each starting its own embedded
+    PostgreSQL and Redis; none (every test in this process) when ``TEST_DATABASE_URL`` or
+    ``TEST_REDIS_URL`` names a shared server, which the workers' databases, roles, queues and
+    locks would share."""
+    if os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_REDIS_URL"):
+        return 0
+    return len(os.sched_getaffinity(0))
+
+
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
