@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hypothesis
 import psycopg
 import pytest
 import redis
@@ -30,7 +31,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
 from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db import make_engine
 from models.keys import keyring_from_settings
@@ -39,9 +40,18 @@ from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
 from models.signing import KeyRing, ensure_key_file
 
 T = TypeVar("T")
+
+# Property tests are pure CPU at a few milliseconds an example: Hypothesis' 200 ms deadline
+# per example would only measure how busy the machine is (the other xdist worker shares it).
+hypothesis.settings.register_profile("plant", deadline=None)
+hypothesis.settings.load_profile("plant")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE = "plant_test"
 APPEND_ONLY_TABLES = tuple(APPEND_ONLY_TRIGGERS)  # every guard refuses TRUNCATE: lifted to clean up
+
+
+def _shared_servers() -> bool:
+    return bool(os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_REDIS_URL"))
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -49,9 +59,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     PostgreSQL and Redis; none (every test in this process) when ``TEST_DATABASE_URL`` or
     ``TEST_REDIS_URL`` names a shared server, which the workers' databases, roles, queues and
     locks would share."""
-    if os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_REDIS_URL"):
-        return 0
-    return len(os.sched_getaffinity(0))
+    return 0 if _shared_servers() else len(os.sched_getaffinity(0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse worker processes on shared servers: each would drop and rebuild the others'
+    database under them. (``-n auto`` picks none there.)"""
+    if _shared_servers() and getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        raise pytest.UsageError("TEST_DATABASE_URL / TEST_REDIS_URL: the suite runs in one process on shared "
+                                "servers; use -n 0 (or -n auto)")
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
@@ -87,12 +103,29 @@ def private_dir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"plant-test-{name}-"))
 
 
+SERVER_START_ATTEMPTS = 3
+
+
 def embedded_server(server_class: type[EmbeddedPostgres] | type[EmbeddedRedis], name: str) -> Iterator[str]:
-    """Run an embedded server in a private temp dir for the session; yield its URL."""
+    """Run an embedded server in a private temp dir for the session; yield its URL.
+
+    A port is free when picked, not when the server binds it, and the other xdist worker's
+    servers draw from the same range: a start that fails is tried again on another port."""
     root = private_dir(name)
     try:
-        with server_class(root / "data", free_port()) as server:
-            yield server.url
+        for attempt in range(1, SERVER_START_ATTEMPTS + 1):
+            server = server_class(root / f"data-{attempt}", free_port())
+            try:
+                server.start()
+            except ServiceError:
+                if attempt == SERVER_START_ATTEMPTS:
+                    raise
+                continue
+            try:
+                yield server.url
+            finally:
+                server.stop()
+            return
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -118,6 +118,12 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
     assert "seed: created 0 entities" in (tmp_path / "dev.log").read_text()
 
 
+def _wait_until_healthy(runner: DevRunner) -> None:
+    """``ok`` within a while: a single answer may be ``degraded`` on a busy machine, when a
+    worker's reply to the health check's ping comes after the check's timeout."""
+    wait_for(runner._healthy, timeout=30, what=f"{runner.api}/health to say ok")
+
+
 def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path) -> None:
     first = DevRunner(tmp_path / "one", tmp_path / "one.log")
     second = DevRunner(tmp_path / "two", tmp_path / "two.log")
@@ -126,7 +132,7 @@ def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_pat
         second.start()
         try:
             for runner in (first, second):
-                assert requests.get(runner.api + "/health").json()["status"] == "ok"
+                _wait_until_healthy(runner)
             urls = [(r.data_dir / "services.env").read_text() for r in (first, second)]
             assert urls[0] != urls[1]  # each runner has its own PostgreSQL and Redis
             keys = [(r.data_dir / "admin-api-key").read_text() for r in (first, second)]
@@ -137,7 +143,7 @@ def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_pat
             assert foreign.status_code == 401
         finally:
             assert _alive(second.stop()) == []
-        assert requests.get(first.api + "/health").json()["status"] == "ok"  # unaffected by the other's shutdown
+        _wait_until_healthy(first)  # unaffected by the other's shutdown
     finally:
         assert _alive(first.stop()) == []
 

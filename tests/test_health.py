@@ -138,7 +138,9 @@ def test_health_answers_on_time_when_the_database_takes_the_connection_and_never
         elapsed = time.monotonic() - started
     database = response.get_json()["checks"]["database"]
     assert response.status_code == 503 and database["status"] == "down" and "no answer within" in database["error"]
-    assert elapsed < settings.health_timeout_seconds * 2 + 1  # the database's check, then Redis' and the workers'
+    # The database's check, then Redis' and the workers' (1.2 s measured), not libpq's 5 s; a
+    # second of slack for the other xdist worker's load.
+    assert elapsed < settings.health_timeout_seconds * 2 + 2
 
 
 def test_a_pool_the_requests_hold_whole_is_no_database_outage(settings) -> None:

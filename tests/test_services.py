@@ -25,6 +25,7 @@ from cli.services import (
     _remove_stale_pid_file,
     free_port,
 )
+from models.settings import libpq_url
 
 
 def _connect(server: EmbeddedPostgres, dbname: str = "postgres") -> psycopg.Connection:
@@ -154,6 +155,27 @@ def test_redis_start_fails_when_its_port_is_taken(tmp_path: Path) -> None:
         with pytest.raises(ServiceError, match="redis exited"):
             second.start()
         assert second.pid is None
+
+
+@pytest.mark.parametrize("server_class", [EmbeddedRedis, EmbeddedPostgres])
+def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp_path: Path, server_class,
+                                                                             monkeypatch) -> None:
+    """The other xdist worker's servers draw their ports from the same range."""
+    from tests import conftest
+
+    with EmbeddedRedis(tmp_path / "taker", free_port()) as taker:
+        picks = iter([taker.port])
+        monkeypatch.setattr(conftest, "free_port", lambda: next(picks, None) or free_port())
+        servers = conftest.embedded_server(server_class, "retry")
+        try:
+            url = next(servers)
+            assert f":{taker.port}/" not in url + "/"
+            if server_class is EmbeddedRedis:
+                assert redis.Redis.from_url(url).ping()
+            else:
+                psycopg.connect(libpq_url(url)).close()
+        finally:
+            servers.close()
 
 
 def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
