@@ -40,14 +40,14 @@ from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
 from models.signing import KeyRing, ensure_key_file
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE = "plant_test"
+APPEND_ONLY_TABLES = tuple(APPEND_ONLY_TRIGGERS)  # every guard refuses TRUNCATE: lifted to clean up
 
 # Property tests are pure CPU at a few milliseconds an example: Hypothesis' 200 ms deadline
 # per example would only measure how busy the machine is (the other xdist worker shares it).
 hypothesis.settings.register_profile("plant", deadline=None)
 hypothesis.settings.load_profile("plant")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_DATABASE = "plant_test"
-APPEND_ONLY_TABLES = tuple(APPEND_ONLY_TRIGGERS)  # every guard refuses TRUNCATE: lifted to clean up
 
 
 def _shared_servers() -> bool:
