@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,15 @@ def recorded_statements(bind: Engine | Connection) -> Iterator[list[tuple[bool, 
         yield seen
     finally:
         event.remove(bind, "before_cursor_execute", record)
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A local port whose connections are refused while the block runs: bound, never
+    listening, so no other process (the other xdist worker's servers) can take it meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def private_dir(name: str) -> Path:

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.conftest import ring_sealing
+from tests.conftest import refused_port, ring_sealing
 
 
 @pytest.fixture
@@ -293,14 +293,10 @@ def _one_line_error(result) -> str:
 ])
 def test_a_local_command_with_the_database_unreachable_says_so_in_one_line(monkeypatch, tmp_path, args, said) -> None:
     """Each printed a traceback (SQLAlchemy's, or the signing key's error) (helper-67)."""
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/plant")
-    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
-    assert said in _one_line_error(CliRunner().invoke(cli, list(args)))
+    with refused_port() as port:
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/plant")
+        monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+        assert said in _one_line_error(CliRunner().invoke(cli, list(args)))
 
 
 def test_db_upgrade_leaves_a_revoked_configured_admin_key_revoked_and_succeeds(settings, engine, clean_db, monkeypatch) -> None:

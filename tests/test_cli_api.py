@@ -23,7 +23,7 @@ from cli.client import ClientConfig, PlantClient
 from cli.errors import EXIT_JOB_UNSUCCESSFUL, EXIT_NOT_VERIFIED
 from cli.main import cli
 from models import ledger
-from tests.conftest import wait_for
+from tests.conftest import refused_port, wait_for
 from web.metrics import REQUEST_REGISTRY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
@@ -120,10 +120,9 @@ def test_usage_errors_are_exit_2_with_one_line(plant: Plant) -> None:
 
 
 def test_unreachable_server_is_exit_1_with_one_line(plant: Plant, monkeypatch) -> None:
-    from cli.services import free_port
-
-    monkeypatch.setenv("PLANT_URL", f"http://127.0.0.1:{free_port()}")
-    result = plant("jobs", "list")
+    with refused_port() as port:
+        monkeypatch.setenv("PLANT_URL", f"http://127.0.0.1:{port}")
+        result = plant("jobs", "list")
     assert result.exit_code == 1 and "cannot reach the Plant API" in one_error_line(result)
 
 

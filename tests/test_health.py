@@ -1,14 +1,14 @@
 """/health is built from real checks and never answers 500."""
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.orm import Session
 
-from cli.services import free_port
 from models.db import make_engine
 from models.jobs import Job
-from tests.conftest import wait_for
+from tests.conftest import refused_port, wait_for
 from web import create_app
 
 
@@ -25,8 +25,9 @@ def test_all_up_with_a_live_worker(client, worker) -> None:
 
 
 @pytest.fixture
-def down_url() -> str:
-    return f"127.0.0.1:{free_port()}"
+def down_url() -> Iterator[str]:
+    with refused_port() as port:
+        yield f"127.0.0.1:{port}"
 
 
 def test_database_down_is_503_naming_it(settings, down_url) -> None:
