@@ -43,3 +43,32 @@ def test_the_bulk_scenario_fails_when_its_job_applies_less_than_its_plan(monkeyp
     monkeypatch.setattr(scenario, "run_job_to_end", lambda *a, **k: (1.0, {"requested": 20, **outcome}))
     wall = next(r for r in scenario.run(stack, quick=True) if r.scenario.startswith("bulk_assign.wall"))
     assert wall.passed == (applied is None)
+
+
+def test_the_audit_s_peak_memory_is_the_kernel_s_high_water_mark_of_each_process() -> None:
+    """A peak between two samples was missed: the sampler saw only the RSS of the moment."""
+    import subprocess
+    import sys
+
+    from bench.scenarios.audit import PeakRss
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "sys.stdin.readline()\n"
+        "held = bytearray(150 * 2**20); held[::4096] = b'x' * len(held[::4096]); del held\n"
+        "print('freed', flush=True)\n"
+        "sys.stdin.readline()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        sampler = PeakRss(child.pid)
+        sampler.INTERVAL_SECONDS = 3600  # no sample but the last
+        with sampler:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "freed\n"  # 150 MB touched and given back before any sample
+        assert sampler.peak_mb >= 150
+        with PeakRss(child.pid) as again:  # reset as it starts: the earlier peak is not this block's
+            pass
+        assert again.peak_mb < 100
+    finally:
+        child.kill()
+        child.wait()
