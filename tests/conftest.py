@@ -55,18 +55,23 @@ def _shared_servers() -> bool:
     return bool(os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_REDIS_URL"))
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's: absent under -p no:xdist
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` (``make test``): one worker process per CPU, each starting its own embedded
     PostgreSQL and Redis; none (every test in this process) when ``TEST_DATABASE_URL`` or
     ``TEST_REDIS_URL`` names a shared server, which the workers' databases, roles, queues and
-    locks would share."""
-    return 0 if _shared_servers() else len(os.sched_getaffinity(0))
+    locks would share. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` is xdist's to read, as usual."""
+    if _shared_servers():
+        return 0
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return len(os.sched_getaffinity(0))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse worker processes on shared servers: each would drop and rebuild the others'
     database under them. (``-n auto`` picks none there.)"""
-    if _shared_servers() and getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+    if _shared_servers() and getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         raise pytest.UsageError("TEST_DATABASE_URL / TEST_REDIS_URL: the suite runs in one process on shared "
                                 "servers; use -n 0 (or -n auto)")
 
@@ -120,15 +125,16 @@ def embedded_server(server_class: type[EmbeddedPostgres] | type[EmbeddedRedis], 
     """Run an embedded server in a private temp dir for the session; yield its URL.
 
     A port is free when picked, not when the server binds it, and the other xdist worker's
-    servers draw from the same range: a start that fails is tried again on another port."""
+    servers draw from the same range: a start that finds its port taken is tried again on
+    another one."""
     root = private_dir(name)
     try:
         for attempt in range(1, SERVER_START_ATTEMPTS + 1):
             server = server_class(root / f"data-{attempt}", free_port())
             try:
                 server.start()
-            except ServiceError:
-                if attempt == SERVER_START_ATTEMPTS:
+            except ServiceError as error:
+                if attempt == SERVER_START_ATTEMPTS or "Address already in use" not in str(error):
                     raise
                 continue
             try:

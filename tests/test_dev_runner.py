@@ -119,9 +119,9 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
 
 
 def _wait_until_healthy(runner: DevRunner) -> None:
-    """``ok`` within a while: a single answer may be ``degraded`` on a busy machine, when a
+    """``ok`` within seconds: a single answer may be ``degraded`` on a busy machine, when a
     worker's reply to the health check's ping comes after the check's timeout."""
-    wait_for(runner._healthy, timeout=30, what=f"{runner.api}/health to say ok")
+    wait_for(runner._healthy, timeout=10, what=f"{runner.api}/health to say ok")
 
 
 def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path) -> None:

@@ -1,0 +1,37 @@
+"""How ``make test`` spreads the suite over processes (pytest-xdist, tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+ONE_TEST = "tests/test_canonical.py::test_rfc8785_number_vector"
+SHARED = {"TEST_REDIS_URL": "redis://127.0.0.1:1/0"}  # never reached: no test here uses it
+
+
+def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()  # this run's own xdist worker variables included
+             if k not in ("TEST_DATABASE_URL", "TEST_REDIS_URL", "PYTEST_ADDOPTS") and not k.startswith("PYTEST_XDIST")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, ONE_TEST],
+                          cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_auto_runs_one_worker_per_cpu() -> None:
+    run = _pytest("-n", "auto")
+    cpus = len(os.sched_getaffinity(0))
+    assert run.returncode == 0 and f"created: {cpus}/{cpus} workers" in run.stdout, run.stdout + run.stderr
+
+
+def test_on_shared_servers_auto_runs_in_one_process_and_workers_are_refused() -> None:
+    auto = _pytest("-n", "auto", **SHARED)
+    assert auto.returncode == 0 and "workers" not in auto.stdout, auto.stdout + auto.stderr
+    two = _pytest("-n", "2", **SHARED)
+    assert two.returncode == 4 and "the suite runs in one process on shared servers" in two.stderr, two.stderr
+
+
+def test_the_suite_runs_without_xdist() -> None:
+    run = _pytest("-p", "no:xdist")
+    assert run.returncode == 0, run.stdout + run.stderr
