@@ -45,7 +45,7 @@ def test_the_bulk_scenario_fails_when_its_job_applies_less_than_its_plan(monkeyp
     assert wall.passed == (applied is None)
 
 
-def test_the_audit_s_peak_memory_is_the_kernel_s_high_water_mark_of_each_process() -> None:
+def test_the_audit_s_peak_memory_is_the_kernel_s_high_water_mark_of_each_process(monkeypatch) -> None:
     """A peak between two samples was missed: the sampler saw only the RSS of the moment."""
     import subprocess
     import sys
@@ -69,6 +69,12 @@ def test_the_audit_s_peak_memory_is_the_kernel_s_high_water_mark_of_each_process
         with PeakRss(child.pid) as again:  # reset as it starts: the earlier peak is not this block's
             pass
         assert again.peak_mb < 100
+        from bench.scenarios import audit
+
+        monkeypatch.setattr(audit, "_reset_high_water_mark", lambda _pid: False)
+        with PeakRss(child.pid) as unreset:  # a mark that could not be reset is not read at all
+            pass
+        assert unreset.peak_mb < 100
     finally:
         child.kill()
         child.wait()

@@ -53,16 +53,18 @@ class PeakRss:
     tree in total, over the block.
 
     Per process it is the kernel's own high-water mark (``VmHWM``, reset as the block starts
-    through ``clear_refs``) where Linux keeps one, so a peak between two samples still
-    counts; elsewhere, and for the total, it is sampled. Every 0.25 s: finding the tree's
-    processes reads every process's ``/proc`` entry, which at every 50 ms took 7 % of a core
-    from the audit it measures, on two cores.
+    through ``clear_refs``) where Linux keeps one, so a peak between two samples of a
+    process still running at the next one counts; elsewhere, and for the total, it is
+    sampled. Every 0.25 s: finding the tree's processes reads every process's ``/proc``
+    entry, which at every 50 ms took 7 % of a core from the audit it measures, on two cores.
     """
 
     INTERVAL_SECONDS = 0.25
 
     def __init__(self, pid: int) -> None:
         self.root, self.peak_mb, self.peak_total_mb = psutil.Process(pid), 0.0, 0.0
+        self._before: set[int] = set()  # the tree's processes as the block starts
+        self._reset: set[int] = set()  # those of them whose high-water mark was reset
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -73,16 +75,26 @@ class PeakRss:
     def _measure(self) -> None:
         try:
             tree = [self.root, *self.root.children(recursive=True)]
-            sizes = [process.memory_info().rss for process in tree]
         except psutil.Error:
             return
-        peaks = [_high_water_mark(process.pid) or size for process, size in zip(tree, sizes, strict=True)]
-        self.peak_mb = max(self.peak_mb, max(peaks) / 2**20)
-        self.peak_total_mb = max(self.peak_total_mb, sum(sizes) / 2**20)
+        sizes, peaks = [], []
+        for process in tree:
+            try:
+                size = process.memory_info().rss
+            except psutil.Error:  # gone since the walk
+                continue
+            # A mark not reset as the block started is the process's whole life's: sampled instead.
+            fresh = process.pid in self._reset or process.pid not in self._before
+            sizes.append(size)
+            peaks.append((fresh and _high_water_mark(process.pid)) or size)
+        if sizes:
+            self.peak_mb = max(self.peak_mb, max(peaks) / 2**20)
+            self.peak_total_mb = max(self.peak_total_mb, sum(sizes) / 2**20)
 
     def __enter__(self) -> PeakRss:
-        for process in [self.root, *self.root.children(recursive=True)]:
-            _reset_high_water_mark(process.pid)
+        tree = [self.root, *self.root.children(recursive=True)]
+        self._before = {process.pid for process in tree}
+        self._reset = {process.pid for process in tree if _reset_high_water_mark(process.pid)}
         self._thread.start()
         return self
 
@@ -92,12 +104,14 @@ class PeakRss:
         self._measure()  # the high-water marks reached since the last sample
 
 
-def _reset_high_water_mark(pid: int) -> None:
+def _reset_high_water_mark(pid: int) -> bool:
+    """Whether the process's ``VmHWM`` went back to its current RSS (Linux, own processes)."""
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # Linux: VmHWM back to the current RSS
+            clear_refs.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _high_water_mark(pid: int) -> int | None:
