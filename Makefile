@@ -30,8 +30,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own embedded
-# PostgreSQL and Redis; auto is one per CPU, or 0 (in this process) when TEST_DATABASE_URL or
-# TEST_REDIS_URL names a shared server (tests/conftest.py).
+# PostgreSQL and Redis; auto is one per CPU core, or 0 (in this process) when TEST_DATABASE_URL
+# or TEST_REDIS_URL names a shared server (tests/conftest.py).
 TEST_WORKERS ?= auto
 
 test: $(STAMP)

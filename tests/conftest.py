@@ -57,15 +57,11 @@ def _shared_servers() -> bool:
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's: absent under -p no:xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` (``make test``): one worker process per CPU, each starting its own embedded
-    PostgreSQL and Redis; none (every test in this process) when ``TEST_DATABASE_URL`` or
-    ``TEST_REDIS_URL`` names a shared server, which the workers' databases, roles, queues and
-    locks would share. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` is xdist's to read, as usual."""
-    if _shared_servers():
-        return 0
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return None
-    return len(os.sched_getaffinity(0))
+    """``-n auto`` (``make test``): no worker process (every test in this process) when
+    ``TEST_DATABASE_URL`` or ``TEST_REDIS_URL`` names a shared server, which the workers'
+    databases, roles, queues and locks would share; otherwise xdist's own count, one per CPU
+    core, each worker starting its own embedded PostgreSQL and Redis."""
+    return 0 if _shared_servers() else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
