@@ -72,9 +72,12 @@ class PeakRss:
         while not self._stop.wait(self.INTERVAL_SECONDS):
             self._measure()
 
+    def _tree(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
     def _measure(self) -> None:
         try:
-            tree = [self.root, *self.root.children(recursive=True)]
+            tree = self._tree()
         except psutil.Error:
             return
         sizes, peaks = [], []
@@ -92,7 +95,7 @@ class PeakRss:
             self.peak_total_mb = max(self.peak_total_mb, sum(sizes) / 2**20)
 
     def __enter__(self) -> PeakRss:
-        tree = [self.root, *self.root.children(recursive=True)]
+        tree = self._tree()
         self._before = {process.pid for process in tree}
         self._reset = {process.pid for process in tree if _reset_high_water_mark(process.pid)}
         self._thread.start()
