@@ -114,6 +114,20 @@ def private_dir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"plant-test-{name}-"))
 
 
+@pytest.fixture
+def server_tmp() -> Iterator[Path]:
+    """A temp dir for a test's own PostgreSQL data: private, not under pytest's basetemp.
+
+    As root, PostgreSQL runs as a service user, which must be able to pass through every
+    ancestor of its data dir (``cli.services`` adds ``o+x`` on them). Every pytest session
+    that starts (the other xdist worker's nested runs, say) sets pytest's shared temp root
+    back to 0700, and a server starting then fails with "Permission denied" on its own
+    files."""
+    path = private_dir("server")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 SERVER_START_ATTEMPTS = 3
 
 

@@ -76,11 +76,11 @@ def test_redis_down_for_20_seconds_during_submissions(settings, admin_key, tmp_p
     assert len(jobs) >= 35 and {j["status"] for j in jobs} == {"succeeded"}
 
 
-def test_postgres_restart_while_jobs_run(settings, tmp_path) -> None:
+def test_postgres_restart_while_jobs_run(settings, tmp_path, server_tmp) -> None:
     from models.api_keys import create_api_key
     from models.db import make_engine
 
-    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+    server = EmbeddedPostgres(server_tmp / "pg", free_port())
     server.start()
     server.create_database("chaos")
     url = server.url_for("chaos")

@@ -30,8 +30,8 @@ def _started_in(directory: Path) -> list[psutil.Process]:
     return found
 
 
-def test_the_demo_finds_the_tampered_row_and_ends_with_a_verified_report(tmp_path: Path) -> None:
-    data_dir = tmp_path / "demo"
+def test_the_demo_finds_the_tampered_row_and_ends_with_a_verified_report(server_tmp: Path) -> None:
+    data_dir = server_tmp / "demo"
     completed = subprocess.run(
         [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir),
          "--port", str(free_port()), "--flower-port", str(free_port()), "--json"],

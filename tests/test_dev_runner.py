@@ -73,8 +73,8 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_dev_runs_everything_and_stops_clean(tmp_path: Path) -> None:
-    runner = DevRunner(tmp_path / "plant-data", tmp_path / "dev.log")
+def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -> None:
+    runner = DevRunner(server_tmp / "plant-data", tmp_path / "dev.log")
     runner.start()
     http = runner.session()
     try:
@@ -124,9 +124,9 @@ def _wait_until_healthy(runner: DevRunner) -> None:
     wait_for(runner._healthy, timeout=10, what=f"{runner.api}/health to say ok")
 
 
-def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path) -> None:
-    first = DevRunner(tmp_path / "one", tmp_path / "one.log")
-    second = DevRunner(tmp_path / "two", tmp_path / "two.log")
+def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path, server_tmp: Path) -> None:
+    first = DevRunner(server_tmp / "one", tmp_path / "one.log")
+    second = DevRunner(server_tmp / "two", tmp_path / "two.log")
     first.start()
     try:
         second.start()

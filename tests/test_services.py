@@ -1,8 +1,8 @@
 """Tests of the embedded PostgreSQL and Redis servers in ``cli.services``.
 
-They start real servers in ``tmp_path`` and check what the dev runner and the test suite rely
-on: pgvector is available, data survives a restart (and a crash), and ``stop`` leaves no
-process behind.
+They start real servers in temp dirs (PostgreSQL's in ``server_tmp``, see tests/conftest.py)
+and check what the dev runner and the test suite rely on: pgvector is available, data
+survives a restart (and a crash), and ``stop`` leaves no process behind.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def _process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def test_postgres_serves_pgvector(tmp_path: Path) -> None:
-    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server, _connect(server) as conn:
+def test_postgres_serves_pgvector(server_tmp: Path) -> None:
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
         conn.execute("CREATE EXTENSION vector")
         (distance,) = conn.execute("SELECT '[1,2,3]'::vector <=> '[1,2,4]'::vector").fetchone()
 
@@ -55,21 +55,21 @@ def test_postgres_url_names_the_server() -> None:
     assert server.url_for("plant") == "postgresql+psycopg://postgres@127.0.0.1:15432/plant"
 
 
-def test_postgres_restart_keeps_databases_and_rows(tmp_path: Path) -> None:
-    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+def test_postgres_restart_keeps_databases_and_rows(server_tmp: Path) -> None:
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
         server.create_database("plant")
         server.create_database("plant")  # idempotent
         with _connect(server, "plant") as conn:
             conn.execute("CREATE TABLE kept (value text)")
             conn.execute("INSERT INTO kept VALUES ('survives')")
 
-    restarted = EmbeddedPostgres(tmp_path / "pg", free_port())
+    restarted = EmbeddedPostgres(server_tmp / "pg", free_port())
     with restarted, _connect(restarted, "plant") as conn:
         assert conn.execute("SELECT value FROM kept").fetchall() == [("survives",)]
 
 
-def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(tmp_path: Path) -> None:
-    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(server_tmp: Path) -> None:
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
         server.create_database("scratch")
         with _connect(server, "scratch"):
             server.drop_database("scratch")
@@ -80,8 +80,8 @@ def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(tmp_path: 
     assert ("scratch",) not in names
 
 
-def test_postgres_starts_after_a_crash(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+def test_postgres_starts_after_a_crash(server_tmp: Path) -> None:
+    server = EmbeddedPostgres(server_tmp / "pg", free_port())
     server.start()
     with _connect(server) as conn:
         conn.execute("CREATE TABLE committed (n int)")
@@ -90,14 +90,14 @@ def test_postgres_starts_after_a_crash(tmp_path: Path) -> None:
     os.killpg(server.pid, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=10)
     server.stop()  # only reaps the dead child
-    assert (tmp_path / "pg" / "postmaster.pid").exists()
+    assert (server_tmp / "pg" / "postmaster.pid").exists()
 
-    with EmbeddedPostgres(tmp_path / "pg", free_port()) as restarted, _connect(restarted) as conn:
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as restarted, _connect(restarted) as conn:
         assert conn.execute("SELECT n FROM committed").fetchall() == [(1,)]
 
 
-def test_stale_pid_file_is_removed_only_when_no_postgres_owns_it(tmp_path: Path) -> None:
-    pid_file = tmp_path / "postmaster.pid"
+def test_stale_pid_file_is_removed_only_when_no_postgres_owns_it(server_tmp: Path) -> None:
+    pid_file = server_tmp / "postmaster.pid"
     # A live process that is not postgres: what a recycled pid looks like after a crash.
     with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as other:
         pid_file.write_text(f"{other.pid}\n/some/data\n")
@@ -105,14 +105,35 @@ def test_stale_pid_file_is_removed_only_when_no_postgres_owns_it(tmp_path: Path)
         other.communicate(b"\n")
     assert not pid_file.exists()
 
-    with EmbeddedPostgres(tmp_path / "pg", free_port()) as server:
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
         live_pid_file = server.data_dir / "postmaster.pid"
         _remove_stale_pid_file(live_pid_file)
         assert live_pid_file.exists()
 
 
-def test_postgres_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", free_port())
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as a user of its own")
+def test_a_test_s_postgres_starts_while_another_pytest_session_resets_pytest_s_temp_root(
+    server_tmp: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A pytest session starting beside this one (the other xdist worker's nested runs) sets
+    pytest's temp root back to 0700. Here it happens between the server's preparing its
+    ancestors and starting, the moment that failed a run with "Permission denied" on
+    ``pg_control`` when tests put their servers under ``tmp_path``."""
+    pytest_root = next((p for p in tmp_path.parents if p.name.startswith("pytest-of-")), tmp_path.parent)
+    prepare = EmbeddedPostgres._prepare
+
+    def prepared_then_reset(server: EmbeddedPostgres) -> None:
+        prepare(server)
+        pytest_root.chmod(pytest_root.stat().st_mode & ~0o077)  # what pytest's getbasetemp does
+
+    monkeypatch.setattr(EmbeddedPostgres, "_prepare", prepared_then_reset)
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
+        conn.execute("CREATE TABLE written (n int)")  # new files in the data dir
+        assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+
+
+def test_postgres_stop_leaves_no_process_and_is_idempotent(server_tmp: Path) -> None:
+    server = EmbeddedPostgres(server_tmp / "pg", free_port())
     server.start()
     tree = _process_tree(server.pid)
     assert len(tree) > 1  # postmaster plus its auxiliary processes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 from tests.conftest import REPO_ROOT
 
@@ -15,8 +16,11 @@ SHARED = {"TEST_REDIS_URL": "redis://127.0.0.1:1/0"}  # never reached: no test h
 def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items()  # this run's own xdist worker variables included
              if k not in ("TEST_DATABASE_URL", "TEST_REDIS_URL", "PYTEST_ADDOPTS") and not k.startswith("PYTEST_XDIST")}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, ONE_TEST],
-                          cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    # A basetemp of its own: a run that finds pytest's shared temp root sets it back to 0700.
+    with tempfile.TemporaryDirectory(prefix="plant-nested-pytest-") as basetemp:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={basetemp}/t",
+                               *args, ONE_TEST], cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True,
+                              timeout=120)
 
 
 def test_auto_runs_worker_processes() -> None:
