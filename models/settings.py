@@ -102,7 +102,10 @@ class Settings(BaseSettings):
 
     # Audits and the ledger digest.
     audit_batch_size: int = Field(default=500, ge=1, le=10_000)
-    audit_chunk_entities: int = Field(default=50_000, ge=1, description="entities per parallel chunk")
+    # Small, so that every worker process stays busy to the end of a run: with 50,000, the
+    # last big chunk left a core idle (200,000 entities on 2 processes: 12.5 s, against
+    # 11.2 s with 5,000; docs/benchmarks.md, stop 34).
+    audit_chunk_entities: int = Field(default=5_000, ge=1, description="entities per parallel chunk")
     audit_interval_seconds: float = Field(default=86_400.0, gt=0, description="scheduled full audit")
     digest_interval_seconds: float = Field(default=3_600.0, gt=0, description="scheduled ledger digest")
     digest_leaves_kept: int = Field(

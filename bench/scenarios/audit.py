@@ -197,8 +197,7 @@ def _prepare(stack: BenchStack, entities: int) -> tuple[Settings, uuid.UUID]:
 def _full(stack: BenchStack, settings: Settings, entities: int) -> list[BenchResult]:
     versions = entities * VERSIONS
     copies = [copy_seconds(settings) for _ in range(RUNS)]
-    worker = stack.start_worker(settings, queues="audit", concurrency=2,
-                                env={"PLANT_AUDIT_CHUNK_ENTITIES": str(max(entities // 8, 1000))})
+    worker = stack.start_worker(settings, queues="audit", concurrency=2)  # Plant's default chunk size
     walls, peaks, totals, cpu_runs = [], [], [], []
     for _ in range(RUNS):
         meter = stack.cpu_meter(worker=worker).start()
