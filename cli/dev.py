@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import NoReturn
 from cli.bootstrap import ensure_dev_admin
 from cli.errors import PlantCliError
 from cli.seeding import seed_database
-from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, start_on_a_free_port
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
@@ -60,11 +60,11 @@ class DevConfig:
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
-    """The port ``name`` asks for, or a free one when it is unset or 0."""
+    """The port ``name`` asks for; 0 when it is unset or 0: a free one, picked as the server starts."""
     value = env.get(name) or "0"
     if not (value.isascii() and value.isdigit() and int(value) <= 65535):
         raise PlantCliError(f"{name} must be a port number (1-65535), not {value!r}")
-    return int(value) or free_port()
+    return int(value)
 
 
 def dev_config_from_environment() -> DevConfig:
@@ -224,14 +224,11 @@ def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServic
     database_url, redis_url = config.database_url, config.redis_url
     owner_url = database_url
     if database_url is None:
-        postgres = EmbeddedPostgres(config.data_dir / "postgres", config.pg_port)
-        _start_with_cleanup(postgres, stack)
+        postgres = _started(lambda port: EmbeddedPostgres(config.data_dir / "postgres", port), config.pg_port, stack)
         postgres.create_database(DEV_DATABASE)
         owner_url, database_url = postgres.url_for(DEV_DATABASE), postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE)
     if redis_url is None:
-        redis = EmbeddedRedis(config.data_dir / "redis", config.redis_port)
-        _start_with_cleanup(redis, stack)
-        redis_url = redis.url
+        redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port), config.redis_port, stack).url
     return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url)
 
 
@@ -242,10 +239,16 @@ def migrate(services: BackingServices) -> None:
         grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True)  # trust auth: no password
 
 
-def _start_with_cleanup(server: EmbeddedPostgres | EmbeddedRedis, stack: ExitStack) -> None:
-    # The stop is registered first: a signal can interrupt start() at any point.
-    stack.callback(server.stop)
-    server.start()
+def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack) -> Server:
+    """The server on ``port``, started; on a free port when ``port`` is 0, and on another if
+    that one is taken before the server binds it. Each server's stop is registered before
+    its start: a signal can interrupt a start at any point."""
+    if port:
+        server = server_on(port)
+        stack.callback(server.stop)
+        server.start()
+        return server
+    return start_on_a_free_port(server_on, before_start=lambda server: stack.callback(server.stop))
 
 
 def write_services_env(data_dir: Path, services: BackingServices) -> None:

@@ -18,9 +18,10 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import psutil
 import psycopg
@@ -40,6 +41,34 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+Server = TypeVar("Server", bound="_ChildServer")
+START_ATTEMPTS = 3
+
+
+def start_on_a_free_port(
+    server_on: Callable[[int], Server], *, before_start: Callable[[Server], object] | None = None
+) -> Server:
+    """Start ``server_on(port)`` on a port picked free, or on another if that one is taken by
+    the time the server binds it; return the server, running.
+
+    A port is free when picked, not when bound, and other servers (another runner, the
+    other test process) draw from the same range. Only "Address already in use" is tried
+    again, up to :data:`START_ATTEMPTS` starts in all. ``before_start`` sees each server
+    before its start (to register its stop: a signal can interrupt a start anywhere)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        server = server_on(free_port())
+        if before_start is not None:
+            before_start(server)
+        try:
+            server.start()
+        except ServiceError as error:
+            if attempt == START_ATTEMPTS or "Address already in use" not in str(error):
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _package_dir(name: str) -> Path:

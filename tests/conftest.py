@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, ServiceError, free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, start_on_a_free_port
 from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db import make_engine
 from models.keys import keyring_from_settings
@@ -128,30 +128,18 @@ def server_tmp() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-SERVER_START_ATTEMPTS = 3
-
-
 def embedded_server(server_class: type[EmbeddedPostgres] | type[EmbeddedRedis], name: str) -> Iterator[str]:
     """Run an embedded server in a private temp dir for the session; yield its URL.
 
-    A port is free when picked, not when the server binds it, and the other xdist worker's
-    servers draw from the same range: a start that finds its port taken is tried again on
-    another one."""
+    The other xdist worker's servers draw their ports from the same range: a start that
+    finds its port taken goes again on another (:func:`cli.services.start_on_a_free_port`)."""
     root = private_dir(name)
     try:
-        for attempt in range(1, SERVER_START_ATTEMPTS + 1):
-            server = server_class(root / f"data-{attempt}", free_port())
-            try:
-                server.start()
-            except ServiceError as error:
-                if attempt == SERVER_START_ATTEMPTS or "Address already in use" not in str(error):
-                    raise
-                continue
-            try:
-                yield server.url
-            finally:
-                server.stop()
-            return
+        server = start_on_a_free_port(lambda port: server_class(root / "data", port))
+        try:
+            yield server.url
+        finally:
+            server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -237,3 +237,26 @@ def test_the_demo_never_hands_its_stack_the_developer_s_metrics_directory(tmp_pa
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mine"))
     assert "PROMETHEUS_MULTIPROC_DIR" not in DemoStack(tmp_path, 1, 2).environment()
+
+
+def test_the_runner_starts_its_servers_on_other_ports_when_the_ports_it_picked_are_taken(
+    server_tmp: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """With no port set, a port is free when picked, not when the server binds it."""
+    from contextlib import ExitStack
+
+    import redis
+
+    from cli import services
+    from cli.dev import DevConfig, start_backing_services
+
+    with services.EmbeddedRedis(tmp_path / "taker", free_port()) as taker:
+        picks = iter([taker.port, taker.port])  # PostgreSQL's first pick, then Redis's
+        monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
+        with ExitStack() as stack:
+            started = start_backing_services(DevConfig(server_tmp, 1, 2, None, None, 0, 0, None, None), stack)
+            assert next(picks, None) is None  # both were given the taken port first
+            for url in (started.owner_url, started.redis_url):
+                assert f":{taker.port}/" not in url
+            psycopg.connect(libpq_url(started.owner_url)).close()
+            assert redis.Redis.from_url(started.redis_url).ping()

@@ -182,11 +182,12 @@ def test_redis_start_fails_when_its_port_is_taken(tmp_path: Path) -> None:
 def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp_path: Path, server_class,
                                                                              monkeypatch) -> None:
     """The other xdist worker's servers draw their ports from the same range."""
+    from cli import services
     from tests import conftest
 
     with EmbeddedRedis(tmp_path / "taker", free_port()) as taker:
         picks = iter([taker.port])
-        monkeypatch.setattr(conftest, "free_port", lambda: next(picks, None) or free_port())
+        monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
         servers = conftest.embedded_server(server_class, "retry")
         try:
             url = next(servers)
@@ -197,6 +198,25 @@ def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp
                 psycopg.connect(libpq_url(url)).close()
         finally:
             servers.close()
+
+
+@pytest.mark.parametrize(("log", "starts"), [("FATAL: data directory has wrong ownership", 1),
+                                             ("could not bind IPv4 address: Address already in use", 3)])
+def test_only_a_taken_port_is_tried_again_and_only_three_times(log: str, starts: int) -> None:
+    from cli.services import start_on_a_free_port
+
+    ports: list[int] = []
+
+    class Failing:
+        def __init__(self, port: int) -> None:
+            ports.append(port)
+
+        def start(self) -> None:
+            raise ServiceError(f"postgres exited with code 1:\n{log}")
+
+    with pytest.raises(ServiceError, match=log):
+        start_on_a_free_port(Failing)
+    assert len(ports) == starts
 
 
 def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
