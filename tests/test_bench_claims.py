@@ -78,3 +78,28 @@ def test_the_audit_s_peak_memory_is_the_kernel_s_high_water_mark_of_each_process
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_copy_baseline_runs_its_server_process_and_its_reader_on_cores_of_their_own(settings) -> None:
+    """Left to the scheduler they sometimes shared a core, and the baseline moved by 40 %."""
+    import os
+
+    import psutil
+    import psycopg
+
+    from bench.scenarios.audit import cores_apart
+    from models.settings import libpq_url
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to place")
+    ours = os.sched_getaffinity(0)
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
+        backend = psutil.Process(conn.info.backend_pid)
+        theirs = backend.cpu_affinity()
+        with cores_apart(conn.info.backend_pid) as apart:
+            assert apart
+            assert len(backend.cpu_affinity()) == 1 and len(os.sched_getaffinity(0)) == 1
+            assert set(backend.cpu_affinity()).isdisjoint(os.sched_getaffinity(0))
+        assert os.sched_getaffinity(0) == ours and backend.cpu_affinity() == theirs
+    with cores_apart(os.getpid()) as apart:  # a pid that is no PostgreSQL process: left alone
+        assert not apart and os.sched_getaffinity(0) == ours
