@@ -36,7 +36,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, start_on_a_free_port
 from models.api_keys import create_api_key, ensure_admin_key
 from models.db import make_engine
 from models.embeddings import make_embedder
@@ -208,8 +208,11 @@ class BenchStack:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ensure_key_file(self.data_dir / "keys" / "active.pem")
-        self.postgres.start()
-        self.redis.start()
+        # Each attempt is the stack's server before it starts, so close() stops whichever runs.
+        start_on_a_free_port(lambda port: EmbeddedPostgres(self.root / "postgres", port),
+                             before_start=lambda server: setattr(self, "postgres", server))
+        start_on_a_free_port(lambda port: EmbeddedRedis(self.root / "redis", port),
+                             before_start=lambda server: setattr(self, "redis", server))
         self.postgres.create_database(BENCH_DATABASE)
         database_url = self.postgres.url_for(BENCH_DATABASE)
         upgrade_head(database_url)

@@ -46,7 +46,8 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @dataclass(frozen=True)
 class DevConfig:
-    """What the runner needs; ``None`` URLs mean "start an embedded server"."""
+    """What the runner needs; ``None`` URLs mean "start an embedded server", and a port of 0
+    for one of them "on a free port, picked as it starts"."""
 
     data_dir: Path
     port: int
@@ -63,7 +64,7 @@ def _port(env: Mapping[str, str], name: str) -> int:
     """The port ``name`` asks for; 0 when it is unset or 0: a free one, picked as the server starts."""
     value = env.get(name) or "0"
     if not (value.isascii() and value.isdigit() and int(value) <= 65535):
-        raise PlantCliError(f"{name} must be a port number (1-65535), not {value!r}")
+        raise PlantCliError(f"{name} must be a port number (1-65535, or 0 for a free one), not {value!r}")
     return int(value)
 
 

