@@ -22,6 +22,7 @@ registry; ``POST /audit/run {"since": "latest-digest"}``'s job is timed the same
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -136,7 +137,7 @@ def _high_water_mark(pid: int) -> int | None:
 def copy_seconds(settings: Settings) -> float:
     """Seconds of a raw ``COPY entity_versions TO STDOUT`` read, with the server process and
     this one on cores of their own (:func:`cores_apart`)."""
-    with psycopg.connect(libpq_url(settings.database_url)) as conn, cores_apart(conn.info.backend_pid):
+    with psycopg.connect(libpq_url(settings.database_url)) as conn, cores_apart(conn):
         started = time.perf_counter()
         with conn.cursor() as cursor, cursor.copy("COPY entity_versions TO STDOUT") as copy:
             for _ in copy:
@@ -145,10 +146,11 @@ def copy_seconds(settings: Settings) -> float:
 
 
 @contextmanager
-def cores_apart(backend_pid: int) -> Iterator[bool]:
-    """Run the server process ``backend_pid`` and this process on two different cores over
-    the block; yield whether they are (not on one core, nor on a server this process may
-    not touch).
+def cores_apart(conn: psycopg.Connection) -> Iterator[bool]:
+    """Run ``conn``'s server process and this process on two different cores over the block;
+    yield whether they are: not with one core, nor when the server process is not a local
+    one this process may place (checked by its end of ``conn``'s socket, not by its pid,
+    which on another host's server names an unrelated process here).
 
     Left to the scheduler, the COPY's two processes sometimes shared one core for a whole
     run: 2.2 s against 1.6 s on two (stop 34, 200,000 industries, pinned each way), so the
@@ -157,12 +159,12 @@ def cores_apart(backend_pid: int) -> Iterator[bool]:
     cpus = sorted(os.sched_getaffinity(0))
     ours = set(cpus)
     try:
-        backend = psutil.Process(backend_pid)
+        backend = psutil.Process(conn.info.backend_pid)
+        if len(cpus) < 2 or not _serves(backend, conn):
+            raise psutil.Error("not two cores and a local server")
         theirs = backend.cpu_affinity()
-        if len(cpus) < 2 or backend.name() != "postgres":  # one core, or a pid of another host's server
-            raise psutil.Error("not two cores for a local server")
         backend.cpu_affinity([cpus[0]])
-    except psutil.Error:
+    except (psutil.Error, OSError):
         yield False
         return
     try:
@@ -172,6 +174,13 @@ def cores_apart(backend_pid: int) -> Iterator[bool]:
         os.sched_setaffinity(0, ours)
         with suppress(psutil.Error):  # gone with its connection, most likely
             backend.cpu_affinity(theirs)
+
+
+def _serves(backend: psutil.Process, conn: psycopg.Connection) -> bool:
+    """Whether ``backend`` holds the other end of ``conn``'s TCP socket."""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as ours:
+        here = ours.getsockname()
+    return any(c.raddr and (c.raddr.ip, c.raddr.port) == here[:2] for c in backend.net_connections(kind="inet"))
 
 
 def run_audit_job(stack: BenchStack, settings: Settings, params: dict[str, Any]) -> float:
@@ -234,7 +243,9 @@ def _full(stack: BenchStack, settings: Settings, entities: int) -> list[BenchRes
     versions = entities * VERSIONS
     copy_seconds(settings)  # warm-up: the first read of the table was the slowest, whatever the cores
     copies = [copy_seconds(settings) for _ in range(RUNS)]
-    worker = stack.start_worker(settings, queues="audit", concurrency=2)  # Plant's default chunk size
+    chunk_entities = Settings.model_fields["audit_chunk_entities"].default  # Plant's, whatever this environment says
+    worker = stack.start_worker(settings, queues="audit", concurrency=2,
+                                env={"PLANT_AUDIT_CHUNK_ENTITIES": str(chunk_entities)})
     walls, peaks, totals, cpu_runs = [], [], [], []
     for _ in range(RUNS):
         meter = stack.cpu_meter(worker=worker).start()
@@ -254,7 +265,8 @@ def _full(stack: BenchStack, settings: Settings, entities: int) -> list[BenchRes
             raise RuntimeError(f"the chain floor verified {verified} of {versions} versions")
         chain_runs.append(round(seconds, 3))
     chain = median_run(chain_runs)
-    details = {"entities": entities, "versions": versions, "audit_seconds_runs": walls, "copy_seconds_runs": copies,
+    details = {"entities": entities, "versions": versions, "chunk_entities": chunk_entities,
+               "audit_seconds_runs": walls, "copy_seconds_runs": copies,
                "signature_floor_seconds_2_cores": round(floor, 3), "python_read_seconds_2_cores": round(read, 3),
                "chain_floor_seconds_runs": chain_runs, "postgres_serve_cpu_seconds": round(serve_cpu, 3),
                "audit_cpu_seconds_runs": cpu_runs}
