@@ -108,3 +108,28 @@ def test_the_copy_baseline_runs_its_server_process_and_its_reader_on_cores_of_th
         elsewhere = SimpleNamespace(info=SimpleNamespace(backend_pid=os.getpid()), pgconn=conn.pgconn)
         with cores_apart(elsewhere) as apart:
             assert not apart and os.sched_getaffinity(0) == ours
+
+
+def test_settled_data_leaves_nothing_for_postgres_or_the_kernel_to_write_during_a_measurement(settings,
+                                                                                             monkeypatch) -> None:
+    """The load's dirty pages, written back by the kernel over the next half minute, slowed
+    the raw COPY baseline by 40 %."""
+    import os
+    from types import SimpleNamespace
+
+    import psycopg
+
+    from bench.harness import BenchStack
+    from models.settings import libpq_url
+
+    def checkpoints() -> int:
+        with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
+            if conn.info.server_version >= 170000:
+                return conn.execute("SELECT num_requested FROM pg_stat_checkpointer").fetchone()[0]
+            return conn.execute("SELECT checkpoints_req FROM pg_stat_bgwriter").fetchone()[0]
+
+    synced: list[int] = []
+    monkeypatch.setattr(os, "sync", lambda: synced.append(checkpoints()))
+    before = checkpoints()
+    BenchStack.settle(SimpleNamespace(), settings)
+    assert len(synced) == 1 and synced[0] > before  # the kernel's write-back after PostgreSQL's
