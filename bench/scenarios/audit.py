@@ -152,9 +152,9 @@ def cores_apart(conn: psycopg.Connection) -> Iterator[bool]:
     one this process may place (checked by its end of ``conn``'s socket, not by its pid,
     which on another host's server names an unrelated process here).
 
-    Left to the scheduler, the COPY's two processes sometimes shared one core for a whole
-    run: 2.2 s against 1.6 s on two (stop 34, 200,000 industries, pinned each way), so the
-    baseline, and every ratio to it, moved by 40 % with where they landed.
+    On one core the COPY of 200,000 industries' versions took 2.2–2.5 s, on two 1.6–1.7 s
+    (stop 34, pinned each way), and the scheduler promises neither: the baseline, and every
+    ratio to it, would move by 40 % with where the two processes landed.
     """
     cpus = sorted(os.sched_getaffinity(0))
     ours = set(cpus)
