@@ -37,6 +37,10 @@ class ServiceError(RuntimeError):
     """An embedded server could not be prepared or did not become ready."""
 
 
+class PortTaken(ServiceError):
+    """The server exited because another process holds its port ("Address already in use")."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free right now (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -55,8 +59,8 @@ def start_on_a_free_port(
     the time the server binds it; return the server, running.
 
     A port is free when picked, not when bound, and other servers (another runner, the
-    other test process) draw from the same range. Only "Address already in use" is tried
-    again, up to :data:`START_ATTEMPTS` starts in all. ``before_start`` sees each server
+    other test process) draw from the same range. Only :class:`PortTaken` is tried again,
+    up to :data:`START_ATTEMPTS` starts in all. ``before_start`` sees each server
     before its start (to register its stop: a signal can interrupt a start anywhere)."""
     for attempt in range(1, START_ATTEMPTS + 1):
         server = server_on(free_port())
@@ -64,8 +68,8 @@ def start_on_a_free_port(
             before_start(server)
         try:
             server.start()
-        except ServiceError as error:
-            if attempt == START_ATTEMPTS or "Address already in use" not in str(error):
+        except PortTaken:
+            if attempt == START_ATTEMPTS:
                 raise
             continue
         return server
@@ -162,7 +166,9 @@ class _ChildServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code, self._process = self._process.returncode, None
-                raise ServiceError(f"{self.name} exited with code {code}:\n{self._log_tail()}")
+                tail = self._log_tail()
+                failed = PortTaken if "Address already in use" in tail else ServiceError
+                raise failed(f"{self.name} exited with code {code}:\n{tail}")
             if self._answers():
                 return
             try:  # doubles as the pause between polls, and notices an exit at once

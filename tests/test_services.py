@@ -21,6 +21,7 @@ import redis
 from cli.services import (
     EmbeddedPostgres,
     EmbeddedRedis,
+    PortTaken,
     ServiceError,
     _remove_stale_pid_file,
     free_port,
@@ -177,7 +178,7 @@ def test_redis_start_fails_when_its_port_is_taken(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "first", port):
         second = EmbeddedRedis(tmp_path / "second", port)
         # The first server answers on that port, but it must not pass for the second.
-        with pytest.raises(ServiceError, match="redis exited"):
+        with pytest.raises(PortTaken, match="redis exited"):
             second.start()
         assert second.pid is None
 
@@ -205,9 +206,12 @@ def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp
             servers.close()
 
 
-@pytest.mark.parametrize(("log", "starts"), [("FATAL: data directory has wrong ownership", 1),
-                                             ("could not bind IPv4 address: Address already in use", 3)])
-def test_only_a_taken_port_is_tried_again_and_only_three_times(log: str, starts: int) -> None:
+@pytest.mark.parametrize(("failure", "log", "starts"), [
+    (ServiceError, "FATAL: data directory has wrong ownership", 1),
+    (PortTaken, "could not bind IPv4 address: Address already in use", 3),
+])
+def test_only_a_taken_port_is_tried_again_and_only_three_times(failure: type[ServiceError], log: str,
+                                                               starts: int) -> None:
     from cli.services import start_on_a_free_port
 
     ports: list[int] = []
@@ -217,7 +221,7 @@ def test_only_a_taken_port_is_tried_again_and_only_three_times(log: str, starts:
             ports.append(port)
 
         def start(self) -> None:
-            raise ServiceError(f"postgres exited with code 1:\n{log}")
+            raise failure(f"postgres exited with code 1:\n{log}")
 
     with pytest.raises(ServiceError, match=log):
         start_on_a_free_port(Failing)
