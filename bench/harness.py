@@ -183,8 +183,9 @@ class BenchStack:
         self.keep = keep
         self.log_dir = self.root / "logs"
         self.data_dir = self.root / "data"
-        self.postgres = EmbeddedPostgres(self.root / "postgres", free_port())
-        self.redis = EmbeddedRedis(self.root / "redis", free_port())
+        # Not started: start() puts each on a free port (and close() stops whichever ran).
+        self.postgres = EmbeddedPostgres(self.root / "postgres", 0)
+        self.redis = EmbeddedRedis(self.root / "redis", 0)
         self.admin_key = ""
         self.settings: Settings | None = None  # set by start()
         self._processes: list[subprocess.Popen] = []
@@ -208,7 +209,6 @@ class BenchStack:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         ensure_key_file(self.data_dir / "keys" / "active.pem")
-        # Each attempt is the stack's server before it starts, so close() stops whichever runs.
         start_on_a_free_port(lambda port: EmbeddedPostgres(self.root / "postgres", port),
                              before_start=lambda server: setattr(self, "postgres", server))
         start_on_a_free_port(lambda port: EmbeddedRedis(self.root / "redis", port),
