@@ -127,15 +127,21 @@ def certification_gates(session: Session, skill: Skill) -> tuple[list[dict[str, 
 
 
 def nearest_certified_duplicate(session: Session, skill: Skill) -> dict[str, Any] | None:
+    """The certified skill nearest to ``skill``, when it is a near-duplicate; exact, never
+    approximate. Ordered by distance over the table itself, the planner may serve the
+    ``LIMIT 1`` from the HNSW index, which finds its ``ef_search`` (40) nearest skills of
+    any status and only then keeps the certified ones: forty drafts nearer than a certified
+    duplicate hid it, and the copy was certified. A materialized CTE is read whole, so every
+    certified skill is compared (a sort over the certified ones alone)."""
     if skill.embedding is None:
         return None
-    distance = Skill.embedding.cosine_distance(skill.embedding)
-    row = session.execute(
-        select(Skill.id, Skill.name, distance)
+    certified = (
+        select(Skill.id, Skill.name, Skill.embedding)
         .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
-        .order_by(distance)
-        .limit(1)
-    ).first()
+        .cte("certified").prefix_with("MATERIALIZED")
+    )
+    distance = certified.c.embedding.cosine_distance(skill.embedding)
+    row = session.execute(select(certified.c.id, certified.c.name, distance).order_by(distance).limit(1)).first()
     if row is None or 1.0 - float(row[2]) < DUPLICATE_SIMILARITY:
         return None
     return {"id": str(row[0]), "name": row[1], "similarity": round(1.0 - float(row[2]), 6)}

@@ -325,3 +325,22 @@ def test_a_row_reset_to_version_zero_is_refused_not_a_crash(db_session, write_ct
     _edit_through_sql(db_session, skill, version=0, head_link_hash=None)
     with pytest.raises(EntityTampered):
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)
+
+
+def test_the_duplicate_gate_is_exact_whatever_plan_the_database_picks(db_session, write_ctx, steward) -> None:
+    """The HNSW index finds its 40 nearest skills of any status and keeps the certified ones
+    after: forty drafts nearer to the copy than the certified original hid the original. On a
+    large registry the planner picks that index by itself; here enable_sort=off makes it."""
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    for number in range(45):  # drafts, each nearer to the copy than the original is
+        _skill(db_session, write_ctx, steward, f"Fraud Detection Copy {number}")
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    db_session.execute(text("SET LOCAL enable_sort = off"))
+    plan = db_session.execute(text(
+        "EXPLAIN SELECT id FROM skills WHERE status = 'certified' ORDER BY embedding <=> "
+        "(SELECT embedding FROM skills WHERE id = :id) LIMIT 1"), {"id": copy.id}).scalars().all()
+    assert any("hnsw" in line for line in plan)  # the plan that hid the original before
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected"
+    assert outcome.blocking_duplicate is not None and outcome.blocking_duplicate["id"] == str(original.id)
