@@ -33,6 +33,7 @@ from models.job_lifecycle import create_job
 from models.keys import keyring_from_settings
 from models.seed import bootstrap_steward
 from models.settings import Settings
+from models.embeddings import HashingEmbedder
 
 
 def _plant(stack: BenchStack, settings: Settings, batch: int) -> None:
@@ -41,7 +42,7 @@ def _plant(stack: BenchStack, settings: Settings, batch: int) -> None:
         job = create_job(session, kind="audit.run", params={}, queue="audit")
         run = start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=MAX_UUID)
         for chunk_id in pending_chunks(session, run.id):
-            while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch).done:
+            while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=HashingEmbedder(), batch_size=batch).done:
                 pass
         session.rollback()
 

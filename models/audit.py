@@ -20,16 +20,18 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.certification import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded, versions_by_entity
 from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
 from models.entities import (
     ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
 )
+from models.embeddings import Embedder
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest, stored_digest_problem, stored_leaves
 from models.signing import KeyRing
 
-SEVERITY_BY_CODE = {"rule-violation": "error", "rule-warning": "warning"}
+SEVERITY_BY_CODE = {"rule-violation": "error", "rule-warning": "warning", "certified-near-duplicate": "error"}
 TAMPER_SEVERITY = "critical"
 FAILING_SEVERITIES = ("critical", "error")
 
@@ -94,7 +96,8 @@ LINK_TABLES = {
 
 
 def audit_batch(
-    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, signatures: str, append_only: bool
+    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, embedder: Embedder, signatures: str,
+    append_only: bool,
 ) -> BatchResult:
     """Verify each entity's chain, head, row and rules; nothing is written.
 
@@ -102,12 +105,15 @@ def audit_batch(
     that commits in between shows a version past the row's head, which looks like
     tampering. So each entity with a tampering finding is read and checked once more
     with its row share-locked (:func:`suspects_rechecked`).
+
+    Certified skills also go through the duplicate gate again, from their signed texts
+    (:func:`models.certification.gates_rechecked`), with ``embedder`` (the configured one).
     """
-    first = _check_batch(session, entities, keyring=keyring, signatures=signatures, append_only=append_only)
-    return suspects_rechecked(
-        session, first, entities,
-        lambda again: _check_batch(session, again, keyring=keyring, signatures=signatures, append_only=append_only),
-    )
+    def check(batch: list[EntitySnapshot]) -> BatchResult:
+        return _check_batch(session, batch, keyring=keyring, embedder=embedder, signatures=signatures,
+                            append_only=append_only)
+
+    return suspects_rechecked(session, check(entities), entities, check)
 
 
 def suspects_rechecked(
@@ -128,7 +134,8 @@ def suspects_rechecked(
 
 
 def _check_batch(
-    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, signatures: str, append_only: bool
+    session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, embedder: Embedder, signatures: str,
+    append_only: bool,
 ) -> BatchResult:
     result = BatchResult()
     if not entities:
@@ -146,6 +153,9 @@ def _check_batch(
         result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)
+    if entities[0].entity_type_value is EntityType.SKILL:
+        result.findings += [FindingRow(EntityType.SKILL.value, g.skill_id, None, g.code, g.detail)
+                            for g in gates_rechecked(session, entities, embedder)]
     return result
 
 
@@ -196,12 +206,12 @@ class TamperCheck:
         }
 
 
-def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing) -> TamperCheck:
+def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing, embedder: Embedder) -> TamperCheck:
     """Synchronous full check of one entity, including the latest stored ledger digest."""
     for entity_type in EntityType:
         entities = load_entities(session, entity_type, [entity_id])
         if entities:
-            result = audit_batch(session, entities, keyring=keyring, signatures="all",
+            result = audit_batch(session, entities, keyring=keyring, embedder=embedder, signatures="all",
                                  append_only=append_only_enforced(session))
             return TamperCheck(entity_id, entity_type.value, result.versions_verified,
                                result.findings + _digest_findings(session, entity_id, keyring))

@@ -35,6 +35,7 @@ from models.chain import EntityVersion
 from models.constitution import append_only_enforced
 from models.db import bigint_in, transaction, uuid_in
 from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
+from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import CanonicalizationError, InvalidInput, NotFound, RunClosed
 from models.incremental_audit import audit_since_latest_digest
@@ -103,6 +104,8 @@ class AuditParams:
             "rows": "every row in scope compared with its head version",
             "versions": "every version in scope re-hashed and re-linked",
             "signatures": "every version's" if self.signatures == "all" else "each head version's",
+            "certifications": "each certified skill in scope put through the duplicate gate again, from the signed "
+                              "texts, and its stored embedding compared with its text's",
         }
 
 
@@ -207,7 +210,7 @@ def batches_in_flight_done(session: Session, run_id: uuid.UUID) -> None:
     session.execute(text(_FINDINGS_LOCK_SQL.format(mode="")), {"lock": FINDINGS_LOCK, "run": str(run_id)})
 
 
-def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch_size: int) -> ChunkStep:
+def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embedder: Embedder, batch_size: int) -> ChunkStep:
     """Audit the next batch of the chunk and checkpoint it, all in the caller's transaction."""
     chunk = session.execute(select(AuditChunk).where(AuditChunk.id == chunk_id).with_for_update()).scalar_one_or_none()
     if chunk is None:
@@ -233,7 +236,7 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, batch
         ids = ids.where(model.id > chunk.cursor)
     ids = scope.ids_filter(model, ids).order_by(model.id).limit(batch_size)
     entities = load_entities(session, entity_type, ids.scalar_subquery())
-    result = audit_batch(session, entities, keyring=keyring, signatures=scope.signatures,
+    result = audit_batch(session, entities, keyring=keyring, embedder=embedder, signatures=scope.signatures,
                          append_only=append_only_enforced(session))
     step = record_step(session, run, chunk)
     written = _insert(session, run.id, result.findings, chunk_id=chunk.id, step=step)

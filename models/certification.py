@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, String, select, text
+from sqlalchemy import Integer, String, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import Text, Uuid
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
 from models.canonical import canonical_bytes, normalize_text
 from models.chain import history
 from models.constitution import L0, L1, evaluate
+from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
@@ -47,6 +51,9 @@ NO_INDUSTRY_CODE = "GEN"
 CERTIFICATE_FORMAT = "plant.skill-certificate.v1"
 # Every member of a certificate but the signature; the statement signs all of them.
 SIGNED_FIELDS = ("format", "certificate_id", "issued_at", "kid", "certified_version", "certified_link_hash")
+# A stored vector is float4: read back, it is the one computed from its text to within rounding
+# (cosine 1 - 1e-7 or so); a vector changed outside Plant, or made by another embedder, is far off.
+EMBEDDING_MATCH = 0.9999
 # pg_advisory_xact_lock key serializing certifications ("plant-cert" in ASCII).
 CERTIFICATION_LOCK = int.from_bytes(b"plant-cert", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -214,3 +221,99 @@ def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
     return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
 
 
+
+
+@dataclass(frozen=True)
+class GateFinding:
+    """A certified skill the duplicate gate, checked again by the audit, would not pass."""
+
+    skill_id: uuid.UUID
+    code: str
+    detail: str
+
+
+# Every other certified skill within the gate's distance of each audited one's vector, compared
+# exactly: a nested loop over the certified skills, no index (see nearest_certified_duplicate).
+_NEAR_CERTIFIED = text("""
+    WITH audited AS MATERIALIZED (
+        SELECT audited.id, CAST(audited.vector AS vector) AS vector
+        FROM unnest(:ids, :vectors) AS audited (id, vector)
+    )
+    SELECT audited.id, other.id, other.name, other.certificate ->> 'issued_at', other.embedding <=> audited.vector
+    FROM audited JOIN skills AS other
+      ON other.status = :certified AND other.embedding IS NOT NULL AND other.id <> audited.id
+    WHERE (other.embedding <=> audited.vector) <= :distance
+    ORDER BY audited.id, other.id
+""").bindparams(bindparam("ids", type_=ARRAY(Uuid())), bindparam("vectors", type_=ARRAY(Text())))
+
+
+def gates_rechecked(session: Session, skills: Sequence[Any], embedder: Embedder) -> list[GateFinding]:
+    """The audit's second look at the duplicate gate of each certified skill in ``skills``
+    (rows the caller compares with their signed heads in the same check), from the signed
+    name, category and description alone; the stored vectors are trusted only once checked.
+
+    The gate compares a skill being certified with the stored vectors of the certified ones,
+    and those are not signed content. Changed through SQL (nulled, say) while a copy was
+    certified, then put back, they left the copy certified with nothing to show for it.
+
+    - ``embedding-mismatch``: the stored vector is not what the configured embedder computes
+      from the skill's text: changed outside Plant, or made by another embedder (then every
+      certified skill shows it; ``plant entity restore`` recomputes it).
+    - ``certified-near-duplicate``: the skill was certified after another certified skill it
+      is a near-duplicate of (cosine >= 0.95): the gate would have refused it. Its partner,
+      certified first, is not reported. When their certificates do not tell which came first
+      (one without an ``issued_at``, or the same one), each is reported.
+    """
+    certified = [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value]
+    if not certified:
+        return []
+    vectors = embedder.embed([embedding_text(skill) for skill in certified])
+    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_([s.id for s in certified]))).all())
+    findings = [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
+                for skill, vector in zip(certified, vectors, strict=True) if embedding_differs(stored.get(skill.id), vector)]
+    issued = {skill.id: _issued_at(skill.certificate) for skill in certified}
+    rows = session.execute(_NEAR_CERTIFIED, {
+        "ids": [skill.id for skill in certified], "vectors": [str(list(vector)) for vector in vectors],
+        "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - DUPLICATE_SIMILARITY,
+    })
+    for skill_id, other_id, other_name, other_issued, distance in rows:
+        mine, theirs = issued[skill_id], _issued_at({"issued_at": other_issued})
+        if mine is not None and theirs is not None and mine < theirs:
+            continue  # certified first: the later one is the one the gate should have refused
+        order = (f"certified at {mine.isoformat()}, after it ({theirs.isoformat()})" if mine is not None and theirs is not None
+                 and mine > theirs else "certified at a time its certificates do not tell apart")
+        findings.append(GateFinding(skill_id, "certified-near-duplicate", (
+            f"a near-duplicate (cosine {1.0 - float(distance):.4f} >= {DUPLICATE_SIMILARITY}, from the signed texts) "
+            f"of certified skill {other_name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
+    return findings
+
+
+EMBEDDING_MISMATCH = "embedding-mismatch"
+EMBEDDING_MISMATCH_DETAIL = (
+    "the stored embedding is not the one the configured embedder computes from the signed name, category and "
+    "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
+
+
+def embedding_differs(stored: Any, vector: list[float]) -> bool:
+    """Whether a stored vector is not ``vector``, the one computed from its text, float4's
+    rounding aside."""
+    return stored is None or cosine([float(x) for x in stored], vector) < EMBEDDING_MATCH
+
+
+def certified_embedding_drift(skill: Any, embedder: Embedder) -> GateFinding | None:
+    """``embedding-mismatch`` for a certified skill whose stored vector is not its text's,
+    as the audit reports it (:func:`gates_rechecked`); None otherwise, and for any other entity."""
+    if not isinstance(skill, Skill) or skill.status != SkillStatus.CERTIFIED.value:
+        return None
+    if not embedding_differs(skill.embedding, embedder.embed([embedding_text(skill)])[0]):
+        return None
+    return GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
+
+
+def _issued_at(certificate: Any) -> dt.datetime | None:
+    issued = certificate.get("issued_at") if isinstance(certificate, dict) else None
+    try:
+        moment = dt.datetime.fromisoformat(issued) if isinstance(issued, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None  # a naive time orders nothing

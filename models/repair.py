@@ -6,7 +6,9 @@ is never signed over. :func:`restore_entity` is the operator's way out. It resto
 row only when the entity's whole chain verifies (every hash, link and signature), sets
 every governed field back to what the newest version holds, recomputes the derived
 data (embedding, constitution results), and records what it found and undid as a
-signed, append-only :class:`EntityRepair`. A chain that does not verify is never
+signed, append-only :class:`EntityRepair`. A certified skill whose row equals its head
+but whose stored embedding is not its text's (``embedding-mismatch``) is restored too:
+only its embedding changes. A chain that does not verify is never
 "repaired": there is no signed truth to go back to, and the evidence stays as it is.
 """
 
@@ -27,7 +29,8 @@ from models.base import Base, UUIDPk
 from models.canonical import (
     as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads, to_json_tree,
 )
-from models.chain import HEAD_FINDINGS, history, seal_findings, verify_loaded
+from models.certification import certified_embedding_drift
+from models.chain import HEAD_FINDINGS, ChainFinding, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
@@ -156,6 +159,8 @@ def restore_entity(
         raise NotRestorable(f"the chain of {entity_type.value} {entity_id} does not verify ({first.code} at version "
                             f"{first.version}: {first.detail}); nothing was changed", id=str(entity_id),
                             findings=[{"code": f.code, "version": f.version} for f in broken[:20]])
+    if not findings and (stale := certified_embedding_drift(entity, embedder)) is not None:
+        findings = [ChainFinding(stale.code, entity.version, stale.detail)]  # the row is its head; its vector is not
     if not findings:
         return RestoreOutcome(entity_type.value, entity.id, entity.version, restored=False)
     drift = findings[0]

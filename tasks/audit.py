@@ -113,7 +113,8 @@ def _run_closed(claim: JobClaim, chunk_id: int, closed: RunClosed, lease_seconds
 def _audit_chunk(claim: JobClaim, chunk_id: int, batch_size: int, lease_seconds: int) -> dict[str, Any]:
     while True:
         with transaction(runtime.session_factory()) as session:
-            step = audit_chunk_step(session, chunk_id=chunk_id, keyring=runtime.keyring(), batch_size=batch_size)
+            step = audit_chunk_step(session, chunk_id=chunk_id, keyring=runtime.keyring(), embedder=runtime.embedder(),
+                                    batch_size=batch_size)
             cancel = add_progress(session, claim=claim, done=step.entities, total=None, message="auditing",
                                   lease_seconds=lease_seconds)
         if cancel:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from cli.services import EmbeddedPostgres, EmbeddedRedis, start_on_a_free_port
 from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db import make_engine
+from models.embeddings import HashingEmbedder
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
 from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
@@ -375,12 +376,15 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+# The embedder the tests write with (Plant's default), for what takes one without a WriteContext.
+EMBEDDER = HashingEmbedder()
+
+
 @pytest.fixture(scope="session")
 def write_ctx(keyring: KeyRing) -> Any:
-    from models.embeddings import HashingEmbedder
     from models.registry import WriteContext
 
-    return WriteContext(actor="test", keyring=keyring, embedder=HashingEmbedder())
+    return WriteContext(actor="test", keyring=keyring, embedder=EMBEDDER)
 
 
 @pytest.fixture

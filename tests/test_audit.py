@@ -29,7 +29,7 @@ from models.job_lifecycle import create_job
 from models.ledger import current_heads, digest_now, signed_digest, store_digest
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
-from tests.conftest import recorded_statements, wait_for
+from tests.conftest import EMBEDDER, recorded_statements, wait_for
 
 E = EntityType
 
@@ -38,7 +38,7 @@ def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, ba
     job = create_job(session, kind="audit.run", params=params or {"verify_signatures": "all"}, queue="audit")
     run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)
     for chunk_id in pending_chunks(session, run.id):
-        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch_size).done:
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=batch_size).done:
             pass
     summary = summarize_run(session, keyring=keyring, run_id=run.id)
     findings = session.query(AuditFinding).filter_by(run_id=run.id).all()
@@ -166,7 +166,7 @@ def test_a_clean_registry_has_zero_findings(db_session, skill, keyring) -> None:
     assert findings == []
     assert summary["non_compliant"] == 0 and summary["compliant"] == summary["total_entities"] >= 5
     assert summary["versions_verified"] >= 7
-    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring).findings
+    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings
 
 
 @pytest.mark.parametrize("code", list(BATTERY))
@@ -182,7 +182,7 @@ def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring,
     assert not codes & others - {"broken-link"}, f"{code} also reported as {codes & others}"
     assert summary["non_compliant"] == 1 and summary["by_code"][code] >= 1
 
-    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER)
     assert check.tampered and code in {f.code for f in check.findings}
 
 
@@ -222,7 +222,7 @@ def test_a_junk_version_row_is_a_finding_never_a_failed_audit(db_session, skill,
     _insert_junk_version(db_session, skill, **JUNK[junk])
     summary, findings = run_audit(db_session, keyring)
     assert {f.entity_id for f in findings} == {skill.id} and summary["non_compliant"] == 1
-    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER)
     assert check.tampered
 
 
@@ -598,7 +598,7 @@ def test_a_write_committed_between_reading_rows_and_versions_is_not_tampering(en
         entities = load_entities(auditor, E.SKILL, [skill_id])  # the row at version 1
         with Session(engine) as writer, writer.begin():  # version 2 commits before the versions are read
             update_entity(writer, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "two"}, ctx=write_ctx)
-        result = audit_batch(auditor, entities, keyring=keyring, signatures="all", append_only=True)
+        result = audit_batch(auditor, entities, keyring=keyring, embedder=EMBEDDER, signatures="all", append_only=True)
     assert result.findings == []
     assert result.entities == 1
 
@@ -610,7 +610,7 @@ def test_tampering_is_still_found_when_the_suspect_is_checked_again(engine, writ
         update_entity(session, entity_type=E.SKILL, entity_id=skill_id, changes={"description": "two"}, ctx=write_ctx)
         session.execute(text("UPDATE skills SET version = 1 WHERE id = :id"), {"id": skill_id})
     with Session(engine) as auditor, auditor.begin():
-        result = audit_batch(auditor, load_entities(auditor, E.SKILL, [skill_id]), keyring=keyring,
+        result = audit_batch(auditor, load_entities(auditor, E.SKILL, [skill_id]), keyring=keyring, embedder=EMBEDDER,
                              signatures="all", append_only=True)
     assert "head-mismatch" in {f.code for f in result.findings}
 

@@ -12,6 +12,7 @@ from models.entities import EntityType
 from models.ledger import store_digest
 from models.registry import create_entity, update_entity
 from tests.test_audit import digest_of, run_audit, run_incremental, tamper_delete_newest
+from tests.conftest import EMBEDDER
 
 E = EntityType
 
@@ -144,9 +145,9 @@ def test_a_run_that_stopped_part_way_counts_only_the_entities_it_audited(db_sess
     chunks = [db_session.get(AuditChunk, c) for c in pending_chunks(db_session, run.id)]
     holding = [(c, [i for i in all_ids if c.low_id <= i <= c.high_id]) for c in chunks]
     (done, done_ids), (stopped, stopped_ids) = [(c, ids) for c, ids in holding if ids][:2]
-    while not audit_chunk_step(db_session, chunk_id=done.id, keyring=keyring, batch_size=2).done:
+    while not audit_chunk_step(db_session, chunk_id=done.id, keyring=keyring, embedder=EMBEDDER, batch_size=2).done:
         pass
-    assert not audit_chunk_step(db_session, chunk_id=stopped.id, keyring=keyring, batch_size=1).done
+    assert not audit_chunk_step(db_session, chunk_id=stopped.id, keyring=keyring, embedder=EMBEDDER, batch_size=1).done
     audited = {*done_ids, stopped_ids[0]}
     summary = summarize_run(db_session, keyring=keyring, run_id=run.id, status="failed")
     assert_counts_add_up(summary)

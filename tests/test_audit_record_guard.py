@@ -24,6 +24,7 @@ from models.errors import ConstitutionViolation
 from models.registry import create_entity
 from models.reports import export_report, verify_report
 from tests.test_audit import run_audit
+from tests.conftest import EMBEDDER
 
 EDITS_OF_A_FINISHED_RUN = [
     "DELETE FROM audit_findings WHERE run_id = :run",
@@ -140,7 +141,7 @@ def test_a_chunk_finishing_after_its_run_was_closed_says_so_and_a_run_closes_onc
     closed = summarize_run(db_session, keyring=keyring, run_id=run.id, status="cancelled")
     with pytest.raises(RunClosed, match="closed before this chunk finished"):
         for chunk_id in pending_chunks(db_session, run.id):
-            while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=100).done:
+            while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=100).done:
                 pass
     with pytest.raises(RunClosed, match="already closed"):
         summarize_run(db_session, keyring=keyring, run_id=run.id)

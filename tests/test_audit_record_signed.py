@@ -27,6 +27,7 @@ from models.entities import EntityType
 from models.job_lifecycle import create_job
 from models.registry import create_entity
 from models.reports import export_report, verify_report
+from tests.conftest import EMBEDDER
 from tests.test_audit import lift_guard, run_audit
 
 LAST_ID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
@@ -48,7 +49,7 @@ def _started(session: Session, keyring: Any, params: dict | None = None) -> Audi
 
 def _steps(session: Session, run: AuditRun, keyring: Any, *, batch_size: int = 1) -> None:
     for chunk_id in pending_chunks(session, run.id):
-        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=batch_size).done:
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=batch_size).done:
             pass
 
 
@@ -89,7 +90,7 @@ def test_a_run_closed_by_plant_exports_with_a_verifying_report(db_session: Sessi
 
 def test_a_run_closed_through_sql_is_refused_at_export(db_session: Session, skills: Any, keyring: Any) -> None:
     run = _started(db_session, keyring)
-    audit_chunk_step(db_session, chunk_id=pending_chunks(db_session, run.id)[0], keyring=keyring, batch_size=1)
+    audit_chunk_step(db_session, chunk_id=pending_chunks(db_session, run.id)[0], keyring=keyring, embedder=EMBEDDER, batch_size=1)
     db_session.execute(text(
         "UPDATE audit_runs SET status = 'succeeded', finished_at = now(), "
         "summary = '{\"total_entities\": 4, \"compliant\": 4, \"non_compliant\": 0}' WHERE id = :run"), {"run": run.id})
@@ -145,11 +146,11 @@ def test_a_checkpoint_edited_through_sql_stops_its_chunk_and_is_reported_at_the_
         db_session: Session, skills: Any, keyring: Any, edit: str) -> None:
     run = _started(db_session, keyring)
     chunk_id = pending_chunks(db_session, run.id)[0]
-    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1).done
+    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1).done
     db_session.execute(text(edit), {"chunk": chunk_id})
     db_session.expire_all()
     with pytest.raises(AuditRecordInvalid, match="checkpoint is not one Plant signed"), db_session.begin_nested():
-        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
     assert summary["run_level_findings"] == ["audit-record-invalid"]
     report = json.loads(export_report(db_session, run_id=run.id, keyring=keyring))["report"]
@@ -165,10 +166,10 @@ def test_an_older_checkpoint_written_back_is_caught_and_the_steps_cannot_be_rewr
     run has failed, count fewer of them as audited (and leave their findings out of the count)."""
     run = _started(db_session, keyring)
     chunk_id = pending_chunks(db_session, run.id)[0]
-    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     saved = db_session.execute(text("SELECT cursor, counters, done, checkpoint_signed FROM audit_chunks WHERE id = :chunk"),
                                {"chunk": chunk_id}).one()
-    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     for statement in ("UPDATE audit_checkpoints SET step = step + 10 WHERE chunk_id = :chunk",
                       "DELETE FROM audit_checkpoints WHERE chunk_id = :chunk AND step > 2", "TRUNCATE audit_checkpoints CASCADE"):
         with pytest.raises(DBAPIError, match="audit_checkpoints is append-only"), db_session.begin_nested():
@@ -179,7 +180,7 @@ def test_an_older_checkpoint_written_back_is_caught_and_the_steps_cannot_be_rewr
                         "signed": json.dumps(saved.checkpoint_signed)})
     db_session.expire_all()
     with pytest.raises(AuditRecordInvalid, match="is step 2, not the latest Plant signed \\(3\\)"), db_session.begin_nested():
-        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     summary = summarize_run(db_session, run_id=run.id, keyring=keyring, status="failed")
     assert summary["run_level_findings"] == ["audit-record-invalid"] and summary["total_entities"] == 0
 
@@ -290,11 +291,11 @@ def test_parameters_edited_between_batches_stop_the_chunk_even_if_set_back_befor
     skipped entities: each checkpoint also signs what the batches read of the parameters."""
     run = _started(db_session, keyring)
     chunk_id = pending_chunks(db_session, run.id)[0]
-    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+    audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     db_session.execute(text(edit), {"run": run.id, "kept": str(skills[0].id)})
     db_session.expire_all()
     with pytest.raises(AuditRecordInvalid, match="checkpoint is not one Plant signed"), db_session.begin_nested():
-        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+        audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
 
 
 def test_a_made_up_run_that_is_not_finished_is_refused_at_export(db_session: Session, keyring: Any) -> None:
@@ -326,7 +327,7 @@ def test_a_step_recorded_ahead_of_plant_stops_the_chunk(db_session: Session, ski
     chunk = db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0])
     db_session.execute(text("INSERT INTO audit_checkpoints (chunk_id, step) VALUES (:chunk, 2)"), {"chunk": chunk.id})
     with pytest.raises(AuditRecordInvalid, match="is step 1, not the latest Plant signed \\(2\\)"), db_session.begin_nested():
-        audit_chunk_step(db_session, chunk_id=chunk.id, keyring=keyring, batch_size=1)
+        audit_chunk_step(db_session, chunk_id=chunk.id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
     with pytest.raises(AuditRecordInvalid, match="step 2 was recorded before Plant wrote it"):
         record_step(db_session, run, chunk)  # the same, INSERTed between the check and the write
 
@@ -452,7 +453,7 @@ def test_a_finding_inserted_into_a_running_run_is_left_out_of_the_counts_and_rep
     tampered = _tampered(db_session, skills, 1)  # a finding Plant writes, in the same chunk: still counted
     run = _started(db_session, keyring)
     chunk_id = pending_chunks(db_session, run.id)[0]
-    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, batch_size=1).done
+    assert not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1).done
     healthy = max(str(s.id) for s in skills)
     forged = db_session.scalar(text(
         "INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail, chunk_id, step) "
@@ -524,7 +525,7 @@ def test_a_running_run_s_report_names_the_findings_no_checkpoint_covers_so_far(
         session.execute(text("UPDATE industries SET description = 'changed behind the chain' WHERE id = :id"), {"id": first})
         run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
         chunk_id = pending_chunks(session, run.id)[0]
-        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=1)  # finds the changed row
+        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)  # finds the changed row
         forged = session.scalar(text(
             "INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail, chunk_id, step) "
             "VALUES (:run, 'industry', :entity, 'chain-broken', 'critical', 'by SQL', :chunk, 2) RETURNING id"),
@@ -588,7 +589,7 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
         held = list(reader.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))  # read before the batch, kept
         assert open_run_problem(reader, run, keyring) is None and held
         with Session(engine) as worker, worker.begin():
-            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, batch_size=500)
+            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=500)
         findings = all_findings(reader, run_id)
         progress = progress_so_far(reader, run, findings, keyring)
     assert findings and progress.left_out == [] and progress.entities_audited > 0
@@ -663,11 +664,11 @@ def test_a_batch_committed_between_reading_a_chunk_and_its_steps_does_not_make_i
         session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
         run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
         run_id, chunk_id = run.id, pending_chunks(session, run.id)[0]
-        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+        audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
 
     def next_batch() -> None:
         with Session(engine) as worker, worker.begin():
-            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, batch_size=1)
+            audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1)
 
     with Session(engine) as reader, reader.begin():
         run = reader.get(AuditRun, run_id)

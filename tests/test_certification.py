@@ -13,7 +13,7 @@ from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
 from models.chain import history, verify_entity
 from models.entities import EntityType, Skill
 from models.registry import create_entity, update_entity
-from tests.conftest import ring_sealing
+from tests.conftest import EMBEDDER, ring_sealing
 
 GOOD = "Designs, reviews and maintains reliable data pipelines for analytics teams every day"
 
@@ -199,7 +199,7 @@ def test_certification_refuses_a_skill_whose_row_was_edited_through_sql(db_sessi
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
     assert refused.value.extensions["finding"] == "row-content-mismatch"
     assert [v.version for v in history(db_session, entity_id=skill.id)] == [1]  # nothing signed
-    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring).findings] == ["row-content-mismatch"]
+    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings] == ["row-content-mismatch"]
 
 
 @pytest.mark.parametrize("tamper", ["content", "head"])
@@ -214,11 +214,11 @@ def test_a_write_on_top_of_a_tampered_row_is_refused_and_the_evidence_stays(db_s
     else:  # the row pointed back at version 1, as if version 2 had never been written
         v1 = history(db_session, entity_id=skill.id)[0]
         _edit_through_sql(db_session, skill, version=1, head_link_hash=bytes(v1.link_hash), tags=[])
-    before = check_entity(db_session, entity_id=skill.id, keyring=keyring).findings
+    before = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings
     with pytest.raises(EntityTampered):
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["b"]}, ctx=write_ctx)
     assert [v.version for v in history(db_session, entity_id=skill.id)] == [1, 2]
-    assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == before != []
+    assert check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings == before != []
 
 
 def _b64(raw: bytes) -> str:
@@ -344,3 +344,87 @@ def test_the_duplicate_gate_is_exact_whatever_plan_the_database_picks(db_session
     outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
     assert outcome.status == "rejected"
     assert outcome.blocking_duplicate is not None and outcome.blocking_duplicate["id"] == str(original.id)
+
+
+def _codes(findings) -> list[tuple[str, object]]:
+    return sorted((f.code, f.entity_id) for f in findings)
+
+
+def test_a_copy_certified_while_its_original_was_hidden_through_sql_is_found_by_the_audit(db_session, write_ctx, steward, keyring) -> None:
+    """The gate reads the certified skills' stored vectors, which are not signed: nulled while
+    a copy was certified, then put back, they left nothing for the chains to show. The audit
+    runs the gate again from the signed texts and names the copy, certified second."""
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    kept = db_session.scalar(text("SELECT CAST(embedding AS text) FROM skills WHERE id = :id"), {"id": original.id})
+    db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET embedding = CAST(:kept AS vector) WHERE id = :id"),
+                       {"kept": kept, "id": original.id})  # put back as it was
+    db_session.expire_all()
+    summary, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("certified-near-duplicate", copy.id)]
+    (finding,) = findings
+    assert finding.severity == "error" and str(original.id) in finding.detail and "after it" in finding.detail
+    assert summary["non_compliant"] == 1 and summary["by_code"] == {"certified-near-duplicate": 1}
+
+
+def test_a_copy_certified_while_its_original_was_set_to_draft_through_sql_is_found_by_the_audit(db_session, write_ctx, steward, keyring) -> None:
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("certified-near-duplicate", copy.id)]
+
+
+def test_a_certified_skills_vector_changed_through_sql_is_an_embedding_mismatch(db_session, write_ctx, steward, keyring) -> None:
+    """Left changed, the vector lets every later copy through: the audit compares it with the
+    one computed from the signed text."""
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    far = "[" + ",".join(["0"] * 383 + ["1"]) + "]"
+    db_session.execute(text("UPDATE skills SET embedding = CAST(:far AS vector) WHERE id = :id"), {"far": far, "id": original.id})
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("embedding-mismatch", original.id)]
+    assert findings[0].severity == "critical"
+    db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("embedding-mismatch", original.id)]
+
+
+def test_certified_skills_that_passed_the_gate_honestly_audit_clean(db_session, write_ctx, steward, keyring) -> None:
+    """The second look finds nothing the gate let through honestly: distinct skills, a copy the
+    gate refused, and a draft copy of a certified skill (only certified pairs count)."""
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    other = _skill(db_session, write_ctx, steward, "Pipeline Engineering",
+                   description="Builds streaming ingestion services and keeps their schemas versioned and documented")
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    for skill in (original, other):
+        assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "rejected"
+    summary, findings = run_audit(db_session, keyring)
+    assert findings == [] and summary["non_compliant"] == 0
+
+
+def test_the_tampering_endpoint_runs_the_second_look_too(db_session, write_ctx, steward, keyring) -> None:
+    from models.audit import check_entity
+    from tests.conftest import EMBEDDER
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
+    check = check_entity(db_session, entity_id=original.id, keyring=keyring, embedder=EMBEDDER)
+    assert [f.code for f in check.findings] == ["embedding-mismatch"] and check.tampered

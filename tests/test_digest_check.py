@@ -19,6 +19,7 @@ from models.chain import GENESIS_LINK
 from models.entities import EntityType
 from models.ledger import store_digest
 from models.registry import update_entity
+from tests.conftest import EMBEDDER
 from tests.test_audit import (
     _insert_junk_version, lift_guard, reset_row_to, run_incremental, tamper_content, tamper_delete_newest, version_row,
 )
@@ -305,7 +306,7 @@ def test_a_placeholder_leaf_is_not_compared_by_the_tampering_check(db_session, s
     store_digest(db_session, keyring=keyring, held_back=[])  # held at the placeholder
     restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
                    actor="operator:test")
-    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring).tampered
+    assert not check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).tampered
 
 
 def _delete_signed(session, entity, write_ctx) -> None:

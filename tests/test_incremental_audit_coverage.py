@@ -19,7 +19,7 @@ from models.ledger import HeadRecord, current_heads, root_of_leaf_hashes, store_
 from models.ledger_digest import build_digest
 from models.merkle import leaf_hash, merkle_root
 from models.registry import create_entity, update_entity
-from tests.conftest import recorded_statements
+from tests.conftest import EMBEDDER, recorded_statements
 from tests.test_audit import (
     _insert_junk_version, lift_guard, reset_row_to, run_audit, run_incremental, tamper_content, tamper_delete_newest,
     tamper_row,
@@ -112,7 +112,7 @@ def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> Non
     with db_session.begin_nested():  # ...hidden by another transaction (here a subtransaction: its own xid)
         lift_guard(db_session, "UPDATE ledger_digest_heads h SET link_hash = s.head_link_hash, version = s.version "
                    "FROM skills s WHERE s.id = h.entity_id AND s.id = :id", table="ledger_digest_heads", id=skill.id)
-    check = check_entity(db_session, entity_id=skill.id, keyring=keyring)
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER)
     assert check.tampered and [f.code for f in check.findings] == ["digest-invalid"]
     summary, findings = run_incremental(db_session, keyring)
     assert [f.code for f in findings] == ["digest-invalid"] and "do not hash" in findings[0].detail
@@ -129,13 +129,13 @@ def test_an_edited_stored_leaf_is_not_trusted(db_session, skill, keyring) -> Non
 def test_an_edited_stored_digest_is_reported_not_trusted(db_session, skill, keyring, edit) -> None:
     digest = store_digest(db_session, keyring=keyring)
     lift_guard(db_session, edit, table="ledger_digests", id=digest.id)  # as the table's owner could
-    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring).findings] == ["digest-invalid"]
+    assert [f.code for f in check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings] == ["digest-invalid"]
     assert [f.code for f in run_incremental(db_session, keyring)[1]] == ["digest-invalid"]
 
 
 def test_an_intact_stored_digest_is_trusted(db_session, skill, keyring) -> None:
     store_digest(db_session, keyring=keyring)
-    assert check_entity(db_session, entity_id=skill.id, keyring=keyring).findings == []
+    assert check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER).findings == []
     summary, findings = run_incremental(db_session, keyring)
     assert findings == [] and summary["coverage"]["digest"].endswith("verified")
 

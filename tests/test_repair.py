@@ -13,7 +13,7 @@ from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
 from models.registry import update_entity
 from models.repair import REPAIRS_LOCK, EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
-from tests.conftest import ring_sealing
+from tests.conftest import EMBEDDER, ring_sealing
 from tests.test_assignment import World
 from tests.test_audit import lift_guard, reset_row_to
 
@@ -238,7 +238,7 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
         starting.commit()
         with transaction(sessions) as session:  # the run's chunks, as its worker would audit them
             for chunk_id in pending_chunks(session, late):
-                while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, batch_size=2).done:
+                while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=2).done:
                     pass
             summarize_run(session, keyring=keyring, run_id=late)
         assert exported(late) == [repair_id]  # the second repair came after the run started
@@ -322,3 +322,23 @@ def test_a_repair_of_a_row_holding_a_float_jsonb_gives_back_otherwise_verifies_o
     [stored] = repairs(db_session, entity_id=agent.id)
     record = stored.as_json()
     assert verify_repair(record, keyring) and "unsignable" in record["row_before"]["content"]
+
+
+def test_a_certified_skills_changed_vector_is_restored_and_the_repair_is_recorded(db_session, write_ctx, steward, keyring) -> None:
+    """The row equals its head, so nothing else would restore it; the audit's
+    embedding-mismatch has a way out, and the repair record names it."""
+    from models.certification import certify_skill
+    from tests.test_audit import run_audit
+    from tests.test_certification import _skill
+
+    skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    assert [f.code for f in run_audit(db_session, keyring)[1]] == ["embedding-mismatch"]
+    outcome = _restore(db_session, write_ctx, EntityType.SKILL, skill.id)
+    assert outcome.restored and outcome.finding == "embedding-mismatch" and outcome.changed_fields == ()
+    assert verify_repair(outcome.repair.as_json(), keyring=keyring)
+    db_session.expire_all()
+    assert run_audit(db_session, keyring)[1] == []
+    assert not _restore(db_session, write_ctx, EntityType.SKILL, skill.id).restored  # nothing left to restore

@@ -156,7 +156,8 @@ def _decode_after(token: str) -> int:
 @audit_api.get("/audit/tampering/<entity_id>", responses={200: None, **problems(404)})
 def tampering(path: EntityIdPath) -> dict[str, Any]:
     """Check one entity now: chain, signatures, row, rules, and the latest stored digest."""
-    return check_entity(db_session(), entity_id=path.entity_id, keyring=services().keyring).as_json()
+    svc = services()
+    return check_entity(db_session(), entity_id=path.entity_id, keyring=svc.keyring, embedder=svc.embedder).as_json()
 
 
 @audit_api.get("/audit/export", responses={200: None, **problems(404), **problems(409), **problems(422)})
