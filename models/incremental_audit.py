@@ -235,9 +235,11 @@ def _audit_in_batches(session: Session, entity_type: EntityType, changed: Change
 def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, append_only: bool,
                    result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
-    rolled: list[tuple[uuid.UUID, int | None, bytes]] = []
+    # Keyed by entity: a suspect is checked twice (the second time locked), and what its
+    # second check found replaces its first, here as in its findings; a list took it twice.
+    rolled: dict[uuid.UUID, tuple[uuid.UUID, int | None, bytes]] = {}
 
-    def check(entities: list) -> BatchResult:  # suspects had findings, so none of them is in rolled yet
+    def check(entities: list) -> BatchResult:
         return _check_changed(session, entities, base, keyring, append_only, rolled, result)
 
     entities = load_entities(session, entity_type, list(base))
@@ -247,14 +249,15 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
     result.entities += batch.entities
     result.versions_verified += batch.versions_verified
     result.findings += [FindingRow(h.entity_type or entity_type.value, h.entity_id, h.finding.version, h.finding.code,
-                                   h.finding.detail) for h in compare_heads(session, rolled)]
+                                   h.finding.detail) for h in compare_heads(session, list(rolled.values()))]
 
 
 def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,
-                   rolled: list, result: IncrementalResult) -> BatchResult:
-    """Each entity's whole chain; one whose leaf is gone from its chain also goes to
-    ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), and every
-    signature of its chain is checked."""
+                   rolled: dict, result: IncrementalResult) -> BatchResult:
+    """Each entity's whole chain; one whose leaf is gone from its chain is put in
+    ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), one whose leaf
+    is there taken out of it (a check made again decides), and every signature of its
+    chain is checked."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
     members = team_member_counts(session, entities)
@@ -266,8 +269,9 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         result.chains[entity.id] = (len(rows), leaf[0])  # keyed: a suspect's second check overwrites
         batch.entities += 1
         split = _after_leaf(rows, leaf)
+        rolled.pop(entity.id, None)
         if split is None:  # the trusted head is gone: classified by compare_heads, and
-            rolled.append((entity.id, leaf[0], leaf[1]))
+            rolled[entity.id] = (entity.id, leaf[0], leaf[1])
             split = 0  # nothing of the chain is vouched for, so all of it is checked
         content = governed_content(entity)
         findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])

@@ -456,6 +456,18 @@ def test_a_live_entity_whose_leaf_is_gone_and_head_is_null_is_non_compliant_not_
     assert all(f.entity_type == "skill" for f in findings if f.entity_id == skill.id)
 
 
+def test_a_suspect_whose_leaf_is_gone_is_reported_rewritten_once(db_session, skill, write_ctx, keyring) -> None:
+    """A suspect (here a version gap) is checked twice, the second time locked; its leaf's
+    loss is named once, from the second check, and counted once."""
+    store_digest(db_session, keyring=keyring)  # leaf at version 3
+    _fourth_version(db_session, skill, write_ctx)
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    summary, findings = run_incremental(db_session, keyring)
+    assert sorted((f.code, f.version) for f in findings) == [("chain-rewritten", 4), ("version-gap", 4)]
+    assert summary["by_code"] == {"chain-rewritten": 1, "version-gap": 1} and summary["findings"] == 2
+    assert summary["total_entities"] == 1 and summary["non_compliant"] == 1 and summary["versions_verified"] == 3
+
+
 def _delete_signed(session, skill, write_ctx) -> None:
     update_entity(session, entity_type=E.SKILL, entity_id=skill.id, ctx=write_ctx,
                   changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
