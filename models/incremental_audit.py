@@ -3,17 +3,19 @@
 The digest's leaves (kept in ``ledger_digest_heads``) are trusted heads, once the digest's
 signed document and the root of its stored leaves check out (else the run reports
 ``digest-invalid`` and verifies nothing). An entity is examined when its row's head is
-not its leaf (``IS DISTINCT FROM``: a NULL head counts) or its chain grew past the leaf
-(a row reset to the digest's head after later versions were appended). An examined
+not its leaf (``IS DISTINCT FROM``: a NULL head counts), its row is marked deleted though
+the digest held it live (by a signed version or by its row alone), or its chain grew past
+the leaf (a row reset to the digest's head after later versions were appended). An examined
 entity gets the full audit's checks on its whole chain, which was read anyway: every
 version re-hashed and re-linked from genesis through its leaf, every signature after the
 leaf, the row against its head version (``row-content-mismatch``, ``stale-head``...), and
 the rules on its current state. Leaves whose head is no longer in the chain (rolled back,
-rewritten) or whose entity is gone are reported.
+rewritten) or whose entity's row is gone are reported.
 
 What it does not see, by design (a full audit does): rows and versions of entities
 unchanged since the digest are not re-read, so a SQL edit of such a row's governed
-fields without a new version, or of such an entity's old versions, goes unnoticed.
+fields without a new version (but for ``deleted_at``: a deleted row with a leaf is
+examined), or of such an entity's old versions, goes unnoticed.
 :func:`IncrementalResult.coverage` says so in every run's summary.
 
 Cost: finding what changed compares every live head with its leaf (one join per entity
@@ -76,8 +78,8 @@ class IncrementalResult:
             "versions_rehashed_only": sum(self.versions_rehashed.values()),
             "version_count_balanced": self.version_count_balanced,
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
-                          "governed fields without a new version, or of its versions, is not seen (a full audit sees it); "
-                          "nor entities deleted before the digest",
+                          "governed fields without a new version (but for marking it deleted), or of its versions, "
+                          "is not seen (a full audit sees it); nor entities deleted before the digest",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked; a digest "
                        "attests only heads verified from the newest digest it could trust (or from the genesis); "
@@ -143,8 +145,11 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, head.link_hash.is_(None))
     ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb), _unknown_to(model, digest)))
     if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
+        # A deleted row with a leaf was live at the digest: examined even at its leaf's head
+        # (which records no deletion, as no leaf's does), so a deletion its row alone states
+        # is the row-content-mismatch the full audit reports, not a deletion.
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
-                                    head.version == 0, head.link_hash == GENESIS_LINK))
+                                    head.version == 0, head.link_hash == GENESIS_LINK, model.deleted_at.is_not(None)))
     else:
         changed = changed.where(model.id.in_(among))
     live = select(null(), null(), null(), func.count(), null()).select_from(model).where(model.deleted_at.is_(None))
@@ -301,8 +306,9 @@ def _chain_findings(entity: Any, rows: list, split: int, keyring: KeyRing, conte
 
 
 def _vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> list[FindingRow]:
-    """Leaves of the digest whose entity no longer exists, or was marked deleted in its row
-    alone (one deleted with a new head, signed or not, was ``examined``): an anti-join."""
+    """Leaves of the digest whose entity's row no longer exists (removed by the table's
+    owner, past the guard that refuses DELETE): an anti-join. A row marked deleted with a
+    leaf was ``examined``, signed deletion or not."""
     findings = []
     for entity_type, model in ENTITY_MODELS.items():
         alive = select(model.id).where(model.id == LedgerDigestHead.entity_id, model.deleted_at.is_(None))

@@ -570,11 +570,19 @@ def test_incremental_audit_sees_history_changed_behind_the_digest(db_session, sk
     assert code in {f.code for f in findings}
 
 
-def test_incremental_audit_reports_deleted_entities(db_session, skill, keyring) -> None:
+def test_incremental_audit_reports_a_deletion_made_in_the_row_alone_as_tampering_like_the_full_audit(
+        db_session, skill, keyring) -> None:
+    """No signed version records the deletion: the row no longer equals its head, which
+    both audits count as non-compliant (a deletion signed since is clean: see
+    tests/test_incremental_audit_coverage.py)."""
     store_digest(db_session, keyring=keyring)
     db_session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill.id})
-    _, findings = run_incremental(db_session, keyring)
-    assert [(f.entity_id, f.code) for f in findings] == [(skill.id, "entity-deleted")]
+    db_session.expire_all()
+    incremental, findings = run_incremental(db_session, keyring)
+    full, full_findings = run_audit(db_session, keyring)
+    assert [(f.entity_id, f.code, f.severity) for f in findings] == [(skill.id, "row-content-mismatch", "critical")]
+    assert [(f.entity_id, f.code) for f in full_findings] == [(skill.id, "row-content-mismatch")]
+    assert incremental["total_entities"] == 1 and incremental["non_compliant"] == 1 == full["non_compliant"]
 
 
 def test_incremental_audit_needs_a_digest(db_session, skill, keyring) -> None:
