@@ -80,6 +80,8 @@ class IncrementalResult:
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
                           "governed fields without a new version (but for marking it deleted), or of its versions, "
                           "is not seen (a full audit sees it); nor entities deleted before the digest",
+            "certifications": "not put through the duplicate gate again, nor their stored embeddings compared with "
+                              "their texts (a full audit does both)",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked; a digest "
                        "attests only heads verified from the newest digest it could trust (or from the genesis); "
