@@ -216,6 +216,20 @@ JUNK = {
 }
 
 
+def test_a_row_edited_to_another_unicode_spelling_of_its_text_is_tampering(db_session, skill, write_ctx, keyring) -> None:
+    """NFC makes both spellings one, but the row holds other bytes than Plant stored and
+    signed: what reads the column sees them, and a unique constraint takes a second
+    "Café Ω Skill" beside it. Plant writes only NFC, so the row was edited outside it."""
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"name": "Caf\u00e9 \u03a9 Skill"}, ctx=write_ctx)
+    db_session.flush()
+    assert run_audit(db_session, keyring)[1] == []
+    db_session.execute(text("UPDATE skills SET name = :name WHERE id = :id"), {"name": "Cafe\u0301 \u2126 Skill", "id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_audit(db_session, keyring)
+    assert [(f.code, f.entity_id) for f in findings] == [("row-content-mismatch", skill.id)]
+    assert summary["non_compliant"] == 1
+
+
 @pytest.mark.parametrize("junk", list(JUNK))
 def test_a_junk_version_row_is_a_finding_never_a_failed_audit(db_session, skill, keyring, junk) -> None:
     """Whatever an INSERT puts into the ledger, the audit and the tampering check report it and go on."""
