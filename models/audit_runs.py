@@ -59,10 +59,13 @@ class AuditParams:
 
     @classmethod
     def from_json(cls, params: dict[str, Any]) -> AuditParams:
+        """The parameters as stored. An id list, even an empty one, stays a list: only an
+        absent ``entity_ids`` (None) means "every entity of the type"; an empty tuple
+        selects none (:func:`validate_params` refuses to start such a run)."""
         params = params if isinstance(params, dict) else {}  # a run's row edited through SQL: its plan check says so
         scope = params.get("scope") or {}
         ids = scope.get("entity_ids")
-        return cls(scope.get("entity_type"), tuple(ids) if ids else None,
+        return cls(scope.get("entity_type"), tuple(ids) if ids is not None else None,
                    params.get("verify_signatures") or "heads", params.get("against_digest"))
 
     def types(self) -> list[EntityType]:
@@ -70,7 +73,7 @@ class AuditParams:
 
     def ids_filter(self, model: Any, query: Any) -> Any:
         # One array parameter: IN would send one per id, and PostgreSQL takes at most 65,535.
-        return query.where(uuid_in(model.id, [uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
+        return query.where(uuid_in(model.id, [uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids is not None else query
 
     def scoped(self, session: Session, findings: list[FindingRow]) -> list[FindingRow]:
         """``findings`` about entities in scope, and run-level ones (no entity).
@@ -79,9 +82,9 @@ class AuditParams:
         count the entities it was not asked about. A deleted entity's type is not in the
         digest: it is read from its versions, and kept when unknown.
         """
-        if self.entity_type is None and not self.entity_ids:
+        if self.entity_type is None and self.entity_ids is None:
             return findings
-        ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids else None
+        ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids is not None else None
         untyped = [f.entity_id for f in findings if f.entity_id is not None and f.entity_type is None]
         types = dict(session.execute(select(EntityVersion.entity_id, EntityVersion.entity_type).where(
             uuid_in(EntityVersion.entity_id, untyped)).distinct()).all()) if untyped and self.entity_type else {}
@@ -100,7 +103,7 @@ class AuditParams:
         """A full (possibly scoped) run reads every row and every version in its scope."""
         return {
             "mode": "full",
-            "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids else None},
+            "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids is not None else None},
             "rows": "every row in scope compared with its head version",
             "versions": "every version in scope re-hashed and re-linked",
             "signatures": "every version's" if self.signatures == "all" else "each head version's",
@@ -474,7 +477,8 @@ def validate_params(params: dict[str, Any]) -> None:
     """What :func:`start_run` accepts, whoever wrote the job's row (the API checks the same
     and more before it accepts a job; ``jobs.params`` takes any UPDATE): an incremental run
     reads neither a scope nor a digest, so accepting them would sign a report of a run that
-    never looked."""
+    never looked; and a scope listing no entity ids (``[]``) asks for no audit at all, which
+    must not become one of every entity."""
     if not isinstance(params, dict):
         raise InvalidInput("audit parameters must be an object", field="params")
     digest = params.get("against_digest")
@@ -484,3 +488,7 @@ def validate_params(params: dict[str, Any]) -> None:
     if since is not None and (since != "latest-digest" or digest is not None or params.get("scope")):
         raise InvalidInput("'since' must be 'latest-digest', and it cannot be combined with 'scope' or 'against_digest'",
                            field="since")
+    scope = params.get("scope")
+    if isinstance(scope, dict) and scope.get("entity_ids") is not None and not scope["entity_ids"]:
+        raise InvalidInput("scope.entity_ids names no entity: list at least one, or leave it out to audit every entity "
+                           "of the scope's type", field="scope.entity_ids")

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from models.audit import audit_batch, check_entity, load_entities
-from models.audit_runs import audit_chunk_step, digest_findings, pending_chunks, start_run, summarize_run
+from models.audit import FindingRow, audit_batch, check_entity, load_entities
+from models.audit_runs import AuditParams, audit_chunk_step, digest_findings, pending_chunks, start_run, summarize_run
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash
@@ -245,6 +245,18 @@ def test_a_scope_of_more_ids_than_postgresql_takes_parameters_is_audited(db_sess
     ids = [str(uuid.uuid4()) for _ in range(70_000)] + [str(skill.id)]
     summary, findings = run_audit(db_session, keyring, {"scope": {"entity_ids": ids}}, batch_size=500)
     assert findings == [] and summary["total_entities"] == 1
+
+
+def test_an_empty_list_of_ids_selects_no_entity_never_every_one(db_session, skill) -> None:
+    """Only an absent ``entity_ids`` means every entity: parameters holding ``[]`` (which
+    start_run refuses to plan) read as a scope of no entity wherever a run reads them."""
+    count = select(func.count()).select_from(Skill)
+    empty = AuditParams.from_json({"scope": {"entity_type": "skill", "entity_ids": []}})
+    assert empty.entity_ids == () and db_session.scalar(empty.ids_filter(Skill, count)) == 0
+    assert empty.coverage()["scope"]["entity_ids"] == 0
+    assert empty.scoped(db_session, [FindingRow("skill", skill.id, 1, "stale-head", "")]) == []
+    everything = AuditParams.from_json({"scope": {"entity_type": "skill"}})
+    assert everything.entity_ids is None and db_session.scalar(everything.ids_filter(Skill, count)) == db_session.scalar(count) > 0
 
 
 def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:

@@ -378,6 +378,15 @@ def test_a_job_row_edited_to_an_incremental_run_that_would_never_look_is_refused
         start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
 
 
+def test_a_job_row_asking_to_audit_an_empty_list_of_ids_is_refused_at_start(db_session: Session, keyring: Any) -> None:
+    """An empty ``entity_ids`` asks for no entity: planned as it read before, it audited every one."""
+    from models.errors import InvalidInput
+
+    job = create_job(db_session, kind="audit.run", params={"scope": {"entity_type": "skill", "entity_ids": []}}, queue="audit")
+    with pytest.raises(InvalidInput, match="entity_ids"):
+        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+
+
 INSERT_A_FINDING = "INSERT INTO audit_findings (run_id, code, severity, detail) VALUES (:run, 'chain-broken', 'critical', 'by SQL')"
 
 

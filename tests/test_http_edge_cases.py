@@ -178,6 +178,13 @@ def test_an_incremental_audit_with_a_scope_or_a_digest_is_422_not_a_run_that_ign
     assert client.post(f"{API}/audit/run", json={"since": "latest-digest", "scope": {}}).status_code == 202
 
 
+@pytest.mark.parametrize("scope", [{"entity_ids": []}, {"entity_type": "industry", "entity_ids": []}])
+def test_an_audit_scope_listing_no_entity_is_422_not_an_audit_of_every_entity(client, scope) -> None:
+    response = client.post(f"{API}/audit/run", json={"scope": scope})
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert response.get_json()["errors"][0]["field"] == "scope.entity_ids"
+
+
 def test_an_if_match_too_long_to_be_a_version_is_a_failed_precondition(client, committed_steward) -> None:
     response = client.patch(f"{API}/agents/{committed_steward}", json={"description": "must not land"},
                             headers={"If-Match": '"' + "9" * 5000 + '"'})

@@ -33,7 +33,9 @@ audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=B
 class AuditScope(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entity_type: EntityType | None = None
-    entity_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+    entity_ids: list[uuid.UUID] | None = Field(
+        default=None, min_length=1, max_length=100_000,
+        description="only these entities; omit it (not []) to audit every entity of the scope's type")
 
 
 HEX_HASH = r"^[0-9a-f]{64}$"
