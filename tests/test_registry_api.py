@@ -58,6 +58,21 @@ def test_team_resource_lists_members_and_free_seats(client, world) -> None:
     assert team["free_seats"] == 2
 
 
+def test_every_patch_body_is_named_after_its_type_in_the_openapi_document(client) -> None:
+    """Each PATCH body is ``<Type>Patch``, its POST body ``<Type>In`` (clients generate code from these names)."""
+    document = client.get("/openapi.json").get_json()
+
+    def body_schema(operation: dict) -> str:
+        return operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    patched = {path: body_schema(ops["patch"]) for path, ops in document["paths"].items() if "patch" in ops}
+    assert sorted(patched.values()) == ["AgentPatch", "IndustryPatch", "JobRolePatch", "SkillPatch", "TeamPatch"]
+    for path, name in patched.items():
+        created = body_schema(document["paths"][path.rsplit("/", 1)[0]]["post"])
+        assert created.removesuffix("In") + "Patch" == name, path
+        assert name in document["components"]["schemas"]
+
+
 def test_relationship_fields_are_returned(world) -> None:
     assert sorted(world["role"]["required_skill_ids"]) == sorted(s["id"] for s in world["skills"])
     assert world["agent"]["team_id"] == world["team"]["id"]

@@ -92,9 +92,11 @@ def patch_model(create: type[BaseModel], *, not_null: tuple[str, ...] = ()) -> t
             raise ValueError(f"these fields cannot be null: {', '.join(nulled)}")
         return self
 
+    if not create.__name__.endswith("In"):
+        raise ValueError(f"a create model's name ends in 'In', not {create.__name__!r}")
     fields = {name: (Optional[f.annotation], Field(default=None, **_constraints(f))) for name, f in create.model_fields.items()}  # noqa: UP045
     return create_model(
-        create.__name__.replace("In", "Patch"),
+        create.__name__.removesuffix("In") + "Patch",  # IndustryIn -> IndustryPatch (not the "In" of "Industry")
         __config__=ConfigDict(extra="forbid"),
         __validators__={"refuse_nulls": model_validator(mode="after")(refuse_nulls)},
         **fields,
