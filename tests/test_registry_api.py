@@ -187,6 +187,21 @@ def test_a_name_whose_derived_skill_key_is_too_long_gets_a_key_that_fits(client,
     assert skill["skill_key"] == ("cal" * 100)[:200]
 
 
+def test_skills_whose_names_have_no_ascii_letter_or_digit_get_keys_of_their_own(client, gov) -> None:
+    """Each gets ``skill-`` and 16 hex digits of the SHA-256 of its NFC name, not one shared key
+    (the second was a 409 on a skill_key its client never sent)."""
+    import hashlib
+    import unicodedata
+
+    from web.api.registry import slugify
+
+    desc = {"description": "a perfectly ordinary description of this skill", "category": "technical"}
+    keys = [_post(client, "/genesis/skills", {**gov, **desc, "name": name})["skill_key"] for name in ("日本語", "中文")]
+    assert keys == ["skill-" + hashlib.sha256(name.encode()).hexdigest()[:16] for name in ("日本語", "中文")]
+    assert slugify(unicodedata.normalize("NFD", "한국어")) == slugify("한국어") != slugify("日本語")
+    assert slugify("Route Planning") == "route-planning" and slugify("㎈ 日本語") == "cal"
+
+
 def test_a_name_too_long_once_nfc_normalized_is_422_naming_it(client, world) -> None:
     # U+0958 is one code point of input and two once NFC-normalized: 150 fit the schema, 300 not the column.
     response = client.patch(f"{API}/teams/{world['team']['id']}", json={"name": "\u0958" * 150})

@@ -42,7 +42,9 @@ class IndustryIn(GovernanceIn):
 class SkillIn(GovernanceIn):
     name: StrictStr = Name
     skill_key: StrictStr | None = Field(
-        default=None, max_length=SKILL_KEY_LENGTH, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", description="slug; derived from name if omitted"
+        default=None, max_length=SKILL_KEY_LENGTH, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",
+        description="slug; derived from the name if omitted: its ASCII letters and digits, hyphenated, or for a "
+                    "name with none, 'skill-' and the first 16 hex digits of the SHA-256 of its NFC form",
     )
     description: StrictStr = Text
     category: SkillCategory

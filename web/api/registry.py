@@ -10,6 +10,7 @@ re-reading).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
@@ -108,10 +109,16 @@ def expected_versions() -> frozenset[int] | None:
 
 def slugify(name: str) -> str:
     """The skill key derived from a name: its ASCII letters and digits, hyphenated, at most
-    ``SKILL_KEY_LENGTH`` long (NFKD can spell one character as several: "㎈" is "cal")."""
+    ``SKILL_KEY_LENGTH`` long (NFKD can spell one character as several: "㎈" is "cal").
+
+    A name with no ASCII letter or digit ("日本語") gets ``skill-`` and the first 16 hex
+    digits of the SHA-256 of its NFC form: the same for every spelling of one name, and
+    another for each other name, where one fixed key made the second such skill a 409 on
+    a ``skill_key`` its client never sent."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    return slug[:SKILL_KEY_LENGTH].rstrip("-") or "skill"
+    nfc_digest = hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()
+    return slug[:SKILL_KEY_LENGTH].rstrip("-") or f"skill-{nfc_digest[:16]}"
 
 
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
