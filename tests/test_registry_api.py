@@ -1,6 +1,7 @@
 """The registry API end to end through Flask, against the real database (committed, cleaned)."""
 
 import json
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -224,6 +225,27 @@ def test_if_match_listing_several_versions_matches_any_of_them(client, world) ->
     assert ok.status_code == 200 and ok.headers["ETag"] == '"2"'
     stale = client.patch(url, json={"description": "second"}, headers={"If-Match": '"1", W/"2", "x"'})  # weak never matches
     assert stale.status_code == 409 and stale.get_json()["detail"] == "If-Match names 1; the entity is at version 2"
+
+
+def test_a_team_s_etag_changes_with_its_members_and_if_match_takes_it_or_the_version(client, world, gov) -> None:
+    """A team's ``members`` and ``free_seats`` change with no new version, so its strong ETag
+    names them too (``"<version>.<members>"``); If-Match takes that tag while it is current,
+    and the plain version as documented."""
+    url, team = f"{API}/teams/{world['team']['id']}", world["team"]
+    before = client.get(url)
+    assert re.fullmatch(r'"1\.[0-9a-f]{16}"', before.headers["ETag"]), before.headers["ETag"]
+    _post(client, "/agents", {**gov, "name": "Dispatch Two", "job_role_id": team["job_role_id"], "industry_id": team["industry_id"],
+                              "skill_ids": [s["id"] for s in world["skills"]], "team_id": team["id"]})
+    after = client.get(url)
+    assert after.get_json()["version"] == 1 and after.get_json()["free_seats"] == before.get_json()["free_seats"] - 1
+    assert after.headers["ETag"] != before.headers["ETag"]
+    stale = client.patch(url, json={"description": "must not land"}, headers={"If-Match": before.headers["ETag"]})
+    assert stale.status_code == 409 and stale.get_json()["type"] == "/problems/precondition-failed"
+    by_tag = client.patch(url, json={"description": "by the full tag"}, headers={"If-Match": after.headers["ETag"]})
+    assert by_tag.status_code == 200 and by_tag.headers["ETag"] == after.headers["ETag"].replace('"1.', '"2.')
+    by_version = client.patch(url, json={"description": "by the version"}, headers={"If-Match": '"2"'})
+    assert by_version.status_code == 200 and by_version.get_json()["version"] == 3
+    assert client.get(f"{API}/genesis/industries/{world['industry']['id']}").headers["ETag"] == '"1"'
 
 
 def test_lists_filter_and_paginate(client, world, gov) -> None:

@@ -2,9 +2,9 @@
 
 Each entity type gets the same five routes (list, create, show, patch, history), built
 from one table of :class:`EntityRoute` specs so every type behaves identically. Writes
-go through ``models.registry``; responses carry ``ETag: "<version>"`` and PATCH honours
-``If-Match`` (a stale version answers 409 ``precondition-failed``, safe to retry after
-re-reading).
+go through ``models.registry``; responses carry ``ETag: "<version>"`` (a team's also names
+its members: ``"<version>.<members>"``) and PATCH honours ``If-Match`` (a stale version
+answers 409 ``precondition-failed``, safe to retry after re-reading).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from models.chain import EntityVersion, history
 from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.key_seals import published_keyring
-from models.registry import WriteContext, create_entity, get_entity, list_entities, search_skills, team_members, update_entity
+from models.registry import (
+    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, team_members, update_entity,
+)
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
     IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
@@ -80,9 +82,24 @@ def entity_resource(entity: GovernedEntity) -> dict[str, Any]:
     return body
 
 
+def members_tag(members: list[str]) -> str:
+    """16 hex digits of the SHA-256 of a team's member ids, in the order its resource lists them."""
+    return hashlib.sha256(",".join(members).encode()).hexdigest()[:16]
+
+
+def entity_tag(entity: GovernedEntity, resource: dict[str, Any]) -> str:
+    """The strong ETag's value: the version, which covers every governed field. A team's
+    resource also lists its ``members`` (and ``free_seats``), which change with no new
+    version, so its tag is ``<version>.<members_tag>``: one tag, one representation."""
+    if isinstance(entity, Team):
+        return f"{entity.version}.{members_tag(resource['members'])}"
+    return str(entity.version)
+
+
 def entity_response(entity: GovernedEntity, status: int = 200) -> Response:
-    response = Response(json.dumps(entity_resource(entity)), status=status, mimetype="application/json")
-    response.set_etag(str(entity.version))
+    resource = entity_resource(entity)
+    response = Response(json.dumps(resource), status=status, mimetype="application/json")
+    response.set_etag(entity_tag(entity, resource))
     if status == 201:
         response.headers["Location"] = request.path.rstrip("/") + f"/{entity.id}"
     return response
@@ -93,18 +110,45 @@ def write_context() -> WriteContext:
     return WriteContext(actor=current_actor(), keyring=svc.keyring, embedder=svc.embedder)
 
 
-def expected_versions() -> frozenset[int] | None:
-    """The versions named by ``If-Match`` (our ETags are the version number); the write
-    goes ahead when the entity is at any of them (RFC 9110, strong comparison).
+VERSION_TAG = re.compile(r"[1-9][0-9]{0,9}")  # versions are int4; int() caps at 4,300 digits
+TEAM_TAG = re.compile(r"([1-9][0-9]{0,9})\.([0-9a-f]{16})")
 
+
+def expected_versions(current_members_tag: Callable[[], str] | None = None) -> frozenset[int] | None:
+    """The versions named by ``If-Match``; the write goes ahead when the entity is at any
+    of them (RFC 9110, strong comparison).
+
+    ``"<version>"`` names that version, for every type: for a team it compares the
+    governed version alone, as it always has. A team's full tag ``"<version>.<members>"``
+    names its version only while ``<members>`` is the team's (``current_members_tag``, read
+    under the team's row lock), so it matches exactly when it is the current ETag.
     Only a version's own spelling names it, as the ETag writes it: ASCII digits with no
     leading zero (``str.isdigit`` also accepts characters such as "²" that ``int`` cannot
     read, and ``int`` reads "01" as 1). A tag that names no version matches nothing.
     """
     if not request.if_match or request.if_match.star_tag:
         return None
-    # versions are int4; int() caps at 4,300 digits
-    return frozenset(int(tag) for tag in request.if_match.as_set() if re.fullmatch(r"[1-9][0-9]{0,9}", tag))
+    tags = request.if_match.as_set()  # strong tags only: a weak one never matches If-Match
+    versions = {int(tag) for tag in tags if VERSION_TAG.fullmatch(tag)}
+    team_tags = [m for m in map(TEAM_TAG.fullmatch, tags) if m]
+    if team_tags and current_members_tag is not None:
+        members = current_members_tag()
+        versions |= {int(m[1]) for m in team_tags if m[2] == members}
+    return frozenset(versions)
+
+
+def _current_members_tag(entity_type: EntityType, entity_id: Any) -> Callable[[], str] | None:
+    """For a team, what reads its members tag as a PATCH's precondition needs it: under the
+    team's row lock, which a seat taken in it also takes (update_entity takes it again)."""
+    if entity_type is not EntityType.TEAM:
+        return None
+
+    def read() -> str:
+        session = db_session()
+        lock_entity(session, EntityType.TEAM, entity_id)
+        return members_tag([str(m) for m in team_members(session, team_id=entity_id)])
+
+    return read
 
 
 def slugify(name: str) -> str:
@@ -140,7 +184,7 @@ def _patch_view(route: EntityRoute) -> Callable[..., Response]:
         session = db_session()
         entity = update_entity(
             session, entity_type=route.entity_type, entity_id=path.entity_id, changes=changes,
-            ctx=write_context(), expected_versions=expected_versions(),
+            ctx=write_context(), expected_versions=expected_versions(_current_members_tag(route.entity_type, path.entity_id)),
         )
         session.commit()
         return entity_response(entity)
