@@ -241,7 +241,8 @@ def test_a_junk_version_row_is_a_finding_never_a_failed_audit(db_session, skill,
 
 
 def test_a_scope_of_more_ids_than_postgresql_takes_parameters_is_audited(db_session, skill, keyring) -> None:
-    """The API takes up to 100,000 ids; IN would need one parameter each (at most 65,535)."""
+    """A run's parameters may hold more ids than PostgreSQL takes parameters (at most 65,535;
+    the API takes 5,000, but a job row holds what it is given): IN would need one each."""
     ids = [str(uuid.uuid4()) for _ in range(70_000)] + [str(skill.id)]
     summary, findings = run_audit(db_session, keyring, {"scope": {"entity_ids": ids}}, batch_size=500)
     assert findings == [] and summary["total_entities"] == 1

@@ -101,6 +101,9 @@ def test_an_oversized_body_is_413(client, app) -> None:
     limit = app.config["MAX_CONTENT_LENGTH"]
     response = client.post(f"{API}/diagnostics/sleep", data=b"{" + b" " * limit + b"}", content_type="application/json")
     assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["status"] == 413 and problem["max_request_bytes"] == limit
+    assert f"{limit} bytes" in problem["detail"] and "PLANT_MAX_REQUEST_BYTES" in problem["detail"]
 
 
 def test_cors_is_closed_by_default(client) -> None:

@@ -8,6 +8,7 @@ on the job resource, which only GET and HEAD may answer with 304.
 
 import base64
 import json
+import uuid
 
 import pytest
 
@@ -222,3 +223,55 @@ def test_an_against_digest_with_an_integer_canonical_json_cannot_hold_is_422(cli
     digest[member if member == "entity_count" else "leaves"] = 2**53 - 1 if member == "entity_count" else [
         {**digest["leaves"][0], "version": 2**53 - 1}]
     assert client.post(f"{API}/audit/run", json={"against_digest": digest}).status_code == 202
+
+
+def _max_items(document: dict, schema: str, member: str) -> int:
+    """The maxItems /openapi.json gives a list member (optional members are anyOf [list, null])."""
+    prop = document["components"]["schemas"][schema]["properties"][member]
+    return next(option["maxItems"] for option in prop.get("anyOf", [prop]) if option.get("type") == "array")
+
+
+def _ids(count: int) -> list[str]:
+    return [str(uuid.UUID(int=(1 << 127) + i)) for i in range(count)]  # every one 36 characters
+
+
+def _largest_audit_run(ids: int, leaves: int) -> dict:
+    """POST /audit/run's body with every list ``ids`` / ``leaves`` long and every member at its widest."""
+    leaf = {"head": "f" * 64, "version": 2**53 - 1}
+    return {
+        "scope": {"entity_type": "job_role", "entity_ids": _ids(ids)},
+        "verify_signatures": "heads",
+        "against_digest": {"type": "plant.ledger-digest.v1", "as_of": "9" * 64, "entity_count": 2**53 - 1,
+                           "heads_root": "f" * 64, "kid": "k" * 128, "signature": "s" * 1024,
+                           "leaves": [{"entity_id": i, **leaf} for i in _ids(leaves)]},
+    }
+
+
+def _size_at(body_of, maxima: tuple[int, ...]) -> int:
+    """The size of ``body_of(*maxima)`` as Python's json.dumps writes it (a space after each
+    separator: more than a compact body), worked out from bodies of one and two items per list,
+    so that a maximum far too large costs no memory to find out."""
+    def size(*counts: int) -> int:
+        return len(json.dumps(body_of(*counts)).encode())
+
+    ones = [1] * len(maxima)
+    return size(*ones) + sum((size(*ones[:n], 2, *ones[n + 1:]) - size(*ones)) * (most - 1) for n, most in enumerate(maxima))
+
+
+def test_the_largest_requests_the_schemas_allow_fit_the_default_body_limit(client, app) -> None:
+    """Each list's maxItems in /openapi.json, all at once and every item at its widest, still
+    fits PLANT_MAX_REQUEST_BYTES' default: a request the schema allows is never 413."""
+    from models.settings import Settings
+
+    limit = Settings.model_fields["max_request_bytes"].default
+    assert app.config["MAX_CONTENT_LENGTH"] == limit
+    document = client.get("/openapi.json").get_json()
+    audit = (_max_items(document, "AuditScope", "entity_ids"), _max_items(document, "LedgerDigestIn", "leaves"))
+    agents = _max_items(document, "AssignTeamsIn", "agent_ids")
+    assert _size_at(_largest_audit_run, audit) <= limit, audit
+    assert _size_at(lambda n: {"agent_ids": _ids(n)}, (agents,)) <= limit, agents
+
+    body = json.dumps(_largest_audit_run(*audit))
+    assert client.post(f"{API}/audit/run", data=body, content_type="application/json").status_code == 202
+    response = client.post(f"{API}/agents/assign-teams", data=json.dumps({"agent_ids": _ids(agents)}), content_type="application/json")
+    assert response.status_code == 404 and response.get_json()["type"] == "/problems/not-found"  # none exists, but it was read

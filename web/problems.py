@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json
 from pydantic import ValidationError
 from psycopg.errors import QueryCanceled
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid
 
@@ -74,6 +74,13 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
+def _too_large(error: RequestEntityTooLarge) -> Response:
+    """413 naming the limit and the setting that sets it, so a client knows what fits."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return problem_response(413, error.name, f"the request body is larger than the {limit} bytes this server "
+                            "accepts (PLANT_MAX_REQUEST_BYTES)", max_request_bytes=limit)
+
+
 def _database_unavailable(error: DBAPIError) -> Response:
     if isinstance(error.orig, QueryCanceled):  # the server is up; the request took too long
         log.warning("statement timed out: %s", error.orig)
@@ -123,6 +130,7 @@ def validation_problem(error: ValidationError) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(PlantError, _plant_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(PoolTimeout, _pool_exhausted)
     app.register_error_handler(DataError, _data_error)

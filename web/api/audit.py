@@ -30,11 +30,19 @@ from web.services import db_session, digest_slot, services
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
 
 
+# With each list at its maximum, a request fits PLANT_MAX_REQUEST_BYTES' default (1 MiB): as
+# JSON a scope id takes 40 bytes, a leaf at most 160 (tests/test_http_edge_cases.py
+# ::test_the_largest_requests_the_schemas_allow_fit_the_default_body_limit). Larger maxima
+# were refused as 413 long before they were reached.
+MAX_SCOPE_IDS = 5_000
+MAX_DIGEST_LEAVES = 5_000
+
+
 class AuditScope(BaseModel):
     model_config = ConfigDict(extra="forbid")
     entity_type: EntityType | None = None
     entity_ids: list[uuid.UUID] | None = Field(
-        default=None, min_length=1, max_length=100_000,
+        default=None, min_length=1, max_length=MAX_SCOPE_IDS,
         description="only these entities; omit it (not []) to audit every entity of the scope's type")
 
 
@@ -58,7 +66,10 @@ class LedgerDigestIn(BaseModel):
     heads_root: str = Field(pattern=HEX_HASH)
     kid: str = Field(max_length=128)
     signature: str = Field(max_length=1024)
-    leaves: list[DigestLeaf] | None = Field(default=None, max_length=5_000_000)
+    leaves: list[DigestLeaf] | None = Field(
+        default=None, max_length=MAX_DIGEST_LEAVES,
+        description="a larger registry's digest is handed back without its leaves (the signature does not cover them): "
+                    "the audit then reports any change to the heads at its as_of as ledger-root-mismatch")
 
 
 class AuditRunIn(BaseModel):

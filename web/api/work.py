@@ -37,7 +37,8 @@ class AssignTeamIn(BaseModel):
 
 class AssignTeamsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=50_000)
+    # 25,000 ids (40 bytes each as JSON) fit PLANT_MAX_REQUEST_BYTES' default (1 MiB); more use all_unassigned
+    agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=25_000)
     all_unassigned: StrictBool = False
 
     @model_validator(mode="after")
