@@ -40,7 +40,7 @@ def _plant(stack: BenchStack, settings: Settings, batch: int) -> None:
     keyring = keyring_from_settings(settings)
     with Session(stack.engine(settings)) as session, session.begin():
         job = create_job(session, kind="audit.run", params={}, queue="audit")
-        run = start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=MAX_UUID)
+        run = start_run(session, job_id=job.id, params={}, keyring=keyring, embedder=HashingEmbedder(), chunk_entities=MAX_UUID)
         for chunk_id in pending_chunks(session, run.id):
             while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=HashingEmbedder(), batch_size=batch).done:
                 pass

@@ -26,6 +26,7 @@ from models.keys import keyring_from_settings
 from models.ledger import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
+from models.embeddings import HashingEmbedder
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
 
         def incremental() -> None:
             with stack.session(settings) as session:
-                audit_since_latest_digest(session, keyring=keyring)
+                audit_since_latest_digest(session, keyring=keyring, embedder=HashingEmbedder())
 
         stack.settle(settings)
         digest()  # the first: every chain checked from the genesis

@@ -112,7 +112,8 @@ class AuditParams:
         }
 
 
-def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], keyring: KeyRing, chunk_entities: int) -> AuditRun:
+def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], keyring: KeyRing, embedder: Embedder,
+              chunk_entities: int) -> AuditRun:
     """Create the run, its chunks and its digest findings once; a retry gets the same run."""
     existing = session.scalar(select(AuditRun).where(AuditRun.job_id == job_id))
     if existing is not None:
@@ -125,7 +126,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     session.flush()
     _insert(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
     if params.get("since") == "latest-digest":
-        return _incremental(session, run, keyring)
+        return _incremental(session, run, keyring, embedder)
     chunks: list[AuditChunk] = []
     for entity_type in scope.types():
         model = ENTITY_MODELS[entity_type]
@@ -143,9 +144,9 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     return run
 
 
-def _incremental(session: Session, run: AuditRun, keyring: KeyRing) -> AuditRun:
+def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Embedder) -> AuditRun:
     """Run the incremental audit inline and record it as one finished chunk."""
-    result = audit_since_latest_digest(session, keyring=keyring)
+    result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
     _insert(session, run.id, result.findings)
     chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),

@@ -39,9 +39,11 @@ from models.audit import (
     versions_by_entity,
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
+from models.certification import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.digest_check import tombstones_of
+from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest
@@ -80,8 +82,9 @@ class IncrementalResult:
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
                           "governed fields without a new version (but for marking it deleted), or of its versions, "
                           "is not seen (a full audit sees it); nor entities deleted before the digest",
-            "certifications": "not put through the duplicate gate again, nor their stored embeddings compared with "
-                              "their texts (a full audit does both)",
+            "certifications": "each examined certified skill put through the duplicate gate again, from the signed "
+                              "texts, and its stored embedding compared with its text's; an unchanged one's embedding "
+                              "is not read (a full audit reads every one)",
             "trusted": "versions up to each digest head, through the digest's signed heads_root; for examined "
                        "entities they were re-hashed and re-linked, their signatures not re-checked; a digest "
                        "attests only heads verified from the newest digest it could trust (or from the genesis); "
@@ -89,7 +92,7 @@ class IncrementalResult:
         }
 
 
-def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> IncrementalResult:
+def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: Embedder) -> IncrementalResult:
     digest = latest_digest(session)
     if digest is None:
         raise NotFound("no ledger digest is stored yet; an incremental audit needs one")
@@ -109,7 +112,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
         result.findings += [FindingRow(entity_type.value, entity_id, version, "entity-undeleted",
                                        "live, though the digest keeps its deletion (a tombstone): Plant brings no deleted entity back")
                             for entity_id, version in live_again]
-        _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
+        _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
     # Counted after the chains were read, not before: each statement sees the commits made
     # until it starts, so a version committed meanwhile is then either in both counts or in
     # the ledger's alone, which makes them disagree and the search below run. Counted first,
@@ -119,7 +122,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing) -> Incremen
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
         for entity_type, changed in _grown_behind_rows(session, digest, set(result.chains)).items():
-            _audit_in_batches(session, entity_type, changed, keyring, append_only, result)
+            _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
     if _leaf_count(session, digest.id) != accounted:
@@ -233,21 +236,21 @@ def _leaf_count(session: Session, digest_id: int) -> int:
     return session.scalar(select(func.count()).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest_id))
 
 
-def _audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, append_only: bool,
-                      result: IncrementalResult) -> None:
+def _audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Embedder,
+                      append_only: bool, result: IncrementalResult) -> None:
     for start in range(0, len(changed), BATCH):
-        _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, append_only, result)
+        _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, embedder, append_only, result)
 
 
-def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, append_only: bool,
-                   result: IncrementalResult) -> None:
+def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Embedder,
+                   append_only: bool, result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
     # Keyed by entity: a suspect is checked twice (the second time locked), and what its
     # second check found replaces its first, here as in its findings; a list took it twice.
     rolled: dict[uuid.UUID, tuple[uuid.UUID, int | None, bytes]] = {}
 
     def check(entities: list) -> BatchResult:
-        return _check_changed(session, entities, base, keyring, append_only, rolled, result)
+        return _check_changed(session, entities, base, keyring, embedder, append_only, rolled, result)
 
     entities = load_entities(session, entity_type, list(base))
     # Rows and versions are read by two statements: suspects are checked again, locked.
@@ -259,12 +262,13 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
                                    h.finding.detail) for h in compare_heads(session, list(rolled.values()))]
 
 
-def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, append_only: bool,
+def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, embedder: Embedder, append_only: bool,
                    rolled: dict, result: IncrementalResult) -> BatchResult:
     """Each entity's whole chain; one whose leaf is gone from its chain is put in
     ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), one whose leaf
     is there taken out of it (a check made again decides), and every signature of its
-    chain is checked."""
+    chain is checked. Certified skills among them go through the duplicate gate again, as
+    in a full audit (:func:`models.certification.gates_rechecked`)."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
     members = team_member_counts(session, entities)
@@ -286,6 +290,8 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         batch.versions_verified += len(rows) - split
         result.versions_rehashed[entity.id] = split
+    if kind == EntityType.SKILL.value:
+        batch.findings += [FindingRow(kind, g.skill_id, None, g.code, g.detail) for g in gates_rechecked(session, entities, embedder)]
     return batch
 
 

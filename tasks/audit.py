@@ -44,7 +44,7 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
     settings = runtime.settings()
     with transaction(runtime.session_factory()) as session:
         run = start_run(session, job_id=claim.job_id, params=claim.params, keyring=runtime.keyring(),
-                        chunk_entities=settings.audit_chunk_entities)
+                        embedder=runtime.embedder(), chunk_entities=settings.audit_chunk_entities)
         add_progress(session, claim=claim, done=0, total=run.entities_total, message="auditing",
                      lease_seconds=settings.job_lease_seconds)
         chunks = pending_chunks(session, run.id)

@@ -36,7 +36,7 @@ E = EntityType
 
 def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, batch_size: int = 2) -> tuple[dict, list]:
     job = create_job(session, kind="audit.run", params=params or {"verify_signatures": "all"}, queue="audit")
-    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)
+    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
     for chunk_id in pending_chunks(session, run.id):
         while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=batch_size).done:
             pass
@@ -670,7 +670,7 @@ def test_the_incremental_audit_also_checks_a_suspect_again(engine, write_ctx, ke
 
     monkeypatch.setattr(incremental, "versions_by_entity", write_first_then_read)
     with Session(engine) as auditor, auditor.begin():
-        result = incremental.audit_since_latest_digest(auditor, keyring=keyring)
+        result = incremental.audit_since_latest_digest(auditor, keyring=keyring, embedder=EMBEDDER)
     assert writes and result.findings == []
     assert result.versions_verified == 2
 

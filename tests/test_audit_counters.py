@@ -136,7 +136,7 @@ def test_a_run_that_stopped_part_way_counts_only_the_entities_it_audited(db_sess
         tamper_delete_newest(db_session, skill, keyring)  # every skill rolled back since the digest
     job = create_job(db_session, kind="audit.run", queue="audit",
                      params={"scope": {"entity_type": "skill"}, "against_digest": digest})
-    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3)
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
     rolled_back = {f.entity_id for f in db_session.query(AuditFinding).filter_by(run_id=run.id, code="head-rolled-back")}
     assert rolled_back == {s.id for s in skills}  # the digest's findings name every one, before any is audited
     # One chunk audited to its end, another stopped at its first checkpoint (chunk bounds

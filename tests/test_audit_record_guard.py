@@ -137,7 +137,7 @@ def test_a_chunk_finishing_after_its_run_was_closed_says_so_and_a_run_closes_onc
     from models.job_lifecycle import create_job
 
     job = create_job(db_session, kind="audit.run", params={}, queue="audit")
-    run = start_run(db_session, job_id=job.id, params={}, keyring=keyring, chunk_entities=3)
+    run = start_run(db_session, job_id=job.id, params={}, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
     closed = summarize_run(db_session, keyring=keyring, run_id=run.id, status="cancelled")
     with pytest.raises(RunClosed, match="closed before this chunk finished"):
         for chunk_id in pending_chunks(db_session, run.id):

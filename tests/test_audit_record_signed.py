@@ -44,7 +44,7 @@ def skills(db_session: Session, write_ctx: Any, steward: Any) -> list[Any]:
 
 def _started(session: Session, keyring: Any, params: dict | None = None) -> AuditRun:
     job = create_job(session, kind="audit.run", params=params or {"scope": {"entity_type": "skill"}}, queue="audit")
-    return start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+    return start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
 
 
 def _steps(session: Session, run: AuditRun, keyring: Any, *, batch_size: int = 1) -> None:
@@ -375,7 +375,7 @@ def test_a_job_row_edited_to_an_incremental_run_that_would_never_look_is_refused
 
     job = create_job(db_session, kind="audit.run", params=params, queue="audit")
     with pytest.raises(InvalidInput, match="'since'"):
-        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
 
 
 def test_a_job_row_asking_to_audit_an_empty_list_of_ids_is_refused_at_start(db_session: Session, keyring: Any) -> None:
@@ -384,7 +384,7 @@ def test_a_job_row_asking_to_audit_an_empty_list_of_ids_is_refused_at_start(db_s
 
     job = create_job(db_session, kind="audit.run", params={"scope": {"entity_type": "skill", "entity_ids": []}}, queue="audit")
     with pytest.raises(InvalidInput, match="entity_ids"):
-        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=50_000)
+        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
 
 
 INSERT_A_FINDING = "INSERT INTO audit_findings (run_id, code, severity, detail) VALUES (:run, 'chain-broken', 'critical', 'by SQL')"

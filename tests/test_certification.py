@@ -428,3 +428,20 @@ def test_the_tampering_endpoint_runs_the_second_look_too(db_session, write_ctx, 
     db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
     check = check_entity(db_session, entity_id=original.id, keyring=keyring, embedder=EMBEDDER)
     assert [f.code for f in check.findings] == ["embedding-mismatch"] and check.tampered
+
+
+def test_the_incremental_audit_puts_a_skill_certified_since_the_digest_through_the_gate_again(db_session, write_ctx, steward, keyring) -> None:
+    from models.ledger import store_digest
+    from tests.test_audit import run_incremental
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    db_session.expire_all()
+    summary, findings = run_incremental(db_session, keyring)
+    assert _codes(findings) == [("certified-near-duplicate", copy.id)]  # the copy changed since the digest
+    assert summary["non_compliant"] == 1

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from models.audit_runs import writing_findings
-from tests.conftest import lock_waiters, wait_for
+from tests.conftest import EMBEDDER, lock_waiters, wait_for
 
 API = "/api/v1"
 
@@ -26,7 +26,7 @@ def _running_run(engine: Engine, keyring: Any) -> uuid.UUID:
 
     with Session(engine) as session, session.begin():
         job = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
-        return start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=100).id
+        return start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=100).id
 
 
 def _batch_writes_a_finding(session: Session, run_id: uuid.UUID, code: str) -> int:

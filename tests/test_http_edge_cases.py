@@ -11,6 +11,7 @@ import json
 import uuid
 
 import pytest
+from tests.conftest import EMBEDDER
 
 API = "/api/v1"
 SLEEP = f"{API}/diagnostics/sleep"
@@ -141,7 +142,7 @@ def test_a_findings_page_token_not_issued_by_the_api_is_422(client, engine, keyr
 
     with Session(engine) as session, session.begin():
         job = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
-        run_id = start_run(session, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=100).id
+        run_id = start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=100).id
     token = base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
     response = client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"page_token": token})
     assert response.status_code == 422, response.get_data(as_text=True)

@@ -32,6 +32,7 @@ from models.signed_exports import signed_once
 from models.signing import KeyRing, KeySeal, generate_ed25519
 from tests.test_audit import lift_guard, run_audit
 from web.report_html import report_page
+from tests.conftest import EMBEDDER
 
 E = EntityType
 
@@ -686,7 +687,7 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     job = Job(kind="audit.run", queue="audit", status="running", params={})
     db_session.add(job)
     db_session.flush()
-    run = start_run(db_session, job_id=job.id, params={}, keyring=unread, chunk_entities=50_000)
+    run = start_run(db_session, job_id=job.id, params={}, keyring=unread, embedder=EMBEDDER, chunk_entities=50_000)
     db_session.execute(text("UPDATE audit_runs SET created_at = now() + interval '1 hour' WHERE id = :id"), {"id": run.id})
     db_session.expire_all()
     from models.audit_record import sign_plan  # a run Plant started an hour later: its plan signed as such

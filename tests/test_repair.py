@@ -228,7 +228,7 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
         # for it nor shows in its exports, before or after it commits.
         starting.begin()
         job = create_job(starting, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
-        late = start_run(starting, job_id=job.id, params=job.params, keyring=keyring, chunk_entities=3).id
+        late = start_run(starting, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3).id
 
         def restore_second() -> str:
             with transaction(sessions) as session:

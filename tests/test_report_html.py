@@ -44,7 +44,7 @@ from models.audit_tables import AuditChunk
 from models.entities import Skill
 from models.jobs import Job
 from models.jws import verify_detached
-from tests.conftest import REPO_ROOT, bearer, wait_for
+from tests.conftest import EMBEDDER, REPO_ROOT, bearer, wait_for
 from tests.test_audit_record_signed import written_by_plant
 
 API = "/api/v1"
@@ -372,7 +372,7 @@ def test_a_running_audit_renders_with_an_in_progress_banner(client, seeded, engi
         job = Job(kind="audit.run", queue="audit", status="running", params={})  # never published
         session.add(job)
         session.flush()
-        run = start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=50_000)
+        run = start_run(session, job_id=job.id, params={}, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
         entity_id = session.scalar(select(Skill.id).limit(1))
         chunk = session.scalar(select(AuditChunk).where(AuditChunk.run_id == run.id, AuditChunk.entity_type == "skill"))
         written_by_plant(session, run, chunk, keyring, [  # a hostile code and rule id, as if Plant wrote them
@@ -409,7 +409,7 @@ def test_a_finished_run_s_report_signature_is_recorded_once_for_a_later_seal(cli
         job = Job(kind="audit.run", queue="audit", status="running", params={})
         session.add(job)
         session.flush()
-        run_id = str(start_run(session, job_id=job.id, params={}, keyring=keyring, chunk_entities=50_000).id)
+        run_id = str(start_run(session, job_id=job.id, params={}, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000).id)
 
     def recorded() -> list[tuple[str, bytes]]:
         with engine.connect() as connection:
