@@ -18,6 +18,10 @@ that row, and a rolled-back certification gives its number back, so there are no
 and no duplicates. A retried job whose certification already committed (the skill's
 head version was written by the same actor) returns the recorded outcome instead of
 issuing a second certificate.
+
+The gate's inputs about other skills (their stored vectors and statuses) are not signed,
+so every audit puts each certified skill through the gate again from the signed texts
+(:func:`gates_rechecked`): ``embedding-mismatch`` and ``certified-near-duplicate``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from models.canonical import canonical_bytes, normalize_text
 from models.chain import history
 from models.constitution import L0, L1, evaluate
 from models.embeddings import Embedder, cosine
-from models.entities import EntityType, Industry, Skill, SkillStatus
+from models.entities import EntitySnapshot, EntityType, Industry, Skill, SkillStatus
 from models.errors import AlreadyCertified, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
@@ -143,12 +147,12 @@ def nearest_certified_duplicate(session: Session, skill: Skill) -> dict[str, Any
     if skill.embedding is None:
         return None
     certified = (
-        select(Skill.id, Skill.name, Skill.embedding)
+        select(Skill.id, Skill.name, Skill.embedding.cosine_distance(skill.embedding).label("distance"))
         .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
         .cte("certified").prefix_with("MATERIALIZED")
-    )
-    distance = certified.c.embedding.cosine_distance(skill.embedding)
-    row = session.execute(select(certified.c.id, certified.c.name, distance).order_by(distance).limit(1)).first()
+    )  # each row's distance, not its vector: a few bytes a skill to keep, under the lock every certification waits on
+    row = session.execute(select(certified.c.id, certified.c.name, certified.c.distance)
+                          .order_by(certified.c.distance).limit(1)).first()
     if row is None or 1.0 - float(row[2]) < DUPLICATE_SIMILARITY:
         return None
     return {"id": str(row[0]), "name": row[1], "similarity": round(1.0 - float(row[2]), 6)}
@@ -232,25 +236,39 @@ class GateFinding:
     detail: str
 
 
-# Every other certified skill within the gate's distance of each audited one's vector, compared
-# exactly: a nested loop over the certified skills, no index (see nearest_certified_duplicate).
+# Every other certified skill within the gate's distance of each audited vector, by its stored
+# vector, compared exactly: a nested loop over the certified skills, no index (see
+# nearest_certified_duplicate). Candidates only: each is confirmed from its own text.
 _NEAR_CERTIFIED = text("""
     WITH audited AS MATERIALIZED (
         SELECT audited.id, CAST(audited.vector AS vector) AS vector
         FROM unnest(:ids, :vectors) AS audited (id, vector)
     )
-    SELECT audited.id, other.id, other.name, other.certificate ->> 'issued_at', other.embedding <=> audited.vector
+    SELECT audited.id, other.id, other.name, other.category, other.description, other.certificate ->> 'issued_at'
     FROM audited JOIN skills AS other
       ON other.status = :certified AND other.embedding IS NOT NULL AND other.id <> audited.id
     WHERE (other.embedding <=> audited.vector) <= :distance
     ORDER BY audited.id, other.id
 """).bindparams(bindparam("ids", type_=ARRAY(Uuid())), bindparam("vectors", type_=ARRAY(Text())))
+# Audited vectors per statement: each compares its few with every certified skill, so one
+# statement stays far below the statement timeout (50 against 250,000 certified skills: 12.5
+# million pairs, about 3 s), however many certified skills there are.
+PAIRS_PER_STATEMENT = 50
+# A near-duplicate confirmed from the texts: the gate's threshold, less what one text embedded
+# alone and in a batch may differ by (a learned model pads a batch), so a pair the gate
+# refused is never taken for one it let through.
+RECHECK_SIMILARITY = DUPLICATE_SIMILARITY - 1e-6
+
+EMBEDDING_MISMATCH = "embedding-mismatch"
+EMBEDDING_MISMATCH_DETAIL = (
+    "the stored embedding is not the one the configured embedder computes from the signed name, category and "
+    "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
 
 
 def gates_rechecked(session: Session, skills: Sequence[Any], embedder: Embedder) -> list[GateFinding]:
     """The audit's second look at the duplicate gate of each certified skill in ``skills``
     (rows the caller compares with their signed heads in the same check), from the signed
-    name, category and description alone; the stored vectors are trusted only once checked.
+    name, category and description alone.
 
     The gate compares a skill being certified with the stored vectors of the certified ones,
     and those are not signed content. Changed through SQL (nulled, say) while a copy was
@@ -260,9 +278,16 @@ def gates_rechecked(session: Session, skills: Sequence[Any], embedder: Embedder)
       from the skill's text: changed outside Plant, or made by another embedder (then every
       certified skill shows it; ``plant entity restore`` recomputes it).
     - ``certified-near-duplicate``: the skill was certified after another certified skill it
-      is a near-duplicate of (cosine >= 0.95): the gate would have refused it. Its partner,
-      certified first, is not reported. When their certificates do not tell which came first
-      (one without an ``issued_at``, or the same one), each is reported.
+      is a near-duplicate of (cosine >= 0.95 between the vectors of their texts): the gate
+      would have refused it. Candidates are found by the others' stored vectors, and each is
+      confirmed from its own row's text (which the same audit compares with its signed
+      head), so a stored vector made to look like another's accuses no one; it is that
+      skill's own ``embedding-mismatch``. The partner certified first is not reported; when
+      their certificates do not tell which came first (one without an ``issued_at``, or the
+      same one), each is.
+
+    Every certified skill is compared with every other: the cost grows with the square of
+    their number (README, "Certification").
     """
     certified = [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value]
     if not certified:
@@ -271,27 +296,30 @@ def gates_rechecked(session: Session, skills: Sequence[Any], embedder: Embedder)
     stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_([s.id for s in certified]))).all())
     findings = [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
                 for skill, vector in zip(certified, vectors, strict=True) if embedding_differs(stored.get(skill.id), vector)]
-    issued = {skill.id: _issued_at(skill.certificate) for skill in certified}
-    rows = session.execute(_NEAR_CERTIFIED, {
-        "ids": [skill.id for skill in certified], "vectors": [str(list(vector)) for vector in vectors],
-        "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - DUPLICATE_SIMILARITY,
-    })
-    for skill_id, other_id, other_name, other_issued, distance in rows:
-        mine, theirs = issued[skill_id], _issued_at({"issued_at": other_issued})
-        if mine is not None and theirs is not None and mine < theirs:
+    mine = {skill.id: (vector, _issued_at(skill.certificate)) for skill, vector in zip(certified, vectors, strict=True)}
+    candidates = []
+    for start in range(0, len(certified), PAIRS_PER_STATEMENT):
+        part = certified[start : start + PAIRS_PER_STATEMENT]
+        candidates += session.execute(_NEAR_CERTIFIED, {
+            "ids": [skill.id for skill in part], "vectors": [str(list(mine[skill.id][0])) for skill in part],
+            "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - RECHECK_SIMILARITY,
+        }).all()
+    theirs = embedder.embed([embedding_text(EntitySnapshot(EntityType.SKILL, {
+        "name": name, "category": category, "description": description})) for _, _, name, category, description, _ in candidates])
+    for (skill_id, other_id, other_name, _, _, other_issued), other_vector in zip(candidates, theirs, strict=True):
+        vector, issued = mine[skill_id]
+        similarity = cosine(vector, other_vector)
+        if similarity < RECHECK_SIMILARITY:
+            continue  # near only by the other's stored vector, which is then its own embedding-mismatch
+        first = _issued_at({"issued_at": other_issued})
+        if issued is not None and first is not None and issued < first:
             continue  # certified first: the later one is the one the gate should have refused
-        order = (f"certified at {mine.isoformat()}, after it ({theirs.isoformat()})" if mine is not None and theirs is not None
-                 and mine > theirs else "certified at a time its certificates do not tell apart")
+        order = (f"certified at {issued.isoformat()}, after it ({first.isoformat()})" if issued is not None
+                 and first is not None and issued > first else "certified at a time its certificates do not tell apart")
         findings.append(GateFinding(skill_id, "certified-near-duplicate", (
-            f"a near-duplicate (cosine {1.0 - float(distance):.4f} >= {DUPLICATE_SIMILARITY}, from the signed texts) "
+            f"a near-duplicate (cosine {similarity:.4f} >= {DUPLICATE_SIMILARITY}, from the signed texts) "
             f"of certified skill {other_name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
     return findings
-
-
-EMBEDDING_MISMATCH = "embedding-mismatch"
-EMBEDDING_MISMATCH_DETAIL = (
-    "the stored embedding is not the one the configured embedder computes from the signed name, category and "
-    "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
 
 
 def embedding_differs(stored: Any, vector: list[float]) -> bool:

@@ -35,11 +35,11 @@ from sqlalchemy import and_, case, func, null, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from models.audit import (
-    BatchResult, FindingRow, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked, team_member_counts,
+    BatchResult, FindingRow, gate_findings, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked,
+    team_member_counts,
     versions_by_entity,
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
-from models.certification import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.digest_check import tombstones_of
@@ -290,8 +290,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         batch.versions_verified += len(rows) - split
         result.versions_rehashed[entity.id] = split
-    if kind == EntityType.SKILL.value:
-        batch.findings += [FindingRow(kind, g.skill_id, None, g.code, g.detail) for g in gates_rechecked(session, entities, embedder)]
+    batch.findings += gate_findings(session, entities, embedder)
     return batch
 
 

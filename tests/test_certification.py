@@ -445,3 +445,42 @@ def test_the_incremental_audit_puts_a_skill_certified_since_the_digest_through_t
     summary, findings = run_incremental(db_session, keyring)
     assert _codes(findings) == [("certified-near-duplicate", copy.id)]  # the copy changed since the digest
     assert summary["non_compliant"] == 1
+
+
+def test_a_stored_vector_made_to_look_like_another_skills_accuses_only_its_own_skill(db_session, write_ctx, steward, keyring) -> None:
+    """Candidates come from the stored vectors; each is confirmed from its own text, so the
+    honest skill whose vector was copied is not named a near-duplicate (helper-110)."""
+    from tests.test_audit import run_audit
+
+    honest = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    other = _skill(db_session, write_ctx, steward, "Pipeline Engineering",
+                   description="Builds streaming ingestion services and keeps their schemas versioned and documented")
+    for skill in (honest, other):
+        assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    # The first certified takes the later one's vector: by stored vectors alone, the later
+    # one would be a near-duplicate certified after it.
+    db_session.execute(text("UPDATE skills SET embedding = (SELECT embedding FROM skills WHERE id = :other) WHERE id = :honest"),
+                       {"honest": honest.id, "other": other.id})
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("embedding-mismatch", honest.id)]
+
+
+def test_the_second_look_finds_the_same_pairs_however_few_vectors_go_in_one_statement(db_session, write_ctx, steward, keyring, monkeypatch) -> None:
+    import models.certification as certification
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copies = [_skill(db_session, write_ctx, steward, f"Fraud Detection Copy {n}") for n in range(3)]
+    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    for copy in copies:  # the gate lets each through: only drafts are near, until the original is back
+        db_session.execute(text("UPDATE skills SET status = 'draft' WHERE status = 'certified' AND id <> :id"), {"id": copy.id})
+        assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = ANY(:ids)"),
+                       {"ids": [original.id, *(c.id for c in copies)]})
+    db_session.expire_all()
+    monkeypatch.setattr(certification, "PAIRS_PER_STATEMENT", 1)
+    _, findings = run_audit(db_session, keyring, batch_size=4)
+    later = sorted(str(c.id) for c in copies)
+    assert sorted({str(f.entity_id) for f in findings if f.code == "certified-near-duplicate"}) == later
+    assert {f.code for f in findings} == {"certified-near-duplicate"}
