@@ -256,12 +256,9 @@ def matches_canonical(value: Any, stored: bytes) -> bool:
     The fast path serializes with the C JSON encoder in JCS's layout (sorted keys, no
     spaces, no ASCII escaping): if that equals ``stored``, ``value`` is exactly what was
     stored (the encoding is injective) and canonical JSON is idempotent, so the answer
-    is yes. Anything else (``1.0`` for ``1``, non-BMP keys, float spellings) is decided by
-    real canonicalization, exactly as a byte comparison would, except that a string NFC
-    would change never matches. Plant stores every string it signs as NFC, so a row holding
-    another spelling (``e`` and a combining accent for ``é``) was written outside Plant: it
-    reads the same, but it is other bytes, and a unique constraint comparing bytes takes a
-    second, visibly identical name beside it.
+    is yes. Anything else (an NFD string, ``1.0`` for ``1``, non-BMP keys, float
+    spellings) is decided by real canonicalization, exactly as a byte comparison would.
+    (Which stored strings must be NFC already is the caller's to say: ``models.chain``.)
     """
     try:
         fast = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -270,20 +267,9 @@ def matches_canonical(value: Any, stored: bytes) -> bool:
     except (TypeError, ValueError, RecursionError):  # RecursionError: a row nested ~1,000 deep (edited by SQL)
         pass
     try:
-        return canonical_bytes(value) == stored and _nfc_throughout(value)  # canonical: nested 64 deep at most
+        return canonical_bytes(value) == stored
     except CanonicalizationError:
         return False
-
-
-def _nfc_throughout(value: Any) -> bool:
-    """Whether every string in ``value`` (member names too) is in NFC already."""
-    if isinstance(value, str):
-        return unicodedata.is_normalized("NFC", value)
-    if isinstance(value, dict):
-        return all(_nfc_throughout(key) and _nfc_throughout(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_nfc_throughout(item) for item in value)
-    return True
 
 
 def strict_json_loads(document: bytes | str) -> JSONValue:

@@ -25,6 +25,7 @@ import hashlib
 import struct
 import threading
 import time
+import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -505,4 +506,18 @@ def _head_findings(
         return [ChainFinding(HEAD_MISMATCH, last.version, "entity head does not point at a version of its chain")]
     if not matches_canonical(content, bytes(last.content)):
         return [ChainFinding(ROW_CONTENT_MISMATCH, last.version, "entity row differs from its head version")]
+    respelled = [name for name in UNIQUE_TEXT_FIELDS if isinstance(content.get(name), str)
+                 and not unicodedata.is_normalized("NFC", content[name])]
+    if respelled:
+        return [ChainFinding(ROW_CONTENT_MISMATCH, last.version,
+                             f"entity row holds {', '.join(respelled)} in another Unicode spelling than its head version")]
     return []
+
+
+# Canonical JSON is NFC, so a row is compared with its head as NFC; but these columns are
+# unique, and PostgreSQL compares their bytes: respelled through SQL in another form that
+# reads the same (e and a combining accent for é), a name lets a second, visibly identical one
+# in beside it. Plant has stored them NFC since its first release, so any other spelling was
+# written outside it. (Other strings, nested attributes and notes among them, were stored as
+# sent by earlier releases, and still match their head as NFC.)
+UNIQUE_TEXT_FIELDS = ("name", "code", "skill_key", "external_key")

@@ -227,7 +227,20 @@ def test_a_row_edited_to_another_unicode_spelling_of_its_text_is_tampering(db_se
     db_session.expire_all()
     summary, findings = run_audit(db_session, keyring)
     assert [(f.code, f.entity_id) for f in findings] == [("row-content-mismatch", skill.id)]
-    assert summary["non_compliant"] == 1
+    assert summary["non_compliant"] == 1 and "name" in findings[0].detail
+
+
+def test_strings_earlier_releases_stored_as_sent_still_match_their_head_as_nfc(db_session, skill, write_ctx, keyring) -> None:
+    """Before 63df858 nested attributes, and before 8204a6d certification notes, were stored
+    as sent while the chain signed them NFC: such rows are not tampering, and only the unique
+    columns are held to their stored spelling."""
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id,
+                  changes={"attributes": {"note": "Caf\u00e9"}, "description": "Caf\u00e9 skills for everyone"}, ctx=write_ctx)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET attributes = CAST(:a AS jsonb), description = :d WHERE id = :id"),
+                       {"a": '{"note": "Cafe\u0301"}', "d": "Cafe\u0301 skills for everyone", "id": skill.id})
+    db_session.expire_all()
+    assert run_audit(db_session, keyring)[1] == []
 
 
 @pytest.mark.parametrize("junk", list(JUNK))

@@ -246,35 +246,24 @@ _json = _st.recursive(_json_leaf, lambda kids: _st.one_of(
     _st.lists(kids, max_size=4), _st.dictionaries(_st.text(max_size=6), kids, max_size=4)), max_leaves=12)
 
 
-def _all_nfc(value) -> bool:
-    """Every string in ``value`` is NFC: its JSON text is, quotes keeping strings apart."""
-    written = json.dumps(value, ensure_ascii=False)
-    return unicodedata.normalize("NFC", written) == written
-
-
 @_given(_json, _json)
-def test_matches_canonical_agrees_with_comparing_canonical_bytes_of_nfc_values(stored_value, other) -> None:
-    """A byte comparison of canonical JSON, but for text NFC would change: Plant stores and
-    signs only NFC, so a row holding another spelling never matches its head."""
+def test_matches_canonical_agrees_with_comparing_canonical_bytes(stored_value, other) -> None:
     try:
         stored = _canonical(stored_value)
     except Exception:  # noqa: BLE001 - values canonicalization refuses are out of scope
         return
-    assert matches_canonical(stored_value, stored) == _all_nfc(stored_value)
+    assert matches_canonical(stored_value, stored)
     try:
-        expected = _canonical(other) == stored and _all_nfc(other)
+        expected = _canonical(other) == stored
     except Exception:  # noqa: BLE001
         expected = False
     assert matches_canonical(other, stored) == expected
 
 
-def test_matches_canonical_tells_true_from_one_and_an_nfd_row_from_its_nfc_head() -> None:
+def test_matches_canonical_tells_true_from_one_and_sees_nfd_as_nfc() -> None:
     assert not matches_canonical({"a": True}, _canonical({"a": 1}))
     assert matches_canonical({"a": 1.0}, _canonical({"a": 1}))
-    assert matches_canonical({"n": "\u00e9"}, _canonical({"n": "e\u0301"}))  # both NFC once signed
-    assert not matches_canonical({"n": "e\u0301"}, _canonical({"n": "\u00e9"}))
-    assert not matches_canonical({"e\u0301": 1}, _canonical({"\u00e9": 1}))
-    assert not matches_canonical({"a": ["\u2126"]}, _canonical({"a": ["\u03a9"]}))  # OHM SIGN for Omega
+    assert matches_canonical({"n": "e\u0301"}, _canonical({"n": "\u00e9"}))
 
 
 _any_json = _st.recursive(
