@@ -59,13 +59,13 @@ class AuditParams:
 
     @classmethod
     def from_json(cls, params: dict[str, Any]) -> AuditParams:
-        """The parameters as stored. An id list, even an empty one, stays a list: only an
-        absent ``entity_ids`` (None) means "every entity of the type"; an empty tuple
-        selects none (:func:`validate_params` refuses to start such a run)."""
+        """The parameters as stored. No ids, absent or an empty list, means every entity of
+        the scope's type: runs stored with ``[]`` before :func:`validate_params` refused it
+        audited every one, and their records (plan, repairs listed in every export) say so."""
         params = params if isinstance(params, dict) else {}  # a run's row edited through SQL: its plan check says so
         scope = params.get("scope") or {}
         ids = scope.get("entity_ids")
-        return cls(scope.get("entity_type"), tuple(ids) if ids is not None else None,
+        return cls(scope.get("entity_type"), tuple(ids) if ids else None,
                    params.get("verify_signatures") or "heads", params.get("against_digest"))
 
     def types(self) -> list[EntityType]:
@@ -73,7 +73,7 @@ class AuditParams:
 
     def ids_filter(self, model: Any, query: Any) -> Any:
         # One array parameter: IN would send one per id, and PostgreSQL takes at most 65,535.
-        return query.where(uuid_in(model.id, [uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids is not None else query
+        return query.where(uuid_in(model.id, [uuid.UUID(i) for i in self.entity_ids])) if self.entity_ids else query
 
     def scoped(self, session: Session, findings: list[FindingRow]) -> list[FindingRow]:
         """``findings`` about entities in scope, and run-level ones (no entity).
@@ -82,9 +82,9 @@ class AuditParams:
         count the entities it was not asked about. A deleted entity's type is not in the
         digest: it is read from its versions, and kept when unknown.
         """
-        if self.entity_type is None and self.entity_ids is None:
+        if self.entity_type is None and not self.entity_ids:
             return findings
-        ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids is not None else None
+        ids = {uuid.UUID(i) for i in self.entity_ids} if self.entity_ids else None
         untyped = [f.entity_id for f in findings if f.entity_id is not None and f.entity_type is None]
         types = dict(session.execute(select(EntityVersion.entity_id, EntityVersion.entity_type).where(
             uuid_in(EntityVersion.entity_id, untyped)).distinct()).all()) if untyped and self.entity_type else {}
@@ -103,7 +103,7 @@ class AuditParams:
         """A full (possibly scoped) run reads every row and every version in its scope."""
         return {
             "mode": "full",
-            "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids is not None else None},
+            "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids else None},
             "rows": "every row in scope compared with its head version",
             "versions": "every version in scope re-hashed and re-linked",
             "signatures": "every version's" if self.signatures == "all" else "each head version's",

@@ -210,7 +210,7 @@ def repairs(
         query = query.where(EntityRepair.entity_id == entity_id)
     if entity_type is not None:
         query = query.where(EntityRepair.entity_type == entity_type)
-    if entity_ids is not None:  # an empty list names no entity, never every one
+    if entity_ids:
         query = query.where(uuid_in(EntityRepair.entity_id, entity_ids))
     if before is not None:
         query = query.where(EntityRepair.repaired_at < before)

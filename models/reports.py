@@ -139,7 +139,7 @@ def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
     and carries its own signature. Bounded by the run's start, so every export of a
     finished run lists the same ones."""
     scope = AuditParams.from_json(run.params or {})
-    ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids is not None else None
+    ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
     return repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at)
 
 

@@ -261,16 +261,16 @@ def test_a_scope_of_more_ids_than_postgresql_takes_parameters_is_audited(db_sess
     assert findings == [] and summary["total_entities"] == 1
 
 
-def test_an_empty_list_of_ids_selects_no_entity_never_every_one(db_session, skill) -> None:
-    """Only an absent ``entity_ids`` means every entity: parameters holding ``[]`` (which
-    start_run refuses to plan) read as a scope of no entity wherever a run reads them."""
+def test_a_run_stored_with_an_empty_id_list_before_it_was_refused_still_reads_as_its_whole_type(db_session, skill) -> None:
+    """``[]`` is refused now (422, and start_run will not plan it), but runs stored with it
+    earlier audited every entity of the type; their plans and every export of their reports
+    must go on reading them so (helper-110)."""
     count = select(func.count()).select_from(Skill)
-    empty = AuditParams.from_json({"scope": {"entity_type": "skill", "entity_ids": []}})
-    assert empty.entity_ids == () and db_session.scalar(empty.ids_filter(Skill, count)) == 0
-    assert empty.coverage()["scope"]["entity_ids"] == 0
-    assert empty.scoped(db_session, [FindingRow("skill", skill.id, 1, "stale-head", "")]) == []
-    everything = AuditParams.from_json({"scope": {"entity_type": "skill"}})
-    assert everything.entity_ids is None and db_session.scalar(everything.ids_filter(Skill, count)) == db_session.scalar(count) > 0
+    stored = AuditParams.from_json({"scope": {"entity_type": "skill", "entity_ids": []}})
+    assert stored.entity_ids is None and db_session.scalar(stored.ids_filter(Skill, count)) == db_session.scalar(count) > 0
+    assert stored.coverage()["scope"]["entity_ids"] is None
+    finding = FindingRow("skill", skill.id, 1, "stale-head", "")
+    assert stored.scoped(db_session, [finding]) == [finding]
 
 
 def test_a_deleted_entity_is_reported_against_the_digest(db_session, skill, keyring) -> None:
