@@ -484,3 +484,28 @@ def test_the_second_look_finds_the_same_pairs_however_few_vectors_go_in_one_stat
     later = sorted(str(c.id) for c in copies)
     assert sorted({str(f.entity_id) for f in findings if f.code == "certified-near-duplicate"}) == later
     assert {f.code for f in findings} == {"certified-near-duplicate"}
+
+
+def test_retiring_a_certified_skill_withdraws_its_certificate_and_answers_the_audit(db_session, write_ctx, steward, keyring) -> None:
+    """certified-near-duplicate counts against the registry until it is answered: retiring
+    the later copy (the one change a certified skill takes) withdraws its certificate in a
+    signed version, and the next audit is clean. Anything more than the status stays 409."""
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    db_session.expire_all()
+    assert _codes(run_audit(db_session, keyring)[1]) == [("certified-near-duplicate", copy.id)]
+    with pytest.raises(ImmutableEntity):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=copy.id,
+                      changes={"status": "retired", "description": "something else entirely now"}, ctx=write_ctx)
+    retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=copy.id, changes={"status": "retired"}, ctx=write_ctx)
+    assert retired.status == "retired" and retired.certificate is not None  # withdrawn, still in its history
+    assert [json.loads(bytes(v.content))["status"] for v in history(db_session, entity_id=copy.id)][-2:] == ["certified", "retired"]
+    assert run_audit(db_session, keyring)[1] == []
+    with pytest.raises(NotCertifiable):
+        certify_skill(db_session, skill_id=copy.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:again"))
