@@ -107,7 +107,9 @@ def audit() -> None:
 @click.option("--entity-id", "entity_ids", multiple=True, metavar="ID", help="Only this entity (repeatable).")
 @click.option("--all-signatures", is_flag=True, help="Verify every version's signature, not only the heads'.")
 @click.option("--against", "digest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A ledger digest kept outside Plant (plant digest export --leaves): report rollbacks and rewrites.")
+              help="A ledger digest kept outside Plant: with its leaves (plant digest export --leaves; at most 5,000) "
+                   "rollbacks and rewrites are named per entity; without them (plain plant digest export) any is one "
+                   "ledger-root-mismatch.")
 @wait_option
 @idempotency_option
 @json_option
