@@ -153,16 +153,17 @@ def _check_batch(
         result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)
-    result.findings += gate_findings(session, entities, embedder)
+    result.findings += gate_findings(session, entities, keyring=keyring, embedder=embedder)
     return result
 
 
-def gate_findings(session: Session, entities: list[EntitySnapshot], embedder: Embedder) -> list[FindingRow]:
+def gate_findings(session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, embedder: Embedder) -> list[FindingRow]:
     """The duplicate gate's second look at the certified skills among ``entities`` (all of
     one type; [] for any other): :func:`models.certification.gates_rechecked`."""
     if not entities or entities[0].entity_type_value is not EntityType.SKILL:
         return []
-    return [FindingRow(EntityType.SKILL.value, g.skill_id, None, g.code, g.detail) for g in gates_rechecked(session, entities, embedder)]
+    return [FindingRow(EntityType.SKILL.value, g.skill_id, None, g.code, g.detail)
+            for g in gates_rechecked(session, entities, keyring=keyring, embedder=embedder)]
 
 
 def team_member_counts(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:

@@ -38,11 +38,11 @@ from sqlalchemy.types import Text, Uuid
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
-from models.canonical import canonical_bytes, normalize_text
-from models.chain import history
+from models.canonical import canonical_bytes, normalize_text, strict_json_loads
+from models.chain import head_drift, history
 from models.constitution import L0, L1, evaluate
 from models.embeddings import Embedder, cosine
-from models.entities import EntitySnapshot, EntityType, Industry, Skill, SkillStatus
+from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
 from models.errors import AlreadyCertified, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
@@ -95,8 +95,9 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     """Certify or reject the skill under its row lock. Flushes; the caller commits."""
     skill = lock_for_write(session, EntityType.SKILL, skill_id, ctx.keyring)  # the gates judge the signed head, nothing else
     assert isinstance(skill, Skill)
-    if _already_recorded_by(session, skill, ctx.actor):
-        return _recorded_outcome(session, skill)
+    recorded = _recorded_by(session, skill, ctx.actor)
+    if recorded is not None:
+        return _recorded_outcome(session, skill, recorded)
     if skill.status == SkillStatus.CERTIFIED.value:
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
@@ -210,21 +211,34 @@ def allocate_certificate_number(session: Session, industry_code: str) -> int:
     ).scalar_one()
 
 
-def _already_recorded_by(session: Session, skill: Skill, actor: str) -> bool:
-    if skill.status not in (SkillStatus.CERTIFIED.value, SkillStatus.REJECTED.value) or skill.version < 2:
-        return False
-    head = history(session, entity_id=skill.id)[-1]
-    return head.actor == actor
+def _recorded_by(session: Session, skill: Skill, actor: str) -> Any | None:
+    """The certification outcome (a version certifying or rejecting the skill) this actor, a
+    certification job, already wrote, if any: the head, or an earlier version when the
+    skill was retired since."""
+    if skill.version < 2:
+        return None
+    for row in reversed(history(session, entity_id=skill.id)):
+        if row.actor == actor and _status_of(row) in (SkillStatus.CERTIFIED.value, SkillStatus.REJECTED.value):
+            return row
+    return None
 
 
-def _recorded_outcome(session: Session, skill: Skill) -> CertificationOutcome:
-    """The outcome this actor already committed; gates are re-derived for a rejection."""
-    if skill.status == SkillStatus.CERTIFIED.value:
-        return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
-    failed, duplicate = certification_gates(session, skill)
-    return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
+def _status_of(row: Any) -> Any:
+    try:
+        content = strict_json_loads(bytes(row.content))
+    except ValueError:
+        return None
+    return content.get("status") if isinstance(content, dict) else None
 
 
+def _recorded_outcome(session: Session, skill: Skill, recorded: Any) -> CertificationOutcome:
+    """The outcome this actor already committed. A rejection at the head has its gates
+    derived again; one the skill has moved on from is told as recorded."""
+    if recorded.version == skill.version and skill.status == SkillStatus.REJECTED.value:
+        failed, duplicate = certification_gates(session, skill)
+        return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
+    content = strict_json_loads(bytes(recorded.content))
+    return CertificationOutcome(skill.id, content["status"], recorded.version, content.get("certificate"))
 
 
 @dataclass(frozen=True)
@@ -236,28 +250,28 @@ class GateFinding:
     detail: str
 
 
-# Every other certified skill within the gate's distance of each audited vector, by its stored
-# vector, compared exactly: a nested loop over the certified skills, no index (see
-# nearest_certified_duplicate). Candidates only: each is confirmed from its own text.
+# The other certified skills near each audited vector, by their stored vectors, compared
+# exactly: a nested loop over the certified skills, no index (see nearest_certified_duplicate).
+# Candidates only, with a margin for float4's rounding: each is confirmed from signed content.
 _NEAR_CERTIFIED = text("""
     WITH audited AS MATERIALIZED (
         SELECT audited.id, CAST(audited.vector AS vector) AS vector
         FROM unnest(:ids, :vectors) AS audited (id, vector)
     )
-    SELECT audited.id, other.id, other.name, other.category, other.description, other.certificate ->> 'issued_at'
+    SELECT audited.id, other.id
     FROM audited JOIN skills AS other
       ON other.status = :certified AND other.embedding IS NOT NULL AND other.id <> audited.id
     WHERE (other.embedding <=> audited.vector) <= :distance
-    ORDER BY audited.id, other.id
 """).bindparams(bindparam("ids", type_=ARRAY(Uuid())), bindparam("vectors", type_=ARRAY(Text())))
+CANDIDATE_MARGIN = 1e-4
 # Audited vectors per statement: each compares its few with every certified skill, so one
 # statement stays far below the statement timeout (50 against 250,000 certified skills: 12.5
 # million pairs, about 3 s), however many certified skills there are.
 PAIRS_PER_STATEMENT = 50
-# A near-duplicate confirmed from the texts: the gate's threshold, less what one text embedded
-# alone and in a batch may differ by (a learned model pads a batch), so a pair the gate
-# refused is never taken for one it let through.
-RECHECK_SIMILARITY = DUPLICATE_SIMILARITY - 1e-6
+# Reported only at or above this: the gate let through every pair below 0.95 by its own
+# arithmetic (float4 vectors; a learned model embeds a batch with padding), so a pair the
+# audit computes a hair above 0.95 may be one the gate rightly passed. Errs toward silence.
+RECHECK_SIMILARITY = DUPLICATE_SIMILARITY + 1e-5
 
 EMBEDDING_MISMATCH = "embedding-mismatch"
 EMBEDDING_MISMATCH_DETAIL = (
@@ -265,61 +279,76 @@ EMBEDDING_MISMATCH_DETAIL = (
     "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
 
 
-def gates_rechecked(session: Session, skills: Sequence[Any], embedder: Embedder) -> list[GateFinding]:
-    """The audit's second look at the duplicate gate of each certified skill in ``skills``
-    (rows the caller compares with their signed heads in the same check), from the signed
-    name, category and description alone.
+def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing, embedder: Embedder) -> list[GateFinding]:
+    """The audit's second look at the duplicate gate of each certified skill in ``skills``,
+    from signed content alone.
 
     The gate compares a skill being certified with the stored vectors of the certified ones,
     and those are not signed content. Changed through SQL (nulled, say) while a copy was
     certified, then put back, they left the copy certified with nothing to show for it.
 
+    Only skills whose row is their signed head version (:func:`models.chain.head_drift`:
+    it hashes, links, verifies with a trusted key, and the row equals it) take part, on
+    either side of a pair: a row edited outside Plant has its own finding, and must not
+    make another skill look like, or not like, a duplicate.
+
     - ``embedding-mismatch``: the stored vector is not what the configured embedder computes
-      from the skill's text: changed outside Plant, or made by another embedder (then every
-      certified skill shows it; ``plant entity restore`` recomputes it).
+      from the skill's signed text: changed outside Plant, or made by another embedder (then
+      every certified skill shows it; ``plant entity restore`` recomputes it).
     - ``certified-near-duplicate``: the skill was certified after another certified skill it
-      is a near-duplicate of (cosine >= 0.95 between the vectors of their texts): the gate
-      would have refused it. Candidates are found by the others' stored vectors, and each is
-      confirmed from its own row's text (which the same audit compares with its signed
-      head), so a stored vector made to look like another's accuses no one; it is that
-      skill's own ``embedding-mismatch``. The partner certified first is not reported; when
-      their certificates do not tell which came first (one without an ``issued_at``, or the
-      same one), each is.
+      is a near-duplicate of (cosine >= 0.95 between the vectors of their signed texts, with
+      :data:`RECHECK_SIMILARITY`'s margin): the gate would have refused it. Candidates are
+      found by the others' stored vectors, and each is confirmed from its signed text, so a
+      stored vector made to look like another's accuses no one; it is that skill's own
+      ``embedding-mismatch``. The partner certified first is not reported; when their
+      certificates do not tell which came first (one without an ``issued_at``, or the same
+      one), each is.
 
     Every certified skill is compared with every other: the cost grows with the square of
     their number (README, "Certification").
     """
-    certified = [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value]
-    if not certified:
+    audited = _signed_certified(session, [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value], keyring)
+    if not audited:
         return []
-    vectors = embedder.embed([embedding_text(skill) for skill in certified])
-    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_([s.id for s in certified]))).all())
+    vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))
+    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_(list(vectors)))).all())
     findings = [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
-                for skill, vector in zip(certified, vectors, strict=True) if embedding_differs(stored.get(skill.id), vector)]
-    mine = {skill.id: (vector, _issued_at(skill.certificate)) for skill, vector in zip(certified, vectors, strict=True)}
-    candidates = []
-    for start in range(0, len(certified), PAIRS_PER_STATEMENT):
-        part = certified[start : start + PAIRS_PER_STATEMENT]
-        candidates += session.execute(_NEAR_CERTIFIED, {
-            "ids": [skill.id for skill in part], "vectors": [str(list(mine[skill.id][0])) for skill in part],
-            "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - RECHECK_SIMILARITY,
-        }).all()
-    theirs = embedder.embed([embedding_text(EntitySnapshot(EntityType.SKILL, {
-        "name": name, "category": category, "description": description})) for _, _, name, category, description, _ in candidates])
-    for (skill_id, other_id, other_name, _, _, other_issued), other_vector in zip(candidates, theirs, strict=True):
-        vector, issued = mine[skill_id]
-        similarity = cosine(vector, other_vector)
+                for skill in audited if embedding_differs(stored.get(skill.id), vectors[skill.id])]
+    pairs: list[tuple[uuid.UUID, uuid.UUID]] = []
+    for start in range(0, len(audited), PAIRS_PER_STATEMENT):
+        part = audited[start : start + PAIRS_PER_STATEMENT]
+        pairs += [(audited_id, other_id) for audited_id, other_id in session.execute(_NEAR_CERTIFIED, {
+            "ids": [skill.id for skill in part], "vectors": [str(list(vectors[skill.id])) for skill in part],
+            "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN,
+        })]
+    known = {skill.id: skill for skill in audited}
+    wanted = sorted({other for _, other in pairs} - set(known))
+    others = _signed_certified(session, list(session.scalars(select(Skill).where(Skill.id.in_(wanted)))), keyring) if wanted else []
+    known.update((skill.id, skill) for skill in others)
+    vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
+    for skill_id, other_id in sorted(pairs):
+        other = known.get(other_id)
+        if other is None:
+            continue  # its row is not its signed head: its own findings say so
+        similarity = cosine(vectors[skill_id], vectors[other_id])
         if similarity < RECHECK_SIMILARITY:
-            continue  # near only by the other's stored vector, which is then its own embedding-mismatch
-        first = _issued_at({"issued_at": other_issued})
+            continue  # near only by the other's stored vector (its own embedding-mismatch), or not near enough
+        issued, first = issued_at(known[skill_id].certificate), issued_at(other.certificate)
         if issued is not None and first is not None and issued < first:
             continue  # certified first: the later one is the one the gate should have refused
         order = (f"certified at {issued.isoformat()}, after it ({first.isoformat()})" if issued is not None
                  and first is not None and issued > first else "certified at a time its certificates do not tell apart")
         findings.append(GateFinding(skill_id, "certified-near-duplicate", (
-            f"a near-duplicate (cosine {similarity:.4f} >= {DUPLICATE_SIMILARITY}, from the signed texts) "
-            f"of certified skill {other_name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
+            f"a near-duplicate (cosine {similarity:.6f} >= {DUPLICATE_SIMILARITY}, between the vectors of their signed "
+            f"texts) of certified skill {other.name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
     return findings
+
+
+def _signed_certified(session: Session, skills: Sequence[Any], keyring: KeyRing) -> list[Any]:
+    """Those of ``skills`` that are certified by their signed head version, which their row
+    still equals (the head hashes, links and verifies with a trusted key)."""
+    drift = head_drift(session, [(skill, governed_content(skill)) for skill in skills], keyring)
+    return [skill for skill in skills if skill.id not in drift and skill.status == SkillStatus.CERTIFIED.value]
 
 
 def embedding_differs(stored: Any, vector: list[float]) -> bool:
@@ -338,7 +367,8 @@ def certified_embedding_drift(skill: Any, embedder: Embedder) -> GateFinding | N
     return GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
 
 
-def _issued_at(certificate: Any) -> dt.datetime | None:
+def issued_at(certificate: Any) -> dt.datetime | None:
+    """A certificate's ``issued_at`` as an aware time; None when it has none that reads as one."""
     issued = certificate.get("issued_at") if isinstance(certificate, dict) else None
     try:
         moment = dt.datetime.fromisoformat(issued) if isinstance(issued, str) else None

@@ -24,6 +24,7 @@ from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash
 from models.constitution import APPEND_ONLY_TRIGGERS, L0, L1, RuleSubject, evaluate
+from models.embeddings import Embedder
 from models.entities import EntityType, Skill, governed_content
 from models.job_lifecycle import create_job
 from models.ledger import current_heads, digest_now, signed_digest, store_digest
@@ -34,11 +35,12 @@ from tests.conftest import EMBEDDER, recorded_statements, wait_for
 E = EntityType
 
 
-def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, batch_size: int = 2) -> tuple[dict, list]:
+def run_audit(session: Session, keyring: KeyRing, params: dict | None = None, batch_size: int = 2,
+              embedder: Embedder = EMBEDDER) -> tuple[dict, list]:
     job = create_job(session, kind="audit.run", params=params or {"verify_signatures": "all"}, queue="audit")
-    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=embedder, chunk_entities=3)
     for chunk_id in pending_chunks(session, run.id):
-        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=batch_size).done:
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=embedder, batch_size=batch_size).done:
             pass
     summary = summarize_run(session, keyring=keyring, run_id=run.id)
     findings = session.query(AuditFinding).filter_by(run_id=run.id).all()

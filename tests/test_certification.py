@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import threading
 import uuid
 
@@ -509,3 +510,89 @@ def test_retiring_a_certified_skill_withdraws_its_certificate_and_answers_the_au
     assert run_audit(db_session, keyring)[1] == []
     with pytest.raises(NotCertifiable):
         certify_skill(db_session, skill_id=copy.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:again"))
+
+
+def test_a_partner_row_edited_to_look_like_an_honest_skill_accuses_no_one_but_itself(db_session, write_ctx, steward, keyring) -> None:
+    """Both sides of a pair are judged by signed content: a row that is not its signed head
+    takes no part (helper-111), in a full audit and in one scoped to the honest skill."""
+    from tests.test_audit import run_audit
+
+    partner = _skill(db_session, write_ctx, steward, "Pipeline Engineering",
+                     description="Builds streaming ingestion services and keeps their schemas versioned and documented")
+    honest = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    for skill in (partner, honest):  # the partner first
+        assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET name = 'Fraud Detection Copy', description = :d, "
+                            "embedding = (SELECT embedding FROM skills WHERE id = :h) WHERE id = :p"),
+                       {"d": GOOD, "h": honest.id, "p": partner.id})
+    db_session.expire_all()
+    assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", partner.id)]
+    scoped = run_audit(db_session, keyring, {"scope": {"entity_type": "skill", "entity_ids": [str(honest.id)]}})[1]
+    assert scoped == []
+
+
+def test_a_retired_skill_set_back_to_certified_through_sql_accuses_no_later_copy(db_session, write_ctx, steward, keyring) -> None:
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=original.id, changes={"status": "retired"}, ctx=write_ctx)
+    later = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    assert certify_skill(db_session, skill_id=later.id, notes=None, ctx=write_ctx).status == "certified"  # honestly
+    assert run_audit(db_session, keyring)[1] == []
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    db_session.expire_all()
+    assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", original.id)]
+
+
+class _PairAtCosine:
+    """The hashing embedder, but "Alphaband" and "Betaband" texts get vectors at a set cosine."""
+
+    dim = EMBEDDER.dim
+
+    def __init__(self, similarity: float) -> None:
+        self.similarity = similarity
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return [self._one(text) for text in texts]
+
+    def _one(self, text: str) -> list[float]:
+        if "Alphaband" not in text and "Betaband" not in text:
+            return EMBEDDER.embed_one(text)
+        vector = [0.0] * self.dim
+        vector[1] = 1.0 if "Alphaband" in text else self.similarity
+        vector[2] = 0.0 if "Alphaband" in text else math.sqrt(1.0 - self.similarity**2)
+        return vector
+
+
+@pytest.mark.parametrize(("similarity", "found"), [(0.9499995, False), (0.9501, True)])
+def test_the_second_look_accuses_no_pair_the_gate_let_through_by_its_own_arithmetic(
+        db_session, write_ctx, steward, keyring, similarity, found) -> None:
+    """Just below 0.95 the gate certifies both, honestly; the audit's margin errs toward
+    silence (helper-111). Above it, a pair certified side by side is found."""
+    from tests.test_audit import run_audit
+
+    embedder = _PairAtCosine(similarity)
+    ctx = dataclasses.replace(write_ctx, embedder=embedder)
+    first, second = (_skill(db_session, ctx, steward, name) for name in ("Alphaband Skill", "Betaband Skill"))
+    assert certify_skill(db_session, skill_id=first.id, notes=None, ctx=ctx).status == "certified"
+    if found:  # the gate refuses it: certified while the first was hidden
+        db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": first.id})
+    assert certify_skill(db_session, skill_id=second.id, notes=None, ctx=ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": first.id})
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring, embedder=embedder)
+    assert _codes(findings) == ([("certified-near-duplicate", second.id)] if found else [])
+
+
+def test_a_retired_certified_skill_takes_no_change_and_a_retried_job_gets_its_first_outcome(db_session, write_ctx, steward) -> None:
+    job = dataclasses.replace(write_ctx, actor="job:1")
+    skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    first = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)  # the job retried after the retire
+    assert (again.status, again.version, again.certificate) == ("certified", first.version, first.certificate)
+    with pytest.raises(ImmutableEntity):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "draft"}, ctx=write_ctx)
+    with pytest.raises(NotCertifiable):
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:2"))
