@@ -289,8 +289,9 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
 
     Only skills whose row is their signed head version (:func:`models.chain.head_drift`:
     it hashes, links, verifies with a trusted key, and the row equals it) take part, on
-    either side of a pair: a row edited outside Plant has its own finding, and must not
-    make another skill look like, or not like, a duplicate.
+    either side of a pair: a row edited outside Plant has its own finding, and never makes
+    another skill look like a duplicate. While it stays edited, a pair it belongs to is not
+    reported; restored, the pair is.
 
     - ``embedding-mismatch``: the stored vector is not what the configured embedder computes
       from the skill's signed text: changed outside Plant, or made by another embedder (then
@@ -323,7 +324,8 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
         })]
     known = {skill.id: skill for skill in audited}
     wanted = sorted({other for _, other in pairs} - set(known))
-    others = _signed_certified(session, list(session.scalars(select(Skill).where(Skill.id.in_(wanted)))), keyring) if wanted else []
+    loaded = session.scalars(select(Skill).where(Skill.id.in_(wanted)).execution_options(populate_existing=True))
+    others = _signed_certified(session, list(loaded), keyring) if wanted else []  # as stored now, not a session's copy
     known.update((skill.id, skill) for skill in others)
     vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
     for skill_id, other_id in sorted(pairs):

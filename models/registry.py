@@ -117,13 +117,12 @@ def update_entity(
     """Apply ``changes`` under the entity's row lock; a no-op change appends nothing.
     With ``expected_versions`` (an ``If-Match``), the entity must be at one of them."""
     entity = lock_for_write(session, entity_type, entity_id, ctx.keyring)
-    if isinstance(entity, Skill) and entity.certificate is not None:
-        if entity.status != SkillStatus.CERTIFIED.value:
-            raise ImmutableEntity(f"skill {entity_id} is {entity.status} and its certificate withdrawn: it is never "
-                                  "changed or certified again", id=str(entity_id))
-        if changes != WITHDRAW_CERTIFICATE:
+    if isinstance(entity, Skill) and entity.certificate is not None and changes != WITHDRAW_CERTIFICATE:
+        if entity.status == SkillStatus.CERTIFIED.value:
             raise ImmutableEntity(f"skill {entity_id} is certified and immutable; only retiring it "
                                   '({"status": "retired"}) withdraws its certificate', id=str(entity_id))
+        raise ImmutableEntity(f"skill {entity_id} is {entity.status} and its certificate withdrawn: it is never "
+                              "changed or certified again", id=str(entity_id))  # retiring it again changes nothing
     if expected_versions is not None and entity.version not in expected_versions:
         named = ", ".join(str(v) for v in sorted(expected_versions)) or "no version an entity can have"
         raise PreconditionFailed(f"If-Match names {named}; the entity is at version {entity.version}",

@@ -596,3 +596,26 @@ def test_a_retired_certified_skill_takes_no_change_and_a_retried_job_gets_its_fi
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "draft"}, ctx=write_ctx)
     with pytest.raises(NotCertifiable):
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:2"))
+
+
+def test_retiring_a_retired_certified_skill_again_changes_nothing(db_session, write_ctx, steward) -> None:
+    skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    again = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    assert again.version == retired.version  # a client retrying its retire gets 200, not a conflict
+
+
+def test_a_partner_is_judged_as_stored_now_not_as_the_session_last_saw_it(db_session, write_ctx, steward, keyring) -> None:
+    """The audit's session may hold a partner from earlier (here the test's own): it is read
+    again, so its row edited since takes no part (helper-112)."""
+    from tests.test_audit import run_audit
+
+    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
+    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
+    db_session.execute(text("UPDATE skills SET status = 'certified', governance_notes = 'edited' WHERE id = :id"),
+                       {"id": original.id})  # no expire_all: the session still holds the original as it was
+    assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", original.id)]
