@@ -30,6 +30,16 @@ def _skill(session, ctx, steward, name, description=GOOD, industry=None):
         "description": description, "industry_id": industry.id if industry else None, "governance_agent_id": steward})
 
 
+def _certified(session, ctx, steward, name, **fields):
+    skill = _skill(session, ctx, steward, name, **fields)
+    assert certify_skill(session, skill_id=skill.id, notes=None, ctx=ctx).status == "certified"
+    return skill
+
+
+def _retire(session, ctx, skill_id):
+    return update_entity(session, entity_type=EntityType.SKILL, entity_id=skill_id, changes={"status": "retired"}, ctx=ctx)
+
+
 def test_a_good_skill_is_certified_with_a_signed_certificate(db_session, write_ctx, steward, keyring) -> None:
     industry = _industry(db_session, write_ctx, steward)
     skill = _skill(db_session, write_ctx, steward, "Pipeline Engineering", industry=industry)
@@ -332,8 +342,7 @@ def test_the_duplicate_gate_is_exact_whatever_plan_the_database_picks(db_session
     """The HNSW index finds its 40 nearest skills of any status and keeps the certified ones
     after: forty drafts nearer to the copy than the certified original hid the original. On a
     large registry the planner picks that index by itself; here enable_sort=off makes it."""
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     for number in range(45):  # drafts, each nearer to the copy than the original is
         _skill(db_session, write_ctx, steward, f"Fraud Detection Copy {number}")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
@@ -357,8 +366,7 @@ def test_a_copy_certified_while_its_original_was_hidden_through_sql_is_found_by_
     runs the gate again from the signed texts and names the copy, certified second."""
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     kept = db_session.scalar(text("SELECT CAST(embedding AS text) FROM skills WHERE id = :id"), {"id": original.id})
     db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
@@ -376,8 +384,7 @@ def test_a_copy_certified_while_its_original_was_hidden_through_sql_is_found_by_
 def test_a_copy_certified_while_its_original_was_set_to_draft_through_sql_is_found_by_the_audit(db_session, write_ctx, steward, keyring) -> None:
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
     assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
@@ -392,8 +399,7 @@ def test_a_certified_skills_vector_changed_through_sql_is_an_embedding_mismatch(
     one computed from the signed text."""
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     far = "[" + ",".join(["0"] * 383 + ["1"]) + "]"
     db_session.execute(text("UPDATE skills SET embedding = CAST(:far AS vector) WHERE id = :id"), {"far": far, "id": original.id})
     _, findings = run_audit(db_session, keyring)
@@ -424,8 +430,7 @@ def test_the_tampering_endpoint_runs_the_second_look_too(db_session, write_ctx, 
     from models.audit import check_entity
     from tests.conftest import EMBEDDER
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     db_session.execute(text("UPDATE skills SET embedding = NULL WHERE id = :id"), {"id": original.id})
     check = check_entity(db_session, entity_id=original.id, keyring=keyring, embedder=EMBEDDER)
     assert [f.code for f in check.findings] == ["embedding-mismatch"] and check.tampered
@@ -435,8 +440,7 @@ def test_the_incremental_audit_puts_a_skill_certified_since_the_digest_through_t
     from models.ledger import store_digest
     from tests.test_audit import run_incremental
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     store_digest(db_session, keyring=keyring)
     db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
@@ -470,8 +474,7 @@ def test_the_second_look_finds_the_same_pairs_however_few_vectors_go_in_one_stat
     import models.certification as certification
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copies = [_skill(db_session, write_ctx, steward, f"Fraud Detection Copy {n}") for n in range(3)]
     db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
     for copy in copies:  # the gate lets each through: only drafts are near, until the original is back
@@ -493,8 +496,7 @@ def test_retiring_a_certified_skill_withdraws_its_certificate_and_answers_the_au
     signed version, and the next audit is clean. Anything more than the status stays 409."""
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
     assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
@@ -504,7 +506,7 @@ def test_retiring_a_certified_skill_withdraws_its_certificate_and_answers_the_au
     with pytest.raises(ImmutableEntity):
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=copy.id,
                       changes={"status": "retired", "description": "something else entirely now"}, ctx=write_ctx)
-    retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=copy.id, changes={"status": "retired"}, ctx=write_ctx)
+    retired = _retire(db_session, write_ctx, copy.id)
     assert retired.status == "retired" and retired.certificate is not None  # withdrawn, still in its history
     assert [json.loads(bytes(v.content))["status"] for v in history(db_session, entity_id=copy.id)][-2:] == ["certified", "retired"]
     assert run_audit(db_session, keyring)[1] == []
@@ -534,11 +536,9 @@ def test_a_partner_row_edited_to_look_like_an_honest_skill_accuses_no_one_but_it
 def test_a_retired_skill_set_back_to_certified_through_sql_accuses_no_later_copy(db_session, write_ctx, steward, keyring) -> None:
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
-    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=original.id, changes={"status": "retired"}, ctx=write_ctx)
-    later = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    assert certify_skill(db_session, skill_id=later.id, notes=None, ctx=write_ctx).status == "certified"  # honestly
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    _retire(db_session, write_ctx, original.id)
+    _certified(db_session, write_ctx, steward, "Fraud Detection Copy")  # honestly
     assert run_audit(db_session, keyring)[1] == []
     db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
     db_session.expire_all()
@@ -589,7 +589,7 @@ def test_a_retired_certified_skill_takes_no_change_and_a_retried_job_gets_its_fi
     job = dataclasses.replace(write_ctx, actor="job:1")
     skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
     first = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)
-    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    _retire(db_session, write_ctx, skill.id)
     again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)  # the job retried after the retire
     assert (again.status, again.version, again.certificate) == ("certified", first.version, first.certificate)
     with pytest.raises(ImmutableEntity):
@@ -599,10 +599,9 @@ def test_a_retired_certified_skill_takes_no_change_and_a_retried_job_gets_its_fi
 
 
 def test_retiring_a_retired_certified_skill_again_changes_nothing(db_session, write_ctx, steward) -> None:
-    skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
-    retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
-    again = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    skill = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    retired = _retire(db_session, write_ctx, skill.id)
+    again = _retire(db_session, write_ctx, skill.id)
     assert again.version == retired.version  # a client retrying its retire gets 200, not a conflict
 
 
@@ -611,8 +610,7 @@ def test_a_partner_is_judged_as_stored_now_not_as_the_session_last_saw_it(db_ses
     again, so its row edited since takes no part (helper-112)."""
     from tests.test_audit import run_audit
 
-    original = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    assert certify_skill(db_session, skill_id=original.id, notes=None, ctx=write_ctx).status == "certified"
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
     assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
