@@ -214,7 +214,7 @@ def allocate_certificate_number(session: Session, industry_code: str) -> int:
 def _recorded_by(session: Session, skill: Skill, actor: str) -> Any | None:
     """The certification outcome (a version certifying or rejecting the skill) this actor, a
     certification job, already wrote, if any: the head, or an earlier version when the
-    skill was retired since."""
+    skill was retired, or changed by others, since."""
     if skill.version < 2:
         return None
     for row in reversed(history(session, entity_id=skill.id)):
@@ -324,8 +324,10 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
         })]
     known = {skill.id: skill for skill in audited}
     wanted = sorted({other for _, other in pairs} - set(known))
-    loaded = session.scalars(select(Skill).where(Skill.id.in_(wanted)).execution_options(populate_existing=True))
-    others = _signed_certified(session, list(loaded), keyring) if wanted else []  # as stored now, not a session's copy
+    others: list[Any] = []
+    if wanted:  # as stored now, not as a copy the session may hold
+        loaded = session.scalars(select(Skill).where(Skill.id.in_(wanted)).execution_options(populate_existing=True))
+        others = _signed_certified(session, list(loaded), keyring)
     known.update((skill.id, skill) for skill in others)
     vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
     for skill_id, other_id in sorted(pairs):
