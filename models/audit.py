@@ -153,17 +153,21 @@ def _check_batch(
         result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         result.entities += 1
         result.versions_verified += len(rows)
-    result.findings += gate_findings(session, entities, keyring=keyring, embedder=embedder)
+    result.findings += gate_findings(session, entities, result.findings, keyring=keyring, embedder=embedder)
     return result
 
 
-def gate_findings(session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, embedder: Embedder) -> list[FindingRow]:
+def gate_findings(session: Session, entities: list[EntitySnapshot], checked: list[FindingRow], *, keyring: KeyRing,
+                  embedder: Embedder) -> list[FindingRow]:
     """The duplicate gate's second look at the certified skills among ``entities`` (all of
-    one type; [] for any other): :func:`models.certification.gates_rechecked`."""
+    one type; [] for any other) that ``checked``, this batch's findings so far, found to be
+    their signed head versions (no tampering finding):
+    :func:`models.certification.gates_rechecked`."""
     if not entities or entities[0].entity_type_value is not EntityType.SKILL:
         return []
-    return [FindingRow(EntityType.SKILL.value, g.skill_id, None, g.code, g.detail)
-            for g in gates_rechecked(session, entities, keyring=keyring, embedder=embedder)]
+    tampered = {f.entity_id for f in checked if f.severity == TAMPER_SEVERITY}
+    return [FindingRow(EntityType.SKILL.value, g.skill_id, None, g.code, g.detail) for g in gates_rechecked(
+        session, [e for e in entities if e.id not in tampered], keyring=keyring, embedder=embedder)]
 
 
 def team_member_counts(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:

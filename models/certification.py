@@ -280,16 +280,17 @@ EMBEDDING_MISMATCH_DETAIL = (
 
 
 def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing, embedder: Embedder) -> list[GateFinding]:
-    """The audit's second look at the duplicate gate of each certified skill in ``skills``,
-    from signed content alone.
+    """The audit's second look at the duplicate gate of each certified skill in ``skills``
+    (rows the caller's chain checks found to be their signed head versions), from signed
+    content alone.
 
     The gate compares a skill being certified with the stored vectors of the certified ones,
     and those are not signed content. Changed through SQL (nulled, say) while a copy was
     certified, then put back, they left the copy certified with nothing to show for it.
 
-    Only skills whose row is their signed head version (:func:`models.chain.head_drift`:
-    it hashes, links, verifies with a trusted key, and the row equals it) take part, on
-    either side of a pair: a row edited outside Plant has its own finding, and never makes
+    Only skills whose row is their signed head version (it hashes, links, verifies with a
+    trusted key, and the row equals it: the caller's check for ``skills``,
+    :func:`models.chain.head_drift` for their partners) take part, on either side of a pair: a row edited outside Plant has its own finding, and never makes
     another skill look like a duplicate. While it stays edited, a pair it belongs to is not
     reported; restored, the pair is.
 
@@ -308,7 +309,7 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
     Every certified skill is compared with every other: the cost grows with the square of
     their number (README, "Certification").
     """
-    audited = _signed_certified(session, [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value], keyring)
+    audited = [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value]
     if not audited:
         return []
     vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))

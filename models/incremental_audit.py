@@ -290,7 +290,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
         batch.versions_verified += len(rows) - split
         result.versions_rehashed[entity.id] = split
-    batch.findings += gate_findings(session, entities, keyring=keyring, embedder=embedder)
+    batch.findings += gate_findings(session, entities, batch.findings, keyring=keyring, embedder=embedder)
     return batch
 
 

@@ -617,3 +617,17 @@ def test_a_partner_is_judged_as_stored_now_not_as_the_session_last_saw_it(db_ses
     db_session.execute(text("UPDATE skills SET status = 'certified', governance_notes = 'edited' WHERE id = :id"),
                        {"id": original.id})  # no expire_all: the session still holds the original as it was
     assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", original.id)]
+
+
+def test_a_skill_whose_own_row_was_edited_into_a_copy_has_only_its_row_finding(db_session, write_ctx, steward, keyring) -> None:
+    """The audited side is judged by signed content too: a later skill's row edited to copy an
+    earlier one's text is tampering, not a near-duplicate its certificate vouched for."""
+    from tests.test_audit import run_audit
+
+    _certified(db_session, write_ctx, steward, "Fraud Detection")
+    later = _certified(db_session, write_ctx, steward, "Pipeline Engineering",
+                       description="Builds streaming ingestion services and keeps their schemas versioned and documented")
+    db_session.execute(text("UPDATE skills SET name = 'Fraud Detection Copy', description = :d WHERE id = :id"),
+                       {"d": GOOD, "id": later.id})
+    db_session.expire_all()
+    assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", later.id)]
