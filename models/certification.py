@@ -211,34 +211,32 @@ def allocate_certificate_number(session: Session, industry_code: str) -> int:
     ).scalar_one()
 
 
-def _recorded_by(session: Session, skill: Skill, actor: str) -> Any | None:
+def _recorded_by(session: Session, skill: Skill, actor: str) -> tuple[int, dict[str, Any]] | None:
     """The certification outcome (a version certifying or rejecting the skill) this actor, a
-    certification job, already wrote, if any: the head, or an earlier version when the
-    skill was retired, or changed by others, since."""
+    certification job, already wrote, if any, as (version, content): the head, or an earlier
+    version when the skill was retired, or changed by others, since."""
     if skill.version < 2:
         return None
     for row in reversed(history(session, entity_id=skill.id)):
-        if row.actor == actor and _status_of(row) in (SkillStatus.CERTIFIED.value, SkillStatus.REJECTED.value):
-            return row
+        if row.actor != actor:
+            continue
+        try:
+            content = strict_json_loads(bytes(row.content))
+        except ValueError:
+            continue
+        if isinstance(content, dict) and content.get("status") in (SkillStatus.CERTIFIED.value, SkillStatus.REJECTED.value):
+            return row.version, content
     return None
 
 
-def _status_of(row: Any) -> Any:
-    try:
-        content = strict_json_loads(bytes(row.content))
-    except ValueError:
-        return None
-    return content.get("status") if isinstance(content, dict) else None
-
-
-def _recorded_outcome(session: Session, skill: Skill, recorded: Any) -> CertificationOutcome:
+def _recorded_outcome(session: Session, skill: Skill, recorded: tuple[int, dict[str, Any]]) -> CertificationOutcome:
     """The outcome this actor already committed. A rejection at the head has its gates
     derived again; one the skill has moved on from is told as recorded."""
-    if recorded.version == skill.version and skill.status == SkillStatus.REJECTED.value:
+    version, content = recorded
+    if version == skill.version and skill.status == SkillStatus.REJECTED.value:
         failed, duplicate = certification_gates(session, skill)
         return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
-    content = strict_json_loads(bytes(recorded.content))
-    return CertificationOutcome(skill.id, content["status"], recorded.version, content.get("certificate"))
+    return CertificationOutcome(skill.id, content["status"], version, content.get("certificate"))
 
 
 @dataclass(frozen=True)

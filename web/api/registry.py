@@ -161,8 +161,10 @@ def slugify(name: str) -> str:
     a ``skill_key`` its client never sent."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    nfc_digest = hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()
-    return slug[:SKILL_KEY_LENGTH].rstrip("-") or f"skill-{nfc_digest[:16]}"
+    slug = slug[:SKILL_KEY_LENGTH].rstrip("-")
+    if slug:
+        return slug
+    return "skill-" + hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:16]
 
 
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
