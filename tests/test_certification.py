@@ -40,6 +40,14 @@ def _retire(session, ctx, skill_id):
     return update_entity(session, entity_type=EntityType.SKILL, entity_id=skill_id, changes={"status": "retired"}, ctx=ctx)
 
 
+def _certify_while_hidden(session, ctx, copy, original) -> None:
+    """Certify ``copy`` while ``original`` is set to draft through SQL, then put it back: the
+    gate saw no certified original, and the rows hold nothing of it."""
+    session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
+    assert certify_skill(session, skill_id=copy.id, notes=None, ctx=ctx).status == "certified"
+    session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+
+
 def test_a_good_skill_is_certified_with_a_signed_certificate(db_session, write_ctx, steward, keyring) -> None:
     industry = _industry(db_session, write_ctx, steward)
     skill = _skill(db_session, write_ctx, steward, "Pipeline Engineering", industry=industry)
@@ -100,13 +108,17 @@ def test_certified_is_immutable_and_not_certified_twice(db_session, write_ctx, s
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:other"))
 
 
-def test_a_retried_job_gets_its_first_outcome_back(db_session, write_ctx, steward) -> None:
+@pytest.mark.parametrize("retired_between", [False, True])
+def test_a_retried_job_gets_its_first_outcome_back(db_session, write_ctx, steward, retired_between) -> None:
+    """Also when the skill was retired before the retry: the outcome is found in the chain."""
     skill = _skill(db_session, write_ctx, steward, "Retried Skill")
     ctx = dataclasses.replace(write_ctx, actor=f"job:{uuid.uuid4()}")
     first = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx)
+    if retired_between:
+        _retire(db_session, write_ctx, skill.id)
     again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=ctx)
-    assert again.certificate == first.certificate and again.version == first.version == 2
-    assert len(history(db_session, entity_id=skill.id)) == 2
+    assert again.status == "certified" and again.certificate == first.certificate and again.version == first.version == 2
+    assert len(history(db_session, entity_id=skill.id)) == (3 if retired_between else 2)
 
 
 def test_certification_notes_are_stored_as_they_are_signed_in_nfc(db_session, write_ctx, steward) -> None:
@@ -386,9 +398,7 @@ def test_a_copy_certified_while_its_original_was_set_to_draft_through_sql_is_fou
 
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
-    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
-    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    _certify_while_hidden(db_session, write_ctx, copy, original)
     db_session.expire_all()
     _, findings = run_audit(db_session, keyring)
     assert _codes(findings) == [("certified-near-duplicate", copy.id)]
@@ -443,9 +453,7 @@ def test_the_incremental_audit_puts_a_skill_certified_since_the_digest_through_t
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     store_digest(db_session, keyring=keyring)
-    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
-    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
-    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    _certify_while_hidden(db_session, write_ctx, copy, original)
     db_session.expire_all()
     summary, findings = run_incremental(db_session, keyring)
     assert _codes(findings) == [("certified-near-duplicate", copy.id)]  # the copy changed since the digest
@@ -498,9 +506,7 @@ def test_retiring_a_certified_skill_withdraws_its_certificate_and_answers_the_au
 
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
-    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
-    db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = :id"), {"id": original.id})
+    _certify_while_hidden(db_session, write_ctx, copy, original)
     db_session.expire_all()
     assert _codes(run_audit(db_session, keyring)[1]) == [("certified-near-duplicate", copy.id)]
     with pytest.raises(ImmutableEntity):
@@ -585,22 +591,13 @@ def test_the_second_look_accuses_no_pair_the_gate_let_through_by_its_own_arithme
     assert _codes(findings) == ([("certified-near-duplicate", second.id)] if found else [])
 
 
-def test_a_retired_certified_skill_takes_no_change_and_a_retried_job_gets_its_first_outcome(db_session, write_ctx, steward) -> None:
-    job = dataclasses.replace(write_ctx, actor="job:1")
-    skill = _skill(db_session, write_ctx, steward, "Fraud Detection")
-    first = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)
-    _retire(db_session, write_ctx, skill.id)
-    again = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=job)  # the job retried after the retire
-    assert (again.status, again.version, again.certificate) == ("certified", first.version, first.certificate)
+def test_a_retired_certified_skill_takes_no_change_but_retiring_it_again(db_session, write_ctx, steward) -> None:
+    skill = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    retired = _retire(db_session, write_ctx, skill.id)
     with pytest.raises(ImmutableEntity):
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "draft"}, ctx=write_ctx)
     with pytest.raises(NotCertifiable):
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=dataclasses.replace(write_ctx, actor="job:2"))
-
-
-def test_retiring_a_retired_certified_skill_again_changes_nothing(db_session, write_ctx, steward) -> None:
-    skill = _certified(db_session, write_ctx, steward, "Fraud Detection")
-    retired = _retire(db_session, write_ctx, skill.id)
     again = _retire(db_session, write_ctx, skill.id)
     assert again.version == retired.version  # a client retrying its retire gets 200, not a conflict
 
@@ -612,9 +609,8 @@ def test_a_partner_is_judged_as_stored_now_not_as_the_session_last_saw_it(db_ses
 
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    db_session.execute(text("UPDATE skills SET status = 'draft' WHERE id = :id"), {"id": original.id})
-    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "certified"
-    db_session.execute(text("UPDATE skills SET status = 'certified', governance_notes = 'edited' WHERE id = :id"),
+    _certify_while_hidden(db_session, write_ctx, copy, original)
+    db_session.execute(text("UPDATE skills SET governance_notes = 'edited' WHERE id = :id"),
                        {"id": original.id})  # no expire_all: the session still holds the original as it was
     assert _codes(run_audit(db_session, keyring)[1]) == [("row-content-mismatch", original.id)]
 
