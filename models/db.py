@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -30,9 +31,9 @@ from models.settings import Settings
 log = logging.getLogger(__name__)
 
 # What a json or jsonb value Python cannot read stands for: nested deeper than its recursion
-# limit, a number of more than 4,300 digits, or a fraction too large for a float, which Python
-# reads as infinity and writes back as ``Infinity``, which is not JSON (PostgreSQL takes all
-# three). It holds a NUL, which no jsonb value can, so it never equals anything stored (a
+# limit, a number of more than 4,300 digits, a fraction too large for a float, which Python
+# reads as infinity and writes back as ``Infinity``, which is not JSON, or a fraction a float
+# would round, ``100.0000000000000000001`` (PostgreSQL takes all four). It holds a NUL, which no jsonb value can, so it never equals anything stored (a
 # signed head version's content, say) and every check of it fails, instead of every read of
 # its row: one such value in a running audit run stopped its close and its exports for good.
 UNREADABLE_JSON = {"plant.unreadable": "\u0000a JSON value Python cannot read (nested too deeply, or a number too long "
@@ -40,9 +41,19 @@ UNREADABLE_JSON = {"plant.unreadable": "\u0000a JSON value Python cannot read (n
 
 
 def _finite_float(text: str) -> float:
+    """The float ``text`` spells, if it spells one exactly.
+
+    Plant writes a float as its shortest spelling (``repr``) and jsonb keeps that decimal
+    exactly, writing it back with no exponent (``0.0000001`` for ``1e-07``): the same number.
+    A different decimal that rounds to the same float, ``100.0000000000000000001`` set
+    through SQL, would read as ``100.0`` and match a head that signed ``100``, while every SQL
+    reader saw another number than the one signed; so it is not a float Python can read.
+    """
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text[:20]}... is too large for a float")
+    if text != repr(value) and Decimal(text) != Decimal(repr(value)):
+        raise ValueError(f"{text[:20]}... is not a float: it would read as {value!r}")
     return value
 
 

@@ -8,6 +8,7 @@ own code by both the batch audit and the single-entity tampering check.
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import threading
 import time
@@ -230,6 +231,40 @@ def test_a_row_edited_to_another_unicode_spelling_of_its_text_is_tampering(db_se
     summary, findings = run_audit(db_session, keyring)
     assert [(f.code, f.entity_id) for f in findings] == [("row-content-mismatch", skill.id)]
     assert summary["non_compliant"] == 1 and "name" in findings[0].detail
+
+
+EXACT_FLOATS = [0.1, 1 / 3, 1e-07, -2.5e-300, 5e-324, 2.2250738585072014e-308, 123456.789, -0.0, 4503599627370495.5,
+                9007199254740991.0]
+
+
+def test_every_float_plant_writes_reads_back_from_jsonb_as_that_float(db_session) -> None:
+    """jsonb keeps the decimal Plant writes (a float's shortest spelling) and spells it back its
+    own way, ``0.0000001`` for ``1e-07`` and 324 places for ``5e-324``: each must still be read as
+    that float, not as a value Python cannot read. (Plant refuses the floats jsonb would give
+    back as integers: ``as_jsonb_keeps_it``.)"""
+    from models.db import UNREADABLE_JSON
+    spelled, read = db_session.execute(text("SELECT CAST(:v AS jsonb)::text, CAST(:v AS jsonb)"),
+                                       {"v": json.dumps(EXACT_FLOATS)}).one()
+    assert "0.0000001" in spelled and "e" not in spelled.lower()  # jsonb's own spelling, not Python's
+    assert read != UNREADABLE_JSON and read == EXACT_FLOATS
+
+
+@pytest.mark.parametrize("respelled", ["100.0000000000000000001", "0.1000000000000000000001", "99.99999999999999999999"])
+def test_a_number_respelled_through_sql_to_one_a_float_would_round_to_the_same_is_tampering(
+        db_session, skill, write_ctx, keyring, respelled) -> None:
+    """``100.0000000000000000001`` reads as the float ``100.0``: it matched the head that signed
+    ``100`` while every SQL reader saw another number."""
+    signed = {"limit": 100, "rate": 0.1}
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"attributes": signed}, ctx=write_ctx)
+    db_session.flush()
+    assert run_audit(db_session, keyring)[1] == []
+    field = "rate" if respelled.startswith("0.1") else "limit"
+    db_session.execute(text(f"UPDATE skills SET attributes = jsonb_set(attributes, '{{{field}}}', CAST(:n AS jsonb)) "
+                            "WHERE id = :id"), {"n": respelled, "id": skill.id})
+    db_session.expire_all()
+    summary, findings = run_audit(db_session, keyring)
+    assert [(f.code, f.entity_id) for f in findings] == [("row-content-mismatch", skill.id)]
+    assert summary["non_compliant"] == 1
 
 
 def test_strings_earlier_releases_stored_as_sent_still_match_their_head_as_nfc(db_session, skill, write_ctx, keyring) -> None:

@@ -266,7 +266,8 @@ def test_a_row_edited_to_hold_what_canonical_json_refuses_is_restored_and_record
     assert verify_repair(outcome.repair.as_json(), keyring)
 
 
-@pytest.mark.parametrize("unreadable", ["1e5000", "[" * 3000 + "]" * 3000, "1" + "0" * 400 + ".5"])
+@pytest.mark.parametrize("unreadable", ["1e5000", "[" * 3000 + "]" * 3000, "1" + "0" * 400 + ".5",
+                                        "100.0000000000000000001"])
 def test_a_row_edited_to_hold_json_python_cannot_read_is_restored_and_recorded_as_text(
         world, db_session, write_ctx, keyring, unreadable) -> None:
     """It reads as a marker holding a NUL (models.db.load_json), which no jsonb column takes:
