@@ -19,6 +19,7 @@ from cli.jobs import connect, finish_started_job, idempotency_option, wait_optio
 from cli.output import json_option, print_json, print_table
 from models.canonical import strict_json_loads
 from models.entities import EntityType
+from models.ledger_digest import MAX_DIGEST_LEAVES
 
 
 def _is_uuid(text: str) -> bool:
@@ -107,9 +108,9 @@ def audit() -> None:
 @click.option("--entity-id", "entity_ids", multiple=True, metavar="ID", help="Only this entity (repeatable).")
 @click.option("--all-signatures", is_flag=True, help="Verify every version's signature, not only the heads'.")
 @click.option("--against", "digest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A ledger digest kept outside Plant: with its leaves (plant digest export --leaves; at most 5,000) "
-                   "rollbacks and rewrites are named per entity; without them (plain plant digest export) any is one "
-                   "ledger-root-mismatch.")
+              help="A ledger digest kept outside Plant: with its leaves (plant digest export --leaves) rollbacks and "
+                   "rewrites are named per entity; without them (plain plant digest export), or with more than the "
+                   f"API takes ({MAX_DIGEST_LEAVES:,}: they are left out, said on stderr), any is one ledger-root-mismatch.")
 @wait_option
 @idempotency_option
 @json_option
@@ -121,7 +122,7 @@ def run_audit(entity_type: str | None, entity_ids: tuple[str, ...], all_signatur
         "verify_signatures": "all" if all_signatures else "heads",
     }
     if digest_file is not None:
-        body["against_digest"] = _read_json_file(digest_file)
+        body["against_digest"] = _against(_read_json_file(digest_file))
     client = connect()
     job = client.start_job("/audit/run", body, idempotency_key=idempotency_key)
     finish_started_job(client, job, wait=wait, as_json=as_json)
@@ -170,6 +171,19 @@ def resolve_run(client: PlantClient, ref: str) -> str:
     if newest is None:
         raise PlantCliError("there is no audit run yet (plant audit run --wait)")
     return str(newest["id"])
+
+
+def _against(digest: Any) -> Any:
+    """The digest to hand back: without its leaves when it lists more than the API takes
+    (its signature does not cover them), so a large registry is compared by its root and
+    not refused with a 422; said on stderr."""
+    leaves = digest.get("leaves") if isinstance(digest, dict) else None
+    if not isinstance(leaves, list) or len(leaves) <= MAX_DIGEST_LEAVES:
+        return digest
+    click.echo(f"plant: the digest lists {len(leaves):,} leaves, more than the API takes ({MAX_DIGEST_LEAVES:,}): "
+               "handing back its root only, so a rollback or rewrite since is reported as one ledger-root-mismatch, "
+               "not per entity", err=True)
+    return {name: value for name, value in digest.items() if name != "leaves"}
 
 
 def _read_json_file(path: Path) -> Any:

@@ -36,6 +36,9 @@ STORED_DIGEST_TYPE = "plant.ledger-digest.v2"
 TOMBSTONE_MEMBERS = frozenset({"tombstone_count", "tombstones_root"})
 _SIGNED_BY_TYPE = {DIGEST_TYPE: SIGNED_MEMBERS, STORED_DIGEST_TYPE: SIGNED_MEMBERS | TOMBSTONE_MEMBERS}
 LEAF_MEMBERS = frozenset({"entity_id", "head"})
+# The most leaves a digest handed back to the API (``against_digest``) may list: at most 160
+# bytes a leaf as JSON, so that the request fits PLANT_MAX_REQUEST_BYTES' default (1 MiB).
+MAX_DIGEST_LEAVES = 5_000
 _HEX_HASH = re.compile(rf"[0-9a-f]{{{2 * HASH_SIZE}}}")
 
 Head = tuple[uuid.UUID, bytes]

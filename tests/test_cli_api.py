@@ -243,6 +243,13 @@ def test_audit_report_and_digest_round_trip(plant: Plant, seeded, tmp_path, engi
     summary = audited["result"]
     assert audited["status"] == "succeeded" and summary["total_entities"] == exported["entity_count"]
     assert summary["non_compliant"] == 0 and summary["signatures"] == "all"
+    padded = json.loads(digest_file.read_text())  # with more leaves than the API takes: handed back root-only
+    padded["leaves"] += [{"entity_id": str(uuid.uuid4()), "head": "00" * 32, "version": 1}
+                         for _ in range(5_001 - len(padded["leaves"]))]
+    (tmp_path / "large-digest.json").write_text(json.dumps(padded))
+    large = plant("audit", "run", "--wait", "--against", tmp_path / "large-digest.json", "--json")
+    assert large.exit_code == 0 and as_json(large)["result"]["non_compliant"] == 0, large.output
+    assert "5,001 leaves, more than the API takes (5,000): handing back its root only" in large.stderr
     skills_only = plant("audit", "run", "--type", "skill", "--wait")
     assert skills_only.exit_code == 0 and "19 entities, 19 compliant" in skills_only.stdout
 

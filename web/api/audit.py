@@ -19,6 +19,7 @@ from models.audit_tables import AuditRun
 from models.canonical import MAX_SAFE_INTEGER
 from models.entities import EntityType
 from models.ledger import digest_now
+from models.ledger_digest import MAX_DIGEST_LEAVES
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
 from models.reports import export_report, finding_resource, findings_csv, findings_page, get_run, run_resource
 from web.jobs_http import accept_job, submits_a_job
@@ -33,9 +34,9 @@ audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=B
 # With each list at its maximum, a request fits PLANT_MAX_REQUEST_BYTES' default (1 MiB): as
 # JSON a scope id takes 40 bytes, a leaf at most 160 (tests/test_http_edge_cases.py
 # ::test_the_largest_requests_the_schemas_allow_fit_the_default_body_limit). Larger maxima
-# were refused as 413 long before they were reached.
+# were refused as 413 long before they were reached. (MAX_DIGEST_LEAVES: models.ledger_digest,
+# which the CLI reads too.)
 MAX_SCOPE_IDS = 5_000
-MAX_DIGEST_LEAVES = 5_000
 
 
 class AuditScope(BaseModel):
