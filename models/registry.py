@@ -396,6 +396,11 @@ def refuse_if_tampered(session: Session, entity: GovernedEntity, keyring: KeyRin
         )
 
 
+def skill_key_taken(session: Session, key: str) -> bool:
+    """Whether a skill, deleted or not, holds ``key`` (its column is unique over all rows)."""
+    return session.scalar(select(select(Skill.id).where(Skill.skill_key == key).exists())) is True
+
+
 def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:
     entity = session.get(ENTITY_MODELS[entity_type], entity_id)
     if entity is None:

@@ -203,6 +203,26 @@ def test_skills_whose_names_have_no_ascii_letter_or_digit_get_keys_of_their_own(
     assert slugify("Route Planning") == "route-planning" and slugify("㎈ 日本語") == "cal"
 
 
+def test_names_whose_derived_skill_keys_collide_get_keys_of_their_own(client, gov) -> None:
+    """``C++`` and ``C#`` both slug to ``c``: the second gets the slug and 16 hex digits of the
+    SHA-256 of its NFC name (it was a 409 on a skill_key its client never sent); a key sent
+    is kept as sent, and a long name's suffixed key still fits."""
+    import hashlib
+
+    desc = {"description": "a perfectly ordinary description of this skill", "category": "technical"}
+    def key(name: str, **extra: str) -> str:
+        return _post(client, "/genesis/skills", {**gov, **desc, "name": name, **extra})["skill_key"]
+
+    def tag(name: str) -> str:
+        return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+    assert [key("C++"), key("C#"), key("Caf\u00e9 Ops"), key("Cafe Ops")] == ["c", f"c-{tag('C#')}", "cafe-ops",
+                                                                          f"cafe-ops-{tag('Cafe Ops')}"]
+    assert key("Sent Key", skill_key="my-own-key") == "my-own-key"
+    long_name = "x" * 199 + "+"
+    assert key("x" * 199) == "x" * 199 and key(long_name) == "x" * 183 + f"-{tag(long_name)}"
+
+
 def test_a_name_too_long_once_nfc_normalized_is_422_naming_it(client, world) -> None:
     # U+0958 is one code point of input and two once NFC-normalized: 150 fit the schema, 300 not the column.
     response = client.patch(f"{API}/teams/{world['team']['id']}", json={"name": "\u0958" * 150})

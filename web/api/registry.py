@@ -26,7 +26,8 @@ from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.key_seals import published_keyring
 from models.registry import (
-    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, team_members, update_entity,
+    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, skill_key_taken, team_members,
+    update_entity,
 )
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
@@ -164,14 +165,30 @@ def slugify(name: str) -> str:
     slug = slug[:SKILL_KEY_LENGTH].rstrip("-")
     if slug:
         return slug
-    return "skill-" + hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:16]
+    return "skill-" + _name_hash(name)
+
+
+def derived_skill_key(name: str) -> str:
+    """The skill key for a new skill sent without one: :func:`slugify`, or, when another skill
+    holds that already (``C++`` and ``C#`` are both ``c``; ``Café`` and ``Cafe``), the slug
+    with ``-`` and 16 hex digits of the SHA-256 of the NFC name, as for a name with no ASCII
+    letter: the second such skill was a 409 on a key its client never sent."""
+    slug = slugify(name)
+    if not skill_key_taken(db_session(), slug):
+        return slug
+    suffix = "-" + _name_hash(name)
+    return slug[: SKILL_KEY_LENGTH - len(suffix)].rstrip("-") + suffix
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:16]
 
 
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
     def view(body: BaseModel) -> Response:
         data = body.model_dump(mode="python")
         if route.entity_type is EntityType.SKILL and not data.get("skill_key"):
-            data["skill_key"] = slugify(data["name"])
+            data["skill_key"] = derived_skill_key(data["name"])
         session = db_session()
         entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
         session.commit()
