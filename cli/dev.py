@@ -6,7 +6,8 @@ the schema, loads the demo seed (idempotent), then runs the API (gunicorn), a Ce
 worker, beat and Flower as children with their output prefixed and forwarded to our stdout.
 On embedded PostgreSQL the schema is migrated as ``postgres`` and everything else connects
 as ``plant_runtime``, a role that owns nothing (:func:`models.migrate.grant_runtime_role`), as
-a deployment should; a ``DATABASE_URL`` given is used for both.
+a deployment should; both need the passwords generated into the data dir
+(``postgres.password``, ``runtime-role.password``). A ``DATABASE_URL`` given is used for both.
 SIGINT, SIGTERM or the death of any child stops everything: each child is a process-group
 leader, so its own children (gunicorn and prefork workers) are swept up with it. Two runners
 with different data dirs and ports can run side by side.
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from sqlalchemy.engine import make_url
+
 from cli.bootstrap import ensure_dev_admin
 from cli.errors import PlantCliError
 from cli.seeding import seed_database
-from cli.services import EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, start_on_a_free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, start_on_a_free_port, write_secret
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
@@ -218,26 +221,40 @@ class BackingServices:
     owner_url: str  # migrates the schema
     database_url: str  # everything else: the runtime role, or the owner when DATABASE_URL was given
     redis_url: str
+    runtime_password: str | None = None  # the runtime role's, on embedded PostgreSQL
 
 
 def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServices:
     """Start the embedded servers not overridden by a URL, and say where each connects."""
     database_url, redis_url = config.database_url, config.redis_url
-    owner_url = database_url
+    owner_url, runtime_password = database_url, None
     if database_url is None:
-        postgres = _started(lambda port: EmbeddedPostgres(config.data_dir / "postgres", port), config.pg_port, stack)
+        postgres = _started(lambda port: EmbeddedPostgres(config.data_dir / "postgres", port, passwords=True),
+                            config.pg_port, stack)
         postgres.create_database(DEV_DATABASE)
-        owner_url, database_url = postgres.url_for(DEV_DATABASE), postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE)
+        runtime_password = generated_secret(config.data_dir / "runtime-role.password")
+        owner_url = postgres.url_for(DEV_DATABASE)
+        database_url = postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE, runtime_password)
     if redis_url is None:
         redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port), config.redis_port, stack).url
-    return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url)
+    return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url,
+                           runtime_password=runtime_password)
+
+
+def generated_secret(path: Path) -> str:
+    """The secret kept in ``path``, generated into it (for this user alone) on first use."""
+    if not path.exists():
+        write_secret(path, secrets.token_urlsafe(32))
+    path.chmod(0o600)  # one left by an earlier start
+    return path.read_text().strip()
 
 
 def migrate(services: BackingServices) -> None:
-    """Upgrade the schema as its owner; grant the runtime role, if there is one, what it needs."""
+    """Upgrade the schema as its owner; grant the runtime role, if there is one, what it needs
+    (and its password, on embedded PostgreSQL)."""
     upgrade_head(services.owner_url)
     if services.owner_url != services.database_url:
-        grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True)  # trust auth: no password
+        grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True, password=services.runtime_password)
 
 
 def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack) -> Server:
@@ -276,15 +293,22 @@ def child_environment(config: DevConfig, services: BackingServices) -> dict[str,
 
 def print_banner(config: DevConfig, services: BackingServices) -> None:
     api = f"http://127.0.0.1:{config.port}"
-    owner = f"  schema owner (migrations): {services.owner_url}\n" if services.owner_url != services.database_url else ""
+    owner = (f"  schema owner (migrations): {_shown(services.owner_url)}\n"
+             if services.owner_url != services.database_url else "")
     print(
         f"\n  API      {api}/api/v1\n  Docs     {api}/docs\n  Health   {api}/health\n"
         f"  Flower   http://127.0.0.1:{config.flower_port} (basic auth: {config.data_dir / 'flower-auth'}"
         f" unless PLANT_FLOWER_BASIC_AUTH is set)\n"
-        f"  DATABASE_URL={services.database_url}\n  REDIS_URL={services.redis_url}\n{owner}"
+        f"  DATABASE_URL={_shown(services.database_url)}\n  REDIS_URL={_shown(services.redis_url)}\n{owner}"
+        f"  (with their passwords: {config.data_dir / 'services.env'})\n"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
+
+
+def _shown(url: str) -> str:
+    """``url`` with its password, if any, as ``***``: the banner goes to a terminal and its scrollback."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _install_shutdown_handlers() -> dict[int, object]:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import re
+import secrets
 import signal
 import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Self, TypeVar, cast
+from urllib.parse import quote
 
 import psutil
 import psycopg
@@ -201,7 +204,13 @@ class _ChildServer:
 
 
 class EmbeddedPostgres(_ChildServer):
-    """PostgreSQL with pgvector, trust auth for user ``postgres``, data in ``data_dir``.
+    """PostgreSQL with pgvector, data in ``data_dir``.
+
+    With ``passwords`` (the dev runner's) every connection needs a password: the superuser
+    ``postgres`` gets one generated into ``<data_dir>.password`` (mode 0600) and the server
+    takes SCRAM-SHA-256 only. Otherwise (the test suite's private servers in temp dirs) it
+    trusts every local connection, as any user. A data dir an earlier release made with
+    trust auth is switched over at its next start with ``passwords``.
 
     ``durable=False`` turns fsync off: fine for dev and tests, where speed matters more
     than surviving a power cut.
@@ -211,19 +220,27 @@ class EmbeddedPostgres(_ChildServer):
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, don't wait
 
     def __init__(
-        self, data_dir: Path, port: int, host: str = "127.0.0.1", *, durable: bool = False
+        self, data_dir: Path, port: int, host: str = "127.0.0.1", *, durable: bool = False, passwords: bool = False
     ) -> None:
         super().__init__(data_dir, port, host)
         self.durable = durable
+        self.password_path = self.data_dir.with_name(self.data_dir.name + ".password") if passwords else None
 
     @property
     def url(self) -> str:
         """SQLAlchemy URL of the ``postgres`` maintenance database."""
         return self.url_for("postgres")
 
-    def url_for(self, dbname: str, user: str = "postgres") -> str:
-        """SQLAlchemy URL of database ``dbname`` on this server, as ``user`` (trust auth)."""
-        return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{dbname}"
+    def url_for(self, dbname: str, user: str = "postgres", password: str | None = None) -> str:
+        """SQLAlchemy URL of database ``dbname`` on this server, as ``user``: with ``password``,
+        or the superuser's own when ``user`` is ``postgres`` and the server has one."""
+        if user == "postgres" and password is None:
+            password = self._password()
+        secret = "" if password is None else ":" + quote(password, safe="")
+        return f"postgresql+psycopg://{user}{secret}@{self.host}:{self.port}/{dbname}"
+
+    def _password(self) -> str | None:
+        return None if self.password_path is None else self.password_path.read_text().strip()
 
     def create_database(self, name: str) -> None:
         """Create database ``name`` unless it exists."""
@@ -242,9 +259,20 @@ class EmbeddedPostgres(_ChildServer):
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def start(self) -> None:
+        """As :meth:`_ChildServer.start`; then, with ``passwords``, a data dir still trusting
+        connections (made by an earlier release) is switched to passwords."""
+        super().start()
+        if self.password_path is not None and _trusts(self.data_dir / "pg_hba.conf"):
+            try:
+                self._require_passwords()
+            except BaseException:
+                self.stop()
+                raise
+
     def _admin_connection(self) -> psycopg.Connection:
         return psycopg.connect(
-            host=self.host, port=self.port, user="postgres", dbname="postgres",
+            host=self.host, port=self.port, user="postgres", dbname="postgres", password=self._password(),
             connect_timeout=2, autocommit=True,
         )
 
@@ -253,20 +281,54 @@ class EmbeddedPostgres(_ChildServer):
         self.data_dir.chmod(0o700)  # postgres refuses a group- or world-readable data dir
         if os.geteuid() == 0:
             self._run_as = _hand_over_to_service_user(self.data_dir)
+        if self.password_path is not None and not self.password_path.exists():
+            # for this user alone, and never replaced: a data dir made with it needs it
+            write_secret(self.password_path, secrets.token_urlsafe(32))
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         _remove_stale_pid_file(self.data_dir / "postmaster.pid")
 
     def _initdb(self) -> None:
         # The builtin C.UTF-8 locale behaves the same on every machine, whatever LANG says.
-        result = subprocess.run(
-            [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust",
-             "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C",
-             "--locale-provider=builtin", "--builtin-locale=C.UTF-8"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", **self._run_as,
-        )
+        argv = [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "-E", "UTF8",
+                "--no-sync", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"]
+        with self._initdb_password_file() as password_file:
+            argv += ["--auth=trust"] if password_file is None else ["--auth=scram-sha-256", f"--pwfile={password_file}"]
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", **self._run_as)
         if result.returncode != 0:
             raise ServiceError(f"initdb failed:\n{result.stdout}{result.stderr}")
+
+    @contextmanager
+    def _initdb_password_file(self) -> Iterator[Path | None]:
+        """The superuser's password in a file initdb (run as the service user, when we are
+        root) can read, for the length of initdb."""
+        password = self._password()
+        if password is None:
+            yield None
+            return
+        path = self.data_dir.with_name(self.data_dir.name + ".initdb-password")
+        write_secret(path, password)
+        try:
+            if self._run_as:
+                os.chown(path, cast(int, self._run_as["user"]), cast(int, self._run_as["group"]))
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _require_passwords(self) -> None:
+        """Give ``postgres`` its password (sent as a SCRAM verifier), then make every
+        connection need one (pg_hba.conf, reloaded)."""
+        password = self._password()
+        assert password is not None
+        with self._admin_connection() as conn:
+            verifier = conn.pgconn.encrypt_password(password.encode(), b"postgres", b"scram-sha-256").decode()
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier)))
+            hba = self.data_dir / "pg_hba.conf"
+            hba.write_text(_TRUST.sub(r"\1scram-sha-256", hba.read_text()))  # in place: its owner stays
+            conn.execute("SELECT pg_reload_conf()")
+        with psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres", password=password,
+                             connect_timeout=2):
+            pass  # the password works before anyone relies on it
 
     def _argv(self) -> list[str]:
         return [
@@ -283,6 +345,22 @@ class EmbeddedPostgres(_ChildServer):
             return False
         # Another server that already held the port must not pass for ours.
         return row is not None and Path(row[0]) == self.data_dir
+
+
+# An uncommented pg_hba.conf line whose method is trust: what initdb --auth=trust writes.
+_TRUST = re.compile(r"^(\s*(?:local|host\w*)\s.*?\s)trust\s*$", re.MULTILINE)
+
+
+def _trusts(hba: Path) -> bool:
+    """Whether ``hba`` (a pg_hba.conf) lets any connection in without a password."""
+    return _TRUST.search(hba.read_text()) is not None
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write ``value`` to ``path``, created for this user alone (0600) or refused if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
 
 
 def _hand_over_to_service_user(data_dir: Path) -> dict[str, object]:

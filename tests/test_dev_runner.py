@@ -6,6 +6,7 @@ process it started is left, and that a restart keeps the data.
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -15,6 +16,7 @@ import psutil
 import psycopg
 import pytest
 import requests
+from sqlalchemy.engine import make_url
 
 from cli.services import free_port
 from models.settings import libpq_url
@@ -103,6 +105,15 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -
         with psycopg.connect(libpq_url(services_env["DATABASE_URL"]), autocommit=True) as runtime, \
                 pytest.raises(psycopg.errors.InsufficientPrivilege):
             runtime.execute("ALTER TABLE entity_versions DISABLE TRIGGER ALL")
+        # No one gets in without the passwords the runner generated (helper-115: the superuser had none).
+        owner_url = make_url(services_env["OWNER_DATABASE_URL"])
+        for user in ("postgres", "plant_runtime"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(host=owner_url.host, port=owner_url.port, user=user, dbname="plant").close()
+        assert {name: oct(stat.S_IMODE((runner.data_dir / name).stat().st_mode))
+                for name in ("postgres.password", "runtime-role.password")} == dict.fromkeys(
+            ("postgres.password", "runtime-role.password"), oct(0o600))
+        assert owner_url.password not in (tmp_path / "dev.log").read_text()  # the banner hides it
     finally:
         started = runner.stop()
     assert started, "the runner started no processes?"

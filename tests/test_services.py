@@ -27,6 +27,7 @@ from cli.services import (
     free_port,
 )
 from models.settings import libpq_url
+from tests.conftest import wait_for
 
 
 def _connect(server: EmbeddedPostgres, dbname: str = "postgres") -> psycopg.Connection:
@@ -54,6 +55,47 @@ def test_postgres_url_names_the_server() -> None:
 
     assert server.url == "postgresql+psycopg://postgres@127.0.0.1:15432/postgres"
     assert server.url_for("plant") == "postgresql+psycopg://postgres@127.0.0.1:15432/plant"
+
+
+def _refused_without_password(server: EmbeddedPostgres) -> bool:
+    try:
+        _connect(server).close()
+    except psycopg.OperationalError as refused:
+        return "password" in str(refused)
+    return False
+
+
+def test_postgres_with_passwords_lets_no_one_in_without_one(server_tmp: Path) -> None:
+    """The dev runner's server: any local process could log in as its superuser with no
+    password, and from there lift the guards or run programs (COPY ... TO PROGRAM) (helper-115)."""
+    import stat
+
+    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+        assert server.password_path is not None and stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
+        assert _refused_without_password(server)
+        with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        server.create_database("plant")
+        password = server.password_path.read_text()
+    assert not (server_tmp / "pg.initdb-password").exists()
+    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as restarted:
+        assert restarted.password_path.read_text() == password and _refused_without_password(restarted)
+        with psycopg.connect(libpq_url(restarted.url_for("plant")), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_data_dir_made_trusting_every_connection_needs_passwords_from_its_next_start_with_them(server_tmp: Path) -> None:
+    """Data dirs made by earlier releases of the dev runner (initdb --auth=trust) keep their data
+    and are switched over, not left open."""
+    with EmbeddedPostgres(server_tmp / "pg", free_port()) as trusting, _connect(trusting) as conn:
+        conn.execute("CREATE TABLE kept (value text)")
+        conn.execute("INSERT INTO kept VALUES ('survives')")
+    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+        wait_for(lambda: _refused_without_password(server), what="the reloaded pg_hba.conf to need a password")
+        with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
+            assert conn.execute("SELECT value FROM kept").fetchall() == [("survives",)]
+        assert "trust" not in [line.split()[-1] for line in (server.data_dir / "pg_hba.conf").read_text().splitlines()
+                               if line.strip() and not line.lstrip().startswith("#")]
 
 
 def test_postgres_restart_keeps_databases_and_rows(server_tmp: Path) -> None:
