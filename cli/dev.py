@@ -236,7 +236,8 @@ def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServic
         owner_url = postgres.url_for(DEV_DATABASE)
         database_url = postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE, runtime_password)
     if redis_url is None:
-        redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port), config.redis_port, stack).url
+        redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port, passwords=True),
+                             config.redis_port, stack).url
     return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url,
                            runtime_password=runtime_password)
 

@@ -412,27 +412,49 @@ def _remove_stale_pid_file(pid_file: Path) -> None:
 
 
 class EmbeddedRedis(_ChildServer):
-    """redis-server with an append-only file in ``data_dir``, so keys survive a restart."""
+    """redis-server with an append-only file in ``data_dir``, so keys survive a restart.
+
+    With ``passwords`` (the dev runner's) it takes only clients that give the password
+    generated into ``<data_dir>.password`` (0600), which reaches the server in a config
+    file of the same mode (``<data_dir>.conf``), never in its argv, which ``ps`` shows.
+    """
 
     name = "redis"
 
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *, passwords: bool = False) -> None:
+        super().__init__(data_dir, port, host)
+        self.password_path = self.data_dir.with_name(self.data_dir.name + ".password") if passwords else None
+        self._config_path = self.data_dir.with_name(self.data_dir.name + ".conf")
+
     @property
     def url(self) -> str:
-        """Redis URL of database 0 on this server."""
-        return f"redis://{self.host}:{self.port}/0"
+        """Redis URL of database 0 on this server (with its password, if it has one)."""
+        password = self._password()
+        secret = "" if password is None else f":{quote(password, safe='')}@"
+        return f"redis://{secret}{self.host}:{self.port}/0"
+
+    def _password(self) -> str | None:
+        return None if self.password_path is None else self.password_path.read_text().strip()
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.password_path is None:
+            return
+        if not self.password_path.exists():
+            write_secret(self.password_path, secrets.token_urlsafe(32))
+        self._config_path.unlink(missing_ok=True)  # written afresh: the password file is the one kept
+        write_secret(self._config_path, f"requirepass {self._password()}")
 
     def _argv(self) -> list[str]:
+        config = [str(self._config_path)] if self.password_path is not None else []
         return [
-            str(redis_server_path()), "--port", str(self.port), "--bind", self.host,
+            str(redis_server_path()), *config, "--port", str(self.port), "--bind", self.host,
             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
             "--daemonize", "no", "--logfile", str(self.log_path),
         ]
 
     def _answers(self) -> bool:
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+        client = redis.Redis(host=self.host, port=self.port, password=self._password(), socket_timeout=1)
         try:
             with client:
                 client.ping()  # fails with LOADING until the append-only file is replayed

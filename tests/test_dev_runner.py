@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+import redis
 import requests
 from sqlalchemy.engine import make_url
 
@@ -75,6 +76,9 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+SECRET_FILES = ("postgres.password", "runtime-role.password", "redis.password", "redis.conf")
+
+
 def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -> None:
     runner = DevRunner(server_tmp / "plant-data", tmp_path / "dev.log")
     runner.start()
@@ -111,9 +115,11 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -
             with pytest.raises(psycopg.OperationalError, match="password"):
                 psycopg.connect(host=owner_url.host, port=owner_url.port, user=user, dbname="plant").close()
         assert {name: oct(stat.S_IMODE((runner.data_dir / name).stat().st_mode))
-                for name in ("postgres.password", "runtime-role.password")} == dict.fromkeys(
-            ("postgres.password", "runtime-role.password"), oct(0o600))
+                for name in SECRET_FILES} == dict.fromkeys(SECRET_FILES, oct(0o600))
         assert owner_url.password not in (tmp_path / "dev.log").read_text()  # the banner hides it
+        broker = make_url(services_env["REDIS_URL"])
+        with redis.Redis(host=broker.host, port=broker.port) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
     finally:
         started = runner.stop()
     assert started, "the runner started no processes?"

@@ -203,6 +203,21 @@ def test_redis_restart_keeps_keys_from_the_append_only_file(tmp_path: Path) -> N
             assert client.get("plant:kept") == b"survives"
 
 
+def test_redis_with_passwords_takes_only_clients_that_give_it_and_never_shows_it(tmp_path: Path) -> None:
+    """The dev runner's broker: any local process could publish tasks to its workers or empty
+    its queues (helper-115)."""
+    with EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True) as server:
+        with redis.Redis(host=server.host, port=server.port) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        with redis.Redis.from_url(server.url) as client:
+            client.set("k", "v")
+        password = server.password_path.read_text().strip()
+        assert password in server.url and password not in " ".join(psutil.Process(server.pid).cmdline())
+    with EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True) as restarted, \
+            redis.Redis.from_url(restarted.url) as client:
+        assert client.get("k") == b"v"
+
+
 def test_redis_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", free_port())
     server.start()
