@@ -33,7 +33,9 @@ from sqlalchemy.engine import make_url
 from cli.bootstrap import ensure_dev_admin
 from cli.errors import PlantCliError
 from cli.seeding import seed_database
-from cli.services import EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, start_on_a_free_port, write_secret
+from cli.services import (
+    EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
+)
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
@@ -240,14 +242,6 @@ def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServic
                              config.redis_port, stack).url
     return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url,
                            runtime_password=runtime_password)
-
-
-def generated_secret(path: Path) -> str:
-    """The secret kept in ``path``, generated into it (for this user alone) on first use."""
-    if not path.exists():
-        write_secret(path, secrets.token_urlsafe(32))
-    path.chmod(0o600)  # one left by an earlier start
-    return path.read_text().strip()
 
 
 def migrate(services: BackingServices) -> None:

@@ -118,6 +118,10 @@ class _ChildServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._run_as: dict[str, object] = {}  # Popen user/group, when not the caller's
         self._log_start = 0  # where the last start's output begins in the log
+        self.password_path: Path | None = None  # where a server that takes passwords keeps its own
+
+    def _password(self) -> str | None:
+        return None if self.password_path is None else generated_secret(self.password_path)
 
     @property
     def pid(self) -> int | None:
@@ -224,7 +228,8 @@ class EmbeddedPostgres(_ChildServer):
     ) -> None:
         super().__init__(data_dir, port, host)
         self.durable = durable
-        self.password_path = self.data_dir.with_name(self.data_dir.name + ".password") if passwords else None
+        if passwords:
+            self.password_path = self.data_dir.with_name(self.data_dir.name + ".password")
 
     @property
     def url(self) -> str:
@@ -238,9 +243,6 @@ class EmbeddedPostgres(_ChildServer):
             password = self._password()
         secret = "" if password is None else ":" + quote(password, safe="")
         return f"postgresql+psycopg://{user}{secret}@{self.host}:{self.port}/{dbname}"
-
-    def _password(self) -> str | None:
-        return None if self.password_path is None else self.password_path.read_text().strip()
 
     def create_database(self, name: str) -> None:
         """Create database ``name`` unless it exists."""
@@ -281,9 +283,6 @@ class EmbeddedPostgres(_ChildServer):
         self.data_dir.chmod(0o700)  # postgres refuses a group- or world-readable data dir
         if os.geteuid() == 0:
             self._run_as = _hand_over_to_service_user(self.data_dir)
-        if self.password_path is not None and not self.password_path.exists():
-            # for this user alone, and never replaced: a data dir made with it needs it
-            write_secret(self.password_path, secrets.token_urlsafe(32))
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         _remove_stale_pid_file(self.data_dir / "postmaster.pid")
@@ -363,6 +362,15 @@ def write_secret(path: Path, value: str) -> None:
         out.write(value + "\n")
 
 
+def generated_secret(path: Path) -> str:
+    """The secret kept in ``path``: generated into it, for this user alone, on first use, and
+    never replaced after (a data dir made with a password needs that one)."""
+    if not path.exists():
+        write_secret(path, secrets.token_urlsafe(32))
+    path.chmod(0o600)  # one left by an earlier start, or copied in
+    return path.read_text().strip()
+
+
 def _hand_over_to_service_user(data_dir: Path) -> dict[str, object]:
     """Give the data dir to the service user; return the Popen arguments that run as it."""
     account = _ensure_system_user(POSTGRES_SERVICE_USER)
@@ -423,7 +431,8 @@ class EmbeddedRedis(_ChildServer):
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *, passwords: bool = False) -> None:
         super().__init__(data_dir, port, host)
-        self.password_path = self.data_dir.with_name(self.data_dir.name + ".password") if passwords else None
+        if passwords:
+            self.password_path = self.data_dir.with_name(self.data_dir.name + ".password")
         self._config_path = self.data_dir.with_name(self.data_dir.name + ".conf")
 
     @property
@@ -433,15 +442,10 @@ class EmbeddedRedis(_ChildServer):
         secret = "" if password is None else f":{quote(password, safe='')}@"
         return f"redis://{secret}{self.host}:{self.port}/0"
 
-    def _password(self) -> str | None:
-        return None if self.password_path is None else self.password_path.read_text().strip()
-
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.password_path is None:
             return
-        if not self.password_path.exists():
-            write_secret(self.password_path, secrets.token_urlsafe(32))
         self._config_path.unlink(missing_ok=True)  # written afresh: the password file is the one kept
         write_secret(self._config_path, f"requirepass {self._password()}")
 
