@@ -29,7 +29,7 @@ from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
 from models.settings import load_settings
 from models.signed_exports import signed_once
-from models.signing import KeyRing, KeySeal, generate_ed25519
+from models.signing import KeyRing, KeySeal, SigningKey, generate_ed25519
 from tests.test_audit import lift_guard, run_audit
 from web.report_html import report_page
 from tests.conftest import EMBEDDER
@@ -378,22 +378,54 @@ def test_an_upcoming_key_file_is_trusted_and_never_sealed(key_settings, settings
     assert keyring_from_settings(key_settings).verify(upcoming.kid, upcoming.sign(b"z" * 32), b"z" * 32)
 
 
-def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(
-        key_settings, settings, committed_steward, engine, write_ctx, monkeypatch) -> None:
-    """An upcoming key signs nothing until it is made active: a version it signed means a
-    process ahead of the sealer, or a forgery with its private key. Sealing stops there."""
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+def _publish_upcoming_key_and_rotate(key_settings) -> SigningKey:
+    """An upcoming key published beside the retired ones (as the Terraform module does), then
+    a rotation: one retired key to seal, and an upcoming key that must have signed nothing."""
     upcoming = generate_ed25519()
     retired_dir = Path(key_settings.retired_signing_keys_path)
     retired_dir.mkdir(parents=True, exist_ok=True)
     (retired_dir / "generation-2.next.pem").write_bytes(upcoming.verifier().public_pem())
     assert CliRunner().invoke(cli, ["signing-keys", "rotate"]).exit_code == 0
-    with Session(engine) as session, session.begin():  # the steward's row, rewritten with the upcoming key
-        update_entity(session, entity_type=E.AGENT, entity_id=committed_steward, changes={"description": "early"},
-                      ctx=WriteContext("test", KeyRing(upcoming, (write_ctx.keyring.active.verifier(),)), HashingEmbedder()))
+    return upcoming
+
+
+def _an_early_version(session, ring, steward) -> None:  # the steward's row, rewritten with the upcoming key
+    update_entity(session, entity_type=E.AGENT, entity_id=steward, changes={"description": "early"},
+                  ctx=WriteContext("test", ring, HashingEmbedder()))
+
+
+def _an_early_digest(session, ring, steward) -> None:
+    store_digest(session, keyring=ring)
+
+
+def _an_early_repair(session, ring, steward) -> None:
+    session.execute(text("UPDATE agents SET description = 'edited by hand' WHERE id = :a"), {"a": steward})
+    session.expire_all()
+    restore_entity(session, entity_type=E.AGENT, entity_id=steward, keyring=ring, embedder=HashingEmbedder(),
+                   actor="operator:test")
+
+
+_SIGNED_EARLY = {"entity_versions": _an_early_version, "ledger_digests": _an_early_digest,
+                 "entity_repairs": _an_early_repair}
+
+
+@pytest.mark.parametrize("table", list(_SIGNED_EARLY))
+def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(
+        key_settings, settings, clean_db, engine, monkeypatch, table) -> None:
+    """An upcoming key signs nothing until it is made active: a version, digest or repair
+    record it signed means a process ahead of the sealer, or a forgery with its private key.
+    Sealing stops there, and only there: the registry is signed with keys the sealer trusts."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    upcoming = _publish_upcoming_key_and_rotate(key_settings)
+    ring = keyring_from_settings(key_settings)
+    with Session(engine) as session, session.begin():
+        steward = bootstrap_steward(session, WriteContext("test", ring, HashingEmbedder()))
+    with Session(engine) as session, session.begin():
+        _SIGNED_EARLY[table](session, KeyRing(upcoming, (ring.active.verifier(),)), steward)
     refused = CliRunner().invoke(cli, ["signing-keys", "seal"])
-    assert refused.exit_code == 1 and upcoming.kid in refused.stderr and "nothing was sealed" in refused.stderr
-    assert list(retired_dir.glob("*.seal.json")) == []
+    assert refused.exit_code == 1 and "nothing was sealed" in refused.stderr
+    assert f"upcoming key(s) {upcoming.kid} signed records before becoming active" in refused.stderr
+    assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []
 
 
 def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(
