@@ -149,15 +149,21 @@ def seal(as_json: bool) -> None:
     ledger digest signed by the active key (DATABASE_URL) and writes <kid>.seal.json next
     to each unsealed retired key; a version such a key signs later is `signed-after-seal`.
     The seal also lists every report, repair record and certificate the key signed (where
-    Plant recorded them all); one it signs later does not verify.
+    Plant recorded them all); one it signs later does not verify. It refuses to seal once an
+    upcoming key has signed a version, digest or repair record; rows that only name one are
+    reported on stderr, and do not stop it.
     Copy the seal files wherever the retired keys are deployed, then restart again.
     """
     settings = load_settings()
+    unverified: list[str] = []
     try:
         with one_off_sessions(settings) as sessions:
-            seals = seal_retired_keys(settings, sessions)
+            seals = seal_retired_keys(settings, sessions, unverified=unverified)
     except SigningKeyError as exc:
         raise PlantCliError(exc.detail) from exc
+    finally:
+        for warning in unverified:  # junk in append-only tables: the operator should know it is there
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json({"sealed": [{"kid": s.kid, "digest_id": s.digest_id, "heads_root": s.heads_root, "as_of": s.as_of,
                                 "signatures_listed": s.signed_count} for s in seals], "restart_required": bool(seals)})

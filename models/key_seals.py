@@ -24,10 +24,12 @@ database can neither add a seal nor move one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import column, delete, exists, func, insert, select, table
+from sqlalchemy import Row, Select, column, delete, exists, func, insert, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_tables import KeySealSignature, LedgerDigest, SignedExport, SignedExportsBegan
@@ -35,12 +37,13 @@ from models.canonical import sha256
 from models.chain import EntityVersion
 from models.db import transaction
 from models.entities import ENTITY_MODELS, EntityType
-from models.errors import SealListInvalid, SigningKeyError
+from models.errors import CanonicalizationError, SealListInvalid, SigningKeyError
 from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import key_files_lock, keyring_from_settings, write_seal
 from models.ledger import current_heads, store_digest, stored_digest_problem
+from models.ledger_digest import digest_problem
 from models.settings import Settings
-from models.signing import KeyRing, KeySeal
+from models.signing import KeyRing, KeySeal, VerifyingKey
 
 SEAL_INVALID_CODE = "key-seal-invalid"
 SHA256_SIZE = 32  # each listed hash (models.jws.signature_sha256)
@@ -48,12 +51,15 @@ SHA256_SIZE = 32  # each listed hash (models.jws.signature_sha256)
 _REPAIR_SIGNERS = table("entity_repairs", column("kid"), column("signature"), column("repaired_at"))
 
 
-def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> list[KeySeal]:
+def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
+                      unverified: list[str] | None = None) -> list[KeySeal]:
     """Seal every unsealed retired key with one new digest signed by the active key.
 
     Run it only after every process signs with the active key: a version a lagging
     process signs with the old key after the seal is indistinguishable from a forgery.
-    Returns the seals written (none when every retired key is sealed already).
+    Returns the seals written (none when every retired key is sealed already). Rows that
+    name an upcoming key without its signature are described in ``unverified``, when given
+    (:func:`signed_by_upcoming_keys`), whether or not the keys are sealed.
     """
     with key_files_lock(settings):
         keyring = keyring_from_settings(settings)
@@ -61,9 +67,10 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
         if not unsealed:
             return []
         with transaction(sessions) as session:
-            early = signed_by_upcoming_keys(session, keyring)
+            early = signed_by_upcoming_keys(session, keyring, unverified=unverified)
             if early:
-                raise SigningKeyError(f"upcoming key(s) {', '.join(early)} signed records before becoming active: a process "
+                signers = ", ".join(f"{kid} (in {', '.join(tables)})" for kid, tables in early.items())
+                raise SigningKeyError(f"upcoming key(s) {signers} signed records before becoming active: a process "
                                       "already signs with one (run this where the active key is the newest), or a "
                                       "forgery with its private key; nothing was sealed")
             astray = rows_off_their_chain_heads(session)
@@ -85,18 +92,90 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session]) -> li
     return seals
 
 
-def signed_by_upcoming_keys(session: Session, keyring: KeyRing) -> list[str]:
-    """The upcoming keys (other than the active one) that signed a version, a digest, a repair
-    record or an exported document. Once every process runs on the active key, an
-    upcoming key has signed nothing; anything it did sign is a process ahead of this
-    one, or a forgery."""
-    kids = sorted({key.kid for key in keyring.upcoming} - {keyring.active.kid})
-    if not kids:
-        return []
-    signed = set()
-    for signer in (EntityVersion.kid, LedgerDigest.kid, _REPAIR_SIGNERS.c.kid, SignedExport.kid):
-        signed |= set(session.scalars(select(signer).where(signer.in_(kids)).distinct()))
-    return sorted(signed)
+def signed_by_upcoming_keys(session: Session, keyring: KeyRing, *,
+                            unverified: list[str] | None = None) -> dict[str, list[str]]:
+    """The upcoming keys (other than the active one) whose signature verifies on a version
+    (over its link), a stored digest (over its document) or a repair record (over its
+    statement), each with the tables where it does. Once every process runs on the active
+    key, an upcoming key has signed nothing; anything it did sign is a process ahead of
+    this one, or a forgery made with its private key.
+
+    A row that only names an upcoming key proves neither: the kid is public (the JWKS),
+    anyone with INSERT can write one, and none of these tables takes a DELETE, so such a
+    row taken as signed would stop every seal for good. The rows naming a key that it did
+    not sign are described in ``unverified`` instead, and so are the ``signed_exports``
+    rows naming one: Plant keeps only the SHA-256 of the report a recorded JWS signs, so
+    none can be checked. Reads only the rows naming an upcoming key, in batches (one scan
+    of each table, as a look-up by kid was before; ``signed_exports`` by its primary key)."""
+    keys = {key.kid: key for key in keyring.upcoming if key.kid != keyring.active.kid}
+    if not keys:
+        return {}
+    signed: dict[str, list[str]] = {}
+    for where, rows in _rows_naming(session, keys):
+        refuted: dict[str, list[str]] = {}  # kid -> a few of the rows naming it that it did not sign
+        counts: Counter[str] = Counter()
+        for kid, row, verifies in rows:
+            if verifies:
+                if where not in (tables := signed.setdefault(kid, [])):
+                    tables.append(where)
+                continue
+            counts[kid] += 1
+            if counts[kid] <= UNVERIFIED_EXAMPLES:
+                refuted.setdefault(kid, []).append(row)
+        if unverified is not None:
+            unverified += [_unverified_rows(where, kid, counts[kid], refuted[kid]) for kid in sorted(counts)]
+    return dict(sorted(signed.items()))
+
+
+UNVERIFIED_EXAMPLES = 3  # rows named in each warning about rows an upcoming key did not sign
+_BATCH = 1_000
+
+
+def _rows_naming(session: Session, keys: dict[str, VerifyingKey]) -> Iterator[tuple[str, Iterator[tuple[str, str, bool]]]]:
+    """Each table's rows naming one of ``keys``, lazily: (kid, the row's name, whether its key signed it)."""
+    from models.repair import EntityRepair, repair_statement  # models.repair imports this module: read at call time
+
+    kids = sorted(keys)
+    versions = select(EntityVersion.id, EntityVersion.kid, EntityVersion.link_hash, EntityVersion.signature)
+    yield "entity_versions", ((r.kid, f"id {r.id}", keys[r.kid].verify(bytes(r.signature), bytes(r.link_hash)))
+                              for r in _batches(session, versions.where(EntityVersion.kid.in_(kids))))
+    digests = select(LedgerDigest.id, LedgerDigest.kid, LedgerDigest.document).where(LedgerDigest.kid.in_(kids))
+    yield "ledger_digests", ((r.kid, f"id {r.id}", _digest_signed_by(r.document, keys[r.kid]))
+                             for r in _batches(session, digests))
+    repairs = session.scalars(select(EntityRepair).where(EntityRepair.kid.in_(kids)).execution_options(yield_per=_BATCH))
+    yield "entity_repairs", ((r.kid, f"id {r.id}", _repair_signed_by(repair_statement, r, keys[r.kid])) for r in repairs)
+    exports = select(SignedExport.kid, SignedExport.document_sha256).where(SignedExport.kid.in_(kids))
+    yield "signed_exports", ((r.kid, f"report SHA-256 {bytes(r.document_sha256).hex()}", False)
+                             for r in _batches(session, exports))
+
+
+def _batches(session: Session, query: Select[Any]) -> Iterator[Row[Any]]:
+    return iter(session.execute(query.execution_options(yield_per=_BATCH)))
+
+
+def _digest_signed_by(document: Any, key: VerifyingKey) -> bool:
+    """Whether ``key`` signed a stored digest's document, as :func:`models.ledger_digest.digest_problem`
+    checks one (leaves aside: a stored document has none, and they are not what is signed)."""
+    return isinstance(document, dict) and digest_problem({n: v for n, v in document.items() if n != "leaves"}, [key]) is None
+
+
+def _repair_signed_by(statement: Callable[[Any], bytes], repair: Any, key: VerifyingKey) -> bool:
+    """Whether ``key`` signed a repair record's statement (``models.repair.repair_statement``)."""
+    try:
+        signed = statement(repair)
+    except (CanonicalizationError, TypeError, ValueError):  # a row no restore wrote: nothing signable
+        return False
+    return key.verify(bytes(repair.signature), signed)
+
+
+def _unverified_rows(where: str, kid: str, count: int, examples: list[str]) -> str:
+    if where == SignedExport.__tablename__:
+        why = ("Plant keeps no copy of the reports they sign, so their signatures cannot be checked; should a process "
+               "sign with that key already, seal where it is the active key instead")
+    else:
+        why = "its signature does not verify on them: they were written without its private key"
+    more = ", …" if count > len(examples) else ""
+    return f"{count} row(s) of {where} name upcoming key {kid} ({', '.join(examples)}{more}), but {why}; they do not stop the seal"
 
 
 def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:

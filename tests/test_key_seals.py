@@ -424,8 +424,63 @@ def test_sealing_is_refused_once_an_upcoming_key_has_signed_something(
         _SIGNED_EARLY[table](session, KeyRing(upcoming, (ring.active.verifier(),)), steward)
     refused = CliRunner().invoke(cli, ["signing-keys", "seal"])
     assert refused.exit_code == 1 and "nothing was sealed" in refused.stderr
-    assert f"upcoming key(s) {upcoming.kid} signed records before becoming active" in refused.stderr
+    assert f"upcoming key(s) {upcoming.kid} (in {table}) signed records before becoming active" in refused.stderr
     assert list(Path(key_settings.retired_signing_keys_path).glob("*.seal.json")) == []
+
+
+# Rows naming the upcoming key, INSERTed through SQL by someone without its private key:
+# its kid is public (the JWKS), and none of these tables takes a DELETE.
+_JUNK_NAMING = {
+    "entity_versions": (
+        "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, link_hash, "
+        "kid, signature, actor) VALUES ('agent', gen_random_uuid(), 1, '\\x7b7d', sha256('\\x7b7d'), :zeros, :hash, "
+        ":kid, :signature, 'sql')"),
+    "ledger_digests": (
+        "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) VALUES (now(), 0, :hash, "
+        "CAST(:kid AS text), CAST(:encoded AS text), jsonb_build_object('type', 'plant.ledger-digest.v2', 'as_of', "
+        "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'entity_count', 0, "
+        "'heads_root', encode(:hash, 'hex'), 'tombstone_count', 0, 'tombstones_root', encode(:zeros, 'hex'), "
+        "'kid', CAST(:kid AS text), 'signature', CAST(:encoded AS text)))"),
+    "entity_repairs": (
+        "INSERT INTO entity_repairs (entity_type, entity_id, version, head_link_hash, finding, row_before, actor, "
+        "repaired_at, kid, signature) VALUES ('agent', gen_random_uuid(), 1, :hash, 'row-content-mismatch', '{}', "
+        "'sql', now(), :kid, :signature)"),
+    "signed_exports": (  # the reviewer's row
+        "INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) VALUES (:kid, :hash, 'x..x', :zeros)"),
+}
+
+
+@pytest.mark.parametrize("table", list(_JUNK_NAMING))
+def test_a_row_naming_an_upcoming_key_without_its_signature_does_not_stop_the_seal(
+        key_settings, settings, clean_db, engine, monkeypatch, table) -> None:
+    """One such row used to refuse every seal for good (an upcoming key is always published
+    under the Terraform rolling rotation), and a retired key left unsealed is trusted for any
+    date. Only a signature the upcoming key made counts; the operator is told of the rest."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    upcoming = _publish_upcoming_key_and_rotate(key_settings)
+    signature = os.urandom(64)
+    with engine.begin() as connection:
+        connection.execute(text(_JUNK_NAMING[table]), {"kid": upcoming.kid, "hash": os.urandom(32), "zeros": bytes(32),
+                                                       "signature": signature, "encoded": b64url_encode(signature)})
+    sealing = CliRunner().invoke(cli, ["signing-keys", "seal", "--json"])
+    assert sealing.exit_code == 0, sealing.stderr
+    [sealed] = json.loads(sealing.stdout)["sealed"]
+    assert (Path(key_settings.retired_signing_keys_path) / f"{sealed['kid']}.seal.json").exists()
+    assert f"1 row(s) of {table} name upcoming key {upcoming.kid}" in sealing.stderr
+
+
+def test_a_report_the_upcoming_key_signed_cannot_be_checked_so_it_is_reported_and_does_not_stop_the_seal(
+        key_settings, settings, clean_db, engine, monkeypatch) -> None:
+    """Plant keeps no copy of the reports it signs (only their SHA-256), so an export's JWS
+    cannot be verified at the seal: a made-up one would be indistinguishable from it."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    upcoming = _publish_upcoming_key_and_rotate(key_settings)
+    with Session(engine) as session, session.begin():
+        signed_once(session, document=b'{"an":"early report"}', keyring=KeyRing(upcoming))
+    sealing = CliRunner().invoke(cli, ["signing-keys", "seal"])
+    assert sealing.exit_code == 0, sealing.stderr
+    assert f"1 row(s) of signed_exports name upcoming key {upcoming.kid}" in sealing.stderr
+    assert "cannot be checked" in sealing.stderr
 
 
 def test_plant_signing_keys_seal_refuses_a_registry_whose_rows_point_off_their_chains(
