@@ -34,7 +34,7 @@ from models.progress import ProgressSink
 from tasks import runtime
 from tasks.celery_app import AUDIT_QUEUE
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
-from tasks.runner import CONTINUES, backoff_seconds, hand_back, is_transient, record_outcome, run_job
+from tasks.runner import CONTINUES, backoff_seconds, client_safe_detail, hand_back, is_transient, record_outcome, run_job
 
 CHUNK_TASK = "plant.audit.chunk"
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries),
                              max_retries=settings.job_max_attempts) from exc
         log.exception("audit chunk %s of job %s failed", chunk_id, job_id)
-        error = exc if isinstance(exc, PlantError) else InternalJobError(f"chunk {chunk_id}: {type(exc).__name__}: {exc}")
+        error = exc if isinstance(exc, PlantError) else InternalJobError(f"chunk {chunk_id}: {client_safe_detail(exc, claim.job_id)}")
         outcome = record_outcome(claim, JobStatus.FAILED, None, error.problem())
         close_runs_apart(runtime.session_factory(), keyring=runtime.keyring(), job_id=claim.job_id)  # the run ends with its job
         return {"chunk": chunk_id, **outcome}

@@ -11,7 +11,8 @@ checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
 
 Transient errors (lost database or Redis connections, timeouts) are retried with
 exponential backoff and full jitter, up to ``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job
-shows each attempt and the last error meanwhile. Domain errors are never retried.
+shows each attempt and the last error meanwhile. Domain errors are never retried. A job's
+error names an exception that is not Plant's own by its type only (the worker logs it whole).
 """
 
 from __future__ import annotations
@@ -289,7 +290,17 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
                 f"attempt {claim.attempt} hit the soft time limit ({type(exc).__name__} on the way out)").problem())
         if is_transient(exc):
             log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
-            error = TransientJobError(f"attempt {claim.attempt}: {type(exc).__name__}: {exc}"[:500]).problem()
+            error = TransientJobError(f"attempt {claim.attempt}: {client_safe_detail(exc, claim.job_id)}").problem()
             return Attempt(JobStatus.QUEUED, error=error, retry_after=backoff_seconds(claim.counted_attempts))
         log.exception("job %s failed unexpectedly", claim.job_id)
-        return Attempt(JobStatus.FAILED, error=InternalJobError(f"{type(exc).__name__}: {exc}").problem())
+        return Attempt(JobStatus.FAILED, error=InternalJobError(client_safe_detail(exc, claim.job_id)).problem())
+
+
+def client_safe_detail(exc: BaseException, job_id: uuid.UUID) -> str:
+    """How a job's error names an exception that is not Plant's own: by its type alone.
+
+    Any read key sees a job's error, and a driver's or SQLAlchemy's message holds the
+    database's host and port, or a failed statement with its parameters (a Redis or broker
+    error, its address). The caller logs the exception whole; the job id finds it there.
+    Plant's own errors (``PlantError``) are written for clients and keep their message."""
+    return f"{type(exc).__name__} (details in the worker log, job_id={job_id})"
