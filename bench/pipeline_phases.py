@@ -94,9 +94,10 @@ def measure_phases(stack: BenchStack, settings: Settings, *, api_port: int, bare
     for _ in range(n):
         clock = time.perf_counter()
         with api_autocommit.connect() as connection:
-            authenticate(connection, stack.admin_key)
+            caller = authenticate(connection, stack.admin_key)
             clock = _lap(samples[names[2]], clock)
-            jobs.append(create_job(connection, kind=KIND, params=PARAMS, to_publish=True).id)
+            jobs.append(create_job(connection, kind=KIND, params=PARAMS, to_publish=True,
+                                   requested_by=f"api-key:{caller.id}").id)
         clock = _lap(samples[names[3]], clock)
         publish_job(celery, job_id=jobs[-1], kind=KIND)
         _lap(samples[names[4]], clock)

@@ -57,7 +57,8 @@ _GET = driver_sql(select(*RECORD_COLUMNS).where(_JOBS.id == bindparam("job_id"))
 # trip; the published variant stamps enqueued_at in the same statement.
 _INSERT = (
     insert(Job.__table__)
-    .values(kind=bindparam("kind"), params=bindparam("params"), queue=bindparam("queue"), status=JobStatus.QUEUED.value)
+    .values(kind=bindparam("kind"), params=bindparam("params"), queue=bindparam("queue"), status=JobStatus.QUEUED.value,
+            requested_by=bindparam("requested_by", type_=Text()))
     .returning(*Job.__table__.c)
 )
 _INSERT_PUBLISHED = _INSERT.values(enqueued_at=_NOW)
@@ -112,17 +113,20 @@ _ADD_PROGRESS = driver_sql(_OWNED.values(
 
 
 def create_job(
-    session: SessionOrConnection, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False
+    session: SessionOrConnection, *, kind: str, params: dict[str, Any], queue: str = "default", to_publish: bool = False,
+    requested_by: str | None = None,
 ) -> JobRecord:
     """Insert a queued job and return its row. The caller publishes its message only
-    after committing.
+    after committing. ``requested_by`` names who asked for it (``api-key:<id>``, say), in
+    the same INSERT.
 
     ``to_publish`` stamps ``enqueued_at`` in the INSERT, for a caller that publishes right
     after the commit and calls :func:`mark_unpublished` if that fails: a successful submit
     then costs no second write. Without it the row starts in the outbox.
     """
     statement = _INSERT_PUBLISHED_SQL if to_publish else _INSERT_SQL
-    return cast(JobRecord, _job_rows(session, statement, {"kind": kind, "params": params, "queue": queue})[0])
+    values = {"kind": kind, "params": params, "queue": queue, "requested_by": requested_by}
+    return cast(JobRecord, _job_rows(session, statement, values)[0])
 
 
 def _job_rows(session: SessionOrConnection, statement: DriverStatement, values: dict[str, Any]) -> list[Any]:

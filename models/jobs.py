@@ -5,7 +5,9 @@ parameters (the Celery message carries only the id), progress, the outcome, the 
 that holds it and its lease, and ``attempts``, which doubles as a fencing token. Of those
 attempts, ``handbacks`` ended by handing the job back unfailed (a worker shutting down, a
 lease lapsing between a bulk job's batches); only the others count against
-``PLANT_JOB_MAX_ATTEMPTS``.
+``PLANT_JOB_MAX_ATTEMPTS``. ``requested_by`` names who asked for the job (the API's
+``api-key:<id>``, beat's ``beat:<schedule>``); the chain versions the job writes carry
+actor ``job:<id>``, so the two together trace a version to the key behind it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class Job(Base):
     # Stamped when the job was (or, set in the INSERT, is about to be) published.
     # NULL: the outbox still has to publish it.
     enqueued_at: Mapped[Timestamp | None]
+    # Who asked for the job: NULL for rows older than migration 0019 and jobs other code inserts.
+    requested_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
     started_at: Mapped[Timestamp | None]
     finished_at: Mapped[Timestamp | None]
@@ -96,6 +100,7 @@ class JobRecord(Protocol):
     progress_total: int | None
     progress_message: str | None
     attempts: int
+    requested_by: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

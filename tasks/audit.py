@@ -187,7 +187,8 @@ def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interv
         ).first()
         if inserted is None:
             return {"schedule": schedule, "fire_at": slot.isoformat(), "skipped": "already fired"}
-        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind), to_publish=True)
+        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind), to_publish=True,
+                         requested_by=f"beat:{schedule}")
         session.execute(update(ScheduledFire).where(
             ScheduledFire.schedule == schedule, ScheduledFire.fire_at == slot).values(job_id=job.id))
         job_id = job.id

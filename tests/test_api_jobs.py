@@ -30,7 +30,7 @@ def client(settings, admin_key):
     test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
     return test_client
 
-JOB_FIELDS = {"id", "kind", "status", "params", "progress", "attempts", "result", "error",
+JOB_FIELDS = {"id", "kind", "status", "params", "progress", "attempts", "result", "error", "requested_by",
               "created_at", "started_at", "finished_at"}
 
 
@@ -50,6 +50,7 @@ def test_starting_work_answers_202_with_location_retry_after_and_the_job(client)
     assert job["params"] == {"seconds": 1.5, "steps": 3}
     assert job["progress"] == {"done": 0, "total": None, "message": None}
     assert job["created_at"].endswith("Z") and job["started_at"] is None
+    assert job["requested_by"].startswith("api-key:")  # the key that asked (tests/test_e2e_work.py names it)
 
 
 def test_a_published_job_is_out_of_the_outbox_and_its_message_is_in_the_queue(client, settings, redis_url) -> None:

@@ -46,6 +46,33 @@ def test_certify_through_the_api(client, seeded) -> None:
     assert again["status"] == "failed" and again["error"]["type"] == "/problems/already-certified"
 
 
+def test_a_job_records_the_key_that_asked_for_it_and_its_versions_name_the_job(app, client, seeded, engine) -> None:
+    """Chain versions a job writes carry actor ``job:<id>``; the job says which key asked
+    for it (``requested_by``), with and without ``Idempotency-Key``, in its resource, in
+    listings and in its row."""
+    from models.jobs import Job
+
+    key = client.post(f"{API}/api-keys", json={"name": "certifier", "scopes": ["write"]}).get_json()
+    writer = app.test_client()
+    writer.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key['key']}"
+    by_key = {s["skill_key"]: s for s in first(client, "/genesis/skills")}
+    skills = [by_key["aml-screening"], by_key["regulatory-reporting"]]
+    job = finished(writer, writer.post(f"{API}/genesis/skills/{skills[0]['id']}/certify", json={}))
+    keyed = finished(writer, writer.post(f"{API}/genesis/skills/{skills[1]['id']}/certify", json={},
+                                         headers={"Idempotency-Key": "certify-with-a-key"}))
+    asker = f"api-key:{key['id']}"
+    for done, skill in ((job, skills[0]), (keyed, skills[1])):
+        assert done["status"] == "succeeded" and done["requested_by"] == asker, done
+        assert client.get(f"{API}/jobs/{done['id']}").get_json()["requested_by"] == asker  # whoever reads it
+        history = client.get(f"{API}/genesis/skills/{skill['id']}/history").get_json()["items"]
+        assert history[-1]["actor"] == f"job:{done['id']}"
+    listed = {j["id"]: j["requested_by"] for j in first(client, "/jobs", kind="skill.certify")}
+    assert listed == {job["id"]: asker, keyed["id"]: asker}
+    with Session(engine) as session:
+        rows = session.execute(select(Job.id, Job.requested_by).where(Job.kind == "skill.certify")).all()
+    assert {(str(i), by) for i, by in rows} == {(job["id"], asker), (keyed["id"], asker)}
+
+
 def test_bulk_assignment_of_unknown_agents_is_404_naming_them(client, seeded) -> None:
     known, unknown = str(seeded.steward_id), str(uuid.uuid4())  # the steward is an agent
     response = client.post(f"{API}/agents/assign-teams", json={"agent_ids": [known, unknown, unknown]})

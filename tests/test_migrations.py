@@ -52,7 +52,7 @@ def test_a_downgrade_that_would_discard_data_is_refused_and_changes_nothing(empt
         conn.execute("INSERT INTO jobs (kind, queue) VALUES ('diagnostics.sleep', 'default')")
         conn.execute("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) VALUES ('k', '\\x00', 'j', '\\x00')")
     tables = _tables(empty_database)
-    for target in ("0009", "base"):  # 0018 to 0011 drop nothing held here: undone with the refusal all the same
+    for target in ("0009", "base"):  # 0019 to 0011 drop nothing held here: undone with the refusal all the same
         with pytest.raises(DowngradeRefused, match=r"past migration 0010 would discard what these hold: signed_exports\."):
             downgrade(empty_database, target)
         assert (_tables(empty_database), _revision(empty_database)) == (tables, head)
@@ -335,5 +335,33 @@ def test_0018_keeps_digest_tombstones_guarded_and_downgrades_only_without_them(e
         assert "ledger_digest_tombstones" not in _tables(empty_database)
         assert conn.execute("SELECT count(*) FROM ledger_digests").fetchone()[0] == 2
     downgrade(empty_database, "0016")  # 0017's functions, as 0018 left them, go with 0017
+    upgrade_head(empty_database)
+    check_schema(empty_database)
+
+
+def test_0019_records_who_asked_for_each_job_and_downgrades_only_without_it(empty_database: str) -> None:
+    """Jobs from before 0019 name nobody; a downgrade would drop the names the API wrote, so
+    it refuses while any job holds one."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    command.upgrade(config, "0018")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (kind, queue) VALUES ('diagnostics.sleep', 'default')")
+    command.upgrade(config, "0019")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute("SELECT requested_by FROM jobs").fetchall() == [(None,)]
+        downgrade(empty_database, "0018")  # nobody named: nothing to lose
+        command.upgrade(config, "0019")
+        conn.execute("INSERT INTO jobs (kind, queue, requested_by) VALUES ('diagnostics.sleep', 'default', 'api-key:x')")
+    with pytest.raises(DowngradeRefused, match=r"migration 0019 .*jobs WHERE requested_by IS NOT NULL"):
+        downgrade(empty_database, "0018")
+    assert _revision(empty_database) == "0019"
+    downgrade(empty_database, "0018", discard_data=True)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'")}
+        assert "requested_by" not in columns and conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
     upgrade_head(empty_database)
     check_schema(empty_database)

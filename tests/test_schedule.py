@@ -84,6 +84,7 @@ def test_a_scheduled_job_is_published_once_or_left_in_the_outbox(worker_sessions
     with worker_sessions() as session:
         job = session.get(Job, uuid.UUID(fired["job_id"]))
         assert (job.enqueued_at is None) is broker_down
+        assert job.requested_by == "beat:test-fire"  # no API key asked for it: beat's schedule did
     again = type(schedule_fire._get_current_object()).run(beat, "test-fire", "diagnostics.sleep", {"seconds": 0}, 1e9)
     assert again["skipped"] == "already fired"  # one slot per 31 years: the two calls cannot straddle one
 

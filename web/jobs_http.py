@@ -1,7 +1,8 @@
 """HTTP helpers shared by every endpoint that starts or shows a job.
 
 ``accept_job`` is the one path for starting work: honour ``Idempotency-Key``, insert
-the row (with the key, stamped as published) and commit, then publish, then answer 202
+the row (with the key, stamped as published, naming the API key that asked for it in
+``requested_by``) and commit, then publish, then answer 202
 with ``Location`` and ``Retry-After``. A view marked :func:`submits_a_job` runs a request
 without ``Idempotency-Key`` in autocommit (web.services): its key lookup, its checks
 (each a read consistent alone) and the INSERT each end on their own, with no BEGIN and no
@@ -30,6 +31,7 @@ from models.idempotency import bind_key, claim_key, validate_key
 from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
+from web.auth import current_actor
 from web.schemas import JobOut
 from web.services import V, autocommit_when, close_db_session, db_statements, services
 
@@ -97,7 +99,8 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         if existing is not None:
             statements.commit()
             return _accepted(get_job(statements, existing), replayed=True)
-    job = create_job(statements, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True)
+    job = create_job(statements, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True,
+                     requested_by=current_actor())
     if key is not None:
         bind_key(statements, owner=owner, key=key, job_id=job.id)
     if isinstance(statements, Session):

@@ -87,6 +87,10 @@ class JobOut(BaseModel):
     attempts: int
     result: dict[str, Any] | None
     error: Problem | None
+    requested_by: str | None = Field(
+        description="who asked for the job: `api-key:<id>` of the key that submitted it, `beat:<schedule>` for a "
+                    "scheduled one, null for jobs older than this field. The chain versions the job writes carry "
+                    "actor `job:<id>`.")
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -106,6 +110,7 @@ class JobOut(BaseModel):
             attempts=job.attempts,
             result=job.result,
             error=Problem.stored(job.error),
+            requested_by=job.requested_by,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
