@@ -23,6 +23,7 @@ from cli.output import json_option, print_json
 from cli.repair import entity
 from cli.seeding import seed_database
 from cli.work import assign, audit, certify
+from models.api_keys import check_configured_admin_key
 from models.migrate import RuntimeRoleRefused, check_schema, grant_runtime_role, upgrade_head
 from models.settings import load_settings
 
@@ -76,6 +77,8 @@ def upgrade(as_json: bool) -> None:
     cannot lift the append-only guards (README, "The database roles").
     """
     settings = load_settings()
+    if settings.admin_api_key is not None:  # refused before the schema changes, not after
+        check_configured_admin_key(settings.admin_api_key.get_secret_value())
     upgrade_head(settings.database_url)
     grant = None
     if settings.runtime_role is not None:

@@ -87,13 +87,30 @@ healthcheck() {
 }
 
 require() {
-    # require NAME...: refuse to start without these variables (no silent dev defaults).
+    # require NAME...: refuse to start without these variables (no silent dev defaults), or
+    # with .env.example's placeholder in one.
     for name in "$@"; do
         eval "value=\${${name}:-}"
         if [ -z "$value" ]; then
             echo "plant-entrypoint: ${name} must be set for role '${ROLE}'" >&2
             exit 64
         fi
+    done
+    no_placeholder "$@"
+}
+
+no_placeholder() {
+    # no_placeholder NAME...: refuse a variable still holding .env.example's placeholder
+    # (change-me): a Redis, Flower or database password anyone can read in the repository.
+    # The value itself is not printed.
+    for name in "$@"; do
+        eval "value=\${${name}:-}"
+        case "$value" in
+            *change-me*)
+                echo "plant-entrypoint: ${name} still holds the placeholder change-me from .env.example; set a secret of your own" >&2
+                exit 64
+                ;;
+        esac
     done
 }
 
@@ -135,6 +152,7 @@ case "$ROLE" in
         ;;
     migrate)
         require DATABASE_URL
+        no_placeholder PLANT_RUNTIME_ROLE_PASSWORD PLANT_ADMIN_API_KEY
         record_role migrate
         exec plant db upgrade "$@"
         ;;

@@ -141,10 +141,35 @@ def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
+# A configured admin key is chosen by a person, not drawn by Plant: it must be long enough
+# not to be guessed, and not the placeholder .env.example ships (anyone can read that one).
+MIN_CONFIGURED_KEY_LENGTH = 32
+PLACEHOLDER = "change-me"
+
+
+def check_configured_admin_key(plaintext: str) -> None:
+    """Refuse a configured admin key (``PLANT_ADMIN_API_KEY``) shorter than
+    ``MIN_CONFIGURED_KEY_LENGTH`` or holding ``.env.example``'s placeholder; the error names
+    the setting and never the key."""
+    if PLACEHOLDER in plaintext.lower():
+        problem = f"holds the placeholder {PLACEHOLDER} of .env.example"
+    elif len(plaintext) < MIN_CONFIGURED_KEY_LENGTH:
+        problem = f"is {len(plaintext)} characters long"
+    else:
+        return
+    raise InvalidInput(
+        f"PLANT_ADMIN_API_KEY {problem}: a configured admin key must be at least {MIN_CONFIGURED_KEY_LENGTH} "
+        f"characters and not contain {PLACEHOLDER}; generate one with "
+        "python3 -c \"import secrets; print('plant_' + secrets.token_urlsafe(32))\"")
+
+
 def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> Literal["created", "live", "revoked"]:
     """Make ``plaintext`` an admin key unless it was revoked: ``created``, ``live`` (it
     already was one), or ``revoked`` (left revoked: revoking the bootstrap key once narrower
-    keys exist is what an operator should do, and every later deploy still ensures it)."""
+    keys exist is what an operator should do, and every later deploy still ensures it).
+    A key too short, or the example's placeholder, is refused (:func:`check_configured_admin_key`),
+    even one an earlier release ensured."""
+    check_configured_admin_key(plaintext)
     # Several containers may run `plant db upgrade` at once: whoever inserts second finds the
     # first's row (ON CONFLICT waits for it to commit) instead of a unique violation.
     created = session.scalar(pg_insert(ApiKey).values(**_key_row(name=name, scopes=["admin"], plaintext=plaintext))

@@ -120,15 +120,30 @@ def test_strict_json_types(client) -> None:
 
 def test_a_key_listing_never_shows_a_short_configured_admin_key_whole(client, engine) -> None:
     """The listing showed 12 characters of every key: all of ``change-me``, the example
-    PLANT_ADMIN_API_KEY (helper-67). A key Plant made still shows ``plant_`` and 6 more."""
-    from models.api_keys import ensure_admin_key
+    PLANT_ADMIN_API_KEY (helper-67), which an earlier release ensured and a database may
+    still hold. A key Plant made still shows ``plant_`` and 6 more."""
+    from models.api_keys import create_api_key
 
     with Session(engine) as session, session.begin():
-        ensure_admin_key(session, plaintext="change-me")
+        create_api_key(session, name="bootstrap-admin", scopes=["admin"], plaintext="change-me")
     listed = client.get("/api/v1/api-keys")
     assert listed.status_code == 200 and "change-me" not in listed.get_data(as_text=True)
     prefixes = {key["name"]: key["key_prefix"] for key in listed.get_json()["items"]}
     assert prefixes["bootstrap-admin"] == "ch" and any(len(p) == 12 and p.startswith("plant_") for p in prefixes.values())
+
+
+@pytest.mark.parametrize("configured", ["change-me", "x" * 31, "plant_CHANGE-ME_" + "a" * 40])
+def test_a_configured_admin_key_that_is_short_or_the_placeholder_is_refused(db_session, configured) -> None:
+    """``.env.example``'s ``PLANT_ADMIN_API_KEY=change-me`` became a live admin key: anyone who
+    read the example held it."""
+    from models.api_keys import ensure_admin_key
+    from models.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="PLANT_ADMIN_API_KEY") as refused:
+        ensure_admin_key(db_session, plaintext=configured)
+    assert configured == "change-me" or configured not in refused.value.detail  # the key itself is not echoed
+    assert db_session.scalars(select(ApiKey)).all() == []
+    assert ensure_admin_key(db_session, plaintext="y" * 32) == "created"  # 32 characters of anything else will do
 
 
 def test_a_blank_api_key_is_refused_not_replaced_by_one_nobody_holds(db_session) -> None:

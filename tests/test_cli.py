@@ -324,6 +324,20 @@ def test_db_upgrade_leaves_a_revoked_configured_admin_key_revoked_and_succeeds(s
     assert "without the admin scope" in _one_line_error(CliRunner().invoke(cli, ["db", "upgrade"]))
 
 
+def test_db_upgrade_refuses_the_env_example_s_placeholder_admin_key_before_it_migrates(make_database, tmp_path, monkeypatch) -> None:
+    """``.env.example``'s ``PLANT_ADMIN_API_KEY=change-me`` was ensured as a live admin key."""
+    import psycopg
+
+    url = make_database("cli_placeholder_admin_key")
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", "change-me")
+    said = _one_line_error(CliRunner().invoke(cli, ["db", "upgrade"]))
+    assert "PLANT_ADMIN_API_KEY" in said and "change-me" in said and "at least 32 characters" in said
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:  # refused before anything changed
+        assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+
+
 def test_an_api_key_that_is_not_ascii_says_so_in_one_line(monkeypatch) -> None:
     monkeypatch.setenv("PLANT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("PLANT_API_KEY", "clé")

@@ -299,3 +299,18 @@ def test_gunicorn_builds_an_access_line_only_when_an_access_log_is_asked_for(acc
         assert [(line["path"], line["status"], line["request_id"]) for line in lines] == [("/health", 200, "r-1")]
     else:
         assert lines == []
+
+
+@pytest.mark.parametrize("role,secret,value", [
+    ("flower", "FLOWER_BASIC_AUTH", "admin:change-me"), ("flower", "REDIS_URL", "redis://:change-me@redis:6379/0"),
+    ("worker", "REDIS_URL", "redis://:change-me@redis:6379/0"), ("beat", "REDIS_URL", "redis://:change-me@redis:6379/0"),
+    ("api", "DATABASE_URL", "postgresql+psycopg://plant_runtime:change-me@postgres:5432/plant"),
+    ("migrate", "PLANT_ADMIN_API_KEY", "change-me"), ("migrate", "PLANT_RUNTIME_ROLE_PASSWORD", "change-me")])
+def test_roles_refuse_to_start_on_the_env_example_s_placeholder(tmp_path: Path, role: str, secret: str, value: str) -> None:
+    """``.env.example`` ships ``change-me`` for every secret: copied unchanged, Redis, Flower and
+    the database would run on a password anyone can read in the repository."""
+    env = {"DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://r", "FLOWER_BASIC_AUTH": "a:b", secret: value}
+    result = run_entrypoint(tmp_path, role, **env)
+    assert result.returncode == 64 and secret in result.stderr and "change-me" in result.stderr, result.stderr
+    assert value not in result.stderr or value == "change-me"  # the secret's own value is not echoed
+    assert not (tmp_path / "role").exists()
