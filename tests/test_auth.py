@@ -82,6 +82,47 @@ def test_a_revoked_key_stops_working_at_once(app, client) -> None:
     assert temp.get(f"{API}/jobs").status_code == 401
 
 
+def test_a_key_revoked_during_a_long_poll_gets_401_not_what_was_written_after(app, client, engine, monkeypatch) -> None:
+    """``GET /jobs/{id}?wait=N`` looked the key up once, then served for up to 30 s what was
+    written after the key's revocation. A key still live gets the job as before."""
+    import threading
+
+    from models.job_lifecycle import create_job
+    from web.api import jobs as jobs_views
+
+    with Session(engine) as session, session.begin():  # queued, never published: nothing runs it
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+    revoked, live = (client.post(f"{API}/api-keys", json={"name": name, "scopes": ["read"]}).get_json()
+                     for name in ("revoked", "live"))
+    polling: set[int] = set()
+    both_polling = threading.Event()
+    between_reads = jobs_views.close_db_session
+
+    def note_the_poll() -> None:  # called between a long poll's reads
+        polling.add(threading.get_ident())
+        if len(polling) == 2:
+            both_polling.set()
+        between_reads()
+
+    monkeypatch.setattr(jobs_views, "close_db_session", note_the_poll)
+    answers = {}
+
+    def long_poll(key) -> None:
+        answers[key["name"]] = _as(app, key["key"]).get(f"{API}/jobs/{job_id}", query_string={"wait": 30})
+
+    threads = [threading.Thread(target=long_poll, args=(key,)) for key in (revoked, live)]
+    for thread in threads:
+        thread.start()
+    assert both_polling.wait(timeout=30)
+    assert client.delete(f"{API}/api-keys/{revoked['id']}").status_code == 200
+    assert client.post(f"{API}/jobs/{job_id}/cancel").get_json()["status"] == "cancelled"
+    for thread in threads:
+        thread.join(timeout=60)
+    assert answers["revoked"].status_code == 401 and answers["revoked"].mimetype == "application/problem+json"
+    assert "cancelled" not in answers["revoked"].get_data(as_text=True)
+    assert answers["live"].status_code == 200 and answers["live"].get_json()["status"] == "cancelled"
+
+
 def test_bad_key_requests_are_422(client) -> None:
     assert client.post(f"{API}/api-keys", json={"name": "x", "scopes": ["root"]}).status_code == 422
     assert client.post(f"{API}/api-keys", json={"name": "", "scopes": ["read"]}).status_code == 422

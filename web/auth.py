@@ -3,7 +3,9 @@
 ``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
 (POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
 or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403.
-The authenticated key is ``g.api_key``; chain writes are attributed to it.
+The authenticated key is ``g.api_key``; chain writes are attributed to it. A request
+that waits (a long poll) looks its key up again before it answers
+(:func:`key_revoked_while_waiting`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def _lookup(presented: str) -> Caller | None:
     """The key lookup, the request's first statement: on a pooled connection that died
     a moment ago it is retried once, fresh (``models.db.ping_idle_connections``)."""
     return retry_if_disconnected(lambda: authenticate(db_statements(), presented), before_retry=close_db_session)
+
+
+def key_revoked_while_waiting() -> Response | None:
+    """For a request that waited before answering (a job's long poll, up to 30 s): look its
+    key up again, so a key revoked meanwhile gets 401, not what was written after its
+    revocation. One more indexed lookup, only for a request that waited."""
+    presented = _presented_key()
+    if presented is None or _lookup(presented) is None:
+        return _unauthorized("the API key was revoked while the request waited")
+    return None
 
 
 def current_actor() -> str:

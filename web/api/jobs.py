@@ -1,7 +1,8 @@
 """Job resources: show (with ETag and long-poll), list (cursor-paginated), cancel.
 
 Show and list read in autocommit (``statement_at_a_time``): each is one statement after
-the key lookup, so a long-poll's every read sees the latest commits."""
+the key lookup, so a long-poll's every read sees the latest commits. A long poll that
+waited looks its key up again before it answers: a key revoked meanwhile gets 401."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from web.auth import BEARER
+from web.auth import BEARER, key_revoked_while_waiting
 
 from models.audit_runs import close_runs_apart
 from models.job_lifecycle import get_job, list_jobs, request_cancel
@@ -29,17 +30,23 @@ jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_security=BEA
 @statement_at_a_time
 def show_job(path: JobPath, query: JobGetQuery) -> Response:
     """Show a job. With ``wait=N`` the call returns once the job is terminal, or after N s."""
-    return job_response(_wait_until_terminal(path.job_id, query.wait))
+    job, waited = _wait_until_terminal(path.job_id, query.wait)
+    # The key was checked before the wait: one revoked since must not get what was read after it.
+    if waited and (refused := key_revoked_while_waiting()) is not None:
+        return refused
+    return job_response(job)
 
 
-def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> JobRecord:
+def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> tuple[JobRecord, bool]:
+    """The job once terminal or after ``seconds``, and whether it was waited for."""
     deadline = time.monotonic() + seconds
     job = get_job(db_statements(), job_id)
+    waited = False
     while not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
         close_db_session()  # the connection goes back to the pool while this request sleeps
         time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
-        job = get_job(db_statements(), job_id)
-    return job
+        job, waited = get_job(db_statements(), job_id), True
+    return job, waited
 
 
 @jobs_api.get("/jobs", responses={200: JobList, **problems(422)})
