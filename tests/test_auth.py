@@ -39,6 +39,19 @@ def test_every_api_route_needs_a_key_but_health_and_docs_do_not(anonymous) -> No
         assert anonymous.get(path).status_code in (200, 302, 503), path
 
 
+PUBLIC_ROUTES = {"/", "/docs", "/health", "/metrics", "/oauth2-redirect.html", "/openapi.json", "/static/<path:filename>",
+                 "/swagger", "/swagger/<path:filename>"}
+
+
+def test_the_routes_outside_api_are_exactly_the_public_ones(app, anonymous) -> None:
+    """Only ``/api/`` takes a key (web/auth.py), so every route outside it is public: these,
+    as README and docs/guarantees.md list them; a new one must be listed there too."""
+    assert {rule.rule for rule in app.url_map.iter_rules() if not rule.rule.startswith("/api/")} == PUBLIC_ROUTES
+    for path in ("/", "/swagger", "/swagger/css/swagger-ui.css", "/oauth2-redirect.html"):
+        assert anonymous.get(path).status_code == 200, path  # flask-openapi3's pages for the docs
+    assert anonymous.get("/static/anything.css").status_code == 404  # routed, but no static folder: serves nothing
+
+
 def test_unknown_or_malformed_keys_are_401(app, admin_key) -> None:
     assert _as(app, "plant_not-a-real-key").get(f"{API}/jobs").status_code == 401
     c = app.test_client()

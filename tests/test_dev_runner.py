@@ -94,7 +94,10 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -
                  what="job running with progress")
         job_id = submitted.json()["id"]
         flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
-        assert requests.get(flower).status_code == 401  # Flower needs basic auth
+        assert requests.get(flower).status_code == 401  # Flower's API and UI need basic auth
+        assert requests.get(f"http://127.0.0.1:{runner.flower_port}/").status_code == 401
+        for public in ("/metrics", "/healthcheck"):  # Flower 2.2.0 serves these two without it
+            assert requests.get(f"http://127.0.0.1:{runner.flower_port}{public}").status_code == 200, public
         user, password = (runner.data_dir / "flower-auth").read_text().strip().split(":", 1)
         wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
                  what="Flower to show the task")
