@@ -5,8 +5,10 @@ An agent may join a team when: the team exists and is active and the agent is ac
 the team's job role is the agent's; their industries match when both are set; the
 agent holds every skill its job role requires; and the team has a free seat. Seats
 are counted under the team row's lock, so concurrent assignments to one team are
-serialized and capacity is never exceeded. Moving an agent frees its old seat (the
-seat is the agent's ``team_id``). Each change appends a version to the agent's chain.
+serialized and capacity is never exceeded. The team and the agent's job role are judged
+as their signed heads say: a row edited outside Plant is ``EntityTampered`` (409). Moving an
+agent frees its old seat (the seat is the agent's ``team_id``). Each change appends a
+version to the agent's chain.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from sqlalchemy.orm import Session, undefer
 
 from models.embeddings import cosine
 from models.entities import Agent, EntityType, Team
-from models.errors import NoEligibleTeam, NotEligible, TeamFull
+from models.errors import EntityTampered, NoEligibleTeam, NotEligible, TeamFull
 from models.membership import ineligibility, required_skills, team_is_full
-from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version
+from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version, signed_required_skills
 
 AUTO_CANDIDATES_SHOWN = 5
 
@@ -58,7 +60,7 @@ def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | 
 
 def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteContext, **report: Any) -> AssignmentOutcome:
     get_entity(session, entity_type=EntityType.TEAM, entity_id=team_id)  # 404 before locking
-    team, reasons = lock_seat(session, agent, team_id)
+    team, reasons = lock_seat(session, agent, team_id, ctx.keyring)
     if reasons:
         raise NotEligible("; ".join(reasons), team_id=str(team_id), reasons=reasons)
     previous = agent.team_id
@@ -94,13 +96,17 @@ def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], li
 
 
 def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> AssignmentOutcome:
+    # The role first, locked and checked against its signed head, so the ranking reads its
+    # signed skills, and a tampered role is the 409 it is rather than every team refused.
+    signed_required_skills(session, agent.job_role_id, ctx.keyring)
     candidates, excluded = rank_teams(session, agent)
     for tried, candidate in enumerate(candidates):
         shown = candidates[tried:tried + AUTO_CANDIDATES_SHOWN]  # not those passed over: they are among the excluded
         try:
             with session.begin_nested():
                 return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown, excluded=excluded)
-        except (TeamFull, NotEligible) as refused:  # filled up, or changed, since we ranked: try the next best
+        # Filled up or changed since we ranked, or its row is not its signed head: try the next best.
+        except (TeamFull, NotEligible, EntityTampered) as refused:
             excluded.append({"team_id": candidate["team_id"], "name": candidate["name"], "reasons": [refused.detail]})
             continue
     raise NoEligibleTeam(f"no eligible team has a free seat for agent {agent.name}", excluded=excluded)

@@ -23,9 +23,9 @@ from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
-from models.membership import ineligibility, required_skills_of
+from models.membership import ineligibility, lock_signed_requirements, required_skills_of
 from models.assignment_solver import AssignmentProblem, solve_assignment
-from models.chain import EntityVersion, head_drift, insert_versions
+from models.chain import ChainFinding, EntityVersion, head_drift, insert_versions
 from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
@@ -250,23 +250,27 @@ def apply_batch(
 ) -> list[tuple[uuid.UUID, str, str]]:
     """Apply (agent, team) moves under the same rules as a single assignment, in one flush.
 
-    Agents and then teams are locked in id order (a single assignment locks one agent,
-    then one team, so the two never wait on each other in a cycle), seats are counted
-    and the roles' required skills read once under those locks, and every move is
-    re-checked: a seat taken, or a skill newly required, since the plan was made is
-    refused here, never over-filled or let through. ``seated`` is where the plan saw each
+    Agents, then the agents' job roles (``FOR SHARE``), then teams are locked in id order
+    (a single assignment locks one agent, its role, then one team, so the two never wait
+    on each other in a cycle), seats are counted and the roles' required skills read once
+    under those locks, and every move is re-checked: a seat taken, or a skill newly
+    required, since the plan was made is refused here, never over-filled or let through.
+    Agents, roles and teams are each checked once against their signed heads: a move
+    whose agent, role or team row was edited outside Plant is refused
+    (``entity-tampered``). ``seated`` is where the plan saw each
     agent (its team, or None): an agent seated, moved or unseated since then by another
     write (a single assignment, another bulk run) is refused (``seat-changed``), so a plan
     never undoes a move it did not see. Returns the refused moves with reasons.
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
     tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
+    required, roles_tampered = lock_signed_requirements(session, [agent.job_role_id for agent in agents.values()], ctx.keyring)
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update(key_share=True)
         .execution_options(populate_existing=True))}
+    teams_tampered = head_drift(session, [(team, governed_content(team)) for team in teams.values()], ctx.keyring)
     taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
-    required = required_skills_of(session, [agent.job_role_id for agent in agents.values()])
     refused: list[tuple[uuid.UUID, str, str]] = []
     versions: list[EntityVersion] = []
     for agent_id, team_id in moves:
@@ -278,6 +282,8 @@ def apply_batch(
             refused.append((agent_id, "seat-changed", (
                 f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
                 f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
+        elif basis := _tampered_basis(agent, team, roles_tampered, teams_tampered):  # the seat's rules are not signed ones
+            refused.append((agent_id, "entity-tampered", basis))
         elif reasons:
             refused.append((agent_id, "not-eligible", "; ".join(reasons)))
         elif agent.team_id == team.id:  # where the plan puts it (a stay, or another write got there first)
@@ -294,6 +300,15 @@ def apply_batch(
     insert_versions(session, versions)
     session.flush()
     return refused
+
+
+def _tampered_basis(agent: Agent, team: Team, roles: Mapping[uuid.UUID, ChainFinding],
+                    teams: Mapping[uuid.UUID, ChainFinding]) -> str | None:
+    """Why the move cannot be judged, if the team's or the agent's job role's row is not its signed head."""
+    for kind, entity_id, drift in (("team", team.id, teams.get(team.id)), ("job role", agent.job_role_id, roles.get(agent.job_role_id))):
+        if drift is not None:
+            return f"{kind} {entity_id}: {drift.detail} ({drift.code}); no seat is decided on it until it is restored"
+    return None
 
 
 def _team_name(team_id: uuid.UUID | None) -> str:

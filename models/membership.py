@@ -3,6 +3,8 @@
 One set of rules for every way an agent comes to sit in a team: the assignment jobs
 (``models.assignment``, ``models.bulk_assignment``) and any registry write that sets an
 agent's ``team_id`` or changes either side of a membership (``models.registry``).
+A seat is decided only on a team and a job role whose rows are their signed head
+versions (:func:`lock_signed_requirements`; the team's row is checked where it is locked).
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from collections.abc import Callable, Collection, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.chain import ChainFinding, head_drift
 from models.db import uuid_in
-from models.entities import Agent, AgentStatus, JobRole, LifecycleStatus, Team, agent_skills, job_role_skills
+from models.entities import (
+    GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, JobRole, LifecycleStatus, Team,
+    agent_skills, governed_content, job_role_skills,
+)
+from models.signing import KeyRing
 
 
 def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
@@ -32,6 +39,35 @@ def required_skills_of(session: Session, job_role_ids: Collection[uuid.UUID | No
                                                  .where(uuid_in(job_role_skills.c.job_role_id, ids))):
             required[role_id].add(skill_id)
     return required
+
+
+def lock_signed_requirements(
+    session: Session, job_role_ids: Collection[uuid.UUID | None], keyring: KeyRing
+) -> tuple[dict[uuid.UUID, set[uuid.UUID]], dict[uuid.UUID, ChainFinding]]:
+    """The skills each job role requires, as its signed head version records them, and the
+    roles whose row is not that head (``models.chain.head_drift``: their skills are left
+    out, and no seat is decided on them).
+
+    The roles are locked ``FOR SHARE`` in id order, after the agents and before the teams a
+    seat is taken in: a change of a role (its row, then its teams) waits for the seat or
+    the seat for it, never both, and no Plant write changes a role between these reads.
+    Three queries whatever the number of roles: the roles, their skills, their heads.
+    """
+    ids = sorted({r for r in job_role_ids if r is not None})
+    if not ids:
+        return {}, {}
+    roles = list(session.scalars(select(JobRole).where(uuid_in(JobRole.id, ids)).order_by(JobRole.id)
+                                 .with_for_update(read=True).execution_options(populate_existing=True)))
+    required = required_skills_of(session, ids)
+    drift = head_drift(session, [(role, _role_content(role, required[role.id])) for role in roles], keyring)
+    return {role.id: required[role.id] for role in roles if role.id not in drift}, drift
+
+
+def _role_content(role: JobRole, skill_ids: Collection[uuid.UUID]) -> dict[str, object]:
+    """The role's governed content with the skill ids read above, not its ``required_skills``
+    (a collection this session may have loaded before the lock)."""
+    row = {f: getattr(role, f) for f in GOVERNED_FIELDS[EntityType.JOB_ROLE] if f not in SKILL_ID_FIELDS}
+    return governed_content(EntitySnapshot(EntityType.JOB_ROLE, row, required_skill_ids=list(skill_ids)))
 
 
 def ineligibility(

@@ -9,8 +9,9 @@ appends to one entity are serialized. Functions flush; the caller commits.
 Team membership is kept within the assignment rules (``models.membership``) whichever
 write touches it: an agent written with a ``team_id``, or changed while in a team, must
 be eligible for that team (and, when it joins, find a free seat, counted under the team
-row's lock as the assignment jobs do); a team may not shrink below its members, nor
-change its job role, industry or status so that a member no longer qualifies.
+row's lock as the assignment jobs do), judged on the team's and its job role's signed
+values (a row edited outside Plant is ``EntityTampered``); a team may not shrink below its
+members, nor change its job role, industry or status so that a member no longer qualifies.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
-from models.chain import SEALED_CODE, EntityVersion, append_version, head_drift
+from models.chain import SEALED_CODE, ChainFinding, EntityVersion, append_version, head_drift
 from models.constitution import RuleSubject, append_only_enforced, enforce
 from models.db import uuid_in
 from models.embeddings import Embedder
@@ -45,7 +46,8 @@ from models.errors import (
     TeamFull,
 )
 from models.membership import (
-    ineligibility, members_count, members_lacking_role_skills, members_not_admitted, required_skills, team_is_full,
+    ineligibility, lock_signed_requirements, members_count, members_lacking_role_skills, members_not_admitted,
+    team_is_full,
 )
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
@@ -95,7 +97,7 @@ def create_entity(
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     apply_fields(session, entity, data, pending=ctx.pending_ids)
-    guard_membership(session, entity, before=None, after=snapshot(entity))
+    guard_membership(session, entity, before=None, after=snapshot(entity), keyring=ctx.keyring)
     return record_version(session, entity, ctx, text_changed=True)
 
 
@@ -132,7 +134,7 @@ def update_entity(
     after = snapshot(entity)
     if after == before:
         return entity
-    guard_membership(session, entity, before=before, after=after)
+    guard_membership(session, entity, before=before, after=after, keyring=ctx.keyring)
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
     return record_version(session, entity, ctx, text_changed=text_changed)
 
@@ -239,7 +241,7 @@ def apply_fields(session: Session, entity: GovernedEntity, data: dict[str, Any],
 
 
 def guard_membership(
-    session: Session, entity: GovernedEntity, *, before: dict[str, Any] | None, after: dict[str, Any]
+    session: Session, entity: GovernedEntity, *, before: dict[str, Any] | None, after: dict[str, Any], keyring: KeyRing
 ) -> None:
     """Refuse a write that would seat an agent against the assignment rules.
 
@@ -251,24 +253,37 @@ def guard_membership(
     changed = {f for f in after if before is None or before.get(f) != after[f]}
     with session.no_autoflush:
         if isinstance(entity, Agent) and entity.team_id is not None and changed & set(AGENT_MEMBERSHIP_FIELDS):
-            _guard_agent_seat(session, entity, joining="team_id" in changed)
+            _guard_agent_seat(session, entity, joining="team_id" in changed, keyring=keyring)
         elif isinstance(entity, Team) and before is not None:
             _guard_team_members(session, entity, changed)
         elif isinstance(entity, JobRole) and before is not None and "required_skill_ids" in changed:
             _guard_role_members(session, entity)
 
 
-def lock_seat(session: Session, agent: Agent, team_id: uuid.UUID) -> tuple[Team, list[str]]:
-    """Lock the team a seat is taken in (every way of seating an agent serializes on it),
-    then say which rules the agent breaks there, capacity aside."""
-    team = lock_entity(session, EntityType.TEAM, team_id)
+def lock_seat(session: Session, agent: Agent, team_id: uuid.UUID, keyring: KeyRing) -> tuple[Team, list[str]]:
+    """Lock what a seat in ``team_id`` is decided on, in the order every writer takes it:
+    the agent's job role ``FOR SHARE`` (:func:`models.membership.lock_signed_requirements`),
+    then the team (every way of seating an agent serializes on it). Each row must be its
+    signed head, or ``EntityTampered``: a seat is never signed on values edited outside
+    Plant. Then say which rules the agent breaks there, capacity aside."""
+    required = signed_required_skills(session, agent.job_role_id, keyring)
+    team = lock_for_write(session, EntityType.TEAM, team_id, keyring)
     assert isinstance(team, Team)
-    return team, ineligibility(agent, team, required_skills(session, agent.job_role_id))
+    return team, ineligibility(agent, team, required)
 
 
-def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool) -> None:
+def signed_required_skills(session: Session, job_role_id: uuid.UUID | None, keyring: KeyRing) -> set[uuid.UUID]:
+    """The skills the job role requires, as its signed head says; the role stays locked
+    ``FOR SHARE``. ``EntityTampered`` (409) when its row is not that head."""
+    required, drift = lock_signed_requirements(session, [job_role_id], keyring)
+    if job_role_id is not None and job_role_id in drift:
+        raise tampered_error(EntityType.JOB_ROLE, job_role_id, drift[job_role_id])
+    return required.get(job_role_id, set()) if job_role_id is not None else set()
+
+
+def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool, keyring: KeyRing) -> None:
     assert agent.team_id is not None
-    team, reasons = lock_seat(session, agent, agent.team_id)
+    team, reasons = lock_seat(session, agent, agent.team_id, keyring)
     if reasons:
         raise NotEligible(
             f"the agent may not sit in team {team.name}: " + "; ".join(reasons)
@@ -295,9 +310,9 @@ def _guard_team_members(session: Session, team: Team, changed: set[str]) -> None
 def _guard_role_members(session: Session, role: JobRole) -> None:
     """Refuse a change of the role's required skills that a seated agent would not meet.
 
-    The role's teams are locked first, in id order, as an assignment locks its team
-    before it reads the role's skills: a seat taken meanwhile is either seen here or
-    made under the new requirement.
+    The role is locked (the caller's ``lock_for_write``) and then its teams, in id order;
+    a seat being taken holds the role ``FOR SHARE`` before its team: it is either seen
+    here or made under the new requirement.
     """
     teams = list(session.scalars(select(Team).where(Team.job_role_id == role.id).order_by(Team.id)
                                  .with_for_update(key_share=True).execution_options(populate_existing=True)))
@@ -387,13 +402,17 @@ def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UU
 def refuse_if_tampered(session: Session, entity: GovernedEntity, keyring: KeyRing) -> None:
     drift = head_drift(session, [(entity, governed_content(entity))], keyring).get(entity.id)
     if drift is not None:
-        until = ("ever: its head was signed by a sealed key, and no restore can vouch for it" if drift.code == SEALED_CODE
-                 else "until the row is restored to its head version")
-        raise EntityTampered(
-            f"{entity.entity_type_value.value} {entity.id}: {drift.detail} ({drift.code}); no version is signed on "
-            f"top of it {until}",
-            id=str(entity.id), finding=drift.code,
-        )
+        raise tampered_error(entity.entity_type_value, entity.id, drift)
+
+
+def tampered_error(entity_type: EntityType, entity_id: uuid.UUID, drift: ChainFinding) -> EntityTampered:
+    until = ("ever: its head was signed by a sealed key, and no restore can vouch for it" if drift.code == SEALED_CODE
+             else "until the row is restored to its head version")
+    return EntityTampered(
+        f"{entity_type.value} {entity_id}: {drift.detail} ({drift.code}); no version is signed on top of it, "
+        f"nor a seat decided on it, {until}",
+        id=str(entity_id), finding=drift.code,
+    )
 
 
 def skill_key_taken(session: Session, key: str) -> bool:

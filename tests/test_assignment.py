@@ -7,19 +7,20 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from models import bulk_assignment
 
 from models.assignment import assign_agent, rank_teams
-from models.errors import Conflict, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
-from models.bulk_assignment import assign_teams_in_bulk, plan_assignment
+from models.errors import Conflict, EntityTampered, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
+from models.bulk_assignment import apply_batch, assign_teams_in_bulk, plan_assignment
 from models.chain import history, verify_entity
 from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
 from models.jobs import BulkAssignmentMove
 from models.registry import create_entity, update_entity
+from models.repair import restore_entity
 from tests.conftest import busy_sessions, lock_waiters, recorded_statements, wait_for
 
 E = EntityType
@@ -463,7 +464,7 @@ def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, wri
     changer = threading.Thread(target=require_more)
     changer.start()
     try:
-        # the role change waits on the team's lock, not on anything else
+        # the role change waits on the lock the seat holds on its role (FOR SHARE), then on the team's
         wait_for(lambda: lock_waiters(engine), what="the role change to wait on the team lock")
         seating.commit()
     finally:
@@ -526,6 +527,119 @@ def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_ses
     assert [(agent_id, reason) for agent_id, reason, _ in refused] == [(bulk.id, "entity-tampered")]
     assert [v.version for v in history(db_session, entity_id=bulk.id)] == [1]
     assert db_session.get(Agent, bulk.id).team_id is None
+
+
+def _sql(session, statement: str, **params) -> None:
+    session.execute(text(statement), params)
+    session.expire_all()
+
+
+def _members(session, team_id) -> int:
+    return session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == team_id))
+
+
+def test_a_team_whose_capacity_was_raised_through_sql_takes_no_agent_past_its_signed_capacity(
+        world, db_session, write_ctx) -> None:
+    """Seats were counted against the team row without checking it against its signed head: a
+    team signed with two seats, its capacity raised through SQL, took four members (each seat
+    signed into an agent's chain), and restoring the team then failed (409, fewer seats than
+    members). Single and bulk assignment now refuse the team as tampered until it is restored."""
+    team = world.team("Signed two seats", capacity=2)
+    agents = [world.agent(f"Over {i}") for i in range(4)]
+    _sql(db_session, "UPDATE teams SET capacity = 100 WHERE id = :t", t=team.id)
+    for agent in agents[:3]:
+        with pytest.raises(EntityTampered) as refused:
+            assign_agent(db_session, agent_id=agent.id, team_id=team.id, ctx=write_ctx)
+        assert refused.value.extensions["id"] == str(team.id)
+    refused_moves = apply_batch(db_session, [(agents[3].id, team.id)], ctx=write_ctx)
+    assert [(agent_id, reason) for agent_id, reason, _ in refused_moves] == [(agents[3].id, "entity-tampered")]
+    assert _members(db_session, team.id) == 0
+    assert all(len(history(db_session, entity_id=a.id)) == 1 for a in agents)  # nothing signed on top
+    assert restore_entity(db_session, entity_type=E.TEAM, entity_id=team.id, keyring=write_ctx.keyring,
+                          embedder=write_ctx.embedder, actor="operator:test").restored
+    for agent in agents[:2]:
+        assign_agent(db_session, agent_id=agent.id, team_id=team.id, ctx=write_ctx)
+    with pytest.raises(TeamFull):
+        assign_agent(db_session, agent_id=agents[2].id, team_id=team.id, ctx=write_ctx)
+    assert _members(db_session, team.id) == 2
+
+
+def test_a_required_skill_removed_through_sql_lets_no_agent_lacking_it_be_seated(world, db_session, write_ctx) -> None:
+    """The role's required skills were read from ``job_role_skills`` as they stood: a row deleted
+    there through SQL let an agent lacking the skill be seated, by a single or a bulk assignment.
+    They come only from a role whose row is its signed head now."""
+    team = world.team("Strict role team", capacity=3)
+    single, bulk = world.agent("Lacks skill 1", skills=world.skills[:1]), world.agent("Lacks it too", skills=world.skills[:1])
+    _sql(db_session, "DELETE FROM job_role_skills WHERE job_role_id = :r AND skill_id = :s",
+         r=world.role.id, s=world.skills[1].id)
+    with pytest.raises(EntityTampered) as refused:
+        assign_agent(db_session, agent_id=single.id, team_id=team.id, ctx=write_ctx)
+    assert refused.value.extensions["id"] == str(world.role.id)
+    with pytest.raises(EntityTampered):
+        assign_agent(db_session, agent_id=single.id, team_id=None, ctx=write_ctx)  # automatic choice: no ranking on it
+    refused_moves = apply_batch(db_session, [(bulk.id, team.id)], ctx=write_ctx)
+    assert [(agent_id, reason) for agent_id, reason, _ in refused_moves] == [(bulk.id, "entity-tampered")]
+    assert str(world.role.id) in refused_moves[0][2]
+    assert _members(db_session, team.id) == 0
+
+
+@pytest.mark.parametrize("tampered", ["team", "role"])
+@pytest.mark.parametrize("write", ["create", "patch"])
+def test_an_agent_written_into_a_team_is_refused_while_the_team_or_its_role_is_tampered(
+        world, db_session, write_ctx, tampered, write) -> None:
+    """POST/PATCH /agents with a team_id take a seat too (``guard_membership``): it judged the
+    team's capacity and the role's skills from rows edited through SQL. 409 entity-tampered now."""
+    team = world.team("One signed seat", capacity=1)
+    assign_agent(db_session, agent_id=world.agent("Occupant").id, team_id=team.id, ctx=write_ctx)
+    if tampered == "team":  # room for more, through SQL only
+        _sql(db_session, "UPDATE teams SET capacity = 5 WHERE id = :t", t=team.id)
+        skills, tampered_id = world.skills[:2], team.id
+    else:  # a second seat signed; a requirement dropped through SQL that the newcomer lacks
+        update_entity(db_session, entity_type=E.TEAM, entity_id=team.id, changes={"capacity": 2}, ctx=write_ctx)
+        _sql(db_session, "DELETE FROM job_role_skills WHERE job_role_id = :r AND skill_id = :s",
+             r=world.role.id, s=world.skills[1].id)
+        skills, tampered_id = world.skills[:1], world.role.id
+    with pytest.raises(EntityTampered) as refused:
+        if write == "create":
+            world.make(E.AGENT, name="Newcomer", job_role_id=world.role.id, industry_id=world.industry.id,
+                       skill_ids=[s.id for s in skills], team_id=team.id)
+        else:
+            newcomer = world.agent("Newcomer", skills=skills)
+            update_entity(db_session, entity_type=E.AGENT, entity_id=newcomer.id, changes={"team_id": team.id},
+                          ctx=write_ctx)
+    assert refused.value.extensions["id"] == str(tampered_id)
+    db_session.expire_all()  # the refused write's changes go with its transaction
+    assert _members(db_session, team.id) == 1
+
+
+def test_a_restore_does_not_seat_an_agent_in_a_tampered_team(world, db_session, write_ctx) -> None:
+    """A restore puts the agent back in its signed team through the same guard: it judged the
+    seat on a capacity raised through SQL and over-filled the team's one signed seat."""
+    team = world.team("One seat to restore into", capacity=1)
+    left, taker = world.agent("Left through SQL"), world.agent("Taker")
+    assign_agent(db_session, agent_id=left.id, team_id=team.id, ctx=write_ctx)
+    _sql(db_session, "UPDATE agents SET team_id = NULL WHERE id = :a", a=left.id)
+    assign_agent(db_session, agent_id=taker.id, team_id=team.id, ctx=write_ctx)
+    _sql(db_session, "UPDATE teams SET capacity = 2 WHERE id = :t", t=team.id)
+    with pytest.raises(EntityTampered) as refused:
+        restore_entity(db_session, entity_type=E.AGENT, entity_id=left.id, keyring=write_ctx.keyring,
+                       embedder=write_ctx.embedder, actor="operator:test")
+    assert refused.value.extensions["id"] == str(team.id)
+    db_session.expire_all()  # the refused restore's changes go with its transaction
+    assert _members(db_session, team.id) == 1
+
+
+def test_automatic_choice_passes_over_a_tampered_team(world, db_session, write_ctx) -> None:
+    """The most similar team's row was edited through SQL: it is excluded, saying why, and the
+    next best takes the agent (the tampered team is not signed into the agent's chain)."""
+    tampered = world.team("Data Science Team", description="machine learning models statistics data science")
+    other = world.team("Ocean Freight Team", description="container shipping ocean freight vessels ports")
+    agent = world.agent("Data Scientist", description="machine learning statistics data science models")
+    _sql(db_session, "UPDATE teams SET capacity = 50 WHERE id = :t", t=tampered.id)
+    outcome = assign_agent(db_session, agent_id=agent.id, team_id=None, ctx=write_ctx)
+    assert outcome.team_id == other.id
+    [reasons] = [e["reasons"] for e in outcome.excluded if e["team_id"] == str(tampered.id)]
+    assert "row-content-mismatch" in reasons[0]
 
 
 def test_a_role_change_and_an_agent_written_into_its_team_do_not_deadlock(engine, write_ctx, committed_steward) -> None:
