@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,10 +125,11 @@ def assign_teams_in_bulk(
     this one. A retry plans only the agents no earlier attempt seated.
     """
     with sessions() as session:
-        if record is not None and agent_ids:  # (unassigned ones: those seated are not unassigned any more)
-            seated = record.seated(session)
+        # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
+        seated = record.seated(session) if record is not None else set()
+        if agent_ids:
             agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
-        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned)
+        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
     batches = _batches(plan.placements)
@@ -369,8 +370,11 @@ class PlanInputs:
     required: dict[Any, set[uuid.UUID]]
 
 
-def read_plan_inputs(session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool) -> PlanInputs:
-    agents, agent_vectors = _agents(session, agent_ids, all_unassigned)
+def read_plan_inputs(
+    session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, excluding: Collection[uuid.UUID] = (),
+) -> PlanInputs:
+    """What the plan needs, for the agents given or all unassigned ones, but those in ``excluding``."""
+    agents, agent_vectors = _agents(session, agent_ids, all_unassigned, excluding)
     team_rows = session.execute(
         select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, _binary(Team.embedding))
         .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)).all()
@@ -466,7 +470,7 @@ def _held_skills(agent: PlannedAgent | Agent) -> frozenset[uuid.UUID]:
 
 
 def _agents(
-    session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool
+    session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, excluding: Collection[uuid.UUID] = (),
 ) -> tuple[list[PlannedAgent], np.ndarray]:
     """The agents to plan, by id, as plain rows, and their embeddings as one matrix.
 
@@ -482,6 +486,8 @@ def _agents(
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
     else:
         return [], _vectors([])
+    if excluding:
+        query = query.where(~uuid_in(Agent.id, excluding))
     rows = session.execute(query).all()
     agents = [PlannedAgent(*row[:6], frozenset(row[6] or ())) for row in rows]
     return agents, _vectors([row[7] for row in rows])

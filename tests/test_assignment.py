@@ -403,6 +403,29 @@ def test_a_retried_bulk_job_over_given_agents_does_not_plan_those_it_seated_agai
     assert (retried.requested, retried.placed, retried.unplaced) == (3, 3, [])
 
 
+def test_a_retried_bulk_job_over_all_unassigned_does_not_plan_those_it_seated_again(
+        engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Only a retry over given agents left out those an earlier attempt seated: over all
+    unassigned, an agent that attempt seated and an operator unseated since was seated again."""
+    from models.bulk_assignment import Recorder
+    from models.errors import TransientJobError
+
+    sessions, job_id, world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=3)
+    with pytest.raises(TransientJobError):
+        assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx, progress=lambda *a: None,
+                             fence=lost_at(3), record=Recorder(job_id, 1))  # planning, one batch, then cut
+    with transaction(sessions) as session:
+        [first] = session.scalars(select(BulkAssignmentMove.agent_id).where(BulkAssignmentMove.placed)).all()
+        update_entity(session, entity_type=E.AGENT, entity_id=first, changes={"team_id": None}, ctx=write_ctx)
+    retried = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                                   progress=lambda *a: None, record=Recorder(job_id, 2))
+    with sessions() as session:
+        assert session.get(Agent, first).team_id is None and len(history(session, entity_id=first)) == 3
+        attempts = {m.agent_id: m.attempt for m in session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.placed))}
+    assert attempts[first] == 1 and sorted(attempts.values()) == [1, 2, 2, 2]  # the others (Late too) by the retry
+    assert retried.placed == 4
+
+
 def test_batches_are_cut_between_teams(monkeypatch) -> None:
     monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 4)
     placements = {agent: agent % 5 for agent in range(23)}  # teams of 4 or 5 moves
