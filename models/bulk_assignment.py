@@ -131,6 +131,8 @@ def assign_teams_in_bulk(
             agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
+    if record is not None:
+        record.method = plan.method
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
     batches = _batches(plan.placements)
     total, done = len(plan.placements), 0
@@ -154,7 +156,7 @@ def assign_teams_in_bulk(
             raise
     if record is not None:
         with sessions() as session:
-            return record.outcome(session, plan.method)
+            return record.outcome(session)
     unplaced += [entry for batch in refused for entry in batch]
     left_out = {entry["agent_id"] for entry in unplaced}
     seats = [_similarity(plan.problem, a, t) for a, t in plan.placements.items() if str(plan.agents[a].id) not in left_out]
@@ -195,12 +197,15 @@ def _apply_committed(
     return entries
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recorder:
-    """Records a bulk job's agents in ``bulk_assignment_moves`` and reads its outcome back."""
+    """Records a bulk job's agents in ``bulk_assignment_moves`` and reads its outcome back,
+    when the attempt ends or is stopped part-way. ``method`` is that of the plan this
+    attempt made, once it made one."""
 
     job_id: uuid.UUID
     attempt: int
+    method: str = ""
 
     def moves(self, session: Session, plan: Plan, moves: list[tuple[int, int | None]],
               refused: list[dict[str, Any]]) -> None:
@@ -231,13 +236,13 @@ class Recorder:
         return set(session.scalars(select(BulkAssignmentMove.agent_id).where(
             BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.placed)))
 
-    def outcome(self, session: Session, method: str) -> BulkOutcome:
+    def outcome(self, session: Session) -> BulkOutcome:
         """Every agent the job has recorded, in every attempt: the latest word on each."""
         rows = list(session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.job_id == self.job_id)
                                     .order_by(BulkAssignmentMove.agent_id)))
         unplaced = [_unplaced_entry(r.agent_id, r.agent_name, r.reason, r.detail) for r in rows if not r.placed]
         seated = [r.similarity or 0.0 for r in rows if r.placed]
-        return BulkOutcome(len(rows), len(seated), unplaced, math.fsum(seated), method)
+        return BulkOutcome(len(rows), len(seated), unplaced, math.fsum(seated), self.method)
 
 
 def _similarity(problem: AssignmentProblem, agent: int, team: int) -> float:

@@ -115,26 +115,31 @@ def rescue_expired(
 
 
 def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False,
-                      progress: Checkpoint | None = None) -> JobStatus:
+                      progress: Checkpoint | None = None, result: dict[str, Any] | None = None) -> JobStatus:
     """Hand the job back to the queue after a transient error, or unfailed (``handed_back``:
     its worker shuts down, its lease lapsed between batches; not counted against the
     attempts allowed); the caller republishes it when this returns ``queued``. A job whose
     cancel was requested is ended ``cancelled`` instead, in the same statement, so a cancel
-    racing the release is never lost. ``progress``: the attempt's last report, not written yet."""
-    return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back, progress=progress)
+    racing the release is never lost. ``progress``: the attempt's last report, not written yet;
+    ``result``: what the attempt did, written only if the job ends here (a retry reports its own)."""
+    return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back, progress=progress,
+                        result=result)
 
 
 def fail_unless_cancelled(session: Session, *, claim: JobClaim, error: dict[str, Any],
-                          progress: Checkpoint | None = None) -> JobStatus:
+                          progress: Checkpoint | None = None, result: dict[str, Any] | None = None) -> JobStatus:
     """End the job ``failed`` with ``error`` (its last allowed attempt failed), or
-    ``cancelled`` when a cancel was requested meanwhile: a job asked to stop ends cancelled."""
-    return _end_attempt(session, claim, otherwise=JobStatus.FAILED.value, error=error, progress=progress)
+    ``cancelled`` when a cancel was requested meanwhile: a job asked to stop ends cancelled.
+    ``result``, if given, is what the attempt did before it failed."""
+    return _end_attempt(session, claim, otherwise=JobStatus.FAILED.value, error=error, progress=progress, result=result)
 
 
 def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: dict[str, Any],
-                 handed_back: bool = False, progress: Checkpoint | None = None) -> JobStatus:
+                 handed_back: bool = False, progress: Checkpoint | None = None,
+                 result: dict[str, Any] | None = None) -> JobStatus:
     """One conditional UPDATE of the row this attempt owns: ``cancelled`` when a cancel was
-    asked, else ``otherwise`` (queued again, or failed), with ``progress`` written if given."""
+    asked, else ``otherwise`` (queued again, or failed), with ``progress`` written if given,
+    and ``result`` if given and the job ends here."""
     cancelling = CANCEL_REQUESTED
     stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
     values: dict[str, Any] = {
@@ -150,6 +155,9 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
             values["handbacks"] = case((cancelling, Job.handbacks), else_=Job.handbacks + 1)
     if progress is not None:
         values.update(progress_done=progress.done, progress_total=progress.total, progress_message=progress.message)
+    if result is not None:
+        ended = literal(result, JSONB)
+        values["result"] = case((cancelling, ended), else_=Job.result) if otherwise == QUEUED else ended
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
         .values(**values).returning(Job.status)

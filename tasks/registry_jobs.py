@@ -10,11 +10,11 @@ from celery import Task, shared_task
 from models.assignment import assign_agent
 from models.bulk_assignment import Recorder, assign_teams_in_bulk
 from models.certification import certify_skill
-from models.db import transaction
+from models.db import retry_if_disconnected, transaction
 from models.job_lifecycle import JobClaim, check_attempt, hold_attempt
 from models.progress import ProgressSink
 from tasks import runtime
-from tasks.runner import Finished, finish_in, run_job, write_context
+from tasks.runner import Finished, finish_in, keep_result, run_job, write_context
 
 
 # Certification and single assignment are one transaction each: it holds the attempt
@@ -45,15 +45,29 @@ def _assign(claim: JobClaim, _: ProgressSink) -> Finished:
 
 def _assign_bulk(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
     agent_ids = [uuid.UUID(a) for a in claim.params.get("agent_ids") or []]
-    return assign_teams_in_bulk(
-        runtime.session_factory(),
-        agent_ids=agent_ids or None,
-        all_unassigned=bool(claim.params.get("all_unassigned")),
-        ctx=write_context(claim),
-        progress=progress,
-        fence=lambda session: check_attempt(session, claim=claim),
-        record=Recorder(claim.job_id, claim.attempt),
-    ).as_json()
+    record = Recorder(claim.job_id, claim.attempt)
+    try:
+        return assign_teams_in_bulk(
+            runtime.session_factory(),
+            agent_ids=agent_ids or None,
+            all_unassigned=bool(claim.params.get("all_unassigned")),
+            ctx=write_context(claim),
+            progress=progress,
+            fence=lambda session: check_attempt(session, claim=claim),
+            record=record,
+        ).as_json()
+    except Exception as exc:  # cancelled, timed out, refused or cut off, maybe after batches committed
+        keep_result(exc, lambda: _recorded_outcome(record))
+        raise
+
+
+def _recorded_outcome(record: Recorder) -> dict[str, Any]:
+    """The job's result as its records stand, on a session of its own (the attempt's may be gone)."""
+    def read() -> dict[str, Any]:
+        with runtime.session_factory()() as session:
+            return record.outcome(session).as_json()
+
+    return retry_if_disconnected(read)
 
 
 @shared_task(name="plant.skill.certify", bind=True)

@@ -220,8 +220,9 @@ def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, erro
 def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkpoint | None = None) -> dict[str, Any]:
     """Hand the job back and republish it after ``retry_after``. A transient failure on the
     last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
-    was asked meanwhile. A hand-back never counts against the attempts allowed. The
-    attempt's last progress report (``progress``), if not written yet, goes with it."""
+    was asked meanwhile, with the attempt's result if it has one. A hand-back never counts
+    against the attempts allowed. The attempt's last progress report (``progress``), if not
+    written yet, goes with it."""
     settings = runtime.settings()
     # A job that keeps being handed back (its lease always lapsing mid-run, say) would loop
     # for ever: past PLANT_JOB_MAX_HANDBACKS, its hand-backs count as attempts.
@@ -230,8 +231,10 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkp
     def release_or_end() -> JobStatus:
         with transaction(runtime.session_factory()) as session:
             if free or claim.counted_attempts < settings.job_max_attempts:
-                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=free, progress=progress)
-            return fail_unless_cancelled(session, claim=claim, error=attempt.error or {}, progress=progress)
+                return release_for_retry(session, claim=claim, error=attempt.error or {}, handed_back=free, progress=progress,
+                                         result=attempt.result)
+            return fail_unless_cancelled(session, claim=claim, error=attempt.error or {}, progress=progress,
+                                         result=attempt.result)
 
     try:
         # Once more on a fresh connection if this one died. Should the first try have committed
@@ -254,10 +257,30 @@ def hand_back(task: Task, claim: JobClaim, detail: str) -> dict[str, Any]:
                                              handed_back=True))
 
 
+# Where keep_result leaves a stopped attempt's result on the exception that stopped it.
+_KEPT_RESULT = "plant_job_result"
+
+
+def keep_result(exc: BaseException, read: Callable[[], dict[str, Any]]) -> None:
+    """Have the attempt that ``exc`` ends report what it did all the same: ``read`` (a unit
+    of work of its own, run now) gives the job's result, recorded with whatever outcome
+    ``exc`` gives the attempt (cancelled, failed, or, should it go back to the queue, only
+    if the job ends there). A read that fails leaves the result out; ``exc`` stays the error."""
+    try:
+        setattr(exc, _KEPT_RESULT, read())
+    except Exception:  # noqa: BLE001 - the attempt's own error is the one to report
+        log.warning("the result of the attempt %s ended was not read", type(exc).__name__, exc_info=True)
+
+
+def _kept_result(exc: BaseException) -> dict[str, Any] | None:
+    return getattr(exc, _KEPT_RESULT, None)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """How one attempt ended. ``retry_after`` (seconds) is set when the job goes back to
-    the queue: 0 for a hand-back at shutdown, a backoff after a transient error."""
+    the queue: 0 for a hand-back at shutdown, a backoff after a transient error. ``result``
+    is a stopped attempt's too, when its handler kept one (:func:`keep_result`)."""
 
     status: JobStatus
     result: dict[str, Any] | None = None
@@ -274,26 +297,30 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
             return Attempt(JobStatus.SUCCEEDED, recorded=True)
         return Attempt(JobStatus.RUNNING) if result is CONTINUES else Attempt(JobStatus.SUCCEEDED, result)
     except JobCancelled as exc:
-        return Attempt(JobStatus.CANCELLED, error=exc.problem())
+        return Attempt(JobStatus.CANCELLED, result=_kept_result(exc), error=exc.problem())
     except JobHandedBack as exc:
-        return Attempt(JobStatus.QUEUED, error=exc.problem(), retry_after=0.0, handed_back=True)
-    except SoftTimeLimitExceeded:
-        return Attempt(JobStatus.FAILED, error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
+        return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=exc.problem(), retry_after=0.0,
+                       handed_back=True)
+    except SoftTimeLimitExceeded as exc:
+        return Attempt(JobStatus.FAILED, result=_kept_result(exc),
+                       error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
     except PlantError as exc:
-        return Attempt(JobStatus.FAILED, error=exc.problem())
+        return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
         if _raised_during(exc, SoftTimeLimitExceeded):
             # The limit fired inside a query that the connection could not end (a lost or interrupted
             # cancel: models.db.CancellingConnection): the rollback of the busy connection failed,
             # and that error replaced the limit's.
-            return Attempt(JobStatus.FAILED, error=JobTimedOut(
+            return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=JobTimedOut(
                 f"attempt {claim.attempt} hit the soft time limit ({type(exc).__name__} on the way out)").problem())
         if is_transient(exc):
             log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc)
             error = TransientJobError(f"attempt {claim.attempt}: {client_safe_detail(exc, claim.job_id)}").problem()
-            return Attempt(JobStatus.QUEUED, error=error, retry_after=backoff_seconds(claim.counted_attempts))
+            return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=error,
+                           retry_after=backoff_seconds(claim.counted_attempts))
         log.exception("job %s failed unexpectedly", claim.job_id)
-        return Attempt(JobStatus.FAILED, error=InternalJobError(client_safe_detail(exc, claim.job_id)).problem())
+        return Attempt(JobStatus.FAILED, result=_kept_result(exc),
+                       error=InternalJobError(client_safe_detail(exc, claim.job_id)).problem())
 
 
 def client_safe_detail(exc: BaseException, job_id: uuid.UUID) -> str:

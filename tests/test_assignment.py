@@ -426,6 +426,55 @@ def test_a_retried_bulk_job_over_all_unassigned_does_not_plan_those_it_seated_ag
     assert retried.placed == 4
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "refused", "timed out", "last transient failure",
+                                    "transient failure after a cancel"])
+def test_a_bulk_job_stopped_after_a_batch_committed_reports_what_it_did(
+        worker_sessions, write_ctx, committed_steward, settings, monkeypatch, ending) -> None:
+    """A cancel, the soft time limit, a domain error or a transient one on the last allowed
+    attempt (or after a cancel) ended the job with ``result: null``, although a batch had
+    seated an agent: the result now reports what every attempt did, whatever the job's end."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from models.job_lifecycle import create_job, get_job, request_cancel
+    from tasks import registry_jobs, runner, runtime
+    from tests.conftest import SentTasks
+
+    sessions = worker_sessions
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        for i in range(4):
+            world.team(f"Stopped team {i}", capacity=1)
+        agents = [world.agent(f"Stopped member {i}").id for i in range(4)]
+        job_id = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(a) for a in agents]}).id
+    last = ending != "transient failure after a cancel"
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": 1 if last else 3}))
+    cancels = ending in ("cancelled", "transient failure after a cancel")
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 1)
+    monkeypatch.setattr(bulk_assignment, "APPLY_IN_FLIGHT", 1)
+    apply, calls = bulk_assignment._apply_committed, []
+
+    def apply_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1 or ending == "cancelled":  # the first batch commits; later ones' fences find the cancel
+            entries = apply(*args, **kwargs)
+            if cancels:
+                with transaction(sessions) as session:
+                    request_cancel(session, job_id=job_id)
+            return entries
+        raise {"refused": Conflict("refused midway"), "timed out": SoftTimeLimitExceeded()}.get(
+            ending, ConnectionError("connection lost"))
+
+    monkeypatch.setattr(bulk_assignment, "_apply_committed", apply_then_stop)
+    runner.run_job(SentTasks(), str(job_id), registry_jobs._assign_bulk)
+    with sessions() as session:
+        seated = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id.is_not(None)))
+        job = get_job(session, job_id)
+    assert seated == 1
+    assert job.status == ("cancelled" if cancels else "failed"), job.error
+    assert job.result is not None and job.result["placed"] == 1
+    assert job.result["requested"] == 1 and job.result["method"]  # the one agent its batch recorded; this attempt's plan
+
+
 def test_batches_are_cut_between_teams(monkeypatch) -> None:
     monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 4)
     placements = {agent: agent % 5 for agent in range(23)}  # teams of 4 or 5 moves
