@@ -60,7 +60,7 @@ def describe_job(job: dict[str, Any]) -> list[str]:
     lines = [
         f"id        {job['id']}", f"kind      {job['kind']}", f"status    {job['status']}",
         f"progress  {progress_text(job)}" + (f"  {job['progress']['message']}" if job["progress"].get("message") else ""),
-        f"attempts  {job['attempts']}", f"created   {job['created_at']}",
+        f"attempts  {job['attempts']}", f"asked by  {job.get('requested_by') or '-'}", f"created   {job['created_at']}",
         f"started   {job.get('started_at') or '-'}", f"finished  {job.get('finished_at') or '-'}",
         f"params    {compact(job['params'])}",
     ]

@@ -143,6 +143,7 @@ def test_jobs_list_show_and_watch(plant: Plant, http: PlantClient) -> None:
     assert table.exit_code == 0 and table.stdout.splitlines()[0].split() == ["ID", "KIND", "STATUS", "PROGRESS", "ATTEMPTS", "CREATED"]
     shown = plant("jobs", "show", sleeper["id"])
     assert shown.exit_code == 0 and "status    succeeded" in shown.stdout and "progress  3/3" in shown.stdout
+    assert f"asked by  {sleeper['requested_by']}" in shown.stdout and sleeper["requested_by"].startswith("api-key:")
     assert as_json(plant("jobs", "show", sleeper["id"], "--json"))["status"] == "succeeded"
 
 
