@@ -4,9 +4,11 @@ Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully off
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
 later time was signed after the seal and does not verify; a report its seal does not list
-(where the seal lists) does not either; any other verifies with a note saying so. A document
-that does not verify exits 4; anything that stops the check from running at all (no server,
-an unreadable key file) exits 1.
+(where the seal lists) does not either; any other verifies with a note saying so. Each
+repair record a report lists is checked too, by its own signature, the same way: one that
+does not verify is named, and the report does not verify. A document that does not verify
+exits 4; anything that stops the check from running at all (no server, an unreadable key
+file) exits 1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from models.errors import PlantError
 from models.jws import seal_lists, sealed_at, signed_after_its_seal
 from models.keys import replace_file
 from models.ledger_digest import digest_problem
-from models.reports import verify_report_document
+from models.reports import repairs_not_verified, verify_report_document
 
 REPORT_FORMATS = ("json", "csv", "html")
 jwks_option = click.option(
@@ -101,7 +103,7 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 @jwks_option
 @json_option
 def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool) -> None:
-    """Check a saved JSON report's signature; exit 4 if it does not verify."""
+    """Check a saved JSON report's signature, and each repair record's it lists; exit 4 if one does not verify."""
     keys, source = verification_keys(jwks_file)
     document = _read_document(report_file)
     try:
@@ -115,18 +117,34 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     findings = report_body.get("findings")
     summary = run.get("summary") if isinstance(run.get("summary"), dict) else run
     left_out = summary.get("findings_left_out")
-    facts = {"valid": True, "kid": verified.kid, "alg": verified.alg, "keys": source,
+    repairs, forged = repairs_not_verified(report_body, keys)
+    refusal = (f"{len(forged)} of the {repairs} repair record(s) the report lists do NOT verify "
+               f"(ids {', '.join(map(str, forged))}): the report's signature vouches only that they were listed") if forged else None
+    facts = {"valid": refusal is None, "kid": verified.kid, "alg": verified.alg, "keys": source,
              "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0,
-             "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0, **sealed}
+             "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0,
+             "repairs": repairs, "repairs_not_verified": forged, **sealed, **({"error": refusal} if refusal else {})}
     if as_json:
         print_json(facts)
-        return
-    click.echo(f"report signature valid: signed by kid {_shown(verified.kid)} ({_shown(verified.alg)}); {source}")
+    else:
+        _echo_report_facts(facts, source)
+        _echo_seal_caveat(sealed)
+    if refusal is not None:
+        raise VerificationFailed(visible_text(refusal))
+
+
+def _echo_report_facts(facts: dict[str, Any], source: str) -> None:
+    click.echo(f"report signature valid: signed by kid {_shown(facts['kid'])} ({_shown(facts['alg'])}); {source}")
     click.echo(f"run {_shown(facts['run_id'])}: {facts['findings']} finding(s)")
     if facts["findings_left_out"]:
         click.echo(f"  {facts['findings_left_out']} of them left out of the run's counts: no signature of Plant's over "
                    "the run's record covers them (its audit-record-invalid findings say which)")
-    _echo_seal_caveat(sealed)
+    if facts["repairs"]:
+        verified = facts["repairs"] - len(facts["repairs_not_verified"])
+        click.echo(f"{facts['repairs']} repair record(s) listed, {verified} of them verified by their own signature")
+    for record_id in facts["repairs_not_verified"]:
+        click.echo(f"  repair record {_shown(record_id)} does NOT verify: not signed by a published key as it reads, "
+                   "or signed after its key's seal")
 
 
 @click.group()

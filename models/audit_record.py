@@ -14,6 +14,13 @@ it writes, with the ledger's key ring:
 - the **close**: the run as closed (status, times, summary) and the SHA-256 of every
   finding, in id order.
 
+The plan also names the repair records (``plant entity restore``) the run's report lists:
+those of entities in its scope made before it started whose own signature verified then,
+each by id and the SHA-256 of its export; the close names them again, as its verified plan
+did. Every export of the run lists exactly those (:func:`signed_repairs`), so a record
+written later, whatever time it names, changes no report. A run started before plans named
+them has none (:func:`signed_repairs` is None for it).
+
 Closing a run checks the plan and every checkpoint first; whatever does not verify
 becomes a run-level ``audit-record-invalid`` finding in the run itself, and a chunk whose
 checkpoint does not verify is counted as not done, with nothing audited. A finding no
@@ -104,6 +111,21 @@ def _verifies(keyring: KeyRing, kind: str, body: dict[str, Any], signed: Any) ->
     except (ValueError, TypeError, CanonicalizationError):  # a value no Plant write makes
         return False
     return keyring.verify(signed["kid"], signature, statement)
+
+
+def _with_repairs(body: dict[str, Any], signed: Any) -> dict[str, Any]:
+    """``body`` as a plan or close signs it: with the repair records it names, if it names
+    them (a record signed before plans named repairs does not)."""
+    if isinstance(signed, dict) and "repairs" in signed:
+        return {**body, "repairs": signed["repairs"]}
+    return body
+
+
+def signed_repairs(signed: Any) -> list[dict[str, str]] | None:
+    """The repair records (``{"id", "sha256"}`` each) a plan or close names, or None if it
+    names none (signed before plans named repairs). Only of one that verified."""
+    named = signed.get("repairs") if isinstance(signed, dict) else None
+    return named if isinstance(named, list) else None
 
 
 def _plan(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:
@@ -252,13 +274,16 @@ def _close(run: AuditRun, findings: Sequence[AuditFinding]) -> dict[str, Any]:
     return {"run": run_resource(run), "findings": {"count": len(resources), "sha256": sha256(canonical_bytes(resources)).hex()}}
 
 
-def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> None:
-    """Sign a new run's plan, with the findings its start wrote, and each of its chunks'
-    first checkpoint (the caller flushes)."""
+def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing, *,
+              repairs: list[dict[str, str]]) -> None:
+    """Sign a new run's plan, with the findings its start wrote and the ``repairs`` its
+    report lists (``{"id", "sha256"}`` each), and each of its chunks' first checkpoint (the
+    caller flushes)."""
     session.flush()  # the chunks' ids and the run's created_at
     session.refresh(run, ["created_at"])
     written = _chained(FINDINGS_NONE, all_findings(session, run.id))  # the run's start wrote them all, in this transaction
-    run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), "findings": written}), "findings": written}
+    named = {"findings": written, "repairs": repairs}
+    run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), **named}), **named}
     for chunk in chunks:
         sign_checkpoint(run, chunk, keyring, step=record_step(session, run, chunk))
 
@@ -288,11 +313,15 @@ def sign_checkpoint(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, *, step:
     chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, body), "step": step, "findings": chained}
 
 
-def sign_close(run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing) -> None:
+def sign_close(run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing, *,
+               repairs: list[dict[str, str]] | None) -> None:
     """Sign the run as it is being closed: its status, times and summary set (not yet
     flushed: the close is one UPDATE, the last the database lets a run take), with
-    ``findings``, every one it has (the close holds the run FOR UPDATE: no other comes in)."""
-    run.close_signed = _signed(keyring, CLOSE, _close(run, sorted(findings, key=lambda f: f.id)))
+    ``findings``, every one it has (the close holds the run FOR UPDATE: no other comes in),
+    and the ``repairs`` its verified plan named (None: it named none, or did not verify)."""
+    named = {} if repairs is None else {"repairs": repairs}
+    body = _with_repairs(_close(run, sorted(findings, key=lambda f: f.id)), named)
+    run.close_signed = {**_signed(keyring, CLOSE, body), **named}
 
 
 def unsigned_before_0015(session: Session, run_id: uuid.UUID) -> bool:
@@ -324,7 +353,8 @@ def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> s
     """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
     still running when migration 0015 was applied has none, and is reported so."""
     written = _findings_of(run.plan_signed)
-    if written is not None and _verifies(keyring, PLAN, {**_plan(run, chunks), "findings": written}, run.plan_signed):
+    if written is not None and _verifies(
+            keyring, PLAN, _with_repairs({**_plan(run, chunks), "findings": written}, run.plan_signed), run.plan_signed):
         return None
     return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 
@@ -375,7 +405,8 @@ def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: S
     if isinstance(kid, str) and keyring.verifier(kid) is None:
         return f"audit run {run.id} was closed with key {kid!r}, which this key ring does not hold"
     try:
-        closed = _close(run, all_findings(session, run.id) if findings is None else findings)
+        closed = _with_repairs(_close(run, all_findings(session, run.id) if findings is None else findings),
+                               run.close_signed)
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):

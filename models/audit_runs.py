@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
 from models.audit_record import (
     RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
-    record_step, sign_checkpoint, sign_close, sign_plan,
+    record_step, sign_checkpoint, sign_close, sign_plan, signed_repairs,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
@@ -43,7 +43,7 @@ from models.jobs import Job, JobStatus
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
 from models.ledger import compare_heads, root_as_of, signed_after_seal
 from models.ledger_digest import digest_problem
-from models.repair import settle_repairs
+from models.repair import record_sha256, settle_repairs, verified_repairs
 from models.signing import KeyRing
 
 MAX_UUID = (1 << 128) - 1
@@ -120,13 +120,14 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
         return existing
     validate_params(params)
     scope = AuditParams.from_json(params)
-    settle_repairs(session)  # so that every export of this run lists the same repairs
+    settle_repairs(session)  # a restore in flight commits first: the plan names the repairs the run lists
     run = AuditRun(job_id=job_id, params=params)
     session.add(run)
     session.flush()
     _insert(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
+    repairs = plan_repairs(session, run, keyring)
     if params.get("since") == "latest-digest":
-        return _incremental(session, run, keyring, embedder)
+        return _incremental(session, run, keyring, embedder, repairs)
     chunks: list[AuditChunk] = []
     for entity_type in scope.types():
         model = ENTITY_MODELS[entity_type]
@@ -139,12 +140,24 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run.chunks_total = len(chunks)
     if scope.against_digest is not None:
         _insert(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
-    sign_plan(session, run, chunks, keyring)
+    sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run
 
 
-def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Embedder) -> AuditRun:
+def plan_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, str]]:
+    """The repair records a new run's report lists, as its plan names them (id and
+    :func:`models.repair.record_sha256`): of entities in its scope, made before it started,
+    whose own signature verifies (:func:`models.repair.verified_repairs`)."""
+    session.refresh(run, ["created_at"])
+    scope = AuditParams.from_json(run.params)
+    ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
+    return [{"id": record["id"], "sha256": record_sha256(record)} for record in verified_repairs(
+        session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at, keyring=keyring)]
+
+
+def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Embedder,
+                 repairs: list[dict[str, str]]) -> AuditRun:
     """Run the incremental audit inline and record it as one finished chunk."""
     result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
     _insert(session, run.id, result.findings)
@@ -156,7 +169,7 @@ def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Em
     session.add(chunk)
     run.entities_total = result.entities
     run.chunks_total = run.chunks_done = 1
-    sign_plan(session, run, [chunk], keyring)
+    sign_plan(session, run, [chunk], keyring, repairs=repairs)
     session.flush()
     return run
 
@@ -358,7 +371,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
             "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
     with session.no_autoflush:  # the close is one UPDATE, signature included (0014 refuses a second)
-        sign_close(run, findings, keyring)
+        sign_close(run, findings, keyring, repairs=signed_repairs(run.plan_signed) if plan is None else None)
     session.flush()
     return summary
 

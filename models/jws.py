@@ -200,19 +200,21 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
-def verify_b64url_signature(keyring: KeyRing, kid: Any, signature: Any, data: bytes, *, named: Any) -> bool:
+def verify_b64url_signature(keys: KeySource, kid: Any, signature: Any, data: bytes, *, named: Any) -> bool:
     """Whether ``signature`` (strict unpadded base64url text) is key ``kid``'s over ``data``,
     a record that names the time ``named`` (RFC 3339 text): the check of Plant's own signed
-    records (certificates, repair records). A sealed key's record that its seal does not list
-    (:func:`listed_by_seal`), or that names a time at or after the seal
-    (:func:`signed_after_its_seal`), was signed after it and does not verify; such a record
-    must name its time, so one it lacks or that cannot be read counts as after the seal."""
+    records (certificates, repair records), with a key ring or, offline, a JWKS. A sealed
+    key's record that its seal does not list (:func:`listed_by_seal`), or that names a time
+    at or after the seal (:func:`signed_after_its_seal`), was signed after it and does not
+    verify; such a record must name its time, so one it lacks or that cannot be read counts
+    as after the seal."""
     try:
         raw = b64url_decode(signature)
     except ValueError:
         return False
-    return (keyring.verify(str(kid), raw, data) and listed_by_seal(keyring, str(kid), raw)
-            and signed_after_its_seal(keyring, str(kid), aware_time(named) or UNREADABLE_TIME) is None)
+    verifier = find_verifier(keys, str(kid))
+    return (verifier is not None and verifier.verify(raw, data) and listed_by_seal(keys, str(kid), raw)
+            and signed_after_its_seal(keys, str(kid), aware_time(named) or UNREADABLE_TIME) is None)
 
 
 def _candidate_keys(keys: KeySource, kid: str) -> Iterable[Any]:

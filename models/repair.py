@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UUIDPk
 from models.canonical import (
-    as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, strict_json_loads, to_json_tree,
+    as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, sha256, strict_json_loads, to_json_tree,
 )
 from models.certification import certified_embedding_drift
 from models.chain import HEAD_FINDINGS, ChainFinding, history, seal_findings, verify_loaded
@@ -36,8 +36,8 @@ from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import EntityType, governed_content, typed_content
 from models.errors import CanonicalizationError, Conflict
-from models.jws import b64url_encode, verify_b64url_signature
-from models.key_seals import seal_problems
+from models.jws import KeySource, b64url_encode, verify_b64url_signature
+from models.key_seals import seal_problems, with_seal_lists
 from models.registry import (
     apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
 )
@@ -217,16 +217,39 @@ def repairs(
     return list(session.scalars(query))
 
 
+def verified_repairs(session: Session, *, entity_type: str | None, entity_ids: Sequence[uuid.UUID] | None,
+                     before: dt.datetime, keyring: KeyRing) -> list[dict[str, Any]]:
+    """The exports (:meth:`EntityRepair.as_json`) of the repair records of a type or id list
+    made before ``before`` whose own signature verifies (:func:`verify_repair`, a sealed
+    key's against its seal's list): what an audit run that started then lists. A record
+    written outside Plant is left out, whatever it says."""
+    checking = with_seal_lists(keyring, session)
+    exported = (r.as_json() for r in repairs(session, entity_type=entity_type, entity_ids=entity_ids, before=before))
+    return [record for record in exported if verify_repair(record, checking)]
+
+
+def repairs_by_id(session: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EntityRepair]:
+    return {r.id: r for r in session.scalars(select(EntityRepair).where(uuid_in(EntityRepair.id, ids)))} if ids else {}
+
+
+def record_sha256(record: dict[str, Any]) -> str:
+    """Hex SHA-256 of an exported repair record's RFC 8785 bytes, signature included: how an
+    audit run's plan and close name it."""
+    return sha256(canonical_bytes(record)).hex()
+
+
 def repair_statement(repair: EntityRepair) -> bytes:
     """The bytes a repair record's signature covers: RFC 8785 JSON of every member of its
     export but the signature (never 32 bytes, so no chain link signature doubles as one)."""
     return canonical_bytes({**_statement(repair), "id": str(repair.id), "kid": repair.kid})
 
 
-def verify_repair(record: dict[str, Any], keyring: KeyRing) -> bool:
+def verify_repair(record: Any, keyring: KeySource) -> bool:
     """Whether an exported repair record (:meth:`EntityRepair.as_json`, as in a signed audit
-    report) reads exactly as Plant signed it, before its key was sealed."""
-    if record.get("format") != REPAIR_FORMAT:
+    report) reads exactly as Plant signed it, before its key was sealed: checked with a key
+    ring (its seal lists read: :func:`models.key_seals.with_seal_lists`) or, offline, the
+    published JWK Set (``keyring`` either)."""
+    if not isinstance(record, dict) or record.get("format") != REPAIR_FORMAT:
         return False
     unsigned = {name: value for name, value in record.items() if name != "signature"}
     try:

@@ -1,8 +1,10 @@
 """Signed audit reports: the run, its summary and every finding, in RFC 8785 form.
 
 An exported report document is ``{"report": {...}, "signature": "<detached JWS>"}``; the
-report holds the run, every finding, and every repair (``plant entity restore``) of an
-entity in scope made before the run started, each repair with its own signature.
+report holds the run, every finding, and the repairs (``plant entity restore``) of
+entities in scope made before the run started whose own signature verified then, each
+with its signature: those the run's signed plan and close name, so every export of a run
+lists the same ones (:func:`run_repairs`).
 The document is itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
 ``report``, so anyone holding the published JWK Set can check a saved report offline:
 canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
@@ -27,14 +29,14 @@ from sqlalchemy.orm import Session
 
 from models.audit_record import (
     AuditRecordInvalid, Progress, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans,
-    open_run_problem, progress_so_far, run_resource,
+    open_run_problem, progress_so_far, run_resource, signed_repairs,
 )
 from models.audit_runs import AuditParams, batches_in_flight_done
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
-from models.repair import EntityRepair, repairs
+from models.repair import record_sha256, repairs_by_id, verified_repairs, verify_repair
 from models.signed_exports import signed_once
 from models.signing import KeyRing
 
@@ -129,18 +131,36 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
         "type": REPORT_TYPE,
         "run": resource,
         "findings": [finding_resource(f) for f in findings],
-        "repairs": [record.as_json() for record in run_repairs(session, run)],
+        "repairs": run_repairs(session, run, keyring),
     }
 
 
-def run_repairs(session: Session, run: AuditRun) -> list[EntityRepair]:
-    """Every restore of an entity in the run's scope (``plant entity restore``) made before
-    the run started: each says what a row held when it was set back to its signed head,
-    and carries its own signature. Bounded by the run's start, so every export of a
-    finished run lists the same ones."""
-    scope = AuditParams.from_json(run.params or {})
-    ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
-    return repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at)
+def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, Any]]:
+    """The restores (``plant entity restore``) the report of ``run`` (its record checked:
+    :func:`checked_run`) lists, each exported with its own signature: it says what a row held
+    when it was set back to its signed head. They are those its close names (its plan while
+    it runs): of entities in its scope, made before it started, whose signature verified
+    then. Each is read back and must hash as named; one changed since (past the table's
+    append-only guard) is :class:`AuditRecordInvalid`. A run whose record names none
+    (started before plans named repairs) lists the records of its scope made before it
+    started whose signature verifies: a record written outside Plant, whatever time it
+    names, is left out, and one Plant wrote later names a later time."""
+    named = signed_repairs(run.close_signed if run.finished_at is not None else run.plan_signed)
+    if named is None:
+        scope = AuditParams.from_json(run.params or {})
+        ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
+        return verified_repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at,
+                                keyring=keyring)
+    held = repairs_by_id(session, [uuid.UUID(entry["id"]) for entry in named])
+    listed = []
+    for entry in named:
+        row = held.get(uuid.UUID(entry["id"]))
+        record = row.as_json() if row is not None else None
+        if record is None or record_sha256(record) != entry["sha256"]:
+            raise AuditRecordInvalid(f"audit run {run.id}: repair record {entry['id']} is not the one Plant listed when "
+                                     "the run started (changed or removed past its append-only guard)", run_id=str(run.id))
+        listed.append(record)
+    return listed
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
@@ -190,6 +210,16 @@ def verify_report_document(document: bytes | str, keys: KeySource) -> VerifiedRe
     if after is not None:
         raise JwsError(f"the report names a time after its key's seal: {after}", kid=verified.kid)
     return VerifiedReport(report, verified)
+
+
+def repairs_not_verified(report: dict[str, Any], keys: KeySource) -> tuple[int, list[Any]]:
+    """How many repair records a report lists, and the ids of those whose own signature does
+    not verify with ``keys`` (:func:`models.repair.verify_repair`; None for an entry that is
+    not a record). The report's signature says only that Plant listed them; Plant lists
+    only records that verified when the run started, but a report exported before it did so
+    may list one written outside Plant."""
+    listed = report.get("repairs") if isinstance(report.get("repairs"), list) else []
+    return len(listed), [r.get("id") if isinstance(r, dict) else None for r in listed if not verify_repair(r, keys)]
 
 
 def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:

@@ -64,6 +64,48 @@ def test_report_verify_says_how_many_findings_the_run_left_out_of_its_counts(tmp
     assert facts["findings"] == 3 and facts["findings_left_out"] == 2
 
 
+def _repair_record(ring, repaired_at: str, **changed) -> dict:
+    """A repair record as a report lists it, signed by ``ring``'s active key."""
+    import datetime as dt
+    import uuid
+
+    from models.repair import EntityRepair, repair_statement
+
+    record = EntityRepair(id=uuid.uuid4(), entity_type="agent", entity_id=uuid.uuid4(), version=1, head_link_hash=bytes(32),
+                          finding="row-content-mismatch", row_before={"content": {"name": "Before"}}, actor="operator:test",
+                          repaired_at=dt.datetime.fromisoformat(repaired_at), kid=ring.active.kid)
+    _, record.signature = ring.sign(repair_statement(record))
+    return {**record.as_json(), **changed}
+
+
+def test_report_verify_checks_the_signature_of_each_repair_record_the_report_lists(tmp_path, keyring) -> None:
+    """A report's signature says only that Plant listed its repairs: a report exported before
+    Plant checked each record listed a junk row as it was. Each is checked on its own."""
+    import json
+
+    from models.reports import signed_report
+
+    sealed_ring = ring_sealing(keyring, SEALED_AT)  # keyring's key, sealed; the report is signed by its successor
+    genuine = [_repair_record(sealed_ring, "2026-07-01T00:00:00+00:00"), _repair_record(keyring, "2026-05-01T00:00:00+00:00")]
+    after_seal = _repair_record(keyring, "2026-06-02T00:00:00+00:00")  # signed by the sealed key after its seal
+    made_up = {**genuine[0], "id": "3b0f7a46-0000-4000-8000-000000000000", "actor": "operator:mallory"}
+    report = {"type": "plant.audit-report.v1", "run": {"id": "r"}, "findings": []}
+
+    ok = _verify(tmp_path, sealed_ring, "report", signed_report({**report, "repairs": genuine}, sealed_ring))
+    assert ok.exit_code == 0 and "2 repair record(s) listed, 2 of them verified" in ok.output
+    assert "does NOT verify" not in ok.output
+    listing = {**report, "repairs": [genuine[0], after_seal, made_up, genuine[1]]}
+    refused = _verify(tmp_path, sealed_ring, "report", signed_report(listing, sealed_ring))
+    assert refused.exit_code == 4 and "report signature valid" in refused.stdout
+    assert [line.split()[2] for line in refused.stdout.splitlines() if "does NOT verify" in line] == [
+        after_seal["id"], made_up["id"]]
+    assert refused.stderr.startswith("plant: 2 of the 4 repair record(s) the report lists do NOT verify")
+    assert refused.stderr.count("\n") == 1
+    facts = json.loads(_verify(tmp_path, sealed_ring, "report", signed_report(listing, sealed_ring), "--json").stdout)
+    assert facts["valid"] is False and facts["repairs"] == 4
+    assert facts["repairs_not_verified"] == [after_seal["id"], made_up["id"]]
+
+
 def test_seed_and_db_check_speak_json(run) -> None:
     import json
 
@@ -161,7 +203,7 @@ def test_a_report_signed_by_a_sealed_key_verifies_with_a_note_unless_it_names_a_
     else:
         assert "note: that key was sealed at 2026-06-01T00:00:00+00:00" in ok.output
     for late in ({"run": {**report["run"], "finished_at": "2026-06-01T00:00:00Z"}},
-                 {"repairs": [{"repaired_at": "2026-07-01T00:00:00Z"}]}):
+                 {"repairs": [_repair_record(keyring, "2026-07-01T00:00:00+00:00")]}):
         refused = _verify(tmp_path, sealed_ring, "report", signed_report({**report, **late}, keyring), *flags)
         assert refused.exit_code == 4 and "signed after the seal" in (refused.stdout if as_json else refused.stderr)
     unsealed = _verify(tmp_path, keyring, "report", signed_report({**report, **late}, keyring))

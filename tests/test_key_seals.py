@@ -778,9 +778,10 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
     db_session.execute(text("UPDATE audit_runs SET created_at = now() + interval '1 hour' WHERE id = :id"), {"id": run.id})
     db_session.expire_all()
     from models.audit_record import sign_plan  # a run Plant started an hour later: its plan signed as such
-    from models.audit_runs import AuditChunk
+    from models.audit_runs import AuditChunk, plan_repairs
     run = db_session.get(type(run), run.id)
-    sign_plan(db_session, run, list(db_session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), unread)
+    sign_plan(db_session, run, list(db_session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), unread,
+              repairs=plan_repairs(db_session, run, unread))
     db_session.flush()
     view = report_view(db_session, run_id=run.id, keyring=unread)
     assert [(r["id"], r["verified"]) for r in view.repairs] == [(handed.repair["id"], True)]

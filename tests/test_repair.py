@@ -286,7 +286,7 @@ def test_a_row_edited_to_hold_json_python_cannot_read_is_restored_and_recorded_a
 def test_a_repair_record_written_outside_plant_does_not_stop_later_reports(world, db_session, keyring, row_before) -> None:
     """``entity_repairs`` takes INSERTs and refuses DELETE: one row whose ``row_before`` holds
     what canonical JSON refuses made every later report covering the entity fail, for good,
-    and ``verify_repair`` raise (helper-68). It is listed as text, and not verified."""
+    and ``verify_repair`` raise (helper-68). It does not verify, so no report lists it."""
     import os
 
     from models.reports import export_report, verify_report
@@ -304,9 +304,8 @@ def test_a_repair_record_written_outside_plant_does_not_stop_later_reports(world
     run_id = db_session.scalar(text("SELECT id FROM audit_runs ORDER BY created_at DESC LIMIT 1"))
     report = export_report(db_session, run_id=run_id, keyring=keyring)
     assert verify_report(report, keyring)
-    [listed] = json.loads(report)["report"]["repairs"]
-    assert listed["actor"] == "intruder" and verify_repair(listed, keyring) is False
-    assert [r["verified"] for r in report_view(db_session, run_id=run_id, keyring=keyring).repairs] == [False]
+    assert json.loads(report)["report"]["repairs"] == []
+    assert report_view(db_session, run_id=run_id, keyring=keyring).repairs == ()
 
 
 def test_a_repair_of_a_row_holding_a_float_jsonb_gives_back_otherwise_verifies_once_read_back(
@@ -343,3 +342,161 @@ def test_a_certified_skills_changed_vector_is_restored_and_the_repair_is_recorde
     db_session.expire_all()
     assert run_audit(db_session, keyring)[1] == []
     assert not _restore(db_session, write_ctx, EntityType.SKILL, skill.id).restored  # nothing left to restore
+
+
+def _insert_repair_row(session, entity_id, *, repaired_at, kid, signature, actor="operator:alice") -> uuid.UUID:
+    """A repair record INSERTed through SQL, as the runtime role may: any actor, time and signature."""
+    import os
+
+    record_id = uuid.uuid4()
+    _sql(session, "INSERT INTO entity_repairs (id, entity_type, entity_id, version, head_link_hash, finding, row_before,"
+         " actor, repaired_at, kid, signature) VALUES (:i, 'agent', :e, 1, :h, 'row-content-mismatch', CAST(:r AS jsonb),"
+         " :a, :t, :k, :s)", i=record_id, e=entity_id, h=os.urandom(32), r=json.dumps({"name": "Embezzler"}), a=actor,
+         t=repaired_at, k=kid, s=signature)
+    return record_id
+
+
+def _signed_repair(session, keyring, entity_id, *, repaired_at) -> str:
+    """A repair record signed by ``keyring``'s active key and dated ``repaired_at``: as a
+    process on Plant's key would write it (or whoever holds a copy of the key)."""
+    import os
+
+    from models.repair import repair_statement
+
+    record = EntityRepair(id=uuid.uuid4(), entity_type="agent", entity_id=entity_id, version=1,
+                          head_link_hash=os.urandom(32), finding="row-content-mismatch",
+                          row_before={"content": {"name": "Before"}}, actor="operator:test", repaired_at=repaired_at,
+                          kid=keyring.active.kid)
+    _, record.signature = keyring.sign(repair_statement(record))
+    session.add(record)
+    session.flush()
+    return str(record.id)
+
+
+def _latest_run(session):
+    return session.execute(text("SELECT id, created_at FROM audit_runs ORDER BY created_at DESC LIMIT 1")).one()
+
+
+def test_a_backdated_repair_row_inserted_after_a_run_s_first_export_does_not_change_its_report(
+        world, db_session, keyring) -> None:
+    """The report listed every row of ``entity_repairs`` dated before the run started, read
+    at each export: one INSERTed later through SQL, dated before the run, with a junk
+    signature, made the next export a different report, signed again by Plant's key."""
+    import datetime
+    import os
+
+    from models.report_view import report_view
+    from models.reports import export_report, verify_report
+    from tests.test_audit import run_audit
+
+    agent = world.agent("Innocent Agent")
+    run_audit(db_session, keyring)
+    run_id, created = _latest_run(db_session)
+    first = export_report(db_session, run_id=run_id, keyring=keyring)
+    assert json.loads(first)["report"]["repairs"] == []
+    _insert_repair_row(db_session, agent.id, repaired_at=created - datetime.timedelta(days=3), kid=keyring.active.kid,
+                       signature=os.urandom(64))
+    second = export_report(db_session, run_id=run_id, keyring=keyring)
+    assert second == first and verify_report(second, keyring)
+    assert report_view(db_session, run_id=run_id, keyring=keyring).repairs == ()
+
+
+def test_every_export_of_a_run_lists_the_signed_repairs_its_plan_named_whatever_is_written_later(
+        world, db_session, keyring) -> None:
+    """A run's plan names the repairs made before it started whose signature verifies; its
+    close names them again. A record written after the start is never listed, whatever time
+    it names, junk or signed with Plant's key (a lagging process, a copy of the key); nor is
+    a junk record written before it."""
+    import datetime
+    import os
+
+    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_tables import AuditRun
+    from models.job_lifecycle import create_job
+    from models.reports import export_report
+
+    agent = world.agent("Repaired Agent")
+    now = db_session.scalar(text("SELECT now()"))  # the run's start: this transaction's
+    before = _signed_repair(db_session, keyring, agent.id, repaired_at=now - datetime.timedelta(days=1))
+    _insert_repair_row(db_session, agent.id, repaired_at=now - datetime.timedelta(days=2), kid=keyring.active.kid,
+                       signature=os.urandom(64))
+    job = create_job(db_session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
+    run_id = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3).id
+
+    def listed() -> list[str]:
+        db_session.expire_all()
+        return [r["id"] for r in json.loads(export_report(db_session, run_id=run_id, keyring=keyring))["report"]["repairs"]]
+
+    assert listed() == [before]  # while it runs
+    _signed_repair(db_session, keyring, agent.id, repaired_at=now - datetime.timedelta(days=3))
+    _insert_repair_row(db_session, agent.id, repaired_at=now - datetime.timedelta(days=4), kid=keyring.active.kid,
+                       signature=os.urandom(64))
+    assert listed() == [before]
+    for chunk_id in pending_chunks(db_session, run_id):
+        while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=5).done:
+            pass
+    summarize_run(db_session, keyring=keyring, run_id=run_id)
+    assert listed() == [before]  # once finished
+    _signed_repair(db_session, keyring, agent.id, repaired_at=now - datetime.timedelta(days=5))
+    assert listed() == [before]
+    run = db_session.get(AuditRun, run_id)
+    assert [r["id"] for r in run.plan_signed["repairs"]] == [r["id"] for r in run.close_signed["repairs"]] == [before]
+
+
+def test_a_run_s_listed_repair_record_changed_past_its_guard_stops_the_export(world, db_session, keyring) -> None:
+    import datetime
+
+    from models.audit_record import AuditRecordInvalid
+    from models.reports import export_report
+    from tests.test_audit import run_audit
+
+    agent = world.agent("Guarded Repair")
+    now = db_session.scalar(text("SELECT now()"))
+    record_id = _signed_repair(db_session, keyring, agent.id, repaired_at=now - datetime.timedelta(days=1))
+    run_audit(db_session, keyring)
+    run_id, _ = _latest_run(db_session)
+    assert [r["id"] for r in json.loads(export_report(db_session, run_id=run_id, keyring=keyring))["report"]["repairs"]] \
+        == [record_id]
+    lift_guard(db_session, "UPDATE entity_repairs SET actor = 'someone else' WHERE id = :r", table="entity_repairs",
+               r=record_id)
+    db_session.expire_all()
+    with pytest.raises(AuditRecordInvalid, match=f"repair record {record_id} is not the one Plant listed"):
+        export_report(db_session, run_id=run_id, keyring=keyring)
+
+
+def test_a_run_started_before_plans_named_repairs_exports_as_before_but_for_records_that_do_not_verify(
+        world, db_session, keyring) -> None:
+    """Its plan and close name no repairs, and still verify: its report lists the records
+    made before it started whose signature verifies, so a junk row INSERTed later, dated
+    before it, changes nothing either."""
+    import datetime
+    import os
+
+    from models.audit_record import PLAN, _plan, _signed
+    from models.audit_runs import AuditChunk, audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_tables import AuditRun
+    from models.job_lifecycle import create_job
+    from models.reports import export_report
+
+    agent = world.agent("Legacy Agent")
+    now = db_session.scalar(text("SELECT now()"))
+    before = _signed_repair(db_session, keyring, agent.id, repaired_at=now - datetime.timedelta(days=1))
+    _insert_repair_row(db_session, agent.id, repaired_at=now - datetime.timedelta(days=2), kid=keyring.active.kid,
+                       signature=os.urandom(64))
+    job = create_job(db_session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit")
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+    chunks = list(db_session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id)))
+    written = run.plan_signed["findings"]  # the plan as Plant signed it before it named repairs
+    run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), "findings": written}), "findings": written}
+    db_session.flush()
+    for chunk_id in pending_chunks(db_session, run.id):
+        while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=5).done:
+            pass
+    summary = summarize_run(db_session, keyring=keyring, run_id=run.id)
+    assert "audit-record-invalid" not in summary["by_code"]
+    assert "repairs" not in db_session.get(AuditRun, run.id).close_signed
+    first = export_report(db_session, run_id=run.id, keyring=keyring)
+    assert [r["id"] for r in json.loads(first)["report"]["repairs"]] == [before]
+    _insert_repair_row(db_session, agent.id, repaired_at=now - datetime.timedelta(days=3), kid=keyring.active.kid,
+                       signature=os.urandom(64))
+    assert export_report(db_session, run_id=run.id, keyring=keyring) == first
