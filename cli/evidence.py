@@ -4,7 +4,8 @@ Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully off
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
 later time was signed after the seal and does not verify; a report its seal does not list
-(where the seal lists) does not either; any other verifies with a note saying so. Each
+(where the seal lists) does not either; any other verifies with a note saying so. A report
+of a run not finished (no summary) verifies too, and is said to be NOT FINAL. Each
 repair record a report lists is checked too, by its own signature, the same way: one that
 does not verify is named, and the report does not verify. A document that does not verify
 exits 4; anything that stops the check from running at all (no server, an unreadable key
@@ -121,7 +122,9 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     refusal = (f"{len(forged)} of the {repairs} repair record(s) the report lists do NOT verify "
                f"(ids {', '.join(map(str, forged))}): the report's signature vouches only that they were listed") if forged else None
     facts = {"valid": refusal is None, "kid": verified.kid, "alg": verified.alg, "keys": source,
-             "run_id": run.get("id"), "findings": len(findings) if isinstance(findings, list) else 0,
+             "run_id": run.get("id"), "status": run.get("status"), "finished_at": run.get("finished_at"),
+             "final": isinstance(run.get("summary"), dict) and run.get("finished_at") is not None,
+             "findings": len(findings) if isinstance(findings, list) else 0,
              "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0,
              "repairs": repairs, "repairs_not_verified": forged, **sealed, **({"error": refusal} if refusal else {})}
     if as_json:
@@ -135,7 +138,11 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
 
 def _echo_report_facts(facts: dict[str, Any], source: str) -> None:
     click.echo(f"report signature valid: signed by kid {_shown(facts['kid'])} ({_shown(facts['alg'])}); {source}")
-    click.echo(f"run {_shown(facts['run_id'])}: {facts['findings']} finding(s)")
+    finished = f"finished {_shown(facts['finished_at'])}" if facts["finished_at"] is not None else "not finished"
+    click.echo(f"run {_shown(facts['run_id'])}: {_shown(facts['status'])}, {finished}; {facts['findings']} finding(s)")
+    if not facts["final"]:
+        click.echo("  NOT FINAL: the run had not finished when this report was exported (it has no summary): its "
+                   "findings are those so far and will change; export it again once the run has finished")
     if facts["findings_left_out"]:
         click.echo(f"  {facts['findings_left_out']} of them left out of the run's counts: no signature of Plant's over "
                    "the run's record covers them (its audit-record-invalid findings say which)")

@@ -64,6 +64,42 @@ def test_report_verify_says_how_many_findings_the_run_left_out_of_its_counts(tmp
     assert facts["findings"] == 3 and facts["findings_left_out"] == 2
 
 
+def test_report_verify_says_a_running_run_s_report_is_not_final(tmp_path, db_session, skill, keyring) -> None:
+    """A running run's report is signed on each export, with the findings so far and no
+    summary: it verified as plainly "valid" as a finished run's."""
+    import json
+
+    from sqlalchemy import text
+
+    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.job_lifecycle import create_job
+    from models.reports import export_report
+    from tests.conftest import EMBEDDER
+
+    db_session.execute(text("UPDATE skills SET description = 'tampered by insider' WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    job = create_job(db_session, kind="audit.run", params={"verify_signatures": "all"}, queue="audit")
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+    running = export_report(db_session, run_id=run.id, keyring=keyring)  # before any chunk ran
+    shown = _verify(tmp_path, keyring, "report", running)
+    assert shown.exit_code == 0 and f"run {run.id}: running, not finished" in shown.stdout
+    assert "NOT FINAL" in shown.stdout
+    facts = json.loads(_verify(tmp_path, keyring, "report", running, "--json").stdout)
+    assert (facts["status"], facts["finished_at"], facts["final"]) == ("running", None, False)
+
+    for chunk_id in pending_chunks(db_session, run.id):
+        while not audit_chunk_step(db_session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=5).done:
+            pass
+    summarize_run(db_session, keyring=keyring, run_id=run.id)
+    final = export_report(db_session, run_id=run.id, keyring=keyring)
+    finished_at = json.loads(final)["report"]["run"]["finished_at"]
+    shown = _verify(tmp_path, keyring, "report", final)
+    assert shown.exit_code == 0 and f"run {run.id}: succeeded, finished {finished_at}" in shown.stdout
+    assert "NOT FINAL" not in shown.stdout
+    facts = json.loads(_verify(tmp_path, keyring, "report", final, "--json").stdout)
+    assert (facts["status"], facts["finished_at"], facts["final"]) == ("succeeded", finished_at, True)
+
+
 def _repair_record(ring, repaired_at: str, **changed) -> dict:
     """A repair record as a report lists it, signed by ``ring``'s active key."""
     import datetime as dt
