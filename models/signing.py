@@ -6,7 +6,7 @@ JWK can recompute the name and check a signature without trusting our key store.
 has rotated out; its :meth:`KeyRing.jwks` is what gets published. Ed25519 signs with
 ``alg`` "EdDSA" (RFC 8037); RSA signs with "PS256": RSASSA-PSS, SHA-256, MGF1-SHA-256 and a
 32-byte salt, verified with exactly that salt length. Only the ``cryptography`` library
-touches private keys. Ed25519 signatures are verified by libsodium (PyNaCl, also from
+touches private keys (and HMAC, keyed with a key's private bytes: :meth:`SigningKey.secret_mac`). Ed25519 signatures are verified by libsodium (PyNaCl, also from
 PyCA): the full audit verifies one per entity, and libsodium's check costs about 60 % of
 OpenSSL's here (42 against 71 µs). Both implement RFC 8032; libsodium also refuses
 non-canonical and small-order encodings, which no honest signer produces.
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -120,6 +122,13 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, str]:
         return self.verifier().public_jwk()
+
+    def secret_mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` keyed with this private key's PKCS#8 bytes: a value only the
+        key's holder can compute (or predict), the same in every process holding the key."""
+        der = self.private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return hmac.new(der, data, hashlib.sha256).digest()
 
     def private_pem(self) -> bytes:
         """PKCS#8, unencrypted: protect the file, not the bytes."""

@@ -21,6 +21,7 @@ from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
 from models.key_seals import SEAL_INVALID_CODE, seal_list_root, seal_problems, with_seal_lists
 from models.db import one_off_sessions, transaction
+from models.canonical import sha256
 from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import keyring_from_settings
 from models.ledger import store_digest
@@ -821,25 +822,69 @@ def test_a_finished_run_s_report_is_signed_once_per_key_even_where_signatures_ar
     assert other != first and db_session.scalar(text("SELECT count(*) FROM signed_exports")) == 2
 
 
-def test_a_recorded_export_signature_that_is_not_plant_s_is_refused_not_handed_out(db_session) -> None:
+def test_a_recorded_export_signature_that_is_not_plant_s_is_never_handed_out(db_session) -> None:
     """A row INSERTed into signed_exports ahead of a report's first export (or with the
     append-only guard lifted, edited) was handed out as the report's signature on every
-    export, to fail every check. Now the export says the record is not Plant's."""
+    export, to fail every check; then it made every export a 409, for good (the table
+    refuses DELETE). Now Plant signs the report once more, records that signature under a
+    second name only its key can compute, and hands that one out on every export."""
     from models.audit_record import AuditRecordInvalid
+    from models.jws import verify_detached
+    from models.signed_exports import second_name
+    from models.signing import generate_rsa4096
 
-    ring, other = KeyRing(generate_ed25519()), KeyRing(generate_ed25519())
+    ring, other = KeyRing(generate_rsa4096()), KeyRing(generate_ed25519())  # RSA-PSS: a new signature differs
     honest, stolen, garbage = b'{"the":"report"}', b'{"a report":"signed elsewhere"}', b'{"a report":"not exported yet"}'
     jws = signed_once(db_session, document=honest, keyring=ring)
     forged = {stolen: signed_once(db_session, document=stolen, keyring=other), garbage: "not.a.jws"}
+
+    def rows() -> int:
+        return db_session.scalar(text("SELECT count(*) FROM signed_exports WHERE kid = :k"), {"k": ring.active.kid})
+
     for document, bogus in forged.items():
         db_session.execute(text("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) "
                                 "VALUES (:k, sha256(:d), :j, sha256('x'::bytea))"), {"k": ring.active.kid, "d": document, "j": bogus})
-        with pytest.raises(AuditRecordInvalid, match="not Plant's"):
-            signed_once(db_session, document=document, keyring=ring)
+        handed, recorded = signed_once(db_session, document=document, keyring=ring), rows()
+        assert handed != bogus and verify_detached(document, handed, ring).kid == ring.active.kid
+        assert all(signed_once(db_session, document=document, keyring=ring) == handed for _ in range(2))
+        assert rows() == recorded  # signed once
     lifted = signed_once(db_session, document=b'{"one":"more"}', keyring=ring)  # the same key's, over another report
     lift_guard(db_session, "UPDATE signed_exports SET jws = :j WHERE jws = :h", table="signed_exports", j=lifted, h=jws)
-    with pytest.raises(AuditRecordInvalid):
-        signed_once(db_session, document=honest, keyring=ring)
+    handed = signed_once(db_session, document=honest, keyring=ring)
+    assert handed not in (jws, lifted) and verify_detached(honest, handed, ring)
+    # Only someone who holds the key can take the second name ahead: then it is a 409.
+    taken = b'{"a report":"both names taken"}'
+    for name in (sha256(taken), second_name(sha256(taken), ring)):
+        db_session.execute(text("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) "
+                                "VALUES (:k, :n, 'x..x', sha256('x'::bytea))"), {"k": ring.active.kid, "n": name})
+    with pytest.raises(AuditRecordInvalid, match="not Plant's"):
+        signed_once(db_session, document=taken, keyring=ring)
+
+
+def test_an_insider_with_insert_only_cannot_block_the_signed_report_of_the_run_that_caught_them(
+        db_session, skill, keyring) -> None:
+    """A finished run's report bytes are predictable: one junk signed_exports row for their
+    hash made every JSON and page export of the run that caught the insider a 409, for good.
+    The report is signed and recorded under a second name, which the key's seal lists."""
+    from models.canonical import canonical_bytes
+    from models.key_seals import signed_outside_the_chain
+    from models.report_view import report_view
+    from models.reports import build_report, export_report, verify_report
+
+    db_session.execute(text("UPDATE skills SET description = 'tampered by insider' WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    summary, _ = run_audit(db_session, keyring)
+    assert summary["non_compliant"] == 1
+    run_id = db_session.scalar(text("SELECT id FROM audit_runs ORDER BY created_at DESC LIMIT 1"))
+    predicted = sha256(canonical_bytes(build_report(db_session, run_id=run_id, keyring=keyring)))
+    db_session.execute(text("INSERT INTO signed_exports (kid, document_sha256, jws, signature_sha256) VALUES (:k, :d, 'x..x', :s)"),
+                       {"k": keyring.active.kid, "d": predicted, "s": os.urandom(32)})
+    document = export_report(db_session, run_id=run_id, keyring=keyring)
+    assert verify_report(document, keyring).kid == keyring.active.kid
+    jws = json.loads(document)["signature"]
+    assert export_report(db_session, run_id=run_id, keyring=keyring) == document
+    assert report_view(db_session, run_id=run_id, keyring=keyring).signature.jws == jws  # the page's too
+    assert signature_sha256(b64url_decode(jws.split(".")[2])) in signed_outside_the_chain(db_session, keyring.active.kid)
 
 
 def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_too(keyring) -> None:
