@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,23 @@ class Rule:
 
 
 def _filled(key: str) -> Callable[[RuleSubject], bool]:
-    return lambda s: isinstance(s.content.get(key), str) and bool(s.content[key].strip())
+    return lambda s: isinstance(s.content.get(key), str) and visible(s.content[key])
+
+
+# Characters that draw nothing though they are neither whitespace nor a format or control
+# character: the Hangul fillers, the blank Braille pattern, the combining grapheme joiner,
+# the Khmer inherent vowels and the variation selectors (which alone show nothing).
+INVISIBLE = frozenset(
+    "\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f"
+    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` shows anything: it holds a character that is not whitespace, not a
+    format or control character (Unicode categories Cf and Cc: U+200B ZERO WIDTH SPACE,
+    the joiners U+200C and U+200D, the marks of direction) and not in :data:`INVISIBLE`.
+    ``str.strip`` keeps all of those, so a name of U+200B alone passed for not blank."""
+    return any(not (c.isspace() or c in INVISIBLE or unicodedata.category(c) in ("Cf", "Cc")) for c in text)
 
 
 def _set(key: str) -> Callable[[RuleSubject], bool]:

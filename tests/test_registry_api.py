@@ -153,6 +153,21 @@ def test_constitution_violations_are_422_listing_every_rule(client, world) -> No
     assert [v["rule"] for v in agent.get_json()["violations"]] == ["AGENT-01", "AGENT-02", "AGENT-03"]
 
 
+@pytest.mark.parametrize("name", ["\u200b", "\u3164", "\u2800", "\u200d\u200c", "\u115f\u1160\uffa0",
+                                  " \u00a0\u200e\ufe0f\u034f\u0001 "])
+def test_a_name_made_only_of_characters_that_draw_nothing_is_blank(client, gov, name) -> None:
+    response = client.post(f"{API}/genesis/industries", json={**gov, "name": name, "code": "BLANK"})
+    assert response.status_code == 422, response.get_json()
+    assert [v["rule"] for v in response.get_json()["violations"]] == ["INDUSTRY-01"]
+    skill = client.post(f"{API}/genesis/skills", json={**gov, "name": "Invisible", "category": "technical", "description": name})
+    assert [v["rule"] for v in skill.get_json()["violations"]] == ["SKILL-02"]
+
+
+@pytest.mark.parametrize("name", ["\u00e9", "\U0001f469\u200d\U0001f4bb", "\u200bx", "\u3164\u3131"])
+def test_a_name_with_one_character_that_shows_is_not_blank(client, gov, name) -> None:
+    assert client.post(f"{API}/genesis/industries", json={**gov, "name": name, "code": "SHOWN"}).status_code == 201
+
+
 def test_a_refused_patch_changes_nothing(client, world) -> None:
     role = world["role"]
     response = client.patch(f"{API}/genesis/job-roles/{role['id']}", json={"required_skill_ids": []})
