@@ -69,7 +69,7 @@ def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteCon
     if team_is_full(session, team, agent):
         raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", team_id=str(team.id))
     agent.team_id = team.id
-    record_version(session, agent, ctx, text_changed=False)
+    record_version(session, agent, ctx, text_changed=False, seat_problems=())  # judged above, under the seat's locks
     return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
 
 

@@ -12,7 +12,6 @@ and root check out (``models.ledger.stored_digest_problem``), else ``digest-inva
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +21,13 @@ from sqlalchemy.orm import Session
 
 from models.certification import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded, versions_by_entity
-from models.constitution import L0, L1, RuleSubject, append_only_enforced, evaluate
-from models.entities import (
-    ENTITY_MODELS, GOVERNED_FIELDS, Agent, EntitySnapshot, EntityType, agent_skills, governed_content, job_role_skills,
-)
+from models.constitution import L0, L1, RULES_BY_ID, SEAT_RULES, RuleSubject, append_only_enforced, evaluate
+from models.db import uuid_in
+from models.entities import Agent, EntitySnapshot, EntityType, governed_content, load_entities
 from models.embeddings import Embedder
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest, stored_digest_problem, stored_leaves
+from models.membership import seat_problems, signed_member_counts
 from models.signing import KeyRing
 
 SEVERITY_BY_CODE = {"rule-violation": "error", "rule-warning": "warning", "certified-near-duplicate": "error"}
@@ -64,37 +63,6 @@ class BatchResult:
     versions_verified: int = 0
 
 
-def load_entities(session: Session, entity_type: EntityType, ids_query: Any, *, for_share: bool = False) -> list[EntitySnapshot]:
-    """The entities as stored, as plain snapshots (an audit reads hundreds of thousands).
-
-    ``for_share`` locks the rows (``FOR SHARE``, in id order) until the transaction ends:
-    a registry write in flight on one of them finishes first, and none can start.
-    """
-    table = ENTITY_MODELS[entity_type].__table__
-    # Only what the checks read: never the embedding or the stored rule results.
-    columns = [table.c[name] for name in (*GOVERNED_FIELDS[entity_type], "version", "head_link_hash") if name in table.c]
-    query = select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id)
-    result = session.execute(query.with_for_update(read=True) if for_share else query)
-    # Plain dicts from tuples: a RowMapping rebuilds its key view for every row it is copied from.
-    keys = tuple(result.keys())
-    rows = [dict(zip(keys, row)) for row in result.all()]
-    link = LINK_TABLES.get(entity_type)
-    if link is None:
-        return [EntitySnapshot(entity_type, row) for row in rows]
-    table_link, owner, field = link
-    skills: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-    ids = [row["id"] for row in rows]
-    for owner_id, skill_id in session.execute(select(table_link.c[owner], table_link.c.skill_id).where(table_link.c[owner].in_(ids))):
-        skills[owner_id].append(skill_id)
-    return [EntitySnapshot(entity_type, row, **{field: skills.get(row["id"], [])}) for row in rows]
-
-
-LINK_TABLES = {
-    EntityType.JOB_ROLE: (job_role_skills, "job_role_id", "required_skill_ids"),
-    EntityType.AGENT: (agent_skills, "agent_id", "skill_ids"),
-}
-
-
 def audit_batch(
     session: Session, entities: list[EntitySnapshot], *, keyring: KeyRing, embedder: Embedder, signatures: str,
     append_only: bool,
@@ -122,9 +90,15 @@ def suspects_rechecked(
 ) -> BatchResult:
     """``result`` with each suspect's findings replaced by a second ``check`` of it, made
     with its row locked ``FOR SHARE``: no write can be halfway then, so what is found
-    again is in the data. Only suspects (entities with a tampering finding) are locked,
-    until the transaction ends; a clean batch costs nothing more."""
-    suspects = sorted({f.entity_id for f in result.findings if f.severity == TAMPER_SEVERITY and f.entity_id})
+    again is in the data. Suspects are the entities with a tampering finding, and those
+    breaking a rule about seats (:data:`models.constitution.SEAT_RULES`), whose facts were
+    read by statements other than their row's: an agent seated or moved, a team's capacity
+    raised, in between looked like a seat the rules refuse. Locked, a team takes no new
+    member (a seat is taken under its team's row lock) and an agent keeps its seat, and the
+    writes that could make a seat break a rule are refused while the seat stands. Only
+    suspects are locked, until the transaction ends; a clean batch costs nothing more."""
+    suspects = sorted({f.entity_id for f in result.findings
+                       if (f.severity == TAMPER_SEVERITY or f.rule_id in SEAT_RULES) and f.entity_id})
     if not suspects:
         return result
     again = check(load_entities(session, entities[0].entity_type_value, suspects, for_share=True))
@@ -141,7 +115,7 @@ def _check_batch(
     if not entities:
         return result
     versions = versions_by_entity(session, [e.id for e in entities])
-    members = team_member_counts(session, entities)
+    seats = seat_facts(session, entities, keyring)
     sealed = seal_findings(session, ((entity, versions.get(entity.id, [])) for entity in entities), keyring)
     for entity in entities:
         rows = versions.get(entity.id, [])
@@ -150,7 +124,7 @@ def _check_batch(
         kind = entity.entity_type_value.value
         found = [*verification.findings, *([sealed[entity.id]] if entity.id in sealed else [])]
         result.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in found]
-        result.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
+        result.findings += rule_findings(entity, content, rows, append_only, seats)
         result.entities += 1
         result.versions_verified += len(rows)
     result.findings += gate_findings(session, entities, result.findings, keyring=keyring, embedder=embedder)
@@ -170,33 +144,60 @@ def gate_findings(session: Session, entities: list[EntitySnapshot], checked: lis
         session, [e for e in entities if e.id not in tampered], keyring=keyring, embedder=embedder)]
 
 
-def team_member_counts(session: Session, entities: list[EntitySnapshot]) -> dict[uuid.UUID, int]:
-    """Members of each team among ``entities`` (all of one type), for rule TEAM-01; {} for
-    other types. A team missing from the result has none."""
-    if not entities or entities[0].entity_type_value is not EntityType.TEAM:
-        return {}
-    ids = [e.id for e in entities]
-    return dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(ids)).group_by(Agent.team_id)).all())
+@dataclass(frozen=True)
+class SeatFacts:
+    """What the rules about seats read beyond an entity's own row, for a batch of one type:
+    each team's members by the agents' rows (TEAM-01) and as counted for its capacity
+    (TEAM-03), and why each agent may not sit in its team (AGENT-04)."""
+
+    members: dict[uuid.UUID, int] = field(default_factory=dict)
+    seated: dict[uuid.UUID, int] = field(default_factory=dict)
+    problems: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
+
+
+def seat_facts(session: Session, entities: list[EntitySnapshot], keyring: KeyRing) -> SeatFacts:
+    """The seat facts of ``entities`` (all of one type; none for types without seats), read
+    as writes read them (``models.membership``), in a few set-based queries per batch: one
+    for the teams' member counts, two for the agents' teams and roles; more only where those
+    rows find a team over its capacity or an agent that does not qualify."""
+    kind = entities[0].entity_type_value if entities else None
+    if kind is EntityType.TEAM:
+        ids = [e.id for e in entities]
+        members = dict(session.execute(select(Agent.team_id, func.count()).where(uuid_in(Agent.team_id, ids))
+                                       .group_by(Agent.team_id)).all())
+        return SeatFacts(members=members, seated=signed_member_counts(session, entities, members, keyring))
+    if kind is EntityType.AGENT:
+        return SeatFacts(problems=seat_problems(session, [(e, e.skill_ids) for e in entities], keyring))
+    return SeatFacts()
 
 
 def rule_findings(
-    entity: EntitySnapshot, content: dict[str, Any], rows: list[Any], append_only: bool, members: int | None
+    entity: EntitySnapshot, content: dict[str, Any], rows: list[Any], append_only: bool, seats: SeatFacts
 ) -> list[FindingRow]:
+    kind = entity.entity_type_value
     subject = RuleSubject(
-        entity_type=entity.entity_type_value,
+        entity_type=kind,
         content=content,
         versions=len(rows),
         head_link_hash=bytes(entity.head_link_hash) if entity.head_link_hash is not None else None,
         genesis_linked=bool(rows) and bytes(rows[0].prev_link) == GENESIS_LINK,
         append_only_enforced=append_only,
-        members=members or 0 if entity.entity_type_value is EntityType.TEAM else None,
+        members=seats.members.get(entity.id, 0) if kind is EntityType.TEAM else None,
+        seated=seats.seated.get(entity.id, 0) if kind is EntityType.TEAM else None,
+        seat_problems=seats.problems.get(entity.id, ()) if kind is EntityType.AGENT else None,
     )
-    kind, out = entity.entity_type_value.value, []
+    out = []
     for level in (L0, L1):
         outcome = evaluate(subject, level)
-        out += [FindingRow(kind, entity.id, None, "rule-violation", f"{rid} violated", rid) for rid in outcome.violations]
-        out += [FindingRow(kind, entity.id, None, "rule-warning", f"{rid} not met", rid) for rid in outcome.warnings]
+        out += [FindingRow(kind.value, entity.id, None, "rule-violation", _violated(rid, subject), rid)
+                for rid in outcome.violations]
+        out += [FindingRow(kind.value, entity.id, None, "rule-warning", f"{rid} not met", rid) for rid in outcome.warnings]
     return out
+
+
+def _violated(rule_id: str, subject: RuleSubject) -> str:
+    explain = RULES_BY_ID[rule_id].explain
+    return f"{rule_id} violated" + (f": {explain(subject)}" if explain is not None else "")
 
 
 @dataclass(frozen=True)

@@ -301,8 +301,8 @@ def apply_batch(
                 taken[agent.team_id] = taken.get(agent.team_id, 1) - 1
             taken[team.id] = taken.get(team.id, 0) + 1
             agent.team_id = team.id
-            record_version(session, agent, ctx, text_changed=False, flush=False,
-                           content=_agent_content(agent, held[agent_id]), pending=versions)
+            record_version(session, agent, ctx, text_changed=False, flush=False,  # its seat judged above: no problem
+                           content=_agent_content(agent, held[agent_id]), pending=versions, seat_problems=())
     insert_versions(session, versions)
     session.flush()
     return refused

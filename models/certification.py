@@ -125,7 +125,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
 def certification_gates(session: Session, skill: Skill) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every failed gate (not just the first), and the blocking duplicate if any."""
     failed: list[dict[str, Any]] = []
-    subject = rule_subject(session, skill)
+    subject = rule_subject(session, skill, keyring=None)  # a skill's rules read no other entity
     broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
     if broken:
         failed.append({"gate": "constitution", "detail": "rules not satisfied", "rules": broken})

@@ -38,7 +38,14 @@ class RuleSubject:
     head_link_hash: bytes | None
     genesis_linked: bool
     append_only_enforced: bool
+    # A team's members, as the agents' rows place them (TEAM-01).
     members: int | None = None
+    # A team's members for its capacity (TEAM-03): ``members``, but, where those exceed the
+    # capacity, only agents whose rows are their signed heads (models.membership.signed_member_counts).
+    seated: int | None = None
+    # Why an agent may not sit in its team (AGENT-04; () when it may, or sits in none),
+    # judged on the team's and its job role's signed heads (models.membership.seat_problems).
+    seat_problems: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class Rule:
     description: str
     severity: Severity
     check: Callable[[RuleSubject], bool]
+    # What a failed check found, where the rule id alone does not say (a finding's detail).
+    explain: Callable[[RuleSubject], str] | None = None
 
     def applies_to(self, entity_type: EntityType) -> bool:
         return self.entity_type is None or self.entity_type is entity_type
@@ -72,6 +81,15 @@ def visible(text: str) -> bool:
     the joiners U+200C and U+200D, the marks of direction) and not in :data:`INVISIBLE`.
     ``str.strip`` keeps all of those, so a name of U+200B alone passed for not blank."""
     return any(not (c.isspace() or c in INVISIBLE or unicodedata.category(c) in ("Cf", "Cc")) for c in text)
+
+
+def _within_capacity(s: RuleSubject) -> bool:
+    capacity = s.content.get("capacity")
+    return s.seated is not None and isinstance(capacity, int) and s.seated <= capacity
+
+
+def _seat_explained(s: RuleSubject) -> str:
+    return f"in team {s.content.get('team_id')}: " + "; ".join(s.seat_problems or ("not judged",))
 
 
 def _set(key: str) -> Callable[[RuleSubject], bool]:
@@ -101,12 +119,21 @@ RULES: tuple[Rule, ...] = (
     Rule("JOBROLE-03", L1, T.JOB_ROLE, "Job role name is not blank", E, _filled("name")),
     Rule("TEAM-01", L1, T.TEAM, "Team has at least one agent (audit warning only)", W, lambda s: (s.members or 0) >= 1),
     Rule("TEAM-02", L1, T.TEAM, "Team has a job role", E, _set("job_role_id")),
+    Rule("TEAM-03", L1, T.TEAM, "Team's members do not exceed its capacity", E, _within_capacity,
+         lambda s: f"{s.seated} members, capacity {s.content.get('capacity')}"),
     Rule("AGENT-01", L1, T.AGENT, "Agent has at least one skill", E, _set("skill_ids")),
     Rule("AGENT-02", L1, T.AGENT, "Agent has a job role", E, _set("job_role_id")),
     Rule("AGENT-03", L1, T.AGENT, "Agent has an industry", E, _set("industry_id")),
+    Rule("AGENT-04", L1, T.AGENT, "A seated agent qualifies for its team: both are active, the team's job role is the "
+         "agent's, their industries match where both are set, and the agent holds every skill its job role requires", E,
+         lambda s: s.seat_problems == (), _seat_explained),
     Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),
 )
 RULES_BY_ID = {rule.id: rule for rule in RULES}
+# The rules about seats, which read other entities' rows (a team's members; an agent's team
+# and job role): an audit checks an entity that breaks one again with its row locked, as it
+# does a suspect of tampering (models.audit.suspects_rechecked).
+SEAT_RULES = frozenset({"TEAM-03", "AGENT-04"})
 # The rules of each (level, entity type), in catalogue order: an audit evaluates both
 # levels for every entity, hundreds of thousands of times.
 RULES_FOR = {

@@ -5,7 +5,8 @@ Every entity carries the seven governance sections of the original BaseEntity
 relationships) through :class:`GovernedEntity`; the audit trail itself is the
 ``entity_versions`` chain (``models.chain``). The fields listed in ``GOVERNED_FIELDS``
 are exactly what each chain version's canonical content holds, so an entity row can
-always be compared with its head version.
+always be compared with its head version; :func:`load_entities` reads rows as plain
+snapshots of those fields, for the audit and the rules about seats.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import ARRAY, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, Uuid, text
+from sqlalchemy import (
+    ARRAY, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Table, Text, Uuid, select, text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
 
 from models.base import Base, CreatedAt, Timestamp, UpdatedAt, UUIDPk
 from models.canonical import rfc3339_utc
@@ -338,3 +342,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return sorted(value) if all(isinstance(v, str) for v in value) else value
     return value
+
+
+def load_entities(session: Session, entity_type: EntityType, ids_query: Any, *, for_share: bool = False) -> list[EntitySnapshot]:
+    """The entities as stored, as plain snapshots (an audit reads hundreds of thousands).
+
+    ``for_share`` locks the rows (``FOR SHARE``, in id order) until the transaction ends:
+    a registry write in flight on one of them finishes first, and none can start.
+    """
+    table = ENTITY_MODELS[entity_type].__table__
+    # Only what the checks read: never the embedding or the stored rule results.
+    columns = [table.c[name] for name in (*GOVERNED_FIELDS[entity_type], "version", "head_link_hash") if name in table.c]
+    query = select(*columns).where(table.c.id.in_(ids_query)).order_by(table.c.id)
+    result = session.execute(query.with_for_update(read=True) if for_share else query)
+    # Plain dicts from tuples: a RowMapping rebuilds its key view for every row it is copied from.
+    keys = tuple(result.keys())
+    rows = [dict(zip(keys, row)) for row in result.all()]
+    link = LINK_TABLES.get(entity_type)
+    if link is None:
+        return [EntitySnapshot(entity_type, row) for row in rows]
+    table_link, owner, field = link
+    skills: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    ids = [row["id"] for row in rows]
+    for owner_id, skill_id in session.execute(select(table_link.c[owner], table_link.c.skill_id).where(table_link.c[owner].in_(ids))):
+        skills[owner_id].append(skill_id)
+    return [EntitySnapshot(entity_type, row, **{field: skills.get(row["id"], [])}) for row in rows]
+
+
+LINK_TABLES = {
+    EntityType.JOB_ROLE: (job_role_skills, "job_role_id", "required_skill_ids"),
+    EntityType.AGENT: (agent_skills, "agent_id", "skill_ids"),
+}

@@ -35,9 +35,8 @@ from sqlalchemy import and_, case, func, null, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from models.audit import (
-    BatchResult, FindingRow, gate_findings, load_entities, rule_findings, stored_digest_invalid, suspects_rechecked,
-    team_member_counts,
-    versions_by_entity,
+    BatchResult, FindingRow, gate_findings, load_entities, rule_findings, seat_facts, stored_digest_invalid,
+    suspects_rechecked, versions_by_entity,
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
@@ -271,7 +270,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
     in a full audit (:func:`models.certification.gates_rechecked`)."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
-    members = team_member_counts(session, entities)
+    seats = seat_facts(session, entities, keyring)
     sealed = seal_findings(session, ((entity, versions.get(entity.id, [])) for entity in entities), keyring)
     kind = entities[0].entity_type_value.value if entities else ""
     for entity in entities:
@@ -287,7 +286,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         content = governed_content(entity)
         findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
-        batch.findings += rule_findings(entity, content, rows, append_only, members.get(entity.id))
+        batch.findings += rule_findings(entity, content, rows, append_only, seats)
         batch.versions_verified += len(rows) - split
         result.versions_rehashed[entity.id] = split
     batch.findings += gate_findings(session, entities, batch.findings, keyring=keyring, embedder=embedder)

@@ -2,7 +2,9 @@
 
 One set of rules for every way an agent comes to sit in a team: the assignment jobs
 (``models.assignment``, ``models.bulk_assignment``) and any registry write that sets an
-agent's ``team_id`` or changes either side of a membership (``models.registry``).
+agent's ``team_id`` or changes either side of a membership (``models.registry``), and
+the facts of the constitution's rules about seats (TEAM-03, AGENT-04), which writes and
+every audit evaluate (:func:`seat_problems`, :func:`signed_member_counts`).
 A seat is decided only on a team and a job role whose rows are their signed head
 versions (:func:`lock_signed_requirements`; the team's row is checked where it is locked).
 """
@@ -10,7 +12,9 @@ versions (:func:`lock_signed_requirements`; the team's row is checked where it i
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,7 +23,7 @@ from models.chain import ChainFinding, head_drift
 from models.db import uuid_in
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, JobRole, LifecycleStatus, Team,
-    agent_skills, governed_content, job_role_skills,
+    agent_skills, governed_content, job_role_skills, load_entities,
 )
 from models.signing import KeyRing
 
@@ -71,12 +75,13 @@ def _role_content(role: JobRole, skill_ids: Collection[uuid.UUID]) -> dict[str, 
 
 
 def ineligibility(
-    agent: Agent, team: Team, required: set[uuid.UUID], *, held: Collection[uuid.UUID] | None = None
+    agent: Agent | EntitySnapshot, team: Team | EntitySnapshot, required: set[uuid.UUID], *,
+    held: Collection[uuid.UUID] | None = None,
 ) -> list[str]:
     """Every rule the pair breaks, capacity aside (empty list = eligible).
 
     ``held`` is the agent's skill ids when the caller read them itself; by default they
-    come from the agent's ``skills``.
+    come from the agent's ``skills`` (a mapped agent's; an audit's snapshot passes them).
     """
     reasons = []
     if agent.status != AgentStatus.ACTIVE.value:
@@ -89,6 +94,67 @@ def ineligibility(
         reasons.append("industries differ")
     reasons += lacks_skills(required, held if held is not None else [s.id for s in agent.skills])
     return reasons
+
+
+def seat_problems(
+    session: Session, agents: Sequence[tuple[Any, Collection[uuid.UUID]]], keyring: KeyRing
+) -> dict[uuid.UUID, tuple[str, ...]]:
+    """Why each seated agent among ``agents`` (each with the skill ids it holds) may not sit
+    in its team, by the rules every seat is taken under (:func:`ineligibility`), judged on
+    the team's and the agent's job role's signed head versions. Rule AGENT-04's facts, for
+    the audit and for writes alike.
+
+    Agents that qualify, or sit in no team, are left out. So is one whose team's or job
+    role's row is not its signed head (:func:`models.chain.head_drift`): nothing signed says
+    what its seat's rules are, and that row has its own finding; once it is restored, the
+    seat is judged. The agents' own fields are as the caller holds them (the audit checks
+    each agent's row against its own head).
+
+    Two queries whatever the number of agents (the teams, the roles' required skills);
+    only agents those rows find wanting are judged again on the teams and roles checked
+    against their heads (three more: the roles, their skills, the heads).
+    """
+    seated = [(agent, held) for agent, held in agents if agent.team_id is not None]
+    if not seated:
+        return {}
+    teams = {team.id: team for team in load_entities(session, EntityType.TEAM, sorted({a.team_id for a, _ in seated}))}
+    required = required_skills_of(session, [agent.job_role_id for agent, _ in seated])
+    wanting = [(agent, held) for agent, held in seated
+               if ineligibility(agent, teams[agent.team_id], required.get(agent.job_role_id, set()), held=held)]
+    if not wanting:
+        return {}
+    roles = {role.id: role for role in load_entities(
+        session, EntityType.JOB_ROLE, sorted({a.job_role_id for a, _ in wanting if a.job_role_id is not None}))}
+    partners = [*{teams[agent.team_id].id: teams[agent.team_id] for agent, _ in wanting}.values(), *roles.values()]
+    drift = head_drift(session, [(entity, governed_content(entity)) for entity in partners], keyring)
+    problems = {}
+    for agent, held in wanting:
+        team, role = teams[agent.team_id], roles.get(agent.job_role_id)
+        if team.id in drift or (role is not None and role.id in drift):
+            continue  # not judged on a row edited outside Plant
+        signed = set(role.required_skill_ids) if role is not None else set()
+        if reasons := ineligibility(agent, team, signed, held=held):
+            problems[agent.id] = tuple(reasons)
+    return problems
+
+
+def signed_member_counts(
+    session: Session, teams: Sequence[Any], members: Mapping[uuid.UUID, int], keyring: KeyRing
+) -> dict[uuid.UUID, int]:
+    """Each team's members for its capacity (rule TEAM-03's facts): ``members``, counted
+    from the agents' rows, except that a team whose rows number more than its capacity
+    counts only the agents whose rows are their signed heads: an agent's row edited into a
+    team is that agent's finding, not its team's. Nothing more is read unless a team's
+    rows exceed its capacity (then its members, their skills and heads)."""
+    over = [team.id for team in teams if members.get(team.id, 0) > team.capacity]
+    counts = {team.id: members.get(team.id, 0) for team in teams}
+    if over:
+        in_over = select(Agent.id).where(uuid_in(Agent.team_id, over)).scalar_subquery()
+        agents = load_entities(session, EntityType.AGENT, in_over)
+        drift = head_drift(session, [(agent, governed_content(agent)) for agent in agents], keyring)
+        signed = Counter(agent.team_id for agent in agents if agent.id not in drift)
+        counts.update((team_id, signed.get(team_id, 0)) for team_id in over)
+    return counts
 
 
 def members_count(session: Session, team_id: uuid.UUID, *, excluding: uuid.UUID | None = None) -> int:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,8 +47,9 @@ from models.errors import (
 )
 from models.membership import (
     ineligibility, lock_signed_requirements, members_count, members_lacking_role_skills, members_not_admitted,
-    team_is_full,
+    signed_member_counts, team_is_full,
 )
+from models.membership import seat_problems as seat_problems_of
 from models.pagination import Page, keyset_page
 from models.signing import KeyRing
 
@@ -148,6 +149,7 @@ def record_version(
     flush: bool = True,
     content: dict[str, Any] | None = None,
     pending: list[EntityVersion] | None = None,
+    seat_problems: tuple[str, ...] | None = None,
 ) -> GovernedEntity:
     """Append the entity's changed state as a chain version, gate it, and flush.
 
@@ -157,7 +159,9 @@ def record_version(
     ``content`` is the entity's governed content when the caller already built it (a
     bulk caller that read the skill ids itself rather than loading the relationship);
     ``pending`` collects the version row instead of adding it to the session (see
-    :func:`models.chain.append_version`).
+    :func:`models.chain.append_version`). ``seat_problems`` is rule AGENT-04's facts when
+    the caller has just judged the agent's seat under its locks (the assignments), else
+    they are read (:func:`rule_subject`).
     """
     entity_type = entity.entity_type_value
     # No autoflush before the flush below, where unique violations become 409s naming the field.
@@ -166,7 +170,7 @@ def record_version(
             entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
         content = content if content is not None else governed_content(entity)
         append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
-        l0, l1 = enforce(rule_subject(session, entity, content=content))
+        l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems))
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     if not flush:
         session.add(entity)
@@ -177,10 +181,22 @@ def record_version(
     return entity
 
 
-def rule_subject(session: Session, entity: GovernedEntity, *, content: dict[str, Any] | None = None) -> RuleSubject:
-    members = None
+def rule_subject(
+    session: Session, entity: GovernedEntity, *, keyring: KeyRing | None, content: dict[str, Any] | None = None,
+    seat_problems: tuple[str, ...] | None = None,
+) -> RuleSubject:
+    """What the rules look at for ``entity`` as it is in memory, with the seat facts of a team
+    or an agent read as an audit reads them (``models.membership``, which checks other
+    entities' heads with ``keyring``), so a write and an audit judge alike."""
+    members = seated = None
+    if isinstance(entity, (Team, Agent)) and keyring is None:
+        raise TypeError(f"the rules of a {entity.entity_type_value.value} need the key ring")
     if isinstance(entity, Team):
-        members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == entity.id))
+        members = members_count(session, entity.id)
+        seated = signed_member_counts(session, [entity], {entity.id: members}, keyring)[entity.id]
+    elif isinstance(entity, Agent) and seat_problems is None:
+        held = [skill.id for skill in entity.skills]
+        seat_problems = seat_problems_of(session, [(entity, held)], keyring).get(entity.id, ())
     return RuleSubject(
         entity_type=entity.entity_type_value,
         content=content if content is not None else governed_content(entity),
@@ -189,6 +205,8 @@ def rule_subject(session: Session, entity: GovernedEntity, *, content: dict[str,
         genesis_linked=entity.version >= 1,
         append_only_enforced=_append_only(session),
         members=members,
+        seated=seated,
+        seat_problems=seat_problems if isinstance(entity, Agent) else None,
     )
 
 

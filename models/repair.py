@@ -175,7 +175,7 @@ def restore_entity(
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
         guard_membership(session, entity, before=snapshot_before, after=snapshot(entity), keyring=keyring)
         entity.embedding = embedder.embed([embedding_text(entity)])[0]
-        subject = rule_subject(session, entity)  # recorded as they come out: the signed content is what it is
+        subject = rule_subject(session, entity, keyring=keyring)  # recorded as they come out: the signed content is what it is
         l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
         # The database's clock, as audit runs use, read last: reports list repairs made before
