@@ -130,6 +130,10 @@ RULES: tuple[Rule, ...] = (
     Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),
 )
 RULES_BY_ID = {rule.id: rule for rule in RULES}
+# The rules that read a team's members, which change when an agent takes or leaves a seat,
+# with no new version of the team: what its last write stored of them goes stale, so they
+# are evaluated again whenever the team is served (models.registry.served_team_l1).
+MEMBER_RULES = frozenset({"TEAM-01", "TEAM-03"})
 # The rules about seats, which read other entities' rows (a team's members; an agent's team
 # and job role): an audit checks an entity that breaks one again with its row locked, as it
 # does a suspect of tampering (models.audit.suspects_rechecked).
@@ -161,6 +165,24 @@ def evaluate(subject: RuleSubject, level: str) -> LevelResult:
     for rule in RULES_FOR[level, subject.entity_type]:
         if not rule.check(subject):
             (violations if rule.severity is Severity.ERROR else warnings).append(rule.id)
+    return LevelResult(level, tuple(violations), tuple(warnings))
+
+
+def reevaluated(stored: Any, subject: RuleSubject, level: str, rule_ids: frozenset[str]) -> LevelResult:
+    """``stored`` (a :class:`LevelResult` as JSON) with the rules ``rule_ids`` evaluated again
+    on ``subject``; the level's other rules as stored, in catalogue order. Every rule is
+    evaluated when ``stored`` is not such a result (none stored, or edited through SQL)."""
+    fresh = evaluate(subject, level)
+    kept = [stored.get(key) for key in ("violations", "warnings")] if isinstance(stored, dict) else None
+    if kept is None or not all(isinstance(ids, list) for ids in kept):
+        return fresh
+    violations, warnings = [], []
+    for rule in RULES_FOR[level, subject.entity_type]:
+        failed, warned = (fresh.violations, fresh.warnings) if rule.id in rule_ids else kept
+        if rule.id in failed:
+            violations.append(rule.id)
+        elif rule.id in warned:
+            warnings.append(rule.id)
     return LevelResult(level, tuple(violations), tuple(warnings))
 
 

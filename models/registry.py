@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
 from models.chain import SEALED_CODE, ChainFinding, EntityVersion, append_version, head_drift
-from models.constitution import RuleSubject, append_only_enforced, enforce
+from models.constitution import L1, MEMBER_RULES, RuleSubject, append_only_enforced, enforce, reevaluated
 from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import (
@@ -208,6 +208,21 @@ def rule_subject(
         seated=seated,
         seat_problems=seat_problems if isinstance(entity, Agent) else None,
     )
+
+
+def served_team_l1(session: Session, team: Team, members: int) -> dict[str, Any]:
+    """The team's L1 results as its resource serves them: as its last write stored them,
+    but for the rules that read its members (:data:`models.constitution.MEMBER_RULES`),
+    evaluated now on ``members``, those the resource lists. An agent taking or leaving a
+    seat adds no version to the team, so the stored ones go stale (a team with members
+    still showing TEAM-01's warning). Judged on the listed members, as ``free_seats`` is:
+    the audit differs only where a member's row is not its signed head (reported on it)."""
+    subject = RuleSubject(
+        entity_type=EntityType.TEAM, content=governed_content(team), versions=team.version,
+        head_link_hash=team.head_link_hash, genesis_linked=team.version >= 1, append_only_enforced=_append_only(session),
+        members=members, seated=members,
+    )
+    return reevaluated(team.constitution_l1, subject, L1, MEMBER_RULES).as_json()
 
 
 def _append_only(session: Session) -> bool:

@@ -179,6 +179,44 @@ def test_team_without_members_is_only_warned(world) -> None:
     assert world["team"]["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": ["TEAM-01"]}
 
 
+def test_a_team_s_rules_about_its_members_are_judged_on_the_members_it_serves(client, world, gov) -> None:
+    """A seat taken or left adds no version to the team: the rules reading its members
+    (TEAM-01, TEAM-03) are evaluated when it is served, not read from its last write."""
+    url = f"{API}/teams/{world['team']['id']}"
+    seated = client.get(url).get_json()
+    assert seated["members"] == [world["agent"]["id"]]
+    assert seated["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": []}
+    assert seated["version"] == world["team"]["version"]  # the same signed team as at its creation
+    left = client.patch(f"{API}/agents/{world['agent']['id']}", json={"team_id": None})
+    assert left.status_code == 200, left.get_json()
+    assert client.get(url).get_json()["constitution"]["l1"]["warnings"] == ["TEAM-01"]
+
+
+@pytest.mark.parametrize("stored", ['"not a result"', '{"violations": "TEAM-02"}', "null"])
+def test_a_team_whose_stored_results_are_no_result_is_served_every_l1_rule_evaluated(client, world, engine,
+                                                                                     stored) -> None:
+    with engine.begin() as connection:  # not governed content: not a tampering finding either
+        connection.execute(text(f"UPDATE teams SET constitution_l1 = '{stored}'::jsonb WHERE id = :id"),
+                           {"id": world["team"]["id"]})
+    response = client.get(f"{API}/teams/{world['team']['id']}")
+    assert response.status_code == 200
+    assert response.get_json()["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": []}
+
+
+def test_a_team_over_its_capacity_is_served_breaking_team_03(client, world, monkeypatch) -> None:
+    from tests.test_seat_rules import as_an_older_release
+
+    url, gov = f"{API}/teams/{world['team']['id']}", {"governance_agent_id": world["agent"]["governance_agent_id"]}
+    with as_an_older_release(monkeypatch):  # as a release without the seat guards left it
+        assert client.patch(url, json={"capacity": 1}).status_code == 200
+        _post(client, "/agents", {**gov, "name": "Dispatch Two", "job_role_id": world["role"]["id"],
+                                  "industry_id": world["industry"]["id"], "skill_ids": [s["id"] for s in world["skills"]],
+                                  "team_id": world["team"]["id"]})
+    team = client.get(url).get_json()
+    assert team["free_seats"] == -1
+    assert team["constitution"]["l1"] == {"passed": False, "violations": ["TEAM-03"], "warnings": []}
+
+
 def test_unknown_entity_is_404(client, world) -> None:
     for path in ("/genesis/skills", "/genesis/industries", "/genesis/job-roles", "/teams", "/agents"):
         assert client.get(f"{API}{path}/{uuid.uuid4()}").status_code == 404

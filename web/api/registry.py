@@ -26,8 +26,8 @@ from models.constitution import RULES, Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.key_seals import published_keyring
 from models.registry import (
-    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, skill_key_taken, team_members,
-    update_entity,
+    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, served_team_l1, skill_key_taken,
+    team_members, update_entity,
 )
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
@@ -77,9 +77,11 @@ def entity_resource(entity: GovernedEntity) -> dict[str, Any]:
         head_link_hash=hex_or_none(entity.head_link_hash),
         constitution={"l0": entity.constitution_l0, "l1": entity.constitution_l1},
     )
-    if isinstance(entity, Team):
-        members = team_members(db_session(), team_id=entity.id)
-        body.update(members=[str(m) for m in members], free_seats=entity.capacity - len(members))
+    if isinstance(entity, Team):  # members change with no new version: so do the rules that read them
+        session = db_session()
+        members = team_members(session, team_id=entity.id)
+        body.update(members=[str(m) for m in members], free_seats=entity.capacity - len(members),
+                    constitution={"l0": entity.constitution_l0, "l1": served_team_l1(session, entity, len(members))})
     return body
 
 
