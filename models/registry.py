@@ -32,7 +32,8 @@ from models.constitution import L1, MEMBER_RULES, RuleSubject, append_only_enfor
 from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entities import (
-    ENTITY_MODELS, SKILL_ID_FIELDS, Agent, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team, governed_content,
+    ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, JobRole, Skill, SkillStatus, Team,
+    governed_content,
 )
 from models.errors import (
     Conflict,
@@ -251,11 +252,15 @@ def snapshot(entity: GovernedEntity) -> dict[str, Any]:
     return {**content, **{f: getattr(entity, f) for f in EMBEDDED_TEXT[entity.entity_type_value]}}
 
 
-def apply_fields(session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID]) -> None:
+def apply_fields(
+    session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID], signed: bool = False
+) -> None:
     """Set fields after checking every reference; all bad fields are reported at once.
 
     ``data`` holds typed values (ids as UUIDs, skill lists as lists of UUIDs), as the API
-    parses them and as :func:`models.repair.restore_entity` reads them back from a version.
+    parses them and as :func:`models.repair.restore_entity` reads them back from a version
+    (``signed``). A governance agent newly named must be active (:func:`_governor_problem`);
+    one named before, or put back by a restore, is not judged again.
     """
     errors: list[dict[str, str]] = []
     for field, value in data.items():
@@ -263,14 +268,33 @@ def apply_fields(session: Session, entity: GovernedEntity, data: dict[str, Any],
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
         elif field == "parent_id" and value is not None and not _parent_ok(session, entity, value):
             errors.append({"field": field, "message": f"no {entity.entity_type_value.value} with id {value}"})
+        elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
+            errors.append({"field": field, "message": problem})
     skills = {f: _skills(session, data[f], f, errors) for f in SKILL_ID_FIELDS if f in data}
     if errors:
-        raise InvalidInput("unknown ids in reference fields", errors=errors)
+        raise InvalidInput("bad reference fields", errors=errors)
     for field, value in data.items():
         if field in SKILL_ID_FIELDS:
             setattr(entity, SKILL_ID_FIELDS[field], skills[field])
         else:
             setattr(entity, field, value)
+
+
+def _governor_problem(session: Session, entity: GovernedEntity, data: dict[str, Any], pending: frozenset[uuid.UUID]) -> str | None:
+    """Why the governance agent ``data`` names may not be named, if it is newly named and
+    not active (an agent naming itself, as it will be after this write). Judged when it is
+    named only: a governor retired or suspended later stays its entities' governor
+    (README, "The constitution"), and they take another through a write naming it."""
+    agent_id = data["governance_agent_id"]
+    if agent_id is None or agent_id in pending or agent_id == entity.governance_agent_id:
+        return None
+    governor = session.get(Agent, agent_id)
+    if governor is None:
+        return None  # reported as unknown
+    status = data.get("status", governor.status) if governor is entity else governor.status
+    if status == AgentStatus.ACTIVE.value:
+        return None
+    return f"agent {agent_id} is {status}: a governance agent must be active when it is named"
 
 
 def guard_membership(

@@ -169,7 +169,7 @@ def restore_entity(
     snapshot_before = snapshot(entity)
     # No autoflush until the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
-        apply_fields(session, entity, typed_content(entity_type, signed), pending=frozenset())
+        apply_fields(session, entity, typed_content(entity_type, signed), pending=frozenset(), signed=True)
         entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
         if not matches_canonical(governed_content(entity), bytes(head.content)):
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")

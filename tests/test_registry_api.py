@@ -168,6 +168,36 @@ def test_a_name_with_one_character_that_shows_is_not_blank(client, gov, name) ->
     assert client.post(f"{API}/genesis/industries", json={**gov, "name": name, "code": "SHOWN"}).status_code == 201
 
 
+@pytest.mark.parametrize("status", ["retired", "suspended"])
+def test_a_governance_agent_must_be_active_when_it_is_named(client, world, status) -> None:
+    agent = world["agent"]
+    named = {"governance_agent_id": agent["id"]}
+    governed = _post(client, "/genesis/industries", {**named, "name": "Governed", "code": "GOVD"})
+    assert client.patch(f"{API}/agents/{agent['id']}", json={"status": status, "team_id": None}).status_code == 200
+    refused = {"field": "governance_agent_id",
+               "message": f"agent {agent['id']} is {status}: a governance agent must be active when it is named"}
+    created = client.post(f"{API}/genesis/industries", json={**named, "name": "Misgoverned", "code": "MISG"})
+    assert created.status_code == 422 and created.get_json()["errors"] == [refused]
+    patched = client.patch(f"{API}/genesis/industries/{world['industry']['id']}", json=named)
+    assert patched.status_code == 422 and patched.get_json()["errors"] == [refused]
+    # Named while active, it stays the governor of what it governs: judged when named only.
+    url = f"{API}/genesis/industries/{governed['id']}"
+    kept = client.patch(url, json={**named, "description": "still governed"})
+    assert kept.status_code == 200 and kept.get_json()["governance_agent_id"] == agent["id"]
+    assert client.get(f"{API}/audit/tampering/{governed['id']}").get_json()["findings"] == []
+    handed_over = client.patch(url, json={"governance_agent_id": world["industry"]["governance_agent_id"]})
+    assert handed_over.status_code == 200
+
+
+def test_an_agent_cannot_name_itself_governor_as_it_stops_being_active(client, world) -> None:
+    agent = world["agent"]
+    response = client.patch(f"{API}/agents/{agent['id']}",
+                            json={"governance_agent_id": agent["id"], "status": "retired", "team_id": None})
+    assert response.status_code == 422 and response.get_json()["errors"][0]["field"] == "governance_agent_id"
+    named = client.patch(f"{API}/agents/{agent['id']}", json={"governance_agent_id": agent["id"]})
+    assert named.status_code == 200, named.get_json()
+
+
 def test_a_refused_patch_changes_nothing(client, world) -> None:
     role = world["role"]
     response = client.patch(f"{API}/genesis/job-roles/{role['id']}", json={"required_skill_ids": []})

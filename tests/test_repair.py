@@ -124,6 +124,15 @@ def test_a_restore_that_would_overfill_a_team_is_refused(world, db_session, writ
     assert [a.id for a in db_session.query(Agent).filter(Agent.team_id == team.id)] == [taker.id]
 
 
+def test_a_restore_puts_back_a_governor_retired_since_it_was_named(world, db_session, write_ctx, steward) -> None:
+    governor = world.agent("Governor")
+    governed = world.make(E.INDUSTRY, name="Governed Industry", code="GVD", governance_agent_id=governor.id)
+    update_entity(db_session, entity_type=E.AGENT, entity_id=governor.id, changes={"status": "retired"}, ctx=write_ctx)
+    _sql(db_session, "UPDATE industries SET governance_agent_id = :s WHERE id = :i", s=steward, i=governed.id)
+    outcome = _restore(db_session, write_ctx, E.INDUSTRY, governed.id)
+    assert outcome.restored and outcome.changed_fields == ("governance_agent_id",)
+
+
 def test_repair_records_are_append_only(world, db_session, write_ctx) -> None:
     agent = world.agent("Guarded record")
     _sql(db_session, "UPDATE agents SET name = 'renamed by hand' WHERE id = :a", a=agent.id)
