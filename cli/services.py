@@ -285,6 +285,9 @@ class EmbeddedPostgres(_ChildServer):
             self._run_as = _hand_over_to_service_user(self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        elif self.password_path is not None and not self.password_path.exists() and not _trusts(self.data_dir / "pg_hba.conf"):
+            raise ServiceError(f"{self.password_path} is missing, and the PostgreSQL in {self.data_dir} takes passwords "
+                               "only: put the file back, or move the data dir away to start afresh")
         _remove_stale_pid_file(self.data_dir / "postmaster.pid")
 
     def _initdb(self) -> None:
@@ -306,6 +309,7 @@ class EmbeddedPostgres(_ChildServer):
             yield None
             return
         path = self.data_dir.with_name(self.data_dir.name + ".initdb-password")
+        path.unlink(missing_ok=True)  # left by an initdb cut short (SIGKILL)
         write_secret(path, password)
         try:
             if self._run_as:
@@ -323,7 +327,7 @@ class EmbeddedPostgres(_ChildServer):
             verifier = conn.pgconn.encrypt_password(password.encode(), b"postgres", b"scram-sha-256").decode()
             conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier)))
             hba = self.data_dir / "pg_hba.conf"
-            hba.write_text(_TRUST.sub(r"\1scram-sha-256", hba.read_text()))  # in place: its owner stays
+            _replace_owned(hba, _TRUST.sub(r"\1scram-sha-256", hba.read_text()))
             conn.execute("SELECT pg_reload_conf()")
         with psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres", password=password,
                              connect_timeout=2):
@@ -353,6 +357,22 @@ _TRUST = re.compile(r"^(\s*(?:local|host\w*)\s.*?\s)trust\s*$", re.MULTILINE)
 def _trusts(hba: Path) -> bool:
     """Whether ``hba`` (a pg_hba.conf) lets any connection in without a password."""
     return _TRUST.search(hba.read_text()) is not None
+
+
+def _replace_owned(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a crash leaves the old file, never a
+    truncated one), keeping its owner and mode."""
+    held = path.stat()
+    draft = path.with_name(path.name + ".new")
+    draft.unlink(missing_ok=True)
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(held.st_mode))
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    if os.geteuid() == 0:
+        os.chown(draft, held.st_uid, held.st_gid)
+    os.replace(draft, path)
 
 
 def write_secret(path: Path, value: str) -> None:

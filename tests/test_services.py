@@ -84,13 +84,29 @@ def test_postgres_with_passwords_lets_no_one_in_without_one(server_tmp: Path) ->
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_start_cut_short_or_a_lost_password_file_is_said_plainly(server_tmp: Path) -> None:
+    """An initdb killed mid-way left its password file behind, and every later start failed
+    on it (FileExistsError); a password file removed from a data dir that needs it made a
+    new password and an authentication error (helper-123)."""
+    (server_tmp / "pg.initdb-password").write_text("left by a start killed during initdb\n")
+    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+        assert _refused_without_password(server)
+    assert server.password_path is not None
+    server.password_path.unlink()
+    with pytest.raises(ServiceError, match="pg.password is missing"):
+        EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True).start()
+
+
 def test_a_data_dir_made_trusting_every_connection_needs_passwords_from_its_next_start_with_them(server_tmp: Path) -> None:
     """Data dirs made by earlier releases of the dev runner (initdb --auth=trust) keep their data
     and are switched over, not left open."""
     with EmbeddedPostgres(server_tmp / "pg", free_port()) as trusting, _connect(trusting) as conn:
         conn.execute("CREATE TABLE kept (value text)")
         conn.execute("INSERT INTO kept VALUES ('survives')")
+    hba = (server_tmp / "pg" / "pg_hba.conf").stat()
     with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+        rewritten = (server.data_dir / "pg_hba.conf").stat()  # replaced whole, as its owner's, with its mode
+        assert (rewritten.st_uid, rewritten.st_gid, rewritten.st_mode) == (hba.st_uid, hba.st_gid, hba.st_mode)
         wait_for(lambda: _refused_without_password(server), what="the reloaded pg_hba.conf to need a password")
         with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
             assert conn.execute("SELECT value FROM kept").fetchall() == [("survives",)]
