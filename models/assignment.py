@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, undefer
 
 from models.embeddings import cosine
-from models.entities import Agent, EntityType, Team
+from models.entities import Agent, EntityType, Team, governed_content
 from models.errors import EntityTampered, NoEligibleTeam, NotEligible, TeamFull
 from models.membership import ineligibility, required_skills, team_is_full
 from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version, signed_required_skills
@@ -68,8 +68,10 @@ def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteCon
         return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
     if team_is_full(session, team, agent):
         raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", team_id=str(team.id))
+    content_before = governed_content(agent)
     agent.team_id = team.id
-    record_version(session, agent, ctx, text_changed=False, seat_problems=())  # judged above, under the seat's locks
+    record_version(session, agent, ctx, text_changed=False, content_before=content_before,
+                   seat_problems=())  # judged above, under the seat's locks
     return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
 
 

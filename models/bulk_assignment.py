@@ -300,9 +300,11 @@ def apply_batch(
             if agent.team_id is not None:
                 taken[agent.team_id] = taken.get(agent.team_id, 1) - 1
             taken[team.id] = taken.get(team.id, 0) + 1
-            agent.team_id = team.id
-            record_version(session, agent, ctx, text_changed=False, flush=False,  # its seat judged above: no problem
-                           content=_agent_content(agent, held[agent_id]), pending=versions, seat_problems=())
+            previous, agent.team_id = agent.team_id, team.id
+            content = _agent_content(agent, held[agent_id])
+            record_version(session, agent, ctx, text_changed=False, flush=False, content=content, pending=versions,
+                           content_before={**content, "team_id": str(previous) if previous is not None else None},
+                           seat_problems=())  # its seat judged above: no problem
     insert_versions(session, versions)
     session.flush()
     return refused

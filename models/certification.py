@@ -110,15 +110,16 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     # near-identical skills certified side by side would each see the other uncertified.
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
     failed, duplicate = certification_gates(session, skill)
+    content_before = governed_content(skill)  # a rejection may leave broken what the skill broke: the gates name it
     if notes:
         skill.governance_notes = normalize_text(notes)  # as every governed string is stored and signed: NFC
     if failed:
         skill.status = SkillStatus.REJECTED.value
-        record_version(session, skill, ctx, text_changed=False)
+        record_version(session, skill, ctx, text_changed=False, content_before=content_before)
         return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
     skill.certificate = issue_certificate(session, skill, ctx)
     skill.status = SkillStatus.CERTIFIED.value
-    record_version(session, skill, ctx, text_changed=False)
+    record_version(session, skill, ctx, text_changed=False, content_before=content_before)
     return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
 
 

@@ -2,9 +2,10 @@
 
 Rules are data (id, level, entity type, description, severity) plus a small check over
 a :class:`RuleSubject`. L0 rules apply to every entity; L1 rules to one entity type.
-Rules of severity ``error`` gate writes: a create or update that would break one is
-refused, listing every violated rule id. ``warning`` rules (TEAM-01, which would make
-every new team non-compliant) are reported by evaluations and audits but never block.
+Rules of severity ``error`` gate writes: a create that would break one is refused, and so
+is a change that would break one the entity did not already break (:func:`enforce`),
+listing every such rule id. ``warning`` rules (TEAM-01, which would make every new team
+non-compliant) are reported by evaluations and audits but never block.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import enum
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import text
@@ -144,6 +145,10 @@ RULES_FOR = {
     (level, kind): tuple(r for r in RULES if r.level == level and r.applies_to(kind)) for level in (L0, L1) for kind in EntityType
 }
 
+# Rules about the database every write relies on, not about the entity written: a write is
+# refused while one breaks, whatever the entity broke before it.
+WRITE_PRECONDITIONS = frozenset({"L0-03"})
+
 
 @dataclass(frozen=True)
 class LevelResult:
@@ -186,14 +191,32 @@ def reevaluated(stored: Any, subject: RuleSubject, level: str, rule_ids: frozens
     return LevelResult(level, tuple(violations), tuple(warnings))
 
 
-def enforce(subject: RuleSubject) -> tuple[LevelResult, LevelResult]:
-    """Evaluate L0 and L1; raise ``ConstitutionViolation`` listing every violated rule."""
+def enforce(subject: RuleSubject, *, content_before: dict[str, Any] | None,
+            stands_down: bool = False) -> tuple[LevelResult, LevelResult]:
+    """Evaluate L0 and L1 on ``subject`` (an entity as a write leaves it); raise
+    ``ConstitutionViolation`` listing every error rule it breaks that the write must not.
+
+    A new entity (``content_before`` None) must break none. A change of an existing one
+    must break none its content before the write (``content_before``, judged with the
+    subject's other facts) did not already break, and a change that ``stands_down`` the
+    entity (retires, suspends, unseats it) may leave any broken: a rule a release adds or
+    tightens never freezes the entities it finds against, not even against retiring them.
+    They stay non-compliant (their stored results and every audit say so) until a change
+    fixes them. The :data:`WRITE_PRECONDITIONS` are never left broken.
+    """
     l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
     violated = [*l0.violations, *l1.violations]
-    if violated:
+    left: set[str] = set()
+    if violated and content_before is not None:  # judged only when it matters: most writes break nothing
+        before = replace(subject, content=content_before)
+        left = set(violated) if stands_down else {*evaluate(before, L0).violations, *evaluate(before, L1).violations}
+        left -= WRITE_PRECONDITIONS
+    refused = [rid for rid in violated if rid not in left]
+    if refused:
+        kept = [rid for rid in violated if rid in left]
         raise ConstitutionViolation(
-            "violated rules: " + ", ".join(violated),
-            violations=[{"rule": rid, "description": RULES_BY_ID[rid].description} for rid in violated],
+            "violated rules: " + ", ".join(refused) + (f" (already broken, and left so: {', '.join(kept)})" if kept else ""),
+            violations=[{"rule": rid, "description": RULES_BY_ID[rid].description} for rid in refused],
         )
     return l0, l1
 

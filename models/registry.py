@@ -100,7 +100,7 @@ def create_entity(
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     apply_fields(session, entity, data, pending=ctx.pending_ids)
     guard_membership(session, entity, before=None, after=snapshot(entity), keyring=ctx.keyring)
-    return record_version(session, entity, ctx, text_changed=True)
+    return record_version(session, entity, ctx, text_changed=True, content_before=None)
 
 
 # The one change a certified skill takes: retired, its certificate is withdrawn (the version that
@@ -138,7 +138,8 @@ def update_entity(
         return entity
     guard_membership(session, entity, before=before, after=after, keyring=ctx.keyring)
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
-    return record_version(session, entity, ctx, text_changed=text_changed)
+    return record_version(session, entity, ctx, text_changed=text_changed, content_before=before,
+                          stands_down=stands_down(before, after))
 
 
 def record_version(
@@ -147,6 +148,8 @@ def record_version(
     ctx: WriteContext,
     *,
     text_changed: bool,
+    content_before: dict[str, Any] | None,
+    stands_down: bool = False,
     flush: bool = True,
     content: dict[str, Any] | None = None,
     pending: list[EntityVersion] | None = None,
@@ -154,7 +157,11 @@ def record_version(
 ) -> GovernedEntity:
     """Append the entity's changed state as a chain version, gate it, and flush.
 
-    Raises ``ConstitutionViolation`` (nothing is written) when an error rule breaks.
+    Raises ``ConstitutionViolation`` (nothing is written) when an error rule breaks that
+    the write may not leave broken (:func:`models.constitution.enforce`): any, for a new
+    entity (``content_before`` None); for a change, one its governed content before the
+    write (``content_before``) did not break, or none if the change ``stands_down`` the
+    entity (:func:`stands_down`).
     With ``flush=False`` a bulk caller flushes many writes at once (and gives up the
     per-write mapping of unique violations to 409s: it must not change unique fields).
     ``content`` is the entity's governed content when the caller already built it (a
@@ -171,7 +178,8 @@ def record_version(
             entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
         content = content if content is not None else governed_content(entity)
         append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
-        l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems))
+        l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems),
+                         content_before=content_before, stands_down=stands_down)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
     if not flush:
         session.add(entity)
@@ -180,6 +188,24 @@ def record_version(
         session.add(entity)
         session.flush()
     return entity
+
+
+# Where each field of a change that stands an entity down may go: the statuses that retire or
+# suspend it, and no team (an agent unseated).
+STANDING_DOWN: dict[str, frozenset[Any]] = {
+    "status": frozenset({SkillStatus.RETIRED.value, AgentStatus.SUSPENDED.value, AgentStatus.RETIRED.value}),
+    "team_id": frozenset({None}),
+}
+
+
+def stands_down(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a change (the entity's snapshots around it) only stands the entity down: it
+    retires or suspends it, or takes an agent out of its team, and changes nothing else.
+    Such a change is never refused for a rule the entity breaks (not even one it starts to
+    break): retiring is how a finding is answered, and must stay possible whatever a later
+    release's rules say."""
+    changed = {f for f in after if before.get(f) != after[f]}
+    return bool(changed) and all(f in STANDING_DOWN and after[f] in STANDING_DOWN[f] for f in changed)
 
 
 def rule_subject(

@@ -1,0 +1,156 @@
+"""The constitution's catalogue over time: what a write may leave broken when a release adds or
+tightens a rule, and the catalogue version that results, audit summaries and reports name.
+
+A rule is added here as a release would add it (:func:`added`): to ``RULES`` and the tables
+derived from it, in this process only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models import constitution as c
+from models.assignment import assign_agent
+from models.bulk_assignment import apply_batch
+from models.certification import certify_skill
+from models.chain import history
+from models.entities import Agent, EntityType
+from models.errors import ConstitutionViolation
+from models.registry import create_entity, update_entity
+from tests.test_assignment import World
+from tests.test_audit import run_audit
+from tests.test_certification import GOOD
+from tests.test_registry_api import API, gov, world  # noqa: F401 - fixtures
+
+SHORT_DESCRIPTION = c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill description has at least 10 words", c.E,
+                           lambda s: len((s.content.get("description") or "").split()) >= 10)
+AGENT_DESCRIBED = c.Rule("AGENT-04", c.L1, c.T.AGENT, "Agent description is not blank", c.E,
+                         lambda s: bool((s.content.get("description") or "").strip()))
+# A rule a stand-down itself breaks: how a later release could have made retiring impossible.
+RETIRED_WITH_NOTES = c.Rule("AGENT-04", c.L1, c.T.AGENT, "A retired agent says why in its governance notes", c.E,
+                            lambda s: s.content.get("status") != "retired" or bool(s.content.get("governance_notes")))
+
+
+def added(monkeypatch: pytest.MonkeyPatch, rule: c.Rule) -> c.Rule:
+    """``rule`` in the catalogue, as a release adding it would have it."""
+    monkeypatch.setattr(c, "RULES", (*c.RULES, rule))
+    monkeypatch.setitem(c.RULES_BY_ID, rule.id, rule)
+    for kind in c.EntityType:
+        if rule.applies_to(kind):
+            monkeypatch.setitem(c.RULES_FOR, (rule.level, kind), (*c.RULES_FOR[rule.level, kind], rule))
+    return rule
+
+
+@pytest.fixture
+def assign_world(db_session: Session, write_ctx: Any, steward: Any) -> World:
+    return World(db_session, write_ctx, steward)
+
+
+# Writes refuse only what they break
+
+
+def test_a_rule_added_to_the_catalogue_freezes_no_entity_it_finds_against(client, gov, world, monkeypatch) -> None:  # noqa: F811
+    """The reviewer's reproduction: a release adds SKILL-04, which both skills break (their
+    descriptions have 6 words). Retiring one, or changing something else of the other, is
+    allowed; each stays non-compliant until a change fixes it; a change that breaks another
+    rule is still refused, naming that rule alone."""
+    added(monkeypatch, SHORT_DESCRIPTION)
+    first, second = (f"{API}/genesis/skills/{s['id']}" for s in world["skills"])
+    retired = client.patch(first, json={"status": "retired"})
+    assert retired.status_code == 200, retired.get_json()
+    assert retired.get_json()["constitution"]["l1"]["violations"] == ["SKILL-04"]  # retired, not compliant
+    tagged = client.patch(second, json={"tags": ["night"]})
+    assert tagged.status_code == 200, tagged.get_json()
+    assert tagged.get_json()["constitution"]["l1"]["violations"] == ["SKILL-04"]
+
+    blanked = client.patch(second, json={"name": "  "})
+    assert blanked.status_code == 422
+    problem = blanked.get_json()
+    assert problem["type"] == "/problems/constitution-violation"
+    assert [v["rule"] for v in problem["violations"]] == ["SKILL-01"]
+    assert "already broken, and left so: SKILL-04" in problem["detail"]
+    assert client.get(second).get_json()["version"] == tagged.get_json()["version"]  # nothing written
+
+    fixed = client.patch(second, json={"description": "Route planning for warehouses, fleets and every depot we serve"})
+    assert fixed.status_code == 200 and fixed.get_json()["constitution"]["l1"]["passed"]
+    created = client.post(f"{API}/genesis/skills", json={**gov, "name": "Yard Planning", "category": "technical",
+                                                          "description": "Too short"})
+    assert created.status_code == 422 and [v["rule"] for v in created.get_json()["violations"]] == ["SKILL-04"]
+
+
+def test_a_change_that_only_stands_an_entity_down_is_never_refused_for_a_rule(client, world, monkeypatch) -> None:  # noqa: F811
+    """Retiring (and unseating) is how a finding is answered, even under a rule that retiring
+    itself would break; a change that does more than stand down is judged as any other."""
+    added(monkeypatch, RETIRED_WITH_NOTES)
+    agent = f"{API}/agents/{world['agent']['id']}"
+    more = client.patch(agent, json={"status": "retired", "team_id": None, "description": "Gone"})
+    assert more.status_code == 422 and [v["rule"] for v in more.get_json()["violations"]] == ["AGENT-04"]
+    retired = client.patch(agent, json={"status": "retired", "team_id": None})
+    assert retired.status_code == 200, retired.get_json()
+    assert retired.get_json()["constitution"]["l1"]["violations"] == ["AGENT-04"]
+    assert client.get(f"{API}/teams/{world['team']['id']}").get_json()["members"] == []
+
+
+def test_an_audit_still_reports_what_a_write_left_broken(db_session, write_ctx, steward, keyring, monkeypatch) -> None:
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Short Skill", "skill_key": "short-skill", "category": "technical", "description": "Six words of plain description here",
+        "governance_agent_id": steward})
+    added(monkeypatch, SHORT_DESCRIPTION)
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["kept"]}, ctx=write_ctx)
+    summary, findings = run_audit(db_session, keyring, {"scope": {"entity_type": "skill"}})
+    assert [(f.entity_id, f.code, f.rule_id) for f in findings] == [(skill.id, "rule-violation", "SKILL-04")]
+    assert summary["non_compliant"] == 1
+
+
+def test_a_certified_skill_a_new_rule_finds_against_can_be_retired(db_session, write_ctx, steward, monkeypatch) -> None:
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Certified Before", "skill_key": "certified-before", "category": "technical", "description": GOOD,
+        "governance_agent_id": steward})
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
+    added(monkeypatch, c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
+    retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"},
+                            ctx=write_ctx)
+    assert retired.status == "retired" and retired.constitution_l1["violations"] == ["SKILL-04"]
+
+
+def test_a_certification_of_a_skill_a_new_rule_finds_against_records_its_rejection(
+        db_session, write_ctx, steward, monkeypatch) -> None:
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Drafted Before", "skill_key": "drafted-before", "category": "technical", "description": GOOD,
+        "governance_agent_id": steward})
+    added(monkeypatch, c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
+    outcome = certify_skill(db_session, skill_id=skill.id, notes="needs an industry", ctx=write_ctx)
+    assert outcome.status == "rejected" and outcome.version == 2
+    assert outcome.failed_gates == [{"gate": "constitution", "detail": "rules not satisfied", "rules": ["SKILL-04"]}]
+    assert [v.version for v in history(db_session, entity_id=skill.id)] == [1, 2]
+
+
+def test_agents_a_new_rule_finds_against_are_still_assigned_singly_and_in_bulk(
+        assign_world, db_session, write_ctx, monkeypatch) -> None:
+    team = assign_world.team("Rule change team", capacity=3)
+    lone, bulk, fine = (assign_world.agent(name) for name in ("Undescribed lone", "Undescribed bulk", "Described"))
+    update_entity(db_session, entity_type=EntityType.AGENT, entity_id=fine.id, changes={"description": "Has one"}, ctx=write_ctx)
+    added(monkeypatch, AGENT_DESCRIBED)
+    assert assign_agent(db_session, agent_id=lone.id, team_id=team.id, ctx=write_ctx).team_id == team.id
+    assert apply_batch(db_session, [(bulk.id, team.id), (fine.id, team.id)], ctx=write_ctx) == []
+    assert {db_session.get(Agent, a.id).team_id for a in (lone, bulk, fine)} == {team.id}
+    assert db_session.get(Agent, bulk.id).constitution_l1["violations"] == ["AGENT-04"]
+
+
+def test_a_lifted_guard_refuses_a_change_though_the_entity_was_written_under_it(db_session, write_ctx, steward) -> None:
+    """L0-03 is about the database, not the entity: broken before a change and after it, the
+    change is still refused."""
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Guarded", "skill_key": "guarded", "category": "technical", "description": "Written under the guards",
+        "governance_agent_id": steward})
+    db_session.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))  # ALTER TABLE refuses a table with deferred checks pending
+    db_session.execute(text("ALTER TABLE entity_versions DISABLE TRIGGER entity_versions_no_update_delete"))
+    db_session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
+    db_session.info.pop("append_only_enforced", None)  # the registry reads it once per session
+    with pytest.raises(ConstitutionViolation, match="L0-03"):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"},
+                      ctx=write_ctx)
