@@ -5,7 +5,8 @@ a :class:`RuleSubject`. L0 rules apply to every entity; L1 rules to one entity t
 Rules of severity ``error`` gate writes: a create that would break one is refused, and so
 is a change that would break one the entity did not already break (:func:`enforce`),
 listing every such rule id. ``warning`` rules (TEAM-01, which would make every new team
-non-compliant) are reported by evaluations and audits but never block.
+non-compliant) are reported by evaluations and audits but never block. The catalogue has
+a version (:func:`constitution_version`) that audit summaries and stored results name.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from models.canonical import canonical_bytes, sha256
 from models.entities import ENTITY_MODELS, EntityType, Seniority, SkillCategory
 from models.errors import ConstitutionViolation
 
@@ -145,9 +148,30 @@ RULES_FOR = {
     (level, kind): tuple(r for r in RULES if r.level == level and r.applies_to(kind)) for level in (L0, L1) for kind in EntityType
 }
 
+# Bump when a rule's check changes while its declared contract (id, level, entity type,
+# description, severity) does not: a check's code cannot be hashed meaningfully, and the
+# version must change whenever an entity's results could.
+CHECKS_REVISION = 1
 # Rules about the database every write relies on, not about the entity written: a write is
 # refused while one breaks, whatever the entity broke before it.
 WRITE_PRECONDITIONS = frozenset({"L0-03"})
+
+
+def constitution_version() -> str:
+    """The version of the catalogue this process checks entities against:
+    :func:`catalogue_version` of :data:`RULES` and :data:`CHECKS_REVISION`."""
+    return catalogue_version(RULES, CHECKS_REVISION)
+
+
+@lru_cache(maxsize=4)
+def catalogue_version(rules: tuple[Rule, ...], checks_revision: int) -> str:
+    """SHA-256 (hex) of the RFC 8785 JSON of ``checks_revision`` and each rule's declared
+    contract, in catalogue order. A rule added, removed, reworded, moved to another level
+    or type, or given another severity changes it; so does a bump of the checks' revision.
+    ``tests/test_constitution.py`` pins the current value."""
+    return sha256(canonical_bytes({"checks_revision": checks_revision, "rules": [
+        [r.id, r.level, r.entity_type.value if r.entity_type else None, r.description, r.severity.value] for r in rules
+    ]})).hex()
 
 
 @dataclass(frozen=True)

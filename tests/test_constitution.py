@@ -7,6 +7,7 @@ derived from it, in this process only.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -154,3 +155,41 @@ def test_a_lifted_guard_refuses_a_change_though_the_entity_was_written_under_it(
     with pytest.raises(ConstitutionViolation, match="L0-03"):
         update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"},
                       ctx=write_ctx)
+
+
+# The catalogue's version
+
+
+def test_the_catalogue_version_is_pinned() -> None:
+    """A change to the catalogue (a rule added, removed, reworded, moved or given another
+    severity, or a check changed with ``CHECKS_REVISION`` bumped) changes its version: say
+    the new one here, so that the change, which every audit summary after it names, is made
+    on purpose."""
+    assert c.constitution_version() == "484552525b1c165c942bbb40b0a47b8deff909712a27c2c553aa129216cc0eb7"
+
+
+def test_the_catalogue_version_changes_with_every_part_of_a_rule_s_contract() -> None:
+    rules, revision = c.RULES, c.CHECKS_REVISION
+    first = rules[0]
+    changed = [
+        (*rules, SHORT_DESCRIPTION),
+        rules[1:],
+        (replace(first, description=first.description + "."), *rules[1:]),
+        (replace(first, severity=c.W), *rules[1:]),
+        (replace(first, level=c.L1), *rules[1:]),
+        (replace(first, entity_type=c.T.SKILL), *rules[1:]),
+        (replace(first, id="L0-99"), *rules[1:]),
+        (rules[1], rules[0], *rules[2:]),
+    ]
+    versions = [c.catalogue_version(r, revision) for r in changed] + [c.catalogue_version(rules, revision + 1)]
+    assert c.constitution_version() == c.catalogue_version(rules, revision) not in versions
+    assert len(set(versions)) == len(versions)
+
+
+def test_the_rules_endpoint_names_the_catalogue_s_version(client, monkeypatch) -> None:
+    listed = client.get(f"{API}/rules").get_json()
+    assert listed["version"] == c.constitution_version()
+    added(monkeypatch, SHORT_DESCRIPTION)
+    now = client.get(f"{API}/rules").get_json()
+    assert now["version"] == c.constitution_version() != listed["version"]
+    assert [r["id"] for r in now["items"]] == [*(r["id"] for r in listed["items"]), "SKILL-04"]

@@ -235,4 +235,6 @@ class RuleOut(BaseModel):
 
 
 class RuleList(BaseModel):
+    version: str = Field(description="SHA-256 (hex) of the catalogue's declared rules (id, level, entity type, "
+                                     "description, severity) and its checks' revision: audit summaries name it")
     items: list[RuleOut]

@@ -22,7 +22,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
 from models.chain import EntityVersion, history
-from models.constitution import RULES, Severity
+from models import constitution
+from models.constitution import Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.key_seals import published_keyring
 from models.registry import (
@@ -296,15 +297,17 @@ register_entity_routes(registry_api)
 
 @registry_api.get("/rules", tags=[Tag(name="constitution")], responses={200: RuleList})
 def list_rules() -> dict[str, Any]:
-    """The constitution's rule catalogue."""
+    """The constitution's rule catalogue, and its version: what audit summaries and stored rule
+    results name (``models.constitution.constitution_version``)."""
     return {
+        "version": constitution.constitution_version(),
         "items": [
             {
                 "id": r.id, "level": r.level, "entity_type": r.entity_type.value if r.entity_type else None,
                 "description": r.description, "severity": r.severity.value,
                 "gates_writes": r.severity is Severity.ERROR,
             }
-            for r in RULES
+            for r in constitution.RULES
         ]
     }
 
