@@ -7,8 +7,9 @@ the final result equals a clean run's. Completing a chunk increments the run's
 ``chunks_done`` in the same transaction; whoever brings it to ``chunks_total`` merges.
 Run-level digest findings (``against_digest``) are written when the run is planned, only
 for entities in the run's scope. Every summary keeps ``total_entities = compliant +
-non_compliant`` and states its ``coverage``: what was read and what was taken on trust.
-A run whose job ended some other way (failed, or cancelled, with no chunk left to close it)
+non_compliant`` and states its ``coverage``: what was read and what was taken on trust,
+and its ``constitution_versions``: the rule catalogue(s) its chunks checked against (runs
+closed before Plant recorded them have none). A run whose job ended some other way (failed, or cancelled, with no chunk left to close it)
 is closed by :func:`close_runs_of_ended_jobs` with the job's status.
 """
 
@@ -32,7 +33,7 @@ from models.audit_record import (
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion
-from models.constitution import append_only_enforced
+from models.constitution import append_only_enforced, constitution_version
 from models.db import bigint_in, transaction, uuid_in
 from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.embeddings import Embedder
@@ -164,7 +165,8 @@ def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Em
     chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
         done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,
-                             "since_digest": result.digest_id, "coverage": result.coverage()},
+                             "since_digest": result.digest_id, "coverage": result.coverage(),
+                             "constitution_versions": [constitution_version()] if result.entities else []},
     )
     session.add(chunk)
     run.entities_total = result.entities
@@ -260,6 +262,8 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
     counters = dict(chunk.counters or {})
     counters["entities"] = counters.get("entities", 0) + result.entities
     counters["versions_verified"] = counters.get("versions_verified", 0) + result.versions_verified
+    if result.entities:  # the catalogue their rules were checked against, signed with the checkpoint
+        counters["constitution_versions"] = sorted({*counters.get("constitution_versions", ()), constitution_version()})
     chunk.counters = counters
     if entities:
         chunk.cursor = entities[-1].id
@@ -354,6 +358,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "findings": sum(by_code.values()),
         "by_code": dict(sorted(by_code.items())),
         "by_rule": dict(sorted(by_rule.items())),
+        "constitution_versions": _rules_checked(counted),
         "run_level_findings": [c for c in by_code if c in RUN_LEVEL_CODES],
         "duration_seconds": round((finished_at - run.created_at).total_seconds(), 3),
         **_what_was_checked(run, counted),
@@ -471,6 +476,20 @@ def close_runs_apart(sessions: sessionmaker[Session], *, keyring: KeyRing, job_i
         log.warning("could not close the audit runs of ended jobs (job %s); the next recovery pass will",
                     job_id or "any", exc_info=True)
         return 0
+
+
+def _rules_checked(chunks: list[AuditChunk]) -> list[str]:
+    """The versions of the rule catalogue (:func:`models.constitution.constitution_version`)
+    that ``chunks`` checked their entities against, as their signed checkpoints name them:
+    one, unless workers of two releases shared the run. ``unrecorded`` for a chunk that
+    audited entities before Plant recorded them (a run that spanned the upgrade)."""
+    versions: set[str] = set()
+    for chunk in chunks:
+        counters = chunk.counters or {}
+        if counters.get("entities"):
+            named = counters.get("constitution_versions")
+            versions.update(named if isinstance(named, list) else ["unrecorded"])
+    return sorted(versions)
 
 
 RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE, RECORD_INVALID_CODE)  # about the registry as a whole

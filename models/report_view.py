@@ -116,12 +116,14 @@ def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[
     if summary is not None:
         keys = ("total_entities", "compliant", "non_compliant", "versions_verified", "findings",
                 "duration_seconds", "signatures")
-        # Runs closed before the summary named its database role have none.
-        return {**{key: summary[key] for key in keys}, "database_role": summary.get("database_role")}
+        # Runs closed before the summary named its database role, or the rule catalogue, have none.
+        return {**{key: summary[key] for key in keys}, "database_role": summary.get("database_role"),
+                "constitution_versions": summary.get("constitution_versions")}
     return {
         "total_entities": run["entities_total"], "compliant": None, "non_compliant": None,
         "versions_verified": None, "findings": len(findings), "duration_seconds": None,
         "signatures": run["params"].get("verify_signatures") or "heads", "database_role": None,
+        "constitution_versions": None,
     }
 
 

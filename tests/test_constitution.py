@@ -8,22 +8,32 @@ derived from it, in this process only.
 from __future__ import annotations
 
 from dataclasses import replace
+import json
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from models import audit_runs
 from models import constitution as c
 from models.assignment import assign_agent
+from models.audit_record import sign_close
+from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_tables import AuditRun
 from models.bulk_assignment import apply_batch
 from models.certification import certify_skill
 from models.chain import history
 from models.entities import Agent, EntityType
 from models.errors import ConstitutionViolation
+from models.job_lifecycle import create_job
+from models.ledger import store_digest
 from models.registry import create_entity, update_entity
+from models.report_view import report_view
+from models.reports import export_report, verify_report
 from tests.test_assignment import World
-from tests.test_audit import run_audit
+from tests.conftest import EMBEDDER
+from tests.test_audit import run_audit, run_incremental
 from tests.test_certification import GOOD
 from tests.test_registry_api import API, gov, world  # noqa: F401 - fixtures
 
@@ -193,3 +203,79 @@ def test_the_rules_endpoint_names_the_catalogue_s_version(client, monkeypatch) -
     now = client.get(f"{API}/rules").get_json()
     assert now["version"] == c.constitution_version() != listed["version"]
     assert [r["id"] for r in now["items"]] == [*(r["id"] for r in listed["items"]), "SKILL-04"]
+
+
+# What audits checked against
+
+
+def _audited(session: Session, keyring: Any, *, between_batches: Any = None) -> AuditRun:
+    """A closed run over the skills, one entity a batch; ``between_batches()`` runs after the first."""
+    job = create_job(session, kind="audit.run", params={"scope": {"entity_type": "skill"}}, queue="audit")
+    run = start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
+    for chunk_id in pending_chunks(session, run.id):
+        while not audit_chunk_step(session, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=1).done:
+            if between_batches is not None:
+                between_batches()
+                between_batches = None
+    summarize_run(session, run_id=run.id, keyring=keyring)
+    return run
+
+
+def _report(session: Session, run: AuditRun, keyring: Any) -> dict[str, Any]:
+    document = export_report(session, run_id=run.id, keyring=keyring)
+    verify_report(document, keyring)
+    return json.loads(document)["report"]
+
+
+@pytest.fixture
+def skills(db_session: Session, write_ctx: Any, steward: Any) -> list[Any]:
+    return [create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": f"Checked skill {n}", "skill_key": f"checked-skill-{n}", "category": "technical",
+        "description": "Checked against the rules of its day", "governance_agent_id": steward}) for n in range(3)]
+
+
+def test_a_run_s_summary_and_signed_report_name_the_catalogue_it_checked_against(
+        db_session, skills, keyring, monkeypatch) -> None:
+    before = _audited(db_session, keyring)
+    version = c.constitution_version()
+    assert before.summary["constitution_versions"] == [version]
+    assert _report(db_session, before, keyring)["run"]["summary"]["constitution_versions"] == [version]
+    assert report_view(db_session, run_id=before.id, keyring=keyring).figures["constitution_versions"] == [version]
+
+    added(monkeypatch, SHORT_DESCRIPTION)
+    after = _audited(db_session, keyring)
+    assert after.summary["constitution_versions"] == [c.constitution_version()] != [version]
+    assert after.summary["by_rule"] == {"SKILL-04": len(skills)}
+    assert _report(db_session, after, keyring)["run"]["summary"]["constitution_versions"] == [c.constitution_version()]
+
+
+def test_a_run_whose_batches_checked_against_two_catalogues_names_both(db_session, skills, keyring, monkeypatch) -> None:
+    """Workers of two releases sharing a run (a rolling upgrade): each chunk's signed
+    checkpoint names what its batches checked against, and the summary every one of them."""
+    old, never = c.constitution_version(), c.Rule("SKILL-04", c.L1, c.T.SKILL, "No skill complies", c.E, lambda s: False)
+    run = _audited(db_session, keyring, between_batches=lambda: added(monkeypatch, never))
+    assert run.summary["constitution_versions"] == sorted([old, c.constitution_version()])
+    assert run.summary["by_rule"] == {"SKILL-04": run.summary["total_entities"] - 1}  # the first batch's, one skill, knew none
+
+
+def test_an_incremental_run_names_the_catalogue_only_if_it_checked_an_entity(db_session, skills, write_ctx, keyring) -> None:
+    store_digest(db_session, keyring=keyring)
+    assert run_incremental(db_session, keyring)[0]["constitution_versions"] == []  # nothing changed: no rule checked
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skills[0].id, changes={"tags": ["new"]}, ctx=write_ctx)
+    assert run_incremental(db_session, keyring)[0]["constitution_versions"] == [c.constitution_version()]
+
+
+def test_a_run_closed_before_summaries_named_the_catalogue_still_exports_and_verifies(
+        db_session, skills, keyring, monkeypatch) -> None:
+    """A run an earlier release closed: its signed summary has no ``constitution_versions``;
+    it exports, verifies and renders as before, naming none."""
+    def as_an_earlier_release(run: AuditRun, findings: Any, keyring: Any, **named: Any) -> None:
+        run.summary = {k: v for k, v in run.summary.items() if k != "constitution_versions"}
+        sign_close(run, findings, keyring, **named)
+
+    monkeypatch.setattr(audit_runs, "sign_close", as_an_earlier_release)
+    run = _audited(db_session, keyring)
+    monkeypatch.undo()
+    report = _report(db_session, run, keyring)
+    assert "constitution_versions" not in report["run"]["summary"] and report["run"]["summary"] == run.summary
+    assert report_view(db_session, run_id=run.id, keyring=keyring).figures["constitution_versions"] is None

@@ -272,6 +272,7 @@ def test_the_report_renders_in_chromium_with_the_runs_numbers(client, audited, b
     assert summary["database_role"] == {"name": shown["database_role"], "can_lift_guards": True,
                                          "why": "is a superuser"}
     assert [e.attrs["data-flag"] for e in elements if "data-flag" in e.attrs] == ["guards-liftable"]
+    assert shown["constitution_versions"] == ", ".join(summary["constitution_versions"]) != ""
     for key in ("status", "created_at", "finished_at"):
         assert shown[key] == run[key], key
     assert (shown["run_id"], shown["job_id"]) == (run["id"], run["job_id"])
