@@ -185,7 +185,10 @@ class LevelResult:
         return not self.violations
 
     def as_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "violations": list(self.violations), "warnings": list(self.warnings)}
+        """As an entity row stores it, naming the catalogue it was checked against: a result
+        whose version is not the current one (``GET /rules``) predates a rule change."""
+        return {"passed": self.passed, "violations": list(self.violations), "warnings": list(self.warnings),
+                "constitution_version": constitution_version()}
 
 
 def evaluate(subject: RuleSubject, level: str) -> LevelResult:

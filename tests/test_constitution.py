@@ -196,6 +196,17 @@ def test_the_catalogue_version_changes_with_every_part_of_a_rule_s_contract() ->
     assert len(set(versions)) == len(versions)
 
 
+def test_an_entity_s_stored_results_name_the_catalogue_they_were_checked_against(client, world, monkeypatch) -> None:  # noqa: F811
+    """Results stored before a rule change say so: they name a version that is not the current one."""
+    url = f"{API}/genesis/industries/{world['industry']['id']}"
+    old = c.constitution_version()
+    assert {level["constitution_version"] for level in client.get(url).get_json()["constitution"].values()} == {old}
+    added(monkeypatch, SHORT_DESCRIPTION)
+    assert {level["constitution_version"] for level in client.get(url).get_json()["constitution"].values()} == {old}
+    written = client.patch(url, json={"description": "Moving goods by road"}).get_json()
+    assert {level["constitution_version"] for level in written["constitution"].values()} == {c.constitution_version()} != {old}
+
+
 def test_the_rules_endpoint_names_the_catalogue_s_version(client, monkeypatch) -> None:
     listed = client.get(f"{API}/rules").get_json()
     assert listed["version"] == c.constitution_version()

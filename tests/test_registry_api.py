@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from models.chain import verify_entity
+from models.constitution import constitution_version
 from models.db import UNREADABLE_JSON
 from models.entities import Skill
 
@@ -206,7 +207,8 @@ def test_a_refused_patch_changes_nothing(client, world) -> None:
 
 
 def test_team_without_members_is_only_warned(world) -> None:
-    assert world["team"]["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": ["TEAM-01"]}
+    assert world["team"]["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": ["TEAM-01"],
+                                                   "constitution_version": constitution_version()}
 
 
 def test_a_team_s_rules_about_its_members_are_judged_on_the_members_it_serves(client, world, gov) -> None:
