@@ -37,12 +37,12 @@ from tests.test_audit import run_audit, run_incremental
 from tests.test_certification import GOOD
 from tests.test_registry_api import API, gov, world  # noqa: F401 - fixtures
 
-SHORT_DESCRIPTION = c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill description has at least 10 words", c.E,
+SHORT_DESCRIPTION = c.Rule("SKILL-90", c.L1, c.T.SKILL, "Skill description has at least 10 words", c.E,
                            lambda s: len((s.content.get("description") or "").split()) >= 10)
-AGENT_DESCRIBED = c.Rule("AGENT-04", c.L1, c.T.AGENT, "Agent description is not blank", c.E,
+AGENT_DESCRIBED = c.Rule("AGENT-90", c.L1, c.T.AGENT, "Agent description is not blank", c.E,
                          lambda s: bool((s.content.get("description") or "").strip()))
 # A rule a stand-down itself breaks: how a later release could have made retiring impossible.
-RETIRED_WITH_NOTES = c.Rule("AGENT-04", c.L1, c.T.AGENT, "A retired agent says why in its governance notes", c.E,
+RETIRED_WITH_NOTES = c.Rule("AGENT-90", c.L1, c.T.AGENT, "A retired agent says why in its governance notes", c.E,
                             lambda s: s.content.get("status") != "retired" or bool(s.content.get("governance_notes")))
 
 
@@ -65,7 +65,7 @@ def assign_world(db_session: Session, write_ctx: Any, steward: Any) -> World:
 
 
 def test_a_rule_added_to_the_catalogue_freezes_no_entity_it_finds_against(client, gov, world, monkeypatch) -> None:  # noqa: F811
-    """The reviewer's reproduction: a release adds SKILL-04, which both skills break (their
+    """The reviewer's reproduction: a release adds SKILL-90, which both skills break (their
     descriptions have 6 words). Retiring one, or changing something else of the other, is
     allowed; each stays non-compliant until a change fixes it; a change that breaks another
     rule is still refused, naming that rule alone."""
@@ -73,24 +73,24 @@ def test_a_rule_added_to_the_catalogue_freezes_no_entity_it_finds_against(client
     first, second = (f"{API}/genesis/skills/{s['id']}" for s in world["skills"])
     retired = client.patch(first, json={"status": "retired"})
     assert retired.status_code == 200, retired.get_json()
-    assert retired.get_json()["constitution"]["l1"]["violations"] == ["SKILL-04"]  # retired, not compliant
+    assert retired.get_json()["constitution"]["l1"]["violations"] == ["SKILL-90"]  # retired, not compliant
     tagged = client.patch(second, json={"tags": ["night"]})
     assert tagged.status_code == 200, tagged.get_json()
-    assert tagged.get_json()["constitution"]["l1"]["violations"] == ["SKILL-04"]
+    assert tagged.get_json()["constitution"]["l1"]["violations"] == ["SKILL-90"]
 
     blanked = client.patch(second, json={"name": "  "})
     assert blanked.status_code == 422
     problem = blanked.get_json()
     assert problem["type"] == "/problems/constitution-violation"
     assert [v["rule"] for v in problem["violations"]] == ["SKILL-01"]
-    assert "already broken, and left so: SKILL-04" in problem["detail"]
+    assert "already broken, and left so: SKILL-90" in problem["detail"]
     assert client.get(second).get_json()["version"] == tagged.get_json()["version"]  # nothing written
 
     fixed = client.patch(second, json={"description": "Route planning for warehouses, fleets and every depot we serve"})
     assert fixed.status_code == 200 and fixed.get_json()["constitution"]["l1"]["passed"]
     created = client.post(f"{API}/genesis/skills", json={**gov, "name": "Yard Planning", "category": "technical",
                                                           "description": "Too short"})
-    assert created.status_code == 422 and [v["rule"] for v in created.get_json()["violations"]] == ["SKILL-04"]
+    assert created.status_code == 422 and [v["rule"] for v in created.get_json()["violations"]] == ["SKILL-90"]
 
 
 def test_a_change_that_only_stands_an_entity_down_is_never_refused_for_a_rule(client, world, monkeypatch) -> None:  # noqa: F811
@@ -99,10 +99,10 @@ def test_a_change_that_only_stands_an_entity_down_is_never_refused_for_a_rule(cl
     added(monkeypatch, RETIRED_WITH_NOTES)
     agent = f"{API}/agents/{world['agent']['id']}"
     more = client.patch(agent, json={"status": "retired", "team_id": None, "description": "Gone"})
-    assert more.status_code == 422 and [v["rule"] for v in more.get_json()["violations"]] == ["AGENT-04"]
+    assert more.status_code == 422 and [v["rule"] for v in more.get_json()["violations"]] == ["AGENT-90"]
     retired = client.patch(agent, json={"status": "retired", "team_id": None})
     assert retired.status_code == 200, retired.get_json()
-    assert retired.get_json()["constitution"]["l1"]["violations"] == ["AGENT-04"]
+    assert retired.get_json()["constitution"]["l1"]["violations"] == ["AGENT-90"]
     assert client.get(f"{API}/teams/{world['team']['id']}").get_json()["members"] == []
 
 
@@ -113,7 +113,7 @@ def test_an_audit_still_reports_what_a_write_left_broken(db_session, write_ctx, 
     added(monkeypatch, SHORT_DESCRIPTION)
     update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"tags": ["kept"]}, ctx=write_ctx)
     summary, findings = run_audit(db_session, keyring, {"scope": {"entity_type": "skill"}})
-    assert [(f.entity_id, f.code, f.rule_id) for f in findings] == [(skill.id, "rule-violation", "SKILL-04")]
+    assert [(f.entity_id, f.code, f.rule_id) for f in findings] == [(skill.id, "rule-violation", "SKILL-90")]
     assert summary["non_compliant"] == 1
 
 
@@ -122,10 +122,10 @@ def test_a_certified_skill_a_new_rule_finds_against_can_be_retired(db_session, w
         "name": "Certified Before", "skill_key": "certified-before", "category": "technical", "description": GOOD,
         "governance_agent_id": steward})
     assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).status == "certified"
-    added(monkeypatch, c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
+    added(monkeypatch, c.Rule("SKILL-90", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
     retired = update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"},
                             ctx=write_ctx)
-    assert retired.status == "retired" and retired.constitution_l1["violations"] == ["SKILL-04"]
+    assert retired.status == "retired" and retired.constitution_l1["violations"] == ["SKILL-90"]
 
 
 def test_a_certification_of_a_skill_a_new_rule_finds_against_records_its_rejection(
@@ -133,10 +133,10 @@ def test_a_certification_of_a_skill_a_new_rule_finds_against_records_its_rejecti
     skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
         "name": "Drafted Before", "skill_key": "drafted-before", "category": "technical", "description": GOOD,
         "governance_agent_id": steward})
-    added(monkeypatch, c.Rule("SKILL-04", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
+    added(monkeypatch, c.Rule("SKILL-90", c.L1, c.T.SKILL, "Skill has an industry", c.E, lambda s: bool(s.content.get("industry_id"))))
     outcome = certify_skill(db_session, skill_id=skill.id, notes="needs an industry", ctx=write_ctx)
     assert outcome.status == "rejected" and outcome.version == 2
-    assert outcome.failed_gates == [{"gate": "constitution", "detail": "rules not satisfied", "rules": ["SKILL-04"]}]
+    assert outcome.failed_gates == [{"gate": "constitution", "detail": "rules not satisfied", "rules": ["SKILL-90"]}]
     assert [v.version for v in history(db_session, entity_id=skill.id)] == [1, 2]
 
 
@@ -149,7 +149,7 @@ def test_agents_a_new_rule_finds_against_are_still_assigned_singly_and_in_bulk(
     assert assign_agent(db_session, agent_id=lone.id, team_id=team.id, ctx=write_ctx).team_id == team.id
     assert apply_batch(db_session, [(bulk.id, team.id), (fine.id, team.id)], ctx=write_ctx) == []
     assert {db_session.get(Agent, a.id).team_id for a in (lone, bulk, fine)} == {team.id}
-    assert db_session.get(Agent, bulk.id).constitution_l1["violations"] == ["AGENT-04"]
+    assert db_session.get(Agent, bulk.id).constitution_l1["violations"] == ["AGENT-90"]
 
 
 def test_a_lifted_guard_refuses_a_change_though_the_entity_was_written_under_it(db_session, write_ctx, steward) -> None:
@@ -213,7 +213,7 @@ def test_the_rules_endpoint_names_the_catalogue_s_version(client, monkeypatch) -
     added(monkeypatch, SHORT_DESCRIPTION)
     now = client.get(f"{API}/rules").get_json()
     assert now["version"] == c.constitution_version() != listed["version"]
-    assert [r["id"] for r in now["items"]] == [*(r["id"] for r in listed["items"]), "SKILL-04"]
+    assert [r["id"] for r in now["items"]] == [*(r["id"] for r in listed["items"]), "SKILL-90"]
 
 
 # What audits checked against
@@ -256,17 +256,17 @@ def test_a_run_s_summary_and_signed_report_name_the_catalogue_it_checked_against
     added(monkeypatch, SHORT_DESCRIPTION)
     after = _audited(db_session, keyring)
     assert after.summary["constitution_versions"] == [c.constitution_version()] != [version]
-    assert after.summary["by_rule"] == {"SKILL-04": len(skills)}
+    assert after.summary["by_rule"] == {"SKILL-90": len(skills)}
     assert _report(db_session, after, keyring)["run"]["summary"]["constitution_versions"] == [c.constitution_version()]
 
 
 def test_a_run_whose_batches_checked_against_two_catalogues_names_both(db_session, skills, keyring, monkeypatch) -> None:
     """Workers of two releases sharing a run (a rolling upgrade): each chunk's signed
     checkpoint names what its batches checked against, and the summary every one of them."""
-    old, never = c.constitution_version(), c.Rule("SKILL-04", c.L1, c.T.SKILL, "No skill complies", c.E, lambda s: False)
+    old, never = c.constitution_version(), c.Rule("SKILL-90", c.L1, c.T.SKILL, "No skill complies", c.E, lambda s: False)
     run = _audited(db_session, keyring, between_batches=lambda: added(monkeypatch, never))
     assert run.summary["constitution_versions"] == sorted([old, c.constitution_version()])
-    assert run.summary["by_rule"] == {"SKILL-04": run.summary["total_entities"] - 1}  # the first batch's, one skill, knew none
+    assert run.summary["by_rule"] == {"SKILL-90": run.summary["total_entities"] - 1}  # the first batch's, one skill, knew none
 
 
 def test_an_incremental_run_names_the_catalogue_only_if_it_checked_an_entity(db_session, skills, write_ctx, keyring) -> None:
