@@ -150,8 +150,9 @@ RULES_FOR = {
 
 # Bump when a rule's check changes while its declared contract (id, level, entity type,
 # description, severity) does not: a check's code cannot be hashed meaningfully, and the
-# version must change whenever an entity's results could.
-CHECKS_REVISION = 1
+# version must change whenever an entity's results could. 2: "not blank" also holds a
+# string of characters that draw nothing (zero-width, fillers) blank (models.constitution.visible).
+CHECKS_REVISION = 2
 # Rules about the database every write relies on, not about the entity written: a write is
 # refused while one breaks, whatever the entity broke before it.
 WRITE_PRECONDITIONS = frozenset({"L0-03"})
@@ -203,11 +204,12 @@ def evaluate(subject: RuleSubject, level: str) -> LevelResult:
 def reevaluated(stored: Any, subject: RuleSubject, level: str, rule_ids: frozenset[str]) -> LevelResult:
     """``stored`` (a :class:`LevelResult` as JSON) with the rules ``rule_ids`` evaluated again
     on ``subject``; the level's other rules as stored, in catalogue order. Every rule is
-    evaluated when ``stored`` is not such a result (none stored, or edited through SQL)."""
+    evaluated when ``stored`` is not such a result (none stored, or edited through SQL), or
+    was checked against another catalogue version than the current one."""
     fresh = evaluate(subject, level)
     kept = [stored.get(key) for key in ("violations", "warnings")] if isinstance(stored, dict) else None
-    if kept is None or not all(isinstance(ids, list) for ids in kept):
-        return fresh
+    if kept is None or not all(isinstance(ids, list) for ids in kept) or stored.get("constitution_version") != constitution_version():
+        return fresh  # (stored against another catalogue: none of it is kept under the current version's name)
     violations, warnings = [], []
     for rule in RULES_FOR[level, subject.entity_type]:
         failed, warned = (fresh.violations, fresh.warnings) if rule.id in rule_ids else kept

@@ -217,14 +217,16 @@ def test_a_team_s_rules_about_its_members_are_judged_on_the_members_it_serves(cl
     url = f"{API}/teams/{world['team']['id']}"
     seated = client.get(url).get_json()
     assert seated["members"] == [world["agent"]["id"]]
-    assert seated["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": []}
+    assert seated["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": [],
+                                            "constitution_version": constitution_version()}
     assert seated["version"] == world["team"]["version"]  # the same signed team as at its creation
     left = client.patch(f"{API}/agents/{world['agent']['id']}", json={"team_id": None})
     assert left.status_code == 200, left.get_json()
     assert client.get(url).get_json()["constitution"]["l1"]["warnings"] == ["TEAM-01"]
 
 
-@pytest.mark.parametrize("stored", ['"not a result"', '{"violations": "TEAM-02"}', "null"])
+@pytest.mark.parametrize("stored", ['"not a result"', '{"violations": "TEAM-02"}', "null",
+                                    '{"passed": false, "violations": ["TEAM-02"], "warnings": [], "constitution_version": "older"}'])
 def test_a_team_whose_stored_results_are_no_result_is_served_every_l1_rule_evaluated(client, world, engine,
                                                                                      stored) -> None:
     with engine.begin() as connection:  # not governed content: not a tampering finding either
@@ -232,7 +234,8 @@ def test_a_team_whose_stored_results_are_no_result_is_served_every_l1_rule_evalu
                            {"id": world["team"]["id"]})
     response = client.get(f"{API}/teams/{world['team']['id']}")
     assert response.status_code == 200
-    assert response.get_json()["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": []}
+    assert response.get_json()["constitution"]["l1"] == {"passed": True, "violations": [], "warnings": [],
+                                                         "constitution_version": constitution_version()}
 
 
 def test_a_team_over_its_capacity_is_served_breaking_team_03(client, world, monkeypatch) -> None:
@@ -246,7 +249,8 @@ def test_a_team_over_its_capacity_is_served_breaking_team_03(client, world, monk
                                   "team_id": world["team"]["id"]})
     team = client.get(url).get_json()
     assert team["free_seats"] == -1
-    assert team["constitution"]["l1"] == {"passed": False, "violations": ["TEAM-03"], "warnings": []}
+    assert team["constitution"]["l1"] == {"passed": False, "violations": ["TEAM-03"], "warnings": [],
+                                          "constitution_version": constitution_version()}
 
 
 def test_unknown_entity_is_404(client, world) -> None:
