@@ -121,7 +121,8 @@ def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any
     attempts allowed); the caller republishes it when this returns ``queued``. A job whose
     cancel was requested is ended ``cancelled`` instead, in the same statement, so a cancel
     racing the release is never lost. ``progress``: the attempt's last report, not written yet;
-    ``result``: what the attempt did, written only if the job ends here (a retry reports its own)."""
+    ``result``: what the job's attempts did so far, which it shows while it waits (the next
+    attempt's outcome replaces it; a cancel meanwhile ends it with it)."""
     return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back, progress=progress,
                         result=result)
 
@@ -138,8 +139,8 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
                  handed_back: bool = False, progress: Checkpoint | None = None,
                  result: dict[str, Any] | None = None) -> JobStatus:
     """One conditional UPDATE of the row this attempt owns: ``cancelled`` when a cancel was
-    asked, else ``otherwise`` (queued again, or failed), with ``progress`` written if given,
-    and ``result`` if given and the job ends here."""
+    asked, else ``otherwise`` (queued again, or failed), with ``progress`` and ``result``
+    written if given. A stale attempt (the row is no longer its own) writes nothing."""
     cancelling = CANCEL_REQUESTED
     stopped = JobCancelled(f"cancelled on request; attempt {claim.attempt} stopped before it reached a checkpoint")
     values: dict[str, Any] = {
@@ -156,8 +157,7 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
     if progress is not None:
         values.update(progress_done=progress.done, progress_total=progress.total, progress_message=progress.message)
     if result is not None:
-        ended = literal(result, JSONB)
-        values["result"] = case((cancelling, ended), else_=Job.result) if otherwise == QUEUED else ended
+        values["result"] = literal(result, JSONB)
     released = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.status == RUNNING, Job.attempts == claim.attempt)
         .values(**values).returning(Job.status)

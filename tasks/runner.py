@@ -220,9 +220,9 @@ def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, erro
 def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkpoint | None = None) -> dict[str, Any]:
     """Hand the job back and republish it after ``retry_after``. A transient failure on the
     last allowed attempt ends the job instead: ``failed``, or ``cancelled`` when a cancel
-    was asked meanwhile, with the attempt's result if it has one. A hand-back never counts
-    against the attempts allowed. The attempt's last progress report (``progress``), if not
-    written yet, goes with it."""
+    was asked meanwhile. The attempt's result, if it has one, goes with either. A hand-back
+    never counts against the attempts allowed. The attempt's last progress report
+    (``progress``), if not written yet, goes with it."""
     settings = runtime.settings()
     # A job that keeps being handed back (its lease always lapsing mid-run, say) would loop
     # for ever: past PLANT_JOB_MAX_HANDBACKS, its hand-backs count as attempts.
@@ -264,8 +264,9 @@ _KEPT_RESULT = "plant_job_result"
 def keep_result(exc: BaseException, read: Callable[[], dict[str, Any]]) -> None:
     """Have the attempt that ``exc`` ends report what it did all the same: ``read`` (a unit
     of work of its own, run now) gives the job's result, recorded with whatever outcome
-    ``exc`` gives the attempt (cancelled, failed, or, should it go back to the queue, only
-    if the job ends there). A read that fails leaves the result out; ``exc`` stays the error."""
+    ``exc`` gives the attempt (cancelled, failed, or back in the queue, where the job shows
+    it until its next attempt reports). A read that fails leaves the result out; ``exc``
+    stays the error."""
     try:
         setattr(exc, _KEPT_RESULT, read())
     except Exception:  # noqa: BLE001 - the attempt's own error is the one to report
