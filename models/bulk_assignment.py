@@ -238,11 +238,28 @@ class Recorder:
 
     def outcome(self, session: Session) -> BulkOutcome:
         """Every agent the job has recorded, in every attempt: the latest word on each."""
-        rows = list(session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.job_id == self.job_id)
-                                    .order_by(BulkAssignmentMove.agent_id)))
-        unplaced = [_unplaced_entry(r.agent_id, r.agent_name, r.reason, r.detail) for r in rows if not r.placed]
-        seated = [r.similarity or 0.0 for r in rows if r.placed]
-        return BulkOutcome(len(rows), len(seated), unplaced, math.fsum(seated), self.method)
+        return _recorded_outcome(session, self.job_id, self.method)
+
+
+def _recorded_outcome(session: Session, job_id: uuid.UUID, method: str) -> BulkOutcome:
+    rows = list(session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.job_id == job_id)
+                                .order_by(BulkAssignmentMove.agent_id)))
+    unplaced = [_unplaced_entry(r.agent_id, r.agent_name, r.reason, r.detail) for r in rows if not r.placed]
+    seated = [r.similarity or 0.0 for r in rows if r.placed]
+    return BulkOutcome(len(rows), len(seated), unplaced, math.fsum(seated), method)
+
+
+def result_when_ended(session: Session, job_id: uuid.UUID, reported: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The result of a bulk job that a cancel or the sweep ends while no attempt runs it, read
+    from its records (``models.job_results``). ``reported`` is its result as it stands, what an
+    attempt last reported (at its release for a retry): kept when nothing was recorded (None
+    when no attempt reported either). ``method`` is the reported one while the records are as
+    that report left them; records it does not cover come from a plan whose worker died before
+    reporting it, and its method is not known: ``""``."""
+    outcome = _recorded_outcome(session, job_id, method="").as_json()
+    if outcome["requested"] == 0 or (reported is not None and {**reported, "method": ""} == outcome):
+        return reported
+    return outcome
 
 
 def _similarity(problem: AssignmentProblem, agent: int, team: int) -> float:

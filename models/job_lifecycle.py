@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from models.db import DriverStatement, SessionOrConnection, driver_rows, driver_sql
 from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
+from models.job_results import result_when_ended
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 from models.pagination import Page, keyset_page
 
@@ -339,10 +340,11 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
         job = _locked_job(session, job_id, for_update=True)
         assert job is not None  # the row is locked: nothing deleted it
     if job.status == JobStatus.QUEUED.value:
-        _cancel_now(job, now, "cancelled before it started")
+        _cancel_now(session, job, now, "cancelled before it started")
     elif job.status == JobStatus.RUNNING.value:
         if job.lease_expires_at is not None and job.lease_expires_at < now:
-            _cancel_now(job, now, f"cancelled while attempt {job.attempts} was not reporting (its lease had expired)")
+            _cancel_now(session, job, now,
+                        f"cancelled while attempt {job.attempts} was not reporting (its lease had expired)")
         elif job.cancel_requested_at is None:
             job.cancel_requested_at = now
     elif job.status != JobStatus.CANCELLED.value:
@@ -358,12 +360,17 @@ def _locked_job(session: Session, job_id: uuid.UUID, *, for_update: bool) -> Job
     return session.execute(locked.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-def _cancel_now(job: Job, now: dt.datetime | None, detail: str) -> None:
+def _cancel_now(session: Session, job: Job, now: dt.datetime | None, detail: str) -> None:
+    """End the job ``cancelled``: no attempt runs it (queued, or its lease expired), and its
+    row is held, so the work recorded so far is all it did (``models.job_results``)."""
     job.status = JobStatus.CANCELLED.value
     job.finished_at = now
     job.cancel_requested_at = job.cancel_requested_at or now
     job.lease_expires_at = None
     job.error = JobCancelled(detail).problem()
+    result = result_when_ended(session, job_id=job.id, kind=job.kind, reported=job.result)
+    if result != job.result:
+        job.result = result
 
 
 def mark_unpublished(session: SessionOrConnection, *, job_id: uuid.UUID) -> None:

@@ -8,7 +8,8 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
 * dead workers: running jobs whose lease expired. They are republished after an
   exponential backoff with full jitter, and fail with the last error once they used
   ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
-  with a cancel request never starts another attempt (``models.job_lifecycle``).
+  with a cancel request never starts another attempt (``models.job_lifecycle``). A job
+  these end gets the result its recorded work gives (``models.job_results``).
 
 ``release_for_retry`` hands a job back after a transient error (lost connection,
 timeout) so that a later attempt can take it, or ends it ``cancelled`` when a cancel was
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from models.errors import JobCancelled, StaleAttempt, WorkerLost
 from models.job_lifecycle import Checkpoint, JobClaim
+from models.job_results import write_results_when_ended
 from models.jobs import Job, JobStatus
 
 QUEUED, RUNNING, CANCELLED = JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLED.value
@@ -89,7 +91,7 @@ def rescue_expired(
         update(Job).where(Job.id.in_(asked_to_stop.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=CANCELLED, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
             error=JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint").problem(),
-        ).returning(Job.id)
+        ).returning(Job.id, Job.kind, Job.result)
     ).all()
     # One skipped above (its row locked, say by its attempt's own transaction) waits for
     # the next sweep: it is neither failed nor republished meanwhile. Failing skips locked
@@ -101,8 +103,12 @@ def rescue_expired(
         update(Job).where(Job.id.in_(out_of_attempts.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=JobStatus.FAILED.value, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
             error=WorkerLost(f"no heartbeat from its worker on the last of {max_attempts} allowed attempts").problem(),
-        ).returning(Job.id)
+        ).returning(Job.id, Job.kind, Job.result)
     ).all()
+    # Their results, in statements of their own, so read now that the rows are held: they
+    # see every batch their attempts committed (one still in flight held its row, which was
+    # skipped above), and no batch can commit after (check_attempt waits, then finds them ended).
+    write_results_when_ended(session, [*cancelled, *failed])
     backoff = text("interval '1 second' * random() * least(:cap, :base * power(2, jobs.attempts - jobs.handbacks))"
                    ).bindparams(cap=cap, base=base)
     due = and_(
@@ -122,7 +128,7 @@ def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any
     cancel was requested is ended ``cancelled`` instead, in the same statement, so a cancel
     racing the release is never lost. ``progress``: the attempt's last report, not written yet;
     ``result``: what the job's attempts did so far, which it shows while it waits (the next
-    attempt's outcome replaces it; a cancel meanwhile ends it with it)."""
+    attempt's outcome replaces it; a cancel meanwhile ends it with it, ``models.job_results``)."""
     return _end_attempt(session, claim, otherwise=QUEUED, error=error, handed_back=handed_back, progress=progress,
                         result=result)
 
