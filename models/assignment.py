@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, undefer
 from models.embeddings import cosine
 from models.entities import Agent, EntityType, Team, governed_content
 from models.errors import EntityTampered, NoEligibleTeam, NotEligible, TeamFull
-from models.membership import ineligibility, required_skills, team_is_full
+from models.membership import ineligibility, team_is_full
 from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version, signed_required_skills
 
 AUTO_CANDIDATES_SHOWN = 5
@@ -75,9 +75,9 @@ def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteCon
     return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
 
 
-def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Eligible teams with a free seat, best first, and every excluded team with why."""
-    required = required_skills(session, agent.job_role_id)
+def rank_teams(session: Session, agent: Agent, required: set[uuid.UUID]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Eligible teams with a free seat, best first, and every excluded team with why;
+    ``required`` is the skills the agent's job role requires."""
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
     eligible, excluded = [], []
     # Embeddings are deferred on the models; every eligible team's is needed, so load them
@@ -98,10 +98,11 @@ def rank_teams(session: Session, agent: Agent) -> tuple[list[dict[str, Any]], li
 
 
 def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> AssignmentOutcome:
-    # The role first, locked and checked against its signed head, so the ranking reads its
-    # signed skills, and a tampered role is the 409 it is rather than every team refused.
-    signed_required_skills(session, agent.job_role_id, ctx.keyring)
-    candidates, excluded = rank_teams(session, agent)
+    # The role first, checked against its signed head, so the ranking reads its signed
+    # skills, and a tampered role is the 409 it is rather than every team refused. No lock:
+    # the seat is decided again under its team's lock (lock_seat), on the skills read then.
+    required = signed_required_skills(session, agent.job_role_id, ctx.keyring)
+    candidates, excluded = rank_teams(session, agent, required)
     for tried, candidate in enumerate(candidates):
         shown = candidates[tried:tried + AUTO_CANDIDATES_SHOWN]  # not those passed over: they are among the excluded
         try:

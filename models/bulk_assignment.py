@@ -23,7 +23,7 @@ from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
-from models.membership import ineligibility, lock_signed_requirements, required_skills_of
+from models.membership import ineligibility, required_skills_of, signed_requirements
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.chain import ChainFinding, EntityVersion, head_drift, insert_versions
 from models.db import transaction, uuid_in
@@ -273,11 +273,13 @@ def apply_batch(
 ) -> list[tuple[uuid.UUID, str, str]]:
     """Apply (agent, team) moves under the same rules as a single assignment, in one flush.
 
-    Agents, then the agents' job roles (``FOR SHARE``), then teams are locked in id order
-    (a single assignment locks one agent, its role, then one team, so the two never wait
-    on each other in a cycle), seats are counted and the roles' required skills read once
-    under those locks, and every move is re-checked: a seat taken, or a skill newly
-    required, since the plan was made is refused here, never over-filled or let through.
+    Agents, then teams are locked in id order (a single assignment locks one agent, then
+    one team, so the two never wait on each other in a cycle), seats are counted and the
+    agents' job roles' required skills read once under those locks (the roles themselves
+    unlocked: a change of a role's required skills locks its teams first, see
+    :func:`models.membership.signed_requirements`), and every move is re-checked: a seat
+    taken, or a skill newly required, since the plan was made is refused here, never
+    over-filled or let through.
     Agents, roles and teams are each checked once against their signed heads: a move
     whose agent, role or team row was edited outside Plant is refused
     (``entity-tampered``). ``seated`` is where the plan saw each
@@ -287,12 +289,12 @@ def apply_batch(
     """
     agents, held = _lock_agents(session, [a for a, _ in moves])
     tampered = head_drift(session, [(agent, _agent_content(agent, held[agent_id])) for agent_id, agent in agents.items()], ctx.keyring)
-    required, roles_tampered = lock_signed_requirements(session, [agent.job_role_id for agent in agents.values()], ctx.keyring)
     team_ids = sorted({t for _, t in moves})
     teams = {t.id: t for t in session.scalars(
         select(Team).where(Team.id.in_(team_ids)).order_by(Team.id).with_for_update(key_share=True)
         .execution_options(populate_existing=True))}
     teams_tampered = head_drift(session, [(team, governed_content(team)) for team in teams.values()], ctx.keyring)
+    required, roles_tampered = signed_requirements(session, [agent.job_role_id for agent in agents.values()], ctx.keyring)
     taken = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.in_(team_ids)).group_by(Agent.team_id)).all())
     refused: list[tuple[uuid.UUID, str, str]] = []
     versions: list[EntityVersion] = []

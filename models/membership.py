@@ -6,7 +6,7 @@ agent's ``team_id`` or changes either side of a membership (``models.registry``)
 the facts of the constitution's rules about seats (TEAM-03, AGENT-04), which writes and
 every audit evaluate (:func:`seat_problems`, :func:`signed_member_counts`).
 A seat is decided only on a team and a job role whose rows are their signed head
-versions (:func:`lock_signed_requirements`; the team's row is checked where it is locked).
+versions (:func:`signed_requirements`; the team's row is checked where it is locked).
 """
 
 from __future__ import annotations
@@ -45,23 +45,40 @@ def required_skills_of(session: Session, job_role_ids: Collection[uuid.UUID | No
     return required
 
 
-def lock_signed_requirements(
+def signed_requirements(
     session: Session, job_role_ids: Collection[uuid.UUID | None], keyring: KeyRing
 ) -> tuple[dict[uuid.UUID, set[uuid.UUID]], dict[uuid.UUID, ChainFinding]]:
     """The skills each job role requires, as its signed head version records them, and the
     roles whose row is not that head (``models.chain.head_drift``: their skills are left
     out, and no seat is decided on them).
 
-    The roles are locked ``FOR SHARE`` in id order, after the agents and before the teams a
-    seat is taken in: a change of a role (its row, then its teams) waits for the seat or
-    the seat for it, never both, and no Plant write changes a role between these reads.
-    Three queries whatever the number of roles: the roles, their skills, their heads.
+    Read without a lock: a share lock taken by every seat held the role's writers off for
+    as long as seats kept coming. The caller holds the lock of the team a seat is decided
+    in, and a change of a role's required skills locks the role's teams
+    (``models.registry._guard_role_members``), so none commits meanwhile. Another write of
+    the role (its description) may commit between reading its row and reading its head:
+    the row is then not its head, and it is read once more before it counts as drift (a
+    refusal is at worst a 409 worth retrying). A read spanning a commit is never taken for
+    a signed state: every write appends a version, so the head, read last, is newer than
+    the row. Three queries whatever the number of roles: the roles, their skills, their
+    heads (three more when one is read again).
     """
     ids = sorted({r for r in job_role_ids if r is not None})
     if not ids:
         return {}, {}
+    required, drift = _read_signed_requirements(session, ids, keyring)
+    if drift:
+        again, drift = _read_signed_requirements(session, sorted(drift), keyring)
+        required.update(again)
+    return required, drift
+
+
+def _read_signed_requirements(
+    session: Session, ids: list[uuid.UUID], keyring: KeyRing
+) -> tuple[dict[uuid.UUID, set[uuid.UUID]], dict[uuid.UUID, ChainFinding]]:
+    """The roles' rows, then their skills, then their heads (in that order: see above)."""
     roles = list(session.scalars(select(JobRole).where(uuid_in(JobRole.id, ids)).order_by(JobRole.id)
-                                 .with_for_update(read=True).execution_options(populate_existing=True)))
+                                 .execution_options(populate_existing=True)))
     required = required_skills_of(session, ids)
     drift = head_drift(session, [(role, _role_content(role, required[role.id])) for role in roles], keyring)
     return {role.id: required[role.id] for role in roles if role.id not in drift}, drift
@@ -69,7 +86,7 @@ def lock_signed_requirements(
 
 def _role_content(role: JobRole, skill_ids: Collection[uuid.UUID]) -> dict[str, object]:
     """The role's governed content with the skill ids read above, not its ``required_skills``
-    (a collection this session may have loaded before the lock)."""
+    (a collection this session may have loaded earlier)."""
     row = {f: getattr(role, f) for f in GOVERNED_FIELDS[EntityType.JOB_ROLE] if f not in SKILL_ID_FIELDS}
     return governed_content(EntitySnapshot(EntityType.JOB_ROLE, row, required_skill_ids=list(skill_ids)))
 

@@ -47,8 +47,8 @@ from models.errors import (
     TeamFull,
 )
 from models.membership import (
-    ineligibility, lock_signed_requirements, members_count, members_lacking_role_skills, members_not_admitted,
-    signed_member_counts, team_is_full,
+    ineligibility, members_count, members_lacking_role_skills, members_not_admitted, signed_member_counts,
+    signed_requirements, team_is_full,
 )
 from models.membership import seat_problems as seat_problems_of
 from models.pagination import Page, keyset_page
@@ -344,21 +344,21 @@ def guard_membership(
 
 
 def lock_seat(session: Session, agent: Agent, team_id: uuid.UUID, keyring: KeyRing) -> tuple[Team, list[str]]:
-    """Lock what a seat in ``team_id`` is decided on, in the order every writer takes it:
-    the agent's job role ``FOR SHARE`` (:func:`models.membership.lock_signed_requirements`),
-    then the team (every way of seating an agent serializes on it). Each row must be its
-    signed head, or ``EntityTampered``: a seat is never signed on values edited outside
-    Plant. Then say which rules the agent breaks there, capacity aside."""
-    required = signed_required_skills(session, agent.job_role_id, keyring)
+    """Lock the team a seat is taken in (every way of seating an agent serializes on it),
+    then read the skills the agent's job role requires (:func:`signed_required_skills`,
+    no lock: a change of them locks the role's teams, so none commits while this one is
+    held). Each must be its signed head, or ``EntityTampered``: a seat is never decided on
+    values edited outside Plant. Then say which rules the agent breaks there, capacity aside."""
     team = lock_for_write(session, EntityType.TEAM, team_id, keyring)
     assert isinstance(team, Team)
-    return team, ineligibility(agent, team, required)
+    return team, ineligibility(agent, team, signed_required_skills(session, agent.job_role_id, keyring))
 
 
 def signed_required_skills(session: Session, job_role_id: uuid.UUID | None, keyring: KeyRing) -> set[uuid.UUID]:
-    """The skills the job role requires, as its signed head says; the role stays locked
-    ``FOR SHARE``. ``EntityTampered`` (409) when its row is not that head."""
-    required, drift = lock_signed_requirements(session, [job_role_id], keyring)
+    """The skills the job role requires, as its signed head says, read without a lock
+    (:func:`models.membership.signed_requirements`). ``EntityTampered`` (409) when its row
+    is not that head."""
+    required, drift = signed_requirements(session, [job_role_id], keyring)
     if job_role_id is not None and job_role_id in drift:
         raise tampered_error(EntityType.JOB_ROLE, job_role_id, drift[job_role_id])
     return required.get(job_role_id, set()) if job_role_id is not None else set()
@@ -394,8 +394,8 @@ def _guard_role_members(session: Session, role: JobRole) -> None:
     """Refuse a change of the role's required skills that a seated agent would not meet.
 
     The role is locked (the caller's ``lock_for_write``) and then its teams, in id order;
-    a seat being taken holds the role ``FOR SHARE`` before its team: it is either seen
-    here or made under the new requirement.
+    a seat being taken holds its team's lock while it reads the role's required skills:
+    it is either seen here or made under the new requirement.
     """
     teams = list(session.scalars(select(Team).where(Team.job_role_id == role.id).order_by(Team.id)
                                  .with_for_update(key_share=True).execution_options(populate_existing=True)))

@@ -19,6 +19,7 @@ from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
 from models.jobs import BulkAssignmentMove
+from models.membership import required_skills
 from models.registry import create_entity, update_entity
 from models.repair import restore_entity
 from tests.conftest import busy_sessions, lock_waiters, recorded_statements, wait_for
@@ -115,8 +116,8 @@ def test_auto_passes_over_a_team_that_became_ineligible_after_it_was_ranked(worl
     ranked = assignment.rank_teams
     retired: list[str] = []
 
-    def ranked_then_best_retired(session, agent):  # noqa: ANN001, ANN202 - rank_teams' signature
-        eligible, excluded = ranked(session, agent)
+    def ranked_then_best_retired(session, agent, required):  # noqa: ANN001, ANN202 - rank_teams' signature
+        eligible, excluded = ranked(session, agent, required)
         retired.append(eligible[0]["team_id"])
         update_entity(session, entity_type=E.TEAM, entity_id=uuid.UUID(retired[0]), changes={"status": "retired"},
                       ctx=write_ctx)
@@ -140,7 +141,7 @@ def test_auto_with_no_eligible_team_fails_clearly(world, db_session, write_ctx) 
 def test_rank_lists_full_teams_as_excluded(world, db_session, write_ctx) -> None:
     full = world.team("Packed", capacity=1)
     assign_agent(db_session, agent_id=world.agent("Sitter").id, team_id=full.id, ctx=write_ctx)
-    eligible, excluded = rank_teams(db_session, world.agent("Looker"))
+    eligible, excluded = rank_teams(db_session, world.agent("Looker"), required_skills(db_session, world.role.id))
     assert {"team_id": str(full.id), "name": "Packed", "reasons": ["team is full"]} in excluded
     assert eligible == []
 
@@ -536,7 +537,7 @@ def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, wri
     changer = threading.Thread(target=require_more)
     changer.start()
     try:
-        # the role change waits on the lock the seat holds on its role (FOR SHARE), then on the team's
+        # the role change locks the role, then waits on the team's lock, which the seat holds
         wait_for(lambda: lock_waiters(engine), what="the role change to wait on the team lock")
         seating.commit()
     finally:
@@ -549,7 +550,7 @@ def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, wri
 
 
 def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_ctx) -> None:
-    from models.assignment import ineligibility, required_skills
+    from models.membership import ineligibility
     from models.bulk_assignment import eligible_teams
 
     teams = [world.team("Same industry"), world.team("Other industry", industry=world.other_industry),
@@ -576,10 +577,11 @@ def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_sessio
         world.team(f"Ranked {n}", capacity=3)
     agent = world.agent("Ranker")
     agent.embedding  # noqa: B018 - loaded before counting: only the teams' reads are counted
+    required = required_skills(db_session, world.role.id)
     with recorded_statements(db_session.get_bind()) as statements:
-        eligible, _ = rank_teams(db_session, agent)
+        eligible, _ = rank_teams(db_session, agent, required)
     assert len(eligible) >= 5
-    assert len(statements) <= 3, statements  # required skills, seats, teams: not one per team
+    assert len(statements) <= 2, statements  # seats, teams: not one per team
 
 
 def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_session, write_ctx) -> None:
