@@ -28,12 +28,6 @@ from models.entities import (
 from models.signing import KeyRing
 
 
-def required_skills(session: Session, job_role_id: uuid.UUID | None) -> set[uuid.UUID]:
-    if job_role_id is None:
-        return set()
-    return set(session.scalars(select(job_role_skills.c.skill_id).where(job_role_skills.c.job_role_id == job_role_id)))
-
-
 def required_skills_of(session: Session, job_role_ids: Collection[uuid.UUID | None]) -> dict[uuid.UUID, set[uuid.UUID]]:
     """Each role's required skill ids, in one query (a role that requires none maps to an empty set)."""
     ids = sorted({r for r in job_role_ids if r is not None})
@@ -186,13 +180,12 @@ def team_is_full(session: Session, team: Team, agent: Agent) -> bool:
     return members_count(session, team.id, excluding=agent.id) >= team.capacity
 
 
-def members_not_admitted(session: Session, team: Team) -> list[dict[str, object]]:
-    """The team's members that ``team``, as it is in memory now, would not admit.
+def members_not_admitted(session: Session, team: Team, required: set[uuid.UUID]) -> list[dict[str, object]]:
+    """The team's members that ``team``, as it is in memory now, would not admit, ``required``
+    being the skills its job role requires (as its signed head says: the caller read them).
 
-    Three queries whatever the team's size: the members, the skills they hold, the
-    skills the team's role requires.
+    Two queries whatever the team's size: the members, the skills they hold.
     """
-    required = required_skills(session, team.job_role_id)
     return _refused_members(session, [team], lambda agent, member_of, held: ineligibility(agent, member_of, required, held=held))
 
 

@@ -338,7 +338,7 @@ def guard_membership(
         if isinstance(entity, Agent) and entity.team_id is not None and changed & set(AGENT_MEMBERSHIP_FIELDS):
             _guard_agent_seat(session, entity, joining="team_id" in changed, keyring=keyring)
         elif isinstance(entity, Team) and before is not None:
-            _guard_team_members(session, entity, changed)
+            _guard_team_members(session, entity, changed, keyring=keyring)
         elif isinstance(entity, JobRole) and before is not None and "required_skill_ids" in changed:
             _guard_role_members(session, entity)
 
@@ -377,14 +377,17 @@ def _guard_agent_seat(session: Session, agent: Agent, *, joining: bool, keyring:
         raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", field="team_id", team_id=str(team.id))
 
 
-def _guard_team_members(session: Session, team: Team, changed: set[str]) -> None:
+def _guard_team_members(session: Session, team: Team, changed: set[str], *, keyring: KeyRing) -> None:
+    """Refuse a change of the (locked) team that its members would not survive: fewer seats
+    than members, or a job role, industry or status a member does not qualify under, judged
+    on the role's signed required skills (``EntityTampered`` while its row is not its head)."""
     if "capacity" in changed:
         members = members_count(session, team.id)
         if members > team.capacity:
             raise Conflict(f"team {team.name} has {members} members; its capacity cannot go below that",
                            field="capacity", member_count=members)
-    if changed & set(TEAM_MEMBERSHIP_FIELDS):
-        refused = members_not_admitted(session, team)
+    if changed & set(TEAM_MEMBERSHIP_FIELDS) and members_count(session, team.id):
+        refused = members_not_admitted(session, team, signed_required_skills(session, team.job_role_id, keyring))
         if refused:
             raise Conflict(f"{len(refused)} member(s) of team {team.name} would no longer qualify; move them first",
                            field=next(f for f in TEAM_MEMBERSHIP_FIELDS if f in changed), members=refused[:20])

@@ -19,7 +19,7 @@ from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team
 from models.jobs import BulkAssignmentMove
-from models.membership import required_skills
+from models.membership import required_skills_of
 from models.registry import create_entity, update_entity
 from models.repair import restore_entity
 from tests.conftest import busy_sessions, lock_waiters, recorded_statements, wait_for
@@ -141,7 +141,7 @@ def test_auto_with_no_eligible_team_fails_clearly(world, db_session, write_ctx) 
 def test_rank_lists_full_teams_as_excluded(world, db_session, write_ctx) -> None:
     full = world.team("Packed", capacity=1)
     assign_agent(db_session, agent_id=world.agent("Sitter").id, team_id=full.id, ctx=write_ctx)
-    eligible, excluded = rank_teams(db_session, world.agent("Looker"), required_skills(db_session, world.role.id))
+    eligible, excluded = rank_teams(db_session, world.agent("Looker"), required_skills_of(db_session, [world.role.id])[world.role.id])
     assert {"team_id": str(full.id), "name": "Packed", "reasons": ["team is full"]} in excluded
     assert eligible == []
 
@@ -559,7 +559,7 @@ def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_
     update_entity(db_session, entity_type=E.TEAM, entity_id=teams[1].id, changes={"status": "retired"}, ctx=write_ctx)
     agents = [world.agent("Fits"), world.agent("No skills", skills=[world.skills[0]]),
               world.agent("Elsewhere", industry=world.other_industry)]
-    required = {r: required_skills(db_session, r) for r in (world.role.id, world.other_role.id)}
+    required = required_skills_of(db_session, [world.role.id, world.other_role.id])
     expected = [[t for t, team in enumerate(teams) if not ineligibility(a, team, required.get(a.job_role_id, set()))]
                 for a in agents]
     assert eligible_teams(agents, teams, required) == expected
@@ -577,7 +577,7 @@ def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_sessio
         world.team(f"Ranked {n}", capacity=3)
     agent = world.agent("Ranker")
     agent.embedding  # noqa: B018 - loaded before counting: only the teams' reads are counted
-    required = required_skills(db_session, world.role.id)
+    required = required_skills_of(db_session, [world.role.id])[world.role.id]
     with recorded_statements(db_session.get_bind()) as statements:
         eligible, _ = rank_teams(db_session, agent, required)
     assert len(eligible) >= 5
@@ -684,6 +684,20 @@ def test_an_agent_written_into_a_team_is_refused_while_the_team_or_its_role_is_t
     assert refused.value.extensions["id"] == str(tampered_id)
     db_session.expire_all()  # the refused write's changes go with its transaction
     assert _members(db_session, team.id) == 1
+
+
+def test_a_team_write_judges_its_members_on_its_role_s_signed_skills(world, db_session, write_ctx) -> None:
+    """A team PATCH judged its members on the role's ``job_role_skills`` rows as they stood: a
+    skill required through SQL made an honest change of the team a 409 saying its members would
+    no longer qualify, not naming the tampered role. A team with no members is not judged on it."""
+    team, empty = world.team("Judged on its role"), world.team("Nobody to judge")
+    assign_agent(db_session, agent_id=world.agent("Member").id, team_id=team.id, ctx=write_ctx)
+    _sql(db_session, "INSERT INTO job_role_skills (job_role_id, skill_id) VALUES (:r, :s)",
+         r=world.role.id, s=world.skills[2].id)
+    update_entity(db_session, entity_type=E.TEAM, entity_id=empty.id, changes={"industry_id": None}, ctx=write_ctx)
+    with pytest.raises(EntityTampered) as refused:
+        update_entity(db_session, entity_type=E.TEAM, entity_id=team.id, changes={"industry_id": None}, ctx=write_ctx)
+    assert refused.value.extensions["id"] == str(world.role.id)
 
 
 def test_a_restore_does_not_seat_an_agent_in_a_tampered_team(world, db_session, write_ctx) -> None:
