@@ -337,8 +337,11 @@ def guard_membership(
     with session.no_autoflush:
         if isinstance(entity, Agent) and entity.team_id is not None and changed & set(AGENT_MEMBERSHIP_FIELDS):
             _guard_agent_seat(session, entity, joining="team_id" in changed, keyring=keyring)
-        elif isinstance(entity, Team) and before is not None:
-            _guard_team_members(session, entity, changed, keyring=keyring)
+        elif isinstance(entity, Team):
+            if "job_role_id" in changed and entity.job_role_id is not None:
+                _hold_role_for_team(session, entity.job_role_id)
+            if before is not None:
+                _guard_team_members(session, entity, changed, keyring=keyring)
         elif isinstance(entity, JobRole) and before is not None and "required_skill_ids" in changed:
             _guard_role_members(session, entity)
 
@@ -391,6 +394,16 @@ def _guard_team_members(session: Session, team: Team, changed: set[str], *, keyr
         if refused:
             raise Conflict(f"{len(refused)} member(s) of team {team.name} would no longer qualify; move them first",
                            field=next(f for f in TEAM_MEMBERSHIP_FIELDS if f in changed), members=refused[:20])
+
+
+def _hold_role_for_team(session: Session, job_role_id: uuid.UUID) -> None:
+    """Lock the job role a team comes to have (created with it, or given it) ``FOR SHARE``
+    until the write commits. A change of the role's required skills locks the role, then
+    the teams it has (:func:`_guard_role_members`): a team given the role meanwhile would
+    escape it, and a seat in that team be judged on the skills being replaced. So such a
+    team write waits for the change, or the change for it (and then finds the team among
+    the role's). Seats never lock their role: its writes would wait for every one."""
+    session.execute(select(JobRole.id).where(JobRole.id == job_role_id).with_for_update(read=True))
 
 
 def _guard_role_members(session: Session, role: JobRole) -> None:

@@ -17,7 +17,7 @@ from models.bulk_assignment import apply_batch, assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, JobRole
 from models.errors import NotEligible
-from models.registry import update_entity
+from models.registry import create_entity, update_entity
 from tests.conftest import lock_waiters, wait_for
 from tests.test_assignment import World
 
@@ -176,3 +176,51 @@ def test_a_role_described_between_reading_it_and_its_head_is_not_taken_for_tampe
     with sessions() as session:
         assert session.get(Agent, agent).team_id == team
         assert session.get(JobRole, role_id).version == 2  # created, described meanwhile
+
+
+@pytest.mark.parametrize("team_write", ["created", "given the role"])
+def test_a_team_of_the_role_written_during_a_change_of_its_skills_seats_no_agent_lacking_one(
+        engine, write_ctx, committed_steward, team_write) -> None:
+    """A change of a role's required skills locks the role's teams, but not a team that comes to
+    have the role meanwhile (created, or moved to it): a seat in that team, judged under the
+    team's lock alone, read the skills the change was replacing, and the agent lacking the new
+    one was seated once the change committed. A team write naming a role takes the role
+    ``FOR SHARE``: it waits for the change, or the change for it (and then locks the team)."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        role_id, industry_id, skills = world.role.id, world.industry.id, [s.id for s in world.skills]
+        agent = world.agent("Lacks skill 2").id
+        elsewhere = world.team("Of another role", role=world.other_role).id
+    changer, outcome = sessions(), []
+
+    def team_then_seat() -> None:
+        with transaction(sessions) as session:
+            if team_write == "created":
+                team = create_entity(session, entity_type=E.TEAM, ctx=write_ctx, data={
+                    "name": "Made meanwhile", "capacity": 2, "job_role_id": role_id, "industry_id": industry_id,
+                    "governance_agent_id": committed_steward}).id
+            else:
+                team = update_entity(session, entity_type=E.TEAM, entity_id=elsewhere, changes={"job_role_id": role_id},
+                                     ctx=write_ctx).id
+        try:
+            with transaction(sessions) as session:
+                assign_agent(session, agent_id=agent, team_id=team, ctx=write_ctx)
+            outcome.append("seated")
+        except NotEligible:
+            outcome.append("not-eligible")
+
+    writer = threading.Thread(target=team_then_seat)
+    try:
+        update_entity(changer, entity_type=E.JOB_ROLE, entity_id=role_id, changes={"required_skill_ids": skills},
+                      ctx=write_ctx)  # holds the role and the teams it has now, not committed
+        writer.start()
+        wait_for(lambda: not writer.is_alive() or lock_waiters(engine), what="the team write to finish or wait")
+        changer.commit()
+    finally:
+        changer.close()
+        if writer.ident is not None:
+            writer.join(30)
+    assert outcome == ["not-eligible"]
+    with sessions() as session:
+        assert session.get(Agent, agent).team_id is None
