@@ -7,7 +7,9 @@ after their worker died: each used to end with ``result: null`` although agents 
 """
 
 import datetime as dt
+import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -66,6 +68,15 @@ def _seated(session) -> int:
     return session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id.is_not(None)))
 
 
+def _attempt_dies(sessions: Any, job_id: uuid.UUID) -> Any:
+    """Claim the job and run an attempt whose worker dies after the batches ``_batches`` lets commit."""
+    with transaction(sessions) as session:
+        claim = claim_job(session, job_id=job_id, worker="doomed", lease_seconds=60)
+    with pytest.raises(WorkerDied):
+        registry_jobs._assign_bulk(claim, lambda *args: None)
+    return claim
+
+
 def test_a_bulk_job_cancelled_while_it_waits_for_its_retry_reports_what_it_did(
         worker_sessions, write_ctx, committed_steward, settings, monkeypatch) -> None:
     """A transient error sends the job back to the queue for its backoff; a cancel then ends it
@@ -105,10 +116,7 @@ def test_a_bulk_job_whose_worker_died_reports_what_it_did_whatever_ends_it(
                 assert request_cancel(session, job_id=job_id).status == "running"  # asked while it runs
 
     _batches(monkeypatch, None, WorkerDied(), meanwhile=ask_to_stop)
-    with transaction(sessions) as session:
-        claim = claim_job(session, job_id=job_id, worker="doomed", lease_seconds=60)
-    with pytest.raises(WorkerDied):
-        registry_jobs._assign_bulk(claim, lambda *args: None)
+    claim = _attempt_dies(sessions, job_id)
     with transaction(sessions) as session:
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=OLD))
         if ended_by == "cancel, lease expired":
@@ -140,10 +148,7 @@ def test_a_bulk_job_whose_retry_died_reports_both_attempts_and_not_a_method_it_c
     runner.run_job(SentTasks(), str(job_id), registry_jobs._assign_bulk)
     with sessions() as session:
         assert get_job(session, job_id).result["method"] != ""
-    with transaction(sessions) as session:
-        claim = claim_job(session, job_id=job_id, worker="doomed", lease_seconds=60)
-    with pytest.raises(WorkerDied):
-        registry_jobs._assign_bulk(claim, lambda *args: None)
+    _attempt_dies(sessions, job_id)
     with transaction(sessions) as session:
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=OLD))
         assert rescue_expired(session, max_attempts=2, base=0.001, cap=0.001, older_than=dt.timedelta(minutes=1)).failed == 1
