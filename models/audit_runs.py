@@ -260,10 +260,13 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
     step = record_step(session, run, chunk)
     written = _insert(session, run.id, result.findings, chunk_id=chunk.id, step=step)
     counters = dict(chunk.counters or {})
+    # Entities a release before catalogue versions were recorded checked in this chunk: not known.
+    earlier = ["unrecorded"] if counters.get("entities") and "constitution_versions" not in counters else []
     counters["entities"] = counters.get("entities", 0) + result.entities
     counters["versions_verified"] = counters.get("versions_verified", 0) + result.versions_verified
     if result.entities:  # the catalogue their rules were checked against, signed with the checkpoint
-        counters["constitution_versions"] = sorted({*counters.get("constitution_versions", ()), constitution_version()})
+        counters["constitution_versions"] = sorted(
+            {*counters.get("constitution_versions", earlier), constitution_version()})
     chunk.counters = counters
     if entities:
         chunk.cursor = entities[-1].id

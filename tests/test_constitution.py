@@ -269,6 +269,24 @@ def test_a_run_whose_batches_checked_against_two_catalogues_names_both(db_sessio
     assert run.summary["by_rule"] == {"SKILL-90": run.summary["total_entities"] - 1}  # the first batch's, one skill, knew none
 
 
+def test_a_chunk_an_earlier_release_began_is_named_unrecorded_when_this_one_finishes_it(
+        db_session, skills, keyring, monkeypatch) -> None:
+    """A rolling upgrade: a chunk checkpointed part-way by a release that recorded no catalogue
+    version, finished by this one, checked some entities against a catalogue not known
+    (helper-126: the summary named the current one alone)."""
+    real_sign, calls = audit_runs.sign_checkpoint, []
+
+    def earlier_release_first(run: Any, chunk: Any, keyring_: Any, **named: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the first batch's checkpoint, as an earlier release wrote it (the plan's is the first)
+            chunk.counters = {k: v for k, v in chunk.counters.items() if k != "constitution_versions"}
+        real_sign(run, chunk, keyring_, **named)
+
+    monkeypatch.setattr(audit_runs, "sign_checkpoint", earlier_release_first)
+    run = _audited(db_session, keyring)
+    assert run.summary["constitution_versions"] == sorted(["unrecorded", c.constitution_version()])
+
+
 def test_an_incremental_run_names_the_catalogue_only_if_it_checked_an_entity(db_session, skills, write_ctx, keyring) -> None:
     store_digest(db_session, keyring=keyring)
     assert run_incremental(db_session, keyring)[0]["constitution_versions"] == []  # nothing changed: no rule checked
