@@ -67,8 +67,14 @@ class Rule:
         return self.entity_type is None or self.entity_type is entity_type
 
 
+def _reading(key: str, check: Callable[[RuleSubject], bool]) -> Callable[[RuleSubject], bool]:
+    """``check``, marked as judging the entity's field ``key`` (:data:`RULE_FIELDS`)."""
+    check.field = key  # type: ignore[attr-defined]
+    return check
+
+
 def _filled(key: str) -> Callable[[RuleSubject], bool]:
-    return lambda s: isinstance(s.content.get(key), str) and visible(s.content[key])
+    return _reading(key, lambda s: isinstance(s.content.get(key), str) and visible(s.content[key]))
 
 
 # Characters that draw nothing though they are neither whitespace nor a format or control
@@ -97,11 +103,11 @@ def _seat_explained(s: RuleSubject) -> str:
 
 
 def _set(key: str) -> Callable[[RuleSubject], bool]:
-    return lambda s: s.content.get(key) not in (None, "", [])
+    return _reading(key, lambda s: s.content.get(key) not in (None, "", []))
 
 
 def _one_of(key: str, allowed: type[enum.Enum]) -> Callable[[RuleSubject], bool]:
-    return lambda s: s.content.get(key) in {a.value for a in allowed}
+    return _reading(key, lambda s: s.content.get(key) in {a.value for a in allowed})
 
 
 L0, L1 = "L0", "L1"
@@ -123,17 +129,20 @@ RULES: tuple[Rule, ...] = (
     Rule("JOBROLE-03", L1, T.JOB_ROLE, "Job role name is not blank", E, _filled("name")),
     Rule("TEAM-01", L1, T.TEAM, "Team has at least one agent (audit warning only)", W, lambda s: (s.members or 0) >= 1),
     Rule("TEAM-02", L1, T.TEAM, "Team has a job role", E, _set("job_role_id")),
-    Rule("TEAM-03", L1, T.TEAM, "Team's members do not exceed its capacity", E, _within_capacity,
+    Rule("TEAM-03", L1, T.TEAM, "Team's members do not exceed its capacity", E, _reading("capacity", _within_capacity),
          lambda s: f"{s.seated} members, capacity {s.content.get('capacity')}"),
     Rule("AGENT-01", L1, T.AGENT, "Agent has at least one skill", E, _set("skill_ids")),
     Rule("AGENT-02", L1, T.AGENT, "Agent has a job role", E, _set("job_role_id")),
     Rule("AGENT-03", L1, T.AGENT, "Agent has an industry", E, _set("industry_id")),
     Rule("AGENT-04", L1, T.AGENT, "A seated agent qualifies for its team: both are active, the team's job role is the "
          "agent's, their industries match where both are set, and the agent holds every skill its job role requires", E,
-         lambda s: s.seat_problems == (), _seat_explained),
+         _reading("team_id", lambda s: s.seat_problems == ()), _seat_explained),
     Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),
 )
 RULES_BY_ID = {rule.id: rule for rule in RULES}
+# The field of the entity each rule judges, where it judges one (a refusal names it; the L0
+# rules about the chain and the database judge none).
+RULE_FIELDS: dict[str, str] = {rule.id: rule.check.field for rule in RULES if hasattr(rule.check, "field")}
 # The rules that read a team's members, which change when an agent takes or leaves a seat,
 # with no new version of the team: what its last write stored of them goes stale, so they
 # are evaluated again whenever the team is served (models.registry.served_team_l1).
@@ -245,7 +254,8 @@ def enforce(subject: RuleSubject, *, content_before: dict[str, Any] | None,
         kept = [rid for rid in violated if rid in left]
         raise ConstitutionViolation(
             "violated rules: " + ", ".join(refused) + (f" (already broken, and left so: {', '.join(kept)})" if kept else ""),
-            violations=[{"rule": rid, "description": RULES_BY_ID[rid].description} for rid in refused],
+            violations=[{"rule": rid, "description": RULES_BY_ID[rid].description,
+                         **({"field": RULE_FIELDS[rid]} if rid in RULE_FIELDS else {})} for rid in refused],
         )
     return l0, l1
 

@@ -202,7 +202,8 @@ def test_an_agent_cannot_name_itself_governor_as_it_stops_being_active(client, w
 def test_a_refused_patch_changes_nothing(client, world) -> None:
     role = world["role"]
     response = client.patch(f"{API}/genesis/job-roles/{role['id']}", json={"required_skill_ids": []})
-    assert response.status_code == 422 and response.get_json()["violations"][0]["rule"] == "JOBROLE-01"
+    assert response.status_code == 422 and response.get_json()["violations"] == [
+        {"rule": "JOBROLE-01", "description": "Job role requires at least one skill", "field": "required_skill_ids"}]
     assert client.get(f"{API}/genesis/job-roles/{role['id']}").get_json() == role
 
 
@@ -388,6 +389,10 @@ def test_rules_catalogue(client) -> None:
     assert {"L0-01", "L0-05", "SKILL-03", "JOBROLE-01", "TEAM-02", "AGENT-03", "INDUSTRY-01"} <= set(rules)
     assert rules["TEAM-01"]["severity"] == "warning" and not rules["TEAM-01"]["gates_writes"]
     assert rules["L0-01"]["entity_type"] is None and rules["SKILL-01"]["entity_type"] == "skill"
+    # Every rule about an entity's own field names it; those about its chain and the database none.
+    assert {rid for rid, rule in rules.items() if rule["field"] is None} == {"L0-02", "L0-03", "L0-04", "L0-05", "TEAM-01"}
+    assert (rules["L0-01"]["field"], rules["TEAM-03"]["field"], rules["AGENT-04"]["field"]) == (
+        "governance_agent_id", "capacity", "team_id")
 
 
 def test_sixteen_concurrent_patches_give_a_linear_chain(app, world, keyring, admin_key) -> None:

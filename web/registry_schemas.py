@@ -232,6 +232,8 @@ class RuleOut(BaseModel):
     description: str
     severity: str
     gates_writes: bool
+    field: str | None = Field(description="the entity's field the rule judges (a refusal's violation names it); "
+                                          "null for the L0 rules about the chain and the database")
 
 
 class RuleList(BaseModel):

@@ -305,7 +305,7 @@ def list_rules() -> dict[str, Any]:
             {
                 "id": r.id, "level": r.level, "entity_type": r.entity_type.value if r.entity_type else None,
                 "description": r.description, "severity": r.severity.value,
-                "gates_writes": r.severity is Severity.ERROR,
+                "gates_writes": r.severity is Severity.ERROR, "field": constitution.RULE_FIELDS.get(r.id),
             }
             for r in constitution.RULES
         ]
