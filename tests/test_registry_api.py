@@ -313,6 +313,19 @@ def test_names_whose_derived_skill_keys_collide_get_keys_of_their_own(client, go
     assert key("x" * 199) == "x" * 199 and key(long_name) == "x" * 183 + f"-{tag(long_name)}"
 
 
+@pytest.mark.parametrize("field,value", [("name", "Null\u0000Name"), ("description", "nul \u0000"),
+                                         ("tags", ["ok", "n\u0000l"]), ("attributes", {"deep": [{"k\u0000": 1}]})])
+def test_a_nul_character_is_422_naming_its_field(client, world, field, value) -> None:
+    """Neither text nor jsonb holds U+0000: the database refused it as "a value was refused by
+    the database", naming no field (helper-120 L5). A backslash spelled out is not one."""
+    url = f"{API}/genesis/industries/{world['industry']['id']}"
+    response = client.patch(url, json={field: value})
+    problem = response.get_json()
+    assert response.status_code == 422 and problem["errors"] == [
+        {"field": field, "message": "must not contain a NUL character (U+0000)"}], problem
+    assert client.patch(url, json={"description": "a backslash and u0000: \\u0000"}).status_code == 200
+
+
 def test_a_name_too_long_once_nfc_normalized_is_422_naming_it(client, world) -> None:
     # U+0958 is one code point of input and two once NFC-normalized: 150 fit the schema, 300 not the column.
     response = client.patch(f"{API}/teams/{world['team']['id']}", json={"name": "\u0958" * 150})
