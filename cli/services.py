@@ -32,6 +32,8 @@ import psycopg
 import redis
 from psycopg import errors, sql
 
+from models.keys import replace_file
+
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 POSTGRES_SERVICE_USER = "plant-pg"
 
@@ -309,11 +311,9 @@ class EmbeddedPostgres(_ChildServer):
             yield None
             return
         path = self.data_dir.with_name(self.data_dir.name + ".initdb-password")
-        path.unlink(missing_ok=True)  # left by an initdb cut short (SIGKILL)
-        write_secret(path, password)
+        owner = (cast(int, self._run_as["user"]), cast(int, self._run_as["group"])) if self._run_as else None
+        replace_file(path, f"{password}\n".encode(), mode=0o600, owner=owner)  # over one an initdb cut short left
         try:
-            if self._run_as:
-                os.chown(path, cast(int, self._run_as["user"]), cast(int, self._run_as["group"]))
             yield path
         finally:
             path.unlink(missing_ok=True)
@@ -327,7 +327,9 @@ class EmbeddedPostgres(_ChildServer):
             verifier = conn.pgconn.encrypt_password(password.encode(), b"postgres", b"scram-sha-256").decode()
             conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier)))
             hba = self.data_dir / "pg_hba.conf"
-            _replace_owned(hba, _TRUST.sub(r"\1scram-sha-256", hba.read_text()))
+            held = hba.stat()
+            replace_file(hba, _TRUST.sub(r"\1scram-sha-256", hba.read_text()).encode(), mode=stat.S_IMODE(held.st_mode),
+                         owner=(held.st_uid, held.st_gid) if os.geteuid() == 0 else None)  # whole or not at all
             conn.execute("SELECT pg_reload_conf()")
         with psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres", password=password,
                              connect_timeout=2):
@@ -359,34 +361,11 @@ def _trusts(hba: Path) -> bool:
     return _TRUST.search(hba.read_text()) is not None
 
 
-def _replace_owned(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a crash leaves the old file, never a
-    truncated one), keeping its owner and mode."""
-    held = path.stat()
-    draft = path.with_name(path.name + ".new")
-    draft.unlink(missing_ok=True)
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(held.st_mode))
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    if os.geteuid() == 0:
-        os.chown(draft, held.st_uid, held.st_gid)
-    os.replace(draft, path)
-
-
-def write_secret(path: Path, value: str) -> None:
-    """Write ``value`` to ``path``, created for this user alone (0600) or refused if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
-
-
 def generated_secret(path: Path) -> str:
     """The secret kept in ``path``: generated into it, for this user alone, on first use, and
     never replaced after (a data dir made with a password needs that one)."""
     if not path.exists():
-        write_secret(path, secrets.token_urlsafe(32))
+        replace_file(path, f"{secrets.token_urlsafe(32)}\n".encode(), mode=0o600)
     path.chmod(0o600)  # one left by an earlier start, or copied in
     return path.read_text().strip()
 
@@ -466,8 +445,8 @@ class EmbeddedRedis(_ChildServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.password_path is None:
             return
-        self._config_path.unlink(missing_ok=True)  # written afresh: the password file is the one kept
-        write_secret(self._config_path, f"requirepass {self._password()}")
+        # written afresh at each start: the password file is the one kept
+        replace_file(self._config_path, f"requirepass {self._password()}\n".encode(), mode=0o600)
 
     def _argv(self) -> list[str]:
         config = [str(self._config_path)] if self.password_path is not None else []

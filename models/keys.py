@@ -184,13 +184,16 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def replace_file(path: Path, content: bytes, *, mode: int = 0o644) -> None:
+def replace_file(path: Path, content: bytes, *, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
     """Write ``content`` to ``path`` all at once: readers see the old file or the new, never
-    half, and a crash or a full disk leaves the old one whole (keys, seals, evidence files)."""
+    half, and a crash or a full disk leaves the old one whole (keys, seals, evidence files).
+    ``owner`` (uid, gid), when given, owns the new file from before it takes the name."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
             os.fchmod(handle.fileno(), mode)  # whatever the umask says
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
