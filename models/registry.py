@@ -210,15 +210,17 @@ def stands_down(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 def rule_subject(
     session: Session, entity: GovernedEntity, *, keyring: KeyRing | None, content: dict[str, Any] | None = None,
-    seat_problems: tuple[str, ...] | None = None,
+    seat_problems: tuple[str, ...] | None = None, members: int | None = None,
 ) -> RuleSubject:
     """What the rules look at for ``entity`` as it is in memory, with the seat facts of a team
     or an agent read as an audit reads them (``models.membership``, which checks other
-    entities' heads with ``keyring``), so a write and an audit judge alike."""
-    members = seated = None
-    if isinstance(entity, (Team, Agent)) and keyring is None:
+    entities' heads with ``keyring``), so a write and an audit judge alike; or, for a team,
+    judged on ``members`` when the caller counted them (what its resource lists)."""
+    seated = members
+    if (isinstance(entity, Team) and members is None or isinstance(entity, Agent) and seat_problems is None) \
+            and keyring is None:
         raise TypeError(f"the rules of a {entity.entity_type_value.value} need the key ring")
-    if isinstance(entity, Team):
+    if isinstance(entity, Team) and members is None:
         members = members_count(session, entity.id)
         seated = signed_member_counts(session, [entity], {entity.id: members}, keyring)[entity.id]
     elif isinstance(entity, Agent) and seat_problems is None:
@@ -244,11 +246,7 @@ def served_team_l1(session: Session, team: Team, members: int) -> dict[str, Any]
     seat adds no version to the team, so the stored ones go stale (a team with members
     still showing TEAM-01's warning). Judged on the listed members, as ``free_seats`` is:
     the audit differs only where a member's row is not its signed head (reported on it)."""
-    subject = RuleSubject(
-        entity_type=EntityType.TEAM, content=governed_content(team), versions=team.version,
-        head_link_hash=team.head_link_hash, genesis_linked=team.version >= 1, append_only_enforced=_append_only(session),
-        members=members, seated=members,
-    )
+    subject = rule_subject(session, team, keyring=None, members=members)
     return reevaluated(team.constitution_l1, subject, L1, MEMBER_RULES).as_json()
 
 
