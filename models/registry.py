@@ -439,7 +439,7 @@ def _normalized(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, 
     against its column's length before normalizing is checked again after."""
     out = {}
     for key, value in data.items():
-        if key != "attributes" and _holds_nul(value):  # attributes: once their nesting is checked, below
+        if key != "attributes" and holds_nul(value):  # attributes: once their nesting is checked, below
             raise _nul_refused(key)
         if isinstance(value, str):
             value = normalize_text(value)
@@ -451,7 +451,7 @@ def _normalized(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, 
             value = sorted({normalize_text(t) for t in value})
         elif key == "attributes" and value is not None:
             value = as_jsonb_keeps_it(to_json_tree(value, "$.attributes"), "$.attributes")
-            if _holds_nul(value):
+            if holds_nul(value):
                 raise _nul_refused(key)
         out[key] = value
     return out
@@ -462,15 +462,15 @@ def _nul_refused(key: str) -> InvalidInput:
                         errors=[{"field": key, "message": "must not contain a NUL character (U+0000)"}])
 
 
-def _holds_nul(value: Any) -> bool:
-    """Whether ``value`` (a field's input: a string, the tags, the attributes) holds U+0000,
-    which neither text nor jsonb can hold: the database refused it with no field named."""
+def holds_nul(value: Any) -> bool:
+    """Whether ``value`` (a string, or a list or object of them at any depth, keys included)
+    holds U+0000, which neither text nor jsonb can hold."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+        return any(holds_nul(item) for item in value)
     return False
 
 

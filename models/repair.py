@@ -39,7 +39,8 @@ from models.errors import CanonicalizationError, Conflict
 from models.jws import KeySource, b64url_encode, verify_b64url_signature
 from models.key_seals import seal_problems, with_seal_lists
 from models.registry import (
-    apply_fields, embedding_text, guard_membership, integrity_as_domain_errors, lock_entity, rule_subject, snapshot,
+    apply_fields, embedding_text, guard_membership, holds_nul, integrity_as_domain_errors, lock_entity, rule_subject,
+    snapshot,
 )
 from models.signing import KeyRing
 
@@ -284,7 +285,7 @@ def _signable(content: dict[str, Any]) -> dict[str, Any]:
         canonical_bytes(as_jsonb_keeps_it(to_json_tree(content)))  # as the record reads once stored
     except CanonicalizationError as exc:
         return {"unsignable": exc.detail, "json": text[:MAX_UNSIGNABLE_TEXT]}
-    if "\\u0000" in text:  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)
+    if holds_nul(content):  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)
         return {"unsignable": "it holds a NUL, which no jsonb value can", "json": text[:MAX_UNSIGNABLE_TEXT]}
     return content
 

@@ -265,6 +265,18 @@ def test_a_restore_that_would_take_a_name_back_from_another_entity_is_a_409(worl
     assert refused.value.extensions["field"] == "name"
 
 
+def test_a_row_edited_to_hold_a_spelled_out_nul_escape_is_recorded_as_it_held_it(world, db_session, write_ctx, keyring) -> None:
+    """A backslash and ``u0000`` is six ordinary characters, not a NUL: the record keeps the
+    row's content as it was (the JSON text's ``\\u0000`` was taken for a NUL, and the
+    content recorded only as text)."""
+    agent = world.agent("Spelled Escape")
+    _sql(db_session, "UPDATE agents SET attributes = CAST(:a AS jsonb) WHERE id = :i",
+         a=json.dumps({"note": "\\u0000"}), i=agent.id)
+    outcome = _restore(db_session, write_ctx, E.AGENT, agent.id)
+    assert outcome.restored and outcome.repair.row_before["content"]["attributes"] == {"note": "\\u0000"}
+    assert verify_repair(outcome.repair.as_json(), keyring)
+
+
 def test_a_row_edited_to_hold_what_canonical_json_refuses_is_restored_and_recorded_as_text(world, db_session, write_ctx, keyring) -> None:
     agent = world.agent("Huge number")
     _sql(db_session, "UPDATE agents SET attributes = '{\"n\": 9007199254740993}' WHERE id = :a", a=agent.id)
