@@ -19,14 +19,22 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from models import bulk_assignment
 from models.jobs import Job
 
 # (session, job id, the job's result as it stands) -> the result it ends with.
 ResultWhenEnded = Callable[[Session, uuid.UUID, dict[str, Any] | None], dict[str, Any] | None]
 
+
+def _bulk_assignment(session: Session, job_id: uuid.UUID, reported: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Imported here: models.bulk_assignment loads numpy and SciPy's solvers (0.4 s, tens of MB),
+    # which every process that cancels or sweeps jobs (the API's every worker among them) would
+    # otherwise load at start for a job kind it may never end.
+    from models.bulk_assignment import result_when_ended
+    return result_when_ended(session, job_id, reported)
+
+
 RESULT_WHEN_ENDED: Mapping[str, ResultWhenEnded] = {
-    "agents.assign_teams": bulk_assignment.result_when_ended,
+    "agents.assign_teams": _bulk_assignment,
 }
 
 

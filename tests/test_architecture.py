@@ -35,3 +35,12 @@ def test_importing_the_entry_points_does_nothing() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_api_does_not_load_the_bulk_solver() -> None:
+    """models.bulk_assignment loads numpy and SciPy's solvers (about 0.4 s and tens of MB a
+    process); the API only ever ends such a job (a cancel), and loaded them at start through
+    models.job_results."""
+    code = "import sys, web; print(sorted(m for m in ('scipy', 'models.bulk_assignment') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
