@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -290,8 +290,8 @@ def apply_fields(
     for field, value in data.items():
         if field in REFERENCES and value is not None and value not in pending and session.get(ENTITY_MODELS[REFERENCES[field]], value) is None:
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
-        elif field == "parent_id" and value is not None and not _parent_ok(session, entity, value):
-            errors.append({"field": field, "message": f"no {entity.entity_type_value.value} with id {value}"})
+        elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value)):
+            errors.append({"field": field, "message": problem})
         elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
             errors.append({"field": field, "message": problem})
     skills = {f: _skills(session, data[f], f, errors) for f in SKILL_ID_FIELDS if f in data}
@@ -419,8 +419,30 @@ def _guard_role_members(session: Session, role: JobRole) -> None:
                        "move them or give them the skills first", field="required_skill_ids", members=refused[:20])
 
 
-def _parent_ok(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> bool:
-    return parent_id != entity.id and session.get(type(entity), parent_id) is not None
+# pg_advisory_xact_lock(PARENTS_LOCK, hashtext(table)) serializes re-parenting within one entity
+# type, so two writes that would each close half of a cycle cannot both see none.
+PARENTS_LOCK = int.from_bytes(b"prnt", "big")
+_ANCESTOR_IS = """
+    WITH RECURSIVE up(id, parent_id) AS (
+        SELECT id, parent_id FROM {table} WHERE id = :parent
+        UNION SELECT t.id, t.parent_id FROM {table} t JOIN up ON t.id = up.parent_id)
+    SELECT EXISTS (SELECT 1 FROM up WHERE id = :entity)"""
+
+
+def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> str | None:
+    """Why ``entity`` may not take ``parent_id`` as its parent: none such, or a cycle (the
+    parent is the entity or one of its descendants). A parent newly named is judged under a
+    lock per entity type, held to commit; ``UNION`` ends the walk on a cycle already stored."""
+    kind = entity.entity_type_value.value
+    if session.get(type(entity), parent_id) is None:
+        return f"no {kind} with id {parent_id}"
+    if parent_id == entity.id:
+        return f"a {kind} cannot be its own parent"
+    table = type(entity).__tablename__
+    session.execute(text("SELECT pg_advisory_xact_lock(:lock, hashtext(:table))"), {"lock": PARENTS_LOCK, "table": table})
+    if entity.id is not None and session.scalar(text(_ANCESTOR_IS.format(table=table)), {"parent": parent_id, "entity": entity.id}):
+        return f"{kind} {parent_id} is below this {kind}: naming it as parent would make a cycle"
+    return None
 
 
 def _skills(session: Session, ids: list[uuid.UUID], field: str, errors: list[dict[str, str]]) -> list[Skill]:
