@@ -32,14 +32,20 @@ def api_keys() -> None:
 @click.argument("name")
 @click.option("--scope", "scopes", type=click.Choice(SCOPES), multiple=True, default=("read",), show_default=True,
               help="Scope to grant (repeatable): read < write < admin.")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None,
+              help="The key stops working this many days from now; without it, it never expires.")
 @json_option
-def create_key(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, as_json: bool) -> None:
     """Create a key called NAME; its secret is printed once and never again."""
-    key = connect().post("/api-keys", {"name": name, "scopes": list(dict.fromkeys(scopes))})
+    body: dict[str, object] = {"name": name, "scopes": list(dict.fromkeys(scopes))}
+    if expires_in_days is not None:
+        body["expires_in_days"] = expires_in_days
+    key = connect().post("/api-keys", body)
     if as_json:
         print_json(key)
         return
-    click.echo(f"created API key {key['id']} ({key['name']}, scopes {','.join(key['scopes'])})")
+    expiry = f", expires {key['expires_at']}" if key.get("expires_at") else ""
+    click.echo(f"created API key {key['id']} ({key['name']}, scopes {','.join(key['scopes'])}{expiry})")
     click.echo(key["key"])
     click.echo("the key is shown only this once: store it now", err=True)
 
@@ -55,6 +61,7 @@ def list_keys(as_json: bool) -> None:
     print_table(keys, [
         ("ID", lambda k: k["id"]), ("NAME", lambda k: k["name"]), ("PREFIX", lambda k: k["key_prefix"]),
         ("SCOPES", lambda k: k["scopes"]), ("CREATED", lambda k: k["created_at"]), ("REVOKED", lambda k: k["revoked_at"]),
+        ("EXPIRES", lambda k: k.get("expires_at")), ("LAST USED", lambda k: k.get("last_used_at")),
     ])
 
 

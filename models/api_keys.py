@@ -1,8 +1,11 @@
 """API keys: random bearer tokens stored only as SHA-256 hashes, with scopes.
 
 Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute
-force. Scopes nest: ``admin`` includes ``write``, which includes ``read``. A revoked key
-stops working on the next request (every request looks the key up; nothing caches it).
+force. Scopes nest: ``admin`` includes ``write``, which includes ``read``. A revoked key, or
+one past its ``expires_at``, stops working on the next request (every request looks the key
+up; nothing caches it; expiry is judged by the database's clock). ``last_used_at`` says when
+a key was last used, to within ``LAST_USED_GRANULARITY``: written by the first request after
+that much time, not by every request.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import ARRAY, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
+from sqlalchemy import ARRAY, Connection, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -40,6 +43,7 @@ class ApiKey(Base):
     created_at: Mapped[CreatedAt]
     revoked_at: Mapped[Timestamp | None]
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[Timestamp | None]
 
     def grants(self, scope: str) -> bool:
         """Whether this key may act with ``scope`` (scopes nest: admin > write > read)."""
@@ -56,9 +60,17 @@ class Caller:
 
     id: uuid.UUID
     scopes: tuple[str, ...]
+    use_unrecorded: bool = False
 
     def grants(self, scope: str) -> bool:
         return scopes_grant(self.scopes, scope)
+
+
+@dataclass(frozen=True)
+class ExpiredKey:
+    """A key presented after its ``expires_at``: refused as an unknown one is, but said so."""
+
+    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -101,30 +113,63 @@ def _key_row(*, name: str, scopes: list[str], plaintext: str) -> dict[str, objec
             "scopes": sorted(set(scopes), key=SCOPES.index)}
 
 
-def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None) -> IssuedKey:
+# The longest expiry a key may be made with: ten years, within the years a time may hold.
+MAX_EXPIRY_DAYS = 3650
+
+
+def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext: str | None = None,
+                   expires_in_days: int | None = None) -> IssuedKey:
+    """A new key; with ``expires_in_days``, it stops working that many days from now (the
+    database's clock)."""
     plaintext = generate_plaintext() if plaintext is None else plaintext
     key = ApiKey(**_key_row(name=name, scopes=scopes, plaintext=plaintext))
+    if expires_in_days is not None:
+        if not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+            raise InvalidInput(f"expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}", field="expires_in_days")
+        key.expires_at = session.scalar(select(func.now() + dt.timedelta(days=expires_in_days)))
     session.add(key)
     session.flush()
     return IssuedKey(key, plaintext)
 
 
+# How stale ``last_used_at`` may be: a request finding it older writes it (one UPDATE per
+# key per period, not one per request: every request reads the key, few need write it).
+LAST_USED_GRANULARITY = dt.timedelta(hours=1)
 _KEYS = ApiKey.__table__.c
+_NOW = func.now()
 # Every API request runs this: compiled once and run by psycopg itself on the request's
 # connection (models.db.driver_rows), read as a plain row.
 _LOOKUP = driver_sql(
-    select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash).where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
+    select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash, _KEYS.expires_at, (_KEYS.expires_at <= _NOW).label("expired"),
+           func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True).label("stale"))
+    .where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
+# Skips a row another transaction holds (a revocation): no request waits to record its use.
+_TOUCH = (ApiKey.__table__.update().values(last_used_at=_NOW).where(_KEYS.id.in_(
+    select(_KEYS.id).where(_KEYS.id == bindparam("key_id"), func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True))
+    .with_for_update(skip_locked=True).scalar_subquery())))
 
 
-def authenticate(session: SessionOrConnection, presented: str) -> Caller | None:
-    """The live key matching ``presented``, or None. The lookup is by hash, so timing
-    reveals nothing about stored keys; the final compare is constant-time anyway."""
+def authenticate(session: SessionOrConnection, presented: str) -> Caller | ExpiredKey | None:
+    """The live key matching ``presented``, :class:`ExpiredKey` for one past its expiry, or
+    None. The lookup is by hash, so timing reveals nothing about stored keys; the final
+    compare is constant-time anyway. ``Caller.use_unrecorded`` says its ``last_used_at`` is
+    older than ``LAST_USED_GRANULARITY`` (:func:`record_key_use` writes it)."""
     digest = hash_key(presented)
     rows = driver_rows(session, _LOOKUP, {"digest": digest})  # every request's: see driver_rows
     if not rows or not hmac.compare_digest(bytes(rows[0][2]), digest):
         return None
-    key_id, scopes, _ = rows[0]
-    return Caller(key_id, tuple(scopes))
+    key_id, scopes, _, expires_at, expired, stale = rows[0]
+    if expired:
+        return ExpiredKey(expires_at)
+    return Caller(key_id, tuple(scopes), use_unrecorded=stale)
+
+
+def record_key_use(connection: Connection, key_id: uuid.UUID) -> None:
+    """Write ``last_used_at`` of key ``key_id`` (unless it was written within
+    ``LAST_USED_GRANULARITY``), in autocommit: the API calls it once a request is answered,
+    on a connection of its own, so that no request's transaction (which a read rolls back)
+    decides whether it stays."""
+    connection.execute(_TOUCH, {"key_id": key_id})
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

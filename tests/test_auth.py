@@ -1,12 +1,14 @@
 """API keys: bearer auth, scopes, admin-only management, instant revocation, limits."""
 
+import datetime as dt
 import hashlib
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models.api_keys import ApiKey
+from models.canonical import rfc3339_utc
 
 API = "/api/v1"
 
@@ -207,3 +209,59 @@ def test_a_blank_api_key_is_refused_not_replaced_by_one_nobody_holds(db_session)
     with pytest.raises(InvalidInput):
         create_api_key(db_session, name="blank", scopes=["admin"], plaintext=" ")
     assert db_session.scalars(select(ApiKey).where(ApiKey.name == "blank")).all() == []
+
+
+def _key_row(engine, key_id: str) -> dict:
+    with engine.connect() as connection:
+        return dict(connection.execute(text("SELECT expires_at, last_used_at, now() AS now FROM api_keys WHERE id = :id"),
+                                       {"id": key_id}).mappings().one())
+
+
+def test_a_key_made_to_expire_works_until_then_and_is_401_saying_so_after(app, client, engine) -> None:
+    created = client.post(f"{API}/api-keys", json={"name": "expiring", "scopes": ["read"], "expires_in_days": 30}).get_json()
+    row = _key_row(engine, created["id"])
+    assert abs((row["expires_at"] - row["now"]) - dt.timedelta(days=30)) < dt.timedelta(minutes=1)
+    assert created["expires_at"] == rfc3339_utc(row["expires_at"])
+    expiring = _as(app, created["key"])
+    assert expiring.get(f"{API}/jobs").status_code == 200
+    with engine.begin() as connection:  # the clock passes its expiry
+        connection.execute(text("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = :id"),
+                           {"id": created["id"]})
+    refused = expiring.get(f"{API}/jobs")
+    assert refused.status_code == 401 and refused.mimetype == "application/problem+json"
+    assert "expired at" in refused.get_json()["detail"]
+    listed = {k["id"]: k for k in client.get(f"{API}/api-keys").get_json()["items"]}
+    assert listed[created["id"]]["expires_at"] is not None and listed[created["id"]]["revoked_at"] is None
+    assert client.post(f"{API}/api-keys", json={"name": "forever", "scopes": ["read"]}).get_json()["expires_at"] is None
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651, "30", True, 1.5])
+def test_an_expiry_out_of_range_or_not_an_integer_is_422(client, days) -> None:
+    response = client.post(f"{API}/api-keys", json={"name": "bad expiry", "scopes": ["read"], "expires_in_days": days})
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert [e["field"] for e in response.get_json()["errors"]] == ["expires_in_days"]
+
+
+def test_a_key_s_use_is_recorded_once_an_hour_whatever_the_request_s_transaction_does(app, client, engine, committed_steward) -> None:
+    """A read's Session is rolled back: the use is written after the answer, in autocommit,
+    so it stays; within the hour after it, requests write nothing."""
+    created = client.post(f"{API}/api-keys", json={"name": "used", "scopes": ["read"]}).get_json()
+    assert created["last_used_at"] is None
+    used = _as(app, created["key"])
+    response = used.get(f"{API}/agents")  # a view reading through a Session, rolled back
+    assert response.status_code == 200
+    response.close()
+    first = _key_row(engine, created["id"])["last_used_at"]
+    assert first is not None
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE api_keys SET last_used_at = last_used_at - interval '59 minutes' WHERE id = :id"),
+                           {"id": created["id"]})
+    used.get(f"{API}/jobs").close()
+    assert _key_row(engine, created["id"])["last_used_at"] == first - dt.timedelta(minutes=59)  # within the hour: kept
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE api_keys SET last_used_at = last_used_at - interval '2 minutes' WHERE id = :id"),
+                           {"id": created["id"]})
+    used.get(f"{API}/jobs").close()
+    assert _key_row(engine, created["id"])["last_used_at"] > first  # over the hour: written again
+    listed = {k["id"]: k for k in client.get(f"{API}/api-keys").get_json()["items"]}
+    assert listed[created["id"]]["last_used_at"] is not None

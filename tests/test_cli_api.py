@@ -97,6 +97,15 @@ def test_api_keys_create_list_revoke_and_a_revoked_key_stops_working(
     assert one_error_line(refused).startswith("plant: 401 Unauthorized: the API key is unknown or revoked")
 
 
+def test_api_keys_create_can_make_a_key_that_expires(plant: Plant) -> None:
+    created = plant("api-keys", "create", "short-lived", "--expires-in-days", "7")
+    assert created.exit_code == 0 and ", expires 20" in created.stdout
+    [listed] = [k for k in as_json(plant("api-keys", "list", "--json"))["items"] if k["name"] == "short-lived"]
+    assert listed["expires_at"] is not None
+    assert "EXPIRES" in plant("api-keys", "list").stdout
+    assert plant("api-keys", "create", "never", "--expires-in-days", "0").exit_code == 2  # click's usage error
+
+
 def test_without_plant_api_key_the_dev_admin_key_file_is_used(plant: Plant, admin_key: str, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("PLANT_API_KEY")
     monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))

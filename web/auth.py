@@ -3,6 +3,8 @@
 ``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
 (POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
 or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403.
+A key past its expiry is 401 saying when it expired; a key's first
+request after ``LAST_USED_GRANULARITY`` records its ``last_used_at`` once answered.
 The authenticated key is ``g.api_key``; chain writes are attributed to it. A request
 that waits (a long poll) looks its key up again before it answers
 (:func:`key_revoked_while_waiting`).
@@ -10,12 +12,17 @@ that waits (a long poll) looks its key up again before it answers
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+import logging
 
-from models.api_keys import Caller, authenticate
+from flask import Flask, Response, after_this_request, g, request
+
+from models.api_keys import Caller, ExpiredKey, authenticate, record_key_use
+from models.canonical import rfc3339_utc
 from models.db import retry_if_disconnected
 from web.problems import problem_response
-from web.services import close_db_session, db_statements
+from web.services import close_db_session, db_statements, services
+
+log = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/api/"
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key from /api/v1/api-keys"}}
@@ -56,16 +63,37 @@ def check_api_key() -> Response | None:
     # or autocommit every statement sees the latest commits, so the lookup leaves nothing
     # stale behind.
     key = _lookup(presented)
+    if isinstance(key, ExpiredKey):
+        return _unauthorized(f"the API key expired at {rfc3339_utc(key.expires_at)}")
     if key is None:
         return _unauthorized("the API key is unknown or revoked")
     scope = required_scope(request.method, request.path)
     if not key.grants(scope):
         return problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
     g.api_key = key
+    if key.use_unrecorded:
+        _record_use_once_answered(key)
     return None
 
 
-def _lookup(presented: str) -> Caller | None:
+def _record_use_once_answered(key: Caller) -> None:
+    """Write the key's ``last_used_at`` once the response is sent, in autocommit on a pooled
+    connection (the request's is back in the pool by then): the request's own transaction,
+    which a read rolls back, would lose it, and the request waits for none of it. A failure is
+    logged and changes nothing the client sees."""
+    engine = services().autocommit_engine
+
+    def record() -> None:
+        try:
+            with engine.connect() as connection:
+                record_key_use(connection, key.id)
+        except Exception:  # noqa: BLE001 - after the response: nothing to answer with
+            log.warning("could not record the use of API key %s", key.id, exc_info=True)
+
+    after_this_request(lambda response: (response.call_on_close(record), response)[1])
+
+
+def _lookup(presented: str) -> Caller | ExpiredKey | None:
     """The key lookup, the request's first statement: on a pooled connection that died
     a moment ago it is retried once, fresh (``models.db.ping_idle_connections``)."""
     return retry_if_disconnected(lambda: authenticate(db_statements(), presented), before_retry=close_db_session)
@@ -76,8 +104,8 @@ def key_revoked_while_waiting() -> Response | None:
     key up again, so a key revoked meanwhile gets 401, not what was written after its
     revocation. One more indexed lookup, only for a request that waited."""
     presented = _presented_key()
-    if presented is None or _lookup(presented) is None:
-        return _unauthorized("the API key was revoked while the request waited")
+    if presented is None or not isinstance(_lookup(presented), Caller):
+        return _unauthorized("the API key was revoked or expired while the request waited")
     return None
 
 

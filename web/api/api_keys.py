@@ -9,9 +9,9 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from models.api_keys import ApiKey, create_api_key, list_api_keys, revoke_api_key
+from models.api_keys import MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
 from web.schemas import API_PROBLEMS, problems
 from web.services import db_session
@@ -23,6 +23,9 @@ class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: StrictStr = Field(min_length=1, max_length=200)
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, max_length=3)
+    expires_in_days: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_EXPIRY_DAYS,
+        description="the key stops working this many days from now (the server's clock); absent: it never expires")
 
 
 class ApiKeyOut(BaseModel):
@@ -32,6 +35,8 @@ class ApiKeyOut(BaseModel):
     scopes: list[str]
     created_at: str
     revoked_at: str | None
+    expires_at: str | None = Field(description="when the key stops working; null: never")
+    last_used_at: str | None = Field(description="when the key was last used, to within an hour; null: never used")
 
 
 class ApiKeyCreated(ApiKeyOut):
@@ -50,14 +55,15 @@ def key_resource(key: ApiKey) -> dict[str, Any]:
     return {
         "id": str(key.id), "name": key.name, "key_prefix": key.key_prefix, "scopes": list(key.scopes),
         "created_at": rfc3339_utc(key.created_at), "revoked_at": rfc3339_utc(key.revoked_at),
+        "expires_at": rfc3339_utc(key.expires_at), "last_used_at": rfc3339_utc(key.last_used_at),
     }
 
 
 @api_keys_api.post("/api-keys", responses={201: ApiKeyCreated, **problems(422)})
 def create_key(body: ApiKeyIn) -> Response:
-    """Create a key. Its plaintext is in this response only; Plant keeps a hash."""
+    """Create a key, optionally expiring. Its plaintext is in this response only; Plant keeps a hash."""
     session = db_session()
-    issued = create_api_key(session, name=body.name, scopes=list(body.scopes))
+    issued = create_api_key(session, name=body.name, scopes=list(body.scopes), expires_in_days=body.expires_in_days)
     session.commit()
     body_json = {**key_resource(issued.key), "key": issued.plaintext}
     return Response(json.dumps(body_json), status=201, mimetype="application/json")
