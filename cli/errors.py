@@ -91,10 +91,12 @@ def _shown_as_click_does(error: click.UsageError) -> bool:
 
 def one_line(error: Exception) -> str | None:
     """The line for an error a local command can meet, or None for anything else: the
-    database unreachable, a domain error (a revoked configured admin key, no signing key),
-    a file that cannot be written, a setting or key that is not valid."""
+    database unreachable or refusing a statement (a schema not migrated), a domain error (a
+    revoked configured admin key, no signing key), a file that cannot be written, a setting
+    or key that is not valid."""
     from alembic.util.exc import CommandError
     from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
 
     from models.errors import PlantError
 
@@ -110,6 +112,13 @@ def one_line(error: Exception) -> str | None:
         # psycopg's own class is a failed connection; its subclasses are a database that
         # answered (a statement or lock timeout, a deadlock, a serialization failure).
         return f"cannot reach the database: {said}" if type(cause).__name__ == "OperationalError" else f"database error: {said}"
+    if isinstance(error, DBAPIError) or type(error).__module__.startswith("psycopg"):
+        # The database refused a statement (a schema not migrated, a value too long), through
+        # SQLAlchemy or, for `db upgrade`'s grants, psycopg itself.
+        cause = getattr(error, "orig", None) or error
+        said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        hint = " (is the schema migrated? run `plant db upgrade`)" if type(cause).__name__ == "UndefinedTable" else ""
+        return f"database error: {said}{hint}"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     if isinstance(error, UnicodeError):

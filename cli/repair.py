@@ -23,6 +23,14 @@ from models.repair import repairs, restore_entity, verify_repair
 from models.settings import load_settings
 
 ENTITY_TYPES = click.Choice([t.value for t in EntityType])
+MAX_ACTOR = 255  # entity_repairs.actor
+
+
+def _actor(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """The database takes neither a longer actor nor a NUL: refused here, before anything is read."""
+    if value is not None and (len(value) > MAX_ACTOR or "\x00" in value):
+        raise click.BadParameter(f"must be at most {MAX_ACTOR} characters, with no NUL")
+    return value
 
 
 @click.group()
@@ -33,7 +41,8 @@ def entity() -> None:
 @entity.command("restore")
 @click.argument("entity_type", type=ENTITY_TYPES)
 @click.argument("entity_id", type=click.UUID)
-@click.option("--actor", default=None, help="Who restores, for the signed repair record (default: operator:<login>).")
+@click.option("--actor", default=None, callback=_actor,
+              help="Who restores, for the signed repair record (default: operator:<login>).")
 @json_option
 def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: bool) -> None:
     """Set ENTITY_ID's row back to its newest signed version, if its whole chain verifies.
