@@ -37,7 +37,10 @@ from models.embeddings import Embedder
 from models.entities import EntityType, governed_content, typed_content
 from models.errors import CanonicalizationError, Conflict
 from models.jws import KeySource, b64url_encode, verify_b64url_signature
+from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
+from models.digest_check import trusted_base
 from models.key_seals import seal_problems, with_seal_lists
+from models.ledger import base_problem
 from models.registry import (
     apply_fields, embedding_text, guard_membership, holds_nul, integrity_as_domain_errors, lock_entity, rule_subject,
     snapshot,
@@ -132,6 +135,24 @@ def settle_repairs(session: Session) -> None:
     session.execute(_BARRIER, {"key": REPAIRS_LOCK})
 
 
+def _digest_head_lost(session: Session, entity_id: uuid.UUID, rows: Sequence[Any], keyring: KeyRing) -> str | None:
+    """Why the chain ``rows`` is not all the entity had, if the newest trusted stored digest
+    (the base the next digest is checked from, :func:`models.digest_check.trusted_base`)
+    holds a head for it, leaf or tombstone, that the chain no longer has: versions deleted
+    past the guard. A chain that verifies to an earlier head is still a rollback."""
+    trusted = trusted_base(session, keyring, base_problem)
+    if trusted is None:
+        return None
+    chain = {(row.version, bytes(row.link_hash)) for row in rows}
+    for table in (LedgerDigestHead, LedgerDigestTombstone):
+        held = session.execute(select(table.version, table.link_hash).where(
+            table.digest_id == trusted.id, table.entity_id == entity_id)).one_or_none()
+        if held is not None and held.version > 0 and (held.version, bytes(held.link_hash)) not in chain:
+            return (f"the ledger digest of {trusted.as_of.isoformat()} (id {trusted.id}) holds its version {held.version}, "
+                    f"which its chain no longer has (it ends at version {rows[-1].version})")
+    return None
+
+
 def restore_entity(
     session: Session, *, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing, embedder: Embedder, actor: str
 ) -> RestoreOutcome:
@@ -160,6 +181,9 @@ def restore_entity(
         raise NotRestorable(f"the chain of {entity_type.value} {entity_id} does not verify ({first.code} at version "
                             f"{first.version}: {first.detail}); nothing was changed", id=str(entity_id),
                             findings=[{"code": f.code, "version": f.version} for f in broken[:20]])
+    if findings and (lost := _digest_head_lost(session, entity_id, rows, keyring)) is not None:
+        raise NotRestorable(f"{entity_type.value} {entity_id}: {lost}: its newest versions were removed, and restoring "
+                            "it to what is left would vouch for a rollback; nothing was changed", id=str(entity_id))
     if not findings and (stale := certified_embedding_drift(entity, embedder)) is not None:
         findings = [ChainFinding(stale.code, entity.version, stale.detail)]  # the row is its head; its vector is not
     if not findings:

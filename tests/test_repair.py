@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from models.chain import history, verify_entity
 from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
+from models.ledger import store_digest
 from models.registry import update_entity
 from models.repair import REPAIRS_LOCK, EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
 from tests.conftest import EMBEDDER, ring_sealing
@@ -75,6 +76,29 @@ def test_a_row_reset_to_an_older_version_goes_forward_to_the_newest(world, db_se
     outcome = _restore(db_session, write_ctx, E.SKILL, skill.id)
     assert (outcome.finding, outcome.version) == ("stale-head", 2)
     assert verify_entity(db_session, entity=db_session.get(type(skill), skill.id), keyring=keyring).ok
+
+
+def test_a_chain_whose_newest_versions_were_deleted_is_not_restored_to_what_is_left(world, db_session, write_ctx, keyring) -> None:
+    """A stored digest holds the skill at version 2; its owner deletes version 2 past the guard.
+    What is left verifies, and the restore set the row back to version 1 and signed a repair
+    record saying so: a signed record vouching for a rollback (review-cli finding 2). The
+    digest names a version the chain no longer has: refused, nothing changed."""
+    skill = world.skills[0]
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "second text"}, ctx=write_ctx)
+    store_digest(db_session, keyring=keyring)
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :id AND version = 2", id=skill.id)
+    db_session.expire_all()
+    with pytest.raises(NotRestorable, match="holds its version 2, which its chain no longer has"):
+        _restore(db_session, write_ctx, E.SKILL, skill.id)
+    assert repairs(db_session, entity_id=skill.id) == [] and db_session.get(type(skill), skill.id).version == 2
+
+
+def test_a_row_edited_after_a_digest_is_restored_as_without_one(world, db_session, write_ctx, keyring) -> None:
+    skill = world.skills[0]
+    store_digest(db_session, keyring=keyring)
+    _sql(db_session, "UPDATE skills SET description = 'edited by hand' WHERE id = :s", s=skill.id)
+    outcome = _restore(db_session, write_ctx, E.SKILL, skill.id)
+    assert outcome.restored and outcome.finding == "row-content-mismatch"
 
 
 def test_typed_content_is_the_inverse_of_governed_content_for_every_field(world, db_session) -> None:

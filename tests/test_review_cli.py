@@ -49,26 +49,6 @@ def test_review_1_an_actor_the_repair_record_cannot_hold_is_a_usage_error(settin
     assert result.exit_code == 2 and "--actor" in result.stderr and "at most 255" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 2")
-def test_review_2_a_restore_does_not_vouch_for_a_chain_whose_newest_versions_were_deleted(db_session, skill, write_ctx,
-                                                                                           keyring) -> None:
-    """The stored digest holds the skill at version 3; its owner deletes version 3 past the guard.
-    The row still names version 3 (head-mismatch), and `plant entity restore` set it back to
-    version 2 and signed a repair record saying so: a signed record vouching for a rollback,
-    and the entity writable again on top of it. It should refuse, as for any chain that does
-    not verify: the newest trusted digest names a version the chain no longer has."""
-    from models.entities import EntityType
-    from models.ledger import store_digest
-    from models.repair import NotRestorable, restore_entity
-    from tests.test_audit import lift_guard
-
-    store_digest(db_session, keyring=keyring)
-    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :id AND version = 3", id=skill.id)
-    with pytest.raises(NotRestorable):
-        restore_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, keyring=keyring,
-                       embedder=write_ctx.embedder, actor="operator:test")
-
-
 @pytest.mark.xfail(strict=True, reason="review finding 3")
 def test_review_3_certify_wait_does_not_exit_0_when_the_skill_was_rejected() -> None:
     """`plant certify SKILL --wait` "prints the certificate id"; a rejection is a succeeded job,
