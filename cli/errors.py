@@ -20,10 +20,13 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_JOB_UNSUCCESSFUL = 3
 EXIT_NOT_VERIFIED = 4
+EXIT_OUTCOME_UNMET = 5
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 API, connection or local error; 2 usage error; "
-    "3 the job ended failed or cancelled; 4 a report or digest failed verification."
+    "3 the job ended failed or cancelled; 4 a report or digest failed verification; "
+    "5 the job succeeded but did not do what was asked (a skill rejected, agents left unplaced, an audit "
+    "finding non-compliant entities or run-level findings)."
 )
 
 
@@ -41,6 +44,13 @@ class JobUnsuccessful(PlantCliError):
     """The job ran to an end other than ``succeeded``."""
 
     exit_code = EXIT_JOB_UNSUCCESSFUL
+
+
+class OutcomeUnmet(PlantCliError):
+    """The job succeeded, and its result says what was asked was not done: a script that
+    gates on ``plant certify --wait`` must not go on with a rejected skill."""
+
+    exit_code = EXIT_OUTCOME_UNMET
 
 
 class VerificationFailed(PlantCliError):

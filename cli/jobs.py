@@ -2,7 +2,8 @@
 
 A command that starts work prints the job it got (202 from the API); with ``--wait`` it
 follows the job to its end like ``plant jobs watch``, prints the outcome, and exits 3 if
-the job did not succeed.
+the job did not succeed, 5 if it succeeded without doing what was asked (a skill rejected,
+agents left unplaced, an audit finding non-compliant entities).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from typing import Any
 import click
 
 from cli.client import PlantClient, client_config_from_environment
-from cli.output import describe_job, job_line, json_option, outcome_lines, print_json, print_table, progress_text
+from cli.errors import OutcomeUnmet
+from cli.output import describe_job, job_line, json_option, outcome_lines, print_json, print_table, progress_text, unmet_outcome
 from cli.watch import ProgressView, follow, require_success
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
-wait_option = click.option("--wait", is_flag=True, help="Follow the job to its end; exit 3 unless it succeeds.")
+wait_option = click.option("--wait", is_flag=True, help="Follow the job to its end; exit 3 unless it succeeds, 5 if it succeeds without doing what was asked.")
 idempotency_option = click.option(
     "--idempotency-key", metavar="KEY",
     help="Send Idempotency-Key: repeating the command with the same key returns the same job. "
@@ -48,7 +50,8 @@ def finish_started_job(client: PlantClient, job: dict[str, Any], *, wait: bool, 
 
 
 def follow_to_end(client: PlantClient, job: dict[str, Any], *, as_json: bool) -> dict[str, Any]:
-    """Follow the job (a live bar unless ``as_json``), print how it ended; exit 3 unless it succeeded."""
+    """Follow the job (a live bar unless ``as_json``), print how it ended; exit 3 unless it
+    succeeded, 5 if it succeeded without doing what was asked (:func:`cli.output.unmet_outcome`)."""
     final = follow(client, job, None if as_json else ProgressView())
     if as_json:
         print_json(final)
@@ -56,6 +59,8 @@ def follow_to_end(client: PlantClient, job: dict[str, Any], *, as_json: bool) ->
     if not as_json:
         for line in outcome_lines(final):
             click.echo(line)
+    if (unmet := unmet_outcome(final)) is not None:
+        raise OutcomeUnmet(f"job {final['id']} ({final['kind']}) succeeded, but {unmet}")
     return final
 
 

@@ -116,6 +116,22 @@ def _audit(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def unmet_outcome(job: dict[str, Any]) -> str | None:
+    """Why a succeeded job did not do what was asked, if it did not: a skill rejected, agents
+    left unplaced, an audit that found non-compliant entities or run-level findings (warnings
+    alone are met)."""
+    result, kind = job.get("result") or {}, job["kind"]
+    if kind == "skill.certify" and result.get("status") != "certified":
+        return f"skill {result.get('skill_id')} was {result.get('status', 'not certified')}"
+    if kind == "agents.assign_teams" and result.get("not_placed"):
+        return f"{result['not_placed']} of {result.get('requested')} agent(s) not placed"
+    if kind == "audit.run" and (result.get("non_compliant") or result.get("run_level_findings")):
+        run_level = result.get("run_level_findings") or []
+        return (f"audit run {result.get('run_id')} found {result.get('non_compliant', 0)} non-compliant entit(y/ies)"
+                + (f" and run-level findings {', '.join(run_level)}" if run_level else ""))
+    return None
+
+
 _OUTCOMES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "skill.certify": _certification,
     "agent.assign_team": _assignment,

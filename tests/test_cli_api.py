@@ -20,7 +20,7 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from cli.client import ClientConfig, PlantClient
-from cli.errors import EXIT_JOB_UNSUCCESSFUL, EXIT_NOT_VERIFIED
+from cli.errors import EXIT_JOB_UNSUCCESSFUL, EXIT_NOT_VERIFIED, EXIT_OUTCOME_UNMET
 from cli.main import cli
 from models import ledger
 from tests.conftest import refused_port, wait_for
@@ -166,6 +166,21 @@ def test_certify_by_key_waits_for_the_certificate_and_a_second_time_exits_3(plan
     assert "failed: Skill is already certified" in one_error_line(again)
     unknown = plant("certify", "no-such-skill")
     assert unknown.exit_code == 1 and "no skill has id or skill_key 'no-such-skill'" in one_error_line(unknown)
+
+
+def test_certify_wait_exits_5_when_the_skill_is_rejected_after_printing_why(plant: Plant, http: PlantClient, seeded) -> None:
+    """A rejection is a succeeded job: `plant certify SKILL --wait && deploy` went on with no
+    certificate (exit 0). It exits 5 now, after printing the failed gates."""
+    template = next(s for s in http.items("/genesis/skills") if s["skill_key"] == "copywriting")
+    short = http.post("/genesis/skills", {"name": "Terse Skill", "category": template["category"], "description": "Too short.",
+                                          "industry_id": template["industry_id"],
+                                          "governance_agent_id": template["governance_agent_id"]})
+    rejected = plant("certify", short["id"], "--wait")
+    assert rejected.exit_code == EXIT_OUTCOME_UNMET, rejected.output
+    assert f"rejected: skill {short['id']} failed" in rejected.stdout
+    assert one_error_line(rejected).endswith(f"succeeded, but skill {short['id']} was rejected")
+    as_json_too = plant("certify", short["id"], "--wait", "--json")
+    assert as_json_too.exit_code == EXIT_OUTCOME_UNMET and json.loads(as_json_too.stdout)["result"]["status"] == "rejected"
 
 
 def test_certify_by_id_without_wait_prints_the_job(plant: Plant, http: PlantClient, seeded) -> None:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import cli.jobs as cli_jobs
 from cli.client import PlantClient
 from cli.main import cli
+from cli.output import unmet_outcome
 
 JOB_ID = "00000000-0000-4000-8000-000000000001"
 RUN_ID = "00000000-0000-4000-8000-000000000002"
@@ -67,3 +68,19 @@ def test_a_failed_jobs_error_line_escapes_control_codes(monkeypatch: pytest.Monk
     assert result.exit_code == 3
     stderr_line = result.stderr if hasattr(result, "stderr") else result.output
     assert "\x1b" not in stderr_line, repr(stderr_line)
+
+
+@pytest.mark.parametrize(("kind", "result", "unmet"), [
+    ("skill.certify", {"status": "certified", "skill_id": "s"}, None),
+    ("skill.certify", {"status": "rejected", "skill_id": "s"}, "skill s was rejected"),
+    ("agents.assign_teams", {"placed": 3, "requested": 3, "not_placed": 0}, None),
+    ("agents.assign_teams", {"placed": 1, "requested": 3, "not_placed": 2}, "2 of 3 agent(s) not placed"),
+    ("audit.run", {"run_id": "r", "non_compliant": 0, "findings": 4, "run_level_findings": []}, None),  # warnings only
+    ("audit.run", {"run_id": "r", "non_compliant": 2, "findings": 2, "run_level_findings": []},
+     "audit run r found 2 non-compliant entit(y/ies)"),
+    ("audit.run", {"run_id": "r", "non_compliant": 0, "findings": 1, "run_level_findings": ["ledger-root-mismatch"]},
+     "audit run r found 0 non-compliant entit(y/ies) and run-level findings ledger-root-mismatch"),
+    ("diagnostics.sleep", {"slept": 0.0}, None),
+])
+def test_a_succeeded_job_s_outcome_is_unmet_only_when_what_was_asked_was_not_done(kind, result, unmet) -> None:
+    assert unmet_outcome({"id": "j", "kind": kind, "status": "succeeded", "result": result}) == unmet

@@ -47,18 +47,3 @@ def test_review_1_an_actor_the_repair_record_cannot_hold_is_a_usage_error(settin
     result = CliRunner().invoke(cli, ["entity", "restore", "agent", "00000000-0000-4000-8000-000000000000",
                                       "--actor", actor])
     assert result.exit_code == 2 and "--actor" in result.stderr and "at most 255" in result.stderr
-
-
-@pytest.mark.xfail(strict=True, reason="review finding 3")
-def test_review_3_certify_wait_does_not_exit_0_when_the_skill_was_rejected() -> None:
-    """`plant certify SKILL --wait` "prints the certificate id"; a rejection is a succeeded job,
-    so it exited 0 and `plant certify x --wait && deploy` went ahead with no certificate."""
-    import click
-
-    from cli.jobs import follow_to_end
-
-    rejected = {"id": "j", "kind": "skill.certify", "status": "succeeded", "error": None, "progress": {},
-                "result": {"status": "rejected", "skill_id": "s", "failed_gates": [{"gate": "description", "detail": "short"}]}}
-    with click.Context(click.Command("certify")), pytest.raises(click.ClickException) as failed:
-        follow_to_end(None, rejected, as_json=True)
-    assert failed.value.exit_code != 0
