@@ -7,6 +7,7 @@ Local commands: they work on ``DATABASE_URL`` with this machine's signing keys, 
 from __future__ import annotations
 
 import getpass
+import os
 import uuid
 
 import click
@@ -56,7 +57,7 @@ def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: 
         with one_off_sessions(settings) as sessions, transaction(sessions) as session:
             outcome = restore_entity(session, entity_type=EntityType(entity_type), entity_id=entity_id, keyring=keyring,
                                      embedder=make_embedder(settings.embedder),
-                                     actor=actor or f"operator:{getpass.getuser()}")
+                                     actor=actor or f"operator:{_operator()}")
     except PlantError as exc:
         raise PlantCliError(exc.detail) from exc
     if as_json:
@@ -91,3 +92,13 @@ def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
     bad = [record["id"] for record, ok in rows if not ok]
     if bad:
         raise VerificationFailed(f"{len(bad)} repair record(s) do not verify: {', '.join(bad[:5])}")
+
+
+def _operator() -> str:
+    """Who runs the command, for a repair record without ``--actor``: the login name, or the
+    uid where it has none (a container run as ``--user N`` with no passwd entry, where
+    ``getpass.getuser`` raises)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"

@@ -47,3 +47,17 @@ def test_review_1_an_actor_the_repair_record_cannot_hold_is_a_usage_error(settin
     result = CliRunner().invoke(cli, ["entity", "restore", "agent", "00000000-0000-4000-8000-000000000000",
                                       "--actor", actor])
     assert result.exit_code == 2 and "--actor" in result.stderr and "at most 255" in result.stderr
+
+
+def test_a_restore_without_actor_by_a_uid_with_no_login_name_is_recorded_by_uid(monkeypatch) -> None:
+    """``getpass.getuser`` raises under a uid with no passwd entry (``docker run --user N``):
+    the default actor was a traceback."""
+    import getpass
+
+    from cli import repair
+
+    def no_name() -> str:
+        raise KeyError("getpwuid(): uid not found: 4242")
+
+    monkeypatch.setattr(getpass, "getuser", no_name)
+    assert repair._operator().startswith("uid-")
