@@ -1,4 +1,5 @@
-"""Review of the `plant` CLI (review-cli): each test failed on the code it was written against."""
+"""Local `plant` commands (run against DATABASE_URL) end in one line, never a traceback: a
+schema not migrated, a value the database refuses, an operator with no login name."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _one_line(result) -> str:
 @pytest.mark.parametrize("args", [
     ("seed",), ("entity", "repairs"), ("entity", "restore", "agent", "00000000-0000-4000-8000-000000000000"),
 ])
-def test_review_1_a_local_command_on_a_database_not_migrated_says_so_in_one_line(make_database, monkeypatch, settings, args):
+def test_a_local_command_on_a_database_not_migrated_says_so_in_one_line(make_database, monkeypatch, settings, args):
     """`plant seed` (or a restore) before `plant db upgrade` printed SQLAlchemy's ProgrammingError
     traceback: only OperationalError was turned into a line."""
     monkeypatch.setenv("DATABASE_URL", make_database("cli_review_not_migrated"))
@@ -28,7 +29,7 @@ def test_review_1_a_local_command_on_a_database_not_migrated_says_so_in_one_line
     assert "does not exist" in line and "plant db upgrade" in line
 
 
-def test_review_1_a_statement_the_database_refuses_is_one_line() -> None:
+def test_a_statement_the_database_refuses_is_one_line() -> None:
     import psycopg
     from sqlalchemy.exc import DataError
 
@@ -40,7 +41,7 @@ def test_review_1_a_statement_the_database_refuses_is_one_line() -> None:
 
 
 @pytest.mark.parametrize("actor", ["x" * 256, "ops\x00alice"])
-def test_review_1_an_actor_the_repair_record_cannot_hold_is_a_usage_error(settings, monkeypatch, clean_db, actor):
+def test_an_actor_the_repair_record_cannot_hold_is_a_usage_error(settings, monkeypatch, clean_db, actor):
     """A long --actor or one holding a NUL reached the INSERT and came out as a DataError traceback."""
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
