@@ -13,7 +13,9 @@
 # Workers and beat serve no HTTP, which is what worker pools are for: no port, no request
 # routing, CPU always allocated. Every role that touches PostgreSQL mounts the Cloud SQL
 # instance the v2 way, a cloud_sql_instance volume at /cloudsql, and DATABASE_URL names the
-# socket (host=/cloudsql/<connection name>). Redis is reached over Direct VPC egress.
+# socket (host=/cloudsql/<connection name>). Redis, and the Cloud SQL instance's private IP
+# that the connector dials, are reached over Direct VPC egress: every role that uses either
+# has it, the jobs included.
 #
 # Two database roles (README, "The database roles"). Only migrate connects as the schema
 # owner (the database_url secret): the owner can ALTER TABLE ... DISABLE TRIGGER and so lift
@@ -668,6 +670,16 @@ resource "google_cloud_run_v2_job" "migrate" {
       max_retries     = 1
       timeout         = "900s"
 
+      # The instance has a private IP only: the connector behind /cloudsql reaches it through
+      # the VPC peering, so a job needs VPC egress as much as the services do.
+      vpc_access {
+        egress = "PRIVATE_RANGES_ONLY"
+        network_interfaces {
+          network    = var.network_id
+          subnetwork = var.subnet_id
+        }
+      }
+
       volumes {
         name = local.cloudsql_volume
         cloud_sql_instance {
@@ -756,6 +768,16 @@ resource "google_cloud_run_v2_job" "seal_keys" {
       service_account = google_service_account.runtime["seal"].email
       max_retries     = 0
       timeout         = "900s"
+
+      # The instance has a private IP only: the connector behind /cloudsql reaches it through
+      # the VPC peering, so a job needs VPC egress as much as the services do.
+      vpc_access {
+        egress = "PRIVATE_RANGES_ONLY"
+        network_interfaces {
+          network    = var.network_id
+          subnetwork = var.subnet_id
+        }
+      }
 
       volumes {
         name = local.cloudsql_volume

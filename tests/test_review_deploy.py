@@ -1,0 +1,32 @@
+"""Review of the deployment (Dockerfile, compose, terraform/, docs/deploy.md): findings that
+the static deploy tests did not cover. Each test fails on the code it found the defect in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_deploy_terraform import (MODULES, env_secrets, one, pod_template, resources,
+                                         run_resources)
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY_MD = REPO / "docs" / "deploy.md"
+
+
+def test_every_role_that_mounts_cloud_sql_can_route_to_its_private_ip() -> None:
+    """Finding 1. The instance has a private IP only (ipv4_enabled = false), so the connector
+    behind /cloudsql dials 10.x through the VPC peering: a Cloud Run resource without VPC egress
+    has no route there. The migrate and seal-keys jobs mounted /cloudsql with no vpc_access (the
+    module gave egress only to roles that read REDIS_URL), so the very first migration, and every
+    seal, could not connect."""
+    sql = one(one(resources(MODULES / "database", "google_sql_database_instance")["postgres"]["settings"])
+              ["ip_configuration"])
+    assert sql["ipv4_enabled"] is False
+    for name, (kind, body) in run_resources().items():
+        pod = pod_template(kind, body)
+        if not any("cloud_sql_instance" in v for v in pod.get("volumes", [])):
+            continue
+        assert "DATABASE_URL" in env_secrets(one(pod["containers"])), name
+        assert "vpc_access" in pod, f"{name} mounts the private-IP-only Cloud SQL instance with no VPC egress"
+        vpc = one(pod["vpc_access"])
+        assert one(vpc["network_interfaces"]) == {"network": "${var.network_id}", "subnetwork": "${var.subnet_id}"}, name
+        assert vpc["egress"] == "PRIVATE_RANGES_ONLY", name
