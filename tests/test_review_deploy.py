@@ -30,3 +30,14 @@ def test_every_role_that_mounts_cloud_sql_can_route_to_its_private_ip() -> None:
         vpc = one(pod["vpc_access"])
         assert one(vpc["network_interfaces"]) == {"network": "${var.network_id}", "subnetwork": "${var.subnet_id}"}, name
         assert vpc["egress"] == "PRIVATE_RANGES_ONLY", name
+
+
+def test_the_database_outlives_a_destroy_of_its_protected_instance() -> None:
+    """Finding 2. deletion_protection guards the Cloud SQL *instance* only. A plan that destroys
+    or replaces it (a `terraform destroy -target=module.database`, a renamed environment)
+    deletes google_sql_database first, which drops the database holding the chain, and only
+    then fails on the instance's protection (hashicorp/terraform-provider-google#11969). With
+    protection on, the database must be abandoned, never dropped, by Terraform."""
+    database = resources(MODULES / "database", "google_sql_database")["plant"]
+    assert database.get("deletion_policy") == '${var.deletion_protection ? "ABANDON" : "DELETE"}'
+

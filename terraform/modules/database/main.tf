@@ -134,6 +134,10 @@ resource "google_sql_database" "plant" {
   project  = var.project_id
   instance = google_sql_database_instance.postgres.name
   name     = var.database_name
+  # deletion_protection guards the instance only: a plan that destroys or replaces it would
+  # delete this database first (DROP DATABASE, the chain with it) and fail on the instance
+  # afterwards. Protected, Terraform forgets the database instead of dropping it.
+  deletion_policy = var.deletion_protection ? "ABANDON" : "DELETE"
 }
 
 # Letters and digits only: the password is embedded in a URL.
