@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_deploy_terraform import (MODULES, env_secrets, one, pod_template, resources,
+from tests.test_deploy_terraform import (MODULES, ROOT, env_secrets, module_blocks, one, pod_template, resources,
                                          run_resources)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,4 +40,16 @@ def test_the_database_outlives_a_destroy_of_its_protected_instance() -> None:
     protection on, the database must be abandoned, never dropped, by Terraform."""
     database = resources(MODULES / "database", "google_sql_database")["plant"]
     assert database.get("deletion_policy") == '${var.deletion_protection ? "ABANDON" : "DELETE"}'
+
+
+
+def test_the_documented_dev_teardown_accounts_for_the_undestroyable_signing_keys() -> None:
+    """Finding 3. tls_private_key.signing has prevent_destroy, so a plain `terraform destroy`
+    stops at plan time ("Instance cannot be destroyed") in every environment, dev included,
+    while docs/deploy.md promised dev teardown with that one command."""
+    signing = module_blocks(ROOT)["resource"][("tls_private_key", "signing")]
+    assert "prevent_destroy = true" in (ROOT / "main.tf").read_text() and signing
+    text = DEPLOY_MD.read_text()
+    teardown = text[text.index("- Teardown"):]
+    assert "terraform state rm" in teardown and "tls_private_key.signing" in teardown
 
