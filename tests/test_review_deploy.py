@@ -3,6 +3,7 @@ the static deploy tests did not cover. Each test fails on the code it found the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.test_deploy_terraform import (MODULES, ROOT, env_secrets, module_blocks, one, pod_template, resources,
@@ -53,3 +54,15 @@ def test_the_documented_dev_teardown_accounts_for_the_undestroyable_signing_keys
     teardown = text[text.index("- Teardown"):]
     assert "terraform state rm" in teardown and "tls_private_key.signing" in teardown
 
+
+
+def test_compose_setup_creates_the_retired_keys_directory_the_signers_mount() -> None:
+    """Finding 4. docker-compose.yml bind-mounts ./secrets/retired, but the setup made only
+    secrets/: Docker then creates the missing directory itself, owned by root, and the rotation
+    steps' `openssl pkey ... -out secrets/retired/...` fail with Permission denied for the
+    operator who is not root."""
+    compose = (REPO / "docker-compose.yml").read_text()
+    assert "./secrets/retired}:/run/plant-retired-keys:ro" in compose
+    text = DEPLOY_MD.read_text()
+    setup = text[text.index("2. The chain's signing key"):text.index("3. Build and start")]
+    assert re.search(r"mkdir -p [^\n]*secrets/retired", setup), setup
