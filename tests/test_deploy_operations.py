@@ -1,5 +1,6 @@
-"""Review of the deployment (Dockerfile, compose, terraform/, docs/deploy.md): findings that
-the static deploy tests did not cover. Each test fails on the code it found the defect in."""
+"""Deployment operations the static deploy tests did not cover: every role that uses the
+database can reach it, a protected database outlives a destroy, and the documented setup and
+teardown steps work (stop 37's deploy review; each test failed on the code before its fix)."""
 
 from __future__ import annotations
 
