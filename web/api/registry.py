@@ -129,10 +129,16 @@ def expected_versions(current_members_tag: Callable[[], str] | None = None) -> f
     Only a version's own spelling names it, as the ETag writes it: ASCII digits with no
     leading zero (``str.isdigit`` also accepts characters such as "²" that ``int`` cannot
     read, and ``int`` reads "01" as 1). A tag that names no version matches nothing.
+
+    An ``If-Match`` sent but unreadable (blank, ``""``, a list missing its commas, an
+    unterminated tag) names no version either: werkzeug parses it to no tags (or to None
+    for ``""``), and taking that for no header applied the write unconditionally, the lost
+    update the client sent the header to prevent.
     """
-    if not request.if_match or request.if_match.star_tag:
+    if request.headers.get("If-Match") is None or request.if_match.star_tag:
         return None
-    tags = request.if_match.as_set()  # strong tags only: a weak one never matches If-Match
+    # Strong tags only: a weak one never matches If-Match. werkzeug reads '""' as the tag None.
+    tags = {tag for tag in request.if_match.as_set() if tag is not None}
     versions = {int(tag) for tag in tags if VERSION_TAG.fullmatch(tag)}
     team_tags = [m for m in map(TEAM_TAG.fullmatch, tags) if m]
     if team_tags and current_members_tag is not None:
