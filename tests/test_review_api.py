@@ -25,3 +25,83 @@ def test_finding_1_a_present_if_match_that_names_no_version_is_a_failed_precondi
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["type"] == "/problems/precondition-failed"
     assert client.get(url).get_json()["version"] == before["version"]
+
+
+@pytest.mark.xfail(strict=True, reason="review finding 2: a keyset on created_at (the inserting transaction's start) "
+                                       "skips a row committed during a traversal with a created_at above the cursor")
+def test_finding_2_a_job_committed_while_a_client_pages_is_listed_on_some_page(client, engine) -> None:
+    """``GET /jobs`` newest first, followed to the end, while jobs are being submitted: a job
+    whose transaction began before the cursor's row was written but committed after page one
+    was read lands between rows already listed, and no page of that traversal ever holds it
+    (a later traversal lists it in the middle). "follow next_page_token until it is null"
+    then misses a job that was committed before the traversal ended."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from models.job_lifecycle import create_job
+
+    def job(session: Session) -> str:
+        return str(create_job(session, kind="diagnostics.sleep", params={"seconds": 1.0, "steps": 1}).id)
+
+    with Session(engine) as s, s.begin():
+        oldest = job(s)
+    with Session(engine) as s, s.begin():
+        cursor_row = job(s)
+    late = Session(engine)
+    late.execute(text("SELECT 1"))  # its transaction, and so its now() (the job's created_at), begins here
+    with Session(engine) as s, s.begin():
+        newest = job(s)
+    late_id = job(late)
+    late.flush()
+
+    first = client.get(f"{API}/jobs", query_string={"page_size": 2}).get_json()
+    assert [j["id"] for j in first["items"]] == [newest, cursor_row]
+    late.commit()
+    late.close()
+    seen = [j["id"] for j in first["items"]]
+    token = first["next_page_token"]
+    while token:
+        page = client.get(f"{API}/jobs", query_string={"page_size": 2, "page_token": token}).get_json()
+        seen += [j["id"] for j in page["items"]]
+        token = page["next_page_token"]
+    assert oldest in seen
+    assert late_id in seen, "the late job is in no page of the traversal"
+
+
+def test_finding_3_two_skills_created_at_once_whose_names_derive_one_key_both_land(app, admin_key, committed_steward,
+                                                                                   monkeypatch) -> None:
+    """README: "C++" and "C#" both derive "c"; the second gets "c-<16 hex>", never a 409 on a
+    ``skill_key`` its client never sent. Sent at the same moment, both find "c" free
+    (``derived_skill_key`` reads, then the INSERT writes, with nothing held between)."""
+    import threading
+
+    from tests.conftest import bearer
+    import web.api.registry as registry_views
+
+    both_looked = threading.Barrier(2, timeout=10)
+    taken = registry_views.skill_key_taken
+
+    looks = iter(range(2))
+
+    def look_then_wait(session, key):  # both requests' first looks come before either inserts
+        answer = taken(session, key)
+        if next(looks, None) is not None:
+            both_looked.wait()
+        return answer
+
+    monkeypatch.setattr(registry_views, "skill_key_taken", look_then_wait)
+    results: dict[str, int] = {}
+
+    def create(name: str) -> None:
+        client = app.test_client()
+        response = client.post(f"{API}/genesis/skills", environ_base=bearer(admin_key), json={
+            "name": name, "category": "technical", "description": f"{name} programming",
+            "governance_agent_id": str(committed_steward)})
+        results[name] = response.status_code
+
+    threads = [threading.Thread(target=create, args=(name,)) for name in ("C++", "C#")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {"C++": 201, "C#": 201}

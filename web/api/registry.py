@@ -25,6 +25,7 @@ from models.chain import EntityVersion, history
 from models import constitution
 from models.constitution import Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
+from models.errors import Conflict
 from models.key_seals import published_keyring
 from models.registry import (
     WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, served_team_l1, skill_key_taken,
@@ -196,10 +197,21 @@ def _name_hash(name: str) -> str:
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
     def view(body: BaseModel) -> Response:
         data = body.model_dump(mode="python")
-        if route.entity_type is EntityType.SKILL and not data.get("skill_key"):
-            data["skill_key"] = derived_skill_key(data["name"])
+        derives_key = route.entity_type is EntityType.SKILL and not data.get("skill_key")
         session = db_session()
-        entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
+        for last_try in (False, True):
+            if derives_key:
+                data["skill_key"] = derived_skill_key(data["name"])
+            try:
+                entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
+                break
+            except Conflict as exc:
+                # A skill created meanwhile took the key derived for this one (it was free when
+                # looked up): derive again, now seeing it taken, rather than a 409 on a key the
+                # client never sent. The unique index made this INSERT wait for that commit.
+                if last_try or not derives_key or exc.extensions.get("field") != "skill_key":
+                    raise
+                session.rollback()
         session.commit()
         return entity_response(entity, status=201)
 
