@@ -105,3 +105,22 @@ def test_finding_3_two_skills_created_at_once_whose_names_derive_one_key_both_la
     for thread in threads:
         thread.join(30)
     assert results == {"C++": 201, "C#": 201}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/genesis/skills/{skill}/certify", {"notes": "a\u0000b"}, "notes"),
+    ("/audit/run", {"against_digest": {"type": "plant.ledger-digest.v1", "as_of": "2024-01-01T00:00:00Z",
+                                       "entity_count": 0, "heads_root": "0" * 64, "kid": "k\u0000",
+                                       "signature": "s"}}, "against_digest.kid"),
+])
+@pytest.mark.parametrize("idempotency_key", [None, "nul-key"])
+def test_finding_4_a_nul_in_a_job_s_params_is_422_naming_the_field(client, committed_steward, path, body, field,
+                                                                   idempotency_key) -> None:
+    """A NUL in an entity's strings is 422 naming the field (a77889c); in a job's params it was the
+    database's nameless "a value was refused by the database"."""
+    skill = client.post(f"{API}/genesis/skills", json={"name": "Nul", "category": "technical", "description": "d",
+                                                       "governance_agent_id": str(committed_steward)}).get_json()["id"]
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    response = client.post(API + path.format(skill=skill), json=body, headers=headers)
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert response.get_json()["errors"] == [{"field": field, "message": "must not contain a NUL character (U+0000)"}]
