@@ -2,7 +2,9 @@
 
 A page token encodes the sort key of the last row returned (``created_at``, ``id``);
 the next page starts strictly after it, so concurrent inserts never shift or repeat rows.
-Tokens are base64url JSON: opaque to clients, cheap to validate.
+A row committed during a walk whose ``created_at`` (its transaction's start) sorts behind the
+cursor is on no page of that walk: a walk lists what was committed before its first page
+(README, "Listings"). Tokens are base64url JSON: opaque to clients, cheap to validate.
 """
 
 from __future__ import annotations
