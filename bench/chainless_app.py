@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+import models.entity_locks
 import models.registry
 from models.entities import GovernedEntity
 from web import create_app as create_plant_app
@@ -32,5 +33,5 @@ def _no_head_check(*_: object) -> dict:
 
 def create_app() -> Flask:
     models.registry.append_version = _advance_without_chain  # type: ignore[assignment]
-    models.registry.head_drift = _no_head_check  # type: ignore[assignment]
+    models.entity_locks.head_drift = _no_head_check  # type: ignore[assignment]
     return create_plant_app()

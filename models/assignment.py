@@ -24,7 +24,9 @@ from models.embeddings import cosine
 from models.entities import Agent, EntityType, Team, governed_content
 from models.errors import EntityTampered, NoEligibleTeam, NotEligible, TeamFull
 from models.membership import ineligibility, team_is_full
-from models.registry import WriteContext, get_entity, lock_for_write, lock_seat, record_version, signed_required_skills
+from models.entity_locks import lock_for_write
+from models.registry import WriteContext, get_entity, record_version
+from models.seat_guards import lock_seat, signed_required_skills
 
 AUTO_CANDIDATES_SHOWN = 5
 

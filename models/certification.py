@@ -45,7 +45,8 @@ from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
 from models.errors import AlreadyCertified, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
-from models.registry import WriteContext, embedding_text, lock_for_write, record_version, rule_subject
+from models.entity_locks import lock_for_write
+from models.registry import WriteContext, embedding_text, record_version, rule_subject
 from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8

@@ -49,7 +49,7 @@ def signed_requirements(
     Read without a lock: a share lock taken by every seat held the role's writers off for
     as long as seats kept coming. The caller holds the lock of the team a seat is decided
     in, and a change of a role's required skills locks the role's teams
-    (``models.registry._guard_role_members``), so none commits meanwhile. Another write of
+    (``models.seat_guards._guard_role_members``), so none commits meanwhile. Another write of
     the role (its description) may commit between reading its row and reading its head:
     the row is then not its head, and it is read once more before it counts as drift (a
     refusal is at worst a 409 worth retrying). A read spanning a commit is never taken for

@@ -41,10 +41,10 @@ from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
 from models.digest_check import trusted_base
 from models.key_seals import seal_problems, with_seal_lists
 from models.ledger import base_problem
-from models.registry import (
-    apply_fields, embedding_text, guard_membership, holds_nul, integrity_as_domain_errors, lock_entity, rule_subject,
-    snapshot,
-)
+from models.entity_input import apply_fields, holds_nul
+from models.entity_locks import lock_entity
+from models.registry import embedding_text, integrity_as_domain_errors, rule_subject, snapshot
+from models.seat_guards import guard_membership
 from models.signing import KeyRing
 
 REPAIR_FORMAT = "plant.entity-repair.v1"

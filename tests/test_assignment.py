@@ -734,7 +734,8 @@ def test_a_role_change_and_an_agent_written_into_its_team_do_not_deadlock(engine
     # The role change locks the role, then the role's teams; the agent's write locks the
     # team, then its insert checks the role's key. Row locks that leave keys alone let
     # the key check pass: the two serialize on the team instead of waiting on each other.
-    from models.registry import create_entity, lock_entity
+    from models.entity_locks import lock_entity
+    from models.registry import create_entity
 
     sessions = make_session_factory(engine)
     with transaction(sessions) as session:

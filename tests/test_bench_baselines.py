@@ -3,6 +3,7 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+import models.entity_locks
 import models.registry
 from models.chain import EntityVersion
 
@@ -13,8 +14,9 @@ def test_the_chainless_baseline_writes_without_touching_the_chain(settings, engi
                                                                   admin_key, monkeypatch) -> None:
     from bench import chainless_app
 
-    for name in ("append_version", "head_drift"):  # it swaps them process-wide: restored after the test
-        monkeypatch.setattr(models.registry, name, getattr(models.registry, name))
+    # It swaps them process-wide: restored after the test.
+    monkeypatch.setattr(models.registry, "append_version", models.registry.append_version)
+    monkeypatch.setattr(models.entity_locks, "head_drift", models.entity_locks.head_drift)
     for variable, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url),
                             ("PLANT_DATA_DIR", str(settings.data_dir))):
         monkeypatch.setenv(variable, value)

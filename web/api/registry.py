@@ -27,9 +27,10 @@ from models.constitution import Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.errors import Conflict
 from models.key_seals import published_keyring
+from models.entity_locks import lock_entity
 from models.registry import (
-    WriteContext, create_entity, get_entity, list_entities, lock_entity, search_skills, served_team_l1, skill_key_taken,
-    team_members, update_entity,
+    WriteContext, create_entity, get_entity, list_entities, search_skills, served_team_l1, skill_key_taken, team_members,
+    update_entity,
 )
 from web.registry_schemas import (
     SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,

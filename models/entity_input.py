@@ -1,0 +1,149 @@
+"""What a registry write's input must be before it is applied: strings NFC-normalized and
+within their columns, no NUL anywhere, ``attributes`` in canonical JSON form, and every
+reference checked (an unknown id, a governance agent not active when named, a parent that
+would make a loop) as an ``InvalidInput`` naming each bad field at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
+from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
+from models.errors import InvalidInput
+
+# Reference fields and the entity type each must point at.
+REFERENCES: dict[str, EntityType] = {
+    "industry_id": EntityType.INDUSTRY,
+    "job_role_id": EntityType.JOB_ROLE,
+    "team_id": EntityType.TEAM,
+    "governance_agent_id": EntityType.AGENT,
+}
+
+
+def apply_fields(
+    session: Session, entity: GovernedEntity, data: dict[str, Any], *, pending: frozenset[uuid.UUID], signed: bool = False
+) -> None:
+    """Set fields after checking every reference; all bad fields are reported at once.
+
+    ``data`` holds typed values (ids as UUIDs, skill lists as lists of UUIDs), as the API
+    parses them and as :func:`models.repair.restore_entity` reads them back from a version
+    (``signed``). A governance agent newly named must be active (:func:`_governor_problem`);
+    one named before, or put back by a restore, is not judged again.
+    """
+    errors: list[dict[str, str]] = []
+    for field, value in data.items():
+        if field in REFERENCES and value is not None and value not in pending and session.get(ENTITY_MODELS[REFERENCES[field]], value) is None:
+            errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
+        elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value)):
+            errors.append({"field": field, "message": problem})
+        elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
+            errors.append({"field": field, "message": problem})
+    skills = {f: _skills(session, data[f], f, errors) for f in SKILL_ID_FIELDS if f in data}
+    if errors:
+        raise InvalidInput("bad reference fields", errors=errors)
+    for field, value in data.items():
+        if field in SKILL_ID_FIELDS:
+            setattr(entity, SKILL_ID_FIELDS[field], skills[field])
+        else:
+            setattr(entity, field, value)
+
+
+def _governor_problem(session: Session, entity: GovernedEntity, data: dict[str, Any], pending: frozenset[uuid.UUID]) -> str | None:
+    """Why the governance agent ``data`` names may not be named, if it is newly named and
+    not active (an agent naming itself, as it will be after this write). Judged when it is
+    named only: a governor retired or suspended later stays its entities' governor
+    (README, "The constitution"), and they take another through a write naming it."""
+    agent_id = data["governance_agent_id"]
+    if agent_id is None or agent_id in pending or agent_id == entity.governance_agent_id:
+        return None
+    governor = session.get(Agent, agent_id)
+    if governor is None:
+        return None  # reported as unknown
+    status = data.get("status", governor.status) if governor is entity else governor.status
+    if status == AgentStatus.ACTIVE.value:
+        return None
+    return f"agent {agent_id} is {status}: a governance agent must be active when it is named"
+
+
+# pg_advisory_xact_lock(PARENTS_LOCK, hashtext(table)) serializes re-parenting within one entity
+# type, so two writes that would each close half of a cycle cannot both see none.
+PARENTS_LOCK = int.from_bytes(b"prnt", "big")
+
+
+_ANCESTOR_IS = """
+    WITH RECURSIVE up(id, parent_id) AS (
+        SELECT id, parent_id FROM {table} WHERE id = :parent
+        UNION SELECT t.id, t.parent_id FROM {table} t JOIN up ON t.id = up.parent_id)
+    SELECT EXISTS (SELECT 1 FROM up WHERE id = :entity)"""
+
+
+def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> str | None:
+    """Why ``entity`` may not take ``parent_id`` as its parent: none such, or a cycle (the
+    parent is the entity or one of its descendants). A parent newly named is judged under a
+    lock per entity type, held to commit; ``UNION`` ends the walk on a cycle already stored."""
+    kind = entity.entity_type_value.value
+    if session.get(type(entity), parent_id) is None:
+        return f"no {kind} with id {parent_id}"
+    if parent_id == entity.id:
+        return f"a {kind} cannot be its own parent"
+    table = type(entity).__tablename__
+    session.execute(text("SELECT pg_advisory_xact_lock(:lock, hashtext(:table))"), {"lock": PARENTS_LOCK, "table": table})
+    if entity.id is not None and session.scalar(text(_ANCESTOR_IS.format(table=table)), {"parent": parent_id, "entity": entity.id}):
+        return f"{kind} {parent_id} is below this {kind}: naming it as parent would make a cycle"
+    return None
+
+
+def _skills(session: Session, ids: list[uuid.UUID], field: str, errors: list[dict[str, str]]) -> list[Skill]:
+    unique = list(dict.fromkeys(ids))
+    found = {s.id: s for s in session.scalars(select(Skill).where(Skill.id.in_(unique)))}
+    errors.extend({"field": field, "message": f"no skill with id {i}"} for i in unique if i not in found)
+    return [found[i] for i in unique if i in found]
+
+
+def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, Any]:
+    """Input as the row stores it and the chain signs it: strings NFC, tags sorted and
+    unique, and ``attributes`` in its canonical JSON form all the way down (the signed
+    version holds that form; a row holding anything else would not match its head).
+
+    NFC can lengthen a string (U+0958 becomes two code points), so a string checked
+    against its column's length before normalizing is checked again after."""
+    out = {}
+    for key, value in data.items():
+        if key != "attributes" and holds_nul(value):  # attributes: once their nesting is checked, below
+            raise _nul_refused(key)
+        if isinstance(value, str):
+            value = normalize_text(value)
+            limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)
+            if limit is not None and len(value) > limit:
+                raise InvalidInput(f"{key} is {len(value)} characters long once NFC-normalized; at most {limit} fit",
+                                   errors=[{"field": key, "message": f"at most {limit} characters after NFC normalization"}])
+        elif key == "tags" and value is not None:
+            value = sorted({normalize_text(t) for t in value})
+        elif key == "attributes" and value is not None:
+            value = as_jsonb_keeps_it(to_json_tree(value, "$.attributes"), "$.attributes")
+            if holds_nul(value):
+                raise _nul_refused(key)
+        out[key] = value
+    return out
+
+
+def _nul_refused(key: str) -> InvalidInput:
+    return InvalidInput(f"{key} holds a NUL character (U+0000), which PostgreSQL cannot store",
+                        errors=[{"field": key, "message": "must not contain a NUL character (U+0000)"}])
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether ``value`` (a string, or a list or object of them at any depth, keys included)
+    holds U+0000, which neither text nor jsonb can hold."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(item) for item in value)
+    return False
