@@ -22,7 +22,8 @@ Cost: finding what changed compares every live head with its leaf (one join per 
 type); a chain grown behind its row is looked for per entity only when the ledger's
 version count disagrees with what the leaves and the examined entities account for; the
 leaves whose entity is gone only when the live entities with a leaf fall short of the
-digest's leaves; checking the digest hashes every leaf once.
+digest's leaves; checking the digest hashes every leaf once (and its rows are counted
+again at the end: an unkept digest's rows may be deleted while the run reads them).
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ class IncrementalResult:
     versions_rehashed: dict[uuid.UUID, int] = field(default_factory=dict)  # up to the leaf: hashed and linked
     chains: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)  # examined: (versions read, leaf version)
     digest_trusted: bool = True
+    digest_rows_kept: bool = True  # False: some of its rows went while the run read them (a digest-invalid finding says so)
     version_count_balanced: bool = True
 
     def coverage(self) -> dict[str, Any]:
         """What this run read and what it took on trust, for the summary: an incremental
         "clean" is not a full audit's."""
         verified = "verified" if self.digest_trusted else "NOT trusted: nothing was audited, run a full audit"
+        if self.digest_trusted and not self.digest_rows_kept:
+            verified = "verified at the start, but some of its rows went while the run read them: run a full audit"
         return {
             "mode": "incremental",
             "signatures": "all-after-digest" if self.digest_trusted else "none",
@@ -124,8 +128,21 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
             _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
-    if _leaf_count(session, digest.id) != accounted:
+    leaves, tombstones = _row_counts(session, digest)
+    if leaves != accounted:
         result.findings += _vanished(session, digest.id, deleted)
+    # Checked once, at the start, the digest's rows were read by later statements, each
+    # seeing what had committed by then. Its rows take no UPDATE, nor an INSERT once it is
+    # signed, but an unkept digest's may be DELETEd (pruning, or anyone with DML): gone
+    # after the heads were compared with them, they left the searches above nothing to look
+    # through, and a chain grown behind its reset row, or a vanished entity, went unreported.
+    if leaves != digest.entity_count or tombstones != digest.document.get("tombstone_count", 0):
+        result.findings.append(FindingRow(None, None, None, "digest-invalid", (
+            f"stored ledger digest {digest.id} ({digest.as_of.isoformat()}): {leaves} leaf and {tombstones} tombstone rows "
+            f"are left of its {digest.entity_count} and {digest.document.get('tombstone_count', 0)} while the audit read "
+            "them (pruned or deleted meanwhile): what it found stands, but what it did not find is not vouched for; "
+            "run a full audit")))
+        result.digest_rows_kept = False
     return result
 
 
@@ -231,8 +248,15 @@ def _grown_behind_rows(session: Session, digest: LedgerDigest, examined: set[uui
             for entity_type, ids in by_type.items()}
 
 
-def _leaf_count(session: Session, digest_id: int) -> int:
-    return session.scalar(select(func.count()).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest_id))
+def _row_counts(session: Session, digest: LedgerDigest) -> tuple[int, int]:
+    """How many leaf rows, and tombstone rows (0 for a digest that keeps none), the digest has now (one snapshot)."""
+    leaves = select(func.count()).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id)
+    tombstones_id = tombstones_of(digest)
+    if tombstones_id is None:
+        return session.scalar(leaves), 0
+    tombstones = select(func.count()).select_from(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id == tombstones_id)
+    leaf_count, tombstone_count = session.execute(select(leaves.scalar_subquery(), tombstones.scalar_subquery())).one()
+    return leaf_count, tombstone_count
 
 
 def _audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Embedder,

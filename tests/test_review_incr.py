@@ -1,0 +1,73 @@
+"""Adversarial review of the incremental audit and the stored digests it starts from."""
+
+import json
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models.entities import EntityType
+from models.ledger import store_digest
+from models.registry import create_entity, update_entity
+from tests.test_audit import run_incremental
+
+E = EntityType
+
+
+def _codes(findings, entity_id) -> set[str]:
+    return {f.code for f in findings if f.entity_id == entity_id}
+
+
+def _committed_skill(engine, write_ctx, steward, name: str, versions: int):
+    with Session(engine) as session, session.begin():
+        entity_id = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            "name": name, "skill_key": name.lower().replace(" ", "-"), "category": "technical",
+            "description": "version 1", "governance_agent_id": steward}).id
+        for n in range(2, versions + 1):
+            update_entity(session, entity_type=E.SKILL, entity_id=entity_id, changes={"description": f"version {n}"},
+                          ctx=write_ctx)
+    return entity_id
+
+
+def _reset_row(session, entity_id, version: int) -> None:
+    """Point the row back at an older signed version, fields and head (plain UPDATE, no key)."""
+    old = session.execute(text("SELECT content, link_hash FROM entity_versions WHERE entity_id = :e AND version = :v"),
+                          {"e": entity_id, "v": version}).one()
+    session.execute(text("UPDATE skills SET description = :d, version = :v, head_link_hash = :h WHERE id = :id"),
+                    {"d": json.loads(bytes(old.content))["description"], "v": version, "h": bytes(old.link_hash),
+                     "id": entity_id})
+
+
+def test_leaf_rows_pruned_while_an_incremental_audit_reads_do_not_hide_a_rolled_back_row(
+        engine, committed_steward, write_ctx, keyring, monkeypatch) -> None:
+    """The digest is checked once, at the start; its leaf rows are then read by later
+    statements (READ COMMITTED). A DELETE of them (what the guard allows anyone with DML, as
+    beat's pruning does) committed after the entities were compared with their leaves left
+    the version-count search and the vanished-leaf search with no leaves to look through:
+    a row reset behind its grown chain went unreported, in a run with no finding."""
+    import models.incremental_audit as incremental
+
+    victim = _committed_skill(engine, write_ctx, committed_steward, "Rolled Back", 2)
+    with Session(engine) as session, session.begin():
+        digest_id = store_digest(session, keyring=keyring).id  # leaf at version 2
+    with Session(engine) as session, session.begin():
+        update_entity(session, entity_type=E.SKILL, entity_id=victim, changes={"description": "version 3"}, ctx=write_ctx)
+    with Session(engine) as session, session.begin():
+        _reset_row(session, victim, 2)  # the row replays the leaf although version 3 exists: stale-head
+    totals, pruned = incremental._version_totals, []
+
+    def pruned_meanwhile(session, digest):  # noqa: ANN001, ANN202
+        if not pruned:
+            pruned.append(True)
+            with Session(engine) as other, other.begin():  # plain DML: the guard lets an unkept digest's rows go
+                other.execute(text("DELETE FROM ledger_digest_tombstones WHERE digest_id = :d"), {"d": digest_id})
+                other.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest_id})
+        return totals(session, digest)
+
+    monkeypatch.setattr(incremental, "_version_totals", pruned_meanwhile)
+    with Session(engine) as session, session.begin():
+        summary, findings = run_incremental(session, keyring)
+        codes, victim_codes = {f.code for f in findings}, _codes(findings, victim)
+        session.rollback()
+    assert pruned
+    assert "stale-head" in victim_codes or "digest-invalid" in codes
+    assert summary["non_compliant"] or "digest-invalid" in summary["run_level_findings"]
