@@ -84,7 +84,7 @@ class IncrementalResult:
             "version_count_balanced": self.version_count_balanced,
             "not_reread": "rows and versions of entities unchanged since the digest: a SQL edit of such a row's "
                           "governed fields without a new version (but for marking it deleted), or of its versions, "
-                          "is not seen (a full audit sees it); nor entities deleted before the digest",
+                          "is not seen (a full audit sees it); nor entities deleted before the digest whose chains did not grow",
             "certifications": "each examined certified skill put through the duplicate gate again, from the signed "
                               "texts, and its stored embedding compared with its text's; an unchanged one's embedding "
                               "is not read (a full audit reads every one)",
@@ -163,15 +163,16 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     changed = select(model.id, func.coalesce(head.version, tomb.version), func.coalesce(head.link_hash, tomb.link_hash),
                      case((model.deleted_at.is_not(None), 1), else_=0).label("deleted"), head.link_hash.is_not(None)).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, head.link_hash.is_(None))
-    ).where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb), _unknown_to(model, digest)))
-    if among is None:  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
+    ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, head.link_hash.is_(None)))
+    if among is None:
+        changed = changed.where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb),
+                                    _unknown_to(model, digest)))  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         # A deleted row with a leaf was live at the digest: examined even at its leaf's head
         # (which records no deletion, as no leaf's does), so a deletion its row alone states
         # is the row-content-mismatch the full audit reports, not a deletion.
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
                                     head.version == 0, head.link_hash == GENESIS_LINK, model.deleted_at.is_not(None)))
-    else:
+    else:  # as asked: a deleted entity still at its tombstone whose chain grew behind it included
         changed = changed.where(model.id.in_(among))
     live = select(null(), null(), null(), func.count(), null()).select_from(model).where(model.deleted_at.is_(None))
     rows = session.execute(union_all(changed, live)).all()
@@ -205,41 +206,51 @@ def _unknown_to(model: Any, digest: LedgerDigest) -> Any:
 
 
 def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
-    """Versions in the ledger but those of entities deleted before the digest, and the sum
-    of the digest's leaf versions (one snapshot).
+    """Versions in the ledger (but, against a digest that keeps no tombstones, those of
+    entities deleted before it), and the sum of the digest's leaf and tombstone versions
+    (one snapshot).
 
     Version numbers run 1..n without gaps, so an entity whose chain still ends at its leaf
     holds exactly its leaf's version count: the ledger's total equals the leaves' sum
     plus what examined entities added, unless some unexamined chain grew (or lost history).
-    An entity deleted before the digest has no leaf and is not examined: its versions are
-    counted apart, from its row (one the digest has no head of is examined instead).
+    An entity deleted before the digest has no leaf and, while its row stays at its
+    tombstone, is not examined: it stands on its tombstone's version as a live one on its
+    leaf's, so a version forged behind it unbalances the counts too. A digest stored before
+    migration 0018 keeps no tombstone: such an entity's versions are then counted apart,
+    from its row (one the digest has no head of is examined instead).
     """
     head, tomb, digest_id, tombstones_id = LedgerDigestHead, LedgerDigestTombstone, digest.id, tombstones_of(digest)
     leaves = select(func.coalesce(func.sum(head.version), 0)).where(head.digest_id == digest_id).scalar_subquery()
     ledger = select(func.count()).select_from(EntityVersion).scalar_subquery()
     no_leaf = [~select(head.entity_id).where(head.digest_id == digest_id, head.entity_id == model.id).exists()
                for model in ENTITY_MODELS.values()]
-    apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).outerjoin(
-        tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id)).where(
-        model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed, ~_unknown_to(model, digest),
-        ~_tombstone_moved(model, tomb),
-    ).scalar_subquery() for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
-    # The entities examined from a tombstone (see _changed_since) stand on its version as others on their leaf's.
+    if tombstones_id is None:
+        apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).where(
+            model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed, ~_unknown_to(model, digest),
+        ).scalar_subquery() for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
+        counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *apart)).one()
+        return counted - sum(rest), leaf_sum
+    # Every tombstone of an entity with no leaf: those examined from it (see _changed_since)
+    # and those not, whose rows are still at it.
     from_tombstones = [select(func.coalesce(func.sum(tomb.version), 0)).join(model, model.id == tomb.entity_id).where(
-        tomb.digest_id == tombstones_id, unleafed, or_(model.deleted_at.is_(None), _tombstone_moved(model, tomb)),
-    ).scalar_subquery() for model, unleafed in zip(ENTITY_MODELS.values(), no_leaf, strict=True)]
-    counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *apart, *from_tombstones)).one()
-    return counted - sum(rest[:len(apart)]), leaf_sum + sum(rest[len(apart):])
+        tomb.digest_id == tombstones_id, unleafed).scalar_subquery() for model, unleafed in zip(ENTITY_MODELS.values(), no_leaf,
+                                                                                                 strict=True)]
+    counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *from_tombstones)).one()
+    return counted, leaf_sum + sum(rest)
 
 
 def _grown_behind_rows(session: Session, digest: LedgerDigest, examined: set[uuid.UUID]) -> dict[EntityType, Changed]:
-    """Live entities not yet examined whose chain has a version numbered after their leaf,
-    or below 1: a row reset to the digest's head hides later versions from the head
-    comparison, and a version INSERTed past a gap (or numbered 0) joins no head at all."""
-    head, version = LedgerDigestHead, EntityVersion
-    beyond = or_(version.version > head.version, version.version < 1)
-    grown = session.execute(select(head.entity_type, head.entity_id).distinct().join(
-        version, and_(version.entity_id == head.entity_id, beyond)).where(head.digest_id == digest.id)).all()
+    """Entities not yet examined whose chain has a version numbered after their leaf (or,
+    deleted before the digest, their tombstone), or below 1: a row reset to the digest's
+    head hides later versions from the head comparison, and a version INSERTed past a gap
+    (or numbered 0) joins no head at all."""
+    version, grown = EntityVersion, []
+    for rows, digest_id in ((LedgerDigestHead, digest.id), (LedgerDigestTombstone, tombstones_of(digest))):
+        if digest_id is None:
+            continue
+        beyond = or_(version.version > rows.version, version.version < 1)
+        grown += session.execute(select(rows.entity_type, rows.entity_id).distinct().join(
+            version, and_(version.entity_id == rows.entity_id, beyond)).where(rows.digest_id == digest_id)).all()
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for entity_type, entity_id in grown:
         if entity_id not in examined:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -71,3 +73,24 @@ def test_leaf_rows_pruned_while_an_incremental_audit_reads_do_not_hide_a_rolled_
     assert pruned
     assert "stale-head" in victim_codes or "digest-invalid" in codes
     assert summary["non_compliant"] or "digest-invalid" in summary["run_level_findings"]
+
+
+@pytest.mark.parametrize("version", [5, 9, 0])
+def test_a_version_forged_onto_an_entity_deleted_before_the_digest_is_examined(
+        db_session, skill, write_ctx, keyring, version) -> None:
+    """A plain INSERT (what the triggers allow) of a version behind a deleted entity's row:
+    its chain grew since the digest, as a live one's can, and the full audit reports it.
+    Its versions were counted apart, from its row, so the counts balanced over it."""
+    from tests.test_audit import _insert_junk_version, run_audit
+    from tests.test_incremental_audit_coverage import _delete_signed
+
+    _delete_signed(db_session, skill, write_ctx)  # version 4 records the deletion
+    store_digest(db_session, keyring=keyring)  # a tombstone at version 4
+    head = db_session.execute(text("SELECT link_hash FROM entity_versions WHERE entity_id = :e AND version = 4"),
+                              {"e": skill.id}).scalar_one()
+    _insert_junk_version(db_session, skill, version=version, prev_link=bytes(head))
+    _, full = run_audit(db_session, keyring)
+    assert _codes(full, skill.id)  # the full audit sees it
+    summary, findings = run_incremental(db_session, keyring)
+    assert summary["coverage"]["version_count_balanced"] is False
+    assert _codes(findings, skill.id) and summary["non_compliant"] == 1
