@@ -1,4 +1,5 @@
-"""Adversarial review of the incremental audit and the stored digests it starts from."""
+"""The incremental audit against a base changed while it reads (leaf rows deleted mid-run) and
+against versions forged onto deleted entities (stop 37's review of the incremental audit)."""
 
 import json
 
