@@ -237,11 +237,14 @@ def _digest_findings(session: Session, entity_id: uuid.UUID, keyring: KeyRing) -
     digest = latest_digest(session)
     if digest is None:
         return []
+    # The leaf first, the digest's check after: a leaf row deleted between the two (the guard
+    # lets an unkept digest's go) is then either read already or missing from the count the
+    # check compares with the signed one, never silently absent.
+    # A leaf at the genesis link is a placeholder (models.digest_check): it vouches for nothing to compare with.
+    leaves = [leaf for leaf in stored_leaves(session, digest.id, [entity_id]) if leaf[2] != GENESIS_LINK]
     invalid = stored_digest_invalid(session, digest, keyring)
     if invalid is not None:
         return [invalid]
-    # A leaf at the genesis link is a placeholder (models.digest_check): it vouches for nothing to compare with.
-    leaves = [leaf for leaf in stored_leaves(session, digest.id, [entity_id]) if leaf[2] != GENESIS_LINK]
     return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
 
 

@@ -189,6 +189,27 @@ def test_each_tampering_is_caught_under_its_own_code(db_session, skill, keyring,
     assert check.tampered and code in {f.code for f in check.findings}
 
 
+def test_the_tampering_check_reads_the_digest_leaf_before_it_trusts_the_digest(db_session, skill, keyring,
+                                                                               monkeypatch) -> None:
+    """The digest was checked, then its leaf read: a leaf row deleted in between (the guard lets
+    an unkept digest's go) left a consistent rollback (versions deleted, row reset to match)
+    with nothing to compare, and the check found nothing. Read first, it is compared."""
+    import models.audit
+
+    store_digest(db_session, keyring=keyring)
+    tamper_delete_newest(db_session, skill, keyring)
+    checked = models.audit.stored_digest_invalid
+
+    def check_then_delete_the_leaf(session, digest, ring):
+        found = checked(session, digest, ring)
+        session.execute(text("DELETE FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
+        return found
+
+    monkeypatch.setattr(models.audit, "stored_digest_invalid", check_then_delete_the_leaf)
+    check = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER)
+    assert "head-rolled-back" in {f.code for f in check.findings}
+
+
 def _insert_junk_version(s, skill, *, version=4, entity_type="skill", content=None, prev_link=None, link=None,
                          signature=None, kid=None, as_head=False) -> None:
     """A version row written straight into the table (INSERT is what the triggers allow)."""
