@@ -91,6 +91,108 @@ class AuditRunIn(BaseModel):
         return self
 
 
+class AuditSummary(BaseModel):
+    """A finished run's summary, as its close stored it (``models.audit_runs``). Runs closed by
+    earlier releases lack the members added since; the row is served as stored, unchecked."""
+
+    model_config = ConfigDict(extra="allow")
+    run_id: str | None = None
+    total_entities: int | None = Field(default=None, description="always compliant + non_compliant")
+    compliant: int | None = None
+    non_compliant: int | None = None
+    versions_verified: int | None = None
+    findings: int | None = Field(default=None, description="findings counted (not those left out)")
+    by_code: dict[str, int] | None = None
+    by_rule: dict[str, int] | None = None
+    constitution_versions: list[str] | None = Field(
+        default=None, description="the rule catalogue versions its chunks checked against; `unrecorded` for a chunk "
+                                  "checkpointed by an earlier release")
+    run_level_findings: list[str] | None = None
+    duration_seconds: float | None = None
+    signatures: str | None = Field(default=None, description="which signatures were verified: heads, all, "
+                                                             "all-after-digest, none, or unknown")
+    coverage: dict[str, Any] | None = Field(default=None, description="what was read and what was taken on trust")
+    database_role: dict[str, Any] | None = Field(default=None, description="the login role the close ran under")
+    findings_left_out: dict[str, Any] | None = Field(
+        default=None, description="`{count, ids}` of findings no signed plan or checkpoint names, counted nowhere")
+
+
+class AuditRunOut(BaseModel):
+    """An audit run's row as stored (no proof: the signed export is, ``GET /audit/export``)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    status: str = Field(description="running, then its job's end status: succeeded, failed or cancelled")
+    params: dict[str, Any]
+    entities_total: int
+    chunks_total: int
+    chunks_done: int
+    summary: AuditSummary | None = Field(description="null until the run is closed")
+    created_at: str
+    finished_at: str | None
+
+
+class AuditRunList(BaseModel):
+    items: list[AuditRunOut]
+    next_page_token: str | None
+
+
+class FindingFields(BaseModel):
+    entity_type: str | None
+    entity_id: uuid.UUID | None
+    version: int | None
+    code: str
+    severity: str = Field(description="critical, error or warning")
+    rule_id: str | None
+    detail: str
+
+
+class FindingOut(FindingFields):
+    finding_id: int
+
+
+class FindingList(BaseModel):
+    items: list[FindingOut]
+    next_page_token: str | None
+
+
+class TamperCheckOut(BaseModel):
+    entity_id: uuid.UUID
+    entity_type: str
+    tampered: bool = Field(description="whether any finding is critical")
+    versions: int = Field(description="chain versions verified")
+    findings: list[FindingFields]
+
+
+class DigestLeafOut(BaseModel):
+    entity_id: uuid.UUID
+    head: str
+    version: int | None = Field(default=None, description="the head's version; absent when it names none (below 1): "
+                                                          "not covered by the signature")
+
+
+class LedgerDigestOut(BaseModel):
+    """A signed digest (``models.ledger_digest``): keep it outside Plant and hand it back to
+    ``POST /audit/run`` as ``against_digest``."""
+
+    type: Literal["plant.ledger-digest.v1"]
+    as_of: str
+    entity_count: int
+    heads_root: str = Field(description="RFC 6962 Merkle root of the heads, hex")
+    kid: str
+    signature: str = Field(description="base64url, over the RFC 8785 bytes of `{type, as_of, entity_count, heads_root}`")
+    leaves: list[DigestLeafOut] | None = Field(default=None, description="with `leaves=true` only")
+
+
+class SignedReport(BaseModel):
+    """``format=json``: the run's report and a detached JWS over its RFC 8785 bytes, itself RFC 8785
+    JSON; ``format=csv``: every finding, one row each, with the column ``counted``."""
+
+    model_config = ConfigDict(openapi_extra={"content": {"text/csv": {"schema": {"type": "string"}}}})
+    report: dict[str, Any] = Field(description="`type`, `run`, `findings` and `repairs`")
+    signature: str = Field(description="a detached JWS (`typ: plant-report+jws`)")
+
+
 class RunPath(BaseModel):
     run_id: uuid.UUID
 
@@ -122,20 +224,20 @@ def start_audit(body: AuditRunIn) -> Response:
     return accept_job("audit.run", params)
 
 
-@audit_api.get("/audit/runs", responses={200: None, **problems(422)})
+@audit_api.get("/audit/runs", responses={200: AuditRunList, **problems(422)})
 def list_runs(query: PageQuery) -> dict[str, Any]:
     """Audit runs, newest first."""
     page = keyset_page(db_session(), select(AuditRun), AuditRun, page_size=query.page_size, page_token=query.page_token)
     return {"items": [run_resource(r) for r in page.items], "next_page_token": page.next_page_token}
 
 
-@audit_api.get("/audit/runs/<run_id>", responses={200: None, **problems(404)})
+@audit_api.get("/audit/runs/<run_id>", responses={200: AuditRunOut, **problems(404)})
 def show_run(path: RunPath) -> dict[str, Any]:
     """One audit run with its summary once finished."""
     return run_resource(get_run(db_session(), path.run_id))
 
 
-@audit_api.get("/audit/runs/<run_id>/findings", responses={200: None, **problems(404), **problems(422)})
+@audit_api.get("/audit/runs/<run_id>/findings", responses={200: FindingList, **problems(404), **problems(422)})
 def list_findings(path: RunPath, query: FindingsQuery) -> dict[str, Any]:
     """A run's findings in order, paged."""
     session = db_session()
@@ -167,14 +269,14 @@ def _decode_after(token: str) -> int:
     return int(matched.group(1))
 
 
-@audit_api.get("/audit/tampering/<entity_id>", responses={200: None, **problems(404)})
+@audit_api.get("/audit/tampering/<entity_id>", responses={200: TamperCheckOut, **problems(404)})
 def tampering(path: EntityIdPath) -> dict[str, Any]:
     """Check one entity now: chain, signatures, row, rules, and the latest stored digest."""
     svc = services()
     return check_entity(db_session(), entity_id=path.entity_id, keyring=svc.keyring, embedder=svc.embedder).as_json()
 
 
-@audit_api.get("/audit/export", responses={200: None, **problems(404), **problems(409), **problems(422)})
+@audit_api.get("/audit/export", responses={200: SignedReport, **problems(404), **problems(409), **problems(422)})
 def export(query: ExportQuery) -> Response:
     """The run's report: signed canonical JSON (``{"report", "signature"}``) or CSV findings."""
     session = db_session()
@@ -188,7 +290,7 @@ def export(query: ExportQuery) -> Response:
     return response
 
 
-@audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: None, **problems(409)})
+@audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: LedgerDigestOut, **problems(409)})
 def ledger_digest(query: DigestQuery) -> dict[str, Any]:
     """A signed digest of every entity's head, now: keep it outside Plant.
 
