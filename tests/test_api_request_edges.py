@@ -86,18 +86,92 @@ def test_a_nul_in_a_job_s_params_is_422_naming_the_field(client, committed_stewa
     assert response.get_json()["errors"] == [{"field": field, "message": "must not contain a NUL character (U+0000)"}]
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 5: /openapi.json names none of the request headers the API "
-                                       "acts on (Idempotency-Key, If-Match, If-None-Match) nor a schema for the audit reads")
+JOB_SUBMISSIONS = {"/api/v1/diagnostics/sleep", "/api/v1/genesis/skills/{entity_id}/certify",
+                   "/api/v1/agents/{entity_id}/assign-team", "/api/v1/agents/assign-teams", "/api/v1/audit/run"}
+ENTITY_ITEMS = {"/api/v1/genesis/industries/{entity_id}", "/api/v1/genesis/skills/{entity_id}",
+                "/api/v1/genesis/job-roles/{entity_id}", "/api/v1/teams/{entity_id}", "/api/v1/agents/{entity_id}"}
+
+
+def _operations(document: dict) -> list[tuple[str, str, dict]]:
+    return [(path, method, operation) for path, item in document["paths"].items() for method, operation in item.items()]
+
+
+def _header_parameters(operation: dict) -> dict[str, dict]:
+    return {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "header"}
+
+
 def test_the_openapi_document_names_the_headers_and_bodies_the_api_acts_on(client) -> None:
-    paths = client.get("/openapi.json").get_json()["paths"]
+    """Review finding 5: /openapi.json named none of the request headers the API acts on, none of
+    the response headers it sends, and no schema for the audit and ledger reads."""
+    document = client.get("/openapi.json").get_json()
+    operations = _operations(document)
+    paths = document["paths"]
 
-    def headers(path: str, method: str) -> set[str]:
-        return {p["name"] for p in paths[path][method].get("parameters", []) if p["in"] == "header"}
+    # Every job-creating POST (every 202) takes Idempotency-Key and says what its 202 carries.
+    accepting = {path for path, method, operation in operations if "202" in operation["responses"]}
+    assert accepting == JOB_SUBMISSIONS
+    for path in JOB_SUBMISSIONS:
+        operation = paths[path]["post"]
+        key = _header_parameters(operation)["Idempotency-Key"]
+        assert key["required"] is False and key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+        assert set(operation["responses"]["202"]["headers"]) == {"Location", "Retry-After", "ETag", "Idempotent-Replayed"}
 
-    assert "Idempotency-Key" in headers("/api/v1/diagnostics/sleep", "post")
-    assert "Idempotency-Key" in headers("/api/v1/genesis/skills/{entity_id}/certify", "post")
-    assert "If-Match" in headers("/api/v1/agents/{entity_id}", "patch")
-    assert "If-None-Match" in headers("/api/v1/jobs/{job_id}", "get")
-    for path in ("/api/v1/audit/runs", "/api/v1/audit/runs/{run_id}", "/api/v1/audit/runs/{run_id}/findings",
-                 "/api/v1/ledger/digest"):
-        assert paths[path]["get"]["responses"]["200"].get("content"), f"{path}: 200 has no schema"
+    # Every PATCH is a registry PATCH, and takes If-Match; the entity's reads and writes carry its ETag.
+    patches = {path for path, method, _ in operations if method == "patch"}
+    assert patches == ENTITY_ITEMS
+    for path in ENTITY_ITEMS:
+        if_match = _header_parameters(paths[path]["patch"])["If-Match"]
+        assert if_match["required"] is False and if_match["schema"] == {"type": "string"}
+        assert "ETag" in paths[path]["get"]["responses"]["200"]["headers"]
+        assert "ETag" in paths[path]["patch"]["responses"]["200"]["headers"]
+        collection = paths[path.removesuffix("/{entity_id}")]["post"]["responses"]["201"]["headers"]
+        assert set(collection) == {"ETag", "Location"}
+
+    # Only a job's GET answers 304 (an entity's ETag is for If-Match alone).
+    conditional = {(path, method) for path, method, operation in operations
+                   if "If-None-Match" in _header_parameters(operation)}
+    assert conditional == {("/api/v1/jobs/{job_id}", "get")}
+    job = paths["/api/v1/jobs/{job_id}"]["get"]["responses"]
+    assert "ETag" in job["200"]["headers"] and "ETag" in job["304"]["headers"]
+
+    for path, method, operation in operations:
+        responses = operation["responses"]
+        if path.startswith("/api/"):
+            assert "WWW-Authenticate" in responses["401"]["headers"], (path, method)
+            assert "Retry-After" in responses["503"]["headers"], (path, method)
+        for status, response in responses.items():
+            if status.startswith("2"):
+                assert response.get("content"), f"{method.upper()} {path}: {status} has no schema"
+
+
+PLANT_HEADERS = ("ETag", "Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate")
+
+
+def test_every_header_the_api_sends_is_documented_on_the_response_that_carries_it(app, client,
+                                                                                   committed_steward) -> None:
+    """The other way round: what the API sends, the document names, status by status."""
+    document = client.get("/openapi.json").get_json()
+    agent = f"{API}/agents/{committed_steward}"
+    sleep = {"seconds": 0, "steps": 1}
+    started = client.post(f"{API}/diagnostics/sleep", json=sleep, headers={"Idempotency-Key": "documented"})
+    job = f"{API}/jobs/{started.get_json()['id']}"
+    sent = [
+        ("/api/v1/diagnostics/sleep", "post", started),
+        ("/api/v1/diagnostics/sleep", "post",
+         client.post(f"{API}/diagnostics/sleep", json=sleep, headers={"Idempotency-Key": "documented"})),
+        ("/api/v1/jobs/{job_id}", "get", client.get(job)),
+        ("/api/v1/jobs/{job_id}", "get", client.get(job, headers={"If-None-Match": started.headers["ETag"]})),
+        ("/api/v1/jobs/{job_id}/cancel", "post", client.post(f"{job}/cancel")),
+        ("/api/v1/genesis/industries", "post", client.post(f"{API}/genesis/industries", json={
+            "name": "Documented", "code": "DOC", "description": "d", "governance_agent_id": str(committed_steward)})),
+        ("/api/v1/agents/{entity_id}", "get", client.get(agent)),
+        ("/api/v1/agents/{entity_id}", "patch", client.patch(agent, json={"description": "documented"},
+                                                              headers={"If-Match": client.get(agent).headers["ETag"]})),
+        ("/api/v1/agents/{entity_id}", "get", app.test_client().get(agent)),
+    ]
+    assert [response.status_code for *_, response in sent] == [202, 202, 200, 304, 200, 201, 200, 200, 401]
+    assert sent[1][2].headers["Idempotent-Replayed"] == "true"
+    for path, method, response in sent:
+        documented = document["paths"][path][method]["responses"][str(response.status_code)].get("headers", {})
+        emitted = {name for name in PLANT_HEADERS if name in response.headers}
+        assert emitted and emitted <= set(documented), (method, path, response.status_code, emitted)

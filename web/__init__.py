@@ -23,6 +23,7 @@ from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.metrics import init_observability
+from web.openapi_headers import document_headers
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
 
@@ -79,4 +80,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
+    document_headers(app)  # the document is built here, once, and served as built
     return app

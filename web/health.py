@@ -18,6 +18,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import Engine, text
 
 from tasks.celery_app import QUEUES
+from web.openapi_headers import documents_headers
 from web.schemas import HealthOut
 from web.services import Services, services
 
@@ -102,6 +103,8 @@ def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
 
 
 @health_api.get("/health", responses={200: HealthOut, 503: HealthOut})
+@documents_headers(responses={503: {"Retry-After": {"description": "5: seconds before checking again",
+                                                    "schema": {"type": "integer"}}}})
 def health() -> Response:
     """Liveness and readiness from real checks of every dependency."""
     try:

@@ -33,6 +33,7 @@ from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from web.auth import current_actor
+from web.openapi_headers import IDEMPOTENCY_KEY, JOB_ACCEPTED, documents_headers
 from web.schemas import JobOut
 from web.services import V, autocommit_when, close_db_session, db_statements, services
 
@@ -82,8 +83,10 @@ def _without_idempotency_key() -> bool:
 def submits_a_job(view: V) -> V:
     """Mark a view that ends in :func:`accept_job` and writes nothing else: without an
     ``Idempotency-Key`` (whose claim and the INSERT must commit together) it runs in
-    autocommit. Put it below the route decorator."""
-    return autocommit_when(_without_idempotency_key)(view)
+    autocommit. Put it below the route decorator. It also documents ``Idempotency-Key`` and
+    the 202's headers in /openapi.json (web.openapi_headers)."""
+    documented = documents_headers(request=[IDEMPOTENCY_KEY], responses={202: JOB_ACCEPTED})(view)
+    return autocommit_when(_without_idempotency_key)(documented)
 
 
 def nul_field(value: Any, path: str = "") -> str | None:

@@ -14,6 +14,7 @@ from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
 from models.errors import PROBLEM_MEMBERS
 from models.jobs import JobRecord, JobStatus
+from web.openapi_headers import UNAVAILABLE_RETRY_AFTER, WWW_AUTHENTICATE
 
 
 class Progress(BaseModel):
@@ -62,11 +63,17 @@ UNREADABLE_ERROR = "Job error"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
+# The headers a problem of this status carries on every route that can answer it (web.auth, web.problems).
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {401: {"WWW-Authenticate": WWW_AUTHENTICATE},
+                                              503: {"Retry-After": UNAVAILABLE_RETRY_AFTER}}
+
+
 def problems(*statuses: int) -> dict[int, dict[str, Any]]:
     """OpenAPI responses for problem+json errors with these statuses."""
     schema = Problem.model_json_schema()
     return {
-        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}},
+                 **({"headers": PROBLEM_HEADERS[status]} if status in PROBLEM_HEADERS else {})}
         for status in statuses
     }
 

@@ -18,6 +18,7 @@ from models.audit_runs import close_runs_apart
 from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
+from web.openapi_headers import ETAG, IF_NONE_MATCH, documents_headers
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
 from web.services import close_db_session, db_session, db_statements, services, statement_at_a_time
 
@@ -27,6 +28,7 @@ jobs_api = APIBlueprint("jobs", __name__, url_prefix="/api/v1", abp_security=BEA
 
 
 @jobs_api.get("/jobs/<job_id>", responses={200: JobOut, 304: None, **problems(404), **problems(422)})
+@documents_headers(request=[IF_NONE_MATCH], responses={200: {"ETag": ETAG}, 304: {"ETag": ETAG}})
 @statement_at_a_time
 def show_job(path: JobPath, query: JobGetQuery) -> Response:
     """Show a job. With ``wait=N`` the call returns once the job is terminal, or after N s."""
@@ -66,6 +68,7 @@ def list_all_jobs(query: JobListQuery) -> dict:
 
 
 @jobs_api.post("/jobs/<job_id>/cancel", responses={200: JobOut, **problems(404), **problems(409)})
+@documents_headers(responses={200: {"ETag": ETAG}})
 def cancel_job(path: JobPath) -> Response:
     """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
     session = db_session()

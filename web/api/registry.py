@@ -37,6 +37,7 @@ from web.registry_schemas import (
     IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
     SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
 )
+from web.openapi_headers import ENTITY_ETAG, ENTITY_LOCATION, IF_MATCH, documents_headers
 from web.schemas import API_PROBLEMS, problems, rfc3339_utc
 from web.auth import BEARER, current_actor
 from web.services import db_session, services
@@ -298,9 +299,12 @@ def register_entity_routes(bp: APIBlueprint) -> None:
         tags = [Tag(name=route.name)]
         item = route.path + "/<entity_id>"
         bp.get(route.path, tags=tags, responses={200: EntityList, **problems(422)})(_list_view(route))
-        bp.post(route.path, tags=tags, responses={201: EntityOut, **ERRORS})(_create_view(route))
-        bp.get(item, tags=tags, responses={200: EntityOut, **problems(404)})(_show_view(route))
-        bp.patch(item, tags=tags, responses={200: EntityOut, **ERRORS})(_patch_view(route))
+        bp.post(route.path, tags=tags, responses={201: EntityOut, **ERRORS})(
+            documents_headers(responses={201: {"ETag": ENTITY_ETAG, "Location": ENTITY_LOCATION}})(_create_view(route)))
+        bp.get(item, tags=tags, responses={200: EntityOut, **problems(404)})(
+            documents_headers(responses={200: {"ETag": ENTITY_ETAG}})(_show_view(route)))
+        bp.patch(item, tags=tags, responses={200: EntityOut, **ERRORS})(
+            documents_headers(request=[IF_MATCH], responses={200: {"ETag": ENTITY_ETAG}})(_patch_view(route)))
         bp.get(item + "/history", tags=tags, responses={200: HistoryOut, **problems(404)})(_history_view(route))
 
 

@@ -1,0 +1,107 @@
+"""The HTTP headers Plant reads and sends, as ``/openapi.json`` names them.
+
+flask-openapi3 documents a request header only through a ``header`` model, which it also
+validates on every request: CPU on the hot paths (``GET /api/v1/jobs/{id}``, job
+submissions; docs/benchmarks.md). Plant reads its headers by hand (``Idempotency-Key`` in
+``web.jobs_http``, ``If-Match`` in ``web.api.registry.expected_versions``, ``If-None-Match``
+through werkzeug), so they are documented here instead: a view is marked with the headers it
+reads and, per status, those its responses carry (:func:`documents_headers`, below the route
+decorator, which copies the mark), and :func:`document_headers` writes every mark into the
+generated document once, when the app is created. Nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, TypeVar
+
+from flask_openapi3 import OpenAPI
+
+V = TypeVar("V", bound=Callable[..., Any])
+MARK = "plant_openapi_headers"
+
+STRING = {"type": "string"}
+
+
+def _parameter(name: str, description: str, schema: Mapping[str, Any] = STRING) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": dict(schema), "description": description}
+
+
+def _header(description: str, schema: Mapping[str, Any] = STRING) -> dict[str, Any]:
+    return {"description": description, "schema": dict(schema)}
+
+
+IDEMPOTENCY_KEY = _parameter(
+    "Idempotency-Key",
+    "Makes the submission safe to retry. The same key with the same payload returns the job it started "
+    "(202, `Idempotent-Replayed: true`), with a different payload it is 422 `idempotency-key-reused`; "
+    "concurrent duplicates start one job. Keys are per API key and remembered for "
+    "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
+    {"type": "string", "minLength": 1, "maxLength": 255})
+IF_MATCH = _parameter(
+    "If-Match",
+    "Apply the change only if the entity is at a version this names, else 409 `precondition-failed` "
+    "(safe to retry after re-reading). Strong entity-tags as the ETag writes them: `\"<version>\"`, or a "
+    "team's full tag `\"<version>.<members>\"` while its members are unchanged (its `\"<version>\"` alone "
+    "compares the governed version only); a comma-separated list matches when any tag in it does, and `*` "
+    "matches any version. Weak tags never match, and a header that names no version (blank, `\"\"`, a "
+    "list missing its commas, an unterminated tag) is 409 too, never a change applied unconditionally.")
+IF_NONE_MATCH = _parameter(
+    "If-None-Match",
+    "304 Not Modified (no body) when it is `*` or a tag in it matches the job's current ETag, compared "
+    "weakly (`W/\"…\"` matches too). With `wait`, the poll first waits as usual, then compares.")
+
+ETAG = _header("the representation's strong entity-tag")
+ENTITY_ETAG = _header("`\"<version>\"`; a team's is `\"<version>.<members>\"` (16 hex digits of the SHA-256 of "
+                      "its member ids): send it back in If-Match")
+JOB_LOCATION = _header("the job's URL, `/api/v1/jobs/{id}`: poll it (`?wait=N` long-polls)")
+ENTITY_LOCATION = _header("the created entity's URL")
+JOB_RETRY_AFTER = _header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
+IDEMPOTENT_REPLAYED = _header("`true` when an Idempotency-Key named a job already started: this is that job, "
+                              "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
+WWW_AUTHENTICATE = _header("`Bearer realm=\"plant\"`: send an API key as `Authorization: Bearer <key>`")
+UNAVAILABLE_RETRY_AFTER = _header(
+    "seconds after which the condition is expected to have passed: the database unreachable, timed out or "
+    "out of free connections (5), a ledger digest finding no quiet moment (5), or every digest slot taken "
+    "(2); absent when waiting will not help (`seal-list-invalid`)", {"type": "integer"})
+
+JOB_ACCEPTED = {"Location": JOB_LOCATION, "Retry-After": JOB_RETRY_AFTER, "ETag": ETAG,
+                "Idempotent-Replayed": IDEMPOTENT_REPLAYED}
+
+
+def documents_headers(*, request: Sequence[Mapping[str, Any]] = (),
+                      responses: Mapping[int, Mapping[str, Mapping[str, Any]]] | None = None) -> Callable[[V], V]:
+    """Mark a view with the request headers it reads and, by status, the headers its responses
+    carry, for :func:`document_headers`. Put it below the route decorator; marks add up."""
+    def mark(view: V) -> V:
+        previous = getattr(view, MARK, ((), {}))
+        merged = {status: dict(headers) for status, headers in previous[1].items()}
+        for status, headers in (responses or {}).items():
+            merged.setdefault(status, {}).update(headers)
+        setattr(view, MARK, ((*previous[0], *request), merged))
+        return view
+    return mark
+
+
+def document_headers(app: OpenAPI) -> dict[str, Any]:
+    """Build the app's OpenAPI document (flask-openapi3 keeps it and serves it as built) and
+    write each marked view's headers into its operations. A mark naming a status the route
+    does not document is an error here, at start-up, rather than a header documented nowhere."""
+    document = app.api_doc
+    for rule in app.url_map.iter_rules():
+        marked = getattr(app.view_functions[rule.endpoint], MARK, None)
+        if marked is None:
+            continue
+        parameters, responses = marked
+        path = _openapi_path(rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation = document["paths"][path][method.lower()]
+            operation["parameters"] = [*operation.get("parameters", []), *map(dict, parameters)]
+            for status, headers in responses.items():
+                operation["responses"][str(status)].setdefault("headers", {}).update(headers)
+    return document
+
+
+def _openapi_path(rule: str) -> str:
+    """``/jobs/<job_id>`` as the document writes it, ``/jobs/{job_id}`` (no converters are used)."""
+    return rule.replace("<", "{").replace(">", "}")
