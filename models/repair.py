@@ -30,7 +30,7 @@ from models.canonical import (
     as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, sha256, strict_json_loads, to_json_tree,
 )
 from models.certification import certified_embedding_drift
-from models.chain import HEAD_FINDINGS, ChainFinding, history, seal_findings, verify_loaded
+from models.chain import GENESIS_LINK, HEAD_FINDINGS, ChainFinding, history, seal_findings, verify_loaded
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
@@ -139,17 +139,25 @@ def _digest_head_lost(session: Session, entity_id: uuid.UUID, rows: Sequence[Any
     """Why the chain ``rows`` is not all the entity had, if the newest trusted stored digest
     (the base the next digest is checked from, :func:`models.digest_check.trusted_base`)
     holds a head for it, leaf or tombstone, that the chain no longer has: versions deleted
-    past the guard. A chain that verifies to an earlier head is still a rollback."""
+    past the guard. A chain that verifies to an earlier head is still a rollback. A head a
+    later digest held back at version 0 with a real link (``models.digest_check._held``: the
+    link its chain lost) is one too; only the placeholder (the genesis link) names nothing."""
     trusted = trusted_base(session, keyring, base_problem)
     if trusted is None:
         return None
     chain = {(row.version, bytes(row.link_hash)) for row in rows}
+    links = {link for _, link in chain}
     for table in (LedgerDigestHead, LedgerDigestTombstone):
         held = session.execute(select(table.version, table.link_hash).where(
             table.digest_id == trusted.id, table.entity_id == entity_id)).one_or_none()
-        if held is not None and held.version > 0 and (held.version, bytes(held.link_hash)) not in chain:
+        if held is None or bytes(held.link_hash) == GENESIS_LINK:
+            continue
+        if held.version > 0 and (held.version, bytes(held.link_hash)) not in chain:
             return (f"the ledger digest of {trusted.as_of.isoformat()} (id {trusted.id}) holds its version {held.version}, "
                     f"which its chain no longer has (it ends at version {rows[-1].version})")
+        if held.version == 0 and bytes(held.link_hash) not in links:
+            return (f"the ledger digest of {trusted.as_of.isoformat()} (id {trusted.id}) holds it back at a link its chain "
+                    f"no longer has (it ends at version {rows[-1].version})")
     return None
 
 
