@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
@@ -84,13 +84,17 @@ _ANCESTOR_IS = """
 
 def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> str | None:
     """Why ``entity`` may not take ``parent_id`` as its parent: none such, or a cycle (the
-    parent is the entity or one of its descendants). A parent newly named is judged under a
-    lock per entity type, held to commit; ``UNION`` ends the walk on a cycle already stored."""
+    parent is the entity or one of its descendants). A parent newly named by a stored entity
+    is judged under a lock per entity type, held to commit; ``UNION`` ends the walk on a
+    cycle already stored. A new entity takes neither: nothing can name it as parent before
+    it commits, so it is no one's ancestor, and its create waits for no re-parenting."""
     kind = entity.entity_type_value.value
     if session.get(type(entity), parent_id) is None:
         return f"no {kind} with id {parent_id}"
     if parent_id == entity.id:
         return f"a {kind} cannot be its own parent"
+    if not inspect(entity).persistent:
+        return None
     table = type(entity).__tablename__
     session.execute(text("SELECT pg_advisory_xact_lock(:lock, hashtext(:table))"), {"lock": PARENTS_LOCK, "table": table})
     if entity.id is not None and session.scalar(text(_ANCESTOR_IS.format(table=table)), {"parent": parent_id, "entity": entity.id}):

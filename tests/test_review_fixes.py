@@ -41,3 +41,33 @@ def test_a_rollback_is_still_refused_once_a_later_digest_held_it_back(world, db_
     with pytest.raises(NotRestorable, match="no longer has"):
         _restore(db_session, write_ctx, E.SKILL, skill.id)
     assert repairs(db_session, entity_id=skill.id) == []
+
+
+def test_creating_an_entity_under_a_parent_waits_for_no_re_parenting_in_flight(engine, write_ctx, committed_steward) -> None:
+    """Finding 2. A new entity is no one's ancestor (nothing can name it as parent before it
+    commits), so creating one under a parent cannot close a loop; yet apply_fields took the
+    per-type parents lock for it, held to commit through the embedding, the signing, the
+    rules and the flush. Every create naming a parent queued behind any re-parenting of its
+    type in flight, and behind each other."""
+    from sqlalchemy.exc import OperationalError
+
+    from models.db import make_session_factory, transaction
+    from models.registry import create_entity
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        a, b = (create_entity(session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
+            "name": f"Parent {code}", "code": code, "governance_agent_id": committed_steward}).id for code in ("PRA", "PRB"))
+    first = sessions()
+    try:
+        update_entity(first, entity_type=E.INDUSTRY, entity_id=a, changes={"parent_id": b}, ctx=write_ctx)  # in flight
+        with transaction(sessions) as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            try:
+                create_entity(session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
+                    "name": "Child", "code": "CHD", "governance_agent_id": committed_steward, "parent_id": b})
+            except OperationalError as exc:
+                pytest.fail(f"a create under a parent waited for an unrelated re-parenting: {exc.orig}")
+    finally:
+        first.rollback()
+        first.close()
