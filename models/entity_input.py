@@ -75,6 +75,15 @@ def _governor_problem(session: Session, entity: GovernedEntity, data: dict[str, 
 PARENTS_LOCK = int.from_bytes(b"prnt", "big")
 
 
+def lock_parents(session: Session, model: type[GovernedEntity]) -> None:
+    """Take the re-parenting lock of ``model``'s type, until commit. A write that may re-parent
+    takes it before any row lock (:func:`models.registry.update_entity`, a restore): one that
+    waited for it holding its entity's row made a cycle with the seat guards' lock order (a
+    role changing its skills waits for that row, and the lock's holder for the role)."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:lock, hashtext(:table))"),
+                    {"lock": PARENTS_LOCK, "table": model.__tablename__})
+
+
 _ANCESTOR_IS = """
     WITH RECURSIVE up(id, parent_id) AS (
         SELECT id, parent_id FROM {table} WHERE id = :parent
@@ -96,7 +105,7 @@ def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UU
     if not inspect(entity).persistent:
         return None
     table = type(entity).__tablename__
-    session.execute(text("SELECT pg_advisory_xact_lock(:lock, hashtext(:table))"), {"lock": PARENTS_LOCK, "table": table})
+    lock_parents(session, type(entity))  # taken already by the writes that lock rows first: held twice, released at commit
     if entity.id is not None and session.scalar(text(_ANCESTOR_IS.format(table=table)), {"parent": parent_id, "entity": entity.id}):
         return f"{kind} {parent_id} is below this {kind}: naming it as parent would make a cycle"
     return None

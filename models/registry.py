@@ -26,7 +26,7 @@ from models.chain import EntityVersion, append_version
 from models.constitution import L1, MEMBER_RULES, RuleSubject, append_only_enforced, enforce, reevaluated
 from models.db import uuid_in
 from models.embeddings import Embedder
-from models.entity_input import apply_fields, normalized_input
+from models.entity_input import apply_fields, lock_parents, normalized_input
 from models.entity_locks import lock_for_write
 from models.entities import (
     ENTITY_MODELS, Agent, AgentStatus, EntityType, GovernedEntity, Skill, SkillStatus, Team,
@@ -100,6 +100,8 @@ def update_entity(
 ) -> GovernedEntity:
     """Apply ``changes`` under the entity's row lock; a no-op change appends nothing.
     With ``expected_versions`` (an ``If-Match``), the entity must be at one of them."""
+    if changes.get("parent_id") is not None:
+        lock_parents(session, ENTITY_MODELS[entity_type])  # before the row lock: see lock_parents
     entity = lock_for_write(session, entity_type, entity_id, ctx.keyring)
     if isinstance(entity, Skill) and entity.certificate is not None and changes != WITHDRAW_CERTIFICATE:
         if entity.status == SkillStatus.CERTIFIED.value:

@@ -34,14 +34,14 @@ from models.chain import GENESIS_LINK, HEAD_FINDINGS, ChainFinding, history, sea
 from models.constitution import L0, L1, evaluate
 from models.db import uuid_in
 from models.embeddings import Embedder
-from models.entities import EntityType, governed_content, typed_content
+from models.entities import ENTITY_MODELS, EntityType, governed_content, typed_content
 from models.errors import CanonicalizationError, Conflict
 from models.jws import KeySource, b64url_encode, verify_b64url_signature
 from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
 from models.digest_check import trusted_base
 from models.key_seals import seal_problems, with_seal_lists
 from models.ledger import base_problem
-from models.entity_input import apply_fields, holds_nul
+from models.entity_input import apply_fields, holds_nul, lock_parents
 from models.entity_locks import lock_entity
 from models.registry import embedding_text, integrity_as_domain_errors, rule_subject, snapshot
 from models.seat_guards import guard_membership
@@ -172,6 +172,7 @@ def restore_entity(
     seat or the name first). Flushes; the caller commits.
     """
     hold_repairs_open(session)  # before the row lock: a run holding the lock may lock rows
+    lock_parents(session, ENTITY_MODELS[entity_type])  # before the row lock too: the restore may put a parent back
     entity = lock_entity(session, entity_type, entity_id)
     rows = history(session, entity_id=entity_id)
     if not rows:

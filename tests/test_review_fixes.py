@@ -71,3 +71,58 @@ def test_creating_an_entity_under_a_parent_waits_for_no_re_parenting_in_flight(e
     finally:
         first.rollback()
         first.close()
+
+
+def test_re_parenting_teams_while_a_role_changes_its_skills_does_not_deadlock(engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Finding 3. The parents lock, held to commit, adds a wait the seat guards' lock order
+    never had. H re-parents team T1 and gives it role R (parents lock, then R FOR SHARE); W
+    re-parents team T2, of role R (T2's row, then the parents lock: waits for H); G changes R's
+    required skills (R's row, then R's teams, T2 among them: waits for W). H then waits for G:
+    a cycle PostgreSQL breaks after deadlock_timeout by failing one write, answered as 503
+    "the database is unreachable". Without the parents lock W did not wait, and all three
+    committed in turn."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from models import seat_guards
+    from models.db import make_session_factory, transaction
+    from tests.conftest import lock_waiters, wait_for
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, committed_steward)
+        role, skills = world.role.id, [s.id for s in world.skills]
+        t1, tp = world.team("T1", role=world.other_role).id, world.team("TP", role=world.other_role).id
+        t2, tq = world.team("T2").id, world.team("TQ").id
+    h_ready, go, errors = threading.Event(), threading.Event(), []
+    original = seat_guards._hold_role_for_team
+
+    def hold_role_after_a_pause(session, job_role_id):
+        h_ready.set()
+        go.wait(30)
+        original(session, job_role_id)
+
+    monkeypatch.setattr(seat_guards, "_hold_role_for_team", hold_role_after_a_pause)
+
+    def write(entity_type, entity_id, changes):
+        def run() -> None:
+            try:
+                with transaction(sessions) as session:
+                    update_entity(session, entity_type=entity_type, entity_id=entity_id, changes=changes, ctx=write_ctx)
+            except OperationalError as exc:
+                errors.append(exc.orig)
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    h = write(E.TEAM, t1, {"parent_id": tp, "job_role_id": role})
+    assert h_ready.wait(30)
+    w = write(E.TEAM, t2, {"parent_id": tq})
+    wait_for(lambda: lock_waiters(engine) >= 1, what="W to wait for the parents lock")
+    g = write(E.JOB_ROLE, role, {"required_skill_ids": skills[:1]})
+    wait_for(lambda: not g.is_alive() or lock_waiters(engine) >= 2, what="G to finish or wait for T2")
+    go.set()
+    for thread in (h, w, g):
+        thread.join(60)
+    assert errors == [], f"a write failed: {errors}"
