@@ -123,11 +123,12 @@ def test_with_no_digest_to_trust_every_deleted_entity_is_checked(db_session, ski
 
 def test_a_leaf_naming_no_version_from_before_the_check_keeps_its_entity_held(db_session, skill, keyring, monkeypatch) -> None:
     """A digest stored before heads were checked may hold a leaf of version 0 with a link no
-    version carries. Its entity is held and reported from then on, even once restored: such
-    a leaf cannot be told from a trusted leaf whose version was deleted since (a rollback)."""
+    version carries. Its entity is held and reported from then on, and a restore refuses it:
+    such a leaf cannot be told from a trusted leaf whose version was deleted since (a
+    rollback, which a restore must not vouch for: review-fixes finding 1)."""
     import models.ledger
     from models.embeddings import HashingEmbedder
-    from models.repair import restore_entity
+    from models.repair import NotRestorable, restore_entity
 
     db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
     db_session.expire_all()
@@ -135,8 +136,9 @@ def test_a_leaf_naming_no_version_from_before_the_check_keeps_its_entity_held(db
         patched.setattr(models.ledger, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
         old = store_digest(db_session, keyring=keyring)
     assert _leaf(db_session, old.id, skill.id) == (0, b"\x07" * 32)
-    restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
-                   actor="operator:test")
+    with pytest.raises(NotRestorable, match="at a link its chain no longer has"):
+        restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=HashingEmbedder(),
+                       actor="operator:test")
     _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, b"\x07" * 32))
 
 
