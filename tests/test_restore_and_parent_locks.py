@@ -1,4 +1,5 @@
-"""Review of this session's fixes (review-fixes): each test shows a defect found in them."""
+"""A restore refuses a rollback a later digest held back; the parents lock is taken by no create
+and, by a re-parenting write, before any row lock, so it makes no deadlock (stop 37's review of its fixes)."""
 
 from __future__ import annotations
 
