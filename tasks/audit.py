@@ -14,12 +14,14 @@ import datetime as dt
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_runs import (
     audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, pending_chunks, start_run, summarize_run,
@@ -177,23 +179,70 @@ def ledger_store_digest() -> dict[str, Any]:
     return {**stored, "leaf_rows_pruned": pruned}
 
 
+@dataclass(frozen=True)
+class ScheduledJob:
+    """A job beat starts on the interval's boundaries (``worker.schedule.on_boundaries``)."""
+
+    schedule: str
+    kind: str
+    params: dict[str, Any]
+
+
+FULL_AUDIT = ScheduledJob("full-audit", "audit.run", {"verify_signatures": "heads"})
+
+
 @shared_task(name="plant.schedule.fire", bind=True)
 def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interval_seconds: float) -> dict[str, Any]:  # noqa: ANN001
     """Start one job per (schedule, tick slot), however many beats sent this tick."""
     slot = fire_slot(dt.datetime.now(dt.UTC).timestamp(), interval_seconds)
-    with transaction(runtime.session_factory()) as session:
+    return fire(self.app, runtime.session_factory(), ScheduledJob(schedule, kind, params), slot)
+
+
+def fire(app: Any, sessions: sessionmaker[Session], job: ScheduledJob, slot: dt.datetime) -> dict[str, Any]:
+    """Claim ``slot`` for ``job``'s schedule in ``scheduled_fires`` and start the job, in one
+    transaction, then publish it; a slot claimed already starts nothing."""
+    with transaction(sessions) as session:
         inserted = session.execute(
-            pg_insert(ScheduledFire).values(schedule=schedule, fire_at=slot).on_conflict_do_nothing().returning(ScheduledFire.schedule)
+            pg_insert(ScheduledFire).values(schedule=job.schedule, fire_at=slot).on_conflict_do_nothing()
+            .returning(ScheduledFire.schedule)
         ).first()
         if inserted is None:
-            return {"schedule": schedule, "fire_at": slot.isoformat(), "skipped": "already fired"}
-        job = create_job(session, kind=kind, params=params, queue=_queue_of(kind), to_publish=True,
-                         requested_by=f"beat:{schedule}")
+            return {"schedule": job.schedule, "fire_at": slot.isoformat(), "skipped": "already fired"}
+        created = create_job(session, kind=job.kind, params=job.params, queue=_queue_of(job.kind), to_publish=True,
+                             requested_by=f"beat:{job.schedule}")
         session.execute(update(ScheduledFire).where(
-            ScheduledFire.schedule == schedule, ScheduledFire.fire_at == slot).values(job_id=job.id))
-        job_id = job.id
-    publish_or_leave_in_outbox(self.app, runtime.session_factory(), job_id=job_id, kind=kind)
-    return {"schedule": schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
+            ScheduledFire.schedule == job.schedule, ScheduledFire.fire_at == slot).values(job_id=created.id))
+        job_id = created.id
+    publish_or_leave_in_outbox(app, sessions, job_id=job_id, kind=job.kind)
+    return {"schedule": job.schedule, "fire_at": slot.isoformat(), "job_id": str(job_id)}
+
+
+# How long after its tick a slot may stay unclaimed before the recovery sweep fires it.
+OVERDUE_TICK_SECONDS = 600.0
+
+
+def fire_overdue_tick(app: Any, sessions: sessionmaker[Session], job: ScheduledJob, interval_seconds: float) -> bool:
+    """Fire ``job``'s current tick if beat's fire never claimed it: beat advances an entry
+    before it sends it, so a tick whose message could not be published (Redis down at that
+    moment) or was lost is never sent again, and a fire run on a clock lagging beat's by more
+    than a minute claims the slot before. The tick counts as overdue ``OVERDUE_TICK_SECONDS``
+    (at most half an interval) after it, by the database's clock; it is fired only if the
+    tick before it was (a schedule never fired, a fresh deployment say, or one beat had
+    stopped firing, is left to beat, which sends a missed tick itself when it is back).
+    Returns whether it started the job."""
+    with transaction(sessions) as session:
+        now = session.scalar(select(func.now())).timestamp()
+        slot = math.floor(now / interval_seconds) * interval_seconds
+        if now - slot < min(OVERDUE_TICK_SECONDS, interval_seconds / 2):
+            return False
+        latest = session.scalar(select(func.max(ScheduledFire.fire_at)).where(
+            ScheduledFire.schedule == job.schedule,
+            ScheduledFire.fire_at >= dt.datetime.fromtimestamp(slot - interval_seconds, dt.UTC)))
+    if latest is None or latest.timestamp() >= slot:
+        return False
+    log.warning("beat's %s tick at %s was never fired; the recovery sweep fires it", job.schedule,
+                dt.datetime.fromtimestamp(slot, dt.UTC).isoformat())
+    return "job_id" in fire(app, sessions, job, dt.datetime.fromtimestamp(slot, dt.UTC))
 
 
 # How far behind beat's clock a worker's may run and still name the right tick.

@@ -1,5 +1,6 @@
 """Periodic maintenance scheduled by beat: recover jobs (and close the audit runs of jobs
-that ended without them), purge expired idempotency keys."""
+that ended without them, and fire a scheduled audit's tick that beat never got out), purge
+expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from models.db import transaction
 from models.idempotency import purge_expired_keys
 from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
 from tasks import runtime
+from tasks.audit import FULL_AUDIT, fire_overdue_tick
 from tasks.dispatch import publish_job
 
 OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publish first
@@ -20,7 +22,8 @@ OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publi
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
 def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task self
     """Publish the outbox, republish lost messages, rescue jobs of dead workers; then close
-    the audit run of every audit job that has ended (this sweep, say) without closing it."""
+    the audit run of every audit job that has ended (this sweep, say) without closing it, and
+    fire the scheduled audit's current tick if it is overdue (``tasks.audit.fire_overdue_tick``)."""
     settings = runtime.settings()
     older_than = dt.timedelta(seconds=settings.requeue_after_seconds)
     with transaction(runtime.session_factory()) as session:
@@ -33,9 +36,10 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
     refs = unpublished + lost + rescue.republish
     published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
     runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
+    fired = fire_overdue_tick(self.app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
             "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,
-            "runs_closed": runs_closed}
+            "runs_closed": runs_closed, "fired": [FULL_AUDIT.schedule] if fired else []}
 
 
 @shared_task(name="plant.maintenance.purge_idempotency_keys")

@@ -9,6 +9,7 @@ from typing import Any
 from celery.schedules import schedstate, schedule
 
 from models.settings import Settings
+from tasks.audit import FULL_AUDIT
 
 
 class on_boundaries(schedule):  # noqa: N801 - named like celery's schedule classes
@@ -50,11 +51,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         # Jobs started by beat go through plant.schedule.fire, which records the
         # (schedule, tick slot) pair first: a second beat's tick finds it taken. Ticks fall on
-        # the interval's boundaries, the slots tasks.audit.fire_slot maps a fire to.
-        "full-audit": {
+        # the interval's boundaries, the slots tasks.audit.fire_slot maps a fire to. A tick
+        # whose fire never claimed its slot (beat could not send it) is fired by the recovery
+        # sweep once overdue (tasks.audit.fire_overdue_tick).
+        FULL_AUDIT.schedule: {
             "task": "plant.schedule.fire",
             "schedule": on_boundaries(timedelta(seconds=settings.audit_interval_seconds)),
-            "args": ("full-audit", "audit.run", {"verify_signatures": "heads"}, settings.audit_interval_seconds),
+            "args": (FULL_AUDIT.schedule, FULL_AUDIT.kind, FULL_AUDIT.params, settings.audit_interval_seconds),
         },
         "purge-idempotency-keys": {
             "task": "plant.maintenance.purge_idempotency_keys",
