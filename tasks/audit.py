@@ -192,9 +192,16 @@ FULL_AUDIT = ScheduledJob("full-audit", "audit.run", {"verify_signatures": "head
 
 
 @shared_task(name="plant.schedule.fire", bind=True)
-def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interval_seconds: float) -> dict[str, Any]:  # noqa: ANN001
-    """Start one job per (schedule, tick slot), however many beats sent this tick."""
-    slot = fire_slot(dt.datetime.now(dt.UTC).timestamp(), interval_seconds)
+def schedule_fire(self, schedule: str, kind: str, params: dict[str, Any], interval_seconds: float,  # noqa: ANN001
+                  sent_at: float | None = None) -> dict[str, Any]:
+    """Start one job per (schedule, tick slot), however many beats sent this tick. The slot is
+    the tick beat sent it for (``sent_at``, beat's clock as it sent: ``worker.schedule``),
+    however long the fire waited behind other work; a message from a beat of an earlier
+    release, which sends no time, is placed by this worker's clock."""
+    if sent_at is not None:
+        slot = fire_slot(sent_at, interval_seconds, skew_seconds=0.0)
+    else:
+        slot = fire_slot(dt.datetime.now(dt.UTC).timestamp(), interval_seconds)
     return fire(self.app, runtime.session_factory(), ScheduledJob(schedule, kind, params), slot)
 
 
@@ -249,13 +256,15 @@ def fire_overdue_tick(app: Any, sessions: sessionmaker[Session], job: ScheduledJ
 FIRE_CLOCK_SKEW_SECONDS = 60.0
 
 
-def fire_slot(moment: float, interval_seconds: float) -> dt.datetime:
-    """The tick a fire handled at ``moment`` (epoch seconds) belongs to. Beat ticks on the
-    interval's multiples (``worker.schedule.on_boundaries``), so it is the last multiple at or
-    before ``moment``, give or take a worker clock up to a minute (at most half an interval)
-    behind beat's: a fire that waited behind busy workers, or that beat sent late after a
-    restart, still names its own tick and never the next one, which would then be skipped."""
-    margin = min(FIRE_CLOCK_SKEW_SECONDS, interval_seconds / 2)
+def fire_slot(moment: float, interval_seconds: float, *, skew_seconds: float = FIRE_CLOCK_SKEW_SECONDS) -> dt.datetime:
+    """The tick a fire at ``moment`` (epoch seconds) belongs to. Beat ticks on the interval's
+    multiples (``worker.schedule.on_boundaries``), so it is the last multiple at or before
+    ``moment``, give or take a clock up to ``skew_seconds`` (at most half an interval) behind
+    beat's: none for beat's own time of sending; a minute for a worker's clock, where a fire
+    that beat sent late after a restart still names its own tick. A fire placed by a worker's
+    clock that waited most of an interval behind busy workers names the next one (beat's
+    messages carry their time of sending for that reason)."""
+    margin = min(skew_seconds, interval_seconds / 2)
     return dt.datetime.fromtimestamp(math.floor((moment + margin) / interval_seconds) * interval_seconds, dt.UTC)
 
 

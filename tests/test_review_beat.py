@@ -115,16 +115,27 @@ def test_a_job_waiting_in_a_backlog_is_not_republished_every_minute(db_session) 
     assert republished <= 4, f"{republished} extra messages for one job that was never lost"
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 3")
-def test_a_fire_that_waited_most_of_an_interval_still_claims_its_own_tick() -> None:
-    """Review finding 3. README: a fire that waited behind busy workers "claims its own tick,
-    never the next one". The fire goes to the ``default`` queue, behind every job, and names
-    its slot by the clock of the worker that runs it plus a minute's allowance for skew: with
-    ``PLANT_AUDIT_INTERVAL_SECONDS=3600`` a fire run 59 m 30 s after its tick claims the next
-    hour's slot, and that tick's own fire then finds it taken: one audit for two ticks. (The
-    slot could come from beat's clock as it sends, ``celery.beat.BeatLazyFunc(time.time)`` in
-    the entry's args, rather than from when a worker got to it.)"""
-    from tasks.audit import fire_slot
+def test_a_fire_that_waited_most_of_an_interval_still_claims_its_own_tick(worker_sessions, monkeypatch) -> None:
+    """README: a fire that waited behind busy workers "claims its own tick, never the next
+    one". It goes to the ``default`` queue, behind every job, and named its slot by the clock
+    of the worker that ran it, plus a minute for skew: with an hourly schedule, a fire run 59 m
+    30 s after its tick claimed the next hour's slot, and that tick's own fire then found it
+    taken: one audit for two ticks. Beat now sends its clock with the fire (a BeatLazyFunc,
+    evaluated as it sends), and the slot is taken from that."""
+    from celery.beat import BeatLazyFunc
 
+    import tasks.audit as audit_tasks
+    from tasks.audit import schedule_fire
+    from tests.conftest import SentTasks
+    from worker.schedule import beat_schedule
+
+    interval = 3600.0
+    *_, sent = beat_schedule(load_settings(audit_interval_seconds=interval))["full-audit"]["args"]
+    assert isinstance(sent, BeatLazyFunc) and abs(sent() - dt.datetime.now(dt.UTC).timestamp()) < 5
     tick = dt.datetime(2026, 12, 6, 10, tzinfo=dt.UTC)
-    assert fire_slot((tick + dt.timedelta(minutes=59, seconds=30)).timestamp(), 3600.0) == tick
+    late = tick + dt.timedelta(minutes=59, seconds=30)
+    assert audit_tasks.fire_slot(late.timestamp(), interval) == tick + dt.timedelta(hours=1)  # by a worker's clock
+    monkeypatch.setattr(audit_tasks, "fire", lambda app, sessions, job, slot: {"fire_at": slot.isoformat()})
+    fired = type(schedule_fire._get_current_object()).run(SentTasks(), "test-late", "audit.run", {}, interval,
+                                                           (tick + dt.timedelta(seconds=2)).timestamp())
+    assert fired["fire_at"] == tick.isoformat()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import timedelta
 from typing import Any
 
+from celery.beat import BeatLazyFunc
 from celery.schedules import schedstate, schedule
 
 from models.settings import Settings
@@ -57,7 +59,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         FULL_AUDIT.schedule: {
             "task": "plant.schedule.fire",
             "schedule": on_boundaries(timedelta(seconds=settings.audit_interval_seconds)),
-            "args": (FULL_AUDIT.schedule, FULL_AUDIT.kind, FULL_AUDIT.params, settings.audit_interval_seconds),
+            # The last argument is beat's clock as it sends (celery evaluates a BeatLazyFunc then):
+            # the fire names the tick it was sent for, however long it waits for a worker.
+            "args": (FULL_AUDIT.schedule, FULL_AUDIT.kind, FULL_AUDIT.params, settings.audit_interval_seconds,
+                     BeatLazyFunc(time.time)),
         },
         "purge-idempotency-keys": {
             "task": "plant.maintenance.purge_idempotency_keys",
