@@ -4,7 +4,8 @@ Three sweeps, each run by beat and each stamping ``enqueued_at`` on what it retu
 the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps share):
 
 * the outbox: jobs committed but never published (Redis was down at submit time);
-* lost messages: jobs published long ago and still queued (the broker lost them);
+* lost messages: jobs published long ago and still queued (the broker lost them, or they
+  wait in a backlog: the wait doubles with each republish, up to 15 minutes);
 * dead workers: running jobs whose lease expired. They are republished after an
   exponential backoff with full jitter, and fail with the last error once they used
   ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
@@ -49,10 +50,10 @@ def full_jitter_backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** max(attempt, 0)))
 
 
-def _stamp(session: Session, condition: Any, limit: int) -> list[QueuedJobRef]:
+def _stamp(session: Session, condition: Any, limit: int, **values: Any) -> list[QueuedJobRef]:
     picked = select(Job.id).where(condition).order_by(Job.created_at).limit(limit).with_for_update(skip_locked=True)
     rows = session.execute(
-        update(Job).where(Job.id.in_(picked.scalar_subquery())).values(enqueued_at=func.now())
+        update(Job).where(Job.id.in_(picked.scalar_subquery())).values(enqueued_at=func.now(), **values)
         .returning(Job.id, Job.kind, Job.queue)
     ).all()
     return [QueuedJobRef(r.id, r.kind, r.queue) for r in rows]
@@ -63,9 +64,22 @@ def claim_unpublished(session: Session, *, min_age: dt.timedelta, limit: int = 5
     return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.created_at < func.now() - min_age), limit)
 
 
+# The longest a queued job's message waits before the lost-message sweep publishes it again.
+LOST_MESSAGE_WAIT_CAP = dt.timedelta(minutes=15)
+
+
 def claim_lost_messages(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
-    """Published longer than ``older_than`` ago and still not picked up."""
-    return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at < func.now() - older_than), limit)
+    """Published longer ago than ``older_than``, doubled for each time this sweep published it
+    again since it was queued (at most ``LOST_MESSAGE_WAIT_CAP``), and still not picked up.
+
+    A message lost by the broker and one waiting in a backlog look alike from here: a flat
+    wait published every job of a backlog draining over T minutes about T more times, each a
+    claim that does nothing but takes a worker slot. Doubled, it is about log2(T) more, and a
+    lost message still goes out again within ``older_than`` at first."""
+    wait = text("interval '1 second' * least(:cap, :first * power(2, least(jobs.republishes, 30)))").bindparams(
+        cap=LOST_MESSAGE_WAIT_CAP.total_seconds(), first=older_than.total_seconds())
+    return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at < func.now() - wait), limit,
+                  republishes=Job.republishes + 1)
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ def rescue_expired(
         Job.lease_expires_at + backoff < func.now(),
         or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at, Job.enqueued_at < func.now() - older_than),
     )
-    return Rescue(republish=_stamp(session, due, limit), failed=len(failed), cancelled=len(cancelled))
+    return Rescue(republish=_stamp(session, due, limit, republishes=0), failed=len(failed), cancelled=len(cancelled))
 
 
 def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False,
@@ -157,6 +171,7 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
     if otherwise == QUEUED:  # back in the queue, unless cancelled: not finished, published again, no worker
         values.update(finished_at=case((cancelling, func.now()), else_=None),
                       enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()),
+                      republishes=case((cancelling, Job.republishes), else_=0),
                       worker=case((cancelling, Job.worker), else_=None))
         if handed_back:
             values["handbacks"] = case((cancelling, Job.handbacks), else_=Job.handbacks + 1)

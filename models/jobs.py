@@ -46,6 +46,7 @@ class Job(Base):
         CheckConstraint(f"status IN ({_STATUS_SQL})", name="status_valid"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
         CheckConstraint("handbacks >= 0 AND handbacks <= attempts", name="handbacks_within_attempts"),
+        CheckConstraint("republishes >= 0", name="republishes_non_negative"),
         CheckConstraint("progress_done >= 0", name="progress_done_non_negative"),
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at", "id"),
@@ -75,6 +76,9 @@ class Job(Base):
     # Stamped when the job was (or, set in the INSERT, is about to be) published.
     # NULL: the outbox still has to publish it.
     enqueued_at: Mapped[Timestamp | None]
+    # Times the lost-message sweep published it again since it was last queued: each doubles
+    # the wait before the next (models.job_recovery.claim_lost_messages).
+    republishes: Mapped[int] = mapped_column(Integer, server_default="0")
     # Who asked for the job: NULL for rows older than migration 0019 and jobs other code inserts.
     requested_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
