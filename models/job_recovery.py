@@ -64,20 +64,22 @@ def claim_unpublished(session: Session, *, min_age: dt.timedelta, limit: int = 5
     return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.created_at < func.now() - min_age), limit)
 
 
-# The longest a queued job's message waits before the lost-message sweep publishes it again.
+# The longest a queued job's message waits before the lost-message sweep publishes it again,
+# unless ``older_than`` (PLANT_REQUEUE_AFTER_SECONDS) is longer: then that, never less.
 LOST_MESSAGE_WAIT_CAP = dt.timedelta(minutes=15)
 
 
 def claim_lost_messages(session: Session, *, older_than: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
     """Published longer ago than ``older_than``, doubled for each time this sweep published it
-    again since it was queued (at most ``LOST_MESSAGE_WAIT_CAP``), and still not picked up.
+    again since it was queued (at most ``LOST_MESSAGE_WAIT_CAP``, or ``older_than`` if that is
+    longer: the cap never shortens the wait asked for), and still not picked up.
 
     A message lost by the broker and one waiting in a backlog look alike from here: a flat
     wait published every job of a backlog draining over T minutes about T more times, each a
     claim that does nothing but takes a worker slot. Doubled, it is about log2(T) more, and a
     lost message still goes out again within ``older_than`` at first."""
     wait = text("interval '1 second' * least(:cap, :first * power(2, least(jobs.republishes, 30)))").bindparams(
-        cap=LOST_MESSAGE_WAIT_CAP.total_seconds(), first=older_than.total_seconds())
+        cap=max(LOST_MESSAGE_WAIT_CAP, older_than).total_seconds(), first=older_than.total_seconds())
     return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at < func.now() - wait), limit,
                   republishes=Job.republishes + 1)
 
