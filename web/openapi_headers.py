@@ -65,6 +65,14 @@ UNAVAILABLE_RETRY_AFTER = _header(
     "out of free connections (5), a ledger digest finding no quiet moment (5), or every digest slot taken "
     "(2); absent when waiting will not help (`seal-list-invalid`)", {"type": "integer"})
 
+REQUEST_ID = _parameter(
+    "X-Request-ID",
+    "Your id for the request, to find it in Plant's logs: a token of letters, digits and `._:+/=-` (1 to 128 "
+    "characters, starting with a letter or digit); anything else is replaced by a new random id.",
+    {"type": "string", "maxLength": 128})
+ECHOED_REQUEST_ID = _header("the request's id: the one sent in X-Request-ID when it was a sane token, else a new "
+                            "random one; every log line written while serving it carries it as `request_id`")
+
 JOB_ACCEPTED = {"Location": JOB_LOCATION, "Retry-After": JOB_RETRY_AFTER, "ETag": ETAG,
                 "Idempotent-Replayed": IDEMPOTENT_REPLAYED}
 
@@ -99,6 +107,11 @@ def document_headers(app: OpenAPI) -> dict[str, Any]:
             operation["parameters"] = [*operation.get("parameters", []), *map(dict, parameters)]
             for status, headers in responses.items():
                 operation["responses"][str(status)].setdefault("headers", {}).update(headers)
+    for operations in document["paths"].values():  # every route reads and echoes it (web.metrics)
+        for operation in (operations[m] for m in ("get", "put", "post", "delete", "patch") if m in operations):
+            operation["parameters"] = [*operation.get("parameters", []), dict(REQUEST_ID)]
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})["X-Request-ID"] = dict(ECHOED_REQUEST_ID)
     return document
 
 
