@@ -1,6 +1,6 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
-Answers 200 when the database and Redis are up (``degraded`` if no worker answered, or a
+Answers 200 when the database (reachable and writable) and Redis are up (``degraded`` if no worker answered, or a
 queue jobs or beat's recovery are routed to has no worker consuming it), 503 naming the
 failing check otherwise, and never 500.
 """
@@ -50,7 +50,7 @@ def _timed(name: str, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _database(svc: Services) -> dict[str, Any]:
-    """``SELECT 1`` on the API's own health pool, on one of its two threads, for at most the
+    """A read that must find the database writable, on the API's own health pool, on one of its two threads, for at most the
     health timeout: a server that takes the connection and never answers would hold the
     request for libpq's connect timeout, or, on a pooled connection, until TCP gives up (the
     server's statement_timeout does not run on a frozen server). A check still waiting keeps
@@ -65,9 +65,15 @@ def _database(svc: Services) -> dict[str, Any]:
     return {}
 
 
+# A standby, or a database set read-only, answers a read but refuses every write: every job
+# submission, progress write and registry change would fail while the check said "up".
+READ_ONLY_CHECK = text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
+
+
 def _select_one(engine: Engine) -> None:
     with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+        if connection.execute(READ_ONLY_CHECK).scalar_one():
+            raise CheckFailed("the database is read-only (a standby, or default_transaction_read_only is on)")
 
 
 def _redis(svc: Services) -> dict[str, Any]:

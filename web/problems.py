@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, json
 from pydantic import ValidationError
-from psycopg.errors import QueryCanceled
+from psycopg.errors import QueryCanceled, ReadOnlySqlTransaction
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -96,6 +96,15 @@ def _database_unavailable(error: DBAPIError) -> Response:
     ))
 
 
+def _database_read_only(error: DBAPIError) -> Response:
+    """A standby (a failover not finished) or a database set read-only refuses every write:
+    an outage of the writes, not a bug of the request (/health says so too)."""
+    log.warning("database refused a write: %s", error.orig)
+    return _retry_later(problem_response(
+        503, "Service Unavailable", "the database is read-only and refused this write; retry shortly",
+        type_="/problems/database-unavailable"))
+
+
 def _pool_exhausted(error: PoolTimeout) -> Response:
     """Every pooled connection stayed busy for the pool's timeout: the server is overloaded."""
     log.warning("no database connection free: %s", error)
@@ -114,6 +123,8 @@ def _unexpected(error: Exception) -> Response:
         return _http_error(error)
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return _database_unavailable(error)
+    if isinstance(error, DBAPIError) and isinstance(error.orig, ReadOnlySqlTransaction):
+        return _database_read_only(error)
     log.exception("unhandled error", exc_info=error)
     return problem_response(500, "Internal Server Error", "an unexpected error occurred")
 
