@@ -10,13 +10,14 @@ Run sets it to the container port and routes only to that); ``127.0.0.1:$PLANT_P
 """
 
 import gc
+import json
 import multiprocessing
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from gunicorn.glogging import Logger
+from gunicorn.glogging import Logger, SafeAtoms
 
 from models.logging_setup import gunicorn_logconfig
 from models.settings import load_settings
@@ -59,6 +60,16 @@ accesslog = None
 errorlog = "-"
 
 
+class JsonSafeAtoms(SafeAtoms):
+    """gunicorn's access-log values escaped for a JSON string, not only their quotes: the
+    path is percent-decoded, so a client's ``%5C`` (a backslash) ended the string early and
+    ``%0A`` split the line, and neither line was JSON any more."""
+
+    def __init__(self, atoms):  # noqa: ANN001 - gunicorn's signature
+        dict.__init__(self, {key: json.dumps(value)[1:-1] if isinstance(value, str) else value
+                             for key, value in atoms.items()})
+
+
 class AccessLogOnlyWhenAsked(Logger):
     """gunicorn's logger, minus building an access line nobody asked for.
 
@@ -69,6 +80,8 @@ class AccessLogOnlyWhenAsked(Logger):
     (``--log-syslog``, which gets the access lines unless told otherwise). gunicorn picks its
     statsd logger only in place of its default class: with ``--statsd-host``, also pass
     ``--logger-class gunicorn.instrument.statsd.Statsd`` (Plant's metrics are Prometheus')."""
+
+    atoms_wrapper_class = JsonSafeAtoms
 
     def access(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201 - gunicorn's signature
         cfg = self.cfg
