@@ -64,3 +64,87 @@ def test_every_access_log_line_is_json_whatever_the_path(path, tmp_path) -> None
     assert len(lines) == 1, lines
     record = json.loads(lines[0])
     assert record["path"] == path and record["request_id"] == "r1" and "api_key_id" not in record
+
+
+class FreezingProxy:
+    """A TCP relay to a real server that can freeze: it keeps every socket open but relays
+    nothing more, as a frozen server (or a network that drops packets) does."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.frozen = threading.Event()
+        self._target = (target_host, target_port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source, sink) -> None:  # noqa: ANN001
+        import time
+
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.frozen.is_set():
+                time.sleep(0.05)
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for s in [self._listener, *self._sockets]:
+            s.close()
+
+
+def test_a_scrape_answers_in_time_when_the_database_freezes(settings) -> None:
+    """/health bounds its wait on a frozen database (its own pool, a thread, a deadline);
+    /metrics' database reading has none, and the server's statement_timeout cannot run on a
+    frozen server, so the scrape (and every scrape queued behind its lock) waits until TCP
+    gives up: no plant_metrics_source_up 0, no request metrics, a thread held per scrape."""
+    import threading
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    proxy = FreezingProxy(url.host, url.port)
+    app = create_app(settings.model_copy(update={
+        "database_url": url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        "metrics_state_max_age_seconds": 0}))
+    try:
+        assert "plant_metrics_source_up{source=\"database\"} 1.0" in app.test_client().get("/metrics").get_data(as_text=True)
+        proxy.frozen.set()
+        answered: list[str] = []
+        scrape = threading.Thread(target=lambda: answered.append(app.test_client().get("/metrics").get_data(as_text=True)),
+                                  daemon=True)
+        started = time.monotonic()
+        scrape.start()
+        scrape.join(12)  # Prometheus' scrape_timeout is 10 s by default
+        assert answered, f"no answer after {time.monotonic() - started:.0f} s"
+        assert "plant_metrics_source_up{source=\"database\"} 0.0" in answered[0]
+    finally:
+        proxy.close()

@@ -29,6 +29,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -58,6 +60,10 @@ QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)  # the queues jobs go to (the broker's hol
 # Long-polls last up to 30 s, so the buckets reach past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
+# The whole database reading's deadline. The statement timeout is the server's: a frozen server
+# (or a network that drops packets) never runs it, and the scrape, with every scrape queued
+# behind the reading's lock, would wait until TCP gave up (review-obs finding 3).
+SCRAPE_DATABASE_DEADLINE_SECONDS = SCRAPE_STATEMENT_TIMEOUT_MS / 1000
 STATE_COLLECTOR_KEY = "plant_metrics_state"  # the app's PlantStateCollector, in app.extensions
 
 # Kept out of prometheus_client's global registry: a scrape chooses what it serves.
@@ -183,6 +189,9 @@ class PlantStateCollector:
         self._lock = threading.Lock()
         self._reading: list[Metric] = []
         self._read_at: float | None = None  # time.monotonic() when the reading finished
+        # One thread reads the database, so a reading stuck on a frozen server holds that
+        # thread (and its pooled connection) alone; readings queued behind it are dropped.
+        self._database_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-db")
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check up front, and no query at registration
@@ -213,6 +222,14 @@ class PlantStateCollector:
         return [*families, up]
 
     def _database(self) -> list[Metric]:
+        reading = self._database_reader.submit(self._read_database)
+        try:
+            return reading.result(timeout=SCRAPE_DATABASE_DEADLINE_SECONDS)
+        except FutureTimeout:
+            reading.cancel()
+            raise TimeoutError(f"no answer within {SCRAPE_DATABASE_DEADLINE_SECONDS:g}s") from None
+
+    def _read_database(self) -> list[Metric]:
         with self._svc.sessions() as session, session.begin():
             session.execute(text(f"SET LOCAL statement_timeout = {SCRAPE_STATEMENT_TIMEOUT_MS}"))
             jobs, backlog, audits = job_counts(session), queue_backlog(session), audit_stats(session)
