@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import psycopg
@@ -92,6 +93,26 @@ def check_schema(database_url: str) -> None:
 
 def heads() -> list[str]:
     return list(ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_heads())
+
+
+@functools.cache
+def known_revisions() -> tuple[str, frozenset[str]]:
+    """This code's head revision and every revision its migrations know (read once a process)."""
+    script = ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+    return script.get_current_head(), frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def schema_behind(revision: str | None) -> str | None:
+    """Why a database at ``revision`` (its ``alembic_version``) is behind this code, if it is:
+    a revision this code knows that is not its head (the code would query columns and tables
+    not there yet). One it does not know is ahead of it (a newer release migrated, while this
+    one still runs during a rollout): not behind."""
+    head, known = known_revisions()
+    if revision is None:
+        return f"the database has no schema revision; this code needs {head}: run plant db upgrade"
+    if revision == head or revision not in known:
+        return None
+    return f"the schema is at revision {revision}; this code needs {head}: run plant db upgrade"
 
 
 # The runtime role: what the API, the workers and beat connect as, never the schema's owner.

@@ -17,6 +17,7 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import Engine, text
 
+from models.migrate import schema_behind
 from tasks.celery_app import QUEUES
 from web.openapi_headers import documents_headers
 from web.schemas import HealthOut
@@ -66,14 +67,20 @@ def _database(svc: Services) -> dict[str, Any]:
 
 
 # A standby, or a database set read-only, answers a read but refuses every write: every job
-# submission, progress write and registry change would fail while the check said "up".
-READ_ONLY_CHECK = text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
+# submission, progress write and registry change would fail while the check said "up". A
+# schema behind this code's migrations (an API started before `plant db upgrade` ran) answers
+# too, and every query of a newer column fails.
+DATABASE_CHECK = text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on', "
+                      "(SELECT version_num FROM alembic_version LIMIT 1)")
 
 
 def _select_one(engine: Engine) -> None:
     with engine.connect() as connection:
-        if connection.execute(READ_ONLY_CHECK).scalar_one():
-            raise CheckFailed("the database is read-only (a standby, or default_transaction_read_only is on)")
+        read_only, revision = connection.execute(DATABASE_CHECK).one()
+    if read_only:
+        raise CheckFailed("the database is read-only (a standby, or default_transaction_read_only is on)")
+    if (behind := schema_behind(revision)) is not None:
+        raise CheckFailed(behind)
 
 
 def _redis(svc: Services) -> dict[str, Any]:

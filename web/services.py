@@ -30,6 +30,7 @@ from flask import Flask, current_app, g, has_request_context, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.migrate import known_revisions
 from models.db import SessionOrConnection, make_engine, make_session_factory
 from models.embeddings import Embedder, make_embedder
 from models.errors import DigestsBusy
@@ -59,6 +60,7 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
+    known_revisions()  # /health compares the schema's revision with them: read the migrations now, not in a check
     engine = make_engine(settings)
     return Services(
         settings=settings,
