@@ -168,3 +168,26 @@ def test_health_does_not_call_a_schema_behind_the_code_s_head_ok(settings, make_
     body = response.get_json()
     assert body["checks"]["database"]["status"] == "down", body
     assert response.status_code == 503
+
+
+def test_every_connection_over_tcp_probes_its_peer_so_a_vanished_server_is_found_within_a_minute(settings) -> None:
+    """Without TCP keepalives, a connection whose server host vanished (no FIN, no RST) was
+    waited on for the kernel's default of about two hours: /health's two check threads stuck on
+    such connections kept it "down" after the database came back (stop 37's observability review)."""
+    import os
+    import socket
+
+    from models.db import make_engine
+
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            fileno = os.dup(connection.connection.driver_connection.fileno())
+    finally:
+        engine.dispose()
+    with socket.socket(fileno=fileno) as peer:
+        if peer.family not in (socket.AF_INET, socket.AF_INET6):
+            pytest.skip("the test database is reached over a Unix socket, where keepalives do not apply")
+        assert peer.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert (peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (30, 10, 3)
