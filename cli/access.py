@@ -12,6 +12,7 @@ import click
 
 from cli.errors import PlantCliError
 from cli.jobs import connect
+from cli.local import local_settings
 from cli.output import json_option, print_json, print_table
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
@@ -161,7 +162,7 @@ def seal(as_json: bool) -> None:
     reported on stderr, and do not stop it.
     Copy the seal files wherever the retired keys are deployed, then restart again.
     """
-    settings = load_settings()
+    settings = local_settings()
     unverified: list[str] = []
     try:
         with one_off_sessions(settings) as sessions:

@@ -1,7 +1,8 @@
 """``plant entity``: restore a frozen entity row from its signed head, list the restores.
 
-Local commands: they work on ``DATABASE_URL`` with this machine's signing keys, as
-``plant seed`` does, because a restore is an operator's repair, not an API client's write.
+Local commands: they work on ``DATABASE_URL`` (next to ``make dev``, the one in its
+``services.env``: ``cli.local``) with this machine's signing keys, because a restore is an
+operator's repair, not an API client's write.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 import click
 
 from cli.errors import PlantCliError, VerificationFailed
+from cli.local import local_settings
 from cli.output import json_option, print_json, print_table
 from models.db import one_off_sessions, transaction
 from models.embeddings import make_embedder
@@ -21,7 +23,6 @@ from models.errors import PlantError
 from models.keys import keyring_from_settings
 from models.key_seals import with_seal_lists
 from models.repair import repairs, restore_entity, verify_repair
-from models.settings import load_settings
 
 ENTITY_TYPES = click.Choice([t.value for t in EntityType])
 MAX_ACTOR = 255  # entity_repairs.actor
@@ -51,7 +52,7 @@ def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: 
     Writes a signed, append-only repair record holding what the row held before. A chain
     that does not verify is refused (exit 1) and nothing is changed.
     """
-    settings = load_settings()
+    settings = local_settings()
     keyring = keyring_from_settings(settings)
     try:
         with one_off_sessions(settings) as sessions, transaction(sessions) as session:
@@ -76,7 +77,7 @@ def restore(entity_type: str, entity_id: uuid.UUID, actor: str | None, as_json: 
 @json_option
 def list_repairs(entity_id: uuid.UUID | None, as_json: bool) -> None:
     """Every restore, oldest first, each with its signature checked (exit 4 if one fails)."""
-    settings = load_settings()
+    settings = local_settings()
     keyring = keyring_from_settings(settings)
     with one_off_sessions(settings) as sessions, sessions() as session:
         exported = [record.as_json() for record in repairs(session, entity_id=entity_id)]

@@ -1,0 +1,23 @@
+"""Settings for the local ``plant`` commands (``entity restore``, ``entity repairs``,
+``signing-keys seal``), which work on the database directly rather than through the API.
+
+They read ``DATABASE_URL`` like every process. Next to ``make dev``, which hands its URLs to
+its children only and leaves them in ``$PLANT_DATA_DIR/services.env``, a shell has none set:
+these commands then take the runner's from that file (the environment still wins), rather
+than the default ``postgres@127.0.0.1:5432/plant``, which is whatever server listens there.
+"""
+
+from __future__ import annotations
+
+from models.settings import Settings, load_settings
+
+SERVICES_ENV = "services.env"  # written by cli.dev.write_services_env
+
+
+def local_settings() -> Settings:
+    """The environment's settings, with ``$PLANT_DATA_DIR/services.env`` under it where it exists."""
+    settings = load_settings()
+    services_env = settings.data_dir / SERVICES_ENV
+    if not services_env.is_file():
+        return settings
+    return load_settings(_env_file=services_env)
