@@ -49,6 +49,11 @@ keepalive = 5
 # The worker heartbeat file lives on tmpfs when there is one: on a container's overlay
 # filesystem a slow fsync can make the arbiter think a healthy worker is stuck.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn 25.1+ opens a control socket (for `gunicornc`: worker counts, reload, shutdown) at one
+# path per user, $XDG_RUNTIME_DIR or ~/.gunicorn: every gunicorn of that user on the host (two
+# `make dev` runners, the tests, a bench) shared it, the last one started answered for all, and
+# the first one stopping removed it. Plant manages its servers with signals and has no use for it.
+control_socket_disable = True
 # Logs: the error log and the app's own lines go through models.logging_setup (JSON, or
 # console under `make dev`). The app logs one line per request (route template, status,
 # duration, request id), so gunicorn's access log is off; `--access-logfile -` turns it on,

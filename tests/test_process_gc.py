@@ -43,3 +43,16 @@ def test_a_gunicorn_worker_freezes_the_loaded_app() -> None:
         "print(gc.get_freeze_count())"
     )
     assert after > LOADED
+
+
+def test_gunicorn_opens_no_control_socket_that_every_server_of_the_user_would_share() -> None:
+    """gunicorn 25.1+ opens a control socket at one path per user: every Plant server on a host
+    (two `make dev` runners, the tests) shared it, and the first to stop removed it for the
+    rest. The setting must be one gunicorn knows, or it would be silently ignored."""
+    import runpy
+
+    from gunicorn.config import KNOWN_SETTINGS
+
+    config = runpy.run_path(str(REPO / "gunicorn.conf.py"))
+    assert "control_socket_disable" in {setting.name for setting in KNOWN_SETTINGS}
+    assert config["control_socket_disable"] is True
