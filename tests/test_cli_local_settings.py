@@ -1,4 +1,4 @@
-"""Review of the README as a new user follows it (review-readme)."""
+"""Local `plant` commands next to `make dev` find its database without setup; the environment still wins."""
 
 from __future__ import annotations
 
