@@ -112,8 +112,12 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
 # libpq's TCP keepalives: a connection whose server host vanished (a network cut, a host gone,
 # no FIN or RST ever comes) is found dead within about a minute (30 s idle, then 3 probes 10 s
 # apart) instead of the kernel's default of some two hours, by the request, job or /health check
-# waiting on it. (Ignored on a Unix socket, where a vanished server closes the socket.)
-TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# waiting on it. Keepalive probes go out only while nothing sent is unacknowledged, so a
+# statement (or the pool's ping) sent to a host that vanished while the connection sat idle in
+# the pool would be retransmitted for tcp_retries2 (some 15 minutes): tcp_user_timeout (ms) ends
+# it after the same minute. (All ignored on a Unix socket.)
+TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                  "tcp_user_timeout": 60_000}
 
 
 def server_options(settings: Settings) -> str:
