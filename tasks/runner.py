@@ -31,6 +31,7 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
+from psycopg.errors import ReadOnlySqlTransaction
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,6 +79,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, ReadOnlySqlTransaction):
+        return True  # a standby or a database set read-only: an outage of the writes (the API's 503 too)
     if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)):
         return bool(exc.connection_invalidated)
     return isinstance(exc, TRANSIENT_ERRORS)

@@ -88,3 +88,35 @@ def test_every_connection_bounds_unacknowledged_data_too(settings) -> None:
             pytest.skip("Unix socket")
         assert peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
 
+
+def test_a_job_whose_write_a_read_only_database_refused_goes_back_to_the_queue(worker_sessions, settings, monkeypatch) -> None:
+    """Finding 2. The API answers a write a read-only database refused with 503 and Retry-After
+    (an outage, retry); a job's runner called the same refusal a bug and failed the job for good
+    (internal-error) as soon as its outcome write got through, where a lost connection at the
+    same moment would have been retried (transient-error)."""
+    from models.db import transaction
+    from models.job_lifecycle import claim_job, create_job
+    from models.jobs import Job, JobStatus
+    from tasks import runner, runtime
+    from tests.conftest import SentTasks
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings)
+    sessions = worker_sessions
+    with transaction(sessions) as session:
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=True).id
+    with transaction(sessions) as session:
+        claim = claim_job(session, job_id=job_id, worker="w", lease_seconds=60)
+
+    def write_refused_as_read_only(claim, progress):  # what a standby or default_transaction_read_only answers
+        with sessions() as session, session.begin():
+            session.execute(text("SET TRANSACTION READ ONLY"))
+            session.execute(text("UPDATE jobs SET worker = worker WHERE id = :id"), {"id": claim.job_id})
+
+    attempt = runner._execute(claim, write_refused_as_read_only, None)
+    if attempt.retry_after is not None:
+        runner._retry_later(SentTasks(), claim, attempt)
+    else:
+        runner.record_outcome(claim, attempt.status, attempt.result, attempt.error)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error["type"]) == (JobStatus.QUEUED.value, "/problems/transient-error"), job.error
