@@ -1,4 +1,4 @@
-"""Run inside a network namespace of its own (``unshare -n``) by tests/test_review_last.py.
+"""Run inside a network namespace of its own (``unshare -n``) by tests/test_vanished_or_read_only_database.py.
 
 Forwards 127.0.0.1:<port> in this namespace to the test's Unix socket (which reaches the test
 database), opens a pooled connection through ``models.db.make_engine``, then takes the

@@ -1,4 +1,5 @@
-"""Review of the fixes that landed after a4869aa (review-last): proofs of its findings."""
+"""A database that vanishes under a pooled connection is found dead within the keepalive window,
+and a job whose write a read-only database refuses goes back to the queue (stop 37's last review)."""
 
 from __future__ import annotations
 
