@@ -9,15 +9,22 @@ than the default ``postgres@127.0.0.1:5432/plant``, which is whatever server lis
 
 from __future__ import annotations
 
+import click
+
 from models.settings import Settings, load_settings
 
 SERVICES_ENV = "services.env"  # written by cli.dev.write_services_env
 
 
 def local_settings() -> Settings:
-    """The environment's settings, with ``$PLANT_DATA_DIR/services.env`` under it where it exists."""
+    """The environment's settings, with ``$PLANT_DATA_DIR/services.env`` under it where it
+    exists; when the database comes from that file, a line on stderr says so (naming the file,
+    never the URL, which holds a password), so an operator who meant another database sees it."""
     settings = load_settings()
     services_env = settings.data_dir / SERVICES_ENV
     if not services_env.is_file():
         return settings
-    return load_settings(_env_file=services_env)
+    local = load_settings(_env_file=services_env)
+    if local.database_url != settings.database_url:
+        click.echo(f"plant: DATABASE_URL is not set: using the dev runner's database, from {services_env}", err=True)
+    return local

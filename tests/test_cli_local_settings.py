@@ -28,6 +28,9 @@ def test_local_commands_next_to_make_dev_find_its_database_without_setup(setting
     result = CliRunner().invoke(cli, list(args))
     assert result.exit_code == 0, result.stderr
     json.loads(result.stdout)
+    # Said on stderr, naming the file and not the URL (it holds a password).
+    assert f"using the dev runner's database, from {data_dir / 'services.env'}" in result.stderr
+    assert settings.database_url not in result.stderr
 
 
 def test_a_database_url_in_the_environment_wins_over_services_env(settings, monkeypatch, tmp_path) -> None:
