@@ -191,3 +191,35 @@ def test_every_connection_over_tcp_probes_its_peer_so_a_vanished_server_is_found
         assert peer.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert (peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                 peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (30, 10, 3)
+
+
+def test_a_database_reading_slower_than_a_scrape_s_deadline_is_served_by_the_next_scrape(settings, monkeypatch) -> None:
+    """The 5 s deadline covers the whole reading, several statements: on a database that takes
+    longer, every scrape gave up, started a reading again, and threw its result away, so the
+    counts never came out (stop 37's last review). The next scrape serves the late one."""
+    import threading
+
+    import web.metrics as metrics
+
+    app = create_app(settings.model_copy(update={"metrics_state_max_age_seconds": 0}))
+    collector = app.extensions[metrics.STATE_COLLECTOR_KEY]
+    slow_reading, readings = collector._read_database, []
+    finished, release = threading.Event(), threading.Event()
+
+    def slower_than_the_deadline():
+        readings.append(1)
+        release.wait(30)
+        try:
+            return slow_reading()
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(collector, "_read_database", slower_than_the_deadline)
+    monkeypatch.setattr(metrics, "SCRAPE_DATABASE_DEADLINE_SECONDS", 0.2)
+    first = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "plant_metrics_source_up{source=\"database\"} 0.0" in first
+    release.set()
+    assert finished.wait(30)
+    second = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "plant_metrics_source_up{source=\"database\"} 1.0" in second and "plant_jobs" in second
+    assert len(readings) == 1  # the late reading was served, not started again

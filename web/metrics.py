@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from flask import Flask, Response, current_app, g, request
@@ -190,8 +190,11 @@ class PlantStateCollector:
         self._reading: list[Metric] = []
         self._read_at: float | None = None  # time.monotonic() when the reading finished
         # One thread reads the database, so a reading stuck on a frozen server holds that
-        # thread (and its pooled connection) alone; readings queued behind it are dropped.
+        # thread (and its pooled connection) alone. A reading that outlives its scrape's
+        # deadline is not started again: the next scrape waits on it, or serves it if it has
+        # ended meanwhile (a database slow to answer still gets its counts out, a scrape late).
         self._database_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-db")
+        self._database_in_flight: Future[list[Metric]] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check up front, and no query at registration
@@ -222,12 +225,20 @@ class PlantStateCollector:
         return [*families, up]
 
     def _database(self) -> list[Metric]:
-        reading = self._database_reader.submit(self._read_database)
+        """The database's reading, within ``SCRAPE_DATABASE_DEADLINE_SECONDS``: the one a
+        scrape before this one left running, if there is one (ended since: served now), else a
+        new one. Runs under the collector's lock, as every reading does."""
+        reading = self._database_in_flight or self._database_reader.submit(self._read_database)
+        self._database_in_flight = reading
         try:
-            return reading.result(timeout=SCRAPE_DATABASE_DEADLINE_SECONDS)
+            result = reading.result(timeout=SCRAPE_DATABASE_DEADLINE_SECONDS)
         except FutureTimeout:
-            reading.cancel()
             raise TimeoutError(f"no answer within {SCRAPE_DATABASE_DEADLINE_SECONDS:g}s") from None
+        except BaseException:
+            self._database_in_flight = None
+            raise
+        self._database_in_flight = None
+        return result
 
     def _read_database(self) -> list[Metric]:
         with self._svc.sessions() as session, session.begin():
