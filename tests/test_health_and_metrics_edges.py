@@ -191,6 +191,9 @@ def test_every_connection_over_tcp_probes_its_peer_so_a_vanished_server_is_found
         assert peer.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert (peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                 peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)) == (30, 10, 3)
+        # Probes go out only while nothing sent is unacknowledged: data sent on a connection whose
+        # host vanished is bounded by TCP_USER_TIMEOUT instead (libpq's tcp_user_timeout).
+        assert peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
 
 
 def test_a_database_reading_slower_than_a_scrape_s_deadline_is_served_by_the_next_scrape(settings, monkeypatch) -> None:

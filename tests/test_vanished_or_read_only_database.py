@@ -74,22 +74,6 @@ def test_a_pooled_connection_whose_server_host_vanished_is_found_dead_within_the
     assert done.stdout.startswith("failed after"), done.stdout + done.stderr[-2000:]
 
 
-def test_every_connection_bounds_unacknowledged_data_too(settings) -> None:
-    """Finding 1, the setting itself: TCP_USER_TIMEOUT on the socket (libpq's tcp_user_timeout)."""
-    from models.db import make_engine
-
-    engine = make_engine(settings, pool_size=1)
-    try:
-        with engine.connect() as connection:
-            fileno = os.dup(connection.connection.driver_connection.fileno())
-    finally:
-        engine.dispose()
-    with socket.socket(fileno=fileno) as peer:
-        if peer.family not in (socket.AF_INET, socket.AF_INET6):
-            pytest.skip("Unix socket")
-        assert peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
-
-
 def test_a_job_whose_write_a_read_only_database_refused_goes_back_to_the_queue(worker_sessions, settings, monkeypatch) -> None:
     """Finding 2. The API answers a write a read-only database refused with 503 and Retry-After
     (an outage, retry); a job's runner called the same refusal a bug and failed the job for good
