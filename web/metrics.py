@@ -62,7 +62,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
 # The whole database reading's deadline. The statement timeout is the server's: a frozen server
 # (or a network that drops packets) never runs it, and the scrape, with every scrape queued
-# behind the reading's lock, would wait until TCP gave up (review-obs finding 3).
+# behind the reading's lock, would wait until TCP gave up (stop 37).
 SCRAPE_DATABASE_DEADLINE_SECONDS = SCRAPE_STATEMENT_TIMEOUT_MS / 1000
 STATE_COLLECTOR_KEY = "plant_metrics_state"  # the app's PlantStateCollector, in app.extensions
 
