@@ -91,14 +91,19 @@ def check_schema(database_url: str) -> None:
     command.check(alembic_config(database_url))
 
 
+def _migrations() -> ScriptDirectory:
+    """This code's migrations, read from their files (no database involved)."""
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+
+
 def heads() -> list[str]:
-    return list(ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_heads())
+    return list(_migrations().get_heads())
 
 
 @functools.cache
 def known_revisions() -> tuple[str, frozenset[str]]:
     """This code's head revision and every revision its migrations know (read once a process)."""
-    script = ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+    script = _migrations()
     return script.get_current_head(), frozenset(revision.revision for revision in script.walk_revisions())
 
 
