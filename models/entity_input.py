@@ -128,7 +128,7 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
     out = {}
     for key, value in data.items():
         if key != "attributes" and holds_nul(value):  # attributes: once their nesting is checked, below
-            raise _nul_refused(key)
+            raise nul_refused(key)
         if isinstance(value, str):
             value = normalize_text(value)
             limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)
@@ -140,23 +140,37 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
         elif key == "attributes" and value is not None:
             value = as_jsonb_keeps_it(to_json_tree(value, "$.attributes"), "$.attributes")
             if holds_nul(value):
-                raise _nul_refused(key)
+                raise nul_refused(key)
         out[key] = value
     return out
 
 
-def _nul_refused(key: str) -> InvalidInput:
-    return InvalidInput(f"{key} holds a NUL character (U+0000), which PostgreSQL cannot store",
-                        errors=[{"field": key, "message": "must not contain a NUL character (U+0000)"}])
+def nul_refused(field: str) -> InvalidInput:
+    """The 422 for a NUL character in ``field``: the database's own refusal names no field."""
+    return InvalidInput(f"{field} holds a NUL character (U+0000), which PostgreSQL cannot store",
+                        errors=[{"field": field, "message": "must not contain a NUL character (U+0000)"}])
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (a string, or a list or object of them at any depth) a string, or an
+    object's key, holds U+0000, which neither text nor jsonb can hold: ``path`` extended by the
+    keys and indexes down to it (``against_digest.kid``, ``tags[2]``), or None for none."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if holds_nul(key):
+                return inner
+            if (found := nul_path(item, inner)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := nul_path(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether ``value`` (a string, or a list or object of them at any depth, keys included)
-    holds U+0000, which neither text nor jsonb can hold."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(holds_nul(item) for item in value)
-    return False
+    """Whether ``value`` holds U+0000 anywhere, keys included (:func:`nul_path`)."""
+    return nul_path(value) is not None

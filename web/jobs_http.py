@@ -27,7 +27,7 @@ from flask import Response, g, request
 from sqlalchemy.orm import Session
 
 from models.canonical import canonical_bytes
-from models.errors import InvalidInput
+from models.entity_input import nul_path, nul_refused
 from models.idempotency import bind_key, claim_key, validate_key
 from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
@@ -89,23 +89,10 @@ def submits_a_job(view: V) -> V:
     return autocommit_when(_without_idempotency_key)(documented)
 
 
-def nul_field(value: Any, path: str = "") -> str | None:
-    """The path (``against_digest.kid``) of the first string in ``value`` holding U+0000, if any."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:  # the keys are the views' own names
-        found = nul_field(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def accept_job(kind: str, params: dict[str, Any]) -> Response:
     """Start a job of ``kind`` with ``params``, stored as given (see the module doc)."""
-    if (field := nul_field(params)) is not None:  # jsonb cannot hold it: the database's refusal names nothing
-        raise InvalidInput(f"{field} holds a NUL character (U+0000), which PostgreSQL cannot store",
-                           errors=[{"field": field, "message": "must not contain a NUL character (U+0000)"}])
+    if (field := nul_path(params)) is not None:  # jsonb cannot hold it: the database's refusal names nothing
+        raise nul_refused(field)
     svc = services()
     key = request.headers.get(IDEMPOTENCY_HEADER)
     # The request's Session; in a view marked submits_a_job, without a key, its autocommit connection.
