@@ -27,6 +27,7 @@ import httpx
 from cli.bootstrap import ADMIN_KEY_FILE
 from cli.client import ClientConfig
 from cli.errors import PlantCliError
+from cli.local import SERVICES_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKER_FILE = ".plant-demo"
@@ -85,11 +86,11 @@ class DemoStack:
 
     def database_url(self) -> str:
         """The libpq URL the runner wrote into ``services.env``."""
-        for line in (self.data_dir / "services.env").read_text().splitlines():
+        for line in (self.data_dir / SERVICES_ENV).read_text().splitlines():
             name, _, value = line.partition("=")
             if name == "DATABASE_URL":
                 return value.replace("postgresql+psycopg://", "postgresql://", 1)
-        raise PlantCliError(f"no DATABASE_URL in {self.data_dir / 'services.env'}")
+        raise PlantCliError(f"no DATABASE_URL in {self.data_dir / SERVICES_ENV}")
 
     def environment(self) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if name not in ISOLATED_VARIABLES}

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from cli.bootstrap import ensure_dev_admin
 from cli.errors import PlantCliError
+from cli.local import SERVICES_ENV
 from cli.seeding import seed_database
 from cli.services import (
     EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
@@ -271,7 +272,7 @@ def write_services_env(data_dir: Path, services: BackingServices) -> None:
     lines = [f"DATABASE_URL={services.database_url}", f"REDIS_URL={services.redis_url}"]
     if services.owner_url != services.database_url:
         lines.append(f"OWNER_DATABASE_URL={services.owner_url}")
-    replace_file(data_dir / "services.env", ("\n".join(lines) + "\n").encode(), mode=0o600)
+    replace_file(data_dir / SERVICES_ENV, ("\n".join(lines) + "\n").encode(), mode=0o600)
 
 
 def child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:

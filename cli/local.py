@@ -13,7 +13,7 @@ import click
 
 from models.settings import Settings, load_settings
 
-SERVICES_ENV = "services.env"  # written by cli.dev.write_services_env
+SERVICES_ENV = "services.env"  # in $PLANT_DATA_DIR: written by cli.dev.write_services_env, read here and by cli.demo_stack
 
 
 def local_settings() -> Settings:
