@@ -296,7 +296,7 @@ def print_banner(config: DevConfig, services: BackingServices) -> None:
         f"  Flower   http://127.0.0.1:{config.flower_port} (basic auth: {config.data_dir / 'flower-auth'}"
         f" unless PLANT_FLOWER_BASIC_AUTH is set)\n"
         f"  DATABASE_URL={_shown(services.database_url)}\n  REDIS_URL={_shown(services.redis_url)}\n{owner}"
-        f"  (with their passwords: {config.data_dir / 'services.env'})\n"
+        f"  (with their passwords: {config.data_dir / SERVICES_ENV})\n"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
