@@ -41,7 +41,9 @@ class RuleSubject:
     versions: int
     head_link_hash: bytes | None
     genesis_linked: bool
-    append_only_enforced: bool
+    # Whether the database's guards hold (L0-03); None when not read: a subject that only L1's
+    # member rules judge (a team as served, models.registry.served_team_l1), where no rule reads it.
+    append_only_enforced: bool | None
     # A team's members, as the agents' rows place them (TEAM-01).
     members: int | None = None
     # A team's members for its capacity (TEAM-03): ``members``, but, where those exceed the
@@ -118,7 +120,7 @@ RULES: tuple[Rule, ...] = (
     Rule("L0-01", L0, None, "A governance agent is set", E, _set("governance_agent_id")),
     Rule("L0-02", L0, None, "History is tracked: the entity has at least one chain version", E, lambda s: s.versions >= 1),
     Rule("L0-03", L0, None, "Append-only is enforced on the version history, the ledger digests and the audit record", E,
-         lambda s: s.append_only_enforced),
+         lambda s: s.append_only_enforced is True),
     Rule("L0-04", L0, None, "The chain is initialized from the genesis link", E, lambda s: s.genesis_linked),
     Rule("L0-05", L0, None, "A version hash is set on the entity head", E, lambda s: s.head_link_hash is not None and len(s.head_link_hash) == 32),
     Rule("SKILL-01", L1, T.SKILL, "Skill name is not blank", E, _filled("name")),

@@ -192,12 +192,13 @@ def stands_down(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 def rule_subject(
     session: Session, entity: GovernedEntity, *, keyring: KeyRing | None, content: dict[str, Any] | None = None,
-    seat_problems: tuple[str, ...] | None = None, members: int | None = None,
+    seat_problems: tuple[str, ...] | None = None, members: int | None = None, read_guards: bool = True,
 ) -> RuleSubject:
     """What the rules look at for ``entity`` as it is in memory, with the seat facts of a team
     or an agent read as an audit reads them (``models.membership``, which checks other
     entities' heads with ``keyring``), so a write and an audit judge alike; or, for a team,
-    judged on ``members`` when the caller counted them (what its resource lists)."""
+    judged on ``members`` when the caller counted them (what its resource lists). Without
+    ``read_guards`` the database's guards are not asked about (L0-03 cannot be judged then)."""
     seated = members
     if (isinstance(entity, Team) and members is None or isinstance(entity, Agent) and seat_problems is None) \
             and keyring is None:
@@ -214,7 +215,7 @@ def rule_subject(
         versions=entity.version,
         head_link_hash=entity.head_link_hash,
         genesis_linked=entity.version >= 1,
-        append_only_enforced=_append_only(session),
+        append_only_enforced=_append_only(session) if read_guards else None,
         members=members,
         seated=seated,
         seat_problems=seat_problems if isinstance(entity, Agent) else None,
@@ -228,7 +229,9 @@ def served_team_l1(session: Session, team: Team, members: int) -> dict[str, Any]
     seat adds no version to the team, so the stored ones go stale (a team with members
     still showing TEAM-01's warning). Judged on the listed members, as ``free_seats`` is:
     the audit differs only where a member's row is not its signed head (reported on it)."""
-    subject = rule_subject(session, team, keyring=None, members=members)
+    # Only L1's member rules are evaluated, and none reads the guards: a served team (every GET
+    # of one, every page of teams) asks the catalog nothing.
+    subject = rule_subject(session, team, keyring=None, members=members, read_guards=False)
     return reevaluated(team.constitution_l1, subject, L1, MEMBER_RULES).as_json()
 
 

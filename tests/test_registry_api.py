@@ -560,3 +560,23 @@ def test_floats_jsonb_gives_back_as_they_are_are_kept_and_the_entity_stays_untam
     patched = client.patch(f"{API}/genesis/industries/{created['id']}", json={"description": "a later edit"})
     assert patched.status_code == 200, patched.get_json()
     assert client.get(f"{API}/audit/tampering/{created['id']}").get_json()["tampered"] is False
+
+
+def test_serving_a_team_asks_the_catalog_nothing(client, world, app) -> None:
+    """A served team re-evaluates only L1's member rules, which read no database guard: its GET
+    (and every page of teams) ran the append-only triggers' catalog query all the same."""
+    from sqlalchemy import event
+
+    engine = app.extensions["plant"].engine
+    statements: list[str] = []
+
+    def note(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        assert client.get(f"{API}/teams/{world['team']['id']}").status_code == 200
+        assert client.get(f"{API}/teams").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert statements and not [s for s in statements if "pg_trigger" in s]
