@@ -239,17 +239,15 @@ def fire_overdue_tick(app: Any, sessions: sessionmaker[Session], job: ScheduledJ
     Returns whether it started the job."""
     with transaction(sessions) as session:
         now = session.scalar(select(func.now())).timestamp()
-        slot = math.floor(now / interval_seconds) * interval_seconds
-        if now - slot < min(OVERDUE_TICK_SECONDS, interval_seconds / 2):
+        slot = fire_slot(now, interval_seconds, skew_seconds=0.0)
+        if now - slot.timestamp() < min(OVERDUE_TICK_SECONDS, interval_seconds / 2):
             return False
         latest = session.scalar(select(func.max(ScheduledFire.fire_at)).where(
-            ScheduledFire.schedule == job.schedule,
-            ScheduledFire.fire_at >= dt.datetime.fromtimestamp(slot - interval_seconds, dt.UTC)))
-    if latest is None or latest.timestamp() >= slot:
+            ScheduledFire.schedule == job.schedule, ScheduledFire.fire_at >= slot - dt.timedelta(seconds=interval_seconds)))
+    if latest is None or latest >= slot:
         return False
-    log.warning("beat's %s tick at %s was never fired; the recovery sweep fires it", job.schedule,
-                dt.datetime.fromtimestamp(slot, dt.UTC).isoformat())
-    return "job_id" in fire(app, sessions, job, dt.datetime.fromtimestamp(slot, dt.UTC))
+    log.warning("beat's %s tick at %s was never fired; the recovery sweep fires it", job.schedule, slot.isoformat())
+    return "job_id" in fire(app, sessions, job, slot)
 
 
 # How far behind beat's clock a worker's may run and still name the right tick.
