@@ -14,6 +14,7 @@ from cli.errors import PlantCliError
 from cli.jobs import connect
 from cli.local import local_settings
 from cli.output import json_option, print_json, print_table
+from models.api_keys import MAX_EXPIRY_DAYS
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
 from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key, staged_signing_key
@@ -33,7 +34,7 @@ def api_keys() -> None:
 @click.argument("name")
 @click.option("--scope", "scopes", type=click.Choice(SCOPES), multiple=True, default=("read",), show_default=True,
               help="Scope to grant (repeatable): read < write < admin.")
-@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None,
+@click.option("--expires-in-days", type=click.IntRange(1, MAX_EXPIRY_DAYS), default=None,
               help="The key stops working this many days from now; without it, it never expires.")
 @json_option
 def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, as_json: bool) -> None:

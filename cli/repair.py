@@ -22,10 +22,10 @@ from models.entities import EntityType
 from models.errors import PlantError
 from models.keys import keyring_from_settings
 from models.key_seals import with_seal_lists
-from models.repair import repairs, restore_entity, verify_repair
+from models.repair import EntityRepair, repairs, restore_entity, verify_repair
 
 ENTITY_TYPES = click.Choice([t.value for t in EntityType])
-MAX_ACTOR = 255  # entity_repairs.actor
+MAX_ACTOR = EntityRepair.__table__.c.actor.type.length  # what a repair record holds
 
 
 def _actor(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
