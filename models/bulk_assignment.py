@@ -32,6 +32,7 @@ from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
     governed_content,
 )
+from models.entity_locks import tampered_error
 from models.jobs import BulkAssignmentMove
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
@@ -332,9 +333,10 @@ def apply_batch(
 def _tampered_basis(agent: Agent, team: Team, roles: Mapping[uuid.UUID, ChainFinding],
                     teams: Mapping[uuid.UUID, ChainFinding]) -> str | None:
     """Why the move cannot be judged, if the team's or the agent's job role's row is not its signed head."""
-    for kind, entity_id, drift in (("team", team.id, teams.get(team.id)), ("job role", agent.job_role_id, roles.get(agent.job_role_id))):
+    for kind, entity_id, drift in ((EntityType.TEAM, team.id, teams.get(team.id)),
+                                   (EntityType.JOB_ROLE, agent.job_role_id, roles.get(agent.job_role_id))):
         if drift is not None:
-            return f"{kind} {entity_id}: {drift.detail} ({drift.code}); no seat is decided on it until it is restored"
+            return tampered_error(kind, entity_id, drift).detail  # as a single assignment says it
     return None
 
 
