@@ -137,15 +137,16 @@ def create_api_key(session: Session, *, name: str, scopes: list[str], plaintext:
 LAST_USED_GRANULARITY = dt.timedelta(hours=1)
 _KEYS = ApiKey.__table__.c
 _NOW = func.now()
+_USE_UNRECORDED = func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True)  # never written, or long ago
 # Every API request runs this: compiled once and run by psycopg itself on the request's
 # connection (models.db.driver_rows), read as a plain row.
 _LOOKUP = driver_sql(
     select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash, _KEYS.expires_at, (_KEYS.expires_at <= _NOW).label("expired"),
-           func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True).label("stale"))
+           _USE_UNRECORDED.label("stale"))
     .where(_KEYS.key_hash == bindparam("digest"), _KEYS.revoked_at.is_(None)))
 # Skips a row another transaction holds (a revocation): no request waits to record its use.
 _TOUCH = (ApiKey.__table__.update().values(last_used_at=_NOW).where(_KEYS.id.in_(
-    select(_KEYS.id).where(_KEYS.id == bindparam("key_id"), func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True))
+    select(_KEYS.id).where(_KEYS.id == bindparam("key_id"), _USE_UNRECORDED)
     .with_for_update(skip_locked=True).scalar_subquery())))
 
 
