@@ -79,8 +79,8 @@ def create_entity(
     data.setdefault("status", next(iter(model.status_enum)).value)
     entity = model(id=entity_id or uuid.uuid4(), version=0)
     apply_fields(session, entity, data, pending=ctx.pending_ids)
-    guard_membership(session, entity, before=None, after=snapshot(entity), keyring=ctx.keyring)
-    return record_version(session, entity, ctx, text_changed=True, content_before=None)
+    seat = guard_membership(session, entity, before=None, after=snapshot(entity), keyring=ctx.keyring)
+    return record_version(session, entity, ctx, text_changed=True, content_before=None, seat_problems=seat)
 
 
 # The one change a certified skill takes: retired, its certificate is withdrawn (the version that
@@ -118,10 +118,10 @@ def update_entity(
     after = snapshot(entity)
     if after == before:
         return entity
-    guard_membership(session, entity, before=before, after=after, keyring=ctx.keyring)
+    seat = guard_membership(session, entity, before=before, after=after, keyring=ctx.keyring)
     text_changed = any(before[f] != getattr(entity, f) for f in EMBEDDED_TEXT[entity_type])
     return record_version(session, entity, ctx, text_changed=text_changed, content_before=before,
-                          stands_down=stands_down(before, after))
+                          stands_down=stands_down(before, after), seat_problems=seat)
 
 
 def record_version(

@@ -207,9 +207,10 @@ def restore_entity(
         entity.version, entity.head_link_hash = head.version, bytes(head.link_hash)
         if not matches_canonical(governed_content(entity), bytes(head.content)):
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
-        guard_membership(session, entity, before=snapshot_before, after=snapshot(entity), keyring=keyring)
+        seat = guard_membership(session, entity, before=snapshot_before, after=snapshot(entity), keyring=keyring)
         entity.embedding = embedder.embed([embedding_text(entity)])[0]
-        subject = rule_subject(session, entity, keyring=keyring)  # recorded as they come out: the signed content is what it is
+        # Recorded as they come out: the signed content is what it is.
+        subject = rule_subject(session, entity, keyring=keyring, seat_problems=seat)
         l0, l1 = evaluate(subject, L0), evaluate(subject, L1)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
         # The database's clock, as audit runs use, read last: reports list repairs made before

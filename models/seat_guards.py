@@ -32,25 +32,29 @@ TEAM_MEMBERSHIP_FIELDS = ("job_role_id", "industry_id", "status")
 
 def guard_membership(
     session: Session, entity: GovernedEntity, *, before: dict[str, Any] | None, after: dict[str, Any], keyring: KeyRing
-) -> None:
+) -> tuple[str, ...] | None:
     """Refuse a write that would seat an agent against the assignment rules.
 
     ``before`` and ``after`` are the entity's snapshots around the write (``before`` is
     None for a new entity). Runs without autoflush: the entity's pending changes must not
     reach the database outside the write's own flush (where constraint violations become
-    409s and 422s).
+    409s and 422s). Returns ``()`` when it judged an agent's seat and let it be, rule
+    AGENT-04's facts for the write's rule subject (no second reading of the team and role);
+    None when it judged none.
     """
     changed = {f for f in after if before is None or before.get(f) != after[f]}
     with session.no_autoflush:
         if isinstance(entity, Agent) and entity.team_id is not None and changed & set(AGENT_MEMBERSHIP_FIELDS):
             _guard_agent_seat(session, entity, joining="team_id" in changed, keyring=keyring)
-        elif isinstance(entity, Team):
+            return ()
+        if isinstance(entity, Team):
             if "job_role_id" in changed and entity.job_role_id is not None:
                 _hold_role_for_team(session, entity.job_role_id)
             if before is not None:
                 _guard_team_members(session, entity, changed, keyring=keyring)
         elif isinstance(entity, JobRole) and before is not None and "required_skill_ids" in changed:
             _guard_role_members(session, entity)
+    return None
 
 
 def lock_seat(session: Session, agent: Agent, team_id: uuid.UUID, keyring: KeyRing) -> tuple[Team, list[str]]:

@@ -225,3 +225,19 @@ def test_seats_changed_by_writes_committed_while_a_batch_reads_are_not_taken_for
         result = audit_batch(auditor, entities, keyring=keyring, embedder=EMBEDDER, signatures="all", append_only=True)
     assert audited and result.entities == 1
     assert [f for f in result.findings if f.code == "rule-violation"] == []
+
+
+def test_a_seat_the_guard_judged_is_not_read_again_for_agent_04(db_session, write_ctx, steward, monkeypatch) -> None:
+    """An agent written into a team, or changed in it, has its seat judged by the assignment
+    guard under the team's lock; the rule subject read the team and role again (two more
+    queries a write) to say the same. It takes the guard's verdict; a write the guard does not
+    judge (a description) still reads it."""
+    world = seat_world(db_session, write_ctx, steward)
+    judged_twice = []
+    read = registry.seat_problems_of
+    monkeypatch.setattr(registry, "seat_problems_of", lambda *args, **kwargs: judged_twice.append(1) or read(*args, **kwargs))
+    _update(db_session, write_ctx, world.agent, skill_ids=[s.id for s in world.skills])  # judged by the guard
+    joined = _agent_like(db_session, write_ctx, world, "Joining Agent", team_id=world.team.id)  # judged by the guard
+    assert judged_twice == [] and joined.constitution_l1["passed"]
+    _update(db_session, write_ctx, world.agent, description="not a seat change")
+    assert judged_twice == [1]
