@@ -99,11 +99,7 @@ def flower_credentials(config: DevConfig) -> str:
     """``user:password`` for Flower: from settings, else generated once into the data dir."""
     if config.flower_basic_auth:
         return config.flower_basic_auth
-    path = config.data_dir / "flower-auth"
-    if not path.exists():
-        replace_file(path, f"plant:{secrets.token_urlsafe(18)}\n".encode(), mode=0o600)  # never readable by others
-    path.chmod(0o600)  # one left by an earlier start
-    return path.read_text().strip()
+    return generated_secret(config.data_dir / "flower-auth", lambda: f"plant:{secrets.token_urlsafe(18)}")
 
 
 class ShutdownRequested(BaseException):

@@ -361,11 +361,11 @@ def _trusts(hba: Path) -> bool:
     return _TRUST.search(hba.read_text()) is not None
 
 
-def generated_secret(path: Path) -> str:
-    """The secret kept in ``path``: generated into it, for this user alone, on first use, and
-    never replaced after (a data dir made with a password needs that one)."""
+def generated_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+    """The secret kept in ``path``: generated into it by ``new``, for this user alone, on first
+    use, and never replaced after (a data dir made with a password needs that one)."""
     if not path.exists():
-        replace_file(path, f"{secrets.token_urlsafe(32)}\n".encode(), mode=0o600)
+        replace_file(path, f"{new()}\n".encode(), mode=0o600)
     path.chmod(0o600)  # one left by an earlier start, or copied in
     return path.read_text().strip()
 
