@@ -116,17 +116,15 @@ def one_line(error: Exception) -> str | None:
         return f"migrations: {' '.join(str(error).split())}"
     if isinstance(error, BrokenPipeError):
         return None  # output piped into `head`: click ends quietly, as it should
-    if type(error).__name__ == "OperationalError":  # SQLAlchemy's or psycopg's, by name: neither is imported for this
-        cause = getattr(error, "orig", None) or error
-        said = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        # psycopg's own class is a failed connection; its subclasses are a database that
-        # answered (a statement or lock timeout, a deadlock, a serialization failure).
-        return f"cannot reach the database: {said}" if type(cause).__name__ == "OperationalError" else f"database error: {said}"
     if isinstance(error, DBAPIError) or type(error).__module__.startswith("psycopg"):
-        # The database refused a statement (a schema not migrated, a value too long), through
-        # SQLAlchemy or, for `db upgrade`'s grants, psycopg itself.
+        # Through SQLAlchemy or, for `db upgrade`'s grants, psycopg itself. psycopg's own
+        # OperationalError is a failed connection; its subclasses are a database that answered
+        # (a statement or lock timeout, a deadlock), as is any other refusal (a schema not
+        # migrated, a value too long).
         cause = getattr(error, "orig", None) or error
         said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if type(cause).__name__ == "OperationalError":
+            return f"cannot reach the database: {said}"
         hint = " (is the schema migrated? run `plant db upgrade`)" if type(cause).__name__ == "UndefinedTable" else ""
         return f"database error: {said}{hint}"
     if isinstance(error, OSError) and error.strerror:
