@@ -148,13 +148,17 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
 
 def plan_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, str]]:
     """The repair records a new run's report lists, as its plan names them (id and
-    :func:`models.repair.record_sha256`): of entities in its scope, made before it started,
-    whose own signature verifies (:func:`models.repair.verified_repairs`)."""
+    :func:`models.repair.record_sha256`): :func:`scope_repairs`."""
     session.refresh(run, ["created_at"])
-    scope = AuditParams.from_json(run.params)
+    return [{"id": record["id"], "sha256": record_sha256(record)} for record in scope_repairs(session, run, keyring)]
+
+
+def scope_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, Any]]:
+    """The repair records of entities in ``run``'s scope, made before it started, whose own
+    signature verifies (:func:`models.repair.verified_repairs`)."""
+    scope = AuditParams.from_json(run.params or {})
     ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
-    return [{"id": record["id"], "sha256": record_sha256(record)} for record in verified_repairs(
-        session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at, keyring=keyring)]
+    return verified_repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at, keyring=keyring)
 
 
 def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Embedder,

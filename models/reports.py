@@ -31,12 +31,12 @@ from models.audit_record import (
     AuditRecordInvalid, Progress, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans,
     open_run_problem, progress_so_far, run_resource, signed_repairs,
 )
-from models.audit_runs import AuditParams, batches_in_flight_done
+from models.audit_runs import batches_in_flight_done, scope_repairs
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
-from models.repair import record_sha256, repairs_by_id, verified_repairs, verify_repair
+from models.repair import record_sha256, repairs_by_id, verify_repair
 from models.signed_exports import signed_once
 from models.signing import KeyRing
 
@@ -147,10 +147,7 @@ def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[
     names, is left out, and one Plant wrote later names a later time."""
     named = signed_repairs(run.close_signed if run.finished_at is not None else run.plan_signed)
     if named is None:
-        scope = AuditParams.from_json(run.params or {})
-        ids = [uuid.UUID(i) for i in scope.entity_ids] if scope.entity_ids else None
-        return verified_repairs(session, entity_type=scope.entity_type, entity_ids=ids, before=run.created_at,
-                                keyring=keyring)
+        return scope_repairs(session, run, keyring)
     held = repairs_by_id(session, [uuid.UUID(entry["id"]) for entry in named])
     listed = []
     for entry in named:
