@@ -45,6 +45,7 @@ from models.membership import seat_problems as seat_problems_of
 from models.pagination import Page, keyset_page
 from models.seat_guards import guard_membership
 from models.signing import KeyRing
+from models.skill_keys import derived_skill_key
 
 EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.INDUSTRY: ("name", "code", "description"),
@@ -74,6 +75,25 @@ def create_entity(
     ctx: WriteContext,
     entity_id: uuid.UUID | None = None,
 ) -> GovernedEntity:
+    """Create an entity and its chain's first version. A skill sent without a ``skill_key`` gets
+    one derived from its name (``models.skill_keys``)."""
+    name = data.get("name")
+    if entity_type is not EntityType.SKILL or data.get("skill_key") or not isinstance(name, str):
+        return _create(session, entity_type, data, ctx, entity_id)
+    try:
+        with session.begin_nested():
+            return _create(session, entity_type, {**data, "skill_key": derived_skill_key(session, name)}, ctx, entity_id)
+    except Conflict as exc:
+        if exc.extensions.get("field") != "skill_key":
+            raise
+    # A skill created meanwhile took the key derived for this one (it was free when looked up; the
+    # unique index made this INSERT wait for that commit): derive again, now seeing it taken, rather
+    # than a 409 on a key the client never sent.
+    return _create(session, entity_type, {**data, "skill_key": derived_skill_key(session, name)}, ctx, entity_id)
+
+
+def _create(session: Session, entity_type: EntityType, data: dict[str, Any], ctx: WriteContext,
+            entity_id: uuid.UUID | None) -> GovernedEntity:
     model = ENTITY_MODELS[entity_type]
     data = normalized_input({**DEFAULTS, **data}, model)
     data.setdefault("status", next(iter(model.status_enum)).value)
@@ -280,11 +300,6 @@ def _domain_error(exc: IntegrityError, entity_type: EntityType) -> PlantError:
         field = constraint.removeprefix(f"uq_{table}_")
         return Conflict(f"a {entity_type.value} with this {field} already exists", field=field)
     return InvalidInput(f"the write violates {constraint or 'a database constraint'}")
-
-
-def skill_key_taken(session: Session, key: str) -> bool:
-    """Whether a skill, deleted or not, holds ``key`` (its column is unique over all rows)."""
-    return session.scalar(select(select(Skill.id).where(Skill.skill_key == key).exists())) is True
 
 
 def get_entity(session: Session, *, entity_type: EntityType, entity_id: uuid.UUID) -> GovernedEntity:

@@ -36,10 +36,10 @@ def test_two_skills_created_at_once_whose_names_derive_one_key_both_land(app, ad
     import threading
 
     from tests.conftest import bearer
-    import web.api.registry as registry_views
+    import models.skill_keys as skill_keys
 
     both_looked = threading.Barrier(2, timeout=10)
-    taken = registry_views.skill_key_taken
+    taken = skill_keys.skill_key_taken
 
     looks = iter(range(2))
 
@@ -49,7 +49,7 @@ def test_two_skills_created_at_once_whose_names_derive_one_key_both_land(app, ad
             both_looked.wait()
         return answer
 
-    monkeypatch.setattr(registry_views, "skill_key_taken", look_then_wait)
+    monkeypatch.setattr(skill_keys, "skill_key_taken", look_then_wait)
     results: dict[str, int] = {}
 
     def create(name: str) -> None:

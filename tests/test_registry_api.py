@@ -284,7 +284,7 @@ def test_skills_whose_names_have_no_ascii_letter_or_digit_get_keys_of_their_own(
     import hashlib
     import unicodedata
 
-    from web.api.registry import slugify
+    from models.skill_keys import slugify
 
     desc = {"description": "a perfectly ordinary description of this skill", "category": "technical"}
     keys = [_post(client, "/genesis/skills", {**gov, **desc, "name": name})["skill_key"] for name in ("日本語", "中文")]

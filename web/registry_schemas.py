@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_serializer, model_validator
 
 from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCategory
+from models.skill_keys import SKILL_KEY_LENGTH
 from web.schemas import QueryModel, rfc3339_utc
 
 Name = Field(max_length=200)
-SKILL_KEY_LENGTH = 200  # the column's length
 Text = Field(default="", max_length=20_000)
 
 

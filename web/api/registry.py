@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,15 +24,14 @@ from models.chain import EntityVersion, history
 from models import constitution
 from models.constitution import Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
-from models.errors import Conflict
 from models.key_seals import published_keyring
 from models.entity_locks import lock_entity
 from models.registry import (
-    WriteContext, create_entity, get_entity, list_entities, search_skills, served_team_l1, skill_key_taken, team_members,
+    WriteContext, create_entity, get_entity, list_entities, search_skills, served_team_l1, team_members,
     update_entity,
 )
 from web.registry_schemas import (
-    SKILL_KEY_LENGTH, AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
+    AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
     IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
     SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
 )
@@ -164,56 +162,11 @@ def _current_members_tag(entity_type: EntityType, entity_id: Any) -> Callable[[]
     return read
 
 
-def slugify(name: str) -> str:
-    """The skill key derived from a name: its ASCII letters and digits, hyphenated, at most
-    ``SKILL_KEY_LENGTH`` long (NFKD can spell one character as several: "㎈" is "cal").
-
-    A name with no ASCII letter or digit ("日本語") gets ``skill-`` and the first 16 hex
-    digits of the SHA-256 of its NFC form: the same for every spelling of one name, and
-    another for each other name, where one fixed key made the second such skill a 409 on
-    a ``skill_key`` its client never sent."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    slug = slug[:SKILL_KEY_LENGTH].rstrip("-")
-    if slug:
-        return slug
-    return "skill-" + _name_hash(name)
-
-
-def derived_skill_key(name: str) -> str:
-    """The skill key for a new skill sent without one: :func:`slugify`, or, when another skill
-    holds that already (``C++`` and ``C#`` are both ``c``; ``Café`` and ``Cafe``), the slug
-    with ``-`` and 16 hex digits of the SHA-256 of the NFC name, as for a name with no ASCII
-    letter: the second such skill was a 409 on a key its client never sent."""
-    slug = slugify(name)
-    if not skill_key_taken(db_session(), slug):
-        return slug
-    suffix = "-" + _name_hash(name)
-    return slug[: SKILL_KEY_LENGTH - len(suffix)].rstrip("-") + suffix
-
-
-def _name_hash(name: str) -> str:
-    return hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:16]
-
-
 def _create_view(route: EntityRoute) -> Callable[..., Response]:
     def view(body: BaseModel) -> Response:
         data = body.model_dump(mode="python")
-        derives_key = route.entity_type is EntityType.SKILL and not data.get("skill_key")
         session = db_session()
-        for last_try in (False, True):
-            if derives_key:
-                data["skill_key"] = derived_skill_key(data["name"])
-            try:
-                entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
-                break
-            except Conflict as exc:
-                # A skill created meanwhile took the key derived for this one (it was free when
-                # looked up): derive again, now seeing it taken, rather than a 409 on a key the
-                # client never sent. The unique index made this INSERT wait for that commit.
-                if last_try or not derives_key or exc.extensions.get("field") != "skill_key":
-                    raise
-                session.rollback()
+        entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
         session.commit()
         return entity_response(entity, status=201)
 
