@@ -298,7 +298,8 @@ def _domain_error(exc: IntegrityError, entity_type: EntityType) -> PlantError:
     table = ENTITY_MODELS[entity_type].__tablename__
     if constraint.startswith(f"uq_{table}_"):
         field = constraint.removeprefix(f"uq_{table}_")
-        return Conflict(f"a {entity_type.value} with this {field} already exists", field=field)
+        kind = entity_type.value.replace("_", " ")
+        return Conflict(f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} with this {field} already exists", field=field)
     return InvalidInput(f"the write violates {constraint or 'a database constraint'}")
 
 

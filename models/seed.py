@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, EntityType
+from models.errors import PlantError
 from models.registry import WriteContext, create_entity
 from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, TEAMS
 
@@ -42,9 +43,16 @@ class _Seeder:
         existing = _find(self.session, entity_type, key)
         if existing is not None:
             return existing
-        entity = create_entity(
-            self.session, entity_type=entity_type, data={**data, "external_key": key}, ctx=self.ctx, entity_id=entity_id
-        )
+        try:
+            entity = create_entity(
+                self.session, entity_type=entity_type, data={**data, "external_key": key}, ctx=self.ctx, entity_id=entity_id
+            )
+        except PlantError as refused:  # say which seed entity, and why the seed tried to create it at all
+            raise type(refused)(
+                f"seed: no {entity_type.value} has external_key {key!r}, and creating it was refused: {refused.detail} "
+                "(the seed finds its entities by external_key alone: one whose key was changed, or another entity "
+                "holding its name or code, stops every seed until that key is given back or the name or code freed)",
+                **refused.extensions) from refused
         return entity.id
 
 
