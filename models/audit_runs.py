@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, update
+from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
@@ -105,8 +105,8 @@ class AuditParams:
         return {
             "mode": "full",
             "scope": {"entity_type": self.entity_type, "entity_ids": len(self.entity_ids) if self.entity_ids else None},
-            "rows": "every row in scope compared with its head version",
-            "versions": "every version in scope re-hashed and re-linked",
+            "rows": "every row in scope compared with its head version; a chain in scope whose row is gone reported",
+            "versions": "every version of every row in scope re-hashed and re-linked",
             "signatures": "every version's" if self.signatures == "all" else "each head version's",
             "certifications": "each certified skill in scope put through the duplicate gate again, from the signed "
                               "texts, and its stored embedding compared with its text's",
@@ -141,6 +141,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run.chunks_total = len(chunks)
     if scope.against_digest is not None:
         _insert(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
+    _insert(session, run.id, scope.scoped(session, rowless_chains(session)))
     sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run
@@ -204,6 +205,26 @@ def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) 
         return []
     return [FindingRow(None, None, None, "ledger-root-mismatch",
                        f"heads as of {digest['as_of']} hash to {root.hex()}, the digest says {digest['heads_root']}")]
+
+
+ROW_MISSING = "entity-row-missing"
+
+
+def rowless_chains(session: Session) -> list[FindingRow]:
+    """A finding for each chain whose entity row is gone. Plant never deletes a row (a deletion
+    is a signed version and a stamp): one gone was removed past its table's guard, and the
+    chunks, which walk the rows, would never read its chain. The ids come from an anti-join of
+    the chains' (entity_id, version) index with every table's ids; only those found are read."""
+    rows = union_all(*(select(model.id.label("id")) for model in ENTITY_MODELS.values())).subquery()
+    rowless = select(EntityVersion.entity_id).where(~select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists())
+    found = session.execute(
+        select(EntityVersion.entity_type, EntityVersion.entity_id, func.count(), func.max(EntityVersion.version))
+        .where(EntityVersion.entity_id.in_(rowless.distinct().scalar_subquery()))
+        .group_by(EntityVersion.entity_type, EntityVersion.entity_id).order_by(EntityVersion.entity_id)
+    ).all()
+    return [FindingRow(entity_type, entity_id, head, ROW_MISSING,
+                       f"its chain holds {count} version(s), up to version {head}; its row is gone from the registry")
+            for entity_type, entity_id, count, head in found]
 
 
 @dataclass(frozen=True)
@@ -350,8 +371,11 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         .where(counts, AuditFinding.severity.in_(FAILING_SEVERITIES),
                AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     )
+    # Chains whose row is gone (found at the start) are entities of the scope too: none is in a chunk's count.
+    rowless = select(func.count(func.distinct(AuditFinding.entity_id))).where(counts, AuditFinding.code == ROW_MISSING)
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
-        failing = failing.where(_audited_by(counted))
+        failing, rowless = failing.where(_audited_by(counted)), rowless.where(_audited_by(counted))
+    total += session.scalar(rowless) or 0
     non_compliant = session.scalar(failing) or 0
     by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(counts).group_by(AuditFinding.code)).all())
     by_rule = dict(session.execute(select(AuditFinding.rule_id, func.count()).where(counts, AuditFinding.rule_id.is_not(None)).group_by(AuditFinding.rule_id)).all())

@@ -84,20 +84,26 @@ def test_every_kind_of_tampering_at_once_is_found_once_on_its_own_entity_and_cou
     assert summary["findings"] == sum(expected_codes.values()) == len(findings)
 
 
-@pytest.mark.xfail(strict=True, reason="a full audit only walks entity rows: a chain whose row was deleted past its "
-                                       "guard is never re-hashed nor reported, and the run reports clean")
 def test_an_entity_row_deleted_past_its_guard_is_found_by_a_full_audit(db_session, write_ctx, steward, keyring) -> None:
     """Plant never deletes an entity row (a deletion is a signed version and a stamp); a row
     gone while its signed chain is still in entity_versions was deleted outside Plant, as a
-    version deleted past the guard is. The full audit (beat's, with no digest) says its
-    coverage is every version in scope re-hashed and re-linked, yet never reads that chain."""
+    version deleted past the guard is. The full audit (beat's, with no digest) walked only the
+    rows: it never read that chain, and reported the registry clean with one entity fewer.
+    Now the chain is ``entity-row-missing`` and its entity one of the scope's, non-compliant."""
     skill_id = make_skill(db_session, write_ctx, steward, 1).id
     clean, _ = run_audit(db_session, keyring, {"verify_signatures": "all"})
+    assert clean["non_compliant"] == 0
+    head = db_session.scalar(text("SELECT max(version) FROM entity_versions WHERE entity_id = :id"), {"id": skill_id})
     lift_guard(db_session, "DELETE FROM skills WHERE id = :id", table="skills", id=skill_id)
-    summary, findings = run_audit(db_session, keyring, {"verify_signatures": "all"})
-    assert summary["total_entities"] == clean["total_entities"] - 1
-    assert skill_id in {f.entity_id for f in findings}, "the orphaned chain went unreported"
-    assert summary["non_compliant"] >= 1
+    for params in ({"verify_signatures": "all"}, {"scope": {"entity_type": "skill"}},
+                   {"scope": {"entity_ids": [str(skill_id)]}}):
+        summary, findings = run_audit(db_session, keyring, params)
+        assert [(f.entity_id, f.code, f.version) for f in findings] == [(skill_id, "entity-row-missing", head)], params
+        assert (summary["non_compliant"], summary["by_code"]) == (1, {"entity-row-missing": 1}), params
+        assert summary["total_entities"] == summary["compliant"] + 1, params
+    assert run_audit(db_session, keyring, {"verify_signatures": "all"})[0]["total_entities"] == clean["total_entities"]
+    other_type, findings = run_audit(db_session, keyring, {"scope": {"entity_type": "agent"}})
+    assert (other_type["non_compliant"], findings) == (0, [])
 
 
 
