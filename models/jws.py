@@ -259,7 +259,7 @@ def _split_compact(jws: Any) -> tuple[str, bytes]:
 def _parse_header(encoded_header: str) -> dict[str, Any]:
     header = _decode_header_json(encoded_header)
     alg, kid = header.get("alg"), header.get("kid")
-    if alg == "none" or alg not in SUPPORTED_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:  # an array or object is unhashable
         raise JwsError(f"algorithm {alg!r} is not accepted")
     if not isinstance(kid, str) or not kid:
         raise JwsError("the header must name its key with a string 'kid'")
