@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal, literal_column, select, text, union_all
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
@@ -153,15 +153,29 @@ class HeadNotAHash(Conflict):
     """An entity's head link is not 32 bytes: its row was changed outside Plant."""
 
     code = "ledger-head-invalid"
-    title = "An entity's head link is not a hash"
+    title = "An entity's head cannot be held by a digest"
+
+
+class HeadIdShared(HeadNotAHash):
+    """Two entity rows (of two types, or a live and a deleted one) share an id: a digest holds
+    one leaf per id, so one of them was written outside Plant (ids are unique per table only)."""
+
+
+def _shared_id(entity_type: str, entity_id: uuid.UUID) -> HeadIdShared:
+    return HeadIdShared(f"{entity_type} {entity_id}: another entity row has its id, so no digest can hold both; "
+                        "one of them was written outside Plant (audit it)", entity_id=str(entity_id))
 
 
 def _hashes_only(heads: Iterable[HeadRecord]) -> Iterator[HeadRecord]:
+    previous: uuid.UUID | None = None
     for head in heads:
         if len(head.link_hash) != HASH_SIZE:
             raise HeadNotAHash(f"{head.entity_type} {head.entity_id}: its head link is {len(head.link_hash)} bytes, not "
                                f"{HASH_SIZE}, so no digest can cover it; its row was changed outside Plant (audit it)",
                                entity_id=str(head.entity_id))
+        if head.entity_id == previous:  # heads come in id order: a shared id is the one before
+            raise _shared_id(head.entity_type, head.entity_id)
+        previous = head.entity_id
         yield head
 
 
@@ -304,7 +318,20 @@ def _insert_heads(session: Session, digest_id: int) -> None:
         return select(literal(digest_id), entity_id, entity_type, version, link).where(deleted.is_(tombstones))
 
     leaves = insert(LedgerDigestHead).from_select(_HEAD_COLUMNS, rows(False)).cte("leaves")
-    session.execute(insert(LedgerDigestTombstone).from_select(_HEAD_COLUMNS, rows(True)).add_cte(leaves))
+    try:
+        with session.begin_nested():  # a savepoint, so that a shared id can be named after the failure
+            session.execute(insert(LedgerDigestTombstone).from_select(_HEAD_COLUMNS, rows(True)).add_cte(leaves))
+    except IntegrityError as exc:
+        shared = session.execute(_SHARED_ID).first()
+        if shared is None:
+            raise
+        raise _shared_id(shared.entity_type, shared.id) from exc
+
+
+# Two rows (both live, or both deleted) with one id: the leaf (or tombstone) rows' primary key refuses the second.
+_SHARED_HEADS = _heads_query(deleted=None).subquery()
+_SHARED_ID = (select(_SHARED_HEADS.c.id, func.min(_SHARED_HEADS.c.entity_type).label("entity_type"))
+              .group_by(_SHARED_HEADS.c.id, _SHARED_HEADS.c.deleted).having(func.count() > 1).limit(1))
 
 
 def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:

@@ -51,3 +51,38 @@ def test_an_insider_row_whose_jws_alg_is_an_array_does_not_break_the_report_expo
                         "s": os.urandom(32)})
     document = export_report(db_session, run_id=run_id, keyring=keyring)
     assert verify_report(document, keyring).kid == keyring.active.kid
+
+
+def _give_an_industry_row_the_id_of(connection, skill_id) -> None:
+    """What anyone with INSERT on an entity table can do: a row whose id another entity table
+    holds already (ids are unique per table only), here with that entity's head beside it."""
+    connection.execute(text("INSERT INTO industries (id, name, code, version, head_link_hash) "
+                            "SELECT id, 'Same Id', 'SAMEID', version, head_link_hash FROM skills WHERE id = :id"),
+                       {"id": skill_id})
+
+
+def test_a_row_sharing_another_entity_s_id_stops_a_stored_digest_with_a_409_not_an_integrity_error(
+        db_session, skill, keyring) -> None:
+    """A digest's leaves are one per entity id; two live rows with one id made the leaf rows'
+    INSERT fail on their primary key (an IntegrityError: beat's hourly digest and ``plant
+    signing-keys seal`` failed as a database error). Like a head link that is not a hash, it
+    is a row changed outside Plant that no digest can hold: 409 ``ledger-head-invalid``, naming it."""
+    from models.errors import Conflict
+    from models.ledger import store_digest
+
+    _give_an_industry_row_the_id_of(db_session.connection(), skill.id)
+    with pytest.raises(Conflict) as raised:
+        store_digest(db_session, keyring=keyring)
+    assert raised.value.code == "ledger-head-invalid" and str(skill.id) in raised.value.detail
+
+
+def test_a_row_sharing_another_entity_s_id_is_a_409_for_a_digest_not_a_500(client, engine, committed_steward) -> None:
+    created = client.post("/api/v1/genesis/skills", json={
+        "name": "Shared Id", "category": "technical", "description": "one", "governance_agent_id": str(committed_steward)})
+    assert created.status_code == 201
+    with engine.begin() as connection:
+        _give_an_industry_row_the_id_of(connection, created.get_json()["id"])
+    response = client.get("/api/v1/ledger/digest")
+    assert response.status_code == 409 and response.mimetype == "application/problem+json", response.get_data()[:300]
+    assert response.get_json()["type"] == "/problems/ledger-head-invalid"
+    assert response.get_json()["entity_id"] == created.get_json()["id"]
