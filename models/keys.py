@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from models.settings import Settings
-from models.canonical import canonical_bytes, strict_json_loads
+from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, load_signing_key_pem, load_verifying_key_pem
 from models.errors import SigningKeyError
 
@@ -59,6 +59,7 @@ def load_seal(path: Path) -> KeySeal:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
+            and aware_time(seal.as_of) is not None  # what the key's digests are compared with (signed_after_seal)
             and all(isinstance(i, str) and isinstance(h, str) for i, h in seal.deleted)
             and ((seal.signed_count, seal.signed_root) == (None, None)
                  or (type(seal.signed_count) is int and isinstance(seal.signed_root, str)))

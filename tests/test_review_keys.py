@@ -86,3 +86,21 @@ def test_a_row_sharing_another_entity_s_id_is_a_409_for_a_digest_not_a_500(clien
     assert response.status_code == 409 and response.mimetype == "application/problem+json", response.get_data()[:300]
     assert response.get_json()["type"] == "/problems/ledger-head-invalid"
     assert response.get_json()["entity_id"] == created.get_json()["id"]
+
+
+@pytest.mark.parametrize("as_of", ["not a time", "2026-12-05", "2026-12-05T00:00:00"])
+def test_a_seal_file_whose_as_of_is_no_time_is_refused_at_load_not_when_a_digest_is_checked(key_settings, as_of) -> None:
+    """A seal's ``as_of`` is what every digest its key signed is compared with
+    (``models.ledger.signed_after_seal``, which parsed it with ``fromisoformat`` and raised
+    ValueError, or TypeError comparing a naive time, on every stored digest that key signed:
+    audits, digests and the seal's checks crashed) while ``models.jws.sealed_at`` read it as
+    the earliest time. A seal file that names no time with an offset is malformed, refused when
+    the key ring loads (a process refuses to start), like any other malformed seal."""
+    from models.errors import SigningKeyError
+    from models.keys import load_seal, write_seal
+    from models.signing import KeySeal
+
+    key_settings.retired_signing_keys_path.mkdir(parents=True, exist_ok=True)
+    path = write_seal(key_settings, KeySeal("kid-a", 7, "ab" * 32, as_of))
+    with pytest.raises(SigningKeyError, match="malformed"):
+        load_seal(path)
