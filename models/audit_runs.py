@@ -313,6 +313,32 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
     return ChunkStep(result.entities, finished, run_complete)
 
 
+def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_seconds: int) -> int:
+    """Renew the lease of every other running audit job whose run has chunks still to do, when
+    it is past half its term; returns how many. Called by each batch of ``job_id``'s chunks.
+
+    Only a running chunk renews its job's lease, and the audit queue is one worker's (deployed:
+    ``--concurrency 1``): the chunks of an audit started while another runs wait behind that
+    one's, and their lease lapsed while nothing had died, so the recovery sweep took the job for
+    a dead worker's, and after its attempts failed it ``worker-lost``. A batch committing on the
+    audit queue shows its workers alive, so the audits queued behind it keep their leases.
+    Only live leases are renewed (a lapsed one is the sweep's), and rows locked (a batch of that
+    job in flight elsewhere, a claim, the sweep) are skipped: nothing here waits."""
+    lease = dt.timedelta(seconds=lease_seconds)
+    waiting = (
+        select(Job.id)
+        .where(Job.kind == "audit.run", Job.status == JobStatus.RUNNING.value, Job.id != job_id,
+               Job.cancel_requested_at.is_(None), Job.lease_expires_at > func.now(),
+               Job.lease_expires_at < func.now() + lease / 2,
+               select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
+               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditChunk.done.is_(False)).exists())
+        .with_for_update(skip_locked=True)
+    )
+    renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))
+                              .values(lease_expires_at=func.now() + lease).returning(Job.id)).all()
+    return len(renewed)
+
+
 def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,
             step: int | None = None) -> list[AuditFinding]:
     """Write ``findings`` (by a chunk's checkpoint ``step``, or by the run's start or close)

@@ -24,7 +24,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_runs import (
-    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, pending_chunks, start_run, summarize_run,
+    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, keep_waiting_audits_leased, pending_chunks, start_run,
+    summarize_run,
 )
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
@@ -119,6 +120,7 @@ def _audit_chunk(claim: JobClaim, chunk_id: int, batch_size: int, lease_seconds:
                                     batch_size=batch_size)
             cancel = add_progress(session, claim=claim, done=step.entities, total=None, message="auditing",
                                   lease_seconds=lease_seconds)
+            keep_waiting_audits_leased(session, job_id=claim.job_id, lease_seconds=lease_seconds)
         if cancel:
             _cancel(claim)
             return {"chunk": chunk_id, "cancelled": True}

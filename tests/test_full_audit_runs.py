@@ -139,14 +139,17 @@ def test_a_stopped_run_s_report_page_counts_as_clean_the_entities_it_audited_cle
     assert view.clean_entities == len(audited), (view.clean_entities, len(audited))
 
 
-@pytest.mark.xfail(strict=True, reason="only a running chunk renews an audit job's lease: chunks waiting in the audit "
-                                       "queue (behind another audit's) let it lapse, and the sweep counts each lapse "
-                                       "as a dead worker until the job fails worker-lost")
 def test_an_audit_whose_chunks_wait_behind_another_audit_is_not_failed_as_worker_lost(
         worker_sessions, settings, seeded, monkeypatch) -> None:
     """Deployed, the audit queue has one worker (`worker-audit --concurrency 1`): the chunks
     of an audit started while another runs wait behind that one's. Nothing died and no
-    message was lost, yet the job's lease (renewed only by its chunks' batches) runs out."""
+    message was lost, yet the job's lease (renewed only by its chunks' batches) ran out, the
+    sweep took it for a dead worker's each time, and the job failed worker-lost (helper-141).
+    Each batch on the audit queue now renews the leases of the audits waiting behind it.
+
+    Time is moved on in the database: before each of the first audit's chunks, the second's
+    lease is put 5 s from its end (the wait ran most of a lease), and after it, every lease is
+    moved 10 s back and the sweep runs, as if those seconds had passed."""
     from models.db import transaction
     from models.job_lifecycle import claim_job, get_job
     from models.jobs import Job
@@ -159,28 +162,35 @@ def test_an_audit_whose_chunks_wait_behind_another_audit_is_not_failed_as_worker
         update={"job_max_attempts": 3, "audit_batch_size": 2, "audit_chunk_entities": 5}))
     queue: list[tuple[str, list]] = []  # the audit queue, in order
     monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, *, args, queue_=None, **kw: queue.append((name, args)))
-    with transaction(worker_sessions) as session:
-        job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
-    with transaction(worker_sessions) as session:
-        claim = claim_job(session, job_id=job_id, worker="audit-worker", lease_seconds=300)
-    audit._start_audit(claim, lambda *_: None)
-    for _ in range(3):  # the other audit's chunks take more than a lease to get through
+    jobs = []
+    for _ in range(2):
         with transaction(worker_sessions) as session:
-            session.execute(update(Job).where(Job.id == job_id).values(
-                lease_expires_at=text("now() - interval '1 hour'"), enqueued_at=text("now() - interval '2 hours'")))
+            job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
+        with transaction(worker_sessions) as session:
+            claim = claim_job(session, job_id=job_id, worker="audit-worker", lease_seconds=300)
+        audit._start_audit(claim, lambda *_: None)
+        jobs.append(job_id)
+    first, second = jobs
+    first_chunks = [args for name, args in queue if args[0] == str(first)]
+    assert len(first_chunks) >= 3
+    rescued = []
+    for args in first_chunks:
+        with transaction(worker_sessions) as session:
+            session.execute(update(Job).where(Job.id == second).values(lease_expires_at=text("now() + interval '5 seconds'")))
+        audit.audit_chunk(*args)
+        with transaction(worker_sessions) as session:
+            session.execute(update(Job).where(Job.status == "running").values(
+                lease_expires_at=Job.lease_expires_at - text("interval '10 seconds'"),
+                enqueued_at=text("now() - interval '2 hours'")))
         beat = SentTasks()
         type(requeue_stale_jobs._get_current_object()).run(beat)
-        for name, args, _, _ in beat.sent:  # the republished audit.run, taken in its turn
-            with transaction(worker_sessions) as session:
-                claim = claim_job(session, job_id=uuid.UUID(args[0]), worker="audit-worker", lease_seconds=300)
-            if claim is not None:
-                audit._start_audit(claim, lambda *_: None)
-    for name, args in list(queue):  # the worker is free: every message in the queue, in order
-        if name == audit.CHUNK_TASK:
+        rescued += [args[0] for _, args, _, _ in beat.sent]
+    assert rescued == []
+    for name, args in queue:  # the worker is free: the second audit's chunks, in order
+        if args[0] == str(second):
             audit.audit_chunk(*args)
     with worker_sessions() as session:
-        job = get_job(session, job_id)
-        assert job.status == "succeeded", (job.status, job.error)
+        assert [(get_job(session, j).status, get_job(session, j).attempts) for j in jobs] == [("succeeded", 1)] * 2
 
 
 def test_a_real_run_s_report_refuses_truncated_reordered_or_another_run_s_findings(
@@ -213,3 +223,35 @@ def test_a_real_run_s_report_refuses_truncated_reordered_or_another_run_s_findin
     for forged in (truncated, reordered, as_the_other, other_findings):
         with pytest.raises(JwsError):
             verify_report(resigned_as(forged), keyring)
+
+
+def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(db_session, write_ctx, steward,
+                                                                               keyring) -> None:
+    """What ``keep_waiting_audits_leased`` leaves alone: a lapsed lease (the sweep's to judge),
+    one with more than half its term left (no write every batch), a job asked to cancel, an
+    audit whose chunks are all done, and the calling job itself."""
+    from models.audit_runs import keep_waiting_audits_leased
+    from models.job_lifecycle import claim_job
+    from models.jobs import Job
+    from sqlalchemy import update
+
+    make_skill(db_session, write_ctx, steward, 1)
+    ids = []
+    for _ in range(6):
+        job = create_job(db_session, kind="audit.run", queue="audit", params={"verify_signatures": "heads"})
+        claim_job(db_session, job_id=job.id, worker="w", lease_seconds=300)
+        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+        ids.append(job.id)
+    me, waiting, lapsed, fresh, cancelling, done = ids
+    ends = {waiting: "10 seconds", lapsed: "-1 second", fresh: "200 seconds", cancelling: "10 seconds",
+            done: "10 seconds", me: "10 seconds"}
+    for job_id, left in ends.items():
+        db_session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=text(f"now() + interval '{left}'")))
+    db_session.execute(update(Job).where(Job.id == cancelling).values(cancel_requested_at=text("now()")))
+    db_session.execute(text("UPDATE audit_chunks SET done = true FROM audit_runs r WHERE r.id = audit_chunks.run_id "
+                            "AND r.job_id = :job"), {"job": done})
+    assert keep_waiting_audits_leased(db_session, job_id=me, lease_seconds=300) == 1
+    left = dict(db_session.execute(select(Job.id, func.extract("epoch", Job.lease_expires_at - func.now()))
+                                   .where(Job.id.in_(ids))).all())
+    assert left[waiting] > 290
+    assert all(left[j] < 201 for j in (me, lapsed, fresh, cancelling, done))
