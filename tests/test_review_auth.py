@@ -1,0 +1,93 @@
+"""Review of access control and the job API (branch review-auth): each test proves a finding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from cli.services import free_port
+from models.job_lifecycle import create_job
+from tests.conftest import REPO_ROOT, child_env, lock_waiters, stop_process_group, wait_for
+
+API = "/api/v1"
+
+
+def _as(app, key: str):
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
+def _new_key(client, name: str, *scopes: str) -> dict:
+    response = client.post(f"{API}/api-keys", json={"name": name, "scopes": list(scopes)})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def small_gunicorn(settings, tmp_path: Path) -> Iterator[str]:
+    """The API under gunicorn as configured (gunicorn.conf.py), one process of two threads."""
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1", PLANT_WEB_THREADS="2",
+                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"), PLANT_LOG_FORMAT="json"),
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="gunicorn to answer")
+        yield base
+    finally:
+        stop_process_group(process)
+
+
+@pytest.mark.xfail(strict=True, reason="a long poll holds a gunicorn thread for up to 30 s and nothing bounds how many "
+                   "run at once: as many as the API has threads (any read key) leave none for other requests, "
+                   "/health included")
+def test_long_polls_from_one_read_key_do_not_take_every_thread_of_the_api(small_gunicorn, app, client, engine) -> None:
+    reader = _new_key(client, "poller", "read")["key"]
+    with Session(engine) as session, session.begin():  # queued, never published: it stays queued
+        job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
+    polls: list[threading.Thread] = []
+    with engine.connect() as blocker:
+        blocker.begin()
+        blocker.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))  # holds each poll at its first read
+        for _ in range(2):  # one per thread of the API
+            poll = threading.Thread(target=requests.get, args=(f"{small_gunicorn}{API}/jobs/{job_id}",),
+                                    kwargs={"params": {"wait": 12}, "headers": {"Authorization": f"Bearer {reader}"},
+                                            "timeout": 60})
+            poll.start()
+            polls.append(poll)
+        wait_for(lambda: lock_waiters(engine) == 2, timeout=30, what="both long polls to be inside the API")
+        blocker.rollback()
+    started = time.monotonic()
+    try:
+        health = requests.get(f"{small_gunicorn}/health", timeout=6)
+        answered = health.status_code in (200, 503)
+    except requests.Timeout:
+        answered = False
+    waited = time.monotonic() - started
+    for poll in polls:
+        poll.join(timeout=60)
+    assert answered, f"/health got no answer in {waited:.1f} s while two long polls (wait=12) ran"
