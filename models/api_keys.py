@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
 from models.db import SessionOrConnection, driver_rows, driver_sql
+from models.entity_input import nul_refused
 from models.errors import InvalidInput, NotFound
 
 SCOPES = ("read", "write", "admin")
@@ -109,6 +110,8 @@ def _key_row(*, name: str, scopes: list[str], plaintext: str) -> dict[str, objec
         raise InvalidInput(f"scopes must be a non-empty subset of {list(SCOPES)}", field="scopes")
     if not plaintext.strip():
         raise InvalidInput("an API key cannot be blank", field="plaintext")
+    if "\x00" in name:  # text cannot hold it: the database's refusal would name no field
+        raise nul_refused("name")
     return {"name": name, "key_prefix": shown_prefix(plaintext), "key_hash": hash_key(plaintext),
             "scopes": sorted(set(scopes), key=SCOPES.index)}
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.db import DriverStatement, SessionOrConnection, driver_rows, driver_sql
+from models.entity_input import nul_refused
 from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
 from models.job_results import result_when_ended
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
@@ -155,6 +156,8 @@ def list_jobs(
     page_token: str | None = None,
 ) -> Page[Job]:
     """Newest first, keyset-paginated on (created_at, id)."""
+    if kind is not None and "\x00" in kind:  # text cannot hold it: the database's refusal would name no field
+        raise nul_refused("kind")
     query = select(Job)
     if status is not None:
         query = query.where(Job.status == status)

@@ -91,3 +91,15 @@ def test_long_polls_from_one_read_key_do_not_take_every_thread_of_the_api(small_
     for poll in polls:
         poll.join(timeout=60)
     assert answered, f"/health got no answer in {waited:.1f} s while two long polls (wait=12) ran"
+
+
+def test_a_nul_in_a_key_name_or_a_job_kind_filter_is_422_naming_the_field(client) -> None:
+    """README, Errors: a 422 has one ``errors`` entry per bad field. A NUL (which PostgreSQL
+    cannot store) in a key's name or the jobs listing's ``kind`` reached the database, whose
+    refusal names nothing: ``"a value was refused by the database"`` and no ``errors``."""
+    created = client.post(f"{API}/api-keys", json={"name": "ops\u0000key", "scopes": ["read"]})
+    listed = client.get(f"{API}/jobs", query_string={"kind": "diagnostics.sleep\u0000"})
+    for response, field in ((created, "name"), (listed, "kind")):
+        assert response.status_code == 422 and response.mimetype == "application/problem+json"
+        assert [e["field"] for e in response.get_json().get("errors", [])] == [field], response.get_json()
+
