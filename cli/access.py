@@ -15,6 +15,7 @@ from cli.jobs import connect
 from cli.local import local_settings
 from cli.output import json_option, print_json, print_table
 from models.api_keys import MAX_EXPIRY_DAYS
+from models.canonical import visible_text
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
 from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key, staged_signing_key
@@ -47,8 +48,8 @@ def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, 
         print_json(key)
         return
     expiry = f", expires {key['expires_at']}" if key.get("expires_at") else ""
-    click.echo(f"created API key {key['id']} ({key['name']}, scopes {','.join(key['scopes'])}{expiry})")
-    click.echo(key["key"])
+    click.echo(visible_text(f"created API key {key['id']} ({key['name']}, scopes {','.join(key['scopes'])}{expiry})"))
+    click.echo(visible_text(key["key"]))
     click.echo("the key is shown only this once: store it now", err=True)
 
 
@@ -76,7 +77,7 @@ def revoke_key(key_id: str, as_json: bool) -> None:
     if as_json:
         print_json(key)
     else:
-        click.echo(f"revoked API key {key['id']} ({key['name']}) at {key['revoked_at']}")
+        click.echo(visible_text(f"revoked API key {key['id']} ({key['name']}) at {key['revoked_at']}"))
 
 
 @click.group("signing-keys")

@@ -103,3 +103,27 @@ def test_a_nul_in_a_key_name_or_a_job_kind_filter_is_422_naming_the_field(client
         assert response.status_code == 422 and response.mimetype == "application/problem+json"
         assert [e["field"] for e in response.get_json().get("errors", [])] == [field], response.get_json()
 
+
+EVIL = "ops\x1b[2K\r\x1b]0;owned\x07"  # erase the line, return, retitle the terminal
+
+
+def test_api_keys_create_and_revoke_show_the_key_s_name_with_control_codes_escaped(app, client, admin_key, monkeypatch) -> None:
+    """README: text from the server (names included) is shown with control codes escaped. The
+    listing escaped a key's name; ``create`` and ``revoke`` printed it raw."""
+    import httpx
+    from click.testing import CliRunner
+
+    import cli.jobs as cli_jobs
+    from cli.client import PlantClient
+    from cli.main import cli
+
+    monkeypatch.setenv("PLANT_URL", "http://plant.test")
+    monkeypatch.setenv("PLANT_API_KEY", admin_key)
+    monkeypatch.setattr(cli_jobs, "PlantClient", lambda config: PlantClient(config, transport=httpx.WSGITransport(app=app)))
+    created = CliRunner().invoke(cli, ["api-keys", "create", EVIL])
+    key_id = _new_key(client, EVIL, "read")["id"]
+    revoked = CliRunner().invoke(cli, ["api-keys", "revoke", key_id])
+    for result in (created, revoked):
+        assert result.exit_code == 0, result.output
+        assert "ops" in result.stdout
+        assert not {"\x1b", "\r", "\x07"} & set(result.stdout), repr(result.stdout)
