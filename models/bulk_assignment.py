@@ -528,11 +528,16 @@ def _binary(embedding: Any) -> Any:
 def _vectors(blobs: list[bytes | None]) -> np.ndarray:
     """Embeddings in pgvector's binary form (``vector_send``: u16 dim, u16 unused, then
     big-endian float4s) as one float64 matrix, read by NumPy in one call rather than
-    parsed from decimal text. The values are the stored float4s exactly. A missing
-    embedding is a zero row, as before."""
+    parsed from decimal text. Each row is scaled to unit length, so a similarity is the
+    cosine that automatic choice ranks by (``models.assignment.rank_teams``): the embedders
+    store unit vectors, but the column is not signed content, and a vector scaled through
+    SQL made the solver refuse the whole plan (its norm bound). A missing embedding, or an
+    all-zero one, is a zero row, as before."""
     present = [i for i, blob in enumerate(blobs) if blob is not None]
     matrix = np.zeros((len(blobs), EMBEDDING_DIM))
     if present:
         raw = np.frombuffer(b"".join(blobs[i] for i in present), dtype=">f4")  # type: ignore[misc]
         matrix[present] = raw.reshape(len(present), 1 + EMBEDDING_DIM)[:, 1:]
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    np.divide(matrix, norms, out=matrix, where=norms > 0)
     return matrix

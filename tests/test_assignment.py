@@ -569,7 +569,8 @@ def test_plan_vectors_are_read_from_pgvector_binary_with_zeros_for_missing() -> 
     blob = struct.pack(">HH", EMBEDDING_DIM, 0) + np.arange(EMBEDDING_DIM, dtype=">f4").tobytes()
     vectors = bulk_assignment._vectors([None, blob])
     assert vectors.shape == (2, EMBEDDING_DIM) and not vectors[0].any()
-    assert vectors[1].tolist() == list(range(EMBEDDING_DIM))
+    expected = np.arange(EMBEDDING_DIM, dtype=np.float64)
+    assert np.allclose(vectors[1], expected / np.linalg.norm(expected), rtol=0, atol=1e-15)  # read exactly, then unit length
 
 
 def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_session) -> None:
