@@ -30,12 +30,13 @@ from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, LifecycleStatus, Team, agent_skills,
-    governed_content,
+    governed_content, load_entities,
 )
 from models.entity_locks import tampered_error
 from models.jobs import BulkAssignmentMove
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
+from models.signing import KeyRing
 
 APPLY_BATCH = 500
 APPLY_IN_FLIGHT = 2
@@ -130,7 +131,8 @@ def assign_teams_in_bulk(
         seated = record.seated(session) if record is not None else set()
         if agent_ids:
             agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
-        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated)
+        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated,
+                                  keyring=ctx.keyring)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     if record is not None:
         record.method = plan.method
@@ -400,12 +402,21 @@ class PlanInputs:
 
 def read_plan_inputs(
     session: Session, *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, excluding: Collection[uuid.UUID] = (),
+    keyring: KeyRing | None = None,
 ) -> PlanInputs:
-    """What the plan needs, for the agents given or all unassigned ones, but those in ``excluding``."""
+    """What the plan needs, for the agents given or all unassigned ones, but those in ``excluding``.
+
+    With ``keyring``, a team whose row is not its signed head is left out, as automatic
+    choice passes over it: every move into it would be refused (``entity-tampered``), and
+    the seats the plan counted there were given to no one else."""
     agents, agent_vectors = _agents(session, agent_ids, all_unassigned, excluding)
+    live = (Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None))
     team_rows = session.execute(
         select(Team.id, Team.status, Team.job_role_id, Team.industry_id, Team.capacity, _binary(Team.embedding))
-        .where(Team.status == LifecycleStatus.ACTIVE.value, Team.deleted_at.is_(None)).order_by(Team.id)).all()
+        .where(*live).order_by(Team.id)).all()
+    if keyring is not None:
+        tampered = _tampered_teams(session, select(Team.id).where(*live), keyring)
+        team_rows = [row for row in team_rows if row[0] not in tampered]
     teams = [PlannedTeam(*row[:5]) for row in team_rows]
     # Every seat taken is counted, those of the agents being re-planned too: a plan never
     # counts on a seat that another of its moves frees (see solve_plan).
@@ -415,6 +426,18 @@ def read_plan_inputs(
         free_seats=[max(t.capacity - seats.get(t.id, 0), 0) for t in teams],
         required=required_skills_of(session, [agent.job_role_id for agent in agents]),
     )
+
+
+def _tampered_teams(session: Session, ids: Any, keyring: KeyRing) -> set[uuid.UUID]:
+    """The teams among ``ids`` (a query of ids) whose row is not their signed head. One read
+    before a team's write commits and the head after would look like drift: such a team is
+    read once more before it counts (as ``models.membership.signed_requirements`` does)."""
+    def drifted(query: Any) -> set[uuid.UUID]:
+        teams = load_entities(session, EntityType.TEAM, query)
+        return set(head_drift(session, [(team, governed_content(team)) for team in teams], keyring))
+
+    suspects = drifted(ids)
+    return drifted(select(Team.id).where(uuid_in(Team.id, suspects))) if suspects else suspects
 
 
 def solve_plan(inputs: PlanInputs) -> Plan:

@@ -152,3 +152,29 @@ def test_a_bulk_job_cancelled_part_way_accounts_for_every_agent_it_was_asked_to_
     assert job.result["requested"] == 4
     assert job.result["placed"] + job.result["not_placed"] == 4
     assert {u["agent_id"] for u in job.result["unplaced"]} == {str(a) for a in unseated}
+
+
+def test_a_bulk_plan_passes_over_a_tampered_team_as_automatic_choice_does(engine, write_ctx, committed_steward) -> None:
+    """A team whose row was edited through SQL takes no seat (entity-tampered). Automatic single
+    assignment passes over it to the next eligible team; the bulk plan counted its seats, put
+    the agent there (the most similar team), and the batch refused the move: the agent was
+    reported unplaced (`entity-tampered`) while a clean team of its role had a free seat."""
+    from sqlalchemy import text
+
+    from models.entities import Team
+
+    sessions, teams, agents = _world(engine, write_ctx, committed_steward, teams=2, agents=2)
+    tampered, clean = teams
+    with transaction(sessions) as session:
+        near = session.scalar(select(Team.embedding).where(Team.id == tampered))
+        session.execute(update(Agent).where(Agent.id == agents[0]).values(embedding=list(near)))  # like the tampered team
+        session.execute(text("UPDATE teams SET description = 'edited by hand' WHERE id = :t"), {"t": tampered})
+    with transaction(sessions) as session:
+        assert assign_agent(session, agent_id=agents[0], team_id=None, ctx=write_ctx).team_id == clean
+        session.rollback()  # only to show what automatic choice does
+    outcome = assign_teams_in_bulk(sessions, agent_ids=agents[:1], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *a: None)
+    assert outcome.placed == 1, outcome.unplaced
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == clean)) == 1
+        assert session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == tampered)) == 0
