@@ -178,3 +178,26 @@ def test_a_bulk_plan_passes_over_a_tampered_team_as_automatic_choice_does(engine
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == clean)) == 1
         assert session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == tampered)) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="the plan does not check agents against their signed heads (the batch does): a "
+                   "tampered agent is planned into a seat, refused, and the seat goes to no one")
+def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, write_ctx, committed_steward) -> None:
+    """One free seat, two agents: the one whose row was edited through SQL is the more similar, so
+    the plan seats it and leaves the clean one out (`eligible-teams-full`); the batch refuses the
+    tampered one (`entity-tampered`), and the seat stays empty."""
+    from sqlalchemy import text
+
+    from models.entities import Team
+
+    sessions, teams, (tampered, clean) = _world(engine, write_ctx, committed_steward, teams=1, agents=2)
+    with transaction(sessions) as session:
+        near = np.asarray(session.scalar(select(Team.embedding).where(Team.id == teams[0])))
+        session.execute(update(Agent).where(Agent.id == tampered).values(embedding=near.tolist()))
+        session.execute(update(Agent).where(Agent.id == clean).values(embedding=(-near).tolist()))
+        session.execute(text("UPDATE agents SET description = 'edited by hand' WHERE id = :a"), {"a": tampered})
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[tampered, clean], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *a: None)
+    assert {u["agent_id"]: u["reason"] for u in outcome.unplaced} == {str(tampered): "entity-tampered"}
+    with sessions() as session:
+        assert session.get(Agent, clean).team_id == teams[0]
