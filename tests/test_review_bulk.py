@@ -15,7 +15,6 @@ from models import bulk_assignment
 from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
-from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent
 from tests.test_assignment import World
 
