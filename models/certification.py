@@ -43,7 +43,7 @@ from models.chain import head_drift, history
 from models.constitution import L0, L1, evaluate
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
-from models.errors import AlreadyCertified, NotCertifiable
+from models.errors import AlreadyCertified, CanonicalizationError, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.entity_locks import lock_for_write
 from models.registry import WriteContext, embedding_text, record_version, rule_subject
@@ -186,19 +186,24 @@ def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> b
     return canonical_bytes({"skill_id": str(skill_id), **{name: certificate.get(name) for name in SIGNED_FIELDS}})
 
 
-def verify_certificate(certificate: dict[str, Any], *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
+def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
     """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads, and
-    not by a sealed key after its seal.
+    not by a sealed key after its seal. Anything else, however malformed (not an object, a
+    member canonical JSON cannot hold), is False, never an exception.
 
     Certificates issued before the format tag existed signed only the certified link;
     they do not verify here (their proof is the certified version in the chain).
     """
-    if certificate.get("format") != CERTIFICATE_FORMAT:
+    if not isinstance(certificate, dict) or certificate.get("format") != CERTIFICATE_FORMAT:
         return False
     if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
         return False
-    return verify_b64url_signature(keyring, certificate.get("kid"), certificate.get("signature"),
-                                   certificate_statement(skill_id, certificate), named=certificate.get("issued_at"))
+    try:
+        statement = certificate_statement(skill_id, certificate)
+    except CanonicalizationError:  # Plant signs only canonical JSON: such a member was never signed
+        return False
+    return verify_b64url_signature(keyring, certificate.get("kid"), certificate.get("signature"), statement,
+                                   named=certificate.get("issued_at"))
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:
