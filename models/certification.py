@@ -45,7 +45,7 @@ from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
 from models.errors import AlreadyCertified, CanonicalizationError, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
-from models.entity_locks import lock_for_write
+from models.entity_locks import lock_for_write, refuse_if_tampered
 from models.registry import WriteContext, embedding_text, record_version, rule_subject
 from models.signing import KeyRing
 
@@ -164,7 +164,13 @@ def nearest_certified_duplicate(session: Session, skill: Skill) -> dict[str, Any
 def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict[str, Any]:
     code = NO_INDUSTRY_CODE
     if skill.industry_id is not None:
-        code = session.scalar(select(Industry.code).where(Industry.id == skill.industry_id)) or NO_INDUSTRY_CODE
+        # The code is signed into the certificate: read it from a row that is its signed head
+        # (share-locked, so no write of the industry is halfway), never from one edited outside Plant.
+        industry = session.execute(select(Industry).where(Industry.id == skill.industry_id).with_for_update(read=True)
+                                   .execution_options(populate_existing=True)).scalar_one_or_none()
+        if industry is not None:
+            refuse_if_tampered(session, industry, ctx.keyring)
+            code = industry.code or NO_INDUSTRY_CODE
     number = allocate_certificate_number(session, code)
     assert skill.head_link_hash is not None
     certificate: dict[str, Any] = {

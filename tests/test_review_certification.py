@@ -31,7 +31,6 @@ def _job(write_ctx, name: str):
 # --- what a certificate signs ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason='TEMP')
 def test_a_certificate_takes_no_industry_code_from_a_row_edited_through_sql(db_session, write_ctx, steward) -> None:
     """The certificate id names the industry's code, read from its row: a code edited
     through SQL was signed into the certificate and the skill's chain (SKILL-EVIL-001), a
