@@ -98,7 +98,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     assert isinstance(skill, Skill)
     recorded = _recorded_by(session, skill, ctx.actor)
     if recorded is not None:
-        return _recorded_outcome(session, skill, recorded)
+        return _recorded_outcome(session, skill, recorded, ctx)
     if skill.status == SkillStatus.CERTIFIED.value:
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
@@ -110,7 +110,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     # One certification at a time: the duplicate gate reads other skills' status, and two
     # near-identical skills certified side by side would each see the other uncertified.
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
-    failed, duplicate = certification_gates(session, skill)
+    failed, duplicate = certification_gates(session, skill, keyring=ctx.keyring, embedder=ctx.embedder)
     content_before = governed_content(skill)  # a rejection may leave broken what the skill broke: the gates name it
     if notes:
         skill.governance_notes = normalize_text(notes)  # as every governed string is stored and signed: NFC
@@ -124,7 +124,8 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
 
 
-def certification_gates(session: Session, skill: Skill) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing,
+                        embedder: Embedder) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every failed gate (not just the first), and the blocking duplicate if any."""
     failed: list[dict[str, Any]] = []
     subject = rule_subject(session, skill, keyring=None)  # a skill's rules read no other entity
@@ -134,31 +135,46 @@ def certification_gates(session: Session, skill: Skill) -> tuple[list[dict[str, 
     words = len((skill.description or "").split())
     if words < MIN_DESCRIPTION_WORDS:
         failed.append({"gate": "description-length", "detail": f"{words} words; at least {MIN_DESCRIPTION_WORDS} required"})
-    duplicate = nearest_certified_duplicate(session, skill)
+    duplicate = nearest_certified_duplicate(session, skill, keyring=keyring, embedder=embedder)
     if duplicate is not None:
         failed.append({"gate": "near-duplicate", "detail": f"too similar to certified skill {duplicate['name']}", "duplicate": duplicate})
     return failed, duplicate
 
 
-def nearest_certified_duplicate(session: Session, skill: Skill) -> dict[str, Any] | None:
+def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder) -> dict[str, Any] | None:
     """The certified skill nearest to ``skill``, when it is a near-duplicate; exact, never
     approximate. Ordered by distance over the table itself, the planner may serve the
     ``LIMIT 1`` from the HNSW index, which finds its ``ef_search`` (40) nearest skills of
     any status and only then keeps the certified ones: forty drafts nearer than a certified
     duplicate hid it, and the copy was certified. A materialized CTE is read whole, so every
-    certified skill is compared (a sort over the certified ones alone)."""
+    certified skill is compared (a sort over the certified ones alone).
+
+    Other skills' stored vectors and statuses are not signed: they only find candidates (with
+    :data:`CANDIDATE_MARGIN` for float4's rounding; a zero vector's NaN distance is none), and
+    each is confirmed as :func:`gates_rechecked` confirms a pair: its row is its signed head,
+    certified, and the vector of its signed text is near ``skill``'s. So a status or a vector
+    changed through SQL makes Plant sign no rejection (their audit findings say so)."""
     if skill.embedding is None:
         return None
     certified = (
-        select(Skill.id, Skill.name, Skill.embedding.cosine_distance(skill.embedding).label("distance"))
+        select(Skill.id, Skill.embedding.cosine_distance(skill.embedding).label("distance"))
         .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
         .cte("certified").prefix_with("MATERIALIZED")
     )  # each row's distance, not its vector: a few bytes a skill to keep, under the lock every certification waits on
-    row = session.execute(select(certified.c.id, certified.c.name, certified.c.distance)
-                          .order_by(certified.c.distance).limit(1)).first()
-    if row is None or 1.0 - float(row[2]) < DUPLICATE_SIMILARITY:
+    near = session.scalars(select(certified.c.id).where(certified.c.distance <= 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN)
+                           .order_by(certified.c.distance)).all()
+    if not near:
         return None
-    return {"id": str(row[0]), "name": row[1], "similarity": round(1.0 - float(row[2]), 6)}
+    loaded = session.scalars(select(Skill).where(Skill.id.in_(near)).execution_options(populate_existing=True)).all()
+    others = _signed_certified(session, list(loaded), keyring)
+    mine = [float(x) for x in skill.embedding]
+    scored = [(cosine(mine, vector), other) for other, vector in
+              zip(others, embedder.embed([embedding_text(other) for other in others]), strict=True)]
+    best = max(scored, key=lambda pair: pair[0], default=None)
+    if best is None or not best[0] >= DUPLICATE_SIMILARITY:
+        return None
+    similarity, other = best
+    return {"id": str(other.id), "name": other.name, "similarity": round(similarity, 6)}
 
 
 def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict[str, Any]:
@@ -242,12 +258,13 @@ def _recorded_by(session: Session, skill: Skill, actor: str) -> tuple[int, dict[
     return None
 
 
-def _recorded_outcome(session: Session, skill: Skill, recorded: tuple[int, dict[str, Any]]) -> CertificationOutcome:
+def _recorded_outcome(session: Session, skill: Skill, recorded: tuple[int, dict[str, Any]],
+                      ctx: WriteContext) -> CertificationOutcome:
     """The outcome this actor already committed. A rejection at the head has its gates
     derived again; one the skill has moved on from is told as recorded."""
     version, content = recorded
     if version == skill.version and skill.status == SkillStatus.REJECTED.value:
-        failed, duplicate = certification_gates(session, skill)
+        failed, duplicate = certification_gates(session, skill, keyring=ctx.keyring, embedder=ctx.embedder)
         return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
     return CertificationOutcome(skill.id, content["status"], version, content.get("certificate"))
 

@@ -73,7 +73,6 @@ def test_verify_certificate_answers_false_for_a_malformed_certificate(db_session
 # --- the duplicate gate's inputs -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason='TEMP')
 def test_a_certified_skills_vector_zeroed_through_sql_rejects_no_other_skill(db_session, write_ctx, steward) -> None:
     """pgvector's cosine distance to a zero vector is NaN, and ``1 - NaN < 0.95`` is false:
     with that skill the nearest certified one, every skill was rejected as its near-duplicate
@@ -88,7 +87,6 @@ def test_a_certified_skills_vector_zeroed_through_sql_rejects_no_other_skill(db_
     assert outcome.status == "certified", outcome.as_json()
 
 
-@pytest.mark.xfail(strict=True, reason='TEMP')
 def test_a_draft_set_to_certified_through_sql_gets_no_honest_skill_rejected(db_session, write_ctx, steward) -> None:
     """The gate read other skills' status from their rows, unchecked: a draft set to
     'certified' through SQL made Plant sign a rejection of an honest skill, naming as its
@@ -102,7 +100,6 @@ def test_a_draft_set_to_certified_through_sql_gets_no_honest_skill_rejected(db_s
     assert outcome.status == "certified", outcome.as_json()
 
 
-@pytest.mark.xfail(strict=True, reason='TEMP')
 def test_a_certified_skills_vector_made_to_look_like_a_draft_gets_it_no_rejection(db_session, write_ctx, steward) -> None:
     """The stored vector is not signed: copied through SQL from a draft onto an unrelated
     certified skill, it made the gate reject that draft as a near-duplicate (similarity 1.0)
