@@ -30,6 +30,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Integer, String, bindparam, select, text
@@ -39,14 +40,14 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
 from models.canonical import canonical_bytes, normalize_text, strict_json_loads
-from models.chain import head_drift, history
+from models.chain import HEAD_FINDINGS, head_drift, history
 from models.constitution import L0, L1, evaluate
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
 from models.errors import AlreadyCertified, CanonicalizationError, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.entity_locks import lock_for_write, refuse_if_tampered
-from models.registry import WriteContext, embedding_text, record_version, rule_subject
+from models.registry import EMBEDDED_TEXT, WriteContext, embedding_text, record_version, rule_subject
 from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8
@@ -166,7 +167,7 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
     if not near:
         return None
     loaded = session.scalars(select(Skill).where(Skill.id.in_(near)).execution_options(populate_existing=True)).all()
-    others = _signed_certified(session, list(loaded), keyring)
+    others = _certified_by_signed_head(session, list(loaded), keyring)
     mine = [float(x) for x in skill.embedding]
     scored = [(cosine(mine, vector), other) for other, vector in
               zip(others, embedder.embed([embedding_text(other) for other in others]), strict=True)]
@@ -175,6 +176,31 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
         return None
     similarity, other = best
     return {"id": str(other.id), "name": other.name, "similarity": round(similarity, 6)}
+
+
+def _certified_by_signed_head(session: Session, skills: Sequence[Skill], keyring: KeyRing) -> list[Any]:
+    """Those of ``skills`` whose signed head version certifies them, as that version reads: the
+    row, when it is its signed head; else, when only the row drifted from its chain (edited
+    outside Plant, its head pointer moved), the chain's newest version, whose hash, link and
+    signature verify (a certified original edited through SQL still blocks its copies). A
+    chain whose newest version does not verify certifies nothing."""
+    drift = head_drift(session, [(skill, governed_content(skill)) for skill in skills], keyring)
+    found: list[Any] = []
+    for skill in skills:
+        finding = drift.get(skill.id)
+        if finding is None:
+            content: Any = {name: getattr(skill, name) for name in ("status", "name", *EMBEDDED_TEXT[EntityType.SKILL])}
+        elif finding.code in HEAD_FINDINGS:
+            try:
+                content = strict_json_loads(bytes(history(session, entity_id=skill.id)[-1].content))
+            except ValueError:
+                continue
+        else:
+            continue
+        if isinstance(content, dict) and content.get("status") == SkillStatus.CERTIFIED.value:
+            found.append(SimpleNamespace(id=skill.id, entity_type_value=EntityType.SKILL,
+                                         **{name: content.get(name) for name in ("name", *EMBEDDED_TEXT[EntityType.SKILL])}))
+    return found
 
 
 def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict[str, Any]:

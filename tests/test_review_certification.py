@@ -6,7 +6,6 @@ behaviour the review checked and found sound.
 
 import dataclasses
 import threading
-import uuid
 
 import pytest
 from sqlalchemy import text
@@ -191,3 +190,15 @@ def test_near_duplicates_certified_by_two_worker_jobs_at_once_certify_exactly_on
     rejected = next(job for job in jobs if job["result"]["status"] == "rejected")
     assert rejected["result"]["blocking_duplicate"]["id"] == certified["result"]["skill_id"]
     assert certified["result"]["certificate"]["certificate_id"] == "SKILL-GEN-001"
+
+
+def test_a_copy_of_a_certified_skill_whose_row_was_edited_through_sql_is_still_rejected(db_session, write_ctx, steward) -> None:
+    """Confirmed from its signed head version, not its row: an original whose row was edited
+    outside Plant (its tags, here) is still certified by its chain, and still blocks a copy."""
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    db_session.execute(text("UPDATE skills SET tags = ARRAY['edited'] WHERE id = :id"), {"id": original.id})
+    db_session.expire_all()
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=_job(write_ctx, "copy"))
+    assert outcome.status == "rejected", outcome.as_json()
+    assert outcome.blocking_duplicate["id"] == str(original.id)
