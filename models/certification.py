@@ -152,9 +152,10 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
 
     Other skills' stored vectors and statuses are not signed: they only find candidates (with
     :data:`CANDIDATE_MARGIN` for float4's rounding; a zero vector's NaN distance is none), and
-    each is confirmed as :func:`gates_rechecked` confirms a pair: its row is its signed head,
-    certified, and the vector of its signed text is near ``skill``'s. So a status or a vector
-    changed through SQL makes Plant sign no rejection (their audit findings say so)."""
+    each is confirmed from signed content: certified by its signed head version
+    (:func:`_certified_by_signed_head`), and the vector of that version's text near
+    ``skill``'s. So a status or a vector changed through SQL makes Plant sign no rejection
+    (their audit findings say so)."""
     if skill.embedding is None:
         return None
     certified = (
