@@ -40,6 +40,9 @@ threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 # it under load, so the pool follows the threads unless PLANT_DB_POOL_SIZE says otherwise.
 # Workers are forked from this process and inherit the variable.
 os.environ.setdefault("PLANT_DB_POOL_SIZE", str(threads))
+# A long poll holds its thread while it waits: at most half the threads do, so the other half
+# (/health's included) stay free for requests that answer at once.
+os.environ.setdefault("PLANT_LONG_POLLS_AT_ONCE", str(max(1, threads // 2)))
 timeout = 60  # a long-poll is capped at 30 s, so 60 s only catches a stuck worker
 graceful_timeout = 35  # a long-poll started just before SIGTERM (30 s at most) still gets its answer
 keepalive = 5

@@ -33,7 +33,10 @@ def follow(client: PlantClient, job: dict[str, Any], on_update: Callable[[dict[s
             on_update(job)
         if is_terminal(job):
             return job
+        asked = time.monotonic()
         job = client.job(job["id"], wait=POLL_WAIT_SECONDS)
+        if not is_terminal(job):  # answered before its wait (every long-poll slot of the server taken): pace it
+            time.sleep(max(0.0, POLL_WAIT_SECONDS - (time.monotonic() - asked)))
 
 
 def require_success(job: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     digests_at_once: int = Field(
         default=1, ge=1, description="ledger digests one API process takes at a time; one more is 503 digests-busy"
     )
+    long_polls_at_once: int = Field(
+        default=4, ge=0, description="long polls (GET /jobs/{id}?wait=N) one API process holds at a time; "
+                                     "one more answers at once, as without wait (gunicorn: half its threads)"
+    )
 
     # Signing keys for the entity chain: the active key as PEM text (PLANT_SIGNING_KEY,
     # e.g. from a secret manager) or a file; retired keys (still trusted for what they

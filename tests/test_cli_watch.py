@@ -44,3 +44,21 @@ def test_a_pipe_gets_a_line_per_change_and_no_carriage_returns() -> None:
     assert "\r" not in out.getvalue()
     assert [line.split()[:3] for line in lines] == [["running", "0", "done"], ["running", "3", "done"], ["failed", "3", "done"]]
     assert lines[1].endswith("1.5/s")  # 3 done in the 2 s since progress was first seen; no total, no ETA
+
+
+def test_following_a_job_paces_polls_the_server_answers_before_their_wait(monkeypatch) -> None:
+    """A server whose long-poll slots are all taken answers ``?wait=1`` at once (README, Jobs):
+    the CLI then waits out the rest of the second itself instead of asking again at once."""
+    import cli.watch as watch
+
+    answers = iter([job("running", 1), job("running", 2), job("succeeded", 10)])
+    slept: list[float] = []
+
+    class AnswersAtOnce:
+        def job(self, job_id: str, *, wait: float = 0) -> dict:
+            assert wait == watch.POLL_WAIT_SECONDS
+            return next(answers)
+
+    monkeypatch.setattr(watch.time, "sleep", slept.append)
+    assert watch.follow(AnswersAtOnce(), job("queued", 0))["status"] == "succeeded"  # type: ignore[arg-type]
+    assert len(slept) == 2 and all(0.9 < s <= watch.POLL_WAIT_SECONDS for s in slept), slept

@@ -62,10 +62,11 @@ def small_gunicorn(settings, tmp_path: Path) -> Iterator[str]:
         stop_process_group(process)
 
 
-@pytest.mark.xfail(strict=True, reason="a long poll holds a gunicorn thread for up to 30 s and nothing bounds how many "
-                   "run at once: as many as the API has threads (any read key) leave none for other requests, "
-                   "/health included")
 def test_long_polls_from_one_read_key_do_not_take_every_thread_of_the_api(small_gunicorn, app, client, engine) -> None:
+    """A long poll holds a gunicorn thread for up to 30 s, and nothing bounded how many ran at
+    once: as many as the API has threads (any read key) left none for other requests, /health
+    included (helper-145). A process now holds at most PLANT_LONG_POLLS_AT_ONCE (gunicorn: half
+    its threads); one more answers at once."""
     reader = _new_key(client, "poller", "read")["key"]
     with Session(engine) as session, session.begin():  # queued, never published: it stays queued
         job_id = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id
@@ -127,3 +128,23 @@ def test_api_keys_create_and_revoke_show_the_key_s_name_with_control_codes_escap
         assert result.exit_code == 0, result.output
         assert "ops" in result.stdout
         assert not {"\x1b", "\r", "\x07"} & set(result.stdout), repr(result.stdout)
+
+
+def test_a_long_poll_finding_every_slot_taken_answers_at_once_with_the_job_as_it_is(app, client) -> None:
+    from web.services import app_services
+
+    job = client.post(f"{API}/diagnostics/sleep", json={"seconds": 0, "steps": 1}).get_json()
+    slots = app_services(app).long_poll_slots
+    assert slots is not None
+    taken = 0
+    while slots.acquire(blocking=False):
+        taken += 1
+    try:
+        started = time.monotonic()
+        response = client.get(f"{API}/jobs/{job['id']}", query_string={"wait": 5})
+        assert response.status_code == 200 and response.get_json()["status"] == "queued"
+        assert time.monotonic() - started < 2.5
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert taken == app_services(app).settings.long_polls_at_once

@@ -57,6 +57,7 @@ class Services:
     keyring: KeyRing
     embedder: Embedder
     digest_slots: threading.BoundedSemaphore  # see digest_slot
+    long_poll_slots: threading.BoundedSemaphore | None  # see long_poll_slot; None: no long poll waits
 
 
 def build_services(settings: Settings) -> Services:
@@ -78,6 +79,7 @@ def build_services(settings: Settings) -> Services:
         keyring=keyring_from_settings(settings),
         embedder=make_embedder(settings.embedder),
         digest_slots=threading.BoundedSemaphore(settings.digests_at_once),
+        long_poll_slots=threading.BoundedSemaphore(settings.long_polls_at_once) if settings.long_polls_at_once else None,
     )
 
 
@@ -106,6 +108,23 @@ def digest_slot() -> Iterator[None]:
         yield
     finally:
         svc.digest_slots.release()
+
+
+@contextmanager
+def long_poll_slot() -> Iterator[bool]:
+    """Whether this request may wait, holding one of this process's ``PLANT_LONG_POLLS_AT_ONCE``
+    long-poll slots while it does. A long poll holds its thread for up to 30 s: unbounded, any
+    ``read`` key polling as many jobs as the process has threads left none for other requests,
+    ``/health`` included. One finding no free slot does not wait for one (that would hold its
+    thread just the same): it answers at once."""
+    slots = services().long_poll_slots
+    if slots is None or not slots.acquire(blocking=False):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        slots.release()
 
 
 def _always() -> bool:

@@ -2,7 +2,8 @@
 
 Show and list read in autocommit (``statement_at_a_time``): each is one statement after
 the key lookup, so a long-poll's every read sees the latest commits. A long poll that
-waited looks its key up again before it answers: a key revoked meanwhile gets 401."""
+waited looks its key up again before it answers: a key revoked meanwhile gets 401. A
+process holds at most ``PLANT_LONG_POLLS_AT_ONCE`` long polls; one more answers at once."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.openapi_headers import ETAG, IF_NONE_MATCH, documents_headers
 from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
-from web.services import close_db_session, db_session, db_statements, services, statement_at_a_time
+from web.services import close_db_session, db_session, db_statements, long_poll_slot, services, statement_at_a_time
 
 POLL_INTERVAL_SECONDS = 0.1
 
@@ -40,14 +41,18 @@ def show_job(path: JobPath, query: JobGetQuery) -> Response:
 
 
 def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> tuple[JobRecord, bool]:
-    """The job once terminal or after ``seconds``, and whether it was waited for."""
+    """The job once terminal or after ``seconds``, and whether it was waited for. With every
+    long-poll slot of the process taken, the job as it is now (``web.services.long_poll_slot``)."""
     deadline = time.monotonic() + seconds
     job = get_job(db_statements(), job_id)
+    if JobStatus(job.status).is_terminal or seconds <= 0:
+        return job, False
     waited = False
-    while not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
-        close_db_session()  # the connection goes back to the pool while this request sleeps
-        time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
-        job, waited = get_job(db_statements(), job_id), True
+    with long_poll_slot() as may_wait:
+        while may_wait and not JobStatus(job.status).is_terminal and time.monotonic() < deadline:
+            close_db_session()  # the connection goes back to the pool while this request sleeps
+            time.sleep(min(POLL_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
+            job, waited = get_job(db_statements(), job_id), True
     return job, waited
 
 
