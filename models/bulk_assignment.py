@@ -40,6 +40,8 @@ from models.signing import KeyRing
 
 APPLY_BATCH = 500
 APPLY_IN_FLIGHT = 2
+NOT_APPLIED = "not-applied"
+NOT_APPLIED_DETAIL = "the job stopped before the batch holding this agent's move ran"
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,15 @@ def assign_teams_in_bulk(
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
     progress(0, total, "plan computed")  # renews the lease after the solve, before any fence
     if record is not None:
+        # Every agent of the plan is recorded before any batch: those it leaves out with their
+        # reason, and those it places as not applied yet, which their batch's record replaces.
+        # A job stopped part-way (a cancel, its time limit, a failure) so still accounts for
+        # every agent it was asked to place: those whose batch never ran say so.
+        waiting = [_unplaced(plan.agents[a], NOT_APPLIED, NOT_APPLIED_DETAIL) for a in sorted(plan.placements)]
         with transaction(sessions) as session:
             fence(session)
-            record.moves(session, plan, [(i, None) for i in sorted(plan.unplaced)], unplaced)
+            record.moves(session, plan, [(i, None) for i in sorted({*plan.unplaced, *plan.placements})],
+                         unplaced + waiting)
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
         futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence, record): i
                    for i, batch in enumerate(batches)}

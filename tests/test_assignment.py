@@ -473,7 +473,8 @@ def test_a_bulk_job_stopped_after_a_batch_committed_reports_what_it_did(
     assert seated == 1
     assert job.status == ("cancelled" if cancels else "failed"), job.error
     assert job.result is not None and job.result["placed"] == 1
-    assert job.result["requested"] == 1 and job.result["method"]  # the one agent its batch recorded; this attempt's plan
+    assert job.result["requested"] == 4 and job.result["method"]  # every agent it was given; this attempt's plan
+    assert {u["reason"] for u in job.result["unplaced"]} == {"not-applied"}  # the 3 whose batch never ran
 
 
 def test_batches_are_cut_between_teams(monkeypatch) -> None:

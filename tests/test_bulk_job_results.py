@@ -97,7 +97,8 @@ def test_a_bulk_job_cancelled_while_it_waits_for_its_retry_reports_what_it_did(
         assert _seated(session) == 1
     assert job.status == "cancelled"
     assert job.result is not None
-    assert (job.result["requested"], job.result["placed"]) == (1, 1)
+    assert (job.result["requested"], job.result["placed"]) == (4, 1)  # the 3 others: not applied
+    assert {u["reason"] for u in job.result["unplaced"]} == {"not-applied"}
     assert job.result["method"] == waiting.result["method"] != ""  # the plan that attempt reported
 
 
@@ -131,7 +132,7 @@ def test_a_bulk_job_whose_worker_died_reports_what_it_did_whatever_ends_it(
         assert _seated(session) == 1
     assert job.status == ("failed" if ended_by == "sweep, last attempt" else "cancelled"), job.error
     assert job.result is not None
-    assert (job.result["requested"], job.result["placed"], job.result["not_placed"]) == (1, 1, 0)
+    assert (job.result["requested"], job.result["placed"], job.result["not_placed"]) == (4, 1, 3)  # 3 not applied
     assert job.result["total_similarity"] != 0
     assert job.result["method"] == ""  # the dead attempt's plan reported none: not known
 
@@ -156,7 +157,8 @@ def test_a_bulk_job_whose_retry_died_reports_both_attempts_and_not_a_method_it_c
         job = get_job(session, job_id)
         assert _seated(session) == 2
     assert job.status == "failed"
-    assert (job.result["requested"], job.result["placed"], job.result["method"]) == (2, 2, "")
+    assert (job.result["requested"], job.result["placed"], job.result["method"]) == (4, 2, "")
+    assert {u["reason"] for u in job.result["unplaced"]} == {"not-applied"}
 
 
 def test_a_stopped_bulk_job_that_seated_nobody_reports_its_records_or_nothing(
@@ -179,6 +181,6 @@ def test_a_stopped_bulk_job_that_seated_nobody_reports_its_records_or_nothing(
         job, other = get_job(session, job_id), get_job(session, never_run)
         assert _seated(session) == 0
     assert job.status == "cancelled" and job.result is not None
-    assert (job.result["requested"], job.result["placed"], job.result["not_placed"]) == (1, 0, 1)
-    assert job.result["unplaced"][0]["reason"] == "eligible-teams-full"
+    assert (job.result["requested"], job.result["placed"], job.result["not_placed"]) == (2, 0, 2)
+    assert sorted(u["reason"] for u in job.result["unplaced"]) == ["eligible-teams-full", "not-applied"]
     assert (other.status, other.result) == ("cancelled", None)

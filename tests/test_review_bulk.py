@@ -118,14 +118,13 @@ def test_two_bulk_jobs_single_assignments_and_patches_at_once_never_overfill_a_t
                 assert session.get(Agent, move.agent_id).team_id == move.team_id, move.agent_name
 
 
-@pytest.mark.xfail(strict=True, reason="a stopped bulk job's result counts only the agents its records hold: planned "
-                   "agents whose batch never ran are neither placed nor unplaced, and `requested` shrinks to match")
 def test_a_bulk_job_cancelled_part_way_accounts_for_every_agent_it_was_asked_to_place(
         engine, worker_sessions, write_ctx, committed_steward, monkeypatch) -> None:
     """Asked to place 4 agents (4 free seats), cancelled once its first batch committed: the job
     ends `cancelled` with `requested: 1, placed: 1, not_placed: 0, unplaced: []`. A client
     that reads `unplaced` to know which agents still need a seat learns of none, and
-    `plant jobs watch` prints "placed 1 of 1 agent(s); 0 not placed" for a job given 4."""
+    `plant jobs watch` printed "placed 1 of 1 agent(s); 0 not placed" for a job given 4
+    (helper-142). The plan's agents are recorded before any batch, as not applied yet."""
     from models.job_lifecycle import create_job, get_job, request_cancel
     from tasks import registry_jobs, runner
     from tests.conftest import SentTasks
@@ -154,6 +153,7 @@ def test_a_bulk_job_cancelled_part_way_accounts_for_every_agent_it_was_asked_to_
     assert job.result["requested"] == 4
     assert job.result["placed"] + job.result["not_placed"] == 4
     assert {u["agent_id"] for u in job.result["unplaced"]} == {str(a) for a in unseated}
+    assert {u["reason"] for u in job.result["unplaced"]} == {"not-applied"}
 
 
 def test_a_bulk_plan_passes_over_a_tampered_team_as_automatic_choice_does(engine, write_ctx, committed_steward) -> None:
