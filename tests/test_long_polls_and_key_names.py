@@ -1,4 +1,4 @@
-"""Review of access control and the job API (branch review-auth): each test proves a finding."""
+"""Access control and the job API (reviewed by helper-145): long polls bounded per process, NUL refusals named, key names escaped."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Adversarial review of the hash chain, signing and keys (branch review-keys)."""
+"""Adversarial review of the hash chain, signing and keys: malformed JWS headers, ids shared across tables, seal files."""
 
 from __future__ import annotations
 
