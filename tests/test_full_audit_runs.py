@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import math
 import json
-import uuid
 from typing import Any
 
 import pytest
