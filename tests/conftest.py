@@ -337,6 +337,41 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
         process.wait()
 
 
+@contextmanager
+def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, threads: int,
+                     metrics_dir: Path) -> Iterator[str]:
+    """The API under gunicorn as configured (gunicorn.conf.py), JSON logs in ``log_path``;
+    yields its base URL once it answers, and stops it after."""
+    import requests
+
+    from cli.services import free_port
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
+                          PLANT_WEB_THREADS=str(threads), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+                          PLANT_LOG_FORMAT="json"),
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
+        except requests.RequestException:  # not listening yet, or a worker still booting
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="gunicorn to answer")
+        yield base
+    finally:
+        stop_process_group(process)
+
+
 @pytest.fixture(scope="session")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
     """A real ``celery worker`` process consuming every queue."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +12,8 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from cli.services import free_port
 from models.job_lifecycle import create_job
-from tests.conftest import REPO_ROOT, child_env, lock_waiters, stop_process_group, wait_for
+from tests.conftest import gunicorn_serving, lock_waiters, wait_for
 
 API = "/api/v1"
 
@@ -36,30 +33,9 @@ def _new_key(client, name: str, *scopes: str) -> dict:
 @pytest.fixture
 def small_gunicorn(settings, tmp_path: Path) -> Iterator[str]:
     """The API under gunicorn as configured (gunicorn.conf.py), one process of two threads."""
-    port = free_port()
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1", PLANT_WEB_THREADS="2",
-                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"), PLANT_LOG_FORMAT="json"),
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, timeout=60, what="gunicorn to answer")
+    with gunicorn_serving(settings, tmp_path / "gunicorn.log", processes=1, threads=2,
+                          metrics_dir=tmp_path / "prometheus") as base:
         yield base
-    finally:
-        stop_process_group(process)
 
 
 def test_long_polls_from_one_read_key_do_not_take_every_thread_of_the_api(small_gunicorn, app, client, engine) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -28,11 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from cli.services import free_port
 from models.audit_tables import AuditFinding, AuditRun
 from models.entities import Skill
 from models.jobs import Job
-from tests.conftest import REPO_ROOT, child_env, recorded_statements, stop_process_group, wait_for
+from tests.conftest import gunicorn_serving, recorded_statements, wait_for
 from web.metrics import PlantStateCollector
 from web.services import app_services
 
@@ -184,33 +181,12 @@ def test_a_scrape_with_the_database_and_redis_down_still_answers(settings) -> No
 @pytest.fixture
 def gunicorn_api(settings, tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     """The API under gunicorn with two worker processes; yields (base URL, metrics dir, log)."""
-    port = free_port()
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")  # must be cleared at start
     log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", PLANT_WEB_THREADS="4",
-                          PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), PLANT_LOG_FORMAT="json"),
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
-        except requests.RequestException:  # not listening yet, or a worker still booting
-            return False
-
-    try:
-        wait_for(up, timeout=60, what="gunicorn to answer")
+    with gunicorn_serving(settings, log_path, processes=2, threads=4, metrics_dir=metrics_dir) as base:
         yield base, metrics_dir, log_path
-    finally:
-        stop_process_group(process)
 
 
 def test_gunicorn_workers_share_request_metrics_and_log_json(gunicorn_api) -> None:
