@@ -12,7 +12,10 @@ from typing import Any
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
+import unicodedata
+
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
+from models.constitution import INVISIBLE, visible
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
 from models.errors import InvalidInput
 
@@ -131,6 +134,9 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
             raise nul_refused(key)
         if isinstance(value, str):
             value = normalize_text(value)
+            if key in PLAIN_SPELLED and (why := hidden_spelling(value)) is not None:
+                raise InvalidInput(f"{key} {why}: it would read the same as the {key} without it",
+                                   errors=[{"field": key, "message": why}])
             limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)
             if limit is not None and len(value) > limit:
                 raise InvalidInput(f"{key} is {len(value)} characters long once NFC-normalized; at most {limit} fit",
@@ -143,6 +149,38 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
                 raise nul_refused(key)
         out[key] = value
     return out
+
+
+# Fields that tell entities apart (each unique per type): a spelling that reads the same as
+# another, differing only by what draws nothing, would pass their unique constraints.
+PLAIN_SPELLED = ("name", "external_key")
+JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: Persian, Indic scripts, emoji sequences
+
+
+def hidden_spelling(text: str) -> str | None:
+    """Why ``text`` holds something a reader cannot see, or None: whitespace around it, any
+    but a single U+0020 between words, a control character, a format character (U+200B, the
+    soft hyphen, U+2060, the marks of direction; ZWJ and ZWNJ only between two characters
+    beyond ASCII, where scripts and emoji sequences use them), or a character that draws
+    nothing on its own (``models.constitution.INVISIBLE``: variation selectors, fillers) other
+    than after a character beyond ASCII. "Logistics\u200b", "Logistics " and "Logis\u00adtics"
+    passed the unique constraint beside "Logistics". Text with nothing visible is left to the
+    constitution's rules (blank)."""
+    if not visible(text):
+        return None
+    if text != text.strip():
+        return "begins or ends with whitespace"
+    if "  " in text or any(c.isspace() and c != " " for c in text):
+        return "holds whitespace other than single spaces between words"
+    for i, c in enumerate(text):
+        before, after = text[i - 1] if i else " ", text[i + 1] if i + 1 < len(text) else " "
+        beyond_ascii = ord(before) > 0x7F and not before.isspace()
+        if c in JOINERS:
+            if not (beyond_ascii and ord(after) > 0x7F and not after.isspace()):
+                return f"holds U+{ord(c):04X}, which draws nothing, outside a script or emoji sequence that uses it"
+        elif unicodedata.category(c) in ("Cc", "Cf") or (c in INVISIBLE and not beyond_ascii):
+            return f"holds U+{ord(c):04X}, which draws nothing"
+    return None
 
 
 def nul_refused(field: str) -> InvalidInput:
