@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_callback=validation_problem,
     )
     app.json = StrictJSONProvider(app)
+    # A doubled slash (/api/v1//api-keys) is no route: 404 problem+json, not werkzeug's HTML
+    # 308 to the path with one slash, which the scope check had already judged as another path.
+    app.url_map.merge_slashes = False
     init_services(app, settings)
     register_error_handlers(app)
     init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
