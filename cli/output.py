@@ -64,6 +64,8 @@ def describe_job(job: dict[str, Any]) -> list[str]:
         f"started   {job.get('started_at') or '-'}", f"finished  {job.get('finished_at') or '-'}",
         f"params    {compact(job['params'])}",
     ]
+    if job.get("cancelled_by"):
+        lines.insert(5, f"cancel by {job['cancelled_by']}")
     if job.get("error"):
         lines.append(f"error     {compact(job['error'])}")
     if job.get("result") is not None:

@@ -324,8 +324,10 @@ def _finish_statement(*, succeeded: bool, with_progress: bool) -> DriverStatemen
     return driver_sql(_OWNED.values(**values).returning(_JOBS.id))
 
 
-def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next checkpoint.
+def request_cancel(session: Session, *, job_id: uuid.UUID, by: str | None = None) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next checkpoint. ``by``
+    (who asks: ``api-key:<id>``) is recorded in ``cancelled_by`` by the first request that
+    cancels the job or asks it to stop.
 
     A running job whose lease has expired has no live attempt to reach a checkpoint (its
     worker died or stalled), so it is cancelled at once too; should that attempt write
@@ -342,6 +344,10 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
         # attempt still in flight (check_attempt), then look again.
         job = _locked_job(session, job_id, for_update=True)
         assert job is not None  # the row is locked: nothing deleted it
+    if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLED.value):
+        raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), job_status=job.status)
+    if job.status != JobStatus.CANCELLED.value and job.cancel_requested_at is None and job.cancelled_by is None:
+        job.cancelled_by = by
     if job.status == JobStatus.QUEUED.value:
         _cancel_now(session, job, now, "cancelled before it started")
     elif job.status == JobStatus.RUNNING.value:
@@ -350,8 +356,6 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> Job:
                         f"cancelled while attempt {job.attempts} was not reporting (its lease had expired)")
         elif job.cancel_requested_at is None:
             job.cancel_requested_at = now
-    elif job.status != JobStatus.CANCELLED.value:
-        raise JobNotCancellable(f"job {job_id} already {job.status}", id=str(job_id), job_status=job.status)
     session.flush()
     return job
 

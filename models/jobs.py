@@ -81,6 +81,9 @@ class Job(Base):
     republishes: Mapped[int] = mapped_column(Integer, server_default="0")
     # Who asked for the job: NULL for rows older than migration 0019 and jobs other code inserts.
     requested_by: Mapped[str | None] = mapped_column(Text)
+    # Who asked to cancel it (the API's ``api-key:<id>``), by the first cancel request; NULL for
+    # jobs not cancelled on request and for cancels older than migration 0022.
+    cancelled_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
     started_at: Mapped[Timestamp | None]
     finished_at: Mapped[Timestamp | None]
@@ -105,6 +108,7 @@ class JobRecord(Protocol):
     progress_message: str | None
     attempts: int
     requested_by: str | None
+    cancelled_by: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

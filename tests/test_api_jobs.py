@@ -31,7 +31,7 @@ def client(settings, admin_key):
     return test_client
 
 JOB_FIELDS = {"id", "kind", "status", "params", "progress", "attempts", "result", "error", "requested_by",
-              "created_at", "started_at", "finished_at"}
+              "cancelled_by", "created_at", "started_at", "finished_at"}
 
 
 def _start(client, seconds: float = 0, steps: int = 1):
@@ -151,6 +151,27 @@ def test_cancel_a_queued_job_at_once_and_twice_is_harmless(client) -> None:
     assert first.get_json()["status"] == "cancelled"
     assert first.get_json()["finished_at"] is not None
     assert client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()["status"] == "cancelled"
+
+
+def test_a_cancel_names_the_key_that_asked_first(client, engine) -> None:
+    """Who cancelled a job (an audit, say) was only in the request's log line; the job names the
+    key now, queued (cancelled at once) or running (asked to stop), and a later request by
+    another key does not take it over."""
+    from models.job_lifecycle import claim_job
+
+    other = client.post("/api/v1/api-keys", json={"name": "second canceller", "scopes": ["read", "write"]}).get_json()
+    by_other = {"HTTP_AUTHORIZATION": f"Bearer {other['key']}"}
+    me = _start(client).get_json()["requested_by"]
+    queued, running = _start(client).get_json(), _start(client).get_json()
+    assert queued["cancelled_by"] is None
+    with Session(engine) as session, session.begin():
+        claim_job(session, job_id=uuid.UUID(running["id"]), worker="w", lease_seconds=60)
+    for job in (queued, running):
+        assert client.post(f"/api/v1/jobs/{job['id']}/cancel").get_json()["cancelled_by"] == me
+        again = client.post(f"/api/v1/jobs/{job['id']}/cancel", environ_base=by_other).get_json()
+        assert again["cancelled_by"] == me, again
+    assert client.get(f"/api/v1/jobs/{running['id']}").get_json()["status"] == "running"  # asked; stops at a checkpoint
+    assert f"api-key:{other['id']}" != me
 
 
 def test_cancelling_a_finished_job_is_409_naming_how_it_ended(client, engine) -> None:

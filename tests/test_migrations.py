@@ -365,3 +365,23 @@ def test_0019_records_who_asked_for_each_job_and_downgrades_only_without_it(empt
         assert "requested_by" not in columns and conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
     upgrade_head(empty_database)
     check_schema(empty_database)
+
+
+def test_0022_records_who_cancelled_a_job_and_downgrades_only_without_it(empty_database: str) -> None:
+    """A downgrade would drop who asked for each cancel recorded since: it refuses while any job names one."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    command.upgrade(config, "0022")
+    downgrade(empty_database, "0021")  # nobody named: nothing to lose
+    command.upgrade(config, "0022")
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (kind, queue, cancelled_by) VALUES ('diagnostics.sleep', 'default', 'api-key:x')")
+    with pytest.raises(DowngradeRefused, match=r"migration 0022 .*jobs WHERE cancelled_by IS NOT NULL"):
+        downgrade(empty_database, "0021")
+    assert _revision(empty_database) == "0022"
+    downgrade(empty_database, "0021", discard_data=True)
+    upgrade_head(empty_database)
+    check_schema(empty_database)

@@ -98,6 +98,9 @@ class JobOut(BaseModel):
         description="who asked for the job: `api-key:<id>` of the key that submitted it, `beat:<schedule>` for a "
                     "scheduled one, null for jobs older than this field. The chain versions the job writes carry "
                     "actor `job:<id>`.")
+    cancelled_by: str | None = Field(
+        default=None, description="who asked to cancel the job: `api-key:<id>` of the key that sent the first cancel "
+                                  "request; null when no one did, and for cancels older than this field")
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -118,6 +121,7 @@ class JobOut(BaseModel):
             result=job.result,
             error=Problem.stored(job.error),
             requested_by=job.requested_by,
+            cancelled_by=job.cancelled_by,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -13,7 +13,7 @@ import uuid
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from web.auth import BEARER, key_revoked_while_waiting
+from web.auth import BEARER, current_actor, key_revoked_while_waiting
 
 from models.audit_runs import close_runs_apart
 from models.job_lifecycle import get_job, list_jobs, request_cancel
@@ -77,7 +77,7 @@ def list_all_jobs(query: JobListQuery) -> dict:
 def cancel_job(path: JobPath) -> Response:
     """Cancel a queued job now, or ask a running job to stop at its next checkpoint."""
     session = db_session()
-    job = request_cancel(session, job_id=path.job_id)
+    job = request_cancel(session, job_id=path.job_id, by=current_actor())
     session.commit()
     if job.status == JobStatus.CANCELLED.value:  # an audit's run ends with it, once the cancel is in
         close_runs_apart(services().sessions, keyring=services().keyring, job_id=job.id)
