@@ -337,6 +337,10 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
         process.wait()
 
 
+# What gunicorn.conf.py sets in its environment (os.environ.setdefault) from PLANT_WEB_THREADS.
+GUNICORN_DERIVED = ("PLANT_DB_POOL_SIZE", "PLANT_LONG_POLLS_AT_ONCE")
+
+
 @contextmanager
 def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, threads: int,
                      metrics_dir: Path) -> Iterator[str]:
@@ -347,13 +351,14 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
     from cli.services import free_port
 
     port = free_port()
+    env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
+                    PLANT_WEB_THREADS=str(threads), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), PLANT_LOG_FORMAT="json")
+    for derived in GUNICORN_DERIVED:  # gunicorn.conf.py sizes them from the threads: none left by another test
+        env.pop(derived, None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
-                          PLANT_WEB_THREADS=str(threads), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-                          PLANT_LOG_FORMAT="json"),
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
     base = f"http://127.0.0.1:{port}"
 

@@ -222,6 +222,18 @@ def test_unknown_commands_pass_through(tmp_path: Path) -> None:
 # --- gunicorn.conf.py ------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _gunicorn_conf_leaves_the_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn.conf.py sets what it derives from the threads with os.environ.setdefault, which
+    monkeypatch does not see: left set, a value sized for 8 threads reached a gunicorn started
+    later in the same test process with 2 (tests/conftest.py::gunicorn_serving)."""
+    from tests.conftest import GUNICORN_DERIVED
+
+    for name in GUNICORN_DERIVED:
+        monkeypatch.setenv(name, "")  # remembers its absence, restored after the test
+        monkeypatch.delenv(name)
+
+
 @pytest.mark.parametrize("env,bind", [
     ({}, "127.0.0.1:8000"),
     ({"PLANT_PORT": "8123"}, "127.0.0.1:8123"),
@@ -253,6 +265,7 @@ def test_gunicorn_sizes_the_database_pool_to_its_threads(monkeypatch: pytest.Mon
     config = runpy.run_path(str(REPO / "gunicorn.conf.py"))
     assert os.environ["PLANT_DB_POOL_SIZE"] == pool
     assert config["threads"] == int(env.get("PLANT_WEB_THREADS", "8"))
+    assert os.environ["PLANT_LONG_POLLS_AT_ONCE"] == str(config["threads"] // 2)
 
 
 def test_gunicorn_access_log_is_json() -> None:
