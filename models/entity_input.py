@@ -155,17 +155,40 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
 # another, differing only by what draws nothing, would pass their unique constraints.
 PLAIN_SPELLED = ("name", "external_key")
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: Persian, Indic scripts, emoji sequences
+# The blocks whose letters ZWJ and ZWNJ shape: the joining scripts (Arabic, Syriac, N'Ko,
+# Mandaic, Mongolian, Phags-pa) and the Brahmic ones (Devanagari to Sinhala, Tibetan, Myanmar,
+# Khmer). Between two Cyrillic, Greek or CJK letters they change nothing a reader sees.
+JOINING_BLOCKS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x0F00, 0x109F), (0x1780, 0x18AF), (0xA840, 0xA87F),
+                  (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
+# Blanks drawn where a space would be: a name has U+0020 for that.
+SPACE_LIKE = frozenset("\u3164\uffa0\u2800")
+KEYCAP_BASES = frozenset("0123456789#*")
+TAGS = range(0xE0020, 0xE0080)  # an emoji tag sequence (the flags of Scotland, Wales, England)
+MONGOLIAN = range(0x1800, 0x18B0)
+HANGUL_JAMO = (range(0x1100, 0x1200), range(0xA960, 0xA980), range(0xD7B0, 0xD800))
+
+
+def _joined(c: str) -> bool:
+    """Whether ZWJ or ZWNJ beside ``c`` can change what is drawn: a letter of a script that
+    joins or forms conjuncts, an emoji, or a mark (a virama, say)."""
+    cp = ord(c)
+    return (any(low <= cp <= high for low, high in JOINING_BLOCKS) or cp >= 0x1F000 or c in "\ufe0f\u20e3"
+            or unicodedata.category(c) in ("So", "Sk", "Mn", "Mc"))
 
 
 def hidden_spelling(text: str) -> str | None:
     """Why ``text`` holds something a reader cannot see, or None: whitespace around it, any
     but a single U+0020 between words, a control character, a format character (U+200B, the
-    soft hyphen, U+2060, the marks of direction; ZWJ and ZWNJ only between two characters
-    beyond ASCII, where scripts and emoji sequences use them), or a character that draws
-    nothing on its own (``models.constitution.INVISIBLE``: variation selectors, fillers) other
-    than after a character beyond ASCII. "Logistics\u200b", "Logistics " and "Logis\u00adtics"
-    passed the unique constraint beside "Logistics". Text with nothing visible is left to the
-    constitution's rules (blank)."""
+    soft hyphen, U+2060, the marks of direction; ZWJ and ZWNJ only beside a letter of a script
+    they shape, an emoji or a mark, as scripts and emoji sequences use them: a virama's ZWJ
+    may end a word, as Malayalam chillus were spelled; an emoji flag's tags; Mongolian's vowel
+    separator between its letters), a blank drawn for a space (the Hangul fillers U+3164 and
+    U+FFA0, the blank Braille pattern), or a character that draws nothing on its own
+    (``models.constitution.INVISIBLE``: variation selectors, fillers) other than after a
+    character beyond ASCII (a keycap's VS16 after its digit; a Mongolian selector after a
+    Mongolian letter, a conjoining filler beside a jamo). "Logistics\u200b", "Logistics " and
+    "Logis\u00adtics" passed the unique constraint beside "Logistics". Text with nothing
+    visible is left to the constitution's rules (blank)."""
     if not visible(text):
         return None
     if text != text.strip():
@@ -175,12 +198,38 @@ def hidden_spelling(text: str) -> str | None:
     for i, c in enumerate(text):
         before, after = text[i - 1] if i else " ", text[i + 1] if i + 1 < len(text) else " "
         beyond_ascii = ord(before) > 0x7F and not before.isspace()
+        after_beyond = ord(after) > 0x7F and not after.isspace()
         if c in JOINERS:
-            if not (beyond_ascii and ord(after) > 0x7F and not after.isspace()):
+            shaped = beyond_ascii and after_beyond and (_joined(before) or _joined(after))
+            ends_conjunct = c == "\u200d" and unicodedata.category(before) == "Mn" and unicodedata.combining(before) == 9
+            if not (shaped or ends_conjunct):
                 return f"holds U+{ord(c):04X}, which draws nothing, outside a script or emoji sequence that uses it"
-        elif unicodedata.category(c) in ("Cc", "Cf") or (c in INVISIBLE and not beyond_ascii):
+        elif ord(c) in TAGS or c == "\U000e007f":
+            if not (before == "\U0001f3f4" or ord(before) in TAGS):
+                return f"holds U+{ord(c):04X}, which draws nothing"
+        elif c == "\u180e":  # the Mongolian vowel separator
+            if not (ord(before) in MONGOLIAN and ord(after) in MONGOLIAN):
+                return f"holds U+{ord(c):04X}, which draws nothing"
+        elif c in SPACE_LIKE:
+            return f"holds U+{ord(c):04X}, which draws a blank where a space would be"
+        elif unicodedata.category(c) in ("Cc", "Cf"):
+            return f"holds U+{ord(c):04X}, which draws nothing"
+        elif c in INVISIBLE and not _shows_after(c, before, after, beyond_ascii):
             return f"holds U+{ord(c):04X}, which draws nothing"
     return None
+
+
+def _shows_after(c: str, before: str, after: str, beyond_ascii: bool) -> bool:
+    """Whether ``c`` (of ``INVISIBLE``) is where its script or emoji puts it."""
+    if c in "\u115f\u1160":  # conjoining Hangul fillers stand in a syllable of jamo
+        return any(ord(before) in block or ord(after) in block for block in HANGUL_JAMO)
+    if c in "\u180b\u180c\u180d\u180f":
+        return ord(before) in MONGOLIAN
+    if c in "\u17b4\u17b5":
+        return 0x1780 <= ord(before) <= 0x17FF
+    if c in "\ufe0e\ufe0f" and before in KEYCAP_BASES:
+        return after == "\u20e3"
+    return beyond_ascii
 
 
 def nul_refused(field: str) -> InvalidInput:

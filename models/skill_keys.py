@@ -8,6 +8,7 @@ for a skill created without a key, and derives again if a skill created meanwhil
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import unicodedata
 
@@ -43,8 +44,14 @@ def derived_skill_key(session: Session, name: str) -> str:
     slug = slugify(name)
     if not skill_key_taken(session, slug):
         return slug
-    suffix = "-" + _name_hash(name)
-    return slug[: SKILL_KEY_LENGTH - len(suffix)].rstrip("-") + suffix
+    # A key stays with its skill when it is renamed: once the hashed key is taken too (the
+    # second "Rust" renamed, a third created), the hash of the name and a count, the first free.
+    for n in itertools.count():
+        suffix = "-" + _name_hash(name if n == 0 else f"{name}\n{n}")
+        key = slug[: SKILL_KEY_LENGTH - len(suffix)].rstrip("-") + suffix
+        if not skill_key_taken(session, key):
+            return key
+    raise AssertionError("itertools.count() does not end")
 
 
 def skill_key_taken(session: Session, key: str) -> bool:
