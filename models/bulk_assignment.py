@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import LargeBinary, func, select
+from sqlalchemy import LargeBinary, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
@@ -151,6 +151,7 @@ def assign_teams_in_bulk(
         waiting = [_unplaced(plan.agents[a], NOT_APPLIED, NOT_APPLIED_DETAIL) for a in sorted(plan.placements)]
         with transaction(sessions) as session:
             fence(session)
+            record.forget_unapplied(session)  # an earlier attempt's plan: this one's replaces it
             record.moves(session, plan, [(i, None) for i in sorted({*plan.unplaced, *plan.placements})],
                          unplaced + waiting)
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
@@ -241,6 +242,15 @@ class Recorder:
             index_elements=["job_id", "agent_id"],
             set_={c: statement.excluded[c] for c in ("agent_name", "placed", "team_id", "similarity", "reason", "detail", "attempt")},
         ), rows)
+
+    def forget_unapplied(self, session: Session) -> None:
+        """Drop the ``not-applied`` records of earlier attempts: this attempt plans again every
+        agent no attempt seated, and records its own plan's. An agent an earlier plan held that
+        this one does not (seated meanwhile by another write, say) was never touched by the job,
+        and a succeeded job said it was not applied "because the job stopped"."""
+        session.execute(delete(BulkAssignmentMove).where(
+            BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.reason == NOT_APPLIED,
+            BulkAssignmentMove.attempt < self.attempt))
 
     def seated(self, session: Session) -> set[uuid.UUID]:
         """The agents an earlier attempt of the job seated."""

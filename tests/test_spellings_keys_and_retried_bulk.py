@@ -80,15 +80,13 @@ def test_a_third_skill_of_a_name_renamed_twice_gets_a_key_not_a_409(db_session, 
     assert set(db_session.scalars(select(Skill.skill_key))) >= set(keys)
 
 
-@pytest.mark.xfail(strict=True, reason="a retry plans only the agents still unassigned (or listed and not seated): the "
-                   "not-applied row an earlier attempt wrote for an agent seated elsewhere meanwhile stays, and the "
-                   "succeeded job reports it as 'the job stopped before the batch holding this agent's move ran'")
 def test_a_retried_bulk_job_reports_no_agent_not_applied_that_its_retry_no_longer_plans(
         engine, write_ctx, committed_steward) -> None:
     """Attempt 1 records every planned agent ``not-applied`` and stops before any batch (a
     worker lost, say). Meanwhile one of them is seated by a single assignment. Attempt 2 plans
-    the unassigned ones left and applies them all: the job ends succeeded, yet its outcome
-    still says the seated agent was not applied because the job stopped."""
+    the unassigned ones left and applies them all: the job ended succeeded, yet its outcome
+    still said the seated agent was not applied because the job stopped (helper-146). Each
+    attempt now drops the earlier attempts' not-applied records before recording its plan."""
     from models.assignment import assign_agent
     from models.bulk_assignment import NOT_APPLIED, Recorder, assign_teams_in_bulk
     from models.db import transaction
