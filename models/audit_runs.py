@@ -399,7 +399,9 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     )
     # Chains whose row is gone (found at the start) are entities of the scope too: none is in a chunk's count.
     rowless = select(func.count(func.distinct(AuditFinding.entity_id))).where(counts, AuditFinding.code == ROW_MISSING)
+    in_scope = run.entities_total  # the plan counted rows: a stopped run's text adds the rowless chains found
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
+        in_scope += session.scalar(rowless) or 0
         failing, rowless = failing.where(_audited_by(counted)), rowless.where(_audited_by(counted))
     total += session.scalar(rowless) or 0
     non_compliant = session.scalar(failing) or 0
@@ -429,7 +431,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
                                           "what it read cannot be told"}
     if stopped_early:
         summary["coverage"] = {**summary["coverage"], "stopped": (
-            f"the run ended {status} after auditing {total} of the {run.entities_total} entities in its scope; "
+            f"the run ended {status} after auditing {total} of the {in_scope} entities in its scope; "
             "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
     with session.no_autoflush:  # the close is one UPDATE, signature included (0014 refuses a second)

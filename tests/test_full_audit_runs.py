@@ -105,6 +105,25 @@ def test_an_entity_row_deleted_past_its_guard_is_found_by_a_full_audit(db_sessio
     assert (other_type["non_compliant"], findings) == (0, [])
 
 
+def test_a_stopped_run_names_the_rowless_chains_among_the_entities_of_its_scope(db_session, write_ctx, steward,
+                                                                                  keyring) -> None:
+    """The plan counts rows; a rowless chain is an entity of the scope too, so a run that stopped
+    says it audited so many "of" rows and rowless chains both (helper-146: "4 of 4" for a run
+    that had not finished)."""
+    for n in range(4):
+        make_skill(db_session, write_ctx, steward, n)
+    gone = make_skill(db_session, write_ctx, steward, 9).id
+    lift_guard(db_session, "DELETE FROM skills WHERE id = :id", table="skills", id=gone)
+    rows = db_session.scalar(select(func.count()).select_from(Skill))
+    job = create_job(db_session, kind="audit.run", queue="audit", params={"scope": {"entity_type": "skill"}})
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1)
+    first = pending_chunks(db_session, run.id)[0]
+    while not audit_chunk_step(db_session, chunk_id=first, keyring=keyring, embedder=EMBEDDER, batch_size=2).done:
+        pass
+    summary = summarize_run(db_session, keyring=keyring, run_id=run.id, status="failed")
+    assert f"of the {rows + 1} entities in its scope" in summary["coverage"]["stopped"], summary["coverage"]
+
+
 
 
 @pytest.mark.xfail(strict=True, reason="report_view._clean subtracts every entity with a finding, the digest's about "
