@@ -256,15 +256,25 @@ def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRin
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:
-    """Next number for the code; the row lock serializes concurrent allocations."""
-    return session.execute(
-        text(
-            "INSERT INTO certificate_sequences (industry_code, last_number) VALUES (:code, 1) "
-            "ON CONFLICT (industry_code) DO UPDATE SET last_number = certificate_sequences.last_number + 1 "
-            "RETURNING last_number"
-        ),
-        {"code": industry_code},
-    ).scalar_one()
+    """Next number for the code, after the counter's and after every number the skills' rows
+    hold for it; the row lock serializes concurrent allocations.
+
+    The counter is a plain row: set back or deleted through SQL, it made Plant sign a second
+    ``SKILL-GEN-001``. Certificates stay on their skills' rows (a retired skill keeps its
+    own; a row that lost it is the audit's ``row-content-mismatch``), so the highest number
+    issued is read from them too: one scan of the skills holding the code's certificates,
+    under the lock every certification takes."""
+    return session.execute(_ALLOCATE, {"code": industry_code, "pattern": f"^SKILL-{industry_code}-[0-9]{{1,9}}$"}).scalar_one()
+
+
+_ALLOCATE = text(
+    "WITH issued AS (SELECT coalesce(max(split_part(certificate->>'certificate_id', '-', 3)::bigint), 0) AS n "
+    "FROM skills WHERE certificate->>'certificate_id' ~ :pattern) "
+    "INSERT INTO certificate_sequences (industry_code, last_number) SELECT :code, n + 1 FROM issued "
+    "ON CONFLICT (industry_code) DO UPDATE "
+    "SET last_number = greatest(certificate_sequences.last_number, excluded.last_number - 1) + 1 "
+    "RETURNING last_number"
+)
 
 
 def _recorded_by(session: Session, skill: Skill, actor: str) -> tuple[int, dict[str, Any]] | None:
