@@ -399,10 +399,13 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     )
     # Chains whose row is gone (found at the start) are entities of the scope too: none is in a chunk's count.
     rowless = select(func.count(func.distinct(AuditFinding.entity_id))).where(counts, AuditFinding.code == ROW_MISSING)
+    # Audited entities with any finding (warnings too): the report page's "clean" is total less these.
+    flagged = select(func.count(func.distinct(AuditFinding.entity_id))).where(
+        counts, AuditFinding.entity_id.is_not(None), AuditFinding.code != "entity-deleted")
     in_scope = run.entities_total  # the plan counted rows: a stopped run's text adds the rowless chains found
     if stopped_early:  # count only what it audited: the digest's findings cover entities it never reached
         in_scope += session.scalar(rowless) or 0
-        failing, rowless = failing.where(_audited_by(counted)), rowless.where(_audited_by(counted))
+        failing, rowless, flagged = (query.where(_audited_by(counted)) for query in (failing, rowless, flagged))
     total += session.scalar(rowless) or 0
     non_compliant = session.scalar(failing) or 0
     by_code = dict(session.execute(select(AuditFinding.code, func.count()).where(counts).group_by(AuditFinding.code)).all())
@@ -413,6 +416,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         "total_entities": total,
         "compliant": total - non_compliant,
         "non_compliant": non_compliant,
+        "entities_with_findings": session.scalar(flagged) or 0,
         "versions_verified": sum((c.counters or {}).get("versions_verified", 0) for c in counted),
         "findings": sum(by_code.values()),
         "by_code": dict(sorted(by_code.items())),

@@ -128,14 +128,19 @@ def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[
 
 
 def _clean(summary: dict[str, Any] | None, findings: list[dict[str, Any]]) -> int | None:
-    """Audited entities without a single finding (only once the run has its total).
+    """Audited entities without a single finding (only once the run has its total): the
+    summary's ``entities_with_findings`` counts those it audited, as its totals do (a run that
+    stopped part-way: not the digest's findings about entities it never reached). Runs closed
+    before the summary had it count every entity a finding names.
 
     Floored at 0: a digest given with the audit may name entities outside a narrowed scope.
     """
     if summary is None:
         return None
-    flagged = {f["entity_id"] for f in findings if f["entity_id"] is not None and f["code"] not in NOT_AUDITED_CODES}
-    return max(0, summary["total_entities"] - len(flagged))
+    flagged = summary.get("entities_with_findings")
+    if not isinstance(flagged, int):
+        flagged = len({f["entity_id"] for f in findings if f["entity_id"] is not None and f["code"] not in NOT_AUDITED_CODES})
+    return max(0, summary["total_entities"] - flagged)
 
 
 def _count(values: Any) -> dict[str, int]:

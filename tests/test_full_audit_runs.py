@@ -126,8 +126,6 @@ def test_a_stopped_run_names_the_rowless_chains_among_the_entities_of_its_scope(
 
 
 
-@pytest.mark.xfail(strict=True, reason="report_view._clean subtracts every entity with a finding, the digest's about "
-                                       "entities a stopped run never reached included, from the entities it audited")
 def test_a_stopped_run_s_report_page_counts_as_clean_the_entities_it_audited_clean(
         db_session, write_ctx, steward, keyring) -> None:
     """The page says "N audited entities have none" (no finding): for a run that stopped

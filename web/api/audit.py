@@ -100,6 +100,9 @@ class AuditSummary(BaseModel):
     total_entities: int | None = Field(default=None, description="always compliant + non_compliant")
     compliant: int | None = None
     non_compliant: int | None = None
+    entities_with_findings: int | None = Field(
+        default=None, description="audited entities with any finding, warnings included (total_entities less these "
+                                  "are clean)")
     versions_verified: int | None = None
     findings: int | None = Field(default=None, description="findings counted (not those left out)")
     by_code: dict[str, int] | None = None
