@@ -18,6 +18,7 @@ from models.api_keys import MAX_EXPIRY_DAYS
 from models.canonical import visible_text
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
+from models.signing import SEALED_AT_MEMBER, UPCOMING_MEMBER
 from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key, staged_signing_key
 from models.settings import load_settings
 from models.signing import generate_ed25519, generate_rsa4096
@@ -193,11 +194,22 @@ def seal(as_json: bool) -> None:
 @json_option
 def list_signing_keys(as_json: bool) -> None:
     """The JWK Set the server publishes: the active key first, then every key it only verifies
-    with (retired and upcoming keys); --json output is a --jwks file."""
+    with (upcoming and retired keys, each shown as such); --json output is a --jwks file."""
     jwks = connect().get("/signing-keys")
     if as_json:
         print_json(jwks)
         return
     keys = jwks["keys"]
     print_table(keys, [("KID", lambda k: k.get("kid")), ("ALG", lambda k: k.get("alg")),
-                       ("ROLE", lambda k: "active" if k is keys[0] else "verifies")])
+                       ("ROLE", lambda k: _role(k, active=k is keys[0]))])
+
+
+def _role(jwk: dict[str, object], *, active: bool) -> str:
+    """What a published key is for: it signs (active), will sign after the next rotation
+    (upcoming), or only verifies what it signed (retired; sealed at a time, if it was)."""
+    if active:
+        return "active"
+    if jwk.get(UPCOMING_MEMBER) is True:
+        return "upcoming"
+    sealed = jwk.get(SEALED_AT_MEMBER)
+    return f"retired, sealed {sealed}" if isinstance(sealed, str) else "retired"

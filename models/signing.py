@@ -140,6 +140,7 @@ class SigningKey:
 # JWK members (RFC 7517 section 4 allows more) that name a sealed key's seal time, and the
 # signatures outside the chain its seal lists (base64url SHA-256 of each signature's bytes).
 SEALED_AT_MEMBER = "plant_sealed_at"
+UPCOMING_MEMBER = "plant_upcoming"  # true on a key published ahead of a rotation (it signs nothing yet)
 SEALED_SIGNATURES_MEMBER = "plant_sealed_signatures"
 
 
@@ -245,8 +246,11 @@ class KeyRing:
         """The JWK Set to publish: every key of the ring, the active one first. A sealed
         retired key's entry also names when it was sealed and what its seal lists, for
         verifiers who hold nothing but this set (:func:`models.jws.sealed_at`,
-        :func:`models.jws.listed_by_seal`)."""
-        return {"keys": [{**key.public_jwk(), **_seal_members(self.seal(kid))} for kid, key in self._verifiers.items()]}
+        :func:`models.jws.listed_by_seal`); an upcoming key's says so (``plant_upcoming``),
+        so an operator can tell it from a retired one."""
+        upcoming = {key.kid for key in self.upcoming} - {self.active.kid}
+        return {"keys": [{**key.public_jwk(), **_seal_members(self.seal(kid)), **({UPCOMING_MEMBER: True} if kid in upcoming else {})}
+                         for kid, key in self._verifiers.items()]}
 
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""

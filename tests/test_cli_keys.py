@@ -165,3 +165,19 @@ def test_promotion_is_refused_without_a_staged_key_or_its_upcoming_copy_and_fini
     assert not upcoming.exists() and not keys.staged_key_path(key_settings).exists()
     ring = keyring_from_settings(key_settings)
     assert ring.active.kid == staged and {k.kid for k in ring.retired} == {old.kid}
+
+
+def test_signing_keys_list_tells_an_upcoming_key_from_a_retired_or_sealed_one() -> None:
+    """The JWKS showed a key staged for the next rotation like a retired one ("verifies"): the
+    operator could not tell which key signs next. An upcoming key's entry says so now."""
+    from cli.access import _role
+    from models.signing import UPCOMING_MEMBER, KeyRing, KeySeal
+
+    active, retired, sealed, upcoming = (generate_ed25519() for _ in range(4))
+    seal = KeySeal(kid=sealed.kid, digest_id=1, heads_root="00" * 32, as_of="2026-12-01T00:00:00Z")
+    ring = KeyRing(active, (retired.verifier(), sealed.verifier()), (seal,), upcoming=(upcoming.verifier(),))
+    keys = ring.jwks()["keys"]
+    roles = {k["kid"]: _role(k, active=i == 0) for i, k in enumerate(keys)}
+    assert roles == {active.kid: "active", retired.kid: "retired", sealed.kid: "retired, sealed 2026-12-01T00:00:00Z",
+                     upcoming.kid: "upcoming"}
+    assert [k.get(UPCOMING_MEMBER) for k in keys] == [None, None, None, True]
