@@ -106,10 +106,11 @@ def test_api_keys_create_and_revoke_show_the_key_s_name_with_control_codes_escap
         assert not {"\x1b", "\r", "\x07"} & set(result.stdout), repr(result.stdout)
 
 
-def test_a_long_poll_finding_every_slot_taken_answers_at_once_with_the_job_as_it_is(app, client) -> None:
+def test_a_long_poll_finding_every_slot_taken_answers_at_once_with_the_job_as_it_is(app, client, engine) -> None:
     from web.services import app_services
 
-    job = client.post(f"{API}/diagnostics/sleep", json={"seconds": 0, "steps": 1}).get_json()
+    with Session(engine) as session, session.begin():  # queued, never published: no worker takes it
+        job = {"id": str(create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}).id)}
     slots = app_services(app).long_poll_slots
     assert slots is not None
     taken = 0
