@@ -15,13 +15,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.chain import EntityVersion
 from models.entities import ENTITY_MODELS, EntityType
-from models.errors import PlantError
+from models.errors import Conflict, PlantError
 from models.registry import WriteContext, create_entity
 from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, TEAMS
 
 T = EntityType
 STEWARD_KEY = "steward"
+API_ACTOR_PREFIX = "api-key:"  # the actor of a version written through the API (web.auth.current_actor)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class _Seeder:
     def ensure(self, entity_type: EntityType, key: str, data: dict[str, Any], entity_id: uuid.UUID | None = None) -> uuid.UUID:
         existing = _find(self.session, entity_type, key)
         if existing is not None:
+            _refuse_if_written_through_the_api(self.session, entity_type, key, existing)
             return existing
         try:
             entity = create_entity(
@@ -54,6 +57,18 @@ class _Seeder:
                 "holding its name or code, stops every seed until that key is given back or the name or code freed)",
                 **refused.extensions) from refused
         return entity.id
+
+
+def _refuse_if_written_through_the_api(session: Session, entity_type: EntityType, key: str, entity_id: uuid.UUID) -> None:
+    """The seed finds its entities by ``external_key``; one an API client created under a key
+    the seed had not written yet (a key a later release's seed adds) would have the seed build
+    its skills, roles and agents on it, unseen. Its first version names who created it."""
+    creator = session.scalar(select(EntityVersion.actor).where(EntityVersion.entity_id == entity_id,
+                                                                EntityVersion.version == 1))
+    if creator is not None and creator.startswith(API_ACTOR_PREFIX):
+        raise Conflict(f"seed: the {entity_type.value} with external_key {key!r} ({entity_id}) was created through "
+                       f"the API ({creator}), not by the seed, which will not build on it: give it another "
+                       "external_key, then seed again", id=str(entity_id))
 
 
 def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
