@@ -1,7 +1,8 @@
 """Demo and bootstrap data, written through the same registry services as the API.
 
 ``seed_registry`` is idempotent: every seeded entity has an ``external_key`` and is
-skipped when it already exists. It first bootstraps a self-governing steward agent
+skipped when it already exists (found by its key, or, should an API write have changed that,
+by its unique name; never an entity the API created). It first bootstraps a self-governing steward agent
 (with the industry, skill and job role it needs) in one transaction, relying on the
 deferred governance foreign key; everything else is governed by that steward.
 """
@@ -23,6 +24,7 @@ from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, T
 
 T = EntityType
 STEWARD_KEY = "steward"
+STEWARD_NAME = "Genesis Steward"
 API_ACTOR_PREFIX = "api-key:"  # the actor of a version written through the API (web.auth.current_actor)
 
 
@@ -42,9 +44,8 @@ class _Seeder:
         self.session, self.ctx = session, ctx
 
     def ensure(self, entity_type: EntityType, key: str, data: dict[str, Any], entity_id: uuid.UUID | None = None) -> uuid.UUID:
-        existing = _find(self.session, entity_type, key)
+        existing = _seeded(self.session, entity_type, key, data["name"])
         if existing is not None:
-            _refuse_if_written_through_the_api(self.session, entity_type, key, existing)
             return existing
         try:
             entity = create_entity(
@@ -53,19 +54,40 @@ class _Seeder:
         except PlantError as refused:  # say which seed entity, and why the seed tried to create it at all
             raise type(refused)(
                 f"seed: no {entity_type.value} has external_key {key!r}, and creating it was refused: {refused.detail} "
-                "(the seed finds its entities by external_key alone: one whose key was changed, or another entity "
-                "holding its name or code, stops every seed until that key is given back or the name or code freed)",
+                "(the seed finds its entities by external_key, or by name where an API write changed the key: one "
+                "whose key and name were both changed, or another entity holding its name or code, stops every seed "
+                "until that key is given back or the name or code freed)",
                 **refused.extensions) from refused
         return entity.id
+
+
+def _seeded(session: Session, entity_type: EntityType, key: str, name: str) -> uuid.UUID | None:
+    """The seed's entity for ``key``: the one holding the key, or, when none does, the seed's own
+    entity of that (unique) name, whose key an API write changed (every later seed otherwise tried
+    to create it again and failed on its name). An entity the API created is never the seed's."""
+    existing = _find(session, entity_type, key)
+    if existing is not None:
+        _refuse_if_written_through_the_api(session, entity_type, key, existing)
+        return existing
+    model = ENTITY_MODELS[entity_type]
+    named = session.scalar(select(model.id).where(model.name == name))
+    if named is None or _creator(session, named).startswith(API_ACTOR_PREFIX):
+        return None  # creating it then says why it cannot be
+    return named
+
+
+def _creator(session: Session, entity_id: uuid.UUID) -> str:
+    """Who wrote the entity's first version ("" when it has none)."""
+    return session.scalar(select(EntityVersion.actor).where(EntityVersion.entity_id == entity_id,
+                                                             EntityVersion.version == 1)) or ""
 
 
 def _refuse_if_written_through_the_api(session: Session, entity_type: EntityType, key: str, entity_id: uuid.UUID) -> None:
     """The seed finds its entities by ``external_key``; one an API client created under a key
     the seed had not written yet (a key a later release's seed adds) would have the seed build
     its skills, roles and agents on it, unseen. Its first version names who created it."""
-    creator = session.scalar(select(EntityVersion.actor).where(EntityVersion.entity_id == entity_id,
-                                                                EntityVersion.version == 1))
-    if creator is not None and creator.startswith(API_ACTOR_PREFIX):
+    creator = _creator(session, entity_id)
+    if creator.startswith(API_ACTOR_PREFIX):
         raise Conflict(f"seed: the {entity_type.value} with external_key {key!r} ({entity_id}) was created through "
                        f"the API ({creator}), not by the seed, which will not build on it: give it another "
                        "external_key, then seed again", id=str(entity_id))
@@ -73,7 +95,7 @@ def _refuse_if_written_through_the_api(session: Session, entity_type: EntityType
 
 def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
     """Create (once) the steward agent that governs itself and the seeded registry."""
-    existing = _find(session, T.AGENT, STEWARD_KEY)
+    existing = _seeded(session, T.AGENT, STEWARD_KEY, STEWARD_NAME)
     if existing is not None:
         return existing
     steward = uuid.uuid4()
@@ -91,7 +113,7 @@ def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
         "required_skill_ids": [skill], "description": "Accountable for the integrity of the governed registry.",
     })
     seeder.ensure(T.AGENT, STEWARD_KEY, {
-        **gov, "name": "Genesis Steward", "job_role_id": role, "industry_id": industry, "skill_ids": [skill],
+        **gov, "name": STEWARD_NAME, "job_role_id": role, "industry_id": industry, "skill_ids": [skill],
         "description": "The self-governing agent that governs the seeded registry.",
     }, entity_id=steward)
     return steward

@@ -46,10 +46,10 @@ def test_a_name_whose_every_character_shows_or_joins_a_script_is_taken(client, g
     assert client.post(API + "/genesis/industries", json={**gov, "name": name, "code": "SHOW"}).status_code == 201
 
 
-@pytest.mark.xfail(strict=True, reason="the seed finds its entities by external_key alone: once an API write changes "
-                   "a seeded entity's key, every later `plant seed` (and so every `make dev` start) tries to create it "
-                   "again and fails on its unique name or code")
 def test_the_seed_stays_idempotent_after_a_seeded_entity_s_external_key_changes(client, seeded, engine, write_ctx) -> None:
+    """The seed found its entities by external_key alone: once an API write changed a seeded
+    entity's key, every later `plant seed` (and so every `make dev` start) tried to create it
+    again and failed on its unique name or code (helper-143). It finds its own by name then."""
     industries = client.get(API + "/genesis/industries?page_size=50").get_json()["items"]
     marketing = next(i for i in industries if i["external_key"] == "industry-mkt")
     assert client.patch(f"{API}/genesis/industries/{marketing['id']}", json={"external_key": "ours"}).status_code == 200
@@ -152,11 +152,13 @@ def test_a_unique_refusal_names_the_entity_type_as_a_person_reads_it(client, wor
 
 
 def test_plant_seed_says_which_seed_entity_it_could_not_create_and_why(client, seeded, settings) -> None:
-    """A seeded entity whose external_key an API write changed stops every later seed (the xfail above);
-    `plant seed` (and `make dev`, which seeds at every start) must at least say which entity, and why."""
+    """A seeded entity whose external_key and name API writes both changed stops every later seed
+    (its code is still taken); `plant seed` (and `make dev`, which seeds at every start) must at
+    least say which entity, and why."""
     industries = client.get(API + "/genesis/industries?page_size=50").get_json()["items"]
     marketing = next(i for i in industries if i["external_key"] == "industry-mkt")
-    assert client.patch(f"{API}/genesis/industries/{marketing['id']}", json={"external_key": "ours"}).status_code == 200
+    changed = client.patch(f"{API}/genesis/industries/{marketing['id']}", json={"external_key": "ours", "name": "Our Marketing"})
+    assert changed.status_code == 200
     seed = subprocess.run([sys.executable, "-m", "cli.main", "seed"], env=child_env(settings), cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert seed.returncode == 1
