@@ -2,7 +2,7 @@
 
 ``seed_registry`` is idempotent: every seeded entity has an ``external_key`` and is
 skipped when it already exists (found by its key, or, should an API write have changed that,
-by its unique name; never an entity the API created). It first bootstraps a self-governing steward agent
+by its unique name, the one it created under that key; never an entity the API created). It first bootstraps a self-governing steward agent
 (with the industry, skill and job role it needs) in one transaction, relying on the
 deferred governance foreign key; everything else is governed by that steward.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.canonical import strict_json_loads
 from models.chain import EntityVersion
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import Conflict, PlantError
@@ -71,9 +72,22 @@ def _seeded(session: Session, entity_type: EntityType, key: str, name: str) -> u
         return existing
     model = ENTITY_MODELS[entity_type]
     named = session.scalar(select(model.id).where(model.name == name))
-    if named is None or _creator(session, named).startswith(API_ACTOR_PREFIX):
+    # Only the entity the seed created under this very key: another seeded entity an API write
+    # renamed to this name (one a later release's seed adds) is not it.
+    if named is None or _creator(session, named).startswith(API_ACTOR_PREFIX) or _first_key(session, named) != key:
         return None  # creating it then says why it cannot be
     return named
+
+
+def _first_key(session: Session, entity_id: uuid.UUID) -> Any:
+    """The external_key the entity's first version was written with (None when it has none)."""
+    content = session.scalar(select(EntityVersion.content).where(EntityVersion.entity_id == entity_id,
+                                                                  EntityVersion.version == 1))
+    try:
+        first = strict_json_loads(bytes(content)) if content is not None else None
+    except ValueError:
+        return None
+    return first.get("external_key") if isinstance(first, dict) else None
 
 
 def _creator(session: Session, entity_id: uuid.UUID) -> str:
