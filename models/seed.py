@@ -2,7 +2,7 @@
 
 ``seed_registry`` is idempotent: every seeded entity has an ``external_key`` and is
 skipped when it already exists (found by its key, or, should an API write have changed that,
-by its unique name, the one it created under that key; never an entity the API created). It first bootstraps a self-governing steward agent
+by its unique name; only an entity whose first version the seed wrote under that key). It first bootstraps a self-governing steward agent
 (with the industry, skill and job role it needs) in one transaction, relying on the
 deferred governance foreign key; everything else is governed by that steward.
 """
@@ -65,46 +65,39 @@ class _Seeder:
 def _seeded(session: Session, entity_type: EntityType, key: str, name: str) -> uuid.UUID | None:
     """The seed's entity for ``key``: the one holding the key, or, when none does, the seed's own
     entity of that (unique) name, whose key an API write changed (every later seed otherwise tried
-    to create it again and failed on its name). An entity the API created is never the seed's."""
+    to create it again and failed on its name). Only an entity whose first version the seed wrote
+    under ``key`` is the seed's: not one an API client created, nor another seeded entity an API
+    write gave this key or this name (one a later release's seed adds), which would have the seed
+    build that entity's skills, roles and agents on it, unseen."""
     existing = _find(session, entity_type, key)
     if existing is not None:
-        _refuse_if_written_through_the_api(session, entity_type, key, existing)
+        why = _not_made_by_the_seed(session, existing, key)
+        if why is not None:
+            raise Conflict(f"seed: the {entity_type.value} with external_key {key!r} ({existing}) was {why}, not by "
+                           "the seed under that key, which will not build on it: give it another external_key, then "
+                           "seed again", id=str(existing))
         return existing
     model = ENTITY_MODELS[entity_type]
     named = session.scalar(select(model.id).where(model.name == name))
-    # Only the entity the seed created under this very key: another seeded entity an API write
-    # renamed to this name (one a later release's seed adds) is not it.
-    if named is None or _creator(session, named).startswith(API_ACTOR_PREFIX) or _first_key(session, named) != key:
+    if named is None or _not_made_by_the_seed(session, named, key) is not None:
         return None  # creating it then says why it cannot be
     return named
 
 
-def _first_key(session: Session, entity_id: uuid.UUID) -> Any:
-    """The external_key the entity's first version was written with (None when it has none)."""
-    content = session.scalar(select(EntityVersion.content).where(EntityVersion.entity_id == entity_id,
-                                                                  EntityVersion.version == 1))
+def _not_made_by_the_seed(session: Session, entity_id: uuid.UUID, key: str) -> str | None:
+    """Why the entity's first version is not the seed's under ``key``, or None when it is."""
+    first = session.execute(select(EntityVersion.actor, EntityVersion.content).where(
+        EntityVersion.entity_id == entity_id, EntityVersion.version == 1)).first()
+    if first is None:
+        return "written with no first version (outside Plant)"
+    if first.actor.startswith(API_ACTOR_PREFIX):
+        return f"created through the API ({first.actor})"
     try:
-        first = strict_json_loads(bytes(content)) if content is not None else None
+        content = strict_json_loads(bytes(first.content))
     except ValueError:
-        return None
-    return first.get("external_key") if isinstance(first, dict) else None
-
-
-def _creator(session: Session, entity_id: uuid.UUID) -> str:
-    """Who wrote the entity's first version ("" when it has none)."""
-    return session.scalar(select(EntityVersion.actor).where(EntityVersion.entity_id == entity_id,
-                                                             EntityVersion.version == 1)) or ""
-
-
-def _refuse_if_written_through_the_api(session: Session, entity_type: EntityType, key: str, entity_id: uuid.UUID) -> None:
-    """The seed finds its entities by ``external_key``; one an API client created under a key
-    the seed had not written yet (a key a later release's seed adds) would have the seed build
-    its skills, roles and agents on it, unseen. Its first version names who created it."""
-    creator = _creator(session, entity_id)
-    if creator.startswith(API_ACTOR_PREFIX):
-        raise Conflict(f"seed: the {entity_type.value} with external_key {key!r} ({entity_id}) was created through "
-                       f"the API ({creator}), not by the seed, which will not build on it: give it another "
-                       "external_key, then seed again", id=str(entity_id))
+        content = None
+    first_key = content.get("external_key") if isinstance(content, dict) else None
+    return None if first_key == key else f"created under external_key {first_key!r}"
 
 
 def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:

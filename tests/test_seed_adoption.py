@@ -1,5 +1,5 @@
-"""Review of the seed's name fallback (models/seed.py::_seeded): it must find only the seed's
-own entity for a key, never another seeded entity that an API write renamed."""
+"""The seed adopts only its own entities (models/seed.py::_seeded): never another seeded entity that an API
+write renamed or re-keyed to a name or key a later seed adds (helper-147)."""
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,3 +30,21 @@ def test_a_seeded_entity_renamed_to_a_name_the_seed_adds_later_is_not_taken_for_
     with Session(engine) as session:
         seo = session.scalar(select(Skill).where(Skill.external_key == "skill-seo-optimization"))
         assert seo.industry_id != governance.id, "the seeded Marketing skills went under the Governance industry"
+
+
+def test_a_seeded_entity_given_a_key_the_seed_adds_later_is_refused_not_taken_for_that_entity(
+        client, committed_steward, engine, write_ctx) -> None:
+    """The same through the key (helper-147's second note): an API write gives the Governance
+    industry (industry-gov) the key industry-mkt, which the full seed adds. The seed wrote its
+    first version, so the creator check passed, and Governance was taken for Marketing."""
+    with Session(engine) as session:
+        governance = session.scalar(select(Industry).where(Industry.external_key == "industry-gov"))
+    rekeyed = client.patch(f"{API}/genesis/industries/{governance.id}", json={"external_key": "industry-mkt"})
+    assert rekeyed.status_code == 200, rekeyed.get_json()
+    try:
+        with Session(engine) as session, session.begin():
+            seed_registry(session, write_ctx)
+    except PlantError as refused:
+        assert "industry-mkt" in refused.detail and "created under external_key 'industry-gov'" in refused.detail
+        return
+    raise AssertionError("the seed took the Governance industry for Marketing")
