@@ -99,6 +99,8 @@ def ineligibility(
         reasons.append(f"agent is {agent.status}")
     if team.status != LifecycleStatus.ACTIVE.value:
         reasons.append(f"team is {team.status}")
+    if getattr(team, "deleted_at", None) is not None:
+        reasons.append("team is deleted")
     if agent.job_role_id != team.job_role_id:
         reasons.append("team's job role is not the agent's")
     if agent.industry_id and team.industry_id and agent.industry_id != team.industry_id:

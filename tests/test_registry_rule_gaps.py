@@ -114,9 +114,6 @@ def test_a_governor_cannot_be_suspended_between_the_check_and_the_commit_of_a_wr
     assert not suspended_first, "the industry committed naming a governor whose suspension had committed before it"
 
 
-@pytest.mark.xfail(strict=True, reason="deleting an entity (a signed version setting deleted_at, "
-                   "models.registry.update_entity) runs none of the seat guards: a team with members is deleted with "
-                   "its agents left seated, AGENT-04 passing")
 def test_a_team_with_members_cannot_be_deleted(client, world, gov, engine, write_ctx) -> None:  # noqa: F811
     team_id = uuid.UUID(world["team"]["id"])
     with Session(engine) as session, session.begin():
@@ -129,8 +126,6 @@ def test_a_team_with_members_cannot_be_deleted(client, world, gov, engine, write
     assert not deleted, "a team with a seated agent was deleted; the agent still sits in it, AGENT-04 passing"
 
 
-@pytest.mark.xfail(strict=True, reason="a seat is judged on the team's status alone (models.membership.ineligibility), "
-                   "never its deleted_at: an agent written with the team_id of a deleted team takes a seat in it")
 def test_a_deleted_team_takes_no_seat(client, world, gov, engine, write_ctx) -> None:  # noqa: F811
     empty = _post(client, "/teams", {**gov, "name": "Gone Shift", "job_role_id": world["role"]["id"],
                                      "industry_id": world["industry"]["id"], "capacity": 3})
