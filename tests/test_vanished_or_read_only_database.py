@@ -8,12 +8,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+
+from tests.socket_forward import forward_connections
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,25 +23,7 @@ def _unix_to_tcp_forwarder(path: str, host: str, port: int) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen()
-
-    def pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-
-    def serve() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((host, port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pump, args=(a, b), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    forward_connections(listener, lambda: socket.create_connection((host, port)))
     return listener
 
 

@@ -16,32 +16,22 @@ from sqlalchemy import text
 
 from models import db
 from models.settings import load_settings
+from tests.socket_forward import forward_connections
 
 unix_path, database_url, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
-def pump(a: socket.socket, b: socket.socket) -> None:
-    try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
-
-
-def serve(listener: socket.socket) -> None:
-    while True:
-        client, _ = listener.accept()
-        upstream = socket.socket(socket.AF_UNIX)
-        upstream.connect(unix_path)
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+def connect_to_the_test() -> socket.socket:
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.connect(unix_path)
+    return upstream
 
 
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen()
-threading.Thread(target=serve, args=(listener,), daemon=True).start()
+forward_connections(listener, connect_to_the_test)
 port = listener.getsockname()[1]
 
 scaled = {"keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 2}  # 30/10/3 s, about x15 faster
