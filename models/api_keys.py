@@ -29,6 +29,14 @@ from models.entity_input import nul_refused
 from models.errors import InvalidInput, NotFound
 
 SCOPES = ("read", "write", "admin")
+# The actor a write through the API records (chain versions, jobs' requested_by and cancelled_by).
+ACTOR_PREFIX = "api-key:"
+
+
+def key_actor(key_id: object) -> str:
+    return f"{ACTOR_PREFIX}{key_id}"
+
+
 KEY_PREFIX = "plant_"
 
 

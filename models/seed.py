@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.api_keys import ACTOR_PREFIX
 from models.canonical import strict_json_loads
 from models.chain import EntityVersion
 from models.entities import ENTITY_MODELS, EntityType
@@ -26,7 +27,6 @@ from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, T
 T = EntityType
 STEWARD_KEY = "steward"
 STEWARD_NAME = "Genesis Steward"
-API_ACTOR_PREFIX = "api-key:"  # the actor of a version written through the API (web.auth.current_actor)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _not_made_by_the_seed(session: Session, entity_id: uuid.UUID, key: str) -> s
         EntityVersion.entity_id == entity_id, EntityVersion.version == 1)).first()
     if first is None:
         return "written with no first version (outside Plant)"
-    if first.actor.startswith(API_ACTOR_PREFIX):
+    if first.actor.startswith(ACTOR_PREFIX):
         return f"created through the API ({first.actor})"
     try:
         content = strict_json_loads(bytes(first.content))

@@ -16,7 +16,7 @@ import logging
 
 from flask import Flask, Response, after_this_request, g, request
 
-from models.api_keys import Caller, ExpiredKey, authenticate, record_key_use
+from models.api_keys import Caller, ExpiredKey, authenticate, key_actor, record_key_use
 from models.canonical import rfc3339_utc
 from models.db import retry_if_disconnected
 from web.problems import problem_response
@@ -111,7 +111,7 @@ def key_revoked_while_waiting() -> Response | None:
 
 def current_actor() -> str:
     key: Caller | None = g.get("api_key")
-    return f"api-key:{key.id}" if key is not None else "api"
+    return key_actor(key.id) if key is not None else "api"
 
 
 def init_auth(app: Flask) -> None:
