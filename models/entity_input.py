@@ -70,7 +70,49 @@ def _governor_problem(session: Session, entity: GovernedEntity, data: dict[str, 
     status = data.get("status", governor.status) if governor is entity else governor.status
     if status == AgentStatus.ACTIVE.value:
         return None
+    return _not_active(agent_id, status)
+
+
+# pg_advisory_xact_lock(GOVERNOR_LOCK, hashtext(agent id)) orders a write that newly names an agent
+# as a governance agent (shared) against one that stands that agent down (exclusive), so the
+# agent is active when the naming commits (:func:`governor_fence`).
+GOVERNOR_LOCK = int.from_bytes(b"govr", "big")
+
+
+def governor_fence(session: Session, entity: GovernedEntity, *, content_before: dict[str, Any] | None,
+                   content: dict[str, Any], pending: frozenset[uuid.UUID]) -> None:
+    """Close the gap between :func:`_governor_problem`'s read and the write's commit.
+
+    A write newly naming a governor takes the agent's lock shared and reads its status again
+    (a suspension that committed meanwhile is a 422, as it would have been before); a write
+    suspending or retiring an active agent takes it exclusive, so it waits for writes naming
+    the agent to commit, and they for it. Each takes the lock last, just before its flush, and
+    waits for no lock after it (its row is already locked; the deferred foreign keys only
+    key-share the agent, which an entity write's ``FOR NO KEY UPDATE`` admits), so it closes no
+    cycle with the row locks taken before it. A row lock ``FOR SHARE`` on the governor would:
+    a bulk batch locks agents then teams, a team write its team then the agent it names.
+    """
+    named = content.get("governance_agent_id")
+    if named is not None and (content_before is None or content_before.get("governance_agent_id") != named):
+        agent_id = uuid.UUID(named)
+        if agent_id not in pending and agent_id != entity.id:
+            _lock_governor(session, agent_id, "pg_advisory_xact_lock_shared")
+            status = session.scalar(select(Agent.status).where(Agent.id == agent_id))
+            if status is not None and status != AgentStatus.ACTIVE.value:
+                raise InvalidInput("bad reference fields", errors=[{
+                    "field": "governance_agent_id",
+                    "message": _not_active(agent_id, status)}])
+    if (isinstance(entity, Agent) and content_before is not None
+            and content_before.get("status") == AgentStatus.ACTIVE.value != content.get("status")):
+        _lock_governor(session, entity.id, "pg_advisory_xact_lock")
+
+
+def _not_active(agent_id: uuid.UUID, status: str) -> str:
     return f"agent {agent_id} is {status}: a governance agent must be active when it is named"
+
+
+def _lock_governor(session: Session, agent_id: uuid.UUID, function: str) -> None:
+    session.execute(text(f"SELECT {function}(:lock, hashtext(:agent))"), {"lock": GOVERNOR_LOCK, "agent": str(agent_id)})
 
 
 # pg_advisory_xact_lock(PARENTS_LOCK, hashtext(table)) serializes re-parenting within one entity

@@ -26,7 +26,7 @@ from models.chain import EntityVersion, append_version
 from models.constitution import L1, MEMBER_RULES, RuleSubject, append_only_enforced, enforce, reevaluated
 from models.db import uuid_in
 from models.embeddings import Embedder
-from models.entity_input import apply_fields, lock_parents, normalized_input
+from models.entity_input import apply_fields, governor_fence, lock_parents, normalized_input
 from models.entity_locks import lock_for_write
 from models.entities import (
     ENTITY_MODELS, Agent, AgentStatus, EntityType, GovernedEntity, Skill, SkillStatus, Team,
@@ -183,6 +183,7 @@ def record_version(
         l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems),
                          content_before=content_before, stands_down=stands_down)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
+        governor_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids)
     if not flush:
         session.add(entity)
         return entity

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.entities import Agent, EntityType, Industry, Skill
-from models.errors import PlantError
+from models.errors import InvalidInput, PlantError
 from models.registry import create_entity, update_entity
 from models.seed import seed_registry
 from tests.conftest import REPO_ROOT, child_env, lock_waiters, wait_for
@@ -75,17 +75,21 @@ def test_the_seed_does_not_build_on_an_entity_it_did_not_write(client, committed
         assert str(seo.industry_id) != squatter["id"], "the seeded Marketing skills belong to the squatter's industry"
 
 
-@pytest.mark.xfail(strict=True, reason="models.entity_input._governor_problem reads the governor's status without a "
-                   "lock: a suspension that commits between that read and the write's commit goes unseen, and the entity "
-                   "is committed naming a governor that was not active when the naming committed")
+def _second_governor(engine, write_ctx, steward: uuid.UUID) -> uuid.UUID:
+    with Session(engine) as session, session.begin():
+        return create_entity(session, entity_type=EntityType.AGENT, ctx=write_ctx, data={
+            "name": "Second Governor", "governance_agent_id": steward,
+            "job_role_id": session.scalar(select(Agent.job_role_id).where(Agent.id == steward)),
+            "industry_id": session.scalar(select(Agent.industry_id).where(Agent.id == steward)),
+            "skill_ids": [s.id for s in session.get(Agent, steward).skills]}).id
+
+
 def test_a_governor_cannot_be_suspended_between_the_check_and_the_commit_of_a_write_naming_it(
         engine, write_ctx, committed_steward) -> None:
-    with Session(engine) as session, session.begin():
-        governor = create_entity(session, entity_type=EntityType.AGENT, ctx=write_ctx, data={
-            "name": "Second Governor", "governance_agent_id": committed_steward,
-            "job_role_id": session.scalar(select(Agent.job_role_id).where(Agent.id == committed_steward)),
-            "industry_id": session.scalar(select(Agent.industry_id).where(Agent.id == committed_steward)),
-            "skill_ids": [s.id for s in session.get(Agent, committed_steward).skills]}).id
+    """_governor_problem read the governor's status without a lock: a suspension that committed
+    between that read and the write's commit went unseen (helper-143). The suspension now waits
+    for the naming write (models.entity_input.governor_fence)."""
+    governor = _second_governor(engine, write_ctx, committed_steward)
     naming = Session(engine)
     naming.begin()
     industry = create_entity(naming, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
@@ -112,6 +116,40 @@ def test_a_governor_cannot_be_suspended_between_the_check_and_the_commit_of_a_wr
     with Session(engine) as session:
         assert session.get(Industry, industry).governance_agent_id == governor
     assert not suspended_first, "the industry committed naming a governor whose suspension had committed before it"
+
+
+def test_a_write_naming_a_governor_whose_suspension_is_committing_is_refused(engine, write_ctx, committed_steward) -> None:
+    """The other order: a suspension flushed first, then a write naming the agent (it still reads
+    the agent active, the suspension uncommitted) waits for it at its commit and, once the
+    suspension commits, is refused as it would have been after it: 422 naming the field."""
+    governor = _second_governor(engine, write_ctx, committed_steward)
+    suspending = Session(engine)
+    suspending.begin()
+    update_entity(suspending, entity_type=EntityType.AGENT, entity_id=governor, changes={"status": "suspended"},
+                  ctx=write_ctx)
+    outcome: list[BaseException | uuid.UUID] = []
+
+    def name() -> None:
+        try:
+            with Session(engine) as session, session.begin():
+                outcome.append(create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
+                    "name": "Governed Later", "code": "GOVL", "governance_agent_id": governor}).id)
+        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
+            outcome.append(exc)
+
+    namer = threading.Thread(target=name)
+    namer.start()
+    try:
+        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the naming write to finish or wait")
+        assert not outcome, f"the naming write did not wait for the suspension: {outcome}"
+        suspending.commit()
+    finally:
+        suspending.close()
+        namer.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
+    assert [e["field"] for e in outcome[0].extensions["errors"]] == ["governance_agent_id"], outcome[0].extensions
+    with Session(engine) as session:
+        assert session.scalar(select(Industry.id).where(Industry.code == "GOVL")) is None
 
 
 def test_a_team_with_members_cannot_be_deleted(client, world, gov, engine, write_ctx) -> None:  # noqa: F811
