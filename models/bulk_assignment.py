@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.membership import ineligibility, required_skills_of, signed_requirements
-from models.assignment_solver import AssignmentProblem, solve_assignment
+from models.assignment_solver import ELIGIBLE_TEAMS_FULL, AssignmentProblem, solve_assignment
 from models.chain import ChainFinding, EntityVersion, head_drift, insert_versions
 from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
@@ -127,7 +127,58 @@ def assign_teams_in_bulk(
     batch's agents are recorded in the same transactions as the batches, and the outcome
     is read back from those records: it then covers every attempt of the job, not only
     this one. A retry plans only the agents no earlier attempt seated.
+
+    A move a batch refuses leaves its planned seat empty; when the plan left agents out for
+    want of a seat, they are planned again on the seats as they then are (up to
+    ``MAX_ROUNDS`` plans), so an agent edited outside Plant takes no seat from a clean one.
     """
+    first = _plan_and_apply(sessions, agent_ids=agent_ids, all_unassigned=all_unassigned, ctx=ctx, progress=progress,
+                            fence=fence, record=record)
+    rounds = [first]
+    # A move the batches refused (an agent edited outside Plant, a seat taken meanwhile) left its
+    # seat empty, while the plan may have left agents out for want of one: plan those again, on
+    # the seats as they are now. Nothing more runs when every planned move was applied.
+    while len(rounds) < MAX_ROUNDS and rounds[-1].refused and (waiting := rounds[-1].left_out_for_seats()):
+        rounds.append(_plan_and_apply(sessions, agent_ids=waiting, all_unassigned=False, ctx=ctx, progress=progress,
+                                      fence=fence, record=record, before=rounds[-1].progress_after))
+    if record is not None:
+        with sessions() as session:
+            return record.outcome(session)
+    unplaced: dict[str, dict[str, Any]] = {}
+    seats: list[float] = []
+    for one in rounds:  # a later round's word on an agent replaces an earlier one's
+        refused = {entry["agent_id"] for entry in one.refused}
+        for entry in (*one.unplaced, *one.refused):
+            unplaced[entry["agent_id"]] = entry
+        for a, t in one.plan.placements.items():
+            if str(one.plan.agents[a].id) not in refused:
+                unplaced.pop(str(one.plan.agents[a].id), None)
+                seats.append(_similarity(one.plan.problem, a, t))
+    return BulkOutcome(len(first.plan.agents), len(seats), list(unplaced.values()), math.fsum(seats), first.plan.method)
+
+
+# How many times a bulk job plans: the first plan, then again for the agents it left out for
+# want of a seat while its batches refused moves (which freed seats), as long as they do.
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class _Round:
+    plan: Plan
+    unplaced: list[dict[str, Any]]  # the agents the plan left out, with its reasons
+    refused: list[dict[str, Any]]  # the moves the batches refused, with theirs
+    progress_after: tuple[int, int]
+
+    def left_out_for_seats(self) -> list[uuid.UUID]:
+        return [self.plan.agents[a].id for a, reason in sorted(self.plan.unplaced.items()) if reason == ELIGIBLE_TEAMS_FULL]
+
+
+def _plan_and_apply(
+    sessions: sessionmaker[Session], *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, ctx: WriteContext,
+    progress: ProgressSink, fence: Callable[[Session], None], record: Recorder | None,
+    before: tuple[int, int] = (0, 0),
+) -> _Round:
+    """One plan and its batches. ``before`` is the progress (done, total) of earlier rounds."""
     with sessions() as session:
         # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
         seated = record.seated(session) if record is not None else set()
@@ -136,13 +187,13 @@ def assign_teams_in_bulk(
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated,
                                   keyring=ctx.keyring)
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
-    if record is not None:
+    if record is not None and not record.method:
         record.method = plan.method
     unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
     batches = _batches(plan.placements)
-    total, done = len(plan.placements), 0
+    done, total = before[0], before[1] + len(plan.placements)
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
-    progress(0, total, "plan computed")  # renews the lease after the solve, before any fence
+    progress(done, total, "plan computed")  # renews the lease after the solve, before any fence
     if record is not None:
         # Every agent of the plan is recorded before any batch: those it leaves out with their
         # reason, and those it places as not applied yet, which their batch's record replaces.
@@ -166,13 +217,7 @@ def assign_teams_in_bulk(
             for future in futures:
                 future.cancel()
             raise
-    if record is not None:
-        with sessions() as session:
-            return record.outcome(session)
-    unplaced += [entry for batch in refused for entry in batch]
-    left_out = {entry["agent_id"] for entry in unplaced}
-    seats = [_similarity(plan.problem, a, t) for a, t in plan.placements.items() if str(plan.agents[a].id) not in left_out]
-    return BulkOutcome(len(plan.agents), len(seats), unplaced, math.fsum(seats), plan.method)
+    return _Round(plan, unplaced, [entry for batch in refused for entry in batch], (done, total))
 
 
 def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
