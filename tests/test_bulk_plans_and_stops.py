@@ -182,7 +182,9 @@ def test_a_bulk_plan_passes_over_a_tampered_team_as_automatic_choice_does(engine
         assert session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == tampered)) == 0
 
 
-def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, write_ctx, committed_steward) -> None:
+@pytest.mark.parametrize("recorded", [False, True], ids=["unrecorded", "a-job-s-records"])
+def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, write_ctx, committed_steward,
+                                                                        recorded) -> None:
     """One free seat, two agents: the one whose row was edited through SQL is the more similar, so
     the plan seats it and leaves the clean one out (`eligible-teams-full`); the batch refuses the
     tampered one (`entity-tampered`), and the seat stayed empty (helper-142). The agents left out
@@ -197,8 +199,17 @@ def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, 
         session.execute(update(Agent).where(Agent.id == tampered).values(embedding=near.tolist()))
         session.execute(update(Agent).where(Agent.id == clean).values(embedding=(-near).tolist()))
         session.execute(text("UPDATE agents SET description = 'edited by hand' WHERE id = :a"), {"a": tampered})
+    record = None
+    if recorded:
+        from models.job_lifecycle import create_job
+
+        with transaction(sessions) as session:
+            record = bulk_assignment.Recorder(create_job(session, kind="agents.assign_teams", params={}).id, 1)
+    steps: list[tuple[int, int]] = []
     outcome = assign_teams_in_bulk(sessions, agent_ids=[tampered, clean], all_unassigned=False, ctx=write_ctx,
-                                   progress=lambda *a: None)
+                                   progress=lambda done, total, message: steps.append((done, total)), record=record)
     assert {u["agent_id"]: u["reason"] for u in outcome.unplaced} == {str(tampered): "entity-tampered"}
+    assert (outcome.requested, outcome.placed) == (2, 1)
+    assert steps == sorted(steps) and steps[-1] == (2, 2), steps  # the second plan's progress follows the first's
     with sessions() as session:
         assert session.get(Agent, clean).team_id == teams[0]
