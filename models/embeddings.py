@@ -1,7 +1,8 @@
 """Text embeddings for similarity search, behind one small interface.
 
 The default :class:`HashingEmbedder` needs no model download: it hashes lowercase word
-tokens and the character 3- to 5-grams of each word into ``EMBEDDING_DIM`` signed buckets
+tokens, the character 3- to 5-grams of each word and each symbol character (emoji and other
+signs, Unicode category So) into ``EMBEDDING_DIM`` signed buckets
 and L2-normalises the result, so texts sharing words or word fragments point the same way.
 It uses BLAKE2b, never Python's salted ``hash()``, so every process computes the same
 vector for the same text, which is what lets vectors stored by one worker be compared with
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import unicodedata
 from typing import Any, Protocol
 
 from models.canonical import normalize_text
@@ -66,12 +68,17 @@ def weighted_features(text: str) -> list[tuple[str, float]]:
     Words and n-grams get distinct prefixes so the word "api" and the trigram "api" of
     "rapid" stay separate features.
     """
+    normalized = normalize_text(text).lower()
     features: list[tuple[str, float]] = []
-    for word in _WORD.findall(normalize_text(text).lower()):
+    for word in _WORD.findall(normalized):
         features.append(("w:" + word, WORD_WEIGHT))
         padded = f" {word} "
         for size in NGRAM_SIZES:
             features.extend(("g:" + padded[i : i + size], NGRAM_WEIGHT) for i in range(len(padded) - size + 1))
+    # A symbol (an emoji, a sign: Unicode category So) is no word character, yet it carries
+    # meaning: each is a feature of its own, or texts told apart only by symbols ("\U0001f510"
+    # and "\U0001f4c8" skills) embedded alike. A text without one embeds as it always did.
+    features.extend(("s:" + char, WORD_WEIGHT) for char in normalized if unicodedata.category(char) == "So")
     return features
 
 

@@ -120,9 +120,6 @@ def test_a_real_near_duplicate_is_still_rejected_naming_its_signed_original(db_s
     assert outcome.blocking_duplicate["id"] == str(original.id) and outcome.blocking_duplicate["similarity"] >= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="the hashing embedder keeps only \\w tokens: texts made of symbols (emoji) all embed "
-                   "as their category word alone, so unrelated skills are near-duplicates at cosine 1.0 (changing it "
-                   "changes every stored vector: every certified skill would be an embedding-mismatch until restored)")
 def test_skills_named_in_symbols_alone_are_not_near_duplicates_of_each_other(db_session, write_ctx, steward) -> None:
     lock, chart = (create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
         "name": symbol, "skill_key": key, "category": "technical", "description": " ".join([symbol] * 8),

@@ -107,3 +107,25 @@ def test_sentence_transformers_missing_is_a_clear_error(monkeypatch: pytest.Monk
     assert caught.value.code == "embedder-unavailable"
     with pytest.raises(EmbedderUnavailable):
         make_embedder("sentence-transformers")
+
+
+def test_symbols_tell_texts_apart() -> None:
+    """Symbols are no word characters: texts told apart only by them (emoji skills) embedded
+    alike, at cosine 1.0, and the duplicate gate refused the second (helper-140)."""
+    embedder = HashingEmbedder()
+    lock, chart = embedder.embed(["\U0001f510 " * 8, "\U0001f4c8 " * 8])
+    assert cosine(lock, chart) < 0.5
+    assert cosine(*embedder.embed(["\U0001f510 audits", "\U0001f510 audits \U0001f510"])) > 0.9
+
+
+@pytest.mark.parametrize(("text", "digest"), [
+    ("Negotiates supplier contracts, tracks spend (Q3)! C++ & $5 <= 10%", "0d9e1b60e2507e4b"),
+    ("Café naïve – 東京 ∑ ±", "39b5dba6f9815282"),
+])
+def test_a_text_without_symbols_embeds_as_before_symbols_counted(text: str, digest: str) -> None:
+    """Counting symbols changed no other text's vector: a stored vector of a text with no
+    symbol (category So) still matches, and the audit reports no `embedding-mismatch` for it.
+    The digests are of the vectors the embedder computed before symbols counted."""
+    import hashlib
+
+    assert hashlib.sha256(repr(HashingEmbedder().embed_one(text)).encode()).hexdigest()[:16] == digest
