@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, select, text
+from sqlalchemy import Integer, String, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Text, Uuid
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -215,11 +215,15 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
             refuse_if_tampered(session, industry, ctx.keyring)
             code = industry.code or NO_INDUSTRY_CODE
     number = allocate_certificate_number(session, code)
+    # The database's clock, read under the lock every certification takes: issue times follow
+    # the order certifications ran in, whatever each worker's own clock says (the audit tells
+    # which of a near-duplicate pair came later by them).
+    issued = session.scalar(select(func.clock_timestamp())).astimezone(dt.UTC)
     assert skill.head_link_hash is not None
     certificate: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
         "certificate_id": f"SKILL-{code}-{number:03d}",
-        "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "issued_at": issued.isoformat().replace("+00:00", "Z"),
         "kid": ctx.keyring.active.kid,
         "certified_version": skill.version,
         "certified_link_hash": bytes(skill.head_link_hash).hex(),

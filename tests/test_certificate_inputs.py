@@ -129,6 +129,34 @@ def test_skills_named_in_symbols_alone_are_not_near_duplicates_of_each_other(db_
     assert outcome.status == "certified", outcome.as_json()
 
 
+def test_a_certificate_is_dated_by_the_database_clock_not_the_worker_s(db_session, write_ctx, steward, monkeypatch) -> None:
+    """issued_at came from the worker's clock, and the audit tells which of a near-duplicate pair
+    was certified later by it: two workers' skew could accuse the wrong skill. It is the
+    database's clock, read under the certification lock."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from sqlalchemy import func, select
+
+    from models import certification
+
+    class Skewed(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):  # a worker whose clock is a year behind
+            return dt.datetime(2001, 1, 1, tzinfo=tz)
+
+    monkeypatch.setattr(certification, "dt", SimpleNamespace(datetime=Skewed, UTC=dt.UTC))
+    skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+        "name": "Clock Reading", "skill_key": "clock", "category": "technical", "description": OTHER,
+        "governance_agent_id": steward})
+    before = db_session.scalar(select(func.clock_timestamp()))
+    outcome = certify_skill(db_session, skill_id=skill.id, notes=None, ctx=_job(write_ctx, "clock"))
+    after = db_session.scalar(select(func.clock_timestamp()))
+    assert outcome.status == "certified"
+    issued = dt.datetime.fromisoformat(db_session.get(Skill, skill.id).certificate["issued_at"])
+    assert before <= issued <= after, (before, issued, after)
+
+
 # --- certificate numbers -------------------------------------------------------------------
 
 
