@@ -33,7 +33,8 @@ def _bind_address() -> str:
 
 bind = _bind_address()
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
-worker_class = "gthread"
+# gthread, answering what gunicorn refuses before Flask reads it (a header too large) as problem+json.
+worker_class = "web.gunicorn_worker.ProblemThreadWorker"
 threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 # Each thread holds at most one pooled connection. A pool kept smaller than the thread
 # count opens and closes a connection (a new PostgreSQL backend) for every request beyond
