@@ -6,6 +6,7 @@ would make a loop) as an ``InvalidInput`` naming each bad field at once.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -198,80 +199,124 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[
 PLAIN_SPELLED = ("name", "external_key")
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: Persian, Indic scripts, emoji sequences
 # The blocks whose letters ZWJ and ZWNJ shape: the joining scripts (Arabic, Syriac, N'Ko,
-# Mandaic, Mongolian, Phags-pa) and the Brahmic ones (Devanagari to Sinhala, Tibetan, Myanmar,
-# Khmer). Between two Cyrillic, Greek or CJK letters they change nothing a reader sees.
-JOINING_BLOCKS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x0F00, 0x109F), (0x1780, 0x18AF), (0xA840, 0xA87F),
-                  (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
+# Mandaic, Mongolian, Phags-pa, Adlam, Hanifi Rohingya, Sogdian...) and the Brahmic ones
+# (Devanagari to Sinhala, Tibetan, Myanmar, Khmer, those of South-East Asia, Brahmi to Ahom).
+# Between two Latin, Cyrillic, Greek or CJK letters they change nothing a reader sees.
+JOINING_BLOCKS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x0F00, 0x109F), (0x1780, 0x18AF), (0x1A00, 0x1C4F),
+                  (0x1CD0, 0x1CFF), (0xA800, 0xA95F), (0xA980, 0xAAFF), (0xABC0, 0xABFF), (0xFB50, 0xFDFF),
+                  (0xFE70, 0xFEFF), (0x10A00, 0x11FFF), (0x1E900, 0x1E95F))
 # Blanks drawn where a space would be: a name has U+0020 for that.
 SPACE_LIKE = frozenset("\u3164\uffa0\u2800")
 KEYCAP_BASES = frozenset("0123456789#*")
 TAGS = range(0xE0020, 0xE0080)  # an emoji tag sequence (the flags of Scotland, Wales, England)
-MONGOLIAN = range(0x1800, 0x18B0)
-HANGUL_JAMO = (range(0x1100, 0x1200), range(0xA960, 0xA980), range(0xD7B0, 0xD800))
+# A tag sequence draws a flag only as a black flag, a subdivision code and the cancel tag.
+TAG_RUN = re.compile("[\U000e0020-\U000e007f]+")
+FLAG_TAGS = re.compile("[\U000e0030-\U000e0039\U000e0061-\U000e007a]{3,6}\U000e007f")
+MONGOLIAN_LETTERS = range(0x1820, 0x18AB)
+HANGUL_L = (range(0x1100, 0x1160), range(0xA960, 0xA980))  # leading consonants (U+115F, their filler, included)
+HANGUL_V = (range(0x1160, 0x11A8), range(0xD7B0, 0xD7C7))  # vowels (U+1160, their filler, included)
+HANGUL_T = (range(0x11A8, 0x1200), range(0xD7CB, 0xD7FC))  # trailing consonants
+# Bases with a variation a selector U+FE00..U+FE0D picks (StandardizedVariants.txt) beside the
+# CJK ideographs and math symbols: Myanmar, Phags-pa, Manichaean, Egyptian hieroglyphs.
+VARIANT_BLOCKS = ((0x1000, 0x109F), (0xA840, 0xA87F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F), (0x10AC0, 0x10AFF),
+                  (0x13000, 0x1342F))
+# Emoji whose category is not a symbol's: double exclamation, ?!, information, wavy dash, part alternation mark.
+EMOJI_NOT_SYMBOLS = frozenset("\u203c\u2049\u2139\u3030\u303d")
 
 
-def _joined(c: str) -> bool:
-    """Whether ZWJ or ZWNJ beside ``c`` can change what is drawn: a letter of a script that
-    joins or forms conjuncts, an emoji, or a mark (a virama, say)."""
+def _in(c: str, blocks: Any) -> bool:
+    return any(low <= ord(c) <= high for low, high in blocks)
+
+
+def _emoji(c: str) -> bool:
+    """Whether ``c`` is an emoji or a symbol that may be drawn as one."""
+    return ord(c) >= 0x1F000 or c in EMOJI_NOT_SYMBOLS or unicodedata.category(c) in ("So", "Sm")
+
+
+def _ignorable_unassigned(c: str) -> bool:
+    """Whether ``c`` is a code point Unicode keeps for characters that draw nothing (default
+    ignorable) and has not assigned: renderers show nothing for it already."""
     cp = ord(c)
-    return (any(low <= cp <= high for low, high in JOINING_BLOCKS) or cp >= 0x1F000 or c in "\ufe0f\u20e3"
-            or unicodedata.category(c) in ("So", "Sk", "Mn", "Mc"))
+    return unicodedata.category(c) == "Cn" and (cp == 0x2065 or 0xFFF0 <= cp <= 0xFFF8 or 0xE0000 <= cp <= 0xE0FFF)
+
+
+def _beside_joiners(text: str, i: int, step: int) -> str:
+    """The first character from ``i`` on, going ``step``, that is no joiner (a space past the ends)."""
+    while 0 <= i < len(text) and text[i] in JOINERS:
+        i += step
+    return text[i] if 0 <= i < len(text) else " "
 
 
 def hidden_spelling(text: str) -> str | None:
     """Why ``text`` holds something a reader cannot see, or None: whitespace around it, any
     but a single U+0020 between words, a control character, a format character (U+200B, the
     soft hyphen, U+2060, the marks of direction; ZWJ and ZWNJ only beside a letter of a script
-    they shape, an emoji or a mark, as scripts and emoji sequences use them: a virama's ZWJ
-    may end a word, as Malayalam chillus were spelled; an emoji flag's tags; Mongolian's vowel
-    separator between its letters), a blank drawn for a space (the Hangul fillers U+3164 and
-    U+FFA0, the blank Braille pattern), or a character that draws nothing on its own
-    (``models.constitution.INVISIBLE``: variation selectors, fillers) other than after a
-    character beyond ASCII (a keycap's VS16 after its digit; a Mongolian selector after a
-    Mongolian letter, a conjoining filler beside a jamo). "Logistics\u200b", "Logistics " and
-    "Logis\u00adtics" passed the unique constraint beside "Logistics". Text with nothing
-    visible is left to the constitution's rules (blank)."""
+    they shape, or between two emoji, as scripts and emoji sequences use them, never twice in
+    a row: a virama's ZWJ may end a word, as Malayalam chillus were spelled; an emoji flag's
+    tags, a subdivision code and the cancel tag after a black flag; Mongolian's vowel separator
+    after a letter and before one), a default-ignorable code point Unicode has not assigned
+    (U+2065, U+FFF0..U+FFF8, U+E0000..U+E0FFF), a blank drawn for a space (the Hangul fillers
+    U+3164 and U+FFA0, the blank Braille pattern), or a character that draws nothing on its own
+    (``models.constitution.INVISIBLE``) where it shows nothing (:func:`_shows_where`): a
+    variation selector after no character it has a variant of (a letter, another selector), a
+    combining grapheme joiner that keeps no marks in an order NFC would change, Khmer's
+    inherent vowels. "Logistics\u200b", "Logistics ", "Logis\u00adtics" and "Caf\u00e9\ufe0f"
+    passed the unique constraint beside "Logistics" and "Caf\u00e9". Text with nothing visible
+    is left to the constitution's rules (blank)."""
     if not visible(text):
         return None
     if text != text.strip():
         return "begins or ends with whitespace"
     if "  " in text or any(c.isspace() and c != " " for c in text):
         return "holds whitespace other than single spaces between words"
+    for run in TAG_RUN.finditer(text):
+        if text[run.start() - 1:run.start()] != "\U0001f3f4" or not FLAG_TAGS.fullmatch(run.group()):
+            return f"holds U+{ord(run.group()[0]):04X}, which draws nothing outside an emoji flag's tag sequence"
     for i, c in enumerate(text):
         before, after = text[i - 1] if i else " ", text[i + 1] if i + 1 < len(text) else " "
-        beyond_ascii = ord(before) > 0x7F and not before.isspace()
-        after_beyond = ord(after) > 0x7F and not after.isspace()
         if c in JOINERS:
-            shaped = beyond_ascii and after_beyond and (_joined(before) or _joined(after))
+            left, right = _beside_joiners(text, i - 1, -1), _beside_joiners(text, i + 1, 1)
+            in_sequence = [x for x in (left, right) if x in "\ufe0f\u20e3" or _emoji(x)]  # VS16 and the keycap end an emoji
+            shaped = (before != c and after != c and ord(left) > 0x7F and ord(right) > 0x7F and not right.isspace()
+                      and (_in(left, JOINING_BLOCKS) or _in(right, JOINING_BLOCKS) or len(in_sequence) == 2))
             ends_conjunct = c == "\u200d" and unicodedata.category(before) == "Mn" and unicodedata.combining(before) == 9
             if not (shaped or ends_conjunct):
                 return f"holds U+{ord(c):04X}, which draws nothing, outside a script or emoji sequence that uses it"
-        elif ord(c) in TAGS or c == "\U000e007f":
-            if not (before == "\U0001f3f4" or ord(before) in TAGS):
-                return f"holds U+{ord(c):04X}, which draws nothing"
+        elif ord(c) in TAGS:
+            continue  # judged with its sequence, above
         elif c == "\u180e":  # the Mongolian vowel separator
-            if not (ord(before) in MONGOLIAN and ord(after) in MONGOLIAN):
+            if not ((ord(before) in MONGOLIAN_LETTERS or before in "\u180b\u180c\u180d\u180f")
+                    and ord(after) in MONGOLIAN_LETTERS):
                 return f"holds U+{ord(c):04X}, which draws nothing"
         elif c in SPACE_LIKE:
             return f"holds U+{ord(c):04X}, which draws a blank where a space would be"
-        elif unicodedata.category(c) in ("Cc", "Cf"):
+        elif unicodedata.category(c) in ("Cc", "Cf") or _ignorable_unassigned(c):
             return f"holds U+{ord(c):04X}, which draws nothing"
-        elif c in INVISIBLE and not _shows_after(c, before, after, beyond_ascii):
+        elif c in INVISIBLE and not _shows_where(c, before, after):
             return f"holds U+{ord(c):04X}, which draws nothing"
     return None
 
 
-def _shows_after(c: str, before: str, after: str, beyond_ascii: bool) -> bool:
-    """Whether ``c`` (of ``INVISIBLE``) is where its script or emoji puts it."""
-    if c in "\u115f\u1160":  # conjoining Hangul fillers stand in a syllable of jamo
-        return any(ord(before) in block or ord(after) in block for block in HANGUL_JAMO)
-    if c in "\u180b\u180c\u180d\u180f":
-        return ord(before) in MONGOLIAN
-    if c in "\u17b4\u17b5":
-        return 0x1780 <= ord(before) <= 0x17FF
-    if c in "\ufe0e\ufe0f" and before in KEYCAP_BASES:
-        return after == "\u20e3"
-    return beyond_ascii
+def _shows_where(c: str, before: str, after: str) -> bool:
+    """Whether ``c`` (of ``INVISIBLE``) is where its script or emoji puts it, and changes what is drawn."""
+    if c == "\u115f":  # the leading-consonant filler starts a syllable with no consonant: before its vowel
+        return any(ord(after) in block for block in HANGUL_V)
+    if c == "\u1160":  # the vowel filler, between a syllable's leading and trailing consonants
+        return any(ord(before) in block for block in HANGUL_L) and any(ord(after) in block for block in HANGUL_T)
+    if c in "\u180b\u180c\u180d\u180f":  # Mongolian's free variation selectors pick a letter's form
+        return ord(before) in MONGOLIAN_LETTERS
+    if c == "\u034f":  # the combining grapheme joiner keeps two marks in an order NFC would swap
+        first, second = unicodedata.combining(before), unicodedata.combining(after)
+        return unicodedata.category(before).startswith("M") and first > second > 0
+    if c in "\u17b4\u17b5":  # Khmer's inherent vowels: Unicode has them drawn as nothing
+        return False
+    if before in KEYCAP_BASES:
+        return c in "\ufe0e\ufe0f" and after == "\u20e3"
+    if c in "\ufe0e\ufe0f":  # text or emoji presentation
+        return _emoji(before)
+    if unicodedata.name(before, "").startswith(("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")):
+        return True  # a standardized or an ideographic variation (the IVD's)
+    return ord(c) < 0xE0100 and (unicodedata.category(before) in ("Sm", "So") or _in(before, VARIANT_BLOCKS))
 
 
 def nul_refused(field: str) -> InvalidInput:
