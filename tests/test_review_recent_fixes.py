@@ -3,7 +3,10 @@ another's (``hidden_spelling``), and certificate numbers after the counter is ta
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from sqlalchemy import text
 
 from models.canonical import normalize_text
 from models.entity_input import hidden_spelling
@@ -84,3 +87,35 @@ def test_a_name_beyond_ascii_with_a_variation_selector_is_422_not_a_second_name(
     keyed = client.post(API + "/genesis/industries", json={**gov, "name": "Cafe Two", "code": "CAH",
                                                            "external_key": MOSCOW + "\u034f"})
     assert keyed.status_code == 422 and [e["field"] for e in keyed.get_json()["errors"]] == ["external_key"]
+
+
+# --- certificate numbers ----------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="allocate_certificate_number reads the highest number issued from the counter "
+                   "and the skills' rows, both plain rows: with the counter deleted and the last certificate cleared "
+                   "from its row through SQL, Plant signs SKILL-GEN-002 a second time (only the chains, append-only, "
+                   "still hold it; reading them per certification is a design question: a scan of every skill version)")
+def test_a_certificate_id_is_not_issued_again_once_its_row_and_the_counter_are_both_edited(
+        db_session, write_ctx, steward) -> None:
+    """docs/guarantees.md: "A certificate id is never issued twice, even after the numbering
+    counter is set back or deleted through SQL." The fix (60a53fa) reads the highest number
+    from the skills' rows as well; a row edited through SQL is the audit's finding, but Plant
+    has signed the duplicate id into a second chain by then, and no audit finding names it."""
+    from models.chain import history
+    from models.entities import Skill
+    from tests.test_certificate_inputs import OTHER
+    from tests.test_certification import _certified
+
+    _certified(db_session, write_ctx, steward, "Pipeline Engineering")
+    second = _certified(db_session, write_ctx, steward, "Procurement", description=OTHER)
+    issued = db_session.get(Skill, second.id).certificate["certificate_id"]
+    db_session.execute(text("DELETE FROM certificate_sequences"))
+    db_session.execute(text("UPDATE skills SET certificate = NULL WHERE id = :id"), {"id": second.id})
+    third = _certified(db_session, write_ctx, steward, "Fleet Telemetry",
+                       description="Collects vehicle sensor readings and reports engine faults to the depot crews")
+    db_session.expire_all()
+    signed = [json.loads(bytes(v.content)).get("certificate") for s in (second, third)
+              for v in history(db_session, entity_id=s.id)]
+    ids = [c["certificate_id"] for c in signed if c]
+    assert ids.count(issued) == 1, ids
