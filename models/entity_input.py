@@ -164,20 +164,23 @@ def _skills(session: Session, ids: list[uuid.UUID], field: str, errors: list[dic
     return [found[i] for i in unique if i in found]
 
 
-def normalized_input(data: dict[str, Any], model: type[GovernedEntity]) -> dict[str, Any]:
+def normalized_input(data: dict[str, Any], model: type[GovernedEntity], *, stored: GovernedEntity | None = None) -> dict[str, Any]:
     """Input as the row stores it and the chain signs it: strings NFC, tags sorted and
     unique, and ``attributes`` in its canonical JSON form all the way down (the signed
     version holds that form; a row holding anything else would not match its head).
 
     NFC can lengthen a string (U+0958 becomes two code points), so a string checked
-    against its column's length before normalizing is checked again after."""
+    against its column's length before normalizing is checked again after. A name or
+    external key that ``stored`` (the entity a change is for) already holds is not judged
+    again by :func:`hidden_spelling`: one written before a check was tightened is kept, and
+    a change that sends it back unchanged is no 422."""
     out = {}
     for key, value in data.items():
         if key != "attributes" and holds_nul(value):  # attributes: once their nesting is checked, below
             raise nul_refused(key)
         if isinstance(value, str):
             value = normalize_text(value)
-            if key in PLAIN_SPELLED and (why := hidden_spelling(value)) is not None:
+            if key in PLAIN_SPELLED and value != getattr(stored, key, None) and (why := hidden_spelling(value)) is not None:
                 raise InvalidInput(f"{key} {why}: it would read the same as the {key} without it",
                                    errors=[{"field": key, "message": why}])
             limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)

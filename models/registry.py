@@ -134,7 +134,7 @@ def update_entity(
         raise PreconditionFailed(f"If-Match names {named}; the entity is at version {entity.version}",
                                  current_version=entity.version)
     before = snapshot(entity)
-    apply_fields(session, entity, normalized_input(changes, type(entity)), pending=ctx.pending_ids)
+    apply_fields(session, entity, normalized_input(changes, type(entity), stored=entity), pending=ctx.pending_ids)
     after = snapshot(entity)
     if after == before:
         return entity

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from models.canonical import normalize_text
 from models.entity_input import hidden_spelling
+from models.errors import InvalidInput
 from tests.test_registry_api import API, _post, gov  # noqa: F401  (fixtures)
 
 CAFE = "Caf\u00e9"
@@ -119,3 +120,23 @@ def test_a_certificate_id_is_not_issued_again_once_its_row_and_the_counter_are_b
               for v in history(db_session, entity_id=s.id)]
     ids = [c["certificate_id"] for c in signed if c]
     assert ids.count(issued) == 1, ids
+
+
+def test_a_name_stored_before_the_check_is_kept_when_a_patch_sends_it_back_unchanged(
+        db_session, write_ctx, steward, monkeypatch) -> None:
+    """README: "Names written before this check are kept as they are." A client that sends
+    an entity back whole (its name unchanged) to change its description got 422 on the name
+    it was not changing."""
+    from models.entities import EntityType
+    from models.registry import create_entity, update_entity
+
+    with monkeypatch.context() as earlier_release:  # one that took this name
+        earlier_release.setattr("models.entity_input.hidden_spelling", lambda text: None)
+        industry = create_entity(db_session, entity_type=EntityType.INDUSTRY, ctx=write_ctx,
+                                 data={"name": CAFE + "\ufe0f", "code": "LOG", "governance_agent_id": steward})
+    changed = update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, ctx=write_ctx,
+                            changes={"name": CAFE + "\ufe0f", "description": "Moving goods"})
+    assert changed.description == "Moving goods" and changed.name == CAFE + "\ufe0f"
+    with pytest.raises(InvalidInput):  # a new name is judged all the same
+        update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, ctx=write_ctx,
+                      changes={"name": MOSCOW + "\ufe0f"})
