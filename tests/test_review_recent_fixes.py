@@ -11,7 +11,7 @@ from sqlalchemy import text
 from models.canonical import normalize_text
 from models.entity_input import hidden_spelling
 from models.errors import InvalidInput
-from tests.test_registry_api import API, _post, gov  # noqa: F401  (fixtures)
+from tests.test_registry_api import API, _post, gov, world  # noqa: F401  (fixtures)
 
 CAFE = "Caf\u00e9"
 MOSCOW = "\u041c\u043e\u0441\u043a\u0432\u0430"
@@ -140,3 +140,32 @@ def test_a_name_stored_before_the_check_is_kept_when_a_patch_sends_it_back_uncha
     with pytest.raises(InvalidInput):  # a new name is judged all the same
         update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, ctx=write_ctx,
                       changes={"name": MOSCOW + "\ufe0f"})
+
+
+# --- deleted entities and seats ---------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="deleting an agent (the domain call; no route does it) runs no seat guard and "
+                   "keeps its team_id: the deleted agent holds its seat for good (members_count, rank_teams and the "
+                   "bulk plan count it) and, since 5fc4d5e, keeps its team from ever being deleted; whether deleting "
+                   "a seated agent is refused or unseats it is a design question")
+def test_a_deleted_agent_holds_no_seat(client, world, engine, write_ctx) -> None:  # noqa: F811
+    import datetime as dt
+    import uuid
+
+    from sqlalchemy.orm import Session
+
+    from models.entities import EntityType
+    from models.errors import PlantError
+    from models.registry import update_entity
+
+    gone = {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    with Session(engine) as session, session.begin():
+        try:
+            update_entity(session, entity_type=EntityType.AGENT, entity_id=uuid.UUID(world["agent"]["id"]),
+                          changes=gone, ctx=write_ctx)
+        except PlantError:
+            return  # refused while it is seated: it holds a seat only while it is a member
+    with Session(engine) as session, session.begin():  # the team's only member is deleted: it has none
+        update_entity(session, entity_type=EntityType.TEAM, entity_id=uuid.UUID(world["team"]["id"]),
+                      changes=gone, ctx=write_ctx)
