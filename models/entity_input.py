@@ -203,9 +203,10 @@ PLAIN_SPELLED = ("name", "external_key")
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: Persian, Indic scripts, emoji sequences
 # The blocks whose letters ZWJ and ZWNJ shape: the joining scripts (Arabic, Syriac, N'Ko,
 # Mandaic, Mongolian, Phags-pa, Adlam, Hanifi Rohingya, Sogdian...) and the Brahmic ones
-# (Devanagari to Sinhala, Tibetan, Myanmar, Khmer, those of South-East Asia, Brahmi to Ahom).
+# (Devanagari to Sinhala, Tibetan, Myanmar, Baybayin, Khmer, Limbu, Tai Tham to Lepcha,
+# Javanese, Cham, Meetei Mayek, Brahmi to Ahom).
 # Between two Latin, Cyrillic, Greek or CJK letters they change nothing a reader sees.
-JOINING_BLOCKS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x0F00, 0x109F), (0x1780, 0x18AF), (0x1A00, 0x1C4F),
+JOINING_BLOCKS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x0F00, 0x109F), (0x1700, 0x19FF), (0x1A00, 0x1C4F),
                   (0x1CD0, 0x1CFF), (0xA800, 0xA95F), (0xA980, 0xAAFF), (0xABC0, 0xABFF), (0xFB50, 0xFDFF),
                   (0xFE70, 0xFEFF), (0x10A00, 0x11FFF), (0x1E900, 0x1E95F))
 # Blanks drawn where a space would be: a name has U+0020 for that.

@@ -71,6 +71,7 @@ def test_a_twin_that_differs_only_by_what_draws_nothing_is_refused(twin) -> None
     "\u1100\u1160\u11a8",                              # a syllable of a leading and a trailing consonant
     "\U0001e900\u200c\U0001e901",                      # Adlam, a joining script
     "\ua9a4\ua9c0\u200d\ua9b2",                        # Javanese
+    "\u1703\u1714\u200c\u170e",                        # Baybayin, ZWNJ after its virama
     CAFE, MOSCOW, "\u7269\u6d41", "\ud55c\uad6d",
 ])
 def test_a_name_real_scripts_and_emoji_write_is_still_taken(name) -> None:
