@@ -97,6 +97,8 @@ def ineligibility(
     reasons = []
     if agent.status != AgentStatus.ACTIVE.value:
         reasons.append(f"agent is {agent.status}")
+    if getattr(agent, "deleted_at", None) is not None:
+        reasons.append("agent is deleted")
     if team.status != LifecycleStatus.ACTIVE.value:
         reasons.append(f"team is {team.status}")
     if getattr(team, "deleted_at", None) is not None:

@@ -4,7 +4,8 @@ An agent written with a ``team_id``, or changed while in a team, must be eligibl
 team (and, when it joins, find a free seat, counted under the team row's lock as the
 assignment jobs do), judged on the team's and its job role's signed values (a row edited
 outside Plant is ``EntityTampered``); a team may not shrink below its members, nor change
-its job role, industry or status so that a member no longer qualifies, nor be deleted with members; a job role may not
+its job role, industry or status so that a member no longer qualifies, nor be deleted with members (nor a member
+be deleted while seated); a job role may not
 come to require a skill a seated agent lacks. The rules themselves are
 ``models.membership``'s.
 """
@@ -26,7 +27,7 @@ from models.membership import (
 from models.signing import KeyRing
 
 # Governed fields whose change can break a membership, on the agent's and the team's side.
-AGENT_MEMBERSHIP_FIELDS = ("team_id", "job_role_id", "industry_id", "skill_ids", "status")
+AGENT_MEMBERSHIP_FIELDS = ("team_id", "job_role_id", "industry_id", "skill_ids", "status", "deleted_at")
 TEAM_MEMBERSHIP_FIELDS = ("job_role_id", "industry_id", "status", "deleted_at")
 
 

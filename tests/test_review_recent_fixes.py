@@ -146,10 +146,6 @@ def test_a_name_stored_before_the_check_is_kept_when_a_patch_sends_it_back_uncha
 # --- deleted entities and seats ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="deleting an agent (the domain call; no route does it) runs no seat guard and "
-                   "keeps its team_id: the deleted agent holds its seat for good (members_count, rank_teams and the "
-                   "bulk plan count it) and, since 5fc4d5e, keeps its team from ever being deleted; whether deleting "
-                   "a seated agent is refused or unseats it is a design question")
 def test_a_deleted_agent_holds_no_seat(client, world, engine, write_ctx) -> None:  # noqa: F811
     import datetime as dt
     import uuid
@@ -161,12 +157,12 @@ def test_a_deleted_agent_holds_no_seat(client, world, engine, write_ctx) -> None
     from models.registry import update_entity
 
     gone = {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
-    with Session(engine) as session, session.begin():
-        try:
-            update_entity(session, entity_type=EntityType.AGENT, entity_id=uuid.UUID(world["agent"]["id"]),
-                          changes=gone, ctx=write_ctx)
-        except PlantError:
-            return  # refused while it is seated: it holds a seat only while it is a member
+    agent = uuid.UUID(world["agent"]["id"])
+    with pytest.raises(PlantError, match="agent is deleted"), Session(engine) as session, session.begin():
+        update_entity(session, entity_type=EntityType.AGENT, entity_id=agent, changes=gone, ctx=write_ctx)
+    with Session(engine) as session, session.begin():  # unseated in the same write, it is deleted
+        update_entity(session, entity_type=EntityType.AGENT, entity_id=agent, changes={**gone, "team_id": None},
+                      ctx=write_ctx)
     with Session(engine) as session, session.begin():  # the team's only member is deleted: it has none
         update_entity(session, entity_type=EntityType.TEAM, entity_id=uuid.UUID(world["team"]["id"]),
                       changes=gone, ctx=write_ctx)
