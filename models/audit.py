@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from models.certification import gates_rechecked
-from models.chain import GENESIS_LINK, ChainFinding, seal_findings, verify_loaded, versions_by_entity
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded, versions_by_entity
 from models.constitution import L0, L1, RULES_BY_ID, SEAT_RULES, RuleSubject, append_only_enforced, evaluate
 from models.db import uuid_in
-from models.entities import Agent, EntitySnapshot, EntityType, governed_content, load_entities
+from models.entities import ENTITY_MODELS, Agent, EntitySnapshot, EntityType, governed_content, load_entities
 from models.embeddings import Embedder
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest, stored_digest_problem, stored_leaves
@@ -259,3 +259,23 @@ def stored_digest_invalid(session: Session, digest: Any, keyring: KeyRing) -> Fi
 
 def finding_from_chain(entity_type: str | None, entity_id: uuid.UUID | None, finding: ChainFinding) -> FindingRow:
     return FindingRow(entity_type, entity_id, finding.version, finding.code, finding.detail)
+
+
+ROW_MISSING = "entity-row-missing"
+
+
+def rowless_chains(session: Session) -> list[FindingRow]:
+    """A finding for each chain whose entity row is gone. Plant never deletes a row (a deletion
+    is a signed version and a stamp): one gone was removed past its table's guard, and the
+    chunks, which walk the rows, would never read its chain. The ids come from an anti-join of
+    the chains' (entity_id, version) index with every table's ids; only those found are read."""
+    rows = union_all(*(select(model.id.label("id")) for model in ENTITY_MODELS.values())).subquery()
+    rowless = select(EntityVersion.entity_id).where(~select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists())
+    found = session.execute(
+        select(EntityVersion.entity_type, EntityVersion.entity_id, func.count(), func.max(EntityVersion.version))
+        .where(EntityVersion.entity_id.in_(rowless.distinct().scalar_subquery()))
+        .group_by(EntityVersion.entity_type, EntityVersion.entity_id).order_by(EntityVersion.entity_id)
+    ).all()
+    return [FindingRow(entity_type, entity_id, head, ROW_MISSING,
+                       f"its chain holds {count} version(s), up to version {head}; its row is gone from the registry")
+            for entity_type, entity_id, count, head in found]

@@ -22,10 +22,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, union_all, update
+from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.audit import FAILING_SEVERITIES, FindingRow, audit_batch, finding_from_chain, load_entities
+from models.audit import (
+    FAILING_SEVERITIES, ROW_MISSING, FindingRow, audit_batch, finding_from_chain, load_entities, rowless_chains,
+)
 from models.audit_record import (
     RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
     record_step, sign_checkpoint, sign_close, sign_plan, signed_repairs,
@@ -205,26 +207,6 @@ def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) 
         return []
     return [FindingRow(None, None, None, "ledger-root-mismatch",
                        f"heads as of {digest['as_of']} hash to {root.hex()}, the digest says {digest['heads_root']}")]
-
-
-ROW_MISSING = "entity-row-missing"
-
-
-def rowless_chains(session: Session) -> list[FindingRow]:
-    """A finding for each chain whose entity row is gone. Plant never deletes a row (a deletion
-    is a signed version and a stamp): one gone was removed past its table's guard, and the
-    chunks, which walk the rows, would never read its chain. The ids come from an anti-join of
-    the chains' (entity_id, version) index with every table's ids; only those found are read."""
-    rows = union_all(*(select(model.id.label("id")) for model in ENTITY_MODELS.values())).subquery()
-    rowless = select(EntityVersion.entity_id).where(~select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists())
-    found = session.execute(
-        select(EntityVersion.entity_type, EntityVersion.entity_id, func.count(), func.max(EntityVersion.version))
-        .where(EntityVersion.entity_id.in_(rowless.distinct().scalar_subquery()))
-        .group_by(EntityVersion.entity_type, EntityVersion.entity_id).order_by(EntityVersion.entity_id)
-    ).all()
-    return [FindingRow(entity_type, entity_id, head, ROW_MISSING,
-                       f"its chain holds {count} version(s), up to version {head}; its row is gone from the registry")
-            for entity_type, entity_id, count, head in found]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ the leaf (a row reset to the digest's head after later versions were appended). 
 entity gets the full audit's checks on its whole chain, which was read anyway: every
 version re-hashed and re-linked from genesis through its leaf, every signature after the
 leaf, the row against its head version (``row-content-mismatch``, ``stale-head``...), and
-the rules on its current state. Leaves whose head is no longer in the chain (rolled back,
-rewritten) or whose entity's row is gone are reported.
+the rules on its current state. The agents seated in a team or under a job role examined,
+and the teams of the agents examined, are examined too: their seat rules read it. Leaves
+whose head is no longer in the chain (rolled back, rewritten) or whose entity's row is gone
+are reported, and so, when the counts show one, is every chain no row holds
+(``entity-row-missing``, as in a full audit).
 
 What it does not see, by design (a full audit does): rows and versions of entities
 unchanged since the digest are not re-read, so a SQL edit of such a row's governed
@@ -36,15 +39,16 @@ from sqlalchemy import and_, case, func, null, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from models.audit import (
-    BatchResult, FindingRow, gate_findings, load_entities, rule_findings, seat_facts, stored_digest_invalid,
-    suspects_rechecked, versions_by_entity,
+    BatchResult, FindingRow, gate_findings, load_entities, rowless_chains, rule_findings, seat_facts,
+    stored_digest_invalid, suspects_rechecked, versions_by_entity,
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.digest_check import tombstones_of
 from models.embeddings import Embedder
-from models.entities import ENTITY_MODELS, EntityType, governed_content
+from models.db import uuid_in
+from models.entities import ENTITY_MODELS, Agent, EntityType, governed_content
 from models.errors import NotFound
 from models.ledger import compare_heads, latest_digest
 from models.signing import KeyRing
@@ -108,13 +112,17 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
     append_only = append_only_enforced(session)
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
+    plan: dict[EntityType, Changed] = {}
     for entity_type in EntityType:
-        changed, with_leaf, deleted_ids, live_again = _changed_since(session, entity_type, digest)
+        plan[entity_type], with_leaf, deleted_ids, live_again = _changed_since(session, entity_type, digest)
         accounted += with_leaf
         deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
         result.findings += [FindingRow(entity_type.value, entity_id, version, "entity-undeleted",
                                        "live, though the digest keeps its deletion (a tombstone): Plant brings no deleted entity back")
                             for entity_id, version in live_again]
+    for entity_type, ids in _seat_partners(session, plan).items():
+        plan[entity_type] += _changed_since(session, entity_type, digest, ids)[0]
+    for entity_type, changed in plan.items():
         _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
     # Counted after the chains were read, not before: each statement sees the commits made
     # until it starts, so a version committed meanwhile is then either in both counts or in
@@ -129,6 +137,14 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
     leaves, tombstones = _row_counts(session, digest)
+    # A chain whose row is gone (removed past its table's guard, or versions INSERTed under an
+    # id no row has) is read by nothing above: its versions unbalance the counts (one in no
+    # digest, or behind a tombstone), or its leaf is not accounted for. Then the full audit's
+    # anti-join names them (entity-row-missing: entities of the run, non-compliant).
+    if not result.version_count_balanced or leaves != accounted:
+        rowless = rowless_chains(session)
+        result.findings += rowless
+        deleted |= {(f.entity_type, f.entity_id) for f in rowless}
     if leaves != accounted:
         result.findings += _vanished(session, digest.id, deleted)
     # Checked once, at the start, the digest's rows were read by later statements, each
@@ -173,7 +189,7 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
         changed = changed.where(or_(head.link_hash.is_(None), head.link_hash.is_distinct_from(model.head_link_hash),
                                     head.version == 0, head.link_hash == GENESIS_LINK, model.deleted_at.is_not(None)))
     else:  # as asked: a deleted entity still at its tombstone whose chain grew behind it included
-        changed = changed.where(model.id.in_(among))
+        changed = changed.where(uuid_in(model.id, among))
     live = select(null(), null(), null(), func.count(), null()).select_from(model).where(model.deleted_at.is_(None))
     rows = session.execute(union_all(changed, live)).all()
     live_count = next(row[3] for row in rows if row[0] is None)
@@ -184,6 +200,26 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     changed_rows = [(r[0], r[1] or 0, bytes(r[2]) if r[2] is not None else GENESIS_LINK) for r in rows]
     live_again = [(r[0], r[1] or 0) for r in rows if not r[3] and not r[4] and r[2] is not None]
     return changed_rows, with_leaf, deleted, live_again
+
+
+def _seat_partners(session: Session, plan: dict[EntityType, Changed]) -> dict[EntityType, list[uuid.UUID]]:
+    """Entities not in ``plan`` whose seat rules read an entity in it: the agents seated in a
+    team, or under a job role, changed since the digest (AGENT-04 judges them on it: a team
+    deleted or retired by a signed version, a role requiring another skill), and the teams
+    of the agents changed since (TEAM-03 counts them). Two queries, none when no team, role
+    or agent changed."""
+    examined = {entity_type: {entity_id for entity_id, _, _ in changed} for entity_type, changed in plan.items()}
+    teams, roles, agents = examined[EntityType.TEAM], examined[EntityType.JOB_ROLE], examined[EntityType.AGENT]
+    partners: dict[EntityType, list[uuid.UUID]] = {}
+    if teams or roles:
+        members = session.scalars(select(Agent.id).where(Agent.team_id.is_not(None), or_(
+            uuid_in(Agent.team_id, sorted(teams)), uuid_in(Agent.job_role_id, sorted(roles))))).all()
+        partners[EntityType.AGENT] = sorted(set(members) - agents)
+    if agents:
+        seats = session.scalars(select(Agent.team_id).distinct().where(
+            Agent.team_id.is_not(None), uuid_in(Agent.id, sorted(agents)))).all()
+        partners[EntityType.TEAM] = sorted(set(seats) - teams)
+    return {entity_type: ids for entity_type, ids in partners.items() if ids}
 
 
 def _tombstone_moved(model: Any, tomb: Any) -> Any:
@@ -347,9 +383,10 @@ def _chain_findings(entity: Any, rows: list, split: int, keyring: KeyRing, conte
 
 
 def _vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> list[FindingRow]:
-    """Leaves of the digest whose entity's row no longer exists (removed by the table's
-    owner, past the guard that refuses DELETE): an anti-join. A row marked deleted with a
-    leaf was ``examined``, signed deletion or not."""
+    """Leaves of the digest whose entity's row is not in its type's table (a row of another
+    type under its id, say): an anti-join. A row marked deleted with a leaf was
+    ``examined``, signed deletion or not, and a chain with no row at all was reported
+    ``entity-row-missing`` (in ``examined`` too)."""
     findings = []
     for entity_type, model in ENTITY_MODELS.items():
         alive = select(model.id).where(model.id == LedgerDigestHead.entity_id, model.deleted_at.is_(None))

@@ -55,7 +55,7 @@ def test_an_incremental_run_counts_a_team_s_members(db_session, write_ctx, stewa
     store_digest(db_session, keyring=keyring)
     update_entity(db_session, entity_type=E.TEAM, entity_id=team.id, changes={"description": "changed"}, ctx=write_ctx)
     summary, findings = run_incremental(db_session, keyring)
-    assert summary["total_entities"] == 1 and findings == []
+    assert summary["total_entities"] == 2 and findings == []  # the team and its member, whose seat rules read it
 
 
 def test_a_memberless_team_still_gets_its_team_01_warning_incrementally(db_session, write_ctx, steward, keyring) -> None:
