@@ -179,10 +179,11 @@ def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDige
     changed = select(model.id, func.coalesce(head.version, tomb.version), func.coalesce(head.link_hash, tomb.link_hash),
                      case((model.deleted_at.is_not(None), 1), else_=0).label("deleted"), head.link_hash.is_not(None)).outerjoin(
         head, and_(head.digest_id == digest_id, head.entity_id == model.id, head.entity_type == entity_type.value)
-    ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, head.link_hash.is_(None)))
+    ).outerjoin(tomb, and_(tomb.digest_id == tombstones_id, tomb.entity_id == model.id, tomb.entity_type == entity_type.value,
+                        head.link_hash.is_(None)))
     if among is None:
         changed = changed.where(or_(model.deleted_at.is_(None), head.link_hash.is_not(None), _tombstone_moved(model, tomb),
-                                    _unknown_to(model, digest)))  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
+                                    _unknown_to(model, entity_type, digest)))  # IS DISTINCT FROM: a head set to NULL differs from its leaf too; a leaf of version 0 vouches for nothing
         # A deleted row with a leaf was live at the digest: examined even at its leaf's head
         # (which records no deletion, as no leaf's does), so a deletion its row alone states
         # is the row-content-mismatch the full audit reports, not a deletion.
@@ -228,17 +229,19 @@ def _tombstone_moved(model: Any, tomb: Any) -> Any:
     return and_(tomb.link_hash.is_not(None), or_(tomb.link_hash.is_distinct_from(model.head_link_hash), tomb.version == 0))
 
 
-def _unknown_to(model: Any, digest: LedgerDigest) -> Any:
+def _unknown_to(model: Any, entity_type: EntityType, digest: LedgerDigest) -> Any:
     """A deleted entity the digest holds no leaf of has no tombstone in it either (migration
-    0018): deleted since, or created after the digest's leaves were written, whatever its
-    stamp. Before 0018 a digest kept no tombstone: its first version was stamped after the
+    0018), of its type (a row of another type under a tombstone's id is not its entity):
+    deleted since, or created after the digest's leaves were written, whatever its stamp.
+    Before 0018 a digest kept no tombstone: its first version was stamped after the
     digest's ``as_of`` (not the row's time; a version stamped before it and committed after
     the leaves were written is then missed)."""
     if tombstones_of(digest) is None:
         first = aliased(EntityVersion)  # the caller may read the versions table itself: no correlation to it
         return select(first.id).where(first.entity_id == model.id, first.version == 1, first.created_at > digest.as_of).exists()
     tomb = aliased(LedgerDigestTombstone)
-    return ~select(tomb.entity_id).where(tomb.digest_id == digest.id, tomb.entity_id == model.id).exists()
+    return ~select(tomb.entity_id).where(tomb.digest_id == digest.id, tomb.entity_id == model.id,
+                                         tomb.entity_type == entity_type.value).exists()
 
 
 def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
@@ -262,15 +265,16 @@ def _version_totals(session: Session, digest: LedgerDigest) -> tuple[int, int]:
                for model in ENTITY_MODELS.values()]
     if tombstones_id is None:
         apart = [select(func.count()).select_from(EntityVersion).join(model, model.id == EntityVersion.entity_id).where(
-            model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed, ~_unknown_to(model, digest),
+            model.deleted_at.is_not(None), EntityVersion.entity_type == entity_type.value, unleafed,
+            ~_unknown_to(model, entity_type, digest),
         ).scalar_subquery() for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
         counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *apart)).one()
         return counted - sum(rest), leaf_sum
     # Every tombstone of an entity with no leaf: those examined from it (see _changed_since)
     # and those not, whose rows are still at it.
     from_tombstones = [select(func.coalesce(func.sum(tomb.version), 0)).join(model, model.id == tomb.entity_id).where(
-        tomb.digest_id == tombstones_id, unleafed).scalar_subquery() for model, unleafed in zip(ENTITY_MODELS.values(), no_leaf,
-                                                                                                 strict=True)]
+        tomb.digest_id == tombstones_id, tomb.entity_type == entity_type.value, unleafed).scalar_subquery()
+        for (entity_type, model), unleafed in zip(ENTITY_MODELS.items(), no_leaf, strict=True)]
     counted, leaf_sum, *rest = session.execute(select(ledger, leaves, *from_tombstones)).one()
     return counted, leaf_sum + sum(rest)
 

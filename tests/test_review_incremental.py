@@ -214,3 +214,124 @@ def test_the_team_of_an_agent_seated_since_the_digest_is_judged(db_session, writ
     summary, findings = run_incremental(db_session, keyring)
     assert violations(findings) == [(world.team.id, "TEAM-03")]
     assert _counts(summary) == (2, 1, 1)
+
+
+# --- restore ---------------------------------------------------------------------------
+
+
+def _restore(session, ctx, entity_type, entity_id):
+    from models.repair import restore_entity
+
+    return restore_entity(session, entity_type=entity_type, entity_id=entity_id, keyring=ctx.keyring,
+                          embedder=ctx.embedder, actor="operator:test")
+
+
+def test_a_restore_does_not_seat_an_agent_in_a_team_deleted_meanwhile(db_session, write_ctx, steward, keyring) -> None:
+    """The agent's row is edited out of its team through SQL, so the team counts no member and
+    its deletion (a signed version) is taken; the agent's signed head still names the team.
+    Restoring the agent must not put it back in a deleted team."""
+    from models.errors import NotEligible
+    from models.repair import repairs
+
+    world = seat_world(db_session, write_ctx, steward)
+    db_session.execute(text("UPDATE agents SET team_id = NULL WHERE id = :id"), {"id": world.agent.id})
+    db_session.expire_all()
+    update_entity(db_session, entity_type=E.TEAM, entity_id=world.team.id, ctx=write_ctx,
+                  changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    db_session.flush()
+    with pytest.raises(NotEligible, match="team is deleted"):
+        with db_session.begin_nested():
+            _restore(db_session, write_ctx, E.AGENT, world.agent.id)
+    assert repairs(db_session, entity_id=world.agent.id) == []
+
+
+def test_a_row_moved_under_another_type_is_not_restored_from_the_other_type_s_chain(
+        db_session, write_ctx, steward, keyring) -> None:
+    """A skill row written under an industry's id: its chain (an industry's) verifies, but a
+    restore must not make a skill row out of an industry's head: refused, nothing written."""
+    from models.repair import NotRestorable, repairs
+
+    industry = create_entity(db_session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
+        "name": "Moved Industry", "code": "MOVD", "governance_agent_id": steward}).id
+    db_session.flush()
+    db_session.execute(text(
+        "INSERT INTO skills (id, external_key, status, tags, attributes, name, skill_key, description, category,"
+        " version, head_link_hash, created_at, updated_at, governance_agent_id)"
+        " SELECT id, external_key, 'draft', tags, attributes, name, 'moved', description, 'technical', version,"
+        " head_link_hash, created_at, updated_at, governance_agent_id FROM industries WHERE id = :id"), {"id": industry})
+    _delete_row(db_session, "industries", industry)
+    with pytest.raises(NotRestorable):
+        with db_session.begin_nested():
+            _restore(db_session, write_ctx, E.SKILL, industry)
+    assert repairs(db_session, entity_id=industry) == []
+
+
+def test_a_patch_waiting_on_a_restore_loses_neither(engine, write_ctx, committed_steward, keyring) -> None:
+    """A restore holds the row; a PATCH of another field waits for it, then applies on the
+    restored row: the signed chain ends with the PATCH, on top of the restored content."""
+    import json
+    import threading
+
+    from models.chain import history, verify_entity
+    from models.db import make_session_factory, transaction
+    from models.entities import Skill
+    from models.repair import repairs
+    from tests.conftest import lock_waiters, wait_for
+
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        skill = _skill(session, write_ctx, committed_steward, 7).id
+    with transaction(sessions) as session:
+        session.execute(text("UPDATE skills SET description = 'edited by hand' WHERE id = :id"), {"id": skill})
+    restoring = sessions()
+    outcome: dict = {}
+
+    def patch() -> None:
+        try:
+            with transaction(sessions) as session:
+                update_entity(session, entity_type=E.SKILL, entity_id=skill, changes={"tags": ["patched"]}, ctx=write_ctx)
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    with restoring:
+        restoring.begin()
+        assert _restore(restoring, write_ctx, E.SKILL, skill).restored
+        thread = threading.Thread(target=patch)
+        thread.start()
+        wait_for(lambda: lock_waiters(engine) >= 1, timeout=20, what="the PATCH to wait for the restore")
+        restoring.commit()
+        thread.join(timeout=60)
+    assert outcome == {"ok": True}, outcome
+    with transaction(sessions) as session:
+        row = session.get(Skill, skill)
+        chain = history(session, entity_id=skill)
+        head = json.loads(chain[-1].content)
+        assert (row.description, row.tags, row.version) == ("version two", ["patched"], 3)
+        assert (head["description"], head["tags"]) == ("version two", ["patched"])
+        assert verify_entity(session, entity=row, keyring=keyring).ok
+        assert len(repairs(session, entity_id=skill)) == 1
+
+
+def test_a_deleted_row_of_another_type_under_a_tombstoned_id_is_examined(db_session, write_ctx, steward,
+                                                                        keyring) -> None:
+    """No guard lifted: the runtime role INSERTs an agent row, marked deleted, under the id of
+    a skill deleted before the digest, its head the skill's tombstone. A leaf is matched to a
+    row by id and type, but the tombstone was matched by id alone: the agent row was taken for
+    the skill at its tombstone and never examined, while the full audit reports it."""
+    gone = _skill(db_session, write_ctx, steward, 1)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=gone.id, ctx=write_ctx,
+                  changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    db_session.flush()
+    store_digest(db_session, keyring=keyring)
+    db_session.execute(text(
+        "INSERT INTO agents (id, name, status, tags, attributes, version, head_link_hash, deleted_at, governance_agent_id)"
+        " SELECT id, 'Decoy', 'active', tags, attributes, version, head_link_hash, deleted_at, governance_agent_id"
+        " FROM skills WHERE id = :id"), {"id": gone.id})
+    db_session.expire_all()
+    full, full_findings = run_audit(db_session, keyring)
+    assert ("agent", "row-content-mismatch") in {(f.entity_type, f.code) for f in full_findings if f.entity_id == gone.id}
+    summary, findings = run_incremental(db_session, keyring)
+    assert ("agent", "row-content-mismatch") in {(f.entity_type, f.code) for f in findings if f.entity_id == gone.id}, [
+        (f.entity_type, f.code) for f in findings]
+    assert summary["non_compliant"] == 1
