@@ -335,3 +335,22 @@ def test_a_deleted_row_of_another_type_under_a_tombstoned_id_is_examined(db_sess
     assert ("agent", "row-content-mismatch") in {(f.entity_type, f.code) for f in findings if f.entity_id == gone.id}, [
         (f.entity_type, f.code) for f in findings]
     assert summary["non_compliant"] == 1
+
+
+def test_an_incremental_run_s_report_page_counts_its_clean_entities(db_session, write_ctx, steward, keyring) -> None:
+    """Two entities changed since the digest (one clean, one with a row edited), a third's row
+    removed: the page says three audited, two with findings, one clean."""
+    from models.report_view import report_view
+
+    clean, edited, gone = (_skill(db_session, write_ctx, steward, n) for n in (1, 2, 3))
+    gone_id = gone.id
+    store_digest(db_session, keyring=keyring)
+    for skill in (clean, edited):
+        update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "three"}, ctx=write_ctx)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET description = 'by hand' WHERE id = :id"), {"id": edited.id})
+    _delete_row(db_session, "skills", gone_id)
+    summary, _ = run_incremental(db_session, keyring)
+    assert _counts(summary) == (3, 2, 2)
+    view = report_view(db_session, run_id=uuid.UUID(summary["run_id"]), keyring=keyring)
+    assert (view.entities_audited, view.entities_with_findings, view.clean_entities) == (3, 2, 1)
