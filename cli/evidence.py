@@ -96,7 +96,7 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
     if as_json:
         print_json({"run_id": run_id, "format": fmt, "file": str(path), "bytes": len(body)})
     else:
-        click.echo(f"wrote the {fmt} report of run {run_id} to {path} ({len(body)} bytes)")
+        click.echo(f"wrote the {fmt} report of run {_shown(run_id)} to {path} ({len(body)} bytes)")
 
 
 @report.command("verify")
@@ -144,7 +144,7 @@ def _echo_report_facts(facts: dict[str, Any], source: str) -> None:
         click.echo("  NOT FINAL: the run had not finished when this report was exported (it has no summary): its "
                    "findings are those so far and will change; export it again once the run has finished")
     if facts["findings_left_out"]:
-        click.echo(f"  {facts['findings_left_out']} of them left out of the run's counts: no signature of Plant's over "
+        click.echo(f"  {_shown(facts['findings_left_out'])} of them left out of the run's counts: no signature of Plant's over "
                    "the run's record covers them (its audit-record-invalid findings say which)")
     if facts["repairs"]:
         verified = facts["repairs"] - len(facts["repairs_not_verified"])
@@ -175,8 +175,8 @@ def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
     if as_json:
         print_json(facts)
     else:
-        click.echo(f"wrote the ledger digest of {facts['entity_count']} entities as of {facts['as_of']} to {output} "
-                   f"(root {facts['heads_root'][:16]}…, kid {facts['kid']})")
+        click.echo(f"wrote the ledger digest of {_shown(facts['entity_count'])} entities as of {_shown(facts['as_of'])} "
+                   f"to {output} (root {_shown(facts['heads_root'])[:16]}…, kid {_shown(facts['kid'])})")
 
 
 @digest.command("verify")
@@ -217,7 +217,7 @@ def _read_document(path: Path) -> bytes:
 
 
 def _shown(value: Any) -> str:
-    """Text a document supplies, as printed for a person: control codes escaped, so a
+    """Text a document or the server supplies, as printed for a person: control codes escaped, so a
     crafted value cannot rewrite the line or hide what follows (``--json`` keeps the data)."""
     return visible_text(str(value))
 

@@ -1,0 +1,107 @@
+"""An outside auditor's offline checks of Plant's evidence (review r151).
+
+What ``plant report verify`` and ``plant digest verify`` accept, what they say about the key
+that signed, and what they print from a document or the server: the auditor receives these
+files from a company that may want to deceive, and reads the output on a terminal. Pure
+CLI and library checks: keys are made here, the server (where one is needed) is an
+``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+import cli.jobs as cli_jobs
+from cli.client import PlantClient
+from cli.main import cli
+from models.ledger_digest import build_digest
+from models.reports import signed_report
+from models.signing import KeyRing, KeySeal, generate_ed25519
+
+SEALED_AT = "2026-06-01T00:00:00.000000Z"
+AFTER_THE_SEAL = "2026-07-01T00:00:00Z"
+EVIL = "\x1b[2K\r\x1b[1Aall clean"  # erase the line, go back to its start, up one line
+
+
+@pytest.fixture
+def signer():
+    return generate_ed25519()
+
+
+@pytest.fixture
+def sealed_ring(signer) -> KeyRing:
+    """A ring in which ``signer`` is retired and was sealed at ``SEALED_AT``."""
+    return KeyRing(generate_ed25519(), (signer,), (KeySeal(signer.kid, 1, "00" * 32, SEALED_AT),))
+
+
+def _report(signer, **run: Any) -> bytes:
+    return signed_report({"type": "plant.audit-report.v1", "findings": [], "repairs": [],
+                          "run": {"id": "r", "created_at": "2026-05-01T00:00:00Z", **run}}, KeyRing(signer))
+
+
+def _verify(tmp_path: Path, kind: str, document: bytes, jwks: dict[str, Any], *args: str) -> Result:
+    path, jwks_file = tmp_path / f"{kind}.json", tmp_path / "jwks.json"
+    path.write_bytes(document)
+    jwks_file.write_text(json.dumps(jwks))
+    return CliRunner().invoke(cli, [kind, "verify", str(path), "--jwks", str(jwks_file), *args])
+
+
+def _entry(jwks: dict[str, Any], kid: str) -> dict[str, Any]:
+    return next(jwk for jwk in jwks["keys"] if jwk.get("kid") == kid)
+
+
+# --- what the verify commands print from a signed document -------------------------------------
+
+
+def test_report_verify_escapes_the_left_out_count_the_report_supplies(tmp_path, signer) -> None:
+    """Every other value the report supplies is printed escaped (run id, status, times); the
+    count of findings left out was printed as it came, so a signed report could erase the line."""
+    document = _report(signer, finished_at="2026-05-02T00:00:00Z",
+                       summary={"findings_left_out": {"count": EVIL, "ids": []}})
+    result = _verify(tmp_path, "report", document, KeyRing(signer).jwks())
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\r" not in result.output, repr(result.output)
+    assert "\\x1b[2K\\x0d\\x1b[1Aall clean of them left out" in result.output
+
+
+# --- what the export commands print from the server ---------------------------------------------
+
+RUN_ID = "00000000-0000-4000-8000-0000000000aa"
+
+
+def _server(signer) -> httpx.MockTransport:
+    digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/ledger/digest":
+            return httpx.Response(200, json={**digest, "kid": f"k{EVIL}", "as_of": f"2026{EVIL}"})
+        if path == "/api/v1/audit/runs":
+            return httpx.Response(200, json={"items": [{"id": f"{RUN_ID}{EVIL}"}], "next_page_token": None})
+        if path == "/api/v1/audit/export":
+            return httpx.Response(200, content=b"{}")
+        return httpx.Response(404, json={"title": "Not Found"})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("args", [("digest", "export"), ("report", "export", "latest")])
+def test_the_export_commands_escape_what_the_server_names(tmp_path, monkeypatch, signer, args) -> None:
+    """README: text from the server is shown with control codes escaped. The exports printed
+    the digest's kid and as_of, and the newest run's id, as the server sent them."""
+    monkeypatch.setenv("PLANT_URL", "http://plant.invalid")
+    monkeypatch.setenv("PLANT_API_KEY", "k")
+    transport = _server(signer)
+    monkeypatch.setattr(cli_jobs, "PlantClient", lambda config: PlantClient(config, transport=transport))
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "out.json")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\r" not in result.output, repr(result.output)
+    assert "\\x1b[2K" in result.output
