@@ -245,6 +245,6 @@ def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
 
 
 def _refuse(as_json: bool, source: str, message: str) -> NoReturn:
-    if as_json:  # JSON escapes control codes itself: the data stays the data
+    if as_json:  # print_json escapes what a terminal acts on as JSON does: the data stays the data
         print_json({"valid": False, "keys": source, "error": message})
     raise VerificationFailed(visible_text(message))  # for a person: it may quote the document

@@ -18,7 +18,26 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(terminal_safe_json(json.dumps(value, indent=2, ensure_ascii=False)))
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON ``text`` with every character a terminal could act on written as a ``\\uXXXX``
+    escape: JSON escapes only U+0000-U+001F itself, which leaves DEL, C1 controls (U+009B is
+    ESC [ in one character), bidi overrides and other format characters raw, and any write
+    key can put them in a name. Outside its strings the text holds only printable ASCII and
+    newlines, so what is escaped is always inside a string and the value is unchanged."""
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a UTF-16 surrogate pair, as JSON writes it (RFC 8259 section 7)
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def compact(value: Any) -> str:
