@@ -99,20 +99,19 @@ def listed_by_seal(keys: KeySource, kid: str, signature: bytes) -> bool:
     before Plant recorded the reports it hands out), or the seal lists this signature. From a ring,
     the list is the one read from the database and checked against the seal
     (:func:`models.key_seals.with_seal_lists`; a ring whose lists were not read raises);
-    from a JWKS, a sealed key's ``plant_sealed_signatures``, where anything but a list of
-    strings lists nothing."""
+    from a JWKS, a sealed key's ``plant_sealed_signatures`` in each of the key's entries
+    (:func:`_jwk_entries`), where anything but a list of strings lists nothing."""
     if isinstance(keys, KeyRing):
         seal = keys.seal(kid)
         if seal is None or not seal.lists:
             return True
-        listed: Any = seal.listed()
-    else:
-        entry = _jwk_entry(keys, kid)
-        if entry is None or SEALED_SIGNATURES_MEMBER not in entry:
-            return True
-        listed = entry[SEALED_SIGNATURES_MEMBER]
-        listed = frozenset(listed) if isinstance(listed, list) and all(isinstance(h, str) for h in listed) else frozenset()
-    return b64url_encode(signature_sha256(signature)) in listed
+        return b64url_encode(signature_sha256(signature)) in seal.listed()
+    lists = [entry[SEALED_SIGNATURES_MEMBER] for entry in _jwk_entries(keys, kid) if SEALED_SIGNATURES_MEMBER in entry]
+    listed = b64url_encode(signature_sha256(signature))
+    # Every list the set gives the key must hold it (one list, as Plant publishes; more only
+    # in a set merged by hand, where the stricter one must not be outvoted).
+    return all(isinstance(hashes, list) and all(isinstance(h, str) for h in hashes) and listed in hashes
+               for hashes in lists)
 
 
 def seal_lists(keys: KeySource, kid: str) -> bool:
@@ -120,29 +119,33 @@ def seal_lists(keys: KeySource, kid: str) -> bool:
     if isinstance(keys, KeyRing):
         seal = keys.seal(kid)
         return seal is not None and seal.lists
-    entry = _jwk_entry(keys, kid)
-    return entry is not None and SEALED_SIGNATURES_MEMBER in entry
+    return any(SEALED_SIGNATURES_MEMBER in entry for entry in _jwk_entries(keys, kid))
 
 
-def _jwk_entry(keys: KeySource, kid: str) -> dict[str, Any] | None:
-    """The JWKS entry of key ``kid`` that is a usable key (so its other members may speak for it)."""
+def _jwk_entries(keys: KeySource, kid: str) -> list[dict[str, Any]]:
+    """The JWKS entries that are usable key ``kid`` (so their other members may speak for it):
+    every one :func:`find_verifier` could take the key from, those that omit the optional
+    ``kid`` member (RFC 7517 section 4.5) included. A set merged from copies saved at different
+    times lists a key more than once; what any of its entries says of a seal holds."""
     if not (isinstance(keys, Mapping) and isinstance(keys.get("keys"), list)):
-        return None
+        return []
+    entries = []
     for jwk in keys["keys"]:
-        if isinstance(jwk, dict) and jwk.get("kid") == kid:
+        if isinstance(jwk, dict) and jwk.get("kid", kid) == kid:
             try:
-                VerifyingKey.from_jwk(jwk)
+                if VerifyingKey.from_jwk(jwk).kid == kid:
+                    entries.append(jwk)
             except SigningKeyError:
                 continue
-            return jwk
-    return None
+    return entries
 
 
 def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     """When key ``kid`` was sealed (``plant signing-keys seal``), by ``keys``' account, or None.
 
     A ring knows its seals; a JWKS names them in a sealed key's entry (``plant_sealed_at``,
-    :meth:`KeyRing.jwks`), read only from an entry that is a usable key with that ``kid``.
+    :meth:`KeyRing.jwks`), read only from entries that are that usable key (:func:`_jwk_entries`;
+    the earliest, should several name one).
     Anything a sealed key signed that names a later time was signed after the seal, by
     someone holding a copy of its private key. A seal time that cannot be read counts as
     a seal at the earliest time, so that nothing the key signed is taken for pre-seal.
@@ -150,8 +153,8 @@ def sealed_at(keys: KeySource, kid: str) -> dt.datetime | None:
     if isinstance(keys, KeyRing):
         seal = keys.seal(kid)
         return _instant(seal.as_of) if seal is not None else None
-    entry = _jwk_entry(keys, kid)
-    return _instant(entry[SEALED_AT_MEMBER]) if entry is not None and SEALED_AT_MEMBER in entry else None
+    named = [_instant(entry[SEALED_AT_MEMBER]) for entry in _jwk_entries(keys, kid) if SEALED_AT_MEMBER in entry]
+    return min(named, default=None)
 
 
 # What a document names where a time goes but that is not an RFC 3339 time with an offset

@@ -133,3 +133,38 @@ def _json_lines(value: Any) -> str:
         print_json(value)
 
     return CliRunner().invoke(show, []).stdout
+
+
+
+# --- which JWK Set entries speak for a key -------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["entry without kid", "unsealed copy first"])
+def test_a_sealed_key_s_seal_holds_however_its_jwks_entry_is_laid_out(tmp_path, signer, sealed_ring, layout) -> None:
+    """``kid`` is optional in a JWK (RFC 7517 §4.5) and the key verifies without it, but the
+    seal was read only from an entry naming its kid, and only from the first: a report its
+    sealed key signed after the seal then verified, with no note at all. A key set merged from
+    a copy saved before the seal and one after lists the key twice."""
+    jwks = sealed_ring.jwks()
+    sealed = _entry(jwks, signer.kid)
+    if layout == "entry without kid":
+        del sealed["kid"]
+    else:
+        jwks["keys"].insert(0, signer.public_jwk())
+    document = _report(signer, finished_at=AFTER_THE_SEAL)
+    refused = _verify(tmp_path, "report", document, jwks)
+    assert refused.exit_code == 4, refused.output
+    assert "signed after the seal" in refused.stderr
+    before = _verify(tmp_path, "report", _report(signer, finished_at="2026-05-02T00:00:00Z"), jwks)
+    assert before.exit_code == 0 and "note: that key was sealed at 2026-06-01" in before.output
+    digest = build_digest(dt.datetime(2026, 7, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
+    assert _verify(tmp_path, "digest", json.dumps(digest).encode(), jwks).exit_code == 4
+
+
+def test_a_seal_list_in_any_of_a_key_s_entries_is_held_to(tmp_path, signer, sealed_ring) -> None:
+    """A listing seal's report not on the list does not verify, whichever entry of the key lists."""
+    jwks = sealed_ring.jwks()
+    _entry(jwks, signer.kid)["plant_sealed_signatures"] = []
+    jwks["keys"].insert(0, signer.public_jwk())  # an unsealed copy of the key first
+    result = _verify(tmp_path, "report", _report(signer, finished_at="2026-05-02T00:00:00Z"), jwks)
+    assert result.exit_code == 4 and "does not list this signature" in result.stderr
