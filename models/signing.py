@@ -45,6 +45,8 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 ED25519_SIGNATURE_BYTES = 64
 
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+# RFC 7518 6.2.2, 6.3.2 and 6.4 (RSA, EC, symmetric), RFC 8037 2 (OKP): private key material.
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 
@@ -63,7 +65,13 @@ class VerifyingKey:
 
     @classmethod
     def from_jwk(cls, jwk: dict[str, Any]) -> VerifyingKey:
-        """Build from a published JWK; a ``kid`` or ``alg`` it carries must match the key."""
+        """Build from a published JWK; a ``kid`` or ``alg`` it carries must match the key, and
+        one that says it is not for checking signatures (``use``, ``key_ops``: RFC 7517 4.2,
+        4.3) or publishes its private half (anyone could sign as it) is no verifying key."""
+        if _PRIVATE_JWK_MEMBERS & set(jwk):
+            raise SigningKeyError("JWK carries private key members: its private half is published, anyone can sign as it")
+        if jwk.get("use", "sig") != "sig" or not isinstance(ops := jwk.get("key_ops", ["verify"]), list) or "verify" not in ops:
+            raise SigningKeyError("JWK is not for verifying signatures (its use or key_ops say otherwise)")
         key = cls.from_public_key(_public_key_from_jwk(jwk))
         if "kid" in jwk and jwk["kid"] != key.kid:
             raise SigningKeyError(f"JWK kid {jwk['kid']!r} is not its thumbprint {key.kid!r}")

@@ -168,3 +168,30 @@ def test_a_seal_list_in_any_of_a_key_s_entries_is_held_to(tmp_path, signer, seal
     jwks["keys"].insert(0, signer.public_jwk())  # an unsealed copy of the key first
     result = _verify(tmp_path, "report", _report(signer, finished_at="2026-05-02T00:00:00Z"), jwks)
     assert result.exit_code == 4 and "does not list this signature" in result.stderr
+
+
+# --- which JWKs can vouch for a signature at all ------------------------------------------------
+
+
+@pytest.mark.parametrize("edit", [
+    {"use": "enc"},  # RFC 7517 §4.2: the key is for encryption, not for checking signatures
+    {"key_ops": ["encrypt", "wrapKey"]},  # RFC 7517 §4.3: verify is not among its operations
+    "private half",  # the set publishes the private key: anyone can sign as it
+])
+def test_a_jwk_that_cannot_vouch_for_a_signature_is_not_used(tmp_path, signer, edit) -> None:
+    jwks = KeyRing(signer).jwks()
+    entry = _entry(jwks, signer.kid)
+    if edit == "private half":
+        from cryptography.hazmat.primitives import serialization
+
+        from models.jws import b64url_encode
+        entry["d"] = b64url_encode(signer.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+    else:
+        entry.update(edit)
+    result = _verify(tmp_path, "report", _report(signer), jwks)
+    assert result.exit_code == 4, result.output
+    assert "no published key has kid" in result.stderr
+    digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
+    assert _verify(tmp_path, "digest", json.dumps(digest).encode(), jwks).exit_code == 4
+    assert _verify(tmp_path, "report", _report(signer), KeyRing(signer).jwks()).exit_code == 0  # as published: fine
