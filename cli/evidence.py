@@ -4,7 +4,8 @@ Verification needs only public keys: a saved JWK Set (``--jwks FILE``, fully off
 without one, the keys the server publishes at ``/api/v1/signing-keys`` (the output says
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
 later time was signed after the seal and does not verify; a report its seal does not list
-(where the seal lists) does not either; any other verifies with a note saying so. A report
+(where the seal lists) does not either; any other verifies with a note saying so, as does one
+signed by a key the JWK Set names as upcoming (trusted, but signing nothing until promoted). A report
 of a run not finished (no summary) verifies too, and is said to be NOT FINAL. Each
 repair record a report lists is checked too, by its own signature, the same way: one that
 does not verify is named, and the report does not verify. A document that does not verify
@@ -27,7 +28,7 @@ from cli.output import json_option, print_json
 from cli.work import resolve_run
 from models.canonical import aware_time, strict_json_loads, visible_text
 from models.errors import PlantError
-from models.jws import seal_lists, sealed_at, signed_after_its_seal
+from models.jws import published_as_upcoming, seal_lists, sealed_at, signed_after_its_seal
 from models.keys import replace_file
 from models.ledger_digest import digest_problem
 from models.reports import repairs_not_verified, verify_report_document
@@ -112,7 +113,7 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}")
     verified, report_body = checked.signature, checked.report
-    sealed = _seal_note(keys, verified.kid, listable=True)
+    notes = _seal_note(keys, verified.kid, listable=True) | _upcoming_note(keys, verified.kid)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
@@ -126,12 +127,12 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
              "final": isinstance(run.get("summary"), dict) and run.get("finished_at") is not None,
              "findings": len(findings) if isinstance(findings, list) else 0,
              "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0,
-             "repairs": repairs, "repairs_not_verified": forged, **sealed, **({"error": refusal} if refusal else {})}
+             "repairs": repairs, "repairs_not_verified": forged, **notes, **({"error": refusal} if refusal else {})}
     if as_json:
         print_json(facts)
     else:
         _echo_report_facts(facts, source)
-        _echo_seal_caveat(sealed)
+        _echo_key_notes(notes)
     if refusal is not None:
         raise VerificationFailed(visible_text(refusal))
 
@@ -196,15 +197,15 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     problem = digest_problem(document, keys) or signed_after_its_seal(keys, document["kid"], aware_time(document["as_of"]))
     if problem is not None:
         _refuse(as_json, source, f"ledger digest is NOT valid: {problem}")
-    sealed = _seal_note(keys, document["kid"], listable=False)
+    notes = _seal_note(keys, document["kid"], listable=False) | _upcoming_note(keys, document["kid"])
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
-             "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **sealed}
+             "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **notes}
     if as_json:
         print_json(facts)
         return
     click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {_shown(facts['as_of'])}, "
                f"signed by kid {_shown(facts['kid'])}; {source}")
-    _echo_seal_caveat(sealed)
+    _echo_key_notes(notes)
 
 
 def _read_document(path: Path) -> bytes:
@@ -232,14 +233,25 @@ def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
     return {"sealed_at": sealed.isoformat(), "seal_lists_it": listable and seal_lists(keys, kid)}
 
 
-def _echo_seal_caveat(sealed: dict[str, Any]) -> None:
-    if not sealed:
+def _upcoming_note(keys: Any, kid: str) -> dict[str, Any]:
+    """``{"upcoming": True}`` for a document signed by a key the set names as upcoming: it
+    verifies (upcoming keys are trusted, so that a rolling rotation has no window), but such a
+    key signs nothing until a rotation makes it active."""
+    return {"upcoming": True} if published_as_upcoming(keys, kid) else {}
+
+
+def _echo_key_notes(notes: dict[str, Any]) -> None:
+    if notes.get("upcoming"):
+        click.echo("note: the key set names that key as upcoming (published ahead of a rotation, it signs nothing "
+                   "until a rotation makes it active): this document was signed by a process already promoted to "
+                   "it, while the process that served these keys was not, or by someone holding its staged private key")
+    if "sealed_at" not in notes:
         return
-    if sealed["seal_lists_it"]:
-        click.echo(f"note: that key was sealed at {sealed['sealed_at']}, and its seal lists this signature: "
+    if notes["seal_lists_it"]:
+        click.echo(f"note: that key was sealed at {notes['sealed_at']}, and its seal lists this signature: "
                    "it was made before the seal")
         return
-    click.echo(f"note: that key was sealed at {sealed['sealed_at']}, and its seal does not list this document: "
+    click.echo(f"note: that key was sealed at {notes['sealed_at']}, and its seal does not list this document: "
                "whoever holds a copy of its private key can still sign backdated ones, so this one is evidence only "
                "if you have held it since before then")
 

@@ -26,7 +26,7 @@ import rfc8785
 
 from models.canonical import aware_time, sha256, strict_json_loads
 from models.errors import JwsError, SigningKeyError
-from models.signing import SEALED_AT_MEMBER, SEALED_SIGNATURES_MEMBER, KeyRing, SigningKey, VerifyingKey
+from models.signing import SEALED_AT_MEMBER, SEALED_SIGNATURES_MEMBER, UPCOMING_MEMBER, KeyRing, SigningKey, VerifyingKey
 
 REPORT_TYPE = "plant-report+jws"
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
@@ -120,6 +120,14 @@ def seal_lists(keys: KeySource, kid: str) -> bool:
         seal = keys.seal(kid)
         return seal is not None and seal.lists
     return any(SEALED_SIGNATURES_MEMBER in entry for entry in _jwk_entries(keys, kid))
+
+
+def published_as_upcoming(keys: KeySource, kid: str) -> bool:
+    """Whether ``keys`` name key ``kid`` as upcoming: published ahead of a rotation, trusted,
+    and signing nothing until a rotation makes it active (``plant_upcoming``, :meth:`KeyRing.jwks`)."""
+    if isinstance(keys, KeyRing):
+        return kid != keys.active.kid and any(key.kid == kid for key in keys.upcoming)
+    return any(entry.get(UPCOMING_MEMBER) is True for entry in _jwk_entries(keys, kid))
 
 
 def _jwk_entries(keys: KeySource, kid: str) -> list[dict[str, Any]]:

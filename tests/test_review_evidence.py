@@ -195,3 +195,26 @@ def test_a_jwk_that_cannot_vouch_for_a_signature_is_not_used(tmp_path, signer, e
     digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
     assert _verify(tmp_path, "digest", json.dumps(digest).encode(), jwks).exit_code == 4
     assert _verify(tmp_path, "report", _report(signer), KeyRing(signer).jwks()).exit_code == 0  # as published: fine
+
+
+# --- a document an upcoming key signed ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["report", "digest"])
+def test_a_document_an_upcoming_key_signed_verifies_with_a_note_saying_so(tmp_path, signer, kind) -> None:
+    """An upcoming key signs nothing until a rotation makes it active (README, key rotation);
+    the seal treats one that signed as a process ahead of the sealer or a forgery. It is
+    trusted, so its document verifies, but the auditor is told, as for a sealed key."""
+    from models.signing import UPCOMING_MEMBER
+
+    jwks = KeyRing(generate_ed25519(), upcoming=(signer.verifier(),)).jwks()
+    assert _entry(jwks, signer.kid)[UPCOMING_MEMBER] is True
+    digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
+    document = _report(signer) if kind == "report" else json.dumps(digest).encode()
+    shown = _verify(tmp_path, kind, document, jwks)
+    assert shown.exit_code == 0, shown.output
+    assert "note: the key set names that key as upcoming" in shown.output
+    facts = json.loads(_verify(tmp_path, kind, document, jwks, "--json").stdout)
+    assert facts["valid"] is True and facts["upcoming"] is True
+    active = _verify(tmp_path, kind, document, KeyRing(signer).jwks(), "--json")
+    assert "upcoming" not in json.loads(active.stdout)
