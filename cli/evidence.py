@@ -48,11 +48,18 @@ def verification_keys(jwks_file: Path | None) -> tuple[dict[str, Any], str]:
             jwks = strict_json_loads(jwks_file.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise PlantCliError(f"cannot read {jwks_file} as a JWK Set: {exc}") from exc
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-            raise PlantCliError(f"{jwks_file} is not a JWK Set (an object with a 'keys' list)")
-        return jwks, f"offline, keys from {jwks_file}"
+        return _key_set(jwks, jwks_file), f"offline, keys from {jwks_file}"
     client = connect()
-    return client.get("/signing-keys"), f"keys fetched from {client.url('/signing-keys')}"
+    where = client.url("/signing-keys")
+    return _key_set(client.get("/signing-keys"), where), f"keys fetched from {where}"
+
+
+def _key_set(jwks: Any, where: Any) -> dict[str, Any]:
+    """``jwks`` if it is a JWK Set; else the check cannot run (exit 1), whether the set came
+    from a file or the server: it is not the document that failed."""
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise PlantCliError(f"{visible_text(str(where))} is not a JWK Set (an object with a 'keys' list)")
+    return jwks
 
 
 def _save(path: Path, content: bytes) -> None:

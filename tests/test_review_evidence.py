@@ -218,3 +218,26 @@ def test_a_document_an_upcoming_key_signed_verifies_with_a_note_saying_so(tmp_pa
     assert facts["valid"] is True and facts["upcoming"] is True
     active = _verify(tmp_path, kind, document, KeyRing(signer).jwks(), "--json")
     assert "upcoming" not in json.loads(active.stdout)
+
+
+# --- a key set the server answers with -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", [{"keys": "x"}, [1, 2], {"items": []}, "keys"])
+@pytest.mark.parametrize("kind", ["report", "digest"])
+def test_a_server_key_set_that_is_no_key_set_stops_the_check_rather_than_failing_the_document(
+        tmp_path, monkeypatch, signer, answer, kind) -> None:
+    """The docs: a document that does not verify exits 4, anything that stops the check from
+    running exits 1, and a --jwks file that is no JWK Set is the latter. The server's answer
+    was not held to that: the report was called NOT valid (4) and the digest exit 1, or both
+    NOT valid, for keys that were never there to check with."""
+    monkeypatch.setenv("PLANT_URL", "http://plant.invalid")
+    monkeypatch.setenv("PLANT_API_KEY", "k")
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    monkeypatch.setattr(cli_jobs, "PlantClient", lambda config: PlantClient(config, transport=transport))
+    digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
+    path = tmp_path / f"{kind}.json"
+    path.write_bytes(_report(signer) if kind == "report" else json.dumps(digest).encode())
+    result = CliRunner().invoke(cli, [kind, "verify", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "plant: http://plant.invalid/api/v1/signing-keys is not a JWK Set (an object with a 'keys' list)\n"
