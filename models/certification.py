@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, func, select, text
+from sqlalchemy import BigInteger, Integer, String, UniqueConstraint, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Text, Uuid
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -71,6 +71,19 @@ class CertificateSequence(Base):
 
     industry_code: Mapped[str] = mapped_column(String(8), primary_key=True)
     last_number: Mapped[int] = mapped_column(Integer)
+
+
+class IssuedCertificate(Base):
+    """Every certificate id Plant issued (migration 0023): append-only, so no id is issued
+    twice, whatever the counter and the skills' rows are set to through SQL."""
+
+    __tablename__ = "issued_certificates"
+    __table_args__ = (UniqueConstraint("industry_code", "number"),)
+
+    certificate_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    industry_code: Mapped[str] = mapped_column(String(8))
+    number: Mapped[int] = mapped_column(BigInteger)
+    skill_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 
 
 @dataclass(frozen=True)
@@ -220,9 +233,12 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
     # which of a near-duplicate pair came later by them).
     issued = session.scalar(select(func.clock_timestamp())).astimezone(dt.UTC)
     assert skill.head_link_hash is not None
+    certificate_id = f"SKILL-{code}-{number:03d}"
+    session.add(IssuedCertificate(certificate_id=certificate_id, industry_code=code, number=number, skill_id=skill.id))
+    session.flush()  # its primary key refuses an id issued before, ahead of any signature
     certificate: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
-        "certificate_id": f"SKILL-{code}-{number:03d}",
+        "certificate_id": certificate_id,
         "issued_at": issued.isoformat().replace("+00:00", "Z"),
         "kid": ctx.keyring.active.kid,
         "certified_version": skill.version,
@@ -260,20 +276,18 @@ def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRin
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:
-    """Next number for the code, after the counter's and after every number the skills' rows
-    hold for it; the row lock serializes concurrent allocations.
+    """Next number for the code, after the counter's and after every number issued for it
+    (``issued_certificates``); the counter's row lock serializes concurrent allocations.
 
     The counter is a plain row: set back or deleted through SQL, it made Plant sign a second
-    ``SKILL-GEN-001``. Certificates stay on their skills' rows (a retired skill keeps its
-    own; a row that lost it is the audit's ``row-content-mismatch``), so the highest number
-    issued is read from them too: one scan of the skills holding the code's certificates,
-    under the lock every certification takes."""
-    return session.execute(_ALLOCATE, {"code": industry_code, "pattern": f"^SKILL-{industry_code}-[0-9]{{1,9}}$"}).scalar_one()
+    ``SKILL-GEN-001``; so could the skills' rows, which held the highest number issued after it.
+    The ids issued are kept in an append-only table (migration 0023), read here by its
+    ``(industry_code, number)`` index."""
+    return session.execute(_ALLOCATE, {"code": industry_code}).scalar_one()
 
 
 _ALLOCATE = text(
-    "WITH issued AS (SELECT coalesce(max(split_part(certificate->>'certificate_id', '-', 3)::bigint), 0) AS n "
-    "FROM skills WHERE certificate->>'certificate_id' ~ :pattern) "
+    "WITH issued AS (SELECT coalesce(max(number), 0) AS n FROM issued_certificates WHERE industry_code = :code) "
     "INSERT INTO certificate_sequences (industry_code, last_number) SELECT :code, n + 1 FROM issued "
     "ON CONFLICT (industry_code) DO UPDATE "
     "SET last_number = greatest(certificate_sequences.last_number, excluded.last_number - 1) + 1 "

@@ -270,7 +270,8 @@ def enforce(subject: RuleSubject, *, content_before: dict[str, Any] | None,
 ENTITY_TABLES = tuple(model.__tablename__ for model in ENTITY_MODELS.values())
 APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
     **{table: (f"{table}_no_update_delete", f"{table}_no_truncate") for table in (
-        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints")},
+        "entity_versions", "entity_repairs", "ledger_digests", "audit_runs", "signed_exports", "audit_checkpoints",
+        "issued_certificates")},  # the last: migration 0023
     **{table: (f"{table}_no_delete", f"{table}_no_truncate") for table in ENTITY_TABLES},
     "audit_runs_unsigned": ("audit_runs_unsigned_frozen", "audit_runs_unsigned_no_truncate"),  # migration 0015
     "ledger_digests_v2_began": ("ledger_digests_v2_began_no_update_delete", "ledger_digests_v2_began_no_truncate"),  # 0018
@@ -324,7 +325,7 @@ def append_only_enforced(session: Session, *, fingerprint_max_age: float = 0.0) 
 # same head has the same fingerprint, whatever its schema (the same on PostgreSQL 16, 17 and
 # 18, and under en_US collation: every name sorted is of type name, which sorts as "C"). A
 # migration that changes a guard changes it too: tests/test_chain.py says the new value.
-GUARDS_FINGERPRINT = "4c42b967b69d44055e31f4dc964f9b16bf08a610d354058d5b93cd3c5f3d0a04"
+GUARDS_FINGERPRINT = "2bf2406ce469bfe30fe155f250a73de98be4aca53e13f3e4fedd0a87458031eb"
 # Plant's schema, as the CTE ``s`` (nsp: its oid, name: its quoted name, nspname): the first schema of
 # the session's search path holding entity_versions, never pg_temp (a session's own temporary
 # copies of the guarded tables must not answer for them).

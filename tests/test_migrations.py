@@ -385,3 +385,45 @@ def test_0022_records_who_cancelled_a_job_and_downgrades_only_without_it(empty_d
     downgrade(empty_database, "0021", discard_data=True)
     upgrade_head(empty_database)
     check_schema(empty_database)
+
+
+def test_0023_keeps_every_certificate_id_the_chains_signed_and_refuses_to_lose_one(empty_database: str) -> None:
+    """issued_certificates is filled from the skill versions' certificates (a version that is no
+    JSON, or whose id is no certificate id, is passed over; an id signed twice is kept once), and
+    refuses UPDATE, DELETE and TRUNCATE like the chain itself."""
+    import json
+    import uuid
+
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    config, libpq = alembic_config(empty_database), empty_database.replace("+psycopg", "")
+    command.upgrade(config, "0022")
+    first, second = uuid.uuid4(), uuid.uuid4()
+    contents = [
+        (first, 1, b'{"status": "draft"}'),
+        (first, 2, json.dumps({"certificate": {"certificate_id": "SKILL-GEN-007"}}).encode()),
+        (second, 1, json.dumps({"certificate": {"certificate_id": "SKILL-GEN-007"}}).encode()),  # signed twice
+        (second, 2, json.dumps({"certificate": {"certificate_id": "SKILL-LOG-012"}}).encode()),
+        (uuid.uuid4(), 1, b'\xff"certificate_id" not json'),
+        (uuid.uuid4(), 1, json.dumps({"certificate": {"certificate_id": 7}}).encode()),
+        (uuid.uuid4(), 1, json.dumps({"certificate": {"certificate_id": "SKILL-gen-1; DROP"}}).encode()),
+    ]
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for n, (entity, version, content) in enumerate(contents):
+            conn.execute("INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, "
+                         "link_hash, kid, signature, actor) VALUES ('skill', %s, %s, %s, %s, %s, %s, 'k', 's', 'test')",
+                         (entity, version, content, bytes(32), (n + 100).to_bytes(32, "big"), n.to_bytes(32, "big")))
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        assert conn.execute("SELECT certificate_id, industry_code, number, skill_id FROM issued_certificates "
+                            "ORDER BY certificate_id").fetchall() == [("SKILL-GEN-007", "GEN", 7, first),
+                                                                      ("SKILL-LOG-012", "LOG", 12, second)]
+        for statement in ("DELETE FROM issued_certificates", "UPDATE issued_certificates SET number = 1",
+                          "TRUNCATE issued_certificates"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="issued_certificates is append-only"):
+                conn.execute(statement)
+    downgrade(empty_database, "0022")  # every row is in the chains: nothing is lost
+    upgrade_head(empty_database)
+    check_schema(empty_database)

@@ -94,10 +94,6 @@ def test_a_name_beyond_ascii_with_a_variation_selector_is_422_not_a_second_name(
 # --- certificate numbers ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="allocate_certificate_number reads the highest number issued from the counter "
-                   "and the skills' rows, both plain rows: with the counter deleted and the last certificate cleared "
-                   "from its row through SQL, Plant signs SKILL-GEN-002 a second time (only the chains, append-only, "
-                   "still hold it; reading them per certification is a design question: a scan of every skill version)")
 def test_a_certificate_id_is_not_issued_again_once_its_row_and_the_counter_are_both_edited(
         db_session, write_ctx, steward) -> None:
     """docs/guarantees.md: "A certificate id is never issued twice, even after the numbering
