@@ -305,19 +305,23 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     a dead worker's, and after its attempts failed it ``worker-lost``. A batch committing on the
     audit queue shows its workers alive, so the audits queued behind it keep their leases.
     Only live leases are renewed (a lapsed one is the sweep's), and rows locked (a batch of that
-    job in flight elsewhere, a claim, the sweep) are skipped: nothing here waits."""
+    job in flight elsewhere, a claim, the sweep) are skipped: nothing here waits. Live as of this
+    statement, not ``now()``: that is when the batch's transaction began, and a lease that ran
+    out while the batch audited its entities (the sweep may have republished the job since) is
+    not renewed."""
     lease = dt.timedelta(seconds=lease_seconds)
+    now = func.statement_timestamp()
     waiting = (
         select(Job.id)
         .where(Job.kind == "audit.run", Job.status == JobStatus.RUNNING.value, Job.id != job_id,
-               Job.cancel_requested_at.is_(None), Job.lease_expires_at > func.now(),
-               Job.lease_expires_at < func.now() + lease / 2,
+               Job.cancel_requested_at.is_(None), Job.lease_expires_at > now,
+               Job.lease_expires_at < now + lease / 2,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
                .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditChunk.done.is_(False)).exists())
         .with_for_update(skip_locked=True)
     )
     renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))
-                              .values(lease_expires_at=func.now() + lease).returning(Job.id)).all()
+                              .values(lease_expires_at=now + lease).returning(Job.id)).all()
     return len(renewed)
 
 
