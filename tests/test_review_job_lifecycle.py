@@ -23,9 +23,11 @@ from tests.conftest import EMBEDDER, wait_for
 from tests.stack import ChaosStack
 
 
-def _running_audit(session: Session, keyring, *, worker: str, lease_seconds: int = 300) -> uuid.UUID:
+def _running_audit(session: Session, keyring, *, worker: str, lease_seconds: int = 300,
+                   scope: dict | None = None) -> uuid.UUID:
     """An audit job claimed by ``worker`` whose run is planned, its chunks all still to do."""
-    job = create_job(session, kind="audit.run", queue="audit", params={"verify_signatures": "heads"}, to_publish=True)
+    params = {"verify_signatures": "heads", **({"scope": scope} if scope else {})}
+    job = create_job(session, kind="audit.run", queue="audit", params=params, to_publish=True)
     claim = claim_job(session, job_id=job.id, worker=worker, lease_seconds=lease_seconds)
     assert claim is not None
     start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1000)
@@ -53,3 +55,70 @@ def test_a_batch_does_not_renew_a_lease_that_lapsed_while_the_batch_ran(engine, 
     with Session(engine) as session:
         still_lapsed = session.scalar(select(Job.lease_expires_at < func.clock_timestamp()).where(Job.id == other))
     assert (renewed, still_lapsed) == (0, True)
+
+
+def _industries(engine, write_ctx, steward_id, count: int) -> None:
+    with Session(engine) as session, session.begin():
+        for n in range(count):
+            create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx,
+                          data={"name": f"Lease industry {n}", "code": f"L{n:05d}", "governance_agent_id": steward_id})
+
+
+def _start_workers(stack: ChaosStack) -> None:
+    """As deployed: one audit worker process (``-Q audit -c 1``), and the default workers
+    beside it, which take beat's recovery sweeps."""
+    for name, queues, concurrency in (("auditor", "audit", "1"), ("default", "default,maintenance", "2")):
+        stack._spawn(name, ["worker", "-Q", queues, "-c", concurrency, "-n", stack.node(name),
+                            "--without-mingle", "--without-gossip"])
+        wait_for(lambda name=name: stack.celery.control.ping(timeout=0.5, destination=[stack.node(name)]),
+                 timeout=60, what=f"worker {name}")
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(strict=True, reason=(
+    "design: keep_waiting_audits_leased renews every running audit with chunks to do, whether its "
+    "chunks wait in the queue or no message for them exists any more (its worker died after the "
+    "plan committed, a chunk's retries ran out): such an audit is recovered only once no other "
+    "audit has run a batch for a whole lease"))
+def test_a_dead_audit_is_recovered_while_another_audit_runs(settings, seeded, engine, keyring, write_ctx, tmp_path,
+                                                            admin_key) -> None:
+    """README: "A worker killed mid-audit: beat's requeue task republishes the job once its lease
+    expires." An audit whose ``audit.run`` worker was SIGKILLed after its plan committed and
+    before it published its chunks has no message anywhere (its own came back to a claim that
+    found the lease live, and was acknowledged): only the sweep can take it up. While another
+    audit runs, every one of that audit's batches renews the dead audit's lease, so its lease
+    never runs out and the sweep never republishes it; with audits started back to back it
+    never would be."""
+    _industries(engine, write_ctx, seeded.steward_id, 200)
+    stack = ChaosStack(settings, tmp_path, PLANT_AUDIT_BATCH_SIZE="1", PLANT_AUDIT_CHUNK_ENTITIES="100000")
+    client = stack.client(admin_key)
+    try:
+        _start_workers(stack)
+        stack.start_beat()
+        url = client.post("/api/v1/audit/run", json={"verify_signatures": "heads"}).headers["Location"]
+        wait_for(lambda: client.get(url).get_json()["progress"]["done"] > 0, timeout=60, interval=0.05,
+                 what="the other audit's first batch")
+        with Session(engine) as session, session.begin():
+            dead = _running_audit(session, keyring, worker="killed-after-planning", lease_seconds=2,
+                                  scope={"entity_type": "agent", "entity_ids": [str(seeded.steward_id)]})
+            published_at = session.scalar(select(Job.enqueued_at).where(Job.id == dead))
+        started = time.monotonic()
+        recovered_while_it_ran = False
+        while (other := client.get(url).get_json())["status"] in ("queued", "running"):
+            with Session(engine) as session:
+                row = get_job(session, dead)
+                enqueued_at = session.scalar(select(Job.enqueued_at).where(Job.id == dead))
+            if other["status"] == "running" and (row.attempts > 1 or enqueued_at != published_at):
+                recovered_while_it_ran = True
+                break
+            time.sleep(0.2)
+        assert other["status"] in ("running", "succeeded"), other
+        # The other audit ran long enough: a dead audit's lease (2 s), the sweep's backoff (1 s at
+        # most) and a sweep or two (every 0.5 s).
+        assert recovered_while_it_ran or time.monotonic() - started > 6
+        # Once nothing renews it, the dead audit is taken up again and finishes.
+        wait_for(lambda: client.get(f"/api/v1/jobs/{dead}").get_json()["status"] == "succeeded", timeout=120,
+                 interval=0.2, what="the dead audit to be recovered")
+    finally:
+        stack.stop()
+    assert recovered_while_it_ran
