@@ -7,7 +7,8 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
 * lost messages: jobs published long ago and still queued (the broker lost them, or they
   wait in a backlog: the wait doubles with each republish, up to 15 minutes);
 * dead workers: running jobs whose lease expired. They are republished after an
-  exponential backoff with full jitter, and fail with the last error once they used
+  exponential backoff with full jitter (showing ``worker-lost`` as their last error until
+  an attempt ends them), and fail with the last error once they used
   ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
   with a cancel request never starts another attempt (``models.job_lifecycle``). A job
   these end gets the result its recorded work gives (``models.job_results``).
@@ -135,7 +136,11 @@ def rescue_expired(
         Job.lease_expires_at + backoff < func.now(),
         or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at, Job.enqueued_at < func.now() - older_than),
     )
-    return Rescue(republish=_stamp(session, due, limit, republishes=0), failed=len(failed), cancelled=len(cancelled))
+    # The attempt ended with no word from its worker: the job says so while it waits for, and
+    # runs, its next attempt (as one retried after a transient error shows that error).
+    lost = WorkerLost("an attempt's worker stopped reporting before its lease ran out; the job is retried").problem()
+    return Rescue(republish=_stamp(session, due, limit, republishes=0, error=lost), failed=len(failed),
+                  cancelled=len(cancelled))
 
 
 def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False,

@@ -122,3 +122,26 @@ def test_a_dead_audit_is_recovered_while_another_audit_runs(settings, seeded, en
     finally:
         stack.stop()
     assert recovered_while_it_ran
+
+
+@pytest.mark.e2e
+def test_a_job_retried_after_its_worker_was_killed_says_why_its_attempt_ended(settings, admin_key, tmp_path) -> None:
+    """README: "While retrying, the job shows `attempts` and the last error." A job retried after
+    a transient error shows it; one whose worker was SIGKILLed ran its next attempt with
+    ``error: null``: ``attempts: 2`` and nothing to say what became of the first."""
+    stack = ChaosStack(settings, tmp_path)
+    try:
+        stack.start_worker("doomed")
+        client = stack.client(admin_key)
+        url = client.post("/api/v1/diagnostics/sleep", json={"seconds": 30, "steps": 30}).headers["Location"]
+        wait_for(lambda: client.get(url).get_json()["progress"]["done"] >= 1, what="the job to run")
+        stack.kill("doomed")
+        stack.start_worker("rescuer")
+        stack.start_beat()
+        retried = wait_for(lambda: (j := client.get(url).get_json())["attempts"] == 2 and j["status"] == "running" and j,
+                           timeout=60, what="a second attempt")
+        client.post(url + "/cancel")
+        wait_for(lambda: client.get(url).get_json()["status"] == "cancelled", what="the cancel")
+    finally:
+        stack.stop()
+    assert retried["error"] is not None and retried["error"]["type"] == "/problems/worker-lost", retried["error"]
