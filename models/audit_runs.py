@@ -296,8 +296,9 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
 
 
 def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_seconds: int) -> int:
-    """Renew the lease of every other running audit job whose run has chunks still to do, when
-    it is past half its term; returns how many. Called by each batch of ``job_id``'s chunks.
+    """Renew the lease of every other running audit job whose run began after ``job_id``'s and
+    has chunks still to do, when it is past half its term; returns how many. Called by each
+    batch of ``job_id``'s chunks.
 
     Only a running chunk renews its job's lease, and the audit queue is one worker's (deployed:
     ``--concurrency 1``): the chunks of an audit started while another runs wait behind that
@@ -311,13 +312,20 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     not renewed."""
     lease = dt.timedelta(seconds=lease_seconds)
     now = func.statement_timestamp()
+    # Only audits whose run began after this one's: their chunks were queued behind this one's.
+    # One that began before it has had its chunks taken from the queue already (first in, first
+    # out), so one still running with chunks to do has none left to wait for (its worker was
+    # killed before it published them, its chunks ran out of retries): its lease is left to lapse,
+    # and the sweep takes it up, however many audits run after it.
+    began = select(AuditRun.created_at).where(AuditRun.job_id == job_id).scalar_subquery()
     waiting = (
         select(Job.id)
         .where(Job.kind == "audit.run", Job.status == JobStatus.RUNNING.value, Job.id != job_id,
                Job.cancel_requested_at.is_(None), Job.lease_expires_at > now,
                Job.lease_expires_at < now + lease / 2,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
-               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditChunk.done.is_(False)).exists())
+               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditRun.created_at > began,
+                      AuditChunk.done.is_(False)).exists())
         .with_for_update(skip_locked=True)
     )
     renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))

@@ -264,6 +264,9 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
     for job_id, left in ends.items():
         db_session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=text(f"now() + interval '{left}'")))
     db_session.execute(update(Job).where(Job.id == cancelling).values(cancel_requested_at=text("now()")))
+    # One transaction stamped every run alike: the others began after mine (only those are renewed).
+    db_session.execute(text("UPDATE audit_runs SET created_at = created_at - interval '1 minute' WHERE job_id = :me"),
+                       {"me": me})
     db_session.execute(text("UPDATE audit_chunks SET done = true FROM audit_runs r WHERE r.id = audit_chunks.run_id "
                             "AND r.job_id = :job"), {"job": done})
     assert keep_waiting_audits_leased(db_session, job_id=me, lease_seconds=300) == 1
