@@ -204,7 +204,10 @@ def _stop_on_sigterm(signum: int, _frame: object) -> NoReturn:
 def demo(data_dir: Path, port: int, flower_port: int, pause: float, as_json: bool) -> None:
     """The guided demo: start a stack of its own, certify, assign, audit, tamper, audit, report, restore."""
     narrator = Narrator(sys.stderr if as_json else sys.stdout, pause)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # A hangup (the terminal closed) too: the stack runs in a session of its own, which the
+    # hangup never reaches, so a demo killed by it left the whole stack running.
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _stop_on_sigterm)
     prepare_data_dir(data_dir)
     stack = DemoStack(data_dir, port, flower_port, extra_env=DEMO_STACK_ENV)
     narrator.say(f"Starting the demo stack: `plant dev` on {stack.url} with data in {data_dir} (log: {stack.log_path})")

@@ -8,7 +8,7 @@ On embedded PostgreSQL the schema is migrated as ``postgres`` and everything els
 as ``plant_runtime``, a role that owns nothing (:func:`models.migrate.grant_runtime_role`), as
 a deployment should; both need the passwords generated into the data dir
 (``postgres.password``, ``runtime-role.password``). A ``DATABASE_URL`` given is used for both.
-SIGINT, SIGTERM or the death of any child stops everything: each child is a process-group
+SIGINT, SIGTERM, SIGHUP or the death of any child stops everything: each child is a process-group
 leader, so its own children (gunicorn and prefork workers) are swept up with it. Two runners
 with different data dirs and ports can run side by side.
 """
@@ -47,7 +47,10 @@ DEV_DATABASE = "plant"
 DEV_RUNTIME_ROLE = "plant_runtime"
 SHUTDOWN_GRACE_SECONDS = 45.0  # above gunicorn's graceful_timeout (35 s), as compose's stop_grace_period
 POLL_SECONDS = 0.1
-SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a closed terminal or a dropped ssh session hangs the runner up, and by default that
+# killed it without its cleanup, leaving every server and app process (each in a session of its
+# own, so the hangup never reached them) running, and the data dir locked for the next start.
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,8 @@ def run_dev(config: DevConfig | None = None) -> int:
             try:
                 return _run_stack(config, stack)
             except ShutdownRequested as request:
-                print(f"\n{request}: shutting down", flush=True)
+                with suppress(OSError):  # after a hangup the terminal is gone: stop all the same
+                    print(f"\n{request}: shutting down", flush=True)
                 return 0
             except ServiceError as error:
                 print(f"plant dev: {error}", file=sys.stderr, flush=True)
