@@ -2,15 +2,15 @@
 
 The URL is set by ``models.migrate.alembic_config``; there is no alembic.ini to keep in
 sync. Migrations take a transaction-level advisory lock so two concurrent upgraders
-(e.g. several containers starting at once) run one after the other.
+(e.g. several containers starting at once) run one after the other; the runtime role's
+grant (``models.migrate.grant_runtime_role``) takes the same lock.
 """
 
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+from models.migrate import MIGRATION_LOCK_ID
 from models.schema import metadata
-
-MIGRATION_LOCK_ID = 0x504C414E54  # "PLANT"
 
 
 def run_migrations_online() -> None:

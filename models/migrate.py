@@ -33,6 +33,10 @@ from models.settings import libpq_url, sqlalchemy_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 DISCARD_DATA = "discard-data"
+# The transaction-level advisory lock every schema change takes (migrations/env.py) and the
+# runtime role's grant with it: several `plant db upgrade` at once (replicas, two deploys)
+# run one after the other.
+MIGRATION_LOCK_ID = 0x504C414E54  # "PLANT"
 
 
 class DowngradeRefused(RuntimeError):
@@ -166,6 +170,9 @@ def grant_runtime_role(database_url: str, role: str, *, password: str | None = N
     with psycopg.connect(libpq_url(database_url)) as conn:
         secret = sql.SQL("") if password is None else sql.SQL(" PASSWORD {}").format(sql.Literal(
             conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()))
+        # Another upgrader granting at the same time saw the role missing too, and one CREATE ROLE
+        # failed on the other's (a unique violation): the lock makes the second see the first's role.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
         created = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
         if created and not (create or password is not None):
             raise RuntimeRoleRefused(f"the runtime role {role!r} does not exist: create it (LOGIN, no other attribute), "

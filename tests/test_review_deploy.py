@@ -4,13 +4,19 @@ and ``plant dev`` promise, checked on the real processes and the real files."""
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import psutil
+import psycopg
+import psycopg.sql
 import pytest
 import requests
 
 from cli.services import free_port
+from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
+from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_dev_runner import DevRunner, _alive, _in_dir
 
@@ -70,3 +76,42 @@ def test_a_hangup_stops_the_demo_and_its_stack(tmp_path: Path, server_tmp: Path)
             process.kill()
     assert left == []
 
+
+def test_two_upgraders_granting_a_new_runtime_role_at_once_both_succeed(make_database) -> None:
+    """The migrate job may run twice at once (two deploys, a retried execution beside a new one):
+    the migrations wait for each other on an advisory lock, and the runtime role's grant must too.
+    Here the other upgrader holds that lock and has created the role, uncommitted, when ours
+    looks for it: ours failed with a unique violation on pg_authid once the other committed."""
+    url = make_database("review_deploy_grant_race")
+    upgrade_head(url)
+    role = f"review_rt_{uuid.uuid4().hex[:8]}"
+    outcome: list[object] = []
+    try:
+        with psycopg.connect(libpq_url(url)) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+            other.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(psycopg.sql.Identifier(role)))
+
+            def ours() -> None:
+                try:
+                    outcome.append(grant_runtime_role(url, role, password="a-password-of-its-own"))
+                except Exception as error:  # noqa: BLE001 - the test reports it
+                    outcome.append(error)
+
+            thread = threading.Thread(target=ours)
+            thread.start()
+
+            def ours_waits() -> bool:
+                with psycopg.connect(libpq_url(url), autocommit=True) as probe:
+                    return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                         " AND wait_event_type = 'Lock'").fetchone()[0] == 1
+
+            wait_for(ours_waits, what="our grant to wait for the other upgrader")
+        thread.join(timeout=30)  # the other committed on leaving the block
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+        assert outcome[0].role == role
+    finally:
+        with psycopg.connect(libpq_url(url), autocommit=True) as admin:
+            if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                admin.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
+                admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
