@@ -269,9 +269,9 @@ def test_configuration_each_container_gets() -> None:
 def test_published_ports_default_to_loopback() -> None:
     published = {name: s["ports"] for name, s in services().items() if "ports" in s}
     assert set(published) == {"api", "flower"}
-    for ports in published.values():
-        assert all(p.startswith("${PLANT_PUBLISH_ADDRESS:-127.0.0.1}:") for p in ports)
-    assert env_example()["PLANT_PUBLISH_ADDRESS"] == "127.0.0.1"
+    assert all(p.startswith("${PLANT_PUBLISH_ADDRESS:-127.0.0.1}:") for p in published["api"])
+    assert all(p.startswith("${PLANT_FLOWER_PUBLISH_ADDRESS:-127.0.0.1}:") for p in published["flower"])
+    assert env_example()["PLANT_PUBLISH_ADDRESS"] == env_example()["PLANT_FLOWER_PUBLISH_ADDRESS"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "PLANT_RUNTIME_ROLE_PASSWORD", "REDIS_PASSWORD",

@@ -18,6 +18,7 @@ from cli.services import free_port
 from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
 from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
+from tests.test_deploy_compose import compose, env_example, interpolate
 from tests.test_dev_runner import DevRunner, _alive, _in_dir
 
 
@@ -115,3 +116,13 @@ def test_two_upgraders_granting_a_new_runtime_role_at_once_both_succeed(make_dat
             if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 admin.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
                 admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+def test_publishing_the_api_wider_leaves_flower_on_loopback() -> None:
+    """docs/deploy.md: to expose the API, set PLANT_PUBLISH_ADDRESS (behind a TLS proxy); "Flower
+    should stay on loopback". Flower was published on the same variable, so following that step
+    put Flower, plain HTTP with /metrics open, on every interface."""
+    env = {**env_example(), "PLANT_PUBLISH_ADDRESS": "0.0.0.0"}
+    published = interpolate(compose(), env)["services"]
+    assert published["api"]["ports"] == ["0.0.0.0:8000:8000"]
+    assert all(port.startswith("127.0.0.1:") for port in published["flower"]["ports"])
