@@ -1,6 +1,7 @@
 """Review of the deployment and the dev runner: what the compose stack, the image, Terraform
 and ``plant dev`` promise, checked on the real processes and the real files."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -126,3 +127,24 @@ def test_publishing_the_api_wider_leaves_flower_on_loopback() -> None:
     published = interpolate(compose(), env)["services"]
     assert published["api"]["ports"] == ["0.0.0.0:8000:8000"]
     assert all(port.startswith("127.0.0.1:") for port in published["flower"]["ports"])
+
+
+def _variables_read_at_the_process_edge() -> set[str]:
+    """What the image's entrypoint, gunicorn.conf.py and the CLI read of the environment
+    themselves, outside models.settings."""
+    entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text()
+    names = set(re.findall(r"\$\{?(PLANT_[A-Z_]+)", entrypoint))
+    for path in [REPO_ROOT / "gunicorn.conf.py", *(REPO_ROOT / "cli").glob("*.py")]:
+        source = path.read_text()
+        names |= set(re.findall(r"os\.environ(?:\.get\(|\[)[\"']([A-Z_]+)[\"']", source))
+        names |= set(re.findall(r"envvar=[\"']([A-Z_]+)[\"']", source))
+    return names
+
+
+def test_every_variable_read_outside_the_settings_is_in_the_readme() -> None:
+    """README, "Configuration": one settings object reads the environment, and it lists the
+    exceptions. The image's entrypoint and `plant demo` read variables of their own that no
+    document named (how many Celery processes a worker runs, when beat counts as unhealthy, the
+    demo's ports)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert sorted(name for name in _variables_read_at_the_process_edge() if f"`{name}`" not in readme) == []
