@@ -2,6 +2,7 @@
 and ``plant dev`` promise, checked on the real processes and the real files."""
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
 from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_deploy_compose import compose, env_example, interpolate
+from tests.test_deploy_terraform import MODULES, clean, one, resources, terraform_console
 from tests.test_dev_runner import DevRunner, _alive, _in_dir
 
 
@@ -175,3 +177,22 @@ def test_every_variable_read_outside_the_settings_is_in_the_readme() -> None:
     demo's ports)."""
     readme = (REPO_ROOT / "README.md").read_text()
     assert sorted(name for name in _variables_read_at_the_process_edge() if f"`{name}`" not in readme) == []
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform CLI not installed")
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_cloud_run_sends_an_api_instance_as_many_requests_as_it_has_threads(tmp_path: Path, processes: int) -> None:
+    """The run module's request concurrency was a fixed 16 that the root never set, "at most
+    WEB_CONCURRENCY * 8 threads" by its own description: with api_web_concurrency = 1 Cloud Run
+    sent 16 requests to 8 threads (half waited in gunicorn's backlog while the autoscaler saw
+    room), with 4 it left 16 threads idle."""
+    run = MODULES / "run"
+    shutil.copy(run / "variables.tf", tmp_path / "variables.tf")
+    api = clean(resources(run, "google_cloud_run_v2_service")["api"])
+    expression = one(api["template"])["max_instance_request_concurrency"]
+    expression = expression.removeprefix("${").removesuffix("}") if isinstance(expression, str) else str(expression)
+    given = {"project_id": "p", "region": "r", "name_prefix": "plant-dev", "image": "i", "network_id": "n",
+             "subnet_id": "s", "cloudsql_connection_name": "c", "runtime_role": "plant_runtime",
+             "secret_ids": {}, "secret_versions": {}, "api_web_concurrency": processes}
+    threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO_ROOT / "gunicorn.conf.py").read_text())[1])
+    assert terraform_console(tmp_path, expression, given) == processes * threads

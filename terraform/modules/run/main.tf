@@ -105,9 +105,10 @@ resource "google_cloud_run_v2_service" "api" {
   labels              = var.labels
 
   template {
-    service_account                  = google_service_account.runtime["api"].email
-    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
-    max_instance_request_concurrency = var.api_request_concurrency
+    service_account       = google_service_account.runtime["api"].email
+    execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
+    # As many requests as the instance has gunicorn threads (WEB_CONCURRENCY x 8), unless set.
+    max_instance_request_concurrency = coalesce(var.api_request_concurrency, var.api_web_concurrency * 8)
     # Long-polls (?wait=N) last at most 30 s.
     timeout = "60s"
 

@@ -132,9 +132,9 @@ variable "api_web_concurrency" {
 }
 
 variable "api_request_concurrency" {
-  description = "Requests one instance takes at once; at most WEB_CONCURRENCY * 8 threads."
+  description = "Requests one instance takes at once; at most WEB_CONCURRENCY * 8 threads. Unset: exactly that, so it follows api_web_concurrency."
   type        = number
-  default     = 16
+  default     = null
 }
 
 # --- Workers and beat ---
