@@ -196,3 +196,15 @@ def test_cloud_run_sends_an_api_instance_as_many_requests_as_it_has_threads(tmp_
              "secret_ids": {}, "secret_versions": {}, "api_web_concurrency": processes}
     threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO_ROOT / "gunicorn.conf.py").read_text())[1])
     assert terraform_console(tmp_path, expression, given) == processes * threads
+
+
+def test_the_documented_deployer_roles_may_grant_who_invokes_the_services() -> None:
+    """docs/deploy.md lists "Editor + Project IAM Admin + Secret Manager Admin + Service Networking
+    Admin" as enough to deploy. The run module grants run.invoker on the API and Flower services
+    (api_invokers, flower_invokers, allow_unauthenticated_api): setting a Cloud Run service's IAM
+    policy is Owner's or Cloud Run Admin's (run.services.setIamPolicy), never Editor's, so the
+    apply failed with 403 for such a deployer as soon as an invoker was listed."""
+    assert resources(MODULES / "run", "google_cloud_run_v2_service_iam_member")
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| deployer permissions |"))
+    assert "Owner" in row and "Cloud Run Admin" in row.split("Owner, or", 1)[1], row
