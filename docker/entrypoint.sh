@@ -21,7 +21,25 @@ BEAT_SCHEDULE="${DATA_DIR}/celerybeat-schedule"
 BEAT_STALE_MINUTES="${PLANT_BEAT_STALE_MINUTES:-10}"
 
 record_role() {
-    printf '%s\n' "$1" > "$ROLE_FILE"
+    # record_role ROLE [NODE]: the role, and a worker's Celery node name, which its check pings.
+    printf '%s\n' "$@" > "$ROLE_FILE"
+}
+
+node_host() {
+    # The host part of a worker's Celery node name, unique per container. Cloud Run gives every
+    # instance the hostname localhost: two worker instances answered as one node (one worker in
+    # /health and Flower, whichever replied), so there the name gets a random suffix.
+    host="$(hostname)"
+    if [ "$host" = localhost ]; then
+        host="localhost-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+    fi
+    printf '%s\n' "$host"
+}
+
+recorded_node() {
+    # recorded_node DEFAULT_PREFIX: the node name record_role kept, else PREFIX@$(hostname).
+    node="$(sed -n 2p "$ROLE_FILE" 2>/dev/null || true)"
+    printf '%s\n' "${node:-$1@$(hostname)}"
 }
 
 api_port() {
@@ -49,7 +67,8 @@ PY
 }
 
 healthcheck() {
-    role="$(cat "$ROLE_FILE" 2>/dev/null || echo unknown)"
+    role="$(head -n 1 "$ROLE_FILE" 2>/dev/null || true)"
+    role="${role:-unknown}"
     case "$role" in
         api)
             # /health answers 200 (ok or degraded) only when PostgreSQL and Redis answer.
@@ -57,10 +76,10 @@ healthcheck() {
             ;;
         worker)
             # A ping through the broker to this very node proves the worker consumes.
-            exec celery -A worker.app inspect ping --timeout 5 -d "default@$(hostname)"
+            exec celery -A worker.app inspect ping --timeout 5 -d "$(recorded_node default)"
             ;;
         worker-audit)
-            exec celery -A worker.app inspect ping --timeout 5 -d "audit@$(hostname)"
+            exec celery -A worker.app inspect ping --timeout 5 -d "$(recorded_node audit)"
             ;;
         beat)
             # Beat answers no ping; its schedule file's mtime is its heartbeat (see above).
@@ -126,15 +145,17 @@ case "$ROLE" in
         ;;
     worker)
         require DATABASE_URL REDIS_URL
-        record_role worker
-        exec celery -q -A worker.app worker -Q default,maintenance -n 'default@%h' \
+        node="default@$(node_host)"
+        record_role worker "$node"
+        exec celery -q -A worker.app worker -Q default,maintenance -n "$node" \
             ${PLANT_WORKER_CONCURRENCY:+--concurrency "$PLANT_WORKER_CONCURRENCY"} "$@"
         ;;
     worker-audit)
         # Audit jobs are long: one at a time, and no prefetched message waits behind one.
         require DATABASE_URL REDIS_URL
-        record_role worker-audit
-        exec celery -q -A worker.app worker -Q audit -n 'audit@%h' \
+        node="audit@$(node_host)"
+        record_role worker-audit "$node"
+        exec celery -q -A worker.app worker -Q audit -n "$node" \
             --prefetch-multiplier 1 --concurrency 1 "$@"
         ;;
     beat)

@@ -1,6 +1,7 @@
 """Review of the deployment and the dev runner: what the compose stack, the image, Terraform
 and ``plant dev`` promise, checked on the real processes and the real files."""
 
+import os
 import re
 import secrets
 import shutil
@@ -237,3 +238,41 @@ def test_the_rotation_steps_say_the_replaced_bootstrap_key_must_be_revoked() -> 
     bullet = bullet[:bullet.index("\n- ")]
     assert "random_password.bootstrap_admin_key" in bullet
     assert "plant api-keys revoke" in bullet and "migrate job" in bullet
+
+
+def _stub(directory: Path, name: str, script: str) -> None:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("role,prefix", [("worker", "default"), ("worker-audit", "audit")])
+def test_worker_instances_on_cloud_run_each_get_a_node_name_of_their_own(tmp_path: Path, role: str, prefix: str) -> None:
+    """Cloud Run gives every instance the hostname ``localhost``, and the entrypoint named each
+    worker ``default@%h``: prod's two default-queue instances were one node, ``default@localhost``,
+    to Celery's broadcasts, to /health's worker count (a lost instance went unseen) and to Flower.
+    Here ``hostname`` says localhost, as there, and ``celery`` prints what it was asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "hostname", "echo localhost")
+    _stub(bin_dir, "celery", 'echo "$@"')
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PLANT_DATA_DIR": str(tmp_path / "data"),
+           "DATABASE_URL": "postgresql://x@/db", "REDIS_URL": "redis://r"}
+    entrypoint = str(REPO_ROOT / "docker" / "entrypoint.sh")
+
+    def run(instance: str, *args: str) -> str:
+        result = subprocess.run(["sh", entrypoint, *args], env={**env, "PLANT_ROLE_FILE": str(tmp_path / instance)},
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    nodes = []
+    for instance in ("one", "two"):
+        argv = run(instance, role).split()
+        node = argv[argv.index("-n") + 1].replace("%h", "localhost")  # celery expands %h to the hostname
+        nodes.append(node)
+        assert node.startswith(f"{prefix}@")
+        # The container's health check pings that very node.
+        ping = run(instance, "healthcheck").split()
+        assert ping[ping.index("-d") + 1] == node
+    assert nodes[0] != nodes[1]
