@@ -28,6 +28,7 @@ from cli.bootstrap import ADMIN_KEY_FILE
 from cli.client import ClientConfig
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
+from cli.services import running_postmaster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKER_FILE = ".plant-demo"
@@ -43,10 +44,14 @@ ISOLATED_VARIABLES = (
 
 
 def prepare_data_dir(data_dir: Path) -> None:
-    """An empty data dir marked as the demo's; refuse to clear a directory that is not."""
+    """An empty data dir marked as the demo's; refuse to clear a directory that is not, or one
+    whose stack still runs (another demo's: wiping it would pull its database from under it)."""
     if data_dir.exists() and any(data_dir.iterdir()):
         if not (data_dir / MARKER_FILE).is_file():
             raise PlantCliError(f"{data_dir} exists and is not a demo directory: remove it or pass --data-dir")
+        if (pid := running_postmaster(data_dir / "postgres" / "postmaster.pid")) is not None:
+            raise PlantCliError(f"a demo is still running on {data_dir} (its PostgreSQL is process {pid}): "
+                                "stop it, or pass another --data-dir and ports")
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MARKER_FILE).write_text("created by `plant demo`; wiped by the next demo\n")

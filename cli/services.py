@@ -404,17 +404,23 @@ def _make_traversable(directory: Path) -> None:
             path.chmod(mode | stat.S_IXOTH)
 
 
-def _remove_stale_pid_file(pid_file: Path) -> None:
-    """Delete a lock file left by a crashed postmaster, which would block the next start."""
+def running_postmaster(pid_file: Path) -> int | None:
+    """The pid of the live postgres process ``pid_file`` (a data dir's ``postmaster.pid``)
+    names, else None: no file, or one a crashed postmaster left."""
     try:
         fields = pid_file.read_text().split()
     except FileNotFoundError:
-        return
+        return None
     try:
-        owner_is_postgres = psutil.Process(int(fields[0])).name() == "postgres"
+        pid = int(fields[0])
+        return pid if psutil.Process(pid).name() == "postgres" else None
     except (IndexError, ValueError, psutil.Error):  # empty, garbled, or no such process
-        owner_is_postgres = False
-    if not owner_is_postgres:
+        return None
+
+
+def _remove_stale_pid_file(pid_file: Path) -> None:
+    """Delete a lock file left by a crashed postmaster, which would block the next start."""
+    if pid_file.exists() and running_postmaster(pid_file) is None:
         pid_file.unlink(missing_ok=True)
 
 

@@ -22,7 +22,9 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from cli.bootstrap import ensure_configured_admin
-from cli.services import free_port
+from cli.demo_stack import prepare_data_dir
+from cli.errors import PlantCliError
+from cli.services import EmbeddedPostgres, free_port, start_on_a_free_port
 from models.api_keys import Caller, authenticate
 from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
 from models.settings import libpq_url
@@ -276,3 +278,23 @@ def test_worker_instances_on_cloud_run_each_get_a_node_name_of_their_own(tmp_pat
         ping = run(instance, "healthcheck").split()
         assert ping[ping.index("-d") + 1] == node
     assert nodes[0] != nodes[1]
+
+
+def test_a_second_demo_refuses_to_wipe_the_data_dir_of_one_still_running(server_tmp: Path) -> None:
+    """Each `make demo` wipes its data dir (`.plant-demo`) before it starts, and only then checked
+    its ports: a second demo started while the first ran deleted the running stack's PostgreSQL
+    data, keys and log from under it, then stopped on the port in use (or, on other ports, started
+    a second PostgreSQL on the same, re-created, directory)."""
+    data_dir = server_tmp / "demo"
+    prepare_data_dir(data_dir)
+    postgres = start_on_a_free_port(lambda port: EmbeddedPostgres(data_dir / "postgres", port))  # the running demo's
+    try:
+        with pytest.raises(PlantCliError, match="running"):
+            prepare_data_dir(data_dir)
+        assert (data_dir / "postgres" / "PG_VERSION").is_file()
+        with psycopg.connect(libpq_url(postgres.url), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        postgres.stop()
+    prepare_data_dir(data_dir)  # once it has stopped, the next demo starts afresh
+    assert not (data_dir / "postgres").exists()
