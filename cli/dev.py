@@ -317,6 +317,16 @@ def _ignore_shutdown_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """The data dir, ignored by git whatever its name: it holds the dev signing key, the
+    servers' passwords and the admin key, and only ``.plant`` is in the repository's .gitignore
+    (README: two runners side by side need two data dirs)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ignore = data_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+
+
 def run_dev(config: DevConfig | None = None) -> int:
     """Run the stack until a signal (exit 0) or until something fails (exit 1).
 
@@ -324,7 +334,7 @@ def run_dev(config: DevConfig | None = None) -> int:
     stopped before it returns: app processes first, then Redis, then PostgreSQL.
     """
     config = config or dev_config_from_environment()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(config.data_dir)
     previous = _install_shutdown_handlers()
     try:
         with ExitStack() as stack:

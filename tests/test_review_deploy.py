@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from cli.bootstrap import ensure_configured_admin
 from cli.demo_stack import prepare_data_dir
+from cli.dev import make_data_dir
 from cli.errors import PlantCliError
 from cli.services import EmbeddedPostgres, free_port, start_on_a_free_port
 from models.api_keys import Caller, authenticate
@@ -298,3 +299,34 @@ def test_a_second_demo_refuses_to_wipe_the_data_dir_of_one_still_running(server_
         postgres.stop()
     prepare_data_dir(data_dir)  # once it has stopped, the next demo starts afresh
     assert not (data_dir / "postgres").exists()
+
+
+def _ignored_by_git(path: Path) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO_ROOT).returncode == 0
+
+
+@pytest.mark.parametrize("path", [
+    "terraform/environment/.terraform/terraform.tfstate",  # terraform init: the backend's settings
+    "terraform/environment/terraform.tfstate",  # a local state (state pull, -backend=false)
+    "terraform/environment/terraform.tfstate.backup",
+    "terraform/environment/prod.tfplan",  # a saved plan holds the sensitive values in clear
+    ".env.prod",  # .dockerignore keeps .env.* out of the image; git took it
+])
+def test_git_ignores_what_holds_the_deployment_s_secrets(path: str) -> None:
+    """The state holds every generated secret (terraform/README.md: "keep it private"), yet
+    nothing kept a local state, a saved plan or .terraform/ out of a `git add -A`."""
+    assert _ignored_by_git(REPO_ROOT / path)
+    assert not _ignored_by_git(REPO_ROOT / ".env.example")
+
+
+def test_a_dev_data_dir_of_another_name_is_ignored_by_git() -> None:
+    """README: two runners side by side need two data dirs; only `.plant/` was ignored, so a
+    second one in the checkout (`.plant-2`) offered its signing key, passwords and admin key to
+    `git add`. The runner makes its data dir ignore itself."""
+    data_dir = REPO_ROOT / f".plant-review-{uuid.uuid4().hex[:8]}"
+    try:
+        make_data_dir(data_dir)
+        for name in ("keys/active.pem", "postgres.password", "admin-api-key", "services.env"):
+            assert _ignored_by_git(data_dir / name), name
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
