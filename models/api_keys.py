@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import ARRAY, Connection, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select
+from sqlalchemy import ARRAY, Connection, CheckConstraint, DateTime, LargeBinary, String, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -221,9 +221,11 @@ def check_configured_admin_key(plaintext: str) -> None:
 
 
 def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> Literal["created", "live", "revoked"]:
-    """Make ``plaintext`` an admin key unless it was revoked: ``created``, ``live`` (it
-    already was one), or ``revoked`` (left revoked: revoking the bootstrap key once narrower
-    keys exist is what an operator should do, and every later deploy still ensures it).
+    """Make ``plaintext`` an admin key unless it was revoked: ``created`` (and the live admin
+    keys of the same ``name``, the ones configured before it, revoked: a rotation takes the old
+    key away), ``live`` (it already was one), or ``revoked`` (left revoked: revoking the
+    bootstrap key once narrower keys exist is what an operator should do, and every later
+    deploy still ensures it).
     A key too short, or the example's placeholder, is refused (:func:`check_configured_admin_key`),
     even one an earlier release ensured."""
     check_configured_admin_key(plaintext)
@@ -232,6 +234,10 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap
     created = session.scalar(pg_insert(ApiKey).values(**_key_row(name=name, scopes=["admin"], plaintext=plaintext))
                              .on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
     if created is not None:
+        # A new configured key replaces the one configured before it (rotated because it leaked,
+        # say): that one, and any other live admin key of the bootstrap's name, is revoked now.
+        session.execute(update(ApiKey).where(ApiKey.name == name, ApiKey.id != created, ApiKey.revoked_at.is_(None),
+                                             ApiKey.scopes.any_() == "admin").values(revoked_at=func.now()))
         return "created"
     existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext))
                                .execution_options(populate_existing=True)).one()

@@ -219,9 +219,6 @@ def test_the_documented_deployer_roles_may_grant_who_invokes_the_services() -> N
     assert "Owner" in row and "Cloud Run Admin" in row.split("Owner, or", 1)[1], row
 
 
-@pytest.mark.xfail(strict=True, reason="plant db upgrade ensures the configured key and never retires the bootstrap key "
-                   "it replaces; whether ensuring a new PLANT_ADMIN_API_KEY should revoke the previous bootstrap-admin key "
-                   "(or the operator must, as docs/deploy.md now says) is a design choice")
 def test_a_rotated_bootstrap_admin_key_stops_working_once_the_new_one_is_ensured(settings, engine, clean_db) -> None:
     """docs/deploy.md, "Rotating a generated secret": `-replace=random_password.bootstrap_admin_key`.
     The migrate job then ensures the new key, and the one replaced (leaked, say) stays a live
