@@ -43,7 +43,7 @@ threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 os.environ.setdefault("PLANT_DB_POOL_SIZE", str(threads))
 # A long poll holds its thread while it waits: at most half the threads do, so the other half
 # (/health's included) stay free for requests that answer at once.
-os.environ.setdefault("PLANT_LONG_POLLS_AT_ONCE", str(max(1, threads // 2)))
+os.environ.setdefault("PLANT_LONG_POLLS_AT_ONCE", str(threads // 2))  # one thread: none waits
 timeout = 60  # a long-poll is capped at 30 s, so 60 s only catches a stuck worker
 graceful_timeout = 35  # a long-poll started just before SIGTERM (30 s at most) still gets its answer
 keepalive = 5

@@ -255,10 +255,11 @@ def test_gunicorn_bind(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], bin
     ({}, "8"),
     ({"PLANT_WEB_THREADS": "12"}, "12"),
     ({"PLANT_WEB_THREADS": "12", "PLANT_DB_POOL_SIZE": "3"}, "3"),
+    ({"PLANT_WEB_THREADS": "1"}, "1"),  # no long poll waits: /health keeps the one thread (helper-152)
 ])
 def test_gunicorn_sizes_the_database_pool_to_its_threads(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
                                                          pool: str) -> None:
-    for name in ("PLANT_WEB_THREADS", "PLANT_DB_POOL_SIZE"):
+    for name in ("PLANT_WEB_THREADS", "PLANT_DB_POOL_SIZE", "PLANT_LONG_POLLS_AT_ONCE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
