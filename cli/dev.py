@@ -9,8 +9,10 @@ as ``plant_runtime``, a role that owns nothing (:func:`models.migrate.grant_runt
 a deployment should; both need the passwords generated into the data dir
 (``postgres.password``, ``runtime-role.password``). A ``DATABASE_URL`` given is used for both.
 SIGINT, SIGTERM, SIGHUP or the death of any child stops everything: each child is a process-group
-leader, so its own children (gunicorn and prefork workers) are swept up with it. Two runners
-with different data dirs and ports can run side by side.
+leader, so its own children (gunicorn and prefork workers) are swept up with it. A runner
+killed outright (SIGKILL, the OOM killer) cannot: its watchdog (:mod:`cli.watchdog`), told of
+every process group as it starts, then stops them the same way. Two runners with different
+data dirs and ports can run side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cli.seeding import seed_database
 from cli.services import (
     EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
 )
+from cli.watchdog import DEFERRED_SIGNALS, Watchdog, signals_deferred
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
@@ -50,7 +53,7 @@ POLL_SECONDS = 0.1
 # SIGHUP too: a closed terminal or a dropped ssh session hangs the runner up, and by default that
 # killed it without its cleanup, leaving every server and app process (each in a session of its
 # own, so the hangup never reached them) running, and the data dir locked for the next start.
-SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SHUTDOWN_SIGNALS = DEFERRED_SIGNALS  # SIGINT, SIGTERM, SIGHUP
 
 
 @dataclass(frozen=True)
@@ -142,18 +145,21 @@ class Child:
 class Supervisor:
     """Starts the app processes, forwards their output, and stops them all."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], watchdog: Watchdog) -> None:
         self._env = env
+        self._watchdog = watchdog
         self._children: list[Child] = []
         self._readers: list[threading.Thread] = []
         self._output_lock = threading.Lock()
 
     def spawn(self, role: str, argv: list[str]) -> None:
-        process = subprocess.Popen(
-            argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self._children.append(Child(role, process))
+        with signals_deferred():  # a shutdown signal between Popen and the lists orphaned the child
+            process = subprocess.Popen(
+                argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            self._children.append(Child(role, process))
+            self._watchdog.watch("apps", process, signal.SIGTERM, SHUTDOWN_GRACE_SECONDS)
         reader = threading.Thread(target=self._forward, args=(role, process), daemon=True)
         reader.start()
         self._readers.append(reader)
@@ -194,6 +200,7 @@ class Supervisor:
                 time.sleep(POLL_SECONDS)
             child.kill_group()
             child.process.wait()
+            self._watchdog.release(child.process)
         for reader in self._readers:
             reader.join(timeout=2)
 
@@ -226,20 +233,21 @@ class BackingServices:
     runtime_password: str | None = None  # the runtime role's, on embedded PostgreSQL
 
 
-def start_backing_services(config: DevConfig, stack: ExitStack) -> BackingServices:
-    """Start the embedded servers not overridden by a URL, and say where each connects."""
+def start_backing_services(config: DevConfig, stack: ExitStack, watchdog: Watchdog | None = None) -> BackingServices:
+    """Start the embedded servers not overridden by a URL, and say where each connects
+    (and, given a ``watchdog``, tell it of each server's process as it starts)."""
     database_url, redis_url = config.database_url, config.redis_url
     owner_url, runtime_password = database_url, None
     if database_url is None:
         postgres = _started(lambda port: EmbeddedPostgres(config.data_dir / "postgres", port, passwords=True),
-                            config.pg_port, stack)
+                            config.pg_port, stack, watchdog)
         postgres.create_database(DEV_DATABASE)
         runtime_password = generated_secret(config.data_dir / "runtime-role.password")
         owner_url = postgres.url_for(DEV_DATABASE)
         database_url = postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE, runtime_password)
     if redis_url is None:
         redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port, passwords=True),
-                             config.redis_port, stack).url
+                             config.redis_port, stack, watchdog).url
     return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url,
                            runtime_password=runtime_password)
 
@@ -252,16 +260,20 @@ def migrate(services: BackingServices) -> None:
         grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True, password=services.runtime_password)
 
 
-def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack) -> Server:
+def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack, watchdog: Watchdog | None) -> Server:
     """The server on ``port``, started; on a free port when ``port`` is 0, and on another if
     that one is taken before the server binds it. Each server's stop is registered before
     its start: a signal can interrupt a start at any point."""
+    def before_start(server: Server) -> None:
+        stack.callback(server.stop)
+        server.watchdog = watchdog
+
     if port:
         server = server_on(port)
-        stack.callback(server.stop)
+        before_start(server)
         server.start()
         return server
-    return start_on_a_free_port(server_on, before_start=lambda server: stack.callback(server.stop))
+    return start_on_a_free_port(server_on, before_start=before_start)
 
 
 def write_services_env(data_dir: Path, services: BackingServices) -> None:
@@ -339,7 +351,8 @@ def run_dev(config: DevConfig | None = None) -> int:
     try:
         with ExitStack() as stack:
             try:
-                return _run_stack(config, stack)
+                # Entered first, so closed last: once everything else has been stopped.
+                return _run_stack(config, stack, stack.enter_context(Watchdog.start()))
             except ShutdownRequested as request:
                 with suppress(OSError):  # after a hangup the terminal is gone: stop all the same
                     print(f"\n{request}: shutting down", flush=True)
@@ -354,9 +367,10 @@ def run_dev(config: DevConfig | None = None) -> int:
             signal.signal(sig, handler)
 
 
-def _run_stack(config: DevConfig, stack: ExitStack) -> int:
-    """Start everything, registering its cleanup on ``stack``; return 1 when a child dies."""
-    services = start_backing_services(config, stack)
+def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
+    """Start everything, registering its cleanup on ``stack`` and its processes with
+    ``watchdog``; return 1 when a child dies."""
+    services = start_backing_services(config, stack, watchdog)
     write_services_env(config.data_dir, services)
     if config.signing_key_file is not None:
         ensure_key_file(config.signing_key_file)  # a dev key; production supplies its own
@@ -367,7 +381,7 @@ def _run_stack(config: DevConfig, stack: ExitStack) -> int:
     admin_key, key_file = ensure_dev_admin(settings, config.data_dir)
     print(f"admin API key: {admin_key} (also in {key_file})" if key_file  # a configured one is not echoed
           else "admin API key: the one PLANT_ADMIN_API_KEY holds", flush=True)
-    supervisor = Supervisor(child_environment(config, services))
+    supervisor = Supervisor(child_environment(config, services), watchdog)
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):
         supervisor.spawn(role, argv)

@@ -32,6 +32,7 @@ import psycopg
 import redis
 from psycopg import errors, sql
 
+from cli.watchdog import Watchdog, signals_deferred
 from models.keys import replace_file
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
@@ -121,6 +122,7 @@ class _ChildServer:
         self._run_as: dict[str, object] = {}  # Popen user/group, when not the caller's
         self._log_start = 0  # where the last start's output begins in the log
         self.password_path: Path | None = None  # where a server that takes passwords keeps its own
+        self.watchdog: Watchdog | None = None  # told of each process started, to stop it if we die
 
     def _password(self) -> str | None:
         return None if self.password_path is None else generated_secret(self.password_path)
@@ -135,13 +137,15 @@ class _ChildServer:
         if self._process is not None and self._process.poll() is None:
             return
         self._prepare()
-        with open(self.log_path, "ab") as log:
-            self._log_start = log.seek(0, os.SEEK_END)
-            self._process = subprocess.Popen(
-                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd="/", start_new_session=True, **self._run_as,
-            )
         try:
+            with open(self.log_path, "ab") as log, signals_deferred():  # stop() must know of any server started
+                self._log_start = log.seek(0, os.SEEK_END)
+                self._process = subprocess.Popen(
+                    self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd="/", start_new_session=True, **self._run_as,
+                )
+                if self.watchdog is not None:
+                    self.watchdog.watch(self.name, self._process, self.stop_signal, self.stop_timeout)
             self._wait_until_ready()
         except BaseException:  # a failed or interrupted start must not leave a server behind
             self.stop()
@@ -160,7 +164,13 @@ class _ChildServer:
                 with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        self._process = None  # only now: an interrupted stop() must be retryable
+        self._forget(process)  # only now: an interrupted stop() must be retryable
+
+    def _forget(self, process: subprocess.Popen[bytes]) -> None:
+        """Drop ``process``, exited and reaped: nothing is left of it to stop."""
+        self._process = None
+        if self.watchdog is not None:
+            self.watchdog.release(process)
 
     def __enter__(self) -> Self:
         self.start()
@@ -174,7 +184,8 @@ class _ChildServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                code, self._process = self._process.returncode, None
+                code = self._process.returncode
+                self._forget(self._process)
                 tail = self._log_tail()
                 failed = PortTaken if "Address already in use" in tail else ServiceError
                 raise failed(f"{self.name} exited with code {code}:\n{tail}")

@@ -57,12 +57,10 @@ def test_a_hangup_stops_the_dev_runner_and_everything_it_started(tmp_path: Path,
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="the runner's children run in sessions of their own and nothing ties them to "
-                   "the runner: a runner killed outright (SIGKILL, the OOM killer, an IDE's stop button) leaves the "
-                   "whole stack running, PostgreSQL's data dir locked for the next make dev; a fix needs a watchdog "
-                   "(a process reading a pipe only the runner holds) or PR_SET_PDEATHSIG, which is Linux-only and "
-                   "unsafe from preexec_fn beside the output threads")
 def test_a_dev_runner_killed_outright_leaves_no_process_behind(tmp_path: Path, server_tmp: Path) -> None:
+    """The runner's children run in sessions of their own, so nothing of the kernel's ties them
+    to it: a runner killed outright (SIGKILL, the OOM killer, an IDE's stop button) left the whole
+    stack running, PostgreSQL's data dir locked for the next ``make dev``. Its watchdog stops them."""
     runner = DevRunner(server_tmp / "plant-data", tmp_path / "dev.log")
     runner.start()
     started = psutil.Process(runner.process.pid).children(recursive=True)

@@ -1,0 +1,173 @@
+"""The dev runner's watchdog (``cli/watchdog.py``) and the moment between starting a child and
+recording it: what a runner that dies, or is signalled, leaves behind.
+
+A small stand-in runner (``RUNNER`` below) starts process groups the way ``plant dev`` does and
+names them to its watchdog; the whole runner is covered end to end by
+``tests/test_deploy_runner_and_rollout.py::test_a_dev_runner_killed_outright_leaves_no_process_behind``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cli import dev
+from cli.services import EmbeddedRedis, free_port
+from cli.watchdog import Watchdog
+from tests.conftest import REPO_ROOT, wait_for
+
+# Two groups, as the runner starts them: a "server" first, then "apps"; each leader notes in
+# the log when its stop signal comes, and the apps' leader has children of its own in its group.
+RUNNER = """
+import signal, subprocess, sys, time
+from cli.watchdog import Watchdog
+
+log, mode = sys.argv[1], sys.argv[2]
+watchdog = Watchdog.start()
+
+def group(batch, trap, stop_signal, children):
+    script = f"trap 'echo {batch} >> {log}; exit 0' {trap}; " + "sleep 300 & " * children + "wait"
+    process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    watchdog.watch(batch, process, stop_signal, 10)
+    return process
+
+server = group("server", "INT", signal.SIGINT, 1)
+apps = group("apps", "TERM", signal.SIGTERM, 2)
+print(watchdog.process.pid, server.pid, apps.pid, flush=True)
+if mode == "clean":  # a normal shutdown: the runner stops and reaps each group, then closes the pipe
+    for process in (apps, server):
+        process.kill()
+        process.wait()
+        watchdog.release(process)
+    watchdog.close()
+    print("closed", flush=True)
+time.sleep(300)
+"""
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    """The live processes of group ``pgid``."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
+def _start_runner(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], list[int]]:
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(tmp_path / "stopped"), mode], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert runner.stdout is not None
+    return runner, [int(pid) for pid in runner.stdout.readline().split()]
+
+
+def test_a_watchdog_stops_its_dead_runner_s_groups_in_order_and_nothing_else(tmp_path: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)  # another runner's, say
+    runner, (watchdog_pid, server, apps) = _start_runner(tmp_path, "killed")
+    try:
+        assert len(_group(apps)) == 3 and len(_group(server)) == 2
+        runner.kill()
+        runner.wait()
+        wait_for(lambda: not psutil.pid_exists(watchdog_pid) or psutil.Process(watchdog_pid).status() == "zombie",
+                 timeout=30, what="the watchdog to stop the groups and exit")
+        assert _group(apps) == [] and _group(server) == []
+        # As the runner's own shutdown: the apps first, each leader with its own stop signal.
+        assert (tmp_path / "stopped").read_text().split() == ["apps", "server"]
+        assert bystander.poll() is None
+    finally:
+        for pgid in (server, apps):
+            for process in _group(pgid):
+                process.kill()
+        bystander.kill()
+        bystander.wait()
+
+
+def test_after_a_normal_shutdown_the_watchdog_exits_and_stops_nothing(tmp_path: Path) -> None:
+    runner, (watchdog_pid, server, apps) = _start_runner(tmp_path, "clean")
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "closed"
+        assert not psutil.pid_exists(watchdog_pid)  # Watchdog.close waited for it
+        assert not (tmp_path / "stopped").exists()  # the runner had stopped them all, not the watchdog
+    finally:
+        runner.kill()
+        runner.wait()
+        for pgid in (server, apps):
+            for process in _group(pgid):
+                process.kill()
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@pytest.fixture
+def signal_after_next_popen(monkeypatch):
+    """Arms the next ``subprocess.Popen`` to be followed at once by a SIGTERM to us, handled in
+    Python (raising :class:`Interrupted`): the moment before the caller records the child it started."""
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):
+        monkeypatch.setattr(subprocess, "Popen", real_popen)
+        process = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return process
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    yield lambda: monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _alive_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if any(marker in part for part in process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_shutdown_signal_just_after_an_app_process_starts_does_not_orphan_it(signal_after_next_popen) -> None:
+    """helper-151: a signal between ``Popen`` and ``_children.append`` in ``Supervisor.spawn``
+    raised out of it with the child unrecorded, so the runner's shutdown never stopped it."""
+    marker = f"review-spawn-{uuid.uuid4().hex}"
+    with Watchdog.start() as watchdog:
+        supervisor = dev.Supervisor(dict(os.environ), watchdog)
+        try:
+            signal_after_next_popen()
+            with pytest.raises(Interrupted):
+                supervisor.spawn("sleeper", ["sh", "-c", "sleep 300", marker])
+            supervisor.stop_all(grace=5)
+            left = _alive_with(marker)
+        finally:
+            for process in _alive_with(marker):
+                process.kill()
+    assert left == []
+
+
+def test_a_signal_just_after_a_server_starts_does_not_orphan_it(tmp_path: Path, signal_after_next_popen) -> None:
+    """The same moment in an embedded server's start: its ``stop()`` must know the process."""
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    marker = f"127.0.0.1:{server.port}"  # redis-server's title names its address, not its data dir
+    try:
+        signal_after_next_popen()
+        with pytest.raises(Interrupted):
+            server.start()
+        left = _alive_with(marker)
+    finally:
+        for process in _alive_with(marker):
+            process.kill()
+    assert left == []
