@@ -6,7 +6,8 @@ servers, keys or credentials is removed from its environment. The data dir is wi
 the start of each demo, but only if it carries the demo's marker file (or is empty): the
 demo never deletes a directory it did not create. The runner's output goes to
 ``<data dir>/stack.log``; leaving the ``with`` block SIGTERMs it, and it stops everything
-it started.
+it started. The runner is handed a pipe's read end whose write end only the demo holds, so a
+demo killed outright (SIGKILL) stops its stack all the same (``cli.watchdog.stop_when_closed``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cli.client import ClientConfig
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
 from cli.services import running_postmaster
+from cli.watchdog import LIFELINE_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKER_FILE = ".plant-demo"
@@ -76,6 +78,7 @@ class DemoStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    _lifeline: int | None = None  # the write end of the runner's lifeline pipe
 
     @property
     def url(self) -> str:
@@ -114,12 +117,17 @@ class DemoStack:
         require_free_port(self.port, "API")
         require_free_port(self.flower_port, "Flower")
         self._log = open(self.log_path, "ab")
+        read_fd, self._lifeline = os.pipe()
         # Its own session: a Ctrl-C at the terminal reaches the demo, which then stops the
         # runner in order, instead of hitting every process at once.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "dev"], cwd=PROJECT_ROOT, env=self.environment(),
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "dev"], cwd=PROJECT_ROOT,
+                env={**self.environment(), LIFELINE_VARIABLE: str(read_fd)}, pass_fds=(read_fd,),
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
 
     def wait_until_healthy(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> dict[str, Any]:
         """The ``/health`` body once it says ``ok``; PlantCliError if the runner dies or time runs out."""
@@ -150,4 +158,7 @@ class DemoStack:
                 self.process.wait()
         if self._log is not None:
             self._log.close()
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         return self.process.returncode

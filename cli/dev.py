@@ -39,7 +39,7 @@ from cli.seeding import seed_database
 from cli.services import (
     EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
 )
-from cli.watchdog import DEFERRED_SIGNALS, Watchdog, signals_deferred
+from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, signals_deferred, stop_when_closed
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import load_settings
@@ -70,6 +70,7 @@ class DevConfig:
     redis_port: int
     signing_key_file: Path | None  # generated if missing; None when PLANT_SIGNING_KEY is set
     flower_basic_auth: str | None  # None: generate credentials into data_dir/flower-auth
+    lifeline_fd: int | None = None  # a pipe whose end of file stops us (plant demo's; cli.watchdog)
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
@@ -98,6 +99,7 @@ def dev_config_from_environment() -> DevConfig:
             None if settings.signing_key is not None else settings.active_signing_key_path.resolve()
         ),
         flower_basic_auth=settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else None,
+        lifeline_fd=int(fd) if (fd := env.get(LIFELINE_VARIABLE, "")).isascii() and fd.isdigit() else None,
     )
 
 
@@ -348,6 +350,8 @@ def run_dev(config: DevConfig | None = None) -> int:
     config = config or dev_config_from_environment()
     make_data_dir(config.data_dir)
     previous = _install_shutdown_handlers()
+    if config.lifeline_fd is not None:
+        stop_when_closed(config.lifeline_fd)
     try:
         with ExitStack() as stack:
             try:

@@ -14,7 +14,10 @@ signal, and once it has exited or its batch's grace is up, its whole group SIGKI
 exits. After a normal shutdown the list is empty and it exits at once; the runner waits
 for it. It knows only the groups its own runner named, so another runner's are never touched.
 
-Run as ``python -m cli.watchdog FD``; :class:`Watchdog` is the runner's side.
+Run as ``python -m cli.watchdog FD``; :class:`Watchdog` is the runner's side. The other way
+round, a runner started by another program (``plant demo``) can be handed the read end of a
+pipe of that program's in ``PLANT_DEV_LIFELINE_FD``: at its end of file the runner stops as on
+SIGTERM (:func:`stop_when_closed`), so a demo killed outright does not leave its stack running.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ POLL_SECONDS = 0.1
 # Signals the runner turns into its shutdown: while a child is being started and put on the
 # lists that stop it, they wait (see signals_deferred).
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LIFELINE_VARIABLE = "PLANT_DEV_LIFELINE_FD"
 
 
 @contextmanager
@@ -154,6 +158,18 @@ class Watchdog:
         if self._write_fd is not None:
             with suppress(OSError):
                 os.write(self._write_fd, line)
+
+
+def stop_when_closed(fd: int) -> None:
+    """SIGTERM this process once every write end of the pipe ``fd`` reads is closed: the program
+    that started us and holds it is gone. Reads in a daemon thread; the handler does the rest."""
+    def wait_for_end() -> None:
+        with suppress(OSError):
+            while os.read(fd, 512):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_for_end, name="lifeline", daemon=True).start()
 
 
 def read_list(lines: Iterator[bytes]) -> dict[int, Watched]:
