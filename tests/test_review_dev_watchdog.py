@@ -76,11 +76,10 @@ def test_a_watchdog_stops_its_dead_runner_s_groups_in_order_and_nothing_else(tmp
     bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)  # another runner's, say
     runner, (watchdog_pid, server, apps) = _start_runner(tmp_path, "killed")
     try:
-        assert len(_group(apps)) == 3 and len(_group(server)) == 2
+        wait_for(lambda: len(_group(apps)) == 3 and len(_group(server)) == 2, what="each leader to start its children")
         runner.kill()
         runner.wait()
-        wait_for(lambda: not psutil.pid_exists(watchdog_pid) or psutil.Process(watchdog_pid).status() == "zombie",
-                 timeout=30, what="the watchdog to stop the groups and exit")
+        wait_for(lambda: _group(watchdog_pid) == [], timeout=30, what="the watchdog to stop the groups and exit")
         assert _group(apps) == [] and _group(server) == []
         # As the runner's own shutdown: the apps first, each leader with its own stop signal.
         assert (tmp_path / "stopped").read_text().split() == ["apps", "server"]
