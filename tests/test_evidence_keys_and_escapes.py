@@ -31,6 +31,17 @@ AFTER_THE_SEAL = "2026-07-01T00:00:00Z"
 EVIL = "\x1b[2K\r\x1b[1Aall clean"  # erase the line, go back to its start, up one line
 
 
+@pytest.fixture(autouse=True)
+def _no_server_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server started earlier in this process (another test's) left Plant's JSON handler on the
+    root logger, writing to whatever sys.stderr is: httpx's request lines would land in the
+    output CliRunner captures from the command (as tests/test_cli_api.py's ``plant`` fixture says)."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "plant_handler", False)])
+
+
 @pytest.fixture
 def signer():
     return generate_ed25519()
