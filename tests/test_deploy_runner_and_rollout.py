@@ -79,28 +79,38 @@ def test_a_dev_runner_killed_outright_leaves_no_process_behind(tmp_path: Path, s
     assert left == []
 
 
-@pytest.mark.e2e
-def test_a_hangup_stops_the_demo_and_its_stack(tmp_path: Path, server_tmp: Path) -> None:
-    """``make demo`` runs its ``plant dev`` in a session of its own: a hangup of the demo must
-    stop that stack, not leave it (and its servers) running."""
-    data_dir = server_tmp / "demo"
+def start_demo(data_dir: Path, log: Path) -> subprocess.Popen:
+    """``plant demo`` on ``data_dir`` and free ports, its output in ``log``; ``demo.port`` is its API's."""
     port = free_port()
-    log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         demo = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
              "--flower-port", str(free_port()), "--pause", "30"],
             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        def healthy() -> bool:
-            if demo.poll() is not None:
-                pytest.fail(f"the demo exited {demo.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
-            except (requests.RequestException, ValueError):
-                return False
+    demo.port, demo.log_path = port, log  # type: ignore[attr-defined]
+    return demo
 
-        wait_for(healthy, timeout=120, what="the demo stack to be healthy")
+
+def wait_for_healthy_demo(demo: subprocess.Popen) -> None:
+    def healthy() -> bool:
+        if demo.poll() is not None:
+            pytest.fail(f"the demo exited {demo.returncode}:\n{demo.log_path.read_text()[-4000:]}")  # type: ignore[attr-defined]
+        try:
+            return requests.get(f"http://127.0.0.1:{demo.port}/health", timeout=5).json()["status"] == "ok"  # type: ignore[attr-defined]
+        except (requests.RequestException, ValueError):
+            return False
+
+    wait_for(healthy, timeout=120, what="the demo stack to be healthy")
+
+
+@pytest.mark.e2e
+def test_a_hangup_stops_the_demo_and_its_stack(tmp_path: Path, server_tmp: Path) -> None:
+    """``make demo`` runs its ``plant dev`` in a session of its own: a hangup of the demo must
+    stop that stack, not leave it (and its servers) running."""
+    data_dir = server_tmp / "demo"
+    demo = start_demo(data_dir, tmp_path / "demo.log")
+    try:
+        wait_for_healthy_demo(demo)
         started = [p for p in psutil.process_iter() if _in_dir(p, data_dir)]
         assert started
         demo.send_signal(signal.SIGHUP)

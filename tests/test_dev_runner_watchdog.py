@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
 from cli import dev
 from cli.services import EmbeddedRedis, free_port
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
+from tests.test_deploy_runner_and_rollout import start_demo, wait_for_healthy_demo
 from tests.test_dev_runner import _alive, _in_dir
 
 # Two groups, as the runner starts them: a "server" first, then "apps"; each leader notes in
@@ -181,24 +181,10 @@ def test_a_demo_killed_outright_stops_its_stack(tmp_path: Path, server_tmp: Path
     (SIGKILL: nothing of it runs to stop the stack) left that runner, and all it had started,
     running, and the next demo refused to start on the data dir."""
     data_dir = server_tmp / "demo"
-    port = free_port()
-    log = tmp_path / "demo.log"
-    with open(log, "wb") as out:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
-             "--flower-port", str(free_port()), "--pause", "30"],
-            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    demo = start_demo(data_dir, tmp_path / "demo.log")
     started: list[psutil.Process] = []
     try:
-        def healthy() -> bool:
-            if demo.poll() is not None:
-                pytest.fail(f"the demo exited {demo.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
-            except (requests.RequestException, ValueError):
-                return False
-
-        wait_for(healthy, timeout=120, what="the demo stack to be healthy")
+        wait_for_healthy_demo(demo)
         started = psutil.Process(demo.pid).children(recursive=True)
         started += [p for p in psutil.process_iter() if _in_dir(p, data_dir)]
         demo.kill()

@@ -119,20 +119,28 @@ def test_a_row_deleted_by_a_signed_version_before_the_digest_then_removed_is_fou
     assert summary["non_compliant"] == 1
 
 
-def test_a_row_moved_to_another_table_under_its_id_is_found(db_session, write_ctx, steward, keyring) -> None:
-    """An industry's row removed and a skill row written under its id: the leaf (matched by
-    id and type) finds no industry, and the skill row is a new entity whose chain is an
-    industry's. Both audits report it, non-compliant."""
+def _industry_row_moved_to_skills(db_session, write_ctx, steward, *, digest_first=None) -> uuid.UUID:
+    """An industry whose row was moved, through SQL, into ``skills`` under the same id (after a
+    digest, signed with ``digest_first``, when given)."""
     industry = create_entity(db_session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
         "name": "Moved Industry", "code": "MOVD", "governance_agent_id": steward}).id
     db_session.flush()
-    store_digest(db_session, keyring=keyring)
+    if digest_first is not None:
+        store_digest(db_session, keyring=digest_first)
     db_session.execute(text(
         "INSERT INTO skills (id, external_key, status, tags, attributes, name, skill_key, description, category,"
         " version, head_link_hash, created_at, updated_at, governance_agent_id)"
         " SELECT id, external_key, 'draft', tags, attributes, name, 'moved', description, 'technical', version,"
         " head_link_hash, created_at, updated_at, governance_agent_id FROM industries WHERE id = :id"), {"id": industry})
     _delete_row(db_session, "industries", industry)
+    return industry
+
+
+def test_a_row_moved_to_another_table_under_its_id_is_found(db_session, write_ctx, steward, keyring) -> None:
+    """An industry's row removed and a skill row written under its id: the leaf (matched by
+    id and type) finds no industry, and the skill row is a new entity whose chain is an
+    industry's. Both audits report it, non-compliant."""
+    industry = _industry_row_moved_to_skills(db_session, write_ctx, steward, digest_first=keyring)
     full, full_findings = run_audit(db_session, keyring)
     assert "row-content-mismatch" in _codes(full_findings, industry) and full["non_compliant"] == 1
     summary, findings = run_incremental(db_session, keyring)
@@ -251,15 +259,7 @@ def test_a_row_moved_under_another_type_is_not_restored_from_the_other_type_s_ch
     restore must not make a skill row out of an industry's head: refused, nothing written."""
     from models.repair import NotRestorable, repairs
 
-    industry = create_entity(db_session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
-        "name": "Moved Industry", "code": "MOVD", "governance_agent_id": steward}).id
-    db_session.flush()
-    db_session.execute(text(
-        "INSERT INTO skills (id, external_key, status, tags, attributes, name, skill_key, description, category,"
-        " version, head_link_hash, created_at, updated_at, governance_agent_id)"
-        " SELECT id, external_key, 'draft', tags, attributes, name, 'moved', description, 'technical', version,"
-        " head_link_hash, created_at, updated_at, governance_agent_id FROM industries WHERE id = :id"), {"id": industry})
-    _delete_row(db_session, "industries", industry)
+    industry = _industry_row_moved_to_skills(db_session, write_ctx, steward)
     with pytest.raises(NotRestorable):
         with db_session.begin_nested():
             _restore(db_session, write_ctx, E.SKILL, industry)
