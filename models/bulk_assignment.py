@@ -15,7 +15,7 @@ import math
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -139,8 +139,8 @@ def assign_teams_in_bulk(
     # seat empty, while the plan may have left agents out for want of one: plan those again, on
     # the seats as they are now. Nothing more runs when every planned move was applied.
     while len(rounds) < MAX_ROUNDS and rounds[-1].refused and (waiting := rounds[-1].left_out_for_seats()):
-        rounds.append(_plan_and_apply(sessions, agent_ids=waiting, all_unassigned=False, ctx=ctx, progress=progress,
-                                      fence=fence, record=record, before=rounds[-1].progress_after))
+        rounds.append(_plan_and_apply(sessions, agent_ids=list(waiting), all_unassigned=False, ctx=ctx, progress=progress,
+                                      fence=fence, record=record, before=rounds[-1].progress_after, seen=waiting))
     if record is not None:
         with sessions() as session:
             return record.outcome(session)
@@ -169,16 +169,20 @@ class _Round:
     refused: list[dict[str, Any]]  # the moves the batches refused, with theirs
     progress_after: tuple[int, int]
 
-    def left_out_for_seats(self) -> list[uuid.UUID]:
-        return [self.plan.agents[a].id for a, reason in sorted(self.plan.unplaced.items()) if reason == ELIGIBLE_TEAMS_FULL]
+    def left_out_for_seats(self) -> dict[uuid.UUID, uuid.UUID | None]:
+        """The agents the plan left out for want of a seat, each with the team it saw it in."""
+        return {self.plan.agents[a].id: self.plan.agents[a].team_id
+                for a, reason in sorted(self.plan.unplaced.items()) if reason == ELIGIBLE_TEAMS_FULL}
 
 
 def _plan_and_apply(
     sessions: sessionmaker[Session], *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, ctx: WriteContext,
     progress: ProgressSink, fence: Callable[[Session], None], record: Recorder | None,
-    before: tuple[int, int] = (0, 0),
+    before: tuple[int, int] = (0, 0), seen: Mapping[uuid.UUID, uuid.UUID | None] | None = None,
 ) -> _Round:
-    """One plan and its batches. ``before`` is the progress (done, total) of earlier rounds."""
+    """One plan and its batches. ``before`` is the progress (done, total) of earlier rounds;
+    ``seen``, for a plan made again, where the earlier plan saw each agent: one another write
+    seated, moved or unseated since is left as that write made it, not planned again."""
     with sessions() as session:
         # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
         seated = record.seated(session) if record is not None else set()
@@ -186,6 +190,9 @@ def _plan_and_apply(
             agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated,
                                   keyring=ctx.keyring)
+    if seen is not None:
+        kept = [i for i, agent in enumerate(inputs.agents) if seen.get(agent.id, agent.team_id) == agent.team_id]
+        inputs = replace(inputs, agents=[inputs.agents[i] for i in kept], agent_vectors=inputs.agent_vectors[kept])
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     if record is not None and not record.method:
         record.method = plan.method
