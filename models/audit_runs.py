@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, false, func, insert, not_, or_, select, text, true, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from models.audit import (
     FAILING_SEVERITIES, ROW_MISSING, FindingRow, audit_batch, finding_from_chain, load_entities, rowless_chains,
@@ -296,9 +296,9 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
 
 
 def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_seconds: int) -> int:
-    """Renew the lease of every other running audit job whose run began after ``job_id``'s and
-    has chunks still to do, when it is past half its term; returns how many. Called by each
-    batch of ``job_id``'s chunks.
+    """Renew the lease of every other running audit job published after ``job_id`` (its last
+    message: the one its attempt runs) whose run has chunks still to do, when it is past half
+    its term; returns how many. Called by each batch of ``job_id``'s chunks.
 
     Only a running chunk renews its job's lease, and the audit queue is one worker's (deployed:
     ``--concurrency 1``): the chunks of an audit started while another runs wait behind that
@@ -312,20 +312,23 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     not renewed."""
     lease = dt.timedelta(seconds=lease_seconds)
     now = func.statement_timestamp()
-    # Only audits whose run began after this one's: their chunks were queued behind this one's.
-    # One that began before it has had its chunks taken from the queue already (first in, first
-    # out), so one still running with chunks to do has none left to wait for (its worker was
-    # killed before it published them, its chunks ran out of retries): its lease is left to lapse,
-    # and the sweep takes it up, however many audits run after it.
-    began = select(AuditRun.created_at).where(AuditRun.job_id == job_id).scalar_subquery()
+    # Only audits whose job was last published after this one's: their attempt's message came
+    # after this one's, and so did the chunks it published (first in, first out). One published
+    # before it has had its chunks taken from the queue already, so one still running with chunks
+    # to do has none left to wait for (its worker was killed before it published them, its chunks
+    # ran out of retries): its lease is left to lapse, and the sweep takes it up, however many
+    # audits run after it. Not the run's start: an audit handed back at a worker's shutdown, or
+    # republished by the sweep, keeps its run but queues its chunks behind the audits begun since.
+    published = func.coalesce(Job.enqueued_at, Job.created_at)
+    own = aliased(Job)
+    mine = select(func.coalesce(own.enqueued_at, own.created_at)).where(own.id == job_id).scalar_subquery()
     waiting = (
         select(Job.id)
         .where(Job.kind == "audit.run", Job.status == JobStatus.RUNNING.value, Job.id != job_id,
                Job.cancel_requested_at.is_(None), Job.lease_expires_at > now,
-               Job.lease_expires_at < now + lease / 2,
+               Job.lease_expires_at < now + lease / 2, published > mine,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
-               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditRun.created_at > began,
-                      AuditChunk.done.is_(False)).exists())
+               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditChunk.done.is_(False)).exists())
         .with_for_update(skip_locked=True)
     )
     renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))

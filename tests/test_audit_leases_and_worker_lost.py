@@ -133,6 +133,9 @@ def test_a_dead_audit_is_recovered_while_another_audit_runs(settings, seeded, en
                 row = get_job(session, dead)
                 enqueued_at = session.scalar(select(Job.enqueued_at).where(Job.id == dead))
             if other["status"] == "running" and (row.attempts > 1 or enqueued_at != published_at):
+                if other["attempts"] > 1:  # the other audit's own lease lapsed (a loaded machine): republished
+                    pytest.skip("the other audit was republished after the dead one: its new attempt's chunks queue "
+                                "behind the dead audit's message, so it rightly no longer renews it")
                 recovered_while_it_ran = True
                 break
             time.sleep(0.2)

@@ -197,7 +197,8 @@ def test_an_audit_whose_chunks_wait_behind_another_audit_is_not_failed_as_worker
         with transaction(worker_sessions) as session:
             session.execute(update(Job).where(Job.status == "running").values(
                 lease_expires_at=Job.lease_expires_at - text("interval '10 seconds'"),
-                enqueued_at=text("now() - interval '2 hours'")))
+                # long published, each as long as the other: the renewals read the order they were published in
+                enqueued_at=func.coalesce(Job.enqueued_at, Job.created_at) - text("interval '2 hours'")))
         beat = SentTasks()
         type(requeue_stale_jobs._get_current_object()).run(beat)
         rescued += [args[0] for _, args, _, _ in beat.sent]
@@ -264,9 +265,8 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
     for job_id, left in ends.items():
         db_session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=text(f"now() + interval '{left}'")))
     db_session.execute(update(Job).where(Job.id == cancelling).values(cancel_requested_at=text("now()")))
-    # One transaction stamped every run alike: the others began after mine (only those are renewed).
-    db_session.execute(text("UPDATE audit_runs SET created_at = created_at - interval '1 minute' WHERE job_id = :me"),
-                       {"me": me})
+    # One transaction stamped every job alike: the others were published after mine (only those are renewed).
+    db_session.execute(text("UPDATE jobs SET enqueued_at = now() - interval '1 minute' WHERE id = :me"), {"me": me})
     db_session.execute(text("UPDATE audit_chunks SET done = true FROM audit_runs r WHERE r.id = audit_chunks.run_id "
                             "AND r.job_id = :job"), {"job": done})
     assert keep_waiting_audits_leased(db_session, job_id=me, lease_seconds=300) == 1

@@ -64,3 +64,41 @@ def test_a_bulk_re_plan_leaves_an_agent_another_write_seated_between_its_plans_w
     with sessions() as session:
         where = session.get(Agent, clean).team_id
     assert where == other, f"the job over unassigned agents moved the agent seated by hand to {where}"
+
+
+def _running_audit(session: Session, keyring, *, worker: str) -> tuple[uuid.UUID, JobClaim]:
+    """An audit job claimed by ``worker`` whose run is planned, its chunks all still to do."""
+    job = create_job(session, kind="audit.run", queue="audit", params={"verify_signatures": "heads"}, to_publish=True)
+    claim = claim_job(session, job_id=job.id, worker=worker, lease_seconds=300)
+    assert claim is not None
+    start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1000)
+    return job.id, claim
+
+
+def test_an_audit_handed_back_after_a_later_one_began_is_kept_leased_while_its_chunks_wait_behind_that_one(
+        engine, keyring, committed_steward) -> None:
+    """def5507: a batch renews only the audits whose *run* began after its own, taking the run's
+    start for the place of its chunks in the queue. An audit whose worker shut down mid-run (a
+    deploy's restart: the attempt hands the job back) or died (the sweep republishes it) is run
+    again from its next message, which comes after the audits begun meanwhile; its new attempt
+    publishes its chunks behind theirs (one audit worker, first in, first out). Its run began
+    first, so their batches no longer renew its lease: it runs out while the job waits, alive, in
+    the queue, and the sweep takes it for a dead worker's again (attempts spent, worker-lost)."""
+    with Session(engine) as session, session.begin():
+        earlier, claim = _running_audit(session, keyring, worker="shut-down")
+    with Session(engine) as session, session.begin():  # begun while the earlier one ran
+        me, _ = _running_audit(session, keyring, worker="me")
+    with Session(engine) as session, session.begin():  # the earlier one's worker shuts down: handed back
+        release_for_retry(session, claim=claim, error={"type": "/problems/handed-back"}, handed_back=True)
+    with Session(engine) as session, session.begin():  # its next message, behind mine: it republishes its chunks
+        again = claim_job(session, job_id=earlier, worker="after-restart", lease_seconds=300)
+        assert again is not None and again.attempt == 2
+        start_run(session, job_id=earlier, params=again.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1000)
+    with Session(engine) as session, session.begin():  # past half its term, its chunks waiting behind mine
+        session.execute(update(Job).where(Job.id == earlier).values(
+            lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
+    with Session(engine) as batch, batch.begin():
+        renewed = keep_waiting_audits_leased(batch, job_id=me, lease_seconds=300)
+    with Session(engine) as session:
+        left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == earlier))
+    assert renewed == 1 and left.total_seconds() > 250, (renewed, left)
