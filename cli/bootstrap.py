@@ -34,9 +34,11 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
     if not path.exists():
         _new_key_file(path)
     path.chmod(0o600)  # one left by an earlier start
-    if _ensure(settings, path.read_text().strip()) == "revoked":
+    # A key generated here is no configured key's rotation: it takes no other key away (the
+    # database may be a deployment's, whose configured key stays live).
+    if _ensure(settings, path.read_text().strip(), replaces=False) == "revoked":
         _new_key_file(path)
-        _ensure(settings, path.read_text().strip())
+        _ensure(settings, path.read_text().strip(), replaces=False)
     return path.read_text().strip(), path
 
 
@@ -44,6 +46,6 @@ def _new_key_file(path: Path) -> None:
     replace_file(path, (generate_plaintext() + "\n").encode(), mode=0o600)  # never readable by others, even for a moment
 
 
-def _ensure(settings: Settings, plaintext: str) -> str:
+def _ensure(settings: Settings, plaintext: str, *, replaces: bool = True) -> str:
     with one_off_sessions(settings) as sessions, transaction(sessions) as session:
-        return ensure_admin_key(session, plaintext=plaintext)
+        return ensure_admin_key(session, plaintext=plaintext, replaces=replaces)

@@ -220,12 +220,13 @@ def check_configured_admin_key(plaintext: str) -> None:
         "python3 -c \"import secrets; print('plant_' + secrets.token_urlsafe(32))\"")
 
 
-def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin") -> Literal["created", "live", "revoked"]:
-    """Make ``plaintext`` an admin key unless it was revoked: ``created`` (and the live admin
-    keys of the same ``name``, the ones configured before it, revoked: a rotation takes the old
-    key away), ``live`` (it already was one), or ``revoked`` (left revoked: revoking the
-    bootstrap key once narrower keys exist is what an operator should do, and every later
-    deploy still ensures it).
+def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin",
+                     replaces: bool = True) -> Literal["created", "live", "revoked"]:
+    """Make ``plaintext`` an admin key unless it was revoked: ``created`` (and, when it
+    ``replaces`` them, the live admin keys of the same ``name``, the ones configured before it,
+    revoked: a rotation takes the old key away; a key ``plant dev`` generates replaces none),
+    ``live`` (it already was one), or ``revoked`` (left revoked: revoking the bootstrap key once
+    narrower keys exist is what an operator should do, and every later deploy still ensures it).
     A key too short, or the example's placeholder, is refused (:func:`check_configured_admin_key`),
     even one an earlier release ensured."""
     check_configured_admin_key(plaintext)
@@ -233,11 +234,12 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap
     # first's row (ON CONFLICT waits for it to commit) instead of a unique violation.
     created = session.scalar(pg_insert(ApiKey).values(**_key_row(name=name, scopes=["admin"], plaintext=plaintext))
                              .on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
-    if created is not None:
+    if created is not None and replaces:
         # A new configured key replaces the one configured before it (rotated because it leaked,
         # say): that one, and any other live admin key of the bootstrap's name, is revoked now.
         session.execute(update(ApiKey).where(ApiKey.name == name, ApiKey.id != created, ApiKey.revoked_at.is_(None),
                                              ApiKey.scopes.any_() == "admin").values(revoked_at=func.now()))
+    if created is not None:
         return "created"
     existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext))
                                .execution_options(populate_existing=True)).one()

@@ -102,3 +102,24 @@ def test_an_audit_handed_back_after_a_later_one_began_is_kept_leased_while_its_c
     with Session(engine) as session:
         left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == earlier))
     assert renewed == 1 and left.total_seconds() > 250, (renewed, left)
+
+
+def test_a_key_plant_dev_generates_does_not_revoke_the_configured_admin_key(settings, engine, clean_db, tmp_path) -> None:
+    """README: "A new configured key (a rotation) revokes the live admin keys named
+    `bootstrap-admin` before it". The key `plant dev` generates into its data dir (none
+    configured; `DATABASE_URL` may name a database a compose deployment also uses) is no
+    configured key, yet it is ensured under the same name and revoked the deployment's
+    configured admin key, which every later deploy then leaves revoked."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    from cli.bootstrap import ensure_configured_admin, ensure_dev_admin
+    from models.api_keys import Caller, authenticate
+
+    configured = f"plant_{secrets.token_urlsafe(32)}"
+    assert ensure_configured_admin(settings.model_copy(update={"admin_api_key": SecretStr(configured)})) == "created"
+    generated, _ = ensure_dev_admin(settings.model_copy(update={"admin_api_key": None}), tmp_path)
+    with Session(engine) as session:
+        assert isinstance(authenticate(session, generated), Caller)
+        assert isinstance(authenticate(session, configured), Caller), "plant dev's own key revoked the configured one"
