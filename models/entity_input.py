@@ -18,7 +18,9 @@ import unicodedata
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
 from models.constitution import INVISIBLE, visible
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
+from models.entity_locks import refuse_if_tampered
 from models.errors import InvalidInput
+from models.signing import KeyRing
 
 # Reference fields and the entity type each must point at.
 REFERENCES: dict[str, EntityType] = {
@@ -81,11 +83,13 @@ GOVERNOR_LOCK = int.from_bytes(b"govr", "big")
 
 
 def governor_fence(session: Session, entity: GovernedEntity, *, content_before: dict[str, Any] | None,
-                   content: dict[str, Any], pending: frozenset[uuid.UUID]) -> None:
+                   content: dict[str, Any], pending: frozenset[uuid.UUID], keyring: KeyRing) -> None:
     """Close the gap between :func:`_governor_problem`'s read and the write's commit.
 
-    A write newly naming a governor takes the agent's lock shared and reads its status again
-    (a suspension that committed meanwhile is a 422, as it would have been before); a write
+    A write newly naming a governor takes the agent's lock shared and reads its row again (a
+    suspension that committed meanwhile is a 422, as it would have been before), which must be
+    its signed head (one set back to active through SQL is ``EntityTampered``: its status is
+    not the one its chain signed, as a seat is never decided on such a row); a write
     suspending or retiring an active agent takes it exclusive, so it waits for writes naming
     the agent to commit, and they for it. Each takes the lock last, just before its flush, and
     waits for no lock after it (its row is already locked; the deferred foreign keys only
@@ -98,11 +102,13 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
         agent_id = uuid.UUID(named)
         if agent_id not in pending and agent_id != entity.id:
             _lock_governor(session, agent_id, "pg_advisory_xact_lock_shared")
-            status = session.scalar(select(Agent.status).where(Agent.id == agent_id))
-            if status is not None and status != AgentStatus.ACTIVE.value:
-                raise InvalidInput("bad reference fields", errors=[{
-                    "field": "governance_agent_id",
-                    "message": _not_active(agent_id, status)}])
+            governor = session.get(Agent, agent_id, populate_existing=True)
+            if governor is not None:
+                refuse_if_tampered(session, governor, keyring)
+                if governor.status != AgentStatus.ACTIVE.value:
+                    raise InvalidInput("bad reference fields", errors=[{
+                        "field": "governance_agent_id",
+                        "message": _not_active(agent_id, governor.status)}])
     if (isinstance(entity, Agent) and content_before is not None
             and content_before.get("status") == AgentStatus.ACTIVE.value != content.get("status")):
         _lock_governor(session, entity.id, "pg_advisory_xact_lock")

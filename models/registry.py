@@ -183,7 +183,8 @@ def record_version(
         l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems),
                          content_before=content_before, stands_down=stands_down)
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
-        governor_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids)
+        governor_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids,
+                       keyring=ctx.keyring)
     if not flush:
         session.add(entity)
         return entity

@@ -20,7 +20,7 @@ from models.entities import Agent, EntityType, Team
 from models.job_lifecycle import JobClaim, claim_job, create_job
 from models.job_recovery import release_for_retry
 from models.jobs import Job
-from models.registry import update_entity
+from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER
 from tests.test_assignment import World
 
@@ -123,3 +123,30 @@ def test_a_key_plant_dev_generates_does_not_revoke_the_configured_admin_key(sett
     with Session(engine) as session:
         assert isinstance(authenticate(session, generated), Caller)
         assert isinstance(authenticate(session, configured), Caller), "plant dev's own key revoked the configured one"
+
+
+def test_a_governor_suspended_by_its_chain_but_set_active_through_sql_is_not_named(
+        engine, write_ctx, committed_steward) -> None:
+    """README: a write naming a retired or suspended agent as governance agent is 422. The check
+    (and governor_fence's re-read) judge the agent's *row*: one suspended through Plant (its signed
+    head says so) and set back to active through SQL was named, and the new entity's chain signed
+    a governor its own chain says is suspended. Seats are judged on the signed values for this
+    reason (a row edited outside Plant is entity-tampered)."""
+    import pytest
+
+    from models.errors import EntityTampered, PlantError
+
+    with Session(engine) as session, session.begin():
+        steward = session.get(Agent, committed_steward)
+        governor = create_entity(session, entity_type=EntityType.AGENT, ctx=write_ctx, data={
+            "name": "Suspended Governor", "governance_agent_id": committed_steward, "job_role_id": steward.job_role_id,
+            "industry_id": steward.industry_id, "skill_ids": [s.id for s in steward.skills]}).id
+    with Session(engine) as session, session.begin():
+        update_entity(session, entity_type=EntityType.AGENT, entity_id=governor, changes={"status": "suspended"},
+                      ctx=write_ctx)
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE agents SET status = 'active' WHERE id = :a"), {"a": governor})
+    with Session(engine) as session, session.begin(), pytest.raises(PlantError) as refused:
+        create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
+            "name": "Governed By A Tampered Row", "code": "TAMPG", "governance_agent_id": governor})
+    assert isinstance(refused.value, EntityTampered) and refused.value.extensions["id"] == str(governor), refused.value
