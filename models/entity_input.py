@@ -95,23 +95,31 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
     waits for no lock after it (its row is already locked; the deferred foreign keys only
     key-share the agent, which an entity write's ``FOR NO KEY UPDATE`` admits), so it closes no
     cycle with the row locks taken before it. A row lock ``FOR SHARE`` on the governor would:
-    a bulk batch locks agents then teams, a team write its team then the agent it names.
+    a bulk batch locks agents then teams, a team write its team then the agent it names. A write
+    taking both (an agent stood down that names another as its governor) takes them in the
+    order of the agents' ids, so two such writes naming each other wait, not deadlock.
     """
+    locks: dict[uuid.UUID, str] = {}
     named = content.get("governance_agent_id")
+    governor_id = None
     if named is not None and (content_before is None or content_before.get("governance_agent_id") != named):
         agent_id = uuid.UUID(named)
         if agent_id not in pending and agent_id != entity.id:
-            _lock_governor(session, agent_id, "pg_advisory_xact_lock_shared")
-            governor = session.get(Agent, agent_id, populate_existing=True)
-            if governor is not None:
-                refuse_if_tampered(session, governor, keyring)
-                if governor.status != AgentStatus.ACTIVE.value:
-                    raise InvalidInput("bad reference fields", errors=[{
-                        "field": "governance_agent_id",
-                        "message": _not_active(agent_id, governor.status)}])
+            governor_id, locks[agent_id] = agent_id, "pg_advisory_xact_lock_shared"
     if (isinstance(entity, Agent) and content_before is not None
             and content_before.get("status") == AgentStatus.ACTIVE.value != content.get("status")):
-        _lock_governor(session, entity.id, "pg_advisory_xact_lock")
+        locks[entity.id] = "pg_advisory_xact_lock"
+    for agent_id, function in sorted(locks.items(), key=lambda lock: str(lock[0])):
+        _lock_governor(session, agent_id, function)
+    if governor_id is None:
+        return
+    governor = session.get(Agent, governor_id, populate_existing=True)
+    if governor is not None:
+        refuse_if_tampered(session, governor, keyring)
+        if governor.status != AgentStatus.ACTIVE.value:
+            raise InvalidInput("bad reference fields", errors=[{
+                "field": "governance_agent_id",
+                "message": _not_active(governor_id, governor.status)}])
 
 
 def _not_active(agent_id: uuid.UUID, status: str) -> str:

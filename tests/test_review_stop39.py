@@ -150,3 +150,57 @@ def test_a_governor_suspended_by_its_chain_but_set_active_through_sql_is_not_nam
         create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
             "name": "Governed By A Tampered Row", "code": "TAMPG", "governance_agent_id": governor})
     assert isinstance(refused.value, EntityTampered) and refused.value.extensions["id"] == str(governor), refused.value
+
+
+def test_two_agents_each_stood_down_and_handing_governance_to_the_other_do_not_deadlock(
+        engine, write_ctx, committed_steward) -> None:
+    """governor_fence says its locks close no cycle. A write that suspends an agent and names
+    another as its governance agent (handing governance over, as README says to) takes two: the
+    named agent's shared, then its own exclusive. Two such writes crossed (A suspended naming B,
+    B suspended naming A) took them in opposite orders: each held its shared lock and waited for
+    the other's, and PostgreSQL broke the deadlock by failing one (a 500 through the API)."""
+    import threading
+
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    from models.errors import PlantError
+
+    with Session(engine) as session, session.begin():
+        steward = session.get(Agent, committed_steward)
+        first, second = (create_entity(session, entity_type=EntityType.AGENT, ctx=write_ctx, data={
+            "name": f"Crossed Governor {n}", "governance_agent_id": committed_steward, "job_role_id": steward.job_role_id,
+            "industry_id": steward.industry_id, "skill_ids": [s.id for s in steward.skills]}).id for n in (1, 2))
+    took_shared = {first: threading.Event(), second: threading.Event()}
+    outcomes: dict[uuid.UUID, object] = {}
+
+    def stand_down(agent: uuid.UUID, other: uuid.UUID) -> None:
+        with Session(engine) as session:
+            try:
+                with session.begin():
+                    connection = session.connection()
+
+                    def after(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+                        if "pg_advisory_xact_lock_shared" in statement:
+                            took_shared[agent].set()
+
+                    def before(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+                        if "pg_advisory_xact_lock(" in statement:  # its exclusive lock: once the other holds its shared
+                            took_shared[other].wait(timeout=5)
+
+                    event.listen(connection, "after_cursor_execute", after)
+                    event.listen(connection, "before_cursor_execute", before)
+                    update_entity(session, entity_type=EntityType.AGENT, entity_id=agent, ctx=write_ctx,
+                                  changes={"status": "suspended", "governance_agent_id": other})
+                outcomes[agent] = "committed"
+            except (PlantError, OperationalError) as exc:
+                outcomes[agent] = exc
+
+    threads = [threading.Thread(target=stand_down, args=pair) for pair in ((first, second), (second, first))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    deadlocked = [o for o in outcomes.values() if isinstance(o, OperationalError)]
+    assert not deadlocked, deadlocked[0]
+    assert sorted(o if isinstance(o, str) else type(o).__name__ for o in outcomes.values()) == ["InvalidInput", "committed"]
