@@ -124,6 +124,14 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
         directory = Path(tempfile.mkdtemp(prefix="plant-metrics-", dir=shm))
         server.plant_owned_metrics_dir = directory
     os.environ[_METRICS_DIR_ENV] = str(directory)
+    # prometheus_client picks in-memory or multiprocess values once, when first imported, and
+    # this master has imported it already: loading the worker class (web.gunicorn_worker)
+    # imports the web package, web.metrics with it. Unpicked, every worker forked from here
+    # counted in its own memory and /metrics summed an empty directory. No metric has a
+    # value yet (the request metrics have labels: values come with the first request).
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook, in the worker once the app is loaded

@@ -343,16 +343,20 @@ GUNICORN_DERIVED = ("PLANT_DB_POOL_SIZE", "PLANT_LONG_POLLS_AT_ONCE")
 
 @contextmanager
 def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, threads: int,
-                     metrics_dir: Path) -> Iterator[str]:
+                     metrics_dir: Path | None) -> Iterator[str]:
     """The API under gunicorn as configured (gunicorn.conf.py), JSON logs in ``log_path``;
-    yields its base URL once it answers, and stops it after."""
+    yields its base URL once it answers, and stops it after. ``metrics_dir`` None: no
+    ``PROMETHEUS_MULTIPROC_DIR`` given, as the deployments run it (gunicorn.conf.py makes one)."""
     import requests
 
     from cli.services import free_port
 
     port = free_port()
     env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
-                    PLANT_WEB_THREADS=str(threads), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), PLANT_LOG_FORMAT="json")
+                    PLANT_WEB_THREADS=str(threads), PLANT_LOG_FORMAT="json")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     for derived in GUNICORN_DERIVED:  # gunicorn.conf.py sizes them from the threads: none left by another test
         env.pop(derived, None)
     with open(log_path, "wb") as log:
