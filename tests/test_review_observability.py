@@ -1,14 +1,21 @@
 """Review of observability and health (r162): ``/metrics`` under gunicorn as the deployments
-start it."""
+start it, and ``/health`` with a Redis that answers PING but refuses every write."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pytest
+import redis
 import requests
 
-from tests.conftest import gunicorn_serving
+from cli.services import EmbeddedRedis
+from tests.conftest import embedded_server, gunicorn_serving
 from tests.test_metrics import parse, value
+from web import create_app
+from web.services import app_services
 
 API = "/api/v1"
 
@@ -31,3 +38,39 @@ def test_gunicorn_without_a_preset_metrics_dir_still_sums_its_workers_request_me
             assert value(scraped, "plant_http_requests_total", method="GET", route=route, status="401") == sent
             assert value(scraped, "plant_http_request_duration_seconds_count", method="GET", route=route) == sent
 
+
+@contextmanager
+def redis_refusing_writes(refusal: str) -> Iterator[str]:
+    """A Redis of its own that answers PING but refuses every write: a replica (what a failover
+    leaves the old primary as), or one at its ``maxmemory`` under ``noeviction``."""
+    with contextmanager(embedded_server)(EmbeddedRedis, "redis-refusing") as url:
+        admin = redis.Redis.from_url(url)
+        try:
+            if refusal == "replica":
+                admin.replicaof("127.0.0.1", "1")  # a primary that is not there: it stays a read-only replica
+            else:
+                admin.config_set("maxmemory-policy", "noeviction")
+                admin.config_set("maxmemory", "1")
+            with pytest.raises(redis.ResponseError):
+                admin.lpush("celery", "a message")  # what publishing a job does
+            assert admin.ping()
+            yield url
+        finally:
+            admin.close()
+
+
+@pytest.mark.parametrize("refusal", ["replica", "out-of-memory"])
+def test_health_does_not_call_a_redis_that_refuses_every_write_up(settings, refusal) -> None:
+    """The Redis check was a PING, which such a Redis answers: /health said redis ``up`` (200,
+    ``degraded``, blaming the workers, whose replies it refuses too) while no job could be published
+    and no worker could take one. A read-only database is ``down`` for the same reason."""
+    with redis_refusing_writes(refusal) as url:
+        app = create_app(settings.model_copy(update={"redis_url": url}))
+        try:
+            response = app.test_client().get("/health")
+        finally:
+            app_services(app).engine.dispose()
+    body = response.get_json()
+    assert body["checks"]["redis"]["status"] == "down", body
+    assert "refuses writes" in body["checks"]["redis"]["error"]
+    assert response.status_code == 503 and body["checks"]["workers"]["status"] == "skipped"

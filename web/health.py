@@ -1,6 +1,6 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
-Answers 200 when the database (reachable and writable) and Redis are up (``degraded`` if no worker answered, or a
+Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if no worker answered, or a
 queue jobs or beat's recovery are routed to has no worker consuming it), 503 naming the
 failing check otherwise, and never 500.
 """
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import redis
 from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import Engine, text
@@ -83,8 +84,19 @@ def _select_one(engine: Engine) -> None:
         raise CheckFailed(behind)
 
 
+# A Redis that refuses writes answers PING: a replica (what a failover leaves the old primary
+# as), or one at its maxmemory under noeviction. No job could be published and no worker could
+# take one or reply, so the check writes, as the database's checks that it is writable.
+REDIS_PROBE_KEY = "plant:health"
+REDIS_PROBE_TTL_MS = 60_000
+
+
 def _redis(svc: Services) -> dict[str, Any]:
-    svc.redis.ping()
+    try:
+        svc.redis.set(REDIS_PROBE_KEY, "1", px=REDIS_PROBE_TTL_MS)
+    except redis.ResponseError as exc:
+        log.warning("health check redis: a write was refused: %s", exc)
+        raise CheckFailed("Redis refuses writes (a read-only replica, or out of memory)") from None
     return {}
 
 
