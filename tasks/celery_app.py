@@ -42,8 +42,20 @@ DELIVERY: dict[str, bool] = {
 }
 
 
-def create_celery(settings: Settings) -> Celery:
+# The API's reads from the broker, each: kombu's Redis transport reads with no timeout, so a
+# Redis that took the connection and never answered (frozen, or a network dropping its
+# packets) held a job submission's publish, and its thread, for good. The API only publishes
+# and asks the workers (/health), so a timeout cannot cut a wait it means; workers and beat
+# keep none, since their fanout subscriptions (remote control, events) idle for long.
+API_BROKER_SOCKET_TIMEOUT_SECONDS = 2.0
+
+
+def create_celery(settings: Settings, *, socket_timeout: float | None = None) -> Celery:
+    """``socket_timeout``: how long one read from the broker may wait (None: for ever)."""
     app = Celery("plant", broker=settings.redis_url, include=TASK_MODULES)
+    transport_options: dict[str, float] = {"visibility_timeout": settings.job_hard_time_limit + 300}
+    if socket_timeout is not None:
+        transport_options["socket_timeout"] = socket_timeout
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -59,7 +71,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # kombu's Redis transport with one client object per channel (tasks/broker.py).
         broker_transport=TRANSPORT_PATH if urlparse(settings.redis_url).scheme == "redis" else None,
-        broker_transport_options={"visibility_timeout": settings.job_hard_time_limit + 300},
+        broker_transport_options=transport_options,
         # Publishing must not hang an API request when Redis is away; beat republishes.
         task_publish_retry_policy={
             "max_retries": 2,

@@ -1,8 +1,12 @@
 """Review of observability and health (r162): ``/metrics`` under gunicorn as the deployments
-start it, and ``/health`` with a Redis that answers PING but refuses every write."""
+start it, ``/health`` with a Redis that answers PING but refuses every write, and a job
+submission to a Redis that takes the connection and never answers."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,8 +14,10 @@ from contextlib import contextmanager
 import pytest
 import redis
 import requests
+from sqlalchemy.orm import Session
 
 from cli.services import EmbeddedRedis
+from models.jobs import Job
 from tests.conftest import embedded_server, gunicorn_serving
 from tests.test_metrics import parse, value
 from web import create_app
@@ -74,3 +80,37 @@ def test_health_does_not_call_a_redis_that_refuses_every_write_up(settings, refu
     assert body["checks"]["redis"]["status"] == "down", body
     assert "refuses writes" in body["checks"]["redis"]["error"]
     assert response.status_code == 503 and body["checks"]["workers"]["status"] == "skipped"
+
+
+def test_a_job_submission_to_a_redis_that_never_answers_is_accepted_on_time(settings, engine, admin_key) -> None:
+    """README: "If Redis is down the API still answers 202" and beat publishes the job later. A Redis
+    that takes the connection and never answers (frozen, or a network that drops its packets) held
+    the request for good: kombu's Redis transport reads with no socket timeout, so the publish after
+    the commit never returned, and each such submission kept one of the API's threads (``/health``'s
+    included) until the server came back or TCP gave up."""
+    with socket.socket() as listener:  # the kernel accepts; nothing ever answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"}))
+        answered: list[tuple[int, dict]] = []
+
+        def submit() -> None:
+            response = app.test_client().post(f"{API}/diagnostics/sleep", json={"seconds": 0},
+                                              headers={"Authorization": f"Bearer {admin_key}"})
+            answered.append((response.status_code, response.get_json()))
+
+        started = time.monotonic()
+        submission = threading.Thread(target=submit, daemon=True)
+        submission.start()
+        submission.join(timeout=30)
+        elapsed = time.monotonic() - started
+        try:
+            assert answered, "the submission was still waiting on Redis after 30 s"
+        finally:
+            app_services(app).engine.dispose()
+    [(status, body)] = answered
+    assert status == 202 and body["status"] == "queued", body
+    assert elapsed < 20
+    with Session(engine) as session:  # left in the outbox, which beat publishes from
+        assert session.get(Job, uuid.UUID(body["id"])).enqueued_at is None
+

@@ -37,7 +37,7 @@ from models.errors import DigestsBusy
 from models.keys import keyring_from_settings
 from models.settings import Settings
 from models.signing import KeyRing
-from tasks.celery_app import create_celery
+from tasks.celery_app import API_BROKER_SOCKET_TIMEOUT_SECONDS, create_celery
 
 EXTENSION_KEY = "plant"
 AUTOCOMMIT_ATTRIBUTE = "plant_statement_at_a_time"
@@ -70,7 +70,7 @@ def build_services(settings: Settings) -> Services:
         health_checks=ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-db"),
         sessions=make_session_factory(engine),
         autocommit_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
-        celery=create_celery(settings),
+        celery=create_celery(settings, socket_timeout=API_BROKER_SOCKET_TIMEOUT_SECONDS),
         redis=redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.health_timeout_seconds,
