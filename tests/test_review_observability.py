@@ -149,3 +149,20 @@ def test_clients_polling_health_do_not_hold_every_thread_of_the_api(settings, tm
             for poller in pollers:
                 poller.join(timeout=30)
     assert max(waits) < 0.3, f"a cheap request waited {max(waits):.2f} s behind /health's pollers: {waits}"
+
+
+def test_the_request_line_of_a_submission_names_the_job_it_created(client, capsys) -> None:
+    """docs/observability.md: "To follow a job from the request that created it to the worker that ran
+    it: the request line's request_id and the 202's Location give the job id". The request line had
+    neither the Location nor the job id, so an operator given a request id (a client's complaint)
+    found the request and no way to the job: only the client had the Location."""
+    import json
+
+    capsys.readouterr()
+    response = client.post(f"{API}/diagnostics/sleep", json={"seconds": 0, "steps": 1},
+                           headers={"X-Request-ID": "complaint-42"})
+    assert response.status_code == 202
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [line] = [r for r in lines if r.get("logger") == "web.requests" and r.get("request_id") == "complaint-42"]
+    assert line.get("location") == response.headers["Location"]
+    assert response.get_json()["id"] in line["location"]

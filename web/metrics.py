@@ -105,11 +105,15 @@ def _finish_request(response: Response) -> Response:
     HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
     HTTP_LATENCY.labels(method, route).observe(seconds)
     api_key = g.get("api_key")
+    # A 202's Location names the job it created: the link from this request id to the worker's
+    # lines, which carry the job id. Only the client saw it otherwise.
+    location = response.headers.get("Location")
     request_log.info(
         "%s %s %s %.1fms", request.method, request.path, response.status_code, seconds * 1000,
         extra={"method": request.method, "route": route, "path": request.path, "status": response.status_code,
                "duration_ms": round(seconds * 1000, 1), "remote": request.remote_addr,
-               **({"api_key_id": str(api_key.id)} if api_key is not None else {})},
+               **({"api_key_id": str(api_key.id)} if api_key is not None else {}),
+               **({"location": location} if location else {})},
     )
     return response
 
