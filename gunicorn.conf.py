@@ -10,6 +10,7 @@ Run sets it to the container port and routes only to that); ``127.0.0.1:$PLANT_P
 """
 
 import gc
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -31,10 +32,23 @@ def _bind_address() -> str:
     return f"127.0.0.1:{os.environ.get('PLANT_PORT', '8000')}"
 
 
+def _problem_thread_worker() -> type:
+    """``web/gunicorn_worker.py``'s worker class, loaded from its file alone: importing it as
+    ``web.gunicorn_worker`` imports the ``web`` package, the whole app with it, into this master,
+    and prometheus_client, imported then, picks in-memory values once and for all, before
+    ``on_starting`` sets ``PROMETHEUS_MULTIPROC_DIR``: every worker forked from here counted in its
+    own memory, and /metrics served no request metric (helper-155). The module imports gunicorn only."""
+    spec = importlib.util.spec_from_file_location("plant_gunicorn_worker", Path(__file__).parent / "web" / "gunicorn_worker.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ProblemThreadWorker
+
+
 bind = _bind_address()
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 # gthread, answering what gunicorn refuses before Flask reads it (a header too large) as problem+json.
-worker_class = "web.gunicorn_worker.ProblemThreadWorker"
+worker_class = _problem_thread_worker()
 threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
 # Each thread holds at most one pooled connection. A pool kept smaller than the thread
 # count opens and closes a connection (a new PostgreSQL backend) for every request beyond
@@ -124,14 +138,6 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
         directory = Path(tempfile.mkdtemp(prefix="plant-metrics-", dir=shm))
         server.plant_owned_metrics_dir = directory
     os.environ[_METRICS_DIR_ENV] = str(directory)
-    # prometheus_client picks in-memory or multiprocess values once, when first imported, and
-    # this master has imported it already: loading the worker class (web.gunicorn_worker)
-    # imports the web package, web.metrics with it. Unpicked, every worker forked from here
-    # counted in its own memory and /metrics summed an empty directory. No metric has a
-    # value yet (the request metrics have labels: values come with the first request).
-    from prometheus_client import values
-
-    values.ValueClass = values.get_value_class()
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook, in the worker once the app is loaded
