@@ -115,10 +115,6 @@ def test_a_job_submission_to_a_redis_that_never_answers_is_accepted_on_time(sett
         assert session.get(Job, uuid.UUID(body["id"])).enqueued_at is None
 
 
-@pytest.mark.xfail(strict=True, reason="design: every /health call waits the whole workers timeout (Celery's "
-                   "inspect collects replies until it ends), so a few public clients hold every API thread; it needs "
-                   "a short-lived answer shared by callers, as /metrics' reading is, or a workers check that does not "
-                   "hold the request for its timeout")
 def test_clients_polling_health_do_not_hold_every_thread_of_the_api(settings, tmp_path) -> None:
     """``/health`` is public and its workers check holds the request for the whole health timeout
     (1 s by default, 0.5 s here) whether or not every worker has replied, as inspect cannot know how

@@ -18,6 +18,7 @@ submission without ``Idempotency-Key``: web.jobs_http.submits_a_job).
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,36 @@ AUTOCOMMIT_ATTRIBUTE = "plant_statement_at_a_time"
 V = TypeVar("V", bound=Callable)
 
 
+R = TypeVar("R")
+
+
+class SharedReading:
+    """One reading shared by its callers while it is younger than ``max_age`` seconds. Once it
+    is older, the first caller reads again and the others get the previous reading meanwhile,
+    at once (only the very first reading is waited for): however many callers there are, one
+    thread at a time is held by a slow read."""
+
+    def __init__(self, max_age: float) -> None:
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._value: object = None
+        self._read_at: float | None = None
+
+    def get(self, read: Callable[[], R]) -> R:
+        read_at, value = self._read_at, self._value
+        if read_at is not None and time.monotonic() - read_at < self._max_age:
+            return value  # type: ignore[return-value]
+        if not self._lock.acquire(blocking=read_at is None):
+            return value  # type: ignore[return-value]  # another caller is reading: the last reading
+        try:
+            if self._read_at is not None and time.monotonic() - self._read_at < self._max_age:
+                return self._value  # type: ignore[return-value]  # read while this caller waited
+            self._value, self._read_at = read(), time.monotonic()
+            return self._value  # type: ignore[return-value]
+        finally:
+            self._lock.release()
+
+
 @dataclass(frozen=True)
 class Services:
     settings: Settings
@@ -58,6 +89,7 @@ class Services:
     embedder: Embedder
     digest_slots: threading.BoundedSemaphore  # see digest_slot
     long_poll_slots: threading.BoundedSemaphore | None  # see long_poll_slot; None: no long poll waits
+    workers_reading: SharedReading  # /health's workers check (web.health._workers), shared by its callers
 
 
 def build_services(settings: Settings) -> Services:
@@ -80,6 +112,7 @@ def build_services(settings: Settings) -> Services:
         embedder=make_embedder(settings.embedder),
         digest_slots=threading.BoundedSemaphore(settings.digests_at_once),
         long_poll_slots=threading.BoundedSemaphore(settings.long_polls_at_once) if settings.long_polls_at_once else None,
+        workers_reading=SharedReading(max_age=settings.health_timeout_seconds),
     )
 
 
