@@ -344,11 +344,24 @@ class ScoredSkill:
 
 
 def search_skills(session: Session, *, query: str, k: int, embedder: Embedder) -> list[ScoredSkill]:
-    """Skills ranked by cosine similarity of their embedding to the query's."""
+    """The ``k`` skills nearest the query by cosine similarity, exactly (ties by id).
+
+    Ordered by distance over the table itself, the planner serves the ``LIMIT`` from the
+    approximate HNSW index once the table is large (about 10,000 skills); a scan of it yields
+    at most ``hnsw.ef_search`` (40) rows and can miss a near one however large that is: a
+    ``k`` of 41 to 100 got 40. A materialized CTE is read whole, as the certification gate
+    reads it (``models.certification.nearest_certified_duplicate``): one distance a skill.
+    A stored zero vector (a row edited through SQL) has no direction, and pgvector's cosine
+    distance to it is NaN, which is no JSON number: such a skill is near no query."""
     vector = embedder.embed([normalize_text(query)])[0]
-    distance = Skill.embedding.cosine_distance(vector)
+    ranked = (
+        select(Skill.id, Skill.embedding.cosine_distance(vector).label("distance"))
+        .where(Skill.embedding.is_not(None), Skill.deleted_at.is_(None))
+        .cte("ranked").prefix_with("MATERIALIZED")
+    )
+    nearest = select(ranked).where(ranked.c.distance != float("nan")).order_by(ranked.c.distance, ranked.c.id).limit(k).subquery()
     rows = session.execute(
-        select(Skill, distance).where(Skill.embedding.is_not(None), Skill.deleted_at.is_(None)).order_by(distance).limit(k)
+        select(Skill, nearest.c.distance).join(nearest, nearest.c.id == Skill.id).order_by(nearest.c.distance, Skill.id)
     ).all()
     return [ScoredSkill(skill, round(1.0 - float(d), 6)) for skill, d in rows]
 

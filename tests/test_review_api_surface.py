@@ -1,0 +1,62 @@
+"""The HTTP API as a client sees it: results that match what the request asked for and what
+/openapi.json documents, on real data (review r161)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from models.entities import EntityType
+from models.registry import create_entity
+from models.settings import Settings
+from web import create_app
+
+API = "/api/v1"
+
+
+def _client(settings: Settings, admin_key: str, **changes: Any) -> Any:
+    client = create_app(settings.model_copy(update=changes)).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
+    return client
+
+
+def test_a_skill_search_returns_k_skills_when_the_planner_takes_the_hnsw_index(
+        settings: Settings, admin_key: str, engine: Engine, write_ctx: Any, committed_steward: Any) -> None:
+    """``k`` may be up to 100, but an HNSW index scan yields at most ``hnsw.ef_search`` (40)
+    rows. The planner takes that index once the skills table is large (about 10,000 skills:
+    a k of 41 to 100 then got 40); its connections here are told to prefer indexes, as it
+    does at that size, so a test needs 60 skills rather than thousands."""
+    with Session(engine) as session, session.begin():
+        for n in range(60):
+            create_entity(session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+                "name": f"Fraud Signal {n}", "category": "technical", "governance_agent_id": committed_steward,
+                "description": f"detects fraud pattern number {n}"})
+    exact = _client(settings, admin_key).get(f"{API}/genesis/skills/search", query_string={"q": "fraud", "k": 60})
+    assert len(exact.get_json()["items"]) == 60
+    indexed = _client(settings, admin_key, database_url=settings.database_url + "?options=-cenable_seqscan%3Doff")
+    found = indexed.get(f"{API}/genesis/skills/search", query_string={"q": "fraud", "k": 60}).get_json()["items"]
+    assert len(found) == 60
+    assert {hit["skill"]["id"] for hit in found} == {hit["skill"]["id"] for hit in exact.get_json()["items"]}
+
+
+def test_a_skill_whose_stored_vector_is_zero_leaves_the_search_answer_valid_json(client, seeded, engine: Engine) -> None:
+    """pgvector's cosine distance to a zero vector is NaN, and the answer wrote it as
+    ``"score": NaN``: no JSON number, so a strict client could read no result of the search.
+    A vector is only zero when its row was edited through SQL."""
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE skills SET embedding = array_fill(0, ARRAY[384])::vector "
+                                "WHERE skill_key = 'copywriting'"))
+    answer = client.get(f"{API}/genesis/skills/search", query_string={"q": "copywriting", "k": 100})
+    assert answer.status_code == 200
+    items = json.loads(answer.data, parse_constant=_refuse)["items"]
+    assert items and all(math.isfinite(item["score"]) for item in items)
+    assert "copywriting" not in {item["skill"]["skill_key"] for item in items}
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} is no JSON number")
