@@ -60,3 +60,19 @@ def test_a_skill_whose_stored_vector_is_zero_leaves_the_search_answer_valid_json
 
 def _refuse(constant: str) -> None:
     raise ValueError(f"{constant} is no JSON number")
+
+
+@pytest.mark.parametrize("path", ["/teams", "/genesis/job-roles"])
+def test_teams_and_job_roles_filter_by_status_as_the_other_types_do(client, seeded, path: str) -> None:
+    """Industries, skills and agents take ``?status=``; teams and job roles have a status too,
+    but their lists took no such filter and ignored the parameter, as any unknown one: a
+    client asking for the active teams was answered with the retired ones among them."""
+    first = client.get(f"{API}{path}").get_json()["items"][0]
+    retired = client.patch(f"{API}{path}/{first['id']}", json={"status": "retired"})
+    assert retired.status_code == 200, retired.get_json()
+    active = client.get(f"{API}{path}", query_string={"status": "active", "page_size": 500}).get_json()["items"]
+    assert active and first["id"] not in {item["id"] for item in active}
+    assert {item["status"] for item in active} == {"active"}
+    only_retired = client.get(f"{API}{path}", query_string={"status": "retired"}).get_json()["items"]
+    assert [item["id"] for item in only_retired] == [first["id"]]
+    assert client.get(f"{API}{path}", query_string={"status": "bogus"}).status_code == 422

@@ -190,6 +190,7 @@ class SkillListQuery(PageQuery):
 
 
 class JobRoleListQuery(PageQuery):
+    status: LifecycleStatus | None = None
     seniority: Seniority | None = None
     industry_id: uuid.UUID | None = None
 
@@ -199,6 +200,7 @@ class IndustryListQuery(PageQuery):
 
 
 class TeamListQuery(PageQuery):
+    status: LifecycleStatus | None = None
     job_role_id: uuid.UUID | None = None
     industry_id: uuid.UUID | None = None
 
