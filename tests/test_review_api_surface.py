@@ -76,3 +76,42 @@ def test_teams_and_job_roles_filter_by_status_as_the_other_types_do(client, seed
     only_retired = client.get(f"{API}{path}", query_string={"status": "retired"}).get_json()["items"]
     assert [item["id"] for item in only_retired] == [first["id"]]
     assert client.get(f"{API}{path}", query_string={"status": "bogus"}).status_code == 422
+
+
+TYPE_FIELDS = {  # what each type's resource carries beside the governance sections every entity has
+    "/genesis/industries": {"name", "code", "description"},
+    "/genesis/skills": {"name", "skill_key", "description", "category", "industry_id", "certificate"},
+    "/genesis/job-roles": {"name", "description", "required_skill_ids", "seniority", "industry_id"},
+    "/teams": {"name", "description", "job_role_id", "industry_id", "capacity", "members", "free_seats"},
+    "/agents": {"name", "description", "skill_ids", "job_role_id", "industry_id", "team_id"},
+}
+
+
+def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _answer_schema(document: dict[str, Any], path: str, method: str, status: str) -> dict[str, Any]:
+    return _schema(document, document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"])
+
+
+@pytest.mark.parametrize("path", sorted(TYPE_FIELDS))
+def test_each_entity_type_s_resource_is_documented_with_its_own_fields(client, seeded, path: str) -> None:
+    """Every registry route documented its answers as the shared ``EntityOut``: the
+    governance sections alone, with any other member allowed. A client generated from
+    /openapi.json had no ``name``, no skill ``certificate``, no team ``members`` or
+    ``free_seats``, and nothing checked what the API answered there."""
+    document = client.get("/openapi.json").get_json()
+    item = f"/api/v1{path}/{{entity_id}}"
+    for schema in (_answer_schema(document, f"/api/v1{path}", "post", "201"), _answer_schema(document, item, "get", "200"),
+                   _answer_schema(document, item, "patch", "200"),
+                   _schema(document, _answer_schema(document, f"/api/v1{path}", "get", "200")["properties"]["items"]["items"])):
+        assert TYPE_FIELDS[path] <= set(schema["required"]), (path, schema.get("title"))
+        assert TYPE_FIELDS[path] <= set(schema["properties"])
+    resource = client.get(f"{API}{path}").get_json()["items"][0]
+    assert set(_answer_schema(document, item, "get", "200")["properties"]) == set(resource)
+    if path == "/genesis/skills":
+        hit = _answer_schema(document, "/api/v1/genesis/skills/search", "get", "200")["properties"]["items"]["items"]
+        assert TYPE_FIELDS[path] <= set(_schema(document, _schema(document, hit)["properties"]["skill"])["required"])

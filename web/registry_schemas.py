@@ -127,7 +127,8 @@ class ConstitutionOut(BaseModel):
 
 
 class EntityOut(BaseModel):
-    """Governance sections shared by every entity resource."""
+    """Governance sections shared by every entity resource; each type's own (``SkillOut``...)
+    adds its fields."""
 
     model_config = ConfigDict(extra="allow")
     id: uuid.UUID
@@ -151,8 +152,71 @@ class EntityOut(BaseModel):
         return rfc3339_utc(value)
 
 
-class EntityList(BaseModel):
-    items: list[EntityOut]
+class IndustryOut(EntityOut):
+    name: str
+    code: str
+    description: str
+
+
+class SkillOut(EntityOut):
+    name: str
+    skill_key: str
+    description: str
+    category: str
+    industry_id: uuid.UUID | None
+    certificate: dict[str, Any] | None = Field(description="the certificate a certification issued; null until then")
+
+
+class JobRoleOut(EntityOut):
+    name: str
+    description: str
+    required_skill_ids: list[uuid.UUID]
+    seniority: str
+    industry_id: uuid.UUID | None
+
+
+class TeamOut(EntityOut):
+    name: str
+    description: str
+    job_role_id: uuid.UUID
+    industry_id: uuid.UUID | None
+    capacity: int
+    members: list[uuid.UUID] = Field(description="the agents seated in the team, by name; no chain version records a "
+                                                "change of them (the ETag does)")
+    free_seats: int = Field(description="capacity less the members")
+
+
+class AgentOut(EntityOut):
+    name: str
+    description: str
+    skill_ids: list[uuid.UUID]
+    job_role_id: uuid.UUID | None
+    industry_id: uuid.UUID | None
+    team_id: uuid.UUID | None
+
+
+class IndustryList(BaseModel):
+    items: list[IndustryOut]
+    next_page_token: str | None
+
+
+class SkillList(BaseModel):
+    items: list[SkillOut]
+    next_page_token: str | None
+
+
+class JobRoleList(BaseModel):
+    items: list[JobRoleOut]
+    next_page_token: str | None
+
+
+class TeamList(BaseModel):
+    items: list[TeamOut]
+    next_page_token: str | None
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
     next_page_token: str | None
 
 
@@ -219,7 +283,7 @@ class SkillSearchQuery(QueryModel):
 
 class ScoredSkillOut(BaseModel):
     score: float
-    skill: EntityOut
+    skill: SkillOut
 
 
 class SkillSearchOut(BaseModel):

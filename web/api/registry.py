@@ -31,9 +31,10 @@ from models.registry import (
     update_entity,
 )
 from web.registry_schemas import (
-    AgentIn, AgentListQuery, AgentPatch, EntityList, EntityOut, EntityPath, HistoryOut, IndustryIn,
-    IndustryListQuery, IndustryPatch, JobRoleIn, JobRoleListQuery, JobRolePatch, RuleList, SkillIn,
-    SkillListQuery, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn, TeamListQuery, TeamPatch,
+    AgentIn, AgentList, AgentListQuery, AgentOut, AgentPatch, EntityPath, HistoryOut, IndustryIn, IndustryList,
+    IndustryListQuery, IndustryOut, IndustryPatch, JobRoleIn, JobRoleList, JobRoleListQuery, JobRoleOut, JobRolePatch,
+    RuleList, SkillIn, SkillList, SkillListQuery, SkillOut, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn,
+    TeamList, TeamListQuery, TeamOut, TeamPatch,
 )
 from web.openapi_headers import ENTITY_ETAG, ENTITY_LOCATION, IF_MATCH, documents_headers
 from web.schemas import API_PROBLEMS, problems, rfc3339_utc
@@ -50,6 +51,8 @@ class EntityRoute:
     create: type[BaseModel]
     patch: type[BaseModel]
     list_query: type[BaseModel]
+    out: type[BaseModel]  # the resource, as /openapi.json documents it
+    list_out: type[BaseModel]
 
     @property
     def name(self) -> str:
@@ -57,11 +60,13 @@ class EntityRoute:
 
 
 ROUTES = (
-    EntityRoute(EntityType.INDUSTRY, "/genesis/industries", IndustryIn, IndustryPatch, IndustryListQuery),
-    EntityRoute(EntityType.SKILL, "/genesis/skills", SkillIn, SkillPatch, SkillListQuery),
-    EntityRoute(EntityType.JOB_ROLE, "/genesis/job-roles", JobRoleIn, JobRolePatch, JobRoleListQuery),
-    EntityRoute(EntityType.TEAM, "/teams", TeamIn, TeamPatch, TeamListQuery),
-    EntityRoute(EntityType.AGENT, "/agents", AgentIn, AgentPatch, AgentListQuery),
+    EntityRoute(EntityType.INDUSTRY, "/genesis/industries", IndustryIn, IndustryPatch, IndustryListQuery, IndustryOut,
+                IndustryList),
+    EntityRoute(EntityType.SKILL, "/genesis/skills", SkillIn, SkillPatch, SkillListQuery, SkillOut, SkillList),
+    EntityRoute(EntityType.JOB_ROLE, "/genesis/job-roles", JobRoleIn, JobRolePatch, JobRoleListQuery, JobRoleOut,
+                JobRoleList),
+    EntityRoute(EntityType.TEAM, "/teams", TeamIn, TeamPatch, TeamListQuery, TeamOut, TeamList),
+    EntityRoute(EntityType.AGENT, "/agents", AgentIn, AgentPatch, AgentListQuery, AgentOut, AgentList),
 )
 
 
@@ -251,12 +256,12 @@ def register_entity_routes(bp: APIBlueprint) -> None:
     for route in ROUTES:
         tags = [Tag(name=route.name)]
         item = route.path + "/<entity_id>"
-        bp.get(route.path, tags=tags, responses={200: EntityList, **problems(422)})(_list_view(route))
-        bp.post(route.path, tags=tags, responses={201: EntityOut, **ERRORS})(
+        bp.get(route.path, tags=tags, responses={200: route.list_out, **problems(422)})(_list_view(route))
+        bp.post(route.path, tags=tags, responses={201: route.out, **ERRORS})(
             documents_headers(responses={201: {"ETag": ENTITY_ETAG, "Location": ENTITY_LOCATION}})(_create_view(route)))
-        bp.get(item, tags=tags, responses={200: EntityOut, **problems(404)})(
+        bp.get(item, tags=tags, responses={200: route.out, **problems(404)})(
             documents_headers(responses={200: {"ETag": ENTITY_ETAG}})(_show_view(route)))
-        bp.patch(item, tags=tags, responses={200: EntityOut, **ERRORS})(
+        bp.patch(item, tags=tags, responses={200: route.out, **ERRORS})(
             documents_headers(request=[IF_MATCH], responses={200: {"ETag": ENTITY_ETAG}})(_patch_view(route)))
         bp.get(item + "/history", tags=tags, responses={200: HistoryOut, **problems(404)})(_history_view(route))
 
