@@ -34,6 +34,7 @@ from models.audit_record import (
 from models.audit_runs import batches_in_flight_done, scope_repairs
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json, sha256
+from models.entity_input import nul_refused
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import record_sha256, repairs_by_id, verify_repair
@@ -66,6 +67,8 @@ def findings_page(session: Session, run: AuditRun, *, after: int | None, code: s
     run visible, or while no batch runs, after every id drawn before. A finished run takes
     no more findings (a trigger refuses them), so its pages wait for nothing.
     """
+    if code is not None and "\x00" in code:  # text cannot hold it: the database's refusal would name no field
+        raise nul_refused("code")
     if run.finished_at is None:
         batches_in_flight_done(session, run.id)
     statement = select(AuditFinding).where(AuditFinding.run_id == run.id)

@@ -115,3 +115,15 @@ def test_each_entity_type_s_resource_is_documented_with_its_own_fields(client, s
     if path == "/genesis/skills":
         hit = _answer_schema(document, "/api/v1/genesis/skills/search", "get", "200")["properties"]["items"]["items"]
         assert TYPE_FIELDS[path] <= set(_schema(document, _schema(document, hit)["properties"]["skill"])["required"])
+
+
+def test_a_nul_in_the_findings_code_filter_is_422_naming_it_as_in_the_jobs_kind_filter(client, engine: Engine,
+                                                                                        keyring: Any) -> None:
+    """The jobs list names ``kind`` when it holds U+0000; the findings list answered the
+    database's refusal instead, a 422 naming no field."""
+    from tests.test_findings_paging import _running_run
+
+    run_id = _running_run(engine, keyring)
+    refused = client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"code": "row\x00"})
+    assert refused.status_code == 422
+    assert [error["field"] for error in refused.get_json().get("errors", [])] == ["code"]
