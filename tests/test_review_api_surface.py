@@ -127,3 +127,15 @@ def test_a_nul_in_the_findings_code_filter_is_422_naming_it_as_in_the_jobs_kind_
     refused = client.get(f"{API}/audit/runs/{run_id}/findings", query_string={"code": "row\x00"})
     assert refused.status_code == 422
     assert [error["field"] for error in refused.get_json().get("errors", [])] == ["code"]
+
+
+def test_a_created_api_key_answers_201_with_the_location_of_its_resource(client) -> None:
+    """RFC 9110 §15.3.2: a 201 without ``Location`` says the target URI is what was created,
+    here the list of every key. The key's own URL is the one its revocation takes, and
+    /openapi.json names the header as it does for every other 201."""
+    created = client.post(f"{API}/api-keys", json={"name": "located", "scopes": ["read"]})
+    assert created.status_code == 201
+    assert created.headers.get("Location") == f"{API}/api-keys/{created.get_json()['id']}"
+    assert client.delete(created.headers["Location"]).status_code == 200
+    document = client.get("/openapi.json").get_json()
+    assert "Location" in document["paths"]["/api/v1/api-keys"]["post"]["responses"]["201"]["headers"]

@@ -27,8 +27,10 @@ def _parameter(name: str, description: str, schema: Mapping[str, Any] = STRING) 
     return {"name": name, "in": "header", "required": False, "schema": dict(schema), "description": description}
 
 
-def _header(description: str, schema: Mapping[str, Any] = STRING) -> dict[str, Any]:
+def header(description: str, schema: Mapping[str, Any] = STRING) -> dict[str, Any]:
+    """A response header's entry in the document."""
     return {"description": description, "schema": dict(schema)}
+
 
 
 IDEMPOTENCY_KEY = _parameter(
@@ -51,16 +53,16 @@ IF_NONE_MATCH = _parameter(
     "304 Not Modified (no body) when it is `*` or a tag in it matches the job's current ETag, compared "
     "weakly (`W/\"…\"` matches too). With `wait`, the poll first waits as usual, then compares.")
 
-ETAG = _header("the representation's strong entity-tag")
-ENTITY_ETAG = _header("`\"<version>\"`; a team's is `\"<version>.<members>\"` (16 hex digits of the SHA-256 of "
+ETAG = header("the representation's strong entity-tag")
+ENTITY_ETAG = header("`\"<version>\"`; a team's is `\"<version>.<members>\"` (16 hex digits of the SHA-256 of "
                       "its member ids): send it back in If-Match")
-JOB_LOCATION = _header("the job's URL, `/api/v1/jobs/{id}`: poll it (`?wait=N` long-polls)")
-ENTITY_LOCATION = _header("the created entity's URL")
-JOB_RETRY_AFTER = _header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
-IDEMPOTENT_REPLAYED = _header("`true` when an Idempotency-Key named a job already started: this is that job, "
+JOB_LOCATION = header("the job's URL, `/api/v1/jobs/{id}`: poll it (`?wait=N` long-polls)")
+ENTITY_LOCATION = header("the created entity's URL")
+JOB_RETRY_AFTER = header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
+IDEMPOTENT_REPLAYED = header("`true` when an Idempotency-Key named a job already started: this is that job, "
                               "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
-WWW_AUTHENTICATE = _header("`Bearer realm=\"plant\"`: send an API key as `Authorization: Bearer <key>`")
-UNAVAILABLE_RETRY_AFTER = _header(
+WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`: send an API key as `Authorization: Bearer <key>`")
+UNAVAILABLE_RETRY_AFTER = header(
     "seconds after which the condition is expected to have passed: the database unreachable, timed out or "
     "out of free connections (5), a ledger digest finding no quiet moment (5), or every digest slot taken "
     "(2); absent when waiting will not help (`seal-list-invalid`)", {"type": "integer"})
@@ -70,7 +72,7 @@ REQUEST_ID = _parameter(
     "Your id for the request, to find it in Plant's logs: a token of letters, digits and `._:+/=-` (1 to 128 "
     "characters, starting with a letter or digit); anything else is replaced by a new random id.",
     {"type": "string", "maxLength": 128})
-ECHOED_REQUEST_ID = _header("the request's id: the one sent in X-Request-ID when it was a sane token, else a new "
+ECHOED_REQUEST_ID = header("the request's id: the one sent in X-Request-ID when it was a sane token, else a new "
                             "random one; every log line written while serving it carries it as `request_id`")
 
 JOB_ACCEPTED = {"Location": JOB_LOCATION, "Retry-After": JOB_RETRY_AFTER, "ETag": ETAG,

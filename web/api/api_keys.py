@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from models.api_keys import MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
+from web.openapi_headers import documents_headers, header
 from web.schemas import API_PROBLEMS, problems
 from web.services import db_session
 
@@ -59,14 +60,20 @@ def key_resource(key: ApiKey) -> dict[str, Any]:
     }
 
 
+KEY_LOCATION = header("the key's URL, `/api/v1/api-keys/{id}`: DELETE it to revoke the key")
+
+
 @api_keys_api.post("/api-keys", responses={201: ApiKeyCreated, **problems(422)})
+@documents_headers(responses={201: {"Location": KEY_LOCATION}})
 def create_key(body: ApiKeyIn) -> Response:
     """Create a key, optionally expiring. Its plaintext is in this response only; Plant keeps a hash."""
     session = db_session()
     issued = create_api_key(session, name=body.name, scopes=list(body.scopes), expires_in_days=body.expires_in_days)
     session.commit()
     body_json = {**key_resource(issued.key), "key": issued.plaintext}
-    return Response(json.dumps(body_json), status=201, mimetype="application/json")
+    response = Response(json.dumps(body_json), status=201, mimetype="application/json")
+    response.headers["Location"] = f"/api/v1/api-keys/{issued.key.id}"
+    return response
 
 
 @api_keys_api.get("/api-keys", responses={200: ApiKeyList})
