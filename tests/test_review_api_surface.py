@@ -139,3 +139,19 @@ def test_a_created_api_key_answers_201_with_the_location_of_its_resource(client)
     assert client.delete(created.headers["Location"]).status_code == 200
     document = client.get("/openapi.json").get_json()
     assert "Location" in document["paths"]["/api/v1/api-keys"]["post"]["responses"]["201"]["headers"]
+
+
+@pytest.mark.parametrize("path, query", [
+    ("/jobs", {"state": "failed"}),  # the filter is `status`
+    ("/agents", {"skill_id": "00000000-0000-0000-0000-000000000001"}),  # agents filter by no skill
+    ("/genesis/skills", {"industry": "00000000-0000-0000-0000-000000000001"}),  # it is `industry_id`
+    ("/audit/runs", {"status": "failed"}),  # runs take no filter
+])
+def test_a_query_parameter_a_list_does_not_take_is_422_naming_it_not_a_filter_silently_dropped(
+        client, path: str, query: dict[str, str]) -> None:
+    """A misspelt or unsupported filter was ignored like any unknown parameter: the client
+    got every row, as if they all matched. Bodies refuse an unknown member (422); so do the
+    query strings now, naming it."""
+    refused = client.get(f"{API}{path}", query_string=query)
+    assert refused.status_code == 422, refused.get_data(as_text=True)[:300]
+    assert [error["field"] for error in refused.get_json()["errors"]] == list(query)

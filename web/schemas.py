@@ -129,7 +129,9 @@ class JobOut(BaseModel):
 
 
 class QueryModel(BaseModel):
-    """Base of every query-string model: its JSON schema is built once per class.
+    """Base of every query-string model: a parameter it does not name is refused (422 naming
+    it), as a body's unknown member is: a misspelt filter (``?state=`` for ``?status=``)
+    ignored answered every row as if each matched. Its JSON schema is built once per class.
 
     flask-openapi3 asks a query model for its JSON schema on every request (to tell list
     parameters apart), and pydantic builds one from scratch each time: about a fifth of
@@ -137,6 +139,8 @@ class QueryModel(BaseModel):
     arguments, so it is kept, and each caller gets its own copy to read or change. The copy
     is parsed from the schema's JSON text: a fifth of the cost of ``copy.deepcopy``.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
