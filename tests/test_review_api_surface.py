@@ -155,3 +155,25 @@ def test_a_query_parameter_a_list_does_not_take_is_422_naming_it_not_a_filter_si
     refused = client.get(f"{API}{path}", query_string=query)
     assert refused.status_code == 422, refused.get_data(as_text=True)[:300]
     assert [error["field"] for error in refused.get_json()["errors"]] == list(query)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_json_body_sent_as_another_media_type_is_422_naming_the_content_type(client, content_type) -> None:
+    """The object below is a valid sleep request; sent as text/plain (curl's ``-d`` sends it
+    as a form) it was refused as ``body: Input should be a valid dictionary or instance of
+    SleepIn``, which names what the client did send, not what it did wrong."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    refused = client.post(f"{API}/diagnostics/sleep", data='{"seconds": 0}', headers=headers)
+    assert refused.status_code == 422
+    assert refused.mimetype == "application/problem+json"
+    assert [error["field"] for error in refused.get_json()["errors"]] == ["Content-Type"]
+    assert "application/json" in refused.get_json()["errors"][0]["message"]
+
+
+def test_a_form_body_on_an_operation_that_reads_none_is_still_ignored(client) -> None:
+    """Only operations that read a body refuse one that is not JSON: a cancel sent with
+    curl's ``-d ''`` form, or any stray form, still cancels."""
+    started = client.post(f"{API}/diagnostics/sleep", json={"seconds": 5})
+    cancelled = client.post(started.headers["Location"] + "/cancel", data="x=1",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"

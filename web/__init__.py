@@ -6,6 +6,7 @@ It wires settings, the per-process services, the blueprints, the OpenAPI documen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, redirect, request
@@ -23,7 +24,7 @@ from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.metrics import init_observability
-from web.openapi_headers import document_headers
+from web.openapi_headers import openapi_path, document_headers
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
 
@@ -59,6 +60,27 @@ def refuse_string_bodies() -> Response | None:
     return None
 
 
+def refusing_bodies_not_json(app: OpenAPI) -> Callable[[], Response | None]:
+    """A ``before_request`` hook: a body sent as another media type than JSON, to an operation
+    that reads one, is 422 naming ``Content-Type``. flask-openapi3 reads such a body as none,
+    and the refusal named the body's model (``Input should be a valid dictionary``) for a valid
+    JSON object sent as ``text/plain`` or as curl's default form. The operations reading a body
+    are those /openapi.json gives a ``requestBody``, read once here."""
+    reads_a_body = {
+        (rule.endpoint, method) for rule in app.url_map.iter_rules() for method in rule.methods or ()
+        if "requestBody" in app.api_doc["paths"].get(openapi_path(rule.rule), {}).get(method.lower(), {})
+    }
+
+    def refuse() -> Response | None:
+        if request.content_length and not request.is_json and (request.endpoint, request.method) in reads_a_body:
+            return invalid_input_response(
+                f"the request body must be JSON (Content-Type: application/json), not {request.mimetype or 'none'}",
+                [{"field": "Content-Type", "message": "send the body as application/json"}])
+        return None
+
+    return refuse
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     app = OpenAPI(
@@ -84,4 +106,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
     document_headers(app)  # the document is built here, once, and served as built
+    app.before_request(refusing_bodies_not_json(app))  # after auth, as above
     return app

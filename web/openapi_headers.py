@@ -103,7 +103,7 @@ def document_headers(app: OpenAPI) -> dict[str, Any]:
         if marked is None:
             continue
         parameters, responses = marked
-        path = _openapi_path(rule.rule)
+        path = openapi_path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             operation = document["paths"][path][method.lower()]
             operation["parameters"] = [*operation.get("parameters", []), *map(dict, parameters)]
@@ -117,6 +117,6 @@ def document_headers(app: OpenAPI) -> dict[str, Any]:
     return document
 
 
-def _openapi_path(rule: str) -> str:
+def openapi_path(rule: str) -> str:
     """``/jobs/<job_id>`` as the document writes it, ``/jobs/{job_id}`` (no converters are used)."""
     return rule.replace("<", "{").replace(">", "}")
