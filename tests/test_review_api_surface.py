@@ -177,3 +177,23 @@ def test_a_form_body_on_an_operation_that_reads_none_is_still_ignored(client) ->
     cancelled = client.post(started.headers["Location"] + "/cancel", data="x=1",
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+
+
+def test_the_documented_problem_names_the_members_every_api_error_carries(client) -> None:
+    """Every error the API answers has a ``type`` and its ``status`` (web/problems.py), and a
+    422 lists its fields in ``errors`` or its broken rules in ``violations`` (README, Errors);
+    the documented problem had ``type`` optional, ``status`` nullable and neither list, so a
+    client generated from /openapi.json could read no bad field or rule."""
+    document = client.get("/openapi.json").get_json()
+    answer = document["paths"]["/api/v1/genesis/skills"]["post"]["responses"]["422"]
+    problem = _schema(document, answer["content"]["application/problem+json"]["schema"])
+    assert {"type", "title", "status"} <= set(problem["required"])
+    assert problem["properties"]["status"].get("type") == "integer"
+    error = _schema(document, _array(problem["properties"]["errors"])["items"])
+    assert set(error["required"]) == {"field", "message"}
+    violation = _schema(document, _array(problem["properties"]["violations"])["items"])
+    assert {"rule", "description"} <= set(violation["required"]) and "field" in violation["properties"]
+
+
+def _array(schema: dict[str, Any]) -> dict[str, Any]:
+    return next(branch for branch in schema.get("anyOf", [schema]) if branch.get("type") == "array")

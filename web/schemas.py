@@ -60,6 +60,30 @@ class Problem(BaseModel):
 UNREADABLE_ERROR = "Job error"
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="the bad field: a body member (dotted path), a query or path parameter, or a header")
+    message: str
+
+
+class RuleViolation(BaseModel):
+    rule: str = Field(description="the rule's id, as GET /rules lists it")
+    description: str
+    field: str | None = Field(default=None, exclude_if=_absent, description="the entity's field the rule judges; "
+                                                                             "absent for the L0 rules about the chain")
+
+
+class ApiProblem(Problem):
+    """An RFC 9457 problem document as the API answers it: always its ``type`` (``about:blank``
+    for the errors Flask and gunicorn raise themselves, ``/problems/…`` for Plant's) and its
+    HTTP ``status``; a 422 names its bad fields in ``errors`` or its broken rules in
+    ``violations``, and some problems carry other members (``field``, ``id``...)."""
+
+    type: str
+    status: int
+    errors: list[FieldError] | None = Field(default=None, exclude_if=_absent)
+    violations: list[RuleViolation] | None = Field(default=None, exclude_if=_absent)
+
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
@@ -70,12 +94,28 @@ PROBLEM_HEADERS: dict[int, dict[str, Any]] = {401: {"WWW-Authenticate": WWW_AUTH
 
 def problems(*statuses: int) -> dict[int, dict[str, Any]]:
     """OpenAPI responses for problem+json errors with these statuses."""
-    schema = Problem.model_json_schema()
+    schema = _inlined(ApiProblem.model_json_schema())
     return {
         status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}},
                  **({"headers": PROBLEM_HEADERS[status]} if status in PROBLEM_HEADERS else {})}
         for status in statuses
     }
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``#/$defs/…`` references replaced by what they name: a schema set
+    inline in the document resolves ``#/…`` from the document's root, which has no ``$defs``."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 # Every /api route can answer these: no key, wrong scope, body too large, bad input,
