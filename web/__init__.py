@@ -24,7 +24,7 @@ from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.metrics import init_observability
-from web.openapi_headers import openapi_path, document_headers
+from web.openapi_headers import document_headers, openapi_path
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
 
