@@ -561,7 +561,9 @@ class Handed:
         from tests.test_certification import _skill
 
         self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
-        self.leaked = KeyRing(self.old)
+        # The ring that signs with the old key trusts the steward's key too, as a deployment's
+        # ring trusts the keys that signed its chains: a skill's governor is judged on its head.
+        self.leaked = KeyRing(self.old, (keyring.active.verifier(),))
         ctx = WriteContext("test", self.leaked, HashingEmbedder())
         self.skill = _skill(session, ctx, steward, "Pipeline Engineering")
         self.certificate = certify_skill(session, skill_id=self.skill.id, notes=None, ctx=ctx).certificate
@@ -972,6 +974,9 @@ def test_leaves_that_fail_their_check_are_not_read_again_on_every_batch(rotated,
 
     for n in range(4):  # more batches
         rotated.make(E.INDUSTRY, ring=rotated.sealed, name=f"Industry {n}", code=f"IN{n}")
+    # Naming the steward as governor checked its head, the seal's leaves with it, and this process
+    # keeps leaves that passed: forget them, so the leaves are first read once they fail.
+    chain._sealed_leaves.pop((rotated.seal.digest_id, rotated.seal.heads_root), None)
     lift_guard(rotated.session, "UPDATE ledger_digest_heads SET link_hash = sha256(link_hash) WHERE digest_id = :d "
                "AND entity_id = :e", table="ledger_digest_heads", d=rotated.seal.digest_id, e=rotated.gov["governance_agent_id"])
     leaf_reads.clear()
