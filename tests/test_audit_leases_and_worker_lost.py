@@ -99,9 +99,9 @@ def _start_workers(stack: ChaosStack) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.xfail(strict=True, reason=(
-    "design: a running audit renews the leases of the audits begun after it that have chunks to do, "
+    "design: a running audit renews the leases of the audits published after it that have chunks to do, "
     "whether their chunks wait in the queue behind its own or no message for them exists any more "
-    "(the worker died after the plan committed): such an audit is recovered once the audits begun "
+    "(the worker died after the plan committed): such an audit is recovered once the audits published "
     "before it have finished, not while they run (test_a_batch_renews_only_the_audits_begun_after_its_own "
     "covers the audits begun before)"))
 def test_a_dead_audit_is_recovered_while_another_audit_runs(settings, seeded, engine, keyring, write_ctx, tmp_path,
