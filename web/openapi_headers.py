@@ -32,7 +32,6 @@ def header(description: str, schema: Mapping[str, Any] = STRING) -> dict[str, An
     return {"description": description, "schema": dict(schema)}
 
 
-
 IDEMPOTENCY_KEY = _parameter(
     "Idempotency-Key",
     "Makes the submission safe to retry. The same key with the same payload returns the job it started "
@@ -55,12 +54,12 @@ IF_NONE_MATCH = _parameter(
 
 ETAG = header("the representation's strong entity-tag")
 ENTITY_ETAG = header("`\"<version>\"`; a team's is `\"<version>.<members>\"` (16 hex digits of the SHA-256 of "
-                      "its member ids): send it back in If-Match")
+                     "its member ids): send it back in If-Match")
 JOB_LOCATION = header("the job's URL, `/api/v1/jobs/{id}`: poll it (`?wait=N` long-polls)")
 ENTITY_LOCATION = header("the created entity's URL")
 JOB_RETRY_AFTER = header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
 IDEMPOTENT_REPLAYED = header("`true` when an Idempotency-Key named a job already started: this is that job, "
-                              "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
+                             "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
 WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`: send an API key as `Authorization: Bearer <key>`")
 UNAVAILABLE_RETRY_AFTER = header(
     "seconds after which the condition is expected to have passed: the database unreachable, timed out or "
@@ -73,7 +72,7 @@ REQUEST_ID = _parameter(
     "characters, starting with a letter or digit); anything else is replaced by a new random id.",
     {"type": "string", "maxLength": 128})
 ECHOED_REQUEST_ID = header("the request's id: the one sent in X-Request-ID when it was a sane token, else a new "
-                            "random one; every log line written while serving it carries it as `request_id`")
+                           "random one; every log line written while serving it carries it as `request_id`")
 
 JOB_ACCEPTED = {"Location": JOB_LOCATION, "Retry-After": JOB_RETRY_AFTER, "ETag": ETAG,
                 "Idempotent-Replayed": IDEMPOTENT_REPLAYED}
