@@ -309,7 +309,10 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     job in flight elsewhere, a claim, the sweep) are skipped: nothing here waits. Live as of this
     statement, not ``now()``: that is when the batch's transaction began, and a lease that ran
     out while the batch audited its entities (the sweep may have republished the job since) is
-    not renewed."""
+    not renewed. Nor is a run whose chunks the job's current attempt has not published
+    (:func:`record_chunks_published`): its worker died after the plan committed and before
+    the chunks were on the queue, so no message of it waits anywhere, and only the sweep
+    takes it up."""
     lease = dt.timedelta(seconds=lease_seconds)
     now = func.statement_timestamp()
     # Only audits whose job was last published after this one's: their attempt's message came
@@ -328,12 +331,22 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
                Job.cancel_requested_at.is_(None), Job.lease_expires_at > now,
                Job.lease_expires_at < now + lease / 2, published > mine,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
-               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None), AuditChunk.done.is_(False)).exists())
+               .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None),
+                      AuditRun.chunks_published_attempt == Job.attempts, AuditChunk.done.is_(False)).exists())
         .with_for_update(skip_locked=True)
     )
     renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))
                               .values(lease_expires_at=now + lease).returning(Job.id)).all()
     return len(renewed)
+
+
+def record_chunks_published(session: Session, *, run_id: uuid.UUID, attempt: int) -> None:
+    """Record that job attempt ``attempt`` has put ``run_id``'s pending chunks on the queue
+    (:func:`keep_waiting_audits_leased` renews only such runs). An earlier attempt's late
+    record never overwrites a later one's."""
+    session.execute(update(AuditRun).where(
+        AuditRun.id == run_id, AuditRun.finished_at.is_(None),
+        func.coalesce(AuditRun.chunks_published_attempt, 0) < attempt).values(chunks_published_attempt=attempt))
 
 
 def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,

@@ -39,6 +39,9 @@ class AuditRun(Base):
     # Plant's signatures over the run's plan and its close (models.audit_record), migration 0015.
     plan_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     close_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # The job attempt that last put the run's pending chunks on the queue (migration 0024):
+    # ``models.audit_runs.keep_waiting_audits_leased`` renews only runs whose chunks wait there.
+    chunks_published_attempt: Mapped[int | None] = mapped_column(Integer)
 
 
 class AuditRunUnsigned(Base):

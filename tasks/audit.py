@@ -24,8 +24,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_runs import (
-    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, keep_waiting_audits_leased, pending_chunks, start_run,
-    summarize_run,
+    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, keep_waiting_audits_leased, pending_chunks,
+    record_chunks_published, start_run, summarize_run,
 )
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
@@ -58,6 +58,10 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
     app = audit_run.app
     for chunk_id in chunks:
         app.send_task(CHUNK_TASK, args=[str(claim.job_id), claim.attempt, chunk_id, claim.handbacks], queue=AUDIT_QUEUE)
+    # Now, and only now, messages of this attempt wait on the queue: the audits running ahead
+    # of them keep this job leased meanwhile (a worker killed before this line leaves none).
+    with transaction(runtime.session_factory()) as session:
+        record_chunks_published(session, run_id=run_id, attempt=claim.attempt)
     return CONTINUES
 
 

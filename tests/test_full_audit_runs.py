@@ -247,7 +247,7 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
     """What ``keep_waiting_audits_leased`` leaves alone: a lapsed lease (the sweep's to judge),
     one with more than half its term left (no write every batch), a job asked to cancel, an
     audit whose chunks are all done, and the calling job itself."""
-    from models.audit_runs import keep_waiting_audits_leased
+    from models.audit_runs import keep_waiting_audits_leased, record_chunks_published
     from models.job_lifecycle import claim_job
     from models.jobs import Job
     from sqlalchemy import update
@@ -256,8 +256,9 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
     ids = []
     for _ in range(6):
         job = create_job(db_session, kind="audit.run", queue="audit", params={"verify_signatures": "heads"})
-        claim_job(db_session, job_id=job.id, worker="w", lease_seconds=300)
-        start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+        claim = claim_job(db_session, job_id=job.id, worker="w", lease_seconds=300)
+        run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=3)
+        record_chunks_published(db_session, run_id=run.id, attempt=claim.attempt)
         ids.append(job.id)
     me, waiting, lapsed, fresh, cancelling, done = ids
     ends = {waiting: "10 seconds", lapsed: "-1 second", fresh: "200 seconds", cancelling: "10 seconds",

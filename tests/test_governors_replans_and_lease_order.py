@@ -13,16 +13,17 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from models.assignment import assign_agent
-from models.audit_runs import keep_waiting_audits_leased, start_run
+from models.audit_runs import keep_waiting_audits_leased, record_chunks_published, start_run
 from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, Team
-from models.job_lifecycle import JobClaim, claim_job, create_job
+from models.job_lifecycle import claim_job
 from models.job_recovery import release_for_retry
 from models.jobs import Job
 from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER
 from tests.test_assignment import World
+from tests.test_audit_leases_and_worker_lost import running_audit
 
 
 def test_a_bulk_re_plan_leaves_an_agent_another_write_seated_between_its_plans_where_it_was_put(
@@ -66,15 +67,6 @@ def test_a_bulk_re_plan_leaves_an_agent_another_write_seated_between_its_plans_w
     assert where == other, f"the job over unassigned agents moved the agent seated by hand to {where}"
 
 
-def _running_audit(session: Session, keyring, *, worker: str) -> tuple[uuid.UUID, JobClaim]:
-    """An audit job claimed by ``worker`` whose run is planned, its chunks all still to do."""
-    job = create_job(session, kind="audit.run", queue="audit", params={"verify_signatures": "heads"}, to_publish=True)
-    claim = claim_job(session, job_id=job.id, worker=worker, lease_seconds=300)
-    assert claim is not None
-    start_run(session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1000)
-    return job.id, claim
-
-
 def test_an_audit_handed_back_after_a_later_one_began_is_kept_leased_while_its_chunks_wait_behind_that_one(
         engine, keyring, committed_steward) -> None:
     """def5507: a batch renews only the audits whose *run* began after its own, taking the run's
@@ -85,15 +77,18 @@ def test_an_audit_handed_back_after_a_later_one_began_is_kept_leased_while_its_c
     first, so their batches no longer renew its lease: it runs out while the job waits, alive, in
     the queue, and the sweep takes it for a dead worker's again (attempts spent, worker-lost)."""
     with Session(engine) as session, session.begin():
-        earlier, claim = _running_audit(session, keyring, worker="shut-down")
+        claim = running_audit(session, keyring, worker="shut-down")
+        earlier = claim.job_id
     with Session(engine) as session, session.begin():  # begun while the earlier one ran
-        me, _ = _running_audit(session, keyring, worker="me")
+        me = running_audit(session, keyring, worker="me").job_id
     with Session(engine) as session, session.begin():  # the earlier one's worker shuts down: handed back
         release_for_retry(session, claim=claim, error={"type": "/problems/handed-back"}, handed_back=True)
     with Session(engine) as session, session.begin():  # its next message, behind mine: it republishes its chunks
         again = claim_job(session, job_id=earlier, worker="after-restart", lease_seconds=300)
         assert again is not None and again.attempt == 2
-        start_run(session, job_id=earlier, params=again.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=1000)
+        run = start_run(session, job_id=earlier, params=again.params, keyring=keyring, embedder=EMBEDDER,
+                        chunk_entities=1000)
+        record_chunks_published(session, run_id=run.id, attempt=again.attempt)
     with Session(engine) as session, session.begin():  # past half its term, its chunks waiting behind mine
         session.execute(update(Job).where(Job.id == earlier).values(
             lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
