@@ -48,10 +48,13 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
     with transaction(runtime.session_factory()) as session:
         run = start_run(session, job_id=claim.job_id, params=claim.params, keyring=runtime.keyring(),
                         embedder=runtime.embedder(), chunk_entities=settings.audit_chunk_entities)
-        add_progress(session, claim=claim, done=0, total=run.entities_total, message="auditing",
-                     lease_seconds=settings.job_lease_seconds)
+        cancel = add_progress(session, claim=claim, done=0, total=run.entities_total, message="auditing",
+                              lease_seconds=settings.job_lease_seconds)
         chunks = pending_chunks(session, run.id)
         run_id = run.id
+    if cancel:  # asked while it was planned: no chunk is worth publishing
+        _cancel(claim)
+        return CONTINUES
     if not chunks:
         _finish(claim, run_id)
         return CONTINUES

@@ -275,3 +275,29 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
                                    .where(Job.id.in_(ids))).all())
     assert left[waiting] > 290
     assert all(left[j] < 201 for j in (me, lapsed, fresh, cancelling, done))
+
+
+def test_an_audit_asked_to_cancel_while_it_was_planned_publishes_no_chunk(worker_sessions, settings, seeded,
+                                                                          monkeypatch) -> None:
+    """Progress written at the end of the plan returns whether a cancel was asked; the plan
+    ignored it and published every chunk, each of which then ran a batch only to find the
+    cancel. The job now ends ``cancelled`` there, its run closed, and nothing is published."""
+    from models.audit_tables import AuditRun
+    from models.db import transaction
+    from models.job_lifecycle import claim_job, get_job
+    from models.jobs import Job
+    from sqlalchemy import update
+    from tasks import audit, runtime
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"audit_chunk_entities": 5}))
+    sent: list[str] = []
+    monkeypatch.setattr(audit.audit_run.app, "send_task", lambda name, **kw: sent.append(name))
+    with transaction(worker_sessions) as session:
+        job_id = create_job(session, kind="audit.run", params={"verify_signatures": "heads"}, queue="audit").id
+    with transaction(worker_sessions) as session:
+        claim = claim_job(session, job_id=job_id, worker="audit-worker", lease_seconds=300)
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=func.now()))
+    audit._start_audit(claim, lambda *_: None)
+    with worker_sessions() as session:
+        run = session.scalars(select(AuditRun).where(AuditRun.job_id == job_id)).one()
+        assert (get_job(session, job_id).status, sent, run.finished_at is not None) == ("cancelled", [], True)
