@@ -97,6 +97,10 @@ class Rescue:
     cancelled: int
 
 
+def _problem(error: JobCancelled) -> Any:
+    return literal(error.problem(), JSONB)
+
+
 def rescue_expired(
     session: Session, *, max_attempts: int, base: float, cap: float, older_than: dt.timedelta, limit: int = 500
 ) -> Rescue:
@@ -109,7 +113,8 @@ def rescue_expired(
     cancelled = session.execute(
         update(Job).where(Job.id.in_(asked_to_stop.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=CANCELLED, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),
-            error=JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint").problem(),
+            error=case((Job.status == QUEUED, _problem(JobCancelled("cancelled on request; it was waiting in the queue"))),
+                       else_=_problem(JobCancelled("cancelled on request; its worker stopped before it reached a checkpoint"))),
         ).returning(Job.id, Job.kind, Job.result)
     ).all()
     # One skipped above (its row locked, say by its attempt's own transaction) waits for

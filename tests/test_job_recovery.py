@@ -116,6 +116,7 @@ def test_a_job_asked_to_stop_is_cancelled_not_rerun_when_its_worker_dies(db_sess
     assert rescue == Rescue(republish=[], failed=0, cancelled=1)
     ended = get_job(db_session, job.id)
     assert (ended.status, ended.error["type"], ended.attempts) == ("cancelled", "/problems/job-cancelled", 1)
+    assert ended.error["detail"] == "cancelled on request; its worker stopped before it reached a checkpoint"
     assert ended.finished_at is not None
 
 
@@ -147,7 +148,9 @@ def test_a_queued_job_left_with_a_cancel_request_is_ended_by_the_sweep(db_sessio
     _age(db_session, job, cancel_requested_at=OLD)
     assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60) is None
     assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
-    assert get_job(db_session, job.id).status == "cancelled"
+    ended = get_job(db_session, job.id)
+    # No worker ran it: its error does not say one stopped before a checkpoint.
+    assert (ended.status, ended.error["detail"]) == ("cancelled", "cancelled on request; it was waiting in the queue")
 
 
 def test_a_stalled_attempt_cannot_commit_work_for_a_job_cancelled_meanwhile(db_session) -> None:
