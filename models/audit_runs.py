@@ -297,8 +297,8 @@ def audit_chunk_step(session: Session, *, chunk_id: int, keyring: KeyRing, embed
 
 def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_seconds: int) -> int:
     """Renew the lease of every other running audit job published after ``job_id`` (its last
-    message: the one its attempt runs) whose run has chunks still to do, when it is past half
-    its term; returns how many. Called by each batch of ``job_id``'s chunks.
+    message: the one its attempt runs), or at the same time, whose run has chunks still to do,
+    when it is past half its term; returns how many. Called by each batch of ``job_id``'s chunks.
 
     Only a running chunk renews its job's lease, and the audit queue is one worker's (deployed:
     ``--concurrency 1``): the chunks of an audit started while another runs wait behind that
@@ -322,6 +322,9 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     # ran out of retries): its lease is left to lapse, and the sweep takes it up, however many
     # audits run after it. Not the run's start: an audit handed back at a worker's shutdown, or
     # republished by the sweep, keeps its run but queues its chunks behind the audits begun since.
+    # One stamped at the same time as this one is renewed too: a sweep stamps every job it
+    # publishes with one now() and publishes them in an order nothing records, so either may be
+    # behind the other (a dead one kept so is kept only while this audit runs).
     published = func.coalesce(Job.enqueued_at, Job.created_at)
     own = aliased(Job)
     mine = select(func.coalesce(own.enqueued_at, own.created_at)).where(own.id == job_id).scalar_subquery()
@@ -329,7 +332,7 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
         select(Job.id)
         .where(Job.kind == "audit.run", Job.status == JobStatus.RUNNING.value, Job.id != job_id,
                Job.cancel_requested_at.is_(None), Job.lease_expires_at > now,
-               Job.lease_expires_at < now + lease / 2, published > mine,
+               Job.lease_expires_at < now + lease / 2, published >= mine,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
                .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None),
                       AuditRun.chunks_published_attempt == Job.attempts, AuditChunk.done.is_(False)).exists())
