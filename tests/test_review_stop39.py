@@ -50,3 +50,25 @@ def test_audits_the_outbox_published_in_one_statement_keep_each_other_leased(eng
         with Session(engine) as session:
             left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == waiting))
         assert renewed == 1 and left.total_seconds() > 250, (renewed, left)
+
+
+def test_0023_passes_over_a_version_nested_too_deep_to_parse(make_database) -> None:
+    """Migration 0023 reads every skill version naming a certificate id "in Python: a version
+    row INSERTed through SQL may hold bytes that are no JSON, and must not stop the upgrade".
+    It caught ValueError and AttributeError only: JSON nested deeper than Python's parser
+    recurses (valid JSON all the same) raised RecursionError, and the upgrade stopped."""
+    import psycopg
+
+    from alembic import command
+
+    from models.migrate import alembic_config, upgrade_head
+
+    url = make_database("plant_review_stop39_migrations")
+    command.upgrade(alembic_config(url), "0022")
+    deep = b'{"certificate": {"certificate_id": "SKILL-GEN-004"}, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, "
+                     "link_hash, kid, signature, actor) VALUES ('skill', %s, 1, %s, %s, %s, %s, 'k', 's', 'test')",
+                     (uuid.uuid4(), deep, bytes(32), bytes(32), (1).to_bytes(32, "big")))
+        upgrade_head(url)
+        assert conn.execute("SELECT count(*) FROM issued_certificates").fetchone() == (0,)

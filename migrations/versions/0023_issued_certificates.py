@@ -40,7 +40,8 @@ def upgrade() -> None:
     )
     # Every certificate id the chains hold (one skill per id: the earliest version's, should an
     # id have been signed twice before this table existed). Read in Python: a version row
-    # INSERTed through SQL may hold bytes that are no JSON, and must not stop the upgrade.
+    # INSERTed through SQL may hold bytes that are no JSON, or JSON nested deeper than the parser
+    # recurses (Plant signs no such content), and must not stop the upgrade.
     bind = op.get_bind()
     issued: dict[tuple[str, int], tuple[str, object]] = {}  # (code, number): (id, skill)
     rows = bind.execute(sa.text(
@@ -49,7 +50,7 @@ def upgrade() -> None:
     for skill_id, content in rows:
         try:
             certificate = json.loads(bytes(content)).get("certificate")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             continue
         certificate_id = certificate.get("certificate_id") if isinstance(certificate, dict) else None
         if isinstance(certificate_id, str) and (match := ISSUED.fullmatch(certificate_id)):
