@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, null, or_, select, union_all
+from sqlalchemy import and_, case, func, null, or_, select, text, union_all
 from sqlalchemy.orm import Session, aliased
 
 from models.audit import (
@@ -43,6 +43,7 @@ from models.audit import (
     stored_digest_invalid, suspects_rechecked, versions_by_entity,
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
+from models.canonical import strict_json_loads
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
 from models.constitution import append_only_enforced
 from models.digest_check import tombstones_of
@@ -207,8 +208,9 @@ def _seat_partners(session: Session, plan: dict[EntityType, Changed]) -> dict[En
     """Entities not in ``plan`` whose seat rules read an entity in it: the agents seated in a
     team, or under a job role, changed since the digest (AGENT-04 judges them on it: a team
     deleted or retired by a signed version, a role requiring another skill), and the teams
-    of the agents changed since (TEAM-03 counts them). Two queries, none when no team, role
-    or agent changed."""
+    the agents changed since sit in, or sat in at the digest (TEAM-03 and TEAM-01 count
+    them: a team its last agent left has none). Three queries, none when no team, role or
+    agent changed."""
     examined = {entity_type: {entity_id for entity_id, _, _ in changed} for entity_type, changed in plan.items()}
     teams, roles, agents = examined[EntityType.TEAM], examined[EntityType.JOB_ROLE], examined[EntityType.AGENT]
     partners: dict[EntityType, list[uuid.UUID]] = {}
@@ -219,8 +221,29 @@ def _seat_partners(session: Session, plan: dict[EntityType, Changed]) -> dict[En
     if agents:
         seats = session.scalars(select(Agent.team_id).distinct().where(
             Agent.team_id.is_not(None), uuid_in(Agent.id, sorted(agents)))).all()
-        partners[EntityType.TEAM] = sorted(set(seats) - teams)
+        left = _teams_at_leaves(session, [(entity_id, version) for entity_id, version, _ in plan[EntityType.AGENT] if version])
+        partners[EntityType.TEAM] = sorted({*seats, *left} - teams)
     return {entity_type: ids for entity_type, ids in partners.items() if ids}
+
+
+def _teams_at_leaves(session: Session, leaves: list[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+    """The teams the agents' leaf versions, (id, version), seat them in. A version that is no
+    readable JSON, or names no team id, names none (its chain has its own finding)."""
+    if not leaves:
+        return set()
+    found = session.scalars(_LEAF_CONTENTS, {"ids": [i for i, _ in leaves], "versions": [v for _, v in leaves]})
+    teams = set()
+    for content in found:
+        try:
+            teams.add(uuid.UUID(strict_json_loads(bytes(content)).get("team_id")))
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return teams
+
+
+_LEAF_CONTENTS = text(
+    "SELECT v.content FROM entity_versions v JOIN unnest(CAST(:ids AS uuid[]), CAST(:versions AS integer[])) AS leaf(id, version) "
+    "ON v.entity_id = leaf.id AND v.version = leaf.version WHERE v.entity_type = 'agent'")
 
 
 def _tombstone_moved(model: Any, tomb: Any) -> Any:

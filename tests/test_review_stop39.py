@@ -72,3 +72,29 @@ def test_0023_passes_over_a_version_nested_too_deep_to_parse(make_database) -> N
                      (uuid.uuid4(), deep, bytes(32), bytes(32), (1).to_bytes(32, "big")))
         upgrade_head(url)
         assert conn.execute("SELECT count(*) FROM issued_certificates").fetchone() == (0,)
+
+
+def test_the_team_an_agent_left_since_the_digest_is_judged(db_session, write_ctx, steward, keyring) -> None:
+    """ca03510: the incremental audit judges "the seats a changed team, role or agent bears on",
+    the teams of the agents changed since the digest among them, but only the team each sits in
+    now. A team whose last agent was unseated since (a plain Plant write) has no agent: the full
+    audit warns TEAM-01 on it; the incremental audit examined the agent alone and said nothing."""
+    from models.entities import EntityType
+    from models.ledger import store_digest
+    from models.registry import update_entity
+    from tests.test_audit import run_audit, run_incremental
+    from tests.test_seat_rules import seat_world
+
+    world = seat_world(db_session, write_ctx, steward)
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=EntityType.AGENT, entity_id=world.agent.id, changes={"team_id": None},
+                  ctx=write_ctx)
+    db_session.flush()
+
+    def warned(findings: list) -> list:
+        return sorted((f.entity_id, f.rule_id) for f in findings if f.code == "rule-warning")
+
+    assert warned(run_audit(db_session, keyring)[1]) == [(world.team.id, "TEAM-01")]
+    summary, findings = run_incremental(db_session, keyring)
+    assert warned(findings) == [(world.team.id, "TEAM-01")]
+    assert summary["total_entities"] == 2 and summary["entities_with_findings"] == 1
