@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 
 import psutil
@@ -66,13 +67,33 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(sig)  # its own handler runs now, before raise_signal returns
 
 
+def process_started(pid: int) -> float:
+    """When process ``pid`` started, as the runner and its watchdog both read it: on Linux, in
+    seconds after boot (/proc/<pid>/stat), which no setting of the system clock moves. psutil's
+    ``create_time`` adds the boot time as the wall clock has it at each call: set between the
+    runner's reading and the watchdog's (NTP stepping it), every leader looked like another
+    process's, and nothing was stopped. Without /proc (macOS), psutil's, recorded once by the
+    kernel. ``psutil.NoSuchProcess`` when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        if not PROCFS.exists():
+            return psutil.Process(pid).create_time()
+        raise psutil.NoSuchProcess(pid) from None
+    return int(stat.rsplit(b")", 1)[1].split()[19]) / CLOCK_TICKS  # field 22, starttime, in clock ticks
+
+
+PROCFS = Path("/proc/self/stat")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 @dataclass(frozen=True)
 class Watched:
     """A process group the runner started: its leader, known by pid and start time."""
 
     batch: str
     pid: int
-    started: float  # psutil's create_time: tells the leader from a later process given its pid
+    started: float  # process_started: tells the leader from a later process given its pid
     stop_signal: int
     grace: float
 
@@ -81,8 +102,7 @@ class Watched:
 
     def leader_running(self) -> bool:
         try:
-            leader = psutil.Process(self.pid)
-            return leader.create_time() == self.started and leader.status() != psutil.STATUS_ZOMBIE
+            return process_started(self.pid) == self.started and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
@@ -96,7 +116,7 @@ class Watched:
         id is not reused while the group has members (POSIX), so once another process holds
         the number, the group is empty."""
         with suppress(psutil.NoSuchProcess):
-            if psutil.Process(self.pid).create_time() != self.started:
+            if process_started(self.pid) != self.started:
                 return
         with suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
@@ -132,7 +152,7 @@ class Watchdog:
     def watch(self, batch: str, process: subprocess.Popen[bytes], stop_signal: int, grace: float) -> None:
         """Put ``process`` (a group leader, not yet reaped) on the list, in ``batch``."""
         try:
-            started = psutil.Process(process.pid).create_time()
+            started = process_started(process.pid)
         except psutil.NoSuchProcess:  # reaped already: nothing of it to stop
             return
         self._send(Watched(batch, process.pid, started, stop_signal, grace).line())

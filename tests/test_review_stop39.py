@@ -98,3 +98,52 @@ def test_the_team_an_agent_left_since_the_digest_is_judged(db_session, write_ctx
     summary, findings = run_incremental(db_session, keyring)
     assert warned(findings) == [(world.team.id, "TEAM-01")]
     assert summary["total_entities"] == 2 and summary["entities_with_findings"] == 1
+
+
+def _procfs_with_boot_time_moved(root, seconds: int, pid: int):
+    """A procfs for psutil (``psutil.PROCFS_PATH``) that is the real one but for /proc/stat's
+    ``btime``, moved as a step of the system clock moves it (Linux derives btime from the wall
+    clock: an NTP step, a ``date -s``, a VM's clock set after a pause)."""
+    import os
+    from pathlib import Path
+
+    root = Path(root)
+    lines = Path("/proc/stat").read_text().splitlines()
+    (root / "stat").write_text("\n".join(f"btime {int(line.split()[1]) + seconds}" if line.startswith("btime ")
+                                         else line for line in lines) + "\n")
+    for name in ("self", str(pid), str(os.getpid())):
+        (root / name).symlink_to(Path("/proc") / name)
+    return str(root)
+
+
+def test_the_watchdog_knows_a_leader_after_the_system_clock_was_set(tmp_path, monkeypatch) -> None:
+    """cli/watchdog.py knows a group's leader by pid and ``psutil.Process.create_time()``, read
+    once by the runner and again by the watchdog when the runner is gone. psutil computes it on
+    Linux from the process's start in ticks since boot plus /proc/stat's btime, which follows the
+    wall clock: set between the two readings (NTP stepping it), every leader looked like another
+    process's, so the watchdog signalled none and swept no group, and the stack stayed up."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from cli.watchdog import Watchdog, read_list, stop_listed
+
+    leader = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        read_fd, write_fd = os.pipe()
+        Watchdog(leader, write_fd).watch("apps", leader, signal.SIGTERM, 5.0)  # the runner names it
+        os.close(write_fd)  # the runner is gone
+        with os.fdopen(read_fd, "rb") as pipe:
+            listed = read_list(iter(pipe))  # as the watchdog reads it
+        monkeypatch.setattr(psutil, "PROCFS_PATH", _procfs_with_boot_time_moved(tmp_path, 1, leader.pid))
+        stop_listed(listed)
+        deadline = time.monotonic() + 10
+        while leader.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leader.poll() is not None, "the watchdog took its runner's leader for another process"
+    finally:
+        leader.kill()
+        leader.wait()
