@@ -324,7 +324,7 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     # republished by the sweep, keeps its run but queues its chunks behind the audits begun since.
     # One stamped at the same time as this one is renewed too: a sweep stamps every job it
     # publishes with one now() and publishes them in an order nothing records, so either may be
-    # behind the other (a dead one kept so is kept only while this audit runs).
+    # behind the other.
     published = func.coalesce(Job.enqueued_at, Job.created_at)
     own = aliased(Job)
     mine = select(func.coalesce(own.enqueued_at, own.created_at)).where(own.id == job_id).scalar_subquery()

@@ -1,9 +1,9 @@
-"""Adversarial re-review of the session 7029a14..d704114 (review-stop39, second pass): the
-audit batches' lease renewals by publish order, the certificate backfill, the shared /health
-workers reading, the governor fence.
+"""Found by the re-review of stop 39's changes (7029a14..d704114): audits published in one
+statement keep each other leased, migration 0023's backfill passes over a version too deep to
+parse, the incremental audit judges the team an agent left, and the dev runner's watchdog
+knows its processes after the system clock was set.
 
-Each test proves a finding on real PostgreSQL (or the real object); one still open is marked
-xfail(strict).
+Each test proves a finding on real PostgreSQL (or the real object).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from models.audit_runs import keep_waiting_audits_leased, start_run
+from models.audit_runs import keep_waiting_audits_leased, record_chunks_published, start_run
 from models.job_lifecycle import claim_job, create_job
 from models.job_recovery import claim_unpublished
 from models.jobs import Job
@@ -38,8 +38,9 @@ def test_audits_the_outbox_published_in_one_statement_keep_each_other_leased(eng
         with Session(engine) as session, session.begin():
             claim = claim_job(session, job_id=job_id, worker=f"w-{job_id}", lease_seconds=300)
             assert claim is not None
-            start_run(session, job_id=job_id, params=claim.params, keyring=keyring, embedder=EMBEDDER,
-                      chunk_entities=1000)
+            run = start_run(session, job_id=job_id, params=claim.params, keyring=keyring, embedder=EMBEDDER,
+                            chunk_entities=1000)
+            record_chunks_published(session, run_id=run.id, attempt=claim.attempt)
     first, second = ids
     for waiting, running in ((second, first), (first, second)):  # either may be the one queued behind
         with Session(engine) as session, session.begin():
