@@ -40,9 +40,11 @@ from cli.services import (
     EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
 )
 from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, signals_deferred, stop_when_closed
+from models.chain import signer_kids
+from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
-from models.settings import load_settings
+from models.settings import Settings, load_settings
 from models.signing import ensure_key_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -371,15 +373,34 @@ def run_dev(config: DevConfig | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def ensure_dev_signing_key(settings: Settings, path: Path) -> None:
+    """The dev runner's signing key at ``path``, generated on a registry's first start only.
+
+    A registry that already holds versions was signed by a key; were that key's file gone (a
+    data dir's ``keys/`` removed, ``PLANT_SIGNING_KEY_FILE`` misspelt, ``DATABASE_URL`` naming
+    a database another runner signed), a new key made in silence would take over: every
+    chain it does not know would read as tampered (409 ``entity-tampered`` on every write,
+    every audit reporting it). Refused instead (``ServiceError``), naming the keys that signed."""
+    if not path.exists():
+        with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+            signers = signer_kids(session)
+        if signers:
+            raise ServiceError(
+                f"no signing key at {path}, but the registry holds versions signed by {', '.join(signers)}: "
+                "put that key back (or point PLANT_SIGNING_KEY_FILE at it); a new key would not verify them. "
+                "`plant signing-keys rotate` makes a new key and keeps the old one trusted")
+    ensure_key_file(path)
+
+
 def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     """Start everything, registering its cleanup on ``stack`` and its processes with
     ``watchdog``; return 1 when a child dies."""
     services = start_backing_services(config, stack, watchdog)
     write_services_env(config.data_dir, services)
-    if config.signing_key_file is not None:
-        ensure_key_file(config.signing_key_file)  # a dev key; production supplies its own
     migrate(services)
     settings = load_settings(database_url=services.database_url, data_dir=config.data_dir)
+    if config.signing_key_file is not None:
+        ensure_dev_signing_key(settings, config.signing_key_file)  # a dev key; production supplies its own
     seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
     admin_key, key_file = ensure_dev_admin(settings, config.data_dir)

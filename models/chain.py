@@ -146,6 +146,11 @@ def insert_versions(session: Session, rows: list[EntityVersion]) -> None:
         session.execute(insert(EntityVersion.__table__), [{c: getattr(row, c) for c in columns} for row in rows])
 
 
+def signer_kids(session: Session, *, limit: int = 5) -> list[str]:
+    """Up to ``limit`` of the kids that signed the registry's versions (none: an empty registry)."""
+    return list(session.scalars(select(EntityVersion.kid).distinct().order_by(EntityVersion.kid).limit(limit)))
+
+
 @dataclass(frozen=True)
 class ChainFinding:
     code: str

@@ -1,0 +1,50 @@
+"""Adversarial review of the signing-key lifecycle and ledger digests (server side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.dev import ensure_dev_signing_key
+from cli.services import ServiceError
+from models.errors import SigningKeyError
+from models.keys import keyring_from_settings
+from models.settings import Settings, load_settings
+from models.signing import generate_ed25519, load_signing_key_pem
+
+
+def test_the_dev_runner_never_makes_a_new_key_over_a_registry_another_key_signed(
+        settings: Settings, committed_steward: Any, write_ctx: Any, tmp_path: Path) -> None:
+    missing = tmp_path / "keys" / "active.pem"  # keys/ removed, or PLANT_SIGNING_KEY_FILE misspelt
+
+    with pytest.raises(ServiceError) as refused:
+        ensure_dev_signing_key(settings, missing)
+
+    assert write_ctx.keyring.active.kid in str(refused.value) and str(missing) in str(refused.value)
+    assert not missing.exists()
+
+
+def test_the_dev_runner_makes_its_key_on_an_empty_registry_and_keeps_an_existing_one(
+        settings: Settings, clean_db: None, tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "active.pem"
+
+    ensure_dev_signing_key(settings, path)
+    made = load_signing_key_pem(path.read_bytes())
+    ensure_dev_signing_key(settings, path)
+
+    assert load_signing_key_pem(path.read_bytes()).kid == made.kid
+
+
+def test_a_retired_keys_path_that_is_not_a_directory_is_refused_at_start(tmp_path: Path) -> None:
+    active = tmp_path / "active.pem"
+    active.write_bytes(generate_ed25519().private_pem())
+    retired = tmp_path / "retired"
+    retired.write_text("a file where the retired keys and their seals should be\n")
+
+    with pytest.raises(SigningKeyError, match="not a directory"):
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
+
+    retired.unlink()  # a directory not made yet (no key retired so far) is no retired key, as before
+    assert keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired)).retired == ()
