@@ -14,25 +14,27 @@ import contextlib
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
-from models.signing import KeyRing, KeySeal, SigningKey, load_signing_key_pem, load_verifying_key_pem
+from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey, load_signing_key_pem, load_verifying_key_pem
 from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
 # A key published before it signs (a rolling rotation's next key): trusted, never sealed.
 UPCOMING_SUFFIX = ".next.pem"
+T = TypeVar("T")
 
 
 def keyring_from_settings(settings: Settings) -> KeyRing:
     if settings.signing_key is not None:
-        active = settings.signing_key.get_secret_value().encode()
+        active = _loaded("PLANT_SIGNING_KEY", lambda: load_signing_key_pem(settings.signing_key.get_secret_value().encode()))
     elif settings.active_signing_key_path.is_file():
-        active = settings.active_signing_key_path.read_bytes()
+        active = _loaded(settings.active_signing_key_path, lambda: load_signing_key_pem(settings.active_signing_key_path.read_bytes()))
     else:
         raise SigningKeyError(
             f"no signing key: set PLANT_SIGNING_KEY or PLANT_SIGNING_KEY_FILE "
@@ -45,12 +47,26 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
         raise SigningKeyError(f"the retired signing keys' directory {retired_dir} is not a directory")
     files = sorted(retired_dir.iterdir()) if retired_dir.is_dir() else []
     pems = [path for path in files if path.name.endswith(".pem")]
+    def verifying(path: Path) -> VerifyingKey:
+        return _loaded(path, lambda: load_verifying_key_pem(path.read_bytes()))
+
     return KeyRing(
-        load_signing_key_pem(active),
-        retired=tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if not path.name.endswith(UPCOMING_SUFFIX)),
+        active,
+        retired=tuple(verifying(path) for path in pems if not path.name.endswith(UPCOMING_SUFFIX)),
         seals=tuple(load_seal(path) for path in files if path.name.endswith(SEAL_SUFFIX)),
-        upcoming=tuple(load_verifying_key_pem(path.read_bytes()) for path in pems if path.name.endswith(UPCOMING_SUFFIX)),
+        upcoming=tuple(verifying(path) for path in pems if path.name.endswith(UPCOMING_SUFFIX)),
     )
+
+
+def _loaded(source: Path | str, load: Callable[[], T]) -> T:
+    """``load()``, its failure naming ``source`` (the file, or the variable), so that a
+    process that refuses to start says which of its keys is at fault."""
+    try:
+        return load()
+    except SigningKeyError as exc:
+        raise SigningKeyError(f"{source}: {exc.detail}") from exc
+    except OSError as exc:  # unreadable: permissions, a directory named *.pem
+        raise SigningKeyError(f"{source}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def load_seal(path: Path) -> KeySeal:

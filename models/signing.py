@@ -293,6 +293,7 @@ def generate_rsa4096() -> SigningKey:
 
 def load_signing_key_pem(pem: bytes) -> SigningKey:
     """An unencrypted PEM private key (PKCS#8 or traditional) as a :class:`SigningKey`."""
+    _one_pem_block(pem)
     try:
         private_key = serialization.load_pem_private_key(pem, password=None)
     except TypeError as exc:
@@ -304,6 +305,7 @@ def load_signing_key_pem(pem: bytes) -> SigningKey:
 
 def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
     """A PEM public key, or the public half of a PEM private key."""
+    _one_pem_block(pem)
     if b"PRIVATE KEY" in pem:
         return load_signing_key_pem(pem).verifier()
     try:
@@ -311,6 +313,19 @@ def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"not a readable PEM public key: {exc}") from exc
     return VerifyingKey.from_public_key(public_key)
+
+
+_PEM_BEGIN = re.compile(rb"-----BEGIN [^-\r\n]*-----")
+
+
+def _one_pem_block(pem: bytes) -> None:
+    """Refuse PEM text holding more than one block: the loaders read the first and drop the
+    rest unsaid, so a key file with an old and a new key (or retired keys gathered into one
+    file) would sign with, or trust, whichever came first."""
+    blocks = len(_PEM_BEGIN.findall(pem))
+    if blocks > 1:
+        raise SigningKeyError(f"the PEM holds {blocks} blocks: one key per file (or per PLANT_SIGNING_KEY), "
+                              "or which one is meant would be a guess")
 
 
 def ensure_key_file(path: Path) -> bytes:

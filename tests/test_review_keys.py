@@ -48,3 +48,34 @@ def test_a_retired_keys_path_that_is_not_a_directory_is_refused_at_start(tmp_pat
 
     retired.unlink()  # a directory not made yet (no key retired so far) is no retired key, as before
     assert keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired)).retired == ()
+
+
+@pytest.mark.parametrize("where", ["PLANT_SIGNING_KEY", "active file", "retired file"])
+def test_a_pem_holding_two_keys_is_refused_naming_where_it_came_from(tmp_path: Path, where: str) -> None:
+    first, second = generate_ed25519(), generate_ed25519()
+    both = first.private_pem() + second.private_pem()  # an old and a new key, or keys gathered into one file
+    active, retired = tmp_path / "active.pem", tmp_path / "retired"
+    retired.mkdir()
+    active.write_bytes(both if where == "active file" else generate_ed25519().private_pem())
+    if where == "retired file":
+        (retired / "old.pem").write_bytes(first.verifier().public_pem() + second.verifier().public_pem())
+    overrides: dict[str, Any] = {"signing_key": both.decode()} if where == "PLANT_SIGNING_KEY" else {}
+
+    with pytest.raises(SigningKeyError, match="2 blocks") as refused:
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired, **overrides))
+
+    named = {"PLANT_SIGNING_KEY": "PLANT_SIGNING_KEY", "active file": str(active), "retired file": str(retired / "old.pem")}
+    assert refused.value.detail.startswith(f"{named[where]}: ")
+
+
+def test_a_key_that_cannot_be_read_is_refused_naming_its_file(tmp_path: Path) -> None:
+    active, retired = tmp_path / "active.pem", tmp_path / "retired"
+    active.write_bytes(generate_ed25519().private_pem())
+    (retired / "broken.pem").mkdir(parents=True)  # read as a key, it raised IsADirectoryError, naming nothing Plant knows
+    (retired / "corrupt.next.pem").write_bytes(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+
+    with pytest.raises(SigningKeyError, match=r"broken\.pem: cannot be read"):
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
+    (retired / "broken.pem").rmdir()
+    with pytest.raises(SigningKeyError, match=r"corrupt\.next\.pem: not a readable PEM public key"):
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
