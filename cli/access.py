@@ -19,7 +19,7 @@ from models.canonical import visible_text
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
 from models.signing import SEALED_AT_MEMBER, UPCOMING_MEMBER
-from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key, staged_signing_key
+from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key
 from models.settings import load_settings
 from models.signing import generate_ed25519, generate_rsa4096
 from models.errors import SigningKeyError
@@ -115,9 +115,6 @@ def rotate(rsa: bool, stage: bool, promote: bool, as_json: bool) -> None:
             kid = stage_signing_key(settings, generate_rsa4096() if rsa else generate_ed25519())
         elif promote:
             old_kid, new_kid = promote_staged_key(settings)
-        elif (staged := staged_signing_key(settings)) is not None:
-            raise PlantCliError(f"key {staged.kid} is staged: `rotate --promote` makes it active once every process "
-                                "has restarted (`rotate --stage` again replaces it)")
         else:
             old_kid, new_kid = rotate_signing_key(settings, generate_rsa4096() if rsa else generate_ed25519())
     except SigningKeyError as exc:

@@ -182,10 +182,15 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
     of one key directory are serialized by a lock file next to the active key.
 
     Raises ``SigningKeyError`` when ``PLANT_SIGNING_KEY`` supplies the key (it is managed
-    outside Plant), when there is no active key file, or when ``new_key`` is the active key.
+    outside Plant), when there is no active key file, when ``new_key`` is the active key, or
+    while a key is staged (checked under the lock, so a ``--stage`` racing this cannot slip
+    in between): its promotion would then retire ``new_key`` at once.
     """
     active_path = _rotatable(settings)
     with key_files_lock(settings):
+        if (staged := staged_signing_key(settings)) is not None:
+            raise SigningKeyError(f"key {staged.kid} is staged: `rotate --promote` makes it active once every process "
+                                  "has restarted (`rotate --stage` again replaces it)")
         old_key = load_signing_key_pem(active_path.read_bytes())
         if old_key.kid == new_key.kid:
             raise SigningKeyError(f"key {new_key.kid} is already the active key")

@@ -79,3 +79,16 @@ def test_a_key_that_cannot_be_read_is_refused_naming_its_file(tmp_path: Path) ->
     (retired / "broken.pem").rmdir()
     with pytest.raises(SigningKeyError, match=r"corrupt\.next\.pem: not a readable PEM public key"):
         keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
+
+
+def test_a_one_step_rotation_is_refused_while_a_key_is_staged_under_the_rotation_lock(key_settings: Settings) -> None:
+    from models.keys import rotate_signing_key, stage_signing_key, staged_key_path
+
+    before = key_settings.active_signing_key_path.read_bytes()
+    staged = stage_signing_key(key_settings, generate_ed25519())
+
+    # The CLI looked for a staged key before taking the lock; a `--stage` racing it got in between.
+    with pytest.raises(SigningKeyError, match=f"key {staged} is staged"):
+        rotate_signing_key(key_settings, generate_ed25519())
+
+    assert key_settings.active_signing_key_path.read_bytes() == before and staged_key_path(key_settings).is_file()
