@@ -1,4 +1,4 @@
-"""Adversarial review of the signing-key lifecycle and ledger digests (server side)."""
+"""How Plant loads and rotates signing keys: a key it would have to guess (several in one PEM, an unreadable file, a retired-keys path that is no directory, a new key over a signed registry) stops it, and a rotation checks for a staged key under its lock."""
 
 from __future__ import annotations
 
