@@ -220,7 +220,12 @@ def check_configured_admin_key(plaintext: str) -> None:
         "python3 -c \"import secrets; print('plant_' + secrets.token_urlsafe(32))\"")
 
 
-def ensure_admin_key(session: Session, *, plaintext: str, name: str = "bootstrap-admin",
+# The name of the admin key configured at deploy (PLANT_ADMIN_API_KEY) or made by ``plant dev``:
+# a new configured key revokes the live admin keys of this name, so no other key may take it.
+BOOTSTRAP_ADMIN_NAME = "bootstrap-admin"
+
+
+def ensure_admin_key(session: Session, *, plaintext: str, name: str = BOOTSTRAP_ADMIN_NAME,
                      replaces: bool = True) -> Literal["created", "live", "revoked"]:
     """Make ``plaintext`` an admin key unless it was revoked: ``created`` (and, when it
     ``replaces`` them, the live admin keys of the same ``name``, the ones configured before it,

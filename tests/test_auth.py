@@ -2,6 +2,7 @@
 
 import datetime as dt
 import hashlib
+import json
 
 import pytest
 from sqlalchemy import select, text
@@ -265,3 +266,13 @@ def test_a_key_s_use_is_recorded_once_an_hour_whatever_the_request_s_transaction
     assert _key_row(engine, created["id"])["last_used_at"] > first  # over the hour: written again
     listed = {k["id"]: k for k in client.get(f"{API}/api-keys").get_json()["items"]}
     assert listed[created["id"]]["last_used_at"] is not None
+
+
+def test_a_key_cannot_be_created_under_the_bootstrap_admin_s_name(client) -> None:
+    """A new configured admin key revokes the live admin keys named `bootstrap-admin` (README):
+    one an admin created through the API under that name was revoked at the next deploy that
+    rotated the configured key."""
+    response = client.post(f"{API}/api-keys", json={"name": "bootstrap-admin", "scopes": ["admin"]})
+    assert response.status_code == 422, response.get_json()
+    assert "reserved" in json.dumps(response.get_json())
+    assert client.post(f"{API}/api-keys", json={"name": "bootstrap-admin 2", "scopes": ["admin"]}).status_code == 201

@@ -9,9 +9,9 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from models.api_keys import MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
+from models.api_keys import BOOTSTRAP_ADMIN_NAME, MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
 from web.openapi_headers import documents_headers, header
 from web.schemas import API_PROBLEMS, problems
@@ -27,6 +27,14 @@ class ApiKeyIn(BaseModel):
     expires_in_days: StrictInt | None = Field(
         default=None, ge=1, le=MAX_EXPIRY_DAYS,
         description="the key stops working this many days from now (the server's clock); absent: it never expires")
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_bootstrap_name(cls, name: str) -> str:
+        # The next configured admin key revokes every live admin key of that name.
+        if name == BOOTSTRAP_ADMIN_NAME:
+            raise ValueError(f"{BOOTSTRAP_ADMIN_NAME!r} is reserved for the configured admin key")
+        return name
 
 
 class ApiKeyOut(BaseModel):
