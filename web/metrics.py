@@ -151,14 +151,19 @@ def backlog_families(backlog: list[QueueBacklog], queues: Iterable[str]) -> list
     ]
 
 
+# What ``audit_runs.status`` holds: ``running`` until its close, then its job's end.
+AUDIT_RUN_STATUSES = ("running", JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+
+
 def audit_families(stats: AuditStats) -> list[Metric]:
     durations = SummaryMetricFamily(
         "plant_audit_run_duration_seconds", "Duration of every succeeded audit run (created to finished)",
         count_value=stats.finished_runs, sum_value=stats.finished_duration_sum_seconds,
     )
     families: list[Metric] = [
-        _family("plant_audit_runs", "Audit runs, by status", ["status"],
-                [([status], n) for status, n in sorted(stats.runs_by_status.items())]),
+        _family("plant_audit_runs", "Audit runs, by status (every status a run takes, zeros included)", ["status"],
+                [([status], stats.runs_by_status.get(status, 0))
+                 for status in sorted(set(AUDIT_RUN_STATUSES) | set(stats.runs_by_status))]),
         durations,
         _family("plant_audit_findings", "Findings of the latest succeeded audit run, by code and severity",
                 ["code", "severity"], [([f.code, f.severity], f.count) for f in stats.last_run_findings]),
