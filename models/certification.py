@@ -27,6 +27,7 @@ so every audit puts each certified skill through the gate again from the signed 
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from models.base import Base
 from models.canonical import canonical_bytes, normalize_text, strict_json_loads
 from models.chain import HEAD_FINDINGS, head_drift, history
-from models.constitution import L0, L1, evaluate
+from models.constitution import L0, L1, evaluate, visible
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
 from models.errors import AlreadyCertified, CanonicalizationError, NotCertifiable
@@ -117,6 +118,8 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
         raise AlreadyCertified(f"skill {skill_id} is already certified", certificate=skill.certificate)
     if skill.status not in CERTIFIABLE:
         raise NotCertifiable(f"skill {skill_id} is {skill.status}", skill_status=skill.status)
+    if skill.deleted_at is not None:  # a deleted skill is listed nowhere: a certificate would vouch for what is gone
+        raise NotCertifiable(f"skill {skill_id} is deleted", skill_status=skill.status, deleted=True)
     # The embedding is not signed content: the duplicate gate compares one computed now
     # from the signed name and description (fixed by the row lock), not whatever the
     # column holds. Computed before the lock below, which every certification waits on.
@@ -146,13 +149,23 @@ def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing,
     broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
     if broken:
         failed.append({"gate": "constitution", "detail": "rules not satisfied", "rules": broken})
-    words = len((skill.description or "").split())
+    words = description_words(skill.description)
     if words < MIN_DESCRIPTION_WORDS:
         failed.append({"gate": "description-length", "detail": f"{words} words; at least {MIN_DESCRIPTION_WORDS} required"})
     duplicate = nearest_certified_duplicate(session, skill, keyring=keyring, embedder=embedder)
     if duplicate is not None:
         failed.append({"gate": "near-duplicate", "detail": f"too similar to certified skill {duplicate['name']}", "duplicate": duplicate})
     return failed, duplicate
+
+
+def description_words(description: str | None) -> int:
+    """The words of a description, as the length gate counts them: its runs between whitespace
+    that hold a character that shows (:func:`models.constitution.visible`) and is not
+    punctuation (a letter, a digit, a symbol such as an emoji). A run of characters that draw
+    nothing (U+200B, the Hangul filler) or of punctuation alone (``-``) is no word: seven of
+    them made a one-word description pass for eight words."""
+    return sum(1 for run in (description or "").split() if any(
+        visible(c) and not unicodedata.category(c).startswith("P") for c in run))
 
 
 def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder) -> dict[str, Any] | None:
