@@ -75,6 +75,7 @@ class PlannedAgent:
     industry_id: uuid.UUID | None
     team_id: uuid.UUID | None
     skill_ids: frozenset[uuid.UUID]
+    deleted: bool = False  # soft-deleted: no seat is ever its (models.membership.ineligibility)
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,7 +577,7 @@ def eligible_teams(
     result = []
     for agent in agents:
         needs = required.get(agent.job_role_id, set())
-        if agent.status != AgentStatus.ACTIVE.value or not needs <= _held_skills(agent):
+        if agent.status != AgentStatus.ACTIVE.value or _deleted(agent) or not needs <= _held_skills(agent):
             result.append([])
         elif agent.industry_id is None:
             result.append(sorted(by_role.get(agent.job_role_id, [])))
@@ -584,6 +585,12 @@ def eligible_teams(
             same = groups.get((agent.job_role_id, agent.industry_id), [])
             result.append(sorted(same + groups.get((agent.job_role_id, None), [])))
     return result
+
+
+def _deleted(agent: PlannedAgent | Agent) -> bool:
+    """Whether the agent is soft-deleted: a seat planned for one was refused by its batch
+    (``not-eligible``) and cost an agent the plan left out for want of it."""
+    return agent.deleted if isinstance(agent, PlannedAgent) else agent.deleted_at is not None
 
 
 def _held_skills(agent: PlannedAgent | Agent) -> frozenset[uuid.UUID]:
@@ -600,7 +607,7 @@ def _agents(
     held = (select(func.array_agg(agent_skills.c.skill_id)).where(agent_skills.c.agent_id == Agent.id)
             .scalar_subquery())
     query = select(Agent.id, Agent.name, Agent.status, Agent.job_role_id, Agent.industry_id, Agent.team_id, held,
-                   _binary(Agent.embedding)).order_by(Agent.id)
+                   _binary(Agent.embedding), Agent.deleted_at.is_not(None)).order_by(Agent.id)
     if agent_ids:
         query = query.where(uuid_in(Agent.id, agent_ids))
     elif all_unassigned:
@@ -610,7 +617,7 @@ def _agents(
     if excluding:
         query = query.where(~uuid_in(Agent.id, excluding))
     rows = session.execute(query).all()
-    agents = [PlannedAgent(*row[:6], frozenset(row[6] or ())) for row in rows]
+    agents = [PlannedAgent(*row[:6], frozenset(row[6] or ()), row[8]) for row in rows]
     return agents, _vectors([row[7] for row in rows])
 
 
