@@ -71,9 +71,10 @@ def _governor_problem(session: Session, entity: GovernedEntity, data: dict[str, 
     if governor is None:
         return None  # reported as unknown
     status = data.get("status", governor.status) if governor is entity else governor.status
-    if status == AgentStatus.ACTIVE.value:
+    deleted = data.get("deleted_at", governor.deleted_at) if governor is entity else governor.deleted_at
+    if status == AgentStatus.ACTIVE.value and deleted is None:
         return None
-    return _not_active(agent_id, status)
+    return _not_active(agent_id, status if deleted is None else "deleted")
 
 
 # pg_advisory_xact_lock(GOVERNOR_LOCK, hashtext(agent id)) orders a write that newly names an agent
@@ -106,8 +107,7 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
         agent_id = uuid.UUID(named)
         if agent_id not in pending and agent_id != entity.id:
             governor_id, locks[agent_id] = agent_id, "pg_advisory_xact_lock_shared"
-    if (isinstance(entity, Agent) and content_before is not None
-            and content_before.get("status") == AgentStatus.ACTIVE.value != content.get("status")):
+    if isinstance(entity, Agent) and content_before is not None and _serving(content_before) and not _serving(content):
         locks[entity.id] = "pg_advisory_xact_lock"
     for agent_id, function in sorted(locks.items(), key=lambda lock: str(lock[0])):
         _lock_governor(session, agent_id, function)
@@ -116,10 +116,16 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
     governor = session.get(Agent, governor_id, populate_existing=True)
     if governor is not None:
         refuse_if_tampered(session, governor, keyring)
-        if governor.status != AgentStatus.ACTIVE.value:
+        if governor.status != AgentStatus.ACTIVE.value or governor.deleted_at is not None:
             raise InvalidInput("bad reference fields", errors=[{
                 "field": "governance_agent_id",
-                "message": _not_active(governor_id, governor.status)}])
+                "message": _not_active(governor_id, governor.status if governor.deleted_at is None else "deleted")}])
+
+
+def _serving(content: dict[str, Any]) -> bool:
+    """Whether an agent's content (a version's) may be named a governance agent: active, and
+    not deleted (a deleted agent, its status left active, was named: no listing shows it)."""
+    return content.get("status") == AgentStatus.ACTIVE.value and content.get("deleted_at") is None
 
 
 def _not_active(agent_id: uuid.UUID, status: str) -> str:
