@@ -43,13 +43,22 @@ def apply_fields(
     """
     errors: list[dict[str, str]] = []
     for field, value in data.items():
-        if field in REFERENCES and value is not None and value not in pending and session.get(ENTITY_MODELS[REFERENCES[field]], value) is None:
+        named = field in REFERENCES and value is not None and value not in pending
+        referenced = session.get(ENTITY_MODELS[REFERENCES[field]], value) if named else None
+        if named and referenced is None:
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
+        elif named and not signed and referenced.deleted_at is not None and value != getattr(entity, field):
+            errors.append({"field": field, "message": _deleted(REFERENCES[field], value)})
         elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value)):
             errors.append({"field": field, "message": problem})
         elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
             errors.append({"field": field, "message": problem})
     skills = {f: _skills(session, data[f], f, errors) for f in SKILL_ID_FIELDS if f in data}
+    if not signed:  # a skill newly listed must not be deleted; one listed before stays, as a restore puts it back
+        for f, listed in skills.items():
+            before = {s.id for s in getattr(entity, SKILL_ID_FIELDS[f])} if entity.version else set()
+            errors.extend({"field": f, "message": _deleted(EntityType.SKILL, s.id)}
+                          for s in listed if s.deleted_at is not None and s.id not in before)
     if errors:
         raise InvalidInput("bad reference fields", errors=errors)
     for field, value in data.items():
@@ -120,6 +129,10 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
             raise InvalidInput("bad reference fields", errors=[{
                 "field": "governance_agent_id",
                 "message": _not_active(governor_id, governor.status if governor.deleted_at is None else "deleted")}])
+
+
+def _deleted(entity_type: EntityType, entity_id: uuid.UUID) -> str:
+    return f"{entity_type.value} {entity_id} is deleted: a write does not newly name a deleted entity"
 
 
 def _serving(content: dict[str, Any]) -> bool:

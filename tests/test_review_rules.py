@@ -15,7 +15,7 @@ from models.certification import IssuedCertificate
 from models.entities import EntityType, Skill
 from models.registry import update_entity
 from models.bulk_assignment import plan_assignment
-from models.entities import Industry, Team
+from models.entities import Agent, Industry, Team
 from models.registry import create_entity
 from tests.conftest import lock_waiters, wait_for
 from tests.test_registry_rule_gaps import _second_governor
@@ -113,3 +113,27 @@ def test_a_write_naming_a_governor_whose_deletion_is_committing_is_refused(engin
     assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
     with Session(engine) as session:
         assert session.scalar(select(Industry.id).where(Industry.code == "GOVL")) is None
+
+
+def test_a_write_does_not_newly_name_a_deleted_entity(world, db_session, write_ctx) -> None:  # noqa: F811
+    """A reference to a deleted entity met the rules that ask for one (AGENT-01 a skill,
+    TEAM-02 a job role...): an agent created holding only a deleted skill, a team of a deleted
+    role, passed. Named anew they are 422 naming the field; one named before its deletion stays."""
+    skill, role = world.skills[0], world.other_role
+    agent = world.agent("Holder", skills=world.skills[:2])
+    for entity_type, entity_id in ((E.SKILL, skill.id), (E.JOB_ROLE, role.id)):
+        update_entity(db_session, entity_type=entity_type, entity_id=entity_id, changes=DELETED, ctx=write_ctx)
+    cases = [
+        (E.AGENT, {"name": "New holder", "job_role_id": world.role.id, "industry_id": world.industry.id,
+                   "skill_ids": [skill.id]}, "skill_ids"),
+        (E.TEAM, {"name": "Ghost team", "job_role_id": role.id, "capacity": 2}, "job_role_id"),
+        (E.JOB_ROLE, {"name": "Ghost role", "seniority": "mid", "required_skill_ids": [skill.id]}, "required_skill_ids"),
+    ]
+    for entity_type, data, field in cases:
+        with db_session.begin_nested(), pytest.raises(InvalidInput) as refused:
+            world.make(entity_type, **data)
+        assert [e["field"] for e in refused.value.extensions["errors"]] == [field], refused.value.extensions
+        assert "is deleted" in refused.value.extensions["errors"][0]["message"]
+    # Held before the deletion: kept through a change of anything else.
+    update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"description": "still here"}, ctx=write_ctx)
+    assert {s.id for s in db_session.get(Agent, agent.id).skills} == {s.id for s in world.skills[:2]}
