@@ -136,7 +136,7 @@ RULES: tuple[Rule, ...] = (
     Rule("AGENT-01", L1, T.AGENT, "Agent has at least one skill", E, _set("skill_ids")),
     Rule("AGENT-02", L1, T.AGENT, "Agent has a job role", E, _set("job_role_id")),
     Rule("AGENT-03", L1, T.AGENT, "Agent has an industry", E, _set("industry_id")),
-    Rule("AGENT-04", L1, T.AGENT, "A seated agent qualifies for its team: both are active, the team's job role is the "
+    Rule("AGENT-04", L1, T.AGENT, "A seated agent qualifies for its team: both are active and not deleted, the team's job role is the "
          "agent's, their industries match where both are set, and the agent holds every skill its job role requires", E,
          _reading("team_id", lambda s: s.seat_problems == ()), _seat_explained),
     Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),

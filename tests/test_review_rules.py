@@ -137,3 +137,26 @@ def test_a_write_does_not_newly_name_a_deleted_entity(world, db_session, write_c
     # Held before the deletion: kept through a change of anything else.
     update_entity(db_session, entity_type=E.AGENT, entity_id=agent.id, changes={"description": "still here"}, ctx=write_ctx)
     assert {s.id for s in db_session.get(Agent, agent.id).skills} == {s.id for s in world.skills[:2]}
+
+
+def test_get_rules_names_every_reason_agent_04_finds(client) -> None:
+    """GET /rules said AGENT-04 asks that both be active; its check (models.membership.ineligibility)
+    also finds an agent or a team deleted, which an active status does not rule out."""
+    from types import SimpleNamespace
+
+    from models.membership import ineligibility
+
+    agent = dict(status="active", deleted_at=None, job_role_id=1, industry_id=1, skills=[])
+    team = dict(status="active", deleted_at=None, job_role_id=1, industry_id=1)
+    breaches = [({"status": "suspended"}, {}), ({"deleted_at": DELETED["deleted_at"]}, {}), ({}, {"status": "retired"}),
+                ({}, {"deleted_at": DELETED["deleted_at"]}), ({"job_role_id": 2}, {}), ({"industry_id": 2}, {})]
+    words = {"suspended": "active", "retired": "active", "deleted": "not deleted", "job role": "job role",
+             "industries": "industries", "skill": "every skill"}
+    rules = {r["id"]: r for r in client.get("/api/v1/rules").get_json()["items"]}
+    described = rules["AGENT-04"]["description"]
+    found = [reason for a, t in breaches for reason in ineligibility(
+        SimpleNamespace(**{**agent, **a}), SimpleNamespace(**{**team, **t}), set())]
+    found += ineligibility(SimpleNamespace(**agent), SimpleNamespace(**team), {"a skill"})
+    assert len(found) == len(breaches) + 1
+    for reason in found:
+        assert any(key in reason and word in described for key, word in words.items()), (reason, described)
