@@ -1,5 +1,6 @@
-"""Adversarial review of the constitution and of the certification and team-assignment jobs'
-refusals: a deleted skill, descriptions padded to the length gate, and what GET /rules says."""
+"""Deleted entities in certification, assignment and references (a deleted skill certified, a
+deleted agent seated or named governor, a write newly naming a deleted entity), descriptions
+padded to the length gate, and what GET /rules says of AGENT-04."""
 
 import datetime as dt
 import threading
@@ -160,38 +161,3 @@ def test_get_rules_names_every_reason_agent_04_finds(client) -> None:
     assert len(found) == len(breaches) + 1
     for reason in found:
         assert any(key in reason and word in described for key, word in words.items()), (reason, described)
-
-
-@pytest.mark.xfail(strict=True, reason="a write naming an entity reads its deleted_at without a lock the deletion's "
-                   "FOR NO KEY UPDATE conflicts with (the foreign key only key-shares it): a deletion committing "
-                   "meanwhile is not seen; ordering it, as governor_fence orders a governor's stand-down, is not done")
-def test_a_write_naming_a_skill_whose_deletion_is_committing_is_refused(engine, write_ctx, committed_steward) -> None:
-    governor = _second_governor(engine, write_ctx, committed_steward)
-    with Session(engine) as session, session.begin():
-        skill = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
-            "name": "Fading Skill", "category": "technical", "description": "fading", "governance_agent_id": governor}).id
-        agent = session.get(Agent, governor)
-        role, industry = agent.job_role_id, agent.industry_id
-    deleting = Session(engine)
-    deleting.begin()
-    update_entity(deleting, entity_type=E.SKILL, entity_id=skill, changes=DELETED, ctx=write_ctx)
-    outcome: list[BaseException | uuid.UUID] = []
-
-    def name() -> None:
-        try:
-            with Session(engine) as session, session.begin():
-                outcome.append(create_entity(session, entity_type=E.AGENT, ctx=write_ctx, data={
-                    "name": "Late Holder", "governance_agent_id": governor, "job_role_id": role,
-                    "industry_id": industry, "skill_ids": [skill]}).id)
-        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
-            outcome.append(exc)
-
-    namer = threading.Thread(target=name)
-    namer.start()
-    try:
-        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the naming write to finish or wait")
-        deleting.commit()
-    finally:
-        deleting.close()
-        namer.join(timeout=60)
-    assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
