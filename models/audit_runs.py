@@ -352,6 +352,15 @@ def record_chunks_published(session: Session, *, run_id: uuid.UUID, attempt: int
         func.coalesce(AuditRun.chunks_published_attempt, 0) < attempt).values(chunks_published_attempt=attempt))
 
 
+def forget_chunks_published(session: Session, *, job_id: uuid.UUID, attempt: int) -> None:
+    """A chunk message of ``attempt`` will not come back (its retries are spent): the run no
+    longer counts as waiting on the queue, so no other audit keeps its job leased, and once
+    its lease lapses the sweep republishes it (its next attempt publishes what is left)."""
+    session.execute(update(AuditRun).where(AuditRun.job_id == job_id, AuditRun.finished_at.is_(None),
+                                           AuditRun.chunks_published_attempt == attempt)
+                    .values(chunks_published_attempt=None))
+
+
 def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,
             step: int | None = None) -> list[AuditFinding]:
     """Write ``findings`` (by a chunk's checkpoint ``step``, or by the run's start or close)

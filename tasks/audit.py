@@ -24,8 +24,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit_runs import (
-    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, keep_waiting_audits_leased, pending_chunks,
-    record_chunks_published, start_run, summarize_run,
+    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, forget_chunks_published, keep_waiting_audits_leased,
+    pending_chunks, record_chunks_published, start_run, summarize_run,
 )
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
@@ -97,6 +97,8 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
     except Exception as exc:  # noqa: BLE001 - every failure must reach the row or come back
         if is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):  # checkpointed: resume where it stopped
             log.warning("audit chunk %s of job %s hit a transient error: %s", chunk_id, job_id, exc)
+            if self.request.retries >= settings.job_max_attempts:  # Celery raises exc: this message is gone
+                _no_message_left(claim, chunk_id)
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries),
                              max_retries=settings.job_max_attempts) from exc
         log.exception("audit chunk %s of job %s failed", chunk_id, job_id)
@@ -104,6 +106,18 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
         outcome = record_outcome(claim, JobStatus.FAILED, None, error.problem())
         close_runs_apart(runtime.session_factory(), keyring=runtime.keyring(), job_id=claim.job_id)  # the run ends with its job
         return {"chunk": chunk_id, **outcome}
+
+
+def _no_message_left(claim: JobClaim, chunk_id: int) -> None:
+    """Say so in the run (:func:`forget_chunks_published`), if the database answers: the
+    error that spent the retries may be its own, and then the lease lapses all the same once
+    nothing commits on the audit queue."""
+    try:
+        with transaction(runtime.session_factory()) as session:
+            forget_chunks_published(session, job_id=claim.job_id, attempt=claim.attempt)
+    except Exception:  # noqa: BLE001 - logged; the chunk's own error is the one raised
+        log.warning("audit chunk %s of job %s: could not record that its message is gone", chunk_id, claim.job_id,
+                    exc_info=True)
 
 
 def _run_closed(claim: JobClaim, chunk_id: int, closed: RunClosed, lease_seconds: int) -> dict[str, Any]:

@@ -458,3 +458,41 @@ def test_the_sweep_skips_a_run_marked_finished_whose_status_was_left_running(
         session.execute(update(AuditRun).where(AuditRun.job_id == job_id).values(finished_at=text("now()")))
     with transaction(sessions) as session:
         assert close_runs_of_ended_jobs(session, keyring=keyring) == 0
+
+
+def test_an_audit_chunk_whose_retries_are_spent_leaves_its_job_to_the_sweep(sessions, settings, seeded,
+                                                                            monkeypatch) -> None:
+    """A chunk whose last retry failed has no message left: its run stops counting as waiting on
+    the queue (``chunks_published_attempt`` cleared), so no other audit's batches keep its job
+    leased and the sweep republishes it once its lease lapses. While retries are left, the
+    chunk comes back and the record stays."""
+    from celery.exceptions import Retry
+    from sqlalchemy.exc import OperationalError
+
+    from models.audit_tables import AuditRun
+    from tasks import audit
+
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)
+
+    def published() -> int | None:
+        with sessions() as session:
+            return session.scalar(select(AuditRun.chunks_published_attempt).where(AuditRun.job_id == job_id))
+
+    assert published() == 1
+
+    def retry(*, exc, countdown, max_retries):  # as Celery's: past max_retries it raises exc itself
+        if audit.audit_chunk.request.retries >= max_retries:
+            raise exc
+        raise Retry(exc=exc, when=countdown)
+
+    monkeypatch.setattr(audit.audit_chunk._get_current_object(), "retry", retry)
+    monkeypatch.setattr(audit, "audit_chunk_step", lambda session, **kwargs: (_ for _ in ()).throw(
+        OperationalError("SELECT ...", {}, Exception("server closed the connection unexpectedly"))))
+    with pytest.raises(Retry):
+        audit.audit_chunk(*messages[0])
+    assert published() == 1
+    monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": 0}))
+    with pytest.raises(OperationalError):
+        audit.audit_chunk(*messages[0])
+    assert published() is None
+    assert _job(sessions, job_id).status == "running"  # left to its lease, and so to the sweep
