@@ -8,8 +8,11 @@ publishes.
 
 from __future__ import annotations
 
+import uuid
+
 import click
 
+from cli.client import ApiError
 from cli.errors import PlantCliError
 from cli.jobs import connect
 from cli.local import local_settings
@@ -44,7 +47,7 @@ def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, 
     body: dict[str, object] = {"name": name, "scopes": list(dict.fromkeys(scopes))}
     if expires_in_days is not None:
         body["expires_in_days"] = expires_in_days
-    key = connect().post("/api-keys", body)
+    key = connect().post("/api-keys", body, expect=("id", "name", "scopes", "key"))
     if as_json:
         print_json(key)
         return
@@ -58,7 +61,9 @@ def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, 
 @json_option
 def list_keys(as_json: bool) -> None:
     """Every key, revoked ones included (never a secret)."""
-    keys = connect().get("/api-keys")["items"]
+    keys = connect().get("/api-keys", expect=("items",))["items"]
+    if not isinstance(keys, list):
+        raise ApiError("GET /api-keys answered without a list of items: is PLANT_URL a Plant API?")
     if as_json:
         print_json({"items": keys})
         return
@@ -70,11 +75,11 @@ def list_keys(as_json: bool) -> None:
 
 
 @api_keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", type=click.UUID)
 @json_option
-def revoke_key(key_id: str, as_json: bool) -> None:
+def revoke_key(key_id: uuid.UUID, as_json: bool) -> None:
     """Revoke the key with id KEY_ID; it stops working on the next request."""
-    key = connect().delete(f"/api-keys/{key_id}")
+    key = connect().delete(f"/api-keys/{key_id}", expect=("id", "name", "revoked_at"))
     if as_json:
         print_json(key)
     else:
@@ -192,7 +197,7 @@ def seal(as_json: bool) -> None:
 def list_signing_keys(as_json: bool) -> None:
     """The JWK Set the server publishes: the active key first, then every key it only verifies
     with (upcoming and retired keys, each shown as such); --json output is a --jwks file."""
-    jwks = connect().get("/signing-keys")
+    jwks = connect().get("/signing-keys", expect=("keys",))
     if as_json:
         print_json(jwks)
         return

@@ -12,7 +12,12 @@ and ``database-unavailable``, each with ``Retry-After``) is retried, waiting as 
 server's ``Retry-After`` asks (``DEFAULT_RETRY_WAIT_SECONDS`` without one; at most
 ``MAX_RETRY_WAIT_SECONDS`` each time, ``MAX_ATTEMPTS`` tries in all), but only where a retry
 cannot do the work twice: a ``GET``, or a ``POST`` that carries an ``Idempotency-Key`` (every
-:meth:`PlantClient.start_job` does). A request that gets no answer at all is not retried.
+:meth:`PlantClient.start_job` does). A request that gets no answer at all is not retried; a job
+start that got none names its key, to repeat the command with.
+
+A redirect is not followed, and an answer that is not the JSON object the command reads (another
+service at ``PLANT_URL``) is an ApiError too, never a traceback. Neither the API key nor a password
+in ``PLANT_URL`` is ever part of a message.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 
 from cli.bootstrap import ADMIN_KEY_FILE
 from cli.errors import PlantCliError
+from models.canonical import visible_text
 from models.settings import load_settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -45,6 +51,7 @@ RETRY_STATUSES = frozenset({429, 503})
 MAX_ATTEMPTS = 4
 MAX_RETRY_WAIT_SECONDS = 30.0
 DEFAULT_RETRY_WAIT_SECONDS = 1.0  # a retryable answer without a usable Retry-After
+JOB_MEMBERS = ("id", "kind", "status", "progress")  # what every job resource has, and the commands read
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,35 @@ class ClientConfig:
 
 def client_config_from_environment() -> ClientConfig:
     """``PLANT_URL`` and ``PLANT_API_KEY``, else the dev runner's admin key file."""
-    base_url = (os.environ.get("PLANT_URL") or DEFAULT_URL).rstrip("/")
-    api_key = os.environ.get("PLANT_API_KEY") or None
+    base_url = _usable_url((os.environ.get("PLANT_URL") or DEFAULT_URL).strip().rstrip("/"))
+    api_key = os.environ.get("PLANT_API_KEY", "").strip() or None  # a key file's CRLF, kept by $(cat ...)
     if api_key is not None:
-        return ClientConfig(base_url, api_key, None)
+        return ClientConfig(base_url, _sendable_key(api_key, "PLANT_API_KEY"), None)
     key_file = load_settings().data_dir / ADMIN_KEY_FILE
     api_key = (key_file.read_text().strip() or None) if key_file.is_file() else None
-    return ClientConfig(base_url, api_key, key_file)
+    return ClientConfig(base_url, api_key and _sendable_key(api_key, str(key_file)), key_file)
+
+
+def _usable_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; else a refusal that does not quote it (it
+    may hold a password). A bad port was httpx's InvalidURL, raised as a traceback."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise PlantCliError(f"PLANT_URL is not a URL the client can use: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise PlantCliError("PLANT_URL must be http://HOST[:PORT] or https://HOST[:PORT] (e.g. http://127.0.0.1:8000)")
+    return url
+
+
+def _sendable_key(key: str, source: str) -> str:
+    """``key`` if an ``Authorization`` header can carry it; else a refusal that never quotes it.
+    Sent as it is, a key holding a control code (a CR left inside it) was refused by the HTTP
+    library with an error quoting the header, the key included, on stderr and in CI logs."""
+    if key.isascii() and key.isprintable():
+        return key
+    raise PlantCliError(f"the API key in {source} holds a control code or a non-ASCII character, which a request "
+                        "header cannot carry (the key is not shown)")
 
 
 class ApiError(PlantCliError):
@@ -128,31 +157,50 @@ class PlantClient:
             response = send()
         if response.is_error:
             raise self._error(response)
+        if response.is_redirect:  # not followed: a redirected POST could land as a GET, the key on another host
+            raise ApiError(f"{shown_url(str(response.request.url))} redirects to "
+                           f"{shown_url(response.headers.get('Location', '?'))}: point PLANT_URL at the API itself",
+                           status=response.status_code)
         return response
 
     def _send(self, method: str, path: str, *, timeout: float | None, **kwargs: Any) -> httpx.Response:
+        where = shown_url(self.config.base_url)
         try:
             return self._http.request(method, API + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
         except httpx.TimeoutException as exc:
-            raise ApiError(f"{self.config.base_url} did not answer in time ({type(exc).__name__})") from exc
+            raise ApiError(f"{where} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.LocalProtocolError as exc:  # its message quotes the offending header: the key, maybe
+            raise ApiError(f"the request to {where} could not be sent: a header or URL holds a character HTTP "
+                           "does not allow") from exc
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach the Plant API at {self.config.base_url}: {exc} (is it running? set PLANT_URL)") from exc
+            raise ApiError(f"cannot reach the Plant API at {where}: {exc} (is it running? set PLANT_URL)") from exc
 
-    def get(self, path: str, **params: Any) -> Any:
-        return _json_of(self.request("GET", path, params=_present(params)))
+    def get(self, path: str, *, expect: tuple[str, ...] = (), **params: Any) -> dict[str, Any]:
+        """The JSON object at ``path``; ``expect``: members it must have (else ApiError)."""
+        return _members(_json_of(self.request("GET", path, params=_present(params))), expect, f"GET {path}")
 
-    def post(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
+    def post(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None,
+             expect: tuple[str, ...] = ()) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return _json_of(self.request("POST", path, json=body, headers=headers))
+        return _members(_json_of(self.request("POST", path, json=body, headers=headers)), expect, f"POST {path}")
 
-    def start_job(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> Any:
+    def start_job(self, path: str, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """POST that starts a job, always with an ``Idempotency-Key``: the caller's, else a new
         one, so that a retry of a busy answer returns the job the first try may have started
-        instead of starting a second."""
-        return self.post(path, body, idempotency_key=idempotency_key or f"plant-cli-{uuid.uuid4()}")
+        instead of starting a second. When no usable answer came (a timeout, a dropped
+        connection) the job may have started all the same: the error names the key, so the
+        command can be repeated with ``--idempotency-key`` and get that job, not a second one."""
+        key = idempotency_key or f"plant-cli-{uuid.uuid4()}"
+        try:
+            return self.post(path, body, idempotency_key=key, expect=JOB_MEMBERS)
+        except ApiError as error:
+            if error.status is not None or isinstance(error.__cause__, httpx.ConnectError):
+                raise  # the server refused, or the request never left: nothing started
+            raise ApiError(f"{error}; the job may have started: repeat with --idempotency-key {key} to get it "
+                           "rather than start another") from error
 
-    def delete(self, path: str) -> Any:
-        return _json_of(self.request("DELETE", path))
+    def delete(self, path: str, *, expect: tuple[str, ...] = ()) -> dict[str, Any]:
+        return _members(_json_of(self.request("DELETE", path)), expect, f"DELETE {path}")
 
     def download(self, path: str, **params: Any) -> bytes:
         return self.request("GET", path, params=_present(params)).content
@@ -165,13 +213,15 @@ class PlantClient:
         token, seen, followed = None, 0, set()
         while True:
             page = self.get(path, page_size=page_size, page_token=token, **params)
+            if not isinstance(page.get("items"), list):
+                raise ApiError(f"GET {path} answered without a list of items: is PLANT_URL a Plant API?")
             for item in page["items"]:
                 if limit is not None and seen >= limit:
                     return
                 seen += 1
                 yield item
             token = page.get("next_page_token")
-            if not token:
+            if not token or (limit is not None and seen >= limit):  # the limit reached: no page more to ask
                 return
             if token in followed:
                 raise ApiError(f"GET {path} handed out the same page token twice: the listing would never end")
@@ -181,7 +231,7 @@ class PlantClient:
         """The job resource; with ``wait`` the server holds the call until it ends or ``wait`` passes."""
         response = self.request("GET", f"/jobs/{job_id}", params={"wait": wait} if wait else None,
                                 timeout=TIMEOUT_SECONDS + wait)
-        return _json_of(response)
+        return _members(_json_of(response), JOB_MEMBERS, f"GET /jobs/{job_id}")
 
     def _error(self, response: httpx.Response) -> ApiError:
         try:
@@ -226,7 +276,7 @@ def _say_retrying(state: RetryCallState) -> None:
         problem = response.json()
     except ValueError:
         problem = None
-    why = problem_line(problem) if isinstance(problem, dict) else response.reason_phrase
+    why = visible_text(problem_line(problem) if isinstance(problem, dict) else response.reason_phrase)
     print(f"plant: {response.status_code} {why}; retrying in {state.upcoming_sleep:g} s "
           f"(try {state.attempt_number + 1} of {MAX_ATTEMPTS})", file=sys.stderr)
 
@@ -235,8 +285,29 @@ def _present(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _json_of(response: httpx.Response) -> Any:
+def _json_of(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of an answer: every Plant resource and list is one. Anything else (a
+    proxy's page, another service at ``PLANT_URL``) is an ApiError, not a traceback later."""
+    where = f"{shown_url(str(response.request.url))} answered {response.status_code}"
     try:
-        return response.json()
+        value = response.json()
     except json.JSONDecodeError as exc:
-        raise ApiError(f"{response.request.url} answered {response.status_code} with something that is not JSON") from exc
+        raise ApiError(f"{where} with something that is not JSON") from exc
+    if not isinstance(value, dict):
+        raise ApiError(f"{where} with JSON that is not an object: is PLANT_URL a Plant API?")
+    return value
+
+
+def _members(value: dict[str, Any], names: tuple[str, ...], what: str) -> dict[str, Any]:
+    if missing := [name for name in names if name not in value]:
+        raise ApiError(f"{what} answered without {', '.join(missing)}: is PLANT_URL a Plant API?")
+    return value
+
+
+def shown_url(url: str) -> str:
+    """``url`` without a password it may carry (``https://user:secret@host``): for messages."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:  # a Location header can hold anything
+        return "a URL that does not parse"
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url

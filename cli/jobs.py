@@ -1,5 +1,9 @@
 """``plant jobs list|show|watch|cancel`` and the shared way every job-starting command ends.
 
+An id a command puts in a URL path is taken only as a UUID (click's usage error otherwise):
+``../agents/<id>/assign-team?`` as a job id would otherwise reach another endpoint, since
+the HTTP client resolves dot segments and a ``?`` ends the path.
+
 A command that starts work prints the job it got (202 from the API); with ``--wait`` it
 follows the job to its end like ``plant jobs watch``, prints the outcome, and exits 3 if
 the job did not succeed, 5 if it succeeded without doing what was asked (a skill rejected,
@@ -8,11 +12,12 @@ agents left unplaced, an audit finding non-compliant entities).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import click
 
-from cli.client import PlantClient, client_config_from_environment
+from cli.client import JOB_MEMBERS, PlantClient, client_config_from_environment
 from cli.errors import OutcomeUnmet
 from cli.output import describe_job, job_line, json_option, outcome_lines, print_json, print_table, progress_text, unmet_outcome
 from cli.watch import ProgressView, follow, require_success
@@ -87,9 +92,9 @@ def list_jobs(status: str | None, kind: str | None, limit: int, as_json: bool) -
 
 
 @jobs.command("show")
-@click.argument("job_id")
+@click.argument("job_id", type=click.UUID)
 @json_option
-def show_job(job_id: str, as_json: bool) -> None:
+def show_job(job_id: uuid.UUID, as_json: bool) -> None:
     """Show one job: status, progress, result or error."""
     job = connect().job(job_id)
     if as_json:
@@ -100,9 +105,9 @@ def show_job(job_id: str, as_json: bool) -> None:
 
 
 @jobs.command("watch")
-@click.argument("job_id")
+@click.argument("job_id", type=click.UUID)
 @json_option
-def watch_job(job_id: str, as_json: bool) -> None:
+def watch_job(job_id: uuid.UUID, as_json: bool) -> None:
     """Follow a job with a live progress bar (rate, ETA), then print its result or error.
 
     Exits 0 when the job succeeded and 3 when it failed or was cancelled.
@@ -112,8 +117,8 @@ def watch_job(job_id: str, as_json: bool) -> None:
 
 
 @jobs.command("cancel")
-@click.argument("job_id")
+@click.argument("job_id", type=click.UUID)
 @json_option
-def cancel_job(job_id: str, as_json: bool) -> None:
+def cancel_job(job_id: uuid.UUID, as_json: bool) -> None:
     """Cancel a queued job now, or ask a running one to stop at its next checkpoint."""
-    print_job_line(connect().post(f"/jobs/{job_id}/cancel", {}), as_json=as_json)
+    print_job_line(connect().post(f"/jobs/{job_id}/cancel", {}, expect=JOB_MEMBERS), as_json=as_json)

@@ -71,13 +71,13 @@ def certify(skill: str, notes: str | None, wait: bool, idempotency_key: str | No
 
 
 @click.command()
-@click.argument("agents", metavar="[AGENT]...", nargs=-1)
+@click.argument("agents", metavar="[AGENT]...", nargs=-1, type=click.UUID)
 @click.option("--team", "team_ref", metavar="TEAM", help="Team id or name; omit to let Plant choose the best team.")
 @click.option("--all-unassigned", is_flag=True, help="Place every agent without a team with one optimal plan.")
 @wait_option
 @idempotency_option
 @json_option
-def assign(agents: tuple[str, ...], team_ref: str | None, all_unassigned: bool, wait: bool,
+def assign(agents: tuple[uuid.UUID, ...], team_ref: str | None, all_unassigned: bool, wait: bool,
            idempotency_key: str | None, as_json: bool) -> None:
     """Assign AGENT (an id) to a team: --team T, or the most similar eligible team.
 
@@ -93,7 +93,7 @@ def assign(agents: tuple[str, ...], team_ref: str | None, all_unassigned: bool, 
         body = {"team_id": team_id} if team_id else {}
         job = client.start_job(f"/agents/{agents[0]}/assign-team", body, idempotency_key=idempotency_key)
     else:
-        body = {"all_unassigned": True} if all_unassigned else {"agent_ids": list(agents)}
+        body = {"all_unassigned": True} if all_unassigned else {"agent_ids": [str(a) for a in agents]}
         job = client.start_job("/agents/assign-teams", body, idempotency_key=idempotency_key)
     finish_started_job(client, job, wait=wait, as_json=as_json)
 
@@ -145,7 +145,7 @@ def list_runs(limit: int, as_json: bool) -> None:
 
 
 @audit.command("findings")
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", callback=lambda _ctx, _param, value: _run_ref(value))
 @click.option("--code", help="Only findings with this code, e.g. row-content-mismatch.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
@@ -161,6 +161,15 @@ def list_findings(run_ref: str, code: str | None, limit: int, as_json: bool) -> 
         ("CODE", lambda f: f["code"]), ("SEVERITY", lambda f: f["severity"]), ("TYPE", lambda f: f["entity_type"]),
         ("ENTITY", lambda f: f["entity_id"]), ("VERSION", lambda f: f["version"]), ("DETAIL", lambda f: f["detail"]),
     ])
+
+
+def _run_ref(value: str) -> str:
+    """``latest`` or a run id; anything else would be put in the URL's path as it is."""
+    if value == "latest":
+        return value
+    if not _is_uuid(value):
+        raise click.BadParameter(f"{value!r} is neither a run id (a UUID) nor 'latest'")
+    return str(uuid.UUID(value))
 
 
 def resolve_run(client: PlantClient, ref: str) -> str:

@@ -61,8 +61,8 @@ def test_a_get_answered_503_is_retried_after_the_servers_retry_after(capsys) -> 
 
 
 def test_a_429_is_retried_too() -> None:
-    script = Script(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=[]))
-    assert script.client().get("/jobs") == [] and script.sleeps == [1.0]
+    script = Script(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json={"items": []}))
+    assert script.client().get("/jobs") == {"items": []} and script.sleeps == [1.0]
 
 
 def test_a_503_that_never_clears_ends_as_the_last_problem_after_max_attempts() -> None:
@@ -87,12 +87,15 @@ def test_a_post_with_idempotency_key_is_repeated_with_the_same_key_and_body() ->
     assert [json.loads(r.content) for r in script.requests] == [{"scope": {}}, {"scope": {}}]
 
 
+def accepted(job_id: str) -> httpx.Response:
+    return httpx.Response(202, json={"id": job_id, "kind": "audit.run", "status": "queued", "progress": {"done": 0}})
+
+
 def test_start_job_sends_a_new_key_per_job_and_the_same_key_on_each_retry() -> None:
-    script = Script(busy("1"), httpx.Response(202, json={"id": "a"}), httpx.Response(202, json={"id": "b"}),
-                    httpx.Response(202, json={"id": "c"}))
+    script = Script(busy("1"), accepted("a"), accepted("b"), accepted("c"))
     client = script.client()
-    assert client.start_job("/audit/run", {}) == {"id": "a"} and client.start_job("/audit/run", {}) == {"id": "b"}
-    assert client.start_job("/audit/run", {}, idempotency_key="given") == {"id": "c"}
+    assert client.start_job("/audit/run", {})["id"] == "a" and client.start_job("/audit/run", {})["id"] == "b"
+    assert client.start_job("/audit/run", {}, idempotency_key="given")["id"] == "c"
     keys = [r.headers["Idempotency-Key"] for r in script.requests]
     assert keys[0] == keys[1] and keys[0].startswith("plant-cli-") and keys[2].startswith("plant-cli-")
     assert keys[2] != keys[0] and keys[3] == "given" and script.sleeps == [1.0]
