@@ -110,7 +110,9 @@ def show_job(job_id: uuid.UUID, as_json: bool) -> None:
 def watch_job(job_id: uuid.UUID, as_json: bool) -> None:
     """Follow a job with a live progress bar (rate, ETA), then print its result or error.
 
-    Exits 0 when the job succeeded and 3 when it failed or was cancelled.
+    Exits 0 when the job succeeded, 3 when it failed or was cancelled, and 5 when it succeeded
+    without doing what was asked (a skill rejected, agents left unplaced, an audit with
+    non-compliant entities).
     """
     client = connect()
     follow_to_end(client, client.job(job_id), as_json=as_json)
@@ -121,4 +123,7 @@ def watch_job(job_id: uuid.UUID, as_json: bool) -> None:
 @json_option
 def cancel_job(job_id: uuid.UUID, as_json: bool) -> None:
     """Cancel a queued job now, or ask a running one to stop at its next checkpoint."""
-    print_job_line(connect().post(f"/jobs/{job_id}/cancel", {}, expect=JOB_MEMBERS), as_json=as_json)
+    job = connect().post(f"/jobs/{job_id}/cancel", {}, expect=JOB_MEMBERS)
+    print_job_line(job, as_json=as_json)
+    if not as_json and job["status"] == "running":  # the answer alone ("running") reads as a refusal
+        click.echo("cancel asked: the job stops at its next checkpoint (plant jobs watch ID to see it end)")

@@ -273,3 +273,17 @@ def test_a_start_that_never_connected_says_nothing_of_a_key(plant) -> None:
 
     result, _ = plant(refused, "assign", OTHER)
     assert result.exit_code == 1 and "cannot reach" in one_line(result) and "idempotency" not in one_line(result)
+
+
+def test_cancelling_a_running_job_says_the_cancel_was_asked(plant) -> None:
+    """The answer to a cancel of a running job is the job, still ``running``: printed alone,
+    "job ... running" read as if the cancel had been refused."""
+    result, server = plant(lambda r: httpx.Response(200, json=job("running", cancelled_by="api-key:x")),
+                           "jobs", "cancel", JOB_ID)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"job {JOB_ID}  agent.assign_team  running",
+                                          "cancel asked: the job stops at its next checkpoint (plant jobs watch ID to "
+                                          "see it end)"]
+    assert [r.url.path for r in server.requests] == [f"/api/v1/jobs/{JOB_ID}/cancel"]
+    queued, _ = plant(lambda r: httpx.Response(200, json=job("cancelled")), "jobs", "cancel", JOB_ID)
+    assert queued.stdout.splitlines() == [f"job {JOB_ID}  agent.assign_team  cancelled"]
