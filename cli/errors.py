@@ -8,6 +8,7 @@ script can rely on the code and a person can read the line.
 
 from __future__ import annotations
 
+import traceback
 from typing import IO, Any
 
 import click
@@ -99,6 +100,13 @@ def _shown_as_click_does(error: click.UsageError) -> bool:
     return isinstance(error, (NoArgsIsHelpError, OneLineUsageError))
 
 
+def _raised_parsing_a_database_url(error: Exception) -> bool:
+    """Whether SQLAlchemy's URL parser raised ``error`` (a port that is not a number is a bare
+    ValueError from it, which says nothing of where it came from otherwise)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].filename.replace("\\", "/").endswith("sqlalchemy/engine/url.py")
+
+
 def one_line(error: Exception) -> str | None:
     """The line for an error a local command can meet, or None for anything else: the
     database unreachable or refusing a statement (a schema not migrated), a domain error (a
@@ -106,12 +114,19 @@ def one_line(error: Exception) -> str | None:
     or key that is not valid."""
     from alembic.util.exc import CommandError
     from pydantic import ValidationError
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     from models.errors import PlantError
 
     if isinstance(error, PlantError):
         return error.detail
+    if isinstance(error, NoSuchModuleError):  # "Can't load plugin: sqlalchemy.dialects:<scheme>"
+        return f"DATABASE_URL names no database SQLAlchemy has here ({error}): use postgresql://..."
+    if isinstance(error, (ArgumentError, ValueError)) and _raised_parsing_a_database_url(error):
+        # Nothing of the URL in the line, not even the parser's quote of its port: with an
+        # unescaped "@" in the password, what it takes for the port is part of the password.
+        why = "its port is not a number" if not isinstance(error, ArgumentError) else "it does not parse"
+        return f"DATABASE_URL is not a database URL ({why}): postgresql://USER[:PASSWORD]@HOST[:PORT]/DB"
     if isinstance(error, CommandError):  # Alembic's: a revision it cannot reach, a database not at head
         return f"migrations: {' '.join(str(error).split())}"
     if isinstance(error, BrokenPipeError):

@@ -287,3 +287,28 @@ def test_cancelling_a_running_job_says_the_cancel_was_asked(plant) -> None:
     assert [r.url.path for r in server.requests] == [f"/api/v1/jobs/{JOB_ID}/cancel"]
     queued, _ = plant(lambda r: httpx.Response(200, json=job("cancelled")), "jobs", "cancel", JOB_ID)
     assert queued.stdout.splitlines() == [f"job {JOB_ID}  agent.assign_team  cancelled"]
+
+
+# --- A DATABASE_URL that does not parse: one line, nothing of the URL ------------------------
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("not-a-url", "it does not parse"),
+    ("postgresql://ops:p@ss:w0rd-secret@db/plant", "its port is not a number"),  # an unescaped @: the port is password
+    ("postgresql://ops:pw-secret@[::1/plant", "its port is not a number"),
+    ("postgres+nodriver://ops:pw-secret@db/plant", "names no database"),
+])
+@pytest.mark.parametrize("args", [("db", "check"), ("db", "upgrade"), ("signing-keys", "seal")])
+def test_a_database_url_that_does_not_parse_is_one_line_without_the_url(monkeypatch, tmp_path, url, said, args) -> None:
+    """SQLAlchemy's ArgumentError, NoSuchModuleError and bare ValueError (a port that is not a
+    number) were tracebacks."""
+    (tmp_path / "keys").mkdir()
+    monkeypatch.setenv("PLANT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", url)
+    for name in ("PLANT_DATABASE_URL", "PLANT_ADMIN_API_KEY", "PLANT_RUNTIME_ROLE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert "DATABASE_URL" in line and said in line, line
+    assert "secret" not in line and "w0rd" not in line, line
