@@ -136,7 +136,8 @@ class PlantClient:
         self._http.close()
 
     def url(self, path: str) -> str:
-        return f"{self.config.base_url}{API}{path}"
+        """Where ``path`` is, for a message: without a password ``PLANT_URL`` may hold."""
+        return shown_url(f"{self.config.base_url}{API}{path}")
 
     def request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
         """Send a request to ``/api/v1{path}``; an error status or no connection raises ApiError.

@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 import cli.jobs as cli_jobs
-from cli.client import PlantClient
+from cli.client import ClientConfig, PlantClient
 from cli.main import cli
 from tests.conftest import refused_port
 
@@ -312,3 +312,13 @@ def test_a_database_url_that_does_not_parse_is_one_line_without_the_url(monkeypa
     line = one_line(result)
     assert "DATABASE_URL" in line and said in line, line
     assert "secret" not in line and "w0rd" not in line, line
+
+
+def test_the_url_the_client_names_in_messages_has_no_password() -> None:
+    """``report verify`` and ``digest verify`` say where the keys came from with this URL
+    (``keys fetched from ...``): it printed PLANT_URL's password."""
+    client = PlantClient(ClientConfig("https://ops:pw-secret@plant.example:8443", SECRET, None))
+    try:
+        assert client.url("/signing-keys") == "https://plant.example:8443/api/v1/signing-keys"
+    finally:
+        client.close()
