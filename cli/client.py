@@ -52,6 +52,9 @@ MAX_ATTEMPTS = 4
 MAX_RETRY_WAIT_SECONDS = 30.0
 DEFAULT_RETRY_WAIT_SECONDS = 1.0  # a retryable answer without a usable Retry-After
 JOB_MEMBERS = ("id", "kind", "status", "progress")  # what every job resource has, and the commands read
+# Failures before the request reached a server: a job start that met one started nothing.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError,
+              httpx.UnsupportedProtocol)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ class PlantClient:
         try:
             return self.post(path, body, idempotency_key=key, expect=JOB_MEMBERS)
         except ApiError as error:
-            if error.status is not None or isinstance(error.__cause__, httpx.ConnectError):
+            if error.status is not None or isinstance(error.__cause__, NEVER_SENT):
                 raise  # the server refused, or the request never left: nothing started
             raise ApiError(f"{error}; the job may have started: repeat with --idempotency-key {key} to get it "
                            "rather than start another") from error
