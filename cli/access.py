@@ -12,7 +12,7 @@ import uuid
 
 import click
 
-from cli.client import ApiError
+from cli.client import NEVER_SENT, ApiError
 from cli.errors import PlantCliError
 from cli.jobs import connect
 from cli.local import local_settings
@@ -47,7 +47,14 @@ def create_key(name: str, scopes: tuple[str, ...], expires_in_days: int | None, 
     body: dict[str, object] = {"name": name, "scopes": list(dict.fromkeys(scopes))}
     if expires_in_days is not None:
         body["expires_in_days"] = expires_in_days
-    key = connect().post("/api-keys", body, expect=("id", "name", "scopes", "key"))
+    try:
+        key = connect().post("/api-keys", body, expect=("id", "name", "scopes", "key"))
+    except ApiError as error:
+        if error.status is not None or isinstance(error.__cause__, NEVER_SENT):
+            raise
+        # Created, maybe, with a secret no one saw: live until revoked.
+        raise ApiError(f"{error}; the key may have been created all the same: `plant api-keys list` shows it by "
+                       f"its name, `plant api-keys revoke ID` ends it") from error
     if as_json:
         print_json(key)
         return

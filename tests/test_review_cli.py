@@ -323,3 +323,16 @@ def test_the_url_the_client_names_in_messages_has_no_password() -> None:
         assert client.url("/signing-keys") == "https://plant.example:8443/api/v1/signing-keys"
     finally:
         client.close()
+
+
+def test_a_key_create_that_got_no_answer_says_the_key_may_be_live(plant) -> None:
+    """The server may have created the key before the answer was lost: a live key whose secret
+    no one saw. The line said only "did not answer in time"."""
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    result, server = plant(lost, "api-keys", "create", "ci")
+    assert result.exit_code == 1 and len(server.requests) == 1  # a create is never repeated
+    assert "plant api-keys revoke" in one_line(result)
+    refused, _ = plant(lambda r: httpx.Response(422, json={"title": "Unprocessable"}), "api-keys", "create", "ci")
+    assert refused.exit_code == 1 and "revoke" not in one_line(refused)
