@@ -57,7 +57,12 @@ def finish_started_job(client: PlantClient, job: dict[str, Any], *, wait: bool, 
 def follow_to_end(client: PlantClient, job: dict[str, Any], *, as_json: bool) -> dict[str, Any]:
     """Follow the job (a live bar unless ``as_json``), print how it ended; exit 3 unless it
     succeeded, 5 if it succeeded without doing what was asked (:func:`cli.output.unmet_outcome`)."""
-    final = follow(client, job, None if as_json else ProgressView())
+    view = None if as_json else ProgressView()
+    try:
+        final = follow(client, job, view)
+    finally:
+        if view is not None:
+            view.end_line()
     if as_json:
         print_json(final)
     require_success(final)

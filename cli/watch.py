@@ -57,18 +57,28 @@ class ProgressView:
         self._first: tuple[float, int] | None = None  # (time, done) when progress was first seen
         self._last_line = ""
         self._width = 0
+        self._open = False  # a live line drawn and not ended
 
     def __call__(self, job: dict[str, Any]) -> None:
         line = self.line(job)
         if self._live:
             self._width = max(self._width, len(line))
             self._stream.write("\r" + line.ljust(self._width))
-            if is_terminal(job):
+            self._open = not is_terminal(job)
+            if not self._open:
                 self._stream.write("\n")
         elif line != self._last_line:
             self._stream.write(line + "\n")
         self._stream.flush()
         self._last_line = line
+
+    def end_line(self) -> None:
+        """End a live line the follow left open (an error, Ctrl-C), so the ``plant: ...`` line
+        said next starts a line of its own rather than trailing the bar."""
+        if self._open:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._open = False
 
     def line(self, job: dict[str, Any]) -> str:
         progress = job.get("progress") or {}

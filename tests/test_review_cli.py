@@ -336,3 +336,26 @@ def test_a_key_create_that_got_no_answer_says_the_key_may_be_live(plant) -> None
     assert "plant api-keys revoke" in one_line(result)
     refused, _ = plant(lambda r: httpx.Response(422, json={"title": "Unprocessable"}), "api-keys", "create", "ci")
     assert refused.exit_code == 1 and "revoke" not in one_line(refused)
+
+
+def test_a_watch_cut_short_ends_its_live_line_before_the_error(plant, monkeypatch) -> None:
+    """On a terminal the bar is one line redrawn with ``\\r`` and no newline until the job
+    ends; a watch that ended otherwise (the API gone, Ctrl-C) left it open, and the
+    ``plant: ...`` line was glued to the bar."""
+    import io
+
+    from cli.watch import ProgressView
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_jobs, "ProgressView", lambda: ProgressView(screen, live=True))
+    answers = iter([httpx.Response(200, json=job("running"))])
+
+    def then_gone(request: httpx.Request) -> httpx.Response:
+        answer = next(answers, None)
+        if answer is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        return answer
+
+    result, _ = plant(then_gone, "jobs", "watch", JOB_ID)
+    assert result.exit_code == 1 and "cannot reach" in one_line(result)
+    assert screen.getvalue().startswith("\rrunning") and screen.getvalue().endswith("\n"), repr(screen.getvalue())
