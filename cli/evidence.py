@@ -25,7 +25,7 @@ import click
 from cli.errors import PlantCliError, VerificationFailed
 from cli.jobs import connect
 from cli.output import json_option, print_json
-from cli.work import resolve_run
+from cli.work import parse_run_ref, resolve_run
 from models.canonical import aware_time, strict_json_loads, visible_text
 from models.errors import PlantError
 from models.jws import published_as_upcoming, seal_lists, sealed_at, signed_after_its_seal
@@ -80,7 +80,7 @@ def report() -> None:
 
 
 @report.command("export")
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_ref", metavar="RUN", callback=lambda _ctx, _param, value: parse_run_ref(value))
 @click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="json", show_default=True,
               help="json: the signed report; csv: the findings; html: a readable report.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),

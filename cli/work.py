@@ -145,7 +145,7 @@ def list_runs(limit: int, as_json: bool) -> None:
 
 
 @audit.command("findings")
-@click.argument("run_ref", metavar="RUN", callback=lambda _ctx, _param, value: _run_ref(value))
+@click.argument("run_ref", metavar="RUN", callback=lambda _ctx, _param, value: parse_run_ref(value))
 @click.option("--code", help="Only findings with this code, e.g. row-content-mismatch.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
@@ -163,7 +163,7 @@ def list_findings(run_ref: str, code: str | None, limit: int, as_json: bool) -> 
     ])
 
 
-def _run_ref(value: str) -> str:
+def parse_run_ref(value: str) -> str:
     """``latest`` or a run id; anything else would be put in the URL's path as it is."""
     if value == "latest":
         return value
@@ -179,7 +179,9 @@ def resolve_run(client: PlantClient, ref: str) -> str:
     newest = next(client.items("/audit/runs", limit=1), None)
     if newest is None:
         raise PlantCliError("there is no audit run yet (plant audit run --wait)")
-    return str(newest["id"])
+    if not _is_uuid(str(newest.get("id"))):  # it goes into the next request's path
+        raise PlantCliError("the server's newest audit run has no run id (a UUID): is PLANT_URL a Plant API?")
+    return str(uuid.UUID(str(newest["id"])))
 
 
 def _against(digest: Any) -> Any:

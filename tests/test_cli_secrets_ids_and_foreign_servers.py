@@ -150,6 +150,7 @@ OTHER = "00000000-0000-4000-8000-0000000000aa"
     ("api-keys", "revoke", f"../jobs/{OTHER}?"),
     ("assign", f"../genesis/skills/{OTHER}/certify?"),       # was: POST .../certify, a certification started
     ("audit", "findings", "../../api-keys?"),
+    ("report", "export", "../../api-keys?", "-o", "-"),    # was: GET /audit/runs/../../api-keys?/report.html
 ])
 def test_an_id_that_is_not_a_uuid_is_a_usage_error_before_any_request(plant, args) -> None:
     """The client resolves ``..`` and a ``?`` ends the path, so these ids reached other
@@ -157,6 +158,14 @@ def test_an_id_that_is_not_a_uuid_is_a_usage_error_before_any_request(plant, arg
     result, server = plant(lambda r: httpx.Response(202, json=job("cancelled")), *args)
     assert result.exit_code == 2, result.output
     assert server.requests == []
+
+
+def test_a_latest_run_whose_id_is_no_uuid_is_not_put_in_a_path(plant) -> None:
+    result, server = plant(lambda r: httpx.Response(200, json={"items": [{"id": "../../api-keys?"}],
+                                                               "next_page_token": None}),
+                           "report", "export", "latest", "--format", "html", "-o", "-")
+    assert result.exit_code == 1 and "UUID" in one_line(result), result.output
+    assert [r.url.path for r in server.requests] == ["/api/v1/audit/runs"]
 
 
 def test_a_run_id_is_sent_in_its_plain_form(plant) -> None:
