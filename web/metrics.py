@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -90,28 +91,49 @@ def route_label() -> str:
 
 
 def _start_request() -> None:
-    g.request_started = time.perf_counter()
-    g.request_id = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
-    g.log_context_token = bind_log_context(request_id=g.request_id)
+    started = time.perf_counter()
+    context = g._get_current_object()  # noqa: SLF001 - werkzeug's public way past the proxy
+    context.request_started = started
+    context.request_id = request_id = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
+    context.log_context_token = bind_log_context(request_id=request_id)
+
+
+# The children of the request metrics by label values, each found once: prometheus_client's
+# ``labels()`` checks and joins its arguments and takes a lock on every call, for the same
+# few children (bounded labels) every request.
+_REQUEST_COUNTERS: dict[tuple[str, str, str], Any] = {}
+_REQUEST_LATENCIES: dict[tuple[str, str], Any] = {}
+
+
+def _count_request(method: str, route: str, status: str, seconds: float) -> None:
+    counter = _REQUEST_COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _REQUEST_COUNTERS[(method, route, status)] = HTTP_REQUESTS.labels(method, route, status)
+    latency = _REQUEST_LATENCIES.get((method, route))
+    if latency is None:
+        latency = _REQUEST_LATENCIES[(method, route)] = HTTP_LATENCY.labels(method, route)
+    counter.inc()
+    latency.observe(seconds)
 
 
 def _finish_request(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id") or incoming_request_id(None)
-    route = route_label()
+    # The request and g once each, past their proxies: this runs on every request.
+    context, served = g._get_current_object(), request._get_current_object()  # noqa: SLF001
+    response.headers[REQUEST_ID_HEADER] = context.get("request_id") or incoming_request_id(None)
+    route = served.url_rule.rule if served.url_rule is not None else UNMATCHED_ROUTE
     if route == METRICS_PATH:
         return response
-    seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
-    method = request.method if request.method in KNOWN_METHODS else "other"
-    HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(method, route).observe(seconds)
-    api_key = g.get("api_key")
+    seconds = time.perf_counter() - context.get("request_started", time.perf_counter())
+    method, path, status = served.method, served.path, response.status_code
+    _count_request(method if method in KNOWN_METHODS else "other", route, str(status), seconds)
+    api_key = context.get("api_key")
     # A 202's Location names the job it created: the link from this request id to the worker's
     # lines, which carry the job id. Only the client saw it otherwise.
     location = response.headers.get("Location")
     request_log.info(
-        "%s %s %s %.1fms", request.method, request.path, response.status_code, seconds * 1000,
-        extra={"method": request.method, "route": route, "path": request.path, "status": response.status_code,
-               "duration_ms": round(seconds * 1000, 1), "remote": request.remote_addr,
+        "%s %s %s %.1fms", method, path, status, seconds * 1000,
+        extra={"method": method, "route": route, "path": path, "status": status,
+               "duration_ms": round(seconds * 1000, 1), "remote": served.remote_addr,
                **({"api_key_id": str(api_key.id)} if api_key is not None else {}),
                **({"location": location} if location else {})},
     )
