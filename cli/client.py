@@ -129,6 +129,10 @@ class PlantClient:
             timeout=httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
         )
 
+    def pause(self, seconds: float) -> None:
+        """Sleep between polls (``sleep`` as given: tests pass one that returns at once)."""
+        self._sleep(seconds)
+
     def __enter__(self) -> PlantClient:
         return self
 

@@ -13,11 +13,17 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from cli.client import PlantClient, problem_line
+from cli.client import ApiError, PlantClient, problem_line
 from cli.errors import JobUnsuccessful
 from models.canonical import visible_text
 
 POLL_WAIT_SECONDS = 1.0
+# A follow keeps polling through an API that does not answer, or answers 502/503/504 past the
+# client's own retries (a deploy restarting it, a proxy between), for this long: the job goes
+# on meanwhile, and a --wait that gave up would read as the job's failure (exit 1).
+OUTAGE_SECONDS = 300.0
+OUTAGE_POLL_SECONDS = 2.0
+OUTAGE_STATUSES = frozenset({502, 503, 504})
 BAR_WIDTH = 28
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -34,9 +40,28 @@ def follow(client: PlantClient, job: dict[str, Any], on_update: Callable[[dict[s
         if is_terminal(job):
             return job
         asked = time.monotonic()
-        job = client.job(job["id"], wait=POLL_WAIT_SECONDS)
+        job = _poll(client, job["id"])
         if not is_terminal(job):  # answered before its wait (every long-poll slot of the server taken): pace it
             time.sleep(max(0.0, POLL_WAIT_SECONDS - (time.monotonic() - asked)))
+
+
+def _poll(client: PlantClient, job_id: str) -> dict[str, Any]:
+    """The job, polled again through an outage of the API (:data:`OUTAGE_SECONDS`, counted
+    both by the clock and by the pauses taken), with a line on stderr each time; any other
+    error, or one outlasting that, is raised."""
+    began, pauses = time.monotonic(), 0
+    while True:
+        try:
+            return client.job(job_id, wait=POLL_WAIT_SECONDS)
+        except ApiError as error:
+            outage = error.status is None or error.status in OUTAGE_STATUSES
+            spent = max(time.monotonic() - began, pauses * OUTAGE_POLL_SECONDS)
+            if not outage or spent >= OUTAGE_SECONDS:
+                raise
+            print(f"plant: {visible_text(str(error))}; job {job_id} goes on: polling again in "
+                  f"{OUTAGE_POLL_SECONDS:g} s (for up to {OUTAGE_SECONDS:g} s)", file=sys.stderr, flush=True)
+            client.pause(OUTAGE_POLL_SECONDS)
+            pauses += 1
 
 
 def require_success(job: dict[str, Any]) -> dict[str, Any]:

@@ -62,3 +62,59 @@ def test_following_a_job_paces_polls_the_server_answers_before_their_wait(monkey
     monkeypatch.setattr(watch.time, "sleep", slept.append)
     assert watch.follow(AnswersAtOnce(), job("queued", 0))["status"] == "succeeded"  # type: ignore[arg-type]
     assert len(slept) == 2 and all(0.9 < s <= watch.POLL_WAIT_SECONDS for s in slept), slept
+
+
+def _through_outage(errors: list, final: dict):
+    """A client whose job polls raise ``errors`` one by one, then answer ``final``."""
+    from cli.client import PlantClient, ClientConfig
+
+    import httpx
+
+    answers = iter([*errors, final])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, int):
+            return httpx.Response(answer, json={"title": "Service Unavailable", "status": answer})
+        return httpx.Response(200, json=answer)
+
+    pauses: list[float] = []
+    client = PlantClient(ClientConfig("http://plant.invalid", "k", None), transport=httpx.MockTransport(handler),
+                         sleep=pauses.append)
+    return client, pauses
+
+
+def test_following_a_job_polls_on_through_an_api_restart(capsys) -> None:
+    """`--wait` and `jobs watch` exited 1 when the API did not answer for a moment (a deploy
+    restarting it), though the job went on: a CI step read that as the job's failure. The
+    follow keeps polling through such an outage, saying so on stderr."""
+    import httpx
+
+    from cli.watch import OUTAGE_POLL_SECONDS, follow
+
+    refused = httpx.ConnectError("connection refused")
+    client, pauses = _through_outage([refused, refused, 502], job("succeeded", 10))
+    done = follow(client, job("running", 1))
+    assert done["status"] == "succeeded"
+    assert pauses.count(OUTAGE_POLL_SECONDS) >= 3
+    said = capsys.readouterr().err.splitlines()
+    assert len([line for line in said if "goes on: polling again" in line]) == 3, said
+
+
+def test_following_a_job_gives_up_on_an_outage_that_lasts_or_on_a_refusal() -> None:
+    import httpx
+    import pytest
+
+    from cli.client import ApiError
+    from cli.watch import OUTAGE_POLL_SECONDS, OUTAGE_SECONDS, follow
+
+    tries = int(OUTAGE_SECONDS / OUTAGE_POLL_SECONDS) + 1
+    client, _ = _through_outage([httpx.ConnectError("refused")] * tries, job("succeeded", 10))
+    with pytest.raises(ApiError, match="cannot reach"):
+        follow(client, job("running", 1))
+    client, pauses = _through_outage([404], job("succeeded", 10))  # not an outage: the job is gone
+    with pytest.raises(ApiError):
+        follow(client, job("running", 1))
+    assert pauses == []
