@@ -101,8 +101,10 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     retired_signing_keys_dir: Path | None = None
 
-    # Embeddings: "hashing" (built in, no download) or "sentence-transformers".
-    embedder: str = "hashing"
+    # Embeddings: "hashing" (built in, no download) or "sentence-transformers". Checked here, so
+    # that a misspelt name stops the API, workers and beat at start rather than failing every job
+    # that embeds (a worker took it and failed each with embedder-unavailable).
+    embedder: Literal["hashing", "sentence-transformers"] = "hashing"
 
     # Audits and the ledger digest.
     audit_batch_size: int = Field(default=500, ge=1, le=10_000)
