@@ -28,7 +28,7 @@ import httpx
 from cli.bootstrap import ADMIN_KEY_FILE
 from cli.client import ClientConfig
 from cli.errors import PlantCliError
-from cli.local import SERVICES_ENV
+from cli.local import SERVICES_ENV, services_env_value
 from cli.services import running_postmaster
 from cli.watchdog import LIFELINE_VARIABLE
 
@@ -94,11 +94,10 @@ class DemoStack:
 
     def database_url(self) -> str:
         """The libpq URL the runner wrote into ``services.env``."""
-        for line in (self.data_dir / SERVICES_ENV).read_text().splitlines():
-            name, _, value = line.partition("=")
-            if name == "DATABASE_URL":
-                return value.replace("postgresql+psycopg://", "postgresql://", 1)
-        raise PlantCliError(f"no DATABASE_URL in {self.data_dir / SERVICES_ENV}")
+        value = services_env_value(self.data_dir / SERVICES_ENV, "DATABASE_URL")
+        if value is None:
+            raise PlantCliError(f"no DATABASE_URL in {self.data_dir / SERVICES_ENV}")
+        return value.replace("postgresql+psycopg://", "postgresql://", 1)
 
     def environment(self) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if name not in ISOLATED_VARIABLES}

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import cli
 
 
-@pytest.mark.parametrize("args", [("entity", "repairs", "--json"), ("signing-keys", "seal", "--json")])
+@pytest.mark.parametrize("args", [("entity", "repairs", "--json"), ("signing-keys", "seal", "--json"), ("seed", "--json")])
 def test_local_commands_next_to_make_dev_find_its_database_without_setup(settings, monkeypatch, tmp_path, clean_db, args):
     """Finding 1. The README's CLI section: "Next to `make dev` on its default port it needs no
     setup", and it lists `plant entity restore`, `plant entity repairs` and `plant signing-keys
@@ -46,3 +46,22 @@ def test_a_database_url_in_the_environment_wins_over_services_env(settings, monk
     monkeypatch.delenv("DATABASE_URL")
     monkeypatch.delenv("PLANT_DATABASE_URL", raising=False)
     assert local_settings().database_url == "postgresql+psycopg://elsewhere@127.0.0.1:1/other"
+
+
+@pytest.mark.parametrize("args", [("db", "check", "--json"), ("db", "upgrade", "--json")])
+def test_schema_commands_next_to_make_dev_use_its_owner_s_url(settings, monkeypatch, tmp_path, args) -> None:
+    """README: services.env's `OWNER_DATABASE_URL` is the schema owner's, "for `plant db
+    upgrade`"; the command never read the file and went to the default
+    postgres@127.0.0.1:5432/plant (here, another server's database). The runner's
+    `DATABASE_URL` is the runtime role's, which cannot migrate: these take the owner's."""
+    for name in ("DATABASE_URL", "PLANT_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "plant"
+    data_dir.mkdir()
+    (data_dir / "services.env").write_text("DATABASE_URL=postgresql+psycopg://runtime@127.0.0.1:1/nowhere\n"
+                                           f"REDIS_URL={settings.redis_url}\nOWNER_DATABASE_URL={settings.database_url}\n")
+    monkeypatch.setenv("PLANT_DATA_DIR", str(data_dir))
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout).get("drift", False) is False
+    assert "using the dev runner's database" in result.stderr
