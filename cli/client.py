@@ -111,8 +111,9 @@ def problem_line(problem: dict[str, Any]) -> str:
     title = problem.get("title") or "Error"
     detail = problem.get("detail")
     line = f"{title}: {detail}" if detail and detail != title else str(title)
-    extras = [f"{e.get('field')}: {e.get('message')}" for e in problem.get("errors") or []
-              if isinstance(e, dict) and e.get("message") != detail]  # one that is the detail says nothing more
+    # An entry whose message is the detail (a domain refusal naming its one field) adds only its field.
+    extras = [f"{e.get('field')}: {e.get('message')}" if e.get("message") != detail else str(e.get("field"))
+              for e in problem.get("errors") or [] if isinstance(e, dict)]
     extras += [str(v.get("rule") or v) if isinstance(v, dict) else str(v) for v in problem.get("violations") or []]
     return f"{line} ({'; '.join(extras)})" if extras else line
 

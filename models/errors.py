@@ -50,16 +50,6 @@ class InvalidInput(PlantError):
     code = "invalid-input"
     title = "Invalid input"
 
-    def problem(self, status: int | None = None) -> dict[str, Any]:
-        """As every 422, one ``errors`` entry per bad field: a check here that names one
-        ``field`` (a page token, an ``Idempotency-Key``) lists it there too, where clients
-        read the request schema's refusals (``field`` stays, as it was served)."""
-        body = super().problem(status)
-        field = self.extensions.get("field")
-        if isinstance(field, str) and "errors" not in body:
-            body["errors"] = [{"field": field, "message": self.detail}]
-        return body
-
 
 class Conflict(PlantError):
     code = "conflict"

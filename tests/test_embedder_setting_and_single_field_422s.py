@@ -70,9 +70,10 @@ def test_a_reused_idempotency_key_is_an_errors_entry(client) -> None:
 
 
 def test_the_cli_does_not_repeat_an_errors_entry_that_is_the_detail() -> None:
-    """``plant: 422 Invalid input: …`` stays one readable line with the new entries."""
+    """``plant: 422 Invalid input: …`` stays one readable line with the new entries: one whose message
+    is the detail adds only its field."""
     problem = {"title": "Invalid input", "detail": "page_token is not a token this API issued",
                "errors": [{"field": "page_token", "message": "page_token is not a token this API issued"}]}
-    assert problem_line(problem) == "Invalid input: page_token is not a token this API issued"
+    assert problem_line(problem) == "Invalid input: page_token is not a token this API issued (page_token)"
     problem["errors"].append({"field": "k", "message": "too big"})
-    assert problem_line(problem).endswith("(k: too big)")
+    assert problem_line(problem).endswith("(page_token; k: too big)")

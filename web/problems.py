@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid
+from web.schemas import MEMBERS_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ def _retry_later(response: Response, seconds: int = DATABASE_RETRY_AFTER_SECONDS
 
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
-    response = Response(json.dumps(error.problem(status)), status=status, mimetype=PROBLEM_MIMETYPE)
+    problem = error.problem(status)
+    if status == 422 and isinstance(problem.get("field"), str) and "errors" not in problem and "violations" not in problem:
+        # A domain refusal names its field in ``field``; a 422 lists its bad fields in ``errors`` (README, Errors).
+        problem["errors"] = [{"field": problem["field"], "message": error.detail}]
+    response = Response(json.dumps(problem), status=status, mimetype=PROBLEM_MIMETYPE)
     return response if error.retry_after_seconds is None else _retry_later(response, error.retry_after_seconds)
 
 
@@ -130,11 +135,14 @@ def _unexpected(error: Exception) -> Response:
 
 
 def validation_problem(error: ValidationError) -> Response:
-    """flask-openapi3's validation callback: one entry per bad field, status 422."""
-    errors = [
-        {"field": ".".join(str(part) for part in item["loc"]) or "body", "message": item["msg"]}
-        for item in error.errors(include_url=False, include_context=False)
-    ]
+    """flask-openapi3's validation callback: one entry per bad field, status 422. A refusal of
+    several members together (``web.schemas.members_refused``) has an entry for each of them."""
+    errors = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"])
+        members = item.get("ctx", {}).get("members") if item["type"] == MEMBERS_REFUSED else None
+        fields = [f"{path}.{member}" if path else member for member in members] if members else [path or "body"]
+        errors.extend({"field": field, "message": item["msg"]} for field in fields)
     return invalid_input_response("the request has invalid fields", errors)
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_
 
 from models.entities import AgentStatus, LifecycleStatus, Seniority, SkillCategory
 from models.skill_keys import SKILL_KEY_LENGTH
-from web.schemas import QueryModel, rfc3339_utc
+from web.schemas import QueryModel, members_refused, rfc3339_utc
 
 Name = Field(max_length=200)
 Text = Field(default="", max_length=20_000)
@@ -91,7 +91,7 @@ def patch_model(create: type[BaseModel], *, not_null: tuple[str, ...] = ()) -> t
     def refuse_nulls(self: BaseModel) -> BaseModel:
         nulled = sorted(n for n in self.model_fields_set & not_nullable if getattr(self, n) is None)
         if nulled:
-            raise ValueError(f"these fields cannot be null: {', '.join(nulled)}")
+            raise members_refused(f"these fields cannot be null: {', '.join(nulled)}", *nulled)
         return self
 
     if not create.__name__.endswith("In"):

@@ -9,6 +9,7 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_serializer
+from pydantic_core import PydanticCustomError
 
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
@@ -63,6 +64,16 @@ UNREADABLE_ERROR = "Job error"
 class FieldError(BaseModel):
     field: str = Field(description="the bad field: a body member (dotted path), a query or path parameter, or a header")
     message: str
+
+
+MEMBERS_REFUSED = "members_refused"
+
+
+def members_refused(message: str, *members: str) -> PydanticCustomError:
+    """A refusal a request model's own validator raises about several members together (give
+    one of two, not both; these may not be null): the 422 names each member in ``errors``
+    (:func:`web.problems.validation_problem`), not the body as a whole, as pydantic would."""
+    return PydanticCustomError(MEMBERS_REFUSED, message, {"members": members})
 
 
 class RuleViolation(BaseModel):

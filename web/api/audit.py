@@ -25,7 +25,7 @@ from models.reports import export_report, finding_resource, findings_csv, findin
 from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
-from web.schemas import API_PROBLEMS, JobOut, QueryModel, problems
+from web.schemas import API_PROBLEMS, JobOut, QueryModel, members_refused, problems
 from web.services import db_session, digest_slot, services
 
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
@@ -86,8 +86,9 @@ class AuditRunIn(BaseModel):
     def _incremental_takes_no_scope_or_digest(self) -> AuditRunIn:
         # An incremental run reads neither: accepting them would report a clean run that never looked.
         if self.since is not None and (self.against_digest is not None or self.scope != AuditScope()):
-            raise ValueError("'since' audits the whole registry against the latest stored digest: "
-                             "it cannot be combined with 'scope' or 'against_digest'")
+            combined = ["scope"] * (self.scope != AuditScope()) + ["against_digest"] * (self.against_digest is not None)
+            raise members_refused("'since' audits the whole registry against the latest stored digest: "
+                                  "it cannot be combined with 'scope' or 'against_digest'", "since", *combined)
         return self
 
 

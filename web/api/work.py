@@ -18,7 +18,7 @@ from models.entities import EntityType
 from models.registry import get_entity, require_all
 from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import EntityPath
-from web.schemas import API_PROBLEMS, JobOut, problems
+from web.schemas import API_PROBLEMS, JobOut, members_refused, problems
 from web.services import db_session
 
 work_api = APIBlueprint("work", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS)
@@ -44,7 +44,8 @@ class AssignTeamsIn(BaseModel):
     @model_validator(mode="after")
     def _one_selector(self) -> AssignTeamsIn:
         if bool(self.agent_ids) == self.all_unassigned:
-            raise ValueError("give either a non-empty agent_ids or all_unassigned: true")
+            raise members_refused("give either a non-empty agent_ids or all_unassigned: true", "agent_ids",
+                                  "all_unassigned")
         return self
 
 
