@@ -163,6 +163,21 @@ def test_attributes_deeper_than_canonical_json_allows_list_the_field_in_errors(c
     assert _fields(problem) == [problem["field"]]
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    ("", "the body is empty: send a JSON object"), ("{", "the body is not valid JSON"),
+    ('{"seconds": 1, "seconds": 2}', "the body is not valid JSON"), ("[]", "the body must be a JSON object, not an array"),
+    ("null", "the body must be a JSON object, not null"), ("1.5", "the body must be a JSON object, not a number"),
+])
+@pytest.mark.parametrize("path", [f"{API}/diagnostics/sleep", f"{API}/agents/assign-teams"])
+def test_a_body_that_is_no_json_object_is_said_so_not_named_by_its_python_class(client, document, path, data,
+                                                                                  message) -> None:
+    """It was 'Input should be a valid dictionary or instance of SleepIn': a class of Plant's
+    code, and nothing saying the JSON did not parse."""
+    response = client.post(path, data=data, content_type="application/json")
+    problem = assert_problem(document, response, 422, "/problems/invalid-input", (path, "post"))
+    assert problem["errors"] == [{"field": "body", "message": message}]
+
+
 # --- werkzeug's own errors ------------------------------------------------------------------
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, json
+from flask import Flask, Response, current_app, json, request
 from pydantic import ValidationError
 from psycopg.errors import QueryCanceled, ReadOnlySqlTransaction
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from models.canonical import strict_json_loads
 from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid
 from web.schemas import MEMBERS_REFUSED
 
@@ -142,8 +143,26 @@ def validation_problem(error: ValidationError) -> Response:
         path = ".".join(str(part) for part in item["loc"])
         members = item.get("ctx", {}).get("members") if item["type"] == MEMBERS_REFUSED else None
         fields = [f"{path}.{member}" if path else member for member in members] if members else [path or "body"]
-        errors.extend({"field": field, "message": item["msg"]} for field in fields)
+        message = _body_not_an_object() if not path and item["type"] == "model_type" else item["msg"]
+        errors.extend({"field": field, "message": message} for field in fields)
     return invalid_input_response("the request has invalid fields", errors)
+
+
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+              float: "a number", type(None): "null"}
+
+
+def _body_not_an_object() -> str:
+    """What is wrong with a body that is no JSON object, said as JSON: pydantic says only that
+    it is not 'a valid dictionary or instance of' the model's Python class."""
+    data = request.get_data(cache=True)
+    if not data:
+        return "the body is empty: send a JSON object"
+    try:
+        value = strict_json_loads(data)
+    except ValueError:
+        return "the body is not valid JSON"
+    return f"the body must be a JSON object, not {JSON_TYPES.get(type(value), 'that')}"
 
 
 def register_error_handlers(app: Flask) -> None:
