@@ -268,6 +268,20 @@ def test_every_operation_naming_an_id_no_row_has_is_a_documented_404(client, com
     assert checked >= 20
 
 
+def test_every_job_submission_documents_the_409_of_an_idempotency_key_that_changed_hands(document) -> None:
+    """``models/idempotency.py::claim_key`` is 409 ``conflict`` when the key's row is gone (purged,
+    expired) and claimed by another request between its INSERT and its SELECT, twice: a status the
+    job-submitting operations did not document, so a client generated from /openapi.json had no
+    branch for it."""
+    submitting = [(path, method) for path, method, operation in _operations(document)
+                  if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))]
+    assert len(submitting) == 5
+    for path, method in submitting:
+        declared = document["paths"][path][method]["responses"]
+        assert "409" in declared, f"{method.upper()} {path}"
+        assert PROBLEM in declared["409"]["content"]
+
+
 def test_a_stale_if_match_is_a_documented_409(client, committed_steward, document) -> None:
     response = client.patch(f"{API}/agents/{committed_steward}", json={"description": "x"},
                             headers={"If-Match": '"999"'})

@@ -36,7 +36,8 @@ IDEMPOTENCY_KEY = _parameter(
     "Idempotency-Key",
     "Makes the submission safe to retry. The same key with the same payload returns the job it started "
     "(202, `Idempotent-Replayed: true`), with a different payload it is 422 `idempotency-key-reused`; "
-    "concurrent duplicates start one job. Keys are per API key and remembered for "
+    "concurrent duplicates start one job (one that finds the key expired and claimed again meanwhile is 409 "
+    "`conflict`: retry it). Keys are per API key and remembered for "
     "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
     {"type": "string", "minLength": 1, "maxLength": 255})
 IF_MATCH = _parameter(

@@ -220,7 +220,7 @@ class DigestQuery(QueryModel):
     leaves: bool = Field(default=False, description="include every (entity_id, head, version) leaf")
 
 
-@audit_api.post("/audit/run", responses={202: JobOut, **problems(422)})
+@audit_api.post("/audit/run", responses={202: JobOut, **problems(409, 422)})
 @submits_a_job
 def start_audit(body: AuditRunIn) -> Response:
     """Start a compliance audit (job ``audit.run`` on the audit queue)."""

@@ -14,7 +14,7 @@ from web.services import services
 diagnostics_api = APIBlueprint("diagnostics", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="diagnostics")])
 
 
-@diagnostics_api.post("/diagnostics/sleep", responses={202: JobOut, **problems(422)})
+@diagnostics_api.post("/diagnostics/sleep", responses={202: JobOut, **problems(409, 422)})
 @submits_a_job
 def start_sleep(body: SleepIn) -> Response:
     """Start a job that sleeps ``seconds`` in ``steps`` slices, reporting progress.

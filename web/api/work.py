@@ -22,7 +22,7 @@ from web.schemas import API_PROBLEMS, JobOut, members_refused, problems
 from web.services import db_session
 
 work_api = APIBlueprint("work", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS)
-ACCEPTED = {202: JobOut, **problems(404), **problems(422)}
+ACCEPTED = {202: JobOut, **problems(404, 409, 422)}  # 409: an Idempotency-Key that changed hands
 
 
 class CertifyIn(BaseModel):
