@@ -322,3 +322,38 @@ def test_the_cli_shows_a_field_whose_message_is_the_detail_once() -> None:
     validation = {"title": "Invalid input", "detail": "the request has invalid fields",
                   "errors": [{"field": "seconds", "message": "Input should be a valid number"}]}
     assert problem_line(validation) == "Invalid input: the request has invalid fields (seconds: Input should be a valid number)"
+
+
+def _plant_error_codes() -> set[str]:
+    """The ``code`` of every PlantError class in ``models`` (some are defined beside their domain)."""
+    import importlib
+    import pkgutil
+
+    import models
+    from models.errors import PlantError
+
+    for module in pkgutil.iter_modules(models.__path__):
+        importlib.import_module(f"models.{module.name}")
+    classes, seen = [PlantError], set()
+    while classes:
+        cls = classes.pop()
+        seen.add(cls.code)
+        classes.extend(cls.__subclasses__())
+    return seen - {PlantError.code}
+
+
+def test_readme_names_every_problem_type_a_client_may_match_on() -> None:
+    """README's Errors section said only that Plant's types are under ``/problems/``: of the
+    types a client matches on, ``not-found``, ``conflict``, ``constitution-violation``,
+    ``immutable-entity`` and others were named nowhere."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    errors = readme[readme.index("\n## Errors\n"):readme.index("\n## Tests\n")]
+    web_types = {match for path in (root / "web").rglob("*.py")
+                 for match in re.findall(r'"/problems/([a-z-]+)"', path.read_text())}
+    assert {"unauthorized", "forbidden", "database-unavailable", "database-timeout", "database-busy"} <= web_types
+    missing = sorted(code for code in _plant_error_codes() | web_types if f"`{code}`" not in errors)
+    assert not missing, missing
