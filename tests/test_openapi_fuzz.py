@@ -6,6 +6,7 @@ content type and the body schema are all documented for that operation.
 """
 
 import collections
+import json
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -18,6 +19,24 @@ from schemathesis.checks import (
 
 CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance)
 EXAMPLES = 800
+
+
+def problem_wrong(status: int, content_type: str, body: bytes) -> str | None:
+    """What README's "Errors" promises of every error that the document's schema leaves open:
+    problem+json, a ``status`` member equal to the HTTP status, a ``detail``, and a 422's bad
+    fields in ``errors`` (or its broken rules in ``violations``)."""
+    if status < 400:
+        return None
+    if content_type.split(";")[0].strip() != "application/problem+json":
+        return f"content type {content_type}"
+    problem = json.loads(body)
+    if problem.get("status") != status:
+        return f"status member {problem.get('status')!r}"
+    if not isinstance(problem.get("detail"), str) or not problem["detail"]:
+        return "no detail"
+    if status == 422 and not (problem.get("errors") or problem.get("violations")):
+        return "a 422 naming no field and no rule"
+    return None
 
 
 def test_every_operation_answers_as_documented(app, admin_key) -> None:
@@ -41,6 +60,13 @@ def test_every_operation_answers_as_documented(app, admin_key) -> None:
                 key = (operation.label, check.__name__, response.status_code)
                 failures[key] += 1
                 examples.setdefault(key, str(failure)[:500])
+        content_type = next((value for name, value in response.headers.items() if name.lower() == "content-type"), "")
+        content_type = content_type[0] if isinstance(content_type, list) else content_type
+        wrong = problem_wrong(response.status_code, content_type, response.content)
+        if wrong:
+            key = (operation.label, "problem_as_readme_says", response.status_code)
+            failures[key] += 1
+            examples.setdefault(key, f"{wrong}: {response.text[:400]}")
 
     fuzz()
     assert not failures, "\n".join(f"{n}× {key}: {examples[key]}" for key, n in failures.most_common(10))
