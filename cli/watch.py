@@ -40,15 +40,16 @@ def follow(client: PlantClient, job: dict[str, Any], on_update: Callable[[dict[s
         if is_terminal(job):
             return job
         asked = time.monotonic()
-        job = _poll(client, job["id"])
+        job = _poll(client, job["id"], before_message=getattr(on_update, "end_line", None))
         if not is_terminal(job):  # answered before its wait (every long-poll slot of the server taken): pace it
             time.sleep(max(0.0, POLL_WAIT_SECONDS - (time.monotonic() - asked)))
 
 
-def _poll(client: PlantClient, job_id: str) -> dict[str, Any]:
+def _poll(client: PlantClient, job_id: str, *, before_message: Callable[[], None] | None = None) -> dict[str, Any]:
     """The job, polled again through an outage of the API (:data:`OUTAGE_SECONDS`, counted
-    both by the clock and by the pauses taken), with a line on stderr each time; any other
-    error, or one outlasting that, is raised."""
+    both by the clock and by the pauses taken), with a line on stderr each time (after
+    ``before_message``: a live progress line is ended first); any other error, or one
+    outlasting that, is raised."""
     began, pauses = time.monotonic(), 0
     while True:
         try:
@@ -58,6 +59,8 @@ def _poll(client: PlantClient, job_id: str) -> dict[str, Any]:
             spent = max(time.monotonic() - began, pauses * OUTAGE_POLL_SECONDS)
             if not outage or spent >= OUTAGE_SECONDS:
                 raise
+            if before_message is not None:
+                before_message()
             print(f"plant: {visible_text(str(error))}; job {job_id} goes on: polling again in "
                   f"{OUTAGE_POLL_SECONDS:g} s (for up to {OUTAGE_SECONDS:g} s)", file=sys.stderr, flush=True)
             client.pause(OUTAGE_POLL_SECONDS)

@@ -359,12 +359,9 @@ def test_a_watch_cut_short_ends_its_live_line_before_the_error(plant, monkeypatc
     monkeypatch.setattr(cli_jobs, "ProgressView", lambda: ProgressView(screen, live=True))
     answers = iter([httpx.Response(200, json=job("running"))])
 
-    def then_gone(request: httpx.Request) -> httpx.Response:
-        answer = next(answers, None)
-        if answer is None:
-            raise httpx.ConnectError("connection refused", request=request)
-        return answer
+    def then_refused(request: httpx.Request) -> httpx.Response:  # an outage is polled through (cli/watch.py)
+        return next(answers, None) or httpx.Response(401, json={"title": "Unauthorized", "detail": "key revoked"})
 
-    result, _ = plant(then_gone, "jobs", "watch", JOB_ID)
-    assert result.exit_code == 1 and "cannot reach" in one_line(result)
+    result, _ = plant(then_refused, "jobs", "watch", JOB_ID)
+    assert result.exit_code == 1 and "key revoked" in one_line(result)
     assert screen.getvalue().startswith("\rrunning") and screen.getvalue().endswith("\n"), repr(screen.getvalue())

@@ -118,3 +118,15 @@ def test_following_a_job_gives_up_on_an_outage_that_lasts_or_on_a_refusal() -> N
     with pytest.raises(ApiError):
         follow(client, job("running", 1))
     assert pauses == []
+
+
+def test_an_outage_line_does_not_glue_onto_a_live_progress_line(capsys) -> None:
+    import httpx
+
+    from cli.watch import follow
+
+    screen = io.StringIO()
+    client, _ = _through_outage([httpx.ConnectError("refused")], job("succeeded", 10))
+    follow(client, job("running", 1), ProgressView(screen, live=True))
+    drawn = screen.getvalue()
+    assert drawn.startswith("\rrunning") and "\n\rsucceeded" in drawn, repr(drawn)  # the bar ended before the line
