@@ -517,3 +517,15 @@ class SentTasks:
         if self.broker_down:
             raise ConnectionRefusedError("the broker is down")
         self.sent.append((name, args, queue, countdown))
+
+
+@pytest.fixture
+def no_server_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take Plant's log handlers off the root logger for one test. A server started earlier in
+    this process (another test's app) left its JSON handler there, writing to whatever
+    sys.stderr is: httpx's request lines would land in the output CliRunner captures from a
+    command, which a CLI test reads line by line."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "plant_handler", False)])

@@ -7,6 +7,9 @@ from cli.main import cli
 from tests.conftest import refused_port, ring_sealing
 
 
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
+
 @pytest.fixture
 def run(settings, monkeypatch, clean_db):
     monkeypatch.setenv("DATABASE_URL", settings.database_url)

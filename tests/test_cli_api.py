@@ -8,7 +8,6 @@ set as a user would set them. Every wait is the CLI's own ``--wait`` long-poll.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,12 +40,9 @@ def api_url(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def plant(api_url: str, admin_key: str, monkeypatch: pytest.MonkeyPatch) -> Plant:
-    """Run ``plant ARGS...`` as the admin against the live server."""
-    # The server shares this process: its log lines (root handler, writing to whatever
-    # sys.stdout is) would land in the output CliRunner captures from the command.
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "plant_handler", False)])
+def plant(api_url: str, admin_key: str, monkeypatch: pytest.MonkeyPatch, no_server_log_lines: None) -> Plant:
+    """Run ``plant ARGS...`` as the admin against the live server (which shares this process:
+    its log lines stay out of what the command prints)."""
     monkeypatch.setenv("PLANT_URL", api_url)
     monkeypatch.setenv("PLANT_API_KEY", admin_key)
     return lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

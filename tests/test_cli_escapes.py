@@ -15,6 +15,9 @@ from cli.client import PlantClient
 from cli.main import cli
 from cli.output import unmet_outcome
 
+
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
 JOB_ID = "00000000-0000-4000-8000-000000000001"
 RUN_ID = "00000000-0000-4000-8000-000000000002"
 EVIL = "Ops\x1b[2K\r\x1b[1A\x1b]0;owned\x07"  # erase the line, go up, retitle the terminal

@@ -22,6 +22,9 @@ from models.signing import ensure_key_file, generate_ed25519, load_signing_key_p
 from models.errors import SigningKeyError
 
 
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
+
 def rotate(*args: str) -> dict:
     result = CliRunner().invoke(cli, ["signing-keys", "rotate", "--json", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output

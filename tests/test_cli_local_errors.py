@@ -9,6 +9,9 @@ from click.testing import CliRunner
 from cli.main import cli
 
 
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
+
 def _one_line(result) -> str:
     """Exit 1, one ``plant: ...`` line on stderr, no traceback (the README's promise for every error)."""
     assert not (result.exception and not isinstance(result.exception, SystemExit)), repr(result.exception)

@@ -11,6 +11,9 @@ from click.testing import CliRunner
 from cli.main import cli
 
 
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
+
 @pytest.mark.parametrize("args", [("entity", "repairs", "--json"), ("signing-keys", "seal", "--json"), ("seed", "--json")])
 def test_local_commands_next_to_make_dev_find_its_database_without_setup(settings, monkeypatch, tmp_path, clean_db, args):
     """Finding 1. The README's CLI section: "Next to `make dev` on its default port it needs no

@@ -25,6 +25,9 @@ from cli.client import ClientConfig, PlantClient
 from cli.main import cli
 from tests.conftest import refused_port
 
+
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
 JOB_ID = "00000000-0000-4000-8000-000000000001"
 SECRET = "plant_s3cr3t-never-printed-0123456789abcdef"
 Handler = Callable[[httpx.Request], httpx.Response]

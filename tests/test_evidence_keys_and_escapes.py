@@ -31,15 +31,7 @@ AFTER_THE_SEAL = "2026-07-01T00:00:00Z"
 EVIL = "\x1b[2K\r\x1b[1Aall clean"  # erase the line, go back to its start, up one line
 
 
-@pytest.fixture(autouse=True)
-def _no_server_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server started earlier in this process (another test's) left Plant's JSON handler on the
-    root logger, writing to whatever sys.stderr is: httpx's request lines would land in the
-    output CliRunner captures from the command (as tests/test_cli_api.py's ``plant`` fixture says)."""
-    import logging
-
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if not getattr(h, "plant_handler", False)])
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")
 
 
 @pytest.fixture
@@ -113,8 +105,11 @@ def test_the_export_commands_escape_what_the_server_names(tmp_path, monkeypatch,
     transport = _server(signer)
     monkeypatch.setattr(cli_jobs, "PlantClient", lambda config: PlantClient(config, transport=transport))
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "out.json")])
-    assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\r" not in result.output, repr(result.output)
+    if args[0] == "report":  # a run id that is no UUID never reaches a path, nor the output
+        assert result.exit_code == 1 and "no run id (a UUID)" in result.output, result.output
+        return
+    assert result.exit_code == 0, result.output
     assert "\\x1b[2K" in result.output
 
 

@@ -30,6 +30,9 @@ from models.ledger_digest import digest_with_leaves
 from models.reports import signed_report, verify_report
 from models.signing import KeyRing, generate_ed25519
 
+
+pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
+
 REPORT = {
     "type": "plant.audit-report.v1",
     "run": {"id": "r1", "summary": {"non_compliant": 3, "compliant": 17}, "note": "café"},
