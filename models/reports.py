@@ -47,6 +47,11 @@ DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 # covers it: ``summary.findings_left_out``), "yes" otherwise; while the run is running, "no"
 # for one no checkpoint covers so far, empty otherwise.
 CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail", "counted")
+# A text cell a spreadsheet would read as a formula (OWASP "CSV Injection"): written with a
+# leading apostrophe. No finding Plant writes has such a text cell (codes, rule ids, types and
+# details all start with a letter or digit), so only a row written outside Plant, which the
+# export marks counted "no", is changed; the JSON export keeps its exact value.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
@@ -262,10 +267,23 @@ def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> st
         left_out, kept = set(progress.left_out).__contains__, ""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    # The writer quotes a cell holding a line terminator; with "\n" it would write a lone CR
+    # bare, which readers take for the end of the row: text after it would read as a row of
+    # its own (a forged "counted: yes"). A row with a CR is written with every cell quoted.
+    quoted = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for finding in findings:
-        writer.writerow({**finding_resource(finding), "counted": "no" if left_out(finding.id) else kept})
+        cells = {name: spreadsheet_safe(value) for name, value in finding_resource(finding).items()}
+        row = {**cells, "counted": "no" if left_out(finding.id) else kept}
+        (quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else writer).writerow(row)
     return out.getvalue()
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell as a spreadsheet should read it: text starting with a formula character
+    (:data:`FORMULA_STARTS`) gets a leading apostrophe, so it is shown as text, never run;
+    numbers (a version below 1 is a negative number, not a formula) and other text are kept."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def report_sha256(report: dict[str, Any]) -> str:
