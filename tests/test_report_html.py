@@ -48,7 +48,8 @@ from tests.conftest import EMBEDDER, REPO_ROOT, bearer, wait_for
 from tests.test_audit_record_signed import written_by_plant
 
 API = "/api/v1"
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
 FORWARDED_HEADERS = ("Content-Type", "Content-Security-Policy", "X-Content-Type-Options", "Cache-Control")
 SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1}
 VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})

@@ -90,3 +90,46 @@ def test_a_carriage_return_in_a_finding_cannot_start_a_row_of_its_own(client, en
     forged = next(row for row in rows if row["code"].startswith("forged"))
     assert (forged["code"], forged["detail"], forged["counted"]) == ("forged\r999999", "yes\ryes", "no")
     assert all(None not in row and None not in row.values() for row in rows)
+
+
+def test_no_answer_under_the_api_may_be_kept_by_a_cache(client, app, engine, keyring, seeded) -> None:
+    """Only the report page said ``no-store``. The JSON and CSV exports, the findings, an
+    entity's history and the digest said nothing, so a cache that does not key on
+    ``Authorization`` (a reverse proxy told to cache, e.g. nginx ``proxy_cache_valid``, whose
+    default key is the URL) could keep one and hand it to a request with no key at all."""
+    run_id = _closed_run(engine, keyring)
+    with Session(engine) as session:
+        industry = session.scalar(text("SELECT id FROM industries LIMIT 1"))
+    answers = {
+        "json export": client.get(f"{API}/audit/export", query_string={"run_id": str(run_id)}),
+        "csv export": client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}),
+        "findings": client.get(f"{API}/audit/runs/{run_id}/findings"),
+        "run": client.get(f"{API}/audit/runs/{run_id}"),
+        "digest": client.get(f"{API}/ledger/digest", query_string={"leaves": "true"}),
+        "history": client.get(f"{API}/genesis/industries/{industry}/history"),
+        "a refusal": app.test_client().get(f"{API}/audit/runs/{run_id}/findings"),
+    }
+    assert {name: r.status_code for name, r in answers.items()} == {**{name: 200 for name in answers}, "a refusal": 401}
+    assert {name: r.headers.get("Cache-Control") for name, r in answers.items()} == {name: "no-store" for name in answers}
+    page = client.get(f"{API}/audit/runs/{run_id}/report.html")
+    assert page.headers["Cache-Control"] == "private, no-store"  # a view that says its own keeps it
+
+
+def test_a_saved_report_page_keeps_its_content_security_policy(client, engine, keyring, seeded) -> None:
+    """``plant report export --format html`` saves the page to a file; opened from there it has
+    no HTTP header, so its policy must be in the page: before anything it could govern."""
+    run_id = _closed_run(engine, keyring, kid=HOSTILE)
+    response = client.get(f"{API}/audit/runs/{run_id}/report.html")
+    elements = parse(response.get_data(as_text=True))
+    head = [e for e in elements if e.parent is not None and e.parent.tag == "head"]
+    assert [e.tag for e in head[:2]] == ["meta", "meta"] and "charset" in head[0].attrs
+    said = head[1].attrs
+    assert said.get("http-equiv") == "Content-Security-Policy"
+    header = response.headers["Content-Security-Policy"]
+    assert said["content"] == header.removesuffix("; frame-ancestors 'none'") and "default-src 'none'" in said["content"]
+    assert "frame-ancestors 'none'" in header and "base-uri 'none'" in header and "form-action 'none'" in header
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    # and what a write key names is shown as text, never as markup
+    assert not {"script", "img", "a", "iframe"} & {e.tag for e in elements}
+    shown = [e.text for e in elements if e.attrs.get("data-run-level-code") == "digest-invalid"]
+    assert len(shown) == 1 and "<script>alert(1)</script>" in shown[0] and 'href="javascript:alert(3)"' in shown[0]

@@ -7,7 +7,8 @@ A key past its expiry is 401 saying when it expired; a key's first
 request after ``LAST_USED_GRANULARITY`` records its ``last_used_at`` once answered.
 The authenticated key is ``g.api_key``; chain writes are attributed to it. A request
 that waits (a long poll) looks its key up again before it answers
-(:func:`key_revoked_while_waiting`).
+(:func:`key_revoked_while_waiting`). Every answer under ``/api/`` is ``Cache-Control: no-store``
+unless its view says otherwise (:func:`not_stored_by_default`).
 """
 
 from __future__ import annotations
@@ -114,5 +115,17 @@ def current_actor() -> str:
     return key_actor(key.id) if key is not None else "api"
 
 
+def not_stored_by_default(response: Response) -> Response:
+    """``after_request``: every answer under ``/api/`` is for one key's eyes (a signed report,
+    findings, history, a digest), so none may be kept by a cache that does not key on
+    ``Authorization`` (a reverse proxy told to cache, a browser's disk), to be served later
+    without a key or to another. A view that says otherwise (a job's ``no-cache`` with its
+    ETag) keeps its own."""
+    if request.path.startswith(PROTECTED_PREFIX) and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def init_auth(app: Flask) -> None:
     app.before_request(check_api_key)
+    app.after_request(not_stored_by_default)

@@ -3,7 +3,8 @@
 Everything the page shows comes from :func:`models.report_view.report_view`; this module
 adds the geometry of the horizontal bar charts (inline SVG, drawn server-side, so the page
 needs no script, stylesheet, font or image from anywhere) and serves the page with a
-Content-Security-Policy that forbids loading anything at all except inline styles.
+Content-Security-Policy that forbids loading anything at all except inline styles, and
+says the same policy in the page itself, so a saved copy opened from a file keeps it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ HTML_RESPONSE: dict[str, Any] = {
     "description": "the report as a self-contained HTML page",
     "content": {"text/html": {"schema": {"type": "string"}}},
 }
+# The page says it too (a <meta> in its head): a page saved with `plant report export --format
+# html` and opened from a file has no HTTP header. frame-ancestors works only as a header.
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "Content-Security-Policy": PAGE_POLICY + "; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     # A running audit's page changes from one request to the next, and it is behind a key.
     "Cache-Control": "private, no-store",
@@ -82,7 +87,8 @@ def report_page(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Res
     """The rendered page; ``NotFound`` for an unknown run propagates to the problem mapping."""
     view = report_view(session, run_id=run_id, keyring=keyring)
     session.commit()  # the record of the page's report signature
-    html = render_template(TEMPLATE, view=view, rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
+    html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY,
+                           rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
     response = Response(html, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)
     return response
