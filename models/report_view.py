@@ -57,7 +57,7 @@ class ReportView:
     by_rule: dict[str, int]
     by_code: dict[str, int]
     entity_rows: tuple[EntityRow, ...]
-    entities_with_findings: int
+    entities_with_findings: int  # every entity a finding names: the rows of the entity table
     clean_entities: int | None
     run_level_findings: int  # findings about the registry as a whole (no entity)
     entities_audited: int  # so far, from the chunks' checkpoints
@@ -65,9 +65,17 @@ class ReportView:
     repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
     run_level: tuple[dict[str, Any], ...] = ()  # the findings about no one entity (the page lists 100)
 
+    audited_with_findings: int | None = None  # of those, the entities the run audited (its summary's count)
+
     @property
     def rows_capped(self) -> bool:
         return len(self.entity_rows) < self.entities_with_findings
+
+    @property
+    def not_audited_with_findings(self) -> int:
+        """Entities a finding names that the run did not audit (gone from the registry, beyond
+        where a stopped run reached): listed, but in none of the summary's counts."""
+        return 0 if self.audited_with_findings is None else max(0, self.entities_with_findings - self.audited_with_findings)
 
 
 def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: int = MAX_ENTITY_ROWS) -> ReportView:
@@ -88,7 +96,8 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         by_code=summary["by_code"] if summary else _count(f["code"] for f in findings),
         entity_rows=tuple(rows[:max_rows]),
         entities_with_findings=with_findings,
-        clean_entities=_clean(summary, findings),
+        clean_entities=None if summary is None else max(0, summary["total_entities"] - _flagged(summary, findings)),
+        audited_with_findings=None if summary is None else _flagged(summary, findings),
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
         entities_audited=summary["total_entities"] if summary else run["entities_audited"],
@@ -127,20 +136,17 @@ def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[
     }
 
 
-def _clean(summary: dict[str, Any] | None, findings: list[dict[str, Any]]) -> int | None:
-    """Audited entities without a single finding (only once the run has its total): the
-    summary's ``entities_with_findings`` counts those it audited, as its totals do (a run that
-    stopped part-way: not the digest's findings about entities it never reached). Runs closed
-    before the summary had it count every entity a finding names.
-
-    Floored at 0: a digest given with the audit may name entities outside a narrowed scope.
+def _flagged(summary: dict[str, Any], findings: list[dict[str, Any]]) -> int:
+    """Audited entities with any finding: the summary's ``entities_with_findings``, which
+    counts those it audited, as its totals do (a run that stopped part-way: not the digest's
+    findings about entities it never reached). Runs closed before the summary had it count
+    every entity a finding names but those deleted. The page's "clean" is the total less
+    these, floored at 0: a digest given with the audit may name entities outside a narrowed scope.
     """
-    if summary is None:
-        return None
     flagged = summary.get("entities_with_findings")
     if not isinstance(flagged, int):
         flagged = len({f["entity_id"] for f in findings if f["entity_id"] is not None and f["code"] not in NOT_AUDITED_CODES})
-    return max(0, summary["total_entities"] - flagged)
+    return flagged
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -161,3 +161,30 @@ def test_the_report_of_a_run_with_many_findings_is_built_within_the_idle_transac
         session.execute(text("SET LOCAL idle_in_transaction_session_timeout = 1000"))
         view = report_view(session, run_id=run_id, keyring=keyring)
     assert view.figures["findings"] == 20_000
+
+
+def test_the_page_s_count_of_entities_with_findings_is_the_signed_summary_s(client, engine, keyring, seeded) -> None:
+    """The page said "N entities have findings; M audited entities have none" with N counted
+    from every entity a finding names, M from the summary's ``entities_with_findings``: an
+    entity gone from the registry (``entity-deleted``) was in N and in no count the run signed,
+    so N + M was not the run's total, and the figure labelled ``entities_with_findings`` was
+    not the summary's."""
+    from models.audit import FindingRow
+    from models.audit_runs import pending_chunks
+    from models.audit_tables import AuditChunk
+    from tests.test_audit_record_signed import written_by_plant
+    from tests.test_report_html import metrics, number
+
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
+        written_by_plant(session, run, chunk, keyring, [
+            FindingRow("industry", uuid.uuid4(), 3, "entity-deleted", "in the digest, gone from the registry")])
+        _steps(session, run, keyring, batch_size=500)
+        summary = summarize_run(session, run_id=run.id, keyring=keyring)
+        run_id = run.id
+    assert summary["entities_with_findings"] == 0 and summary["findings"] == 1
+    shown = metrics(parse(client.get(f"{API}/audit/runs/{run_id}/report.html").get_data(as_text=True)))
+    assert number(shown["entities_with_findings"]) == summary["entities_with_findings"]
+    assert number(shown["clean_entities"]) == summary["total_entities"] - summary["entities_with_findings"]
+    assert number(shown["not_audited_with_findings"]) == 1  # still listed, and said to be outside the counts
