@@ -188,3 +188,25 @@ def test_the_page_s_count_of_entities_with_findings_is_the_signed_summary_s(clie
     assert number(shown["entities_with_findings"]) == summary["entities_with_findings"]
     assert number(shown["clean_entities"]) == summary["total_entities"] - summary["entities_with_findings"]
     assert number(shown["not_audited_with_findings"]) == 1  # still listed, and said to be outside the counts
+
+
+def test_a_repair_s_actor_cannot_read_as_another_name_on_the_page(client, engine, keyring, write_ctx, seeded) -> None:
+    """``plant entity restore --actor`` takes any text but NUL. On the page a right-to-left
+    override made "operator:\\u202eecila" read "operator:alice", and a zero-width space hid
+    inside a name; ``plant entity repairs`` escapes both (``visible_text``), the page did not."""
+    from models.entities import EntityType
+    from models.repair import restore_entity
+
+    actor = "operator:\u202eecila\u200b"
+    with Session(engine) as session, session.begin():
+        industry = session.scalar(text("SELECT id FROM industries ORDER BY id LIMIT 1"))
+        session.execute(text("UPDATE industries SET description = 'changed behind the chain' WHERE id = :id"),
+                        {"id": industry})
+    with Session(engine) as session, session.begin():
+        restore_entity(session, entity_type=EntityType.INDUSTRY, entity_id=industry, keyring=write_ctx.keyring,
+                       embedder=write_ctx.embedder, actor=actor)
+    run_id = _closed_run(engine, keyring)
+    elements = parse(client.get(f"{API}/audit/runs/{run_id}/report.html").get_data(as_text=True))
+    row = next(e for e in elements if e.attrs.get("data-repair-id"))
+    cells = [e.text for e in elements if e.tag == "td" and e.parent is row]
+    assert cells[5] == "operator:\\u202eecila\\u200b" and "\u202e" not in "".join(cells)

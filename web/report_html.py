@@ -17,6 +17,7 @@ from typing import Any
 from flask import Response, render_template
 from sqlalchemy.orm import Session
 
+from models.canonical import visible_text
 from models.report_view import report_view
 from models.signing import KeyRing
 
@@ -87,7 +88,7 @@ def report_page(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Res
     """The rendered page; ``NotFound`` for an unknown run propagates to the problem mapping."""
     view = report_view(session, run_id=run_id, keyring=keyring)
     session.commit()  # the record of the page's report signature
-    html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY,
+    html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY, visible=visible_text,
                            rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
     response = Response(html, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)
