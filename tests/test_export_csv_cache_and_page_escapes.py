@@ -1,5 +1,5 @@
-"""Adversarial review of what Plant exports for people and auditors: the audit report as
-JSON, CSV and HTML, the ledger digest, an entity's history.
+"""What Plant exports for people and auditors (the audit report as JSON, CSV and HTML, the
+ledger digest, an entity's history): CSV formulas and row breaks, caching, the page's CSP and escapes.
 
 What goes into them is partly chosen by others: any write key names a digest's ``kid`` in
 ``POST /audit/run`` (it comes back in a finding's detail), and anyone with SQL INSERT on
