@@ -3,12 +3,9 @@ deleted agent seated or named governor, a write newly naming a deleted entity), 
 padded to the length gate, and what GET /rules says of AGENT-04."""
 
 import datetime as dt
-import threading
-import uuid
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
 from models.certification import certify_skill
 from models.errors import InvalidInput, NotCertifiable
@@ -16,10 +13,8 @@ from models.certification import IssuedCertificate
 from models.entities import EntityType, Skill
 from models.registry import update_entity
 from models.bulk_assignment import plan_assignment
-from models.entities import Agent, Industry, Team
+from models.entities import Agent, Team
 from models.registry import create_entity
-from tests.conftest import lock_waiters, wait_for
-from tests.test_registry_rule_gaps import _second_governor
 from tests.test_assignment import world  # noqa: F401  (fixture)
 from tests.test_certification import _skill
 
@@ -82,38 +77,6 @@ def test_a_deleted_agent_is_not_named_a_governance_agent(world, db_session, writ
                       data={"name": "Ghost governed", "code": "GHO", "governance_agent_id": gone.id})
     assert [e["field"] for e in refused.value.extensions["errors"]] == ["governance_agent_id"]
     assert "is deleted" in refused.value.extensions["errors"][0]["message"]
-
-
-def test_a_write_naming_a_governor_whose_deletion_is_committing_is_refused(engine, write_ctx, committed_steward) -> None:
-    """A deletion stands an agent down as a suspension does: it takes the governor's lock, so a
-    write naming the agent meanwhile waits for it and is then refused, never committed naming
-    an agent deleted before it."""
-    governor = _second_governor(engine, write_ctx, committed_steward)
-    deleting = Session(engine)
-    deleting.begin()
-    update_entity(deleting, entity_type=E.AGENT, entity_id=governor, changes=DELETED, ctx=write_ctx)
-    outcome: list[BaseException | uuid.UUID] = []
-
-    def name() -> None:
-        try:
-            with Session(engine) as session, session.begin():
-                outcome.append(create_entity(session, entity_type=E.INDUSTRY, ctx=write_ctx, data={
-                    "name": "Governed Later", "code": "GOVL", "governance_agent_id": governor}).id)
-        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
-            outcome.append(exc)
-
-    namer = threading.Thread(target=name)
-    namer.start()
-    try:
-        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the naming write to finish or wait")
-        assert not outcome, f"the naming write did not wait for the deletion: {outcome}"
-        deleting.commit()
-    finally:
-        deleting.close()
-        namer.join(timeout=60)
-    assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
-    with Session(engine) as session:
-        assert session.scalar(select(Industry.id).where(Industry.code == "GOVL")) is None
 
 
 def test_a_write_does_not_newly_name_a_deleted_entity(world, db_session, write_ctx) -> None:  # noqa: F811

@@ -118,15 +118,18 @@ def test_a_governor_cannot_be_suspended_between_the_check_and_the_commit_of_a_wr
     assert not suspended_first, "the industry committed naming a governor whose suspension had committed before it"
 
 
-def test_a_write_naming_a_governor_whose_suspension_is_committing_is_refused(engine, write_ctx, committed_steward) -> None:
+@pytest.mark.parametrize("stand_down", [{"status": "suspended"}, {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}],
+                         ids=["suspension", "deletion"])
+def test_a_write_naming_a_governor_whose_suspension_is_committing_is_refused(engine, write_ctx, committed_steward,
+                                                                            stand_down) -> None:
     """The other order: a suspension flushed first, then a write naming the agent (it still reads
     the agent active, the suspension uncommitted) waits for it at its commit and, once the
-    suspension commits, is refused as it would have been after it: 422 naming the field."""
+    suspension commits, is refused as it would have been after it: 422 naming the field. A
+    deletion stands an agent down as a suspension does, and takes the same lock."""
     governor = _second_governor(engine, write_ctx, committed_steward)
     suspending = Session(engine)
     suspending.begin()
-    update_entity(suspending, entity_type=EntityType.AGENT, entity_id=governor, changes={"status": "suspended"},
-                  ctx=write_ctx)
+    update_entity(suspending, entity_type=EntityType.AGENT, entity_id=governor, changes=stand_down, ctx=write_ctx)
     outcome: list[BaseException | uuid.UUID] = []
 
     def name() -> None:
