@@ -133,12 +133,14 @@ RULES: tuple[Rule, ...] = (
     Rule("TEAM-02", L1, T.TEAM, "Team has a job role", E, _set("job_role_id")),
     Rule("TEAM-03", L1, T.TEAM, "Team's members do not exceed its capacity", E, _reading("capacity", _within_capacity),
          lambda s: f"{s.seated} members, capacity {s.content.get('capacity')}"),
+    Rule("TEAM-04", L1, T.TEAM, "Team name is not blank", E, _filled("name")),
     Rule("AGENT-01", L1, T.AGENT, "Agent has at least one skill", E, _set("skill_ids")),
     Rule("AGENT-02", L1, T.AGENT, "Agent has a job role", E, _set("job_role_id")),
     Rule("AGENT-03", L1, T.AGENT, "Agent has an industry", E, _set("industry_id")),
     Rule("AGENT-04", L1, T.AGENT, "A seated agent qualifies for its team: both are active and not deleted, the team's job role is the "
          "agent's, their industries match where both are set, and the agent holds every skill its job role requires", E,
          _reading("team_id", lambda s: s.seat_problems == ()), _seat_explained),
+    Rule("AGENT-05", L1, T.AGENT, "Agent name is not blank", E, _filled("name")),
     Rule("INDUSTRY-01", L1, T.INDUSTRY, "Industry name is not blank", E, _filled("name")),
 )
 RULES_BY_ID = {rule.id: rule for rule in RULES}

@@ -164,6 +164,19 @@ def test_a_name_made_only_of_characters_that_draw_nothing_is_blank(client, gov, 
     assert [v["rule"] for v in skill.get_json()["violations"]] == ["SKILL-02"]
 
 
+def test_a_team_or_an_agent_with_a_blank_name_is_refused_as_the_other_types_are(client, world) -> None:
+    """Teams and agents had no "name is not blank" rule: both were created named "" (201)."""
+    gov, role, industry = world["agent"]["governance_agent_id"], world["role"]["id"], world["industry"]["id"]
+    team = client.post(f"{API}/teams", json={"governance_agent_id": gov, "name": "\u200b", "job_role_id": role,
+                                             "industry_id": industry, "capacity": 2})
+    assert team.status_code == 422 and [v["rule"] for v in team.get_json()["violations"]] == ["TEAM-04"], team.get_json()
+    agent = client.post(f"{API}/agents", json={"governance_agent_id": gov, "name": " ", "job_role_id": role,
+                                               "industry_id": industry, "skill_ids": [s["id"] for s in world["skills"]]})
+    assert agent.status_code == 422 and [v["rule"] for v in agent.get_json()["violations"]] == ["AGENT-05"], agent.get_json()
+    renamed = client.patch(f"{API}/agents/{world['agent']['id']}", json={"name": ""})
+    assert renamed.status_code == 422 and [v["rule"] for v in renamed.get_json()["violations"]] == ["AGENT-05"]
+
+
 @pytest.mark.parametrize("name", ["\u00e9", "\U0001f469\u200d\U0001f4bb", "\u3131", "\u2764\ufe0f"])
 def test_a_name_with_one_character_that_shows_is_not_blank(client, gov, name) -> None:
     assert client.post(f"{API}/genesis/industries", json={**gov, "name": name, "code": "SHOWN"}).status_code == 201
