@@ -124,7 +124,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     validate_params(params)
     scope = AuditParams.from_json(params)
     settle_repairs(session)  # a restore in flight commits first: the plan names the repairs the run lists
-    run = AuditRun(job_id=job_id, params=params)
+    run = AuditRun(job_id=job_id, params=params, chunks_published_attempt=0)  # no chunk published yet
     session.add(run)
     session.flush()
     _insert(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
@@ -312,7 +312,10 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
     not renewed. Nor is a run whose chunks the job's current attempt has not published
     (:func:`record_chunks_published`): its worker died after the plan committed and before
     the chunks were on the queue, so no message of it waits anywhere, and only the sweep
-    takes it up."""
+    takes it up. A run with no record at all (NULL) was planned by a release before
+    migration 0024 (in flight at the upgrade, or planned by an audit worker a rolling rollout
+    had not replaced yet), which published its chunks without saying so: it is renewed as
+    those releases renewed it, rather than taken for a dead worker's."""
     lease = dt.timedelta(seconds=lease_seconds)
     now = func.statement_timestamp()
     # Only audits whose job was last published after this one's: their attempt's message came
@@ -335,7 +338,9 @@ def keep_waiting_audits_leased(session: Session, *, job_id: uuid.UUID, lease_sec
                Job.lease_expires_at < now + lease / 2, published >= mine,
                select(AuditChunk.id).join(AuditRun, AuditRun.id == AuditChunk.run_id)
                .where(AuditRun.job_id == Job.id, AuditRun.finished_at.is_(None),
-                      AuditRun.chunks_published_attempt == Job.attempts, AuditChunk.done.is_(False)).exists())
+                      or_(AuditRun.chunks_published_attempt == Job.attempts,
+                          AuditRun.chunks_published_attempt.is_(None)),
+                      AuditChunk.done.is_(False)).exists())
         .with_for_update(skip_locked=True)
     )
     renewed = session.execute(update(Job).where(Job.id.in_(waiting.scalar_subquery()))
@@ -358,7 +363,7 @@ def forget_chunks_published(session: Session, *, job_id: uuid.UUID, attempt: int
     its lease lapses the sweep republishes it (its next attempt publishes what is left)."""
     session.execute(update(AuditRun).where(AuditRun.job_id == job_id, AuditRun.finished_at.is_(None),
                                            AuditRun.chunks_published_attempt == attempt)
-                    .values(chunks_published_attempt=None))
+                    .values(chunks_published_attempt=0))  # not NULL: that is a run an earlier release planned
 
 
 def _insert(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,

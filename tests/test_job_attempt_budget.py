@@ -494,5 +494,5 @@ def test_an_audit_chunk_whose_retries_are_spent_leaves_its_job_to_the_sweep(sess
     monkeypatch.setattr(runtime, "settings", lambda: settings.model_copy(update={"job_max_attempts": 0}))
     with pytest.raises(OperationalError):
         audit.audit_chunk(*messages[0])
-    assert published() is None
+    assert published() == 0  # not NULL: that is a run planned by a release before 0024
     assert _job(sessions, job_id).status == "running"  # left to its lease, and so to the sweep

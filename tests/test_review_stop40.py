@@ -1,0 +1,40 @@
+"""Stop 40's adversarial review of d704114..rr40: each test fails without the fix it names.
+
+Real PostgreSQL throughout (the suite's embedded server).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from models.audit_runs import keep_waiting_audits_leased
+from models.audit_tables import AuditRun
+from models.jobs import Job
+from tests.test_audit_leases_and_worker_lost import running_audit
+
+
+def test_an_audit_planned_by_a_release_before_0024_is_still_kept_leased_while_its_chunks_wait(
+        engine, keyring, committed_steward) -> None:
+    """Migration 0024 adds ``chunks_published_attempt`` empty to every run, and a release before
+    it (an audit worker not yet replaced in a rolling rollout) plans runs without writing it: such
+    a run's chunks are on the queue all the same. Renewing only runs whose record names the
+    current attempt took every audit in flight at the upgrade for a dead worker's once its lease
+    ran out behind another audit (an attempt counted, worker-lost). A run this release plans
+    starts at 0 (no message yet), which is still not renewed until its chunks are published."""
+    with Session(engine) as session, session.begin():
+        me = running_audit(session, keyring, worker="me").job_id
+    with Session(engine) as session, session.begin():
+        legacy = running_audit(session, keyring, worker="old-release", published=False).job_id
+        unpublished = running_audit(session, keyring, worker="killed-after-planning", published=False).job_id
+        session.execute(update(AuditRun).where(AuditRun.job_id == legacy).values(chunks_published_attempt=None))
+        session.execute(update(Job).where(Job.id.in_([legacy, unpublished])).values(
+            lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
+    with Session(engine) as batch, batch.begin():
+        keep_waiting_audits_leased(batch, job_id=me, lease_seconds=300)
+    with Session(engine) as session:
+        left = dict(session.execute(select(Job.id, Job.lease_expires_at - func.clock_timestamp())
+                                    .where(Job.id.in_([legacy, unpublished]))).all())
+        planned = session.scalar(select(AuditRun.chunks_published_attempt).where(AuditRun.job_id == unpublished))
+    assert left[legacy].total_seconds() > 250, left
+    assert left[unpublished].total_seconds() < 11 and planned == 0, (left, planned)
