@@ -80,6 +80,8 @@ def process_started(pid: int) -> float:
         if not PROCFS.exists():
             return psutil.Process(pid).create_time()
         raise psutil.NoSuchProcess(pid) from None
+    except ProcessLookupError:  # opened while it lived, read once it was reaped (ESRCH)
+        raise psutil.NoSuchProcess(pid) from None
     return int(stat.rsplit(b")", 1)[1].split()[19]) / CLOCK_TICKS  # field 22, starttime, in clock ticks
 
 

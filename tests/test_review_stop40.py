@@ -38,3 +38,30 @@ def test_an_audit_planned_by_a_release_before_0024_is_still_kept_leased_while_it
         planned = session.scalar(select(AuditRun.chunks_published_attempt).where(AuditRun.job_id == unpublished))
     assert left[legacy].total_seconds() > 250, left
     assert left[unpublished].total_seconds() < 11 and planned == 0, (left, planned)
+
+
+def test_a_leader_that_exits_while_its_stat_is_read_counts_as_gone(monkeypatch) -> None:
+    """cli/watchdog.py::process_started reads /proc/<pid>/stat: opened while the process lived
+    and read once it was reaped, the read fails with ESRCH (ProcessLookupError), not
+    FileNotFoundError. It escaped ``leader_running`` and ``kill_group`` (which catch psutil's
+    errors only), and the watchdog stopped no batch after it."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from cli import watchdog
+
+    real = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if str(path).startswith("/proc/") and str(path).endswith("/stat") and "self" not in str(path):
+            raise ProcessLookupError(3, "No such process")
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    killed: list[int] = []
+    monkeypatch.setattr(watchdog.os, "killpg", lambda pid, sig: killed.append(pid))
+    gone = watchdog.Watched("api", os.getpid(), 1.0, signal.SIGTERM, 0.0)
+    assert gone.leader_running() is False
+    gone.kill_group()  # what is left of its group is killed: the leader's number was not seen reused
+    assert killed == [os.getpid()]
