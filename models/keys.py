@@ -41,9 +41,10 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
             f"(looked for {settings.active_signing_key_path}; `plant dev` generates one)"
         )
     retired_dir = settings.retired_signing_keys_path
-    if retired_dir.exists() and not retired_dir.is_dir():
+    if (retired_dir.exists() or retired_dir.is_symlink()) and not retired_dir.is_dir():
         # Read as "no retired keys", every chain an old key signed would pass for tampered,
-        # and every seal would be gone with them.
+        # and every seal would be gone with them. A link whose target is gone (a volume not
+        # mounted) is no directory either, though exists() says there is nothing there.
         raise SigningKeyError(f"the retired signing keys' directory {retired_dir} is not a directory")
     files = sorted(retired_dir.iterdir()) if retired_dir.is_dir() else []
     pems = [path for path in files if path.name.endswith(".pem")]

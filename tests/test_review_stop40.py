@@ -65,3 +65,23 @@ def test_a_leader_that_exits_while_its_stat_is_read_counts_as_gone(monkeypatch) 
     assert gone.leader_running() is False
     gone.kill_group()  # what is left of its group is killed: the leader's number was not seen reused
     assert killed == [os.getpid()]
+
+
+def test_a_retired_keys_path_that_is_a_dangling_link_is_refused_at_start(tmp_path) -> None:
+    """docs/guarantees.md: "a retired-keys path that is not a directory stops the process at
+    start". A symbolic link whose target is gone (a volume not mounted, a secret path renamed)
+    is no directory, yet ``exists()`` is False for it and it read as "no key retired so far":
+    every chain a retired key signed then passed for tampered, and every seal was gone."""
+    import pytest
+
+    from models.errors import SigningKeyError
+    from models.keys import keyring_from_settings
+    from models.settings import load_settings
+    from models.signing import generate_ed25519
+
+    active = tmp_path / "active.pem"
+    active.write_bytes(generate_ed25519().private_pem())
+    retired = tmp_path / "retired"
+    retired.symlink_to(tmp_path / "mount-that-is-not-there")
+    with pytest.raises(SigningKeyError, match="not a directory"):
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
