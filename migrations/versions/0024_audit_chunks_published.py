@@ -6,7 +6,10 @@ wait behind its own on the one audit worker. Nothing told an audit whose chunks 
 one whose worker died after its plan committed and before it published them: no message
 of it is left anywhere, yet its lease was renewed until every audit ahead of it finished.
 ``plant.audit.run`` now records its attempt here once its chunks are on the queue, and
-only a run whose chunks the job's current attempt published is kept leased.
+only a run whose chunks the job's current attempt published is kept leased. A run planned
+since starts at 0 (nothing published yet); NULL, what this migration gives every run already
+there, marks one an earlier release planned (in flight at the upgrade, or planned by a worker
+a rolling rollout had not replaced yet), kept leased as that release kept it.
 
 Revision ID: 0024
 Revises: 0023

@@ -1,4 +1,4 @@
-"""Stop 40's adversarial review of d704114..rr40: each test fails without the fix it names.
+"""Found by the re-review of stop 40's changes: an audit planned before migration 0024 keeps its lease, a watchdog leader reaped mid-read counts as gone, a dangling retired-keys link is refused.
 
 Real PostgreSQL throughout (the suite's embedded server).
 """
