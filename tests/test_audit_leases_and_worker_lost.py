@@ -8,6 +8,7 @@ Real PostgreSQL throughout; the end-to-end cases run real Celery workers and bea
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from sqlalchemy import func, select, text, update
@@ -35,6 +36,19 @@ def running_audit(session: Session, keyring, *, worker: str, lease_seconds: int 
     if published:
         record_chunks_published(session, run_id=run.id, attempt=claim.attempt)
     return claim
+
+
+def renewal_of(engine, *, waiting: uuid.UUID, running: uuid.UUID) -> tuple[int, float]:
+    """Put ``waiting``'s lease 10 s from its end (past half its term), let a batch of
+    ``running`` renew what it renews; returns how many it renewed and ``waiting``'s seconds left."""
+    with Session(engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id == waiting).values(
+            lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
+    with Session(engine) as batch, batch.begin():
+        renewed = keep_waiting_audits_leased(batch, job_id=running, lease_seconds=300)
+    with Session(engine) as session:
+        left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == waiting))
+    return renewed, left.total_seconds()
 
 
 def test_a_batch_does_not_renew_a_lease_that_lapsed_while_the_batch_ran(engine, keyring, committed_steward) -> None:

@@ -9,21 +9,20 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from models.assignment import assign_agent
-from models.audit_runs import keep_waiting_audits_leased, record_chunks_published, start_run
+from models.audit_runs import record_chunks_published, start_run
 from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, Team
 from models.job_lifecycle import claim_job
 from models.job_recovery import release_for_retry
-from models.jobs import Job
 from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER
 from tests.test_assignment import World
-from tests.test_audit_leases_and_worker_lost import running_audit
+from tests.test_audit_leases_and_worker_lost import renewal_of, running_audit
 
 
 def test_a_bulk_re_plan_leaves_an_agent_another_write_seated_between_its_plans_where_it_was_put(
@@ -89,14 +88,8 @@ def test_an_audit_handed_back_after_a_later_one_began_is_kept_leased_while_its_c
         run = start_run(session, job_id=earlier, params=again.params, keyring=keyring, embedder=EMBEDDER,
                         chunk_entities=1000)
         record_chunks_published(session, run_id=run.id, attempt=again.attempt)
-    with Session(engine) as session, session.begin():  # past half its term, its chunks waiting behind mine
-        session.execute(update(Job).where(Job.id == earlier).values(
-            lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
-    with Session(engine) as batch, batch.begin():
-        renewed = keep_waiting_audits_leased(batch, job_id=me, lease_seconds=300)
-    with Session(engine) as session:
-        left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == earlier))
-    assert renewed == 1 and left.total_seconds() > 250, (renewed, left)
+    renewed, left = renewal_of(engine, waiting=earlier, running=me)  # past half its term, its chunks behind mine
+    assert renewed == 1 and left > 250, (renewed, left)
 
 
 def test_a_key_plant_dev_generates_does_not_revoke_the_configured_admin_key(settings, engine, clean_db, tmp_path) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from models.audit_runs import keep_waiting_audits_leased, record_chunks_published, start_run
+from models.audit_runs import record_chunks_published, start_run
 from models.job_lifecycle import claim_job, create_job
 from models.job_recovery import claim_unpublished
-from models.jobs import Job
 from tests.conftest import EMBEDDER
+from tests.test_audit_leases_and_worker_lost import renewal_of
 
 
 def test_audits_the_outbox_published_in_one_statement_keep_each_other_leased(engine, keyring, committed_steward) -> None:
@@ -43,14 +42,8 @@ def test_audits_the_outbox_published_in_one_statement_keep_each_other_leased(eng
             record_chunks_published(session, run_id=run.id, attempt=claim.attempt)
     first, second = ids
     for waiting, running in ((second, first), (first, second)):  # either may be the one queued behind
-        with Session(engine) as session, session.begin():
-            session.execute(update(Job).where(Job.id == waiting).values(
-                lease_expires_at=text("clock_timestamp() + interval '10 seconds'")))
-        with Session(engine) as batch, batch.begin():
-            renewed = keep_waiting_audits_leased(batch, job_id=running, lease_seconds=300)
-        with Session(engine) as session:
-            left = session.scalar(select(Job.lease_expires_at - func.clock_timestamp()).where(Job.id == waiting))
-        assert renewed == 1 and left.total_seconds() > 250, (renewed, left)
+        renewed, left = renewal_of(engine, waiting=waiting, running=running)
+        assert renewed == 1 and left > 250, (renewed, left)
 
 
 def test_0023_passes_over_a_version_nested_too_deep_to_parse(make_database) -> None:
