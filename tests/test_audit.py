@@ -775,6 +775,6 @@ def test_a_subject_failing_everything_breaks_exactly_its_levels_rules(entity_typ
     assert l0.violations == ("L0-01", "L0-02", "L0-03", "L0-04", "L0-05") and l0.warnings == ()
     named = [*l1.violations, *l1.warnings]
     assert named and all(rule_id.startswith(L1_PREFIX[entity_type]) for rule_id in named)
-    assert len(named) == {EntityType.INDUSTRY: 1, EntityType.SKILL: 3, EntityType.JOB_ROLE: 3, EntityType.TEAM: 3,
-                          EntityType.AGENT: 4}[entity_type]
+    assert len(named) == {EntityType.INDUSTRY: 1, EntityType.SKILL: 3, EntityType.JOB_ROLE: 3, EntityType.TEAM: 4,
+                          EntityType.AGENT: 5}[entity_type]
     assert l1.warnings == (("TEAM-01",) if entity_type is EntityType.TEAM else ())
