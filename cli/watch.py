@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+import httpx
+
 from cli.client import ApiError, PlantClient, problem_line
 from cli.errors import JobUnsuccessful
 from models.canonical import visible_text
@@ -55,7 +57,11 @@ def _poll(client: PlantClient, job_id: str, *, before_message: Callable[[], None
         try:
             return client.job(job_id, wait=POLL_WAIT_SECONDS)
         except ApiError as error:
-            outage = error.status is None or error.status in OUTAGE_STATUSES
+            # No answer (the connection refused, reset or timed out), or a gateway's 502/503/504:
+            # not an answer that is no job (a proxy's page, another service), which will not mend.
+            cause = error.__cause__
+            outage = error.status in OUTAGE_STATUSES or (
+                isinstance(cause, httpx.TransportError) and not isinstance(cause, httpx.LocalProtocolError))
             spent = max(time.monotonic() - began, pauses * OUTAGE_POLL_SECONDS)
             if not outage or spent >= OUTAGE_SECONDS:
                 raise

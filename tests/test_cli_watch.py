@@ -118,6 +118,10 @@ def test_following_a_job_gives_up_on_an_outage_that_lasts_or_on_a_refusal() -> N
     with pytest.raises(ApiError):
         follow(client, job("running", 1))
     assert pauses == []
+    client, pauses = _through_outage([], {"html": "a proxy's page"})  # an answer that is no job will not mend
+    with pytest.raises(ApiError, match="Plant API"):
+        follow(client, job("running", 1))
+    assert pauses == []
 
 
 def test_an_outage_line_does_not_glue_onto_a_live_progress_line(capsys) -> None:
