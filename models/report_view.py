@@ -88,6 +88,7 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
     findings = [f for f in report["findings"] if not left_out(f["finding_id"])]  # counted nowhere, shown nowhere here
     rows = entity_rows(findings)
     with_findings = len(rows)
+    flagged = None if summary is None else _flagged(summary, findings)
     return ReportView(
         run=run,
         final=summary is not None,
@@ -96,8 +97,8 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         by_code=summary["by_code"] if summary else _count(f["code"] for f in findings),
         entity_rows=tuple(rows[:max_rows]),
         entities_with_findings=with_findings,
-        clean_entities=None if summary is None else max(0, summary["total_entities"] - _flagged(summary, findings)),
-        audited_with_findings=None if summary is None else _flagged(summary, findings),
+        clean_entities=None if flagged is None else max(0, summary["total_entities"] - flagged),
+        audited_with_findings=flagged,
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
         run_level=tuple(f for f in findings if f["entity_id"] is None),
         entities_audited=summary["total_entities"] if summary else run["entities_audited"],
