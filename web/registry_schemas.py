@@ -181,7 +181,7 @@ class TeamOut(EntityOut):
     job_role_id: uuid.UUID
     industry_id: uuid.UUID | None
     capacity: int
-    members: list[uuid.UUID] = Field(description="the agents seated in the team, by name; no chain version records a "
+    members: list[uuid.UUID] = Field(description="the ids of the agents seated in the team; no chain version records a "
                                                 "change of them (the ETag does)")
     free_seats: int = Field(description="capacity less the members")
 
