@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +45,7 @@ from models.jobs import JobStatus
 from models.settings import Settings
 from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE, QUEUES as BROKER_QUEUES
 from tasks.dispatch import JOB_ROUTES
-from web.services import Services, app_services, services
+from web.services import Services, SharedReading, app_services, services
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("web.requests")  # one line per request
@@ -216,10 +215,7 @@ class PlantStateCollector:
         self._queues = tuple(queues)
         self._broker_queues = tuple(broker_queues)
         self._kinds = tuple(kinds)
-        self._max_age = max_age_seconds
-        self._lock = threading.Lock()
-        self._reading: list[Metric] = []
-        self._read_at: float | None = None  # time.monotonic() when the reading finished
+        self._reading = SharedReading(max_age_seconds, wait=True)
         # One thread reads the database, so a reading stuck on a frozen server holds that
         # thread (and its pooled connection) alone. A reading that outlives its scrape's
         # deadline is not started again: the next scrape waits on it, or serves it if it has
@@ -231,12 +227,7 @@ class PlantStateCollector:
         return []  # nothing to check up front, and no query at registration
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if self._read_at is None or time.monotonic() - self._read_at >= self._max_age:
-                self._reading = self._read()
-                self._read_at = time.monotonic()
-            reading = self._reading
-        yield from reading
+        yield from self._reading.get(self._read)
 
     def _read(self) -> list[Metric]:
         sources: tuple[tuple[str, Callable[[], list[Metric]]], ...] = (

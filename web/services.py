@@ -49,13 +49,15 @@ R = TypeVar("R")
 
 
 class SharedReading:
-    """One reading shared by its callers while it is younger than ``max_age`` seconds. Once it
-    is older, the first caller reads again and the others get the previous reading meanwhile,
-    at once (only the very first reading is waited for): however many callers there are, one
-    thread at a time is held by a slow read."""
+    """One reading shared by its callers while it is younger than ``max_age`` seconds (0: read
+    on each call). Once it is older, the first caller reads again and the others get the
+    previous reading meanwhile, at once (only the very first reading is waited for): however
+    many callers there are, one thread at a time is held by a slow read. With ``wait``, the
+    others wait for that reading instead and get it (a burst of callers costs one reading)."""
 
-    def __init__(self, max_age: float) -> None:
+    def __init__(self, max_age: float, *, wait: bool = False) -> None:
         self._max_age = max_age
+        self._wait = wait
         self._lock = threading.Lock()
         self._value: object = None
         self._read_at: float | None = None
@@ -64,7 +66,7 @@ class SharedReading:
         read_at, value = self._read_at, self._value
         if read_at is not None and time.monotonic() - read_at < self._max_age:
             return value  # type: ignore[return-value]
-        if not self._lock.acquire(blocking=read_at is None):
+        if not self._lock.acquire(blocking=self._wait or read_at is None):
             return value  # type: ignore[return-value]  # another caller is reading: the last reading
         try:
             if self._read_at is not None and time.monotonic() - self._read_at < self._max_age:
