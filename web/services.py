@@ -6,8 +6,12 @@ and only then publish any Celery message.
 
 A view marked :func:`statement_at_a_time` reads in autocommit: each statement (the key
 lookup, then the view's reads) runs and ends on its own, with no BEGIN and no ROLLBACK,
-two round trips of a request's four. Only for views that write nothing and whose every
-read is consistent on its own, because two statements may then see different commits.
+two round trips of a request's four. Only for views whose every read is consistent on its
+own, because two statements may then see different commits, and that write nothing or write
+in one statement (a job submission without ``Idempotency-Key``; the record of a report's
+signature). The audit exports and report page read so for another reason: they are built in
+Python for seconds, which a transaction left open would spend idle, past
+``PLANT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``.
 Such a request's statements run on a pooled Core connection (:func:`db_statements`), with
 no Session around it unless the view asks for one (:func:`db_session`, then bound to that
 connection): a Session's bookkeeping was a tenth of a job GET's CPU (stop 30).
