@@ -16,7 +16,6 @@ import json
 import uuid
 from typing import Any
 
-
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
