@@ -21,7 +21,7 @@ from models.api_keys import MAX_EXPIRY_DAYS
 from models.canonical import visible_text
 from models.db import one_off_sessions
 from models.key_seals import seal_retired_keys
-from models.signing import SEALED_AT_MEMBER, UPCOMING_MEMBER
+from models.signing import RETIRED_MEMBER, SEALED_AT_MEMBER, UPCOMING_MEMBER
 from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key
 from models.settings import load_settings
 from models.signing import generate_ed25519, generate_rsa4096
@@ -209,16 +209,29 @@ def list_signing_keys(as_json: bool) -> None:
         print_json(jwks)
         return
     keys = jwks["keys"]
+    active = _active_entry(keys)
     print_table(keys, [("KID", lambda k: k.get("kid")), ("ALG", lambda k: k.get("alg")),
-                       ("ROLE", lambda k: _role(k, active=k is keys[0]))])
+                       ("ROLE", lambda k: _role(k, active=k is active))])
+
+
+def _active_entry(keys: list[dict[str, object]]) -> dict[str, object] | None:
+    """The entry of the key that signs: the first one the set marks neither upcoming nor
+    retired. A set marks each retired key (``plant_retired``), so its order does not matter
+    (RFC 7517 gives it no meaning); in one saved before it did, that is the first entry."""
+    return next((jwk for jwk in keys if not _marked_not_signing(jwk)), None)
+
+
+def _marked_not_signing(jwk: dict[str, object]) -> bool:
+    return jwk.get(UPCOMING_MEMBER) is True or jwk.get(RETIRED_MEMBER) is True or SEALED_AT_MEMBER in jwk
 
 
 def _role(jwk: dict[str, object], *, active: bool) -> str:
     """What a published key is for: it signs (active), will sign after the next rotation
-    (upcoming), or only verifies what it signed (retired; sealed at a time, if it was)."""
-    if active:
-        return "active"
+    (upcoming), or only verifies what it signed (retired; sealed at a time, if it was). What
+    the entry says of itself comes first: ``active`` only places an unmarked entry."""
     if jwk.get(UPCOMING_MEMBER) is True:
         return "upcoming"
     sealed = jwk.get(SEALED_AT_MEMBER)
-    return f"retired, sealed {sealed}" if isinstance(sealed, str) else "retired"
+    if isinstance(sealed, str):
+        return f"retired, sealed {sealed}"
+    return "active" if active and jwk.get(RETIRED_MEMBER) is not True else "retired"

@@ -5,7 +5,8 @@ without one, the keys the server publishes at ``/api/v1/signing-keys`` (the outp
 which). A document signed by a sealed key (the JWK Set names its seal time) that names a
 later time was signed after the seal and does not verify; a report its seal does not list
 (where the seal lists) does not either; any other verifies with a note saying so, as does one
-signed by a key the JWK Set names as upcoming (trusted, but signing nothing until promoted). A report
+signed by a key the JWK Set names as upcoming (trusted, but signing nothing until promoted) or as
+retired and not sealed (trusted, though nothing dates what it signs). A report
 of a run not finished (no summary) verifies too, and is said to be NOT FINAL. Each
 repair record a report lists is checked too, by its own signature, the same way: one that
 does not verify is named, and the report does not verify. A document that does not verify
@@ -28,7 +29,7 @@ from cli.output import json_option, print_json
 from cli.work import parse_run_ref, resolve_run
 from models.canonical import aware_time, strict_json_loads, visible_text
 from models.errors import PlantError
-from models.jws import published_as_upcoming, seal_lists, sealed_at, signed_after_its_seal
+from models.jws import published_as_retired, published_as_upcoming, seal_lists, sealed_at, signed_after_its_seal
 from models.keys import replace_file
 from models.ledger_digest import digest_problem
 from models.reports import repairs_not_verified, verify_report_document
@@ -243,8 +244,12 @@ def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
 def _upcoming_note(keys: Any, kid: str) -> dict[str, Any]:
     """``{"upcoming": True}`` for a document signed by a key the set names as upcoming: it
     verifies (upcoming keys are trusted, so that a rolling rotation has no window), but such a
-    key signs nothing until a rotation makes it active."""
-    return {"upcoming": True} if published_as_upcoming(keys, kid) else {}
+    key signs nothing until a rotation makes it active; ``{"retired": True}`` for one signed by
+    a key it names as retired and not sealed (a sealed one has its own note): trusted for what
+    it signed before the rotation, but nothing dates the document."""
+    if published_as_upcoming(keys, kid):
+        return {"upcoming": True}
+    return {"retired": True} if sealed_at(keys, kid) is None and published_as_retired(keys, kid) else {}
 
 
 def _echo_key_notes(notes: dict[str, Any]) -> None:
@@ -252,6 +257,10 @@ def _echo_key_notes(notes: dict[str, Any]) -> None:
         click.echo("note: the key set names that key as upcoming (published ahead of a rotation, it signs nothing "
                    "until a rotation makes it active): this document was signed by a process already promoted to "
                    "it, while the process that served these keys was not, or by someone holding its staged private key")
+    if notes.get("retired"):
+        click.echo("note: the key set names that key as retired and not sealed: it verifies what it signed before it "
+                   "was rotated out, but whoever holds a copy of its private key can still sign documents it verifies, "
+                   "so this one is evidence only if you have held it since before the rotation")
     if "sealed_at" not in notes:
         return
     if notes["seal_lists_it"]:

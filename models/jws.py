@@ -26,7 +26,15 @@ import rfc8785
 
 from models.canonical import aware_time, sha256, strict_json_loads
 from models.errors import JwsError, SigningKeyError
-from models.signing import SEALED_AT_MEMBER, SEALED_SIGNATURES_MEMBER, UPCOMING_MEMBER, KeyRing, SigningKey, VerifyingKey
+from models.signing import (
+    RETIRED_MEMBER,
+    SEALED_AT_MEMBER,
+    SEALED_SIGNATURES_MEMBER,
+    UPCOMING_MEMBER,
+    KeyRing,
+    SigningKey,
+    VerifyingKey,
+)
 
 REPORT_TYPE = "plant-report+jws"
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "PS256"})
@@ -128,6 +136,15 @@ def published_as_upcoming(keys: KeySource, kid: str) -> bool:
     if isinstance(keys, KeyRing):
         return kid != keys.active.kid and any(key.kid == kid for key in keys.upcoming)
     return any(entry.get(UPCOMING_MEMBER) is True for entry in _jwk_entries(keys, kid))
+
+
+def published_as_retired(keys: KeySource, kid: str) -> bool:
+    """Whether ``keys`` name key ``kid`` as retired (sealed or not): trusted for what it signed
+    before a rotation, though nothing dates a document it signs (``plant_retired``, and a
+    seal time, which only a retired key has: :meth:`KeyRing.jwks`)."""
+    if isinstance(keys, KeyRing):
+        return kid != keys.active.kid and not published_as_upcoming(keys, kid) and any(key.kid == kid for key in keys.retired)
+    return any(entry.get(RETIRED_MEMBER) is True or SEALED_AT_MEMBER in entry for entry in _jwk_entries(keys, kid))
 
 
 def _jwk_entries(keys: KeySource, kid: str) -> list[dict[str, Any]]:

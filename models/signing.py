@@ -149,6 +149,9 @@ class SigningKey:
 # signatures outside the chain its seal lists (base64url SHA-256 of each signature's bytes).
 SEALED_AT_MEMBER = "plant_sealed_at"
 UPCOMING_MEMBER = "plant_upcoming"  # true on a key published ahead of a rotation (it signs nothing yet)
+# True on a retired key (sealed or not): it only verifies what it signed before a rotation. RFC 7517
+# gives the order of a set's keys no meaning, so "the active key first" alone cannot tell them apart.
+RETIRED_MEMBER = "plant_retired"
 SEALED_SIGNATURES_MEMBER = "plant_sealed_signatures"
 
 
@@ -255,9 +258,12 @@ class KeyRing:
         retired key's entry also names when it was sealed and what its seal lists, for
         verifiers who hold nothing but this set (:func:`models.jws.sealed_at`,
         :func:`models.jws.listed_by_seal`); an upcoming key's says so (``plant_upcoming``),
-        so an operator can tell it from a retired one."""
+        and so does a retired one's (``plant_retired``), so an operator or an offline verifier
+        can tell each from the active key whatever order the set is kept in."""
         upcoming = {key.kid for key in self.upcoming} - {self.active.kid}
-        return {"keys": [{**key.public_jwk(), **_seal_members(self.seal(kid)), **({UPCOMING_MEMBER: True} if kid in upcoming else {})}
+        retired = {key.kid for key in self.retired} - {self.active.kid} - upcoming
+        return {"keys": [{**key.public_jwk(), **_seal_members(self.seal(kid)), **({UPCOMING_MEMBER: True} if kid in upcoming else {}),
+                          **({RETIRED_MEMBER: True} if kid in retired else {})}
                          for kid, key in self._verifiers.items()]}
 
     def rotate(self, new: SigningKey) -> KeyRing:

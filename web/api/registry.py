@@ -299,7 +299,8 @@ class Jwks(BaseModel):
 
 @registry_api.get("/signing-keys", tags=[Tag(name="constitution")], responses={200: Jwks})
 def signing_keys() -> dict[str, Any]:
-    """Public keys (JWK Set) that verify every chain signature, active key first. A sealed key's
+    """Public keys (JWK Set) that verify every chain signature, active key first; a retired key's
+    entry says so (``plant_retired``), and an upcoming key's (``plant_upcoming``). A sealed key's
     entry names its seal time and, where its seal lists them, the SHA-256 of every signature it
     made outside the chain (``plant_sealed_at``, ``plant_sealed_signatures``); 503
     ``seal-list-invalid`` while the database's list does not match its seal."""
