@@ -107,7 +107,11 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 def verify_inclusion(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """Whether ``proof`` shows ``leaf`` at ``index`` of the tree of ``tree_size`` with ``root``.
 
-    The RFC 9162 §2.1.3.2 algorithm; any malformed argument is simply False.
+    The RFC 9162 §2.1.3.2 algorithm; any malformed argument is simply False. Within one
+    ``tree_size`` a proof verifies at its own index alone, but the same proof and root can
+    verify at another index of another size (index 2 of 3 leaves is index 1 of 2, its left
+    sibling an inner node): take ``tree_size`` from the signed document, as a ledger digest
+    signs ``entity_count`` beside ``heads_root``, never from whoever hands in the proof.
     """
     if not _is_position(index, tree_size) or not all(_is_hash(node) for node in proof):
         return False
