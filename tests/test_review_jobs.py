@@ -8,7 +8,7 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.idempotency import IdempotencyKey
@@ -110,3 +110,14 @@ def test_jobs_cancelled_as_they_are_claimed_each_end_once_and_say_what_happened(
             assert job["status"] == "cancelled", job
             assert job["result"] is None and job["error"]["type"] == "/problems/job-cancelled"
             assert job["cancelled_by"] == job["requested_by"]
+
+
+@pytest.mark.xfail(strict=True, reason="a stored result that is no JSON object fails JobOut's validation: the job and "
+                                       "every listing page holding it answer 500 (a stored error of the wrong shape is "
+                                       "served, web.schemas.Problem.stored; a result has no such reading yet)")
+def test_a_job_whose_stored_result_is_no_object_is_still_shown_and_listed(client, engine) -> None:
+    job = client.post(SLEEP, json={"seconds": 0, "steps": 1}).get_json()
+    with engine.begin() as connection:  # edited through SQL, as the stored-error tests do
+        connection.execute(update(Job).where(Job.id == uuid.UUID(job["id"])).values(result=["not", "an", "object"]))
+    assert client.get(f"{JOBS}/{job['id']}").status_code == 200
+    assert client.get(JOBS).status_code == 200
