@@ -140,10 +140,15 @@ class JobOut(BaseModel):
     id: uuid.UUID
     kind: str
     status: JobStatus
-    params: dict[str, Any]
+    # Plant starts every job with an object of parameters, and every task of Plant's returns an
+    # object or nothing; a row edited through SQL may hold any JSON value, served as it is
+    # stored (typed as an object, the job and every page listing it were a 500).
+    params: Any = Field(description="the job's parameters: a JSON object (another JSON value only in a row "
+                                    "written outside Plant)")
     progress: Progress
     attempts: int
-    result: dict[str, Any] | None
+    result: Any = Field(description="what the job's task returned: a JSON object, or null until it succeeds "
+                                    "(another JSON value only in a row written outside Plant)")
     error: Problem | None
     requested_by: str | None = Field(
         description="who asked for the job: `api-key:<id>` of the key that submitted it, `beat:<schedule>` for a "
