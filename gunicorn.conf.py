@@ -45,11 +45,22 @@ def _problem_thread_worker() -> type:
     return module.ProblemThreadWorker
 
 
+def _count(name: str, default: int) -> int:
+    """A positive count from ``name``; blank is unset (compose passes ``WEB_CONCURRENCY=`` from an
+    empty ``.env`` line as set and empty, and ``int("")`` stopped gunicorn before it started)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 bind = _bind_address()
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
+workers = _count("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count()))
 # gthread, answering what gunicorn refuses before Flask reads it (a header too large) as problem+json.
 worker_class = _problem_thread_worker()
-threads = int(os.environ.get("PLANT_WEB_THREADS", "8"))
+threads = _count("PLANT_WEB_THREADS", 8)
 # Each thread holds at most one pooled connection. A pool kept smaller than the thread
 # count opens and closes a connection (a new PostgreSQL backend) for every request beyond
 # it under load, so the pool follows the threads unless PLANT_DB_POOL_SIZE says otherwise.

@@ -211,7 +211,7 @@ def test_cloud_run_sends_an_api_instance_as_many_requests_as_it_has_threads(tmp_
     given = {"project_id": "p", "region": "r", "name_prefix": "plant-dev", "image": "i", "network_id": "n",
              "subnet_id": "s", "cloudsql_connection_name": "c", "runtime_role": "plant_runtime",
              "secret_ids": {}, "secret_versions": {}, "api_web_concurrency": processes}
-    threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO_ROOT / "gunicorn.conf.py").read_text())[1])
+    threads = int(re.search(r'PLANT_WEB_THREADS", (\d+)\)', (REPO_ROOT / "gunicorn.conf.py").read_text())[1])
     assert terraform_console(tmp_path, expression, given) == processes * threads
 
 

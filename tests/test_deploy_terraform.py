@@ -833,7 +833,7 @@ def test_each_example_environment_fits_its_connection_budget(name: str) -> None:
     """docs/deploy.md ("Scaling"): API instances x processes x (pool x 2 + 2), plus the workers,
     under max_connections. prod.tfvars asked 360 + 35 of 200 (helper-73)."""
     values = tfvars(name)
-    threads = int(re.search(r'PLANT_WEB_THREADS", "(\d+)"', (REPO / "gunicorn.conf.py").read_text())[1])  # the pool follows
+    threads = int(re.search(r'PLANT_WEB_THREADS", (\d+)\)', (REPO / "gunicorn.conf.py").read_text())[1])  # the pool follows
     api = values["api_max_instances"] * values["api_web_concurrency"] * (threads * 2 + 2)
     from models.settings import Settings
 
