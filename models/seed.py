@@ -2,7 +2,9 @@
 
 ``seed_registry`` is idempotent: every seeded entity has an ``external_key`` and is
 skipped when it already exists (found by its key, or, should an API write have changed that,
-by its unique name; only an entity whose first version the seed wrote under that key). It first bootstraps a self-governing steward agent
+by its unique name; only an entity whose first version the seed wrote under that key). A seeded
+entity since soft-deleted stays deleted, and the seed refuses to create anything that would name it.
+It first bootstraps a self-governing steward agent
 (with the industry, skill and job role it needs) in one transaction, relying on the
 deferred governance foreign key; everything else is governed by that steward.
 """
@@ -43,11 +45,21 @@ def _find(session: Session, entity_type: EntityType, external_key: str) -> uuid.
 class _Seeder:
     def __init__(self, session: Session, ctx: WriteContext) -> None:
         self.session, self.ctx = session, ctx
+        self.deleted: dict[uuid.UUID, str] = {}  # the seed's entities found soft-deleted: id -> "type 'key'"
+
+    def adopt(self, entity_type: EntityType, key: str, entity_id: uuid.UUID) -> uuid.UUID:
+        """``entity_id``, the seed's entity for ``key``, remembered if it is soft-deleted: it is left
+        so (the seed undoes no deletion), and nothing new is built on it (:meth:`_refuse_deleted`)."""
+        if self.session.scalar(select(ENTITY_MODELS[entity_type].deleted_at).where(
+                ENTITY_MODELS[entity_type].id == entity_id)) is not None:
+            self.deleted[entity_id] = f"{entity_type.value} {key!r}"
+        return entity_id
 
     def ensure(self, entity_type: EntityType, key: str, data: dict[str, Any], entity_id: uuid.UUID | None = None) -> uuid.UUID:
         existing = _seeded(self.session, entity_type, key, data["name"])
         if existing is not None:
-            return existing
+            return self.adopt(entity_type, key, existing)
+        self._refuse_deleted(entity_type, key, data)
         try:
             entity = create_entity(
                 self.session, entity_type=entity_type, data={**data, "external_key": key}, ctx=self.ctx, entity_id=entity_id
@@ -60,6 +72,17 @@ class _Seeder:
                 "until that key is given back or the name or code freed)",
                 **refused.extensions) from refused
         return entity.id
+
+    def _refuse_deleted(self, entity_type: EntityType, key: str, data: dict[str, Any]) -> None:
+        """A new entity naming one of the seed's that was deleted: refused, naming the deleted one (the
+        write would be refused all the same, but as if the seed's keys or names were at fault)."""
+        named = [v for value in data.values() for v in (value if isinstance(value, list) else [value])]
+        gone = next((v for v in named if isinstance(v, uuid.UUID) and v in self.deleted), None)
+        if gone is not None:
+            raise Conflict(f"seed: {entity_type.value} {key!r} is missing, and it would name the seed's "
+                           f"{self.deleted[gone]} ({gone}), which is deleted: a write does not newly name a deleted "
+                           "entity, and the seed neither undoes a deletion nor makes another under its key; nothing "
+                           "was seeded", id=str(gone))
 
 
 def _seeded(session: Session, entity_type: EntityType, key: str, name: str) -> uuid.UUID | None:
@@ -129,8 +152,8 @@ def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
 def seed_registry(session: Session, ctx: WriteContext) -> SeedResult:
     """Load the demo data set (3+ industries, 18 skills, 10 job roles, 6 teams, 50 agents)."""
     before = _counts(session)
-    steward = bootstrap_steward(session, ctx)
     seeder = _Seeder(session, ctx)
+    steward = seeder.adopt(T.AGENT, STEWARD_KEY, bootstrap_steward(session, ctx))
     gov = {"governance_agent_id": steward}
     industries = {code: seeder.ensure(T.INDUSTRY, f"industry-{code.lower()}", {**gov, "code": code, **data})
                   for code, data in INDUSTRIES.items()}
