@@ -1,4 +1,4 @@
-"""``make demo`` end to end: its own stack, the six steps, a signed report, nothing left running."""
+"""``make demo`` end to end: its own stack, the seven steps, a signed report, nothing left running."""
 
 from __future__ import annotations
 
