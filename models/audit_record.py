@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -89,8 +89,12 @@ def finding_resource(finding: AuditFinding) -> dict[str, Any]:
     }
 
 
-def all_findings(session: Session, run_id: uuid.UUID) -> list[AuditFinding]:
-    return list(session.scalars(select(AuditFinding).where(AuditFinding.run_id == run_id).order_by(AuditFinding.id)))
+def all_findings(session: Session, run_id: uuid.UUID) -> list[Row[Any]]:
+    """Every finding of the run in id order, as rows of its columns (read as an
+    :class:`AuditFinding`'s attributes are): what a close checks and a report lists, read
+    without the ORM's identity map, which took most of the time of loading a run's many."""
+    return list(session.execute(select(*AuditFinding.__table__.c).where(AuditFinding.run_id == run_id)
+                                .order_by(AuditFinding.id)))
 
 
 def _statement(kind: str, body: dict[str, Any]) -> bytes:
