@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit_record import in_spans, left_out_spans
+from models.canonical import canonical_bytes, sha256
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
-from models.reports import build_report, recorded_report_signature, report_sha256
+from models.reports import build_report, recorded_report_signature
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
@@ -155,10 +156,10 @@ def _count(values: Any) -> dict[str, int]:
 
 
 def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:
-    key = keyring.active
+    key, payload = keyring.active, canonical_bytes(report)  # the JWS payload, made once
     return SignatureDetails(
-        report_sha256=report_sha256(report),
-        jws=recorded_report_signature(session, report, keyring),
+        report_sha256=sha256(payload).hex(),  # stable once the run has finished
+        jws=recorded_report_signature(session, report, keyring, payload=payload),
         kid=key.kid,
         alg=key.algorithm,
         jwks_json=json.dumps({"keys": [key.public_jwk()]}, indent=2),

@@ -33,7 +33,7 @@ from models.audit_record import (
 )
 from models.audit_runs import batches_in_flight_done, scope_repairs
 from models.audit_tables import AuditFinding, AuditRun
-from models.canonical import canonical_bytes, parse_canonical_json, sha256
+from models.canonical import canonical_bytes, parse_canonical_json
 from models.entity_input import nul_refused
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
@@ -172,25 +172,33 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
     """The exported document's bytes (itself canonical JSON), signed now and not recorded:
     for tools and tests. Plant's own exports go through :func:`export_report`, whose
     signature a later seal of the key lists."""
-    return _document(report, report_signature(report, keyring))
+    payload = canonical_bytes(report)
+    return _document(payload, sign_detached(payload, keyring.active))
 
 
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
     """:func:`signed_report` of the run's report, its signature recorded (the caller commits)."""
     report = build_report(session, run_id=run_id, keyring=keyring)
-    return _document(report, recorded_report_signature(session, report, keyring))
+    payload = canonical_bytes(report)  # once: seconds for a run of many findings
+    return _document(payload, recorded_report_signature(session, report, keyring, payload=payload))
 
 
-def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
+def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing, *,
+                              payload: bytes | None = None) -> str:
     """:func:`report_signature`; for a finished run's report, the one signature recorded for
-    it, so that sealing the key lists it (:func:`models.signed_exports.signed_once`)."""
+    it, so that sealing the key lists it (:func:`models.signed_exports.signed_once`).
+    ``payload``: the report's canonical bytes, where the caller has them already."""
+    payload = canonical_bytes(report) if payload is None else payload
     if report["run"].get("finished_at") is None:
-        return report_signature(report, keyring)
-    return signed_once(session, document=canonical_bytes(report), keyring=keyring)
+        return sign_detached(payload, keyring.active)
+    return signed_once(session, document=payload, keyring=keyring)
 
 
-def _document(report: dict[str, Any], jws: str) -> bytes:
-    return canonical_bytes({"report": report, "signature": jws})
+def _document(payload: bytes, jws: str) -> bytes:
+    """The canonical bytes of ``{"report": report, "signature": jws}``, given the report's
+    own (``payload``): RFC 8785 writes an object's members in the order of their names, each
+    as its value's canonical bytes, so the report's are not made a second time."""
+    return b'{"report":' + payload + b',"signature":' + canonical_bytes(jws) + b"}"
 
 
 @dataclass(frozen=True)
@@ -284,11 +292,6 @@ def spreadsheet_safe(value: Any) -> Any:
     (:data:`FORMULA_STARTS`) gets a leading apostrophe, so it is shown as text, never run;
     numbers (a version below 1 is a negative number, not a formula) and other text are kept."""
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
-
-
-def report_sha256(report: dict[str, Any]) -> str:
-    """Hex SHA-256 of the report's canonical bytes: the JWS payload; stable once the run has finished."""
-    return sha256(canonical_bytes(report)).hex()
 
 
 def report_signature(report: dict[str, Any], keyring: KeyRing) -> str:

@@ -196,3 +196,13 @@ def test_the_shared_strict_parse_refuses_repeated_names_at_any_depth() -> None:
     for text in (b'{"b":1,"a":2}', b'{"a": 1}', b'{"a":1.0}', b'{"a":"\\u00e9"}', b'\xef\xbb\xbf{"a":1}'):
         with pytest.raises(ValueError, match="not canonical JSON"):
             parse_canonical_json(text)
+
+
+@pytest.mark.parametrize("report", [REPORT, {**REPORT, "run": {"id": "\u00e9\u0301 \U0001f600 \"\\\n", "n": 1.5}}])
+def test_the_document_made_from_its_report_s_canonical_bytes_is_the_canonical_document(ring: KeyRing, report) -> None:
+    """An export canonicalizes its report once (seconds for a run of many findings) and puts
+    the document around those bytes: they must be what canonicalizing the whole would give."""
+    document = signed_report(report, ring)
+    parsed = json.loads(document)
+    assert document == canonical_bytes({"report": report, "signature": parsed["signature"]})
+    assert verify_report(document, ring).kid == ring.active.kid
