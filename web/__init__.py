@@ -99,6 +99,15 @@ def refusing_bodies_not_json(app: OpenAPI) -> Callable[[], Response | None]:
     return refuse
 
 
+def forbid_sniffing(response: Response) -> Response:
+    """``after_request``: every answer is read as the media type it says, never sniffed.
+    JSON, a problem and a CSV export echo what clients wrote (names, a digest's ``kid``, a
+    finding's detail); a browser or a proxy's viewer that sniffed one as HTML would run
+    what it holds. (The report page says it too, with its CSP: web.report_html.)"""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     app = OpenAPI(
@@ -118,6 +127,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     register_error_handlers(app)
     init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
     init_auth(app)
+    app.after_request(forbid_sniffing)
     app.before_request(refuse_string_bodies)  # after auth: a request without a key is 401 whatever its body
     app.before_request(refuse_repeated_query_parameters)  # after auth, as above
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

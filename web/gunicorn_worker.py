@@ -46,6 +46,7 @@ def problem_bytes(page: bytes, exc: BaseException) -> bytes:
         problem["detail"] = f"the server refused the request before the application read it: {str(exc)[:200]}"
     body = json.dumps(problem).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MIMETYPE}\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
