@@ -64,12 +64,13 @@ def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteCon
     get_entity(session, entity_type=EntityType.TEAM, entity_id=team_id)  # 404 before locking
     team, reasons = lock_seat(session, agent, team_id, ctx.keyring)
     if reasons:
-        raise NotEligible("; ".join(reasons), team_id=str(team_id), reasons=reasons)
+        # field: as the same refusal of a PATCH names it (models.seat_guards), also in a job's error
+        raise NotEligible("; ".join(reasons), field="team_id", team_id=str(team_id), reasons=reasons)
     previous = agent.team_id
     if previous == team.id:
         return AssignmentOutcome(agent.id, team.id, previous, agent.version, **report)
     if team_is_full(session, team, agent):
-        raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", team_id=str(team.id))
+        raise TeamFull(f"team {team.name} is full ({team.capacity} seats)", field="team_id", team_id=str(team.id))
     content_before = governed_content(agent)
     agent.team_id = team.id
     record_version(session, agent, ctx, text_changed=False, content_before=content_before,

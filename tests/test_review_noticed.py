@@ -7,7 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.test_export_csv_cache_and_page_escapes import _closed_run
+from tests.test_registry_api import _agent, gov, world  # noqa: F401  (fixtures)
 
 API = "/api/v1"
 
@@ -41,3 +44,38 @@ def test_gunicorn_s_own_refusals_forbid_content_sniffing_too() -> None:
     refusal = problem_bytes(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n", ValueError("too long"))
     head = refusal.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     assert b"X-Content-Type-Options: nosniff" in head, head
+
+
+def _job_error(client, response) -> dict[str, Any]:
+    from tests.test_e2e_work import finished
+
+    job = finished(client, response)
+    assert job["status"] == "failed", job
+    return job["error"]
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("worker")
+def test_a_team_assignment_job_s_refusal_names_its_field_as_the_api_s_does(client, world, gov) -> None:  # noqa: F811
+    """The API's 422 ``not-eligible`` and 409 ``team-full`` name ``field: team_id``; the same
+    refusals stored in an ``agent.assign_team`` job's ``error`` by a worker named none."""
+    team_id = world["team"]["id"]
+    unskilled = _agent(client, world, gov, "Unskilled", skill_ids=[world["skills"][0]["id"]], team_id=None)
+    refused = client.patch(f"{API}/agents/{unskilled['id']}", json={"team_id": team_id})
+    assert refused.status_code == 422, refused.get_json()
+    stored = _job_error(client, client.post(f"{API}/agents/{unskilled['id']}/assign-team", json={"team_id": team_id}))
+    answered = refused.get_json()
+    assert stored["type"] == answered["type"] == "/problems/not-eligible"
+    assert (stored.get("field"), stored["team_id"], stored["reasons"]) == (
+        answered["field"], answered["team_id"], answered["reasons"]) == ("team_id", team_id, ["agent lacks 1 required skill(s)"])
+    assert "status" not in stored
+
+    _agent(client, world, gov, "Dispatch Two")
+    _agent(client, world, gov, "Dispatch Three")  # the team's 3 seats are taken
+    outsider = _agent(client, world, gov, "Outsider", team_id=None)
+    refused = client.patch(f"{API}/agents/{outsider['id']}", json={"team_id": team_id})
+    assert refused.status_code == 409, refused.get_json()
+    stored = _job_error(client, client.post(f"{API}/agents/{outsider['id']}/assign-team", json={"team_id": team_id}))
+    answered = refused.get_json()
+    assert stored["type"] == answered["type"] == "/problems/team-full"
+    assert (stored.get("field"), stored["team_id"]) == (answered["field"], answered["team_id"]) == ("team_id", team_id)
