@@ -239,6 +239,10 @@ def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict
                                    .execution_options(populate_existing=True)).scalar_one_or_none()
         if industry is not None:
             refuse_if_tampered(session, industry, ctx.keyring)
+            if industry.deleted_at is not None:  # signed in, its code would vouch for the skill under what is gone
+                raise NotCertifiable(
+                    f"the skill's industry {industry.id} is deleted: move the skill to another industry, or to none, "
+                    "to certify it", field="industry_id", industry_id=str(industry.id), industry_deleted=True)
             code = industry.code or NO_INDUSTRY_CODE
     number = allocate_certificate_number(session, code)
     # The database's clock, read under the lock every certification takes: issue times follow

@@ -79,3 +79,32 @@ def test_a_team_assignment_job_s_refusal_names_its_field_as_the_api_s_does(clien
     answered = refused.get_json()
     assert stored["type"] == answered["type"] == "/problems/team-full"
     assert (stored.get("field"), stored["team_id"]) == (answered["field"], answered["team_id"]) == ("team_id", team_id)
+
+
+def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_session, write_ctx, steward) -> None:
+    """A skill named its industry before the industry was deleted (a reference named before a
+    deletion stays); certified after it, its new certificate was signed ``SKILL-<the deleted
+    industry's code>-001``: a fresh, signed act vouching for the skill under an industry no
+    listing shows, as a deleted skill's certificate or a deleted governor newly named would."""
+    from models.certification import IssuedCertificate, certify_skill
+    from models.entities import EntityType, Skill
+    from models.errors import NotCertifiable
+    from models.registry import update_entity
+    from tests.test_certification import _industry, _skill
+    from tests.test_deleted_references_and_word_gate import DELETED
+
+    industry = _industry(db_session, write_ctx, steward, "DEL")
+    skill = _skill(db_session, write_ctx, steward, "Orphaned Skill", industry=industry)
+    update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, changes=DELETED, ctx=write_ctx)
+    with pytest.raises(NotCertifiable) as refused:
+        certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
+    problem = refused.value.problem()
+    assert (problem["field"], problem["industry_id"], problem["industry_deleted"]) == ("industry_id", str(industry.id), True)
+    assert "is deleted" in problem["detail"]
+    db_session.expire_all()
+    stored = db_session.get(Skill, skill.id)
+    assert (stored.status, stored.certificate, stored.version) == ("draft", None, 1)
+    assert db_session.query(IssuedCertificate).filter_by(skill_id=skill.id).count() == 0
+    # Moved out of the deleted industry (a change of its own, signed), it is certified, as GEN.
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"industry_id": None}, ctx=write_ctx)
+    assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate["certificate_id"] == "SKILL-GEN-001"
