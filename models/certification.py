@@ -141,21 +141,31 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
 
 
-def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing,
-                        embedder: Embedder) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every failed gate (not just the first), and the blocking duplicate if any."""
+def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder,
+                        content: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every failed gate (not just the first), and the blocking duplicate if any: of ``skill``
+    as it is in memory (its embedding computed by the caller), or of ``content``, one of its
+    versions as signed (its vector computed here from that version's text)."""
     failed: list[dict[str, Any]] = []
-    subject = rule_subject(session, skill, keyring=None)  # a skill's rules read no other entity
+    subject = rule_subject(session, skill, keyring=None, content=content)  # a skill's rules read no other entity
     broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
     if broken:
         failed.append({"gate": "constitution", "detail": "rules not satisfied", "rules": broken})
-    words = description_words(skill.description)
+    judged: Any = skill if content is None else _as_signed(skill.id, content, embedder)
+    words = description_words(judged.description if isinstance(judged.description, str) else None)
     if words < MIN_DESCRIPTION_WORDS:
         failed.append({"gate": "description-length", "detail": f"{words} words; at least {MIN_DESCRIPTION_WORDS} required"})
-    duplicate = nearest_certified_duplicate(session, skill, keyring=keyring, embedder=embedder)
+    duplicate = nearest_certified_duplicate(session, judged, keyring=keyring, embedder=embedder)
     if duplicate is not None:
         failed.append({"gate": "near-duplicate", "detail": f"too similar to certified skill {duplicate['name']}", "duplicate": duplicate})
     return failed, duplicate
+
+
+def _as_signed(skill_id: uuid.UUID, content: dict[str, Any], embedder: Embedder) -> Any:
+    """The skill as a version's content signed it, for the gates: its id, text and the vector of that text."""
+    text_of = SimpleNamespace(entity_type_value=EntityType.SKILL,
+                              **{name: content.get(name) for name in ("name", *EMBEDDED_TEXT[EntityType.SKILL])})
+    return SimpleNamespace(id=skill_id, embedding=embedder.embed([embedding_text(text_of)])[0], **vars(text_of))
 
 
 def description_words(description: str | None) -> int:
@@ -332,13 +342,22 @@ def _recorded_by(session: Session, skill: Skill, actor: str) -> tuple[int, dict[
 
 def _recorded_outcome(session: Session, skill: Skill, recorded: tuple[int, dict[str, Any]],
                       ctx: WriteContext) -> CertificationOutcome:
-    """The outcome this actor already committed. A rejection at the head has its gates
-    derived again; one the skill has moved on from is told as recorded."""
+    """The outcome this actor already committed. The gates a rejection failed were not
+    recorded: they are derived again from the rejected version's signed content, whether or
+    not the skill has moved on from it (it said ``failed_gates: []`` when it had). Should none
+    fail now (a certified near-duplicate retired since, a rule changed), the rejection stands
+    and says so (:data:`RECORDED_REJECTION`), never a rejection that failed nothing."""
     version, content = recorded
-    if version == skill.version and skill.status == SkillStatus.REJECTED.value:
-        failed, duplicate = certification_gates(session, skill, keyring=ctx.keyring, embedder=ctx.embedder)
-        return CertificationOutcome(skill.id, skill.status, skill.version, None, failed, duplicate)
-    return CertificationOutcome(skill.id, content["status"], version, content.get("certificate"))
+    if content["status"] != SkillStatus.REJECTED.value:
+        return CertificationOutcome(skill.id, content["status"], version, content.get("certificate"))
+    failed, duplicate = certification_gates(session, skill, keyring=ctx.keyring, embedder=ctx.embedder, content=content)
+    return CertificationOutcome(skill.id, content["status"], version, None, failed or [{
+        "gate": RECORDED_REJECTION, "detail": f"version {version} rejected the skill; no gate fails on that version's content "
+        "now (a certified near-duplicate retired since, or a rule changed): which failed then was not recorded"}], duplicate)
+
+
+# A retried job's rejection whose gates, derived again, all pass (see _recorded_outcome).
+RECORDED_REJECTION = "recorded-rejection"
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,54 @@ def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_sessio
     # Moved out of the deleted industry (a change of its own, signed), it is certified, as GEN.
     update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"industry_id": None}, ctx=write_ctx)
     assert certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx).certificate["certificate_id"] == "SKILL-GEN-001"
+
+
+def _certifier(write_ctx):
+    import dataclasses
+
+    return dataclasses.replace(write_ctx, actor=f"job:{uuid.uuid4()}")
+
+
+def test_a_retried_certification_job_names_the_gates_its_rejection_failed_after_the_skill_moved_on(
+        db_session, write_ctx, steward) -> None:
+    """A retry of the job whose rejection is no longer the skill's head (changed since) said
+    ``rejected`` with ``failed_gates: []``: a rejection that failed nothing. The gates are derived
+    from the rejected version's signed content, as they are from the head when it is that version."""
+    from models.certification import certify_skill
+    from models.entities import EntityType
+    from models.registry import update_entity
+    from tests.test_certification import GOOD, _certified, _skill
+
+    short = _skill(db_session, write_ctx, steward, "Short Retried", description="Too short")
+    original = _certified(db_session, write_ctx, steward, "Fraud Screening", description=GOOD)
+    copy = _skill(db_session, write_ctx, steward, "Fraud Screening Copy", description=GOOD)
+    jobs = {short.id: _certifier(write_ctx), copy.id: _certifier(write_ctx)}
+    first = {skill_id: certify_skill(db_session, skill_id=skill_id, notes=None, ctx=ctx) for skill_id, ctx in jobs.items()}
+    assert [g["gate"] for g in first[short.id].failed_gates] == ["description-length"]
+    assert [g["gate"] for g in first[copy.id].failed_gates] == ["near-duplicate"]
+    for skill_id, text in ((short.id, "Still short now"), (copy.id, GOOD + " and more")):
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill_id, changes={"description": text}, ctx=write_ctx)
+    for skill_id, ctx in jobs.items():
+        again = certify_skill(db_session, skill_id=skill_id, notes=None, ctx=ctx)
+        assert (again.status, again.version, again.certificate) == ("rejected", 2, None)
+        assert again.failed_gates == first[skill_id].failed_gates, again
+        assert again.blocking_duplicate == first[skill_id].blocking_duplicate
+    assert first[copy.id].blocking_duplicate["id"] == str(original.id)
+
+
+def test_a_retried_certification_job_does_not_report_a_rejection_that_failed_nothing(db_session, write_ctx, steward) -> None:
+    """The gates judged again on the rejected content may all pass now (its blocking duplicate
+    retired since): the retry said ``rejected`` with no failed gate; it says the rejection stands
+    and that the gate that failed then cannot be told today."""
+    from models.certification import certify_skill
+    from tests.test_certification import GOOD, _certified, _retire, _skill
+
+    original = _certified(db_session, write_ctx, steward, "Claims Triage", description=GOOD)
+    copy = _skill(db_session, write_ctx, steward, "Claims Triage Copy", description=GOOD)
+    ctx = _certifier(write_ctx)
+    assert [g["gate"] for g in certify_skill(db_session, skill_id=copy.id, notes=None, ctx=ctx).failed_gates] == ["near-duplicate"]
+    _retire(db_session, write_ctx, original.id)
+    again = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=ctx)
+    assert (again.status, again.version) == ("rejected", 2)
+    assert [g["gate"] for g in again.failed_gates] == ["recorded-rejection"], again
+    assert "version 2" in again.failed_gates[0]["detail"]
