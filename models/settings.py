@@ -7,11 +7,16 @@ and never looks at ``os.environ`` itself.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -188,3 +193,58 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and explicit overrides, which win) into a ``Settings``."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+# Every PLANT_* variable Plant reads that is not a field of Settings, and what reads it: with the
+# fields' own names, what :func:`unknown_plant_variables` knows. tests/test_review_noticed.py
+# checks that every PLANT_ name spelt in the repository (code, deployment files, docs) is one of
+# them, or a Python name it lists as no variable.
+OTHER_PLANT_VARIABLES: Mapping[str, str] = {
+    "PLANT_URL": "the CLI: the server it talks to (cli/client.py)",
+    "PLANT_API_KEY": "the CLI: the key it sends (cli/client.py)",
+    "PLANT_BIND": "gunicorn.conf.py, docker/entrypoint.sh",
+    "PLANT_WEB_THREADS": "gunicorn.conf.py",
+    "PLANT_PG_PORT": "plant dev (cli/dev.py)",
+    "PLANT_REDIS_PORT": "plant dev (cli/dev.py)",
+    "PLANT_DEV_LIFELINE_FD": "plant dev's watchdog (cli/watchdog.py)",
+    "PLANT_DEMO_PORT": "plant demo (cli/demo.py)",
+    "PLANT_DEMO_FLOWER_PORT": "plant demo (cli/demo.py)",
+    "PLANT_WORKER_CONCURRENCY": "docker/entrypoint.sh",
+    "PLANT_BEAT_STALE_MINUTES": "docker/entrypoint.sh",
+    "PLANT_ROLE_FILE": "docker/entrypoint.sh",
+    "PLANT_IMAGE": "docker-compose.yml",
+    "PLANT_PUBLISH_ADDRESS": "docker-compose.yml",
+    "PLANT_FLOWER_PUBLISH_ADDRESS": "docker-compose.yml",
+    "PLANT_SIGNING_KEY_PATH": "docker-compose.yml",
+    "PLANT_RETIRED_SIGNING_KEYS_PATH": "docker-compose.yml",
+    "PLANT_SKIP_BROWSER_TESTS": "the tests (tests/test_report_html.py)",
+    "PLANT_TEST_SHOW_WORKER_LOG": "the tests (tests/conftest.py)",
+}
+
+
+def settings_variables() -> frozenset[str]:
+    """The PLANT_* names :class:`Settings` reads: each field's under the prefix, or its aliases."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        spelt = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else [f"PLANT_{name}"]
+        names.update(choice.upper() for choice in spelt if isinstance(choice, str) and choice.upper().startswith("PLANT_"))
+    return frozenset(names)
+
+
+def unknown_plant_variables(environ: Mapping[str, str]) -> list[str]:
+    """The PLANT_* variables of ``environ`` nothing in Plant reads, sorted: a misspelt one
+    (a letter left out of one) would otherwise be ignored without a word (``extra="ignore"``).
+    Names compare in upper case, as Settings reads them."""
+    known = settings_variables() | set(OTHER_PLANT_VARIABLES)
+    return sorted(name for name in environ if name.upper().startswith("PLANT_") and name.upper() not in known)
+
+
+def warn_of_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Log one warning naming every PLANT_* variable of ``environ`` (the process's environment)
+    nothing reads, at a process's start (the API's ``create_app``, a worker's or beat's, once
+    logging is set up). Their values are never logged."""
+    unknown = unknown_plant_variables(os.environ if environ is None else environ)
+    if unknown:
+        log.warning("ignoring environment variables Plant does not read (misspelt?): %s", ", ".join(unknown),
+                    extra={"unknown_variables": unknown})

@@ -4,11 +4,19 @@ certification job's gates, and ``PLANT_*`` variables no code reads."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.test_export_csv_cache_and_page_escapes import _closed_run
 from tests.test_registry_api import _agent, gov, world  # noqa: F401  (fixtures)
 
@@ -159,3 +167,85 @@ def test_a_retried_certification_job_does_not_report_a_rejection_that_failed_not
     assert (again.status, again.version) == ("rejected", 2)
     assert [g["gate"] for g in again.failed_gates] == ["recorded-rejection"], again
     assert "version 2" in again.failed_gates[0]["detail"]
+
+
+# PLANT_ names in the repository that are Python names, not environment variables.
+NOT_VARIABLES = {"PLANT_SCHEMA_CTE", "PLANT_SCHEMA_SQL", "PLANT_KEY_LENGTH", "PLANT_HEADERS", "PLANT_SERVICES"}
+PLANT_NAME = re.compile(r"\bPLANT_[A-Z0-9_]+")
+
+
+def _repository_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    return [REPO_ROOT / name for name in listed if (REPO_ROOT / name).is_file()]
+
+
+def test_every_plant_variable_the_repository_spells_is_one_plant_knows() -> None:
+    """The allowlist a warning about unknown PLANT_* variables needs: every PLANT_ name spelt
+    in the code, the deployment files and the docs is a Settings field's, one of
+    ``OTHER_PLANT_VARIABLES`` (read elsewhere) or a Python name; no name is built at run time
+    but by Settings' own prefix; and the list names nothing the repository no longer reads."""
+    from models.settings import OTHER_PLANT_VARIABLES, settings_variables
+
+    spelt: dict[str, set[str]] = {}
+    built = []
+    for path in _repository_files():
+        if path == Path(__file__).resolve():  # its misspellings are on purpose
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for name in PLANT_NAME.findall(text):
+            spelt.setdefault(name, set()).add(str(path.relative_to(REPO_ROOT)))
+        if not path.is_relative_to(REPO_ROOT / "tests"):  # tests spell Settings' names from its fields
+            built += [f"{path.relative_to(REPO_ROOT)}: {m}" for m in re.findall(r"""["']PLANT_["'{]""", text)]
+    known = settings_variables() | set(OTHER_PLANT_VARIABLES) | NOT_VARIABLES
+    assert {name: sorted(where) for name, where in spelt.items() if name not in known} == {}
+    assert {entry.split(":")[0] for entry in built} == {"models/settings.py"}, built  # env_prefix, settings_variables
+    # Listed as read elsewhere: each is spelt in a file other than the list itself (and the docs).
+    elsewhere = {name for name, where in spelt.items() if where - {"models/settings.py", "README.md"}}
+    assert set(OTHER_PLANT_VARIABLES) - elsewhere == set()
+    assert {"PLANT_PORT", "PLANT_DATABASE_URL", "PLANT_REDIS_URL"} <= settings_variables()
+    assert "PLANT_PROMETHEUS_MULTIPROC_DIR" not in settings_variables()  # read by its library's name alone
+
+
+def test_the_api_names_each_unknown_plant_variable_once_at_start_and_not_its_value(settings, monkeypatch, caplog) -> None:
+    """``extra="ignore"``: a misspelt PLANT_* variable was ignored without a word."""
+    from web import create_app
+
+    monkeypatch.setenv("PLANT_JOB_SOFT_TIME_LIMT", "sekrit-value")
+    monkeypatch.setenv("plant_no_such_thing", "1")
+    monkeypatch.setenv("PLANT_URL", "http://127.0.0.1:1")  # the CLI's: known
+    monkeypatch.setenv("PLANT_JOB_SOFT_TIME_LIMIT", "30")  # a field's
+    caplog.set_level(logging.WARNING, logger="models.settings")
+    create_app(settings)
+    warned = [r.getMessage() for r in caplog.records if r.name == "models.settings"]
+    assert len(warned) == 1, warned
+    assert warned[0].endswith(": PLANT_JOB_SOFT_TIME_LIMT, plant_no_such_thing"), warned
+    assert "sekrit" not in warned[0]
+
+
+@pytest.mark.e2e
+def test_a_worker_names_each_unknown_plant_variable_once_at_start(settings, tmp_path) -> None:
+    from tasks.celery_app import create_celery
+    from tests.conftest import child_env, stop_process_group, wait_for
+
+    log_path = tmp_path / "worker.log"
+    name = f"noticed-{uuid.uuid4().hex[:8]}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", name, "-c", "1", "-n", f"{name}@%h",
+             "--without-mingle", "--without-gossip"],
+            cwd=REPO_ROOT, env=child_env(settings, PLANT_AUDIT_BATCH_SIZ="3", PLANT_LOG_FORMAT="json"),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    probe = create_celery(settings)
+    try:
+        wait_for(lambda: process.poll() is not None or probe.control.ping(destination=[f"{name}@{socket.gethostname()}"],
+                                                                          timeout=0.5), timeout=60, what="the worker")
+        assert process.poll() is None, log_path.read_text()[-3000:]
+    finally:
+        stop_process_group(process)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    warned = [line for line in lines if line.get("logger") == "models.settings"]
+    assert [(line["level"], line["unknown_variables"]) for line in warned] == [("WARNING", ["PLANT_AUDIT_BATCH_SIZ"])], warned

@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
 from models.canonical import strict_json_loads
-from models.settings import Settings, load_settings
+from models.settings import Settings, load_settings, warn_of_unknown_variables
 from web.api.api_keys import api_keys_api
 from web.api.audit import audit_api
 from web.api.diagnostics import diagnostics_api
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_services(app, settings)
     register_error_handlers(app)
     init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
+    warn_of_unknown_variables()  # once logging is set up
     init_auth(app)
     app.after_request(forbid_sniffing)
     app.before_request(refuse_string_bodies)  # after auth: a request without a key is 401 whatever its body

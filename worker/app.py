@@ -15,10 +15,11 @@ from typing import Any
 
 from celery import Celery, Task
 import psutil
-from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_init, worker_shutting_down
+from celery.signals import beat_init, celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_init, worker_shutting_down
 
 from models.errors import SigningKeyError
 from models.logging_setup import bind_log_context, configure_logging, reset_log_context
+from models.settings import warn_of_unknown_variables
 from tasks import runtime
 from tasks.audit import CHUNK_TASK
 from tasks.celery_app import create_celery
@@ -76,6 +77,13 @@ def _structured_logging(**_: Any) -> None:
     """
     settings = runtime.settings()
     configure_logging(settings.log_format, settings.log_level)
+
+
+@celeryd_init.connect  # after the logging hook above: the warning is logged like the rest
+@beat_init.connect
+def _name_unknown_variables(**_: Any) -> None:
+    """A worker's or beat's start: one warning naming each PLANT_* variable nothing reads."""
+    warn_of_unknown_variables()
 
 
 @celeryd_init.connect  # after the logging hook above, so the refusal is logged like the rest
