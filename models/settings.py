@@ -196,7 +196,7 @@ def load_settings(**overrides: object) -> Settings:
 
 
 # Every PLANT_* variable Plant reads that is not a field of Settings, and what reads it: with the
-# fields' own names, what :func:`unknown_plant_variables` knows. tests/test_review_noticed.py
+# fields' own names, what :func:`unknown_plant_variables` knows. tests/test_nosniff_job_fields_deleted_industries_and_unknown_variables.py
 # checks that every PLANT_ name spelt in the repository (code, deployment files, docs) is one of
 # them, or a Python name it lists as no variable.
 OTHER_PLANT_VARIABLES: Mapping[str, str] = {
