@@ -223,6 +223,8 @@ def check_configured_admin_key(plaintext: str) -> None:
 # The name of the admin key configured at deploy (PLANT_ADMIN_API_KEY) or made by ``plant dev``:
 # a new configured key revokes the live admin keys of this name, so no other key may take it.
 BOOTSTRAP_ADMIN_NAME = "bootstrap-admin"
+# pg_advisory_xact_lock key ("plantadm" in ASCII) serializing the admin keys deploys ensure.
+ADMIN_KEYS_LOCK = int.from_bytes(b"plantadm", "big")
 
 
 def ensure_admin_key(session: Session, *, plaintext: str, name: str = BOOTSTRAP_ADMIN_NAME,
@@ -235,8 +237,11 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = BOOTSTRAP_
     A key too short, or the example's placeholder, is refused (:func:`check_configured_admin_key`),
     even one an earlier release ensured."""
     check_configured_admin_key(plaintext)
-    # Several containers may run `plant db upgrade` at once: whoever inserts second finds the
-    # first's row (ON CONFLICT waits for it to commit) instead of a unique violation.
+    # Several containers may run `plant db upgrade` at once, with two keys while a rotation
+    # rolls out: one at a time, so the later one sees the earlier's row and revokes it (apart,
+    # each missed the other's uncommitted row and both stayed live). With one key, whoever
+    # inserts second finds the first's row instead of a unique violation.
+    session.execute(select(func.pg_advisory_xact_lock(ADMIN_KEYS_LOCK)))
     created = session.scalar(pg_insert(ApiKey).values(**_key_row(name=name, scopes=["admin"], plaintext=plaintext))
                              .on_conflict_do_nothing(index_elements=[ApiKey.key_hash]).returning(ApiKey.id))
     if created is not None and replaces:

@@ -189,6 +189,44 @@ def test_a_key_listing_never_shows_a_short_configured_admin_key_whole(client, en
     assert prefixes["bootstrap-admin"] == "ch" and any(len(p) == 12 and p.startswith("plant_") for p in prefixes.values())
 
 
+def test_two_deploys_configuring_different_admin_keys_at_once_leave_one_of_them_live(engine, clean_db) -> None:
+    """Each ``plant db upgrade`` inserts its configured key and revokes the other live keys of
+    the bootstrap name. Two at once with different keys (a rotation rolled out while an old
+    revision still starts) each missed the other's uncommitted row: both stayed live, and the
+    rotated-away key kept working."""
+    import threading
+
+    from models.api_keys import ensure_admin_key, hash_key
+    from tests.conftest import wait_for
+
+    first, second = "plant_first_" + "a" * 32, "plant_second_" + "b" * 32
+    outcome: dict[str, object] = {}
+
+    def deploy_second() -> None:
+        try:
+            with Session(engine) as session, session.begin():
+                outcome["second"] = ensure_admin_key(session, plaintext=second)
+        except Exception as exc:  # reported below, not lost in the thread
+            outcome["second"] = exc
+
+    with Session(engine) as session, session.begin():
+        assert ensure_admin_key(session, plaintext=first) == "created"
+        racing = threading.Thread(target=deploy_second)
+        racing.start()
+        wait_for(lambda: "second" in outcome or _waiting_on_a_lock(engine), what="the second deploy to run or wait")
+    racing.join(timeout=30)
+    assert outcome["second"] == "created"
+    with engine.connect() as connection:
+        live = connection.scalars(text("SELECT key_hash FROM api_keys WHERE name = 'bootstrap-admin' AND revoked_at IS NULL")).all()
+    assert [bytes(h) for h in live] == [hash_key(second)]  # the one committed last took the other's place
+
+
+def _waiting_on_a_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")))
+
+
 @pytest.mark.parametrize("configured", ["change-me", "x" * 31, "plant_CHANGE-ME_" + "a" * 40])
 def test_a_configured_admin_key_that_is_short_or_the_placeholder_is_refused(db_session, configured) -> None:
     """``.env.example``'s ``PLANT_ADMIN_API_KEY=change-me`` became a live admin key: anyone who
