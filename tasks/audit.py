@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from models.audit_runs import (
     audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, forget_chunks_published, keep_waiting_audits_leased,
@@ -61,11 +62,26 @@ def _start_audit(claim: JobClaim, _: ProgressSink) -> None:
     app = audit_run.app
     for chunk_id in chunks:
         app.send_task(CHUNK_TASK, args=[str(claim.job_id), claim.attempt, chunk_id, claim.handbacks], queue=AUDIT_QUEUE)
-    # Now, and only now, messages of this attempt wait on the queue: the audits running ahead
-    # of them keep this job leased meanwhile (a worker killed before this line leaves none).
-    with transaction(runtime.session_factory()) as session:
-        record_chunks_published(session, run_id=run_id, attempt=claim.attempt)
+    _say_chunks_published(claim, run_id)
     return CONTINUES
+
+
+def _say_chunks_published(claim: JobClaim, run_id: uuid.UUID) -> None:
+    """Now, and only now, messages of this attempt wait on the queue: the audits running ahead
+    of them keep this job leased meanwhile (a worker killed before this leaves none). The
+    messages are out, so a database error here must not fail the attempt: a retry would start
+    another, and the chunks just sent would run as stale. A transient one is tried again a few
+    times; then the record is left out, with a warning: no other audit keeps the job leased
+    while its chunks wait, and should they wait past its lease, the sweep republishes them."""
+    retrying = Retrying(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.2, max=2),
+                        retry=retry_if_exception(is_transient), reraise=True)
+    try:
+        for trying in retrying:
+            with trying, transaction(runtime.session_factory()) as session:
+                record_chunks_published(session, run_id=run_id, attempt=claim.attempt)
+    except Exception:  # noqa: BLE001 - logged; the chunks run all the same
+        log.warning("audit job %s: its chunks are on the queue, but recording so failed; no other audit keeps it "
+                    "leased while they wait", claim.job_id, exc_info=True)
 
 
 @shared_task(name="plant.audit.run", bind=True)

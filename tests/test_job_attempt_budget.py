@@ -164,6 +164,38 @@ def _audit_chunks(sessions, settings, monkeypatch):
     return job_id, [args for name, args in sent if name == audit.CHUNK_TASK], sent
 
 
+@pytest.mark.parametrize("failures", [1, 99])
+def test_an_audit_whose_publish_record_fails_keeps_its_attempt_and_its_chunks(
+        sessions, settings, seeded, monkeypatch, caplog, failures) -> None:
+    """The start sends its chunks, then records that they wait on the queue. A database error
+    in that record failed the attempt after its messages were out: the job was retried as a new
+    attempt, and the chunks just sent ran as stale. Now a transient error is tried again (one
+    failure: recorded), and one that lasts leaves the record out with a warning."""
+    from sqlalchemy.exc import OperationalError
+
+    from models.audit_runs import record_chunks_published
+    from models.audit_tables import AuditRun
+    from tasks import audit
+
+    calls = []
+
+    def record_after_failures(session, **kwargs):
+        calls.append(kwargs)
+        if len(calls) <= failures:
+            raise OperationalError("UPDATE audit_runs ...", {}, Exception("server closed the connection unexpectedly"))
+        return record_chunks_published(session, **kwargs)
+
+    monkeypatch.setattr(audit, "record_chunks_published", record_after_failures)
+    job_id, messages, _ = _audit_chunks(sessions, settings, monkeypatch)  # the start did not raise
+    assert messages and len(calls) == min(failures + 1, 3)
+    with transaction(sessions) as session:
+        job = get_job(session, job_id)
+        published = session.scalar(select(AuditRun.chunks_published_attempt).where(AuditRun.job_id == job_id))
+    assert job.status == JobStatus.RUNNING.value and job.attempts == 1
+    assert published == (1 if failures == 1 else 0)
+    assert ("recording so failed" in caplog.text) == (failures > 1)
+
+
 def test_an_audit_chunk_that_loses_its_database_connection_comes_back_and_resumes(
         sessions, settings, seeded, monkeypatch) -> None:
     """A transient error asks Celery to send the chunk again after a backoff; nothing is
