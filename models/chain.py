@@ -369,12 +369,12 @@ LEAF_SIZE = 16 + HASH_SIZE  # a ledger leaf: the entity id's 16 bytes, then its 
 # missing link leaves the whole a length no leaf count gives (links of other lengths are
 # caught by the root).
 _SEALED_LEAVES_SQL = ("SELECT count(*), string_agg(uuid_send(entity_id) || link_hash, ''::bytea ORDER BY entity_id) "
-                      "FROM ledger_digest_heads WHERE digest_id = %s")
+                      "FROM {table} WHERE digest_id = %s")
 SEALED_LEAVES_RECHECK_SECONDS = 60.0  # how long a failed check stands before the rows are read again
 # Per (seal digest, root): its checked leaves, kept for the process's life (one entry per
 # sealing the process has needed: its keyring's seals are fixed at start), or the monotonic
 # time until which a failed check stands.
-_sealed_leaves: dict[tuple[int, str], SealedLeaves | float] = {}
+_sealed_leaves: dict[tuple[int, str, str | None], SealedLeaves | float] = {}
 _sealed_leaves_lock = threading.Lock()  # one reader at a time: API threads share the process's
 
 
@@ -383,6 +383,8 @@ class SealedLeaves:
     """A seal digest's leaves as checked against the root its seal file names."""
 
     leaves: bytes  # LEAF_SIZE bytes each, in entity-id order
+    # The digest's tombstones (soft-deleted entities' heads), for a seal that names their root.
+    tombstones: SealedLeaves | None = None
 
     def __len__(self) -> int:
         return len(self.leaves) // LEAF_SIZE
@@ -398,10 +400,15 @@ class SealedLeaves:
             return None
         return self.leaves[index * LEAF_SIZE + 16 : (index + 1) * LEAF_SIZE]
 
+    def held(self, entity_id: uuid.UUID) -> bytes | None:
+        """The head link the seal holds for ``entity_id``: its leaf's, or its tombstone's."""
+        return self.link(entity_id) or (self.tombstones.link(entity_id) if self.tombstones is not None else None)
+
 
 def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
-    """The leaves of ``seal``'s digest, or None when its leaf rows do not hash to the root
-    the seal file names (a row edited, added or removed through SQL): then they hold nothing.
+    """The leaves of ``seal``'s digest (and its tombstones, where the seal file names their
+    root), or None when its leaf rows (or tombstone rows) do not hash to the root the seal
+    file names (a row edited, added or removed through SQL): then they hold nothing.
 
     The seal file, kept beside the retired key, is the anchor; the leaf rows sit in a table
     that refuses UPDATE, and INSERT and DELETE of a seal's rows (migration 0017), but whose owner could
@@ -413,7 +420,7 @@ def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
     one read. A failed check stands for ``SEALED_LEAVES_RECHECK_SECONDS``, then the rows are
     read again, in case they were put back from a backup.
     """
-    key = (seal.digest_id, seal.heads_root)
+    key = (seal.digest_id, seal.heads_root, seal.tombstones_root)
     if isinstance(kept := _sealed_leaves.get(key), SealedLeaves):
         return kept
     with _sealed_leaves_lock:
@@ -422,22 +429,33 @@ def sealed_leaves(session: Session, seal: KeySeal) -> SealedLeaves | None:
             return kept
         if kept is not None and time.monotonic() < kept:
             return None
-        count, leaves = binary_row(session, _SEALED_LEAVES_SQL, [seal.digest_id])
-        leaves = bytes(leaves or b"")
-        if len(leaves) == count * LEAF_SIZE and merkle_root(
-                leaves[start : start + LEAF_SIZE] for start in range(0, len(leaves), LEAF_SIZE)).hex() == seal.heads_root:
-            _sealed_leaves[key] = SealedLeaves(leaves)
+        leaves = _checked_rows(session, "ledger_digest_heads", seal.digest_id, seal.heads_root)
+        tombstones = b"" if seal.tombstones_root is None else _checked_rows(
+            session, "ledger_digest_tombstones", seal.digest_id, seal.tombstones_root)
+        if leaves is not None and tombstones is not None:
+            _sealed_leaves[key] = SealedLeaves(leaves, SealedLeaves(tombstones))
             return _sealed_leaves[key]
         _sealed_leaves[key] = time.monotonic() + SEALED_LEAVES_RECHECK_SECONDS
         return None
 
 
+def _checked_rows(session: Session, table: str, digest_id: int, root: str) -> bytes | None:
+    """A digest's leaf (or tombstone) rows in ``table``, LEAF_SIZE bytes each in entity-id
+    order, if they hash to ``root``; else None."""
+    count, leaves = binary_row(session, _SEALED_LEAVES_SQL.replace("{table}", table), [digest_id])
+    leaves = bytes(leaves or b"")
+    if len(leaves) == count * LEAF_SIZE and merkle_root(
+            leaves[start : start + LEAF_SIZE] for start in range(0, len(leaves), LEAF_SIZE)).hex() == root:
+        return leaves
+    return None
+
+
 def _held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.UUID]) -> tuple[dict[tuple[int, uuid.UUID], int], set[int]]:
     """((seal digest, entity) -> the chain version of the head link the seal holds for the
     entity, the seal digests whose leaves failed their check). A seal holds an entity by its
-    digest's leaf (:func:`sealed_leaves`), or, for one soft-deleted before the seal, which no
-    digest holds, by the head link its file lists (parsed once per process,
-    ``KeySeal.deleted_heads``). The version is the chain's own version of that link, never
+    digest's leaf (:func:`sealed_leaves`), or, for one soft-deleted before the seal, by the
+    digest's tombstone, whose root the seal file names (a seal written before it did lists
+    their head links itself, parsed once per process: ``KeySeal.deleted_heads``). The version is the chain's own version of that link, never
     the number stored beside a leaf. One query, and none when no seal holds one of ``entity_ids``."""
     entity_ids = list(entity_ids)
     listed: list[tuple[int, uuid.UUID, bytes]] = []
@@ -447,7 +465,7 @@ def _held(session: Session, seals: Iterable[KeySeal], entity_ids: Iterable[uuid.
         if leaves is None:
             unchecked.add(seal.digest_id)
         for entity_id in entity_ids:
-            link = seal.deleted_heads.get(entity_id) or (leaves.link(entity_id) if leaves is not None else None)
+            link = seal.deleted_heads.get(entity_id) or (leaves.held(entity_id) if leaves is not None else None)
             if link is not None:
                 listed.append((seal.digest_id, entity_id, link))
     if not listed:

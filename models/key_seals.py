@@ -4,8 +4,9 @@ A retired key stays trusted to verify the versions it signed. Were its private h
 to leak (an old backup, a decommissioned disk), it could sign new versions that verify
 like old ones. A seal closes that. Once every API and worker process has restarted on the
 new key, ``plant signing-keys seal`` stores a ledger digest signed by the active key and
-writes, beside each unsealed retired key, a seal file naming that digest by id and root,
-and listing the soft-deleted entities' heads, which no digest holds (``models.keys.write_seal``). From then on a version signed by a sealed key is valid only
+writes, beside each unsealed retired key, a seal file naming that digest by id and by the
+roots of its leaves and of its tombstones, the soft-deleted entities' heads (``models.keys.write_seal``;
+a seal written before it named the tombstones' root lists those heads itself). From then on a version signed by a sealed key is valid only
 when the seal's digest holds its entity at that version or a later one; otherwise it is
 ``signed-after-seal`` (:func:`models.chain.seal_findings`): a write on top of it is
 refused (409 ``entity-tampered``), audits report it, and ``plant entity restore`` refuses
@@ -84,9 +85,10 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
                                       "vouch for them; audit and restore them first; nothing was sealed")
             digest.keep_leaves = True  # the seal's checks read them for good
             digest_id, root, as_of = digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"]
-            deleted = deleted_heads(session)
+            tombstones = digest.document["tombstones_root"]  # the soft-deleted entities' heads, which no leaf holds
             listed = {kid: record_seal_list(session, kid) or (None, None) for kid in unsealed}
-        seals = [KeySeal(kid, digest_id, root, as_of, deleted, *listed[kid]) for kid in unsealed]
+        seals = [KeySeal(kid, digest_id, root, as_of, signed_count=listed[kid][0], signed_root=listed[kid][1],
+                         tombstones_root=tombstones) for kid in unsealed]
         for seal in seals:
             write_seal(settings, seal)
     return seals
@@ -336,7 +338,9 @@ def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
         digest = session.get(LedgerDigest, seal.digest_id)
         if digest is None:
             problems.append(f"the seal of key {seal.kid} names digest {seal.digest_id}, which is gone")
-        elif bytes(digest.heads_root).hex() != seal.heads_root:
+        elif bytes(digest.heads_root).hex() != seal.heads_root or (
+                seal.tombstones_root is not None and not (
+                    isinstance(digest.document, dict) and digest.document.get("tombstones_root") == seal.tombstones_root)):
             problems.append(f"digest {seal.digest_id} is not the one the seal of key {seal.kid} names (its root differs)")
         else:
             if digest.id not in checked:

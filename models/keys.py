@@ -76,12 +76,14 @@ def load_seal(path: Path) -> KeySeal:
         document = strict_json_loads(path.read_bytes())
         seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
                        as_of=document["as_of"], deleted=tuple((d["entity_id"], d["head"]) for d in document.get("deleted", [])),
-                       signed_count=document.get("signed_count"), signed_root=document.get("signed_root"))
+                       signed_count=document.get("signed_count"), signed_root=document.get("signed_root"),
+                       tombstones_root=document.get("tombstones_root"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
             and aware_time(seal.as_of) is not None  # what the key's digests are compared with (signed_after_seal)
             and all(isinstance(i, str) and isinstance(h, str) for i, h in seal.deleted)
+            and (seal.tombstones_root is None or (isinstance(seal.tombstones_root, str) and not seal.deleted))
             and ((seal.signed_count, seal.signed_root) == (None, None)
                  or (type(seal.signed_count) is int and isinstance(seal.signed_root, str)))
             and path.name == f"{seal.kid}{SEAL_SUFFIX}"):
@@ -92,8 +94,9 @@ def load_seal(path: Path) -> KeySeal:
 def write_seal(settings: Settings, seal: KeySeal) -> Path:
     """Write ``seal`` beside its retired key, atomically (mode 0644: it holds no secret)."""
     path = settings.retired_signing_keys_path / f"{seal.kid}{SEAL_SUFFIX}"
-    document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of,
-                "deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted],
+    held = ({"tombstones_root": seal.tombstones_root} if seal.tombstones_root is not None else
+            {"deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted]})
+    document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of, **held,
                 **({"signed_count": seal.signed_count, "signed_root": seal.signed_root} if seal.lists else {})}
     replace_file(path, canonical_bytes(document), mode=0o644)
     return path

@@ -166,7 +166,9 @@ class KeySeal:
     digest_id: int
     heads_root: str  # hex, as in the digest's signed document
     as_of: str
-    # The soft-deleted entities' (id, head link hex) at the seal: digests hold live ones only.
+    # The soft-deleted entities' (id, head link hex) at the seal, as a seal written before
+    # ``tombstones_root`` lists them (some 125 bytes each in the file: past Secret Manager's
+    # 64 KiB a version, where a Cloud Run deployment keeps its seals, after ~500 of them).
     deleted: tuple[tuple[str, str], ...] = ()
     # What the key signed outside the chain (reports it handed out, repair records,
     # certificates), committed to here by count and root (:func:`models.key_seals.seal_list_root`);
@@ -177,6 +179,10 @@ class KeySeal:
     # That list (base64url SHA-256s) once read from the database and checked against the root
     # (:func:`models.key_seals.with_seal_lists`); empty when it does not match. Never in the file.
     signed: frozenset[str] | None = field(default=None, compare=False)
+    # Hex root of the seal digest's tombstones (its soft-deleted entities' heads, signed in the
+    # v2 document): a seal written since names it in place of listing them (``deleted``), and
+    # the tombstone rows are read and checked against it (:func:`models.chain.sealed_leaves`).
+    tombstones_root: str | None = None
 
     @property
     def lists(self) -> bool:

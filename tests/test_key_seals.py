@@ -164,6 +164,38 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_file(db_sess
     assert world.codes(sealed)[SEALED_CODE] == [(gone.id, 3)]
 
 
+def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tombstones(db_session) -> None:
+    """A seal listed every soft-deleted entity's head in its file, some 125 bytes each: past
+    about 500 a seal no longer fit a Secret Manager version (64 KiB), where a Cloud Run
+    deployment ships it. It names the root of its digest's tombstones instead, whose rows
+    are checked against it like the leaves: a tombstone rewritten through SQL holds nothing."""
+    import datetime as dt
+
+    world = Rotated.__new__(Rotated)
+    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
+    world.leaked = KeyRing(world.old)
+    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
+    gone = [world.make(E.INDUSTRY, name=f"Gone Industry {n}", code=f"GN{n}") for n in range(3)]
+    for industry in gone:
+        world.edit(industry, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))  # honestly, before the seal
+    rotated = KeyRing(world.new, (world.old.verifier(),))
+    digest = store_digest(db_session, keyring=rotated)
+    seal = KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"],
+                   tombstones_root=digest.document["tombstones_root"])
+    sealed = KeyRing(world.new, (world.old.verifier(),), (seal,))
+    assert SEALED_CODE not in world.codes(sealed)
+    world.edit(gone[0], world.leaked, name="Gone, forged back")  # version 3, with the leaked key
+    assert world.codes(sealed)[SEALED_CODE] == [(gone[0].id, 3)]
+    assert seal_problems(db_session, sealed) == []
+    import models.chain as chain
+
+    chain._sealed_leaves.clear()  # as a process that starts after the edit below
+    lift_guard(db_session, "UPDATE ledger_digest_tombstones SET link_hash = :link WHERE digest_id = :d AND entity_id = :e",
+               table="ledger_digest_tombstones", link=bytes(gone[1].head_link_hash), d=digest.id, e=gone[0].id)
+    flagged = {entity for entity, _ in world.codes(sealed)[SEALED_CODE]}
+    assert {industry.id for industry in gone} <= flagged  # the seal holds nothing it cannot check: fails closed
+
+
 def test_a_leaf_is_held_by_its_link_not_by_the_version_stored_beside_it(rotated) -> None:
     session, seal = rotated.session, rotated.seal
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
@@ -281,11 +313,17 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
     [sealed] = invoke("seal")["sealed"]
     assert sealed["kid"] == old_kid and sealed["signatures_listed"] == 1
     seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
-    assert json.loads(seal_file.read_bytes())["digest_id"] == sealed["digest_id"]
+    from models.audit_tables import LedgerDigest
+
+    written = json.loads(seal_file.read_bytes())
+    assert written["digest_id"] == sealed["digest_id"] and "deleted" not in written  # the tombstones' root instead
+    with one_off_sessions(settings) as sessions, transaction(sessions) as session:
+        tombstones_root = session.get(LedgerDigest, sealed["digest_id"]).document["tombstones_root"]
     ring = keyring_from_settings(key_settings)
     signature_hash = signature_sha256(b64url_decode(jws.split(".")[2]))
     root = seal_list_root([signature_hash])
-    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], (), 1, root)
+    assert ring.seal(old_kid) == KeySeal(old_kid, sealed["digest_id"], sealed["heads_root"], sealed["as_of"], (), 1, root,
+                                         tombstones_root=tombstones_root)
     with one_off_sessions(settings) as sessions, transaction(sessions) as session:
         listed = with_seal_lists(ring, session).seal(old_kid).signed
     assert listed == {b64url_encode(signature_hash)}
@@ -934,7 +972,7 @@ def leaf_reads(monkeypatch) -> list[int]:
     real = chain.binary_row
 
     def counting(session, sql, params):
-        if sql == chain._SEALED_LEAVES_SQL:
+        if sql == chain._SEALED_LEAVES_SQL.replace("{table}", "ledger_digest_heads"):
             reads.append(params[0])
         return real(session, sql, params)
 
@@ -976,14 +1014,14 @@ def test_leaves_that_fail_their_check_are_not_read_again_on_every_batch(rotated,
         rotated.make(E.INDUSTRY, ring=rotated.sealed, name=f"Industry {n}", code=f"IN{n}")
     # Naming the steward as governor checked its head, the seal's leaves with it, and this process
     # keeps leaves that passed: forget them, so the leaves are first read once they fail.
-    chain._sealed_leaves.pop((rotated.seal.digest_id, rotated.seal.heads_root), None)
+    chain._sealed_leaves.pop((rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root), None)
     lift_guard(rotated.session, "UPDATE ledger_digest_heads SET link_hash = sha256(link_hash) WHERE digest_id = :d "
                "AND entity_id = :e", table="ledger_digest_heads", d=rotated.seal.digest_id, e=rotated.gov["governance_agent_id"])
     leaf_reads.clear()
     assert rotated.skill.id in {entity for entity, _ in rotated.codes(rotated.sealed)[SEALED_CODE]}
     assert leaf_reads == [rotated.seal.digest_id]  # the failure stands for a while...
     monkeypatch.setattr(chain, "SEALED_LEAVES_RECHECK_SECONDS", 0.0)
-    chain._sealed_leaves[(rotated.seal.digest_id, rotated.seal.heads_root)] = 0.0  # ...then the rows are read again
+    chain._sealed_leaves[(rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root)] = 0.0  # ...then the rows are read again
     rotated.codes(rotated.sealed)
     assert len(leaf_reads) > 1
 
