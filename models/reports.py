@@ -172,14 +172,14 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
     """The exported document's bytes (itself canonical JSON), signed now and not recorded:
     for tools and tests. Plant's own exports go through :func:`export_report`, whose
     signature a later seal of the key lists."""
-    payload = canonical_bytes(report)
+    payload = report_payload(report)
     return _document(payload, sign_detached(payload, keyring.active))
 
 
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
     """:func:`signed_report` of the run's report, its signature recorded (the caller commits)."""
     report = build_report(session, run_id=run_id, keyring=keyring)
-    payload = canonical_bytes(report)  # once: seconds for a run of many findings
+    payload = report_payload(report)  # once: seconds for a run of many findings
     return _document(payload, recorded_report_signature(session, report, keyring, payload=payload))
 
 
@@ -194,10 +194,18 @@ def recorded_report_signature(session: Session, report: dict[str, Any], keyring:
     return signed_once(session, document=payload, keyring=keyring)
 
 
+def report_payload(report: dict[str, Any]) -> bytes:
+    """The report's canonical bytes, the JWS payload, as they stand inside its document: a
+    report that fits :data:`models.canonical.MAX_NESTING_DEPTH` alone but not one level down
+    is refused (``CanonicalizationError``), as canonicalizing its whole document is; handed
+    out, no verifier (:func:`verify_report_document`) would read it."""
+    return canonical_bytes(report, enclosed=1)
+
+
 def _document(payload: bytes, jws: str) -> bytes:
     """The canonical bytes of ``{"report": report, "signature": jws}``, given the report's
-    own (``payload``): RFC 8785 writes an object's members in the order of their names, each
-    as its value's canonical bytes, so the report's are not made a second time."""
+    :func:`report_payload`: RFC 8785 writes an object's members in the order of their names,
+    each as its value's canonical bytes, so the report's are not made a second time."""
     return b'{"report":' + payload + b',"signature":' + canonical_bytes(jws) + b"}"
 
 
@@ -296,4 +304,4 @@ def spreadsheet_safe(value: Any) -> Any:
 
 def report_signature(report: dict[str, Any], keyring: KeyRing) -> str:
     """The detached JWS that :func:`signed_report` puts next to ``report``."""
-    return sign_detached(canonical_bytes(report), keyring.active)
+    return sign_detached(report_payload(report), keyring.active)
