@@ -49,6 +49,10 @@ from models.signing import KeyRing
 
 REPAIR_FORMAT = "plant.entity-repair.v1"
 MAX_UNSIGNABLE_TEXT = 20_000
+# The arrays and objects around a row's content in a signed audit report's document: the
+# document, its report, the report's repairs, the record, its row_before. Content that fits
+# canonical JSON's depth alone but not there made every later run's report fail to export.
+CONTENT_IN_REPORT_DOCUMENT = 5
 
 
 class EntityRepair(Base):
@@ -73,7 +77,7 @@ class EntityRepair(Base):
         try:
             canonical_bytes(statement)
         except CanonicalizationError:  # a row written outside Plant (what Plant signs reads back the same): as
-            statement["row_before"] = _signable(statement["row_before"])  # text, so a report listing it can be signed
+            statement["row_before"] = _signable(statement["row_before"], enclosed=0)  # text, so it can be signed
         return {**statement, "id": str(self.id), "kid": self.kid, "signature": b64url_encode(bytes(self.signature))}
 
 
@@ -309,14 +313,15 @@ def _statement(repair: EntityRepair) -> dict[str, Any]:
     }
 
 
-def _signable(content: dict[str, Any]) -> dict[str, Any]:
+def _signable(content: dict[str, Any], *, enclosed: int = CONTENT_IN_REPORT_DOCUMENT) -> dict[str, Any]:
     """What the row held, as a repair record can sign it: as it was, or, when it holds
-    something canonical JSON refuses (an integer past 2**53, say), something jsonb would give
-    back otherwise (a float of 1e21 or more comes back an integer past 2**53), or something
-    jsonb cannot store (a NUL: what JSON Python cannot read is read as), as escaped JSON text."""
+    something canonical JSON refuses (an integer past 2**53, or nesting too deep for where a
+    report document holds it: ``enclosed``), something jsonb would give back otherwise (a float
+    of 1e21 or more comes back an integer past 2**53), or something jsonb cannot store (a NUL:
+    what JSON Python cannot read is read as), as escaped JSON text."""
     text = json.dumps(content, default=str, ensure_ascii=True)
     try:
-        canonical_bytes(as_jsonb_keeps_it(to_json_tree(content)))  # as the record reads once stored
+        canonical_bytes(as_jsonb_keeps_it(to_json_tree(content, depth=enclosed)))  # as the record reads once stored
     except CanonicalizationError as exc:
         return {"unsignable": exc.detail, "json": text[:MAX_UNSIGNABLE_TEXT]}
     if holds_nul(content):  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)

@@ -13,11 +13,15 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import select, text
 
 from models.canonical import MAX_NESTING_DEPTH, canonical_bytes
+from models.entities import EntityType
 from models.errors import CanonicalizationError
+from models.repair import verify_repair
 from models.reports import signed_report, verify_report
 from models.signing import KeyRing, generate_ed25519
+from tests.test_assignment import World
 
 REPORT_TYPE = "plant.audit-report.v1"
 
@@ -51,3 +55,50 @@ def test_a_signed_report_is_the_canonical_document_or_refused_as_canonicalizing_
     document = signed_report(report, ring)
     assert document == canonical_bytes({"report": report, "signature": json.loads(document)["signature"]})
     assert verify_report(document, ring).kid == ring.active.kid
+
+
+def _restored_with_attributes(sessions: Any, write_ctx: Any, steward: Any, attributes: Any) -> str:
+    from models.db import transaction
+    from models.repair import restore_entity
+
+    with transaction(sessions) as session:
+        agent_id = World(session, write_ctx, steward).agent("Nested by hand").id
+    with transaction(sessions) as session:
+        session.execute(text("UPDATE agents SET attributes = CAST(:a AS jsonb) WHERE id = :i"),
+                        {"a": json.dumps(attributes), "i": agent_id})
+        session.expire_all()
+        outcome = restore_entity(session, entity_type=EntityType.AGENT, entity_id=agent_id, keyring=write_ctx.keyring,
+                                 embedder=write_ctx.embedder, actor="operator:test")
+        assert outcome.restored
+        return str(outcome.repair.id)
+
+
+@pytest.mark.parametrize("levels", [57, 58, 59, 60])
+def test_a_row_edited_to_nest_deep_then_restored_leaves_every_later_report_exportable_and_verifiable(
+        engine, write_ctx, keyring, committed_steward, levels) -> None:
+    """The restore checked that what the row held canonicalizes alone, but a report holds it
+    four levels deeper (report, repairs, record, row_before) and its document five: a row
+    edited through SQL to nest 59 to 62 levels deep (in the restore's content), once restored as
+    an operator is told to, made every later run's report refuse to canonicalize (its export
+    a 422 for good) or, at 59, exported a signed document no verifier reads."""
+    from models.audit_tables import AuditRun
+    from models.db import make_session_factory, transaction
+    from models.reports import export_report
+    from tests.test_audit import run_audit
+
+    sessions = make_session_factory(engine)
+    repair_id = _restored_with_attributes(sessions, write_ctx, committed_steward, {"a": _nested(levels)})
+    with transaction(sessions) as session:
+        earlier = set(session.scalars(select(AuditRun.id)))
+        run_audit(session, keyring, {"scope": {"entity_type": "agent"}})
+        [run_id] = [r for r in session.scalars(select(AuditRun.id)) if r not in earlier]
+    with transaction(sessions) as session:
+        document = export_report(session, run_id=run_id, keyring=keyring)
+    assert verify_report(document, keyring).kid == keyring.active.kid
+    [repair] = json.loads(document)["report"]["repairs"]
+    assert repair["id"] == repair_id and verify_repair(repair, keyring)
+    content = repair["row_before"]["content"]
+    if levels <= 57:  # fits where a report document holds it: recorded as the row held it
+        assert content["attributes"] == {"a": _nested(levels)}
+    else:  # recorded as text, as anything else canonical JSON refuses there
+        assert "nested more than" in content["unsignable"] and json.loads(content["json"])["attributes"] == {"a": _nested(levels)}
