@@ -102,3 +102,14 @@ def test_a_row_edited_to_nest_deep_then_restored_leaves_every_later_report_expor
         assert content["attributes"] == {"a": _nested(levels)}
     else:  # recorded as text, as anything else canonical JSON refuses there
         assert "nested more than" in content["unsignable"] and json.loads(content["json"])["attributes"] == {"a": _nested(levels)}
+
+
+@pytest.mark.parametrize(("method", "url", "status"), [
+    ("GET", "/api/v1/no-such-route?page_size=1&page_size=2", 404),
+    ("DELETE", "/api/v1/jobs?status=queued&status=running", 405),
+])
+def test_a_repeated_query_parameter_does_not_hide_a_route_that_is_not_there(client, method, url, status) -> None:
+    """The repeated-parameter refusal ran before routing: a path no route has, or a method its
+    route does not take, answered 422 about its query instead of the 404 or 405 it is."""
+    response = client.open(url, method=method)
+    assert response.status_code == status, response.get_data(as_text=True)

@@ -67,8 +67,9 @@ def refuse_repeated_query_parameters() -> Response | None:
     flask-openapi3 hands a query model the first value of a repeated parameter and drops
     the rest, so ``?status=queued&status=running`` listed only the queued jobs, as if the
     filter had been one value: which did the client mean? (a repeated JSON member is refused
-    the same way). No query model takes a list."""
-    if not request.path.startswith(API_PREFIX):
+    the same way). No query model takes a list. A request no route takes (a path or a method
+    none has) is left to its 404 or 405: its query is not what is wrong with it."""
+    if not request.path.startswith(API_PREFIX) or request.routing_exception is not None:
         return None
     repeated = [name for name, values in request.args.lists() if len(values) > 1]
     if not repeated:
