@@ -68,6 +68,10 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
         if not unsealed:
             return []
         with transaction(sessions) as session:
+            # The digest first: begun inside its quiet moment, the transaction stamps it exactly
+            # (models.ledger.store_digest) and reads the checks below in the same snapshot.
+            held_back: list[str] = []
+            digest = store_digest(session, keyring=keyring, held_back=held_back)
             early = signed_by_upcoming_keys(session, keyring, unverified=unverified)
             if early:
                 signers = ", ".join(f"{kid} (in {', '.join(tables)})" for kid, tables in early.items())
@@ -78,8 +82,6 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
             if astray:
                 raise SigningKeyError(f"{len(astray)} entity row(s) do not point at the newest version of their chain "
                                       f"(e.g. {astray[0]}): a seal would vouch for them; audit and restore them first")
-            held_back: list[str] = []
-            digest = store_digest(session, keyring=keyring, held_back=held_back)
             if held_back:  # the seal would hold them at older versions for good: whatever the key signed since, forged
                 raise SigningKeyError(f"{len(held_back)} entity head(s) do not verify (e.g. {held_back[0]}): a seal would "
                                       "vouch for them; audit and restore them first; nothing was sealed")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
+from psycopg.pq import TransactionStatus
 from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal, literal_column, select, text, union_all
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -207,8 +208,9 @@ def versions_held(session: Session) -> Iterator[dt.datetime]:
 
     The lock is only ever tried (every 10 ms): a digest waiting in the lock queue would make
     every new write queue behind it. After ``DIGEST_WAIT_SECONDS`` with a write always in
-    flight it raises ``LedgerBusy``. Stored digests (with leaves) are compared leaf by leaf
-    and need none of this.
+    flight it raises ``LedgerBusy``. A stored digest takes the same moment
+    (:func:`_stored_digest_moment`), so that its ``as_of`` names exactly the heads it holds
+    too (its signed document, handed back root-only, is checked by :func:`root_as_of`).
     """
     deadline = time.monotonic() + DIGEST_WAIT_SECONDS
     with session.get_bind().engine.connect() as holder:
@@ -242,14 +244,21 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     since, is logged too, and appended to ``passed_over``. Beside the leaves it keeps each
     soft-deleted entity's head as a tombstone, and signs their count and root in the same
     document (type ``v2``).
+
+    Its ``as_of`` names exactly the heads it holds when ``session`` has not begun its
+    transaction yet (:func:`_stored_digest_moment`; ``LedgerBusy`` when no quiet moment
+    comes within ``DIGEST_WAIT_SECONDS``): the transaction then reads everything in one
+    snapshot (REPEATABLE READ). In a transaction that has begun (one that wrote versions
+    itself, say), it is stamped with that transaction's start, and is exact only if no version
+    write committed between then and its leaves' read.
     """
+    as_of = _stored_digest_moment(session)
     skipped: list[str] = []
     trusted = trusted_base(session, keyring, base_problem, skipped)
     if skipped:  # signed by Plant's key, yet its rows changed since: the heads are checked from an older digest
         log.warning("a digest passes over %d signed digests whose rows cannot be trusted: %s", len(skipped), "; ".join(skipped[:10]))
         if passed_over is not None:
             passed_over += skipped
-    as_of = session.scalar(select(func.now()))
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
     session.add(digest)
     session.flush()  # the id the leaf rows name; the columns are signed and set below
@@ -279,6 +288,38 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     _attest_leaves(session, digest, keyring)
     session.flush()
     return digest
+
+
+_LOCK_ENTITY_TABLES_NOWAIT = text(_LOCK_ENTITY_TABLES.text + " NOWAIT")
+
+
+def _stored_digest_moment(session: Session) -> dt.datetime:
+    """The ``as_of`` of a digest :func:`store_digest` is about to store.
+
+    The digest row may not be dated after its transaction's start (``now()``, migration
+    0013), so exactness needs the transaction to begin inside a moment with no version write
+    in flight (:func:`versions_held`), and to read every head in one snapshot taken there:
+    a version stamped before ``as_of`` has committed by then, and one stamped after is not
+    in the snapshot. So, when ``session`` has not begun its transaction, it begins it inside
+    the moment as REPEATABLE READ, locks the entity tables (ACCESS SHARE, NOWAIT: a DDL
+    statement holding or queued for one, perhaps behind a write that waits for this very
+    moment, makes it ``LedgerBusy`` at once, rather than it waiting holding writes off;
+    and no table rewrite can commit between its snapshot and its reads), and then takes its
+    snapshot and ``now()`` in one statement; the moment ends there. A session whose
+    transaction has begun is stamped ``now()``, as before: its transaction began earlier.
+    """
+    driver = session.connection().connection.driver_connection
+    if driver.autocommit or driver.info.transaction_status != TransactionStatus.IDLE:
+        return session.scalar(select(func.now()))
+    with versions_held(session):
+        try:
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))  # sends BEGIN first: now() is in the moment
+            session.execute(_LOCK_ENTITY_TABLES_NOWAIT)
+        except OperationalError as exc:
+            if isinstance(exc.orig, LockNotAvailable):
+                raise LedgerBusy("an entity table is locked, or a lock on one is queued; retry the digest shortly") from exc
+            raise
+        return session.scalar(select(func.now()))
 
 
 ANALYZE_LOCK_TIMEOUT = "1s"

@@ -30,7 +30,7 @@ from models.audit_runs import (
 )
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
-from models.errors import InternalJobError, JobCancelled, PlantError, RunClosed, StaleAttempt
+from models.errors import InternalJobError, JobCancelled, LedgerBusy, PlantError, RunClosed, StaleAttempt
 from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
 from models.jobs import JobStatus
 from models.ledger import prune_digest_leaves, store_digest
@@ -202,17 +202,25 @@ def _cancel(claim: JobClaim) -> None:
             close_runs_of_ended_jobs(session, keyring=runtime.keyring(), job_id=claim.job_id, wait=True)
 
 
-@shared_task(name="plant.ledger.store_digest")
-def ledger_store_digest() -> dict[str, Any]:
+@shared_task(name="plant.ledger.store_digest", bind=True)
+def ledger_store_digest(self: Task) -> dict[str, Any]:
     """Beat's hourly digest; then the leaf rows of digests no check reads any more go. Its
     result counts the heads it held back (they do not verify) and names the first ten, and
-    names the signed digests it passed over for an older base (their rows changed since)."""
+    names the signed digests it passed over for an older base (their rows changed since).
+    A digest that finds no moment without a version write in flight (``LedgerBusy``, after
+    ``DIGEST_WAIT_SECONDS``) is tried again later, with backoff, up to ``job_max_attempts``
+    times, while its message has not expired (beat's next digest is due then)."""
     held_back: list[str] = []
     passed_over: list[str] = []
-    with transaction(runtime.session_factory()) as session:
-        digest = store_digest(session, keyring=runtime.keyring(), held_back=held_back, passed_over=passed_over)
-        stored = {"digest_id": digest.id, "entity_count": digest.entity_count, "heads_held_back": len(held_back),
-                  "held_back": held_back[:10], "bases_passed_over": passed_over[:10]}
+    try:
+        with transaction(runtime.session_factory()) as session:
+            digest = store_digest(session, keyring=runtime.keyring(), held_back=held_back, passed_over=passed_over)
+            stored = {"digest_id": digest.id, "entity_count": digest.entity_count, "heads_held_back": len(held_back),
+                      "held_back": held_back[:10], "bases_passed_over": passed_over[:10]}
+    except LedgerBusy as busy:
+        log.warning("the ledger digest is put off: %s", busy.detail)
+        raise self.retry(exc=busy, countdown=backoff_seconds(self.request.retries),
+                         max_retries=runtime.settings().job_max_attempts) from busy
     with transaction(runtime.session_factory()) as session:
         pruned = prune_digest_leaves(session, keep_latest=runtime.settings().digest_leaves_kept)
     return {**stored, "leaf_rows_pruned": pruned}
