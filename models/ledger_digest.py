@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from models.canonical import aware_time, canonical_bytes, to_json_tree
-from models.errors import CanonicalizationError
+from models.errors import CanonicalizationError, JwsError
 from models.jws import KeySource, b64url_decode, b64url_encode, find_verifier
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf, merkle_root
 from models.signing import KeyRing
@@ -122,7 +122,10 @@ def digest_problem(digest: Any, keys: KeySource) -> str | None:
     """
     if not _has_digest_shape(digest):
         return "its members are not a ledger digest's"
-    verifier = find_verifier(keys, digest["kid"])
+    try:
+        verifier = find_verifier(keys, digest["kid"])
+    except JwsError as exc:  # a key set that is not one (a JWKS whose "keys" is not a list, a string)
+        return f"its keys cannot be looked up: {exc}"
     if verifier is None:
         return f"no trusted key has kid {digest['kid']!r}"
     try:

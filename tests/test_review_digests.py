@@ -6,7 +6,8 @@ write commits around it; checked by handing its signed document back root-only, 
 recomputes the heads as of that time (:func:`models.ledger.root_as_of`). Each race uses two
 real sessions on the real database; the interleaving is forced by the versions lock a
 version write holds, or by a write committed between two of the digest's statements (a
-wrapped step), never by a sleep.
+wrapped step), never by a sleep. Also: :func:`models.ledger_digest.digest_problem`
+answers, never raises, for any key set.
 """
 
 import threading
@@ -24,6 +25,7 @@ from models.chain import EntityVersion
 from models.entities import EntityType
 from models.errors import LedgerBusy
 from models.ledger import store_digest
+from models.ledger_digest import digest_problem
 from models.registry import create_entity, update_entity
 from tests.conftest import wait_for
 
@@ -146,3 +148,10 @@ def test_beat_s_digest_task_tries_again_later_when_the_ledger_stays_busy(worker,
     with Session(engine) as session:
         wait_for(lambda: session.scalar(select(func.count()).select_from(LedgerDigest)) == 1, what="the retried digest")
 
+
+def test_digest_problem_answers_for_a_key_set_whose_keys_is_not_a_list(keyring) -> None:
+    document = {"type": "plant.ledger-digest.v1", "as_of": "2026-01-01T00:00:00Z", "entity_count": 0,
+                "heads_root": "00" * 32, "kid": keyring.active.kid, "signature": "AA"}
+    for keys in ({"keys": {"kid": keyring.active.kid}}, {"keys": "not a list"}, {"keys": None}, {"keys": 5}, "a string", 5):
+        assert digest_problem(document, keys).startswith("its keys cannot be looked up")
+    assert digest_problem(document, {"keys": []}) == f"no trusted key has kid {keyring.active.kid!r}"
