@@ -125,8 +125,15 @@ def test_the_openapi_document_names_the_headers_and_bodies_the_api_acts_on(clien
         assert if_match["required"] is False and if_match["schema"] == {"type": "string"}
         assert "ETag" in paths[path]["get"]["responses"]["200"]["headers"]
         assert "ETag" in paths[path]["patch"]["responses"]["200"]["headers"]
-        collection = paths[path.removesuffix("/{entity_id}")]["post"]["responses"]["201"]["headers"]
-        assert set(collection) == {"ETag", "Location", "X-Request-ID"}
+        create = paths[path.removesuffix("/{entity_id}")]["post"]
+        assert set(create["responses"]["201"]["headers"]) == {"ETag", "Location", "Idempotent-Replayed", "X-Request-ID"}
+        key = _header_parameters(create)["Idempotency-Key"]
+        assert key["required"] is False and key["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+
+    # Idempotency-Key is named where it is honoured, and only there (elsewhere it is refused).
+    honouring = {(path, method) for path, method, operation in operations
+                 if "Idempotency-Key" in _header_parameters(operation)}
+    assert honouring == {(p, "post") for p in JOB_SUBMISSIONS | {i.removesuffix("/{entity_id}") for i in ENTITY_ITEMS}}
 
     # Only a job's GET answers 304 (an entity's ETag is for If-Match alone).
     conditional = {(path, method) for path, method, operation in operations
@@ -154,6 +161,8 @@ def test_every_header_the_api_sends_is_documented_on_the_response_that_carries_i
     document = client.get("/openapi.json").get_json()
     agent = f"{API}/agents/{committed_steward}"
     sleep = {"seconds": 0, "steps": 1}
+    industry = {"name": "Documented", "code": "DOC", "description": "d", "governance_agent_id": str(committed_steward)}
+    keyed, key = {**industry, "name": "Documented twice", "code": "DOC2"}, {"Idempotency-Key": "documented-industry"}
     started = client.post(f"{API}/diagnostics/sleep", json=sleep, headers={"Idempotency-Key": "documented"})
     job = f"{API}/jobs/{started.get_json()['id']}"
     sent = [
@@ -163,15 +172,16 @@ def test_every_header_the_api_sends_is_documented_on_the_response_that_carries_i
         ("/api/v1/jobs/{job_id}", "get", client.get(job)),
         ("/api/v1/jobs/{job_id}", "get", client.get(job, headers={"If-None-Match": started.headers["ETag"]})),
         ("/api/v1/jobs/{job_id}/cancel", "post", client.post(f"{job}/cancel")),
-        ("/api/v1/genesis/industries", "post", client.post(f"{API}/genesis/industries", json={
-            "name": "Documented", "code": "DOC", "description": "d", "governance_agent_id": str(committed_steward)})),
+        ("/api/v1/genesis/industries", "post", client.post(f"{API}/genesis/industries", json=industry)),
+        ("/api/v1/genesis/industries", "post", client.post(f"{API}/genesis/industries", json=keyed, headers=key)),
+        ("/api/v1/genesis/industries", "post", client.post(f"{API}/genesis/industries", json=keyed, headers=key)),
         ("/api/v1/agents/{entity_id}", "get", client.get(agent)),
         ("/api/v1/agents/{entity_id}", "patch", client.patch(agent, json={"description": "documented"},
                                                               headers={"If-Match": client.get(agent).headers["ETag"]})),
         ("/api/v1/agents/{entity_id}", "get", app.test_client().get(agent)),
     ]
-    assert [response.status_code for *_, response in sent] == [202, 202, 200, 304, 200, 201, 200, 200, 401]
-    assert sent[1][2].headers["Idempotent-Replayed"] == "true"
+    assert [response.status_code for *_, response in sent] == [202, 202, 200, 304, 200, 201, 201, 201, 200, 200, 401]
+    assert sent[1][2].headers["Idempotent-Replayed"] == "true" and sent[7][2].headers["Idempotent-Replayed"] == "true"
     for path, method, response in sent:
         documented = document["paths"][path][method]["responses"][str(response.status_code)].get("headers", {})
         emitted = {name for name in PLANT_HEADERS if name in response.headers}

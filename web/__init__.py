@@ -23,6 +23,7 @@ from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import SECURITY_SCHEMES, init_auth
 from web.health import health_api
+from web.idempotency_http import refusing_unhonoured_idempotency_keys
 from web.metrics import init_observability
 from web.openapi_headers import document_headers, openapi_path
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
@@ -138,4 +139,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
     document_headers(app)  # the document is built here, once, and served as built
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
+    app.before_request(refusing_unhonoured_idempotency_keys(app))  # after auth, as above
     return app

@@ -23,22 +23,22 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, request
 from sqlalchemy.orm import Session
 
 from models.canonical import canonical_bytes
 from models.entity_input import nul_path, nul_refused
-from models.idempotency import bind_key, claim_key, validate_key
+from models.idempotency import bind_key, claim_key
 from models.job_lifecycle import create_job, get_job
 from models.jobs import JobRecord
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from web.auth import current_actor
+from web.idempotency_http import IDEMPOTENCY_HEADER, idempotency_key, key_owner, mark_replayed
 from web.openapi_headers import IDEMPOTENCY_KEY, JOB_ACCEPTED, documents_headers
 from web.schemas import JobOut
 from web.services import V, autocommit_when, close_db_session, db_statements, services
 
 JOBS_PATH = "/api/v1/jobs"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def job_body(job: JobRecord) -> bytes:
@@ -71,9 +71,7 @@ def _accepted(job: JobRecord, *, replayed: bool = False) -> Response:
     response = job_response(job, status=202)
     response.headers["Location"] = f"{JOBS_PATH}/{job.id}"
     response.headers["Retry-After"] = str(services().settings.retry_after_seconds)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return mark_replayed(response) if replayed else response
 
 
 def _without_idempotency_key() -> bool:
@@ -94,14 +92,14 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
     if (field := nul_path(params)) is not None:  # jsonb cannot hold it: the database's refusal names nothing
         raise nul_refused(field)
     svc = services()
-    key = request.headers.get(IDEMPOTENCY_HEADER)
+    key = idempotency_key()
     # The request's Session; in a view marked submits_a_job, without a key, its autocommit connection.
     statements = db_statements()
     if key is not None:
         assert isinstance(statements, Session)  # a key's claim commits with the INSERT
-        owner = str(g.api_key.id) if g.get("api_key") is not None else "anonymous"
+        owner = key_owner()
         fingerprint = hashlib.sha256(canonical_bytes({"kind": kind, "params": params})).digest()
-        existing = claim_key(statements, owner=owner, key=validate_key(key), fingerprint=fingerprint,
+        existing = claim_key(statements, owner=owner, key=key, fingerprint=fingerprint,
                              ttl_seconds=svc.settings.idempotency_ttl_seconds)
         if existing is not None:
             statements.commit()

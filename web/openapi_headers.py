@@ -3,7 +3,7 @@
 flask-openapi3 documents a request header only through a ``header`` model, which it also
 validates on every request: CPU on the hot paths (``GET /api/v1/jobs/{id}``, job
 submissions; docs/benchmarks.md). Plant reads its headers by hand (``Idempotency-Key`` in
-``web.jobs_http``, ``If-Match`` in ``web.api.registry.expected_versions``, ``If-None-Match``
+``web.idempotency_http``, ``If-Match`` in ``web.api.registry.expected_versions``, ``If-None-Match``
 through werkzeug), so they are documented here instead: a view is marked with the headers it
 reads and, per status, those its responses carry (:func:`documents_headers`, below the route
 decorator, which copies the mark), and :func:`document_headers` writes every mark into the
@@ -40,6 +40,14 @@ IDEMPOTENCY_KEY = _parameter(
     "`conflict`: retry it). Keys are per API key and remembered for "
     "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
     {"type": "string", "minLength": 1, "maxLength": 255})
+ENTITY_IDEMPOTENCY_KEY = _parameter(
+    "Idempotency-Key",
+    "Makes the create safe to retry. The same key with the same body returns the entity it created, as it is "
+    "now (201, `Idempotent-Replayed: true`), with a different body it is 422 `idempotency-key-reused`; "
+    "concurrent duplicates create one entity (one that finds the key expired and claimed again meanwhile is "
+    "409 `conflict`: retry it). Keys are per API key, shared with job submissions, and remembered for "
+    "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
+    {"type": "string", "minLength": 1, "maxLength": 255})
 IF_MATCH = _parameter(
     "If-Match",
     "Apply the change only if the entity is at a version this names, else 409 `precondition-failed` "
@@ -61,6 +69,8 @@ ENTITY_LOCATION = header("the created entity's URL")
 JOB_RETRY_AFTER = header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
 IDEMPOTENT_REPLAYED = header("`true` when an Idempotency-Key named a job already started: this is that job, "
                              "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
+ENTITY_REPLAYED = header("`true` when an Idempotency-Key named an entity already created: this is that entity, "
+                         "and nothing new was created; absent otherwise", {"type": "string", "enum": ["true"]})
 WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`: send an API key as `Authorization: Bearer <key>`")
 UNAVAILABLE_RETRY_AFTER = header(
     "seconds after which the condition is expected to have passed: the database unreachable, timed out or "

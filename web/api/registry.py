@@ -1,7 +1,9 @@
 """The governed registry's HTTP API: industries, skills, job roles, teams, agents.
 
 Each entity type gets the same five routes (list, create, show, patch, history), built
-from one table of :class:`EntityRoute` specs so every type behaves identically. Writes
+from one table of :class:`EntityRoute` specs so every type behaves identically. A create
+honours ``Idempotency-Key`` as a job submission does (``models.idempotency``): the same key
+and body get the entity it created, 201 with ``Idempotent-Replayed: true``. Writes
 go through ``models.registry``; responses carry ``ETag: "<version>"`` (a team's also names
 its members: ``"<version>.<members>"``) and PATCH honours ``If-Match`` (a stale version
 answers 409 ``precondition-failed``, safe to retry after re-reading).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json as plain_json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from models.constitution import Severity
 from models.entities import EntityType, GovernedEntity, Team, governed_content
 from models.key_seals import published_keyring
 from models.entity_locks import lock_entity
+from models.idempotency import claim_key_for_entity
 from models.registry import (
     WriteContext, create_entity, get_entity, list_entities, search_skills, served_team_l1, team_members,
     update_entity,
@@ -36,7 +40,10 @@ from web.registry_schemas import (
     RuleList, SkillIn, SkillList, SkillListQuery, SkillOut, SkillPatch, SkillSearchOut, SkillSearchQuery, TeamIn,
     TeamList, TeamListQuery, TeamOut, TeamPatch,
 )
-from web.openapi_headers import ENTITY_ETAG, ENTITY_LOCATION, IF_MATCH, documents_headers
+from web.idempotency_http import idempotency_key, key_owner, mark_replayed
+from web.openapi_headers import (
+    ENTITY_ETAG, ENTITY_IDEMPOTENCY_KEY, ENTITY_LOCATION, ENTITY_REPLAYED, IF_MATCH, documents_headers,
+)
 from web.schemas import API_PROBLEMS, problems, rfc3339_utc
 from web.auth import BEARER, current_actor
 from web.services import db_session, services
@@ -171,11 +178,29 @@ def _create_view(route: EntityRoute) -> Callable[..., Response]:
     def view(body: BaseModel) -> Response:
         data = body.model_dump(mode="python")
         session = db_session()
-        entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context())
+        entity_id = None
+        if (key := idempotency_key()) is not None:
+            claim = claim_key_for_entity(session, owner=key_owner(), key=key, fingerprint=_create_fingerprint(route, body),
+                                         ttl_seconds=services().settings.idempotency_ttl_seconds)
+            if claim.replayed:
+                session.commit()
+                entity = get_entity(session, entity_type=route.entity_type, entity_id=claim.entity_id)
+                return mark_replayed(entity_response(entity, status=201))
+            entity_id = claim.entity_id
+        entity = create_entity(session, entity_type=route.entity_type, data=_enum_values(data), ctx=write_context(),
+                               entity_id=entity_id)
         session.commit()
         return entity_response(entity, status=201)
 
     return _named(view, f"create_{route.name}", f"Create a {route.name}; answers 201.", body=route.create)
+
+
+def _create_fingerprint(route: EntityRoute, body: BaseModel) -> bytes:
+    """The SHA-256 an ``Idempotency-Key`` is stored with: the entity type and the body as read
+    (so member order, spacing and defaults spelt out make no difference). Plain sorted JSON,
+    not canonical JSON: what canonical JSON refuses, the create refuses with its field named."""
+    payload = {"create": route.name, "body": body.model_dump(mode="json")}
+    return hashlib.sha256(plain_json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).digest()
 
 
 def _patch_view(route: EntityRoute) -> Callable[..., Response]:
@@ -258,7 +283,9 @@ def register_entity_routes(bp: APIBlueprint) -> None:
         item = route.path + "/<entity_id>"
         bp.get(route.path, tags=tags, responses={200: route.list_out, **problems(422)})(_list_view(route))
         bp.post(route.path, tags=tags, responses={201: route.out, **ERRORS})(
-            documents_headers(responses={201: {"ETag": ENTITY_ETAG, "Location": ENTITY_LOCATION}})(_create_view(route)))
+            documents_headers(request=[ENTITY_IDEMPOTENCY_KEY], responses={
+                201: {"ETag": ENTITY_ETAG, "Location": ENTITY_LOCATION, "Idempotent-Replayed": ENTITY_REPLAYED}})(
+                _create_view(route)))
         bp.get(item, tags=tags, responses={200: route.out, **problems(404)})(
             documents_headers(responses={200: {"ETag": ENTITY_ETAG}})(_show_view(route)))
         bp.patch(item, tags=tags, responses={200: route.out, **ERRORS})(
