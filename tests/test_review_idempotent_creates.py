@@ -212,6 +212,11 @@ def test_a_revoke_refuses_the_header_and_revokes_nothing(client) -> None:
     assert kept[0]["revoked_at"] is None
 
 
+def test_the_openapi_document_says_where_the_header_is_refused(client) -> None:
+    description = client.get("/openapi.json").get_json()["info"]["description"]
+    assert "Idempotency-Key" in description and "refuses it" in description
+
+
 def test_the_refusal_comes_after_authentication_and_reads_ignore_the_header(app, client, gov) -> None:
     agent = f"{API}/agents/{gov['governance_agent_id']}"
     assert app.test_client().patch(agent, json={"description": "x"}, headers={"Idempotency-Key": "k"}).status_code == 401

@@ -46,6 +46,10 @@ class StrictJSONProvider(DefaultJSONProvider):
         return strict_json_loads(s)
 
 
+API_DESCRIPTION = (
+    "Governed agent-manufacturing platform API. `Idempotency-Key` is honoured by the operations that name it "
+    "(job submissions and registry creates); any other operation that changes something refuses it, 422 "
+    "`invalid-input` naming the header, rather than ignore it.")
 API_PREFIX = "/api/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # the methods whose bodies routes read
 
@@ -114,7 +118,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     app = OpenAPI(
         __name__,
-        info=Info(title="Plant", version=API_VERSION, description="Governed agent-manufacturing platform API"),
+        info=Info(title="Plant", version=API_VERSION, description=API_DESCRIPTION),
         security_schemes=SECURITY_SCHEMES,
         doc_prefix="",
         doc_url="/openapi.json",
