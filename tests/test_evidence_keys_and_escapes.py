@@ -197,23 +197,31 @@ def test_a_jwk_that_cannot_vouch_for_a_signature_is_not_used(tmp_path, signer, e
 
 
 @pytest.mark.parametrize("kind", ["report", "digest"])
-def test_a_document_an_upcoming_key_signed_verifies_with_a_note_saying_so(tmp_path, signer, kind) -> None:
+@pytest.mark.parametrize("role", ["upcoming", "retired"])
+def test_a_document_an_upcoming_or_retired_unsealed_key_signed_verifies_with_a_note_saying_so(
+        tmp_path, signer, kind, role) -> None:
     """An upcoming key signs nothing until a rotation makes it active (README, key rotation);
     the seal treats one that signed as a process ahead of the sealer or a forgery. It is
-    trusted, so its document verifies, but the auditor is told, as for a sealed key."""
-    from models.signing import UPCOMING_MEMBER
+    trusted, so its document verifies, but the auditor is told, as for a sealed key. So is a
+    retired key's: trusted for any date until it is sealed (the case a leaked old key
+    exploits), its documents verified with nothing said, the set giving no way to know."""
+    from models.signing import RETIRED_MEMBER, UPCOMING_MEMBER
 
-    jwks = KeyRing(generate_ed25519(), upcoming=(signer.verifier(),)).jwks()
-    assert _entry(jwks, signer.kid)[UPCOMING_MEMBER] is True
+    jwks = (KeyRing(generate_ed25519(), upcoming=(signer.verifier(),)) if role == "upcoming"
+            else KeyRing(generate_ed25519(), (signer.verifier(),))).jwks()
+    assert _entry(jwks, signer.kid)[UPCOMING_MEMBER if role == "upcoming" else RETIRED_MEMBER] is True
     digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
     document = _report(signer) if kind == "report" else json.dumps(digest).encode()
     shown = _verify(tmp_path, kind, document, jwks)
     assert shown.exit_code == 0, shown.output
-    assert "note: the key set names that key as upcoming" in shown.output
+    assert f"note: the key set names that key as {'upcoming' if role == 'upcoming' else 'retired and not sealed'}" in shown.output
     facts = json.loads(_verify(tmp_path, kind, document, jwks, "--json").stdout)
-    assert facts["valid"] is True and facts["upcoming"] is True
+    assert facts["valid"] is True and facts[role] is True
     active = _verify(tmp_path, kind, document, KeyRing(signer).jwks(), "--json")
-    assert "upcoming" not in json.loads(active.stdout)
+    assert role not in json.loads(active.stdout)  # the active key's documents carry no such note
+    if role == "retired":  # a sealed key's documents carry their own note, not this one
+        sealed = KeyRing(generate_ed25519(), (signer.verifier(),), (KeySeal(signer.kid, 1, "00" * 32, SEALED_AT),)).jwks()
+        assert "retired" not in json.loads(_verify(tmp_path, kind, document, sealed, "--json").stdout)
 
 
 # --- a key set the server answers with -------------------------------------------------------------

@@ -8,16 +8,13 @@ signed exports race on the real PostgreSQL of the test fixtures, with real commi
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -26,9 +23,7 @@ from cli.client import PlantClient
 from cli.main import cli
 from models.audit_tables import SignedExport
 from models.canonical import sha256
-from models.ledger_digest import build_digest
 from models.merkle import head_leaf, inclusion_proof, merkle_root, verify_inclusion
-from models.reports import signed_report
 from models.signed_exports import signed_once
 from models.signing import RETIRED_MEMBER, UPCOMING_MEMBER, KeyRing, KeySeal, generate_ed25519, generate_rsa4096
 from tests.conftest import lock_waiters, wait_for
@@ -44,18 +39,6 @@ def _ring_of_every_role() -> tuple[KeyRing, dict[str, str]]:
     ring = KeyRing(active, (retired.verifier(), sealed.verifier()), (seal,), upcoming=(upcoming.verifier(),))
     roles = {active.kid: "active", retired.kid: "retired", sealed.kid: f"retired, sealed {SEALED_AT}", upcoming.kid: "upcoming"}
     return ring, roles
-
-
-def _report(signer: Any) -> bytes:
-    return signed_report({"type": "plant.audit-report.v1", "findings": [], "repairs": [],
-                          "run": {"id": "r", "created_at": "2026-05-01T00:00:00Z"}}, KeyRing(signer))
-
-
-def _verify(tmp_path: Path, kind: str, document: bytes, jwks: dict[str, Any], *args: str) -> Result:
-    path, jwks_file = tmp_path / f"{kind}.json", tmp_path / "jwks.json"
-    path.write_bytes(document)
-    jwks_file.write_text(json.dumps(jwks))
-    return CliRunner().invoke(cli, [kind, "verify", str(path), "--jwks", str(jwks_file), *args])
 
 
 # --- the published key set marks retired keys ---------------------------------------------------
@@ -96,26 +79,6 @@ def test_a_set_saved_before_retired_keys_were_marked_is_still_read_active_first(
     old = [{k: v for k, v in jwk.items() if k != RETIRED_MEMBER} for jwk in ring.jwks()["keys"]]
     active = _active_entry(old)
     assert {jwk["kid"]: _role(jwk, active=jwk is active) for jwk in old} == roles
-
-
-@pytest.mark.parametrize("kind", ["report", "digest"])
-def test_a_document_a_retired_unsealed_key_signed_verifies_with_a_note_saying_so(tmp_path, kind) -> None:
-    """A document an upcoming key signed verifies with a note, and so does a sealed key's; one
-    a retired key signed (trusted for any date until it is sealed: the case a leaked old key
-    exploits) verified with nothing said, the set giving the verifier no way to know."""
-    signer = generate_ed25519()
-    jwks = KeyRing(generate_ed25519(), (signer.verifier(),)).jwks()
-    digest = build_digest(dt.datetime(2026, 5, 1, tzinfo=dt.UTC), [(uuid.UUID(int=1), bytes(32))], KeyRing(signer))
-    document = _report(signer) if kind == "report" else json.dumps(digest).encode()
-    shown = _verify(tmp_path, kind, document, jwks)
-    assert shown.exit_code == 0, shown.output
-    assert "note: the key set names that key as retired and not sealed" in shown.output
-    facts = json.loads(_verify(tmp_path, kind, document, jwks, "--json").stdout)
-    assert facts["valid"] is True and facts["retired"] is True
-    as_active = json.loads(_verify(tmp_path, kind, document, KeyRing(signer).jwks(), "--json").stdout)
-    assert "retired" not in as_active  # the active key's documents carry no such note
-    sealed = KeyRing(generate_ed25519(), (signer.verifier(),), (KeySeal(signer.kid, 1, "00" * 32, SEALED_AT),)).jwks()
-    assert "retired" not in json.loads(_verify(tmp_path, kind, document, sealed, "--json").stdout)  # its own note
 
 
 # --- two exports of one finished run racing --------------------------------------------------------
