@@ -82,9 +82,11 @@ def test_concurrent_requests_with_one_key_and_two_bodies_make_one_job(app, admin
 
 def test_a_replay_after_a_cancel_returns_the_cancelled_job_not_a_new_one(client, engine) -> None:
     headers = {"Idempotency-Key": "cancel-then-retry"}
-    first = client.post(SLEEP, json={"seconds": 0, "steps": 1}, headers=headers).get_json()
+    body = {"seconds": 30, "steps": 30}  # long: a worker of this test process may have claimed it; a cancel ends it
+    first = client.post(SLEEP, json=body, headers=headers).get_json()
     assert client.post(f"{JOBS}/{first['id']}/cancel").status_code == 200
-    again = client.post(SLEEP, json={"seconds": 0, "steps": 1}, headers=headers)
+    wait_for(lambda: _job(client, first["id"])["status"] == "cancelled", what="the job to end cancelled")
+    again = client.post(SLEEP, json=body, headers=headers)
     assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json()["id"] == first["id"] and again.get_json()["status"] == "cancelled"
     with Session(engine) as session:
