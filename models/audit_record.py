@@ -272,10 +272,17 @@ def check_findings(run: AuditRun, findings: Sequence[AuditFinding], chunks: Sequ
     return check
 
 
-def _close(run: AuditRun, findings: Sequence[AuditFinding]) -> dict[str, Any]:
-    """What a close signs: the run as closed, and the count and hash of all its findings (in id order)."""
+def findings_hashed(findings: Sequence[AuditFinding]) -> dict[str, Any]:
+    """What a close signs of a run's findings (all of them, in id order): their count and
+    the SHA-256 of their resources' canonical bytes (``CanonicalizationError`` for a value
+    canonical JSON cannot hold). :mod:`models.report_pages` makes the same hash page by page."""
     resources = [finding_resource(f) for f in findings]
-    return {"run": run_resource(run), "findings": {"count": len(resources), "sha256": sha256(canonical_bytes(resources)).hex()}}
+    return {"count": len(resources), "sha256": sha256(canonical_bytes(resources)).hex()}
+
+
+def _close(run: AuditRun, hashed: dict[str, Any]) -> dict[str, Any]:
+    """What a close signs: the run as closed, and its findings :func:`findings_hashed`."""
+    return {"run": run_resource(run), "findings": hashed}
 
 
 def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing, *,
@@ -324,7 +331,7 @@ def sign_close(run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing
     ``findings``, every one it has (the close holds the run FOR UPDATE: no other comes in),
     and the ``repairs`` its verified plan named (None: it named none, or did not verify)."""
     named = {} if repairs is None else {"repairs": repairs}
-    body = _with_repairs(_close(run, sorted(findings, key=lambda f: f.id)), named)
+    body = _with_repairs(_close(run, findings_hashed(sorted(findings, key=lambda f: f.id))), named)
     run.close_signed = {**_signed(keyring, CLOSE, body), **named}
 
 
@@ -399,18 +406,22 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
                     left_out)
 
 
-def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: Sequence[AuditFinding] | None = None) -> str | None:
+def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: Sequence[AuditFinding] | None = None, *,
+                  hashed: Callable[[], dict[str, Any]] | None = None) -> str | None:
     """Why a finished run's record cannot be reported as Plant's, or None: its close must
     verify over the run and its ``findings`` as stored (read here if not given; a run
-    already finished when migration 0015 was applied carries no close signature)."""
+    already finished when migration 0015 was applied carries no close signature).
+    ``hashed``: instead of ``findings``, what makes their :func:`findings_hashed` (called
+    only if the close is checked), for a caller that reads them page by page."""
     if run.close_signed is None and unsigned_before_0015(session, run.id):
         return None
     kid = run.close_signed.get("kid") if isinstance(run.close_signed, dict) else None
     if isinstance(kid, str) and keyring.verifier(kid) is None:
         return f"audit run {run.id} was closed with key {kid!r}, which this key ring does not hold"
     try:
-        closed = _with_repairs(_close(run, all_findings(session, run.id) if findings is None else findings),
-                               run.close_signed)
+        hashes = hashed() if hashed is not None else findings_hashed(
+            all_findings(session, run.id) if findings is None else findings)
+        closed = _with_repairs(_close(run, hashes), run.close_signed)
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):

@@ -58,15 +58,15 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
 
 
-def canonical_bytes(value: Any, *, enclosed: int = 0) -> bytes:
+def canonical_bytes(value: Any, *, enclosed: int = 0, path: str = "$") -> bytes:
     """The RFC 8785 bytes of ``value`` after the normalisation rules in the module docstring.
 
     ``enclosed``: the arrays and objects ``value`` will be written inside, counted against
     :data:`MAX_NESTING_DEPTH` (a value's bytes are the same inside another's, but one that
-    fits alone may not fit there). Pure: the input is not modified. Raises
-    :class:`CanonicalizationError`.
+    fits alone may not fit there); ``path``: where ``value`` stands in them, as a refusal
+    names it. Pure: the input is not modified. Raises :class:`CanonicalizationError`.
     """
-    tree = to_json_tree(value, depth=enclosed)
+    tree = to_json_tree(value, path, depth=enclosed)
     if _json_layout_is_jcs(tree):
         return json.dumps(tree, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
     try:

@@ -21,7 +21,9 @@ import csv
 import datetime as dt
 import io
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 from sqlalchemy import select
@@ -38,6 +40,7 @@ from models.entity_input import nul_refused
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import record_sha256, repairs_by_id, verify_repair
+from models.report_pages import finding_pages, fingerprint, read_findings
 from models.signed_exports import signed_once
 from models.signing import KeyRing
 
@@ -135,12 +138,35 @@ def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> di
                         entities_audited=progress.entities_audited)
         if progress.left_out:
             resource["findings_left_out"] = {"count": len(progress.left_out), "ids": id_spans(progress.left_out)}
-    return {
-        "type": REPORT_TYPE,
-        "run": resource,
-        "findings": [finding_resource(f) for f in findings],
-        "repairs": run_repairs(session, run, keyring),
-    }
+    return report_members(resource, [finding_resource(f) for f in findings], run_repairs(session, run, keyring))
+
+
+def report_members(run: dict[str, Any], findings: list[dict[str, Any]], repairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A report: what :func:`build_report` returns, and :func:`finished_report_payload` writes."""
+    return {"type": REPORT_TYPE, "run": run, "findings": findings, "repairs": repairs}
+
+
+# RFC 8785 writes the report's members in the order of their names: "findings" first.
+PAYLOAD_HEAD = b'{"findings":'
+
+
+def finished_report_payload(session: Session, run: AuditRun, keyring: KeyRing) -> bytes:
+    """:func:`report_payload` of the :func:`build_report` of a finished ``run``, byte for byte,
+    made with one page of its findings in memory at a time, besides the bytes themselves
+    (:func:`models.report_pages.read_findings`). Its close is checked over the findings those
+    bytes were made of (:class:`AuditRecordInvalid`), before anything is signed."""
+    payload = bytearray(PAYLOAD_HEAD)
+    findings = read_findings(session, run.id, into=payload)
+    problem = close_problem(session, run, keyring, hashed=findings.hashed)
+    if problem is not None:
+        raise AuditRecordInvalid(problem, run_id=str(run.id))
+    rest = report_payload(report_members(run_resource(run), [], run_repairs(session, run, keyring)))
+    if findings.error is not None:  # a run closed before 0015 has no close to refuse it
+        raise findings.error
+    if not rest.startswith(PAYLOAD_HEAD + b"[]"):  # pragma: no cover - a member named before "findings"
+        raise RuntimeError("the report's findings are no longer its first member")
+    payload += memoryview(rest)[len(PAYLOAD_HEAD) + 2:]
+    return bytes(payload)
 
 
 def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, Any]]:
@@ -177,7 +203,12 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
 
 
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
-    """:func:`signed_report` of the run's report, its signature recorded (the caller commits)."""
+    """:func:`signed_report` of the run's report, its signature recorded (the caller commits).
+    A finished run's is made page by page (:func:`finished_report_payload`)."""
+    run = get_run(session, run_id)
+    if run.finished_at is not None:
+        payload = finished_report_payload(session, run, keyring)
+        return _document(payload, signed_once(session, document=payload, keyring=keyring))
     report = build_report(session, run_id=run_id, keyring=keyring)
     payload = report_payload(report)  # once: seconds for a run of many findings
     return _document(payload, recorded_report_signature(session, report, keyring, payload=payload))
@@ -275,22 +306,75 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
 
 
 def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
-    """Every finding of the run, its record checked as for a signed report (:func:`checked_run`)."""
+    """Every finding of the run, its record checked as for a signed report: :func:`checked_csv`, written whole."""
+    return "".join(checked_csv(session, run_id=run_id, keyring=keyring).parts(session))
+
+
+@dataclass(frozen=True)
+class CheckedCsv:
+    """A run's CSV export, its record checked (:func:`checked_csv`), to be written by :meth:`parts`."""
+
+    run_id: uuid.UUID
+    whole: str | None  # a run read as running: written at once
+    left_out: list[list[int]] = field(default_factory=list)  # a finished run's: its summary's findings_left_out
+    checked: list[bytes] | None = None  # a finished run's pages as the check read them (fingerprints), if it did
+
+    def parts(self, session: Session) -> Iterator[str]:
+        """The CSV, a page of findings at a time as the parts are taken, each read by
+        ``session`` (any: one that reads after the check's was closed will do). Each page
+        must be the one the check read (only with the table's triggers lifted could it
+        differ), else :class:`AuditRecordInvalid` comes before its rows do."""
+        if self.whole is not None:
+            yield self.whole
+            return
+        left_out = in_spans(self.left_out)
+        yield csv_text((), header=True)
+        for rows, page in zip_longest(finding_pages(session, self.run_id), self.checked or ()):
+            if self.checked is not None and (rows is None or page is None or fingerprint(rows) != page):
+                raise AuditRecordInvalid(f"audit run {self.run_id}: its findings changed while its CSV was written "
+                                         "(past the table's triggers)", run_id=str(self.run_id))
+            if rows is not None:
+                yield csv_text((finding_resource(f), "no" if left_out(f.id) else "yes") for f in rows)
+
+
+def checked_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> CheckedCsv:
+    """The run's CSV export, its record checked as for a signed report (:class:`AuditRecordInvalid`
+    now, before any of it is written). A finished run's close is checked over one read of its
+    findings, page by page, and its rows are written from a second (:meth:`CheckedCsv.parts`).
+    A run read as running is written whole (:func:`checked_run`): which of its findings no
+    checkpoint covers so far needs them all."""
+    run = get_run(session, run_id)
+    if run.finished_at is None:
+        return CheckedCsv(run_id, _whole_csv(session, run_id, keyring))
+    read = read_findings(session, run.id)
+    problem = close_problem(session, run, keyring, hashed=read.hashed)
+    if problem is not None:
+        raise AuditRecordInvalid(problem, run_id=str(run_id))
+    # A read stopped at a value canonical JSON cannot hold only where no close is checked (a run closed before 0015)
+    return CheckedCsv(run.id, None, left_out_spans(run.summary), None if read.error is not None else read.pages)
+
+
+def _whole_csv(session: Session, run_id: uuid.UUID, keyring: KeyRing) -> str:
     run, findings, progress = checked_run(session, run_id=run_id, keyring=keyring)
     if progress is None:
         left_out, kept = in_spans(left_out_spans(run.summary)), "yes"
     else:  # the close decides; those no checkpoint covers so far it will leave out
         left_out, kept = set(progress.left_out).__contains__, ""
+    return csv_text(((finding_resource(f), "no" if left_out(f.id) else kept) for f in findings), header=True)
+
+
+def csv_text(findings: Iterable[tuple[dict[str, Any], str]], *, header: bool = False) -> str:
+    """CSV rows of findings' resources, each with its "counted" cell (after the header row, if asked)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     # The writer quotes a cell holding a line terminator; with "\n" it would write a lone CR
     # bare, which readers take for the end of the row: text after it would read as a row of
     # its own (a forged "counted: yes"). A row with a CR is written with every cell quoted.
     quoted = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writeheader()
-    for finding in findings:
-        cells = {name: spreadsheet_safe(value) for name, value in finding_resource(finding).items()}
-        row = {**cells, "counted": "no" if left_out(finding.id) else kept}
+    if header:
+        writer.writeheader()
+    for resource, counted in findings:
+        row = {**{name: spreadsheet_safe(value) for name, value in resource.items()}, "counted": counted}
         (quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else writer).writerow(row)
     return out.getvalue()
 

@@ -212,6 +212,15 @@ def db_session() -> Session:
     return g.db_session
 
 
+@contextmanager
+def stream_session(svc: Services) -> Iterator[Session]:
+    """A session in autocommit on a pooled connection of its own, for a response sent as it is
+    written after its view returned (and the request's connection went back to the pool):
+    both closed as the stream ends, or is closed unfinished."""
+    with svc.autocommit_engine.connect() as connection, svc.sessions(bind=connection) as session:
+        yield session
+
+
 def close_db_session(_: BaseException | None = None) -> None:
     """End the request's database work and give its connection back to the pool (a
     long-poll does so between its reads)."""

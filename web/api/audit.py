@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from flask import Response
@@ -21,12 +22,12 @@ from models.entities import EntityType
 from models.ledger import digest_now
 from models.ledger_digest import MAX_DIGEST_LEAVES
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
-from models.reports import export_report, finding_resource, findings_csv, findings_page, get_run, run_resource
+from models.reports import CheckedCsv, checked_csv, export_report, finding_resource, findings_page, get_run, run_resource
 from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
 from web.schemas import API_PROBLEMS, JobOut, QueryModel, members_refused, problems
-from web.services import db_session, digest_slot, services, statement_at_a_time
+from web.services import Services, db_session, digest_slot, services, statement_at_a_time, stream_session
 
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
 
@@ -292,13 +293,24 @@ def export(query: ExportQuery) -> Response:
     # gives), and the one write, the record of a finished run's signature, is one INSERT.
     session = db_session()
     if query.format == "csv":
-        body, mimetype = findings_csv(session, run_id=query.run_id, keyring=services().keyring), "text/csv"
+        # Checked before the first byte (a refusal is a 409 problem, not a 200 cut short); a
+        # finished run's is then sent as it is written, page by page, read on a connection of
+        # the stream's own: the request's goes back to the pool as the view returns.
+        csv_export = checked_csv(session, run_id=query.run_id, keyring=services().keyring)
+        body, mimetype = _streamed(csv_export, services()), "text/csv"
     else:
         body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), "application/json"
         session.commit()  # the record of its signature
     response = Response(body, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="audit-{query.run_id}.{query.format}"'
     return response
+
+
+def _streamed(csv_export: CheckedCsv, svc: Services) -> Iterator[str]:
+    """The parts of a checked CSV export, read on a session of their own (no request context
+    is needed, nor kept pushed while the stream waits), closed as the stream ends or is closed."""
+    with stream_session(svc) as session:
+        yield from csv_export.parts(session)
 
 
 @audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: LedgerDigestOut, **problems(409)})

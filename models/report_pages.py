@@ -1,0 +1,124 @@
+"""A finished audit run's findings read in keyset pages, for its exports.
+
+A finished run takes no more findings and its findings take no UPDATE or DELETE (triggers:
+migrations 0014 and 0015), so reading them page by page, by id, in autocommit, gives exactly
+the rows one read would. What an export needs of all of them is made page by page, and a
+page's rows are let go before the next is read:
+
+- the canonical bytes of the report's ``findings`` array: RFC 8785 writes an array as ``[``,
+  its items' canonical bytes joined by ``,``, and ``]`` (each string NFC-normalized on its
+  own, so an item's bytes are the same alone as in the array), so the bytes of each page's
+  items, joined, are the array's;
+- the count and SHA-256 of those bytes, what the run's close signs
+  (:func:`models.audit_record.findings_hashed`: the array's bytes are the same at any depth);
+- a fingerprint of each page read, so a second pass (the CSV's, after the check) can tell
+  it reads the rows the first one checked.
+
+Memory: one page of rows and resources, plus the array's bytes where they are kept (the JSON
+export signs them whole). A running run's exports do not come here: they need every finding
+at once to tell which no checkpoint covers so far (:func:`models.audit_record.progress_so_far`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from models.audit_record import finding_resource
+from models.audit_tables import AuditFinding
+from models.canonical import canonical_bytes
+from models.errors import CanonicalizationError
+
+PAGE_FINDINGS = 1_000
+# The report's "findings" array lies in the report, which lies in its document
+# (models.reports.report_payload): two arrays or objects enclose it.
+FINDINGS_ENCLOSED = 2
+
+
+def finding_pages(session: Session, run_id: uuid.UUID, *, size: int | None = None) -> Iterator[list[Row[Any]]]:
+    """The run's findings in id order, ``size`` (:data:`PAGE_FINDINGS`) at a time, as rows of their columns (as
+    :func:`models.audit_record.all_findings` reads them), each page read by its own statement
+    after the last id of the one before. For a finished run only (see the module doc)."""
+    size = size or PAGE_FINDINGS
+    after: int | None = None
+    while True:
+        statement = select(*AuditFinding.__table__.c).where(AuditFinding.run_id == run_id)
+        if after is not None:
+            statement = statement.where(AuditFinding.id > after)
+        rows = list(session.execute(statement.order_by(AuditFinding.id).limit(size)))
+        if rows:
+            yield rows
+        if len(rows) < size:
+            return
+        after = rows[-1].id
+
+
+def canonical_items(resources: Sequence[dict[str, Any]], *, first: int) -> bytes:
+    """The canonical bytes of ``resources`` as items of the report's findings array, joined
+    by ``,`` with no brackets. ``first``: the index of the first in the array, so that a
+    refusal (``CanonicalizationError``) names the item as canonicalizing the whole report does."""
+    try:
+        return canonical_bytes(list(resources), enclosed=FINDINGS_ENCLOSED)[1:-1]
+    except CanonicalizationError:
+        for index, resource in enumerate(resources, start=first):
+            canonical_bytes(resource, enclosed=FINDINGS_ENCLOSED + 1, path=f"$.findings[{index}]")
+        raise  # pragma: no cover - an item above raises
+
+
+def fingerprint(rows: Sequence[Row[Any]]) -> bytes:
+    """A page's fingerprint, the same for two reads of the same rows: the SHA-256 of each
+    row's every column, by its ``repr`` (which writes no line break), one line a row."""
+    lines = "".join(f"{tuple(row)!r}\n" for row in rows)
+    return hashlib.sha256(lines.encode("utf-8", "backslashreplace")).digest()
+
+
+@dataclass
+class PagedFindings:
+    """One pass over a finished run's findings (:func:`read_findings`)."""
+
+    count: int = 0
+    array_hash: Any = field(default_factory=lambda: hashlib.sha256(b"["))
+    pages: list[bytes] = field(default_factory=list)  # each page's fingerprint, in order
+    error: CanonicalizationError | None = None  # the first value canonical JSON cannot hold: read no further
+
+    def hashed(self) -> dict[str, Any]:
+        """:func:`models.audit_record.findings_hashed` of the findings read (or the refusal
+        canonicalizing them met), for :func:`models.audit_record.close_problem`."""
+        if self.error is not None:
+            raise self.error
+        return {"count": self.count, "sha256": self.array_hash.copy().digest().hex()}
+
+
+def read_findings(session: Session, run_id: uuid.UUID, *, into: bytearray | None = None,
+                  each_page: Callable[[list[dict[str, Any]]], None] | None = None) -> PagedFindings:
+    """Read the finished run's findings page by page: their count, the hash of their array's
+    canonical bytes and each page's fingerprint; ``into``: where the array's bytes (``[`` to
+    ``]``) are appended, if they are kept; ``each_page``: called with each page's resources. Stops at the first
+    value canonical JSON cannot hold (``error``)."""
+    read = PagedFindings()
+    if into is not None:
+        into += b"["
+    for rows in finding_pages(session, run_id):
+        resources = [finding_resource(row) for row in rows]
+        read.pages.append(fingerprint(rows))
+        try:
+            items = (b"," if read.count else b"") + canonical_items(resources, first=read.count)
+        except CanonicalizationError as exc:
+            read.error = exc
+            return read
+        read.array_hash.update(items)
+        if into is not None:
+            into += items
+        read.count += len(rows)
+        if each_page is not None:
+            each_page(resources)
+    read.array_hash.update(b"]")
+    if into is not None:
+        into += b"]"
+    return read
