@@ -83,10 +83,14 @@ def list_keys(as_json: bool) -> None:
 
 @api_keys.command("revoke")
 @click.argument("key_id", type=click.UUID)
+@click.option("--leave-no-admin-key", is_flag=True,
+              help="Revoke the last live admin key all the same: then only a new PLANT_ADMIN_API_KEY and a deploy "
+                   "make another.")
 @json_option
-def revoke_key(key_id: uuid.UUID, as_json: bool) -> None:
+def revoke_key(key_id: uuid.UUID, leave_no_admin_key: bool, as_json: bool) -> None:
     """Revoke the key with id KEY_ID; it stops working on the next request."""
-    key = connect().delete(f"/api-keys/{key_id}", expect=("id", "name", "revoked_at"))
+    query = "?leave_no_admin_key=true" if leave_no_admin_key else ""
+    key = connect().delete(f"/api-keys/{key_id}{query}", expect=("id", "name", "revoked_at"))
     if as_json:
         print_json(key)
     else:

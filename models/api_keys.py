@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
 from models.db import SessionOrConnection, driver_rows, driver_sql
 from models.entity_input import nul_refused
-from models.errors import InvalidInput, NotFound
+from models.errors import InvalidInput, LastAdminKey, NotFound
 
 SCOPES = ("read", "write", "admin")
 # The actor a write through the API records (chain versions, jobs' requested_by and cancelled_by).
@@ -188,11 +189,29 @@ def list_api_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
 
 
-def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
-    key = session.get(ApiKey, key_id)
+def _live_admin_keys(session: Session) -> list[uuid.UUID]:
+    """The ids of the keys that can manage keys now: admin, not revoked, not expired."""
+    return list(session.scalars(select(ApiKey.id).where(
+        ApiKey.revoked_at.is_(None), ApiKey.scopes.any_() == "admin",
+        (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > func.now()))))
+
+
+def revoke_api_key(session: Session, *, key_id: uuid.UUID, leave_no_admin_key: bool = False) -> ApiKey:
+    """Revoke key ``key_id`` (a revoked one stays as it was). The last live admin key is
+    revoked only when ``leave_no_admin_key`` says that is meant (else :class:`LastAdminKey`):
+    keys are managed only through the API, with an admin key, so once none is left only a
+    new ``PLANT_ADMIN_API_KEY`` and a deploy (or SQL) make one again. Revocations take turns
+    with each other and with deploys ensuring the configured key (``ADMIN_KEYS_LOCK``), so
+    two admins revoking the last two admin keys at once cannot both go ahead."""
+    session.execute(select(func.pg_advisory_xact_lock(ADMIN_KEYS_LOCK)))
+    key = session.get(ApiKey, key_id, populate_existing=True)
     if key is None:
         raise NotFound(f"no API key with id {key_id}", id=str(key_id))
     if key.revoked_at is None:
+        if not leave_no_admin_key and _live_admin_keys(session) == [key.id]:
+            raise LastAdminKey(f"API key {key_id} is the last live admin key: once it is revoked no key can manage keys "
+                               "until a new PLANT_ADMIN_API_KEY is deployed; create another admin key first, or revoke "
+                               "it with leave_no_admin_key=true if that is meant", id=str(key_id))
         key.revoked_at = session.scalar(select(func.now()))
     session.flush()
     return key
@@ -202,21 +221,27 @@ def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
 # not to be guessed, and not the placeholder .env.example ships (anyone can read that one).
 MIN_CONFIGURED_KEY_LENGTH = 32
 PLACEHOLDER = "change-me"
+# What ``Authorization: Bearer <key>`` carries as one key (web.auth.presented_key): printable
+# ASCII without a comma. A header is read as Latin-1, and a space or comma splits it.
+SENDABLE_KEY = re.compile(r"[!-+\--~]+")
 
 
 def check_configured_admin_key(plaintext: str) -> None:
     """Refuse a configured admin key (``PLANT_ADMIN_API_KEY``) shorter than
-    ``MIN_CONFIGURED_KEY_LENGTH`` or holding ``.env.example``'s placeholder; the error names
-    the setting and never the key."""
+    ``MIN_CONFIGURED_KEY_LENGTH``, holding ``.env.example``'s placeholder, or one no
+    ``Authorization: Bearer`` header could send (``SENDABLE_KEY``); the error names the
+    setting and never the key."""
     if PLACEHOLDER in plaintext.lower():
         problem = f"holds the placeholder {PLACEHOLDER} of .env.example"
     elif len(plaintext) < MIN_CONFIGURED_KEY_LENGTH:
         problem = f"is {len(plaintext)} characters long"
+    elif not SENDABLE_KEY.fullmatch(plaintext):
+        problem = "holds a space, a comma, or a character that is not printable ASCII (no request could send it)"
     else:
         return
     raise InvalidInput(
         f"PLANT_ADMIN_API_KEY {problem}: a configured admin key must be at least {MIN_CONFIGURED_KEY_LENGTH} "
-        f"characters and not contain {PLACEHOLDER}; generate one with "
+        f"characters (printable ASCII, no space or comma) and not contain {PLACEHOLDER}; generate one with "
         "python3 -c \"import secrets; print('plant_' + secrets.token_urlsafe(32))\"")
 
 

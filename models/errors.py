@@ -56,6 +56,13 @@ class Conflict(PlantError):
     title = "Conflict"
 
 
+class LastAdminKey(Conflict):
+    """Revoking this key would leave no live admin key, and nothing to manage keys with."""
+
+    code = "last-admin-key"
+    title = "The last live admin key cannot be revoked"
+
+
 class JobNotCancellable(Conflict):
     code = "job-not-cancellable"
     title = "Job is already finished"

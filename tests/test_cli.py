@@ -392,7 +392,7 @@ def test_db_upgrade_leaves_a_revoked_configured_admin_key_revoked_and_succeeds(s
 
     with Session(engine) as session, session.begin():
         created = create_api_key(session, name="boot", scopes=["admin"])
-        revoke_api_key(session, key_id=(boot := created.key.id))
+        revoke_api_key(session, key_id=(boot := created.key.id), leave_no_admin_key=True)
         narrow = create_api_key(session, name="reader", scopes=["read"])
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))

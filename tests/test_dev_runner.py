@@ -201,7 +201,8 @@ def test_a_revoked_dev_admin_key_file_is_replaced_with_a_live_key(settings, engi
     unconfigured = settings.model_copy(update={"admin_api_key": None})
     first, path = ensure_dev_admin(unconfigured, tmp_path)
     with Session(engine) as session, session.begin():
-        revoke_api_key(session, key_id=session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(first))))
+        revoke_api_key(session, key_id=session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(first))),
+                       leave_no_admin_key=True)
     second, _ = ensure_dev_admin(unconfigured, tmp_path)
     assert second != first and path.read_text().strip() == second
     with Session(engine) as session:
@@ -223,7 +224,7 @@ def test_plant_dev_refuses_a_revoked_configured_admin_key(settings, engine, clea
     ensure_dev_admin(configured, tmp_path)
     with Session(engine) as session, session.begin():
         revoke_api_key(session, key_id=session.scalar(select(ApiKey.id).where(
-            ApiKey.key_hash == hash_key("plant_a_configured_admin_key_0123456789"))))
+            ApiKey.key_hash == hash_key("plant_a_configured_admin_key_0123456789"))), leave_no_admin_key=True)
     with pytest.raises(InvalidInput, match="was revoked"):
         ensure_dev_admin(configured, tmp_path)
 

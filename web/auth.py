@@ -3,7 +3,10 @@
 ``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
 (POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
 or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403.
-A key past its expiry is 401 saying when it expired; a key's first
+A key past its expiry is 401 saying when it expired. A key is read from one
+``Authorization: Bearer <key>`` header only (:func:`presented_key`): a key offered in the query
+string, two Authorization headers, another scheme or a value with spaces or commas in the key
+is 401 saying which. A key's first
 request after ``LAST_USED_GRANULARITY`` records its ``last_used_at`` once answered.
 The authenticated key is ``g.api_key``; chain writes are attributed to it. A request
 that waits (a long poll) looks its key up again before it answers
@@ -14,6 +17,8 @@ unless its view says otherwise (:func:`not_stored_by_default`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flask import Flask, Response, after_this_request, g, request
 
@@ -38,25 +43,67 @@ def required_scope(method: str, path: str) -> str:
     return "read" if method in READ_METHODS else "write"
 
 
-def _unauthorized(detail: str) -> Response:
+# RFC 6750 §3.1's error codes, in WWW-Authenticate: a request Plant cannot read a key from,
+# and a key it read but does not take (unknown, revoked, expired).
+INVALID_REQUEST, INVALID_TOKEN = "invalid_request", "invalid_token"
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Response:
     response = problem_response(401, "Unauthorized", detail, type_="/problems/unauthorized")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="plant"'
+    response.headers["WWW-Authenticate"] = 'Bearer realm="plant"' + (f', error="{error}"' if error else "")
     return response
 
 
-def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+# Where clients put keys when not in the header (RFC 6750 §2.3's access_token among them).
+KEY_QUERY_PARAMETERS = frozenset({"access_token", "api_key", "apikey", "key", "token"})
+SEND_A_KEY = "send an API key as 'Authorization: Bearer <key>'"
+
+
+@dataclass(frozen=True)
+class KeyNotRead:
+    """Why no key could be read from a request: the 401's detail and its RFC 6750 error code."""
+
+    detail: str
+    error: str | None = INVALID_REQUEST
+
+
+def presented_key(authorization: str | None, query_names: Iterable[str]) -> str | KeyNotRead:
+    """The key of ``Authorization: Bearer <key>``, or why there is none to take. The scheme is
+    matched without regard to case and may be followed by several spaces (RFC 9110 §11);
+    a value with whitespace or a comma after the key is two values (two Authorization
+    headers, which servers join with a comma) or a key no client could send (RFC 6750's
+    token68), never hashed and looked up as a key. A key in the query string is refused even
+    beside a good header: a URL is logged by proxies and kept in histories, so the client
+    must stop sending it there (and its key should be revoked)."""
+    if offered := sorted(KEY_QUERY_PARAMETERS.intersection(query_names)):
+        return KeyNotRead(f"an API key is taken only from the Authorization header, never from the query string "
+                          f"(a URL is logged and kept in histories; revoke a key sent in one): remove "
+                          f"{', '.join(offered)} and {SEND_A_KEY}")
+    if authorization is None or not authorization.strip():
+        return KeyNotRead(SEND_A_KEY, error=None)
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return KeyNotRead(f"the Authorization header's scheme is not Bearer: {SEND_A_KEY}")
+    key = credentials.strip(" ")
+    if not key:
+        return KeyNotRead(f"the Authorization header names Bearer but no key: {SEND_A_KEY}")
+    if "," in key or any(character.isspace() for character in key):
+        return KeyNotRead("the Authorization header must hold one key, 'Bearer <key>', and this key has a space, tab "
+                          "or comma in it (two Authorization headers arrive joined by a comma)")
+    return key
+
+
+def _request_key() -> str | KeyNotRead:
+    return presented_key(request.headers.get("Authorization"), request.args.keys())
 
 
 def check_api_key() -> Response | None:
     """``before_request`` hook: None lets the request through, a Response ends it."""
     if not request.path.startswith(PROTECTED_PREFIX):
         return None
-    presented = _presented_key()
-    if presented is None:
-        return _unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    presented = _request_key()
+    if isinstance(presented, KeyNotRead):
+        return _unauthorized(presented.detail, presented.error)
     # The view goes on where the lookup ran (web.services.db_statements): the request's
     # Session, or for views marked statement_at_a_time (or autocommit_when, when it holds)
     # its autocommit connection; one pool checkout at a time (a long-poll gives it back
@@ -65,9 +112,9 @@ def check_api_key() -> Response | None:
     # stale behind.
     key = _lookup(presented)
     if isinstance(key, ExpiredKey):
-        return _unauthorized(f"the API key expired at {rfc3339_utc(key.expires_at)}")
+        return _unauthorized(f"the API key expired at {rfc3339_utc(key.expires_at)}", INVALID_TOKEN)
     if key is None:
-        return _unauthorized("the API key is unknown or revoked")
+        return _unauthorized("the API key is unknown or revoked", INVALID_TOKEN)
     scope = required_scope(request.method, request.path)
     if not key.grants(scope):
         return problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
@@ -104,9 +151,9 @@ def key_revoked_while_waiting() -> Response | None:
     """For a request that waited before answering (a job's long poll, up to 30 s): look its
     key up again, so a key revoked meanwhile gets 401, not what was written after its
     revocation. One more indexed lookup, only for a request that waited."""
-    presented = _presented_key()
-    if presented is None or not isinstance(_lookup(presented), Caller):
-        return _unauthorized("the API key was revoked or expired while the request waited")
+    presented = _request_key()
+    if isinstance(presented, KeyNotRead) or not isinstance(_lookup(presented), Caller):
+        return _unauthorized("the API key was revoked or expired while the request waited", INVALID_TOKEN)
     return None
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from models.api_keys import BOOTSTRAP_ADMIN_NAME, MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
 from models.canonical import rfc3339_utc
 from web.openapi_headers import documents_headers, header
-from web.schemas import API_PROBLEMS, problems
+from web.schemas import API_PROBLEMS, QueryModel, problems
 from web.services import db_session
 
 api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="api-keys")])
@@ -60,6 +60,12 @@ class KeyPath(BaseModel):
     key_id: uuid.UUID
 
 
+class RevokeQuery(QueryModel):
+    leave_no_admin_key: bool = Field(
+        default=False, description="true: revoke the last live admin key all the same (else 409 last-admin-key); "
+                                   "then only a new PLANT_ADMIN_API_KEY and a deploy make another")
+
+
 def key_resource(key: ApiKey) -> dict[str, Any]:
     return {
         "id": str(key.id), "name": key.name, "key_prefix": key.key_prefix, "scopes": list(key.scopes),
@@ -90,10 +96,11 @@ def list_keys() -> dict[str, Any]:
     return {"items": [key_resource(k) for k in list_api_keys(db_session())]}
 
 
-@api_keys_api.delete("/api-keys/<key_id>", responses={200: ApiKeyOut, **problems(404)})
-def revoke_key(path: KeyPath) -> dict[str, Any]:
-    """Revoke a key; it stops working on the next request."""
+@api_keys_api.delete("/api-keys/<key_id>", responses={200: ApiKeyOut, **problems(404), **problems(409), **problems(422)})
+def revoke_key(path: KeyPath, query: RevokeQuery) -> dict[str, Any]:
+    """Revoke a key; it stops working on the next request. The last live admin key is 409
+    ``last-admin-key`` unless ``leave_no_admin_key=true``."""
     session = db_session()
-    key = revoke_api_key(session, key_id=path.key_id)
+    key = revoke_api_key(session, key_id=path.key_id, leave_no_admin_key=query.leave_no_admin_key)
     session.commit()
     return key_resource(key)
