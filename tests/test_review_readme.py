@@ -40,3 +40,16 @@ def test_db_check_json_prints_json_alone(cli_env) -> None:
     assert json.loads(result.stdout) == {"drift": False}
     text = plant("db", "check", env=cli_env)
     assert text.returncode == 0 and text.stdout == "no schema drift\n"
+
+
+def test_compose_rotation_keeps_each_retired_key_under_a_name_of_its_own() -> None:
+    """docs/deploy.md, "Rotating the signing key" (compose): the old key's public half went to
+    `secrets/retired/key-$(date +%Y%m%d).pem`, so a second rotation the same day overwrote the
+    first retired key, and every version it signed would fail the audit."""
+    import re
+
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    rotation = text[text.index("- Rotating the signing key"):text.index("## B. Google Cloud")]
+    target = re.search(r"openssl pkey [^\n]*-out (secrets/retired/[^\n]+)", rotation)
+    assert target is not None, rotation
+    assert "%H%M%S" in target.group(1), target.group(1)
