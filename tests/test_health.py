@@ -97,7 +97,7 @@ def test_a_queue_no_worker_consumes_makes_health_degraded_naming_it(settings, tm
         workers = body["checks"]["workers"]
         assert body["status"] == "degraded" and workers["status"] == "down"
         assert workers["error"] == f"no worker consumes the {unserved} queue"
-        assert workers["queues"][unserved] == [] and len(workers["queues"]["default"]) == 1
+        assert workers["queues"][unserved] == 0 and workers["queues"]["default"] == 1
     finally:
         stop_process_group(worker)
 

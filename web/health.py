@@ -101,15 +101,17 @@ def _redis(svc: Services) -> dict[str, Any]:
 
 
 def _workers(svc: Services) -> dict[str, Any]:
-    """Live workers and the queues each consumes: every queue jobs or recovery are routed to
-    needs one (compose runs the audit queue's workers apart, and audits would wait for good)."""
+    """How many workers live, and how many consume each queue: every queue jobs or recovery
+    are routed to needs one (compose runs the audit queue's workers apart, and audits would
+    wait for good). Counted, not named: the check is public, and a node name is
+    ``PREFIX@hostname`` (Flower, behind its password, names them)."""
     replies = svc.celery.control.inspect(timeout=svc.settings.health_timeout_seconds).active_queues() or {}
     if not replies:
         raise CheckFailed(f"no worker answered within {svc.settings.health_timeout_seconds}s")
-    consumers = {queue: sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+    consumers = {queue: sum(1 for queues in replies.values() if any(q.get("name") == queue for q in queues or []))
                  for queue in SERVED_QUEUES}
-    found = {"count": len(replies), "workers": sorted(replies), "queues": consumers}
-    unserved = [queue for queue, names in consumers.items() if not names]
+    found = {"count": len(replies), "queues": consumers}
+    unserved = [queue for queue, count in consumers.items() if not count]
     if unserved:
         return {"status": "down", "error": f"no worker consumes the {', '.join(unserved)} queue", **found}
     return found
