@@ -42,20 +42,39 @@ DELIVERY: dict[str, bool] = {
 }
 
 
-# The API's reads from the broker, each: kombu's Redis transport reads with no timeout, so a
-# Redis that took the connection and never answered (frozen, or a network dropping its
-# packets) held a job submission's publish, and its thread, for good. The API only publishes
-# and asks the workers (/health), so a timeout cannot cut a wait it means; workers and beat
-# keep none, since their fanout subscriptions (remote control, events) idle for long.
+# How long one read from the broker may wait. kombu's Redis transport hands redis-py
+# socket_timeout=None (wait for ever) unless told otherwise, so a Redis that took the connection
+# and never answered (frozen or paused, a network dropping its packets, a NAT that forgot the
+# connection) held whoever waited on a reply for good: the API's job submissions, and a worker's
+# or beat's whole process (tests/test_review_redis_timeouts.py). Only a reply awaited right after
+# a command is bounded: a worker's BRPOP (which Redis answers within kombu's 1 s poll) and its
+# pub/sub subscription (remote control, idle for long) are read once readable, so an idle
+# subscription never times out; kombu's own checks (health_check_interval, 25 s) drop either
+# when it stops answering. A read that times out drops its connection; the next command, or the
+# worker's reconnection, makes a fresh one. With no socket_connect_timeout given, redis-py
+# bounds a connect by the same value.
+# The API only publishes and asks the workers (/health): 2 s.
 API_BROKER_SOCKET_TIMEOUT_SECONDS = 2.0
+# Workers and beat: their event-loop commands (heartbeats and task events, acks, kombu's unacked
+# sweep) and beat's publishes. Far above any reply a healthy Redis gives, a fork's stall included,
+# well below what would let a worker sit silent: it then reconnects within about twice this.
+WORKER_BROKER_SOCKET_TIMEOUT_SECONDS = 10.0
+# kombu's checks of a worker's long-lived connections, once an interval: a BRPOP whose reply is
+# overdue by its 1 s poll plus this, or a subscription that missed two PINGs, is dropped and
+# made again. kombu's default, 25 s, let a frozen connection stop a worker consuming for up to
+# 51 s; 10 s bounds it at 21 s. redis-py also PINGs a pooled connection idle this long before
+# using it.
+WORKER_BROKER_HEALTH_CHECK_SECONDS = 10
 
 
-def create_celery(settings: Settings, *, socket_timeout: float | None = None) -> Celery:
-    """``socket_timeout``: how long one read from the broker may wait (None: for ever)."""
+def create_celery(settings: Settings, *, socket_timeout: float = WORKER_BROKER_SOCKET_TIMEOUT_SECONDS) -> Celery:
+    """``socket_timeout``: how long one read from the broker may wait."""
     app = Celery("plant", broker=settings.redis_url, include=TASK_MODULES)
-    transport_options: dict[str, float] = {"visibility_timeout": settings.job_hard_time_limit + 300}
-    if socket_timeout is not None:
-        transport_options["socket_timeout"] = socket_timeout
+    transport_options: dict[str, float] = {
+        "visibility_timeout": settings.job_hard_time_limit + 300,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": WORKER_BROKER_HEALTH_CHECK_SECONDS,
+    }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
