@@ -83,7 +83,7 @@ def test_a_worker_whose_redis_connections_freeze_goes_on_consuming(settings, adm
         long_jobs = [client.post(SLEEP, json={"seconds": READ_TIMEOUT + 2, "steps": 2}).headers["Location"]
                      for _ in range(2)]
         jobs = wait_for(lambda: all((j := client.get(u).get_json())["status"] == "succeeded" for u in long_jobs) and j,
-                        timeout=READ_TIMEOUT * 4, interval=0.5, what="two jobs longer than the read timeout")
+                        timeout=READ_TIMEOUT * 2 + 30, interval=0.5, what="two jobs longer than the read timeout")
         assert jobs["attempts"] == 1
         log = _log(worker, "worker")
         assert "Connection to broker lost" not in log and "dropping stale" not in log, log[-3000:]
