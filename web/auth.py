@@ -83,7 +83,11 @@ def presented_key(authorization: str | None, query_names: Iterable[str]) -> str 
         return KeyNotRead(SEND_A_KEY, error=None)
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        return KeyNotRead(f"the Authorization header's scheme is not Bearer: {SEND_A_KEY}")
+        # RFC 6750 §3.1: a request made with another authentication method (Basic, a bare key)
+        # gets no error code; a malformed Bearer one ("Bearer<tab>key") is invalid_request.
+        malformed_bearer = scheme.lower().startswith("bearer")
+        return KeyNotRead(f"the Authorization header's scheme is not Bearer: {SEND_A_KEY}",
+                          error=INVALID_REQUEST if malformed_bearer else None)
     key = credentials.strip(" ")
     if not key:
         return KeyNotRead(f"the Authorization header names Bearer but no key: {SEND_A_KEY}")

@@ -72,8 +72,8 @@ IDEMPOTENT_REPLAYED = header("`true` when an Idempotency-Key named a job already
 ENTITY_REPLAYED = header("`true` when an Idempotency-Key named an entity already created: this is that entity, "
                          "and nothing new was created; absent otherwise", {"type": "string", "enum": ["true"]})
 WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`, with RFC 6750's `error=\"invalid_request\"` (no key could be "
-                          "read: another scheme, two headers, a key in the query string) or `error=\"invalid_token\"` "
-                          "(unknown, revoked or expired): send an API key as `Authorization: Bearer <key>`")
+                          "read: two headers, no key after Bearer, a key in the query string), `error=\"invalid_token\"` "
+                          "(unknown, revoked or expired), or no error for another scheme or none (RFC 6750 §3.1): send an API key as `Authorization: Bearer <key>`")
 UNAVAILABLE_RETRY_AFTER = header(
     "seconds after which the condition is expected to have passed: the database unreachable, timed out or "
     "out of free connections (5), a ledger digest finding no quiet moment (5), or every digest slot taken "
