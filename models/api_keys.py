@@ -236,7 +236,11 @@ def check_configured_admin_key(plaintext: str) -> None:
     elif len(plaintext) < MIN_CONFIGURED_KEY_LENGTH:
         problem = f"is {len(plaintext)} characters long"
     elif not SENDABLE_KEY.fullmatch(plaintext):
-        problem = "holds a space, a comma, or a character that is not printable ASCII (no request could send it)"
+        # An earlier release read "Bearer a b" as the key "a b": such a key worked until this
+        # release, so the refusal says how to upgrade past it (a rotation, as any other).
+        problem = ("holds a space, a comma, or a character that is not printable ASCII (no request could send it; "
+                   "one an earlier release took is replaced by configuring a new key with the upgrade, which "
+                   "revokes it as any rotation does)")
     else:
         return
     raise InvalidInput(
