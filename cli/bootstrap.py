@@ -12,11 +12,12 @@ from models.keys import replace_file
 from models.settings import Settings
 
 ADMIN_KEY_FILE = "admin-api-key"
+GRANTS_NOTHING = ("revoked", "expired")  # what ensure_admin_key leaves as it is
 
 
 def ensure_configured_admin(settings: Settings) -> str | None:
     """Ensure ``PLANT_ADMIN_API_KEY`` as an admin key: how it stands (``created``, ``live``,
-    or ``revoked``: left so), or None when none is configured."""
+    or ``revoked`` or ``expired``: left so), or None when none is configured."""
     if settings.admin_api_key is None:
         return None
     return _ensure(settings, settings.admin_api_key.get_secret_value())
@@ -24,10 +25,10 @@ def ensure_configured_admin(settings: Settings) -> str | None:
 
 def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | None]:
     """The admin key for `plant dev`: configured, or read from (or generated into) a file;
-    a file's key that was revoked is replaced with a new one."""
+    a file's key that was revoked (or has expired) is replaced with a new one."""
     if settings.admin_api_key is not None:
-        if ensure_configured_admin(settings) == "revoked":
-            raise InvalidInput("PLANT_ADMIN_API_KEY was revoked: it grants nothing. Unset it (plant dev then makes "
+        if (state := ensure_configured_admin(settings)) in GRANTS_NOTHING:
+            raise InvalidInput(f"PLANT_ADMIN_API_KEY was {state}: it grants nothing. Unset it (plant dev then makes "
                                "a key of its own) or configure another")
         return settings.admin_api_key.get_secret_value(), None
     path = data_dir / ADMIN_KEY_FILE
@@ -36,7 +37,7 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
     path.chmod(0o600)  # one left by an earlier start
     # A key generated here is no configured key's rotation: it takes no other key away (the
     # database may be a deployment's, whose configured key stays live).
-    if _ensure(settings, path.read_text().strip(), replaces=False) == "revoked":
+    if _ensure(settings, path.read_text().strip(), replaces=False) in GRANTS_NOTHING:
         _new_key_file(path)
         _ensure(settings, path.read_text().strip(), replaces=False)
     return path.read_text().strip(), path

@@ -100,6 +100,9 @@ def upgrade(as_json: bool) -> None:
                    + ("" if grant.maintain else " (no MAINTAIN before PostgreSQL 17: digests will not ANALYZE)"))
     if admin_key == "revoked":
         click.echo("PLANT_ADMIN_API_KEY was revoked: left revoked, it grants nothing (unset it to stop this note)")
+    elif admin_key == "expired":
+        click.echo("PLANT_ADMIN_API_KEY has expired: left so, it grants nothing (unset it or configure another to stop "
+                   "this note)")
     elif admin_key is not None:
         click.echo("PLANT_ADMIN_API_KEY is a live admin key")
 

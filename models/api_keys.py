@@ -257,12 +257,14 @@ ADMIN_KEYS_LOCK = int.from_bytes(b"plantadm", "big")
 
 
 def ensure_admin_key(session: Session, *, plaintext: str, name: str = BOOTSTRAP_ADMIN_NAME,
-                     replaces: bool = True) -> Literal["created", "live", "revoked"]:
+                     replaces: bool = True) -> Literal["created", "live", "revoked", "expired"]:
     """Make ``plaintext`` an admin key unless it was revoked: ``created`` (and, when it
     ``replaces`` them, the live admin keys of the same ``name``, the ones configured before it,
     revoked: a rotation takes the old key away; a key ``plant dev`` generates replaces none),
     ``live`` (it already was one), or ``revoked`` (left revoked: revoking the bootstrap key once
-    narrower keys exist is what an operator should do, and every later deploy still ensures it).
+    narrower keys exist is what an operator should do, and every later deploy still ensures it),
+    or ``expired`` (an API key made to expire, configured: left so, as a revoked one; it grants
+    nothing, and a deploy that went on yesterday must not stop today for it).
     A key too short, or the example's placeholder, is refused (:func:`check_configured_admin_key`),
     even one an earlier release ensured."""
     check_configured_admin_key(plaintext)
@@ -284,6 +286,8 @@ def ensure_admin_key(session: Session, *, plaintext: str, name: str = BOOTSTRAP_
                                .execution_options(populate_existing=True)).one()
     if existing.revoked_at is not None:
         return "revoked"
+    if existing.expires_at is not None and existing.expires_at <= session.scalar(select(func.now())):
+        return "expired"  # was "live": plant db upgrade said so, and plant dev printed it as the key to use
     if "admin" not in existing.scopes:
         raise InvalidInput("the configured admin key is a live key without the admin scope; configure another one")
     return "live"

@@ -66,3 +66,29 @@ def test_a_configured_key_an_earlier_release_took_with_a_space_is_refused_saying
     assert spaced not in refused.value.detail
     assert ensure_admin_key(db_session, plaintext=generate_plaintext()) == "created"
     assert db_session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == old.id)) is not None
+
+
+def test_db_upgrade_does_not_call_an_expired_configured_admin_key_live(settings, engine, clean_db, monkeypatch) -> None:
+    """An expiring API key configured as PLANT_ADMIN_API_KEY was ``live`` past its expiry:
+    ``plant db upgrade`` said "is a live admin key" (and ``plant dev`` printed it as the key to
+    use) while every request sending it got 401. It is left as it is, as a revoked one is, and
+    the deploy goes on saying so."""
+    from click.testing import CliRunner
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from cli.main import cli
+    from models.api_keys import create_api_key
+
+    with Session(engine) as session, session.begin():
+        issued = create_api_key(session, name="ops-admin", scopes=["admin"], expires_in_days=1)
+        session.execute(text("UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = :id"),
+                        {"id": issued.key.id})
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("PLANT_ADMIN_API_KEY", issued.plaintext)
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0 and "has expired" in result.output and "live" not in result.output, result.output
+    as_json = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert '"admin_key": "expired"' in as_json.output and '"admin_key_ensured": false' in as_json.output
