@@ -92,3 +92,19 @@ def test_db_upgrade_does_not_call_an_expired_configured_admin_key_live(settings,
     as_json = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
     assert as_json.exit_code == 0, as_json.output
     assert '"admin_key": "expired"' in as_json.output and '"admin_key_ensured": false' in as_json.output
+
+
+def test_a_keyed_create_whose_attributes_hold_a_lone_surrogate_is_422_naming_it_not_500(client, committed_steward) -> None:
+    """JSON's "\\ud800" is a str no UTF-8 encodes: the create's fingerprint encoded it before the
+    create could refuse it (422 not-canonicalizable, as it does without the header), so with
+    Idempotency-Key it was a 500. The key is left free."""
+    body = ('{"name": "Surrogate", "code": "SRG", "description": "d", "attributes": {"x": "a\\ud800"}, '
+            f'"governance_agent_id": "{committed_steward}"}}')
+    response = client.post(f"{API}/genesis/industries", data=body, content_type="application/json",
+                           headers={"Idempotency-Key": "k-surrogate"})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["type"] == "/problems/not-canonicalizable"
+    assert response.get_json()["field"] == "$.attributes.x"
+    fixed = client.post(f"{API}/genesis/industries", headers={"Idempotency-Key": "k-surrogate"}, json={
+        "name": "Surrogate", "code": "SRG", "description": "d", "governance_agent_id": str(committed_steward)})
+    assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed.headers

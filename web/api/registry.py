@@ -198,9 +198,12 @@ def _create_view(route: EntityRoute) -> Callable[..., Response]:
 def _create_fingerprint(route: EntityRoute, body: BaseModel) -> bytes:
     """The SHA-256 an ``Idempotency-Key`` is stored with: the entity type and the body as read
     (so member order, spacing and defaults spelt out make no difference). Plain sorted JSON,
-    not canonical JSON: what canonical JSON refuses, the create refuses with its field named."""
+    not canonical JSON: what canonical JSON refuses, the create refuses with its field named.
+    So it encodes a lone surrogate (JSON's "\\ud800", which UTF-8 cannot hold) rather than
+    raise before the create can refuse it (a 500); every other string's bytes are UTF-8's."""
     payload = {"create": route.name, "body": body.model_dump(mode="json")}
-    return hashlib.sha256(plain_json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).digest()
+    text = plain_json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def _patch_view(route: EntityRoute) -> Callable[..., Response]:
