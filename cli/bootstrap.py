@@ -12,7 +12,7 @@ from models.keys import replace_file
 from models.settings import Settings
 
 ADMIN_KEY_FILE = "admin-api-key"
-GRANTS_NOTHING = ("revoked", "expired")  # what ensure_admin_key leaves as it is
+GRANTS_NOTHING = {"revoked": "was revoked", "expired": "has expired"}  # what ensure_admin_key leaves as it is
 
 
 def ensure_configured_admin(settings: Settings) -> str | None:
@@ -28,7 +28,7 @@ def ensure_dev_admin(settings: Settings, data_dir: Path) -> tuple[str, Path | No
     a file's key that was revoked (or has expired) is replaced with a new one."""
     if settings.admin_api_key is not None:
         if (state := ensure_configured_admin(settings)) in GRANTS_NOTHING:
-            raise InvalidInput(f"PLANT_ADMIN_API_KEY was {state}: it grants nothing. Unset it (plant dev then makes "
+            raise InvalidInput(f"PLANT_ADMIN_API_KEY {GRANTS_NOTHING[state]}: it grants nothing. Unset it (plant dev then makes "
                                "a key of its own) or configure another")
         return settings.admin_api_key.get_secret_value(), None
     path = data_dir / ADMIN_KEY_FILE

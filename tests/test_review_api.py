@@ -108,3 +108,24 @@ def test_a_keyed_create_whose_attributes_hold_a_lone_surrogate_is_422_naming_it_
     fixed = client.post(f"{API}/genesis/industries", headers={"Idempotency-Key": "k-surrogate"}, json={
         "name": "Surrogate", "code": "SRG", "description": "d", "governance_agent_id": str(committed_steward)})
     assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed.headers
+
+
+def test_plant_dev_refuses_an_expired_configured_admin_key(settings, engine, clean_db, tmp_path) -> None:
+    """It printed "admin API key: the one PLANT_ADMIN_API_KEY holds" for a key past its expiry,
+    which every request got 401 with (as for a revoked one, helper-75)."""
+    import pytest
+    from pydantic import SecretStr
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from cli.bootstrap import ensure_dev_admin
+    from models.api_keys import create_api_key
+    from models.errors import InvalidInput
+
+    with Session(engine) as session, session.begin():
+        issued = create_api_key(session, name="ops-admin", scopes=["admin"], expires_in_days=1)
+        session.execute(text("UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = :id"),
+                        {"id": issued.key.id})
+    configured = settings.model_copy(update={"admin_api_key": SecretStr(issued.plaintext)})
+    with pytest.raises(InvalidInput, match="has expired"):
+        ensure_dev_admin(configured, tmp_path)
