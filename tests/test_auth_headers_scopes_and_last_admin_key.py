@@ -164,7 +164,7 @@ def test_an_authorization_the_api_cannot_read_one_key_from_is_401_saying_why(app
                                         "plant_not_ascii_é" + "a" * 32])
 def test_a_configured_admin_key_no_header_could_send_is_refused(db_session, configured) -> None:
     """Such a key was ensured. One with a space or a comma worked until the one-key header rule
-    (an earlier release read "Bearer a b" as the key "a b"): tests/test_review_api.py has the upgrade."""
+    (an earlier release read "Bearer a b" as the key "a b"): tests/test_keyed_creates_admin_key_upgrades_and_schemes.py has the upgrade."""
     from models.api_keys import ensure_admin_key
     from models.errors import InvalidInput
 
