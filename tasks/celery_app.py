@@ -46,7 +46,7 @@ DELIVERY: dict[str, bool] = {
 # socket_timeout=None (wait for ever) unless told otherwise, so a Redis that took the connection
 # and never answered (frozen or paused, a network dropping its packets, a NAT that forgot the
 # connection) held whoever waited on a reply for good: the API's job submissions, and a worker's
-# or beat's whole process (tests/test_review_redis_timeouts.py). Only a reply awaited right after
+# or beat's whole process (tests/test_frozen_redis_connections.py). Only a reply awaited right after
 # a command is bounded: a worker's BRPOP (which Redis answers within kombu's 1 s poll) and its
 # pub/sub subscription (remote control, idle for long) are read once readable, so an idle
 # subscription never times out; kombu's own checks (health_check_interval, 25 s) drop either
