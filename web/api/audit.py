@@ -3,6 +3,7 @@ reports, check one entity for tampering, and get a signed ledger digest."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from models.canonical import MAX_SAFE_INTEGER
 from models.entities import EntityType
 from models.ledger import digest_now
 from models.ledger_digest import MAX_DIGEST_LEAVES
+from models.logging_setup import current_log_context
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
 from models.reports import CheckedCsv, checked_csv, export_report, finding_resource, findings_page, get_run, run_resource
 from web.jobs_http import accept_job, submits_a_job
@@ -29,6 +31,7 @@ from web.report_html import HTML_RESPONSE, report_page
 from web.schemas import API_PROBLEMS, JobOut, QueryModel, members_refused, problems
 from web.services import Services, db_session, digest_slot, services, statement_at_a_time, stream_session
 
+log = logging.getLogger(__name__)
 audit_api = APIBlueprint("audit", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="audit")])
 
 
@@ -297,7 +300,7 @@ def export(query: ExportQuery) -> Response:
         # finished run's is then sent as it is written, page by page, read on a connection of
         # the stream's own: the request's goes back to the pool as the view returns.
         csv_export = checked_csv(session, run_id=query.run_id, keyring=services().keyring)
-        body, mimetype = _streamed(csv_export, services()), "text/csv"
+        body, mimetype = _streamed(csv_export, services(), dict(current_log_context())), "text/csv"
     else:
         body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), "application/json"
         session.commit()  # the record of its signature
@@ -306,11 +309,23 @@ def export(query: ExportQuery) -> Response:
     return response
 
 
-def _streamed(csv_export: CheckedCsv, svc: Services) -> Iterator[str]:
+def _streamed(csv_export: CheckedCsv, svc: Services, log_ids: dict[str, str]) -> Iterator[str]:
     """The parts of a checked CSV export, read on a session of their own (no request context
-    is needed, nor kept pushed while the stream waits), closed as the stream ends or is closed."""
-    with stream_session(svc) as session:
-        yield from csv_export.parts(session)
+    is needed, nor kept pushed while the stream waits), closed as the stream ends or is closed;
+    a CSV written whole (a running run's) reads nothing, and takes no connection. The request
+    was logged as a 200 when its view returned, and its ids unbound: a stream cut short (a
+    page changed since the check, a database error) is logged here, under ``log_ids``."""
+    try:
+        if csv_export.whole is not None:
+            yield csv_export.whole
+            return
+        with stream_session(svc) as session:
+            yield from csv_export.parts(session)
+    except Exception as exc:
+        why = getattr(exc, "code", None) or type(exc).__name__
+        log.error("the CSV export of audit run %s was cut short after its 200 (%s): %s", csv_export.run_id, why, exc,
+                  extra=log_ids)
+        raise
 
 
 @audit_api.get("/ledger/digest", tags=[Tag(name="ledger")], responses={200: LedgerDigestOut, **problems(409)})

@@ -1,0 +1,171 @@
+"""Re-review of three ledger/export changes: key seals naming their digest's tombstone root,
+stored digests stamped exactly, and finished runs' exports made page by page."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models import report_pages
+from models.audit import FindingRow
+from models.audit_runs import pending_chunks, summarize_run
+from models.audit_tables import AuditChunk
+from tests.test_audit_record_signed import _started, _steps, written_by_plant
+
+API = "/api/v1"
+
+
+def _finished_run(engine: Any, keyring: Any, count: int) -> uuid.UUID:
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
+        written_by_plant(session, run, chunk, keyring, [
+            FindingRow("industry", uuid.uuid4(), 1, "rule-warning", f"finding {n}") for n in range(count)])
+        _steps(session, run, keyring, batch_size=500)
+        summarize_run(session, run_id=run.id, keyring=keyring)
+        return run.id
+
+
+def _checked_out(app: Any) -> int:
+    from web.services import app_services
+
+    return app_services(app).engine.pool.checkedout()
+
+
+def test_a_csv_download_closed_mid_stream_gives_its_connection_back(client, app, engine, keyring, seeded, monkeypatch) -> None:
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 2)
+    run_id = _finished_run(engine, keyring, 9)
+    before = _checked_out(app)
+    response = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}, buffered=False)
+    assert response.status_code == 200
+    parts = iter(response.response)
+    next(parts), next(parts)
+    assert _checked_out(app) == before + 1  # the stream's own
+    response.close()  # the client went away
+    assert _checked_out(app) == before
+
+
+def _tombstoned_world(db_session: Any) -> tuple[Any, list, Any, Any]:
+    """A registry with three industries soft-deleted honestly before a seal that names its
+    digest's tombstone root (as ``plant signing-keys seal`` now writes it)."""
+    import datetime as dt
+
+    from models.ledger import store_digest
+    from models.seed import bootstrap_steward
+    from models.signing import KeyRing, KeySeal, generate_ed25519
+    from tests.test_key_seals import E, Rotated
+
+    world = Rotated.__new__(Rotated)
+    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
+    world.leaked = KeyRing(world.old)
+    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
+    gone = [world.make(E.INDUSTRY, name=f"Gone Industry {n}", code=f"GN{n}") for n in range(3)]
+    for industry in gone:
+        world.edit(industry, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    rotated = KeyRing(world.new, (world.old.verifier(),))
+    digest = store_digest(db_session, keyring=rotated)
+    seal = KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"],
+                   tombstones_root=digest.document["tombstones_root"])
+    return world, gone, digest, KeyRing(world.new, (world.old.verifier(),), (seal,))
+
+
+@pytest.mark.parametrize("change", ["removed", "added"])
+def test_a_seal_s_tombstone_rows_removed_or_added_hold_nothing(db_session, change) -> None:
+    import models.chain as chain
+    from models.chain import SEALED_CODE
+    from tests.test_audit import lift_guard
+
+    world, gone, digest, sealed = _tombstoned_world(db_session)
+    assert SEALED_CODE not in world.codes(sealed)
+    chain._sealed_leaves.clear()
+    if change == "removed":
+        lift_guard(db_session, "DELETE FROM ledger_digest_tombstones WHERE digest_id = :d AND entity_id = :e",
+                   table="ledger_digest_tombstones", d=digest.id, e=gone[0].id)
+    else:  # a tombstone for an entity the digest does not hold, naming whatever head
+        lift_guard(db_session, "INSERT INTO ledger_digest_tombstones (digest_id, entity_id, entity_type, version, link_hash) "
+                   "VALUES (:d, :e, 'industry', 7, :link)", table="ledger_digest_tombstones",
+                   d=digest.id, e=uuid.uuid4(), link=bytes(gone[0].head_link_hash))
+    flagged = {entity for entity, _ in world.codes(sealed).get(SEALED_CODE, [])}
+    assert {industry.id for industry in gone} <= flagged
+    chain._sealed_leaves.clear()
+
+
+def _two_interleaved_runs(engine: Any, keyring: Any, count: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """Two finished runs whose findings were written turn about (ids not contiguous), the
+    first with ``count`` of its own, the second with none (its only findings are its close's)."""
+    with Session(engine) as session, session.begin():
+        runs = [_started(session, keyring, {"scope": {"entity_type": "industry"}}) for _ in range(2)]
+        chunks = [session.get(AuditChunk, pending_chunks(session, run.id)[0]) for run in runs]
+        for n in range(count):
+            written_by_plant(session, runs[0], chunks[0], keyring, [FindingRow(None, None, None, "rule-warning", f"run-level {n}")])
+            session.execute(text("SELECT nextval(pg_get_serial_sequence('audit_findings', 'id'))"))  # a gap
+        for run in runs:
+            _steps(session, run, keyring, batch_size=500)
+            summarize_run(session, run_id=run.id, keyring=keyring)
+        return runs[0].id, runs[1].id
+
+
+@pytest.mark.parametrize(("count", "page"), [(0, 2), (4, 2), (4, 5), (5, 1)])
+def test_finished_runs_with_gapped_run_level_or_no_findings_export_as_built_whole(
+        client, engine, keyring, seeded, monkeypatch, count, page) -> None:
+    from models.audit_tables import AuditRun
+    from models.reports import findings_csv, finished_report_payload
+    from tests.test_paged_exports import _old_csv, _old_payload
+
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", page)
+    for run_id in _two_interleaved_runs(engine, keyring, count):
+        with Session(engine) as session:
+            assert finished_report_payload(session, session.get(AuditRun, run_id), keyring) == _old_payload(session, run_id, keyring)
+            assert findings_csv(session, run_id=run_id, keyring=keyring) == _old_csv(session, run_id)
+        as_csv = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"})
+        with Session(engine) as session:
+            assert as_csv.status_code == 200 and as_csv.get_data(as_text=True) == _old_csv(session, run_id)
+
+
+def test_a_running_run_s_csv_holds_no_second_connection_while_it_is_sent(client, app, engine, keyring, seeded) -> None:
+    """A running run's CSV is written whole in the view (which of its findings no checkpoint
+    covers needs them all): its stream reads nothing, so it takes no pooled connection (it
+    took one for the length of the download, and waited for one, up to the pool's timeout,
+    with the 200 already sent)."""
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
+        written_by_plant(session, run, chunk, keyring, [FindingRow(None, None, None, "rule-warning", "so far")])
+        run_id = run.id
+    before = _checked_out(app)
+    response = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}, buffered=False)
+    assert response.status_code == 200
+    parts = iter(response.response)
+    assert "so far" in next(parts).decode()
+    assert _checked_out(app) == before
+    response.close()
+
+
+def test_a_csv_cut_short_after_its_200_is_logged_with_its_request_id(client, engine, keyring, seeded, monkeypatch, caplog) -> None:
+    """The request's log line says 200 before the rows are sent: a page found changed since the
+    check (past the table's triggers) ends the download, and Plant logs why, under the
+    request's id, rather than leaving only the server's traceback, which names no request."""
+    import logging
+
+    from models.audit_record import AuditRecordInvalid
+    from tests.test_audit import lift_guard
+
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 2)
+    run_id = _finished_run(engine, keyring, 5)
+    response = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}, buffered=False)
+    assert response.status_code == 200
+    parts = iter(response.response)
+    next(parts)
+    with Session(engine) as other, other.begin():
+        lift_guard(other, "UPDATE audit_findings SET detail = 'rewritten' WHERE id = "
+                   "(SELECT max(id) FROM audit_findings WHERE run_id = :run)", table="audit_findings", run=run_id)
+    with caplog.at_level(logging.ERROR), pytest.raises(AuditRecordInvalid):
+        list(parts)
+    response.close()
+    [record] = [r for r in caplog.records if str(run_id) in r.getMessage()]
+    assert record.levelno == logging.ERROR and "audit-record-invalid" in record.getMessage()
+    assert getattr(record, "request_id", None) == response.headers["X-Request-ID"]
