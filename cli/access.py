@@ -189,8 +189,9 @@ def seal(as_json: bool) -> None:
         for warning in unverified:  # junk in append-only tables: the operator should know it is there
             click.echo(f"warning: {warning}", err=True)
     if as_json:
-        print_json({"sealed": [{"kid": s.kid, "digest_id": s.digest_id, "heads_root": s.heads_root, "as_of": s.as_of,
-                                "signatures_listed": s.signed_count} for s in seals], "restart_required": bool(seals)})
+        print_json({"sealed": [{"kid": s.kid, "digest_id": s.digest_id, "heads_root": s.heads_root,
+                                "tombstones_root": s.tombstones_root, "as_of": s.as_of, "signatures_listed": s.signed_count}
+                               for s in seals], "restart_required": bool(seals)})
         return
     if not seals:
         click.echo("every retired key is sealed already")

@@ -319,6 +319,7 @@ def test_plant_signing_keys_seal_writes_seal_files_the_keyring_loads(key_setting
     assert written["digest_id"] == sealed["digest_id"] and "deleted" not in written  # the tombstones' root instead
     with one_off_sessions(settings) as sessions, transaction(sessions) as session:
         tombstones_root = session.get(LedgerDigest, sealed["digest_id"]).document["tombstones_root"]
+    assert sealed["tombstones_root"] == tombstones_root == written["tombstones_root"]  # both roots the seal names
     ring = keyring_from_settings(key_settings)
     signature_hash = signature_sha256(b64url_decode(jws.split(".")[2]))
     root = seal_list_root([signature_hash])
