@@ -169,3 +169,32 @@ def test_a_csv_cut_short_after_its_200_is_logged_with_its_request_id(client, eng
     [record] = [r for r in caplog.records if str(run_id) in r.getMessage()]
     assert record.levelno == logging.ERROR and "audit-record-invalid" in record.getMessage()
     assert getattr(record, "request_id", None) == response.headers["X-Request-ID"]
+
+
+def test_a_seal_that_finds_the_ledger_busy_seals_nothing_and_can_be_run_again(key_settings, settings, clean_db, engine, monkeypatch) -> None:
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    import models.ledger as ledger
+    from cli.main import cli
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setattr(ledger, "DIGEST_WAIT_SECONDS", 0.05)
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["signing-keys", *args, "--json"], catch_exceptions=False)
+
+    old_kid = json.loads(invoke("rotate").stdout)["old_kid"]
+    seal_file = Path(key_settings.retired_signing_keys_path) / f"{old_kid}.seal.json"
+    with engine.connect() as writer:  # a version write in flight throughout
+        writer.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ledger.VERSIONS_LOCK})
+        busy = invoke("seal")
+        writer.rollback()
+    assert busy.exit_code != 0 and "retry the digest shortly" in busy.output, busy.output
+    assert not seal_file.exists()
+    with Session(engine) as session:
+        assert session.scalar(text("SELECT count(*) FROM ledger_digests")) == 0
+    [sealed] = json.loads(invoke("seal").stdout)["sealed"]
+    assert sealed["kid"] == old_kid and seal_file.exists()
