@@ -198,3 +198,34 @@ def test_a_seal_that_finds_the_ledger_busy_seals_nothing_and_can_be_run_again(ke
         assert session.scalar(text("SELECT count(*) FROM ledger_digests")) == 0
     [sealed] = json.loads(invoke("seal").stdout)["sealed"]
     assert sealed["kid"] == old_kid and seal_file.exists()
+
+
+@pytest.mark.parametrize("members", [{"tombstones_root": 5}, {"tombstones_root": None, "deleted": None},
+                                     {"tombstones_root": "ab" * 32, "deleted": [{"entity_id": "x", "head": "y"}]}])
+def test_a_seal_file_with_a_malformed_tombstones_root_is_refused_at_load(tmp_path, members) -> None:
+    import json
+
+    from models.errors import SigningKeyError
+    from models.keys import load_seal
+
+    path = tmp_path / "k1.seal.json"
+    path.write_text(json.dumps({"kid": "k1", "digest_id": 1, "heads_root": "00" * 32, "as_of": "2026-01-01T00:00:00Z", **members}))
+    with pytest.raises(SigningKeyError):
+        load_seal(path)
+
+
+def test_a_seal_naming_another_tombstones_root_holds_nothing_and_is_reported(db_session) -> None:
+    from dataclasses import replace
+
+    import models.chain as chain
+    from models.chain import SEALED_CODE
+    from models.key_seals import seal_problems
+    from models.signing import KeyRing
+
+    world, gone, _, sealed = _tombstoned_world(db_session)
+    [seal] = sealed.seals
+    wrong = KeyRing(sealed.active, sealed.retired, (replace(seal, tombstones_root=seal.tombstones_root.upper()),))
+    chain._sealed_leaves.clear()
+    assert {industry.id for industry in gone} <= {entity for entity, _ in world.codes(wrong)[SEALED_CODE]}
+    assert "root differs" in seal_problems(db_session, wrong)[0]
+    chain._sealed_leaves.clear()
