@@ -229,3 +229,24 @@ def test_a_seal_naming_another_tombstones_root_holds_nothing_and_is_reported(db_
     assert {industry.id for industry in gone} <= {entity for entity, _ in world.codes(wrong)[SEALED_CODE]}
     assert "root differs" in seal_problems(db_session, wrong)[0]
     chain._sealed_leaves.clear()
+
+
+def test_a_run_finished_before_0015_exports_as_built_whole(db_session, keyring, monkeypatch) -> None:
+    """No close to check: the pages are not hashed for one, and the report lists the repairs of
+    its scope (its record names none); the bytes are still those the whole report made."""
+    from models.audit_tables import AuditRun
+    from models.reports import findings_csv, finished_report_payload
+    from tests.test_audit import lift_guard
+    from tests.test_paged_exports import _old_csv, _old_payload
+
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 2)
+    run = _started(db_session, keyring, {"scope": {"entity_type": "industry"}})
+    chunk = db_session.get(AuditChunk, pending_chunks(db_session, run.id)[0])
+    written_by_plant(db_session, run, chunk, keyring, [FindingRow(None, None, None, "rule-warning", f"old {n}") for n in range(5)])
+    _steps(db_session, run, keyring, batch_size=500)
+    summarize_run(db_session, run_id=run.id, keyring=keyring)
+    lift_guard(db_session, "UPDATE audit_runs SET close_signed = NULL, plan_signed = NULL WHERE id = :run",
+               table="audit_runs", run=run.id)
+    lift_guard(db_session, "INSERT INTO audit_runs_unsigned (run_id) VALUES (:run)", table="audit_runs_unsigned", run=run.id)
+    assert finished_report_payload(db_session, db_session.get(AuditRun, run.id), keyring) == _old_payload(db_session, run.id, keyring)
+    assert findings_csv(db_session, run_id=run.id, keyring=keyring) == _old_csv(db_session, run.id)
