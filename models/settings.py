@@ -144,6 +144,10 @@ class Settings(BaseSettings):
 
     # Health.
     health_timeout_seconds: float = Field(default=1.0, gt=0)
+    broker_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="how long a worker or beat waits for one reply from Redis, and how often kombu checks their "
+                    "long-lived connections (tasks/celery_app.py::create_celery)")
 
     # Logs and metrics.
     log_format: Literal["json", "console"] = Field(default="json", description="`make dev` uses console")

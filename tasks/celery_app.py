@@ -55,25 +55,24 @@ DELIVERY: dict[str, bool] = {
 # bounds a connect by the same value.
 # The API only publishes and asks the workers (/health): 2 s.
 API_BROKER_SOCKET_TIMEOUT_SECONDS = 2.0
-# Workers and beat: their event-loop commands (heartbeats and task events, acks, kombu's unacked
-# sweep) and beat's publishes. Far above any reply a healthy Redis gives, a fork's stall included,
-# well below what would let a worker sit silent: it then reconnects within about twice this.
-WORKER_BROKER_SOCKET_TIMEOUT_SECONDS = 10.0
-# kombu's checks of a worker's long-lived connections, once an interval: a BRPOP whose reply is
-# overdue by its 1 s poll plus this, or a subscription that missed two PINGs, is dropped and
-# made again. kombu's default, 25 s, let a frozen connection stop a worker consuming for up to
-# 51 s; 10 s bounds it at 21 s. redis-py also PINGs a pooled connection idle this long before
-# using it.
-WORKER_BROKER_HEALTH_CHECK_SECONDS = 10
 
 
-def create_celery(settings: Settings, *, socket_timeout: float = WORKER_BROKER_SOCKET_TIMEOUT_SECONDS) -> Celery:
-    """``socket_timeout``: how long one read from the broker may wait."""
+def create_celery(settings: Settings, *, socket_timeout: float | None = None) -> Celery:
+    """``socket_timeout``: how long one read from the broker may wait; by default
+    ``PLANT_BROKER_READ_TIMEOUT_SECONDS`` (10 s), for workers and beat: their event-loop
+    commands (heartbeats and task events, acks, kombu's unacked sweep) and beat's publishes.
+    Far above any reply a healthy Redis gives, a fork's stall included, well below what would
+    let a worker sit silent: it then reconnects within about twice this. The same value is
+    the interval of kombu's checks of a worker's long-lived connections: a BRPOP whose reply
+    is overdue by its 1 s poll plus this, or a subscription that missed two PINGs, is dropped
+    and made again (kombu's default, 25 s, let a frozen connection stop a worker consuming for
+    up to 51 s; 10 s bounds it at 21 s); redis-py also PINGs a pooled connection idle this
+    long before using it."""
     app = Celery("plant", broker=settings.redis_url, include=TASK_MODULES)
     transport_options: dict[str, float] = {
         "visibility_timeout": settings.job_hard_time_limit + 300,
-        "socket_timeout": socket_timeout,
-        "health_check_interval": WORKER_BROKER_HEALTH_CHECK_SECONDS,
+        "socket_timeout": socket_timeout or settings.broker_read_timeout_seconds,
+        "health_check_interval": settings.broker_read_timeout_seconds,
     }
     app.conf.update(
         task_serializer="json",

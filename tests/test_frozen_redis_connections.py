@@ -1,7 +1,7 @@
 """A Redis that takes a worker's or beat's connections and stops answering without closing them
 (paused, a network dropping their packets, a NAT that forgot them) no longer holds the process
-for good: each read from the broker waits ``tasks.celery_app.WORKER_BROKER_SOCKET_TIMEOUT_SECONDS``
-at most, and the process carries on over fresh connections.
+for good: each read from the broker waits ``PLANT_BROKER_READ_TIMEOUT_SECONDS`` at most (2 s
+here, 10 s by default), and the process carries on over fresh connections.
 
 The processes reach Redis through a :class:`tests.socket_forward.Forwarder`; ``freeze()`` stops
 every connection open at that moment for good (nothing passes, nothing is closed) while new
@@ -18,8 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from tasks.celery_app import WORKER_BROKER_SOCKET_TIMEOUT_SECONDS as READ_TIMEOUT
-from tasks.celery_app import WORKER_BROKER_HEALTH_CHECK_SECONDS as HEALTH_CHECK
 from tests.conftest import wait_for
 from tests.socket_forward import Forwarder
 from tests.stack import ChaosStack
@@ -28,6 +26,10 @@ from web import create_app
 pytestmark = pytest.mark.e2e
 SLEEP = "/api/v1/diagnostics/sleep"
 DB = 7
+# PLANT_BROKER_READ_TIMEOUT_SECONDS for the processes here: kombu's checks of their long-lived
+# connections run at the same interval. Shorter than the default (10 s), so the test is quick.
+READ_TIMEOUT = HEALTH_CHECK = 2.0
+FAST_BROKER = {"PLANT_BROKER_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)}
 # kombu drops a BRPOP connection whose reply is overdue by its poll (1 s) plus the health-check
 # interval, checking once an interval; a read of a frozen connection gives up after READ_TIMEOUT;
 # what is left is reconnecting and the recovery sweep republishing the message the frozen BRPOP
@@ -72,7 +74,7 @@ def test_a_worker_whose_redis_connections_freeze_goes_on_consuming(settings, adm
     frozen BRPOP never got a turn. Before the freeze, jobs longer than the read timeout with the
     worker's every slot busy (its BRPOP paused, its subscription idle) run and are acked without
     a reconnection: the timeout bounds only replies, not idle waits."""
-    worker = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port))
+    worker = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port), **FAST_BROKER)
     recovery = ChaosStack(settings, tmp_path / "beat", redis_url=direct_url)  # beat, straight to Redis
     recovery.log_dir.mkdir()
     client = create_app(recovery.settings).test_client()
@@ -109,7 +111,7 @@ def test_beat_whose_redis_connections_freeze_goes_on_publishing(settings, tmp_pa
     """Without a read timeout beat's next publish waited for good for the reply to its LPUSH: no
     recovery sweep and no scheduled audit was sent again. Beat sends the recovery sweep every
     0.5 s here; nothing consumes the maintenance queue, so its length counts what got through."""
-    beat = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port))
+    beat = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port), **FAST_BROKER)
     with redis.Redis.from_url(direct_url) as redis_client:
         try:
             beat.start_beat()
