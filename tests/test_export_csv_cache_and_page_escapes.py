@@ -140,7 +140,7 @@ def test_a_saved_report_page_keeps_its_content_security_policy(client, engine, k
 
 def test_the_report_of_a_run_with_many_findings_is_built_within_the_idle_transaction_limit(
         settings, admin_key, engine, keyring, seeded) -> None:
-    """Scaled down: 20,000 findings against a 1 s limit stand for many more against the default
+    """Scaled down: 10,000 findings against a 0.1 s limit stand for many more against the default
     60 s. A report was built, hashed and signed in Python inside the request's read transaction,
     which then wrote the record of its signature: past the limit the server ended the session
     and the export failed (100,000 findings took 16 s). Each export, running or finished, JSON,
@@ -154,14 +154,14 @@ def test_the_report_of_a_run_with_many_findings_is_built_within_the_idle_transac
     from tests.test_audit_record_signed import written_by_plant
     from web import create_app
 
-    many = 20_000
+    many = 10_000
     with Session(engine) as session, session.begin():
         run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
         chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
         written_by_plant(session, run, chunk, keyring, [
             FindingRow(None, None, None, "rule-warning", f"finding {n} of many") for n in range(many)])
         run_id = run.id
-    client = create_app(settings.model_copy(update={"db_idle_in_transaction_timeout_ms": 1000})).test_client()
+    client = create_app(settings.model_copy(update={"db_idle_in_transaction_timeout_ms": 100})).test_client()
     client.environ_base.update(bearer(admin_key))
 
     def exported(fmt: str) -> bytes:
