@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -164,11 +165,10 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_file(db_sess
     assert world.codes(sealed)[SEALED_CODE] == [(gone.id, 3)]
 
 
-def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tombstones(db_session) -> None:
-    """A seal listed every soft-deleted entity's head in its file, some 125 bytes each: past
-    about 500 a seal no longer fit a Secret Manager version (64 KiB), where a Cloud Run
-    deployment ships it. It names the root of its digest's tombstones instead, whose rows
-    are checked against it like the leaves: a tombstone rewritten through SQL holds nothing."""
+def tombstoned_world(db_session: Any) -> tuple[Rotated, list[Any], Any, KeyRing]:
+    """A registry with three industries soft-deleted honestly before a seal that names its
+    digest's tombstone root (as ``plant signing-keys seal`` writes it): (the world, the three,
+    the seal's digest, the ring holding the seal)."""
     import datetime as dt
 
     world = Rotated.__new__(Rotated)
@@ -182,7 +182,15 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tom
     digest = store_digest(db_session, keyring=rotated)
     seal = KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"],
                    tombstones_root=digest.document["tombstones_root"])
-    sealed = KeyRing(world.new, (world.old.verifier(),), (seal,))
+    return world, gone, digest, KeyRing(world.new, (world.old.verifier(),), (seal,))
+
+
+def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tombstones(db_session) -> None:
+    """A seal listed every soft-deleted entity's head in its file, some 125 bytes each: past
+    about 500 a seal no longer fit a Secret Manager version (64 KiB), where a Cloud Run
+    deployment ships it. It names the root of its digest's tombstones instead, whose rows
+    are checked against it like the leaves: a tombstone rewritten through SQL holds nothing."""
+    world, gone, digest, sealed = tombstoned_world(db_session)
     assert SEALED_CODE not in world.codes(sealed)
     world.edit(gone[0], world.leaked, name="Gone, forged back")  # version 3, with the leaked key
     assert world.codes(sealed)[SEALED_CODE] == [(gone[0].id, 3)]

@@ -163,20 +163,25 @@ def _peak(work: Any) -> int:
         tracemalloc.stop()
 
 
+def finished_run(engine: Any, keyring: Any, findings: list[FindingRow]) -> uuid.UUID:
+    """A run over the industries holding ``findings``, written and signed by a batch as Plant
+    writes them, then closed by Plant; committed."""
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
+        written_by_plant(session, run, chunk, keyring, findings)
+        _steps(session, run, keyring, batch_size=500)
+        summarize_run(session, run_id=run.id, keyring=keyring)
+        return run.id
+
+
 def test_a_finished_run_s_exports_hold_a_page_of_findings_not_all_of_them(engine, keyring, seeded, monkeypatch) -> None:
     """Peak Python memory (tracemalloc) of the new exports against the old algorithm's, in the
     same test: a ratio, not a threshold of bytes or time. 5,000 findings in pages of 250 stand
     for many more in pages of 1,000 (20,000: docs/benchmarks.md)."""
     monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 250)
-    many = 5_000
-    with Session(engine) as session, session.begin():
-        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
-        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
-        written_by_plant(session, run, chunk, keyring, [
-            FindingRow("industry", uuid.uuid4(), 1, "rule-warning", f"finding {n} of many, caf\u00e9") for n in range(many)])
-        _steps(session, run, keyring, batch_size=500)
-        summarize_run(session, run_id=run.id, keyring=keyring)
-        run_id = run.id
+    run_id = finished_run(engine, keyring, [
+        FindingRow("industry", uuid.uuid4(), 1, "rule-warning", f"finding {n} of many, caf\u00e9") for n in range(5_000)])
     with Session(engine) as session:
         run = session.get(AuditRun, run_id)
         old_json = _peak(lambda: _old_payload(session, run_id, keyring))

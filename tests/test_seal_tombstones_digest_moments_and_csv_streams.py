@@ -15,19 +15,14 @@ from models.audit import FindingRow
 from models.audit_runs import pending_chunks, summarize_run
 from models.audit_tables import AuditChunk
 from tests.test_audit_record_signed import _started, _steps, written_by_plant
+from tests.test_key_seals import tombstoned_world
+from tests.test_paged_exports import finished_run
 
 API = "/api/v1"
 
 
-def _finished_run(engine: Any, keyring: Any, count: int) -> uuid.UUID:
-    with Session(engine) as session, session.begin():
-        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
-        chunk = session.get(AuditChunk, pending_chunks(session, run.id)[0])
-        written_by_plant(session, run, chunk, keyring, [
-            FindingRow("industry", uuid.uuid4(), 1, "rule-warning", f"finding {n}") for n in range(count)])
-        _steps(session, run, keyring, batch_size=500)
-        summarize_run(session, run_id=run.id, keyring=keyring)
-        return run.id
+def _findings(count: int) -> list[FindingRow]:
+    return [FindingRow("industry", uuid.uuid4(), 1, "rule-warning", f"finding {n}") for n in range(count)]
 
 
 def _checked_out(app: Any) -> int:
@@ -38,7 +33,7 @@ def _checked_out(app: Any) -> int:
 
 def test_a_csv_download_closed_mid_stream_gives_its_connection_back(client, app, engine, keyring, seeded, monkeypatch) -> None:
     monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 2)
-    run_id = _finished_run(engine, keyring, 9)
+    run_id = finished_run(engine, keyring, _findings(9))
     before = _checked_out(app)
     response = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}, buffered=False)
     assert response.status_code == 200
@@ -49,37 +44,13 @@ def test_a_csv_download_closed_mid_stream_gives_its_connection_back(client, app,
     assert _checked_out(app) == before
 
 
-def _tombstoned_world(db_session: Any) -> tuple[Any, list, Any, Any]:
-    """A registry with three industries soft-deleted honestly before a seal that names its
-    digest's tombstone root (as ``plant signing-keys seal`` now writes it)."""
-    import datetime as dt
-
-    from models.ledger import store_digest
-    from models.seed import bootstrap_steward
-    from models.signing import KeyRing, KeySeal, generate_ed25519
-    from tests.test_key_seals import E, Rotated
-
-    world = Rotated.__new__(Rotated)
-    world.session, world.old, world.new = db_session, generate_ed25519(), generate_ed25519()
-    world.leaked = KeyRing(world.old)
-    world.gov = {"governance_agent_id": bootstrap_steward(db_session, world.ctx(world.leaked))}
-    gone = [world.make(E.INDUSTRY, name=f"Gone Industry {n}", code=f"GN{n}") for n in range(3)]
-    for industry in gone:
-        world.edit(industry, world.leaked, deleted_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    rotated = KeyRing(world.new, (world.old.verifier(),))
-    digest = store_digest(db_session, keyring=rotated)
-    seal = KeySeal(world.old.kid, digest.id, bytes(digest.heads_root).hex(), digest.document["as_of"],
-                   tombstones_root=digest.document["tombstones_root"])
-    return world, gone, digest, KeyRing(world.new, (world.old.verifier(),), (seal,))
-
-
 @pytest.mark.parametrize("change", ["removed", "added"])
 def test_a_seal_s_tombstone_rows_removed_or_added_hold_nothing(db_session, change) -> None:
     import models.chain as chain
     from models.chain import SEALED_CODE
     from tests.test_audit import lift_guard
 
-    world, gone, digest, sealed = _tombstoned_world(db_session)
+    world, gone, digest, sealed = tombstoned_world(db_session)
     assert SEALED_CODE not in world.codes(sealed)
     chain._sealed_leaves.clear()
     if change == "removed":
@@ -155,7 +126,7 @@ def test_a_csv_cut_short_after_its_200_is_logged_with_its_request_id(client, eng
     from tests.test_audit import lift_guard
 
     monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 2)
-    run_id = _finished_run(engine, keyring, 5)
+    run_id = finished_run(engine, keyring, _findings(5))
     response = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "csv"}, buffered=False)
     assert response.status_code == 200
     parts = iter(response.response)
@@ -222,7 +193,7 @@ def test_a_seal_naming_another_tombstones_root_holds_nothing_and_is_reported(db_
     from models.key_seals import seal_problems
     from models.signing import KeyRing
 
-    world, gone, _, sealed = _tombstoned_world(db_session)
+    world, gone, _, sealed = tombstoned_world(db_session)
     [seal] = sealed.seals
     wrong = KeyRing(sealed.active, sealed.retired, (replace(seal, tombstones_root=seal.tombstones_root.upper()),))
     chain._sealed_leaves.clear()
