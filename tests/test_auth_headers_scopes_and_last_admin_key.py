@@ -140,6 +140,7 @@ def test_the_bearer_scheme_in_any_case_and_spaces_before_the_key_are_read_as_rfc
     ([("Authorization", "Bearer   ")], {}, "no key", "invalid_request"),
     ([], {"access_token": "{key}"}, "never from the query string", "invalid_request"),
     ([("Authorization", "Bearer {key}")], {"api_key": "{key}"}, "never from the query string", "invalid_request"),
+    ([("Authorization", "Bearer {key}")], {"API_Key": "{key}"}, "never from the query string", "invalid_request"),
     ([], {}, "send an API key", None),
     ([("Authorization", "Bearer plant_not-a-key")], {}, "unknown or revoked", "invalid_token"),
 ])

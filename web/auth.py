@@ -75,7 +75,7 @@ def presented_key(authorization: str | None, query_names: Iterable[str]) -> str 
     token68), never hashed and looked up as a key. A key in the query string is refused even
     beside a good header: a URL is logged by proxies and kept in histories, so the client
     must stop sending it there (and its key should be revoked)."""
-    if offered := sorted(KEY_QUERY_PARAMETERS.intersection(query_names)):
+    if offered := sorted(name for name in query_names if name.lower() in KEY_QUERY_PARAMETERS):  # ?API_KEY= too
         return KeyNotRead(f"an API key is taken only from the Authorization header, never from the query string "
                           f"(a URL is logged and kept in histories; revoke a key sent in one): remove "
                           f"{', '.join(offered)} and {SEND_A_KEY}")
