@@ -32,22 +32,22 @@ def header(description: str, schema: Mapping[str, Any] = STRING) -> dict[str, An
     return {"description": description, "schema": dict(schema)}
 
 
-IDEMPOTENCY_KEY = _parameter(
-    "Idempotency-Key",
-    "Makes the submission safe to retry. The same key with the same payload returns the job it started "
-    "(202, `Idempotent-Replayed: true`), with a different payload it is 422 `idempotency-key-reused`; "
-    "concurrent duplicates start one job (one that finds the key expired and claimed again meanwhile is 409 "
-    "`conflict`: retry it). Keys are per API key and remembered for "
-    "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
-    {"type": "string", "minLength": 1, "maxLength": 255})
-ENTITY_IDEMPOTENCY_KEY = _parameter(
-    "Idempotency-Key",
-    "Makes the create safe to retry. The same key with the same body returns the entity it created, as it is "
-    "now (201, `Idempotent-Replayed: true`), with a different body it is 422 `idempotency-key-reused`; "
-    "concurrent duplicates create one entity (one that finds the key expired and claimed again meanwhile is "
-    "409 `conflict`: retry it). Keys are per API key, shared with job submissions, and remembered for "
-    "PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
-    {"type": "string", "minLength": 1, "maxLength": 255})
+def _idempotency_key(act: str, same: str, returns: str, duplicates: str, keys: str = "") -> dict[str, Any]:
+    """``Idempotency-Key`` as an operation that honours it reads it (web.idempotency_http)."""
+    return _parameter(
+        "Idempotency-Key",
+        f"Makes the {act} safe to retry. The same key with the same {same} returns {returns}, with a different "
+        f"{same} it is 422 `idempotency-key-reused`; concurrent duplicates {duplicates} (one that finds the key "
+        f"expired and claimed again meanwhile is 409 `conflict`: retry it). Keys are per API key{keys} and "
+        "remembered for PLANT_IDEMPOTENCY_TTL_SECONDS (a day by default). 1 to 255 printable characters, else 422.",
+        {"type": "string", "minLength": 1, "maxLength": 255})
+
+
+IDEMPOTENCY_KEY = _idempotency_key("submission", "payload", "the job it started (202, `Idempotent-Replayed: true`)",
+                                   "start one job")
+ENTITY_IDEMPOTENCY_KEY = _idempotency_key(
+    "create", "body", "the entity it created, as it is now (201, `Idempotent-Replayed: true`)", "create one entity",
+    ", shared with job submissions,")
 IF_MATCH = _parameter(
     "If-Match",
     "Apply the change only if the entity is at a version this names, else 409 `precondition-failed` "
@@ -67,10 +67,17 @@ ENTITY_ETAG = header("`\"<version>\"`; a team's is `\"<version>.<members>\"` (16
 JOB_LOCATION = header("the job's URL, `/api/v1/jobs/{id}`: poll it (`?wait=N` long-polls)")
 ENTITY_LOCATION = header("the created entity's URL")
 JOB_RETRY_AFTER = header("seconds to wait before polling the job (PLANT_RETRY_AFTER_SECONDS)", {"type": "integer"})
-IDEMPOTENT_REPLAYED = header("`true` when an Idempotency-Key named a job already started: this is that job, "
-                             "and nothing new was started; absent otherwise", {"type": "string", "enum": ["true"]})
-ENTITY_REPLAYED = header("`true` when an Idempotency-Key named an entity already created: this is that entity, "
-                         "and nothing new was created; absent otherwise", {"type": "string", "enum": ["true"]})
+
+
+def _replayed(named: str, made: str) -> dict[str, Any]:
+    """``Idempotent-Replayed`` on the answer of an operation that honours ``Idempotency-Key``."""
+    thing = named.split()[-1]
+    return header(f"`true` when an Idempotency-Key named {named} already {made}: this is that {thing}, and nothing "
+                  f"new was {made}; absent otherwise", {"type": "string", "enum": ["true"]})
+
+
+IDEMPOTENT_REPLAYED = _replayed("a job", "started")
+ENTITY_REPLAYED = _replayed("an entity", "created")
 WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`, with RFC 6750's `error=\"invalid_request\"` (no key could be "
                           "read: two headers, no key after Bearer, a key in the query string), `error=\"invalid_token\"` "
                           "(unknown, revoked or expired), or no error for another scheme or none (RFC 6750 §3.1): send an API key as `Authorization: Bearer <key>`")
