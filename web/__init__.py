@@ -21,7 +21,7 @@ from web.api.diagnostics import diagnostics_api
 from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
-from web.auth import SECURITY_SCHEMES, init_auth
+from web.auth import PROTECTED_PREFIX, SECURITY_SCHEMES, init_auth
 from web.health import health_api
 from web.idempotency_http import refusing_unhonoured_idempotency_keys
 from web.metrics import init_observability
@@ -50,7 +50,6 @@ API_DESCRIPTION = (
     "Governed agent-manufacturing platform API. `Idempotency-Key` is honoured by the operations that name it "
     "(job submissions and registry creates); any other operation that changes something refuses it, 422 "
     "`invalid-input` naming the header, rather than ignore it.")
-API_PREFIX = "/api/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # the methods whose bodies routes read
 
 
@@ -74,7 +73,7 @@ def refuse_repeated_query_parameters() -> Response | None:
     filter had been one value: which did the client mean? (a repeated JSON member is refused
     the same way). No query model takes a list. A request no route takes (a path or a method
     none has) is left to its 404 or 405: its query is not what is wrong with it."""
-    if not request.path.startswith(API_PREFIX) or request.routing_exception is not None:
+    if not request.path.startswith(PROTECTED_PREFIX) or request.routing_exception is not None:
         return None
     repeated = [name for name, values in request.args.lists() if len(values) > 1]
     if not repeated:
