@@ -115,6 +115,8 @@ def test_a_key_one_scope_short_gets_403_problem_on_every_route_and_changes_nothi
         assert response.status_code == 403, (method, rule, response.status_code, response.get_data(as_text=True))
         assert response.mimetype == PROBLEM and response.get_json()["type"] == "/problems/forbidden"
         assert f"'{scope}'" in response.get_json()["detail"]
+        # RFC 6750 §3.1: the challenge tells a key short of a scope from one not taken at all.
+        assert response.headers["WWW-Authenticate"] == f'Bearer realm="plant", error="insufficient_scope", scope="{scope}"'
     assert _database_state(engine) == before
     assert _broker_state(redis_client) == queued
     assert _as(app, victim["key"]).get(f"{API}/rules").status_code == 200  # not revoked

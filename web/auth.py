@@ -2,7 +2,8 @@
 
 ``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
 (POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
-or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403.
+or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403 with
+``WWW-Authenticate: Bearer error="insufficient_scope", scope="<scope>"``.
 A key past its expiry is 401 saying when it expired. A key is read from one
 ``Authorization: Bearer <key>`` header only (:func:`presented_key`): a key offered in the query
 string, two Authorization headers, another scheme or a value with spaces or commas in the key
@@ -46,11 +47,25 @@ def required_scope(method: str, path: str) -> str:
 # RFC 6750 §3.1's error codes, in WWW-Authenticate: a request Plant cannot read a key from,
 # and a key it read but does not take (unknown, revoked, expired).
 INVALID_REQUEST, INVALID_TOKEN = "invalid_request", "invalid_token"
+INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
+def _challenge(error: str | None = None, scope: str | None = None) -> str:
+    return ('Bearer realm="plant"' + (f', error="{error}"' if error else "")
+            + (f', scope="{scope}"' if scope else ""))
 
 
 def _unauthorized(detail: str, error: str | None = None) -> Response:
     response = problem_response(401, "Unauthorized", detail, type_="/problems/unauthorized")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="plant"' + (f', error="{error}"' if error else "")
+    response.headers["WWW-Authenticate"] = _challenge(error)
+    return response
+
+
+def _forbidden(scope: str) -> Response:
+    """RFC 6750 §3.1: a key that lacks the scope is 403 with ``error="insufficient_scope"`` and
+    the scope the request needs, so a client can tell it from a key that is not taken at all."""
+    response = problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
+    response.headers["WWW-Authenticate"] = _challenge(INSUFFICIENT_SCOPE, scope)
     return response
 
 
@@ -121,7 +136,7 @@ def check_api_key() -> Response | None:
         return _unauthorized("the API key is unknown or revoked", INVALID_TOKEN)
     scope = required_scope(request.method, request.path)
     if not key.grants(scope):
-        return problem_response(403, "Forbidden", f"this key lacks the '{scope}' scope", type_="/problems/forbidden")
+        return _forbidden(scope)
     g.api_key = key
     if key.use_unrecorded:
         _record_use_once_answered(key)

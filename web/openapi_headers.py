@@ -81,6 +81,8 @@ ENTITY_REPLAYED = _replayed("an entity", "created")
 WWW_AUTHENTICATE = header("`Bearer realm=\"plant\"`, with RFC 6750's `error=\"invalid_request\"` (no key could be "
                           "read: two headers, no key after Bearer, a key in the query string), `error=\"invalid_token\"` "
                           "(unknown, revoked or expired), or no error for another scheme or none (RFC 6750 §3.1): send an API key as `Authorization: Bearer <key>`")
+INSUFFICIENT_SCOPE_CHALLENGE = header("`Bearer realm=\"plant\", error=\"insufficient_scope\", scope=\"<scope>\"`, the "
+                                      "scope this request needs and the key lacks (RFC 6750 §3.1)")
 UNAVAILABLE_RETRY_AFTER = header(
     "seconds after which the condition is expected to have passed: the database unreachable, timed out or "
     "out of free connections (5), a ledger digest finding no quiet moment (5), or every digest slot taken "

@@ -15,7 +15,7 @@ from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
 from models.errors import PROBLEM_MEMBERS
 from models.jobs import JobRecord, JobStatus
-from web.openapi_headers import UNAVAILABLE_RETRY_AFTER, WWW_AUTHENTICATE
+from web.openapi_headers import INSUFFICIENT_SCOPE_CHALLENGE, UNAVAILABLE_RETRY_AFTER, WWW_AUTHENTICATE
 
 
 class Progress(BaseModel):
@@ -100,6 +100,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 # The headers a problem of this status carries on every route that can answer it (web.auth, web.problems).
 PROBLEM_HEADERS: dict[int, dict[str, Any]] = {401: {"WWW-Authenticate": WWW_AUTHENTICATE},
+                                              403: {"WWW-Authenticate": INSUFFICIENT_SCOPE_CHALLENGE},
                                               503: {"Retry-After": UNAVAILABLE_RETRY_AFTER}}
 
 
