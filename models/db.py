@@ -101,6 +101,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None, max_overflo
         max_overflow=settings.db_pool_size if max_overflow is None else max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
+        # A failed statement's message names the statement, not its values: that message is
+        # logged (500s, job failures, retries) and the values are keys' hashes and content.
+        hide_parameters=True,
         connect_args={"connect_timeout": 5, "options": server_options(settings), **TCP_KEEPALIVES},
     )
     ping_idle_connections(engine, after_seconds=settings.db_ping_after_idle_seconds)
