@@ -9,7 +9,9 @@ signed by a key the JWK Set names as upcoming (trusted, but signing nothing unti
 retired and not sealed (trusted, though nothing dates what it signs). A report
 of a run not finished (no summary) verifies too, and is said to be NOT FINAL. Each
 repair record a report lists is checked too, by its own signature, the same way: one that
-does not verify is named, and the report does not verify. A document that does not verify
+does not verify is named, and the report does not verify. ``--run`` pins the run a report
+must be of, and ``--csv`` checks an (unsigned) CSV export against the verified report
+(:mod:`models.report_csv`); either mismatch does not verify. A document that does not verify
 exits 4; anything that stops the check from running at all (no server, an unreadable key
 file) exits 1.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import stat
+import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +35,8 @@ from models.errors import PlantError
 from models.jws import published_as_retired, published_as_upcoming, seal_lists, sealed_at, signed_after_its_seal
 from models.keys import replace_file
 from models.ledger_digest import digest_problem
-from models.reports import repairs_not_verified, verify_report_document
+from models.report_csv import csv_problem
+from models.reports import CSV_COLUMNS, repairs_not_verified, verify_report_document
 
 REPORT_FORMATS = ("json", "csv", "html")
 jwks_option = click.option(
@@ -111,16 +115,23 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 @report.command("verify")
 @click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @jwks_option
+@click.option("--run", "expected_run", type=click.UUID,
+              help="The run the report must be of: a valid report of another run exits 4.")
+@click.option("--csv", "csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A CSV export to check against the report: it must hold exactly the report's findings, in order.")
 @json_option
-def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool) -> None:
-    """Check a saved JSON report's signature, and each repair record's it lists; exit 4 if one does not verify."""
+def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: uuid.UUID | None,
+                       csv_file: Path | None, as_json: bool) -> None:
+    """Check a saved JSON report's signature, and each repair record's it lists (and, with --run and --csv,
+    that it is of that run and that a CSV export holds its findings); exit 4 if one does not verify."""
     keys, source = verification_keys(jwks_file)
     document = _read_document(report_file)
     try:
         checked = verify_report_document(document, keys)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
-        _refuse(as_json, source, f"report signature is NOT valid: {exc}")
+        _refuse(as_json, source, f"report signature is NOT valid: {exc}{_csv_hint(document)}")
     verified, report_body = checked.signature, checked.report
+    _check_pinned(report_body, expected_run, csv_file, as_json, source)
     notes = _seal_note(keys, verified.kid, listable=True) | _upcoming_note(keys, verified.kid)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
@@ -135,7 +146,8 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, as_json: bool)
              "final": isinstance(run.get("summary"), dict) and run.get("finished_at") is not None,
              "findings": len(findings) if isinstance(findings, list) else 0,
              "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0,
-             "repairs": repairs, "repairs_not_verified": forged, **notes, **({"error": refusal} if refusal else {})}
+             "repairs": repairs, "repairs_not_verified": forged, **({"csv": str(csv_file)} if csv_file else {}),
+             **notes, **({"error": refusal} if refusal else {})}
     if as_json:
         print_json(facts)
     else:
@@ -155,6 +167,8 @@ def _echo_report_facts(facts: dict[str, Any], source: str) -> None:
     if facts["findings_left_out"]:
         click.echo(f"  {_shown(facts['findings_left_out'])} of them left out of the run's counts: no signature of Plant's over "
                    "the run's record covers them (its audit-record-invalid findings say which)")
+    if "csv" in facts:
+        click.echo(f"CSV export {_shown(facts['csv'])} holds exactly the report's {facts['findings']} finding(s), in order")
     if facts["repairs"]:
         verified = facts["repairs"] - len(facts["repairs_not_verified"])
         click.echo(f"{facts['repairs']} repair record(s) listed, {verified} of them verified by their own signature")
@@ -214,6 +228,28 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {_shown(facts['as_of'])}, "
                f"signed by kid {_shown(facts['kid'])}; {source}")
     _echo_key_notes(notes)
+
+
+def _check_pinned(report_body: dict[str, Any], expected_run: uuid.UUID | None, csv_file: Path | None,
+                  as_json: bool, source: str) -> None:
+    """Refuse (exit 4) a report that verified but is not of ``expected_run``, or a CSV export
+    that does not hold exactly its findings: either way, not the evidence that was asked for."""
+    run = report_body.get("run") if isinstance(report_body.get("run"), dict) else {}
+    if expected_run is not None and run.get("id") != str(expected_run):
+        _refuse(as_json, source, f"the report is signed, but it is the report of run {run.get('id')}, not of run "
+                                 f"{expected_run}")
+    if csv_file is not None:
+        problem = csv_problem(_read_document(csv_file), report_body)
+        if problem is not None:
+            _refuse(as_json, source, f"{csv_file} is NOT the CSV export of this report: {problem}")
+
+
+def _csv_hint(document: bytes) -> str:
+    """For a CSV export given as the report: it carries no signature; the JSON one vouches for it."""
+    if document.startswith(",".join(CSV_COLUMNS).encode()):
+        return (" (this is a CSV export, which is not signed: verify the run's JSON export, and the CSV against it "
+                "with --csv)")
+    return ""
 
 
 def _read_document(path: Path) -> bytes:
