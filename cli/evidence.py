@@ -10,8 +10,9 @@ retired and not sealed (trusted, though nothing dates what it signs). A report
 of a run not finished (no summary) verifies too, and is said to be NOT FINAL. Each
 repair record a report lists is checked too, by its own signature, the same way: one that
 does not verify is named, and the report does not verify. ``--run`` pins the run a report
-must be of, and ``--csv`` checks an (unsigned) CSV export against the verified report
-(:mod:`models.report_csv`); either mismatch does not verify. A document that does not verify
+must be of, ``--final`` refuses one NOT FINAL, and ``--csv`` checks an (unsigned) CSV export
+against the verified report
+(:mod:`models.report_csv`); any mismatch does not verify. A document that does not verify
 exits 4; anything that stops the check from running at all (no server, an unreadable key
 file) exits 1.
 """
@@ -117,13 +118,16 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 @jwks_option
 @click.option("--run", "expected_run", type=click.UUID,
               help="The run the report must be of: a valid report of another run exits 4.")
+@click.option("--final", "require_final", is_flag=True,
+              help="The report must be of a finished run: a valid NOT FINAL one (a running run's snapshot) exits 4.")
 @click.option("--csv", "csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A CSV export to check against the report: it must hold exactly the report's findings, in order.")
 @json_option
 def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: uuid.UUID | None,
-                       csv_file: Path | None, as_json: bool) -> None:
+                       require_final: bool, csv_file: Path | None, as_json: bool) -> None:
     """Check a saved JSON report's signature, and each repair record's it lists (and, with --run and --csv,
-    that it is of that run and that a CSV export holds its findings); exit 4 if one does not verify."""
+    that it is of that run, --final that the run had finished, and --csv that a CSV export holds its findings);
+    exit 4 if one does not verify."""
     keys, source = verification_keys(jwks_file)
     document = _read_document(report_file)
     try:
@@ -131,7 +135,8 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: 
     except (PlantError, ValueError, KeyError, TypeError) as exc:
         _refuse(as_json, source, f"report signature is NOT valid: {exc}{_csv_hint(document)}")
     verified, report_body = checked.signature, checked.report
-    _check_pinned(report_body, expected_run, csv_file, as_json, source)
+    _check_pinned(report_body, expected_run=expected_run, require_final=require_final, csv_file=csv_file,
+                  as_json=as_json, source=source)
     notes = _seal_note(keys, verified.kid, listable=True) | _upcoming_note(keys, verified.kid)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
@@ -143,7 +148,7 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: 
                f"(ids {', '.join(map(str, forged))}): the report's signature vouches only that they were listed") if forged else None
     facts = {"valid": refusal is None, "kid": verified.kid, "alg": verified.alg, "keys": source,
              "run_id": run.get("id"), "status": run.get("status"), "finished_at": run.get("finished_at"),
-             "final": isinstance(run.get("summary"), dict) and run.get("finished_at") is not None,
+             "final": _final(run),
              "findings": len(findings) if isinstance(findings, list) else 0,
              "findings_left_out": left_out.get("count", 0) if isinstance(left_out, dict) else 0,
              "repairs": repairs, "repairs_not_verified": forged, **({"csv": str(csv_file)} if csv_file else {}),
@@ -230,18 +235,27 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     _echo_key_notes(notes)
 
 
-def _check_pinned(report_body: dict[str, Any], expected_run: uuid.UUID | None, csv_file: Path | None,
-                  as_json: bool, source: str) -> None:
-    """Refuse (exit 4) a report that verified but is not of ``expected_run``, or a CSV export
-    that does not hold exactly its findings: either way, not the evidence that was asked for."""
+def _check_pinned(report_body: dict[str, Any], *, expected_run: uuid.UUID | None, require_final: bool,
+                  csv_file: Path | None, as_json: bool, source: str) -> None:
+    """Refuse (exit 4) a report that verified but is not of ``expected_run``, or not final when
+    ``require_final``, or a CSV export that does not hold exactly its findings: not the
+    evidence that was asked for."""
     run = report_body.get("run") if isinstance(report_body.get("run"), dict) else {}
     if expected_run is not None and run.get("id") != str(expected_run):
         _refuse(as_json, source, f"the report is signed, but it is the report of run {run.get('id')}, not of run "
                                  f"{expected_run}")
+    if require_final and not _final(run):
+        _refuse(as_json, source, f"the report is signed, but NOT FINAL: run {run.get('id')} had not finished when it "
+                                 "was exported (its findings are those so far); export it again once the run has finished")
     if csv_file is not None:
         problem = csv_problem(_read_document(csv_file), report_body)
         if problem is not None:
             _refuse(as_json, source, f"{csv_file} is NOT the CSV export of this report: {problem}")
+
+
+def _final(run: dict[str, Any]) -> bool:
+    """Whether a report's run had finished when it was exported: Plant's signed close gave it a summary."""
+    return isinstance(run.get("summary"), dict) and run.get("finished_at") is not None
 
 
 def _csv_hint(document: bytes) -> str:

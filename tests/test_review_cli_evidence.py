@@ -153,3 +153,19 @@ def test_a_csv_given_as_the_report_is_refused_with_a_pointer_to_the_json_export(
     report_file, jwks, _ = _files(tmp_path, keyring, csv.encode())
     bad = _verify(report_file, jwks)
     assert bad.exit_code == 4 and "this is a CSV export, which is not signed" in bad.stderr
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_report_verify_final_refuses_a_running_run_s_snapshot(tmp_path, keyring, as_json) -> None:
+    """A running run's report verified exit 0 (NOT FINAL was only printed): a gate on the exit
+    code took a snapshot with no findings so far for a clean audit. ``--final`` exits 4."""
+    flags = ["--json"] if as_json else []
+    running = signed_report(_report({"id": RUN_A, "finished_at": None, "summary": None}, []), keyring)
+    report_file, jwks, _ = _files(tmp_path, keyring, running)
+    assert _verify(report_file, jwks, *flags).exit_code == 0
+    refused = _verify(report_file, jwks, "--final", *flags)
+    assert refused.exit_code == 4 and refused.stderr.startswith("plant: the report is signed, but NOT FINAL")
+    assert (json.loads(refused.stdout)["valid"] is False) if as_json else refused.stdout == ""
+    finished = signed_report(_report({"id": RUN_A, "finished_at": "2026-01-01T00:00:00.000000Z", "summary": {}}, []), keyring)
+    report_file.write_bytes(finished)
+    assert _verify(report_file, jwks, "--final", "--run", RUN_A, *flags).exit_code == 0
