@@ -65,7 +65,8 @@ def _first_difference(text: str, expected: str) -> str:
     for number, (row, want) in enumerate(zip(rows, wanted), start=1):
         if row != want:
             what = "its header" if number == 1 else f"row {number - 1} (finding {want[0]} in the report)"
-            return f"{what} is not the report's: the CSV has {row!r}"
+            shown = repr(row)  # a cell may be long: the line names the row, not all of it
+            return f"{what} is not the report's: the CSV has {shown if len(shown) <= 300 else shown[:300] + '…'}"
     if len(rows) != len(wanted):
         return (f"the CSV holds {len(rows) - 1} finding row(s), the report {len(wanted) - 1}: rows were removed or added"
                 if rows and wanted else "the CSV is empty")
