@@ -125,9 +125,9 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
 @json_option
 def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: uuid.UUID | None,
                        require_final: bool, csv_file: Path | None, as_json: bool) -> None:
-    """Check a saved JSON report's signature, and each repair record's it lists (and, with --run and --csv,
-    that it is of that run, --final that the run had finished, and --csv that a CSV export holds its findings);
-    exit 4 if one does not verify."""
+    """Check a saved JSON report's signature, and each repair record's it lists (and with --run that it is of
+    that run, --final that the run had finished, --csv that a CSV export holds its findings); exit 4 if one
+    does not verify."""
     keys, source = verification_keys(jwks_file)
     document = _read_document(report_file)
     try:
