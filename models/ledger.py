@@ -568,8 +568,15 @@ def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: i
     still_named = [select(func.count()).select_from(table).join(model, model.id == table.entity_id).where(
         table.digest_id == digest_id, table.version != 0, model.head_link_hash == table.link_hash, ~carried).scalar_subquery()
         for model in ENTITY_MODELS.values()]
-    if any(session.execute(select(misnumbered, *still_named)).one()):
-        return f"its stored {what}' versions or types differ from the chain versions they name"
+    # A row of version 0 names no version, so nothing above reads its type; but no digest
+    # Plant stores holds a type it does not know (a placeholder takes its entity's, a held row
+    # its trusted one's). Such a row, in a copy of a signed digest made through SQL, was
+    # matched by no entity table: the digest was trusted, and every later one held it again.
+    untyped = select(func.count()).select_from(table).where(
+        table.digest_id == digest_id, table.entity_type.not_in([entity_type.value for entity_type in ENTITY_MODELS])
+    ).scalar_subquery()
+    if any(session.execute(select(misnumbered, untyped, *still_named)).one()):
+        return f"its stored {what}' versions or types differ from the chain versions they name, or name no entity type"
     return None
 
 
