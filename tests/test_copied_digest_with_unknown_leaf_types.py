@@ -1,4 +1,4 @@
-"""Review of the incremental audit and the stored ledger digest (``rv-incr``).
+"""A copied stored ledger digest whose leaf rows name no entity type is not trusted (stop 42's review of the incremental audit).
 
 An attacker with plain DML (no trigger lifted) can store a *copy* of the latest signed
 digest: ``ledger_digests`` takes an INSERT dated no later than now() (the latest digest's
