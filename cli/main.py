@@ -17,7 +17,7 @@ from cli.bootstrap import ensure_configured_admin
 from cli.demo import demo
 from cli.dev import run_dev
 from cli.errors import EXIT_CODES_HELP, PlantCliError, PlantGroup
-from cli.evidence import digest, report
+from cli.evidence import digest, history, report
 from cli.jobs import jobs
 from cli.local import local_settings
 from cli.output import json_option, print_json
@@ -123,7 +123,7 @@ def check(as_json: bool) -> None:
         click.echo("no schema drift")
 
 
-for command in (api_keys, signing_keys, jobs, certify, assign, audit, report, digest, demo, entity):
+for command in (api_keys, signing_keys, jobs, certify, assign, audit, report, digest, history, demo, entity):
     cli.add_command(command)
 
 
