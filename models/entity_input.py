@@ -20,15 +20,9 @@ from models.constitution import INVISIBLE, visible
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
 from models.entity_locks import refuse_if_tampered
 from models.errors import InvalidInput
+from models.reference_guards import REFERENCES
 from models.signing import KeyRing
 
-# Reference fields and the entity type each must point at.
-REFERENCES: dict[str, EntityType] = {
-    "industry_id": EntityType.INDUSTRY,
-    "job_role_id": EntityType.JOB_ROLE,
-    "team_id": EntityType.TEAM,
-    "governance_agent_id": EntityType.AGENT,
-}
 
 
 def apply_fields(
@@ -49,7 +43,7 @@ def apply_fields(
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
         elif named and not signed and referenced.deleted_at is not None and value != getattr(entity, field):
             errors.append({"field": field, "message": _deleted(REFERENCES[field], value)})
-        elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value)):
+        elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value, signed)):
             errors.append({"field": field, "message": problem})
         elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
             errors.append({"field": field, "message": problem})
@@ -170,15 +164,18 @@ _ANCESTOR_IS = """
     SELECT EXISTS (SELECT 1 FROM up WHERE id = :entity)"""
 
 
-def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UUID) -> str | None:
+def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UUID, signed: bool) -> str | None:
     """Why ``entity`` may not take ``parent_id`` as its parent: none such, or a cycle (the
     parent is the entity or one of its descendants). A parent newly named by a stored entity
     is judged under a lock per entity type, held to commit; ``UNION`` ends the walk on a
     cycle already stored. A new entity takes neither: nothing can name it as parent before
     it commits, so it is no one's ancestor, and its create waits for no re-parenting."""
     kind = entity.entity_type_value.value
-    if session.get(type(entity), parent_id) is None:
+    parent = session.get(type(entity), parent_id)
+    if parent is None:
         return f"no {kind} with id {parent_id}"
+    if not signed and parent.deleted_at is not None:
+        return _deleted(entity.entity_type_value, parent_id)
     if parent_id == entity.id:
         return f"a {kind} cannot be its own parent"
     if not inspect(entity).persistent:

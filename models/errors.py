@@ -63,6 +63,13 @@ class LastAdminKey(Conflict):
     title = "The last live admin key cannot be revoked"
 
 
+class EntityReferenced(Conflict):
+    """A deletion of an entity that live entities still name (``models.reference_guards``)."""
+
+    code = "entity-referenced"
+    title = "The entity is named by live entities"
+
+
 class JobNotCancellable(Conflict):
     code = "job-not-cancellable"
     title = "Job is already finished"

@@ -28,6 +28,7 @@ from models.db import uuid_in
 from models.embeddings import Embedder
 from models.entity_input import apply_fields, governor_fence, lock_parents, normalized_input
 from models.entity_locks import lock_for_write
+from models.reference_guards import reference_fence
 from models.entities import (
     ENTITY_MODELS, Agent, AgentStatus, EntityType, GovernedEntity, Skill, SkillStatus, Team,
     governed_content,
@@ -185,6 +186,7 @@ def record_version(
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
         governor_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids,
                        keyring=ctx.keyring)
+        reference_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids)
     if not flush:
         session.add(entity)
         return entity

@@ -61,12 +61,15 @@ def _counts(engine) -> dict[str, int]:
         return {t.value: session.scalar(select(func.count()).select_from(m)) for t, m in ENTITY_MODELS.items()}
 
 
-def test_a_seed_that_would_build_on_a_deleted_steward_says_so(engine, write_ctx, committed_steward) -> None:
+def test_a_seed_that_would_build_on_a_deleted_steward_says_so(engine, write_ctx, committed_steward, monkeypatch) -> None:
     """The bootstrap (a release's seed before the full data set) is in; its steward is then soft-
-    deleted. The next seed found the deleted steward by its key, took it as its own and tried to
+    deleted (by a release before the reference guards: it governs the bootstrap's entities). The
+    next seed found the deleted steward by its key, took it as its own and tried to
     govern 90 new entities with it: refused, but as "no industry has external_key 'industry-mkt'"
     with advice about changed keys and names, which is not what was wrong."""
-    with Session(engine) as session, session.begin():
+    from tests.test_seat_rules import as_an_older_release
+
+    with as_an_older_release(monkeypatch), Session(engine) as session, session.begin():
         update_entity(session, entity_type=EntityType.AGENT, entity_id=committed_steward, changes=DELETED, ctx=write_ctx)
     before = _counts(engine)
     with pytest.raises(PlantError) as refused, Session(engine) as session, session.begin():

@@ -89,9 +89,9 @@ def test_a_team_assignment_job_s_refusal_names_its_field_as_the_api_s_does(clien
     assert (stored.get("field"), stored["team_id"]) == (answered["field"], answered["team_id"]) == ("team_id", team_id)
 
 
-def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_session, write_ctx, steward) -> None:
-    """A skill named its industry before the industry was deleted (a reference named before a
-    deletion stays); certified after it, its new certificate was signed ``SKILL-<the deleted
+def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_session, write_ctx, steward, monkeypatch) -> None:
+    """A skill named its industry before the industry was deleted (by a release before the
+    reference guards, which refuse that deletion now); certified after it, its new certificate was signed ``SKILL-<the deleted
     industry's code>-001``: a fresh, signed act vouching for the skill under an industry no
     listing shows, as a deleted skill's certificate or a deleted governor newly named would."""
     from models.certification import IssuedCertificate, certify_skill
@@ -103,7 +103,10 @@ def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_sessio
 
     industry = _industry(db_session, write_ctx, steward, "DEL")
     skill = _skill(db_session, write_ctx, steward, "Orphaned Skill", industry=industry)
-    update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, changes=DELETED, ctx=write_ctx)
+    from tests.test_seat_rules import as_an_older_release
+
+    with as_an_older_release(monkeypatch):
+        update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, changes=DELETED, ctx=write_ctx)
     with pytest.raises(NotCertifiable) as refused:
         certify_skill(db_session, skill_id=skill.id, notes=None, ctx=write_ctx)
     problem = refused.value.problem()

@@ -31,8 +31,10 @@ E = EntityType
 @contextmanager
 def as_an_older_release(monkeypatch: pytest.MonkeyPatch):
     """Writes as a release that had neither the seat guards nor the seat rules would make
-    them: signed versions, the rows their heads."""
+    them: signed versions, the rows their heads. Nor the reference guards (a team deleted
+    under its members, say: ``models.reference_guards``)."""
     with monkeypatch.context() as patched:
+        patched.setattr(registry, "reference_fence", lambda *args, **kwargs: None)
         patched.setattr(registry, "guard_membership", lambda *args, **kwargs: None)
         patched.setattr(registry, "seat_problems_of", lambda *args, **kwargs: {})
         patched.setattr(registry, "signed_member_counts", lambda session, teams, members, keyring: {t.id: 0 for t in teams})

@@ -1,0 +1,144 @@
+"""Referential integrity under deletion: no live entity names a deleted one.
+
+Every reference between governed entities (a skill's, role's, team's or agent's
+``industry_id``, a team's or agent's ``job_role_id``, an agent's ``team_id``, any entity's
+``governance_agent_id`` and ``parent_id``, a role's required skills and an agent's skills)
+points at an entity that is not deleted, for every entity that is not deleted itself.
+:func:`models.entity_input.apply_fields` refuses a write newly naming a deleted entity
+(422 naming the field); :func:`reference_fence` closes the two remaining gaps, just
+before a registry write's flush: a deletion while live entities still name the entity is
+409 ``entity-referenced`` listing them, and a deletion committing while another write
+newly names the entity is ordered against that write by a per-entity advisory lock
+(exclusive for the deletion, shared for the naming write, which then reads the entity's
+row again): whichever commits second sees the first, and is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select, text, union_all
+from sqlalchemy.orm import Session
+
+from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
+from models.entities import Agent, JobRole
+from models.errors import EntityReferenced, InvalidInput
+
+# Reference fields and the entity type each must point at (``parent_id`` points at the
+# entity's own type; the skill lists at skills).
+REFERENCES: dict[str, EntityType] = {
+    "industry_id": EntityType.INDUSTRY,
+    "job_role_id": EntityType.JOB_ROLE,
+    "team_id": EntityType.TEAM,
+    "governance_agent_id": EntityType.AGENT,
+}
+# Fields whose newly named referent this module does not lock: a seat (``team_id``) locks its
+# team's row and refuses a deleted team (``models.seat_guards``), and a team's deletion locks
+# that row too, so the two are ordered already (and a bulk batch seating hundreds of agents
+# takes no lock per agent more).
+ORDERED_ELSEWHERE = frozenset({"team_id"})
+# How many dependents a refusal lists (their count is given whole).
+LISTED_DEPENDENTS = 20
+
+# pg_advisory_xact_lock(REFERENCE_LOCK, hashtext('<type>:<id>')) orders a deletion of the
+# entity (exclusive) against the writes newly naming it (shared).
+REFERENCE_LOCK = int.from_bytes(b"refs", "big")
+
+
+def referent_type(entity: GovernedEntity, field: str) -> EntityType:
+    """The entity type ``field`` of ``entity`` points at."""
+    return entity.entity_type_value if field == "parent_id" else REFERENCES[field]
+
+
+def reference_fence(session: Session, entity: GovernedEntity, *, content_before: dict[str, Any] | None,
+                    content: dict[str, Any], pending: frozenset[uuid.UUID]) -> None:
+    """Refuse a write that would leave a live entity naming a deleted one.
+
+    A write deleting ``entity`` takes its lock exclusive and refuses (``EntityReferenced``,
+    409) while any other live entity names it. A write leaving ``entity`` live takes the lock
+    shared for every entity it newly names (one it did not name before, or every one when it
+    creates or undeletes ``entity``), in a fixed order, and reads their rows again: a deletion
+    committed meanwhile is a 422 naming the field, as :func:`apply_fields` gives. Each takes
+    its locks after every row lock it takes and waits for no lock after them (its flush only
+    key-shares the entities it names, which a row lock ``FOR NO KEY UPDATE`` admits), as
+    :func:`models.entity_input.governor_fence` does, whose locks it takes after that one's.
+    """
+    deleted_before = content_before is not None and content_before.get("deleted_at") is not None
+    if content.get("deleted_at") is not None:
+        if content_before is not None and not deleted_before:
+            _lock(session, entity.entity_type_value, entity.id, "pg_advisory_xact_lock")
+            refuse_if_referenced(session, entity.entity_type_value, entity.id)
+        return
+    before = content_before if content_before is not None and not deleted_before else {}
+    named = sorted(newly_named(entity, before, content, pending), key=lambda n: (n[1].value, str(n[2])))
+    for kind, referent_id in dict.fromkeys((k, i) for _f, k, i in named):
+        _lock(session, kind, referent_id, "pg_advisory_xact_lock_shared")
+    errors = [{"field": field, "message": f"{kind.value} {referent_id} is deleted: a write does not newly name a deleted entity"}
+              for field, kind, referent_id in named if _deleted_now(session, kind, referent_id)]
+    if errors:
+        raise InvalidInput("bad reference fields", errors=errors)
+
+
+def newly_named(entity: GovernedEntity, before: dict[str, Any], content: dict[str, Any],
+                pending: frozenset[uuid.UUID]) -> list[tuple[str, EntityType, uuid.UUID]]:
+    """The (field, type, id) of every entity ``content`` names and ``before`` did not (the
+    entity itself, ids the write may name before they exist, and seats left out)."""
+    named = []
+    for field in (*REFERENCES, "parent_id"):
+        value = content.get(field)
+        if field in content and field not in ORDERED_ELSEWHERE and value is not None and value != before.get(field):
+            named.append((field, referent_type(entity, field), uuid.UUID(value)))
+    for field in SKILL_ID_FIELDS:
+        held = set(before.get(field) or ())
+        named.extend((field, EntityType.SKILL, uuid.UUID(i)) for i in content.get(field) or () if i not in held)
+    return [(f, kind, i) for f, kind, i in named if i != entity.id and i not in pending]
+
+
+def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> None:
+    """Raise ``EntityReferenced`` (409) naming the live entities that name this one."""
+    found = dependents(session, entity_type, entity_id)
+    if not found:
+        return
+    count = session.scalar(select(func.count()).select_from(_dependents_query(entity_type, entity_id).subquery()))
+    kind = entity_type.value.replace("_", " ")
+    raise EntityReferenced(
+        f"{kind} {entity_id} is named by {count} live entit{'y' if count == 1 else 'ies'}; re-point or delete "
+        f"{'it' if count == 1 else 'them'} first (a deleted entity is named by none that is not)",
+        field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found)
+
+
+def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> list[dict[str, str]]:
+    """The first live entities (``LISTED_DEPENDENTS``) naming the entity, with the field each names it in."""
+    query = _dependents_query(entity_type, entity_id).subquery()
+    rows = session.execute(select(query).order_by(query.c.entity_type, query.c.field, query.c.id).limit(LISTED_DEPENDENTS))
+    return [{"entity_type": kind, "id": str(i), "field": field} for kind, i, field in rows]
+
+
+def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID) -> Any:
+    selects = []
+    for kind, model in ENTITY_MODELS.items():
+        fields = [f for f, target in REFERENCES.items() if target is entity_type and f in model.__table__.c]
+        fields += ["parent_id"] if kind is entity_type else []
+        for field in fields:
+            selects.append(select(literal(kind.value).label("entity_type"), model.id.label("id"), literal(field).label("field"))
+                           .where(getattr(model, field) == entity_id, model.deleted_at.is_(None), model.id != entity_id))
+    if entity_type is EntityType.SKILL:
+        for model, link, owner, field in ((JobRole, job_role_skills, "job_role_id", "required_skill_ids"),
+                                          (Agent, agent_skills, "agent_id", "skill_ids")):
+            selects.append(select(literal(model.entity_type_value.value).label("entity_type"), model.id.label("id"),
+                                  literal(field).label("field"))
+                           .join(link, and_(link.c[owner] == model.id, link.c.skill_id == entity_id))
+                           .where(model.deleted_at.is_(None)))
+    return union_all(*selects)
+
+
+def _deleted_now(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> bool:
+    """Whether the entity's row, read afresh (not from the session's identity map), is deleted."""
+    model = ENTITY_MODELS[entity_type]
+    return session.scalar(select(model.deleted_at.is_not(None)).where(model.id == entity_id)) is True
+
+
+def _lock(session: Session, entity_type: EntityType, entity_id: uuid.UUID, function: str) -> None:
+    session.execute(text(f"SELECT {function}(:lock, hashtext(:entity))"),
+                    {"lock": REFERENCE_LOCK, "entity": f"{entity_type.value}:{entity_id}"})
