@@ -455,19 +455,23 @@ def test_a_deletion_undone_behind_a_digest_passed_over_is_held_against_an_older_
     assert len(held) == 1 and "live again after its deletion at version 4" in held[0], held
 
 
-def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_ctx, keyring) -> None:
+def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_ctx, keyring, monkeypatch) -> None:
     """helper-83: a digest with tombstones and no leaf (every entity deleted) was never a
-    base, so the digest before the deletions was, and an entity brought back passed."""
+    base, so the digest before the deletions was, and an entity brought back passed. (Deleted
+    as a release before the reference guards would: the steward and the role it holds name
+    each other, so neither is deleted first now.)"""
     from models.digest_check import trusted_base
     from models.ledger import stored_digest_problem
+    from tests.test_seat_rules import as_an_older_release
 
     from models.entities import ENTITY_MODELS
 
     store_digest(db_session, keyring=keyring)
-    for kind in (E.SKILL, E.AGENT, E.TEAM, E.JOB_ROLE, E.INDUSTRY):  # every entity, by signed deletions
-        for entity_id in db_session.scalars(text(f"SELECT id FROM {ENTITY_MODELS[kind].__tablename__} WHERE deleted_at IS NULL")):
-            update_entity(db_session, entity_type=kind, entity_id=entity_id,
-                          changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}, ctx=write_ctx)
+    with as_an_older_release(monkeypatch):
+        for kind in (E.SKILL, E.AGENT, E.TEAM, E.JOB_ROLE, E.INDUSTRY):  # every entity, by signed deletions
+            for entity_id in db_session.scalars(text(f"SELECT id FROM {ENTITY_MODELS[kind].__tablename__} WHERE deleted_at IS NULL")):
+                update_entity(db_session, entity_type=kind, entity_id=entity_id,
+                              changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}, ctx=write_ctx)
     db_session.flush()
     held: list[str] = []
     only_tombstones = store_digest(db_session, keyring=keyring, held_back=held)
