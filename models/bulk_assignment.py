@@ -42,6 +42,7 @@ APPLY_BATCH = 500
 APPLY_IN_FLIGHT = 2
 NOT_APPLIED = "not-applied"
 NOT_APPLIED_DETAIL = "the job stopped before the batch holding this agent's move ran"
+SEAT_CHANGED = "seat-changed"
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def assign_teams_in_bulk(
     With ``record`` (a job's :class:`Recorder`), the agents the plan leaves out and each
     batch's agents are recorded in the same transactions as the batches, and the outcome
     is read back from those records: it then covers every attempt of the job, not only
-    this one. A retry plans only the agents no earlier attempt seated.
+    this one. A retry plans only the agents no earlier attempt seated or left where another
+    write had put it (``seat-changed``): it does what an attempt that ran through would.
 
     A move a batch refuses leaves its planned seat empty; when the plan left agents out for
     want of a seat, they are planned again on the seats as they then are (up to
@@ -186,10 +188,10 @@ def _plan_and_apply(
     seated, moved or unseated since is left as that write made it, not planned again."""
     with sessions() as session:
         # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
-        seated = record.seated(session) if record is not None else set()
+        settled = record.settled(session) if record is not None else set()
         if agent_ids:
-            agent_ids = [agent_id for agent_id in agent_ids if agent_id not in seated]
-        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=seated,
+            agent_ids = [agent_id for agent_id in agent_ids if agent_id not in settled]
+        inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=settled,
                                   keyring=ctx.keyring)
     if seen is not None:
         kept = [i for i, agent in enumerate(inputs.agents) if seen.get(agent.id, agent.team_id) == agent.team_id]
@@ -305,10 +307,14 @@ class Recorder:
             BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.reason == NOT_APPLIED,
             BulkAssignmentMove.attempt < self.attempt))
 
-    def seated(self, session: Session) -> set[uuid.UUID]:
-        """The agents an earlier attempt of the job seated."""
+    def settled(self, session: Session) -> set[uuid.UUID]:
+        """The agents the job is done with: those an earlier attempt (or round) seated, and those
+        it left where another write had moved them meanwhile (``seat-changed``). A retry planned
+        the latter anew and moved them, undoing the write the attempt had said it left alone;
+        an attempt that ran through does not plan them again either."""
         return set(session.scalars(select(BulkAssignmentMove.agent_id).where(
-            BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.placed)))
+            BulkAssignmentMove.job_id == self.job_id,
+            BulkAssignmentMove.placed | (BulkAssignmentMove.reason == SEAT_CHANGED))))
 
     def outcome(self, session: Session) -> BulkOutcome:
         """Every agent the job has recorded, in every attempt: the latest word on each."""
@@ -378,7 +384,7 @@ def apply_batch(
         if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
             refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
         elif seated is not None and agent.team_id not in (seated.get(agent_id), team.id):
-            refused.append((agent_id, "seat-changed", (
+            refused.append((agent_id, SEAT_CHANGED, (
                 f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
                 f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
         elif basis := _tampered_basis(agent, team, roles_tampered, teams_tampered):  # the seat's rules are not signed ones
