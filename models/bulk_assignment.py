@@ -185,21 +185,26 @@ def _plan_and_apply(
 ) -> _Round:
     """One plan and its batches. ``before`` is the progress (done, total) of earlier rounds;
     ``seen``, for a plan made again, where the earlier plan saw each agent: one another write
-    seated, moved or unseated since is left as that write made it, not planned again."""
+    seated, moved or unseated since is left as that write made it, not planned again. A retry's
+    first plan does the same with where the earlier attempts' plans saw the agents they did not
+    seat, and records those moved since as ``seat-changed``, as their batch would have."""
     with sessions() as session:
         # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
         settled = record.settled(session) if record is not None else set()
+        earlier = record.seen_before(session) if record is not None and seen is None else {}
         if agent_ids:
             agent_ids = [agent_id for agent_id in agent_ids if agent_id not in settled]
         inputs = read_plan_inputs(session, agent_ids=agent_ids, all_unassigned=all_unassigned, excluding=settled,
                                   keyring=ctx.keyring)
-    if seen is not None:
-        kept = [i for i, agent in enumerate(inputs.agents) if seen.get(agent.id, agent.team_id) == agent.team_id]
+    moved = [_seat_changed(agent, earlier[agent.id], "since an earlier attempt of the job planned it")
+             for agent in inputs.agents if agent.id in earlier and earlier[agent.id] != agent.team_id]
+    if looked := {**earlier, **(seen or {})}:
+        kept = [i for i, agent in enumerate(inputs.agents) if looked.get(agent.id, agent.team_id) == agent.team_id]
         inputs = replace(inputs, agents=[inputs.agents[i] for i in kept], agent_vectors=inputs.agent_vectors[kept])
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     if record is not None and not record.method:
         record.method = plan.method
-    unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())]
+    unplaced = [_unplaced(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())] + [m for _, m in moved]
     batches = _batches(plan.placements)
     done, total = before[0], before[1] + len(plan.placements)
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
@@ -213,6 +218,7 @@ def _plan_and_apply(
         with transaction(sessions) as session:
             fence(session)
             record.forget_unapplied(session)  # an earlier attempt's plan: this one's replaces it
+            record.left_alone(session, moved)
             record.moves(session, plan, [(i, None) for i in sorted({*plan.unplaced, *plan.placements})],
                          unplaced + waiting)
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
@@ -285,13 +291,27 @@ class Recorder:
         for a, t in moves:
             agent, entry = plan.agents[a], why.get(str(plan.agents[a].id))
             seated = t is not None and entry is None
-            rows.append({
-                "job_id": self.job_id, "agent_id": agent.id, "agent_name": agent.name, "placed": seated,
-                "team_id": plan.teams[t].id if seated else None,
-                "similarity": _similarity(plan.problem, a, t) if seated else None,
-                "reason": None if seated else entry["reason"], "detail": None if seated else entry.get("detail"),
-                "attempt": self.attempt,
-            })
+            rows.append(self._row(agent, plan.teams[t].id if seated else None,
+                                  _similarity(plan.problem, a, t) if seated else None, entry))
+        self._upsert(session, rows)
+
+    def left_alone(self, session: Session, moved: list[tuple[PlannedAgent, dict[str, Any]]]) -> None:
+        """Record each agent (with its unplaced entry) that the job leaves where another write moved it."""
+        if moved:
+            self._upsert(session, [self._row(agent, None, None, entry) for agent, entry in moved])
+
+    def _row(self, agent: PlannedAgent, seat: uuid.UUID | None, similarity: float | None,
+             entry: dict[str, Any] | None) -> dict[str, Any]:
+        """A placed agent's row names its seat; an unplaced one's, where the plan saw it (a retry
+        leaves it alone if another write moved it since: :meth:`seen_before`)."""
+        return {
+            "job_id": self.job_id, "agent_id": agent.id, "agent_name": agent.name, "placed": entry is None,
+            "team_id": seat if entry is None else agent.team_id, "similarity": similarity,
+            "reason": None if entry is None else entry["reason"], "detail": None if entry is None else entry.get("detail"),
+            "attempt": self.attempt,
+        }
+
+    def _upsert(self, session: Session, rows: list[dict[str, Any]]) -> None:
         statement = pg_insert(BulkAssignmentMove)
         session.execute(statement.on_conflict_do_update(
             index_elements=["job_id", "agent_id"],
@@ -315,6 +335,14 @@ class Recorder:
         return set(session.scalars(select(BulkAssignmentMove.agent_id).where(
             BulkAssignmentMove.job_id == self.job_id,
             BulkAssignmentMove.placed | (BulkAssignmentMove.reason == SEAT_CHANGED))))
+
+    def seen_before(self, session: Session) -> dict[uuid.UUID, uuid.UUID | None]:
+        """Where the earlier attempts' plans saw each agent they did not seat (``team_id`` of an
+        unplaced record): the retry leaves one moved since where it is, as the batch holding its
+        move would have (``seat-changed``), rather than planning it anew over that other write."""
+        rows = session.execute(select(BulkAssignmentMove.agent_id, BulkAssignmentMove.team_id).where(
+            BulkAssignmentMove.job_id == self.job_id, ~BulkAssignmentMove.placed, BulkAssignmentMove.attempt < self.attempt))
+        return {agent_id: team_id for agent_id, team_id in rows}
 
     def outcome(self, session: Session) -> BulkOutcome:
         """Every agent the job has recorded, in every attempt: the latest word on each."""
@@ -384,9 +412,8 @@ def apply_batch(
         if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
             refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
         elif seated is not None and agent.team_id not in (seated.get(agent_id), team.id):
-            refused.append((agent_id, SEAT_CHANGED, (
-                f"its seat changed while the plan was made (planned from {_team_name(seated.get(agent_id))}, now "
-                f"{_team_name(agent.team_id)}); left where it is: run the assignment again to plan it anew")))
+            refused.append((agent_id, SEAT_CHANGED, _seat_changed_detail(
+                seated.get(agent_id), agent.team_id, "while the plan was made")))
         elif basis := _tampered_basis(agent, team, roles_tampered, teams_tampered):  # the seat's rules are not signed ones
             refused.append((agent_id, "entity-tampered", basis))
         elif reasons:
@@ -417,6 +444,15 @@ def _tampered_basis(agent: Agent, team: Team, roles: Mapping[uuid.UUID, ChainFin
         if drift is not None:
             return tampered_error(kind, entity_id, drift).detail  # as a single assignment says it
     return None
+
+
+def _seat_changed(agent: PlannedAgent, seen: uuid.UUID | None, when: str) -> tuple[PlannedAgent, dict[str, Any]]:
+    return agent, _unplaced(agent, SEAT_CHANGED, _seat_changed_detail(seen, agent.team_id, when))
+
+
+def _seat_changed_detail(seen: uuid.UUID | None, now: uuid.UUID | None, when: str) -> str:
+    return (f"its seat changed {when} (planned from {_team_name(seen)}, now {_team_name(now)}); "
+            "left where it is: run the assignment again to plan it anew")
 
 
 def _team_name(team_id: uuid.UUID | None) -> str:

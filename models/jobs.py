@@ -121,7 +121,9 @@ class BulkAssignmentMove(Base):
     """What a bulk assignment job did with one agent, across all its attempts: each batch
     records its agents in its own transaction, so a job retried part-way still reports the
     agents its earlier attempts seated (the next attempt plans only what is left). The
-    latest word on an agent wins; ``similarity`` is that of its seat (placed only)."""
+    latest word on an agent wins; ``similarity`` is that of its seat (placed only). ``team_id``
+    is that seat for a placed agent, and for one not placed the team the plan saw it in (None:
+    unseated), by which a retry tells an agent another write moved since."""
 
     __tablename__ = "bulk_assignment_moves"
 

@@ -50,3 +50,59 @@ def test_a_retry_leaves_an_agent_its_first_attempt_found_moved_where_the_other_w
         assert agent.version == 2 and verify_entity(session, entity=agent, keyring=write_ctx.keyring).ok
     assert (outcome.requested, outcome.placed) == (1, 0)
     assert [e["reason"] for e in outcome.unplaced] == ["seat-changed"]
+
+
+def test_a_retry_leaves_an_agent_moved_since_the_first_attempt_planned_it_where_the_other_write_put_it(
+        engine, write_ctx, committed_steward) -> None:
+    """Attempt 1 planned the listed agent (unseated) into its best team, recorded it ``not-applied``
+    and was lost before the batch ran. Meanwhile a single assignment seated the agent in another
+    team. The retry planned it anew from there and moved it: the batch of attempt 1 would have
+    left it (``seat-changed``), so the job's outcome depended on where its worker died. The
+    retry now judges the agent against where the first plan saw it, which the record keeps."""
+    sessions, t1, t2, x = _raced_world(engine, write_ctx, committed_steward)
+    with transaction(sessions) as session:
+        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(x)]}).id
+    fences = []
+
+    def lost_before_the_batch(session):
+        fences.append(session)
+        if len(fences) > 1:  # the first fence records the plan, the second starts the batch
+            raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError):
+        assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
+                             fence=lost_before_the_batch, record=Recorder(job, 1))
+    with transaction(sessions) as session:
+        assign_agent(session, agent_id=x, team_id=t1, ctx=write_ctx)  # not the team the plan chose (t2)
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *a: None, record=Recorder(job, 2))
+    with sessions() as session:
+        agent = session.get(Agent, x)
+        assert agent.team_id == t1 and agent.version == 2
+    assert (outcome.requested, outcome.placed) == (1, 0)
+    [entry] = outcome.unplaced
+    assert entry["reason"] == "seat-changed" and f"now team {t1}" in entry["detail"], entry
+
+
+def test_a_retry_still_plans_an_agent_the_first_attempt_left_out_and_no_other_write_moved(
+        engine, write_ctx, committed_steward) -> None:
+    """The other side of the check above: an agent attempt 1 planned but never applied, still
+    where that plan saw it, is planned and seated by the retry."""
+    sessions, _, t2, x = _raced_world(engine, write_ctx, committed_steward)
+    with transaction(sessions) as session:
+        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(x)]}).id
+    fences = []
+
+    def lost_before_the_batch(session):
+        fences.append(session)
+        if len(fences) > 1:
+            raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError):
+        assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
+                             fence=lost_before_the_batch, record=Recorder(job, 1))
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *a: None, record=Recorder(job, 2))
+    with sessions() as session:
+        assert session.get(Agent, x).team_id == t2
+    assert (outcome.requested, outcome.placed, outcome.unplaced) == (1, 1, [])
