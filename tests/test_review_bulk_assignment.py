@@ -106,3 +106,78 @@ def test_a_retry_still_plans_an_agent_the_first_attempt_left_out_and_no_other_wr
     with sessions() as session:
         assert session.get(Agent, x).team_id == t2
     assert (outcome.requested, outcome.placed, outcome.unplaced) == (1, 1, [])
+
+
+def test_bulk_jobs_and_their_retries_among_capacity_status_and_seat_writes_leave_every_seat_valid(
+        engine, write_ctx, committed_steward, monkeypatch) -> None:
+    """Three bulk jobs (given ids and all unassigned), each run twice as a retry would, while
+    other writes lower and raise capacities, retire and reactivate teams, suspend agents and
+    move them: no team ends over capacity, no seated agent breaks a seat rule (AGENT-04's
+    facts), every chain verifies, and no write fails but with a domain refusal."""
+    import random
+    import threading
+
+    from sqlalchemy import func, select
+
+    from models.entities import EntityType, Team
+    from models.errors import PlantError
+    from models.membership import seat_problems
+    from models.registry import update_entity
+    from tests.test_bulk_plans_and_stops import _world
+
+    monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 2)
+    sessions, teams, agents = _world(engine, write_ctx, committed_steward, teams=6, agents=30, capacity=4)
+    with transaction(sessions) as session:
+        jobs = [create_job(session, kind="agents.assign_teams", params={}).id for _ in range(3)]
+    barrier, errors = threading.Barrier(8), []
+
+    def bulk(number, job):
+        barrier.wait()
+        for attempt in (1, 2):
+            assign_teams_in_bulk(sessions, agent_ids=agents if number % 2 else None, all_unassigned=not number % 2,
+                                 ctx=write_ctx, progress=lambda *a: None, record=Recorder(job, attempt))
+
+    writes = [
+        lambda rng: (EntityType.TEAM, rng.choice(teams), {"capacity": rng.randint(1, 5)}),
+        lambda rng: (EntityType.TEAM, rng.choice(teams), {"status": rng.choice(["active", "retired"])}),
+        lambda rng: (EntityType.AGENT, rng.choice(agents), {"status": rng.choice(["active", "suspended"])}),
+        lambda rng: (EntityType.AGENT, rng.choice(agents), {"team_id": None}),
+    ]
+
+    def other_writes(seed):
+        rng = random.Random(seed)
+        barrier.wait()
+        for _ in range(30):
+            try:
+                with transaction(sessions) as session:
+                    if rng.random() < 0.2:
+                        assign_agent(session, agent_id=rng.choice(agents), team_id=rng.choice([*teams, None]),
+                                     ctx=write_ctx)
+                    else:
+                        entity_type, entity_id, changes = rng.choice(writes)(rng)
+                        update_entity(session, entity_type=entity_type, entity_id=entity_id, changes=changes,
+                                      ctx=write_ctx)
+            except PlantError:
+                pass
+
+    def run(target, *args):
+        try:
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(bulk, n, job)) for n, job in enumerate(jobs)]
+    threads += [threading.Thread(target=run, args=(other_writes, seed)) for seed in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    with sessions() as session:
+        for team in session.scalars(select(Team)):
+            members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == team.id))
+            assert members <= team.capacity, team.name
+        everyone = list(session.scalars(select(Agent)))
+        for agent in everyone:
+            assert verify_entity(session, entity=agent, keyring=write_ctx.keyring).ok, agent.name
+        assert seat_problems(session, [(a, [s.id for s in a.skills]) for a in everyone], write_ctx.keyring) == {}
