@@ -1,6 +1,6 @@
-"""Adversarial re-review of team assignment, single and bulk (rv-bulk).
+"""Bulk team assignment under retries and ties (stop 42's review of team assignment).
 
-Each test proves a finding on real PostgreSQL; one still open is marked xfail(strict).
+Each test proves a finding on real PostgreSQL.
 """
 
 from __future__ import annotations
