@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -255,6 +256,30 @@ def lock_waiters(engine: Engine) -> int:
     with engine.connect() as connection:
         return connection.scalar(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+
+def outcome_once_committed(engine: Engine, holding: Any, work: Callable[[], Any], what: str) -> list[Any]:
+    """Run ``work`` in a thread while ``holding`` (a begun session) is not committed; once
+    ``work`` waits on a lock, commit ``holding``. ``work``'s value or exception, in a list: it
+    must not have finished before the commit."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what=f"{what} to finish or wait")
+        assert not outcome, f"{what} did not wait: {outcome}"
+        holding.commit()
+    finally:
+        holding.close()
+        thread.join(timeout=60)
+    return outcome
 
 
 def busy_sessions(engine: Engine) -> int:

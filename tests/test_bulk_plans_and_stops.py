@@ -5,6 +5,7 @@ Each test proves a finding on real PostgreSQL; one still open is marked xfail(st
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import numpy as np
@@ -14,8 +15,9 @@ from sqlalchemy import func, select, update
 from models import bulk_assignment
 from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
+from models.chain import verify_entity
 from models.db import make_session_factory, transaction
-from models.entities import Agent
+from models.entities import Agent, Team
 from tests.test_assignment import World
 
 
@@ -54,11 +56,9 @@ def test_two_bulk_jobs_single_assignments_and_patches_at_once_never_overfill_a_t
     and each bulk job's records agree with where its seated agents are (unless a later
     single write moved them)."""
     import random
-    import threading
 
     from models.bulk_assignment import Recorder
-    from models.chain import verify_entity
-    from models.entities import EntityType, Team
+    from models.entities import EntityType
     from models.errors import PlantError
     from models.job_lifecycle import create_job
     from models.jobs import BulkAssignmentMove
@@ -68,7 +68,7 @@ def test_two_bulk_jobs_single_assignments_and_patches_at_once_never_overfill_a_t
     sessions, teams, agents = _world(engine, write_ctx, committed_steward, teams=6, agents=30, capacity=3)
     with transaction(sessions) as session:
         jobs = [create_job(session, kind="agents.assign_teams", params={"all_unassigned": True}).id for _ in range(2)]
-    barrier, errors = threading.Barrier(6), []
+    barrier = threading.Barrier(6)
     late_writes: set[uuid.UUID] = set()
 
     def bulk(job_id):
@@ -92,25 +92,9 @@ def test_two_bulk_jobs_single_assignments_and_patches_at_once_never_overfill_a_t
             except PlantError:
                 pass
 
-    def run(target, *args):
-        try:
-            target(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=run, args=(bulk, j)) for j in jobs]
-    threads += [threading.Thread(target=run, args=(singles, s)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    run_together([(bulk, j) for j in jobs] + [(singles, s) for s in range(4)], timeout=120)
     with sessions() as session:
-        for team in session.scalars(select(Team)):
-            members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == team.id))
-            assert members <= team.capacity, team.name
-        for agent in session.scalars(select(Agent)):
-            assert verify_entity(session, entity=agent, keyring=write_ctx.keyring).ok, agent.name
+        assert_seats_within_capacity_and_chains_verified(session, write_ctx.keyring)
         placed = list(session.scalars(select(BulkAssignmentMove).where(BulkAssignmentMove.placed)))
         by_both = {m.agent_id for m in placed if sum(o.agent_id == m.agent_id for o in placed) > 1}  # the later may move it
         for move in placed:
@@ -213,3 +197,32 @@ def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, 
     assert steps == sorted(steps) and steps[-1] == (2, 2), steps  # the second plan's progress follows the first's
     with sessions() as session:
         assert session.get(Agent, clean).team_id == teams[0]
+
+
+def run_together(calls, *, timeout: float) -> None:
+    """Run each ``(function, argument)`` in a thread of its own, all at once; fail with what any raised."""
+    errors: list[str] = []
+
+    def run(target, argument):
+        try:
+            target(argument)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not errors, errors
+
+
+def assert_seats_within_capacity_and_chains_verified(session, keyring) -> list:
+    """No team holds more agents than its capacity and every agent's chain verifies; the agents."""
+    for team in session.scalars(select(Team)):
+        members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == team.id))
+        assert members <= team.capacity, team.name
+    everyone = list(session.scalars(select(Agent)))
+    for agent in everyone:
+        assert verify_entity(session, entity=agent, keyring=keyring).ok, agent.name
+    return everyone

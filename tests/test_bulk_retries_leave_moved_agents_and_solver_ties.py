@@ -54,16 +54,10 @@ def test_a_retry_leaves_an_agent_its_first_attempt_found_moved_where_the_other_w
     assert [e["reason"] for e in outcome.unplaced] == ["seat-changed"]
 
 
-def test_a_retry_leaves_an_agent_moved_since_the_first_attempt_planned_it_where_the_other_write_put_it(
-        engine, write_ctx, committed_steward) -> None:
-    """Attempt 1 planned the listed agent (unseated) into its best team, recorded it ``not-applied``
-    and was lost before the batch ran. Meanwhile a single assignment seated the agent in another
-    team. The retry planned it anew from there and moved it: the batch of attempt 1 would have
-    left it (``seat-changed``), so the job's outcome depended on where its worker died. The
-    retry now judges the agent against where the first plan saw it, which the record keeps."""
-    sessions, t1, t2, x = _raced_world(engine, write_ctx, committed_steward)
+def _planned_then_lost_before_its_batch(sessions, agent, write_ctx):
+    """A bulk job for ``agent`` whose first attempt recorded its plan and was lost before its batch ran."""
     with transaction(sessions) as session:
-        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(x)]}).id
+        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(agent)]}).id
     fences = []
 
     def lost_before_the_batch(session):
@@ -72,8 +66,20 @@ def test_a_retry_leaves_an_agent_moved_since_the_first_attempt_planned_it_where_
             raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError):
-        assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
+        assign_teams_in_bulk(sessions, agent_ids=[agent], all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
                              fence=lost_before_the_batch, record=Recorder(job, 1))
+    return job
+
+
+def test_a_retry_leaves_an_agent_moved_since_the_first_attempt_planned_it_where_the_other_write_put_it(
+        engine, write_ctx, committed_steward) -> None:
+    """Attempt 1 planned the listed agent (unseated) into its best team, recorded it ``not-applied``
+    and was lost before the batch ran. Meanwhile a single assignment seated the agent in another
+    team. The retry planned it anew from there and moved it: the batch of attempt 1 would have
+    left it (``seat-changed``), so the job's outcome depended on where its worker died. The
+    retry now judges the agent against where the first plan saw it, which the record keeps."""
+    sessions, t1, t2, x = _raced_world(engine, write_ctx, committed_steward)
+    job = _planned_then_lost_before_its_batch(sessions, x, write_ctx)
     with transaction(sessions) as session:
         assign_agent(session, agent_id=x, team_id=t1, ctx=write_ctx)  # not the team the plan chose (t2)
     outcome = assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx,
@@ -91,18 +97,7 @@ def test_a_retry_still_plans_an_agent_the_first_attempt_left_out_and_no_other_wr
     """The other side of the check above: an agent attempt 1 planned but never applied, still
     where that plan saw it, is planned and seated by the retry."""
     sessions, _, t2, x = _raced_world(engine, write_ctx, committed_steward)
-    with transaction(sessions) as session:
-        job = create_job(session, kind="agents.assign_teams", params={"agent_ids": [str(x)]}).id
-    fences = []
-
-    def lost_before_the_batch(session):
-        fences.append(session)
-        if len(fences) > 1:
-            raise RuntimeError("worker lost")
-
-    with pytest.raises(RuntimeError):
-        assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx, progress=lambda *a: None,
-                             fence=lost_before_the_batch, record=Recorder(job, 1))
+    job = _planned_then_lost_before_its_batch(sessions, x, write_ctx)
     outcome = assign_teams_in_bulk(sessions, agent_ids=[x], all_unassigned=False, ctx=write_ctx,
                                    progress=lambda *a: None, record=Recorder(job, 2))
     with sessions() as session:
@@ -119,21 +114,21 @@ def test_bulk_jobs_and_their_retries_among_capacity_status_and_seat_writes_leave
     import random
     import threading
 
-    from sqlalchemy import func, select
 
-    from models.entities import EntityType, Team
+    from models.entities import EntityType
     from models.errors import PlantError
     from models.membership import seat_problems
     from models.registry import update_entity
-    from tests.test_bulk_plans_and_stops import _world
+    from tests.test_bulk_plans_and_stops import _world, assert_seats_within_capacity_and_chains_verified, run_together
 
     monkeypatch.setattr(bulk_assignment, "APPLY_BATCH", 2)
     sessions, teams, agents = _world(engine, write_ctx, committed_steward, teams=6, agents=30, capacity=4)
     with transaction(sessions) as session:
         jobs = [create_job(session, kind="agents.assign_teams", params={}).id for _ in range(3)]
-    barrier, errors = threading.Barrier(8), []
+    barrier = threading.Barrier(8)
 
-    def bulk(number, job):
+    def bulk(numbered):
+        number, job = numbered
         barrier.wait()
         for attempt in (1, 2):
             assign_teams_in_bulk(sessions, agent_ids=agents if number % 2 else None, all_unassigned=not number % 2,
@@ -162,26 +157,10 @@ def test_bulk_jobs_and_their_retries_among_capacity_status_and_seat_writes_leave
             except PlantError:
                 pass
 
-    def run(target, *args):
-        try:
-            target(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=run, args=(bulk, n, job)) for n, job in enumerate(jobs)]
-    threads += [threading.Thread(target=run, args=(other_writes, seed)) for seed in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not errors, errors
+    run_together([(bulk, numbered) for numbered in enumerate(jobs)] + [(other_writes, seed) for seed in range(5)],
+                 timeout=300)
     with sessions() as session:
-        for team in session.scalars(select(Team)):
-            members = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id == team.id))
-            assert members <= team.capacity, team.name
-        everyone = list(session.scalars(select(Agent)))
-        for agent in everyone:
-            assert verify_entity(session, entity=agent, keyring=write_ctx.keyring).ok, agent.name
+        everyone = assert_seats_within_capacity_and_chains_verified(session, write_ctx.keyring)
         assert seat_problems(session, [(a, [s.id for s in a.skills]) for a in everyone], write_ctx.keyring) == {}
 
 

@@ -7,17 +7,16 @@ deletion racing a write that newly names the entity is ordered against it."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.entities import Agent, EntityType, Industry, JobRole, Skill, Team
+from models.entities import EntityType, Industry, Skill
 from models.errors import EntityReferenced, InvalidInput
 from models.registry import create_entity, update_entity
-from tests.conftest import lock_waiters, wait_for
+from tests.conftest import outcome_once_committed
 from tests.test_assignment import world  # noqa: F401  (fixture)
 from tests.test_registry_api import gov  # noqa: F401  (fixture)
 from tests.test_registry_api import world as api_world
@@ -154,20 +153,6 @@ def _committed_industry(engine, ctx, steward, code: str) -> uuid.UUID:
             "name": f"Raced {code}", "code": code, "governance_agent_id": steward}).id
 
 
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(work())
-        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
 def _new_skill(engine, ctx, steward, industry: uuid.UUID) -> uuid.UUID:
     with Session(engine) as session, session.begin():
         return create_entity(session, entity_type=E.SKILL, ctx=ctx, data={
@@ -183,14 +168,8 @@ def test_a_skill_naming_an_industry_whose_deletion_is_committing_is_refused(engi
     deleting = Session(engine)
     deleting.begin()
     _delete(deleting, E.INDUSTRY, industry, write_ctx)
-    namer, outcome = _in_thread(lambda: _new_skill(engine, write_ctx, committed_steward, industry))
-    try:
-        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the skill's create to finish or wait")
-        assert not outcome, f"the skill's create did not wait for the deletion: {outcome}"
-        deleting.commit()
-    finally:
-        deleting.close()
-        namer.join(timeout=60)
+    outcome = outcome_once_committed(engine, deleting, lambda: _new_skill(engine, write_ctx, committed_steward, industry),
+                                     "the skill's create")
     assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
     assert [e["field"] for e in outcome[0].extensions["errors"]] == ["industry_id"], outcome[0].extensions
     with Session(engine) as session:
@@ -212,14 +191,7 @@ def test_an_industry_whose_new_skill_is_committing_is_not_deleted(engine, write_
         with Session(engine) as session, session.begin():
             _delete(session, E.INDUSTRY, industry, write_ctx)
 
-    deleter, outcome = _in_thread(delete)
-    try:
-        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the deletion to finish or wait")
-        assert not outcome, f"the deletion did not wait for the skill naming the industry: {outcome}"
-        naming.commit()
-    finally:
-        naming.close()
-        deleter.join(timeout=60)
+    outcome = outcome_once_committed(engine, naming, delete, "the deletion")
     assert len(outcome) == 1 and isinstance(outcome[0], EntityReferenced), outcome
     assert outcome[0].extensions["dependents"] == [{"entity_type": "skill", "id": str(skill), "field": "industry_id"}]
     with Session(engine) as session:

@@ -16,7 +16,7 @@ from models.entities import Agent, EntityType, Industry, Skill
 from models.errors import InvalidInput, PlantError
 from models.registry import create_entity, update_entity
 from models.seed import seed_registry
-from tests.conftest import REPO_ROOT, child_env, lock_waiters, wait_for
+from tests.conftest import REPO_ROOT, child_env, lock_waiters, outcome_once_committed, wait_for
 from tests.test_registry_api import API, _post, gov, world  # noqa: F401  (fixtures)
 
 
@@ -130,25 +130,12 @@ def test_a_write_naming_a_governor_whose_suspension_is_committing_is_refused(eng
     suspending = Session(engine)
     suspending.begin()
     update_entity(suspending, entity_type=EntityType.AGENT, entity_id=governor, changes=stand_down, ctx=write_ctx)
-    outcome: list[BaseException | uuid.UUID] = []
+    def name() -> uuid.UUID:
+        with Session(engine) as session, session.begin():
+            return create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
+                "name": "Governed Later", "code": "GOVL", "governance_agent_id": governor}).id
 
-    def name() -> None:
-        try:
-            with Session(engine) as session, session.begin():
-                outcome.append(create_entity(session, entity_type=EntityType.INDUSTRY, ctx=write_ctx, data={
-                    "name": "Governed Later", "code": "GOVL", "governance_agent_id": governor}).id)
-        except BaseException as exc:  # noqa: BLE001  (the test asserts on it)
-            outcome.append(exc)
-
-    namer = threading.Thread(target=name)
-    namer.start()
-    try:
-        wait_for(lambda: outcome or lock_waiters(engine) >= 1, what="the naming write to finish or wait")
-        assert not outcome, f"the naming write did not wait for the suspension: {outcome}"
-        suspending.commit()
-    finally:
-        suspending.close()
-        namer.join(timeout=60)
+    outcome = outcome_once_committed(engine, suspending, name, "the naming write")
     assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
     assert [e["field"] for e in outcome[0].extensions["errors"]] == ["governance_agent_id"], outcome[0].extensions
     with Session(engine) as session:
