@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg.errors import LockNotAvailable
 from psycopg.pq import TransactionStatus
-from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal, literal_column, select, text, union_all
+from sqlalchemy import CompoundSelect, and_, delete, desc, func, insert, literal, literal_column, or_, select, text, union_all
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -569,14 +569,22 @@ def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: i
         table.digest_id == digest_id, table.version != 0, model.head_link_hash == table.link_hash, ~carried).scalar_subquery()
         for model in ENTITY_MODELS.values()]
     # A row of version 0 names no version, so nothing above reads its type; but no digest
-    # Plant stores holds a type it does not know (a placeholder takes its entity's, a held row
-    # its trusted one's). Such a row, in a copy of a signed digest made through SQL, was
-    # matched by no entity table: the digest was trusted, and every later one held it again.
+    # Plant stores holds a type it does not know, nor one its entity never had: a placeholder
+    # takes its entity row's, a held row its trusted one's, which was its chain's (chains are
+    # append-only). Such a row, in a copy of a signed digest made through SQL (the roots do not
+    # cover types), was trusted, and every later digest held it again.
     untyped = select(func.count()).select_from(table).where(
         table.digest_id == digest_id, table.entity_type.not_in([entity_type.value for entity_type in ENTITY_MODELS])
     ).scalar_subquery()
-    if any(session.execute(select(misnumbered, untyped, *still_named)).one()):
-        return f"its stored {what}' versions or types differ from the chain versions they name, or name no entity type"
+    of_its_chain = select(EntityVersion.id).where(EntityVersion.entity_id == table.entity_id,
+                                                  EntityVersion.entity_type == table.entity_type).exists()
+    of_its_row = or_(*(and_(table.entity_type == kind.value, select(model.id).where(model.id == table.entity_id).exists())
+                       for kind, model in ENTITY_MODELS.items()))
+    mistyped = select(func.count()).select_from(table).where(
+        table.digest_id == digest_id, table.version == 0, ~of_its_chain, ~of_its_row).scalar_subquery()
+    if any(session.execute(select(misnumbered, untyped, mistyped, *still_named)).one()):
+        return (f"its stored {what}' versions or types differ from the chain versions they name, or name no entity "
+                "type, or one their entity never had")
     return None
 
 

@@ -1,4 +1,5 @@
-"""A copied stored ledger digest whose leaf rows name no entity type is not trusted (stop 42's review of the incremental audit).
+"""A copied stored ledger digest whose leaf rows name no entity type, or one their entity never had, is not trusted
+(stop 42's review of the incremental audit).
 
 An attacker with plain DML (no trigger lifted) can store a *copy* of the latest signed
 digest: ``ledger_digests`` takes an INSERT dated no later than now() (the latest digest's
@@ -11,7 +12,6 @@ version stored beside each are not covered by them.
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import text
 
 from models.ledger import store_digest
@@ -54,13 +54,16 @@ def test_a_copied_digest_whose_leaf_names_no_entity_type_is_not_trusted(db_sessi
     assert held == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models/ledger.py::_rows_problem checks a stored row's type only where its version is not 0: a copy of the latest "
-    "digest made through SQL whose live skill's leaf is retyped 'agent' at version 0 is trusted; the incremental audit "
-    "reports the skill 'entity-deleted' (a leaf no agent row answers) instead of digest-invalid, and the next digest "
-    "takes the copy as its base and holds the skill back at that row for good"))
 def test_a_copied_digest_whose_leaf_names_another_type_at_version_0_is_not_trusted(db_session, skill, keyring) -> None:
+    """A copy whose leaf is retyped to another real type at version 0 was trusted: a version-0 row
+    names no version to read a type from. But an honest one takes its entity row's type or its
+    chain's, and no agent has the skill's id."""
     digest = store_digest(db_session, keyring=keyring)
-    _copy_of_latest_digest(db_session, digest.id, entity_id=skill.id, entity_type="agent", version=0)
-    _, findings = run_incremental(db_session, keyring)
+    copy = _copy_of_latest_digest(db_session, digest.id, entity_id=skill.id, entity_type="agent", version=0)
+    summary, findings = run_incremental(db_session, keyring)
+    assert summary["coverage"]["since_digest"] == copy
     assert [f.code for f in findings] == ["digest-invalid"], [(f.code, f.entity_type) for f in findings]
+    assert "entity type" in findings[0].detail
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)  # the copy is no base: the skill is not held back
+    assert held == []
