@@ -1,6 +1,7 @@
 """Bearer API-key authentication and scope checks for everything under ``/api/``.
 
-``/health``, ``/openapi.json`` and the docs stay public. Reads need ``read``, writes
+``/health``, ``/openapi.json`` and the docs stay public; so does ``/metrics``, whose audit
+findings only a scrape with a ``read`` key gets (:func:`metrics_reader`). Reads need ``read``, writes
 (POST, PATCH, PUT, DELETE) need ``write``, and key management needs ``admin``. A missing
 or unknown key is 401 with ``WWW-Authenticate: Bearer``; a key without the scope is 403 with
 ``WWW-Authenticate: Bearer error="insufficient_scope", scope="<scope>"``.
@@ -120,6 +121,15 @@ def check_api_key() -> Response | None:
     """``before_request`` hook: None lets the request through, a Response ends it."""
     if not request.path.startswith(PROTECTED_PREFIX):
         return None
+    key = _authorized_key(required_scope(request.method, request.path))
+    if isinstance(key, Response):
+        return key
+    g.api_key = key
+    return None
+
+
+def _authorized_key(scope: str) -> Caller | Response:
+    """The request's key when it is known, unexpired and grants ``scope``, else the 401 or 403."""
     presented = _request_key()
     if isinstance(presented, KeyNotRead):
         return _unauthorized(presented.detail, presented.error)
@@ -134,13 +144,22 @@ def check_api_key() -> Response | None:
         return _unauthorized(f"the API key expired at {rfc3339_utc(key.expires_at)}", INVALID_TOKEN)
     if key is None:
         return _unauthorized("the API key is unknown or revoked", INVALID_TOKEN)
-    scope = required_scope(request.method, request.path)
     if not key.grants(scope):
         return _forbidden(scope)
-    g.api_key = key
     if key.use_unrecorded:
         _record_use_once_answered(key)
-    return None
+    return key
+
+
+def metrics_reader() -> Caller | Response | None:
+    """Who scrapes ``/metrics``: None for a scrape that offers no key (it gets the public
+    metrics), the key when it grants ``read`` (it gets the audit findings too), else the 401
+    or 403 an API request would get: a scraper whose key was revoked must see its target fail,
+    not lose the findings quietly."""
+    offered = any(name.lower() in KEY_QUERY_PARAMETERS for name in request.args.keys())
+    if request.headers.get("Authorization") is None and not offered:
+        return None
+    return _authorized_key("read")
 
 
 def _record_use_once_answered(key: Caller) -> None:

@@ -9,6 +9,10 @@ request is counted, timed and logged as one line, labelled by the Flask route te
 
 ``/metrics`` is public, like ``/health``: Prometheus scrapes it without a key, and it
 shows only counts, durations and ages by bounded labels (no ids, names or parameters).
+One family is left out of a scrape without a key: ``plant_audit_findings``, the latest
+audit's findings by code. Public, it told whoever altered a record, as soon as the next
+audit ended, whether that audit caught it and as what; a scrape with a ``read`` key
+(``Authorization: Bearer``) gets it, and one with a bad key gets the API's 401 or 403.
 Job, queue and audit numbers are read by :class:`PlantStateCollector` (a few aggregate
 queries and a Redis ``LLEN`` per queue). Because anyone may scrape, one API process reads
 them at most once per ``PLANT_METRICS_STATE_MAX_AGE_SECONDS`` (5 s) and serves that
@@ -45,6 +49,7 @@ from models.jobs import JobStatus
 from models.settings import Settings
 from tasks.celery_app import AUDIT_QUEUE, DEFAULT_QUEUE, QUEUES as BROKER_QUEUES
 from tasks.dispatch import JOB_ROUTES
+from web.auth import metrics_reader
 from web.services import Services, SharedReading, app_services, services
 
 log = logging.getLogger(__name__)
@@ -278,20 +283,41 @@ class PlantStateCollector:
                         [([q], n) for q, n in zip(queues, lengths, strict=True)])]
 
 
-def scrape_registry(svc: Services, state: PlantStateCollector) -> CollectorRegistry:
+FINDINGS_FAMILY = "plant_audit_findings"  # served only to a scrape with a read key
+
+
+class PublicState:
+    """The state collector's reading minus the audit findings: what a scrape without a key gets."""
+
+    def __init__(self, state: PlantStateCollector) -> None:
+        self._state = state
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self._state.collect() if family.name != FINDINGS_FAMILY)
+
+
+def scrape_registry(svc: Services, state: PlantStateCollector, *, findings: bool = True) -> CollectorRegistry:
     registry = CollectorRegistry()
     if svc.settings.prometheus_multiproc_dir is not None:
         MultiProcessCollector(registry, path=str(svc.settings.prometheus_multiproc_dir))
     else:
         registry.register(REQUEST_REGISTRY)  # type: ignore[arg-type] - a registry is a collector
-    registry.register(state)
+    registry.register(state if findings else PublicState(state))  # type: ignore[arg-type]
     return registry
 
 
 def metrics() -> Response:
-    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
+    """Prometheus exposition (OpenMetrics when the scraper asks for it); the audit findings
+    only for a scrape with a ``read`` key."""
+    reader = metrics_reader()
+    if isinstance(reader, Response):
+        reader.headers["Cache-Control"] = "no-store"
+        return reader
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    registry = scrape_registry(services(), current_app.extensions[STATE_COLLECTOR_KEY])
+    registry = scrape_registry(services(), current_app.extensions[STATE_COLLECTOR_KEY], findings=reader is not None)
     response = Response(encoder(registry), content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
