@@ -49,7 +49,7 @@ def test_every_answer_forbids_content_sniffing(client, app, engine, keyring, see
 def test_gunicorn_s_own_refusals_forbid_content_sniffing_too() -> None:
     from web.gunicorn_worker import problem_bytes
 
-    refusal = problem_bytes(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n", ValueError("too long"))
+    refusal = problem_bytes(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n", ValueError("too long"), "r1")
     head = refusal.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     assert b"X-Content-Type-Options: nosniff" in head, head
 

@@ -3,11 +3,15 @@ own refusals log, and what ``/health`` says of its dependencies."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy.orm import Session
 
 from models.api_keys import create_api_key
-from tests.conftest import bearer
+from tests.conftest import bearer, gunicorn_serving, wait_for
+from tests.test_gunicorn_refusals import _exchange
+from web.metrics import SANE_REQUEST_ID
 
 FINDINGS = "plant_audit_findings"
 
@@ -48,3 +52,53 @@ def test_a_scrape_with_a_bad_key_is_refused_as_the_api_refuses_it(app, clean_db,
     assert response.headers["Cache-Control"] == "no-store"
     assert FINDINGS not in response.get_data(as_text=True)
 
+
+# --- gunicorn's own refusals: a request id, a log line, no key in either ---
+
+@pytest.fixture(scope="module")
+def refusing_gunicorn(settings, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("review-refusals")
+    log_path = directory / "gunicorn.log"
+    with gunicorn_serving(settings, log_path, processes=1, threads=2, metrics_dir=None) as base:
+        yield base, log_path
+
+
+def _log_lines(log_path) -> list[dict]:
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+
+
+def _lines_of(log_path, request_id: str) -> list[dict]:
+    return [line for line in _log_lines(log_path) if line.get("request_id") == request_id]
+
+
+A_KEY = "plant_" + "Zq3" * 14 + "x"  # the shape of a real key: 43 characters after the prefix
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /api/v1/skills HTTP/1.1\r\nHost: x\r\nAuthorization Bearer " + A_KEY.encode() + b"\r\n\r\n", 400),
+    (b"GET /api/v1/skills HTTP/1.1\r\nHost: x\r\nX-Note: " + b"k" * 9000 + b"\r\n\r\n", 431),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400),
+], ids=["header-line-without-colon", "header-too-large", "no-http"])
+def test_a_request_gunicorn_refuses_has_a_request_id_and_a_json_log_line(refusing_gunicorn, request_bytes, status) -> None:
+    base, log_path = refusing_gunicorn
+    answered, headers, body = _exchange(base, request_bytes)
+    assert answered == status
+    request_id = headers.get("x-request-id")
+    assert request_id and SANE_REQUEST_ID.fullmatch(request_id), headers
+    lines = wait_for(lambda: (found := _lines_of(log_path, request_id))
+                     and any(line["logger"] == "web.requests" for line in found) and found,
+                     timeout=10, what="the refusal's log lines")
+    refusal = next(line for line in lines if line["logger"] == "web.requests")
+    assert refusal["status"] == status and refusal["refused_by"] == "gunicorn"
+    # gunicorn's own warning carries the id too, so the two can be joined.
+    assert any(line["logger"] == "gunicorn.error" for line in lines), lines
+    assert A_KEY not in log_path.read_text() and A_KEY.encode() not in body
+
+
+def test_a_refused_header_s_name_is_still_shown(refusing_gunicorn) -> None:
+    base, log_path = refusing_gunicorn
+    answered, headers, body = _exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n")
+    assert answered == 400
+    assert "Bad Name" not in json.loads(body).get("detail", "")  # a space: not a name, withheld
+    answered, headers, body = _exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad\x01: v\r\n\r\n")
+    assert answered == 400 and headers.get("x-request-id")

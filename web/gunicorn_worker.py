@@ -5,18 +5,43 @@ A request gunicorn cannot parse never reaches Flask: a header field over
 request line, header or chunk (400). gunicorn answers those with an HTML page of its own, and
 README promises problem+json for every error. This worker lets gunicorn decide the status and
 log the request as it does, and sends the same status as ``application/problem+json``.
+
+Such a request never reaches the app's request hooks either, so this worker gives it what they
+give every other: a request id, in the response's ``X-Request-ID`` and on every log line written
+while refusing it (gunicorn's own warning included), and one ``web.requests`` line with its status.
+What gunicorn quotes of a malformed header is withheld unless it is a plain header name: a header
+line without its colon (``Authorization Bearer plant_…``) is quoted whole, an API key with it, and
+went to the log as it was.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
+import uuid
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http.errors import InvalidHeader, InvalidHeaderName
 from gunicorn.workers.gthread import ThreadWorker
 
+from models.logging_setup import bind_log_context, reset_log_context
+
 PROBLEM_MIMETYPE = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-ID"  # as web.metrics: this module is loaded apart from the app
+request_log = logging.getLogger("web.requests")
+# What gunicorn quotes of a bad header that may be shown: a header name, or its own words.
+SHOWN_HEADER = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}", re.ASCII)
+GUNICORN_WORDS = frozenset({"bare LF as line terminator"})
+
+
+def withhold_header_text(exc: BaseException) -> None:
+    """Replace what ``exc`` quotes of the client's header by its length, unless it is a name."""
+    if isinstance(exc, (InvalidHeader, InvalidHeaderName)) and isinstance(exc.hdr, str):
+        if not (SHOWN_HEADER.fullmatch(exc.hdr) or exc.hdr in GUNICORN_WORDS):
+            exc.hdr = f"({len(exc.hdr)} characters withheld)"
 
 
 class _Capture:
@@ -36,28 +61,50 @@ class _Capture:
         return getattr(self._sock, name)
 
 
-def problem_bytes(page: bytes, exc: BaseException) -> bytes:
-    """gunicorn's error response ``page`` rewritten as problem+json, its status kept."""
+def page_status(page: bytes) -> tuple[int, str]:
     status_line = page.split(b"\r\n", 1)[0].decode("latin-1")
     _, code, reason = (status_line.split(" ", 2) + [""])[:3]
-    status = int(code)
+    return int(code), reason
+
+
+def problem_bytes(page: bytes, exc: BaseException, request_id: str) -> bytes:
+    """gunicorn's error response ``page`` rewritten as problem+json, its status kept."""
+    status, reason = page_status(page)
     problem: dict[str, Any] = {"type": "about:blank", "title": reason, "status": status}
     if status < 500 and str(exc):
         problem["detail"] = f"the server refused the request before the application read it: {str(exc)[:200]}"
     body = json.dumps(problem).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MIMETYPE}\r\n"
             "X-Content-Type-Options: nosniff\r\n"
+            f"{REQUEST_ID_HEADER}: {request_id}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
 
 class ProblemThreadWorker(ThreadWorker):
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
-        capture = _Capture(client)
-        super().handle_error(req, capture, addr, exc)
-        if not capture.written:
-            return
+        request_id = uuid.uuid4().hex  # the client's X-Request-ID is in what gunicorn could not read
+        token = bind_log_context(request_id=request_id)
         try:
-            util.write_nonblock(client, problem_bytes(capture.written, exc))
-        except Exception:  # noqa: BLE001  (as gunicorn: the client may be gone)
-            self.log.debug("Failed to send error message.")
+            withhold_header_text(exc)
+            capture = _Capture(client)
+            super().handle_error(req, capture, addr, exc)
+            if not capture.written:
+                return
+            _log_refusal(req, addr, exc, page_status(capture.written)[0])
+            try:
+                util.write_nonblock(client, problem_bytes(capture.written, exc, request_id))
+            except Exception:  # noqa: BLE001  (as gunicorn: the client may be gone)
+                self.log.debug("Failed to send error message.")
+        finally:
+            reset_log_context(token)
+
+
+def _log_refusal(req: Any, addr: Any, exc: BaseException, status: int) -> None:
+    """The request line the app writes for every request it answers, for one it never saw."""
+    method, path = getattr(req, "method", None) or "-", (getattr(req, "path", None) or "-")[:200]
+    request_log.info(
+        "%s %s %s refused before the application read it: %s", method, path, status, type(exc).__name__,
+        extra={"method": method, "path": path, "status": status, "refused_by": "gunicorn",
+               "error": type(exc).__name__, "remote": (addr or ("",))[0]},
+    )
