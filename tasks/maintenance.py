@@ -1,10 +1,15 @@
 """Periodic maintenance scheduled by beat: recover jobs (and close the audit runs of jobs
 that ended without them, and fire a scheduled audit's tick that beat never got out), purge
-expired idempotency keys."""
+expired idempotency keys.
+
+Each recovery sweep that completes leaves a mark in Redis that lapses on its own
+(:func:`mark_sweep`): ``/health`` reads it to say whether beat and the maintenance queue's
+consumers are keeping recovery going. A lapsing key, not a time: no clocks of two hosts compared."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from celery import shared_task
 
@@ -12,11 +17,31 @@ from models.audit_runs import close_runs_apart
 from models.db import transaction
 from models.idempotency import purge_expired_keys
 from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
+from models.settings import Settings
 from tasks import runtime
 from tasks.audit import FULL_AUDIT, fire_overdue_tick
 from tasks.dispatch import publish_job
 
+log = logging.getLogger(__name__)
+
 OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publish first
+SWEEP_MARK_KEY = "plant:recovery:swept"  # holds its lifetime in ms; present: a sweep completed within it
+
+
+def sweep_mark_lifetime_seconds(settings: Settings) -> float:
+    """How long a sweep's mark lasts: two of the longest a sweep's message may wait (it expires
+    after the larger of the interval and PLANT_REQUEUE_AFTER_SECONDS, busy workers can hold it that
+    long), so one late sweep is no alarm and two missed ones are. 120 s by default."""
+    return 2 * max(settings.requeue_interval_seconds, settings.requeue_after_seconds)
+
+
+def mark_sweep(settings: Settings) -> None:
+    """Record that a sweep completed. Failing to is logged: it must not fail the sweep."""
+    lifetime_ms = int(sweep_mark_lifetime_seconds(settings) * 1000)
+    try:
+        runtime.redis_client().set(SWEEP_MARK_KEY, lifetime_ms, px=lifetime_ms)
+    except Exception as exc:  # noqa: BLE001 - the sweep's work is done; /health will say so
+        log.warning("could not record the recovery sweep in Redis: %s", type(exc).__name__)
 
 
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
@@ -37,6 +62,7 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
     published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
     runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
     fired = fire_overdue_tick(self.app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
+    mark_sweep(settings)
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
             "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,
             "runs_closed": runs_closed, "fired": [FULL_AUDIT.schedule] if fired else []}

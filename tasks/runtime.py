@@ -1,4 +1,4 @@
-"""Per-process resources for tasks: settings and a session factory, built on first use.
+"""Per-process resources for tasks: settings, a session factory and a Redis client, built on first use.
 
 A forked worker child must not reuse its parent's connections, so the worker calls
 :func:`reset_after_fork` from ``worker_process_init``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from functools import cache
 
+import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
@@ -34,6 +35,13 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @cache
+def redis_client() -> redis.Redis:
+    """The broker's Redis, for what tasks record beside the queues (the recovery sweep's mark)."""
+    timeout = settings().broker_read_timeout_seconds
+    return redis.Redis.from_url(settings().redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+@cache
 def keyring() -> KeyRing:
     return keyring_from_settings(settings())
 
@@ -48,3 +56,4 @@ def reset_after_fork() -> None:
         engine = session_factory().kw["bind"]
         engine.dispose(close=False)
     session_factory.cache_clear()
+    redis_client.cache_clear()

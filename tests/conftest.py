@@ -406,6 +406,14 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
         stop_process_group(process)
 
 
+def sweep_recovery(settings: Settings) -> None:
+    """Send beat's recovery sweep as beat would (the tests run no beat): once a worker has run
+    it, /health's beat check is up for a couple of minutes (tasks.maintenance.mark_sweep)."""
+    from tasks.celery_app import create_celery
+
+    create_celery(settings).send_task("plant.maintenance.requeue_stale_jobs")
+
+
 @pytest.fixture(scope="session")
 def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
     """A real ``celery worker`` process consuming every queue."""

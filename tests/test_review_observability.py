@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from models.api_keys import create_api_key
-from tests.conftest import bearer, gunicorn_serving, wait_for
+from tests.conftest import bearer, gunicorn_serving, refused_port, sweep_recovery, wait_for
 from tests.test_gunicorn_refusals import _exchange
 from web.metrics import SANE_REQUEST_ID
 
@@ -102,3 +102,31 @@ def test_a_refused_header_s_name_is_still_shown(refusing_gunicorn) -> None:
     assert "Bad Name" not in json.loads(body).get("detail", "")  # a space: not a name, withheld
     answered, headers, body = _exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad\x01: v\r\n\r\n")
     assert answered == 400 and headers.get("x-request-id")
+
+
+# --- /health and beat ---
+
+def test_health_is_degraded_until_a_recovery_sweep_runs_and_up_after(client, worker, settings, redis_client) -> None:
+    # With beat down nothing publishes the outbox, republishes lost jobs or fires scheduled audits,
+    # while the database, Redis and the workers all answer: /health said ok.
+    from tasks.maintenance import SWEEP_MARK_KEY
+
+    redis_client.delete(SWEEP_MARK_KEY)
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 200 and body["status"] == "degraded", body
+    assert body["checks"]["beat"]["status"] == "down" and "beat" in body["checks"]["beat"]["error"], body
+    sweep_recovery(settings)
+    body = wait_for(lambda: (b := client.get("/health").get_json())["status"] == "ok" and b, timeout=30, interval=0.2,
+                    what="health ok once the worker ran the sweep")
+    assert body["checks"]["beat"]["status"] == "up"
+    assert 0 <= body["checks"]["beat"]["last_sweep_seconds_ago"] < 30
+
+
+def test_the_beat_check_is_skipped_with_redis_down(settings) -> None:
+    from web import create_app
+
+    with refused_port() as port:
+        app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}))
+        body = app.test_client().get("/health").get_json()
+    assert body["checks"]["beat"]["status"] == "skipped", body

@@ -40,7 +40,7 @@ from models.migrate import (
 )
 from models.settings import Settings, libpq_url, load_settings
 from models.signing import ensure_key_file
-from tests.conftest import REPO_ROOT, bearer, child_env, stop_process_group, url_with_database, wait_for
+from tests.conftest import REPO_ROOT, bearer, child_env, stop_process_group, sweep_recovery, url_with_database, wait_for
 
 RUNTIME = "plant_runtime_test"
 MEMBER = "plant_owner_member_test"
@@ -294,8 +294,10 @@ def test_the_api_and_a_worker_run_as_the_runtime_role(owner_url: str, runtime_se
         engine.dispose()
     client = create_app(runtime_settings).test_client()
     client.environ_base.update(bearer(key))
-    health = client.get("/health").get_json()
-    assert health["status"] == "ok" and health["checks"]["database"]["status"] == "up", health
+    sweep_recovery(runtime_settings)  # beat's recovery sweep, run as the runtime role too
+    health = wait_for(lambda: (h := client.get("/health").get_json())["status"] == "ok" and h, timeout=30,
+                      what="health ok once the sweep ran")
+    assert health["checks"]["database"]["status"] == "up", health
 
     skills = client.get(f"{API}/genesis/skills", query_string={"page_size": 100}).get_json()["items"]
     skill = next(s for s in skills if s["skill_key"] == "aml-screening")

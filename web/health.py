@@ -1,8 +1,9 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
-Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if no worker answered, or a
-queue jobs or beat's recovery are routed to has no worker consuming it), 503 naming the
-failing check otherwise, and never 500.
+Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if no worker answered, a
+queue jobs or beat's recovery are routed to has no worker consuming it, or no recovery sweep
+completed lately: beat is down, or its messages are not taken), 503 naming the failing check
+otherwise, and never 500.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from models.migrate import schema_behind
 from tasks.celery_app import QUEUES
+from tasks.maintenance import SWEEP_MARK_KEY, sweep_mark_lifetime_seconds
 from web.openapi_headers import documents_headers
 from web.schemas import HealthOut
 from web.services import Services, services
@@ -117,17 +119,32 @@ def _workers(svc: Services) -> dict[str, Any]:
     return found
 
 
+def _beat(svc: Services) -> dict[str, Any]:
+    """Whether beat's recovery sweep (every ``PLANT_REQUEUE_INTERVAL_SECONDS``) completed lately:
+    without it the outbox is never published, lost jobs never republished and scheduled audits
+    never fired, while every other check says up. Read from the mark the sweep leaves, which
+    lapses (``tasks.maintenance.mark_sweep``); its age is its lifetime less what remains of it."""
+    pipeline = svc.redis.pipeline(transaction=False)
+    lifetime_ms, remaining_ms = pipeline.get(SWEEP_MARK_KEY).pttl(SWEEP_MARK_KEY).execute()
+    if lifetime_ms is None or remaining_ms < 0:
+        window = sweep_mark_lifetime_seconds(svc.settings)
+        return {"status": "down", "error": f"no recovery sweep completed in the last {window:g}s: is beat running, "
+                                           "and a worker consuming the maintenance queue?"}
+    return {"last_sweep_seconds_ago": round(max(int(lifetime_ms) - remaining_ms, 0) / 1000, 1)}
+
+
 def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
     checks = {"database": _timed("database", lambda: _database(svc)), "redis": _timed("redis", lambda: _redis(svc))}
     if checks["redis"]["status"] == "up":
         # The workers check holds its request for the whole health timeout (inspect cannot know how
         # many workers will answer): one caller at a time reads it, the others get the last reading.
         checks["workers"] = svc.workers_reading.get(lambda: _timed("workers", lambda: _workers(svc)))
+        checks["beat"] = _timed("beat", lambda: _beat(svc))
     else:
-        checks["workers"] = {"status": "skipped", "reason": "redis is down"}
+        checks["workers"] = checks["beat"] = {"status": "skipped", "reason": "redis is down"}
     if any(checks[name]["status"] == "down" for name in ("database", "redis")):
         return 503, {"status": "unavailable", "checks": checks}
-    overall = "ok" if checks["workers"]["status"] == "up" else "degraded"
+    overall = "ok" if checks["workers"]["status"] == checks["beat"]["status"] == "up" else "degraded"
     return 200, {"status": overall, "checks": checks}
 
 
