@@ -1,4 +1,4 @@
-"""Review of observability: what the public ``/metrics`` shows without a key, what gunicorn's
+"""Observability (stop 42's review): what the public ``/metrics`` shows without a key, what gunicorn's
 own refusals log, and what ``/health`` says of its dependencies."""
 
 from __future__ import annotations
