@@ -138,3 +138,25 @@ def test_a_fire_that_waited_most_of_an_interval_still_claims_its_own_tick(worker
     fired = type(schedule_fire._get_current_object()).run(SentTasks(), "test-late", "audit.run", {}, interval,
                                                            (tick + dt.timedelta(seconds=2)).timestamp())
     assert fired["fire_at"] == tick.isoformat()
+
+
+def test_beat_sends_a_recovery_sweep_as_it_starts_not_an_interval_later(settings, tmp_path) -> None:
+    """Celery runs an interval entry first once a whole interval has passed: with beat's sweep every
+    hour, jobs lost while beat was down waited that hour, and ``/health``'s beat check (the mark a
+    completed sweep leaves) read degraded all of it after every deploy. Beat now sends one as it starts."""
+    import redis
+
+    from tasks.maintenance import SWEEP_MARK_KEY
+    from tests.conftest import wait_for
+    from tests.stack import ChaosStack
+
+    stack = ChaosStack(settings, tmp_path, PLANT_REQUEUE_INTERVAL_SECONDS="3600")
+    marks = redis.Redis.from_url(stack.settings.redis_url)
+    marks.delete(SWEEP_MARK_KEY)
+    try:
+        stack.start_worker("sweeper", concurrency=1)
+        stack.start_beat()
+        wait_for(lambda: marks.exists(SWEEP_MARK_KEY), timeout=60, what="the sweep beat sends as it starts")
+    finally:
+        stack.stop()
+        marks.close()

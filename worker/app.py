@@ -86,6 +86,23 @@ def _name_unknown_variables(**_: Any) -> None:
     warn_of_unknown_variables()
 
 
+RECOVERY_SWEEP = "requeue-stale-jobs"  # worker.schedule's entry
+
+
+@beat_init.connect
+def _sweep_as_beat_starts(sender: Any = None, **_: Any) -> None:
+    """Send one recovery sweep as beat starts, not an interval later (Celery runs an interval
+    entry first when a whole interval has passed): jobs lost or left unpublished while beat was
+    down are recovered at once, and ``/health``'s beat check, which reads the mark a completed
+    sweep leaves, is up as soon as a worker has taken it. A send that fails is logged; the
+    schedule sends the next."""
+    entry = beat_schedule(runtime.settings())[RECOVERY_SWEEP]
+    try:
+        sender.app.send_task(entry["task"], **entry.get("options", {}))  # routed by the app's task_routes
+    except Exception as exc:  # noqa: BLE001 - the schedule's own sweeps follow
+        log.warning("could not send a recovery sweep as beat starts: %s: %s", type(exc).__name__, exc)
+
+
 @celeryd_init.connect  # after the logging hook above, so the refusal is logged like the rest
 def _refuse_to_start_without_usable_signing_keys(**_: Any) -> None:
     """Load the signing keys before consuming anything. Keys that cannot be used (a malformed
