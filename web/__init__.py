@@ -6,12 +6,15 @@ It wires settings, the per-process services, the blueprints, the OpenAPI documen
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
-from flask import Response, redirect, request
+from flask import Request, Response, redirect, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
 
 from models.canonical import strict_json_loads
 from models.settings import Settings, load_settings, warn_of_unknown_variables
@@ -44,6 +47,27 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return strict_json_loads(s)
+
+
+class BoundedBodyRequest(Request):
+    """A request whose body without ``Content-Length`` (``Transfer-Encoding: chunked``, which
+    gunicorn hands on with ``wsgi.input_terminated``) is 413 past ``MAX_CONTENT_LENGTH`` too.
+
+    werkzeug reads such a body up to the limit and stops there without a word, so a body too
+    large arrived cut off at 1 MiB: a 422 "not valid JSON" for a valid document, or, for one
+    that ended in whitespace, a 2xx for a body the server promises to refuse. It is read
+    here, lazily (after the key check, as a body with ``Content-Length`` is), up to one byte
+    past the limit."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        if self.content_length is not None or limit is None or not self.environ.get("wsgi.input_terminated"):
+            return super().stream
+        body = self.environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        return io.BytesIO(body)
 
 
 API_DESCRIPTION = (
@@ -95,13 +119,21 @@ def refusing_bodies_not_json(app: OpenAPI) -> Callable[[], Response | None]:
     }
 
     def refuse() -> Response | None:
-        if request.content_length and not request.is_json and (request.endpoint, request.method) in reads_a_body:
+        if (request.endpoint, request.method) in reads_a_body and not request.is_json and _has_a_body():
             return invalid_input_response(
                 f"the request body must be JSON (Content-Type: application/json), not {request.mimetype or 'none'}",
                 [{"field": "Content-Type", "message": "send the body as application/json"}])
         return None
 
     return refuse
+
+
+def _has_a_body() -> bool:
+    """Whether the request sent a body: one with ``Content-Length``, or a chunked one (no
+    length) that holds a byte, read (and kept for the view) to know."""
+    if request.content_length is not None:
+        return request.content_length > 0
+    return bool(request.get_data(cache=True))
 
 
 def forbid_sniffing(response: Response) -> Response:
@@ -125,6 +157,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_callback=validation_problem,
     )
     app.json = StrictJSONProvider(app)
+    app.request_class = BoundedBodyRequest
     # A doubled slash (/api/v1//api-keys) is no route: 404 problem+json, not werkzeug's HTML
     # 308 to the path with one slash, which the scope check had already judged as another path.
     app.url_map.merge_slashes = False
