@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,6 +253,29 @@ def check_configured_admin_key(plaintext: str) -> None:
 # The name of the admin key configured at deploy (PLANT_ADMIN_API_KEY) or made by ``plant dev``:
 # a new configured key revokes the live admin keys of this name, so no other key may take it.
 BOOTSTRAP_ADMIN_NAME = "bootstrap-admin"
+# Unicode categories a key's name may not hold: control codes (ESC, CR), format characters (bidi
+# overrides, zero-width spaces), line and paragraph separators.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def key_name_problem(name: str) -> str | None:
+    """Why ``name`` (NFC, as stored) may not name a key made through the API, or None. A name
+    is what an operator tells keys apart by in a listing, so it must show what it is: not
+    blank, no leading or trailing whitespace, no control or format character. And it may not
+    pass for :data:`BOOTSTRAP_ADMIN_NAME` (compared in NFKC, without regard to case): a key
+    named ``Bootstrap-admin`` or ``bootstrap-admin\u200b`` would be listed as the configured
+    admin key, yet left live by the rotation that revokes that one."""
+    if not name.strip():
+        return "a key's name cannot be blank"
+    if name != name.strip():
+        return "a key's name cannot begin or end with whitespace"
+    if hidden := sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c) in HIDDEN_CATEGORIES}):
+        return f"a key's name cannot hold control or format characters ({', '.join(hidden)})"
+    if unicodedata.normalize("NFKC", name).casefold() == BOOTSTRAP_ADMIN_NAME:
+        return f"{BOOTSTRAP_ADMIN_NAME!r} is reserved for the configured admin key"
+    return None
+
+
 # pg_advisory_xact_lock key ("plantadm" in ASCII) serializing the admin keys deploys ensure.
 ADMIN_KEYS_LOCK = int.from_bytes(b"plantadm", "big")
 

@@ -1,5 +1,6 @@
 """The HTTP API's input handling at its edges (the api_input review): a body without a
-``Content-Length`` (chunked, as gunicorn hands it on) is bounded and typed as one with it."""
+``Content-Length`` (chunked, as gunicorn hands it on) is bounded and typed as one with it; an API
+key's name shows what it is and cannot pass for the configured admin key's."""
 
 import io
 import json
@@ -85,3 +86,30 @@ def test_under_gunicorn_a_chunked_body_over_the_limit_is_413(gunicorn_base, admi
     assert client.get(url).get_json()["version"] == before["version"]
     status, body = _send_chunked(gunicorn_base, url, admin_key, b'{"description": "sent chunked"}')
     assert status == 200, body[:300]
+
+
+@pytest.mark.parametrize("name", [
+    "Bootstrap-Admin", "bootstrap-admin ", " bootstrap-admin", "bootstrap-admin\u200b", "\u200bbootstrap-admin",
+    "ｂｏｏｔｓｔｒａｐ-ａｄｍｉｎ",  # fullwidth: NFKC folds it
+    "   ", "\u200b", "ci\x1b[31m", "ci\u202eoknimda", "ci\nkey", "ci\u2028key",
+], ids=["case", "trailing-space", "leading-space", "zero-width-after", "zero-width-before", "fullwidth",
+        "blank", "zero-width-alone", "escape", "bidi-override", "newline", "line-separator"])
+def test_a_key_name_that_hides_what_it_is_or_passes_for_the_bootstrap_admin_is_422(client, name) -> None:
+    """Only "bootstrap-admin" itself was reserved, and any name was taken: a key named
+    "Bootstrap-Admin" or "bootstrap-admin\u200b" is listed as the configured admin key yet
+    survives the rotation that revokes that one; a blank name or one with a bidi override
+    cannot be told apart in a listing."""
+    before = len(client.get(f"{API}/api-keys").get_json()["items"])
+    response = client.post(f"{API}/api-keys", data=json.dumps({"name": name, "scopes": ["admin"]}),
+                           content_type="application/json")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    assert [e["field"] for e in response.get_json()["errors"]] == ["name"]
+    assert len(client.get(f"{API}/api-keys").get_json()["items"]) == before
+
+
+def test_a_key_name_is_stored_nfc_and_ordinary_names_are_taken(client) -> None:
+    created = client.post(f"{API}/api-keys", json={"name": "Cafe\u0301 ci", "scopes": ["read"]})
+    assert created.status_code == 201 and created.get_json()["name"] == "Caf\u00e9 ci"
+    for name in ("bootstrap-admin 2", "ci: deploy (read-only)", "Zürich 東京"):
+        assert client.post(f"{API}/api-keys", json={"name": name, "scopes": ["read"]}).status_code == 201, name

@@ -11,8 +11,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from web.auth import BEARER
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from models.api_keys import BOOTSTRAP_ADMIN_NAME, MAX_EXPIRY_DAYS, ApiKey, create_api_key, list_api_keys, revoke_api_key
-from models.canonical import rfc3339_utc
+from models.api_keys import MAX_EXPIRY_DAYS, ApiKey, create_api_key, key_name_problem, list_api_keys, revoke_api_key
+from models.canonical import normalize_text, rfc3339_utc
 from web.openapi_headers import documents_headers, header
 from web.schemas import API_PROBLEMS, QueryModel, problems
 from web.services import db_session
@@ -30,10 +30,11 @@ class ApiKeyIn(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _not_the_bootstrap_name(cls, name: str) -> str:
-        # The next configured admin key revokes every live admin key of that name.
-        if name == BOOTSTRAP_ADMIN_NAME:
-            raise ValueError(f"{BOOTSTRAP_ADMIN_NAME!r} is reserved for the configured admin key")
+    def _a_name_that_shows_what_it_is(cls, name: str) -> str:
+        # NFC, as registry names are stored: "Café" typed two ways is one name.
+        name = normalize_text(name)
+        if (problem := key_name_problem(name)) is not None:
+            raise ValueError(problem)
         return name
 
 
