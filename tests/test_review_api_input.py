@@ -8,6 +8,8 @@ import socket
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.conftest import gunicorn_serving
 
@@ -113,3 +115,118 @@ def test_a_key_name_is_stored_nfc_and_ordinary_names_are_taken(client) -> None:
     assert created.status_code == 201 and created.get_json()["name"] == "Caf\u00e9 ci"
     for name in ("bootstrap-admin 2", "ci: deploy (read-only)", "Zürich 東京"):
         assert client.post(f"{API}/api-keys", json={"name": name, "scopes": ["read"]}).status_code == 201, name
+
+
+# --- Property: every operation that reads a body, fed mutated bodies (hypothesis) -----------------
+
+# Values no schema takes, or takes only at its edge: lone surrogates, NUL, controls, bidi,
+# NFD, BOM, over-long text, numbers past int64 and float range, NaN and infinities (written
+# as Python's json writes them), wrong types and nesting.
+AWKWARD_TEXT = ["", " ", "\x00", "a\x00b", "a\ud800b", "\udfff", "\x1b[2J", "\u202e", "Cafe\u0301", "\ufeff",
+                "\u200b", "x" * 20_001, "😀", "\uffff", "../..", "%00", "null", "1e400"]
+AWKWARD_NUMBERS = [0, -1, 1, 2 ** 31, 2 ** 53 + 1, 2 ** 63, -(2 ** 63) - 1, 10 ** 30, 0.5, -0.0, 1e308, 5e-324,
+                   float("nan"), float("inf"), float("-inf"), True, False, None]
+AWKWARD = st.recursive(
+    st.sampled_from(AWKWARD_TEXT) | st.sampled_from(AWKWARD_NUMBERS) | st.text(max_size=12)
+    | st.integers(min_value=-(10 ** 25), max_value=10 ** 25) | st.uuids().map(str),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(AWKWARD_TEXT) | st.text(max_size=8),
+                                                                 inner, max_size=3),
+    max_leaves=8)
+MEMBERS = ["name", "description", "code", "skill_key", "category", "status", "seniority", "capacity", "tags",
+           "attributes", "external_key", "governance_notes", "governance_agent_id", "parent_id", "industry_id",
+           "job_role_id", "team_id", "skill_ids", "required_skill_ids", "notes", "seconds", "steps", "scopes",
+           "expires_in_days", "agent_ids", "all_unassigned", "scope", "verify_signatures", "since",
+           "against_digest", "unknown"]
+# Every table a write through the API changes: a refused request must change none of them.
+WRITTEN_TABLES = ("entity_versions", "industries", "skills", "job_roles", "teams", "agents", "jobs", "api_keys",
+                  "idempotency_keys")
+ROW_COUNTS = sa.text("SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in WRITTEN_TABLES))
+
+
+def _valid_bodies(client, steward: str) -> dict[tuple[str, str], tuple[str, dict]]:
+    """(method, documented path) -> (URL, a body the operation takes)."""
+    post = lambda path, body: client.post(f"{API}{path}", json=body).get_json()["id"]  # noqa: E731
+    governed = {"governance_agent_id": steward, "description": "d"}
+    skill = post("/genesis/skills", {"name": "Fuzzed skill", "category": "technical", **governed})
+    role = post("/genesis/job-roles", {"name": "Fuzzed role", "seniority": "junior", "required_skill_ids": [skill],
+                                       **governed})
+    team = post("/teams", {"name": "Fuzzed team", "job_role_id": role, "capacity": 2, **governed})
+    industry = post("/genesis/industries", {"name": "Fuzzed industry", "code": "FUZ", **governed})
+    ids = {"/genesis/industries": industry, "/genesis/skills": skill, "/genesis/job-roles": role, "/teams": team,
+           "/agents": steward}
+    creates = {
+        "/genesis/industries": {"name": "I", "code": "FUZZ", **governed},
+        "/genesis/skills": {"name": "S", "category": "technical", **governed},
+        "/genesis/job-roles": {"name": "R", "seniority": "junior", "required_skill_ids": [skill], **governed},
+        "/teams": {"name": "T", "job_role_id": role, "capacity": 1, **governed},
+        "/agents": {"name": "A", "skill_ids": [skill], "job_role_id": role, "industry_id": industry, **governed},
+    }
+    bodies = {("post", path): (f"{API}{path}", body) for path, body in creates.items()}
+    bodies |= {("patch", f"{path}/{{entity_id}}"): (f"{API}{path}/{ids[path]}", {"description": "patched"})
+               for path in creates}
+    bodies |= {
+        ("post", "/api-keys"): (f"{API}/api-keys", {"name": "fuzzed", "scopes": ["read"]}),
+        ("post", "/diagnostics/sleep"): (f"{API}/diagnostics/sleep", {"seconds": 0, "steps": 1}),
+        ("post", "/genesis/skills/{entity_id}/certify"): (f"{API}/genesis/skills/{skill}/certify", {"notes": "n"}),
+        ("post", "/agents/{entity_id}/assign-team"): (f"{API}/agents/{steward}/assign-team", {"team_id": team}),
+        ("post", "/agents/assign-teams"): (f"{API}/agents/assign-teams", {"agent_ids": [steward]}),
+        ("post", "/audit/run"): (f"{API}/audit/run", {"scope": {"entity_type": "agent"}}),
+    }
+    return bodies
+
+
+def test_every_body_reading_operation_answers_mutated_bodies_as_documented(client, committed_steward, engine) -> None:
+    """Each example takes a body an operation accepts, sets one member to an awkward value (or
+    drops it, or replaces the whole body), and sends it as JSON text (NaN and Infinity as
+    Python writes them). Whatever the answer, it is one /openapi.json documents for the
+    operation, never a 5xx; a refusal is problem+json whose ``status`` is the HTTP status;
+    and a refused request changed no row of any table the API writes. Jobs an example
+    starts are ended through SQL at once (the suite's worker must not run them)."""
+    document = client.get("/openapi.json").get_json()
+    bodies = _valid_bodies(client, str(committed_steward))
+    reading = {(m, p.removeprefix(API)) for p, ops in document["paths"].items() for m, op in ops.items()
+               if "requestBody" in op}
+    assert reading == set(bodies), "an operation reading a body has no valid body here (or one too many)"
+    operations = sorted(bodies)
+    for method, path in operations:  # each base body is taken: a mutation is what a refusal refuses
+        url, body = bodies[(method, path)]
+        assert client.open(url, method=method.upper(), json=body).status_code < 300, (method, path)
+    failures: list[str] = []
+
+    @given(st.data())
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def probe(data: st.DataObject) -> None:
+        method, path = data.draw(st.sampled_from(operations))
+        url, body = bodies[(method, path)]
+        body = dict(body)
+        how = data.draw(st.sampled_from(["set", "set", "set", "drop", "replace"]))
+        if how == "replace":
+            body = data.draw(AWKWARD)
+        elif how == "drop" and body:
+            body.pop(data.draw(st.sampled_from(sorted(body))))
+        else:
+            body[data.draw(st.sampled_from(MEMBERS))] = data.draw(AWKWARD)
+        text = json.dumps(body)  # ensure_ascii: a lone surrogate goes as its \\u escape, NaN as NaN
+        with engine.connect() as connection:
+            before = connection.execute(ROW_COUNTS).one()
+        response = client.open(url, method=method.upper(), data=text.encode(), content_type="application/json")
+        status = response.status_code
+        with engine.begin() as connection:
+            after = connection.execute(ROW_COUNTS).one()
+            connection.execute(sa.text("UPDATE jobs SET status = 'cancelled', finished_at = now() "
+                                       "WHERE status IN ('queued', 'running')"))
+        documented = document["paths"][API + path][method]["responses"]
+        wrong = []
+        if str(status) not in documented:
+            wrong.append(f"undocumented status {status}")
+        if status >= 400:
+            if response.mimetype != "application/problem+json" or response.get_json().get("status") != status:
+                wrong.append(f"not a problem with its status: {response.mimetype}")
+            if after != before:
+                wrong.append(f"refused, yet rows changed: {dict(zip(WRITTEN_TABLES, zip(before, after)))}")
+        if wrong:
+            failures.append(f"{method.upper()} {path} {text[:200]!r}: {'; '.join(wrong)}: "
+                            f"{response.get_data(as_text=True)[:300]}")
+
+    probe()
+    assert not failures, "\n".join(failures[:10])
