@@ -230,3 +230,38 @@ def test_every_body_reading_operation_answers_mutated_bodies_as_documented(clien
 
     probe()
     assert not failures, "\n".join(failures[:10])
+
+
+def test_a_query_parameter_sent_to_an_operation_that_takes_none_is_422_and_starts_nothing(client, engine) -> None:
+    """``POST /audit/run?verify_signatures=all`` with a body of ``{}`` started an audit of the
+    heads alone (202): an operation without a query model read no query and dropped it all."""
+    with engine.connect() as connection:
+        jobs_before = connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar()
+    response = client.post(f"{API}/audit/run?verify_signatures=all", json={})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["errors"] == [{"field": "verify_signatures",
+                                              "message": "not a parameter of this operation"}]
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == jobs_before
+
+
+def test_every_api_operation_taking_no_query_refuses_one(client, committed_steward) -> None:
+    """Each operation /openapi.json gives no query parameter answers one with 422 naming it
+    (an operation with query parameters refuses one it does not name through its model)."""
+    document = client.get("/openapi.json").get_json()
+    ids = {"job_id": "00000000-0000-0000-0000-000000000000", "run_id": "00000000-0000-0000-0000-000000000000",
+           "key_id": "00000000-0000-0000-0000-000000000000", "entity_id": str(committed_steward)}
+    answered = {}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if not path.startswith(API) or any(p["in"] == "query" for p in operation.get("parameters", [])):
+                continue
+            url = path.format(**ids) + "?dry_run=true"
+            for verb in (method, "head") if method == "get" else (method,):
+                response = client.open(url, method=verb.upper(), json={} if "requestBody" in operation else None)
+                answered[f"{verb.upper()} {path}"] = response.status_code
+                if verb != "head":
+                    assert response.get_json()["errors"] == [
+                        {"field": "dry_run", "message": "not a parameter of this operation"}], (verb, path)
+    assert len(answered) > 30 and set(answered.values()) == {422}, answered

@@ -107,6 +107,34 @@ def refuse_repeated_query_parameters() -> Response | None:
         [{"field": name, "message": "given more than once; send it once"} for name in repeated])
 
 
+def refusing_query_parameters_not_taken(app: OpenAPI) -> Callable[[], Response | None]:
+    """A ``before_request`` hook: a query parameter sent under ``/api/`` to an operation that
+    takes none is 422 naming it. An operation with query parameters refuses one it does not
+    name through its query model (``web.schemas.QueryModel``); one without a query model read
+    none and ignored them all, so ``POST /audit/run?verify_signatures=all`` with a body of
+    ``{}`` ran an audit of the heads alone, and ``PATCH …?description=x`` answered 200 having
+    changed nothing it was sent. The operations taking none are those /openapi.json gives no
+    query parameter (a HEAD is its GET), read once here."""
+    takes_none = set()
+    for rule in app.url_map.iter_rules():
+        operations = app.api_doc["paths"].get(openapi_path(rule.rule), {})
+        for method in rule.methods or ():
+            operation = operations.get("get" if method == "HEAD" else method.lower())
+            if operation is not None and not any(p.get("in") == "query" for p in operation.get("parameters", [])):
+                takes_none.add((rule.endpoint, method))
+
+    def refuse() -> Response | None:
+        if not request.args or not request.path.startswith(PROTECTED_PREFIX) or \
+                (request.endpoint, request.method) not in takes_none:
+            return None
+        names = sorted(request.args)
+        return invalid_input_response(
+            f"{request.method} {request.path} takes no query parameters: " + ", ".join(names),
+            [{"field": name, "message": "not a parameter of this operation"} for name in names])
+
+    return refuse
+
+
 def refusing_bodies_not_json(app: OpenAPI) -> Callable[[], Response | None]:
     """A ``before_request`` hook: a body sent as another media type than JSON, to an operation
     that reads one, is 422 naming ``Content-Type``. flask-openapi3 reads such a body as none,
@@ -174,6 +202,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
     document_headers(app)  # the document is built here, once, and served as built
+    app.before_request(refusing_query_parameters_not_taken(app))  # after auth, as above
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
     app.before_request(refusing_unhonoured_idempotency_keys(app))  # after auth, as above
     return app
