@@ -180,7 +180,8 @@ def test_every_body_reading_operation_answers_mutated_bodies_as_documented(clien
     drops it, or replaces the whole body), and sends it as JSON text (NaN and Infinity as
     Python writes them). Whatever the answer, it is one /openapi.json documents for the
     operation, never a 5xx; a refusal is problem+json whose ``status`` is the HTTP status;
-    and a refused request changed no row of any table the API writes. Jobs an example
+    and a refused request changed no row count of any table the API writes, nor the entity a
+    refused PATCH names. Jobs an example
     starts are ended through SQL at once (the suite's worker must not run them)."""
     document = client.get("/openapi.json").get_json()
     bodies = _valid_bodies(client, str(committed_steward))
@@ -209,6 +210,7 @@ def test_every_body_reading_operation_answers_mutated_bodies_as_documented(clien
         text = json.dumps(body)  # ensure_ascii: a lone surrogate goes as its \\u escape, NaN as NaN
         with engine.connect() as connection:
             before = connection.execute(ROW_COUNTS).one()
+        shown = client.get(url).get_data() if method == "patch" else None
         response = client.open(url, method=method.upper(), data=text.encode(), content_type="application/json")
         status = response.status_code
         with engine.begin() as connection:
@@ -224,6 +226,8 @@ def test_every_body_reading_operation_answers_mutated_bodies_as_documented(clien
                 wrong.append(f"not a problem with its status: {response.mimetype}")
             if after != before:
                 wrong.append(f"refused, yet rows changed: {dict(zip(WRITTEN_TABLES, zip(before, after)))}")
+            if shown is not None and client.get(url).get_data() != shown:
+                wrong.append("refused, yet the entity changed")
         if wrong:
             failures.append(f"{method.upper()} {path} {text[:200]!r}: {'; '.join(wrong)}: "
                             f"{response.get_data(as_text=True)[:300]}")
