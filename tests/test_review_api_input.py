@@ -269,3 +269,19 @@ def test_every_api_operation_taking_no_query_refuses_one(client, committed_stewa
                     assert response.get_json()["errors"] == [
                         {"field": "dry_run", "message": "not a parameter of this operation"}], (verb, path)
     assert len(answered) > 30 and set(answered.values()) == {422}, answered
+
+
+def test_every_documented_error_answer_is_problem_json(client) -> None:
+    """/openapi.json gave GET /health a 422 of flask-openapi3's own: a JSON array of
+    ``ValidationErrorModel``, which no route answers (Plant's refusals are problem+json, and
+    /health reads no input to refuse). Every error the document names is a problem (but
+    /health's 503, which is its report)."""
+    document = client.get("/openapi.json").get_json()
+    wrong = [f"{method.upper()} {path} {status}: {sorted(answer.get('content', {}))}"
+             for path, operations in document["paths"].items() for method, operation in operations.items()
+             for status, answer in operation["responses"].items()
+             if int(status) >= 400 and set(answer.get("content", {})) != {"application/problem+json"}
+             and (path, status) != ("/health", "503")]  # unavailable: the health report itself
+    assert not wrong, wrong
+    assert "ValidationErrorModel" not in document["components"]["schemas"]
+    assert client.get("/health?verbose=1").status_code in (200, 503)  # it reads no query: none to refuse

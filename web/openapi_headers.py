@@ -12,6 +12,8 @@ generated document once, when the app is created. Nothing here runs per request.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
@@ -135,7 +137,25 @@ def document_headers(app: OpenAPI) -> dict[str, Any]:
             operation["parameters"] = [*operation.get("parameters", []), dict(REQUEST_ID)]
             for response in operation["responses"].values():
                 response.setdefault("headers", {})["X-Request-ID"] = dict(ECHOED_REQUEST_ID)
+    drop_unproduced_validation_answers(document)
     return document
+
+
+def drop_unproduced_validation_answers(document: dict[str, Any]) -> None:
+    """Take out the 422 flask-openapi3 writes into every operation that names none: a JSON
+    array of its ``ValidationErrorModel``, which Plant never answers (its 422s are problem+json,
+    web.problems.validation_problem), from an operation reading no path, query or body a
+    refusal could be about (``/health``). The model's schema goes with it once unused."""
+    default = {"type": "array", "items": {"$ref": "#/components/schemas/ValidationErrorModel"}}
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422", {})
+            reads = "requestBody" in operation or any(p.get("in") in ("path", "query")
+                                                      for p in operation.get("parameters", []))
+            if not reads and answer.get("content", {}).get("application/json", {}).get("schema") == default:
+                del operation["responses"]["422"]
+    if "ValidationErrorModel" not in json.dumps(document["paths"]):
+        document.get("components", {}).get("schemas", {}).pop("ValidationErrorModel", None)
 
 
 def openapi_path(rule: str) -> str:
