@@ -29,6 +29,10 @@ from models.registry import WriteContext, get_entity, record_version
 from models.seat_guards import lock_seat, signed_required_skills
 
 AUTO_CANDIDATES_SHOWN = 5
+# A result or error lists at most this many excluded teams, with the count of all of them
+# (``excluded_count``), as other lists in Plant show their first 20: the registry's every team
+# made each one grow with the registry.
+EXCLUDED_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,13 @@ class AssignmentOutcome:
             "previous_team_id": str(self.previous_team_id) if self.previous_team_id else None,
             "version": self.version,
             "candidates": self.candidates,
-            "excluded": self.excluded,
+            **excluded_json(self.excluded),
         }
+
+
+def excluded_json(excluded: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first ``EXCLUDED_SHOWN`` excluded teams and how many there are in all."""
+    return {"excluded": excluded[:EXCLUDED_SHOWN], "excluded_count": len(excluded)}
 
 
 def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | None, ctx: WriteContext) -> AssignmentOutcome:
@@ -80,7 +89,8 @@ def _assign_to(session: Session, agent: Agent, team_id: uuid.UUID, ctx: WriteCon
 
 def rank_teams(session: Session, agent: Agent, required: set[uuid.UUID]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Eligible teams with a free seat, best first, and every excluded team with why;
-    ``required`` is the skills the agent's job role requires."""
+    ``required`` is the skills the agent's job role requires. Ties in score go by name,
+    which is unique (``uq_teams_name``), so a choice between equals is the same on every run."""
     seats = dict(session.execute(select(Agent.team_id, func.count()).where(Agent.team_id.is_not(None)).group_by(Agent.team_id)).all())
     eligible, excluded = [], []
     # Embeddings are deferred on the models; every eligible team's is needed, so load them
@@ -106,15 +116,18 @@ def _assign_automatically(session: Session, agent: Agent, ctx: WriteContext) -> 
     # the seat is decided again under its team's lock (lock_seat), on the skills read then.
     required = signed_required_skills(session, agent.job_role_id, ctx.keyring)
     candidates, excluded = rank_teams(session, agent, required)
+    passed_over: list[dict[str, Any]] = []  # listed first: they were the best, and the first 20 are shown
     for tried, candidate in enumerate(candidates):
         shown = candidates[tried:tried + AUTO_CANDIDATES_SHOWN]  # not those passed over: they are among the excluded
         try:
             with session.begin_nested():
-                return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown, excluded=excluded)
+                return _assign_to(session, agent, uuid.UUID(candidate["team_id"]), ctx, candidates=shown,
+                                  excluded=passed_over + excluded)
         # Filled up or changed since we ranked, or its row is not its signed head: try the next best.
         except (TeamFull, NotEligible, EntityTampered) as refused:
-            excluded.append({"team_id": candidate["team_id"], "name": candidate["name"], "reasons": [refused.detail]})
+            passed_over.append({"team_id": candidate["team_id"], "name": candidate["name"], "reasons": [refused.detail]})
             continue
-    raise NoEligibleTeam(f"no eligible team has a free seat for agent {agent.name}", excluded=excluded)
+    raise NoEligibleTeam(f"no eligible team has a free seat for agent {agent.name}",
+                         **excluded_json(passed_over + excluded))
 
 
