@@ -33,7 +33,7 @@ from models.entities import (
     governed_content, load_entities,
 )
 from models.entity_locks import tampered_error
-from models.jobs import BulkAssignmentMove
+from models.jobs import MAX_BULK_AGENTS, BulkAssignmentMove
 from models.progress import ProgressSink
 from models.registry import WriteContext, record_version
 from models.signing import KeyRing
@@ -642,7 +642,8 @@ def _held_skills(agent: PlannedAgent | Agent) -> frozenset[uuid.UUID]:
 def _agents(
     session: Session, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, excluding: Collection[uuid.UUID] = (),
 ) -> tuple[list[PlannedAgent], np.ndarray]:
-    """The agents to plan, by id, as plain rows, and their embeddings as one matrix.
+    """The agents to plan, by id, as plain rows, and their embeddings as one matrix: with
+    ``all_unassigned``, the first ``MAX_BULK_AGENTS`` unassigned ones by id.
 
     One statement (skills aggregated per agent), so agents and skills are one snapshot.
     """
@@ -654,6 +655,7 @@ def _agents(
         query = query.where(uuid_in(Agent.id, agent_ids))
     elif all_unassigned:
         query = query.where(Agent.team_id.is_(None), Agent.status == AgentStatus.ACTIVE.value, Agent.deleted_at.is_(None))
+        query = query.limit(MAX_BULK_AGENTS)  # after ``excluding``: a retry takes the next ones
     else:
         return [], _vectors([])
     if excluding:

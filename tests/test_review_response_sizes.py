@@ -26,3 +26,20 @@ def test_an_automatic_assignment_lists_the_first_20_excluded_teams_and_counts_th
     problem = refused.value.problem()
     assert len(problem["excluded"]) == EXCLUDED_SHOWN and problem["excluded_count"] == EXCLUDED_SHOWN + 6
     assert problem["excluded"][0]["team_id"] == str(near.id)  # the team passed over comes first
+
+
+def test_an_all_unassigned_plan_reads_at_most_the_cap_of_agents_first_by_id(world: World, db_session,
+                                                                             monkeypatch) -> None:
+    """``all_unassigned`` loaded every unassigned agent (3 KB of float64 embedding each, and more
+    in the solver), with no bound; ``agent_ids`` is capped at 25,000. The cap is lowered here."""
+    from models import bulk_assignment
+
+    for i in range(3):
+        world.agent(f"Unseated {i}")
+    monkeypatch.setattr(bulk_assignment, "MAX_BULK_AGENTS", 2)
+    unassigned = sorted(db_session.scalars(text(
+        "SELECT id FROM agents WHERE team_id IS NULL AND status = 'active' AND deleted_at IS NULL")))
+    inputs = bulk_assignment.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True)
+    assert [agent.id for agent in inputs.agents] == unassigned[:2] and inputs.agent_vectors.shape[0] == 2
+    assert len(bulk_assignment.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True,
+                                                excluding=unassigned[:1]).agents) == 2  # a retry takes the next

@@ -15,6 +15,7 @@ from web.auth import BEARER
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from models.entities import EntityType
+from models.jobs import MAX_BULK_AGENTS
 from models.registry import get_entity, require_all
 from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import EntityPath
@@ -37,8 +38,8 @@ class AssignTeamIn(BaseModel):
 
 class AssignTeamsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # 25,000 ids (40 bytes each as JSON) fit PLANT_MAX_REQUEST_BYTES' default (1 MiB); more use all_unassigned
-    agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=25_000)
+    # 25,000 ids (40 bytes each as JSON) fit PLANT_MAX_REQUEST_BYTES' default (1 MiB); all_unassigned plans as many
+    agent_ids: list[uuid.UUID] | None = Field(default=None, max_length=MAX_BULK_AGENTS)
     all_unassigned: StrictBool = False
 
     @model_validator(mode="after")
