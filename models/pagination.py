@@ -88,6 +88,13 @@ def keyset_page(session: Session, query: Select, model: Any, *, page_size: int, 
     ``model`` must have ``created_at`` and ``id`` columns; an index on them (or on a
     filter column followed by them) serves the query.
     """
+    rows = list(session.scalars(keyset_query(query, model, page_size=page_size, page_token=page_token)))
+    return page_of(rows, page_size)
+
+
+def keyset_query(query: Select, model: Any, *, page_size: int, page_token: str | None) -> Select:
+    """``query`` newest first, after ``page_token``, limited to one page and one row more (which
+    says whether there is a next page: :func:`page_of`)."""
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
     if page_token:
         after = decode_cursor(page_token)
@@ -97,7 +104,11 @@ def keyset_page(session: Session, query: Select, model: Any, *, page_size: int, 
                 and_(model.created_at == after.created_at, model.id < after.id),
             )
         )
-    rows = list(session.scalars(query))
+    return query
+
+
+def page_of(rows: list[Any], page_size: int) -> Page:
+    """The page of ``rows`` (a :func:`keyset_query`'s, each with ``created_at`` and ``id``)."""
     if len(rows) <= page_size:
         return Page(rows, None)
     last = rows[page_size - 1]

@@ -1,12 +1,32 @@
 """Answers and job results that must not grow without bound, and choices that must not vary
 between runs (review: response sizes)."""
 
+import uuid
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session
 
 from models.assignment import EXCLUDED_SHOWN, assign_agent
 from models.errors import NoEligibleTeam
-from tests.test_assignment import World, world  # noqa: F401 - the fixture is used by name
+from models.job_lifecycle import LISTED_JSON_BYTES
+from models.jobs import Job
+from tests.test_assignment import World
+from web import create_app
+
+
+@pytest.fixture
+def world(db_session, write_ctx, steward) -> World:
+    return World(db_session, write_ctx, steward)
+
+
+@pytest.fixture
+def client(settings, admin_key):
+    """An admin client whose jobs go to a Redis database no worker consumes (as tests/test_api_jobs.py's)."""
+    quiet = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/9"})
+    test_client = create_app(quiet).test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
+    return test_client
 
 
 def test_an_automatic_assignment_lists_the_first_20_excluded_teams_and_counts_them_all(
@@ -43,3 +63,29 @@ def test_an_all_unassigned_plan_reads_at_most_the_cap_of_agents_first_by_id(worl
     assert [agent.id for agent in inputs.agents] == unassigned[:2] and inputs.agent_vectors.shape[0] == 2
     assert len(bulk_assignment.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True,
                                                 excluding=unassigned[:1]).agents) == 2  # a retry takes the next
+
+
+def test_the_job_list_leaves_out_params_and_results_too_long_to_list_and_says_so(client, engine) -> None:
+    """Every listed job carried its full params and result: 40 bulk jobs of 25,000 agent ids made
+    a 39 MB page (page_size=500, about 0.5 GB). A member over 16 KiB as JSON is null in its
+    item and named, with its length, in ``abbreviated``; the job's own resource has it all."""
+    small = client.post("/api/v1/diagnostics/sleep", json={"seconds": 0}).get_json()
+    big = client.post("/api/v1/diagnostics/sleep", json={"seconds": 0}).get_json()
+    ids = [str(uuid.UUID(int=i)) for i in range(LISTED_JSON_BYTES // 30)]  # 40 bytes each as JSON text
+    with Session(engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id == uuid.UUID(big["id"]))
+                        .values(params={"agent_ids": ids}, result={"unplaced": ids}, status="succeeded"))
+        session.execute(update(Job).where(Job.id == uuid.UUID(small["id"])).values(status="succeeded"))
+    response = client.get("/api/v1/jobs", query_string={"kind": "diagnostics.sleep", "page_size": 500})
+    assert response.status_code == 200
+    items = {item["id"]: item for item in response.get_json()["items"]}
+    listed = items[big["id"]]
+    assert listed["params"] is None and listed["result"] is None and listed["error"] is None
+    assert set(listed["abbreviated"]) == {"params", "result"}
+    assert all(size > LISTED_JSON_BYTES for size in listed["abbreviated"].values())
+    assert ids[-1].encode() not in response.data  # the long members never reach the page
+    assert items[small["id"]]["abbreviated"] == {} and items[small["id"]]["params"] == {"seconds": 0, "steps": 1}
+    shown = client.get(f"/api/v1/jobs/{big['id']}").get_json()
+    assert shown["params"] == {"agent_ids": ids} and shown["result"] == {"unplaced": ids} and "abbreviated" not in shown
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]
+    assert "abbreviated" in schema["JobListItem"]["properties"]

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
 from models.errors import PROBLEM_MEMBERS
+from models.job_lifecycle import LISTED_JSON, LISTED_JSON_BYTES
 from models.jobs import JobRecord, JobStatus
 from web.openapi_headers import INSUFFICIENT_SCOPE_CHALLENGE, UNAVAILABLE_RETRY_AFTER, WWW_AUTHENTICATE
 
@@ -211,8 +212,24 @@ class QueryModel(BaseModel):
 _QUERY_SCHEMAS: dict[tuple[Any, ...], str] = {}
 
 
+class JobListItem(JobOut):
+    """A job as a page of ``GET /api/v1/jobs`` lists it: a member too long to list is null here."""
+
+    abbreviated: dict[Literal["params", "result", "error"], int] = Field(
+        description=f"the members of this job (`params`, `result`, `error`) whose JSON text is longer than "
+                    f"{LISTED_JSON_BYTES:,} bytes, each with its length in bytes: each is null in this item, "
+                    "and `GET /api/v1/jobs/{id}` shows it in full. Empty for most jobs.")
+
+    @classmethod
+    def listed(cls, row: Any) -> JobListItem:
+        """A row of :func:`models.job_lifecycle.list_jobs`."""
+        lengths = {name: getattr(row, f"{name}_bytes") for name in LISTED_JSON}
+        abbreviated = {name: size for name, size in lengths.items() if size is not None and size > LISTED_JSON_BYTES}
+        return cls(**dict(JobOut.of(row)), abbreviated=abbreviated)
+
+
 class JobList(BaseModel):
-    items: list[JobOut]
+    items: list[JobListItem]
     next_page_token: str | None
 
 

@@ -20,7 +20,7 @@ from models.job_lifecycle import get_job, list_jobs, request_cancel
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.openapi_headers import ETAG, IF_NONE_MATCH, documents_headers
-from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListQuery, JobOut, JobPath, problems
+from web.schemas import API_PROBLEMS, JobGetQuery, JobList, JobListItem, JobListQuery, JobOut, JobPath, problems
 from web.services import close_db_session, db_session, db_statements, long_poll_slot, services, statement_at_a_time
 
 POLL_INTERVAL_SECONDS = 0.1
@@ -59,7 +59,8 @@ def _wait_until_terminal(job_id: uuid.UUID, seconds: float) -> tuple[JobRecord, 
 @jobs_api.get("/jobs", responses={200: JobList, **problems(422)})
 @statement_at_a_time
 def list_all_jobs(query: JobListQuery) -> dict:
-    """List jobs newest first; follow ``next_page_token`` until it is null."""
+    """List jobs newest first; follow ``next_page_token`` until it is null. A job's ``params``,
+    ``result`` or ``error`` longer than 16 KiB as JSON is null in its item, named in ``abbreviated``."""
     page = list_jobs(
         db_session(),
         status=query.status.value if query.status else None,
@@ -67,7 +68,7 @@ def list_all_jobs(query: JobListQuery) -> dict:
         page_size=query.page_size,
         page_token=query.page_token,
     )
-    return JobList(items=[JobOut.of(j) for j in page.items], next_page_token=page.next_page_token).model_dump(
+    return JobList(items=[JobListItem.listed(j) for j in page.items], next_page_token=page.next_page_token).model_dump(
         mode="json"
     )
 
