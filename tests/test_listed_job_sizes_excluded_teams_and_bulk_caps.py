@@ -1,5 +1,5 @@
-"""Answers and job results that must not grow without bound, and choices that must not vary
-between runs (review: response sizes)."""
+"""Answers and job results that must not grow without bound: listed jobs, an automatic choice's
+excluded teams, an all-unassigned plan (stop 42's review of response sizes)."""
 
 import uuid
 
