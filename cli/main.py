@@ -25,7 +25,7 @@ from cli.repair import entity
 from cli.seeding import seed_database
 from cli.work import assign, audit, certify
 from models.api_keys import check_configured_admin_key
-from models.migrate import RuntimeRoleRefused, check_schema, grant_runtime_role, upgrade_head
+from models.migrate import MigrationLockTimeout, RuntimeRoleRefused, check_schema, grant_runtime_role, upgrade_head
 
 
 @click.group(cls=PlantGroup, epilog=EXIT_CODES_HELP)
@@ -74,12 +74,17 @@ def upgrade(as_json: bool) -> None:
     PLANT_RUNTIME_ROLE_PASSWORD), then ensure PLANT_ADMIN_API_KEY if it is set.
 
     Run it as the schema's owner; connect everything else as the runtime role, which then
-    cannot lift the append-only guards (README, "The database roles").
+    cannot lift the append-only guards (README, "The database roles"). A migration waits at
+    most 5 s for a table's lock, so the running release never queues behind it for long; an
+    upgrade that timed out changed nothing and is tried again, five times in all.
     """
     settings = local_settings(as_owner=True)
     if settings.admin_api_key is not None:  # refused before the schema changes, not after
         check_configured_admin_key(settings.admin_api_key.get_secret_value())
-    upgrade_head(settings.database_url)
+    try:
+        upgrade_head(settings.database_url)
+    except MigrationLockTimeout as timed_out:
+        raise PlantCliError(str(timed_out)) from timed_out
     grant = None
     if settings.runtime_role is not None:
         try:

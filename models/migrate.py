@@ -11,21 +11,30 @@ signatures) that nothing can recreate. ``discard_data=True`` (``-x discard-data=
 an Alembic command run with :func:`alembic_config`; the repository has no ``alembic.ini``)
 lets it go. The whole downgrade is one transaction
 (``migrations/env.py``), so a refusal undoes the steps it already took.
+
+Each lock a migration waits for is bounded by :data:`MIGRATION_LOCK_TIMEOUT_MS`, so a long
+transaction of the running release cannot make the API and the workers queue behind an
+``ALTER TABLE`` for as long as it lasts; an upgrade or downgrade that times out changed nothing
+and is tried again, up to :data:`MIGRATION_ATTEMPTS` times in all
+(:class:`MigrationLockTimeout` after the last).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 import functools
+import logging
 from pathlib import Path
+import time
 
 import psycopg
 from alembic import command, context, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
 from models.constitution import GUARDS_FINGERPRINT, GUARDS_SQL
 from models.db_roles import GUARD_LIFTER_SQL, HOLDINGS_SQL, NO_SCHEMA, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
@@ -37,30 +46,75 @@ DISCARD_DATA = "discard-data"
 # runtime role's grant with it: several `plant db upgrade` at once (replicas, two deploys)
 # run one after the other.
 MIGRATION_LOCK_ID = 0x504C414E54  # "PLANT"
+# How long a migration may wait for one table's lock (``-x lock-timeout-ms=N``): an ALTER TABLE
+# waiting behind a transaction of the running release makes every later statement on that table
+# wait behind it too, so the API and the workers stand still for as long as it waits.
+LOCK_TIMEOUT_OPTION = "lock-timeout-ms"
+MIGRATION_LOCK_TIMEOUT_MS = 5_000
+# Attempts in all of an upgrade or downgrade whose lock waits timed out, 1 s, 2 s, ... apart.
+MIGRATION_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
 
 
 class DowngradeRefused(RuntimeError):
     """A downgrade would drop data; nothing was changed."""
 
 
-def alembic_config(database_url: str, *, discard_data: bool = False) -> Config:
+class MigrationLockTimeout(RuntimeError):
+    """Every attempt of a migration waited too long for a table's lock; nothing was changed."""
+
+
+def alembic_config(database_url: str, *, discard_data: bool = False, lock_timeout_ms: int | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would choke on a literal % in a password.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    if discard_data:  # what `alembic -x discard-data=yes` would give
-        config.cmd_opts = argparse.Namespace(x=[f"{DISCARD_DATA}=yes"])
+    x = [f"{DISCARD_DATA}=yes"] if discard_data else []  # what `alembic -x discard-data=yes` would give
+    if lock_timeout_ms is not None:
+        x.append(f"{LOCK_TIMEOUT_OPTION}={int(lock_timeout_ms)}")
+    config.cmd_opts = argparse.Namespace(x=x, quiet=False)
     return config
 
 
-def upgrade_head(database_url: str) -> None:
-    command.upgrade(alembic_config(database_url), "head")
+def upgrade_head(database_url: str, *, lock_timeout_ms: int | None = None, attempts: int | None = None) -> None:
+    """Upgrade to head; :class:`MigrationLockTimeout`, with nothing changed, if every one of
+    ``attempts`` (:data:`MIGRATION_ATTEMPTS`) waited more than ``lock_timeout_ms``
+    (:data:`MIGRATION_LOCK_TIMEOUT_MS`) for a table's lock."""
+    config = alembic_config(database_url, lock_timeout_ms=lock_timeout_ms or MIGRATION_LOCK_TIMEOUT_MS)
+    _retrying_lock_timeouts(lambda: command.upgrade(config, "head"), attempts=attempts, what="upgrade to head")
 
 
-def downgrade(database_url: str, revision: str, *, discard_data: bool = False) -> None:
+def downgrade(database_url: str, revision: str, *, discard_data: bool = False, lock_timeout_ms: int | None = None,
+              attempts: int | None = None) -> None:
     """Downgrade to ``revision``; :class:`DowngradeRefused`, with nothing changed, if that
-    would drop data and ``discard_data`` is not set."""
-    command.downgrade(alembic_config(database_url, discard_data=discard_data), revision)
+    would drop data and ``discard_data`` is not set (and :class:`MigrationLockTimeout`, as
+    :func:`upgrade_head`)."""
+    config = alembic_config(database_url, discard_data=discard_data,
+                            lock_timeout_ms=lock_timeout_ms or MIGRATION_LOCK_TIMEOUT_MS)
+    _retrying_lock_timeouts(lambda: command.downgrade(config, revision), attempts=attempts,
+                            what=f"downgrade to {revision}")
+
+
+def _retrying_lock_timeouts(migrate: Callable[[], None], *, attempts: int | None, what: str) -> None:
+    """Run ``migrate`` (one transaction: a timed-out attempt changed nothing) until no lock
+    wait of it times out, ``attempts`` times at most."""
+    attempts = attempts or MIGRATION_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            migrate()
+            return
+        except exc.OperationalError as error:
+            if not isinstance(error.orig, psycopg.errors.LockNotAvailable):
+                raise
+            if attempt == attempts:
+                raise MigrationLockTimeout(
+                    f"the {what} waited too long for a table's lock {attempts} times (a long transaction holds a table "
+                    "a migration alters): nothing was changed; end that transaction, or try again when it is over"
+                ) from error
+            log.warning("the %s waited too long for a table's lock (attempt %d of %d): nothing was changed; "
+                        "trying again in %d s", what, attempt, attempts, attempt)
+            time.sleep(attempt)
 
 
 def downgrade_base(database_url: str, *, discard_data: bool = False) -> None:
@@ -96,7 +150,7 @@ def check_schema(database_url: str) -> None:
     Quiet: Alembic's own "No new upgrade operations detected." went to the stdout it bound at
     import, ahead of what ``plant db check --json`` prints there, which says the same."""
     config = alembic_config(database_url)
-    config.cmd_opts = argparse.Namespace(quiet=True)
+    config.cmd_opts.quiet = True
     command.check(config)
 
 
