@@ -187,8 +187,12 @@ def schema_behind(revision: str | None) -> str | None:
 # An owner (or a superuser, or a member of the owner, ...: models/db_roles.py) can lift every
 # append-only guard with ALTER TABLE ... DISABLE TRIGGER; a role holding only these cannot.
 RUNTIME_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
-# Alembic's bookkeeping: the runtime may read the schema's revision, never set it.
-RUNTIME_READ_ONLY_TABLES = ("alembic_version",)
+# Written by the migrations alone, read by the runtime: Alembic's bookkeeping (the runtime may
+# read the schema's revision, never set it), and the one row saying when Plant began recording
+# the reports it signs, which no trigger guards (ledger_digests_v2_began's does). Moved past a retired key's first signature
+# made `plant signing-keys seal` write that key's seal with no list (models.key_seals), so
+# what a leaked key then signed outside the chain was refused by none.
+RUNTIME_READ_ONLY_TABLES = ("alembic_version", "signed_exports_began")
 # store_digest ANALYZEs these after writing a digest's rows (models.ledger._analyze_digest_rows):
 # the MAINTAIN privilege, PostgreSQL 17 and later. On 16 the ANALYZE is skipped with a warning.
 RUNTIME_MAINTAINED_TABLES = ("ledger_digest_heads", "ledger_digest_tombstones")

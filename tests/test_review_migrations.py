@@ -15,7 +15,7 @@ from alembic import command
 from click.testing import CliRunner
 
 from cli.main import cli
-from models.migrate import MigrationLockTimeout, alembic_config, heads, upgrade_head
+from models.migrate import MigrationLockTimeout, alembic_config, grant_runtime_role, heads, upgrade_head
 from models.settings import libpq_url
 from tests.conftest import wait_for
 
@@ -121,3 +121,44 @@ def test_concurrent_upgrades_under_short_role_timeouts_all_succeed(
     results = [(upgrader.wait(timeout=180), upgrader.stdout.read().decode()[-1500:]) for upgrader in upgraders]
     assert [code for code, _ in results] == [0, 0, 0], results
     assert _revision(url) == heads()[0]
+
+
+REVIEW_RUNTIME = "plant_review_migrations_runtime"
+
+
+@pytest.fixture
+def runtime_url(pg_admin_url: str, make_database: Callable[[str], str]) -> Iterator[tuple[str, str]]:
+    """(owner's URL, runtime role's URL) of a migrated database whose runtime role was granted."""
+    url = make_database("plant_review_migrations_roles")
+    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {REVIEW_RUNTIME}")
+        admin.execute(f"CREATE ROLE {REVIEW_RUNTIME} LOGIN")
+    upgrade_head(url)
+    grant_runtime_role(url, REVIEW_RUNTIME)
+    scheme, rest = url.split("://", 1)
+    try:
+        yield url, f"{scheme}://{REVIEW_RUNTIME}@{rest.split('@', 1)[1]}"
+    finally:
+        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS plant_review_migrations_roles WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {REVIEW_RUNTIME}")
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE signed_exports_began SET began_at = '9999-01-01'",
+    "DELETE FROM signed_exports_began",
+    "INSERT INTO alembic_version VALUES ('0025')",
+], ids=["move-signed-exports-began", "delete-signed-exports-began", "set-revision"])
+def test_the_runtime_role_cannot_move_when_plant_began_recording(runtime_url: tuple[str, str], statement: str) -> None:
+    """signed_exports_began says from when every report a key signed is on record: moved past
+    a retired key's first signature, `plant signing-keys seal` wrote that key's seal with no list
+    (models.key_seals.record_seal_list), so what a leaked key signs outside the chain was refused
+    by none. Migration 0010 writes its one row; the runtime role only reads it (a trigger guards
+    ledger_digests_v2_began's)."""
+    owner, runtime = runtime_url
+    with psycopg.connect(libpq_url(owner)) as conn:
+        before = conn.execute("SELECT began_at FROM signed_exports_began").fetchone()
+    with psycopg.connect(libpq_url(runtime), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            conn.execute(statement)
+        assert conn.execute("SELECT began_at FROM signed_exports_began").fetchone() == before
