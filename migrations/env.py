@@ -26,7 +26,10 @@ def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+        # Server defaults too: a column whose default the models and the migrations disagree on (a
+        # clock_timestamp() for entity_version_stamp(), say) is drift `plant db check` must report.
+        context.configure(connection=connection, target_metadata=metadata, compare_type=True,
+                          compare_server_default=True)
         lock_timeout_ms = int(context.get_x_argument(as_dictionary=True).get(LOCK_TIMEOUT_OPTION,
                                                                              MIGRATION_LOCK_TIMEOUT_MS))
         with context.begin_transaction():
