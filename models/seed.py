@@ -29,6 +29,10 @@ from models.seed_data import AGENT_FIRST_NAMES, INDUSTRIES, JOB_ROLES, SKILLS, T
 T = EntityType
 STEWARD_KEY = "steward"
 STEWARD_NAME = "Genesis Steward"
+# The transaction-level advisory lock a seed holds: two seeds at once (`plant seed` twice, a
+# deploy's and an operator's) found the same entities missing, and the second failed on the
+# first's codes and names, saying another entity held them.
+SEED_LOCK_ID = 0x504C414E5453  # "PLANTS"
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,11 @@ def bootstrap_steward(session: Session, ctx: WriteContext) -> uuid.UUID:
 
 
 def seed_registry(session: Session, ctx: WriteContext) -> SeedResult:
-    """Load the demo data set (3+ industries, 18 skills, 10 job roles, 6 teams, 50 agents)."""
+    """Load the demo data set (3+ industries, 18 skills, 10 job roles, 6 teams, 50 agents).
+
+    Holds :data:`SEED_LOCK_ID` until the transaction ends: a second seed waits, then finds
+    what the first created (READ COMMITTED: each statement sees what committed before it)."""
+    session.execute(select(func.pg_advisory_xact_lock(SEED_LOCK_ID)))
     before = _counts(session)
     seeder = _Seeder(session, ctx)
     steward = seeder.adopt(T.AGENT, STEWARD_KEY, bootstrap_steward(session, ctx))
