@@ -197,3 +197,31 @@ def test_two_seeds_at_once_both_succeed_and_seed_once(make_database: Callable[[s
     assert created[0] == 0 and created[1] > 50, results
     with psycopg.connect(libpq_url(url)) as conn:
         assert conn.execute("SELECT count(*) FROM industries").fetchone()[0] == len(INDUSTRIES) + 1  # and the steward's
+
+
+def test_plant_db_upgrade_by_a_role_that_may_not_create_the_schema_says_who_should(
+        pg_admin_url: str, make_database: Callable[[str], str]) -> None:
+    """It said only `permission denied to create extension "vector"`: not that nothing was
+    changed, nor which role should run it and what a superuser must do first."""
+    url = make_database("plant_review_migrations_owner")
+    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS plant_review_migrations_owner")
+        admin.execute("CREATE ROLE plant_review_migrations_owner LOGIN")
+        admin.execute("ALTER DATABASE plant_review_migrations_owner OWNER TO plant_review_migrations_owner")
+    scheme, rest = url.split("://", 1)
+    owner = f"{scheme}://plant_review_migrations_owner@{rest.split('@', 1)[1]}"
+    done = CliRunner().invoke(cli, ["db", "upgrade"], env={"DATABASE_URL": owner, "PLANT_RUNTIME_ROLE": ""})
+    assert done.exit_code == 1 and done.output.count("\n") == 1, done.output
+    assert 'permission denied to create extension "vector"; nothing was changed' in done.output
+    assert "CREATE EXTENSION vector" in done.output and _revision_table(url) is None
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:  # what a superuser does first
+        conn.execute("CREATE EXTENSION vector")
+        conn.execute("ALTER SCHEMA public OWNER TO plant_review_migrations_owner")
+    done = CliRunner().invoke(cli, ["db", "upgrade"], env={"DATABASE_URL": owner, "PLANT_RUNTIME_ROLE": ""})
+    assert done.exit_code == 0, done.output
+    assert _revision(url) == heads()[0]
+
+
+def _revision_table(url: str) -> str | None:
+    with psycopg.connect(libpq_url(url)) as conn:
+        return conn.execute("SELECT to_regclass('alembic_version')::text").fetchone()[0]
