@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import functools
 import logging
 from pathlib import Path
-import time
 
 import psycopg
 from alembic import command, context, op
@@ -35,6 +34,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import exc, text
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from models.constitution import GUARDS_FINGERPRINT, GUARDS_SQL
 from models.db_roles import GUARD_LIFTER_SQL, HOLDINGS_SQL, NO_SCHEMA, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
@@ -98,23 +98,28 @@ def downgrade(database_url: str, revision: str, *, discard_data: bool = False, l
 
 def _retrying_lock_timeouts(migrate: Callable[[], None], *, attempts: int | None, what: str) -> None:
     """Run ``migrate`` (one transaction: a timed-out attempt changed nothing) until no lock
-    wait of it times out, ``attempts`` times at most."""
+    wait of it times out, ``attempts`` times at most, 1 s, 2 s, ... apart."""
     attempts = attempts or MIGRATION_ATTEMPTS
-    for attempt in range(1, attempts + 1):
-        try:
-            migrate()
-            return
-        except exc.OperationalError as error:
-            if not isinstance(error.orig, psycopg.errors.LockNotAvailable):
-                raise
-            if attempt == attempts:
-                raise MigrationLockTimeout(
-                    f"the {what} waited too long for a table's lock {attempts} times (a long transaction holds a table "
-                    "a migration alters): nothing was changed; end that transaction, or try again when it is over"
-                ) from error
-            log.warning("the %s waited too long for a table's lock (attempt %d of %d): nothing was changed; "
-                        "trying again in %d s", what, attempt, attempts, attempt)
-            time.sleep(attempt)
+
+    def say_retrying(state: RetryCallState) -> None:
+        log.warning("the %s waited too long for a table's lock (attempt %d of %d): nothing was changed; trying again "
+                    "in %g s", what, state.attempt_number, attempts, state.upcoming_sleep)
+
+    retrying = Retrying(retry=retry_if_exception(_lock_timed_out), stop=stop_after_attempt(attempts),
+                        wait=wait_incrementing(start=1, increment=1), before_sleep=say_retrying, reraise=True)
+    try:
+        retrying(migrate)
+    except exc.OperationalError as error:
+        if not _lock_timed_out(error):
+            raise
+        raise MigrationLockTimeout(
+            f"the {what} waited too long for a table's lock {attempts} times (a long transaction holds a table "
+            "a migration alters): nothing was changed; end that transaction, or try again when it is over"
+        ) from error
+
+
+def _lock_timed_out(error: BaseException) -> bool:
+    return isinstance(error, exc.OperationalError) and isinstance(error.orig, psycopg.errors.LockNotAvailable)
 
 
 def downgrade_base(database_url: str, *, discard_data: bool = False) -> None:
