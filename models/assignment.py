@@ -25,7 +25,7 @@ from models.entities import Agent, EntityType, Team, governed_content
 from models.errors import EntityTampered, NoEligibleTeam, NotEligible, TeamFull
 from models.membership import ineligibility, team_is_full
 from models.entity_locks import lock_for_write
-from models.registry import WriteContext, get_entity, record_version
+from models.registry import WriteContext, get_entity, record_version, refuse_if_deleted
 from models.seat_guards import lock_seat, signed_required_skills
 
 AUTO_CANDIDATES_SHOWN = 5
@@ -64,6 +64,7 @@ def assign_agent(session: Session, *, agent_id: uuid.UUID, team_id: uuid.UUID | 
     """Put the agent in ``team_id``, or in the best eligible team when ``team_id`` is None."""
     agent = lock_for_write(session, EntityType.AGENT, agent_id, ctx.keyring)
     assert isinstance(agent, Agent)
+    refuse_if_deleted(agent)  # not merely ineligible: a deleted agent takes no change, its seat none
     if team_id is None:
         return _assign_automatically(session, agent, ctx)
     return _assign_to(session, agent, team_id, ctx)

@@ -70,6 +70,14 @@ class EntityReferenced(Conflict):
     title = "The entity is named by live entities"
 
 
+class EntityDeleted(Conflict):
+    """A write to a soft-deleted entity: its chain ends at the signed deletion, and Plant has no
+    undelete (an entity a digest keeps a tombstone for is never live again)."""
+
+    code = "entity-deleted"
+    title = "The entity is deleted and takes no change"
+
+
 class JobNotCancellable(Conflict):
     code = "job-not-cancellable"
     title = "Job is already finished"

@@ -58,7 +58,8 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     A write deleting ``entity`` takes its lock exclusive and refuses (``EntityReferenced``,
     409) while any other live entity names it. A write leaving ``entity`` live takes the lock
     shared for every entity it newly names (one it did not name before, or every one when it
-    creates or undeletes ``entity``), in a fixed order, and reads their rows again: a deletion
+    creates ``entity``; an undelete names every one too, though none reaches here: a deleted
+    entity takes no change, :func:`models.registry.refuse_if_deleted`), in a fixed order, and reads their rows again: a deletion
     committed meanwhile is a 422 naming the field, as :func:`apply_fields` gives. Each takes
     its locks after every row lock it takes and waits for no lock after them (its flush only
     key-shares the entities it names, which a row lock ``FOR NO KEY UPDATE`` admits), as

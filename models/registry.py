@@ -35,6 +35,7 @@ from models.entities import (
 )
 from models.errors import (
     Conflict,
+    EntityDeleted,
     ImmutableEntity,
     InvalidInput,
     NotFound,
@@ -124,6 +125,7 @@ def update_entity(
     if changes.get("parent_id") is not None:
         lock_parents(session, ENTITY_MODELS[entity_type])  # before the row lock: see lock_parents
     entity = lock_for_write(session, entity_type, entity_id, ctx.keyring)
+    refuse_if_deleted(entity)
     if isinstance(entity, Skill) and entity.certificate is not None and changes != WITHDRAW_CERTIFICATE:
         if entity.status == SkillStatus.CERTIFIED.value:
             raise ImmutableEntity(f"skill {entity_id} is certified and immutable; only retiring it "
@@ -175,6 +177,8 @@ def record_version(
     they are read (:func:`rule_subject`).
     """
     entity_type = entity.entity_type_value
+    if content_before is not None and content_before.get("deleted_at") is not None:
+        refuse_if_deleted(entity, deleted_at=content_before["deleted_at"])  # whatever path the write came by
     # No autoflush before the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
         if text_changed:
@@ -194,6 +198,24 @@ def record_version(
         session.add(entity)
         session.flush()
     return entity
+
+
+def refuse_if_deleted(entity: GovernedEntity, *, deleted_at: Any = None) -> None:
+    """Raise ``EntityDeleted`` (409) when the entity (as its locked row, or ``deleted_at`` its
+    content before the write, says) is soft-deleted: a deleted entity takes no change at all,
+    its deletion time and ``deleted_at`` itself included. Its chain ends at the signed
+    deletion, Plant has no undelete (a digest's tombstone holds the entity deleted for good:
+    a version bringing it back is the audit's ``entity-undeleted``), and it still serves its
+    resource and history. A restore (``models.repair``) is no change: it puts back the
+    signed head, deleted or not."""
+    deleted_at = deleted_at if deleted_at is not None else entity.deleted_at
+    if deleted_at is None:
+        return
+    shown = deleted_at.isoformat() if hasattr(deleted_at, "isoformat") else str(deleted_at)
+    kind = entity.entity_type_value.value.replace("_", " ")
+    raise EntityDeleted(f"{kind} {entity.id} was deleted at {shown}: a deleted entity takes no change, and Plant "
+                        "has no undelete", id=str(entity.id), entity_type=entity.entity_type_value.value,
+                        deleted_at=shown)
 
 
 # Where each field of a change that stands an entity down may go: the statuses that retire or

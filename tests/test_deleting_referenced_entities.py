@@ -1,7 +1,7 @@
 """Referential integrity of the registry under deletion (``models.reference_guards``): no live
 entity names a deleted one. Deleting an entity that live entities name is 409
 ``entity-referenced`` listing them, for every reference between the entity types; a write does
-not newly name a deleted entity (parents included), nor undelete an entity naming one; and a
+not newly name a deleted entity (parents included), nor undelete one (no deleted entity takes a change); and a
 deletion racing a write that newly names the entity is ordered against it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.entities import EntityType, Industry, Skill
-from models.errors import EntityReferenced, InvalidInput
+from models.errors import EntityDeleted, EntityReferenced, InvalidInput
 from models.registry import create_entity, update_entity
 from tests.conftest import outcome_once_committed
 from tests.test_assignment import world  # noqa: F401  (fixture)
@@ -123,15 +123,17 @@ def test_a_write_does_not_newly_name_a_deleted_parent(world, db_session, write_c
 
 
 def test_undeleting_an_entity_that_names_a_deleted_one_is_refused(world, db_session, write_ctx) -> None:  # noqa: F811
-    """An undelete (``deleted_at`` set back to null) makes every reference of the entity live
-    again: one naming an industry deleted meanwhile is 422 naming the field."""
+    """An undelete (``deleted_at`` set back to null) would make every reference of the entity
+    live again, one naming an industry deleted meanwhile too: Plant has no undelete, and a
+    deleted entity takes no change (409 ``entity-deleted``), so it stays deleted."""
     industry = world.make(E.INDUSTRY, name="Short Lived", code="SHRT")
     skill = world.make(E.SKILL, name="Undeleted skill", category="technical", description="d", industry_id=industry.id)
     _delete(db_session, E.SKILL, skill.id, write_ctx)
     _delete(db_session, E.INDUSTRY, industry.id, write_ctx)
-    with pytest.raises(InvalidInput) as refused, db_session.begin_nested():
+    with pytest.raises(EntityDeleted) as refused, db_session.begin_nested():
         update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"deleted_at": None}, ctx=write_ctx)
-    assert [e["field"] for e in refused.value.extensions["errors"]] == ["industry_id"], refused.value.extensions
+    assert refused.value.extensions["id"] == str(skill.id), refused.value.extensions
+    assert db_session.get(Skill, skill.id).deleted_at is not None
 
 
 @pytest.mark.parametrize("field", ["industry_id", "job_role_id", "governance_agent_id", "parent_id", "skill_ids"])
