@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cli.main import cli
-from models.chain import SEALED_CODE, head_drift, verify_entity
+from models.chain import SEALED_CODE, append_version, head_drift, verify_entity
 from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
@@ -66,6 +66,15 @@ class Rotated:
     def edit(self, entity, ring, **changes):
         return update_entity(self.session, entity_type=entity.entity_type_value, entity_id=entity.id, changes=changes,
                              ctx=self.ctx(ring))
+
+    def forge(self, entity, ring, **changes):
+        """A version signed on top of the entity by whoever holds ``ring``'s key, with their own
+        code: Plant's registry signs nothing on top of a deleted entity (``entity-deleted``)."""
+        for field, value in changes.items():
+            setattr(entity, field, value)
+        append_version(self.session, entity=entity, actor="test", keyring=ring)
+        self.session.flush()
+        return entity
 
     def codes_since_digest(self, ring: KeyRing) -> dict[str, list]:
         return self.codes(ring, {"since": "latest-digest"})
@@ -161,7 +170,7 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_file(db_sess
     assert seal.deleted == ((str(gone.id), bytes(gone.head_link_hash).hex()),)
     sealed = KeyRing(world.new, (world.old.verifier(),), (seal,))
     assert SEALED_CODE not in world.codes(sealed)
-    world.edit(gone, world.leaked, name="Gone, forged back")  # version 3, with the leaked key
+    world.forge(gone, world.leaked, name="Gone, forged back")  # version 3, with the leaked key
     assert world.codes(sealed)[SEALED_CODE] == [(gone.id, 3)]
 
 
@@ -192,7 +201,7 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tom
     are checked against it like the leaves: a tombstone rewritten through SQL holds nothing."""
     world, gone, digest, sealed = tombstoned_world(db_session)
     assert SEALED_CODE not in world.codes(sealed)
-    world.edit(gone[0], world.leaked, name="Gone, forged back")  # version 3, with the leaked key
+    world.forge(gone[0], world.leaked, name="Gone, forged back")  # version 3, with the leaked key
     assert world.codes(sealed)[SEALED_CODE] == [(gone[0].id, 3)]
     assert seal_problems(db_session, sealed) == []
     import models.chain as chain
