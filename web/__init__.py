@@ -201,6 +201,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
+    # Swagger UI's default validatorUrl makes every browser that opens /docs on a host other than
+    # localhost fetch validator.swagger.io with this deployment's /openapi.json URL (which that
+    # service then fetches): the docs page would call out to a third party. "none" turns it off.
+    app.config["SWAGGER_CONFIG"] = {"validatorUrl": "none"}
     document_headers(app)  # the document is built here, once, and served as built
     app.before_request(refusing_query_parameters_not_taken(app))  # after auth, as above
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
