@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,3 +34,45 @@ def test_the_docs_page_turns_off_swagger_ui_s_online_validator(client) -> None:
     bundle = client.get("/swagger/js/swagger-ui-bundle.js").data.decode()
     assert 'validatorUrl:"https://validator.swagger.io/validator"' in bundle  # the default the page overrides
     assert _swagger_config(page.data.decode()).get("validatorUrl") == "none"
+
+
+# --- the CLI section's commands, in order ------------------------------------------------------
+
+
+def _cli_block() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## The `plant` CLI")
+    block = readme[start:].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_every_file_the_cli_section_reads_is_written_by_a_command_before_it() -> None:
+    """``plant report verify ... --csv audit.csv`` came with no command that writes audit.csv
+    (``--csv`` must name an existing file), so the section run as written stopped with a usage
+    error there. Every file a command reads (``--jwks``, ``--digest``, ``--csv``, ``--against``,
+    a verify's FILE) must be one an earlier line wrote (``-o FILE`` or ``> FILE``)."""
+    written: set[str] = set()
+    for line in _cli_block():
+        words = line.split()
+        read = [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--jwks", "--digest", "--csv", "--against")]
+        if words[1:3] in (["report", "verify"], ["digest", "verify"], ["history", "verify"]):
+            read.append(words[3])
+        missing = [name for name in read if name not in written]
+        assert not missing, f"`{line}` reads {missing}, which no command before it writes"
+        written.update(words[i + 1] for i, word in enumerate(words[:-1]) if word in ("-o", ">"))
+
+
+# --- docs/deploy.md: "`.env.example` documents every variable" ----------------------------------
+
+
+def test_env_example_documents_every_variable_compose_substitutes() -> None:
+    """REDIS_MAXMEMORY (``${REDIS_MAXMEMORY:-1gb}``) was in no line of .env.example, though
+    docs/deploy.md says it documents every variable: an operator sizing Redis had to read the
+    compose file to learn the knob existed."""
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    yaml.safe_load(compose_text)  # still a compose file
+    substituted = {m["name"] for m in re.finditer(r"(?<!\$)\$\{(?P<name>[A-Za-z_]\w*)", compose_text)
+                   if not compose_text[:m.start()].rsplit("\n", 1)[-1].lstrip().startswith("#")}
+    documented = {line.partition("=")[0].strip() for line in (ROOT / ".env.example").read_text().splitlines()
+                  if "=" in line and not line.lstrip().startswith("#")}
+    assert substituted - documented == set()
