@@ -76,3 +76,21 @@ def test_env_example_documents_every_variable_compose_substitutes() -> None:
     documented = {line.partition("=")[0].strip() for line in (ROOT / ".env.example").read_text().splitlines()
                   if "=" in line and not line.lstrip().startswith("#")}
     assert substituted - documented == set()
+
+
+# --- exit codes: README's list and `plant --help`'s --------------------------------------------
+
+
+def test_plant_help_names_every_verification_that_exits_4() -> None:
+    """``plant history verify`` and ``plant entity repairs`` exit 4 when what they check does
+    not verify, but ``plant --help`` said 4 was "a report or digest failed verification", and
+    the README left the repair records out: a script reading exit 4 of ``entity repairs`` could
+    not tell from either what it meant."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "4 a report, digest, history or repair record failed verification" in shown
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "4 a report, digest, history or repair record (`entity repairs`) failed verification" in readme
