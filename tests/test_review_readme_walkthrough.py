@@ -94,3 +94,74 @@ def test_plant_help_names_every_verification_that_exits_4() -> None:
     assert "4 a report, digest, history or repair record failed verification" in shown
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "4 a report, digest, history or repair record (`entity repairs`) failed verification" in readme
+
+
+# --- what tests/test_docs_references.py does not read: commands, routes, modules, migrations ------
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
+        ROOT / "terraform" / "README.md"]
+
+
+def _plant_commands() -> list[tuple[str, str]]:
+    """Every ``plant ...`` the docs spell: inline in backticks, or a line of a ``sh`` block."""
+    found = set()
+    for doc in DOCS:
+        text = doc.read_text()
+        found.update((doc.name, command) for command in re.findall(r"`(plant [^`|]+)`", text))
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            found.update((doc.name, line.split("#", 1)[0].strip()) for line in block.splitlines()
+                         if line.strip().startswith("plant "))
+    return sorted(found)
+
+
+def test_every_plant_command_and_option_the_docs_spell_exists() -> None:
+    """A renamed subcommand or option would leave the README teaching one that exits 2."""
+    import click
+
+    from cli.main import cli
+
+    commands = _plant_commands()
+    assert len(commands) > 40
+    for doc, command in commands:
+        node: click.Command = cli
+        words = command.split()[1:]
+        while isinstance(node, click.Group) and words and words[0] in node.commands:
+            node, words = node.commands[words[0]], words[1:]
+        assert not isinstance(node, click.Group) or not words or words[0].startswith("-"), \
+            f"{doc}: `{command}`: no command {words[0]!r}"
+        options = {opt for param in node.params for opt in [*param.opts, *param.secondary_opts]}
+        for word in words:
+            if re.fullmatch(r"--[\w-]+(=.*)?|-[a-z]", word):
+                assert word.split("=")[0] in options, f"{doc}: `{command}`: {node.name} has no option {word}"
+
+
+def test_every_api_route_the_docs_name_is_served(app) -> None:
+    """``/api/v1/...`` paths in the docs (ids and ``…`` as any segment) match a route the app serves."""
+    served = [re.sub(r"<[^>]+>", "{}", rule.rule) for rule in app.url_map.iter_rules()]
+    named = {(doc.name, path.rstrip(".,;:)")) for doc in DOCS
+             for path in re.findall(r"/api/v1/[\w\-/{}….]+", doc.read_text())}
+    assert len(named) > 20
+    for doc, path in sorted(named):
+        segments = re.sub(r"\{[^}]*\}|[0-9a-f]*…", "\0", path.rstrip("/"))  # an id, or an elided one
+        pattern = re.escape(segments).replace("\0", "[^/]+")
+        assert any(re.fullmatch(pattern, rule.replace("{}", "id")) for rule in served), \
+            f"{doc} names {path}, which no route serves"
+
+
+def test_every_dotted_module_name_and_migration_the_docs_cite_exists() -> None:
+    """``models.certification.verify_certificate`` and "migration 0022" are citations too."""
+    for doc in DOCS:
+        text = doc.read_text()
+        for dotted in set(re.findall(r"`((?:models|web|tasks|worker|cli)\.[\w.]+)`", text)):
+            parts = dotted.split(".")
+            module = next((ROOT.joinpath(*parts[:i]).with_suffix(".py") for i in range(len(parts), 0, -1)
+                           if ROOT.joinpath(*parts[:i]).with_suffix(".py").is_file()), None)
+            if module is None:  # a logger's name (`web.requests`), not a module
+                assert dotted in "".join(p.read_text() for p in (ROOT / parts[0]).glob("*.py")), dotted
+                continue
+            rest = parts[len(module.relative_to(ROOT).with_suffix("").parts):]
+            if rest:
+                assert re.search(rf"^(def|class) {rest[0]}\b|^{rest[0]}\s*[:=]", module.read_text(), re.M), \
+                    f"{doc.name} cites {dotted}, which {module.relative_to(ROOT)} does not define"
+        for number in set(re.findall(r"\bmigrations? (\d{4})\b", text)):
+            assert list((ROOT / "migrations" / "versions").glob(f"{number}_*.py")), f"{doc.name}: migration {number}"
