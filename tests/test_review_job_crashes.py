@@ -1,0 +1,234 @@
+"""Review of the job lifecycle under real failures (rv-jobs): real Celery workers killed with
+SIGKILL mid-job, cancels of a large bulk assignment timed, database sessions ended under a
+claim and an outcome. Each waits on the job's state, never on a sleep, and prints what it
+measured (run with ``-s`` to read it)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from models.db import make_session_factory, transaction
+from models.entities import Agent
+from tests.conftest import wait_for
+from tests.stack import ChaosStack
+from tests.test_assignment import World
+
+pytestmark = pytest.mark.e2e
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(autouse=True)
+def _empty_chaos_queues(settings) -> None:
+    """The chaos stacks' Redis database starts empty: an earlier test's stack (its beat's sweeps,
+    a killed worker's message) must not sit ahead of this test's jobs."""
+    import redis
+
+    with redis.Redis.from_url(settings.redis_url.rsplit("/", 1)[0] + "/7") as chaos:
+        chaos.flushdb()
+
+
+def _job(client, url: str) -> dict:
+    return client.get(url).get_json()
+
+
+def _ended(client, url: str) -> dict | None:
+    job = _job(client, url)
+    return job if job["status"] in TERMINAL else None
+
+
+def _bulk_world(engine, write_ctx, steward, *, teams: int, agents: int, capacity: int) -> list[uuid.UUID]:
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        world = World(session, write_ctx, steward)
+        for i in range(teams):
+            world.team(f"Crash team {i}", capacity=capacity)
+        return [world.agent(f"Crash member {i}").id for i in range(agents)]
+
+
+def _seated(engine) -> tuple[int, int]:
+    """(agents seated, the most any team holds over its capacity)."""
+    with Session(engine) as session:
+        seated = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id.is_not(None)))
+        over = session.scalar(text(
+            "SELECT coalesce(max(n - t.capacity), 0) FROM teams t"
+            " JOIN (SELECT team_id, count(*) n FROM agents WHERE team_id IS NOT NULL GROUP BY team_id) s"
+            " ON s.team_id = t.id"))
+        return seated, over
+
+
+
+BULK_AGENTS, BULK_TEAMS = 2_000, 20  # 20 teams of 100 seats: every agent has one, in 4 batches of 500
+MEASURED = "/tmp/rv-jobs-measured.txt"  # what the timing tests measured, for the review's report
+
+
+def _measured(line: str) -> None:
+    print(line)
+    with open(MEASURED, "a") as out:
+        out.write(line + "\n")
+
+
+def test_a_bulk_assignment_of_2000_agents_stops_soon_after_its_cancel(settings, engine, write_ctx, committed_steward,
+                                                                      admin_key, tmp_path) -> None:
+    """Unmeasured before: how long a cancel of a 2,000-agent bulk assignment takes to end it, asked
+    while the plan is made (nothing is seated: the next job plans them all again) and while its
+    batches apply. The job ends ``cancelled``, no team goes over capacity, and its result counts
+    exactly the agents seated."""
+    _bulk_world(engine, write_ctx, committed_steward, teams=BULK_TEAMS, agents=BULK_AGENTS,
+                capacity=BULK_AGENTS // BULK_TEAMS)
+    stack = ChaosStack(settings, tmp_path, PLANT_JOB_LEASE_SECONDS="300")
+    try:
+        stack.start_worker("bulk", concurrency=1)
+        client = stack.client(admin_key)
+        for phase, started in (("planning", lambda j: j["status"] == "running"),
+                               ("applying", lambda j: j["progress"]["message"] in ("plan computed", "applying"))):
+            url = client.post("/api/v1/agents/assign-teams", json={"all_unassigned": True}).headers["Location"]
+            wait_for(lambda: started(_job(client, url)) or _ended(client, url), timeout=120, interval=0.01,
+                     what=f"the job to be {phase}")
+            asked = time.monotonic()
+            cancel = client.post(url + "/cancel")
+            job = wait_for(lambda: _ended(client, url), timeout=120, interval=0.01, what="the cancel")
+            latency = time.monotonic() - asked
+            _measured(f"bulk of {BULK_AGENTS}, cancel while {phase}: {cancel.status_code}, ended {job['status']} "
+                      f"{latency:.2f} s later, progress {job['progress']}, placed {job['result']['placed']}")
+            assert cancel.status_code == 200 and job["status"] == "cancelled", job
+            seated, over = _seated(engine)
+            assert over <= 0 and job["result"]["placed"] == seated, (job["result"], seated)
+            assert latency < 10, latency
+    finally:
+        stack.stop()
+
+
+def _lock_waiters(engine) -> list[int]:
+    """Backends of this database waiting on a lock (a heavyweight or advisory one) now."""
+    with engine.connect() as connection:
+        return list(connection.scalars(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")))
+
+
+def _versions(engine, entity_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM entity_versions WHERE entity_id = :id"), {"id": entity_id})
+
+
+def _certify_under_lock(settings, engine, admin_key, tmp_path, **env: str):
+    """A stack with one worker, a certification submitted while the test holds the lock every
+    certification takes inside its transaction (after it holds its attempt): yields the client,
+    the job's URL, the skill's id, its version count, the stack and the lock's connection."""
+    from models.certification import CERTIFICATION_LOCK
+
+    stack = ChaosStack(settings, tmp_path, **env)
+    blocker = engine.connect()
+    blocker_tx = blocker.begin()
+    blocker.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})
+    client = stack.client(admin_key)
+    skills = client.get("/api/v1/genesis/skills", query_string={"page_size": 100}).get_json()["items"]
+    skill = next(s for s in skills if s["skill_key"] == "aml-screening")
+    before = _versions(engine, skill["id"])
+    url = client.post(f"/api/v1/genesis/skills/{skill['id']}/certify", json={}).headers["Location"]
+    return stack, client, url, skill["id"], before, blocker_tx, blocker
+
+
+def test_a_worker_killed_inside_a_certification_s_transaction_certifies_it_once_on_the_next_attempt(
+        settings, seeded, engine, admin_key, tmp_path) -> None:
+    """SIGKILL while the certification's transaction waits (its attempt held FOR SHARE): the
+    server ends the dead session, the lease (2 s) lapses, the sweep republishes, a second worker
+    certifies it: one new version, attempts 2, ``succeeded``, and never two attempts at once."""
+    stack, client, url, skill_id, before, blocker_tx, blocker = _certify_under_lock(settings, engine, admin_key, tmp_path)
+    try:
+        stack.start_worker("victim", concurrency=1)
+        wait_for(lambda: _lock_waiters(engine), timeout=60, what="the certification to wait inside its transaction")
+        stack.kill("victim")
+        killed = time.monotonic()
+        stack.start_worker("survivor", concurrency=1)
+        stack.start_beat()
+        second = wait_for(lambda: (j := _job(client, url))["attempts"] == 2 and j["status"] == "running" and j,
+                          timeout=60, what="the second attempt")
+        wait_for(lambda: _lock_waiters(engine), timeout=60, what="the second attempt to wait on the lock")
+        blocker_tx.commit()
+        job = wait_for(lambda: _ended(client, url), timeout=60, what="the certification")
+        took = time.monotonic() - killed
+    finally:
+        blocker.close()
+        stack.stop()
+    _measured(f"certification, worker SIGKILLed mid-transaction: second attempt ran, job {job['status']} {took:.1f} s "
+              f"after the kill (lease 2 s, sweep every 0.5 s)")
+    assert second["error"]["type"] == "/problems/worker-lost", second
+    assert (job["status"], job["attempts"], job["result"]["status"]) == ("succeeded", 2, "certified"), job
+    assert _versions(engine, skill_id) == before + 1
+
+
+def _terminate(engine, pid: int) -> None:
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+@pytest.mark.parametrize("moment", ["claim", "outcome"])
+def test_a_database_session_ended_under_a_claim_or_an_outcome_leaves_the_job_run_once(
+        settings, engine, admin_key, tmp_path, moment) -> None:
+    """``pg_terminate_backend`` on the worker's session while its claim (or its last write: the
+    checkpoint and outcome) waits on the job row: the statement is run again on a fresh
+    connection, and the job succeeds on its first attempt, its progress complete."""
+    stack = ChaosStack(settings, tmp_path, PLANT_JOB_LEASE_SECONDS="300")
+    blocker = engine.connect()
+    try:
+        client = stack.client(admin_key)
+        url = client.post("/api/v1/diagnostics/sleep", json={"seconds": 1 if moment == "outcome" else 0, "steps": 1}
+                          ).headers["Location"]
+        job_id = url.rsplit("/", 1)[1]
+        lock = "SELECT id FROM jobs WHERE id = :id FOR UPDATE"
+        if moment == "claim":
+            blocker_tx = blocker.begin()
+            blocker.execute(text(lock), {"id": job_id})
+            stack.start_worker("worker", concurrency=1)
+        else:
+            stack.start_worker("worker", concurrency=1)
+            wait_for(lambda: _job(client, url)["status"] == "running", what="the claim")
+            blocker_tx = blocker.begin()
+            blocker.execute(text(lock), {"id": job_id})
+        waiter = wait_for(lambda: _lock_waiters(engine), timeout=30, what=f"the {moment} to wait")
+        _terminate(engine, waiter[0])
+        wait_for(lambda: (w := _lock_waiters(engine)) and w != waiter, timeout=30, what=f"the {moment} tried again")
+        blocker_tx.commit()
+        job = wait_for(lambda: _ended(client, url), timeout=30, what="the job")
+    finally:
+        blocker.close()
+        stack.stop()
+    assert (job["status"], job["attempts"], job["progress"]["done"]) == ("succeeded", 1, 1), job
+
+
+@pytest.mark.parametrize("data", ["kept", "lost"])
+def test_jobs_queued_across_a_redis_restart_all_run_once(settings, admin_key, tmp_path, data) -> None:
+    """Ten jobs queued with no worker; Redis restarted with its data kept (the append-only file)
+    or lost (the file deleted): every job succeeds on its first attempt, the lost ones once the
+    lost-message sweep publishes them again (PLANT_REQUEUE_AFTER_SECONDS, 0.5 s here)."""
+    import shutil
+
+    from cli.services import EmbeddedRedis, free_port
+
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.start()
+    stack = ChaosStack(settings, tmp_path, redis_url=server.url)
+    try:
+        client = stack.client(admin_key)
+        urls = [client.post("/api/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1}).headers["Location"]
+                for _ in range(10)]
+        server.stop()
+        if data == "lost":
+            shutil.rmtree(tmp_path / "redis")
+        server.start()
+        back = time.monotonic()
+        stack.start_worker("worker", restart=True)
+        stack.start_beat()
+        jobs = wait_for(lambda: all(_ended(client, u) for u in urls) and [_job(client, u) for u in urls], timeout=60,
+                        what="every queued job")
+        took = time.monotonic() - back
+    finally:
+        stack.stop()
+        server.stop()
+    _measured(f"10 queued jobs, Redis restarted with its data {data}: all ended {took:.1f} s after it was back")
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 10, jobs
