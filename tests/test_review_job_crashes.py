@@ -17,6 +17,7 @@ from models.entities import Agent
 from tests.conftest import wait_for
 from tests.stack import ChaosStack
 from tests.test_assignment import World
+from tests.test_frozen_redis_connections import direct_url, forwarder  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -232,3 +233,37 @@ def test_jobs_queued_across_a_redis_restart_all_run_once(settings, admin_key, tm
         server.stop()
     _measured(f"10 queued jobs, Redis restarted with its data {data}: all ended {took:.1f} s after it was back")
     assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 10, jobs
+
+
+def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_bound(
+        settings, admin_key, tmp_path, forwarder, direct_url) -> None:  # noqa: F811 - the fixtures imported above
+    """Measured with the defaults (PLANT_BROKER_READ_TIMEOUT_SECONDS 10, PLANT_REQUEUE_AFTER_SECONDS
+    60, PLANT_REQUEUE_INTERVAL_SECONDS 5): the first job published after the worker's connections
+    froze is handed to its blocked BRPOP, whose reply never arrives, so the message is in no
+    queue and in no unacked set; only the lost-message sweep brings it back, one
+    PLANT_REQUEUE_AFTER_SECONDS after its publish (plus up to one sweep interval). The README and
+    docs/guarantees.md state that bound."""
+    from tests.test_frozen_redis_connections import _redis_url
+
+    defaults = {"PLANT_JOB_LEASE_SECONDS": "300", "PLANT_REQUEUE_INTERVAL_SECONDS": "5",
+                "PLANT_REQUEUE_AFTER_SECONDS": "60"}
+    worker = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port), **defaults)
+    recovery = ChaosStack(settings, tmp_path / "beat", redis_url=direct_url, **defaults)
+    recovery.log_dir.mkdir()
+    client = recovery.client(admin_key)
+    try:
+        worker.start_worker("worker", concurrency=1)
+        recovery.start_beat()
+        first = client.post("/api/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1}).headers["Location"]
+        wait_for(lambda: _job(client, first)["status"] == "succeeded", timeout=30, what="a job before the freeze")
+        assert forwarder.freeze() > 0
+        frozen_at = time.monotonic()
+        taken = client.post("/api/v1/diagnostics/sleep", json={"seconds": 0, "steps": 1}).headers["Location"]
+        job = wait_for(lambda: _ended(client, taken), timeout=120, interval=0.5, what="the job the frozen BRPOP took")
+        took = time.monotonic() - frozen_at
+    finally:
+        worker.stop()
+        recovery.stop()
+    _measured(f"frozen BRPOP (defaults): the job it took ran {took:.1f} s after the freeze, attempts {job['attempts']}")
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert took <= 60 + 5 + 10, took  # PLANT_REQUEUE_AFTER_SECONDS + one sweep interval + a reconnect
