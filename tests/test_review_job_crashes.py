@@ -267,3 +267,38 @@ def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_boun
     _measured(f"frozen BRPOP (defaults): the job it took ran {took:.1f} s after the freeze, attempts {job['attempts']}")
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
     assert took <= 60 + 5 + 10, took  # PLANT_REQUEUE_AFTER_SECONDS + one sweep interval + a reconnect
+
+
+def _fires(engine) -> list[tuple[float, int]]:
+    """Each scheduled-audit slot fired (epoch seconds) with how many audit jobs name it."""
+    with engine.connect() as connection:
+        return [(row[0], row[1]) for row in connection.execute(text(
+            "SELECT extract(epoch FROM f.fire_at)::float8, count(j.id) FROM scheduled_fires f"
+            " LEFT JOIN jobs j ON j.id = f.job_id GROUP BY f.fire_at ORDER BY f.fire_at"))]
+
+
+def test_beat_killed_and_restarted_fires_each_audit_tick_once_and_the_missed_one_once(
+        settings, engine, committed_steward, admin_key, tmp_path) -> None:
+    """Audit every 4 s; beat SIGKILLed for more than a tick, then restarted on its schedule file:
+    every slot fired has one audit job, slots are 4 s apart with at most the ticks of the outage
+    folded into one (the missed tick runs once when beat is back), and no audit job lacks a slot."""
+    stack = ChaosStack(settings, tmp_path, PLANT_AUDIT_INTERVAL_SECONDS="4", PLANT_JOB_LEASE_SECONDS="300")
+    try:
+        stack.start_worker("worker")
+        stack.start_beat()
+        wait_for(lambda: len(_fires(engine)) >= 2, timeout=60, what="two ticks")
+        stack.kill("beat")
+        down = _fires(engine)[-1][0]
+        wait_for(lambda: time.time() > down + 9, timeout=30, what="two ticks to pass with beat down")
+        stack.start_beat()
+        wait_for(lambda: len([f for f in _fires(engine) if f[0] > down]) >= 2, timeout=60, what="ticks after the restart")
+    finally:
+        stack.stop()
+    fires = _fires(engine)
+    with engine.connect() as connection:
+        audits = connection.scalar(text("SELECT count(*) FROM jobs WHERE requested_by = 'beat:full-audit'"))
+    _measured(f"beat killed and restarted: slots {[f[0] % 1000 for f in fires]}, audit jobs {audits}")
+    assert all(count == 1 for _, count in fires), fires
+    assert audits == len(fires), (audits, fires)
+    after = [f[0] for f in fires if f[0] > down]
+    assert all(b - a == 4 for a, b in zip(after[1:], after[2:])), fires  # on every tick once back
