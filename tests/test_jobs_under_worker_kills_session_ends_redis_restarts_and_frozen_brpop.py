@@ -1,22 +1,17 @@
-"""Review of the job lifecycle under real failures (rv-jobs): real Celery workers killed with
-SIGKILL mid-job, cancels of a large bulk assignment timed, database sessions ended under a
-claim and an outcome. Each waits on the job's state, never on a sleep, and prints what it
-measured (run with ``-s`` to read it)."""
+"""The job lifecycle under real failures (stop 42's review): a real Celery worker SIGKILLed inside
+a certification, database sessions ended under a claim and an outcome, Redis restarted under
+queued jobs, a frozen BRPOP's job, beat killed and restarted. Each waits on the job's state, never
+on a sleep, and prints what it measured (run with ``-s`` to read it)."""
 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
-from models.db import make_session_factory, transaction
-from models.entities import Agent
 from tests.conftest import wait_for
 from tests.stack import ChaosStack
-from tests.test_assignment import World
 from tests.test_frozen_redis_connections import direct_url, forwarder  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
@@ -40,68 +35,6 @@ def _job(client, url: str) -> dict:
 def _ended(client, url: str) -> dict | None:
     job = _job(client, url)
     return job if job["status"] in TERMINAL else None
-
-
-def _bulk_world(engine, write_ctx, steward, *, teams: int, agents: int, capacity: int) -> list[uuid.UUID]:
-    sessions = make_session_factory(engine)
-    with transaction(sessions) as session:
-        world = World(session, write_ctx, steward)
-        for i in range(teams):
-            world.team(f"Crash team {i}", capacity=capacity)
-        return [world.agent(f"Crash member {i}").id for i in range(agents)]
-
-
-def _seated(engine) -> tuple[int, int]:
-    """(agents seated, the most any team holds over its capacity)."""
-    with Session(engine) as session:
-        seated = session.scalar(select(func.count()).select_from(Agent).where(Agent.team_id.is_not(None)))
-        over = session.scalar(text(
-            "SELECT coalesce(max(n - t.capacity), 0) FROM teams t"
-            " JOIN (SELECT team_id, count(*) n FROM agents WHERE team_id IS NOT NULL GROUP BY team_id) s"
-            " ON s.team_id = t.id"))
-        return seated, over
-
-
-
-BULK_AGENTS, BULK_TEAMS = 2_000, 20  # 20 teams of 100 seats: every agent has one, in 4 batches of 500
-MEASURED = "/tmp/rv-jobs-measured.txt"  # what the timing tests measured, for the review's report
-
-
-def _measured(line: str) -> None:
-    print(line)
-    with open(MEASURED, "a") as out:
-        out.write(line + "\n")
-
-
-def test_a_bulk_assignment_of_2000_agents_stops_soon_after_its_cancel(settings, engine, write_ctx, committed_steward,
-                                                                      admin_key, tmp_path) -> None:
-    """Unmeasured before: how long a cancel of a 2,000-agent bulk assignment takes to end it, asked
-    while the plan is made (nothing is seated: the next job plans them all again) and while its
-    batches apply. The job ends ``cancelled``, no team goes over capacity, and its result counts
-    exactly the agents seated."""
-    _bulk_world(engine, write_ctx, committed_steward, teams=BULK_TEAMS, agents=BULK_AGENTS,
-                capacity=BULK_AGENTS // BULK_TEAMS)
-    stack = ChaosStack(settings, tmp_path, PLANT_JOB_LEASE_SECONDS="300")
-    try:
-        stack.start_worker("bulk", concurrency=1)
-        client = stack.client(admin_key)
-        for phase, started in (("planning", lambda j: j["status"] == "running"),
-                               ("applying", lambda j: j["progress"]["message"] in ("plan computed", "applying"))):
-            url = client.post("/api/v1/agents/assign-teams", json={"all_unassigned": True}).headers["Location"]
-            wait_for(lambda: started(_job(client, url)) or _ended(client, url), timeout=120, interval=0.01,
-                     what=f"the job to be {phase}")
-            asked = time.monotonic()
-            cancel = client.post(url + "/cancel")
-            job = wait_for(lambda: _ended(client, url), timeout=120, interval=0.01, what="the cancel")
-            latency = time.monotonic() - asked
-            _measured(f"bulk of {BULK_AGENTS}, cancel while {phase}: {cancel.status_code}, ended {job['status']} "
-                      f"{latency:.2f} s later, progress {job['progress']}, placed {job['result']['placed']}")
-            assert cancel.status_code == 200 and job["status"] == "cancelled", job
-            seated, over = _seated(engine)
-            assert over <= 0 and job["result"]["placed"] == seated, (job["result"], seated)
-            assert latency < 10, latency
-    finally:
-        stack.stop()
 
 
 def _lock_waiters(engine) -> list[int]:
@@ -156,7 +89,7 @@ def test_a_worker_killed_inside_a_certification_s_transaction_certifies_it_once_
     finally:
         blocker.close()
         stack.stop()
-    _measured(f"certification, worker SIGKILLed mid-transaction: second attempt ran, job {job['status']} {took:.1f} s "
+    print(f"certification, worker SIGKILLed mid-transaction: second attempt ran, job {job['status']} {took:.1f} s "
               f"after the kill (lease 2 s, sweep every 0.5 s)")
     assert second["error"]["type"] == "/problems/worker-lost", second
     assert (job["status"], job["attempts"], job["result"]["status"]) == ("succeeded", 2, "certified"), job
@@ -231,22 +164,23 @@ def test_jobs_queued_across_a_redis_restart_all_run_once(settings, admin_key, tm
     finally:
         stack.stop()
         server.stop()
-    _measured(f"10 queued jobs, Redis restarted with its data {data}: all ended {took:.1f} s after it was back")
+    print(f"10 queued jobs, Redis restarted with its data {data}: all ended {took:.1f} s after it was back")
     assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 10, jobs
 
 
 def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_bound(
         settings, admin_key, tmp_path, forwarder, direct_url) -> None:  # noqa: F811 - the fixtures imported above
-    """Measured with the defaults (PLANT_BROKER_READ_TIMEOUT_SECONDS 10, PLANT_REQUEUE_AFTER_SECONDS
-    60, PLANT_REQUEUE_INTERVAL_SECONDS 5): the first job published after the worker's connections
-    froze is handed to its blocked BRPOP, whose reply never arrives, so the message is in no
-    queue and in no unacked set; only the lost-message sweep brings it back, one
-    PLANT_REQUEUE_AFTER_SECONDS after its publish (plus up to one sweep interval). The README and
-    docs/guarantees.md state that bound."""
+    """The first job published after the worker's connections froze is handed to its blocked BRPOP,
+    whose reply never arrives, so the message is in no queue and in no unacked set; only the
+    lost-message sweep brings it back, one PLANT_REQUEUE_AFTER_SECONDS after its publish (plus up
+    to one sweep interval), the bound the README and docs/guarantees.md state. Run here with short
+    settings (8 s, a sweep every second, a 2 s read timeout); with the defaults (60 s, 5 s, 10 s)
+    it measured 65.1 s."""
     from tests.test_frozen_redis_connections import _redis_url
 
-    defaults = {"PLANT_JOB_LEASE_SECONDS": "300", "PLANT_REQUEUE_INTERVAL_SECONDS": "5",
-                "PLANT_REQUEUE_AFTER_SECONDS": "60"}
+    requeue_after, interval, read_timeout = 8, 1, 2
+    defaults = {"PLANT_JOB_LEASE_SECONDS": "300", "PLANT_REQUEUE_INTERVAL_SECONDS": str(interval),
+                "PLANT_REQUEUE_AFTER_SECONDS": str(requeue_after), "PLANT_BROKER_READ_TIMEOUT_SECONDS": str(read_timeout)}
     worker = ChaosStack(settings, tmp_path, redis_url=_redis_url(settings.redis_url, forwarder.port), **defaults)
     recovery = ChaosStack(settings, tmp_path / "beat", redis_url=direct_url, **defaults)
     recovery.log_dir.mkdir()
@@ -264,9 +198,9 @@ def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_boun
     finally:
         worker.stop()
         recovery.stop()
-    _measured(f"frozen BRPOP (defaults): the job it took ran {took:.1f} s after the freeze, attempts {job['attempts']}")
+    print(f"frozen BRPOP: the job it took ran {took:.1f} s after the freeze, attempts {job['attempts']}")
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
-    assert took <= 60 + 5 + 10, took  # PLANT_REQUEUE_AFTER_SECONDS + one sweep interval + a reconnect
+    assert took <= requeue_after + interval + read_timeout + 3, took  # + one sweep interval, a reconnect, slack
 
 
 def _fires(engine) -> list[tuple[float, int]]:
@@ -279,17 +213,18 @@ def _fires(engine) -> list[tuple[float, int]]:
 
 def test_beat_killed_and_restarted_fires_each_audit_tick_once_and_the_missed_one_once(
         settings, engine, committed_steward, admin_key, tmp_path) -> None:
-    """Audit every 4 s; beat SIGKILLed for more than a tick, then restarted on its schedule file:
-    every slot fired has one audit job, slots are 4 s apart with at most the ticks of the outage
+    """Audit every 2 s; beat SIGKILLed for two ticks, then restarted on its schedule file:
+    every slot fired has one audit job, slots are 2 s apart with at most the ticks of the outage
     folded into one (the missed tick runs once when beat is back), and no audit job lacks a slot."""
-    stack = ChaosStack(settings, tmp_path, PLANT_AUDIT_INTERVAL_SECONDS="4", PLANT_JOB_LEASE_SECONDS="300")
+    interval = 2
+    stack = ChaosStack(settings, tmp_path, PLANT_AUDIT_INTERVAL_SECONDS=str(interval), PLANT_JOB_LEASE_SECONDS="300")
     try:
         stack.start_worker("worker")
         stack.start_beat()
         wait_for(lambda: len(_fires(engine)) >= 2, timeout=60, what="two ticks")
         stack.kill("beat")
         down = _fires(engine)[-1][0]
-        wait_for(lambda: time.time() > down + 9, timeout=30, what="two ticks to pass with beat down")
+        wait_for(lambda: time.time() > down + 2 * interval + 1, timeout=30, what="two ticks to pass with beat down")
         stack.start_beat()
         wait_for(lambda: len([f for f in _fires(engine) if f[0] > down]) >= 2, timeout=60, what="ticks after the restart")
     finally:
@@ -297,8 +232,8 @@ def test_beat_killed_and_restarted_fires_each_audit_tick_once_and_the_missed_one
     fires = _fires(engine)
     with engine.connect() as connection:
         audits = connection.scalar(text("SELECT count(*) FROM jobs WHERE requested_by = 'beat:full-audit'"))
-    _measured(f"beat killed and restarted: slots {[f[0] % 1000 for f in fires]}, audit jobs {audits}")
+    print(f"beat killed and restarted: slots {[f[0] % 1000 for f in fires]}, audit jobs {audits}")
     assert all(count == 1 for _, count in fires), fires
     assert audits == len(fires), (audits, fires)
     after = [f[0] for f in fires if f[0] > down]
-    assert all(b - a == 4 for a, b in zip(after[1:], after[2:])), fires  # on every tick once back
+    assert all(b - a == interval for a, b in zip(after[1:], after[2:])), fires  # on every tick once back
