@@ -158,7 +158,7 @@ def test_a_dead_audit_is_recovered_while_another_audit_runs(settings, seeded, en
     never ran out and the sweep never republished it; with audits started back to back it
     never would have been. Only a run whose chunks its job's current attempt published is
     kept leased now (migration 0024)."""
-    _industries(engine, write_ctx, seeded.steward_id, 200)
+    _industries(engine, write_ctx, seeded.steward_id, 600)  # batches of one: the other audit runs for some seconds, even on an idle machine
     stack = ChaosStack(settings, tmp_path, PLANT_AUDIT_BATCH_SIZE="1", PLANT_AUDIT_CHUNK_ENTITIES="100000")
     client = stack.client(admin_key)
     try:

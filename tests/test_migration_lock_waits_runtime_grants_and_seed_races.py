@@ -200,7 +200,7 @@ def test_two_seeds_at_once_both_succeed_and_seed_once(make_database: Callable[[s
 
 
 def test_plant_db_upgrade_by_a_role_that_may_not_create_the_schema_says_who_should(
-        pg_admin_url: str, make_database: Callable[[str], str]) -> None:
+        pg_admin_url: str, make_database: Callable[[str], str], no_server_log_lines: None) -> None:
     """It said only `permission denied to create extension "vector"`: not that nothing was
     changed, nor which role should run it and what a superuser must do first."""
     url = make_database("plant_review_migrations_owner")
