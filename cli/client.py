@@ -40,7 +40,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 from cli.bootstrap import ADMIN_KEY_FILE
 from cli.errors import PlantCliError
 from models.canonical import visible_text
-from models.settings import load_settings
+from models.settings import DataDirSettings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
@@ -70,7 +70,7 @@ def client_config_from_environment() -> ClientConfig:
     api_key = os.environ.get("PLANT_API_KEY", "").strip() or None  # a key file's CRLF, kept by $(cat ...)
     if api_key is not None:
         return ClientConfig(base_url, _sendable_key(api_key, "PLANT_API_KEY"), None)
-    key_file = load_settings().data_dir / ADMIN_KEY_FILE
+    key_file = DataDirSettings().data_dir / ADMIN_KEY_FILE
     api_key = (key_file.read_text().strip() or None) if key_file.is_file() else None
     return ClientConfig(base_url, api_key and _sendable_key(api_key, str(key_file)), key_file)
 

@@ -194,6 +194,16 @@ class Settings(BaseSettings):
         return self.retired_signing_keys_dir or self.data_dir / "keys" / "retired"
 
 
+class DataDirSettings(BaseSettings):
+    """``PLANT_DATA_DIR`` alone, read as :class:`Settings` reads it: what a client of the API needs
+    (the dev runner's admin key file, ``cli.client``). Loading every setting there made any server
+    setting that is invalid where the client runs (``PLANT_PORT=x``, say) stop every command."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Settings.model_fields["data_dir"].default
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and explicit overrides, which win) into a ``Settings``."""
     return Settings(**overrides)  # type: ignore[arg-type]
