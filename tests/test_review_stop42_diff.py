@@ -29,3 +29,14 @@ def test_deleting_a_team_its_seated_agents_name_is_409_entity_referenced(world, 
     assert problem["dependent_count"] == 1
     assert problem["dependents"] == [{"entity_type": "agent", "id": str(member.id), "field": "team_id"}]
     assert db_session.get(type(team), team.id).deleted_at is None
+
+
+def test_a_key_name_nfc_makes_longer_than_the_column_is_422_naming_name(client) -> None:
+    """U+0958 is two code points in NFC: 200 of them passed the 200-character check, were stored as
+    400 and the database refused them, a 422 that named no field ("a value was refused by the database")."""
+    response = client.post("/api/v1/api-keys", json={"name": "\u0958" * 200, "scopes": ["read"]})
+    assert response.status_code == 422, response.get_json()
+    problem = response.get_json()
+    assert [e["field"] for e in problem["errors"]] == ["name"], problem
+    assert "NFC" in problem["errors"][0]["message"]
+    assert client.post("/api/v1/api-keys", json={"name": "\u0958" * 100, "scopes": ["read"]}).status_code == 201

@@ -17,12 +17,14 @@ from web.openapi_headers import documents_headers, header
 from web.schemas import API_PROBLEMS, QueryModel, problems
 from web.services import db_session
 
+KEY_NAME_MAX_LENGTH = 200  # models.api_keys.ApiKey.name: String(200)
+
 api_keys_api = APIBlueprint("api_keys", __name__, url_prefix="/api/v1", abp_security=BEARER, abp_responses=API_PROBLEMS, abp_tags=[Tag(name="api-keys")])
 
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: StrictStr = Field(min_length=1, max_length=200)
+    name: StrictStr = Field(min_length=1, max_length=KEY_NAME_MAX_LENGTH)
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, max_length=3)
     expires_in_days: StrictInt | None = Field(
         default=None, ge=1, le=MAX_EXPIRY_DAYS,
@@ -33,6 +35,8 @@ class ApiKeyIn(BaseModel):
     def _a_name_that_shows_what_it_is(cls, name: str) -> str:
         # NFC, as registry names are stored: "Café" typed two ways is one name.
         name = normalize_text(name)
+        if len(name) > KEY_NAME_MAX_LENGTH:  # NFC lengthens some (U+0958 is two code points): the column holds 200
+            raise ValueError(f"a key's name is at most {KEY_NAME_MAX_LENGTH} characters in NFC; this one has {len(name)}")
         if (problem := key_name_problem(name)) is not None:
             raise ValueError(problem)
         return name
