@@ -20,7 +20,7 @@ from models.constitution import INVISIBLE, visible
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
 from models.entity_locks import refuse_if_tampered
 from models.errors import InvalidInput
-from models.reference_guards import REFERENCES
+from models.reference_guards import REFERENCES, deleted_referent
 from models.signing import KeyRing
 
 
@@ -42,7 +42,7 @@ def apply_fields(
         if named and referenced is None:
             errors.append({"field": field, "message": f"no {REFERENCES[field].value} with id {value}"})
         elif named and not signed and referenced.deleted_at is not None and value != getattr(entity, field):
-            errors.append({"field": field, "message": _deleted(REFERENCES[field], value)})
+            errors.append({"field": field, "message": deleted_referent(REFERENCES[field], value)})
         elif field == "parent_id" and value is not None and value != entity.parent_id and (problem := _parent_problem(session, entity, value, signed)):
             errors.append({"field": field, "message": problem})
         elif field == "governance_agent_id" and not signed and (problem := _governor_problem(session, entity, data, pending)):
@@ -51,7 +51,7 @@ def apply_fields(
     if not signed:  # a skill newly listed must not be deleted; one listed before stays, as a restore puts it back
         for f, listed in skills.items():
             before = {s.id for s in getattr(entity, SKILL_ID_FIELDS[f])} if entity.version else set()
-            errors.extend({"field": f, "message": _deleted(EntityType.SKILL, s.id)}
+            errors.extend({"field": f, "message": deleted_referent(EntityType.SKILL, s.id)}
                           for s in listed if s.deleted_at is not None and s.id not in before)
     if errors:
         raise InvalidInput("bad reference fields", errors=errors)
@@ -125,10 +125,6 @@ def governor_fence(session: Session, entity: GovernedEntity, *, content_before: 
                 "message": _not_active(governor_id, governor.status if governor.deleted_at is None else "deleted")}])
 
 
-def _deleted(entity_type: EntityType, entity_id: uuid.UUID) -> str:
-    return f"{entity_type.value} {entity_id} is deleted: a write does not newly name a deleted entity"
-
-
 def _serving(content: dict[str, Any]) -> bool:
     """Whether an agent's content (a version's) may be named a governance agent: active, and
     not deleted (a deleted agent, its status left active, was named: no listing shows it)."""
@@ -175,7 +171,7 @@ def _parent_problem(session: Session, entity: GovernedEntity, parent_id: uuid.UU
     if parent is None:
         return f"no {kind} with id {parent_id}"
     if not signed and parent.deleted_at is not None:
-        return _deleted(entity.entity_type_value, parent_id)
+        return deleted_referent(entity.entity_type_value, parent_id)
     if parent_id == entity.id:
         return f"a {kind} cannot be its own parent"
     if not inspect(entity).persistent:

@@ -75,10 +75,16 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     named = sorted(newly_named(entity, before, content, pending), key=lambda n: (n[1].value, str(n[2])))
     for kind, referent_id in dict.fromkeys((k, i) for _f, k, i in named):
         _lock(session, kind, referent_id, "pg_advisory_xact_lock_shared")
-    errors = [{"field": field, "message": f"{kind.value} {referent_id} is deleted: a write does not newly name a deleted entity"}
+    errors = [{"field": field, "message": deleted_referent(kind, referent_id)}
               for field, kind, referent_id in named if _deleted_now(session, kind, referent_id)]
     if errors:
         raise InvalidInput("bad reference fields", errors=errors)
+
+
+def deleted_referent(entity_type: EntityType, entity_id: uuid.UUID) -> str:
+    """The message of a 422 naming a field whose newly named entity is deleted (here, and in
+    :func:`models.entity_input.apply_fields`, which reads it before the lock)."""
+    return f"{entity_type.value} {entity_id} is deleted: a write does not newly name a deleted entity"
 
 
 def newly_named(entity: GovernedEntity, before: dict[str, Any], content: dict[str, Any],
