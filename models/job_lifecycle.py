@@ -167,22 +167,23 @@ def list_jobs(
     A member longer than ``LISTED_JSON_BYTES`` is None in the row: a page holds at most
     ``page_size`` × 3 × 16 KiB of them, however large the jobs.
 
-    Each length is computed once, in the page's subquery; the outer query reads only the
-    members short enough, so the long ones never leave the database."""
+    The page is found on its keys alone (the index on ``created_at, id``, with a filter); the
+    lengths are computed in the outer query, for the page's rows only, however the planner
+    finds them: the long members never leave the database."""
     if kind is not None and "\x00" in kind:  # text cannot hold it: the database's refusal would name no field
         raise nul_refused("kind")
-    sizes = [func.octet_length(sql_cast(_JOBS[name], Text)).label(f"{name}_bytes") for name in LISTED_JSON]
-    query = select(*RECORD_COLUMNS, *sizes)
+    keys = select(_JOBS.id, _JOBS.created_at)
     if status is not None:
-        query = query.where(Job.status == status)
+        keys = keys.where(Job.status == status)
     if kind is not None:
-        query = query.where(Job.kind == kind)
-    page = keyset_query(query, Job, page_size=page_size, page_token=page_token).subquery()
+        keys = keys.where(Job.kind == kind)
+    page = keyset_query(keys, Job, page_size=page_size, page_token=page_token).subquery()
+    sizes = {name: func.octet_length(sql_cast(_JOBS[name], Text)) for name in LISTED_JSON}
     listed = select(
-        *(case((page.c[f"{c.name}_bytes"] <= LISTED_JSON_BYTES, page.c[c.name])).label(c.name) if c.name in LISTED_JSON
-          else page.c[c.name] for c in RECORD_COLUMNS),
-        *(page.c[f"{name}_bytes"] for name in LISTED_JSON),
-    ).order_by(page.c.created_at.desc(), page.c.id.desc())
+        *(case((sizes[c.name] <= LISTED_JSON_BYTES, c)).label(c.name) if c.name in LISTED_JSON else c
+          for c in RECORD_COLUMNS),
+        *(size.label(f"{name}_bytes") for name, size in sizes.items()),
+    ).join_from(Job, page, page.c.id == _JOBS.id).order_by(_JOBS.created_at.desc(), _JOBS.id.desc())
     return page_of(list(session.execute(listed)), page_size)
 
 
