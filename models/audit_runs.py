@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from models.audit import (
     FAILING_SEVERITIES, ROW_MISSING, FindingRow, audit_batch, finding_from_chain, load_entities, rowless_chains,
 )
+from models.audit_findings import all_findings, id_spans
 from models.audit_record import (
-    RECORD_INVALID_CODE, AuditRecordInvalid, all_findings, check_findings, checkpoint_problem, id_spans, plan_problem,
-    record_step, sign_checkpoint, sign_close, sign_plan, signed_repairs,
+    RECORD_INVALID_CODE, AuditRecordInvalid, check_findings, checkpoint_problem, plan_problem, record_step,
+    sign_checkpoint, sign_close, sign_plan, signed_repairs,
 )
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes

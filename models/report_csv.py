@@ -19,7 +19,7 @@ import io
 import unicodedata
 from typing import Any
 
-from models.audit_record import in_spans, left_out_spans
+from models.audit_findings import in_spans, left_out_spans
 from models.reports import CSV_COLUMNS, csv_text
 
 

@@ -10,7 +10,7 @@ page's rows are let go before the next is read:
   own, so an item's bytes are the same alone as in the array), so the bytes of each page's
   items, joined, are the array's;
 - the count and SHA-256 of those bytes, what the run's close signs
-  (:func:`models.audit_record.findings_hashed`: the array's bytes are the same at any depth);
+  (:func:`models.audit_findings.findings_hashed`: the array's bytes are the same at any depth);
 - a fingerprint of each page read, so a second pass (the CSV's, after the check) can tell
   it reads the rows the first one checked.
 
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from models.audit_record import finding_resource
+from models.audit_findings import finding_resource
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.errors import CanonicalizationError
@@ -43,7 +43,7 @@ FINDINGS_ENCLOSED = 2
 
 def finding_pages(session: Session, run_id: uuid.UUID, *, size: int | None = None) -> Iterator[list[Row[Any]]]:
     """The run's findings in id order, ``size`` (:data:`PAGE_FINDINGS`) at a time, as rows of their columns (as
-    :func:`models.audit_record.all_findings` reads them), each page read by its own statement
+    :func:`models.audit_findings.all_findings` reads them), each page read by its own statement
     after the last id of the one before. For a finished run only (see the module doc)."""
     size = size or PAGE_FINDINGS
     after: int | None = None
@@ -88,7 +88,7 @@ class PagedFindings:
     error: CanonicalizationError | None = None  # the first value canonical JSON cannot hold: read no further
 
     def hashed(self) -> dict[str, Any]:
-        """:func:`models.audit_record.findings_hashed` of the findings read (or the refusal
+        """:func:`models.audit_findings.findings_hashed` of the findings read (or the refusal
         canonicalizing them met), for :func:`models.audit_record.close_problem`."""
         if self.error is not None:
             raise self.error

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_record import in_spans, left_out_spans
+from models.audit_findings import in_spans, left_out_spans
 from models.canonical import canonical_bytes, sha256
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair

@@ -29,9 +29,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.audit_findings import all_findings, finding_resource, id_spans, in_spans, left_out_spans, run_resource
 from models.audit_record import (
-    AuditRecordInvalid, Progress, all_findings, close_problem, finding_resource, id_spans, in_spans, left_out_spans,
-    open_run_problem, progress_so_far, run_resource, signed_repairs,
+    AuditRecordInvalid, Progress, close_problem, open_run_problem, progress_so_far, signed_repairs,
 )
 from models.audit_runs import batches_in_flight_done, scope_repairs
 from models.audit_tables import AuditFinding, AuditRun

@@ -587,7 +587,8 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
     commits in between, after this session has read its chunk, names every finding it wrote."""
     from sqlalchemy import select
 
-    from models.audit_record import all_findings, open_run_problem, progress_so_far
+    from models.audit_findings import all_findings
+    from models.audit_record import open_run_problem, progress_so_far
 
     with Session(engine) as session, session.begin():
         session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
@@ -667,7 +668,8 @@ def test_a_batch_committed_between_reading_a_chunk_and_its_steps_does_not_make_i
     """Read apart, a chunk's checkpoint and its latest recorded step could straddle a batch's
     commit: the checkpoint then looked outdated, and the report called Plant's own findings
     left out. They are read in one statement."""
-    from models.audit_record import all_findings, progress_so_far
+    from models.audit_findings import all_findings
+    from models.audit_record import progress_so_far
 
     with Session(engine) as session, session.begin():
         session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
