@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 from bench.audit_data import generate
 from bench.audit_floor import verify_range_here
 from bench.harness import BenchStack
-from models.audit_runs import MAX_UUID, audit_chunk_step, pending_chunks, start_run
+from models.audit_chunks import audit_chunk_step, pending_chunks
+from models.audit_runs import MAX_UUID, start_run
 from models.job_lifecycle import create_job
 from models.keys import keyring_from_settings
 from models.seed import bootstrap_steward

@@ -40,7 +40,7 @@ class AuditRun(Base):
     plan_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     close_signed: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     # The job attempt that last put the run's pending chunks on the queue (migration 0024):
-    # ``models.audit_runs.keep_waiting_audits_leased`` renews only runs whose chunks wait there.
+    # ``models.audit_chunks.keep_waiting_audits_leased`` renews only runs whose chunks wait there.
     # 0: none of its chunks is known to wait (planned, not yet published; or a chunk's retries
     # spent). NULL: planned by a release before 0024, which published without recording it.
     chunks_published_attempt: Mapped[int | None] = mapped_column(Integer)

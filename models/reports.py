@@ -33,7 +33,8 @@ from models.audit_findings import all_findings, finding_resource, id_spans, in_s
 from models.audit_record import (
     AuditRecordInvalid, Progress, close_problem, open_run_problem, progress_so_far, signed_repairs,
 )
-from models.audit_runs import batches_in_flight_done, scope_repairs
+from models.audit_chunks import batches_in_flight_done
+from models.audit_runs import scope_repairs
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json
 from models.entity_input import nul_refused
@@ -70,7 +71,7 @@ def findings_page(session: Session, run: AuditRun, *, after: int | None, code: s
     A running run's chunks write findings in parallel, and an id one batch drew may commit
     after another batch's later one: a page that had passed it would skip it for good. So
     a page of a running run first waits for the batches in flight
-    (:func:`models.audit_runs.batches_in_flight_done`), and those that start later draw
+    (:func:`models.audit_chunks.batches_in_flight_done`), and those that start later draw
     later ids. Its start and its close write findings in the transaction that makes the
     run visible, or while no batch runs, after every id drawn before. A finished run takes
     no more findings (a trigger refuses them), so its pages wait for nothing.

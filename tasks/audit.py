@@ -24,10 +24,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from models.audit_runs import (
-    audit_chunk_step, close_runs_apart, close_runs_of_ended_jobs, forget_chunks_published, keep_waiting_audits_leased,
-    pending_chunks, record_chunks_published, start_run, summarize_run,
+from models.audit_chunks import (
+    audit_chunk_step, forget_chunks_published, keep_waiting_audits_leased, pending_chunks, record_chunks_published,
 )
+from models.audit_close import close_runs_apart, close_runs_of_ended_jobs, summarize_run
+from models.audit_runs import start_run
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
 from models.errors import InternalJobError, JobCancelled, LedgerBusy, PlantError, RunClosed, StaleAttempt

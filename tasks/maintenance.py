@@ -13,7 +13,7 @@ import logging
 
 from celery import shared_task
 
-from models.audit_runs import close_runs_apart
+from models.audit_close import close_runs_apart
 from models.db import transaction
 from models.idempotency import purge_expired_keys
 from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired

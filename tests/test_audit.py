@@ -20,7 +20,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models.audit import FindingRow, audit_batch, check_entity, load_entities
-from models.audit_runs import AuditParams, audit_chunk_step, digest_findings, pending_chunks, start_run, summarize_run
+from models.audit_chunks import audit_chunk_step, pending_chunks
+from models.audit_close import summarize_run
+from models.audit_runs import AuditParams, digest_findings, start_run
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion, history, link_hash

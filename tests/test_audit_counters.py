@@ -117,7 +117,9 @@ def test_a_run_that_stopped_part_way_counts_only_the_entities_it_audited(db_sess
     """A digest's findings are written for the whole scope when the run is planned; a run
     that ends failed or cancelled part-way must not count the entities it never reached as
     non-compliant (compliant went negative) nor claim to have read them."""
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.audit_tables import AuditChunk, AuditFinding
     from models.entities import Skill
     from models.job_lifecycle import create_job

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from models.audit_runs import keep_waiting_audits_leased, record_chunks_published, start_run
+from models.audit_chunks import keep_waiting_audits_leased, record_chunks_published
+from models.audit_runs import start_run
 from models.audit_tables import AuditRun
 from models.entities import EntityType
 from models.job_lifecycle import JobClaim, claim_job, create_job, get_job

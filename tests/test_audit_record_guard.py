@@ -132,7 +132,9 @@ def test_a_chunk_finishing_after_its_run_was_closed_says_so_and_a_run_closes_onc
     """A chunk's last batch after its run was closed: RunClosed, not a refused UPDATE (the
     task then tells a cancel race, dropped quietly, from a close outside the job, which fails
     it: ``tests/test_job_attempt_budget.py``)."""
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.errors import RunClosed
     from models.job_lifecycle import create_job
 

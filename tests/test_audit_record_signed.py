@@ -20,8 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from models.audit_chunks import audit_chunk_step, pending_chunks
+from models.audit_close import summarize_run
 from models.audit_record import AuditRecordInvalid
-from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_runs import start_run
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.entities import EntityType
 from models.job_lifecycle import create_job
@@ -64,10 +66,10 @@ def written_by_plant(session: Session, run: AuditRun, chunk: AuditChunk, keyring
     """``findings`` (``FindingRow``) written as a batch of ``chunk`` writes them: by its next
     checkpoint step, which names them and is signed."""
     from models.audit_record import record_step, sign_checkpoint
-    from models.audit_runs import _insert
+    from models.audit_runs import insert_findings
 
     step = record_step(session, run, chunk)
-    sign_checkpoint(run, chunk, keyring, step=step, findings=_insert(session, run.id, findings, chunk_id=chunk.id, step=step))
+    sign_checkpoint(run, chunk, keyring, step=step, findings=insert_findings(session, run.id, findings, chunk_id=chunk.id, step=step))
     session.flush()
 
 
@@ -563,20 +565,20 @@ def test_a_finding_whose_id_canonical_json_cannot_hold_is_refused(db_session: Se
 
 def test_a_run_that_cannot_be_closed_does_not_hold_up_the_sweep(
         db_session: Session, skills: Any, keyring: Any, monkeypatch: Any) -> None:
-    from models import audit_runs
+    from models import audit_close
 
     runs = [_started(db_session, keyring) for _ in range(2)]
     db_session.execute(text("UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = ANY(:jobs)"),
                        {"jobs": [r.job_id for r in runs]})
-    closes = audit_runs.summarize_run
+    closes = audit_close.summarize_run
 
     def first_fails(session: Session, *, run_id: uuid.UUID, **kwargs: Any) -> dict:
         if run_id == runs[0].id:
             raise RuntimeError("this run cannot be closed")
         return closes(session, run_id=run_id, **kwargs)
 
-    monkeypatch.setattr(audit_runs, "summarize_run", first_fails)
-    assert audit_runs.close_runs_of_ended_jobs(db_session, keyring=keyring) == 1
+    monkeypatch.setattr(audit_close, "summarize_run", first_fails)
+    assert audit_close.close_runs_of_ended_jobs(db_session, keyring=keyring) == 1
     db_session.expire_all()
     assert [db_session.get(AuditRun, r.id).status for r in runs] == ["running", "failed"]
 

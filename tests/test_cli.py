@@ -74,7 +74,9 @@ def test_report_verify_says_a_running_run_s_report_is_not_final(tmp_path, db_ses
 
     from sqlalchemy import text
 
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.job_lifecycle import create_job
     from models.reports import export_report
     from tests.conftest import EMBEDDER

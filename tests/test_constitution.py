@@ -15,11 +15,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models import audit_runs
+from models import audit_chunks, audit_close
 from models import constitution as c
 from models.assignment import assign_agent
+from models.audit_chunks import audit_chunk_step, pending_chunks
+from models.audit_close import summarize_run
 from models.audit_record import sign_close
-from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+from models.audit_runs import start_run
 from models.audit_tables import AuditRun
 from models.bulk_assignment import apply_batch
 from models.certification import certify_skill
@@ -274,7 +276,7 @@ def test_a_chunk_an_earlier_release_began_is_named_unrecorded_when_this_one_fini
     """A rolling upgrade: a chunk checkpointed part-way by a release that recorded no catalogue
     version, finished by this one, checked some entities against a catalogue not known
     (helper-126: the summary named the current one alone)."""
-    real_sign, calls = audit_runs.sign_checkpoint, []
+    real_sign, calls = audit_chunks.sign_checkpoint, []
 
     def earlier_release_first(run: Any, chunk: Any, keyring_: Any, **named: Any) -> None:
         calls.append(1)
@@ -282,7 +284,7 @@ def test_a_chunk_an_earlier_release_began_is_named_unrecorded_when_this_one_fini
             chunk.counters = {k: v for k, v in chunk.counters.items() if k != "constitution_versions"}
         real_sign(run, chunk, keyring_, **named)
 
-    monkeypatch.setattr(audit_runs, "sign_checkpoint", earlier_release_first)
+    monkeypatch.setattr(audit_chunks, "sign_checkpoint", earlier_release_first)
     run = _audited(db_session, keyring)
     assert run.summary["constitution_versions"] == sorted(["unrecorded", c.constitution_version()])
 
@@ -302,7 +304,7 @@ def test_a_run_closed_before_summaries_named_the_catalogue_still_exports_and_ver
         run.summary = {k: v for k, v in run.summary.items() if k != "constitution_versions"}
         sign_close(run, findings, keyring, **named)
 
-    monkeypatch.setattr(audit_runs, "sign_close", as_an_earlier_release)
+    monkeypatch.setattr(audit_close, "sign_close", as_an_earlier_release)
     run = _audited(db_session, keyring)
     monkeypatch.undo()
     report = _report(db_session, run, keyring)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.audit_runs import summarize_run
+from models.audit_close import summarize_run
 from models.audit_tables import AuditRun
 from tests.test_audit_record_signed import _started, _steps
 from tests.test_report_html import parse
@@ -146,7 +146,7 @@ def test_the_report_of_a_run_with_many_findings_is_built_within_the_idle_transac
     and the export failed (100,000 findings took 16 s). Each export, running or finished, JSON,
     CSV or page, now reads statement by statement with no transaction left idle."""
     from models.audit import FindingRow
-    from models.audit_runs import pending_chunks
+    from models.audit_chunks import pending_chunks
     from models.audit_tables import AuditChunk
     from models.canonical import canonical_bytes
     from models.reports import verify_report
@@ -196,7 +196,7 @@ def test_the_page_s_count_of_entities_with_findings_is_the_signed_summary_s(clie
     so N + M was not the run's total, and the figure labelled ``entities_with_findings`` was
     not the summary's."""
     from models.audit import FindingRow
-    from models.audit_runs import pending_chunks
+    from models.audit_chunks import pending_chunks
     from models.audit_tables import AuditChunk
     from tests.test_audit_record_signed import written_by_plant
     from tests.test_report_html import metrics, number

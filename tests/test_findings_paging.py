@@ -3,7 +3,7 @@
 Chunks write findings in parallel, each batch in its own transaction. An id drawn by one
 batch can commit after a later id of another batch; a page taken between the two would
 pass the earlier id, and the next page (ids after the token) would never show it. Each
-batch holds ``models.audit_runs.writing_findings`` from before it draws an id until it
+batch holds ``models.audit_chunks.writing_findings`` from before it draws an id until it
 commits; a page waits for those (``batches_in_flight_done``).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from models.audit_runs import writing_findings
+from models.audit_chunks import writing_findings
 from tests.conftest import EMBEDDER, lock_waiters, wait_for
 
 API = "/api/v1"
@@ -93,7 +93,7 @@ def test_a_finished_run_s_pages_wait_for_nothing(client, engine, keyring) -> Non
     run_id = _running_run(engine, keyring)
     with Session(engine) as session, session.begin():
         _batch_writes_a_finding(session, run_id, "written")
-    from models.audit_runs import summarize_run
+    from models.audit_close import summarize_run
 
     with Session(engine) as session, session.begin():
         summarize_run(session, run_id=run_id, keyring=keyring)

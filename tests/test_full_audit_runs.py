@@ -17,7 +17,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from models.audit_runs import audit_chunk_step, id_ranges, pending_chunks, start_run, summarize_run
+from models.audit_chunks import audit_chunk_step, pending_chunks
+from models.audit_close import summarize_run
+from models.audit_runs import id_ranges, start_run
 from models.audit_tables import AuditChunk
 from models.canonical import canonical_bytes
 from models.entities import EntityType, Skill
@@ -247,7 +249,7 @@ def test_a_batch_renews_only_live_leases_past_half_of_audits_with_chunks_to_do(d
     """What ``keep_waiting_audits_leased`` leaves alone: a lapsed lease (the sweep's to judge),
     one with more than half its term left (no write every batch), a job asked to cancel, an
     audit whose chunks are all done, and the calling job itself."""
-    from models.audit_runs import keep_waiting_audits_leased, record_chunks_published
+    from models.audit_chunks import keep_waiting_audits_leased, record_chunks_published
     from models.job_lifecycle import claim_job
     from models.jobs import Job
     from sqlalchemy import update

@@ -13,7 +13,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from models.assignment import assign_agent
-from models.audit_runs import record_chunks_published, start_run
+from models.audit_chunks import record_chunks_published
+from models.audit_runs import start_run
 from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, Team

@@ -111,7 +111,7 @@ def test_an_audit_stopped_for_a_worker_shutdown_is_handed_back_not_left_to_expir
     hand-back, republished at once), and the others find their attempt superseded."""
     import threading
 
-    from models.audit_runs import pending_chunks
+    from models.audit_chunks import pending_chunks
     from models.audit_tables import AuditRun
     from tasks import audit
 
@@ -173,7 +173,7 @@ def test_an_audit_whose_publish_record_fails_keeps_its_attempt_and_its_chunks(
     failure: recorded), and one that lasts leaves the record out with a warning."""
     from sqlalchemy.exc import OperationalError
 
-    from models.audit_runs import record_chunks_published
+    from models.audit_chunks import record_chunks_published
     from models.audit_tables import AuditRun
     from tasks import audit
 
@@ -317,7 +317,7 @@ def test_cancelling_an_audit_whose_lease_lapsed_closes_its_run_at_once(
 
 def test_closing_runs_leaves_live_and_finished_runs_alone_and_skips_a_held_one(
         sessions, settings, seeded, monkeypatch, keyring) -> None:
-    from models.audit_runs import close_runs_of_ended_jobs
+    from models.audit_close import close_runs_of_ended_jobs
     from models.audit_tables import AuditRun
 
     job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)
@@ -481,7 +481,7 @@ def test_the_sweep_skips_a_run_marked_finished_whose_status_was_left_running(
         sessions, settings, seeded, monkeypatch, keyring) -> None:
     """Such a run (an UPDATE of a running run, outside Plant) cannot be closed again; taken
     by every pass, twenty of them would hold the sweep's general pass up for good."""
-    from models.audit_runs import close_runs_of_ended_jobs
+    from models.audit_close import close_runs_of_ended_jobs
     from models.audit_tables import AuditRun
 
     job_id, _, _ = _audit_chunks(sessions, settings, monkeypatch)

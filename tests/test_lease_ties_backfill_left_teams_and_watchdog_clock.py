@@ -13,7 +13,8 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from models.audit_runs import record_chunks_published, start_run
+from models.audit_chunks import record_chunks_published
+from models.audit_runs import start_run
 from models.job_lifecycle import claim_job, create_job
 from models.job_recovery import claim_unpublished
 from tests.conftest import EMBEDDER

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from models.audit_runs import keep_waiting_audits_leased
+from models.audit_chunks import keep_waiting_audits_leased
 from models.audit_tables import AuditRun
 from models.jobs import Job
 from tests.test_audit_leases_and_worker_lost import running_audit

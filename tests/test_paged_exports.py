@@ -23,7 +23,8 @@ from models import report_pages
 from models.audit import FindingRow
 from models.audit_findings import all_findings, finding_resource, in_spans, left_out_spans, run_resource
 from models.audit_record import AuditRecordInvalid, close_problem
-from models.audit_runs import pending_chunks, summarize_run
+from models.audit_chunks import pending_chunks
+from models.audit_close import summarize_run
 from models.audit_tables import AuditChunk, AuditRun
 from models.canonical import canonical_bytes
 from models.reports import (

@@ -221,7 +221,9 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
     """A restore reads its time before it commits. A run starting in between waits for the
     commit, so its exports all list the repair; a restore starting after a run started
     does not wait for it, reads a later time, and no export lists it."""
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.audit_tables import AuditRun
     from models.db import make_session_factory, transaction
     from models.job_lifecycle import create_job
@@ -455,7 +457,9 @@ def test_every_export_of_a_run_lists_the_signed_repairs_its_plan_named_whatever_
     import datetime
     import os
 
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.audit_tables import AuditRun
     from models.job_lifecycle import create_job
     from models.reports import export_report
@@ -517,8 +521,10 @@ def test_a_run_started_before_plans_named_repairs_exports_as_before_but_for_reco
     import datetime
     import os
 
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
     from models.audit_record import PLAN, _plan, _signed
-    from models.audit_runs import AuditChunk, audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_runs import AuditChunk, start_run
     from models.audit_tables import AuditRun
     from models.job_lifecycle import create_job
     from models.reports import export_report

@@ -38,8 +38,9 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from models.api_keys import create_api_key
-from models.audit_runs import start_run, summarize_run
 from models.audit import FindingRow
+from models.audit_close import summarize_run
+from models.audit_runs import start_run
 from models.audit_tables import AuditChunk
 from models.entities import Skill
 from models.jobs import Job

@@ -61,7 +61,9 @@ def test_report_verify_run_refuses_a_valid_report_of_another_run(tmp_path, keyri
 
 def _audited_run(db_session, keyring) -> Any:
     """A run, closed by Plant, that found the two rows edited through SQL."""
-    from models.audit_runs import audit_chunk_step, pending_chunks, start_run, summarize_run
+    from models.audit_chunks import audit_chunk_step, pending_chunks
+    from models.audit_close import summarize_run
+    from models.audit_runs import start_run
     from models.job_lifecycle import create_job
     from tests.conftest import EMBEDDER
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from cli.main import cli
 from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db_roles import LIFTER_REASONS
-from models.audit_runs import database_role
+from models.audit_close import database_role
 from models.db import make_engine
 from models.migrate import (
     RUNTIME_MAINTAINED_TABLES,

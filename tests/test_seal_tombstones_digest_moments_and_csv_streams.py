@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from models import report_pages
 from models.audit import FindingRow
-from models.audit_runs import pending_chunks, summarize_run
+from models.audit_chunks import pending_chunks
+from models.audit_close import summarize_run
 from models.audit_tables import AuditChunk
 from tests.test_audit_record_signed import _started, _steps, written_by_plant
 from tests.test_key_seals import tombstoned_world

@@ -97,7 +97,7 @@ class AuditRunIn(BaseModel):
 
 
 class AuditSummary(BaseModel):
-    """A finished run's summary, as its close stored it (``models.audit_runs``). Runs closed by
+    """A finished run's summary, as its close stored it (``models.audit_close``). Runs closed by
     earlier releases lack the members added since; the row is served as stored, unchecked."""
 
     model_config = ConfigDict(extra="allow")
