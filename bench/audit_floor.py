@@ -3,7 +3,7 @@
 Two spawned processes each take half of the UUID space, one per core, as the bench's audit
 worker runs two. Each one streams ``entity_versions`` in ``(entity_id, version)`` order,
 as the audit's binary rows, through a server-side cursor. It runs Plant's own
-:func:`models.chain.verify_versions` on each entity's versions: every content hash, every
+:func:`models.chain_verification.verify_versions` on each entity's versions: every content hash, every
 link, and the head signature.
 
 The audit also does work this floor leaves out:
@@ -26,7 +26,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from models.audit_runs import id_ranges
-from models.chain import verify_versions
+from models.chain_verification import verify_versions
 from models.keys import keyring_from_settings
 from models.settings import Settings, libpq_url
 

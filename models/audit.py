@@ -2,7 +2,7 @@
 
 ``audit_batch`` checks a batch of entities of one type against their stored versions
 (loaded in one query) and the constitution, returning finding rows. Each kind of
-tampering has its own code (see ``models.chain``); rule results use ``rule-violation``
+tampering has its own code (see ``models.chain_verification``); rule results use ``rule-violation``
 (error) and ``rule-warning`` (warning) with the rule id. ``check_entity`` does the same
 for one entity, plus a comparison with the latest stored ledger digest, for the
 synchronous tampering endpoint; that digest's leaves are trusted only once its signature
@@ -20,7 +20,9 @@ from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from models.certification import gates_rechecked
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded, versions_by_entity
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, versions_by_entity
+from models.chain_verification import verify_loaded
+from models.seal_check import seal_findings
 from models.constitution import L0, L1, RULES_BY_ID, SEAT_RULES, RuleSubject, append_only_enforced, evaluate
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS, Agent, EntitySnapshot, EntityType, governed_content, load_entities

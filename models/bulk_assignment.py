@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, load_only, sessionmaker
 
 from models.membership import ineligibility, required_skills_of, signed_requirements
 from models.assignment_solver import ELIGIBLE_TEAMS_FULL, AssignmentProblem, solve_assignment
-from models.chain import ChainFinding, EntityVersion, head_drift, insert_versions
+from models.chain import ChainFinding, EntityVersion, insert_versions
+from models.chain_verification import head_drift
 from models.db import transaction, uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (

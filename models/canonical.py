@@ -261,7 +261,7 @@ def matches_canonical(value: Any, stored: bytes) -> bool:
     stored (the encoding is injective) and canonical JSON is idempotent, so the answer
     is yes. Anything else (an NFD string, ``1.0`` for ``1``, non-BMP keys, float
     spellings) is decided by real canonicalization, exactly as a byte comparison would.
-    (Which stored strings must be NFC already is the caller's to say: ``models.chain``.)
+    (Which stored strings must be NFC already is the caller's to say: ``models.chain_verification``.)
     """
     try:
         fast = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -41,7 +41,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
 from models.canonical import canonical_bytes, normalize_text, strict_json_loads
-from models.chain import HEAD_FINDINGS, head_drift, history
+from models.chain import history
+from models.chain_verification import HEAD_FINDINGS, head_drift
 from models.constitution import L0, L1, evaluate, visible
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
@@ -409,7 +410,7 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
 
     Only skills whose row is their signed head version (it hashes, links, verifies with a
     trusted key, and the row equals it: the caller's check for ``skills``,
-    :func:`models.chain.head_drift` for their partners) take part, on either side of a pair: a row edited outside Plant has its own finding, and never makes
+    :func:`models.chain_verification.head_drift` for their partners) take part, on either side of a pair: a row edited outside Plant has its own finding, and never makes
     another skill look like a duplicate. While it stays edited, a pair it belongs to is not
     reported; restored, the pair is.
 

@@ -43,7 +43,9 @@ from sqlalchemy import and_, delete, desc, insert, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestsV2Began, LedgerDigestTombstone
-from models.chain import GENESIS_LINK, records_a_deletion, seal_findings, verify_versions, versions_by_entity
+from models.chain import GENESIS_LINK, records_a_deletion, versions_by_entity
+from models.chain_verification import verify_versions
+from models.seal_check import seal_findings
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, keeps_tombstones

@@ -11,9 +11,11 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.chain import SEALED_CODE, ChainFinding, head_drift
+from models.chain import ChainFinding
+from models.chain_verification import head_drift
 from models.entities import ENTITY_MODELS, EntityType, GovernedEntity, governed_content
 from models.errors import EntityTampered, NotFound
+from models.seal_check import SEALED_CODE
 from models.signing import KeyRing
 
 
@@ -33,7 +35,7 @@ def lock_entity(session: Session, entity_type: EntityType, entity_id: uuid.UUID)
 
 def lock_for_write(session: Session, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing) -> GovernedEntity:
     """Lock the entity to append a version, refusing one whose row drifted from its head
-    (``models.chain.head_drift``): ``EntityTampered``, 409, until the row is restored."""
+    (``models.chain_verification.head_drift``): ``EntityTampered``, 409, until the row is restored."""
     entity = lock_entity(session, entity_type, entity_id)
     refuse_if_tampered(session, entity, keyring)
     return entity

@@ -3,7 +3,7 @@
 ``GET /api/v1/<type>/<id>/history`` (``plant history export``) answers every version of one
 entity with what its link is made of: the stored canonical content, its hash, the previous
 link, the link and the signature. :func:`check_history` checks all of it with nothing but
-that document and a JWK Set, the way the audit checks a chain (:func:`models.chain.verify_versions`:
+that document and a JWK Set, the way the audit checks a chain (:func:`models.chain_verification.verify_versions`:
 versions numbered from 1 with no gap, each ``prev_link`` the link before it, each content
 hashing to its ``content_hash``, each link recomputed, each signature verified by the key its
 ``kid`` names), and each content must be RFC 8785 canonical JSON, as Plant writes it.
@@ -25,7 +25,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from models.canonical import parse_canonical_json
-from models.chain import GENESIS_LINK, ChainFinding, records_a_deletion, verify_versions
+from models.chain import GENESIS_LINK, ChainFinding, records_a_deletion
+from models.chain_verification import verify_versions
 from models.entities import EntityType
 from models.jws import KeySource, b64url_decode, find_verifier, sealed_at
 from models.signing import VerifyingKey

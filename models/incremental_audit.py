@@ -44,7 +44,9 @@ from models.audit import (
 )
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.canonical import strict_json_loads
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, seal_findings, verify_loaded
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion
+from models.chain_verification import verify_loaded
+from models.seal_check import seal_findings
 from models.constitution import append_only_enforced
 from models.digest_check import tombstones_of
 from models.embeddings import Embedder

@@ -8,7 +8,7 @@ writes, beside each unsealed retired key, a seal file naming that digest by id a
 roots of its leaves and of its tombstones, the soft-deleted entities' heads (``models.keys.write_seal``;
 a seal written before it named the tombstones' root lists those heads itself). From then on a version signed by a sealed key is valid only
 when the seal's digest holds its entity at that version or a later one; otherwise it is
-``signed-after-seal`` (:func:`models.chain.seal_findings`): a write on top of it is
+``signed-after-seal`` (:func:`models.seal_check.seal_findings`): a write on top of it is
 refused (409 ``entity-tampered``), audits report it, and ``plant entity restore`` refuses
 to restore to it. Every audit run first checks each seal's digest (:func:`seal_problems`),
 so a digest deleted or edited to cover a forged version is ``key-seal-invalid``.

@@ -19,7 +19,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.chain import ChainFinding, head_drift
+from models.chain import ChainFinding
+
+from models.chain_verification import head_drift
 from models.db import uuid_in
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, JobRole, LifecycleStatus, Team,
@@ -43,7 +45,7 @@ def signed_requirements(
     session: Session, job_role_ids: Collection[uuid.UUID | None], keyring: KeyRing
 ) -> tuple[dict[uuid.UUID, set[uuid.UUID]], dict[uuid.UUID, ChainFinding]]:
     """The skills each job role requires, as its signed head version records them, and the
-    roles whose row is not that head (``models.chain.head_drift``: their skills are left
+    roles whose row is not that head (``models.chain_verification.head_drift``: their skills are left
     out, and no seat is decided on them).
 
     Read without a lock: a share lock taken by every seat held the role's writers off for
@@ -120,7 +122,7 @@ def seat_problems(
     the audit and for writes alike.
 
     Agents that qualify, or sit in no team, are left out. So is one whose team's or job
-    role's row is not its signed head (:func:`models.chain.head_drift`): nothing signed says
+    role's row is not its signed head (:func:`models.chain_verification.head_drift`): nothing signed says
     what its seat's rules are, and that row has its own finding; once it is restored, the
     seat is judged. The agents' own fields are as the caller holds them (the audit checks
     each agent's row against its own head).

@@ -181,7 +181,7 @@ class KeySeal:
     signed: frozenset[str] | None = field(default=None, compare=False)
     # Hex root of the seal digest's tombstones (its soft-deleted entities' heads, signed in the
     # v2 document): a seal written since names it in place of listing them (``deleted``), and
-    # the tombstone rows are read and checked against it (:func:`models.chain.sealed_leaves`).
+    # the tombstone rows are read and checked against it (:func:`models.seal_check.sealed_leaves`).
     tombstones_root: str | None = None
 
     @property

@@ -14,7 +14,8 @@ from models import bulk_assignment
 from models.assignment import assign_agent, rank_teams
 from models.errors import Conflict, EntityTampered, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
 from models.bulk_assignment import apply_batch, assign_teams_in_bulk, plan_assignment
-from models.chain import history, verify_entity
+from models.chain import history
+from models.chain_verification import verify_entity
 from models.db import make_session_factory, transaction
 from models.embeddings import EMBEDDING_DIM
 from models.entities import Agent, EntityType, JobRole, Team

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from models import bulk_assignment
 from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
-from models.chain import verify_entity
+from models.chain_verification import verify_entity
 from models.db import make_session_factory, transaction
 from models.entities import Agent, Team
 from tests.test_assignment import World

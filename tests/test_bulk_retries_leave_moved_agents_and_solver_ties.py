@@ -12,7 +12,7 @@ from models import bulk_assignment
 from models.assignment import assign_agent
 from models.assignment_solver import AssignmentProblem, exact_assignment_bruteforce, greedy_assignment, solve_assignment
 from models.bulk_assignment import Recorder, assign_teams_in_bulk
-from models.chain import verify_entity
+from models.chain_verification import verify_entity
 from models.db import transaction
 from models.entities import Agent
 from models.job_lifecycle import create_job

@@ -11,7 +11,8 @@ from sqlalchemy import text
 
 from models.certification import certify_skill, verify_certificate
 from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
-from models.chain import history, verify_entity
+from models.chain import history
+from models.chain_verification import verify_entity
 from models.entities import EntityType, Skill
 from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER, ring_sealing

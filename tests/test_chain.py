@@ -10,7 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from models.chain import GENESIS_LINK, EntityVersion, history, link_hash, verify_entity, verify_versions
+from models.chain import GENESIS_LINK, EntityVersion, history, link_hash
+
+from models.chain_verification import verify_entity, verify_versions
 from models.constitution import (
     APPEND_ONLY_TRIGGERS,
     GUARDS_FINGERPRINT,

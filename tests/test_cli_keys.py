@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 from cli.main import cli
-from models.chain import verify_entity
+from models.chain_verification import verify_entity
 from models.embeddings import HashingEmbedder
 from models.entities import Agent
 from models.keys import keyring_from_settings, rotate_signing_key

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.assignment import assign_agent
-from models.chain import history, verify_entity
+from models.chain import history
+from models.chain_verification import verify_entity
 from models.entities import ENTITY_MODELS, EntityType, governed_content
 from models.errors import EntityDeleted, EntityTampered
 from models.registry import record_version, update_entity

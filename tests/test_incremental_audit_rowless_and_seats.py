@@ -272,7 +272,8 @@ def test_a_patch_waiting_on_a_restore_loses_neither(engine, write_ctx, committed
     import json
     import threading
 
-    from models.chain import history, verify_entity
+    from models.chain import history
+    from models.chain_verification import verify_entity
     from models.db import make_session_factory, transaction
     from models.entities import Skill
     from models.repair import repairs

@@ -16,7 +16,9 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cli.main import cli
-from models.chain import SEALED_CODE, append_version, head_drift, verify_entity
+from models.chain import append_version
+from models.chain_verification import head_drift, verify_entity
+from models.seal_check import SEALED_CODE
 from models.embeddings import HashingEmbedder
 from models.entities import EntityType, Skill, governed_content
 from models.errors import EntityTampered, SigningKeyError
@@ -204,9 +206,9 @@ def test_an_entity_soft_deleted_before_the_seal_is_held_by_the_seal_digest_s_tom
     world.forge(gone[0], world.leaked, name="Gone, forged back")  # version 3, with the leaked key
     assert world.codes(sealed)[SEALED_CODE] == [(gone[0].id, 3)]
     assert seal_problems(db_session, sealed) == []
-    import models.chain as chain
+    import models.seal_check as seal_check
 
-    chain._sealed_leaves.clear()  # as a process that starts after the edit below
+    seal_check._sealed_leaves.clear()  # as a process that starts after the edit below
     lift_guard(db_session, "UPDATE ledger_digest_tombstones SET link_hash = :link WHERE digest_id = :d AND entity_id = :e",
                table="ledger_digest_tombstones", link=bytes(gone[1].head_link_hash), d=digest.id, e=gone[0].id)
     flagged = {entity for entity, _ in world.codes(sealed)[SEALED_CODE]}
@@ -238,7 +240,7 @@ def test_a_seal_leaf_edited_to_name_a_forged_version_does_not_let_a_write_sign_o
     """A write read the seal digest's leaf rows as they were: one edited to name the version a
     leaked retired key forged after the seal excused it, and the write was signed on top of the
     forgery (helper-68). The leaves are taken only as they hash to the root the seal file names."""
-    from models.chain import _sealed_leaves
+    from models.seal_check import _sealed_leaves
 
     _sealed_leaves.clear()  # as a process that has not checked this seal's leaves yet
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3
@@ -265,7 +267,7 @@ def test_a_process_that_checked_the_seal_leaves_keeps_them_when_a_row_is_edited_
 def test_seal_leaves_rewritten_unchanged_still_hold_what_the_key_signed_before_its_seal(rotated) -> None:
     """A no-op UPDATE by any SQL writer, pg_repack or a dump and restore rewrites every leaf
     row unchanged (new transaction ids): that must freeze nothing (the reverted 3ad29bf did)."""
-    from models.chain import _sealed_leaves
+    from models.seal_check import _sealed_leaves
 
     with rotated.session.begin_nested():  # a transaction id other than the one that wrote the leaves
         lift_guard(rotated.session, "UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d",
@@ -984,24 +986,25 @@ def test_a_seal_list_re_split_in_the_database_refuses_everything_its_key_signed_
 @pytest.fixture
 def leaf_reads(monkeypatch) -> list[int]:
     """Every read of a seal digest's leaves, by digest id, in a process that has read none yet."""
-    import models.chain as chain
+    import models.seal_check as seal_check
 
     reads: list[int] = []
-    real = chain.binary_row
+    real = seal_check.binary_row
 
     def counting(session, sql, params):
-        if sql == chain._SEALED_LEAVES_SQL.replace("{table}", "ledger_digest_heads"):
+        if sql == seal_check._SEALED_LEAVES_SQL.replace("{table}", "ledger_digest_heads"):
             reads.append(params[0])
         return real(session, sql, params)
 
-    monkeypatch.setattr(chain, "binary_row", counting)
-    chain._sealed_leaves.clear()
+    monkeypatch.setattr(seal_check, "binary_row", counting)
+    seal_check._sealed_leaves.clear()
     return reads
 
 
 def test_each_seal_digest_is_read_once_per_process_however_many_sealings(db_session, leaf_reads) -> None:
     """A 16-entry FIFO read every digest again on every batch from the 17th sealing on (helper-74)."""
-    from models.chain import history, seal_findings
+    from models.chain import history
+    from models.seal_check import seal_findings
 
     keys = [generate_ed25519() for _ in range(19)]
 
@@ -1026,20 +1029,20 @@ def test_each_seal_digest_is_read_once_per_process_however_many_sealings(db_sess
 
 
 def test_leaves_that_fail_their_check_are_not_read_again_on_every_batch(rotated, leaf_reads, monkeypatch) -> None:
-    import models.chain as chain
+    import models.seal_check as seal_check
 
     for n in range(4):  # more batches
         rotated.make(E.INDUSTRY, ring=rotated.sealed, name=f"Industry {n}", code=f"IN{n}")
     # Naming the steward as governor checked its head, the seal's leaves with it, and this process
     # keeps leaves that passed: forget them, so the leaves are first read once they fail.
-    chain._sealed_leaves.pop((rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root), None)
+    seal_check._sealed_leaves.pop((rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root), None)
     lift_guard(rotated.session, "UPDATE ledger_digest_heads SET link_hash = sha256(link_hash) WHERE digest_id = :d "
                "AND entity_id = :e", table="ledger_digest_heads", d=rotated.seal.digest_id, e=rotated.gov["governance_agent_id"])
     leaf_reads.clear()
     assert rotated.skill.id in {entity for entity, _ in rotated.codes(rotated.sealed)[SEALED_CODE]}
     assert leaf_reads == [rotated.seal.digest_id]  # the failure stands for a while...
-    monkeypatch.setattr(chain, "SEALED_LEAVES_RECHECK_SECONDS", 0.0)
-    chain._sealed_leaves[(rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root)] = 0.0  # ...then the rows are read again
+    monkeypatch.setattr(seal_check, "SEALED_LEAVES_RECHECK_SECONDS", 0.0)
+    seal_check._sealed_leaves[(rotated.seal.digest_id, rotated.seal.heads_root, rotated.seal.tombstones_root)] = 0.0  # ...then the rows are read again
     rotated.codes(rotated.sealed)
     assert len(leaf_reads) > 1
 
@@ -1049,7 +1052,7 @@ def test_threads_meeting_unchecked_seal_leaves_read_them_once(monkeypatch) -> No
     at once, each holding its entity's row lock (helper-74)."""
     import threading
 
-    import models.chain as chain
+    import models.seal_check as seal_check
     from models.merkle import merkle_root
 
     leaves = b"".join(uuid.UUID(int=i).bytes + bytes([i % 256]) * 32 for i in range(1, 2001))
@@ -1064,10 +1067,10 @@ def test_threads_meeting_unchecked_seal_leaves_read_them_once(monkeypatch) -> No
 
     def ask() -> None:
         arrived.release()
-        got.append(chain.sealed_leaves(None, seal))
+        got.append(seal_check.sealed_leaves(None, seal))
 
-    monkeypatch.setattr(chain, "binary_row", slow_read)
-    chain._sealed_leaves.clear()
+    monkeypatch.setattr(seal_check, "binary_row", slow_read)
+    seal_check._sealed_leaves.clear()
     threads = [threading.Thread(target=ask) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -1078,13 +1081,13 @@ def test_threads_meeting_unchecked_seal_leaves_read_them_once(monkeypatch) -> No
 
 def test_a_timeout_reading_seal_leaves_is_sqlalchemy_s_operational_error(rotated) -> None:
     """binary_row let psycopg's own error out: a 500 in the API, a permanent failure in a job (helper-74)."""
-    import models.chain as chain
+    import models.seal_check as seal_check
     from sqlalchemy.exc import OperationalError
 
     from tasks.runner import is_transient
 
-    chain._sealed_leaves.clear()
+    seal_check._sealed_leaves.clear()
     rotated.session.execute(text("SET LOCAL statement_timeout = 1"))
     with pytest.raises(OperationalError) as raised:
-        chain.binary_row(rotated.session, "SELECT pg_sleep(1)", [])
+        seal_check.binary_row(rotated.session, "SELECT pg_sleep(1)", [])
     assert is_transient(raised.value)

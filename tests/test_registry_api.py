@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
-from models.chain import verify_entity
+from models.chain_verification import verify_entity
 from models.constitution import constitution_version
 from models.db import UNREADABLE_JSON
 from models.entities import Skill

@@ -47,13 +47,13 @@ def test_a_csv_download_closed_mid_stream_gives_its_connection_back(client, app,
 
 @pytest.mark.parametrize("change", ["removed", "added"])
 def test_a_seal_s_tombstone_rows_removed_or_added_hold_nothing(db_session, change) -> None:
-    import models.chain as chain
-    from models.chain import SEALED_CODE
+    import models.seal_check as seal_check
+    from models.seal_check import SEALED_CODE
     from tests.test_audit import lift_guard
 
     world, gone, digest, sealed = tombstoned_world(db_session)
     assert SEALED_CODE not in world.codes(sealed)
-    chain._sealed_leaves.clear()
+    seal_check._sealed_leaves.clear()
     if change == "removed":
         lift_guard(db_session, "DELETE FROM ledger_digest_tombstones WHERE digest_id = :d AND entity_id = :e",
                    table="ledger_digest_tombstones", d=digest.id, e=gone[0].id)
@@ -63,7 +63,7 @@ def test_a_seal_s_tombstone_rows_removed_or_added_hold_nothing(db_session, chang
                    d=digest.id, e=uuid.uuid4(), link=bytes(gone[0].head_link_hash))
     flagged = {entity for entity, _ in world.codes(sealed).get(SEALED_CODE, [])}
     assert {industry.id for industry in gone} <= flagged
-    chain._sealed_leaves.clear()
+    seal_check._sealed_leaves.clear()
 
 
 def _two_interleaved_runs(engine: Any, keyring: Any, count: int) -> tuple[uuid.UUID, uuid.UUID]:
@@ -189,18 +189,18 @@ def test_a_seal_file_with_a_malformed_tombstones_root_is_refused_at_load(tmp_pat
 def test_a_seal_naming_another_tombstones_root_holds_nothing_and_is_reported(db_session) -> None:
     from dataclasses import replace
 
-    import models.chain as chain
-    from models.chain import SEALED_CODE
+    import models.seal_check as seal_check
     from models.key_seals import seal_problems
+    from models.seal_check import SEALED_CODE
     from models.signing import KeyRing
 
     world, gone, _, sealed = tombstoned_world(db_session)
     [seal] = sealed.seals
     wrong = KeyRing(sealed.active, sealed.retired, (replace(seal, tombstones_root=seal.tombstones_root.upper()),))
-    chain._sealed_leaves.clear()
+    seal_check._sealed_leaves.clear()
     assert {industry.id for industry in gone} <= {entity for entity, _ in world.codes(wrong)[SEALED_CODE]}
     assert "root differs" in seal_problems(db_session, wrong)[0]
-    chain._sealed_leaves.clear()
+    seal_check._sealed_leaves.clear()
 
 
 def test_a_run_finished_before_0015_exports_as_built_whole(db_session, keyring, monkeypatch) -> None:

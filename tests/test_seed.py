@@ -3,7 +3,7 @@
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from models.chain import verify_entity
+from models.chain_verification import verify_entity
 from models.entities import ENTITY_MODELS, Agent, Industry, JobRole, Skill, Team
 from models.seed import seed_registry
 

@@ -2,7 +2,7 @@
 
 A key seal's digest decides what a retired key signed before its seal, in every write, audit
 and restore, and its leaf rows are taken only if they hash to the root the seal file names
-(``models.chain.sealed_leaves``). Someone with plain SQL access could still edit, add or
+(``models.seal_check.sealed_leaves``). Someone with plain SQL access could still edit, add or
 delete one row and so make every version the sealed key signed suspect, with no key at all.
 Now, with triggers enabled ALWAYS (they fire under session_replication_role = replica too),
 ``ledger_digest_heads`` refuses UPDATE and TRUNCATE, an INSERT into a signed digest's leaves
