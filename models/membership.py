@@ -20,7 +20,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.chain import ChainFinding
-
 from models.chain_verification import head_drift
 from models.db import uuid_in
 from models.entities import (

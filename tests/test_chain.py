@@ -11,7 +11,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.chain import GENESIS_LINK, EntityVersion, history, link_hash
-
 from models.chain_verification import verify_entity, verify_versions
 from models.constitution import (
     APPEND_ONLY_TRIGGERS,

@@ -9,7 +9,6 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from models.chain import history
-
 from models.chain_verification import verify_entity
 from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
