@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
-from models.certification import gates_rechecked
+from models.certification_gates import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, versions_by_entity
 from models.chain_verification import verify_loaded
 from models.seal_check import seal_findings
@@ -77,7 +77,7 @@ def audit_batch(
     with its row share-locked (:func:`suspects_rechecked`).
 
     Certified skills also go through the duplicate gate again, from their signed texts
-    (:func:`models.certification.gates_rechecked`), with ``embedder`` (the configured one).
+    (:func:`models.certification_gates.gates_rechecked`), with ``embedder`` (the configured one).
     """
     def check(batch: list[EntitySnapshot]) -> BatchResult:
         return _check_batch(session, batch, keyring=keyring, embedder=embedder, signatures=signatures,
@@ -138,7 +138,7 @@ def gate_findings(session: Session, entities: list[EntitySnapshot], checked: lis
     """The duplicate gate's second look at the certified skills among ``entities`` (all of
     one type; [] for any other) that ``checked``, this batch's findings so far, found to be
     their signed head versions (no tampering finding):
-    :func:`models.certification.gates_rechecked`."""
+    :func:`models.certification_gates.gates_rechecked`."""
     if not entities or entities[0].entity_type_value is not EntityType.SKILL:
         return []
     tampered = {f.entity_id for f in checked if f.severity == TAMPER_SEVERITY}

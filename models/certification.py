@@ -5,87 +5,37 @@ every L0/L1 rule passes, the description has at least eight words, and no certif
 skill's embedding is near-identical (cosine >= 0.95). Passing appends a version with
 status ``certified`` and a certificate; failing appends one with status ``rejected``.
 
-The certificate names the version that was certified (the state the gates saw, which
-is the signed head: ``lock_for_write`` refuses a row that drifted from it) and is signed
-over its own canonical statement (:func:`certificate_statement`: a format tag, the skill
-id and every certificate field), never over a bare chain link, whose signature every
-version already carries; the certified version itself then records the certificate.
 Certifications run one at a time (a transaction-scoped advisory lock taken before the
-gates), so two near-identical skills cannot both pass the duplicate gate. Numbers are
-``SKILL-{INDUSTRY CODE}-{NNN}`` per industry (``GEN`` without one), allocated from a
-counter row updated in the same transaction: concurrent certifications serialize on
-that row, and a rolled-back certification gives its number back, so there are no gaps
-and no duplicates. A retried job whose certification already committed (the skill's
-head version was written by the same actor) returns the recorded outcome instead of
-issuing a second certificate.
+gates), so two near-identical skills cannot both pass the duplicate gate. A retried job
+whose certification already committed (the skill's head version was written by the same
+actor) returns the recorded outcome instead of issuing a second certificate.
 
-The gate's inputs about other skills (their stored vectors and statuses) are not signed,
-so every audit puts each certified skill through the gate again from the signed texts
-(:func:`gates_rechecked`): ``embedding-mismatch`` and ``certified-near-duplicate``.
+Here: the state check, the lock and the retried job's outcome. The gates, and the audit's
+second look at them, are :mod:`models.certification_gates`; issuing, numbering and
+verifying certificates is :mod:`models.certificates`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import unicodedata
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, UniqueConstraint, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import Text, Uuid
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from models.base import Base
-from models.canonical import canonical_bytes, normalize_text, strict_json_loads
+from models.canonical import normalize_text, strict_json_loads
+from models.certificates import issue_certificate
+from models.certification_gates import certification_gates
 from models.chain import history
-from models.chain_verification import HEAD_FINDINGS, head_drift
-from models.constitution import L0, L1, evaluate, visible
-from models.embeddings import Embedder, cosine
-from models.entities import EntityType, Industry, Skill, SkillStatus, governed_content
-from models.errors import AlreadyCertified, CanonicalizationError, NotCertifiable
-from models.jws import b64url_encode, verify_b64url_signature
-from models.entity_locks import lock_for_write, refuse_if_tampered
-from models.registry import EMBEDDED_TEXT, WriteContext, embedding_text, record_version, rule_subject
-from models.signing import KeyRing
+from models.entities import EntityType, Skill, SkillStatus, governed_content
+from models.entity_locks import lock_for_write
+from models.errors import AlreadyCertified, NotCertifiable
+from models.registry import WriteContext, embedding_text, record_version
 
-MIN_DESCRIPTION_WORDS = 8
-DUPLICATE_SIMILARITY = 0.95
 CERTIFIABLE = {SkillStatus.DRAFT.value, SkillStatus.PENDING_CERTIFICATION.value, SkillStatus.REJECTED.value}
-NO_INDUSTRY_CODE = "GEN"
-CERTIFICATE_FORMAT = "plant.skill-certificate.v1"
-# Every member of a certificate but the signature; the statement signs all of them.
-SIGNED_FIELDS = ("format", "certificate_id", "issued_at", "kid", "certified_version", "certified_link_hash")
-# A stored vector is float4: read back, it is the one computed from its text to within rounding
-# (cosine 1 - 1e-7 or so); a vector changed outside Plant, or made by another embedder, is far off.
-EMBEDDING_MATCH = 0.9999
 # pg_advisory_xact_lock key serializing certifications ("plant-cert" in ASCII).
 CERTIFICATION_LOCK = int.from_bytes(b"plant-cert", "big") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-class CertificateSequence(Base):
-    """Last certificate number issued per industry code."""
-
-    __tablename__ = "certificate_sequences"
-
-    industry_code: Mapped[str] = mapped_column(String(8), primary_key=True)
-    last_number: Mapped[int] = mapped_column(Integer)
-
-
-class IssuedCertificate(Base):
-    """Every certificate id Plant issued (migration 0023): append-only, so no id is issued
-    twice, whatever the counter and the skills' rows are set to through SQL."""
-
-    __tablename__ = "issued_certificates"
-    __table_args__ = (UniqueConstraint("industry_code", "number"),)
-
-    certificate_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    industry_code: Mapped[str] = mapped_column(String(8))
-    number: Mapped[int] = mapped_column(BigInteger)
-    skill_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 
 
 @dataclass(frozen=True)
@@ -141,188 +91,6 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     record_version(session, skill, ctx, text_changed=False, content_before=content_before)
     return CertificationOutcome(skill.id, skill.status, skill.version, skill.certificate)
 
-
-def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder,
-                        content: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every failed gate (not just the first), and the blocking duplicate if any: of ``skill``
-    as it is in memory (its embedding computed by the caller), or of ``content``, one of its
-    versions as signed (its vector computed here from that version's text)."""
-    failed: list[dict[str, Any]] = []
-    subject = rule_subject(session, skill, keyring=None, content=content)  # a skill's rules read no other entity
-    broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
-    if broken:
-        failed.append({"gate": "constitution", "detail": "rules not satisfied", "rules": broken})
-    judged: Any = skill if content is None else _as_signed(skill.id, content, embedder)
-    words = description_words(judged.description if isinstance(judged.description, str) else None)
-    if words < MIN_DESCRIPTION_WORDS:
-        failed.append({"gate": "description-length", "detail": f"{words} words; at least {MIN_DESCRIPTION_WORDS} required"})
-    duplicate = nearest_certified_duplicate(session, judged, keyring=keyring, embedder=embedder)
-    if duplicate is not None:
-        failed.append({"gate": "near-duplicate", "detail": f"too similar to certified skill {duplicate['name']}", "duplicate": duplicate})
-    return failed, duplicate
-
-
-def _as_signed(skill_id: uuid.UUID, content: dict[str, Any], embedder: Embedder) -> Any:
-    """The skill as a version's content signed it, for the gates: its id, text and the vector of that text."""
-    text_of = SimpleNamespace(entity_type_value=EntityType.SKILL,
-                              **{name: content.get(name) for name in ("name", *EMBEDDED_TEXT[EntityType.SKILL])})
-    return SimpleNamespace(id=skill_id, embedding=embedder.embed([embedding_text(text_of)])[0], **vars(text_of))
-
-
-def description_words(description: str | None) -> int:
-    """The words of a description, as the length gate counts them: its runs between whitespace
-    that hold a character that shows (:func:`models.constitution.visible`) and is not
-    punctuation (a letter, a digit, a symbol such as an emoji). A run of characters that draw
-    nothing (U+200B, the Hangul filler) or of punctuation alone (``-``) is no word: seven of
-    them made a one-word description pass for eight words."""
-    return sum(1 for run in (description or "").split() if any(
-        visible(c) and not unicodedata.category(c).startswith("P") for c in run))
-
-
-def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder) -> dict[str, Any] | None:
-    """The certified skill nearest to ``skill``, when it is a near-duplicate; exact, never
-    approximate. Ordered by distance over the table itself, the planner may serve the
-    ``LIMIT 1`` from the HNSW index, which finds its ``ef_search`` (40) nearest skills of
-    any status and only then keeps the certified ones: forty drafts nearer than a certified
-    duplicate hid it, and the copy was certified. A materialized CTE is read whole, so every
-    certified skill is compared (a sort over the certified ones alone).
-
-    Other skills' stored vectors and statuses are not signed: they only find candidates (with
-    :data:`CANDIDATE_MARGIN` for float4's rounding; a zero vector's NaN distance is none), and
-    each is confirmed from signed content: certified by its signed head version
-    (:func:`_certified_by_signed_head`), and the vector of that version's text near
-    ``skill``'s. So a status or a vector changed through SQL makes Plant sign no rejection
-    (their audit findings say so)."""
-    if skill.embedding is None:
-        return None
-    certified = (
-        select(Skill.id, Skill.embedding.cosine_distance(skill.embedding).label("distance"))
-        .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
-        .cte("certified").prefix_with("MATERIALIZED")
-    )  # each row's distance, not its vector: a few bytes a skill to keep, under the lock every certification waits on
-    near = session.scalars(select(certified.c.id).where(certified.c.distance <= 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN)
-                           .order_by(certified.c.distance)).all()
-    if not near:
-        return None
-    loaded = session.scalars(select(Skill).where(Skill.id.in_(near)).execution_options(populate_existing=True)).all()
-    others = _certified_by_signed_head(session, list(loaded), keyring)
-    mine = [float(x) for x in skill.embedding]
-    scored = [(cosine(mine, vector), other) for other, vector in
-              zip(others, embedder.embed([embedding_text(other) for other in others]), strict=True)]
-    best = max(scored, key=lambda pair: pair[0], default=None)
-    if best is None or not best[0] >= DUPLICATE_SIMILARITY:
-        return None
-    similarity, other = best
-    return {"id": str(other.id), "name": other.name, "similarity": round(similarity, 6)}
-
-
-def _certified_by_signed_head(session: Session, skills: Sequence[Skill], keyring: KeyRing) -> list[Any]:
-    """Those of ``skills`` whose signed head version certifies them, as that version reads: the
-    row, when it is its signed head; else, when only the row drifted from its chain (edited
-    outside Plant, its head pointer moved), the chain's newest version, whose hash, link and
-    signature verify (a certified original edited through SQL still blocks its copies). A
-    chain whose newest version does not verify certifies nothing."""
-    drift = head_drift(session, [(skill, governed_content(skill)) for skill in skills], keyring)
-    found: list[Any] = []
-    for skill in skills:
-        finding = drift.get(skill.id)
-        if finding is None:
-            content: Any = {name: getattr(skill, name) for name in ("status", "name", *EMBEDDED_TEXT[EntityType.SKILL])}
-        elif finding.code in HEAD_FINDINGS:
-            try:
-                content = strict_json_loads(bytes(history(session, entity_id=skill.id)[-1].content))
-            except ValueError:
-                continue
-        else:
-            continue
-        if isinstance(content, dict) and content.get("status") == SkillStatus.CERTIFIED.value:
-            found.append(SimpleNamespace(id=skill.id, entity_type_value=EntityType.SKILL,
-                                         **{name: content.get(name) for name in ("name", *EMBEDDED_TEXT[EntityType.SKILL])}))
-    return found
-
-
-def issue_certificate(session: Session, skill: Skill, ctx: WriteContext) -> dict[str, Any]:
-    code = NO_INDUSTRY_CODE
-    if skill.industry_id is not None:
-        # The code is signed into the certificate: read it from a row that is its signed head
-        # (share-locked, so no write of the industry is halfway), never from one edited outside Plant.
-        industry = session.execute(select(Industry).where(Industry.id == skill.industry_id).with_for_update(read=True)
-                                   .execution_options(populate_existing=True)).scalar_one_or_none()
-        if industry is not None:
-            refuse_if_tampered(session, industry, ctx.keyring)
-            if industry.deleted_at is not None:  # signed in, its code would vouch for the skill under what is gone
-                raise NotCertifiable(
-                    f"the skill's industry {industry.id} is deleted: move the skill to another industry, or to none, "
-                    "to certify it", field="industry_id", industry_id=str(industry.id), industry_deleted=True)
-            code = industry.code or NO_INDUSTRY_CODE
-    number = allocate_certificate_number(session, code)
-    # The database's clock, read under the lock every certification takes: issue times follow
-    # the order certifications ran in, whatever each worker's own clock says (the audit tells
-    # which of a near-duplicate pair came later by them).
-    issued = session.scalar(select(func.clock_timestamp())).astimezone(dt.UTC)
-    assert skill.head_link_hash is not None
-    certificate_id = f"SKILL-{code}-{number:03d}"
-    session.add(IssuedCertificate(certificate_id=certificate_id, industry_code=code, number=number, skill_id=skill.id))
-    session.flush()  # its primary key refuses an id issued before, ahead of any signature
-    certificate: dict[str, Any] = {
-        "format": CERTIFICATE_FORMAT,
-        "certificate_id": certificate_id,
-        "issued_at": issued.isoformat().replace("+00:00", "Z"),
-        "kid": ctx.keyring.active.kid,
-        "certified_version": skill.version,
-        "certified_link_hash": bytes(skill.head_link_hash).hex(),
-    }
-    _, signature = ctx.keyring.sign(certificate_statement(skill.id, certificate))  # by the active key, named above
-    return {**certificate, "signature": b64url_encode(signature)}
-
-
-def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> bytes:
-    """The bytes a certificate's signature covers: RFC 8785 JSON of the skill id and every
-    signed field. Canonical JSON can never be a 32-byte chain link, so no version's
-    signature doubles as a certificate."""
-    return canonical_bytes({"skill_id": str(skill_id), **{name: certificate.get(name) for name in SIGNED_FIELDS}})
-
-
-def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
-    """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads, and
-    not by a sealed key after its seal. Anything else, however malformed (not an object, a
-    member canonical JSON cannot hold), is False, never an exception.
-
-    Certificates issued before the format tag existed signed only the certified link;
-    they do not verify here (their proof is the certified version in the chain).
-    """
-    if not isinstance(certificate, dict) or certificate.get("format") != CERTIFICATE_FORMAT:
-        return False
-    if set(certificate) != {*SIGNED_FIELDS, "signature"}:  # an added member would be unsigned
-        return False
-    try:
-        statement = certificate_statement(skill_id, certificate)
-    except CanonicalizationError:  # Plant signs only canonical JSON: such a member was never signed
-        return False
-    return verify_b64url_signature(keyring, certificate.get("kid"), certificate.get("signature"), statement,
-                                   named=certificate.get("issued_at"))
-
-
-def allocate_certificate_number(session: Session, industry_code: str) -> int:
-    """Next number for the code, after the counter's and after every number issued for it
-    (``issued_certificates``); the counter's row lock serializes concurrent allocations.
-
-    The counter is a plain row: set back or deleted through SQL, it made Plant sign a second
-    ``SKILL-GEN-001``; so could the skills' rows, which held the highest number issued after it.
-    The ids issued are kept in an append-only table (migration 0023), read here by its
-    ``(industry_code, number)`` index."""
-    return session.execute(_ALLOCATE, {"code": industry_code}).scalar_one()
-
-
-_ALLOCATE = text(
-    "WITH issued AS (SELECT coalesce(max(number), 0) AS n FROM issued_certificates WHERE industry_code = :code) "
-    "INSERT INTO certificate_sequences (industry_code, last_number) SELECT :code, n + 1 FROM issued "
-    "ON CONFLICT (industry_code) DO UPDATE "
-    "SET last_number = greatest(certificate_sequences.last_number, excluded.last_number - 1) + 1 "
-    "RETURNING last_number"
-)
-
-
 def _recorded_by(session: Session, skill: Skill, actor: str) -> tuple[int, dict[str, Any]] | None:
     """The certification outcome (a version certifying or rejecting the skill) this actor, a
     certification job, already wrote, if any, as (version, content): the head, or an earlier
@@ -359,144 +127,3 @@ def _recorded_outcome(session: Session, skill: Skill, recorded: tuple[int, dict[
 
 # A retried job's rejection whose gates, derived again, all pass (see _recorded_outcome).
 RECORDED_REJECTION = "recorded-rejection"
-
-
-@dataclass(frozen=True)
-class GateFinding:
-    """A certified skill the duplicate gate, checked again by the audit, would not pass."""
-
-    skill_id: uuid.UUID
-    code: str
-    detail: str
-
-
-# The other certified skills near each audited vector, by their stored vectors, compared
-# exactly: a nested loop over the certified skills, no index (see nearest_certified_duplicate).
-# Candidates only, with a margin for float4's rounding: each is confirmed from signed content.
-_NEAR_CERTIFIED = text("""
-    WITH audited AS MATERIALIZED (
-        SELECT audited.id, CAST(audited.vector AS vector) AS vector
-        FROM unnest(:ids, :vectors) AS audited (id, vector)
-    )
-    SELECT audited.id, other.id
-    FROM audited JOIN skills AS other
-      ON other.status = :certified AND other.embedding IS NOT NULL AND other.id <> audited.id
-    WHERE (other.embedding <=> audited.vector) <= :distance
-""").bindparams(bindparam("ids", type_=ARRAY(Uuid())), bindparam("vectors", type_=ARRAY(Text())))
-CANDIDATE_MARGIN = 1e-4
-# Audited vectors per statement: each compares its few with every certified skill, so one
-# statement stays far below the statement timeout (50 against 250,000 certified skills: 12.5
-# million pairs, about 3 s), however many certified skills there are.
-PAIRS_PER_STATEMENT = 50
-# Reported only at or above this: the gate let through every pair below 0.95 by its own
-# arithmetic (float4 vectors; a learned model embeds a batch with padding), so a pair the
-# audit computes a hair above 0.95 may be one the gate rightly passed. Errs toward silence.
-RECHECK_SIMILARITY = DUPLICATE_SIMILARITY + 1e-5
-
-EMBEDDING_MISMATCH = "embedding-mismatch"
-EMBEDDING_MISMATCH_DETAIL = (
-    "the stored embedding is not the one the configured embedder computes from the signed name, category and "
-    "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
-
-
-def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing, embedder: Embedder) -> list[GateFinding]:
-    """The audit's second look at the duplicate gate of each certified skill in ``skills``
-    (rows the caller's chain checks found to be their signed head versions), from signed
-    content alone.
-
-    The gate compares a skill being certified with the stored vectors of the certified ones,
-    and those are not signed content. Changed through SQL (nulled, say) while a copy was
-    certified, then put back, they left the copy certified with nothing to show for it.
-
-    Only skills whose row is their signed head version (it hashes, links, verifies with a
-    trusted key, and the row equals it: the caller's check for ``skills``,
-    :func:`models.chain_verification.head_drift` for their partners) take part, on either side of a pair: a row edited outside Plant has its own finding, and never makes
-    another skill look like a duplicate. While it stays edited, a pair it belongs to is not
-    reported; restored, the pair is.
-
-    - ``embedding-mismatch``: the stored vector is not what the configured embedder computes
-      from the skill's signed text: changed outside Plant, or made by another embedder (then
-      every certified skill shows it; ``plant entity restore`` recomputes it).
-    - ``certified-near-duplicate``: the skill was certified after another certified skill it
-      is a near-duplicate of (cosine >= 0.95 between the vectors of their signed texts, with
-      :data:`RECHECK_SIMILARITY`'s margin): the gate would have refused it. Candidates are
-      found by the others' stored vectors, and each is confirmed from its signed text, so a
-      stored vector made to look like another's accuses no one; it is that skill's own
-      ``embedding-mismatch``. The partner certified first is not reported; when their
-      certificates do not tell which came first (one without an ``issued_at``, or the same
-      one), each is.
-
-    Every certified skill is compared with every other: the cost grows with the square of
-    their number (README, "Certification").
-    """
-    audited = [skill for skill in skills if skill.status == SkillStatus.CERTIFIED.value]
-    if not audited:
-        return []
-    vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))
-    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_(list(vectors)))).all())
-    findings = [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
-                for skill in audited if embedding_differs(stored.get(skill.id), vectors[skill.id])]
-    pairs: list[tuple[uuid.UUID, uuid.UUID]] = []
-    for start in range(0, len(audited), PAIRS_PER_STATEMENT):
-        part = audited[start : start + PAIRS_PER_STATEMENT]
-        pairs += [(audited_id, other_id) for audited_id, other_id in session.execute(_NEAR_CERTIFIED, {
-            "ids": [skill.id for skill in part], "vectors": [str(list(vectors[skill.id])) for skill in part],
-            "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN,
-        })]
-    known = {skill.id: skill for skill in audited}
-    wanted = sorted({other for _, other in pairs} - set(known))
-    others: list[Any] = []
-    if wanted:  # as stored now, not as a copy the session may hold
-        loaded = session.scalars(select(Skill).where(Skill.id.in_(wanted)).execution_options(populate_existing=True))
-        others = _signed_certified(session, list(loaded), keyring)
-    known.update((skill.id, skill) for skill in others)
-    vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
-    for skill_id, other_id in sorted(pairs):
-        other = known.get(other_id)
-        if other is None:
-            continue  # its row is not its signed head: its own findings say so
-        similarity = cosine(vectors[skill_id], vectors[other_id])
-        if similarity < RECHECK_SIMILARITY:
-            continue  # near only by the other's stored vector (its own embedding-mismatch), or not near enough
-        issued, first = issued_at(known[skill_id].certificate), issued_at(other.certificate)
-        if issued is not None and first is not None and issued < first:
-            continue  # certified first: the later one is the one the gate should have refused
-        order = (f"certified at {issued.isoformat()}, after it ({first.isoformat()})" if issued is not None
-                 and first is not None and issued > first else "certified at a time its certificates do not tell apart")
-        findings.append(GateFinding(skill_id, "certified-near-duplicate", (
-            f"a near-duplicate (cosine {similarity:.6f} >= {DUPLICATE_SIMILARITY}, between the vectors of their signed "
-            f"texts) of certified skill {other.name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
-    return findings
-
-
-def _signed_certified(session: Session, skills: Sequence[Any], keyring: KeyRing) -> list[Any]:
-    """Those of ``skills`` that are certified by their signed head version, which their row
-    still equals (the head hashes, links and verifies with a trusted key)."""
-    drift = head_drift(session, [(skill, governed_content(skill)) for skill in skills], keyring)
-    return [skill for skill in skills if skill.id not in drift and skill.status == SkillStatus.CERTIFIED.value]
-
-
-def embedding_differs(stored: Any, vector: list[float]) -> bool:
-    """Whether a stored vector is not ``vector``, the one computed from its text, float4's
-    rounding aside."""
-    return stored is None or cosine([float(x) for x in stored], vector) < EMBEDDING_MATCH
-
-
-def certified_embedding_drift(skill: Any, embedder: Embedder) -> GateFinding | None:
-    """``embedding-mismatch`` for a certified skill whose stored vector is not its text's,
-    as the audit reports it (:func:`gates_rechecked`); None otherwise, and for any other entity."""
-    if not isinstance(skill, Skill) or skill.status != SkillStatus.CERTIFIED.value:
-        return None
-    if not embedding_differs(skill.embedding, embedder.embed([embedding_text(skill)])[0]):
-        return None
-    return GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
-
-
-def issued_at(certificate: Any) -> dt.datetime | None:
-    """A certificate's ``issued_at`` as an aware time; None when it has none that reads as one."""
-    issued = certificate.get("issued_at") if isinstance(certificate, dict) else None
-    try:
-        moment = dt.datetime.fromisoformat(issued) if isinstance(issued, str) else None
-    except ValueError:
-        return None
-    return moment if moment is not None and moment.tzinfo is not None else None  # a naive time orders nothing

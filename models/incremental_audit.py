@@ -367,7 +367,7 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
     ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), one whose leaf
     is there taken out of it (a check made again decides), and every signature of its
     chain is checked. Certified skills among them go through the duplicate gate again, as
-    in a full audit (:func:`models.certification.gates_rechecked`)."""
+    in a full audit (:func:`models.certification_gates.gates_rechecked`)."""
     batch = BatchResult()
     versions = versions_by_entity(session, [entity.id for entity in entities])
     seats = seat_facts(session, entities, keyring)

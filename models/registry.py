@@ -374,7 +374,7 @@ def search_skills(session: Session, *, query: str, k: int, embedder: Embedder) -
     approximate HNSW index once the table is large (about 10,000 skills); a scan of it yields
     at most ``hnsw.ef_search`` (40) rows and can miss a near one however large that is: a
     ``k`` of 41 to 100 got 40. A materialized CTE is read whole, as the certification gate
-    reads it (``models.certification.nearest_certified_duplicate``): one distance a skill.
+    reads it (``models.certification_gates.nearest_certified_duplicate``): one distance a skill.
     A stored zero vector (a row edited through SQL) has no direction, and pgvector's cosine
     distance to it is NaN, which is no JSON number: such a skill is near no query."""
     vector = embedder.embed([normalize_text(query)])[0]

@@ -29,7 +29,7 @@ from models.base import Base, UUIDPk
 from models.canonical import (
     as_jsonb_keeps_it, canonical_bytes, matches_canonical, rfc3339_utc, sha256, strict_json_loads, to_json_tree,
 )
-from models.certification import certified_embedding_drift
+from models.certification_gates import certified_embedding_drift
 from models.chain import GENESIS_LINK, ChainFinding, history
 from models.chain_verification import HEAD_FINDINGS, verify_loaded
 from models.seal_check import seal_findings

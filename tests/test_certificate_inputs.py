@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.certification import certify_skill, verify_certificate
+from models.certificates import verify_certificate
+from models.certification import certify_skill
 from models.chain import history
 from models.entities import EntityType, Skill
 from models.errors import EntityTampered
@@ -138,14 +139,14 @@ def test_a_certificate_is_dated_by_the_database_clock_not_the_worker_s(db_sessio
 
     from sqlalchemy import func, select
 
-    from models import certification
+    from models import certificates
 
     class Skewed(dt.datetime):
         @classmethod
         def now(cls, tz=None):  # a worker whose clock is a year behind
             return dt.datetime(2001, 1, 1, tzinfo=tz)
 
-    monkeypatch.setattr(certification, "dt", SimpleNamespace(datetime=Skewed, UTC=dt.UTC))
+    monkeypatch.setattr(certificates, "dt", SimpleNamespace(datetime=Skewed, UTC=dt.UTC))
     skill = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
         "name": "Clock Reading", "skill_key": "clock", "category": "technical", "description": OTHER,
         "governance_agent_id": steward})

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from models.certification import certify_skill, verify_certificate
+from models.certificates import verify_certificate
+from models.certification import certify_skill
 from models.errors import AlreadyCertified, ImmutableEntity, NotCertifiable
 from models.chain import history
 from models.chain_verification import verify_entity
@@ -480,7 +481,7 @@ def test_a_stored_vector_made_to_look_like_another_skills_accuses_only_its_own_s
 
 
 def test_the_second_look_finds_the_same_pairs_however_few_vectors_go_in_one_statement(db_session, write_ctx, steward, keyring, monkeypatch) -> None:
-    import models.certification as certification
+    import models.certification_gates as certification_gates
     from tests.test_audit import run_audit
 
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")
@@ -492,7 +493,7 @@ def test_the_second_look_finds_the_same_pairs_however_few_vectors_go_in_one_stat
     db_session.execute(text("UPDATE skills SET status = 'certified' WHERE id = ANY(:ids)"),
                        {"ids": [original.id, *(c.id for c in copies)]})
     db_session.expire_all()
-    monkeypatch.setattr(certification, "PAIRS_PER_STATEMENT", 1)
+    monkeypatch.setattr(certification_gates, "PAIRS_PER_STATEMENT", 1)
     _, findings = run_audit(db_session, keyring, batch_size=4)
     later = sorted(str(c.id) for c in copies)
     assert sorted({str(f.entity_id) for f in findings if f.code == "certified-near-duplicate"}) == later

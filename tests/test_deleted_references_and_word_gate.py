@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from models.certification import certify_skill
 from models.errors import InvalidInput, NotCertifiable
-from models.certification import IssuedCertificate
+from models.certificates import IssuedCertificate
 from models.entities import EntityType, Skill
 from models.registry import update_entity
 from models.bulk_assignment import plan_assignment

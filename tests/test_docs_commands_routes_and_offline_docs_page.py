@@ -149,7 +149,7 @@ def test_every_api_route_the_docs_name_is_served(app) -> None:
 
 
 def test_every_dotted_module_name_and_migration_the_docs_cite_exists() -> None:
-    """``models.certification.verify_certificate`` and "migration 0022" are citations too."""
+    """``models.certificates.verify_certificate`` and "migration 0022" are citations too."""
     for doc in DOCS:
         text = doc.read_text()
         for dotted in set(re.findall(r"`((?:models|web|tasks|worker|cli)\.[\w.]+)`", text)):

@@ -654,7 +654,7 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     could sign them backdated. The seal lists the ones the key signed (digests it does not:
     any read key could grow the list; they are held to the seal by their as_of)."""
     from models.canonical import canonical_bytes
-    from models.certification import certificate_statement, verify_certificate
+    from models.certificates import certificate_statement, verify_certificate
     from models.errors import JwsError
     from models.key_seals import record_seal_list, seal_list_root, seal_problems, signed_outside_the_chain
     from models.ledger import stored_digest_problem

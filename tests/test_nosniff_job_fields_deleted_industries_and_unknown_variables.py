@@ -94,7 +94,8 @@ def test_a_skill_of_a_deleted_industry_is_not_certified_under_its_code(db_sessio
     reference guards, which refuse that deletion now); certified after it, its new certificate was signed ``SKILL-<the deleted
     industry's code>-001``: a fresh, signed act vouching for the skill under an industry no
     listing shows, as a deleted skill's certificate or a deleted governor newly named would."""
-    from models.certification import IssuedCertificate, certify_skill
+    from models.certificates import IssuedCertificate
+    from models.certification import certify_skill
     from models.entities import EntityType, Skill
     from models.errors import NotCertifiable
     from models.registry import update_entity
