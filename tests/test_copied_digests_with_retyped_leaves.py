@@ -12,6 +12,7 @@ version stored beside each are not covered by them.
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from models.ledger import store_digest
@@ -37,33 +38,20 @@ def _copy_of_latest_digest(session, digest_id: int, *, entity_id, entity_type: s
     return copy
 
 
-def test_a_copied_digest_whose_leaf_names_no_entity_type_is_not_trusted(db_session, skill, keyring) -> None:
+@pytest.mark.parametrize("retyped", ["bogus", "agent"], ids=["no-entity-type", "another-entity-type"])
+def test_a_copied_digest_whose_leaf_is_retyped_at_version_0_is_not_trusted(db_session, skill, keyring, retyped) -> None:
     """A leaf row's type is not covered by the signed root, and a row of version 0 (one that
-    names no version) had its type checked against nothing: a copy of the latest digest
-    whose skill leaf was typed ``bogus`` was trusted. The incremental audit then reported a
-    clean run against a digest Plant never stored, and every later digest, taking it as its
-    base, held the skill back at that row for good."""
+    names no version) had its type checked against nothing: a copy of the latest digest whose
+    skill leaf was typed ``bogus``, or ``agent``, was trusted. The incremental audit then
+    reported a clean run (or a false ``entity-deleted``) against a digest Plant never stored,
+    and every later digest, taking it as its base, held the skill back at that row for good.
+    An honest version-0 row takes its entity row's type or its chain's."""
     digest = store_digest(db_session, keyring=keyring)
-    copy = _copy_of_latest_digest(db_session, digest.id, entity_id=skill.id, entity_type="bogus", version=0)
+    copy = _copy_of_latest_digest(db_session, digest.id, entity_id=skill.id, entity_type=retyped, version=0)
     summary, findings = run_incremental(db_session, keyring)
     assert summary["coverage"]["since_digest"] == copy
-    assert [f.code for f in findings] == ["digest-invalid"], [(f.code, f.detail) for f in findings]
+    assert [f.code for f in findings] == ["digest-invalid"], [(f.code, f.entity_type, f.detail) for f in findings]
     assert "entity type" in findings[0].detail
     held: list[str] = []
     store_digest(db_session, keyring=keyring, held_back=held)  # the copy is no base: checked from the genuine one
-    assert held == []
-
-
-def test_a_copied_digest_whose_leaf_names_another_type_at_version_0_is_not_trusted(db_session, skill, keyring) -> None:
-    """A copy whose leaf is retyped to another real type at version 0 was trusted: a version-0 row
-    names no version to read a type from. But an honest one takes its entity row's type or its
-    chain's, and no agent has the skill's id."""
-    digest = store_digest(db_session, keyring=keyring)
-    copy = _copy_of_latest_digest(db_session, digest.id, entity_id=skill.id, entity_type="agent", version=0)
-    summary, findings = run_incremental(db_session, keyring)
-    assert summary["coverage"]["since_digest"] == copy
-    assert [f.code for f in findings] == ["digest-invalid"], [(f.code, f.entity_type) for f in findings]
-    assert "entity type" in findings[0].detail
-    held: list[str] = []
-    store_digest(db_session, keyring=keyring, held_back=held)  # the copy is no base: the skill is not held back
     assert held == []
