@@ -120,7 +120,7 @@ RECORD_COLUMNS = tuple(Job.__table__.c[name] for name in JobRecord.__annotations
 # The most agents one bulk assignment plan reads: the ids a request may list, and the unassigned
 # agents an ``all_unassigned`` plan takes (the first by id). Each costs about 3 KB of float64
 # embedding and more in the solver: every unassigned agent of a large registry exhausted the worker.
-# Here, not in models.bulk_assignment, so the web process can name it without loading NumPy.
+# Here, not in models.bulk_plan, so the web process can name it without loading NumPy.
 MAX_BULK_AGENTS = 25_000
 
 

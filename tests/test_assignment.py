@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, text, update
 
-from models import bulk_assignment
+from models import bulk_assignment, bulk_plan
 
 from models.assignment import assign_agent, rank_teams
 from models.errors import Conflict, EntityTampered, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
-from models.bulk_assignment import apply_batch, assign_teams_in_bulk, plan_assignment
+from models.bulk_assignment import apply_batch, assign_teams_in_bulk
+from models.bulk_plan import plan_assignment
 from models.chain import history
 from models.chain_verification import verify_entity
 from models.db import make_session_factory, transaction
@@ -290,13 +291,13 @@ def test_a_bulk_plan_is_solved_after_its_read_transaction_ended(engine, write_ct
         world.team("Solve team", capacity=2)
         world.agent("Solve member")
     in_a_transaction_during_the_solve = []
-    solve = bulk_assignment.solve_assignment
+    solve = bulk_plan.solve_assignment
 
     def watched(problem):
         in_a_transaction_during_the_solve.append(busy_sessions(engine))
         return solve(problem)
 
-    monkeypatch.setattr(bulk_assignment, "solve_assignment", watched)
+    monkeypatch.setattr(bulk_plan, "solve_assignment", watched)
     outcome = assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
                                    progress=lambda d, t, m=None: None)
     assert in_a_transaction_during_the_solve == [0] and outcome.placed == 1
@@ -553,7 +554,7 @@ def test_a_role_change_waits_for_a_seat_being_taken_and_then_refuses(engine, wri
 
 def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_ctx) -> None:
     from models.membership import ineligibility
-    from models.bulk_assignment import eligible_teams
+    from models.bulk_plan import eligible_teams
 
     teams = [world.team("Same industry"), world.team("Other industry", industry=world.other_industry),
              world.team("Other role", role=world.other_role), world.make(E.TEAM, name="No industry", capacity=2,
@@ -569,7 +570,7 @@ def test_grouped_eligibility_equals_the_pairwise_rules(world, db_session, write_
 
 def test_plan_vectors_are_read_from_pgvector_binary_with_zeros_for_missing() -> None:
     blob = struct.pack(">HH", EMBEDDING_DIM, 0) + np.arange(EMBEDDING_DIM, dtype=">f4").tobytes()
-    vectors = bulk_assignment._vectors([None, blob])
+    vectors = bulk_plan._vectors([None, blob])
     assert vectors.shape == (2, EMBEDDING_DIM) and not vectors[0].any()
     expected = np.arange(EMBEDDING_DIM, dtype=np.float64)
     assert np.allclose(vectors[1], expected / np.linalg.norm(expected), rtol=0, atol=1e-15)  # read exactly, then unit length

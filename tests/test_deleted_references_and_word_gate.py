@@ -12,7 +12,7 @@ from models.errors import InvalidInput, NotCertifiable
 from models.certificates import IssuedCertificate
 from models.entities import EntityType, Skill
 from models.registry import update_entity
-from models.bulk_assignment import plan_assignment
+from models.bulk_plan import plan_assignment
 from models.entities import Agent, Team
 from models.registry import create_entity
 from tests.test_assignment import world  # noqa: F401  (fixture)

@@ -52,17 +52,17 @@ def test_an_all_unassigned_plan_reads_at_most_the_cap_of_agents_first_by_id(worl
                                                                              monkeypatch) -> None:
     """``all_unassigned`` loaded every unassigned agent (3 KB of float64 embedding each, and more
     in the solver), with no bound; ``agent_ids`` is capped at 25,000. The cap is lowered here."""
-    from models import bulk_assignment
+    from models import bulk_plan
 
     for i in range(3):
         world.agent(f"Unseated {i}")
-    monkeypatch.setattr(bulk_assignment, "MAX_BULK_AGENTS", 2)
+    monkeypatch.setattr(bulk_plan, "MAX_BULK_AGENTS", 2)
     unassigned = sorted(db_session.scalars(text(
         "SELECT id FROM agents WHERE team_id IS NULL AND status = 'active' AND deleted_at IS NULL")))
-    inputs = bulk_assignment.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True)
+    inputs = bulk_plan.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True)
     assert [agent.id for agent in inputs.agents] == unassigned[:2] and inputs.agent_vectors.shape[0] == 2
-    assert len(bulk_assignment.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True,
-                                                excluding=unassigned[:1]).agents) == 2  # a retry takes the next
+    assert len(bulk_plan.read_plan_inputs(db_session, agent_ids=None, all_unassigned=True,
+                                          excluding=unassigned[:1]).agents) == 2  # a retry takes the next
 
 
 def test_the_job_list_leaves_out_params_and_results_too_long_to_list_and_says_so(client, engine) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from bench.harness import BenchResult, BenchStack, median_run, run_job_to_end
 from models.assignment_solver import AssignmentProblem, exact_assignment_milp, greedy_assignment, solve_assignment
-from models.bulk_assignment import plan_assignment
+from models.bulk_plan import plan_assignment
 from models.entities import EntityType
 from models.registry import create_entity, update_entity
 from models.seed import bootstrap_steward
