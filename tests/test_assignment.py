@@ -13,7 +13,8 @@ from models import bulk_assignment, bulk_plan
 
 from models.assignment import assign_agent, rank_teams
 from models.errors import Conflict, EntityTampered, JobCancelled, NoEligibleTeam, NotEligible, TeamFull
-from models.bulk_assignment import apply_batch, assign_teams_in_bulk
+from models.bulk_apply import apply_batch
+from models.bulk_assignment import assign_teams_in_bulk
 from models.bulk_plan import plan_assignment
 from models.chain import history
 from models.chain_verification import verify_entity
@@ -490,7 +491,7 @@ def test_batches_are_cut_between_teams(monkeypatch) -> None:
 
 
 def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session, write_ctx) -> None:
-    from models.bulk_assignment import apply_batch
+    from models.bulk_apply import apply_batch
 
     team = world.team("Last seat", capacity=1)
     planned, sneaky = world.agent("Planned"), world.agent("Sneaky")
@@ -504,7 +505,7 @@ def test_a_seat_taken_after_planning_is_refused_not_overfilled(world, db_session
 
 
 def test_a_skill_required_after_planning_is_checked_when_the_batch_applies(world, db_session, write_ctx) -> None:
-    from models.bulk_assignment import apply_batch
+    from models.bulk_apply import apply_batch
 
     world.team("Strict later", capacity=2)
     agent = world.agent("Planned early")  # holds skills 0 and 1, which the role requires now
@@ -591,7 +592,7 @@ def test_ranking_teams_reads_their_embeddings_in_the_same_query(world, db_sessio
 def test_an_agent_whose_row_was_edited_through_sql_is_not_assigned(world, db_session, write_ctx) -> None:
     from sqlalchemy import text
 
-    from models.bulk_assignment import apply_batch
+    from models.bulk_apply import apply_batch
     from models.errors import EntityTampered
 
     team = world.team("Guarded", capacity=5)

@@ -23,7 +23,7 @@ from models.audit_close import summarize_run
 from models.audit_record import sign_close
 from models.audit_runs import start_run
 from models.audit_tables import AuditRun
-from models.bulk_assignment import apply_batch
+from models.bulk_apply import apply_batch
 from models.certification import certify_skill
 from models.chain import history
 from models.entities import Agent, EntityType

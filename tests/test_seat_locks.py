@@ -13,7 +13,8 @@ from sqlalchemy import text
 import models.membership as membership
 from models import bulk_assignment
 from models.assignment import assign_agent
-from models.bulk_assignment import apply_batch, assign_teams_in_bulk
+from models.bulk_apply import apply_batch
+from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.entities import Agent, EntityType, JobRole
 from models.errors import NotEligible
