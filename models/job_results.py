@@ -26,10 +26,10 @@ ResultWhenEnded = Callable[[Session, uuid.UUID, dict[str, Any] | None], dict[str
 
 
 def _bulk_assignment(session: Session, job_id: uuid.UUID, reported: dict[str, Any] | None) -> dict[str, Any] | None:
-    # Imported here: models.bulk_assignment loads numpy and SciPy's solvers (0.4 s, tens of MB),
+    # Imported here: models.bulk_records loads numpy and SciPy's solvers (0.4 s, tens of MB),
     # which every process that cancels or sweeps jobs (the API's every worker among them) would
     # otherwise load at start for a job kind it may never end.
-    from models.bulk_assignment import result_when_ended
+    from models.bulk_records import result_when_ended
     return result_when_ended(session, job_id, reported)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from celery import Task, shared_task
 
 from models.assignment import assign_agent
-from models.bulk_assignment import Recorder, assign_teams_in_bulk
+from models.bulk_assignment import assign_teams_in_bulk
+from models.bulk_records import Recorder
 from models.certification import certify_skill
 from models.db import retry_if_disconnected, transaction
 from models.job_lifecycle import JobClaim, check_attempt, hold_attempt

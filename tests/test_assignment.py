@@ -239,7 +239,7 @@ def test_a_recorded_bulk_job_counts_an_agent_that_stays_as_seated_and_a_retry_le
         engine, write_ctx, committed_steward) -> None:
     """A stay is a planned placement with nothing to write: the job's records say the agent
     is seated (in its team), and a retry of the job does not plan it again."""
-    from models.bulk_assignment import Recorder
+    from models.bulk_records import Recorder
     from models.job_lifecycle import create_job
 
     sessions, x, _, a, b = _seated_world(engine, write_ctx, committed_steward, second_team=False)
@@ -358,7 +358,7 @@ def _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents: int)
 def test_a_retried_bulk_job_reports_what_every_attempt_did(engine, write_ctx, committed_steward, monkeypatch) -> None:
     """Batches commit one by one; a retry plans only the agents left. Its result used to cover
     only them (9 agents seated in all, the result said `requested: 5, placed: 4`)."""
-    from models.bulk_assignment import Recorder
+    from models.bulk_records import Recorder
     from models.errors import TransientJobError
     from models.jobs import BulkAssignmentMove
 
@@ -389,7 +389,7 @@ def test_a_retried_bulk_job_over_given_agents_does_not_plan_those_it_seated_agai
         engine, write_ctx, committed_steward, monkeypatch) -> None:
     """Given by id, an agent an earlier attempt seated would be planned again from scratch (its
     seat freed for the plan): moved a second time, or reported unplaced while it sits."""
-    from models.bulk_assignment import Recorder
+    from models.bulk_records import Recorder
     from models.errors import TransientJobError
 
     sessions, job_id, world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=3)
@@ -411,7 +411,7 @@ def test_a_retried_bulk_job_over_all_unassigned_does_not_plan_those_it_seated_ag
         engine, write_ctx, committed_steward, monkeypatch) -> None:
     """Only a retry over given agents left out those an earlier attempt seated: over all
     unassigned, an agent that attempt seated and an operator unseated since was seated again."""
-    from models.bulk_assignment import Recorder
+    from models.bulk_records import Recorder
     from models.errors import TransientJobError
 
     sessions, job_id, world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=3)

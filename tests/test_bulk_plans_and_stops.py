@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from models import bulk_assignment
+from models import bulk_assignment, bulk_records
 from models.assignment import assign_agent
 from models.bulk_assignment import assign_teams_in_bulk
 from models.chain_verification import verify_entity
@@ -57,7 +57,7 @@ def test_two_bulk_jobs_single_assignments_and_patches_at_once_never_overfill_a_t
     single write moved them)."""
     import random
 
-    from models.bulk_assignment import Recorder
+    from models.bulk_records import Recorder
     from models.entities import EntityType
     from models.errors import PlantError
     from models.job_lifecycle import create_job
@@ -188,7 +188,7 @@ def test_a_tampered_agent_takes_no_seat_from_a_clean_one_in_a_bulk_plan(engine, 
         from models.job_lifecycle import create_job
 
         with transaction(sessions) as session:
-            record = bulk_assignment.Recorder(create_job(session, kind="agents.assign_teams", params={}).id, 1)
+            record = bulk_records.Recorder(create_job(session, kind="agents.assign_teams", params={}).id, 1)
     steps: list[tuple[int, int]] = []
     outcome = assign_teams_in_bulk(sessions, agent_ids=[tampered, clean], all_unassigned=False, ctx=write_ctx,
                                    progress=lambda done, total, message: steps.append((done, total)), record=record)

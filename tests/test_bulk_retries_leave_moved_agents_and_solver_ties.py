@@ -11,7 +11,8 @@ import pytest
 from models import bulk_assignment
 from models.assignment import assign_agent
 from models.assignment_solver import AssignmentProblem, exact_assignment_bruteforce, greedy_assignment, solve_assignment
-from models.bulk_assignment import Recorder, assign_teams_in_bulk
+from models.bulk_assignment import assign_teams_in_bulk
+from models.bulk_records import Recorder
 from models.chain_verification import verify_entity
 from models.db import transaction
 from models.entities import Agent

@@ -88,7 +88,8 @@ def test_a_retried_bulk_job_reports_no_agent_not_applied_that_its_retry_no_longe
     still said the seated agent was not applied because the job stopped (helper-146). Each
     attempt now drops the earlier attempts' not-applied records before recording its plan."""
     from models.assignment import assign_agent
-    from models.bulk_assignment import NOT_APPLIED, Recorder, assign_teams_in_bulk
+    from models.bulk_assignment import assign_teams_in_bulk
+    from models.bulk_records import NOT_APPLIED, Recorder
     from models.db import transaction
     from models.job_lifecycle import create_job
     from tests.test_bulk_plans_and_stops import _world
