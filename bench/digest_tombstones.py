@@ -23,7 +23,7 @@ from bench.harness import BenchStack, median_seconds
 from models.entities import EntityType
 from models.incremental_audit import audit_since_latest_digest
 from models.keys import keyring_from_settings
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
 from models.embeddings import HashingEmbedder

@@ -6,7 +6,7 @@ tampering has its own code (see ``models.chain_verification``); rule results use
 (error) and ``rule-warning`` (warning) with the rule id. ``check_entity`` does the same
 for one entity, plus a comparison with the latest stored ledger digest, for the
 synchronous tampering endpoint; that digest's leaves are trusted only once its signature
-and root check out (``models.ledger.stored_digest_problem``), else ``digest-invalid``.
+and root check out (``models.ledger_trust.stored_digest_problem``), else ``digest-invalid``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from models.db import uuid_in
 from models.entities import ENTITY_MODELS, Agent, EntitySnapshot, EntityType, governed_content, load_entities
 from models.embeddings import Embedder
 from models.errors import NotFound
-from models.ledger import compare_heads, latest_digest, stored_digest_problem, stored_leaves
+from models.ledger_compare import compare_heads, latest_digest, stored_leaves
+from models.ledger_trust import stored_digest_problem
 from models.membership import seat_problems, signed_member_counts
 from models.signing import KeyRing
 

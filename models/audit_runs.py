@@ -31,8 +31,9 @@ from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput
 from models.incremental_audit import audit_since_latest_digest
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
-from models.ledger import compare_heads, root_as_of, signed_after_seal
+from models.ledger_compare import compare_heads, root_as_of
 from models.ledger_digest import digest_problem
+from models.ledger_trust import signed_after_seal
 from models.repair import record_sha256, settle_repairs, verified_repairs
 from models.signing import KeyRing
 

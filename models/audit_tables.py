@@ -118,7 +118,7 @@ class LedgerDigest(Base):
     signature: Mapped[str] = mapped_column(Text)
     document: Mapped[dict[str, Any]] = mapped_column(JSONB)
     # The transaction id on every leaf row as written, and a signature over it (by the
-    # digest's key): see models.ledger.leaves_statement. NULL for digests stored before.
+    # digest's key): see models.ledger_trust.leaves_statement. NULL for digests stored before.
     leaves_xmin: Mapped[str | None] = mapped_column(String(20))
     leaves_attestation: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Leaf rows kept whatever newer digests come (a key seal's digest; every digest stored

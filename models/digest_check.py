@@ -102,7 +102,7 @@ def tombstones_of(digest: LedgerDigest) -> int | None:
 
 def trusted_base(session: Session, keyring: KeyRing, problem_of: Any, passed_over: list[str] | None = None) -> LedgerDigest | None:
     """The newest stored digest with leaf or tombstone rows whose ``problem_of(session,
-    digest, keyring)`` is None (:func:`models.ledger.base_problem`); None when
+    digest, keyring)`` is None (:func:`models.ledger_trust.base_problem`); None when
     there is none. Only digests whose signed document verifies count toward the
     :data:`BASES_TRIED` looked at, and no published digest planted as a stored one
     (:func:`planted`), and copies of one document count once, so rows made up through SQL

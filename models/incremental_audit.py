@@ -53,7 +53,7 @@ from models.embeddings import Embedder
 from models.db import uuid_in
 from models.entities import ENTITY_MODELS, Agent, EntityType, governed_content
 from models.errors import NotFound
-from models.ledger import compare_heads, latest_digest
+from models.ledger_compare import compare_heads, latest_digest
 from models.signing import KeyRing
 
 BATCH = 500

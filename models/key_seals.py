@@ -41,8 +41,10 @@ from models.entities import ENTITY_MODELS, EntityType
 from models.errors import CanonicalizationError, SealListInvalid, SigningKeyError
 from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import key_files_lock, keyring_from_settings, write_seal
-from models.ledger import current_heads, store_digest, stored_digest_problem
+from models.ledger import current_heads
 from models.ledger_digest import digest_problem
+from models.ledger_store import store_digest
+from models.ledger_trust import stored_digest_problem
 from models.settings import Settings
 from models.signing import KeyRing, KeySeal, VerifyingKey
 
@@ -69,7 +71,7 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
             return []
         with transaction(sessions) as session:
             # The digest first: begun inside its quiet moment, the transaction stamps it exactly
-            # (models.ledger.store_digest) and reads the checks below in the same snapshot.
+            # (models.ledger_store.store_digest) and reads the checks below in the same snapshot.
             held_back: list[str] = []
             digest = store_digest(session, keyring=keyring, held_back=held_back)
             early = signed_by_upcoming_keys(session, keyring, unverified=unverified)
@@ -188,7 +190,7 @@ def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
     the certificates in skill versions. Certificates are read from the chain's signed
     contents, never from a skill row; a content that cannot be read holds none. Digests are
     left out (any read key could multiply them): a stored one signed by a sealed key is
-    trusted only if older than the seal's own digest (:func:`models.ledger.signed_after_seal`),
+    trusted only if older than the seal's own digest (:func:`models.ledger_trust.signed_after_seal`),
     and any digest naming a time at or after the seal is refused."""
     hashes = {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
     hashes |= {signature_sha256(bytes(raw)) for raw in session.scalars(

@@ -110,7 +110,7 @@ def digest_problem(digest: Any, keys: KeySource) -> str | None:
 
     A seal lists no digest (any read key could grow the list, one ``GET /ledger/digest`` at
     a time), and this does not hold one signed by a sealed key to its seal: Plant holds
-    stored and handed-in ones to the seal's own digest (:func:`models.ledger.signed_after_seal`),
+    stored and handed-in ones to the seal's own digest (:func:`models.ledger_trust.signed_after_seal`),
     ``plant digest verify`` holds a file's to the seal time the JWKS names
     (:func:`models.jws.signed_after_its_seal`).
 

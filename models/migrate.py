@@ -198,7 +198,7 @@ RUNTIME_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # made `plant signing-keys seal` write that key's seal with no list (models.key_seals), so
 # what a leaked key then signed outside the chain was refused by none.
 RUNTIME_READ_ONLY_TABLES = ("alembic_version", "signed_exports_began")
-# store_digest ANALYZEs these after writing a digest's rows (models.ledger._analyze_digest_rows):
+# store_digest ANALYZEs these after writing a digest's rows (models.ledger_store._analyze_digest_rows):
 # the MAINTAIN privilege, PostgreSQL 17 and later. On 16 the ANALYZE is skipped with a warning.
 RUNTIME_MAINTAINED_TABLES = ("ledger_digest_heads", "ledger_digest_tombstones")
 MAINTAIN_SINCE = 170000

@@ -42,9 +42,9 @@ from models.jws import KeySource, b64url_encode, verify_b64url_signature
 from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
 from models.digest_check import trusted_base
 from models.key_seals import seal_problems, with_seal_lists
-from models.ledger import base_problem
 from models.entity_input import apply_fields, holds_nul, lock_parents
 from models.entity_locks import lock_entity
+from models.ledger_trust import base_problem
 from models.registry import embedding_text, integrity_as_domain_errors, rule_subject, snapshot
 from models.seat_guards import guard_membership
 from models.signing import KeyRing

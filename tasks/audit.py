@@ -34,7 +34,7 @@ from models.db import transaction
 from models.errors import InternalJobError, JobCancelled, LedgerBusy, PlantError, RunClosed, StaleAttempt
 from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
 from models.jobs import JobStatus
-from models.ledger import prune_digest_leaves, store_digest
+from models.ledger_store import prune_digest_leaves, store_digest
 from models.progress import ProgressSink
 from tasks import runtime
 from tasks.celery_app import AUDIT_QUEUE

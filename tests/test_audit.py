@@ -30,7 +30,8 @@ from models.constitution import APPEND_ONLY_TRIGGERS, L0, L1, RuleSubject, evalu
 from models.embeddings import Embedder
 from models.entities import EntityType, Skill, governed_content
 from models.job_lifecycle import create_job
-from models.ledger import current_heads, digest_now, signed_digest, store_digest
+from models.ledger import current_heads, digest_now, signed_digest
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing, generate_ed25519
 from tests.conftest import EMBEDDER, recorded_statements, wait_for

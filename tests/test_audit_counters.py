@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from models.entities import EntityType
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from tests.test_audit import digest_of, run_audit, run_incremental, tamper_delete_newest
 from tests.conftest import EMBEDDER

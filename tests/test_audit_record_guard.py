@@ -84,7 +84,7 @@ def test_a_digest_s_leaf_rows_cannot_be_changed_and_a_kept_digest_s_cannot_be_de
     suspect (helper-74, helper-76). Leaf rows now refuse UPDATE and TRUNCATE, a signed digest
     takes no new one, and a kept digest's refuse DELETE; pruning still deletes the other
     digests' rows (migration 0017)."""
-    from models.ledger import store_digest
+    from models.ledger_store import store_digest
 
     digest = store_digest(db_session, keyring=keyring)
     _refused(db_session, "UPDATE ledger_digest_heads SET version = version WHERE digest_id = :d", d=digest.id)

@@ -449,7 +449,7 @@ def test_the_tampering_endpoint_runs_the_second_look_too(db_session, write_ctx, 
 
 
 def test_the_incremental_audit_puts_a_skill_certified_since_the_digest_through_the_gate_again(db_session, write_ctx, steward, keyring) -> None:
-    from models.ledger import store_digest
+    from models.ledger_store import store_digest
     from tests.test_audit import run_incremental
 
     original = _certified(db_session, write_ctx, steward, "Fraud Detection")

@@ -29,7 +29,7 @@ from models.chain import history
 from models.entities import Agent, EntityType
 from models.errors import ConstitutionViolation
 from models.job_lifecycle import create_job
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from models.report_view import report_view
 from models.reports import export_report, verify_report

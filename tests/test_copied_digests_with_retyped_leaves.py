@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from tests.test_audit import run_incremental
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from models.chain import GENESIS_LINK
 from models.entities import EntityType
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import update_entity
 from tests.conftest import EMBEDDER
 from tests.test_audit import (
@@ -126,14 +126,14 @@ def test_a_leaf_naming_no_version_from_before_the_check_keeps_its_entity_held(db
     version carries. Its entity is held and reported from then on, and a restore refuses it:
     such a leaf cannot be told from a trusted leaf whose version was deleted since (a
     rollback, which a restore must not vouch for: review-fixes finding 1)."""
-    import models.ledger
+    import models.ledger_store
     from models.embeddings import HashingEmbedder
     from models.repair import NotRestorable, restore_entity
 
     db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
     db_session.expire_all()
     with monkeypatch.context() as patched:
-        patched.setattr(models.ledger, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
+        patched.setattr(models.ledger_store, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
         old = store_digest(db_session, keyring=keyring)
     assert _leaf(db_session, old.id, skill.id) == (0, b"\x07" * 32)
     with pytest.raises(NotRestorable, match="at a link its chain no longer has"):
@@ -189,7 +189,7 @@ def test_a_held_back_digest_is_trusted_as_the_next_one_s_base(db_session, skill,
     store_digest(db_session, keyring=keyring)
     reset_row_to(db_session, skill, 2)
     held_at = store_digest(db_session, keyring=keyring, held_back=[])
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     assert stored_digest_problem(db_session, held_at, keyring) is None  # leaves, root and versions as signed
 
@@ -245,7 +245,7 @@ def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checke
 
 def test_digests_made_up_through_sql_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
     from models.digest_check import BASES_TRIED, trusted_base
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)
     for _ in range(BASES_TRIED + 1):
@@ -399,7 +399,7 @@ def test_a_deleted_entity_s_chain_is_not_checked_again_while_its_tombstone_stand
     """A tombstone vouches for its chain up to the deletion, as a leaf does: editing a version
     before it is the full audit's to find. A digest stored before migration 0018 keeps no
     tombstone, so the next one checks every deleted entity it does not hold from the genesis."""
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     _delete_signed(db_session, skill, write_ctx)
     first = store_digest(db_session, keyring=keyring)
@@ -423,7 +423,7 @@ def test_tombstones_are_trusted_only_as_signed(db_session, skill, write_ctx, key
     signed document, so no SQL edit, of rows or columns, makes a digest's tombstones other
     than signed, nor a digest stored since migration 0018 pass as one stored before."""
     from models.digest_check import trusted_base
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     _delete_signed(db_session, skill, write_ctx)
     older = store_digest(db_session, keyring=keyring)
@@ -461,7 +461,7 @@ def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_c
     as a release before the reference guards would: the steward and the role it holds name
     each other, so neither is deleted first now.)"""
     from models.digest_check import trusted_base
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
     from tests.test_seat_rules import as_an_older_release
 
     from models.entities import ENTITY_MODELS
@@ -644,7 +644,8 @@ def test_a_deleted_row_without_a_head_is_held_as_a_tombstone(engine, committed_s
 
 def test_published_digests_planted_as_stored_ones_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
     from models.digest_check import BASES_TRIED, trusted_base
-    from models.ledger import current_heads, signed_digest, stored_digest_problem
+    from models.ledger import current_heads, signed_digest
+    from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)
     published = signed_digest(current_heads(db_session), db_session.scalar(text("SELECT now()")), keyring)
@@ -668,7 +669,7 @@ def test_a_published_digest_planted_before_any_stored_one_is_no_base(db_session,
 def test_a_v1_digest_is_judged_by_the_upgrade_time_alone(db_session, skill, keyring) -> None:
     """helper-86: a junk row claiming v2, dated long ago, made every v1 digest look planted; now
     only the guarded upgrade time counts, and with its row gone no v1 digest is trusted."""
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     legacy = store_digest(db_session, keyring=keyring)
     _as_stored_before_0018(db_session, legacy, keyring)
@@ -714,7 +715,7 @@ def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill
     import json
 
     from models.digest_check import BASES_TRIED, trusted_base
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)
     for _ in range(BASES_TRIED + 1):
@@ -768,10 +769,10 @@ def test_a_rollback_is_held_where_leaves_are_rehashed_not_attested(db_session, s
     """helper-88: where leaves are re-hashed (restored into another cluster, the identifier
     unreadable, 2**32 transactions on), a leaf whose version was deleted made the whole base
     untrusted, and the next digest, checked from an older one, attested the rollback."""
-    import models.ledger
+    import models.ledger_trust
 
-    real = models.ledger.xid_clock
-    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (real(session)[0], None))  # no attestation used
+    real = models.ledger_trust.xid_clock
+    monkeypatch.setattr(models.ledger_trust, "xid_clock", lambda session: (real(session)[0], None))  # no attestation used
     store_digest(db_session, keyring=keyring)  # leaf at version 3
     _, link = _head(db_session, skill, 3)
     tamper_delete_newest(db_session, skill, keyring)  # version 3 deleted, the row reset to version 2

@@ -15,8 +15,13 @@ from sqlalchemy import text
 from models.audit import check_entity
 from models.entities import EntityType
 import models.ledger
-from models.ledger import HeadRecord, current_heads, root_of_leaf_hashes, store_digest
+import models.ledger_compare
+import models.ledger_store
+import models.ledger_trust
+from models.ledger import HeadRecord, current_heads
 from models.ledger_digest import build_digest
+from models.ledger_store import store_digest
+from models.ledger_trust import root_of_leaf_hashes
 from models.merkle import leaf_hash, merkle_root
 from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER, recorded_statements
@@ -161,7 +166,7 @@ def test_a_stored_digest_signs_the_root_of_every_live_head_and_keeps_each_as_a_l
                                    "WHERE digest_id = :d ORDER BY entity_id"), {"d": digest.id}).all()
     assert [HeadRecord(r[0], r[1], r[2], bytes(r[3])) for r in rows] == heads
     assert next(h.version for h in heads if h.entity_id == skill.id) == 3
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None
 
 
 def _stored_document(as_of, heads, tombstones, keyring) -> dict:
@@ -192,7 +197,7 @@ def test_the_root_of_stored_leaf_hashes_is_the_rfc_6962_root(n: int) -> None:
 
 
 def test_untouched_attested_leaves_are_trusted_without_rehashing(db_session, skill, keyring, monkeypatch) -> None:
-    import models.ledger
+    import models.ledger_trust
 
     digest = store_digest(db_session, keyring=keyring)
     assert digest.leaves_xmin is not None and digest.leaves_attestation is not None
@@ -200,72 +205,72 @@ def test_untouched_attested_leaves_are_trusted_without_rehashing(db_session, ski
     def no_rehash(hashes: bytes) -> bytes:
         raise AssertionError("the leaves were re-hashed although their attestation holds")
 
-    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", no_rehash)
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
+    monkeypatch.setattr(models.ledger_trust, "root_of_leaf_hashes", no_rehash)
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None
 
 
 def test_a_leaf_attestation_names_the_full_64_bit_transaction_id(db_session, skill, keyring) -> None:
-    import models.ledger
+    import models.ledger_trust
 
     digest = store_digest(db_session, keyring=keyring)
     xmin = int(db_session.scalar(text("SELECT xmin::text FROM ledger_digest_heads WHERE digest_id = :d LIMIT 1"),
                                  {"d": digest.id}))
     writer = int(digest.leaves_xmin)
-    assert writer % models.ledger.XID_SPAN == xmin and abs(models.ledger.xid_clock(db_session)[0] - writer) < 1000
+    assert writer % models.ledger_trust.XID_SPAN == xmin and abs(models.ledger_trust.xid_clock(db_session)[0] - writer) < 1000
 
 
 def test_leaves_attested_2_to_the_32_transactions_ago_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
     """After that many transactions another one can carry the attested 32 bits in its xmin."""
-    import models.ledger
+    import models.ledger_trust
 
     digest = store_digest(db_session, keyring=keyring)
     rehashed = []
-    root_of = models.ledger.root_of_leaf_hashes
-    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    root_of = models.ledger_trust.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger_trust, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
     writer = int(digest.leaves_xmin)  # the 64-bit id of the transaction that wrote the leaves
-    cluster = models.ledger.xid_clock(db_session)[1]
-    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN - 1, cluster))
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == []
-    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (writer + models.ledger.XID_SPAN, cluster))
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
+    cluster = models.ledger_trust.xid_clock(db_session)[1]
+    monkeypatch.setattr(models.ledger_trust, "xid_clock", lambda session: (writer + models.ledger_trust.XID_SPAN - 1, cluster))
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None and rehashed == []
+    monkeypatch.setattr(models.ledger_trust, "xid_clock", lambda session: (writer + models.ledger_trust.XID_SPAN, cluster))
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
 
 
 def test_leaves_attested_in_another_cluster_are_rehashed_not_trusted(db_session, skill, keyring, monkeypatch) -> None:
     """After a dump and restore into another cluster, ids start again: the attested one is near."""
-    import models.ledger
+    import models.ledger_trust
 
     digest = store_digest(db_session, keyring=keyring)
     rehashed = []
-    root_of = models.ledger.root_of_leaf_hashes
-    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
-    next_id, cluster = models.ledger.xid_clock(db_session)
-    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (next_id, str(int(cluster) + 1)))
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
+    root_of = models.ledger_trust.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger_trust, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    next_id, cluster = models.ledger_trust.xid_clock(db_session)
+    monkeypatch.setattr(models.ledger_trust, "xid_clock", lambda session: (next_id, str(int(cluster) + 1)))
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None and rehashed == [1, 1]  # its leaves, then its tombstones
 
 
 def test_where_the_cluster_identifier_cannot_be_read_leaves_are_not_attested_and_always_rehashed(
         db_session, skill, keyring, monkeypatch) -> None:
-    import models.ledger
+    import models.ledger_trust
 
-    next_id, _ = models.ledger.xid_clock(db_session)
-    monkeypatch.setattr(models.ledger, "xid_clock", lambda session: (next_id, None))
+    next_id, _ = models.ledger_trust.xid_clock(db_session)
+    monkeypatch.setattr(models.ledger_trust, "xid_clock", lambda session: (next_id, None))
     digest = store_digest(db_session, keyring=keyring)
     assert digest.leaves_xmin is None and digest.leaves_attestation is None
-    assert models.ledger.stored_digest_problem(db_session, digest, keyring) is None
+    assert models.ledger_trust.stored_digest_problem(db_session, digest, keyring) is None
 
 
 @pytest.mark.parametrize(("xmin", "near", "full"), [
     (5, 10, 5), (12, 10, 12), (2**32 - 1, 2**32 + 3, 2**32 - 1), (3, 2**32 - 2, 2**32 + 3), (7, 3 * 2**32 + 9, 3 * 2**32 + 7),
 ])
 def test_a_32_bit_xmin_is_placed_in_the_epoch_of_a_nearby_64_bit_id(xmin, near, full) -> None:
-    from models.ledger import full_xid
+    from models.ledger_trust import full_xid
 
     assert full_xid(xmin, near) == full
 
 
 @pytest.mark.parametrize("forge", ["attestation", "xmin"])
 def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, keyring, forge) -> None:
-    import models.ledger
+    import models.ledger_trust
 
     digest = store_digest(db_session, keyring=keyring)
     with db_session.begin_nested():  # rewrite one leaf in another transaction, then vouch for it
@@ -279,7 +284,7 @@ def test_a_forged_leaf_attestation_falls_back_to_rehashing(db_session, skill, ke
     else:
         lift_guard(db_session, "UPDATE ledger_digests SET leaves_attestation = :a WHERE id = :id", table="ledger_digests",
                    a=b"\x00" * 64, id=digest.id)
-    problem = models.ledger.stored_digest_problem(db_session, digest, keyring)
+    problem = models.ledger_trust.stored_digest_problem(db_session, digest, keyring)
     assert problem is not None and "do not hash" in problem
 
 
@@ -310,7 +315,7 @@ def test_a_head_naming_no_version_stays_seen_when_its_leaf_version_is_edited(
     with db_session.begin_nested():
         db_session.execute(text("UPDATE skills SET head_link_hash = :h WHERE id = :id"), {"h": b"\x07" * 32, "id": skill.id})
     db_session.expire_all()
-    monkeypatch.setattr(models.ledger, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
+    monkeypatch.setattr(models.ledger_store, "check_heads", lambda *_, **__: [])  # as a digest stored before the check
     digest = store_digest(db_session, keyring=keyring)
     leaf = {"d": digest.id, "e": skill.id}
     assert db_session.scalar(text("SELECT version FROM ledger_digest_heads WHERE digest_id = :d AND entity_id = :e"), leaf) == 0
@@ -401,11 +406,11 @@ def test_beat_s_digest_task_keeps_the_leaves_of_the_newest_digests_and_of_a_seal
         ids = list(session.scalars(text("SELECT id FROM ledger_digests ORDER BY as_of, id")))
         with_leaves = set(session.scalars(text("SELECT DISTINCT digest_id FROM ledger_digest_heads")))
         assert len(ids) == 5 and with_leaves == {sealed, ids[-2], ids[-1]}
-        latest = models.ledger.latest_digest(session)
-        assert models.ledger.stored_digest_problem(session, latest, write_ctx.keyring) is None
+        latest = models.ledger_compare.latest_digest(session)
+        assert models.ledger_trust.stored_digest_problem(session, latest, write_ctx.keyring) is None
         lift_guard(session, "DELETE FROM ledger_digests WHERE id IN (:a, :b)", table="ledger_digests", a=ids[-1], b=ids[-2])
-        pruned = models.ledger.latest_digest(session)  # an older digest, its leaves gone, made the latest by SQL
-        assert pruned.id == ids[2] and "do not hash" in models.ledger.stored_digest_problem(session, pruned, write_ctx.keyring)
+        pruned = models.ledger_compare.latest_digest(session)  # an older digest, its leaves gone, made the latest by SQL
+        assert pruned.id == ids[2] and "do not hash" in models.ledger_trust.stored_digest_problem(session, pruned, write_ctx.keyring)
         session.rollback()
 
 

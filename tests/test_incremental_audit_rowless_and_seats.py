@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from models.entities import EntityType
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from tests.test_audit import lift_guard, run_audit, run_incremental, version_row
 from tests.test_seat_rules import as_an_older_release, seat_world, violations

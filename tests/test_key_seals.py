@@ -27,7 +27,7 @@ from models.db import one_off_sessions, transaction
 from models.canonical import sha256
 from models.jws import b64url_decode, b64url_encode, signature_sha256
 from models.keys import keyring_from_settings
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import WriteContext, create_entity, update_entity
 from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
@@ -122,7 +122,8 @@ def test_a_version_a_leaked_retired_key_signs_after_its_seal_is_caught(rotated) 
 
 def test_a_digest_a_leaked_retired_key_signs_after_its_seal_is_not_trusted(rotated) -> None:
     """Stored as the latest digest, it would cover a forged version from the incremental audit."""
-    from models.ledger import latest_digest, stored_digest_problem
+    from models.ledger_compare import latest_digest
+    from models.ledger_trust import stored_digest_problem
     from tests.test_audit import digest_of
 
     rotated.edit(rotated.skill, rotated.leaked, description="Forged with the leaked key")  # version 3, after the seal
@@ -137,7 +138,7 @@ def test_a_digest_a_leaked_retired_key_signs_after_its_seal_is_not_trusted(rotat
 
 
 def test_a_digest_a_sealed_key_signed_before_its_seal_stays_trusted(db_session) -> None:
-    from models.ledger import stored_digest_problem
+    from models.ledger_trust import stored_digest_problem
 
     rotated = Rotated(db_session, digest_before_the_seal=True)
     assert stored_digest_problem(db_session, rotated.early_digest, rotated.sealed) is None
@@ -657,8 +658,8 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     from models.certificates import certificate_statement, verify_certificate
     from models.errors import JwsError
     from models.key_seals import record_seal_list, seal_list_root, seal_problems, signed_outside_the_chain
-    from models.ledger import stored_digest_problem
     from models.ledger_digest import verify_digest
+    from models.ledger_trust import stored_digest_problem
     from models.repair import verify_repair
     from models.reports import signed_report, verify_report
 
@@ -770,14 +771,14 @@ def test_a_seal_file_keeps_its_list_commitment_and_one_without_still_loads(key_s
 
 def test_leaves_a_sealed_key_attested_are_rehashed_not_trusted(db_session, monkeypatch) -> None:
     """A leaked copy of the key could attest leaf rows rewritten under any transaction id."""
-    import models.ledger
+    import models.ledger_trust
 
     world = Rotated(db_session, digest_before_the_seal=True)
     rehashed = []
-    root_of = models.ledger.root_of_leaf_hashes
-    monkeypatch.setattr(models.ledger, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
-    assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.rotated) is None and rehashed == []
-    assert models.ledger.stored_digest_problem(db_session, world.early_digest, world.sealed) is None and rehashed == [1, 1]  # its leaves, then its tombstones
+    root_of = models.ledger_trust.root_of_leaf_hashes
+    monkeypatch.setattr(models.ledger_trust, "root_of_leaf_hashes", lambda hashes: rehashed.append(1) or root_of(hashes))
+    assert models.ledger_trust.stored_digest_problem(db_session, world.early_digest, world.rotated) is None and rehashed == []
+    assert models.ledger_trust.stored_digest_problem(db_session, world.early_digest, world.sealed) is None and rehashed == [1, 1]  # its leaves, then its tombstones
 
 
 def test_plant_entity_repairs_checks_a_sealed_key_s_records_against_its_seal_s_list(

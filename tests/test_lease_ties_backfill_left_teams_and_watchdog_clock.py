@@ -75,7 +75,7 @@ def test_the_team_an_agent_left_since_the_digest_is_judged(db_session, write_ctx
     now. A team whose last agent was unseated since (a plain Plant write) has no agent: the full
     audit warns TEAM-01 on it; the incremental audit examined the agent alone and said nothing."""
     from models.entities import EntityType
-    from models.ledger import store_digest
+    from models.ledger_store import store_digest
     from models.registry import update_entity
     from tests.test_audit import run_audit, run_incremental
     from tests.test_seat_rules import seat_world

@@ -68,7 +68,7 @@ def test_a_row_sharing_another_entity_s_id_stops_a_stored_digest_with_a_409_not_
     signing-keys seal`` failed as a database error). Like a head link that is not a hash, it
     is a row changed outside Plant that no digest can hold: 409 ``ledger-head-invalid``, naming it."""
     from models.errors import Conflict
-    from models.ledger import store_digest
+    from models.ledger_store import store_digest
 
     _give_an_industry_row_the_id_of(db_session.connection(), skill.id)
     with pytest.raises(Conflict) as raised:
@@ -91,7 +91,7 @@ def test_a_row_sharing_another_entity_s_id_is_a_409_for_a_digest_not_a_500(clien
 @pytest.mark.parametrize("as_of", ["not a time", "2026-12-05", "2026-12-05T00:00:00"])
 def test_a_seal_file_whose_as_of_is_no_time_is_refused_at_load_not_when_a_digest_is_checked(key_settings, as_of) -> None:
     """A seal's ``as_of`` is what every digest its key signed is compared with
-    (``models.ledger.signed_after_seal``, which parsed it with ``fromisoformat`` and raised
+    (``models.ledger_trust.signed_after_seal``, which parsed it with ``fromisoformat`` and raised
     ValueError, or TypeError comparing a naive time, on every stored digest that key signed:
     audits, digests and the seal's checks crashed) while ``models.jws.sealed_at`` read it as
     the earliest time. A seal file that names no time with an offset is malformed, refused when

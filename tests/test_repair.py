@@ -12,7 +12,7 @@ from models.chain import history
 from models.chain_verification import verify_entity
 from models.entities import Agent, EntityType, Team
 from models.errors import EntityTampered, TeamFull
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import update_entity
 from models.repair import REPAIRS_LOCK, EntityRepair, NotRestorable, repairs, restore_entity, verify_repair
 from tests.conftest import EMBEDDER, ring_sealing

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from models.entities import EntityType
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import update_entity
 from models.repair import NotRestorable, repairs
 from tests.test_assignment import World

@@ -20,7 +20,7 @@ import models.audit as audit
 import models.registry as registry
 from models.audit import audit_batch, check_entity, load_entities
 from models.entities import EntityType
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from tests.conftest import EMBEDDER
 from tests.test_audit import run_audit, run_incremental

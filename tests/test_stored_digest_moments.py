@@ -3,7 +3,7 @@
 A stored digest's leaves are the heads of the versions stamped at or before its ``as_of``
 (as ``GET /ledger/digest``'s are: :func:`models.ledger.versions_held`), whatever version
 write commits around it; checked by handing its signed document back root-only, which
-recomputes the heads as of that time (:func:`models.ledger.root_as_of`). Each race uses two
+recomputes the heads as of that time (:func:`models.ledger_compare.root_as_of`). Each race uses two
 real sessions on the real database; the interleaving is forced by the versions lock a
 version write holds, or by a write committed between two of the digest's statements (a
 wrapped step), never by a sleep. Also: :func:`models.ledger_digest.digest_problem`
@@ -19,13 +19,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 import models.ledger as ledger
+import models.ledger_store as ledger_store
 from models.audit_runs import digest_findings
 from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.chain import EntityVersion
 from models.entities import EntityType
 from models.errors import LedgerBusy
-from models.ledger import store_digest
 from models.ledger_digest import digest_problem
+from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from tests.conftest import wait_for
 
@@ -68,13 +69,13 @@ def test_a_write_committed_after_a_stored_digest_s_stamp_and_before_its_leaves_i
     version 2; the leaves are read after that. Stamped after ``as_of``, version 2 must not be
     a leaf (it was: ``as_of`` was the transaction's start, ``now()``)."""
     skill_id = _committed_skill(engine, write_ctx, committed_steward)
-    real_insert = ledger._insert_heads
+    real_insert = ledger_store._insert_heads
 
     def commit_then_read(session, digest_id):
         _write(engine, write_ctx, skill_id, "committed between the stamp and the leaves")
         real_insert(session, digest_id)
 
-    monkeypatch.setattr(ledger, "_insert_heads", commit_then_read)
+    monkeypatch.setattr(ledger_store, "_insert_heads", commit_then_read)
     findings, late = _exact(engine, keyring, _stored(engine, keyring))
     assert late == [] and findings == []
 

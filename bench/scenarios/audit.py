@@ -38,7 +38,7 @@ from bench.audit_data import generate
 from bench.audit_floor import chain_floor_seconds
 from bench.harness import BenchResult, BenchStack, median_run, run_job_to_end
 from models.entities import EntityType, Industry
-from models.ledger import store_digest
+from models.ledger_store import store_digest
 from models.registry import update_entity
 from models.seed import bootstrap_steward
 from models.settings import Settings, libpq_url

@@ -3,7 +3,7 @@
 ``store_digest`` signs (digest id, heads_root, entity_count, the transaction id that
 wrote the leaf rows). While every leaf row still carries that ``xmin`` (any UPDATE,
 DELETE or INSERT would give it another), the leaves are exactly the ones the root was
-computed from; otherwise the root is recomputed from them (``models.ledger``).
+computed from; otherwise the root is recomputed from them (``models.ledger_trust``).
 
 Revision ID: 0005
 Revises: 0004

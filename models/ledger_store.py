@@ -1,0 +1,199 @@
+"""Storing a ledger digest with its leaves, and pruning old digests' leaf rows.
+
+``store_digest`` signs a digest of every entity's head and keeps its leaves, so a later
+check can name each entity whose head rolled back, vanished or was rewritten since, and
+beside them the soft-deleted entities' heads (tombstones, whose own root the same signed
+document carries: ``heads_root`` covers live entities only), so a later one can tell a
+deleted entity brought back. It takes the same quiet moment as ``digest_now``
+(:func:`_stored_digest_moment`), copies the heads into its leaf rows in one statement,
+holds back each head that does not verify from the newest digest it can trust
+(:mod:`models.digest_check`), and attests the rows (:func:`models.ledger_trust.attest_leaves`).
+``prune_digest_leaves`` deletes the leaf rows no check reads any more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from psycopg.errors import LockNotAvailable
+from psycopg.pq import TransactionStatus
+from sqlalchemy import delete, desc, func, insert, literal, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
+from models.digest_check import check_heads, trusted_base
+from models.errors import LedgerBusy
+from models.ledger import LOCK_ENTITY_TABLES, HeadNotAHash, heads_query, shared_id, versions_held
+from models.ledger_digest import sign_root
+from models.ledger_trust import attest_leaves, base_problem, leaf_hashes, root_of_leaf_hashes
+from models.merkle import HASH_SIZE
+from models.signing import KeyRing
+
+log = logging.getLogger(__name__)
+
+
+def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | None = None,
+                 passed_over: list[str] | None = None) -> LedgerDigest:
+    """Sign and keep a digest with its leaves (one row per entity head).
+
+    A leaf's version is read from the chain, not from the row's ``version`` column: the
+    incremental audit sums leaf versions to find chains that grew behind their rows, and
+    the leaf attestation keeps that sum from being checked again. The leaf rows are copied
+    by PostgreSQL from the heads in one ``INSERT ... SELECT``, and the root is computed from
+    the leaf hashes PostgreSQL returns for the rows as stored (as a later check re-hashes
+    them): no head passes through Python as a row. Raises :class:`HeadNotAHash` if a head
+    link is not 32 bytes, as :func:`models.ledger.signed_digest` does. A head that does not
+    verify from the newest digest it can trust is not attested
+    (:func:`models.digest_check.check_heads`): each one is logged, and appended to
+    ``held_back`` when a list is given. Each digest signed by Plant's keys that is newer than
+    that one, passed over because its rows changed since, is logged too, and appended to
+    ``passed_over``. Beside the leaves it keeps each
+    soft-deleted entity's head as a tombstone, and signs their count and root in the same
+    document (type ``v2``).
+
+    Its ``as_of`` names exactly the heads it holds when ``session`` has not begun its
+    transaction yet (:func:`_stored_digest_moment`; ``LedgerBusy`` when no quiet moment
+    comes within ``DIGEST_WAIT_SECONDS``): the transaction then reads everything in one
+    snapshot (REPEATABLE READ). In a transaction that has begun (one that wrote versions
+    itself, say), it is stamped with that transaction's start, and is exact only if no version
+    write committed between then and its leaves' read.
+    """
+    as_of = _stored_digest_moment(session)
+    skipped: list[str] = []
+    trusted = trusted_base(session, keyring, base_problem, skipped)
+    if skipped:  # signed by Plant's key, yet its rows changed since: the heads are checked from an older digest
+        log.warning("a digest passes over %d signed digests whose rows cannot be trusted: %s", len(skipped), "; ".join(skipped[:10]))
+        if passed_over is not None:
+            passed_over += skipped
+    digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
+    session.add(digest)
+    session.flush()  # the id the leaf rows name; the columns are signed and set below
+    _insert_heads(session, digest.id)
+    # Statistics that know the new digest's id: to PostgreSQL an id newer than its statistics
+    # holds a few rows, and the joins between two digests' rows (the check below, the next
+    # incremental audits) were then planned as nested loops over every pair of leaves.
+    _analyze_digest_rows(session)
+    count, hashes, misshapen = leaf_hashes(session, digest.id)
+    tombstones, tombstone_hashes, misshapen_tombstones = leaf_hashes(session, digest.id, LedgerDigestTombstone)
+    if misshapen or misshapen_tombstones:
+        raise HeadNotAHash(f"{misshapen + misshapen_tombstones} head links are not {HASH_SIZE} bytes; no digest can cover "
+                           "them: their rows were changed outside Plant (audit them)")
+    held = check_heads(session, digest_id=digest.id, trusted=trusted, keyring=keyring)
+    if held:
+        base = f"digest {trusted.id}" if trusted is not None else "the genesis (no stored digest can be trusted)"
+        log.warning("digest %s holds back %d entity heads that do not verify from %s: %s", digest.id, len(held), base,
+                    "; ".join(map(str, held[:10])) + ("; …" if len(held) > 10 else ""))
+        if held_back is not None:
+            held_back += map(str, held)
+        count, hashes, _ = leaf_hashes(session, digest.id)  # the held rows replaced some
+        tombstones, tombstone_hashes, _ = leaf_hashes(session, digest.id, LedgerDigestTombstone)
+    document = sign_root(as_of, count, root_of_leaf_hashes(hashes), keyring,
+                         tombstones=(tombstones, root_of_leaf_hashes(tombstone_hashes)))
+    digest.entity_count, digest.heads_root = count, bytes.fromhex(document["heads_root"])
+    digest.kid, digest.signature, digest.document = document["kid"], document["signature"], document
+    attest_leaves(session, digest, keyring)
+    session.flush()
+    return digest
+
+
+_LOCK_ENTITY_TABLES_NOWAIT = text(LOCK_ENTITY_TABLES.text + " NOWAIT")
+
+
+def _stored_digest_moment(session: Session) -> dt.datetime:
+    """The ``as_of`` of a digest :func:`store_digest` is about to store.
+
+    The digest row may not be dated after its transaction's start (``now()``, migration
+    0013), so exactness needs the transaction to begin inside a moment with no version write
+    in flight (:func:`versions_held`), and to read every head in one snapshot taken there:
+    a version stamped before ``as_of`` has committed by then, and one stamped after is not
+    in the snapshot. So, when ``session`` has not begun its transaction, it begins it inside
+    the moment as REPEATABLE READ, locks the entity tables (ACCESS SHARE, NOWAIT: a DDL
+    statement holding or queued for one, perhaps behind a write that waits for this very
+    moment, makes it ``LedgerBusy`` at once, rather than it waiting holding writes off;
+    and no table rewrite can commit between its snapshot and its reads), and then takes its
+    snapshot and ``now()`` in one statement; the moment ends there. A session whose
+    transaction has begun is stamped ``now()``, as before: its transaction began earlier.
+    """
+    driver = session.connection().connection.driver_connection
+    if driver.autocommit or driver.info.transaction_status != TransactionStatus.IDLE:
+        return session.scalar(select(func.now()))
+    with versions_held(session):
+        try:
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))  # sends BEGIN first: now() is in the moment
+            session.execute(_LOCK_ENTITY_TABLES_NOWAIT)
+        except OperationalError as exc:
+            if isinstance(exc.orig, LockNotAvailable):
+                raise LedgerBusy("an entity table is locked, or a lock on one is queued; retry the digest shortly") from exc
+            raise
+        return session.scalar(select(func.now()))
+
+
+ANALYZE_LOCK_TIMEOUT = "1s"
+
+
+def _analyze_digest_rows(session: Session) -> None:
+    """ANALYZE the leaf and tombstone tables, in a savepoint that gives up after
+    ``ANALYZE_LOCK_TIMEOUT``: its lock (held until the digest commits) is one another digest
+    or a VACUUM may hold, and the check runs without it (its joins plan no nested loops).
+    Without it, later incremental audits may plan theirs as such until autovacuum analyzes
+    the tables. A role that neither owns the tables nor may maintain them is skipped by
+    PostgreSQL with a warning."""
+    tables = f"{LedgerDigestHead.__tablename__}, {LedgerDigestTombstone.__tablename__}"
+    try:
+        with session.begin_nested():  # a timeout rolls back to here, the setting with it
+            previous = session.scalar(text("SELECT current_setting('lock_timeout')"))
+            session.execute(text(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'"))
+            session.execute(text(f"ANALYZE {tables}"))
+            session.execute(text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous})
+    except OperationalError as exc:
+        if not isinstance(exc.orig, LockNotAvailable):
+            raise
+        log.warning("a digest did not analyze %s: their lock stayed taken for %s", tables, ANALYZE_LOCK_TIMEOUT)
+
+
+_HEAD_COLUMNS = ["digest_id", "entity_id", "entity_type", "version", "link_hash"]
+
+
+def _insert_heads(session: Session, digest_id: int) -> None:
+    """Copy every live entity's head into ``digest_id``'s leaf rows and every soft-deleted
+    one's into its tombstone rows, in one statement (one snapshot: no entity in both), each
+    at the version of the chain its head link names (0 when none does)."""
+    heads = heads_query(deleted=None, chain_versions=True).cte("heads")
+    entity_id, entity_type, version, link, deleted = heads.c
+
+    def rows(tombstones: bool) -> Any:
+        return select(literal(digest_id), entity_id, entity_type, version, link).where(deleted.is_(tombstones))
+
+    leaves = insert(LedgerDigestHead).from_select(_HEAD_COLUMNS, rows(False)).cte("leaves")
+    try:
+        with session.begin_nested():  # a savepoint, so that a shared id can be named after the failure
+            session.execute(insert(LedgerDigestTombstone).from_select(_HEAD_COLUMNS, rows(True)).add_cte(leaves))
+    except IntegrityError as exc:
+        shared = session.execute(_SHARED_ID).first()
+        if shared is None:
+            raise
+        raise shared_id(shared.entity_type, shared.id) from exc
+
+
+# Two rows (both live, or both deleted) with one id: the leaf (or tombstone) rows' primary key refuses the second.
+_SHARED_HEADS = heads_query(deleted=None).subquery()
+_SHARED_ID = (select(_SHARED_HEADS.c.id, func.min(_SHARED_HEADS.c.entity_type).label("entity_type"))
+              .group_by(_SHARED_HEADS.c.id, _SHARED_HEADS.c.deleted).having(func.count() > 1).limit(1))
+
+
+def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
+    """Delete the leaf rows (and tombstone rows) of every stored digest but the newest
+    ``keep_latest`` and those marked ``keep_leaves`` (a key seal's); returns how many leaf
+    rows went. Only the latest
+    digest's leaves and a seal digest's are read (the incremental audit, the tampering
+    check, the seal's checks). A pruned digest keeps its signed row; should it ever become
+    the latest again (the newer ones deleted by whoever owns the table, past its triggers:
+    migration 0013), its missing leaves make it
+    ``digest-invalid``, never trusted."""
+    newest = select(LedgerDigest.id).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(keep_latest)
+    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), LedgerDigest.id.not_in(newest))
+    session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))
+    return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
