@@ -339,6 +339,18 @@ def client(app: Any, admin_key: str) -> Any:
     return test_client
 
 
+@pytest.fixture
+def quiet_client(settings: Settings, admin_key: str) -> Any:
+    """An admin client whose jobs go to a Redis database no worker consumes: for tests that look
+    at jobs that stay queued, or count rows, while a worker another test started runs."""
+    from web import create_app
+
+    quiet = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/9"})
+    test_client = create_app(quiet).test_client()
+    test_client.environ_base.update(bearer(admin_key))
+    return test_client
+
+
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -19,16 +19,9 @@ from web.services import app_services
 
 
 @pytest.fixture
-def client(settings, admin_key):
-    """An admin client whose jobs go to a Redis database no worker consumes.
-
-    These tests look at jobs that stay queued; a worker started by another test must
-    not run them meanwhile.
-    """
-    quiet = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/9"})
-    test_client = create_app(quiet).test_client()
-    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
-    return test_client
+def client(quiet_client):
+    """These tests look at jobs that stay queued: a worker started by another test must not run them."""
+    return quiet_client
 
 JOB_FIELDS = {"id", "kind", "status", "params", "progress", "attempts", "result", "error", "requested_by",
               "cancelled_by", "created_at", "started_at", "finished_at"}

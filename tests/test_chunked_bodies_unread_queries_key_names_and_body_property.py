@@ -175,7 +175,8 @@ def _valid_bodies(client, steward: str) -> dict[tuple[str, str], tuple[str, dict
     return bodies
 
 
-def test_every_body_reading_operation_answers_mutated_bodies_as_documented(client, committed_steward, engine) -> None:
+def test_every_body_reading_operation_answers_mutated_bodies_as_documented(quiet_client, committed_steward, engine) -> None:
+    client = quiet_client  # a job an example starts is no worker's: a certification would add a version between counts
     """Each example takes a body an operation accepts, sets one member to an awkward value (or
     drops it, or replaces the whole body), and sends it as JSON text (NaN and Infinity as
     Python writes them). Whatever the answer, it is one /openapi.json documents for the

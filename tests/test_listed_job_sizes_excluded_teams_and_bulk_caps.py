@@ -12,7 +12,6 @@ from models.errors import NoEligibleTeam
 from models.job_lifecycle import LISTED_JSON_BYTES
 from models.jobs import Job
 from tests.test_assignment import World
-from web import create_app
 
 
 @pytest.fixture
@@ -21,12 +20,9 @@ def world(db_session, write_ctx, steward) -> World:
 
 
 @pytest.fixture
-def client(settings, admin_key):
-    """An admin client whose jobs go to a Redis database no worker consumes (as tests/test_api_jobs.py's)."""
-    quiet = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/9"})
-    test_client = create_app(quiet).test_client()
-    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key}"
-    return test_client
+def client(quiet_client):
+    """These tests look at jobs that stay queued: a worker started by another test must not run them."""
+    return quiet_client
 
 
 def test_an_automatic_assignment_lists_the_first_20_excluded_teams_and_counts_them_all(
