@@ -5,11 +5,18 @@ The browser tests use the same real headless Chromium as tests/test_report_html.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from tests.test_report_html import run_chromium, serve_in_thread
+
+API = "/api/v1"
 
 DOCS_HTML_PAGES = ("/swagger", "/oauth2-redirect.html", "/")
 
@@ -49,3 +56,37 @@ def test_swagger_ui_renders_under_its_policy_in_chromium(app, tmp_path) -> None:
     assert refused == []
     operations = sum(len(methods) for methods in app.api_doc["paths"].values())
     assert result.stdout.count('class="opblock-summary-path"') >= operations > 30
+
+
+# --- the page's own offline verification instructions --------------------------------------------
+
+def _shown_command(client, run_id) -> list[str]:
+    from tests.test_report_html import parse
+
+    elements = parse(client.get(f"{API}/audit/runs/{run_id}/report.html").get_data(as_text=True))
+    [command] = [e.text.strip() for e in elements if e.attrs.get("data-command") == "verify"]
+    return shlex.split(command)
+
+
+@pytest.mark.usefixtures("no_server_log_lines")
+def test_the_page_s_verify_command_refuses_a_valid_report_of_another_run(client, engine, keyring, seeded,
+                                                                          tmp_path, monkeypatch) -> None:
+    """The page told its reader to run ``plant report verify audit-<run>.json --jwks jwks.json``: a
+    validly signed report of another (older, clean) run saved under that name verified, exit 0.
+    The command the page shows now pins the run, and a finished run's page the finished report."""
+    from tests.test_export_csv_cache_and_page_escapes import _closed_run
+
+    older, shown = _closed_run(engine, keyring), _closed_run(engine, keyring)
+    command = _shown_command(client, shown)
+    assert command[:3] == ["plant", "report", "verify"] and command[3] == f"audit-{shown}.json"
+    monkeypatch.chdir(tmp_path)
+    Path("jwks.json").write_text(json.dumps(client.get(f"{API}/signing-keys").get_json()))
+
+    def verify_saved(run_id) -> int:
+        document = client.get(f"{API}/audit/export", query_string={"run_id": str(run_id), "format": "json"}).data
+        Path(f"audit-{shown}.json").write_bytes(document)
+        return CliRunner().invoke(cli, command[1:]).exit_code
+
+    assert verify_saved(shown) == 0
+    assert verify_saved(older) == 4
+    assert "--final" in command
