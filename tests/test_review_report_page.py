@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.test_report_html import browser_origin  # noqa: F401 (a fixture the browser tests use)
 from tests.test_report_html import run_chromium, serve_in_thread
 
 API = "/api/v1"
@@ -90,3 +91,64 @@ def test_the_page_s_verify_command_refuses_a_valid_report_of_another_run(client,
     assert verify_saved(shown) == 0
     assert verify_saved(older) == 4
     assert "--final" in command
+
+
+# --- text from the report: never markup, never reordered -----------------------------------------
+
+RLO, ZWSP = "\u202e", "\u200b"
+BIDI_OR_HIDDEN = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+BREAKOUT = "\"'></title></svg></code><script>document.title='pwned'</script>"
+
+
+def _running_run_with(engine, keyring, findings) -> str:
+    from sqlalchemy.orm import Session
+
+    from models.audit_chunks import pending_chunks
+    from models.audit_tables import AuditChunk
+    from tests.test_audit_record_signed import _started, written_by_plant
+
+    with Session(engine) as session, session.begin():
+        run = _started(session, keyring, {"scope": {"entity_type": "industry"}})
+        written_by_plant(session, run, session.get(AuditChunk, pending_chunks(session, run.id)[0]), keyring, findings)
+        return str(run.id)
+
+
+def test_codes_rule_ids_and_types_on_the_page_cannot_read_as_other_text(client, engine, keyring, seeded) -> None:
+    """Only a finding's detail and a repair's actor went through visible_text: a code, a rule id, an
+    entity type, a severity (and a database role's name, a kid) were shown as they were, so a right-to-left
+    override in one (any text a Plant-signed row may hold: these columns are free text) reversed what
+    followed it in the chart's labels, the tables and the entity rows."""
+    import uuid
+
+    from models.audit import FindingRow
+    from tests.test_report_html import parse
+
+    code, rule, kind = f"row-{RLO}hctamsim", f"L0-{RLO}10{ZWSP}", f"sk{RLO}lli"
+    run_id = _running_run_with(engine, keyring, [
+        FindingRow(kind, uuid.UUID(int=7), 1, code, "", rule_id=rule),
+        FindingRow(None, None, None, code, "run level"),
+    ])
+    elements = parse(client.get(f"{API}/audit/runs/{run_id}/report.html").get_data(as_text=True))
+    shown = [(e.tag, e.text) for e in elements if BIDI_OR_HIDDEN.search(e.text)]
+    assert shown == []  # in no element's text: chart labels and tooltips, tables, rows, the run-level list
+    assert {e.attrs["data-bar"] for e in elements if "data-bar" in e.attrs} == {f"by_rule:{rule}", f"by_code:{code}"}
+    cells = {e.attrs["data-col"]: e.text for e in elements if "data-col" in e.attrs}
+    assert cells["codes"] == "row-\\u202ehctamsim"  # shown as the CLI shows it, kept whole in data-* attributes
+
+
+def test_hostile_text_in_every_field_stays_text_in_chromium(client, engine, keyring, seeded, request, tmp_path) -> None:
+    """Attribute, SVG <title>/<text>, table and list contexts, rendered by a real browser: a value
+    that closes its quote, its element or the SVG, and opens a script, is shown as text."""
+    import uuid
+
+    from models.audit import FindingRow
+
+    run_id = _running_run_with(engine, keyring, [
+        FindingRow(BREAKOUT[:16], uuid.UUID(int=9), 1, BREAKOUT[:64], BREAKOUT, rule_id=BREAKOUT[:32]),
+        FindingRow(None, None, None, BREAKOUT[:64], BREAKOUT),
+    ])
+    origin = request.getfixturevalue("browser_origin")
+    dom = run_chromium(f"{origin.url}{API}/audit/runs/{run_id}/report.html", tmp_path, "--dump-dom").stdout
+    assert f"<title>Audit report {run_id}</title>" in dom and "pwned" not in dom.split("</title>")[0]
+    assert "<script" not in dom
+    assert dom.count("&lt;/title&gt;&lt;/svg&gt;") >= 4  # the detail, the run-level code, a bar's tooltip, a row

@@ -48,7 +48,7 @@ LABEL_CHARS = 24  # what fits in LABEL_WIDTH at the 13px monospace of the labels
 @dataclass(frozen=True)
 class Bar:
     label: str  # as counted; shown in full in the bar's tooltip
-    short_label: str
+    short_label: str  # as shown: visible_text, then cut to LABEL_CHARS
     count: int
     y: int
     width: int
@@ -68,7 +68,7 @@ def bar_chart(counts: Mapping[str, int]) -> BarChart:
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     largest = max((count for _, count in ordered), default=0)
     bars = tuple(
-        Bar(label, _shorten(label), count, index * ROW_HEIGHT, _bar_width(count, largest))
+        Bar(label, _shorten(visible_text(label)), count, index * ROW_HEIGHT, _bar_width(count, largest))
         for index, (label, count) in enumerate(ordered)
     )
     return BarChart(bars, LABEL_WIDTH + BAR_SPACE + COUNT_SPACE, max(1, len(bars)) * ROW_HEIGHT)
@@ -84,11 +84,16 @@ def _shorten(label: str) -> str:
     return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
 
 
+def shown_text(value: Any) -> str:
+    """``value`` as the page shows it: :func:`visible_text` of its text, "—" for none."""
+    return "—" if value is None else visible_text(str(value))
+
+
 def report_page(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Response:
     """The rendered page; ``NotFound`` for an unknown run propagates to the problem mapping."""
     view = report_view(session, run_id=run_id, keyring=keyring)
     session.commit()  # the record of the page's report signature
-    html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY, visible=visible_text,
+    html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY, visible=shown_text,
                            rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
     response = Response(html, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)
