@@ -25,6 +25,7 @@ from models.reports import build_report, recorded_report_signature
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
+MAX_RUN_LEVEL_ROWS = 100
 SEVERITY_RANK = {"critical": 3, "error": 2, "warning": 1}
 # Findings for an entity that no longer exists: it is not in total_entities (see summarize_run).
 NOT_AUDITED_CODES = frozenset({"entity-deleted"})
@@ -64,7 +65,7 @@ class ReportView:
     entities_audited: int  # so far, from the chunks' checkpoints
     signature: SignatureDetails
     repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
-    run_level: tuple[dict[str, Any], ...] = ()  # the findings about no one entity (the page lists 100)
+    run_level: tuple[dict[str, Any], ...] = ()  # the findings about no one entity, worst first (the page lists 100)
 
     audited_with_findings: int | None = None  # of those, the entities the run audited (its summary's count)
 
@@ -101,11 +102,19 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         clean_entities=None if flagged is None else max(0, summary["total_entities"] - flagged),
         audited_with_findings=flagged,
         run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
-        run_level=tuple(f for f in findings if f["entity_id"] is None),
+        run_level=run_level_rows(findings),
         entities_audited=summary["total_entities"] if summary else run["entities_audited"],
         signature=_signature(session, report, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
     )
+
+
+def run_level_rows(findings: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The findings about no one entity, worst severity first, then in the order written: the
+    page lists the first :data:`MAX_RUN_LEVEL_ROWS`, and a critical one (the close's
+    ``audit-record-invalid``, written last) must not fall past them behind warnings."""
+    return tuple(sorted((f for f in findings if f["entity_id"] is None),
+                        key=lambda f: (-SEVERITY_RANK.get(f["severity"], 0), f["finding_id"])))
 
 
 def entity_rows(findings: list[dict[str, Any]]) -> list[EntityRow]:

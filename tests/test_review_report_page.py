@@ -152,3 +152,22 @@ def test_hostile_text_in_every_field_stays_text_in_chromium(client, engine, keyr
     assert f"<title>Audit report {run_id}</title>" in dom and "pwned" not in dom.split("</title>")[0]
     assert "<script" not in dom
     assert dom.count("&lt;/title&gt;&lt;/svg&gt;") >= 4  # the detail, the run-level code, a bar's tooltip, a row
+
+
+def test_a_critical_run_level_finding_is_listed_however_many_warnings_come_before_it(client, engine, keyring, seeded) -> None:
+    """The page listed the first 100 findings about the registry as a whole in the order written,
+    and said nothing of the rest: a critical one written after 100 warnings (the close's
+    ``audit-record-invalid`` is written last) was on no line of the page. They are listed worst
+    first now, and a cut list says so."""
+    from models.audit import FindingRow
+    from models.key_seals import SEAL_INVALID_CODE
+    from tests.test_report_html import parse
+
+    run_id = _running_run_with(engine, keyring, [
+        *(FindingRow(None, None, None, "rule-warning", f"warning {n}") for n in range(150)),
+        FindingRow(None, None, None, SEAL_INVALID_CODE, "the critical one"),
+    ])
+    elements = parse(client.get(f"{API}/audit/runs/{run_id}/report.html").get_data(as_text=True))
+    listed = [e.attrs["data-run-level-code"] for e in elements if "data-run-level-code" in e.attrs]
+    assert len(listed) == 100 and listed[0] == SEAL_INVALID_CODE
+    assert "run-level-capped" in [e.attrs.get("data-banner") for e in elements]

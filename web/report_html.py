@@ -18,7 +18,7 @@ from flask import Response, render_template
 from sqlalchemy.orm import Session
 
 from models.canonical import visible_text
-from models.report_view import report_view
+from models.report_view import MAX_RUN_LEVEL_ROWS, report_view
 from models.signing import KeyRing
 
 TEMPLATE = "audit_report.html"
@@ -94,7 +94,8 @@ def report_page(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Res
     view = report_view(session, run_id=run_id, keyring=keyring)
     session.commit()  # the record of the page's report signature
     html = render_template(TEMPLATE, view=view, page_policy=PAGE_POLICY, visible=shown_text,
-                           rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code))
+                           rule_chart=bar_chart(view.by_rule), code_chart=bar_chart(view.by_code),
+                           run_level_rows=MAX_RUN_LEVEL_ROWS)
     response = Response(html, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)
     return response
