@@ -29,7 +29,7 @@ from web.docs_policy import init_docs_policy
 from web.health import health_api
 from web.idempotency_http import refusing_unhonoured_idempotency_keys
 from web.metrics import init_observability
-from web.openapi_headers import document_headers, openapi_path
+from web.openapi_headers import document_headers, operations_where
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
 
@@ -116,13 +116,8 @@ def refusing_query_parameters_not_taken(app: OpenAPI) -> Callable[[], Response |
     ``{}`` ran an audit of the heads alone, and ``PATCH …?description=x`` answered 200 having
     changed nothing it was sent. The operations taking none are those /openapi.json gives no
     query parameter (a HEAD is its GET), read once here."""
-    takes_none = set()
-    for rule in app.url_map.iter_rules():
-        operations = app.api_doc["paths"].get(openapi_path(rule.rule), {})
-        for method in rule.methods or ():
-            operation = operations.get("get" if method == "HEAD" else method.lower())
-            if operation is not None and not any(p.get("in") == "query" for p in operation.get("parameters", [])):
-                takes_none.add((rule.endpoint, method))
+    takes_none = operations_where(app, lambda operation: not any(p.get("in") == "query"
+                                                                 for p in operation.get("parameters", [])))
 
     def refuse() -> Response | None:
         if not request.args or not request.path.startswith(PROTECTED_PREFIX) or \
@@ -142,10 +137,7 @@ def refusing_bodies_not_json(app: OpenAPI) -> Callable[[], Response | None]:
     and the refusal named the body's model (``Input should be a valid dictionary``) for a valid
     JSON object sent as ``text/plain`` or as curl's default form. The operations reading a body
     are those /openapi.json gives a ``requestBody``, read once here."""
-    reads_a_body = {
-        (rule.endpoint, method) for rule in app.url_map.iter_rules() for method in rule.methods or ()
-        if "requestBody" in app.api_doc["paths"].get(openapi_path(rule.rule), {}).get(method.lower(), {})
-    }
+    reads_a_body = operations_where(app, lambda operation: "requestBody" in operation)
 
     def refuse() -> Response | None:
         if (request.endpoint, request.method) in reads_a_body and not request.is_json and _has_a_body():

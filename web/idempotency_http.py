@@ -18,7 +18,7 @@ from flask import Response, g, request
 from flask_openapi3 import OpenAPI
 
 from models.idempotency import validate_key
-from web.openapi_headers import openapi_path
+from web.openapi_headers import operations_where
 from web.problems import invalid_input_response
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -45,11 +45,8 @@ def refusing_unhonoured_idempotency_keys(app: OpenAPI) -> Callable[[], Response 
     """A ``before_request`` hook: ``Idempotency-Key`` sent to an operation that changes
     something and does not honour it is 422 naming the header. The operations honouring it
     are those /openapi.json names it on, read once here."""
-    honoured = {
-        (rule.endpoint, method) for rule in app.url_map.iter_rules() for method in rule.methods or ()
-        if any(p.get("name") == IDEMPOTENCY_HEADER and p.get("in") == "header" for p in
-               app.api_doc["paths"].get(openapi_path(rule.rule), {}).get(method.lower(), {}).get("parameters", []))
-    }
+    honoured = operations_where(app, lambda operation: any(
+        p.get("name") == IDEMPOTENCY_HEADER and p.get("in") == "header" for p in operation.get("parameters", [])))
 
     def refuse() -> Response | None:
         if (IDEMPOTENCY_HEADER not in request.headers or request.method in SAFE_METHODS or request.endpoint is None

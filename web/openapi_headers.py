@@ -158,6 +158,20 @@ def drop_unproduced_validation_answers(document: dict[str, Any]) -> None:
         document.get("components", {}).get("schemas", {}).pop("ValidationErrorModel", None)
 
 
+def operations_where(app: OpenAPI, wanted: Callable[[dict[str, Any]], bool]) -> frozenset[tuple[str, str]]:
+    """``(endpoint, method)`` of every route whose operation in the app's built document is
+    ``wanted``: what a ``before_request`` hook looks a request up in, read once at start-up.
+    A HEAD is judged as its GET; a method the document does not name (OPTIONS) never is."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        operations = app.api_doc["paths"].get(openapi_path(rule.rule), {})
+        for method in rule.methods or ():
+            operation = operations.get("get" if method == "HEAD" else method.lower())
+            if operation is not None and wanted(operation):
+                found.add((rule.endpoint, method))
+    return frozenset(found)
+
+
 def openapi_path(rule: str) -> str:
     """``/jobs/<job_id>`` as the document writes it, ``/jobs/{job_id}`` (no converters are used)."""
     return rule.replace("<", "{").replace(">", "}")
