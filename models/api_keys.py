@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UUIDPk
-from models.db import SessionOrConnection, driver_rows, driver_sql
+from models.db_statements import SessionOrConnection, driver_rows, driver_sql
 from models.entity_input import nul_refused
 from models.errors import InvalidInput, LastAdminKey, NotFound
 
@@ -152,7 +152,7 @@ _KEYS = ApiKey.__table__.c
 _NOW = func.now()
 _USE_UNRECORDED = func.coalesce(_KEYS.last_used_at < _NOW - LAST_USED_GRANULARITY, True)  # never written, or long ago
 # Every API request runs this: compiled once and run by psycopg itself on the request's
-# connection (models.db.driver_rows), read as a plain row.
+# connection (models.db_statements.driver_rows), read as a plain row.
 _LOOKUP = driver_sql(
     select(_KEYS.id, _KEYS.scopes, _KEYS.key_hash, _KEYS.expires_at, (_KEYS.expires_at <= _NOW).label("expired"),
            _USE_UNRECORDED.label("stale"))

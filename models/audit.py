@@ -24,7 +24,7 @@ from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, versions_by_
 from models.chain_verification import verify_loaded
 from models.seal_check import seal_findings
 from models.constitution import L0, L1, RULES_BY_ID, SEAT_RULES, RuleSubject, append_only_enforced, evaluate
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS, Agent, EntitySnapshot, EntityType, governed_content, load_entities
 from models.embeddings import Embedder
 from models.errors import NotFound

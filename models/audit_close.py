@@ -26,7 +26,8 @@ from models.audit_record import (
 from models.audit_runs import AuditParams, insert_findings
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
-from models.db import bigint_in, transaction
+from models.db import transaction
+from models.db_statements import bigint_in
 from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.entities import EntityType
 from models.errors import CanonicalizationError, RunClosed

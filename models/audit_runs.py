@@ -25,7 +25,7 @@ from models.audit_record import sign_plan
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
 from models.constitution import constitution_version
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, EntityType
 from models.errors import InvalidInput

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, load_only
 from models.membership import ineligibility, signed_requirements
 from models.chain import ChainFinding, EntityVersion, insert_versions
 from models.chain_verification import head_drift
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, EntitySnapshot, EntityType, Team, agent_skills, governed_content,
 )

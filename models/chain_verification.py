@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from models.canonical import matches_canonical
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, _link_prefix, _link_rest, history
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
 from models.seal_check import seal_findings
 from models.signing import KeyRing

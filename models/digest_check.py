@@ -46,7 +46,7 @@ from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestsV2B
 from models.chain import GENESIS_LINK, records_a_deletion, versions_by_entity
 from models.chain_verification import verify_versions
 from models.seal_check import seal_findings
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, keeps_tombstones
 from models.signing import KeyRing

@@ -19,7 +19,7 @@ from sqlalchemy import Integer, Interval, Text, and_, bindparam, case, cast as s
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.db import DriverStatement, SessionOrConnection, driver_rows, driver_sql
+from models.db_statements import DriverStatement, SessionOrConnection, driver_rows, driver_sql
 from models.entity_input import nul_refused
 from models.errors import JobCancelled, JobHandedBack, JobNotCancellable, NotFound, StaleAttempt
 from models.job_results import result_when_ended
@@ -133,7 +133,7 @@ def create_job(
 
 def _job_rows(session: SessionOrConnection, statement: DriverStatement, values: dict[str, Any]) -> list[Any]:
     """The rows of one of the statements every job goes through, run by psycopg itself
-    (:func:`models.db.driver_rows`: a job's insert, read, claim and outcome each cost
+    (:func:`models.db_statements.driver_rows`: a job's insert, read, claim and outcome each cost
     SQLAlchemy's execution about 90 µs of CPU more), as named rows (``JobRecord``)."""
     return driver_rows(session, statement, values, row_factory=namedtuple_row)
 

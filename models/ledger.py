@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.chain import EntityVersion
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS
 from models.errors import Conflict, LedgerBusy
 from models.ledger_digest import build_digest, digest_with_leaves

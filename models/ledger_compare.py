@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead
 from models.chain import ChainFinding, EntityVersion, records_a_deletion
-from models.db import bytes_in, uuid_in
+from models.db_statements import bytes_in, uuid_in
 from models.entities import ENTITY_MODELS
 from models.ledger import HEAD_BATCH, HeadRecord, current_heads
 from models.merkle import HASH_SIZE, MerkleAccumulator, head_leaf

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.canonical import canonical_bytes
 from models.chain import EntityVersion
-from models.db import binary_row
+from models.db_statements import binary_row
 from models.digest_check import planted
 from models.entities import ENTITY_MODELS
 from models.ledger_digest import digest_problem, keeps_tombstones

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from models.chain import ChainFinding
 from models.chain_verification import head_drift
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, AgentStatus, EntitySnapshot, EntityType, JobRole, LifecycleStatus, Team,
     agent_skills, governed_content, job_role_skills, load_entities,

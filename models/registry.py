@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from models.canonical import normalize_text
 from models.chain import EntityVersion, append_version
 from models.constitution import L1, MEMBER_RULES, RuleSubject, append_only_enforced, enforce, reevaluated
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.embeddings import Embedder
 from models.entity_input import apply_fields, governor_fence, lock_parents, normalized_input
 from models.entity_locks import lock_for_write

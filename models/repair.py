@@ -34,7 +34,7 @@ from models.chain import GENESIS_LINK, ChainFinding, history
 from models.chain_verification import HEAD_FINDINGS, verify_loaded
 from models.seal_check import seal_findings
 from models.constitution import L0, L1, evaluate
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.embeddings import Embedder
 from models.entities import ENTITY_MODELS, EntityType, governed_content, typed_content
 from models.errors import CanonicalizationError, Conflict
@@ -326,7 +326,7 @@ def _signable(content: dict[str, Any], *, enclosed: int = CONTENT_IN_REPORT_DOCU
         canonical_bytes(as_jsonb_keeps_it(to_json_tree(content, depth=enclosed)))  # as the record reads once stored
     except CanonicalizationError as exc:
         return {"unsignable": exc.detail, "json": text[:MAX_UNSIGNABLE_TEXT]}
-    if holds_nul(content):  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db)
+    if holds_nul(content):  # a NUL no jsonb column takes (what JSON Python cannot read is read as: models.db_json)
         return {"unsignable": "it holds a NUL, which no jsonb value can", "json": text[:MAX_UNSIGNABLE_TEXT]}
     return content
 

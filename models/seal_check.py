@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.chain import ChainFinding, EntityVersion
-from models.db import binary_row, bytes_in, uuid_in
+from models.db_statements import binary_row, bytes_in, uuid_in
 from models.merkle import HASH_SIZE, merkle_root
 from models.signing import KeyRing, KeySeal
 

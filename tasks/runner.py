@@ -313,7 +313,7 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
         if _raised_during(exc, SoftTimeLimitExceeded):
             # The limit fired inside a query that the connection could not end (a lost or interrupted
-            # cancel: models.db.CancellingConnection): the rollback of the busy connection failed,
+            # cancel: models.db_cancel.CancellingConnection): the rollback of the busy connection failed,
             # and that error replaced the limit's.
             return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=JobTimedOut(
                 f"attempt {claim.attempt} hit the soft time limit ({type(exc).__name__} on the way out)").problem())

@@ -266,7 +266,7 @@ def test_every_float_plant_writes_reads_back_from_jsonb_as_that_float(db_session
     own way, ``0.0000001`` for ``1e-07`` and 324 places for ``5e-324``: each must still be read as
     that float, not as a value Python cannot read. (Plant refuses the floats jsonb would give
     back as integers: ``as_jsonb_keeps_it``.)"""
-    from models.db import UNREADABLE_JSON
+    from models.db_json import UNREADABLE_JSON
     spelled, read = db_session.execute(text("SELECT CAST(:v AS jsonb)::text, CAST(:v AS jsonb)"),
                                        {"v": json.dumps(EXACT_FLOATS)}).one()
     assert "0.0000001" in spelled and "e" not in spelled.lower()  # jsonb's own spelling, not Python's

@@ -640,7 +640,7 @@ def test_a_json_value_python_cannot_read_does_not_stop_the_close_or_the_export(
     Python 3.11 turns into an int, and fractions too large for a float: a read of the row
     raised (or, for the last, read as infinity), so the run never closed and its exports
     failed. It now reads as a value no Plant write makes, and fails the checks."""
-    from models.db import UNREADABLE_JSON
+    from models.db_json import UNREADABLE_JSON
 
     run = _started(db_session, keyring)
     db_session.execute(text("UPDATE audit_chunks SET counters = jsonb_build_object('x', CAST(:deep AS jsonb)) "
@@ -736,7 +736,7 @@ def test_a_finding_id_chosen_ahead_of_its_sequence_is_refused(db_session: Sessio
 
 def test_what_an_unreadable_json_value_reads_as_can_never_be_stored(db_session: Session, skills: Any) -> None:
     """So it never equals a value stored and signed (an entity's head version, say)."""
-    from models.db import UNREADABLE_JSON
+    from models.db_json import UNREADABLE_JSON
 
     with pytest.raises(DBAPIError, match="unsupported Unicode escape sequence"), db_session.begin_nested():
         db_session.execute(text("UPDATE skills SET attributes = CAST(:marker AS jsonb)"), {"marker": json.dumps(UNREADABLE_JSON)})

@@ -26,7 +26,8 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.orm import sessionmaker
 
-from models.db import CANCEL_TIMEOUT_SECONDS, connect_cancelling, make_engine, transaction
+from models.db import make_engine, transaction
+from models.db_cancel import CANCEL_TIMEOUT_SECONDS, connect_cancelling
 from tests.conftest import child_env, lock_waiters, wait_for
 
 BLOCKED, HELD = 7_400_001, 7_400_002

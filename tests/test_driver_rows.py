@@ -11,7 +11,8 @@ from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from models.api_keys import authenticate, create_api_key, revoke_api_key
-from models.db import UNREADABLE_JSON, driver_rows, driver_sql
+from models.db_json import UNREADABLE_JSON
+from models.db_statements import driver_rows, driver_sql
 from models.job_lifecycle import claim_job, create_job, get_job
 from models.jobs import RECORD_COLUMNS, Job
 from tests.conftest import recorded_statements

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from models.chain_verification import verify_entity
 from models.constitution import constitution_version
-from models.db import UNREADABLE_JSON
+from models.db_json import UNREADABLE_JSON
 from models.entities import Skill
 
 API = "/api/v1"

@@ -36,7 +36,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.migrate import known_revisions
-from models.db import SessionOrConnection, make_engine, make_session_factory
+from models.db import make_engine, make_session_factory
+from models.db_statements import SessionOrConnection
 from models.embeddings import Embedder, make_embedder
 from models.errors import DigestsBusy
 from models.keys import keyring_from_settings
