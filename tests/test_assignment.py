@@ -439,7 +439,8 @@ def test_a_bulk_job_stopped_after_a_batch_committed_reports_what_it_did(
     seated an agent: the result now reports what every attempt did, whatever the job's end."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from models.job_lifecycle import create_job, get_job, request_cancel
+    from models.job_control import request_cancel
+    from models.job_lifecycle import create_job, get_job
     from tasks import registry_jobs, runner, runtime
     from tests.conftest import SentTasks
 

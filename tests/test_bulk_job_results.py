@@ -18,7 +18,8 @@ from models import bulk_assignment
 from models.db import transaction
 from models.entities import Agent
 from models.errors import StaleAttempt
-from models.job_lifecycle import claim_job, create_job, finish_job, get_job, request_cancel
+from models.job_control import request_cancel
+from models.job_lifecycle import claim_job, create_job, finish_job, get_job
 from models.job_recovery import rescue_expired
 from models.jobs import Job, JobStatus
 from tasks import registry_jobs, runner, runtime

@@ -109,7 +109,8 @@ def test_a_bulk_job_cancelled_part_way_accounts_for_every_agent_it_was_asked_to_
     that reads `unplaced` to know which agents still need a seat learns of none, and
     `plant jobs watch` printed "placed 1 of 1 agent(s); 0 not placed" for a job given 4
     (helper-142). The plan's agents are recorded before any batch, as not applied yet."""
-    from models.job_lifecycle import create_job, get_job, request_cancel
+    from models.job_control import request_cancel
+    from models.job_lifecycle import create_job, get_job
     from tasks import registry_jobs, runner
     from tests.conftest import SentTasks
 

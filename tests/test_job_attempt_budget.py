@@ -13,7 +13,8 @@ from sqlalchemy import select, text, update
 
 from models.db import transaction
 from models.errors import JobHandedBack, TransientJobError
-from models.job_lifecycle import claim_job, create_job, get_job, request_cancel
+from models.job_control import request_cancel
+from models.job_lifecycle import claim_job, create_job, get_job
 from models.job_recovery import release_for_retry, rescue_expired
 from models.jobs import Job, JobStatus
 from tasks import runner, runtime

@@ -8,15 +8,8 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidInput, JobNotCancellable, NotFound, StaleAttempt
-from models.job_lifecycle import (
-    claim_job,
-    create_job,
-    finish_job,
-    get_job,
-    list_jobs,
-    report_progress,
-    request_cancel,
-)
+from models.job_control import list_jobs, request_cancel
+from models.job_lifecycle import claim_job, create_job, finish_job, get_job, report_progress
 from models.jobs import Job, JobStatus
 
 LEASE = 60

@@ -7,7 +7,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from models.errors import StaleAttempt
-from models.job_lifecycle import claim_job, create_job, finish_job, get_job, hold_attempt, mark_unpublished, request_cancel
+from models.job_control import request_cancel
+from models.job_lifecycle import claim_job, create_job, finish_job, get_job, hold_attempt, mark_unpublished
 from models.job_recovery import (
     Rescue,
     claim_lost_messages,

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from models.assignment import EXCLUDED_SHOWN, assign_agent
 from models.errors import NoEligibleTeam
-from models.job_lifecycle import LISTED_JSON_BYTES
+from models.job_control import LISTED_JSON_BYTES
 from models.jobs import Job
 from tests.test_assignment import World
 

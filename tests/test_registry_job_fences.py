@@ -121,7 +121,8 @@ def test_a_cancel_that_waits_on_a_certification_finds_it_finished(sessions, worl
     import threading
 
     from models.errors import JobNotCancellable
-    from models.job_lifecycle import get_job, request_cancel
+    from models.job_control import request_cancel
+    from models.job_lifecycle import get_job
     from tests.conftest import wait_for
 
     with transaction(sessions) as session:
@@ -177,7 +178,7 @@ def _claimed(sessions, kind: str, params: dict) -> JobClaim:
 def test_a_cancel_asked_before_the_work_starts_is_honoured(sessions, world, kind) -> None:
     # Neither job has a progress checkpoint before it writes: the fence is where it looks.
     from models.errors import JobCancelled
-    from models.job_lifecycle import request_cancel
+    from models.job_control import request_cancel
 
     params = {"skill_id": str(world.draft)} if kind == "skill.certify" else {"agent_ids": [str(a) for a in world.agents]}
     claim = _claimed(sessions, kind, params)
@@ -193,7 +194,8 @@ def test_a_cancel_asked_before_the_work_starts_is_honoured(sessions, world, kind
 
 def test_a_bulk_batch_checks_its_attempt_without_holding_up_the_job_row(sessions, world) -> None:
     # Progress writes and cancel requests update the job row while batches run.
-    from models.job_lifecycle import check_attempt, report_progress, request_cancel
+    from models.job_control import request_cancel
+    from models.job_lifecycle import check_attempt, report_progress
 
     claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})
     with transaction(sessions) as batch:
@@ -215,7 +217,8 @@ def test_a_bulk_job_does_not_change_hands_while_a_batch_of_its_attempt_is_in_fli
     its attempt lost the job. The sweep skips the row meanwhile, and no further batch of the
     old attempt starts (it would keep the job from changing hands for the rest of its run)."""
     from models.errors import JobHandedBack
-    from models.job_lifecycle import check_attempt, request_cancel
+    from models.job_control import request_cancel
+    from models.job_lifecycle import check_attempt
     from models.job_recovery import rescue_expired
 
     claim = _claimed(sessions, "agents.assign_teams", {"agent_ids": [str(a) for a in world.agents]})

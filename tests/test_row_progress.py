@@ -13,7 +13,8 @@ from sqlalchemy.orm import sessionmaker
 
 from models.db import single_statement, transaction
 from models.errors import JobCancelled, JobHandedBack
-from models.job_lifecycle import JobClaim, claim_job, create_job, finish_job, get_job, request_cancel
+from models.job_control import request_cancel
+from models.job_lifecycle import JobClaim, claim_job, create_job, finish_job, get_job
 from models.jobs import JobStatus
 from tasks.runner import RowProgress
 

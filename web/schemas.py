@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 from models.canonical import rfc3339_utc
 from models.diagnostics import MAX_SECONDS
 from models.errors import PROBLEM_MEMBERS
-from models.job_lifecycle import LISTED_JSON, LISTED_JSON_BYTES
+from models.job_control import LISTED_JSON, LISTED_JSON_BYTES
 from models.jobs import JobRecord, JobStatus
 from web.openapi_headers import INSUFFICIENT_SCOPE_CHALLENGE, UNAVAILABLE_RETRY_AFTER, WWW_AUTHENTICATE
 
@@ -222,7 +222,7 @@ class JobListItem(JobOut):
 
     @classmethod
     def listed(cls, row: Any) -> JobListItem:
-        """A row of :func:`models.job_lifecycle.list_jobs`."""
+        """A row of :func:`models.job_control.list_jobs`."""
         lengths = {name: getattr(row, f"{name}_bytes") for name in LISTED_JSON}
         abbreviated = {name: size for name, size in lengths.items() if size is not None and size > LISTED_JSON_BYTES}
         return cls(**dict(JobOut.of(row)), abbreviated=abbreviated)

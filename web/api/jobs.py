@@ -16,7 +16,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from web.auth import BEARER, current_actor, key_revoked_while_waiting
 
 from models.audit_close import close_runs_apart
-from models.job_lifecycle import get_job, list_jobs, request_cancel
+from models.job_control import list_jobs, request_cancel
+from models.job_lifecycle import get_job
 from models.jobs import JobRecord, JobStatus
 from web.jobs_http import job_response
 from web.openapi_headers import ETAG, IF_NONE_MATCH, documents_headers
