@@ -67,8 +67,7 @@ def verify_versions(
     last = len(rows) - 1
     first_signed = 0 if signatures == "all" else signed_from if signed_from is not None else len(rows) - 1
     expected_version, expected_prev = after
-    prefix_of: tuple[str, uuid.UUID] | None = None
-    prefix = hashlib.sha256()
+    prefix = _LinkPrefix()
     for i, row in enumerate(rows):
         expected_version += 1
         prev = bytes(row.prev_link)
@@ -77,27 +76,51 @@ def verify_versions(
                 position = {link: n for n, link in enumerate(links)}
             findings += _continuity(row, i, links, position, after)
         expected_prev = link = links[i]
-        content_hash = bytes(row.content_hash)
-        if hashlib.sha256(bytes(row.content)).digest() != content_hash:
-            findings.append(ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash"))
-        else:
-            try:
-                # The layout's (type, id) prefix is hashed once per entity; each version copies it.
-                if prefix_of != (row.entity_type, row.entity_id):
-                    prefix = hashlib.sha256(_link_prefix(row.entity_type, row.entity_id))
-                    prefix_of = (row.entity_type, row.entity_id)
-                recomputed = prefix.copy()
-                recomputed.update(_link_rest(row.version, prev, content_hash))
-                matches = recomputed.digest() == link
-            except (UnicodeEncodeError, struct.error):  # a row no write could have made: a type or version out of range
-                matches = False
-            if not matches:
-                findings.append(ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs"))
+        mismatch = _hash_mismatch(row, prev, link, prefix)
+        if mismatch is not None:
+            findings.append(mismatch)
         if i >= first_signed or i == last:
-            pointer = bytes(rows[i + 1].prev_link) if i < last else b""
-            referenced = (pointer or head_link) == link
-            findings += _signature(row, keyring, referenced=referenced)
+            findings += _signature(row, keyring, referenced=_is_referenced(rows, i, link, head_link))
     return len(rows), findings
+
+
+class _LinkPrefix:
+    """The link layout's (type, id) prefix, hashed once per entity; each version copies it."""
+
+    def __init__(self) -> None:
+        self._of: tuple[str, uuid.UUID] | None = None
+        self._hash = hashlib.sha256()
+
+    def link_of(self, row: EntityVersion, prev: bytes, content_hash: bytes) -> bytes:
+        """The link ``row`` hashes to. Raises ``UnicodeEncodeError`` or ``struct.error`` for a
+        type or version out of the layout's range."""
+        if self._of != (row.entity_type, row.entity_id):
+            self._hash = hashlib.sha256(_link_prefix(row.entity_type, row.entity_id))
+            self._of = (row.entity_type, row.entity_id)
+        recomputed = self._hash.copy()
+        recomputed.update(_link_rest(row.version, prev, content_hash))
+        return recomputed.digest()
+
+
+def _hash_mismatch(row: EntityVersion, prev: bytes, link: bytes, prefix: _LinkPrefix) -> ChainFinding | None:
+    """The finding for a version whose content, or else whose link, no longer hashes as stored."""
+    content_hash = bytes(row.content_hash)
+    if hashlib.sha256(bytes(row.content)).digest() != content_hash:
+        return ChainFinding("content-hash-mismatch", row.version, "content does not hash to content_hash")
+    try:
+        matches = prefix.link_of(row, prev, content_hash) == link
+    except (UnicodeEncodeError, struct.error):  # a row no write could have made: a type or version out of range
+        matches = False
+    if not matches:
+        return ChainFinding("link-hash-mismatch", row.version, "link_hash does not match its inputs")
+    return None
+
+
+def _is_referenced(rows: Sequence[EntityVersion], i: int, link: bytes, head_link: bytes | None) -> bool:
+    """Whether what points at version ``i`` holds its ``link``: its successor's ``prev_link``, or
+    for the last version ``head_link`` (a version re-hashed after an edit is not referenced)."""
+    pointer = bytes(rows[i + 1].prev_link) if i < len(rows) - 1 else b""
+    return (pointer or head_link) == link
 
 
 def _continuity(
