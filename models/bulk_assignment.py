@@ -70,6 +70,17 @@ def assign_teams_in_bulk(
     want of a seat, they are planned again on the seats as they then are (up to
     ``MAX_ROUNDS`` plans), so an agent edited outside Plant takes no seat from a clean one.
     """
+    rounds = _rounds(sessions, agent_ids=agent_ids, all_unassigned=all_unassigned, ctx=ctx, progress=progress,
+                     fence=fence, record=record)
+    return _outcome(sessions, rounds, record)
+
+
+def _rounds(
+    sessions: sessionmaker[Session], *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, ctx: WriteContext,
+    progress: ProgressSink, fence: Callable[[Session], None], record: Recorder | None,
+) -> list[_Round]:
+    """The first plan and its batches, then the plans made again while batches refuse moves and
+    so free seats, up to ``MAX_ROUNDS`` plans in all."""
     first = _plan_and_apply(sessions, agent_ids=agent_ids, all_unassigned=all_unassigned, ctx=ctx, progress=progress,
                             fence=fence, record=record)
     rounds = [first]
@@ -79,9 +90,16 @@ def assign_teams_in_bulk(
     while len(rounds) < MAX_ROUNDS and rounds[-1].refused and (waiting := rounds[-1].left_out_for_seats()):
         rounds.append(_plan_and_apply(sessions, agent_ids=list(waiting), all_unassigned=False, ctx=ctx, progress=progress,
                                       fence=fence, record=record, before=rounds[-1].progress_after, seen=waiting))
+    return rounds
+
+
+def _outcome(sessions: sessionmaker[Session], rounds: list[_Round], record: Recorder | None) -> BulkOutcome:
+    """The job's outcome: read back from its records (every attempt's) when it keeps them, else
+    from this attempt's rounds."""
     if record is not None:
         with sessions() as session:
             return record.outcome(session)
+    first = rounds[0]
     unplaced: dict[str, dict[str, Any]] = {}
     seats: list[float] = []
     for one in rounds:  # a later round's word on an agent replaces an earlier one's
