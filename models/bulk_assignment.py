@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.assignment_solver import ELIGIBLE_TEAMS_FULL
 from models.bulk_apply import SEAT_CHANGED, apply_batch, seat_changed_detail
-from models.bulk_plan import Plan, PlannedAgent, read_plan_inputs, similarity, solve_plan
+from models.bulk_plan import Plan, PlanInputs, PlannedAgent, read_plan_inputs, similarity, solve_plan
 from models.bulk_records import NOT_APPLIED, NOT_APPLIED_DETAIL, BulkOutcome, Recorder, unplaced_entry_for
 from models.db import transaction
 from models.progress import ProgressSink
@@ -141,6 +141,28 @@ def _plan_and_apply(
     seated, moved or unseated since is left as that write made it, not planned again. A retry's
     first plan does the same with where the earlier attempts' plans saw the agents they did not
     seat, and records those moved since as ``seat-changed``, as their batch would have."""
+    inputs, moved = _plan_inputs(sessions, agent_ids=agent_ids, all_unassigned=all_unassigned, ctx=ctx, record=record,
+                                 seen=seen)
+    plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
+    if record is not None and not record.method:
+        record.method = plan.method
+    unplaced = [unplaced_entry_for(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())] + [m for _, m in moved]
+    batches = _batches(plan.placements)
+    done, total = before[0], before[1] + len(plan.placements)
+    progress(done, total, "plan computed")  # renews the lease after the solve, before any fence
+    if record is not None:
+        _record_plan(sessions, plan, moved, unplaced, fence=fence, record=record)
+    refused, done = _apply_batches(sessions, plan, batches, ctx=ctx, fence=fence, record=record, progress=progress,
+                                   done=done, total=total)
+    return _Round(plan, unplaced, refused, (done, total))
+
+
+def _plan_inputs(
+    sessions: sessionmaker[Session], *, agent_ids: list[uuid.UUID] | None, all_unassigned: bool, ctx: WriteContext,
+    record: Recorder | None, seen: Mapping[uuid.UUID, uuid.UUID | None] | None,
+) -> tuple[PlanInputs, list[tuple[PlannedAgent, dict[str, Any]]]]:
+    """The plan's inputs, less the agents an earlier attempt settled and those another write
+    moved since an earlier plan saw them; and those a retry finds so moved, as ``seat-changed``."""
     with sessions() as session:
         # Given or unassigned: an agent an earlier attempt seated may have been unseated since.
         settled = record.settled(session) if record is not None else set()
@@ -154,26 +176,34 @@ def _plan_and_apply(
     if looked := {**earlier, **(seen or {})}:
         kept = [i for i, agent in enumerate(inputs.agents) if looked.get(agent.id, agent.team_id) == agent.team_id]
         inputs = replace(inputs, agents=[inputs.agents[i] for i in kept], agent_vectors=inputs.agent_vectors[kept])
-    plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
-    if record is not None and not record.method:
-        record.method = plan.method
-    unplaced = [unplaced_entry_for(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())] + [m for _, m in moved]
-    batches = _batches(plan.placements)
-    done, total = before[0], before[1] + len(plan.placements)
+    return inputs, moved
+
+
+def _record_plan(
+    sessions: sessionmaker[Session], plan: Plan, moved: list[tuple[PlannedAgent, dict[str, Any]]],
+    unplaced: list[dict[str, Any]], *, fence: Callable[[Session], None], record: Recorder,
+) -> None:
+    """Record every agent of the plan, in one fenced transaction, before any batch runs."""
+    # Every agent of the plan is recorded before any batch: those it leaves out with their
+    # reason, and those it places as not applied yet, which their batch's record replaces.
+    # A job stopped part-way (a cancel, its time limit, a failure) so still accounts for
+    # every agent it was asked to place: those whose batch never ran say so.
+    waiting = [unplaced_entry_for(plan.agents[a], NOT_APPLIED, NOT_APPLIED_DETAIL) for a in sorted(plan.placements)]
+    with transaction(sessions) as session:
+        fence(session)
+        record.forget_unapplied(session)  # an earlier attempt's plan: this one's replaces it
+        record.left_alone(session, moved)
+        record.moves(session, plan, [(i, None) for i in sorted({*plan.unplaced, *plan.placements})],
+                     unplaced + waiting)
+
+
+def _apply_batches(
+    sessions: sessionmaker[Session], plan: Plan, batches: list[list[tuple[int, int]]], *, ctx: WriteContext,
+    fence: Callable[[Session], None], record: Recorder | None, progress: ProgressSink, done: int, total: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Apply the batches, ``APPLY_IN_FLIGHT`` at a time, reporting progress as each finishes:
+    the moves they refused, and ``done`` plus the moves of every batch."""
     refused: list[list[dict[str, Any]]] = [[] for _ in batches]
-    progress(done, total, "plan computed")  # renews the lease after the solve, before any fence
-    if record is not None:
-        # Every agent of the plan is recorded before any batch: those it leaves out with their
-        # reason, and those it places as not applied yet, which their batch's record replaces.
-        # A job stopped part-way (a cancel, its time limit, a failure) so still accounts for
-        # every agent it was asked to place: those whose batch never ran say so.
-        waiting = [unplaced_entry_for(plan.agents[a], NOT_APPLIED, NOT_APPLIED_DETAIL) for a in sorted(plan.placements)]
-        with transaction(sessions) as session:
-            fence(session)
-            record.forget_unapplied(session)  # an earlier attempt's plan: this one's replaces it
-            record.left_alone(session, moved)
-            record.moves(session, plan, [(i, None) for i in sorted({*plan.unplaced, *plan.placements})],
-                         unplaced + waiting)
     with ThreadPoolExecutor(max_workers=APPLY_IN_FLIGHT, thread_name_prefix="bulk-apply") as pool:
         futures = {pool.submit(_apply_committed, sessions, plan, batch, ctx, fence, record): i
                    for i, batch in enumerate(batches)}
@@ -186,7 +216,7 @@ def _plan_and_apply(
             for future in futures:
                 future.cancel()
             raise
-    return _Round(plan, unplaced, [entry for batch in refused for entry in batch], (done, total))
+    return [entry for batch in refused for entry in batch], done
 
 
 def _batches(placements: dict[int, int]) -> list[list[tuple[int, int]]]:
