@@ -24,9 +24,6 @@ from models.db_statements import DriverStatement, SessionOrConnection, driver_ro
 from models.errors import JobCancelled, JobHandedBack, NotFound, StaleAttempt
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 
-_TERMINAL = [s.value for s in TERMINAL_STATUSES]
-
-
 @dataclass(frozen=True)
 class JobClaim:
     """What a worker needs to run one attempt of a job."""
