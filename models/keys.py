@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey, load_signing_key_pem, load_verifying_key_pem
@@ -30,16 +32,29 @@ UPCOMING_SUFFIX = ".next.pem"
 T = TypeVar("T")
 
 
+class _KeyFilesChanged(SigningKeyError):
+    """A key file went, or the active key changed, while the key ring was read: a rotation
+    running on the same files. Read again; raised as is once the reads are given up."""
+
+
+# A rotation writes a few small files under its lock: over within milliseconds, so a few short
+# waits outlast it; a link whose target is gone (a volume not mounted) stays gone, and is refused.
+_READ_ATTEMPTS = 5
+
+
 def keyring_from_settings(settings: Settings) -> KeyRing:
-    if settings.signing_key is not None:
-        active = _loaded("PLANT_SIGNING_KEY", lambda: load_signing_key_pem(settings.signing_key.get_secret_value().encode()))
-    elif settings.active_signing_key_path.is_file():
-        active = _loaded(settings.active_signing_key_path, lambda: load_signing_key_pem(settings.active_signing_key_path.read_bytes()))
-    else:
-        raise SigningKeyError(
-            f"no signing key: set PLANT_SIGNING_KEY or PLANT_SIGNING_KEY_FILE "
-            f"(looked for {settings.active_signing_key_path}; `plant dev` generates one)"
-        )
+    """The ring the key files hold, read as one: a ring read while a rotation ran on them
+    (``rotate --promote`` swaps the active key, then removes its upcoming copy) could sign with
+    the old key and trust neither the new one's copy nor the new file, so it is read again
+    until the active key is the same after the retired keys as before them (and none went)."""
+    retrying = Retrying(stop=stop_after_attempt(_READ_ATTEMPTS), wait=wait_exponential(multiplier=0.02, max=0.5),
+                        retry=retry_if_exception_type(_KeyFilesChanged), reraise=True)
+    return retrying(_read_keyring, settings)
+
+
+def _read_keyring(settings: Settings) -> KeyRing:
+    before = _active_pem(settings)
+    active = _loaded(_active_source(settings), lambda: load_signing_key_pem(before))
     retired_dir = settings.retired_signing_keys_path
     if (retired_dir.exists() or retired_dir.is_symlink()) and not retired_dir.is_dir():
         # Read as "no retired keys", every chain an old key signed would pass for tampered,
@@ -51,12 +66,31 @@ def keyring_from_settings(settings: Settings) -> KeyRing:
     def verifying(path: Path) -> VerifyingKey:
         return _loaded(path, lambda: load_verifying_key_pem(path.read_bytes()))
 
-    return KeyRing(
+    ring = KeyRing(
         active,
         retired=tuple(verifying(path) for path in pems if not path.name.endswith(UPCOMING_SUFFIX)),
         seals=tuple(load_seal(path) for path in files if path.name.endswith(SEAL_SUFFIX)),
         upcoming=tuple(verifying(path) for path in pems if path.name.endswith(UPCOMING_SUFFIX)),
     )
+    if _active_pem(settings) != before:
+        raise _KeyFilesChanged(f"{_active_source(settings)}: the active key changed while the key ring was read")
+    return ring
+
+
+def _active_source(settings: Settings) -> Path | str:
+    return "PLANT_SIGNING_KEY" if settings.signing_key is not None else settings.active_signing_key_path
+
+
+def _active_pem(settings: Settings) -> bytes:
+    if settings.signing_key is not None:
+        return settings.signing_key.get_secret_value().encode()
+    path = settings.active_signing_key_path
+    if not path.is_file():
+        raise SigningKeyError(
+            f"no signing key: set PLANT_SIGNING_KEY or PLANT_SIGNING_KEY_FILE "
+            f"(looked for {path}; `plant dev` generates one)"
+        )
+    return _loaded(path, path.read_bytes)
 
 
 def _loaded(source: Path | str, load: Callable[[], T]) -> T:
@@ -66,6 +100,9 @@ def _loaded(source: Path | str, load: Callable[[], T]) -> T:
         return load()
     except SigningKeyError as exc:
         raise SigningKeyError(f"{source}: {exc.detail}") from exc
+    except FileNotFoundError as exc:  # listed, then gone: a rotation replaced it (or a link's target is gone)
+        raise _KeyFilesChanged(f"{source}: cannot be read: it is gone (removed while the keys were read, "
+                               "or a link whose target is gone)") from exc
     except OSError as exc:  # unreadable: permissions, a directory named *.pem
         raise SigningKeyError(f"{source}: cannot be read: {exc.strerror or exc}") from exc
 

@@ -1,0 +1,80 @@
+"""Adversarial review of the signing keys (helper-199): a process that loads its key ring while a
+rotation runs on the same key files must end up with a ring that trusts every key that signs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models import keys
+from models.keys import keyring_from_settings, promote_staged_key, stage_signing_key
+from models.settings import Settings
+from models.signing import generate_ed25519
+
+
+def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action: Any) -> None:
+    """Run ``action`` (a rotation step) once, right after the key ring's loader reads the
+    first file ``which(path)`` picks: a rotation that lands between two of its reads."""
+    original, state = Path.read_bytes, {"done": False, "busy": False}
+
+    def read_bytes(path: Path) -> bytes:
+        data = original(path)
+        if not state["done"] and not state["busy"] and which(path):
+            state["busy"] = True
+            try:
+                action()
+            finally:
+                state["busy"], state["done"] = False, True
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+
+def test_a_process_starting_while_a_staged_key_is_promoted_trusts_the_promoted_key(
+        key_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader read the active key (the old one), then the promotion made the staged key
+    active and removed its upcoming copy, then the loader listed the retired keys: the ring
+    signed with the old key and did not know the new one, so this process (a gunicorn worker
+    respawned at that moment) took every version the new key signs for tampering, the very
+    window the two-step rotation exists to close."""
+    old_kid = keyring_from_settings(key_settings).active.kid
+    new_kid = stage_signing_key(key_settings, generate_ed25519())
+    active_path = key_settings.active_signing_key_path
+    _run_once_after_reading(monkeypatch, lambda path: path == active_path, lambda: promote_staged_key(key_settings))
+
+    ring = keyring_from_settings(key_settings)
+
+    assert ring.verifier(new_kid) is not None and ring.verifier(old_kid) is not None
+    assert keyring_from_settings(key_settings).active.kid == new_kid  # the promotion did happen
+
+
+def test_a_process_starting_while_a_key_is_staged_again_starts(
+        key_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging again removes the key staged before (its ``*.next.pem``); a loader that had
+    listed it and read it after it went refused to start ("cannot be read"): a worker exits."""
+    first = stage_signing_key(key_settings, generate_ed25519())
+    retired = key_settings.retired_signing_keys_path
+    (retired / "0-old.pem").write_bytes(generate_ed25519().verifier().public_pem())  # listed before the staged key
+    second_key = generate_ed25519()
+    _run_once_after_reading(monkeypatch, lambda path: path.parent == retired,
+                            lambda: stage_signing_key(key_settings, second_key))
+
+    ring = keyring_from_settings(key_settings)
+
+    assert not (retired / f"{first}{keys.UPCOMING_SUFFIX}").exists()
+    assert ring.verifier(second_key.kid) is not None
+
+
+def test_a_retired_key_link_whose_target_is_gone_is_still_refused_naming_it(key_settings: Settings) -> None:
+    """Read again while a rotation runs, a key file that stays gone (a volume not mounted)
+    still stops the process, after a few reads, naming the file."""
+    from models.errors import SigningKeyError
+
+    retired = key_settings.retired_signing_keys_path
+    retired.mkdir(parents=True)
+    (retired / "old.pem").symlink_to(retired / "nowhere" / "old.pem")
+
+    with pytest.raises(SigningKeyError, match=r"old\.pem: cannot be read: it is gone"):
+        keyring_from_settings(key_settings)
