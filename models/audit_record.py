@@ -61,7 +61,7 @@ from models.audit_findings import all_findings, finding_resource, findings_hashe
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
-from models.jws import b64url_decode, b64url_encode
+from models.jws import b64url_decode, b64url_encode, signed_after_its_seal, time_named
 from models.signing import KeyRing
 
 RECORD_DOMAIN = b"plant.audit-record.v1\x00"
@@ -95,6 +95,15 @@ def _verifies(keyring: KeyRing, kind: str, body: dict[str, Any], signed: Any) ->
     except (ValueError, TypeError, CanonicalizationError):  # a value no Plant write makes
         return False
     return keyring.verify(signed["kid"], signature, statement)
+
+
+def _after_its_key_s_seal(keyring: KeyRing, signed: Any, *times: Any) -> str | None:
+    """Why a plan or close that verified, naming ``times``, was signed after its key's seal
+    (:func:`models.jws.signed_after_its_seal`), or None. A running run takes UPDATEs, so
+    without this whoever holds a copy of a sealed key could close one with a summary of their
+    own, and Plant would sign its report with the active key."""
+    named = max((t for t in map(time_named, times) if t is not None), default=None)
+    return signed_after_its_seal(keyring, signed["kid"], named)
 
 
 def _with_repairs(body: dict[str, Any], signed: Any) -> dict[str, Any]:
@@ -309,9 +318,11 @@ def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> s
     """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
     still running when migration 0015 was applied has none, and is reported so."""
     written = _findings_of(run.plan_signed)
-    if written is not None and _verifies(
-            keyring, PLAN, _with_repairs({**_plan(run, chunks), "findings": written}, run.plan_signed), run.plan_signed):
-        return None
+    plan = _plan(run, chunks)
+    if written is not None and _verifies(keyring, PLAN, _with_repairs({**plan, "findings": written}, run.plan_signed),
+                                         run.plan_signed):
+        after = _after_its_key_s_seal(keyring, run.plan_signed, plan["created_at"])
+        return None if after is None else f"audit run {run.id}: its plan was signed by a sealed key: {after}"
     return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 
 
@@ -370,7 +381,8 @@ def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: S
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):
-        return None
+        after = _after_its_key_s_seal(keyring, run.close_signed, closed["run"]["created_at"], closed["run"]["finished_at"])
+        return None if after is None else f"audit run {run.id}: its close was signed by a sealed key: {after}"
     if run.close_signed is None:
         return f"audit run {run.id} was not closed by Plant: it carries no close signature"
     return f"audit run {run.id}: its summary or findings are not those Plant signed when it closed the run"

@@ -12,6 +12,7 @@ from models import keys
 from models.keys import keyring_from_settings, promote_staged_key, stage_signing_key
 from models.settings import Settings
 from models.signing import generate_ed25519
+from tests.test_audit_record_signed import skills  # noqa: F401 - the fixture
 
 
 def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action: Any) -> None:
@@ -78,3 +79,29 @@ def test_a_retired_key_link_whose_target_is_gone_is_still_refused_naming_it(key_
 
     with pytest.raises(SigningKeyError, match=r"old\.pem: cannot be read: it is gone"):
         keyring_from_settings(key_settings)
+
+
+@pytest.mark.usefixtures("skills")
+def test_plant_never_signs_the_report_of_a_run_a_sealed_key_closed_after_its_seal(db_session: Any, keyring: Any) -> None:
+    """A running run takes UPDATEs, so only its signatures tell Plant's close from anyone's.
+    A close (or plan) signed by a sealed key verified whatever time it named, so whoever holds
+    a copy of the retired private key and can write the database closed a run with a summary
+    of their own, and Plant signed that run's report with its active key: a sealed key's
+    forgery laundered into a signature that verifies everywhere, offline too."""
+    from models.audit_record import AuditRecordInvalid
+    from models.reports import export_report, verify_report
+    from tests.conftest import ring_sealing
+    from tests.test_audit_record_signed import _closed_by_plant, _started
+
+    closed = _closed_by_plant(db_session, keyring)  # signed by the key that is sealed below, after the seal's time
+    running = _started(db_session, keyring)
+    sealed_before = ring_sealing(keyring, "2000-01-01T00:00:00Z")
+
+    with pytest.raises(AuditRecordInvalid, match="sealed"):
+        export_report(db_session, run_id=closed.id, keyring=sealed_before)
+    with pytest.raises(AuditRecordInvalid, match="sealed"):
+        export_report(db_session, run_id=running.id, keyring=sealed_before)
+
+    sealed_after = ring_sealing(keyring, "2999-01-01T00:00:00Z")  # the same run, closed before its key's seal
+    assert verify_report(export_report(db_session, run_id=closed.id, keyring=sealed_after),
+                         sealed_after).kid == sealed_after.active.kid
