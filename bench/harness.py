@@ -44,7 +44,7 @@ from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
 from models.registry import WriteContext
 from models.settings import Settings, libpq_url, load_settings
-from models.signing import ensure_key_file
+from models.key_material import ensure_key_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "plant_bench"

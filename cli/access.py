@@ -24,7 +24,7 @@ from models.key_seals import seal_retired_keys
 from models.signing import RETIRED_MEMBER, SEALED_AT_MEMBER, UPCOMING_MEMBER
 from models.keys import UPCOMING_SUFFIX, promote_staged_key, rotate_signing_key, stage_signing_key
 from models.settings import load_settings
-from models.signing import generate_ed25519, generate_rsa4096
+from models.key_material import generate_ed25519, generate_rsa4096
 from models.errors import SigningKeyError
 
 SCOPES = ("read", "write", "admin")

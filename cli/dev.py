@@ -45,7 +45,7 @@ from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import Settings, load_settings
-from models.signing import ensure_key_file
+from models.key_material import ensure_key_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DATABASE = "plant"

@@ -22,7 +22,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
-from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey, load_signing_key_pem, load_verifying_key_pem
+from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
+from models.key_material import load_signing_key_pem, load_verifying_key_pem
 from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"

@@ -9,22 +9,19 @@ has rotated out; its :meth:`KeyRing.jwks` is what gets published. Ed25519 signs 
 touches private keys (and HMAC, keyed with a key's private bytes: :meth:`SigningKey.secret_mac`). Ed25519 signatures are verified by libsodium (PyNaCl, also from
 PyCA): the full audit verifies one per entity, and libsodium's check costs about 60 % of
 OpenSSL's here (42 against 71 µs). Both implement RFC 8032; libsodium also refuses
-non-canonical and small-order encodings, which no honest signer produces.
+non-canonical and small-order encodings, which no honest signer produces. Making keys and
+reading them from PEM is :mod:`models.key_material`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import nacl.bindings
@@ -293,77 +290,6 @@ def jwk_thumbprint(required_members: dict[str, str]) -> str:
 def public_key_thumbprint(public_key: PublicKey) -> str:
     """The ``kid`` of a public key (computed for any RSA size; acceptance is checked elsewhere)."""
     return jwk_thumbprint(_required_members(public_key))
-
-
-def generate_ed25519() -> SigningKey:
-    return SigningKey.from_private_key(ed25519.Ed25519PrivateKey.generate())
-
-
-def generate_rsa4096() -> SigningKey:
-    return SigningKey.from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS))
-
-
-def load_signing_key_pem(pem: bytes) -> SigningKey:
-    """An unencrypted PEM private key (PKCS#8 or traditional) as a :class:`SigningKey`."""
-    _one_pem_block(pem)
-    try:
-        private_key = serialization.load_pem_private_key(pem, password=None)
-    except TypeError as exc:
-        raise SigningKeyError("encrypted private keys are not supported") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise SigningKeyError(f"not a readable PEM private key: {exc}") from exc
-    return SigningKey.from_private_key(private_key)
-
-
-def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
-    """A PEM public key, or the public half of a PEM private key."""
-    _one_pem_block(pem)
-    if b"PRIVATE KEY" in pem:
-        return load_signing_key_pem(pem).verifier()
-    try:
-        public_key = serialization.load_pem_public_key(pem)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise SigningKeyError(f"not a readable PEM public key: {exc}") from exc
-    return VerifyingKey.from_public_key(public_key)
-
-
-_PEM_BEGIN = re.compile(rb"-----BEGIN [^-\r\n]*-----")
-
-
-def _one_pem_block(pem: bytes) -> None:
-    """Refuse PEM text holding more than one block: the loaders read the first and drop the
-    rest unsaid, so a key file with an old and a new key (or retired keys gathered into one
-    file) would sign with, or trust, whichever came first."""
-    blocks = len(_PEM_BEGIN.findall(pem))
-    if blocks > 1:
-        raise SigningKeyError(f"the PEM holds {blocks} blocks: one key per file (or per PLANT_SIGNING_KEY), "
-                              "or which one is meant would be a guess")
-
-
-def ensure_key_file(path: Path) -> bytes:
-    """The PEM at ``path``, first generating an Ed25519 key there (mode 0600) if it is missing.
-
-    Safe when several processes race: the file appears complete or not at all, and every
-    caller gets the one key that won.
-    """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _publish_private_file(path, generate_ed25519().private_pem())
-    return path.read_bytes()
-
-
-def _publish_private_file(path: Path, content: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # the umask must not change the mode we promise
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)  # unlike rename, never replaces a key another process wrote
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _algorithm_of(public_key: Any) -> str:

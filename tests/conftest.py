@@ -40,7 +40,8 @@ from models.embeddings import HashingEmbedder
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
 from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
-from models.signing import KeyRing, ensure_key_file
+from models.signing import KeyRing
+from models.key_material import ensure_key_file
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -519,7 +520,8 @@ def skill(db_session: Session, write_ctx: Any, steward: Any) -> Any:
 
 def ring_sealing(keyring: KeyRing, as_of: str) -> KeyRing:
     """A ring in which ``keyring``'s active key is retired and was sealed at ``as_of`` (RFC 3339)."""
-    from models.signing import KeySeal, generate_ed25519
+    from models.signing import KeySeal
+    from models.key_material import generate_ed25519
 
     return KeyRing(generate_ed25519(), (keyring.active,), (KeySeal(keyring.active.kid, 1, "00" * 32, as_of),))
 

@@ -33,7 +33,8 @@ from models.job_lifecycle import create_job
 from models.ledger import current_heads, digest_now, signed_digest
 from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
-from models.signing import KeyRing, generate_ed25519
+from models.signing import KeyRing
+from models.key_material import generate_ed25519
 from tests.conftest import EMBEDDER, recorded_statements, wait_for
 
 E = EntityType

@@ -24,7 +24,8 @@ from models.migrate import upgrade_head
 from models.settings import libpq_url
 from models.entities import EntityType, Industry, Skill
 from models.registry import create_entity, update_entity
-from models.signing import KeyRing, generate_ed25519
+from models.signing import KeyRing
+from models.key_material import generate_ed25519
 
 
 def _skill(session: Session, ctx, steward, name: str = "Chain Skill") -> Skill:

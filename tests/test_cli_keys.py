@@ -18,7 +18,7 @@ from models.keys import keyring_from_settings, rotate_signing_key
 from models.registry import WriteContext
 from models.seed import bootstrap_steward
 from models.settings import Settings, load_settings
-from models.signing import ensure_key_file, generate_ed25519, load_signing_key_pem
+from models.key_material import ensure_key_file, generate_ed25519, load_signing_key_pem
 from models.errors import SigningKeyError
 
 

@@ -269,7 +269,8 @@ def test_a_key_seal_refuses_to_hold_a_head_back_for_good(engine, settings, clean
     from models.registry import WriteContext
     from models.seed import bootstrap_steward
     from models.settings import load_settings
-    from models.signing import KeyRing, generate_ed25519
+    from models.signing import KeyRing
+    from models.key_material import generate_ed25519
 
     old, new = generate_ed25519(), generate_ed25519()
     own = load_settings(database_url=settings.database_url, data_dir=tmp_path / "data")

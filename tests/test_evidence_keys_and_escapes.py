@@ -24,7 +24,8 @@ from cli.client import PlantClient
 from cli.main import cli
 from models.ledger_digest import build_digest
 from models.reports import signed_report
-from models.signing import KeyRing, KeySeal, generate_ed25519
+from models.signing import KeyRing, KeySeal
+from models.key_material import generate_ed25519
 
 SEALED_AT = "2026-06-01T00:00:00.000000Z"
 AFTER_THE_SEAL = "2026-07-01T00:00:00Z"

@@ -25,7 +25,8 @@ from cli.evidence import COLLECTIONS
 from cli.main import cli
 from models.chain import GENESIS_LINK, link_hash
 from models.ledger_digest import digest_with_leaves
-from models.signing import KeyRing, generate_ed25519
+from models.signing import KeyRing
+from models.key_material import generate_ed25519
 from tests.test_cli_api import api_url, as_json, plant  # noqa: F401 (fixtures: a live server)
 
 pytestmark = pytest.mark.usefixtures("no_server_log_lines")

@@ -18,7 +18,8 @@ from models.jws import (
     sign_detached,
     verify_detached,
 )
-from models.signing import EDDSA, PS256, KeyRing, SigningKey, generate_ed25519, generate_rsa4096
+from models.signing import EDDSA, PS256, KeyRing, SigningKey
+from models.key_material import generate_ed25519, generate_rsa4096
 
 PAYLOAD = b'{"report":"quarterly","rows":[1,2,3]}'
 

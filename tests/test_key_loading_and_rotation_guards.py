@@ -12,7 +12,7 @@ from cli.services import ServiceError
 from models.errors import SigningKeyError
 from models.keys import keyring_from_settings
 from models.settings import Settings, load_settings
-from models.signing import generate_ed25519, load_signing_key_pem
+from models.key_material import generate_ed25519, load_signing_key_pem
 
 
 def test_the_dev_runner_never_makes_a_new_key_over_a_registry_another_key_signed(

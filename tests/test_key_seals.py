@@ -33,7 +33,8 @@ from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
 from models.settings import load_settings
 from models.signed_exports import signed_once
-from models.signing import KeyRing, KeySeal, SigningKey, generate_ed25519
+from models.signing import KeyRing, KeySeal, SigningKey
+from models.key_material import generate_ed25519
 from tests.test_audit import lift_guard, run_audit
 from web.report_html import report_page
 from tests.conftest import EMBEDDER
@@ -874,7 +875,7 @@ def test_every_check_in_plant_reads_the_seal_s_list_and_one_that_did_not_would_f
 def test_a_finished_run_s_report_is_signed_once_per_key_even_where_signatures_are_randomised(db_session) -> None:
     """RSA-PSS signs the same report differently each time; every export hands out the first
     signature, so repeated exports cannot grow a seal's list (or the published JWKS)."""
-    from models.signing import generate_rsa4096
+    from models.key_material import generate_rsa4096
 
     ring = KeyRing(generate_rsa4096())
     first = signed_once(db_session, document=b'{"the":"report"}', keyring=ring)
@@ -892,7 +893,7 @@ def test_a_recorded_export_signature_that_is_not_plant_s_is_never_handed_out(db_
     from models.audit_record import AuditRecordInvalid
     from models.jws import verify_detached
     from models.signed_exports import second_name
-    from models.signing import generate_rsa4096
+    from models.key_material import generate_rsa4096
 
     ring, other = KeyRing(generate_rsa4096()), KeyRing(generate_ed25519())  # RSA-PSS: a new signature differs
     honest, stolen, garbage = b'{"the":"report"}', b'{"a report":"signed elsewhere"}', b'{"a report":"not exported yet"}'

@@ -77,7 +77,7 @@ def test_a_retired_keys_path_that_is_a_dangling_link_is_refused_at_start(tmp_pat
     from models.errors import SigningKeyError
     from models.keys import keyring_from_settings
     from models.settings import load_settings
-    from models.signing import generate_ed25519
+    from models.key_material import generate_ed25519
 
     active = tmp_path / "active.pem"
     active.write_bytes(generate_ed25519().private_pem())

@@ -20,7 +20,8 @@ from models.ledger_compare import latest_digest
 from models.ledger_digest import DIGEST_TYPE, build_digest, digest_with_leaves, verify_digest
 from models.ledger_store import prune_digest_leaves, store_digest
 from models.ledger_trust import stored_digest_problem
-from models.signing import KeyRing, SigningKey, generate_ed25519
+from models.signing import KeyRing, SigningKey
+from models.key_material import generate_ed25519
 
 # RFC 8037 §A.1's Ed25519 private key: Ed25519 signatures are deterministic, so the
 # whole digest is a fixed function of its input.

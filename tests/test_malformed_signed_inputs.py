@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from models.canonical import canonical_bytes, sha256
 from models.jws import REPORT_TYPE, JwsError, b64url_encode, verify_detached
-from models.signing import generate_ed25519
+from models.key_material import generate_ed25519
 from tests.test_audit import run_audit
 
 PAYLOAD = b'{"report":"r"}'

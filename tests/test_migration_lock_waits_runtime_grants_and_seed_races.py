@@ -22,7 +22,7 @@ from cli.main import cli
 from models.migrate import MigrationLockTimeout, alembic_config, check_schema, grant_runtime_role, heads, upgrade_head
 from models.seed_data import INDUSTRIES
 from models.settings import libpq_url
-from models.signing import ensure_key_file
+from models.key_material import ensure_key_file
 from tests.conftest import REPO_ROOT, wait_for
 
 

@@ -20,7 +20,8 @@ from models.entities import EntityType
 from models.errors import CanonicalizationError
 from models.repair import verify_repair
 from models.reports import signed_report, verify_report
-from models.signing import KeyRing, generate_ed25519
+from models.signing import KeyRing
+from models.key_material import generate_ed25519
 from tests.test_assignment import World
 
 REPORT_TYPE = "plant.audit-report.v1"

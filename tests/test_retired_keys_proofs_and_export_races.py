@@ -25,7 +25,8 @@ from models.audit_tables import SignedExport
 from models.canonical import sha256
 from models.merkle import head_leaf, inclusion_proof, merkle_root, verify_inclusion
 from models.signed_exports import signed_once
-from models.signing import RETIRED_MEMBER, UPCOMING_MEMBER, KeyRing, KeySeal, generate_ed25519, generate_rsa4096
+from models.signing import RETIRED_MEMBER, UPCOMING_MEMBER, KeyRing, KeySeal
+from models.key_material import generate_ed25519, generate_rsa4096
 from tests.conftest import lock_waiters, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_server_log_lines")

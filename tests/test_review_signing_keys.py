@@ -11,7 +11,7 @@ import pytest
 from models import keys
 from models.keys import keyring_from_settings, promote_staged_key, stage_signing_key
 from models.settings import Settings
-from models.signing import generate_ed25519
+from models.key_material import generate_ed25519
 from tests.test_audit_record_signed import skills  # noqa: F401 - the fixture
 
 

@@ -39,7 +39,7 @@ from models.migrate import (
     upgrade_head,
 )
 from models.settings import Settings, libpq_url, load_settings
-from models.signing import ensure_key_file
+from models.key_material import ensure_key_file
 from tests.conftest import REPO_ROOT, bearer, child_env, stop_process_group, sweep_recovery, url_with_database, wait_for
 
 RUNTIME = "plant_runtime_test"

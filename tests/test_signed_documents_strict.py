@@ -28,7 +28,8 @@ from models.canonical import canonical_bytes
 from models.errors import JwsError
 from models.ledger_digest import digest_with_leaves
 from models.reports import signed_report, verify_report
-from models.signing import KeyRing, generate_ed25519
+from models.signing import KeyRing
+from models.key_material import generate_ed25519
 
 
 pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines

@@ -16,14 +16,10 @@ from models.signing import (
     SigningKey,
     SigningKeyError,
     VerifyingKey,
-    ensure_key_file,
-    generate_ed25519,
-    generate_rsa4096,
     jwk_thumbprint,
-    load_signing_key_pem,
-    load_verifying_key_pem,
     public_key_thumbprint,
 )
+from models.key_material import ensure_key_file, generate_ed25519, generate_rsa4096, load_signing_key_pem, load_verifying_key_pem
 
 # RFC 7638 §3.1: a 2048-bit RSA key, so we can name it but must refuse to use it.
 RFC7638_N = (
