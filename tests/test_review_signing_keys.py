@@ -105,3 +105,26 @@ def test_plant_never_signs_the_report_of_a_run_a_sealed_key_closed_after_its_sea
     sealed_after = ring_sealing(keyring, "2999-01-01T00:00:00Z")  # the same run, closed before its key's seal
     assert verify_report(export_report(db_session, run_id=closed.id, keyring=sealed_after),
                          sealed_after).kid == sealed_after.active.kid
+
+
+@pytest.mark.xfail(strict=True, reason="audit records (plan, checkpoints, close) are on no seal's list: a sealed key's "
+                   "close naming times before its seal (backdated: run rows take any created_at and finished_at) still "
+                   "verifies, and Plant signs that run's report with its active key")
+@pytest.mark.usefixtures("skills")
+def test_a_sealed_key_s_backdated_close_is_refused_when_its_seal_does_not_list_it(db_session: Any, keyring: Any) -> None:
+    """The seal lists what its key signed outside the chain (reports, repair records,
+    certificates) because a time a document names proves nothing: whoever signs can backdate.
+    An audit run's plan and close are signed outside the chain too, and listed nowhere."""
+    from models.audit_record import AuditRecordInvalid
+    from models.key_seals import seal_list_root
+    from models.reports import export_report
+    from models.signing import KeyRing, KeySeal
+    from tests.test_audit_record_signed import _closed_by_plant
+
+    closed = _closed_by_plant(db_session, keyring)  # a copy of the key, after its seal, naming times before it
+    seal = KeySeal(keyring.active.kid, 1, "00" * 32, "2999-01-01T00:00:00Z", signed_count=0,
+                   signed_root=seal_list_root([]), signed=frozenset())  # it lists nothing the key signed
+    sealed = KeyRing(generate_ed25519(), (keyring.active,), (seal,))
+
+    with pytest.raises(AuditRecordInvalid):
+        export_report(db_session, run_id=closed.id, keyring=sealed)
