@@ -66,7 +66,10 @@ def seal_retired_keys(settings: Settings, sessions: sessionmaker[Session], *,
     """
     with key_files_lock(settings):
         keyring = keyring_from_settings(settings)
-        unsealed = [key.kid for key in keyring.retired if key.kid != keyring.active.kid and keyring.seal(key.kid) is None]
+        # A key also published as upcoming (a retired key staged to sign again) is upcoming to the
+        # ring: sealed, it would stop every process at start (models.signing.KeyRing).
+        signers = {keyring.active.kid, *(key.kid for key in keyring.upcoming)}
+        unsealed = [key.kid for key in keyring.retired if key.kid not in signers and keyring.seal(key.kid) is None]
         if not unsealed:
             return []
         with transaction(sessions) as session:

@@ -128,3 +128,26 @@ def test_a_sealed_key_s_backdated_close_is_refused_when_its_seal_does_not_list_i
 
     with pytest.raises(AuditRecordInvalid):
         export_report(db_session, run_id=closed.id, keyring=sealed)
+
+
+def test_sealing_never_seals_a_key_that_is_also_published_as_upcoming(engine: Any, settings: Settings, clean_db: None,
+                                                                      tmp_path: Path) -> None:
+    """A key both in ``<kid>.pem`` and ``<kid>.next.pem`` (a retired key staged to sign again,
+    by hand) is upcoming to the ring and its JWKS; sealed as a retired key, its seal named a
+    key that would sign, and every API and worker process refused to start."""
+    from sqlalchemy.orm import sessionmaker
+
+    from models.key_seals import seal_retired_keys
+    from models.settings import load_settings
+
+    active, both = generate_ed25519(), generate_ed25519()
+    own = load_settings(database_url=settings.database_url, data_dir=tmp_path / "data")
+    own.active_signing_key_path.parent.mkdir(parents=True)
+    own.active_signing_key_path.write_bytes(active.private_pem())
+    retired = own.retired_signing_keys_path
+    retired.mkdir(parents=True)
+    for name in (f"{both.kid}.pem", f"{both.kid}{keys.UPCOMING_SUFFIX}"):
+        (retired / name).write_bytes(both.verifier().public_pem())
+
+    assert [seal.kid for seal in seal_retired_keys(own, sessionmaker(engine))] == []
+    assert [key.kid for key in keyring_from_settings(own).upcoming] == [both.kid]  # every process still starts
