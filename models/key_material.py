@@ -90,3 +90,8 @@ def _publish_private_file(path: Path, content: bytes) -> None:
             os.link(temporary, path)  # unlike rename, never replaces a key another process wrote
     finally:
         temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the name too: what the key signs must not outlive it after a crash
+    finally:
+        os.close(directory)

@@ -151,3 +151,22 @@ def test_sealing_never_seals_a_key_that_is_also_published_as_upcoming(engine: An
 
     assert [seal.kid for seal in seal_retired_keys(own, sessionmaker(engine))] == []
     assert [key.kid for key in keyring_from_settings(own).upcoming] == [both.kid]  # every process still starts
+
+
+def test_a_generated_key_file_s_name_is_made_durable_before_anything_signs_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ensure_key_file`` fsynced the key's bytes but not the directory holding its new name:
+    after a power cut the versions it signed (committed, fsynced by PostgreSQL) could outlive
+    the file, and ``plant dev`` then refuses to start on a registry no key it has signed."""
+    import os
+    import stat
+
+    from models.key_material import ensure_key_file
+
+    synced: list[bool] = []  # for each fsync: whether it was of a directory
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd))[1])
+
+    ensure_key_file(tmp_path / "keys" / "active.pem")
+
+    assert synced and synced[-1] is True
