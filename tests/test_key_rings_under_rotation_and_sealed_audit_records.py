@@ -1,5 +1,7 @@
-"""Adversarial review of the signing keys (helper-199): a process that loads its key ring while a
-rotation runs on the same key files must end up with a ring that trusts every key that signs."""
+"""Signing keys under rotation and sealing: a process that loads its key ring while a rotation runs
+on the same key files ends up with a ring that trusts every key that signs; a sealed key's audit
+records dated after its seal do not verify; sealing refuses a key also published as upcoming; a
+generated key file's name is durable before anything signs with it."""
 
 from __future__ import annotations
 
