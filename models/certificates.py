@@ -8,7 +8,8 @@ version already carries; the certified version itself then records the certifica
 Numbers are ``SKILL-{INDUSTRY CODE}-{NNN}`` per industry (``GEN`` without one), allocated
 from a counter row updated in the same transaction: concurrent certifications serialize
 on that row, and a rolled-back certification gives its number back, so there are no gaps
-and no duplicates. Certifying (:mod:`models.certification`) is the only issuer.
+and no duplicates (the first number after the counter that ``issued_certificates`` does not
+hold: :func:`allocate_certificate_number`). Certifying (:mod:`models.certification`) is the only issuer.
 """
 
 from __future__ import annotations
@@ -121,21 +122,34 @@ def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRin
 
 
 def allocate_certificate_number(session: Session, industry_code: str) -> int:
-    """Next number for the code, after the counter's and after every number issued for it
-    (``issued_certificates``); the counter's row lock serializes concurrent allocations.
+    """Next number for the code: the first after the code's counter that no certificate Plant
+    issued holds (``issued_certificates``); the counter's row lock serializes concurrent
+    allocations.
 
     The counter is a plain row: set back or deleted through SQL, it made Plant sign a second
     ``SKILL-GEN-001``; so could the skills' rows, which held the highest number issued after it.
     The ids issued are kept in an append-only table (migration 0023), read here by its
-    ``(industry_code, number)`` index."""
+    ``(industry_code, number)`` index. Only the numbers at or after the counter's are looked
+    at, and the first free one is taken, never the one after the highest: a row INSERTed into
+    that table (it refuses UPDATE and DELETE, so it stays) with a number far ahead made every
+    later certificate of the code skip to it, and one at 2**31 - 1 failed every certification of
+    the code for good (the counter is an ``integer``)."""
     return session.execute(_ALLOCATE, {"code": industry_code}).scalar_one()
 
 
+# The counter row is locked (FOR UPDATE) before the numbers after it are read; with no row (a
+# code's first certificate, or the row deleted through SQL) the search starts at 0.
 _ALLOCATE = text(
-    "WITH issued AS (SELECT coalesce(max(number), 0) AS n FROM issued_certificates WHERE industry_code = :code) "
-    "INSERT INTO certificate_sequences (industry_code, last_number) SELECT :code, n + 1 FROM issued "
-    "ON CONFLICT (industry_code) DO UPDATE "
-    "SET last_number = greatest(certificate_sequences.last_number, excluded.last_number - 1) + 1 "
+    "WITH counter AS (SELECT coalesce((SELECT last_number FROM certificate_sequences WHERE industry_code = :code "
+    "FOR UPDATE), 0) AS n), "
+    "free AS (SELECT min(candidate) AS n FROM ("
+    "SELECT counter.n + 1 AS candidate FROM counter UNION ALL "
+    "SELECT issued.number + 1 FROM issued_certificates AS issued, counter "
+    "WHERE issued.industry_code = :code AND issued.number > counter.n) AS candidates "
+    "WHERE NOT EXISTS (SELECT FROM issued_certificates AS taken "
+    "WHERE taken.industry_code = :code AND taken.number = candidates.candidate)) "
+    "INSERT INTO certificate_sequences (industry_code, last_number) SELECT :code, n FROM free "
+    "ON CONFLICT (industry_code) DO UPDATE SET last_number = excluded.last_number "
     "RETURNING last_number"
 )
 

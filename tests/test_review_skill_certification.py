@@ -1,0 +1,64 @@
+"""Review of skill certification (helper-197): numbering, what a certificate names, the gates.
+
+Each test proves a defect found in review (fixed, or a strict xfail until it is), or pins
+down behaviour the review checked and found sound.
+"""
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from models.entities import Skill
+from tests.test_certificate_inputs import OTHER
+from tests.test_certification import _certified
+
+THIRD = "Collects vehicle sensor readings and reports engine faults to the depot crews"
+
+
+def _forge_issued(session, number: int, code: str = "GEN") -> None:
+    """A row INSERTed into issued_certificates (it refuses UPDATE and DELETE, not INSERT)."""
+    session.execute(text("INSERT INTO issued_certificates VALUES (:id, :code, :n, :skill)"),
+                    {"id": f"SKILL-{code}-{number:03d}", "code": code, "n": number, "skill": uuid.uuid4()})
+
+
+def _ids(session, *skills) -> list[str]:
+    session.expire_all()
+    return [session.get(Skill, s.id).certificate["certificate_id"] for s in skills]
+
+
+# --- certificate numbers -------------------------------------------------------------------
+
+
+def test_a_row_inserted_into_issued_certificates_at_the_top_of_the_range_blocks_no_certification(
+        db_session, write_ctx, steward) -> None:
+    """The next number was one after the highest issued_certificates holds: one INSERT of
+    number 2**31 - 1, which no DELETE can take back, made every later certification of the
+    code fail (the counter is an integer: "integer out of range", an internal error)."""
+    _forge_issued(db_session, 2**31 - 1)
+    first = _certified(db_session, write_ctx, steward, "Pipeline Engineering")
+    assert _ids(db_session, first) == ["SKILL-GEN-001"]
+
+
+@pytest.mark.parametrize("counter", [None, "UPDATE certificate_sequences SET last_number = 0",
+                                     "DELETE FROM certificate_sequences"])
+def test_a_number_inserted_far_ahead_leaves_no_gap_and_none_is_issued_twice(db_session, write_ctx, steward,
+                                                                             counter) -> None:
+    """A forged row far ahead (SKILL-GEN-500) made the next certificate SKILL-GEN-501: a gap
+    of 498 numbers no skill ever held. The first number after the counter that no issued
+    certificate holds is taken, also once the counter is set back or deleted through SQL."""
+    first = _certified(db_session, write_ctx, steward, "Pipeline Engineering")
+    _forge_issued(db_session, 500)
+    if counter:
+        db_session.execute(text(counter))
+    second = _certified(db_session, write_ctx, steward, "Procurement", description=OTHER)
+    assert _ids(db_session, first, second) == ["SKILL-GEN-001", "SKILL-GEN-002"]
+
+
+def test_a_forged_row_at_the_next_number_is_stepped_over_not_issued_again(db_session, write_ctx, steward) -> None:
+    """Checked and sound: a number the table holds is never issued again, forged or not."""
+    first = _certified(db_session, write_ctx, steward, "Pipeline Engineering")
+    _forge_issued(db_session, 2)
+    db_session.execute(text("DELETE FROM certificate_sequences"))
+    second = _certified(db_session, write_ctx, steward, "Procurement", description=OTHER)
+    assert _ids(db_session, first, second) == ["SKILL-GEN-001", "SKILL-GEN-003"]
