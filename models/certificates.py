@@ -24,14 +24,13 @@ from sqlalchemy.types import Text, Uuid
 
 from models.base import Base
 from models.canonical import canonical_bytes
-from models.entities import Industry, Skill
+from models.entities import NO_INDUSTRY_CODE, Industry, Skill
 from models.entity_locks import refuse_if_tampered
 from models.errors import CanonicalizationError, NotCertifiable
 from models.jws import b64url_encode, verify_b64url_signature
 from models.registry import WriteContext
 from models.signing import KeyRing
 
-NO_INDUSTRY_CODE = "GEN"
 CERTIFICATE_FORMAT = "plant.skill-certificate.v1"
 # Every member of a certificate but the signature; the statement signs all of them.
 SIGNED_FIELDS = ("format", "certificate_id", "issued_at", "kid", "certified_version", "certified_link_hash")

@@ -158,6 +158,11 @@ agent_skills = Table(
 )
 
 
+# The code a certificate names for a skill with no industry (SKILL-GEN-001): no industry holds it,
+# or its skills' certificates and the industry-less ones would be one series that no id tells apart.
+NO_INDUSTRY_CODE = "GEN"
+
+
 class Industry(GovernedEntity):
     __tablename__ = "industries"
     entity_type_value = EntityType.INDUSTRY

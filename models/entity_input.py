@@ -17,7 +17,9 @@ import unicodedata
 
 from models.canonical import as_jsonb_keeps_it, normalize_text, to_json_tree
 from models.constitution import INVISIBLE, visible
-from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Skill
+from models.entities import (
+    ENTITY_MODELS, NO_INDUSTRY_CODE, SKILL_ID_FIELDS, Agent, AgentStatus, EntityType, GovernedEntity, Industry, Skill,
+)
 from models.entity_locks import refuse_if_tampered
 from models.errors import InvalidInput
 from models.reference_guards import REFERENCES, deleted_referent
@@ -209,6 +211,8 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity], *, store
             if key in PLAIN_SPELLED and value != getattr(stored, key, None) and (why := hidden_spelling(value)) is not None:
                 raise InvalidInput(f"{key} {why}: it would read the same as the {key} without it",
                                    errors=[{"field": key, "message": why}])
+            if model is Industry and key == "code" and value == NO_INDUSTRY_CODE and value != getattr(stored, key, None):
+                raise reserved_code_refused()
             limit = getattr(getattr(model.__table__.c.get(key), "type", None), "length", None)
             if limit is not None and len(value) > limit:
                 raise InvalidInput(f"{key} is {len(value)} characters long once NFC-normalized; at most {limit} fit",
@@ -221,6 +225,14 @@ def normalized_input(data: dict[str, Any], model: type[GovernedEntity], *, store
                 raise nul_refused(key)
         out[key] = value
     return out
+
+
+def reserved_code_refused() -> InvalidInput:
+    """An industry code of ``GEN``: certificates name it for skills with no industry, so an
+    industry holding it would share their series (SKILL-GEN-002 the industry's, 001 and 003
+    not), and no certificate id would tell which it is. One stored before is kept."""
+    why = f"{NO_INDUSTRY_CODE} is reserved: certificates name it for skills with no industry"
+    return InvalidInput(f"code {why}", errors=[{"field": "code", "message": why}])
 
 
 # Fields that tell entities apart (each unique per type): a spelling that reads the same as

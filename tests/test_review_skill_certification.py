@@ -9,9 +9,11 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from models.entities import Skill
+from models.entities import EntityType, Skill
+from models.errors import InvalidInput
+from models.registry import update_entity
 from tests.test_certificate_inputs import OTHER
-from tests.test_certification import _certified
+from tests.test_certification import _certified, _industry
 
 THIRD = "Collects vehicle sensor readings and reports engine faults to the depot crews"
 
@@ -62,3 +64,25 @@ def test_a_forged_row_at_the_next_number_is_stepped_over_not_issued_again(db_ses
     db_session.execute(text("DELETE FROM certificate_sequences"))
     second = _certified(db_session, write_ctx, steward, "Procurement", description=OTHER)
     assert _ids(db_session, first, second) == ["SKILL-GEN-001", "SKILL-GEN-003"]
+
+
+def test_no_industry_takes_the_code_certificates_name_for_skills_without_one(db_session, write_ctx, steward) -> None:
+    """An industry coded GEN shared the series of the skills with no industry: its skill's
+    certificate was SKILL-GEN-002 between two industry-less ones, and no id told them apart
+    (nor was either series gap-free). GEN is refused, at creation and by a PATCH."""
+    with pytest.raises(InvalidInput) as created, db_session.begin_nested():
+        _industry(db_session, write_ctx, steward, "GEN")
+    assert created.value.extensions["errors"][0]["field"] == "code"
+    industry = _industry(db_session, write_ctx, steward, "FIN")
+    with pytest.raises(InvalidInput) as patched, db_session.begin_nested():
+        update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id, changes={"code": "GEN"},
+                      ctx=write_ctx)
+    assert patched.value.extensions["errors"][0]["field"] == "code"
+
+
+def test_an_industry_coded_gen_over_http_is_a_422_naming_the_code(client, committed_steward) -> None:
+    response = client.post("/api/v1/genesis/industries", json={
+        "name": "General", "code": "GEN", "governance_agent_id": str(committed_steward)})
+    assert response.status_code == 422, response.get_json()
+    assert response.content_type == "application/problem+json"
+    assert [e["field"] for e in response.get_json()["errors"]] == ["code"]

@@ -34,7 +34,8 @@ class GovernanceIn(BaseModel):
 
 class IndustryIn(GovernanceIn):
     name: StrictStr = Name
-    code: StrictStr = Field(pattern=r"^[A-Z][A-Z0-9]{1,7}$", description="short upper-case code, e.g. MKT")
+    code: StrictStr = Field(pattern=r"^[A-Z][A-Z0-9]{1,7}$", description="short upper-case code, e.g. MKT; GEN is reserved "
+                      "(certificates name it for skills with no industry)")
     description: StrictStr = Text
     status: LifecycleStatus = LifecycleStatus.ACTIVE
 
