@@ -146,6 +146,14 @@ def as_jsonb_keeps_it(tree: JSONValue, path: str = "$") -> JSONValue:
     return tree
 
 
+# Characters that draw nothing though they are neither whitespace nor a format or control
+# character: the Hangul fillers, the blank Braille pattern, the combining grapheme joiner,
+# the Khmer inherent vowels and the variation selectors (which alone show nothing).
+INVISIBLE = frozenset(
+    "\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f"
+    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
+
+
 def normalize_text(s: str) -> str:
     """``s`` in Unicode Normalization Form C, as stored and hashed."""
     return unicodedata.normalize("NFC", s)

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.canonical import canonical_bytes, sha256
+from models.canonical import INVISIBLE, canonical_bytes, sha256
 from models.entities import ENTITY_MODELS, EntityType, Seniority, SkillCategory
 from models.errors import ConstitutionViolation
 
@@ -77,14 +77,6 @@ def _reading(key: str, check: Callable[[RuleSubject], bool]) -> Callable[[RuleSu
 
 def _filled(key: str) -> Callable[[RuleSubject], bool]:
     return _reading(key, lambda s: isinstance(s.content.get(key), str) and visible(s.content[key]))
-
-
-# Characters that draw nothing though they are neither whitespace nor a format or control
-# character: the Hangul fillers, the blank Braille pattern, the combining grapheme joiner,
-# the Khmer inherent vowels and the variation selectors (which alone show nothing).
-INVISIBLE = frozenset(
-    "\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f"
-    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
 
 
 def visible(text: str) -> bool:

@@ -1,7 +1,7 @@
 """Text embeddings for similarity search, behind one small interface.
 
 The default :class:`HashingEmbedder` needs no model download: it hashes lowercase word
-tokens, the character 3- to 5-grams of each word and each symbol character (emoji and other
+tokens (of the text without the characters that draw nothing: :func:`drawn`), the character 3- to 5-grams of each word and each symbol character (emoji and other
 signs, Unicode category So) into ``EMBEDDING_DIM`` signed buckets
 and L2-normalises the result, so texts sharing words or word fragments point the same way.
 It uses BLAKE2b, never Python's salted ``hash()``, so every process computes the same
@@ -20,7 +20,7 @@ import re
 import unicodedata
 from typing import Any, Protocol
 
-from models.canonical import normalize_text
+from models.canonical import INVISIBLE, normalize_text
 from models.errors import EmbedderUnavailable
 
 EMBEDDING_DIM = 384
@@ -68,7 +68,7 @@ def weighted_features(text: str) -> list[tuple[str, float]]:
     Words and n-grams get distinct prefixes so the word "api" and the trigram "api" of
     "rapid" stay separate features.
     """
-    normalized = normalize_text(text).lower()
+    normalized = normalize_text(drawn(text)).lower()
     features: list[tuple[str, float]] = []
     for word in _WORD.findall(normalized):
         features.append(("w:" + word, WORD_WEIGHT))
@@ -80,6 +80,21 @@ def weighted_features(text: str) -> list[tuple[str, float]]:
     # and "\U0001f4c8" skills) embedded alike. A text without one embeds as it always did.
     features.extend(("s:" + char, WORD_WEIGHT) for char in normalized if unicodedata.category(char) == "So")
     return features
+
+
+def drawn(text: str) -> str:
+    """``text`` without the characters that draw nothing inside it: format and control
+    characters other than whitespace (U+200B, the joiners, the soft hyphen, the marks of
+    direction) and :data:`models.canonical.INVISIBLE` (the Hangul fillers, the variation
+    selectors...), as :func:`models.constitution.visible` counts them. Each split a word in
+    two: a certified skill's description with U+200B inside every word read the same, but
+    embedded at cosine 0.46 with it, and the duplicate gate certified the copy. A text
+    without one embeds as before."""
+    return "".join(c for c in text if not _draws_nothing(c))
+
+
+def _draws_nothing(c: str) -> bool:
+    return c in INVISIBLE or unicodedata.category(c) in ("Cf", "Cc") and not c.isspace()
 
 
 class SentenceTransformerEmbedder:

@@ -9,11 +9,13 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from models.certification import certify_skill
+from models.embeddings import HashingEmbedder, cosine
 from models.entities import EntityType, Skill
 from models.errors import InvalidInput
 from models.registry import update_entity
 from tests.test_certificate_inputs import OTHER
-from tests.test_certification import _certified, _industry
+from tests.test_certification import GOOD, _certified, _industry, _skill
 
 THIRD = "Collects vehicle sensor readings and reports engine faults to the depot crews"
 
@@ -86,3 +88,31 @@ def test_an_industry_coded_gen_over_http_is_a_422_naming_the_code(client, commit
     assert response.status_code == 422, response.get_json()
     assert response.content_type == "application/problem+json"
     assert [e["field"] for e in response.get_json()["errors"]] == ["code"]
+
+
+# --- the duplicate gate ------------------------------------------------------------------------
+
+
+def _laced(text_: str, mark: str) -> str:
+    return " ".join(word[:2] + mark + word[2:] for word in text_.split())
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u00ad", "\u2060", "\u3164", "\ufe0f", "\x07"])
+def test_a_copy_with_what_draws_nothing_inside_its_words_is_a_near_duplicate(db_session, write_ctx, steward,
+                                                                            mark) -> None:
+    """The hashing embedder split a word at any character that is not a word character: a
+    certified skill's description with U+200B inside every word reads the same, embedded
+    at cosine 0.46 with the original's, and the duplicate gate certified the copy (the
+    audit's second look, with the same vectors, never reported it)."""
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=_laced(GOOD, mark))
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected", outcome
+    assert outcome.blocking_duplicate["id"] == str(original.id)
+
+
+def test_what_draws_nothing_leaves_the_vector_as_it_is() -> None:
+    embedder = HashingEmbedder()
+    plain, laced = embedder.embed([GOOD, _laced(GOOD, "\u200b\u200d")])
+    assert cosine(plain, laced) > 0.9999
+    assert embedder.embed(["\u200b"]) == embedder.embed([""])  # no token: the fixed unit vector
