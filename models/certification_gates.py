@@ -209,9 +209,29 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
     if not audited:
         return []
     vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))
-    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_(list(vectors)))).all())
-    findings = [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
-                for skill in audited if embedding_differs(stored.get(skill.id), vectors[skill.id])]
+    findings = _embedding_mismatches(session, audited, vectors)
+    pairs = _near_certified_pairs(session, audited, vectors)
+    known = {skill.id: skill for skill in audited}
+    others = _signed_partners(session, {other for _, other in pairs} - set(known), keyring)
+    known.update((skill.id, skill) for skill in others)
+    vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
+    for skill_id, other_id in sorted(pairs):
+        if (finding := _near_duplicate(known[skill_id], known.get(other_id), vectors)) is not None:
+            findings.append(finding)
+    return findings
+
+
+def _embedding_mismatches(session: Session, audited: Sequence[Any], vectors: dict[uuid.UUID, list[float]]) -> list[GateFinding]:
+    """``embedding-mismatch`` for each of ``audited`` whose stored vector is not its text's."""
+    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_([s.id for s in audited]))).all())
+    return [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
+            for skill in audited if embedding_differs(stored.get(skill.id), vectors[skill.id])]
+
+
+def _near_certified_pairs(session: Session, audited: Sequence[Any],
+                          vectors: dict[uuid.UUID, list[float]]) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(audited skill, other certified skill) pairs near by the other's stored vector, the
+    candidates: :data:`PAIRS_PER_STATEMENT` audited vectors a statement."""
     pairs: list[tuple[uuid.UUID, uuid.UUID]] = []
     for start in range(0, len(audited), PAIRS_PER_STATEMENT):
         part = audited[start : start + PAIRS_PER_STATEMENT]
@@ -219,30 +239,35 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
             "ids": [skill.id for skill in part], "vectors": [str(list(vectors[skill.id])) for skill in part],
             "certified": SkillStatus.CERTIFIED.value, "distance": 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN,
         })]
-    known = {skill.id: skill for skill in audited}
-    wanted = sorted({other for _, other in pairs} - set(known))
-    others: list[Any] = []
-    if wanted:  # as stored now, not as a copy the session may hold
-        loaded = session.scalars(select(Skill).where(Skill.id.in_(wanted)).execution_options(populate_existing=True))
-        others = _signed_certified(session, list(loaded), keyring)
-    known.update((skill.id, skill) for skill in others)
-    vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
-    for skill_id, other_id in sorted(pairs):
-        other = known.get(other_id)
-        if other is None:
-            continue  # its row is not its signed head: its own findings say so
-        similarity = cosine(vectors[skill_id], vectors[other_id])
-        if similarity < RECHECK_SIMILARITY:
-            continue  # near only by the other's stored vector (its own embedding-mismatch), or not near enough
-        issued, first = issued_at(known[skill_id].certificate), issued_at(other.certificate)
-        if issued is not None and first is not None and issued < first:
-            continue  # certified first: the later one is the one the gate should have refused
-        order = (f"certified at {issued.isoformat()}, after it ({first.isoformat()})" if issued is not None
-                 and first is not None and issued > first else "certified at a time its certificates do not tell apart")
-        findings.append(GateFinding(skill_id, "certified-near-duplicate", (
-            f"a near-duplicate (cosine {similarity:.6f} >= {DUPLICATE_SIMILARITY}, between the vectors of their signed "
-            f"texts) of certified skill {other.name} ({other_id}), {order}: the duplicate gate refuses such a certification")))
-    return findings
+    return pairs
+
+
+def _signed_partners(session: Session, wanted: set[uuid.UUID], keyring: KeyRing) -> list[Any]:
+    """Those of the ``wanted`` skills that are certified by their signed head version, which
+    their row, read as stored now (not as a copy the session may hold), still equals."""
+    if not wanted:
+        return []
+    loaded = session.scalars(select(Skill).where(Skill.id.in_(sorted(wanted))).execution_options(populate_existing=True))
+    return _signed_certified(session, list(loaded), keyring)
+
+
+def _near_duplicate(skill: Any, other: Any, vectors: dict[uuid.UUID, list[float]]) -> GateFinding | None:
+    """``certified-near-duplicate`` for ``skill`` when ``other`` (None: its row is not its
+    signed head, its own findings say so) is near by their signed texts and was not
+    certified after it."""
+    if other is None:
+        return None
+    similarity = cosine(vectors[skill.id], vectors[other.id])
+    if similarity < RECHECK_SIMILARITY:
+        return None  # near only by the other's stored vector (its own embedding-mismatch), or not near enough
+    issued, first = issued_at(skill.certificate), issued_at(other.certificate)
+    if issued is not None and first is not None and issued < first:
+        return None  # certified first: the later one is the one the gate should have refused
+    order = (f"certified at {issued.isoformat()}, after it ({first.isoformat()})" if issued is not None
+             and first is not None and issued > first else "certified at a time its certificates do not tell apart")
+    return GateFinding(skill.id, "certified-near-duplicate", (
+        f"a near-duplicate (cosine {similarity:.6f} >= {DUPLICATE_SIMILARITY}, between the vectors of their signed "
+        f"texts) of certified skill {other.name} ({other.id}), {order}: the duplicate gate refuses such a certification"))
 
 
 def _signed_certified(session: Session, skills: Sequence[Any], keyring: KeyRing) -> list[Any]:
