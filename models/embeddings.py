@@ -90,6 +90,8 @@ def drawn(text: str) -> str:
     two: a certified skill's description with U+200B inside every word read the same, but
     embedded at cosine 0.46 with it, and the duplicate gate certified the copy. A text
     without one embeds as before."""
+    if text.isascii() and text.isprintable():  # most texts: nothing to take out, and no character to look up
+        return text
     return "".join(c for c in text if not _draws_nothing(c))
 
 
