@@ -1,4 +1,5 @@
-"""Review of skill certification (helper-197): numbering, what a certificate names, the gates.
+"""Skill certification under hostile data: certificate numbers past rows INSERTed ahead, copies
+hidden with characters that draw nothing, the reserved GEN code, and look-alike letters.
 
 Each test proves a defect found in review (fixed, or a strict xfail until it is), or pins
 down behaviour the review checked and found sound.
