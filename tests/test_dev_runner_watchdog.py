@@ -31,6 +31,12 @@ import signal, subprocess, sys, time
 from cli.watchdog import Watchdog
 
 log, mode = sys.argv[1], sys.argv[2]
+# As plant dev installs its shutdown handlers before it starts anything: a SIGINT this process
+# inherited as ignored (a test run started in the background by a non-interactive shell, which
+# ignores SIGINT in its background jobs) would otherwise pass on to the server's sh, whose
+# `trap ... INT` POSIX then ignores too; SIGINT did nothing, and the group was SIGKILLed after
+# its grace without the line in the log.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 watchdog = Watchdog.start()
 
 def group(batch, trap, stop_signal, children):
