@@ -29,7 +29,7 @@ from cli.bootstrap import ADMIN_KEY_FILE
 from cli.client import ClientConfig
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV, services_env_value
-from cli.services import running_postmaster
+from cli.services import private_log, running_postmaster
 from cli.watchdog import LIFELINE_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def prepare_data_dir(data_dir: Path) -> None:
             raise PlantCliError(f"a demo is still running on {data_dir} (its PostgreSQL is process {pid}): "
                                 "stop it, or pass another --data-dir and ports")
         shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # its stack's log and keys: for this user only
     (data_dir / MARKER_FILE).write_text("created by `plant demo`; wiped by the next demo\n")
     (data_dir / ".gitignore").write_text("*\n")
 
@@ -115,7 +115,7 @@ class DemoStack:
     def start(self) -> None:
         require_free_port(self.port, "API")
         require_free_port(self.flower_port, "Flower")
-        self._log = open(self.log_path, "ab")
+        self._log = private_log(self.log_path)
         read_fd, self._lifeline = os.pipe()
         # Its own session: a Ctrl-C at the terminal reaches the demo, which then stops the
         # runner in order, instead of hitting every process at once.

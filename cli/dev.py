@@ -37,7 +37,7 @@ from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
 from cli.seeding import seed_database
 from cli.services import (
-    EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
+    CHILD_UMASK, EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
 )
 from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, signals_deferred, stop_when_closed
 from models.chain import signer_kids
@@ -160,7 +160,7 @@ class Supervisor:
         with signals_deferred():  # a shutdown signal between Popen and the lists orphaned the child
             process = subprocess.Popen(
                 argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, umask=CHILD_UMASK,
             )
             self._children.append(Child(role, process))
             self._watchdog.watch("apps", process, signal.SIGTERM, SHUTDOWN_GRACE_SECONDS)
@@ -317,6 +317,15 @@ def print_banner(config: DevConfig, services: BackingServices) -> None:
     )
 
 
+def admin_key_line(key_file: Path | None) -> str:
+    """Where the admin key is, never the key: like the passwords the banner hides, it went to
+    the terminal's scrollback and to every log of the runner's output (``make dev > dev.log``,
+    ``plant demo``'s ``stack.log``), there for anyone who could read them to act as admin."""
+    if key_file is None:
+        return "admin API key: the one PLANT_ADMIN_API_KEY holds"
+    return f'admin API key: in {key_file} (export PLANT_API_KEY="$(cat {key_file})")'
+
+
 def _shown(url: str) -> str:
     """``url`` with its password, if any, as ``***``: the banner goes to a terminal and its scrollback."""
     return make_url(url).render_as_string(hide_password=True)
@@ -334,10 +343,14 @@ def _ignore_shutdown_signals() -> None:
 
 
 def make_data_dir(data_dir: Path) -> None:
-    """The data dir, ignored by git whatever its name: it holds the dev signing key, the
-    servers' passwords and the admin key, and only ``.plant`` is in the repository's .gitignore
-    (README: two runners side by side need two data dirs)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """The data dir, for this user only and ignored by git whatever its name: it holds the dev
+    signing key, the servers' passwords and the admin key, and only ``.plant`` is in the
+    repository's .gitignore (README: two runners side by side need two data dirs). Made as
+    the umask had it (0755), it let any local user read the servers' logs and Redis's
+    append-only files in it. One that exists keeps its mode (``PLANT_DATA_DIR`` may name a
+    directory of the user's); the files the runner and its children write there are private
+    all the same (:data:`cli.services.CHILD_UMASK`)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ignore = data_dir / ".gitignore"
     if not ignore.exists():
         ignore.write_text("*\n")
@@ -403,9 +416,7 @@ def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
         ensure_dev_signing_key(settings, config.signing_key_file)  # a dev key; production supplies its own
     seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
-    admin_key, key_file = ensure_dev_admin(settings, config.data_dir)
-    print(f"admin API key: {admin_key} (also in {key_file})" if key_file  # a configured one is not echoed
-          else "admin API key: the one PLANT_ADMIN_API_KEY holds", flush=True)
+    print(admin_key_line(ensure_dev_admin(settings, config.data_dir)[1]), flush=True)
     supervisor = Supervisor(child_environment(config, services), watchdog)
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):

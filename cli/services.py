@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Self, TypeVar, cast
+from typing import BinaryIO, Self, TypeVar, cast
 from urllib.parse import quote
 
 import psutil
@@ -37,6 +37,9 @@ from models.keys import replace_file
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 POSTGRES_SERVICE_USER = "plant-pg"
+# The umask of every process the dev runner starts, whatever the caller's (0022 as a rule):
+# what they write under the data dir (Redis's append-only files, beat's schedule) is theirs alone.
+CHILD_UMASK = 0o077
 
 
 class ServiceError(RuntimeError):
@@ -138,11 +141,11 @@ class _ChildServer:
             return
         self._prepare()
         try:
-            with open(self.log_path, "ab") as log, signals_deferred():  # stop() must know of any server started
+            with private_log(self.log_path) as log, signals_deferred():  # stop() must know of any server started
                 self._log_start = log.seek(0, os.SEEK_END)
                 self._process = subprocess.Popen(
                     self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd="/", start_new_session=True, **self._run_as,
+                    cwd="/", start_new_session=True, umask=CHILD_UMASK, **self._run_as,
                 )
                 if self.watchdog is not None:
                     self.watchdog.watch(self.name, self._process, self.stop_signal, self.stop_timeout)
@@ -372,6 +375,18 @@ def _trusts(hba: Path) -> bool:
     return _TRUST.search(hba.read_text()) is not None
 
 
+def private_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, for this user only: one an earlier start left readable by
+    all (the umask's 0644) is made private too. A server's log quotes its failed statements."""
+    log = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    try:
+        os.fchmod(log.fileno(), 0o600)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
 def generated_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
     """The secret kept in ``path``: generated into it by ``new``, for this user alone, on first
     use, and never replaced after (a data dir made with a password needs that one)."""
@@ -459,7 +474,7 @@ class EmbeddedRedis(_ChildServer):
         return f"redis://{secret}{self.host}:{self.port}/0"
 
     def _prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.password_path is None:
             return
         # written afresh at each start: the password file is the one kept

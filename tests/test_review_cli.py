@@ -1,10 +1,15 @@
 """helper-203's review of the CLI and the dev runner: what it found, each as a test that fails
 without its fix (or a strict xfail where it is left open)."""
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+from cli import dev
+from cli.services import EmbeddedRedis, free_port
+from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_dev_runner_watchdog import RUNNER, _group
 
@@ -32,3 +37,57 @@ def test_the_watchdog_test_runner_stops_its_server_by_sigint_even_when_started_i
         for pgid in (server, apps):
             for process in _group(pgid):
                 process.kill()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _private_tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (itself included) that a group or other user may use."""
+    return {str(path.relative_to(root.parent)): oct(_mode(path)) for path in (root, *root.rglob("*"))
+            if not path.is_symlink() and _mode(path) & 0o077}
+
+
+def test_the_dev_data_dir_is_made_for_its_user_only(tmp_path: Path) -> None:
+    """Made as the umask had it (0755), any local user could list it and read the servers'
+    logs and Redis's append-only files in it."""
+    data_dir = tmp_path / "made" / "data"
+    dev.make_data_dir(data_dir)
+    assert _mode(data_dir) == 0o700
+
+
+def test_an_embedded_server_s_log_and_data_are_for_its_user_only(tmp_path: Path) -> None:
+    """A log an earlier start left readable by all is made private; what the server writes
+    (Redis's append-only dir and files) is private, whatever the caller's umask."""
+    log = tmp_path / "redis.log"
+    log.write_text("an earlier start's\n")
+    log.chmod(0o644)
+    server = EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True)
+    with server:
+        wait_for(lambda: any((tmp_path / "redis").rglob("*.aof")), what="redis to write its append-only file")
+        assert _private_tree(tmp_path / "redis") == {}
+    assert _mode(log) == 0o600
+
+
+def test_the_dev_runner_s_app_processes_start_with_a_private_umask() -> None:
+    with Watchdog.start() as watchdog:
+        supervisor = dev.Supervisor(dict(os.environ), watchdog)
+        try:
+            supervisor.spawn("sleeper", ["sleep", "30"])
+            child = supervisor._children[0].process
+            umask = next(line.split()[1] for line in Path(f"/proc/{child.pid}/status").read_text().splitlines()
+                         if line.startswith("Umask:"))
+        finally:
+            supervisor.stop_all(grace=5)
+    assert int(umask, 8) == 0o077
+
+
+def test_the_dev_runner_names_the_admin_key_s_file_not_the_key(tmp_path: Path) -> None:
+    """The banner hides the servers' passwords, yet the line above it printed the admin key
+    itself: into the terminal's scrollback and every log of the runner's output (``plant
+    demo``'s stack.log, readable by all in a data dir readable by all)."""
+    key_file = tmp_path / "admin-api-key"
+    key_file.write_text("plant_secret_admin_key_0123456789abcdef\n")
+    line = dev.admin_key_line(key_file)
+    assert "plant_secret_admin_key" not in line and str(key_file) in line
