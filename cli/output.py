@@ -93,10 +93,22 @@ def describe_job(job: dict[str, Any]) -> list[str]:
 
 
 def outcome_lines(job: dict[str, Any]) -> list[str]:
-    """What a succeeded job achieved, in words."""
-    describe = _OUTCOMES.get(job["kind"])
-    result = job.get("result") or {}
-    return [visible_text(line) for line in (describe(result) if describe else [compact(result)])]
+    """What a succeeded job achieved, in words; as compact JSON when its kind is not known, or
+    its result is not the object that kind returns (the API serves a row edited through SQL as
+    it is stored: any JSON value, an object without the members its task writes)."""
+    describe, raw = _OUTCOMES.get(job["kind"]), job.get("result")
+    as_stored = [compact({} if raw is None else raw)]
+    try:
+        lines = describe(_result_of(job)) if describe and isinstance(raw, dict) else as_stored
+    except (KeyError, TypeError, AttributeError):
+        lines = as_stored
+    return [visible_text(line) for line in lines]
+
+
+def _result_of(job: dict[str, Any]) -> dict[str, Any]:
+    """A job's result as the outcome's readers take it: an object, empty for anything else."""
+    result = job.get("result")
+    return result if isinstance(result, dict) else {}
 
 
 def _certification(result: dict[str, Any]) -> list[str]:
@@ -141,7 +153,7 @@ def unmet_outcome(job: dict[str, Any]) -> str | None:
     """Why a succeeded job did not do what was asked, if it did not: a skill rejected, agents
     left unplaced, an audit that found non-compliant entities or run-level findings (warnings
     alone are met)."""
-    result, kind = job.get("result") or {}, job["kind"]
+    result, kind = _result_of(job), job["kind"]
     if kind == "skill.certify" and result.get("status") != "certified":
         return f"skill {result.get('skill_id')} was {result.get('status', 'not certified')}"
     if kind == "agents.assign_teams" and result.get("not_placed"):

@@ -5,9 +5,16 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from cli import dev
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from cli import dev, jobs
+from cli.client import PlantClient
+from cli.main import cli
 from cli.services import EmbeddedRedis, free_port
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
@@ -91,3 +98,26 @@ def test_the_dev_runner_names_the_admin_key_s_file_not_the_key(tmp_path: Path) -
     key_file.write_text("plant_secret_admin_key_0123456789abcdef\n")
     line = dev.admin_key_line(key_file)
     assert "plant_secret_admin_key" not in line and str(key_file) in line
+
+
+def _plant_against(monkeypatch: pytest.MonkeyPatch, answer: dict) -> Result:
+    """``plant jobs watch ID`` against a server that answers every request with ``answer``."""
+    real = PlantClient
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    monkeypatch.setattr(jobs, "PlantClient", lambda config: real(config, transport=transport))
+    monkeypatch.setenv("PLANT_API_KEY", "k" * 40)
+    return CliRunner().invoke(cli, ["jobs", "watch", answer["id"]])
+
+
+@pytest.mark.parametrize(("kind", "result", "shown"), [
+    ("audit.run", [1, 2], "[1,2]"),  # any JSON value: the API serves a row edited through SQL as it is stored
+    ("skill.certify", {"status": "certified"}, '{"status":"certified"}'),  # an object without its certificate
+    ("agent.assign_team", "placed", '"placed"'),
+])
+def test_a_succeeded_job_s_result_of_another_shape_is_shown_as_json_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, kind: str, result: object, shown: str) -> None:
+    job = {"id": str(uuid.uuid4()), "kind": kind, "status": "succeeded", "progress": {"done": 1, "total": 1},
+           "result": result, "error": None}
+    outcome = _plant_against(monkeypatch, job)
+    assert outcome.exception is None or isinstance(outcome.exception, SystemExit), repr(outcome.exception)
+    assert outcome.exit_code == 0 and shown in outcome.stdout.splitlines()[-1], (outcome.stdout, outcome.stderr)
