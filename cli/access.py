@@ -214,6 +214,8 @@ def list_signing_keys(as_json: bool) -> None:
         print_json(jwks)
         return
     keys = jwks["keys"]
+    if not isinstance(keys, list) or not all(isinstance(jwk, dict) for jwk in keys):
+        raise ApiError("GET /signing-keys answered without a list of keys: is PLANT_URL a Plant API?")
     active = _active_entry(keys)
     print_table(keys, [("KID", lambda k: k.get("kid")), ("ALG", lambda k: k.get("alg")),
                        ("ROLE", lambda k: _role(k, active=k is active))])

@@ -46,7 +46,7 @@ def resolve_team(client: PlantClient, ref: str) -> dict[str, Any]:
     """The team with id ``ref``, else the one named ``ref`` (exactly, else ignoring case)."""
     if _is_uuid(ref):
         return client.get(f"/teams/{ref}")
-    teams = list(client.items("/teams"))
+    teams = [t for t in client.items("/teams") if isinstance(t, dict) and isinstance(t.get("name"), str)]
     exact = [t for t in teams if t["name"] == ref] or [t for t in teams if t["name"].casefold() == ref.casefold()]
     if len(exact) == 1:
         return exact[0]

@@ -121,3 +121,21 @@ def test_a_succeeded_job_s_result_of_another_shape_is_shown_as_json_not_a_traceb
     outcome = _plant_against(monkeypatch, job)
     assert outcome.exception is None or isinstance(outcome.exception, SystemExit), repr(outcome.exception)
     assert outcome.exit_code == 0 and shown in outcome.stdout.splitlines()[-1], (outcome.stdout, outcome.stderr)
+
+
+@pytest.mark.parametrize(("args", "answer"), [
+    (["signing-keys", "list"], {"keys": ["not-a-jwk"]}),
+    (["signing-keys", "list"], {"keys": "not-a-list"}),
+    (["assign", str(uuid.uuid4()), "--team", "Growth"], {"items": [{"name": 5}, {"id": "x"}], "next_page_token": None}),
+])
+def test_an_answer_of_another_shape_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                                answer: dict) -> None:
+    """README: an answer that is not a Plant JSON object (PLANT_URL at another service) is one
+    line, not a traceback; these two read members of it unchecked."""
+    real = PlantClient
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    monkeypatch.setattr(jobs, "PlantClient", lambda config: real(config, transport=transport))
+    monkeypatch.setenv("PLANT_API_KEY", "k" * 40)
+    outcome = CliRunner().invoke(cli, args)
+    assert isinstance(outcome.exception, SystemExit) and outcome.exit_code == 1, repr(outcome.exception)
+    assert len(outcome.stderr.splitlines()) == 1 and outcome.stderr.startswith("plant: "), outcome.stderr
