@@ -432,16 +432,28 @@ def _make_traversable(directory: Path) -> None:
 
 def running_postmaster(pid_file: Path) -> int | None:
     """The pid of the live postgres process ``pid_file`` (a data dir's ``postmaster.pid``)
-    names, else None: no file, or one a crashed postmaster left."""
+    names, else None: no file, or one a crashed postmaster left. After a reboot its pid may
+    be any other PostgreSQL's (another runner's, a backend of the test suite's): one whose
+    command line shows it serves another data dir (or none: a backend's title) is not ours,
+    and the data dir stayed locked for good. One whose command line cannot be read counts
+    as running: a lock file wrongly removed lets two postmasters share one data dir."""
     try:
         fields = pid_file.read_text().split()
     except FileNotFoundError:
         return None
     try:
-        pid = int(fields[0])
-        return pid if psutil.Process(pid).name() == "postgres" else None
+        process = psutil.Process(pid := int(fields[0]))
+        if process.name() != "postgres":
+            return None
     except (IndexError, ValueError, psutil.Error):  # empty, garbled, or no such process
         return None
+    try:
+        serves = str(pid_file.parent.resolve()) in process.cmdline()  # as _argv starts it: -D <data dir>
+    except psutil.AccessDenied:
+        serves = True
+    except psutil.Error:
+        serves = False
+    return pid if serves else None
 
 
 def _remove_stale_pid_file(pid_file: Path) -> None:

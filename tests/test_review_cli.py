@@ -9,13 +9,14 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from click.testing import CliRunner, Result
 
 from cli import dev, jobs
 from cli.client import PlantClient
 from cli.main import cli
-from cli.services import EmbeddedRedis, free_port
+from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, running_postmaster
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_dev_runner_watchdog import RUNNER, _group
@@ -139,3 +140,19 @@ def test_an_answer_of_another_shape_is_one_line_not_a_traceback(monkeypatch: pyt
     outcome = CliRunner().invoke(cli, args)
     assert isinstance(outcome.exception, SystemExit) and outcome.exit_code == 1, repr(outcome.exception)
     assert len(outcome.stderr.splitlines()) == 1 and outcome.stderr.startswith("plant: "), outcome.stderr
+
+
+def test_a_stale_pid_file_naming_another_data_dir_s_postgres_is_stale(server_tmp: Path, pg_admin_url: str) -> None:
+    """After a reboot, the pid in a data dir's postmaster.pid may be any other PostgreSQL's
+    (another runner's, the suite's): taken for this dir's, the file was never removed, the
+    dir's server never started again (and ``plant demo`` refused its dir for good)."""
+    others = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+    if not others:
+        pytest.skip("no local PostgreSQL process (TEST_DATABASE_URL names a remote server)")
+    data_dir = server_tmp / "pg"
+    data_dir.mkdir()
+    for pid in others:
+        (data_dir / "postmaster.pid").write_text(f"{pid}\n{data_dir}\n")
+        assert running_postmaster(data_dir / "postmaster.pid") is None, pid
+    with EmbeddedPostgres(server_tmp / "live", free_port()) as server:  # a live one is still its dir's
+        assert running_postmaster(server.data_dir / "postmaster.pid") == server.pid
