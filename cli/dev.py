@@ -244,14 +244,14 @@ def start_backing_services(config: DevConfig, stack: ExitStack, watchdog: Watchd
     owner_url, runtime_password = database_url, None
     if database_url is None:
         postgres = _started(lambda port: EmbeddedPostgres(config.data_dir / "postgres", port, passwords=True),
-                            config.pg_port, stack, watchdog)
+                            config.pg_port, stack, watchdog, (config.port, config.flower_port))
         postgres.create_database(DEV_DATABASE)
         runtime_password = generated_secret(config.data_dir / "runtime-role.password")
         owner_url = postgres.url_for(DEV_DATABASE)
         database_url = postgres.url_for(DEV_DATABASE, DEV_RUNTIME_ROLE, runtime_password)
     if redis_url is None:
         redis_url = _started(lambda port: EmbeddedRedis(config.data_dir / "redis", port, passwords=True),
-                             config.redis_port, stack, watchdog).url
+                             config.redis_port, stack, watchdog, (config.port, config.flower_port)).url
     return BackingServices(owner_url=owner_url, database_url=database_url, redis_url=redis_url,
                            runtime_password=runtime_password)
 
@@ -264,8 +264,11 @@ def migrate(services: BackingServices) -> None:
         grant_runtime_role(services.owner_url, DEV_RUNTIME_ROLE, create=True, password=services.runtime_password)
 
 
-def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack, watchdog: Watchdog | None) -> Server:
-    """The server on ``port``, started; on a free port when ``port`` is 0, and on another if
+def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack, watchdog: Watchdog | None,
+             avoid: tuple[int, ...] = ()) -> Server:
+    """The server on ``port``, started; on a free port when ``port`` is 0 (not one of
+    ``avoid``, the runner's own API and Flower ports, which no one holds until gunicorn and
+    Flower start: picked, the server took it and the API could not start), and on another if
     that one is taken before the server binds it. Each server's stop is registered before
     its start: a signal can interrupt a start at any point."""
     def before_start(server: Server) -> None:
@@ -277,7 +280,7 @@ def _started(server_on: Callable[[int], Server], port: int, stack: ExitStack, wa
         before_start(server)
         server.start()
         return server
-    return start_on_a_free_port(server_on, before_start=before_start)
+    return start_on_a_free_port(server_on, before_start=before_start, avoid=avoid)
 
 
 def write_services_env(data_dir: Path, services: BackingServices) -> None:

@@ -21,7 +21,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Self, TypeVar, cast
@@ -62,7 +62,8 @@ START_ATTEMPTS = 3
 
 
 def start_on_a_free_port(
-    server_on: Callable[[int], Server], *, before_start: Callable[[Server], object] | None = None
+    server_on: Callable[[int], Server], *, before_start: Callable[[Server], object] | None = None,
+    avoid: Collection[int] = (),
 ) -> Server:
     """Start ``server_on(port)`` on a port picked free, or on another if that one is taken by
     the time the server binds it; return the server, running.
@@ -70,9 +71,11 @@ def start_on_a_free_port(
     A port is free when picked, not when bound, and other servers (another runner, the
     other test process) draw from the same range. Only :class:`PortTaken` is tried again,
     up to :data:`START_ATTEMPTS` starts in all. ``before_start`` sees each server
-    before its start (to register its stop: a signal can interrupt a start anywhere)."""
+    before its start (to register its stop: a signal can interrupt a start anywhere).
+    ``avoid``: ports the caller's own processes bind later (the dev runner's API and Flower),
+    free now, so as likely to be picked as any."""
     for attempt in range(1, START_ATTEMPTS + 1):
-        server = server_on(free_port())
+        server = server_on(_free_port_but(avoid))
         if before_start is not None:
             before_start(server)
         try:
@@ -83,6 +86,12 @@ def start_on_a_free_port(
             continue
         return server
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _free_port_but(avoid: Collection[int]) -> int:
+    while (port := free_port()) in avoid:
+        pass
+    return port
 
 
 def _package_dir(name: str) -> Path:

@@ -6,14 +6,16 @@ import stat
 import subprocess
 import sys
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import dev, jobs
+from cli import dev, jobs, services
 from cli.client import PlantClient
 from cli.main import cli
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, running_postmaster
@@ -156,3 +158,18 @@ def test_a_stale_pid_file_naming_another_data_dir_s_postgres_is_stale(server_tmp
         assert running_postmaster(data_dir / "postmaster.pid") is None, pid
     with EmbeddedPostgres(server_tmp / "live", free_port()) as server:  # a live one is still its dir's
         assert running_postmaster(server.data_dir / "postmaster.pid") == server.pid
+
+
+def test_an_embedded_server_never_takes_the_runner_s_own_api_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  database_url: str) -> None:
+    """The runner's API and Flower ports are free while the servers start (gunicorn and Flower
+    bind them after): a free port picked for Redis or PostgreSQL could be one of them, and the
+    API then failed to start. Tests pick their PLANT_PORT from the same range."""
+    api_port = free_port()
+    picks = iter([api_port])
+    monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
+    config = dev.DevConfig(data_dir=tmp_path, port=api_port, flower_port=free_port(), database_url=database_url,
+                           redis_url=None, pg_port=0, redis_port=0, signing_key_file=None, flower_basic_auth=None)
+    with ExitStack() as stack:
+        started = dev.start_backing_services(config, stack)
+        assert urlsplit(started.redis_url).port != api_port
