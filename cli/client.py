@@ -52,6 +52,8 @@ MAX_ATTEMPTS = 4
 MAX_RETRY_WAIT_SECONDS = 30.0
 DEFAULT_RETRY_WAIT_SECONDS = 1.0  # a retryable answer without a usable Retry-After
 JOB_MEMBERS = ("id", "kind", "status", "progress")  # what every job resource has, and the commands read
+# Members whose type the commands rely on, where an answer has them: a job's progress is read as an object.
+MEMBER_TYPES: dict[str, type] = {"id": str, "kind": str, "status": str, "progress": dict}
 # Failures before the request reached a server: a job start that met one started nothing.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError,
               httpx.UnsupportedProtocol)
@@ -311,6 +313,8 @@ def _json_of(response: httpx.Response) -> dict[str, Any]:
 def _members(value: dict[str, Any], names: tuple[str, ...], what: str) -> dict[str, Any]:
     if missing := [name for name in names if name not in value]:
         raise ApiError(f"{what} answered without {', '.join(missing)}: is PLANT_URL a Plant API?")
+    if mistyped := [name for name in names if name in MEMBER_TYPES and not isinstance(value[name], MEMBER_TYPES[name])]:
+        raise ApiError(f"{what} answered with {', '.join(mistyped)} of another type: is PLANT_URL a Plant API?")
     return value
 
 

@@ -17,6 +17,7 @@ data dirs and ports can run side by side.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -24,8 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -56,6 +57,7 @@ POLL_SECONDS = 0.1
 # killed it without its cleanup, leaving every server and app process (each in a session of its
 # own, so the hangup never reached them) running, and the data dir locked for the next start.
 SHUTDOWN_SIGNALS = DEFERRED_SIGNALS  # SIGINT, SIGTERM, SIGHUP
+RUNNER_LOCK = "runner.lock"  # in the data dir: held by the runner and its watchdog (data_dir_lock)
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,24 @@ def make_data_dir(data_dir: Path) -> None:
         ignore.write_text("*\n")
 
 
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[int]:
+    """Hold ``data_dir``'s lock (``runner.lock``, flock: gone with its holders, however they
+    end) for the block; ServiceError if another runner holds it. A second runner on one data
+    dir was refused only by PostgreSQL's own lock: with ``DATABASE_URL`` set, it started a
+    second Redis on the first one's append-only files, and wrote its URLs over the first's."""
+    fd = os.open(data_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceError(f"another plant dev runs on {data_dir} (or its watchdog is still stopping what it "
+                               "left): stop it, or give this one a PLANT_DATA_DIR (and ports) of its own") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def run_dev(config: DevConfig | None = None) -> int:
     """Run the stack until a signal (exit 0) or until something fails (exit 1).
 
@@ -374,7 +394,8 @@ def run_dev(config: DevConfig | None = None) -> int:
         with ExitStack() as stack:
             try:
                 # Entered first, so closed last: once everything else has been stopped.
-                return _run_stack(config, stack, stack.enter_context(Watchdog.start()))
+                lock = stack.enter_context(data_dir_lock(config.data_dir))
+                return _run_stack(config, stack, stack.enter_context(Watchdog.start(holding=(lock,))))
             except ShutdownRequested as request:
                 with suppress(OSError):  # after a hangup the terminal is gone: stop all the same
                     print(f"\n{request}: shutting down", flush=True)

@@ -79,9 +79,9 @@ def describe_job(job: dict[str, Any]) -> list[str]:
     lines = [
         f"id        {job['id']}", f"kind      {job['kind']}", f"status    {job['status']}",
         f"progress  {progress_text(job)}" + (f"  {job['progress']['message']}" if job["progress"].get("message") else ""),
-        f"attempts  {job['attempts']}", f"asked by  {job.get('requested_by') or '-'}", f"created   {job['created_at']}",
-        f"started   {job.get('started_at') or '-'}", f"finished  {job.get('finished_at') or '-'}",
-        f"params    {compact(job['params'])}",
+        f"attempts  {job.get('attempts', '-')}", f"asked by  {job.get('requested_by') or '-'}",
+        f"created   {job.get('created_at') or '-'}", f"started   {job.get('started_at') or '-'}",
+        f"finished  {job.get('finished_at') or '-'}", f"params    {compact(job.get('params'))}",
     ]
     if job.get("cancelled_by"):
         lines.insert(5, f"cancel by {job['cancelled_by']}")

@@ -136,12 +136,14 @@ class Watchdog:
         self._write_fd: int | None = write_fd
 
     @classmethod
-    def start(cls) -> Self:
+    def start(cls, *, holding: tuple[int, ...] = ()) -> Self:
+        """Start the watchdog; it keeps ``holding`` (the runner's data dir lock) open until it
+        exits, so a runner killed outright holds its data dir until its processes are stopped."""
         read_fd, write_fd = os.pipe()  # neither end is inherited by the runner's other children
         try:
             with signals_deferred():
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "cli.watchdog", str(read_fd)], pass_fds=(read_fd,),
+                    [sys.executable, "-m", "cli.watchdog", str(read_fd)], pass_fds=(read_fd, *holding),
                     stdin=subprocess.DEVNULL, start_new_session=True,
                 )
         except BaseException:

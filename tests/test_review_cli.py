@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from cli import dev, jobs, services
 from cli.client import PlantClient
 from cli.main import cli
+from cli.output import describe_job
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, running_postmaster
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
@@ -120,7 +121,7 @@ def _plant_against(monkeypatch: pytest.MonkeyPatch, answer: dict) -> Result:
 def test_a_succeeded_job_s_result_of_another_shape_is_shown_as_json_not_a_traceback(
         monkeypatch: pytest.MonkeyPatch, kind: str, result: object, shown: str) -> None:
     job = {"id": str(uuid.uuid4()), "kind": kind, "status": "succeeded", "progress": {"done": 1, "total": 1},
-           "result": result, "error": None}
+           "attempts": 1, "created_at": "2026-01-01T00:00:00Z", "params": {}, "result": result, "error": None}
     outcome = _plant_against(monkeypatch, job)
     assert outcome.exception is None or isinstance(outcome.exception, SystemExit), repr(outcome.exception)
     assert outcome.exit_code == 0 and shown in outcome.stdout.splitlines()[-1], (outcome.stdout, outcome.stderr)
@@ -173,3 +174,45 @@ def test_an_embedded_server_never_takes_the_runner_s_own_api_port(tmp_path: Path
     with ExitStack() as stack:
         started = dev.start_backing_services(config, stack)
         assert urlsplit(started.redis_url).port != api_port
+
+
+def test_a_second_runner_on_a_data_dir_in_use_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
+    """Only PostgreSQL's own lock refused it: with DATABASE_URL set, a second runner started a
+    second Redis on the first one's append-only files and wrote its URLs over the first's."""
+    with dev.data_dir_lock(tmp_path):
+        env = {**os.environ, "PLANT_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+        second = subprocess.run([sys.executable, "-m", "cli.main", "dev"], cwd=REPO_ROOT, env=env, timeout=60,
+                                capture_output=True, text=True, start_new_session=True)
+    assert second.returncode == 1, second.stderr
+    assert f"another plant dev runs on {tmp_path}" in second.stderr
+    assert not (tmp_path / "redis").exists()
+
+
+def test_the_watchdog_holds_the_data_dir_until_it_has_stopped_what_its_runner_left(tmp_path: Path) -> None:
+    with dev.data_dir_lock(tmp_path) as lock:
+        watchdog = Watchdog.start(holding=(lock,))
+    try:
+        with pytest.raises(services.ServiceError, match="another plant dev"), dev.data_dir_lock(tmp_path):
+            pass
+    finally:
+        watchdog.close()
+    with dev.data_dir_lock(tmp_path):
+        pass
+
+
+def test_jobs_show_on_a_job_whose_progress_is_not_an_object_is_one_line_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    job = {"id": str(uuid.uuid4()), "kind": "audit.run", "status": "running", "progress": None}
+    real = PlantClient
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=job))
+    monkeypatch.setattr(jobs, "PlantClient", lambda config: real(config, transport=transport))
+    monkeypatch.setenv("PLANT_API_KEY", "k" * 40)
+    outcome = CliRunner().invoke(cli, ["jobs", "show", job["id"]])
+    assert isinstance(outcome.exception, SystemExit) and outcome.exit_code == 1, repr(outcome.exception)
+    assert len(outcome.stderr.splitlines()) == 1 and "is PLANT_URL a Plant API?" in outcome.stderr, outcome.stderr
+
+
+def test_jobs_show_on_a_job_with_only_the_members_every_job_has_shows_it() -> None:
+    """It read attempts, created_at and params unchecked: a KeyError's traceback."""
+    lines = describe_job({"id": "j", "kind": "audit.run", "status": "running", "progress": {"done": 1}})
+    assert "attempts  -" in lines and "created   -" in lines
