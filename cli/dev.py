@@ -17,7 +17,6 @@ data dirs and ports can run side by side.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import signal
@@ -25,8 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -34,6 +33,7 @@ from typing import NoReturn
 from sqlalchemy.engine import make_url
 
 from cli.bootstrap import ensure_dev_admin
+from cli.data_dir import data_dir_lock, make_data_dir
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
 from cli.seeding import seed_database
@@ -57,7 +57,6 @@ POLL_SECONDS = 0.1
 # killed it without its cleanup, leaving every server and app process (each in a session of its
 # own, so the hangup never reached them) running, and the data dir locked for the next start.
 SHUTDOWN_SIGNALS = DEFERRED_SIGNALS  # SIGINT, SIGTERM, SIGHUP
-RUNNER_LOCK = "runner.lock"  # in the data dir: held by the runner and its watchdog (data_dir_lock)
 
 
 @dataclass(frozen=True)
@@ -345,38 +344,6 @@ def _ignore_shutdown_signals() -> None:
     # A second Ctrl-C must not abort the cleanup halfway and strand processes.
     for sig in SHUTDOWN_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-
-
-def make_data_dir(data_dir: Path) -> None:
-    """The data dir, for this user only and ignored by git whatever its name: it holds the dev
-    signing key, the servers' passwords and the admin key, and only ``.plant`` is in the
-    repository's .gitignore (README: two runners side by side need two data dirs). Made as
-    the umask had it (0755), it let any local user read the servers' logs and Redis's
-    append-only files in it. One that exists keeps its mode (``PLANT_DATA_DIR`` may name a
-    directory of the user's); the files the runner and its children write there are private
-    all the same (:data:`cli.services.CHILD_UMASK`)."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ignore = data_dir / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
-
-
-@contextmanager
-def data_dir_lock(data_dir: Path) -> Iterator[int]:
-    """Hold ``data_dir``'s lock (``runner.lock``, flock: gone with its holders, however they
-    end) for the block; ServiceError if another runner holds it. A second runner on one data
-    dir was refused only by PostgreSQL's own lock: with ``DATABASE_URL`` set, it started a
-    second Redis on the first one's append-only files, and wrote its URLs over the first's."""
-    fd = os.open(data_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ServiceError(f"another plant dev runs on {data_dir} (or its watchdog is still stopping what it "
-                               "left): stop it, or give this one a PLANT_DATA_DIR (and ports) of its own") from None
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def run_dev(config: DevConfig | None = None) -> int:

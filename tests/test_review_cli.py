@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from cli import dev, jobs, services
 from cli.client import PlantClient
+from cli.data_dir import data_dir_lock, make_data_dir
 from cli.main import cli
 from cli.output import describe_job
 from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, running_postmaster
@@ -64,7 +65,7 @@ def test_the_dev_data_dir_is_made_for_its_user_only(tmp_path: Path) -> None:
     """Made as the umask had it (0755), any local user could list it and read the servers'
     logs and Redis's append-only files in it."""
     data_dir = tmp_path / "made" / "data"
-    dev.make_data_dir(data_dir)
+    make_data_dir(data_dir)
     assert _mode(data_dir) == 0o700
 
 
@@ -179,7 +180,7 @@ def test_an_embedded_server_never_takes_the_runner_s_own_api_port(tmp_path: Path
 def test_a_second_runner_on_a_data_dir_in_use_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
     """Only PostgreSQL's own lock refused it: with DATABASE_URL set, a second runner started a
     second Redis on the first one's append-only files and wrote its URLs over the first's."""
-    with dev.data_dir_lock(tmp_path):
+    with data_dir_lock(tmp_path):
         env = {**os.environ, "PLANT_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
         second = subprocess.run([sys.executable, "-m", "cli.main", "dev"], cwd=REPO_ROOT, env=env, timeout=60,
                                 capture_output=True, text=True, start_new_session=True)
@@ -189,14 +190,14 @@ def test_a_second_runner_on_a_data_dir_in_use_is_refused_before_it_starts_anythi
 
 
 def test_the_watchdog_holds_the_data_dir_until_it_has_stopped_what_its_runner_left(tmp_path: Path) -> None:
-    with dev.data_dir_lock(tmp_path) as lock:
+    with data_dir_lock(tmp_path) as lock:
         watchdog = Watchdog.start(holding=(lock,))
     try:
-        with pytest.raises(services.ServiceError, match="another plant dev"), dev.data_dir_lock(tmp_path):
+        with pytest.raises(services.ServiceError, match="another plant dev"), data_dir_lock(tmp_path):
             pass
     finally:
         watchdog.close()
-    with dev.data_dir_lock(tmp_path):
+    with data_dir_lock(tmp_path):
         pass
 
 
