@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -327,7 +328,7 @@ def admin_key_line(key_file: Path | None) -> str:
     ``plant demo``'s ``stack.log``), there for anyone who could read them to act as admin."""
     if key_file is None:
         return "admin API key: the one PLANT_ADMIN_API_KEY holds"
-    return f'admin API key: in {key_file} (export PLANT_API_KEY="$(cat {key_file})")'
+    return f'admin API key: in {key_file} (export PLANT_API_KEY="$(cat {shlex.quote(str(key_file))})")'
 
 
 def _shown(url: str) -> str:

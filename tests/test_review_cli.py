@@ -99,10 +99,13 @@ def test_the_dev_runner_names_the_admin_key_s_file_not_the_key(tmp_path: Path) -
     """The banner hides the servers' passwords, yet the line above it printed the admin key
     itself: into the terminal's scrollback and every log of the runner's output (``plant
     demo``'s stack.log, readable by all in a data dir readable by all)."""
-    key_file = tmp_path / "admin-api-key"
+    key_file = tmp_path / "plant data" / "admin-api-key"  # the hint it gives works for a path with a space too
+    key_file.parent.mkdir()
     key_file.write_text("plant_secret_admin_key_0123456789abcdef\n")
     line = dev.admin_key_line(key_file)
     assert "plant_secret_admin_key" not in line and str(key_file) in line
+    hint = line.split("(", 1)[1].rsplit(")", 1)[0] + '; printf %s "$PLANT_API_KEY"'
+    assert subprocess.run(["sh", "-c", hint], capture_output=True, text=True).stdout == key_file.read_text().strip()
 
 
 def _plant_against(monkeypatch: pytest.MonkeyPatch, answer: dict) -> Result:
