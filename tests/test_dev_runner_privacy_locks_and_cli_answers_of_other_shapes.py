@@ -1,5 +1,8 @@
-"""helper-203's review of the CLI and the dev runner: what it found, each as a test that fails
-without its fix (or a strict xfail where it is left open)."""
+"""The dev runner and the CLI client under hostile conditions: the data dir, logs and children are
+private to their user and the admin key is never printed; a data dir is one runner's (a lock), a
+stale postmaster.pid naming another dir is stale, the runner's own ports are never handed to an
+embedded server; answers of an unexpected shape are one line, not a traceback; and the watchdog
+test's runner stops its server even when started with SIGINT ignored."""
 
 import os
 import stat
