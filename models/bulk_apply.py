@@ -24,9 +24,13 @@ from models.entities import (
     GOVERNED_FIELDS, SKILL_ID_FIELDS, Agent, EntitySnapshot, EntityType, Team, agent_skills, governed_content,
 )
 from models.entity_locks import tampered_error
+from models.errors import EntityDeleted
 from models.registry import WriteContext, record_version
 
 SEAT_CHANGED = "seat-changed"
+# A deleted agent's reason, as a single assignment's 409 names it (models.registry.refuse_if_deleted).
+ENTITY_DELETED = EntityDeleted.code
+DELETED_DETAIL = "agent is deleted: a deleted entity takes no change, its seat none"
 
 
 def apply_batch(
@@ -65,6 +69,8 @@ def apply_batch(
         reasons = ineligibility(agent, team, required.get(agent.job_role_id, set()), held=held[agent_id])
         if agent_id in tampered:  # its row drifted from its signed head: never sign on top of that
             refused.append((agent_id, "entity-tampered", tampered[agent_id].detail))
+        elif agent.deleted_at is not None:  # not merely ineligible, as a single assignment says
+            refused.append((agent_id, ENTITY_DELETED, DELETED_DETAIL))
         elif seated is not None and agent.team_id not in (seated.get(agent_id), team.id):
             refused.append((agent_id, SEAT_CHANGED, seat_changed_detail(
                 seated.get(agent_id), agent.team_id, "while the plan was made")))

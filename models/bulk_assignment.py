@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.assignment_solver import ELIGIBLE_TEAMS_FULL
-from models.bulk_apply import SEAT_CHANGED, apply_batch, seat_changed_detail
+from models.bulk_apply import DELETED_DETAIL, ENTITY_DELETED, SEAT_CHANGED, apply_batch, seat_changed_detail
 from models.bulk_plan import Plan, PlanInputs, PlannedAgent, read_plan_inputs, similarity, solve_plan
 from models.bulk_records import NOT_APPLIED, NOT_APPLIED_DETAIL, BulkOutcome, Recorder, unplaced_entry_for
 from models.db import transaction
@@ -146,7 +146,7 @@ def _plan_and_apply(
     plan = solve_plan(inputs)  # its connection is back in the pool, and no snapshot is held, while it solves
     if record is not None and not record.method:
         record.method = plan.method
-    unplaced = [unplaced_entry_for(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())] + [m for _, m in moved]
+    unplaced = [_left_out(plan.agents[i], reason) for i, reason in sorted(plan.unplaced.items())] + [m for _, m in moved]
     batches = _batches(plan.placements)
     done, total = before[0], before[1] + len(plan.placements)
     progress(done, total, "plan computed")  # renews the lease after the solve, before any fence
@@ -251,6 +251,14 @@ def _apply_committed(
         if record is not None:
             record.moves(session, plan, list(batch), entries)
     return entries
+
+
+def _left_out(agent: PlannedAgent, reason: str) -> dict[str, Any]:
+    """The unplaced entry of an agent the plan left out: a deleted one says so (``entity-deleted``,
+    as a single assignment's 409 and a batch name it), not that no team would take it."""
+    if agent.deleted:
+        return unplaced_entry_for(agent, ENTITY_DELETED, DELETED_DETAIL)
+    return unplaced_entry_for(agent, reason)
 
 
 def _seat_changed(agent: PlannedAgent, seen: uuid.UUID | None, when: str) -> tuple[PlannedAgent, dict[str, Any]]:

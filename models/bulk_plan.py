@@ -196,7 +196,7 @@ def eligible_teams(
 
 def _deleted(agent: PlannedAgent | Agent) -> bool:
     """Whether the agent is soft-deleted: a seat planned for one was refused by its batch
-    (``not-eligible``) and cost an agent the plan left out for want of it."""
+    (now ``entity-deleted``) and cost an agent the plan left out for want of it."""
     return agent.deleted if isinstance(agent, PlannedAgent) else agent.deleted_at is not None
 
 

@@ -21,6 +21,7 @@ the database fail as the stamp is cleared, the stamped row is picked up as a los
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, request
@@ -87,8 +88,10 @@ def submits_a_job(view: V) -> V:
     return autocommit_when(_without_idempotency_key)(documented)
 
 
-def accept_job(kind: str, params: dict[str, Any]) -> Response:
-    """Start a job of ``kind`` with ``params``, stored as given (see the module doc)."""
+def accept_job(kind: str, params: dict[str, Any], *, refuse: Callable[[], None] | None = None) -> Response:
+    """Start a job of ``kind`` with ``params``, stored as given (see the module doc). ``refuse``
+    raises when the job is not to be created (a deleted entity, say); it is not asked of a request
+    replaying an ``Idempotency-Key``, which answers the job the key holds, as it did the first time."""
     if (field := nul_path(params)) is not None:  # jsonb cannot hold it: the database's refusal names nothing
         raise nul_refused(field)
     svc = services()
@@ -104,6 +107,8 @@ def accept_job(kind: str, params: dict[str, Any]) -> Response:
         if existing is not None:
             statements.commit()
             return _accepted(get_job(statements, existing), replayed=True)
+    if refuse is not None:
+        refuse()
     job = create_job(statements, kind=kind, params=params, queue=route_for(kind).queue, to_publish=True,
                      requested_by=current_actor())
     if key is not None:

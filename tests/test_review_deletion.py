@@ -1,0 +1,131 @@
+"""Review of entity deletion (helper-200): a certification or a team assignment of a deleted
+entity was accepted (202) and its job then failed, where a single assignment's write says
+``entity-deleted``; a bulk assignment called a deleted agent ``no-eligible-team`` (planned) or
+``not-eligible`` (deleted after the plan). The POSTs now answer 409 ``entity-deleted`` and create
+no job, and a bulk run reports ``entity-deleted`` for the agent, as a single assignment does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.bulk_apply import apply_batch
+from models.bulk_assignment import assign_teams_in_bulk
+from models.db import make_session_factory, transaction
+from models.entities import EntityType
+from models.jobs import Job
+from models.registry import update_entity
+from tests.test_assignment import World
+from tests.test_assignment import world  # noqa: F401  (fixture)
+from tests.test_registry_api import API, gov  # noqa: F401  (fixture)
+
+E = EntityType
+DELETED = {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+
+
+def _delete(session, entity_type, entity_id, ctx):
+    return update_entity(session, entity_type=entity_type, entity_id=entity_id, changes=DELETED, ctx=ctx)
+
+
+def _post(client, path, body, status=201, **headers):
+    response = client.post(API + path, json=body, headers=headers)
+    assert response.status_code == status, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def posted(quiet_client, gov) -> dict:  # noqa: F811
+    """A skill, a team and an agent (in no team) that nothing names, so each can be deleted."""
+    industry = _post(quiet_client, "/genesis/industries", {**gov, "name": "Deletion Trade", "code": "DELT"})
+    skill = _post(quiet_client, "/genesis/skills", {**gov, "name": "Deletable skill", "category": "technical",
+                                                    "industry_id": industry["id"], "description": "d"})
+    held = _post(quiet_client, "/genesis/skills", {**gov, "name": "Held skill", "category": "technical",
+                                                   "industry_id": industry["id"], "description": "d"})
+    role = _post(quiet_client, "/genesis/job-roles", {**gov, "name": "Deletable role", "seniority": "mid",
+                                                      "required_skill_ids": [held["id"]]})
+    team = _post(quiet_client, "/teams", {**gov, "name": "Deletable team", "job_role_id": role["id"], "capacity": 2})
+    agent = _post(quiet_client, "/agents", {**gov, "name": "Deletable agent", "job_role_id": role["id"],
+                                            "industry_id": industry["id"], "skill_ids": [held["id"]]})
+    return {"skill": skill, "team": team, "agent": agent, "role": role}
+
+
+def _jobs(engine, kind: str) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(Job).where(Job.kind == kind))
+
+
+def _delete_committed(engine, ctx, entity_type, entity_id: str) -> None:
+    with Session(engine) as session, session.begin():
+        _delete(session, entity_type, uuid.UUID(entity_id), ctx)
+
+
+def _assert_deleted_409(response, entity_id: str, entity_type: str) -> None:
+    assert response.status_code == 409 and response.mimetype == "application/problem+json", response.get_json()
+    problem = response.get_json()
+    assert problem["type"] == "/problems/entity-deleted", problem
+    assert (problem["id"], problem["entity_type"]) == (entity_id, entity_type), problem
+
+
+@pytest.mark.parametrize("deleted", ["skill", "agent", "team"])
+def test_a_job_post_naming_a_deleted_entity_is_409_and_creates_no_job(quiet_client, engine, write_ctx, posted,
+                                                                      deleted) -> None:
+    entity = posted[deleted]
+    _delete_committed(engine, write_ctx, E(entity["entity_type"]), entity["id"])
+    kind, path, body = {
+        "skill": ("skill.certify", f"/genesis/skills/{entity['id']}/certify", {}),
+        "agent": ("agent.assign_team", f"/agents/{entity['id']}/assign-team", {}),
+        "team": ("agent.assign_team", f"/agents/{posted['agent']['id']}/assign-team", {"team_id": entity["id"]}),
+    }[deleted]
+    before = _jobs(engine, kind)
+    for headers in ({}, {"Idempotency-Key": f"deleted-{deleted}"}):
+        _assert_deleted_409(quiet_client.post(API + path, json=body, headers=headers), entity["id"], entity["entity_type"])
+    assert _jobs(engine, kind) == before
+    unknown = path.replace(entity["id"], str(uuid.uuid4())) if deleted != "team" else path
+    missing = quiet_client.post(API + unknown, json={"team_id": str(uuid.uuid4())} if deleted == "team" else body)
+    assert missing.status_code == 404, missing.get_json()  # an unknown entity keeps its answer
+
+
+def test_a_replayed_idempotency_key_still_answers_its_job_after_the_deletion(quiet_client, engine, write_ctx,
+                                                                             posted) -> None:
+    skill = posted["skill"]
+    key = {"Idempotency-Key": "certify-then-delete"}
+    first = _post(quiet_client, f"/genesis/skills/{skill['id']}/certify", {}, status=202, **key)
+    _delete_committed(engine, write_ctx, E.SKILL, skill["id"])
+    replayed = quiet_client.post(f"{API}/genesis/skills/{skill['id']}/certify", json={}, headers=key)
+    assert replayed.status_code == 202 and replayed.get_json()["id"] == first["id"], replayed.get_json()
+    assert replayed.headers.get("Idempotent-Replayed") == "true"
+
+
+def test_the_job_posts_document_the_409(client) -> None:
+    spec = client.get("/openapi.json").get_json()
+    for path in ("/api/v1/genesis/skills/{entity_id}/certify", "/api/v1/agents/{entity_id}/assign-team"):
+        assert "entity-deleted" in spec["paths"][path]["post"]["responses"]["409"]["description"], path
+
+
+def test_a_bulk_plan_reports_a_deleted_agent_as_entity_deleted(engine, write_ctx, committed_steward) -> None:
+    """The plan left a deleted agent out as ``no-eligible-team``; a single assignment says ``entity-deleted``."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        w = World(session, write_ctx, committed_steward)
+        w.team("Bulk deletion team")
+        gone, kept = w.agent("Deleted in bulk"), w.agent("Kept in bulk")
+        _delete(session, E.AGENT, gone.id, write_ctx)
+        gone_id, kept_id = gone.id, kept.id
+    outcome = assign_teams_in_bulk(sessions, agent_ids=[gone_id, kept_id], all_unassigned=False, ctx=write_ctx,
+                                   progress=lambda *args: None)
+    assert outcome.placed == 1, outcome
+    assert [(u["agent_id"], u["reason"]) for u in outcome.unplaced] == [(str(gone_id), "entity-deleted")], outcome
+
+
+def test_a_bulk_batch_refuses_an_agent_deleted_since_the_plan_as_entity_deleted(world, db_session,  # noqa: F811
+                                                                                 write_ctx) -> None:
+    """The batch called it ``not-eligible`` (its reasons: ``agent is deleted``)."""
+    team = world.team("Batch deletion team")
+    agent = world.agent("Deleted before its batch")
+    _delete(db_session, E.AGENT, agent.id, write_ctx)
+    refused = apply_batch(db_session, [(agent.id, team.id)], ctx=write_ctx, seated={agent.id: None})
+    assert [(a, reason) for a, reason, _ in refused] == [(agent.id, "entity-deleted")], refused
