@@ -6,8 +6,10 @@ Every reference between governed entities (a skill's, role's, team's or agent's
 points at an entity that is not deleted, for every entity that is not deleted itself.
 :func:`models.entity_input.apply_fields` refuses a write newly naming a deleted entity
 (422 naming the field); :func:`reference_fence` closes the two remaining gaps, just
-before a registry write's flush: a deletion while live entities still name the entity is
-409 ``entity-referenced`` listing them, and a deletion committing while another write
+before a registry write's flush: a deletion while live entities still name the entity (by
+their row, or by their signed head version: a row edited through SQL hides none) is 409
+``entity-referenced`` listing them (but those deleted together with it,
+:func:`models.deletion.delete_entities`), and a deletion committing while another write
 newly names the entity is ordered against that write by a per-entity advisory lock
 (exclusive for the deletion, shared for the naming write, which then reads the entity's
 row again): whichever commits second sees the first, and is refused.
@@ -18,10 +20,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, text, union_all
+from sqlalchemy import and_, literal, select, text, union_all
 from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
+from models.canonical import strict_json_loads
 from models.entities import Agent, JobRole
 from models.errors import EntityReferenced, InvalidInput
 
@@ -40,6 +43,10 @@ REFERENCES: dict[str, EntityType] = {
 ORDERED_ELSEWHERE = frozenset({"team_id"})
 # How many dependents a refusal lists (their count is given whole).
 LISTED_DEPENDENTS = 20
+
+# session.info key: the ids a models.deletion.delete_entities call is deleting together, which
+# are no dependents of one another (each is deleted by the call, or none is).
+DELETED_TOGETHER = "plant.deleted_together"
 
 # pg_advisory_xact_lock(REFERENCE_LOCK, hashtext('<type>:<id>')) orders a deletion of the
 # entity (exclusive) against the writes newly naming it (shared).
@@ -103,31 +110,47 @@ def newly_named(entity: GovernedEntity, before: dict[str, Any], content: dict[st
 
 
 def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> None:
-    """Raise ``EntityReferenced`` (409) naming the live entities that name this one."""
-    found = dependents(session, entity_type, entity_id)
+    """Raise ``EntityReferenced`` (409) naming the live entities that name this one, but those
+    deleted together with it (:func:`models.deletion.delete_entities`)."""
+    together = session.info.get(DELETED_TOGETHER, frozenset())
+    found = [d for d in dependents(session, entity_type, entity_id) if uuid.UUID(d["id"]) not in together]
     if not found:
         return
-    count = session.scalar(select(func.count()).select_from(_dependents_query(entity_type, entity_id).subquery()))
+    count = len(found)
     kind = entity_type.value.replace("_", " ")
     raise EntityReferenced(
         f"{kind} {entity_id} is named by {count} live entit{'y' if count == 1 else 'ies'}; re-point or delete "
         f"{'it' if count == 1 else 'them'} first (a deleted entity is named by none that is not)",
-        field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found)
+        field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found[:LISTED_DEPENDENTS])
 
 
 def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> list[dict[str, str]]:
-    """The first live entities (``LISTED_DEPENDENTS``) naming the entity, with the field each names it in."""
-    query = _dependents_query(entity_type, entity_id).subquery()
-    rows = session.execute(select(query).order_by(query.c.entity_type, query.c.field, query.c.id).limit(LISTED_DEPENDENTS))
-    return [{"entity_type": kind, "id": str(i), "field": field} for kind, i, field in rows]
+    """Every live entity naming the entity, with the field each names it in, by type, field and id.
+
+    One names it if its row does, or its signed head version does (:func:`_heads_naming`): a
+    row whose reference was nulled through SQL does not hide it, and a restore of that row,
+    which puts the head back, never leaves a live entity naming a deleted one."""
+    named = {(kind, i, field) for kind, i, field in session.execute(_dependents_query(entity_type, entity_id))}
+    named |= _heads_naming(session, entity_type, entity_id)
+    return [{"entity_type": kind, "id": str(i), "field": field}
+            for kind, i, field in sorted(named, key=lambda n: (n[0], n[2], str(n[1])))]
+
+
+def _referencing_fields(kind: EntityType, entity_type: EntityType) -> list[str]:
+    """The fields in which an entity of ``kind`` names one of ``entity_type``."""
+    fields = [f for f, target in REFERENCES.items() if target is entity_type and f in ENTITY_MODELS[kind].__table__.c]
+    fields += ["parent_id"] if kind is entity_type else []
+    if entity_type is EntityType.SKILL:
+        fields += {EntityType.JOB_ROLE: ["required_skill_ids"], EntityType.AGENT: ["skill_ids"]}.get(kind, [])
+    return fields
 
 
 def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID) -> Any:
     selects = []
     for kind, model in ENTITY_MODELS.items():
-        fields = [f for f, target in REFERENCES.items() if target is entity_type and f in model.__table__.c]
-        fields += ["parent_id"] if kind is entity_type else []
-        for field in fields:
+        for field in _referencing_fields(kind, entity_type):
+            if field in SKILL_ID_FIELDS:
+                continue
             selects.append(select(literal(kind.value).label("entity_type"), model.id.label("id"), literal(field).label("field"))
                            .where(getattr(model, field) == entity_id, model.deleted_at.is_(None), model.id != entity_id))
     if entity_type is EntityType.SKILL:
@@ -138,6 +161,34 @@ def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID) -> Any:
                            .join(link, and_(link.c[owner] == model.id, link.c.skill_id == entity_id))
                            .where(model.deleted_at.is_(None)))
     return union_all(*selects)
+
+
+# The newest version of each entity other than ``id`` whose content holds ``needle`` (the id's
+# text, as canonical content spells every id): a scan of the bytes, then an index probe each.
+_HEADS_HOLDING = text(
+    "SELECT v.entity_type, v.entity_id, v.content FROM entity_versions v "
+    "WHERE position(CAST(:needle AS bytea) IN v.content) > 0 AND v.entity_id <> :id AND NOT EXISTS "
+    "(SELECT 1 FROM entity_versions later WHERE later.entity_id = v.entity_id AND later.version > v.version)")
+
+
+def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> set[tuple[str, uuid.UUID, str]]:
+    """The (type, id, field) of each entity whose signed head is live and names the entity in a
+    reference field. Content that does not parse, or names no type, names nothing here (the
+    audit reports it)."""
+    needle = str(entity_id)
+    named = set()
+    for kind_value, dependent, content in session.execute(_HEADS_HOLDING, {"needle": needle.encode(), "id": entity_id}):
+        try:
+            kind, document = EntityType(kind_value), strict_json_loads(bytes(content))
+        except ValueError:
+            continue
+        if not isinstance(document, dict) or document.get("deleted_at") is not None:
+            continue
+        for field in _referencing_fields(kind, entity_type):
+            value = document.get(field)
+            if value == needle or isinstance(value, list) and needle in value:
+                named.add((kind.value, dependent, field))
+    return named
 
 
 def _deleted_now(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> bool:

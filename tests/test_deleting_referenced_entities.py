@@ -1,8 +1,9 @@
 """Referential integrity of the registry under deletion (``models.reference_guards``): no live
 entity names a deleted one. Deleting an entity that live entities name is 409
 ``entity-referenced`` listing them, for every reference between the entity types; a write does
-not newly name a deleted entity (parents included), nor undelete one (no deleted entity takes a change); and a
-deletion racing a write that newly names the entity is ordered against it."""
+not newly name a deleted entity (parents included), nor undelete one (no deleted entity takes a change); a
+deletion racing a write that newly names the entity is ordered against it; a dependent whose row was edited
+through SQL still counts (by its signed head); and entities naming each other are deleted together."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from models.entities import EntityType, Industry, Skill
 from models.errors import EntityDeleted, EntityReferenced, InvalidInput
+from models.deletion import delete_entities
 from models.registry import create_entity, update_entity
 from tests.conftest import outcome_once_committed
 from tests.test_assignment import world  # noqa: F401  (fixture)
@@ -200,12 +202,11 @@ def test_an_industry_whose_new_skill_is_committing_is_not_deleted(engine, write_
         assert session.get(Industry, industry).deleted_at is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the deletion's dependents are read from rows, not signed heads: a skill whose row had its industry_id "
-    "nulled through SQL does not hold its industry's deletion back, and `plant entity restore` of the skill "
-    "then puts back its signed industry_id, a live skill naming a deleted industry (the restore must put back "
-    "what was signed; the deletion should be refused while a live entity's signed head names the entity)"))
 def test_a_deletion_is_not_hidden_from_a_dependent_whose_row_was_edited(world, db_session, write_ctx, keyring) -> None:  # noqa: F811
+    """The deletion's dependents were read from rows alone: a skill whose row had its industry_id
+    nulled through SQL let its industry's deletion through, and ``plant entity restore`` of the skill
+    then put back its signed industry_id, a live skill naming a deleted industry. A live entity's
+    signed head naming the entity now refuses the deletion too."""
     from sqlalchemy import text
 
     from models.repair import restore_entity
@@ -216,11 +217,8 @@ def test_a_deletion_is_not_hidden_from_a_dependent_whose_row_was_edited(world, d
     db_session.flush()
     db_session.execute(text("UPDATE skills SET industry_id = NULL WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
-    try:
-        with db_session.begin_nested():
-            _delete(db_session, E.INDUSTRY, industry.id, write_ctx)
-    except EntityReferenced:
-        pass
+    problem = _refused_deletion(db_session, E.INDUSTRY, industry.id, write_ctx)
+    assert _named_by(problem) == {("skill", str(skill.id), "industry_id")}, problem
     restore_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER, actor="test")
     db_session.expire_all()
     restored = db_session.get(Skill, skill.id)
@@ -228,15 +226,18 @@ def test_a_deletion_is_not_hidden_from_a_dependent_whose_row_was_edited(world, d
     assert db_session.get(Industry, industry.id).deleted_at is None, "a live skill names a deleted industry"
 
 
-@pytest.mark.xfail(strict=True, raises=EntityReferenced, reason=(
-    "the dependents are checked at each deletion's flush, one entity at a time: two live entities that name "
-    "each other (an agent holding a job role that it governs; the seed's steward and the role and industry it "
-    "holds) can never be deleted, not even both in one transaction; the check should run once for the "
-    "transaction's deletions (at commit), or a deletion take the entities it removes together"))
 def test_two_entities_naming_each_other_are_deleted_together(world, db_session, write_ctx) -> None:  # noqa: F811
+    """The dependents were checked at each deletion, one entity at a time: two live entities naming
+    each other (an agent holding a job role that it governs) could never be deleted. Deleted one at
+    a time they still cannot (each is judged against the entities live when it is written), but
+    ``delete_entities`` deletes them together: one of the set is no dependent of another."""
     governor = world.agent("Cyclic governor")
     role = world.make(E.JOB_ROLE, name="Cyclic role", seniority="mid", required_skill_ids=[world.skills[0].id],
                       governance_agent_id=governor.id)
     update_entity(db_session, entity_type=E.AGENT, entity_id=governor.id, changes={"job_role_id": role.id}, ctx=write_ctx)
-    _delete(db_session, E.JOB_ROLE, role.id, write_ctx)
-    _delete(db_session, E.AGENT, governor.id, write_ctx)
+    for first, other in (((E.JOB_ROLE, role), governor), ((E.AGENT, governor), role)):
+        problem = _refused_deletion(db_session, first[0], first[1].id, write_ctx)
+        assert _named_by(problem) == {(other.entity_type_value.value, str(other.id),
+                                       "job_role_id" if other is governor else "governance_agent_id")}, problem
+    deleted = delete_entities(db_session, [(E.JOB_ROLE, role.id), (E.AGENT, governor.id)], ctx=write_ctx)
+    assert [e.id for e in deleted] == [role.id, governor.id] and all(e.deleted_at is not None for e in deleted)

@@ -10,13 +10,15 @@ import datetime as dt
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models.bulk_apply import apply_batch
 from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
-from models.entities import EntityType
+from models.deletion import delete_entities
+from models.entities import Agent, EntityType, JobRole
+from models.errors import EntityReferenced
 from models.jobs import Job
 from models.registry import update_entity
 from tests.test_assignment import World
@@ -129,3 +131,48 @@ def test_a_bulk_batch_refuses_an_agent_deleted_since_the_plan_as_entity_deleted(
     _delete(db_session, E.AGENT, agent.id, write_ctx)
     refused = apply_batch(db_session, [(agent.id, team.id)], ctx=write_ctx, seated={agent.id: None})
     assert [(a, reason) for a, reason, _ in refused] == [(agent.id, "entity-deleted")], refused
+
+
+def _refused(session, call) -> dict:
+    with pytest.raises(EntityReferenced) as refused, session.begin_nested():
+        call()
+    return refused.value.problem(409)
+
+
+@pytest.mark.parametrize("edit", ["reference-nulled", "row-marked-deleted", "skill-link-removed"])
+def test_a_dependent_whose_row_was_edited_through_sql_still_holds_the_deletion_back(world, db_session,  # noqa: F811
+                                                                                   write_ctx, edit) -> None:
+    """Its signed head names the entity, and a restore puts that back: the deletion is refused."""
+    skill = world.make(E.SKILL, name="Held skill", category="technical", description="d")
+    agent = world.agent("Editing agent", skills=[*world.skills[:2], skill])
+    db_session.flush()
+    db_session.execute(text({
+        "reference-nulled": "UPDATE agents SET industry_id = NULL WHERE id = :id",
+        "row-marked-deleted": "UPDATE agents SET deleted_at = now() WHERE id = :id",
+        "skill-link-removed": "DELETE FROM agent_skills WHERE agent_id = :id AND skill_id = :skill",
+    }[edit]), {"id": agent.id, "skill": skill.id})
+    db_session.expire_all()
+    kind, referent, field = ((E.SKILL, skill.id, "skill_ids") if edit == "skill-link-removed"
+                             else (E.INDUSTRY, world.industry.id, "industry_id"))
+    problem = _refused(db_session, lambda: _delete(db_session, kind, referent, write_ctx))
+    assert {("agent", str(agent.id), field)} <= {(d["entity_type"], d["id"], d["field"]) for d in problem["dependents"]}
+
+
+def test_entities_deleted_together_are_refused_together_by_a_dependent_outside_them(world, db_session,  # noqa: F811
+                                                                                    write_ctx) -> None:
+    governor = world.agent("Pair governor")
+    role = world.make(E.JOB_ROLE, name="Pair role", seniority="mid", required_skill_ids=[world.skills[0].id],
+                      governance_agent_id=governor.id)
+    update_entity(db_session, entity_type=E.AGENT, entity_id=governor.id, changes={"job_role_id": role.id}, ctx=write_ctx)
+    outsider = world.agent("Outside holder", role=role)
+    problem = _refused(db_session, lambda: delete_entities(
+        db_session, [(E.AGENT, governor.id), (E.JOB_ROLE, role.id)], ctx=write_ctx))
+    assert problem["dependents"] == [{"entity_type": "agent", "id": str(outsider.id), "field": "job_role_id"}], problem
+    db_session.expire_all()
+    assert db_session.get(Agent, governor.id).deleted_at is None  # the one deleted first was rolled back
+    assert db_session.get(JobRole, role.id).deleted_at is None
+    alone = _refused(db_session, lambda: _delete(db_session, E.JOB_ROLE, role.id, write_ctx))
+    assert {d["id"] for d in alone["dependents"]} == {str(governor.id), str(outsider.id)}  # the set was the call's
+    delete_entities(db_session, [(E.AGENT, governor.id), (E.JOB_ROLE, role.id), (E.AGENT, outsider.id)], ctx=write_ctx)
+    db_session.expire_all()
+    assert db_session.get(JobRole, role.id).deleted_at is not None
