@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
 from models.canonical import strict_json_loads
+from models.db import uuid_in
 from models.entities import Agent, JobRole
 from models.errors import EntityReferenced, InvalidInput
 
@@ -66,7 +67,8 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     409) while any other live entity names it. A write leaving ``entity`` live takes the lock
     shared for every entity it newly names (one it did not name before, or every one when it
     creates ``entity``; an undelete names every one too, though none reaches here: a deleted
-    entity takes no change, :func:`models.registry.refuse_if_deleted`), in a fixed order, and reads their rows again: a deletion
+    entity takes no change, :func:`models.registry.refuse_if_deleted`), in a fixed order and in one statement
+    however many it names, and reads their rows again in one more: a deletion
     committed meanwhile is a 422 naming the field, as :func:`apply_fields` gives. Each takes
     its locks after every row lock it takes and waits for no lock after them (its flush only
     key-shares the entities it names, which a row lock ``FOR NO KEY UPDATE`` admits), as
@@ -80,10 +82,13 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
         return
     before = content_before if content_before is not None and not deleted_before else {}
     named = sorted(newly_named(entity, before, content, pending), key=lambda n: (n[1].value, str(n[2])))
-    for kind, referent_id in dict.fromkeys((k, i) for _f, k, i in named):
-        _lock(session, kind, referent_id, "pg_advisory_xact_lock_shared")
+    referents = list(dict.fromkeys((k, i) for _f, k, i in named))
+    if not referents:
+        return
+    _lock_shared_in_order(session, referents)
+    deleted = _deleted_now(session, referents)  # a statement after the locks': its snapshot sees what they waited for
     errors = [{"field": field, "message": deleted_referent(kind, referent_id)}
-              for field, kind, referent_id in named if _deleted_now(session, kind, referent_id)]
+              for field, kind, referent_id in named if (kind, referent_id) in deleted]
     if errors:
         raise InvalidInput("bad reference fields", errors=errors)
 
@@ -191,10 +196,25 @@ def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUI
     return named
 
 
-def _deleted_now(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> bool:
-    """Whether the entity's row, read afresh (not from the session's identity map), is deleted."""
-    model = ENTITY_MODELS[entity_type]
-    return session.scalar(select(model.deleted_at.is_not(None)).where(model.id == entity_id)) is True
+def _deleted_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> set[tuple[EntityType, uuid.UUID]]:
+    """Which of the entities are deleted by their rows, read afresh (not from the session's
+    identity map), in one statement over their tables."""
+    by_type: dict[EntityType, list[uuid.UUID]] = {}
+    for kind, referent_id in referents:
+        by_type.setdefault(kind, []).append(referent_id)
+    query = union_all(*(select(literal(kind.value), ENTITY_MODELS[kind].id)
+                        .where(uuid_in(ENTITY_MODELS[kind].id, ids), ENTITY_MODELS[kind].deleted_at.is_not(None))
+                        for kind, ids in by_type.items()))
+    return {(EntityType(kind), referent_id) for kind, referent_id in session.execute(query)}
+
+
+def _lock_shared_in_order(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> None:
+    """Take the shared lock of each entity, in the order given, in one statement: a function
+    scan of the array yields its elements in order, and the aggregate takes each row's lock as
+    it comes (a wait for one holds the later ones back, as separate statements did)."""
+    session.execute(text("SELECT count(pg_advisory_xact_lock_shared(:lock, hashtext(key))) "
+                         "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS referent(key, n)"),
+                    {"lock": REFERENCE_LOCK, "keys": [f"{kind.value}:{referent_id}" for kind, referent_id in referents]})
 
 
 def _lock(session: Session, entity_type: EntityType, entity_id: uuid.UUID, function: str) -> None:

@@ -18,9 +18,11 @@ from models.bulk_assignment import assign_teams_in_bulk
 from models.db import make_session_factory, transaction
 from models.deletion import delete_entities
 from models.entities import Agent, EntityType, JobRole
-from models.errors import EntityReferenced
+from models.errors import EntityReferenced, InvalidInput
+from models.reference_guards import reference_fence
 from models.jobs import Job
-from models.registry import update_entity
+from models.registry import create_entity, update_entity
+from tests.conftest import outcome_once_committed, recorded_statements
 from tests.test_assignment import World
 from tests.test_assignment import world  # noqa: F401  (fixture)
 from tests.test_registry_api import API, gov  # noqa: F401  (fixture)
@@ -176,3 +178,52 @@ def test_entities_deleted_together_are_refused_together_by_a_dependent_outside_t
     delete_entities(db_session, [(E.AGENT, governor.id), (E.JOB_ROLE, role.id), (E.AGENT, outsider.id)], ctx=write_ctx)
     db_session.expire_all()
     assert db_session.get(JobRole, role.id).deleted_at is not None
+
+
+def test_a_create_naming_many_entities_fences_them_in_two_statements(world, db_session, write_ctx,  # noqa: F811
+                                                                     engine) -> None:
+    """``reference_fence`` took each named entity's lock, and read its row, one statement each:
+    26 round trips for an agent naming 10 skills, its role, industry and governor. Now one takes
+    every lock, in the same order, and one reads every row after them."""
+    extra = [world.make(E.SKILL, name=f"Fenced skill {i}", category="technical", description="d") for i in range(10)]
+    gone = world.make(E.SKILL, name="Fenced gone skill", category="technical", description="d")
+    _delete(db_session, E.SKILL, gone.id, write_ctx)
+    with recorded_statements(db_session.get_bind()) as seen:
+        world.agent("Fenced agent", skills=[*world.skills[:2], *extra])
+    assert sum("unnest" in sql and "pg_advisory_xact_lock_shared" in sql for _, sql in seen) == 1, seen
+    assert sum("hashtext(:entity)" in sql or "%(entity)s" in sql for _, sql in seen) == 0, seen  # no lock one at a time
+    with recorded_statements(db_session.get_bind()) as seen:
+        # the row read each lock's wait is for, with its deleted referent named (apply_fields' earlier read bypassed)
+        with pytest.raises(InvalidInput) as refused, db_session.begin_nested():
+            agent = Agent(id=uuid.uuid4(), version=0, name="Late namer", job_role_id=world.role.id,
+                          industry_id=world.industry.id, governance_agent_id=world.gov["governance_agent_id"])
+            reference_fence(db_session, agent, content_before=None, pending=frozenset(),
+                            content={"industry_id": str(world.industry.id), "skill_ids": [str(gone.id), str(extra[0].id)]})
+    assert [e["field"] for e in refused.value.extensions["errors"]] == ["skill_ids"], refused.value.extensions
+    assert gone.id.hex[:8] in refused.value.extensions["errors"][0]["message"]
+    assert len([sql for _, sql in seen if "pg_advisory" in sql or "deleted_at IS NOT NULL" in sql]) == 2, seen
+
+
+def test_a_create_naming_several_entities_waits_for_a_later_ones_deletion(engine, write_ctx, committed_steward) -> None:
+    """The one locking statement takes the locks in order: one further down its list, held by a
+    deletion committing, holds it back until the deletion commits, and the row read after it
+    then refuses the field (422), as separate statements did."""
+    governed = {"governance_agent_id": committed_steward}
+    with Session(engine) as session, session.begin():
+        industry = create_entity(session, entity_type=E.INDUSTRY, ctx=write_ctx, data={**governed, "name": "Fenced Trade",
+                                                                                      "code": "FNCD"}).id
+        parent = create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+            **governed, "name": "Fenced parent", "category": "technical", "description": "d"}).id
+    deleting = Session(engine)
+    deleting.begin()
+    _delete(deleting, E.SKILL, parent, write_ctx)
+
+    def create_child() -> uuid.UUID:
+        with Session(engine) as session, session.begin():
+            return create_entity(session, entity_type=E.SKILL, ctx=write_ctx, data={
+                **governed, "name": "Fenced child", "category": "technical", "description": "d", "industry_id": industry,
+                "parent_id": parent}).id
+
+    outcome = outcome_once_committed(engine, deleting, create_child, "the child's create")
+    assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
+    assert [e["field"] for e in outcome[0].extensions["errors"]] == ["parent_id"], outcome[0].extensions
