@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
 from models.canonical import strict_json_loads
-from models.db import uuid_in
+from models.chain import records_a_deletion
 from models.entities import Agent, JobRole
 from models.errors import EntityReferenced, InvalidInput
 
@@ -197,15 +197,26 @@ def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUI
 
 
 def _deleted_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> set[tuple[EntityType, uuid.UUID]]:
-    """Which of the entities are deleted by their rows, read afresh (not from the session's
-    identity map), in one statement over their tables."""
+    """Which of the entities are deleted, by their rows, read afresh (not from the session's
+    identity map), or by their signed heads (a row whose ``deleted_at`` was nulled through SQL
+    is deleted still: a restore puts the deletion back), in one statement over their tables."""
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for kind, referent_id in referents:
         by_type.setdefault(kind, []).append(referent_id)
-    query = union_all(*(select(literal(kind.value), ENTITY_MODELS[kind].id)
-                        .where(uuid_in(ENTITY_MODELS[kind].id, ids), ENTITY_MODELS[kind].deleted_at.is_not(None))
-                        for kind, ids in by_type.items()))
-    return {(EntityType(kind), referent_id) for kind, referent_id in session.execute(query)}
+    rows = [f"SELECT '{kind.value}', id, CAST(NULL AS bytea) FROM {ENTITY_MODELS[kind].__tablename__} "
+            f"WHERE id = ANY(CAST(:{kind.value} AS uuid[])) AND deleted_at IS NOT NULL" for kind in by_type]
+    found = session.execute(text(" UNION ALL ".join([*rows, _DELETED_HEADS])),
+                            {**{kind.value: ids for kind, ids in by_type.items()}, "ids": [i for _, i in referents]})
+    return {(EntityType(kind), referent_id) for kind, referent_id, content in found
+            if content is None or records_a_deletion(bytes(content))} & set(referents)
+
+
+# The newest versions among :ids whose content is not spelled as a live head's (canonical content
+# writes ``"deleted_at":null`` so), to be parsed: a deletion, or content that does not read.
+_DELETED_HEADS = (
+    "SELECT entity_type, entity_id, content FROM (SELECT DISTINCT ON (entity_id) entity_type, entity_id, content "
+    "FROM entity_versions WHERE entity_id = ANY(CAST(:ids AS uuid[])) ORDER BY entity_id, version DESC) head "
+    "WHERE position(CAST('\"deleted_at\"\\:null' AS bytea) IN content) = 0")  # \\: a colon, not a parameter
 
 
 def _lock_shared_in_order(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> None:

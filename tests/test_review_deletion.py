@@ -227,3 +227,18 @@ def test_a_create_naming_several_entities_waits_for_a_later_ones_deletion(engine
     outcome = outcome_once_committed(engine, deleting, create_child, "the child's create")
     assert len(outcome) == 1 and isinstance(outcome[0], InvalidInput), outcome
     assert [e["field"] for e in outcome[0].extensions["errors"]] == ["parent_id"], outcome[0].extensions
+
+
+def test_a_write_does_not_newly_name_an_entity_undeleted_through_sql(world, db_session, write_ctx) -> None:  # noqa: F811
+    """A deleted industry whose row had ``deleted_at`` nulled through SQL was named by a new skill
+    (the rows alone were read): a restore of the industry then put its signed deletion back, under a
+    live skill naming it. Its signed head records the deletion: 422 naming the field."""
+    industry = world.make(E.INDUSTRY, name="Undeleted by SQL", code="UNDS")
+    _delete(db_session, E.INDUSTRY, industry.id, write_ctx)
+    db_session.flush()
+    db_session.execute(text("UPDATE industries SET deleted_at = NULL WHERE id = :id"), {"id": industry.id})
+    db_session.expire_all()
+    with pytest.raises(InvalidInput) as refused, db_session.begin_nested():
+        world.make(E.SKILL, name="Naming the undeleted", category="technical", description="d", industry_id=industry.id)
+    assert [e["field"] for e in refused.value.extensions["errors"]] == ["industry_id"], refused.value.extensions
+    assert "is deleted" in refused.value.extensions["errors"][0]["message"]
