@@ -1,4 +1,4 @@
-"""Review of entity deletion (helper-200): a certification or a team assignment of a deleted
+"""Deleted entities in job posts, bulk plans and reference fences: a certification or a team assignment of a deleted
 entity was accepted (202) and its job then failed, where a single assignment's write says
 ``entity-deleted``; a bulk assignment called a deleted agent ``no-eligible-team`` (planned) or
 ``not-eligible`` (deleted after the plan). The POSTs now answer 409 ``entity-deleted`` and create
