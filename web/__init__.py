@@ -50,6 +50,21 @@ class StrictJSONProvider(DefaultJSONProvider):
         return strict_json_loads(s)
 
 
+class PlantOpenAPI(OpenAPI):
+    """The app class: an ``OPTIONS`` Flask answers itself is ``204 No Content`` with ``Allow``.
+
+    Flask's own answer was ``200 text/html`` with an empty body, the one answer under ``/api/``
+    that was neither JSON nor a problem. CORS is closed (README), so this is no preflight
+    answer: no ``Access-Control-*`` header is sent, and the request needs a key as a GET does."""
+
+    def make_default_options_response(self) -> Response:
+        allow = super().make_default_options_response().headers["Allow"]
+        response = Response(status=204)
+        del response.headers["Content-Type"]
+        response.headers["Allow"] = allow
+        return response
+
+
 class BoundedBodyRequest(Request):
     """A request whose body without ``Content-Length`` (``Transfer-Encoding: chunked``, which
     gunicorn hands on with ``wsgi.input_terminated``) is 413 past ``MAX_CONTENT_LENGTH`` too.
@@ -168,7 +183,7 @@ def forbid_sniffing(response: Response) -> Response:
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
-    app = OpenAPI(
+    app = PlantOpenAPI(
         __name__,
         info=Info(title="Plant", version=API_VERSION, description=API_DESCRIPTION),
         security_schemes=SECURITY_SCHEMES,
