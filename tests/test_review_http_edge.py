@@ -2,6 +2,9 @@
 charsets, key names that pass for the bootstrap admin key, and what gunicorn logs of a request
 line it refuses."""
 
+import gzip
+import json
+
 import pytest
 
 API = "/api/v1"
@@ -43,3 +46,53 @@ def test_head_is_its_get_without_a_body(client) -> None:
     get, head = client.get(f"{API}/jobs"), client.head(f"{API}/jobs")
     assert head.status_code == get.status_code == 200 and head.get_data() == b""
     assert head.mimetype == get.mimetype == "application/json"
+
+
+# --- body codings and charsets -------------------------------------------------------------
+
+def _post(client, data: bytes, content_type: str = "application/json", **headers: str):
+    return client.post(SLEEP, data=data, headers={"Content-Type": content_type, **headers})
+
+
+def _is_415(response, *, coding: bool = False) -> None:
+    assert response.status_code == 415, (response.status_code, response.get_data()[:300])
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["status"] == 415 and "UTF-8" in response.get_json()["detail"]
+    assert (response.headers.get("Accept-Encoding") == "identity") is coding
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "GZIP", "gzip, identity"])
+def test_a_body_with_a_content_encoding_is_415_not_read_as_plain(quiet_client, coding) -> None:
+    _is_415(_post(quiet_client, gzip.compress(json.dumps(BODY).encode()), **{"Content-Encoding": coding}), coding=True)
+
+
+def test_content_encoding_identity_is_a_plain_body(quiet_client) -> None:
+    assert _post(quiet_client, json.dumps(BODY).encode(), **{"Content-Encoding": "identity"}).status_code == 202
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "UTF-16LE", "latin-1", "iso-8859-1", "utf-32"])
+def test_json_declared_in_a_charset_other_than_utf8_is_415(quiet_client, charset) -> None:
+    codec = charset if charset.lower() not in ("latin-1", "iso-8859-1") else "latin-1"
+    _is_415(_post(quiet_client, json.dumps(BODY).encode(codec), f"application/json; charset={charset}"))
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", "utf8", '"utf-8"'])
+def test_json_declared_as_utf8_is_read(quiet_client, charset) -> None:
+    assert _post(quiet_client, json.dumps(BODY).encode(), f"application/json; charset={charset}").status_code == 202
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_json_in_utf16_or_utf32_declared_as_nothing_is_415_not_decoded(quiet_client, encoding) -> None:
+    """Python's json.loads detects UTF-16 and UTF-32 in bytes and read them: JSON is UTF-8."""
+    _is_415(_post(quiet_client, json.dumps(BODY).encode(encoding)))
+
+
+def test_json_whose_bytes_are_not_utf8_is_415(quiet_client) -> None:
+    _is_415(_post(quiet_client, b'{"seconds": 0.01, "steps": 1, "x": "\xe9"}'))
+
+
+def test_the_json_provider_reads_bytes_as_utf8_not_as_detected(app) -> None:
+    """Behind the 415: bytes the provider is handed are UTF-8, whatever json.loads would detect."""
+    with pytest.raises(ValueError):
+        app.json.loads('{"a": 1}'.encode("utf-16-le"))
+    assert app.json.loads('\ufeff{"a": "é"}'.encode()) == {"a": "é"}  # RFC 8259 lets a reader skip a BOM

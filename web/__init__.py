@@ -25,6 +25,7 @@ from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import PROTECTED_PREFIX, SECURITY_SCHEMES, init_auth
+from web.body_encoding import refusing_bodies_not_utf8
 from web.docs_policy import init_docs_policy
 from web.health import health_api
 from web.idempotency_http import refusing_unhonoured_idempotency_keys
@@ -47,7 +48,9 @@ class StrictJSONProvider(DefaultJSONProvider):
     sort_keys = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return strict_json_loads(s)
+        # Bytes are UTF-8 (RFC 8259), not whatever json.loads detects: UTF-16 bytes without a
+        # byte order mark were read as UTF-16 (web.body_encoding refuses them first, 415).
+        return strict_json_loads(s.decode("utf-8-sig") if isinstance(s, bytes | bytearray) else s)
 
 
 class PlantOpenAPI(OpenAPI):
@@ -217,5 +220,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     document_headers(app)  # the document is built here, once, and served as built
     app.before_request(refusing_query_parameters_not_taken(app))  # after auth, as above
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
+    app.before_request(refusing_bodies_not_utf8(app))  # after the media type's check: a text/plain body is 422
     app.before_request(refusing_unhonoured_idempotency_keys(app))  # after auth, as above
     return app

@@ -1,0 +1,65 @@
+"""How a request body is encoded, checked before it is read: identity-coded UTF-8 JSON only.
+
+A body sent with ``Content-Encoding: gzip`` (or any coding) was read as if it were plain (a
+422 "not valid JSON" for valid, compressed JSON), and a JSON body in another charset was
+read by Python's detection: ``application/json; charset=utf-16`` (or UTF-16 bytes declared as
+nothing) was taken as the JSON it decodes to, while ``charset=latin-1`` was read as UTF-8
+regardless. RFC 8259 §8.1 exchanges JSON as UTF-8 only, so each of those is 415 (RFC 9110
+§15.5.16) naming what to send instead, with ``Accept-Encoding: identity`` when a content
+coding was the reason (RFC 9110 §12.5.3). Decoding a coding is not offered: a compressed body
+could expand past ``PLANT_MAX_REQUEST_BYTES``, which only counts the bytes on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Response, request
+from flask_openapi3 import OpenAPI
+
+from web.openapi_headers import operations_where
+from web.problems import problem_response
+
+UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
+SEND_UTF8_JSON = "send the body as uncompressed UTF-8 JSON (Content-Type: application/json)"
+
+
+def _unsupported(detail: str, *, coding: bool = False) -> Response:
+    response = problem_response(415, "Unsupported Media Type", f"{detail}: {SEND_UTF8_JSON}")
+    if coding:
+        response.headers["Accept-Encoding"] = "identity"
+    return response
+
+
+def body_encoding_problem() -> Response | None:
+    """The 415 for a body this request sends in a coding or charset Plant does not read, or None."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding != "identity":
+        return _unsupported(f"a request body with Content-Encoding {coding!r} is not accepted", coding=True)
+    if not request.is_json:
+        return None  # web.refusing_bodies_not_json answers for the media type
+    charset = request.mimetype_params.get("charset")
+    if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
+        return _unsupported(f"JSON is read as UTF-8 only (RFC 8259), not charset={charset}")
+    data = request.get_data(cache=True)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _unsupported(f"the body is not UTF-8 (byte {exc.start} is not), as JSON must be (RFC 8259)")
+    if b"\x00" in data:  # never in JSON text, and what UTF-16 or UTF-32 without a byte order mark holds
+        return _unsupported("the body holds a NUL byte, so it is not UTF-8 JSON (UTF-16 or UTF-32?)")
+    return None
+
+
+def refusing_bodies_not_utf8(app: OpenAPI) -> Callable[[], Response | None]:
+    """A ``before_request`` hook: :func:`body_encoding_problem` for every operation that reads a
+    body (those /openapi.json gives a ``requestBody``, read once here). An operation that reads
+    none ignores its body, as a GET does."""
+    reads_a_body = operations_where(app, lambda operation: "requestBody" in operation)
+
+    def refuse() -> Response | None:
+        if (request.endpoint, request.method) not in reads_a_body:
+            return None
+        return body_encoding_problem()
+
+    return refuse
