@@ -4,8 +4,12 @@ line it refuses."""
 
 import gzip
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests.conftest import gunicorn_serving, wait_for
 
 API = "/api/v1"
 SLEEP = f"{API}/diagnostics/sleep"
@@ -132,3 +136,45 @@ def test_a_key_name_with_cyrillic_lookalike_letters_is_refused() -> None:
     from models.api_keys import key_name_problem
 
     assert key_name_problem("b\u043e\u043etstrap-admin") is not None
+
+
+# --- gunicorn's warning for a request line it refuses --------------------------------------
+
+@pytest.fixture(scope="module")
+def gunicorn_logged(settings, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gunicorn-http-edge")
+    (directory / "prometheus").mkdir()
+    log_path = directory / "gunicorn.log"
+    with gunicorn_serving(settings, log_path, processes=1, threads=2, metrics_dir=directory / "prometheus") as base:
+        yield base, log_path
+
+
+def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GET /health?access_token=SECRET-QUERY-1\x01x HTTP/1.1",
+    b"GET /health?token=SECRET-QUERY-2\x7f HTTP/1.1",
+    b"GET /health#SECRET-QUERY-3\x01 HTTP/1.1",
+], ids=["control-in-query", "del-in-query", "fragment"])
+def test_a_refused_request_line_is_logged_without_its_query(gunicorn_logged, request_line) -> None:
+    base, log_path = gunicorn_logged
+    secret = request_line.split(b"SECRET-")[1][:7].decode()
+    status, answer = _exchange(base, request_line + b"\r\nHost: x\r\n\r\n")
+    assert status == 400 and b"application/problem+json" in answer
+    assert f"SECRET-{secret}".encode() not in answer  # nor echoed in the detail
+    warning = wait_for(lambda: next((line for line in log_path.read_text().splitlines()
+                                     if "Invalid request" in line and "withheld" in line and "/health" in line
+                                     and line not in _seen), None), what="gunicorn's warning")
+    _seen.add(warning)
+    assert f"SECRET-{secret}" not in log_path.read_text()
+
+
+_seen: set[str] = set()

@@ -11,7 +11,9 @@ give every other: a request id, in the response's ``X-Request-ID`` and on every 
 while refusing it (gunicorn's own warning included), and one ``web.requests`` line with its status.
 What gunicorn quotes of a malformed header is withheld unless it is a plain header name: a header
 line without its colon (``Authorization Bearer plant_…``) is quoted whole, an API key with it, and
-went to the log as it was.
+went to the log as it was. So is the query string (and fragment) of a request line it refuses: the
+warning quoted the whole line, ``GET /x?access_token=… HTTP/1.1`` with a control character in it say,
+and a query holds what clients should not send there but do.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import uuid
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http.errors import InvalidHeader, InvalidHeaderName
+from gunicorn.http.errors import InvalidHeader, InvalidHeaderName, InvalidHTTPVersion, InvalidRequestLine
 from gunicorn.workers.gthread import ThreadWorker
 
 from models.logging_setup import bind_log_context, reset_log_context
@@ -35,13 +37,23 @@ request_log = logging.getLogger("web.requests")
 # What gunicorn quotes of a bad header that may be shown: a header name, or its own words.
 SHOWN_HEADER = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}", re.ASCII)
 GUNICORN_WORDS = frozenset({"bare LF as line terminator"})
+# A request target's query or fragment, up to the HTTP version ending the line (a query may
+# hold a space or a control character: the line is refused for it), and a version that may be shown.
+QUERY_OR_FRAGMENT = re.compile(r"[?#].*?(?= HTTP/[0-9.]{1,8}$|$)", re.DOTALL)
+SHOWN_VERSION = re.compile(r"[A-Za-z0-9/.]{1,20}", re.ASCII)
 
 
-def withhold_header_text(exc: BaseException) -> None:
-    """Replace what ``exc`` quotes of the client's header by its length, unless it is a name."""
+def withhold_client_text(exc: BaseException) -> None:
+    """Replace what ``exc`` quotes of the client's header by its length, unless it is a name,
+    and the query string and fragment of a request line it quotes by theirs (and a version
+    that is not one, which may be the rest of a query holding a space)."""
     if isinstance(exc, (InvalidHeader, InvalidHeaderName)) and isinstance(exc.hdr, str):
         if not (SHOWN_HEADER.fullmatch(exc.hdr) or exc.hdr in GUNICORN_WORDS):
             exc.hdr = f"({len(exc.hdr)} characters withheld)"
+    if isinstance(exc, InvalidRequestLine) and isinstance(exc.req, str):
+        exc.req = QUERY_OR_FRAGMENT.sub(lambda m: f"{m[0][0]}({len(m[0]) - 1} characters withheld)", exc.req, count=1)
+    if isinstance(exc, InvalidHTTPVersion) and isinstance(exc.version, str) and not SHOWN_VERSION.fullmatch(exc.version):
+        exc.version = f"({len(exc.version)} characters withheld)"  # "b HTTP/1.1" of "GET /x?a b HTTP/1.1"
 
 
 class _Capture:
@@ -86,7 +98,7 @@ class ProblemThreadWorker(ThreadWorker):
         request_id = uuid.uuid4().hex  # the client's X-Request-ID is in what gunicorn could not read
         token = bind_log_context(request_id=request_id)
         try:
-            withhold_header_text(exc)
+            withhold_client_text(exc)
             capture = _Capture(client)
             super().handle_error(req, capture, addr, exc)
             if not capture.written:
