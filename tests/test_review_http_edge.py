@@ -178,3 +178,12 @@ def test_a_refused_request_line_is_logged_without_its_query(gunicorn_logged, req
 
 
 _seen: set[str] = set()
+
+
+# --- duplicate headers -----------------------------------------------------------------------
+
+def test_two_idempotency_keys_are_422_not_taken_as_one_joined_key(quiet_client) -> None:
+    """Two headers arrive joined by a comma (werkzeug's test client joins them as gunicorn does)."""
+    response = quiet_client.post(SLEEP, json=BODY, headers=[("Idempotency-Key", "one"), ("Idempotency-Key", "two")])
+    assert response.status_code == 422, response.get_data()[:300]
+    assert response.get_json()["errors"][0]["field"] == "Idempotency-Key"

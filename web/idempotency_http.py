@@ -17,6 +17,7 @@ from collections.abc import Callable
 from flask import Response, g, request
 from flask_openapi3 import OpenAPI
 
+from models.errors import InvalidInput
 from models.idempotency import validate_key
 from web.openapi_headers import operations_where
 from web.problems import invalid_input_response
@@ -26,8 +27,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # nothing to repeat: a key
 
 
 def idempotency_key() -> str | None:
-    """The request's ``Idempotency-Key``, checked (1 to 255 printable characters), or None."""
+    """The request's ``Idempotency-Key``, checked (1 to 255 printable characters, no comma), or
+    None. Two ``Idempotency-Key`` headers arrive joined by a comma (gunicorn and werkzeug join a
+    repeated field), and were taken as one key, ``one,two``, that neither retry would match:
+    which did the client mean? A key with a comma is refused as Authorization's is (web.auth)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and "," in key:
+        raise InvalidInput(f"{IDEMPOTENCY_HEADER} must be one key, without a comma (two {IDEMPOTENCY_HEADER} "
+                           "headers arrive joined by one): send it once", field=IDEMPOTENCY_HEADER)
     return validate_key(key) if key is not None else None
 
 
