@@ -180,6 +180,33 @@ def test_a_refused_request_line_is_logged_without_its_query(gunicorn_logged, req
 _seen: set[str] = set()
 
 
+
+@pytest.mark.parametrize(("error", "secret"), [
+    ("InvalidRequestMethod", "plant_SECRETKEY0123456789abcdef"),  # a first line that was a header's value
+    ("InvalidHTTPVersion", "token=SECRET HTTP/1.1"),  # the rest of "GET /x?a token=SECRET HTTP/1.1"
+    ("InvalidRequestLine", "GET /x?access_token=SECRET\x01 HTTP/1.1"),
+])
+def test_what_gunicorn_quotes_of_a_method_version_or_line_withholds_secrets(error, secret) -> None:
+    from gunicorn.http import errors
+
+    from web.gunicorn_worker import withhold_client_text
+
+    exc = getattr(errors, error)(secret)
+    withhold_client_text(exc)
+    assert "SECRET" not in str(exc) and "withheld" in str(exc)
+
+
+@pytest.mark.parametrize(("error", "text"), [("InvalidRequestMethod", "get"), ("InvalidHTTPVersion", "HTTP/9.9"),
+                                             ("InvalidRequestLine", "NOT HTTP AT ALL")])
+def test_a_plain_method_version_or_line_is_still_quoted(error, text) -> None:
+    from gunicorn.http import errors
+
+    from web.gunicorn_worker import withhold_client_text
+
+    exc = getattr(errors, error)(text)
+    withhold_client_text(exc)
+    assert text in str(exc)
+
 # --- duplicate headers -----------------------------------------------------------------------
 
 def test_two_idempotency_keys_are_422_not_taken_as_one_joined_key(quiet_client) -> None:

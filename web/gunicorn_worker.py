@@ -13,7 +13,8 @@ What gunicorn quotes of a malformed header is withheld unless it is a plain head
 line without its colon (``Authorization Bearer plant_…``) is quoted whole, an API key with it, and
 went to the log as it was. So is the query string (and fragment) of a request line it refuses: the
 warning quoted the whole line, ``GET /x?access_token=… HTTP/1.1`` with a control character in it say,
-and a query holds what clients should not send there but do.
+and a query holds what clients should not send there but do; and a method or version that is not
+a plain word (a first line that was a header's value, the tail of a query holding a space).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import uuid
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http.errors import InvalidHeader, InvalidHeaderName, InvalidHTTPVersion, InvalidRequestLine
+from gunicorn.http.errors import (
+    InvalidHeader,
+    InvalidHeaderName,
+    InvalidHTTPVersion,
+    InvalidRequestLine,
+    InvalidRequestMethod,
+)
 from gunicorn.workers.gthread import ThreadWorker
 
 from models.logging_setup import bind_log_context, reset_log_context
@@ -34,26 +41,35 @@ from models.logging_setup import bind_log_context, reset_log_context
 PROBLEM_MIMETYPE = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-ID"  # as web.metrics: this module is loaded apart from the app
 request_log = logging.getLogger("web.requests")
-# What gunicorn quotes of a bad header that may be shown: a header name, or its own words.
+# What gunicorn quotes of a client's bad field that may be shown: a header name or gunicorn's own
+# words, a method or an HTTP version that is a plain word. Anything else is replaced by its length:
+# it may be a header's value (an API key), or the rest of a query holding a space.
 SHOWN_HEADER = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}", re.ASCII)
 GUNICORN_WORDS = frozenset({"bare LF as line terminator"})
+SHOWN_FIELDS: dict[type[Exception], tuple[str, re.Pattern[str]]] = {
+    InvalidHeader: ("hdr", SHOWN_HEADER),
+    InvalidHeaderName: ("hdr", SHOWN_HEADER),
+    InvalidHTTPVersion: ("version", re.compile(r"[A-Za-z0-9/.]{1,20}", re.ASCII)),
+    InvalidRequestMethod: ("method", re.compile(r"[A-Za-z_-]{1,20}", re.ASCII)),
+}
 # A request target's query or fragment, up to the HTTP version ending the line (a query may
-# hold a space or a control character: the line is refused for it), and a version that may be shown.
+# hold a space or a control character: the line is refused for it).
 QUERY_OR_FRAGMENT = re.compile(r"[?#].*?(?= HTTP/[0-9.]{1,8}$|$)", re.DOTALL)
-SHOWN_VERSION = re.compile(r"[A-Za-z0-9/.]{1,20}", re.ASCII)
+
+
+def _withheld(text: str) -> str:
+    return f"({len(text)} characters withheld)"
 
 
 def withhold_client_text(exc: BaseException) -> None:
-    """Replace what ``exc`` quotes of the client's header by its length, unless it is a name,
-    and the query string and fragment of a request line it quotes by theirs (and a version
-    that is not one, which may be the rest of a query holding a space)."""
-    if isinstance(exc, (InvalidHeader, InvalidHeaderName)) and isinstance(exc.hdr, str):
-        if not (SHOWN_HEADER.fullmatch(exc.hdr) or exc.hdr in GUNICORN_WORDS):
-            exc.hdr = f"({len(exc.hdr)} characters withheld)"
+    """Replace what ``exc`` quotes of the client's request by its length (:data:`SHOWN_FIELDS`),
+    and the query string and fragment of a request line it quotes by theirs."""
+    for cls, (attribute, shown) in SHOWN_FIELDS.items():
+        text = getattr(exc, attribute, None) if isinstance(exc, cls) else None
+        if isinstance(text, str) and not (shown.fullmatch(text) or text in GUNICORN_WORDS):
+            setattr(exc, attribute, _withheld(text))
     if isinstance(exc, InvalidRequestLine) and isinstance(exc.req, str):
-        exc.req = QUERY_OR_FRAGMENT.sub(lambda m: f"{m[0][0]}({len(m[0]) - 1} characters withheld)", exc.req, count=1)
-    if isinstance(exc, InvalidHTTPVersion) and isinstance(exc.version, str) and not SHOWN_VERSION.fullmatch(exc.version):
-        exc.version = f"({len(exc.version)} characters withheld)"  # "b HTTP/1.1" of "GET /x?a b HTTP/1.1"
+        exc.req = QUERY_OR_FRAGMENT.sub(lambda m: m[0][0] + _withheld(m[0][1:]), exc.req, count=1)
 
 
 class _Capture:
