@@ -214,3 +214,25 @@ def test_two_idempotency_keys_are_422_not_taken_as_one_joined_key(quiet_client) 
     response = quiet_client.post(SLEEP, json=BODY, headers=[("Idempotency-Key", "one"), ("Idempotency-Key", "two")])
     assert response.status_code == 422, response.get_data()[:300]
     assert response.get_json()["errors"][0]["field"] == "Idempotency-Key"
+
+
+# --- a target that is not UTF-8 ------------------------------------------------------------
+
+@pytest.mark.parametrize("query", ["kind=%FF", "kind=%ED%A0%80", "kind=caf%E9", "status=queued&kind=%C3"])
+def test_a_query_not_utf8_once_decoded_is_422_not_read_with_replacement_characters(client, query) -> None:
+    response = client.get(f"{API}/jobs?{query}")
+    assert response.status_code == 422, response.get_data()[:300]
+    assert response.get_json()["errors"] == [{"field": "query", "message": "not UTF-8 once percent-decoded"}]
+
+
+def test_a_query_in_utf8_is_read(client) -> None:
+    assert client.get(f"{API}/jobs?kind=caf%C3%A9").status_code == 200
+    assert client.get(f"{API}/jobs?kind=a+b%2Bc").status_code == 200
+
+
+def test_a_path_not_utf8_once_decoded_is_422_under_gunicorn(gunicorn_logged, admin_key) -> None:
+    """werkzeug's test client decodes a path before it builds the request, so a server is asked."""
+    base, _ = gunicorn_logged
+    status, answer = _exchange(base, f"GET {API}/genesis/skills/search%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                     f"Authorization: Bearer {admin_key}\r\n\r\n".encode())
+    assert status == 422 and b'"field": "path"' in answer, answer[:600]

@@ -25,7 +25,7 @@ from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import PROTECTED_PREFIX, SECURITY_SCHEMES, init_auth
-from web.body_encoding import refusing_bodies_not_utf8
+from web.request_encoding import refuse_targets_not_utf8, refusing_bodies_not_utf8
 from web.docs_policy import init_docs_policy
 from web.health import health_api
 from web.idempotency_http import refusing_unhonoured_idempotency_keys
@@ -49,7 +49,7 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         # Bytes are UTF-8 (RFC 8259), not whatever json.loads detects: UTF-16 bytes without a
-        # byte order mark were read as UTF-16 (web.body_encoding refuses them first, 415).
+        # byte order mark were read as UTF-16 (web.request_encoding refuses them first, 415).
         return strict_json_loads(s.decode("utf-8-sig") if isinstance(s, bytes | bytearray) else s)
 
 
@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.after_request(forbid_sniffing)
     app.before_request(refuse_string_bodies)  # after auth: a request without a key is 401 whatever its body
     app.before_request(refuse_repeated_query_parameters)  # after auth, as above
+    app.before_request(refuse_targets_not_utf8)  # after auth, as above
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)

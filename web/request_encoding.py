@@ -1,4 +1,4 @@
-"""How a request body is encoded, checked before it is read: identity-coded UTF-8 JSON only.
+"""How a request is encoded, checked before it is read: a UTF-8 target, identity-coded UTF-8 JSON.
 
 A body sent with ``Content-Encoding: gzip`` (or any coding) was read as if it were plain (a
 422 "not valid JSON" for valid, compressed JSON), and a JSON body in another charset was
@@ -8,17 +8,23 @@ regardless. RFC 8259 §8.1 exchanges JSON as UTF-8 only, so each of those is 415
 §15.5.16) naming what to send instead, with ``Accept-Encoding: identity`` when a content
 coding was the reason (RFC 9110 §12.5.3). Decoding a coding is not offered: a compressed body
 could expand past ``PLANT_MAX_REQUEST_BYTES``, which only counts the bytes on the wire.
+
+A path or query string whose percent-decoded bytes are not UTF-8 (``?kind=%FF``) was read with
+each bad byte replaced by U+FFFD, a filter for a value the client never sent: 422 naming it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from urllib.parse import unquote_to_bytes
+
 from flask import Response, request
 from flask_openapi3 import OpenAPI
 
 from web.openapi_headers import operations_where
-from web.problems import problem_response
+from web.auth import PROTECTED_PREFIX
+from web.problems import invalid_input_response, problem_response
 
 UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 SEND_UTF8_JSON = "send the body as uncompressed UTF-8 JSON (Content-Type: application/json)"
@@ -63,3 +69,27 @@ def refusing_bodies_not_utf8(app: OpenAPI) -> Callable[[], Response | None]:
         return body_encoding_problem()
 
     return refuse
+
+
+def refuse_targets_not_utf8() -> Response | None:
+    """``before_request``: a path or query under ``/api/`` that is not UTF-8 once percent-decoded
+    is 422 naming which (WSGI hands the path on as Latin-1, and werkzeug decodes both with
+    ``errors="replace"``)."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return None
+    parts = {"path": request.environ.get("PATH_INFO", "").encode("latin-1"),
+             "query": unquote_to_bytes(request.environ.get("QUERY_STRING", "").replace("+", " "))}
+    bad = [name for name, raw in parts.items() if not _is_utf8(raw)]
+    if not bad:
+        return None
+    return invalid_input_response(
+        f"the request's {' and '.join(bad)} must be UTF-8 once percent-decoded",
+        [{"field": name, "message": "not UTF-8 once percent-decoded"} for name in bad])
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
