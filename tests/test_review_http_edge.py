@@ -172,6 +172,9 @@ def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
     return int(answer.split(b" ", 2)[1]), answer
 
 
+_seen: set[str] = set()  # the warnings earlier cases waited for
+
+
 @pytest.mark.parametrize("request_line", [
     b"GET /health?access_token=SECRET-QUERY-1\x01x HTTP/1.1",
     b"GET /health?token=SECRET-QUERY-2\x7f HTTP/1.1",
@@ -189,8 +192,6 @@ def test_a_refused_request_line_is_logged_without_its_query(gunicorn_logged, req
     _seen.add(warning)
     assert f"SECRET-{secret}" not in log_path.read_text()
 
-
-_seen: set[str] = set()
 
 
 
