@@ -115,6 +115,13 @@ def test_the_json_provider_reads_bytes_as_utf8_not_as_detected(app) -> None:
     assert app.json.loads('\ufeff{"a": "é"}'.encode()) == {"a": "é"}  # RFC 8259 lets a reader skip a BOM
 
 
+
+def test_an_integer_too_long_to_read_is_422_saying_so_not_malformed_json(client) -> None:
+    """A 5,000-digit integer is valid JSON that Python's reader refuses (its digit limit)."""
+    response = client.post(SLEEP, data=b'{"seconds": 1, "steps": ' + b"1" * 5000 + b"}", content_type="application/json")
+    assert response.status_code == 422
+    assert "digits" in response.get_json()["errors"][0]["message"]
+
 # --- reserved key names --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", [

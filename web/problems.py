@@ -8,6 +8,7 @@ ever shows a stack trace to a client.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from flask import Flask, Response, current_app, json, request
@@ -160,7 +161,10 @@ def _body_not_an_object() -> str:
         return "the body is empty: send a JSON object"
     try:
         value = strict_json_loads(data)
-    except ValueError:
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # valid JSON; Python's reader refuses it (CVE-2020-10735)
+            return (f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+                    "which is read as no number (no field takes one that large)")
         return "the body is not valid JSON"
     return f"the body must be a JSON object, not {JSON_TYPES.get(type(value), 'that')}"
 
