@@ -1,4 +1,4 @@
-"""The HTTP edge under a demanding client (helper-201): OPTIONS and 405, body codings and
+"""The HTTP edge under a demanding client: OPTIONS and 405, body codings and
 charsets, key names that pass for the bootstrap admin key, and what gunicorn logs of a request
 line it refuses."""
 
