@@ -113,6 +113,10 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
         result.digest_trusted = False
         return result
     append_only = append_only_enforced(session)
+    if not append_only:  # a version behind a leaf, or the digest's rows, may have been rewritten in place
+        result.findings.append(_guards_lifted(digest))
+        result.digest_trusted = False
+        return result
     accounted = 0  # leaves whose entity is live, or deleted since the digest and examined here
     deleted: set[tuple[str, uuid.UUID]] = set()
     plan: dict[EntityType, Changed] = {}
@@ -163,6 +167,17 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
             "run a full audit")))
         result.digest_rows_kept = False
     return result
+
+
+def _guards_lifted(digest: LedgerDigest) -> FindingRow:
+    """The run-level finding of a run that found the guards lifted (rule L0-03): a full audit
+    reports every entity under L0-03, and the digest vouches for nothing, since what it holds
+    (the versions up to each leaf, its own rows) could have been rewritten in place and set
+    back where no incremental audit reads."""
+    return FindingRow(None, None, None, "digest-invalid", (
+        f"stored ledger digest {digest.id} ({digest.as_of.isoformat()}): the append-only guards are lifted or not what "
+        "the migrations made them (rule L0-03), so the versions and rows it vouches for could have been rewritten in "
+        "place; its leaves are not trusted, nothing was examined: run a full audit"))
 
 
 def _changed_since(session: Session, entity_type: EntityType, digest: LedgerDigest,
