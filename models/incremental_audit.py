@@ -391,7 +391,11 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
     for entity in entities:
         leaf = base[entity.id]
         rows = versions.get(entity.id, [])
-        result.chains[entity.id] = (len(rows), leaf[0])  # keyed: a suspect's second check overwrites
+        # Keyed: a suspect's second check overwrites. Only versions of the row's own type count:
+        # a row of another type under an entity's id (a decoy INSERTed marked deleted, which the
+        # digest holds no head of) reads that entity's chain, and counted it as its growth, which
+        # balanced the counts over as many versions forged behind rows left at their leaves.
+        result.chains[entity.id] = (sum(1 for row in rows if row.entity_type == kind), leaf[0])
         batch.entities += 1
         split = _after_leaf(rows, leaf)
         rolled.pop(entity.id, None)

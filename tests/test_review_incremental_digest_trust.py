@@ -5,13 +5,16 @@ digest's word; each test here makes a change a full audit reports and checks tha
 incremental audit does not report the registry clean, or hide the change behind another.
 """
 
+import hashlib
+import os
 
 import pytest
 from sqlalchemy import text
 
 from models.entities import EntityType
 from models.ledger_store import store_digest
-from tests.test_audit import run_audit, run_incremental
+from models.registry import create_entity
+from tests.test_audit import run_audit, run_incremental, version_row
 
 E = EntityType
 
@@ -40,3 +43,36 @@ def test_an_incremental_audit_with_the_guards_lifted_is_not_clean(db_session, sk
     assert [f.code for f in run_level] == ["digest-invalid"] and "L0-03" in run_level[0].detail
     assert summary["coverage"]["signatures"] == "none" and "NOT trusted" in summary["coverage"]["digest"]
 
+
+def test_a_decoy_row_reading_another_entity_s_chain_does_not_balance_a_forged_version_away(
+        db_session, skill, steward, write_ctx, keyring) -> None:
+    """No guard lifted, INSERTs only. A version forged behind a row left at its leaf makes the
+    ledger's version count exceed what the leaves and the examined chains account for, and the
+    search that follows finds it. A decoy, a deleted agent row under the id of an unchanged
+    one-version skill, was examined (the digest holds no agent of that id) and counted the
+    skill's chain as its own growth: one version more on the examined side, the counts
+    balanced, and the forgery went unreported (only the decoy was), where a full audit
+    reports both."""
+    other = create_entity(db_session, entity_type=E.SKILL, ctx=write_ctx, data={
+        "name": "Other Skill", "skill_key": "other-skill", "category": "technical", "description": "one",
+        "governance_agent_id": steward})
+    db_session.flush()
+    store_digest(db_session, keyring=keyring)
+    head = version_row(db_session, skill.id, 3)
+    content = bytes(head.content)
+    db_session.execute(text(
+        "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link, link_hash,"
+        " kid, signature, actor) VALUES ('skill', :e, 4, :c, :h, :p, :l, :k, :g, 'intruder')"),
+        {"e": skill.id, "c": content, "h": hashlib.sha256(content).digest(), "p": bytes(head.link_hash),
+         "l": os.urandom(32), "k": head.kid, "g": os.urandom(64)})  # the skill's row stays at its leaf
+    db_session.execute(text(
+        "INSERT INTO agents (id, name, status, tags, attributes, version, head_link_hash, deleted_at, governance_agent_id)"
+        " SELECT id, 'Decoy', 'active', tags, attributes, version, head_link_hash, now(), governance_agent_id"
+        " FROM skills WHERE id = :id"), {"id": other.id})
+    db_session.expire_all()
+    _, full_findings = run_audit(db_session, keyring)
+    assert "stale-head" in _codes(full_findings, skill.id)
+    summary, findings = run_incremental(db_session, keyring)
+    assert "row-content-mismatch" in _codes(findings, other.id)  # the decoy
+    assert "stale-head" in _codes(findings, skill.id), [(f.entity_id, f.code) for f in findings]
+    assert summary["coverage"]["version_count_balanced"] is False
