@@ -568,7 +568,7 @@ def test_a_write_committed_while_an_incremental_audit_reads_does_not_hide_a_forg
             " kid, signature, actor) VALUES ('skill', :e, 2, :c, :h, :p, :l, :k, :g, 'intruder')"),
             {"e": forged, "c": bytes(head.content), "h": hashlib.sha256(bytes(head.content)).digest(),
              "p": bytes(head.link_hash), "l": os.urandom(32), "k": head.kid, "g": os.urandom(64)})
-    changed_since, written = incremental._changed_since, []
+    changed_since, written = incremental.changed_since, []
 
     def a_write_commits_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         if not written:
@@ -577,7 +577,7 @@ def test_a_write_committed_while_an_incremental_audit_reads_does_not_hide_a_forg
                 update_entity(other, entity_type=E.SKILL, entity_id=busy, changes={"description": "two"}, ctx=write_ctx)
         return changed_since(*args, **kwargs)
 
-    monkeypatch.setattr(incremental, "_changed_since", a_write_commits_first)
+    monkeypatch.setattr(incremental, "changed_since", a_write_commits_first)
     with Session(engine) as session, session.begin():
         summary, findings = run_incremental(session, keyring)
         codes = {entity: _codes(findings, entity) for entity in (forged, busy)}

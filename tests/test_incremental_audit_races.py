@@ -56,7 +56,7 @@ def test_leaf_rows_pruned_while_an_incremental_audit_reads_do_not_hide_a_rolled_
         update_entity(session, entity_type=E.SKILL, entity_id=victim, changes={"description": "version 3"}, ctx=write_ctx)
     with Session(engine) as session, session.begin():
         _reset_row(session, victim, 2)  # the row replays the leaf although version 3 exists: stale-head
-    totals, pruned = incremental._version_totals, []
+    totals, pruned = incremental.version_totals, []
 
     def pruned_meanwhile(session, digest):  # noqa: ANN001, ANN202
         if not pruned:
@@ -66,7 +66,7 @@ def test_leaf_rows_pruned_while_an_incremental_audit_reads_do_not_hide_a_rolled_
                 other.execute(text("DELETE FROM ledger_digest_heads WHERE digest_id = :d"), {"d": digest_id})
         return totals(session, digest)
 
-    monkeypatch.setattr(incremental, "_version_totals", pruned_meanwhile)
+    monkeypatch.setattr(incremental, "version_totals", pruned_meanwhile)
     with Session(engine) as session, session.begin():
         summary, findings = run_incremental(session, keyring)
         codes, victim_codes = {f.code for f in findings}, _codes(findings, victim)
