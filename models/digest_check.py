@@ -14,7 +14,8 @@ that stores the new one, over the rows as written, so nothing committed meanwhil
   tombstone (all of them, from the genesis, when there is neither) re-hash and link on from
   it up to the new head, every one of their signatures verifies (with no trusted digest,
   the head's, as a full audit checks), and none was signed by a sealed retired key after
-  its seal. A tombstone's head must record the deletion, a leaf's must not; and an entity
+  its seal, and the entity's row holds the head version's governed fields
+  (:func:`_rows_off_their_heads`). A tombstone's head must record the deletion, a leaf's must not; and an entity
   the trusted digest keeps a tombstone for is never live again (Plant has no undelete: an
   entity brought back by deleting its deletion version is held back);
 - a trusted leaf or tombstone the new digest has neither of, and a row with no head that
@@ -44,10 +45,10 @@ from sqlalchemy.orm import Session, aliased
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestsV2Began, LedgerDigestTombstone
 from models.chain import GENESIS_LINK, records_a_deletion, versions_by_entity
-from models.chain_verification import verify_versions
+from models.chain_verification import ROW_CONTENT_MISMATCH, head_drift, verify_versions
 from models.seal_check import seal_findings
 from models.db_statements import uuid_in
-from models.entities import ENTITY_MODELS
+from models.entities import ENTITY_MODELS, EntityType, governed_content, load_entities
 from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, keeps_tombstones
 from models.signing import KeyRing
 
@@ -259,7 +260,36 @@ def _batch_held_back(session: Session, targets: list[Target], keyring: KeyRing, 
     for entity_id, finding in seal_findings(session, checked, keyring).items():
         target = by_id[entity_id]
         held.append(_held(target, f"{finding.code} at version {finding.version}", versions.get(entity_id, [])))
+    for target, finding in _rows_off_their_heads(session, [by_id[entity.id] for entity, _ in checked], keyring):
+        held.append(_held(target, f"its row is not its head version: {finding.code} at version {finding.version}",
+                          versions.get(target.entity_id, [])))
     return held
+
+
+def _rows_off_their_heads(session: Session, targets: list[Target], keyring: KeyRing) -> list[tuple[Target, Any]]:
+    """Each target whose entity row's governed fields are not its head version's
+    (``row-content-mismatch`` of :func:`models.chain_verification.head_drift`: edited through
+    SQL without a new version), with that finding. An incremental audit does not examine an
+    entity whose row names the digest's head, so a row edited after a signed change was seen
+    by incremental audits only until the next digest attested that head. The row's version
+    column is no governed field (a leaf takes its chain's number, whatever it says), and a
+    chain grown behind the row, a row gone or one of another type are the incremental
+    audit's to find: only the content is judged here."""
+    by_type: dict[str, dict[uuid.UUID, Target]] = {}
+    for target in targets:
+        if target.head is not None and target.entity_type in _TYPES:
+            by_type.setdefault(target.entity_type, {})[target.entity_id] = target
+    found = []
+    for kind, of_kind in by_type.items():
+        entities = load_entities(session, EntityType(kind), list(of_kind))
+        for entity in entities:
+            entity.version = of_kind[entity.id].head[0]
+        drift = head_drift(session, [(entity, governed_content(entity)) for entity in entities], keyring)
+        found += [(of_kind[entity_id], finding) for entity_id, finding in drift.items() if finding.code == ROW_CONTENT_MISMATCH]
+    return found
+
+
+_TYPES = frozenset(entity_type.value for entity_type in EntityType)
 
 
 def _resolved(target: Target, rows: list[Any], keyring: KeyRing) -> Target:

@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from models.entities import EntityType
 from models.ledger_store import store_digest
-from models.registry import create_entity
-from tests.test_audit import run_audit, run_incremental, version_row
+from models.registry import create_entity, update_entity
+from tests.test_audit import run_audit, run_incremental, tamper_row, version_row
 
 E = EntityType
 
@@ -76,3 +76,27 @@ def test_a_decoy_row_reading_another_entity_s_chain_does_not_balance_a_forged_ve
     assert "row-content-mismatch" in _codes(findings, other.id)  # the decoy
     assert "stale-head" in _codes(findings, skill.id), [(f.entity_id, f.code) for f in findings]
     assert summary["coverage"]["version_count_balanced"] is False
+
+
+@pytest.mark.parametrize("version_column_too", [False, True])
+def test_a_row_edited_after_a_signed_change_is_not_laundered_by_the_next_digest(db_session, skill, write_ctx, keyring,
+                                                                                version_column_too) -> None:
+    """A row edited through SQL (no new version) after a signed change since the digest is
+    seen by an incremental audit: its head moved, so it is examined. The next digest checked
+    the head's chain but not the row against it, and attested the head: from then on the
+    entity was unchanged since the latest digest, never examined, and every incremental audit
+    reported clean while a full audit reports row-content-mismatch. The digest holds it back."""
+    store_digest(db_session, keyring=keyring)
+    update_entity(db_session, entity_type=E.SKILL, entity_id=skill.id, changes={"description": "four"}, ctx=write_ctx)
+    db_session.flush()
+    tamper_row(db_session, skill, keyring)
+    if version_column_too:  # no governed field, and not what the digest judges the row by
+        db_session.execute(text("UPDATE skills SET version = version + 5 WHERE id = :id"), {"id": skill.id})
+    _, before = run_incremental(db_session, keyring)
+    assert _codes(before, skill.id)
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)
+    assert [str(skill.id) in h and "row-content-mismatch" in h for h in held] == [True]
+    _, after = run_incremental(db_session, keyring)
+    _, full = run_audit(db_session, keyring)
+    assert _codes(after, skill.id) == _codes(full, skill.id) == _codes(before, skill.id)
