@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models.membership import required_skills_of
 from models.assignment_solver import AssignmentProblem, solve_assignment
 from models.chain_verification import head_drift
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.embeddings import EMBEDDING_DIM
 from models.entities import (
     Agent, AgentStatus, EntityType, LifecycleStatus, Team, agent_skills, governed_content, load_entities,

@@ -20,8 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db_cancel import cancel_interrupted_statements, connect_cancelling
 from models.db_json import load_json
-# Re-exported for the modules that still import it from here (incremental_audit, bulk_plan).
-from models.db_statements import uuid_in as uuid_in
 from models.settings import Settings
 
 

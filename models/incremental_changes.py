@@ -19,7 +19,7 @@ from models.audit import FindingRow
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
 from models.canonical import strict_json_loads
 from models.chain import GENESIS_LINK, EntityVersion
-from models.db import uuid_in
+from models.db_statements import uuid_in
 from models.digest_check import tombstones_of
 from models.entities import ENTITY_MODELS, Agent, EntityType
 
