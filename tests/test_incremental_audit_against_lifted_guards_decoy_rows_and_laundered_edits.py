@@ -1,4 +1,4 @@
-"""Attacks on the trust an incremental audit puts in the latest stored digest (helper-198's review).
+"""Attacks on the trust an incremental audit puts in the latest stored digest.
 
 The incremental audit examines only what changed since the digest and takes the rest on the
 digest's word; each test here makes a change a full audit reports and checks that the
