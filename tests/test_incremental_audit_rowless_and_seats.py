@@ -235,19 +235,23 @@ def _restore(session, ctx, entity_type, entity_id):
 
 
 def test_a_restore_does_not_seat_an_agent_in_a_team_deleted_meanwhile(db_session, write_ctx, steward, keyring) -> None:
-    """The agent's row is edited out of its team through SQL, so the team counts no member and
-    its deletion (a signed version) is taken; the agent's signed head still names the team.
-    Restoring the agent must not put it back in a deleted team."""
-    from models.errors import NotEligible
+    """The agent's row is edited out of its team through SQL. The team's signed deletion is still
+    refused, since the agent's signed head names the team (dependents are read from heads too).
+    With the team's row deleted through SQL as well, restoring the agent must not put it back in
+    that team: the restore is refused for the team's tampered row, and nothing is written."""
+    from models.errors import EntityReferenced, EntityTampered
     from models.repair import repairs
 
     world = seat_world(db_session, write_ctx, steward)
     db_session.execute(text("UPDATE agents SET team_id = NULL WHERE id = :id"), {"id": world.agent.id})
     db_session.expire_all()
-    update_entity(db_session, entity_type=E.TEAM, entity_id=world.team.id, ctx=write_ctx,
-                  changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
-    db_session.flush()
-    with pytest.raises(NotEligible, match="team is deleted"):
+    with pytest.raises(EntityReferenced):
+        with db_session.begin_nested():
+            update_entity(db_session, entity_type=E.TEAM, entity_id=world.team.id, ctx=write_ctx,
+                          changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
+    db_session.execute(text("UPDATE teams SET deleted_at = now() WHERE id = :id"), {"id": world.team.id})
+    db_session.expire_all()
+    with pytest.raises(EntityTampered, match=f"team {world.team.id}.*row-content-mismatch"):
         with db_session.begin_nested():
             _restore(db_session, write_ctx, E.AGENT, world.agent.id)
     assert repairs(db_session, entity_id=world.agent.id) == []
