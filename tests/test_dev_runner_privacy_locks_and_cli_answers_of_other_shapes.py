@@ -126,7 +126,7 @@ def _plant_against(monkeypatch: pytest.MonkeyPatch, answer: dict) -> Result:
     ("agent.assign_team", "placed", '"placed"'),
 ])
 def test_a_succeeded_job_s_result_of_another_shape_is_shown_as_json_not_a_traceback(
-        monkeypatch: pytest.MonkeyPatch, kind: str, result: object, shown: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, no_server_log_lines: None, kind: str, result: object, shown: str) -> None:
     job = {"id": str(uuid.uuid4()), "kind": kind, "status": "succeeded", "progress": {"done": 1, "total": 1},
            "attempts": 1, "created_at": "2026-01-01T00:00:00Z", "params": {}, "result": result, "error": None}
     outcome = _plant_against(monkeypatch, job)
@@ -139,7 +139,8 @@ def test_a_succeeded_job_s_result_of_another_shape_is_shown_as_json_not_a_traceb
     (["signing-keys", "list"], {"keys": "not-a-list"}),
     (["assign", str(uuid.uuid4()), "--team", "Growth"], {"items": [{"name": 5}, {"id": "x"}], "next_page_token": None}),
 ])
-def test_an_answer_of_another_shape_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch, args: list[str],
+def test_an_answer_of_another_shape_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                no_server_log_lines: None, args: list[str],
                                                                 answer: dict) -> None:
     """README: an answer that is not a Plant JSON object (PLANT_URL at another service) is one
     line, not a traceback; these two read members of it unchecked."""
@@ -208,7 +209,7 @@ def test_the_watchdog_holds_the_data_dir_until_it_has_stopped_what_its_runner_le
 
 
 def test_jobs_show_on_a_job_whose_progress_is_not_an_object_is_one_line_not_a_traceback(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, no_server_log_lines: None) -> None:
     job = {"id": str(uuid.uuid4()), "kind": "audit.run", "status": "running", "progress": None}
     real = PlantClient
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=job))
