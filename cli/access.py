@@ -173,7 +173,8 @@ def seal(as_json: bool) -> None:
     ledger digest signed by the active key (DATABASE_URL) and writes <kid>.seal.json next
     to each unsealed retired key; a version such a key signs later is `signed-after-seal`.
     The seal also lists every report, repair record and certificate the key signed (where
-    Plant recorded them all); one it signs later does not verify. It refuses to seal once an
+    Plant recorded them all), and its audit records (each run's close; a running run's plan
+    and checkpoints so far); one it signs later does not verify. It refuses to seal once an
     upcoming key has signed a version, digest or repair record; rows that only name one are
     reported on stderr, and do not stop it.
     Copy the seal files wherever the retired keys are deployed, then restart again.
@@ -197,7 +198,8 @@ def seal(as_json: bool) -> None:
         click.echo("every retired key is sealed already")
         return
     for sealed in seals:
-        listed = (f"it lists the {sealed.signed_count} report, repair record and certificate signature(s) the key made"
+        listed = (f"it lists the {sealed.signed_count} report, repair record, certificate and audit record signature(s) "
+                  "the key made"
                   if sealed.lists else "it lists nothing the key signed outside the chain: the key signed before Plant "
                   "began recording the reports it hands out, so only their dates are checked")
         click.echo(f"sealed {sealed.kid} at digest {sealed.digest_id} ({sealed.as_of}); {listed}")

@@ -53,7 +53,7 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         raise RunClosed(f"audit run {run_id} was already closed")
     # Read once: everything below is counted from these rows as checked, never read again.
     chunks = list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run_id)))
-    plan = plan_problem(run, chunks, keyring)
+    plan = plan_problem(session, run, chunks, keyring)
     forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(session, run, c, keyring)) is not None}
     # Findings no signature covers (INSERTed through SQL) are left out of the counts; a chunk
     # whose findings are not those its checkpoint signed counts as nothing audited.

@@ -34,6 +34,10 @@ refuses an INSERT for a finished run (migration 0015). Runs already finished whe
 ``audit_runs_unsigned``: the close they never signed is not asked of them. A run still
 running then has no signed plan or checkpoints: it ends with ``audit-record-invalid``.
 
+A plan, checkpoint or close signed by a sealed retired key verifies only if its seal lists it,
+where the seal lists audit records (``KeySeal.attests_audit_records``; a seal written before
+did not, and refuses only one naming a time at or after it): :func:`_after_its_key_s_seal`.
+
 Each checkpoint is signed with its step, and every step is recorded in
 ``audit_checkpoints``, which refuses UPDATE, DELETE and TRUNCATE: a checkpoint must be its
 chunk's latest, so an older one Plant signed cannot be written back.
@@ -62,6 +66,7 @@ from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, Audit
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_decode, b64url_encode, signed_after_its_seal, time_named
+from models.key_seals import seal_lists_signature
 from models.signing import KeyRing
 
 RECORD_DOMAIN = b"plant.audit-record.v1\x00"
@@ -97,13 +102,21 @@ def _verifies(keyring: KeyRing, kind: str, body: dict[str, Any], signed: Any) ->
     return keyring.verify(signed["kid"], signature, statement)
 
 
-def _after_its_key_s_seal(keyring: KeyRing, signed: Any, *times: Any) -> str | None:
-    """Why a plan or close that verified, naming ``times``, was signed after its key's seal
-    (:func:`models.jws.signed_after_its_seal`), or None. A running run takes UPDATEs, so
-    without this whoever holds a copy of a sealed key could close one with a summary of their
-    own, and Plant would sign its report with the active key."""
+def _after_its_key_s_seal(session: Session, keyring: KeyRing, signed: Any, *times: Any) -> str | None:
+    """Why a plan, checkpoint or close that verified, naming ``times``, was signed after its
+    key's seal, or None. A running run takes UPDATEs, so without this whoever holds a copy of
+    a sealed key could close one with a summary of their own, and Plant would sign its report
+    with the active key. A time named proves nothing (run rows take any ``created_at`` and
+    ``finished_at``), so where the seal lists audit records (``KeySeal.attests_audit_records``)
+    the record must be on its list; a seal written before only refuses one naming a time at or
+    after it (:func:`models.jws.signed_after_its_seal`), and a checkpoint, naming none, never."""
+    kid, seal = signed["kid"], keyring.seal(signed["kid"])
+    if seal is not None and seal.attests_audit_records and not seal_lists_signature(
+            session, seal, b64url_decode(signed["signature"])):
+        return (f"key {kid} was sealed at {seal.as_of}, and its seal does not list this record: it was signed "
+                "after the seal, with a copy of a retired private key, whatever time it names")
     named = max((t for t in map(time_named, times) if t is not None), default=None)
-    return signed_after_its_seal(keyring, signed["kid"], named)
+    return signed_after_its_seal(keyring, kid, named)
 
 
 def _with_repairs(body: dict[str, Any], signed: Any) -> dict[str, Any]:
@@ -297,10 +310,11 @@ def checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyri
     """Why ``chunk``'s checkpoint cannot be resumed from or counted, or None: it must be one
     Plant signed, and the latest (``audit_checkpoints``)."""
     latest = session.scalar(select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == chunk.id))
-    return _checkpoint_problem(run, chunk, keyring, latest)
+    return _checkpoint_problem(session, run, chunk, keyring, latest)
 
 
-def _checkpoint_problem(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, latest: int | None) -> str | None:
+def _checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyring: KeyRing,
+                        latest: int | None) -> str | None:
     """:func:`checkpoint_problem`, with the chunk's ``latest`` recorded step already read."""
     step = _step_of(chunk.checkpoint_signed)
     try:
@@ -311,17 +325,18 @@ def _checkpoint_problem(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, late
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed"
     if latest != step:
         return f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is step {step}, not the latest Plant signed ({latest})"
-    return None
+    after = _after_its_key_s_seal(session, keyring, chunk.checkpoint_signed)
+    return None if after is None else f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint was signed by a sealed key: {after}"
 
 
-def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:
+def plan_problem(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:
     """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
     still running when migration 0015 was applied has none, and is reported so."""
     written = _findings_of(run.plan_signed)
     plan = _plan(run, chunks)
     if written is not None and _verifies(keyring, PLAN, _with_repairs({**plan, "findings": written}, run.plan_signed),
                                          run.plan_signed):
-        after = _after_its_key_s_seal(keyring, run.plan_signed, plan["created_at"])
+        after = _after_its_key_s_seal(session, keyring, run.plan_signed, plan["created_at"])
         return None if after is None else f"audit run {run.id}: its plan was signed by a sealed key: {after}"
     return f"audit run {run.id}: its plan (scope, chunks and their ranges) is not the one Plant signed"
 
@@ -329,7 +344,7 @@ def plan_problem(run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> s
 def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str | None:
     """Why a run not finished cannot be reported as one Plant started, or None: its plan must
     verify over the run and its chunks as stored."""
-    return plan_problem(run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
+    return plan_problem(session, run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
 
 
 @dataclass(frozen=True)
@@ -354,7 +369,7 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
     latest = select(func.max(AuditCheckpoint.step)).where(AuditCheckpoint.chunk_id == AuditChunk.id).scalar_subquery()
     rows = session.execute(select(AuditChunk, latest).where(AuditChunk.run_id == run.id)
                            .execution_options(populate_existing=True)).all()
-    verified = [c for c, last in rows if _checkpoint_problem(run, c, keyring, last) is None]
+    verified = [c for c, last in rows if _checkpoint_problem(session, run, c, keyring, last) is None]
     named = {c.id: in_spans(_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
     named[None] = in_spans((_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
     left_out = [f.id for f in findings if f.chunk_id not in named or not named[f.chunk_id](f.id)]
@@ -381,7 +396,8 @@ def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: S
     except (ValueError, TypeError, CanonicalizationError):
         return f"audit run {run.id}: its record holds values Plant never writes"
     if _verifies(keyring, CLOSE, closed, run.close_signed):
-        after = _after_its_key_s_seal(keyring, run.close_signed, closed["run"]["created_at"], closed["run"]["finished_at"])
+        after = _after_its_key_s_seal(session, keyring, run.close_signed, closed["run"]["created_at"],
+                                      closed["run"]["finished_at"])
         return None if after is None else f"audit run {run.id}: its close was signed by a sealed key: {after}"
     if run.close_signed is None:
         return f"audit run {run.id} was not closed by Plant: it carries no close signature"

@@ -14,9 +14,12 @@ to restore to it. Every audit run first checks each seal's digest (:func:`seal_p
 so a digest deleted or edited to cover a forged version is ``key-seal-invalid``.
 
 The seal also lists what its key signed outside the chain (reports of finished runs,
-repair records, certificates): :func:`record_seal_list` keeps the list in the database and
-the seal file commits to it by count and root; :func:`with_seal_lists` reads and checks it
-for the checks that need it (:func:`models.jws.listed_by_seal`).
+repair records, certificates, and its audit records: :func:`audit_records_signed`):
+:func:`record_seal_list` keeps the list in the database and the seal file commits to it by
+count and root; :func:`with_seal_lists` reads and checks it for the checks that need it
+(:func:`models.jws.listed_by_seal`, :func:`seal_lists_signature`). A seal file written
+before seals listed audit records lacks their mark (``KeySeal.lists_audit_records``): its
+key's audit records are judged by the times they name alone.
 
 The seal files, like the keys, live outside the database: someone who can write the
 database can neither add a seal nor move one.
@@ -33,7 +36,7 @@ from typing import Any
 from sqlalchemy import Row, Select, column, delete, exists, func, insert, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.audit_tables import KeySealSignature, LedgerDigest, SignedExport, SignedExportsBegan
+from models.audit_tables import AuditChunk, AuditRun, KeySealSignature, LedgerDigest, SignedExport, SignedExportsBegan
 from models.canonical import sha256
 from models.chain import EntityVersion
 from models.db import transaction
@@ -189,8 +192,9 @@ def _unverified_rows(where: str, kid: str, count: int, examples: list[str]) -> s
 
 def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
     """The SHA-256 of every signature key ``kid`` made outside the chain, sorted: the reports
-    of finished runs it signed on their way out (``signed_exports``), its repair records, and
-    the certificates in skill versions. Certificates are read from the chain's signed
+    of finished runs it signed on their way out (``signed_exports``), its repair records, the
+    certificates in skill versions, and its audit records (:func:`audit_records_signed`).
+    Certificates are read from the chain's signed
     contents, never from a skill row; a content that cannot be read holds none. Digests are
     left out (any read key could multiply them): a stored one signed by a sealed key is
     trusted only if older than the seal's own digest (:func:`models.ledger_trust.signed_after_seal`),
@@ -198,6 +202,7 @@ def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
     hashes = {bytes(h) for h in session.scalars(select(SignedExport.signature_sha256).where(SignedExport.kid == kid))}
     hashes |= {signature_sha256(bytes(raw)) for raw in session.scalars(
         select(_REPAIR_SIGNERS.c.signature).where(_REPAIR_SIGNERS.c.kid == kid))}
+    hashes |= audit_records_signed(session, kid)
     mentions = func.position(func.convert_to(kid, "UTF8").op("IN")(EntityVersion.content)) > 0
     for content in session.scalars(select(EntityVersion.content).where(EntityVersion.entity_type == EntityType.SKILL.value,
                                                                        mentions)):
@@ -205,6 +210,34 @@ def signed_outside_the_chain(session: Session, kid: str) -> list[bytes]:
         if signature is not None:
             hashes.add(signature_sha256(signature))
     return sorted(hashes)
+
+
+def audit_records_signed(session: Session, kid: str) -> set[bytes]:
+    """The SHA-256 of each audit record signature key ``kid`` made that a check may still ask
+    for: every run's close, and a running run's plan and its chunks' checkpoints (a finished
+    run's are never checked again, and a chunk keeps only its latest). A seal taken while such
+    a run runs so attests what the key signed of it so far; the active key signs the rest."""
+    running = AuditRun.finished_at.is_(None)
+    signed = [select(AuditRun.close_signed["signature"].astext).where(AuditRun.close_signed["kid"].astext == kid),
+              select(AuditRun.plan_signed["signature"].astext).where(AuditRun.plan_signed["kid"].astext == kid, running),
+              select(AuditChunk.checkpoint_signed["signature"].astext).join(AuditRun, AuditRun.id == AuditChunk.run_id)
+              .where(AuditChunk.checkpoint_signed["kid"].astext == kid, running)]
+    hashes = set()
+    for query in signed:
+        for text in session.scalars(query.execution_options(yield_per=_BATCH)):
+            try:
+                hashes.add(signature_sha256(b64url_decode(text)))
+            except ValueError:  # not a signature at all: it verifies nothing, so it needs no place
+                continue
+    return hashes
+
+
+def seal_lists_signature(session: Session, seal: KeySeal, signature: bytes) -> bool:
+    """Whether ``seal``'s list holds ``signature``: the list as already read into the seal,
+    or else read from the database and checked against the seal (a list that does not match
+    holds nothing, and :func:`seal_problems` says why)."""
+    listed = seal.signed if seal.signed is not None else _checked_list(session, seal) or frozenset()
+    return b64url_encode(signature_sha256(signature)) in listed
 
 
 def _certificate_signature(content: bytes, kid: str) -> bytes | None:

@@ -28,6 +28,9 @@ from models.errors import SigningKeyError
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
+# A seal file's mark that its list holds the key's audit records too; a seal file without it
+# (written before) is read as listing none (``KeySeal.lists_audit_records``).
+AUDIT_RECORDS_MEMBER = "lists_audit_records"
 # A key published before it signs (a rolling rotation's next key): trusted, never sealed.
 UPCOMING_SUFFIX = ".next.pem"
 T = TypeVar("T")
@@ -115,7 +118,8 @@ def load_seal(path: Path) -> KeySeal:
         seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
                        as_of=document["as_of"], deleted=tuple((d["entity_id"], d["head"]) for d in document.get("deleted", [])),
                        signed_count=document.get("signed_count"), signed_root=document.get("signed_root"),
-                       tombstones_root=document.get("tombstones_root"))
+                       tombstones_root=document.get("tombstones_root"),
+                       lists_audit_records=document.get(AUDIT_RECORDS_MEMBER, False))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
@@ -124,6 +128,7 @@ def load_seal(path: Path) -> KeySeal:
             and (seal.tombstones_root is None or (isinstance(seal.tombstones_root, str) and not seal.deleted))
             and ((seal.signed_count, seal.signed_root) == (None, None)
                  or (type(seal.signed_count) is int and isinstance(seal.signed_root, str)))
+            and type(seal.lists_audit_records) is bool and (seal.lists or not seal.lists_audit_records)
             and path.name == f"{seal.kid}{SEAL_SUFFIX}"):
         raise SigningKeyError(f"malformed key seal {path}")
     return seal
@@ -135,7 +140,8 @@ def write_seal(settings: Settings, seal: KeySeal) -> Path:
     held = ({"tombstones_root": seal.tombstones_root} if seal.tombstones_root is not None else
             {"deleted": [{"entity_id": entity_id, "head": head} for entity_id, head in seal.deleted]})
     document = {"kid": seal.kid, "digest_id": seal.digest_id, "heads_root": seal.heads_root, "as_of": seal.as_of, **held,
-                **({"signed_count": seal.signed_count, "signed_root": seal.signed_root} if seal.lists else {})}
+                **({"signed_count": seal.signed_count, "signed_root": seal.signed_root} if seal.lists else {}),
+                **({AUDIT_RECORDS_MEMBER: True} if seal.attests_audit_records else {})}
     replace_file(path, canonical_bytes(document), mode=0o644)
     return path
 

@@ -180,11 +180,21 @@ class KeySeal:
     # v2 document): a seal written since names it in place of listing them (``deleted``), and
     # the tombstone rows are read and checked against it (:func:`models.seal_check.sealed_leaves`).
     tombstones_root: str | None = None
+    # Whether the list holds the key's audit records too (each run's close, and a running run's
+    # plan and checkpoints): a seal file says so (``lists_audit_records``) since it does; one
+    # written before lists none of them, so its key's plans and closes are judged by the times
+    # they name alone, and its checkpoints not at all (:func:`models.audit_record`).
+    lists_audit_records: bool = True
 
     @property
     def lists(self) -> bool:
         """Whether this seal lists what its key signed outside the chain."""
         return self.signed_root is not None
+
+    @property
+    def attests_audit_records(self) -> bool:
+        """Whether an audit record its key signed verifies only if this seal lists it."""
+        return self.lists and self.lists_audit_records
 
     def listed(self) -> frozenset[str]:
         """The list, as read and checked; raises if it was never read: a check that went ahead

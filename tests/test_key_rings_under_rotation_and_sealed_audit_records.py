@@ -109,14 +109,12 @@ def test_plant_never_signs_the_report_of_a_run_a_sealed_key_closed_after_its_sea
                          sealed_after).kid == sealed_after.active.kid
 
 
-@pytest.mark.xfail(strict=True, reason="audit records (plan, checkpoints, close) are on no seal's list: a sealed key's "
-                   "close naming times before its seal (backdated: run rows take any created_at and finished_at) still "
-                   "verifies, and Plant signs that run's report with its active key")
 @pytest.mark.usefixtures("skills")
 def test_a_sealed_key_s_backdated_close_is_refused_when_its_seal_does_not_list_it(db_session: Any, keyring: Any) -> None:
     """The seal lists what its key signed outside the chain (reports, repair records,
     certificates) because a time a document names proves nothing: whoever signs can backdate.
-    An audit run's plan and close are signed outside the chain too, and listed nowhere."""
+    An audit run's plan and close are signed outside the chain too: a seal lists them now,
+    and one that does not list a close refuses it, whatever times it names."""
     from models.audit_record import AuditRecordInvalid
     from models.key_seals import seal_list_root
     from models.reports import export_report
@@ -128,7 +126,7 @@ def test_a_sealed_key_s_backdated_close_is_refused_when_its_seal_does_not_list_i
                    signed_root=seal_list_root([]), signed=frozenset())  # it lists nothing the key signed
     sealed = KeyRing(generate_ed25519(), (keyring.active,), (seal,))
 
-    with pytest.raises(AuditRecordInvalid):
+    with pytest.raises(AuditRecordInvalid, match="does not list this record"):
         export_report(db_session, run_id=closed.id, keyring=sealed)
 
 
