@@ -1,8 +1,8 @@
 """What the ``plant`` command exits with, and how it says why: always one line on stderr.
 
 Exit codes: 0 success; 1 an API, connection or local error; 2 a usage error (click's own);
-3 a job that ended ``failed`` or ``cancelled``; 4 a report, digest, history or repair record
-that failed verification; 5 a job that succeeded without doing what was asked. Every failure
+3 a job that ended ``failed`` or ``cancelled``; 4 a report, digest, history, certificate or repair
+record that failed verification; 5 a job that succeeded without doing what was asked. Every failure
 prints ``plant: <what went wrong>`` and nothing else, so a script can rely on the code and a
 person can read the line.
 """
@@ -26,7 +26,7 @@ EXIT_OUTCOME_UNMET = 5
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 API, connection or local error; 2 usage error; "
-    "3 the job ended failed or cancelled; 4 a report, digest, history or repair record failed verification; "
+    "3 the job ended failed or cancelled; 4 a report, digest, history, certificate or repair record failed verification; "
     "5 the job succeeded but did not do what was asked (a skill rejected, agents left unplaced, an audit "
     "finding non-compliant entities or run-level findings)."
 )

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cli.access import api_keys, signing_keys
 from cli.bootstrap import ensure_configured_admin
+from cli.certificates import certificate
 from cli.demo import demo
 from cli.dev import run_dev
 from cli.errors import EXIT_CODES_HELP, PlantCliError, PlantGroup
@@ -137,7 +138,7 @@ def check(as_json: bool) -> None:
         click.echo("no schema drift")
 
 
-for command in (api_keys, signing_keys, jobs, certify, assign, audit, report, digest, history, demo, entity):
+for command in (api_keys, signing_keys, jobs, certify, certificate, assign, audit, report, digest, history, demo, entity):
     cli.add_command(command)
 
 

@@ -27,9 +27,8 @@ from models.canonical import canonical_bytes
 from models.entities import NO_INDUSTRY_CODE, Industry, Skill
 from models.entity_locks import refuse_if_tampered
 from models.errors import CanonicalizationError, NotCertifiable
-from models.jws import b64url_encode, verify_b64url_signature
+from models.jws import KeySource, b64url_encode, verify_b64url_signature
 from models.registry import WriteContext
-from models.signing import KeyRing
 
 CERTIFICATE_FORMAT = "plant.skill-certificate.v1"
 # Every member of a certificate but the signature; the statement signs all of them.
@@ -100,10 +99,11 @@ def certificate_statement(skill_id: uuid.UUID, certificate: dict[str, Any]) -> b
     return canonical_bytes({"skill_id": str(skill_id), **{name: certificate.get(name) for name in SIGNED_FIELDS}})
 
 
-def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeyRing) -> bool:
+def verify_certificate(certificate: Any, *, skill_id: uuid.UUID, keyring: KeySource) -> bool:
     """Whether ``certificate`` was issued by Plant for ``skill_id`` exactly as it reads, and
     not by a sealed key after its seal. Anything else, however malformed (not an object, a
-    member canonical JSON cannot hold), is False, never an exception.
+    member canonical JSON cannot hold), is False, never an exception. ``keyring`` is Plant's
+    key ring or, offline, the published JWK Set (``plant certificate verify``).
 
     Certificates issued before the format tag existed signed only the certified link;
     they do not verify here (their proof is the certified version in the chain).

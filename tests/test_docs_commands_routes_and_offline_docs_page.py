@@ -91,9 +91,9 @@ def test_plant_help_names_every_verification_that_exits_4() -> None:
     from cli.main import cli
 
     shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
-    assert "4 a report, digest, history or repair record failed verification" in shown
+    assert "4 a report, digest, history, certificate or repair record failed verification" in shown
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "4 a report, digest, history or repair record (`entity repairs`) failed verification" in readme
+    assert "4 a report, digest, history, certificate or repair record (`entity repairs`) failed verification" in readme
 
 
 # --- what tests/test_docs_references.py does not read: commands, routes, modules, migrations ------
