@@ -19,6 +19,7 @@ from sqlalchemy import and_, false, func, not_, or_, select, text, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, ROW_MISSING, FindingRow
+from models.audit_certificates import NOT_SIGNED
 from models.audit_findings import all_findings, id_spans
 from models.audit_record import (
     RECORD_INVALID_CODE, check_findings, checkpoint_problem, plan_problem, sign_close, signed_repairs,
@@ -237,7 +238,7 @@ def _rules_checked(chunks: list[AuditChunk]) -> list[str]:
     return sorted(versions)
 
 
-RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE, RECORD_INVALID_CODE)  # about the registry as a whole
+RUN_LEVEL_CODES = ("digest-invalid", "ledger-root-mismatch", SEAL_INVALID_CODE, RECORD_INVALID_CODE, NOT_SIGNED)  # about the registry as a whole
 
 
 def _what_was_checked(run: AuditRun, chunks: list[AuditChunk]) -> dict[str, Any]:

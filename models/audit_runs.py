@@ -21,6 +21,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from models.audit import FindingRow, finding_from_chain, rowless_chains
+from models.audit_certificates import certificate_findings
 from models.audit_record import sign_plan
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
@@ -98,7 +99,8 @@ class AuditParams:
             "versions": "every version of every row in scope re-hashed and re-linked",
             "signatures": "every version's" if self.signatures == "all" else "each head version's",
             "certifications": "each certified skill in scope put through the duplicate gate again, from the signed "
-                              "texts, and its stored embedding compared with its text's",
+                              "texts, and its stored embedding compared with its text's; every issued certificate id "
+                              "(of the skills in scope) matched with the certificates their chains record",
         }
 
 
@@ -131,6 +133,9 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     if scope.against_digest is not None:
         insert_findings(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
     insert_findings(session, run.id, scope.scoped(session, rowless_chains(session)))
+    if EntityType.SKILL in scope.types():
+        ids = {uuid.UUID(i) for i in scope.entity_ids} if scope.entity_ids else None
+        insert_findings(session, run.id, scope.scoped(session, certificate_findings(session, skill_ids=ids)))
     sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from cli.errors import EXIT_NOT_VERIFIED
@@ -29,6 +30,7 @@ from models.key_material import generate_ed25519
 from models.registry import create_entity, update_entity
 from models.signing import KeyRing
 from tests.conftest import ring_sealing
+from tests.test_audit import lift_guard, run_audit
 from tests.test_cli_api import api_url, plant  # noqa: F401 (fixtures: a live server)
 from web.api.registry import version_resource
 
@@ -191,3 +193,61 @@ def test_plant_certificate_export_writes_what_verify_checks(plant, engine, write
     assert plant("certificate", "verify", out, "--jwks", jwks, "--skill", skill_id).exit_code == 0
     none = plant("certificate", "export", draft_id)
     assert none.exit_code == 1 and "holds no certificate" in none.stderr
+
+
+def _forge_row(session: Session, skill_id: uuid.UUID, certificate_id: str = "SKILL-GEN-777") -> None:
+    code, number = certificate_id.split("-")[1:]
+    session.execute(text("INSERT INTO issued_certificates VALUES (:id, :code, :n, :skill)"),
+                    {"id": certificate_id, "code": code, "n": int(number), "skill": skill_id})
+
+
+def _certificate_findings(findings: list) -> list[tuple]:
+    return sorted((f.code, f.entity_id, f.version) for f in findings if f.code.startswith("certificate-"))
+
+
+def test_a_row_inserted_into_issued_certificates_is_found_by_the_full_audit(db_session, write_ctx, steward, keyring) -> None:
+    skill, _ = _certified(db_session, write_ctx, steward, "Review Audited Skill")
+    clean, findings = run_audit(db_session, keyring, {"verify_signatures": "heads"})
+    assert _certificate_findings(findings) == [] and clean["non_compliant"] == 0
+    _forge_row(db_session, skill.id)
+    for params in ({"verify_signatures": "heads"}, {"scope": {"entity_type": "skill"}},
+                   {"scope": {"entity_ids": [str(skill.id)]}}):
+        summary, findings = run_audit(db_session, keyring, params)
+        assert _certificate_findings(findings) == [("certificate-not-signed", None, None)], params
+        detail = next(f.detail for f in findings if f.code == "certificate-not-signed")
+        assert "SKILL-GEN-777" in detail and str(skill.id) in detail
+        assert "certificate-not-signed" in summary["run_level_findings"], params
+    # A run about agents only, or other entities, reads no certificate.
+    _, agents = run_audit(db_session, keyring, {"scope": {"entity_type": "agent"}})
+    assert _certificate_findings(agents) == []
+    _, others = run_audit(db_session, keyring, {"scope": {"entity_ids": [str(steward)]}})
+    assert _certificate_findings(others) == []
+
+
+def test_a_signed_certificate_whose_row_is_gone_is_found_on_its_skill(db_session, write_ctx, steward, keyring) -> None:
+    skill, certificate = _certified(db_session, write_ctx, steward, "Review Unrecorded Skill")
+    lift_guard(db_session, "DELETE FROM issued_certificates WHERE certificate_id = :id", table="issued_certificates",
+               id=certificate["certificate_id"])
+    summary, findings = run_audit(db_session, keyring, {"verify_signatures": "heads"})
+    assert _certificate_findings(findings) == [("certificate-not-recorded", skill.id, 2)]
+    assert summary["non_compliant"] == 1
+
+
+def test_a_row_moved_to_another_skill_is_found_both_ways(db_session, write_ctx, steward, keyring) -> None:
+    skill, certificate = _certified(db_session, write_ctx, steward, "Review Moved Skill")
+    other = uuid.uuid4()
+    lift_guard(db_session, "UPDATE issued_certificates SET skill_id = :other WHERE certificate_id = :id",
+               table="issued_certificates", id=certificate["certificate_id"], other=other)
+    _, findings = run_audit(db_session, keyring, {"verify_signatures": "heads"})
+    assert _certificate_findings(findings) == [("certificate-not-recorded", skill.id, 2),
+                                               ("certificate-not-signed", None, None)]
+
+
+def test_skill_versions_that_are_no_json_do_not_stop_the_cross_check(db_session, write_ctx, steward, keyring) -> None:
+    from models.audit_certificates import certificate_findings, recorded_certificate_id
+
+    assert recorded_certificate_id(b'\xff"certificate_id"') is None
+    assert recorded_certificate_id(b'{"attributes":{"certificate":{"certificate_id":"SKILL-GEN-001"}}}') is None
+    assert recorded_certificate_id(b'{"certificate":{"certificate_id":"SKILL-GEN-001"}}') == "SKILL-GEN-001"
+    _certified(db_session, write_ctx, steward, "Review Json Skill")
+    assert certificate_findings(db_session) == []

@@ -1,0 +1,88 @@
+"""The full audit's cross-check of ``issued_certificates`` with the certificates the chains signed.
+
+``issued_certificates`` (migration 0023) keeps every certificate id Plant issued, so that no
+id is issued twice; it refuses UPDATE, DELETE and TRUNCATE, but takes an INSERT like any
+table. A row INSERTed through SQL, naming an id no chain ever signed, made Plant's register
+claim a certificate that does not exist, and no audit said so. Here each row must be a
+certificate some version of the skill it names records (``certificate-not-signed``, a
+finding about the registry as a whole: the row may name any skill, whose own chain is clean),
+and, the other way round, each certificate a skill version records must be a row naming
+that skill (``certificate-not-recorded``, on the skill: the row was deleted past the table's
+guard, or the id was signed twice before 0023 kept them, and the row names the first skill).
+
+Both sides are read by one statement, so one snapshot: a certification committing in between
+(its row and its version are one transaction) can show neither half alone. The versions
+read are those whose bytes hold ``"certificate_id"`` (the certified skills' certifying and
+later versions); each is parsed as signed JSON is, and only its top-level ``certificate``
+counts, as migration 0023 read them. That a version is Plant's (its link and signature) is
+the chain check's part: a version INSERTed to match a forged row is found there.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Collection
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models.audit import FindingRow
+from models.canonical import strict_json_loads
+
+NOT_SIGNED = "certificate-not-signed"
+NOT_RECORDED = "certificate-not-recorded"
+# The ids Plant issues (models.certificates.issue_certificate); migration 0023 kept only these.
+ISSUED_ID = re.compile(r"SKILL-([A-Z][A-Z0-9]{0,7})-([0-9]{1,9})")
+
+# One statement, one snapshot: every row, and every skill version that may record a certificate.
+_BOTH_SIDES = text(
+    "SELECT certificate_id, skill_id, NULL::integer AS version, NULL::bytea AS content FROM issued_certificates "
+    "UNION ALL SELECT NULL, entity_id, version, content FROM entity_versions WHERE entity_type = 'skill' "
+    "AND position(convert_to('\"certificate_id\"', 'UTF8') IN content) > 0"
+)
+
+
+def certificate_findings(session: Session, *, skill_ids: Collection[uuid.UUID] | None = None) -> list[FindingRow]:
+    """A ``certificate-not-signed`` finding for each row of ``issued_certificates`` no version
+    of its skill records, and a ``certificate-not-recorded`` one for each certificate a skill
+    version records that no row names for that skill. With ``skill_ids`` (a run scoped to
+    entity ids), only rows and certificates of those skills."""
+    issued: dict[str, uuid.UUID] = {}
+    signed: dict[tuple[str, uuid.UUID], int] = {}  # (certificate id, skill): the first version recording it
+    for certificate_id, skill_id, version, content in session.execute(_BOTH_SIDES):
+        if skill_ids is not None and skill_id not in skill_ids:
+            continue
+        if version is None:
+            issued[certificate_id] = skill_id
+        elif (recorded := recorded_certificate_id(bytes(content))) is not None:
+            signed[(recorded, skill_id)] = min(version, signed.get((recorded, skill_id), version))
+    findings = [FindingRow(None, None, None, NOT_SIGNED,
+                           f"issued_certificates holds {certificate_id} for skill {skill_id}, and no version of that "
+                           "skill's chain records it: a row written outside Plant, for a certificate never signed")
+                for certificate_id, skill_id in sorted(issued.items()) if (certificate_id, skill_id) not in signed]
+    for (certificate_id, skill_id), version in sorted(signed.items(), key=lambda item: (str(item[0][1]), item[1])):
+        if issued.get(certificate_id) != skill_id:
+            findings.append(FindingRow("skill", skill_id, version, NOT_RECORDED, _unrecorded(certificate_id,
+                                                                                               issued.get(certificate_id))))
+    return findings
+
+
+def recorded_certificate_id(content: bytes) -> str | None:
+    """The id of the certificate a skill version's content records (its top-level
+    ``certificate``), if it is one Plant issues; None for content that is no signed JSON."""
+    try:
+        document = strict_json_loads(content)
+    except ValueError:
+        return None
+    certificate = document.get("certificate") if isinstance(document, dict) else None
+    certificate_id = certificate.get("certificate_id") if isinstance(certificate, dict) else None
+    return certificate_id if isinstance(certificate_id, str) and ISSUED_ID.fullmatch(certificate_id) else None
+
+
+def _unrecorded(certificate_id: str, holder: uuid.UUID | None) -> str:
+    if holder is None:
+        return (f"its chain records certificate {certificate_id}, and issued_certificates holds no row for it: the row "
+                "was deleted past the table's guard")
+    return (f"its chain records certificate {certificate_id}, which issued_certificates holds for skill {holder}: the "
+            "id was signed for two skills")
