@@ -21,7 +21,7 @@ import click
 
 from cli.errors import PlantCliError
 from cli.evidence import (
-    _echo_key_notes, _read_document, _refuse, _save, _seal_note, _shown, _upcoming_note, jwks_option, verification_keys,
+    echo_key_notes, read_document, refuse, save_evidence, seal_note, shown, upcoming_note, jwks_option, verification_keys,
 )
 from cli.jobs import connect
 from cli.output import json_option, print_json
@@ -44,19 +44,19 @@ def export_certificate(skill: str, output: Path | None, as_json: bool) -> None:
     """Export the certificate of SKILL (its id or skill_key), with the skill id it is signed for."""
     found = resolve_skill(connect(), skill)
     if not isinstance(found.get("certificate"), dict):
-        raise PlantCliError(f"skill {_shown(found.get('id'))} holds no certificate (it is {_shown(found.get('status'))})")
+        raise PlantCliError(f"skill {shown(found.get('id'))} holds no certificate (it is {shown(found.get('status'))})")
     document = certificate_export(uuid.UUID(found["id"]), found["certificate"])
     if output is None:
         print_json(document)
         return
-    _save(output, (json.dumps(document, indent=2) + "\n").encode())
+    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
     facts = {"file": str(output), "skill_id": found["id"], "certificate_id": found["certificate"].get("certificate_id"),
              "status": found.get("status")}
     if as_json:
         print_json(facts)
     else:
-        click.echo(f"wrote certificate {_shown(facts['certificate_id'])} of skill {facts['skill_id']} "
-                   f"(now {_shown(facts['status'])}) to {output}")
+        click.echo(f"wrote certificate {shown(facts['certificate_id'])} of skill {facts['skill_id']} "
+                   f"(now {shown(facts['status'])}) to {output}")
 
 
 @certificate.command("verify")
@@ -75,25 +75,25 @@ def verify_certificate_file(certificate_file: Path, jwks_file: Path | None, expe
     try:
         checked = check_certificate(_parsed(certificate_file, as_json, source), keys, expected_skill=expected_skill)
     except ValueError as exc:
-        _refuse(as_json, source, f"{certificate_file} is NOT a certificate export: {exc}")
+        refuse(as_json, source, f"{certificate_file} is NOT a certificate export: {exc}")
     if checked.problem is not None:
-        _refuse(as_json, source, f"the certificate is NOT valid: {checked.problem}")
+        refuse(as_json, source, f"the certificate is NOT valid: {checked.problem}")
     kid = str(checked.certificate.get("kid"))
     facts: dict[str, Any] = {"skill_id": str(checked.skill_id), "certificate_id": checked.certificate_id, "kid": kid,
                              "issued_at": checked.certificate.get("issued_at"),
                              "certified_version": checked.certificate.get("certified_version"),
                              "standing": _standing(checked, history_file, keys, source, as_json)}
-    notes = _seal_note(keys, kid, listable=True) | _upcoming_note(keys, kid)
+    notes = seal_note(keys, kid, listable=True) | upcoming_note(keys, kid)
     if as_json:
         print_json({"valid": True, "keys": source, **facts, **notes})
         return
-    click.echo(f"certificate valid: {_shown(facts['certificate_id'])} for skill {facts['skill_id']} (version "
-               f"{_shown(facts['certified_version'])}), issued {_shown(facts['issued_at'])}, signed by kid {_shown(kid)}; "
+    click.echo(f"certificate valid: {shown(facts['certificate_id'])} for skill {facts['skill_id']} (version "
+               f"{shown(facts['certified_version'])}), issued {shown(facts['issued_at'])}, signed by kid {shown(kid)}; "
                f"{source}")
     click.echo(f"standing as of the history export: not withdrawn (head {facts['standing']['head'][:16]}…)"
                if facts["standing"] else
                "not checked whether it still stands: retiring or deleting the skill withdraws it (pass --history)")
-    _echo_key_notes(notes)
+    echo_key_notes(notes)
 
 
 def _standing(checked: Any, history_file: Path | None, keys: Any, source: str, as_json: bool) -> dict[str, Any] | None:
@@ -105,10 +105,10 @@ def _standing(checked: Any, history_file: Path | None, keys: Any, source: str, a
     try:
         history = check_history(document, keys)
     except ValueError as exc:
-        _refuse(as_json, source, f"{history_file} is NOT a history export: {exc}")
+        refuse(as_json, source, f"{history_file} is NOT a history export: {exc}")
     problem = certificate_standing(checked, history, version_contents(document))
     if problem is not None:
-        _refuse(as_json, source, f"the certificate is signed, but does NOT stand: {problem}")
+        refuse(as_json, source, f"the certificate is signed, but does NOT stand: {problem}")
     return {"head": history.head, "versions": history.versions}
 
 
@@ -116,6 +116,6 @@ def _parsed(path: Path, as_json: bool, source: str) -> Any:
     """A saved document, parsed as signed JSON is (a repeated member refused: a person would read
     one copy while the signature is checked over the other); exit 4 if it is not strict JSON."""
     try:
-        return strict_json_loads(_read_document(path))
+        return strict_json_loads(read_document(path))
     except ValueError as exc:
-        _refuse(as_json, source, f"{path} is NOT valid: not strict JSON ({exc})")
+        refuse(as_json, source, f"{path} is NOT valid: not strict JSON ({exc})")

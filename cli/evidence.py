@@ -72,7 +72,7 @@ def _key_set(jwks: Any, where: Any) -> dict[str, Any]:
     return jwks
 
 
-def _save(path: Path, content: bytes) -> None:
+def save_evidence(path: Path, content: bytes) -> None:
     """Evidence kept in a file is replaced whole: an export cut short (Ctrl-C, a full disk)
     leaves the earlier copy, never a half-written one that would then fail to verify. The
     file a symlink names is the one replaced, with its mode kept; a device or pipe named
@@ -110,11 +110,11 @@ def export_report(run_ref: str, fmt: str, output: Path | None, as_json: bool) ->
         click.get_binary_stream("stdout").write(body)
         return
     path = output or Path(f"audit-{run_id}.{fmt}")
-    _save(path, body)
+    save_evidence(path, body)
     if as_json:
         print_json({"run_id": run_id, "format": fmt, "file": str(path), "bytes": len(body)})
     else:
-        click.echo(f"wrote the {fmt} report of run {_shown(run_id)} to {path} ({len(body)} bytes)")
+        click.echo(f"wrote the {fmt} report of run {shown(run_id)} to {path} ({len(body)} bytes)")
 
 
 @report.command("verify")
@@ -133,15 +133,15 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: 
     that run, --final that the run had finished, --csv that a CSV export holds its findings); exit 4 if one
     does not verify."""
     keys, source = verification_keys(jwks_file)
-    document = _read_document(report_file)
+    document = read_document(report_file)
     try:
         checked = verify_report_document(document, keys)
     except (PlantError, ValueError, KeyError, TypeError) as exc:
-        _refuse(as_json, source, f"report signature is NOT valid: {exc}{_csv_hint(document)}")
+        refuse(as_json, source, f"report signature is NOT valid: {exc}{_csv_hint(document)}")
     verified, report_body = checked.signature, checked.report
     _check_pinned(report_body, expected_run=expected_run, require_final=require_final, csv_file=csv_file,
                   as_json=as_json, source=source)
-    notes = _seal_note(keys, verified.kid, listable=True) | _upcoming_note(keys, verified.kid)
+    notes = seal_note(keys, verified.kid, listable=True) | upcoming_note(keys, verified.kid)
     run = report_body.get("run")
     run = run if isinstance(run, dict) else {}
     findings = report_body.get("findings")
@@ -161,28 +161,28 @@ def verify_report_file(report_file: Path, jwks_file: Path | None, expected_run: 
         print_json(facts)
     else:
         _echo_report_facts(facts, source)
-        _echo_key_notes(notes)
+        echo_key_notes(notes)
     if refusal is not None:
         raise VerificationFailed(visible_text(refusal))
 
 
 def _echo_report_facts(facts: dict[str, Any], source: str) -> None:
-    click.echo(f"report signature valid: signed by kid {_shown(facts['kid'])} ({_shown(facts['alg'])}); {source}")
-    finished = f"finished {_shown(facts['finished_at'])}" if facts["finished_at"] is not None else "not finished"
-    click.echo(f"run {_shown(facts['run_id'])}: {_shown(facts['status'])}, {finished}; {facts['findings']} finding(s)")
+    click.echo(f"report signature valid: signed by kid {shown(facts['kid'])} ({shown(facts['alg'])}); {source}")
+    finished = f"finished {shown(facts['finished_at'])}" if facts["finished_at"] is not None else "not finished"
+    click.echo(f"run {shown(facts['run_id'])}: {shown(facts['status'])}, {finished}; {facts['findings']} finding(s)")
     if not facts["final"]:
         click.echo("  NOT FINAL: the run had not finished when this report was exported (it has no summary): its "
                    "findings are those so far and will change; export it again once the run has finished")
     if facts["findings_left_out"]:
-        click.echo(f"  {_shown(facts['findings_left_out'])} of them left out of the run's counts: no signature of Plant's over "
+        click.echo(f"  {shown(facts['findings_left_out'])} of them left out of the run's counts: no signature of Plant's over "
                    "the run's record covers them (its audit-record-invalid findings say which)")
     if "csv" in facts:
-        click.echo(f"CSV export {_shown(facts['csv'])} holds exactly the report's {facts['findings']} finding(s), in order")
+        click.echo(f"CSV export {shown(facts['csv'])} holds exactly the report's {facts['findings']} finding(s), in order")
     if facts["repairs"]:
         verified = facts["repairs"] - len(facts["repairs_not_verified"])
         click.echo(f"{facts['repairs']} repair record(s) listed, {verified} of them verified by their own signature")
     for record_id in facts["repairs_not_verified"]:
-        click.echo(f"  repair record {_shown(record_id)} does NOT verify: not signed by a published key as it reads, "
+        click.echo(f"  repair record {shown(record_id)} does NOT verify: not signed by a published key as it reads, "
                    "or signed after its key's seal")
 
 
@@ -201,14 +201,14 @@ def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
     if output is None:
         print_json(document)
         return
-    _save(output, (json.dumps(document, indent=2) + "\n").encode())
+    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
     facts = {"file": str(output), "entity_count": document["entity_count"], "as_of": document["as_of"],
              "heads_root": document["heads_root"], "kid": document["kid"], "leaves": "leaves" in document}
     if as_json:
         print_json(facts)
     else:
-        click.echo(f"wrote the ledger digest of {_shown(facts['entity_count'])} entities as of {_shown(facts['as_of'])} "
-                   f"to {output} (root {_shown(facts['heads_root'])[:16]}…, kid {_shown(facts['kid'])})")
+        click.echo(f"wrote the ledger digest of {shown(facts['entity_count'])} entities as of {shown(facts['as_of'])} "
+                   f"to {output} (root {shown(facts['heads_root'])[:16]}…, kid {shown(facts['kid'])})")
 
 
 @digest.command("verify")
@@ -219,15 +219,15 @@ def verify_digest_file(digest_file: Path, jwks_file: Path | None, as_json: bool)
     """Check a saved digest's signature (and its leaves, if any); exit 4 if it does not verify."""
     keys, source = verification_keys(jwks_file)
     document = _verified_digest(digest_file, keys, source, as_json)
-    notes = _seal_note(keys, document["kid"], listable=False) | _upcoming_note(keys, document["kid"])
+    notes = seal_note(keys, document["kid"], listable=False) | upcoming_note(keys, document["kid"])
     facts = {"valid": True, "kid": document["kid"], "keys": source, "entity_count": document["entity_count"],
              "as_of": document["as_of"], "heads_root": document["heads_root"], "leaves": "leaves" in document, **notes}
     if as_json:
         print_json(facts)
         return
-    click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {_shown(facts['as_of'])}, "
-               f"signed by kid {_shown(facts['kid'])}; {source}")
-    _echo_key_notes(notes)
+    click.echo(f"ledger digest valid: {facts['entity_count']} entities as of {shown(facts['as_of'])}, "
+               f"signed by kid {shown(facts['kid'])}; {source}")
+    echo_key_notes(notes)
 
 
 def _verified_digest(digest_file: Path, keys: dict[str, Any], source: str, as_json: bool) -> dict[str, Any]:
@@ -235,12 +235,12 @@ def _verified_digest(digest_file: Path, keys: dict[str, Any], source: str, as_js
     try:
         # Whitespace is free (the export is indented), but a repeated member is not: the
         # signature would be checked over one copy while a person reads the other.
-        document = strict_json_loads(_read_document(digest_file))
+        document = strict_json_loads(read_document(digest_file))
     except ValueError as exc:
-        _refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
+        refuse(as_json, source, f"ledger digest is NOT valid: not strict JSON ({exc})")
     problem = digest_problem(document, keys) or signed_after_its_seal(keys, document["kid"], aware_time(document["as_of"]))
     if problem is not None:
-        _refuse(as_json, source, f"ledger digest is NOT valid: {problem}")
+        refuse(as_json, source, f"ledger digest is NOT valid: {problem}")
     return document  # type: ignore[return-value]  # digest_problem: a dict of the signed members
 
 
@@ -260,7 +260,7 @@ def export_history(entity_type: str, entity_id: uuid.UUID, output: Path | None, 
     if output is None:
         print_json(document)
         return
-    _save(output, (json.dumps(document, indent=2) + "\n").encode())
+    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
     versions = len(document["items"]) if isinstance(document["items"], list) else 0
     if as_json:
         print_json({"file": str(output), "entity_type": entity_type, "entity_id": str(entity_id), "versions": versions})
@@ -279,9 +279,9 @@ def verify_history_file(history_file: Path, jwks_file: Path | None, digest_file:
     and with --digest that it holds the digest's head for the entity; exit 4 if anything does not verify."""
     keys, source = verification_keys(jwks_file)
     try:
-        checked = check_history(strict_json_loads(_read_document(history_file)), keys)
+        checked = check_history(strict_json_loads(read_document(history_file)), keys)
     except ValueError as exc:
-        _refuse(as_json, source, f"{history_file} is NOT a history export: {exc}")
+        refuse(as_json, source, f"{history_file} is NOT a history export: {exc}")
     problems = [f"version {f.version}: {f.code} ({f.detail})" for f in checked.findings]
     facts: dict[str, Any] = {"entity_type": checked.entity_type, "entity_id": str(checked.entity_id),
                              "versions": checked.versions, "head": checked.head, "deleted": checked.deleted,
@@ -289,25 +289,25 @@ def verify_history_file(history_file: Path, jwks_file: Path | None, digest_file:
     if digest_file is not None:
         digest_document = _verified_digest(digest_file, keys, source, as_json)
         if "leaves" not in digest_document:
-            _refuse(as_json, source, f"{digest_file} has no leaves: export the digest with --leaves to check a chain against it")
+            refuse(as_json, source, f"{digest_file} has no leaves: export the digest with --leaves to check a chain against it")
         leaf, problem = digest_holds(checked, digest_document)
         problems += [problem] if problem else []
         facts["digest"] = {"as_of": digest_document["as_of"], "head": leaf["head"] if leaf else None}
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        _refuse(as_json, source, f"the history of {checked.entity_type} {checked.entity_id} does NOT verify: {shown}")
+        listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        refuse(as_json, source, f"the history of {checked.entity_type} {checked.entity_id} does NOT verify: {listed}")
     if as_json:
         print_json({"valid": True, "keys": source, **facts})
         return
     click.echo(f"history valid: {checked.entity_type} {checked.entity_id}, {checked.versions} version(s) linked and "
-               f"signed by {', '.join(map(_shown, checked.signers))}{' (deleted)' if checked.deleted else ''}, head "
+               f"signed by {', '.join(map(shown, checked.signers))}{' (deleted)' if checked.deleted else ''}, head "
                f"{checked.head[:16]}…; {source}")
     if "digest" in facts:
-        click.echo(f"the digest of {_shown(facts['digest']['as_of'])} " + (
+        click.echo(f"the digest of {shown(facts['digest']['as_of'])} " + (
             "holds no head for it (created after the digest, or deleted before it)" if leaf is None
             else "holds a head this chain still has"))
     if checked.sealed_signers:
-        click.echo(f"note: {', '.join(map(_shown, checked.sealed_signers))} is sealed: that its versions were signed "
+        click.echo(f"note: {', '.join(map(shown, checked.sealed_signers))} is sealed: that its versions were signed "
                    "before the seal is checked against the seal's digest by Plant's audits, not by this file")
 
 
@@ -318,15 +318,15 @@ def _check_pinned(report_body: dict[str, Any], *, expected_run: uuid.UUID | None
     evidence that was asked for."""
     run = report_body.get("run") if isinstance(report_body.get("run"), dict) else {}
     if expected_run is not None and run.get("id") != str(expected_run):
-        _refuse(as_json, source, f"the report is signed, but it is the report of run {run.get('id')}, not of run "
+        refuse(as_json, source, f"the report is signed, but it is the report of run {run.get('id')}, not of run "
                                  f"{expected_run}")
     if require_final and not _final(run):
-        _refuse(as_json, source, f"the report is signed, but NOT FINAL: run {run.get('id')} had not finished when it "
+        refuse(as_json, source, f"the report is signed, but NOT FINAL: run {run.get('id')} had not finished when it "
                                  "was exported (its findings are those so far); export it again once the run has finished")
     if csv_file is not None:
-        problem = csv_problem(_read_document(csv_file), report_body)
+        problem = csv_problem(read_document(csv_file), report_body)
         if problem is not None:
-            _refuse(as_json, source, f"{csv_file} is NOT the CSV export of this report: {problem}")
+            refuse(as_json, source, f"{csv_file} is NOT the CSV export of this report: {problem}")
 
 
 def _final(run: dict[str, Any]) -> bool:
@@ -342,7 +342,7 @@ def _csv_hint(document: bytes) -> str:
     return ""
 
 
-def _read_document(path: Path) -> bytes:
+def read_document(path: Path) -> bytes:
     """The bytes of the document to check; a file that cannot be read (gone, a directory
     or device by now, no permission) stops the check: one line, exit 1."""
     try:
@@ -351,13 +351,13 @@ def _read_document(path: Path) -> bytes:
         raise PlantCliError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """Text a document or the server supplies, as printed for a person: control codes escaped, so a
     crafted value cannot rewrite the line or hide what follows (``--json`` keeps the data)."""
     return visible_text(str(value))
 
 
-def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
+def seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
     """For a document that verified though its key is sealed (so it names no time after the
     seal, and a report is on the seal's list where the seal lists), ``{"sealed_at",
     "seal_lists_it"}`` to show with it; seals list no digest."""
@@ -367,7 +367,7 @@ def _seal_note(keys: Any, kid: str, *, listable: bool) -> dict[str, Any]:
     return {"sealed_at": sealed.isoformat(), "seal_lists_it": listable and seal_lists(keys, kid)}
 
 
-def _upcoming_note(keys: Any, kid: str) -> dict[str, Any]:
+def upcoming_note(keys: Any, kid: str) -> dict[str, Any]:
     """``{"upcoming": True}`` for a document signed by a key the set names as upcoming: it
     verifies (upcoming keys are trusted, so that a rolling rotation has no window), but such a
     key signs nothing until a rotation makes it active; ``{"retired": True}`` for one signed by
@@ -378,7 +378,7 @@ def _upcoming_note(keys: Any, kid: str) -> dict[str, Any]:
     return {"retired": True} if sealed_at(keys, kid) is None and published_as_retired(keys, kid) else {}
 
 
-def _echo_key_notes(notes: dict[str, Any]) -> None:
+def echo_key_notes(notes: dict[str, Any]) -> None:
     if notes.get("upcoming"):
         click.echo("note: the key set names that key as upcoming (published ahead of a rotation, it signs nothing "
                    "until a rotation makes it active): this document was signed by a process already promoted to "
@@ -398,7 +398,7 @@ def _echo_key_notes(notes: dict[str, Any]) -> None:
                "if you have held it since before then")
 
 
-def _refuse(as_json: bool, source: str, message: str) -> NoReturn:
+def refuse(as_json: bool, source: str, message: str) -> NoReturn:
     if as_json:  # print_json escapes what a terminal acts on as JSON does: the data stays the data
         print_json({"valid": False, "keys": source, "error": message})
     raise VerificationFailed(visible_text(message))  # for a person: it may quote the document
