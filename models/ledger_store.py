@@ -24,11 +24,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
-from models.digest_check import check_heads, trusted_base
+from models.digest_check import check_heads, planted, trusted_base
 from models.errors import LedgerBusy
 from models.ledger import LOCK_ENTITY_TABLES, HeadNotAHash, heads_query, shared_id, versions_held
 from models.ledger_digest import sign_root
-from models.ledger_trust import attest_leaves, base_problem, leaf_hashes, root_of_leaf_hashes
+from models.ledger_trust import attest_leaves, base_problem, leaf_hashes, root_of_leaf_hashes, signed_row_problem
 from models.merkle import HASH_SIZE
 from models.signing import KeyRing
 
@@ -184,16 +184,41 @@ _SHARED_ID = (select(_SHARED_HEADS.c.id, func.min(_SHARED_HEADS.c.entity_type).l
               .group_by(_SHARED_HEADS.c.id, _SHARED_HEADS.c.deleted).having(func.count() > 1).limit(1))
 
 
-def prune_digest_leaves(session: Session, *, keep_latest: int) -> int:
+def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int) -> int:
     """Delete the leaf rows (and tombstone rows) of every stored digest but the newest
-    ``keep_latest`` and those marked ``keep_leaves`` (a key seal's); returns how many leaf
-    rows went. Only the latest
+    ``keep_latest`` Plant signed (:func:`_newest_signed`) and those marked ``keep_leaves`` (a
+    key seal's); returns how many leaf rows went. Only the latest
     digest's leaves and a seal digest's are read (the incremental audit, the tampering
-    check, the seal's checks). A pruned digest keeps its signed row; should it ever become
+    check, the seal's checks), and, should those not be trusted, the newest trusted one's
+    (a new digest's base: :func:`models.digest_check.trusted_base`). Rows INSERTed through
+    SQL without Plant's key (unsigned, forged, or a copy of a signed document dated now)
+    count for nothing here, so they cannot push real digests' leaves out. A pruned digest
+    keeps its signed row; should it ever become
     the latest again (the newer ones deleted by whoever owns the table, past its triggers:
     migration 0013), its missing leaves make it
     ``digest-invalid``, never trusted."""
-    newest = select(LedgerDigest.id).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(keep_latest)
-    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), LedgerDigest.id.not_in(newest))
+    signatures = _newest_signed(session, keyring, keep_latest)
+    kept = LedgerDigest.document["signature"].astext.in_(signatures)  # a copy of a kept document keeps its rows too
+    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), ~kept)
     session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))
     return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
+
+
+def _newest_signed(session: Session, keyring: KeyRing, count: int) -> list[str]:
+    """The signatures of the newest ``count`` stored digests, by ``as_of`` and then id, whose
+    row Plant signed (:func:`models.ledger_trust.signed_row_problem`); copies of one document
+    count once. A published digest planted as a stored one is not read at all (:func:`planted`)."""
+    rows = session.scalars(select(LedgerDigest).where(~planted()).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
+                           .execution_options(yield_per=100))
+    signatures: list[str] = []
+    try:
+        for digest in rows:
+            signature = digest.document.get("signature") if isinstance(digest.document, dict) else None
+            if signature in signatures or signed_row_problem(session, digest, keyring) is not None:
+                continue
+            signatures.append(signature)
+            if len(signatures) == count:
+                break
+    finally:
+        rows.close()
+    return signatures

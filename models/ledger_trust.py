@@ -155,6 +155,25 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
     statement each; when they are untouched since they were written and attested, without
     hashing them.
     """
+    problem = signed_row_problem(session, digest, keyring)
+    if problem is not None:
+        return problem
+    document = digest.document
+    writer = _attested_writer(session, digest, keyring)
+    problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
+    if problem is not None or not keeps_tombstones(document):
+        return problem
+    return _rows_problem(session, digest.id, LedgerDigestTombstone, document["tombstone_count"], document["tombstones_root"],
+                         writer)
+
+
+def signed_row_problem(session: Session, digest: LedgerDigest, keyring: KeyRing) -> str | None:
+    """Why the stored ``digest``'s row is not one Plant signed, or None when it is: its
+    document verifies with ``keyring``'s keys and agrees with the row's ``heads_root``,
+    ``entity_count`` and ``as_of`` (which picks "the latest"), no sealed key signed it after
+    its seal, and it is no published digest planted as a stored one. Its leaf and tombstone
+    rows are not read (:func:`stored_digest_problem` checks them too); a copy of a signed
+    document stored through SQL at the ``as_of`` it signs passes."""
     document = digest.document
     problem = digest_problem(document, keyring)
     if problem is not None:
@@ -167,12 +186,7 @@ def stored_digest_problem(session: Session, digest: LedgerDigest, keyring: KeyRi
         return after_seal
     if not keeps_tombstones(document) and session.scalar(select(planted()).where(LedgerDigest.id == digest.id)):
         return "it is a published digest's document (v1), dated after Plant began storing v2 digests (migration 0018)"
-    writer = _attested_writer(session, digest, keyring)
-    problem = _rows_problem(session, digest.id, LedgerDigestHead, document["entity_count"], document["heads_root"], writer)
-    if problem is not None or not keeps_tombstones(document):
-        return problem
-    return _rows_problem(session, digest.id, LedgerDigestTombstone, document["tombstone_count"], document["tombstones_root"],
-                         writer)
+    return None
 
 
 def _rows_problem(session: Session, digest_id: int, table: DigestHeads, count: int, root: str, writer: str | None) -> str | None:

@@ -223,7 +223,7 @@ def ledger_store_digest(self: Task) -> dict[str, Any]:
         raise self.retry(exc=busy, countdown=backoff_seconds(self.request.retries),
                          max_retries=runtime.settings().job_max_attempts) from busy
     with transaction(runtime.session_factory()) as session:
-        pruned = prune_digest_leaves(session, keep_latest=runtime.settings().digest_leaves_kept)
+        pruned = prune_digest_leaves(session, keyring=runtime.keyring(), keep_latest=runtime.settings().digest_leaves_kept)
     return {**stored, "leaf_rows_pruned": pruned}
 
 

@@ -256,7 +256,7 @@ def test_digests_are_still_stored_marked_and_their_leaves_pruned_under_the_guard
             ids.append(digest.id)
     with Session(engine) as session, session.begin():
         leaves = session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": ids[1]})
-        assert leaves > 0 and prune_digest_leaves(session, keep_latest=2) == leaves  # the second digest's, only
+        assert leaves > 0 and prune_digest_leaves(session, keyring=keyring, keep_latest=2) == leaves  # the second digest's, only
     with Session(engine) as session:
         assert list(session.scalars(text("SELECT id FROM ledger_digests ORDER BY id"))) == ids
         assert list(session.scalars(text("SELECT keep_leaves FROM ledger_digests ORDER BY id"))) == [True, False, False, False]
