@@ -55,6 +55,7 @@ MAX_UNSIGNABLE_TEXT = 20_000
 # document, its report, the report's repairs, the record, its row_before. Content that fits
 # canonical JSON's depth alone but not there made every later run's report fail to export.
 CONTENT_IN_REPORT_DOCUMENT = 5
+RECORD_IN_REPORT_DOCUMENT = CONTENT_IN_REPORT_DOCUMENT - 2  # the document, its report, the report's repairs
 
 
 class EntityRepair(Base):
@@ -277,6 +278,21 @@ def record_sha256(record: dict[str, Any]) -> str:
     """Hex SHA-256 of an exported repair record's RFC 8785 bytes, signature included: how an
     audit run's plan and close name it."""
     return sha256(canonical_bytes(record)).hex()
+
+
+def as_listed(record: dict[str, Any]) -> dict[str, Any]:
+    """An exported repair record as a signed audit report lists it: as it is, or, when
+    canonical JSON cannot hold it where the report's document does (content nested deeper
+    than that, signed by a release before :data:`CONTENT_IN_REPORT_DOCUMENT`), with its
+    ``row_before`` replaced by why, and the SHA-256 of the record (:func:`record_sha256`, as
+    the run's plan and close name it). Marked, it verifies no more (``INVALID`` on the page,
+    ``NOT verify`` to ``plant report verify``), and every report listing it still exports."""
+    try:
+        to_json_tree(record, depth=RECORD_IN_REPORT_DOCUMENT)
+    except CanonicalizationError as exc:
+        return {**record, "row_before": {"not_exported": f"it cannot sit in a signed report's document: {exc.detail}",
+                                         "record_sha256": record_sha256(record)}}
+    return record
 
 
 def repair_statement(repair: EntityRepair) -> bytes:

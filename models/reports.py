@@ -40,7 +40,7 @@ from models.canonical import canonical_bytes, parse_canonical_json
 from models.entity_input import nul_refused
 from models.errors import JwsError, NotFound
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
-from models.repair import record_sha256, repairs_by_id, verify_repair
+from models.repair import as_listed, record_sha256, repairs_by_id, verify_repair
 from models.report_pages import finding_pages, fingerprint, read_findings
 from models.signed_exports import signed_once
 from models.signing import KeyRing
@@ -179,10 +179,11 @@ def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[
     append-only guard) is :class:`AuditRecordInvalid`. A run whose record names none
     (started before plans named repairs) lists the records of its scope made before it
     started whose signature verifies: a record written outside Plant, whatever time it
-    names, is left out, and one Plant wrote later names a later time."""
+    names, is left out, and one Plant wrote later names a later time. A record canonical
+    JSON cannot hold inside the report's document is listed marked (:func:`as_listed`)."""
     named = signed_repairs(run.close_signed if run.finished_at is not None else run.plan_signed)
     if named is None:
-        return scope_repairs(session, run, keyring)
+        return [as_listed(record) for record in scope_repairs(session, run, keyring)]
     held = repairs_by_id(session, [uuid.UUID(entry["id"]) for entry in named])
     listed = []
     for entry in named:
@@ -191,7 +192,7 @@ def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[
         if record is None or record_sha256(record) != entry["sha256"]:
             raise AuditRecordInvalid(f"audit run {run.id}: repair record {entry['id']} is not the one Plant listed when "
                                      "the run started (changed or removed past its append-only guard)", run_id=str(run.id))
-        listed.append(record)
+        listed.append(as_listed(record))
     return listed
 
 
