@@ -46,8 +46,8 @@ def test_forged_digests_dated_now_do_not_push_real_ones_leaves_out(
         engine: Engine, committed_steward: Any, keyring: KeyRing) -> None:
     real = _stored(engine, keyring, 3)
     with Session(engine) as session, session.begin():
-        for _ in range(3):  # unsigned rows dated now: newer than every real digest
-            _forge(session)
+        for document in ("{}", "[]", '"junk"', "[" * 3000 + "]" * 3000):  # unsigned rows dated now: newer than every real one
+            _forge(session, document=document)
     with Session(engine) as session, session.begin():
         assert prune_digest_leaves(session, keyring=keyring, keep_latest=2) > 0  # the oldest real digest's
     with Session(engine) as session:
