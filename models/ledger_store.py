@@ -199,7 +199,7 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int)
     ``digest-invalid``, never trusted."""
     signatures = _newest_signed(session, keyring, keep_latest)
     kept = LedgerDigest.document["signature"].astext.in_(signatures)  # a copy of a kept document keeps its rows too
-    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), ~kept)
+    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), kept.is_not(True))  # no signature: NULL
     session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))
     return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
 

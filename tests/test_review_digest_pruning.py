@@ -48,8 +48,12 @@ def test_forged_digests_dated_now_do_not_push_real_ones_leaves_out(
     with Session(engine) as session, session.begin():
         for document in ("{}", "[]", '"junk"', "[" * 3000 + "]" * 3000):  # unsigned rows dated now: newer than every real one
             _forge(session, document=document)
+        forged = _forge(session, signature="")  # unsigned, no signature member, and leaf rows of its own
+        session.execute(text("INSERT INTO ledger_digest_heads (digest_id, entity_id, entity_type, version, link_hash) "
+                             "SELECT :forged, entity_id, entity_type, version, link_hash FROM ledger_digest_heads "
+                             "WHERE digest_id = :real"), {"forged": forged, "real": real[2]})
     with Session(engine) as session, session.begin():
-        assert prune_digest_leaves(session, keyring=keyring, keep_latest=2) > 0  # the oldest real digest's
+        assert prune_digest_leaves(session, keyring=keyring, keep_latest=2) > 0  # the oldest real digest's, the forged one's
     with Session(engine) as session:
         assert _with_leaves(session) == {real[1], real[2]}
 
