@@ -1,4 +1,4 @@
-"""Review of skill certificates as an auditor holds them, and of the register of issued ids.
+"""Skill certificates as an auditor holds them, and the register of issued ids.
 
 ``plant certificate export`` / ``plant certificate verify FILE --jwks jwks.json``: a certificate
 checked offline with nothing but the files (exit 4 when it does not verify, or with

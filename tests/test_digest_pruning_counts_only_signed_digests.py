@@ -1,4 +1,4 @@
-"""Pruning digest leaf rows counts only the digests Plant signed (review, helper-206).
+"""Pruning digest leaf rows counts only the digests Plant signed.
 
 Someone with INSERT on ``ledger_digests`` and no signing key could add unsigned or forged
 rows dated now: counted among the newest ``keep_latest``, they made the next prune delete

@@ -1,4 +1,4 @@
-"""Repair records whose content is nested too deep do not stop the reports that list them (review, helper-206).
+"""Repair records whose content is nested too deep do not stop the reports that list them.
 
 A release before ``CONTENT_IN_REPORT_DOCUMENT`` signed a row's content as deep as canonical
 JSON takes it alone (64 levels); five levels down in a signed audit report's document it
