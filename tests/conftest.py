@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import hypothesis
 import psycopg
@@ -373,6 +374,18 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def raw_http_exchange(base: str, request: bytes) -> bytes:
+    """Send ``request`` as written to the server at ``base`` and read its whole answer, for what
+    a test client cannot send (a request line gunicorn refuses, an undecoded path)."""
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 # What gunicorn.conf.py sets in its environment (os.environ.setdefault) from PLANT_WEB_THREADS.

@@ -3,21 +3,14 @@ every error: a header field over its size limit, a request line over its limit, 
 line that is no HTTP. gunicorn answered those with an HTML page of its own."""
 
 import json
-import socket
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import gunicorn_serving
+from tests.conftest import gunicorn_serving, raw_http_exchange
 
 
 def _exchange(base: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_http_exchange(base, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *fields = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}

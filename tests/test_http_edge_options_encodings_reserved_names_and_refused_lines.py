@@ -4,12 +4,10 @@ line it refuses."""
 
 import gzip
 import json
-import socket
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import gunicorn_serving, wait_for
+from tests.conftest import gunicorn_serving, raw_http_exchange, wait_for
 
 API = "/api/v1"
 SLEEP = f"{API}/diagnostics/sleep"
@@ -170,12 +168,7 @@ def gunicorn_logged(settings, tmp_path_factory):
 
 
 def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
-    address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_http_exchange(base, request)
     return int(answer.split(b" ", 2)[1]), answer
 
 
