@@ -44,8 +44,8 @@ from sqlalchemy import and_, delete, desc, insert, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestsV2Began, LedgerDigestTombstone
-from models.chain import GENESIS_LINK, records_a_deletion, versions_by_entity
-from models.chain_verification import ROW_CONTENT_MISMATCH, head_drift, verify_versions
+from models.chain import GENESIS_LINK, ChainFinding, records_a_deletion, versions_by_entity
+from models.chain_verification import HEAD_MISMATCH, ROW_CONTENT_MISMATCH, head_drift, verify_versions
 from models.seal_check import seal_findings
 from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS, EntityType, governed_content, load_entities
@@ -271,10 +271,11 @@ def _rows_off_their_heads(session: Session, targets: list[Target], keyring: KeyR
     (``row-content-mismatch`` of :func:`models.chain_verification.head_drift`: edited through
     SQL without a new version), with that finding. An incremental audit does not examine an
     entity whose row names the digest's head, so a row edited after a signed change was seen
-    by incremental audits only until the next digest attested that head. The row's version
-    column is no governed field (a leaf takes its chain's number, whatever it says), and a
-    chain grown behind the row, a row gone or one of another type are the incremental
-    audit's to find: only the content is judged here."""
+    by incremental audits only until the next digest attested that head. Its ``version``
+    column is judged too (``head-mismatch``, as a full audit says): the leaf takes its
+    chain's number, whatever the row says, so a row whose column alone was edited after a
+    signed change was attested, and no incremental audit examined it again. A chain grown
+    behind the row, a row gone or one of another type are the incremental audit's to find."""
     by_type: dict[str, dict[uuid.UUID, Target]] = {}
     for target in targets:
         if target.head is not None and target.entity_type in _TYPES:
@@ -282,11 +283,17 @@ def _rows_off_their_heads(session: Session, targets: list[Target], keyring: KeyR
     found = []
     for kind, of_kind in by_type.items():
         entities = load_entities(session, EntityType(kind), list(of_kind))
-        for entity in entities:
+        numbered = {entity.id: entity.version for entity in entities}
+        for entity in entities:  # the content is judged against the head version, whatever the column says
             entity.version = of_kind[entity.id].head[0]
         drift = head_drift(session, [(entity, governed_content(entity)) for entity in entities], keyring)
         found += [(of_kind[entity_id], finding) for entity_id, finding in drift.items() if finding.code == ROW_CONTENT_MISMATCH]
+        found += [(of_kind[entity_id], ChainFinding(HEAD_MISMATCH, of_kind[entity_id].head[0],
+                                                    f"its row's version column says {version}"))
+                  for entity_id, version in numbered.items()
+                  if version != of_kind[entity_id].head[0] and getattr(drift.get(entity_id), "code", None) != ROW_CONTENT_MISMATCH]
     return found
+
 
 
 _TYPES = frozenset(entity_type.value for entity_type in EntityType)
