@@ -1,8 +1,11 @@
-"""Incremental audit: verify only what changed since the latest stored ledger digest.
+"""Incremental audit: verify only what changed since the latest stored ledger digest it can trust.
 
 The digest's leaves (kept in ``ledger_digest_heads``) are trusted heads, once the digest's
-signed document and the root of its stored leaves check out (else the run reports
-``digest-invalid`` and verifies nothing). An entity is examined when its row's head is
+signed document and the root of its stored leaves check out. Newer rows that do not (forged
+or unsigned rows INSERTed through SQL, dated now; copies of the signed document whose rows
+differ) are each reported ``digest-invalid`` and passed over, among a bounded number of rows
+(:func:`models.ledger_store.newest_trusted_digest`); with none trusted the run reports
+``digest-invalid`` and verifies nothing. An entity is examined when its row's head is
 not its leaf (``IS DISTINCT FROM``: a NULL head counts), its row is marked deleted though
 the digest held it live (by a signed version or by its row alone), or its chain grew past
 the leaf (a row reset to the digest's head after later versions were appended). An examined
@@ -40,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from models.audit import (
     BatchResult, FindingRow, gate_findings, load_entities, rowless_chains, rule_findings, seat_facts,
-    stored_digest_invalid, suspects_rechecked, versions_by_entity,
+    suspects_rechecked, versions_by_entity,
 )
 from models.audit_tables import LedgerDigest
 from models.chain import GENESIS_LINK, ChainFinding
@@ -53,7 +56,8 @@ from models.errors import NotFound
 from models.incremental_changes import (
     Changed, changed_since, grown_behind_rows, row_counts, seat_partners, vanished, version_totals,
 )
-from models.ledger_compare import compare_heads, latest_digest
+from models.ledger_compare import compare_heads
+from models.ledger_store import LATEST_DIGESTS_READ, newest_trusted_digest
 from models.signing import KeyRing
 
 BATCH = 500
@@ -71,6 +75,7 @@ class IncrementalResult:
     digest_trusted: bool = True
     digest_rows_kept: bool = True  # False: some of its rows went while the run read them (a digest-invalid finding says so)
     version_count_balanced: bool = True
+    digests_passed_over: int = 0  # newer stored digests not trusted (each a digest-invalid finding)
 
     def coverage(self) -> dict[str, Any]:
         """What this run read and what it took on trust, for the summary: an incremental
@@ -84,6 +89,7 @@ class IncrementalResult:
             "since_digest": self.digest_id,
             "digest_as_of": self.digest_as_of,
             "digest": f"signature and stored leaves' heads_root {verified}",
+            "digests_passed_over": self.digests_passed_over,
             "entities_examined": self.entities,
             "versions_signature_checked": self.versions_verified,
             "versions_rehashed_only": sum(self.versions_rehashed.values()),
@@ -102,13 +108,17 @@ class IncrementalResult:
 
 
 def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: Embedder) -> IncrementalResult:
-    digest = latest_digest(session)
-    if digest is None:
+    """What changed since the latest stored digest that can be trusted
+    (:func:`models.ledger_store.newest_trusted_digest`); each newer one is reported
+    (``digest-invalid``) and passed over, so rows INSERTed through SQL after every digest do
+    not stop incremental coverage. With none trusted, nothing is examined."""
+    digest, passed = newest_trusted_digest(session, keyring)
+    if digest is None and not passed:
         raise NotFound("no ledger digest is stored yet; an incremental audit needs one")
-    result = IncrementalResult(digest.id, digest.as_of.isoformat())
-    invalid = stored_digest_invalid(session, digest, keyring)
-    if invalid is not None:  # its leaves may have been edited to hide what changed
-        result.findings.append(invalid)
+    result = _since(digest or passed[0][0], passed)
+    if digest is None:  # its leaves may have been edited to hide what changed
+        if len(passed) == LATEST_DIGESTS_READ:
+            result.findings.append(_none_trusted_among(LATEST_DIGESTS_READ))
         result.digest_trusted = False
         return result
     append_only = append_only_enforced(session)
@@ -166,6 +176,23 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
             "run a full audit")))
         result.digest_rows_kept = False
     return result
+
+
+def _since(digest: LedgerDigest, passed: list[tuple[LedgerDigest, str]]) -> IncrementalResult:
+    """The result of a run since ``digest``, with a ``digest-invalid`` finding for each newer
+    stored digest ``passed`` over."""
+    result = IncrementalResult(digest.id, digest.as_of.isoformat(), digests_passed_over=len(passed))
+    trusted = "" if any(d is digest for d, _ in passed) else f"; passed over for digest {digest.id}, the newest that verifies"
+    result.findings += [FindingRow(None, None, None, "digest-invalid", (
+        f"stored ledger digest {newer.id} ({newer.as_of.isoformat()}): {problem}; its leaves are not trusted{trusted}"))
+        for newer, problem in passed]
+    return result
+
+
+def _none_trusted_among(rows: int) -> FindingRow:
+    return FindingRow(None, None, None, "digest-invalid", (
+        f"none of the {rows} newest stored ledger digests is one Plant signed whose rows verify (more are not read, "
+        "so forged rows cannot make the audit unbounded): nothing was examined, run a full audit"))
 
 
 def _guards_lifted(digest: LedgerDigest) -> FindingRow:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
@@ -24,11 +26,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
-from models.digest_check import check_heads, planted, trusted_base
+from models.digest_check import check_heads, trusted_base
 from models.errors import LedgerBusy
 from models.ledger import LOCK_ENTITY_TABLES, HeadNotAHash, heads_query, shared_id, versions_held
 from models.ledger_digest import sign_root
-from models.ledger_trust import attest_leaves, base_problem, leaf_hashes, root_of_leaf_hashes, signed_row_problem
+from models.ledger_trust import (
+    attest_leaves, base_problem, leaf_hashes, root_of_leaf_hashes, signed_row_problem, stored_digest_problem,
+)
 from models.merkle import HASH_SIZE
 from models.signing import KeyRing
 
@@ -188,8 +192,9 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int)
     """Delete the leaf rows (and tombstone rows) of every stored digest but the newest
     ``keep_latest`` Plant signed (:func:`_newest_signed`) and those marked ``keep_leaves`` (a
     key seal's); returns how many leaf rows went. Only the latest
-    digest's leaves and a seal digest's are read (the incremental audit, the tampering
-    check, the seal's checks), and, should those not be trusted, the newest trusted one's
+    digest's leaves and a seal digest's are read (the incremental audit, which passes over
+    newer rows Plant did not sign, :func:`newest_trusted_digest`; the tampering check; the
+    seal's checks), and, should those not be trusted, the newest trusted one's
     (a new digest's base: :func:`models.digest_check.trusted_base`). Rows INSERTed through
     SQL without Plant's key (unsigned, forged, or a copy of a signed document dated now)
     count for nothing here, so they cannot push real digests' leaves out. A pruned digest
@@ -206,19 +211,61 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int)
 
 def _newest_signed(session: Session, keyring: KeyRing, count: int) -> list[str]:
     """The signatures of the newest ``count`` stored digests, by ``as_of`` and then id, whose
-    row Plant signed (:func:`models.ledger_trust.signed_row_problem`); copies of one document
-    count once. A published digest planted as a stored one is not read at all (:func:`planted`)."""
-    rows = session.scalars(select(LedgerDigest).where(~planted()).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
-                           .execution_options(yield_per=100))
+    row Plant signed (:func:`signed_digests`); copies of one document count once."""
     signatures: list[str] = []
-    try:
-        for digest in rows:
-            signature = digest.document.get("signature") if isinstance(digest.document, dict) else None
-            if signature in signatures or signed_row_problem(session, digest, keyring) is not None:
-                continue
-            signatures.append(signature)
+    with closing(signed_digests(session, keyring)) as signed:
+        for digest in signed:
+            if digest.document["signature"] not in signatures:
+                signatures.append(digest.document["signature"])
             if len(signatures) == count:
                 break
-    finally:
-        rows.close()
     return signatures
+
+
+def signed_digests(session: Session, keyring: KeyRing, *, rows: int | None = None,
+                   rejected: list[tuple[LedgerDigest, str]] | None = None) -> Iterator[LedgerDigest]:
+    """The stored digests whose row Plant signed (:func:`models.ledger_trust.signed_row_problem`:
+    not forged, unsigned, planted or signed by a sealed key after its seal), newest first by
+    ``as_of`` and then id, of the newest ``rows`` rows (every row, with None: each costs a
+    signature check). Each row read that is not one is appended to ``rejected``, with why.
+    Close it (:func:`contextlib.closing`) when leaving it early: it reads through a cursor."""
+    query = select(LedgerDigest).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id))
+    found = session.scalars((query if rows is None else query.limit(rows)).execution_options(yield_per=100))
+    try:
+        for digest in found:
+            problem = signed_row_problem(session, digest, keyring)
+            if problem is None:
+                yield digest
+            elif rejected is not None:
+                rejected.append((digest, problem))
+    finally:
+        found.close()
+
+
+LATEST_DIGESTS_READ = 32  # stored digest rows, newest first, the incremental audit looks through for its base
+
+
+def newest_trusted_digest(session: Session, keyring: KeyRing, *, rows: int = LATEST_DIGESTS_READ
+                          ) -> tuple[LedgerDigest | None, list[tuple[LedgerDigest, str]]]:
+    """The digest an incremental audit trusts, and each stored digest newer than it (or, with
+    none, each of the ``rows`` newest) with why it is not trusted.
+
+    It is the newest document Plant signed (:func:`signed_digests`), taken from the newest of
+    its rows (copies of it INSERTed through SQL share its signature and ``as_of``) whose leaf
+    and tombstone rows verify (:func:`models.ledger_trust.stored_digest_problem`). Rows
+    INSERTed without Plant's key, dated now, are passed over, so they no longer stop every
+    incremental audit; an older signed document is never the base (its leaves may be pruned,
+    and Plant's own newest digest damaged calls for a full audit): None then. At most ``rows``
+    rows are read, so millions of forged rows cost ``rows`` signature checks: beyond them, None."""
+    passed: list[tuple[LedgerDigest, str]] = []
+    newest: str | None = None  # the newest signed document's signature
+    with closing(signed_digests(session, keyring, rows=rows, rejected=passed)) as signed:
+        for digest in signed:
+            newest = newest or digest.document["signature"]
+            if digest.document["signature"] != newest:
+                break  # an older document: none of the newest one's rows verify
+            problem = stored_digest_problem(session, digest, keyring)
+            if problem is None:
+                return digest, passed
+            passed.append((digest, problem))
+    return None, passed
