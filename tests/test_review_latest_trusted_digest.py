@@ -119,3 +119,27 @@ def test_pruning_still_keeps_the_newest_signed_digests_past_forged_rows(db_sessi
     count = db_session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": kept.id})
     assert count == kept.entity_count > 0
     assert run_incremental(db_session, keyring)[0]["coverage"]["since_digest"] == kept.id
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["leaf", "tombstone"])
+def test_a_row_s_version_column_off_its_moved_head_is_held_back(db_session, skill, keyring, write_ctx, deleted) -> None:
+    """The version column alone, edited after a signed change (a deletion too): the next digest
+    holds the head back, so every incremental audit after it still reports what a full one does."""
+    import datetime as dt
+
+    from models.entities import EntityType
+    from models.registry import update_entity
+    from tests.test_audit import run_audit
+
+    store_digest(db_session, keyring=keyring)
+    changes = {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)} if deleted else {"description": "four"}
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes=changes, ctx=write_ctx)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET version = version - 1 WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    held: list[str] = []
+    store_digest(db_session, keyring=keyring, held_back=held)
+    assert [str(skill.id) in h and "head-mismatch" in h for h in held] == [True]
+    _, after = run_incremental(db_session, keyring)
+    _, full = run_audit(db_session, keyring)
+    assert "head-mismatch" in {f.code for f in after if f.entity_id == skill.id} & {f.code for f in full if f.entity_id == skill.id}
