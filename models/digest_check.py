@@ -295,7 +295,6 @@ def _rows_off_their_heads(session: Session, targets: list[Target], keyring: KeyR
     return found
 
 
-
 _TYPES = frozenset(entity_type.value for entity_type in EntityType)
 
 
