@@ -201,8 +201,10 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int)
     keeps its signed row; should it ever become
     the latest again (the newer ones deleted by whoever owns the table, past its triggers:
     migration 0013), its missing leaves make it
-    ``digest-invalid``, never trusted."""
+    ``digest-invalid``, never trusted. Should no row verify at all, nothing is pruned."""
     signatures = _newest_signed(session, keyring, keep_latest)
+    if not signatures:  # none found Plant's (a key missing from the ring): keep all, the latest's leaves too
+        return 0
     kept = LedgerDigest.document["signature"].astext.in_(signatures)  # a copy of a kept document keeps its rows too
     doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), kept.is_not(True))  # no signature: NULL
     session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))

@@ -17,6 +17,7 @@ from models.audit import stored_digest_invalid
 from models.audit_tables import LedgerDigest
 from models.ledger_compare import latest_digest
 from models.ledger_store import prune_digest_leaves, store_digest
+from models.key_material import generate_ed25519
 from models.signing import KeyRing
 
 INSERT_DIGEST = ("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
@@ -90,3 +91,15 @@ def test_a_forged_latest_digest_is_reported_and_stays_the_latest_only_until_the_
     with Session(engine) as session:
         assert latest_digest(session).id == second
         assert _with_leaves(session) == {first, second}
+
+
+def test_a_prune_that_finds_no_digest_plant_signed_deletes_no_leaves(
+        engine: Engine, committed_steward: Any, keyring: KeyRing) -> None:
+    """A ring that knows none of the stored digests' keys (a key missing from it, every recent row
+    failing its check) finds nothing it may keep: it keeps everything, not nothing (the latest
+    digest's leaves are the incremental audit's base)."""
+    real = _stored(engine, keyring, 3)
+    with Session(engine) as session, session.begin():
+        assert prune_digest_leaves(session, keyring=KeyRing(generate_ed25519()), keep_latest=2) == 0
+    with Session(engine) as session:
+        assert _with_leaves(session) >= set(real)
