@@ -1,4 +1,4 @@
-"""helper-208: which stored digest the incremental audit trusts when newer rows are not Plant's.
+"""Which stored digest the incremental audit trusts when newer rows are not Plant's.
 
 Anyone with SQL INSERT on ``ledger_digests`` (no signing key) could add a row dated now after
 every digest beat stores: the incremental audit took it as the latest, said ``digest-invalid``
