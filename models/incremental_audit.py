@@ -121,8 +121,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
             result.findings.append(_none_trusted_among(LATEST_DIGESTS_READ))
         result.digest_trusted = False
         return result
-    append_only = append_only_enforced(session)
-    if not append_only:  # a version behind a leaf, or the digest's rows, may have been rewritten in place
+    if not append_only_enforced(session):  # a version behind a leaf, or the digest's rows, may have been rewritten in place
         result.findings.append(_guards_lifted(digest))
         result.digest_trusted = False
         return result
@@ -139,7 +138,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
     for entity_type, ids in seat_partners(session, plan).items():
         plan[entity_type] += changed_since(session, entity_type, digest, ids)[0]
     for entity_type, changed in plan.items():
-        _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
+        _audit_in_batches(session, entity_type, changed, keyring, embedder, result)
     # Counted after the chains were read, not before: each statement sees the commits made
     # until it starts, so a version committed meanwhile is then either in both counts or in
     # the ledger's alone, which makes them disagree and the search below run. Counted first,
@@ -149,7 +148,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
     if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
         result.version_count_balanced = False
         for entity_type, changed in grown_behind_rows(session, digest, set(result.chains)).items():
-            _audit_in_batches(session, entity_type, changed, keyring, embedder, append_only, result)
+            _audit_in_batches(session, entity_type, changed, keyring, embedder, result)
     # An entity has at most one leaf, so when every leaf is accounted for, none vanished: the
     # anti-join that names vanished leaves (a scan of every leaf) runs only when one did.
     leaves, tombstones = row_counts(session, digest)
@@ -207,20 +206,20 @@ def _guards_lifted(digest: LedgerDigest) -> FindingRow:
 
 
 def _audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Embedder,
-                      append_only: bool, result: IncrementalResult) -> None:
+                      result: IncrementalResult) -> None:
     for start in range(0, len(changed), BATCH):
-        _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, embedder, append_only, result)
+        _audit_changed(session, entity_type, changed[start : start + BATCH], keyring, embedder, result)
 
 
 def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Embedder,
-                   append_only: bool, result: IncrementalResult) -> None:
+                   result: IncrementalResult) -> None:
     base = {entity_id: (version, link) for entity_id, version, link in changed}
     # Keyed by entity: a suspect is checked twice (the second time locked), and what its
     # second check found replaces its first, here as in its findings; a list took it twice.
     rolled: dict[uuid.UUID, tuple[uuid.UUID, int | None, bytes]] = {}
 
     def check(entities: list) -> BatchResult:
-        return _check_changed(session, entities, base, keyring, embedder, append_only, rolled, result)
+        return _check_changed(session, entities, base, keyring, embedder, rolled, result)
 
     entities = load_entities(session, entity_type, list(base))
     # Rows and versions are read by two statements: suspects are checked again, locked.
@@ -232,8 +231,8 @@ def _audit_changed(session: Session, entity_type: EntityType, changed: Changed, 
                                    h.finding.detail) for h in compare_heads(session, list(rolled.values()))]
 
 
-def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, embedder: Embedder, append_only: bool,
-                   rolled: dict, result: IncrementalResult) -> BatchResult:
+def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, embedder: Embedder, rolled: dict,
+                   result: IncrementalResult) -> BatchResult:
     """Each entity's whole chain; one whose leaf is gone from its chain is put in
     ``rolled`` (its rollback or rewrite is named by :func:`compare_heads`), one whose leaf
     is there taken out of it (a check made again decides), and every signature of its
@@ -261,7 +260,8 @@ def _check_changed(session: Session, entities: list, base: dict, keyring: KeyRin
         content = governed_content(entity)
         findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
         batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
-        batch.findings += rule_findings(entity, content, rows, append_only, seats)
+        # The guards were found in place before anything was examined (a run with them lifted stops there).
+        batch.findings += rule_findings(entity, content, rows, True, seats)
         batch.versions_verified += len(rows) - split
         result.versions_rehashed[entity.id] = split
     batch.findings += gate_findings(session, entities, batch.findings, keyring=keyring, embedder=embedder)
