@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -82,6 +83,22 @@ def save_evidence(path: Path, content: bytes) -> None:
         target.write_bytes(content)
     else:
         replace_file(target, content, mode=stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644)
+
+
+def export_document(document: Any, output: Path | None, as_json: bool, facts: Callable[[], dict[str, Any]],
+                    said: Callable[[dict[str, Any]], str]) -> None:
+    """An exported JSON ``document`` printed to stdout, or, with ``output``, kept there indented
+    (:func:`save_evidence`) and what was written told: ``facts()`` as JSON with ``--json``, else
+    ``said(facts())``, one line."""
+    if output is None:
+        print_json(document)
+        return
+    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
+    written = facts()
+    if as_json:
+        print_json(written)
+    else:
+        click.echo(said(written))
 
 
 @click.group()
@@ -198,17 +215,12 @@ def digest() -> None:
 def export_digest(output: Path | None, leaves: bool, as_json: bool) -> None:
     """Export a signed digest of the ledger now: keep it outside Plant."""
     document = connect().get("/ledger/digest", leaves="true" if leaves else None)
-    if output is None:
-        print_json(document)
-        return
-    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
-    facts = {"file": str(output), "entity_count": document["entity_count"], "as_of": document["as_of"],
-             "heads_root": document["heads_root"], "kid": document["kid"], "leaves": "leaves" in document}
-    if as_json:
-        print_json(facts)
-    else:
-        click.echo(f"wrote the ledger digest of {shown(facts['entity_count'])} entities as of {shown(facts['as_of'])} "
-                   f"to {output} (root {shown(facts['heads_root'])[:16]}…, kid {shown(facts['kid'])})")
+    export_document(document, output, as_json, lambda: {
+        "file": str(output), "entity_count": document["entity_count"], "as_of": document["as_of"],
+        "heads_root": document["heads_root"], "kid": document["kid"], "leaves": "leaves" in document,
+    }, lambda facts: (f"wrote the ledger digest of {shown(facts['entity_count'])} entities as of "
+                      f"{shown(facts['as_of'])} to {output} (root {shown(facts['heads_root'])[:16]}…, "
+                      f"kid {shown(facts['kid'])})"))
 
 
 @digest.command("verify")
@@ -244,6 +256,14 @@ def _verified_digest(digest_file: Path, keys: dict[str, Any], source: str, as_js
     return document  # type: ignore[return-value]  # digest_problem: a dict of the signed members
 
 
+def digest_with_its_leaves(digest_file: Path, keys: dict[str, Any], source: str, as_json: bool) -> dict[str, Any]:
+    """The saved digest, verified, with the leaves a chain is checked against; or exit 4."""
+    document = _verified_digest(digest_file, keys, source, as_json)
+    if "leaves" not in document:
+        refuse(as_json, source, f"{digest_file} has no leaves: export the digest with --leaves to check a chain against it")
+    return document
+
+
 @click.group()
 def history() -> None:
     """An entity's signed chain: every version, checked offline with the published keys."""
@@ -257,15 +277,10 @@ def history() -> None:
 def export_history(entity_type: str, entity_id: uuid.UUID, output: Path | None, as_json: bool) -> None:
     """Export every signed version of an entity (GET .../history): keep it with the JWKS and a digest."""
     document = connect().get(f"{COLLECTIONS[entity_type]}/{entity_id}/history", expect=("items",))
-    if output is None:
-        print_json(document)
-        return
-    save_evidence(output, (json.dumps(document, indent=2) + "\n").encode())
-    versions = len(document["items"]) if isinstance(document["items"], list) else 0
-    if as_json:
-        print_json({"file": str(output), "entity_type": entity_type, "entity_id": str(entity_id), "versions": versions})
-    else:
-        click.echo(f"wrote {versions} version(s) of {entity_type} {entity_id} to {output}")
+    export_document(document, output, as_json, lambda: {
+        "file": str(output), "entity_type": entity_type, "entity_id": str(entity_id),
+        "versions": len(document["items"]) if isinstance(document["items"], list) else 0,
+    }, lambda facts: f"wrote {facts['versions']} version(s) of {entity_type} {entity_id} to {output}")
 
 
 @history.command("verify")
@@ -287,9 +302,7 @@ def verify_history_file(history_file: Path, jwks_file: Path | None, digest_file:
                              "versions": checked.versions, "head": checked.head, "deleted": checked.deleted,
                              "signers": checked.signers, "sealed_signers": checked.sealed_signers}
     if digest_file is not None:
-        digest_document = _verified_digest(digest_file, keys, source, as_json)
-        if "leaves" not in digest_document:
-            refuse(as_json, source, f"{digest_file} has no leaves: export the digest with --leaves to check a chain against it")
+        digest_document = digest_with_its_leaves(digest_file, keys, source, as_json)
         leaf, problem = digest_holds(checked, digest_document)
         problems += [problem] if problem else []
         facts["digest"] = {"as_of": digest_document["as_of"], "head": leaf["head"] if leaf else None}

@@ -143,3 +143,20 @@ def digest_holds(checked: HistoryCheck, digest: dict[str, Any]) -> tuple[dict[st
         return leaf, (f"the digest of {digest['as_of']} holds this {checked.entity_type}'s head at version "
                       f"{leaf['version']}, and this history has that link at version {at[0]}")
     return leaf, None
+
+
+def digest_dates_head(checked: HistoryCheck, digest: dict[str, Any]) -> str | None:
+    """Why the history is not the entity's chain exactly as the digest attests it, or None
+    when its head is the digest's leaf for the entity: so the history's head stands as of the
+    digest's ``as_of``. A history cut short (its newest versions dropped) still verifies on its
+    own; it does not hold the digest's head as its own. ``digest`` as for :func:`digest_holds`."""
+    leaf, problem = digest_holds(checked, digest)
+    if leaf is None:
+        return (f"the digest of {digest['as_of']} holds no head for this {checked.entity_type} (created after the "
+                "digest, or deleted before it)")
+    if leaf["head"] != checked.head:
+        held = f" at version {leaf['version']}" if "version" in leaf else ""
+        return (f"the digest of {digest['as_of']} holds head {leaf['head']}{held} for this {checked.entity_type}, and "
+                f"this history's head is {checked.head} at version {checked.versions}: it is not the chain as of the "
+                "digest (cut short, exported at another time, or rewritten)")
+    return problem

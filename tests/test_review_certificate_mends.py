@@ -1,0 +1,80 @@
+"""Review mends of the offline certificate check and its neighbours.
+
+``plant certificate verify --history`` believed a history export cut short before the
+retiring version (it is neither signed as a whole nor dated); ``--digest`` now dates it. The
+audit's certificate cross-check read every row for a scoped run; the exports each wrote their
+file their own way; and a job outcome's formatter that raised was shown as JSON, hiding the bug.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from cli.errors import EXIT_NOT_VERIFIED
+from cli.main import cli
+from models.entities import EntityType
+from models.ledger_digest import digest_with_leaves
+from models.registry import update_entity
+from tests.test_certificates_verified_offline_and_cross_checked_by_the_audit import _history, _write, issued  # noqa: F401
+
+
+def _digest(tmp_path: Path, keyring: Any, history: dict[str, Any], name: str = "digest.json") -> Path:
+    """A ledger digest with leaves, taken when ``history`` was the skill's whole chain."""
+    skill_id, head = uuid.UUID(history["entity_id"]), history["items"][-1]
+    digest = digest_with_leaves(dt.datetime.now(dt.UTC), [(skill_id, bytes.fromhex(head["link_hash"]))],
+                                keyring, versions={skill_id: head["version"]})
+    return _write(tmp_path, name, digest)
+
+
+def _verify(*args: Any) -> Result:
+    return CliRunner().invoke(cli, ["certificate", "verify", *map(str, args)])
+
+
+def test_a_history_cut_short_before_the_retire_does_not_stand_against_a_digest_taken_after_it(
+        issued, db_session, write_ctx, keyring, tmp_path) -> None:  # noqa: F811
+    skill, _, path, jwks = issued
+    update_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, changes={"status": "retired"}, ctx=write_ctx)
+    whole = _history(db_session, skill.id)
+    digest = _digest(tmp_path, keyring, whole)
+    cut = _write(tmp_path, "cut.json", {**whole, "items": whole["items"][:-1]})
+    # Alone, the cut history still bears the certificate out: the output says how little that shows.
+    alone = _verify(path, "--jwks", jwks, "--history", cut)
+    assert alone.exit_code == 0, alone.output
+    assert "only as fresh as the history export" in alone.stdout and "--digest" in alone.stdout
+    assert json.loads(_verify(path, "--jwks", jwks, "--history", cut, "--json").stdout)["standing"]["as_of"] is None
+    dated = _verify(path, "--jwks", jwks, "--history", cut, "--digest", digest)
+    assert dated.exit_code == EXIT_NOT_VERIFIED, dated.output
+    assert "NOT dated" in dated.stderr and "cut short" in dated.stderr and len(dated.stderr.splitlines()) == 1
+    as_json = _verify(path, "--jwks", jwks, "--history", cut, "--digest", digest, "--json")
+    assert as_json.exit_code == EXIT_NOT_VERIFIED and json.loads(as_json.stdout)["valid"] is False
+    # The whole history, with the same digest, is the retired chain: withdrawn.
+    full = _verify(path, "--jwks", jwks, "--history", _write(tmp_path, "whole.json", whole), "--digest", digest)
+    assert full.exit_code == EXIT_NOT_VERIFIED and "WITHDRAWN" in full.stderr
+
+
+def test_a_standing_certificate_dated_by_a_digest_says_as_of_when(issued, db_session, keyring, tmp_path) -> None:  # noqa: F811
+    skill, _, path, jwks = issued
+    history = _history(db_session, skill.id)
+    digest = _digest(tmp_path, keyring, history)
+    history_file = _write(tmp_path, "history.json", history)
+    dated = _verify(path, "--jwks", jwks, "--history", history_file, "--digest", digest)
+    assert dated.exit_code == 0, dated.output
+    as_of = json.loads(digest.read_text())["as_of"]
+    assert f"standing as of {as_of}" in dated.stdout and "only as fresh" not in dated.stdout
+    facts = json.loads(_verify(path, "--jwks", jwks, "--history", history_file, "--digest", digest, "--json").stdout)
+    assert facts["standing"]["as_of"] == as_of
+    leafless = json.loads(digest.read_text())
+    del leafless["leaves"]
+    refused = _verify(path, "--jwks", jwks, "--history", history_file, "--digest", _write(tmp_path, "l.json", leafless))
+    assert refused.exit_code == EXIT_NOT_VERIFIED and "has no leaves" in refused.stderr
+    elsewhere = {**history, "entity_id": str(uuid.uuid4())}
+    unheld = _verify(path, "--jwks", jwks, "--history", history_file, "--digest", _digest(tmp_path, keyring, elsewhere, "o.json"))
+    assert unheld.exit_code == EXIT_NOT_VERIFIED and "holds no head" in unheld.stderr
+    assert _verify(path, "--jwks", jwks, "--digest", digest).exit_code == 2  # a digest dates a history
+
