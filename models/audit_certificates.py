@@ -24,7 +24,8 @@ import re
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy import text
+from sqlalchemy import Uuid, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models.audit import FindingRow
@@ -35,12 +36,15 @@ NOT_RECORDED = "certificate-not-recorded"
 # The ids Plant issues (models.certificates.issue_certificate); migration 0023 kept only these.
 ISSUED_ID = re.compile(r"SKILL-([A-Z][A-Z0-9]{0,7})-([0-9]{1,9})")
 
-# One statement, one snapshot: every row, and every skill version that may record a certificate.
-_BOTH_SIDES = text(
-    "SELECT certificate_id, skill_id, NULL::integer AS version, NULL::bytea AS content FROM issued_certificates "
-    "UNION ALL SELECT NULL, entity_id, version, content FROM entity_versions WHERE entity_type = 'skill' "
-    "AND position(convert_to('\"certificate_id\"', 'UTF8') IN content) > 0"
-)
+# One statement, one snapshot: every row, and every skill version that may record a certificate;
+# for a scoped run, the rows and versions of those skills alone (read by the database's indexes,
+# not every row filtered here).
+_ROWS = "SELECT certificate_id, skill_id, NULL::integer AS version, NULL::bytea AS content FROM issued_certificates"
+_VERSIONS = ("SELECT NULL, entity_id, version, content FROM entity_versions WHERE entity_type = 'skill' "
+             "AND position(convert_to('\"certificate_id\"', 'UTF8') IN content) > 0")
+_BOTH_SIDES = text(f"{_ROWS} UNION ALL {_VERSIONS}")
+_BOTH_SIDES_OF = text(f"{_ROWS} WHERE skill_id = ANY(:ids) UNION ALL {_VERSIONS} AND entity_id = ANY(:ids)").bindparams(
+    bindparam("ids", type_=ARRAY(Uuid())))
 
 
 def certificate_findings(session: Session, *, skill_ids: Collection[uuid.UUID] | None = None) -> list[FindingRow]:
@@ -48,11 +52,11 @@ def certificate_findings(session: Session, *, skill_ids: Collection[uuid.UUID] |
     of its skill records, and a ``certificate-not-recorded`` one for each certificate a skill
     version records that no row names for that skill. With ``skill_ids`` (a run scoped to
     entity ids), only rows and certificates of those skills."""
+    both_sides = session.execute(_BOTH_SIDES) if skill_ids is None else session.execute(
+        _BOTH_SIDES_OF, {"ids": sorted(skill_ids)})
     issued: dict[str, uuid.UUID] = {}
     signed: dict[tuple[str, uuid.UUID], int] = {}  # (certificate id, skill): the first version recording it
-    for certificate_id, skill_id, version, content in session.execute(_BOTH_SIDES):
-        if skill_ids is not None and skill_id not in skill_ids:
-            continue
+    for certificate_id, skill_id, version, content in both_sides:
         if version is None:
             issued[certificate_id] = skill_id
         elif (recorded := recorded_certificate_id(bytes(content))) is not None:

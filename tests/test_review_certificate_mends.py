@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
+from sqlalchemy import event
 
 from cli.errors import EXIT_NOT_VERIFIED
 from cli.main import cli
+from models.audit_certificates import NOT_RECORDED, NOT_SIGNED, certificate_findings
 from models.entities import EntityType
 from models.ledger_digest import digest_with_leaves
 from models.registry import update_entity
-from tests.test_certificates_verified_offline_and_cross_checked_by_the_audit import _history, _write, issued  # noqa: F401
+from tests.test_audit import lift_guard
+from tests.test_certificates_verified_offline_and_cross_checked_by_the_audit import (  # noqa: F401 (issued: a fixture)
+    _certified, _forge_row, _history, _write, issued,
+)
 
 
 def _digest(tmp_path: Path, keyring: Any, history: dict[str, Any], name: str = "digest.json") -> Path:
@@ -78,3 +83,37 @@ def test_a_standing_certificate_dated_by_a_digest_says_as_of_when(issued, db_ses
     assert unheld.exit_code == EXIT_NOT_VERIFIED and "holds no head" in unheld.stderr
     assert _verify(path, "--jwks", jwks, "--digest", digest).exit_code == 2  # a digest dates a history
 
+
+
+def _read_rows(session: Any, **kwargs: Any) -> tuple[list[tuple], int]:
+    """The cross-check's findings and how many rows its statement read."""
+    read: list[int] = []
+    engine = session.connection().engine
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "issued_certificates" in statement:
+            read.append(cursor.rowcount)
+    event.listen(engine, "after_cursor_execute", count)
+    try:
+        findings = certificate_findings(session, **kwargs)
+    finally:
+        event.remove(engine, "after_cursor_execute", count)
+    assert len(read) == 1
+    return sorted((f.code, f.entity_id, f.version, f.detail) for f in findings), read[0]
+
+
+def test_a_scoped_cross_check_reads_only_its_skills_rows_and_finds_what_it_found(
+        db_session, write_ctx, steward) -> None:
+    forged, _ = _certified(db_session, write_ctx, steward, "Review Scoped Forged Skill")
+    unrecorded, certificate = _certified(db_session, write_ctx, steward, "Review Scoped Unrecorded Skill",
+                                         description="Operates and tunes large warehouse forklifts safely across busy night shifts")
+    _forge_row(db_session, forged.id)
+    lift_guard(db_session, "DELETE FROM issued_certificates WHERE certificate_id = :id", table="issued_certificates",
+               id=certificate["certificate_id"])
+    everything, read_all = _read_rows(db_session)
+    for scope in ({forged.id}, {unrecorded.id}, {forged.id, unrecorded.id}, {uuid.uuid4()}):
+        found, read = _read_rows(db_session, skill_ids=scope)
+        assert found == [f for f in everything if f[1] in scope or (f[1] is None and any(str(i) in f[3] for i in scope))]
+        # The forged skill: its row, the forged row, its certifying version; the other: its version alone.
+        assert read == 3 * (forged.id in scope) + (unrecorded.id in scope), scope
+    assert {f[0] for f in everything} >= {NOT_SIGNED, NOT_RECORDED} and read_all >= 4
