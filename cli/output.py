@@ -95,14 +95,12 @@ def describe_job(job: dict[str, Any]) -> list[str]:
 def outcome_lines(job: dict[str, Any]) -> list[str]:
     """What a succeeded job achieved, in words; as compact JSON when its kind is not known, or
     its result is not the object that kind returns (the API serves a row edited through SQL as
-    it is stored: any JSON value, an object without the members its task writes)."""
-    describe, raw = _OUTCOMES.get(job["kind"]), job.get("result")
-    as_stored = [compact({} if raw is None else raw)]
-    try:
-        lines = describe(_result_of(job)) if describe and isinstance(raw, dict) else as_stored
-    except (KeyError, TypeError, AttributeError):
-        lines = as_stored
-    return [visible_text(line) for line in lines]
+    it is stored: any JSON value, an object without the members its task writes). The shape is
+    checked before the words are made, so that a mistake in making them raises."""
+    describe, fits, raw = _OUTCOMES.get(job["kind"]), _SHAPES.get(job["kind"]), job.get("result")
+    if describe is None or fits is None or not isinstance(raw, dict) or not fits(raw):
+        return [visible_text(compact({} if raw is None else raw))]
+    return [visible_text(line) for line in describe(raw)]
 
 
 def _result_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +163,38 @@ def unmet_outcome(job: dict[str, Any]) -> str | None:
     return None
 
 
+def _has(value: Any, *members: str) -> bool:
+    return isinstance(value, dict) and set(members) <= value.keys()
+
+
+def _objects_with(value: Any, *members: str) -> bool:
+    """Whether ``value`` lists nothing (the formatters read ``value or []``) or is a list of
+    objects each holding ``members``."""
+    return not value or (isinstance(value, list) and all(_has(item, *members) for item in value))
+
+
+def _fits_certification(result: dict[str, Any]) -> bool:
+    if result.get("status") == "certified":
+        return _has(result, "skill_id", "version") and _has(result.get("certificate"), "certificate_id", "kid")
+    return _objects_with(result.get("failed_gates"), "gate")
+
+
+def _fits_bulk_assignment(result: dict[str, Any]) -> bool:
+    unplaced = result.get("unplaced")  # counted by reason, and the reasons sorted: text alone
+    return (_has(result, "placed", "requested", "not_placed") and _objects_with(unplaced, "reason")
+            and all(isinstance(item["reason"], str) for item in unplaced or []))
+
+
+# What each formatter reads unchecked: a result without it is shown as it is stored.
+_SHAPES: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "skill.certify": _fits_certification,
+    "agent.assign_team": lambda result: (_has(result, "agent_id", "team_id")
+                                         and _objects_with(result.get("candidates"), "name", "score", "free_seats")),
+    "agents.assign_teams": _fits_bulk_assignment,
+    "audit.run": lambda result: (_has(result, "run_id", "total_entities", "compliant", "non_compliant",
+                                      "versions_verified", "findings")
+                                 and (not result.get("by_code") or isinstance(result["by_code"], dict))),
+}
 _OUTCOMES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "skill.certify": _certification,
     "agent.assign_team": _assignment,

@@ -14,11 +14,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import event
 
+from cli import output
 from cli.errors import EXIT_NOT_VERIFIED
 from cli.main import cli
+from cli.output import outcome_lines
 from models.audit_certificates import NOT_RECORDED, NOT_SIGNED, certificate_findings
 from models.entities import EntityType
 from models.ledger_digest import digest_with_leaves
@@ -117,3 +120,45 @@ def test_a_scoped_cross_check_reads_only_its_skills_rows_and_finds_what_it_found
         # The forged skill: its row, the forged row, its certifying version; the other: its version alone.
         assert read == 3 * (forged.id in scope) + (unrecorded.id in scope), scope
     assert {f[0] for f in everything} >= {NOT_SIGNED, NOT_RECORDED} and read_all >= 4
+
+
+AUDITED = {"run_id": "r", "total_entities": 3, "compliant": 3, "non_compliant": 0, "versions_verified": 5, "findings": 0,
+           "by_code": {"stale-embedding": 1}}
+CERTIFIED = {"status": "certified", "skill_id": "s", "version": 2, "certificate": {"certificate_id": "SKILL-GEN-001", "kid": "k"}}
+PLACED = {"placed": 1, "requested": 2, "not_placed": 1, "unplaced": [{"agent_id": "a", "reason": "no-seat"}]}
+ASSIGNED = {"agent_id": "a", "team_id": "t", "candidates": [{"name": "Growth", "score": 0.9, "free_seats": 2}]}
+
+
+@pytest.mark.parametrize(("kind", "result", "words"), [
+    ("audit.run", AUDITED, "audit run r: 3 entities"), ("skill.certify", CERTIFIED, "certified: SKILL-GEN-001"),
+    ("skill.certify", {"status": "rejected", "skill_id": "s", "failed_gates": [{"gate": "length"}]}, "rejected: skill s"),
+    ("agents.assign_teams", PLACED, "placed 1 of 2"), ("agent.assign_team", ASSIGNED, "assigned: agent a to team t"),
+])
+def test_a_result_of_its_kinds_shape_is_told_in_words(kind: str, result: dict, words: str) -> None:
+    assert outcome_lines({"kind": kind, "result": result})[0].startswith(words)
+
+
+@pytest.mark.parametrize(("kind", "result"), [
+    ("skill.certify", {**CERTIFIED, "certificate": {"certificate_id": "SKILL-GEN-001"}}),
+    ("skill.certify", {"status": "rejected", "failed_gates": "length"}),
+    ("skill.certify", {"status": "rejected", "failed_gates": [{"detail": "x"}]}),
+    ("agent.assign_team", {**ASSIGNED, "candidates": [{"name": "Growth"}]}),
+    ("agent.assign_team", {"agent_id": "a"}),
+    ("agents.assign_teams", {**PLACED, "unplaced": [{"reason": "no-seat"}, {"reason": 1}]}),
+    ("agents.assign_teams", {**PLACED, "unplaced": [{"reason": ["no-seat"]}]}),
+    ("agents.assign_teams", {**PLACED, "unplaced": "no-seat"}),
+    ("audit.run", {**AUDITED, "by_code": [["stale-embedding", 1]]}),
+    ("audit.run", {k: v for k, v in AUDITED.items() if k != "findings"}),
+])
+def test_a_result_missing_what_its_formatter_reads_is_shown_as_stored(kind: str, result: dict) -> None:
+    assert outcome_lines({"kind": kind, "result": result}) == [json.dumps(result, separators=(",", ":"))]
+
+
+def test_a_mistake_in_a_formatter_raises_rather_than_passing_for_a_result_of_another_shape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def mistaken(result: dict) -> list[str]:
+        return [f"audit run {result['run']}"]  # a member no audit result has
+
+    monkeypatch.setitem(output._OUTCOMES, "audit.run", mistaken)
+    with pytest.raises(KeyError):
+        outcome_lines({"kind": "audit.run", "result": AUDITED})
