@@ -20,7 +20,8 @@ from cli.certificates import certificate
 from cli.demo import demo
 from cli.dev import run_dev
 from cli.errors import EXIT_CODES_HELP, PlantCliError, PlantGroup
-from cli.evidence import digest, history, report
+from cli.evidence import digest, report
+from cli.history import history
 from cli.jobs import jobs
 from cli.local import local_settings
 from cli.output import json_option, print_json

@@ -21,7 +21,7 @@ import rfc8785
 from click.testing import CliRunner, Result
 
 from cli.errors import EXIT_NOT_VERIFIED
-from cli.evidence import COLLECTIONS
+from cli.history import COLLECTIONS
 from cli.main import cli
 from models.chain import GENESIS_LINK, link_hash
 from models.ledger_digest import digest_with_leaves
