@@ -162,3 +162,22 @@ def test_a_mistake_in_a_formatter_raises_rather_than_passing_for_a_result_of_ano
     monkeypatch.setitem(output._OUTCOMES, "audit.run", mistaken)
     with pytest.raises(KeyError):
         outcome_lines({"kind": "audit.run", "result": AUDITED})
+
+
+def test_every_export_is_printed_or_kept_and_told_one_way(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.evidence import export_document
+
+    document = {"b": [1], "a": "\u00e9"}
+    told: list[str] = []
+
+    def facts() -> dict[str, Any]:
+        told.append("facts")
+        return {"file": "f", "n": 1}
+
+    export_document(document, None, False, facts, lambda written: f"wrote {written['n']}")
+    assert json.loads(capsys.readouterr().out) == document and told == []  # printed: nothing else is worked out
+    kept = tmp_path / "kept.json"
+    export_document(document, kept, False, facts, lambda written: f"wrote {written['n']}")
+    assert kept.read_text() == json.dumps(document, indent=2) + "\n" and capsys.readouterr().out == "wrote 1\n"
+    export_document(document, kept, True, facts, lambda written: "unused")
+    assert json.loads(capsys.readouterr().out) == {"file": "f", "n": 1}
