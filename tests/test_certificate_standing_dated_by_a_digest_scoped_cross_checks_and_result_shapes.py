@@ -1,4 +1,4 @@
-"""Review mends of the offline certificate check and its neighbours.
+"""The offline certificate check dated by a digest, and its neighbours.
 
 ``plant certificate verify --history`` believed a history export cut short before the
 retiring version (it is neither signed as a whole nor dated); ``--digest`` now dates it. The
