@@ -15,6 +15,7 @@ from models.entities import EntityType
 from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from tests.test_audit import run_audit, run_incremental, tamper_row, version_row
+from tests.test_incremental_audit_rowless_and_seats import insert_decoy_agent
 
 E = EntityType
 
@@ -65,11 +66,7 @@ def test_a_decoy_row_reading_another_entity_s_chain_does_not_balance_a_forged_ve
         " kid, signature, actor) VALUES ('skill', :e, 4, :c, :h, :p, :l, :k, :g, 'intruder')"),
         {"e": skill.id, "c": content, "h": hashlib.sha256(content).digest(), "p": bytes(head.link_hash),
          "l": os.urandom(32), "k": head.kid, "g": os.urandom(64)})  # the skill's row stays at its leaf
-    db_session.execute(text(
-        "INSERT INTO agents (id, name, status, tags, attributes, version, head_link_hash, deleted_at, governance_agent_id)"
-        " SELECT id, 'Decoy', 'active', tags, attributes, version, head_link_hash, now(), governance_agent_id"
-        " FROM skills WHERE id = :id"), {"id": other.id})
-    db_session.expire_all()
+    insert_decoy_agent(db_session, other.id, deleted_at="now()")
     _, full_findings = run_audit(db_session, keyring)
     assert "stale-head" in _codes(full_findings, skill.id)
     summary, findings = run_incremental(db_session, keyring)

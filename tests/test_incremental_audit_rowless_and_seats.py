@@ -227,6 +227,16 @@ def test_the_team_of_an_agent_seated_since_the_digest_is_judged(db_session, writ
 # --- restore ---------------------------------------------------------------------------
 
 
+def insert_decoy_agent(session, skill_id, *, deleted_at: str) -> None:
+    """An agent row INSERTed through SQL under a skill's id, copied from the skill's row, its
+    ``deleted_at`` the SQL expression given (the skill's own, or ``now()``)."""
+    session.execute(text(
+        "INSERT INTO agents (id, name, status, tags, attributes, version, head_link_hash, deleted_at, governance_agent_id)"
+        f" SELECT id, 'Decoy', 'active', tags, attributes, version, head_link_hash, {deleted_at}, governance_agent_id"
+        " FROM skills WHERE id = :id"), {"id": skill_id})
+    session.expire_all()
+
+
 def _restore(session, ctx, entity_type, entity_id):
     from models.repair import restore_entity
 
@@ -329,11 +339,7 @@ def test_a_deleted_row_of_another_type_under_a_tombstoned_id_is_examined(db_sess
                   changes={"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)})
     db_session.flush()
     store_digest(db_session, keyring=keyring)
-    db_session.execute(text(
-        "INSERT INTO agents (id, name, status, tags, attributes, version, head_link_hash, deleted_at, governance_agent_id)"
-        " SELECT id, 'Decoy', 'active', tags, attributes, version, head_link_hash, deleted_at, governance_agent_id"
-        " FROM skills WHERE id = :id"), {"id": gone.id})
-    db_session.expire_all()
+    insert_decoy_agent(db_session, gone.id, deleted_at="deleted_at")
     full, full_findings = run_audit(db_session, keyring)
     assert ("agent", "row-content-mismatch") in {(f.entity_type, f.code) for f in full_findings if f.entity_id == gone.id}
     summary, findings = run_incremental(db_session, keyring)
