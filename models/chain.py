@@ -178,11 +178,18 @@ def versions_by_entity(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID
 
 def records_a_deletion(content: bytes) -> bool:
     """Whether a version's content has a top-level ``deleted_at``; unreadable content counts as live."""
+    return recorded_deletion(content) is not None
+
+
+def recorded_deletion(content: bytes) -> Any:
+    """A version's top-level ``deleted_at`` (as its content spells it), or None: for live content,
+    and for content that does not read (which counts as live). Parsed, never byte-searched: a
+    nested ``"deleted_at":null`` (in ``attributes``) sorts before the top-level member."""
     try:
         document = strict_json_loads(content)  # the parse for signed JSON: a repeated member is refused
     except ValueError:
-        return False
-    return isinstance(document, dict) and document.get("deleted_at") is not None
+        return None
+    return document.get("deleted_at") if isinstance(document, dict) else None
 
 
 def history(session: Session, *, entity_id: uuid.UUID) -> list[EntityVersion]:

@@ -20,13 +20,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, literal, select, text, union_all
+from sqlalchemy import and_, func, literal, select, text, union_all
 from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
 from models.canonical import strict_json_loads
-from models.chain import records_a_deletion
-from models.entities import Agent, JobRole
+from models.chain import recorded_deletion
 from models.errors import EntityReferenced, InvalidInput
 
 # Reference fields and the entity type each must point at (``parent_id`` points at the
@@ -86,7 +85,7 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     if not referents:
         return
     _lock_shared_in_order(session, referents)
-    deleted = _deleted_now(session, referents)  # a statement after the locks': its snapshot sees what they waited for
+    deleted = deleted_now(session, referents)  # a statement after the locks': its snapshot sees what they waited for
     errors = [{"field": field, "message": deleted_referent(kind, referent_id)}
               for field, kind, referent_id in named if (kind, referent_id) in deleted]
     if errors:
@@ -118,27 +117,35 @@ def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: u
     """Raise ``EntityReferenced`` (409) naming the live entities that name this one, but those
     deleted together with it (:func:`models.deletion.delete_entities`)."""
     together = session.info.get(DELETED_TOGETHER, frozenset())
-    found = [d for d in dependents(session, entity_type, entity_id) if uuid.UUID(d["id"]) not in together]
-    if not found:
+    found, count = dependents(session, entity_type, entity_id, excluding=together)
+    if not count:
         return
-    count = len(found)
     kind = entity_type.value.replace("_", " ")
     raise EntityReferenced(
         f"{kind} {entity_id} is named by {count} live entit{'y' if count == 1 else 'ies'}; re-point or delete "
         f"{'it' if count == 1 else 'them'} first (a deleted entity is named by none that is not)",
-        field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found[:LISTED_DEPENDENTS])
+        field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found)
 
 
-def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> list[dict[str, str]]:
-    """Every live entity naming the entity, with the field each names it in, by type, field and id.
+def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID, *,
+               excluding: frozenset[uuid.UUID] = frozenset()) -> tuple[list[dict[str, str]], int]:
+    """The first :data:`LISTED_DEPENDENTS` live entities naming the entity, with the field each
+    names it in, by type, field and id, and how many (type, id, field) there are in all; the
+    entities ``excluding`` left out.
 
     One names it if its row does, or its signed head version does (:func:`_heads_naming`): a
     row whose reference was nulled through SQL does not hide it, and a restore of that row,
-    which puts the head back, never leaves a live entity naming a deleted one."""
-    named = {(kind, i, field) for kind, i, field in session.execute(_dependents_query(entity_type, entity_id))}
-    named |= _heads_naming(session, entity_type, entity_id)
-    return [{"entity_type": kind, "id": str(i), "field": field}
-            for kind, i, field in sorted(named, key=lambda n: (n[0], n[2], str(n[1])))]
+    which puts the head back, never leaves a live entity naming a deleted one. The rows are
+    counted and listed in SQL (bounded however many name it); the heads read are those only
+    whose row does not name the entity in every field it could (a row edited through SQL)."""
+    rows = _dependents_query(entity_type, entity_id, excluding).subquery()
+    count = session.scalar(select(func.count()).select_from(rows)) or 0
+    listed = session.execute(select(rows).order_by(rows.c.entity_type.collate("C"), rows.c.field.collate("C"), rows.c.id)
+                             .limit(LISTED_DEPENDENTS))
+    hidden = _heads_naming(session, entity_type, entity_id, excluding)
+    named = sorted({*((kind, i, field) for kind, i, field in listed), *hidden}, key=lambda n: (n[0], n[2], str(n[1])))
+    return ([{"entity_type": kind, "id": str(i), "field": field} for kind, i, field in named[:LISTED_DEPENDENTS]],
+            count + len(hidden))
 
 
 def _referencing_fields(kind: EntityType, entity_type: EntityType) -> list[str]:
@@ -150,73 +157,102 @@ def _referencing_fields(kind: EntityType, entity_type: EntityType) -> list[str]:
     return fields
 
 
-def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID) -> Any:
+# The link table of each skill list, and its column naming the entity holding the list.
+SKILL_LINKS = {"required_skill_ids": (job_role_skills, "job_role_id"), "skill_ids": (agent_skills, "agent_id")}
+
+
+def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID, excluding: frozenset[uuid.UUID]) -> Any:
     selects = []
     for kind, model in ENTITY_MODELS.items():
         for field in _referencing_fields(kind, entity_type):
-            if field in SKILL_ID_FIELDS:
-                continue
-            selects.append(select(literal(kind.value).label("entity_type"), model.id.label("id"), literal(field).label("field"))
-                           .where(getattr(model, field) == entity_id, model.deleted_at.is_(None), model.id != entity_id))
-    if entity_type is EntityType.SKILL:
-        for model, link, owner, field in ((JobRole, job_role_skills, "job_role_id", "required_skill_ids"),
-                                          (Agent, agent_skills, "agent_id", "skill_ids")):
-            selects.append(select(literal(model.entity_type_value.value).label("entity_type"), model.id.label("id"),
-                                  literal(field).label("field"))
-                           .join(link, and_(link.c[owner] == model.id, link.c.skill_id == entity_id))
-                           .where(model.deleted_at.is_(None)))
+            kept = (model.deleted_at.is_(None), model.id != entity_id, model.id.not_in(list(excluding)))
+            query = select(literal(kind.value).label("entity_type"), model.id.label("id"), literal(field).label("field"))
+            if field in SKILL_LINKS:
+                link, owner = SKILL_LINKS[field]
+                query = query.join(link, and_(link.c[owner] == model.id, link.c.skill_id == entity_id))
+            else:
+                query = query.where(getattr(model, field) == entity_id)
+            selects.append(query.where(*kept))
     return union_all(*selects)
 
 
-# The newest version of each entity other than ``id`` whose content holds ``needle`` (the id's
-# text, as canonical content spells every id): a scan of the bytes, then an index probe each.
-_HEADS_HOLDING = text(
-    "SELECT v.entity_type, v.entity_id, v.content FROM entity_versions v "
-    "WHERE position(CAST(:needle AS bytea) IN v.content) > 0 AND v.entity_id <> :id AND NOT EXISTS "
-    "(SELECT 1 FROM entity_versions later WHERE later.entity_id = v.entity_id AND later.version > v.version)")
-
-
-def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> set[tuple[str, uuid.UUID, str]]:
-    """The (type, id, field) of each entity whose signed head is live and names the entity in a
-    reference field. Content that does not parse, or names no type, names nothing here (the
-    audit reports it)."""
+def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUID,
+                  excluding: frozenset[uuid.UUID]) -> set[tuple[str, uuid.UUID, str]]:
+    """The (type, id, field) of each entity (but ``excluding``) whose signed head is live and
+    names the entity in a reference field its live row does not name it in (a row edited, or
+    deleted, through SQL). Content that does not parse, or names no type, names nothing here
+    (the audit reports it)."""
     needle = str(entity_id)
     named = set()
-    for kind_value, dependent, content in session.execute(_HEADS_HOLDING, {"needle": needle.encode(), "id": entity_id}):
-        try:
-            kind, document = EntityType(kind_value), strict_json_loads(bytes(content))
-        except ValueError:
+    for kind in ENTITY_MODELS:
+        fields = _referencing_fields(kind, entity_type)
+        if not fields:
             continue
-        if not isinstance(document, dict) or document.get("deleted_at") is not None:
-            continue
-        for field in _referencing_fields(kind, entity_type):
-            value = document.get(field)
-            if value == needle or isinstance(value, list) and needle in value:
-                named.add((kind.value, dependent, field))
+        found = session.execute(_heads_holding(kind, fields),
+                                {"kind": kind.value, "needle": needle.encode(), "id": entity_id, "excluding": list(excluding)})
+        for dependent, content, in_row in found:
+            try:
+                document = strict_json_loads(bytes(content))
+            except ValueError:
+                continue
+            if not isinstance(document, dict) or document.get("deleted_at") is not None:
+                continue
+            for field in (f for f in fields if f not in in_row):
+                value = document.get(field)
+                if value == needle or isinstance(value, list) and needle in value:
+                    named.add((kind.value, dependent, field))
     return named
 
 
-def _deleted_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> set[tuple[EntityType, uuid.UUID]]:
-    """Which of the entities are deleted, by their rows, read afresh (not from the session's
-    identity map), or by their signed heads (a row whose ``deleted_at`` was nulled through SQL
-    is deleted still: a restore puts the deletion back), in one statement over their tables."""
+def _heads_holding(kind: EntityType, fields: list[str]) -> Any:
+    """The head version (newest) of each entity of ``kind`` other than :id and :excluding whose
+    content holds :needle (the id's text, as canonical content spells every id), with the
+    fields of ``fields`` its live row names :id in; only those whose row does not name it in
+    every one. OFFSET 0 keeps the byte search out of the subquery: it reads heads alone."""
+    table = ENTITY_MODELS[kind].__tablename__
+    in_row = [f"CASE WHEN {_row_names(field)} THEN '{field}' END" for field in fields]
+    return text(
+        "SELECT head.entity_id, head.content, array_remove(ARRAY[" + ", ".join(in_row) + "], NULL) AS in_row FROM "
+        "(SELECT v.entity_id, v.content FROM entity_versions v WHERE v.entity_type = :kind AND v.entity_id <> :id "
+        "AND v.entity_id <> ALL(CAST(:excluding AS uuid[])) AND NOT EXISTS (SELECT 1 FROM entity_versions later "
+        "WHERE later.entity_id = v.entity_id AND later.version > v.version) OFFSET 0) head "
+        f"LEFT JOIN {table} t ON t.id = head.entity_id AND t.deleted_at IS NULL "
+        "WHERE position(CAST(:needle AS bytea) IN head.content) > 0 AND NOT ("
+        + " AND ".join(f"coalesce({_row_names(field)}, false)" for field in fields) + ")")
+
+
+def _row_names(field: str) -> str:
+    """SQL: the live row ``t`` (of the head ``head``) names :id in ``field``."""
+    if field in SKILL_LINKS:
+        link, owner = SKILL_LINKS[field]
+        return f"(t.id IS NOT NULL AND EXISTS (SELECT 1 FROM {link.name} WHERE {owner} = t.id AND skill_id = :id))"
+    return f"t.{field} = :id"
+
+
+def deleted_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> dict[tuple[EntityType, uuid.UUID], Any]:
+    """The ``deleted_at`` of each of the entities that is deleted, by its row, read afresh (not
+    from the session's identity map), or by its signed head (a row whose ``deleted_at`` was
+    nulled through SQL is deleted still: a restore puts the deletion back), in one statement.
+    Each head is parsed (:func:`models.chain.recorded_deletion`), not byte-searched: a write
+    names a handful of entities."""
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for kind, referent_id in referents:
         by_type.setdefault(kind, []).append(referent_id)
-    rows = [f"SELECT '{kind.value}', id, CAST(NULL AS bytea) FROM {ENTITY_MODELS[kind].__tablename__} "
+    rows = [f"SELECT '{kind.value}', id, deleted_at, CAST(NULL AS bytea) FROM {ENTITY_MODELS[kind].__tablename__} "
             f"WHERE id = ANY(CAST(:{kind.value} AS uuid[])) AND deleted_at IS NOT NULL" for kind in by_type]
-    found = session.execute(text(" UNION ALL ".join([*rows, _DELETED_HEADS])),
+    found = session.execute(text(" UNION ALL ".join([*rows, _HEADS])),
                             {**{kind.value: ids for kind, ids in by_type.items()}, "ids": [i for _, i in referents]})
-    return {(EntityType(kind), referent_id) for kind, referent_id, content in found
-            if content is None or records_a_deletion(bytes(content))} & set(referents)
+    deleted: dict[tuple[EntityType, uuid.UUID], Any] = {}
+    for kind, referent_id, row_deleted_at, content in found:
+        key, when = (EntityType(kind), referent_id), row_deleted_at if content is None else recorded_deletion(bytes(content))
+        if when is not None and key in referents and (content is None or key not in deleted):
+            deleted[key] = when  # the row's own time, where it has one
+    return deleted
 
 
-# The newest versions among :ids whose content is not spelled as a live head's (canonical content
-# writes ``"deleted_at":null`` so), to be parsed: a deletion, or content that does not read.
-_DELETED_HEADS = (
-    "SELECT entity_type, entity_id, content FROM (SELECT DISTINCT ON (entity_id) entity_type, entity_id, content "
-    "FROM entity_versions WHERE entity_id = ANY(CAST(:ids AS uuid[])) ORDER BY entity_id, version DESC) head "
-    "WHERE position(CAST('\"deleted_at\"\\:null' AS bytea) IN content) = 0")  # \\: a colon, not a parameter
+# The newest version of each of :ids.
+_HEADS = ("SELECT * FROM (SELECT DISTINCT ON (entity_id) entity_type, entity_id, CAST(NULL AS timestamptz), content "
+          "FROM entity_versions WHERE entity_id = ANY(CAST(:ids AS uuid[])) ORDER BY entity_id, version DESC) head")
 
 
 def _lock_shared_in_order(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> None:
