@@ -8,6 +8,7 @@ then: two live entities naming each other (an agent holding a job role it govern
 never go one at a time, since each is the other's dependent. :func:`delete_entities` deletes a
 set together: an entity of the set is no dependent of another (all of them are deleted by the
 call, or none is), and every other live entity naming one of them still refuses the lot.
+Both are domain calls only: no API route or CLI command deletes entities yet.
 """
 
 from __future__ import annotations

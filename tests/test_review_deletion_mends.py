@@ -120,3 +120,20 @@ def test_a_job_post_naming_an_entity_undeleted_through_sql_is_409(quiet_client, 
         with engine.begin() as connection:
             connection.execute(text(f"UPDATE {table} SET deleted_at = :was WHERE id = :id"),
                                {"was": was, "id": target["id"]})
+
+
+def test_the_docs_say_no_route_or_command_deletes_entities_and_none_does(client) -> None:
+    """README and docs/guarantees.md presented ``delete_entities`` as the way to delete entities that
+    name each other, where nothing but domain code calls it: they say it is a domain call only."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    deleting = [f"{rule.rule}" for rule in client.application.url_map.iter_rules()
+                if "DELETE" in (rule.methods or ()) and "api-keys" not in rule.rule]
+    assert deleting == [], deleting
+    callers = [str(p.relative_to(root)) for folder in ("web", "cli", "tasks", "worker") for p in (root / folder).rglob("*.py")
+               if "delete_entities" in p.read_text(encoding="utf-8")]
+    assert callers == [], callers
+    for doc in ("README.md", "docs/guarantees.md"):
+        text_of = " ".join((root / doc).read_text(encoding="utf-8").split())
+        assert "no API route or CLI command deletes entities" in text_of, doc
