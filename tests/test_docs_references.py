@@ -39,11 +39,15 @@ def references(text: str) -> list[tuple[str, str]]:
 
 @cache
 def defined_names(path: Path) -> frozenset[str]:
-    """Module-level functions and classes, and ``Class.method`` for methods."""
+    """Module-level functions, classes and constants, and ``Class.method`` for methods."""
     names: set[str] = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
+        if isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
         if isinstance(node, ast.ClassDef):
             names.update(f"{node.name}.{item.name}" for item in node.body
                          if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)))
