@@ -1,4 +1,4 @@
-"""Review of the deletion code (``models.reference_guards``, ``web/api/work.py``): a deleted entity
+"""The deletion code (``models.reference_guards``, ``web/api/work.py``): a deleted entity
 whose ``attributes`` held a nested ``deleted_at: null`` counted as live (its head was byte-searched);
 the dependents of a deletion were read whole, and every version's content byte-searched; the job
 POSTs read only the row's ``deleted_at``, where a write naming the entity reads its signed head too."""
