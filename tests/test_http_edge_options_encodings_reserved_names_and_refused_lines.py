@@ -211,7 +211,7 @@ def test_what_gunicorn_quotes_of_a_method_version_or_line_withholds_secrets(erro
 
 
 @pytest.mark.parametrize(("error", "text"), [("InvalidRequestMethod", "get"), ("InvalidHTTPVersion", "HTTP/9.9"),
-                                             ("InvalidRequestLine", "NOT HTTP AT ALL")])
+                                             ("InvalidRequestLine", "GET /health HTTP/1.1")])
 def test_a_plain_method_version_or_line_is_still_quoted(error, text) -> None:
     from gunicorn.http import errors
 

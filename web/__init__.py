@@ -138,7 +138,7 @@ def refusing_query_parameters_not_taken(app: OpenAPI) -> Callable[[], Response |
                                                                  for p in operation.get("parameters", [])))
 
     def refuse() -> Response | None:
-        if not request.args or not request.path.startswith(PROTECTED_PREFIX) or \
+        if not request.path.startswith(PROTECTED_PREFIX) or not request.args or \
                 (request.endpoint, request.method) not in takes_none:
             return None
         names = sorted(request.args)
@@ -207,8 +207,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_auth(app)
     app.after_request(forbid_sniffing)
     app.before_request(refuse_string_bodies)  # after auth: a request without a key is 401 whatever its body
+    app.before_request(refuse_targets_not_utf8)  # after auth, as above; before any hook reads the query
     app.before_request(refuse_repeated_query_parameters)  # after auth, as above
-    app.before_request(refuse_targets_not_utf8)  # after auth, as above
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)

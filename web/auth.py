@@ -115,8 +115,17 @@ def presented_key(authorization: str | None, query_names: Iterable[str]) -> str 
     return key
 
 
+def query_names() -> Iterable[str]:
+    """The request's query parameter names; none when the query's bytes are not UTF-8, which
+    werkzeug will not read (web.request_encoding answers such a query with 422, after auth)."""
+    try:
+        return request.args.keys()
+    except UnicodeDecodeError:
+        return ()
+
+
 def _request_key() -> str | KeyNotRead:
-    return presented_key(request.headers.get("Authorization"), request.args.keys())
+    return presented_key(request.headers.get("Authorization"), query_names())
 
 
 def check_api_key() -> Response | None:
@@ -158,7 +167,7 @@ def metrics_reader() -> Caller | Response | None:
     metrics), the key when it grants ``read`` (it gets the audit findings too), else the 401
     or 403 an API request would get: a scraper whose key was revoked must see its target fail,
     not lose the findings quietly."""
-    offered = any(name.lower() in KEY_QUERY_PARAMETERS for name in request.args.keys())
+    offered = any(name.lower() in KEY_QUERY_PARAMETERS for name in query_names())
     if request.headers.get("Authorization") is None and not offered:
         return None
     return _authorized_key("read")

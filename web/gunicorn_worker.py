@@ -14,7 +14,10 @@ line without its colon (``Authorization Bearer plant_…``) is quoted whole, an 
 went to the log as it was. So is the query string (and fragment) of a request line it refuses: the
 warning quoted the whole line, ``GET /x?access_token=… HTTP/1.1`` with a control character in it say,
 and a query holds what clients should not send there but do; and a method or version that is not
-a plain word (a first line that was a header's value, the tail of a query holding a space).
+a plain word (a first line that was a header's value, the tail of a query holding a space). A
+refused line that is not, its query aside, a plain request line (a method, a path, an HTTP version)
+is withheld whole: a first line of one or two words (``Bearer plant_…``, a bare key) is a header's
+value as likely as anything.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ SHOWN_FIELDS: dict[type[Exception], tuple[str, re.Pattern[str]]] = {
     InvalidHTTPVersion: ("version", re.compile(r"[A-Za-z0-9/.]{1,20}", re.ASCII)),
     InvalidRequestMethod: ("method", re.compile(r"[A-Za-z_-]{1,20}", re.ASCII)),
 }
-# A request target's query or fragment, up to the HTTP version ending the line (a query may
-# hold a space or a control character: the line is refused for it).
-QUERY_OR_FRAGMENT = re.compile(r"[?#].*?(?= HTTP/[0-9.]{1,8}$|$)", re.DOTALL)
+# A refused request line that may be shown, its query or fragment withheld: a plain method, a path,
+# an HTTP version (the query may hold a space or a control character: the line is refused for it).
+# Any other line is withheld whole: one or two words may be a header's value (``Bearer plant_…``).
+PLAIN_REQUEST_LINE = re.compile(
+    r"(?P<head>[A-Za-z]{1,20} /[^?# ]*)(?P<query>[?#].*?)?(?P<tail> HTTP/[0-9]\.[0-9])", re.ASCII | re.DOTALL)
 
 
 def _withheld(text: str) -> str:
@@ -63,13 +68,25 @@ def _withheld(text: str) -> str:
 
 def withhold_client_text(exc: BaseException) -> None:
     """Replace what ``exc`` quotes of the client's request by its length (:data:`SHOWN_FIELDS`),
-    and the query string and fragment of a request line it quotes by theirs."""
+    and a request line it quotes as :func:`shown_request_line` does."""
     for cls, (attribute, shown) in SHOWN_FIELDS.items():
         text = getattr(exc, attribute, None) if isinstance(exc, cls) else None
         if isinstance(text, str) and not (shown.fullmatch(text) or text in GUNICORN_WORDS):
             setattr(exc, attribute, _withheld(text))
     if isinstance(exc, InvalidRequestLine) and isinstance(exc.req, str):
-        exc.req = QUERY_OR_FRAGMENT.sub(lambda m: m[0][0] + _withheld(m[0][1:]), exc.req, count=1)
+        exc.req = shown_request_line(exc.req)
+
+
+def shown_request_line(line: str) -> str:
+    """``line`` with its query and fragment withheld if it is a :data:`PLAIN_REQUEST_LINE` (or
+    gunicorn's own words), else withheld whole."""
+    if line in GUNICORN_WORDS:
+        return line
+    plain = PLAIN_REQUEST_LINE.fullmatch(line)
+    if plain is None:
+        return _withheld(line)
+    query = plain["query"] or ""
+    return plain["head"] + (query[:1] + _withheld(query[1:]) if query else "") + plain["tail"]
 
 
 class _Capture:

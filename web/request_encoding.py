@@ -73,12 +73,12 @@ def refusing_bodies_not_utf8(app: OpenAPI) -> Callable[[], Response | None]:
 
 def refuse_targets_not_utf8() -> Response | None:
     """``before_request``: a path or query under ``/api/`` that is not UTF-8 once percent-decoded
-    is 422 naming which (WSGI hands the path on as Latin-1, and werkzeug decodes both with
-    ``errors="replace"``)."""
+    is 422 naming which (WSGI hands both on as Latin-1 strings, one character a byte, the path
+    percent-decoded and the query not; werkzeug decodes both with ``errors="replace"``)."""
     if not request.path.startswith(PROTECTED_PREFIX):
         return None
     parts = {"path": request.environ.get("PATH_INFO", "").encode("latin-1"),
-             "query": unquote_to_bytes(request.environ.get("QUERY_STRING", "").replace("+", " "))}
+             "query": unquote_to_bytes(request.environ.get("QUERY_STRING", "").encode("latin-1"))}
     bad = [name for name, raw in parts.items() if not _is_utf8(raw)]
     if not bad:
         return None
