@@ -88,3 +88,31 @@ def test_a_public_route_with_a_raw_byte_in_its_query_is_not_a_500(app, path) -> 
     """werkzeug will not read such a query (``request.args`` raises): a scrape offers no key by it."""
     response = app.test_client().get(path, environ_overrides={"QUERY_STRING": "x=\xff"})
     assert response.status_code == 200, response.get_data()[:300]
+
+
+# --- a static route beside a parameterised one -----------------------------------------------
+
+def test_the_static_routes_beside_parameterised_ones_are_the_names_their_ids_refuse(app) -> None:
+    from web.sibling_routes import static_siblings
+
+    rules = [rule.rule for rule in app.url_map.iter_rules()]
+    refused = {rule: names for rule in rules if (names := static_siblings(rule, rules))}
+    assert refused == {f"{API}/agents/<entity_id>": {"entity_id": {"assign-teams"}},
+                       f"{API}/genesis/skills/<entity_id>": {"entity_id": {"search"}}}
+
+
+@pytest.mark.parametrize(("path", "allowed"), [
+    (f"{API}/agents/assign-teams", {"POST", "OPTIONS"}),
+    (f"{API}/genesis/skills/search", {"GET", "HEAD", "OPTIONS"}),
+])
+def test_options_on_a_static_route_beside_a_parameterised_one_names_only_its_methods(client, path, allowed) -> None:
+    response = client.options(path)
+    assert response.status_code == 204 and set(response.headers["Allow"].split(", ")) == allowed
+
+
+@pytest.mark.parametrize("path", [f"{API}/agents/not-an-id", f"{API}/genesis/skills/assign-teams",
+                                  f"{API}/agents/search", f"{API}/jobs/search"])
+def test_a_malformed_id_beside_a_static_route_is_still_422_naming_it(client, path) -> None:
+    response = client.get(path)
+    assert response.status_code == 422, response.get_data()[:300]
+    assert response.get_json()["errors"][0]["field"] in ("entity_id", "job_id")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from flask import Request, Response, redirect, request
+from flask.globals import request_ctx
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -33,6 +34,7 @@ from web.metrics import init_observability
 from web.openapi_headers import document_headers, operations_where
 from web.problems import invalid_input_response, register_error_handlers, validation_problem
 from web.services import init_services
+from web.sibling_routes import install_default_converter, methods_matching, refuse_static_sibling_names
 
 API_VERSION = "0.1.0"
 
@@ -61,10 +63,10 @@ class PlantOpenAPI(OpenAPI):
     answer: no ``Access-Control-*`` header is sent, and the request needs a key as a GET does."""
 
     def make_default_options_response(self) -> Response:
-        allow = super().make_default_options_response().headers["Allow"]
+        allow = super().make_default_options_response().headers["Allow"].split(", ")
         response = Response(status=204)
         del response.headers["Content-Type"]
-        response.headers["Allow"] = allow
+        response.headers["Allow"] = ", ".join(methods_matching(request_ctx.url_adapter, allow))
         return response
 
 
@@ -200,6 +202,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # A doubled slash (/api/v1//api-keys) is no route: 404 problem+json, not werkzeug's HTML
     # 308 to the path with one slash, which the scope check had already judged as another path.
     app.url_map.merge_slashes = False
+    install_default_converter(app)  # before any rule: /agents/assign-teams is not also /agents/<entity_id>
     init_services(app, settings)
     register_error_handlers(app)
     init_observability(app, settings)  # before auth: a 401 still gets a request id and is counted
@@ -213,6 +216,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     for blueprint in (health_api, jobs_api, diagnostics_api, registry_api, work_api, audit_api, api_keys_api):
         app.register_api(blueprint)
     app.add_url_rule("/docs", "docs", lambda: redirect("/swagger"))
+    refuse_static_sibling_names(app)
     # Swagger UI's default validatorUrl makes every browser that opens /docs on a host other than
     # localhost fetch validator.swagger.io with this deployment's /openapi.json URL (which that
     # service then fetches): the docs page would call out to a third party. "none" turns it off.
