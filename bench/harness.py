@@ -36,7 +36,8 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, start_on_a_free_port
+from cli.postgres_server import EmbeddedPostgres
+from cli.services import EmbeddedRedis, free_port, start_on_a_free_port
 from models.api_keys import create_api_key, ensure_admin_key
 from models.db import make_engine
 from models.embeddings import make_embedder

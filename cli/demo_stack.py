@@ -29,7 +29,8 @@ from cli.bootstrap import ADMIN_KEY_FILE
 from cli.client import ClientConfig
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV, services_env_value
-from cli.services import private_log, running_postmaster
+from cli.postgres_server import running_postmaster
+from cli.services import private_log
 from cli.watchdog import LIFELINE_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -37,9 +37,10 @@ from cli.bootstrap import ensure_dev_admin
 from cli.data_dir import data_dir_lock, make_data_dir
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
+from cli.postgres_server import EmbeddedPostgres
 from cli.seeding import seed_database
 from cli.services import (
-    CHILD_UMASK, EmbeddedPostgres, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
+    CHILD_UMASK, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
 )
 from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, signals_deferred, stop_when_closed
 from models.chain import signer_kids

@@ -34,7 +34,8 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, start_on_a_free_port
+from cli.postgres_server import EmbeddedPostgres
+from cli.services import EmbeddedRedis, start_on_a_free_port
 from models.constitution import APPEND_ONLY_TRIGGERS
 from models.db import make_engine
 from models.embeddings import HashingEmbedder
@@ -123,7 +124,7 @@ def server_tmp() -> Iterator[Path]:
     """A temp dir for a test's own PostgreSQL data: private, not under pytest's basetemp.
 
     As root, PostgreSQL runs as a service user, which must be able to pass through every
-    ancestor of its data dir (``cli.services`` adds ``o+x`` on them). Every pytest session
+    ancestor of its data dir (``cli.postgres_server`` adds ``o+x`` on them). Every pytest session
     that starts (the other xdist worker's nested runs, say) sets pytest's shared temp root
     back to 0700, and a server starting then fails with "Permission denied" on its own
     files."""

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from cli.postgres_server import EmbeddedPostgres
+from cli.services import EmbeddedRedis, free_port
 from models.jobs import Job
 from models.migrate import upgrade_head
 from tests.conftest import wait_for

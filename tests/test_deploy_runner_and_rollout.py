@@ -25,7 +25,8 @@ from cli.bootstrap import ensure_configured_admin
 from cli.demo_stack import prepare_data_dir
 from cli.dev import make_data_dir
 from cli.errors import PlantCliError
-from cli.services import EmbeddedPostgres, free_port, start_on_a_free_port
+from cli.postgres_server import EmbeddedPostgres
+from cli.services import free_port, start_on_a_free_port
 from models.api_keys import Caller, authenticate
 from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
 from models.settings import libpq_url

@@ -23,7 +23,8 @@ from cli.client import PlantClient
 from cli.data_dir import data_dir_lock, make_data_dir
 from cli.main import cli
 from cli.output import describe_job
-from cli.services import EmbeddedPostgres, EmbeddedRedis, free_port, running_postmaster
+from cli.postgres_server import EmbeddedPostgres, running_postmaster
+from cli.services import EmbeddedRedis, free_port
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_dev_runner_watchdog import RUNNER, _group

@@ -1,4 +1,4 @@
-"""Tests of the embedded PostgreSQL and Redis servers in ``cli.services``.
+"""Tests of the embedded PostgreSQL and Redis servers in ``cli.services`` and ``cli.postgres_server``.
 
 They start real servers in temp dirs (PostgreSQL's in ``server_tmp``, see tests/conftest.py)
 and check what the dev runner and the test suite rely on: pgvector is available, data
@@ -18,14 +18,8 @@ import psycopg
 import pytest
 import redis
 
-from cli.services import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    PortTaken,
-    ServiceError,
-    _remove_stale_pid_file,
-    free_port,
-)
+from cli.postgres_server import EmbeddedPostgres, _remove_stale_pid_file
+from cli.services import EmbeddedRedis, PortTaken, ServiceError, free_port
 from models.settings import libpq_url
 from tests.conftest import wait_for
 
