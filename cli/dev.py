@@ -21,10 +21,7 @@ import os
 import secrets
 import shlex
 import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
@@ -39,10 +36,9 @@ from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
 from cli.postgres_server import EmbeddedPostgres
 from cli.seeding import seed_database
-from cli.services import (
-    CHILD_UMASK, EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port,
-)
-from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, signals_deferred, stop_when_closed
+from cli.services import EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port
+from cli.supervisor import PROJECT_ROOT, Supervisor
+from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, stop_when_closed
 from models.chain import signer_kids
 from models.db import one_off_sessions, transaction
 from models.keys import replace_file
@@ -50,11 +46,8 @@ from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import Settings, load_settings
 from models.key_material import ensure_key_file
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_DATABASE = "plant"
 DEV_RUNTIME_ROLE = "plant_runtime"
-SHUTDOWN_GRACE_SECONDS = 45.0  # above gunicorn's graceful_timeout (35 s), as compose's stop_grace_period
-POLL_SECONDS = 0.1
 # SIGHUP too: a closed terminal or a dropped ssh session hangs the runner up, and by default that
 # killed it without its cleanup, leaving every server and app process (each in a session of its
 # own, so the hangup never reached them) running, and the data dir locked for the next start.
@@ -121,95 +114,6 @@ class ShutdownRequested(BaseException):
 
 def _request_shutdown(signum: int, _frame: object) -> NoReturn:
     raise ShutdownRequested(signal.Signals(signum).name)
-
-
-@dataclass
-class Child:
-    """One supervised process, leader of its own process group."""
-
-    role: str
-    process: subprocess.Popen[bytes]
-
-    def exit_status(self) -> int | None:
-        """The exit code (or killing signal) once the leader has exited, else ``None``."""
-        # WNOWAIT leaves the zombie unreaped: while it exists its pid (= the group id) cannot
-        # be reused, so killing the group afterwards cannot hit an unrelated process.
-        result = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        return None if result is None else result.si_status
-
-    def has_exited(self) -> bool:
-        return self.exit_status() is not None
-
-    def terminate(self) -> None:
-        # os.kill, not Popen.send_signal: that polls first and would reap the zombie.
-        os.kill(self.process.pid, signal.SIGTERM)
-
-    def kill_group(self) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-class Supervisor:
-    """Starts the app processes, forwards their output, and stops them all."""
-
-    def __init__(self, env: dict[str, str], watchdog: Watchdog) -> None:
-        self._env = env
-        self._watchdog = watchdog
-        self._children: list[Child] = []
-        self._readers: list[threading.Thread] = []
-        self._output_lock = threading.Lock()
-
-    def spawn(self, role: str, argv: list[str]) -> None:
-        with signals_deferred():  # a shutdown signal between Popen and the lists orphaned the child
-            process = subprocess.Popen(
-                argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, umask=CHILD_UMASK,
-            )
-            self._children.append(Child(role, process))
-            self._watchdog.watch("apps", process, signal.SIGTERM, SHUTDOWN_GRACE_SECONDS)
-        reader = threading.Thread(target=self._forward, args=(role, process), daemon=True)
-        reader.start()
-        self._readers.append(reader)
-
-    def _forward(self, role: str, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            # Keep draining even if our stdout is gone: a full pipe would block the child.
-            with self._output_lock, suppress(OSError):
-                print(f"{role:>6} | {line}", flush=True)
-
-    def wait_for_first_exit(self) -> tuple[Child, int]:
-        """Block until some child exits on its own; return it and its status.
-
-        A shutdown signal interrupts the wait with ShutdownRequested.
-        """
-        while True:
-            for child in self._children:
-                status = child.exit_status()
-                if status is not None:
-                    return child, status
-            time.sleep(POLL_SECONDS)
-
-    def stop_all(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """SIGTERM every leader in start order, wait within one deadline, SIGKILL what is left.
-
-        SIGTERM goes to the leader only: celery's prefork processes die at once on SIGTERM,
-        which would abort the tasks the worker's warm shutdown is waiting for. The SIGKILL
-        sweep then covers the whole group, including anything the leader left behind.
-        """
-        for child in self._children:
-            if not child.has_exited():
-                child.terminate()
-        deadline = time.monotonic() + grace
-        for child in self._children:
-            while not child.has_exited() and time.monotonic() < deadline:
-                time.sleep(POLL_SECONDS)
-            child.kill_group()
-            child.process.wait()
-            self._watchdog.release(child.process)
-        for reader in self._readers:
-            reader.join(timeout=2)
 
 
 def _venv_tool(name: str) -> str:

@@ -234,7 +234,7 @@ def test_plant_dev_waits_longer_than_gunicorn_s_graceful_shutdown() -> None:
     killed every child after 20 s (helper-76)."""
     import re
 
-    from cli.dev import PROJECT_ROOT, SHUTDOWN_GRACE_SECONDS
+    from cli.supervisor import PROJECT_ROOT, SHUTDOWN_GRACE_SECONDS
 
     graceful = int(re.search(r"^graceful_timeout\s*=\s*(\d+)", (PROJECT_ROOT / "gunicorn.conf.py").read_text(), re.M)[1])
     assert SHUTDOWN_GRACE_SECONDS > graceful > 30

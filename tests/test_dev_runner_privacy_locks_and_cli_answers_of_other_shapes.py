@@ -25,6 +25,7 @@ from cli.main import cli
 from cli.output import describe_job
 from cli.postgres_server import EmbeddedPostgres, running_postmaster
 from cli.services import EmbeddedRedis, free_port
+from cli.supervisor import Supervisor
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_dev_runner_watchdog import RUNNER, _group
@@ -88,7 +89,7 @@ def test_an_embedded_server_s_log_and_data_are_for_its_user_only(tmp_path: Path)
 
 def test_the_dev_runner_s_app_processes_start_with_a_private_umask() -> None:
     with Watchdog.start() as watchdog:
-        supervisor = dev.Supervisor(dict(os.environ), watchdog)
+        supervisor = Supervisor(dict(os.environ), watchdog)
         try:
             supervisor.spawn("sleeper", ["sleep", "30"])
             child = supervisor._children[0].process

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli import dev
 from cli.services import EmbeddedRedis, free_port
+from cli.supervisor import Supervisor
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_deploy_runner_and_rollout import start_demo, wait_for_healthy_demo
@@ -153,7 +153,7 @@ def test_a_shutdown_signal_just_after_an_app_process_starts_does_not_orphan_it(s
     raised out of it with the child unrecorded, so the runner's shutdown never stopped it."""
     marker = f"review-spawn-{uuid.uuid4().hex}"
     with Watchdog.start() as watchdog:
-        supervisor = dev.Supervisor(dict(os.environ), watchdog)
+        supervisor = Supervisor(dict(os.environ), watchdog)
         try:
             signal_after_next_popen()
             with pytest.raises(Interrupted):
