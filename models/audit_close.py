@@ -21,9 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.audit import FAILING_SEVERITIES, ROW_MISSING, FindingRow
 from models.audit_certificates import NOT_SIGNED
 from models.audit_findings import all_findings, id_spans
-from models.audit_record import (
-    RECORD_INVALID_CODE, check_findings, checkpoint_problem, plan_problem, sign_close, signed_repairs,
-)
+from models.audit_findings_chain import check_findings
+from models.audit_record import RECORD_INVALID_CODE, checkpoint_problem, plan_problem, sign_close, signed_repairs
 from models.audit_runs import AuditParams, insert_findings
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes

@@ -25,7 +25,7 @@ Closing a run checks the plan and every checkpoint first; whatever does not veri
 becomes a run-level ``audit-record-invalid`` finding in the run itself, and a chunk whose
 checkpoint does not verify is counted as not done, with nothing audited. A finding no
 verified plan or checkpoint names (INSERTed through SQL) is left out of every count
-(:func:`check_findings`; the summary's ``findings_left_out``), and a running run's report
+(:func:`models.audit_findings_chain.check_findings`; the summary's ``findings_left_out``), and a running run's report
 names such findings so far (:func:`progress_so_far`). An export checks
 the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
 or a fabricated one, is refused; a run not finished must have the plan Plant signed
@@ -52,16 +52,16 @@ no other signature Plant makes (a chain link, a digest, a report) can stand in f
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.audit_findings import all_findings, finding_resource, findings_hashed, id_spans, in_spans, run_resource
+from models.audit_findings import all_findings, findings_hashed, in_spans, run_resource
+from models.audit_findings_chain import FINDINGS_NONE, _chained, _findings_of
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
@@ -79,7 +79,6 @@ class AuditRecordInvalid(Conflict):
 
     code = RECORD_INVALID_CODE
     title = "The audit run's record is not the one Plant signed"
-
 
 
 def _statement(kind: str, body: dict[str, Any]) -> bytes:
@@ -160,91 +159,6 @@ def _checkpoint(run: AuditRun, chunk: AuditChunk, step: int) -> dict[str, Any]:
 def _step_of(signed: Any) -> int | None:
     step = signed.get("step") if isinstance(signed, dict) else None
     return step if type(step) is int and step >= 1 else None
-
-
-FINDINGS_NONE: dict[str, Any] = {"count": 0, "ids": [], "sha256": sha256(b"").hex()}
-
-
-
-def _findings_of(signed: Any) -> dict[str, Any] | None:
-    """What a plan or checkpoint says Plant had written of the run's findings, if well
-    formed: their count, their ids (spans) and a hash chain of them, step by step."""
-    findings = signed.get("findings") if isinstance(signed, dict) else None
-    if not isinstance(findings, dict) or set(findings) != set(FINDINGS_NONE):
-        return None
-    count, ids, digest = findings["count"], findings["ids"], findings["sha256"]
-    if type(count) is not int or not isinstance(digest, str) or not isinstance(ids, list) or not all(
-            isinstance(s, list) and len(s) == 2 and all(type(i) is int for i in s) for s in ids):
-        return None
-    return findings
-
-
-def _chained(previous: dict[str, Any], findings: Sequence[AuditFinding]) -> dict[str, Any]:
-    """``previous`` extended by one step's ``findings``: their ids, and the hash of the
-    previous link and of their resources in id order. A step that wrote none leaves it as it was."""
-    if not findings:
-        return previous
-    written = sha256(canonical_bytes([finding_resource(f) for f in sorted(findings, key=lambda f: f.id)]))
-    return {"count": previous["count"] + len(findings), "ids": id_spans((f.id for f in findings), previous["ids"]),
-            "sha256": sha256(bytes.fromhex(previous["sha256"]) + written).hex()}
-
-
-@dataclass
-class FindingsCheck:
-    """What :func:`check_findings` found: chunks whose findings are not those their
-    checkpoint was signed with, and every finding no signature of Plant's covers."""
-
-    chunks: dict[int, str] = field(default_factory=dict)
-    left_out: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def check_findings(run: AuditRun, findings: Sequence[AuditFinding], chunks: Sequence[AuditChunk], *,
-                   plan_verifies: bool) -> FindingsCheck:
-    """Match a run's ``findings`` with those Plant signed it had written: the ids and hash
-    of its start's with the plan (if ``plan_verifies``), each chunk's, step by step, with its
-    checkpoint (``chunks``: those whose checkpoint verifies). A finding no signature names
-    is ``left_out`` of the counts, alone. Findings named but not as signed (only with the
-    table's triggers lifted: they refuse UPDATE and DELETE) leave their whole group out, and
-    such a chunk is reported in ``chunks``, to be counted as nothing audited."""
-    check = FindingsCheck()
-    groups: dict[int | None, list[AuditFinding]] = defaultdict(list)
-    for f in findings:
-        groups[f.chunk_id].append(f)
-    signers: list[tuple[int | None, Any]] = [(None, run.plan_signed if plan_verifies else None),
-                                             *((c.id, c.checkpoint_signed) for c in chunks)]
-    covered: set[int] = set()
-    for group, signed in signers:
-        named = _findings_of(signed)
-        if named is None:
-            continue
-        in_named = in_spans(named["ids"])
-        ours = [f for f in groups.get(group, ()) if in_named(f.id)]
-        if group is None:  # the run's start wrote them in one go
-            chained = _chained(FINDINGS_NONE, ours)
-        else:
-            by_step: dict[int, list[AuditFinding]] = defaultdict(list)
-            for f in ours:
-                by_step[f.step or 0].append(f)  # 0: no step Plant signs
-            chained = FINDINGS_NONE
-            for step in sorted(by_step):
-                chained = _chained(chained, by_step[step])
-        if chained == named:
-            covered.update(f.id for f in ours)
-            continue
-        if group is None:
-            check.problems.append(f"audit run {run.id}: the findings of its start are not those Plant signed with its plan")
-        else:
-            check.chunks[group] = (f"chunk {next(c.chunk_no for c in chunks if c.id == group)} of audit run {run.id}: "
-                                   "its findings are not those Plant signed with its checkpoint")
-    check.left_out = [f.id for f in findings if f.id not in covered]
-    if check.left_out:
-        shown = ", ".join(str(i) for i in check.left_out[:20])
-        check.problems.append(f"audit run {run.id}: {len(check.left_out)} findings are not covered by a plan or "
-                              f"checkpoint Plant signed (ids {shown}{', …' if len(check.left_out) > 20 else ''}); "
-                              "they are left out of the counts")
-    return check
-
 
 
 def _close(run: AuditRun, hashed: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +275,7 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
     """A running run's :class:`Progress`. ``findings`` must be read before this reads the
     chunks: a finding Plant wrote commits with its checkpoint, whose ids only grow, so each
     is named by the checkpoint read after it; a finding that is not was written outside
-    Plant. (The close checks their hashes too: :func:`check_findings`.) The run's plan is
+    Plant. (The close checks their hashes too: :func:`models.audit_findings_chain.check_findings`.) The run's plan is
     taken as verified (:func:`open_run_problem`)."""
     # One statement, one snapshot: a chunk's row and its latest recorded step, as they are now
     # (populate_existing: not as an earlier read in this session left them). Read apart, a
