@@ -171,19 +171,26 @@ def test_a_stale_pid_file_naming_another_data_dir_s_postgres_is_stale(server_tmp
         assert running_postmaster(server.data_dir / "postmaster.pid") == server.pid
 
 
-def test_an_embedded_server_never_takes_the_runner_s_own_api_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  database_url: str) -> None:
+@pytest.mark.parametrize("embedded", ["redis", "postgres"])
+def test_an_embedded_server_never_takes_the_runner_s_own_api_port(server_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  request: pytest.FixtureRequest, embedded: str) -> None:
     """The runner's API and Flower ports are free while the servers start (gunicorn and Flower
     bind them after): a free port picked for Redis or PostgreSQL could be one of them, and the
-    API then failed to start. Tests pick their PLANT_PORT from the same range."""
+    API then failed to start. Tests pick their PLANT_PORT from the same range. One server is
+    embedded at a time (the other is the suite's), its first pick being the API's port."""
+    given = {"database_url": None} if embedded == "postgres" else {"redis_url": None}
+    # before free_port is patched: the suite's own servers, started for the first test that asks, pick ports too
+    urls = {name: given[name] if name in given else request.getfixturevalue(name) for name in ("database_url", "redis_url")}
     api_port = free_port()
     picks = iter([api_port])
     monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
-    config = dev.DevConfig(data_dir=tmp_path, port=api_port, flower_port=free_port(), database_url=database_url,
-                           redis_url=None, pg_port=0, redis_port=0, signing_key_file=None, flower_basic_auth=None)
+    config = dev.DevConfig(data_dir=server_tmp, port=api_port, flower_port=free_port(), pg_port=0, redis_port=0,
+                           signing_key_file=None, flower_basic_auth=None, **urls)
     with ExitStack() as stack:
         started = dev.start_backing_services(config, stack)
-        assert urlsplit(started.redis_url).port != api_port
+        assert next(picks, None) is None  # the embedded server was offered the API's port first
+        port = urlsplit(started.owner_url if embedded == "postgres" else started.redis_url).port  # not the URL: it holds a password
+        assert port != api_port
 
 
 def test_a_second_runner_on_a_data_dir_in_use_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
