@@ -1,4 +1,4 @@
-"""Mends to the HTTP edge a review asked for: a request line gunicorn refuses that is one or two
+"""The HTTP edge: a request line gunicorn refuses that is one or two
 words (a header's value arriving first) is withheld whole from its warning and the answer, and a
 raw byte 0x80-0xFF in a query string is read as the byte it is, not as its UTF-8 encoding."""
 
