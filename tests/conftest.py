@@ -377,16 +377,16 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None
         process.wait()
 
 
-def raw_http_exchange(base: str, request: bytes) -> bytes:
-    """Send ``request`` as written to the server at ``base`` and read its whole answer, for what
-    a test client cannot send (a request line gunicorn refuses, an undecoded path)."""
+def raw_http_exchange(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` as written to the server at ``base``: its status and whole answer, for
+    what a test client cannot send (a request line gunicorn refuses, an undecoded path)."""
     address = urlsplit(base)
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
         sock.sendall(request)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    return answer
+    return int(answer.split(b" ", 2)[1]), answer
 
 
 # What gunicorn.conf.py sets in its environment (os.environ.setdefault) from PLANT_WEB_THREADS.
@@ -431,6 +431,17 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
         yield base
     finally:
         stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def gunicorn_logged(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One gunicorn per test module, as configured, one process of two threads: its base URL and
+    the file its JSON log goes to."""
+    directory = tmp_path_factory.mktemp("gunicorn-logged")
+    (directory / "prometheus").mkdir()
+    log_path = directory / "gunicorn.log"
+    with gunicorn_serving(settings, log_path, processes=1, threads=2, metrics_dir=directory / "prometheus") as base:
+        yield base, log_path
 
 
 def sweep_recovery(settings: Settings) -> None:

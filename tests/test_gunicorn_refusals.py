@@ -10,7 +10,7 @@ from tests.conftest import gunicorn_serving, raw_http_exchange
 
 
 def _exchange(base: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    answer = raw_http_exchange(base, request)
+    _, answer = raw_http_exchange(base, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *fields = head.decode("latin-1").split("\r\n")
     headers = {name.lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}

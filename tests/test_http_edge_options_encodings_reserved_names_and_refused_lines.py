@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import gunicorn_serving, raw_http_exchange, wait_for
+from tests.conftest import raw_http_exchange, wait_for
 
 API = "/api/v1"
 SLEEP = f"{API}/diagnostics/sleep"
@@ -155,18 +155,6 @@ def test_a_key_name_with_cyrillic_lookalike_letters_is_refused() -> None:
 
 # --- gunicorn's warning for a request line it refuses --------------------------------------
 
-@pytest.fixture(scope="module")
-def gunicorn_logged(settings, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gunicorn-http-edge")
-    (directory / "prometheus").mkdir()
-    log_path = directory / "gunicorn.log"
-    with gunicorn_serving(settings, log_path, processes=1, threads=2, metrics_dir=directory / "prometheus") as base:
-        yield base, log_path
-
-
-def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
-    answer = raw_http_exchange(base, request)
-    return int(answer.split(b" ", 2)[1]), answer
 
 
 _seen: set[str] = set()  # the warnings earlier cases waited for
@@ -180,7 +168,7 @@ _seen: set[str] = set()  # the warnings earlier cases waited for
 def test_a_refused_request_line_is_logged_without_its_query(gunicorn_logged, request_line) -> None:
     base, log_path = gunicorn_logged
     secret = request_line.split(b"SECRET-")[1][:7].decode()
-    status, answer = _exchange(base, request_line + b"\r\nHost: x\r\n\r\n")
+    status, answer = raw_http_exchange(base, request_line + b"\r\nHost: x\r\n\r\n")
     assert status == 400 and b"application/problem+json" in answer
     assert f"SECRET-{secret}".encode() not in answer  # nor echoed in the detail
     warning = wait_for(lambda: next((line for line in log_path.read_text().splitlines()
@@ -244,6 +232,6 @@ def test_a_query_in_utf8_is_read(client) -> None:
 def test_a_path_not_utf8_once_decoded_is_422_under_gunicorn(gunicorn_logged, admin_key) -> None:
     """werkzeug's test client decodes a path before it builds the request, so a server is asked."""
     base, _ = gunicorn_logged
-    status, answer = _exchange(base, f"GET {API}/genesis/skills/search%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    status, answer = raw_http_exchange(base, f"GET {API}/genesis/skills/search%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                                      f"Authorization: Bearer {admin_key}\r\n\r\n".encode())
     assert status == 422 and b'"field": "path"' in answer, answer[:600]

@@ -3,33 +3,14 @@ words (a header's value arriving first) is withheld whole from its warning and t
 raw byte 0x80-0xFF in a query string is read as the byte it is, not as its UTF-8 encoding."""
 
 import json
-import socket
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import gunicorn_serving, wait_for
+from tests.conftest import raw_http_exchange, wait_for
 
 API = "/api/v1"
 
 
-@pytest.fixture(scope="module")
-def gunicorn_logged(settings, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gunicorn-edge-mends")
-    (directory / "prometheus").mkdir()
-    log_path = directory / "gunicorn.log"
-    with gunicorn_serving(settings, log_path, processes=1, threads=2, metrics_dir=directory / "prometheus") as base:
-        yield base, log_path
-
-
-def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
-    address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return int(answer.split(b" ", 2)[1]), answer
 
 
 @pytest.mark.parametrize("first_line", [
@@ -39,7 +20,7 @@ def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
 def test_a_first_line_of_one_or_two_words_is_withheld_from_gunicorn_s_warning_and_answer(
         gunicorn_logged, first_line) -> None:
     base, log_path = gunicorn_logged
-    status, answer = _exchange(base, first_line.encode() + b"\r\nHost: x\r\n\r\n")
+    status, answer = raw_http_exchange(base, first_line.encode() + b"\r\nHost: x\r\n\r\n")
     assert status == 400 and b"application/problem+json" in answer
     body = answer.partition(b"\r\n\r\n")[2]
     assert b"SECRET" not in answer
