@@ -229,11 +229,15 @@ def test_a_create_naming_several_entities_waits_for_a_later_ones_deletion(engine
     assert [e["field"] for e in outcome[0].extensions["errors"]] == ["parent_id"], outcome[0].extensions
 
 
-def test_a_write_does_not_newly_name_an_entity_undeleted_through_sql(world, db_session, write_ctx) -> None:  # noqa: F811
+@pytest.mark.parametrize("attributes", [{}, {"deleted_at": None}], ids=["plain", "nested-deleted-at-null"])
+def test_a_write_does_not_newly_name_an_entity_undeleted_through_sql(world, db_session, write_ctx,  # noqa: F811
+                                                                     attributes) -> None:
     """A deleted industry whose row had ``deleted_at`` nulled through SQL was named by a new skill
     (the rows alone were read): a restore of the industry then put its signed deletion back, under a
-    live skill naming it. Its signed head records the deletion: 422 naming the field."""
-    industry = world.make(E.INDUSTRY, name="Undeleted by SQL", code="UNDS")
+    live skill naming it. Its signed head records the deletion: 422 naming the field. Canonical
+    content sorts ``attributes`` (holding ``"deleted_at":null``) before the top-level ``deleted_at``:
+    a byte search of the head took such an industry for live (the heads are parsed now)."""
+    industry = world.make(E.INDUSTRY, name="Undeleted by SQL", code="UNDS", attributes=attributes)
     _delete(db_session, E.INDUSTRY, industry.id, write_ctx)
     db_session.flush()
     db_session.execute(text("UPDATE industries SET deleted_at = NULL WHERE id = :id"), {"id": industry.id})

@@ -1,6 +1,4 @@
-"""The deletion code (``models.reference_guards``, ``web/api/work.py``): a deleted entity
-whose ``attributes`` held a nested ``deleted_at: null`` counted as live (its head was byte-searched);
-the dependents of a deletion were read whole, and every version's content byte-searched; the job
+"""The deletion code (``models.reference_guards``, ``web/api/work.py``): the dependents of a deletion were read whole, and every version's content byte-searched; the job
 POSTs read only the row's ``deleted_at``, where a write naming the entity reads its signed head too."""
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.entities import EntityType
-from models.errors import EntityReferenced, InvalidInput
+from models.errors import EntityReferenced
 from models.registry import update_entity
 from tests.conftest import recorded_statements
 from tests.test_assignment import world  # noqa: F401  (fixture)
@@ -25,20 +23,6 @@ DELETED = {"deleted_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
 
 def _delete(session, entity_type, entity_id, ctx):
     return update_entity(session, entity_type=entity_type, entity_id=entity_id, changes=DELETED, ctx=ctx)
-
-
-def test_a_nested_deleted_at_null_does_not_hide_a_signed_deletion(world, db_session, write_ctx) -> None:  # noqa: F811
-    """Canonical content sorts ``attributes`` (holding ``"deleted_at":null``) before the top-level
-    ``deleted_at``: the byte search took the deleted industry, its row undeleted through SQL, for
-    live, and a new skill named it."""
-    industry = world.make(E.INDUSTRY, name="Nested null", code="NSTN", attributes={"deleted_at": None})
-    _delete(db_session, E.INDUSTRY, industry.id, write_ctx)
-    db_session.flush()
-    db_session.execute(text("UPDATE industries SET deleted_at = NULL WHERE id = :id"), {"id": industry.id})
-    db_session.expire_all()
-    with pytest.raises(InvalidInput) as refused, db_session.begin_nested():
-        world.make(E.SKILL, name="Naming the nested", category="technical", description="d", industry_id=industry.id)
-    assert [e["field"] for e in refused.value.extensions["errors"]] == ["industry_id"], refused.value.extensions
 
 
 def test_a_deletion_counts_its_dependents_in_sql_and_lists_twenty(world, db_session, write_ctx) -> None:  # noqa: F811
