@@ -1,5 +1,6 @@
 """The deletion code (``models.reference_guards``, ``web/api/work.py``): the dependents of a
-deletion were read whole, and every version's content byte-searched; the job POSTs read only the row's ``deleted_at``, where a write naming the entity reads its signed head too."""
+deletion were read whole, and every version's content byte-searched; the job POSTs read only
+the row's ``deleted_at``, where a write naming the entity reads its signed head too."""
 
 from __future__ import annotations
 
