@@ -1,9 +1,9 @@
 """Text embeddings for similarity search, behind one small interface.
 
 The default :class:`HashingEmbedder` needs no model download: it hashes lowercase word
-tokens (of the text without the characters that draw nothing: :func:`drawn`), the character 3- to 5-grams of each word and each symbol character (emoji and other
-signs, Unicode category So) into ``EMBEDDING_DIM`` signed buckets
-and L2-normalises the result, so texts sharing words or word fragments point the same way.
+tokens (of the text without the characters that draw nothing: :func:`drawn`), the character
+3- to 5-grams of each word and each symbol character (emoji and other signs, Unicode
+category So) into ``EMBEDDING_DIM`` signed buckets and L2-normalises the result, so texts sharing words or word fragments point the same way.
 It uses BLAKE2b, never Python's salted ``hash()``, so every process computes the same
 vector for the same text, which is what lets vectors stored by one worker be compared with
 queries embedded by another. A text with no tokens (empty, or only punctuation) gets the
