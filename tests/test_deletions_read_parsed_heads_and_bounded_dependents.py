@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models.entities import EntityType
-from models.errors import EntityReferenced
+from models.entity_locks import lock_for_write
+from models.errors import EntityReferenced, EntityTampered
 from models.registry import update_entity
 from tests.conftest import recorded_statements
 from tests.test_assignment import world  # noqa: F401  (fixture)
@@ -62,10 +63,11 @@ def test_a_deletion_byte_searches_the_heads_of_the_referencing_types_only(world,
 
 
 @pytest.mark.parametrize("deleted", ["skill", "team"])
-def test_a_job_post_naming_an_entity_undeleted_through_sql_is_409(quiet_client, engine, write_ctx, gov,  # noqa: F811
-                                                                  deleted) -> None:
-    """The POSTs read the row's ``deleted_at`` alone: a row undeleted through SQL was accepted, and
-    its job then failed. Its signed head records the deletion: 409 ``entity-deleted``, no job."""
+def test_a_job_post_naming_an_entity_undeleted_through_sql_makes_a_job_that_meets_it_as_tampered(
+        quiet_client, engine, write_ctx, gov, deleted) -> None:  # noqa: F811
+    """The POSTs read the row's ``deleted_at`` alone (no read of the signed head on every
+    submission): a row undeleted through SQL is accepted, and the job meets it as tampered, the
+    row off its signed head (``lock_for_write``, the first thing each job does to its entities)."""
     def post(path, body):
         response = quiet_client.post(API + path, json={**gov, **body})
         assert response.status_code == 201, response.get_json()
@@ -95,16 +97,18 @@ def test_a_job_post_naming_an_entity_undeleted_through_sql_is_409(quiet_client, 
     with engine.begin() as connection:
         was = connection.execute(text(f"SELECT deleted_at FROM {table} WHERE id = :id"), {"id": target["id"]}).scalar()
         connection.execute(text(f"UPDATE {table} SET deleted_at = NULL WHERE id = :id"), {"id": target["id"]})
+    response = None
     try:
         response = quiet_client.post(API + path, json=body)
-        assert response.status_code == 409, response.get_json()
-        problem = response.get_json()
-        assert problem["type"] == "/problems/entity-deleted" and problem["id"] == target["id"], problem
-        assert problem["deleted_at"].startswith("2026-01-01"), problem
-    finally:  # the row put back as its head has it, for the audits other tests run over this database
+        assert response.status_code == 202, response.get_json()
+        with Session(engine) as session, pytest.raises(EntityTampered, match="row-content-mismatch"):
+            lock_for_write(session, E(deleted), uuid.UUID(target["id"]), write_ctx.keyring)
+    finally:  # the row put back as its head has it, and the job ended, for what other tests run over this database
         with engine.begin() as connection:
             connection.execute(text(f"UPDATE {table} SET deleted_at = :was WHERE id = :id"),
                                {"was": was, "id": target["id"]})
+            connection.execute(text("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = :id"),
+                               {"id": response.get_json().get("id") if response is not None else None})
 
 
 def test_the_docs_say_no_route_or_command_deletes_entities_and_none_does(client) -> None:
