@@ -12,9 +12,11 @@ guard, or the id was signed twice before 0023 kept them, and the row names the f
 
 Both sides are read by one statement, so one snapshot: a certification committing in between
 (its row and its version are one transaction) can show neither half alone. The versions
-read are those whose bytes hold ``"certificate_id"`` (the certified skills' certifying and
-later versions); each is parsed as signed JSON is, and only its top-level ``certificate``
-counts, as migration 0023 read them. That a version is Plant's (its link and signature) is
+read are those whose bytes hold ``"certificate_id"``, of the skills a row names or whose row
+is certified or retired (a skill once certified is never anything else: a row edited away from
+that is its chain check's ``row-content-mismatch``), so a registry of drafts is not searched
+through; each is parsed as signed JSON is, and only its top-level ``certificate`` counts, as
+migration 0023 read them. That a version is Plant's (its link and signature) is
 the chain check's part: a version INSERTed to match a forged row is found there.
 """
 
@@ -41,6 +43,8 @@ ISSUED_ID = re.compile(r"SKILL-([A-Z][A-Z0-9]{0,7})-([0-9]{1,9})")
 # not every row filtered here).
 _ROWS = "SELECT certificate_id, skill_id, NULL::integer AS version, NULL::bytea AS content FROM issued_certificates"
 _VERSIONS = ("SELECT NULL, entity_id, version, content FROM entity_versions WHERE entity_type = 'skill' "
+             "AND entity_id IN (SELECT id FROM skills WHERE status IN ('certified', 'retired') "
+             "UNION SELECT skill_id FROM issued_certificates) "
              "AND position(convert_to('\"certificate_id\"', 'UTF8') IN content) > 0")
 _BOTH_SIDES = text(f"{_ROWS} UNION ALL {_VERSIONS}")
 _BOTH_SIDES_OF = text(f"{_ROWS} WHERE skill_id = ANY(:ids) UNION ALL {_VERSIONS} AND entity_id = ANY(:ids)").bindparams(

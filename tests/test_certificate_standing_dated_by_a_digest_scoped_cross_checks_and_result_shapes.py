@@ -25,7 +25,7 @@ from cli.output import outcome_lines
 from models.audit_certificates import NOT_RECORDED, NOT_SIGNED, certificate_findings
 from models.entities import EntityType
 from models.ledger_digest import digest_with_leaves
-from models.registry import update_entity
+from models.registry import create_entity, update_entity
 from tests.test_audit import lift_guard
 from tests.test_certificates_verified_offline_and_cross_checked_by_the_audit import (  # noqa: F401 (issued: a fixture)
     _certified, _forge_row, _history, _write, issued,
@@ -120,6 +120,20 @@ def test_a_scoped_cross_check_reads_only_its_skills_rows_and_finds_what_it_found
         # The forged skill: its row, the forged row, its certifying version; the other: its version alone.
         assert read == 3 * (forged.id in scope) + (unrecorded.id in scope), scope
     assert {f[0] for f in everything} >= {NOT_SIGNED, NOT_RECORDED} and read_all >= 4
+
+
+def test_the_cross_check_reads_no_version_of_a_skill_never_certified(db_session, write_ctx, steward) -> None:
+    """Only the versions of skills certified or retired by their row, or named by a row, are read:
+    a registry of drafts is not searched through, even where their bytes hold ``"certificate_id"``."""
+    findings, before = _read_rows(db_session)
+    for n in range(3):
+        draft = create_entity(db_session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": f"Draft naming certificates {n}", "category": "technical", "governance_agent_id": steward,
+            "description": "a draft whose text says certificate_id", "attributes": {"certificate_id": "SKILL-GEN-999"}})
+        update_entity(db_session, entity_type=EntityType.SKILL, entity_id=draft.id, ctx=write_ctx,
+                      changes={"description": "a draft, edited, whose text says certificate_id"})
+    db_session.flush()
+    assert _read_rows(db_session) == (findings, before)
 
 
 AUDITED = {"run_id": "r", "total_entities": 3, "compliant": 3, "non_compliant": 0, "versions_verified": 5, "findings": 0,
