@@ -25,7 +25,7 @@ from typing import Any
 from models.canonical import strict_json_loads
 from models.certificates import verify_certificate
 from models.entities import SkillStatus
-from models.history_check import HistoryCheck
+from models.history_check import HistoryCheck, exact_uuid
 from models.jws import KeySource
 
 EXPORT_MEMBERS = frozenset({"skill_id", "certificate"})
@@ -54,7 +54,7 @@ def check_certificate(document: Any, keys: KeySource, *, expected_skill: uuid.UU
     that it is that skill's. ``ValueError`` if the document is no certificate export at all."""
     if not isinstance(document, dict) or set(document) != EXPORT_MEMBERS:
         raise ValueError(f"a certificate export is an object of exactly {', '.join(sorted(EXPORT_MEMBERS))}")
-    skill_id = _uuid(document["skill_id"])
+    skill_id = exact_uuid(document["skill_id"], "skill_id")
     certificate = document["certificate"]
     if not isinstance(certificate, dict):
         raise ValueError("its certificate is not an object (a skill never certified holds null)")
@@ -102,13 +102,3 @@ def version_contents(history_document: dict[str, Any]) -> dict[int, Any]:
         except ValueError:
             contents[item["version"]] = None
     return contents
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    try:
-        parsed = uuid.UUID(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or str(parsed) != value:
-        raise ValueError(f"skill_id {value!r} is not a lowercase hyphenated UUID")
-    return parsed

@@ -97,6 +97,19 @@ def _row(item: Any, entity_type: str, entity_id: uuid.UUID) -> SimpleNamespace:
                            link_hash=_hash(item["link_hash"], "link_hash", version), kid=item["kid"], signature=signature)
 
 
+def exact_uuid(value: Any, name: str) -> uuid.UUID:
+    """``value`` as a UUID, if it is one written as Plant writes them (lowercase, hyphenated);
+    ``ValueError`` naming ``name`` otherwise: an export is checked as it was signed, not as it
+    could be read."""
+    try:
+        parsed = uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or str(parsed) != value:
+        raise ValueError(f"{name} {value!r} is not a lowercase hyphenated UUID")
+    return parsed
+
+
 def check_history(document: Any, keys: KeySource) -> HistoryCheck:
     """Check an exported history with the keys of ``keys`` (a JWK Set). ``ValueError`` if it is
     not a history export at all; otherwise every way its chain fails is a finding."""
@@ -105,12 +118,7 @@ def check_history(document: Any, keys: KeySource) -> HistoryCheck:
     entity_type, raw_id, items = document["entity_type"], document["entity_id"], document["items"]
     if entity_type not in {t.value for t in EntityType}:
         raise ValueError(f"{entity_type!r} is not an entity type")
-    try:
-        entity_id = uuid.UUID(raw_id) if isinstance(raw_id, str) else None
-    except ValueError:
-        entity_id = None
-    if entity_id is None or str(entity_id) != raw_id:
-        raise ValueError(f"{raw_id!r} is not a lowercase hyphenated UUID")
+    entity_id = exact_uuid(raw_id, "entity_id")
     if not isinstance(items, list) or not items:
         raise ValueError("its items are not a non-empty list of versions")
     rows = [_row(item, entity_type, entity_id) for item in items]
