@@ -77,8 +77,10 @@ def refuse_targets_not_utf8() -> Response | None:
     percent-decoded and the query not; werkzeug decodes both with ``errors="replace"``)."""
     if not request.path.startswith(PROTECTED_PREFIX):
         return None
-    parts = {"path": request.environ.get("PATH_INFO", "").encode("latin-1"),
-             "query": unquote_to_bytes(request.environ.get("QUERY_STRING", "").encode("latin-1"))}
+    path, query = request.environ.get("PATH_INFO", ""), request.environ.get("QUERY_STRING", "")
+    if path.isascii() and query.isascii() and "%" not in query:  # nearly every request: nothing to decode
+        return None
+    parts = {"path": path.encode("latin-1"), "query": unquote_to_bytes(query.encode("latin-1"))}
     bad = [name for name, raw in parts.items() if not _is_utf8(raw)]
     if not bad:
         return None
