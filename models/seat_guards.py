@@ -24,7 +24,6 @@ from models.errors import Conflict, NotEligible, TeamFull
 from models.membership import (
     ineligibility, members_count, members_lacking_role_skills, members_not_admitted, signed_requirements, team_is_full,
 )
-from models.reference_guards import refuse_if_referenced
 from models.signing import KeyRing
 
 # Governed fields whose change can break a membership, on the agent's and the team's side.
@@ -98,9 +97,10 @@ def _guard_team_members(session: Session, team: Team, changed: set[str], *, keyr
     than members, or a job role, industry or status a member does not qualify under, judged
     on the role's signed required skills (``EntityTampered`` while its row is not its head)."""
     if "deleted_at" in changed and team.deleted_at is not None:
-        # Its members name it in team_id: refused as every referent's deletion is (409
-        # entity-referenced listing them), not as a change they would not survive.
-        refuse_if_referenced(session, EntityType.TEAM, team.id)
+        # A deletion: its members name it in team_id, so models.reference_guards.reference_fence
+        # refuses it as every referent's deletion (409 entity-referenced listing them), under its
+        # lock, not as a change they would not survive; with no member, nothing here applies.
+        return
     if "capacity" in changed:
         members = members_count(session, team.id)
         if members > team.capacity:
