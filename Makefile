@@ -30,14 +30,16 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own embedded
-# PostgreSQL and Redis; auto is one per CPU core, or 0 (in this process) when TEST_DATABASE_URL
-# or TEST_REDIS_URL names a shared server (tests/conftest.py).
+# PostgreSQL and Redis; auto is one more than the CPU cores, or 0 (in this process) when
+# TEST_DATABASE_URL or TEST_REDIS_URL names a shared server (tests/conftest.py). A worker that
+# runs out of tests takes some of another's (worksteal), so a slow end-to-end test queued last
+# does not leave the other workers idle.
 TEST_WORKERS ?= auto
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Benchmarks on an embedded stack (bench/README.md): JSON in bench/results/, tables in
 # docs/benchmarks.md. SCENARIOS=pipeline,api runs a subset. wrk (Debian package) is the

@@ -29,6 +29,18 @@ def test_auto_runs_worker_processes() -> None:
     assert run.returncode == 0 and "created: 2/2 workers" in run.stdout, run.stdout + run.stderr
 
 
+def test_auto_without_a_count_runs_one_worker_more_than_the_cpu_cores() -> None:
+    """The end-to-end tests mostly wait on the processes they start (tests/conftest.py)."""
+    run = _pytest("-n", "auto")
+    expected = (os.cpu_count() or 1) + 1
+    assert run.returncode == 0 and f"created: {expected}/{expected} workers" in run.stdout, run.stdout + run.stderr
+
+
+def test_make_test_lets_an_idle_worker_take_tests_queued_for_another() -> None:
+    recipe = (REPO_ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest -n $(TEST_WORKERS) --dist worksteal" in recipe, recipe
+
+
 def test_on_shared_servers_auto_runs_in_one_process_and_workers_are_refused() -> None:
     auto = _pytest("-n", "auto", **SHARED)
     assert auto.returncode == 0 and "workers" not in auto.stdout, auto.stdout + auto.stderr
