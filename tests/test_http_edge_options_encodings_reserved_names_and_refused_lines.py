@@ -99,6 +99,17 @@ def test_json_in_utf16_or_utf32_declared_as_nothing_is_415_not_decoded(quiet_cli
     _is_415(_post(quiet_client, json.dumps(BODY).encode(encoding)))
 
 
+def test_the_document_names_the_415_on_each_operation_that_reads_a_body_and_on_no_other(app) -> None:
+    operations = [(path, method, operation) for path, by_method in app.api_doc["paths"].items()
+                  for method, operation in by_method.items() if isinstance(operation, dict)]
+    reading = {(path, method) for path, method, operation in operations if "requestBody" in operation}
+    assert ("/api/v1/diagnostics/sleep", "post") in reading and len(reading) >= 10
+    assert {(path, method) for path, method, operation in operations if "415" in operation["responses"]} == reading
+    documented = app.api_doc["paths"]["/api/v1/diagnostics/sleep"]["post"]["responses"]["415"]
+    assert "application/problem+json" in documented["content"]
+    assert {"Accept-Encoding", "X-Request-ID"} <= set(documented["headers"])
+
+
 def test_json_whose_bytes_are_not_utf8_is_415(quiet_client) -> None:
     _is_415(_post(quiet_client, b'{"seconds": 0.01, "steps": 1, "x": "\xe9"}'))
 

@@ -26,7 +26,7 @@ from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import PROTECTED_PREFIX, SECURITY_SCHEMES, init_auth
-from web.request_encoding import refuse_targets_not_utf8, refusing_bodies_not_utf8
+from web.request_encoding import document_unsupported_bodies, refuse_targets_not_utf8, refusing_bodies_not_utf8
 from web.docs_policy import init_docs_policy
 from web.health import health_api
 from web.idempotency_http import refusing_unhonoured_idempotency_keys
@@ -222,7 +222,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # service then fetches): the docs page would call out to a third party. "none" turns it off.
     app.config["SWAGGER_CONFIG"] = {"validatorUrl": "none"}
     init_docs_policy(app)  # after the config the pages are rendered with: it hashes their scripts
-    document_headers(app)  # the document is built here, once, and served as built
+    document_unsupported_bodies(app)  # the document is built here, once, and served as built
+    document_headers(app)  # after every response is in it: each gets X-Request-ID
     app.before_request(refusing_query_parameters_not_taken(app))  # after auth, as above
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
     app.before_request(refusing_bodies_not_utf8(app))  # after the media type's check: a text/plain body is 422

@@ -15,6 +15,7 @@ each bad byte replaced by U+FFFD, a filter for a value the client never sent: 42
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from urllib.parse import unquote_to_bytes
@@ -22,12 +23,19 @@ from urllib.parse import unquote_to_bytes
 from flask import Response, request
 from flask_openapi3 import OpenAPI
 
-from web.openapi_headers import operations_where
+from web.openapi_headers import header, operations_where
 from web.auth import PROTECTED_PREFIX
 from web.problems import invalid_input_response, problem_response
+from web.schemas import problems
 
 UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 SEND_UTF8_JSON = "send the body as uncompressed UTF-8 JSON (Content-Type: application/json)"
+
+
+# The 415 as /openapi.json documents it: problem+json, with Accept-Encoding when a content
+# coding was refused (X-Request-ID, on every answer, is added with the document's other headers).
+UNSUPPORTED_BODY = {**problems(415)[415], "headers": {"Accept-Encoding": header(
+    "`identity`, when the body was refused for its `Content-Encoding`: send it uncompressed")}}
 
 
 def _unsupported(detail: str, *, coding: bool = False) -> Response:
@@ -55,6 +63,15 @@ def body_encoding_problem() -> Response | None:
     if b"\x00" in data:  # never in JSON text, and what UTF-16 or UTF-32 without a byte order mark holds
         return _unsupported("the body holds a NUL byte, so it is not UTF-8 JSON (UTF-16 or UTF-32?)")
     return None
+
+
+def document_unsupported_bodies(app: OpenAPI) -> None:
+    """Name the 415 in /openapi.json on each operation that reads a body, the ones
+    :func:`refusing_bodies_not_utf8` checks, and on no other (a GET ignores a body)."""
+    for operations in app.api_doc["paths"].values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["responses"].setdefault("415", copy.deepcopy(UNSUPPORTED_BODY))
 
 
 def refusing_bodies_not_utf8(app: OpenAPI) -> Callable[[], Response | None]:
