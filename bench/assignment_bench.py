@@ -100,9 +100,9 @@ def bench_sparse_fallback(runs: int) -> None:
     problem = role_problem(2, 6_000, 600, 12, lambda rng, n: [10] * n)
     n_roles, team_roles = 12, np.arange(600) % 12
     next_role = [np.flatnonzero(team_roles == (team_roles[own[0]] + 1) % n_roles).tolist() for own in problem.eligible]
-    problem = replace(problem, eligible=[own + extra for own, extra in zip(problem.eligible, next_role)])
+    problem = replace(problem, eligible=[own + extra for own, extra in zip(problem.eligible, next_role, strict=True)])
     for name, matcher in (("auto", "auto"), ("dense forced", "dense")):
-        seconds, result = timed(lambda p: solve_assignment(p, matcher=matcher), problem, runs)
+        seconds, result = timed(lambda p, matcher=matcher: solve_assignment(p, matcher=matcher), problem, runs)
         report(name, seconds, result)
 
 

@@ -50,7 +50,7 @@ def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, Cal
     headers = [header for header, _ in columns]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     for line in (headers, *cells):
-        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip())
+        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:

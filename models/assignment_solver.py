@@ -97,7 +97,7 @@ def solve_assignment(problem: AssignmentProblem, *, matcher: str = "auto") -> As
     methods: set[str] = set()
     for comp_agents, comp_pairs in _components(pairs, len(problem.eligible)):
         agents, teams, method = _solve_component(problem, pairs, comp_agents, comp_pairs, matcher)
-        placements.update(zip(agents.tolist(), teams.tolist()))
+        placements.update(zip(agents.tolist(), teams.tolist(), strict=True))
         methods.add(method)
     return _result(problem, placements, "+".join(sorted(methods)) or "no-component")
 
@@ -107,7 +107,7 @@ def greedy_assignment(problem: AssignmentProblem) -> AssignmentResult:
     pairs = _open_pairs(problem)
     sims = _pair_similarities(problem.agent_vectors, problem.team_vectors, pairs.agents, pairs.teams)
     rows, cols = _greedy_matching(pairs.agents, pairs.teams, sims, pairs.seats)
-    return _result(problem, dict(zip(rows.tolist(), cols.tolist())), "greedy")
+    return _result(problem, dict(zip(rows.tolist(), cols.tolist(), strict=True)), "greedy")
 
 
 def _greedy_matching(agents: np.ndarray, teams: np.ndarray, sims: np.ndarray, seats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +118,7 @@ def _greedy_matching(agents: np.ndarray, teams: np.ndarray, sims: np.ndarray, se
     placed: dict[int, int] = {}
     for start in range(0, len(order), GREEDY_SLICE):  # a slice at a time: no Python int per pair
         chunk = order[start : start + GREEDY_SLICE]
-        for agent, team in zip(agents[chunk].tolist(), teams[chunk].tolist()):
+        for agent, team in zip(agents[chunk].tolist(), teams[chunk].tolist(), strict=True):
             if agent not in placed and seats_left[team] > 0:
                 placed[agent] = team
                 seats_left[team] -= 1
@@ -164,7 +164,7 @@ def exact_assignment_milp(problem: AssignmentProblem) -> AssignmentResult:
     at_least = LinearConstraint(ones[np.newaxis, :], round(-count.fun) - 0.5, np.inf)
     best = _binary_program(-sims, [one_team_each, capacity, at_least])
     chosen = np.flatnonzero(best.x > 0.5)
-    return _result(problem, dict(zip(pairs.agents[chosen].tolist(), pairs.teams[chosen].tolist())), "milp")
+    return _result(problem, dict(zip(pairs.agents[chosen].tolist(), pairs.teams[chosen].tolist(), strict=True)), "milp")
 
 
 def _binary_program(cost: np.ndarray, constraints: list[LinearConstraint]) -> OptimizeResult:

@@ -332,5 +332,5 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _first_difference(data: bytes, canonical: bytes) -> str:
-    at = next((i for i, (a, b) in enumerate(zip(data, canonical)) if a != b), min(len(data), len(canonical)))
+    at = next((i for i, (a, b) in enumerate(zip(data, canonical, strict=False)) if a != b), min(len(data), len(canonical)))
     return f"differs from the canonical form at byte {at}"

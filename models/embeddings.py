@@ -144,7 +144,7 @@ def cosine(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         raise ValueError(f"vectors differ in length: {len(a)} != {len(b)}")
     norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return sum(x * y for x, y in zip(a, b)) / norms if norms else 0.0
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
 
 
 def _unit_or_e0(vector: list[float]) -> list[float]:

@@ -362,7 +362,7 @@ def load_entities(session: Session, entity_type: EntityType, ids_query: Any, *, 
     result = session.execute(query.with_for_update(read=True) if for_share else query)
     # Plain dicts from tuples: a RowMapping rebuilds its key view for every row it is copied from.
     keys = tuple(result.keys())
-    rows = [dict(zip(keys, row)) for row in result.all()]
+    rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
     link = LINK_TABLES.get(entity_type)
     if link is None:
         return [EntitySnapshot(entity_type, row) for row in rows]

@@ -62,7 +62,7 @@ def _first_difference(text: str, expected: str) -> str:
     if text.startswith("\ufeff"):
         return "the CSV starts with a byte-order mark, which Plant's export never writes"
     rows, wanted = _rows(text), _rows(expected)
-    for number, (row, want) in enumerate(zip(rows, wanted), start=1):
+    for number, (row, want) in enumerate(zip(rows, wanted, strict=False), start=1):
         if row != want:
             what = "its header" if number == 1 else f"row {number - 1} (finding {want[0]} in the report)"
             shown = repr(row)  # a cell may be long: the line names the row, not all of it

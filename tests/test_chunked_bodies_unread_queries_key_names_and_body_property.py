@@ -226,7 +226,7 @@ def test_every_body_reading_operation_answers_mutated_bodies_as_documented(quiet
             if response.mimetype != "application/problem+json" or response.get_json().get("status") != status:
                 wrong.append(f"not a problem with its status: {response.mimetype}")
             if after != before:
-                wrong.append(f"refused, yet rows changed: {dict(zip(WRITTEN_TABLES, zip(before, after)))}")
+                wrong.append(f"refused, yet rows changed: {dict(zip(WRITTEN_TABLES, zip(before, after, strict=True), strict=True))}")
             if shown is not None and client.get(url).get_data() != shown:
                 wrong.append("refused, yet the entity changed")
         if wrong:

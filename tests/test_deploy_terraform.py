@@ -313,7 +313,7 @@ def run_locals() -> dict[str, Any]:
 
 def test_roles_map_to_the_expected_cloud_run_kinds() -> None:
     roles = {}
-    for name, (kind, body) in run_resources().items():
+    for kind, body in run_resources().values():
         container = one(pod_template(kind, body)["containers"])
         roles[tuple(container["args"])] = kind
     assert roles == {
@@ -652,7 +652,7 @@ def test_queues_per_worker_pool() -> None:
 def test_no_public_invoker_unless_asked() -> None:
     for path in tf_files():
         for block in parse(path).get("resource", []):
-            for rtype, named in block.items():
+            for named in block.values():
                 for name, body in named.items():
                     body = clean(body)
                     if body.get("member") in ("allUsers", "allAuthenticatedUsers"):
@@ -666,7 +666,7 @@ def test_each_role_has_its_own_service_account() -> None:
     local = run_locals()
     assert "api" in local["identities"] and "migrate" in local["identities"]
     accounts = set()
-    for name, (kind, body) in run_resources().items():
+    for kind, body in run_resources().values():
         accounts.add(pod_template(kind, body)["service_account"])
     # worker and worker-audit share one identity; every other role has its own.
     assert len(accounts) == len(run_resources()) - 1

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.entities import Agent, EntityType, Skill, Team
+from models.errors import JwsError
 from models.registry import create_entity
 from models.reports import verify_report
 from tests.conftest import wait_for
@@ -134,7 +135,8 @@ def test_audit_run_findings_export_and_tampering(client, seeded, keyring, engine
     jwks = client.get(f"{API}/signing-keys").get_json()
     assert verify_report(exported.data, jwks).kid == keyring.active.kid
     tampered = exported.data.replace(b'"non_compliant":1', b'"non_compliant":0')
-    with pytest.raises(Exception):
+    assert tampered != exported.data
+    with pytest.raises(JwsError):
         verify_report(tampered, jwks)
     rows = list(csv.DictReader(io.StringIO(client.get(f"{API}/audit/export", query_string={"run_id": run["id"], "format": "csv"}).get_data(as_text=True))))
     assert len(rows) == summary["findings"]

@@ -205,7 +205,7 @@ def test_an_audit_whose_chunks_wait_behind_another_audit_is_not_failed_as_worker
         type(requeue_stale_jobs._get_current_object()).run(beat)
         rescued += [args[0] for _, args, _, _ in beat.sent]
     assert rescued == []
-    for name, args in queue:  # the worker is free: the second audit's chunks, in order
+    for _name, args in queue:  # the worker is free: the second audit's chunks, in order
         if args[0] == str(second):
             audit.audit_chunk(*args)
     with worker_sessions() as session:

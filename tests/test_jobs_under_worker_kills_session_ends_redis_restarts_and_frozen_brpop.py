@@ -236,4 +236,4 @@ def test_beat_killed_and_restarted_fires_each_audit_tick_once_and_the_missed_one
     assert all(count == 1 for _, count in fires), fires
     assert audits == len(fires), (audits, fires)
     after = [f[0] for f in fires if f[0] > down]
-    assert all(b - a == interval for a, b in zip(after[1:], after[2:])), fires  # on every tick once back
+    assert all(b - a == interval for a, b in zip(after[1:], after[2:], strict=False)), fires  # on every tick once back

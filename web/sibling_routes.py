@@ -40,7 +40,7 @@ def static_siblings(rule: str, rules: list[str]) -> dict[str, frozenset[str]]:
     parts = rule.split("/")
     found: dict[str, set[str]] = {}
     for other in (r.split("/") for r in rules):
-        differ = [i for i, (a, b) in enumerate(zip(parts, other)) if a != b]
+        differ = [i for i, (a, b) in enumerate(zip(parts, other, strict=False)) if a != b]
         if len(other) == len(parts) and len(differ) == 1 and parts[differ[0]].startswith("<") \
                 and not other[differ[0]].startswith("<"):
             variable = parts[differ[0]][1:-1].split(":")[-1]

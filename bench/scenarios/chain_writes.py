@@ -64,7 +64,7 @@ def _serialized_writes(stack: BenchStack, port: int, entity: uuid.UUID, per_writ
         thread.join()
     items = requests.get(url + "/history", headers=stack.headers, timeout=60).json()["items"]
     linear = [v["version"] for v in items] == list(range(1, len(items) + 1)) and all(
-        later["prev_link"] == earlier["link_hash"] for earlier, later in zip(items, items[1:]))
+        later["prev_link"] == earlier["link_hash"] for earlier, later in zip(items, items[1:], strict=False))
     return {"writes": len(statuses), "non_200": sum(s != 200 for s in statuses), "versions": len(items),
             "expected_versions": 1 + WRITERS * per_writer, "linear": linear}
 

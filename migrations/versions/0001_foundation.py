@@ -1,7 +1,7 @@
 """Foundation: the pgvector extension and the jobs table.
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28
 """
 
