@@ -23,14 +23,14 @@ import psutil
 import psycopg
 from psycopg import errors, sql
 
-from cli.services import ServiceError, _ChildServer, postgres_bin_dir
+from cli.services import ServiceError, ChildServer, postgres_bin_dir
 from models.keys import replace_file
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 POSTGRES_SERVICE_USER = "plant-pg"
 
 
-class EmbeddedPostgres(_ChildServer):
+class EmbeddedPostgres(ChildServer):
     """PostgreSQL with pgvector, data in ``data_dir``.
 
     With ``passwords`` (the dev runner's) every connection needs a password: the superuser
@@ -85,7 +85,7 @@ class EmbeddedPostgres(_ChildServer):
             )
 
     def start(self) -> None:
-        """As :meth:`_ChildServer.start`; then, with ``passwords``, a data dir still trusting
+        """As :meth:`ChildServer.start`; then, with ``passwords``, a data dir still trusting
         connections (made by an earlier release) is switched to passwords."""
         super().start()
         if self.password_path is not None and _trusts(self.data_dir / "pg_hba.conf"):

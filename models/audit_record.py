@@ -61,7 +61,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.audit_findings import all_findings, findings_hashed, in_spans, run_resource
-from models.audit_findings_chain import FINDINGS_NONE, _chained, _findings_of
+from models.audit_findings_chain import FINDINGS_NONE, findings_chained, signed_findings_of
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
@@ -173,7 +173,7 @@ def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring
     caller flushes)."""
     session.flush()  # the chunks' ids and the run's created_at
     session.refresh(run, ["created_at"])
-    written = _chained(FINDINGS_NONE, all_findings(session, run.id))  # the run's start wrote them all, in this transaction
+    written = findings_chained(FINDINGS_NONE, all_findings(session, run.id))  # the run's start wrote them all, in this transaction
     named = {"findings": written, "repairs": repairs}
     run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), **named}), **named}
     for chunk in chunks:
@@ -197,10 +197,10 @@ def sign_checkpoint(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, *, step:
                     findings: Sequence[AuditFinding] = ()) -> None:
     """Sign ``chunk``'s checkpoint at ``step`` (:func:`record_step`), its findings' chain
     extended by ``findings``, the ones this step's batch wrote."""
-    previous = FINDINGS_NONE if step == 1 else _findings_of(chunk.checkpoint_signed)
+    previous = FINDINGS_NONE if step == 1 else signed_findings_of(chunk.checkpoint_signed)
     if previous is None:  # checked before the batch began: only a write racing it gets here
         raise AuditRecordInvalid(f"chunk {chunk.chunk_no} of audit run {run.id}: its checkpoint is not one Plant signed")
-    chained = _chained(previous, findings)
+    chained = findings_chained(previous, findings)
     body = {**_checkpoint(run, chunk, step), "findings": chained}
     chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, body), "step": step, "findings": chained}
 
@@ -232,7 +232,7 @@ def _checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyr
     """:func:`checkpoint_problem`, with the chunk's ``latest`` recorded step already read."""
     step = _step_of(chunk.checkpoint_signed)
     try:
-        body = {**_checkpoint(run, chunk, step or 0), "findings": _findings_of(chunk.checkpoint_signed)}
+        body = {**_checkpoint(run, chunk, step or 0), "findings": signed_findings_of(chunk.checkpoint_signed)}
     except (ValueError, TypeError, CanonicalizationError):  # parameters no Plant write makes
         body = None
     if step is None or body is None or body["findings"] is None or not _verifies(keyring, CHECKPOINT, body, chunk.checkpoint_signed):
@@ -246,7 +246,7 @@ def _checkpoint_problem(session: Session, run: AuditRun, chunk: AuditChunk, keyr
 def plan_problem(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring: KeyRing) -> str | None:
     """Why a run's plan (checked when it closes) is not the one Plant signed, or None. A run
     still running when migration 0015 was applied has none, and is reported so."""
-    written = _findings_of(run.plan_signed)
+    written = signed_findings_of(run.plan_signed)
     plan = _plan(run, chunks)
     if written is not None and _verifies(keyring, PLAN, _with_repairs({**plan, "findings": written}, run.plan_signed),
                                          run.plan_signed):
@@ -284,8 +284,8 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
     rows = session.execute(select(AuditChunk, latest).where(AuditChunk.run_id == run.id)
                            .execution_options(populate_existing=True)).all()
     verified = [c for c, last in rows if _checkpoint_problem(session, run, c, keyring, last) is None]
-    named = {c.id: in_spans(_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
-    named[None] = in_spans((_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
+    named = {c.id: in_spans(signed_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
+    named[None] = in_spans((signed_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
     left_out = [f.id for f in findings if f.chunk_id not in named or not named[f.chunk_id](f.id)]
     return Progress(sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified),
                     left_out)

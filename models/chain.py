@@ -70,20 +70,20 @@ class EntityVersion(Base):
 
 def link_hash(entity_type: str, entity_id: uuid.UUID, version: int, prev_link: bytes, content_hash: bytes) -> bytes:
     """SHA-256 over the fixed binary layout documented in the module docstring."""
-    return hashlib.sha256(_link_prefix(entity_type, entity_id) + _link_rest(version, prev_link, content_hash)).digest()
+    return hashlib.sha256(link_prefix(entity_type, entity_id) + link_rest(version, prev_link, content_hash)).digest()
 
 
 # The layout in two parts, so that verification can hash an entity's prefix once.
 _U64 = struct.Struct(">Q")
 
 
-def _link_prefix(entity_type: str, entity_id: uuid.UUID) -> bytes:
+def link_prefix(entity_type: str, entity_id: uuid.UUID) -> bytes:
     """The part of ``link_hash``'s layout before the version: domain, type and id."""
     kind = entity_type.encode("ascii")
     return LINK_DOMAIN + struct.pack(">H", len(kind)) + kind + entity_id.bytes
 
 
-def _link_rest(version: int, prev_link: bytes, content_hash: bytes) -> bytes:
+def link_rest(version: int, prev_link: bytes, content_hash: bytes) -> bytes:
     return _U64.pack(version) + prev_link + content_hash
 
 

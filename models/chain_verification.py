@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from models.canonical import matches_canonical
-from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, _link_prefix, _link_rest, history
+from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, link_prefix, link_rest, history
 from models.db_statements import uuid_in
 from models.entities import EntityType, GovernedEntity, governed_content
 from models.seal_check import seal_findings
@@ -95,10 +95,10 @@ class _LinkPrefix:
         """The link ``row`` hashes to. Raises ``UnicodeEncodeError`` or ``struct.error`` for a
         type or version out of the layout's range."""
         if self._of != (row.entity_type, row.entity_id):
-            self._hash = hashlib.sha256(_link_prefix(row.entity_type, row.entity_id))
+            self._hash = hashlib.sha256(link_prefix(row.entity_type, row.entity_id))
             self._of = (row.entity_type, row.entity_id)
         recomputed = self._hash.copy()
-        recomputed.update(_link_rest(row.version, prev, content_hash))
+        recomputed.update(link_rest(row.version, prev, content_hash))
         return recomputed.digest()
 
 
