@@ -21,7 +21,7 @@ from pathlib import Path
 from gunicorn.glogging import Logger, SafeAtoms
 
 from models.logging_setup import gunicorn_logconfig
-from models.settings import load_settings
+from models.settings import load_settings, warn_before_forking
 
 
 def _bind_address() -> str:
@@ -138,6 +138,7 @@ _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    warn_before_forking()  # one warning of misspelt PLANT_* variables for the server, not one per worker
     given = os.environ.get(_METRICS_DIR_ENV)
     if given:
         directory = Path(given)
@@ -155,6 +156,7 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook, in the wo
     # The app and its imports live as long as the worker: frozen, the cyclic GC no longer
     # walks them on every full collection (as the Celery worker does, worker/app.py).
     gc.freeze()
+    worker.log.info("Worker loaded the app (pid: %s)", worker.pid)  # gunicorn says when one boots, not when it is ready
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook, in the master

@@ -254,11 +254,26 @@ def unknown_plant_variables(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ if name.upper().startswith("PLANT_") and name.upper() not in known)
 
 
+# Set in a process that warned before forking the ones that create the app (gunicorn's master):
+# its forks inherit it and say nothing more.
+_warned_before_forking = False
+
+
 def warn_of_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
     """Log one warning naming every PLANT_* variable of ``environ`` (the process's environment)
     nothing reads, at a process's start (the API's ``create_app``, a worker's or beat's, once
-    logging is set up). Their values are never logged."""
+    logging is set up), unless a parent warned before forking it. Values are never logged."""
+    if _warned_before_forking:
+        return
     unknown = unknown_plant_variables(os.environ if environ is None else environ)
     if unknown:
         log.warning("ignoring environment variables Plant does not read (misspelt?): %s", ", ".join(unknown),
                     extra={"unknown_variables": unknown})
+
+
+def warn_before_forking() -> None:
+    """:func:`warn_of_unknown_variables` in a process that forks the ones creating the app
+    (gunicorn's master, ``on_starting``): one warning for the server, not one per worker."""
+    global _warned_before_forking
+    warn_of_unknown_variables()
+    _warned_before_forking = True

@@ -402,7 +402,7 @@ GUNICORN_DERIVED = ("PLANT_DB_POOL_SIZE", "PLANT_LONG_POLLS_AT_ONCE")
 
 @contextmanager
 def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, threads: int,
-                     metrics_dir: Path | None) -> Iterator[str]:
+                     metrics_dir: Path | None, **variables: str) -> Iterator[str]:
     """The API under gunicorn as configured (gunicorn.conf.py), JSON logs in ``log_path``;
     yields its base URL once it answers, and stops it after. ``metrics_dir`` None: no
     ``PROMETHEUS_MULTIPROC_DIR`` given, as the deployments run it (gunicorn.conf.py makes one)."""
@@ -412,7 +412,7 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
 
     port = free_port()
     env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
-                    PLANT_WEB_THREADS=str(threads), PLANT_LOG_FORMAT="json")
+                    PLANT_WEB_THREADS=str(threads), PLANT_LOG_FORMAT="json", **variables)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if metrics_dir is not None:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

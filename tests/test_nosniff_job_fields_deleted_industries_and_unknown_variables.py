@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, gunicorn_serving, wait_for
 from tests.test_export_csv_cache_and_page_escapes import _closed_run
 from tests.test_registry_api import _agent, gov, world  # noqa: F401  (fixtures)
 
@@ -253,3 +253,23 @@ def test_a_worker_names_each_unknown_plant_variable_once_at_start(settings, tmp_
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     warned = [line for line in lines if line.get("logger") == "models.settings"]
     assert [(line["level"], line["unknown_variables"]) for line in warned] == [("WARNING", ["PLANT_AUDIT_BATCH_SIZ"])], warned
+
+
+@pytest.mark.e2e
+def test_gunicorn_names_each_unknown_plant_variable_once_not_once_per_worker(settings, tmp_path) -> None:
+    """The master warns before it forks (gunicorn.conf.py ``on_starting``); each worker's
+    ``create_app`` warned again, so a server of N workers logged N identical warnings."""
+    log_path = tmp_path / "gunicorn.log"
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+    def every_worker_loaded_the_app() -> bool:
+        return len({line["process"] for line in lines() if line["message"].startswith("Worker loaded the app")}) == 2
+
+    with gunicorn_serving(settings, log_path, processes=2, threads=1, metrics_dir=None, PLANT_NO_SUCH_VARIABLE="1"):
+        wait_for(every_worker_loaded_the_app, timeout=30, what="both workers to load the app")
+    master = {line["process"] for line in lines() if line["message"].startswith("Starting gunicorn")}
+    warned = [line for line in lines() if line["logger"] == "models.settings"]
+    assert [(line["process"] in master, line["unknown_variables"]) for line in warned] == [
+        (True, ["PLANT_NO_SUCH_VARIABLE"])], warned
