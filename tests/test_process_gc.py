@@ -36,10 +36,10 @@ def test_a_celery_pool_child_freezes_its_startup_objects() -> None:
 
 def test_a_gunicorn_worker_freezes_the_loaded_app() -> None:
     after = _frozen_after(
-        "import gc, runpy\n"
+        "import gc, logging, os, runpy, types\n"
         "from web import create_app\n"
         "config = runpy.run_path('gunicorn.conf.py')\n"
-        "config['post_worker_init'](None)\n"
+        "config['post_worker_init'](types.SimpleNamespace(log=logging.getLogger('gunicorn.error'), pid=os.getpid()))\n"
         "print(gc.get_freeze_count())"
     )
     assert after > LOADED
