@@ -133,6 +133,15 @@ def make_handler(fmt: LogFormat = "json") -> logging.Handler:
     return handler
 
 
+# Alembic logs each of its plugins' set-up at INFO when it is first imported (the API imports
+# it for /health's schema check): seven lines per gunicorn worker. Shown at DEBUG only.
+ALEMBIC_PLUGINS = "alembic.runtime.plugins"
+
+
+def _alembic_plugins_level(level: int) -> int:
+    return logging.WARNING if level >= logging.INFO else logging.NOTSET
+
+
 def configure_logging(fmt: LogFormat = "json", level: str | int = "INFO") -> logging.Handler:
     """Make the root logger write ``fmt`` lines to stderr at ``level``; idempotent.
 
@@ -146,6 +155,7 @@ def configure_logging(fmt: LogFormat = "json", level: str | int = "INFO") -> log
     handler = make_handler(fmt)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.getLogger(ALEMBIC_PLUGINS).setLevel(_alembic_plugins_level(root.getEffectiveLevel()))
     logging.captureWarnings(True)  # warnings become records (logger py.warnings), not stray stderr text
     return handler
 
@@ -161,6 +171,7 @@ def gunicorn_logconfig(fmt: LogFormat, level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "root": {"level": level.upper(), "handlers": ["plant"]},
-        "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True}},
+        "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+                    ALEMBIC_PLUGINS: {"level": _alembic_plugins_level(logging.getLevelName(level.upper()))}},
         "handlers": {"plant": {"()": make_handler, "fmt": fmt}},
     }

@@ -273,3 +273,4 @@ def test_gunicorn_names_each_unknown_plant_variable_once_not_once_per_worker(set
     warned = [line for line in lines() if line["logger"] == "models.settings"]
     assert [(line["process"] in master, line["unknown_variables"]) for line in warned] == [
         (True, ["PLANT_NO_SUCH_VARIABLE"])], warned
+    assert [line for line in lines() if line["logger"].startswith("alembic")] == []  # its plugins' set-up, per worker
