@@ -4,9 +4,10 @@
 (loaded in one query) and the constitution, returning finding rows. Each kind of
 tampering has its own code (see ``models.chain_verification``); rule results use ``rule-violation``
 (error) and ``rule-warning`` (warning) with the rule id. ``check_entity`` does the same
-for one entity, plus a comparison with the latest stored ledger digest, for the
-synchronous tampering endpoint; that digest's leaves are trusted only once its signature
-and root check out (``models.ledger_trust.stored_digest_problem``), else ``digest-invalid``.
+for one entity, plus a comparison with the stored ledger digest the incremental audit
+trusts, for the synchronous tampering endpoint: the newest one Plant signed whose signature
+and root check out (``models.ledger_store.newest_trusted_digest``); each newer row is
+``digest-invalid``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
+from models.audit_tables import LedgerDigestHead
 from models.certification_gates import gates_rechecked
 from models.chain import GENESIS_LINK, ChainFinding, EntityVersion, versions_by_entity
 from models.chain_verification import verify_loaded
@@ -28,7 +30,8 @@ from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS, Agent, EntitySnapshot, EntityType, governed_content, load_entities
 from models.embeddings import Embedder
 from models.errors import NotFound
-from models.ledger_compare import compare_heads, latest_digest, stored_leaves
+from models.ledger_compare import compare_heads, stored_leaves
+from models.ledger_store import LATEST_DIGESTS_READ, newest_trusted_digest
 from models.ledger_trust import stored_digest_problem
 from models.membership import seat_problems, signed_member_counts
 from models.signing import KeyRing
@@ -222,7 +225,8 @@ class TamperCheck:
 
 
 def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing, embedder: Embedder) -> TamperCheck:
-    """Synchronous full check of one entity, including the latest stored ledger digest."""
+    """Synchronous full check of one entity, including the stored ledger digest the
+    incremental audit trusts (:func:`_digest_findings`)."""
     for entity_type in EntityType:
         entities = load_entities(session, entity_type, [entity_id])
         if entities:
@@ -231,24 +235,49 @@ def check_entity(session: Session, *, entity_id: uuid.UUID, keyring: KeyRing, em
             return TamperCheck(entity_id, entity_type.value, result.versions_verified,
                                result.findings + _digest_findings(session, entity_id, keyring))
     digest_findings = _digest_findings(session, entity_id, keyring)
-    if any(f.entity_id == entity_id for f in digest_findings):  # deleted since the last digest: still evidence
-        return TamperCheck(entity_id, digest_findings[0].entity_type or "unknown", 0, digest_findings)
+    own = [f for f in digest_findings if f.entity_id == entity_id]
+    if own:  # deleted since the digest: still evidence
+        return TamperCheck(entity_id, own[0].entity_type or "unknown", 0, digest_findings)
     raise NotFound(f"no entity with id {entity_id}", id=str(entity_id))
 
 
 def _digest_findings(session: Session, entity_id: uuid.UUID, keyring: KeyRing) -> list[FindingRow]:
-    digest = latest_digest(session)
+    """The entity's leaf in the stored digest the incremental audit trusts
+    (:func:`models.ledger_store.newest_trusted_digest`: the newest one Plant signed whose rows
+    verify, among a bounded number of rows) compared with its chain, after a ``digest-invalid``
+    finding for each newer row passed over. The latest row as it came let one row INSERTed
+    through SQL (or signed by a key this process's ring does not hold yet) hide every entity's
+    evidence behind a run-level finding until the next digest."""
+    digest, passed = newest_trusted_digest(session, keyring)
+    findings = passed_over_findings(digest, passed)
     if digest is None:
-        return []
-    # The leaf first, the digest's check after: a leaf row deleted between the two (the guard
-    # lets an unkept digest's go) is then either read already or missing from the count the
-    # check compares with the signed one, never silently absent.
+        return findings + ([none_trusted_among(LATEST_DIGESTS_READ)] if len(passed) == LATEST_DIGESTS_READ else [])
     # A leaf at the genesis link is a placeholder (models.digest_check): it vouches for nothing to compare with.
     leaves = [leaf for leaf in stored_leaves(session, digest.id, [entity_id]) if leaf[2] != GENESIS_LINK]
-    invalid = stored_digest_invalid(session, digest, keyring)
-    if invalid is not None:
-        return [invalid]
-    return [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
+    # The digest was checked before its leaf was read: a leaf row deleted in between (the guard
+    # lets an unkept digest's go) is then missing from this count, never silently absent.
+    left = session.scalar(select(func.count()).select_from(LedgerDigestHead).where(LedgerDigestHead.digest_id == digest.id))
+    if left != digest.entity_count:
+        findings.append(FindingRow(None, None, None, "digest-invalid", (
+            f"stored ledger digest {digest.id} ({digest.as_of.isoformat()}): {left} of its {digest.entity_count} leaf rows "
+            "are left after it was checked (pruned or deleted meanwhile): the entity's leaf may be among those gone")))
+    return findings + [finding_from_chain(h.entity_type, h.entity_id, h.finding) for h in compare_heads(session, leaves)]
+
+
+def passed_over_findings(digest: Any, passed: list[tuple[Any, str]]) -> list[FindingRow]:
+    """A run-level ``digest-invalid`` finding for each stored digest ``passed`` over (with
+    why), saying which one, if any, is trusted instead."""
+    trusted = "" if digest is None or any(d is digest for d, _ in passed) else (
+        f"; passed over for digest {digest.id}, the newest that verifies")
+    return [FindingRow(None, None, None, "digest-invalid", (
+        f"stored ledger digest {newer.id} ({newer.as_of.isoformat()}): {problem}; its leaves are not trusted{trusted}"))
+        for newer, problem in passed]
+
+
+def none_trusted_among(rows: int) -> FindingRow:
+    return FindingRow(None, None, None, "digest-invalid", (
+        f"none of the {rows} newest stored ledger digests is one Plant signed whose rows verify (more are not read, "
+        "so forged rows cannot make the check unbounded): no digest vouches for anything here, run a full audit"))
 
 
 def stored_digest_invalid(session: Session, digest: Any, keyring: KeyRing) -> FindingRow | None:

@@ -42,8 +42,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.audit import (
-    BatchResult, FindingRow, gate_findings, load_entities, rowless_chains, rule_findings, seat_facts,
-    suspects_rechecked, versions_by_entity,
+    BatchResult, FindingRow, gate_findings, load_entities, none_trusted_among, passed_over_findings, rowless_chains,
+    rule_findings, seat_facts, suspects_rechecked, versions_by_entity,
 )
 from models.audit_tables import LedgerDigest
 from models.chain import GENESIS_LINK, ChainFinding
@@ -118,7 +118,7 @@ def audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: E
     result = _since(digest or passed[0][0], passed)
     if digest is None:  # its leaves may have been edited to hide what changed
         if len(passed) == LATEST_DIGESTS_READ:
-            result.findings.append(_none_trusted_among(LATEST_DIGESTS_READ))
+            result.findings.append(none_trusted_among(LATEST_DIGESTS_READ))
         result.digest_trusted = False
         return result
     if not append_only_enforced(session):  # a version behind a leaf, or the digest's rows, may have been rewritten in place
@@ -181,17 +181,8 @@ def _since(digest: LedgerDigest, passed: list[tuple[LedgerDigest, str]]) -> Incr
     """The result of a run since ``digest``, with a ``digest-invalid`` finding for each newer
     stored digest ``passed`` over."""
     result = IncrementalResult(digest.id, digest.as_of.isoformat(), digests_passed_over=len(passed))
-    trusted = "" if any(d is digest for d, _ in passed) else f"; passed over for digest {digest.id}, the newest that verifies"
-    result.findings += [FindingRow(None, None, None, "digest-invalid", (
-        f"stored ledger digest {newer.id} ({newer.as_of.isoformat()}): {problem}; its leaves are not trusted{trusted}"))
-        for newer, problem in passed]
+    result.findings += passed_over_findings(digest, passed)
     return result
-
-
-def _none_trusted_among(rows: int) -> FindingRow:
-    return FindingRow(None, None, None, "digest-invalid", (
-        f"none of the {rows} newest stored ledger digests is one Plant signed whose rows verify (more are not read, "
-        "so forged rows cannot make the audit unbounded): nothing was examined, run a full audit"))
 
 
 def _guards_lifted(digest: LedgerDigest) -> FindingRow:

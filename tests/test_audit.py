@@ -197,21 +197,24 @@ def test_the_tampering_check_reads_the_digest_leaf_before_it_trusts_the_digest(d
                                                                                monkeypatch) -> None:
     """The digest was checked, then its leaf read: a leaf row deleted in between (the guard lets
     an unkept digest's go) left a consistent rollback (versions deleted, row reset to match)
-    with nothing to compare, and the check found nothing. Read first, it is compared."""
+    with nothing to compare, and the check found nothing. Its rows are counted again after
+    the leaf is read: one gone meanwhile is ``digest-invalid``, never silently absent
+    (helper-214: the digest is now chosen by ``newest_trusted_digest``, which checks it)."""
     import models.audit
 
     store_digest(db_session, keyring=keyring)
     tamper_delete_newest(db_session, skill, keyring)
-    checked = models.audit.stored_digest_invalid
+    chosen = models.audit.newest_trusted_digest
 
-    def check_then_delete_the_leaf(session, digest, ring):
-        found = checked(session, digest, ring)
+    def check_then_delete_the_leaf(session, ring):
+        found = chosen(session, ring)
         session.execute(text("DELETE FROM ledger_digest_heads WHERE entity_id = :e"), {"e": skill.id})
         return found
 
-    monkeypatch.setattr(models.audit, "stored_digest_invalid", check_then_delete_the_leaf)
+    monkeypatch.setattr(models.audit, "newest_trusted_digest", check_then_delete_the_leaf)
     check = check_entity(db_session, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER)
-    assert "head-rolled-back" in {f.code for f in check.findings}
+    [invalid] = [f.detail for f in check.findings if f.code == "digest-invalid"]
+    assert check.tampered and "leaf rows are left after it was checked" in invalid
 
 
 def _insert_junk_version(s, skill, *, version=4, entity_type="skill", content=None, prev_link=None, link=None,
