@@ -7,7 +7,7 @@ trusted from then on and seen only by the next full audit.
 
 A digest holds each live entity's head as a leaf and each soft-deleted one's as a tombstone
 (migration 0018). :func:`check_heads` compares both with those of the newest stored digest
-that still has its leaves and can be trusted (:func:`trusted_base`), in the transaction
+that still has its leaves and can be trusted (:func:`models.digest_base.trusted_base`), in the transaction
 that stores the new one, over the rows as written, so nothing committed meanwhile escapes:
 
 - a leaf or tombstone that is new or moved: the versions after the trusted leaf or
@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, delete, desc, insert, or_, select, text
+from sqlalchemy import and_, delete, insert, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestsV2Began, LedgerDigestTombstone
@@ -49,11 +49,10 @@ from models.chain_verification import HEAD_MISMATCH, ROW_CONTENT_MISMATCH, head_
 from models.seal_check import seal_findings
 from models.db_statements import uuid_in
 from models.entities import ENTITY_MODELS, EntityType, governed_content, load_entities
-from models.ledger_digest import STORED_DIGEST_TYPE, digest_problem, keeps_tombstones
+from models.ledger_digest import STORED_DIGEST_TYPE, keeps_tombstones
 from models.signing import KeyRing
 
 BATCH = 500
-BASES_TRIED = 30  # stored digests looked at, newest first, for one that can be trusted
 
 
 @dataclass(frozen=True)
@@ -99,36 +98,6 @@ def tombstones_of(digest: LedgerDigest) -> int | None:
     """The digest id whose tombstone rows are ``digest``'s: its own, or None for a digest
     stored before migration 0018, which keeps none (rows written for it count for nothing)."""
     return digest.id if keeps_tombstones(digest.document) else None
-
-
-def trusted_base(session: Session, keyring: KeyRing, problem_of: Any, passed_over: list[str] | None = None) -> LedgerDigest | None:
-    """The newest stored digest with leaf or tombstone rows whose ``problem_of(session,
-    digest, keyring)`` is None (:func:`models.ledger_trust.base_problem`); None when
-    there is none. Only digests whose signed document verifies count toward the
-    :data:`BASES_TRIED` looked at, and no published digest planted as a stored one
-    (:func:`planted`), and copies of one document count once, so rows made up through SQL
-    cannot push a real one out of reach; each of those passed over is appended to
-    ``passed_over``, with why."""
-    with_rows = or_(*(select(table.digest_id).where(table.digest_id == LedgerDigest.id).exists()
-                      for table in (LedgerDigestHead, LedgerDigestTombstone)))
-    candidates = session.scalars(select(LedgerDigest).where(with_rows, ~planted())
-                                 .order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).execution_options(yield_per=BATCH))
-    tried: set[str] = set()  # signatures: a copy of a signed document, made through SQL, counts once
-    try:
-        for digest in candidates:
-            if digest_problem(digest.document, keyring) is not None:
-                continue
-            problem = problem_of(session, digest, keyring)
-            if problem is None:
-                return digest
-            if passed_over is not None:
-                passed_over.append(f"digest {digest.id} ({digest.as_of.isoformat()}): {problem}")
-            tried.add(digest.document["signature"])
-            if len(tried) == BASES_TRIED:
-                break
-        return None
-    finally:
-        candidates.close()
 
 
 def check_heads(session: Session, *, digest_id: int, trusted: LedgerDigest | None, keyring: KeyRing) -> list[HeldBack]:

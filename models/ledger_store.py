@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -26,7 +27,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.audit_tables import LedgerDigest, LedgerDigestHead, LedgerDigestTombstone
-from models.digest_check import check_heads, trusted_base
+from models.digest_base import trusted_base
+from models.digest_check import check_heads
 from models.errors import LedgerBusy
 from models.ledger import LOCK_ENTITY_TABLES, HeadNotAHash, heads_query, shared_id, versions_held
 from models.ledger_digest import sign_root
@@ -54,7 +56,9 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     (:func:`models.digest_check.check_heads`): each one is logged, and appended to
     ``held_back`` when a list is given. Each digest signed by Plant's keys that is newer than
     that one, passed over because its rows changed since, is logged too, and appended to
-    ``passed_over``. Beside the leaves it keeps each
+    ``passed_over``, with a count of the rows passed over that Plant did not sign, and why the
+    search stopped short of the oldest digest, if it did (:func:`models.digest_base.base_search`:
+    the heads are then checked from the genesis). Beside the leaves it keeps each
     soft-deleted entity's head as a tombstone, and signs their count and root in the same
     document (type ``v2``).
 
@@ -68,8 +72,9 @@ def store_digest(session: Session, *, keyring: KeyRing, held_back: list[str] | N
     as_of = _stored_digest_moment(session)
     skipped: list[str] = []
     trusted = trusted_base(session, keyring, base_problem, skipped)
-    if skipped:  # signed by Plant's key, yet its rows changed since: the heads are checked from an older digest
-        log.warning("a digest passes over %d signed digests whose rows cannot be trusted: %s", len(skipped), "; ".join(skipped[:10]))
+    if skipped:  # rows Plant did not sign, or signed whose rows changed since: the heads are checked from an older digest
+        log.warning("a digest passes over stored digests for its base (%s): %s",
+                    f"digest {trusted.id}" if trusted is not None else "none: the genesis", "; ".join(skipped[:10]))
         if passed_over is not None:
             passed_over += skipped
     digest = LedgerDigest(as_of=as_of, entity_count=0, heads_root=bytes(HASH_SIZE), kid="", signature="", document={})
@@ -188,22 +193,33 @@ _SHARED_ID = (select(_SHARED_HEADS.c.id, func.min(_SHARED_HEADS.c.entity_type).l
               .group_by(_SHARED_HEADS.c.id, _SHARED_HEADS.c.deleted).having(func.count() > 1).limit(1))
 
 
-def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int) -> int:
+PRUNE_ROWS_READ = 1_000  # stored digest rows, newest first, a prune reads at most for the newest ones Plant signed
+PRUNE_SECONDS = 30.0  # and for at most this long
+
+
+def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int, unpruned: list[str] | None = None) -> int:
     """Delete the leaf rows (and tombstone rows) of every stored digest but the newest
     ``keep_latest`` Plant signed (:func:`_newest_signed`) and those marked ``keep_leaves`` (a
     key seal's); returns how many leaf rows went. Only the latest
     digest's leaves and a seal digest's are read (the incremental audit, which passes over
     newer rows Plant did not sign, :func:`newest_trusted_digest`; the tampering check; the
     seal's checks), and, should those not be trusted, the newest trusted one's
-    (a new digest's base: :func:`models.digest_check.trusted_base`). Rows INSERTed through
+    (a new digest's base: :func:`models.digest_base.trusted_base`). Rows INSERTed through
     SQL without Plant's key (unsigned, forged, or a copy of a signed document dated now)
     count for nothing here, so they cannot push real digests' leaves out. A pruned digest
     keeps its signed row; should it ever become
     the latest again (the newer ones deleted by whoever owns the table, past its triggers:
     migration 0013), its missing leaves make it
-    ``digest-invalid``, never trusted. Should no row verify at all, nothing is pruned."""
-    signatures = _newest_signed(session, keyring, keep_latest)
-    if not signatures:  # none found Plant's (a key missing from the ring): keep all, the latest's leaves too
+    ``digest-invalid``, never trusted. Should the newest ``keep_latest`` not be found among
+    the :data:`PRUNE_ROWS_READ` newest rows within :data:`PRUNE_SECONDS` (rows made up through
+    SQL by the thousand), or no row verify at all, nothing is pruned, and why is logged and
+    appended to ``unpruned``: deleting past what was read could take a kept digest's leaves."""
+    signatures, short = _newest_signed(session, keyring, keep_latest)
+    if short is not None:
+        log.warning("no digest leaves are pruned: %s", short)
+        if unpruned is not None:
+            unpruned.append(short)
+    if short is not None or not signatures:  # none found Plant's (a key missing from the ring): keep all
         return 0
     kept = LedgerDigest.document["signature"].astext.in_(signatures)  # a copy of a kept document keeps its rows too
     doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), kept.is_not(True))  # no signature: NULL
@@ -211,17 +227,31 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int)
     return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
 
 
-def _newest_signed(session: Session, keyring: KeyRing, count: int) -> list[str]:
+def _newest_signed(session: Session, keyring: KeyRing, count: int) -> tuple[list[str], str | None]:
     """The signatures of the newest ``count`` stored digests, by ``as_of`` and then id, whose
-    row Plant signed (:func:`signed_digests`); copies of one document count once."""
+    row Plant signed (:func:`models.ledger_trust.signed_row_problem`), copies of one document
+    counting once; and why fewer were found, when the rows read (at most
+    :data:`PRUNE_ROWS_READ`, for at most :data:`PRUNE_SECONDS`) do not show they are all there are."""
     signatures: list[str] = []
-    with closing(signed_digests(session, keyring)) as signed:
-        for digest in signed:
-            if digest.document["signature"] not in signatures:
+    deadline = time.monotonic() + PRUNE_SECONDS
+    read = 0
+    query = select(LedgerDigest).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(PRUNE_ROWS_READ)
+    with closing(session.scalars(query.execution_options(yield_per=100))) as rows:
+        for read, digest in enumerate(rows, 1):
+            if signed_row_problem(session, digest, keyring) is None and digest.document["signature"] not in signatures:
                 signatures.append(digest.document["signature"])
             if len(signatures) == count:
-                break
-    return signatures
+                return signatures, None
+            if time.monotonic() > deadline:
+                return signatures, _read_too_few(read, len(signatures), count, f"in {PRUNE_SECONDS:g} s")
+    if read == PRUNE_ROWS_READ:
+        return signatures, _read_too_few(read, len(signatures), count, "(the most a prune reads)")
+    return signatures, None if signatures or not read else f"none of the {read} stored digest rows is one Plant signed (a key missing from the ring?)"
+
+
+def _read_too_few(read: int, found: int, count: int, bound: str) -> str:
+    return (f"the {read} newest stored digest rows read {bound} hold {found} of the {count} newest documents Plant "
+            "signed; the rest are unsigned, forged or signed by a key the ring does not hold")
 
 
 def signed_digests(session: Session, keyring: KeyRing, *, rows: int | None = None,

@@ -40,7 +40,7 @@ from models.entities import ENTITY_MODELS, EntityType, governed_content, typed_c
 from models.errors import CanonicalizationError, Conflict
 from models.jws import KeySource, b64url_encode, verify_b64url_signature
 from models.audit_tables import LedgerDigestHead, LedgerDigestTombstone
-from models.digest_check import trusted_base
+from models.digest_base import base_search
 from models.key_seals import seal_problems, with_seal_lists
 from models.entity_input import apply_fields, holds_nul, lock_parents
 from models.entity_locks import lock_entity
@@ -144,14 +144,18 @@ def settle_repairs(session: Session) -> None:
 
 def _digest_head_lost(session: Session, entity_id: uuid.UUID, rows: Sequence[Any], keyring: KeyRing) -> str | None:
     """Why the chain ``rows`` is not all the entity had, if the newest trusted stored digest
-    (the base the next digest is checked from, :func:`models.digest_check.trusted_base`)
+    (the base the next digest is checked from, :func:`models.digest_base.trusted_base`)
     holds a head for it, leaf or tombstone, that the chain no longer has: versions deleted
     past the guard. A chain that verifies to an earlier head is still a rollback. A head a
     later digest held back at version 0 with a real link (``models.digest_check._held``: the
-    link its chain lost) is one too; only the placeholder (the genesis link) names nothing."""
-    trusted = trusted_base(session, keyring, base_problem)
+    link its chain lost) is one too; only the placeholder (the genesis link) names nothing.
+    A search for that digest stopped short (:func:`models.digest_base.base_search`: rows made
+    up through SQL by the thousand) shows nothing either way: that is said instead, and the
+    restore refused, where the genesis would have taken the rollback as all the chain had."""
+    search = base_search(session, keyring, base_problem)
+    trusted = search.digest
     if trusted is None:
-        return None
+        return f"no stored digest could be trusted to hold it to: {search.cut_short}" if search.cut_short else None
     chain = {(row.version, bytes(row.link_hash)) for row in rows}
     links = {link for _, link in chain}
     for table in (LedgerDigestHead, LedgerDigestTombstone):
@@ -198,8 +202,8 @@ def restore_entity(
                             f"{first.version}: {first.detail}); nothing was changed", id=str(entity_id),
                             findings=[{"code": f.code, "version": f.version} for f in broken[:20]])
     if findings and (lost := _digest_head_lost(session, entity_id, rows, keyring)) is not None:
-        raise NotRestorable(f"{entity_type.value} {entity_id}: {lost}: its newest versions were removed, and restoring "
-                            "it to what is left would vouch for a rollback; nothing was changed", id=str(entity_id))
+        raise NotRestorable(f"{entity_type.value} {entity_id}: {lost}: its newest versions may have been removed, and "
+                            "restoring it to what is left would vouch for a rollback; nothing was changed", id=str(entity_id))
     if not findings and (stale := certified_embedding_drift(entity, embedder)) is not None:
         findings = [ChainFinding(stale.code, entity.version, stale.detail)]  # the row is its head; its vector is not
     if not findings:

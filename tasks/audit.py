@@ -207,7 +207,8 @@ def _cancel(claim: JobClaim) -> None:
 def ledger_store_digest(self: Task) -> dict[str, Any]:
     """Beat's hourly digest; then the leaf rows of digests no check reads any more go. Its
     result counts the heads it held back (they do not verify) and names the first ten, and
-    names the signed digests it passed over for an older base (their rows changed since).
+    names the signed digests it passed over for an older base (their rows changed since), and
+    says why it pruned nothing when it could not read which digests to keep (``prune_skipped``).
     A digest that finds no moment without a version write in flight (``LedgerBusy``, after
     ``DIGEST_WAIT_SECONDS``) is tried again later, with backoff, up to ``job_max_attempts``
     times, while its message has not expired (beat's next digest is due then)."""
@@ -222,9 +223,11 @@ def ledger_store_digest(self: Task) -> dict[str, Any]:
         log.warning("the ledger digest is put off: %s", busy.detail)
         raise self.retry(exc=busy, countdown=backoff_seconds(self.request.retries),
                          max_retries=runtime.settings().job_max_attempts) from busy
+    unpruned: list[str] = []
     with transaction(runtime.session_factory()) as session:
-        pruned = prune_digest_leaves(session, keyring=runtime.keyring(), keep_latest=runtime.settings().digest_leaves_kept)
-    return {**stored, "leaf_rows_pruned": pruned}
+        pruned = prune_digest_leaves(session, keyring=runtime.keyring(), keep_latest=runtime.settings().digest_leaves_kept,
+                                     unpruned=unpruned)
+    return {**stored, "leaf_rows_pruned": pruned, **({"prune_skipped": unpruned[0]} if unpruned else {})}
 
 
 @dataclass(frozen=True)

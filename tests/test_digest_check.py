@@ -244,7 +244,7 @@ def test_an_entity_created_after_the_trusted_digest_and_deleted_by_sql_is_checke
 
 
 def test_digests_made_up_through_sql_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
-    from models.digest_check import BASES_TRIED, trusted_base
+    from models.digest_base import BASES_TRIED, trusted_base
     from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)
@@ -423,7 +423,7 @@ def test_tombstones_are_trusted_only_as_signed(db_session, skill, write_ctx, key
     """helper-83 and helper-84: the tombstones' count and root are members of the digest's
     signed document, so no SQL edit, of rows or columns, makes a digest's tombstones other
     than signed, nor a digest stored since migration 0018 pass as one stored before."""
-    from models.digest_check import trusted_base
+    from models.digest_base import trusted_base
     from models.ledger_trust import stored_digest_problem
 
     _delete_signed(db_session, skill, write_ctx)
@@ -461,7 +461,7 @@ def test_a_digest_of_deleted_entities_alone_is_a_base(db_session, skill, write_c
     base, so the digest before the deletions was, and an entity brought back passed. (Deleted
     as a release before the reference guards would: the steward and the role it holds name
     each other, so neither is deleted first now.)"""
-    from models.digest_check import trusted_base
+    from models.digest_base import trusted_base
     from models.ledger_trust import stored_digest_problem
     from tests.test_seat_rules import as_an_older_release
 
@@ -647,7 +647,7 @@ def test_a_deleted_row_without_a_head_is_held_as_a_tombstone(engine, committed_s
 
 
 def test_published_digests_planted_as_stored_ones_do_not_push_the_trusted_one_out_of_reach(db_session, skill, keyring) -> None:
-    from models.digest_check import BASES_TRIED, trusted_base
+    from models.digest_base import BASES_TRIED, trusted_base
     from models.ledger import current_heads, signed_digest
     from models.ledger_trust import stored_digest_problem
 
@@ -718,7 +718,7 @@ def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill
     real digest out of the bases looked at."""
     import json
 
-    from models.digest_check import BASES_TRIED, trusted_base
+    from models.digest_base import BASES_TRIED, trusted_base
     from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)

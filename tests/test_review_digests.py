@@ -83,3 +83,133 @@ def test_the_tampering_check_reads_a_bounded_number_of_digest_rows(db_session, s
     assert len(checked) == LATEST_DIGESTS_READ
     invalid = [f.detail for f in check.findings if f.code == "digest-invalid"]
     assert len(invalid) == LATEST_DIGESTS_READ + 1 and f"none of the {LATEST_DIGESTS_READ} newest" in invalid[-1]
+
+
+# A stored digest's document with its signature replaced: each such row costs a signature check.
+FORGED_WITH_LEAF = """
+WITH forged AS (
+    INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document)
+    SELECT now(), 1, heads_root, kid, '', jsonb_set(document, '{signature}', to_jsonb(repeat('A', 86)))
+    FROM ledger_digests, generate_series(1, :n) WHERE id = :d RETURNING id)
+INSERT INTO ledger_digest_heads (digest_id, entity_id, entity_type, version, link_hash)
+SELECT id, gen_random_uuid(), 'skill', 0, :link FROM forged RETURNING digest_id"""
+
+
+def _forged_with_leaves(session, digest_id: int, n: int) -> list[int]:
+    """``n`` rows dated now, each with a leaf row (a candidate base), as INSERT alone allows."""
+    forged = list(session.scalars(text(FORGED_WITH_LEAF), {"n": n, "d": digest_id, "link": bytes(32)}))
+    session.expire_all()
+    return forged
+
+
+def _signature_checks(monkeypatch, module) -> list[int]:
+    checked: list[int] = []
+    real = module.digest_problem
+
+    def counted(document, keys):
+        checked.append(1)
+        return real(document, keys)
+
+    monkeypatch.setattr(module, "digest_problem", counted)
+    return checked
+
+
+def test_the_search_for_a_base_reads_a_bounded_number_of_rows_and_says_it_stopped(
+        db_session, skill, keyring, monkeypatch) -> None:
+    import models.digest_base
+    from models.digest_base import BASE_ROWS_READ, trusted_base
+    from models.ledger_trust import base_problem
+
+    real = store_digest(db_session, keyring=keyring)
+    _forged_with_leaves(db_session, real.id, BASE_ROWS_READ + 5)
+    checked = _signature_checks(monkeypatch, models.digest_base)
+    passed_over: list[str] = []
+    assert trusted_base(db_session, keyring, base_problem, passed_over) is None  # was: every row read, the real one found
+    assert len(checked) == BASE_ROWS_READ
+    assert f"stopped after {BASE_ROWS_READ} row(s)" in passed_over[0]
+    assert passed_over[1].startswith(f"{BASE_ROWS_READ} stored digest row(s) with leaf or tombstone rows whose document")
+
+
+def test_a_digest_whose_base_search_stopped_short_is_checked_from_the_genesis_and_says_so(
+        db_session, skill, keyring, monkeypatch) -> None:
+    import models.digest_base
+
+    real = store_digest(db_session, keyring=keyring)
+    _forged_with_leaves(db_session, real.id, 3)
+    monkeypatch.setattr(models.digest_base, "BASE_ROWS_READ", 3)
+    passed_over: list[str] = []
+    held: list[str] = []
+    digest = store_digest(db_session, keyring=keyring, held_back=held, passed_over=passed_over)
+    assert held == [] and digest.entity_count == real.entity_count  # every head verified from the genesis
+    assert "stopped after 3 row(s)" in passed_over[0]
+
+
+def test_the_search_for_a_base_stops_after_its_time(db_session, skill, keyring, monkeypatch) -> None:
+    """Each signed one that fails may cost a re-hash of all its leaves: time bounds them too."""
+    import json
+
+    import models.digest_base
+    from models.digest_base import trusted_base
+    from models.ledger_trust import base_problem
+
+    real = store_digest(db_session, keyring=keyring)
+    for _ in range(2):  # copies of the signed document, newer by id, whose leaf rows are not its leaves
+        copy = db_session.scalar(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+                                      "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": real.as_of, "r": bytes(32)})
+        db_session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, gen_random_uuid(), 'skill', 0, :l)"),
+                           {"d": copy, "l": bytes(32)})
+        db_session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, "
+                                "document = :doc WHERE id = :d"),
+                           {"c": real.entity_count, "r": real.heads_root, "k": real.kid, "s": real.signature,
+                            "doc": json.dumps(real.document), "d": copy})
+    db_session.expire_all()
+    monkeypatch.setattr(models.digest_base, "BASE_SEARCH_SECONDS", 0.0)
+    passed_over: list[str] = []
+    assert trusted_base(db_session, keyring, base_problem, passed_over) is None
+    assert "stopped after 1 row(s) with leaf or tombstone rows, 1 of them signed" in passed_over[0] and len(passed_over) == 2
+
+
+def test_a_restore_whose_base_search_stopped_short_refuses_a_chain_it_cannot_hold_to_a_digest(
+        db_session, skill, keyring) -> None:
+    """Checked from nothing, a chain whose newest version was deleted past its guard looked
+    whole, and the restore vouched for the rollback (a signed repair record)."""
+    from models.digest_base import BASE_ROWS_READ
+    from models.entities import EntityType
+    from models.repair import NotRestorable, restore_entity
+
+    real = store_digest(db_session, keyring=keyring)
+    lift_guard(db_session, "DELETE FROM entity_versions WHERE entity_id = :e AND version = 3", e=skill.id)
+    _forged_with_leaves(db_session, real.id, BASE_ROWS_READ)
+    with pytest.raises(NotRestorable, match="no stored digest could be trusted to hold it to: the search"):
+        restore_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, keyring=keyring, embedder=EMBEDDER,
+                       actor="operator:test")
+
+
+def test_a_prune_reads_a_bounded_number_of_rows_and_prunes_nothing_past_them(db_session, skill, keyring, monkeypatch) -> None:
+    from models.ledger_store import PRUNE_ROWS_READ, prune_digest_leaves
+
+    real = store_digest(db_session, keyring=keyring)
+    forged = _forged_with_leaves(db_session, real.id, PRUNE_ROWS_READ + 5)
+    checked: list[int] = []
+    signed_row = models.ledger_store.signed_row_problem
+    monkeypatch.setattr(models.ledger_store, "signed_row_problem",
+                        lambda session, digest, ring: checked.append(digest.id) or signed_row(session, digest, ring))
+    unpruned: list[str] = []
+    assert prune_digest_leaves(db_session, keyring=keyring, keep_latest=2, unpruned=unpruned) == 0
+    assert len(checked) == PRUNE_ROWS_READ and real.id not in checked
+    assert unpruned == [f"the {PRUNE_ROWS_READ} newest stored digest rows read (the most a prune reads) hold 0 of the 2 "
+                        "newest documents Plant signed; the rest are unsigned, forged or signed by a key the ring does not hold"]
+    left = db_session.scalar(text("SELECT count(DISTINCT digest_id) FROM ledger_digest_heads"))
+    assert left == len(forged) + 1  # nothing deleted: what lies past the rows read is not known
+
+
+def test_a_prune_stops_after_its_time_and_prunes_nothing(db_session, skill, keyring, monkeypatch) -> None:
+    from models.ledger_store import prune_digest_leaves
+
+    real = store_digest(db_session, keyring=keyring)
+    _forged_with_leaves(db_session, real.id, 1)
+    monkeypatch.setattr(models.ledger_store, "PRUNE_SECONDS", 0.0)
+    unpruned: list[str] = []
+    assert prune_digest_leaves(db_session, keyring=keyring, keep_latest=2, unpruned=unpruned) == 0
+    assert len(unpruned) == 1 and "read in 0 s hold 0 of the 2" in unpruned[0]
+    assert db_session.scalar(text("SELECT count(DISTINCT digest_id) FROM ledger_digest_heads")) == 2
