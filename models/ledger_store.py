@@ -213,7 +213,12 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int,
     ``digest-invalid``, never trusted. Should the newest ``keep_latest`` not be found among
     the :data:`PRUNE_ROWS_READ` newest rows within :data:`PRUNE_SECONDS` (rows made up through
     SQL by the thousand), or no row verify at all, nothing is pruned, and why is logged and
-    appended to ``unpruned``: deleting past what was read could take a kept digest's leaves."""
+    appended to ``unpruned``: deleting past what was read could take a kept digest's leaves.
+
+    It first locks ``ledger_digests`` (SHARE, until its transaction ends): it waits for the
+    digests being stored, and holds new ones off, so that none commits between the read of
+    which to keep and the delete, which took such a one's leaves, the newest digest's."""
+    session.execute(text(f"LOCK TABLE {LedgerDigest.__tablename__} IN SHARE MODE"))
     signatures, short = _newest_signed(session, keyring, keep_latest)
     if short is not None:
         log.warning("no digest leaves are pruned: %s", short)

@@ -213,3 +213,50 @@ def test_a_prune_stops_after_its_time_and_prunes_nothing(db_session, skill, keyr
     assert prune_digest_leaves(db_session, keyring=keyring, keep_latest=2, unpruned=unpruned) == 0
     assert len(unpruned) == 1 and "read in 0 s hold 0 of the 2" in unpruned[0]
     assert db_session.scalar(text("SELECT count(DISTINCT digest_id) FROM ledger_digest_heads")) == 2
+
+
+def test_a_digest_committed_while_a_prune_runs_keeps_its_leaves(engine, committed_steward, keyring, monkeypatch) -> None:
+    """The prune read which digests to keep, then deleted the others' leaf rows in a later
+    statement: a digest committed in between (a second digest task, a retry) was not among
+    those kept, and lost its leaves, though it was the newest: every incremental audit then
+    examined nothing until the next digest. The prune now holds new digests off while it runs."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from models.ledger_store import prune_digest_leaves
+    from tests.conftest import wait_for
+
+    for _ in range(2):
+        with Session(engine) as session, session.begin():
+            store_digest(session, keyring=keyring)
+    stored: list[int] = []
+    thread = threading.Thread(target=lambda: stored.append(_commit_a_digest(engine, keyring)))
+    newest_signed = models.ledger_store._newest_signed
+
+    def read_then_let_a_digest_in(session, ring, count):
+        found = newest_signed(session, ring, count)
+        thread.start()
+        wait_for(lambda: stored or _lock_waiters(engine), what="the concurrent digest to commit or wait")
+        return found
+
+    monkeypatch.setattr(models.ledger_store, "_newest_signed", read_then_let_a_digest_in)
+    with Session(engine) as session, session.begin():
+        prune_digest_leaves(session, keyring=keyring, keep_latest=2)
+    thread.join(timeout=60)
+    with Session(engine) as session:
+        [newest] = stored
+        leaves = session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": newest})
+        assert leaves == session.scalar(text("SELECT entity_count FROM ledger_digests WHERE id = :d"), {"d": newest}) > 0
+
+
+def _commit_a_digest(engine, keyring) -> int:
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session, session.begin():
+        return store_digest(session, keyring=keyring).id
+
+
+def _lock_waiters(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
