@@ -280,7 +280,8 @@ def _decode_after(token: str) -> int:
 
 @audit_api.get("/audit/tampering/<entity_id>", responses={200: TamperCheckOut, **problems(404)})
 def tampering(path: EntityIdPath) -> dict[str, Any]:
-    """Check one entity now: chain, signatures, row, rules, and the latest stored digest."""
+    """Check one entity now: chain, signatures, row, rules, and the newest stored digest Plant signed whose rows
+    verify (each newer one is reported digest-invalid)."""
     svc = services()
     return check_entity(db_session(), entity_id=path.entity_id, keyring=svc.keyring, embedder=svc.embedder).as_json()
 
