@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg.errors import LockNotAvailable
 from psycopg.pq import TransactionStatus
-from sqlalchemy import delete, desc, func, insert, literal, select, text
+from sqlalchemy import delete, desc, func, insert, literal, select, text, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -206,7 +206,9 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int,
     seal's checks), and, should those not be trusted, the newest trusted one's
     (a new digest's base: :func:`models.digest_base.trusted_base`). Rows INSERTed through
     SQL without Plant's key (unsigned, forged, or a copy of a signed document dated now)
-    count for nothing here, so they cannot push real digests' leaves out. A pruned digest
+    count for nothing here, so they cannot push real digests' leaves out; nor is a row newer
+    than the newest kept one pruned (it may be signed by a key ``keyring`` does not hold yet:
+    Plant's newest digest to a process that holds it). A pruned digest
     keeps its signed row; should it ever become
     the latest again (the newer ones deleted by whoever owns the table, past its triggers:
     migration 0013), its missing leaves make it
@@ -219,32 +221,37 @@ def prune_digest_leaves(session: Session, *, keyring: KeyRing, keep_latest: int,
     digests being stored, and holds new ones off, so that none commits between the read of
     which to keep and the delete, which took such a one's leaves, the newest digest's."""
     session.execute(text(f"LOCK TABLE {LedgerDigest.__tablename__} IN SHARE MODE"))
-    signatures, short = _newest_signed(session, keyring, keep_latest)
+    newest, short = _newest_signed(session, keyring, keep_latest)
     if short is not None:
         log.warning("no digest leaves are pruned: %s", short)
         if unpruned is not None:
             unpruned.append(short)
-    if short is not None or not signatures:  # none found Plant's (a key missing from the ring): keep all
+    if short is not None or not newest:  # none found Plant's (a key missing from the ring): keep all
         return 0
-    kept = LedgerDigest.document["signature"].astext.in_(signatures)  # a copy of a kept document keeps its rows too
-    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), kept.is_not(True))  # no signature: NULL
+    kept = LedgerDigest.document["signature"].astext.in_([signature for signature, _ in newest])  # copies keep theirs too
+    # Nothing newer than the newest kept: a digest signed by a key this ring does not hold yet
+    # is Plant's newest to a process that holds it; a row forged dated now goes at the next prune.
+    older = tuple_(LedgerDigest.as_of, LedgerDigest.id) < tuple_(*newest[0][1])
+    doomed = select(LedgerDigest.id).where(LedgerDigest.keep_leaves.is_(False), kept.is_not(True), older)  # no signature: NULL
     session.execute(delete(LedgerDigestTombstone).where(LedgerDigestTombstone.digest_id.in_(doomed)))
     return session.execute(delete(LedgerDigestHead).where(LedgerDigestHead.digest_id.in_(doomed))).rowcount
 
 
-def _newest_signed(session: Session, keyring: KeyRing, count: int) -> tuple[list[str], str | None]:
+def _newest_signed(session: Session, keyring: KeyRing, count: int) -> tuple[list[tuple[str, tuple[dt.datetime, int]]], str | None]:
     """The signatures of the newest ``count`` stored digests, by ``as_of`` and then id, whose
     row Plant signed (:func:`models.ledger_trust.signed_row_problem`), copies of one document
-    counting once; and why fewer were found, when the rows read (at most
-    :data:`PRUNE_ROWS_READ`, for at most :data:`PRUNE_SECONDS`) do not show they are all there are."""
-    signatures: list[str] = []
+    counting once, each with the ``(as_of, id)`` of its newest row; and why fewer were found,
+    when the rows read (at most :data:`PRUNE_ROWS_READ`, for at most :data:`PRUNE_SECONDS`) do
+    not show they are all there are."""
+    signatures: list[tuple[str, tuple[dt.datetime, int]]] = []
     deadline = time.monotonic() + PRUNE_SECONDS
     read = 0
     query = select(LedgerDigest).order_by(desc(LedgerDigest.as_of), desc(LedgerDigest.id)).limit(PRUNE_ROWS_READ)
     with closing(session.scalars(query.execution_options(yield_per=100))) as rows:
         for read, digest in enumerate(rows, 1):
-            if signed_row_problem(session, digest, keyring) is None and digest.document["signature"] not in signatures:
-                signatures.append(digest.document["signature"])
+            signature = digest.document.get("signature") if isinstance(digest.document, dict) else None
+            if signed_row_problem(session, digest, keyring) is None and signature not in dict(signatures):
+                signatures.append((signature, (digest.as_of, digest.id)))
             if len(signatures) == count:
                 return signatures, None
             if time.monotonic() > deadline:

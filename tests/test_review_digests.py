@@ -10,6 +10,8 @@ pruning read them, against a ``ledger_digests`` table written to through SQL.
 - The search for a new digest's base (``trusted_base``) and the pruning's search for the
   newest signed digests read every row, however many forged ones stood before the real
   ones; both are now bounded in rows and time, and say what they left unread.
+- The prune deleted the leaves of a digest committed between its read and its delete, and
+  of digests newer than those it kept that its ring could not verify: the newest real ones.
 """
 
 import uuid
@@ -260,3 +262,26 @@ def _commit_a_digest(engine, keyring) -> int:
 def _lock_waiters(engine) -> int:
     with engine.connect() as connection:
         return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+
+def test_a_prune_by_a_ring_that_lacks_the_newest_digests_key_keeps_their_leaves(engine, committed_steward, keyring) -> None:
+    """A worker whose ring does not hold the key newer digests were signed with (one that was
+    not given it as upcoming before another began signing with it) took them for forged rows,
+    and deleted the newest real digests' leaves: every incremental audit then examined
+    nothing. Nothing newer than the newest digest it keeps is pruned now; rows forged dated
+    now keep theirs only until the next digest's prune."""
+    from sqlalchemy.orm import Session
+
+    from models.key_material import generate_ed25519
+    from models.ledger_store import prune_digest_leaves
+    from models.signing import KeyRing
+
+    for _ in range(2):
+        _commit_a_digest(engine, keyring)
+    rotated = KeyRing(generate_ed25519(), retired=(keyring.active,))
+    newest = _commit_a_digest(engine, rotated)
+    with Session(engine) as session, session.begin():
+        prune_digest_leaves(session, keyring=keyring, keep_latest=2)  # the lagging ring
+    with Session(engine) as session:
+        leaves = session.scalar(text("SELECT count(*) FROM ledger_digest_heads WHERE digest_id = :d"), {"d": newest})
+        assert leaves == session.scalar(text("SELECT entity_count FROM ledger_digests WHERE id = :d"), {"d": newest}) > 0
