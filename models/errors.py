@@ -223,6 +223,17 @@ class SigningKeyError(PlantError):
     title = "Signing key invalid"
 
 
+class SigningKeySealed(PlantError):
+    """The key this process signs with was sealed after the process loaded it (``plant
+    signing-keys seal`` ran while it still ran on the old key): whatever it signed now would be
+    ``signed-after-seal`` everywhere else, so it signs nothing. Passes once the process restarts
+    on the active key; a client retrying may reach a process that has."""
+
+    code = "signing-key-sealed"
+    title = "This process's signing key is sealed: it must restart"
+    retry_after_seconds = 5
+
+
 class JobHandedBack(PlantError):
     """The attempt stops and hands its job back to the queue, for another to take: its
     worker shuts down (at a checkpoint), or its lease expired between a bulk job's batches."""

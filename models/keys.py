@@ -15,6 +15,7 @@ import fcntl
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
 from models.key_material import load_signing_key_pem, load_verifying_key_pem
-from models.errors import SigningKeyError
+from models.errors import SigningKeyError, SigningKeySealed
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
@@ -71,7 +72,7 @@ def _read_keyring(settings: Settings) -> KeyRing:
         return _loaded(path, lambda: load_verifying_key_pem(path.read_bytes()))
 
     ring = KeyRing(
-        active,
+        replace(active, guard=SealWatch(retired_dir / f"{active.kid}{SEAL_SUFFIX}", active.kid)),
         retired=tuple(verifying(path) for path in pems if not path.name.endswith(UPCOMING_SUFFIX)),
         seals=tuple(load_seal(path) for path in files if path.name.endswith(SEAL_SUFFIX)),
         upcoming=tuple(verifying(path) for path in pems if path.name.endswith(UPCOMING_SUFFIX)),
@@ -79,6 +80,35 @@ def _read_keyring(settings: Settings) -> KeyRing:
     if _active_pem(settings) != before:
         raise _KeyFilesChanged(f"{_active_source(settings)}: the active key changed while the key ring was read")
     return ring
+
+
+@dataclass(frozen=True)
+class SealWatch:
+    """Stops a process's active key signing once its seal appears beside the retired keys.
+
+    A process loads its ring at start; one still running on the old key when ``plant
+    signing-keys seal`` sealed it (a restart missed after a rotation) would go on signing
+    versions, digests, audit records and reports that every process started since takes for
+    ``signed-after-seal``: writes on top of them refused, audits reporting tampering. So each
+    signature first looks for the seal file: one ``stat`` of a name that is normally absent
+    (no read, no database: about 2 µs, against some 60 µs for an Ed25519 signature).
+    Where the retired keys arrive on a volume fixed per revision (Cloud Run), a running
+    process never sees a later seal: there the rollout must end before the seal."""
+
+    seal_path: Path
+    kid: str
+
+    def __call__(self) -> None:
+        try:
+            os.stat(self.seal_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # not sealed (or the retired keys' directory is gone: nothing seals it there)
+        except OSError as exc:  # cannot look: fail closed, as a restart on these files would
+            raise SigningKeySealed(f"cannot tell whether signing key {self.kid} was sealed since this process started "
+                                   f"({self.seal_path}: {exc.strerror or exc}); nothing was signed") from exc
+        raise SigningKeySealed(f"signing key {self.kid} was sealed after this process started ({self.seal_path}): "
+                               "what it signed now would be signed-after-seal, so nothing was signed; restart this "
+                               "process to sign with the active key")
 
 
 def _active_source(settings: Settings) -> Path | str:

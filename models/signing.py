@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -109,6 +110,9 @@ class SigningKey:
     kid: str
     algorithm: str
     private_key: PrivateKey = field(repr=False, compare=False)
+    # Called before each signature; raises when the key must not sign any more (a process's
+    # active key sealed since it loaded it: models.keys.SealWatch). None: nothing to check.
+    guard: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_private_key(cls, private_key: Any) -> SigningKey:
@@ -118,6 +122,8 @@ class SigningKey:
         return cls(verifier.kid, verifier.algorithm, private_key)
 
     def sign(self, data: bytes) -> bytes:
+        if self.guard is not None:
+            self.guard()
         if isinstance(self.private_key, rsa.RSAPrivateKey):
             return self.private_key.sign(data, _PSS, hashes.SHA256())
         return self.private_key.sign(data)

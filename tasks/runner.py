@@ -11,7 +11,9 @@ checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
 
 Transient errors (lost database or Redis connections, timeouts) are retried with
 exponential backoff and full jitter, up to ``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job
-shows each attempt and the last error meanwhile. Domain errors are never retried. A job's
+shows each attempt and the last error meanwhile. So is an attempt refused because this
+process's signing key was sealed after it started (``signing-key-sealed``): another worker,
+restarted on the active key, may take it. Other domain errors are never retried. A job's
 error names an exception that is not Plant's own by its type only (the worker logs it whole).
 """
 
@@ -36,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import retry_if_disconnected, single_statement, transaction
-from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, StaleAttempt, TransientJobError
+from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, SigningKeySealed, StaleAttempt, TransientJobError
 from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, report_progress
 from models.job_recovery import fail_unless_cancelled, full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
@@ -75,6 +77,7 @@ def finish_in(session: Session, claim: JobClaim, result: dict[str, Any]) -> Fini
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
+    SigningKeySealed,  # passes for the job once a worker restarted on the active key takes it (an audit chunk too)
 )
 
 
@@ -308,6 +311,10 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
     except SoftTimeLimitExceeded as exc:
         return Attempt(JobStatus.FAILED, result=_kept_result(exc),
                        error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
+    except SigningKeySealed as exc:  # this process must restart; another, restarted on the active key, may take it
+        log.error("job %s attempt %s: %s", claim.job_id, claim.attempt, exc.detail)
+        return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=exc.problem(),
+                       retry_after=backoff_seconds(claim.counted_attempts))
     except PlantError as exc:
         return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row

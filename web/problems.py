@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.canonical import strict_json_loads
-from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid
+from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid, SigningKeySealed
 from web.schemas import MEMBERS_REFUSED
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ STATUS_BY_ERROR: list[tuple[type[PlantError], int]] = [
     (InvalidInput, 422),
     (LedgerBusy, 503),
     (SealListInvalid, 503),
+    (SigningKeySealed, 503),
 ]
 
 
