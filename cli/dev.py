@@ -44,6 +44,7 @@ from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import Settings, load_settings
+from models.errors import KeyFileTooOpen
 from models.key_material import ensure_key_file
 
 DEV_DATABASE = "plant"
@@ -299,7 +300,10 @@ def ensure_dev_signing_key(settings: Settings, path: Path) -> None:
                 f"no signing key at {path}, but the registry holds versions signed by {', '.join(signers)}: "
                 "put that key back (or point PLANT_SIGNING_KEY_FILE at it); a new key would not verify them. "
                 "`plant signing-keys rotate` makes a new key and keeps the old one trusted")
-    ensure_key_file(path)
+    try:
+        ensure_key_file(path)
+    except KeyFileTooOpen as exc:  # a key its group or others can read: said before any process starts on it
+        raise ServiceError(exc.detail) from exc
 
 
 def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:

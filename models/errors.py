@@ -223,6 +223,11 @@ class SigningKeyError(PlantError):
     title = "Signing key invalid"
 
 
+class KeyFileTooOpen(SigningKeyError):
+    """A private key file its own user left open to its group or others (as ssh refuses one);
+    the message names the file and its mode."""
+
+
 class SigningKeySealed(PlantError):
     """The key this process signs with was sealed after the process loaded it (``plant
     signing-keys seal`` ran while it still ran on the old key): whatever it signed now would be

@@ -11,13 +11,14 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from models.errors import SigningKeyError
+from models.errors import KeyFileTooOpen, SigningKeyError
 from models.signing import MIN_RSA_BITS, SigningKey, VerifyingKey
 
 
@@ -66,8 +67,30 @@ def _one_pem_block(pem: bytes) -> None:
                               "or which one is meant would be a guess")
 
 
+OPEN_TO_OTHERS = 0o077  # a private key file's group and other permission bits, which ssh wants clear
+
+
+def read_private_key_file(path: Path) -> bytes:
+    """The bytes of private key file ``path``, refused (``KeyFileTooOpen``) when this process's
+    user owns it and left it open to its group or others, as ssh refuses such a key: whoever
+    else can read it can sign as Plant. A file another user owns and lets this process read is
+    taken as that owner set it: the documented compose deployment bind-mounts the operator's
+    0644 file (behind a 0700 directory) into containers running as uid 10001, and a
+    Kubernetes secret volume's files are root's, 0644 by default. Mode and bytes come from
+    one open file, so a file swapped in between cannot pass on the other's mode."""
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        mode = stat.S_IMODE(status.st_mode)
+        if status.st_uid == os.geteuid() and mode & OPEN_TO_OTHERS:
+            raise KeyFileTooOpen(f"permissions 0{mode:03o} for private key file {path} are too open: its group or "
+                                 f"others may read it, and so sign as Plant; run `chmod 600 {path}` (a file another "
+                                 "user owns, as a mounted secret is, is not held to this)")
+        return handle.read()
+
+
 def ensure_key_file(path: Path) -> bytes:
-    """The PEM at ``path``, first generating an Ed25519 key there (mode 0600) if it is missing.
+    """The PEM at ``path``, first generating an Ed25519 key there (mode 0600) if it is missing;
+    one found open to others is refused (:func:`read_private_key_file`).
 
     Safe when several processes race: the file appears complete or not at all, and every
     caller gets the one key that won.
@@ -75,7 +98,7 @@ def ensure_key_file(path: Path) -> bytes:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _publish_private_file(path, generate_ed25519().private_pem())
-    return path.read_bytes()
+    return read_private_key_file(path)
 
 
 def _publish_private_file(path: Path, content: bytes) -> None:

@@ -5,7 +5,10 @@ in the retired-keys directory stays trusted for verifying what it signed, and a
 ``<kid>.seal.json`` beside one seals it (:mod:`models.key_seals`). A ``*.next.pem`` there is
 an upcoming key: trusted before it signs, so that a rolling rotation's old processes accept
 what the new key signs, and never sealed. Keys and seals never
-come from the database, so someone who can write the database cannot add or move one.
+come from the database, so someone who can write the database cannot add or move one. A
+private key file its own user left open to others is refused
+(:func:`models.key_material.read_private_key_file`), and the active key stops signing once
+its seal appears, however long the process has run (:class:`SealWatch`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
-from models.key_material import load_signing_key_pem, load_verifying_key_pem
-from models.errors import SigningKeyError, SigningKeySealed
+from models.key_material import load_signing_key_pem, load_verifying_key_pem, read_private_key_file
+from models.errors import KeyFileTooOpen, SigningKeyError, SigningKeySealed
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
@@ -124,7 +127,7 @@ def _active_pem(settings: Settings) -> bytes:
             f"no signing key: set PLANT_SIGNING_KEY or PLANT_SIGNING_KEY_FILE "
             f"(looked for {path}; `plant dev` generates one)"
         )
-    return _loaded(path, path.read_bytes)
+    return _loaded(path, lambda: read_private_key_file(path))
 
 
 def _loaded(source: Path | str, load: Callable[[], T]) -> T:
@@ -132,6 +135,8 @@ def _loaded(source: Path | str, load: Callable[[], T]) -> T:
     process that refuses to start says which of its keys is at fault."""
     try:
         return load()
+    except KeyFileTooOpen:
+        raise  # it names the file already
     except SigningKeyError as exc:
         raise SigningKeyError(f"{source}: {exc.detail}") from exc
     except FileNotFoundError as exc:  # listed, then gone: a rotation replaced it (or a link's target is gone)
@@ -192,7 +197,7 @@ def stage_signing_key(settings: Settings, new_key: SigningKey) -> str:
     never leaves a staged key without its upcoming copy."""
     active_path = _rotatable(settings)
     with key_files_lock(settings):
-        active = load_signing_key_pem(active_path.read_bytes())
+        active = load_signing_key_pem(read_private_key_file(active_path))
         retired_dir = settings.retired_signing_keys_path
         if active.kid == new_key.kid or (retired_dir / f"{new_key.kid}.pem").exists():
             raise SigningKeyError(f"key {new_key.kid} has signed already (it is the active or a retired key)")
@@ -207,7 +212,7 @@ def stage_signing_key(settings: Settings, new_key: SigningKey) -> str:
 
 def staged_signing_key(settings: Settings) -> SigningKey | None:
     staged = staged_key_path(settings)
-    return load_signing_key_pem(staged.read_bytes()) if staged.is_file() else None
+    return load_signing_key_pem(read_private_key_file(staged)) if staged.is_file() else None
 
 
 def promote_staged_key(settings: Settings) -> tuple[str, str]:
@@ -221,7 +226,7 @@ def promote_staged_key(settings: Settings) -> tuple[str, str]:
         if staged is None:
             raise SigningKeyError("no staged key to promote (`plant signing-keys rotate --stage` stages one)")
         upcoming = settings.retired_signing_keys_path / f"{staged.kid}{UPCOMING_SUFFIX}"
-        active = load_signing_key_pem(settings.active_signing_key_path.read_bytes())
+        active = load_signing_key_pem(read_private_key_file(settings.active_signing_key_path))
         if active.kid != staged.kid and not upcoming.is_file():
             raise SigningKeyError(f"staged key {staged.kid} has no upcoming copy ({upcoming}), so processes do not "
                                   "trust it: stage a new key and restart every process before promoting it")
@@ -269,7 +274,7 @@ def rotate_signing_key(settings: Settings, new_key: SigningKey) -> tuple[str, st
         if (staged := staged_signing_key(settings)) is not None:
             raise SigningKeyError(f"key {staged.kid} is staged: `rotate --promote` makes it active once every process "
                                   "has restarted (`rotate --stage` again replaces it)")
-        old_key = load_signing_key_pem(active_path.read_bytes())
+        old_key = load_signing_key_pem(read_private_key_file(active_path))
         if old_key.kid == new_key.kid:
             raise SigningKeyError(f"key {new_key.kid} is already the active key")
         _swap_active(settings, old_key, new_key)

@@ -276,6 +276,7 @@ def test_a_key_seal_refuses_to_hold_a_head_back_for_good(engine, settings, clean
     own = load_settings(database_url=settings.database_url, data_dir=tmp_path / "data")
     own.active_signing_key_path.parent.mkdir(parents=True)
     own.active_signing_key_path.write_bytes(new.private_pem())
+    own.active_signing_key_path.chmod(0o600)
     own.retired_signing_keys_path.mkdir(parents=True)
     (own.retired_signing_keys_path / "old.pem").write_bytes(old.verifier().public_pem())
     with Session(engine) as session, session.begin():

@@ -40,6 +40,7 @@ def test_the_dev_runner_makes_its_key_on_an_empty_registry_and_keeps_an_existing
 def test_a_retired_keys_path_that_is_not_a_directory_is_refused_at_start(tmp_path: Path) -> None:
     active = tmp_path / "active.pem"
     active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(0o600)
     retired = tmp_path / "retired"
     retired.write_text("a file where the retired keys and their seals should be\n")
 
@@ -57,6 +58,7 @@ def test_a_pem_holding_two_keys_is_refused_naming_where_it_came_from(tmp_path: P
     active, retired = tmp_path / "active.pem", tmp_path / "retired"
     retired.mkdir()
     active.write_bytes(both if where == "active file" else generate_ed25519().private_pem())
+    active.chmod(0o600)
     if where == "retired file":
         (retired / "old.pem").write_bytes(first.verifier().public_pem() + second.verifier().public_pem())
     overrides: dict[str, Any] = {"signing_key": both.decode()} if where == "PLANT_SIGNING_KEY" else {}
@@ -71,6 +73,7 @@ def test_a_pem_holding_two_keys_is_refused_naming_where_it_came_from(tmp_path: P
 def test_a_key_that_cannot_be_read_is_refused_naming_its_file(tmp_path: Path) -> None:
     active, retired = tmp_path / "active.pem", tmp_path / "retired"
     active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(0o600)
     (retired / "broken.pem").mkdir(parents=True)  # read as a key, it raised IsADirectoryError, naming nothing Plant knows
     (retired / "corrupt.next.pem").write_bytes(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
 

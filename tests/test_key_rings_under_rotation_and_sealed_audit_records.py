@@ -20,10 +20,9 @@ from tests.test_audit_record_signed import skills  # noqa: F401 - the fixture
 def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action: Any) -> None:
     """Run ``action`` (a rotation step) once, right after the key ring's loader reads the
     first file ``which(path)`` picks: a rotation that lands between two of its reads."""
-    original, state = Path.read_bytes, {"done": False, "busy": False}
+    original, original_private, state = Path.read_bytes, keys.read_private_key_file, {"done": False, "busy": False}
 
-    def read_bytes(path: Path) -> bytes:
-        data = original(path)
+    def after(path: Path, data: bytes) -> bytes:
         if not state["done"] and not state["busy"] and which(path):
             state["busy"] = True
             try:
@@ -32,7 +31,8 @@ def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action:
                 state["busy"], state["done"] = False, True
         return data
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "read_bytes", lambda path: after(path, original(path)))
+    monkeypatch.setattr(keys, "read_private_key_file", lambda path: after(path, original_private(path)))  # the active key
 
 
 def test_a_process_starting_while_a_staged_key_is_promoted_trusts_the_promoted_key(
@@ -144,6 +144,7 @@ def test_sealing_never_seals_a_key_that_is_also_published_as_upcoming(engine: An
     own = load_settings(database_url=settings.database_url, data_dir=tmp_path / "data")
     own.active_signing_key_path.parent.mkdir(parents=True)
     own.active_signing_key_path.write_bytes(active.private_pem())
+    own.active_signing_key_path.chmod(0o600)
     retired = own.retired_signing_keys_path
     retired.mkdir(parents=True)
     for name in (f"{both.kid}.pem", f"{both.kid}{keys.UPCOMING_SUFFIX}"):

@@ -388,6 +388,7 @@ def test_a_worker_whose_signing_keys_cannot_be_used_refuses_to_start(settings, t
     own = load_settings(data_dir=data_dir)
     own.active_signing_key_path.parent.mkdir(parents=True)
     own.active_signing_key_path.write_bytes(key.private_pem())
+    own.active_signing_key_path.chmod(0o600)
     own.retired_signing_keys_path.mkdir(parents=True)
     if trouble == "sealed":
         write_seal(own, KeySeal(key.kid, 1, "00" * 32, "2026-12-04T00:00:00.000000Z"))

@@ -81,6 +81,7 @@ def test_a_retired_keys_path_that_is_a_dangling_link_is_refused_at_start(tmp_pat
 
     active = tmp_path / "active.pem"
     active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(0o600)
     retired = tmp_path / "retired"
     retired.symlink_to(tmp_path / "mount-that-is-not-there")
     with pytest.raises(SigningKeyError, match="not a directory"):

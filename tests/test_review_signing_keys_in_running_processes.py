@@ -1,8 +1,12 @@
 """Signing keys as a running process uses them: a key sealed after the process started, and
-private key files whose mode lets others read them."""
+private key files whose mode lets others read them (refused as ssh refuses such a key)."""
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +19,17 @@ from models.chain import history
 from models.entities import Agent, Team
 from models.key_material import generate_ed25519
 from models.key_seals import seal_retired_keys
-from models.errors import SigningKeyError, SigningKeySealed
+from cli.dev import ensure_dev_signing_key
+from cli.services import ServiceError
+from models.errors import KeyFileTooOpen, SigningKeyError, SigningKeySealed
 from models.jws import sign_detached
-from models.keys import keyring_from_settings, rotate_signing_key, write_seal
+from models.keys import (keyring_from_settings, promote_staged_key, rotate_signing_key, stage_signing_key, staged_key_path,
+                         write_seal)
 from models.registry import WriteContext
 from models.seed import bootstrap_steward, seed_registry
 from models.settings import Settings, load_settings
 from models.signing import KeySeal
-from tests.conftest import EMBEDDER, bearer, gunicorn_serving, wait_for
+from tests.conftest import EMBEDDER, REPO_ROOT, bearer, child_env, gunicorn_serving, stop_process_group, wait_for
 from tests.stack import ChaosStack
 from web import create_app
 
@@ -122,3 +129,67 @@ def test_every_signature_by_a_loaded_ring_s_active_key_stops_at_its_seal_and_res
         keyring_from_settings(own)
     seal.unlink()
     assert ring.verify(*ring.sign(b"again"), b"again")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o600, 0o400], ids=lambda mode: f"0{mode:o}")
+def test_a_private_key_file_its_owner_left_open_to_others_is_refused_naming_it_and_its_mode(
+        tmp_path: Path, mode: int) -> None:
+    """As ssh refuses such a key: whoever else can read the file can sign as Plant."""
+    active = tmp_path / "active.pem"
+    active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(mode)
+    own = load_settings(signing_key_file=active, retired_signing_keys_dir=tmp_path / "retired")
+    if not mode & 0o077:
+        assert keyring_from_settings(own).active.kid
+        return
+    with pytest.raises(KeyFileTooOpen) as refused:
+        keyring_from_settings(own)
+    assert refused.value.detail.startswith(f"permissions 0{mode:o} for private key file {active} are too open")
+    assert f"chmod 600 {active}" in refused.value.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives the file to another user")
+def test_a_key_file_another_user_owns_and_lets_this_process_read_is_accepted(tmp_path: Path) -> None:
+    """The documented compose deployment: the operator's 0644 file, behind a 0700 directory,
+    bind-mounted into containers running as uid 10001 (and a Kubernetes secret volume's files
+    are root's, 0644). That owner chose the mode; this process cannot change it."""
+    active = tmp_path / "active.pem"
+    active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(0o644)
+    os.chown(active, 10001, 10001)
+    assert keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=tmp_path / "r")).active
+
+
+def test_the_dev_runner_refuses_an_open_key_file_and_makes_its_own_closed(settings: Settings, tmp_path: Path) -> None:
+    made = tmp_path / "made" / "active.pem"
+    ensure_dev_signing_key(settings, made)  # an empty registry: a key is made
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600 and keyring_from_settings(
+        load_settings(signing_key_file=made, retired_signing_keys_dir=tmp_path / "r")).active
+    made.chmod(0o644)
+    with pytest.raises(ServiceError, match=rf"permissions 0644 for private key file {made} are too open"):
+        ensure_dev_signing_key(settings, made)
+
+
+def test_a_staged_key_file_left_open_is_refused_at_promotion(key_settings: Settings) -> None:
+    stage_signing_key(key_settings, generate_ed25519())
+    staged_key_path(key_settings).chmod(0o644)
+    with pytest.raises(KeyFileTooOpen, match=f"0644 for private key file {staged_key_path(key_settings)}"):
+        promote_staged_key(key_settings)
+
+
+def test_a_worker_refuses_to_start_on_a_key_file_others_can_read(settings: Settings, tmp_path: Path) -> None:
+    """Workers load their keys as they start (worker.app); the refusal names the file and its mode."""
+    key_file = tmp_path / "active.pem"
+    key_file.write_bytes(generate_ed25519().private_pem())
+    key_file.chmod(0o640)
+    env = {name: value for name, value in child_env(settings).items()
+           if not name.startswith("PLANT_SIGNING_KEY") and name != "PLANT_RETIRED_SIGNING_KEYS_DIR"}
+    env |= {"PLANT_SIGNING_KEY_FILE": str(key_file), "PLANT_RETIRED_SIGNING_KEYS_DIR": str(tmp_path / "retired")}
+    process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "default"],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop_process_group(process)
+    assert process.returncode not in (0, None)
+    assert b"refuses to start" in output and f"permissions 0640 for private key file {key_file}".encode() in output

@@ -271,4 +271,5 @@ def test_ensure_key_file_keeps_an_existing_key(tmp_path: Path) -> None:
     path = tmp_path / "signing.pem"
     existing = generate_ed25519().private_pem()
     path.write_bytes(existing)
+    path.chmod(0o600)
     assert ensure_key_file(path) == existing
