@@ -74,17 +74,20 @@ def read_private_key_file(path: Path) -> bytes:
     """The bytes of private key file ``path``, refused (``KeyFileTooOpen``) when this process's
     user owns it and left it open to its group or others, as ssh refuses such a key: whoever
     else can read it can sign as Plant. A file another user owns and lets this process read is
-    taken as that owner set it: the documented compose deployment bind-mounts the operator's
-    0644 file (behind a 0700 directory) into containers running as uid 10001, and a
-    Kubernetes secret volume's files are root's, 0644 by default. Mode and bytes come from
-    one open file, so a file swapped in between cannot pass on the other's mode."""
+    taken as that owner set it (the documented compose deployment bind-mounts the operator's
+    0644 file, behind a 0700 directory, into containers running as uid 10001; a Kubernetes
+    secret volume's files are root's, 0644 by default), unless anyone may write it: then anyone
+    could put their own key in. Mode and bytes come from one open file, so a file swapped in
+    between cannot pass on the other's mode."""
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
-        mode = stat.S_IMODE(status.st_mode)
-        if status.st_uid == os.geteuid() and mode & OPEN_TO_OTHERS:
-            raise KeyFileTooOpen(f"permissions 0{mode:03o} for private key file {path} are too open: its group or "
-                                 f"others may read it, and so sign as Plant; run `chmod 600 {path}` (a file another "
-                                 "user owns, as a mounted secret is, is not held to this)")
+        mode, owned = stat.S_IMODE(status.st_mode), status.st_uid == os.geteuid()
+        if owned and mode & OPEN_TO_OTHERS or mode & stat.S_IWOTH:
+            fix = f"run `chmod 600 {path}`" if owned else "its owner must make it writable by itself alone"
+            raise KeyFileTooOpen(f"permissions 0{mode:03o} for private key file {path} are too open: "
+                                 f"{'its group or others' if owned else 'anyone'} may read or replace it, and so "
+                                 f"sign as Plant; {fix} (a file another user owns, as a mounted secret is, may be "
+                                 "readable by others, never writable)")
         return handle.read()
 
 
