@@ -37,8 +37,13 @@ def _problem_thread_worker() -> type:
     ``web.gunicorn_worker`` imports the ``web`` package, the whole app with it, into this master,
     and prometheus_client, imported then, picks in-memory values once and for all, before
     ``on_starting`` sets ``PROMETHEUS_MULTIPROC_DIR``: every worker forked from here counted in its
-    own memory, and /metrics served no request metric (helper-155). The module imports gunicorn only."""
-    spec = importlib.util.spec_from_file_location("plant_gunicorn_worker", Path(__file__).parent / "web" / "gunicorn_worker.py")
+    own memory, and /metrics served no request metric (helper-155). The module imports gunicorn only.
+    The file is found where ``web`` is installed (``find_spec`` of a top-level package runs none of
+    it), not beside this file: the image has this file alone in /app and ``web`` in /opt/venv."""
+    web = importlib.util.find_spec("web")
+    assert web is not None and web.submodule_search_locations, "the web package is not installed"
+    worker_file = Path(next(iter(web.submodule_search_locations))) / "gunicorn_worker.py"
+    spec = importlib.util.spec_from_file_location("plant_gunicorn_worker", worker_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,0 +1,81 @@
+"""Review of health, metrics and the deployment files (helper-217).
+
+The image runs gunicorn from ``/app/gunicorn.conf.py`` with the application installed in the
+virtualenv, not beside the config file: the API must start that way, not only from a checkout.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from models.settings import Settings
+from tests.conftest import GUNICORN_DERIVED, REPO_ROOT, child_env, stop_process_group, wait_for
+from tests.test_metrics import parse, value
+
+API = "/api/v1"
+
+
+@contextmanager
+def gunicorn_as_the_image_runs_it(settings: Settings, tmp_path: Path, *, processes: int) -> Iterator[str]:
+    """gunicorn as ``docker/entrypoint.sh`` starts it in the image: ``WORKDIR /app`` holding only
+    ``gunicorn.conf.py`` (the Dockerfile's one COPY of it), the packages importable from wherever
+    they are installed. Yields the base URL once it answers."""
+    from cli.services import free_port
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    shutil.copy(REPO_ROOT / "gunicorn.conf.py", app_dir / "gunicorn.conf.py")
+    port = free_port()
+    env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
+                    PLANT_WEB_THREADS="2", PLANT_LOG_FORMAT="json")
+    for name in ("PROMETHEUS_MULTIPROC_DIR", *GUNICORN_DERIVED):
+        env.pop(name, None)
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(app_dir / "gunicorn.conf.py"),
+             "web:create_app()"],
+            cwd=app_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="gunicorn to answer")
+        yield base
+    finally:
+        stop_process_group(process)
+
+
+def test_the_api_starts_from_the_image_s_layout_and_still_sums_its_workers_metrics(settings, tmp_path) -> None:
+    """gunicorn.conf.py loaded its worker class from ``web/gunicorn_worker.py`` beside itself
+    (89c5e4c). In the image that is ``/app/web/gunicorn_worker.py``, which the Dockerfile never
+    copies (``web`` is installed in /opt/venv): the config file raised FileNotFoundError and the
+    api role, in compose and on Cloud Run, never started. Every gunicorn test ran from the checkout."""
+    route = f"{API}/jobs/<job_id>"
+    with gunicorn_as_the_image_runs_it(settings, tmp_path, processes=2) as base:
+        sent = 8
+        for _ in range(sent):  # a fresh connection each time, so both workers take requests
+            response = requests.get(f"{base}{API}/jobs/{uuid.uuid4()}", headers={"Connection": "close"}, timeout=10)
+            assert response.status_code == 401
+        # The master still imports neither the app nor prometheus_client before on_starting:
+        # each worker's counts are in the shared directory, whichever worker answers the scrape.
+        for _ in range(3):
+            scraped = parse(requests.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=10).text)
+            assert value(scraped, "plant_http_requests_total", method="GET", route=route, status="401") == sent
