@@ -79,3 +79,35 @@ def test_the_api_starts_from_the_image_s_layout_and_still_sums_its_workers_metri
         for _ in range(3):
             scraped = parse(requests.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=10).text)
             assert value(scraped, "plant_http_requests_total", method="GET", route=route, status="401") == sent
+
+
+# --- Terraform ---------------------------------------------------------------------------------
+
+
+def test_the_cloud_sql_client_role_reaches_plant_s_instance_only() -> None:
+    """``roles/cloudsql.client`` was granted on the project, unconditioned: the API, worker, migrate
+    and seal-keys identities could open connections to every Cloud SQL instance of the project, not
+    only Plant's. An IAM condition on the instance's resource name (Google's documented way for
+    Cloud SQL) keeps the grant to the one instance their /cloudsql volume mounts."""
+    from tests.test_deploy_terraform import MODULES, ROOT, module_blocks, one, resources
+
+    grant = resources(MODULES / "run", "google_project_iam_member")["cloudsql_client"]
+    assert grant["role"] == "roles/cloudsql.client"
+    condition = one(grant.get("condition", []))
+    assert condition["expression"] == ("resource.name == 'projects/${var.project_id}/instances/"
+                                       "${var.cloudsql_instance_name}' && "
+                                       "resource.type == 'sqladmin.googleapis.com/Instance'")
+    assert condition["title"]
+    call = module_blocks(ROOT)["module"]["run"]
+    assert call["cloudsql_instance_name"] == "${module.database.instance_name}"
+
+
+def test_a_protected_database_s_backups_outlive_its_instance() -> None:
+    """Deleting a Cloud SQL instance deletes its automated backups with it, unless it retains
+    them: a protected database (prod) lost every backup of the chain the moment its instance went,
+    whatever removed it (protection lifted first, the console, a replace). They are kept for
+    protected databases; a dev one (unprotected) leaves none behind."""
+    from tests.test_deploy_terraform import MODULES, one, resources
+
+    settings = one(resources(MODULES / "database", "google_sql_database_instance")["postgres"]["settings"])
+    assert settings.get("retain_backups_on_delete") == "${var.deletion_protection}"

@@ -159,6 +159,7 @@ module "run" {
   network_id                = module.network.network_id
   subnet_id                 = module.network.subnet_id
   cloudsql_connection_name  = module.database.connection_name
+  cloudsql_instance_name    = module.database.instance_name
   runtime_role              = module.database.runtime_user_name
   secret_ids                = module.secrets.secret_ids
   secret_versions           = module.secrets.secret_versions

@@ -47,7 +47,10 @@ resource "google_sql_database_instance" "postgres" {
     disk_autoresize   = true
     # The API-side guard, which also stops deletion from the console or gcloud.
     deletion_protection_enabled = var.deletion_protection
-    user_labels                 = var.labels
+    # Deleting an instance deletes its automated backups too: a protected one keeps them (for
+    # their retention), so whatever removes it, the chain can still be restored.
+    retain_backups_on_delete = var.deletion_protection
+    user_labels              = var.labels
 
     ip_configuration {
       ipv4_enabled       = false

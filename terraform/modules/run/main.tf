@@ -24,7 +24,8 @@
 # worker-audit and seal-keys connect as that role (runtime_database_url), which owns nothing.
 #
 # Each role runs as its own service account, which may read only the secrets it needs and,
-# if it uses the database, connect to Cloud SQL (roles/cloudsql.client).
+# if it uses the database, connect to Plant's Cloud SQL instance (roles/cloudsql.client, on a
+# condition naming that instance).
 
 locals {
   cloudsql_volume = "cloudsql"
@@ -84,6 +85,14 @@ resource "google_project_iam_member" "cloudsql_client" {
   project  = var.project_id
   role     = "roles/cloudsql.client"
   member   = "serviceAccount:${google_service_account.runtime[each.key].email}"
+
+  # Plant's instance only: granted on the project unconditioned, the role reaches every Cloud SQL
+  # instance the project holds.
+  condition {
+    title       = "${var.name_prefix}-cloudsql-instance"
+    description = "Connect to the Plant Cloud SQL instance only"
+    expression  = "resource.name == 'projects/${var.project_id}/instances/${var.cloudsql_instance_name}' && resource.type == 'sqladmin.googleapis.com/Instance'"
+  }
 }
 
 resource "google_secret_manager_secret_iam_member" "access" {

@@ -38,6 +38,11 @@ variable "cloudsql_connection_name" {
   type        = string
 }
 
+variable "cloudsql_instance_name" {
+  description = "The Cloud SQL instance's name: the roles/cloudsql.client grants are conditioned on it."
+  type        = string
+}
+
 variable "runtime_role" {
   description = "The database role api, the workers and seal-keys connect as (the database module's runtime_user_name): the migrate job's PLANT_RUNTIME_ROLE, which it creates and grants."
   type        = string
