@@ -6,6 +6,7 @@ virtualenv, not beside the config file: the API must start that way, not only fr
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,28 @@ def test_a_protected_database_s_backups_outlive_its_instance() -> None:
 
     settings = one(resources(MODULES / "database", "google_sql_database_instance")["postgres"]["settings"])
     assert settings.get("retain_backups_on_delete") == "${var.deletion_protection}"
+
+
+# --- Compose -----------------------------------------------------------------------------------
+
+
+def _bytes(size: str | int) -> int:
+    """A compose size (``shm_size``): bytes, or a number with a b/k/m/g unit."""
+    if isinstance(size, int):
+        return size
+    number, unit = re.fullmatch(r"(\d+)\s*([bkmg]?)i?b?", size.strip().lower()).groups()
+    return int(number) * 1024 ** "bkmg".index(unit or "b")
+
+
+def test_postgres_has_shared_memory_for_parallel_index_builds_and_queries() -> None:
+    """PostgreSQL keeps each parallel operation's shared memory in /dev/shm, which Docker caps at
+    64 MiB unless told otherwise. A parallel HNSW build sizes its segment from maintenance_work_mem
+    (64 MiB by default) and fails at the cap with "could not resize shared memory segment ... No space
+    left on device" (pgvector/pgvector#453, whose README asks for --shm-size): restoring a
+    ``pg_dump`` backup (docs/deploy.md) rebuilds the five embedding indexes on full tables, the case
+    where PostgreSQL builds in parallel, and a large audit's parallel hash joins draw on it too."""
+    from tests.test_deploy_compose import services
+
+    postgres = services()["postgres"]
+    assert "shm_size" in postgres, "postgres runs with Docker's 64 MiB /dev/shm"
+    assert _bytes(postgres["shm_size"]) >= 512 * 1024 ** 2
