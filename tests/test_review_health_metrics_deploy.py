@@ -82,6 +82,69 @@ def test_the_api_starts_from_the_image_s_layout_and_still_sums_its_workers_metri
             assert value(scraped, "plant_http_requests_total", method="GET", route=route, status="401") == sent
 
 
+
+# --- /health -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def every_connection_slot_taken(settings: Settings) -> Iterator[int]:
+    """Connections of an ordinary role (no superuser, as the runtime role is) opened until the server
+    refuses the next one: every slot but the superusers' reserved ones is taken.
+    Yields how many were opened; closes them all after."""
+    import psycopg
+
+    from models.settings import libpq_url
+
+    admin = libpq_url(settings.database_url)
+    role = "plant_review_slot_filler"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    filler = psycopg.conninfo.make_conninfo(admin, user=role)
+    held: list[psycopg.Connection] = []
+    try:
+        while True:
+            assert len(held) < 1000, "the server never refused a connection"
+            try:
+                held.append(psycopg.connect(filler, connect_timeout=5))
+            except psycopg.OperationalError as exc:  # libpq gives no SQLSTATE for a refused connection
+                assert "remaining connection slots are reserved" in str(exc) or "too many clients" in str(exc), exc
+                break
+        yield len(held)
+    finally:
+        for conn in held:
+            conn.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_health_does_not_call_a_database_that_refuses_new_connections_ok(settings) -> None:
+    """With every connection slot taken (max_connections reached: an API scaled out past the
+    connection budget of docs/deploy.md, a leak), the server refuses every new connection: a new
+    API instance, a worker's new pool process, a request beyond the pool. /health answered on its
+    own pooled connection and said database ``up``, so nothing told the operator why. It now says
+    so, as ``degraded`` (200): this instance's pooled connections still serve, so a load balancer
+    has no reason to pull it."""
+    from web import create_app
+
+    app = create_app(settings)
+    client = app.test_client()
+    assert client.get("/health").get_json()["checks"]["database"]["status"] == "up"  # its pool connects now
+    with every_connection_slot_taken(settings) as opened:
+        assert opened > 0
+        response = client.get("/health")
+    body = response.get_json()
+    told = [name for name, check in body["checks"].items()
+            if check["status"] == "down" and "connection" in check.get("error", "")]
+    assert told == ["connections"], f"no check says new connections are refused: {body}"
+    assert response.status_code == 200 and body["status"] == "degraded"
+    assert body["checks"]["database"]["status"] == "up"  # this instance's pooled connection still answers
+    full = body["checks"]["connections"]
+    assert full["in_use"] >= full["limit"] and "new connections are refused" in full["error"]
+    after = client.get("/health").get_json()["checks"]["connections"]
+    assert after["status"] == "up" and 0 < after["in_use"] < after["limit"] == full["limit"], after
+
+
 # --- Terraform ---------------------------------------------------------------------------------
 
 

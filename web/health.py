@@ -1,9 +1,9 @@
 """``GET /health``: real checks of the database, Redis and live Celery workers.
 
-Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if no worker answered, a
-queue jobs or beat's recovery are routed to has no worker consuming it, or no recovery sweep
-completed lately: beat is down, or its messages are not taken), 503 naming the failing check
-otherwise, and never 500.
+Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if the database
+has no connection slot left for a new session, no worker answered, a queue jobs or beat's recovery
+are routed to has no worker consuming it, or no recovery sweep completed lately: beat is down, or
+its messages are not taken), 503 naming the failing check otherwise, and never 500.
 """
 
 from __future__ import annotations
@@ -62,28 +62,52 @@ def _database(svc: Services) -> dict[str, Any]:
     timeout = svc.settings.health_timeout_seconds
     check = svc.health_checks.submit(_select_one, svc.health_engine)
     try:
-        check.result(timeout=timeout)
+        return check.result(timeout=timeout)
     except FutureTimeout:
         check.cancel()
         raise CheckFailed(f"no answer within {timeout}s") from None
-    return {}
 
 
 # A standby, or a database set read-only, answers a read but refuses every write: every job
 # submission, progress write and registry change would fail while the check said "up". A
 # schema behind this code's migrations (an API started before `plant db upgrade` ran) answers
 # too, and every query of a newer column fails.
-DATABASE_CHECK = text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on', "
-                      "(SELECT version_num FROM alembic_version LIMIT 1)")
+# Then the server's sessions against the slots a role without reserved ones may take (the runtime
+# role's): once they are all taken, the server refuses every new connection while this check's
+# pooled one still answers. Sessions are counted as the runtime role sees them: every backend that
+# has a role (client backends; a parallel query's workers and a replica's WAL sender too, a moment
+# each), since other roles' backend_type reads as null to it.
+SLOTS_FOUND = "connection_slots"  # what the database check read, for the connections check
+DATABASE_CHECK = text(
+    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on', "
+    "(SELECT version_num FROM alembic_version LIMIT 1), "
+    "(SELECT count(*) FROM pg_stat_activity WHERE usesysid IS NOT NULL), "
+    "current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)"
+)
 
 
-def _select_one(engine: Engine) -> None:
+def _select_one(engine: Engine) -> dict[str, Any]:
     with engine.connect() as connection:
-        read_only, revision = connection.execute(DATABASE_CHECK).one()
+        read_only, revision, in_use, limit = connection.execute(DATABASE_CHECK).one()
     if read_only:
         raise CheckFailed("the database is read-only (a standby, or default_transaction_read_only is on)")
     if (behind := schema_behind(revision)) is not None:
         raise CheckFailed(behind)
+    return {SLOTS_FOUND: {"in_use": int(in_use), "limit": int(limit)}}
+
+
+def _connection_slots(database: dict[str, Any]) -> dict[str, Any]:
+    """Whether the server has a connection slot left for a new session of an ordinary role. None
+    left is ``degraded``, not 503: this instance's pooled connections still serve (read by the
+    database check, on its pooled connection, in the same statement)."""
+    found = database.pop(SLOTS_FOUND, None)
+    if found is None:
+        return {"status": "skipped", "reason": "the database is down"}
+    if found["in_use"] >= found["limit"]:
+        return {"status": "down", "error": f"every connection slot is taken ({found['in_use']} of {found['limit']}): "
+                                           "new connections are refused", **found}
+    return {"status": "up", **found}
 
 
 # A Redis that refuses writes answers PING: a replica (what a failover leaves the old primary
@@ -134,7 +158,9 @@ def _beat(svc: Services) -> dict[str, Any]:
 
 
 def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
-    checks = {"database": _timed("database", lambda: _database(svc)), "redis": _timed("redis", lambda: _redis(svc))}
+    checks = {"database": _timed("database", lambda: _database(svc))}
+    checks["connections"] = _connection_slots(checks["database"])
+    checks["redis"] = _timed("redis", lambda: _redis(svc))
     if checks["redis"]["status"] == "up":
         # The workers check holds its request for the whole health timeout (inspect cannot know how
         # many workers will answer): one caller at a time reads it, the others get the last reading.
@@ -144,7 +170,7 @@ def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
         checks["workers"] = checks["beat"] = {"status": "skipped", "reason": "redis is down"}
     if any(checks[name]["status"] == "down" for name in ("database", "redis")):
         return 503, {"status": "unavailable", "checks": checks}
-    overall = "ok" if checks["workers"]["status"] == checks["beat"]["status"] == "up" else "degraded"
+    overall = "ok" if all(checks[name]["status"] == "up" for name in ("connections", "workers", "beat")) else "degraded"
     return 200, {"status": overall, "checks": checks}
 
 
