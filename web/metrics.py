@@ -62,8 +62,11 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}", re.ASCII)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"  # 404s and unknown methods: one label, whatever the path
 QUEUES = (DEFAULT_QUEUE, AUDIT_QUEUE)  # the queues jobs go to (the broker's hold beat's recovery too)
-# Long-polls last up to 30 s, so the buckets reach past it.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A job's GET takes about half a millisecond in the app (docs/benchmarks.md), so the buckets start
+# at 100 µs, each at most 2.5 times the one below it up to 10 s: a quantile is read from a bucket
+# that brackets it, not interpolated across 0-5 ms. Long-polls last up to 30 s, so they reach past it.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, 60.0)
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
 # The whole database reading's deadline. The statement timeout is the server's: a frozen server
 # (or a network that drops packets) never runs it, and the scrape, with every scrape queued
