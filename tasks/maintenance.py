@@ -4,14 +4,17 @@ expired idempotency keys.
 
 Each recovery sweep that completes leaves a mark in Redis that lapses on its own
 (:func:`mark_sweep`): ``/health`` reads it to say whether beat and the maintenance queue's
-consumers are keeping recovery going. A lapsing key, not a time: no clocks of two hosts compared."""
+consumers are keeping recovery going. A lapsing key, not a time: no clocks of two hosts compared.
+A sweep that fails leaves its error's type the same way (:func:`note_failed_sweep`), which
+``/health`` names when no mark is left."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
 
 from models.audit_close import close_runs_apart
 from models.db import transaction
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publish first
 SWEEP_MARK_KEY = "plant:recovery:swept"  # holds its lifetime in ms; present: a sweep completed within it
+SWEEP_FAILED_KEY = "plant:recovery:failed"  # the type of the latest failed sweep's error, for as long as a mark
 
 
 def sweep_mark_lifetime_seconds(settings: Settings) -> float:
@@ -37,19 +41,38 @@ def sweep_mark_lifetime_seconds(settings: Settings) -> float:
 
 def mark_sweep(settings: Settings) -> None:
     """Record that a sweep completed. Failing to is logged: it must not fail the sweep."""
-    lifetime_ms = int(sweep_mark_lifetime_seconds(settings) * 1000)
+    _record(SWEEP_MARK_KEY, int(sweep_mark_lifetime_seconds(settings) * 1000), settings)
+
+
+def note_failed_sweep(settings: Settings, error: BaseException) -> None:
+    """Record that a sweep failed, as its error's type only (``/health`` is public and shows it:
+    the text, which can name hosts and users, stays in the worker's log), for as long as a mark
+    lasts: with no mark, ``/health`` names it rather than ask whether beat runs."""
+    _record(SWEEP_FAILED_KEY, type(error).__name__, settings)
+
+
+def _record(key: str, value: str | int, settings: Settings) -> None:
     try:
-        runtime.redis_client().set(SWEEP_MARK_KEY, lifetime_ms, px=lifetime_ms)
-    except Exception as exc:  # noqa: BLE001 - the sweep's work is done; /health will say so
-        log.warning("could not record the recovery sweep in Redis: %s", type(exc).__name__)
+        runtime.redis_client().set(key, value, px=int(sweep_mark_lifetime_seconds(settings) * 1000))
+    except Exception as exc:  # noqa: BLE001 - the sweep's outcome stands; /health will say so
+        log.warning("could not record the recovery sweep's outcome in Redis: %s", type(exc).__name__)
 
 
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
-def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task self
+def requeue_stale_jobs(self) -> dict[str, Any]:  # noqa: ANN001 - Celery task self
     """Publish the outbox, republish lost messages, rescue jobs of dead workers; then close
     the audit run of every audit job that has ended (this sweep, say) without closing it, and
-    fire the scheduled audit's current tick if it is overdue (``tasks.audit.fire_overdue_tick``)."""
+    fire the scheduled audit's current tick if it is overdue (``tasks.audit.fire_overdue_tick``).
+    A sweep that fails leaves its error's type for ``/health`` (:func:`note_failed_sweep`)."""
     settings = runtime.settings()
+    try:
+        return _sweep(self.app, settings)
+    except Exception as exc:
+        note_failed_sweep(settings, exc)
+        raise
+
+
+def _sweep(app: Celery, settings: Settings) -> dict[str, Any]:
     older_than = dt.timedelta(seconds=settings.requeue_after_seconds)
     with transaction(runtime.session_factory()) as session:
         unpublished = claim_unpublished(session, min_age=OUTBOX_MIN_AGE)
@@ -59,9 +82,9 @@ def requeue_stale_jobs(self) -> dict[str, int]:  # noqa: ANN001 - Celery task se
             cap=settings.retry_backoff_cap_seconds, older_than=older_than,
         )
     refs = unpublished + lost + rescue.republish
-    published = sum(publish_job(self.app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
+    published = sum(publish_job(app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
     runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
-    fired = fire_overdue_tick(self.app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
+    fired = fire_overdue_tick(app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
     mark_sweep(settings)
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
             "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,

@@ -146,6 +146,46 @@ def test_health_does_not_call_a_database_that_refuses_new_connections_ok(setting
 
 
 
+
+def test_a_recovery_sweep_that_fails_is_named_by_the_beat_check(settings, tmp_path) -> None:
+    """Beat running and a worker consuming the maintenance queue, but every sweep failing (here the
+    worker cannot reach the database; a sweep timing out on a large jobs table does the same): no
+    sweep left its mark, and /health's beat check asked whether beat ran and the queue had a
+    consumer, which it had, while recovery had stopped for another reason. It now names the failure."""
+    import os
+
+    import redis as redis_py
+
+    from tasks.celery_app import create_celery
+    from tests.conftest import refused_port
+    from web import create_app
+
+    alone = settings.model_copy(update={"redis_url": settings.redis_url.rsplit("/", 1)[0] + "/11"})
+    broker = redis_py.Redis.from_url(alone.redis_url)
+    broker.flushdb()
+    with refused_port() as port, open(tmp_path / "worker.log", "wb") as log:
+        env = child_env(alone.model_copy(update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{port}/plant"}))
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "default,audit,maintenance", "-c", "1",
+             "-n", f"no-database-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            client = create_app(alone).test_client()
+            wait_for(lambda: client.get("/health").get_json()["checks"]["workers"]["status"] == "up", timeout=60,
+                     interval=0.2, what="the worker to consume every queue")
+            create_celery(alone).send_task("plant.maintenance.requeue_stale_jobs")
+            wait_for(lambda: "requeue_stale_jobs" in (tmp_path / "worker.log").read_text()
+                     and "OperationalError" in (tmp_path / "worker.log").read_text(),
+                     timeout=60, interval=0.2, what="the worker to fail the sweep")
+            beat = client.get("/health").get_json()["checks"]["beat"]
+        finally:
+            stop_process_group(worker)
+            broker.flushdb()
+            broker.close()
+    assert beat["status"] == "down"
+    assert "the latest sweep failed: OperationalError" in beat["error"], beat
+
+
 # --- /metrics ----------------------------------------------------------------------------------
 
 

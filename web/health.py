@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from models.migrate import schema_behind
 from tasks.celery_app import QUEUES
-from tasks.maintenance import SWEEP_MARK_KEY, sweep_mark_lifetime_seconds
+from tasks.maintenance import SWEEP_FAILED_KEY, SWEEP_MARK_KEY, sweep_mark_lifetime_seconds
 from web.openapi_headers import documents_headers
 from web.schemas import HealthOut
 from web.services import Services, services
@@ -147,13 +147,16 @@ def _beat(svc: Services) -> dict[str, Any]:
     """Whether beat's recovery sweep (every ``PLANT_REQUEUE_INTERVAL_SECONDS``) completed lately:
     without it the outbox is never published, lost jobs never republished and scheduled audits
     never fired, while every other check says up. Read from the mark the sweep leaves, which
-    lapses (``tasks.maintenance.mark_sweep``); its age is its lifetime less what remains of it."""
+    lapses (``tasks.maintenance.mark_sweep``); its age is its lifetime less what remains of it.
+    With no mark, a sweep that failed meanwhile is named by its error's type
+    (``tasks.maintenance.note_failed_sweep``): beat and the queue are not the cause then."""
     pipeline = svc.redis.pipeline(transaction=False)
-    lifetime_ms, remaining_ms = pipeline.get(SWEEP_MARK_KEY).pttl(SWEEP_MARK_KEY).execute()
+    lifetime_ms, remaining_ms, failed = pipeline.get(SWEEP_MARK_KEY).pttl(SWEEP_MARK_KEY).get(SWEEP_FAILED_KEY).execute()
     if lifetime_ms is None or remaining_ms < 0:
         window = sweep_mark_lifetime_seconds(svc.settings)
-        return {"status": "down", "error": f"no recovery sweep completed in the last {window:g}s: is beat running, "
-                                           "and a worker consuming the maintenance queue?"}
+        cause = (f"the latest sweep failed: {failed.decode(errors='replace')[:100]} (the workers' log has why)"
+                 if failed else "is beat running, and a worker consuming the maintenance queue?")
+        return {"status": "down", "error": f"no recovery sweep completed in the last {window:g}s: {cause}"}
     return {"last_sweep_seconds_ago": round(max(int(lifetime_ms) - remaining_ms, 0) / 1000, 1)}
 
 
