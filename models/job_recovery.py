@@ -13,6 +13,9 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
   with a cancel request never starts another attempt (``models.job_lifecycle``). A job
   these end gets the result its recorded work gives (``models.job_results``).
 
+Each reads queued and running jobs through the partial indexes on them, in their order, so a
+backlog of jobs published lately costs a sweep no row read.
+
 ``release_for_retry`` hands a job back after a transient error (lost connection,
 timeout) so that a later attempt can take it, or ends it ``cancelled`` when a cancel was
 requested meanwhile.
@@ -26,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, text, update
+from sqlalchemy import and_, case, func, literal, or_, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -51,8 +54,8 @@ def full_jitter_backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** max(attempt, 0)))
 
 
-def _stamp(session: Session, condition: Any, limit: int, **values: Any) -> list[QueuedJobRef]:
-    picked = select(Job.id).where(condition).order_by(Job.created_at).limit(limit).with_for_update(skip_locked=True)
+def _stamp(session: Session, condition: Any, limit: int, order: Any = Job.created_at, **values: Any) -> list[QueuedJobRef]:
+    picked = select(Job.id).where(condition).order_by(order).limit(limit).with_for_update(skip_locked=True)
     rows = session.execute(
         update(Job).where(Job.id.in_(picked.scalar_subquery())).values(enqueued_at=func.now(), **values)
         .returning(Job.id, Job.kind, Job.queue)
@@ -61,8 +64,10 @@ def _stamp(session: Session, condition: Any, limit: int, **values: Any) -> list[
 
 
 def claim_unpublished(session: Session, *, min_age: dt.timedelta, limit: int = 500) -> list[QueuedJobRef]:
-    """The outbox: committed at least ``min_age`` ago and never published."""
-    return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.created_at < func.now() - min_age), limit)
+    """The outbox: committed at least ``min_age`` ago and never published. One asked to stop is
+    left to :func:`rescue_expired`, which cancels it."""
+    return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.cancel_requested_at.is_(None),
+                                Job.created_at < func.now() - min_age), limit)
 
 
 # The longest a queued job's message waits before the lost-message sweep publishes it again,
@@ -81,10 +86,14 @@ def claim_lost_messages(session: Session, *, older_than: dt.timedelta, limit: in
     lost message still goes out again within ``older_than`` at first."""
     wait = text("interval '1 second' * least(:cap, :first * power(2, least(jobs.republishes, 30)))").bindparams(
         cap=max(LOST_MESSAGE_WAIT_CAP, older_than).total_seconds(), first=older_than.total_seconds())
-    # The first bound is the shortest wait, on the column alone: the partial index on queued
-    # jobs' enqueued_at reads only the jobs published that long ago (none, with no backlog).
+    # The first bound is the shortest wait, on the column alone, and the jobs are taken in its
+    # order: the partial index on queued jobs' enqueued_at reads only the jobs published that long
+    # ago (none, with a backlog published since). In created_at's order the planner walked the
+    # (status, created_at) index instead, reading every queued job on each sweep. One asked to
+    # stop is not published again: rescue_expired cancels it.
     return _stamp(session, and_(Job.status == QUEUED, Job.enqueued_at < func.now() - older_than,
-                                Job.enqueued_at < func.now() - wait), limit, republishes=Job.republishes + 1)
+                                Job.enqueued_at < func.now() - wait, Job.cancel_requested_at.is_(None)),
+                  limit, order=Job.enqueued_at, republishes=Job.republishes + 1)
 
 
 @dataclass(frozen=True)
@@ -101,15 +110,28 @@ def _problem(error: JobCancelled) -> Any:
     return literal(error.problem(), JSONB)
 
 
+def _left_queued(older_than: dt.timedelta, limit: int) -> Any:
+    """Queued jobs a cancel request may sit on, which nothing would ever claim: only rows left
+    by releases made before cancel requests ended them (release_for_retry), or written through
+    SQL. The outbox and the lost-message sweep leave such a job where it is, so it comes to the
+    front of one of these two windows, each of at most ``limit`` rows read through a partial
+    index: the longest overdue messages, and the oldest never published. (Looking for a cancel
+    request on every queued job read every job of a backlog on each sweep.)"""
+    overdue = (select(Job.id).where(Job.status == QUEUED, Job.enqueued_at < func.now() - older_than)
+               .order_by(Job.enqueued_at).limit(limit))
+    unpublished = (select(Job.id).where(Job.status == QUEUED, Job.enqueued_at.is_(None))
+                   .order_by(Job.created_at).limit(limit))
+    return union_all(overdue.subquery().select(), unpublished.subquery().select())
+
+
 def rescue_expired(
     session: Session, *, max_attempts: int, base: float, cap: float, older_than: dt.timedelta, limit: int = 500
 ) -> Rescue:
     """Republish running jobs whose lease expired (after backoff); fail those out of
     attempts; cancel those asked to stop, which no attempt will take again."""
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < func.now())
-    # Queued with a cancel request: only rows left by releases made before cancel
-    # requests ended them (release_for_retry); nothing would ever claim them.
-    asked_to_stop = select(Job.id).where(CANCEL_REQUESTED, or_(expired, Job.status == QUEUED)).limit(limit)
+    candidates = union_all(select(Job.id).where(expired), _left_queued(older_than, limit))
+    asked_to_stop = select(Job.id).where(CANCEL_REQUESTED, Job.id.in_(candidates)).limit(limit)
     cancelled = session.execute(
         update(Job).where(Job.id.in_(asked_to_stop.with_for_update(skip_locked=True).scalar_subquery())).values(
             status=CANCELLED, finished_at=func.now(), lease_expires_at=None, updated_at=func.now(),

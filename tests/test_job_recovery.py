@@ -144,9 +144,10 @@ def test_a_release_after_a_cancel_request_ends_the_job_cancelled(db_session) -> 
 
 
 def test_a_queued_job_left_with_a_cancel_request_is_ended_by_the_sweep(db_session) -> None:
-    # What a release made before this fix left behind: queued, asked to stop, never claimable.
+    # What a release made before this fix left behind: queued, asked to stop, never claimable
+    # (its message, published long ago, was skipped).
     job = _job(db_session, to_publish=True)
-    _age(db_session, job, cancel_requested_at=OLD)
+    _age(db_session, job, cancel_requested_at=OLD, enqueued_at=OLD)
     assert claim_job(db_session, job_id=job.id, worker="w", lease_seconds=60) is None
     assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 1
     ended = get_job(db_session, job.id)

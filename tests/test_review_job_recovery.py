@@ -1,0 +1,134 @@
+"""Review of job leases, recovery, the outbox and cancellation: what the sweep reads under a
+backlog, which clocks its messages are judged by, and which task may run a job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text, update
+from sqlalchemy.orm import Session
+
+from models.job_lifecycle import create_job, get_job
+from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
+from models.jobs import Job
+
+MINUTE = dt.timedelta(minutes=1)
+BACKLOG = 100_000
+
+
+@pytest.fixture
+def backlog(engine: Engine) -> Iterator[Session]:
+    """A session whose work is rolled back, over a jobs table the planner has statistics for;
+    the table is vacuumed and analyzed again afterwards, so later tests plan on what it holds."""
+    with engine.connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection)
+        try:
+            yield session
+        finally:
+            session.close()
+            outer.rollback()
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE jobs"))
+
+
+def _rows_read(plan: dict[str, Any]) -> int:
+    """Rows the scans of a table in an EXPLAIN ANALYZE plan read: those they returned and those
+    their filter dropped."""
+    read = 0
+    if "Relation Name" in plan and "Scan" in plan["Node Type"]:  # not the UPDATE itself
+        loops = float(plan.get("Actual Loops", 1))
+        read += round((float(plan.get("Actual Rows", 0)) + float(plan.get("Rows Removed by Filter", 0))) * loops)
+    return read + sum(_rows_read(child) for child in plan.get("Plans", []))
+
+
+@pytest.fixture
+def rows_read_by_statement(backlog: Session) -> Iterator[list[tuple[str, int]]]:
+    """Every query and UPDATE on jobs the session runs, with the rows its scans read (EXPLAIN ANALYZE,
+    run first on the same transaction: the statement itself then runs as usual)."""
+    seen: list[tuple[str, int]] = []
+    connection = backlog.connection()
+
+    @event.listens_for(connection, "before_cursor_execute")
+    def explain(_conn: Any, cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if " jobs" in statement and statement.startswith(("SELECT", "UPDATE")):
+            cursor.execute("SAVEPOINT explained")
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+            plan = cursor.fetchone()[0]
+            cursor.execute("ROLLBACK TO SAVEPOINT explained")  # the statement runs for real next
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            seen.append((statement, _rows_read(plan[0]["Plan"])))
+
+    yield seen
+    event.remove(connection, "before_cursor_execute", explain)
+
+
+def _fill_jobs(session: Session, *, queued_published_ago: str, republishes: int) -> None:
+    """BACKLOG queued jobs published ``queued_published_ago`` (each republished ``republishes``
+    times), beside twice as many finished ones, as a busy deployment holds them."""
+    session.execute(text(
+        "INSERT INTO jobs (kind, params, status, created_at, enqueued_at, finished_at)"
+        " SELECT 'diagnostics.sleep', '{}', 'succeeded', now() - interval '1 day', now() - interval '1 day', now()"
+        " FROM generate_series(1, :n)"), {"n": 2 * BACKLOG})
+    session.execute(text(
+        "INSERT INTO jobs (kind, params, status, created_at, enqueued_at, republishes)"
+        " SELECT 'diagnostics.sleep', '{}', 'queued', now() - CAST(:ago AS interval), now() - CAST(:ago AS interval), :r"
+        " FROM generate_series(1, :n)"), {"n": BACKLOG, "ago": queued_published_ago, "r": republishes})
+    session.execute(text("ANALYZE jobs"))
+
+
+def _sweep(session: Session, seen: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """Beat's three recovery passes; the rows each statement of each read."""
+    passes = {
+        "outbox": lambda: claim_unpublished(session, min_age=dt.timedelta(seconds=2)),
+        "lost messages": lambda: claim_lost_messages(session, older_than=MINUTE),
+        "dead workers": lambda: rescue_expired(session, max_attempts=5, base=1.0, cap=60.0, older_than=MINUTE),
+    }
+    read: dict[str, list[int]] = {}
+    for name, sweep in passes.items():
+        before = len(seen)
+        sweep()
+        read[name] = [rows for _, rows in seen[before:]]
+        assert read[name], f"{name}: no statement on jobs was seen"
+    return read
+
+
+def test_a_sweep_over_a_backlog_of_freshly_published_jobs_reads_none_of_them(backlog, rows_read_by_statement) -> None:
+    # 100,000 jobs submitted in a burst wait for busy workers, published 30 s ago: no message is
+    # overdue and no job asked to stop, so the sweep, every 5 s, has nothing to read. It read
+    # every queued row twice: the planner walked the (status, created_at) index for the lost
+    # messages' ORDER BY created_at, and scanned every queued row for a cancel request.
+    _fill_jobs(backlog, queued_published_ago="30 seconds", republishes=0)
+    read = _sweep(backlog, rows_read_by_statement)
+    assert {name: max(rows) for name, rows in read.items()} == {"outbox": 0, "lost messages": 0, "dead workers": 0}
+
+
+def test_a_sweep_over_a_backlog_reads_only_the_messages_it_republishes(backlog, rows_read_by_statement) -> None:
+    # Published 3 minutes ago and once republished since (a 2-minute wait): all are due; the
+    # sweep republishes 500 and reads little more.
+    _fill_jobs(backlog, queued_published_ago="3 minutes", republishes=1)
+    read = _sweep(backlog, rows_read_by_statement)
+    assert max(read["lost messages"]) <= 2 * 500 + 100 and max(read["outbox"]) == 0, read  # found, then updated
+    # Nothing running, nothing asked to stop: the queued jobs a cancel request could be left on
+    # are looked for in the two windows of at most 500 (overdue, never published), not in all.
+    assert max(read["dead workers"]) <= 2 * 2 * 500, read
+
+
+def test_a_queued_job_left_asked_to_stop_is_cancelled_not_published_again(db_session) -> None:
+    # Rows a release before cancel requests ended them left (or SQL wrote): the outbox and the
+    # lost-message sweep leave them where they are, so they come to the front of the windows
+    # the dead-worker sweep looks in, and it cancels them.
+    never_published = create_job(db_session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1})
+    overdue = create_job(db_session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=True)
+    long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    db_session.execute(update(Job).where(Job.id == never_published.id).values(created_at=long_ago,
+                                                                                cancel_requested_at=long_ago))
+    db_session.execute(update(Job).where(Job.id == overdue.id).values(enqueued_at=long_ago, cancel_requested_at=long_ago))
+    assert claim_unpublished(db_session, min_age=MINUTE) == []
+    assert claim_lost_messages(db_session, older_than=MINUTE) == []
+    assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 2
+    assert {get_job(db_session, job.id).status for job in (never_published, overdue)} == {"cancelled"}
