@@ -33,9 +33,9 @@ SWEEP_FAILED_KEY = "plant:recovery:failed"  # the type of the latest failed swee
 
 
 def sweep_mark_lifetime_seconds(settings: Settings) -> float:
-    """How long a sweep's mark lasts: two of the longest a sweep's message may wait (it expires
-    after the larger of the interval and PLANT_REQUEUE_AFTER_SECONDS, busy workers can hold it that
-    long), so one late sweep is no alarm and two missed ones are. 120 s by default."""
+    """How long a sweep's mark lasts: twice the larger of the interval and
+    PLANT_REQUEUE_AFTER_SECONDS (busy workers may hold a sweep's message that long before a slot
+    frees), so one late sweep is no alarm and two missed ones are. 120 s by default."""
     return 2 * max(settings.requeue_interval_seconds, settings.requeue_after_seconds)
 
 
@@ -58,13 +58,32 @@ def _record(key: str, value: str | int, settings: Settings) -> None:
         log.warning("could not record the recovery sweep's outcome in Redis: %s", type(exc).__name__)
 
 
+def swept_lately(settings: Settings) -> bool:
+    """Whether a sweep completed within half an interval, by the age of its mark: its lifetime
+    less what remains of it, both Redis's (as ``/health`` reads it). A mark that cannot be read
+    says no: the sweep runs."""
+    try:
+        lifetime_ms, remaining_ms = runtime.redis_client().pipeline(transaction=False).get(
+            SWEEP_MARK_KEY).pttl(SWEEP_MARK_KEY).execute()
+    except Exception as exc:  # noqa: BLE001 - better a sweep too many than none
+        log.warning("could not read the recovery sweep's mark in Redis: %s", type(exc).__name__)
+        return False
+    if lifetime_ms is None or remaining_ms < 0:
+        return False
+    return int(lifetime_ms) - remaining_ms < settings.requeue_interval_seconds * 1000 / 2
+
+
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)
-def requeue_stale_jobs(self) -> dict[str, Any]:  # noqa: ANN001 - Celery task self
+def requeue_stale_jobs(self, scheduled: bool = False) -> dict[str, Any]:  # noqa: ANN001 - Celery task self
     """Publish the outbox, republish lost messages, rescue jobs of dead workers; then close
     the audit run of every audit job that has ended (this sweep, say) without closing it, and
     fire the scheduled audit's current tick if it is overdue (``tasks.audit.fire_overdue_tick``).
-    A sweep that fails leaves its error's type for ``/health`` (:func:`note_failed_sweep`)."""
+    A ``scheduled`` sweep (beat's) that finds one completed within half an interval returns at
+    once: it piled up behind busy workers. A sweep that fails leaves its error's type for
+    ``/health`` (:func:`note_failed_sweep`)."""
     settings = runtime.settings()
+    if scheduled and swept_lately(settings):
+        return {"skipped": "a recovery sweep completed within half an interval"}
     try:
         return _sweep(self.app, settings)
     except Exception as exc:

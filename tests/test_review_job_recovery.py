@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from models.job_lifecycle import create_job, get_job
 from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
 from models.jobs import Job
+from tests.conftest import wait_for
 
 MINUTE = dt.timedelta(minutes=1)
 BACKLOG = 100_000
@@ -132,3 +133,52 @@ def test_a_queued_job_left_asked_to_stop_is_cancelled_not_published_again(db_ses
     assert claim_lost_messages(db_session, older_than=MINUTE) == []
     assert rescue_expired(db_session, max_attempts=5, base=0.001, cap=0.001, older_than=MINUTE).cancelled == 2
     assert {get_job(db_session, job.id).status for job in (never_published, overdue)} == {"cancelled"}
+
+
+def test_a_recovery_sweep_sent_by_a_beat_whose_clock_lags_the_workers_still_runs(
+    settings, worker, engine, clean_db, monkeypatch
+) -> None:
+    # Celery turns a message's `expires` into a time by the sender's clock, and the worker drops
+    # the message once its own clock is past it: beat's sweeps expired after 60 s, so a worker whose
+    # clock ran a minute or more ahead of beat's dropped every one, and nothing was recovered.
+    from tasks.celery_app import create_celery
+    from worker.app import RECOVERY_SWEEP
+    from worker.schedule import beat_schedule
+
+    with Session(engine) as session, session.begin():
+        job = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1})  # in the outbox
+        session.execute(update(Job).where(Job.id == job.id).values(created_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+    beat = create_celery(settings)
+    monkeypatch.setattr(beat, "now", lambda: dt.datetime.now(dt.UTC) - 2 * MINUTE)  # beat's clock, behind
+    entry = beat_schedule(settings)[RECOVERY_SWEEP]
+    beat.send_task(entry["task"], kwargs=entry.get("kwargs"), **entry.get("options", {}))
+
+    def status() -> str | None:
+        with Session(engine) as session:
+            found = get_job(session, job.id).status
+        return found if found == "succeeded" else None
+
+    wait_for(status, timeout=30, what="the outbox job, published by the sweep, to succeed")
+
+
+def test_a_scheduled_sweep_that_piled_up_behind_busy_workers_returns_at_once(
+    worker_sessions, settings, redis_client, monkeypatch
+) -> None:
+    # With no expiry, what keeps the sweeps beat sent while every worker slot was busy from each
+    # running in full, one after another, once a slot frees: a scheduled one skips when another
+    # completed within half an interval, by the age of the mark in Redis (Redis's clock alone).
+    from tasks import runtime
+    from tasks.maintenance import SWEEP_MARK_KEY, requeue_stale_jobs, sweep_mark_lifetime_seconds
+    from tests.conftest import SentTasks
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings)
+    monkeypatch.setattr(runtime, "redis_client", lambda: redis_client)
+    sweep = type(requeue_stale_jobs._get_current_object()).run
+    redis_client.delete(SWEEP_MARK_KEY)
+    assert "published" in sweep(SentTasks(), scheduled=True)  # none completed lately: it runs
+    assert sweep(SentTasks(), scheduled=True) == {"skipped": "a recovery sweep completed within half an interval"}
+    assert "published" in sweep(SentTasks())  # one sent by hand (not beat's) always runs
+    lifetime_ms = int(sweep_mark_lifetime_seconds(settings) * 1000)
+    interval_ms = int(settings.requeue_interval_seconds * 1000)
+    redis_client.set(SWEEP_MARK_KEY, lifetime_ms, px=lifetime_ms - interval_ms)  # one completed an interval ago
+    assert "published" in sweep(SentTasks(), scheduled=True)

@@ -98,7 +98,8 @@ def _sweep_as_beat_starts(sender: Any = None, **_: Any) -> None:
     schedule sends the next."""
     entry = beat_schedule(runtime.settings())[RECOVERY_SWEEP]
     try:
-        sender.app.send_task(entry["task"], **entry.get("options", {}))  # routed by the app's task_routes
+        # routed by the app's task_routes
+        sender.app.send_task(entry["task"], kwargs=entry.get("kwargs"), **entry.get("options", {}))
     except Exception as exc:  # noqa: BLE001 - the schedule's own sweeps follow
         log.warning("could not send a recovery sweep as beat starts: %s: %s", type(exc).__name__, exc)
 

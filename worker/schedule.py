@@ -43,13 +43,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         # Recovery goes to the maintenance queue (tasks.celery_app routes plant.maintenance.*
         # there), which the default workers consume beside their jobs: a backlog of jobs no
-        # longer holds it up. Its messages still outlive a wait of PLANT_REQUEUE_AFTER_SECONDS
-        # (60 s), every worker slot busy with long jobs, say; the ones that pile up meanwhile
-        # are cheap, idempotent sweeps.
+        # longer holds it up. Its messages never expire: Celery dates an expiry by the sender's
+        # clock and drops the message by the worker's, so a worker a minute ahead of beat
+        # dropped every sweep. Those that pile up while every worker slot is busy each return at
+        # once when a sweep completed within half an interval (`scheduled`, judged by Redis's
+        # clock alone: tasks.maintenance.swept_lately).
         "requeue-stale-jobs": {
             "task": "plant.maintenance.requeue_stale_jobs",
             "schedule": settings.requeue_interval_seconds,
-            "options": {"expires": max(settings.requeue_interval_seconds, settings.requeue_after_seconds)},
+            "kwargs": {"scheduled": True},
         },
         # Jobs started by beat go through plant.schedule.fire, which records the
         # (schedule, tick slot) pair first: a second beat's tick finds it taken. Ticks fall on
