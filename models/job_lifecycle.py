@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any, cast
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Integer, Interval, Text, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, Interval, String, Text, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -63,10 +63,15 @@ _INSERT_SQL, _INSERT_PUBLISHED_SQL = driver_sql(_INSERT), driver_sql(_INSERT_PUB
 # A job asked to stop never starts another attempt: were its worker to die, the next
 # attempt could run to the end without a checkpoint (a certification has none) and the
 # cancel would be lost. Such a job is ended `cancelled` instead (models.job_control.request_cancel, and
-# models.job_recovery for a worker that died after the request).
+# models.job_recovery for a worker that died after the request). A claim naming a kind takes
+# only a job of that kind: the task that claims runs its own kind's handler, whatever the row says.
+_KIND = bindparam("kind", type_=String())
+
+
 def _claimable(jobs: Any) -> Any:
     return and_(
         jobs.cancel_requested_at.is_(None),
+        or_(_KIND.is_(None), jobs.kind == _KIND),
         or_(
             jobs.status == JobStatus.QUEUED.value,
             and_(jobs.status == JobStatus.RUNNING.value, jobs.lease_expires_at < _NOW),
@@ -143,19 +148,24 @@ def get_job(session: SessionOrConnection, job_id: uuid.UUID) -> JobRecord:
 
 
 def claim_job(
-    session: SessionOrConnection, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False
+    session: SessionOrConnection, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False,
+    kind: str | None = None,
 ) -> JobClaim | None:
     """Move a queued job (or a running one whose lease expired) to running.
 
     Returns ``None`` when the job is terminal, missing, held by a live lease, or asked
-    to stop: a redelivered message then does nothing. Increments ``attempts``.
+    to stop: a redelivered message then does nothing. Increments ``attempts``. With ``kind``
+    (the claiming task's), also ``None`` for a job of another kind (its row edited through SQL,
+    say): that task's handler must not run it, and the job stays queued for the lost-message
+    sweep to publish to its own kind's task.
 
     ``retrying``: an earlier try with this same ``worker`` token lost its connection, maybe
     after its claim committed. A token names one run of one message, so a running row
     holding it is that claim, returned as such: otherwise the job would sit under a live
     lease with no worker until the lease ran out.
     """
-    rows = _job_rows(session, _CLAIM_SQL, {"job_id": job_id, "worker": worker, "lease": dt.timedelta(seconds=lease_seconds)})
+    values = {"job_id": job_id, "worker": worker, "lease": dt.timedelta(seconds=lease_seconds), "kind": kind}
+    rows = _job_rows(session, _CLAIM_SQL, values)
     row = rows[0] if rows else None
     if row is None and retrying:
         row = session.execute(_OWN_CLAIM, {"job_id": job_id, "worker": worker}).one_or_none()

@@ -175,15 +175,16 @@ def backoff_seconds(attempt: int) -> float:
     return full_jitter_backoff(attempt, base=settings.retry_backoff_base_seconds, cap=settings.retry_backoff_cap_seconds)
 
 
-def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
-    """Run one attempt of the job; returns a small JSON summary for Celery's logs."""
+def run_job(task: Task, job_id: str, handler: JobHandler, *, kind: str | None = None) -> dict[str, Any]:
+    """Run one attempt of the job; returns a small JSON summary for Celery's logs. ``kind``: the
+    job kind ``handler`` runs; a job whose row names another is not claimed (every task passes it)."""
     token = f"{worker_identity()}/{uuid.uuid4().hex[:12]}"  # this run of this message, in the job's worker column
     retrying = False
 
     def claim_it() -> JobClaim | None:
         with single_statement(runtime.session_factory()) as connection:
             return claim_job(connection, job_id=uuid.UUID(job_id), worker=token,
-                             lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying)
+                             lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying, kind=kind)
 
     def before_retry() -> None:
         nonlocal retrying

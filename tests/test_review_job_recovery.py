@@ -182,3 +182,26 @@ def test_a_scheduled_sweep_that_piled_up_behind_busy_workers_returns_at_once(
     interval_ms = int(settings.requeue_interval_seconds * 1000)
     redis_client.set(SWEEP_MARK_KEY, lifetime_ms, px=lifetime_ms - interval_ms)  # one completed an interval ago
     assert "published" in sweep(SentTasks(), scheduled=True)
+
+
+def test_a_job_whose_kind_was_edited_through_sql_is_not_run_by_another_kinds_task(
+    worker_sessions, settings, monkeypatch
+) -> None:
+    # The handler is the message's task's; the row's kind named none of it. A sleep job whose
+    # row was made to say `skill.certify` was run by the sleep task and ended a `succeeded`
+    # certification holding `{"slept": 0.0}`. The claim now takes only a job of the task's own
+    # kind: the job stays queued, and the lost-message sweep publishes it to its kind's task.
+    from models.db import transaction
+    from tasks import runtime
+    from tasks.diagnostics import diagnostics_sleep
+    from tests.conftest import SentTasks
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings)
+    with transaction(worker_sessions) as session:
+        job = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=True)
+        session.execute(update(Job).where(Job.id == job.id).values(kind="skill.certify"))
+    outcome = type(diagnostics_sleep._get_current_object()).run(SentTasks(), str(job.id))
+    with worker_sessions() as session:
+        row = get_job(session, job.id)
+    assert outcome == {"job_id": str(job.id), "skipped": "not claimable"}
+    assert (row.status, row.attempts, row.result) == ("queued", 0, None)
