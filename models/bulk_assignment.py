@@ -82,7 +82,7 @@ def _rounds(
     """The first plan and its batches, then the plans made again while batches refuse moves and
     so free seats, up to ``MAX_ROUNDS`` plans in all."""
     first = _plan_and_apply(sessions, agent_ids=agent_ids, all_unassigned=all_unassigned, ctx=ctx, progress=progress,
-                            fence=fence, record=record)
+                            fence=fence, record=record, before=_seated_before(sessions, record))
     rounds = [first]
     # A move the batches refused (an agent edited outside Plant, a seat taken meanwhile) left its
     # seat empty, while the plan may have left agents out for want of one: plan those again, on
@@ -91,6 +91,16 @@ def _rounds(
         rounds.append(_plan_and_apply(sessions, agent_ids=list(waiting), all_unassigned=False, ctx=ctx, progress=progress,
                                       fence=fence, record=record, before=rounds[-1].progress_after, seen=waiting))
     return rounds
+
+
+def _seated_before(sessions: sessionmaker[Session], record: Recorder | None) -> tuple[int, int]:
+    """The progress (done, total) an attempt starts from: the agents its job's earlier attempts
+    seated, which a retry does not plan again. From 0, a retry's progress went back on the job row."""
+    if record is None:
+        return 0, 0
+    with sessions() as session:
+        seated = record.seated_before(session)
+    return seated, seated
 
 
 def _outcome(sessions: sessionmaker[Session], rounds: list[_Round], record: Recorder | None) -> BulkOutcome:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -109,6 +109,13 @@ class Recorder:
         return set(session.scalars(select(BulkAssignmentMove.agent_id).where(
             BulkAssignmentMove.job_id == self.job_id,
             BulkAssignmentMove.placed | (BulkAssignmentMove.reason == SEAT_CHANGED))))
+
+    def seated_before(self, session: Session) -> int:
+        """How many agents the job's earlier attempts seated: they stay in its result, and an
+        attempt's progress counts from them."""
+        return session.scalar(select(func.count()).select_from(BulkAssignmentMove).where(
+            BulkAssignmentMove.job_id == self.job_id, BulkAssignmentMove.placed,
+            BulkAssignmentMove.attempt < self.attempt)) or 0
 
     def seen_before(self, session: Session) -> dict[uuid.UUID, uuid.UUID | None]:
         """Where the earlier attempts' plans saw each agent they did not seat (``team_id`` of an

@@ -205,3 +205,29 @@ def test_a_job_whose_kind_was_edited_through_sql_is_not_run_by_another_kinds_tas
         row = get_job(session, job.id)
     assert outcome == {"job_id": str(job.id), "skipped": "not claimable"}
     assert (row.status, row.attempts, row.result) == ("queued", 0, None)
+
+
+def test_a_retried_bulk_assignment_s_progress_starts_from_what_earlier_attempts_seated(
+    engine, write_ctx, committed_steward, monkeypatch
+) -> None:
+    # Its earlier attempts' seats stay seated and in its result, and a retry plans only the agents
+    # left: its progress restarted at 0 of those (3 of 8 went back to 0 of 6 on the job row).
+    from models.bulk_assignment import assign_teams_in_bulk
+    from models.bulk_records import Recorder
+    from models.errors import TransientJobError
+    from tests.test_assignment import _retry_world
+
+    sessions, job_id, _world, lost_at = _retry_world(engine, write_ctx, committed_steward, monkeypatch, agents=8)
+    first: list[tuple[int, int | None]] = []
+    with pytest.raises(TransientJobError):  # fence 1 records the plan, 2-4 are batches: 3 agents seated
+        assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                             progress=lambda done, total, _m=None: first.append((done, total)),
+                             fence=lost_at(5), record=Recorder(job_id, 1))
+    second: list[tuple[int, int | None]] = []
+    assign_teams_in_bulk(sessions, agent_ids=None, all_unassigned=True, ctx=write_ctx,
+                         progress=lambda done, total, _m=None: second.append((done, total)),
+                         fence=lambda session: None, record=Recorder(job_id, 2))
+    assert first[-1][0] == 3
+    reports = first + second
+    assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:])), reports
+    assert second[-1][0] == second[-1][1] == 8, second  # the 8 seats, 3 of them taken by the first attempt
