@@ -46,7 +46,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # longer holds it up. Its messages never expire: Celery dates an expiry by the sender's
         # clock and drops the message by the worker's, so a worker a minute ahead of beat
         # dropped every sweep. Those that pile up while every worker slot is busy each return at
-        # once when a sweep completed within half an interval (`scheduled`, judged by Redis's
+        # once when a sweep completed within a tenth of an interval (`scheduled`, judged by Redis's
         # clock alone: tasks.maintenance.swept_lately).
         "requeue-stale-jobs": {
             "task": "plant.maintenance.requeue_stale_jobs",
