@@ -45,24 +45,46 @@ def route_for(kind: str) -> JobRoute:
     return JOB_ROUTES[kind]
 
 
+BROKER_ERRORS = (KombuError, RedisError, OSError)
+
+
 def publish_job(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
     """Send the job's message. Returns False (and logs) when the broker is unreachable, or
     when this code knows no task for the job's kind (a row left by a newer release, say):
     one such job must not stop a recovery sweep from publishing the others."""
+    try:
+        return _send(app, job_id=job_id, kind=kind)
+    except BROKER_ERRORS as exc:
+        log.warning("publish of job %s failed, beat will republish it: %s", job_id, exc)
+        return False
+
+
+def publish_jobs(app: Celery, jobs: list[tuple[uuid.UUID, str]]) -> int:
+    """Send each (job id, kind)'s message, as :func:`publish_job`, but none after the first the
+    broker refuses: each would wait as long for the broker (three tries of up to a read timeout).
+    The jobs left are stamped as published: the lost-message sweep publishes them. How many went."""
+    published = 0
+    for sent, (job_id, kind) in enumerate(jobs):
+        try:
+            published += _send(app, job_id=job_id, kind=kind)
+        except BROKER_ERRORS as exc:
+            log.warning("publish of job %s failed; it and the %d after it are left to the lost-message sweep: %s",
+                        job_id, len(jobs) - sent - 1, exc)
+            break
+    return published
+
+
+def _send(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
     route = JOB_ROUTES.get(kind)
     if route is None:
         log.error("job %s has kind %r, which this release runs no task for; it stays queued", job_id, kind)
         return False
-    try:
-        # No queue declaration: Celery publishes to a named queue through the default
-        # (anonymous) exchange, which kombu's Redis transport delivers straight to the
-        # queue's list, declared or not. Asking kombu to declare it anyway cost about
-        # 100 µs a publish, even cached: it copies the queue to bind it each time
-        # (docs/benchmarks.md, stop 31). The workers declare their queues when they start.
-        app.send_task(route.task_name, args=[str(job_id)], queue=route.queue, retry=True, declare=[])
-    except (KombuError, RedisError, OSError) as exc:
-        log.warning("publish of job %s failed, beat will republish it: %s", job_id, exc)
-        return False
+    # No queue declaration: Celery publishes to a named queue through the default
+    # (anonymous) exchange, which kombu's Redis transport delivers straight to the
+    # queue's list, declared or not. Asking kombu to declare it anyway cost about
+    # 100 µs a publish, even cached: it copies the queue to bind it each time
+    # (docs/benchmarks.md, stop 31). The workers declare their queues when they start.
+    app.send_task(route.task_name, args=[str(job_id)], queue=route.queue, retry=True, declare=[])
     return True
 
 

@@ -23,7 +23,7 @@ from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_e
 from models.settings import Settings
 from tasks import runtime
 from tasks.audit import FULL_AUDIT, fire_overdue_tick
-from tasks.dispatch import publish_job
+from tasks.dispatch import publish_jobs
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _sweep(app: Celery, settings: Settings) -> dict[str, Any]:
             cap=settings.retry_backoff_cap_seconds, older_than=older_than,
         )
     refs = unpublished + lost + rescue.republish
-    published = sum(publish_job(app, job_id=ref.job_id, kind=ref.kind) for ref in refs)
+    published = publish_jobs(app, [(ref.job_id, ref.kind) for ref in refs])
     runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
     fired = fire_overdue_tick(app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
     mark_sweep(settings)

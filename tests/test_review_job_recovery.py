@@ -232,3 +232,34 @@ def test_a_retried_bulk_assignment_s_progress_starts_from_what_earlier_attempts_
     reports = first + second
     assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:])), reports
     assert second[-1][0] == second[-1][1] == 8, second  # the 8 seats, 3 of them taken by the first attempt
+
+
+class _BrokerGone:
+    """Stands in for beat's app: every publish fails, as Redis gone in the middle of a sweep. The
+    real one waits up to a read timeout (10 s) on each of three tries before it fails."""
+
+    def __init__(self) -> None:
+        self.app = self
+        self.tries = 0
+
+    def send_task(self, *_args: Any, **_kwargs: Any) -> None:
+        self.tries += 1
+        raise ConnectionRefusedError("the broker is gone")
+
+
+def test_a_sweep_stops_publishing_at_the_first_publish_the_broker_refuses(worker_sessions, settings, monkeypatch) -> None:
+    # It went on to the next job, and the next: up to 1,500 publishes of up to 30 s each held a
+    # worker slot for hours (the soft time limit ended it after one). The jobs stay stamped as
+    # published: the lost-message sweep publishes them once the broker is back.
+    from models.db import transaction
+    from tasks import runtime
+    from tasks.maintenance import requeue_stale_jobs
+
+    monkeypatch.setattr(runtime, "settings", lambda: settings)
+    with transaction(worker_sessions) as session:
+        for _ in range(3):
+            job = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1})
+            session.execute(update(Job).where(Job.id == job.id).values(created_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+    beat = _BrokerGone()
+    outcome = type(requeue_stale_jobs._get_current_object()).run(beat)
+    assert (outcome["unpublished"], outcome["published"], beat.tries) == (3, 0, 1)
