@@ -1,5 +1,6 @@
 """Review of job leases, recovery, the outbox and cancellation: what the sweep reads under a
-backlog, which clocks its messages are judged by, and which task may run a job."""
+backlog, which clocks its messages are judged by, how it publishes to a broker gone away, which
+task may run a job, and where a retried bulk job's progress starts."""
 
 from __future__ import annotations
 
