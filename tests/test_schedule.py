@@ -93,7 +93,7 @@ def test_recovery_messages_go_to_their_own_queue_and_outlive_a_wait_for_a_free_w
     """Expiring after one 5 s interval, every recovery message was dropped while the workers
     were that far behind; and on the default queue, recovery waited behind every job. They never
     expire now (an expiry is dated by beat's clock and judged by the worker's:
-    tests/test_review_job_recovery.py); beat's say they are scheduled, to skip when piled up."""
+    tests/test_sweep_clocks_backlog_reads_kind_claims_and_broker_refusals.py); beat's say they are scheduled, to skip when piled up."""
     from tasks.celery_app import MAINTENANCE_QUEUE, create_celery
 
     settings = load_settings(requeue_interval_seconds=5.0, requeue_after_seconds=60.0)

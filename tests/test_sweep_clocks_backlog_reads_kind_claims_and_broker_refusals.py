@@ -231,7 +231,7 @@ def test_a_retried_bulk_assignment_s_progress_starts_from_what_earlier_attempts_
                          fence=lambda session: None, record=Recorder(job_id, 2))
     assert first[-1][0] == 3
     reports = first + second
-    assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:])), reports
+    assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:], strict=False)), reports
     assert second[-1][0] == second[-1][1] == 8, second  # the 8 seats, 3 of them taken by the first attempt
 
 
