@@ -272,11 +272,34 @@ class Progress:
 
 
 def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing) -> Progress:
-    """A running run's :class:`Progress`. ``findings`` must be read before this reads the
-    chunks: a finding Plant wrote commits with its checkpoint, whose ids only grow, so each
-    is named by the checkpoint read after it; a finding that is not was written outside
-    Plant. (The close checks their hashes too: :func:`models.audit_findings_chain.check_findings`.) The run's plan is
-    taken as verified (:func:`open_run_problem`)."""
+    """A running run's :class:`Progress`: :func:`checkpoints_so_far` and which of ``findings``
+    (read before it: see there) none of them names."""
+    so_far = checkpoints_so_far(session, run, keyring)
+    return Progress(so_far.chunks_done, so_far.entities_audited, [f.id for f in findings if not so_far.names(f)])
+
+
+@dataclass(frozen=True)
+class CheckpointsSoFar:
+    """What a running run's checkpoints that verify say so far, and :meth:`names`, whether
+    its verified plan or one of them names a finding."""
+
+    chunks_done: int
+    entities_audited: int
+    named: dict[int | None, Callable[[int], bool]]  # by chunk id (None: the plan), whether it names a finding id
+
+    def names(self, finding: Any) -> bool:
+        """Whether ``finding`` (its ``id`` and ``chunk_id``) is named by what wrote it."""
+        named = self.named.get(finding.chunk_id)
+        return named is not None and named(finding.id)
+
+
+def checkpoints_so_far(session: Session, run: AuditRun, keyring: KeyRing) -> CheckpointsSoFar:
+    """A running run's checkpoints as they are now, those that verify. The findings they are
+    to judge must be read before (by a statement that ran before this one): a finding Plant
+    wrote commits with its checkpoint, whose ids only grow, so each is named by the checkpoint
+    read after it; a finding that is not was written outside Plant. (The close checks their
+    hashes too: :func:`models.audit_findings_chain.check_findings`.) The run's plan is taken
+    as verified (:func:`open_run_problem`)."""
     # One statement, one snapshot: a chunk's row and its latest recorded step, as they are now
     # (populate_existing: not as an earlier read in this session left them). Read apart, a
     # batch committed between the two made its chunk's checkpoint look outdated.
@@ -284,11 +307,11 @@ def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFin
     rows = session.execute(select(AuditChunk, latest).where(AuditChunk.run_id == run.id)
                            .execution_options(populate_existing=True)).all()
     verified = [c for c, last in rows if _checkpoint_problem(session, run, c, keyring, last) is None]
-    named = {c.id: in_spans(signed_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
+    named: dict[int | None, Callable[[int], bool]] = {
+        c.id: in_spans(signed_findings_of(c.checkpoint_signed)["ids"]) for c in verified}  # type: ignore[index]
     named[None] = in_spans((signed_findings_of(run.plan_signed) or FINDINGS_NONE)["ids"])  # type: ignore[index]
-    left_out = [f.id for f in findings if f.chunk_id not in named or not named[f.chunk_id](f.id)]
-    return Progress(sum(1 for c in verified if c.done), sum((c.counters or {}).get("entities", 0) for c in verified),
-                    left_out)
+    return CheckpointsSoFar(sum(1 for c in verified if c.done),
+                            sum((c.counters or {}).get("entities", 0) for c in verified), named)
 
 
 def close_problem(session: Session, run: AuditRun, keyring: KeyRing, findings: Sequence[AuditFinding] | None = None, *,

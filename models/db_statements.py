@@ -9,7 +9,8 @@ statements, keeping SQLAlchemy's transaction, listeners and error handling.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -124,24 +125,11 @@ def driver_rows(
     transient error in a job), and on a disconnect the connection is invalidated and the
     pool drops every connection made before it, so :func:`models.db.retry_if_disconnected`'s retry
     gets a fresh one."""
-    if isinstance(statement, DriverStatement):
-        sql, params = statement.sql, statement.parameters(cast(Mapping[str, Any], params))
-    else:
-        sql = statement
-    if isinstance(session, Session):
-        if session.autoflush:
-            session.flush()  # as Session.execute autoflushes before a statement (a no-op when nothing is pending)
-        connection = session.connection()
-    else:
-        connection = session
-    driver = connection.connection.driver_connection
-    if connection is session and not driver.autocommit and not connection.in_transaction():
-        connection.begin()  # as Connection.execute autobegins: its commit() then commits this statement
-    events = connection.dispatch
-    for listener in events.before_cursor_execute:
-        listener(connection, None, sql, params, None, False)
+    sql, params = _statement_sql(statement, params)
+    connection = _joined(session)
+    _dispatch(connection, "before_cursor_execute", sql, params)
     try:
-        with driver.cursor(binary=binary, row_factory=row_factory) as cursor:
+        with connection.connection.driver_connection.cursor(binary=binary, row_factory=row_factory) as cursor:
             rows = cursor.execute(sql, params).fetchall()
     except psycopg.Error as error:
         # SQLAlchemy's own handling, as for a statement it ran: the error wrapped as its own,
@@ -150,6 +138,66 @@ def driver_rows(
         # another connection the same restart killed), with handle_error listeners.
         connection._handle_dbapi_exception(error, sql, params, None, None)  # noqa: SLF001 - it always raises
         raise  # not reached
-    for listener in events.after_cursor_execute:
-        listener(connection, None, sql, params, None, False)
+    _dispatch(connection, "after_cursor_execute", sql, params)
     return rows
+
+
+@contextmanager
+def held_pages(session: SessionOrConnection, statement: str | DriverStatement, params: Sequence[Any] | Mapping[str, Any],
+               *, size: int, row_factory: Any = tuple_row) -> Iterator[Iterator[list[Any]]]:
+    """The rows ``statement`` returns, as of its one snapshot, handed out ``size`` at a time:
+    read through a cursor the server holds (``DECLARE ... WITH HOLD``), so the client holds a
+    page, never all of them. The statement is one, as :func:`driver_rows`' (listeners, errors
+    and transaction alike); in autocommit the server keeps its result (in ``work_mem``, then
+    in temporary files) until the cursor is closed, as the block is left, and no transaction
+    stays open meanwhile: other statements may run on the connection between pages."""
+    sql, params = _statement_sql(statement, params)
+    connection = _joined(session)
+    _dispatch(connection, "before_cursor_execute", sql, params)
+    cursor = connection.connection.driver_connection.cursor(f"plant_held_{uuid.uuid4().hex}", withhold=True,
+                                                             row_factory=row_factory)
+    try:
+        try:
+            cursor.execute(sql, params)
+        except psycopg.Error as error:
+            connection._handle_dbapi_exception(error, sql, params, None, None)  # noqa: SLF001 - as driver_rows
+        _dispatch(connection, "after_cursor_execute", sql, params)
+        yield _fetched(connection, cursor, size)
+    finally:
+        cursor.close()  # not tried on a connection that is closed or in a failed transaction (where it is gone)
+
+
+def _fetched(connection: Connection, cursor: Any, size: int) -> Iterator[list[Any]]:
+    while True:
+        try:
+            rows = cursor.fetchmany(size)
+        except psycopg.Error as error:
+            connection._handle_dbapi_exception(error, "FETCH", (), None, None)  # noqa: SLF001 - as driver_rows
+        if not rows:
+            return
+        yield rows
+
+
+def _statement_sql(statement: str | DriverStatement, params: Sequence[Any] | Mapping[str, Any]) -> tuple[str, Any]:
+    if isinstance(statement, DriverStatement):
+        return statement.sql, statement.parameters(cast(Mapping[str, Any], params))
+    return statement, params
+
+
+def _joined(session: SessionOrConnection) -> Connection:
+    """The Core connection a statement of ``session`` runs on, joined to its transaction as
+    SQLAlchemy's own statement would be: a Session autoflushes first (a no-op when nothing is
+    pending); a Core connection not in autocommit begins SQLAlchemy's transaction if none
+    is (so its ``commit()`` commits the statement)."""
+    if isinstance(session, Session):
+        if session.autoflush:
+            session.flush()
+        return session.connection()
+    if not session.connection.driver_connection.autocommit and not session.in_transaction():
+        session.begin()
+    return session
+
+
+def _dispatch(connection: Connection, event: str, sql: str, params: Any) -> None:
+    for listener in getattr(connection.dispatch, event):
+        listener(connection, None, sql, params, None, False)

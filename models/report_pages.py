@@ -15,8 +15,12 @@ page's rows are let go before the next is read:
   it reads the rows the first one checked.
 
 Memory: one page of rows and resources, plus the array's bytes where they are kept (the JSON
-export signs them whole). A running run's exports do not come here: they need every finding
-at once to tell which no checkpoint covers so far (:func:`models.audit_record.progress_so_far`).
+export signs them whole).
+
+A running run takes findings as it is read, so its pages are not read by id, statement after
+statement (a batch committing between two would be listed in part): :func:`running_finding_pages`
+reads them with one statement, as of its snapshot, through a cursor the server holds, and hands
+them out a page at a time all the same (:func:`models.report_reads.read_report`).
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, select
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from models.audit_findings import finding_resource
 from models.audit_tables import AuditFinding
 from models.canonical import canonical_bytes
+from models.db_statements import driver_sql, held_pages
 from models.errors import CanonicalizationError
 
 PAGE_FINDINGS = 1_000
@@ -57,6 +64,22 @@ def finding_pages(session: Session, run_id: uuid.UUID, *, size: int | None = Non
         if len(rows) < size:
             return
         after = rows[-1].id
+
+
+# A running run's findings as of one statement, in id order (as models.audit_findings.all_findings reads them).
+_FINDINGS_AS_OF_NOW = driver_sql(select(*AuditFinding.__table__.c).where(AuditFinding.run_id == bindparam("run"))
+                                 .order_by(AuditFinding.id))
+
+
+@contextmanager
+def running_finding_pages(session: Session, run_id: uuid.UUID, *, size: int | None = None) -> Iterator[Iterator[list[Any]]]:
+    """A running run's findings as one statement reads them (its snapshot: every batch that
+    committed before it, whole, and none after), in id order, ``size`` (:data:`PAGE_FINDINGS`)
+    at a time, as rows read by attribute: :func:`models.db_statements.held_pages`. The
+    statement runs as the block is entered; the cursor is closed as it is left."""
+    with held_pages(session, _FINDINGS_AS_OF_NOW, {"run": run_id}, size=size or PAGE_FINDINGS,
+                    row_factory=namedtuple_row) as pages:
+        yield pages
 
 
 def canonical_items(resources: Sequence[dict[str, Any]], *, first: int) -> bytes:

@@ -1,27 +1,32 @@
 """What the auditor's HTML report shows, prepared from a run and its signed report.
 
-:func:`report_view` builds the same report document as the JSON export, signs it the
-same way, and derives what a reader needs: the summary figures, findings counted by
-rule and by code, one row per entity that has findings (worst first, capped) and the
-digest, signature and public key to check the export offline. A finished (or
+:func:`report_view` reads the same report as the JSON export (:func:`models.report_reads.read_report`),
+signs it the same way, and derives what a reader needs: the summary figures, findings
+counted by rule and by code, one row per entity that has findings (worst first, capped) and
+the digest, signature and public key to check the export offline. A finished (or
 cancelled) run shows its stored summary; a run still in progress has no summary yet,
 so its counts are taken from the findings written so far and marked partial.
+
+The findings are tallied a page at a time (:class:`_Tally`): the page holds the report's
+bytes (its signature covers them), one small entry per entity with findings, and the worst
+:data:`MAX_RUN_LEVEL_ROWS` findings about no one entity, never every finding.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_findings import in_spans, left_out_spans
-from models.canonical import canonical_bytes, sha256
+from models.canonical import sha256
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
-from models.reports import build_report, recorded_report_signature
+from models.report_reads import FindingPage, ReportRead, read_report
+from models.reports import read_signature
 from models.signing import KeyRing
 
 MAX_ENTITY_ROWS = 1_000
@@ -65,7 +70,7 @@ class ReportView:
     entities_audited: int  # so far, from the chunks' checkpoints
     signature: SignatureDetails
     repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
-    run_level: tuple[dict[str, Any], ...] = ()  # the findings about no one entity, worst first (the page lists 100)
+    run_level: tuple[dict[str, Any], ...] = ()  # the worst MAX_RUN_LEVEL_ROWS findings about no one entity, worst first
 
     audited_with_findings: int | None = None  # of those, the entities the run audited (its summary's count)
 
@@ -82,57 +87,99 @@ class ReportView:
 
 def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: int = MAX_ENTITY_ROWS) -> ReportView:
     """Prepare the page for one run; raises ``NotFound`` for an unknown run. Writes only the
-    record of the page's report signature (the caller commits)."""
-    report = build_report(session, run_id=run_id, keyring=keyring)
+    record of the page's report signature (the caller commits). The findings left out of the
+    counts (``counted`` "no": none of Plant's signatures covers them) are shown nowhere here."""
+    tally = _Tally()
+    read = read_report(session, run_id=run_id, keyring=keyring, each_page=tally.add)
     checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
-    run, summary = report["run"], report["run"]["summary"]
-    left_out = in_spans(left_out_spans(summary or run))  # a running run's: those no checkpoint names so far
-    findings = [f for f in report["findings"] if not left_out(f["finding_id"])]  # counted nowhere, shown nowhere here
-    rows = entity_rows(findings)
-    with_findings = len(rows)
-    flagged = None if summary is None else _flagged(summary, findings)
+    run, summary = read.run, read.run["summary"]
+    flagged = None if summary is None else _flagged(summary, tally)
     return ReportView(
         run=run,
         final=summary is not None,
-        figures=_figures(run, findings, summary),
-        by_rule=summary["by_rule"] if summary else _count(f["rule_id"] for f in findings if f["rule_id"]),
-        by_code=summary["by_code"] if summary else _count(f["code"] for f in findings),
-        entity_rows=tuple(rows[:max_rows]),
-        entities_with_findings=with_findings,
+        figures=_figures(run, tally.findings, summary),
+        by_rule=summary["by_rule"] if summary else dict(sorted(tally.by_rule.items())),
+        by_code=summary["by_code"] if summary else dict(sorted(tally.by_code.items())),
+        entity_rows=tally.entity_rows(max_rows),
+        entities_with_findings=len(tally.entities),
         clean_entities=None if flagged is None else max(0, summary["total_entities"] - flagged),
         audited_with_findings=flagged,
-        run_level_findings=sum(1 for f in findings if f["entity_id"] is None),
-        run_level=run_level_rows(findings),
+        run_level_findings=tally.run_level_count,
+        run_level=tally.run_level_rows(),
         entities_audited=summary["total_entities"] if summary else run["entities_audited"],
-        signature=_signature(session, report, keyring),
-        repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in report["repairs"]),
+        signature=_signature(session, read, keyring),
+        repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in read.repairs),
     )
 
 
-def run_level_rows(findings: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """The findings about no one entity, worst severity first, then in the order written: the
-    page lists the first :data:`MAX_RUN_LEVEL_ROWS`, and a critical one (the close's
-    ``audit-record-invalid``, written last) must not fall past them behind warnings."""
-    return tuple(sorted((f for f in findings if f["entity_id"] is None),
-                        key=lambda f: (-SEVERITY_RANK.get(f["severity"], 0), f["finding_id"])))
+@dataclass(slots=True)
+class _EntityTally:
+    findings: int
+    rank: int
+    worst_severity: str  # the first severity seen of the worst rank
+    codes: frozenset[str]
+    audited: bool  # a finding about it that does not say it is gone (see NOT_AUDITED_CODES)
 
 
-def entity_rows(findings: list[dict[str, Any]]) -> list[EntityRow]:
-    """One row per entity with findings: worst severity first, then most findings."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for finding in findings:
-        if finding["entity_id"] is not None:
-            grouped.setdefault((finding["entity_type"] or "", finding["entity_id"]), []).append(finding)
-    rows = [
-        EntityRow(entity_type, entity_id, len(items), tuple(sorted({f["code"] for f in items})),
-                  max((f["severity"] for f in items), key=lambda s: SEVERITY_RANK.get(s, 0)))
-        for (entity_type, entity_id), items in grouped.items()
-    ]
-    rows.sort(key=lambda r: (-SEVERITY_RANK.get(r.worst_severity, 0), -r.findings, r.entity_type, r.entity_id))
-    return rows
+@dataclass
+class _Tally:
+    """The counted findings of a report, tallied a page at a time (:meth:`add`)."""
+
+    findings: int = 0
+    by_rule: Counter[str] = field(default_factory=Counter)
+    by_code: Counter[str] = field(default_factory=Counter)
+    entities: dict[tuple[str, str], _EntityTally] = field(default_factory=dict)
+    run_level_count: int = 0
+    run_level: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)  # a heap of the worst, negated
+    code_sets: dict[tuple[frozenset[str], str], frozenset[str]] = field(default_factory=dict)  # shared, not one per entity
+
+    def add(self, page: FindingPage) -> None:
+        for finding, counted in page:
+            if counted != "no":  # counted nowhere, shown nowhere here
+                self._count(finding)
+
+    def _count(self, finding: dict[str, Any]) -> None:
+        self.findings += 1
+        self.by_code[finding["code"]] += 1
+        if finding["rule_id"]:
+            self.by_rule[finding["rule_id"]] += 1
+        rank = SEVERITY_RANK.get(finding["severity"], 0)
+        if finding["entity_id"] is None:
+            self.run_level_count += 1
+            # Keep the MAX_RUN_LEVEL_ROWS worst (then first written): the heap's top is the one to drop.
+            item = (rank, -finding["finding_id"], finding)
+            if len(self.run_level) < MAX_RUN_LEVEL_ROWS:
+                heapq.heappush(self.run_level, item)
+            elif item[:2] > self.run_level[0][:2]:
+                heapq.heapreplace(self.run_level, item)
+            return
+        key = (finding["entity_type"] or "", finding["entity_id"])
+        entity = self.entities.get(key)
+        if entity is None:
+            entity = self.entities[key] = _EntityTally(0, -1, finding["severity"], frozenset(), False)
+        entity.findings += 1
+        if rank > entity.rank:
+            entity.rank, entity.worst_severity = rank, finding["severity"]
+        if finding["code"] not in entity.codes:
+            combined = (entity.codes, finding["code"])
+            entity.codes = self.code_sets.setdefault(combined, entity.codes | {finding["code"]})
+        entity.audited = entity.audited or finding["code"] not in NOT_AUDITED_CODES
+
+    def entity_rows(self, limit: int) -> tuple[EntityRow, ...]:
+        """The first ``limit`` entities with findings: worst severity first, then most findings."""
+        first = heapq.nsmallest(limit, self.entities.items(),
+                                key=lambda item: (-item[1].rank, -item[1].findings, item[0][0], item[0][1]))
+        return tuple(EntityRow(entity_type, entity_id, t.findings, tuple(sorted(t.codes)), t.worst_severity)
+                     for (entity_type, entity_id), t in first)
+
+    def run_level_rows(self) -> tuple[dict[str, Any], ...]:
+        """The :data:`MAX_RUN_LEVEL_ROWS` worst findings about no one entity, worst severity first,
+        then in the order written: a critical one (the close's ``audit-record-invalid``, written
+        last) must not fall past them behind warnings."""
+        return tuple(finding for _, _, finding in sorted(self.run_level, reverse=True))
 
 
-def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, Any]:
+def _figures(run: dict[str, Any], findings: int, summary: dict[str, Any] | None) -> dict[str, Any]:
     if summary is not None:
         keys = ("total_entities", "compliant", "non_compliant", "versions_verified", "findings",
                 "duration_seconds", "signatures")
@@ -141,13 +188,13 @@ def _figures(run: dict[str, Any], findings: list[dict[str, Any]], summary: dict[
                 "constitution_versions": summary.get("constitution_versions")}
     return {
         "total_entities": run["entities_total"], "compliant": None, "non_compliant": None,
-        "versions_verified": None, "findings": len(findings), "duration_seconds": None,
+        "versions_verified": None, "findings": findings, "duration_seconds": None,
         "signatures": run["params"].get("verify_signatures") or "heads", "database_role": None,
         "constitution_versions": None,
     }
 
 
-def _flagged(summary: dict[str, Any], findings: list[dict[str, Any]]) -> int:
+def _flagged(summary: dict[str, Any], tally: _Tally) -> int:
     """Audited entities with any finding: the summary's ``entities_with_findings``, which
     counts those it audited, as its totals do (a run that stopped part-way: not the digest's
     findings about entities it never reached). Runs closed before the summary had it count
@@ -156,19 +203,16 @@ def _flagged(summary: dict[str, Any], findings: list[dict[str, Any]]) -> int:
     """
     flagged = summary.get("entities_with_findings")
     if not isinstance(flagged, int):
-        flagged = len({f["entity_id"] for f in findings if f["entity_id"] is not None and f["code"] not in NOT_AUDITED_CODES})
+        flagged = len({entity_id for (_, entity_id), t in tally.entities.items() if t.audited})
     return flagged
 
 
-def _count(values: Any) -> dict[str, int]:
-    return dict(sorted(Counter(values).items()))
-
-
-def _signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> SignatureDetails:
-    key, payload = keyring.active, canonical_bytes(report)  # the JWS payload, made once
+def _signature(session: Session, read: ReportRead, keyring: KeyRing) -> SignatureDetails:
+    key, payload = keyring.active, read.payload  # the JWS payload, made once
+    assert payload is not None
     return SignatureDetails(
         report_sha256=sha256(payload).hex(),  # stable once the run has finished
-        jws=recorded_report_signature(session, report, keyring, payload=payload),
+        jws=read_signature(session, read, keyring),
         kid=key.kid,
         alg=key.algorithm,
         jwks_json=json.dumps({"keys": [key.public_jwk()]}, indent=2),

@@ -4,7 +4,8 @@ An exported report document is ``{"report": {...}, "signature": "<detached JWS>"
 report holds the run, every finding, and the repairs (``plant entity restore``) of
 entities in scope made before the run started whose own signature verified then, each
 with its signature: those the run's signed plan and close name, so every export of a run
-lists the same ones (:func:`run_repairs`).
+lists the same ones (:func:`models.report_reads.run_repairs`). Exports read the run's
+findings a page at a time (:func:`models.report_reads.read_report`).
 The document is itself written in canonical (RFC 8785) form. The JWS payload is the canonical bytes of
 ``report``, so anyone holding the published JWK Set can check a saved report offline:
 canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
@@ -29,23 +30,22 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.audit_findings import all_findings, finding_resource, id_spans, in_spans, left_out_spans, run_resource
-from models.audit_record import (
-    AuditRecordInvalid, Progress, close_problem, open_run_problem, progress_so_far, signed_repairs,
-)
+from models.audit_findings import finding_resource, in_spans, left_out_spans, run_resource  # noqa: F401 - for web.api.audit
+from models.audit_record import AuditRecordInvalid, close_problem
 from models.audit_chunks import batches_in_flight_done
-from models.audit_runs import scope_repairs
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json
 from models.entity_input import nul_refused
-from models.errors import JwsError, NotFound
+from models.errors import JwsError
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
-from models.repair import as_listed, record_sha256, repairs_by_id, verify_repair
+from models.repair import verify_repair
 from models.report_pages import finding_pages, fingerprint, read_findings
+from models.report_reads import (  # noqa: F401 - REPORT_TYPE, get_run and run_repairs: named here as before
+    REPORT_TYPE, ReportRead, get_run, read_report, report_members, report_payload, run_repairs,
+)
 from models.signed_exports import signed_once
 from models.signing import KeyRing
 
-REPORT_TYPE = "plant.audit-report.v1"
 DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 # "counted": "no" for a finding the close left out of every count (no signature of Plant's
 # covers it: ``summary.findings_left_out``), "yes" otherwise; while the run is running, "no"
@@ -56,13 +56,6 @@ CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "sev
 # details all start with a letter or digit), so only a row written outside Plant, which the
 # export marks counted "no", is changed; the JSON export keeps its exact value.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def get_run(session: Session, run_id: uuid.UUID) -> AuditRun:
-    run = session.get(AuditRun, run_id)
-    if run is None:
-        raise NotFound(f"no audit run with id {run_id}", id=str(run_id))
-    return run
 
 
 def findings_page(session: Session, run: AuditRun, *, after: int | None, code: str | None, limit: int) -> list[AuditFinding]:
@@ -88,112 +81,21 @@ def findings_page(session: Session, run: AuditRun, *, after: int | None, code: s
     return list(session.scalars(statement.order_by(AuditFinding.id).limit(limit)))
 
 
-def checked_run(
-        session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> tuple[AuditRun, list[AuditFinding], Progress | None]:
-    """The run, its findings (read after the run, before its checkpoints: see
-    :func:`models.audit_record.progress_so_far`) and, while it runs, its progress so far, if
-    its record is the one Plant signed, else :class:`AuditRecordInvalid`: a finished run's
-    close must verify over those findings (:func:`models.audit_record.close_problem`), and a
-    run not finished must have the plan Plant signed (a run Plant never started is refused
-    too). A run closed while it was checked as running is checked again, as closed."""
-    while True:
-        run = get_run(session, run_id)
-        findings = all_findings(session, run_id)
-        if run.finished_at is not None:
-            problem = close_problem(session, run, keyring, findings)
-        else:
-            problem = open_run_problem(session, run, keyring)
-        if problem is not None:
-            raise AuditRecordInvalid(problem, run_id=str(run_id))
-        if not _closed_meanwhile(session, run):
-            break
-    return run, findings, progress_so_far(session, run, findings, keyring) if run.finished_at is None else None
-
-
-def _closed_meanwhile(session: Session, run: AuditRun) -> bool:
-    """Whether a run read as running (its record checked as such) was closed since: the
-    findings read after the check then hold the close's own, which no checkpoint names.
-    The caller starts again, to check and report the run as closed."""
-    if run.finished_at is not None:
-        return False
-    session.refresh(run, ["finished_at"])  # only: the rest stays as it was checked
-    if run.finished_at is None:
-        return False
-    session.expire(run)  # read again, whole, by the check that starts again
-    return True
-
-
 def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
-    """The run's report. A finished run's close must be the one Plant signed
-    (:func:`models.audit_record.close_problem`), or :class:`AuditRecordInvalid` is raised
-    and nothing is signed. A run not finished must have the plan Plant signed (else the
-    same), and is reported as running, with no summary, whatever its row says (only
-    Plant's signed close makes a status and a summary final), with its progress so far
-    (``chunks_done``, ``entities_audited``) counted from the checkpoints that verify, and
-    with ``findings_left_out`` (count and id spans) if some findings are named by no plan or
-    checkpoint that verifies: written outside Plant, the close will leave them out."""
-    run, findings, progress = checked_run(session, run_id=run_id, keyring=keyring)
-    resource = run_resource(run)
-    if progress is not None:
-        resource.update(status="running", summary=None, chunks_done=progress.chunks_done,
-                        entities_audited=progress.entities_audited)
-        if progress.left_out:
-            resource["findings_left_out"] = {"count": len(progress.left_out), "ids": id_spans(progress.left_out)}
-    return report_members(resource, [finding_resource(f) for f in findings], run_repairs(session, run, keyring))
-
-
-def report_members(run: dict[str, Any], findings: list[dict[str, Any]], repairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A report: what :func:`build_report` returns, and :func:`finished_report_payload` writes."""
-    return {"type": REPORT_TYPE, "run": run, "findings": findings, "repairs": repairs}
-
-
-# RFC 8785 writes the report's members in the order of their names: "findings" first.
-PAYLOAD_HEAD = b'{"findings":'
+    """The run's report, as a dict: :func:`models.report_reads.read_report`, every finding kept
+    (for tools and tests; the exports and the page keep a page of them at a time)."""
+    findings: list[dict[str, Any]] = []
+    read = read_report(session, run_id=run_id, keyring=keyring, canonical=False,
+                       each_page=lambda page: findings.extend(resource for resource, _ in page))
+    return report_members(read.run, findings, read.repairs)
 
 
 def finished_report_payload(session: Session, run: AuditRun, keyring: KeyRing) -> bytes:
     """:func:`report_payload` of the :func:`build_report` of a finished ``run``, byte for byte,
-    made with one page of its findings in memory at a time, besides the bytes themselves
-    (:func:`models.report_pages.read_findings`). Its close is checked over the findings those
-    bytes were made of (:class:`AuditRecordInvalid`), before anything is signed."""
-    payload = bytearray(PAYLOAD_HEAD)
-    findings = read_findings(session, run.id, into=payload)
-    problem = close_problem(session, run, keyring, hashed=findings.hashed)
-    if problem is not None:
-        raise AuditRecordInvalid(problem, run_id=str(run.id))
-    rest = report_payload(report_members(run_resource(run), [], run_repairs(session, run, keyring)))
-    if findings.error is not None:  # a run closed before 0015 has no close to refuse it
-        raise findings.error
-    if not rest.startswith(PAYLOAD_HEAD + b"[]"):  # pragma: no cover - a member named before "findings"
-        raise RuntimeError("the report's findings are no longer its first member")
-    payload += memoryview(rest)[len(PAYLOAD_HEAD) + 2:]
+    made with one page of its findings in memory at a time (:func:`models.report_reads.read_report`)."""
+    payload = read_report(session, run_id=run.id, keyring=keyring).payload
+    assert payload is not None
     return bytes(payload)
-
-
-def run_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dict[str, Any]]:
-    """The restores (``plant entity restore``) the report of ``run`` (its record checked:
-    :func:`checked_run`) lists, each exported with its own signature: it says what a row held
-    when it was set back to its signed head. They are those its close names (its plan while
-    it runs): of entities in its scope, made before it started, whose signature verified
-    then. Each is read back and must hash as named; one changed since (past the table's
-    append-only guard) is :class:`AuditRecordInvalid`. A run whose record names none
-    (started before plans named repairs) lists the records of its scope made before it
-    started whose signature verifies: a record written outside Plant, whatever time it
-    names, is left out, and one Plant wrote later names a later time. A record canonical
-    JSON cannot hold inside the report's document is listed marked (:func:`as_listed`)."""
-    named = signed_repairs(run.close_signed if run.finished_at is not None else run.plan_signed)
-    if named is None:
-        return [as_listed(record) for record in scope_repairs(session, run, keyring)]
-    held = repairs_by_id(session, [uuid.UUID(entry["id"]) for entry in named])
-    listed = []
-    for entry in named:
-        row = held.get(uuid.UUID(entry["id"]))
-        record = row.as_json() if row is not None else None
-        if record is None or record_sha256(record) != entry["sha256"]:
-            raise AuditRecordInvalid(f"audit run {run.id}: repair record {entry['id']} is not the one Plant listed when "
-                                     "the run started (changed or removed past its append-only guard)", run_id=str(run.id))
-        listed.append(as_listed(record))
-    return listed
 
 
 def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
@@ -205,41 +107,35 @@ def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
 
 
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
-    """:func:`signed_report` of the run's report, its signature recorded (the caller commits).
-    A finished run's is made page by page (:func:`finished_report_payload`)."""
-    run = get_run(session, run_id)
-    if run.finished_at is not None:
-        payload = finished_report_payload(session, run, keyring)
-        return _document(payload, signed_once(session, document=payload, keyring=keyring))
-    report = build_report(session, run_id=run_id, keyring=keyring)
-    payload = report_payload(report)  # once: seconds for a run of many findings
-    return _document(payload, recorded_report_signature(session, report, keyring, payload=payload))
+    """:func:`signed_report` of the run's report, made a page of findings at a time
+    (:func:`models.report_reads.read_report`), a finished run's signature recorded (the caller commits)."""
+    read = read_report(session, run_id=run_id, keyring=keyring)
+    assert read.payload is not None
+    return _document(read.payload, read_signature(session, read, keyring))
 
 
-def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing, *,
-                              payload: bytes | None = None) -> str:
-    """:func:`report_signature`; for a finished run's report, the one signature recorded for
-    it, so that sealing the key lists it (:func:`models.signed_exports.signed_once`).
-    ``payload``: the report's canonical bytes, where the caller has them already."""
-    payload = canonical_bytes(report) if payload is None else payload
-    if report["run"].get("finished_at") is None:
-        return sign_detached(payload, keyring.active)
-    return signed_once(session, document=payload, keyring=keyring)
+def read_signature(session: Session, read: ReportRead, keyring: KeyRing) -> str:
+    """The detached JWS over a read report's canonical bytes: a finished run's, the one
+    signature recorded for it, so that sealing the key lists it
+    (:func:`models.signed_exports.signed_once`); a running run's, made now, not recorded."""
+    assert read.payload is not None
+    if read.finished:
+        return signed_once(session, document=read.payload, keyring=keyring)
+    return sign_detached(read.payload, keyring.active)
 
 
-def report_payload(report: dict[str, Any]) -> bytes:
-    """The report's canonical bytes, the JWS payload, as they stand inside its document: a
-    report that fits :data:`models.canonical.MAX_NESTING_DEPTH` alone but not one level down
-    is refused (``CanonicalizationError``), as canonicalizing its whole document is; handed
-    out, no verifier (:func:`verify_report_document`) would read it."""
-    return canonical_bytes(report, enclosed=1)
+def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
+    """:func:`read_signature` of a report held as a dict (for tools and tests)."""
+    finished = report["run"].get("finished_at") is not None
+    return read_signature(session, ReportRead(report["run"], report.get("repairs", []), finished,
+                                              bytearray(report_payload(report))), keyring)
 
 
-def _document(payload: bytes, jws: str) -> bytes:
+def _document(payload: bytes | bytearray, jws: str) -> bytes:
     """The canonical bytes of ``{"report": report, "signature": jws}``, given the report's
     :func:`report_payload`: RFC 8785 writes an object's members in the order of their names,
     each as its value's canonical bytes, so the report's are not made a second time."""
-    return b'{"report":' + payload + b',"signature":' + canonical_bytes(jws) + b"}"
+    return b"".join((b'{"report":', payload, b',"signature":', canonical_bytes(jws), b"}"))  # one copy of payload
 
 
 @dataclass(frozen=True)
@@ -317,7 +213,7 @@ class CheckedCsv:
     """A run's CSV export, its record checked (:func:`checked_csv`), to be written by :meth:`parts`."""
 
     run_id: uuid.UUID
-    whole: str | None  # a run read as running: written at once
+    whole: list[str] | None  # a run read as running: written at once, a part a page
     left_out: list[list[int]] = field(default_factory=list)  # a finished run's: its summary's findings_left_out
     checked: list[bytes] | None = None  # a finished run's pages as the check read them (fingerprints), if it did
 
@@ -327,7 +223,7 @@ class CheckedCsv:
         must be the one the check read (only with the table's triggers lifted could it
         differ), else :class:`AuditRecordInvalid` comes before its rows do."""
         if self.whole is not None:
-            yield self.whole
+            yield from self.whole
             return
         left_out = in_spans(self.left_out)
         yield csv_text((), header=True)
@@ -343,8 +239,9 @@ def checked_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Che
     """The run's CSV export, its record checked as for a signed report (:class:`AuditRecordInvalid`
     now, before any of it is written). A finished run's close is checked over one read of its
     findings, page by page, and its rows are written from a second (:meth:`CheckedCsv.parts`).
-    A run read as running is written whole (:func:`checked_run`): which of its findings no
-    checkpoint covers so far needs them all."""
+    A run read as running is written at once, from one read of its findings
+    (:func:`models.report_reads.read_report`), a page at a time: its pages are not read
+    again, as the findings it takes meanwhile would change them."""
     run = get_run(session, run_id)
     if run.finished_at is None:
         return CheckedCsv(run_id, _whole_csv(session, run_id, keyring))
@@ -356,13 +253,12 @@ def checked_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Che
     return CheckedCsv(run.id, None, left_out_spans(run.summary), None if read.error is not None else read.pages)
 
 
-def _whole_csv(session: Session, run_id: uuid.UUID, keyring: KeyRing) -> str:
-    run, findings, progress = checked_run(session, run_id=run_id, keyring=keyring)
-    if progress is None:
-        left_out, kept = in_spans(left_out_spans(run.summary)), "yes"
-    else:  # the close decides; those no checkpoint covers so far it will leave out
-        left_out, kept = set(progress.left_out).__contains__, ""
-    return csv_text(((finding_resource(f), "no" if left_out(f.id) else kept) for f in findings), header=True)
+def _whole_csv(session: Session, run_id: uuid.UUID, keyring: KeyRing) -> list[str]:
+    """A run read as running: its CSV made a page at a time, as a part a page (it holds no
+    connection while it is sent); its counted cells are those its report has."""
+    parts = [csv_text((), header=True)]
+    read_report(session, run_id=run_id, keyring=keyring, canonical=False, each_page=lambda page: parts.append(csv_text(page)))
+    return parts
 
 
 def csv_text(findings: Iterable[tuple[dict[str, Any], str]], *, header: bool = False) -> str:

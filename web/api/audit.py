@@ -318,7 +318,7 @@ def _streamed(csv_export: CheckedCsv, svc: Services, log_ids: dict[str, str]) ->
     page changed since the check, a database error) is logged here, under ``log_ids``."""
     try:
         if csv_export.whole is not None:
-            yield csv_export.whole
+            yield from csv_export.whole
             return
         with stream_session(svc) as session:
             yield from csv_export.parts(session)
