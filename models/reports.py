@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,11 +52,15 @@ DOCUMENT_MEMBERS = frozenset({"report", "signature"})
 # covers it: ``summary.findings_left_out``), "yes" otherwise; while the run is running, "no"
 # for one no checkpoint covers so far, empty otherwise.
 CSV_COLUMNS = ("finding_id", "entity_type", "entity_id", "version", "code", "severity", "rule_id", "detail", "counted")
-# A text cell a spreadsheet would read as a formula (OWASP "CSV Injection"): written with a
-# leading apostrophe. No finding Plant writes has such a text cell (codes, rule ids, types and
-# details all start with a letter or digit), so only a row written outside Plant, which the
-# export marks counted "no", is changed; the JSON export keeps its exact value.
+# A text cell a spreadsheet would read as a formula (OWASP "CSV Injection"): one starting with a
+# tab or a CR, or whose first character past any blanks (what a spreadsheet may trim: spaces,
+# line breaks, controls, invisible format characters) is =, +, - or @, or a compatibility form
+# of one (full-width "＝", small "﹢"): written with a leading apostrophe. No finding Plant
+# writes has such a text cell (codes, rule ids, types and details all start with a letter or
+# digit), so only a row written outside Plant, which the export marks counted "no", is
+# changed; the JSON export keeps its exact value.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_CHARACTERS = frozenset("=+-@")
 
 
 def findings_page(session: Session, run: AuditRun, *, after: int | None, code: str | None, limit: int) -> list[AuditFinding]:
@@ -278,10 +283,26 @@ def csv_text(findings: Iterable[tuple[dict[str, Any], str]], *, header: bool = F
 
 
 def spreadsheet_safe(value: Any) -> Any:
-    """A CSV cell as a spreadsheet should read it: text starting with a formula character
-    (:data:`FORMULA_STARTS`) gets a leading apostrophe, so it is shown as text, never run;
+    """A CSV cell as a spreadsheet should read it: text a spreadsheet would read as a formula
+    (:func:`reads_as_formula`) gets a leading apostrophe, so it is shown as text, never run;
     numbers (a version below 1 is a negative number, not a formula) and other text are kept."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+    return "'" + value if isinstance(value, str) and reads_as_formula(value) else value
+
+
+def reads_as_formula(text: str) -> bool:
+    """Whether a spreadsheet could read ``text`` as a formula: it starts with a tab or a CR,
+    or its first character past the blanks a spreadsheet may trim is a formula character
+    (:data:`FORMULA_CHARACTERS`), as itself or in a compatibility form (NFKC). Judged on the
+    text's canonical decomposition (NFD), which is the same for every spelling NFC reads as one:
+    the signed report holds the text NFC-normalised ("=" then U+0338 is "≠"), and ``plant report
+    verify --csv`` must decide as the export did (:func:`models.report_csv.expected_csv`)."""
+    if text.startswith(FORMULA_STARTS):
+        return True
+    for character in unicodedata.normalize("NFD", text):
+        if character.isspace() or unicodedata.category(character) in ("Cc", "Cf", "Zs", "Zl", "Zp"):
+            continue
+        return unicodedata.normalize("NFKC", character) in FORMULA_CHARACTERS
+    return False
 
 
 def report_signature(report: dict[str, Any], keyring: KeyRing) -> str:
