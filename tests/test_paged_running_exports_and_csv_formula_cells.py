@@ -61,7 +61,7 @@ def test_a_csv_cell_that_reads_as_a_formula_after_leading_blanks_is_written_as_t
     forged = [row for row in rows if row["counted"] == "no"]
     assert len(forged) == len(BLANK_LED)
     columns = ("entity_type", "code", "severity", "rule_id", "detail")
-    for row, written in zip(sorted(forged, key=lambda r: int(r["finding_id"])), BLANK_LED):
+    for row, written in zip(sorted(forged, key=lambda r: int(r["finding_id"])), BLANK_LED, strict=True):
         for column in set(columns) & set(written):
             plain = written[column].startswith("forged")
             assert row[column] == ("" if plain else "'") + written[column], (column, row[column])
