@@ -207,6 +207,7 @@ def _end_attempt(session: Session, claim: JobClaim, *, otherwise: str, error: di
     if otherwise == QUEUED:  # back in the queue, unless cancelled: not finished, published again, no worker
         values.update(finished_at=case((cancelling, func.now()), else_=None),
                       enqueued_at=case((cancelling, Job.enqueued_at), else_=func.now()),
+                      queued_at=case((cancelling, Job.queued_at), else_=func.now()),
                       republishes=case((cancelling, Job.republishes), else_=0),
                       worker=case((cancelling, Job.worker), else_=None))
         if handed_back:

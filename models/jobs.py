@@ -85,6 +85,10 @@ class Job(Base):
     # jobs not cancelled on request and for cancels older than migration 0022.
     cancelled_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
+    # When it last entered the queue: created, or released for a retry or handed back by its
+    # attempt (models.job_recovery); a republish of a lost message leaves it, as the job was
+    # queued all along. The backlog gauge counts a job's wait from it (models.metrics.queue_backlog).
+    queued_at: Mapped[CreatedAt]
     started_at: Mapped[Timestamp | None]
     finished_at: Mapped[Timestamp | None]
     updated_at: Mapped[UpdatedAt]

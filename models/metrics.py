@@ -66,8 +66,10 @@ def job_counts(session: Session) -> list[JobCount]:
 
 
 def queue_backlog(session: Session) -> list[QueueBacklog]:
-    """Queued jobs per queue, counted from the rows (published or still in the outbox)."""
-    age = extract("epoch", func.now() - func.min(Job.created_at))
+    """Queued jobs per queue, counted from the rows (published or still in the outbox), and how
+    long the one queued longest has waited since it last entered the queue (``queued_at``: a
+    job handed back or retried after a long run waits from then, not from its creation)."""
+    age = extract("epoch", func.now() - func.min(Job.queued_at))
     rows = session.execute(
         select(Job.queue, func.count(), age).where(Job.status == JobStatus.QUEUED.value).group_by(Job.queue)
     )

@@ -99,8 +99,9 @@ def test_job_counts_and_queue_backlog_equal_the_database(client, engine) -> None
     ]
     with engine.begin() as connection:
         for kind, queue, status, age in rows:
+            since = func.now() - dt.timedelta(seconds=age)  # created and queued then, never handed back
             connection.execute(insert(Job).values(kind=kind, queue=queue, status=status, params={},
-                                                  created_at=func.now() - dt.timedelta(seconds=age)))
+                                                  created_at=since, queued_at=since))
     samples = scrape(client)
     with Session(engine) as session:
         in_db = {(k, s): n for k, s, n in session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}

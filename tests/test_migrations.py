@@ -123,6 +123,25 @@ def test_digests_stored_before_0011_keep_their_leaves(empty_database: str) -> No
         assert conn.execute("SELECT keep_leaves FROM ledger_digests ORDER BY id").fetchall() == [(True,), (False,)]
 
 
+def test_0025_dates_each_job_s_last_queueing_from_its_creation_and_a_new_job_from_now(empty_database: str) -> None:
+    """The backlog gauge counted from ``created_at`` before: an upgrade must not make a queued
+    job look younger than it was measured a moment before."""
+    from alembic import command
+
+    from models.migrate import alembic_config
+
+    command.upgrade(alembic_config(empty_database), "0024")
+    with psycopg.connect(empty_database.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (kind, queue, created_at) VALUES ('diagnostics.sleep', 'default', "
+                     "now() - interval '1 hour')")
+    upgrade_head(empty_database)
+    with psycopg.connect(empty_database.replace("+psycopg", ""), autocommit=True) as conn:
+        assert conn.execute("SELECT queued_at = created_at, created_at < now() - interval '59 minutes' "
+                            "FROM jobs").fetchall() == [(True, True)]
+        conn.execute("INSERT INTO jobs (kind, queue) VALUES ('diagnostics.sleep', 'default')")
+        assert conn.execute("SELECT count(*) FROM jobs WHERE queued_at > now() - interval '1 minute'").fetchone() == (1,)
+
+
 LEDGER_DIGESTS_GUARD = {("ledger_digests_no_update_delete", "A"), ("ledger_digests_no_truncate", "A")}
 
 

@@ -1,0 +1,37 @@
+"""Record when a job last entered the queue: ``jobs.queued_at``.
+
+``plant_jobs_queued_oldest_age_seconds`` counted a queued job's wait from its creation: an
+audit that ran an hour and was handed back (its worker shut down at a deploy), or retried,
+showed an hour of backlog the moment it was queued again, and an alert on queue wait fired
+at every such deploy. No column held the time a job last entered the queue: ``enqueued_at``
+is restamped by each republish of a lost message, ``updated_at`` by every write. A job is
+queued when it is created, and again when an attempt hands it back or releases it for a retry;
+each sets this column.
+
+Every row already there gets its ``created_at``, the time the gauge counted from until now
+(an upgrade must not make a backlog look younger than it was measured a moment before).
+
+Revision ID: 0025
+Revises: 0024
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0025'
+down_revision = '0024'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column('jobs', sa.Column('queued_at', sa.DateTime(timezone=True), server_default=sa.func.now(),
+                                    nullable=True))
+    op.execute("UPDATE jobs SET queued_at = created_at")
+    op.alter_column('jobs', 'queued_at', nullable=False)
+
+
+def downgrade() -> None:
+    # Only the time a job last entered the queue goes: the gauge counts from creation again.
+    op.drop_column('jobs', 'queued_at')
