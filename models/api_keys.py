@@ -29,6 +29,7 @@ from models.base import Base, CreatedAt, Timestamp, UUIDPk
 from models.db_statements import SessionOrConnection, driver_rows, driver_sql
 from models.entity_input import nul_refused
 from models.errors import InvalidInput, LastAdminKey, NotFound
+from models.lookalikes import skeleton
 
 SCOPES = ("read", "write", "admin")
 # The actor a write through the API records (chain versions, jobs' requested_by and cancelled_by).
@@ -278,15 +279,22 @@ def key_name_problem(name: str) -> str | None:
 
 def name_skeleton(name: str) -> str:
     """What ``name`` reads as, for comparing names: NFKC (fullwidth ``ｂ`` is ``b``), without
-    regard to case, and with every character that is neither a letter nor a digit dropped.
-    A key named ``bootstrap‐admin`` (U+2010 HYPHEN), ``bootstrap−admin`` (U+2212 MINUS SIGN),
-    ``bootstrap—admin`` or ``bootstrap_admin`` reads as the configured admin key in a listing:
-    every dash (Unicode's Pd), minus sign and separator is dropped, not only the ones a list
-    of confusables names. (No maintained, small confusables library is pinned: ``confusables``
-    1.2.0, of 2021, misses 18 of the Pd dashes.) Letters of another script that look Latin
-    (Cyrillic ``о``) are not folded."""
+    regard to case, each letter of another script drawn as a Latin one taken for it (Cyrillic
+    ``о`` for ``o``: :func:`models.lookalikes.skeleton`), and every character that is neither a
+    letter nor a digit dropped. A key named ``bootstrap‐admin`` (U+2010 HYPHEN),
+    ``bootstrap−admin`` (U+2212 MINUS SIGN), ``bootstrap—admin`` or ``bootstrap_admin`` reads as
+    the configured admin key in a listing: every dash (Unicode's Pd), minus sign and separator
+    is dropped, not only the ones a list of confusables names."""
     folded = unicodedata.normalize("NFKC", name).casefold()
-    return "".join(c for c in folded if unicodedata.category(c)[0] in "LN")
+    return "".join(_letter_read(c) for c in folded if unicodedata.category(c)[0] in "LN")
+
+
+def _letter_read(char: str) -> str:
+    """The Latin letter a casefolded ``char`` reads as. A capital's look-alike is asked too:
+    Cyrillic ``т`` is drawn as the small capital ``ᴛ`` but ``Т`` as ``T``; of the two readings
+    a plain ASCII one is taken (Greek ``ι``, casefolded from ``Ι``, reads as ``i``, not ``l``)."""
+    readings = [skeleton(char).casefold(), skeleton(char.upper()).casefold()]
+    return next((reading for reading in readings if reading.isascii()), readings[0])
 
 
 # pg_advisory_xact_lock key ("plantadm" in ASCII) serializing the admin keys deploys ensure.

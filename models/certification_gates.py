@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Text, Uuid
@@ -28,6 +28,7 @@ from models.chain_verification import HEAD_FINDINGS, head_drift
 from models.constitution import L0, L1, evaluate, visible
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Skill, SkillStatus, governed_content
+from models.lookalikes import skeleton
 from models.registry import EMBEDDED_TEXT, embedding_text, rule_subject
 from models.signing import KeyRing
 
@@ -88,28 +89,62 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
     each is confirmed from signed content: certified by its signed head version
     (:func:`_certified_by_signed_head`), and the vector of that version's text near
     ``skill``'s. So a status or a vector changed through SQL makes Plant sign no rejection
-    (their audit findings say so)."""
+    (their audit findings say so).
+
+    A text spelled with letters drawn alike (Cyrillic ``о`` for ``o``, fullwidth letters) is
+    also compared as it reads: when its :func:`models.lookalikes.skeleton` is not the text,
+    the vector of the skeleton finds candidates too, and is compared with the vector of each
+    candidate's skeleton (:func:`reads_alike`). Nothing stored changes."""
     if skill.embedding is None:
         return None
-    certified = (
-        select(Skill.id, Skill.embedding.cosine_distance(skill.embedding).label("distance"))
-        .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill.id, Skill.embedding.is_not(None))
-        .cte("certified").prefix_with("MATERIALIZED")
-    )  # each row's distance, not its vector: a few bytes a skill to keep, under the lock every certification waits on
-    near = session.scalars(select(certified.c.id).where(certified.c.distance <= 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN)
-                           .order_by(certified.c.distance)).all()
+    mine = [float(x) for x in skill.embedding]
+    reading = skeleton(embedding_text(skill))
+    mine_read = embedder.embed([reading])[0] if reading != embedding_text(skill) else None
+    near = _certified_candidates(session, skill.id, mine, mine_read)
     if not near:
         return None
     loaded = session.scalars(select(Skill).where(Skill.id.in_(near)).execution_options(populate_existing=True)).all()
     others = _certified_by_signed_head(session, list(loaded), keyring)
-    mine = [float(x) for x in skill.embedding]
-    scored = [(cosine(mine, vector), other) for other, vector in
-              zip(others, embedder.embed([embedding_text(other) for other in others]), strict=True)]
+    theirs = embedder.embed([embedding_text(other) for other in others])
+    theirs_read = _read_vectors(others, embedder) if mine_read is not None else {}
+    scored = [(reads_alike(mine, mine_read, vector, theirs_read.get(other.id, vector)), other)
+              for other, vector in zip(others, theirs, strict=True)]
     best = max(scored, key=lambda pair: pair[0], default=None)
     if best is None or not best[0] >= DUPLICATE_SIMILARITY:
         return None
     similarity, other = best
     return {"id": str(other.id), "name": other.name, "similarity": round(similarity, 6)}
+
+
+def _certified_candidates(session: Session, skill_id: uuid.UUID, mine: list[float], mine_read: list[float] | None) -> list[uuid.UUID]:
+    """The certified skills other than ``skill_id`` whose stored vector is near ``mine`` or
+    ``mine_read`` (the vector of its skeleton, when that is not its text), nearest first."""
+    distance = Skill.embedding.cosine_distance(mine)
+    if mine_read is not None:
+        distance = func.least(distance, Skill.embedding.cosine_distance(mine_read))
+    certified = (
+        select(Skill.id, distance.label("distance"))
+        .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill_id, Skill.embedding.is_not(None))
+        .cte("certified").prefix_with("MATERIALIZED")
+    )  # each row's distance, not its vector: a few bytes a skill to keep, under the lock every certification waits on
+    return list(session.scalars(select(certified.c.id).where(
+        certified.c.distance <= 1.0 - DUPLICATE_SIMILARITY + CANDIDATE_MARGIN).order_by(certified.c.distance)).all())
+
+
+def reads_alike(mine: list[float], mine_read: list[float] | None, theirs: list[float], theirs_read: list[float]) -> float:
+    """How near two skills' texts are, for the duplicate gate and the audit's second look alike:
+    the cosine of their texts' vectors, or, when the first skill's text has a skeleton of its
+    own (``mine_read``, else None), that of their skeletons' vectors if higher (``theirs_read``
+    is the other's text's vector when its skeleton is its text)."""
+    similarity = cosine(mine, theirs)
+    return similarity if mine_read is None else max(similarity, cosine(mine_read, theirs_read))
+
+
+def _read_vectors(skills: Sequence[Any], embedder: Embedder) -> dict[uuid.UUID, list[float]]:
+    """The vector of the skeleton of each of ``skills`` whose skeleton is not its text (any
+    other reads as its text's vector): no embedding for a text the skeleton leaves as it is."""
+    changed = [(skill.id, reading) for skill in skills if (reading := skeleton(embedding_text(skill))) != embedding_text(skill)]
+    return dict(zip([skill_id for skill_id, _ in changed], embedder.embed([r for _, r in changed]), strict=True)) if changed else {}
 
 
 def _certified_by_signed_head(session: Session, skills: Sequence[Skill], keyring: KeyRing) -> list[Any]:
@@ -200,7 +235,10 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
       stored vector made to look like another's accuses no one; it is that skill's own
       ``embedding-mismatch``. The partner certified first is not reported; when their
       certificates do not tell which came first (one without an ``issued_at``, or the same
-      one), each is.
+      one), each is. As in the gate, a skill whose text has a skeleton of its own (letters
+      drawn alike) is also compared as it reads: its skeleton's vector finds candidates and
+      is compared with theirs (:func:`reads_alike`). A text the skeleton leaves as it is
+      (all ASCII ones, most) costs nothing more.
 
     Every certified skill is compared with every other: the cost grows with the square of
     their number (README, "Certification").
@@ -210,13 +248,16 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
         return []
     vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))
     findings = _embedding_mismatches(session, audited, vectors)
-    pairs = _near_certified_pairs(session, audited, vectors)
+    read = _read_vectors(audited, embedder)  # as the gate: a skeleton's vector only where it is not the text
+    pairs = {*_near_certified_pairs(session, audited, vectors),
+             *_near_certified_pairs(session, [skill for skill in audited if skill.id in read], read)}
     known = {skill.id: skill for skill in audited}
     others = _signed_partners(session, {other for _, other in pairs} - set(known), keyring)
     known.update((skill.id, skill) for skill in others)
     vectors.update(zip((skill.id for skill in others), embedder.embed([embedding_text(skill) for skill in others]), strict=True))
+    read.update(_read_vectors(others, embedder))
     for skill_id, other_id in sorted(pairs):
-        if (finding := _near_duplicate(known[skill_id], known.get(other_id), vectors)) is not None:
+        if (finding := _near_duplicate(known[skill_id], known.get(other_id), vectors, read)) is not None:
             findings.append(finding)
     return findings
 
@@ -251,13 +292,16 @@ def _signed_partners(session: Session, wanted: set[uuid.UUID], keyring: KeyRing)
     return _signed_certified(session, list(loaded), keyring)
 
 
-def _near_duplicate(skill: Any, other: Any, vectors: dict[uuid.UUID, list[float]]) -> GateFinding | None:
+def _near_duplicate(skill: Any, other: Any, vectors: dict[uuid.UUID, list[float]],
+                    read: dict[uuid.UUID, list[float]]) -> GateFinding | None:
     """``certified-near-duplicate`` for ``skill`` when ``other`` (None: its row is not its
-    signed head, its own findings say so) is near by their signed texts and was not
-    certified after it."""
+    signed head, its own findings say so) is near by their signed texts, judged as the gate
+    judges (:func:`reads_alike`; ``read``: the vectors of the skeletons that are not their
+    texts), and was not certified after it."""
     if other is None:
         return None
-    similarity = cosine(vectors[skill.id], vectors[other.id])
+    plain = cosine(vectors[skill.id], vectors[other.id])
+    similarity = reads_alike(vectors[skill.id], read.get(skill.id), vectors[other.id], read.get(other.id, vectors[other.id]))
     if similarity < RECHECK_SIMILARITY:
         return None  # near only by the other's stored vector (its own embedding-mismatch), or not near enough
     issued, first = issued_at(skill.certificate), issued_at(other.certificate)
@@ -267,7 +311,8 @@ def _near_duplicate(skill: Any, other: Any, vectors: dict[uuid.UUID, list[float]
              and first is not None and issued > first else "certified at a time its certificates do not tell apart")
     return GateFinding(skill.id, "certified-near-duplicate", (
         f"a near-duplicate (cosine {similarity:.6f} >= {DUPLICATE_SIMILARITY}, between the vectors of their signed "
-        f"texts) of certified skill {other.name} ({other.id}), {order}: the duplicate gate refuses such a certification"))
+        f"texts{'' if similarity == plain else ' as they read, letters drawn alike taken for the Latin ones'}) of certified "
+        f"skill {other.name} ({other.id}), {order}: the duplicate gate refuses such a certification"))
 
 
 def _signed_certified(session: Session, skills: Sequence[Any], keyring: KeyRing) -> list[Any]:

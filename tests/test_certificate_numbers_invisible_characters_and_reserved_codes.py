@@ -122,13 +122,16 @@ def test_what_draws_nothing_leaves_the_vector_as_it_is() -> None:
 HOMOGLYPHS = str.maketrans("aceopx", "\u0430\u0441\u0435\u043e\u0440\u0445")  # Cyrillic letters drawn as the Latin
 
 
-@pytest.mark.xfail(strict=True, reason="the embedders read letters, not how they are drawn: a copy spelled with "
-                   "Cyrillic homoglyphs (or fullwidth / mathematical letters, which NFC keeps) embeds far from its "
-                   "original and passes the duplicate gate; needs a confusables skeleton (UTS #39) before embedding")
 @pytest.mark.parametrize("spell", [lambda t: t.translate(HOMOGLYPHS),
                                    lambda t: "".join(chr(ord(c) + 0xFEE0) if "a" <= c <= "z" else c for c in t)],
                          ids=["cyrillic", "fullwidth"])
 def test_a_copy_spelled_with_letters_drawn_alike_is_a_near_duplicate(db_session, write_ctx, steward, spell) -> None:
-    _certified(db_session, write_ctx, steward, "Fraud Detection")
+    """The embedders read letters, not how they are drawn: a copy spelled with Cyrillic
+    homoglyphs (or fullwidth letters, which NFC keeps) embedded far from its original and
+    passed the duplicate gate. The gate also compares what the texts read as
+    (models/lookalikes.py::skeleton); the copy's stored text and vector stay as written."""
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
     copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=spell(GOOD))
-    assert certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx).status == "rejected"
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected", outcome
+    assert outcome.blocking_duplicate["id"] == str(original.id)

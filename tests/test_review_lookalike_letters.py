@@ -1,0 +1,164 @@
+"""Letters drawn alike (models/lookalikes.py): the duplicate gate and the audit's second look
+compare what texts read as, reserved key names too, and nothing stored changes.
+
+A copy of a certified skill spelled with Cyrillic look-alikes or fullwidth letters embedded far
+from its original and was certified; the gate now also compares skeletons. These tests pin what
+must hold around that: stored vectors stay the vectors of the written text, real Russian and
+Greek text is no duplicate of unrelated Latin text, the audit judges as the gate does, and the
+one order the gate cannot see (the look-alike certified first) stays a strict xfail.
+"""
+
+import pytest
+from sqlalchemy import text
+
+from models.certification import certify_skill
+from models.embeddings import cosine
+from models.entities import EntityType, Skill
+from models.lookalikes import skeleton
+from models.registry import create_entity, embedding_text
+from tests.conftest import EMBEDDER
+from tests.test_certification import GOOD, _certified, _certify_while_hidden, _codes, _skill
+
+CYRILLIC = str.maketrans("aceopxy", "\u0430\u0441\u0435\u043e\u0440\u0445\u0443")  # drawn as the Latin letters
+RUSSIAN = "Проверяет платёжные операции банка и сообщает аналитикам о подозрительных переводах каждый день"
+RUSSIAN_OTHER = "Планирует маршруты грузовиков по складам региона и следит за сроками доставки заказов"
+GREEK = "Ελέγχει τις πληρωμές της τράπεζας και ειδοποιεί τους αναλυτές για ύποπτες μεταφορές κάθε μέρα"
+ENGLISH = "Checks the bank's payment operations and tells analysts about suspicious transfers every day"
+
+
+def _named(session, ctx, steward, name: str, description: str) -> Skill:
+    """A skill named in any script (its skill_key derived by Plant)."""
+    return create_entity(session, entity_type=EntityType.SKILL, ctx=ctx, data={
+        "name": name, "category": "technical", "description": description, "governance_agent_id": steward})
+
+
+def _certify(session, ctx, skill) -> str:
+    return certify_skill(session, skill_id=skill.id, notes=None, ctx=ctx).status
+
+
+# --- the skeleton ------------------------------------------------------------------------
+
+
+def test_the_skeleton_reads_lookalike_and_fullwidth_letters_as_latin_and_leaves_the_rest() -> None:
+    assert skeleton(GOOD.translate(CYRILLIC)) == GOOD
+    assert skeleton("".join(chr(ord(c) + 0xFEE0) if "a" <= c <= "z" else c for c in GOOD)) == GOOD
+    assert skeleton("\U0001d41f\U0001d42b\U0001d41a\U0001d42e\U0001d41d") == "fraud"  # mathematical bold
+    assert skeleton("Ver 10, l|0") == "Ver 10, l|0"  # digits and signs drawn like letters stay
+    assert skeleton("Café Münster") == "Café Münster"  # Latin letters stay, accents too
+    russian = skeleton(RUSSIAN)
+    assert russian != RUSSIAN and {"д", "л", "б", "щ"} <= set(russian)  # letters with no Latin look-alike stay
+
+
+# --- the gate: no false duplicate, nothing stored changes ----------------------------------
+
+
+def test_real_russian_and_greek_descriptions_are_no_duplicates_of_unrelated_skills(
+        db_session, write_ctx, steward, keyring) -> None:
+    """A skeleton maps only the letters drawn as Latin ones: real Russian or Greek text keeps the
+    rest and reads as no Latin text, nor as other Russian or Greek text (a skeleton dropping
+    or transliterating them would make them all one). The audit agrees: nothing to report."""
+    from tests.test_audit import run_audit
+
+    _certified(db_session, write_ctx, steward, "Pipeline Engineering")
+    _certified(db_session, write_ctx, steward, "Payment Screening", description=ENGLISH)
+    for name, description in [("Проверка платежей", RUSSIAN), ("Планирование маршрутов", RUSSIAN_OTHER),
+                              ("Έλεγχος πληρωμών", GREEK)]:
+        assert _certify(db_session, write_ctx, _named(db_session, write_ctx, steward, name, description)) == "certified"
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == []
+
+
+def test_a_lookalike_spelled_skill_is_stored_and_embedded_as_written(db_session, write_ctx, steward, keyring) -> None:
+    """The skeleton is for comparing only: the stored text and vector are the written text's,
+    so a skill certified before the skeleton existed verifies as it did (no embedding-mismatch)."""
+    from tests.test_audit import run_audit
+
+    spelled = GOOD.translate(CYRILLIC)
+    skill = _certified(db_session, write_ctx, steward, "Pipeline Engineering", description=spelled)
+    db_session.expire_all()
+    stored = [float(x) for x in db_session.get(Skill, skill.id).embedding]
+    written, read = EMBEDDER.embed([embedding_text(skill), skeleton(embedding_text(skill))])
+    assert db_session.get(Skill, skill.id).description == spelled
+    assert cosine(stored, written) > 0.9999 and cosine(stored, read) < 0.95
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == []
+
+
+def test_a_lookalike_copy_of_a_certified_skill_is_refused_whatever_it_is_named(db_session, write_ctx, steward) -> None:
+    """The name is read with the description: a copy in Cyrillic look-alikes throughout."""
+    original = _certified(db_session, write_ctx, steward, "Pipeline Operations")
+    copy = _named(db_session, write_ctx, steward, "Pipeline Operations".translate(CYRILLIC), GOOD.translate(CYRILLIC))
+    outcome = certify_skill(db_session, skill_id=copy.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected" and outcome.blocking_duplicate["id"] == str(original.id)
+
+
+# --- the audit's second look judges as the gate -------------------------------------------
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+def test_a_lookalike_copy_certified_while_its_original_was_hidden_is_found_by_the_audit(
+        db_session, write_ctx, steward, keyring, incremental) -> None:
+    """The gate saw no certified original (set to draft through SQL, then put back): the audit
+    compares what the texts read as, as the gate does, and names the copy."""
+    from models.ledger_store import store_digest
+    from tests.test_audit import run_audit, run_incremental
+
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=GOOD.translate(CYRILLIC))
+    if incremental:
+        store_digest(db_session, keyring=keyring)
+    _certify_while_hidden(db_session, write_ctx, copy, original)
+    db_session.expire_all()
+    _, findings = (run_incremental if incremental else run_audit)(db_session, keyring)
+    assert _codes(findings) == [("certified-near-duplicate", copy.id)]
+    assert "as they read" in next(f.detail for f in findings)
+
+
+def test_a_stored_vector_made_to_read_as_a_lookalike_text_gets_it_no_rejection_and_accuses_no_one(
+        db_session, write_ctx, steward, keyring) -> None:
+    """Candidates the skeleton's vector finds are confirmed from signed text, as the others:
+    an unrelated certified skill whose stored vector was set through SQL to the vector of what
+    a look-alike text reads as rejects no one, and the audit names only that skill."""
+    from tests.test_audit import run_audit
+
+    other = _certified(db_session, write_ctx, steward, "Payment Screening", description=ENGLISH)
+    spelled = _skill(db_session, write_ctx, steward, "Pipeline Engineering", description=GOOD.translate(CYRILLIC))
+    read = EMBEDDER.embed([skeleton(embedding_text(spelled))])[0]
+    db_session.execute(text("UPDATE skills SET embedding = CAST(:read AS vector) WHERE id = :id"),
+                       {"read": str(read), "id": other.id})
+    assert _certify(db_session, write_ctx, spelled) == "certified"
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("embedding-mismatch", other.id)]
+
+
+@pytest.mark.xfail(strict=True, reason="the gate finds candidates by the certified skills' stored vectors, which "
+                   "are their written texts' (never the skeleton's, so no stored vector changes): a look-alike "
+                   "spelling certified first is far from the plain text certified after it, and the audit, judging "
+                   "as the gate, reports neither")
+def test_a_plain_copy_of_a_certified_lookalike_spelling_is_refused(db_session, write_ctx, steward) -> None:
+    _certified(db_session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
+    plain = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    assert _certify(db_session, write_ctx, plain) == "rejected"
+
+
+# --- reserved key names -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "b\u043e\u043etstrap-admin",  # Cyrillic о
+    "BOOTS\u0422RAP-ADM\u0399N",  # Cyrillic Т (small т is drawn as ᴛ) and Greek Ι (drawn as l; its small ι as i)
+    "b\u03bf\u03bftstr\u0430p\u2010\u0430dmin",  # Greek ο, Cyrillic а, U+2010
+])
+def test_a_key_name_spelled_with_lookalikes_of_bootstrap_admin_is_a_422(client, name) -> None:
+    response = client.post("/api/v1/api-keys", json={"name": name, "scopes": ["read"]})
+    assert response.status_code == 422, (name, response.get_json())
+    assert "reserved" in str(response.get_json()["errors"])
+
+
+@pytest.mark.parametrize("name", ["админ", "Ελεγκτής", "bootstrap-admin-2", "b\u043e\u043etstrap-\u0434min"])
+def test_names_in_other_scripts_are_taken(name) -> None:
+    from models.api_keys import key_name_problem
+
+    assert key_name_problem(name) is None
