@@ -133,6 +133,42 @@ def test_a_stored_vector_made_to_read_as_a_lookalike_text_gets_it_no_rejection_a
     assert _codes(findings) == [("embedding-mismatch", other.id)]
 
 
+class _CountingEmbedder:
+    """The suite's embedder, counting the texts it is asked to embed."""
+
+    dim = EMBEDDER.dim
+
+    def __init__(self) -> None:
+        self.texts = 0
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        self.texts += len(texts)
+        return EMBEDDER.embed(texts)
+
+
+def test_the_second_look_costs_nothing_more_for_texts_the_skeleton_leaves_as_they_are(
+        db_session, write_ctx, steward, keyring) -> None:
+    """ASCII texts (most) are their own skeletons: no text embedded twice, no statement more.
+    A look-alike spelling adds its skeleton's vector and one candidate statement."""
+    from models.certification_gates import gates_rechecked
+    from tests.conftest import recorded_statements
+
+    skills = [_certified(db_session, write_ctx, steward, name, description=description) for name, description in [
+        ("Pipeline Engineering", GOOD), ("Payment Screening", ENGLISH), ("Route Planning", "Plans delivery routes "
+                                                                       "for trucks between regional depots every week")]]
+
+    def second_look(audited) -> tuple[int, int]:
+        embedder = _CountingEmbedder()
+        with recorded_statements(db_session.connection()) as seen:
+            assert gates_rechecked(db_session, audited, keyring=keyring, embedder=embedder) == []
+        return embedder.texts, sum("unnest(" in statement for _, statement in seen)
+
+    assert second_look(skills) == (3, 1)
+    spelled = _certified(db_session, write_ctx, steward, "Fraud Detection",
+                         description="Flags card payments that look stolen to the bank's analysts at once".translate(CYRILLIC))
+    assert second_look([*skills, spelled]) == (5, 2)
+
+
 @pytest.mark.xfail(strict=True, reason="the gate finds candidates by the certified skills' stored vectors, which "
                    "are their written texts' (never the skeleton's, so no stored vector changes): a look-alike "
                    "spelling certified first is far from the plain text certified after it, and the audit, judging "
