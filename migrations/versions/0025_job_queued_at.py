@@ -8,8 +8,14 @@ is restamped by each republish of a lost message, ``updated_at`` by every write.
 queued when it is created, and again when an attempt hands it back or releases it for a retry;
 each sets this column.
 
-Every row already there gets its ``created_at``, the time the gauge counted from until now
-(an upgrade must not make a backlog look younger than it was measured a moment before).
+Every queued row already there gets its ``created_at``, the time the gauge counted from until
+now (an upgrade must not make a backlog look younger than it was measured a moment before);
+the others keep the upgrade's time, which nothing reads (the gauge reads queued rows, and a job
+queued again is stamped then). The column comes with a stored default, so adding it rewrites no
+row, and only the queued rows are updated: the jobs table only grows, and the migration holds
+it locked against submissions and claims while it runs. Like every time Plant stores, it must be
+one Python can load (migration 0016); the check is added NOT VALID, as every row already there
+holds the upgrade's time or a ``created_at`` that check already bounds, so it reads no row.
 
 Revision ID: 0025
 Revises: 0024
@@ -27,11 +33,13 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column('jobs', sa.Column('queued_at', sa.DateTime(timezone=True), server_default=sa.func.now(),
-                                    nullable=True))
-    op.execute("UPDATE jobs SET queued_at = created_at")
-    op.alter_column('jobs', 'queued_at', nullable=False)
+                                    nullable=False))
+    op.execute("UPDATE jobs SET queued_at = created_at WHERE status = 'queued'")
+    op.execute("ALTER TABLE jobs ADD CONSTRAINT ck_jobs_queued_at_loadable CHECK (queued_at BETWEEN "
+               "'0001-01-02 00:00:00+00'::timestamptz AND '9999-12-30 00:00:00+00'::timestamptz) NOT VALID")
 
 
 def downgrade() -> None:
     # Only the time a job last entered the queue goes: the gauge counts from creation again.
+    op.drop_constraint('ck_jobs_queued_at_loadable', 'jobs')
     op.drop_column('jobs', 'queued_at')
