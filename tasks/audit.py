@@ -31,7 +31,7 @@ from models.audit_close import close_runs_apart, close_runs_of_ended_jobs, summa
 from models.audit_runs import start_run
 from models.audit_tables import AuditRun, ScheduledFire
 from models.db import transaction
-from models.errors import InternalJobError, JobCancelled, LedgerBusy, PlantError, RunClosed, StaleAttempt
+from models.errors import InternalJobError, JobCancelled, LedgerBusy, PlantError, RunClosed, SigningKeySealed, StaleAttempt
 from models.job_lifecycle import JobClaim, add_progress, create_job, finish_job
 from models.jobs import JobStatus
 from models.ledger_store import prune_digest_leaves, store_digest
@@ -114,6 +114,8 @@ def audit_chunk(self: Task, job_id: str, attempt: int, chunk_id: int, handbacks:
     except Exception as exc:  # noqa: BLE001 - every failure must reach the row or come back
         if is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):  # checkpointed: resume where it stopped
             log.warning("audit chunk %s of job %s hit a transient error: %s", chunk_id, job_id, exc)
+            if isinstance(exc, SigningKeySealed):  # its message comes back to a worker restarted on the active key
+                runtime.restart_worker_on_the_active_key()
             if self.request.retries >= settings.job_max_attempts:  # Celery raises exc: this message is gone
                 _no_message_left(claim, chunk_id)
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries),

@@ -11,9 +11,10 @@ checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
 
 Transient errors (lost database or Redis connections, timeouts) are retried with
 exponential backoff and full jitter, up to ``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job
-shows each attempt and the last error meanwhile. So is an attempt refused because this
-process's signing key was sealed after it started (``signing-key-sealed``): another worker,
-restarted on the active key, may take it. Other domain errors are never retried. A job's
+shows each attempt and the last error meanwhile. An attempt refused because this
+process's signing key was sealed after it started (``signing-key-sealed``) is handed back
+instead (no attempt counted), and the worker stops taking jobs and exits 0, for its
+supervisor to restart it on the active key. Other domain errors are never retried. A job's
 error names an exception that is not Plant's own by its type only (the worker logs it whole).
 """
 
@@ -77,7 +78,7 @@ def finish_in(session: Session, claim: JobClaim, result: dict[str, Any]) -> Fini
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
-    SigningKeySealed,  # passes for the job once a worker restarted on the active key takes it (an audit chunk too)
+    SigningKeySealed,  # an audit chunk's: passes once a worker restarted on the active key takes it (a job's is a hand-back)
 )
 
 
@@ -312,10 +313,11 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
     except SoftTimeLimitExceeded as exc:
         return Attempt(JobStatus.FAILED, result=_kept_result(exc),
                        error=JobTimedOut(f"attempt {claim.attempt} hit the soft time limit").problem())
-    except SigningKeySealed as exc:  # this process must restart; another, restarted on the active key, may take it
-        log.error("job %s attempt %s: %s", claim.job_id, claim.attempt, exc.detail)
+    except SigningKeySealed as exc:  # this worker must restart: a worker restarted on the active key takes the job
+        log.error("job %s attempt %s: %s; this worker stops to be restarted", claim.job_id, claim.attempt, exc.detail)
+        runtime.restart_worker_on_the_active_key()  # before the job is republished: this worker takes no more
         return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=exc.problem(),
-                       retry_after=backoff_seconds(claim.counted_attempts))
+                       retry_after=backoff_seconds(claim.counted_attempts), handed_back=True)
     except PlantError as exc:
         return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row

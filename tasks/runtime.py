@@ -6,6 +6,8 @@ A forked worker child must not reuse its parent's connections, so the worker cal
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from functools import cache
 
@@ -22,6 +24,30 @@ from models.signing import KeyRing
 # Set in a pool process when its worker is shutting down (warm, on SIGTERM): running
 # jobs hand themselves back at their next checkpoint instead of holding shutdown up.
 shutdown_requested = threading.Event()
+
+
+# The Celery worker's main process: noted as it starts (worker.app), so its pool processes, which
+# inherit it, can ask it to stop (restart_worker_on_the_active_key). None outside a worker.
+worker_main_pid: int | None = None
+_restart_asked = threading.Event()
+
+
+def note_worker_main_process() -> None:
+    global worker_main_pid
+    worker_main_pid = os.getpid()
+
+
+def restart_worker_on_the_active_key() -> bool:
+    """Ask this worker to stop taking jobs and exit 0 (SIGTERM to its main process: Celery's warm
+    shutdown), for its supervisor to start it again on the active signing key: its own was
+    sealed since it started, and it would refuse every job it took. Asked once per process;
+    False outside a worker."""
+    if worker_main_pid is None:
+        return False
+    if not _restart_asked.is_set():
+        _restart_asked.set()
+        os.kill(worker_main_pid, signal.SIGTERM)
+    return True
 
 
 @cache

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.chain import history
 from models.entities import Agent, EntityType, Team
+from models.jobs import Job
 from models.key_material import generate_ed25519, load_signing_key_pem
 from models.key_seals import seal_retired_keys
 from cli.dev import ensure_dev_signing_key
@@ -76,35 +78,35 @@ def test_an_api_process_started_before_its_key_was_sealed_signs_nothing_with_it(
     assert kids[-1] == keyring_from_settings(own).active.kid and kids.count(old_kid) == len(kids) - 1
 
 
-def first_attempt_ended(job: dict[str, Any]) -> dict[str, Any] | None:
-    return job if job["error"] is not None or job["status"] != "queued" and job["attempts"] and job["status"] != "running" else None
-
-
 @pytest.mark.e2e
 def test_a_worker_started_before_its_key_was_sealed_hands_its_job_to_one_restarted_since(
         settings: Settings, engine: Any, admin_key: str, tmp_path: Path) -> None:
-    """A worker still on the sealed key refuses to sign the job's version and hands the job back
-    (`signing-key-sealed`, counted as an attempt); a worker started since takes it and signs it
-    with the active key. Before, the lagging worker's version was `signed-after-seal`."""
+    """A worker still on the sealed key refuses to sign the job's version, hands the job back
+    (`signing-key-sealed`, no attempt counted) and exits 0 by itself, for its supervisor to
+    restart it; a worker started since takes the job and signs it with the active key. Before,
+    each refusal counted as an attempt and the lagging worker went on taking jobs, failing them
+    after PLANT_JOB_MAX_ATTEMPTS refusals (the default here: 5)."""
     own = own_key_dir(settings, tmp_path)
     with Session(engine) as session, session.begin():
         seed_registry(session, WriteContext("test", keyring_from_settings(own), EMBEDDER))
         agent = session.scalars(select(Agent).where(Agent.external_key == "agent-001")).one()
         agent_id, team_id = agent.id, session.scalar(
             select(Team.id).where(Team.job_role_id == agent.job_role_id, Team.id != agent.team_id).limit(1))
-    stack = ChaosStack(own, tmp_path, PLANT_JOB_MAX_ATTEMPTS="100")
+    stack = ChaosStack(own, tmp_path)
     try:
-        stack.start_worker("lagging", concurrency=1)
+        lagging = stack.start_worker("lagging", concurrency=1)
         old_kid = rotate_and_seal(own, engine)
         client = stack.client(admin_key)
         url = client.post(f"/api/v1/agents/{agent_id}/assign-team", json={"team_id": str(team_id)}).headers["Location"]
-        refused = wait_for(lambda: first_attempt_ended(client.get(url).get_json()), what="the lagging worker's attempt")
-        # Handed back (queued), or already taken again after its backoff (running, the error kept)
-        assert refused["status"] in ("queued", "running") and refused["attempts"] >= 1, refused
-        assert refused["error"]["type"] == "/problems/signing-key-sealed", refused
+        wait_for(lambda: lagging.poll() is not None, timeout=60, what="the lagging worker to exit by itself")
+        assert lagging.returncode == 0, (tmp_path / "lagging.log").read_text()[-3000:]
+        refused = client.get(url).get_json()
+        assert refused["status"] == "queued" and refused["error"]["type"] == "/problems/signing-key-sealed", refused
         assert old_kid in refused["error"]["detail"]
-        stack.kill("lagging")  # the message of its retry, too: beat's sweep republishes the job
-        stack.start_worker("restarted", concurrency=1)
+        with Session(engine) as session:
+            attempts, handbacks = session.execute(select(Job.attempts, Job.handbacks).where(Job.id == job_id(url))).one()
+        assert attempts >= 1 and handbacks == attempts, (attempts, handbacks)  # handed back: none counted
+        stack.start_worker("restarted", concurrency=1)  # as its supervisor would
         stack.start_beat()
         done = wait_for(lambda: (job := client.get(url).get_json())["status"] in ("succeeded", "failed") and job,
                         timeout=60, what="the job to finish")
@@ -112,7 +114,13 @@ def test_a_worker_started_before_its_key_was_sealed_hands_its_job_to_one_restart
         stack.stop()
     assert done["status"] == "succeeded", done
     with Session(engine) as session:
+        attempts, handbacks = session.execute(select(Job.attempts, Job.handbacks).where(Job.id == job_id(url))).one()
+        assert attempts - handbacks == 1, (attempts, handbacks)  # the restarted worker's, which succeeded
         assert history(session, entity_id=agent_id)[-1].kid == keyring_from_settings(own).active.kid
+
+
+def job_id(url: str) -> uuid.UUID:
+    return uuid.UUID(url.rstrip("/").rsplit("/", 1)[-1])
 
 
 def test_every_signature_by_a_loaded_ring_s_active_key_stops_at_its_seal_and_resumes_without_it(

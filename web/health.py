@@ -1,7 +1,8 @@
-"""``GET /health``: real checks of the database, Redis and live Celery workers.
+"""``GET /health``: real checks of the database, Redis, live Celery workers and this process's signing key.
 
-Answers 200 when the database and Redis are up, reachable and writable (``degraded`` if the database
-has no connection slot left for a new session, no worker answered, a queue jobs or beat's recovery
+Answers 200 when the database and Redis are up, reachable and writable and this process's signing
+key is not sealed (``degraded`` if the database has no connection slot left for a new session, no
+worker answered, a queue jobs or beat's recovery
 are routed to has no worker consuming it, or no recovery sweep completed lately: beat is down, or
 its messages are not taken), 503 naming the failing check otherwise, and never 500.
 """
@@ -19,6 +20,7 @@ from flask import Response, json
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import Engine, text
 
+from models.errors import SigningKeySealed
 from models.migrate import schema_behind
 from tasks.celery_app import QUEUES
 from tasks.maintenance import SWEEP_FAILED_KEY, SWEEP_MARK_KEY, sweep_mark_lifetime_seconds
@@ -160,8 +162,25 @@ def _beat(svc: Services) -> dict[str, Any]:
     return {"last_sweep_seconds_ago": round(max(int(lifetime_ms) - remaining_ms, 0) / 1000, 1)}
 
 
+def _signing_key(svc: Services) -> dict[str, Any]:
+    """Whether this process may still sign: its active key sealed since it started makes it answer
+    503 to every write (``models.keys.SealWatch``), so it is down, for an orchestrator to replace
+    it with one started on the active key. The key's own guard: one ``stat``, no read. The kid stays
+    out, as the seal's path: the check is public."""
+    active = svc.keyring.active
+    if active.guard is not None:
+        try:
+            active.guard()
+        except SigningKeySealed as exc:
+            log.warning("health check signing_key: %s", exc.detail)  # the path stays in the log
+            raise CheckFailed("this process's signing key was sealed after it started, or its seal cannot be looked "
+                              "for (the API's log names which): it signs nothing; restart it on the active key") from None
+    return {}
+
+
 def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
-    checks = {"database": _timed("database", lambda: _database(svc))}
+    checks = {"signing_key": _timed("signing_key", lambda: _signing_key(svc))}
+    checks["database"] = _timed("database", lambda: _database(svc))
     checks["connections"] = _connection_slots(checks["database"])
     checks["redis"] = _timed("redis", lambda: _redis(svc))
     if checks["redis"]["status"] == "up":
@@ -171,7 +190,7 @@ def run_checks(svc: Services) -> tuple[int, dict[str, Any]]:
         checks["beat"] = _timed("beat", lambda: _beat(svc))
     else:
         checks["workers"] = checks["beat"] = {"status": "skipped", "reason": "redis is down"}
-    if any(checks[name]["status"] == "down" for name in ("database", "redis")):
+    if any(checks[name]["status"] == "down" for name in ("signing_key", "database", "redis")):
         return 503, {"status": "unavailable", "checks": checks}
     overall = "ok" if all(checks[name]["status"] == "up" for name in ("connections", "workers", "beat")) else "degraded"
     return 200, {"status": overall, "checks": checks}

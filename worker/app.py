@@ -104,6 +104,12 @@ def _sweep_as_beat_starts(sender: Any = None, **_: Any) -> None:
         log.warning("could not send a recovery sweep as beat starts: %s: %s", type(exc).__name__, exc)
 
 
+@celeryd_init.connect
+def _note_main_process(**_: Any) -> None:
+    """Pool processes inherit it: one whose signing key was sealed asks it to stop (tasks.runtime)."""
+    runtime.note_worker_main_process()
+
+
 @celeryd_init.connect  # after the logging hook above, so the refusal is logged like the rest
 def _refuse_to_start_without_usable_signing_keys(**_: Any) -> None:
     """Load the signing keys before consuming anything. Keys that cannot be used (a malformed
