@@ -308,7 +308,7 @@ def ensure_dev_signing_key(settings: Settings, path: Path) -> None:
 
 def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     """Start everything, registering its cleanup on ``stack`` and its processes with
-    ``watchdog``; return 1 when a child dies."""
+    ``watchdog``; return 1 when a child dies (a worker that exits 0 is started again)."""
     services = start_backing_services(config, stack, watchdog)
     write_services_env(config.data_dir, services)
     migrate(services)
@@ -323,6 +323,6 @@ def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     for role, argv in app_processes(config):
         supervisor.spawn(role, argv)
     print_banner(config, services)
-    dead, status = supervisor.wait_for_first_exit()
+    dead, status = supervisor.wait_for_failure(restarted_on_exit_0=frozenset({"worker"}))
     print(f"{dead.role} exited (status {status}): shutting down", file=sys.stderr, flush=True)
     return 1

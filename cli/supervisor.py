@@ -29,6 +29,7 @@ class Child:
 
     role: str
     process: subprocess.Popen[bytes]
+    argv: list[str]
 
     def exit_status(self) -> int | None:
         """The exit code (or killing signal) once the leader has exited, else ``None``."""
@@ -65,7 +66,7 @@ class Supervisor:
                 argv, cwd=PROJECT_ROOT, env=self._env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, umask=CHILD_UMASK,
             )
-            self._children.append(Child(role, process))
+            self._children.append(Child(role, process, argv))
             self._watchdog.watch("apps", process, signal.SIGTERM, SHUTDOWN_GRACE_SECONDS)
         reader = threading.Thread(target=self._forward, args=(role, process), daemon=True)
         reader.start()
@@ -91,6 +92,29 @@ class Supervisor:
                     return child, status
             time.sleep(POLL_SECONDS)
 
+    def wait_for_failure(self, restarted_on_exit_0: frozenset[str]) -> tuple[Child, int]:
+        """Block until some child exits on its own and is not restarted; return it and its status.
+
+        A child of a role in ``restarted_on_exit_0`` that exits 0 stopped itself on purpose (a
+        Celery worker whose signing key was sealed since it started: tasks.runtime), for its
+        supervisor to start it again, as compose's restart policy does; it is started again.
+        """
+        while True:
+            child, status = self.wait_for_first_exit()
+            if status != 0 or child.role not in restarted_on_exit_0:
+                return child, status
+            with suppress(OSError):
+                print(f"{child.role:>6} | exited 0 on its own: starting it again", flush=True)
+            self._stop(child)
+            self._children.remove(child)
+            self.spawn(child.role, child.argv)
+
+    def _stop(self, child: Child) -> None:
+        """Kill what is left of ``child``'s group, reap its leader, and take it off the watchdog's list."""
+        child.kill_group()
+        child.process.wait()
+        self._watchdog.release(child.process)
+
     def stop_all(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """SIGTERM every leader in start order, wait within one deadline, SIGKILL what is left.
 
@@ -105,8 +129,6 @@ class Supervisor:
         for child in self._children:
             while not child.has_exited() and time.monotonic() < deadline:
                 time.sleep(POLL_SECONDS)
-            child.kill_group()
-            child.process.wait()
-            self._watchdog.release(child.process)
+            self._stop(child)
         for reader in self._readers:
             reader.join(timeout=2)
