@@ -76,16 +76,17 @@ def read_private_key_file(path: Path) -> bytes:
     else can read it can sign as Plant. A file another user owns and lets this process read is
     taken as that owner set it (the documented compose deployment bind-mounts the operator's
     0644 file, behind a 0700 directory, into containers running as uid 10001; a Kubernetes
-    secret volume's files are root's, 0644 by default), unless anyone may write it: then anyone
-    could put their own key in. Mode and bytes come from one open file, so a file swapped in
+    secret volume's files are root's, 0644 by default), unless its group or anyone may write it:
+    then they could put their own key in. (A process running as root owns a root-owned secret:
+    for it a 0644 file is refused; give the volume ``defaultMode: 0400``.) Mode and bytes come from one open file, so a file swapped in
     between cannot pass on the other's mode."""
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
         mode, owned = stat.S_IMODE(status.st_mode), status.st_uid == os.geteuid()
-        if owned and mode & OPEN_TO_OTHERS or mode & stat.S_IWOTH:
+        if owned and mode & OPEN_TO_OTHERS or mode & (stat.S_IWGRP | stat.S_IWOTH):
             fix = f"run `chmod 600 {path}`" if owned else "its owner must make it writable by itself alone"
             raise KeyFileTooOpen(f"permissions 0{mode:03o} for private key file {path} are too open: "
-                                 f"{'its group or others' if owned else 'anyone'} may read or replace it, and so "
+                                 f"{'its group or others' if owned else 'its group or anyone'} may read or replace it, and so "
                                  f"sign as Plant; {fix} (a file another user owns, as a mounted secret is, may be "
                                  "readable by others, never writable)")
         return handle.read()

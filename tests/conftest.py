@@ -73,7 +73,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         return 0
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own hook reads it
-    return (os.cpu_count() or 1) + 1
+    return len(os.sched_getaffinity(0)) + 1  # the cores this process may run on (a CI container's cap), not the host's
 
 
 def pytest_configure(config: pytest.Config) -> None:

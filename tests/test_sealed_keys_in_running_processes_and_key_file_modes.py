@@ -163,16 +163,18 @@ def test_a_key_file_another_user_owns_and_lets_this_process_read_is_accepted(tmp
     """The documented compose deployment: the operator's 0644 file, behind a 0700 directory,
     bind-mounted into containers running as uid 10001 (and a Kubernetes secret volume's files
     are root's, 0644). That owner chose the mode; this process cannot change it. Writable by
-    anyone, though, it is refused whoever owns it."""
+    its group or anyone, though, it is refused whoever owns it."""
     active = tmp_path / "active.pem"
     active.write_bytes(generate_ed25519().private_pem())
     active.chmod(0o644)
     os.chown(active, 10001, 10001)
     from_another_user = load_settings(signing_key_file=active, retired_signing_keys_dir=tmp_path / "r")
     assert keyring_from_settings(from_another_user).active
-    active.chmod(0o646)  # but anyone could put their own key in
-    with pytest.raises(KeyFileTooOpen, match=f"permissions 0646 for private key file {active} are too open: anyone"):
-        keyring_from_settings(from_another_user)
+    for mode in (0o646, 0o664):  # but anyone, or its group, could put their own key in
+        active.chmod(mode)
+        with pytest.raises(KeyFileTooOpen, match=f"permissions 0{mode:o} for private key file {active} are too open: "
+                                                 "its group or anyone"):
+            keyring_from_settings(from_another_user)
 
 
 def test_the_dev_runner_refuses_an_open_key_file_and_makes_its_own_closed(settings: Settings, tmp_path: Path) -> None:
