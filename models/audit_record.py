@@ -26,7 +26,7 @@ becomes a run-level ``audit-record-invalid`` finding in the run itself, and a ch
 checkpoint does not verify is counted as not done, with nothing audited. A finding no
 verified plan or checkpoint names (INSERTed through SQL) is left out of every count
 (:func:`models.audit_findings_chain.check_findings`; the summary's ``findings_left_out``), and a running run's report
-names such findings so far (:func:`progress_so_far`). An export checks
+names such findings so far (:func:`checkpoints_so_far`, :meth:`CheckpointsSoFar.names`). An export checks
 the close before Plant signs a report (:func:`close_problem`): a run closed through SQL,
 or a fabricated one, is refused; a run not finished must have the plan Plant signed
 (:func:`open_run_problem`), and is reported as running with no summary. ``audit_findings``
@@ -259,23 +259,6 @@ def open_run_problem(session: Session, run: AuditRun, keyring: KeyRing) -> str |
     """Why a run not finished cannot be reported as one Plant started, or None: its plan must
     verify over the run and its chunks as stored."""
     return plan_problem(session, run, list(session.scalars(select(AuditChunk).where(AuditChunk.run_id == run.id))), keyring)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A running run's progress, from the checkpoints that verify: no signature covers its
-    row's ``chunks_done``, nor the counters of a forged checkpoint."""
-
-    chunks_done: int
-    entities_audited: int
-    left_out: list[int]  # ids of the findings no verified plan or checkpoint names (so far)
-
-
-def progress_so_far(session: Session, run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing) -> Progress:
-    """A running run's :class:`Progress`: :func:`checkpoints_so_far` and which of ``findings``
-    (read before it: see there) none of them names."""
-    so_far = checkpoints_so_far(session, run, keyring)
-    return Progress(so_far.chunks_done, so_far.entities_audited, [f.id for f in findings if not so_far.names(f)])
 
 
 @dataclass(frozen=True)

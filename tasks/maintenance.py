@@ -58,6 +58,14 @@ def _record(key: str, value: str | int, settings: Settings) -> None:
         log.warning("could not record the recovery sweep's outcome in Redis: %s", type(exc).__name__)
 
 
+def sweep_mark_age_ms(lifetime_ms: bytes | None, remaining_ms: int) -> int | None:
+    """How long ago the last sweep completed, from its mark's value (its lifetime) and Redis's
+    PTTL of it (what remains), both Redis's clock; None with no mark (never, or lapsed)."""
+    if lifetime_ms is None or remaining_ms < 0:
+        return None
+    return max(int(lifetime_ms) - remaining_ms, 0)
+
+
 def swept_lately(settings: Settings) -> bool:
     """Whether a sweep completed within a tenth of an interval, by the age of its mark: its
     lifetime less what remains of it, both Redis's (as ``/health`` reads it). Sweeps that piled up
@@ -70,9 +78,8 @@ def swept_lately(settings: Settings) -> bool:
     except Exception as exc:  # noqa: BLE001 - better a sweep too many than none
         log.warning("could not read the recovery sweep's mark in Redis: %s", type(exc).__name__)
         return False
-    if lifetime_ms is None or remaining_ms < 0:
-        return False
-    return int(lifetime_ms) - remaining_ms < settings.requeue_interval_seconds * 1000 / 10
+    age_ms = sweep_mark_age_ms(lifetime_ms, remaining_ms)
+    return age_ms is not None and age_ms < settings.requeue_interval_seconds * 1000 / 10
 
 
 @shared_task(name="plant.maintenance.requeue_stale_jobs", bind=True)

@@ -590,7 +590,7 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
     from sqlalchemy import select
 
     from models.audit_findings import all_findings
-    from models.audit_record import open_run_problem, progress_so_far
+    from models.audit_record import checkpoints_so_far, open_run_problem
 
     with Session(engine) as session, session.begin():
         session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
@@ -603,8 +603,8 @@ def test_a_batch_committed_while_a_running_run_s_report_reads_is_not_taken_for_a
         with Session(engine) as worker, worker.begin():
             audit_chunk_step(worker, chunk_id=chunk_id, keyring=keyring, embedder=EMBEDDER, batch_size=500)
         findings = all_findings(reader, run_id)
-        progress = progress_so_far(reader, run, findings, keyring)
-    assert findings and progress.left_out == [] and progress.entities_audited > 0
+        so_far = checkpoints_so_far(reader, run, keyring)
+    assert findings and [f.id for f in findings if not so_far.names(f)] == [] and so_far.entities_audited > 0
 
 
 @pytest.mark.parametrize("edit", [
@@ -671,7 +671,7 @@ def test_a_batch_committed_between_reading_a_chunk_and_its_steps_does_not_make_i
     commit: the checkpoint then looked outdated, and the report called Plant's own findings
     left out. They are read in one statement."""
     from models.audit_findings import all_findings
-    from models.audit_record import progress_so_far
+    from models.audit_record import checkpoints_so_far
 
     with Session(engine) as session, session.begin():
         session.execute(text("UPDATE industries SET description = 'changed behind the chain'"))
@@ -687,8 +687,8 @@ def test_a_batch_committed_between_reading_a_chunk_and_its_steps_does_not_make_i
         run = reader.get(AuditRun, run_id)
         findings = all_findings(reader, run_id)
         _after_statement(reader, "FROM audit_chunks", next_batch)
-        progress = progress_so_far(reader, run, findings, keyring)
-    assert len(findings) == 1 and progress.left_out == [] and progress.entities_audited >= 1
+        so_far = checkpoints_so_far(reader, run, keyring)
+    assert len(findings) == 1 and [f.id for f in findings if not so_far.names(f)] == [] and so_far.entities_audited >= 1
 
 
 @pytest.mark.parametrize("export", ["report", "csv"])

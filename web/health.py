@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 from models.errors import SigningKeySealed
 from models.migrate import schema_behind
 from tasks.celery_app import QUEUES
-from tasks.maintenance import SWEEP_FAILED_KEY, SWEEP_MARK_KEY, sweep_mark_lifetime_seconds
+from tasks.maintenance import SWEEP_FAILED_KEY, SWEEP_MARK_KEY, sweep_mark_age_ms, sweep_mark_lifetime_seconds
 from web.openapi_headers import documents_headers
 from web.schemas import HealthOut
 from web.services import Services, services
@@ -154,12 +154,13 @@ def _beat(svc: Services) -> dict[str, Any]:
     (``tasks.maintenance.note_failed_sweep``): beat and the queue are not the cause then."""
     pipeline = svc.redis.pipeline(transaction=False)
     lifetime_ms, remaining_ms, failed = pipeline.get(SWEEP_MARK_KEY).pttl(SWEEP_MARK_KEY).get(SWEEP_FAILED_KEY).execute()
-    if lifetime_ms is None or remaining_ms < 0:
+    age_ms = sweep_mark_age_ms(lifetime_ms, remaining_ms)
+    if age_ms is None:
         window = sweep_mark_lifetime_seconds(svc.settings)
         cause = (f"the latest sweep failed: {failed.decode(errors='replace')[:100]} (the workers' log has why)"
                  if failed else "is beat running, and a worker consuming the maintenance queue?")
         return {"status": "down", "error": f"no recovery sweep completed in the last {window:g}s: {cause}"}
-    return {"last_sweep_seconds_ago": round(max(int(lifetime_ms) - remaining_ms, 0) / 1000, 1)}
+    return {"last_sweep_seconds_ago": round(age_ms / 1000, 1)}
 
 
 def _signing_key(svc: Services) -> dict[str, Any]:

@@ -293,8 +293,8 @@ def export(query: ExportQuery) -> Response:
     # Read in autocommit: a run's report is built, hashed and signed in Python, seconds per
     # 100,000 findings, and a transaction left open meanwhile idled past
     # PLANT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS. Each read is consistent alone (a finished run's
-    # record is frozen; a running run's report is read in the order models.reports.checked_run
-    # gives), and the one write, the record of a finished run's signature, is one INSERT.
+    # record is frozen; a running run's report is read in the order models.report_reads.read_report
+    # gives: its findings, then its checkpoints), and the one write, the record of a finished run's signature, is one INSERT.
     session = db_session()
     if query.format == "csv":
         # Checked before the first byte (a refusal is a 409 problem, not a 200 cut short); a
