@@ -76,14 +76,15 @@ def _database(svc: Services) -> dict[str, Any]:
 # too, and every query of a newer column fails.
 # Then the server's sessions against the slots a role without reserved ones may take (the runtime
 # role's): once they are all taken, the server refuses every new connection while this check's
-# pooled one still answers. Sessions are counted as the runtime role sees them: every backend that
-# has a role (client backends; a parallel query's workers and a replica's WAL sender too, a moment
-# each), since other roles' backend_type reads as null to it.
+# pooled one still answers. Sessions are counted as the runtime role sees them, since other roles'
+# backend_type reads as null to it: every backend with a role and a database, client backends and,
+# a moment each, a parallel query's workers. The logical replication launcher (a role, no database)
+# and a replica's WAL sender (no database), which take no connection slot, are not counted.
 SLOTS_FOUND = "connection_slots"  # what the database check read, for the connections check
 DATABASE_CHECK = text(
     "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on', "
     "(SELECT version_num FROM alembic_version LIMIT 1), "
-    "(SELECT count(*) FROM pg_stat_activity WHERE usesysid IS NOT NULL), "
+    "(SELECT count(*) FROM pg_stat_activity WHERE usesysid IS NOT NULL AND datid IS NOT NULL), "
     "current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
     " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)"
 )
