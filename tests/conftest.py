@@ -402,9 +402,10 @@ GUNICORN_DERIVED = ("PLANT_DB_POOL_SIZE", "PLANT_LONG_POLLS_AT_ONCE")
 
 @contextmanager
 def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, threads: int,
-                     metrics_dir: Path | None, **variables: str) -> Iterator[str]:
-    """The API under gunicorn as configured (gunicorn.conf.py), JSON logs in ``log_path``;
-    yields its base URL once it answers, and stops it after. ``metrics_dir`` None: no
+                     metrics_dir: Path | None, config: Path = REPO_ROOT / "gunicorn.conf.py", cwd: Path = REPO_ROOT,
+                     **variables: str) -> Iterator[str]:
+    """The API under gunicorn as configured (``config``, run from ``cwd``), JSON logs in
+    ``log_path``; yields its base URL once it answers, and stops it after. ``metrics_dir`` None: no
     ``PROMETHEUS_MULTIPROC_DIR`` given, as the deployments run it (gunicorn.conf.py makes one)."""
     import requests
 
@@ -420,8 +421,8 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
         env.pop(derived, None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(REPO_ROOT / "gunicorn.conf.py"), "web:create_app()"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(config), "web:create_app()"],
+            cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
     base = f"http://127.0.0.1:{port}"
 

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import requests
 
 from models.settings import Settings
-from tests.conftest import GUNICORN_DERIVED, REPO_ROOT, child_env, stop_process_group, wait_for
+from tests.conftest import REPO_ROOT, child_env, gunicorn_serving, stop_process_group, wait_for
 from tests.test_metrics import parse, value
 
 API = "/api/v1"
@@ -30,38 +29,12 @@ def gunicorn_as_the_image_runs_it(settings: Settings, tmp_path: Path, *, process
     """gunicorn as ``docker/entrypoint.sh`` starts it in the image: ``WORKDIR /app`` holding only
     ``gunicorn.conf.py`` (the Dockerfile's one COPY of it), the packages importable from wherever
     they are installed. Yields the base URL once it answers."""
-    from cli.services import free_port
-
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     shutil.copy(REPO_ROOT / "gunicorn.conf.py", app_dir / "gunicorn.conf.py")
-    port = free_port()
-    env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
-                    PLANT_WEB_THREADS="2", PLANT_LOG_FORMAT="json")
-    for name in ("PROMETHEUS_MULTIPROC_DIR", *GUNICORN_DERIVED):
-        env.pop(name, None)
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(app_dir / "gunicorn.conf.py"),
-             "web:create_app()"],
-            cwd=app_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, timeout=60, what="gunicorn to answer")
+    with gunicorn_serving(settings, tmp_path / "gunicorn.log", processes=processes, threads=2, metrics_dir=None,
+                          config=app_dir / "gunicorn.conf.py", cwd=app_dir) as base:
         yield base
-    finally:
-        stop_process_group(process)
 
 
 def test_the_api_starts_from_the_image_s_layout_and_still_sums_its_workers_metrics(settings, tmp_path) -> None:
