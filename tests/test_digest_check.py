@@ -717,22 +717,12 @@ def test_a_rollback_held_at_a_lost_link_stays_held_when_the_version_comes_and_go
 def test_copies_of_a_signed_digest_made_through_sql_count_once(db_session, skill, keyring) -> None:
     """helper-86: thirty copies of the newest document, each with a junk leaf row, pushed the
     real digest out of the bases looked at."""
-    import json
 
     from models.digest_base import BASES_TRIED, trusted_base
     from models.ledger_trust import stored_digest_problem
 
     real = store_digest(db_session, keyring=keyring)
-    for _ in range(BASES_TRIED + 1):
-        copy = db_session.scalar(text(
-            "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
-            "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": real.as_of, "r": bytes(32)})
-        db_session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, gen_random_uuid(), 'skill', 0, :l)"),
-                           {"d": copy, "l": bytes(32)})
-        db_session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, "
-                                "document = :doc WHERE id = :d"),
-                           {"c": real.entity_count, "r": real.heads_root, "k": real.kid, "s": real.signature,
-                            "doc": json.dumps(real.document), "d": copy})
+    insert_copies_of_a_signed_digest(db_session, real, BASES_TRIED + 1)
     passed_over: list[str] = []
     assert trusted_base(db_session, keyring, stored_digest_problem, passed_over).id == real.id
     assert len(passed_over) == BASES_TRIED + 1
@@ -785,3 +775,20 @@ def test_a_rollback_is_held_where_leaves_are_rehashed_not_attested(db_session, s
     store_digest(db_session, keyring=keyring, held_back=[], passed_over=passed_over)
     assert passed_over == []
     _held_back(db_session, keyring, skill, "the link its last trusted leaf holds is gone from its chain", leaf=(0, link))
+
+
+def insert_copies_of_a_signed_digest(session, real, copies: int) -> None:
+    """``copies`` rows made through SQL holding ``real``'s signed document, newer by id, each with
+    a leaf row that is not one of its leaves."""
+    import json
+
+    for _ in range(copies):
+        copy = session.scalar(text(
+            "INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
+            "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": real.as_of, "r": bytes(32)})
+        session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, gen_random_uuid(), 'skill', 0, :l)"),
+                        {"d": copy, "l": bytes(32)})
+        session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, "
+                             "document = :doc WHERE id = :d"),
+                        {"c": real.entity_count, "r": real.heads_root, "k": real.kid, "s": real.signature,
+                         "doc": json.dumps(real.document), "d": copy})

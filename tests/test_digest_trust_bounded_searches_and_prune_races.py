@@ -25,6 +25,8 @@ from models.errors import NotFound
 from models.ledger_store import LATEST_DIGESTS_READ, store_digest
 from tests.conftest import EMBEDDER
 from tests.test_audit import lift_guard, tamper_delete_newest
+from tests.test_digest_check import insert_copies_of_a_signed_digest
+from tests.test_incremental_audit_trusts_the_newest_signed_digest import counting_signed_row_checks
 
 UNSIGNED = ("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
             "SELECT now(), 0, '\\x00', '', '', '{}' FROM generate_series(1, :n) RETURNING id")
@@ -73,14 +75,7 @@ def test_an_untouched_entity_is_not_found_where_the_digest_does_not_hold_it(db_s
 def test_the_tampering_check_reads_a_bounded_number_of_digest_rows(db_session, skill, keyring, monkeypatch) -> None:
     store_digest(db_session, keyring=keyring)
     _unsigned_rows(db_session, LATEST_DIGESTS_READ * 4)
-    checked: list[int] = []
-    real = models.ledger_store.signed_row_problem
-
-    def counted(session, stored, ring):
-        checked.append(stored.id)
-        return real(session, stored, ring)
-
-    monkeypatch.setattr(models.ledger_store, "signed_row_problem", counted)
+    checked = counting_signed_row_checks(monkeypatch)
     check = _check(db_session, keyring, skill.id)
     assert len(checked) == LATEST_DIGESTS_READ
     invalid = [f.detail for f in check.findings if f.code == "digest-invalid"]
@@ -148,22 +143,13 @@ def test_a_digest_whose_base_search_stopped_short_is_checked_from_the_genesis_an
 
 def test_the_search_for_a_base_stops_after_its_time(db_session, skill, keyring, monkeypatch) -> None:
     """Each signed one that fails may cost a re-hash of all its leaves: time bounds them too."""
-    import json
 
     import models.digest_base
     from models.digest_base import trusted_base
     from models.ledger_trust import base_problem
 
     real = store_digest(db_session, keyring=keyring)
-    for _ in range(2):  # copies of the signed document, newer by id, whose leaf rows are not its leaves
-        copy = db_session.scalar(text("INSERT INTO ledger_digests (as_of, entity_count, heads_root, kid, signature, document) "
-                                      "VALUES (:a, 0, :r, '', '', '{}') RETURNING id"), {"a": real.as_of, "r": bytes(32)})
-        db_session.execute(text("INSERT INTO ledger_digest_heads VALUES (:d, gen_random_uuid(), 'skill', 0, :l)"),
-                           {"d": copy, "l": bytes(32)})
-        db_session.execute(text("UPDATE ledger_digests SET entity_count = :c, heads_root = :r, kid = :k, signature = :s, "
-                                "document = :doc WHERE id = :d"),
-                           {"c": real.entity_count, "r": real.heads_root, "k": real.kid, "s": real.signature,
-                            "doc": json.dumps(real.document), "d": copy})
+    insert_copies_of_a_signed_digest(db_session, real, 2)  # newer by id, whose leaf rows are not its leaves
     db_session.expire_all()
     monkeypatch.setattr(models.digest_base, "BASE_SEARCH_SECONDS", 0.0)
     passed_over: list[str] = []

@@ -59,14 +59,7 @@ def test_forged_rows_beyond_the_bound_make_it_examine_nothing_after_a_bounded_lo
     digest = store_digest(db_session, keyring=keyring)
     _tamper_after(db_session, skill)
     _forge(db_session, "unsigned", digest.id, n=LATEST_DIGESTS_READ * 4)
-    checked: list[int] = []
-    real = models.ledger_store.signed_row_problem
-
-    def counted(session, stored, ring):
-        checked.append(stored.id)
-        return real(session, stored, ring)
-
-    monkeypatch.setattr(models.ledger_store, "signed_row_problem", counted)
+    checked = counting_signed_row_checks(monkeypatch)
     summary, findings = run_incremental(db_session, keyring)
     assert len(checked) == LATEST_DIGESTS_READ and digest.id not in checked
     assert summary["total_entities"] == 0 and "NOT trusted" in summary["coverage"]["digest"]
@@ -143,3 +136,16 @@ def test_a_row_s_version_column_off_its_moved_head_is_held_back(db_session, skil
     _, after = run_incremental(db_session, keyring)
     _, full = run_audit(db_session, keyring)
     assert "head-mismatch" in {f.code for f in after if f.entity_id == skill.id} & {f.code for f in full if f.entity_id == skill.id}
+
+
+def counting_signed_row_checks(monkeypatch) -> list[int]:
+    """The ids of the stored digest rows whose signature is checked from now on, in order."""
+    checked: list[int] = []
+    real = models.ledger_store.signed_row_problem
+
+    def counted(session, stored, ring):
+        checked.append(stored.id)
+        return real(session, stored, ring)
+
+    monkeypatch.setattr(models.ledger_store, "signed_row_problem", counted)
+    return checked

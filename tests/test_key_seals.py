@@ -31,7 +31,7 @@ from models.ledger_store import store_digest
 from models.registry import WriteContext, create_entity, update_entity
 from models.repair import NotRestorable, restore_entity
 from models.seed import bootstrap_steward
-from models.settings import load_settings
+from models.settings import Settings, load_settings
 from models.signed_exports import signed_once
 from models.signing import KeyRing, KeySeal, SigningKey
 from models.key_material import generate_ed25519
@@ -382,7 +382,6 @@ def test_a_worker_whose_signing_keys_cannot_be_used_refuses_to_start(settings, t
     """Workers load keys lazily; without the start-up check this worker would start and fail
     every job it took, for good."""
     from models.keys import write_seal
-    from tests.conftest import REPO_ROOT, child_env, stop_process_group
 
     key, data_dir = generate_ed25519(), tmp_path / "data"
     own = load_settings(data_dir=data_dir)
@@ -396,16 +395,25 @@ def test_a_worker_whose_signing_keys_cannot_be_used_refuses_to_start(settings, t
     else:
         (own.retired_signing_keys_path / "old.pem").mkdir()  # a retired key that cannot be read
         expected = "old.pem: cannot be read"  # named, where it said only IsADirectoryError
+    assert expected.encode() in worker_refusing_to_start(settings, PLANT_DATA_DIR=str(data_dir))
+
+
+def worker_refusing_to_start(settings: Settings, **keys: str) -> bytes:
+    """What a worker given these key settings (and none of the suite's) prints as it refuses to
+    start: it must exit, not 0, saying so."""
+    from tests.conftest import REPO_ROOT, child_env, stop_process_group
+
     env = {k: v for k, v in child_env(settings).items() if not k.startswith("PLANT_SIGNING_KEY") and k != "PLANT_RETIRED_SIGNING_KEYS_DIR"}
-    env["PLANT_DATA_DIR"] = str(data_dir)
     process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "default"],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                               cwd=REPO_ROOT, env=env | keys, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     try:
         output, _ = process.communicate(timeout=60)
     finally:
         stop_process_group(process)
     assert process.returncode not in (0, None)
-    assert b"refuses to start" in output and expected.encode() in output
+    assert b"refuses to start" in output, output[-2000:]
+    return output
 
 
 def test_a_rolling_rotation_s_old_processes_accept_what_the_upcoming_key_signs(rotated) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,9 @@ from models.registry import WriteContext, update_entity
 from models.seed import bootstrap_steward, seed_registry
 from models.settings import Settings, load_settings
 from models.signing import KeyRing, KeySeal
-from tests.conftest import EMBEDDER, REPO_ROOT, bearer, child_env, gunicorn_serving, stop_process_group, wait_for
+from tests.conftest import EMBEDDER, bearer, gunicorn_serving, wait_for
 from tests.stack import ChaosStack
+from tests.test_key_seals import worker_refusing_to_start
 from web import create_app
 
 
@@ -199,17 +198,9 @@ def test_a_worker_refuses_to_start_on_a_key_file_others_can_read(settings: Setti
     key_file = tmp_path / "active.pem"
     key_file.write_bytes(generate_ed25519().private_pem())
     key_file.chmod(0o640)
-    env = {name: value for name, value in child_env(settings).items()
-           if not name.startswith("PLANT_SIGNING_KEY") and name != "PLANT_RETIRED_SIGNING_KEYS_DIR"}
-    env |= {"PLANT_SIGNING_KEY_FILE": str(key_file), "PLANT_RETIRED_SIGNING_KEYS_DIR": str(tmp_path / "retired")}
-    process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo", "-Q", "default"],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=60)
-    finally:
-        stop_process_group(process)
-    assert process.returncode not in (0, None)
-    assert b"refuses to start" in output and f"permissions 0640 for private key file {key_file}".encode() in output
+    output = worker_refusing_to_start(settings, PLANT_SIGNING_KEY_FILE=str(key_file),
+                                      PLANT_RETIRED_SIGNING_KEYS_DIR=str(tmp_path / "retired"))
+    assert f"permissions 0640 for private key file {key_file}".encode() in output
 
 
 @pytest.mark.xfail(strict=True, reason="a process keeps the seals it loaded at start: one started between the rotation "
