@@ -14,8 +14,9 @@ the others keep the upgrade's time, which nothing reads (the gauge reads queued 
 queued again is stamped then). The column comes with a stored default, so adding it rewrites no
 row, and only the queued rows are updated: the jobs table only grows, and the migration holds
 it locked against submissions and claims while it runs. Like every time Plant stores, it must be
-one Python can load (migration 0016); the check is added NOT VALID, as every row already there
-holds the upgrade's time or a ``created_at`` that check already bounds, so it reads no row.
+one Python can load (migration 0016): adding that check reads the table once (no write). It is
+not added NOT VALID, which would read nothing: alembic's ``check`` reflects such a constraint
+with an option SQLAlchemy cannot place, and warns on every comparison of the schema.
 
 Revision ID: 0025
 Revises: 0024
@@ -36,7 +37,7 @@ def upgrade() -> None:
                                     nullable=False))
     op.execute("UPDATE jobs SET queued_at = created_at WHERE status = 'queued'")
     op.execute("ALTER TABLE jobs ADD CONSTRAINT ck_jobs_queued_at_loadable CHECK (queued_at BETWEEN "
-               "'0001-01-02 00:00:00+00'::timestamptz AND '9999-12-30 00:00:00+00'::timestamptz) NOT VALID")
+               "'0001-01-02 00:00:00+00'::timestamptz AND '9999-12-30 00:00:00+00'::timestamptz)")
 
 
 def downgrade() -> None:
