@@ -87,7 +87,7 @@ def _say_chunks_published(claim: JobClaim, run_id: uuid.UUID) -> None:
 
 @shared_task(name="plant.audit.run", bind=True)
 def audit_run(self: Task, job_id: str) -> dict[str, Any]:
-    return run_job(self, job_id, _start_audit, kind="audit.run")
+    return run_job(self, job_id, _start_audit)
 
 
 @shared_task(name=CHUNK_TASK, bind=True)

@@ -20,4 +20,4 @@ def _sleep(claim: JobClaim, progress: ProgressSink) -> dict[str, Any]:
 
 @shared_task(name="plant.diagnostics.sleep", bind=True)
 def diagnostics_sleep(self: Task, job_id: str) -> dict[str, Any]:
-    return run_job(self, job_id, _sleep, kind="diagnostics.sleep")
+    return run_job(self, job_id, _sleep)

@@ -41,6 +41,11 @@ JOB_ROUTES: dict[str, JobRoute] = {
 }
 
 
+# The job kind each job task runs, by the task's name: a task claims only jobs of its kind
+# (tasks.runner.run_job), so the kind is written once, here, not again by each task.
+KIND_BY_TASK: dict[str, str] = {route.task_name: kind for kind, route in JOB_ROUTES.items()}
+
+
 def route_for(kind: str) -> JobRoute:
     return JOB_ROUTES[kind]
 

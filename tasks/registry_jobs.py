@@ -73,14 +73,14 @@ def _recorded_outcome(record: Recorder) -> dict[str, Any]:
 
 @shared_task(name="plant.skill.certify", bind=True)
 def skill_certify(self: Task, job_id: str) -> dict[str, Any]:
-    return run_job(self, job_id, _certify, kind="skill.certify")
+    return run_job(self, job_id, _certify)
 
 
 @shared_task(name="plant.agent.assign_team", bind=True)
 def agent_assign_team(self: Task, job_id: str) -> dict[str, Any]:
-    return run_job(self, job_id, _assign, kind="agent.assign_team")
+    return run_job(self, job_id, _assign)
 
 
 @shared_task(name="plant.agents.assign_teams", bind=True)
 def agents_assign_teams(self: Task, job_id: str) -> dict[str, Any]:
-    return run_job(self, job_id, _assign_bulk, kind="agents.assign_teams")
+    return run_job(self, job_id, _assign_bulk)

@@ -46,7 +46,7 @@ from models.jobs import JobStatus
 from models.progress import ProgressSink
 from models.registry import WriteContext
 from tasks import runtime
-from tasks.dispatch import route_for
+from tasks.dispatch import KIND_BY_TASK, route_for
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,11 @@ def backoff_seconds(attempt: int) -> float:
     return full_jitter_backoff(attempt, base=settings.retry_backoff_base_seconds, cap=settings.retry_backoff_cap_seconds)
 
 
-def run_job(task: Task, job_id: str, handler: JobHandler, *, kind: str | None = None) -> dict[str, Any]:
-    """Run one attempt of the job; returns a small JSON summary for Celery's logs. ``kind``: the
-    job kind ``handler`` runs; a job whose row names another is not claimed (every task passes it)."""
+def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
+    """Run one attempt of the job; returns a small JSON summary for Celery's logs. A job task
+    claims only a job of the kind it runs (``KIND_BY_TASK``, by its name): a row edited to name
+    another kind is left queued for the sweep to publish to that kind's task."""
+    kind = KIND_BY_TASK.get(getattr(task, "name", None) or "")
     token = f"{worker_identity()}/{uuid.uuid4().hex[:12]}"  # this run of this message, in the job's worker column
     retrying = False
 

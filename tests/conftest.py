@@ -587,10 +587,11 @@ def worker_sessions(engine: Engine, keyring: KeyRing, write_ctx: Any, clean_db: 
 class SentTasks:
     """Stands in for a Celery task (and its app): records what task code publishes."""
 
-    def __init__(self, *, broker_down: bool = False) -> None:
+    def __init__(self, *, broker_down: bool = False, name: str | None = None) -> None:
         self.sent: list[tuple[str, list, str, float]] = []
         self.app = self
         self.broker_down = broker_down
+        self.name = name  # the task's, which decides the kind of job it claims (None: any)
 
     def send_task(self, name: str, *, args: list, queue: str, countdown: float = 0.0, retry: bool = False,
                   declare: list | None = None) -> None:

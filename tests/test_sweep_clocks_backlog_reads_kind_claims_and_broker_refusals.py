@@ -202,11 +202,23 @@ def test_a_job_whose_kind_was_edited_through_sql_is_not_run_by_another_kinds_tas
     with transaction(worker_sessions) as session:
         job = create_job(session, kind="diagnostics.sleep", params={"seconds": 0, "steps": 1}, to_publish=True)
         session.execute(update(Job).where(Job.id == job.id).values(kind="skill.certify"))
-    outcome = type(diagnostics_sleep._get_current_object()).run(SentTasks(), str(job.id))
+    task = diagnostics_sleep._get_current_object()
+    outcome = type(task).run(SentTasks(name=task.name), str(job.id))
     with worker_sessions() as session:
         row = get_job(session, job.id)
     assert outcome == {"job_id": str(job.id), "skipped": "not claimable"}
     assert (row.status, row.attempts, row.result) == ("queued", 0, None)
+
+
+def test_every_job_task_claims_the_kind_it_is_published_for() -> None:
+    """The kind a task claims comes from the routes the jobs are published by, so the two cannot
+    disagree (each task named its kind a second time, where a typo fenced the kind off for good)."""
+    from tasks.dispatch import JOB_ROUTES, KIND_BY_TASK
+    from worker.app import JOB_TASKS, build_app
+
+    registered = set(build_app().tasks)
+    assert {KIND_BY_TASK[route.task_name] for route in JOB_ROUTES.values()} == set(JOB_ROUTES)
+    assert set(KIND_BY_TASK) <= registered & JOB_TASKS
 
 
 def test_a_retried_bulk_assignment_s_progress_starts_from_what_earlier_attempts_seated(
