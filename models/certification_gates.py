@@ -98,8 +98,9 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
     if skill.embedding is None:
         return None
     mine = [float(x) for x in skill.embedding]
-    reading = skeleton(embedding_text(skill))
-    mine_read = embedder.embed([reading])[0] if reading != embedding_text(skill) else None
+    written = embedding_text(skill)
+    reading = skeleton(written)
+    mine_read = embedder.embed([reading])[0] if reading != written else None
     near = _certified_candidates(session, skill.id, mine, mine_read)
     if not near:
         return None
@@ -143,7 +144,8 @@ def reads_alike(mine: list[float], mine_read: list[float] | None, theirs: list[f
 def _read_vectors(skills: Sequence[Any], embedder: Embedder) -> dict[uuid.UUID, list[float]]:
     """The vector of the skeleton of each of ``skills`` whose skeleton is not its text (any
     other reads as its text's vector): no embedding for a text the skeleton leaves as it is."""
-    changed = [(skill.id, reading) for skill in skills if (reading := skeleton(embedding_text(skill))) != embedding_text(skill)]
+    texts = {skill.id: embedding_text(skill) for skill in skills}
+    changed = [(skill_id, reading) for skill_id, written in texts.items() if (reading := skeleton(written)) != written]
     return dict(zip([skill_id for skill_id, _ in changed], embedder.embed([r for _, r in changed]), strict=True)) if changed else {}
 
 
