@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,15 +71,14 @@ _FINDINGS_AS_OF_NOW = driver_sql(select(*AuditFinding.__table__.c).where(AuditFi
                                  .order_by(AuditFinding.id))
 
 
-@contextmanager
-def running_finding_pages(session: Session, run_id: uuid.UUID, *, size: int | None = None) -> Iterator[Iterator[list[Any]]]:
+def running_finding_pages(session: Session, run_id: uuid.UUID, *,
+                          size: int | None = None) -> AbstractContextManager[Iterator[list[Any]]]:
     """A running run's findings as one statement reads them (its snapshot: every batch that
     committed before it, whole, and none after), in id order, ``size`` (:data:`PAGE_FINDINGS`)
     at a time, as rows read by attribute: :func:`models.db_statements.held_pages`. The
     statement runs as the block is entered; the cursor is closed as it is left."""
-    with held_pages(session, _FINDINGS_AS_OF_NOW, {"run": run_id}, size=size or PAGE_FINDINGS,
-                    row_factory=namedtuple_row) as pages:
-        yield pages
+    return held_pages(session, _FINDINGS_AS_OF_NOW, {"run": run_id}, size=size or PAGE_FINDINGS,
+                      row_factory=namedtuple_row)
 
 
 def canonical_items(resources: Sequence[dict[str, Any]], *, first: int) -> bytes:

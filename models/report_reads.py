@@ -75,8 +75,9 @@ def report_payload(report: dict[str, Any]) -> bytes:
 def read_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, each_page: PageSink | None = None,
                 canonical: bool = True) -> ReportRead:
     """Read the run's report, its record checked, handing each page of its findings, in id
-    order, to ``each_page``; with ``canonical``, keep the report's canonical bytes (a running
-    run's are not made otherwise; a finished run's always are: its close is checked over them).
+    order, to ``each_page``; with ``canonical``, keep the report's canonical bytes (otherwise
+    none are kept: a finished run's close is checked over the hash of its findings' bytes,
+    made a page at a time, and a running run's are not made at all).
 
     A finished run's close must be the one Plant signed over its findings (and a run closed
     before migration 0015 must hold nothing canonical JSON refuses), else
@@ -94,11 +95,12 @@ def read_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, each_p
         if read is not None:
             return read
         run = get_run(session, run_id)  # closed meanwhile (and expired): read as closed
-    return _read_finished(session, run, keyring, each_page)
+    return _read_finished(session, run, keyring, each_page, canonical)
 
 
-def _read_finished(session: Session, run: AuditRun, keyring: KeyRing, each_page: PageSink | None) -> ReportRead:
-    payload = bytearray(PAYLOAD_HEAD)
+def _read_finished(session: Session, run: AuditRun, keyring: KeyRing, each_page: PageSink | None,
+                   canonical: bool) -> ReportRead:
+    payload = bytearray(PAYLOAD_HEAD) if canonical else None
     left_out = in_spans(left_out_spans(run.summary))
     sink = None if each_page is None else (
         lambda resources: each_page([(r, "no" if left_out(r["finding_id"]) else "yes") for r in resources]))
@@ -107,10 +109,11 @@ def _read_finished(session: Session, run: AuditRun, keyring: KeyRing, each_page:
     if problem is not None:
         raise AuditRecordInvalid(problem, run_id=str(run.id))
     resource, repairs = run_resource(run), run_repairs(session, run, keyring)
-    rest = report_payload(report_members(resource, [], repairs))
     if findings.error is not None:  # a run closed before 0015 has no close to refuse it
         raise findings.error
-    return ReportRead(resource, repairs, True, _completed(payload, rest))
+    if payload is None:
+        return ReportRead(resource, repairs, True, None)
+    return ReportRead(resource, repairs, True, _completed(payload, report_payload(report_members(resource, [], repairs))))
 
 
 def _read_running(session: Session, run: AuditRun, keyring: KeyRing, each_page: PageSink | None,
