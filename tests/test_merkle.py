@@ -186,7 +186,10 @@ def test_streaming_memory_does_not_grow_with_the_leaf_count() -> None:
         finally:
             tracemalloc.stop()
 
-    small, large = peak_bytes(1_000), peak_bytes(100_000)
+    # tracemalloc counts every thread of the process: a thread another test of this xdist worker
+    # left running (a pool's, a server's) once allocated 250 kB during one reading. The least of
+    # three readings is the merkle code's own.
+    small, large = min(peak_bytes(1_000) for _ in range(3)), min(peak_bytes(100_000) for _ in range(3))
     assert large < small + 16_384, (small, large)  # a list of 100,000 leaves alone is > 5 MB
 
 
