@@ -7,12 +7,14 @@ file names.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import re
 import signal
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,8 @@ from models.keys import replace_file
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 POSTGRES_SERVICE_USER = "plant-pg"
+# Where creations of the service user take turns (ensure_system_user): only root creates it.
+SERVICE_USER_LOCK = Path(tempfile.gettempdir()) / "plant-service-user.lock"
 
 
 class EmbeddedPostgres(ChildServer):
@@ -184,7 +188,7 @@ def _trusts(hba: Path) -> bool:
 
 def _hand_over_to_service_user(data_dir: Path) -> dict[str, object]:
     """Give the data dir to the service user; return the Popen arguments that run as it."""
-    account = _ensure_system_user(POSTGRES_SERVICE_USER)
+    account = ensure_system_user(POSTGRES_SERVICE_USER)
     for dirpath, dirnames, filenames in os.walk(data_dir):
         for path in (dirpath, *(os.path.join(dirpath, name) for name in dirnames + filenames)):
             os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
@@ -193,19 +197,34 @@ def _hand_over_to_service_user(data_dir: Path) -> dict[str, object]:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
+def ensure_system_user(name: str) -> pwd.struct_passwd:
+    """The system user ``name``, created if it is missing. Creations take turns (an exclusive
+    lock on :data:`SERVICE_USER_LOCK`): ``useradd`` checks the name before it locks the account
+    files, so two at once both succeed, each reading back the uid it wrote, and only the last
+    write stays. On a fresh machine the suite's first embedded servers start side by side, and
+    a server handed to a uid that no longer exists failed every start after it ("initdb: could
+    not look up effective user ID")."""
     try:
         return pwd.getpwnam(name)
     except KeyError:
         pass
-    result = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True, text=True,
-    )
-    try:  # a concurrent start may have created it first, so look again rather than trust rc
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise ServiceError(f"could not create user {name}: {result.stderr}") from None
+    lock = os.open(SERVICE_USER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # created by the start we waited for
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        result = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            capture_output=True, text=True,
+        )
+        try:  # another program may have created it first, so look again rather than trust rc
+            return pwd.getpwnam(name)
+        except KeyError:
+            raise ServiceError(f"could not create user {name}: {result.stderr}") from None
+    finally:
+        os.close(lock)  # and with it the lock
 
 
 def _make_traversable(directory: Path) -> None:

@@ -7,10 +7,14 @@ survives a restart (and a crash), and ``stop`` leaves no process behind.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -18,7 +22,7 @@ import psycopg
 import pytest
 import redis
 
-from cli.postgres_server import EmbeddedPostgres, _remove_stale_pid_file
+from cli.postgres_server import EmbeddedPostgres, _remove_stale_pid_file, ensure_system_user
 from cli.services import EmbeddedRedis, PortTaken, ServiceError, free_port
 from models.settings import libpq_url
 from tests.conftest import wait_for
@@ -325,3 +329,24 @@ def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
 
     assert server.pid is None
     assert not psutil.pid_exists(server.started_pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None, reason="only root creates the service user")
+def test_service_users_created_side_by_side_are_one_user() -> None:
+    """useradd checks the name before it locks the account files: eight creations at once all
+    succeeded and read back two or three different uids, of which only one stayed, and a server
+    handed to a lost uid failed ("initdb: could not look up effective user ID"; 644 errors in
+    the suite's first run on a fresh machine). ensure_system_user takes turns."""
+    name = f"plant-t{os.getpid()}"
+    try:
+        with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("fork")) as pool:
+            accounts = list(pool.map(_ids_of_created_user, [name] * 8))
+        assert set(accounts) == {(pwd.getpwnam(name).pw_uid, pwd.getpwnam(name).pw_gid)}
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+def _ids_of_created_user(name: str) -> tuple[int, int]:
+    account = ensure_system_user(name)
+    return account.pw_uid, account.pw_gid
