@@ -31,7 +31,7 @@ from models.chain import history
 from models.entities import EntityType, Skill, SkillStatus, governed_content
 from models.entity_locks import lock_for_write
 from models.errors import AlreadyCertified, NotCertifiable
-from models.registry import WriteContext, embedding_text, record_version
+from models.registry import WriteContext, embed_text_of, record_version
 
 CERTIFIABLE = {SkillStatus.DRAFT.value, SkillStatus.PENDING_CERTIFICATION.value, SkillStatus.REJECTED.value}
 # pg_advisory_xact_lock key serializing certifications ("plant-cert" in ASCII).
@@ -74,7 +74,7 @@ def certify_skill(session: Session, *, skill_id: uuid.UUID, notes: str | None, c
     # The embedding is not signed content: the duplicate gate compares one computed now
     # from the signed name and description (fixed by the row lock), not whatever the
     # column holds. Computed before the lock below, which every certification waits on.
-    skill.embedding = ctx.embedder.embed([embedding_text(skill)])[0]
+    embed_text_of(skill, ctx.embedder)
     # One certification at a time: the duplicate gate reads other skills' status, and two
     # near-identical skills certified side by side would each see the other uncertified.
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CERTIFICATION_LOCK})

@@ -93,8 +93,10 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
 
     A text spelled with letters drawn alike (Cyrillic ``о`` for ``o``, fullwidth letters) is
     also compared as it reads: when its :func:`models.lookalikes.skeleton` is not the text,
-    the vector of the skeleton finds candidates too, and is compared with the vector of each
-    candidate's skeleton (:func:`reads_alike`). Nothing stored changes."""
+    the vector of the skeleton finds candidates too. Either way each candidate is also
+    compared as it reads (:func:`reads_alike`), and found by its stored ``reading_embedding``
+    as well as its ``embedding``: a plain copy of a look-alike spelling certified first is
+    refused as the look-alike copy of a plain one is."""
     if skill.embedding is None:
         return None
     mine = [float(x) for x in skill.embedding]
@@ -107,7 +109,7 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
     loaded = session.scalars(select(Skill).where(Skill.id.in_(near)).execution_options(populate_existing=True)).all()
     others = _certified_by_signed_head(session, list(loaded), keyring)
     theirs = embedder.embed([embedding_text(other) for other in others])
-    theirs_read = _read_vectors(others, embedder) if mine_read is not None else {}
+    theirs_read = _read_vectors(others, embedder)
     scored = [(reads_alike(mine, mine_read, vector, theirs_read.get(other.id, vector)), other)
               for other, vector in zip(others, theirs, strict=True)]
     best = max(scored, key=lambda pair: pair[0], default=None)
@@ -118,11 +120,12 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
 
 
 def _certified_candidates(session: Session, skill_id: uuid.UUID, mine: list[float], mine_read: list[float] | None) -> list[uuid.UUID]:
-    """The certified skills other than ``skill_id`` whose stored vector is near ``mine`` or
-    ``mine_read`` (the vector of its skeleton, when that is not its text), nearest first."""
-    distance = Skill.embedding.cosine_distance(mine)
-    if mine_read is not None:
-        distance = func.least(distance, Skill.embedding.cosine_distance(mine_read))
+    """The certified skills other than ``skill_id`` whose stored vectors (``embedding``, and
+    ``reading_embedding`` where their text has a skeleton of its own) are near ``mine`` or
+    ``mine_read`` (the vector of its skeleton, when that is not its text), nearest first.
+    LEAST passes over a NULL ``reading_embedding``'s NULL distance."""
+    distance = func.least(*(stored.cosine_distance(vector) for stored in (Skill.embedding, Skill.reading_embedding)
+                            for vector in (mine, mine_read) if vector is not None))
     certified = (
         select(Skill.id, distance.label("distance"))
         .where(Skill.status == SkillStatus.CERTIFIED.value, Skill.id != skill_id, Skill.embedding.is_not(None))
@@ -134,11 +137,10 @@ def _certified_candidates(session: Session, skill_id: uuid.UUID, mine: list[floa
 
 def reads_alike(mine: list[float], mine_read: list[float] | None, theirs: list[float], theirs_read: list[float]) -> float:
     """How near two skills' texts are, for the duplicate gate and the audit's second look alike:
-    the cosine of their texts' vectors, or, when the first skill's text has a skeleton of its
-    own (``mine_read``, else None), that of their skeletons' vectors if higher (``theirs_read``
-    is the other's text's vector when its skeleton is its text)."""
-    similarity = cosine(mine, theirs)
-    return similarity if mine_read is None else max(similarity, cosine(mine_read, theirs_read))
+    the cosine of their texts' vectors, or that of their skeletons' vectors if higher
+    (``mine_read`` is None when the first text is its own skeleton; ``theirs_read`` is the
+    other's text's vector then)."""
+    return max(cosine(mine, theirs), cosine(mine if mine_read is None else mine_read, theirs_read))
 
 
 def _read_vectors(skills: Sequence[Any], embedder: Embedder) -> dict[uuid.UUID, list[float]]:
@@ -194,7 +196,7 @@ _NEAR_CERTIFIED = text("""
     SELECT audited.id, other.id
     FROM audited JOIN skills AS other
       ON other.status = :certified AND other.embedding IS NOT NULL AND other.id <> audited.id
-    WHERE (other.embedding <=> audited.vector) <= :distance
+    WHERE LEAST(other.embedding <=> audited.vector, other.reading_embedding <=> audited.vector) <= :distance
 """).bindparams(bindparam("ids", type_=ARRAY(Uuid())), bindparam("vectors", type_=ARRAY(Text())))
 CANDIDATE_MARGIN = 1e-4
 # Audited vectors per statement: each compares its few with every certified skill, so one
@@ -208,8 +210,10 @@ RECHECK_SIMILARITY = DUPLICATE_SIMILARITY + 1e-5
 
 EMBEDDING_MISMATCH = "embedding-mismatch"
 EMBEDDING_MISMATCH_DETAIL = (
-    "the stored embedding is not the one the configured embedder computes from the signed name, category and "
-    "description (changed outside Plant, or made by another embedder): the duplicate gate compares other skills with it")
+    "the stored embedding (or that of what the text reads as, where letters of other scripts are drawn as Latin ones) "
+    "is not the one the configured embedder computes from the signed name, category and description (changed outside "
+    "Plant, made by another embedder, or stored before migration 0026 kept the second): the duplicate gate compares "
+    "other skills with it")
 
 
 def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing, embedder: Embedder) -> list[GateFinding]:
@@ -249,8 +253,8 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
     if not audited:
         return []
     vectors = dict(zip((skill.id for skill in audited), embedder.embed([embedding_text(skill) for skill in audited]), strict=True))
-    findings = _embedding_mismatches(session, audited, vectors)
     read = _read_vectors(audited, embedder)  # as the gate: a skeleton's vector only where it is not the text
+    findings = _embedding_mismatches(session, audited, vectors, read)
     pairs = {*_near_certified_pairs(session, audited, vectors),
              *_near_certified_pairs(session, [skill for skill in audited if skill.id in read], read)}
     known = {skill.id: skill for skill in audited}
@@ -264,11 +268,14 @@ def gates_rechecked(session: Session, skills: Sequence[Any], *, keyring: KeyRing
     return findings
 
 
-def _embedding_mismatches(session: Session, audited: Sequence[Any], vectors: dict[uuid.UUID, list[float]]) -> list[GateFinding]:
-    """``embedding-mismatch`` for each of ``audited`` whose stored vector is not its text's."""
-    stored = dict(session.execute(select(Skill.id, Skill.embedding).where(Skill.id.in_([s.id for s in audited]))).all())
-    return [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)
-            for skill in audited if embedding_differs(stored.get(skill.id), vectors[skill.id])]
+def _embedding_mismatches(session: Session, audited: Sequence[Any], vectors: dict[uuid.UUID, list[float]],
+                          read: dict[uuid.UUID, list[float]]) -> list[GateFinding]:
+    """``embedding-mismatch`` for each of ``audited`` whose stored vectors are not its text's
+    (``read``: the vectors of the skeletons that are not their texts)."""
+    stored = {skill_id: (embedding, reading) for skill_id, embedding, reading in session.execute(
+        select(Skill.id, Skill.embedding, Skill.reading_embedding).where(Skill.id.in_([s.id for s in audited])))}
+    return [GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL) for skill in audited
+            if stored_vectors_differ(*stored.get(skill.id, (None, None)), vectors[skill.id], read.get(skill.id))]
 
 
 def _near_certified_pairs(session: Session, audited: Sequence[Any],
@@ -330,11 +337,20 @@ def embedding_differs(stored: Any, vector: list[float]) -> bool:
     return stored is None or cosine([float(x) for x in stored], vector) < EMBEDDING_MATCH
 
 
+def stored_vectors_differ(stored: Any, stored_read: Any, vector: list[float], read: list[float] | None) -> bool:
+    """Whether a skill's stored ``embedding`` and ``reading_embedding`` are not ``vector`` and
+    ``read``, those computed from its text and its skeleton (``read`` None: the text reads as
+    written, and no reading vector is stored)."""
+    return embedding_differs(stored, vector) or (
+        stored_read is not None if read is None else embedding_differs(stored_read, read))
+
+
 def certified_embedding_drift(skill: Any, embedder: Embedder) -> GateFinding | None:
     """``embedding-mismatch`` for a certified skill whose stored vector is not its text's,
     as the audit reports it (:func:`gates_rechecked`); None otherwise, and for any other entity."""
     if not isinstance(skill, Skill) or skill.status != SkillStatus.CERTIFIED.value:
         return None
-    if not embedding_differs(skill.embedding, embedder.embed([embedding_text(skill)])[0]):
+    if not stored_vectors_differ(skill.embedding, skill.reading_embedding, embedder.embed([embedding_text(skill)])[0],
+                                 _read_vectors([skill], embedder).get(skill.id)):
         return None
     return GateFinding(skill.id, EMBEDDING_MISMATCH, EMBEDDING_MISMATCH_DETAIL)

@@ -191,6 +191,10 @@ class Skill(GovernedEntity):
     industry_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("industries.id"), index=True)
     certificate: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
+    # The vector of what the text reads as (models.lookalikes.skeleton) where that is not the
+    # text itself (letters drawn alike), else NULL: the duplicate gate finds a plain copy of a
+    # certified look-alike spelling by it (models.certification_gates). Derived, like embedding.
+    reading_embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), deferred=True)
 
     @classmethod
     def extra_table_args(cls) -> tuple:

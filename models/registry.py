@@ -28,6 +28,7 @@ from models.db_statements import uuid_in
 from models.embeddings import Embedder
 from models.entity_input import apply_fields, governor_fence, lock_parents, normalized_input
 from models.entity_locks import lock_for_write
+from models.lookalikes import skeleton
 from models.reference_guards import reference_fence
 from models.entities import (
     ENTITY_MODELS, Agent, AgentStatus, EntityType, GovernedEntity, Skill, SkillStatus, Team,
@@ -182,7 +183,7 @@ def record_version(
     # No autoflush before the flush below, where unique violations become 409s naming the field.
     with session.no_autoflush:
         if text_changed:
-            entity.embedding = ctx.embedder.embed([embedding_text(entity)])[0]
+            embed_text_of(entity, ctx.embedder)
         content = content if content is not None else governed_content(entity)
         append_version(session, entity=entity, actor=ctx.actor, keyring=ctx.keyring, content=content, pending=pending)
         l0, l1 = enforce(rule_subject(session, entity, keyring=ctx.keyring, content=content, seat_problems=seat_problems),
@@ -300,6 +301,19 @@ WRITE_FINGERPRINT_MAX_AGE = 1.0
 def embedding_text(entity: GovernedEntity) -> str:
     parts = [str(getattr(entity, f) or "") for f in EMBEDDED_TEXT[entity.entity_type_value]]
     return " ".join(p for p in parts if p)
+
+
+def embed_text_of(entity: GovernedEntity, embedder: Embedder) -> None:
+    """Set ``entity``'s vectors from its text, in one call of the embedder: ``embedding``, and
+    for a skill ``reading_embedding``, the vector of what its text reads as
+    (:func:`models.lookalikes.skeleton`) when that is not the text, else None. A text the
+    skeleton leaves as it is (every ASCII one) costs nothing more."""
+    written = embedding_text(entity)
+    reading = skeleton(written) if isinstance(entity, Skill) else written
+    vectors = embedder.embed([written] if reading == written else [written, reading])
+    entity.embedding = vectors[0]
+    if isinstance(entity, Skill):
+        entity.reading_embedding = vectors[1] if len(vectors) > 1 else None
 
 
 def snapshot(entity: GovernedEntity) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from models.key_seals import seal_problems, with_seal_lists
 from models.entity_input import apply_fields, holds_nul, lock_parents
 from models.entity_locks import lock_entity
 from models.ledger_trust import base_problem
-from models.registry import embedding_text, integrity_as_domain_errors, rule_subject, snapshot
+from models.registry import embed_text_of, integrity_as_domain_errors, rule_subject, snapshot
 from models.seat_guards import guard_membership
 from models.signing import KeyRing
 
@@ -219,7 +219,7 @@ def restore_entity(
         if not matches_canonical(governed_content(entity), bytes(head.content)):
             raise NotRestorable(f"{entity_type.value} {entity_id}: the restored row does not reproduce its head version")
         seat = guard_membership(session, entity, before=snapshot_before, after=snapshot(entity), keyring=keyring)
-        entity.embedding = embedder.embed([embedding_text(entity)])[0]
+        embed_text_of(entity, embedder)
         # Recorded as they come out: the signed content is what it is.
         subject = rule_subject(session, entity, keyring=keyring, seat_problems=seat)
         l0, l1 = evaluate(subject, L0), evaluate(subject, L1)

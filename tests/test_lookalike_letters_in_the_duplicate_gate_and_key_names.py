@@ -3,9 +3,11 @@ compare what texts read as, reserved key names too, and nothing stored changes.
 
 A copy of a certified skill spelled with Cyrillic look-alikes or fullwidth letters embedded far
 from its original and was certified; the gate now also compares skeletons. These tests pin what
-must hold around that: stored vectors stay the vectors of the written text, real Russian and
-Greek text is no duplicate of unrelated Latin text, the audit judges as the gate does, and the
-one order the gate cannot see (the look-alike certified first) stays a strict xfail.
+must hold around that: the stored embedding stays the vector of the written text (beside it
+``reading_embedding``, the skeleton's, only where that is not the text), real Russian and
+Greek text is no duplicate of unrelated Latin text, the audit judges as the gate does, in
+either order (a plain copy of a look-alike spelling certified first too), and a reading vector
+missing or changed is the skill's ``embedding-mismatch`` until a restore recomputes it.
 """
 
 import pytest
@@ -69,18 +71,22 @@ def test_real_russian_and_greek_descriptions_are_no_duplicates_of_unrelated_skil
     assert _codes(findings) == []
 
 
-def test_a_lookalike_spelled_skill_is_stored_and_embedded_as_written(db_session, write_ctx, steward, keyring) -> None:
-    """The skeleton is for comparing only: the stored text and vector are the written text's,
-    so a skill certified before the skeleton existed verifies as it did (no embedding-mismatch)."""
+def test_a_lookalike_spelled_skill_is_stored_and_embedded_as_written_and_as_it_reads(
+        db_session, write_ctx, steward, keyring) -> None:
+    """The skeleton is for comparing only: the stored text and embedding are the written text's;
+    the vector of what it reads as is kept beside them, and only for a text that reads otherwise."""
     from tests.test_audit import run_audit
 
     spelled = GOOD.translate(CYRILLIC)
     skill = _certified(db_session, write_ctx, steward, "Pipeline Engineering", description=spelled)
+    plain = _certified(db_session, write_ctx, steward, "Payment Screening", description=ENGLISH)
     db_session.expire_all()
-    stored = [float(x) for x in db_session.get(Skill, skill.id).embedding]
+    stored = db_session.get(Skill, skill.id)
     written, read = EMBEDDER.embed([embedding_text(skill), skeleton(embedding_text(skill))])
-    assert db_session.get(Skill, skill.id).description == spelled
-    assert cosine(stored, written) > 0.9999 and cosine(stored, read) < 0.95
+    assert stored.description == spelled
+    assert cosine([float(x) for x in stored.embedding], written) > 0.9999 and cosine(written, read) < 0.95
+    assert cosine([float(x) for x in stored.reading_embedding], read) > 0.9999
+    assert db_session.get(Skill, plain.id).reading_embedding is None
     _, findings = run_audit(db_session, keyring)
     assert _codes(findings) == []
 
@@ -169,14 +175,57 @@ def test_the_second_look_costs_nothing_more_for_texts_the_skeleton_leaves_as_the
     assert second_look([*skills, spelled]) == (5, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="the gate finds candidates by the certified skills' stored vectors, which "
-                   "are their written texts' (never the skeleton's, so no stored vector changes): a look-alike "
-                   "spelling certified first is far from the plain text certified after it, and the audit, judging "
-                   "as the gate, reports neither")
 def test_a_plain_copy_of_a_certified_lookalike_spelling_is_refused(db_session, write_ctx, steward) -> None:
-    _certified(db_session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
+    """The look-alike spelling certified first: its stored embedding is far from the plain text,
+    and it is found by its reading vector (models/certification_gates.py)."""
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
     plain = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    assert _certify(db_session, write_ctx, plain) == "rejected"
+    outcome = certify_skill(db_session, skill_id=plain.id, notes=None, ctx=write_ctx)
+    assert outcome.status == "rejected" and outcome.blocking_duplicate["id"] == str(original.id)
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+def test_a_plain_copy_certified_while_its_lookalike_original_was_hidden_is_found_by_the_audit(
+        db_session, write_ctx, steward, keyring, incremental) -> None:
+    """The other order of the audit test above: the look-alike spelling is the original, and the
+    audit finds the plain copy by the original's reading vector."""
+    from models.ledger_store import store_digest
+    from tests.test_audit import run_audit, run_incremental
+
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
+    if incremental:
+        store_digest(db_session, keyring=keyring)
+    _certify_while_hidden(db_session, write_ctx, copy, original)
+    db_session.expire_all()
+    _, findings = (run_incremental if incremental else run_audit)(db_session, keyring)
+    assert _codes(findings) == [("certified-near-duplicate", copy.id)]
+    assert "as they read" in next(f.detail for f in findings)
+
+
+@pytest.mark.parametrize("edit", ["missing", "on-a-plain-text"])
+def test_a_reading_vector_missing_or_where_none_belongs_is_the_skills_mismatch_until_restored(
+        db_session, write_ctx, steward, keyring, edit) -> None:
+    """A look-alike skill certified before migration 0026 has no reading vector, so a plain copy
+    would not find it: the audit says so (embedding-mismatch) and `plant entity restore`
+    recomputes it. One set on a text that reads as written is derived data that is not its text's."""
+    from models.repair import restore_entity
+    from tests.test_audit import run_audit
+
+    skill = _certified(db_session, write_ctx, steward, "Fraud Detection",
+                       description=GOOD.translate(CYRILLIC) if edit == "missing" else GOOD)
+    vector = None if edit == "missing" else str(EMBEDDER.embed([ENGLISH])[0])
+    db_session.execute(text("UPDATE skills SET reading_embedding = CAST(:v AS vector) WHERE id = :id"),
+                       {"v": vector, "id": skill.id})
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == [("embedding-mismatch", skill.id)]
+    outcome = restore_entity(db_session, entity_type=EntityType.SKILL, entity_id=skill.id, keyring=keyring,
+                             embedder=write_ctx.embedder, actor="operator:test")
+    assert outcome.restored
+    db_session.expire_all()
+    _, findings = run_audit(db_session, keyring)
+    assert _codes(findings) == []
 
 
 # --- reserved key names -------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Keep the vector of what a skill's text reads as: ``skills.reading_embedding``.
+
+The duplicate gate compares a skill with the certified ones by vector, and since stop 44 also
+as its text reads (``models.lookalikes.skeleton``: Cyrillic ``о`` read as ``o``, fullwidth
+letters as ASCII ones). It found candidates only by the certified skills' stored vectors, which
+are of their written texts: a look-alike spelling certified first is far from a plain copy
+certified after it, and the copy passed. The vector of each skill's skeleton, where that is not
+its text (NULL otherwise, so every ASCII skill keeps a NULL), is now stored beside its
+embedding and searched too. It is derived data, like ``embedding``: not signed, only a way to
+find candidates, each confirmed from signed text.
+
+No row is filled here: a migration has no embedder. A certified skill whose text has a skeleton
+of its own shows ``embedding-mismatch`` in the next audit until ``plant entity restore``
+recomputes its vectors (README, "Certification"); one certified before it is restored is a
+candidate by its written text only, as it was before this migration. Adding a nullable column
+rewrites no row.
+
+Revision ID: 0026
+Revises: 0025
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from pgvector.sqlalchemy import Vector
+
+revision = '0026'
+down_revision = '0025'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column('skills', sa.Column('reading_embedding', Vector(384), nullable=True))
+
+
+def downgrade() -> None:
+    # Only the derived reading vectors go: the gate finds candidates by the written texts again.
+    op.drop_column('skills', 'reading_embedding')
