@@ -103,15 +103,18 @@ def test_a_lookalike_copy_of_a_certified_skill_is_refused_whatever_it_is_named(d
 
 
 @pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+@pytest.mark.parametrize("spelled", ["copy", "original"])
 def test_a_lookalike_copy_certified_while_its_original_was_hidden_is_found_by_the_audit(
-        db_session, write_ctx, steward, keyring, incremental) -> None:
+        db_session, write_ctx, steward, keyring, incremental, spelled) -> None:
     """The gate saw no certified original (set to draft through SQL, then put back): the audit
-    compares what the texts read as, as the gate does, and names the copy."""
+    compares what the texts read as, as the gate does, and names the copy, whichever of the two
+    is spelled with look-alikes (a plain copy is found by the original's reading vector)."""
     from models.ledger_store import store_digest
     from tests.test_audit import run_audit, run_incremental
 
-    original = _certified(db_session, write_ctx, steward, "Fraud Detection")
-    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=GOOD.translate(CYRILLIC))
+    lookalike = {spelled: GOOD.translate(CYRILLIC)}
+    original = _certified(db_session, write_ctx, steward, "Fraud Detection", description=lookalike.get("original", GOOD))
+    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy", description=lookalike.get("copy", GOOD))
     if incremental:
         store_digest(db_session, keyring=keyring)
     _certify_while_hidden(db_session, write_ctx, copy, original)
@@ -182,25 +185,6 @@ def test_a_plain_copy_of_a_certified_lookalike_spelling_is_refused(db_session, w
     plain = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
     outcome = certify_skill(db_session, skill_id=plain.id, notes=None, ctx=write_ctx)
     assert outcome.status == "rejected" and outcome.blocking_duplicate["id"] == str(original.id)
-
-
-@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
-def test_a_plain_copy_certified_while_its_lookalike_original_was_hidden_is_found_by_the_audit(
-        db_session, write_ctx, steward, keyring, incremental) -> None:
-    """The other order of the audit test above: the look-alike spelling is the original, and the
-    audit finds the plain copy by the original's reading vector."""
-    from models.ledger_store import store_digest
-    from tests.test_audit import run_audit, run_incremental
-
-    original = _certified(db_session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
-    copy = _skill(db_session, write_ctx, steward, "Fraud Detection Copy")
-    if incremental:
-        store_digest(db_session, keyring=keyring)
-    _certify_while_hidden(db_session, write_ctx, copy, original)
-    db_session.expire_all()
-    _, findings = (run_incremental if incremental else run_audit)(db_session, keyring)
-    assert _codes(findings) == [("certified-near-duplicate", copy.id)]
-    assert "as they read" in next(f.detail for f in findings)
 
 
 @pytest.mark.parametrize("edit", ["missing", "on-a-plain-text"])
