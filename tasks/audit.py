@@ -37,6 +37,7 @@ from models.jobs import JobStatus
 from models.ledger_store import prune_digest_leaves, store_digest
 from models.progress import ProgressSink
 from tasks import runtime
+from tasks.beat_runs import beat_run
 from tasks.celery_app import AUDIT_QUEUE
 from tasks.dispatch import publish_or_leave_in_outbox, route_for
 from tasks.runner import CONTINUES, backoff_seconds, client_safe_detail, hand_back, is_transient, record_outcome, run_job
@@ -205,6 +206,9 @@ def _cancel(claim: JobClaim) -> None:
             close_runs_of_ended_jobs(session, keyring=runtime.keyring(), job_id=claim.job_id, wait=True)
 
 
+DIGEST_ENTRY = "ledger-digest"  # beat's schedule entry (worker.schedule)
+
+
 @shared_task(name="plant.ledger.store_digest", bind=True)
 def ledger_store_digest(self: Task) -> dict[str, Any]:
     """Beat's hourly digest; then the leaf rows of digests no check reads any more go. Its
@@ -213,7 +217,16 @@ def ledger_store_digest(self: Task) -> dict[str, Any]:
     says why it pruned nothing when it could not read which digests to keep (``prune_skipped``).
     A digest that finds no moment without a version write in flight (``LedgerBusy``, after
     ``DIGEST_WAIT_SECONDS``) is tried again later, with backoff, up to ``job_max_attempts``
-    times, while its message has not expired (beat's next digest is due then)."""
+    times. A copy (or a retry) that finds another digest run started or completed within a
+    tenth of an interval returns at once: copies pile up behind busy workers, and beat's carry
+    no expiry (:func:`tasks.beat_runs.beat_run`)."""
+    with beat_run(DIGEST_ENTRY, runtime.settings().digest_interval_seconds) as due:
+        if not due:
+            return {"skipped": "a digest ran within a tenth of an interval"}
+        return _store_digest(self)
+
+
+def _store_digest(task: Task) -> dict[str, Any]:
     held_back: list[str] = []
     passed_over: list[str] = []
     try:
@@ -223,7 +236,7 @@ def ledger_store_digest(self: Task) -> dict[str, Any]:
                       "held_back": held_back[:10], "bases_passed_over": passed_over[:10]}
     except LedgerBusy as busy:
         log.warning("the ledger digest is put off: %s", busy.detail)
-        raise self.retry(exc=busy, countdown=backoff_seconds(self.request.retries),
+        raise task.retry(exc=busy, countdown=backoff_seconds(task.request.retries),
                          max_retries=runtime.settings().job_max_attempts) from busy
     unpruned: list[str] = []
     with transaction(runtime.session_factory()) as session:

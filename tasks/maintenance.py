@@ -1,6 +1,6 @@
 """Periodic maintenance scheduled by beat: recover jobs (and close the audit runs of jobs
 that ended without them, and fire a scheduled audit's tick that beat never got out), purge
-expired idempotency keys.
+expired idempotency keys (hourly; copies that piled up return at once: ``tasks.beat_runs``).
 
 Each recovery sweep that completes leaves a mark in Redis that lapses on its own
 (:func:`mark_sweep`): ``/health`` reads it to say whether beat and the maintenance queue's
@@ -23,6 +23,7 @@ from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_e
 from models.settings import Settings
 from tasks import runtime
 from tasks.audit import FULL_AUDIT, fire_overdue_tick
+from tasks.beat_runs import beat_run
 from tasks.dispatch import publish_jobs
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 OUTBOX_MIN_AGE = dt.timedelta(seconds=2)  # give the API its own chance to publish first
 SWEEP_MARK_KEY = "plant:recovery:swept"  # holds its lifetime in ms; present: a sweep completed within it
 SWEEP_FAILED_KEY = "plant:recovery:failed"  # the type of the latest failed sweep's error, for as long as a mark
+PURGE_ENTRY, PURGE_INTERVAL_SECONDS = "purge-idempotency-keys", 3600.0  # beat's schedule entry (worker.schedule)
 
 
 def sweep_mark_lifetime_seconds(settings: Settings) -> float:
@@ -120,6 +122,11 @@ def _sweep(app: Celery, settings: Settings) -> dict[str, Any]:
 
 
 @shared_task(name="plant.maintenance.purge_idempotency_keys")
-def purge_idempotency_keys() -> dict[str, int]:
-    with transaction(runtime.session_factory()) as session:
-        return {"purged": purge_expired_keys(session)}
+def purge_idempotency_keys() -> dict[str, Any]:
+    """Delete expired idempotency keys; beat sends it hourly. A copy that finds another run
+    started or completed within a tenth of an hour returns at once (:func:`tasks.beat_runs.beat_run`)."""
+    with beat_run(PURGE_ENTRY, PURGE_INTERVAL_SECONDS) as due:
+        if not due:
+            return {"skipped": "a purge ran within a tenth of an interval"}
+        with transaction(runtime.session_factory()) as session:
+            return {"purged": purge_expired_keys(session)}
