@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Integer, Interval, String, Text, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, Interval, String, Text, and_, bindparam, case, func, insert, null, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.db_statements import DriverStatement, SessionOrConnection, driver_rows, driver_sql
-from models.errors import JobCancelled, JobHandedBack, NotFound, StaleAttempt
+from models.errors import PROBLEM_TYPE_PREFIX, JobCancelled, JobHandedBack, NotFound, StaleAttempt, WorkerLost
 from models.jobs import RECORD_COLUMNS, TERMINAL_STATUSES, Job, JobRecord, JobStatus
 
 @dataclass(frozen=True)
@@ -103,12 +104,18 @@ _CLAIM_SQL = driver_sql(_CLAIM)
 # Owned: the row is running under exactly this attempt (the fencing token).
 _OWNED_BY = (_JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt"))
 _OWNED = update(Job.__table__).where(*_OWNED_BY)
+# The sweep's worker-lost error names the attempt whose lease ran out (models.job_recovery.rescue_expired);
+# a checkpoint of that very attempt shows its worker was only stalled, and clears it. One naming an
+# earlier attempt stays while this one runs, as any earlier attempt's error does.
+_OWN_WORKER_LOST = and_(_JOBS.error["type"].astext == PROBLEM_TYPE_PREFIX + WorkerLost.code,
+                        _JOBS.error["attempt"].astext == _JOBS.attempts.cast(Text))
+_ERROR_UNLESS_OWN_WORKER_LOST = case((_OWN_WORKER_LOST, null()), else_=_JOBS.error)
 _SET_PROGRESS = driver_sql(_OWNED.values(
-    lease_expires_at=_LEASE_END, updated_at=_NOW, progress_done=bindparam("done"),
+    lease_expires_at=_LEASE_END, updated_at=_NOW, error=_ERROR_UNLESS_OWN_WORKER_LOST, progress_done=bindparam("done"),
     progress_total=bindparam("total", type_=Integer()), progress_message=bindparam("message", type_=Text()),
 ).returning(_JOBS.cancel_requested_at))
 _ADD_PROGRESS = driver_sql(_OWNED.values(
-    lease_expires_at=_LEASE_END, updated_at=_NOW, progress_done=_JOBS.progress_done + bindparam("done"),
+    lease_expires_at=_LEASE_END, updated_at=_NOW, error=_ERROR_UNLESS_OWN_WORKER_LOST, progress_done=_JOBS.progress_done + bindparam("done"),
     progress_total=func.coalesce(bindparam("total", type_=Integer()), _JOBS.progress_total),
     progress_message=bindparam("message", type_=Text()),
 ).returning(_JOBS.cancel_requested_at))
@@ -149,7 +156,7 @@ def get_job(session: SessionOrConnection, job_id: uuid.UUID) -> JobRecord:
 
 def claim_job(
     session: SessionOrConnection, *, job_id: uuid.UUID, worker: str, lease_seconds: int, retrying: bool = False,
-    kind: str | None = None,
+    kind: str | None = None, earlier_workers: Sequence[str] = (),
 ) -> JobClaim | None:
     """Move a queued job (or a running one whose lease expired) to running.
 
@@ -163,19 +170,32 @@ def claim_job(
     after its claim committed. A token names one run of one message, so a running row
     holding it is that claim, returned as such: otherwise the job would sit under a live
     lease with no worker until the lease ran out.
+
+    ``earlier_workers``: tokens of earlier runs of the same message whose claim lost its
+    connection twice (each retried the message instead): a running row holding one of them is
+    that run's claim, which no handler ran. Either is taken as it stands (the same attempt), its
+    worker and lease renewed to this run's, so a redelivery of this message after this run died
+    does not take it up again.
     """
     values = {"job_id": job_id, "worker": worker, "lease": dt.timedelta(seconds=lease_seconds), "kind": kind}
     rows = _job_rows(session, _CLAIM_SQL, values)
     row = rows[0] if rows else None
-    if row is None and retrying:
-        row = session.execute(_OWN_CLAIM, {"job_id": job_id, "worker": worker}).one_or_none()
+    if row is None and (retrying or earlier_workers):
+        owners = [*earlier_workers, *([worker] if retrying else [])]
+        row = session.execute(_TAKE_OWN_CLAIM, {"job_id": job_id, "worker": worker, "lease": values["lease"],
+                                                "owners": owners}).one_or_none()
     if row is None:
         return None
     return JobClaim(job_id=row.id, kind=row.kind, params=row.params, attempt=row.attempts, handbacks=row.handbacks)
 
 
-_OWN_CLAIM = select(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts, _JOBS.handbacks).where(
-    _JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.worker == bindparam("worker"))
+_TAKE_OWN_CLAIM = (
+    update(Job.__table__)
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value,
+           _JOBS.worker.in_(bindparam("owners", expanding=True)))
+    .values(worker=bindparam("worker"), lease_expires_at=_LEASE_END, updated_at=_NOW)
+    .returning(_JOBS.id, _JOBS.kind, _JOBS.params, _JOBS.attempts, _JOBS.handbacks)
+)
 
 
 _OWNED_ROW = select(_JOBS.id, _JOBS.cancel_requested_at).where(*_OWNED_BY)
@@ -238,7 +258,8 @@ def report_progress(
     message: str | None,
     lease_seconds: int,
 ) -> bool:
-    """Record progress and renew the lease. Returns True when a cancel was requested."""
+    """Record progress and renew the lease; clear a ``worker-lost`` error the sweep wrote about
+    this very attempt (its worker was only stalled). Returns True when a cancel was requested."""
     return _checkpoint(session, _SET_PROGRESS, claim, lease_seconds, done=done, total=total, message=message)
 
 

@@ -7,8 +7,9 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
 * lost messages: jobs published long ago and still queued (the broker lost them, or they
   wait in a backlog: the wait doubles with each republish, up to 15 minutes);
 * dead workers: running jobs whose lease expired. They are republished after an
-  exponential backoff with full jitter (showing ``worker-lost`` as their last error until
-  an attempt ends them), and fail with the last error once they used
+  exponential backoff with full jitter (showing ``worker-lost``, naming the attempt, as their
+  last error until an attempt ends them, or that attempt's worker, only stalled, reports again),
+  and fail with the last error once they used
   ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
   with a cancel request never starts another attempt (``models.job_lifecycle``). A job
   these end gets the result its recorded work gives (``models.job_results``).
@@ -96,6 +97,17 @@ def claim_lost_messages(session: Session, *, older_than: dt.timedelta, limit: in
                   limit, order=Job.enqueued_at, republishes=Job.republishes + 1)
 
 
+def uncount_republishes(session: Session, *, job_ids: list[uuid.UUID]) -> int:
+    """Take back what :func:`claim_lost_messages` counted for jobs whose message the broker then
+    refused: no message went, so the wait before the next try is not doubled (each stays stamped,
+    and is tried again after the wait it had). A job no longer queued (a worker took an earlier
+    message meanwhile) is left as it is. How many were taken back."""
+    return session.execute(
+        update(Job).where(Job.id.in_(job_ids), Job.status == QUEUED, Job.republishes > 0)
+        .values(republishes=Job.republishes - 1)
+    ).rowcount or 0
+
+
 @dataclass(frozen=True)
 class Rescue:
     """What one sweep over dead workers' jobs did: jobs to republish (already stamped),
@@ -165,7 +177,10 @@ def rescue_expired(
     )
     # The attempt ended with no word from its worker: the job says so while it waits for, and
     # runs, its next attempt (as one retried after a transient error shows that error).
-    lost = WorkerLost("an attempt's worker stopped reporting before its lease ran out; the job is retried").problem()
+    # It names that attempt: should its worker have been only stalled and report again, its
+    # checkpoint clears it (models.job_lifecycle.report_progress).
+    lost = literal(WorkerLost("an attempt's worker stopped reporting before its lease ran out; the job is retried")
+                   .problem(), JSONB).op("||")(func.jsonb_build_object("attempt", Job.attempts))
     return Rescue(republish=_stamp(session, due, limit, republishes=0, error=lost), failed=len(failed),
                   cancelled=len(cancelled))
 

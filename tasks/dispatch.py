@@ -64,10 +64,19 @@ def publish_job(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:
         return False
 
 
-def publish_jobs(app: Celery, jobs: list[tuple[uuid.UUID, str]]) -> int:
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish_jobs` sent: how many messages went, and the jobs the broker refused
+    (the first refused, and every one after it, which was not tried)."""
+
+    count: int
+    refused: list[uuid.UUID]
+
+
+def publish_jobs(app: Celery, jobs: list[tuple[uuid.UUID, str]]) -> Published:
     """Send each (job id, kind)'s message, as :func:`publish_job`, but none after the first the
     broker refuses: each would wait as long for the broker (three tries of up to a read timeout).
-    The jobs left are stamped as published: the lost-message sweep publishes them. How many went."""
+    The jobs left are stamped as published: the lost-message sweep publishes them."""
     published = 0
     for sent, (job_id, kind) in enumerate(jobs):
         try:
@@ -75,8 +84,8 @@ def publish_jobs(app: Celery, jobs: list[tuple[uuid.UUID, str]]) -> int:
         except BROKER_ERRORS as exc:
             log.warning("publish of job %s failed; it and the %d after it are left to the lost-message sweep: %s",
                         job_id, len(jobs) - sent - 1, exc)
-            break
-    return published
+            return Published(published, [left for left, _ in jobs[sent:]])
+    return Published(published, [])
 
 
 def _send(app: Celery, *, job_id: uuid.UUID, kind: str) -> bool:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from typing import Any
 
 from celery import Celery, shared_task
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.audit_close import close_runs_apart
 from models.db import transaction
 from models.idempotency import purge_expired_keys
-from models.job_recovery import claim_lost_messages, claim_unpublished, rescue_expired
+from models.job_recovery import QueuedJobRef, claim_lost_messages, claim_unpublished, rescue_expired, uncount_republishes
 from models.settings import Settings
 from tasks import runtime
 from tasks.audit import FULL_AUDIT, fire_overdue_tick
@@ -113,12 +115,26 @@ def _sweep(app: Celery, settings: Settings) -> dict[str, Any]:
         )
     refs = unpublished + lost + rescue.republish
     published = publish_jobs(app, [(ref.job_id, ref.kind) for ref in refs])
+    _uncount_refused_republishes(lost, published.refused)
     runs_closed = close_runs_apart(runtime.session_factory(), keyring=runtime.keyring())  # after the recovery, never in its way
     fired = fire_overdue_tick(app, runtime.session_factory(), FULL_AUDIT, settings.audit_interval_seconds)
     mark_sweep(settings)
     return {"unpublished": len(unpublished), "lost": len(lost), "rescued": len(rescue.republish),
-            "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published,
+            "failed": rescue.failed, "cancelled": rescue.cancelled, "published": published.count,
             "runs_closed": runs_closed, "fired": [FULL_AUDIT.schedule] if fired else []}
+
+
+def _uncount_refused_republishes(lost: list[QueuedJobRef], refused: list[uuid.UUID]) -> None:
+    """Lost messages the broker refused to take again do not double the wait before the next try
+    (``models.job_recovery.uncount_republishes``). Failing to say so is logged: it must not fail the sweep."""
+    left = {ref.job_id for ref in lost} & set(refused)
+    if not left:
+        return
+    try:
+        with transaction(runtime.session_factory()) as session:
+            uncount_republishes(session, job_ids=sorted(left))
+    except SQLAlchemyError as exc:
+        log.warning("could not take back the republishes the broker refused: %s", type(exc).__name__)
 
 
 @shared_task(name="plant.maintenance.purge_idempotency_keys")

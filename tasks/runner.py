@@ -35,12 +35,12 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from psycopg.errors import ReadOnlySqlTransaction
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import retry_if_disconnected, single_statement, transaction
 from models.errors import InternalJobError, JobCancelled, JobHandedBack, JobTimedOut, PlantError, SigningKeySealed, StaleAttempt, TransientJobError
-from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, report_progress
+from models.job_lifecycle import Checkpoint, JobClaim, claim_job, finish_job, get_job, report_progress
 from models.job_recovery import fail_unless_cancelled, full_jitter_backoff, release_for_retry
 from models.jobs import JobStatus
 from models.progress import ProgressSink
@@ -176,18 +176,31 @@ def backoff_seconds(attempt: int) -> float:
     return full_jitter_backoff(attempt, base=settings.retry_backoff_base_seconds, cap=settings.retry_backoff_cap_seconds)
 
 
+# The message header in which a run whose claim failed for a lost connection hands its worker
+# token (and those handed to it) to the retried message: its claim may have committed unseen.
+EARLIER_CLAIMS_HEADER = "plant_earlier_claims"
+
+
 def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     """Run one attempt of the job; returns a small JSON summary for Celery's logs. A job task
     claims only a job of the kind it runs (``KIND_BY_TASK``, by its name): a row edited to name
-    another kind is left queued for the sweep to publish to that kind's task."""
+    another kind is left queued for the sweep to publish to that kind's task.
+
+    A claim whose connection died, retried once on a fresh one (:func:`models.db.retry_if_disconnected`)
+    and lost again, may have committed: the message is retried after a backoff, naming this
+    run's token (``EARLIER_CLAIMS_HEADER``), and the retried run takes the job as its own if its
+    row is still running under one of those tokens, rather than leaving it under a live lease
+    with no worker until the lease ran out."""
     kind = KIND_BY_TASK.get(getattr(task, "name", None) or "")
     token = f"{worker_identity()}/{uuid.uuid4().hex[:12]}"  # this run of this message, in the job's worker column
+    earlier = list(getattr(getattr(task, "request", None), EARLIER_CLAIMS_HEADER, None) or [])
     retrying = False
 
     def claim_it() -> JobClaim | None:
         with single_statement(runtime.session_factory()) as connection:
             return claim_job(connection, job_id=uuid.UUID(job_id), worker=token,
-                             lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying, kind=kind)
+                             lease_seconds=runtime.settings().job_lease_seconds, retrying=retrying, kind=kind,
+                             earlier_workers=earlier)
 
     def before_retry() -> None:
         nonlocal retrying
@@ -196,9 +209,10 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
     try:
         claim = retry_if_disconnected(claim_it, before_retry=before_retry)
     except TRANSIENT_ERRORS as exc:
-        # Nothing was claimed; the same message comes back after a backoff.
+        # The same message comes back after a backoff; a claim that committed unseen is its own then.
         retries = task.request.retries
-        raise task.retry(exc=exc, countdown=backoff_seconds(retries), max_retries=runtime.settings().job_max_attempts) from exc
+        raise task.retry(exc=exc, countdown=backoff_seconds(retries), max_retries=runtime.settings().job_max_attempts,
+                         headers={EARLIER_CLAIMS_HEADER: [*earlier, token]}) from exc
     if claim is None:
         return {"job_id": job_id, "skipped": "not claimable"}
     progress = RowProgress.for_worker(claim)
@@ -215,16 +229,42 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
 
 def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
             progress: Checkpoint | None = None) -> dict[str, Any]:
+    reconnected = False
+
     def finish() -> None:
         with single_statement(runtime.session_factory()) as connection:
             finish_job(connection, claim=claim, status=status, result=result, error=error, progress=progress)
 
+    def before_retry() -> None:
+        nonlocal reconnected
+        reconnected = True
+
     try:
-        retry_if_disconnected(finish)
+        retry_if_disconnected(finish, before_retry=before_retry)
     except StaleAttempt:
+        if reconnected and _written_before_the_connection_died(claim, error) is status:
+            return {"job_id": str(claim.job_id), "status": status.value}
         log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
         return {"job_id": str(claim.job_id), "skipped": "superseded"}
     return {"job_id": str(claim.job_id), "status": status.value}
+
+
+def _written_before_the_connection_died(claim: JobClaim, error: dict[str, Any] | None) -> JobStatus | None:
+    """After a write whose connection died, and whose retry on a fresh one found the job no
+    longer held: the job's status when its row holds what this attempt wrote (no later attempt,
+    no longer running, this attempt's error), so the first try committed before it died; None
+    when another write took the job (a sweep, a cancel, a later attempt) or the row cannot be read."""
+    try:
+        with runtime.session_factory()() as session:
+            job = get_job(session, claim.job_id)
+    except SQLAlchemyError as exc:
+        log.warning("job %s attempt %s: could not read whether its write committed: %s", claim.job_id, claim.attempt,
+                    type(exc).__name__)
+        return None
+    if job.attempts != claim.attempt or job.status == JobStatus.RUNNING.value or job.error != error:
+        return None
+    log.info("job %s attempt %s: its write committed before its connection died", claim.job_id, claim.attempt)
+    return JobStatus(job.status)
 
 
 def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkpoint | None = None) -> dict[str, Any]:
@@ -246,13 +286,21 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkp
             return fail_unless_cancelled(session, claim=claim, error=attempt.error or {}, progress=progress,
                                          result=attempt.result)
 
+    reconnected = False
+
+    def before_retry() -> None:
+        nonlocal reconnected
+        reconnected = True
+
     try:
         # Once more on a fresh connection if this one died. Should the first try have committed
-        # before it died, the second finds the job no longer held (StaleAttempt) and sends no
-        # message: beat's lost-message sweep republishes the queued job.
-        status = retry_if_disconnected(release_or_end)
+        # before it died, the second finds the job no longer held (StaleAttempt): the row says so.
+        status = retry_if_disconnected(release_or_end, before_retry=before_retry)
     except StaleAttempt:
-        return {"job_id": str(claim.job_id), "skipped": "superseded"}
+        found = _written_before_the_connection_died(claim, attempt.error or {}) if reconnected else None
+        if found is None:
+            return {"job_id": str(claim.job_id), "skipped": "superseded"}
+        status = found
     if status is not JobStatus.QUEUED:  # failed on its last attempt, or a cancel was requested
         return {"job_id": str(claim.job_id), "status": status.value}
     route = route_for(claim.kind)
