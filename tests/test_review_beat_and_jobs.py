@@ -118,8 +118,12 @@ def test_a_beat_run_that_cannot_reach_redis_runs(monkeypatch) -> None:
     from tasks import runtime
     from tasks.beat_runs import beat_run
 
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     with refused_port() as port:
-        monkeypatch.setattr(runtime, "redis_client", lambda: redis.Redis(port=port, socket_connect_timeout=1))
+        unreachable = redis.Redis(port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        monkeypatch.setattr(runtime, "redis_client", lambda: unreachable)
         with beat_run("review", 3600.0) as due:
             assert due
 
