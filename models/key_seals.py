@@ -290,6 +290,9 @@ def with_seal_lists(keyring: KeyRing, session: Session) -> KeyRing:
 
 
 def _with_lists(keyring: KeyRing, read: Callable[[KeySeal], frozenset[str]]) -> KeyRing:
+    """``keyring`` as it is now (a seal written since it was loaded included, and none written
+    later: such a seal's list would go unread), each listing seal's list read by ``read``."""
+    keyring = keyring.snapshot()
     if not any(seal.lists for seal in keyring.seals):
         return keyring
     return replace(keyring, seals=tuple(replace(seal, signed=read(seal)) if seal.lists else seal for seal in keyring.seals))
@@ -372,7 +375,7 @@ def seal_problems(session: Session, keyring: KeyRing) -> list[str]:
     database's list of what its key signed outside the chain is not the one it commits to."""
     problems = []
     checked: dict[int, str | None] = {}  # one sealing seals every retired key with one digest: read its leaves once
-    for seal in keyring.seals:
+    for seal in keyring.current_seals():
         if keyring.seal(seal.kid) is None:
             continue  # not a retired key of this ring
         digest = session.get(LedgerDigest, seal.digest_id)

@@ -74,7 +74,7 @@ _SEALED_LEAVES_SQL = ("SELECT count(*), string_agg(uuid_send(entity_id) || link_
                       "FROM {table} WHERE digest_id = %s")
 SEALED_LEAVES_RECHECK_SECONDS = 60.0  # how long a failed check stands before the rows are read again
 # Per (seal digest, root): its checked leaves, kept for the process's life (one entry per
-# sealing the process has needed: its keyring's seals are fixed at start), or the monotonic
+# sealing the process has needed: its keyring's seals, and any found since, which are kept too), or the monotonic
 # time until which a failed check stands.
 _sealed_leaves: dict[tuple[int, str, str | None], SealedLeaves | float] = {}
 _sealed_leaves_lock = threading.Lock()  # one reader at a time: API threads share the process's

@@ -21,7 +21,7 @@ import hmac
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -227,8 +227,13 @@ class KeyRing:
     retired: tuple[SigningKey | VerifyingKey, ...] = ()
     seals: tuple[KeySeal, ...] = ()
     upcoming: tuple[VerifyingKey, ...] = ()
+    # Asked for the seal of a retired key that ``seals`` has none for: one written since the
+    # ring was loaded (``models.keys.RetiredSealWatch``, which looks on disk at most once a
+    # second per key). None: ``seals`` are all there are (a ring built in memory, or a snapshot).
+    seal_watch: Callable[[str], KeySeal | None] | None = field(default=None, repr=False, compare=False)
     _verifiers: dict[str, VerifyingKey] = field(init=False, repr=False, compare=False)
     _seals: dict[str, KeySeal] = field(init=False, repr=False, compare=False)
+    _watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         verifiers: dict[str, VerifyingKey] = {}
@@ -247,15 +252,37 @@ class KeyRing:
                 )
         retired = {key.kid for key in self.retired} - {self.active.kid}
         object.__setattr__(self, "_seals", {seal.kid: seal for seal in self.seals if seal.kid in retired})
+        # Never a key this ring signs with: a seal of one appearing later is models.keys.SealWatch's.
+        watched = retired - set(signers) - set(self._seals) if self.seal_watch is not None else set()
+        object.__setattr__(self, "_watched", frozenset(watched))
 
     def seal(self, kid: str) -> KeySeal | None:
-        """The seal of retired key ``kid``, if it has one."""
-        return self._seals.get(kid)
+        """The seal of retired key ``kid``, if it has one: loaded with the ring, or written
+        since (``seal_watch``), so that a process started before the seal trusts nothing
+        the key signs after it, as a process started since would not."""
+        seal = self._seals.get(kid)
+        if seal is None and kid in self._watched:
+            assert self.seal_watch is not None
+            seal = self.seal_watch(kid)
+        return seal
 
     @property
     def sealed(self) -> bool:
         """Whether any retired key is sealed (only then do versions need checking against seals)."""
-        return bool(self._seals)
+        if self._seals:
+            return True
+        return any(self.seal(kid) is not None for kid in self._watched) if self._watched else False
+
+    def current_seals(self) -> tuple[KeySeal, ...]:
+        """``seals`` and the seals written since the ring was loaded (:meth:`seal`)."""
+        return (*self.seals, *(seal for kid in sorted(self._watched) if (seal := self.seal(kid)) is not None))
+
+    def snapshot(self) -> KeyRing:
+        """This ring with the seals it knows now, looking for none written later: for one
+        operation that reads each seal's list once (:func:`models.key_seals.with_seal_lists`)."""
+        if self.seal_watch is None:
+            return self
+        return replace(self, seals=self.current_seals(), seal_watch=None)
 
     def sign(self, data: bytes) -> tuple[str, bytes]:
         """``(kid, signature)`` by the active key."""
@@ -288,7 +315,7 @@ class KeyRing:
     def rotate(self, new: SigningKey) -> KeyRing:
         """A ring that signs with ``new``; the current active key moves to the retired keys."""
         retired = tuple(key for key in (self.active, *self.retired) if key.kid != new.kid)
-        return KeyRing(new, retired, self.seals, tuple(key for key in self.upcoming if key.kid != new.kid))
+        return KeyRing(new, retired, self.seals, tuple(key for key in self.upcoming if key.kid != new.kid), self.seal_watch)
 
 
 def _seal_members(seal: KeySeal | None) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""Signing keys and seals (review): a retired key's seal written after a process loaded its ring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.errors import SigningKeyError
+from models.key_material import generate_ed25519
+from models.keys import SEAL_SUFFIX, RetiredSealWatch, keyring_from_settings, rotate_signing_key, write_seal
+from models.settings import Settings
+from models.signing import KeySeal
+from tests.conftest import bearer, wait_for
+from tests.test_sealed_keys_in_running_processes_and_key_file_modes import own_key_dir
+from web import create_app
+
+AS_OF = "2026-12-04T00:00:00.000000Z"
+
+
+def rotated(key_settings: Settings) -> str:
+    """The kid of the key a rotation just retired."""
+    old_kid, _ = rotate_signing_key(key_settings, generate_ed25519())
+    return old_kid
+
+
+def test_a_seal_written_after_the_ring_was_loaded_is_looked_for_once_a_recheck_not_on_every_verification(
+        key_settings: Settings) -> None:
+    """A full audit meets a retired key on every version it signed: the seal file is looked for
+    (one stat) at most once per ``recheck_seconds`` per key, then read once and kept."""
+    old_kid = rotated(key_settings)
+    ring = keyring_from_settings(key_settings)
+    retired_dir = key_settings.retired_signing_keys_path
+    rarely = replace(ring, seal_watch=RetiredSealWatch(retired_dir, recheck_seconds=3600))
+    assert rarely.seal(old_kid) is None and not rarely.sealed and rarely.current_seals() == ()
+    write_seal(key_settings, KeySeal(old_kid, 1, "00" * 32, AS_OF))
+    assert rarely.seal(old_kid) is None  # it looked a moment ago: not again before the hour is up
+    promptly = replace(ring, seal_watch=RetiredSealWatch(retired_dir, recheck_seconds=0))
+    found = promptly.seal(old_kid)
+    assert found is not None and (found.kid, found.digest_id, found.as_of) == (old_kid, 1, AS_OF) and promptly.sealed
+    assert [seal.kid for seal in promptly.current_seals()] == [old_kid]
+    snapshot = promptly.snapshot()  # what one operation reads each seal's list from: no watch, the seal held
+    assert snapshot.seal_watch is None and snapshot.seal(old_kid) is not None
+    # The process's own ring (one second between looks) sees it too, and keeps it once read.
+    wait_for(lambda: ring.seal(old_kid) is not None, timeout=10, what="the loaded ring to see the seal")
+    (retired_dir / f"{old_kid}{SEAL_SUFFIX}").unlink()
+    assert ring.seal(old_kid) is not None
+
+
+def test_a_seal_that_appears_malformed_fails_closed(key_settings: Settings) -> None:
+    """As a process starting on it would refuse to start, a running one says it cannot tell."""
+    old_kid = rotated(key_settings)
+    ring = replace(keyring_from_settings(key_settings), seal_watch=RetiredSealWatch(
+        key_settings.retired_signing_keys_path, recheck_seconds=0))
+    (key_settings.retired_signing_keys_path / f"{old_kid}{SEAL_SUFFIX}").write_text("{not json")
+    with pytest.raises(SigningKeyError, match="unreadable key seal"):
+        ring.seal(old_kid)
+    with pytest.raises(SigningKeyError, match="unreadable key seal"):
+        keyring_from_settings(key_settings)
+
+
+def test_the_published_jwks_of_a_process_started_before_a_seal_names_it(
+        settings: Settings, admin_key: str, tmp_path: Path) -> None:
+    """A verifier holding only the JWKS takes a sealed key's documents by its ``plant_sealed_at``:
+    one fetched from a process started between the rotation and the seal lacked it until that
+    process restarted, so a report the leaked key signed after the seal verified offline."""
+    own = own_key_dir(settings, tmp_path)
+    old_kid, _ = rotate_signing_key(own, generate_ed25519())
+    client = create_app(own).test_client()
+
+    def entry() -> dict[str, Any]:
+        answer = client.get("/api/v1/signing-keys", environ_base=bearer(admin_key))
+        assert answer.status_code == 200, answer.get_json()
+        return next(key for key in answer.get_json()["keys"] if key["kid"] == old_kid)
+
+    assert "plant_sealed_at" not in entry() and entry()["plant_retired"] is True
+    write_seal(own, KeySeal(old_kid, 1, "00" * 32, AS_OF))
+    assert wait_for(lambda: entry().get("plant_sealed_at"), timeout=10, what="the JWKS to name the seal") == AS_OF
