@@ -43,10 +43,19 @@ def load_signing_key_pem(pem: bytes) -> SigningKey:
 
 
 def load_verifying_key_pem(pem: bytes) -> VerifyingKey:
-    """A PEM public key, or the public half of a PEM private key."""
+    """A PEM public key: a retired or upcoming key file (:mod:`models.keys`).
+
+    A private key is refused, never read for its public half: Plant writes only public halves
+    there (``rotate``, ``rotate --stage``; the Terraform module refuses a private one), and
+    needs no more, since those keys only verify. A private half kept there is the leaked
+    copy a seal guards against, in a directory mounted into every process that verifies, so
+    no mode of the file would make it safe to keep."""
     _one_pem_block(pem)
     if b"PRIVATE KEY" in pem:
-        return load_signing_key_pem(pem).verifier()
+        raise SigningKeyError("holds a private key: a retired or upcoming key file holds the key's public half "
+                              "only (Plant never uses the private half there, and whoever can read the file could "
+                              "sign as the key); write its public half in its place (`openssl pkey -in FILE -pubout "
+                              "-out FILE.pub`, then move that over FILE) and destroy the private copy")
     try:
         public_key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:

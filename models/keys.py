@@ -72,7 +72,10 @@ def _read_keyring(settings: Settings) -> KeyRing:
         # mounted) is no directory either, though exists() says there is nothing there.
         raise SigningKeyError(f"the retired signing keys' directory {retired_dir} is not a directory")
     files = sorted(retired_dir.iterdir()) if retired_dir.is_dir() else []
-    pems = [path for path in files if path.name.endswith(".pem")]
+    # A retired or upcoming key file holds a public half (one holding a private key is refused:
+    # models.key_material.load_verifying_key_pem); the active key's own file, in a retired-keys
+    # directory that is also the active key's, is no retired key, and is read as the active one.
+    pems = [path for path in files if path.name.endswith(".pem") and not _is_active_key_file(settings, path)]
     def verifying(path: Path) -> VerifyingKey:
         return _loaded(path, lambda: load_verifying_key_pem(path.read_bytes()))
 
@@ -162,6 +165,10 @@ class RetiredSealWatch:
         seal = load_seal(path)  # SigningKeyError if malformed, as at start
         self._found[kid] = seal
         return seal
+
+
+def _is_active_key_file(settings: Settings, path: Path) -> bool:
+    return settings.signing_key is None and path.resolve() == settings.active_signing_key_path.resolve()
 
 
 def _active_source(settings: Settings) -> Path | str:

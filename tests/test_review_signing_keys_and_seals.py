@@ -1,4 +1,5 @@
-"""Signing keys and seals (review): a retired key's seal written after a process loaded its ring."""
+"""Signing keys and seals (review): a retired key's seal written after a process loaded its
+ring, and private keys in the retired-keys directory."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from models.errors import SigningKeyError
 from models.key_material import generate_ed25519
 from models.keys import SEAL_SUFFIX, RetiredSealWatch, keyring_from_settings, rotate_signing_key, write_seal
-from models.settings import Settings
+from models.settings import Settings, load_settings
 from models.signing import KeySeal
 from tests.conftest import bearer, wait_for
 from tests.test_sealed_keys_in_running_processes_and_key_file_modes import own_key_dir
@@ -78,3 +79,31 @@ def test_the_published_jwks_of_a_process_started_before_a_seal_names_it(
     assert "plant_sealed_at" not in entry() and entry()["plant_retired"] is True
     write_seal(own, KeySeal(old_kid, 1, "00" * 32, AS_OF))
     assert wait_for(lambda: entry().get("plant_sealed_at"), timeout=10, what="the JWKS to name the seal") == AS_OF
+
+
+@pytest.mark.parametrize(("name", "mode"), [("old.pem", 0o600), ("old.pem", 0o644), ("next.next.pem", 0o600)])
+def test_a_private_key_in_the_retired_keys_directory_is_refused_naming_it(tmp_path: Path, name: str, mode: int) -> None:
+    """Only a retired key's public half is ever used; Plant writes only that there. A private
+    one was read for its public half whatever its mode: whoever could read the directory (every
+    process that verifies, in the documented deployments) could sign as the key, which is the
+    leaked copy a seal guards against."""
+    active, retired = tmp_path / "active.pem", tmp_path / "retired"
+    active.write_bytes(generate_ed25519().private_pem())
+    active.chmod(0o600)
+    retired.mkdir()
+    (retired / name).write_bytes(generate_ed25519().private_pem())
+    (retired / name).chmod(mode)
+    with pytest.raises(SigningKeyError, match=rf"^{retired / name}: holds a private key: a retired or upcoming key file"):
+        keyring_from_settings(load_settings(signing_key_file=active, retired_signing_keys_dir=retired))
+
+
+def test_the_active_key_file_in_a_retired_keys_directory_that_is_also_its_own_is_read_as_the_active_key(
+        tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    own = load_settings(signing_key_file=keys / "active.pem", retired_signing_keys_dir=keys)
+    own.active_signing_key_path.write_bytes(generate_ed25519().private_pem())
+    own.active_signing_key_path.chmod(0o600)
+    old_kid = rotated(own)
+    ring = keyring_from_settings(own)
+    assert [key.kid for key in ring.retired] == [old_kid] and ring.active.kid != old_kid

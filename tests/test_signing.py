@@ -241,12 +241,16 @@ def test_rotating_back_to_a_retired_key_lists_it_once() -> None:
     assert [key["kid"] for key in ring.jwks()["keys"]] == [first.kid, second.kid]
 
 
-def test_retired_keys_are_read_from_private_and_public_pems(rsa_key: SigningKey) -> None:
-    active, retired_private = generate_ed25519(), generate_ed25519()
+def test_retired_keys_are_read_from_public_pems_only(rsa_key: SigningKey) -> None:
+    """A private PEM is refused (models.key_material.load_verifying_key_pem): a retired key only verifies."""
+    active, retired_ed25519 = generate_ed25519(), generate_ed25519()
     retired_public = rsa_key.verifier().public_pem()
-    ring = KeyRing(active, tuple(load_verifying_key_pem(pem) for pem in (retired_private.private_pem(), retired_public)))
+    ring = KeyRing(active, tuple(load_verifying_key_pem(pem) for pem in (retired_ed25519.verifier().public_pem(), retired_public)))
     assert ring.active.kid == active.kid
-    assert [key["kid"] for key in ring.jwks()["keys"]] == [active.kid, retired_private.kid, rsa_key.kid]
+    assert [key["kid"] for key in ring.jwks()["keys"]] == [active.kid, retired_ed25519.kid, rsa_key.kid]
+    for private in (retired_ed25519, rsa_key):
+        with pytest.raises(SigningKeyError, match="holds a private key"):
+            load_verifying_key_pem(private.private_pem())
     assert ring.verify(rsa_key.kid, rsa_key.sign(DATA), DATA)
     assert ring.sign(DATA)[0] == active.kid
 
