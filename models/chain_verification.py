@@ -209,13 +209,37 @@ def head_drift(
             drift[entity.id] = ChainFinding("no-history", None, "entity has no versions")
             continue
         head_link = bytes(entity.head_link_hash) if entity.head_link_hash is not None else None
-        _, findings = verify_versions([head], keyring=keyring, head_link=head_link, after=(head.version - 1, bytes(head.prev_link)))
-        findings = findings or _head_findings(entity, [head], head_link, content)
+        findings = _head_version_findings(head, keyring, head_link) or _head_findings(entity, [head], head_link, content)
         if findings:
             drift[entity.id] = findings[0]
     sealed = seal_findings(session, ((entity, [heads[entity.id]]) for entity, _ in entities
                                      if entity.id not in drift and entity.id in heads), keyring)
     return {**drift, **sealed}
+
+
+@dataclass(frozen=True)
+class _ChainOf:
+    """What :func:`models.seal_check.seal_findings` reads of an entity: its id."""
+
+    id: uuid.UUID
+
+
+def unsigned_heads(session: Session, heads: Sequence[EntityVersion], keyring: KeyRing) -> dict[uuid.UUID, ChainFinding]:
+    """For each head version given (an entity's newest, read to decide on something other than
+    a write to that entity, such as whether it names one being deleted): why it must not be
+    taken for what Plant signed, if it must not. The checks :func:`head_drift` makes of a head
+    on it alone (content and link hash, a trusted key's signature, not after its key's seal),
+    not the entity's row against it. One query at most (the seal check's)."""
+    found = {head.entity_id: findings[0] for head in heads
+             if (findings := _head_version_findings(head, keyring, bytes(head.link_hash)))}
+    sealed = seal_findings(session, ((_ChainOf(head.entity_id), [head]) for head in heads if head.entity_id not in found),
+                           keyring)
+    return {**found, **sealed}
+
+
+def _head_version_findings(head: EntityVersion, keyring: KeyRing, head_link: bytes | None) -> list[ChainFinding]:
+    """:func:`verify_versions` on ``head`` alone: its ``prev_link`` is covered by its signed link."""
+    return verify_versions([head], keyring=keyring, head_link=head_link, after=(head.version - 1, bytes(head.prev_link)))[1]
 
 
 # What _head_findings reports: the row differs from an intact chain's newest version.

@@ -25,8 +25,11 @@ from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
 from models.canonical import strict_json_loads
-from models.chain import recorded_deletion
-from models.errors import EntityReferenced, InvalidInput
+from models.chain import ChainFinding, EntityVersion, recorded_deletion
+from models.chain_verification import unsigned_heads
+from models.db_statements import bigint_in
+from models.errors import EntityReferenced, EntityTampered, InvalidInput
+from models.signing import KeyRing
 
 # Reference fields and the entity type each must point at (``parent_id`` points at the
 # entity's own type; the skill lists at skills).
@@ -59,7 +62,7 @@ def referent_type(entity: GovernedEntity, field: str) -> EntityType:
 
 
 def reference_fence(session: Session, entity: GovernedEntity, *, content_before: dict[str, Any] | None,
-                    content: dict[str, Any], pending: frozenset[uuid.UUID]) -> None:
+                    content: dict[str, Any], pending: frozenset[uuid.UUID], keyring: KeyRing) -> None:
     """Refuse a write that would leave a live entity naming a deleted one.
 
     A write deleting ``entity`` takes its lock exclusive and refuses (``EntityReferenced``,
@@ -77,7 +80,7 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     if content.get("deleted_at") is not None:
         if content_before is not None and not deleted_before:
             _lock(session, entity.entity_type_value, entity.id, "pg_advisory_xact_lock")
-            refuse_if_referenced(session, entity.entity_type_value, entity.id)
+            refuse_if_referenced(session, entity.entity_type_value, entity.id, keyring)
         return
     before = content_before if content_before is not None and not deleted_before else {}
     named = sorted(newly_named(entity, before, content, pending), key=lambda n: (n[1].value, str(n[2])))
@@ -113,11 +116,12 @@ def newly_named(entity: GovernedEntity, before: dict[str, Any], content: dict[st
     return [(f, kind, i) for f, kind, i in named if i != entity.id and i not in pending]
 
 
-def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: uuid.UUID) -> None:
+def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: uuid.UUID, keyring: KeyRing) -> None:
     """Raise ``EntityReferenced`` (409) naming the live entities that name this one, but those
-    deleted together with it (:func:`models.deletion.delete_entities`)."""
+    deleted together with it (:func:`models.deletion.delete_entities`); ``EntityTampered``
+    (409) when a head read to tell is not what Plant signed (:func:`_heads_naming`)."""
     together = session.info.get(DELETED_TOGETHER, frozenset())
-    found, count = dependents(session, entity_type, entity_id, excluding=together)
+    found, count = dependents(session, entity_type, entity_id, keyring=keyring, excluding=together)
     if not count:
         return
     kind = entity_type.value.replace("_", " ")
@@ -127,7 +131,7 @@ def refuse_if_referenced(session: Session, entity_type: EntityType, entity_id: u
         field="deleted_at", id=str(entity_id), dependent_count=count, dependents=found)
 
 
-def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID, *,
+def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID, *, keyring: KeyRing,
                excluding: frozenset[uuid.UUID] = frozenset()) -> tuple[list[dict[str, str]], int]:
     """The first :data:`LISTED_DEPENDENTS` live entities naming the entity, with the field each
     names it in, by type, field and id, and how many (type, id, field) there are in all; the
@@ -142,7 +146,7 @@ def dependents(session: Session, entity_type: EntityType, entity_id: uuid.UUID, 
     count = session.scalar(select(func.count()).select_from(rows)) or 0
     listed = session.execute(select(rows).order_by(rows.c.entity_type.collate("C"), rows.c.field.collate("C"), rows.c.id)
                              .limit(LISTED_DEPENDENTS))
-    hidden = _heads_naming(session, entity_type, entity_id, excluding)
+    hidden = _heads_naming(session, entity_type, entity_id, excluding, keyring)
     named = sorted({*((kind, i, field) for kind, i, field in listed), *hidden}, key=lambda n: (n[0], n[2], str(n[1])))
     return ([{"entity_type": kind, "id": str(i), "field": field} for kind, i, field in named[:LISTED_DEPENDENTS]],
             count + len(hidden))
@@ -177,43 +181,71 @@ def _dependents_query(entity_type: EntityType, entity_id: uuid.UUID, excluding: 
 
 
 def _heads_naming(session: Session, entity_type: EntityType, entity_id: uuid.UUID,
-                  excluding: frozenset[uuid.UUID]) -> set[tuple[str, uuid.UUID, str]]:
+                  excluding: frozenset[uuid.UUID], keyring: KeyRing) -> set[tuple[str, uuid.UUID, str]]:
     """The (type, id, field) of each entity (but ``excluding``) whose signed head is live and
     names the entity in a reference field its live row does not name it in (a row edited, or
     deleted, through SQL). Content that does not parse, or names no type, names nothing here
-    (the audit reports it)."""
+    (the audit reports it).
+
+    Each head read must be what Plant signed (:func:`models.chain_verification.unsigned_heads`:
+    content and link hash, a trusted key's signature, not after its key's seal), or the
+    deletion is refused (:func:`_tampered_dependent`, 409 ``entity-tampered``): a head edited
+    through SQL to read as deleted, or a version forged on top, would otherwise let the deletion
+    leave a live entity naming a deleted one once that entity is restored. Only heads whose
+    content holds the id are read (a byte search of heads alone): one edited so as not to hold
+    it, or a chain cut back to a version that never named it, is not seen here; the audit
+    reports both."""
     needle = str(entity_id)
-    named = set()
+    candidates: list[tuple[EntityType, int, list[str], list[str]]] = []  # (kind, head version id, fields, named by the row)
     for kind in ENTITY_MODELS:
         fields = _referencing_fields(kind, entity_type)
-        if not fields:
+        if fields:
+            found = session.execute(_heads_holding(kind, fields), {
+                "kind": kind.value, "needle": needle.encode(), "id": entity_id, "excluding": list(excluding)})
+            candidates += [(kind, head_id, fields, in_row) for head_id, in_row in found]
+    if not candidates:
+        return set()
+    heads = {head.id: head for head in session.scalars(
+        select(EntityVersion).where(bigint_in(EntityVersion.id, [head_id for _, head_id, _, _ in candidates])))}
+    unsigned = unsigned_heads(session, list(heads.values()), keyring)
+    if unsigned:
+        kind, head = min(((kind, heads[head_id]) for kind, head_id, _, _ in candidates if heads[head_id].entity_id in unsigned),
+                         key=lambda found: (found[0].value, str(found[1].entity_id)))
+        raise _tampered_dependent(entity_type, entity_id, kind, head.entity_id, unsigned[head.entity_id])
+    named = set()
+    for kind, head_id, fields, in_row in candidates:
+        try:
+            document = strict_json_loads(bytes(heads[head_id].content))
+        except ValueError:
             continue
-        found = session.execute(_heads_holding(kind, fields),
-                                {"kind": kind.value, "needle": needle.encode(), "id": entity_id, "excluding": list(excluding)})
-        for dependent, content, in_row in found:
-            try:
-                document = strict_json_loads(bytes(content))
-            except ValueError:
-                continue
-            if not isinstance(document, dict) or document.get("deleted_at") is not None:
-                continue
-            for field in (f for f in fields if f not in in_row):
-                value = document.get(field)
-                if value == needle or isinstance(value, list) and needle in value:
-                    named.add((kind.value, dependent, field))
+        if not isinstance(document, dict) or document.get("deleted_at") is not None:
+            continue
+        for field in (f for f in fields if f not in in_row):
+            value = document.get(field)
+            if value == needle or isinstance(value, list) and needle in value:
+                named.add((kind.value, heads[head_id].entity_id, field))
     return named
 
 
+def _tampered_dependent(entity_type: EntityType, entity_id: uuid.UUID, kind: EntityType, dependent: uuid.UUID,
+                        finding: ChainFinding) -> EntityTampered:
+    return EntityTampered(
+        f"{kind.value} {dependent} named {entity_type.value} {entity_id}, and its newest version is not what Plant "
+        f"signed: {finding.detail} ({finding.code}); whether it still names {entity_type.value} {entity_id} cannot be "
+        "told, so the deletion is refused until that entity is restored (the audit reports it)",
+        field="deleted_at", id=str(dependent), entity_type=kind.value, finding=finding.code)
+
+
 def _heads_holding(kind: EntityType, fields: list[str]) -> Any:
-    """The head version (newest) of each entity of ``kind`` other than :id and :excluding whose
-    content holds :needle (the id's text, as canonical content spells every id), with the
-    fields of ``fields`` its live row names :id in; only those whose row does not name it in
-    every one. OFFSET 0 keeps the byte search out of the subquery: it reads heads alone."""
+    """The id of the head version (newest) of each entity of ``kind`` other than :id and
+    :excluding whose content holds :needle (the id's text, as canonical content spells every
+    id), with the fields of ``fields`` its live row names :id in; only those whose row does
+    not name it in every one. OFFSET 0 keeps the byte search out of the subquery: it reads heads alone."""
     table = ENTITY_MODELS[kind].__tablename__
     in_row = [f"CASE WHEN {_row_names(field)} THEN '{field}' END" for field in fields]
     return text(
-        "SELECT head.entity_id, head.content, array_remove(ARRAY[" + ", ".join(in_row) + "], NULL) AS in_row FROM "
-        "(SELECT v.entity_id, v.content FROM entity_versions v WHERE v.entity_type = :kind AND v.entity_id <> :id "
+        "SELECT head.id, array_remove(ARRAY[" + ", ".join(in_row) + "], NULL) AS in_row FROM "
+        "(SELECT v.id, v.entity_id, v.content FROM entity_versions v WHERE v.entity_type = :kind AND v.entity_id <> :id "
         "AND v.entity_id <> ALL(CAST(:excluding AS uuid[])) AND NOT EXISTS (SELECT 1 FROM entity_versions later "
         "WHERE later.entity_id = v.entity_id AND later.version > v.version) OFFSET 0) head "
         f"LEFT JOIN {table} t ON t.id = head.entity_id AND t.deleted_at IS NULL "

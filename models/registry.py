@@ -191,7 +191,8 @@ def record_version(
         entity.constitution_l0, entity.constitution_l1 = l0.as_json(), l1.as_json()
         governor_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids,
                        keyring=ctx.keyring)
-        reference_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids)
+        reference_fence(session, entity, content_before=content_before, content=content, pending=ctx.pending_ids,
+                        keyring=ctx.keyring)
     if not flush:
         session.add(entity)
         return entity

@@ -197,7 +197,7 @@ def test_a_create_naming_many_entities_fences_them_in_two_statements(world, db_s
         with pytest.raises(InvalidInput) as refused, db_session.begin_nested():
             agent = Agent(id=uuid.uuid4(), version=0, name="Late namer", job_role_id=world.role.id,
                           industry_id=world.industry.id, governance_agent_id=world.gov["governance_agent_id"])
-            reference_fence(db_session, agent, content_before=None, pending=frozenset(),
+            reference_fence(db_session, agent, content_before=None, pending=frozenset(), keyring=write_ctx.keyring,
                             content={"industry_id": str(world.industry.id), "skill_ids": [str(gone.id), str(extra[0].id)]})
     assert [e["field"] for e in refused.value.extensions["errors"]] == ["skill_ids"], refused.value.extensions
     assert gone.id.hex[:8] in refused.value.extensions["errors"][0]["message"]

@@ -1,22 +1,33 @@
 """Signing keys and seals (review): a retired key's seal written after a process loaded its
-ring, and private keys in the retired-keys directory."""
+ring, private keys in the retired-keys directory, and the signed heads a deletion reads."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from models.errors import SigningKeyError
+from models.canonical import canonical_bytes, strict_json_loads
+from models.chain import history
+from models.entities import EntityType
+from models.errors import EntityTampered, SigningKeyError
 from models.key_material import generate_ed25519
 from models.keys import SEAL_SUFFIX, RetiredSealWatch, keyring_from_settings, rotate_signing_key, write_seal
+from models.registry import update_entity
 from models.settings import Settings, load_settings
 from models.signing import KeySeal
 from tests.conftest import bearer, wait_for
+from tests.test_assignment import world  # noqa: F401  (fixture)
+from tests.test_audit import lift_guard
 from tests.test_sealed_keys_in_running_processes_and_key_file_modes import own_key_dir
 from web import create_app
+from web.problems import status_for
 
 AS_OF = "2026-12-04T00:00:00.000000Z"
 
@@ -107,3 +118,53 @@ def test_the_active_key_file_in_a_retired_keys_directory_that_is_also_its_own_is
     old_kid = rotated(own)
     ring = keyring_from_settings(own)
     assert [key.kid for key in ring.retired] == [old_kid] and ring.active.kid != old_kid
+
+
+def tamper_head(session: Session, entity_id: Any, **changes: Any) -> None:
+    """Rewrite the entity's newest version's content through SQL (its content hash with it, as
+    someone covering an edit would), and its row the same way."""
+    head = history(session, entity_id=entity_id)[-1]
+    content = {**strict_json_loads(bytes(head.content)), **changes}
+    forged = canonical_bytes(content)
+    lift_guard(session, "UPDATE entity_versions SET content = :c, content_hash = :h WHERE id = :id",
+               c=forged, h=hashlib.sha256(forged).digest(), id=head.id)
+
+
+@pytest.mark.parametrize("tampering", ["reads as deleted", "forged naming"])
+def test_a_deletion_is_refused_when_a_head_it_reads_is_not_what_plant_signed(
+        world, db_session, write_ctx, tampering) -> None:  # noqa: F811
+    """A skill names the industry; its row's reference nulled through SQL (so only its signed
+    head says so) and that head edited to read as deleted: the deletion went ahead, leaving the
+    skill's true history naming a deleted industry. Or a head edited to name it: refused as
+    referenced, on a forgery. Either way now 409 ``entity-tampered`` naming the skill."""
+    industry = world.make(EntityType.INDUSTRY, name="Hidden dependent", code="HIDDEN")
+    skill = world.make(EntityType.SKILL, name="Hides its industry", category="technical", description="d",
+                       industry_id=industry.id if tampering == "reads as deleted" else None)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET industry_id = NULL WHERE id = :id"), {"id": skill.id})
+    tamper_head(db_session, skill.id, **({"deleted_at": "2026-01-01T00:00:00.000000Z"} if tampering == "reads as deleted"
+                                         else {"industry_id": str(industry.id)}))
+    db_session.expire_all()
+    with pytest.raises(EntityTampered) as refused, db_session.begin_nested():
+        update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id,
+                      changes={"deleted_at": dt.datetime(2026, 2, 1, tzinfo=dt.UTC)}, ctx=write_ctx)
+    problem = refused.value.problem(status_for(refused.value))  # as the API's problem+json would carry it
+    assert problem["status"] == 409 and problem["type"] == "/problems/entity-tampered", problem
+    assert problem["id"] == str(skill.id) and problem["entity_type"] == "skill", problem
+    assert problem["finding"] == "link-hash-mismatch" and problem["field"] == "deleted_at", problem
+    assert f"industry {industry.id}" in problem["detail"] and "deletion is refused" in problem["detail"], problem
+
+
+def test_a_deletion_reading_signed_heads_still_finds_the_dependent_an_sql_edit_of_its_row_hid(
+        world, db_session, write_ctx) -> None:  # noqa: F811
+    """The verified head is trusted as before: an untouched head still names the hidden dependent."""
+    industry = world.make(EntityType.INDUSTRY, name="Still named", code="NAMED")
+    skill = world.make(EntityType.SKILL, name="Row edited", category="technical", description="d", industry_id=industry.id)
+    db_session.flush()
+    db_session.execute(text("UPDATE skills SET industry_id = NULL WHERE id = :id"), {"id": skill.id})
+    db_session.expire_all()
+    with pytest.raises(Exception) as refused, db_session.begin_nested():
+        update_entity(db_session, entity_type=EntityType.INDUSTRY, entity_id=industry.id,
+                      changes={"deleted_at": dt.datetime(2026, 2, 1, tzinfo=dt.UTC)}, ctx=write_ctx)
+    assert refused.value.problem(409)["type"] == "/problems/entity-referenced", refused.value
+    assert refused.value.problem(409)["dependents"] == [{"entity_type": "skill", "id": str(skill.id), "field": "industry_id"}]
