@@ -60,6 +60,7 @@ RUN groupadd --system --gid 10001 plant \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY gunicorn.conf.py /app/gunicorn.conf.py
+COPY docker/flower_conf.py /app/flower_conf.py
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/plant-entrypoint
 
 USER 10001:10001

@@ -43,7 +43,7 @@ from models.chain import signer_kids
 from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
-from models.settings import Settings, load_settings
+from models.settings import FILE_SUFFIX, Settings, load_settings
 from models.errors import KeyFileTooOpen
 from models.key_material import ensure_key_file
 
@@ -80,12 +80,24 @@ def _port(env: Mapping[str, str], name: str) -> int:
     return int(value)
 
 
+# The URLs' variables, each also read from a file (DATABASE_URL_FILE, ...): the runner hands its
+# children the URLs it uses as DATABASE_URL and REDIS_URL, which a file variant beside would contradict.
+DATABASE_URL_VARIABLES = ("DATABASE_URL", "PLANT_DATABASE_URL")
+REDIS_URL_VARIABLES = ("REDIS_URL", "PLANT_REDIS_URL")
+URL_FILE_VARIABLES = frozenset(name + FILE_SUFFIX for name in DATABASE_URL_VARIABLES + REDIS_URL_VARIABLES)
+
+
+def _given(env: Mapping[str, str], names: tuple[str, ...]) -> bool:
+    spelt = {name.upper() for name in env}
+    return any(name in spelt or name + FILE_SUFFIX in spelt for name in names)
+
+
 def dev_config_from_environment() -> DevConfig:
     """Read settings, plus what only the runner cares about: which URLs were set explicitly."""
     settings = load_settings()
     env = os.environ
-    database_url_set = "DATABASE_URL" in env or "PLANT_DATABASE_URL" in env
-    redis_url_set = "REDIS_URL" in env or "PLANT_REDIS_URL" in env
+    database_url_set = _given(env, DATABASE_URL_VARIABLES)
+    redis_url_set = _given(env, REDIS_URL_VARIABLES)
     return DevConfig(
         data_dir=settings.data_dir.resolve(),
         port=settings.port,
@@ -204,7 +216,7 @@ def write_services_env(data_dir: Path, services: BackingServices) -> None:
 def child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:
     return {
         "PLANT_LOG_FORMAT": "console",  # readable lines in a terminal, unless the caller chose
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name.upper() not in URL_FILE_VARIABLES},
         "DATABASE_URL": services.database_url,
         "REDIS_URL": services.redis_url,
         "PLANT_DATA_DIR": str(config.data_dir),

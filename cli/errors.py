@@ -115,6 +115,7 @@ def one_line(error: Exception) -> str | None:
     or key that is not valid."""
     from alembic.util.exc import CommandError
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     from models.errors import PlantError
@@ -147,6 +148,8 @@ def one_line(error: Exception) -> str | None:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     if isinstance(error, UnicodeError):
         return f"a value holds characters it cannot carry ({error.__class__.__name__}); keys and URLs are ASCII"
+    if isinstance(error, SettingsError):  # a secret's *_FILE variable: set twice, or its file unreadable
+        return f"invalid setting: {error}"
     if isinstance(error, ValidationError):
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or error.title

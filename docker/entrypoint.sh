@@ -118,15 +118,35 @@ require() {
     no_placeholder "$@"
 }
 
+require_secret() {
+    # require_secret NAME...: as require, each given either itself or as NAME_FILE, the path of a
+    # file holding it (compose's secrets, models/settings.py reads it). Plant itself refuses both
+    # set, and a file it cannot read or holding nothing, naming them.
+    for name in "$@"; do
+        eval "value=\${${name}:-}\${${name}_FILE:-}"
+        if [ -z "$value" ]; then
+            echo "plant-entrypoint: ${name} (or ${name}_FILE, a file holding it) must be set for role '${ROLE}'" >&2
+            exit 64
+        fi
+    done
+    no_placeholder "$@"
+}
+
 no_placeholder() {
-    # no_placeholder NAME...: refuse a variable still holding .env.example's placeholder
-    # (change-me): a Redis, Flower or database password anyone can read in the repository.
-    # The value itself is not printed.
+    # no_placeholder NAME...: refuse a variable, or the file its NAME_FILE names, still holding
+    # .env.example's placeholder (change-me): a Redis, Flower or database password anyone can read
+    # in the repository. The value itself is not printed.
     for name in "$@"; do
         eval "value=\${${name}:-}"
+        eval "file=\${${name}_FILE:-}"
+        given="${name}"
+        if [ -z "$value" ] && [ -n "$file" ] && [ -r "$file" ] && [ -f "$file" ]; then
+            value="$(cat "$file")"
+            given="the file ${name}_FILE names (${file})"
+        fi
         case "$value" in
             *change-me*)
-                echo "plant-entrypoint: ${name} still holds the placeholder change-me from .env.example; set a secret of your own" >&2
+                echo "plant-entrypoint: ${given} still holds the placeholder change-me from .env.example; set a secret of your own" >&2
                 exit 64
                 ;;
         esac
@@ -138,13 +158,13 @@ ROLE="${1:-api}"
 
 case "$ROLE" in
     api)
-        require DATABASE_URL REDIS_URL
+        require_secret DATABASE_URL REDIS_URL
         record_role api
         export PLANT_BIND="${PLANT_BIND:-0.0.0.0:$(api_port)}"
         exec gunicorn -c /app/gunicorn.conf.py "$@" 'web:create_app()'
         ;;
     worker)
-        require DATABASE_URL REDIS_URL
+        require_secret DATABASE_URL REDIS_URL
         node="default@$(node_host)"
         record_role worker "$node"
         exec celery -q -A worker.app worker -Q default,maintenance -n "$node" \
@@ -152,33 +172,44 @@ case "$ROLE" in
         ;;
     worker-audit)
         # Audit jobs are long: one at a time, and no prefetched message waits behind one.
-        require DATABASE_URL REDIS_URL
+        require_secret DATABASE_URL REDIS_URL
         node="audit@$(node_host)"
         record_role worker-audit "$node"
         exec celery -q -A worker.app worker -Q audit -n "$node" \
             --prefetch-multiplier 1 --concurrency 1 "$@"
         ;;
     beat)
-        require REDIS_URL
+        require_secret REDIS_URL
         record_role beat
         mkdir -p "$DATA_DIR"
         exec celery -q -A worker.app beat -s "$BEAT_SCHEDULE" "$@"
         ;;
     flower)
         # Flower reads FLOWER_BASIC_AUTH from the environment itself; passing it as an
-        # argument would show the password to anyone who can list processes.
-        require REDIS_URL FLOWER_BASIC_AUTH
+        # argument would show the password to anyone who can list processes. Without it,
+        # flower_conf.py (a Flower configuration file) takes Plant's PLANT_FLOWER_BASIC_AUTH,
+        # or the file PLANT_FLOWER_BASIC_AUTH_FILE names (compose's secret).
+        require_secret REDIS_URL
+        if [ -n "${FLOWER_BASIC_AUTH:-}" ]; then
+            no_placeholder FLOWER_BASIC_AUTH
+        elif [ -n "${PLANT_FLOWER_BASIC_AUTH:-}${PLANT_FLOWER_BASIC_AUTH_FILE:-}" ]; then
+            no_placeholder PLANT_FLOWER_BASIC_AUTH
+            set -- --conf=/app/flower_conf.py "$@"
+        else
+            echo "plant-entrypoint: FLOWER_BASIC_AUTH (or PLANT_FLOWER_BASIC_AUTH_FILE, a file holding it) must be set for role '${ROLE}'" >&2
+            exit 64
+        fi
         record_role flower
         exec celery -A worker.app flower --address=0.0.0.0 --port="${PORT:-5555}" "$@"
         ;;
     migrate)
-        require DATABASE_URL
+        require_secret DATABASE_URL
         no_placeholder PLANT_RUNTIME_ROLE_PASSWORD PLANT_ADMIN_API_KEY
         record_role migrate
         exec plant db upgrade "$@"
         ;;
     seed)
-        require DATABASE_URL
+        require_secret DATABASE_URL
         record_role seed
         exec plant seed "$@"
         ;;
@@ -192,7 +223,8 @@ case "$ROLE" in
             PLANT_SIGNING_KEY="$(cat "$PLANT_SIGNING_KEY_FILE")"
             export PLANT_SIGNING_KEY
         fi
-        require DATABASE_URL PLANT_SIGNING_KEY PLANT_RETIRED_SIGNING_KEYS_DIR
+        require_secret DATABASE_URL
+        require PLANT_SIGNING_KEY PLANT_RETIRED_SIGNING_KEYS_DIR
         record_role seal-keys
         mounted="$PLANT_RETIRED_SIGNING_KEYS_DIR"
         work="$(mktemp -d)"

@@ -1,8 +1,9 @@
 """The one place that reads the process environment.
 
 ``load_settings()`` builds a typed, validated :class:`Settings` from ``DATABASE_URL``,
-``REDIS_URL`` and ``PLANT_*`` variables. Everything else receives a ``Settings`` object
-and never looks at ``os.environ`` itself.
+``REDIS_URL`` and ``PLANT_*`` variables, and each secret one's ``*_FILE`` variant (the value
+read from the file it names, as Docker secrets and the official images do it). Everything else
+receives a ``Settings`` object and never looks at ``os.environ`` itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,57 @@ def sqlalchemy_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """Return ``url`` without SQLAlchemy's driver name, as psycopg and libpq take it."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+# The settings that hold a secret (a password, or a URL carrying one): each may come instead from
+# the file its variable's name plus _FILE names (DATABASE_URL_FILE, PLANT_ADMIN_API_KEY_FILE, ...),
+# so that the secret stays out of the process environment (`docker inspect`, /proc/PID/environ,
+# crash reports, every child process). PLANT_SIGNING_KEY_FILE is the signing key's already, a
+# setting of its own: models/keys.py reads the key from that path (and checks its mode).
+SECRET_FILE_SETTINGS = ("database_url", "redis_url", "runtime_role_password", "admin_api_key", "flower_basic_auth")
+FILE_SUFFIX = "_FILE"
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret in the file at ``path`` (named by ``variable``), surrounding whitespace and the
+    final newline dropped. A blank path, a file that cannot be read or one holding nothing is a
+    :class:`SettingsError` naming the variable and the path, never the content."""
+    if not path.strip():
+        raise SettingsError(f"{variable} is set but names no file")
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{variable}: {path} is not UTF-8 text") from None
+    if not value:
+        raise SettingsError(f"{variable}: {path} is empty")
+    return value
+
+
+class SecretFileVariables(EnvSettingsSource):
+    """The ``*_FILE`` variants of :data:`SECRET_FILE_SETTINGS`' variables: pydantic-settings'
+    environment source, each name looked up with the suffix and its value read as a file path.
+    (Its ``secrets_dir`` reads one directory's files by the settings' names; the convention here
+    names each file where it is, as ``POSTGRES_PASSWORD_FILE`` does.) A secret set both ways is
+    refused rather than one silently winning."""
+
+    def __call__(self) -> dict[str, object]:
+        # Not get_field_value's hook: the base class wraps what that raises in a message of its own.
+        values: dict[str, object] = {}
+        for field_name in SECRET_FILE_SETTINGS:
+            names = self._extract_field_info(self.settings_cls.model_fields[field_name], field_name)
+            given = [env_name for _, env_name, _ in names if env_name in self.env_vars]
+            for field_key, env_name, _ in names:
+                path = self.env_vars.get(env_name + FILE_SUFFIX.lower())
+                if path is None:
+                    continue
+                variable = (env_name + FILE_SUFFIX).upper()
+                if given:
+                    raise SettingsError(f"{given[0].upper()} and {variable} are both set: set only one of them")
+                values[field_key] = read_secret_file(variable, path)
+                break
+        return values
 
 
 class Settings(BaseSettings):
@@ -184,6 +242,17 @@ class Settings(BaseSettings):
     def _psycopg_driver(cls, value: str) -> str:
         return sqlalchemy_url(value)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Beside the environment: a secret given both ways is an error, so their order never decides.
+        return init_settings, env_settings, SecretFileVariables(settings_cls), dotenv_settings, file_secret_settings
 
     @property
     def active_signing_key_path(self) -> Path:
@@ -237,12 +306,14 @@ OTHER_PLANT_VARIABLES: Mapping[str, str] = {
 
 
 def settings_variables() -> frozenset[str]:
-    """The PLANT_* names :class:`Settings` reads: each field's under the prefix, or its aliases."""
+    """The PLANT_* names :class:`Settings` reads: each field's under the prefix, or its aliases,
+    and a secret's ``*_FILE`` variants."""
     names: set[str] = set()
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
         spelt = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else [f"PLANT_{name}"]
-        names.update(choice.upper() for choice in spelt if isinstance(choice, str) and choice.upper().startswith("PLANT_"))
+        found = {choice.upper() for choice in spelt if isinstance(choice, str) and choice.upper().startswith("PLANT_")}
+        names |= found | ({n + FILE_SUFFIX for n in found} if name in SECRET_FILE_SETTINGS else set())
     return frozenset(names)
 
 

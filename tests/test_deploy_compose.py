@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
 
-from models.settings import Settings
+from models.settings import FILE_SUFFIX, SECRET_FILE_SETTINGS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -28,6 +27,20 @@ SCHEMA_FILE = REPO / "tests" / "data" / "compose-spec.json"
 PLANT_SERVICES = {"migrate", "api", "worker", "worker-audit", "beat", "flower", "seed"}
 # Variables read outside models.settings: by gunicorn.conf.py, the entrypoint, or Flower.
 PROCESS_EDGE_ENV = {"PLANT_BIND", "WEB_CONCURRENCY", "PLANT_WORKER_CONCURRENCY", "FLOWER_BASIC_AUTH"}
+# Every secret a container gets, as a compose secret file: (service, variable) -> secret.
+SECRET_FILES = {
+    **{(name, variable): secret for name in ("api", "worker", "worker-audit", "seed") for variable, secret in (
+        ("DATABASE_URL_FILE", "runtime_database_url"), ("REDIS_URL_FILE", "redis_url"),
+        ("PLANT_SIGNING_KEY_FILE", "plant_signing_key"))},
+    ("migrate", "DATABASE_URL_FILE"): "database_url",
+    ("migrate", "PLANT_RUNTIME_ROLE_PASSWORD_FILE"): "runtime_role_password",
+    ("migrate", "PLANT_ADMIN_API_KEY_FILE"): "bootstrap_admin_key",
+    ("beat", "REDIS_URL_FILE"): "redis_url",
+    ("flower", "REDIS_URL_FILE"): "redis_url",
+    ("flower", "PLANT_FLOWER_BASIC_AUTH_FILE"): "flower_basic_auth",
+    ("postgres", "POSTGRES_PASSWORD_FILE"): "postgres_password",
+}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|AUTH|_URL$")
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
@@ -95,9 +108,9 @@ def services() -> dict[str, dict[str, Any]]:
 def settings_env_names() -> set[str]:
     names = set()
     for name, field in Settings.model_fields.items():
-        names.add(f"PLANT_{name.upper()}")
         alias = field.validation_alias
-        names.update(getattr(alias, "choices", []) or ([alias] if isinstance(alias, str) else []))
+        spelt = {f"PLANT_{name.upper()}", *(getattr(alias, "choices", []) or ([alias] if isinstance(alias, str) else []))}
+        names |= spelt | ({n + FILE_SUFFIX for n in spelt} if name in SECRET_FILE_SETTINGS else set())
     return names
 
 
@@ -142,15 +155,11 @@ def test_env_example_documents_only_variables_compose_uses() -> None:
     assert set(env_example()) <= used, set(env_example()) - used
 
 
-def test_env_example_holds_no_real_secrets() -> None:
+def test_env_example_holds_no_secrets() -> None:
+    """Secrets are files under ./secrets/ (docker/make-secrets.sh), never .env values."""
     text = ENV_EXAMPLE.read_text()
-    assert "BEGIN" not in text
-    for name, value in env_example().items():
-        if re.search(r"PASSWORD|SECRET|TOKEN|_KEY$|AUTH", name):
-            assert value.endswith("change-me"), f"{name} must be a placeholder, not {value!r}"
-    interpolated = interpolate(compose(), env_example())
-    # The placeholders really flow into the containers.
-    assert interpolated["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:change-me"
+    assert "BEGIN" not in text and "change-me" not in text
+    assert [name for name in env_example() if SECRET_NAME.search(name)] == []
 
 
 # --- Wiring --------------------------------------------------------------------------------
@@ -242,27 +251,15 @@ def test_configuration_each_container_gets() -> None:
         environment = services()[name]["environment"]
         assert set(environment) <= known, f"{name}: {set(environment) - known} is read by nothing"
     env = {name: services()[name]["environment"] for name in PLANT_SERVICES}
-    for name in ("api", "worker", "worker-audit", "seed", "migrate"):
-        assert "@postgres:5432/" in env[name]["DATABASE_URL"], name
     # Only migrate connects as the schema's owner; it grants the runtime role everything else uses.
-    assert env["migrate"]["DATABASE_URL"].startswith("postgresql+psycopg://${POSTGRES_USER:-plant}:${POSTGRES_PASSWORD:?")
-    for name in ("api", "worker", "worker-audit", "seed"):
-        assert env[name]["DATABASE_URL"].startswith(
-            "postgresql+psycopg://${PLANT_RUNTIME_ROLE:-plant_runtime}:${PLANT_RUNTIME_ROLE_PASSWORD:?"), name
     assert env["migrate"]["PLANT_RUNTIME_ROLE"] == "${PLANT_RUNTIME_ROLE:-plant_runtime}"
-    assert env["migrate"]["PLANT_RUNTIME_ROLE_PASSWORD"].startswith("${PLANT_RUNTIME_ROLE_PASSWORD:?")
-    interpolated = interpolate(compose(), {**env_example(), "PLANT_RUNTIME_ROLE": "app", "POSTGRES_USER": "owner"})
-    assert interpolated["services"]["api"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://app:")
-    assert interpolated["services"]["migrate"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://owner:")
-    for name in ("api", "worker", "worker-audit", "beat", "flower"):
-        assert "@redis:6379/" in env[name]["REDIS_URL"], name
-    assert "DATABASE_URL" not in env["beat"] and "DATABASE_URL" not in env["flower"]
-    assert set(env["flower"]) == {"REDIS_URL", "FLOWER_BASIC_AUTH"}
-    assert env["flower"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
-    assert env["migrate"]["PLANT_ADMIN_API_KEY"].startswith("${PLANT_ADMIN_API_KEY:?")
-    for name in ("api", "worker", "worker-audit", "seed"):
-        assert env[name]["PLANT_SIGNING_KEY_FILE"] == "/run/secrets/plant_signing_key", name
-        assert services()[name]["secrets"] == ["plant_signing_key"], name
+    assert "DATABASE_URL_FILE" not in env["beat"] and "DATABASE_URL_FILE" not in env["flower"]
+    assert set(env["flower"]) == {"REDIS_URL_FILE", "PLANT_FLOWER_BASIC_AUTH_FILE"}
+    given = {(name, variable): value.removeprefix("/run/secrets/") for name, service in services().items()
+             for variable, value in service.get("environment", {}).items() if variable.endswith(FILE_SUFFIX)}
+    assert given == SECRET_FILES
+    for (name, _), secret in SECRET_FILES.items():
+        assert secret in services()[name]["secrets"], (name, secret)
     assert compose()["secrets"]["plant_signing_key"]["file"].startswith("${PLANT_SIGNING_KEY_PATH")
 
 
@@ -274,12 +271,31 @@ def test_published_ports_default_to_loopback() -> None:
     assert env_example()["PLANT_PUBLISH_ADDRESS"] == env_example()["PLANT_FLOWER_PUBLISH_ADDRESS"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "PLANT_RUNTIME_ROLE_PASSWORD", "REDIS_PASSWORD",
-                                     "FLOWER_BASIC_AUTH", "PLANT_ADMIN_API_KEY"])
-def test_compose_refuses_to_start_without_each_secret(missing: str) -> None:
-    env = {k: v for k, v in env_example().items() if k != missing}
-    with pytest.raises(KeyError, match=missing):
-        interpolate(compose(), env)
+def test_no_secret_is_in_any_container_s_environment() -> None:
+    """Passwords, URLs carrying them, Flower's credentials and the admin key went to the containers
+    as environment variables, shown by `docker inspect`, /proc/PID/environ and every child process:
+    each is a compose secret file now, named by a *_FILE variable (helper-224)."""
+    for name, service in services().items():
+        for variable, value in service.get("environment", {}).items():
+            if variable.endswith(FILE_SUFFIX):
+                assert value.startswith("/run/secrets/"), (name, variable)
+            else:
+                assert not SECRET_NAME.search(variable), f"{name}: {variable} is a secret in the environment"
+            assert not SECRET_NAME.search(" ".join(m["name"] for m in VARIABLE.finditer(str(value)))), (name, variable)
+    redis = " ".join(services()["redis"]["command"]) + " ".join(services()["redis"]["healthcheck"]["test"])
+    assert "REDIS_PASSWORD" not in redis and "--requirepass" not in redis  # not on its command line either
+
+
+def test_every_secret_is_a_file_under_the_ignored_secrets_directory() -> None:
+    """Compose refuses to start while a secret's file is missing; git never sees one."""
+    declared = compose()["secrets"]
+    used = {secret for service in services().values() for secret in service.get("secrets", [])}
+    assert used == set(declared)
+    for secret, source in declared.items():
+        assert set(source) == {"file"}, secret
+        path = interpolate(source["file"], {})
+        assert path.startswith("./secrets/"), (secret, path)
+    assert "/secrets/" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_every_signer_reads_retired_keys_and_their_seals() -> None:
