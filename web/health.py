@@ -114,10 +114,24 @@ def _connection_slots(database: dict[str, Any]) -> dict[str, Any]:
 
 
 # A Redis that refuses writes answers PING: a replica (what a failover leaves the old primary
-# as), or one at its maxmemory under noeviction. No job could be published and no worker could
-# take one or reply, so the check writes, as the database's checks that it is writable.
+# as), one at its maxmemory under noeviction, or one whose last save to disk failed (a full disk:
+# MISCONF, under stop-writes-on-bgsave-error, Redis's default, or after a failed append-only file
+# write). No job could be published and no worker could take one or reply, so the check writes,
+# as the database's checks that it is writable: one key, overwritten, whatever refuses it.
 REDIS_PROBE_KEY = "plant:health"
 REDIS_PROBE_TTL_MS = 60_000
+
+
+def _write_refusal(exc: redis.ResponseError) -> str:
+    """Why Redis refused the probe's write, in words fit for the public check (the error's own
+    text goes to the log)."""
+    if isinstance(exc, redis.ReadOnlyError):
+        return "it is a read-only replica"
+    if isinstance(exc, redis.OutOfMemoryError):
+        return "it is out of memory (maxmemory, under noeviction)"
+    if str(exc).startswith("MISCONF"):
+        return "its last save to disk failed (a full or unwritable disk?); its log and INFO persistence say which"
+    return "see the API's log"
 
 
 def _redis(svc: Services) -> dict[str, Any]:
@@ -125,7 +139,7 @@ def _redis(svc: Services) -> dict[str, Any]:
         svc.redis.set(REDIS_PROBE_KEY, "1", px=REDIS_PROBE_TTL_MS)
     except redis.ResponseError as exc:
         log.warning("health check redis: a write was refused: %s", exc)
-        raise CheckFailed("Redis refuses writes (a read-only replica, or out of memory)") from None
+        raise CheckFailed(f"Redis refuses writes: {_write_refusal(exc)}") from None
     return {}
 
 
