@@ -114,16 +114,18 @@ def test_file_variants_are_known_variables_and_the_signing_key_s_stays_its_own_s
     assert "PLANT_SIGNING_KEY_FILE" in settings_variables() and "signing_key" not in SECRET_FILE_SETTINGS
 
 
-def test_the_cli_says_what_is_wrong_in_one_line_without_the_secret(tmp_path: Path) -> None:
+def test_the_cli_says_what_is_wrong_in_one_line_without_the_secret(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
     secret = tmp_path / "url"
     secret.write_text("postgresql://u:sekrit-51d@db/plant\n")
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES and not k.endswith(FILE_SUFFIX)}
-    done = subprocess.run([str(Path(sys.executable).parent / "plant"), "db", "check"], capture_output=True, text=True,
-                          timeout=60, env={**env, "PLANT_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://x@db/p",
-                                           "DATABASE_URL_FILE": str(secret)})
-    assert done.returncode == 1
+    env = {"PLANT_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://x@db/p", "DATABASE_URL_FILE": str(secret)}
+    done = CliRunner().invoke(cli, ["db", "check"], env=env)
+    assert done.exit_code == 1
     assert done.stderr.strip() == ("plant: invalid setting: DATABASE_URL and DATABASE_URL_FILE are both set: "
-                                   "set only one of them"), done.stderr
+                                   "set only one of them"), done.output
 
 
 # --- The dev runner -------------------------------------------------------------------------
