@@ -14,7 +14,6 @@ import re
 import signal
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +29,10 @@ from models.keys import replace_file
 
 # PostgreSQL refuses to run as root; when we are root it runs as this system user.
 POSTGRES_SERVICE_USER = "plant-pg"
-# Where creations of the service user take turns (ensure_system_user): only root creates it.
-SERVICE_USER_LOCK = Path(tempfile.gettempdir()) / "plant-service-user.lock"
+# Where creations of the service user take turns (ensure_system_user): only root creates it,
+# so the lock is in a directory only root may write to (in /tmp another user could create it
+# first and hold it), at one path whatever TMPDIR says.
+SERVICE_USER_LOCK = Path("/var/lib/plant-service-user.lock")
 
 
 class EmbeddedPostgres(ChildServer):
