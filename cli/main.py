@@ -29,7 +29,11 @@ from cli.repair import entity
 from cli.seeding import seed_database
 from cli.work import assign, audit, certify
 from models.api_keys import check_configured_admin_key
+from models.db import one_off_sessions
+from models.embeddings import make_embedder
 from models.migrate import MigrationLockTimeout, RuntimeRoleRefused, check_schema, grant_runtime_role, upgrade_head
+from models.registry import fill_reading_vectors
+from models.settings import Settings
 
 
 @click.group(cls=PlantGroup, epilog=EXIT_CODES_HELP)
@@ -73,9 +77,10 @@ def db() -> None:
 @db.command()
 @json_option
 def upgrade(as_json: bool) -> None:
-    """Apply every migration up to head, grant PLANT_RUNTIME_ROLE what the API, workers and
-    beat need if it is set (creating it, or setting its password, with
-    PLANT_RUNTIME_ROLE_PASSWORD), then ensure PLANT_ADMIN_API_KEY if it is set.
+    """Apply every migration up to head, store the derived vectors a migration could not make
+    (a skill's reading vector: models.registry.fill_reading_vectors), grant PLANT_RUNTIME_ROLE
+    what the API, workers and beat need if it is set (creating it, or setting its password,
+    with PLANT_RUNTIME_ROLE_PASSWORD), then ensure PLANT_ADMIN_API_KEY if it is set.
 
     Run it as the schema's owner; connect everything else as the runtime role, which then
     cannot lift the append-only guards (README, "The database roles"). A migration waits at
@@ -96,6 +101,7 @@ def upgrade(as_json: bool) -> None:
         raise PlantCliError(f"migrations: {said}; nothing was changed. Run plant db upgrade as the schema's owner, "
                             "a role that may create tables in the database's public schema, once a superuser has "
                             "run CREATE EXTENSION vector in it (README, \"The database roles\")") from refused
+    filled = fill_derived_vectors(settings)
     grant = None
     if settings.runtime_role is not None:
         try:
@@ -106,11 +112,14 @@ def upgrade(as_json: bool) -> None:
             raise PlantCliError(f"schema is at head, but {refused}") from refused
     admin_key = ensure_configured_admin(settings)
     if as_json:
-        print_json({"schema": "head", "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key,
+        print_json({"schema": "head", "reading_vectors_filled": filled,
+                    "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key,
                     "runtime_role": None if grant is None else {"role": grant.role, "tables": grant.tables,
                                                                  "maintain": grant.maintain}})
         return
     click.echo("schema is at head")
+    if filled:
+        click.echo(f"stored the reading vectors of {filled} skills written before migration 0026")
     if grant is not None:
         click.echo(f"runtime role {grant.role} granted DML on {grant.tables} tables"
                    + ("" if grant.maintain else " (no MAINTAIN before PostgreSQL 17: digests will not ANALYZE)"))
@@ -121,6 +130,13 @@ def upgrade(as_json: bool) -> None:
                    "this note)")
     elif admin_key is not None:
         click.echo("PLANT_ADMIN_API_KEY is a live admin key")
+
+
+def fill_derived_vectors(settings: Settings) -> int:
+    """After the migrations, as the schema's owner: the reading vectors of the skills that have
+    none (their number), with the configured embedder."""
+    with one_off_sessions(settings) as sessions, sessions() as session:
+        return fill_reading_vectors(session, make_embedder(settings.embedder))
 
 
 @db.command()

@@ -29,7 +29,7 @@ from models.constitution import L0, L1, evaluate, visible
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Skill, SkillStatus, governed_content
 from models.lookalikes import skeleton
-from models.registry import EMBEDDED_TEXT, embedding_text, rule_subject
+from models.registry import EMBEDDED_TEXT, embedding_text, rule_subject, skill_vectors
 from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8
@@ -42,8 +42,9 @@ EMBEDDING_MATCH = 0.9999
 def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing, embedder: Embedder,
                         content: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every failed gate (not just the first), and the blocking duplicate if any: of ``skill``
-    as it is in memory (its embedding computed by the caller), or of ``content``, one of its
-    versions as signed (its vector computed here from that version's text)."""
+    as it is in memory (its vectors computed by the caller: ``models.registry.embed_text_of``),
+    or of ``content``, one of its versions as signed (its vectors computed here from that
+    version's text)."""
     failed: list[dict[str, Any]] = []
     subject = rule_subject(session, skill, keyring=None, content=content)  # a skill's rules read no other entity
     broken = [*evaluate(subject, L0).violations, *evaluate(subject, L1).violations]
@@ -60,10 +61,11 @@ def certification_gates(session: Session, skill: Skill, *, keyring: KeyRing, emb
 
 
 def _as_signed(skill_id: uuid.UUID, content: dict[str, Any], embedder: Embedder) -> Any:
-    """The skill as a version's content signed it, for the gates: its id, text and the vector of that text."""
+    """The skill as a version's content signed it, for the gates: its id, text and the vectors of that text."""
     text_of = SimpleNamespace(entity_type_value=EntityType.SKILL,
                               **{name: content.get(name) for name in ("name", *EMBEDDED_TEXT[EntityType.SKILL])})
-    return SimpleNamespace(id=skill_id, embedding=embedder.embed([embedding_text(text_of)])[0], **vars(text_of))
+    embedding, reading_embedding = skill_vectors(embedding_text(text_of), embedder)
+    return SimpleNamespace(id=skill_id, embedding=embedding, reading_embedding=reading_embedding, **vars(text_of))
 
 
 def description_words(description: str | None) -> int:
@@ -100,9 +102,7 @@ def nearest_certified_duplicate(session: Session, skill: Skill, *, keyring: KeyR
     if skill.embedding is None:
         return None
     mine = [float(x) for x in skill.embedding]
-    written = embedding_text(skill)
-    reading = skeleton(written)
-    mine_read = embedder.embed([reading])[0] if reading != written else None
+    mine_read = None if skill.reading_embedding is None else [float(x) for x in skill.reading_embedding]
     near = _certified_candidates(session, skill.id, mine, mine_read)
     if not near:
         return None

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -300,21 +300,64 @@ WRITE_FINGERPRINT_MAX_AGE = 1.0
 
 
 def embedding_text(entity: GovernedEntity) -> str:
-    parts = [str(getattr(entity, f) or "") for f in EMBEDDED_TEXT[entity.entity_type_value]]
+    return embedding_text_of(entity.entity_type_value, entity)
+
+
+def embedding_text_of(entity_type: EntityType, fields: Any) -> str:
+    """The text an entity of ``entity_type`` is embedded from, read off ``fields`` (an entity,
+    or a row of its columns)."""
+    parts = [str(getattr(fields, f) or "") for f in EMBEDDED_TEXT[entity_type]]
     return " ".join(p for p in parts if p)
 
 
 def embed_text_of(entity: GovernedEntity, embedder: Embedder) -> None:
-    """Set ``entity``'s vectors from its text, in one call of the embedder: ``embedding``, and
-    for a skill ``reading_embedding``, the vector of what its text reads as
-    (:func:`models.lookalikes.skeleton`) when that is not the text, else None. A text the
-    skeleton leaves as it is (every ASCII one) costs nothing more."""
-    written = embedding_text(entity)
-    reading = skeleton(written) if isinstance(entity, Skill) else written
-    vectors = embedder.embed([written] if reading == written else [written, reading])
-    entity.embedding = vectors[0]
+    """Set ``entity``'s vectors from its text: ``embedding``, and for a skill
+    ``reading_embedding`` (:func:`skill_vectors`)."""
     if isinstance(entity, Skill):
-        entity.reading_embedding = vectors[1] if len(vectors) > 1 else None
+        entity.embedding, entity.reading_embedding = skill_vectors(embedding_text(entity), embedder)
+    else:
+        entity.embedding = embedder.embed([embedding_text(entity)])[0]
+
+
+def skill_vectors(written: str, embedder: Embedder) -> tuple[list[float], list[float] | None]:
+    """The vector of a skill's text ``written``, and that of what it reads as
+    (:func:`models.lookalikes.skeleton`) when that is not the text, else None; one call of the
+    embedder. A text the skeleton leaves as it is (every ASCII one) costs nothing more."""
+    reading = skeleton(written)
+    vectors = embedder.embed([written] if reading == written else [written, reading])
+    return vectors[0], vectors[1] if len(vectors) > 1 else None
+
+
+# A skill's text holds a character beyond ASCII: only such a text can read otherwise.
+_NOT_ASCII = func.concat(Skill.name, Skill.category, Skill.description).op("~")("[^\\x01-\\x7f]")
+
+
+def fill_reading_vectors(session: Session, embedder: Embedder, *, batch: int = 200) -> int:
+    """Store the reading vector of each skill whose text reads otherwise and has none: every one
+    written before migration 0026, or by a release before it during a rollout (``plant db
+    upgrade`` runs this after the migrations). Derived from the row's text, as
+    :func:`embed_text_of` does at every write; the audit compares it with the signed text's.
+    Only texts with a character beyond ASCII are read, ``batch`` at a time, each batch its own
+    transaction; a row whose text changed meanwhile is left for its own write. Returns how many
+    were filled."""
+    filled, after = 0, None
+    while True:
+        with session.begin():
+            rows = session.execute(
+                select(Skill.id, Skill.name, Skill.category, Skill.description)
+                .where(Skill.reading_embedding.is_(None), _NOT_ASCII, *([Skill.id > after] if after else []))
+                .order_by(Skill.id).limit(batch)).all()
+            if not rows:
+                return filled
+            after = rows[-1].id
+            texts = {row.id: (row, reading) for row in rows
+                     if (reading := skeleton(written := embedding_text_of(EntityType.SKILL, row))) != written}
+            vectors = embedder.embed([reading for _, reading in texts.values()]) if texts else []
+            for (row, _), vector in zip(texts.values(), vectors, strict=True):
+                filled += session.execute(
+                    update(Skill).where(Skill.id == row.id, Skill.reading_embedding.is_(None), Skill.name == row.name,
+                                        Skill.category == row.category, Skill.description == row.description)
+                    .values(reading_embedding=vector)).rowcount
 
 
 def snapshot(entity: GovernedEntity) -> dict[str, Any]:

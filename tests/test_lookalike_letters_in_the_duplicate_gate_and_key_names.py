@@ -231,3 +231,36 @@ def test_names_in_other_scripts_are_taken(name) -> None:
     from models.api_keys import key_name_problem
 
     assert key_name_problem(name) is None
+
+
+def test_db_upgrade_stores_the_reading_vectors_a_migration_could_not(
+        settings, engine, committed_steward, write_ctx, keyring, monkeypatch) -> None:
+    """Skills written before migration 0026 have no reading vector, and a plain copy of a
+    look-alike one passed the gate: `plant db upgrade` fills them after the migrations, reading
+    only texts beyond ASCII and leaving a text that reads as written (and one filled) alone."""
+    from click.testing import CliRunner
+    from sqlalchemy.orm import Session
+
+    from cli.main import cli
+    from tests.test_audit import run_audit
+
+    steward = committed_steward
+    with Session(engine) as session, session.begin():
+        spelled = _certified(session, write_ctx, steward, "Fraud Detection", description=GOOD.translate(CYRILLIC))
+        accented = _named(session, write_ctx, steward, "Café Münster", ENGLISH)
+        assert _certify(session, write_ctx, accented) == "certified"
+        plain = _skill(session, write_ctx, steward, "Fraud Detection Copy")
+        spelled, accented, plain = spelled.id, accented.id, plain.id
+        session.execute(text("UPDATE skills SET reading_embedding = NULL"))
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
+    assert result.exit_code == 0 and '"reading_vectors_filled": 1' in result.output, result.output
+    again = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
+    assert again.exit_code == 0 and '"reading_vectors_filled": 0' in again.output, again.output
+    with Session(engine) as session, session.begin():
+        assert session.get(Skill, accented).reading_embedding is None
+        _, findings = run_audit(session, keyring)
+        assert _codes(findings) == []
+        assert _certify(session, write_ctx, session.get(Skill, plain)) == "rejected"
+        assert session.get(Skill, spelled).reading_embedding is not None

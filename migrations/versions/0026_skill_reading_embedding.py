@@ -9,11 +9,11 @@ its text (NULL otherwise, so every ASCII skill keeps a NULL), is now stored besi
 embedding and searched too. It is derived data, like ``embedding``: not signed, only a way to
 find candidates, each confirmed from signed text.
 
-No row is filled here: a migration has no embedder. A certified skill whose text has a skeleton
-of its own shows ``embedding-mismatch`` in the next audit until ``plant entity restore``
-recomputes its vectors (README, "Certification"); one certified before it is restored is a
-candidate by its written text only, as it was before this migration. Adding a nullable column
-rewrites no row.
+No row is filled here, as a migration has no embedder: ``plant db upgrade`` fills the column
+right after the migrations (``models.registry.fill_reading_vectors``, reading only the skills
+whose text holds a character beyond ASCII). Until then, and for a skill a release before this
+one writes during the rollout (the next upgrade, or its next write, fills it), the audit shows
+the skill's ``embedding-mismatch``. Adding a nullable column rewrites no row.
 
 Revision ID: 0026
 Revises: 0025
