@@ -30,7 +30,7 @@ from typing import NoReturn
 
 from sqlalchemy.engine import make_url
 
-from cli.bootstrap import ensure_dev_admin
+from cli.bootstrap import ensure_dev_admin, fill_derived_vectors
 from cli.data_dir import data_dir_lock, make_data_dir
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
@@ -325,6 +325,7 @@ def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     write_services_env(config.data_dir, services)
     migrate(services)
     settings = load_settings(database_url=services.database_url, data_dir=config.data_dir)
+    fill_derived_vectors(settings)  # as plant db upgrade does after the migrations
     if config.signing_key_file is not None:
         ensure_dev_signing_key(settings, config.signing_key_file)  # a dev key; production supplies its own
     seeded = seed_database(settings)
