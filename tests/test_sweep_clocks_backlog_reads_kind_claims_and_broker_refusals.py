@@ -216,7 +216,9 @@ def test_every_job_task_claims_the_kind_it_is_published_for() -> None:
     from tasks.dispatch import JOB_ROUTES, KIND_BY_TASK
     from worker.app import JOB_TASKS, build_app
 
-    registered = set(build_app().tasks)
+    app = build_app()
+    app.loader.import_default_modules()  # as a worker does at start: else only the task modules this process imported
+    registered = set(app.tasks)
     assert {KIND_BY_TASK[route.task_name] for route in JOB_ROUTES.values()} == set(JOB_ROUTES)
     assert set(KIND_BY_TASK) <= registered & JOB_TASKS
 
