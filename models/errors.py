@@ -7,6 +7,7 @@ shape in a failed job's ``error`` column via :meth:`PlantError.problem`.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 PROBLEM_TYPE_PREFIX = "/problems/"
@@ -250,3 +251,31 @@ class JobHandedBack(PlantError):
 class TransientJobError(PlantError):
     code = "transient-error"
     title = "A dependency was unavailable"  # the job is retried, unless this was its last allowed attempt
+
+
+class KeySealUnreadable(TimeoutError):
+    """A retired key's seal file is there but cannot be read as a seal yet: one being copied
+    in place (rather than renamed in), or a network mount answering EIO or ESTALE for a moment
+    (:class:`models.keys.RetiredSealWatch`). Whether the key is sealed cannot be told, so
+    nothing it signed is judged now; asking again shortly may tell. Not a ``PlantError``, which
+    fails a job for good: a ``TimeoutError``, which a job's attempt and an audit chunk retry
+    as transient (``tasks.runner.is_transient``); the API answers 503 with ``Retry-After``
+    (``web.problems``). A seal file that stays malformed is a ``SigningKeyError`` instead."""
+
+    code = "key-seal-unreadable"
+    title = "A signing key's seal file cannot be read yet"
+    retry_after_seconds = 2
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(errno.ETIMEDOUT, detail)  # strerror: what a CLI prints of an OSError
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def __reduce__(self) -> tuple[type[KeySealUnreadable], tuple[str]]:  # as built: OSError's would pass (errno, detail)
+        return type(self), (self.detail,)
+
+    def problem(self, status: int | None = None) -> dict[str, Any]:
+        return {"type": PROBLEM_TYPE_PREFIX + self.code, "title": self.title, "detail": self.detail,
+                **({"status": status} if status is not None else {})}

@@ -30,7 +30,7 @@ from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
 from models.key_material import load_signing_key_pem, load_verifying_key_pem, read_private_key_file
-from models.errors import KeyFileTooOpen, SigningKeyError, SigningKeySealed
+from models.errors import KeyFileTooOpen, KeySealUnreadable, SigningKeyError, SigningKeySealed
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
@@ -122,10 +122,15 @@ class SealWatch:
 
 # How long a retired key found unsealed is taken as unsealed before its seal file is looked
 # for again: the window in which a process started before a seal still trusts what the key
-# signs after it. A full audit meets a retired key on every version it signed; one stat a
+# signs after it. A full audit meets a retired key on every version it signed; one look a
 # second per key keeps that off its path (measured: 0.2 µs more a version, where a stat a
 # version cost 5 µs, against 40-80 µs for the version's Ed25519 check).
 SEAL_RECHECK_SECONDS = 1.0
+# How long a seal file found but not readable as a seal is taken for one still being written
+# (copied in place rather than renamed in; on a network mount, a reader may see a file another
+# host is writing short for a few seconds) before it counts as malformed. Either way nothing
+# the key signed is judged meanwhile.
+SEAL_SETTLE_SECONDS = 5.0
 
 
 class RetiredSealWatch:
@@ -134,18 +139,25 @@ class RetiredSealWatch:
     A process started between a rotation and ``plant signing-keys seal`` loaded the retired
     key unsealed; without this it trusted whatever a leaked copy of the key signed after the
     seal until it restarted. :meth:`models.signing.KeyRing.seal` asks here for a retired key
-    it holds no seal for: the key's ``<kid>.seal.json`` is looked for (one ``stat``) at most
+    it holds no seal for: the key's ``<kid>.seal.json`` is looked for (one ``open``) at most
     once every ``SEAL_RECHECK_SECONDS``, and read once found; from then on the key is sealed
     for this process's life (as a seal file is meant to stay: one removed by mistake is
-    forgotten at the next restart). A seal that cannot be looked for or read fails closed,
-    as a restart on these files would refuse to start. Threads share it: at worst two read
-    the same new seal."""
+    forgotten at the next restart). Threads share it: at worst two read the same new seal.
 
-    def __init__(self, retired_dir: Path, recheck_seconds: float = SEAL_RECHECK_SECONDS) -> None:
+    A seal file that cannot be looked for or read (EIO, ESTALE), or is there but not yet a
+    whole seal (being copied in), raises ``KeySealUnreadable``: whether the key is sealed
+    cannot be told yet, so a job retries and the API answers 503. One still malformed when
+    read ``settle_seconds`` after it was first found so raises ``SigningKeyError``, as a
+    restart on these files would refuse to start, until it reads whole (or is removed)."""
+
+    def __init__(self, retired_dir: Path, recheck_seconds: float = SEAL_RECHECK_SECONDS,
+                 settle_seconds: float = SEAL_SETTLE_SECONDS) -> None:
         self._retired_dir = retired_dir
         self._recheck_seconds = recheck_seconds
+        self._settle_seconds = settle_seconds
         self._found: dict[str, KeySeal] = {}
         self._unsealed_until: dict[str, float] = {}  # monotonic time until which a key is taken as unsealed
+        self._malformed_since: dict[str, float] = {}  # monotonic time a key's seal file was first read malformed
 
     def __call__(self, kid: str) -> KeySeal | None:
         if (seal := self._found.get(kid)) is not None:
@@ -155,15 +167,27 @@ class RetiredSealWatch:
             return None
         path = self._retired_dir / f"{kid}{SEAL_SUFFIX}"
         try:
-            os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+            content = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):  # not sealed (or removed again before it was read)
+            self._malformed_since.pop(kid, None)
             self._unsealed_until[kid] = now + self._recheck_seconds
             return None
         except OSError as exc:
-            raise SigningKeyError(f"cannot tell whether retired signing key {kid} was sealed since this process "
-                                  f"started ({path}: {exc.strerror or exc})") from exc
-        seal = load_seal(path)  # SigningKeyError if malformed, as at start
-        self._found[kid] = seal
+            raise KeySealUnreadable(f"cannot tell yet whether retired signing key {kid} was sealed since this process "
+                                    f"started ({path}: {exc.strerror or exc}); nothing it signed was judged") from exc
+        self._found[kid] = self._whole(kid, path, content, now)
+        return self._found[kid]
+
+    def _whole(self, kid: str, path: Path, content: bytes, now: float) -> KeySeal:
+        try:
+            seal = parse_seal(path, content)
+        except SigningKeyError as exc:
+            since = self._malformed_since.setdefault(kid, now)
+            if now - since >= self._settle_seconds:
+                raise SigningKeyError(f"{exc.detail} (so since it was first read, {now - since:.1f} s ago)") from exc
+            raise KeySealUnreadable(f"{exc.detail}: taken for a seal still being written (write a seal file "
+                                    "elsewhere and rename it into place); nothing the key signed was judged") from exc
+        self._malformed_since.pop(kid, None)
         return seal
 
 
@@ -206,13 +230,22 @@ def _loaded(source: Path | str, load: Callable[[], T]) -> T:
 def load_seal(path: Path) -> KeySeal:
     """A retired key's seal file (``<kid>.seal.json``, written by ``plant signing-keys seal``)."""
     try:
-        document = strict_json_loads(path.read_bytes())
+        content = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
+    return parse_seal(path, content)
+
+
+def parse_seal(path: Path, content: bytes) -> KeySeal:
+    """The seal ``content`` read from ``path`` holds; ``SigningKeyError`` if it is not one."""
+    try:
+        document = strict_json_loads(content)
         seal = KeySeal(kid=document["kid"], digest_id=document["digest_id"], heads_root=document["heads_root"],
                        as_of=document["as_of"], deleted=tuple((d["entity_id"], d["head"]) for d in document.get("deleted", [])),
                        signed_count=document.get("signed_count"), signed_root=document.get("signed_root"),
                        tombstones_root=document.get("tombstones_root"),
                        lists_audit_records=document.get(AUDIT_RECORDS_MEMBER, False))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     if not (isinstance(seal.kid, str) and isinstance(seal.digest_id, int) and isinstance(seal.heads_root, str)
             and aware_time(seal.as_of) is not None  # what the key's digests are compared with (signed_after_seal)

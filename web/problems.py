@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.canonical import strict_json_loads
-from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, LedgerBusy, NotFound, PlantError, SealListInvalid, SigningKeySealed
+from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, KeySealUnreadable, LedgerBusy, NotFound, PlantError, SealListInvalid, SigningKeySealed
 from web.schemas import MEMBERS_REFUSED
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,15 @@ def _plant_error(error: PlantError) -> Response:
         problem["errors"] = [{"field": problem["field"], "message": error.detail}]
     response = Response(json.dumps(problem), status=status, mimetype=PROBLEM_MIMETYPE)
     return response if error.retry_after_seconds is None else _retry_later(response, error.retry_after_seconds)
+
+
+def _seal_unreadable(error: KeySealUnreadable) -> Response:
+    """A retired key's seal file being written, or its mount failing for a moment: whether the
+    key is sealed cannot be told yet, and asking again shortly may tell (no ``PlantError``, so
+    that a job retries it: ``models.errors.KeySealUnreadable``)."""
+    log.warning("%s", error.detail)
+    return _retry_later(Response(json.dumps(error.problem(503)), status=503, mimetype=PROBLEM_MIMETYPE),
+                        error.retry_after_seconds)
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -172,6 +181,7 @@ def _body_not_an_object() -> str:
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(PlantError, _plant_error)
+    app.register_error_handler(KeySealUnreadable, _seal_unreadable)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(OperationalError, _database_unavailable)
