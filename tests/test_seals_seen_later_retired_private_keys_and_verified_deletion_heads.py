@@ -64,7 +64,7 @@ def test_a_seal_written_after_the_ring_was_loaded_is_looked_for_once_a_recheck_n
 def test_a_seal_that_appears_malformed_fails_closed(key_settings: Settings) -> None:
     """As a process starting on it would refuse to start, a running one refuses it once it has
     stayed malformed past ``settle_seconds`` (here at once; before, a seal still being written
-    is not known yet: tests/test_review_seal_reads.py)."""
+    is not known yet: tests/test_seal_files_read_half_written_or_unreadable.py)."""
     old_kid = rotated(key_settings)
     ring = replace(keyring_from_settings(key_settings), seal_watch=RetiredSealWatch(
         key_settings.retired_signing_keys_path, recheck_seconds=0, settle_seconds=0))
