@@ -44,7 +44,7 @@ from models.embeddings import make_embedder
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
 from models.registry import WriteContext
-from models.settings import Settings, libpq_url, load_settings
+from models.settings import Settings, child_environment, libpq_url, load_settings
 from models.key_material import ensure_key_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -308,14 +308,8 @@ class BenchStack:
     # -- processes ---------------------------------------------------------------
 
     def child_env(self, settings: Settings, env: dict[str, str] | None = None) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "PLANT_DATA_DIR": str(settings.data_dir),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
+        return child_environment(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
+                                 PLANT_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1", **(env or {}))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", "ab") as log:

@@ -43,7 +43,8 @@ from models.chain import signer_kids
 from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
-from models.settings import FILE_SUFFIX, Settings, load_settings
+from models.settings import FILE_SUFFIX, Settings, field_variables, load_settings
+from models.settings import child_environment as overridden_environment
 from models.errors import KeyFileTooOpen
 from models.key_material import ensure_key_file
 
@@ -80,24 +81,19 @@ def _port(env: Mapping[str, str], name: str) -> int:
     return int(value)
 
 
-# The URLs' variables, each also read from a file (DATABASE_URL_FILE, ...): the runner hands its
-# children the URLs it uses as DATABASE_URL and REDIS_URL, which a file variant beside would contradict.
-DATABASE_URL_VARIABLES = ("DATABASE_URL", "PLANT_DATABASE_URL")
-REDIS_URL_VARIABLES = ("REDIS_URL", "PLANT_REDIS_URL")
-URL_FILE_VARIABLES = frozenset(name + FILE_SUFFIX for name in DATABASE_URL_VARIABLES + REDIS_URL_VARIABLES)
-
-
-def _given(env: Mapping[str, str], names: tuple[str, ...]) -> bool:
+def _given(env: Mapping[str, str], field_name: str) -> bool:
+    """Whether ``env`` sets ``field_name``, under any of its names or as a file (``DATABASE_URL_FILE``)."""
     spelt = {name.upper() for name in env}
-    return any(name in spelt or name + FILE_SUFFIX in spelt for name in names)
+    return any(variable.upper() in spelt or (variable + FILE_SUFFIX).upper() in spelt
+               for _, variable in field_variables(Settings, field_name))
 
 
 def dev_config_from_environment() -> DevConfig:
     """Read settings, plus what only the runner cares about: which URLs were set explicitly."""
     settings = load_settings()
     env = os.environ
-    database_url_set = _given(env, DATABASE_URL_VARIABLES)
-    redis_url_set = _given(env, REDIS_URL_VARIABLES)
+    database_url_set = _given(env, "database_url")
+    redis_url_set = _given(env, "redis_url")
     return DevConfig(
         data_dir=settings.data_dir.resolve(),
         port=settings.port,
@@ -214,15 +210,16 @@ def write_services_env(data_dir: Path, services: BackingServices) -> None:
 
 
 def child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:
-    return {
-        "PLANT_LOG_FORMAT": "console",  # readable lines in a terminal, unless the caller chose
-        **{name: value for name, value in os.environ.items() if name.upper() not in URL_FILE_VARIABLES},
-        "DATABASE_URL": services.database_url,
-        "REDIS_URL": services.redis_url,
-        "PLANT_DATA_DIR": str(config.data_dir),
-        "PYTHONUNBUFFERED": "1",  # so forwarded log lines arrive as they are written
-        "FLOWER_BASIC_AUTH": flower_credentials(config),
-    }
+    """The children's environment: the runner's, with the URLs it uses in place of any it was given
+    (as a file too: a ``DATABASE_URL_FILE`` beside the new ``DATABASE_URL`` would stop them)."""
+    return overridden_environment(
+        {"PLANT_LOG_FORMAT": "console", **os.environ},  # readable lines in a terminal, unless the caller chose
+        DATABASE_URL=services.database_url,
+        REDIS_URL=services.redis_url,
+        PLANT_DATA_DIR=str(config.data_dir),
+        PYTHONUNBUFFERED="1",  # so forwarded log lines arrive as they are written
+        FLOWER_BASIC_AUTH=flower_credentials(config),
+    )
 
 
 def print_banner(config: DevConfig, services: BackingServices) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -69,28 +69,68 @@ def read_secret_file(variable: str, path: str) -> str:
     return value
 
 
-class SecretFileVariables(EnvSettingsSource):
-    """The ``*_FILE`` variants of :data:`SECRET_FILE_SETTINGS`' variables: pydantic-settings'
-    environment source, each name looked up with the suffix and its value read as a file path.
-    (Its ``secrets_dir`` reads one directory's files by the settings' names; the convention here
-    names each file where it is, as ``POSTGRES_PASSWORD_FILE`` does.) A secret set both ways is
-    refused rather than one silently winning."""
+def field_variables(settings_cls: type[BaseSettings], field_name: str) -> tuple[tuple[str, str], ...]:
+    """The environment variables ``settings_cls`` reads its field ``field_name`` from, in the order
+    pydantic-settings prefers them, each as ``(key, variable)``: the key the value is validated under
+    (the alias, or the field's name) and the variable's name (upper case unless the class is
+    case-sensitive). A validation alias's names (``AliasChoices``), and the prefixed field name where
+    there is none or the class populates by name, as pydantic-settings' environment source reads them."""
+    config = settings_cls.model_config
+    alias = settings_cls.model_fields[field_name].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else []
+    prefix, target = config.get("env_prefix", ""), config.get("env_prefix_target", "variable")
+    pairs = [(choice, (prefix if target in ("alias", "all") else "") + choice) for choice in choices if isinstance(choice, str)]
+    if not pairs or config.get("validate_by_name", config.get("populate_by_name", False)):
+        variable = (prefix if target in ("variable", "all") else "") + field_name
+        pairs.append((field_name, variable if config.get("case_sensitive", False) else variable.upper()))
+    fold, seen, variables = _fold(settings_cls), set(), []
+    for key, variable in pairs:  # a name spelt twice (an alias that is the prefixed field name): its first
+        if fold(variable) not in seen:
+            seen.add(fold(variable))
+            variables.append((key, variable))
+    return tuple(variables)
 
-    def __call__(self) -> dict[str, object]:
-        # Not get_field_value's hook: the base class wraps what that raises in a message of its own.
-        values: dict[str, object] = {}
+
+def _fold(settings_cls: type[BaseSettings]) -> Callable[[str], str]:
+    """How ``settings_cls`` compares variable names: as spelt, or in any case (pydantic-settings' default)."""
+    return (lambda name: name) if settings_cls.model_config.get("case_sensitive", False) else str.lower
+
+
+class SecretFileVariables(PydanticBaseSettingsSource):
+    """The ``*_FILE`` variants of :data:`SECRET_FILE_SETTINGS`' variables: each variable a secret
+    setting is read from (:func:`field_variables`) with the suffix, its value read as a file path,
+    from the process environment, names compared as the environment source compares them. (Its
+    ``secrets_dir`` reads one directory's files by the settings' names; the convention here names
+    each file where it is, as ``POSTGRES_PASSWORD_FILE`` does.) A secret set both ways is refused
+    rather than one silently winning."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        fold = _fold(settings_cls)
+        ignore_empty = settings_cls.model_config.get("env_ignore_empty", False)
+        self._environ = {fold(name): value for name, value in os.environ.items() if value or not ignore_empty}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The secret ``field_name``'s file variant's content, its key and False (no JSON to
+        decode); ``(None, field_name, False)`` when no file variant is set."""
+        fold = _fold(self.settings_cls)
+        names = field_variables(self.settings_cls, field_name)
+        given = [variable for _, variable in names if fold(variable) in self._environ]
+        for key, variable in names:
+            path = self._environ.get(fold(variable + FILE_SUFFIX))
+            if path is None:
+                continue
+            if given:
+                raise SettingsError(f"{given[0]} and {variable + FILE_SUFFIX} are both set: set only one of them")
+            return read_secret_file(variable + FILE_SUFFIX, path), key, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
         for field_name in SECRET_FILE_SETTINGS:
-            names = self._extract_field_info(self.settings_cls.model_fields[field_name], field_name)
-            given = [env_name for _, env_name, _ in names if env_name in self.env_vars]
-            for field_key, env_name, _ in names:
-                path = self.env_vars.get(env_name + FILE_SUFFIX.lower())
-                if path is None:
-                    continue
-                variable = (env_name + FILE_SUFFIX).upper()
-                if given:
-                    raise SettingsError(f"{given[0].upper()} and {variable} are both set: set only one of them")
-                values[field_key] = read_secret_file(variable, path)
-                break
+            value, key, _ = self.get_field_value(self.settings_cls.model_fields[field_name], field_name)
+            if value is not None:
+                values[key] = value
         return values
 
 
@@ -276,6 +316,25 @@ class DataDirSettings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and explicit overrides, which win) into a ``Settings``."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def child_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """``base`` (a process's environment) with ``overrides`` set, for a process it starts. A setting
+    an override gives loses every other variable ``base`` gives it in (names compared as
+    :class:`Settings` compares them): its ``*_FILE`` variants above all, beside which the child
+    would stop with "both set" (``DATABASE_URL_FILE`` exported, ``DATABASE_URL`` overridden), and
+    its other names, one of which could win over the override (``DATABASE_URL`` over
+    ``PLANT_DATABASE_URL``)."""
+    fold = _fold(Settings)
+    given = {fold(name) for name in overrides}
+    replaced: set[str] = set()
+    for field_name in Settings.model_fields:
+        variables = [variable for _, variable in field_variables(Settings, field_name)]
+        if field_name in SECRET_FILE_SETTINGS:
+            variables += [variable + FILE_SUFFIX for variable in variables]
+        if given & {fold(variable) for variable in variables}:
+            replaced |= {fold(variable) for variable in variables}
+    return {**{name: value for name, value in base.items() if fold(name) not in replaced}, **overrides}
 
 
 # Every PLANT_* variable Plant reads that is not a field of Settings, and what reads it: with the

@@ -41,7 +41,7 @@ from models.db import make_engine
 from models.embeddings import HashingEmbedder
 from models.keys import keyring_from_settings
 from models.migrate import upgrade_head
-from models.settings import Settings, libpq_url, load_settings, sqlalchemy_url
+from models.settings import Settings, child_environment, libpq_url, load_settings, sqlalchemy_url
 from models.signing import KeyRing
 from models.key_material import ensure_key_file
 
@@ -362,15 +362,10 @@ def quiet_client(settings: Settings, admin_key: str) -> Any:
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        PLANT_DATA_DIR=str(settings.data_dir),
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
+    """This environment for a child process running on ``settings``' servers (a ``DATABASE_URL_FILE``
+    exported where the tests run dropped, as the child would refuse it beside ``DATABASE_URL``)."""
+    return child_environment(os.environ, **{"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+                                            "PLANT_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1", **extra})
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
