@@ -15,31 +15,92 @@
 #   bootstrap_admin_key    the first admin API key, which migrate makes live (PLANT_ADMIN_API_KEY_FILE)
 #
 # A file that exists is kept as it is: the script never changes a password a deployment holds, and
-# a URL it writes takes the password from the password's file when that exists. A new password is
-# 48 hex digits (URL-safe: it goes into a URL). A deployment from before the secret files keeps its
-# own: a value .env still holds (POSTGRES_PASSWORD, PLANT_RUNTIME_ROLE_PASSWORD, REDIS_PASSWORD,
-# FLOWER_BASIC_AUTH, PLANT_ADMIN_API_KEY; never the placeholder change-me) is written instead of a
-# new one; delete those lines from .env afterwards. The URLs take POSTGRES_USER, POSTGRES_DB and
-# PLANT_RUNTIME_ROLE from .env: set them first. Each file is 0644 in a 0700 directory: the
-# containers (uid 10001, postgres 999) must read it, and the directory keeps other users out.
+# a URL it writes takes the password from the password's file when that exists. One of these paths
+# that is there but is not a regular file holding something (such as the empty directory some
+# versions of compose leave at the path of a secret file that was missing) stops the script, named,
+# before it writes anything: remove it and run the script again. A new password is 48 hex digits.
+# A deployment from before the secret files keeps its own: a value .env still holds
+# (POSTGRES_PASSWORD, PLANT_RUNTIME_ROLE_PASSWORD, REDIS_PASSWORD, FLOWER_BASIC_AUTH,
+# PLANT_ADMIN_API_KEY; never the placeholder change-me) is written instead of a new one; delete
+# those lines from .env afterwards. The URLs take POSTGRES_USER, POSTGRES_DB and PLANT_RUNTIME_ROLE
+# from .env (set them first), each name and password percent-encoded in them. .env is read as
+# compose reads it, one line a value: `export ` before the name is allowed, a value in single quotes
+# is taken as written, one in double quotes with \" and \\ unescaped, and an unquoted one ends
+# before a blank followed by # (a comment). Each file is 0644 in a 0700 directory: the containers
+# (uid 10001, postgres 999) must read it, and the directory keeps other users out.
 set -eu
 
 dir="${1:-secrets}"
+files="postgres_password database_url runtime_role_password runtime_database_url redis_password redis_url
+flower_basic_auth bootstrap_admin_key"
 
 from_env() {
-    # from_env NAME: NAME's last value in ./.env, quotes and surrounding blanks dropped; else nothing.
+    # from_env NAME: NAME's last value in ./.env (as above), else nothing; an unclosed quote fails.
     [ -f .env ] || return 0
-    sed -n "s/^[[:space:]]*${1}[[:space:]]*=[[:space:]]*//p" .env | tail -n 1 \
-        | sed -e 's/[[:space:]]*$//' -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'\$/\1/"
+    awk -v name="$1" '
+        {
+            line = $0
+            sub(/\r$/, "", line)
+            sub(/^[ \t]+/, "", line)
+            sub(/^export[ \t]+/, "", line)
+            eq = index(line, "=")
+            key = substr(line, 1, eq - 1)
+            sub(/[ \t]+$/, "", key)
+            if (eq == 0 || key != name) next
+            raw = substr(line, eq + 1)
+            text = raw
+            sub(/^[ \t]+/, "", text)
+            quote = substr(text, 1, 1)
+            if (quote != "\"" && quote != "\047") {
+                sub(/[ \t]+#.*$/, "", raw)
+                sub(/^[ \t]+/, "", raw)
+                sub(/[ \t]+$/, "", raw)
+                value = raw
+                next
+            }
+            value = ""
+            for (i = 2; i <= length(text); i++) {
+                c = substr(text, i, 1)
+                if (c == quote) break
+                after = substr(text, i + 1, 1)
+                if (quote == "\"" && c == "\\" && (after == "\"" || after == "\\")) {
+                    c = after
+                    i++
+                }
+                value = value c
+            }
+            if (i > length(text)) {
+                printf "make-secrets.sh: .env line %d: the value of %s has no closing %s\n", NR, name, quote > "/dev/stderr"
+                unclosed = 1
+                exit 1
+            }
+        }
+        END { if (!unclosed) printf "%s", value }
+    ' .env
 }
 
 env_or() {
     # env_or NAME DEFAULT: .env's NAME, unless blank or the placeholder; else DEFAULT.
-    value="$(from_env "$1")"
+    value="$(from_env "$1")" || exit 1
     case "$value" in
         "" | *change-me*) printf '%s' "$2" ;;
         *) printf '%s' "$value" ;;
     esac
+}
+
+url_quote() {
+    # url_quote TEXT: TEXT with every byte but A-Z a-z 0-9 - . _ ~ percent-encoded, as a URL's user
+    # or password (or database) must be: a .env password holding @, # or / broke the URL. Clients decode it.
+    printf '%s' "$1" | LC_ALL=C awk '
+        BEGIN { for (i = 1; i < 256; i++) code[sprintf("%c", i)] = i }
+        {
+            for (i = 1; i <= length($0); i++) {
+                c = substr($0, i, 1)
+                out = out (c ~ /[A-Za-z0-9._~-]/ ? c : sprintf("%%%02X", code[c]))
+            }
+        }
+        END { printf "%s", out }
+    '
 }
 
 random_hex() {
@@ -55,9 +116,29 @@ secret() {
     fi
 }
 
+refuse_what_is_not_a_secret_file() {
+    # Each path of $files that is there must be a regular file holding something: secret() took a
+    # directory for a missing file, and a new password then went into a URL beside the kept one.
+    status=0
+    for name in $files; do
+        path="$dir/$name"
+        if [ -f "$path" ] && grep -q '[^[:space:]]' "$path"; then
+            continue
+        elif [ -f "$path" ]; then
+            echo "make-secrets.sh: $path is empty: write its secret into it, or remove it for a new one" >&2
+            status=1
+        elif [ -e "$path" ] || [ -L "$path" ]; then
+            echo "make-secrets.sh: $path is there but is not a regular file (a directory compose made for" \
+                 "a secret file that was missing?): remove it and run this again" >&2
+            status=1
+        fi
+    done
+    return "$status"
+}
+
 write() {
     # write FILE VALUE: DIR/FILE holding VALUE and a newline, unless it exists.
-    if [ -e "$dir/$1" ]; then
+    if [ -f "$dir/$1" ]; then
         echo "kept    $dir/$1"
         return
     fi
@@ -67,21 +148,29 @@ write() {
     echo "created $dir/$1"
 }
 
-mkdir -p "$dir/retired"
-chmod 700 "$dir"
+refuse_what_is_not_a_secret_file || exit 1
 
+# Each value in a variable first: a failure inside "$(...)" given as an argument would go unnoticed.
 user="$(env_or POSTGRES_USER plant)"
 database="$(env_or POSTGRES_DB plant)"
 role="$(env_or PLANT_RUNTIME_ROLE plant_runtime)"
 owner_password="$(secret postgres_password POSTGRES_PASSWORD)"
 runtime_password="$(secret runtime_role_password PLANT_RUNTIME_ROLE_PASSWORD)"
 redis_password="$(secret redis_password REDIS_PASSWORD)"
+flower_basic_auth="$(env_or FLOWER_BASIC_AUTH "admin:$(random_hex)")"
+admin_key="$(env_or PLANT_ADMIN_API_KEY "plant_$(random_hex)")"
 
+owner_url="postgresql+psycopg://$(url_quote "$user"):$(url_quote "$owner_password")@postgres:5432/$(url_quote "$database")"
+runtime_url="postgresql+psycopg://$(url_quote "$role"):$(url_quote "$runtime_password")@postgres:5432/$(url_quote "$database")"
+redis_url="redis://:$(url_quote "$redis_password")@redis:6379/0"
+
+mkdir -p "$dir/retired"
+chmod 700 "$dir"
 write postgres_password "$owner_password"
-write database_url "postgresql+psycopg://${user}:${owner_password}@postgres:5432/${database}"
+write database_url "$owner_url"
 write runtime_role_password "$runtime_password"
-write runtime_database_url "postgresql+psycopg://${role}:${runtime_password}@postgres:5432/${database}"
+write runtime_database_url "$runtime_url"
 write redis_password "$redis_password"
-write redis_url "redis://:${redis_password}@redis:6379/0"
-write flower_basic_auth "$(env_or FLOWER_BASIC_AUTH "admin:$(random_hex)")"
-write bootstrap_admin_key "$(env_or PLANT_ADMIN_API_KEY "plant_$(random_hex)")"
+write redis_url "$redis_url"
+write flower_basic_auth "$flower_basic_auth"
+write bootstrap_admin_key "$admin_key"

@@ -287,7 +287,7 @@ def test_no_secret_is_in_any_container_s_environment() -> None:
 
 
 def test_every_secret_is_a_file_under_the_ignored_secrets_directory() -> None:
-    """Compose refuses to start while a secret's file is missing; git never sees one."""
+    """Each a file docker/make-secrets.sh makes (but the signing key); git never sees one."""
     declared = compose()["secrets"]
     used = {secret for service in services().values() for secret in service.get("secrets", [])}
     assert used == set(declared)

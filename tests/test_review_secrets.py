@@ -1,13 +1,16 @@
 """Review of the secrets-as-files change: the environment a process hands its children (a
 ``DATABASE_URL_FILE`` exported beside the URL a parent sets stopped every child of the tests and
-the bench harness as the setting given twice), and the names a secret's file variants are looked
-up under (without pydantic-settings' private helpers).
+the bench harness as the setting given twice), the names a secret's file variants are looked up
+under (without pydantic-settings' private helpers), and how docker/make-secrets.sh reads ``.env``
+and what it finds already in ``secrets/``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from pydantic_settings import SettingsError
@@ -21,6 +24,8 @@ from models.settings import (
     load_settings,
 )
 
+REPO = Path(__file__).resolve().parent.parent
+MAKE_SECRETS = REPO / "docker" / "make-secrets.sh"
 GIVEN_DB = "postgresql+psycopg://child:pw@db.example:5432/plant"
 GIVEN_REDIS = "redis://:pw@cache.example:6379/3"
 
@@ -126,3 +131,85 @@ def test_every_name_of_a_secret_has_a_file_variant_read_in_any_case(
             assert _plain(getattr(loaded, field)) == read, spelt
         with pytest.raises(SettingsError, match=f"{name} and {name}{FILE_SUFFIX} are both set"):
             load_settings_under(monkeypatch, {name.lower(): given, name + FILE_SUFFIX: str(tmp_path / "secret")})
+
+
+# --- docker/make-secrets.sh -------------------------------------------------------------------------
+
+SHELLS = ["sh", "bash"]
+
+
+def run_make_secrets(shell: str, cwd: Path, env_file: str | None = None) -> subprocess.CompletedProcess[str]:
+    if env_file is not None:
+        (cwd / ".env").write_text(env_file)
+    return subprocess.run([shell, str(MAKE_SECRETS)], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+def _url_password(url: str) -> str:
+    return unquote(urlsplit(url).password or "")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_make_secrets_reads_env_lines_as_compose_does(tmp_path: Path, shell: str) -> None:
+    env_file = (
+        "# an older deployment's .env\n"
+        "export POSTGRES_USER=owner  # the schema owner\n"
+        "POSTGRES_DB='reg # istry'\n"
+        'POSTGRES_PASSWORD="p@ss\\"w#rd/1" # kept from before\n'
+        "  export REDIS_PASSWORD = r#not-a-comment\r\n"
+        "PLANT_RUNTIME_ROLE= # none: the default\n"
+        "PLANT_ADMIN_API_KEY='plant_key \"of\" at least 32 characters'\n"
+        "FLOWER_BASIC_AUTH=admin:first\n"
+        "FLOWER_BASIC_AUTH=admin:second # the last one counts\n"
+    )
+    done = run_make_secrets(shell, tmp_path, env_file)
+    assert done.returncode == 0, done.stderr
+    read = {path.name: path.read_text().removesuffix("\n") for path in (tmp_path / "secrets").iterdir() if path.is_file()}
+    assert read["postgres_password"] == 'p@ss"w#rd/1'
+    assert read["redis_password"] == "r#not-a-comment"
+    assert read["bootstrap_admin_key"] == 'plant_key "of" at least 32 characters'
+    assert read["flower_basic_auth"] == "admin:second"
+    owner = urlsplit(read["database_url"])
+    assert (unquote(owner.username or ""), _url_password(read["database_url"])) == ("owner", 'p@ss"w#rd/1')
+    assert (owner.hostname, owner.port, unquote(owner.path)) == ("postgres", 5432, "/reg # istry")
+    assert unquote(urlsplit(read["runtime_database_url"]).username or "") == "plant_runtime"
+    assert _url_password(read["redis_url"]) == "r#not-a-comment" and urlsplit(read["redis_url"]).hostname == "redis"
+    # What Plant makes of them: the URL's parts as the clients decode them.
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(read["database_url"])
+    assert (parsed.username, parsed.password, parsed.database) == ("owner", 'p@ss"w#rd/1', "reg # istry")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_make_secrets_stops_at_an_unclosed_quote_writing_nothing(tmp_path: Path, shell: str) -> None:
+    done = run_make_secrets(shell, tmp_path, "POSTGRES_USER=owner\nPOSTGRES_PASSWORD=\"half\n")
+    assert done.returncode != 0 and ".env line 2" in done.stderr and "POSTGRES_PASSWORD" in done.stderr
+    assert "half" not in done.stderr and not (tmp_path / "secrets").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("what", ["directory", "dangling link", "empty file"])
+def test_make_secrets_refuses_a_path_of_its_that_is_not_a_file_holding_a_secret(
+        tmp_path: Path, shell: str, what: str) -> None:
+    """The empty directory an older compose made at a missing secret file's path was reported as
+    kept, while the password beside it was made anew: redis_url then held another password than
+    redis_password."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    path = secrets / "redis_password"
+    if what == "directory":
+        path.mkdir()
+    elif what == "dangling link":
+        path.symlink_to(tmp_path / "nowhere")
+    else:
+        path.write_text(" \n")
+    done = run_make_secrets(shell, tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert str(Path("secrets") / "redis_password") in done.stderr and "remove it" in done.stderr
+    assert sorted(p.name for p in secrets.iterdir()) == ["redis_password"]  # nothing written
+    if what == "directory":
+        path.rmdir()
+        again = run_make_secrets(shell, tmp_path)
+        assert again.returncode == 0, again.stderr
+        password = path.read_text().strip()
+        assert _url_password((secrets / "redis_url").read_text().strip()) == password and len(password) == 48
