@@ -229,24 +229,33 @@ def run_job(task: Task, job_id: str, handler: JobHandler) -> dict[str, Any]:
 
 def record_outcome(claim: JobClaim, status: JobStatus, result: dict | None, error: dict | None,
             progress: Checkpoint | None = None) -> dict[str, Any]:
-    reconnected = False
-
-    def finish() -> None:
+    def finish() -> JobStatus:
         with single_statement(runtime.session_factory()) as connection:
             finish_job(connection, claim=claim, status=status, result=result, error=error, progress=progress)
+        return status
 
-    def before_retry() -> None:
+    if _last_write(claim, finish, error) is not status:
+        log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
+        return {"job_id": str(claim.job_id), "skipped": "superseded"}
+    return {"job_id": str(claim.job_id), "status": status.value}
+
+
+def _last_write(claim: JobClaim, write: Callable[[], JobStatus], error: dict[str, Any] | None) -> JobStatus | None:
+    """Run ``write``, the attempt's last write to its job (an outcome, a release), once more on a
+    fresh connection if its connection died (:func:`models.db.retry_if_disconnected`). Should the
+    first try have committed before it died, the second finds the job no longer held
+    (``StaleAttempt``): the row says so. The job's status as written; None when the attempt was
+    superseded (a sweep, a cancel or a later attempt took the job)."""
+    reconnected = False
+
+    def note_reconnect() -> None:
         nonlocal reconnected
         reconnected = True
 
     try:
-        retry_if_disconnected(finish, before_retry=before_retry)
+        return retry_if_disconnected(write, before_retry=note_reconnect)
     except StaleAttempt:
-        if reconnected and _written_before_the_connection_died(claim, error) is status:
-            return {"job_id": str(claim.job_id), "status": status.value}
-        log.warning("job %s attempt %s was superseded; outcome dropped", claim.job_id, claim.attempt)
-        return {"job_id": str(claim.job_id), "skipped": "superseded"}
-    return {"job_id": str(claim.job_id), "status": status.value}
+        return _written_before_the_connection_died(claim, error) if reconnected else None
 
 
 def _written_before_the_connection_died(claim: JobClaim, error: dict[str, Any] | None) -> JobStatus | None:
@@ -286,21 +295,9 @@ def _retry_later(task: Task, claim: JobClaim, attempt: Attempt, progress: Checkp
             return fail_unless_cancelled(session, claim=claim, error=attempt.error or {}, progress=progress,
                                          result=attempt.result)
 
-    reconnected = False
-
-    def before_retry() -> None:
-        nonlocal reconnected
-        reconnected = True
-
-    try:
-        # Once more on a fresh connection if this one died. Should the first try have committed
-        # before it died, the second finds the job no longer held (StaleAttempt): the row says so.
-        status = retry_if_disconnected(release_or_end, before_retry=before_retry)
-    except StaleAttempt:
-        found = _written_before_the_connection_died(claim, attempt.error or {}) if reconnected else None
-        if found is None:
-            return {"job_id": str(claim.job_id), "skipped": "superseded"}
-        status = found
+    status = _last_write(claim, release_or_end, attempt.error or {})
+    if status is None:
+        return {"job_id": str(claim.job_id), "skipped": "superseded"}
     if status is not JobStatus.QUEUED:  # failed on its last attempt, or a cancel was requested
         return {"job_id": str(claim.job_id), "status": status.value}
     route = route_for(claim.kind)
