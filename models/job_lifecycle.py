@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any, cast
 
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Integer, Interval, String, Text, and_, bindparam, case, func, insert, null, or_, select, update
+from sqlalchemy import Integer, Interval, String, Text, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -105,11 +105,12 @@ _CLAIM_SQL = driver_sql(_CLAIM)
 _OWNED_BY = (_JOBS.id == bindparam("job_id"), _JOBS.status == JobStatus.RUNNING.value, _JOBS.attempts == bindparam("attempt"))
 _OWNED = update(Job.__table__).where(*_OWNED_BY)
 # The sweep's worker-lost error names the attempt whose lease ran out (models.job_recovery.rescue_expired);
-# a checkpoint of that very attempt shows its worker was only stalled, and clears it. One naming an
-# earlier attempt stays while this one runs, as any earlier attempt's error does.
+# a checkpoint of that very attempt shows its worker was only stalled, and clears it, restoring the
+# error it replaced (its `previous`: say the transient error of the attempt before; none, NULL). One
+# naming an earlier attempt stays while this one runs, as any earlier attempt's error does.
 _OWN_WORKER_LOST = and_(_JOBS.error["type"].astext == PROBLEM_TYPE_PREFIX + WorkerLost.code,
                         _JOBS.error["attempt"].astext == _JOBS.attempts.cast(Text))
-_ERROR_UNLESS_OWN_WORKER_LOST = case((_OWN_WORKER_LOST, null()), else_=_JOBS.error)
+_ERROR_UNLESS_OWN_WORKER_LOST = case((_OWN_WORKER_LOST, _JOBS.error["previous"]), else_=_JOBS.error)
 _SET_PROGRESS = driver_sql(_OWNED.values(
     lease_expires_at=_LEASE_END, updated_at=_NOW, error=_ERROR_UNLESS_OWN_WORKER_LOST, progress_done=bindparam("done"),
     progress_total=bindparam("total", type_=Integer()), progress_message=bindparam("message", type_=Text()),
@@ -259,7 +260,8 @@ def report_progress(
     lease_seconds: int,
 ) -> bool:
     """Record progress and renew the lease; clear a ``worker-lost`` error the sweep wrote about
-    this very attempt (its worker was only stalled). Returns True when a cancel was requested."""
+    this very attempt (its worker was only stalled), back to the error it replaced, if any.
+    Returns True when a cancel was requested."""
     return _checkpoint(session, _SET_PROGRESS, claim, lease_seconds, done=done, total=total, message=message)
 
 

@@ -8,7 +8,8 @@ the caller can republish after commit (``SKIP LOCKED`` lets overlapping sweeps s
   wait in a backlog: the wait doubles with each republish, up to 15 minutes);
 * dead workers: running jobs whose lease expired. They are republished after an
   exponential backoff with full jitter (showing ``worker-lost``, naming the attempt, as their
-  last error until an attempt ends them, or that attempt's worker, only stalled, reports again),
+  last error until an attempt ends them, or that attempt's worker, only stalled, reports again and
+  the error it replaced is back),
   and fail with the last error once they used
   ``max_attempts``. One that was asked to stop is ended ``cancelled`` instead: a job
   with a cancel request never starts another attempt (``models.job_lifecycle``). A job
@@ -34,7 +35,7 @@ from sqlalchemy import and_, case, func, literal, or_, select, text, union_all, 
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models.errors import JobCancelled, StaleAttempt, WorkerLost
+from models.errors import PROBLEM_TYPE_PREFIX, JobCancelled, StaleAttempt, WorkerLost
 from models.job_lifecycle import Checkpoint, JobClaim
 from models.job_results import write_results_when_ended
 from models.jobs import Job, JobStatus
@@ -179,10 +180,23 @@ def rescue_expired(
     # runs, its next attempt (as one retried after a transient error shows that error).
     # It names that attempt: should its worker have been only stalled and report again, its
     # checkpoint clears it (models.job_lifecycle.report_progress).
+    # The error it replaces (the previous attempt's, say a transient one) goes inside it, as
+    # `previous`, which that checkpoint restores.
     lost = literal(WorkerLost("an attempt's worker stopped reporting before its lease ran out; the job is retried")
-                   .problem(), JSONB).op("||")(func.jsonb_build_object("attempt", Job.attempts))
+                   .problem(), JSONB).op("||")(func.jsonb_build_object("attempt", Job.attempts)).op("||")(_kept_as_previous())
     return Rescue(republish=_stamp(session, due, limit, republishes=0, error=lost), failed=len(failed),
                   cancelled=len(cancelled))
+
+
+def _kept_as_previous() -> Any:
+    """``{"previous": <the job's error>}``, or ``{}`` with none, for the worker-lost error that
+    replaces it. A worker-lost error kept so drops its own ``previous``: only a checkpoint of the
+    attempt it names restores it, and that attempt no longer owns the job, so one level is all
+    that is ever restored."""
+    error = Job.error
+    kept = case((error["type"].astext == PROBLEM_TYPE_PREFIX + WorkerLost.code, error.op("-")("previous")), else_=error)
+    return case((func.coalesce(func.jsonb_typeof(error), "null") == "null", literal({}, JSONB)),
+                else_=func.jsonb_build_object("previous", kept))
 
 
 def release_for_retry(session: Session, *, claim: JobClaim, error: dict[str, Any], handed_back: bool = False,
