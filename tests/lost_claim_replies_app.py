@@ -3,7 +3,7 @@ connection dead (its reply lost, as a failover or a network cut loses it), and t
 a fresh connection finds its own dead before it runs: a claim whose connection died twice, its first
 try committed unseen. Each claim's worker token and each job task's request, as the run sees it, go
 to the file named by ``PLANT_TEST_RUNS_LOG``, one JSON object a line (for
-tests/test_review_claims_retried_through_celery_and_worker_lost_errors.py)."""
+tests/test_claims_retried_through_celery_and_worker_lost_errors.py)."""
 
 import json
 import os
