@@ -210,17 +210,17 @@ DIGEST_ENTRY = "ledger-digest"  # beat's schedule entry (worker.schedule)
 
 
 @shared_task(name="plant.ledger.store_digest", bind=True)
-def ledger_store_digest(self: Task) -> dict[str, Any]:
+def ledger_store_digest(self: Task, scheduled: bool = False) -> dict[str, Any]:
     """Beat's hourly digest; then the leaf rows of digests no check reads any more go. Its
     result counts the heads it held back (they do not verify) and names the first ten, and
     names the signed digests it passed over for an older base (their rows changed since), and
     says why it pruned nothing when it could not read which digests to keep (``prune_skipped``).
     A digest that finds no moment without a version write in flight (``LedgerBusy``, after
     ``DIGEST_WAIT_SECONDS``) is tried again later, with backoff, up to ``job_max_attempts``
-    times. A copy (or a retry) that finds another digest run started or completed within a
-    tenth of an interval returns at once: copies pile up behind busy workers, and beat's carry
-    no expiry (:func:`tasks.beat_runs.beat_run`)."""
-    with beat_run(DIGEST_ENTRY, runtime.settings().digest_interval_seconds) as due:
+    times. A ``scheduled`` copy (beat's, or its retry) that finds another digest run started or
+    completed within a tenth of an interval returns at once: copies pile up behind busy workers,
+    and beat's carry no expiry (:func:`tasks.beat_runs.beat_run`); one sent otherwise always runs."""
+    with beat_run(DIGEST_ENTRY, runtime.settings().digest_interval_seconds, scheduled=scheduled) as due:
         if not due:
             return {"skipped": "a digest ran within a tenth of an interval"}
         return _store_digest(self)

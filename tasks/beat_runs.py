@@ -42,10 +42,15 @@ def window_ms(interval_seconds: float) -> int:
 
 
 @contextmanager
-def beat_run(entry: str, interval_seconds: float) -> Iterator[bool]:
+def beat_run(entry: str, interval_seconds: float, *, scheduled: bool = True) -> Iterator[bool]:
     """Yield True when this run is to do the work: no other run of ``entry`` started or completed
     within a tenth of ``interval_seconds``. The key is taken again when the block completes, and
-    let go when it raises (a retry raises too), for the retry or the next copy to run."""
+    let go when it raises (a retry raises too), for the retry or the next copy to run. A run not
+    ``scheduled`` (sent by other than beat, which sends ``scheduled=True``, as its sweeps) always
+    does the work, and leaves the key alone."""
+    if not scheduled:
+        yield True
+        return
     key, token, lifetime = run_key(entry), uuid.uuid4().hex, window_ms(interval_seconds)
     try:
         taken = bool(runtime.redis_client().set(key, token, nx=True, px=lifetime))

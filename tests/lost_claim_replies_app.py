@@ -2,7 +2,7 @@
 connection dead (its reply lost, as a failover or a network cut loses it), and the claim's retry on
 a fresh connection finds its own dead before it runs: a claim whose connection died twice, its first
 try committed unseen. Each claim's worker token and each job task's request, as the run sees it, go
-to the file named by ``PLANT_TEST_RUNS_LOG``, one JSON object a line (for
+to the file named by ``LOST_CLAIM_RUNS_LOG``, one JSON object a line (for
 tests/test_claims_retried_through_celery_and_worker_lost_errors.py)."""
 
 import json
@@ -21,7 +21,7 @@ _tries: list[str] = []
 
 
 def _note(**entry: Any) -> None:
-    with open(os.environ["PLANT_TEST_RUNS_LOG"], "a") as log:
+    with open(os.environ["LOST_CLAIM_RUNS_LOG"], "a") as log:
         log.write(json.dumps(entry) + "\n")
 
 

@@ -34,7 +34,7 @@ def test_a_claim_whose_connection_died_twice_is_taken_over_by_its_message_retrie
 
     runs_log = tmp_path / "runs.jsonl"
     stack = ChaosStack(settings, tmp_path, app="tests.lost_claim_replies_app", PLANT_JOB_LEASE_SECONDS="300",
-                       PLANT_TEST_RUNS_LOG=str(runs_log))
+                       LOST_CLAIM_RUNS_LOG=str(runs_log))
     with redis.Redis.from_url(stack.settings.redis_url) as chaos:
         chaos.flushdb()  # no earlier test's message ahead of this one's
     try:

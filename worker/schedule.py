@@ -70,13 +70,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # The hourly purge and digest carry no expiry either, for the same reason (a worker more
         # than an interval ahead of beat dropped every one). Copies that piled up behind busy
         # workers each return at once while another run's key holds in Redis, for a tenth of an
-        # interval from its start and from its end (Redis's clock alone: tasks.beat_runs).
+        # interval from its start and from its end (Redis's clock alone: tasks.beat_runs). Only
+        # beat's (`scheduled`): a digest or purge sent otherwise always runs.
         PURGE_ENTRY: {
             "task": "plant.maintenance.purge_idempotency_keys",
             "schedule": PURGE_INTERVAL_SECONDS,
+            "kwargs": {"scheduled": True},
         },
         DIGEST_ENTRY: {
             "task": "plant.ledger.store_digest",
             "schedule": settings.digest_interval_seconds,
+            "kwargs": {"scheduled": True},
         },
     }
