@@ -101,11 +101,45 @@ def fingerprint(rows: Sequence[Row[Any]]) -> bytes:
 
 
 @dataclass
+class FindingsArray:
+    """The report's ``findings`` array, made a page of rows at a time (:meth:`add`): each
+    page's resources and, as asked, the array's canonical bytes (``[`` to ``]``) appended to
+    ``into`` (kept: the JSON export signs them) and fed to ``hashing`` (what a finished run's
+    close signs). Asked for neither (a running run's CSV), it makes no canonical bytes at all."""
+
+    into: bytearray | None = None
+    hashing: Any = None  # a hashlib object, started empty
+    count: int = 0  # the items added
+
+    def __post_init__(self) -> None:
+        self._write(b"[")
+
+    def add(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        """The resources of the next page of rows, its items' bytes written where asked. A value
+        canonical JSON cannot hold raises ``CanonicalizationError`` (naming its item as
+        canonicalizing the whole report does), with nothing of the page written or counted."""
+        resources = [finding_resource(row) for row in rows]
+        if self.into is not None or self.hashing is not None:
+            self._write((b"," if self.count else b"") + canonical_items(resources, first=self.count))
+        self.count += len(resources)
+        return resources
+
+    def close(self) -> None:
+        """End the array: no page is added after."""
+        self._write(b"]")
+
+    def _write(self, data: bytes) -> None:
+        if self.hashing is not None:
+            self.hashing.update(data)
+        if self.into is not None:
+            self.into += data
+
+
+@dataclass
 class PagedFindings:
     """One pass over a finished run's findings (:func:`read_findings`)."""
 
-    count: int = 0
-    array_hash: Any = field(default_factory=lambda: hashlib.sha256(b"["))
+    array: FindingsArray  # hashed, its bytes kept where asked
     pages: list[bytes] = field(default_factory=list)  # each page's fingerprint, in order
     error: CanonicalizationError | None = None  # the first value canonical JSON cannot hold: read no further
 
@@ -114,7 +148,7 @@ class PagedFindings:
         canonicalizing them met), for :func:`models.audit_record.close_problem`."""
         if self.error is not None:
             raise self.error
-        return {"count": self.count, "sha256": self.array_hash.copy().digest().hex()}
+        return {"count": self.array.count, "sha256": self.array.hashing.copy().digest().hex()}
 
 
 def read_findings(session: Session, run_id: uuid.UUID, *, into: bytearray | None = None,
@@ -123,24 +157,15 @@ def read_findings(session: Session, run_id: uuid.UUID, *, into: bytearray | None
     canonical bytes and each page's fingerprint; ``into``: where the array's bytes (``[`` to
     ``]``) are appended, if they are kept; ``each_page``: called with each page's resources. Stops at the first
     value canonical JSON cannot hold (``error``)."""
-    read = PagedFindings()
-    if into is not None:
-        into += b"["
+    read = PagedFindings(FindingsArray(into, hashlib.sha256()))
     for rows in finding_pages(session, run_id):
-        resources = [finding_resource(row) for row in rows]
         read.pages.append(fingerprint(rows))
         try:
-            items = (b"," if read.count else b"") + canonical_items(resources, first=read.count)
+            resources = read.array.add(rows)
         except CanonicalizationError as exc:
             read.error = exc
             return read
-        read.array_hash.update(items)
-        if into is not None:
-            into += items
-        read.count += len(rows)
         if each_page is not None:
             each_page(resources)
-    read.array_hash.update(b"]")
-    if into is not None:
-        into += b"]"
+    read.array.close()
     return read

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.audit_findings import finding_resource, in_spans, left_out_spans, run_resource
+from models.audit_findings import in_spans, left_out_spans, run_resource
 from models.audit_record import (
     AuditRecordInvalid, CheckpointsSoFar, checkpoints_so_far, close_problem, open_run_problem, signed_repairs,
 )
@@ -30,7 +30,7 @@ from models.audit_tables import AuditRun
 from models.canonical import canonical_bytes
 from models.errors import NotFound
 from models.repair import as_listed, record_sha256, repairs_by_id
-from models.report_pages import canonical_items, read_findings, running_finding_pages
+from models.report_pages import FindingsArray, read_findings, running_finding_pages
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
@@ -119,7 +119,7 @@ def _read_finished(session: Session, run: AuditRun, keyring: KeyRing, each_page:
 def _read_running(session: Session, run: AuditRun, keyring: KeyRing, each_page: PageSink | None,
                   canonical: bool) -> ReportRead | None:
     """:func:`read_report` of a run read as running, or None if it was closed meanwhile."""
-    listed = _Listed(bytearray(PAYLOAD_HEAD) + b"[" if canonical else None)
+    listed = _Listed(FindingsArray(bytearray(PAYLOAD_HEAD) if canonical else None))
     with running_finding_pages(session, run.id) as pages:  # the findings as of now: one statement, run here
         problem = open_run_problem(session, run, keyring)
         if problem is not None:
@@ -135,28 +135,25 @@ def _read_running(session: Session, run: AuditRun, keyring: KeyRing, each_page: 
     if listed.left_out:
         resource["findings_left_out"] = {"count": listed.left_out_count, "ids": listed.left_out}
     repairs = run_repairs(session, run, keyring)
-    if listed.payload is None:
+    if listed.array.into is None:
         return ReportRead(resource, repairs, False, None)
-    listed.payload += b"]"
-    return ReportRead(resource, repairs, False, _completed(listed.payload, report_payload(
+    listed.array.close()
+    return ReportRead(resource, repairs, False, _completed(listed.array.into, report_payload(
         report_members(resource, [], repairs))))
 
 
 @dataclass
 class _Listed:
-    """What a running run's read keeps of its pages: the findings array's bytes (if kept) and
-    the ids no checkpoint names, as sorted ``[first, last]`` spans (ids come in order)."""
+    """What a running run's read keeps of its pages: the findings array (its bytes, if kept)
+    and the ids no checkpoint names, as sorted ``[first, last]`` spans (ids come in order)."""
 
-    payload: bytearray | None
-    count: int = 0
+    array: FindingsArray
     left_out_count: int = 0
     left_out: list[list[int]] = field(default_factory=list)
 
     def add(self, rows: list[Any], so_far: CheckpointsSoFar, each_page: PageSink | None) -> None:
-        page = [(finding_resource(row), "" if so_far.names(row) else "no") for row in rows]
-        if self.payload is not None:
-            self.payload += (b"," if self.count else b"") + canonical_items([r for r, _ in page], first=self.count)
-        self.count += len(page)
+        resources = self.array.add(rows)  # a value canonical JSON cannot hold raises here, as the page is read
+        page = [(resource, "" if so_far.names(row) else "no") for resource, row in zip(resources, rows, strict=True)]
         for resource, counted in page:
             if counted == "no":
                 self._leave_out(resource["finding_id"])
