@@ -30,7 +30,7 @@ from models.audit_tables import AuditRun
 from models.canonical import canonical_bytes
 from models.errors import NotFound
 from models.repair import as_listed, record_sha256, repairs_by_id
-from models.report_pages import FindingsArray, read_findings, running_finding_pages
+from models.report_pages import FindingsArray, PagedFindings, read_findings, running_finding_pages
 from models.signing import KeyRing
 
 REPORT_TYPE = "plant.audit-report.v1"
@@ -104,16 +104,26 @@ def _read_finished(session: Session, run: AuditRun, keyring: KeyRing, each_page:
     left_out = in_spans(left_out_spans(run.summary))
     sink = None if each_page is None else (
         lambda resources: each_page([(r, "no" if left_out(r["finding_id"]) else "yes") for r in resources]))
-    findings = read_findings(session, run.id, into=payload, each_page=sink)
-    problem = close_problem(session, run, keyring, hashed=findings.hashed)
-    if problem is not None:
-        raise AuditRecordInvalid(problem, run_id=str(run.id))
+    findings = checked_findings(session, run, keyring, into=payload, each_page=sink)
     resource, repairs = run_resource(run), run_repairs(session, run, keyring)
     if findings.error is not None:  # a run closed before 0015 has no close to refuse it
         raise findings.error
     if payload is None:
         return ReportRead(resource, repairs, True, None)
     return ReportRead(resource, repairs, True, _completed(payload, report_payload(report_members(resource, [], repairs))))
+
+
+def checked_findings(session: Session, run: AuditRun, keyring: KeyRing, *, into: bytearray | None = None,
+                     each_page: Callable[[list[dict[str, Any]]], None] | None = None) -> PagedFindings:
+    """:func:`models.report_pages.read_findings` of a finished ``run``, its close checked over
+    the findings read: :class:`AuditRecordInvalid` if it is not the one Plant signed over them.
+    A read stopped at a value canonical JSON cannot hold (``error``) is returned as it is
+    where no close is checked (a run closed before 0015): the caller decides."""
+    findings = read_findings(session, run.id, into=into, each_page=each_page)
+    problem = close_problem(session, run, keyring, hashed=findings.hashed)
+    if problem is not None:
+        raise AuditRecordInvalid(problem, run_id=str(run.id))
+    return findings
 
 
 def _read_running(session: Session, run: AuditRun, keyring: KeyRing, each_page: PageSink | None,

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.audit_findings import finding_resource, in_spans, left_out_spans, run_resource  # noqa: F401 - for web.api.audit
-from models.audit_record import AuditRecordInvalid, close_problem
+from models.audit_record import AuditRecordInvalid
 from models.audit_chunks import batches_in_flight_done
 from models.audit_tables import AuditFinding, AuditRun
 from models.canonical import canonical_bytes, parse_canonical_json
@@ -40,9 +40,9 @@ from models.entity_input import nul_refused
 from models.errors import JwsError
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import verify_repair
-from models.report_pages import finding_pages, fingerprint, read_findings
+from models.report_pages import finding_pages, fingerprint
 from models.report_reads import (  # noqa: F401 - REPORT_TYPE, get_run and run_repairs: named here as before
-    REPORT_TYPE, ReportRead, get_run, read_report, report_members, report_payload, run_repairs,
+    REPORT_TYPE, ReportRead, checked_findings, get_run, read_report, report_members, report_payload, run_repairs,
 )
 from models.signed_exports import signed_once
 from models.signing import KeyRing
@@ -250,10 +250,7 @@ def checked_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> Che
     run = get_run(session, run_id)
     if run.finished_at is None:
         return CheckedCsv(run_id, _whole_csv(session, run_id, keyring))
-    read = read_findings(session, run.id)
-    problem = close_problem(session, run, keyring, hashed=read.hashed)
-    if problem is not None:
-        raise AuditRecordInvalid(problem, run_id=str(run_id))
+    read = checked_findings(session, run, keyring)
     # A read stopped at a value canonical JSON cannot hold only where no close is checked (a run closed before 0015)
     return CheckedCsv(run.id, None, left_out_spans(run.summary), None if read.error is not None else read.pages)
 
