@@ -44,7 +44,7 @@ from models.errors import CanonicalizationError
 
 PAGE_FINDINGS = 1_000
 # The report's "findings" array lies in the report, which lies in its document
-# (models.reports.report_payload): two arrays or objects enclose it.
+# (models.report_reads.report_payload): two arrays or objects enclose it.
 FINDINGS_ENCLOSED = 2
 
 

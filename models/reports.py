@@ -11,7 +11,7 @@ The document is itself written in canonical (RFC 8785) form. The JWS payload is 
 canonicalize ``report`` again (canonical JSON re-serializes to the same bytes) and verify
 the detached signature. Because the signature covers a re-serialization rather than the
 file, verification first insists the file is exactly the canonical document
-:func:`signed_report` writes: no repeated member names (a forged ``report`` placed before
+:func:`export_report` writes: no repeated member names (a forged ``report`` placed before
 the real one), no member but ``report`` and ``signature``, and no other spelling of the
 same value (``3.0`` for ``3``, whitespace, reordered members).
 """
@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.audit_findings import finding_resource, in_spans, left_out_spans, run_resource  # noqa: F401 - for web.api.audit
+from models.audit_findings import finding_resource, in_spans, left_out_spans
 from models.audit_record import AuditRecordInvalid
 from models.audit_chunks import batches_in_flight_done
 from models.audit_tables import AuditFinding, AuditRun
@@ -41,9 +41,7 @@ from models.errors import JwsError
 from models.jws import KeySource, VerifiedSignature, sign_detached, signed_after_its_seal, time_named, verify_detached
 from models.repair import verify_repair
 from models.report_pages import finding_pages, fingerprint
-from models.report_reads import (  # noqa: F401 - REPORT_TYPE, get_run and run_repairs: named here as before
-    REPORT_TYPE, ReportRead, checked_findings, get_run, read_report, report_members, report_payload, run_repairs,
-)
+from models.report_reads import ReportRead, checked_findings, get_run, read_report
 from models.signed_exports import signed_once
 from models.signing import KeyRing
 
@@ -86,37 +84,13 @@ def findings_page(session: Session, run: AuditRun, *, after: int | None, code: s
     return list(session.scalars(statement.order_by(AuditFinding.id).limit(limit)))
 
 
-def build_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> dict[str, Any]:
-    """The run's report, as a dict: :func:`models.report_reads.read_report`, every finding kept
-    (for tools and tests; the exports and the page keep a page of them at a time)."""
-    findings: list[dict[str, Any]] = []
-    read = read_report(session, run_id=run_id, keyring=keyring, canonical=False,
-                       each_page=lambda page: findings.extend(resource for resource, _ in page))
-    return report_members(read.run, findings, read.repairs)
-
-
-def finished_report_payload(session: Session, run: AuditRun, keyring: KeyRing) -> bytes:
-    """:func:`report_payload` of the :func:`build_report` of a finished ``run``, byte for byte,
-    made with one page of its findings in memory at a time (:func:`models.report_reads.read_report`)."""
-    payload = read_report(session, run_id=run.id, keyring=keyring).payload
-    assert payload is not None
-    return bytes(payload)
-
-
-def signed_report(report: dict[str, Any], keyring: KeyRing) -> bytes:
-    """The exported document's bytes (itself canonical JSON), signed now and not recorded:
-    for tools and tests. Plant's own exports go through :func:`export_report`, whose
-    signature a later seal of the key lists."""
-    payload = report_payload(report)
-    return _document(payload, sign_detached(payload, keyring.active))
-
-
 def export_report(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> bytes:
-    """:func:`signed_report` of the run's report, made a page of findings at a time
-    (:func:`models.report_reads.read_report`), a finished run's signature recorded (the caller commits)."""
+    """The exported document's bytes (itself canonical JSON: :func:`signed_document`) of the
+    run's report, made a page of findings at a time (:func:`models.report_reads.read_report`),
+    a finished run's signature recorded (the caller commits)."""
     read = read_report(session, run_id=run_id, keyring=keyring)
     assert read.payload is not None
-    return _document(read.payload, read_signature(session, read, keyring))
+    return signed_document(read.payload, read_signature(session, read, keyring))
 
 
 def read_signature(session: Session, read: ReportRead, keyring: KeyRing) -> str:
@@ -129,14 +103,7 @@ def read_signature(session: Session, read: ReportRead, keyring: KeyRing) -> str:
     return sign_detached(read.payload, keyring.active)
 
 
-def recorded_report_signature(session: Session, report: dict[str, Any], keyring: KeyRing) -> str:
-    """:func:`read_signature` of a report held as a dict (for tools and tests)."""
-    finished = report["run"].get("finished_at") is not None
-    return read_signature(session, ReportRead(report["run"], report.get("repairs", []), finished,
-                                              bytearray(report_payload(report))), keyring)
-
-
-def _document(payload: bytes | bytearray, jws: str) -> bytes:
+def signed_document(payload: bytes | bytearray, jws: str) -> bytes:
     """The canonical bytes of ``{"report": report, "signature": jws}``, given the report's
     :func:`report_payload`: RFC 8785 writes an object's members in the order of their names,
     each as its value's canonical bytes, so the report's are not made a second time."""
@@ -178,7 +145,7 @@ def repairs_not_verified(report: dict[str, Any], keys: KeySource) -> tuple[int, 
 
 
 def parse_signed_report(document: bytes | str) -> tuple[dict[str, Any], str]:
-    """``(report, detached JWS)`` of an exported document; it must be exactly what :func:`signed_report` writes.
+    """``(report, detached JWS)`` of an exported document; it must be exactly what :func:`export_report` writes.
 
     Raises ``JwsError`` for anything else: not strict JSON (a repeated member name at any
     depth), not canonical bytes, or members other than ``report`` (an object) and
@@ -206,11 +173,6 @@ def latest_time_named(report: dict[str, Any]) -> dt.datetime | None:
     repairs = report.get("repairs") if isinstance(report.get("repairs"), list) else []
     named = [run.get("created_at"), run.get("finished_at"), *(r.get("repaired_at") for r in repairs if isinstance(r, dict))]
     return max((t for t in map(time_named, named) if t is not None), default=None)
-
-
-def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
-    """Every finding of the run, its record checked as for a signed report: :func:`checked_csv`, written whole."""
-    return "".join(checked_csv(session, run_id=run_id, keyring=keyring).parts(session))
 
 
 @dataclass(frozen=True)
@@ -301,7 +263,3 @@ def reads_as_formula(text: str) -> bool:
         return unicodedata.normalize("NFKC", character) in FORMULA_CHARACTERS
     return False
 
-
-def report_signature(report: dict[str, Any], keyring: KeyRing) -> str:
-    """The detached JWS that :func:`signed_report` puts next to ``report``."""
-    return sign_detached(report_payload(report), keyring.active)

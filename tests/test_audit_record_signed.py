@@ -696,7 +696,7 @@ def test_a_run_closed_while_its_report_or_csv_is_built_is_reported_closed(
         engine: Any, keyring: Any, seeded: Any, export: str) -> None:
     """The close commits after the export read the run as running and before it read the
     findings: the close's own findings were then reported as left out of a running run."""
-    from models.reports import build_report, findings_csv
+    from tests.report_builders import build_report, findings_csv
 
     with Session(engine) as session, session.begin():
         run_id = _started(session, keyring, {"scope": {"entity_type": "industry"}}).id
@@ -746,7 +746,7 @@ def test_a_running_run_s_plan_changed_while_its_report_is_built_is_not_used_unch
         engine: Any, keyring: Any, seeded: Any) -> None:
     """The report checks the plan, then reads the findings, then the checkpoints: a plan whose
     ids were widened in between made a forged finding look covered."""
-    from models.reports import build_report
+    from tests.report_builders import build_report
 
     with Session(engine) as session, session.begin():
         run_id = _started(session, keyring, {"scope": {"entity_type": "industry"}}).id

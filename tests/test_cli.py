@@ -32,7 +32,7 @@ def test_seed_is_idempotent(run) -> None:
 
 
 def test_report_verify_accepts_a_signed_report_and_refuses_a_changed_one(tmp_path, keyring) -> None:
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     report = tmp_path / "report.json"
     report.write_bytes(signed_report({"type": "plant.audit-report.v1", "run": {"id": "r"}, "findings": []}, keyring))
@@ -52,7 +52,7 @@ def test_report_verify_accepts_a_signed_report_and_refuses_a_changed_one(tmp_pat
 def test_report_verify_says_how_many_findings_the_run_left_out_of_its_counts(tmp_path, keyring, where) -> None:
     import json
 
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     left_out = {"count": 2, "ids": [[7, 8]]}
     run_resource = {"id": "r", "summary": {"findings_left_out": left_out}} if where == "summary" else \
@@ -124,7 +124,7 @@ def test_report_verify_checks_the_signature_of_each_repair_record_the_report_lis
     Plant checked each record listed a junk row as it was. Each is checked on its own."""
     import json
 
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     sealed_ring = ring_sealing(keyring, SEALED_AT)  # keyring's key, sealed; the report is signed by its successor
     genuine = [_repair_record(sealed_ring, "2026-07-01T00:00:00+00:00"), _repair_record(keyring, "2026-05-01T00:00:00+00:00")]
@@ -231,7 +231,7 @@ def test_a_report_signed_by_a_sealed_key_verifies_with_a_note_unless_it_names_a_
         tmp_path, keyring, sealed_ring, as_json) -> None:
     import json
 
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     report = {"type": "plant.audit-report.v1", "findings": [],
               "run": {"id": "r", "created_at": "2026-05-31T23:00:00Z", "finished_at": "2026-05-31T23:59:59.999999Z"},
@@ -271,7 +271,7 @@ def test_a_report_on_its_sealed_key_s_list_verifies_with_a_note_saying_so(tmp_pa
     import json
 
     from models.jws import b64url_decode, b64url_encode, signature_sha256
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     report = {"type": "plant.audit-report.v1", "findings": [], "run": {"id": "r", "created_at": "2026-05-31T23:00:00Z"}}
     document, other = signed_report(report, keyring), signed_report({**report, "findings": [1]}, keyring)
@@ -309,7 +309,7 @@ def test_a_signed_document_cannot_hide_the_seal_note_with_control_codes(tmp_path
     from models.canonical import canonical_bytes
     from models.jws import b64url_encode
     from models.ledger_digest import DIGEST_TYPE
-    from models.reports import signed_report
+    from tests.report_builders import signed_report
 
     # A digest's as_of must read as a time, and any one character may separate its date and time.
     hidden = "2026-05-01\r00:00:00+00:00" if kind == "digest" else "r\x1b[8m"

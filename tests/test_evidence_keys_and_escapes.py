@@ -23,9 +23,9 @@ import cli.jobs as cli_jobs
 from cli.client import PlantClient
 from cli.main import cli
 from models.ledger_digest import build_digest
-from models.reports import signed_report
 from models.signing import KeyRing, KeySeal
 from models.key_material import generate_ed25519
+from tests.report_builders import signed_report
 
 SEALED_AT = "2026-06-01T00:00:00.000000Z"
 AFTER_THE_SEAL = "2026-07-01T00:00:00Z"

@@ -27,7 +27,8 @@ from models.errors import JwsError
 from models.job_lifecycle import create_job
 from models.registry import create_entity, update_entity
 from models.report_view import report_view
-from models.reports import build_report, signed_report, verify_report
+from models.reports import verify_report
+from tests.report_builders import build_report, signed_report
 from tests.conftest import EMBEDDER
 from tests.test_audit import BATTERY, digest_of, lift_guard, run_audit, tamper_delete_newest
 

@@ -626,7 +626,7 @@ class Handed:
         from models.certification import certify_skill
         from models.ledger_digest import build_digest
         from models.repair import repairs
-        from models.reports import recorded_report_signature
+        from tests.report_builders import recorded_report_signature
         from tests.test_certification import _skill
 
         self.session, self.old, self.new = session, generate_ed25519(), generate_ed25519()
@@ -671,7 +671,8 @@ def test_a_seal_lists_what_its_key_signed_outside_the_chain_and_nothing_signed_s
     from models.ledger_digest import verify_digest
     from models.ledger_trust import stored_digest_problem
     from models.repair import verify_repair
-    from models.reports import signed_report, verify_report
+    from models.reports import verify_report
+    from tests.report_builders import signed_report
 
     handed = Handed(db_session, steward, keyring)
     expected = sorted(signature_sha256(b64url_decode(s)) for s in (
@@ -940,7 +941,8 @@ def test_an_insider_with_insert_only_cannot_block_the_signed_report_of_the_run_t
     from models.canonical import canonical_bytes
     from models.key_seals import signed_outside_the_chain
     from models.report_view import report_view
-    from models.reports import build_report, export_report, verify_report
+    from models.reports import export_report, verify_report
+    from tests.report_builders import build_report
 
     db_session.execute(text("UPDATE skills SET description = 'tampered by insider' WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()
@@ -960,7 +962,8 @@ def test_an_insider_with_insert_only_cannot_block_the_signed_report_of_the_run_t
 
 def test_a_report_naming_a_time_after_its_key_s_seal_is_refused_by_the_library_too(keyring) -> None:
     from models.errors import JwsError
-    from models.reports import signed_report, verify_report
+    from models.reports import verify_report
+    from tests.report_builders import signed_report
     from tests.conftest import ring_sealing
 
     sealed = ring_sealing(keyring, "2026-06-01T00:00:00Z")  # a seal that lists nothing: the dates still count

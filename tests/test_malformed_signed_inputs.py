@@ -37,7 +37,8 @@ def test_an_insider_row_whose_jws_alg_is_an_array_does_not_break_the_report_expo
     """signed_exports takes INSERTs (anyone with INSERT can record a JWS for a finished run's
     predictable report); such a row "cannot block the report" (models/signed_exports.py). One
     whose header names ``"alg": []`` made every export of that report raise TypeError (a 500)."""
-    from models.reports import build_report, export_report, verify_report
+    from models.reports import export_report, verify_report
+    from tests.report_builders import build_report
 
     db_session.execute(text("UPDATE skills SET description = 'tampered by insider' WHERE id = :id"), {"id": skill.id})
     db_session.expire_all()

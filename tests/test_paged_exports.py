@@ -27,10 +27,9 @@ from models.audit_chunks import pending_chunks
 from models.audit_close import summarize_run
 from models.audit_tables import AuditChunk, AuditRun
 from models.canonical import canonical_bytes
-from models.reports import (
-    CSV_COLUMNS, REPORT_TYPE, checked_csv, export_report, findings_csv, finished_report_payload, run_repairs,
-    spreadsheet_safe, verify_report,
-)
+from models.report_reads import REPORT_TYPE, run_repairs
+from models.reports import CSV_COLUMNS, checked_csv, export_report, spreadsheet_safe, verify_report
+from tests.report_builders import findings_csv, finished_report_payload
 from tests.test_audit import lift_guard
 from tests.test_audit_record_signed import _started, _steps, written_by_plant
 

@@ -20,7 +20,9 @@ from models.audit_chunks import pending_chunks
 from models.audit_close import summarize_run
 from models.audit_tables import AuditChunk, AuditRun
 from models.report_view import report_view
-from models.reports import build_report, checked_csv, export_report, findings_csv, report_payload
+from models.report_reads import report_payload
+from models.reports import checked_csv, export_report
+from tests.report_builders import build_report, findings_csv
 from tests.test_audit_record_signed import _started, _steps, written_by_plant
 
 API = "/api/v1"

@@ -180,7 +180,7 @@ def test_a_repair_is_in_the_signed_report_of_every_later_run_that_covers_it(engi
     from models.audit_tables import AuditRun
     from models.db import make_session_factory, transaction
     from models.report_view import report_view
-    from models.reports import build_report
+    from tests.report_builders import build_report
     from tests.test_audit import run_audit
 
     sessions = make_session_factory(engine)
@@ -228,7 +228,7 @@ def test_every_export_of_a_run_lists_the_same_repairs_however_it_overlaps_a_rest
     from models.audit_tables import AuditRun
     from models.db import make_session_factory, transaction
     from models.job_lifecycle import create_job
-    from models.reports import build_report
+    from tests.report_builders import build_report
     from tests.conftest import wait_for
     from tests.test_audit import run_audit
 

@@ -1,5 +1,5 @@
 """Re-review of the exports read in autocommit, findings read as rows, and a report document
-put around its report's canonical bytes (``models/reports.py::_document``).
+put around its report's canonical bytes (``models/reports.py::signed_document``).
 
 An exported document must be exactly the canonical bytes of ``{"report", "signature"}``, or
 no verifier takes it. What a report holds is partly chosen by whoever edits a row through
@@ -19,9 +19,10 @@ from models.canonical import MAX_NESTING_DEPTH, canonical_bytes
 from models.entities import EntityType
 from models.errors import CanonicalizationError
 from models.repair import verify_repair
-from models.reports import signed_report, verify_report
+from models.reports import verify_report
 from models.signing import KeyRing
 from models.key_material import generate_ed25519
+from tests.report_builders import signed_report
 from tests.test_assignment import World
 
 REPORT_TYPE = "plant.audit-report.v1"

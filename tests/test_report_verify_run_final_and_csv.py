@@ -13,7 +13,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 from cli.main import cli
-from models.reports import csv_text, export_report, findings_csv, signed_report
+from models.reports import csv_text, export_report
+from tests.report_builders import findings_csv, signed_report
 
 pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines
 

@@ -85,7 +85,7 @@ def _two_interleaved_runs(engine: Any, keyring: Any, count: int) -> tuple[uuid.U
 def test_finished_runs_with_gapped_run_level_or_no_findings_export_as_built_whole(
         client, engine, keyring, seeded, monkeypatch, count, page) -> None:
     from models.audit_tables import AuditRun
-    from models.reports import findings_csv, finished_report_payload
+    from tests.report_builders import findings_csv, finished_report_payload
     from tests.test_paged_exports import _old_csv, _old_payload
 
     monkeypatch.setattr(report_pages, "PAGE_FINDINGS", page)
@@ -207,7 +207,7 @@ def test_a_run_finished_before_0015_exports_as_built_whole(db_session, keyring, 
     """No close to check: the pages are not hashed for one, and the report lists the repairs of
     its scope (its record names none); the bytes are still those the whole report made."""
     from models.audit_tables import AuditRun
-    from models.reports import findings_csv, finished_report_payload
+    from tests.report_builders import findings_csv, finished_report_payload
     from tests.test_audit import lift_guard
     from tests.test_paged_exports import _old_csv, _old_payload
 

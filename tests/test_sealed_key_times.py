@@ -18,7 +18,8 @@ from models.canonical import canonical_bytes
 from models.errors import JwsError
 from models.jws import b64url_encode, signed_after_its_seal, time_named, verify_b64url_signature
 from models.ledger_digest import DIGEST_TYPE, digest_problem
-from models.reports import signed_report, verify_report
+from models.reports import verify_report
+from tests.report_builders import signed_report
 from tests.conftest import ring_sealing
 
 SEALED_AT = "2026-06-01T00:00:00Z"

@@ -27,9 +27,10 @@ from cli.main import cli
 from models.canonical import canonical_bytes
 from models.errors import JwsError
 from models.ledger_digest import digest_with_leaves
-from models.reports import signed_report, verify_report
+from models.reports import verify_report
 from models.signing import KeyRing
 from models.key_material import generate_ed25519
+from tests.report_builders import signed_report
 
 
 pytestmark = pytest.mark.usefixtures("no_server_log_lines")  # tests/conftest.py: CLI output without server log lines

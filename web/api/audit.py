@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import select
 
 from models.audit import check_entity
+from models.audit_findings import finding_resource, run_resource
 from models.audit_tables import AuditRun
 from models.canonical import MAX_SAFE_INTEGER
 from models.entities import EntityType
@@ -24,7 +25,8 @@ from models.ledger import digest_now
 from models.ledger_digest import MAX_DIGEST_LEAVES
 from models.logging_setup import current_log_context
 from models.pagination import invalid_page_token, keyset_page, page_token, page_token_text
-from models.reports import CheckedCsv, checked_csv, export_report, finding_resource, findings_page, get_run, run_resource
+from models.report_reads import get_run
+from models.reports import CheckedCsv, checked_csv, export_report, findings_page
 from web.jobs_http import accept_job, submits_a_job
 from web.registry_schemas import PageQuery
 from web.report_html import HTML_RESPONSE, report_page
