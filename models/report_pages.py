@@ -167,5 +167,6 @@ def read_findings(session: Session, run_id: uuid.UUID, *, into: bytearray | None
             return read
         if each_page is not None:
             each_page(resources)
+        del resources  # not held while the next page is read and canonicalized
     read.array.close()
     return read
