@@ -52,5 +52,6 @@ def recorded_report_signature(session: Session, report: dict[str, Any], keyring:
 
 
 def findings_csv(session: Session, *, run_id: uuid.UUID, keyring: KeyRing) -> str:
-    """Every finding of the run, its record checked as for a signed report: :func:`models.reports.checked_csv`, written whole."""
+    """Every finding of the run, its record checked as for a signed report:
+    :func:`models.reports.checked_csv`, written whole."""
     return "".join(checked_csv(session, run_id=run_id, keyring=keyring).parts(session))
