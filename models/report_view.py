@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from models.canonical import sha256
 from models.key_seals import with_seal_lists
 from models.repair import verify_repair
-from models.report_reads import FindingPage, ReportRead, read_report
+from models.report_reads import FindingPage, ReportRead, get_run, read_report
 from models.reports import read_signature
 from models.signing import KeyRing
 
@@ -89,7 +89,12 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
     """Prepare the page for one run; raises ``NotFound`` for an unknown run. Writes only the
     record of the page's report signature (the caller commits). The findings left out of the
     counts (``counted`` "no": none of Plant's signatures covers them) are shown nowhere here."""
-    tally = _Tally()
+    # A run with a summary is shown with its counts by rule and code: the page counts its own
+    # only for a run without one (running, or closed before runs had one). The read gets this
+    # same row from the session, so a run seen closed here is read closed; one closed meanwhile
+    # is read closed, and what the page counted goes unused.
+    run_row = get_run(session, run_id)
+    tally = _Tally(own_counts=run_row.finished_at is None or run_row.summary is None)
     read = read_report(session, run_id=run_id, keyring=keyring, each_page=tally.add)
     checking = with_seal_lists(keyring, session)  # a repair record a sealed key signed must be on its seal's list
     run, summary = read.run, read.run["summary"]
@@ -123,8 +128,10 @@ class _EntityTally:
 
 @dataclass
 class _Tally:
-    """The counted findings of a report, tallied a page at a time (:meth:`add`)."""
+    """The counted findings of a report, tallied a page at a time (:meth:`add`); with
+    ``own_counts``, also counted in all and by code and rule (a run with a summary has those)."""
 
+    own_counts: bool = True
     findings: int = 0
     by_rule: Counter[str] = field(default_factory=Counter)
     by_code: Counter[str] = field(default_factory=Counter)
@@ -135,35 +142,42 @@ class _Tally:
 
     def add(self, page: FindingPage) -> None:
         for finding, counted in page:
-            if counted != "no":  # counted nowhere, shown nowhere here
-                self._count(finding)
+            if counted == "no":  # counted nowhere, shown nowhere here
+                continue
+            if self.own_counts:
+                self.findings += 1
+                self.by_code[finding["code"]] += 1
+                if finding["rule_id"]:
+                    self.by_rule[finding["rule_id"]] += 1
+            if finding["entity_id"] is None:
+                self._keep_run_level(finding)
+            else:
+                self._count_entity(finding)
 
-    def _count(self, finding: dict[str, Any]) -> None:
-        self.findings += 1
-        self.by_code[finding["code"]] += 1
-        if finding["rule_id"]:
-            self.by_rule[finding["rule_id"]] += 1
+    def _keep_run_level(self, finding: dict[str, Any]) -> None:
+        """Keep the MAX_RUN_LEVEL_ROWS worst (then first written): the heap's top is the one to drop."""
+        self.run_level_count += 1
+        item = (SEVERITY_RANK.get(finding["severity"], 0), -finding["finding_id"], finding)
+        if len(self.run_level) < MAX_RUN_LEVEL_ROWS:
+            heapq.heappush(self.run_level, item)
+        elif item[:2] > self.run_level[0][:2]:
+            heapq.heapreplace(self.run_level, item)
+
+    def _count_entity(self, finding: dict[str, Any]) -> None:
+        key, code = (finding["entity_type"] or "", finding["entity_id"]), finding["code"]
         rank = SEVERITY_RANK.get(finding["severity"], 0)
-        if finding["entity_id"] is None:
-            self.run_level_count += 1
-            # Keep the MAX_RUN_LEVEL_ROWS worst (then first written): the heap's top is the one to drop.
-            item = (rank, -finding["finding_id"], finding)
-            if len(self.run_level) < MAX_RUN_LEVEL_ROWS:
-                heapq.heappush(self.run_level, item)
-            elif item[:2] > self.run_level[0][:2]:
-                heapq.heapreplace(self.run_level, item)
-            return
-        key = (finding["entity_type"] or "", finding["entity_id"])
         entity = self.entities.get(key)
         if entity is None:
             entity = self.entities[key] = _EntityTally(0, -1, finding["severity"], frozenset(), False)
         entity.findings += 1
         if rank > entity.rank:
             entity.rank, entity.worst_severity = rank, finding["severity"]
-        if finding["code"] not in entity.codes:
-            combined = (entity.codes, finding["code"])
-            entity.codes = self.code_sets.setdefault(combined, entity.codes | {finding["code"]})
-        entity.audited = entity.audited or finding["code"] not in NOT_AUDITED_CODES
+        if code not in entity.codes:
+            codes = self.code_sets.get((entity.codes, code))
+            if codes is None:  # made only the first time an entity's codes grow this way
+                codes = self.code_sets[(entity.codes, code)] = entity.codes | {code}
+            entity.codes = codes
+        entity.audited = entity.audited or code not in NOT_AUDITED_CODES
 
     def entity_rows(self, limit: int) -> tuple[EntityRow, ...]:
         """The first ``limit`` entities with findings: worst severity first, then most findings."""
