@@ -105,8 +105,9 @@ def read_signature(session: Session, read: ReportRead, keyring: KeyRing) -> str:
 
 def signed_document(payload: bytes | bytearray, jws: str) -> bytes:
     """The canonical bytes of ``{"report": report, "signature": jws}``, given the report's
-    :func:`report_payload`: RFC 8785 writes an object's members in the order of their names,
-    each as its value's canonical bytes, so the report's are not made a second time."""
+    :func:`models.report_reads.report_payload`: RFC 8785 writes an object's members in the
+    order of their names, each as its value's canonical bytes, so the report's are not made a
+    second time."""
     return b"".join((b'{"report":', payload, b',"signature":', canonical_bytes(jws), b"}"))  # one copy of payload
 
 
