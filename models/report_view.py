@@ -67,7 +67,7 @@ class ReportView:
     entities_with_findings: int  # every entity a finding names: the rows of the entity table
     clean_entities: int | None
     run_level_findings: int  # findings about the registry as a whole (no entity)
-    entities_audited: int  # so far, from the chunks' checkpoints
+    entities_audited: int | None  # so far, from the chunks' checkpoints; None: closed before runs had a summary
     signature: SignatureDetails
     repairs: tuple[dict[str, Any], ...] = ()  # each export with "verified": its own signature checks out
     run_level: tuple[dict[str, Any], ...] = ()  # the worst MAX_RUN_LEVEL_ROWS findings about no one entity, worst first
@@ -111,7 +111,8 @@ def report_view(session: Session, *, run_id: Any, keyring: KeyRing, max_rows: in
         audited_with_findings=flagged,
         run_level_findings=tally.run_level_count,
         run_level=tally.run_level_rows(),
-        entities_audited=summary["total_entities"] if summary else run["entities_audited"],
+        # A run closed before runs had a summary (migration 0015) reads as closed, without a count.
+        entities_audited=summary["total_entities"] if summary else run.get("entities_audited"),
         signature=_signature(session, read, keyring),
         repairs=tuple({**record, "verified": verify_repair(record, checking)} for record in read.repairs),
     )
