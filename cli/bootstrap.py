@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 from models.api_keys import ensure_admin_key, generate_plaintext
@@ -13,6 +15,8 @@ from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.registry import fill_reading_vectors
 from models.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ADMIN_KEY_FILE = "admin-api-key"
 GRANTS_NOTHING = {"revoked": "was revoked", "expired": "has expired"}  # what ensure_admin_key leaves as it is
@@ -55,8 +59,15 @@ def _ensure(settings: Settings, plaintext: str, *, replaces: bool = True) -> str
         return ensure_admin_key(session, plaintext=plaintext, replaces=replaces)
 
 
-def fill_derived_vectors(settings: Settings) -> int:
-    """After the migrations (``plant db upgrade``, ``plant dev``): store the reading vectors of
-    the skills that have none, with the configured embedder; how many."""
-    with one_off_sessions(settings) as sessions, sessions() as session:
-        return fill_reading_vectors(session, make_embedder(settings.embedder))
+def fill_derived_vectors(settings: Settings) -> int | str:
+    """After the migrations, the runtime role's grant and the admin key (``plant db upgrade``,
+    ``plant dev``): store the reading vectors of the skills that have none, with the configured
+    embedder (``PLANT_EMBEDDER``, which must be the workers' own), loaded only if one is needed.
+    How many; or why none could be, as a warning on stderr: the deploy goes on, and the audit
+    reports each skill left without one (``embedding-mismatch``) until the next upgrade."""
+    try:
+        with one_off_sessions(settings) as sessions, sessions() as session:
+            return fill_reading_vectors(session, functools.cache(lambda: make_embedder(settings.embedder)))
+    except Exception as exc:  # noqa: BLE001 - derived data: the schema and the grants stand
+        log.warning("could not store the reading vectors of skills written before migration 0026", exc_info=True)
+        return f"{type(exc).__name__}: the audit reports each skill without one until the next upgrade"

@@ -73,10 +73,11 @@ def db() -> None:
 @db.command()
 @json_option
 def upgrade(as_json: bool) -> None:
-    """Apply every migration up to head, store the derived vectors a migration could not make
-    (a skill's reading vector: models.registry.fill_reading_vectors), grant PLANT_RUNTIME_ROLE
-    what the API, workers and beat need if it is set (creating it, or setting its password,
-    with PLANT_RUNTIME_ROLE_PASSWORD), then ensure PLANT_ADMIN_API_KEY if it is set.
+    """Apply every migration up to head, grant PLANT_RUNTIME_ROLE what the API, workers and
+    beat need if it is set (creating it, or setting its password, with
+    PLANT_RUNTIME_ROLE_PASSWORD), ensure PLANT_ADMIN_API_KEY if it is set, then store the
+    derived vectors a migration could not make (a skill's reading vector, with PLANT_EMBEDDER:
+    models.registry.fill_reading_vectors; a failure there is a warning, not an error).
 
     Run it as the schema's owner; connect everything else as the runtime role, which then
     cannot lift the append-only guards (README, "The database roles"). A migration waits at
@@ -97,7 +98,6 @@ def upgrade(as_json: bool) -> None:
         raise PlantCliError(f"migrations: {said}; nothing was changed. Run plant db upgrade as the schema's owner, "
                             "a role that may create tables in the database's public schema, once a superuser has "
                             "run CREATE EXTENSION vector in it (README, \"The database roles\")") from refused
-    filled = fill_derived_vectors(settings)
     grant = None
     if settings.runtime_role is not None:
         try:
@@ -107,6 +107,7 @@ def upgrade(as_json: bool) -> None:
         except RuntimeRoleRefused as refused:
             raise PlantCliError(f"schema is at head, but {refused}") from refused
     admin_key = ensure_configured_admin(settings)
+    filled = fill_derived_vectors(settings)  # last: derived data, which a failure leaves for the next upgrade
     if as_json:
         print_json({"schema": "head", "reading_vectors_filled": filled,
                     "admin_key_ensured": admin_key in ("created", "live"), "admin_key": admin_key,
@@ -114,7 +115,9 @@ def upgrade(as_json: bool) -> None:
                                                                  "maintain": grant.maintain}})
         return
     click.echo("schema is at head")
-    if filled:
+    if isinstance(filled, str):
+        click.echo(f"could not store the reading vectors of skills written before migration 0026: {filled}", err=True)
+    elif filled:
         click.echo(f"stored the reading vectors of {filled} skills written before migration 0026")
     if grant is not None:
         click.echo(f"runtime role {grant.role} granted DML on {grant.tables} tables"

@@ -28,8 +28,7 @@ from models.chain_verification import HEAD_FINDINGS, head_drift
 from models.constitution import L0, L1, evaluate, visible
 from models.embeddings import Embedder, cosine
 from models.entities import EntityType, Skill, SkillStatus, governed_content
-from models.lookalikes import skeleton
-from models.registry import EMBEDDED_TEXT, embedding_text, rule_subject, skill_vectors
+from models.registry import EMBEDDED_TEXT, embedding_text, readings, rule_subject, skill_vectors
 from models.signing import KeyRing
 
 MIN_DESCRIPTION_WORDS = 8
@@ -146,9 +145,8 @@ def reads_alike(mine: list[float], mine_read: list[float] | None, theirs: list[f
 def _read_vectors(skills: Sequence[Any], embedder: Embedder) -> dict[uuid.UUID, list[float]]:
     """The vector of the skeleton of each of ``skills`` whose skeleton is not its text (any
     other reads as its text's vector): no embedding for a text the skeleton leaves as it is."""
-    texts = {skill.id: embedding_text(skill) for skill in skills}
-    changed = [(skill_id, reading) for skill_id, written in texts.items() if (reading := skeleton(written)) != written]
-    return dict(zip([skill_id for skill_id, _ in changed], embedder.embed([r for _, r in changed]), strict=True)) if changed else {}
+    changed = readings({skill.id: embedding_text(skill) for skill in skills})
+    return dict(zip(changed, embedder.embed(list(changed.values())), strict=True)) if changed else {}
 
 
 def _certified_by_signed_head(session: Session, skills: Sequence[Skill], keyring: KeyRing) -> list[Any]:

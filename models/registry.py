@@ -12,10 +12,10 @@ commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -50,6 +50,7 @@ from models.seat_guards import guard_membership
 from models.signing import KeyRing
 from models.skill_keys import derived_skill_key
 
+K = TypeVar("K")
 EMBEDDED_TEXT: dict[EntityType, tuple[str, ...]] = {
     EntityType.INDUSTRY: ("name", "code", "description"),
     EntityType.SKILL: ("name", "category", "description"),
@@ -323,8 +324,7 @@ def skill_vectors(written: str, embedder: Embedder) -> tuple[list[float], list[f
     """The vector of a skill's text ``written``, and that of what it reads as
     (:func:`models.lookalikes.skeleton`) when that is not the text, else None; one call of the
     embedder. A text the skeleton leaves as it is (every ASCII one) costs nothing more."""
-    reading = skeleton(written)
-    vectors = embedder.embed([written] if reading == written else [written, reading])
+    vectors = embedder.embed([written, *readings({0: written}).values()])
     return vectors[0], vectors[1] if len(vectors) > 1 else None
 
 
@@ -332,14 +332,22 @@ def skill_vectors(written: str, embedder: Embedder) -> tuple[list[float], list[f
 _NOT_ASCII = func.concat(Skill.name, Skill.category, Skill.description).op("~")("[^\\x01-\\x7f]")
 
 
-def fill_reading_vectors(session: Session, embedder: Embedder, *, batch: int = 200) -> int:
+def readings(texts: Mapping[K, str]) -> dict[K, str]:
+    """The skeleton (:func:`models.lookalikes.skeleton`) of each of ``texts`` that reads otherwise:
+    the texts a reading vector is made of."""
+    return {key: reading for key, written in texts.items() if (reading := skeleton(written)) != written}
+
+
+def fill_reading_vectors(session: Session, embedder: Callable[[], Embedder], *, batch: int = 200) -> int:
     """Store the reading vector of each skill whose text reads otherwise and has none: every one
     written before migration 0026, or by a release before it during a rollout (``plant db
-    upgrade`` runs this after the migrations). Derived from the row's text, as
-    :func:`embed_text_of` does at every write; the audit compares it with the signed text's.
-    Only texts with a character beyond ASCII are read, ``batch`` at a time, each batch its own
-    transaction; a row whose text changed meanwhile is left for its own write. Returns how many
-    were filled."""
+    upgrade`` runs this after the migrations; one whose text an older release changed keeps
+    the vector of its old text, which the audit shows as ``embedding-mismatch`` until ``plant
+    entity restore``). Derived from the row's text, as :func:`embed_text_of` does at every write;
+    the audit compares it with the signed text's. Only texts with a character beyond ASCII are
+    read, ``batch`` at a time, each batch its own transaction; a row whose text changed meanwhile
+    is left for its own write. ``embedder`` is called only once a row needs a vector (a learned
+    model loads then). Returns how many were filled."""
     filled, after = 0, None
     while True:
         with session.begin():
@@ -350,10 +358,10 @@ def fill_reading_vectors(session: Session, embedder: Embedder, *, batch: int = 2
             if not rows:
                 return filled
             after = rows[-1].id
-            texts = {row.id: (row, reading) for row in rows
-                     if (reading := skeleton(written := embedding_text_of(EntityType.SKILL, row))) != written}
-            vectors = embedder.embed([reading for _, reading in texts.values()]) if texts else []
-            for (row, _), vector in zip(texts.values(), vectors, strict=True):
+            by_id = {row.id: row for row in rows}
+            texts = readings({row.id: embedding_text_of(EntityType.SKILL, row) for row in rows})
+            vectors = embedder().embed(list(texts.values())) if texts else []
+            for row, vector in zip((by_id[skill_id] for skill_id in texts), vectors, strict=True):
                 filled += session.execute(
                     update(Skill).where(Skill.id == row.id, Skill.reading_embedding.is_(None), Skill.name == row.name,
                                         Skill.category == row.category, Skill.description == row.description)

@@ -256,11 +256,47 @@ def test_db_upgrade_stores_the_reading_vectors_a_migration_could_not(
     monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
     result = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
     assert result.exit_code == 0 and '"reading_vectors_filled": 1' in result.output, result.output
-    again = CliRunner().invoke(cli, ["db", "upgrade", "--json"])
+    def no_embedder(name: str) -> None:
+        raise RuntimeError(f"the {name} model could not be loaded")
+
+    monkeypatch.setattr("cli.bootstrap.make_embedder", no_embedder)
+    again = CliRunner().invoke(cli, ["db", "upgrade", "--json"])  # nothing to fill: no embedder loaded
     assert again.exit_code == 0 and '"reading_vectors_filled": 0' in again.output, again.output
+    with Session(engine) as session, session.begin():
+        session.execute(text("UPDATE skills SET reading_embedding = NULL WHERE id = :id"), {"id": spelled})
+    failed = CliRunner().invoke(cli, ["db", "upgrade"])  # the schema and grants stand: a warning
+    assert failed.exit_code == 0 and "could not store the reading vectors" in failed.output, failed.output
+    monkeypatch.undo()
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PLANT_DATA_DIR", str(settings.data_dir))
+    assert '"reading_vectors_filled": 1' in CliRunner().invoke(cli, ["db", "upgrade", "--json"]).output
     with Session(engine) as session, session.begin():
         assert session.get(Skill, accented).reading_embedding is None
         _, findings = run_audit(session, keyring)
         assert _codes(findings) == []
         assert _certify(session, write_ctx, session.get(Skill, plain)) == "rejected"
         assert session.get(Skill, spelled).reading_embedding is not None
+
+
+def test_the_fill_leaves_a_skill_whose_text_changed_while_its_vector_was_made(engine, committed_steward, write_ctx) -> None:
+    """The fill reads texts without a lock and writes a vector only where the text is still the
+    one it was made of: a write meanwhile makes that skill's vectors itself."""
+    from sqlalchemy.orm import Session
+
+    from models.registry import fill_reading_vectors
+
+    with Session(engine) as session, session.begin():
+        skill = _skill(session, write_ctx, committed_steward, "Fraud Detection", description=GOOD.translate(CYRILLIC)).id
+        session.execute(text("UPDATE skills SET reading_embedding = NULL"))
+
+    def changed_meanwhile():  # the embedder loads while another write changes the text
+        with engine.begin() as other:
+            other.execute(text("UPDATE skills SET description = description || ' (edited)' WHERE id = :id"), {"id": skill})
+        return EMBEDDER
+
+    with Session(engine) as session:
+        assert fill_reading_vectors(session, changed_meanwhile) == 0
+    with Session(engine) as session:
+        assert session.get(Skill, skill).reading_embedding is None
+    with Session(engine) as session:
+        assert fill_reading_vectors(session, lambda: EMBEDDER) == 1

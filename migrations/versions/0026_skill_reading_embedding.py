@@ -10,10 +10,12 @@ embedding and searched too. It is derived data, like ``embedding``: not signed, 
 find candidates, each confirmed from signed text.
 
 No row is filled here, as a migration has no embedder: ``plant db upgrade`` fills the column
-right after the migrations (``models.registry.fill_reading_vectors``, reading only the skills
-whose text holds a character beyond ASCII). Until then, and for a skill a release before this
-one writes during the rollout (the next upgrade, or its next write, fills it), the audit shows
-the skill's ``embedding-mismatch``. Adding a nullable column rewrites no row.
+where it is NULL after the migrations (``models.registry.fill_reading_vectors``, reading only the
+skills whose text holds a character beyond ASCII). Until then, for a skill a release before this
+one writes during the rollout (the next upgrade fills it), and for one whose text such a release
+changes (its vector stays that of the old text until ``plant entity restore`` or a write by this
+release), the audit shows the skill's ``embedding-mismatch``. Adding a nullable column rewrites no
+row.
 
 Revision ID: 0026
 Revises: 0025
