@@ -229,6 +229,17 @@ class KeyFileTooOpen(SigningKeyError):
     the message names the file and its mode."""
 
 
+class KeySealFileInvalid(SigningKeyError):
+    """A retired key's seal file a running process found (``models.keys.RetiredSealWatch``)
+    stayed malformed, or one it may not read (its mode, a directory, a link loop), past the
+    window a seal being written is given: the server's files are at fault, not the request, so
+    the API answers 500 (``web.problems``), and a job fails; a process starting on these files
+    refuses to start. Passes only once someone puts the file right (or removes it)."""
+
+    code = "key-seal-file-invalid"
+    title = "A retired signing key's seal file cannot be read as a seal"
+
+
 class SigningKeySealed(PlantError):
     """The key this process signs with was sealed after the process loaded it (``plant
     signing-keys seal`` ran while it still ran on the old key): whatever it signed now would be
@@ -255,12 +266,14 @@ class TransientJobError(PlantError):
 
 class KeySealUnreadable(TimeoutError):
     """A retired key's seal file is there but cannot be read as a seal yet: one being copied
-    in place (rather than renamed in), or a network mount answering EIO or ESTALE for a moment
-    (:class:`models.keys.RetiredSealWatch`). Whether the key is sealed cannot be told, so
+    in place (rather than renamed in) or chmod'ed after, or a network mount answering EIO or
+    ESTALE for a moment (:class:`models.keys.RetiredSealWatch`). Whether the key is sealed cannot be told, so
     nothing it signed is judged now; asking again shortly may tell. Not a ``PlantError``, which
     fails a job for good: a ``TimeoutError``, which a job's attempt and an audit chunk retry
     as transient (``tasks.runner.is_transient``); the API answers 503 with ``Retry-After``
-    (``web.problems``). A seal file that stays malformed is a ``SigningKeyError`` instead."""
+    (``web.problems``). A seal file that stays malformed, or that this process may not read
+    (EACCES, EISDIR, ELOOP: the file's own fault), is a :class:`KeySealFileInvalid` after a
+    few seconds instead."""
 
     code = "key-seal-unreadable"
     title = "A signing key's seal file cannot be read yet"

@@ -15,6 +15,7 @@ written after the ring was loaded is found within ``SEAL_RECHECK_SECONDS`` (:cla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -30,7 +31,7 @@ from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
 from models.key_material import load_signing_key_pem, load_verifying_key_pem, read_private_key_file
-from models.errors import KeyFileTooOpen, KeySealUnreadable, SigningKeyError, SigningKeySealed
+from models.errors import KeyFileTooOpen, KeySealFileInvalid, KeySealUnreadable, SigningKeyError, SigningKeySealed
 
 ROTATION_LOCK = ".rotate.lock"
 SEAL_SUFFIX = ".seal.json"
@@ -128,9 +129,13 @@ class SealWatch:
 SEAL_RECHECK_SECONDS = 1.0
 # How long a seal file found but not readable as a seal is taken for one still being written
 # (copied in place rather than renamed in; on a network mount, a reader may see a file another
-# host is writing short for a few seconds) before it counts as malformed. Either way nothing
-# the key signed is judged meanwhile.
+# host is writing short for a few seconds), or one whose mode or type is still being put right
+# (written, then chmod'ed), before it counts as malformed. Either way nothing the key signed
+# is judged meanwhile.
 SEAL_SETTLE_SECONDS = 5.0
+# Read errors that are the file's own (its mode, its type, a link loop), not a mount's outage:
+# they pass only when someone changes the file, so they get SEAL_SETTLE_SECONDS, not forever.
+SEAL_FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENXIO, errno.ENAMETOOLONG})
 
 
 class RetiredSealWatch:
@@ -144,20 +149,22 @@ class RetiredSealWatch:
     for this process's life (as a seal file is meant to stay: one removed by mistake is
     forgotten at the next restart). Threads share it: at worst two read the same new seal.
 
-    A seal file that cannot be looked for or read (EIO, ESTALE), or is there but not yet a
-    whole seal (being copied in), raises ``KeySealUnreadable``: whether the key is sealed
-    cannot be told yet, so a job retries and the API answers 503. One still malformed when
-    read ``settle_seconds`` after it was first found so raises ``SigningKeyError``, as a
-    restart on these files would refuse to start, until it reads whole (or is removed)."""
+    A seal file whose read fails for the mount (EIO, ESTALE) raises ``KeySealUnreadable``
+    however long that lasts: whether the key is sealed cannot be told yet, so a job retries
+    and the API answers 503. So does one there but not yet a whole seal (being copied in), or
+    one this process may not read (``SEAL_FILE_ERRNOS``: its mode, a directory, a link loop),
+    for ``settle_seconds`` after it was first found so; then ``KeySealFileInvalid`` (the API's
+    500, a job failed), as a restart on these files would refuse to start, until it reads
+    whole (or is removed)."""
 
     def __init__(self, retired_dir: Path, recheck_seconds: float = SEAL_RECHECK_SECONDS,
-                 settle_seconds: float = SEAL_SETTLE_SECONDS) -> None:
+                 settle_seconds: float | None = None) -> None:
         self._retired_dir = retired_dir
         self._recheck_seconds = recheck_seconds
-        self._settle_seconds = settle_seconds
+        self._settle_seconds = SEAL_SETTLE_SECONDS if settle_seconds is None else settle_seconds
         self._found: dict[str, KeySeal] = {}
         self._unsealed_until: dict[str, float] = {}  # monotonic time until which a key is taken as unsealed
-        self._malformed_since: dict[str, float] = {}  # monotonic time a key's seal file was first read malformed
+        self._faulty_since: dict[str, float] = {}  # monotonic time a key's seal file was first found malformed or unreadable
 
     def __call__(self, kid: str) -> KeySeal | None:
         if (seal := self._found.get(kid)) is not None:
@@ -169,12 +176,16 @@ class RetiredSealWatch:
         try:
             content = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):  # not sealed (or removed again before it was read)
-            self._malformed_since.pop(kid, None)
+            self._faulty_since.pop(kid, None)
             self._unsealed_until[kid] = now + self._recheck_seconds
             return None
         except OSError as exc:
+            cause = f"{path}: {exc.strerror or exc}"
+            if exc.errno in SEAL_FILE_ERRNOS:
+                self._settling(kid, now, f"retired signing key {kid}'s seal file cannot be read ({cause}, "
+                               f"{errno.errorcode[exc.errno]}): it must be a file this process's user can read", exc)
             raise KeySealUnreadable(f"cannot tell yet whether retired signing key {kid} was sealed since this process "
-                                    f"started ({path}: {exc.strerror or exc}); nothing it signed was judged") from exc
+                                    f"started ({cause}); nothing it signed was judged") from exc
         self._found[kid] = self._whole(kid, path, content, now)
         return self._found[kid]
 
@@ -182,13 +193,18 @@ class RetiredSealWatch:
         try:
             seal = parse_seal(path, content)
         except SigningKeyError as exc:
-            since = self._malformed_since.setdefault(kid, now)
-            if now - since >= self._settle_seconds:
-                raise SigningKeyError(f"{exc.detail} (so since it was first read, {now - since:.1f} s ago)") from exc
+            self._settling(kid, now, exc.detail, exc)
             raise KeySealUnreadable(f"{exc.detail}: taken for a seal still being written (write a seal file "
                                     "elsewhere and rename it into place); nothing the key signed was judged") from exc
-        self._malformed_since.pop(kid, None)
+        self._faulty_since.pop(kid, None)
         return seal
+
+    def _settling(self, kid: str, now: float, fault: str, cause: Exception) -> None:
+        """Raise ``KeySealFileInvalid`` (``fault``) once kid's seal file has been found faulty
+        for ``settle_seconds``; before, return, for the caller to say it is not known yet."""
+        since = self._faulty_since.setdefault(kid, now)
+        if now - since >= self._settle_seconds:
+            raise KeySealFileInvalid(f"{fault} (so since it was first read, {now - since:.1f} s ago)") from cause
 
 
 def _is_active_key_file(settings: Settings, path: Path) -> bool:

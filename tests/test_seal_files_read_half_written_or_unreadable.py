@@ -4,6 +4,8 @@ job retries and the API answers 503; one that stays malformed is still refused."
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,16 +95,26 @@ def test_a_seal_that_stays_malformed_is_still_refused_until_it_reads_whole(key_s
         ring.seal(old_kid)
 
 
-def test_a_seal_file_that_cannot_be_read_is_not_known_yet(key_settings: Settings) -> None:
-    """A read failing (EIO, ESTALE on a network mount; here a directory by that name) says so,
-    transiently, however long it lasts: the mount's outage, not the file's fault."""
+def test_a_seal_file_that_cannot_be_read_is_not_known_yet(key_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read failing for the mount (EIO here; ESTALE on a network mount) says so, transiently,
+    however long it lasts: the mount's outage, not the file's fault (a file this process may not
+    read is: tests/test_review_seal_files.py)."""
     old_kid, _ = rotate_signing_key(key_settings, generate_ed25519())
     retired_dir = key_settings.retired_signing_keys_path
     ring = watching(keyring_from_settings(key_settings), retired_dir, settle_seconds=0)
-    (retired_dir / f"{old_kid}{SEAL_SUFFIX}").mkdir()
+    path = retired_dir / f"{old_kid}{SEAL_SUFFIX}"
+    path.write_text("{}")
+    read_bytes = Path.read_bytes
+
+    def failing_mount(self: Path) -> bytes:
+        if self == path:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_mount)
     with pytest.raises(KeySealUnreadable, match=f"cannot tell yet whether retired signing key {old_kid} was sealed"):
         ring.seal(old_kid)
-    with pytest.raises(KeySealUnreadable):
+    with pytest.raises(KeySealUnreadable, match="Input/output error"):
         ring.seal(old_kid)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.canonical import strict_json_loads
-from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, KeySealUnreadable, LedgerBusy, NotFound, PlantError, SealListInvalid, SigningKeySealed
+from models.errors import PROBLEM_TYPE_PREFIX, Conflict, InvalidInput, KeySealFileInvalid, KeySealUnreadable, LedgerBusy, NotFound, PlantError, SealListInvalid, SigningKeySealed
 from web.schemas import MEMBERS_REFUSED
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ STATUS_BY_ERROR: list[tuple[type[PlantError], int]] = [
     (LedgerBusy, 503),
     (SealListInvalid, 503),
     (SigningKeySealed, 503),
+    # The server's own seal file is at fault, not the request (a SigningKeyError, whose other
+    # uses refuse key material a client or operator handed in, 400); and no wait puts it right,
+    # so no 503 and Retry-After for clients and load balancers to wait out.
+    (KeySealFileInvalid, 500),
 ]
 
 
@@ -67,6 +71,8 @@ def _retry_later(response: Response, seconds: int = DATABASE_RETRY_AFTER_SECONDS
 
 def _plant_error(error: PlantError) -> Response:
     status = status_for(error)
+    if status == 500:  # the server's own files are at fault: an operator must put them right
+        log.error("%s: %s", error.code, error.detail)
     problem = error.problem(status)
     if status == 422 and isinstance(problem.get("field"), str) and "errors" not in problem and "violations" not in problem:
         # A domain refusal names its field in ``field``; a 422 lists its bad fields in ``errors`` (README, Errors).
