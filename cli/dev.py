@@ -44,7 +44,7 @@ from models.db import one_off_sessions, transaction
 from models.keys import replace_file
 from models.migrate import grant_runtime_role, upgrade_head
 from models.settings import FILE_SUFFIX, Settings, field_variables, load_settings
-from models.settings import child_environment as overridden_environment
+from models.settings import child_environment
 from models.errors import KeyFileTooOpen
 from models.key_material import ensure_key_file
 
@@ -137,7 +137,7 @@ def app_processes(config: DevConfig) -> list[tuple[str, list[str]]]:
                  "web:create_app()", "--bind", f"127.0.0.1:{config.port}"]),
         ("beat", [*celery, "beat", "--loglevel=INFO",
                   "-s", str(config.data_dir / "celerybeat-schedule")]),
-        # Credentials reach Flower as FLOWER_BASIC_AUTH (see child_environment), not argv.
+        # Credentials reach Flower as FLOWER_BASIC_AUTH (see runner_child_environment), not argv.
         ("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={config.flower_port}"]),
         # The port in the node name keeps two runners sharing one broker from colliding.
         ("worker", [*celery, "worker", "-Q", "default,audit,maintenance", "--loglevel=INFO",
@@ -209,10 +209,10 @@ def write_services_env(data_dir: Path, services: BackingServices) -> None:
     replace_file(data_dir / SERVICES_ENV, ("\n".join(lines) + "\n").encode(), mode=0o600)
 
 
-def child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:
+def runner_child_environment(config: DevConfig, services: BackingServices) -> dict[str, str]:
     """The children's environment: the runner's, with the URLs it uses in place of any it was given
     (as a file too: a ``DATABASE_URL_FILE`` beside the new ``DATABASE_URL`` would stop them)."""
-    return overridden_environment(
+    return child_environment(
         {"PLANT_LOG_FORMAT": "console", **os.environ},  # readable lines in a terminal, unless the caller chose
         DATABASE_URL=services.database_url,
         REDIS_URL=services.redis_url,
@@ -328,7 +328,7 @@ def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     seeded = seed_database(settings)
     print(f"seed: created {sum(seeded.created.values())} entities (0 after the first start)", flush=True)
     print(admin_key_line(ensure_dev_admin(settings, config.data_dir)[1]), flush=True)
-    supervisor = Supervisor(child_environment(config, services), watchdog)
+    supervisor = Supervisor(runner_child_environment(config, services), watchdog)
     stack.callback(supervisor.stop_all)
     for role, argv in app_processes(config):
         supervisor.spawn(role, argv)

@@ -23,11 +23,16 @@
 # (POSTGRES_PASSWORD, PLANT_RUNTIME_ROLE_PASSWORD, REDIS_PASSWORD, FLOWER_BASIC_AUTH,
 # PLANT_ADMIN_API_KEY; never the placeholder change-me) is written instead of a new one; delete
 # those lines from .env afterwards. The URLs take POSTGRES_USER, POSTGRES_DB and PLANT_RUNTIME_ROLE
-# from .env (set them first), each name and password percent-encoded in them. .env is read as
-# compose reads it, one line a value: `export ` before the name is allowed, a value in single quotes
-# is taken as written, one in double quotes with \" and \\ unescaped, and an unquoted one ends
-# before a blank followed by # (a comment). Each file is 0644 in a 0700 directory: the containers
-# (uid 10001, postgres 999) must read it, and the directory keeps other users out.
+# from .env (set them first), each name and password percent-encoded in them. .env is read one line
+# a value, the last for a name counting: `export ` before the name is allowed, a value in single
+# quotes is taken as written, one in double quotes with \" and \\ unescaped, and an unquoted one
+# ends before a blank followed by # (a comment). That is a part of what compose reads: a value it
+# would read otherwise is refused, naming its variable (never its value), before anything is
+# written: a $ (compose interpolates $VAR and ${VAR}) or a backslash in an unquoted or double-quoted
+# value (but the \" and \\ above), and \' in single quotes. (An old password such as pa$word, which
+# compose read as pa, is refused: put right its .env line, or write its secret file yourself.) No
+# value spans lines. Each file is 0644 in a 0700 directory: the containers (uid 10001, postgres 999)
+# must read it, and the directory keeps other users out.
 set -eu
 
 dir="${1:-secrets}"
@@ -35,7 +40,8 @@ files="postgres_password database_url runtime_role_password runtime_database_url
 flower_basic_auth bootstrap_admin_key"
 
 from_env() {
-    # from_env NAME: NAME's last value in ./.env (as above), else nothing; an unclosed quote fails.
+    # from_env NAME: NAME's last value in ./.env (as above), else nothing; an unclosed quote, or a
+    # value compose would read otherwise (a $, an escape not handled here), fails.
     [ -f .env ] || return 0
     awk -v name="$1" '
         {
@@ -51,19 +57,24 @@ from_env() {
             text = raw
             sub(/^[ \t]+/, "", text)
             quote = substr(text, 1, 1)
+            bad = 0  # the line number of a value compose reads otherwise (a later line may replace it)
             if (quote != "\"" && quote != "\047") {
                 sub(/[ \t]+#.*$/, "", raw)
                 sub(/^[ \t]+/, "", raw)
                 sub(/[ \t]+$/, "", raw)
                 value = raw
+                if (index(value, "$") || index(value, "\\")) { bad = NR; why = "holds a $ or a backslash, which compose interprets" }
                 next
             }
             value = ""
             for (i = 2; i <= length(text); i++) {
                 c = substr(text, i, 1)
-                if (c == quote) break
                 after = substr(text, i + 1, 1)
-                if (quote == "\"" && c == "\\" && (after == "\"" || after == "\\")) {
+                if (quote == "\047" && c == "\\" && after == quote) { bad = NR; why = "holds \\\047, which compose reads as a quote" }
+                if (c == quote) break
+                if (quote == "\"" && c == "$") { bad = NR; why = "holds a $, which compose interpolates" }
+                if (quote == "\"" && c == "\\") {
+                    if (after != "\"" && after != "\\") { bad = NR; why = "holds a backslash escape other than \\\" and \\\\" }
                     c = after
                     i++
                 }
@@ -75,7 +86,15 @@ from_env() {
                 exit 1
             }
         }
-        END { if (!unclosed) printf "%s", value }
+        END {
+            if (unclosed) exit 1
+            if (bad) {
+                printf "make-secrets.sh: .env line %d: the value of %s %s (this script reads it as written):" \
+                       " write it in single quotes without \\\047, or write its secret file yourself\n", bad, name, why > "/dev/stderr"
+                exit 1
+            }
+            printf "%s", value
+        }
     ' .env
 }
 

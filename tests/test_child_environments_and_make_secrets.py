@@ -77,7 +77,7 @@ def _dev_child(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
     config = dev.DevConfig(data_dir=settings.data_dir, port=0, flower_port=0, database_url=None, redis_url=None,
                            pg_port=0, redis_port=0, signing_key_file=None, flower_basic_auth="admin:fl-pw")
-    return dev.child_environment(config, dev.BackingServices(GIVEN_DB, GIVEN_DB, GIVEN_REDIS))
+    return dev.runner_child_environment(config, dev.BackingServices(GIVEN_DB, GIVEN_DB, GIVEN_REDIS))
 
 
 @pytest.mark.parametrize("build", [_conftest_child, _bench_child, _dev_child], ids=["tests", "bench", "dev"])

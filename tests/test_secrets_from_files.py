@@ -147,7 +147,7 @@ def test_the_dev_runner_takes_urls_given_as_files_and_hands_its_children_no_seco
     assert config.database_url == "postgresql+psycopg://u:pw@db.example:5432/plant"
     assert config.redis_url == "redis://:pw@cache.example:6379/0"
     (tmp_path / "data").mkdir()
-    child = dev.child_environment(config, dev.BackingServices(config.database_url, config.database_url, config.redis_url))
+    child = dev.runner_child_environment(config, dev.BackingServices(config.database_url, config.database_url, config.redis_url))
     assert not {name for name in child if name.endswith(FILE_SUFFIX) and "URL" in name}
     for name, value in child.items():
         clean_env.setenv(name, value)
