@@ -98,7 +98,7 @@ def test_a_seal_that_stays_malformed_is_still_refused_until_it_reads_whole(key_s
 def test_a_seal_file_that_cannot_be_read_is_not_known_yet(key_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read failing for the mount (EIO here; ESTALE on a network mount) says so, transiently,
     however long it lasts: the mount's outage, not the file's fault (a file this process may not
-    read is: tests/test_review_seal_files.py)."""
+    read is: tests/test_seal_files_at_fault_fail_closed.py)."""
     old_kid, _ = rotate_signing_key(key_settings, generate_ed25519())
     retired_dir = key_settings.retired_signing_keys_path
     ring = watching(keyring_from_settings(key_settings), retired_dir, settle_seconds=0)
