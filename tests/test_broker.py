@@ -92,3 +92,32 @@ def test_publishing_a_job_declares_nothing_and_the_message_still_arrives(quiet) 
 def test_other_schemes_keep_kombus_transport(settings) -> None:
     for url in ("rediss://127.0.0.1:6380/0", "sentinel://127.0.0.1:26379/0"):
         assert create_celery(settings.model_copy(update={"redis_url": url})).conf.broker_transport is None
+
+
+@pytest.mark.parametrize("settle", ["ack", "reject"])
+def test_an_ack_redis_does_not_answer_still_gives_the_prefetch_slot_back(quiet, monkeypatch, settle) -> None:
+    """kombu freed the slot only once Redis answered the ack: one that timed out (Redis frozen:
+    "Couldn't ack") left a worker with prefetch 1 taking no message again until restarted (seen in
+    the frozen-BRPOP test, 120 s without a job). The message stays in Redis's unacked set, for
+    kombu to restore; Plant's job rows refuse a run of a job already ended."""
+    settings, redis_client = quiet
+    app = create_celery(settings)
+    queue = "broker-test"
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            app.send_task("plant.test.noop", queue=queue)
+            channel.basic_qos(prefetch_count=1)
+            message = channel.basic_get(queue, no_ack=False)
+            assert message is not None and not channel.qos.can_consume()
+
+            def no_answer(*_: object) -> object:
+                raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+            monkeypatch.setattr(channel.qos, "_remove_from_indices", no_answer)
+            with pytest.raises(redis.exceptions.TimeoutError):
+                message.ack() if settle == "ack" else message.reject(requeue=False)
+            assert channel.qos.can_consume()  # the slot is back
+            assert redis_client.hlen("unacked") == 1  # and the message is Redis's to restore
+    finally:
+        app.close()
