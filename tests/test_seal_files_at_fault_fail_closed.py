@@ -6,7 +6,6 @@ server's own process finds at fault answers 500, not a client's 400."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ import pytest
 import models.keys
 from models.errors import KeySealFileInvalid, KeySealUnreadable, SigningKeyError
 from models.key_material import generate_ed25519
-from models.keys import SEAL_SUFFIX, RetiredSealWatch, keyring_from_settings, rotate_signing_key
+from models.keys import SEAL_SUFFIX, keyring_from_settings, rotate_signing_key
 from models.settings import Settings
 from tasks.runner import is_transient
 from tests.conftest import bearer, wait_for
+from tests.test_seal_files_read_half_written_or_unreadable import refused_once_settled, watching
 from tests.test_sealed_keys_in_running_processes_and_key_file_modes import own_key_dir
 from web import create_app
 from web.problems import status_for
@@ -39,23 +39,12 @@ def test_a_seal_file_this_process_may_not_read_fails_closed_after_the_window(
     attempts ran out, and nothing said the file was at fault."""
     old_kid, _ = rotate_signing_key(key_settings, generate_ed25519())
     retired_dir = key_settings.retired_signing_keys_path
-    ring = replace(keyring_from_settings(key_settings),
-                   seal_watch=RetiredSealWatch(retired_dir, recheck_seconds=0, settle_seconds=0.2))
+    ring = watching(keyring_from_settings(key_settings), retired_dir, settle_seconds=0.2)
     path = retired_dir / f"{old_kid}{SEAL_SUFFIX}"
     put(path)
     with pytest.raises(KeySealUnreadable):  # within the window: perhaps still being put right (a chmod after the copy)
         ring.seal(old_kid)
-
-    def refused() -> KeySealFileInvalid | None:
-        try:
-            ring.seal(old_kid)
-        except KeySealUnreadable:
-            return None
-        except KeySealFileInvalid as exc:
-            return exc
-        raise AssertionError("an unreadable seal file was taken as a seal, or as none")
-
-    invalid = wait_for(refused, timeout=10, what="the seal file to count as at fault")
+    invalid = refused_once_settled(ring, old_kid, KeySealFileInvalid)
     assert str(path) in invalid.detail and errno_name in invalid.detail and old_kid in invalid.detail, invalid.detail
     assert not is_transient(invalid) and isinstance(invalid, SigningKeyError)
     path.unlink() if path.is_symlink() else path.rmdir()  # put right by removing it: unsealed again

@@ -44,6 +44,21 @@ def watching(ring: KeyRing, retired_dir: Path, **timing: float) -> KeyRing:
     return replace(ring, seal_watch=RetiredSealWatch(retired_dir, recheck_seconds=0, **timing))
 
 
+def refused_once_settled(ring: KeyRing, kid: str, error: type[SigningKeyError]) -> SigningKeyError:
+    """The ``error`` ``ring`` refuses ``kid``'s seal file with once the watch's window has passed:
+    until then, "cannot tell yet" (``KeySealUnreadable``)."""
+    def refused() -> SigningKeyError | None:
+        try:
+            ring.seal(kid)
+        except KeySealUnreadable:
+            return None
+        except error as exc:
+            return exc
+        raise AssertionError(f"{kid}'s seal file was taken as a seal, or as none")
+
+    return wait_for(refused, timeout=10, what=f"{kid}'s seal file to count as at fault")
+
+
 def test_a_seal_half_written_is_not_known_yet_and_is_taken_once_whole(key_settings: Settings) -> None:
     """Copied in place, a seal file is seen half-written: before, that failed for good
     (``SigningKeyError``: a job FAILED, no retry); now a transient error until it is whole."""
@@ -73,17 +88,7 @@ def test_a_seal_that_stays_malformed_is_still_refused_until_it_reads_whole(key_s
     path.write_text("{not json")
     with pytest.raises(KeySealUnreadable):
         ring.seal(old_kid)
-
-    def refused() -> SigningKeyError | None:
-        try:
-            ring.seal(old_kid)
-        except KeySealUnreadable:
-            return None
-        except SigningKeyError as exc:
-            return exc
-        raise AssertionError("a malformed seal was taken")
-
-    malformed = wait_for(refused, timeout=10, what="the seal to count as malformed")
+    malformed = refused_once_settled(ring, old_kid, SigningKeyError)
     assert "unreadable key seal" in malformed.detail and "since it was first read" in malformed.detail
     assert not is_transient(malformed)
     with pytest.raises(SigningKeyError, match="unreadable key seal"):
