@@ -324,8 +324,11 @@ def skill_vectors(written: str, embedder: Embedder) -> tuple[list[float], list[f
     """The vector of a skill's text ``written``, and that of what it reads as
     (:func:`models.lookalikes.skeleton`) when that is not the text, else None; one call of the
     embedder. A text the skeleton leaves as it is (every ASCII one) costs nothing more."""
-    vectors = embedder.embed([written, *readings({0: written}).values()])
-    return vectors[0], vectors[1] if len(vectors) > 1 else None
+    reading = skeleton(written)
+    if reading == written:
+        return embedder.embed([written])[0], None
+    vector, read = embedder.embed([written, reading])
+    return vector, read
 
 
 # A skill's text holds a character beyond ASCII: only such a text can read otherwise.
