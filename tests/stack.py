@@ -22,6 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from models.settings import Settings
 from tasks.celery_app import create_celery
 from tests.conftest import REPO_ROOT, child_env, stop_process_group, wait_for
@@ -40,6 +42,12 @@ class ChaosStack:
     def __init__(self, settings: Settings, log_dir: Path, *, redis_url: str | None = None, app: str = "worker.app",
                  **env: str) -> None:
         url = redis_url or settings.redis_url.rsplit("/", 1)[0] + "/7"
+        if redis_url is None:
+            # Each test's stack starts on an empty database: what an earlier stack on this one left
+            # (the sweeps its beat sent while its worker could not take them, which never expire;
+            # a message its killed worker held) is not this test's worker's to run first.
+            with redis.Redis.from_url(url) as left:
+                left.flushdb()
         self.app = app  # the Celery app module its processes run
         self.settings = settings.model_copy(update={"redis_url": url})
         self.env = {**FAST_RECOVERY, **env}
