@@ -26,6 +26,7 @@ from web.api.jobs import jobs_api
 from web.api.registry import registry_api
 from web.api.work import work_api
 from web.auth import PROTECTED_PREFIX, SECURITY_SCHEMES, init_auth
+from web.content_negotiation import document_not_acceptable, refusing_unacceptable_answers
 from web.request_encoding import document_unsupported_bodies, refuse_targets_not_utf8, refusing_bodies_not_utf8
 from web.docs_policy import init_docs_policy
 from web.health import health_api
@@ -223,9 +224,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.config["SWAGGER_CONFIG"] = {"validatorUrl": "none"}
     init_docs_policy(app)  # after the config the pages are rendered with: it hashes their scripts
     document_unsupported_bodies(app)  # the document is built here, once, and served as built
+    document_not_acceptable(app)
     document_headers(app)  # after every response is in it: each gets X-Request-ID
     app.before_request(refusing_query_parameters_not_taken(app))  # after auth, as above
     app.before_request(refusing_bodies_not_json(app))  # after auth, as above
     app.before_request(refusing_bodies_not_utf8(app))  # after the media type's check: a text/plain body is 422
     app.before_request(refusing_unhonoured_idempotency_keys(app))  # after auth, as above
+    app.before_request(refusing_unacceptable_answers(app))  # after auth, as above; before any operation runs
     return app

@@ -13,6 +13,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from web.auth import BEARER
+from web.content_negotiation import not_acceptable_unless
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy import select
 
@@ -217,6 +218,9 @@ class FindingsQuery(QueryModel):
     code: str | None = Field(default=None, max_length=64)
 
 
+EXPORT_TYPES = {"json": "application/json", "csv": "text/csv"}  # each format's media type
+
+
 class ExportQuery(QueryModel):
     run_id: uuid.UUID
     format: Literal["json", "csv"] = "json"
@@ -297,15 +301,17 @@ def export(query: ExportQuery) -> Response:
     # PLANT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS. Each read is consistent alone (a finished run's
     # record is frozen; a running run's report is read in the order models.report_reads.read_report
     # gives: its findings, then its checkpoints), and the one write, the record of a finished run's signature, is one INSERT.
+    if (refused := not_acceptable_unless([EXPORT_TYPES[query.format]])) is not None:
+        return refused  # the operation answers JSON or CSV, and `format` picked the one Accept refuses
     session = db_session()
     if query.format == "csv":
         # Checked before the first byte (a refusal is a 409 problem, not a 200 cut short); a
         # finished run's is then sent as it is written, page by page, read on a connection of
         # the stream's own: the request's goes back to the pool as the view returns.
         csv_export = checked_csv(session, run_id=query.run_id, keyring=services().keyring)
-        body, mimetype = _streamed(csv_export, services(), dict(current_log_context())), "text/csv"
+        body, mimetype = _streamed(csv_export, services(), dict(current_log_context())), EXPORT_TYPES["csv"]
     else:
-        body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), "application/json"
+        body, mimetype = export_report(session, run_id=query.run_id, keyring=services().keyring), EXPORT_TYPES["json"]
         session.commit()  # the record of its signature
     response = Response(body, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="audit-{query.run_id}.{query.format}"'
