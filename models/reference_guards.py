@@ -18,16 +18,17 @@ row again): whichever commits second sees the first, and is refused.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, literal, select, text, union_all
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from models.entities import ENTITY_MODELS, SKILL_ID_FIELDS, EntityType, GovernedEntity, agent_skills, job_role_skills
 from models.canonical import strict_json_loads
 from models.chain import ChainFinding, EntityVersion, recorded_deletion
 from models.chain_verification import unsigned_heads
-from models.db_statements import bigint_in
+from models.db_statements import bigint_in, uuid_in
 from models.errors import EntityReferenced, EntityTampered, InvalidInput
 from models.signing import KeyRing
 
@@ -88,9 +89,12 @@ def reference_fence(session: Session, entity: GovernedEntity, *, content_before:
     if not referents:
         return
     _lock_shared_in_order(session, referents)
-    deleted = deleted_now(session, referents)  # a statement after the locks': its snapshot sees what they waited for
+    now = referents_now(session, referents, keyring)  # statements after the locks': their snapshots see what they waited for
+    if now.unsigned:
+        field, kind, referent_id = next(n for n in named if n[2] in now.unsigned)
+        raise _tampered_referent(entity, field, kind, referent_id, now.unsigned[referent_id])
     errors = [{"field": field, "message": deleted_referent(kind, referent_id)}
-              for field, kind, referent_id in named if (kind, referent_id) in deleted]
+              for field, kind, referent_id in named if (kind, referent_id) in now.deleted]
     if errors:
         raise InvalidInput("bad reference fields", errors=errors)
 
@@ -261,30 +265,47 @@ def _row_names(field: str) -> str:
     return f"t.{field} = :id"
 
 
-def deleted_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> dict[tuple[EntityType, uuid.UUID], Any]:
-    """The ``deleted_at`` of each of the entities that is deleted, by its row, read afresh (not
-    from the session's identity map), or by its signed head (a row whose ``deleted_at`` was
-    nulled through SQL is deleted still: a restore puts the deletion back), in one statement.
-    Each head is parsed (:func:`models.chain.recorded_deletion`), not byte-searched: a write
-    names a handful of entities."""
+class ReferentsNow(NamedTuple):
+    """What :func:`referents_now` read of the entities a write newly names."""
+
+    deleted: dict[tuple[EntityType, uuid.UUID], Any]  # the deleted ones, with their deleted_at
+    unsigned: dict[uuid.UUID, ChainFinding]  # those whose head is not what Plant signed, and why
+
+
+def referents_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]], keyring: KeyRing) -> ReferentsNow:
+    """Which of the entities are deleted, by their row, read afresh (not from the session's
+    identity map), or by their signed head (a row whose ``deleted_at`` was nulled through SQL is
+    deleted still: a restore puts the deletion back); and whose head is not what Plant signed
+    (:func:`models.chain_verification.unsigned_heads`): a deleted entity's head edited through
+    SQL to read as live, its row too, let a write name it, and sign a version naming it. Each
+    head is parsed (:func:`models.chain.recorded_deletion`), not byte-searched: a write names a
+    handful of entities. Two statements, three with a key's seal to check."""
     by_type: dict[EntityType, list[uuid.UUID]] = {}
     for kind, referent_id in referents:
         by_type.setdefault(kind, []).append(referent_id)
-    rows = [f"SELECT '{kind.value}', id, deleted_at, CAST(NULL AS bytea) FROM {ENTITY_MODELS[kind].__tablename__} "
-            f"WHERE id = ANY(CAST(:{kind.value} AS uuid[])) AND deleted_at IS NOT NULL" for kind in by_type]
-    found = session.execute(text(" UNION ALL ".join([*rows, _HEADS])),
-                            {**{kind.value: ids for kind, ids in by_type.items()}, "ids": [i for _, i in referents]})
-    deleted: dict[tuple[EntityType, uuid.UUID], Any] = {}
-    for kind, referent_id, row_deleted_at, content in found:
-        key, when = (EntityType(kind), referent_id), row_deleted_at if content is None else recorded_deletion(bytes(content))
-        if when is not None and key in referents and (content is None or key not in deleted):
+    rows = " UNION ALL ".join(
+        f"SELECT '{kind.value}', id, deleted_at FROM {ENTITY_MODELS[kind].__tablename__} "
+        f"WHERE id = ANY(CAST(:{kind.value} AS uuid[])) AND deleted_at IS NOT NULL" for kind in by_type)
+    deleted: dict[tuple[EntityType, uuid.UUID], Any] = {
+        (EntityType(kind), referent_id): when for kind, referent_id, when in session.execute(
+            text(rows), {kind.value: ids for kind, ids in by_type.items()})}
+    heads = list(session.scalars(
+        select(EntityVersion).where(uuid_in(EntityVersion.entity_id, (i for _, i in referents)))
+        .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc())))
+    for head in heads:
+        key = (EntityType(head.entity_type), head.entity_id)
+        if key in referents and key not in deleted and (when := recorded_deletion(bytes(head.content))) is not None:
             deleted[key] = when  # the row's own time, where it has one
-    return deleted
+    return ReferentsNow(deleted, unsigned_heads(session, heads, keyring))
 
 
-# The newest version of each of :ids.
-_HEADS = ("SELECT * FROM (SELECT DISTINCT ON (entity_id) entity_type, entity_id, CAST(NULL AS timestamptz), content "
-          "FROM entity_versions WHERE entity_id = ANY(CAST(:ids AS uuid[])) ORDER BY entity_id, version DESC) head")
+def _tampered_referent(entity: GovernedEntity, field: str, kind: EntityType, referent_id: uuid.UUID,
+                       finding: ChainFinding) -> EntityTampered:
+    return EntityTampered(
+        f"{field} names {kind.value} {referent_id}, whose newest version is not what Plant signed: {finding.detail} "
+        f"({finding.code}); whether it is live cannot be told, so {entity.entity_type_value.value} {entity.id} may not "
+        f"newly name it until that entity is restored (the audit reports it)",
+        field=field, id=str(referent_id), entity_type=kind.value, finding=finding.code)
 
 
 def _lock_shared_in_order(session: Session, referents: list[tuple[EntityType, uuid.UUID]]) -> None:
