@@ -217,18 +217,21 @@ case "$ROLE" in
         # `plant signing-keys seal` for a deployment whose retired keys arrive on a read-only
         # volume (terraform/README.md, "Rotating the signing key"): it seals a copy of them,
         # then prints each new <kid>.seal.json as one line of JSON, to be deployed beside them.
-        # Cloud Run passes the active key as PLANT_SIGNING_KEY, compose as a file in /run/secrets:
-        # read it from there, and keep the lock file the seal takes out of that root-owned directory.
-        if [ -z "${PLANT_SIGNING_KEY:-}" ] && [ -n "${PLANT_SIGNING_KEY_FILE:-}" ] && [ -r "$PLANT_SIGNING_KEY_FILE" ]; then
-            PLANT_SIGNING_KEY="$(cat "$PLANT_SIGNING_KEY_FILE")"
-            export PLANT_SIGNING_KEY
-        fi
-        require_secret DATABASE_URL
-        require PLANT_SIGNING_KEY PLANT_RETIRED_SIGNING_KEYS_DIR
+        # The active key comes as PLANT_SIGNING_KEY or as the file PLANT_SIGNING_KEY_FILE names
+        # (compose's /run/secrets, Cloud Run's secret volume, both read-only and not ours). The seal
+        # takes a lock file beside the active key's file, so a file is copied into the work
+        # directory (0600, ours, removed on exit) rather than read into the environment, which
+        # `plant` and anything it starts would inherit.
+        require_secret DATABASE_URL PLANT_SIGNING_KEY
+        require PLANT_RETIRED_SIGNING_KEYS_DIR
         record_role seal-keys
         mounted="$PLANT_RETIRED_SIGNING_KEYS_DIR"
         work="$(mktemp -d)"
+        trap 'rm -rf "$work"' EXIT
         mkdir -p "$work/keys/retired"
+        if [ -z "${PLANT_SIGNING_KEY:-}" ]; then
+            (umask 077 && cat "$PLANT_SIGNING_KEY_FILE" > "$work/keys/active.pem")
+        fi
         if [ -d "$mounted" ]; then
             # `-exec ... +` fails when cp fails: a key left out would go unsealed.
             find -L "$mounted" -maxdepth 1 -type f \( -name '*.pem' -o -name '*.seal.json' \) \

@@ -27,7 +27,7 @@ def test_every_role_that_mounts_cloud_sql_can_route_to_its_private_ip() -> None:
         pod = pod_template(kind, body)
         if not any("cloud_sql_instance" in v for v in pod.get("volumes", [])):
             continue
-        assert "DATABASE_URL" in env_secrets(one(pod["containers"])), name
+        assert "DATABASE_URL_FILE" in env_secrets(pod), name
         assert "vpc_access" in pod, f"{name} mounts the private-IP-only Cloud SQL instance with no VPC egress"
         vpc = one(pod["vpc_access"])
         assert one(vpc["network_interfaces"]) == {"network": "${var.network_id}", "subnetwork": "${var.subnet_id}"}, name

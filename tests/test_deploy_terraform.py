@@ -35,7 +35,7 @@ SCHEMA = json.loads((REPO / "tests" / "data" / "terraform-provider-schema.json")
 EXPECTED_MODULES = {"network", "database", "cache", "secrets", "registry", "run"}
 SECRETS = {"database_url", "runtime_database_url", "runtime_role_password", "redis_url", "signing_key",
            "flower_basic_auth", "bootstrap_admin_key"}
-FILE_SECRETS = {"retired_signing_keys"}  # mounted as files, not read into the environment
+FILE_SECRETS = {"retired_signing_keys"}  # a directory of files, PLANT_RETIRED_SIGNING_KEYS_DIR
 SIGNATURE_VERIFIERS = {"api", "worker", "worker_audit", "seal_keys"}
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle"}
 RUN_KINDS = ("google_cloud_run_v2_service", "google_cloud_run_v2_worker_pool", "google_cloud_run_v2_job")
@@ -277,16 +277,29 @@ def pod_template(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     return one(template["template"]) if kind == "google_cloud_run_v2_job" else template
 
 
-def env_secrets(container: dict[str, Any]) -> dict[str, str]:
-    """env name => logical secret name, for every env read from Secret Manager."""
+def env_secrets(pod: dict[str, Any]) -> dict[str, str]:
+    """``*_FILE`` variable => logical secret name, for every secret the pod's container reads:
+    each one a file of a secret volume (the pinned version of ``var.secret_ids[<name>]``) that
+    the container mounts, named by the setting's ``*_FILE`` variable. A secret read into the
+    environment (``value_source.secret_key_ref``) fails here: every child process would inherit it."""
+    container = one(pod["containers"])
+    mounts = {m["name"]: m["mount_path"] for m in container.get("volume_mounts", [])}
+    files = {}
+    for volume in pod.get("volumes", []):
+        if "secret" not in volume:
+            continue
+        secret = one(volume["secret"])
+        match = re.fullmatch(r'\$\{var\.secret_ids\["([a-z_]+)"\]\}', secret["secret"])
+        assert match, f"{volume['name']}: secret must come from var.secret_ids, got {secret['secret']}"
+        item = one(secret["items"])
+        assert item["version"] == f'${{var.secret_versions["{match[1]}"]}}', volume["name"]
+        files[f"{mounts[volume['name']]}/{item['path']}"] = match[1]
     found = {}
     for env in container.get("env", []):
-        if "value_source" in env:
-            ref = one(one(env["value_source"])["secret_key_ref"])
-            match = re.fullmatch(r'\$\{var\.secret_ids\["([a-z_]+)"\]\}', ref["secret"])
-            assert match, f"{env['name']}: secret must come from var.secret_ids, got {ref['secret']}"
-            assert ref["version"] == f'${{var.secret_versions["{match[1]}"]}}'
-            found[env["name"]] = match[1]
+        assert "value_source" not in env, f"{env['name']} comes from Secret Manager into the environment: mount it"
+        if env["name"].endswith("_FILE"):
+            assert env["value"] in files, f"{env['name']}: {env['value']} is no mounted secret file"
+            found[env["name"]] = files[env["value"]]
     return found
 
 
@@ -336,7 +349,7 @@ def test_every_database_user_mounts_cloud_sql_at_cloudsql() -> None:
         container = one(pod["containers"])
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         sql_volumes = [n for n, v in volumes.items() if "cloud_sql_instance" in v]
-        if "DATABASE_URL" not in env_secrets(container):
+        if "DATABASE_URL_FILE" not in env_secrets(pod):
             assert not sql_volumes, f"{name} does not use the database, so it must not mount it"
             continue
         users.append(name)
@@ -401,7 +414,7 @@ def test_only_migrate_can_read_the_owners_database_url() -> None:
                         assert (unquote(rtype), unquote(name)) == ("google_secret_manager_secret_iam_member", "access")
     # Only the migrate job's container reads it: one reference in the whole configuration.
     readers = [name for name, (kind, body) in run_resources().items()
-               if "database_url" in env_secrets(one(pod_template(kind, body)["containers"])).values()]
+               if "database_url" in env_secrets(pod_template(kind, body)).values()]
     assert readers == ["migrate"]
     text = "".join(path.read_text() for path in tf_files())
     assert text.count('var.secret_ids["database_url"]') == 1
@@ -411,7 +424,7 @@ def test_everything_else_connects_as_the_runtime_role() -> None:
     users = set()
     for name, (kind, body) in run_resources().items():
         pod = pod_template(kind, body)
-        url = env_secrets(one(pod["containers"])).get("DATABASE_URL")
+        url = env_secrets(pod).get("DATABASE_URL_FILE")
         if url is None or name == "migrate":
             continue
         users.add(name)
@@ -423,10 +436,11 @@ def test_everything_else_connects_as_the_runtime_role() -> None:
 
 def test_migrate_creates_and_grants_the_runtime_role(monkeypatch) -> None:
     _, job = run_resources()["migrate"]
-    container = one(pod_template("google_cloud_run_v2_job", job)["containers"])
-    secrets = env_secrets(container)
-    assert secrets["DATABASE_URL"] == "database_url"  # the owner, who may create the role and grant it
-    assert secrets["PLANT_RUNTIME_ROLE_PASSWORD"] == "runtime_role_password"
+    pod = pod_template("google_cloud_run_v2_job", job)
+    container = one(pod["containers"])
+    secrets = env_secrets(pod)
+    assert secrets["DATABASE_URL_FILE"] == "database_url"  # the owner, who may create the role and grant it
+    assert secrets["PLANT_RUNTIME_ROLE_PASSWORD_FILE"] == "runtime_role_password"
     plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert plain["PLANT_RUNTIME_ROLE"] == "${var.runtime_role}"
     assert {"runtime_role_password", "database_url"} <= set(run_locals()["secret_access"]["migrate"])
@@ -516,7 +530,7 @@ def test_runtime_role_name_is_validated_by_terraform(tmp_path: Path, name: str, 
 def test_services_reaching_redis_use_direct_vpc_egress() -> None:
     for name, (kind, body) in run_resources().items():
         pod = pod_template(kind, body)
-        if "REDIS_URL" not in env_secrets(one(pod["containers"])):
+        if "REDIS_URL_FILE" not in env_secrets(pod):
             continue
         vpc = one(pod["vpc_access"])
         assert "connector" not in vpc, f"{name}: Direct VPC egress, not a Serverless VPC connector"
@@ -535,10 +549,10 @@ def test_secret_references_are_granted_and_least_privilege() -> None:
         pod = pod_template(kind, body)
         identity = re.fullmatch(r'\$\{google_service_account\.runtime\["([a-z]+)"\]\.email\}',
                                 pod["service_account"])[1]
-        used = set(env_secrets(one(pod["containers"])).values()) | volume_secrets(pod)
+        used = set(env_secrets(pod).values()) | volume_secrets(pod)
         referenced |= used
         assert used == access[identity], f"{name} ({identity}) reads {used}, may read {access[identity]}"
-        assert ("DATABASE_URL" in env_secrets(one(pod["containers"]))) == (identity in cloudsql_clients), name
+        assert ("DATABASE_URL_FILE" in env_secrets(pod)) == (identity in cloudsql_clients), name
         # A revision must not be created before its identity may read its secrets.
         assert "${google_secret_manager_secret_iam_member.access}" in body["depends_on"], name
     assert referenced == SECRETS | FILE_SECRETS
@@ -567,7 +581,7 @@ def test_retired_signing_keys_are_mounted_where_plant_reads_them(monkeypatch) ->
         pod = pod_template(kind, body)
         container = one(pod["containers"])
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        if "PLANT_SIGNING_KEY" not in env_secrets(container):
+        if "PLANT_SIGNING_KEY_FILE" not in env_secrets(pod):
             assert "PLANT_RETIRED_SIGNING_KEYS_DIR" not in env and not volume_secrets(pod), name
             continue
         verifiers.add(name)
@@ -618,16 +632,16 @@ def test_signing_key_generations_keep_every_key_and_never_destroy_one() -> None:
 def test_env_names_match_what_plant_reads() -> None:
     _, api = run_resources()["api"]
     container = one(pod_template("google_cloud_run_v2_service", api)["containers"])
-    assert env_secrets(container) == {
-        "DATABASE_URL": "runtime_database_url",
-        "REDIS_URL": "redis_url",
-        "PLANT_SIGNING_KEY": "signing_key",
+    assert env_secrets(pod_template("google_cloud_run_v2_service", api)) == {
+        "DATABASE_URL_FILE": "runtime_database_url",
+        "REDIS_URL_FILE": "redis_url",
+        "PLANT_SIGNING_KEY_FILE": "signing_key",
     }
     assert one(container["startup_probe"])["http_get"][0]["path"] == "/health"
     _, job = run_resources()["migrate"]
-    migrate = one(pod_template("google_cloud_run_v2_job", job)["containers"])
-    assert env_secrets(migrate) == {"DATABASE_URL": "database_url", "PLANT_ADMIN_API_KEY": "bootstrap_admin_key",
-                                    "PLANT_RUNTIME_ROLE_PASSWORD": "runtime_role_password"}
+    assert env_secrets(pod_template("google_cloud_run_v2_job", job)) == {
+        "DATABASE_URL_FILE": "database_url", "PLANT_ADMIN_API_KEY_FILE": "bootstrap_admin_key",
+        "PLANT_RUNTIME_ROLE_PASSWORD_FILE": "runtime_role_password"}
 
 
 def test_exactly_one_beat() -> None:

@@ -183,4 +183,6 @@ module "run" {
 
   flower_enabled  = var.flower_enabled
   flower_invokers = var.flower_invokers
+
+  embedder = var.embedder
 }

@@ -237,3 +237,16 @@ variable "worker_memory" {
   type        = string
   default     = "1Gi"
 }
+
+# --- Plant ---
+
+variable "embedder" {
+  description = "PLANT_EMBEDDER, the same for the API, both worker pools and the migrate job: hashing (built in, the code's default) or sentence-transformers (needs an image with that package)."
+  type        = string
+  default     = "hashing"
+
+  validation {
+    condition     = contains(["hashing", "sentence-transformers"], var.embedder)
+    error_message = "embedder must be hashing or sentence-transformers."
+  }
+}

@@ -26,6 +26,17 @@
 # Each role runs as its own service account, which may read only the secrets it needs and,
 # if it uses the database, connect to Plant's Cloud SQL instance (roles/cloudsql.client, on a
 # condition naming that instance).
+#
+# Every secret reaches its container as a file, never as an environment variable: an
+# environment is inherited by every child process, readable in /proc/<pid>/environ and dumped
+# by crash reporters. Each secret a role reads is a Cloud Run secret volume of its own (a
+# volume holds one secret) named like the secret, holding the version Terraform wrote as the
+# file `value`, mounted at /secrets/<secret>; the container gets the setting's *_FILE variable
+# naming that file (DATABASE_URL_FILE, REDIS_URL_FILE, PLANT_SIGNING_KEY_FILE, ...), which
+# Plant reads as the setting itself (models/settings.py) and docker/entrypoint.sh accepts as
+# it. The files are 0444 (the volume's default) and, on the second-generation execution
+# environment, root's: readable by the image's user (uid 10001), which may not change them,
+# as models/key_material.py::read_private_key_file wants of a signing key another user owns.
 
 locals {
   cloudsql_volume = "cloudsql"
@@ -140,6 +151,36 @@ resource "google_cloud_run_v2_service" "api" {
         instances = [var.cloudsql_connection_name]
       }
     }
+    volumes {
+      name = "runtime-database-url"
+      secret {
+        secret = var.secret_ids["runtime_database_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["runtime_database_url"]
+        }
+      }
+    }
+    volumes {
+      name = "redis-url"
+      secret {
+        secret = var.secret_ids["redis_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["redis_url"]
+        }
+      }
+    }
+    volumes {
+      name = "signing-key"
+      secret {
+        secret = var.secret_ids["signing_key"]
+        items {
+          path    = "value"
+          version = var.secret_versions["signing_key"]
+        }
+      }
+    }
     dynamic "volumes" {
       for_each = local.retired_keys_volumes
       content {
@@ -179,31 +220,20 @@ resource "google_cloud_run_v2_service" "api" {
         value = tostring(var.api_web_concurrency)
       }
       env {
-        name = "DATABASE_URL" # the runtime role's: it owns nothing
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["runtime_database_url"]
-            version = var.secret_versions["runtime_database_url"]
-          }
-        }
+        name  = "PLANT_EMBEDDER" # as the workers and the migrate job: one embedder per deployment
+        value = var.embedder
       }
       env {
-        name = "REDIS_URL"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["redis_url"]
-            version = var.secret_versions["redis_url"]
-          }
-        }
+        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
+        value = "/secrets/runtime-database-url/value"
       }
       env {
-        name = "PLANT_SIGNING_KEY"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["signing_key"]
-            version = var.secret_versions["signing_key"]
-          }
-        }
+        name  = "REDIS_URL_FILE"
+        value = "/secrets/redis-url/value"
+      }
+      env {
+        name  = "PLANT_SIGNING_KEY_FILE"
+        value = "/secrets/signing-key/value"
       }
 
       env {
@@ -213,6 +243,18 @@ resource "google_cloud_run_v2_service" "api" {
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      volume_mounts {
+        name       = "runtime-database-url"
+        mount_path = "/secrets/runtime-database-url"
+      }
+      volume_mounts {
+        name       = "redis-url"
+        mount_path = "/secrets/redis-url"
+      }
+      volume_mounts {
+        name       = "signing-key"
+        mount_path = "/secrets/signing-key"
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -307,6 +349,36 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         instances = [var.cloudsql_connection_name]
       }
     }
+    volumes {
+      name = "runtime-database-url"
+      secret {
+        secret = var.secret_ids["runtime_database_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["runtime_database_url"]
+        }
+      }
+    }
+    volumes {
+      name = "redis-url"
+      secret {
+        secret = var.secret_ids["redis_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["redis_url"]
+        }
+      }
+    }
+    volumes {
+      name = "signing-key"
+      secret {
+        secret = var.secret_ids["signing_key"]
+        items {
+          path    = "value"
+          version = var.secret_versions["signing_key"]
+        }
+      }
+    }
     dynamic "volumes" {
       for_each = local.retired_keys_volumes
       content {
@@ -340,31 +412,20 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         value = tostring(var.worker_concurrency)
       }
       env {
-        name = "DATABASE_URL" # the runtime role's: it owns nothing
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["runtime_database_url"]
-            version = var.secret_versions["runtime_database_url"]
-          }
-        }
+        name  = "PLANT_EMBEDDER"
+        value = var.embedder
       }
       env {
-        name = "REDIS_URL"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["redis_url"]
-            version = var.secret_versions["redis_url"]
-          }
-        }
+        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
+        value = "/secrets/runtime-database-url/value"
       }
       env {
-        name = "PLANT_SIGNING_KEY"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["signing_key"]
-            version = var.secret_versions["signing_key"]
-          }
-        }
+        name  = "REDIS_URL_FILE"
+        value = "/secrets/redis-url/value"
+      }
+      env {
+        name  = "PLANT_SIGNING_KEY_FILE"
+        value = "/secrets/signing-key/value"
       }
 
       env {
@@ -374,6 +435,18 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      volume_mounts {
+        name       = "runtime-database-url"
+        mount_path = "/secrets/runtime-database-url"
+      }
+      volume_mounts {
+        name       = "redis-url"
+        mount_path = "/secrets/redis-url"
+      }
+      volume_mounts {
+        name       = "signing-key"
+        mount_path = "/secrets/signing-key"
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -423,6 +496,36 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         instances = [var.cloudsql_connection_name]
       }
     }
+    volumes {
+      name = "runtime-database-url"
+      secret {
+        secret = var.secret_ids["runtime_database_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["runtime_database_url"]
+        }
+      }
+    }
+    volumes {
+      name = "redis-url"
+      secret {
+        secret = var.secret_ids["redis_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["redis_url"]
+        }
+      }
+    }
+    volumes {
+      name = "signing-key"
+      secret {
+        secret = var.secret_ids["signing_key"]
+        items {
+          path    = "value"
+          version = var.secret_versions["signing_key"]
+        }
+      }
+    }
     dynamic "volumes" {
       for_each = local.retired_keys_volumes
       content {
@@ -452,32 +555,22 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         }
       }
 
+      # The audit compares stored embeddings with the configured embedder's: the workers' one.
       env {
-        name = "DATABASE_URL" # the runtime role's: it owns nothing
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["runtime_database_url"]
-            version = var.secret_versions["runtime_database_url"]
-          }
-        }
+        name  = "PLANT_EMBEDDER"
+        value = var.embedder
       }
       env {
-        name = "REDIS_URL"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["redis_url"]
-            version = var.secret_versions["redis_url"]
-          }
-        }
+        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
+        value = "/secrets/runtime-database-url/value"
       }
       env {
-        name = "PLANT_SIGNING_KEY"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["signing_key"]
-            version = var.secret_versions["signing_key"]
-          }
-        }
+        name  = "REDIS_URL_FILE"
+        value = "/secrets/redis-url/value"
+      }
+      env {
+        name  = "PLANT_SIGNING_KEY_FILE"
+        value = "/secrets/signing-key/value"
       }
 
       env {
@@ -487,6 +580,18 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
       volume_mounts {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
+      }
+      volume_mounts {
+        name       = "runtime-database-url"
+        mount_path = "/secrets/runtime-database-url"
+      }
+      volume_mounts {
+        name       = "redis-url"
+        mount_path = "/secrets/redis-url"
+      }
+      volume_mounts {
+        name       = "signing-key"
+        mount_path = "/secrets/signing-key"
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -535,6 +640,17 @@ resource "google_cloud_run_v2_worker_pool" "beat" {
       }
     }
 
+    volumes {
+      name = "redis-url"
+      secret {
+        secret = var.secret_ids["redis_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["redis_url"]
+        }
+      }
+    }
+
     containers {
       image = var.image
       args  = ["beat"]
@@ -547,13 +663,12 @@ resource "google_cloud_run_v2_worker_pool" "beat" {
       }
 
       env {
-        name = "REDIS_URL"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["redis_url"]
-            version = var.secret_versions["redis_url"]
-          }
-        }
+        name  = "REDIS_URL_FILE"
+        value = "/secrets/redis-url/value"
+      }
+      volume_mounts {
+        name       = "redis-url"
+        mount_path = "/secrets/redis-url"
       }
     }
   }
@@ -596,6 +711,27 @@ resource "google_cloud_run_v2_service" "flower" {
       }
     }
 
+    volumes {
+      name = "redis-url"
+      secret {
+        secret = var.secret_ids["redis_url"]
+        items {
+          path    = "value"
+          version = var.secret_versions["redis_url"]
+        }
+      }
+    }
+    volumes {
+      name = "flower-basic-auth"
+      secret {
+        secret = var.secret_ids["flower_basic_auth"]
+        items {
+          path    = "value"
+          version = var.secret_versions["flower_basic_auth"]
+        }
+      }
+    }
+
     containers {
       image = var.image
       args  = ["flower"]
@@ -613,22 +749,20 @@ resource "google_cloud_run_v2_service" "flower" {
       }
 
       env {
-        name = "REDIS_URL"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["redis_url"]
-            version = var.secret_versions["redis_url"]
-          }
-        }
+        name  = "REDIS_URL_FILE"
+        value = "/secrets/redis-url/value"
       }
       env {
-        name = "FLOWER_BASIC_AUTH"
-        value_source {
-          secret_key_ref {
-            secret  = var.secret_ids["flower_basic_auth"]
-            version = var.secret_versions["flower_basic_auth"]
-          }
-        }
+        name  = "PLANT_FLOWER_BASIC_AUTH_FILE"
+        value = "/secrets/flower-basic-auth/value"
+      }
+      volume_mounts {
+        name       = "redis-url"
+        mount_path = "/secrets/redis-url"
+      }
+      volume_mounts {
+        name       = "flower-basic-auth"
+        mount_path = "/secrets/flower-basic-auth"
       }
 
       startup_probe {
@@ -696,6 +830,36 @@ resource "google_cloud_run_v2_job" "migrate" {
           instances = [var.cloudsql_connection_name]
         }
       }
+      volumes {
+        name = "database-url"
+        secret {
+          secret = var.secret_ids["database_url"]
+          items {
+            path    = "value"
+            version = var.secret_versions["database_url"]
+          }
+        }
+      }
+      volumes {
+        name = "runtime-role-password"
+        secret {
+          secret = var.secret_ids["runtime_role_password"]
+          items {
+            path    = "value"
+            version = var.secret_versions["runtime_role_password"]
+          }
+        }
+      }
+      volumes {
+        name = "bootstrap-admin-key"
+        secret {
+          secret = var.secret_ids["bootstrap_admin_key"]
+          items {
+            path    = "value"
+            version = var.secret_versions["bootstrap_admin_key"]
+          }
+        }
+      }
 
       containers {
         image = var.image
@@ -710,13 +874,8 @@ resource "google_cloud_run_v2_job" "migrate" {
 
         # The schema owner's URL: only this job connects as the owner.
         env {
-          name = "DATABASE_URL"
-          value_source {
-            secret_key_ref {
-              secret  = var.secret_ids["database_url"]
-              version = var.secret_versions["database_url"]
-            }
-          }
+          name  = "DATABASE_URL_FILE"
+          value = "/secrets/database-url/value"
         }
         # After the upgrade, `plant db upgrade` creates this role (LOGIN only) with this
         # password, or sets it on the role, and grants it DML on the schema; it refuses a
@@ -725,29 +884,37 @@ resource "google_cloud_run_v2_job" "migrate" {
           name  = "PLANT_RUNTIME_ROLE"
           value = var.runtime_role
         }
+        # The upgrade fills in the reading vectors of skills written before migration 0026 with
+        # this embedder: it must be the one the API and the workers embed with.
         env {
-          name = "PLANT_RUNTIME_ROLE_PASSWORD"
-          value_source {
-            secret_key_ref {
-              secret  = var.secret_ids["runtime_role_password"]
-              version = var.secret_versions["runtime_role_password"]
-            }
-          }
+          name  = "PLANT_EMBEDDER"
+          value = var.embedder
+        }
+        env {
+          name  = "PLANT_RUNTIME_ROLE_PASSWORD_FILE"
+          value = "/secrets/runtime-role-password/value"
         }
         # `plant db upgrade` makes this key a live admin API key (idempotent).
         env {
-          name = "PLANT_ADMIN_API_KEY"
-          value_source {
-            secret_key_ref {
-              secret  = var.secret_ids["bootstrap_admin_key"]
-              version = var.secret_versions["bootstrap_admin_key"]
-            }
-          }
+          name  = "PLANT_ADMIN_API_KEY_FILE"
+          value = "/secrets/bootstrap-admin-key/value"
         }
 
         volume_mounts {
           name       = local.cloudsql_volume
           mount_path = local.cloudsql_mount
+        }
+        volume_mounts {
+          name       = "database-url"
+          mount_path = "/secrets/database-url"
+        }
+        volume_mounts {
+          name       = "runtime-role-password"
+          mount_path = "/secrets/runtime-role-password"
+        }
+        volume_mounts {
+          name       = "bootstrap-admin-key"
+          mount_path = "/secrets/bootstrap-admin-key"
         }
       }
     }
@@ -778,6 +945,10 @@ resource "google_cloud_run_v2_job" "seal_keys" {
       service_account = google_service_account.runtime["seal"].email
       max_retries     = 0
       timeout         = "900s"
+      # Its signing key file must be root's, as on the API (GEN2 too) and the worker pools
+      # (which have no other environment): on the first generation a single container's secret
+      # files are its own user's, and Plant refuses a private key its owner left readable by others.
+      execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
 
       # The instance has a private IP only: the connector behind /cloudsql reaches it through
       # the VPC peering, so a job needs VPC egress as much as the services do.
@@ -793,6 +964,26 @@ resource "google_cloud_run_v2_job" "seal_keys" {
         name = local.cloudsql_volume
         cloud_sql_instance {
           instances = [var.cloudsql_connection_name]
+        }
+      }
+      volumes {
+        name = "runtime-database-url"
+        secret {
+          secret = var.secret_ids["runtime_database_url"]
+          items {
+            path    = "value"
+            version = var.secret_versions["runtime_database_url"]
+          }
+        }
+      }
+      volumes {
+        name = "signing-key"
+        secret {
+          secret = var.secret_ids["signing_key"]
+          items {
+            path    = "value"
+            version = var.secret_versions["signing_key"]
+          }
         }
       }
       dynamic "volumes" {
@@ -824,22 +1015,12 @@ resource "google_cloud_run_v2_job" "seal_keys" {
         }
 
         env {
-          name = "DATABASE_URL" # the runtime role's: sealing stores a digest, plain DML
-          value_source {
-            secret_key_ref {
-              secret  = var.secret_ids["runtime_database_url"]
-              version = var.secret_versions["runtime_database_url"]
-            }
-          }
+          name  = "DATABASE_URL_FILE" # the runtime role's: sealing stores a digest, plain DML
+          value = "/secrets/runtime-database-url/value"
         }
         env {
-          name = "PLANT_SIGNING_KEY"
-          value_source {
-            secret_key_ref {
-              secret  = var.secret_ids["signing_key"]
-              version = var.secret_versions["signing_key"]
-            }
-          }
+          name  = "PLANT_SIGNING_KEY_FILE"
+          value = "/secrets/signing-key/value"
         }
         env {
           name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
@@ -849,6 +1030,14 @@ resource "google_cloud_run_v2_job" "seal_keys" {
         volume_mounts {
           name       = local.cloudsql_volume
           mount_path = local.cloudsql_mount
+        }
+        volume_mounts {
+          name       = "runtime-database-url"
+          mount_path = "/secrets/runtime-database-url"
+        }
+        volume_mounts {
+          name       = "signing-key"
+          mount_path = "/secrets/signing-key"
         }
         dynamic "volume_mounts" {
           for_each = local.retired_keys_volumes

@@ -193,3 +193,16 @@ variable "flower_invokers" {
   type        = list(string)
   default     = []
 }
+
+# --- Every process ---
+
+variable "embedder" {
+  description = "PLANT_EMBEDDER of the API, both worker pools and the migrate job, the same for all: hashing (built in, the code's default) or sentence-transformers (needs an image with that package). Changing it on a registry with certified skills makes the audit report their stored vectors (README, PLANT_EMBEDDER)."
+  type        = string
+  default     = "hashing"
+
+  validation {
+    condition     = contains(["hashing", "sentence-transformers"], var.embedder)
+    error_message = "embedder must be hashing or sentence-transformers."
+  }
+}

@@ -1,7 +1,8 @@
 # Secret Manager holds every secret Plant's services read, one secret each. The values come
 # from the environment root (generated there or derived from the database and cache), and
-# Cloud Run reads them as environment variables through secret_key_ref. Who may read
-# which secret is granted per service account in the run module.
+# Cloud Run mounts each as a file (a secret volume) whose path the container's *_FILE variable
+# names: never an environment variable. Who may read which secret is granted per service
+# account in the run module.
 
 locals {
   # logical name => secret id suffix. The set is fixed: services reference these names.
