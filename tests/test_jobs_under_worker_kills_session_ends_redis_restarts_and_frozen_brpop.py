@@ -37,6 +37,14 @@ def _ended(client, url: str) -> dict | None:
     return job if job["status"] in TERMINAL else None
 
 
+def _running(client, url: str) -> bool:
+    """Whether the job is claimed and running; a job that already ended fails the test at once,
+    saying so: it was claimed and ran, only too soon for the test to lock its row meanwhile."""
+    job = _job(client, url)
+    assert job["status"] not in TERMINAL, f"the job ended before the test saw it running: {job}"
+    return job["status"] == "running"
+
+
 def _lock_waiters(engine) -> list[int]:
     """Backends of this database waiting on a lock (a heavyweight or advisory one) now."""
     with engine.connect() as connection:
@@ -101,18 +109,31 @@ def _terminate(engine, pid: int) -> None:
         assert connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
+# How long the outcome case's job runs between its claim and its last write: the test sees it
+# running (polling every 50 ms) and locks its row within that, a process of a loaded machine too.
+OUTCOME_SLEEP = 3
+
+
 @pytest.mark.parametrize("moment", ["claim", "outcome"])
 def test_a_database_session_ended_under_a_claim_or_an_outcome_leaves_the_job_run_once(
         settings, engine, admin_key, tmp_path, moment) -> None:
     """``pg_terminate_backend`` on the worker's session while its claim (or its last write: the
     checkpoint and outcome) waits on the job row: the statement is run again on a fresh
-    connection, and the job succeeds on its first attempt, its progress complete."""
+    connection, and the job succeeds on its first attempt, its progress complete.
+
+    For the outcome the test locks the row while the job runs (OUTCOME_SLEEP seconds), so it
+    starts the worker before it submits the job: a job queued first is taken as the worker
+    starts, and ``start_worker`` returns only once the worker has answered a ping, which under
+    load came more than the 1 s this job used to run after it took the job (the job had
+    succeeded before the test first looked, and the wait for it to run timed out)."""
     stack = ChaosStack(settings, tmp_path, PLANT_JOB_LEASE_SECONDS="300")
     blocker = engine.connect()
     try:
         client = stack.client(admin_key)
-        url = client.post("/api/v1/diagnostics/sleep", json={"seconds": 1 if moment == "outcome" else 0, "steps": 1}
-                          ).headers["Location"]
+        if moment == "outcome":
+            stack.start_worker("worker", concurrency=1)
+        url = client.post("/api/v1/diagnostics/sleep",
+                          json={"seconds": OUTCOME_SLEEP if moment == "outcome" else 0, "steps": 1}).headers["Location"]
         job_id = url.rsplit("/", 1)[1]
         lock = "SELECT id FROM jobs WHERE id = :id FOR UPDATE"
         if moment == "claim":
@@ -120,8 +141,7 @@ def test_a_database_session_ended_under_a_claim_or_an_outcome_leaves_the_job_run
             blocker.execute(text(lock), {"id": job_id})
             stack.start_worker("worker", concurrency=1)
         else:
-            stack.start_worker("worker", concurrency=1)
-            wait_for(lambda: _job(client, url)["status"] == "running", what="the claim")
+            wait_for(lambda: _running(client, url), what="the claim")
             blocker_tx = blocker.begin()
             blocker.execute(text(lock), {"id": job_id})
         waiter = wait_for(lambda: _lock_waiters(engine), timeout=30, what=f"the {moment} to wait")
