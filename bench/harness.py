@@ -37,7 +37,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from cli.postgres_server import EmbeddedPostgres
-from cli.services import EmbeddedRedis, free_port, start_on_a_free_port
+from cli.ports import claim_port
+from cli.services import EmbeddedRedis, start_on_a_free_port
 from models.api_keys import create_api_key, ensure_admin_key
 from models.db import make_engine
 from models.embeddings import make_embedder
@@ -381,7 +382,8 @@ class BenchStack:
 
     @staticmethod
     def free_port() -> int:
-        return free_port()
+        """A port for a server a scenario starts (no retry): out of the kernel's hands until it binds."""
+        return claim_port()
 
 
 def _http_ok(url: str) -> bool:

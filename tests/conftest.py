@@ -404,9 +404,9 @@ def gunicorn_serving(settings: Settings, log_path: Path, *, processes: int, thre
     ``PROMETHEUS_MULTIPROC_DIR`` given, as the deployments run it (gunicorn.conf.py makes one)."""
     import requests
 
-    from cli.services import free_port
+    from cli.ports import claim_port
 
-    port = free_port()
+    port = claim_port()
     env = child_env(settings, PLANT_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(processes),
                     PLANT_WEB_THREADS=str(threads), PLANT_LOG_FORMAT="json", **variables)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

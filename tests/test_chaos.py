@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.postgres_server import EmbeddedPostgres
-from cli.services import EmbeddedRedis, free_port
+from cli.ports import claim_port
+from cli.services import EmbeddedRedis
 from models.jobs import Job
 from models.migrate import upgrade_head
 from tests.conftest import wait_for
@@ -51,7 +52,7 @@ def test_sigkill_a_worker_during_200_jobs(settings, admin_key, tmp_path) -> None
 
 
 def test_redis_down_for_20_seconds_during_submissions(settings, admin_key, tmp_path) -> None:
-    redis_server = EmbeddedRedis(tmp_path / "redis", free_port())
+    redis_server = EmbeddedRedis(tmp_path / "redis", claim_port())
     redis_server.start()
     stack = ChaosStack(settings, tmp_path, redis_url=redis_server.url)
     try:
@@ -81,7 +82,7 @@ def test_postgres_restart_while_jobs_run(settings, tmp_path, server_tmp) -> None
     from models.api_keys import create_api_key
     from models.db import make_engine
 
-    server = EmbeddedPostgres(server_tmp / "pg", free_port())
+    server = EmbeddedPostgres(server_tmp / "pg", claim_port())
     server.start()
     server.create_database("chaos")
     url = server.url_for("chaos")

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.services import free_port
+from cli.ports import claim_port
 from models.reports import verify_report
 from tests.conftest import REPO_ROOT
 
@@ -34,7 +34,7 @@ def test_the_demo_finds_the_tampered_row_and_ends_with_a_verified_report(server_
     data_dir = server_tmp / "demo"
     completed = subprocess.run(
         [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir),
-         "--port", str(free_port()), "--flower-port", str(free_port()), "--json"],
+         "--port", str(claim_port()), "--flower-port", str(claim_port()), "--json"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=DEMO_TIMEOUT_SECONDS,
     )
     assert completed.returncode == 0, completed.stderr[-4000:] + (data_dir / "stack.log").read_text()[-4000:]

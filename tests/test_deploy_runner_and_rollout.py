@@ -26,7 +26,8 @@ from cli.demo_stack import prepare_data_dir
 from cli.dev import make_data_dir
 from cli.errors import PlantCliError
 from cli.postgres_server import EmbeddedPostgres
-from cli.services import free_port, start_on_a_free_port
+from cli.ports import claim_port
+from cli.services import start_on_a_free_port
 from models.api_keys import Caller, authenticate
 from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
 from models.settings import libpq_url
@@ -82,11 +83,11 @@ def test_a_dev_runner_killed_outright_leaves_no_process_behind(tmp_path: Path, s
 
 def start_demo(data_dir: Path, log: Path) -> subprocess.Popen:
     """``plant demo`` on ``data_dir`` and free ports, its output in ``log``; ``demo.port`` is its API's."""
-    port = free_port()
+    port = claim_port()
     with open(log, "wb") as out:
         demo = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
-             "--flower-port", str(free_port()), "--pause", "30"],
+             "--flower-port", str(claim_port()), "--pause", "30"],
             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     demo.port, demo.log_path = port, log  # type: ignore[attr-defined]
     return demo

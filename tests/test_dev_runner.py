@@ -19,6 +19,7 @@ import redis
 import requests
 from sqlalchemy.engine import make_url
 
+from cli.ports import claim_port
 from cli.services import free_port
 from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 class DevRunner:
     def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.port, self.flower_port = free_port(), free_port()
+        self.port, self.flower_port = claim_port(), claim_port()
         self.data_dir, self.log_path = data_dir, log_path
         self.api = f"http://127.0.0.1:{self.port}"
 
@@ -271,7 +272,7 @@ def test_the_runner_starts_its_servers_on_other_ports_when_the_ports_it_picked_a
     from cli import services
     from cli.dev import DevConfig, start_backing_services
 
-    with services.EmbeddedRedis(tmp_path / "taker", free_port()) as taker:
+    with services.EmbeddedRedis(tmp_path / "taker", claim_port()) as taker:
         picks = iter([taker.port, taker.port])  # PostgreSQL's first pick, then Redis's
         monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
         with ExitStack() as stack:

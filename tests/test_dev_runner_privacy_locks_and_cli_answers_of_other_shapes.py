@@ -24,6 +24,7 @@ from cli.data_dir import data_dir_lock, make_data_dir
 from cli.main import cli
 from cli.output import describe_job
 from cli.postgres_server import EmbeddedPostgres, running_postmaster
+from cli.ports import claim_port
 from cli.services import EmbeddedRedis, free_port
 from cli.supervisor import Supervisor
 from cli.watchdog import Watchdog
@@ -80,7 +81,7 @@ def test_an_embedded_server_s_log_and_data_are_for_its_user_only(tmp_path: Path)
     log = tmp_path / "redis.log"
     log.write_text("an earlier start's\n")
     log.chmod(0o644)
-    server = EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True)
+    server = EmbeddedRedis(tmp_path / "redis", claim_port(), passwords=True)
     with server:
         wait_for(lambda: any((tmp_path / "redis").rglob("*.aof")), what="redis to write its append-only file")
         assert _private_tree(tmp_path / "redis") == {}
@@ -167,7 +168,7 @@ def test_a_stale_pid_file_naming_another_data_dir_s_postgres_is_stale(server_tmp
     for pid in others:
         (data_dir / "postmaster.pid").write_text(f"{pid}\n{data_dir}\n")
         assert running_postmaster(data_dir / "postmaster.pid") is None, pid
-    with EmbeddedPostgres(server_tmp / "live", free_port()) as server:  # a live one is still its dir's
+    with EmbeddedPostgres(server_tmp / "live", claim_port()) as server:  # a live one is still its dir's
         assert running_postmaster(server.data_dir / "postmaster.pid") == server.pid
 
 
@@ -176,15 +177,15 @@ def test_an_embedded_server_never_takes_the_runner_s_own_api_port(server_tmp: Pa
                                                                   request: pytest.FixtureRequest, embedded: str) -> None:
     """The runner's API and Flower ports are free while the servers start (gunicorn and Flower
     bind them after): a free port picked for Redis or PostgreSQL could be one of them, and the
-    API then failed to start. Tests pick their PLANT_PORT from the same range. One server is
+    API then failed to start. A PLANT_PORT set in the kernel's range is as likely a pick. One server is
     embedded at a time (the other is the suite's), its first pick being the API's port."""
     given = {"database_url": None} if embedded == "postgres" else {"redis_url": None}
     # before free_port is patched: the suite's own servers, started for the first test that asks, pick ports too
     urls = {name: given[name] if name in given else request.getfixturevalue(name) for name in ("database_url", "redis_url")}
-    api_port = free_port()
+    api_port = claim_port()
     picks = iter([api_port])
     monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
-    config = dev.DevConfig(data_dir=server_tmp, port=api_port, flower_port=free_port(), pg_port=0, redis_port=0,
+    config = dev.DevConfig(data_dir=server_tmp, port=api_port, flower_port=claim_port(), pg_port=0, redis_port=0,
                            signing_key_file=None, flower_basic_auth=None, **urls)
     with ExitStack() as stack:
         started = dev.start_backing_services(config, stack)

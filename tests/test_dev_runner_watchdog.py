@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.services import EmbeddedRedis, free_port
+from cli.ports import claim_port
+from cli.services import EmbeddedRedis
 from cli.supervisor import Supervisor
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
@@ -168,7 +169,7 @@ def test_a_shutdown_signal_just_after_an_app_process_starts_does_not_orphan_it(s
 
 def test_a_signal_just_after_a_server_starts_does_not_orphan_it(tmp_path: Path, signal_after_next_popen) -> None:
     """The same moment in an embedded server's start: its ``stop()`` must know the process."""
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server = EmbeddedRedis(tmp_path / "redis", claim_port())
     marker = f"127.0.0.1:{server.port}"  # redis-server's title names its address, not its data dir
     try:
         signal_after_next_popen()

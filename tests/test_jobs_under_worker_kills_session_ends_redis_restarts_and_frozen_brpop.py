@@ -162,9 +162,10 @@ def test_jobs_queued_across_a_redis_restart_all_run_once(settings, admin_key, tm
     lost-message sweep publishes them again (PLANT_REQUEUE_AFTER_SECONDS, 0.5 s here)."""
     import shutil
 
-    from cli.services import EmbeddedRedis, free_port
+    from cli.ports import claim_port
+    from cli.services import EmbeddedRedis
 
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server = EmbeddedRedis(tmp_path / "redis", claim_port())
     server.start()
     stack = ChaosStack(settings, tmp_path, redis_url=server.url)
     try:

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from cli.postgres_server import EmbeddedPostgres, _remove_stale_pid_file, ensure_system_user
+from cli.ports import claim_port
 from cli.services import EmbeddedRedis, PortTaken, ServiceError, free_port
 from models.settings import libpq_url
 from tests.conftest import wait_for
@@ -40,7 +41,7 @@ def _process_tree(pid: int) -> list[psutil.Process]:
 
 
 def test_postgres_serves_pgvector(server_tmp: Path) -> None:
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as server, _connect(server) as conn:
         conn.execute("CREATE EXTENSION vector")
         (distance,) = conn.execute("SELECT '[1,2,3]'::vector <=> '[1,2,4]'::vector").fetchone()
 
@@ -68,7 +69,7 @@ def test_postgres_with_passwords_lets_no_one_in_without_one(server_tmp: Path) ->
     password, and from there lift the guards or run programs (COPY ... TO PROGRAM) (helper-115)."""
     import stat
 
-    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port(), passwords=True) as server:
         assert server.password_path is not None and stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
         assert _refused_without_password(server)
         with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
@@ -76,7 +77,7 @@ def test_postgres_with_passwords_lets_no_one_in_without_one(server_tmp: Path) ->
         server.create_database("plant")
         password = server.password_path.read_text()
     assert not (server_tmp / "pg.initdb-password").exists()
-    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as restarted:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port(), passwords=True) as restarted:
         assert restarted.password_path.read_text() == password and _refused_without_password(restarted)
         with psycopg.connect(libpq_url(restarted.url_for("plant")), autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -87,22 +88,22 @@ def test_a_start_cut_short_or_a_lost_password_file_is_said_plainly(server_tmp: P
     on it (FileExistsError); a password file removed from a data dir that needs it made a
     new password and an authentication error (helper-123)."""
     (server_tmp / "pg.initdb-password").write_text("left by a start killed during initdb\n")
-    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port(), passwords=True) as server:
         assert _refused_without_password(server)
     assert server.password_path is not None
     server.password_path.unlink()
     with pytest.raises(ServiceError, match="pg.password is missing"):
-        EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True).start()
+        EmbeddedPostgres(server_tmp / "pg", claim_port(), passwords=True).start()
 
 
 def test_a_data_dir_made_trusting_every_connection_needs_passwords_from_its_next_start_with_them(server_tmp: Path) -> None:
     """Data dirs made by earlier releases of the dev runner (initdb --auth=trust) keep their data
     and are switched over, not left open."""
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as trusting, _connect(trusting) as conn:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as trusting, _connect(trusting) as conn:
         conn.execute("CREATE TABLE kept (value text)")
         conn.execute("INSERT INTO kept VALUES ('survives')")
     hba = (server_tmp / "pg" / "pg_hba.conf").stat()
-    with EmbeddedPostgres(server_tmp / "pg", free_port(), passwords=True) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port(), passwords=True) as server:
         rewritten = (server.data_dir / "pg_hba.conf").stat()  # replaced whole, as its owner's, with its mode
         assert (rewritten.st_uid, rewritten.st_gid, rewritten.st_mode) == (hba.st_uid, hba.st_gid, hba.st_mode)
         wait_for(lambda: _refused_without_password(server), what="the reloaded pg_hba.conf to need a password")
@@ -113,20 +114,20 @@ def test_a_data_dir_made_trusting_every_connection_needs_passwords_from_its_next
 
 
 def test_postgres_restart_keeps_databases_and_rows(server_tmp: Path) -> None:
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as server:
         server.create_database("plant")
         server.create_database("plant")  # idempotent
         with _connect(server, "plant") as conn:
             conn.execute("CREATE TABLE kept (value text)")
             conn.execute("INSERT INTO kept VALUES ('survives')")
 
-    restarted = EmbeddedPostgres(server_tmp / "pg", free_port())
+    restarted = EmbeddedPostgres(server_tmp / "pg", claim_port())
     with restarted, _connect(restarted, "plant") as conn:
         assert conn.execute("SELECT value FROM kept").fetchall() == [("survives",)]
 
 
 def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(server_tmp: Path) -> None:
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as server:
         server.create_database("scratch")
         with _connect(server, "scratch"):
             server.drop_database("scratch")
@@ -138,7 +139,7 @@ def test_postgres_drop_database_is_idempotent_and_forces_sessions_out(server_tmp
 
 
 def test_postgres_starts_after_a_crash(server_tmp: Path) -> None:
-    server = EmbeddedPostgres(server_tmp / "pg", free_port())
+    server = EmbeddedPostgres(server_tmp / "pg", claim_port())
     server.start()
     with _connect(server) as conn:
         conn.execute("CREATE TABLE committed (n int)")
@@ -149,7 +150,7 @@ def test_postgres_starts_after_a_crash(server_tmp: Path) -> None:
     server.stop()  # only reaps the dead child
     assert (server_tmp / "pg" / "postmaster.pid").exists()
 
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as restarted, _connect(restarted) as conn:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as restarted, _connect(restarted) as conn:
         assert conn.execute("SELECT n FROM committed").fetchall() == [(1,)]
 
 
@@ -162,7 +163,7 @@ def test_stale_pid_file_is_removed_only_when_no_postgres_owns_it(server_tmp: Pat
         other.communicate(b"\n")
     assert not pid_file.exists()
 
-    with EmbeddedPostgres(server_tmp / "pg", free_port()) as server:
+    with EmbeddedPostgres(server_tmp / "pg", claim_port()) as server:
         live_pid_file = server.data_dir / "postmaster.pid"
         _remove_stale_pid_file(live_pid_file)
         assert live_pid_file.exists()
@@ -186,7 +187,7 @@ def test_a_test_s_postgres_starts_while_another_pytest_session_resets_pytest_s_t
     mode = pytest_root.stat().st_mode
     monkeypatch.setattr(EmbeddedPostgres, "_prepare", prepared_then_reset)
     try:
-        with EmbeddedPostgres(server_tmp / "pg", free_port()) as server, _connect(server) as conn:
+        with EmbeddedPostgres(server_tmp / "pg", claim_port()) as server, _connect(server) as conn:
             conn.execute("CREATE TABLE written (n int)")  # new files in the data dir
             assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
     finally:
@@ -194,7 +195,7 @@ def test_a_test_s_postgres_starts_while_another_pytest_session_resets_pytest_s_t
 
 
 def test_postgres_stop_leaves_no_process_and_is_idempotent(server_tmp: Path) -> None:
-    server = EmbeddedPostgres(server_tmp / "pg", free_port())
+    server = EmbeddedPostgres(server_tmp / "pg", claim_port())
     server.start()
     tree = _process_tree(server.pid)
     assert len(tree) > 1  # postmaster plus its auxiliary processes
@@ -207,12 +208,12 @@ def test_postgres_stop_leaves_no_process_and_is_idempotent(server_tmp: Path) -> 
 
 
 def test_redis_restart_keeps_keys_from_the_append_only_file(tmp_path: Path) -> None:
-    with EmbeddedRedis(tmp_path / "redis", free_port()) as server:
+    with EmbeddedRedis(tmp_path / "redis", claim_port()) as server:
         with redis.Redis.from_url(server.url) as client:
             assert client.ping()
             client.set("plant:kept", "survives")
 
-    with EmbeddedRedis(tmp_path / "redis", free_port()) as server:
+    with EmbeddedRedis(tmp_path / "redis", claim_port()) as server:
         with redis.Redis.from_url(server.url) as client:
             assert client.get("plant:kept") == b"survives"
 
@@ -220,20 +221,20 @@ def test_redis_restart_keeps_keys_from_the_append_only_file(tmp_path: Path) -> N
 def test_redis_with_passwords_takes_only_clients_that_give_it_and_never_shows_it(tmp_path: Path) -> None:
     """The dev runner's broker: any local process could publish tasks to its workers or empty
     its queues (helper-115)."""
-    with EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True) as server:
+    with EmbeddedRedis(tmp_path / "redis", claim_port(), passwords=True) as server:
         with redis.Redis(host=server.host, port=server.port) as anonymous, pytest.raises(redis.AuthenticationError):
             anonymous.ping()
         with redis.Redis.from_url(server.url) as client:
             client.set("k", "v")
         password = server.password_path.read_text().strip()
         assert password in server.url and password not in " ".join(psutil.Process(server.pid).cmdline())
-    with EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True) as restarted, \
+    with EmbeddedRedis(tmp_path / "redis", claim_port(), passwords=True) as restarted, \
             redis.Redis.from_url(restarted.url) as client:
         assert client.get("k") == b"v"
 
 
 def test_redis_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server = EmbeddedRedis(tmp_path / "redis", claim_port())
     server.start()
     process = psutil.Process(server.pid)
 
@@ -245,7 +246,7 @@ def test_redis_stop_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_redis_start_fails_when_its_port_is_taken(tmp_path: Path) -> None:
-    port = free_port()
+    port = claim_port()
     with EmbeddedRedis(tmp_path / "first", port):
         second = EmbeddedRedis(tmp_path / "second", port)
         # The first server answers on that port, but it must not pass for the second.
@@ -261,7 +262,7 @@ def test_the_suite_starts_its_server_on_another_port_when_its_first_is_taken(tmp
     from cli import services
     from tests import conftest
 
-    with EmbeddedRedis(tmp_path / "taker", free_port()) as taker:
+    with EmbeddedRedis(tmp_path / "taker", claim_port()) as taker:
         picks = iter([taker.port])
         monkeypatch.setattr(services, "free_port", lambda: next(picks, None) or free_port())
         servers = conftest.embedded_server(server_class, "retry")
@@ -323,7 +324,7 @@ def test_interrupted_start_leaves_no_server(tmp_path: Path) -> None:
             self.started_pid = self.pid
             raise KeyboardInterrupt  # what Ctrl-C during the readiness wait looks like
 
-    server = InterruptedRedis(tmp_path / "redis", free_port())
+    server = InterruptedRedis(tmp_path / "redis", claim_port())
     with pytest.raises(KeyboardInterrupt):
         server.start()
 

@@ -25,7 +25,8 @@ from vine import promise
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from cli.services import EmbeddedRedis, free_port
+from cli.ports import claim_port
+from cli.services import EmbeddedRedis
 from models.jobs import Job
 from tests.conftest import wait_for
 from tests.stack import ChaosStack
@@ -167,7 +168,7 @@ def test_events_buffered_when_the_broker_goes_away_are_published_when_it_is_back
     consumer publishes its buffer as the connection closes, which fails and leaves the
     events to Celery's outbound buffer, which the next connection's dispatcher sends.
     Without that flush they stayed in the closed dispatcher's buffer, lost."""
-    redis_server = EmbeddedRedis(tmp_path / "redis", free_port())
+    redis_server = EmbeddedRedis(tmp_path / "redis", claim_port())
     redis_server.start()
     stack = ChaosStack(settings, tmp_path, redis_url=redis_server.url, app="tests.held_events_app")
     log = tmp_path / "held.log"
