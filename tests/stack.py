@@ -77,7 +77,7 @@ class ChaosStack:
         argv = ["worker", "-Q", "default,audit,maintenance", "-c", str(concurrency), "-n", self.node(name),
                 "--without-mingle", "--without-gossip"]
         process = self._spawn(name, argv)
-        wait_for(lambda: process.poll() is not None or self.celery.control.ping(timeout=0.5, destination=[self.node(name)]),
+        wait_for(lambda: process.poll() is not None or self.celery.control.ping(timeout=0.5, destination=[self.node(name)], limit=1),
                  timeout=60, what=f"worker {name}")
         assert process.poll() is None, (self.log_dir / f"{name}.log").read_text()[-3000:]
         if restart:

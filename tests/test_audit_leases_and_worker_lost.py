@@ -144,7 +144,7 @@ def _start_workers(stack: ChaosStack) -> None:
     for name, queues, concurrency in (("auditor", "audit", "1"), ("default", "default,maintenance", "2")):
         stack._spawn(name, ["worker", "-Q", queues, "-c", concurrency, "-n", stack.node(name),
                             "--without-mingle", "--without-gossip"])
-        wait_for(lambda name=name: stack.celery.control.ping(timeout=0.5, destination=[stack.node(name)]),
+        wait_for(lambda name=name: stack.celery.control.ping(timeout=0.5, destination=[stack.node(name)], limit=1),
                  timeout=60, what=f"worker {name}")
 
 

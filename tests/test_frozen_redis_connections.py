@@ -97,7 +97,7 @@ def test_a_worker_whose_redis_connections_freeze_goes_on_consuming(settings, adm
                  what="a job submitted after the freeze")
         took = time.monotonic() - frozen_at
         # Asked straight through Redis: the test's own connections through the forwarder froze too.
-        wait_for(lambda: recovery.celery.control.ping(timeout=0.5, destination=[worker.node("worker")]),
+        wait_for(lambda: recovery.celery.control.ping(timeout=0.5, destination=[worker.node("worker")], limit=1),
                  timeout=RECOVERY_BOUND, what="the worker to answer remote control again")
         assert worker.processes["worker"].poll() is None  # the same process, not a restart
         print(f"a job submitted after the freeze ran {took:.1f} s later")

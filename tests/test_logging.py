@@ -129,7 +129,7 @@ def json_worker(settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         )
     probe = create_celery(settings)
     try:
-        wait_for(lambda: process.poll() is not None or probe.control.ping(timeout=0.5, destination=[node]),
+        wait_for(lambda: process.poll() is not None or probe.control.ping(timeout=0.5, destination=[node], limit=1),
                  timeout=60, what="the JSON worker to answer a ping")
         assert process.poll() is None, log_path.read_text()[-3000:]
         yield queue, log_path
