@@ -230,6 +230,10 @@ case "$ROLE" in
         trap 'rm -rf "$work"' EXIT
         mkdir -p "$work/keys/retired"
         if [ -z "${PLANT_SIGNING_KEY:-}" ]; then
+            if [ ! -f "$PLANT_SIGNING_KEY_FILE" ]; then  # cat would wait on a FIFO for good
+                echo "plant-entrypoint: PLANT_SIGNING_KEY_FILE (${PLANT_SIGNING_KEY_FILE}) is not a regular file" >&2
+                exit 64
+            fi
             (umask 077 && cat "$PLANT_SIGNING_KEY_FILE" > "$work/keys/active.pem")
         fi
         if [ -d "$mounted" ]; then

@@ -231,7 +231,7 @@ class KeyFileTooOpen(SigningKeyError):
 
 class KeySealFileInvalid(SigningKeyError):
     """A retired key's seal file a running process found (``models.keys.RetiredSealWatch``)
-    stayed malformed, or one it may not read (its mode, a directory, a link loop), past the
+    stayed malformed, or one it may not read (its mode, a directory, a link loop, a FIFO), past the
     window a seal being written is given: the server's files are at fault, not the request, so
     the API answers 500 (``web.problems``), and a job fails; a process starting on these files
     refuses to start. Passes only once someone puts the file right (or removes it)."""

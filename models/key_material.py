@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from models.errors import KeyFileTooOpen, SigningKeyError
+from models.regular_files import open_regular_file
 from models.signing import MIN_RSA_BITS, SigningKey, VerifyingKey
 
 
@@ -89,7 +90,7 @@ def read_private_key_file(path: Path) -> bytes:
     then they could put their own key in. (A process running as root owns a root-owned secret:
     for it a 0644 file is refused; give the volume ``defaultMode: 0400``.) Mode and bytes come from one open file, so a file swapped in
     between cannot pass on the other's mode."""
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:  # a FIFO at the path would hang the open; refused instead
         status = os.fstat(handle.fileno())
         mode, owned = stat.S_IMODE(status.st_mode), status.st_uid == os.geteuid()
         if owned and mode & OPEN_TO_OTHERS or mode & (stat.S_IWGRP | stat.S_IWOTH):

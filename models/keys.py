@@ -31,6 +31,7 @@ from models.settings import Settings
 from models.canonical import aware_time, canonical_bytes, strict_json_loads
 from models.signing import KeyRing, KeySeal, SigningKey, VerifyingKey
 from models.key_material import load_signing_key_pem, load_verifying_key_pem, read_private_key_file
+from models.regular_files import NotARegularFile, read_regular_file
 from models.errors import KeyFileTooOpen, KeySealFileInvalid, KeySealUnreadable, SigningKeyError, SigningKeySealed
 
 ROTATION_LOCK = ".rotate.lock"
@@ -78,7 +79,7 @@ def _read_keyring(settings: Settings) -> KeyRing:
     # directory that is also the active key's, is no retired key, and is read as the active one.
     pems = [path for path in files if path.name.endswith(".pem") and not _is_active_key_file(settings, path)]
     def verifying(path: Path) -> VerifyingKey:
-        return _loaded(path, lambda: load_verifying_key_pem(path.read_bytes()))
+        return _loaded(path, lambda: load_verifying_key_pem(read_regular_file(path)))
 
     ring = KeyRing(
         replace(active, guard=SealWatch(retired_dir / f"{active.kid}{SEAL_SUFFIX}", active.kid)),
@@ -152,7 +153,8 @@ class RetiredSealWatch:
     A seal file whose read fails for the mount (EIO, ESTALE) raises ``KeySealUnreadable``
     however long that lasts: whether the key is sealed cannot be told yet, so a job retries
     and the API answers 503. So does one there but not yet a whole seal (being copied in), or
-    one this process may not read (``SEAL_FILE_ERRNOS``: its mode, a directory, a link loop),
+    one this process may not read (``SEAL_FILE_ERRNOS``: its mode, a directory, a link loop; or
+    no regular file, such as a FIFO, which is never waited on: ``models.regular_files``),
     for ``settle_seconds`` after it was first found so; then ``KeySealFileInvalid`` (the API's
     500, a job failed), as a restart on these files would refuse to start, until it reads
     whole (or is removed)."""
@@ -174,16 +176,17 @@ class RetiredSealWatch:
             return None
         path = self._retired_dir / f"{kid}{SEAL_SUFFIX}"
         try:
-            content = path.read_bytes()
+            content = read_regular_file(path)  # a FIFO there must not hang every check of the key
         except (FileNotFoundError, NotADirectoryError):  # not sealed (or removed again before it was read)
             self._faulty_since.pop(kid, None)
             self._unsealed_until[kid] = now + self._recheck_seconds
             return None
         except OSError as exc:
             cause = f"{path}: {exc.strerror or exc}"
-            if exc.errno in SEAL_FILE_ERRNOS:
-                self._settling(kid, now, f"retired signing key {kid}'s seal file cannot be read ({cause}, "
-                               f"{errno.errorcode[exc.errno]}): it must be a file this process's user can read", exc)
+            if exc.errno in SEAL_FILE_ERRNOS or isinstance(exc, NotARegularFile):
+                code = f", {errno.errorcode[exc.errno]}" if exc.errno in SEAL_FILE_ERRNOS else ""
+                self._settling(kid, now, f"retired signing key {kid}'s seal file cannot be read ({cause}{code}): "
+                               "it must be a regular file this process's user can read", exc)
             raise KeySealUnreadable(f"cannot tell yet whether retired signing key {kid} was sealed since this process "
                                     f"started ({cause}); nothing it signed was judged") from exc
         self._found[kid] = self._whole(kid, path, content, now)
@@ -246,7 +249,7 @@ def _loaded(source: Path | str, load: Callable[[], T]) -> T:
 def load_seal(path: Path) -> KeySeal:
     """A retired key's seal file (``<kid>.seal.json``, written by ``plant signing-keys seal``)."""
     try:
-        content = path.read_bytes()
+        content = read_regular_file(path)  # a FIFO there would hang the process's start
     except OSError as exc:
         raise SigningKeyError(f"unreadable key seal {path}: {exc}") from exc
     return parse_seal(path, content)

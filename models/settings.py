@@ -23,6 +23,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from models.regular_files import read_regular_file
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def read_secret_file(variable: str, path: str) -> str:
     if not path.strip():
         raise SettingsError(f"{variable} is set but names no file")
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_regular_file(path).decode("utf-8").strip()  # a FIFO there would hang the process's start
     except OSError as exc:
         raise SettingsError(f"{variable}: cannot read {path} ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:

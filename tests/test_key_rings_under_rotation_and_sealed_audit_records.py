@@ -20,7 +20,7 @@ from tests.test_audit_record_signed import skills  # noqa: F401 - the fixture
 def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action: Any) -> None:
     """Run ``action`` (a rotation step) once, right after the key ring's loader reads the
     first file ``which(path)`` picks: a rotation that lands between two of its reads."""
-    original, original_private, state = Path.read_bytes, keys.read_private_key_file, {"done": False, "busy": False}
+    original, original_private, state = keys.read_regular_file, keys.read_private_key_file, {"done": False, "busy": False}
 
     def after(path: Path, data: bytes) -> bytes:
         if not state["done"] and not state["busy"] and which(path):
@@ -31,7 +31,7 @@ def _run_once_after_reading(monkeypatch: pytest.MonkeyPatch, which: Any, action:
                 state["busy"], state["done"] = False, True
         return data
 
-    monkeypatch.setattr(Path, "read_bytes", lambda path: after(path, original(path)))
+    monkeypatch.setattr(keys, "read_regular_file", lambda path: after(path, original(path)))  # the retired keys and seals
     monkeypatch.setattr(keys, "read_private_key_file", lambda path: after(path, original_private(path)))  # the active key
 
 

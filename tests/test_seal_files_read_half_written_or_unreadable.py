@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import models.keys
 from models.chain import history
 from models.entities import Agent, Team
 from models.errors import KeySealUnreadable, SigningKeyError
@@ -109,14 +110,14 @@ def test_a_seal_file_that_cannot_be_read_is_not_known_yet(key_settings: Settings
     ring = watching(keyring_from_settings(key_settings), retired_dir, settle_seconds=0)
     path = retired_dir / f"{old_kid}{SEAL_SUFFIX}"
     path.write_text("{}")
-    read_bytes = Path.read_bytes
+    read = models.keys.read_regular_file
 
     def failing_mount(self: Path) -> bytes:
         if self == path:
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
-        return read_bytes(self)
+        return read(self)
 
-    monkeypatch.setattr(Path, "read_bytes", failing_mount)
+    monkeypatch.setattr(models.keys, "read_regular_file", failing_mount)
     with pytest.raises(KeySealUnreadable, match=f"cannot tell yet whether retired signing key {old_kid} was sealed"):
         ring.seal(old_kid)
     with pytest.raises(KeySealUnreadable, match="Input/output error"):
