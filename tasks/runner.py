@@ -9,9 +9,9 @@ is already terminal, or held by another live attempt, makes the task a no-op, so
 redelivered message is harmless. Progress goes through a sink that commits each
 checkpoint, renews the lease and turns a requested cancel into ``JobCancelled``.
 
-Transient errors (lost database or Redis connections, timeouts) are retried with
-exponential backoff and full jitter, up to ``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job
-shows each attempt and the last error meanwhile. An attempt refused because this
+Transient errors (lost database or Redis connections, timeouts, and a ``TransientJobError``
+a job's own code raises) are retried with exponential backoff and full jitter, up to
+``PLANT_JOB_MAX_ATTEMPTS`` attempts; the job shows each attempt and the last error meanwhile. An attempt refused because this
 process's signing key was sealed after it started (``signing-key-sealed``) is handed back
 instead (no attempt counted), and the worker stops taking jobs and exits 0, for its
 supervisor to restart it on the active key. Other domain errors are never retried. A job's
@@ -79,6 +79,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, InterfaceError, DisconnectionError, redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError, BrokerError, ConnectionError, TimeoutError,
     SigningKeySealed,  # an audit chunk's: passes once a worker restarted on the active key takes it (a job's is a hand-back)
+    TransientJobError,  # job code's own word that a dependency was unavailable: retried as the errors above are
 )
 
 
@@ -365,6 +366,11 @@ def _execute(claim: JobClaim, handler: JobHandler, progress: RowProgress) -> Att
         runtime.restart_worker_on_the_active_key()  # before the job is republished: this worker takes no more
         return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=exc.problem(),
                        retry_after=backoff_seconds(claim.counted_attempts), handed_back=True)
+    except TransientJobError as exc:  # a PlantError written for clients, but one that passes: retried, not failed
+        log.warning("job %s attempt %s hit a transient error: %s", claim.job_id, claim.attempt, exc.detail)
+        error = TransientJobError(f"attempt {claim.attempt}: {exc.detail}").problem()
+        return Attempt(JobStatus.QUEUED, result=_kept_result(exc), error=error,
+                       retry_after=backoff_seconds(claim.counted_attempts))
     except PlantError as exc:
         return Attempt(JobStatus.FAILED, result=_kept_result(exc), error=exc.problem())
     except Exception as exc:  # noqa: BLE001 - every failure must land in the row
