@@ -246,6 +246,13 @@ def generated_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_
     return path.read_text().strip()
 
 
+def redis_config_string(value: str) -> str:
+    """``value`` as one argument of a Redis configuration line: each byte as ``\\xHH`` inside double
+    quotes, which Redis reads back as that byte. Written as it was, a space split it into two
+    arguments and a quote opened a quoted one (a password file copied in from elsewhere)."""
+    return '"' + "".join(f"\\x{byte:02x}" for byte in value.encode()) + '"'
+
+
 class EmbeddedRedis(ChildServer):
     """redis-server with an append-only file in ``data_dir``, so keys survive a restart.
 
@@ -274,7 +281,7 @@ class EmbeddedRedis(ChildServer):
         if self.password_path is None:
             return
         # written afresh at each start: the password file is the one kept
-        replace_file(self._config_path, f"requirepass {self._password()}\n".encode(), mode=0o600)
+        replace_file(self._config_path, f"requirepass {redis_config_string(self._password() or '')}\n".encode(), mode=0o600)
 
     def _argv(self) -> list[str]:
         config = [str(self._config_path)] if self.password_path is not None else []
