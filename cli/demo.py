@@ -32,6 +32,7 @@ from cli.output import compact, json_option, outcome_lines, print_json
 from cli.watch import ProgressView, follow, require_success
 from models.errors import PlantError
 from models.reports import verify_report
+from models.settings import child_environment
 
 TAMPERED_SKILL_KEY = "fraud-detection"
 TAMPER_SQL = "UPDATE skills SET description = 'tampered' WHERE skill_key = %s RETURNING id, name"
@@ -147,7 +148,7 @@ class Tour:
         command = [sys.executable, "-m", "cli.main", "entity", "restore", "skill", tampered["skill_id"],
                    "--actor", "operator:demo", "--json"]
         self.narrator.say("  plant entity restore skill " + tampered["skill_id"])
-        completed = subprocess.run(command, env={**self.stack.environment(), "DATABASE_URL": self.stack.database_url()},
+        completed = subprocess.run(command, env=child_environment(self.stack.environment(), DATABASE_URL=self.stack.database_url()),
                                    capture_output=True, text=True, timeout=RESTORE_TIMEOUT_SECONDS)
         if completed.returncode != 0:
             raise PlantCliError(f"plant entity restore failed: {completed.stderr.strip()[-500:]}")

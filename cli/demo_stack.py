@@ -1,8 +1,9 @@
 """The stack the guided demo runs on: ``plant dev`` as a child process with a data dir of its own.
 
 The demo must never touch the developer's own stack or databases, so the child gets its
-own ``PLANT_DATA_DIR`` and ports, and every variable that could point it at shared
-servers, keys or credentials is removed from its environment. The data dir is wiped at
+own ``PLANT_DATA_DIR`` and ports, and none of the developer's settings: each is taken out of
+its environment under every name Plant reads it by, ``*_FILE`` variants included
+(``models.settings.child_environment``), and so is every other ``PLANT_*`` variable. The data dir is wiped at
 the start of each demo, but only if it carries the demo's marker file (or is empty): the
 demo never deletes a directory it did not create. The runner's output goes to
 ``<data dir>/stack.log``; leaving the ``with`` block SIGTERMs it, and it stops everything
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Self
@@ -32,21 +34,24 @@ from cli.local import SERVICES_ENV, services_env_value
 from cli.postgres_server import running_postmaster
 from cli.services import private_log
 from cli.watchdog import LIFELINE_VARIABLE
+from models.settings import Settings, child_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKER_FILE = ".plant-demo"
 HEALTH_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 60.0
-# Shared servers, keys and credentials the demo's stack must not inherit.
-ISOLATED_VARIABLES = (
-    "DATABASE_URL", "PLANT_DATABASE_URL", "REDIS_URL", "PLANT_REDIS_URL", "PLANT_PG_PORT", "PLANT_REDIS_PORT",
-    "PLANT_SIGNING_KEY", "PLANT_SIGNING_KEY_FILE", "PLANT_RETIRED_SIGNING_KEYS_DIR", "PLANT_ADMIN_API_KEY",
-    "PLANT_FLOWER_BASIC_AUTH", "PLANT_URL", "PLANT_API_KEY", "PLANT_BIND", "PORT",
-    "PROMETHEUS_MULTIPROC_DIR",  # the demo's gunicorn empties it at start: never the developer's own
-    # The secrets' file variants (models/settings.py, SECRET_FILE_SETTINGS).
-    "DATABASE_URL_FILE", "PLANT_DATABASE_URL_FILE", "REDIS_URL_FILE", "PLANT_REDIS_URL_FILE",
-    "PLANT_ADMIN_API_KEY_FILE", "PLANT_FLOWER_BASIC_AUTH_FILE",
-)
+# What the demo's stack must not inherit besides every setting (which models.settings.child_environment
+# resets, under each of its names and its *_FILE variants): every other PLANT_* variable (plant dev's
+# ports, the CLI's server and key, gunicorn's bind), and the bind gunicorn takes from PORT or its own
+# GUNICORN_CMD_ARGS. The developer's servers, keys, credentials and directories (a
+# PROMETHEUS_MULTIPROC_DIR the demo's gunicorn would empty) stay theirs.
+NOT_PLANT_SETTINGS = ("PORT", "GUNICORN_CMD_ARGS")
+
+
+def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()  # PLANT_, compared in any case as Settings does
+    return {name: value for name, value in environ.items()
+            if not (prefix and name.upper().startswith(prefix)) and name not in NOT_PLANT_SETTINGS}
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -104,10 +109,12 @@ class DemoStack:
         return value.replace("postgresql+psycopg://", "postgresql://", 1)
 
     def environment(self) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if name not in ISOLATED_VARIABLES}
-        env.update(PLANT_DATA_DIR=str(self.data_dir.resolve()), PLANT_PORT=str(self.port),
-                   PLANT_FLOWER_PORT=str(self.flower_port), PYTHONUNBUFFERED="1", **self.extra_env)
-        return env
+        """The runner's environment: this process's, with none of the developer's settings (every
+        one reset) nor other PLANT_* variables (:func:`_inherited`), then the demo's own data dir and
+        ports, and ``extra_env``."""
+        return child_environment(_inherited(os.environ), reset=Settings.model_fields,
+                                 PLANT_DATA_DIR=str(self.data_dir.resolve()), PLANT_PORT=str(self.port),
+                                 PLANT_FLOWER_PORT=str(self.flower_port), PYTHONUNBUFFERED="1", **self.extra_env)
 
     def __enter__(self) -> Self:
         self.start()

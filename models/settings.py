@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -320,21 +320,26 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def child_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+def child_environment(base: Mapping[str, str], *, reset: Iterable[str] = (), **overrides: str) -> dict[str, str]:
     """``base`` (a process's environment) with ``overrides`` set, for a process it starts. A setting
     an override gives loses every other variable ``base`` gives it in (names compared as
     :class:`Settings` compares them): its ``*_FILE`` variants above all, beside which the child
     would stop with "both set" (``DATABASE_URL_FILE`` exported, ``DATABASE_URL`` overridden), and
     its other names, one of which could win over the override (``DATABASE_URL`` over
-    ``PLANT_DATABASE_URL``)."""
-    fold = _fold(Settings)
+    ``PLANT_DATABASE_URL``). Each setting ``reset`` names (fields of :class:`Settings`) loses every
+    variable ``base`` gives it in, overridden or not: a child that must run on its defaults (the
+    demo's stack, which gets ``reset=Settings.model_fields``, so a setting added later is reset too)."""
+    unknown = set(reset) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"no such settings to reset: {', '.join(sorted(unknown))}")
+    fold, reset = _fold(Settings), frozenset(reset)
     given = {fold(name) for name in overrides}
     replaced: set[str] = set()
     for field_name in Settings.model_fields:
         variables = [variable for _, variable in field_variables(Settings, field_name)]
         if field_name in SECRET_FILE_SETTINGS:
             variables += [variable + FILE_SUFFIX for variable in variables]
-        if given & {fold(variable) for variable in variables}:
+        if field_name in reset or given & {fold(variable) for variable in variables}:
             replaced |= {fold(variable) for variable in variables}
     return {**{name: value for name, value in base.items() if fold(name) not in replaced}, **overrides}
 
