@@ -69,13 +69,17 @@ def test_redis_down_for_20_seconds_during_submissions(settings, admin_key, tmp_p
             assert response.status_code == 202  # accepted while Redis is down: the outbox has it
             urls.append(response.headers["Location"])
             time.sleep(1)  # pacing the stream of submissions, not waiting on state
+        during_outage = len(urls) - 10
         redis_server.start()
         urls += [client.post(SLEEP, json={"seconds": 0, "steps": 1}).headers["Location"] for _ in range(10)]
         jobs = wait_for(lambda: all_finished(client, urls), timeout=120, interval=0.5, what="every accepted job")
     finally:
         stack.stop()
         redis_server.stop()
-    assert len(jobs) >= 35 and {j["status"] for j in jobs} == {"succeeded"}
+    # How many went in during the outage depends on how fast a loaded machine answers (about
+    # one a second): every job accepted, whenever, must have run.
+    assert during_outage >= 5, during_outage
+    assert len(jobs) == len(urls) and {j["status"] for j in jobs} == {"succeeded"}
 
 
 def test_postgres_restart_while_jobs_run(settings, tmp_path, server_tmp) -> None:

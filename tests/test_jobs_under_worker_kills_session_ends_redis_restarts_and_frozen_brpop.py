@@ -190,7 +190,7 @@ def test_jobs_queued_across_a_redis_restart_all_run_once(settings, admin_key, tm
 
 
 def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_bound(
-        settings, admin_key, tmp_path, forwarder, direct_url) -> None:  # noqa: F811 - the fixtures imported above
+        settings, engine, admin_key, tmp_path, forwarder, direct_url) -> None:  # noqa: F811 - the fixtures imported above
     """The first job published after the worker's connections froze is handed to its blocked BRPOP,
     whose reply never arrives, so the message is in no queue and in no unacked set; only the
     lost-message sweep brings it back, one PLANT_REQUEUE_AFTER_SECONDS after its publish (plus up
@@ -219,9 +219,19 @@ def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_boun
     finally:
         worker.stop()
         recovery.stop()
-    print(f"frozen BRPOP: the job it took ran {took:.1f} s after the freeze, attempts {job['attempts']}")
+    with engine.connect() as connection:  # when the sweep published it again, by the database's clock
+        republished_after, republishes = connection.execute(text(
+            "SELECT extract(epoch FROM enqueued_at - created_at)::float8, republishes FROM jobs WHERE id = :id"),
+            {"id": job["id"]}).one()
+    print(f"frozen BRPOP: the job it took was published again {republished_after:.1f} s after its publish and ran "
+          f"{took:.1f} s after the freeze, attempts {job['attempts']}")
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
-    assert took <= requeue_after + interval + read_timeout + 3, took  # + one sweep interval, a reconnect, slack
+    # The documented bound: published again PLANT_REQUEUE_AFTER_SECONDS after its publish, plus up
+    # to one sweep interval (and a second of slack for beat's tick on a loaded machine).
+    assert republishes >= 1 and republished_after <= requeue_after + interval + 1, (republished_after, republishes)
+    # Then run by the worker once its reconnection has noticed the freeze (the read timeout): how
+    # soon depends on how loaded the machine is, so the slack here is wider.
+    assert took <= requeue_after + interval + read_timeout + 8, took
 
 
 def _fires(engine) -> list[tuple[float, int]]:
