@@ -79,7 +79,7 @@ def test_a_transient_error_job_code_raises_counts_as_transient_for_an_audit_chun
 
 @pytest.fixture
 def worker_with_a_job_unavailable_once(settings, tmp_path):
-    """A real worker (``tests/review_transient_worker.py``: Plant's worker app and one task more)
+    """A real worker (``tests/worker_with_a_transient_task.py``: Plant's worker app and one task more)
     consuming a queue of its own, for that task, and ``default``, where the retry goes."""
     from tasks.celery_app import create_celery
 
@@ -87,7 +87,7 @@ def worker_with_a_job_unavailable_once(settings, tmp_path):
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.review_transient_worker", "worker", "-Q", f"{queue},default",
+            [sys.executable, "-m", "celery", "-A", "tests.worker_with_a_transient_task", "worker", "-Q", f"{queue},default",
              "-c", "1", "-n", f"review-transient-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
              "--loglevel=INFO"],
             cwd=REPO_ROOT, env=child_env(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -107,7 +107,7 @@ def test_a_real_worker_retries_a_job_whose_code_raised_a_transient_error(
     """The first attempt raises; the runner gives the job back and sends it, through Redis, to
     its kind's task (``plant.diagnostics.sleep``), which the worker runs to success."""
     from models.db import make_session_factory
-    from tests.review_transient_worker import TASK
+    from tests.worker_with_a_transient_task import TASK
 
     app, queue = worker_with_a_job_unavailable_once
     sessions = make_session_factory(engine)

@@ -1,7 +1,7 @@
-"""A Celery app for ``celery -A tests.review_transient_worker worker``: Plant's worker app
+"""A Celery app for ``celery -A tests.worker_with_a_transient_task worker``: Plant's worker app
 (``worker.app``: its tasks, signals and consumer) with one task more, whose job code raises a
 ``TransientJobError`` on a job's first attempt, as job code whose dependency did not answer
-would. Used by tests/test_review_transient_job_errors.py only: the retry it causes goes back
+would. Used by tests/test_transient_job_errors_raised_by_job_code.py only: the retry it causes goes back
 through the broker to the job kind's own task, which Plant's worker runs."""
 
 from __future__ import annotations
