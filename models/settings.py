@@ -375,10 +375,8 @@ def settings_variables() -> frozenset[str]:
     """The PLANT_* names :class:`Settings` reads: each field's under the prefix, or its aliases,
     and a secret's ``*_FILE`` variants."""
     names: set[str] = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        spelt = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else [f"PLANT_{name}"]
-        found = {choice.upper() for choice in spelt if isinstance(choice, str) and choice.upper().startswith("PLANT_")}
+    for name in Settings.model_fields:
+        found = {variable.upper() for _, variable in field_variables(Settings, name) if variable.upper().startswith("PLANT_")}
         names |= found | ({n + FILE_SUFFIX for n in found} if name in SECRET_FILE_SETTINGS else set())
     return frozenset(names)
 
