@@ -312,3 +312,11 @@ def test_api_outlasts_gunicorn_s_graceful_shutdown_and_redis_has_a_limit_for_noe
     assert int(services()["api"]["stop_grace_period"].removesuffix("s")) > graceful > 30  # the long-poll cap (helper-75)
     command = " ".join(services()["redis"]["command"])
     assert "--maxmemory-policy noeviction" in command and '--maxmemory "$$REDIS_MAXMEMORY"' in command
+
+
+def test_every_process_that_embeds_skills_gets_one_embedder_migrate_included() -> None:
+    """``plant db upgrade`` (migrate) fills skills' reading vectors with ``PLANT_EMBEDDER``, and the
+    API and workers embed with theirs: compose passed it to none, so a value in .env changed nothing."""
+    embedders = {name: service.get("environment", {}).get("PLANT_EMBEDDER") for name, service in services().items()
+                 if name in {"migrate", "api", "worker", "worker-audit", "seed"}}
+    assert set(embedders.values()) == {"${PLANT_EMBEDDER:-hashing}"}, embedders
