@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from cli.client import ClientConfig
 from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV, services_env_value
 from cli.postgres_server import running_postmaster
-from cli.services import private_log
+from cli.services import PortTaken, private_log
+from cli.services import require_free_port as _require_free_port
 from cli.watchdog import LIFELINE_VARIABLE
 from models.settings import Settings, child_environment
 
@@ -70,11 +70,10 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 
 def require_free_port(port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise PlantCliError(f"{what} port {port} is in use ({exc.strerror}); pick another one") from exc
+    try:
+        _require_free_port(port, what)
+    except PortTaken as exc:
+        raise PlantCliError(str(exc)) from exc
 
 
 @dataclass

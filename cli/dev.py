@@ -36,7 +36,7 @@ from cli.errors import PlantCliError
 from cli.local import SERVICES_ENV
 from cli.postgres_server import EmbeddedPostgres
 from cli.seeding import seed_database
-from cli.services import EmbeddedRedis, Server, ServiceError, generated_secret, start_on_a_free_port
+from cli.services import EmbeddedRedis, Server, ServiceError, generated_secret, require_free_port, start_on_a_free_port
 from cli.supervisor import PROJECT_ROOT, Supervisor
 from cli.watchdog import DEFERRED_SIGNALS, LIFELINE_VARIABLE, Watchdog, stop_when_closed
 from models.chain import signer_kids
@@ -318,6 +318,8 @@ def ensure_dev_signing_key(settings: Settings, path: Path) -> None:
 def _run_stack(config: DevConfig, stack: ExitStack, watchdog: Watchdog) -> int:
     """Start everything, registering its cleanup on ``stack`` and its processes with
     ``watchdog``; return 1 when a child dies (a worker that exits 0 is started again)."""
+    require_free_port(config.port, "API (PLANT_PORT)")
+    require_free_port(config.flower_port, "Flower (PLANT_FLOWER_PORT)")
     services = start_backing_services(config, stack, watchdog)
     write_services_env(config.data_dir, services)
     migrate(services)

@@ -43,6 +43,17 @@ class PortTaken(ServiceError):
     """The server exited because another process holds its port ("Address already in use")."""
 
 
+def require_free_port(port: int, what: str, host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortTaken` naming ``what`` when ``port`` cannot be bound now: a port the user
+    chose (``PLANT_PORT``, ``PLANT_FLOWER_PORT``) is checked before anything starts, rather than
+    found taken by gunicorn or Flower once the servers, the migrations and the seed have run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(f"{what} port {port} is in use ({exc.strerror}); pick another one") from exc
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free right now (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -6,6 +6,7 @@ process it started is left, and that a restart keeps the data.
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -282,3 +283,20 @@ def test_the_runner_starts_its_servers_on_other_ports_when_the_ports_it_picked_a
                 assert f":{taker.port}/" not in url
             psycopg.connect(libpq_url(started.owner_url)).close()
             assert redis.Redis.from_url(started.redis_url).ping()
+
+
+@pytest.mark.parametrize("taken", ["PLANT_PORT", "PLANT_FLOWER_PORT"])
+def test_a_user_port_in_use_is_refused_before_anything_starts(tmp_path: Path, taken: str) -> None:
+    """A taken API or Flower port showed only once the servers, the migrations and the seed had
+    run, as gunicorn's or Flower's own bind error and "exited"; now it is named at once."""
+    ports = {"PLANT_PORT": claim_port(), "PLANT_FLOWER_PORT": claim_port()}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PLANT_SIGNING_KEY")}
+    env.update(PLANT_DATA_DIR=str(tmp_path / "data"), **{name: str(port) for name, port in ports.items()})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        ended = subprocess.run([sys.executable, "-m", "cli.main", "dev"], cwd=REPO_ROOT, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 1, ended.stdout + ended.stderr
+    assert f"({taken}) port {ports[taken]} is in use" in ended.stderr, ended.stderr
+    assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
