@@ -16,19 +16,23 @@ says: the most specific range matching a type gives its quality, and ``q=0`` ref
 Media type parameters (``application/json; charset=utf-8``) are not compared: Plant's JSON
 is UTF-8, the only charset JSON has (RFC 8259). An entry that is no media range at all
 (``Accept: json``) is ignored, and an ``Accept`` of nothing else is as no ``Accept``: no
-preference to refuse by.
+preference to refuse by. A quality is read as a number from 0 to 1, its leading ``0`` optional:
+Java's ``HttpURLConnection`` sends ``text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2`` unasked,
+whose ``*/*`` werkzeug's strict reading drops, which refused every JSON answer to it. An ``Accept``
+holding a quality that is no such number (``q=high``) is as no ``Accept`` too: a preference that
+cannot be read refuses nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Response, request
 from flask_openapi3 import OpenAPI
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
+from werkzeug.http import parse_list_header, parse_options_header
 
 from web.auth import PROTECTED_PREFIX
 from web.openapi_headers import openapi_path
@@ -36,16 +40,23 @@ from web.problems import problem_response
 from web.schemas import problems
 
 NOT_ACCEPTABLE = problems(406)[406]
+# A quality as clients write it: RFC 9110's qvalue ("0.2") and the ".2" some send (Java's).
+_QUALITY = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 
 
 def _ranges(accept: str) -> list[tuple[str, str, float]]:
     """``Accept``'s media ranges as ``(type, subtype, quality)``, lower case, parameters dropped;
-    an entry that is no ``type/subtype`` is left out."""
+    an entry that is no ``type/subtype`` is left out, and a quality that cannot be read leaves
+    none (the whole field disregarded)."""
     ranges = []
-    for value, quality in parse_accept_header(accept, MIMEAccept):
-        main, _, sub = value.split(";", 1)[0].strip().lower().partition("/")
+    for entry in parse_list_header(accept):
+        value, options = parse_options_header(entry)
+        quality = options.get("q", "1").strip(" \t")
+        if _QUALITY.fullmatch(quality) is None or not 0 <= float(quality) <= 1:
+            return []
+        main, _, sub = value.strip().lower().partition("/")
         if main and sub:
-            ranges.append((main, sub, quality))
+            ranges.append((main, sub, float(quality)))
     return ranges
 
 
