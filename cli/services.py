@@ -291,8 +291,12 @@ class EmbeddedRedis(ChildServer):
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.password_path is None:
             return
+        password = self._password()
+        if not password:  # `requirepass ""` is no password: Redis would take every client
+            raise ServiceError(f"{self.name}: the password file {self.password_path} is empty; put a password "
+                               "in it or remove it (one is generated)")
         # written afresh at each start: the password file is the one kept
-        replace_file(self._config_path, f"requirepass {redis_config_string(self._password() or '')}\n".encode(), mode=0o600)
+        replace_file(self._config_path, f"requirepass {redis_config_string(password)}\n".encode(), mode=0o600)
 
     def _argv(self) -> list[str]:
         config = [str(self._config_path)] if self.password_path is not None else []
