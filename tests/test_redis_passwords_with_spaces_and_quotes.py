@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from cli.services import free_port, redis_server_path
+from cli.ports import claim_port
+from cli.services import redis_server_path
 from tests.conftest import stop_process_group, wait_for
 from tests.test_deploy_compose import services
 
@@ -33,7 +34,7 @@ def _as_compose_runs_it(script: str, secret: Path) -> str:
 def tools(tmp_path: Path) -> tuple[Path, int]:
     """A directory of ``redis-server`` and ``redis-cli`` that run the wheel's on a free port
     (the server's data in ``tmp_path``), and that port."""
-    port, bin_dir = free_port(), tmp_path / "bin"
+    port, bin_dir = claim_port(), tmp_path / "bin"
     bin_dir.mkdir()
     real = redis_server_path()
     wrappers = {"redis-server": f'exec "{real}" "$@" --port {port} --bind 127.0.0.1 --dir "{tmp_path}"\n',
@@ -95,7 +96,7 @@ def test_the_dev_runner_s_redis_takes_a_password_file_copied_in_whatever_it_hold
 
     password = 'pa ss "word" it\'s'
     (tmp_path / "redis.password").write_text(password + "\n")
-    with EmbeddedRedis(tmp_path / "redis", free_port(), passwords=True) as server:
+    with EmbeddedRedis(tmp_path / "redis", claim_port(), passwords=True) as server:
         with redis.Redis(port=server.port, password=password, socket_timeout=5) as client:
             assert client.ping()
         with pytest.raises(redis.AuthenticationError), redis.Redis(port=server.port, password="pa") as client:
