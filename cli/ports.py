@@ -19,6 +19,7 @@ import fcntl
 import os
 import secrets
 import socket
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -77,14 +78,29 @@ def _claim(port: int) -> bool:
     process's: another never gets it while this one lives, and the kernel drops it after)."""
     global _claims_fd
     if _claims_fd is None:  # opened once and never closed: closing any descriptor of it drops every lock
-        path = Path(tempfile.gettempdir()) / f"plant-port-claims-{os.getuid()}"
-        _claims_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        _claims_fd = _own_claims_file(Path(tempfile.gettempdir()) / f"plant-port-claims-{os.getuid()}")
     try:
         fcntl.lockf(_claims_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
     except OSError:  # another process holds it
         return False
     _claimed.add(port)  # this process's own locks never conflict with each other: remembered here
     return True
+
+
+def _own_claims_file(path: Path) -> int:
+    """The claims file, opened for locking: a regular file of this user's, never followed as a
+    link. In a directory anyone may write to (``/tmp``), another user could make the file first
+    and lock every byte of it (no port left), or link it elsewhere."""
+    refused = NoPortLeft(f"{path} is not a regular file of this user's (uid {os.getuid()}): remove it, or set TMPDIR")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:  # a link (ELOOP), a directory, a file not ours to write
+        raise refused from exc
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid():
+        os.close(fd)
+        raise refused
+    return fd
 
 
 def _free(host: str, port: int) -> bool:

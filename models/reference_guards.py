@@ -291,7 +291,8 @@ def referents_now(session: Session, referents: list[tuple[EntityType, uuid.UUID]
             text(rows), {kind.value: ids for kind, ids in by_type.items()})}
     heads = list(session.scalars(
         select(EntityVersion).where(uuid_in(EntityVersion.entity_id, (i for _, i in referents)))
-        .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc())))
+        .ext(distinct_on(EntityVersion.entity_id)).order_by(EntityVersion.entity_id, EntityVersion.version.desc())
+        .execution_options(populate_existing=True)))  # as stored now, not as this session loaded it before
     for head in heads:
         key = (EntityType(head.entity_type), head.entity_id)
         if key in referents and key not in deleted and (when := recorded_deletion(bytes(head.content))) is not None:

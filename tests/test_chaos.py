@@ -79,7 +79,7 @@ def test_redis_down_for_20_seconds_during_submissions(settings, admin_key, tmp_p
     # How many went in during the outage depends on how fast a loaded machine answers (about
     # one a second): every job accepted, whenever, must have run.
     assert during_outage >= 5, during_outage
-    assert len(jobs) == len(urls) and {j["status"] for j in jobs} == {"succeeded"}
+    assert {j["status"] for j in jobs} == {"succeeded"}  # all_finished answers every url's job, or none
 
 
 def test_postgres_restart_while_jobs_run(settings, tmp_path, server_tmp) -> None:

@@ -13,6 +13,9 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+from cli import ports
 from cli.ports import claim_port, ephemeral_range
 from tests.conftest import REPO_ROOT
 
@@ -70,3 +73,22 @@ def test_a_port_in_use_is_not_claimed(monkeypatch) -> None:
             monkeypatch.setattr(ports, "_claimed", set())  # as if another process had claimed neither
             port = claim_port()
         assert port not in first
+
+
+@pytest.mark.parametrize("made_first", ["a link", "another user's file", "a directory"])
+def test_a_claims_file_another_user_could_have_made_first_is_refused(tmp_path, made_first) -> None:
+    """The claims file lives in a directory anyone may write to: one made there first by another
+    user (its every byte locked: no port left) or a link to elsewhere is not taken for ours."""
+    path = tmp_path / "plant-port-claims"
+    if made_first == "a link":
+        path.symlink_to(tmp_path / "elsewhere")
+    elif made_first == "a directory":
+        path.mkdir()
+    else:
+        if os.getuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        path.write_bytes(b"")
+        os.chown(path, 65534, 65534)
+    with pytest.raises(ports.NoPortLeft, match="not a regular file of this user's"):
+        ports._own_claims_file(path)
+    assert not (tmp_path / "elsewhere").exists()
