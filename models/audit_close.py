@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.audit import FAILING_SEVERITIES, ROW_MISSING, FindingRow
 from models.audit_certificates import NOT_SIGNED
-from models.audit_findings import all_findings, id_spans
+from models.audit_findings import FindingsHashing, finding_bytes, id_spans
 from models.audit_findings_chain import check_findings
 from models.audit_record import RECORD_INVALID_CODE, checkpoint_problem, plan_problem, sign_close, signed_repairs
 from models.audit_runs import AuditParams, insert_findings
@@ -28,6 +28,7 @@ from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.canonical import canonical_bytes
 from models.db import transaction
 from models.db_statements import bigint_in
+from models.report_pages import running_finding_pages
 from models.db_roles import GUARD_LIFTER_SQL, PLANT_SCHEMA_SQL, lifter_params, lifts_guards_because
 from models.entities import EntityType
 from models.errors import CanonicalizationError, RunClosed
@@ -57,8 +58,10 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
     forged = {c.id: problem for c in chunks if (problem := checkpoint_problem(session, run, c, keyring)) is not None}
     # Findings no signature covers (INSERTed through SQL) are left out of the counts; a chunk
     # whose findings are not those its checkpoint signed counts as nothing audited.
-    findings = all_findings(session, run_id)  # all of them: the run is held FOR UPDATE, and no finding comes in
-    written = check_findings(run, findings, [c for c in chunks if c.id not in forged], plan_verifies=plan is None)
+    # All of them, a page at a time (a run where every entity has a finding must close on a
+    # worker with a memory limit): the run is held FOR UPDATE, and no finding comes in.
+    with running_finding_pages(session, run_id) as pages:
+        written = check_findings(run, pages, [c for c in chunks if c.id not in forged], plan_verifies=plan is None)
     forged.update(written.chunks)
     counted = [c for c in chunks if c.id not in forged]  # a forged checkpoint counts as nothing audited
     stopped_early = len(counted) < len(chunks) or any(not c.done for c in counted)
@@ -69,7 +72,9 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
         run.params = {}
     if status == "succeeded" and stopped_early:  # its chunk count was moved on, outside Plant
         problems.append(f"audit run {run_id} was closed as succeeded with chunks not done")
-    findings += insert_findings(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, problem) for problem in problems])
+    hashing = written.hashing  # what the close signs of every finding: those read, then those it writes
+    for finding in insert_findings(session, run_id, [FindingRow(None, None, None, RECORD_INVALID_CODE, p) for p in problems]):
+        hashing.add(finding.id, finding_bytes(finding))
     total = sum((c.counters or {}).get("entities", 0) for c in counted)
     counts = AuditFinding.run_id == run_id
     if written.left_out:
@@ -121,9 +126,22 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
             "what coverage says was read, it read for those alone, and the counts cover those alone")}
     run.summary, run.status, run.finished_at = summary, status, finished_at
     with session.no_autoflush:  # the close is one UPDATE, signature included (0014 refuses a second)
-        sign_close(run, findings, keyring, repairs=signed_repairs(run.plan_signed) if plan is None else None)
+        sign_close(run, hashing.hashed() if hashing.in_order else _hashed_again(session, run_id), keyring,
+                   repairs=signed_repairs(run.plan_signed) if plan is None else None)
     session.flush()
     return summary
+
+
+def _hashed_again(session: Session, run_id: uuid.UUID) -> dict[str, Any]:
+    """:func:`models.audit_findings.findings_hashed` of every finding of the run, read again
+    a page at a time: for a close whose own findings drew ids below one it read (a finding
+    INSERTed through SQL with an id of its choosing), which the hash made as it read cannot take."""
+    hashing = FindingsHashing()
+    with running_finding_pages(session, run_id) as pages:
+        for rows in pages:
+            for finding in rows:
+                hashing.add(finding.id, finding_bytes(finding))
+    return hashing.hashed()
 
 
 def database_role(session: Session) -> dict[str, Any]:

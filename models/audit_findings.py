@@ -8,9 +8,11 @@ What :mod:`models.audit_record` signs and checks, and what a report (:mod:`model
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, select
@@ -76,6 +78,40 @@ def left_out_spans(summary: Any) -> list[list[int]]:
 def findings_hashed(findings: Sequence[AuditFinding]) -> dict[str, Any]:
     """What a close signs of a run's findings (all of them, in id order): their count and
     the SHA-256 of their resources' canonical bytes (``CanonicalizationError`` for a value
-    canonical JSON cannot hold). :mod:`models.report_pages` makes the same hash page by page."""
+    canonical JSON cannot hold). :mod:`models.report_pages` makes the same hash page by page,
+    and a close finding by finding (:class:`FindingsHashing`)."""
     resources = [finding_resource(f) for f in findings]
     return {"count": len(resources), "sha256": sha256(canonical_bytes(resources)).hex()}
+
+
+def finding_bytes(finding: Any) -> bytes:
+    """The canonical bytes of ``finding``'s resource: the same alone as an item of an array
+    (RFC 8785 writes an array as ``[``, its items' bytes joined by ``,``, and ``]``)."""
+    return canonical_bytes(finding_resource(finding))
+
+
+@dataclass
+class FindingsHashing:
+    """:func:`findings_hashed` made a finding at a time (:meth:`add`, each given its
+    :func:`finding_bytes`), so that a close of a run with very many findings holds none of
+    them. They must come in id order: one that does not is not added, and ``in_order`` is
+    False from then on (the caller hashes them again, read in id order)."""
+
+    count: int = 0
+    last_id: int = 0
+    in_order: bool = True
+    _hashing: Any = field(default_factory=lambda: hashlib.sha256(b"["))
+
+    def add(self, finding_id: int, item: bytes) -> None:
+        if not self.in_order or finding_id <= self.last_id:
+            self.in_order = False
+            return
+        self._hashing.update(b"," + item if self.count else item)
+        self.count, self.last_id = self.count + 1, finding_id
+
+    def hashed(self) -> dict[str, Any]:
+        """What :func:`findings_hashed` makes of the findings added."""
+        assert self.in_order, "findings hashed out of id order"
+        whole = self._hashing.copy()
+        whole.update(b"]")
+        return {"count": self.count, "sha256": whole.hexdigest()}

@@ -205,14 +205,15 @@ def sign_checkpoint(run: AuditRun, chunk: AuditChunk, keyring: KeyRing, *, step:
     chunk.checkpoint_signed = {**_signed(keyring, CHECKPOINT, body), "step": step, "findings": chained}
 
 
-def sign_close(run: AuditRun, findings: Sequence[AuditFinding], keyring: KeyRing, *,
+def sign_close(run: AuditRun, hashed: dict[str, Any], keyring: KeyRing, *,
                repairs: list[dict[str, str]] | None) -> None:
     """Sign the run as it is being closed: its status, times and summary set (not yet
     flushed: the close is one UPDATE, the last the database lets a run take), with
-    ``findings``, every one it has (the close holds the run FOR UPDATE: no other comes in),
-    and the ``repairs`` its verified plan named (None: it named none, or did not verify)."""
+    ``hashed``, the :func:`findings_hashed` of every finding it has (the close holds the run
+    FOR UPDATE: no other comes in; it makes them as it reads them, page by page), and the
+    ``repairs`` its verified plan named (None: it named none, or did not verify)."""
     named = {} if repairs is None else {"repairs": repairs}
-    body = _with_repairs(_close(run, findings_hashed(sorted(findings, key=lambda f: f.id))), named)
+    body = _with_repairs(_close(run, hashed), named)
     run.close_signed = {**_signed(keyring, CLOSE, body), **named}
 
 
