@@ -135,7 +135,8 @@ def summarize_run(session: Session, *, run_id: uuid.UUID, keyring: KeyRing, stat
 def _hashed_again(session: Session, run_id: uuid.UUID) -> dict[str, Any]:
     """:func:`models.audit_findings.findings_hashed` of every finding of the run, read again
     a page at a time: for a close whose own findings drew ids below one it read (a finding
-    INSERTed through SQL with an id of its choosing), which the hash made as it read cannot take."""
+    INSERTed with an id of its choosing, ahead of the sequence, past the table's guards),
+    which the hash made as it read cannot take."""
     hashing = FindingsHashing()
     with running_finding_pages(session, run_id) as pages:
         for rows in pages:
