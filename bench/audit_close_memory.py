@@ -67,8 +67,9 @@ def measure(work: str, run_id: uuid.UUID) -> dict[str, float]:
         before = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
         started = time.perf_counter()
+        counted = None
         if work == "close":
-            summarize_run(session, run_id=run_id, keyring=keyring)
+            counted = summarize_run(session, run_id=run_id, keyring=keyring)["findings"]
         elif work == "export":
             export_report(session, run_id=run_id, keyring=keyring)
         else:
@@ -76,7 +77,7 @@ def measure(work: str, run_id: uuid.UUID) -> dict[str, float]:
         seconds = time.perf_counter() - started
         peak = _status_kb("VmHWM")
         session.rollback()
-    return {"rss_before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds}
+    return {"rss_before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds, "findings": counted}
 
 
 class Registry:
@@ -164,7 +165,8 @@ def main() -> None:
 def _line(work: str, size: int, runs: list[dict[str, float]]) -> str:
     peaks, seconds = [r["peak_mb"] for r in runs], [r["seconds"] for r in runs]
     peak, before = statistics.median(peaks), statistics.median(r["rss_before_mb"] for r in runs)
-    return (f"{work} {size} findings: peak RSS {peak:.0f} MB (before {before:.0f} MB, +{peak - before:.0f}), "
+    counted = {r.get("findings") for r in runs} - {None}
+    return (f"{work} {size} findings{f' (summary: {counted})' if counted else ''}: peak RSS {peak:.0f} MB (before {before:.0f} MB, +{peak - before:.0f}), "
             f"{statistics.median(seconds):.2f} s (peaks {', '.join(f'{p:.0f}' for p in peaks)} MB; "
             f"{', '.join(f'{s:.2f}' for s in seconds)} s)")
 
