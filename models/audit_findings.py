@@ -98,12 +98,12 @@ class FindingsHashing:
     False from then on (the caller hashes them again, read in id order)."""
 
     count: int = 0
-    last_id: int = 0
+    last_id: int | None = None  # none yet: any id comes first (0 and below too, with the table's CHECK dropped)
     in_order: bool = True
     _hashing: Any = field(default_factory=lambda: hashlib.sha256(b"["))
 
     def add(self, finding_id: int, item: bytes) -> None:
-        if not self.in_order or finding_id <= self.last_id:
+        if not self.in_order or (self.last_id is not None and finding_id <= self.last_id):
             self.in_order = False
             return
         self._hashing.update(b"," + item if self.count else item)

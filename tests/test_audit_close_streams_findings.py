@@ -253,6 +253,10 @@ def _tamper(session: Session, run: AuditRun, how: str) -> None:
     elif how == "inserted_high":  # an id of its choosing (past a guard), above every one the close's own findings draw
         lift_guard(session, "INSERT INTO audit_findings (id, run_id, code, severity, detail) "
                    "VALUES (9007199254740000, :run, 'rule-warning', 'warning', 'planted high')", table="audit_findings", run=run.id)
+    elif how == "inserted_low":  # an id below every one the sequence draws (its CHECK dropped too, as the table's owner can)
+        lift_guard(session, "ALTER TABLE audit_findings DROP CONSTRAINT ck_audit_findings_id_signable; "
+                   "INSERT INTO audit_findings (id, run_id, code, severity, detail) "
+                   "VALUES (0, :run, 'rule-warning', 'warning', 'planted low')", table="audit_findings", run=run.id)
     elif how == "changed":  # a finding a chunk's checkpoint names, changed past the guards
         lift_guard(session, "UPDATE audit_findings SET detail = 'changed' WHERE id = :id", table="audit_findings",
                    id=_finding_ids(session, run, chunk.id)[3])
@@ -290,7 +294,7 @@ def _closed_by(session: Session, run_id: uuid.UUID, keyring: KeyRing, close: Cal
     return closed
 
 
-@pytest.mark.parametrize("how", ["as_written", "inserted", "inserted_high", "changed", "start_changed", "deleted",
+@pytest.mark.parametrize("how", ["as_written", "inserted", "inserted_high", "inserted_low", "changed", "start_changed", "deleted",
                                  "checkpoint_forged"])
 @pytest.mark.parametrize("status", ["succeeded", "failed"])
 def test_the_streamed_close_signs_what_the_close_that_held_every_finding_signed(
