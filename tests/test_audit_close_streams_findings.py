@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import and_, func, not_, select, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
-from models import audit_close
+from models import audit_close, audit_findings_chain, report_pages
 from models.audit import FAILING_SEVERITIES, ROW_MISSING, FindingRow
 from models.audit_close import summarize_run
 from models.audit_findings import all_findings, findings_hashed, id_spans, in_spans
@@ -38,7 +39,7 @@ from models.db_statements import bigint_in
 from models.errors import RunClosed
 from models.job_lifecycle import create_job
 from models.signing import KeyRing
-from tests.conftest import EMBEDDER
+from tests.conftest import EMBEDDER, outcome_once_committed
 from tests.test_audit import lift_guard
 from tests.test_audit_record_signed import written_by_plant
 
@@ -328,3 +329,139 @@ def test_a_close_holds_a_page_of_findings_not_all_of_them(db_session: Session, k
     assert summary["findings"] == 4_001 and "findings_left_out" not in summary
     assert peak < 4_000_000, f"the close took {peak / 1e6:.1f} MB"
     assert close_problem(db_session, db_session.get(AuditRun, run.id), keyring) is None
+
+
+# ---- pages: their boundaries fall anywhere, within a step, between chunks ------------------------------------------
+
+@pytest.mark.parametrize("how", ["as_written", "inserted", "inserted_high", "changed", "start_changed", "deleted"])
+@pytest.mark.parametrize("page", [1, 7])
+def test_a_close_read_in_small_pages_signs_what_the_close_that_held_every_finding_signed(
+        db_session: Session, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch, how: str, page: int) -> None:
+    """Pages of 1 and 7 findings: a page ends inside a step, between the interleaved chunks'
+    findings, and between a step and the next, on every finding in turn."""
+    run = _run(db_session, keyring, steps=7, per_step=9)
+    _tamper(db_session, run, how)
+    before = _closed_by(db_session, run.id, keyring, old_summarize_run, "succeeded")
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", page)
+    after = _closed_by(db_session, run.id, keyring, summarize_run, "succeeded")
+    assert len(before[1]) == 1 and after[1] == before[1]
+    assert after == before
+
+
+@pytest.mark.parametrize(("steps", "per_step"), [(2, 499), (3, 333), (4, 250), (2, 1_000)])
+def test_a_close_of_a_page_of_findings_and_one_either_side_signs_what_the_old_close_signed(
+        db_session: Session, keyring: KeyRing, steps: int, per_step: int) -> None:
+    """999, 1,000, 1,001 and 2,001 findings (the start's one with the batches'), pages of 1,000."""
+    assert report_pages.PAGE_FINDINGS == 1_000
+    run = _run(db_session, keyring, steps=steps, per_step=per_step)
+    before = _closed_by(db_session, run.id, keyring, old_summarize_run, "succeeded")
+    after = _closed_by(db_session, run.id, keyring, summarize_run, "succeeded")
+    assert after[1] == before[1] and after == before
+    assert after[0]["findings"] == 1 + steps * per_step and "findings_left_out" not in after[0]
+
+
+def test_a_close_of_a_run_with_no_findings_signs_what_the_old_close_signed(db_session: Session, keyring: KeyRing) -> None:
+    job = create_job(db_session, kind="audit.run", params={}, queue="audit")
+    run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER, chunk_entities=50_000)
+    assert all_findings(db_session, run.id) == []
+    for status in ("succeeded", "failed"):
+        before = _closed_by(db_session, run.id, keyring, old_summarize_run, status)
+        after = _closed_by(db_session, run.id, keyring, summarize_run, status)
+        assert after[1] == before[1] and after == before
+
+
+# ---- the held cursor: closed however the close ends -----------------------------------------------------------------
+
+def _open_cursors(session: Session) -> list[str]:
+    return list(session.scalars(text("SELECT name FROM pg_cursors")))
+
+
+@pytest.mark.parametrize("error", ["python", "database"])
+def test_a_close_that_fails_between_pages_leaves_no_cursor_and_a_usable_transaction(
+        db_session: Session, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch, error: str) -> None:
+    """A close that raises while it reads (on its second page), in a savepoint as
+    ``close_runs_of_ended_jobs`` runs each: the error is the one raised (the cursor's close
+    masks none), no cursor is left on the connection, and the transaction goes on."""
+    run = _run(db_session, keyring, steps=3, per_step=20)
+    monkeypatch.setattr(report_pages, "PAGE_FINDINGS", 10)
+    read, real = [], audit_findings_chain.finding_bytes
+
+    def failing(finding: Any) -> bytes:
+        read.append(finding.id)
+        if len(read) == 15:
+            if error == "python":
+                raise RuntimeError("failed while reading")
+            db_session.execute(text("SELECT 1 / 0"))
+        return real(finding)
+
+    monkeypatch.setattr(audit_findings_chain, "finding_bytes", failing)
+    with pytest.raises(RuntimeError if error == "python" else DataError):
+        with db_session.begin_nested():
+            summarize_run(db_session, run_id=run.id, keyring=keyring, finished_at=FINISHED_AT)
+    assert len(read) == 15 and _open_cursors(db_session) == []
+    monkeypatch.setattr(audit_findings_chain, "finding_bytes", real)
+    summary = summarize_run(db_session, run_id=run.id, keyring=keyring, finished_at=FINISHED_AT)
+    assert summary["findings"] == 61 and _open_cursors(db_session) == []
+    assert close_problem(db_session, db_session.get(AuditRun, run.id), keyring) is None
+
+
+def test_a_close_that_hashes_again_leaves_no_cursor(db_session: Session, keyring: KeyRing) -> None:
+    run = _run(db_session, keyring, steps=2, per_step=5)
+    _tamper(db_session, run, "inserted_high")  # the close's own findings draw ids below it: it reads them all again
+    summarize_run(db_session, run_id=run.id, keyring=keyring, finished_at=FINISHED_AT)
+    assert _open_cursors(db_session) == []
+    assert close_problem(db_session, db_session.get(AuditRun, run.id), keyring) is None
+
+
+# ---- a finding INSERTed while the run closes: hashed and counted alike, or refused ----------------------------------
+
+_PLANTED = ("INSERT INTO audit_findings (run_id, entity_type, entity_id, code, severity, detail) "
+            "VALUES (:run, 'skill', gen_random_uuid(), 'chain-broken', 'error', 'planted in flight')")
+
+
+def test_a_finding_inserted_while_the_close_reads_waits_and_is_refused(
+        engine: Any, keyring: KeyRing, clean_db: None) -> None:
+    """The close's cursor reads in the transaction that holds the run FOR UPDATE: a finding
+    INSERTed meanwhile (its foreign key key-shares the run) waits for the close, then finds
+    the run closed. What the close hashed is what it counted."""
+    with Session(engine) as setup:
+        run_id = _run(setup, keyring, steps=3, per_step=5).id
+        setup.commit()
+    closing = Session(engine)
+    closing.begin()
+    summary = summarize_run(closing, run_id=run_id, keyring=keyring, finished_at=FINISHED_AT)
+
+    def plant() -> None:
+        with Session(engine) as other, other.begin():
+            other.execute(text(_PLANTED), {"run": run_id})
+
+    outcome = outcome_once_committed(engine, closing, plant, "a finding INSERTed during the close")
+    assert isinstance(outcome[0], Exception) and "a finding for a finished run refused" in str(outcome[0]), outcome
+    with Session(engine) as after:
+        run = after.get(AuditRun, run_id)
+        assert summary["findings"] == 16 and "findings_left_out" not in summary
+        assert close_problem(after, run, keyring) is None
+
+
+def test_a_finding_inserted_before_the_close_commits_first_and_is_hashed_and_left_out(
+        engine: Any, keyring: KeyRing, clean_db: None) -> None:
+    """A finding INSERTed in a transaction still open when the close starts: the close's
+    FOR UPDATE waits for it, and its cursor (a statement after the lock) reads it; it is
+    hashed, and left out of the counts, alone."""
+    with Session(engine) as setup:
+        run_id = _run(setup, keyring, steps=3, per_step=5).id
+        setup.commit()
+    planting = Session(engine)
+    planting.begin()
+    planting.execute(text(_PLANTED), {"run": run_id})
+
+    def close() -> dict[str, Any]:
+        with Session(engine) as closing, closing.begin():
+            return summarize_run(closing, run_id=run_id, keyring=keyring, finished_at=FINISHED_AT)
+
+    outcome = outcome_once_committed(engine, planting, close, "the close")
+    summary = outcome[0]
+    assert isinstance(summary, dict), outcome
+    assert summary["findings_left_out"]["count"] == 1 and summary["findings"] == 17  # 16, and the close's own one
+    with Session(engine) as after:
+        assert close_problem(after, after.get(AuditRun, run_id), keyring) is None

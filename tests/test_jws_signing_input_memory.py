@@ -56,3 +56,14 @@ def test_signing_a_large_payload_holds_about_one_copy_of_its_base64() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1.4 * 32_000_000, f"signing held {peak / 1e6:.0f} MB"
+
+
+def test_the_signing_input_is_the_payload_encoded_whole_at_the_real_chunk_boundaries() -> None:
+    """Payloads of one and two whole chunks (3 MiB), and one or two bytes either side: the
+    last chunk's length is then 0, 1 or 2 modulo 3, so it pads with none, two or one ``=``."""
+    chunk = jws.SIGNING_INPUT_CHUNK
+    assert chunk % 3 == 0
+    data = os.urandom(2 * chunk + 2)
+    for length in (chunk - 2, chunk - 1, chunk, chunk + 1, chunk + 2, 2 * chunk - 1, 2 * chunk, 2 * chunk + 1, 2 * chunk + 2):
+        payload = data[:length]
+        assert jws._signing_input(HEADER, payload) == whole(HEADER, payload), length
