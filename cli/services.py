@@ -46,8 +46,11 @@ class PortTaken(ServiceError):
 def require_free_port(port: int, what: str, host: str = "127.0.0.1") -> None:
     """Raise :class:`PortTaken` naming ``what`` when ``port`` cannot be bound now: a port the user
     chose (``PLANT_PORT``, ``PLANT_FLOWER_PORT``) is checked before anything starts, rather than
-    found taken by gunicorn or Flower once the servers, the migrations and the seed have run."""
+    found taken by gunicorn or Flower once the servers, the migrations and the seed have run.
+    Probed as those servers bind (``SO_REUSEADDR``): connections of a server stopped a moment
+    ago, still in TIME_WAIT, do not count as the port taken (a runner restarted at once)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -300,3 +300,23 @@ def test_a_user_port_in_use_is_refused_before_anything_starts(tmp_path: Path, ta
     assert ended.returncode == 1, ended.stdout + ended.stderr
     assert f"({taken}) port {ports[taken]} is in use" in ended.stderr, ended.stderr
     assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
+
+
+def test_a_port_whose_server_just_stopped_is_not_taken_for_one_in_use() -> None:
+    """A runner restarted at once found its own API port "in use": the stopped server's closed
+    connections were still in TIME_WAIT, which a bind without SO_REUSEADDR counts (gunicorn
+    sets it, and binds)."""
+    from cli.services import PortTaken, require_free_port
+
+    port = claim_port()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
+            client.recv(1)
+        with pytest.raises(PortTaken):  # still listening: taken
+            require_free_port(port, "API")
+    require_free_port(port, "API")  # stopped, TIME_WAIT left behind: free
