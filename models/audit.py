@@ -13,7 +13,7 @@ and root check out (``models.ledger_store.newest_trusted_digest``); each newer r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,17 +297,30 @@ ROW_MISSING = "entity-row-missing"
 
 
 def rowless_chains(session: Session) -> list[FindingRow]:
-    """A finding for each chain whose entity row is gone. Plant never deletes a row (a deletion
-    is a signed version and a stamp): one gone was removed past its table's guard, and the
-    chunks, which walk the rows, would never read its chain. The ids come from an anti-join of
-    the chains' (entity_id, version) index with every table's ids; only those found are read."""
+    """A finding for each chain whose entity row is gone (:func:`rowless_chain_pages`), all at once."""
+    return [finding for page in rowless_chain_pages(session) for finding in page]
+
+
+# How many findings of chains whose row is gone are read at a time: a full run's start writes
+# each page before it reads the next.
+ROWLESS_PAGE = 1_000
+
+
+def rowless_chain_pages(session: Session) -> Iterator[list[FindingRow]]:
+    """A finding for each chain whose entity row is gone, in entity id order, :data:`ROWLESS_PAGE`
+    at a time (one statement, read through a server-side cursor). Plant never deletes a row (a
+    deletion is a signed version and a stamp): one gone was removed past its table's guard, and
+    the chunks, which walk the rows, would never read its chain. The ids come from an anti-join
+    of the chains' (entity_id, version) index with every table's ids; only those found are read.
+    Every row can be gone (a table emptied past its guard): a page is let go as the next is read."""
     rows = union_all(*(select(model.id.label("id")) for model in ENTITY_MODELS.values())).subquery()
     rowless = select(EntityVersion.entity_id).where(~select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists())
     found = session.execute(
         select(EntityVersion.entity_type, EntityVersion.entity_id, func.count(), func.max(EntityVersion.version))
         .where(EntityVersion.entity_id.in_(rowless.distinct().scalar_subquery()))
         .group_by(EntityVersion.entity_type, EntityVersion.entity_id).order_by(EntityVersion.entity_id)
-    ).all()
-    return [FindingRow(entity_type, entity_id, head, ROW_MISSING,
-                       f"its chain holds {count} version(s), up to version {head}; its row is gone from the registry")
-            for entity_type, entity_id, count, head in found]
+        .execution_options(yield_per=ROWLESS_PAGE))
+    for page in found.partitions():
+        yield [FindingRow(entity_type, entity_id, head, ROW_MISSING,
+                          f"its chain holds {count} version(s), up to version {head}; its row is gone from the registry")
+               for entity_type, entity_id, count, head in page]

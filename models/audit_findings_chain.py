@@ -85,6 +85,20 @@ class _StepRead:
                 "sha256": sha256(bytes.fromhex(previous["sha256"]) + written.digest()).hex()}
 
 
+def findings_chained_in_pages(previous: dict[str, Any], pages: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """:func:`findings_chained` of ``previous`` and one step's findings, read in ``pages`` in
+    id order (rows read by attribute, as :func:`models.audit_findings.all_findings`'), each
+    let go with its page: a run's start that wrote very many signs them in bounded memory.
+    A step that wrote none leaves ``previous`` as it was."""
+    step = _StepRead()
+    for rows in pages:
+        for f in rows:
+            if step.ids and f.id <= step.ids[-1][1]:
+                raise ValueError("findings chained out of id order")
+            step.add(f.id, finding_bytes(f))
+    return step.chained(previous) if step.count else previous
+
+
 @dataclass
 class _GroupRead:
     """The findings of one signer (the plan, or a chunk's checkpoint) that it names, by step."""

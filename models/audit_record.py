@@ -61,12 +61,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.audit_findings import all_findings, findings_hashed, in_spans, run_resource
-from models.audit_findings_chain import FINDINGS_NONE, findings_chained, signed_findings_of
+from models.audit_findings_chain import FINDINGS_NONE, findings_chained, findings_chained_in_pages, signed_findings_of
 from models.audit_tables import AuditCheckpoint, AuditChunk, AuditFinding, AuditRun, AuditRunUnsigned
 from models.canonical import canonical_bytes, rfc3339_utc, sha256
 from models.errors import CanonicalizationError, Conflict
 from models.jws import b64url_decode, b64url_encode, signed_after_its_seal, time_named
 from models.key_seals import seal_lists_signature
+from models.report_pages import running_finding_pages
 from models.signing import KeyRing
 
 RECORD_DOMAIN = b"plant.audit-record.v1\x00"
@@ -170,10 +171,12 @@ def sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], keyring
               repairs: list[dict[str, str]]) -> None:
     """Sign a new run's plan, with the findings its start wrote and the ``repairs`` its
     report lists (``{"id", "sha256"}`` each), and each of its chunks' first checkpoint (the
-    caller flushes)."""
+    caller flushes). The findings are read back a page at a time (a cursor the server holds)
+    and hashed as they come, so a start that wrote one per entity holds none of them."""
     session.flush()  # the chunks' ids and the run's created_at
     session.refresh(run, ["created_at"])
-    written = findings_chained(FINDINGS_NONE, all_findings(session, run.id))  # the run's start wrote them all, in this transaction
+    with running_finding_pages(session, run.id) as pages:  # the run's start wrote them all, in this transaction
+        written = findings_chained_in_pages(FINDINGS_NONE, pages)
     named = {"findings": written, "repairs": repairs}
     run.plan_signed = {**_signed(keyring, PLAN, {**_plan(run, chunks), **named}), **named}
     for chunk in chunks:

@@ -6,7 +6,8 @@ A run's scope is split per entity type into id ranges sized for one worker each
 (``against_digest``) are written when the run is planned, only for entities in the run's
 scope. An incremental run (``since: latest-digest``) is audited inline and recorded as one
 finished chunk. :class:`AuditParams` is how every step reads the run's parameters, and
-:func:`insert_findings` how each writes its findings.
+:func:`insert_findings` how each writes its findings (:func:`insert_start_findings` the
+start's, a page at a time).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from models.audit import FindingRow, finding_from_chain, rowless_chains
+from models.audit import FindingRow, finding_from_chain, rowless_chain_pages
 from models.audit_certificates import certificate_findings
 from models.audit_record import sign_plan
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
@@ -39,6 +42,8 @@ from models.repair import record_sha256, settle_repairs, verified_repairs
 from models.signing import KeyRing
 
 MAX_UUID = (1 << 128) - 1
+# The findings of a run's start written by one statement (insertmanyvalues' own page).
+START_FINDINGS_PAGE = 1_000
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     run = AuditRun(job_id=job_id, params=params, chunks_published_attempt=0)  # no chunk published yet
     session.add(run)
     session.flush()
-    insert_findings(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
+    insert_start_findings(session, run.id, [FindingRow(None, None, None, SEAL_INVALID_CODE, problem) for problem in seal_problems(session, keyring)])
     repairs = plan_repairs(session, run, keyring)
     if params.get("since") == "latest-digest":
         return _incremental(session, run, keyring, embedder, repairs)
@@ -131,11 +136,12 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
     session.add_all(chunks)
     run.chunks_total = len(chunks)
     if scope.against_digest is not None:
-        insert_findings(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
-    insert_findings(session, run.id, scope.scoped(session, rowless_chains(session)))
+        insert_start_findings(session, run.id, scope.scoped(session, digest_findings(session, scope.against_digest, keyring)))
+    for page in rowless_chain_pages(session):  # every row may be gone: a page at a time
+        insert_start_findings(session, run.id, scope.scoped(session, page))
     if EntityType.SKILL in scope.types():
         ids = {uuid.UUID(i) for i in scope.entity_ids} if scope.entity_ids else None
-        insert_findings(session, run.id, scope.scoped(session, certificate_findings(session, skill_ids=ids)))
+        insert_start_findings(session, run.id, scope.scoped(session, certificate_findings(session, skill_ids=ids)))
     sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run
@@ -160,7 +166,7 @@ def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Em
                  repairs: list[dict[str, str]]) -> AuditRun:
     """Run the incremental audit inline and record it as one finished chunk."""
     result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
-    insert_findings(session, run.id, result.findings)
+    insert_start_findings(session, run.id, result.findings)
     chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
         done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,
@@ -203,15 +209,33 @@ def digest_findings(session: Session, digest: dict[str, Any], keyring: KeyRing) 
 
 def insert_findings(session: Session, run_id: uuid.UUID, findings: list[FindingRow], *, chunk_id: int | None = None,
             step: int | None = None) -> list[AuditFinding]:
-    """Write ``findings`` (by a chunk's checkpoint ``step``, or by the run's start or close)
-    and return them as stored, for the signature that covers them."""
+    """Write ``findings`` (by a chunk's checkpoint ``step``, or by the run's close) and
+    return them as stored, for the signature that covers them: a batch's, a few. The run's
+    start writes its own with :func:`insert_start_findings`."""
     if not findings:
         return []
-    return list(session.scalars(insert(AuditFinding).returning(AuditFinding, sort_by_parameter_order=True), [
-        {"run_id": run_id, "entity_type": f.entity_type, "entity_id": f.entity_id, "version": f.version, "code": f.code,
-         "severity": f.severity, "rule_id": f.rule_id, "detail": f.detail, "chunk_id": chunk_id, "step": step}
-        for f in findings
-    ]))
+    return list(session.scalars(insert(AuditFinding).returning(AuditFinding, sort_by_parameter_order=True),
+                                [_finding_values(run_id, f, chunk_id, step) for f in findings]))
+
+
+def insert_start_findings(session: Session, run_id: uuid.UUID, findings: Iterable[FindingRow]) -> int:
+    """Write findings of the run's start, :data:`START_FINDINGS_PAGE` at a time, and return
+    how many: none is kept, as stored or otherwise. A start can write one per entity (a
+    digest every entity fails, chains whose rows are gone); :func:`models.audit_record.sign_plan`
+    reads them back a page at a time. Their ids are drawn in the order given, as
+    :func:`insert_findings` draws them (the plan signs them in id order)."""
+    written, rows = 0, iter(findings)
+    while page := list(islice(rows, START_FINDINGS_PAGE)):
+        session.execute(insert(AuditFinding).returning(AuditFinding.id, sort_by_parameter_order=True),
+                        [_finding_values(run_id, f, None, None) for f in page]).close()
+        written += len(page)
+    return written
+
+
+def _finding_values(run_id: uuid.UUID, f: FindingRow, chunk_id: int | None, step: int | None) -> dict[str, Any]:
+    return {"run_id": run_id, "entity_type": f.entity_type, "entity_id": f.entity_id, "version": f.version,
+            "code": f.code, "severity": f.severity, "rule_id": f.rule_id, "detail": f.detail, "chunk_id": chunk_id,
+            "step": step}
 
 
 def validate_params(params: dict[str, Any]) -> None:
