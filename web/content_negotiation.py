@@ -35,7 +35,7 @@ from flask_openapi3 import OpenAPI
 from werkzeug.http import parse_list_header, parse_options_header
 
 from web.auth import PROTECTED_PREFIX
-from web.openapi_headers import openapi_path
+from web.openapi_headers import route_operations
 from web.problems import problem_response
 from web.schemas import problems
 
@@ -63,7 +63,11 @@ def _ranges(accept: str) -> list[tuple[str, str, float]]:
 def accepts(accept: str | None, media_type: str) -> bool:
     """Whether a request with this ``Accept`` takes ``media_type`` (RFC 9110 §12.5.1: the most
     specific matching range decides; none matching, or its ``q=0``, refuses)."""
-    ranges = _ranges(accept) if accept else []
+    return _takes(_ranges(accept) if accept else [], media_type)
+
+
+def _takes(ranges: list[tuple[str, str, float]], media_type: str) -> bool:
+    """:func:`accepts` on ``Accept`` already read into ranges (none: no preference)."""
     if not ranges:
         return True
     main, _, sub = media_type.partition("/")
@@ -86,7 +90,8 @@ def not_acceptable_unless(media_types: Iterable[str]) -> Response | None:
     """The 406 for this request when its ``Accept`` takes none of ``media_types``, else None."""
     offered = list(media_types)
     accept = request.headers.get("Accept")
-    if any(accepts(accept, media_type) for media_type in offered):
+    ranges = _ranges(accept) if accept else []
+    if any(_takes(ranges, media_type) for media_type in offered):
         return None
     return problem_response(
         406, "Not Acceptable",
@@ -99,15 +104,9 @@ def answered_types(app: OpenAPI) -> dict[tuple[str, str], tuple[str, ...]]:
     answers have in the app's built document (a HEAD as its GET); routes answering with no
     body are left out."""
     found: dict[tuple[str, str], tuple[str, ...]] = {}
-    for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith(PROTECTED_PREFIX):
-            continue
-        operations = app.api_doc["paths"].get(openapi_path(rule.rule), {})
-        for method in rule.methods or ():
-            operation = operations.get("get" if method == "HEAD" else method.lower())
-            types = _success_types(operation) if operation is not None else ()
-            if types:
-                found[(rule.endpoint, method)] = types
+    for rule, endpoint, method, operation in route_operations(app):
+        if rule.startswith(PROTECTED_PREFIX) and (types := _success_types(operation)):
+            found[(endpoint, method)] = types
     return found
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
 from flask_openapi3 import OpenAPI
@@ -158,18 +158,24 @@ def drop_unproduced_validation_answers(document: dict[str, Any]) -> None:
         document.get("components", {}).get("schemas", {}).pop("ValidationErrorModel", None)
 
 
-def operations_where(app: OpenAPI, wanted: Callable[[dict[str, Any]], bool]) -> frozenset[tuple[str, str]]:
-    """``(endpoint, method)`` of every route whose operation in the app's built document is
-    ``wanted``: what a ``before_request`` hook looks a request up in, read once at start-up.
-    A HEAD is judged as its GET; a method the document does not name (OPTIONS) never is."""
-    found = set()
+def route_operations(app: OpenAPI) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """``(rule, endpoint, method, operation)`` of every route method the app's built document
+    names: one walk of the routes for every hook that looks a request up by its operation.
+    A HEAD is given its GET's operation; a method the document does not name (OPTIONS) is left out."""
     for rule in app.url_map.iter_rules():
         operations = app.api_doc["paths"].get(openapi_path(rule.rule), {})
         for method in rule.methods or ():
             operation = operations.get("get" if method == "HEAD" else method.lower())
-            if operation is not None and wanted(operation):
-                found.add((rule.endpoint, method))
-    return frozenset(found)
+            if operation is not None:
+                yield rule.rule, rule.endpoint, method, operation
+
+
+def operations_where(app: OpenAPI, wanted: Callable[[dict[str, Any]], bool]) -> frozenset[tuple[str, str]]:
+    """``(endpoint, method)`` of every route whose operation in the app's built document is
+    ``wanted`` (:func:`route_operations`): what a ``before_request`` hook looks a request up in,
+    read once at start-up."""
+    return frozenset((endpoint, method) for _, endpoint, method, operation in route_operations(app)
+                     if wanted(operation))
 
 
 def openapi_path(rule: str) -> str:
