@@ -191,7 +191,9 @@ def test_references_resolve(directory: Path) -> None:
 
 def check_block(body: dict[str, Any], schema: dict[str, Any], where: str) -> list[str]:
     problems = []
-    dynamic = {unquote(k): v for d in body.get("dynamic", []) for k, v in d.items() if not is_marker(k)}
+    # A list, not a dict: a block may have several dynamic blocks of one name (the secret files'
+    # volumes beside the retired keys' one), and each is checked.
+    dynamic = [(unquote(k), v) for d in body.get("dynamic", []) for k, v in d.items() if not is_marker(k)]
     for key, value in body.items():
         if is_marker(key) or key in META_ARGUMENTS or key == "dynamic":
             continue
@@ -209,13 +211,13 @@ def check_block(body: dict[str, Any], schema: dict[str, Any], where: str) -> lis
                 problems.append(f"{where}.{key} is an argument, not a block")
         else:
             problems.append(f"{where}.{key} does not exist in the provider schema")
-    for key, spec in dynamic.items():
+    for key, spec in dynamic:
         if key not in schema["blocks"]:
             problems.append(f"{where}: dynamic {key} is not a block of this resource")
             continue
         for content in spec.get("content", []):
             problems += check_block(content, schema["blocks"][key], f"{where}.{key}")
-    present = set(body) | set(dynamic)
+    present = set(body) | {key for key, _ in dynamic}
     for key, spec in {**schema["attributes"], **schema["blocks"]}.items():
         if spec["required"] and key not in present and key != "id":
             problems.append(f"{where}.{key} is required")
@@ -249,6 +251,19 @@ def test_schema_checker_catches_the_v1_style_attachment() -> None:
     annotated = {"name": '"x"', "location": '"r"', "metadata": [{"__is_block__": True}],
                  "template": [{"__is_block__": True}]}
     assert any("metadata" in p for p in check_block(annotated, service, "svc"))
+
+
+def test_schema_checker_reads_every_dynamic_block_of_a_name() -> None:
+    """A pod has two dynamic "volumes" blocks (its secret files and the retired keys): a mistake
+    in the first must be reported, not hidden behind the second."""
+    pool = SCHEMA["resources"]["google_cloud_run_v2_worker_pool"]
+    volumes = [{'"volumes"': {"for_each": "${local.a}", "__is_block__": True,
+                              "content": [{"name": '"a"', "no_such_argument": '"x"', "__is_block__": True}]}},
+               {'"volumes"': {"for_each": "${local.b}", "__is_block__": True,
+                              "content": [{"name": '"b"', "__is_block__": True}]}}]
+    template = {"containers": [{"image": '"i"', "__is_block__": True}], "dynamic": volumes, "__is_block__": True}
+    assert check_block({"name": '"x"', "location": '"r"', "template": [template]}, pool, "pool") == [
+        "pool.template.volumes.no_such_argument does not exist in the provider schema"]
 
 
 def test_provider_pins_cover_the_checked_schema() -> None:
