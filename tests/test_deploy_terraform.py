@@ -7,7 +7,8 @@ the `cloud_sql_instances` block the old system kept reaching for, fails here and
 `terraform apply`. On top of that: module wiring, the Cloud SQL attachment of every role
 that uses the database, the two database roles (only migrate connects as the schema owner),
 Direct VPC egress to Redis, the secret references and their IAM grants, a single beat, and
-no secrets in the example tfvars.
+no secrets in the example tfvars. A Cloud Run pod is read with the dynamic blocks of its secret
+files expanded (expand_secret_files), as Terraform would make them from local.secret_files.
 """
 
 from __future__ import annotations
@@ -288,8 +289,91 @@ def run_resources() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def pod_template(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Cloud Run resource (cleaned form), each dynamic block over its secret
+    files expanded into the blocks Terraform makes of it (expand_secret_files)."""
     template = one(body["template"])
-    return one(template["template"]) if kind == "google_cloud_run_v2_job" else template
+    pod = one(template["template"]) if kind == "google_cloud_run_v2_job" else template
+    return expand_secret_files(pod, secret_files_by_identity())
+
+
+# --- The secret files' dynamic blocks ----------------------------------------------------------
+
+# local.secret_files as python-hcl2 writes it out: secret_files_by_identity() evaluates this
+# expression and no other (test_secret_files_evaluate_as_terraform_does holds the two together).
+SECRET_FILES_EXPRESSION = (
+    "${{for identity, secrets in local.secret_access : identity => [for secret in secrets : "
+    "{secret = secret, volume = local.secret_file_names[secret].volume, "
+    'mount_path = "/secrets/${local.secret_file_names[secret].volume}", '
+    "variable = local.secret_file_names[secret].variable, "
+    'file = "/secrets/${local.secret_file_names[secret].volume}/value"} '
+    'if secret != "retired_signing_keys"]}}')
+SECRET_FILES_FOR_EACH = re.compile(r'\$\{local\.secret_files\["([a-z]+)"\]\}')
+# Dynamic blocks left as written: the retired keys' directory, its files from a variable.
+WRITTEN_FOR_EACH = {"${local.retired_keys_volumes}", "${var.retired_signing_key_files}"}
+
+
+def secret_files_by_identity(local: dict[str, Any] | None = None) -> dict[str, list[dict[str, str]]]:
+    """local.secret_files evaluated: identity => the secret files its containers get, in
+    secret_access's order, each {secret, volume, mount_path, variable, file}."""
+    local = run_locals() if local is None else local
+    assert local["secret_files"] == SECRET_FILES_EXPRESSION, (
+        f"local.secret_files is no expression secret_files_by_identity evaluates: {local['secret_files']}")
+    names = local["secret_file_names"]
+    return {identity: [{"secret": secret, "volume": names[secret]["volume"],
+                        "mount_path": f"/secrets/{names[secret]['volume']}", "variable": names[secret]["variable"],
+                        "file": f"/secrets/{names[secret]['volume']}/value"}
+                       for secret in secrets if secret != "retired_signing_keys"]
+            for identity, secrets in local["secret_access"].items()}
+
+
+def substitute(node: Any, iterator: str, value: dict[str, str]) -> Any:
+    """A dynamic block's content with ``<iterator>.value.<attribute>`` replaced by
+    ``value[attribute]``: a whole interpolation by the text itself, a reference inside an
+    expression (``var.secret_ids[volumes.value.secret]``) by a quoted string. Any other use of the
+    iterator (``.key``, an attribute ``value`` lacks) fails."""
+    if isinstance(node, dict):
+        return {key: substitute(item, iterator, value) for key, item in node.items()}
+    if isinstance(node, list):
+        return [substitute(item, iterator, value) for item in node]
+    if not isinstance(node, str):
+        return node
+
+    def attribute(match: re.Match[str]) -> str:
+        assert match[1] in value, f"{iterator}.value.{match[1]}: no such attribute in {value}"
+        return value[match[1]]
+
+    node = re.sub(rf"\$\{{{iterator}\.value\.([a-z_]+)\}}", attribute, node)
+    node = re.sub(rf"\b{iterator}\.value\.([a-z_]+)\b", lambda match: json.dumps(attribute(match)), node)
+    assert not re.search(rf"\b{iterator}\.", node), f"a use of {iterator} these tests do not expand: {node}"
+    return node
+
+
+def expand_secret_files(node: Any, files: dict[str, list[dict[str, str]]]) -> Any:
+    """``node`` (cleaned form) with every ``dynamic`` block whose for_each is
+    ``local.secret_files["<identity>"]`` replaced by the blocks Terraform makes of it, one a
+    secret file of that identity, at any depth. A dynamic block over WRITTEN_FOR_EACH stays as
+    written; any other for_each, or an ``iterator`` argument, fails here rather than be guessed."""
+    if isinstance(node, list):
+        return [expand_secret_files(item, files) for item in node]
+    if not isinstance(node, dict):
+        return node
+    expanded = {key: expand_secret_files(item, files) for key, item in node.items() if key != "dynamic"}
+    kept = []
+    for dynamic in node.get("dynamic", []):
+        (name, spec), = dynamic.items()
+        assert set(spec) == {"for_each", "content"}, f"dynamic {name}: these tests expand for_each and content only"
+        match = SECRET_FILES_FOR_EACH.fullmatch(spec["for_each"])
+        if match is None:
+            assert spec["for_each"] in WRITTEN_FOR_EACH, f"dynamic {name}: no expansion known for {spec['for_each']}"
+            kept.append({name: expand_secret_files(spec, files)})
+            continue
+        assert match[1] in files, f"dynamic {name}: local.secret_files has no identity {match[1]}"
+        content = one(spec["content"])
+        expanded[name] = expanded.get(name, []) + [
+            expand_secret_files(substitute(content, name, file), files) for file in files[match[1]]]
+    if kept:
+        expanded["dynamic"] = kept
+    return expanded
 
 
 def env_secrets(pod: dict[str, Any]) -> dict[str, str]:
@@ -431,8 +515,11 @@ def test_only_migrate_can_read_the_owners_database_url() -> None:
     readers = [name for name, (kind, body) in run_resources().items()
                if "database_url" in env_secrets(pod_template(kind, body)).values()]
     assert readers == ["migrate"]
+    # Nothing else names a secret: the grants take theirs from secret_access, every secret volume
+    # from local.secret_files (made from secret_access too) but the retired keys' directory.
     text = "".join(path.read_text() for path in tf_files())
-    assert text.count('var.secret_ids["database_url"]') == 1
+    assert set(re.findall(r"var\.secret_(?:ids|versions)\[([^\]]+)\]", text)) == {
+        "each.value.secret", "volumes.value.secret", '"retired_signing_keys"'}
 
 
 def test_everything_else_connects_as_the_runtime_role() -> None:

@@ -34,7 +34,9 @@
 # file `value`, mounted at /secrets/<secret>; the container gets the setting's *_FILE variable
 # naming that file (DATABASE_URL_FILE, REDIS_URL_FILE, PLANT_SIGNING_KEY_FILE, ...), which
 # Plant reads as the setting itself (models/settings.py) and docker/entrypoint.sh accepts as
-# it. The files are 0444 (the volume's default) and, on the second-generation execution
+# it. local.secret_files lists each identity's secret files; every resource makes its secret
+# volumes, mounts and *_FILE variables from its identity's list, with dynamic blocks. The
+# files are 0444 (the volume's default) and, on the second-generation execution
 # environment, root's: readable by the image's user (uid 10001), which may not change them,
 # as models/key_material.py::read_private_key_file wants of a signing key another user owns.
 
@@ -71,6 +73,35 @@ locals {
     migrate = ["database_url", "runtime_role_password", "bootstrap_admin_key"]
     seal    = ["runtime_database_url", "signing_key", "retired_signing_keys"]
     flower  = ["redis_url", "flower_basic_auth"]
+  }
+
+  # What each secret but the retired keys (a directory, above) is called in a container: its
+  # secret volume, mounted at /secrets/<volume>, and the setting's *_FILE variable naming the
+  # file `value` there.
+  secret_file_names = {
+    database_url          = { volume = "database-url", variable = "DATABASE_URL_FILE" } # the schema owner's
+    runtime_database_url  = { volume = "runtime-database-url", variable = "DATABASE_URL_FILE" }
+    redis_url             = { volume = "redis-url", variable = "REDIS_URL_FILE" }
+    signing_key           = { volume = "signing-key", variable = "PLANT_SIGNING_KEY_FILE" }
+    runtime_role_password = { volume = "runtime-role-password", variable = "PLANT_RUNTIME_ROLE_PASSWORD_FILE" }
+    # `plant db upgrade` makes this key a live admin API key (idempotent).
+    bootstrap_admin_key = { volume = "bootstrap-admin-key", variable = "PLANT_ADMIN_API_KEY_FILE" }
+    flower_basic_auth   = { volume = "flower-basic-auth", variable = "PLANT_FLOWER_BASIC_AUTH_FILE" }
+  }
+
+  # Per identity, the secret files its containers get: every secret it may read (secret_access)
+  # but the retired keys, in that order. Each Cloud Run resource makes its secret volumes,
+  # volume_mounts and *_FILE variables from its identity's list with dynamic blocks.
+  secret_files = {
+    for identity, secrets in local.secret_access : identity => [
+      for secret in secrets : {
+        secret     = secret
+        volume     = local.secret_file_names[secret].volume
+        mount_path = "/secrets/${local.secret_file_names[secret].volume}"
+        variable   = local.secret_file_names[secret].variable
+        file       = "/secrets/${local.secret_file_names[secret].volume}/value"
+      } if secret != "retired_signing_keys"
+    ]
   }
 
   secret_grants = merge([
@@ -151,33 +182,16 @@ resource "google_cloud_run_v2_service" "api" {
         instances = [var.cloudsql_connection_name]
       }
     }
-    volumes {
-      name = "runtime-database-url"
-      secret {
-        secret = var.secret_ids["runtime_database_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["runtime_database_url"]
-        }
-      }
-    }
-    volumes {
-      name = "redis-url"
-      secret {
-        secret = var.secret_ids["redis_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["redis_url"]
-        }
-      }
-    }
-    volumes {
-      name = "signing-key"
-      secret {
-        secret = var.secret_ids["signing_key"]
-        items {
-          path    = "value"
-          version = var.secret_versions["signing_key"]
+    dynamic "volumes" {
+      for_each = local.secret_files["api"]
+      content {
+        name = volumes.value.volume
+        secret {
+          secret = var.secret_ids[volumes.value.secret]
+          items {
+            path    = "value"
+            version = var.secret_versions[volumes.value.secret]
+          }
         }
       }
     }
@@ -223,17 +237,13 @@ resource "google_cloud_run_v2_service" "api" {
         name  = "PLANT_EMBEDDER" # as the workers and the migrate job: one embedder per deployment
         value = var.embedder
       }
-      env {
-        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
-        value = "/secrets/runtime-database-url/value"
-      }
-      env {
-        name  = "REDIS_URL_FILE"
-        value = "/secrets/redis-url/value"
-      }
-      env {
-        name  = "PLANT_SIGNING_KEY_FILE"
-        value = "/secrets/signing-key/value"
+      # DATABASE_URL_FILE is the runtime role's URL: it owns nothing.
+      dynamic "env" {
+        for_each = local.secret_files["api"]
+        content {
+          name  = env.value.variable
+          value = env.value.file
+        }
       }
 
       env {
@@ -244,17 +254,12 @@ resource "google_cloud_run_v2_service" "api" {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
       }
-      volume_mounts {
-        name       = "runtime-database-url"
-        mount_path = "/secrets/runtime-database-url"
-      }
-      volume_mounts {
-        name       = "redis-url"
-        mount_path = "/secrets/redis-url"
-      }
-      volume_mounts {
-        name       = "signing-key"
-        mount_path = "/secrets/signing-key"
+      dynamic "volume_mounts" {
+        for_each = local.secret_files["api"]
+        content {
+          name       = volume_mounts.value.volume
+          mount_path = volume_mounts.value.mount_path
+        }
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -349,33 +354,16 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         instances = [var.cloudsql_connection_name]
       }
     }
-    volumes {
-      name = "runtime-database-url"
-      secret {
-        secret = var.secret_ids["runtime_database_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["runtime_database_url"]
-        }
-      }
-    }
-    volumes {
-      name = "redis-url"
-      secret {
-        secret = var.secret_ids["redis_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["redis_url"]
-        }
-      }
-    }
-    volumes {
-      name = "signing-key"
-      secret {
-        secret = var.secret_ids["signing_key"]
-        items {
-          path    = "value"
-          version = var.secret_versions["signing_key"]
+    dynamic "volumes" {
+      for_each = local.secret_files["worker"]
+      content {
+        name = volumes.value.volume
+        secret {
+          secret = var.secret_ids[volumes.value.secret]
+          items {
+            path    = "value"
+            version = var.secret_versions[volumes.value.secret]
+          }
         }
       }
     }
@@ -415,17 +403,13 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         name  = "PLANT_EMBEDDER"
         value = var.embedder
       }
-      env {
-        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
-        value = "/secrets/runtime-database-url/value"
-      }
-      env {
-        name  = "REDIS_URL_FILE"
-        value = "/secrets/redis-url/value"
-      }
-      env {
-        name  = "PLANT_SIGNING_KEY_FILE"
-        value = "/secrets/signing-key/value"
+      # DATABASE_URL_FILE is the runtime role's URL: it owns nothing.
+      dynamic "env" {
+        for_each = local.secret_files["worker"]
+        content {
+          name  = env.value.variable
+          value = env.value.file
+        }
       }
 
       env {
@@ -436,17 +420,12 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
       }
-      volume_mounts {
-        name       = "runtime-database-url"
-        mount_path = "/secrets/runtime-database-url"
-      }
-      volume_mounts {
-        name       = "redis-url"
-        mount_path = "/secrets/redis-url"
-      }
-      volume_mounts {
-        name       = "signing-key"
-        mount_path = "/secrets/signing-key"
+      dynamic "volume_mounts" {
+        for_each = local.secret_files["worker"]
+        content {
+          name       = volume_mounts.value.volume
+          mount_path = volume_mounts.value.mount_path
+        }
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -496,33 +475,16 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         instances = [var.cloudsql_connection_name]
       }
     }
-    volumes {
-      name = "runtime-database-url"
-      secret {
-        secret = var.secret_ids["runtime_database_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["runtime_database_url"]
-        }
-      }
-    }
-    volumes {
-      name = "redis-url"
-      secret {
-        secret = var.secret_ids["redis_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["redis_url"]
-        }
-      }
-    }
-    volumes {
-      name = "signing-key"
-      secret {
-        secret = var.secret_ids["signing_key"]
-        items {
-          path    = "value"
-          version = var.secret_versions["signing_key"]
+    dynamic "volumes" {
+      for_each = local.secret_files["worker"]
+      content {
+        name = volumes.value.volume
+        secret {
+          secret = var.secret_ids[volumes.value.secret]
+          items {
+            path    = "value"
+            version = var.secret_versions[volumes.value.secret]
+          }
         }
       }
     }
@@ -560,17 +522,13 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         name  = "PLANT_EMBEDDER"
         value = var.embedder
       }
-      env {
-        name  = "DATABASE_URL_FILE" # the runtime role's: it owns nothing
-        value = "/secrets/runtime-database-url/value"
-      }
-      env {
-        name  = "REDIS_URL_FILE"
-        value = "/secrets/redis-url/value"
-      }
-      env {
-        name  = "PLANT_SIGNING_KEY_FILE"
-        value = "/secrets/signing-key/value"
+      # DATABASE_URL_FILE is the runtime role's URL: it owns nothing.
+      dynamic "env" {
+        for_each = local.secret_files["worker"]
+        content {
+          name  = env.value.variable
+          value = env.value.file
+        }
       }
 
       env {
@@ -581,17 +539,12 @@ resource "google_cloud_run_v2_worker_pool" "worker_audit" {
         name       = local.cloudsql_volume
         mount_path = local.cloudsql_mount
       }
-      volume_mounts {
-        name       = "runtime-database-url"
-        mount_path = "/secrets/runtime-database-url"
-      }
-      volume_mounts {
-        name       = "redis-url"
-        mount_path = "/secrets/redis-url"
-      }
-      volume_mounts {
-        name       = "signing-key"
-        mount_path = "/secrets/signing-key"
+      dynamic "volume_mounts" {
+        for_each = local.secret_files["worker"]
+        content {
+          name       = volume_mounts.value.volume
+          mount_path = volume_mounts.value.mount_path
+        }
       }
       dynamic "volume_mounts" {
         for_each = local.retired_keys_volumes
@@ -640,13 +593,16 @@ resource "google_cloud_run_v2_worker_pool" "beat" {
       }
     }
 
-    volumes {
-      name = "redis-url"
-      secret {
-        secret = var.secret_ids["redis_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["redis_url"]
+    dynamic "volumes" {
+      for_each = local.secret_files["beat"]
+      content {
+        name = volumes.value.volume
+        secret {
+          secret = var.secret_ids[volumes.value.secret]
+          items {
+            path    = "value"
+            version = var.secret_versions[volumes.value.secret]
+          }
         }
       }
     }
@@ -662,13 +618,19 @@ resource "google_cloud_run_v2_worker_pool" "beat" {
         }
       }
 
-      env {
-        name  = "REDIS_URL_FILE"
-        value = "/secrets/redis-url/value"
+      dynamic "env" {
+        for_each = local.secret_files["beat"]
+        content {
+          name  = env.value.variable
+          value = env.value.file
+        }
       }
-      volume_mounts {
-        name       = "redis-url"
-        mount_path = "/secrets/redis-url"
+      dynamic "volume_mounts" {
+        for_each = local.secret_files["beat"]
+        content {
+          name       = volume_mounts.value.volume
+          mount_path = volume_mounts.value.mount_path
+        }
       }
     }
   }
@@ -711,23 +673,16 @@ resource "google_cloud_run_v2_service" "flower" {
       }
     }
 
-    volumes {
-      name = "redis-url"
-      secret {
-        secret = var.secret_ids["redis_url"]
-        items {
-          path    = "value"
-          version = var.secret_versions["redis_url"]
-        }
-      }
-    }
-    volumes {
-      name = "flower-basic-auth"
-      secret {
-        secret = var.secret_ids["flower_basic_auth"]
-        items {
-          path    = "value"
-          version = var.secret_versions["flower_basic_auth"]
+    dynamic "volumes" {
+      for_each = local.secret_files["flower"]
+      content {
+        name = volumes.value.volume
+        secret {
+          secret = var.secret_ids[volumes.value.secret]
+          items {
+            path    = "value"
+            version = var.secret_versions[volumes.value.secret]
+          }
         }
       }
     }
@@ -748,21 +703,19 @@ resource "google_cloud_run_v2_service" "flower" {
         cpu_idle = false
       }
 
-      env {
-        name  = "REDIS_URL_FILE"
-        value = "/secrets/redis-url/value"
+      dynamic "env" {
+        for_each = local.secret_files["flower"]
+        content {
+          name  = env.value.variable
+          value = env.value.file
+        }
       }
-      env {
-        name  = "PLANT_FLOWER_BASIC_AUTH_FILE"
-        value = "/secrets/flower-basic-auth/value"
-      }
-      volume_mounts {
-        name       = "redis-url"
-        mount_path = "/secrets/redis-url"
-      }
-      volume_mounts {
-        name       = "flower-basic-auth"
-        mount_path = "/secrets/flower-basic-auth"
+      dynamic "volume_mounts" {
+        for_each = local.secret_files["flower"]
+        content {
+          name       = volume_mounts.value.volume
+          mount_path = volume_mounts.value.mount_path
+        }
       }
 
       startup_probe {
@@ -830,33 +783,16 @@ resource "google_cloud_run_v2_job" "migrate" {
           instances = [var.cloudsql_connection_name]
         }
       }
-      volumes {
-        name = "database-url"
-        secret {
-          secret = var.secret_ids["database_url"]
-          items {
-            path    = "value"
-            version = var.secret_versions["database_url"]
-          }
-        }
-      }
-      volumes {
-        name = "runtime-role-password"
-        secret {
-          secret = var.secret_ids["runtime_role_password"]
-          items {
-            path    = "value"
-            version = var.secret_versions["runtime_role_password"]
-          }
-        }
-      }
-      volumes {
-        name = "bootstrap-admin-key"
-        secret {
-          secret = var.secret_ids["bootstrap_admin_key"]
-          items {
-            path    = "value"
-            version = var.secret_versions["bootstrap_admin_key"]
+      dynamic "volumes" {
+        for_each = local.secret_files["migrate"]
+        content {
+          name = volumes.value.volume
+          secret {
+            secret = var.secret_ids[volumes.value.secret]
+            items {
+              path    = "value"
+              version = var.secret_versions[volumes.value.secret]
+            }
           }
         }
       }
@@ -872,11 +808,6 @@ resource "google_cloud_run_v2_job" "migrate" {
           }
         }
 
-        # The schema owner's URL: only this job connects as the owner.
-        env {
-          name  = "DATABASE_URL_FILE"
-          value = "/secrets/database-url/value"
-        }
         # After the upgrade, `plant db upgrade` creates this role (LOGIN only) with this
         # password, or sets it on the role, and grants it DML on the schema; it refuses a
         # role that could lift the guards.
@@ -890,31 +821,25 @@ resource "google_cloud_run_v2_job" "migrate" {
           name  = "PLANT_EMBEDDER"
           value = var.embedder
         }
-        env {
-          name  = "PLANT_RUNTIME_ROLE_PASSWORD_FILE"
-          value = "/secrets/runtime-role-password/value"
-        }
-        # `plant db upgrade` makes this key a live admin API key (idempotent).
-        env {
-          name  = "PLANT_ADMIN_API_KEY_FILE"
-          value = "/secrets/bootstrap-admin-key/value"
+        # DATABASE_URL_FILE is the schema owner's URL: only this job connects as the owner.
+        dynamic "env" {
+          for_each = local.secret_files["migrate"]
+          content {
+            name  = env.value.variable
+            value = env.value.file
+          }
         }
 
         volume_mounts {
           name       = local.cloudsql_volume
           mount_path = local.cloudsql_mount
         }
-        volume_mounts {
-          name       = "database-url"
-          mount_path = "/secrets/database-url"
-        }
-        volume_mounts {
-          name       = "runtime-role-password"
-          mount_path = "/secrets/runtime-role-password"
-        }
-        volume_mounts {
-          name       = "bootstrap-admin-key"
-          mount_path = "/secrets/bootstrap-admin-key"
+        dynamic "volume_mounts" {
+          for_each = local.secret_files["migrate"]
+          content {
+            name       = volume_mounts.value.volume
+            mount_path = volume_mounts.value.mount_path
+          }
         }
       }
     }
@@ -966,23 +891,16 @@ resource "google_cloud_run_v2_job" "seal_keys" {
           instances = [var.cloudsql_connection_name]
         }
       }
-      volumes {
-        name = "runtime-database-url"
-        secret {
-          secret = var.secret_ids["runtime_database_url"]
-          items {
-            path    = "value"
-            version = var.secret_versions["runtime_database_url"]
-          }
-        }
-      }
-      volumes {
-        name = "signing-key"
-        secret {
-          secret = var.secret_ids["signing_key"]
-          items {
-            path    = "value"
-            version = var.secret_versions["signing_key"]
+      dynamic "volumes" {
+        for_each = local.secret_files["seal"]
+        content {
+          name = volumes.value.volume
+          secret {
+            secret = var.secret_ids[volumes.value.secret]
+            items {
+              path    = "value"
+              version = var.secret_versions[volumes.value.secret]
+            }
           }
         }
       }
@@ -1014,13 +932,13 @@ resource "google_cloud_run_v2_job" "seal_keys" {
           }
         }
 
-        env {
-          name  = "DATABASE_URL_FILE" # the runtime role's: sealing stores a digest, plain DML
-          value = "/secrets/runtime-database-url/value"
-        }
-        env {
-          name  = "PLANT_SIGNING_KEY_FILE"
-          value = "/secrets/signing-key/value"
+        # DATABASE_URL_FILE is the runtime role's URL: sealing stores a digest, plain DML.
+        dynamic "env" {
+          for_each = local.secret_files["seal"]
+          content {
+            name  = env.value.variable
+            value = env.value.file
+          }
         }
         env {
           name  = "PLANT_RETIRED_SIGNING_KEYS_DIR"
@@ -1031,13 +949,12 @@ resource "google_cloud_run_v2_job" "seal_keys" {
           name       = local.cloudsql_volume
           mount_path = local.cloudsql_mount
         }
-        volume_mounts {
-          name       = "runtime-database-url"
-          mount_path = "/secrets/runtime-database-url"
-        }
-        volume_mounts {
-          name       = "signing-key"
-          mount_path = "/secrets/signing-key"
+        dynamic "volume_mounts" {
+          for_each = local.secret_files["seal"]
+          content {
+            name       = volume_mounts.value.volume
+            mount_path = volume_mounts.value.mount_path
+          }
         }
         dynamic "volume_mounts" {
           for_each = local.retired_keys_volumes
