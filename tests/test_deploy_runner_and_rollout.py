@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -34,51 +33,7 @@ from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_deploy_compose import compose, env_example, interpolate
 from tests.test_deploy_terraform import MODULES, clean, one, resources, terraform_console
-from tests.test_dev_runner import DevRunner, _alive, _in_dir
-
-
-@pytest.mark.e2e
-def test_a_hangup_stops_the_dev_runner_and_everything_it_started(tmp_path: Path, server_tmp: Path) -> None:
-    """Closing the terminal (or losing the ssh session) sends SIGHUP. The runner's children each
-    run in a session of their own, so the hangup never reaches them: the runner must stop them,
-    or the next ``make dev`` finds PostgreSQL's data dir still locked by the orphan."""
-    runner = DevRunner(server_tmp / "plant data", tmp_path / "dev.log")  # a path with a space, too
-    runner.start()
-    started = psutil.Process(runner.process.pid).children(recursive=True)
-    started += [p for p in psutil.process_iter() if _in_dir(p, runner.data_dir)]
-    try:
-        runner.process.send_signal(signal.SIGHUP)
-        assert runner.process.wait(timeout=60) == 0
-    finally:
-        left = _alive(started)
-        for process in left:  # never leave them to the next test
-            process.kill()
-        runner.log.close()
-    assert left == []
-
-
-
-@pytest.mark.e2e
-def test_a_dev_runner_killed_outright_leaves_no_process_behind(tmp_path: Path, server_tmp: Path) -> None:
-    """The runner's children run in sessions of their own, so nothing of the kernel's ties them
-    to it: a runner killed outright (SIGKILL, the OOM killer, an IDE's stop button) left the whole
-    stack running, PostgreSQL's data dir locked for the next ``make dev``. Its watchdog stops them."""
-    runner = DevRunner(server_tmp / "plant-data", tmp_path / "dev.log")
-    runner.start()
-    started = psutil.Process(runner.process.pid).children(recursive=True)
-    started += [p for p in psutil.process_iter() if _in_dir(p, runner.data_dir)]
-    runner.process.kill()
-    runner.process.wait(timeout=10)
-    try:
-        deadline = time.monotonic() + 30  # what a watchdog would take to notice and stop them
-        while _alive(started) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        left = _alive(started)
-        for process in left:
-            process.kill()
-        runner.log.close()
-    assert left == []
+from tests.test_dev_runner import _alive, _in_dir
 
 
 def start_demo(data_dir: Path, log: Path) -> subprocess.Popen:

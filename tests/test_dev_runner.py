@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -57,14 +58,35 @@ class DevRunner:
         except (requests.RequestException, ValueError):
             return False
 
-    def stop(self) -> list[psutil.Process]:
-        """SIGTERM the runner; return every process it had started (now expected gone)."""
-        started = psutil.Process(self.process.pid).children(recursive=True)
-        started += [p for p in psutil.process_iter() if _in_dir(p, self.data_dir)]
-        self.process.send_signal(signal.SIGTERM)
+    def started(self) -> list[psutil.Process]:
+        """Every process the runner started: its children, and whatever runs on its data dir."""
+        return (psutil.Process(self.process.pid).children(recursive=True)
+                + [p for p in psutil.process_iter() if _in_dir(p, self.data_dir)])
+
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> list[psutil.Process]:
+        """Signal the runner (SIGTERM: ``make dev`` stopped; SIGHUP: its terminal closed) and
+        wait for it to exit 0; return every process it had started (now expected gone)."""
+        started = self.started()
+        self.process.send_signal(how)
         assert self.process.wait(timeout=60) == 0
         self.log.close()
         return started
+
+    def kill_outright(self) -> list[psutil.Process]:
+        """SIGKILL the runner (the OOM killer, an IDE's stop button): nothing of it runs to stop
+        its stack, whose processes run in sessions of their own, so its watchdog must. Returns
+        what it had started that is still alive once the watchdog had time; those are killed."""
+        started = self.started()
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.log.close()
+        deadline = time.monotonic() + 30  # what a watchdog would take to notice and stop them
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _alive(started)
+        for process in left:  # never leave them to the next test
+            process.kill()
+        return left
 
 
 def _in_dir(process: psutil.Process, directory: Path) -> bool:
@@ -81,50 +103,80 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 SECRET_FILES = ("postgres.password", "runtime-role.password", "redis.password", "redis.conf")
 
 
-def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -> None:
-    runner = DevRunner(server_tmp / "plant-data", tmp_path / "dev.log")
+def _wait_until_healthy(runner: DevRunner) -> None:
+    """``ok`` within seconds: a single answer may be ``degraded`` on a busy machine, when a
+    worker's reply to the health check's ping comes after the check's timeout."""
+    wait_for(runner._healthy, timeout=10, what=f"{runner.api}/health to say ok")
+
+
+def test_dev_runs_everything_beside_another_runner_and_stops_clean(tmp_path: Path, server_tmp: Path) -> None:
+    """One test, not four: each start of a whole stack (PostgreSQL, Redis, migrate, seed, API,
+    worker, beat, Flower) costs 20-40 s of the suite. The first runner (on a path with a space)
+    is checked through, stopped (SIGTERM), restarted and hung up (SIGHUP: its terminal closed);
+    the second, with its own data directory and ports, runs beside it meanwhile and is killed
+    outright (SIGKILL), its watchdog left to stop its stack. The runner's children each run in a
+    session of their own, so neither a hangup nor the kill reaches them: the runner, or its
+    watchdog, must stop them, or the next ``make dev`` finds PostgreSQL's data dir locked."""
+    runner = DevRunner(server_tmp / "plant data", tmp_path / "dev.log")
+    other = DevRunner(server_tmp / "other", tmp_path / "other.log")
     runner.start()
     http = runner.session()
     try:
-        api = runner.api + "/api/v1"
-        assert requests.get(api + "/agents").status_code == 401
-        assert len(http.get(api + "/agents", params={"page_size": 100}).json()["items"]) >= 50
-        submitted = http.post(api + "/diagnostics/sleep", json={"seconds": 1.5, "steps": 3})
-        assert submitted.status_code == 202
-        job_url = runner.api + submitted.headers["Location"]
-        wait_for(lambda: (j := http.get(job_url).json())["status"] == "running" and j["progress"]["done"] >= 1,
-                 what="job running with progress")
-        job_id = submitted.json()["id"]
-        flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
-        assert requests.get(flower).status_code == 401  # Flower's API and UI need basic auth
-        assert requests.get(f"http://127.0.0.1:{runner.flower_port}/").status_code == 401
-        for public in ("/metrics", "/healthcheck"):  # Flower 2.2.0 serves these two without it
-            assert requests.get(f"http://127.0.0.1:{runner.flower_port}{public}").status_code == 200, public
-        user, password = (runner.data_dir / "flower-auth").read_text().strip().split(":", 1)
-        wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
-                 what="Flower to show the task")
-        assert http.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
-        services_env = dict(line.split("=", 1) for line in (runner.data_dir / "services.env").read_text().splitlines())
-        assert set(services_env) == {"DATABASE_URL", "REDIS_URL", "OWNER_DATABASE_URL"}
-        # The app processes connect as the runtime role, which owns nothing: it cannot lift a guard.
-        with psycopg.connect(libpq_url(services_env["OWNER_DATABASE_URL"]), autocommit=True) as owner:
-            users = {u for (u,) in owner.execute(
-                "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")}
-            assert users == {"plant_runtime"}, users
-        with psycopg.connect(libpq_url(services_env["DATABASE_URL"]), autocommit=True) as runtime, \
-                pytest.raises(psycopg.errors.InsufficientPrivilege):
-            runtime.execute("ALTER TABLE entity_versions DISABLE TRIGGER ALL")
-        # No one gets in without the passwords the runner generated (helper-115: the superuser had none).
-        owner_url = make_url(services_env["OWNER_DATABASE_URL"])
-        for user in ("postgres", "plant_runtime"):
-            with pytest.raises(psycopg.OperationalError, match="password"):
-                psycopg.connect(host=owner_url.host, port=owner_url.port, user=user, dbname="plant").close()
-        assert {name: oct(stat.S_IMODE((runner.data_dir / name).stat().st_mode))
-                for name in SECRET_FILES} == dict.fromkeys(SECRET_FILES, oct(0o600))
-        assert owner_url.password not in (tmp_path / "dev.log").read_text()  # the banner hides it
-        broker = make_url(services_env["REDIS_URL"])
-        with redis.Redis(host=broker.host, port=broker.port) as anonymous, pytest.raises(redis.AuthenticationError):
-            anonymous.ping()
+        other.start()
+        try:
+            api = runner.api + "/api/v1"
+            assert requests.get(api + "/agents").status_code == 401
+            assert len(http.get(api + "/agents", params={"page_size": 100}).json()["items"]) >= 50
+            submitted = http.post(api + "/diagnostics/sleep", json={"seconds": 1.5, "steps": 3})
+            assert submitted.status_code == 202
+            job_url = runner.api + submitted.headers["Location"]
+            wait_for(lambda: (j := http.get(job_url).json())["status"] == "running" and j["progress"]["done"] >= 1,
+                     what="job running with progress")
+            job_id = submitted.json()["id"]
+            flower = f"http://127.0.0.1:{runner.flower_port}/api/tasks"
+            assert requests.get(flower).status_code == 401  # Flower's API and UI need basic auth
+            assert requests.get(f"http://127.0.0.1:{runner.flower_port}/").status_code == 401
+            for public in ("/metrics", "/healthcheck"):  # Flower 2.2.0 serves these two without it
+                assert requests.get(f"http://127.0.0.1:{runner.flower_port}{public}").status_code == 200, public
+            user, password = (runner.data_dir / "flower-auth").read_text().strip().split(":", 1)
+            wait_for(lambda: any(job_id in str(t.get("args")) for t in requests.get(flower, auth=(user, password)).json().values()),
+                     what="Flower to show the task")
+            assert http.get(job_url, params={"wait": 20}).json()["status"] == "succeeded"
+            services_env = dict(line.split("=", 1) for line in (runner.data_dir / "services.env").read_text().splitlines())
+            assert set(services_env) == {"DATABASE_URL", "REDIS_URL", "OWNER_DATABASE_URL"}
+            # The app processes connect as the runtime role, which owns nothing: it cannot lift a guard.
+            with psycopg.connect(libpq_url(services_env["OWNER_DATABASE_URL"]), autocommit=True) as owner:
+                users = {u for (u,) in owner.execute(
+                    "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")}
+                assert users == {"plant_runtime"}, users
+            with psycopg.connect(libpq_url(services_env["DATABASE_URL"]), autocommit=True) as runtime, \
+                    pytest.raises(psycopg.errors.InsufficientPrivilege):
+                runtime.execute("ALTER TABLE entity_versions DISABLE TRIGGER ALL")
+            # No one gets in without the passwords the runner generated (helper-115: the superuser had none).
+            owner_url = make_url(services_env["OWNER_DATABASE_URL"])
+            for user in ("postgres", "plant_runtime"):
+                with pytest.raises(psycopg.OperationalError, match="password"):
+                    psycopg.connect(host=owner_url.host, port=owner_url.port, user=user, dbname="plant").close()
+            assert {name: oct(stat.S_IMODE((runner.data_dir / name).stat().st_mode))
+                    for name in SECRET_FILES} == dict.fromkeys(SECRET_FILES, oct(0o600))
+            assert owner_url.password not in (tmp_path / "dev.log").read_text()  # the banner hides it
+            broker = make_url(services_env["REDIS_URL"])
+            with redis.Redis(host=broker.host, port=broker.port) as anonymous, pytest.raises(redis.AuthenticationError):
+                anonymous.ping()
+
+            # The other runner has its own PostgreSQL, Redis and admin key.
+            _wait_until_healthy(other)
+            urls = [(r.data_dir / "services.env").read_text() for r in (runner, other)]
+            assert urls[0] != urls[1]
+            keys = [(r.data_dir / "admin-api-key").read_text() for r in (runner, other)]
+            assert keys[0] != keys[1]
+            assert other.session().get(other.api + "/api/v1/agents").status_code == 200
+            # One runner's key means nothing to the other: separate databases.
+            foreign = requests.get(runner.api + "/api/v1/agents", headers={"Authorization": f"Bearer {keys[1].strip()}"})
+            assert foreign.status_code == 401
+        finally:
+            assert other.kill_outright() == []
+        _wait_until_healthy(runner)  # unaffected by the other's end
     finally:
         started = runner.stop()
     assert started, "the runner started no processes?"
@@ -136,38 +188,8 @@ def test_dev_runs_everything_and_stops_clean(tmp_path: Path, server_tmp: Path) -
         assert http.get(job_url).json()["status"] == "succeeded"
         assert http.get(f"{runner.api}/api/v1/jobs/{uuid.uuid4()}").status_code == 404
     finally:
-        assert _alive(runner.stop()) == []
+        assert _alive(runner.stop(signal.SIGHUP)) == []
     assert "seed: created 0 entities" in (tmp_path / "dev.log").read_text()
-
-
-def _wait_until_healthy(runner: DevRunner) -> None:
-    """``ok`` within seconds: a single answer may be ``degraded`` on a busy machine, when a
-    worker's reply to the health check's ping comes after the check's timeout."""
-    wait_for(runner._healthy, timeout=10, what=f"{runner.api}/health to say ok")
-
-
-def test_two_runners_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path: Path, server_tmp: Path) -> None:
-    first = DevRunner(server_tmp / "one", tmp_path / "one.log")
-    second = DevRunner(server_tmp / "two", tmp_path / "two.log")
-    first.start()
-    try:
-        second.start()
-        try:
-            for runner in (first, second):
-                _wait_until_healthy(runner)
-            urls = [(r.data_dir / "services.env").read_text() for r in (first, second)]
-            assert urls[0] != urls[1]  # each runner has its own PostgreSQL and Redis
-            keys = [(r.data_dir / "admin-api-key").read_text() for r in (first, second)]
-            assert keys[0] != keys[1]
-            assert second.session().get(second.api + "/api/v1/agents").status_code == 200
-            # One runner's key means nothing to the other: separate databases.
-            foreign = requests.get(first.api + "/api/v1/agents", headers={"Authorization": f"Bearer {keys[1].strip()}"})
-            assert foreign.status_code == 401
-        finally:
-            assert _alive(second.stop()) == []
-        _wait_until_healthy(first)  # unaffected by the other's shutdown
-    finally:
-        assert _alive(first.stop()) == []
 
 
 def test_the_files_the_dev_runner_writes_secrets_to_are_for_its_user_alone(tmp_path: Path, settings, engine,

@@ -3,7 +3,7 @@ recording it: what a runner that dies, or is signalled, leaves behind.
 
 A small stand-in runner (``RUNNER`` below) starts process groups the way ``plant dev`` does and
 names them to its watchdog; the whole runner is covered end to end by
-``tests/test_deploy_runner_and_rollout.py::test_a_dev_runner_killed_outright_leaves_no_process_behind``.
+``tests/test_dev_runner.py::test_dev_runs_everything_beside_another_runner_and_stops_clean``.
 """
 
 import os
