@@ -308,11 +308,19 @@ SCHEMA_DATA_TABLES = ("alembic_version", "signed_exports_began", "ledger_digests
 
 
 def _truncate_all(engine: Engine) -> None:
+    """Empty every table the tests write. Only the tables holding a row are named to TRUNCATE
+    (with those referencing them, CASCADE): a TRUNCATE makes each table it names a new file,
+    and naming all 29 cost 100-200 ms after every test that commits, most of which write two
+    or three tables (one ``LIMIT 1`` read of each table finds them, in 2 ms)."""
     with engine.begin() as connection:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> ALL(:kept)"),
             {"kept": list(SCHEMA_DATA_TABLES)},
         ).all()
+        tables = connection.scalars(text(" UNION ALL ".join(
+            f"(SELECT CAST('{table}' AS text) FROM \"{table}\" LIMIT 1)" for table in tables))).all()
+        if not tables:
+            return
         # The append-only guards refuse TRUNCATE; a test database may lift them for a moment.
         for table in APPEND_ONLY_TABLES:
             connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate"))
