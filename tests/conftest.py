@@ -310,10 +310,11 @@ SCHEMA_DATA_TABLES = ("alembic_version", "signed_exports_began", "ledger_digests
 def _truncate_all(engine: Engine) -> None:
     """Empty every table the tests write. Only the tables holding a row are named to TRUNCATE
     (with those referencing them, CASCADE): a TRUNCATE makes each table it names a new file,
-    and naming all 29 cost 100-200 ms after every test that commits, most of which write two
-    or three tables (one ``LIMIT 1`` read of each table finds them, in 2 ms). Every table is
-    locked first, as the TRUNCATE of them all locked them: a writer still in a transaction is
-    waited for and its rows seen, where the read alone would find its table empty and leave them."""
+    and naming all 26 (every table but the schema's data) cost 100-200 ms after every test
+    that commits, most of which write two or three tables (one ``LIMIT 1`` read of each table
+    finds them, in 2 ms). Every table is locked first, as the TRUNCATE of them all locked them:
+    a writer still in a transaction is waited for and its rows seen, where the read alone
+    would find its table empty and leave them."""
     with engine.begin() as connection:
         tables = connection.scalars(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> ALL(:kept)"),
