@@ -48,7 +48,7 @@ def main() -> None:
 
         def incremental() -> None:
             with stack.session(settings) as session:
-                audit_since_latest_digest(session, keyring=keyring, embedder=HashingEmbedder())
+                audit_since_latest_digest(session, keyring=keyring, embedder=HashingEmbedder(), sink=[].extend)
 
         stack.settle(settings)
         digest()  # the first: every chain checked from the genesis

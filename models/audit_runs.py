@@ -164,9 +164,10 @@ def scope_repairs(session: Session, run: AuditRun, keyring: KeyRing) -> list[dic
 
 def _incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Embedder,
                  repairs: list[dict[str, str]]) -> AuditRun:
-    """Run the incremental audit inline and record it as one finished chunk."""
-    result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
-    insert_start_findings(session, run.id, result.findings)
+    """Run the incremental audit inline and record it as one finished chunk. Its findings are
+    written as it finds them (a batch of entities' at a time), in the order found."""
+    result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder,
+                                       sink=lambda found: insert_start_findings(session, run.id, found))
     chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
         done=True, counters={"entities": result.entities, "versions_verified": result.versions_verified,

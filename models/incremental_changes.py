@@ -10,6 +10,7 @@ leaves whose entity is gone from its type's table. Each reads; nothing is writte
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import and_, case, func, null, or_, select, text, union_all
@@ -196,12 +197,11 @@ def row_counts(session: Session, digest: LedgerDigest) -> tuple[int, int]:
     return leaf_count, tombstone_count
 
 
-def vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> list[FindingRow]:
+def vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> Iterator[list[FindingRow]]:
     """Leaves of the digest whose entity's row is not in its type's table (a row of another
-    type under its id, say): an anti-join. A row marked deleted with a leaf was
-    ``examined``, signed deletion or not, and a chain with no row at all was reported
-    ``entity-row-missing`` (in ``examined`` too)."""
-    findings = []
+    type under its id, say): an anti-join, a type at a time (the findings of each, in turn).
+    A row marked deleted with a leaf was ``examined``, signed deletion or not, and a chain
+    with no row at all was reported ``entity-row-missing`` (in ``examined`` too)."""
     for entity_type, model in ENTITY_MODELS.items():
         alive = select(model.id).where(model.id == LedgerDigestHead.entity_id, model.deleted_at.is_(None))
         gone = session.execute(
@@ -209,6 +209,5 @@ def vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUI
                 LedgerDigestHead.digest_id == digest_id, LedgerDigestHead.entity_type == entity_type.value,
                 ~alive.exists())
         ).all()
-        findings += [FindingRow(entity_type.value, entity_id, version, "entity-deleted", "in the digest, gone from the registry")
-                     for entity_id, version in gone if (entity_type.value, entity_id) not in examined]
-    return findings
+        yield [FindingRow(entity_type.value, entity_id, version, "entity-deleted", "in the digest, gone from the registry")
+               for entity_id, version in gone if (entity_type.value, entity_id) not in examined]

@@ -10,6 +10,11 @@ fails) held all of them, several times over. It now writes them a page at a time
 (:func:`models.audit_runs.insert_start_findings`) and the plan reads them back through a
 cursor the server holds, hashing as it goes. The old start is kept here (:func:`old_start_run`,
 verbatim but for its names) to prove the new one signs the same bytes over the same data.
+
+An incremental run's audit held every finding it made until the run wrote them all; it now
+hands each to the run as found. The old one is kept here too (:func:`old_audit_since_latest_digest`,
+verbatim but for its names and docstrings), and the old start runs it;
+``tests/test_review_incremental_streaming.py`` compares the two over many more paths.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from models.audit import FindingRow, rowless_chains
+from models.audit import (
+    BatchResult, FindingRow, gate_findings, load_entities, none_trusted_among, passed_over_findings, rowless_chains,
+    rule_findings, seat_facts, suspects_rechecked, versions_by_entity,
+)
 from models.audit_certificates import certificate_findings
 from models.audit_findings import all_findings
 from models.audit_findings_chain import FINDINGS_NONE, findings_chained
@@ -32,12 +40,19 @@ from models.audit_record import PLAN, _plan, _signed, record_step, sign_checkpoi
 from models.audit_runs import (
     AuditParams, digest_findings, id_ranges, plan_repairs, start_run, validate_params,
 )
-from models.audit_tables import AuditChunk, AuditFinding, AuditRun
-from models.entities import ENTITY_MODELS, EntityType
-from models.incremental_audit import audit_since_latest_digest
+from models.audit_tables import AuditChunk, AuditFinding, AuditRun, LedgerDigestHead
+from models.constitution import append_only_enforced
+from models.entities import ENTITY_MODELS, EntityType, governed_content
+from models.errors import NotFound
+from models.incremental_audit import BATCH, IncrementalResult, _after_leaf, _chain_findings, _guards_lifted
+from models.incremental_changes import (
+    Changed, changed_since, grown_behind_rows, row_counts, seat_partners, version_totals,
+)
 from models.job_lifecycle import create_job
 from models.key_seals import SEAL_INVALID_CODE, seal_problems
-from models.ledger_store import store_digest
+from models.ledger_compare import compare_heads
+from models.ledger_store import LATEST_DIGESTS_READ, newest_trusted_digest, store_digest
+from models.seal_check import seal_findings
 from models.repair import settle_repairs
 from models.signing import KeyRing
 from tests.conftest import EMBEDDER
@@ -67,11 +82,155 @@ def old_sign_plan(session: Session, run: AuditRun, chunks: list[AuditChunk], key
         sign_checkpoint(run, chunk, keyring, step=record_step(session, run, chunk))
 
 
+# The incremental audit as it was (commit 7f9ba6a), every finding held until the run wrote them
+# all, and the chains' counts kept per entity; its coverage is the module's own, read off these.
+
+@dataclass
+class OldIncrementalResult:
+    digest_id: int
+    digest_as_of: str
+    findings: list[FindingRow] = field(default_factory=list)
+    entities: int = 0
+    versions_verified: int = 0
+    rehashed_by_entity: dict[uuid.UUID, int] = field(default_factory=dict)
+    chains: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    digest_trusted: bool = True
+    digest_rows_kept: bool = True
+    version_count_balanced: bool = True
+    digests_passed_over: int = 0
+
+    @property
+    def versions_rehashed(self) -> int:
+        return sum(self.rehashed_by_entity.values())
+
+    coverage = IncrementalResult.coverage
+
+
+def old_audit_since_latest_digest(session: Session, *, keyring: KeyRing, embedder: Any) -> OldIncrementalResult:
+    digest, passed = newest_trusted_digest(session, keyring)
+    if digest is None and not passed:
+        raise NotFound("no ledger digest is stored yet; an incremental audit needs one")
+    result = _old_since(digest or passed[0][0], passed)
+    if digest is None:
+        if len(passed) == LATEST_DIGESTS_READ:
+            result.findings.append(none_trusted_among(LATEST_DIGESTS_READ))
+        result.digest_trusted = False
+        return result
+    if not append_only_enforced(session):
+        result.findings.append(_guards_lifted(digest))
+        result.digest_trusted = False
+        return result
+    accounted = 0
+    deleted: set[tuple[str, uuid.UUID]] = set()
+    plan: dict[EntityType, Changed] = {}
+    for entity_type in EntityType:
+        plan[entity_type], with_leaf, deleted_ids, live_again = changed_since(session, entity_type, digest)
+        accounted += with_leaf
+        deleted |= {(entity_type.value, entity_id) for entity_id in deleted_ids}
+        result.findings += [FindingRow(entity_type.value, entity_id, version, "entity-undeleted",
+                                       "live, though the digest keeps its deletion (a tombstone): Plant brings no deleted entity back")
+                            for entity_id, version in live_again]
+    for entity_type, ids in seat_partners(session, plan).items():
+        plan[entity_type] += changed_since(session, entity_type, digest, ids)[0]
+    for entity_type, changed in plan.items():
+        _old_audit_in_batches(session, entity_type, changed, keyring, embedder, result)
+    ledger_versions, leaf_versions = version_totals(session, digest)
+    if ledger_versions != leaf_versions + sum(length - leaf for length, leaf in result.chains.values()):
+        result.version_count_balanced = False
+        for entity_type, changed in grown_behind_rows(session, digest, set(result.chains)).items():
+            _old_audit_in_batches(session, entity_type, changed, keyring, embedder, result)
+    leaves, tombstones = row_counts(session, digest)
+    if not result.version_count_balanced or leaves != accounted:
+        rowless = rowless_chains(session)
+        result.findings += rowless
+        deleted |= {(f.entity_type, f.entity_id) for f in rowless}
+    if leaves != accounted:
+        result.findings += _old_vanished(session, digest.id, deleted)
+    if leaves != digest.entity_count or tombstones != digest.document.get("tombstone_count", 0):
+        result.findings.append(FindingRow(None, None, None, "digest-invalid", (
+            f"stored ledger digest {digest.id} ({digest.as_of.isoformat()}): {leaves} leaf and {tombstones} tombstone rows "
+            f"are left of its {digest.entity_count} and {digest.document.get('tombstone_count', 0)} while the audit read "
+            "them (pruned or deleted meanwhile): what it found stands, but what it did not find is not vouched for; "
+            "run a full audit")))
+        result.digest_rows_kept = False
+    return result
+
+
+def _old_since(digest: Any, passed: list[tuple[Any, str]]) -> OldIncrementalResult:
+    result = OldIncrementalResult(digest.id, digest.as_of.isoformat(), digests_passed_over=len(passed))
+    result.findings += passed_over_findings(digest, passed)
+    return result
+
+
+def _old_audit_in_batches(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Any,
+                          result: OldIncrementalResult) -> None:
+    for start in range(0, len(changed), BATCH):
+        _old_audit_changed(session, entity_type, changed[start : start + BATCH], keyring, embedder, result)
+
+
+def _old_audit_changed(session: Session, entity_type: EntityType, changed: Changed, keyring: KeyRing, embedder: Any,
+                       result: OldIncrementalResult) -> None:
+    base = {entity_id: (version, link) for entity_id, version, link in changed}
+    rolled: dict[uuid.UUID, tuple[uuid.UUID, int | None, bytes]] = {}
+
+    def check(entities: list) -> BatchResult:
+        return _old_check_changed(session, entities, base, keyring, embedder, rolled, result)
+
+    entities = load_entities(session, entity_type, list(base))
+    batch = suspects_rechecked(session, check(entities), entities, check) if entities else BatchResult()
+    result.findings += batch.findings
+    result.entities += batch.entities
+    result.versions_verified += batch.versions_verified
+    result.findings += [FindingRow(h.entity_type or entity_type.value, h.entity_id, h.finding.version, h.finding.code,
+                                   h.finding.detail) for h in compare_heads(session, list(rolled.values()))]
+
+
+def _old_check_changed(session: Session, entities: list, base: dict, keyring: KeyRing, embedder: Any, rolled: dict,
+                       result: OldIncrementalResult) -> BatchResult:
+    batch = BatchResult()
+    versions = versions_by_entity(session, [entity.id for entity in entities])
+    seats = seat_facts(session, entities, keyring)
+    sealed = seal_findings(session, ((entity, versions.get(entity.id, [])) for entity in entities), keyring)
+    kind = entities[0].entity_type_value.value if entities else ""
+    for entity in entities:
+        leaf = base[entity.id]
+        rows = versions.get(entity.id, [])
+        result.chains[entity.id] = (sum(1 for row in rows if row.entity_type == kind), leaf[0])
+        batch.entities += 1
+        split = _after_leaf(rows, leaf)
+        rolled.pop(entity.id, None)
+        if split is None:
+            rolled[entity.id] = (entity.id, leaf[0], leaf[1])
+            split = 0
+        content = governed_content(entity)
+        findings = _chain_findings(entity, rows, split, keyring, content) + ([sealed[entity.id]] if entity.id in sealed else [])
+        batch.findings += [FindingRow(kind, entity.id, f.version, f.code, f.detail) for f in findings]
+        batch.findings += rule_findings(entity, content, rows, True, seats)
+        batch.versions_verified += len(rows) - split
+        result.rehashed_by_entity[entity.id] = split
+    batch.findings += gate_findings(session, entities, batch.findings, keyring=keyring, embedder=embedder)
+    return batch
+
+
+def _old_vanished(session: Session, digest_id: int, examined: set[tuple[str, uuid.UUID]]) -> list[FindingRow]:
+    findings = []
+    for entity_type, model in ENTITY_MODELS.items():
+        alive = select(model.id).where(model.id == LedgerDigestHead.entity_id, model.deleted_at.is_(None))
+        gone = session.execute(
+            select(LedgerDigestHead.entity_id, LedgerDigestHead.version).where(
+                LedgerDigestHead.digest_id == digest_id, LedgerDigestHead.entity_type == entity_type.value,
+                ~alive.exists())
+        ).all()
+        findings += [FindingRow(entity_type.value, entity_id, version, "entity-deleted", "in the digest, gone from the registry")
+                     for entity_id, version in gone if (entity_type.value, entity_id) not in examined]
+    return findings
+
+
 def old_incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder: Any,
                     repairs: list[dict[str, str]]) -> AuditRun:
     from models.audit_runs import MAX_UUID
     from models.constitution import constitution_version
-    result = audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
+    result = old_audit_since_latest_digest(session, keyring=keyring, embedder=embedder)
     old_insert_findings(session, run.id, result.findings)
     chunk = AuditChunk(
         run_id=run.id, chunk_no=0, entity_type="incremental", low_id=uuid.UUID(int=0), high_id=uuid.UUID(int=MAX_UUID),
