@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from itertools import islice
 
 from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -51,29 +52,48 @@ _BOTH_SIDES_OF = text(f"{_ROWS} WHERE skill_id = ANY(:ids) UNION ALL {_VERSIONS}
     bindparam("ids", type_=ARRAY(Uuid())))
 
 
+# Rows of both sides fetched at a time (a cursor the server holds: the versions' contents are
+# read once, never all at once), and findings handed out at a time.
+READ_PAGE = 1_000
+
+
 def certificate_findings(session: Session, *, skill_ids: Collection[uuid.UUID] | None = None) -> list[FindingRow]:
+    """Every finding of :func:`certificate_finding_pages`, at once."""
+    return [finding for page in certificate_finding_pages(session, skill_ids=skill_ids) for finding in page]
+
+
+def certificate_finding_pages(session: Session, *,
+                              skill_ids: Collection[uuid.UUID] | None = None) -> Iterator[list[FindingRow]]:
     """A ``certificate-not-signed`` finding for each row of ``issued_certificates`` no version
     of its skill records, and a ``certificate-not-recorded`` one for each certificate a skill
-    version records that no row names for that skill. With ``skill_ids`` (a run scoped to
-    entity ids), only rows and certificates of those skills."""
-    both_sides = session.execute(_BOTH_SIDES) if skill_ids is None else session.execute(
-        _BOTH_SIDES_OF, {"ids": sorted(skill_ids)})
+    version records that no row names for that skill, :data:`READ_PAGE` at a time. With
+    ``skill_ids`` (a run scoped to entity ids), only rows and certificates of those skills.
+    Both sides are read to the end (one statement, through a held cursor) before the first
+    page: what is kept is each side's ids, not the versions' contents."""
+    statement = _BOTH_SIDES if skill_ids is None else _BOTH_SIDES_OF
+    both_sides = session.execute(statement.execution_options(yield_per=READ_PAGE),
+                                 {} if skill_ids is None else {"ids": sorted(skill_ids)})
     issued: dict[str, uuid.UUID] = {}
     signed: dict[tuple[str, uuid.UUID], int] = {}  # (certificate id, skill): the first version recording it
     for certificate_id, skill_id, version, content in both_sides:
         if version is None:
-            issued[certificate_id] = skill_id
+            issued[certificate_id] = skill_id  # certificate_id is the table's key: each is read once
         elif (recorded := recorded_certificate_id(bytes(content))) is not None:
             signed[(recorded, skill_id)] = min(version, signed.get((recorded, skill_id), version))
-    findings = [FindingRow(None, None, None, NOT_SIGNED,
-                           f"issued_certificates holds {certificate_id} for skill {skill_id}, and no version of that "
-                           "skill's chain records it: a row written outside Plant, for a certificate never signed")
-                for certificate_id, skill_id in sorted(issued.items()) if (certificate_id, skill_id) not in signed]
+    findings = _findings(issued, signed)
+    while page := list(islice(findings, READ_PAGE)):
+        yield page
+
+
+def _findings(issued: dict[str, uuid.UUID], signed: dict[tuple[str, uuid.UUID], int]) -> Iterator[FindingRow]:
+    for certificate_id, skill_id in sorted(issued.items()):
+        if (certificate_id, skill_id) not in signed:
+            yield FindingRow(None, None, None, NOT_SIGNED,
+                             f"issued_certificates holds {certificate_id} for skill {skill_id}, and no version of that "
+                             "skill's chain records it: a row written outside Plant, for a certificate never signed")
     for (certificate_id, skill_id), version in sorted(signed.items(), key=lambda item: (str(item[0][1]), item[1])):
         if issued.get(certificate_id) != skill_id:
-            findings.append(FindingRow("skill", skill_id, version, NOT_RECORDED, _unrecorded(certificate_id,
-                                                                                               issued.get(certificate_id))))
-    return findings
+            yield FindingRow("skill", skill_id, version, NOT_RECORDED, _unrecorded(certificate_id, issued.get(certificate_id)))
 
 
 def recorded_certificate_id(content: bytes) -> str | None:

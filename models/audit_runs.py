@@ -24,7 +24,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from models.audit import FindingRow, finding_from_chain, rowless_chain_pages
-from models.audit_certificates import certificate_findings
+from models.audit_certificates import certificate_finding_pages
 from models.audit_record import sign_plan
 from models.audit_tables import AuditChunk, AuditFinding, AuditRun
 from models.chain import EntityVersion
@@ -141,7 +141,8 @@ def start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], ke
         insert_start_findings(session, run.id, scope.scoped(session, page))
     if EntityType.SKILL in scope.types():
         ids = {uuid.UUID(i) for i in scope.entity_ids} if scope.entity_ids else None
-        insert_start_findings(session, run.id, scope.scoped(session, certificate_findings(session, skill_ids=ids)))
+        for page in certificate_finding_pages(session, skill_ids=ids):  # a finding per certificate, at most
+            insert_start_findings(session, run.id, scope.scoped(session, page))
     sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run

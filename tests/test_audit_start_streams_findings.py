@@ -14,7 +14,11 @@ verbatim but for its names) to prove the new one signs the same bytes over the s
 An incremental run's audit held every finding it made until the run wrote them all; it now
 hands each to the run as found. The old one is kept here too (:func:`old_audit_since_latest_digest`,
 verbatim but for its names and docstrings), and the old start runs it;
-``tests/test_review_incremental_streaming.py`` compares the two over many more paths.
+``tests/test_review_incremental_streaming.py`` compares the two over many more paths. The
+certificates' cross-check fetched both its sides at once (every certified skill's versions'
+contents) and made every finding before the first was written; it now reads them through a
+held cursor and hands its findings out a page at a time (:func:`old_certificate_findings` is
+the old one).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from models.audit import (
     BatchResult, FindingRow, gate_findings, load_entities, none_trusted_among, passed_over_findings, rowless_chains,
     rule_findings, seat_facts, suspects_rechecked, versions_by_entity,
 )
-from models.audit_certificates import certificate_findings
+from models.audit_certificates import (
+    _BOTH_SIDES, _BOTH_SIDES_OF, NOT_RECORDED, NOT_SIGNED, _unrecorded, recorded_certificate_id,
+)
 from models.audit_findings import all_findings
 from models.audit_findings_chain import FINDINGS_NONE, findings_chained
 from models.audit_record import PLAN, _plan, _signed, record_step, sign_checkpoint
@@ -246,6 +252,29 @@ def old_incremental(session: Session, run: AuditRun, keyring: KeyRing, embedder:
     return run
 
 
+def old_certificate_findings(session: Session, *, skill_ids: Any = None) -> list[FindingRow]:
+    """:func:`models.audit_certificates.certificate_findings` as it was (commit 7f9ba6a): every
+    row of both sides fetched at once, every finding made before the first is written."""
+    both_sides = session.execute(_BOTH_SIDES) if skill_ids is None else session.execute(
+        _BOTH_SIDES_OF, {"ids": sorted(skill_ids)})
+    issued: dict[str, uuid.UUID] = {}
+    signed: dict[tuple[str, uuid.UUID], int] = {}
+    for certificate_id, skill_id, version, content in both_sides:
+        if version is None:
+            issued[certificate_id] = skill_id
+        elif (recorded := recorded_certificate_id(bytes(content))) is not None:
+            signed[(recorded, skill_id)] = min(version, signed.get((recorded, skill_id), version))
+    findings = [FindingRow(None, None, None, NOT_SIGNED,
+                           f"issued_certificates holds {certificate_id} for skill {skill_id}, and no version of that "
+                           "skill's chain records it: a row written outside Plant, for a certificate never signed")
+                for certificate_id, skill_id in sorted(issued.items()) if (certificate_id, skill_id) not in signed]
+    for (certificate_id, skill_id), version in sorted(signed.items(), key=lambda item: (str(item[0][1]), item[1])):
+        if issued.get(certificate_id) != skill_id:
+            findings.append(FindingRow("skill", skill_id, version, NOT_RECORDED, _unrecorded(certificate_id,
+                                                                                               issued.get(certificate_id))))
+    return findings
+
+
 def old_start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any], keyring: KeyRing, embedder: Any,
                   chunk_entities: int) -> AuditRun:
     import math
@@ -277,7 +306,7 @@ def old_start_run(session: Session, *, job_id: uuid.UUID, params: dict[str, Any]
     old_insert_findings(session, run.id, scope.scoped(session, rowless_chains(session)))
     if EntityType.SKILL in scope.types():
         ids = {uuid.UUID(i) for i in scope.entity_ids} if scope.entity_ids else None
-        old_insert_findings(session, run.id, scope.scoped(session, certificate_findings(session, skill_ids=ids)))
+        old_insert_findings(session, run.id, scope.scoped(session, old_certificate_findings(session, skill_ids=ids)))
     old_sign_plan(session, run, chunks, keyring, repairs=repairs)
     session.flush()
     return run
@@ -338,6 +367,14 @@ def _started_by(session: Session, keyring: KeyRing, start: Callable[..., AuditRu
     return signed, plan, findings
 
 
+def unsigned_certificates(session: Session, count: int) -> None:
+    """``count`` rows of ``issued_certificates`` INSERTed through SQL for skills no chain
+    records them for: one ``certificate-not-signed`` finding each at a full run's start."""
+    session.execute(text(
+        "INSERT INTO issued_certificates (certificate_id, industry_code, number, skill_id)"
+        " SELECT 'SKILL-ZZ-' || n, 'ZZ', n, gen_random_uuid() FROM generate_series(1, :count) AS n"), {"count": count})
+
+
 VARIANTS = {
     "none": ({}, 0, lambda s, k: None),
     "digest_invalid": ({"against_digest": {}}, 1, lambda s, k: None),
@@ -345,6 +382,9 @@ VARIANTS = {
     "rowless_page_exactly": ({}, 1_000, lambda s, k: rowless(s, 1_000, k)),
     "rowless_scoped": ({"scope": {"entity_type": "skill"}}, 300, lambda s, k: rowless(s, 1_500, k)),
     "digest_invalid_and_rowless": ({"against_digest": {"type": "nope"}}, 1_201, lambda s, k: rowless(s, 1_200, k)),
+    "certificates_pages": ({}, 2_222, lambda s, k: unsigned_certificates(s, 2_222)),
+    "certificates_and_rowless_scoped": ({"scope": {"entity_type": "skill"}}, 1_300,
+                                        lambda s, k: (unsigned_certificates(s, 1_000), rowless(s, 1_500, k))),
     "incremental_rowless": ({"since": "latest-digest"}, 1_100,
                             lambda s, k: (store_digest(s, keyring=k), rowless(s, 1_100, k))),
 }
