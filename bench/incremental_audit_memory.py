@@ -9,7 +9,8 @@ industry's row deleted through SQL in the same transaction (each is then examine
 a ``row-content-mismatch``: the digest held it live and no signed version records the
 deletion), all rolled back. Each prints the process's RSS before the start (imports made,
 connected, rows marked) and its peak during it (``VmHWM``, reset first through
-``/proc/self/clear_refs``), and the wall time.
+``/proc/self/clear_refs``), the wall time, and the CPU time of the process (PostgreSQL's is not
+in it; on a shared machine it varies less than the wall time).
 
     python -m bench.incremental_audit_memory --sizes 20000,80000 --runs 3
 """
@@ -55,16 +56,16 @@ def measure() -> dict[str, float]:
         session.flush()
         before = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run = start_run(session, job_id=job.id, params=params, keyring=keyring, embedder=HashingEmbedder(),
                         chunk_entities=MAX_UUID)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         peak = _status_kb("VmHWM")
         written = session.scalar(select(func.count()).where(AuditFinding.run_id == run.id))
         signed = run.plan_signed["findings"]["count"]
         examined = run.entities_total
         session.rollback()
-    return {"rss_before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds, "findings": written,
+    return {"rss_before_mb": before / 1024, "peak_mb": peak / 1024, "seconds": seconds, "cpu_seconds": cpu, "findings": written,
             "signed": signed, "examined": examined, "marked": marked}
 
 
@@ -73,7 +74,7 @@ def _measured(env: dict[str, str]) -> dict[str, float]:
                          env=env, check=False, capture_output=True, text=True)
     if out.returncode:
         print(f"run failed:\n{out.stderr[-3000:]}", flush=True)
-        return {"rss_before_mb": math.nan, "peak_mb": math.nan, "seconds": math.nan}
+        return {"rss_before_mb": math.nan, "peak_mb": math.nan, "seconds": math.nan, "cpu_seconds": math.nan}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,7 +113,8 @@ def _line(size: int, runs: list[dict[str, float]]) -> str:
     peak, before = statistics.median(peaks), statistics.median(r["rss_before_mb"] for r in runs)
     counted = {(r.get("marked"), r.get("examined"), r.get("findings"), r.get("signed")) for r in runs}
     return (f"incremental run, {size} industries (marked, examined, findings written, signed: {counted}): "
-            f"peak RSS {peak:.0f} MB (before {before:.0f} MB, +{peak - before:.0f}), {statistics.median(seconds):.2f} s "
+            f"peak RSS {peak:.0f} MB (before {before:.0f} MB, +{peak - before:.0f}), {statistics.median(seconds):.2f} s, "
+            f"{statistics.median(r['cpu_seconds'] for r in runs):.2f} s of this process's CPU "
             f"(peaks {', '.join(f'{p:.0f}' for p in peaks)} MB; {', '.join(f'{s:.2f}' for s in seconds)} s)")
 
 
