@@ -14,7 +14,7 @@ verbatim but for its names) to prove the new one signs the same bytes over the s
 An incremental run's audit held every finding it made until the run wrote them all; it now
 hands each to the run as found. The old one is kept here too (:func:`old_audit_since_latest_digest`,
 verbatim but for its names and docstrings), and the old start runs it;
-``tests/test_review_incremental_streaming.py`` compares the two over many more paths. The
+``tests/test_incremental_audit_streams_findings.py`` compares the two over many more paths. The
 certificates' cross-check fetched both its sides at once (every certified skill's versions'
 contents) and made every finding before the first was written; it now reads them through a
 held cursor and hands its findings out a page at a time (:func:`old_certificate_findings` is
