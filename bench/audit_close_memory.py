@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from bench.harness import BenchStack
+from bench.harness import BenchStack, measured_in_a_child
 from models.audit import FindingRow
 from models.audit_record import record_step, sign_checkpoint
 from models.audit_runs import MAX_UUID, insert_findings, start_run
@@ -128,15 +125,6 @@ class Registry:
             self.session.expunge(finding)
 
 
-def _measured(env: dict[str, str], work: str, run_id: uuid.UUID) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "bench.audit_close_memory", "--measure", work, "--run", str(run_id)],
-                         env=env, check=False, capture_output=True, text=True)
-    if out.returncode:
-        print(f"{work} failed:\n{out.stderr[-3000:]}", flush=True)
-        return {"rss_before_mb": math.nan, "peak_mb": math.nan, "seconds": math.nan}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50000,100000,200000")
@@ -158,7 +146,7 @@ def main() -> None:
                 registry.grow(size, args.batch)
                 stack.settle(settings)
                 for work in args.works.split(","):
-                    runs = [_measured(env, work, registry.run.id) for _ in range(args.runs)]
+                    runs = [measured_in_a_child("bench.audit_close_memory", env, work, "--run", str(registry.run.id)) for _ in range(args.runs)]
                     print(_line(work, size, runs), flush=True)
 
 

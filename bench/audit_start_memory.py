@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from bench.audit_close_memory import _status_kb
 from bench.audit_data import VERSION_COLUMNS, Slice, _copy_text, _rows
-from bench.harness import BenchStack
+from bench.harness import BenchStack, measured_in_a_child
 from models.settings import Settings, libpq_url
 
 
@@ -89,15 +86,6 @@ def grow(settings: Settings, *, start: int, to: int) -> None:
         pool.map(_load_rowless, parts)
 
 
-def _measured(env: dict[str, str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "bench.audit_start_memory", "--measure"],
-                         env=env, check=False, capture_output=True, text=True)
-    if out.returncode:
-        print(f"start failed:\n{out.stderr[-3000:]}", flush=True)
-        return {"rss_before_mb": math.nan, "peak_mb": math.nan, "seconds": math.nan}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50000,200000")
@@ -115,7 +103,7 @@ def main() -> None:
             grow(settings, start=loaded, to=size)
             loaded = size
             stack.settle(settings)
-            runs = [_measured(env) for _ in range(args.runs)]
+            runs = [measured_in_a_child("bench.audit_start_memory", env) for _ in range(args.runs)]
             print(_line(size, runs), flush=True)
 
 

@@ -13,6 +13,7 @@ Scenario modules (``bench/scenarios/*.py``) get a started stack and return a lis
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import shutil
@@ -426,3 +427,16 @@ def run_job_to_end(
             raise RuntimeError(f"{kind} job ended {status}")
         time.sleep(0.2)  # the clock is the database's: a slower poll takes less CPU from the job, and costs it nothing
     raise RuntimeError(f"{kind} job not finished within {timeout:.0f} s")
+
+
+def measured_in_a_child(module: str, env: dict[str, str], *args: str,
+                        keys: tuple[str, ...] = ("rss_before_mb", "peak_mb", "seconds")) -> dict[str, float]:
+    """Run ``python -m <module> --measure <args>`` in a fresh process (its peak RSS is its own)
+    and return the JSON object its last line prints; a run that fails is printed and counts as
+    NaN for each of ``keys``, so the medians show it rather than the bench stopping."""
+    out = subprocess.run([sys.executable, "-m", module, "--measure", *args], env=env, check=False,
+                         capture_output=True, text=True)
+    if out.returncode:
+        print(f"{module} --measure {' '.join(args)} failed:\n{out.stderr[-3000:]}", flush=True)
+        return dict.fromkeys(keys, math.nan)
+    return json.loads(out.stdout.strip().splitlines()[-1])

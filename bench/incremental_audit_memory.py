@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from bench.audit_close_memory import _status_kb
 from bench.audit_data import generate
-from bench.harness import BenchStack
+from bench.harness import BenchStack, measured_in_a_child
 
 
 def measure() -> dict[str, float]:
@@ -69,15 +66,6 @@ def measure() -> dict[str, float]:
             "signed": signed, "examined": examined, "marked": marked}
 
 
-def _measured(env: dict[str, str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "bench.incremental_audit_memory", "--measure"],
-                         env=env, check=False, capture_output=True, text=True)
-    if out.returncode:
-        print(f"run failed:\n{out.stderr[-3000:]}", flush=True)
-        return {"rss_before_mb": math.nan, "peak_mb": math.nan, "seconds": math.nan, "cpu_seconds": math.nan}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="20000,80000")
@@ -104,7 +92,7 @@ def main() -> None:
             with stack.session(settings) as session:
                 store_digest(session, keyring=keyring)  # the entities added since the last one checked
             stack.settle(settings)
-            runs = [_measured(env) for _ in range(args.runs)]
+            runs = [measured_in_a_child("bench.incremental_audit_memory", env, keys=("rss_before_mb", "peak_mb", "seconds", "cpu_seconds")) for _ in range(args.runs)]
             print(_line(size, runs), flush=True)
 
 
