@@ -239,6 +239,9 @@ def test_a_job_whose_message_a_frozen_brpop_took_runs_within_the_documented_boun
     # The documented bound: published again PLANT_REQUEUE_AFTER_SECONDS after its publish, plus up
     # to one sweep interval (and a second of slack for beat's tick on a loaded machine).
     assert republishes >= 1 and republished_after <= requeue_after + interval + 1, (republished_after, republishes)
+    # And not before: a sweep that republished a message sooner would run a job twice whose
+    # worker had merely not taken it yet (both times are the database's).
+    assert republished_after >= requeue_after, republished_after
     # Then run by the worker once its reconnection has noticed the freeze (the read timeout): how
     # soon depends on how loaded the machine is, so the slack here is wider.
     assert took <= requeue_after + interval + read_timeout + 8, took
