@@ -1,0 +1,60 @@
+"""Review of the incremental audit that writes its findings as found (helper-243).
+
+:class:`models.incremental_audit.ChainTally` counts a suspect's chain by its second check,
+made locked, as the old audit's per-entity dict did (the second check overwrote the first).
+The comparison with the old audit (``tests/test_incremental_audit_streams_findings.py``)
+runs over still data, where both checks read the same chain: a tally that kept the first
+check passed it. Here a version is forged between the two checks, so they disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import models.incremental_audit as incremental
+from models.entities import EntityType
+from models.ledger_store import store_digest
+from models.registry import create_entity, update_entity
+from tests.conftest import EMBEDDER
+
+
+def test_a_suspect_s_chain_is_counted_by_its_second_check(engine, write_ctx, keyring, committed_steward,
+                                                         monkeypatch: Any) -> None:
+    with Session(engine) as session, session.begin():
+        skill_id = create_entity(session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": "Twice Checked", "skill_key": "twice-checked", "category": "technical",
+            "description": "one", "governance_agent_id": committed_steward}).id
+    with Session(engine) as session, session.begin():
+        store_digest(session, keyring=keyring)  # its leaf: version 1
+        update_entity(session, entity_type=EntityType.SKILL, entity_id=skill_id, changes={"description": "two"},
+                      ctx=write_ctx)
+    real_read, reads = incremental.versions_by_entity, []
+
+    def write_then_read(session: Session, ids: list) -> Any:
+        with Session(engine) as writer, writer.begin():
+            if not reads:  # version 3 commits after the row was read (at 2): a suspect
+                update_entity(writer, entity_type=EntityType.SKILL, entity_id=skill_id,
+                              changes={"description": "three"}, ctx=write_ctx)
+            else:  # the row is locked (at 3) and a version 4 is forged behind it through SQL
+                writer.execute(text(
+                    "INSERT INTO entity_versions (entity_type, entity_id, version, content, content_hash, prev_link,"
+                    " link_hash, kid, signature, actor) SELECT entity_type, entity_id, 4, content, content_hash,"
+                    " link_hash, sha256(link_hash), kid, signature, 'intruder' FROM entity_versions"
+                    " WHERE entity_id = :id AND version = 3"), {"id": skill_id})
+        reads.append(ids)
+        return real_read(session, ids)
+
+    monkeypatch.setattr(incremental, "versions_by_entity", write_then_read)
+    found: list = []
+    with Session(engine) as auditor, auditor.begin():
+        result = incremental.audit_since_latest_digest(auditor, keyring=keyring, embedder=EMBEDDER, sink=found.extend)
+    assert len(reads) == 2 and skill_id in reads[1]  # checked, then checked again
+    assert skill_id in {f.entity_id for f in found}  # the forged version, found by the second check
+    # The second check read 4 versions past a leaf of 1: 3 grown, which balances the ledger's
+    # count. Counted by the first (3 versions), 2 grown: unbalanced, and a search run for nothing.
+    assert result.chains.grown_total() == 3
+    assert result.version_count_balanced
+    assert result.versions_rehashed == 1
