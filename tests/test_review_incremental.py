@@ -4,7 +4,9 @@
 made locked, as the old audit's per-entity dict did (the second check overwrote the first).
 The comparison with the old audit (``tests/test_incremental_audit_streams_findings.py``)
 runs over still data, where both checks read the same chain: a tally that kept the first
-check passed it. Here a version is forged between the two checks, so they disagree.
+check passed it. Here a version is forged between the two checks, so they disagree. And the
+comparison's bounds on what the sink gets a call do not show when it gets it: here each batch's
+findings are handed over before the next batch is read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import models.incremental_audit as incremental
 from models.entities import EntityType
 from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
+from models.settings import Settings
+from models.signing import KeyRing
 from tests.conftest import EMBEDDER
+from tests.test_incremental_audit_streams_findings import _every_path
 
 
 def test_a_suspect_s_chain_is_counted_by_its_second_check(engine, write_ctx, keyring, committed_steward,
@@ -58,3 +63,23 @@ def test_a_suspect_s_chain_is_counted_by_its_second_check(engine, write_ctx, key
     assert result.chains.grown_total() == 3
     assert result.version_count_balanced
     assert result.versions_rehashed == 1
+
+
+def test_each_batch_s_findings_are_written_before_the_next_batch_is_read(
+        db_session: Session, settings: Settings, keyring: KeyRing, steward, monkeypatch: Any) -> None:
+    """Bounded pages alone do not show the findings were handed over as found: an audit that
+    kept them all and handed them out a page at a time at its end passed that. Here each
+    page of a batch of suspects is handed over before the next batch's rows are read."""
+    _every_path(db_session, settings, keyring, steward)
+    real_load, loads = incremental.load_entities, []
+
+    def counted_load(session: Session, entity_type: EntityType, ids: Any, **kwargs: Any) -> Any:
+        loads.append(entity_type)
+        return real_load(session, entity_type, ids, **kwargs)
+
+    monkeypatch.setattr(incremental, "load_entities", counted_load)
+    handed: list[tuple[int, str]] = []  # (rows read so far, the page's first code)
+    incremental.audit_since_latest_digest(db_session, keyring=keyring, embedder=EMBEDDER,
+                                          sink=lambda page: handed.append((len(loads), page[0].code)))
+    marked = [reads for reads, code in handed if code == "row-content-mismatch"]
+    assert len(marked) >= 3 and marked == sorted(set(marked))  # one page a batch, each before the next is read
