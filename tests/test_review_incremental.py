@@ -17,12 +17,17 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import models.incremental_audit as incremental
+from models.audit import ROWLESS_PAGE
+from models.audit_certificates import READ_PAGE, certificate_finding_pages
+from models.audit_runs import start_run
 from models.entities import EntityType
+from models.job_lifecycle import create_job
 from models.ledger_store import store_digest
 from models.registry import create_entity, update_entity
 from models.settings import Settings
 from models.signing import KeyRing
 from tests.conftest import EMBEDDER
+from tests.test_audit_start_streams_findings import unsigned_certificates
 from tests.test_incremental_audit_streams_findings import _every_path
 
 
@@ -83,3 +88,27 @@ def test_each_batch_s_findings_are_written_before_the_next_batch_is_read(
                                           sink=lambda page: handed.append((len(loads), page[0].code)))
     marked = [reads for reads, code in handed if code == "row-content-mismatch"]
     assert len(marked) >= 3 and marked == sorted(set(marked))  # one page a batch, each before the next is read
+
+
+def _open_cursors(session: Session) -> list[str]:
+    return list(session.scalars(text("SELECT statement FROM pg_cursors")))
+
+
+def test_no_cursor_is_left_open_by_a_start_or_by_a_page_of_certificate_findings(
+        db_session: Session, settings: Settings, keyring: KeyRing, steward) -> None:
+    """The held cursors (chains no row holds, both sides of the certificates' cross-check)
+    are read to their end, and closed, before the start goes on, and the cross-check's
+    before its first page: a caller that stops after a page leaves none open either."""
+    _every_path(db_session, settings, keyring, steward)
+    unsigned_certificates(db_session, READ_PAGE + 5)
+    db_session.flush()
+    pages = certificate_finding_pages(db_session)
+    assert len(next(pages)) == READ_PAGE
+    assert _open_cursors(db_session) == []
+    pages.close()
+    for params in ({}, {"since": "latest-digest"}):
+        job = create_job(db_session, kind="audit.run", params=params, queue="audit")
+        run = start_run(db_session, job_id=job.id, params=job.params, keyring=keyring, embedder=EMBEDDER,
+                        chunk_entities=50_000)
+        assert run.plan_signed["findings"]["count"] > ROWLESS_PAGE
+        assert _open_cursors(db_session) == []
