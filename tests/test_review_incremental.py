@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import models.incremental_audit as incremental
 from models.audit import ROWLESS_PAGE
 from models.audit_certificates import READ_PAGE, certificate_finding_pages
 from models.audit_runs import start_run
+from models.db import transaction
 from models.entities import EntityType
 from models.job_lifecycle import create_job
 from models.ledger_store import store_digest
@@ -112,3 +114,37 @@ def test_no_cursor_is_left_open_by_a_start_or_by_a_page_of_certificate_findings(
                         chunk_entities=50_000)
         assert run.plan_signed["findings"]["count"] > ROWLESS_PAGE
         assert _open_cursors(db_session) == []
+
+
+def test_a_start_that_fails_after_writing_findings_commits_none_of_them(engine, write_ctx, keyring, committed_steward,
+                                                                       monkeypatch: Any) -> None:
+    """An incremental start writes its findings as it finds them, in the transaction its task
+    opens (:func:`models.db.transaction`, as ``tasks.audit`` does): one that fails after a
+    page was written leaves no run, and none of its findings."""
+    import models.audit_runs as audit_runs
+
+    with Session(engine) as session, session.begin():
+        skill_id = create_entity(session, entity_type=EntityType.SKILL, ctx=write_ctx, data={
+            "name": "Edited", "skill_key": "edited", "category": "technical",
+            "description": "one", "governance_agent_id": committed_steward}).id
+        store_digest(session, keyring=keyring)
+        session.execute(text("UPDATE skills SET deleted_at = now() WHERE id = :id"), {"id": skill_id})  # through SQL
+    real_insert, written = audit_runs.insert_start_findings, []
+
+    def write_then_fail(session: Session, run_id: Any, findings: Any) -> int:
+        count = real_insert(session, run_id, findings)
+        written.append(count)
+        if count:
+            raise RuntimeError("the worker died after a page of findings was written")
+        return count
+
+    monkeypatch.setattr(audit_runs, "insert_start_findings", write_then_fail)
+    with Session(engine) as session, session.begin():
+        job_id = create_job(session, kind="audit.run", params={"since": "latest-digest"}, queue="audit").id
+    with pytest.raises(RuntimeError, match="after a page"), transaction(sessionmaker(engine)) as session:
+        start_run(session, job_id=job_id, params={"since": "latest-digest"}, keyring=keyring, embedder=EMBEDDER,
+                  chunk_entities=50_000)
+    assert written and written[-1] > 0  # a page was written before it failed
+    with Session(engine) as session:
+        assert session.scalar(text("SELECT count(*) FROM audit_runs WHERE job_id = :id"), {"id": job_id}) == 0
+        assert session.scalar(text("SELECT count(*) FROM audit_findings")) == 0
