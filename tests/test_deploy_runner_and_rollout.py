@@ -5,18 +5,14 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
 
-import psutil
 import psycopg
 import psycopg.sql
 import pytest
-import requests
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
@@ -25,7 +21,6 @@ from cli.demo_stack import prepare_data_dir
 from cli.dev import make_data_dir
 from cli.errors import PlantCliError
 from cli.postgres_server import EmbeddedPostgres
-from cli.ports import claim_port
 from cli.services import start_on_a_free_port
 from models.api_keys import Caller, authenticate
 from models.migrate import MIGRATION_LOCK_ID, grant_runtime_role, upgrade_head
@@ -33,53 +28,6 @@ from models.settings import libpq_url
 from tests.conftest import REPO_ROOT, wait_for
 from tests.test_deploy_compose import compose, env_example, interpolate
 from tests.test_deploy_terraform import MODULES, clean, one, resources, terraform_console
-from tests.test_dev_runner import _alive, _in_dir
-
-
-def start_demo(data_dir: Path, log: Path) -> subprocess.Popen:
-    """``plant demo`` on ``data_dir`` and free ports, its output in ``log``; ``demo.port`` is its API's."""
-    port = claim_port()
-    with open(log, "wb") as out:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
-             "--flower-port", str(claim_port()), "--pause", "30"],
-            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    demo.port, demo.log_path = port, log  # type: ignore[attr-defined]
-    return demo
-
-
-def wait_for_healthy_demo(demo: subprocess.Popen) -> None:
-    def healthy() -> bool:
-        if demo.poll() is not None:
-            pytest.fail(f"the demo exited {demo.returncode}:\n{demo.log_path.read_text()[-4000:]}")  # type: ignore[attr-defined]
-        try:
-            return requests.get(f"http://127.0.0.1:{demo.port}/health", timeout=5).json()["status"] == "ok"  # type: ignore[attr-defined]
-        except (requests.RequestException, ValueError):
-            return False
-
-    wait_for(healthy, timeout=120, what="the demo stack to be healthy")
-
-
-@pytest.mark.e2e
-def test_a_hangup_stops_the_demo_and_its_stack(tmp_path: Path, server_tmp: Path) -> None:
-    """``make demo`` runs its ``plant dev`` in a session of its own: a hangup of the demo must
-    stop that stack, not leave it (and its servers) running."""
-    data_dir = server_tmp / "demo"
-    demo = start_demo(data_dir, tmp_path / "demo.log")
-    try:
-        wait_for_healthy_demo(demo)
-        started = [p for p in psutil.process_iter() if _in_dir(p, data_dir)]
-        assert started
-        demo.send_signal(signal.SIGHUP)
-        assert demo.wait(timeout=90) == 128 + signal.SIGHUP
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-        left = _alive([p for p in psutil.process_iter() if _in_dir(p, data_dir)])
-        for process in left:
-            process.kill()
-    assert left == []
 
 
 def test_two_upgraders_granting_a_new_runtime_role_at_once_both_succeed(make_database) -> None:

@@ -10,19 +10,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from cli.ports import claim_port
 from cli.services import EmbeddedRedis
 from cli.supervisor import Supervisor
 from cli.watchdog import Watchdog
 from tests.conftest import REPO_ROOT, wait_for
-from tests.test_deploy_runner_and_rollout import start_demo, wait_for_healthy_demo
 from tests.test_dev_runner import _alive, _in_dir
 
 # Two groups, as the runner starts them: a "server" first, then "apps"; each leader notes in
@@ -182,28 +181,63 @@ def test_a_signal_just_after_a_server_starts_does_not_orphan_it(tmp_path: Path, 
     assert left == []
 
 
+def start_demo(data_dir: Path, log: Path) -> subprocess.Popen:
+    """``plant demo`` on ``data_dir`` and free ports, its output in ``log``; ``demo.port`` is its API's."""
+    port = claim_port()
+    with open(log, "wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
+             "--flower-port", str(claim_port()), "--pause", "30"],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    demo.port, demo.log_path = port, log  # type: ignore[attr-defined]
+    return demo
+
+
+def wait_for_healthy_demo(demo: subprocess.Popen) -> None:
+    def healthy() -> bool:
+        if demo.poll() is not None:
+            pytest.fail(f"the demo exited {demo.returncode}:\n{demo.log_path.read_text()[-4000:]}")  # type: ignore[attr-defined]
+        try:
+            return requests.get(f"http://127.0.0.1:{demo.port}/health", timeout=5).json()["status"] == "ok"  # type: ignore[attr-defined]
+        except (requests.RequestException, ValueError):
+            return False
+
+    wait_for(healthy, timeout=120, what="the demo stack to be healthy")
+
+
 @pytest.mark.e2e
-def test_a_demo_killed_outright_stops_its_stack(tmp_path: Path, server_tmp: Path) -> None:
-    """``plant demo`` runs its ``plant dev`` in a session of its own; a demo killed outright
-    (SIGKILL: nothing of it runs to stop the stack) left that runner, and all it had started,
-    running, and the next demo refused to start on the data dir."""
-    data_dir = server_tmp / "demo"
-    demo = start_demo(data_dir, tmp_path / "demo.log")
-    started: list[psutil.Process] = []
+def test_demos_killed_outright_or_hung_up_beside_each_other_stop_their_stacks(tmp_path: Path, server_tmp: Path) -> None:
+    """``plant demo`` runs its ``plant dev`` in a session of its own. Two demos run side by
+    side, on data dirs and ports of their own. One is killed outright (SIGKILL: nothing of it
+    runs to stop the stack), which left that runner and all it had started running, and the
+    next demo refused to start on the data dir: its watchdog must stop them. The other is hung
+    up (``make demo`` in a terminal that closes), which must stop its stack too, exiting as a
+    hangup does. Neither may stop anything of the other's while it is still running."""
+    killed_dir, hung_up_dir = server_tmp / "demo-killed", server_tmp / "demo-hung-up"
+    killed = start_demo(killed_dir, tmp_path / "killed.log")
+    hung_up = start_demo(hung_up_dir, tmp_path / "hung-up.log")
+    demos = (killed, hung_up)
+    started: dict[str, list[psutil.Process]] = {}
     try:
-        wait_for_healthy_demo(demo)
-        started = psutil.Process(demo.pid).children(recursive=True)
-        started += [p for p in psutil.process_iter() if _in_dir(p, data_dir)]
-        demo.kill()
-        demo.wait()
-        deadline = time.monotonic() + 60
-        while _alive(started) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        for demo in demos:
+            wait_for_healthy_demo(demo)
+        for name, demo, data_dir in (("killed", killed, killed_dir), ("hung up", hung_up, hung_up_dir)):
+            ours = psutil.Process(demo.pid).children(recursive=True)
+            started[name] = ours + [p for p in psutil.process_iter() if _in_dir(p, data_dir) and p not in ours]
+            assert started[name], name
+        killed.kill()
+        killed.wait()
+        wait_for(lambda: not _alive(started["killed"]), timeout=60, what="the killed demo's stack to stop")
+        wait_for_healthy_demo(hung_up)  # the other demo's stack is still whole: its runner, API, workers and beat
+        hung_up.send_signal(signal.SIGHUP)
+        assert hung_up.wait(timeout=90) == 128 + signal.SIGHUP
+        wait_for(lambda: not _alive(started["hung up"]), timeout=30, what="the hung-up demo's stack to stop")
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-        left = _alive(started)
-        for process in left:
+        for demo in demos:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+        left = {name: _alive(processes) for name, processes in started.items()}
+        for process in (p for processes in left.values() for p in processes):
             process.kill()
-    assert left == []
+    assert left == {"killed": [], "hung up": []}
