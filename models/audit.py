@@ -310,14 +310,17 @@ def rowless_chain_pages(session: Session) -> Iterator[list[FindingRow]]:
     """A finding for each chain whose entity row is gone, in entity id order, :data:`ROWLESS_PAGE`
     at a time (one statement, read through a server-side cursor). Plant never deletes a row (a
     deletion is a signed version and a stamp): one gone was removed past its table's guard, and
-    the chunks, which walk the rows, would never read its chain. The ids come from an anti-join
-    of the chains' (entity_id, version) index with every table's ids; only those found are read.
-    Every row can be gone (a table emptied past its guard): a page is let go as the next is read."""
+    the chunks, which walk the rows, would never read its chain. One anti-join of the versions
+    with every table's ids, grouped per chain: whether a chain has a row depends on its id alone.
+    (It was the versions whose id is IN the anti-join's distinct ids: under statistics that
+    believed ``entity_versions`` nearly empty, PostgreSQL ran that anti-join again for each
+    version, a nested loop over every version per version, and a start timed out.) Every row
+    can be gone (a table emptied past its guard): a page is let go as the next is read."""
     rows = union_all(*(select(model.id.label("id")) for model in ENTITY_MODELS.values())).subquery()
-    rowless = select(EntityVersion.entity_id).where(~select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists())
+    has_a_row = select(rows.c.id).where(rows.c.id == EntityVersion.entity_id).exists()
     found = session.execute(
         select(EntityVersion.entity_type, EntityVersion.entity_id, func.count(), func.max(EntityVersion.version))
-        .where(EntityVersion.entity_id.in_(rowless.distinct().scalar_subquery()))
+        .where(~has_a_row)
         .group_by(EntityVersion.entity_type, EntityVersion.entity_id).order_by(EntityVersion.entity_id)
         .execution_options(yield_per=ROWLESS_PAGE))
     for page in found.partitions():
