@@ -100,7 +100,16 @@ def _in_dir(process: psutil.Process, directory: Path) -> bool:
 
 
 def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    """Those of ``processes`` still running: a zombie, or one gone between the two questions
+    (``status()`` raises ``NoSuchProcess`` then), is not."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 SECRET_FILES = ("postgres.password", "runtime-role.password", "redis.password", "redis.conf")
